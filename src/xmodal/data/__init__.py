@@ -1,0 +1,39 @@
+"""Data: one paired-data shape (:class:`PairedDataset`) and loaders for the standard datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .dataset import DataError, PairedDataset, one_hot, random_splits
+from .karpathy import load_karpathy, load_ucm_captions
+from .mirflickr import load_cnn_mat, load_mirflickr25k
+from .pairs import load_pairs
+from .wikipedia import load_wikipedia
+
+LOADERS: dict[str, Callable[..., PairedDataset]] = {
+    "wikipedia": load_wikipedia,
+    "ucm_captions": load_ucm_captions,
+    "mirflickr25k": load_mirflickr25k,
+}
+
+
+def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
+    """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``dataset.json``
+    (or a folder holding one) or a ``*_cnn.mat`` file."""
+    if name in LOADERS:
+        return LOADERS[name](data_dir=data_dir, **kwargs)
+    path = Path(name)
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv"):
+        return load_pairs(path, **kwargs)
+    if path.suffix.lower() == ".mat":
+        return load_cnn_mat(path)
+    if path.name == "dataset.json" or (path.is_dir() and (path / "dataset.json").exists()):
+        return load_karpathy(path, **kwargs)
+    raise DataError(f"unknown dataset {name!r}: use one of {sorted(LOADERS)}, a pairs file "
+                    "(.jsonl/.csv), a Karpathy dataset.json or a *_cnn.mat file")
+
+
+__all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
+           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_cnn_mat",
+           "load_pairs", "one_hot", "random_splits"]

@@ -1,0 +1,123 @@
+"""Karpathy-format caption datasets (``dataset.json`` + an image folder): Flickr8k, Flickr30k,
+MSCOCO and UCM-Captions (Qu et al., "Deep Semantic Understanding of High Resolution Remote
+Sensing Image", CITS 2016) all ship in this layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ._root import resolve_dataset_dir
+from .dataset import DataError, PairedDataset, one_hot
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+UCM_CLASSES = [
+    "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
+    "denseresidential", "forest", "freeway", "golfcourse", "harbor", "intersection",
+    "mediumresidential", "mobilehomepark", "overpass", "parkinglot", "river", "runway",
+    "sparseresidential", "storagetanks", "tenniscourt",
+]
+
+
+def resolve_image(folder: Path, filename: str) -> Path:
+    """The file for ``filename`` in ``folder``, whatever its extension (``1.tif`` -> ``1.jpg``)."""
+    direct = folder / filename
+    if direct.exists():
+        return direct
+    stem = Path(filename).stem
+    parent = direct.parent
+    for ext in IMAGE_EXTENSIONS:
+        for cand in (parent / (stem + ext), parent / (stem + ext.upper())):
+            if cand.exists():
+                return cand
+    return direct  # missing files are reported by the encoder that reads them
+
+
+def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: str | None = None,
+                  class_of: Callable[[dict], int] | None = None,
+                  label_names: list[str] | None = None) -> PairedDataset:
+    """Load a Karpathy ``dataset.json``. ``restval`` counts as train, as in the usual protocol.
+
+    ``class_of(image_record) -> int`` gives single-label classes when the dataset has them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "dataset.json"
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(doc, dict) or "images" not in doc:
+        raise DataError(f"{path}: no 'images' list (not a Karpathy-format file)")
+    base = Path(image_dir) if image_dir else _guess_image_dir(path.parent)
+    image_paths, texts, t2i, splits, classes, image_ids = [], [], [], {}, [], []
+    for i, rec in enumerate(doc["images"]):
+        where = f"{path}: images[{i}]"
+        if "filename" not in rec:
+            raise DataError(f"{where}: field 'filename' missing")
+        sents = rec.get("sentences")
+        if not sents:
+            raise DataError(f"{where} ({rec['filename']}): field 'sentences' missing or empty")
+        folder = base / rec["filepath"] if rec.get("filepath") else base
+        image_paths.append(str(resolve_image(folder, rec["filename"])))
+        image_ids.append(Path(rec["filename"]).stem)
+        split = rec.get("split", "train")
+        split = "train" if split == "restval" else split
+        splits.setdefault(split, []).append(i)
+        for j, s in enumerate(sents):
+            raw = s.get("raw") if isinstance(s, dict) else s
+            if raw is None:
+                raw = " ".join(s.get("tokens", [])) if isinstance(s, dict) else None
+            if not raw:
+                raise DataError(f"{where}: sentences[{j}] has no 'raw' or 'tokens'")
+            texts.append(str(raw).strip())
+            t2i.append(i)
+        if class_of is not None:
+            try:
+                classes.append(int(class_of(rec)))
+            except (ValueError, KeyError) as exc:
+                raise DataError(f"{where}: cannot derive class ({exc})") from exc
+    labels = None
+    if class_of is not None:
+        labels = one_hot(classes, len(label_names) if label_names else None)
+    return PairedDataset(
+        name=name or doc.get("dataset", path.parent.name),
+        text_to_image=np.asarray(t2i),
+        n_images=len(image_paths),
+        image_paths=image_paths,
+        texts=texts,
+        labels=labels,
+        label_names=label_names,
+        splits={k: np.asarray(v) for k, v in splits.items()},
+        image_ids=image_ids,
+        root=str(path.parent),
+        meta={"protocol": "karpathy"},
+    )
+
+
+def _guess_image_dir(root: Path) -> Path:
+    for cand in ("imgs", "images", "Images", "img"):
+        if (root / cand).is_dir():
+            return root / cand
+    return root
+
+
+def _ucm_class(rec: dict) -> int:
+    return (int(Path(rec["filename"]).stem) - 1) // 100
+
+
+def load_ucm_captions(data_dir: str | None = None) -> PairedDataset:
+    """UCM-Captions: 2100 aerial images, 21 classes (class = (id-1)//100), 5 captions each."""
+    root = resolve_dataset_dir("ucm_captions", data_dir, marker="dataset.json")
+    ds = load_karpathy(root / "dataset.json", name="ucm_captions", class_of=_ucm_class,
+                       label_names=UCM_CLASSES)
+    # Hashing protocol: test queries against the training database.
+    ds.splits["query"] = ds.splits["test"]
+    ds.splits["database"] = ds.splits["train"]
+    return ds

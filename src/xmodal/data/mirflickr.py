@@ -1,0 +1,122 @@
+"""MIRFlickr-25K (Huiskes & Lew, "The MIR Flickr Retrieval Evaluation", MIR 2008) in the two
+layouts hashing papers use: the cleaned 20,015-item release (tags + 24 labels) and the
+``*_cnn.mat`` feature files (``I_tr``/``T_tr``/``L_tr``, ``_te``, ``_db``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from ._root import resolve_dataset_dir
+from .dataset import DataError, PairedDataset, random_splits
+
+MIRFLICKR_LABELS = [
+    "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
+    "lake", "male", "night", "people", "plant_life", "portrait", "river", "sea", "sky",
+    "structures", "sunset", "transport", "tree", "water",
+]
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def tag_matrix(tag_lists: list[list[str]], vocabulary: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Multi-hot tag vectors; the vocabulary defaults to every tag seen, sorted."""
+    vocab = vocabulary or sorted({t for tags in tag_lists for t in tags})
+    index = {t: i for i, t in enumerate(vocab)}
+    M = np.zeros((len(tag_lists), len(vocab)), dtype=np.float32)
+    for r, tags in enumerate(tag_lists):
+        cols = [index[t] for t in tags if t in index]
+        M[r, cols] = 1.0
+    return M, vocab
+
+
+def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train: int = 10000,
+                      seed: int = 0) -> PairedDataset:
+    """Cleaned MIRFlickr-25K, or the ``*_cnn.mat`` layout when the folder holds one.
+
+    Cleaned layout protocol (DCMH, Jiang & Li 2017): ``n_query`` random queries, the rest is the
+    retrieval database, ``n_train`` training items drawn from the database.
+    """
+    root = resolve_dataset_dir("mirflickr25k", data_dir)
+    mats = sorted(root.glob("*_cnn.mat"))
+    if mats and not (root / "all_tags.txt").exists():
+        return load_cnn_mat(mats[0], name="mirflickr25k")
+    imgs = _lines(root / "all_imgs.txt")
+    tags_path, labels_path = root / "all_tags.txt", root / "all_labels.txt"
+    tag_rows = _lines(tags_path)
+    label_rows = _lines(labels_path)
+    n = len(imgs)
+    for path, rows in ((tags_path, tag_rows), (labels_path, label_rows)):
+        if len(rows) < n or any(r.strip() for r in rows[n:]):
+            raise DataError(f"{path}: {len(rows)} rows, but all_imgs.txt lists {n} images")
+    tag_lists = [[t.strip() for t in row.split(",") if t.strip()] for row in tag_rows[:n]]
+    labels = np.zeros((n, len(MIRFLICKR_LABELS)), dtype=np.uint8)
+    for r, row in enumerate(label_rows[:n]):
+        vals = row.split()
+        if len(vals) != len(MIRFLICKR_LABELS) or any(v not in ("0", "1") for v in vals):
+            raise DataError(f"{labels_path}:{r + 1}: expected {len(MIRFLICKR_LABELS)} 0/1 values")
+        labels[r] = np.array(vals, dtype=np.uint8)
+    T, vocab = tag_matrix(tag_lists)
+    if n_query + n_train > n:
+        raise DataError(f"mirflickr25k: n_query + n_train = {n_query + n_train} exceeds {n} items")
+    parts = random_splits(n, {"query": n_query, "database": -1}, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    train = np.sort(rng.choice(parts["database"], n_train, replace=False))
+    return PairedDataset(
+        name="mirflickr25k", text_to_image=np.arange(n), n_images=n,
+        image_paths=[str(root / p) for p in imgs], texts=[" ".join(t) for t in tag_lists],
+        text_features=T, labels=labels, label_names=MIRFLICKR_LABELS,
+        splits={"train": train, "query": parts["query"], "test": parts["query"],
+                "database": parts["database"]},
+        root=str(root), meta={"protocol": "hashing", "tag_vocabulary": vocab, "seed": seed},
+    )
+
+
+def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
+    """The ``*_cnn.mat`` layout: ``I_*`` image features, ``T_*`` text features, ``L_*`` labels for
+    ``tr`` (train), ``te`` (query) and ``db`` (database). Rows are kept as separate items."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        mat = _loadmat_any(path)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read MATLAB file ({exc})") from exc
+    blocks, splits, start = [], {}, 0
+    for part, split in (("tr", "train"), ("te", "query"), ("db", "database")):
+        keys = [f"I_{part}", f"T_{part}", f"L_{part}"]
+        if not all(k in mat for k in keys):
+            if part == "db":
+                continue
+            raise DataError(f"{path}: variables {keys} required, found {sorted(mat)}")
+        I, T, L = (np.asarray(mat[k]) for k in keys)
+        if not (len(I) == len(T) == len(L)):
+            raise DataError(f"{path}: {keys} have {len(I)}, {len(T)}, {len(L)} rows")
+        blocks.append((I, T, L))
+        splits[split] = np.arange(start, start + len(I))
+        start += len(I)
+    splits["test"] = splits["query"]
+    if "database" not in splits:
+        splits["database"] = splits["train"]
+    I, T, L = (np.vstack([b[i] for b in blocks]) for i in range(3))
+    return PairedDataset(name=name or path.stem, text_to_image=np.arange(len(I)), n_images=len(I),
+                         image_features=I.astype(np.float32), text_features=T.astype(np.float32),
+                         labels=(L > 0).astype(np.uint8), splits=splits, root=str(path.parent),
+                         meta={"protocol": "hashing"})
+
+
+def _loadmat_any(path: Path) -> dict:
+    """scipy for MATLAB v5 files, h5py for v7.3 (transposed, as MATLAB stores columns)."""
+    try:
+        return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+    except NotImplementedError:
+        import h5py  # v7.3 files are HDF5
+
+        with h5py.File(path, "r") as f:
+            return {k: np.asarray(f[k]).T for k in f.keys() if not k.startswith("#")}

@@ -1,0 +1,5 @@
+"""Evaluation: protocols that score fitted methods, and the benchmark runner behind ``xmodal bench``."""
+
+from .protocol import evaluate, similarity
+
+__all__ = ["evaluate", "similarity"]

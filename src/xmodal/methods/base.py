@@ -1,0 +1,246 @@
+"""The one estimator interface every cross-modal method implements.
+
+Borrowed from scikit-learn: ``__init__`` only stores parameters, ``fit`` validates them in one
+place (``_parameter_rules``) and returns ``self``, learned state ends in ``_``. A method maps
+image features and text features into one space: real-valued methods return float
+embeddings compared by cosine similarity, hashing methods return packed binary codes
+(``np.packbits`` rows, ``bits/8`` bytes each) compared by Hamming distance.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from ..data.dataset import DataError, PairedDataset
+
+FORMAT_VERSION = 1
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class ParameterError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------- validation rules
+def interval(lo: float | None = None, hi: float | None = None, *, integer: bool = False,
+             closed: str = "both") -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return False
+        if integer and int(v) != v:
+            return False
+        if lo is not None and (v < lo or (v == lo and closed in ("right", "neither"))):
+            return False
+        if hi is not None and (v > hi or (v == hi and closed in ("left", "neither"))):
+            return False
+        return True
+    check.__doc__ = f"{'an integer' if integer else 'a number'} in [{lo}, {hi}]"
+    return check
+
+
+def one_of(*values: Any) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return v in values
+    check.__doc__ = f"one of {values}"
+    return check
+
+
+def is_bits(v: Any) -> bool:
+    """a positive multiple of 8"""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 and v % 8 == 0
+
+
+class CrossModalMethod:
+    """Base class: image features and text features into one common space."""
+
+    name: ClassVar[str] = ""
+    #: "real" (float embeddings, cosine) or "binary" (packed codes, Hamming)
+    output: ClassVar[str] = "real"
+    #: whether ``fit`` uses labels
+    supervised: ClassVar[bool] = False
+    #: parameter name -> predicate (with a docstring saying what is allowed); None allows None
+    _parameter_rules: ClassVar[dict[str, Any]] = {}
+
+    # --------------------------------------------------------------- parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        return {p: getattr(self, p) for p in self._param_names()}
+
+    def set_params(self, **params: Any) -> "CrossModalMethod":
+        names = self._param_names()
+        for k, v in params.items():
+            if k not in names:
+                raise ParameterError(f"{type(self).__name__} has no parameter {k!r}; it has {names}")
+            setattr(self, k, v)
+        return self
+
+    def _validate_params(self) -> None:
+        rules: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            rules.update(getattr(klass, "_parameter_rules", {}) or {})
+        for pname, rule in rules.items():
+            value = getattr(self, pname)
+            allowed = rule if isinstance(rule, (list, tuple)) else [rule]
+            ok = any((r is None and value is None) or (r is not None and value is not None and r(value))
+                     for r in allowed)
+            if not ok:
+                what = " or ".join("None" if r is None else (r.__doc__ or r.__name__) for r in allowed)
+                raise ParameterError(f"{type(self).__name__}: parameter {pname}={value!r} must be {what}")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # --------------------------------------------------------------- fitting
+    def fit(self, train: PairedDataset, val: PairedDataset | None = None) -> "CrossModalMethod":
+        """Learn the common space from the training pairs (and labels when supervised)."""
+        self._validate_params()
+        X, Y, L = train.pairs()
+        if self.supervised and L is None:
+            raise DataError(f"{type(self).__name__} is supervised but dataset {train.name!r} has no labels")
+        self.image_dim_, self.text_dim_ = int(X.shape[1]), int(Y.shape[1])
+        self._fit(np.asarray(X, dtype=np.float64 if self._float64 else np.float32),
+                  np.asarray(Y, dtype=np.float64 if self._float64 else np.float32),
+                  None if L is None else np.asarray(L, dtype=np.float32), train=train, val=val)
+        self.fitted_ = True
+        return self
+
+    _float64: ClassVar[bool] = True
+
+    def _fit(self, X: np.ndarray, Y: np.ndarray, L: np.ndarray | None, *,
+             train: PairedDataset, val: PairedDataset | None) -> None:
+        raise NotImplementedError
+
+    def _check_fitted(self) -> None:
+        if not getattr(self, "fitted_", False):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
+
+    def _check_input(self, Z: np.ndarray, dim: int, what: str) -> np.ndarray:
+        Z = np.asarray(Z)
+        if Z.ndim == 1:
+            Z = Z[None, :]
+        if Z.ndim != 2 or Z.shape[1] != dim:
+            raise DataError(f"{type(self).__name__}.encode_{what}: expected {what} features with "
+                            f"{dim} columns, got shape {Z.shape}")
+        return Z.astype(np.float64 if self._float64 else np.float32, copy=False)
+
+    def encode_images(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._encode_images(self._check_input(X, self.image_dim_, "images"))
+
+    def encode_texts(self, Y: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        return self._encode_texts(self._check_input(Y, self.text_dim_, "texts"))
+
+    def _encode_images(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _encode_texts(self, Y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- persistence
+    def _get_state(self) -> dict[str, Any]:
+        """Learned state: every attribute ending in ``_``. Override for non-array state."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def save(self, path: str | Path) -> Path:
+        """Write params and learned state to one zip file (JSON + ``.npy``; no pickle)."""
+        self._check_fitted()
+        path = Path(path)
+        arrays, plain = {}, {}
+        for k, v in self._get_state().items():
+            if isinstance(v, np.ndarray):
+                arrays[k] = v
+            elif isinstance(v, (np.integer, np.floating)):
+                plain[k] = v.item()
+            else:
+                try:
+                    json.dumps(v)
+                except TypeError:
+                    raise TypeError(f"{type(self).__name__}: state {k!r} of type {type(v).__name__} "
+                                    "cannot be saved; override _get_state") from None
+                plain[k] = v
+        meta = {"format": FORMAT_VERSION, "method": self.name, "class": type(self).__name__,
+                "params": self.get_params(), "state": plain, "arrays": sorted(arrays)}
+        tmp = path.with_name(path.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("meta.json", json.dumps(meta, indent=1, default=_json_default))
+            for k, v in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, v, allow_pickle=False)
+                zf.writestr(f"{k}.npy", buf.getvalue())
+        tmp.replace(path)  # atomic: a crash leaves the old file or the new one
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CrossModalMethod":
+        from . import create
+
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                meta = json.loads(zf.read("meta.json"))
+                arrays = {k: np.load(io.BytesIO(zf.read(f"{k}.npy")), allow_pickle=False)
+                          for k in meta["arrays"]}
+        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a saved xmodal method ({exc})") from exc
+        obj = create(meta["method"], **meta["params"])
+        if cls is not CrossModalMethod and not isinstance(obj, cls):
+            raise DataError(f"{path}: holds a {meta['class']}, not a {cls.__name__}")
+        obj._set_state({**meta["state"], **arrays})
+        return obj
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"cannot serialise {type(v).__name__}")
+
+
+def pack_codes(B: np.ndarray) -> np.ndarray:
+    """Pack a {-1,+1} or {0,1} (or real: sign) code matrix into uint8 rows."""
+    bits = (np.asarray(B) > 0).astype(np.uint8)
+    return np.packbits(bits, axis=1)
+
+
+def unpack_codes(C: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Packed uint8 codes back to a {-1,+1} float matrix."""
+    B = np.unpackbits(np.asarray(C, dtype=np.uint8), axis=1)
+    if bits is not None:
+        B = B[:, :bits]
+    return B.astype(np.float32) * 2 - 1
+
+
+class HashingMethod(CrossModalMethod):
+    """Base for hashing: subclasses produce real-valued projections, signs become packed bits."""
+
+    output: ClassVar[str] = "binary"
+    _parameter_rules: ClassVar[dict[str, Any]] = {"bits": is_bits}
+
+    def encode_images(self, X: np.ndarray) -> np.ndarray:
+        return pack_codes(super().encode_images(X))
+
+    def encode_texts(self, Y: np.ndarray) -> np.ndarray:
+        return pack_codes(super().encode_texts(Y))

@@ -1,0 +1,299 @@
+"""Subspace methods: CCA and its kernel, multi-label, semantic and PLS relatives, and cross-modal
+factor analysis. Each is a short class over the shared solvers in :mod:`._solvers`.
+Embeddings are compared by cosine similarity of centred projections (normalised correlation,
+the measure Rasiwasia et al. 2010 found best)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import linalg
+from sklearn.cross_decomposition import PLSCanonical
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics.pairwise import rbf_kernel
+
+from . import register
+from ._solvers import (cca_from_covariances, center_kernel_test, center_kernel_train,
+                       inv_sqrt_psd, ridge)
+from .base import CrossModalMethod, interval, one_of
+
+_N_COMP = interval(1, None, integer=True)
+_REG = interval(0, None)
+
+
+class _LinearProjection(CrossModalMethod):
+    """Shared encode: centre, project, optionally weight by correlations^power."""
+
+    def _weights(self) -> np.ndarray:
+        p = getattr(self, "scale_power", 0.0) or 0.0
+        return np.power(np.maximum(self.correlations_, 1e-12), p)
+
+    def _encode_images(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.image_mean_) @ self.image_weights_) * self._weights()
+
+    def _encode_texts(self, Y: np.ndarray) -> np.ndarray:
+        return ((Y - self.text_mean_) @ self.text_weights_) * self._weights()
+
+
+@register("cca")
+class CCA(_LinearProjection):
+    """Regularised canonical correlation analysis, closed form (Hotelling 1936; used for
+    cross-modal retrieval as "correlation matching" by Rasiwasia et al., ACM MM 2010).
+
+    ``reg`` adds that fraction of the mean eigenvalue to each covariance (ridge CCA);
+    ``scale_power`` weights dimension i by rho_i^power before cosine scoring.
+    """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "n_components": _N_COMP, "reg": _REG, "scale_power": interval(0, 4)}
+
+    def __init__(self, n_components: int = 10, reg: float = 1e-3, scale_power: float = 0.0):
+        self.n_components = n_components
+        self.reg = reg
+        self.scale_power = scale_power
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        self.image_mean_, self.text_mean_ = X.mean(axis=0), Y.mean(axis=0)
+        Xc, Yc = X - self.image_mean_, Y - self.text_mean_
+        n = len(X) - 1
+        self.image_weights_, self.text_weights_, self.correlations_ = cca_from_covariances(
+            ridge(Xc.T @ Xc / n, self.reg), ridge(Yc.T @ Yc / n, self.reg), Xc.T @ Yc / n,
+            self.n_components)
+
+
+@register("mlcca")
+class MultiLabelCCA(_LinearProjection):
+    """Multi-label CCA (Ranjan, Rasiwasia & Jawahar, "Multi-Label Cross-modal Retrieval",
+    ICCV 2015): correspondence between any image i and text j is weighted by their label
+    similarity s_ij (cosine of label vectors), so items that share semantics are pulled
+    together even when they are not paired:
+    Cxy = sum_ij s_ij x_i y_j',  Cxx = sum_ij s_ij x_i x_i',  Cyy = sum_ij s_ij y_j y_j'.
+    S = Ln Ln' (row-normalised labels) is never formed: every sum costs O(n d c).
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "n_components": _N_COMP, "reg": _REG, "scale_power": interval(0, 4)}
+
+    def __init__(self, n_components: int = 10, reg: float = 1e-3, scale_power: float = 0.0):
+        self.n_components = n_components
+        self.reg = reg
+        self.scale_power = scale_power
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-12)
+        w = Ln @ Ln.sum(axis=0)  # row sums of S (= column sums, S is symmetric)
+        wn = w / w.sum()
+        self.image_mean_, self.text_mean_ = wn @ X, wn @ Y
+        Xc, Yc = X - self.image_mean_, Y - self.text_mean_
+        total = w.sum()
+        Cxy = (Xc.T @ Ln) @ (Ln.T @ Yc) / total
+        Cxx = (Xc * w[:, None]).T @ Xc / total
+        Cyy = (Yc * w[:, None]).T @ Yc / total
+        self.image_weights_, self.text_weights_, self.correlations_ = cca_from_covariances(
+            ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy, self.n_components)
+
+
+@register("cfa")
+class CrossModalFactorAnalysis(_LinearProjection):
+    """Cross-modal factor analysis (Li, Dimitrova, Li & Sethi, "Multimedia content processing
+    through cross-modal association", ACM MM 2003): orthonormal A, B minimising
+    ||X A - Y B||_F, solved by the SVD of X'Y (A = U, B = V). Features are standardised
+    first so that neither modality's scale dominates."""
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {"n_components": _N_COMP}
+
+    def __init__(self, n_components: int = 10):
+        self.n_components = n_components
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        self.image_mean_, self.text_mean_ = X.mean(axis=0), Y.mean(axis=0)
+        sx = np.sqrt(((X - self.image_mean_) ** 2).sum() / len(X)) + 1e-12
+        sy = np.sqrt(((Y - self.text_mean_) ** 2).sum() / len(Y)) + 1e-12
+        Xc, Yc = (X - self.image_mean_) / sx, (Y - self.text_mean_) / sy
+        U, s, Vt = linalg.svd(Xc.T @ Yc, full_matrices=False)
+        k = min(self.n_components, len(s))
+        self.image_weights_, self.text_weights_ = U[:, :k] / sx, Vt[:k].T / sy
+        self.correlations_ = s[:k] / s[0]
+
+
+@register("pls")
+class PLS(_LinearProjection):
+    """Partial least squares (Wold's PLS-mode A, symmetric deflation), as used for cross-modal
+    matching by Sharma & Jacobs ("Bypassing synthesis: PLS for face recognition with pose,
+    low-resolution and sketch", CVPR 2011). Solved by scikit-learn's ``PLSCanonical``."""
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {"n_components": _N_COMP, "scale": one_of(True, False)}
+
+    def __init__(self, n_components: int = 10, scale: bool = True):
+        self.n_components = n_components
+        self.scale = scale
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        k = min(self.n_components, X.shape[1], Y.shape[1])
+        pls = PLSCanonical(n_components=k, scale=self.scale, max_iter=1000).fit(X, Y)
+        sx = pls._x_std if hasattr(pls, "_x_std") else np.ones(X.shape[1])
+        sy = pls._y_std if hasattr(pls, "_y_std") else np.ones(Y.shape[1])
+        self.image_mean_, self.text_mean_ = X.mean(axis=0), Y.mean(axis=0)
+        self.image_weights_ = pls.x_rotations_ / np.asarray(sx)[:, None]
+        self.text_weights_ = pls.y_rotations_ / np.asarray(sy)[:, None]
+        self.correlations_ = np.ones(k)
+
+
+@register("kcca")
+class KernelCCA(CrossModalMethod):
+    """Kernel CCA with RBF kernels (Hardoon, Szedmak & Shawe-Taylor, "Canonical correlation
+    analysis: an overview with application to learning methods", Neural Computation 2004).
+
+    Exact regularised solution for up to ``exact_max_samples`` training pairs:
+    T = (Kx + kI)^{-1} Kx Ky (Ky + kI)^{-1} = U S V', alpha = (Kx + kI)^{-1} U.
+    Above that, a Nystroem approximation (Williams & Seeger 2001) with ``n_landmarks``
+    landmarks maps each side to explicit features and linear CCA is solved there.
+    ``gamma=None`` uses 1 / (d * var(X)), per modality.
+    """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "n_components": _N_COMP, "reg": interval(0, None, closed="neither"),
+        "gamma_image": [None, interval(0, None, closed="neither")],
+        "gamma_text": [None, interval(0, None, closed="neither")],
+        "exact_max_samples": interval(0, None, integer=True),
+        "n_landmarks": interval(1, None, integer=True), "random_state": interval(0, None, integer=True)}
+
+    def __init__(self, n_components: int = 10, reg: float = 0.1, gamma_image: float | None = None,
+                 gamma_text: float | None = None, exact_max_samples: int = 3000,
+                 n_landmarks: int = 1000, random_state: int = 0):
+        self.n_components = n_components
+        self.reg = reg
+        self.gamma_image = gamma_image
+        self.gamma_text = gamma_text
+        self.exact_max_samples = exact_max_samples
+        self.n_landmarks = n_landmarks
+        self.random_state = random_state
+
+    @staticmethod
+    def _gamma(Z: np.ndarray, gamma: float | None) -> float:
+        return float(gamma) if gamma is not None else 1.0 / (Z.shape[1] * Z.var() + 1e-12)
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        self.gx_, self.gy_ = self._gamma(X, self.gamma_image), self._gamma(Y, self.gamma_text)
+        self.exact_ = len(X) <= self.exact_max_samples
+        if self.exact_:
+            self._fit_exact(X, Y)
+        else:
+            self._fit_nystroem(X, Y)
+
+    def _fit_exact(self, X, Y) -> None:
+        n = len(X)
+        Kx, self.kx_col_, self.kx_grand_ = center_kernel_train(rbf_kernel(X, gamma=self.gx_))
+        Ky, self.ky_col_, self.ky_grand_ = center_kernel_train(rbf_kernel(Y, gamma=self.gy_))
+        kx = self.reg * np.trace(Kx) / n
+        ky = self.reg * np.trace(Ky) / n
+        Rx = linalg.inv(Kx + kx * np.eye(n), assume_a="pos")
+        Ry = linalg.inv(Ky + ky * np.eye(n), assume_a="pos")
+        U, s, Vt = linalg.svd(Rx @ Kx @ Ky @ Ry)
+        k = min(self.n_components, n)
+        self.alpha_, self.beta_, self.correlations_ = Rx @ U[:, :k], Ry @ Vt[:k].T, s[:k]
+        self.train_images_, self.train_texts_ = X, Y
+
+    def _fit_nystroem(self, X, Y) -> None:
+        m = min(self.n_landmarks, len(X))
+        rng = np.random.default_rng(self.random_state)
+        idx = np.sort(rng.choice(len(X), m, replace=False))
+        self.train_images_, self.train_texts_ = X[idx], Y[idx]
+        Fx, Fy = self._nystroem(X, self.train_images_, self.gx_), self._nystroem(Y, self.train_texts_, self.gy_)
+        self.fx_mean_, self.fy_mean_ = Fx.mean(axis=0), Fy.mean(axis=0)
+        Fx, Fy = Fx - self.fx_mean_, Fy - self.fy_mean_
+        n = len(Fx) - 1
+        self.alpha_, self.beta_, self.correlations_ = cca_from_covariances(
+            ridge(Fx.T @ Fx / n, self.reg), ridge(Fy.T @ Fy / n, self.reg), Fx.T @ Fy / n,
+            self.n_components)
+
+    @staticmethod
+    def _nystroem(Z: np.ndarray, landmarks: np.ndarray, gamma: float) -> np.ndarray:
+        # Same map as sklearn's Nystroem (K_nm W^{-1/2}), kept explicit so the state is arrays.
+        return rbf_kernel(Z, landmarks, gamma=gamma) @ inv_sqrt_psd(rbf_kernel(landmarks, gamma=gamma))
+
+    def _encode(self, Z, side: str) -> np.ndarray:
+        train = self.train_images_ if side == "x" else self.train_texts_
+        gamma = self.gx_ if side == "x" else self.gy_
+        W = self.alpha_ if side == "x" else self.beta_
+        if self.exact_:
+            col, grand = (self.kx_col_, self.kx_grand_) if side == "x" else (self.ky_col_, self.ky_grand_)
+            return center_kernel_test(rbf_kernel(Z, train, gamma=gamma), col, grand) @ W
+        F = self._nystroem(Z, train, gamma) - (self.fx_mean_ if side == "x" else self.fy_mean_)
+        return F @ W
+
+    def _encode_images(self, X):
+        return self._encode(X, "x")
+
+    def _encode_texts(self, Y):
+        return self._encode(Y, "y")
+
+
+@register("scm")
+class SemanticCorrelationMatching(CrossModalMethod):
+    """Semantic correlation matching (Rasiwasia et al., "A New Approach to Cross-Modal
+    Multimedia Retrieval", ACM MM 2010): CCA finds a maximally correlated subspace, then a
+    multinomial logistic regression per modality maps each projection to class posteriors;
+    retrieval compares the posterior vectors (semantic space). Multi-label data uses one
+    binary logistic regression per label. ``C`` is the inverse L2 strength of the regressions.
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "n_components": _N_COMP, "reg": _REG, "C": interval(0, None, closed="neither")}
+
+    def __init__(self, n_components: int = 10, reg: float = 1e-3, C: float = 1.0):
+        self.n_components = n_components
+        self.reg = reg
+        self.C = C
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
+        self.cca_._validate_params()
+        self.cca_._fit(X, Y, L, train=train, val=val)
+        self.multilabel_ = bool((L.sum(axis=1) != 1).any())
+        self.image_coef_, self.image_intercept_ = self._regress(self.cca_._encode_images(X), L)
+        self.text_coef_, self.text_intercept_ = self._regress(self.cca_._encode_texts(Y), L)
+
+    def _regress(self, Z: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.multilabel_:
+            clf = LogisticRegression(C=self.C, max_iter=2000).fit(Z, L.argmax(axis=1))
+            coef, icpt = np.zeros((L.shape[1], Z.shape[1])), np.full(L.shape[1], -1e9)
+            coef[clf.classes_], icpt[clf.classes_] = clf.coef_, clf.intercept_
+            return coef, icpt
+        coef, icpt = np.zeros((L.shape[1], Z.shape[1])), np.zeros(L.shape[1])
+        for c in range(L.shape[1]):
+            y = L[:, c]
+            if 0 < y.sum() < len(y):
+                clf = LogisticRegression(C=self.C, max_iter=2000).fit(Z, y)
+                coef[c], icpt[c] = clf.coef_[0], clf.intercept_[0]
+            else:  # a label always on (or off) in training: constant posterior
+                icpt[c] = 20.0 if y.sum() else -20.0
+        return coef, icpt
+
+    def _posterior(self, Z: np.ndarray, coef: np.ndarray, icpt: np.ndarray) -> np.ndarray:
+        logits = Z @ coef.T + icpt
+        if self.multilabel_:
+            return 1.0 / (1.0 + np.exp(-logits))
+        logits -= logits.max(axis=1, keepdims=True)
+        P = np.exp(logits)
+        return P / P.sum(axis=1, keepdims=True)
+
+    def _encode_images(self, X):
+        return self._posterior(self.cca_._encode_images(X), self.image_coef_, self.image_intercept_)
+
+    def _encode_texts(self, Y):
+        return self._posterior(self.cca_._encode_texts(Y), self.text_coef_, self.text_intercept_)
+
+    def _get_state(self) -> dict[str, Any]:
+        state = {k: v for k, v in super()._get_state().items() if k != "cca_"}
+        state.update({f"cca__{k}": v for k, v in self.cca_._get_state().items()})
+        return state
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
+        self.cca_._set_state({k[5:]: v for k, v in state.items() if k.startswith("cca__")})
+        super()._set_state({k: v for k, v in state.items() if not k.startswith("cca__")})

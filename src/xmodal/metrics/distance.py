@@ -1,0 +1,36 @@
+"""Similarities between query and database codes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_similarity(Q: np.ndarray, D: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity matrix; with ``center`` both sides are centred first (normalised
+    correlation, the measure of Rasiwasia et al. 2010)."""
+    Q = np.asarray(Q, dtype=np.float64)
+    D = np.asarray(D, dtype=np.float64)
+    if center is not None:
+        Q, D = Q - center, D - center
+    Q = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+    D = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
+    return Q @ D.T
+
+
+def _words(C: np.ndarray) -> np.ndarray:
+    """View packed codes as 64-bit words where the length allows (8x fewer popcounts)."""
+    C = np.ascontiguousarray(C, dtype=np.uint8)
+    return C.view(np.uint64) if C.shape[1] % 8 == 0 else C
+
+
+def hamming_distance(Q: np.ndarray, D: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Full Hamming distance matrix between packed uint8 code rows (XOR + popcount, batched)."""
+    Q, D = np.asarray(Q), np.asarray(D)
+    if Q.ndim != 2 or D.ndim != 2 or Q.shape[1] != D.shape[1]:
+        raise ValueError(f"codes differ in length: {Q.shape} and {D.shape}")
+    Qw, Dw = _words(Q), _words(D)
+    out = np.empty((len(Q), len(D)), dtype=np.int32)
+    for s in range(0, len(Q), chunk):
+        x = np.bitwise_xor(Qw[s:s + chunk, None, :], Dw[None, :, :])
+        out[s:s + chunk] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
+    return out

@@ -1,0 +1,175 @@
+"""Retrieval metrics over score or Hamming-distance rankings, vectorised and batched over queries.
+
+Conventions (stated because papers differ):
+- Rankings sort by score descending (or distance ascending) with a stable sort, so ties keep
+  database order.
+- AP over the full ranking divides by the number of relevant items; a query with no relevant
+  item scores 0 and still counts in the mean (as in the DCMH evaluation code).
+- mAP@k divides by the relevant items retrieved within the top k (DCMH's ``calc_map_k``).
+- The N+10 denominator in some MATLAB evaluation code is a known bug and is not reproduced.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+CHUNK = 256  # queries per batch: bounds memory at CHUNK x n_db
+
+
+def relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
+    """Boolean (n_query, n_db): relevant when the items share at least one label.
+
+    Labels are 0/1 matrices (single-label data is one-hot, so this is 'same class'), or 1-D
+    integer class arrays.
+    """
+    q, d = np.asarray(query_labels), np.asarray(db_labels)
+    if q.ndim == 1 and d.ndim == 1:
+        return q[:, None] == d[None, :]
+    if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1]:
+        raise ValueError(f"label matrices must agree in columns, got {q.shape} and {d.shape}")
+    return (q.astype(np.float32) @ d.astype(np.float32).T) > 0
+
+
+def graded_relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
+    """Number of shared labels, the graded relevance NDCG uses for multi-label data."""
+    return np.asarray(query_labels, np.float32) @ np.asarray(db_labels, np.float32).T
+
+
+def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
+    for s in range(0, n, size):
+        yield slice(s, min(s + size, n))
+
+
+def _order(scores: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Ranking of each row, best first (higher score is better), stable for ties."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order if k is None else order[:, :k]
+
+
+def _as_scores(scores: np.ndarray | None, distances: np.ndarray | None) -> np.ndarray:
+    if (scores is None) == (distances is None):
+        raise ValueError("pass exactly one of scores= or distances=")
+    return np.asarray(scores, dtype=np.float64) if scores is not None else -np.asarray(distances, dtype=np.float64)
+
+
+def average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | None = None, k: int | None = None,
+                      *, distances: np.ndarray | None = None) -> np.ndarray:
+    """AP of each query (full ranking, or @k). ``relevant`` is a boolean (n_query, n_db) matrix."""
+    S = _as_scores(scores, distances)
+    R = np.asarray(relevant, dtype=bool)
+    if S.shape != R.shape:
+        raise ValueError(f"scores {S.shape} and relevance {R.shape} differ in shape")
+    out = np.zeros(len(S))
+    for sl in _chunks(len(S)):
+        order = _order(S[sl], k)
+        rel = np.take_along_axis(R[sl], order, axis=1).astype(np.float64)
+        hits = np.cumsum(rel, axis=1)
+        prec = hits / np.arange(1, rel.shape[1] + 1)
+        denom = R[sl].sum(axis=1) if k is None else hits[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[sl] = np.where(denom > 0, (prec * rel).sum(axis=1) / np.maximum(denom, 1), 0.0)
+    return out
+
+
+def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, distances=None) -> float:
+    return float(average_precision(scores, relevant, k, distances=distances).mean())
+
+
+def precision_at_k(scores=None, relevant=None, k: int = 10, *, distances=None) -> float:
+    S = _as_scores(scores, distances)
+    R = np.asarray(relevant, dtype=bool)
+    k = min(k, S.shape[1])
+    total = 0.0
+    for sl in _chunks(len(S)):
+        order = _order(S[sl], k)
+        total += np.take_along_axis(R[sl], order, axis=1).mean(axis=1).sum()
+    return float(total / len(S))
+
+
+def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None) -> dict[int, float]:
+    """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
+    its top K (image->text retrieval: any of the image's captions)."""
+    S = _as_scores(scores, distances)
+    R = np.asarray(relevant, dtype=bool)
+    kmax = min(max(ks), S.shape[1])
+    first_hit = np.full(len(S), np.inf)
+    for sl in _chunks(len(S)):
+        order = _order(S[sl], kmax)
+        rel = np.take_along_axis(R[sl], order, axis=1)
+        has = rel.any(axis=1)
+        first_hit[sl] = np.where(has, rel.argmax(axis=1), np.inf)
+    return {k: float((first_hit < k).mean()) for k in ks}
+
+
+def ndcg_at_k(scores=None, gains=None, k: int = 10, *, distances=None) -> float:
+    """NDCG@k with graded gains (e.g. shared-label counts), gain 2^g - 1 and log2 discount."""
+    S = _as_scores(scores, distances)
+    G = np.asarray(gains, dtype=np.float64)
+    k = min(k, S.shape[1])
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    vals = np.zeros(len(S))
+    for sl in _chunks(len(S)):
+        order = _order(S[sl], k)
+        g = np.take_along_axis(G[sl], order, axis=1)
+        dcg = ((2 ** g - 1) * disc).sum(axis=1)
+        ideal = -np.sort(-G[sl], axis=1)[:, :k]
+        idcg = ((2 ** ideal - 1) * disc).sum(axis=1)
+        vals[sl] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
+    return float(vals.mean())
+
+
+def pr_curve(scores=None, relevant=None, n_points: int = 11, *, distances=None) -> dict[str, list[float]]:
+    """Precision-recall curve of a ranking: interpolated precision (max precision at recall
+    >= r) at ``n_points`` recall levels from 0 to 1, averaged over queries with a relevant item."""
+    S = _as_scores(scores, distances)
+    R = np.asarray(relevant, dtype=bool)
+    levels = np.linspace(0, 1, n_points)
+    acc, n_valid = np.zeros(n_points), 0
+    for sl in _chunks(len(S)):
+        order = _order(S[sl])
+        rel = np.take_along_axis(R[sl], order, axis=1).astype(np.float64)
+        n_rel = rel.sum(axis=1)
+        keep = n_rel > 0
+        if not keep.any():
+            continue
+        rel, n_rel = rel[keep], n_rel[keep]
+        hits = np.cumsum(rel, axis=1)
+        prec = hits / np.arange(1, rel.shape[1] + 1)
+        rec = hits / n_rel[:, None]
+        # interpolated precision: running max from the end of the ranking
+        prec_interp = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+        for i, r in enumerate(levels):
+            idx = np.argmax(rec >= r - 1e-12, axis=1)
+            acc[i] += prec_interp[np.arange(len(rel)), idx].sum()
+        n_valid += len(rel)
+    return {"recall": levels.tolist(), "precision": (acc / max(n_valid, 1)).tolist()}
+
+
+def hamming_pr_curve(distances: np.ndarray, relevant: np.ndarray, bits: int) -> dict[str, list[float]]:
+    """Precision and recall of Hamming-ball lookup at every radius 0..bits, as hashing papers
+    plot them (precision of a query with nothing retrieved counts 0)."""
+    D = np.asarray(distances)
+    R = np.asarray(relevant, dtype=bool)
+    n_rel = R.sum(axis=1)
+    radii = np.arange(bits + 1)
+    P, Rc = np.zeros(bits + 1), np.zeros(bits + 1)
+    for sl in _chunks(len(D)):
+        d = D[sl].astype(np.int64)
+        # counts per distance value, then cumulative over the radius
+        retrieved = np.stack([(d == r).sum(axis=1) for r in radii], axis=1).cumsum(axis=1)
+        rel_hits = np.stack([((d == r) & R[sl]).sum(axis=1) for r in radii], axis=1).cumsum(axis=1)
+        P += np.where(retrieved > 0, rel_hits / np.maximum(retrieved, 1), 0).sum(axis=0)
+        Rc += np.where(n_rel[sl, None] > 0, rel_hits / np.maximum(n_rel[sl, None], 1), 0).sum(axis=0)
+    return {"radius": radii.tolist(), "precision": (P / len(D)).tolist(), "recall": (Rc / len(D)).tolist()}
+
+
+def precision_within_radius(distances: np.ndarray, relevant: np.ndarray, radius: int = 2) -> float:
+    """Mean precision of the items within Hamming ``radius`` (0 for a query retrieving none)."""
+    D = np.asarray(distances)
+    R = np.asarray(relevant, dtype=bool)
+    within = D <= radius
+    n = within.sum(axis=1)
+    hits = (within & R).sum(axis=1)
+    return float(np.where(n > 0, hits / np.maximum(n, 1), 0.0).mean())
