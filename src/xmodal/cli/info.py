@@ -1,0 +1,22 @@
+"""``xmodal methods``: list the registered methods."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("methods")
+    def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+        """List every method: name, output (real or binary), supervision, summary."""
+        from ..methods import describe
+
+        rows = describe()
+        if as_json:
+            typer.echo(json.dumps(rows, indent=1))
+            return
+        for r in rows:
+            sup = "supervised" if r["supervised"] else "unsupervised"
+            typer.echo(f"{r['name']:<14} {r['output']:<7} {sup:<13} {r['summary']}")
