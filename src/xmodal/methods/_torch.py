@@ -1,0 +1,203 @@
+"""The one small trainer shared by every PyTorch method (deep real-valued and deep hashing).
+
+A :class:`TorchMethod` builds an ``nn.Module`` from the feature dimensions (``_build``) and
+defines a mini-batch loss (``_loss``); the trainer here does the rest: seeding, mini-batches,
+Adam, early stopping on a validation split scored by retrieval quality, a progress bar with
+the running loss, and ``save``/``load`` of the module's weights as plain arrays (no pickle).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.dataset import PairedDataset
+from .base import CrossModalMethod, interval, one_of
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class TorchMethod(CrossModalMethod):
+    """Base for methods trained with PyTorch on frozen features.
+
+    Subclasses implement ``_build(image_dim, text_dim, n_labels) -> nn.Module`` whose module has
+    ``encode_image(x)`` and ``encode_text(y)`` methods, and ``_loss(batch) -> Tensor`` where
+    ``batch`` is a dict of tensors ``x``, ``y``, ``labels`` (or None) and ``index`` (rows of the
+    training pairs). Hooks: ``_on_epoch_start(epoch)`` (e.g. refresh codes), ``_setup(X, Y, L)``
+    before training (e.g. similarity matrices), ``_parameters()`` for custom optimiser groups.
+    """
+
+    _float64: ClassVar[bool] = False
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "epochs": interval(1, None, integer=True),
+        "batch_size": interval(2, None, integer=True),
+        "lr": interval(0, None, closed="neither"),
+        "weight_decay": interval(0, None),
+        "patience": [None, interval(1, None, integer=True)],
+        "val_fraction": interval(0, 0.5),
+        "random_state": interval(0, None, integer=True),
+        "verbose": one_of(True, False),
+    }
+
+    # -------------------------------------------------------------- subclass API
+    def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _loss(self, batch: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _setup(self, X: np.ndarray, Y: np.ndarray, L: np.ndarray | None) -> None:
+        """Called once before training (full training arrays)."""
+
+    def _on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch."""
+
+    def _parameters(self):
+        return self.module_.parameters()
+
+    # -------------------------------------------------------------- training
+    def _fit(self, X, Y, L, *, train: PairedDataset, val: PairedDataset | None) -> None:
+        gen = seed_everything(self.random_state)
+        torch.set_num_threads(default_threads())
+        self.n_labels_ = 0 if L is None else int(L.shape[1])
+        val_arrays = self._validation_arrays(train, val)
+        if val_arrays is not None and val is None:
+            # hold-out images came from train: drop their texts from training
+            keep = val_arrays[3]
+            X, Y, L = X[keep], Y[keep], None if L is None else L[keep]
+        self.module_ = self._build(X.shape[1], Y.shape[1], self.n_labels_)
+        self._X, self._Y = torch.from_numpy(X), torch.from_numpy(Y)
+        self._L = None if L is None else torch.from_numpy(L)
+        self._setup(X, Y, L)
+        opt = torch.optim.Adam(self._parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        n = len(X)
+        best, best_state, bad, history = -math.inf, None, 0, []
+        show = self.verbose and sys.stderr.isatty()
+        bar = tqdm(range(self.epochs), desc=self.name, disable=not show, leave=False)
+        for epoch in bar:
+            self.module_.train()
+            self._on_epoch_start(epoch)
+            perm = torch.randperm(n, generator=gen)
+            total, seen = 0.0, 0
+            for s in range(0, n, self.batch_size):
+                idx = perm[s:s + self.batch_size]
+                if len(idx) < 2:
+                    continue
+                batch = {"x": self._X[idx], "y": self._Y[idx], "index": idx,
+                         "labels": None if self._L is None else self._L[idx]}
+                loss = self._loss(batch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            epoch_loss = total / max(seen, 1)
+            record = {"epoch": epoch, "loss": epoch_loss}
+            if val_arrays is not None and self.patience is not None:
+                score = self._validation_score(*val_arrays[:3])
+                record["val"] = score
+                if score > best + 1e-6:
+                    best, bad = score, 0
+                    best_state = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
+                else:
+                    bad += 1
+            history.append(record)
+            bar.set_postfix(loss=f"{epoch_loss:.4f}", **({"val": f"{record['val']:.4f}"} if "val" in record else {}))
+            if self.patience is not None and bad >= self.patience:
+                break
+        if best_state is not None:
+            self.module_.load_state_dict(best_state)
+        self.module_.eval()
+        self.history_ = history
+        self.best_val_ = None if best == -math.inf else float(best)
+        del self._X, self._Y, self._L
+
+    def _validation_arrays(self, train: PairedDataset, val: PairedDataset | None):
+        """(X_img, Y_txt, dataset, keep_mask_for_train_texts) for early stopping, or None."""
+        if self.patience is None:
+            return None
+        if val is not None and val.image_features is not None and val.text_features is not None:
+            return val.image_features.astype(np.float32), val.text_features.astype(np.float32), val, None
+        if self.val_fraction <= 0 or train.n_images < 20:
+            return None
+        rng = np.random.default_rng(self.random_state)
+        n_val = max(10, int(round(self.val_fraction * train.n_images)))
+        held = np.sort(rng.choice(train.n_images, n_val, replace=False))
+        vds = train.subset(held, name=f"{train.name}/holdout")
+        keep = ~np.isin(train.text_to_image, held)
+        return vds.image_features.astype(np.float32), vds.text_features.astype(np.float32), vds, keep
+
+    def _validation_score(self, Xv: np.ndarray, Yv: np.ndarray, vds: PairedDataset) -> float:
+        """Mean of both directions' mAP (labelled data) or mean Recall@1/5/10 (otherwise)."""
+        from ..evaluation.protocol import evaluate
+
+        self.module_.eval()
+        self.fitted_ = True
+        try:
+            res = evaluate(self, vds, pk=(), rk=(1, 5, 10))
+        finally:
+            self.module_.train()
+        if vds.labels is not None:
+            return 0.5 * (res["i2t"]["map"] + res["t2i"]["map"])
+        return res["mR"]
+
+    # -------------------------------------------------------------- encoding
+    @torch.inference_mode()
+    def _run(self, fn, Z: np.ndarray, batch: int = 4096) -> np.ndarray:
+        self.module_.eval()
+        out = [fn(torch.from_numpy(np.ascontiguousarray(Z[s:s + batch], dtype=np.float32))).numpy()
+               for s in range(0, len(Z), batch)]
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _encode_images(self, X: np.ndarray) -> np.ndarray:
+        return self._run(self.module_.encode_image, X)
+
+    def _encode_texts(self, Y: np.ndarray) -> np.ndarray:
+        return self._run(self.module_.encode_text, Y)
+
+    # -------------------------------------------------------------- persistence
+    def _get_state(self) -> dict[str, Any]:
+        state = {k: v for k, v in super()._get_state().items() if k not in ("module_",)}
+        for k, v in self.module_.state_dict().items():
+            state[f"module__{k}"] = v.detach().cpu().numpy()
+        state["history_"] = [{k: float(v) for k, v in r.items()} for r in getattr(self, "history_", [])]
+        return state
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        weights = {k[len("module__"):]: torch.from_numpy(np.asarray(v)) for k, v in state.items()
+                   if k.startswith("module__")}
+        super()._set_state({k: v for k, v in state.items() if not k.startswith("module__")})
+        self.module_ = self._build(int(self.image_dim_), int(self.text_dim_), int(self.n_labels_))
+        self.module_.load_state_dict(weights)
+        self.module_.eval()
+
+
+def mlp(dims: list[int], dropout: float = 0.0, final_activation: bool = False,
+        norm: bool = False) -> nn.Sequential:
+    """Linear layers with ReLU between them (and optional BatchNorm/dropout)."""
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        last = i == len(dims) - 2
+        if not last or final_activation:
+            if norm:
+                layers.append(nn.BatchNorm1d(dims[i + 1]))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
