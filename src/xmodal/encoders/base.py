@@ -1,0 +1,271 @@
+"""The encoder interface: a spec string names an encoder; ``encode`` turns image paths or texts
+into a float32 matrix, reusing an on-disk cache keyed by (spec, version, fitted state, content)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .cache import FeatureCache, content_hash, resolve_cache_dir
+
+log = logging.getLogger("xmodal.encoders")
+
+FORMAT = "xmodal-encoder/1"
+
+
+class EncoderError(ValueError):
+    """Bad encoder spec, unfitted encoder or unusable saved state."""
+
+
+@dataclass
+class EncodeReport:
+    """What one ``encode`` call did."""
+
+    n_items: int = 0
+    n_cached: int = 0     # rows served from the cache
+    n_computed: int = 0   # distinct items run through the model
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """``None`` means: only when stderr is a terminal."""
+    if progress is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(progress)
+
+
+def progress_bar(total: int, desc: str, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=not show_progress(progress),
+                dynamic_ncols=True, leave=False)
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Encoder:
+    """Base class. Subclasses set ``modality``, ``version``, ``needs_fit``, implement ``dim`` and
+    ``_compute`` (and ``_fit``/``_get_state``/``_set_state`` when fitted)."""
+
+    modality: str = ""
+    version: str = "1"
+    needs_fit: bool = False
+    default_batch_size: int = 64
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.report_ = EncodeReport()
+        self.n_computed_total_ = 0  # items run through the model over this object's life
+
+    # ------------------------------------------------------------------ state
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def is_fitted(self) -> bool:
+        return True
+
+    def fit(self, items: Sequence[str], progress: bool | None = None) -> "Encoder":
+        """Learn the encoder's state from ``items`` (no-op for pretrained encoders)."""
+        if self.needs_fit:
+            items = list(items)
+            if not items:
+                raise EncoderError(f"{self.spec}: fit needs at least one item")
+            self._fit(items, progress)
+        return self
+
+    def _fit(self, items: list[str], progress: bool | None) -> None:
+        raise NotImplementedError
+
+    def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able metadata, named arrays) describing the fitted state."""
+        return {}, {}
+
+    def _set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+    def state_hash(self) -> str:
+        """Hash of the fitted state ('' for pretrained encoders)."""
+        if not self.needs_fit:
+            return ""
+        self._check_fitted()
+        meta, arrays = self._get_state()
+        h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def cache_key(self) -> str:
+        return hashlib.sha256(f"{self.spec}\0{self.version}\0{self.state_hash()}".encode()).hexdigest()
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise EncoderError(f"encoder {self.spec!r} is not fitted: call fit(items) or load a saved one")
+
+    # ------------------------------------------------------------- save/load
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write spec + fitted state to a zip (JSON + .npy members, no pickle)."""
+        self._check_fitted()
+        meta, arrays = self._get_state()
+        doc = {"format": FORMAT, "spec": self.spec, "version": self.version,
+               "modality": self.modality, "dim": self.dim, "state": meta,
+               "arrays": sorted(arrays)}
+        path = Path(path)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("encoder.json", json.dumps(doc, indent=1))
+            for name, arr in arrays.items():
+                b = io.BytesIO()
+                np.save(b, np.asarray(arr), allow_pickle=False)
+                zf.writestr(f"{name}.npy", b.getvalue())
+        from .cache import atomic_write_bytes
+
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "Encoder":
+        """Read an encoder written by :meth:`save`."""
+        from .registry import get_encoder
+
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                doc = json.loads(zf.read("encoder.json"))
+                if doc.get("format") != FORMAT:
+                    raise EncoderError(f"{path}: not an xmodal encoder file (format {doc.get('format')!r})")
+                arrays = {name: np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
+                          for name in doc.get("arrays", [])}
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, FileNotFoundError) as exc:
+            raise EncoderError(f"{path}: cannot read encoder file ({exc})") from exc
+        enc = get_encoder(doc["spec"])
+        if doc.get("version") != enc.version:
+            raise EncoderError(f"{path}: saved with {doc['spec']} version {doc.get('version')}, "
+                               f"this build has version {enc.version}")
+        if enc.needs_fit:
+            enc._set_state(doc.get("state", {}), arrays)
+        if enc.dim != doc.get("dim"):
+            raise EncoderError(f"{path}: field dim is {doc.get('dim')}, loaded encoder has {enc.dim}")
+        return enc
+
+    # ---------------------------------------------------------------- encode
+    def _item_key(self, item: str) -> str:
+        """Content hash of one input (text bytes; subclasses hash file contents)."""
+        return content_hash(item.encode("utf-8"))
+
+    def _compute(self, items: list[str], batch_size: int, progress) -> Iterator[
+            tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
+        """Yield (positions into ``items``, features (len(positions), dim), [(position, reason)])
+        batch by batch, so each batch can be cached as soon as it is done."""
+        raise NotImplementedError
+
+    def encode(self, items: Sequence[str], batch_size: int | None = None,
+               progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
+               return_mask: bool = False):
+        """Features for ``items`` (image paths or texts) as float32 (n, dim).
+
+        ``cache_dir``: ``None`` -> ``$XMODAL_CACHE`` or ``~/.cache/xmodal``; ``False`` -> no cache.
+        Items that cannot be read (images that fail to decode) get a zero row, a warning, and
+        ``False`` in the mask returned with ``return_mask=True``.
+        """
+        self._check_fitted()
+        items = [str(x) for x in items]
+        n, dim = len(items), self.dim
+        out = np.zeros((n, dim), dtype=np.float32)
+        ok = np.zeros(n, dtype=bool)
+        report = EncodeReport(n_items=n)
+        self.report_ = report
+        # Content keys; an unreadable file fails here already.
+        keys: list[str | None] = []
+        for i, item in enumerate(items):
+            try:
+                keys.append(self._item_key(item))
+            except OSError as exc:
+                keys.append(None)
+                self._skip(report, item, f"cannot read file ({exc.strerror or exc})")
+        root = resolve_cache_dir(cache_dir)
+        cache = None
+        if root is not None:
+            cache = FeatureCache.for_encoder(root, self.spec, self.cache_key(), dim,
+                                             {"spec": self.spec, "version": self.version,
+                                              "dim": dim, "state_hash": self.state_hash()})
+        positions: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k is not None:
+                positions.setdefault(k, []).append(i)
+        hit = [k for k in positions if cache is not None and k in cache]
+        if hit:
+            feats = cache.get_many(hit)
+            for k, f in zip(hit, feats):
+                idx = positions[k]
+                out[idx] = f
+                ok[idx] = True
+                report.n_cached += len(idx)
+        todo_keys = [k for k in positions if cache is None or k not in cache]
+        if todo_keys:
+            todo_items = [items[positions[k][0]] for k in todo_keys]
+            bs = batch_size or self.default_batch_size
+            bar = progress_bar(len(todo_items), f"encode {self.spec}", progress)
+            try:
+                for pos, feats, failures in self._compute(todo_items, bs, bar):
+                    feats = np.asarray(feats, dtype=np.float32).reshape(len(pos), dim)
+                    if not np.isfinite(feats).all():
+                        bad = [p for p, r in zip(pos, np.isfinite(feats).all(axis=1)) if not r]
+                        raise EncoderError(f"{self.spec}: non-finite features for {todo_items[bad[0]]}")
+                    done_keys = [todo_keys[p] for p in pos]
+                    if cache is not None:
+                        cache.put_many(done_keys, feats)
+                    for k, f in zip(done_keys, feats):
+                        idx = positions[k]
+                        out[idx] = f
+                        ok[idx] = True
+                    report.n_computed += len(pos)
+                    self.n_computed_total_ += len(pos)
+                    for p, reason in failures:
+                        for i in positions[todo_keys[p]]:
+                            self._skip(report, items[i], reason)
+                    bar.update(len(pos) + len(failures))
+            finally:
+                bar.close()
+        if report.skipped:
+            log.warning("%s: skipped %d of %d items that could not be read", self.spec,
+                        report.n_skipped, n)
+        return (out, ok) if return_mask else out
+
+    @staticmethod
+    def _skip(report: EncodeReport, item: str, reason: str) -> None:
+        report.skipped.append((item, reason))
+        log.warning("skipping %s: %s", item, reason)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, dim={self.dim if self.is_fitted else '?'})"
+
+
+def chunks(seq: Sequence, size: int) -> Iterator[list[int]]:
+    for start in range(0, len(seq), size):
+        yield list(range(start, min(start + size, len(seq))))
+
+
+Factory = Callable[[str, str | None], Encoder]

@@ -1,0 +1,143 @@
+"""On-disk feature cache.
+
+One folder per encoder state (spec + version + fitted-state hash); inside it, append-only
+``shard-*.npz`` files, one per completed batch, each holding ``keys`` (content hashes) and
+``features``. Shards are written to a temporary name and renamed, so a reader never sees a
+half-written shard and an interrupted run keeps every batch it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "XMODAL_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$XMODAL_CACHE`` or ``~/.cache/xmodal``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "xmodal"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
+    """``False`` disables caching, ``None``/``True`` means the default folder."""
+    if cache_dir is False:
+        return None
+    if cache_dir is None or cache_dir is True:
+        return default_cache_dir()
+    return Path(cache_dir).expanduser()
+
+
+def safe_name(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "encoder"
+
+
+def content_hash(data: bytes) -> str:
+    # 128-bit BLAKE2b: collision-safe for caching and short enough for file names.
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class FeatureCache:
+    """Features of one encoder state, looked up by content hash."""
+
+    def __init__(self, folder: Path, dim: int, info: dict | None = None) -> None:
+        self.folder = Path(folder)
+        self.dim = dim
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info_path = self.folder / "encoder.json"
+        if info and not info_path.exists():
+            atomic_write_bytes(info_path, json.dumps(info, indent=1).encode())
+        self._index: dict[str, tuple[Path, int]] = {}
+        self._seen: set[str] = set()
+        self.refresh()
+
+    @classmethod
+    def for_encoder(cls, root: Path, spec: str, key: str, dim: int, info: dict) -> "FeatureCache":
+        return cls(Path(root) / f"{safe_name(spec)}-{key[:16]}", dim, info)
+
+    def refresh(self) -> None:
+        """Index shards written since the last look (by this or another process)."""
+        for shard in sorted(self.folder.glob("shard-*.npz")):
+            if shard.name in self._seen:
+                continue
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    keys = z["keys"]
+            except Exception:  # unreadable shard: ignore it, its items get recomputed
+                continue
+            self._seen.add(shard.name)
+            for row, k in enumerate(keys.tolist()):
+                self._index.setdefault(k, (shard, row))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get_many(self, keys: list[str]) -> np.ndarray:
+        """Features for ``keys`` (all must be present), reading each shard once."""
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, k in enumerate(keys):
+            shard, row = self._index[k]
+            by_shard.setdefault(shard, []).append((i, row))
+        for shard, pairs in by_shard.items():
+            with np.load(shard, allow_pickle=False) as z:
+                feats = z["features"]
+            dst, src = zip(*pairs)
+            out[list(dst)] = feats[list(src)]
+        return out
+
+    def put_many(self, keys: list[str], features: np.ndarray) -> None:
+        """Append one shard atomically."""
+        if not keys:
+            return
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.shape != (len(keys), self.dim):
+            raise ValueError(f"cache {self.folder}: got features {features.shape}, "
+                             f"expected ({len(keys)}, {self.dim})")
+        name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
+        path = self.folder / name
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, keys=np.asarray(keys), features=features)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        self._seen.add(name)
+        for row, k in enumerate(keys):
+            self._index.setdefault(k, (path, row))

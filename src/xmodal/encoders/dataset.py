@@ -1,0 +1,112 @@
+"""Encode a whole :class:`PairedDataset`: fit on one split, encode everything, drop images that
+could not be decoded (with their texts) so the features stay NaN-free."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..data.dataset import DataError, PairedDataset
+from .base import Encoder, EncoderError
+from .cache import resolve_cache_dir, safe_name
+from .registry import get_encoder
+
+log = logging.getLogger("xmodal.encoders")
+
+
+def fit_cached(enc: Encoder, items: list[str], cache_dir=None, progress: bool | None = None) -> Encoder:
+    """``enc.fit(items)``, reusing a previous fit on the same content from the cache folder."""
+    if not enc.needs_fit:
+        return enc
+    root = resolve_cache_dir(cache_dir)
+    path = None
+    if root is not None:
+        h = hashlib.sha256(f"{enc.spec}\0{enc.version}".encode())
+        for item in items:
+            try:
+                h.update(enc._item_key(item).encode())
+            except OSError:
+                h.update(f"unreadable:{item}".encode())
+        path = root / "fitted" / f"{safe_name(enc.spec)}-{h.hexdigest()[:24]}.zip"
+        if path.exists():
+            try:
+                loaded = Encoder.load(path)
+                log.info("%s: reusing fitted state %s", enc.spec, path)
+                return loaded
+            except EncoderError as exc:
+                log.warning("%s: ignoring unreadable fitted state (%s); refitting", enc.spec, exc)
+    enc.fit(items, progress=progress)
+    if path is not None:
+        enc.save(path)
+    return enc
+
+
+def _fit_rows(ds: PairedDataset, fit_split: str | None) -> np.ndarray:
+    if fit_split is None:
+        return np.arange(ds.n_images)
+    if fit_split not in ds.splits:
+        raise DataError(f"dataset {ds.name!r} has no split {fit_split!r} to fit encoders on; "
+                        f"it has {sorted(ds.splits)}")
+    return ds.splits[fit_split]
+
+
+def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_encoder: str | Encoder | None,
+                   cache_dir: str | os.PathLike | bool | None = None, fit_split: str | None = "train",
+                   quiet: bool = False, batch_size: int | None = None) -> PairedDataset:
+    """``ds`` with ``image_features``/``text_features`` from the named encoders.
+
+    Fitted encoders learn their state from the ``fit_split`` images (and those images' texts)
+    only, then encode every item. Images that cannot be decoded are dropped with their texts;
+    splits are re-indexed. ``meta["encoding"]`` records specs, timings and skipped files.
+    """
+    progress = False if quiet else None
+    fit_images = _fit_rows(ds, fit_split)
+    in_fit = np.zeros(ds.n_images, dtype=bool)
+    in_fit[fit_images] = True
+    info: dict = {"image_encoder": None, "text_encoder": None, "skipped": []}
+    X = T = None
+    ok = np.ones(ds.n_images, dtype=bool)
+    if image_encoder is not None:
+        if ds.image_paths is None:
+            raise DataError(f"dataset {ds.name!r} has no image files (field image_paths); "
+                            "it cannot be encoded with an image encoder")
+        enc = get_encoder(image_encoder, "image") if isinstance(image_encoder, str) else image_encoder
+        t0 = time.perf_counter()
+        enc = fit_cached(enc, [ds.image_paths[i] for i in fit_images], cache_dir, progress)
+        X, ok = enc.encode(ds.image_paths, batch_size=batch_size, progress=progress,
+                           cache_dir=cache_dir, return_mask=True)
+        r = enc.report_
+        info["image_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,
+                                 "n_computed": r.n_computed, "seconds": time.perf_counter() - t0}
+        info["skipped"] = [{"file": f, "reason": why} for f, why in r.skipped]
+    if text_encoder is not None:
+        if ds.texts is None:
+            raise DataError(f"dataset {ds.name!r} has no raw texts (field texts); "
+                            "it cannot be encoded with a text encoder")
+        enc = get_encoder(text_encoder, "text") if isinstance(text_encoder, str) else text_encoder
+        t0 = time.perf_counter()
+        fit_texts = [t for t, i in zip(ds.texts, ds.text_to_image) if in_fit[i]]
+        enc = fit_cached(enc, fit_texts, cache_dir, progress)
+        T = enc.encode(ds.texts, batch_size=batch_size, progress=progress, cache_dir=cache_dir)
+        r = enc.report_
+        info["text_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,
+                                "n_computed": r.n_computed, "seconds": time.perf_counter() - t0}
+    out = ds.with_features(X, T)
+    if not ok.all():
+        keep = np.flatnonzero(ok)
+        n_texts_before = out.n_texts
+        out = out.subset(keep, name=ds.name)
+        new_index = np.full(ds.n_images, -1, dtype=np.int64)
+        new_index[keep] = np.arange(len(keep))
+        # subset() drops splits; carry them over in the new numbering.
+        out.splits = {k: new_index[v][new_index[v] >= 0] for k, v in ds.splits.items()}
+        out.validate()
+        log.warning("%s: dropped %d of %d images that could not be decoded (and their %d texts); "
+                    "see the warnings above for each file", ds.name, ds.n_images - len(keep),
+                    ds.n_images, n_texts_before - out.n_texts)
+    out.meta = {**out.meta, "encoding": info}
+    return out

@@ -1,0 +1,155 @@
+"""Image reading that never crashes a run, and the batched decode pipeline.
+
+Decoding happens in DataLoader worker processes; each worker returns a ready-to-stack uint8
+array (resized and cropped there, so only 224x224x3 bytes per image cross the process
+boundary) and the main process only runs the model."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .base import Encoder, cpu_count
+from .cache import content_hash
+
+
+class ImageReadError(Exception):
+    """An image that cannot be used; the message says why."""
+
+
+def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None):
+    """Open and fully decode ``path`` as RGB, or raise :class:`ImageReadError`.
+
+    ``max_pixels`` (default Pillow's ``Image.MAX_IMAGE_PIXELS``) guards against decompression
+    bombs: anything larger is refused before its pixels are decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(f"cannot read file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit; we refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
+            w, h = im.size
+            if limit and w * h > limit:
+                raise ImageReadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels "
+                                     f"exceeds the limit of {limit}")
+            if draft_size and im.format == "JPEG":
+                # JPEG DCT scaling: decode big photos at reduced size directly (much faster).
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            return im.convert("RGB")
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"decompression bomb refused ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError("not an image (unknown or unsupported format)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow signals truncated/corrupt data with OSError ("image file is truncated") and,
+        # for some formats, SyntaxError or ValueError.
+        raise ImageReadError(f"corrupt or truncated image ({exc})") from exc
+
+
+def load_center_crop(path: str, resize: int, crop: int, max_pixels: int | None = None) -> np.ndarray:
+    """Standard ImageNet evaluation preprocessing up to normalisation: shorter side to
+    ``resize`` (bilinear), centre ``crop`` x ``crop``; uint8 HxWx3."""
+    from PIL import Image
+
+    im = open_image(path, max_pixels, draft_size=resize)
+    w, h = im.size
+    scale = resize / min(w, h)
+    nw, nh = max(crop, round(w * scale)), max(crop, round(h * scale))
+    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    im = im.crop((left, top, left + crop, top + crop))
+    return np.asarray(im, dtype=np.uint8)
+
+
+class _Items:
+    """Map-style dataset: position -> (position, array or None, failure reason or None)."""
+
+    def __init__(self, paths: list[str], load: Callable[[str], np.ndarray]) -> None:
+        self.paths, self.load = paths, load
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.load(self.paths[i]), None
+        except ImageReadError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a loader bug must not kill a long run either
+            return i, None, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch, stack: bool):
+    import torch
+
+    pos = [i for i, a, _ in batch if a is not None]
+    arrays = [a for _, a, _ in batch if a is not None]
+    fails = [(i, r) for i, a, r in batch if a is None]
+    if stack:
+        data = torch.from_numpy(np.stack(arrays)) if arrays else None
+    else:
+        data = arrays
+    return pos, data, fails
+
+
+def _worker_init(_worker_id: int) -> None:
+    # One decode thread per worker: the cores belong to the model.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+def default_workers(n_items: int, batch_size: int) -> int:
+    """Decode workers: none for a handful of items (process start-up would dominate)."""
+    if n_items <= batch_size:
+        return 0
+    return max(1, min(4, cpu_count() // 2))
+
+
+def iterate_batches(paths: list[str], load: Callable[[str], np.ndarray], batch_size: int,
+                    num_workers: int | None = None, stack: bool = True,
+                    prefetch_factor: int = 4) -> Iterator[tuple[list[int], object, list[tuple[int, str]]]]:
+    """Batches of decoded items in order: (positions, stacked uint8 tensor or list, failures)."""
+    from torch.utils.data import DataLoader
+
+    if num_workers is None:
+        num_workers = default_workers(len(paths), batch_size)
+    kw = {}
+    if num_workers > 0:
+        kw = dict(worker_init_fn=_worker_init, prefetch_factor=prefetch_factor)
+    loader = DataLoader(_Items(paths, load), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers,
+                        collate_fn=functools.partial(_collate, stack=stack), **kw)
+    yield from loader
+
+
+class ImageEncoder(Encoder):
+    """Shared part of image encoders: items are file paths, keyed by file content."""
+
+    modality = "image"
+    max_pixels: int | None = None  # None: Pillow's Image.MAX_IMAGE_PIXELS
+    num_workers: int | None = None  # None: default_workers()
+
+    def _item_key(self, item: str) -> str:
+        with open(item, "rb") as fh:
+            return content_hash(fh.read())

