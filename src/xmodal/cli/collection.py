@@ -1,0 +1,158 @@
+"""``xmodal index``, ``xmodal search``, ``xmodal serve`` and ``xmodal keys``: the search engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+COLLECTION_OPT = typer.Option(..., "--collection", "-c", help="collection directory")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _open(path: Path):
+    from ..index import Collection, CollectionError
+
+    try:
+        return Collection.open(path)
+    except CollectionError as exc:
+        _fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    from ..index.build import DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER
+
+    @app.command("index")
+    def index_cmd(
+        source: str = typer.Argument(..., help="a folder of images (captions in sidecar NAME.txt files), "
+                                     "a pairs file (.jsonl/.csv), a Karpathy dataset.json or a dataset name"),
+        collection: Path = COLLECTION_OPT,
+        method: str = typer.Option(DEFAULT_METHOD, help="method name fitted on the source's pairs, or a "
+                                   "saved fitted method (.zip)"),
+        image_encoder: str = typer.Option(DEFAULT_IMAGE_ENCODER, help="image feature encoder"),
+        text_encoder: str = typer.Option(DEFAULT_TEXT_ENCODER, help="text feature encoder"),
+        index: str = typer.Option("Flat", help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
+                                  "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always exists too"),
+        rerank: bool = typer.Option(False, help="binary methods: keep float projections to re-rank "
+                                    "Hamming shortlists"),
+        public_read: bool = typer.Option(True, help="new collection: searching needs no API key"),
+        rebuild: bool = typer.Option(False, help="start the collection afresh (refit the method)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    ) -> None:
+        """Index images and captions into a collection (created and fitted on first use,
+        extended incrementally afterwards: unchanged files cost nothing)."""
+        from ..data.dataset import DataError
+        from ..index import CollectionError, IndexSpecError, build_collection
+
+        try:
+            coll = build_collection(source, collection, method=method, image_encoder=image_encoder,
+                                    text_encoder=text_encoder, index=index, rerank=rerank,
+                                    public_read=public_read, overwrite=rebuild, quiet=quiet)
+        except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
+            _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        s = coll.stats()
+        typer.echo(f"{collection}: {s['images']} images, {s['texts']} texts, method {s['method']}, "
+                   f"{s['output']} {s['dim']}-d, index {s['index']}")
+
+    @app.command("search")
+    def search_cmd(
+        query: Optional[str] = typer.Argument(None, help="a text query"),
+        collection: Path = COLLECTION_OPT,
+        image: Optional[Path] = typer.Option(None, "--image", help="an image file as the query"),
+        item: Optional[int] = typer.Option(None, "--item", help="an item id as the query (more like this)"),
+        k: int = typer.Option(10, "-k", min=1, max=10000, help="results"),
+        target: Optional[str] = typer.Option(None, help="image or text (default: the other modality)"),
+        label: list[str] = typer.Option([], "--label", help="only results with this label (repeatable)"),
+        exact: bool = typer.Option(False, help="use the flat exact index"),
+        as_json: bool = typer.Option(False, "--json", help="JSON output"),
+    ) -> None:
+        """Search a collection; one result per line: score, id, path or text."""
+        if sum(x is not None for x in (query, image, item)) != 1:
+            _fail("give exactly one of: a text query, --image FILE, --item ID")
+        if target not in (None, "image", "text"):
+            _fail(f"--target must be image or text, got {target!r}")
+        coll = _open(collection)
+        kw = dict(labels=label or None, exact=exact)
+        try:
+            if query is not None:
+                hits = coll.search_text(query, k, target or "image", **kw)
+            elif image is not None:
+                if not image.is_file():
+                    _fail(f"{image}: no such file")
+                hits = coll.search_image(image, k, target or "text", **kw)
+            else:
+                hits = coll.search_item(item, k, target, **kw)
+        except KeyError as exc:
+            _fail(str(exc.args[0]))
+        except ValueError as exc:
+            _fail(str(exc))
+        if as_json:
+            typer.echo(json.dumps([h.to_dict() for h in hits], indent=1))
+            return
+        for h in hits:
+            what = h.path if h.modality == "image" else (h.text or "").replace("\n", " ")
+            typer.echo(f"{h.score:.4f}\t{h.id}\t{what}")
+
+    @app.command("serve")
+    def serve_cmd(
+        collection: Path = COLLECTION_OPT,
+        host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+        port: int = typer.Option(8000, help="port"),
+        max_upload_mb: float = typer.Option(20.0, help="largest accepted request body, MiB"),
+    ) -> None:
+        """Serve the HTTP API and the web page (http://HOST:PORT/, schema at /docs)."""
+        import uvicorn
+
+        from ..service import create_app
+
+        app_ = create_app(_open(collection), max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+        uvicorn.run(app_, host=host, port=port, log_level="info")
+
+    keys = typer.Typer(no_args_is_help=True, help="API keys (roles read, write, admin) and access settings.")
+    app.add_typer(keys, name="keys")
+
+    @keys.command("add")
+    def keys_add(collection: Path = COLLECTION_OPT,
+                 role: str = typer.Option(..., help="read, write or admin"),
+                 name: str = typer.Option("", help="who or what the key is for")) -> None:
+        """Create a key; the token is printed once (only its salted hash is stored)."""
+        from ..service.auth import KeyError_, create_key
+
+        try:
+            typer.echo(create_key(_open(collection), role, name, actor="cli"))
+        except KeyError_ as exc:
+            _fail(str(exc))
+
+    @keys.command("list")
+    def keys_list(collection: Path = COLLECTION_OPT) -> None:
+        """List keys (ids, names, roles; never secrets)."""
+        from ..service.auth import list_keys
+
+        for r in list_keys(_open(collection)):
+            state = "revoked" if r["revoked"] else "active"
+            typer.echo(f"{r['key_id']}\t{r['role']}\t{state}\t{r['name']}")
+
+    @keys.command("revoke")
+    def keys_revoke(key_id: str = typer.Argument(...), collection: Path = COLLECTION_OPT) -> None:
+        """Revoke a key by id."""
+        from ..service.auth import KeyError_, revoke_key
+
+        try:
+            revoke_key(_open(collection), key_id, actor="cli")
+        except KeyError_ as exc:
+            _fail(str(exc))
+        typer.echo(f"revoked {key_id}")
+
+    @keys.command("public-read")
+    def keys_public(value: bool = typer.Argument(..., help="true: searching needs no key"),
+                    collection: Path = COLLECTION_OPT) -> None:
+        """Turn key-less reading (search, thumbnails) on or off."""
+        _open(collection).set_setting("public_read", value, actor="cli")
+        typer.echo(f"public_read = {value}")

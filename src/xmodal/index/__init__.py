@@ -1,0 +1,14 @@
+"""Search engine storage: FAISS indexes (:mod:`.vector`) over persistent, crash-safe
+collections (:mod:`.collection`), and :func:`build_collection` to index a folder or dataset."""
+
+from .collection import (AddReport, Collection, CollectionError, Hit, ImageItem, TextItem)
+from .vector import IndexSpecError, VectorIndex
+
+__all__ = ["Collection", "CollectionError", "Hit", "ImageItem", "TextItem", "AddReport",
+           "VectorIndex", "IndexSpecError"]
+
+from .build import (DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER,  # noqa: E402
+                    build_collection, scan_source)
+
+__all__ += ["build_collection", "scan_source", "DEFAULT_METHOD", "DEFAULT_IMAGE_ENCODER",
+            "DEFAULT_TEXT_ENCODER"]

@@ -1,0 +1,165 @@
+"""Index a folder of images (captions in sidecar ``.txt`` files), a pairs file, a Karpathy
+``dataset.json`` or a named dataset into a collection, fitting the common space on the way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import PairedDataset, load_dataset
+from ..data.dataset import DataError
+from ..data.karpathy import IMAGE_EXTENSIONS
+from .collection import Collection, CollectionError, ImageItem, TextItem, encode_items, get_encoder
+
+#: The learned common space fitted on a source's pairs when no fitted model is given.
+DEFAULT_METHOD = "cca"
+#: Parameters for methods created by name (clamped to what the data allows).
+DEFAULT_METHOD_PARAMS: dict[str, dict[str, Any]] = {"cca": {"n_components": 64, "reg": 1e-2}}
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+DEFAULT_TEXT_ENCODER = "minilm"
+
+
+def _sidecar_captions(image: Path) -> list[str]:
+    for cand in (image.with_suffix(".txt"), image.with_name(image.name + ".txt")):
+        if cand.is_file():
+            try:
+                lines = cand.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{cand}: captions must be UTF-8 text ({exc.reason})") from exc
+            return [ln.strip() for ln in lines if ln.strip()]
+    return []
+
+
+def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
+    """Every image under ``folder`` (sorted; key = path relative to it). Captions come from a
+    sidecar ``NAME.txt`` (one per non-empty line); an image inside a sub-folder gets the
+    sub-folder's name as its label."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    images, texts = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            p = Path(dirpath) / fn
+            if p.suffix.lower() not in IMAGE_EXTENSIONS or fn.startswith("."):
+                continue
+            rel = p.relative_to(root).as_posix()
+            labels = [rel.split("/")[0]] if "/" in rel else []
+            images.append(ImageItem(key=rel, path=str(p.resolve()), labels=labels))
+            for j, cap in enumerate(_sidecar_captions(p)):
+                texts.append(TextItem(key=f"{rel}#{j}", text=cap, pair_key=rel, labels=labels))
+    if not images:
+        raise DataError(f"{root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return images, texts
+
+
+def items_from_dataset(ds: PairedDataset) -> tuple[list[ImageItem], list[TextItem]]:
+    if ds.image_paths is None:
+        raise DataError(f"dataset {ds.name!r} has no image files to index (features only)")
+    root = Path(ds.root) if ds.root else None
+    keys = []
+    for i, p in enumerate(ds.image_paths):
+        if ds.image_ids is not None:
+            keys.append(str(ds.image_ids[i]))
+        elif root is not None and Path(p).is_relative_to(root.resolve()):
+            keys.append(Path(p).relative_to(root.resolve()).as_posix())
+        else:
+            keys.append(str(p))
+    names = ds.label_names or []
+    img_labels = [[names[j] if j < len(names) else str(j) for j in np.flatnonzero(row)]
+                  for row in ds.labels] if ds.labels is not None else [[] for _ in keys]
+    images = [ImageItem(key=k, path=str(Path(p).resolve()), labels=l)
+              for k, p, l in zip(keys, ds.image_paths, img_labels)]
+    seen: dict[int, int] = {}
+    texts = []
+    for j, (t, i) in enumerate(zip(ds.texts or [], ds.text_to_image)):
+        n = seen.get(int(i), 0)
+        seen[int(i)] = n + 1
+        texts.append(TextItem(key=f"{keys[i]}#{n}", text=t, pair_key=keys[i], labels=img_labels[i]))
+    return images, texts
+
+
+def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
+    """Images and texts from a folder, a pairs file, a ``dataset.json`` or a dataset name."""
+    p = Path(source)
+    if p.is_dir() and not (p / "dataset.json").exists():
+        return scan_folder(p)
+    return items_from_dataset(load_dataset(str(source)))
+
+
+def _default_params(name: str, params: dict[str, Any] | None, dx: int, dy: int, n: int) -> dict[str, Any]:
+    from ..methods import get
+
+    out = dict(DEFAULT_METHOD_PARAMS.get(name, {}))
+    out.update(params or {})
+    accepted = get(name)._param_names()
+    if "n_components" in accepted and "n_components" in out and not (params or {}).get("n_components"):
+        out["n_components"] = int(max(1, min(out["n_components"], dx, dy, n - 1)))
+    return {k: v for k, v in out.items() if k in accepted}
+
+
+def build_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
+                     method_params: dict[str, Any] | None = None,
+                     image_encoder: Any = DEFAULT_IMAGE_ENCODER, text_encoder: Any = DEFAULT_TEXT_ENCODER,
+                     index: str = "Flat", rerank: bool = False, public_read: bool = True,
+                     overwrite: bool = False, quiet: bool = False, batch_size: int = 256) -> Collection:
+    """Index ``source`` into the collection at ``collection_path`` and return it open.
+
+    A new collection fits ``method`` (a registry name, a saved method file or a fitted
+    method object) on the source's image/text pairs. An existing one adds what is new or
+    changed, with the method and encoders it already has (unchanged files cost nothing).
+    """
+    progress = not quiet
+    images, texts = scan_source(source)
+    if Collection.exists(collection_path) and not overwrite:
+        coll = Collection.open(collection_path)
+        coll.add_items(images, texts, progress=progress, batch_size=batch_size)
+        return coll
+    img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
+    if getattr(txt_enc, "needs_fit", False):
+        txt_enc.fit([t.text for t in texts], progress=progress)
+    if getattr(img_enc, "needs_fit", False):
+        img_enc.fit([i.path for i in images], progress=progress)
+    Fi, ok = encode_items(img_enc, [i.path for i in images], progress=progress)
+    if not ok.all():
+        bad = {images[r].key for r in np.flatnonzero(~ok)}
+        if not quiet:
+            print(f"skipping {len(bad)} unreadable image(s), e.g. {sorted(bad)[0]}")
+        images = [it for it, good in zip(images, ok) if good]
+        Fi = Fi[ok]
+        texts = [t for t in texts if t.pair_key not in bad]
+    Ft, _ = encode_items(txt_enc, [t.text for t in texts], progress=progress) if texts else (None, None)
+    if isinstance(method, (str, Path)) and Path(method).suffix == ".zip" and Path(method).exists():
+        from ..methods import load
+
+        fitted = load(str(method))
+    elif isinstance(method, str):
+        from ..methods import create
+
+        if not texts:
+            raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
+                                  ".txt captions or pass a fitted method file (--method FILE.zip)")
+        row = {it.key: r for r, it in enumerate(images)}
+        t2i = np.asarray([row[t.pair_key] for t in texts])
+        params = _default_params(method, method_params, Fi.shape[1], Ft.shape[1], len(texts))
+        fitted = create(method, **params)
+        if fitted.supervised:
+            raise CollectionError(f"method {method!r} needs labels; use an unsupervised one "
+                                  f"(default {DEFAULT_METHOD!r}) or a fitted method file")
+        ds = PairedDataset(name=Path(str(source)).name, text_to_image=t2i, n_images=len(images),
+                           image_features=Fi, text_features=Ft)
+        if not quiet:
+            print(f"fitting {fitted!r} on {len(texts)} pairs")
+        fitted.fit(ds)
+    else:
+        fitted = method
+    coll = Collection.create(collection_path, method=fitted, image_encoder=img_enc, text_encoder=txt_enc,
+                             index=index, rerank=rerank, public_read=public_read, overwrite=True,
+                             info={"source": str(source)})
+    coll.add_items(images, texts, image_features=Fi, text_features=Ft, progress=progress,
+                   batch_size=batch_size)
+    return coll

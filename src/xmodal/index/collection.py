@@ -1,0 +1,831 @@
+"""A persistent, searchable collection of images and texts in one learned common space.
+
+Layout of a collection directory::
+
+    collection.db            SQLite (WAL): items, labels, vectors, settings, keys, audit log
+    method.zip               the fitted cross-modal method (``method.save``)
+    encoders/<modality>.*    fitted feature encoders (pretrained ones are recreated by spec)
+    indexes/<modality>.<variant>.g<generation>.faiss   FAISS caches of the vectors table
+    thumbs/, files/          thumbnails and images uploaded over HTTP (named by content hash)
+
+SQLite is the source of truth and every write is one transaction that also bumps a generation
+number. Index files carry the generation they reflect in their name and are written to a
+temporary file and ``os.replace``d, so after a crash an index file is either current or stale;
+a stale one is rebuilt from the vectors table when the collection is opened.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..data.dataset import DataError
+from .store import SCHEMA_VERSION, Store
+from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare
+
+MODALITIES = ("image", "text")
+DB_NAME = "collection.db"
+METHOD_FILE = "method.zip"
+MAX_KEY_LEN = 512
+
+
+class CollectionError(RuntimeError):
+    """A collection that is missing, incomplete or used in a way it does not support."""
+
+
+@dataclass
+class ImageItem:
+    key: str
+    path: str
+    labels: Sequence[str] = ()
+
+
+@dataclass
+class TextItem:
+    key: str
+    text: str
+    pair_key: str | None = None  # the key of the image this text describes
+    labels: Sequence[str] = ()
+
+
+@dataclass
+class Hit:
+    id: int
+    score: float
+    modality: str
+    key: str
+    path: str | None = None
+    text: str | None = None
+    labels: list[str] = field(default_factory=list)
+    pair_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AddReport:
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    ids: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # files the encoder could not read
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LEN:
+        raise DataError(f"item key {key!r}: must be a non-empty string of at most {MAX_KEY_LEN} chars")
+    if any(ord(c) < 32 for c in key):
+        raise DataError(f"item key {key!r}: control characters are not allowed")
+    return key
+
+
+# ---------------------------------------------------------------- encoders
+def get_encoder(spec: Any) -> Any:
+    """An encoder object from a spec string (``xmodal.encoders.get_encoder``) or as given."""
+    if not isinstance(spec, str):
+        return spec
+    from ..encoders import get_encoder as _get
+
+    return _get(spec)
+
+
+def encode_items(enc: Any, inputs: Sequence[str], progress: bool | None = False,
+                 batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features, ok mask): rows the encoder could not read come back with ok False."""
+    try:
+        F, ok = enc.encode(list(inputs), batch_size=batch_size, progress=progress, return_mask=True)
+    except TypeError:  # an encoder without return_mask
+        F = enc.encode(list(inputs), batch_size=batch_size, progress=progress)
+        ok = np.ones(len(F), dtype=bool)
+    return np.asarray(F, dtype=np.float32), np.asarray(ok, dtype=bool)
+
+
+def _class_path(obj: Any) -> str:
+    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+
+
+def _load_class(path: str) -> Any:
+    mod, _, qual = path.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _float_projection(method: Any, modality: str, feats: np.ndarray) -> np.ndarray:
+    """A hashing method's real-valued projection before the sign (for re-ranking)."""
+    from ..methods.base import CrossModalMethod
+
+    fn = CrossModalMethod.encode_images if modality == "image" else CrossModalMethod.encode_texts
+    return np.asarray(fn(method, feats), dtype=np.float32)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Collection:
+    """Open with :meth:`open`, make with :meth:`create` (or :func:`xmodal.index.build_collection`)."""
+
+    def __init__(self, path: Path, store: Store) -> None:
+        self.path = path
+        self.store = store
+        self.meta = store.all_meta()
+        self.kind: str = self.meta["output"]
+        self.dim: int = int(self.meta["dim"])
+        self.fdim: int | None = self.meta.get("fdim")
+        self.index_spec: str = self.meta.get("index", "Flat")
+        self._method: Any = None
+        self._encoders: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self.indexes: dict[tuple[str, str], VectorIndex] = {}
+        self._gen = -1
+        self._load_indexes()
+
+    # ------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, path: str | Path, *, output: str = "real", dim: int | None = None,
+               method: Any = None, image_encoder: Any = None, text_encoder: Any = None,
+               index: str = "Flat", rerank: bool = False, public_read: bool = True,
+               overwrite: bool = False, info: dict | None = None) -> "Collection":
+        """A new, empty collection. ``method`` (fitted) fixes ``output`` and ``dim``; without it
+        vectors are added and searched as they are (``dim`` required)."""
+        path = Path(path)
+        db = path / DB_NAME
+        if db.exists():
+            complete = Store(db).get_meta("format") is not None
+            if complete and not overwrite:
+                raise CollectionError(f"{path}: a collection already exists (pass overwrite=True)")
+            for p in [db, Path(str(db) + "-wal"), Path(str(db) + "-shm")]:
+                p.unlink(missing_ok=True)
+            for d in ("indexes", "encoders"):
+                for f in (path / d).glob("*") if (path / d).is_dir() else []:
+                    f.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        fdim = None
+        if method is not None:
+            method._check_fitted()
+            output = method.output
+            probe = method.encode_images(np.zeros((1, method.image_dim_), dtype=np.float32))
+            dim = probe.shape[1] * 8 if output == "binary" else probe.shape[1]
+            if output == "binary" and rerank:
+                fdim = _float_projection(method, "image",
+                                         np.zeros((1, method.image_dim_), np.float32)).shape[1]
+            method.save(path / METHOD_FILE)
+        elif dim is None:
+            raise CollectionError("Collection.create: pass a fitted method or the vector dim")
+        if output not in ("real", "binary"):
+            raise CollectionError(f"output must be 'real' or 'binary', got {output!r}")
+        index = normalize_spec(output, index)
+        VectorIndex(output, dim, index)  # fail now on a bad factory string
+        encoders_meta = {}
+        for modality, enc in (("image", image_encoder), ("text", text_encoder)):
+            if enc is None:
+                continue
+            enc = get_encoder(enc)
+            rec: dict[str, Any] = {"spec": getattr(enc, "spec", None), "class": _class_path(enc),
+                                   "dim": int(enc.dim), "file": None}
+            if getattr(enc, "needs_fit", False):
+                f = path / "encoders" / f"{modality}.enc"
+                f.parent.mkdir(exist_ok=True)
+                enc.save(f)
+                rec["file"] = f.name
+            encoders_meta[modality] = rec
+        store = Store(db)
+        with store.transaction() as c:
+            for k, v in {"output": output, "dim": int(dim), "fdim": fdim, "index": index,
+                         "method": None if method is None else
+                         {"name": method.name, "file": METHOD_FILE, "params": method.get_params()},
+                         "encoders": encoders_meta, "public_read": bool(public_read),
+                         "created": time.time(), "generation": 0, "info": info or {}}.items():
+                Store.set_meta(c, k, v)
+            Store.set_meta(c, "format", SCHEMA_VERSION)  # last: marks the collection complete
+        store.close()
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Collection":
+        path = Path(path)
+        db = path / DB_NAME
+        if not db.exists():
+            raise CollectionError(f"{path}: no collection here (missing {DB_NAME}); "
+                                  "make one with `xmodal index`")
+        store = Store(db)
+        fmt = store.get_meta("format")
+        if fmt is None:
+            store.close()
+            raise CollectionError(f"{path}: collection was never completed (creation interrupted); "
+                                  "run `xmodal index` again")
+        if fmt != SCHEMA_VERSION:
+            store.close()
+            raise CollectionError(f"{path}: collection format {fmt}, this xmodal reads {SCHEMA_VERSION}")
+        return cls(path, store)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        db = Path(path) / DB_NAME
+        if not db.exists():
+            return False
+        s = Store(db)
+        try:
+            return s.get_meta("format") is not None
+        finally:
+            s.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ model parts
+    @property
+    def method(self) -> Any:
+        if self._method is None and self.meta.get("method"):
+            from ..methods import load
+
+            self._method = load(str(self.path / self.meta["method"]["file"]))
+        return self._method
+
+    def encoder(self, modality: str) -> Any:
+        if modality not in self._encoders:
+            rec = self.meta.get("encoders", {}).get(modality)
+            if rec is None:
+                raise CollectionError(f"{self.path}: collection has no {modality} encoder; "
+                                      f"search it with a vector instead")
+            if rec.get("file"):
+                klass = _load_class(rec["class"])
+                self._encoders[modality] = klass.load(self.path / "encoders" / rec["file"])
+            else:
+                self._encoders[modality] = get_encoder(rec["spec"])
+        return self._encoders[modality]
+
+    @property
+    def public_read(self) -> bool:
+        return bool(self.store.get_meta("public_read", True))
+
+    def set_setting(self, key: str, value: Any, actor: str = "local", remote: str | None = None) -> None:
+        if key not in ("public_read",):
+            raise CollectionError(f"unknown setting {key!r}; settable: public_read")
+        with self.store.transaction() as c:
+            Store.set_meta(c, key, value)
+            Store.audit(c, actor, "set_setting", {key: value}, remote)
+        self.meta[key] = value
+
+    def features_to_space(self, modality: str, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Encoder features -> (common-space codes, float projections for re-ranking or None)."""
+        m = self.method
+        if m is None:
+            return np.asarray(feats), None
+        codes = m.encode_images(feats) if modality == "image" else m.encode_texts(feats)
+        fvec = _float_projection(m, modality, feats) if self.fdim else None
+        return (np.asarray(codes, dtype=np.float32) if self.kind == "real" else codes), fvec
+
+    # ------------------------------------------------------------ index files
+    def _index_file(self, modality: str, variant: str, gen: int) -> Path:
+        return self.path / "indexes" / f"{modality}.{variant}.g{gen}.faiss"
+
+    def _variants(self) -> list[tuple[str, str, int, str]]:
+        """(variant, kind, dim, spec) for each index a modality has."""
+        out = [("flat", self.kind, self.dim, normalize_spec(self.kind, "Flat"))]
+        if self.index_spec not in ("Flat", "BFlat"):
+            out.append(("approx", self.kind, self.dim, self.index_spec))
+        if self.fdim:
+            out.append(("rerank", "real", int(self.fdim), "Flat"))
+        return out
+
+    def _build_index(self, modality: str, variant: str, kind: str, dim: int, spec: str,
+                     data: tuple[np.ndarray, list[bytes], list[bytes | None]] | None = None) -> VectorIndex | None:
+        ids, codes, fvecs = data if data is not None else self.store.vectors(modality)
+        idx = VectorIndex(kind, dim, spec)
+        if variant == "rerank":
+            mat = np.frombuffer(b"".join(fvecs), dtype=np.float32).reshape(len(ids), dim) if len(ids) else np.zeros((0, dim), np.float32)
+        else:
+            mat = self._decode(codes)
+        if len(ids):
+            try:
+                idx.add(ids, mat)
+            except IndexSpecError:
+                if variant == "approx":
+                    return None  # too few vectors to train yet: searches use the flat index
+                raise
+        elif not idx.is_trained:
+            return None
+        return idx
+
+    def _decode(self, codes: list[bytes]) -> np.ndarray:
+        if self.kind == "binary":
+            w = self.dim // 8
+            return np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), w)
+        return np.frombuffer(b"".join(codes), dtype=np.float32).reshape(len(codes), self.dim)
+
+    def _load_indexes(self) -> None:
+        """Load index files stamped with the store's generation; rebuild stale or missing ones."""
+        with self._lock:
+            gen = self.store.generation()
+            rebuilt = False
+            for modality in MODALITIES:
+                data = None
+                live = None
+                for variant, kind, dim, spec in self._variants():
+                    f = self._index_file(modality, variant, gen)
+                    idx = None
+                    if f.exists():
+                        if live is None:
+                            live = self.store.item_ids(modality)
+                        try:
+                            idx = VectorIndex.from_bytes(kind, dim, spec, f.read_bytes(), live_ids=live)
+                        except RuntimeError:
+                            idx = None  # unreadable: rebuild below
+                    if idx is None:
+                        if data is None:
+                            data = self.store.vectors(modality)
+                        idx = self._build_index(modality, variant, kind, dim, spec, data)
+                        rebuilt = True
+                    if idx is None:
+                        self.indexes.pop((modality, variant), None)
+                    else:
+                        self.indexes[(modality, variant)] = idx
+            self._gen = gen
+            if rebuilt:
+                self._save_indexes()
+
+    def _save_indexes(self) -> None:
+        """Write every index for the current generation (temp file + rename), drop older ones."""
+        gen = self._gen
+        for modality in MODALITIES:
+            for variant, *_ in self._variants():
+                idx = self.indexes.get((modality, variant))
+                if idx is None:
+                    continue
+                _write_atomic(self._index_file(modality, variant, gen), idx.to_bytes())
+        for f in (self.path / "indexes").glob("*.faiss"):
+            if not f.name.endswith(f".g{gen}.faiss"):
+                f.unlink(missing_ok=True)
+        for f in (self.path / "indexes").glob("*.tmp"):
+            f.unlink(missing_ok=True)
+
+    def refresh(self) -> bool:
+        """Reload indexes when another process wrote to the collection; True when it did."""
+        if self.store.generation() != self._gen:
+            self.meta = self.store.all_meta()
+            self._load_indexes()
+            return True
+        return False
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time across processes (flock) and threads; indexes saved at the end."""
+        lock_path = self.path / "write.lock"
+        with self._lock, open(lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                self.refresh()
+                yield
+                self._finish_write()
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _finish_write(self) -> None:
+        for (modality, variant), idx in list(self.indexes.items()):
+            if idx.needs_compaction():
+                kind, dim, spec = idx.kind, idx.dim, idx.spec
+                new = self._build_index(modality, variant, kind, dim, spec)
+                if new is None:
+                    self.indexes.pop((modality, variant))
+                else:
+                    self.indexes[(modality, variant)] = new
+        for modality in MODALITIES:  # an approximate index that could not train earlier
+            for variant, kind, dim, spec in self._variants():
+                if (modality, variant) not in self.indexes:
+                    idx = self._build_index(modality, variant, kind, dim, spec)
+                    if idx is not None:
+                        self.indexes[(modality, variant)] = idx
+        self._save_indexes()
+
+    # ------------------------------------------------------------ reading
+    def count(self, modality: str | None = None) -> int:
+        if modality is None:
+            return int(self.store.query("SELECT COUNT(*) FROM items")[0][0])
+        return int(self.store.query("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,))[0][0])
+
+    def stats(self) -> dict[str, Any]:
+        labels = [r[0] for r in self.store.query("SELECT DISTINCT label FROM item_labels ORDER BY label")]
+        return {"path": str(self.path), "images": self.count("image"), "texts": self.count("text"),
+                "output": self.kind, "dim": self.dim, "index": self.index_spec,
+                "rerank": bool(self.fdim), "method": (self.meta.get("method") or {}).get("name"),
+                "encoders": {m: r.get("spec") for m, r in self.meta.get("encoders", {}).items()},
+                "generation": self._gen, "public_read": self.public_read, "labels": labels}
+
+    def get_items(self, ids: Iterable[int]) -> dict[int, Hit]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        out: dict[int, Hit] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for r in self.store.query(f"SELECT id, modality, key, path, text, pair_id FROM items "
+                                      f"WHERE id IN ({marks})", chunk):
+                out[r[0]] = Hit(id=r[0], score=float("nan"), modality=r[1], key=r[2], path=r[3],
+                                text=r[4], pair_id=r[5])
+            for item_id, label in self.store.query(f"SELECT item_id, label FROM item_labels "
+                                                   f"WHERE item_id IN ({marks}) ORDER BY label", chunk):
+                out[item_id].labels.append(label)
+        return out
+
+    def get_item(self, item_id: int) -> Hit | None:
+        return self.get_items([item_id]).get(int(item_id))
+
+    def id_of(self, key: str) -> int | None:
+        rows = self.store.query("SELECT id FROM items WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def list_items(self, modality: str | None = None, offset: int = 0, limit: int = 100) -> list[Hit]:
+        sql, params = "SELECT id FROM items", []
+        if modality:
+            sql, params = sql + " WHERE modality = ?", [modality]
+        rows = self.store.query(sql + " ORDER BY id LIMIT ? OFFSET ?", params + [limit, offset])
+        got = self.get_items(r[0] for r in rows)
+        return [got[r[0]] for r in rows]
+
+    def item_vectors(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stored common-space codes (and float projections) of existing items, in order."""
+        ids = [int(i) for i in ids]
+        rows = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            for r in self.store.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN "
+                                      f"({','.join('?' * len(chunk))})", chunk):
+                rows[r[0]] = r
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise KeyError(f"no item with id {missing[0]}")
+        codes = self._decode([rows[i][1] for i in ids])
+        fv = None
+        if self.fdim:
+            fv = np.frombuffer(b"".join(rows[i][2] for i in ids), dtype=np.float32).reshape(len(ids), self.fdim)
+        return codes, fv
+
+    # ------------------------------------------------------------ query vectors
+    def encode_query_text(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("text query is empty")
+        feats = self.encoder("text").encode([text])
+        return self.features_to_space("text", feats)
+
+    def encode_query_image(self, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+        feats = self.encoder("image").encode([str(path)])
+        return self.features_to_space("image", feats)
+
+    def rocchio(self, q: np.ndarray, relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
+                a: float = 1.0, b: float = 0.75, c: float = 0.25,
+                fq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rocchio query update in the common space: q' = a q + b mean(rel) - c mean(nonrel).
+        Binary codes are updated as +-1 vectors and re-binarised by sign."""
+        if not relevant and not nonrelevant:
+            return q, fq
+
+        def unit(v: np.ndarray) -> np.ndarray:
+            v = np.asarray(v, dtype=np.float32).reshape(-1, v.shape[-1])
+            return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+        def as_float(codes: np.ndarray) -> np.ndarray:
+            if self.kind == "binary":
+                return np.unpackbits(np.asarray(codes, np.uint8).reshape(-1, self.dim // 8), axis=1).astype(np.float32) * 2 - 1
+            return unit(codes)
+
+        def update(qv: np.ndarray, R: np.ndarray | None, N: np.ndarray | None) -> np.ndarray:
+            out = a * qv
+            if R is not None and len(R):
+                out = out + b * R.mean(axis=0, keepdims=True)
+            if N is not None and len(N):
+                out = out - c * N.mean(axis=0, keepdims=True)
+            return out
+
+        Rc, Rf = self.item_vectors(relevant) if relevant else (None, None)
+        Nc, Nf = self.item_vectors(nonrelevant) if nonrelevant else (None, None)
+        qf = as_float(q)
+        new = update(qf, None if Rc is None else as_float(Rc), None if Nc is None else as_float(Nc))
+        if self.kind == "binary":
+            new_q = np.packbits((new > 0).astype(np.uint8), axis=1)
+        else:
+            new_q = unit(new)
+        new_fq = None
+        if fq is not None and self.fdim:
+            new_fq = update(unit(fq), None if Rf is None else unit(Rf), None if Nf is None else unit(Nf))
+        return new_q, new_fq
+
+    # ------------------------------------------------------------ searching
+    def _allowed(self, target: str, labels: Sequence[str] | None) -> np.ndarray | None:
+        if not labels:
+            return None
+        marks = ",".join("?" * len(labels))
+        rows = self.store.query(f"SELECT DISTINCT l.item_id FROM item_labels l JOIN items i ON i.id = l.item_id "
+                                f"WHERE i.modality = ? AND l.label IN ({marks})", [target, *labels])
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def search_vectors(self, Q: np.ndarray, target: str = "image", k: int = 10, *,
+                       labels: Sequence[str] | None = None, exact: bool = False,
+                       fq: np.ndarray | None = None, rerank: int = 0,
+                       exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Batch search of common-space query rows against ``target`` items: (scores, ids).
+
+        The approximate index answers unless ``exact`` or a label filter is given (the flat
+        index does: it filters exactly). Binary collections with stored float projections
+        re-rank a Hamming shortlist of ``rerank * k`` by cosine when ``fq`` is given.
+        """
+        if target not in MODALITIES:
+            raise ValueError(f"target must be 'image' or 'text', got {target!r}")
+        k = int(k)
+        if not 1 <= k <= 10000:
+            raise ValueError(f"k must be in 1..10000, got {k}")
+        allowed = self._allowed(target, labels)
+        extra = len(exclude)
+        kk = k + extra
+        with self._lock:
+            approx = self.indexes.get((target, "approx"))
+            idx = self.indexes[(target, "flat")] if (exact or allowed is not None or approx is None) else approx
+            use_rerank = bool(rerank) and fq is not None and (target, "rerank") in self.indexes
+            S, I = idx.search(Q, kk * max(1, int(rerank)) if use_rerank else kk, allowed=allowed)
+            if use_rerank:
+                S, I = self._rerank(target, fq, I)
+        if extra:
+            drop = np.isin(I, np.asarray(list(exclude), dtype=np.int64))
+            order = np.argsort(drop, axis=1, kind="stable")
+            S, I = np.take_along_axis(S, order, 1), np.take_along_axis(I, order, 1)
+        return S[:, :k], I[:, :k]
+
+    def _rerank(self, target: str, fq: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ridx = self.indexes[(target, "rerank")]
+        fq = prepare("real", fq, ridx.dim)
+        S = np.full(I.shape, -np.inf, dtype=np.float32)
+        for r in range(len(I)):
+            ok = I[r] >= 0
+            if ok.any():
+                V = ridx.reconstruct(I[r][ok])
+                S[r, ok] = V @ fq[r]
+        order = np.argsort(-S, axis=1, kind="stable")
+        return np.take_along_axis(S, order, 1), np.take_along_axis(I, order, 1)
+
+    def _hits(self, S: np.ndarray, I: np.ndarray) -> list[Hit]:
+        ok = I >= 0
+        items = self.get_items(I[ok].tolist())
+        out = []
+        for s, i in zip(S[ok], I[ok]):
+            h = items.get(int(i))
+            if h is not None:  # deleted by another process since the index was loaded
+                h.score = float(s)
+                out.append(h)
+        return out
+
+    def search_vector(self, vector: np.ndarray, target: str = "image", k: int = 10, *,
+                      labels: Sequence[str] | None = None, exact: bool = False,
+                      relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
+                      fq: np.ndarray | None = None, rerank: int = 0,
+                      exclude: Sequence[int] = (), feedback: tuple[float, float, float] = (1.0, 0.75, 0.25)) -> list[Hit]:
+        """Search with one common-space vector (a float vector, or packed uint8 code)."""
+        self.refresh()
+        q = np.asarray(vector)
+        q = q.reshape(1, -1) if q.ndim == 1 else q
+        q, fq = self.rocchio(q, relevant, nonrelevant, *feedback, fq=fq)
+        S, I = self.search_vectors(q, target, k, labels=labels, exact=exact, fq=fq, rerank=rerank,
+                                   exclude=exclude)
+        return self._hits(S[:1], I[:1])
+
+    def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> list[Hit]:
+        """Text query; by default against images (text -> image)."""
+        q, fq = self.encode_query_text(text)
+        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
+
+    def search_image(self, path: str | Path, k: int = 10, target: str = "text", **kw: Any) -> list[Hit]:
+        """Image query (a file); by default against texts (image -> text)."""
+        q, fq = self.encode_query_image(path)
+        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
+
+    def search_item(self, item_id: int, k: int = 10, target: str | None = None, **kw: Any) -> list[Hit]:
+        """More like this: an existing item's stored vector as the query (itself excluded)."""
+        item = self.get_item(item_id)
+        if item is None:
+            raise KeyError(f"no item with id {item_id}")
+        q, fq = self.item_vectors([item.id])
+        target = target or item.modality
+        exclude = list(kw.pop("exclude", ())) + [item.id]
+        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0),
+                                  exclude=exclude, **kw)
+
+    # ------------------------------------------------------------ writing
+    def add_vectors(self, modality: str, keys: Sequence[str], codes: np.ndarray, *,
+                    paths: Sequence[str | None] | None = None, texts: Sequence[str | None] | None = None,
+                    labels: Sequence[Sequence[str]] | None = None,
+                    pair_keys: Sequence[str | None] | None = None,
+                    hashes: Sequence[str | None] | None = None, fvecs: np.ndarray | None = None,
+                    actor: str = "local", remote: str | None = None) -> AddReport:
+        """Add (or replace, by key) items whose common-space vectors are already known."""
+        with self._writing():
+            return self._add_vectors(modality, keys, codes, paths=paths, texts=texts, labels=labels,
+                                     pair_keys=pair_keys, hashes=hashes, fvecs=fvecs, actor=actor,
+                                     remote=remote)
+
+    def _add_vectors(self, modality, keys, codes, *, paths=None, texts=None, labels=None,
+                     pair_keys=None, hashes=None, fvecs=None, actor="local", remote=None) -> AddReport:
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        n = len(keys)
+        X = prepare(self.kind, codes, self.dim)
+        if len(X) != n:
+            raise DataError(f"{n} keys but {len(X)} vectors")
+        F = None
+        if self.fdim:
+            if fvecs is None:
+                raise DataError("this collection re-ranks with float projections: pass fvecs")
+            F = prepare("real", fvecs, self.fdim)
+        for k in keys:
+            check_key(k)
+        report = AddReport()
+        new_ids: list[int] = []
+        replaced: list[int] = []
+        now = time.time()
+        with self.store.transaction() as c:
+            pair_cache: dict[str, int | None] = {}
+            for r, key in enumerate(keys):
+                old = c.execute("SELECT id, modality FROM items WHERE key = ?", (key,)).fetchone()
+                if old is not None:
+                    if old[1] != modality:
+                        raise DataError(f"item key {key!r} is already a {old[1]} item")
+                    c.execute("DELETE FROM items WHERE id = ?", (old[0],))
+                    replaced.append(old[0])
+                pid = None
+                if pair_keys is not None and pair_keys[r]:
+                    pk = pair_keys[r]
+                    if pk not in pair_cache:
+                        row = c.execute("SELECT id FROM items WHERE key = ? AND modality = 'image'", (pk,)).fetchone()
+                        pair_cache[pk] = row[0] if row else None
+                    pid = pair_cache[pk]
+                    if pid is None:
+                        raise DataError(f"text {key!r}: paired image {pk!r} is not in the collection")
+                cur = c.execute("INSERT INTO items (key, modality, path, text, content_hash, pair_id, added_at) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (key, modality, None if paths is None else paths[r],
+                                 None if texts is None else texts[r],
+                                 None if hashes is None else hashes[r], pid, now))
+                item_id = int(cur.lastrowid)
+                new_ids.append(item_id)
+                c.execute("INSERT INTO vectors (item_id, code, fvec) VALUES (?, ?, ?)",
+                          (item_id, X[r].tobytes(), None if F is None else F[r].tobytes()))
+                for lab in sorted(set(labels[r])) if labels is not None else ():
+                    c.execute("INSERT INTO item_labels (item_id, label) VALUES (?, ?)", (item_id, str(lab)))
+            Store.audit(c, actor, "add", {"modality": modality, "count": n, "replaced": len(replaced),
+                                          "first_key": keys[0] if n else None}, remote)
+            self._gen = Store.bump_generation(c)
+        # Committed: mirror into the in-memory indexes (files are written when the write ends).
+        ids = np.asarray(new_ids, dtype=np.int64)
+        for (mod, variant), idx in self.indexes.items():
+            if mod != modality:
+                continue
+            if replaced:
+                idx.remove(replaced)
+            idx.add(ids, F if variant == "rerank" else X, prepared=True)
+        report.added = n - len(replaced)
+        report.replaced = len(replaced)
+        report.ids = new_ids
+        return report
+
+    def delete(self, ids: Sequence[int] = (), keys: Sequence[str] = (), actor: str = "local",
+               remote: str | None = None) -> list[int]:
+        """Delete items by id or key; an image takes its captions with it. Returns deleted ids."""
+        with self._writing():
+            want = [int(i) for i in ids] + [i for i in (self.id_of(k) for k in keys) if i is not None]
+            if not want:
+                return []
+            with self.store.transaction() as c:
+                rows = []
+                for i in want:
+                    r = c.execute("SELECT id, modality FROM items WHERE id = ?", (i,)).fetchone()
+                    if r:
+                        rows.append(r)
+                        rows += c.execute("SELECT id, modality FROM items WHERE pair_id = ?", (i,)).fetchall()
+                gone = sorted({r[0]: r[1] for r in rows}.items())
+                for i, _ in gone:
+                    c.execute("DELETE FROM items WHERE id = ?", (i,))
+                Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
+                self._gen = Store.bump_generation(c)
+            for modality in MODALITIES:
+                dead = [i for i, m in gone if m == modality]
+                for (mod, _), idx in self.indexes.items():
+                    if mod == modality and dead:
+                        idx.remove(dead)
+            return [i for i, _ in gone]
+
+    def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for start in range(0, len(keys), 900):
+            chunk = list(keys[start:start + 900])
+            for k, h in self.store.query(f"SELECT key, content_hash FROM items WHERE key IN "
+                                         f"({','.join('?' * len(chunk))})", chunk):
+                out[k] = h
+        return out
+
+    def add_items(self, images: Sequence[ImageItem] = (), texts: Sequence[TextItem] = (), *,
+                  image_features: np.ndarray | None = None, text_features: np.ndarray | None = None,
+                  batch_size: int = 256, progress: bool = False, actor: str = "local",
+                  remote: str | None = None) -> AddReport:
+        """Encode and add images (files) and texts. Items whose key and content hash are
+        already stored are skipped without encoding. Each batch commits on its own, so an
+        interrupted run keeps the batches done and a rerun continues where it stopped."""
+        total = AddReport()
+        with self._writing():
+            for modality, items, feats in (("image", list(images), image_features),
+                                           ("text", list(texts), text_features)):
+                if not items:
+                    continue
+                if modality == "image":
+                    hashes = []
+                    for it in items:
+                        try:
+                            hashes.append(sha256_file(it.path))
+                        except OSError as exc:
+                            raise DataError(f"image {it.path}: cannot read ({exc.strerror or exc})") from exc
+                else:
+                    hashes = [sha256_text(it.text) for it in items]
+                have = self._existing([it.key for it in items])
+                todo = [r for r, it in enumerate(items) if have.get(it.key, "\0") != hashes[r]]
+                total.unchanged += len(items) - len(todo)
+                bar = None
+                if progress and todo:
+                    from tqdm import tqdm
+                    bar = tqdm(total=len(todo), desc=f"adding {modality}s", unit=modality)
+                for start in range(0, len(todo), batch_size):
+                    rows = todo[start:start + batch_size]
+                    if feats is not None:
+                        F = np.asarray(feats)[rows]
+                    else:
+                        inputs = [items[r].path if modality == "image" else items[r].text for r in rows]
+                        F, ok = encode_items(self.encoder(modality), inputs)
+                        if not ok.all():  # unreadable images: reported, never indexed as zeros
+                            total.skipped += [items[r].path for r, good in zip(rows, ok) if not good]
+                            rows = [r for r, good in zip(rows, ok) if good]
+                            F = F[ok]
+                            if not rows:
+                                continue
+                    codes, fv = self.features_to_space(modality, F)
+                    rep = self._add_vectors(
+                        modality, [items[r].key for r in rows], codes, fvecs=fv,
+                        paths=[items[r].path for r in rows] if modality == "image" else None,
+                        texts=[items[r].text for r in rows] if modality == "text" else None,
+                        labels=[list(items[r].labels) for r in rows],
+                        pair_keys=[items[r].pair_key for r in rows] if modality == "text" else None,
+                        hashes=[hashes[r] for r in rows], actor=actor, remote=remote)
+                    total.added += rep.added
+                    total.replaced += rep.replaced
+                    total.ids += rep.ids
+                    if bar is not None:
+                        bar.update(len(rows))
+                if bar is not None:
+                    bar.close()
+        return total
+
+    # ------------------------------------------------------------ audit
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.store.query("SELECT id, ts, actor, action, detail, remote FROM audit "
+                                "ORDER BY id DESC LIMIT ?", (int(limit),))
+        return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3],
+                 "detail": json.loads(r[4]) if r[4].startswith("{") else r[4], "remote": r[5]} for r in rows]

@@ -1,0 +1,140 @@
+"""The collection's source of truth: one SQLite database in WAL mode.
+
+Everything a collection knows (items, their common-space vectors, labels, settings, API keys,
+the audit log, the write generation) lives here and changes only inside transactions, so a
+crash at any moment leaves the previous or the new state. Index files on disk are caches of
+the ``vectors`` table stamped with the generation they reflect.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,     -- never reused: FAISS ids stay stable
+    key TEXT NOT NULL UNIQUE,                 -- the caller's id (relative path, caption key)
+    modality TEXT NOT NULL CHECK (modality IN ('image', 'text')),
+    path TEXT,
+    text TEXT,
+    content_hash TEXT,
+    pair_id INTEGER,                          -- a caption's image item
+    added_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_modality ON items (modality);
+CREATE INDEX IF NOT EXISTS items_pair ON items (pair_id);
+CREATE TABLE IF NOT EXISTS item_labels (
+    item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    PRIMARY KEY (item_id, label)
+);
+CREATE INDEX IF NOT EXISTS item_labels_label ON item_labels (label);
+CREATE TABLE IF NOT EXISTS vectors (
+    item_id INTEGER PRIMARY KEY REFERENCES items (id) ON DELETE CASCADE,
+    code BLOB NOT NULL,                       -- common-space vector: float32 or packed bits
+    fvec BLOB                                 -- float projection of a binary code (re-ranking)
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    created REAL NOT NULL,
+    revoked REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    remote TEXT
+);
+"""
+
+
+class Store:
+    """A thread-safe wrapper over one SQLite connection (WAL, foreign keys on)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                    timeout=30.0)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")  # durable commits: crash safety over speed
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def all_meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
+
+    @staticmethod
+    def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+
+    @staticmethod
+    def bump_generation(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        gen = (json.loads(row[0]) if row else 0) + 1
+        Store.set_meta(conn, "generation", gen)
+        return gen
+
+    def generation(self) -> int:
+        return int(self.get_meta("generation", 0))
+
+    # ------------------------------------------------------------------ items
+    def vectors(self, modality: str) -> tuple[np.ndarray, list[bytes], list[bytes | None]]:
+        rows = self.query("SELECT v.item_id, v.code, v.fvec FROM vectors v JOIN items i ON i.id = v.item_id "
+                          "WHERE i.modality = ? ORDER BY v.item_id", (modality,))
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+    def item_ids(self, modality: str) -> np.ndarray:
+        rows = self.query("SELECT id FROM items WHERE modality = ?", (modality,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    @staticmethod
+    def audit(conn: sqlite3.Connection, actor: str, action: str, detail: dict | str,
+              remote: str | None = None) -> None:
+        conn.execute("INSERT INTO audit (ts, actor, action, detail, remote) VALUES (?, ?, ?, ?, ?)",
+                     (time.time(), actor, action,
+                      detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True), remote))

@@ -1,0 +1,504 @@
+"""The HTTP API and web page over one collection (FastAPI; OpenAPI schema at /openapi.json).
+
+Read routes (search, items, thumbnails) are open when the collection's ``public_read`` setting
+is on, else they need a key with role ``read``; adding and deleting need ``write``; keys,
+settings and the audit log need ``admin``. Send keys as ``X-API-Key: TOKEN`` or
+``Authorization: Bearer TOKEN`` (GET routes also take ``?api_key=`` so ``<img>`` tags work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from ..data.dataset import DataError
+from ..index.collection import Collection, Hit, ImageItem, TextItem, _write_atomic, check_key
+from . import auth
+
+STATIC = Path(__file__).parent / "static"
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
+THUMB_SIZES = (128, 256, 512)
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
+_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+# ------------------------------------------------------------------------- models
+class SearchRequest(BaseModel):
+    text: str | None = Field(None, description="text query", max_length=2000)
+    item_id: int | None = Field(None, description="an item's id: more like this")
+    vector: list[float] | None = Field(None, description="a common-space vector; for binary "
+                                       "collections the packed code bytes (0..255)", max_length=65536)
+    target: Literal["image", "text"] | None = Field(None, description="modality of results "
+                                                    "(default: the other modality)")
+    k: int = Field(10, ge=1, le=1000)
+    labels: list[str] = Field(default_factory=list, description="only items with any of these labels")
+    exact: bool = Field(False, description="search the flat exact index")
+    relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
+    nonrelevant: list[int] = Field(default_factory=list, description="ids marked not relevant")
+    alpha: float = 1.0
+    beta: float = 0.75
+    gamma: float = 0.25
+
+
+class TextAdd(BaseModel):
+    text: str = Field(..., min_length=1, max_length=10000)
+    key: str | None = None
+    pair_id: int | None = None
+    labels: list[str] = Field(default_factory=list)
+
+
+class KeyCreate(BaseModel):
+    role: Literal["read", "write", "admin"]
+    name: str = Field("", max_length=200)
+
+
+class Settings(BaseModel):
+    public_read: bool
+
+
+# ------------------------------------------------------------------------- helpers
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.limit:
+                    return await _plain(send, 413, f"request body over {self.limit} bytes")
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _plain(send, 413, f"request body over {self.limit} bytes")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _plain(send: Any, status: int, detail: str) -> None:
+    body = ('{"detail": "%s"}' % detail).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Metrics:
+    """Prometheus counters and a latency histogram per route (text exposition format)."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(self.BUCKETS) + 1))
+        self.sums: dict[str, float] = defaultdict(float)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[(method, route, status)] += 1
+            h = self.hist[route]
+            for i, b in enumerate(self.BUCKETS):
+                if seconds <= b:
+                    h[i] += 1
+            h[-1] += 1
+            self.sums[route] += seconds
+
+    def render(self, coll: Collection) -> str:
+        out = ["# HELP xmodal_requests_total HTTP requests by method, route and status.",
+               "# TYPE xmodal_requests_total counter"]
+        with self.lock:
+            for (m, r, s), n in sorted(self.requests.items()):
+                out.append(f'xmodal_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
+            out += ["# HELP xmodal_request_seconds HTTP request latency by route.",
+                    "# TYPE xmodal_request_seconds histogram"]
+            for r, h in sorted(self.hist.items()):
+                for b, n in zip(self.BUCKETS, h):
+                    out.append(f'xmodal_request_seconds_bucket{{route="{r}",le="{b}"}} {n}')
+                out.append(f'xmodal_request_seconds_bucket{{route="{r}",le="+Inf"}} {h[-1]}')
+                out.append(f'xmodal_request_seconds_sum{{route="{r}"}} {self.sums[r]:.6f}')
+                out.append(f'xmodal_request_seconds_count{{route="{r}"}} {h[-1]}')
+        out += ["# HELP xmodal_items Items in the collection by modality.", "# TYPE xmodal_items gauge"]
+        for m in ("image", "text"):
+            out.append(f'xmodal_items{{modality="{m}"}} {coll.count(m)}')
+        out += ["# HELP xmodal_generation Write generation of the collection.", "# TYPE xmodal_generation gauge",
+                f"xmodal_generation {coll.store.generation()}"]
+        return "\n".join(out) + "\n"
+
+
+def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_IMAGE_PIXELS) -> str:
+    """Validate an uploaded image without trusting it; returns its Pillow format name.
+    Empty, non-image, truncated and oversized (decompression bomb) uploads are refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise HTTPException(400, f"{name}: empty upload (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # read from the header: nothing decoded yet
+            fmt = im.format
+            if w * h > max_pixels:
+                raise HTTPException(413, f"{name}: image is {w}x{h} = {w * h} pixels, over the "
+                                         f"limit of {max_pixels} (decompression bomb guard)")
+            if fmt not in _FORMAT_EXT:
+                raise HTTPException(415, f"{name}: image format {fmt} is not accepted; "
+                                         f"use one of {sorted(_FORMAT_EXT)}")
+            im.load()
+    except HTTPException:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, f"{name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise HTTPException(415, f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise HTTPException(400, f"{name}: broken image ({exc})") from None
+    return fmt
+
+
+def safe_key(key: str) -> str:
+    """Client-chosen item keys: relative, no '..', no odd characters."""
+    try:
+        check_key(key)
+    except DataError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if not _SAFE_KEY.match(key) or any(part in ("..", ".") for part in key.split("/")):
+        raise HTTPException(400, f"item key {key!r}: use letters, digits, '._#@+=-' and '/'-separated "
+                                 "parts; no '..', no leading '/'")
+    return key
+
+
+# ------------------------------------------------------------------------- app
+def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_image_pixels: int = MAX_IMAGE_PIXELS) -> FastAPI:
+    coll = collection if isinstance(collection, Collection) else Collection.open(collection)
+    metrics = Metrics()
+    encode_lock = threading.Lock()  # one query through the encoders at a time
+    app = FastAPI(title="xmodal search", version="1",
+                  description="Cross-modal (image <-> text) search over one xmodal collection.")
+    app.state.collection = coll
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(request.method, getattr(route, "path", "other"), response.status_code,
+                        time.perf_counter() - t0)
+        return response
+
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # --------------------------------------------------------------- auth
+    def principal(request: Request) -> tuple[str | None, str | None]:
+        token = request.headers.get("x-api-key")
+        authz = request.headers.get("authorization", "")
+        if not token and authz.lower().startswith("bearer "):
+            token = authz[7:].strip()
+        if not token and request.method == "GET":
+            token = request.query_params.get("api_key")
+        if not token:
+            return None, None
+        got = auth.verify_key(coll, token)
+        if got is None:
+            raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        return got
+
+    def need(role: str):
+        def dep(request: Request) -> str:
+            key_id, have = principal(request)
+            if role == "read" and have is None and coll.public_read:
+                return "anonymous"
+            if have is None:
+                raise HTTPException(401, f"this route needs an API key with role {role!r}",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if not auth.allows(have, role):
+                raise HTTPException(403, f"key {key_id} has role {have!r}; this route needs {role!r}")
+            return f"key:{key_id}"
+        return dep
+
+    def remote(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    # --------------------------------------------------------------- results
+    def hit_json(hits: list[Hit]) -> list[dict[str, Any]]:
+        img_ids = [h.id for h in hits if h.modality == "image"]
+        caps: dict[int, str] = {}
+        if img_ids:
+            marks = ",".join("?" * len(img_ids))
+            for pid, text in coll.store.query(f"SELECT pair_id, text FROM items WHERE pair_id IN ({marks}) "
+                                              f"ORDER BY id", img_ids):
+                caps.setdefault(pid, text)
+        out = []
+        for h in hits:
+            d = h.to_dict()
+            d["score"] = round(float(h.score), 6)
+            thumb_of = h.id if h.modality == "image" else h.pair_id
+            d["thumbnail"] = f"/api/items/{thumb_of}/thumbnail" if thumb_of else None
+            d["caption"] = h.text if h.modality == "text" else caps.get(h.id)
+            out.append(d)
+        return out
+
+    def run_search(req: SearchRequest, q: np.ndarray | None = None, fq: np.ndarray | None = None,
+                   query_modality: str | None = None) -> dict[str, Any]:
+        exclude: list[int] = []
+        if q is None:
+            given = [x for x in (req.text, req.item_id, req.vector) if x not in (None, "")]
+            if len(given) != 1:
+                raise HTTPException(422, "give exactly one of text, item_id, vector (or upload an image)")
+            if req.text:
+                with encode_lock:
+                    q, fq = coll.encode_query_text(req.text)
+                query_modality = "text"
+            elif req.item_id is not None:
+                item = coll.get_item(req.item_id)
+                if item is None:
+                    raise HTTPException(404, f"no item with id {req.item_id}")
+                q, fq = coll.item_vectors([item.id])
+                query_modality, exclude = item.modality, [item.id]
+            else:
+                v = np.asarray(req.vector, dtype=np.float32)
+                if coll.kind == "binary":
+                    if ((v < 0) | (v > 255) | (v != np.round(v))).any():
+                        raise HTTPException(422, "binary collections take vector as code bytes 0..255")
+                    v = v.astype(np.uint8)
+                width = coll.dim // 8 if coll.kind == "binary" else coll.dim
+                if v.shape != (width,):
+                    raise HTTPException(422, f"vector must have {width} values, got {v.shape[0]}")
+                q = v
+        target = req.target or ({"text": "image", "image": "text"}.get(query_modality or "", "image"))
+        rerank = 4 if fq is not None else 0
+        try:
+            hits = coll.search_vector(q, target, req.k, labels=req.labels or None, exact=req.exact,
+                                      relevant=req.relevant, nonrelevant=req.nonrelevant, fq=fq,
+                                      rerank=rerank, exclude=exclude,
+                                      feedback=(req.alpha, req.beta, req.gamma))
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"target": target, "k": req.k, "results": hit_json(hits)}
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"{file.filename}: upload over {max_upload_bytes} bytes")
+        return data
+
+    # --------------------------------------------------------------- public routes
+    @app.get("/", include_in_schema=False)
+    def index_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "items": coll.count(), "generation": coll.store.generation()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics_route() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(coll), media_type="text/plain; version=0.0.4")
+
+    # --------------------------------------------------------------- read routes
+    @app.get("/api/info")
+    def info(_: str = Depends(need("read"))) -> dict[str, Any]:
+        s = coll.stats()
+        s.pop("path", None)
+        return s
+
+    @app.get("/api/search")
+    def search_get(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=1000),
+                   target: Literal["image", "text"] | None = None, labels: str = "",
+                   exact: bool = False, _: str = Depends(need("read"))) -> dict[str, Any]:
+        req = SearchRequest(text=q, k=k, target=target, exact=exact,
+                            labels=[x for x in labels.split(",") if x])
+        return run_search(req)
+
+    @app.post("/api/search")
+    def search_post(req: SearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
+        return run_search(req)
+
+    @app.post("/api/search/image")
+    async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
+                           target: Literal["image", "text"] | None = Form(None),
+                           labels: str = Form(""), relevant: str = Form(""), nonrelevant: str = Form(""),
+                           exact: bool = Form(False), _: str = Depends(need("read"))) -> dict[str, Any]:
+        data = await read_upload(file)
+        fmt = check_image_bytes(data, file.filename or "upload", max_image_pixels)
+
+        def ids(s: str) -> list[int]:
+            try:
+                return [int(x) for x in s.split(",") if x.strip()]
+            except ValueError:
+                raise HTTPException(422, f"ids must be comma-separated integers, got {s!r}") from None
+
+        req = SearchRequest(k=k, target=target, labels=[x for x in labels.split(",") if x],
+                            relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact)
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
+            p.write_bytes(data)
+            with encode_lock:
+                q, fq = coll.encode_query_image(p)
+        return run_search(req, q, fq, "image")
+
+    @app.get("/api/items")
+    def items(modality: Literal["image", "text"] | None = None, offset: int = Query(0, ge=0),
+              limit: int = Query(50, ge=1, le=1000), _: str = Depends(need("read"))) -> dict[str, Any]:
+        return {"items": hit_json(coll.list_items(modality, offset, limit)), "offset": offset}
+
+    @app.get("/api/items/{item_id}")
+    def item(item_id: int, _: str = Depends(need("read"))) -> dict[str, Any]:
+        h = coll.get_item(item_id)
+        if h is None:
+            raise HTTPException(404, f"no item with id {item_id}")
+        d = hit_json([h])[0]
+        d.pop("score")
+        return d
+
+    @app.get("/api/items/{item_id}/thumbnail")
+    def thumbnail(item_id: int, size: int = Query(256), _: str = Depends(need("read"))) -> Response:
+        if size not in THUMB_SIZES:
+            raise HTTPException(422, f"size must be one of {THUMB_SIZES}")
+        h = coll.get_item(item_id)
+        if h is None or h.modality != "image" or not h.path:
+            raise HTTPException(404, f"no image item with id {item_id}")
+        return Response(make_thumbnail(coll, item_id, h.path, size), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    # --------------------------------------------------------------- write routes
+    @app.post("/api/items", status_code=201)
+    async def add_image(request: Request, file: UploadFile = File(...), captions: str = Form(""),
+                        labels: str = Form(""), key: str | None = Form(None),
+                        actor: str = Depends(need("write"))) -> dict[str, Any]:
+        data = await read_upload(file)
+        fmt = check_image_bytes(data, file.filename or "upload", max_image_pixels)
+        digest = hashlib.sha256(data).hexdigest()
+        key = safe_key(key) if key else f"upload/{digest[:16]}{_FORMAT_EXT[fmt]}"
+        # The client's file name is never used as a path: uploads are named by content hash.
+        dest = coll.path / "files" / f"{digest}{_FORMAT_EXT[fmt]}"
+        if not dest.exists():
+            _write_atomic(dest, data)
+        labs = [x.strip() for x in labels.split(",") if x.strip()]
+        caps = [c.strip() for c in captions.splitlines() if c.strip()]
+        with encode_lock:
+            rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
+                                 [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
+                                  for j, c in enumerate(caps)], actor=actor, remote=remote(request))
+        if rep.skipped:
+            raise HTTPException(400, f"{file.filename}: the image encoder could not read it")
+        return {"ids": rep.ids, "added": rep.added, "replaced": rep.replaced, "unchanged": rep.unchanged,
+                "id": coll.id_of(key)}
+
+    @app.post("/api/texts", status_code=201)
+    def add_text(req: TextAdd, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
+        pair_key = None
+        if req.pair_id is not None:
+            p = coll.get_item(req.pair_id)
+            if p is None or p.modality != "image":
+                raise HTTPException(404, f"no image item with id {req.pair_id}")
+            pair_key = p.key
+        key = safe_key(req.key) if req.key else f"text/{hashlib.sha256(req.text.encode()).hexdigest()[:16]}"
+        with encode_lock:
+            rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=req.labels)],
+                                 actor=actor, remote=remote(request))
+        return {"ids": rep.ids, "added": rep.added, "unchanged": rep.unchanged, "id": coll.id_of(key)}
+
+    @app.delete("/api/items/{item_id}")
+    def delete_item(item_id: int, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
+        gone = coll.delete(ids=[item_id], actor=actor, remote=remote(request))
+        if not gone:
+            raise HTTPException(404, f"no item with id {item_id}")
+        return {"deleted": gone}
+
+    # --------------------------------------------------------------- admin routes
+    @app.get("/api/keys")
+    def keys(_: str = Depends(need("admin"))) -> dict[str, Any]:
+        return {"keys": auth.list_keys(coll)}
+
+    @app.post("/api/keys", status_code=201)
+    def make_key(req: KeyCreate, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
+        token = auth.create_key(coll, req.role, req.name, actor=actor, remote=remote(request))
+        return {"token": token, "role": req.role, "key_id": token[len(auth.PREFIX):].split("_")[0]}
+
+    @app.delete("/api/keys/{key_id}")
+    def drop_key(key_id: str, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
+        try:
+            auth.revoke_key(coll, key_id, actor=actor, remote=remote(request))
+        except auth.KeyError_ as exc:
+            raise HTTPException(404, str(exc)) from None
+        return {"revoked": key_id}
+
+    @app.get("/api/audit")
+    def audit(limit: int = Query(100, ge=1, le=10000), _: str = Depends(need("admin"))) -> dict[str, Any]:
+        return {"entries": coll.audit_log(limit)}
+
+    @app.put("/api/settings")
+    def settings(req: Settings, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
+        coll.set_setting("public_read", req.public_read, actor=actor, remote=remote(request))
+        return {"public_read": coll.public_read}
+
+    @app.exception_handler(DataError)
+    async def data_error(_: Request, exc: DataError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    return app
+
+
+def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> bytes:
+    """A JPEG thumbnail, cached under the collection by content hash and size."""
+    from PIL import Image
+
+    rows = coll.store.query("SELECT content_hash FROM items WHERE id = ?", (item_id,))
+    tag = rows[0][0] if rows and rows[0][0] else f"id{item_id}"
+    cached = coll.path / "thumbs" / f"{tag}_{size}.jpg"
+    if cached.exists():
+        return cached.read_bytes()
+    try:
+        with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise HTTPException(413, f"item {item_id}: image too large to thumbnail")
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+    except FileNotFoundError:
+        raise HTTPException(404, f"item {item_id}: image file is gone") from None
+    except OSError as exc:
+        raise HTTPException(500, f"item {item_id}: cannot read image ({exc})") from None
+    data = buf.getvalue()
+    _write_atomic(cached, data)
+    return data
