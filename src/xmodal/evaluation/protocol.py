@@ -48,7 +48,7 @@ def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk)
         if dist is not None:
             out["p@r2"] = precision_within_radius(dist, rel, 2)
             out["hamming_pr_curve"] = hamming_pr_curve(dist, rel, bits)
-    if inst_rel is not None:
+    if inst_rel is not None and rk:
         rec = recall_at_k(scores, inst_rel, rk)
         for k, v in rec.items():
             out[f"r@{k}"] = 100.0 * v
@@ -94,7 +94,7 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
             inst = (np.arange(queries.n_images)[:, None] == t2i[None, :]) if direction == "i2t" \
                 else (t2i[:, None] == np.arange(queries.n_images)[None, :])
         res[direction] = _direction(method, scores, dist, rel, graded, inst, bits, map_k, pk, rk)
-    if same:
+    if same and rk:
         rs = [res[d][f"r@{k}"] for d in ("i2t", "t2i") for k in rk]
         res["mR"] = float(np.mean(rs))
     res["encode_seconds"] = encode_seconds

@@ -38,8 +38,15 @@ class TorchMethod(CrossModalMethod):
     Subclasses implement ``_build(image_dim, text_dim, n_labels) -> nn.Module`` whose module has
     ``encode_image(x)`` and ``encode_text(y)`` methods, and ``_loss(batch) -> Tensor`` where
     ``batch`` is a dict of tensors ``x``, ``y``, ``labels`` (or None) and ``index`` (rows of the
-    training pairs). Hooks: ``_on_epoch_start(epoch)`` (e.g. refresh codes), ``_setup(X, Y, L)``
-    before training (e.g. similarity matrices), ``_parameters()`` for custom optimiser groups.
+    training pairs) and ``image`` (the training image of each row, so that several captions of
+    one image can be told apart from other images). Hooks: ``_on_epoch_start(epoch)`` (e.g.
+    refresh codes), ``_setup(X, Y, L)`` before training (e.g. similarity matrices; the kept rows
+    of the training set are ``self._rows`` and the dataset ``self._train``), ``_parameters()`` for
+    custom optimiser groups, ``_batches(n, gen)`` for a custom batch sampler, ``_refresh()``
+    before every validation and after training (e.g. a closed-form last stage), and
+    ``_validation_result(vds)`` / ``_score_validation(res, vds)`` for custom validation.
+    Optional attributes read with defaults (so older subclasses need not define them):
+    ``grad_clip`` (max gradient norm, None = off) and ``lr_schedule`` ("constant" or "cosine").
     """
 
     _float64: ClassVar[bool] = False
@@ -70,40 +77,60 @@ class TorchMethod(CrossModalMethod):
     def _parameters(self):
         return self.module_.parameters()
 
+    def _batches(self, n: int, gen: torch.Generator):
+        """Index tensors of one epoch's mini-batches (default: a random permutation)."""
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, self.batch_size):
+            yield perm[s:s + self.batch_size]
+
+    def _refresh(self) -> None:
+        """Called before each validation and once after training (module in eval mode)."""
+
     # -------------------------------------------------------------- training
     def _fit(self, X, Y, L, *, train: PairedDataset, val: PairedDataset | None) -> None:
         gen = seed_everything(self.random_state)
         torch.set_num_threads(default_threads())
         self.n_labels_ = 0 if L is None else int(L.shape[1])
         val_arrays = self._validation_arrays(train, val)
+        rows = np.arange(len(X))
         if val_arrays is not None and val is None:
             # hold-out images came from train: drop their texts from training
             keep = val_arrays[3]
             X, Y, L = X[keep], Y[keep], None if L is None else L[keep]
+            rows = rows[keep]
+        self._rows, self._train = rows, train
+        self._image = torch.from_numpy(np.asarray(train.text_to_image)[rows])
         self.module_ = self._build(X.shape[1], Y.shape[1], self.n_labels_)
         self._X, self._Y = torch.from_numpy(X), torch.from_numpy(Y)
         self._L = None if L is None else torch.from_numpy(L)
         self._setup(X, Y, L)
         opt = torch.optim.Adam(self._parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(X)
+        steps_per_epoch = max(1, math.ceil(n / self.batch_size))
+        sched = None
+        if getattr(self, "lr_schedule", "constant") == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * steps_per_epoch)
+        clip = getattr(self, "grad_clip", None)
         best, best_state, bad, history = -math.inf, None, 0, []
         show = self.verbose and sys.stderr.isatty()
         bar = tqdm(range(self.epochs), desc=self.name, disable=not show, leave=False)
         for epoch in bar:
             self.module_.train()
             self._on_epoch_start(epoch)
-            perm = torch.randperm(n, generator=gen)
             total, seen = 0.0, 0
-            for s in range(0, n, self.batch_size):
-                idx = perm[s:s + self.batch_size]
+            for idx in self._batches(n, gen):
                 if len(idx) < 2:
                     continue
-                batch = {"x": self._X[idx], "y": self._Y[idx], "index": idx,
+                batch = {"x": self._X[idx], "y": self._Y[idx], "index": idx, "image": self._image[idx],
                          "labels": None if self._L is None else self._L[idx]}
                 loss = self._loss(batch)
                 opt.zero_grad()
                 loss.backward()
+                if clip:
+                    nn.utils.clip_grad_norm_(self.module_.parameters(), clip)
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
             epoch_loss = total / max(seen, 1)
@@ -123,9 +150,10 @@ class TorchMethod(CrossModalMethod):
         if best_state is not None:
             self.module_.load_state_dict(best_state)
         self.module_.eval()
+        self._refresh()
         self.history_ = history
         self.best_val_ = None if best == -math.inf else float(best)
-        del self._X, self._Y, self._L
+        del self._X, self._Y, self._L, self._image, self._train
 
     def _validation_arrays(self, train: PairedDataset, val: PairedDataset | None):
         """(X_img, Y_txt, dataset, keep_mask_for_train_texts) for early stopping, or None."""
@@ -144,14 +172,22 @@ class TorchMethod(CrossModalMethod):
 
     def _validation_score(self, Xv: np.ndarray, Yv: np.ndarray, vds: PairedDataset) -> float:
         """Mean of both directions' mAP (labelled data) or mean Recall@1/5/10 (otherwise)."""
-        from ..evaluation.protocol import evaluate
-
         self.module_.eval()
         self.fitted_ = True
         try:
-            res = evaluate(self, vds, pk=(), rk=(1, 5, 10))
+            with torch.no_grad():
+                self._refresh()
+            res = self._validation_result(vds)
         finally:
             self.module_.train()
+        return self._score_validation(res, vds)
+
+    def _validation_result(self, vds: PairedDataset) -> dict:
+        from ..evaluation.protocol import evaluate
+
+        return evaluate(self, vds, pk=(), rk=(1, 5, 10))
+
+    def _score_validation(self, res: dict, vds: PairedDataset) -> float:
         if vds.labels is not None:
             return 0.5 * (res["i2t"]["map"] + res["t2i"]["map"])
         return res["mR"]

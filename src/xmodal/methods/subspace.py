@@ -15,8 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics.pairwise import rbf_kernel
 
 from . import register
-from ._solvers import (cca_from_covariances, center_kernel_test, center_kernel_train,
-                       inv_sqrt_psd, ridge)
+from ._solvers import cca_from_covariances, center_kernel_test, center_kernel_train, ridge
 from .base import CrossModalMethod, interval, one_of
 
 _N_COMP = interval(1, None, integer=True)
@@ -188,21 +187,28 @@ class KernelCCA(CrossModalMethod):
         n = len(X)
         Kx, self.kx_col_, self.kx_grand_ = center_kernel_train(rbf_kernel(X, gamma=self.gx_))
         Ky, self.ky_col_, self.ky_grand_ = center_kernel_train(rbf_kernel(Y, gamma=self.gy_))
-        kx = self.reg * np.trace(Kx) / n
-        ky = self.reg * np.trace(Ky) / n
-        Rx = linalg.inv(Kx + kx * np.eye(n), assume_a="pos")
-        Ry = linalg.inv(Ky + ky * np.eye(n), assume_a="pos")
-        U, s, Vt = linalg.svd(Rx @ Kx @ Ky @ Ry)
+        # One eigendecomposition per kernel gives both (K + kI)^{-1} and (K + kI)^{-1} K.
+        wx, Vx = linalg.eigh(Kx)
+        wy, Vy = linalg.eigh(Ky)
+        wx, wy = np.maximum(wx, 0), np.maximum(wy, 0)
+        kx, ky = self.reg * wx.sum() / n, self.reg * wy.sum() / n
+        T = (Vx * (wx / (wx + kx))) @ (Vx.T @ Vy) @ (Vy * (wy / (wy + ky))).T
         k = min(self.n_components, n)
-        self.alpha_, self.beta_, self.correlations_ = Rx @ U[:, :k], Ry @ Vt[:k].T, s[:k]
+        U, s, Vt = linalg.svd(T)
+        U, s, Vt = U[:, :k], s[:k], Vt[:k]
+        self.alpha_ = (Vx / (wx + kx)) @ (Vx.T @ U)
+        self.beta_ = (Vy / (wy + ky)) @ (Vy.T @ Vt.T)
+        self.correlations_ = s
         self.train_images_, self.train_texts_ = X, Y
 
     def _fit_nystroem(self, X, Y) -> None:
         m = min(self.n_landmarks, len(X))
-        rng = np.random.default_rng(self.random_state)
-        idx = np.sort(rng.choice(len(X), m, replace=False))
-        self.train_images_, self.train_texts_ = X[idx], Y[idx]
-        Fx, Fy = self._nystroem(X, self.train_images_, self.gx_), self._nystroem(Y, self.train_texts_, self.gy_)
+        # Same landmark rows for both sides keeps the pairing inside the approximation.
+        nx = Nystroem(gamma=self.gx_, n_components=m, random_state=self.random_state).fit(X)
+        ny = Nystroem(gamma=self.gy_, n_components=m, random_state=self.random_state).fit(Y)
+        self.train_images_, self.nx_norm_ = nx.components_, nx.normalization_
+        self.train_texts_, self.ny_norm_ = ny.components_, ny.normalization_
+        Fx, Fy = self._nystroem(X, "x"), self._nystroem(Y, "y")
         self.fx_mean_, self.fy_mean_ = Fx.mean(axis=0), Fy.mean(axis=0)
         Fx, Fy = Fx - self.fx_mean_, Fy - self.fy_mean_
         n = len(Fx) - 1
@@ -210,10 +216,11 @@ class KernelCCA(CrossModalMethod):
             ridge(Fx.T @ Fx / n, self.reg), ridge(Fy.T @ Fy / n, self.reg), Fx.T @ Fy / n,
             self.n_components)
 
-    @staticmethod
-    def _nystroem(Z: np.ndarray, landmarks: np.ndarray, gamma: float) -> np.ndarray:
-        # Same map as sklearn's Nystroem (K_nm W^{-1/2}), kept explicit so the state is arrays.
-        return rbf_kernel(Z, landmarks, gamma=gamma) @ inv_sqrt_psd(rbf_kernel(landmarks, gamma=gamma))
+    def _nystroem(self, Z: np.ndarray, side: str) -> np.ndarray:
+        # sklearn's Nystroem transform, K(Z, landmarks) W^{-1/2}, from its stored arrays.
+        if side == "x":
+            return rbf_kernel(Z, self.train_images_, gamma=self.gx_) @ self.nx_norm_.T
+        return rbf_kernel(Z, self.train_texts_, gamma=self.gy_) @ self.ny_norm_.T
 
     def _encode(self, Z, side: str) -> np.ndarray:
         train = self.train_images_ if side == "x" else self.train_texts_
@@ -222,7 +229,7 @@ class KernelCCA(CrossModalMethod):
         if self.exact_:
             col, grand = (self.kx_col_, self.kx_grand_) if side == "x" else (self.ky_col_, self.ky_grand_)
             return center_kernel_test(rbf_kernel(Z, train, gamma=gamma), col, grand) @ W
-        F = self._nystroem(Z, train, gamma) - (self.fx_mean_ if side == "x" else self.fy_mean_)
+        F = self._nystroem(Z, side) - (self.fx_mean_ if side == "x" else self.fy_mean_)
         return F @ W
 
     def _encode_images(self, X):

@@ -1,0 +1,75 @@
+"""``xmodal bench``: fit methods on a dataset and print the results table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+
+def _parse_params(items: list[str]) -> dict[str, dict]:
+    """``method.param=value`` (value parsed as JSON when possible)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        method, dot, pname = key.partition(".")
+        if not sep or not dot:
+            raise typer.BadParameter(f"--set {item!r}: expected METHOD.PARAM=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[pname] = value
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench(
+        dataset: str = typer.Option("wikipedia", "--dataset", "-d",
+                                    help="wikipedia, ucm_captions, mirflickr25k, or a pairs/.mat/dataset.json path"),
+        methods: str = typer.Option("cca,kcca,pls,mlcca,scm", "--methods", "-m", help="comma-separated method names"),
+        bits: str = typer.Option("16,32,64,128", "--bits", help="bit lengths for hashing methods"),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset root (default $XMODAL_DATA, ../shared/data)"),
+        image_encoder: Optional[str] = typer.Option(None, "--image-encoder", help="e.g. efficientnet-lite0"),
+        text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="e.g. minilm"),
+        cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="feature cache (default $XMODAL_CACHE or ~/.cache/xmodal)"),
+        json_out: Optional[str] = typer.Option(None, "--json", help="write the records to this JSON file"),
+        seed: int = typer.Option(0, "--seed"),
+        set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    ) -> None:
+        """Fit methods on the training split and print MAP / P@10 (and Recall@K where pairs allow)."""
+        from ..data import DataError
+        from ..evaluation.bench import format_table, run_bench, write_json
+
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        try:
+            bit_list = [int(b) for b in bits.split(",") if b.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--bits {bits!r}: expected comma-separated integers") from None
+
+        def progress(rec: dict) -> None:
+            if not quiet:
+                bits_s = f" {rec['bits']} bits" if rec["bits"] else ""
+                summary = " ".join(f"{d} {k}={rec[d][k]:.4f}" for d in ("i2t", "t2i") for k in ("map",) if k in rec[d])
+                if "mR" in rec:
+                    summary += f" mR={rec['mR']:.1f}"
+                print(f"[bench] {rec['method']}{bits_s}: {summary} ({rec['fit_seconds']:.1f}s fit)",
+                      file=sys.stderr, flush=True)
+
+        try:
+            records = run_bench(dataset, names, bits=bit_list, seed=seed, data_dir=data_dir,
+                                image_encoder=image_encoder, text_encoder=text_encoder,
+                                cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
+                                on_record=progress)
+        except (DataError, KeyError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
+        typer.echo(format_table(records))
+        if json_out:
+            write_json(records, json_out)
+            typer.echo(f"wrote {len(records)} records to {json_out}")

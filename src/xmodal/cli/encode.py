@@ -1,0 +1,93 @@
+"""``xmodal encode``: turn a dataset's raw images and texts into feature matrices (.npz)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _default_out(dataset: str, image_encoder: str | None, text_encoder: str | None) -> Path:
+    parts = [Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset]
+    parts += [e for e in (image_encoder, text_encoder) if e]
+    return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", ".".join(parts)) + ".npz")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("encode")
+    def encode_cmd(
+        dataset: str = typer.Option(..., "--dataset", help="dataset name (ucm_captions, ...) or path"),
+        image_encoder: Optional[str] = typer.Option(None, "--image-encoder",
+                                                    help="e.g. efficientnet-lite0, mobilenet-v2, sift-bovw"),
+        text_encoder: Optional[str] = typer.Option(None, "--text-encoder",
+                                                   help="e.g. minilm, tfidf, lda:10, tags"),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder holding the dataset"),
+        cache_dir: Optional[str] = typer.Option(None, "--cache-dir",
+                                                help="feature cache (default $XMODAL_CACHE or ~/.cache/xmodal)"),
+        out: Optional[Path] = typer.Option(None, "--out", help="output .npz "
+                                           "(default <dataset>.<image>.<text>.npz)"),
+        fit_split: str = typer.Option("train", "--fit-split", help="split that fitted encoders learn from"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable summary on stdout"),
+    ) -> None:
+        """Encode a dataset's images and texts; write features, ids, labels and splits to .npz."""
+        import logging
+        import time
+
+        import numpy as np
+
+        from ..data import DataError, load_dataset
+        from ..encoders import EncoderError, encode_dataset
+
+        if image_encoder is None and text_encoder is None:
+            raise typer.BadParameter("give --image-encoder and/or --text-encoder")
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        t0 = time.perf_counter()
+        try:
+            ds = load_dataset(dataset, data_dir=data_dir)
+            ds = encode_dataset(ds, image_encoder, text_encoder,
+                                cache_dir=cache_dir, fit_split=fit_split, quiet=quiet,
+                                batch_size=batch_size)
+        except (DataError, EncoderError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        out_path = out or _default_out(dataset, image_encoder, text_encoder)
+        arrays = {"text_to_image": ds.text_to_image}
+        if ds.image_features is not None:
+            arrays["image_features"] = ds.image_features
+        if ds.text_features is not None:
+            arrays["text_features"] = ds.text_features
+        if ds.labels is not None:
+            arrays["labels"] = ds.labels
+        if ds.image_ids is not None:
+            arrays["image_ids"] = np.asarray(ds.image_ids)
+        if ds.image_paths is not None:
+            arrays["image_paths"] = np.asarray(ds.image_paths)
+        for name, idx in ds.splits.items():
+            arrays[f"split_{name}"] = idx
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out_path, **arrays)
+        enc = ds.meta.get("encoding", {})
+        summary = {
+            "dataset": ds.name, "out": str(out_path), "n_images": ds.n_images, "n_texts": ds.n_texts,
+            "image_encoder": enc.get("image_encoder"), "text_encoder": enc.get("text_encoder"),
+            "skipped": enc.get("skipped", []), "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if as_json:
+            typer.echo(json.dumps(summary, indent=1))
+            return
+        for side in ("image_encoder", "text_encoder"):
+            e = summary[side]
+            if e:
+                typer.echo(f"{side.split('_')[0]:<5} {e['spec']:<20} dim {e['dim']:<5} "
+                           f"computed {e['n_computed']:<6} cached {e['n_cached']:<6} {e['seconds']:.1f}s")
+        if summary["skipped"]:
+            typer.echo(f"skipped {len(summary['skipped'])} unreadable images: "
+                       + ", ".join(s["file"] for s in summary["skipped"][:5])
+                       + (" ..." if len(summary["skipped"]) > 5 else ""))
+        typer.echo(f"wrote {out_path}: {ds.n_images} images, {ds.n_texts} texts "
+                   f"in {summary['seconds']:.1f}s")

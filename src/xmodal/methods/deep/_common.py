@@ -1,0 +1,158 @@
+"""Building blocks shared by the deep real-valued methods: towers, pair masks and losses."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._torch import TorchMethod, mlp
+from ..base import interval, one_of
+
+POS_INT = interval(1, None, integer=True)
+NONNEG = interval(0, None)
+UNIT = interval(0, 1)
+
+
+def l2n(z: torch.Tensor) -> torch.Tensor:
+    return F.normalize(z, dim=-1, eps=1e-8)
+
+
+def pair_mask(batch: dict[str, Any], by: str = "image") -> torch.Tensor:
+    """B x B bool: row i's image and column j's text are a positive pair.
+
+    ``by="image"``: the same image (several captions of one image are all positives);
+    ``by="label"``: any shared label (supervised semantic positives).
+    """
+    if by == "label" and batch.get("labels") is not None:
+        L = batch["labels"]
+        return (L @ L.T) > 0
+    im = batch["image"]
+    return im[:, None] == im[None, :]
+
+
+def hardest_triplet(S: torch.Tensor, pos: torch.Tensor, margin: float,
+                    hardest: bool = True) -> torch.Tensor:
+    """VSE++ ranking loss (Faghri et al. 2018) on a B x B image-text similarity matrix whose
+    diagonal holds the matching pairs. ``hardest``: only the hardest negative per query (max of
+    hinges, "MH"); otherwise the sum of hinges over all negatives ("SH", VSE0)."""
+    d = S.diagonal()
+    cost_t = (margin + S - d[:, None]).clamp(min=0).masked_fill(pos, 0)  # image query, text negatives
+    cost_i = (margin + S - d[None, :]).clamp(min=0).masked_fill(pos, 0)  # text query, image negatives
+    if hardest:
+        return cost_t.max(dim=1).values.mean() + cost_i.max(dim=0).values.mean()
+    return cost_t.sum(dim=1).mean() + cost_i.sum(dim=0).mean()
+
+
+def info_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP, Radford et al. 2021) with several positives per row: the target
+    distribution is uniform over a row's (or column's) positives."""
+    tgt = pos.float()
+    li = -(tgt / tgt.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    lt = -(tgt / tgt.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return 0.5 * (li + lt)
+
+
+def poly_loss(S: torch.Tensor, pos: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Universal weighting metric learning (Wei et al., "Universal Weighting Metric Learning for
+    Cross-Modal Matching", CVPR 2020): the pair-weighting polynomial loss. For each query, the
+    matching pair contributes a decreasing polynomial of its similarity
+    ``a2 s^2 + a1 s + a0 = 0.2 s^2 - 0.7 s + 0.5`` (clamped at 0; its slope, the pair weight,
+    grows as s falls) and the hardest informative negative (one within ``margin`` of the
+    positive) an increasing one ``0.9 s^2 - 0.4 s + 0.03`` (weight grows with s), both
+    directions; the coefficients are those of the authors' PolyLoss release."""
+    d = S.diagonal()
+    pos_loss = (0.2 * d ** 2 - 0.7 * d + 0.5).clamp(min=0)
+    out = 0.0
+    for M, dd in ((S, d[:, None]), (S.T, d[:, None])):
+        neg = M.masked_fill(pos, -2.0)
+        informative = neg + margin > dd
+        hard = torch.where(informative, neg, torch.full_like(neg, -2.0)).max(dim=1).values
+        neg_loss = (0.9 * hard ** 2 - 0.4 * hard + 0.03).clamp(min=0)
+        neg_loss = torch.where(hard > -2.0, neg_loss, torch.zeros_like(neg_loss))
+        out = out + (pos_loss + neg_loss).mean()
+    return out
+
+
+class Standardize(nn.Module):
+    """Fixed per-feature standardisation learned from the training data (saved as buffers)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set(self, Z: np.ndarray) -> None:
+        self.mean.copy_(torch.from_numpy(Z.mean(0).astype(np.float32)))
+        self.std.copy_(torch.from_numpy(Z.std(0).astype(np.float32) + 1e-6))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+
+def set_standardizers(module: nn.Module, X: np.ndarray, Y: np.ndarray) -> None:
+    """Fill ``module.image_norm`` / ``module.text_norm`` from the training features."""
+    if isinstance(getattr(module, "image_norm", None), Standardize):
+        module.image_norm.set(X)
+    if isinstance(getattr(module, "text_norm", None), Standardize):
+        module.text_norm.set(Y)
+
+
+class Towers(nn.Module):
+    """One MLP per modality (on standardised inputs) into a shared space, L2-normalised."""
+
+    def __init__(self, image_dims: list[int], text_dims: list[int], dropout: float = 0.0,
+                 normalize: bool = True, norm: bool = False):
+        super().__init__()
+        self.image_norm, self.text_norm = Standardize(image_dims[0]), Standardize(text_dims[0])
+        self.image = mlp(image_dims, dropout=dropout, norm=norm)
+        self.text = mlp(text_dims, dropout=dropout, norm=norm)
+        self.normalize = normalize
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.image(self.image_norm(x))
+        return l2n(z) if self.normalize else z
+
+    def encode_text(self, y: torch.Tensor) -> torch.Tensor:
+        z = self.text(self.text_norm(y))
+        return l2n(z) if self.normalize else z
+
+
+def dims(inp: int, hidden: int | tuple | list | None, out: int) -> list[int]:
+    if hidden is None or hidden == 0:
+        return [inp, out]
+    if isinstance(hidden, (int, np.integer)):
+        return [inp, int(hidden), out]
+    return [inp, *[int(h) for h in hidden], out]
+
+
+def hidden_rule(v: Any) -> bool:
+    """None, 0, a positive integer or a list of positive integers (hidden layer widths)"""
+    if v is None or v == 0:
+        return True
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return v > 0
+    return isinstance(v, (list, tuple)) and all(isinstance(h, (int, np.integer)) and h > 0 for h in v)
+
+
+class DeepMethod(TorchMethod):
+    """Parameters shared by every deep real-valued method (defaults tuned on UCM-Captions val)."""
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "dim": POS_INT, "hidden": [None, hidden_rule], "dropout": interval(0, 1, closed="left"),
+        "lr_schedule": one_of("constant", "cosine"), "grad_clip": [None, interval(0, None, closed="neither")],
+    }
+
+    def _score_validation(self, res: dict, vds) -> float:
+        """Early-stopping score: mean class mAP of both directions on labelled data, plus mean
+        Recall@1/5/10 (as a fraction) when images have several captions (instance retrieval
+        matters there); mean Recall@K alone on unlabelled data."""
+        if vds.labels is None:
+            return res["mR"]
+        score = 0.5 * (res["i2t"]["map"] + res["t2i"]["map"])
+        if "mR" in res and vds.texts_per_image.max() > 1:
+            score += res["mR"] / 100.0
+        return score

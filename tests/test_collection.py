@@ -1,0 +1,245 @@
+"""Collections: build from a folder / pairs file / dataset.json with real encoders, reopen,
+search both ways, incremental add (unchanged files cost nothing), replace, delete, labels,
+stale-index rebuild, binary codes with float re-ranking and Rocchio feedback, the CLI."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmodal.data import DataError, load_ucm_captions
+from xmodal.index import Collection, CollectionError, ImageItem, TextItem, build_collection, scan_source
+
+N_FIRST, N_LATER = 16, 4
+
+
+@pytest.fixture(scope="module")
+def ucm_records():
+    try:
+        ds = load_ucm_captions()
+    except DataError as exc:
+        pytest.skip(f"UCM-Captions data not found: {exc}")
+    picks = list(range(0, 2100, 105))[: N_FIRST + N_LATER]  # one image from each class
+    caps = {i: [] for i in picks}
+    for t, i in zip(ds.texts, ds.text_to_image):
+        if int(i) in caps:
+            caps[int(i)].append(t)
+    return [(Path(ds.image_paths[i]), caps[i], ds.label_names[int(ds.labels[i].argmax())]) for i in picks]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    # One feature cache for every search-engine test module in the session.
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    yield
+    mp.undo()
+
+
+def write_folder(folder: Path, records, nested: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for src, caps, label in records:
+        d = folder / label if nested else folder
+        d.mkdir(exist_ok=True)
+        shutil.copy(src, d / src.name)
+        (d / (src.stem + ".txt")).write_text("\n".join(caps) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ucm_records, env):
+    root = tmp_path_factory.mktemp("search")
+    folder = write_folder(root / "imgs", ucm_records[:N_FIRST], nested=True)
+    coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                            text_encoder="tfidf", quiet=True)
+    yield root, folder, coll
+    coll.close()
+
+
+def test_build_and_search_both_directions(built, ucm_records):
+    root, folder, coll = built
+    assert coll.count("image") == N_FIRST and coll.count("text") == 5 * N_FIRST
+    assert coll.stats()["method"] == "cca" and coll.kind == "real"
+    # text -> image: a training caption finds its own image near the top
+    ranks = []
+    for src, caps, _ in ucm_records[:N_FIRST]:
+        hits = coll.search_text(caps[0], k=N_FIRST)
+        assert all(h.modality == "image" for h in hits)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        ranks.append([Path(h.path).name for h in hits].index(src.name))
+    assert np.mean(np.asarray(ranks) < 3) >= 0.75, ranks
+    # image -> text: the image's own captions come first
+    src, caps, _ = ucm_records[3]
+    hits = coll.search_image(src, k=5)
+    assert all(h.modality == "text" for h in hits)
+    assert sum(h.text in caps for h in hits) >= 3
+    assert hits[0].pair_id == coll.id_of(f"{ucm_records[3][2]}/{src.name}")
+
+
+def test_labels_filter_and_more_like_this(built, ucm_records):
+    root, folder, coll = built
+    label = ucm_records[5][2]
+    hits = coll.search_text("a building", k=10, labels=[label])
+    assert hits and all(label in h.labels for h in hits)
+    assert all(label in h.labels for h in coll.search_image(ucm_records[0][0], k=10, labels=[label]))
+    first = coll.list_items("image", limit=1)[0]
+    similar = coll.search_item(first.id, k=5)
+    assert first.id not in [h.id for h in similar] and all(h.modality == "image" for h in similar)
+    assert all(h.modality == "text" for h in coll.search_item(first.id, k=5, target="text"))
+
+
+def test_reopen_same_results(built, ucm_records):
+    root, folder, coll = built
+    q = ucm_records[2][1][1]
+    before = [(h.id, round(h.score, 5)) for h in coll.search_text(q, k=8)]
+    with Collection.open(root / "coll") as again:
+        assert [(h.id, round(h.score, 5)) for h in again.search_text(q, k=8)] == before
+
+
+def test_incremental_add_unchanged_replace_delete(tmp_path, ucm_records, env):
+    folder = write_folder(tmp_path / "imgs", ucm_records[:8])
+    coll = build_collection(folder, tmp_path / "c", image_encoder="efficientnet-lite0",
+                            text_encoder="tfidf", quiet=True)
+    gen = coll.store.generation()
+    # Re-adding the same folder: no item is encoded, nothing is written.
+    images, texts = scan_source(folder)
+    enc = coll.encoder("image")
+    before = enc.n_computed_total_
+    rep = coll.add_items(images, texts)
+    assert (rep.added, rep.replaced, rep.unchanged) == (0, 0, 8 + 40)
+    assert enc.n_computed_total_ == before and coll.store.generation() == gen
+    # New files: only they are added, through the collection's stored encoders.
+    write_folder(folder, ucm_records[8:12])
+    coll.close()
+    coll = build_collection(folder, tmp_path / "c", quiet=True)
+    assert coll.count("image") == 12 and coll.count("text") == 60
+    new_src, new_caps, _ = ucm_records[10]
+    assert new_src.name in [Path(h.path).name for h in coll.search_text(new_caps[0], k=3)]
+    # A changed file under the same key is replaced (new id, old one gone from the index).
+    key = ucm_records[0][0].name
+    old_id = coll.id_of(key)
+    shutil.copy(ucm_records[15][0], folder / key)
+    rep = coll.add_items([ImageItem(key=key, path=str(folder / key))])
+    assert rep.replaced == 1 and coll.id_of(key) != old_id
+    assert old_id not in [h.id for h in coll.search_image(folder / key, k=12, target="image")]
+    # Deleting an image deletes its captions; no search returns them; reopening agrees.
+    victim = coll.id_of(ucm_records[1][0].name)
+    gone = coll.delete(ids=[victim])
+    assert victim in gone and len(gone) == 6
+    assert coll.count("image") == 11 and coll.count("text") == 55
+    cap = ucm_records[1][1][0]
+    assert victim not in [h.id for h in coll.search_text(cap, k=11)]
+    assert not set(gone) & {h.id for h in coll.search_image(ucm_records[1][0], k=55)}
+    coll.close()
+    with Collection.open(tmp_path / "c") as again:
+        assert again.indexes[("image", "flat")].ntotal == 11
+        assert again.indexes[("text", "flat")].ntotal == 55
+        assert victim not in [h.id for h in again.search_text(cap, k=11)]
+        log = again.audit_log()
+        assert {"add", "delete"} <= {e["action"] for e in log}
+
+
+def test_pairs_file_and_karpathy_json(tmp_path, ucm_records, env):
+    recs = ucm_records[:6]
+    (tmp_path / "img").mkdir()
+    rows = []
+    for src, caps, label in recs:
+        shutil.copy(src, tmp_path / "img" / src.name)
+        rows += [{"image": f"img/{src.name}", "text": c, "label": label} for c in caps]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    c1 = build_collection(pairs, tmp_path / "c1", image_encoder="efficientnet-lite0",
+                          text_encoder="tfidf", quiet=True)
+    assert c1.count("image") == 6 and c1.count("text") == 30
+    assert set(c1.stats()["labels"]) == {r[2] for r in recs}
+    kdir = tmp_path / "karpathy"
+    (kdir / "imgs").mkdir(parents=True)
+    doc = {"dataset": "mini", "images": []}
+    for src, caps, _ in recs:
+        shutil.copy(src, kdir / "imgs" / src.name)
+        doc["images"].append({"filename": src.stem + ".tif", "split": "train",
+                              "sentences": [{"raw": c} for c in caps]})
+    (kdir / "dataset.json").write_text(json.dumps(doc))
+    c2 = build_collection(kdir / "dataset.json", tmp_path / "c2", image_encoder="efficientnet-lite0",
+                          text_encoder="tfidf", quiet=True)
+    assert c2.count("image") == 6 and c2.get_item(c2.id_of(recs[0][0].stem)).path.endswith(".jpg")
+    c1.close()
+    c2.close()
+
+
+def test_stale_or_missing_index_files_are_rebuilt(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    with Collection.create(tmp_path / "c", dim=16, index="HNSW16") as c:
+        c.add_vectors("image", [f"k{i}" for i in range(300)], X)
+        c.delete(keys=["k0", "k1"])
+    files = sorted(p.name for p in (tmp_path / "c" / "indexes").iterdir())
+    assert files == ["image.approx.g2.faiss", "image.flat.g2.faiss", "text.approx.g2.faiss",
+                     "text.flat.g2.faiss"]
+    # A writer that committed and was killed before writing index files: the store's
+    # generation moved on, the files are stale and get rebuilt from the vectors table.
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "c" / "collection.db")
+    gone = db.execute("SELECT id FROM items WHERE key = 'k5'").fetchone()[0]
+    db.execute("DELETE FROM items WHERE id = ?", (gone,))
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'generation'")
+    db.commit()
+    db.close()
+    (tmp_path / "c" / "indexes" / "image.flat.g3.faiss.x.tmp").write_bytes(b"half a file")
+    with Collection.open(tmp_path / "c") as c:
+        assert c.indexes[("image", "flat")].ntotal == 297
+        for variant in ("flat", "approx"):
+            assert gone not in c.indexes[("image", variant)].ids()
+        assert gone not in [h.id for h in c.search_vector(X[5], "image", 5)]
+    files = sorted(p.name for p in (tmp_path / "c" / "indexes").iterdir())
+    assert all(".g3." in f and f.endswith(".faiss") for f in files), files
+    # A garbled current index file is rebuilt too.
+    (tmp_path / "c" / "indexes" / "image.flat.g3.faiss").write_bytes(b"garbage")
+    with Collection.open(tmp_path / "c") as c:
+        assert c.indexes[("image", "flat")].ntotal == 297
+        assert c.search_vector(X[7], "image", 1)[0].key == "k7"
+
+
+def test_binary_collection_rerank_and_feedback(tmp_path, ucm_records, env):
+    from xmodal import methods
+
+    if "cca_itq" not in methods.available("binary"):
+        pytest.skip("no cca_itq hashing method in this build")
+    folder = write_folder(tmp_path / "imgs", ucm_records[:12])
+    coll = build_collection(folder, tmp_path / "c", method="cca_itq", image_encoder="efficientnet-lite0",
+                            text_encoder="tfidf", index="BHNSW16", rerank=True, quiet=True)
+    assert coll.kind == "binary" and coll.fdim
+    src, caps, _ = ucm_records[4]
+    plain = coll.search_image(src, k=10, rerank=0)
+    reranked = coll.search_image(src, k=10)
+    assert all(h.modality == "text" for h in plain + reranked)
+    assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+    assert sum(h.text in caps for h in reranked) >= 2
+    # Rocchio: marking one caption relevant pulls it (and its siblings) up.
+    target = [h for h in coll.search_image(src, k=60) if h.text not in caps][-1]
+    fb = coll.search_image(src, k=60, relevant=[target.id])
+    assert [h.id for h in fb].index(target.id) < [h.id for h in coll.search_image(src, k=60)].index(target.id)
+    coll.close()
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(CollectionError, match="no collection"):
+        Collection.open(tmp_path / "nothing")
+    with pytest.raises(CollectionError, match="dim"):
+        Collection.create(tmp_path / "x")
+    c = Collection.create(tmp_path / "y", dim=4)
+    with pytest.raises(CollectionError, match="already exists"):
+        Collection.create(tmp_path / "y", dim=4)
+    with pytest.raises(DataError, match="key"):
+        c.add_vectors("image", [""], np.ones((1, 4)))
+    with pytest.raises(DataError, match="paired image 'nope'"):
+        c.add_vectors("text", ["t"], np.ones((1, 4)), texts=["x"], pair_keys=["nope"])
+    with pytest.raises(CollectionError, match="text encoder"):
+        c.search_text("hello")
+    with pytest.raises(ValueError, match="k must be"):
+        c.search_vector(np.ones(4), "image", 0)
+    c.close()
+    with pytest.raises(DataError, match="no images"):
+        build_collection(tmp_path, tmp_path / "z", quiet=True)
