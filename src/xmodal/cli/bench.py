@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="e.g. minilm"),
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="feature cache (default $XMODAL_CACHE or ~/.cache/xmodal)"),
         json_out: Optional[str] = typer.Option(None, "--json", help="write the records to this JSON file"),
+        markdown: Optional[str] = typer.Option(None, "--markdown", help="also write the table as Markdown to this file"),
         seed: int = typer.Option(0, "--seed"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
@@ -70,6 +71,10 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
         typer.echo(format_table(records))
+        if markdown:
+            from pathlib import Path
+
+            Path(markdown).write_text(format_table(records, markdown=True) + "\n")
         if json_out:
             write_json(records, json_out)
             typer.echo(f"wrote {len(records)} records to {json_out}")

@@ -106,7 +106,7 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
 
 
-def format_table(records: list[dict]) -> str:
+def format_table(records: list[dict], markdown: bool = False) -> str:
     """Rows = methods (x bits), columns = both directions' MAP, P@10 (and Recall@K / mR)."""
     has_recall = any("mR" in r for r in records)
     has_map = any("map" in r["i2t"] for r in records)
@@ -127,6 +127,9 @@ def format_table(records: list[dict]) -> str:
             row += [_f(r.get("mR"), 1)]
         row += [f"{r['fit_seconds']:.1f}"]
         rows.append(row)
+    if markdown:
+        out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
