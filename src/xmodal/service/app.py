@@ -15,6 +15,7 @@ import re
 import tempfile
 import threading
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
@@ -168,7 +169,10 @@ def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_I
     if not data:
         raise HTTPException(400, f"{name}: empty upload (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # the pixel limit below is the guard; no warning spam
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             w, h = im.size  # read from the header: nothing decoded yet
             fmt = im.format
             if w * h > max_pixels:

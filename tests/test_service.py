@@ -1,0 +1,243 @@
+"""HTTP API: every role against every route (public and private reading), searches of every
+kind, relevance feedback, add/delete with audit, metrics, and hostile uploads."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from threadpoolctl import threadpool_limits
+
+from xmodal.data import DataError, load_ucm_captions
+from xmodal.index import build_collection
+from xmodal.service import create_app
+from xmodal.service.auth import create_key, revoke_key
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    try:
+        ds = load_ucm_captions()
+    except DataError as exc:
+        pytest.skip(f"UCM-Captions data not found: {exc}")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    import scipy.linalg  # noqa: F401
+    import torch  # noqa: F401
+    root = tmp_path_factory.mktemp("service")
+    folder = root / "imgs"
+    folder.mkdir()
+    picks = list(range(0, 2100, 175))  # 12 images, 12 classes
+    for i in picks:
+        src = Path(ds.image_paths[i])
+        shutil.copy(src, folder / src.name)
+        caps = [t for t, j in zip(ds.texts, ds.text_to_image) if j == i]
+        (folder / (src.stem + ".txt")).write_text("\n".join(caps))
+    with threadpool_limits(1):  # see test_collection.py
+        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                text_encoder="tfidf", quiet=True)
+        keys = {r: create_key(coll, r, f"test {r}") for r in ("read", "write", "admin")}
+        client = TestClient(create_app(coll, max_upload_bytes=2_000_000, max_image_pixels=50_000_000))
+        yield {"coll": coll, "client": client, "keys": keys, "folder": folder, "root": root,
+               "image": sorted(folder.glob("*.jpg"))[0]}
+    coll.close()
+    mp.undo()
+
+
+def jpeg_bytes(path):
+    return Path(path).read_bytes()
+
+
+def routes(s):
+    img = jpeg_bytes(s["image"])
+    some_id = s["coll"].list_items("image", limit=1)[0].id
+    public = s["coll"].public_read
+    return [
+        ("read", "GET", "/api/info", {}),
+        ("read", "GET", "/api/search?q=airplane&k=3", {}),
+        ("read", "POST", "/api/search", {"json": {"text": "a green forest", "k": 3}}),
+        ("read", "POST", "/api/search", {"json": {"item_id": some_id, "k": 3}}),
+        ("read", "POST", "/api/search/image", {"files": {"file": ("q.jpg", img, "image/jpeg")}}),
+        ("read", "GET", "/api/items?limit=3", {}),
+        ("read", "GET", f"/api/items/{some_id}", {}),
+        ("read", "GET", f"/api/items/{some_id}/thumbnail", {}),
+        ("write", "POST", "/api/items", {"files": {"file": ("new.jpg", img, "image/jpeg")},
+                                          "data": {"captions": "a picture\nanother line", "key": "mat/one.jpg"}}),
+        ("write", "POST", "/api/texts", {"json": {"text": "a lonely caption", "key": "lonely"}}),
+        ("write", "DELETE", "/api/items/999999", {}),
+        ("admin", "GET", "/api/keys", {}),
+        ("admin", "POST", "/api/keys", {"json": {"role": "read", "name": "matrix"}}),
+        ("admin", "DELETE", "/api/keys/nosuchkey", {}),
+        ("admin", "GET", "/api/audit", {}),
+        ("admin", "PUT", "/api/settings", {"json": {"public_read": public}}),
+    ]
+
+
+RANK = {None: 0, "bad": 0, "read": 1, "write": 2, "admin": 3}
+ALLOWED_MISS = {"/api/items/999999", "/api/keys/nosuchkey"}  # past auth, then 404
+
+
+@pytest.mark.parametrize("public_read", [True, False])
+def test_every_role_against_every_route(setup, public_read):
+    s, c = setup, setup["client"]
+    s["coll"].set_setting("public_read", public_read)
+    try:
+        for who in (None, "bad", "read", "write", "admin"):
+            headers = {}
+            if who == "bad":
+                headers["X-API-Key"] = "xmk_0000_not-a-real-secret"
+            elif who:
+                headers["X-API-Key"] = s["keys"][who]
+            for need, method, url, kw in routes(s):
+                r = c.request(method, url, headers=headers, **kw)
+                ok = RANK[who] >= RANK[need] or (need == "read" and public_read and who is None)
+                if ok:
+                    expected = {404} if url in ALLOWED_MISS else {200, 201}
+                    assert r.status_code in expected, (who, method, url, r.status_code, r.text)
+                elif who == "bad" or who is None:
+                    assert r.status_code == 401, (who, method, url, r.status_code, r.text)
+                else:
+                    assert r.status_code == 403, (who, method, url, r.status_code, r.text)
+                    assert need in r.json()["detail"]
+            # public routes never need a key
+            for url in ("/health", "/metrics", "/", "/openapi.json", "/static/app.js"):
+                assert c.get(url).status_code == 200, url
+    finally:
+        s["coll"].set_setting("public_read", True)
+
+
+def test_key_transports_and_revocation(setup):
+    s, c = setup, setup["client"]
+    coll = s["coll"]
+    tok = create_key(coll, "admin", "temp")
+    assert c.get("/api/keys", headers={"Authorization": f"Bearer {tok}"}).status_code == 200
+    assert c.get(f"/api/keys?api_key={tok}").status_code == 200
+    assert c.post(f"/api/texts?api_key={s['keys']['write']}", json={"text": "x"}).status_code == 401  # GET only
+    listed = c.get("/api/keys", headers={"X-API-Key": tok}).json()["keys"]
+    assert all("hash" not in k and "salt" not in k for k in listed)
+    stored = coll.store.query("SELECT hash FROM api_keys")
+    assert all(tok.encode() not in h and tok.split("_")[-1].encode() not in h for (h,) in stored)
+    revoke_key(coll, tok[4:].split("_")[0])
+    assert c.get("/api/keys", headers={"X-API-Key": tok}).status_code == 401
+    made = c.post("/api/keys", json={"role": "write", "name": "via http"},
+                  headers={"X-API-Key": s["keys"]["admin"]}).json()
+    assert c.post("/api/texts", json={"text": "hello there"}, headers={"X-API-Key": made["token"]}).status_code == 201
+    assert c.post("/api/keys", json={"role": "root"}, headers={"X-API-Key": s["keys"]["admin"]}).status_code == 422
+
+
+def test_searches_feedback_add_delete_and_audit(setup):
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    r = c.get("/api/search", params={"q": "many planes at an airport", "k": 5}).json()
+    assert r["target"] == "image" and len(r["results"]) == 5
+    top = r["results"][0]
+    assert top["thumbnail"] == f"/api/items/{top['id']}/thumbnail" and top["path"] and top["caption"]
+    thumb = c.get(top["thumbnail"])
+    assert thumb.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(thumb.content)).size[0] <= 256
+    # image -> text by upload; text -> text with an explicit target
+    up = c.post("/api/search/image", files={"file": ("q.jpg", jpeg_bytes(s["image"]), "image/jpeg")},
+                data={"k": "4"}).json()
+    assert up["target"] == "text" and all(h["modality"] == "text" and h["thumbnail"] for h in up["results"])
+    tt = c.post("/api/search", json={"text": "a river", "target": "text", "k": 3}).json()
+    assert all(h["modality"] == "text" for h in tt["results"])
+    # raw vector search agrees with the item's own vector
+    item = top["id"]
+    vec = s["coll"].item_vectors([item])[0][0].tolist()
+    rv = c.post("/api/search", json={"vector": vec, "target": "image", "k": 1}).json()
+    assert rv["results"][0]["id"] == item and rv["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert c.post("/api/search", json={"vector": [1.0, 2.0], "k": 1}).status_code == 422
+    assert c.post("/api/search", json={"k": 1}).status_code == 422
+    assert c.post("/api/search", json={"item_id": 10 ** 9}).status_code == 404
+    # more like this excludes the item itself
+    mlt = c.post("/api/search", json={"item_id": item, "k": 5}).json()["results"]
+    assert item not in [h["id"] for h in mlt]
+    # Rocchio: marking the 6th result relevant and the top one not relevant reorders them
+    base = c.post("/api/search", json={"text": "green trees", "k": 12}).json()["results"]
+    ids = [h["id"] for h in base]
+    fb = c.post("/api/search", json={"text": "green trees", "k": 12, "relevant": [ids[5]],
+                                     "nonrelevant": [ids[0]], "beta": 2.0, "gamma": 1.0}).json()["results"]
+    fids = [h["id"] for h in fb]
+    assert fids.index(ids[5]) < 5 and fids[0] != ids[0]
+    # label filter
+    lab = s["coll"].get_item(item).labels
+    if lab:
+        lr = c.get("/api/search", params={"q": "houses", "labels": lab[0]}).json()["results"]
+        assert lr and all(lab[0] in h["labels"] for h in lr)
+    # add an image with captions over HTTP, find it, delete it
+    other = sorted(s["folder"].glob("*.jpg"))[-1]
+    img = Image.open(other).transpose(Image.FLIP_LEFT_RIGHT)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    added = c.post("/api/items", files={"file": ("../../../evil.png", buf.getvalue(), "image/png")},
+                   data={"captions": "a flipped test picture", "labels": "flipped"}, headers=w)
+    assert added.status_code == 201, added.text
+    new_id = added.json()["id"]
+    got = c.get(f"/api/items/{new_id}").json()
+    assert Path(got["path"]).parent == s["coll"].path / "files"  # named by hash, not by the client
+    assert not (s["root"] / "evil.png").exists() and not (s["coll"].path.parent / "evil.png").exists()
+    found = c.get("/api/search", params={"q": "a flipped test picture", "k": 3, "labels": "flipped"}).json()["results"]
+    assert found[0]["id"] == new_id
+    d = c.delete(f"/api/items/{new_id}", headers=w)
+    assert d.status_code == 200 and new_id in d.json()["deleted"] and len(d.json()["deleted"]) == 2
+    assert c.get(f"/api/items/{new_id}").status_code == 404
+    assert new_id not in [h["id"] for h in c.get("/api/search", params={"q": "a flipped test picture"}).json()["results"]]
+    audit = c.get("/api/audit", headers={"X-API-Key": s["keys"]["admin"]}).json()["entries"]
+    wkey = s["keys"]["write"][4:].split("_")[0]
+    mine = [e for e in audit if e["actor"] == f"key:{wkey}"]
+    assert {"add", "delete"} <= {e["action"] for e in mine} and all(e["remote"] for e in mine)
+
+
+def test_bad_uploads_and_traversal(setup, tmp_path):
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    for url, headers in (("/api/search/image", {}), ("/api/items", w)):
+        r = c.post(url, files={"file": ("empty.jpg", b"", "image/jpeg")}, headers=headers)
+        assert r.status_code == 400 and "empty" in r.json()["detail"]
+        r = c.post(url, files={"file": ("notes.jpg", b"just some text, not pixels" * 10, "image/jpeg")},
+                   headers=headers)
+        assert r.status_code == 415 and "not an image" in r.json()["detail"]
+        bomb = io.BytesIO()
+        Image.new("1", (12000, 12000)).save(bomb, "PNG")  # 144 Mpx in a small file
+        assert len(bomb.getvalue()) < 2_000_000
+        r = c.post(url, files={"file": ("bomb.png", bomb.getvalue(), "image/png")}, headers=headers)
+        assert r.status_code == 413 and "decompression bomb" in r.json()["detail"]
+        r = c.post(url, files={"file": ("big.jpg", b"\xff" * 2_100_000, "image/jpeg")}, headers=headers)
+        assert r.status_code == 413
+        truncated = jpeg_bytes(s["image"])[:3000]
+        r = c.post(url, files={"file": ("cut.jpg", truncated, "image/jpeg")}, headers=headers)
+        assert r.status_code == 400 and "broken image" in r.json()["detail"]
+    img = jpeg_bytes(s["image"])
+    for key in ("../../etc/passwd", "/abs/path.jpg", "a/../../b.jpg", "a\\b.jpg", "ok/./x.jpg"):
+        r = c.post("/api/items", files={"file": ("x.jpg", img, "image/jpeg")}, data={"key": key}, headers=w)
+        assert r.status_code == 400 and "key" in r.json()["detail"], key
+    assert c.post("/api/texts", json={"text": "t", "key": "../up"}, headers=w).status_code == 400
+    for url in ("/api/items/..%2F..%2Fetc%2Fpasswd", "/api/items/..%2F..%2Fetc%2Fpasswd/thumbnail",
+                "/static/../collection.db", "/static/%2e%2e/%2e%2e/collection.db", "/static/..%2Fapp.py",
+                "/api/items/1/thumbnail?size=100000"):
+        r = c.get(url)
+        assert r.status_code in (404, 422), (url, r.status_code)
+        assert b"SQLite" not in r.content and b"import" not in r.content
+    text_item = s["coll"].list_items("text", limit=1)[0]
+    assert c.get(f"/api/items/{text_item.id}/thumbnail").status_code == 404
+    # a declared body over the limit is refused before it is read
+    r = c.post("/api/search", content=b"{}", headers={"Content-Length": "999999999", "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_health_metrics_openapi(setup):
+    c = setup["client"]
+    h = c.get("/health").json()
+    assert h["status"] == "ok" and h["items"] >= 12 * 6
+    c.get("/api/search", params={"q": "beach"})
+    m = c.get("/metrics")
+    assert m.headers["content-type"].startswith("text/plain")
+    text = m.text
+    assert 'xmodal_requests_total{method="GET",route="/api/search",status="200"}' in text
+    assert 'xmodal_request_seconds_bucket{route="/api/search",le="+Inf"}' in text
+    assert 'xmodal_items{modality="image"}' in text
+    paths = c.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/search/image", "/api/items", "/api/items/{item_id}", "/api/keys",
+            "/api/audit", "/health", "/metrics"} <= set(paths)
