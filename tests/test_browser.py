@@ -1,0 +1,162 @@
+"""The web page in a real headless browser (Debian's chromium driven by Playwright): type a
+query, upload and drop an image, mark feedback, click through, open a shared URL."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+from xmodal.data import DataError, load_ucm_captions
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
+    try:
+        ds = load_ucm_captions()
+    except DataError as exc:
+        pytest.skip(f"UCM-Captions data not found: {exc}")
+    import uvicorn
+
+    from xmodal.index import build_collection
+    from xmodal.service import create_app
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    import scipy.linalg  # noqa: F401
+    import torch  # noqa: F401
+    root = tmp_path_factory.mktemp("browser")
+    folder = root / "imgs"
+    folder.mkdir()
+    captions = {}
+    for i in range(0, 2100, 150):  # 14 images from 14 classes
+        src = Path(ds.image_paths[i])
+        shutil.copy(src, folder / src.name)
+        captions[src.name] = [t for t, j in zip(ds.texts, ds.text_to_image) if j == i]
+        (folder / (src.stem + ".txt")).write_text("\n".join(captions[src.name]))
+    with threadpool_limits(1):  # see test_collection.py
+        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                text_encoder="tfidf", quiet=True)
+        port = _free_port()
+        srv = uvicorn.Server(uvicorn.Config(create_app(coll), host="127.0.0.1", port=port, log_level="warning"))
+        th = threading.Thread(target=srv.run, daemon=True)
+        th.start()
+        deadline = time.time() + 20
+        while not srv.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.started, "uvicorn did not start"
+        yield {"url": f"http://127.0.0.1:{port}", "folder": folder, "captions": captions, "coll": coll}
+        srv.should_exit = True
+        th.join(10)
+    coll.close()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_text_query_upload_feedback_and_share(server, browser):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server["url"] + "/")
+    # Type a query: a grid of image results with loaded thumbnails and captions.
+    page.fill("#q", "many airplanes parked at the airport")
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('images for')")
+    cards = page.locator(".card")
+    assert cards.count() == 14
+    page.wait_for_function("[...document.querySelectorAll('.card img')].slice(0, 3)"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    top_caption = cards.nth(0).locator(".caption").inner_text()
+    assert top_caption.strip()
+    assert "q=many+airplanes" in page.url
+    # Upload an image: caption results, among them the image's own captions.
+    name = sorted(server["captions"])[3]
+    page.set_input_files("#file", str(server["folder"] / name))
+    page.wait_for_function("document.querySelector('#status').textContent.includes('captions for image')")
+    shown = [t.strip() for t in page.locator(".card .caption").all_inner_texts()]
+    assert len(shown) == 20 and sum(t in server["captions"][name] for t in shown[:5]) >= 3
+    # Thumbs up/down mark cards, land in the URL and refine the ranking.
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('green trees')")
+    before = page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.id)")
+    page.locator(".card").nth(6).locator("button.up").click()
+    page.locator(".card").nth(0).locator("button.down").click()
+    assert "relevant" in page.locator(".card").nth(6).get_attribute("class")
+    assert "nonrelevant" in page.locator(".card").nth(0).get_attribute("class")
+    assert page.locator("#feedback-bar").is_visible()
+    assert f"rel={before[6]}" in page.url and f"nrel={before[0]}" in page.url
+    page.click("#refine")
+    page.wait_for_function(f"document.querySelector('.card').dataset.id !== '{before[0]}'")
+    after = page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.id)")
+    assert after.index(before[6]) < 6
+    # Click a result: search by that item.
+    clicked = after[2]
+    page.locator(".card").nth(2).locator("img").click()
+    page.wait_for_function(f"document.querySelector('#status').textContent.includes('item {clicked}')")
+    assert f"item={clicked}" in page.url
+    assert clicked not in page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.id)")
+    # Drag and drop an image file onto the drop zone.
+    page.evaluate("""async () => {
+        const blob = await (await fetch(document.querySelector('.card img').src)).blob();
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], 'dropped.jpg', {type: 'image/jpeg'}));
+        document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('dropped.jpg')")
+    assert page.locator(".card").count() == 20
+    assert not errors, errors
+    page.close()
+
+
+def test_shared_url_restores_the_query(server, browser):
+    page = browser.new_page()
+    page.goto(server["url"] + "/#q=a+river+with+trees&k=5&target=image")
+    page.wait_for_function("document.querySelectorAll('.card').length === 5")
+    assert page.input_value("#q") == "a river with trees"
+    assert page.input_value("#target") == "image"
+    assert page.input_value("#k") == "5"
+    # a private collection: the page reports the refusal until a key is given
+    server["coll"].set_setting("public_read", False)
+    try:
+        page.reload()
+        page.wait_for_function("document.querySelector('#status').textContent.includes('401')")
+        from xmodal.service.auth import create_key
+
+        token = create_key(server["coll"], "read", "browser")
+        page.click("#key-box summary")
+        page.fill("#api-key", token)
+        page.press("#api-key", "Tab")
+        page.wait_for_function("document.querySelectorAll('.card').length === 5")
+        page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    finally:
+        server["coll"].set_setting("public_read", True)
+    page.close()
