@@ -5,6 +5,6 @@ CMFH, LSSH), ``supervised`` (SCM-seq/orth, SePH, DLFH), ``semi`` (SS-LPDP), ``de
 (DCMH, SSAH, DJSRH, JDSH, UCCH). ``search.hamming_topk`` ranks codes through FAISS.
 """
 
-from . import unsupervised  # noqa: F401
+from . import deep, semi, supervised, unsupervised  # noqa: F401
 
 __all__ = ["unsupervised"]

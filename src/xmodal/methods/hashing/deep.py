@@ -1,0 +1,563 @@
+"""Deep cross-modal hashing on frozen encoder features: DCMH and SSAH (supervised), DJSRH,
+JDSH and UCCH (unsupervised). Networks are small MLPs over the features (the papers' CNN
+backbones are replaced by the encoder that produced the features); every method trains with
+the shared trainer in :mod:`xmodal.methods._torch`, and codes are the signs of the nets'
+outputs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import register
+from .._torch import TorchMethod, mlp
+from ..base import HashingMethod, interval, pack_codes
+
+_POS = interval(0, None, closed="neither")
+_NONNEG = interval(0, None)
+_UNIT = interval(0, 1)
+_HIDDEN = interval(1, None, integer=True)
+
+
+class Standardize(nn.Module):
+    """Fixed per-feature standardisation with training statistics (kept in the state dict)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def set(self, Z: np.ndarray) -> None:
+        self.mean.copy_(torch.from_numpy(Z.mean(axis=0)))
+        self.scale.copy_(torch.from_numpy(Z.std(axis=0) + 1e-6))
+
+    def forward(self, x):
+        return (x - self.mean) / self.scale
+
+
+class HashNets(nn.Module):
+    """One MLP per modality ending in ``bits`` real outputs (the codes are their signs)."""
+
+    def __init__(self, image_dim: int, text_dim: int, bits: int, hidden: int, dropout: float,
+                 feature_dim: int = 0):
+        super().__init__()
+        self.x_norm, self.y_norm = Standardize(image_dim), Standardize(text_dim)
+        head = feature_dim or hidden
+        self.x_body = mlp([image_dim, hidden, head], dropout=dropout, final_activation=True)
+        self.y_body = mlp([text_dim, hidden, head], dropout=dropout, final_activation=True)
+        self.x_hash, self.y_hash = nn.Linear(head, bits), nn.Linear(head, bits)
+        self.scale = 1.0  # tanh(scale * h) during training (DJSRH/JDSH continuation)
+
+    def image_features(self, x):
+        return self.x_body(self.x_norm(x))
+
+    def text_features(self, y):
+        return self.y_body(self.y_norm(y))
+
+    def encode_image(self, x):
+        return self.x_hash(self.image_features(x))
+
+    def encode_text(self, y):
+        return self.y_hash(self.text_features(y))
+
+
+class _DeepHashing(TorchMethod, HashingMethod):
+    """Shared parameters and the standardisation of inputs."""
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {"hidden": _HIDDEN, "dropout": interval(0, 0.9)}
+
+    def _standardize(self, X: np.ndarray, Y: np.ndarray) -> None:
+        self.module_.x_norm.set(X)
+        self.module_.y_norm.set(Y)
+
+    def _store_training_codes(self, Bx: torch.Tensor, By: torch.Tensor) -> None:
+        self.train_image_codes_ = pack_codes(Bx.numpy())
+        self.train_text_codes_ = pack_codes(By.numpy())
+
+
+def _neg_log_likelihood(theta: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """-sum(S θ - log(1 + e^θ)): the pairwise likelihood loss of DCMH/SSAH/DLFH."""
+    return (F.softplus(theta) - S * theta).sum()
+
+
+def _sim(La: torch.Tensor, Lb: torch.Tensor) -> torch.Tensor:
+    return (La @ Lb.T > 0).float()
+
+
+# ------------------------------------------------------------------------------ supervised
+@register("dcmh")
+class DCMH(_DeepHashing):
+    """Deep cross-modal hashing (Jiang & Li, CVPR 2017), on frozen features.
+
+    Image outputs F and text outputs G (one row per training pair, kept in buffers) are
+    trained with the negative log-likelihood of the label similarity S under θ_ij = F_i'G_j/2,
+    plus ``gamma`` (||B - F||^2 + ||B - G||^2) and the bit-balance term ``eta`` (||F'1||^2 +
+    ||G'1||^2); the unified training codes B = sign(F + G) are refreshed every epoch. The
+    paper alternates image and text steps; here each mini-batch updates both nets, each
+    against the other modality's buffer.
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {"gamma": _NONNEG, "eta": _NONNEG}
+
+    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, gamma: float = 1.0,
+                 eta: float = 1.0, epochs: int = 60, batch_size: int = 128, lr: float = 1e-3,
+                 weight_decay: float = 1e-5, patience: int | None = 8, val_fraction: float = 0.1,
+                 random_state: int = 0, verbose: bool = False):
+        self.bits = bits
+        self.hidden = hidden
+        self.dropout = dropout
+        self.gamma = gamma
+        self.eta = eta
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _build(self, image_dim, text_dim, n_labels):
+        return HashNets(image_dim, text_dim, self.bits, self.hidden, self.dropout)
+
+    def _setup(self, X, Y, L):
+        self._standardize(X, Y)
+        g = torch.Generator().manual_seed(self.random_state)
+        n = len(X)
+        self._F = torch.randn(n, self.bits, generator=g)
+        self._G = torch.randn(n, self.bits, generator=g)
+        self._B = torch.sign(self._F + self._G)
+
+    def _on_epoch_start(self, epoch):
+        if epoch:
+            self._B = torch.where(self._F + self._G >= 0, 1.0, -1.0)
+
+    def _loss(self, batch):
+        idx, L = batch["index"], batch["labels"]
+        S = _sim(L, self._L)
+        n = len(self._L)
+        Fb = self.module_.encode_image(batch["x"])
+        Gb = self.module_.encode_text(batch["y"])
+        Fall, Gall = self._F.clone(), self._G.clone()
+        Fall[idx], Gall[idx] = Fb, Gb  # balance term over every row, this batch's live
+        loss = 0.0
+        # clones: the buffers are overwritten below, before backward runs
+        for out, other, allrows in ((Fb, self._G.clone(), Fall), (Gb, self._F.clone(), Gall)):
+            theta = 0.5 * out @ other.T
+            loss = loss + _neg_log_likelihood(theta, S) \
+                + self.gamma * ((self._B[idx] - out) ** 2).sum() \
+                + self.eta * (allrows.sum(dim=0) ** 2).sum() / n
+        self._F[idx], self._G[idx] = Fb.detach(), Gb.detach()
+        return loss / (n * len(idx))
+
+    def _fit(self, X, Y, L, *, train, val):
+        super()._fit(X, Y, L, train=train, val=val)
+        self._store_training_codes(self._B, self._B)
+        del self._F, self._G, self._B
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class SSAHNets(HashNets):
+    """Image/text nets with a semantic feature layer, hash layer and label layer, a label net
+    (LabNet) and one discriminator per modality."""
+
+    def __init__(self, image_dim, text_dim, bits, hidden, dropout, n_labels, feature_dim):
+        super().__init__(image_dim, text_dim, bits, hidden, dropout, feature_dim=feature_dim)
+        self.x_label, self.y_label = nn.Linear(feature_dim, n_labels), nn.Linear(feature_dim, n_labels)
+        self.lab_body = mlp([n_labels, hidden, feature_dim], final_activation=True)
+        self.lab_hash, self.lab_label = nn.Linear(feature_dim, bits), nn.Linear(feature_dim, n_labels)
+        self.disc_x = mlp([feature_dim, feature_dim // 2, 1])
+        self.disc_y = mlp([feature_dim, feature_dim // 2, 1])
+
+    def encode_image(self, x):
+        return torch.tanh(self.x_hash(self.image_features(x)))
+
+    def encode_text(self, y):
+        return torch.tanh(self.y_hash(self.text_features(y)))
+
+
+@register("ssah")
+class SSAH(_DeepHashing):
+    """Self-supervised adversarial hashing (Li, Deng, Liu, Huang & Tao, CVPR 2018), on frozen
+    features.
+
+    A label network (LabNet) is first trained on the label vectors alone: the likelihood of
+    the label similarity S under its semantic features (Δ = F^l_i'F^l_j/2) and its hash
+    outputs, plus quantization and label reconstruction. Its features and codes then
+    supervise the image and text nets: likelihood of S between LabNet's features/codes and
+    each modality's (weights ``alpha``, ``gamma``), quantization to the unified codes
+    B = sign(H^l + H^v + H^t) (``eta``), label prediction (``beta``), and an adversarial loss
+    that makes modality features indistinguishable from LabNet's (discriminators trained
+    through a gradient-reversal layer instead of alternating optimisers).
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "feature_dim": _HIDDEN, "alpha": _NONNEG, "gamma": _NONNEG, "eta": _NONNEG, "beta": _NONNEG,
+        "adversarial": _NONNEG, "label_epochs": interval(1, None, integer=True)}
+
+    def __init__(self, bits: int = 32, hidden: int = 1024, feature_dim: int = 512, dropout: float = 0.1,
+                 alpha: float = 1.0, gamma: float = 1.0, eta: float = 1.0, beta: float = 1.0,
+                 adversarial: float = 0.1, label_epochs: int = 30, epochs: int = 60,
+                 batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 patience: int | None = 8, val_fraction: float = 0.1, random_state: int = 0,
+                 verbose: bool = False):
+        self.bits = bits
+        self.hidden = hidden
+        self.feature_dim = feature_dim
+        self.dropout = dropout
+        self.alpha = alpha
+        self.gamma = gamma
+        self.eta = eta
+        self.beta = beta
+        self.adversarial = adversarial
+        self.label_epochs = label_epochs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _build(self, image_dim, text_dim, n_labels):
+        return SSAHNets(image_dim, text_dim, self.bits, self.hidden, self.dropout, max(n_labels, 1),
+                        self.feature_dim)
+
+    def _parameters(self):
+        lab = {id(p) for m in (self.module_.lab_body, self.module_.lab_hash, self.module_.lab_label)
+               for p in m.parameters()}
+        return [p for p in self.module_.parameters() if id(p) not in lab]
+
+    def _semantic_loss(self, Fq, Hq, Lq, Fl, Hl, Ll):
+        S = _sim(Lq, Ll)
+        return (self.alpha * _neg_log_likelihood(0.5 * Fq @ Fl.T, S)
+                + self.gamma * _neg_log_likelihood(0.5 * Hq @ Hl.T, S)) / S.numel()
+
+    def _setup(self, X, Y, L):
+        self._standardize(X, Y)
+        m, Lt = self.module_, self._L
+        lab_params = [p for mod in (m.lab_body, m.lab_hash, m.lab_label) for p in mod.parameters()]
+        opt = torch.optim.Adam(lab_params, lr=self.lr)
+        # LabNet trains on the distinct label vectors (rows of L repeat for every pair)
+        U = torch.unique(Lt, dim=0)
+        for _ in range(self.label_epochs * max(1, math.ceil(len(Lt) / self.batch_size) // 4)):
+            Fl = m.lab_body(U)
+            Hl = torch.tanh(m.lab_hash(Fl))
+            loss = self._semantic_loss(Fl, Hl, U, Fl, Hl, U) \
+                + self.eta * ((Hl - torch.sign(Hl).detach()) ** 2).mean() \
+                + self.beta * ((torch.sigmoid(m.lab_label(Fl)) - U) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        for p in lab_params:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            self._Fl = m.lab_body(Lt)
+            self._Hl = torch.tanh(m.lab_hash(self._Fl))
+        n = len(Lt)
+        self._Hx, self._Hy = torch.zeros(n, self.bits), torch.zeros(n, self.bits)
+        self._B = torch.sign(self._Hl)
+
+    def _on_epoch_start(self, epoch):
+        if epoch:
+            self._B = torch.where(self._Hl + self._Hx + self._Hy >= 0, 1.0, -1.0)
+
+    def _loss(self, batch):
+        m, idx, Lb = self.module_, batch["index"], batch["labels"]
+        loss = 0.0
+        for feats, hash_, lab, disc, inp, buf in (
+                (m.image_features, m.x_hash, m.x_label, m.disc_x, batch["x"], self._Hx),
+                (m.text_features, m.y_hash, m.y_label, m.disc_y, batch["y"], self._Hy)):
+            Fm = feats(inp)
+            Hm = torch.tanh(hash_(Fm))
+            loss = loss + self._semantic_loss(Fm, Hm, Lb, self._Fl, self._Hl, self._L) \
+                + self.eta * ((self._B[idx] - Hm) ** 2).mean() \
+                + self.beta * ((torch.sigmoid(lab(Fm)) - Lb) ** 2).mean()
+            if self.adversarial > 0:
+                real = disc(self._Fl[idx])
+                fake = disc(_GradReverse.apply(Fm))
+                loss = loss + self.adversarial * (
+                    F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                    + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+            buf[idx] = Hm.detach()
+        return loss
+
+    def _fit(self, X, Y, L, *, train, val):
+        super()._fit(X, Y, L, train=train, val=val)
+        self._store_training_codes(self._B, self._B)
+        del self._Fl, self._Hl, self._Hx, self._Hy, self._B
+
+
+# ---------------------------------------------------------------------------- unsupervised
+class _ReconstructingHashing(_DeepHashing):
+    """DJSRH/JDSH: a batch similarity S built from the input features, reconstructed by the
+    cosine similarities of the relaxed codes tanh(α h), α = sqrt(epoch + 1)."""
+
+    def _build(self, image_dim, text_dim, n_labels):
+        return HashNets(image_dim, text_dim, self.bits, self.hidden, self.dropout)
+
+    def _setup(self, X, Y, L):
+        self._standardize(X, Y)
+
+    def _on_epoch_start(self, epoch):
+        self.module_.scale = math.sqrt(epoch + 1.0)
+
+    @staticmethod
+    def _cos(Z):
+        Z = F.normalize(Z, dim=1)
+        return Z @ Z.T
+
+    def _batch_codes(self, batch):
+        m = self.module_
+        return (F.normalize(torch.tanh(m.scale * m.encode_image(batch["x"])), dim=1),
+                F.normalize(torch.tanh(m.scale * m.encode_text(batch["y"])), dim=1))
+
+
+@register("djsrh")
+class DJSRH(_ReconstructingHashing):
+    """Deep joint-semantics reconstructing hashing (Su, Zhong & Zhang, ICCV 2019), on frozen
+    features.
+
+    Joint-semantics affinity of a batch: S̃ = β S_I + (1-β) S_T from the features' cosine
+    similarities (rescaled 2 cos - 1), diffused S = (1-η) S̃ + η S̃S̃'/m, scaled by ``mu``;
+    the codes' cosine similarities reconstruct it: ||μS - B_I B_T'||^2 + λ1 ||μS - B_I B_I'||^2
+    + λ2 ||μS - B_T B_T'||^2 (mean squared). Unsupervised: no early stopping on labels.
+    """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "beta": _UNIT, "eta": _UNIT, "mu": _POS, "lambda1": _NONNEG, "lambda2": _NONNEG}
+
+    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, beta: float = 0.6,
+                 eta: float = 0.4, mu: float = 1.5, lambda1: float = 0.1, lambda2: float = 0.1,
+                 epochs: int = 60, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 patience: int | None = None, val_fraction: float = 0.0, random_state: int = 0,
+                 verbose: bool = False):
+        self.bits = bits
+        self.hidden = hidden
+        self.dropout = dropout
+        self.beta = beta
+        self.eta = eta
+        self.mu = mu
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _loss(self, batch):
+        S_I = self._cos(batch["x"]) * 2 - 1
+        S_T = self._cos(batch["y"]) * 2 - 1
+        St = self.beta * S_I + (1 - self.beta) * S_T
+        S = ((1 - self.eta) * St + self.eta * St @ St.T / len(St)) * self.mu
+        BI, BT = self._batch_codes(batch)
+        return (F.mse_loss(BI @ BT.T, S) + self.lambda1 * F.mse_loss(BI @ BI.T, S)
+                + self.lambda2 * F.mse_loss(BT @ BT.T, S))
+
+
+@register("jdsh")
+class JDSH(_ReconstructingHashing):
+    """Joint-modal distribution-based similarity hashing (Liu, Qian, Guan, Zhan & Ying, SIGIR
+    2020), on frozen features.
+
+    Joint-modal similarity S = a S_I + b S_T + l (Ŝ + Ŝ')/2 with Ŝ = norm(S_I) norm(S_T)'
+    (cross-modal second-order term); then distribution-based similarity decision and
+    weighting (DSDW): values below ``left`` are pushed down by (1 + L1 e^{-(s - min)}), values
+    above ``right`` pushed up by (1 + L2 e^{s - max}). ``left``/``right`` come from the
+    distribution of S over training batches (mean - k_left·sd_below, mean + k_right·sd_above,
+    the paper fits them per dataset). Loss: ||μS - B_I B_T'||^2 + ||μS - B_T B_I'||^2
+    - mean diag(B_I B_T') + intra (||μS - B_I B_I'||^2 + ||μS - B_T B_T'||^2).
+    """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "a": _UNIT, "b": _UNIT, "l": _UNIT, "mu": _POS, "intra": _NONNEG, "k_left": _NONNEG,
+        "k_right": _NONNEG, "l1": _NONNEG, "l2": _NONNEG}
+
+    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, a: float = 0.4,
+                 b: float = 0.3, l: float = 0.3, mu: float = 1.5, intra: float = 0.1,
+                 k_left: float = 2.0, k_right: float = 4.0, l1: float = 0.3, l2: float = 0.3,
+                 epochs: int = 60, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 patience: int | None = None, val_fraction: float = 0.0, random_state: int = 0,
+                 verbose: bool = False):
+        self.bits = bits
+        self.hidden = hidden
+        self.dropout = dropout
+        self.a = a
+        self.b = b
+        self.l = l
+        self.mu = mu
+        self.intra = intra
+        self.k_left = k_left
+        self.k_right = k_right
+        self.l1 = l1
+        self.l2 = l2
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _joint(self, x, y):
+        S_I = self._cos(x) * 2 - 1
+        S_T = self._cos(y) * 2 - 1
+        Sh = F.normalize(S_I, dim=1) @ F.normalize(S_T, dim=1).T
+        return self.a * S_I + self.b * S_T + self.l * (Sh + Sh.T) / 2
+
+    def _setup(self, X, Y, L):
+        super()._setup(X, Y, L)
+        g = torch.Generator().manual_seed(self.random_state + 1)
+        vals = []
+        for _ in range(10):
+            idx = torch.randperm(len(X), generator=g)[:self.batch_size]
+            vals.append(self._joint(self._X[idx], self._Y[idx]).flatten())
+        v = torch.cat(vals)
+        mean = v.mean()
+        below, above = v[v < mean], v[v >= mean]
+        self.s_min_, self.s_max_ = float(v.min()), float(v.max())
+        self.left_ = float(mean - self.k_left * below.std())
+        self.right_ = float(mean + self.k_right * above.std())
+
+    def _loss(self, batch):
+        S = self._joint(batch["x"], batch["y"])
+        lo, hi = S < self.left_, S > self.right_
+        S = torch.where(lo, (1 + self.l1 * torch.exp(-(S - self.s_min_))) * S, S)
+        S = torch.where(hi, (1 + self.l2 * torch.exp(S - self.s_max_)) * S, S)
+        S = S * self.mu
+        BI, BT = self._batch_codes(batch)
+        return (F.mse_loss(BI @ BT.T, S) + F.mse_loss(BT @ BI.T, S) - (BI * BT).sum(dim=1).mean()
+                + self.intra * (F.mse_loss(BI @ BI.T, S) + F.mse_loss(BT @ BT.T, S)))
+
+
+class UCCHNets(HashNets):
+    """UCCH's nets end in tanh and unit L2 norm; the codes are the signs."""
+
+    def encode_image(self, x):
+        return F.normalize(torch.tanh(super().encode_image(x)), dim=1)
+
+    def encode_text(self, y):
+        return F.normalize(torch.tanh(super().encode_text(y)), dim=1)
+
+
+@register("ucch")
+class UCCH(_DeepHashing):
+    """Unsupervised contrastive cross-modal hashing (Hu, Zhu, Lin, Peng, Zhao & Peng, TPAMI
+    2022), on frozen features.
+
+    Contrastive learning against a momentum memory bank of *binary* codes (the paper's
+    momentum optimizer: bank rows m·old + (1-m)·normalised((z_I + z_T)/2), used through their
+    signs, so no continuous relaxation enters the contrast): each item's image and text
+    outputs must pick their own bank row among ``n_negatives`` random ones (softmax at
+    temperature T·sqrt(bits)); plus the cross-modal ranking loss (CRL) over the batch with
+    ``margin`` and ``shift``; loss = alpha·contrast + (1 - alpha)·CRL. During the first
+    ``warmup_epochs`` the bank is skipped and the batch itself supplies the negatives.
+    """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "alpha": _UNIT, "momentum": interval(0, 1, closed="left"), "n_negatives": _HIDDEN,
+        "temperature": _POS, "margin": _NONNEG, "shift": _NONNEG,
+        "warmup_epochs": interval(0, None, integer=True)}
+
+    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, alpha: float = 0.9,
+                 momentum: float = 0.4, n_negatives: int = 4096, temperature: float = 0.9,
+                 margin: float = 0.2, shift: float = 1.0, warmup_epochs: int = 1, epochs: int = 40,
+                 batch_size: int = 128, lr: float = 1e-4, weight_decay: float = 1e-6,
+                 patience: int | None = None, val_fraction: float = 0.0, random_state: int = 0,
+                 verbose: bool = False):
+        self.bits = bits
+        self.hidden = hidden
+        self.dropout = dropout
+        self.alpha = alpha
+        self.momentum = momentum
+        self.n_negatives = n_negatives
+        self.temperature = temperature
+        self.margin = margin
+        self.shift = shift
+        self.warmup_epochs = warmup_epochs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _build(self, image_dim, text_dim, n_labels):
+        return UCCHNets(image_dim, text_dim, self.bits, self.hidden, self.dropout)
+
+    def _setup(self, X, Y, L):
+        self._standardize(X, Y)
+        self._gen = torch.Generator().manual_seed(self.random_state + 7)
+        n = len(X)
+        stdv = 1.0 / math.sqrt(self.bits / 3)
+        rnd = torch.rand(n, self.bits, generator=self._gen) * 2 * stdv - stdv
+        self._memory = F.normalize(torch.sign(rnd), dim=1)
+        self._epoch = 0
+
+    def _on_epoch_start(self, epoch):
+        self._epoch = epoch
+
+    def _crl(self, zi, zt):
+        scores = zi @ zt.T
+        d = scores.diag().view(-1, 1)
+        mask_s = (scores >= d - self.margin).float().detach()
+        cost_s = scores * mask_s + (1 - mask_s) * (scores - self.shift)
+        mask_i = (scores >= d.T - self.margin).float().detach()
+        cost_i = scores * mask_i + (1 - mask_i) * (scores - self.shift)
+        return ((-cost_s.diag() + torch.logsumexp(cost_s, dim=1) + self.margin).mean()
+                + (-cost_i.diag() + torch.logsumexp(cost_i, dim=0) + self.margin).mean())
+
+    def _loss(self, batch):
+        idx = batch["index"]
+        zi = self.module_.encode_image(batch["x"])
+        zt = self.module_.encode_text(batch["y"])
+        m = len(idx)
+        T = self.temperature * math.sqrt(self.bits)
+        warm = self._epoch < self.warmup_epochs
+        if warm:  # in-batch: own mean code first, then every other item's
+            mean = (zi + zt) / 2
+            order = torch.stack([torch.cat([torch.tensor([i]), torch.arange(m)[torch.arange(m) != i]])
+                                 for i in range(m)])
+            weight = mean[order]
+        else:
+            k = min(self.n_negatives, len(self._memory))
+            neg = torch.randint(len(self._memory), (m, k), generator=self._gen)
+            weight = self._memory[torch.cat([idx.view(-1, 1), neg], dim=1)]
+        weight = torch.sign(weight)
+        out_i = torch.bmm(weight, zi.unsqueeze(2)).squeeze(2) / T
+        out_t = torch.bmm(weight, zt.unsqueeze(2)).squeeze(2) / T
+        contrast = -(F.log_softmax(out_i, dim=1)[:, 0].mean() + F.log_softmax(out_t, dim=1)[:, 0].mean())
+        loss = self.alpha * contrast + (1 - self.alpha) * self._crl(zi, zt)
+        with torch.no_grad():
+            mom = 0.0 if warm else self.momentum
+            new = F.normalize((zi + zt) / 2, dim=1)
+            self._memory[idx] = F.normalize(mom * self._memory[idx] + (1 - mom) * new, dim=1)
+        return loss
+
+    def _fit(self, X, Y, L, *, train, val):
+        super()._fit(X, Y, L, train=train, val=val)
+        del self._memory, self._gen

@@ -1,0 +1,283 @@
+"""Supervised shallow cross-modal hashing: SCM (sequential and orthogonal), SePH and DLFH.
+Labels define the target semantics; hash functions are linear (or kernel logistic) maps of
+RBF-mapped features, fitted to codes learned on the training pairs."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import linalg, optimize
+from scipy.special import expit
+
+from .. import register
+from .._solvers import inv_sqrt_psd, ridge
+from ..base import interval, one_of, pack_codes
+from ._common import (ShallowHashing, logistic_hash, normalized_labels, ridge_hash, signs,
+                      subsample)
+
+_POS = interval(0, None, closed="neither")
+_NONNEG = interval(0, None)
+_POS_INT = interval(1, None, integer=True)
+_MAX_TRAIN = [None, interval(10, None, integer=True)]
+
+
+class _SCMBase(ShallowHashing):
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {"reg": _NONNEG}
+
+    def _prepare(self, X, Y, L):
+        rng = np.random.default_rng(self.random_state)
+        Fx, Fy = self._fit_map(X, "image", rng), self._fit_map(Y, "text", rng)
+        self._check_rank(Fx, Fy) if type(self) is SCMOrth else None
+        Ln = normalized_labels(L)
+        n = len(Fx)
+        # X'S̃Y with S̃ = 2 L̂L̂' - 11' without forming n x n (features are centred: X'1 = 0)
+        Cxy = 2 * (Fx.T @ Ln) @ (Ln.T @ Fy) / n
+        Wx = inv_sqrt_psd(ridge(Fx.T @ Fx / n, self.reg))
+        Wy = inv_sqrt_psd(ridge(Fy.T @ Fy / n, self.reg))
+        return Fx, Fy, Ln, Cxy, Wx, Wy
+
+
+@register("scm_orth")
+class SCMOrth(_SCMBase):
+    """Semantic correlation maximization, orthogonal projections (Zhang & Li, "Large-scale
+    supervised multimodal hashing with semantic correlation maximization", AAAI 2014).
+
+    Relaxing min ||c S̃ - sign(X Wx) sign(Y Wy)'||^2 with S̃ = 2 L̂L̂' - 1 (cosine label
+    similarity rescaled to [-1, 1]) gives max tr(Wx' X'S̃Y Wy) s.t. Wx'(X'X)Wx = I (and the
+    same for Y): a generalised eigenproblem solved by whitening and one SVD, never forming
+    the n x n S̃. (The registry name ``scm`` is semantic correlation *matching*.)
+    """
+
+    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, reg: float = 1e-2,
+                 random_state: int = 0):
+        self.bits = bits
+        self.kernel = kernel
+        self.n_anchors = n_anchors
+        self.reg = reg
+        self.random_state = random_state
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        Fx, Fy, Ln, Cxy, Wx, Wy = self._prepare(X, Y, L)
+        U, s, Vt = linalg.svd(Wx @ Cxy @ Wy, full_matrices=False)
+        self.image_proj_, self.text_proj_ = Wx @ U[:, :self.bits], Wy @ Vt[:self.bits].T
+        self.image_bias_ = self.text_bias_ = np.zeros(self.bits)
+
+
+@register("scm_seq")
+class SCMSeq(_SCMBase):
+    """Semantic correlation maximization, sequential (Zhang & Li, AAAI 2014): bits are learned
+    one at a time against the residual R_t = c S̃ - sum_{k<t} sign(X w_x^k) sign(Y w_y^k)'.
+    Each bit starts from the top generalised eigenvector of X'R_tY (the paper's closed form)
+    and is refined by L-BFGS on the paper's smoothed objective ||R_t - φ(X w_x) φ(Y w_y)'||^2,
+    φ(z) = 2/(1+e^{-z}) - 1. R_t is low rank (labels and previous bits), so neither step forms
+    an n x n matrix.
+    """
+
+    _parameter_rules: ClassVar[dict[str, Any]] = {"refine_iter": interval(0, None, integer=True)}
+
+    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, reg: float = 1e-2,
+                 refine_iter: int = 30, random_state: int = 0):
+        self.bits = bits
+        self.kernel = kernel
+        self.n_anchors = n_anchors
+        self.reg = reg
+        self.refine_iter = refine_iter
+        self.random_state = random_state
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        Fx, Fy, Ln, Cxy, Wx, Wy = self._prepare(X, Y, L)
+        n, c = len(Fx), self.bits
+        Hx, Hy = np.zeros((n, 0)), np.zeros((n, 0))
+        ones = np.ones(n)
+        Awx, Awy = [], []
+
+        def R_dot(b, Hx_, Hy_):  # R_t @ b
+            return c * (2 * Ln @ (Ln.T @ b) - ones * b.sum()) - Hx_ @ (Hy_.T @ b)
+
+        def Rt_dot(a, Hx_, Hy_):  # R_t' @ a
+            return c * (2 * Ln @ (Ln.T @ a) - ones * a.sum()) - Hy_ @ (Hx_.T @ a)
+
+        for t in range(c):
+            C = c * Cxy - (Fx.T @ Hx) @ (Hy.T @ Fy) / n
+            U, s, Vt = linalg.svd(Wx @ C @ Wy, full_matrices=False)
+            wx, wy = Wx @ U[:, 0], Wy @ Vt[0]
+            wx /= np.std(Fx @ wx) + 1e-12  # projections of unit spread: φ in its useful range
+            wy /= np.std(Fy @ wy) + 1e-12
+            if self.refine_iter:
+                dx = len(wx)
+
+                def f(w, Hx_=Hx, Hy_=Hy):
+                    zx, zy = Fx @ w[:dx], Fy @ w[dx:]
+                    a, b = 2 * expit(zx) - 1, 2 * expit(zy) - 1
+                    Rb, Ra = R_dot(b, Hx_, Hy_), Rt_dot(a, Hx_, Hy_)
+                    aa, bb = a @ a, b @ b
+                    val = -2 * a @ Rb + aa * bb  # ||R||^2 is constant
+                    ga, gb = -2 * Rb + 2 * bb * a, -2 * Ra + 2 * aa * b
+                    da, db = 0.5 * (1 - a * a), 0.5 * (1 - b * b)  # φ'(z) = (1 - φ^2)/2
+                    return val / n, np.concatenate([Fx.T @ (ga * da), Fy.T @ (gb * db)]) / n
+
+                res = optimize.minimize(f, np.concatenate([wx, wy]), jac=True, method="L-BFGS-B",
+                                        options={"maxiter": self.refine_iter})
+                wx, wy = res.x[:dx], res.x[dx:]
+            Awx.append(wx)
+            Awy.append(wy)
+            Hx = np.column_stack([Hx, signs(Fx @ wx)])
+            Hy = np.column_stack([Hy, signs(Fy @ wy)])
+        self.image_proj_, self.text_proj_ = np.column_stack(Awx), np.column_stack(Awy)
+        self.image_bias_ = self.text_bias_ = np.zeros(c)
+
+
+def _label_affinity(L: np.ndarray) -> np.ndarray:
+    Ln = normalized_labels(L)
+    return Ln @ Ln.T
+
+
+def kl_hamming_codes(P: np.ndarray, c: int, alpha: float, n_iter: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """SePH's code learning: H in R^{n x c} minimising KL(P || Q) + alpha * mean((|H| - 1)^2),
+    Q_ij ∝ 1 / (1 + d_ij), d_ij = ||h_i - h_j||^2 / 4 (the Hamming distance for ±1 codes).
+    ``P`` is a nonnegative affinity (its diagonal is ignored); returns sign(H)."""
+    n = len(P)
+    P = P.copy()
+    np.fill_diagonal(P, 0)
+    P /= P.sum()
+    off = 1 - np.eye(n)
+
+    def f(h):
+        H = h.reshape(n, c)
+        sq = (H * H).sum(axis=1)
+        D = np.maximum((sq[:, None] + sq[None, :] - 2 * H @ H.T) / 4, 0)
+        inv = off / (1 + D)
+        Z = inv.sum()
+        Q = inv / Z
+        kl = -(P[P > 0] * np.log(np.maximum(Q[P > 0], 1e-300))).sum()
+        G = (P - Q) / (1 + D) * off
+        grad = (np.diag(G.sum(axis=1)) - G) @ H
+        Aq = np.abs(H) - 1
+        kl += alpha * (Aq * Aq).mean()
+        grad += alpha * 2 * Aq * np.sign(H) / H.size
+        return kl, grad.ravel()
+
+    H0 = rng.standard_normal((n, c)) * 0.1
+    res = optimize.minimize(f, H0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": n_iter})
+    return signs(res.x.reshape(n, c))
+
+
+class _CodesThenFunctions(ShallowHashing):
+    """Two-step methods: learn training codes, then per-modality hash functions fitted to them
+    (kernel logistic regression, one classifier per bit, or ridge regression)."""
+
+    def _fit_functions(self, Fx, Fy, Bx, By, complete: bool = True) -> None:
+        if self.hash_function == "logistic":
+            self.image_proj_, self.image_bias_ = logistic_hash(Fx, Bx, self.C_reg)
+            self.text_proj_, self.text_bias_ = logistic_hash(Fy, By, self.C_reg)
+        else:
+            self.image_proj_, self.text_proj_ = ridge_hash(Fx, Bx, self.C_reg), ridge_hash(Fy, By, self.C_reg)
+            self.image_bias_ = self.text_bias_ = np.zeros(Bx.shape[1])
+        # the learned training codes: the database codes some papers report (see protocol.py);
+        # only meaningful when every training pair has one
+        self.train_image_codes_ = pack_codes(Bx) if complete else None
+        self.train_text_codes_ = pack_codes(By) if complete else None
+
+
+@register("seph")
+class SePH(_CodesThenFunctions):
+    """Semantics-preserving hashing (Lin, Ding, Hu & Wang, "Semantics-preserving hashing for
+    cross-view retrieval", CVPR 2015).
+
+    Unified codes H for the training pairs minimise the KL divergence between the label
+    affinity distribution P (cosine of label vectors, normalised to sum 1) and the distribution
+    Q induced by Hamming distances (Student-t like 1/(1+d)), plus a quantization penalty
+    (:func:`kl_hamming_codes`); then one kernel logistic regression per bit and modality maps
+    RBF features (``n_anchors`` random training points: the paper's SePH_rnd) to the codes.
+    The O(n^2) code step runs on at most ``max_train`` sampled pairs.
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "alpha": _NONNEG, "n_iter": _POS_INT, "C_reg": _POS, "max_train": _MAX_TRAIN,
+        "hash_function": one_of("logistic", "ridge")}
+
+    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, alpha: float = 1e-2,
+                 n_iter: int = 300, C_reg: float = 1e-4, hash_function: str = "logistic",
+                 max_train: int | None = 2000, random_state: int = 0):
+        self.bits = bits
+        self.kernel = kernel
+        self.n_anchors = n_anchors
+        self.alpha = alpha
+        self.n_iter = n_iter
+        self.C_reg = C_reg
+        self.hash_function = hash_function
+        self.max_train = max_train
+        self.random_state = random_state
+
+    def _affinity(self, X, Y, L, rows) -> np.ndarray:
+        return _label_affinity(L[rows])
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        rng = np.random.default_rng(self.random_state)
+        rows = subsample(len(X), self.max_train, rng)
+        P = self._affinity(X, Y, L, rows)
+        H = kl_hamming_codes(P, self.bits, self.alpha, self.n_iter, rng)
+        Fx, Fy = self._fit_map(X[rows], "image", rng), self._fit_map(Y[rows], "text", rng)
+        self._fit_functions(Fx, Fy, H, H, complete=len(rows) == len(X))
+
+
+@register("dlfh")
+class DLFH(_CodesThenFunctions):
+    """Discrete latent factor hashing (Jiang & Li, "Discrete latent factor model for
+    cross-modal hashing", IEEE TIP 2019).
+
+    Image codes U and text codes V in {-1,+1} maximise the likelihood of the cross-modal
+    label similarity S (share a label or not) under p(S_ij = 1) = σ(λ/c · u_i'v_j). Each
+    column of U (then V) is updated in closed form by maximising the likelihood's quadratic
+    lower bound: u_k = sign(λ/c (S - σ(Θ)) v_k + λ²m/(4c²) u_k), with ``n_sampled`` columns of S
+    sampled per update (the paper's stochastic variant). Out-of-sample: ridge regression from
+    RBF features to the codes (KDLFH), or kernel logistic regression.
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "lam": _POS, "n_iter": _POS_INT, "n_sampled": [None, _POS_INT], "C_reg": _POS,
+        "hash_function": one_of("logistic", "ridge")}
+
+    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, lam: float = 8.0,
+                 n_iter: int = 30, n_sampled: int | None = 1000, C_reg: float = 1e-3,
+                 hash_function: str = "ridge", random_state: int = 0):
+        self.bits = bits
+        self.kernel = kernel
+        self.n_anchors = n_anchors
+        self.lam = lam
+        self.n_iter = n_iter
+        self.n_sampled = n_sampled
+        self.C_reg = C_reg
+        self.hash_function = hash_function
+        self.random_state = random_state
+
+    def _update(self, U, V, Lu, Lv, rng) -> None:
+        """One pass over U's columns, in place, against sampled rows of V."""
+        n, c = U.shape
+        m = len(V) if self.n_sampled is None else min(self.n_sampled, len(V))
+        cols = np.sort(rng.choice(len(V), m, replace=False))
+        Vs = V[cols]
+        S = (Lu @ Lv[cols].T > 0).astype(np.float64)
+        k_ = self.lam / c
+        Theta = k_ * U @ Vs.T
+        for k in rng.permutation(c):
+            g = k_ * (S - expit(Theta)) @ Vs[:, k]
+            new = signs(g + (k_ * k_ * m / 4) * U[:, k])
+            Theta += k_ * np.outer(new - U[:, k], Vs[:, k])
+            U[:, k] = new
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        rng = np.random.default_rng(self.random_state)
+        n, c = len(X), self.bits
+        U = signs(rng.standard_normal((n, c)))
+        V = signs(rng.standard_normal((n, c)))
+        for _ in range(self.n_iter):
+            self._update(U, V, L, L, rng)
+            self._update(V, U, L, L, rng)
+        Fx, Fy = self._fit_map(X, "image", rng), self._fit_map(Y, "text", rng)
+        self._fit_functions(Fx, Fy, U, V)
