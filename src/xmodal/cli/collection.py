@@ -106,11 +106,16 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="interface to listen on"),
         port: int = typer.Option(8000, help="port"),
         max_upload_mb: float = typer.Option(20.0, help="largest accepted request body, MiB"),
+        faiss_threads: int = typer.Option(1, help="OpenMP threads per FAISS search; 1 suits a server "
+                                          "answering one query per request (requests run in parallel)"),
     ) -> None:
         """Serve the HTTP API and the web page (http://HOST:PORT/, schema at /docs)."""
+        import faiss
         import uvicorn
 
         from ..service import create_app
+
+        faiss.omp_set_num_threads(max(1, faiss_threads))
 
         app_ = create_app(_open(collection), max_upload_bytes=int(max_upload_mb * 1024 * 1024))
         uvicorn.run(app_, host=host, port=port, log_level="info")

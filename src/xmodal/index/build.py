@@ -12,6 +12,7 @@ import numpy as np
 from ..data import PairedDataset, load_dataset
 from ..data.dataset import DataError
 from ..data.karpathy import IMAGE_EXTENSIONS
+from .vector import VectorIndex
 from .collection import Collection, CollectionError, ImageItem, TextItem, encode_items, get_encoder
 
 #: The learned common space fitted on a source's pairs when no fitted model is given.
@@ -119,6 +120,11 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         coll = Collection.open(collection_path)
         coll.add_items(images, texts, progress=progress, batch_size=batch_size)
         return coll
+    if isinstance(method, str) and not Path(method).suffix == ".zip":
+        from ..methods import get
+
+        kind = get(method).output  # an unknown method or index spec fails before any encoding
+        VectorIndex(kind, 64, index)
     img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
     if getattr(txt_enc, "needs_fit", False):
         txt_enc.fit([t.text for t in texts], progress=progress)

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -72,7 +72,8 @@ class Hit:
     pair_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"id": self.id, "score": self.score, "modality": self.modality, "key": self.key,
+                "path": self.path, "text": self.text, "labels": list(self.labels), "pair_id": self.pair_id}
 
 
 @dataclass
@@ -684,35 +685,42 @@ class Collection:
         new_ids: list[int] = []
         replaced: list[int] = []
         now = time.time()
+        if len(set(keys)) != n:
+            seen: set[str] = set()
+            dup = next(k for k in keys if k in seen or seen.add(k))
+            raise DataError(f"item key {dup!r} appears twice in one add")
         with self.store.transaction() as c:
-            pair_cache: dict[str, int | None] = {}
-            for r, key in enumerate(keys):
-                old = c.execute("SELECT id, modality FROM items WHERE key = ?", (key,)).fetchone()
-                if old is not None:
-                    if old[1] != modality:
-                        raise DataError(f"item key {key!r} is already a {old[1]} item")
-                    c.execute("DELETE FROM items WHERE id = ?", (old[0],))
-                    replaced.append(old[0])
-                pid = None
-                if pair_keys is not None and pair_keys[r]:
-                    pk = pair_keys[r]
-                    if pk not in pair_cache:
-                        row = c.execute("SELECT id FROM items WHERE key = ? AND modality = 'image'", (pk,)).fetchone()
-                        pair_cache[pk] = row[0] if row else None
-                    pid = pair_cache[pk]
-                    if pid is None:
-                        raise DataError(f"text {key!r}: paired image {pk!r} is not in the collection")
-                cur = c.execute("INSERT INTO items (key, modality, path, text, content_hash, pair_id, added_at) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                (key, modality, None if paths is None else paths[r],
-                                 None if texts is None else texts[r],
-                                 None if hashes is None else hashes[r], pid, now))
-                item_id = int(cur.lastrowid)
-                new_ids.append(item_id)
-                c.execute("INSERT INTO vectors (item_id, code, fvec) VALUES (?, ?, ?)",
-                          (item_id, X[r].tobytes(), None if F is None else F[r].tobytes()))
-                for lab in sorted(set(labels[r])) if labels is not None else ():
-                    c.execute("INSERT INTO item_labels (item_id, label) VALUES (?, ?)", (item_id, str(lab)))
+            old = self._lookup(c, "SELECT key, id, modality FROM items WHERE key IN ({})", list(keys))
+            for key, (old_id, old_mod) in old.items():
+                if old_mod != modality:
+                    raise DataError(f"item key {key!r} is already a {old_mod} item")
+                replaced.append(old_id)
+            pid: list[int | None] = [None] * n
+            if pair_keys is not None:
+                wanted = sorted({pk for pk in pair_keys if pk})
+                found = self._lookup(c, "SELECT key, id FROM items WHERE modality = 'image' AND key IN ({})", wanted)
+                for r, pk in enumerate(pair_keys):
+                    if pk:
+                        if pk not in found:
+                            raise DataError(f"text {keys[r]!r}: paired image {pk!r} is not in the collection")
+                        pid[r] = found[pk][0]
+            if replaced:
+                c.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in replaced])
+            # BEGIN IMMEDIATE holds the write lock, so the next AUTOINCREMENT ids are ours to use.
+            row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            base = int(row[0]) if row else 0
+            new_ids = list(range(base + 1, base + n + 1))
+            c.executemany("INSERT INTO items (id, key, modality, path, text, content_hash, pair_id, added_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(new_ids[r], keys[r], modality, None if paths is None else paths[r],
+                            None if texts is None else texts[r], None if hashes is None else hashes[r],
+                            pid[r], now) for r in range(n)])
+            c.executemany("INSERT INTO vectors (item_id, code, fvec) VALUES (?, ?, ?)",
+                          [(new_ids[r], X[r].tobytes(), None if F is None else F[r].tobytes())
+                           for r in range(n)])
+            if labels is not None:
+                c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
+                              [(new_ids[r], str(lab)) for r in range(n) for lab in sorted(set(labels[r]))])
             Store.audit(c, actor, "add", {"modality": modality, "count": n, "replaced": len(replaced),
                                           "first_key": keys[0] if n else None}, remote)
             self._gen = Store.bump_generation(c)
@@ -728,6 +736,16 @@ class Collection:
         report.replaced = len(replaced)
         report.ids = new_ids
         return report
+
+    @staticmethod
+    def _lookup(c: Any, sql: str, keys: list[str]) -> dict[str, tuple]:
+        """``key -> rest of row`` for a ``... IN ({})`` query, in chunks under SQLite's limit."""
+        out: dict[str, tuple] = {}
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            for row in c.execute(sql.format(",".join("?" * len(chunk))), chunk):
+                out[row[0]] = tuple(row[1:])
+        return out
 
     def delete(self, ids: Sequence[int] = (), keys: Sequence[str] = (), actor: str = "local",
                remote: str | None = None) -> list[int]:

@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ..data.dataset import DataError
@@ -105,6 +106,31 @@ class BodyLimit:
             await self.app(scope, limited, send)
         except _TooLarge:
             await _plain(send, 413, f"request body over {self.limit} bytes")
+
+
+class Observe:
+    """ASGI middleware: count requests and time them per route (no extra task or thread)."""
+
+    def __init__(self, app: Any, metrics: "Metrics") -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def sending(msg: dict) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - t0)
 
 
 class _TooLarge(Exception):
@@ -215,16 +241,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                   description="Cross-modal (image <-> text) search over one xmodal collection.")
     app.state.collection = coll
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(request.method, getattr(route, "path", "other"), response.status_code,
-                        time.perf_counter() - t0)
-        return response
-
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    app.add_middleware(Observe, metrics=metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # --------------------------------------------------------------- auth
@@ -243,7 +261,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return got
 
     def need(role: str):
-        def dep(request: Request) -> str:
+        async def dep(request: Request) -> str:  # async: SQLite lookups of microseconds, no thread hop
             key_id, have = principal(request)
             if role == "read" and have is None and coll.public_read:
                 return "anonymous"
@@ -285,9 +303,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             if len(given) != 1:
                 raise HTTPException(422, "give exactly one of text, item_id, vector (or upload an image)")
             if req.text:
-                with encode_lock:
-                    q, fq = coll.encode_query_text(req.text)
-                query_modality = "text"
+                raise RuntimeError("text queries are encoded before run_search")
             elif req.item_id is not None:
                 item = coll.get_item(req.item_id)
                 if item is None:
@@ -317,6 +333,24 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             raise HTTPException(422, str(exc)) from None
         return {"target": target, "k": req.k, "results": hit_json(hits)}
 
+    def encode_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        with encode_lock:
+            return coll.encode_query_image(path)
+
+    def encode_text(text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        with encode_lock:
+            return coll.encode_query_text(text)
+
+    async def search_any(req: SearchRequest) -> dict[str, Any]:
+        """Model work (text encoding) runs in the thread pool; the vector search itself is
+        fast and runs inline, sparing a thread hop per request."""
+        if req.text and req.item_id is None and req.vector is None:
+            q, fq = await run_in_threadpool(encode_text, req.text)
+            return run_search(req, q, fq, "text")
+        if req.text:
+            raise HTTPException(422, "give exactly one of text, item_id, vector (or upload an image)")
+        return run_search(req)
+
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -329,11 +363,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return FileResponse(STATIC / "index.html")
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "items": coll.count(), "generation": coll.store.generation()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics_route() -> PlainTextResponse:
+    async def metrics_route() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(coll), media_type="text/plain; version=0.0.4")
 
     # --------------------------------------------------------------- read routes
@@ -344,16 +378,16 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return s
 
     @app.get("/api/search")
-    def search_get(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=1000),
+    async def search_get(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=1000),
                    target: Literal["image", "text"] | None = None, labels: str = "",
                    exact: bool = False, _: str = Depends(need("read"))) -> dict[str, Any]:
         req = SearchRequest(text=q, k=k, target=target, exact=exact,
                             labels=[x for x in labels.split(",") if x])
-        return run_search(req)
+        return await search_any(req)
 
     @app.post("/api/search")
-    def search_post(req: SearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
-        return run_search(req)
+    async def search_post(req: SearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
+        return await search_any(req)
 
     @app.post("/api/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
@@ -361,7 +395,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                            labels: str = Form(""), relevant: str = Form(""), nonrelevant: str = Form(""),
                            exact: bool = Form(False), _: str = Depends(need("read"))) -> dict[str, Any]:
         data = await read_upload(file)
-        fmt = check_image_bytes(data, file.filename or "upload", max_image_pixels)
+        fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
 
         def ids(s: str) -> list[int]:
             try:
@@ -374,8 +408,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
             p.write_bytes(data)
-            with encode_lock:
-                q, fq = coll.encode_query_image(p)
+            q, fq = await run_in_threadpool(encode_image, p)
         return run_search(req, q, fq, "image")
 
     @app.get("/api/items")
@@ -408,19 +441,23 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                         labels: str = Form(""), key: str | None = Form(None),
                         actor: str = Depends(need("write"))) -> dict[str, Any]:
         data = await read_upload(file)
-        fmt = check_image_bytes(data, file.filename or "upload", max_image_pixels)
+        fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
         digest = hashlib.sha256(data).hexdigest()
         key = safe_key(key) if key else f"upload/{digest[:16]}{_FORMAT_EXT[fmt]}"
         # The client's file name is never used as a path: uploads are named by content hash.
         dest = coll.path / "files" / f"{digest}{_FORMAT_EXT[fmt]}"
-        if not dest.exists():
-            _write_atomic(dest, data)
         labs = [x.strip() for x in labels.split(",") if x.strip()]
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
-        with encode_lock:
-            rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
-                                 [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
-                                  for j, c in enumerate(caps)], actor=actor, remote=remote(request))
+
+        def add() -> Any:
+            if not dest.exists():
+                _write_atomic(dest, data)
+            with encode_lock:
+                return coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
+                                      [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
+                                       for j, c in enumerate(caps)], actor=actor, remote=remote(request))
+
+        rep = await run_in_threadpool(add)
         if rep.skipped:
             raise HTTPException(400, f"{file.filename}: the image encoder could not read it")
         return {"ids": rep.ids, "added": rep.added, "replaced": rep.replaced, "unchanged": rep.unchanged,

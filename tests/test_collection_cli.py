@@ -1,0 +1,87 @@
+"""The search-engine commands: xmodal index / search / keys (serve is covered by the service
+and browser tests, which run the same app)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+from xmodal.data import DataError, load_ucm_captions
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    try:
+        ds = load_ucm_captions()
+    except DataError as exc:
+        pytest.skip(f"UCM-Captions data not found: {exc}")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    import scipy.linalg  # noqa: F401
+    import torch  # noqa: F401
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "imgs"
+    out.mkdir()
+    for i in range(0, 2100, 300):  # 7 images
+        src = Path(ds.image_paths[i])
+        shutil.copy(src, out / src.name)
+        (out / (src.stem + ".txt")).write_text("\n".join(t for t, j in zip(ds.texts, ds.text_to_image) if j == i))
+    with threadpool_limits(1):  # see test_collection.py
+        yield out
+    mp.undo()
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_index_search_keys(folder, tmp_path):
+    coll = tmp_path / "coll"
+    r = run("index", folder, "--collection", coll, "--text-encoder", "tfidf", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "7 images, 35 texts, method cca" in r.output
+    r = run("search", "--collection", coll, "an airplane on the runway", "-k", "3")
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 3
+    scores = []
+    for ln in lines:
+        score, item_id, path = ln.split("\t")
+        scores.append(float(score))
+        assert int(item_id) > 0 and Path(path).parent == folder.resolve()
+    assert scores == sorted(scores, reverse=True)
+    img = sorted(folder.glob("*.jpg"))[0]
+    r = run("search", "-c", coll, "--image", img, "-k", "5", "--json")
+    hits = json.loads(r.output)
+    assert len(hits) == 5 and all(h["modality"] == "text" for h in hits)
+    assert hits[0]["text"] in (folder / (img.stem + ".txt")).read_text()
+    r = run("search", "-c", coll, "--item", hits[0]["pair_id"], "-k", "2", "--target", "text")
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 2
+    # Re-indexing an unchanged folder is a no-op.
+    r = run("index", folder, "-c", coll, "-q")
+    assert r.exit_code == 0 and "7 images, 35 texts" in r.output
+    # Keys: created (token printed once), listed without secrets, revoked; access setting.
+    r = run("keys", "add", "-c", coll, "--role", "write", "--name", "ci")
+    token = r.output.strip()
+    assert r.exit_code == 0 and token.startswith("xmk_")
+    r = run("keys", "list", "-c", coll)
+    key_id = token[4:].split("_")[0]
+    assert key_id in r.output and "write" in r.output and token.split("_", 2)[2] not in r.output
+    assert run("keys", "revoke", key_id, "-c", coll).exit_code == 0
+    assert "revoked" in run("keys", "list", "-c", coll).output
+    assert "public_read = False" in run("keys", "public-read", "false", "-c", coll).output
+
+
+def test_cli_errors(folder, tmp_path):
+    r = run("search", "-c", tmp_path / "none", "x")
+    assert r.exit_code == 2 and "no collection" in r.output
+    r = run("index", tmp_path / "missing.jsonl", "-c", tmp_path / "c", "-q")
+    assert r.exit_code == 2 and "missing.jsonl" in r.output
+    r = run("index", folder, "-c", tmp_path / "c2", "--index", "NoSuch", "--text-encoder", "tfidf", "-q")
+    assert r.exit_code == 2 and "NoSuch" in r.output
+    r = run("keys", "add", "-c", tmp_path / "none", "--role", "read")
+    assert r.exit_code == 2
