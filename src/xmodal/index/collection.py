@@ -173,7 +173,8 @@ class Collection:
         self.index_spec: str = self.meta.get("index", "Flat")
         self._method: Any = None
         self._encoders: dict[str, Any] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # in-memory indexes: held briefly (search, mutation)
+        self._wlock = threading.RLock()  # one writing thread; slow work (encoding) under it only
         self.indexes: dict[tuple[str, str], VectorIndex] = {}
         self._gen = -1
         self._load_indexes()
@@ -407,21 +408,24 @@ class Collection:
     def refresh(self) -> bool:
         """Reload indexes when another process wrote to the collection; True when it did."""
         if self.store.generation() != self._gen:
-            self.meta = self.store.all_meta()
-            self._load_indexes()
-            return True
+            with self._lock:
+                if self.store.generation() != self._gen:
+                    self.meta = self.store.all_meta()
+                    self._load_indexes()
+                    return True
         return False
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """One writer at a time across processes (flock) and threads; indexes saved at the end."""
         lock_path = self.path / "write.lock"
-        with self._lock, open(lock_path, "a+") as fh:
+        with self._wlock, open(lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 self.refresh()
                 yield
-                self._finish_write()
+                with self._lock:
+                    self._finish_write()
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -723,15 +727,18 @@ class Collection:
                               [(new_ids[r], str(lab)) for r in range(n) for lab in sorted(set(labels[r]))])
             Store.audit(c, actor, "add", {"modality": modality, "count": n, "replaced": len(replaced),
                                           "first_key": keys[0] if n else None}, remote)
+            # Set before COMMIT: the store's lock keeps other threads from reading in between,
+            # so a concurrent refresh() never mistakes this write for another process's.
             self._gen = Store.bump_generation(c)
         # Committed: mirror into the in-memory indexes (files are written when the write ends).
         ids = np.asarray(new_ids, dtype=np.int64)
-        for (mod, variant), idx in self.indexes.items():
-            if mod != modality:
-                continue
-            if replaced:
-                idx.remove(replaced)
-            idx.add(ids, F if variant == "rerank" else X, prepared=True)
+        with self._lock:
+            for (mod, variant), idx in self.indexes.items():
+                if mod != modality:
+                    continue
+                if replaced:
+                    idx.remove(replaced)
+                idx.add(ids, F if variant == "rerank" else X, prepared=True)
         report.added = n - len(replaced)
         report.replaced = len(replaced)
         report.ids = new_ids
@@ -766,11 +773,12 @@ class Collection:
                     c.execute("DELETE FROM items WHERE id = ?", (i,))
                 Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
                 self._gen = Store.bump_generation(c)
-            for modality in MODALITIES:
-                dead = [i for i, m in gone if m == modality]
-                for (mod, _), idx in self.indexes.items():
-                    if mod == modality and dead:
-                        idx.remove(dead)
+            with self._lock:
+                for modality in MODALITIES:
+                    dead = [i for i, m in gone if m == modality]
+                    for (mod, _), idx in self.indexes.items():
+                        if mod == modality and dead:
+                            idx.remove(dead)
             return [i for i, _ in gone]
 
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:

@@ -112,10 +112,10 @@ function render(results) {
     score.className = "score";
     score.textContent = h.score.toFixed(3) + " · #" + h.id;
     const up = document.createElement("button");
-    up.className = "up"; up.textContent = "👍"; up.title = "relevant";
+    up.className = "up"; up.textContent = "✓"; up.title = "relevant";
     up.addEventListener("click", () => mark(h.id, "rel"));
     const down = document.createElement("button");
-    down.className = "down"; down.textContent = "👎"; down.title = "not relevant";
+    down.className = "down"; down.textContent = "✗"; down.title = "not relevant";
     down.addEventListener("click", () => mark(h.id, "nrel"));
     const btns = document.createElement("span");
     btns.append(up, down);
