@@ -65,8 +65,9 @@ def compare(name: str, coll: Collection, raw, Q: np.ndarray, Qraw: np.ndarray, k
     return row
 
 
-def fill(path: Path, kind: str, dim: int, data: np.ndarray, chunk: int = 250_000) -> Collection:
-    coll = Collection.create(path, output=kind, dim=dim)
+def fill(path: Path, kind: str, dim: int, data: np.ndarray, chunk: int = 250_000,
+         index: str = "Flat") -> Collection:
+    coll = Collection.create(path, output=kind, dim=dim, index=index)
     t0 = time.perf_counter()
     for start in range(0, len(data), chunk):
         part = data[start:start + chunk]
@@ -111,7 +112,8 @@ def http_latency(path: Path, Q: np.ndarray, n_queries: int, k: int, binary: bool
     ms = np.asarray(lat) * 1000
     # The same single queries straight into FAISS (one thread, as the server runs), for scale.
     coll = Collection.open(path)
-    idx = coll.indexes[("image", "flat")].index
+    variant = "approx" if ("image", "approx") in coll.indexes else "flat"
+    idx = coll.indexes[("image", variant)].index
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     Qp = Q[:n_queries] if binary else Q[:n_queries] / np.linalg.norm(Q[:n_queries], axis=1, keepdims=True)
@@ -120,12 +122,18 @@ def http_latency(path: Path, Q: np.ndarray, n_queries: int, k: int, binary: bool
         t0 = time.perf_counter()
         idx.search(q[None, :], k)
         raw.append(time.perf_counter() - t0)
+    recall = None
+    if variant == "approx":  # what the approximate index gives up against the exact one
+        _, Ia = coll.search_vectors(Q[:n_queries], "image", k)
+        _, Ie = coll.search_vectors(Q[:n_queries], "image", k, exact=True)
+        recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(Ia, Ie)]))
     faiss.omp_set_num_threads(threads)
     coll.close()
     row = {"what": f"HTTP {'binary' if binary else 'float'} search", "items": None,
            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
            "p99_ms": round(float(np.percentile(ms, 99)), 2), "queries": len(ms),
-           "faiss_only_p50_ms": round(float(np.median(raw)) * 1000, 2)}
+           "faiss_only_p50_ms": round(float(np.median(raw)) * 1000, 2), "index": coll.index_spec,
+           "recall_at_k_vs_exact": recall}
     return row
 
 
@@ -141,6 +149,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--http-n", type=int, default=100_000, help="items in the served collection")
     ap.add_argument("--http-queries", type=int, default=500)
+    ap.add_argument("--http-index", default="Flat;HNSW32", help="';'-separated float index specs to serve")
     ap.add_argument("--workdir", default=None, help="where collections go (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -180,7 +189,8 @@ def main() -> None:
         gc.collect()
         shutil.rmtree(work / "float")
         # ---------------------------------------------------------------- HTTP
-        for binary in (False, True):
+        specs = [(False, s) for s in args.http_index.split(";")] + [(True, "BFlat")]
+        for binary, spec in specs:
             if binary:
                 data = rng.integers(0, 256, (args.http_n, args.bits // 8), dtype=np.uint8)
                 Qh = rng.integers(0, 256, (args.http_queries, args.bits // 8), dtype=np.uint8)
@@ -188,11 +198,12 @@ def main() -> None:
                 data = rng.standard_normal((args.http_n, args.dim), dtype=np.float32)
                 Qh = rng.standard_normal((args.http_queries, args.dim), dtype=np.float32)
             p = work / ("http-binary" if binary else "http-float")
-            fill(p, "binary" if binary else "real", args.bits if binary else args.dim, data).close()
+            fill(p, "binary" if binary else "real", args.bits if binary else args.dim, data, index=spec).close()
             row = http_latency(p, Qh, args.http_queries, args.k, binary)
             row["items"] = args.http_n
             rows.append(row)
-            print(f"{row['what']:<28} {args.http_n:,} items, {row['queries']} queries over loopback HTTP: "
+            rec = "" if row["recall_at_k_vs_exact"] is None else f", recall@{args.k} vs exact {row['recall_at_k_vs_exact']:.3f}"
+            print(f"{row['what'] + ' ' + spec:<28} {args.http_n:,} items, {row['queries']} queries over loopback HTTP{rec}: "
                   f"p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms "
                   f"(FAISS alone, same queries: p50 {row['faiss_only_p50_ms']} ms)", flush=True)
             shutil.rmtree(p)

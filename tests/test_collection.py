@@ -208,6 +208,32 @@ def test_stale_or_missing_index_files_are_rebuilt(tmp_path):
         assert c.search_vector(X[7], "image", 1)[0].key == "k7"
 
 
+def test_reader_follows_another_writer(tmp_path):
+    import fcntl
+    import sqlite3
+
+    X = np.random.default_rng(1).standard_normal((20, 8)).astype(np.float32)
+    Collection.create(tmp_path / "c", dim=8).close()
+    reader, writer = Collection.open(tmp_path / "c"), Collection.open(tmp_path / "c")
+    writer.add_vectors("image", [f"k{i}" for i in range(10)], X[:10])
+    assert reader.search_vector(X[3], "image", 1)[0].key == "k3"  # reloaded from the new files
+    writer.delete(keys=["k3"])
+    assert reader.search_vector(X[3], "image", 1)[0].key != "k3"
+    # While another process holds the write lock mid-run (committed, files not yet written),
+    # the reader keeps serving its last state rather than rebuilding on every search.
+    with open(tmp_path / "c" / "write.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        db = sqlite3.connect(tmp_path / "c" / "collection.db")
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'generation'")
+        db.commit()
+        db.close()
+        assert reader.refresh() is False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    assert reader.refresh() is True and reader.search_vector(X[4], "image", 1)[0].key == "k4"
+    reader.close()
+    writer.close()
+
+
 def test_binary_collection_rerank_and_feedback(tmp_path, ucm_records, env):
     from xmodal import methods
 

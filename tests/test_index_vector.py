@@ -100,3 +100,28 @@ def test_ivf_too_few_vectors_to_train():
     idx = VectorIndex("real", 32, "IVF64,Flat")
     with pytest.raises(IndexSpecError, match="train"):
         idx.add(ids, X)
+
+
+def test_search_parameters_in_the_spec():
+    X, ids = _data(2000, 32)
+    low = VectorIndex("real", 32, "HNSW8|efSearch=1")
+    high = VectorIndex("real", 32, "HNSW8|efSearch=256")
+    exact = VectorIndex("real", 32, "Flat")
+    for idx in (low, high, exact):
+        idx.add(ids, X)
+    _, Ie = exact.search(X[:200] + 0.5, 10)
+
+    def recall(idx):
+        _, I = idx.search(X[:200] + 0.5, 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, Ie)])
+
+    assert recall(high) > recall(low) and recall(high) > 0.9
+    again = VectorIndex.from_bytes("real", 32, high.spec, high.to_bytes())
+    assert faiss.downcast_index(again.index.index).hnsw.efSearch == 256
+    assert faiss.downcast_index(VectorIndex("real", 32, "HNSW8").index.index).hnsw.efSearch == 64
+    b = VectorIndex("binary", 64, "BIVF4|nprobe=3")
+    assert faiss.downcast_IndexBinary(b.index.index).nprobe == 3
+    with pytest.raises(IndexSpecError, match="nosuch"):
+        VectorIndex("real", 32, "HNSW8|nosuch=3")
+    with pytest.raises(IndexSpecError, match="name=value"):
+        VectorIndex("real", 32, "HNSW8|efSearch")

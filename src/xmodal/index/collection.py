@@ -33,7 +33,7 @@ import numpy as np
 
 from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, Store
-from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare
+from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
 MODALITIES = ("image", "text")
 DB_NAME = "collection.db"
@@ -328,7 +328,7 @@ class Collection:
     def _variants(self) -> list[tuple[str, str, int, str]]:
         """(variant, kind, dim, spec) for each index a modality has."""
         out = [("flat", self.kind, self.dim, normalize_spec(self.kind, "Flat"))]
-        if self.index_spec not in ("Flat", "BFlat"):
+        if split_spec(self.index_spec)[0] not in ("Flat", "BFlat"):
             out.append(("approx", self.kind, self.dim, self.index_spec))
         if self.fdim:
             out.append(("rerank", "real", int(self.fdim), "Flat"))
@@ -405,15 +405,31 @@ class Collection:
         for f in (self.path / "indexes").glob("*.tmp"):
             f.unlink(missing_ok=True)
 
-    def refresh(self) -> bool:
+    def refresh(self, force: bool = False) -> bool:
         """Reload indexes when another process wrote to the collection; True when it did."""
-        if self.store.generation() != self._gen:
-            with self._lock:
-                if self.store.generation() != self._gen:
-                    self.meta = self.store.all_meta()
-                    self._load_indexes()
-                    return True
+        gen = self.store.generation()
+        if gen == self._gen:
+            return False
+        if not force and not self._index_file("image", "flat", gen).exists() and self._writer_active():
+            # Another process is mid-write (an indexing run commits batch by batch and writes
+            # index files at its end): keep serving the last state instead of rebuilding the
+            # indexes from the store on every search meanwhile.
+            return False
+        with self._lock:
+            if self.store.generation() != self._gen:
+                self.meta = self.store.all_meta()
+                self._load_indexes()
+                return True
         return False
+
+    def _writer_active(self) -> bool:
+        with open(self.path / "write.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -422,7 +438,7 @@ class Collection:
         with self._wlock, open(lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
-                self.refresh()
+                self.refresh(force=True)
                 yield
                 with self._lock:
                     self._finish_write()

@@ -23,8 +23,53 @@ class IndexSpecError(ValueError):
     """A FAISS factory string that cannot build an index of this kind."""
 
 
+#: Search-time parameters applied unless the spec names them (FAISS's own defaults,
+#: efSearch=16 and nprobe=1, trade away too much recall for k around 10).
+DEFAULT_SEARCH_PARAMS = {"HNSW": "efSearch=64", "IVF": "nprobe=16"}
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"HNSW32|efSearch=128"`` -> (``"HNSW32"``, ``"efSearch=128"``)."""
+    base, _, params = spec.partition("|")
+    return base.strip(), params.strip()
+
+
+def _apply_params(kind: str, index, base: str, params: str) -> None:
+    """Set search parameters (``name=value,...``) on the index inside the id map."""
+    wanted: dict[str, str] = {}
+    for family, default in DEFAULT_SEARCH_PARAMS.items():
+        if family in base:
+            k, v = default.split("=")
+            wanted[k] = v
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise IndexSpecError(f"search parameter {part!r} must look like name=value")
+        wanted[k.strip()] = v.strip()
+    if not wanted:
+        return
+    if kind == "real":
+        ps = faiss.ParameterSpace()
+        for k, v in wanted.items():
+            try:
+                ps.set_index_parameter(index, k, float(v))
+            except RuntimeError:
+                raise IndexSpecError(f"index {base!r} has no search parameter {k!r}") from None
+        return
+    inner = faiss.downcast_IndexBinary(index.index)
+    for k, v in wanted.items():
+        if k == "efSearch" and hasattr(inner, "hnsw"):
+            inner.hnsw.efSearch = int(v)
+        elif k == "nprobe" and hasattr(inner, "nprobe"):
+            inner.nprobe = int(v)
+        else:
+            raise IndexSpecError(f"binary index {base!r} has no search parameter {k!r}")
+
+
 def normalize_spec(kind: str, spec: str) -> str:
-    spec = spec.strip()
+    spec, params = split_spec(spec)
+    if params:
+        return normalize_spec(kind, spec) + "|" + params
     if kind == "binary" and not spec.startswith("B"):
         spec = "B" + spec  # "Flat" -> "BFlat", "HNSW32" -> "BHNSW32"
     if kind == "real" and spec.startswith("B"):
@@ -71,13 +116,15 @@ class VectorIndex:
             raise ValueError(f"kind must be 'real' or 'binary', got {kind!r}")
         self.kind, self.dim = kind, int(dim)
         self.spec = normalize_spec(kind, spec)
-        self.index = _make(kind, self.dim, self.spec)
+        base, params = split_spec(self.spec)
+        self.index = _make(kind, self.dim, base)
+        _apply_params(kind, self.index, base, params)
         self.tombstones: set[int] = set()
 
     # ------------------------------------------------------------------ properties
     @property
     def is_flat(self) -> bool:
-        return self.spec in ("Flat", "BFlat")
+        return split_spec(self.spec)[0] in ("Flat", "BFlat")
 
     @property
     def is_trained(self) -> bool:
@@ -194,6 +241,7 @@ class VectorIndex:
         obj.kind, obj.dim, obj.spec = kind, int(dim), normalize_spec(kind, spec)
         buf = np.frombuffer(data, dtype=np.uint8)
         obj.index = faiss.deserialize_index_binary(buf) if kind == "binary" else faiss.deserialize_index(buf)
+        _apply_params(kind, obj.index, *split_spec(obj.spec))
         obj.tombstones = set()
         if live_ids is not None:
             have = faiss.vector_to_array(obj.index.id_map).astype(np.int64)
