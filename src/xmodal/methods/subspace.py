@@ -63,7 +63,7 @@ class CCA(_LinearProjection):
 
 
 @register("mlcca")
-class MultiLabelCCA(_LinearProjection):
+class MultiLabelCCA(CCA):
     """Multi-label CCA (Ranjan, Rasiwasia & Jawahar, "Multi-Label Cross-modal Retrieval",
     ICCV 2015): correspondence between any image i and text j is weighted by their label
     similarity s_ij (cosine of label vectors), so items that share semantics are pulled
@@ -73,13 +73,6 @@ class MultiLabelCCA(_LinearProjection):
     """
 
     supervised = True
-    _parameter_rules: ClassVar[dict[str, Any]] = {
-        "n_components": _N_COMP, "reg": _REG, "scale_power": interval(0, 4)}
-
-    def __init__(self, n_components: int = 10, reg: float = 1e-3, scale_power: float = 0.0):
-        self.n_components = n_components
-        self.reg = reg
-        self.scale_power = scale_power
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-12)
