@@ -275,3 +275,35 @@ def test_refusals(tmp_path):
     c.close()
     with pytest.raises(DataError, match="no images"):
         build_collection(tmp_path, tmp_path / "z", quiet=True)
+
+
+def test_searches_are_not_blocked_while_a_write_encodes(tmp_path):
+    import threading
+
+    from PIL import Image
+
+    X = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)
+    coll = Collection.create(tmp_path / "c", dim=8)
+    coll.add_vectors("image", [f"k{i}" for i in range(5)], X)
+    release = threading.Event()
+    inside = threading.Event()
+
+    class GatedEncoder:  # stands in for a slow model: holds the write until the search is done
+        spec, dim, modality, needs_fit = "gated", 8, "image", False
+
+        def encode(self, items, **kw):
+            inside.set()
+            if not release.wait(20):
+                raise RuntimeError("search did not finish while the write was encoding")
+            return np.ones((len(items), 8), np.float32), np.ones(len(items), bool)
+
+    coll._encoders["image"] = GatedEncoder()
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    writer = threading.Thread(target=coll.add_items, args=([ImageItem(key="x", path=str(tmp_path / "x.png"))],))
+    writer.start()
+    assert inside.wait(20)
+    hits = coll.search_vector(X[2], "image", 1)  # would deadlock if the write held the index lock
+    release.set()
+    writer.join(20)
+    assert hits[0].key == "k2" and not writer.is_alive() and coll.count("image") == 6
+    coll.close()

@@ -126,6 +126,19 @@ def encode_items(enc: Any, inputs: Sequence[str], progress: bool | None = False,
     return np.asarray(F, dtype=np.float32), np.asarray(ok, dtype=bool)
 
 
+def _encode_query(enc: Any, item: str) -> np.ndarray:
+    """One query through an encoder, bypassing its feature cache: queries (uploads on a
+    server especially) would otherwise grow the cache without bound."""
+    try:
+        out = enc.encode([item], progress=False, cache_dir=False, return_mask=True)
+    except TypeError:
+        return np.asarray(enc.encode([item]), dtype=np.float32)
+    F, ok = out
+    if not np.asarray(ok).all():
+        raise DataError(f"query {item}: the {enc.spec} encoder could not read it")
+    return np.asarray(F, dtype=np.float32)
+
+
 def _class_path(obj: Any) -> str:
     return f"{type(obj).__module__}:{type(obj).__qualname__}"
 
@@ -530,12 +543,10 @@ class Collection:
     def encode_query_text(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
         if not isinstance(text, str) or not text.strip():
             raise DataError("text query is empty")
-        feats = self.encoder("text").encode([text])
-        return self.features_to_space("text", feats)
+        return self.features_to_space("text", _encode_query(self.encoder("text"), text))
 
     def encode_query_image(self, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-        feats = self.encoder("image").encode([str(path)])
-        return self.features_to_space("image", feats)
+        return self.features_to_space("image", _encode_query(self.encoder("image"), str(path)))
 
     def rocchio(self, q: np.ndarray, relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
                 a: float = 1.0, b: float = 0.75, c: float = 0.25,
