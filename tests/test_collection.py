@@ -84,6 +84,22 @@ def test_build_and_search_both_directions(built, ucm_records):
     assert hits[0].pair_id == coll.id_of(f"{ucm_records[3][2]}/{src.name}")
 
 
+def test_supervised_method_uses_folder_labels(built, tmp_path):
+    root, folder, _ = built
+    coll = build_collection(folder, tmp_path / "sup", method="mlcca", image_encoder="efficientnet-lite0",
+                            text_encoder="tfidf", quiet=True)
+    assert coll.stats()["method"] == "mlcca" and coll.count("image") == N_FIRST
+    coll.close()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(folder.glob("*/*.jpg"))[:4]:
+        shutil.copy(p, flat / p.name)
+        shutil.copy(p.with_suffix(".txt"), flat / (p.stem + ".txt"))
+    with pytest.raises(CollectionError, match="needs a label"):
+        build_collection(flat, tmp_path / "sup2", method="mlcca", image_encoder="efficientnet-lite0",
+                         text_encoder="tfidf", quiet=True)
+
+
 def test_labels_filter_and_more_like_this(built, ucm_records):
     root, folder, coll = built
     label = ucm_records[5][2]

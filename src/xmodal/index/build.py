@@ -153,11 +153,20 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         t2i = np.asarray([row[t.pair_key] for t in texts])
         params = _default_params(method, method_params, Fi.shape[1], Ft.shape[1], len(texts))
         fitted = create(method, **params)
+        names = sorted({lab for it in images for lab in it.labels})
+        labels = None
         if fitted.supervised:
-            raise CollectionError(f"method {method!r} needs labels; use an unsupervised one "
-                                  f"(default {DEFAULT_METHOD!r}) or a fitted method file")
+            if not names or any(not it.labels for it in images):
+                raise CollectionError(f"method {method!r} needs a label on every image (sub-folders, "
+                                      f"a label column, a labelled dataset); use an unsupervised one "
+                                      f"(default {DEFAULT_METHOD!r}) or a fitted method file")
+            col = {n: j for j, n in enumerate(names)}
+            labels = np.zeros((len(images), len(names)), dtype=np.uint8)
+            for r, it in enumerate(images):
+                labels[r, [col[lab] for lab in it.labels]] = 1
         ds = PairedDataset(name=Path(str(source)).name, text_to_image=t2i, n_images=len(images),
-                           image_features=Fi, text_features=Ft)
+                           image_features=Fi, text_features=Ft, labels=labels,
+                           label_names=names if labels is not None else None)
         if not quiet:
             print(f"fitting {fitted!r} on {len(texts)} pairs")
         fitted.fit(ds)
