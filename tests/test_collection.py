@@ -272,6 +272,20 @@ def test_binary_collection_rerank_and_feedback(tmp_path, ucm_records, env):
     coll.close()
 
 
+def test_distinct_collapses_repeated_texts(tmp_path):
+    rng = np.random.default_rng(3)
+    V = rng.standard_normal((30, 8)).astype(np.float32)
+    texts = [f"caption {i % 6}" for i in range(30)]  # every text five times
+    with Collection.create(tmp_path / "c", dim=8) as c:
+        c.add_vectors("text", [f"t{i}" for i in range(30)], V, texts=texts)
+        plain = c.search_vector(V[0], "text", 10)
+        uniq = c.search_vector(V[0], "text", 10, distinct=True)
+        assert len(plain) == 10 and len({h.text for h in plain}) < 10
+        assert len(uniq) == 6 and len({h.text for h in uniq}) == 6  # only six distinct exist
+        assert uniq[0].text == plain[0].text == "caption 0"
+        assert [h.score for h in uniq] == sorted((h.score for h in uniq), reverse=True)
+
+
 def test_refusals(tmp_path):
     with pytest.raises(CollectionError, match="no collection"):
         Collection.open(tmp_path / "nothing")

@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
         target: Optional[str] = typer.Option(None, help="image or text (default: the other modality)"),
         label: list[str] = typer.Option([], "--label", help="only results with this label (repeatable)"),
         exact: bool = typer.Option(False, help="use the flat exact index"),
+        distinct: bool = typer.Option(False, help="show identical texts once"),
         as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
         """Search a collection; one result per line: score, id, path or text."""
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
         if target not in (None, "image", "text"):
             _fail(f"--target must be image or text, got {target!r}")
         coll = _open(collection)
-        kw = dict(labels=label or None, exact=exact)
+        kw = dict(labels=label or None, exact=exact, distinct=distinct)
         try:
             if query is not None:
                 hits = coll.search_text(query, k, target or "image", **kw)

@@ -653,15 +653,28 @@ class Collection:
                       labels: Sequence[str] | None = None, exact: bool = False,
                       relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
                       fq: np.ndarray | None = None, rerank: int = 0,
-                      exclude: Sequence[int] = (), feedback: tuple[float, float, float] = (1.0, 0.75, 0.25)) -> list[Hit]:
-        """Search with one common-space vector (a float vector, or packed uint8 code)."""
+                      exclude: Sequence[int] = (), feedback: tuple[float, float, float] = (1.0, 0.75, 0.25),
+                      distinct: bool = False) -> list[Hit]:
+        """Search with one common-space vector (a float vector, or packed uint8 code).
+        ``distinct`` collapses texts that are word for word the same (datasets repeat
+        captions) into their best-scoring one."""
         self.refresh()
         q = np.asarray(vector)
         q = q.reshape(1, -1) if q.ndim == 1 else q
         q, fq = self.rocchio(q, relevant, nonrelevant, *feedback, fq=fq)
-        S, I = self.search_vectors(q, target, k, labels=labels, exact=exact, fq=fq, rerank=rerank,
-                                   exclude=exclude)
-        return self._hits(S[:1], I[:1])
+        fetch = k
+        while True:
+            S, I = self.search_vectors(q, target, fetch, labels=labels, exact=exact, fq=fq,
+                                       rerank=rerank, exclude=exclude)
+            hits = self._hits(S[:1], I[:1])
+            if not distinct or target != "text":
+                return hits
+            seen: set[str] = set()
+            unique = [h for h in hits if not (h.text in seen or seen.add(h.text or ""))]
+            # Enough distinct texts, or the whole collection seen: done; else fetch deeper.
+            if len(unique) >= k or len(hits) < fetch or fetch >= 10000:
+                return unique[:k]
+            fetch = min(10000, fetch * 4)
 
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> list[Hit]:
         """Text query; by default against images (text -> image)."""

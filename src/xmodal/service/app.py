@@ -50,6 +50,7 @@ class SearchRequest(BaseModel):
     k: int = Field(10, ge=1, le=1000)
     labels: list[str] = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
+    distinct: bool = Field(False, description="collapse identical texts into one result")
     relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
     nonrelevant: list[int] = Field(default_factory=list, description="ids marked not relevant")
     alpha: float = 1.0
@@ -326,7 +327,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             hits = coll.search_vector(q, target, req.k, labels=req.labels or None, exact=req.exact,
                                       relevant=req.relevant, nonrelevant=req.nonrelevant, fq=fq,
                                       rerank=rerank, exclude=exclude,
-                                      feedback=(req.alpha, req.beta, req.gamma))
+                                      feedback=(req.alpha, req.beta, req.gamma), distinct=req.distinct)
         except KeyError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
         except ValueError as exc:
@@ -380,8 +381,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     @app.get("/api/search")
     async def search_get(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=1000),
                    target: Literal["image", "text"] | None = None, labels: str = "",
-                   exact: bool = False, _: str = Depends(need("read"))) -> dict[str, Any]:
-        req = SearchRequest(text=q, k=k, target=target, exact=exact,
+                   exact: bool = False, distinct: bool = False,
+                   _: str = Depends(need("read"))) -> dict[str, Any]:
+        req = SearchRequest(text=q, k=k, target=target, exact=exact, distinct=distinct,
                             labels=[x for x in labels.split(",") if x])
         return await search_any(req)
 
@@ -393,7 +395,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
                            target: Literal["image", "text"] | None = Form(None),
                            labels: str = Form(""), relevant: str = Form(""), nonrelevant: str = Form(""),
-                           exact: bool = Form(False), _: str = Depends(need("read"))) -> dict[str, Any]:
+                           exact: bool = Form(False), distinct: bool = Form(False),
+                           _: str = Depends(need("read"))) -> dict[str, Any]:
         data = await read_upload(file)
         fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
 
@@ -404,7 +407,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 raise HTTPException(422, f"ids must be comma-separated integers, got {s!r}") from None
 
         req = SearchRequest(k=k, target=target, labels=[x for x in labels.split(",") if x],
-                            relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact)
+                            relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact,
+                            distinct=distinct)
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
             p.write_bytes(data)

@@ -50,7 +50,8 @@ async function errorText(r) {
 }
 
 async function search() {
-  const body = { k: state.k, relevant: [...state.rel], nonrelevant: [...state.nrel] };
+  // Datasets repeat captions word for word: show each text once.
+  const body = { k: state.k, relevant: [...state.rel], nonrelevant: [...state.nrel], distinct: true };
   if (state.target) body.target = state.target;
   let r;
   setStatus("Searching…");
@@ -61,6 +62,7 @@ async function search() {
     if (state.target) fd.append("target", state.target);
     fd.append("relevant", body.relevant.join(","));
     fd.append("nonrelevant", body.nonrelevant.join(","));
+    fd.append("distinct", "true");
     r = await fetch("/api/search/image", { method: "POST", body: fd, headers: headers() });
   } else if (state.item !== null) {
     body.item_id = state.item;
