@@ -11,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from xmodal.data import DataError, load_ucm_captions
-from xmodal.index import Collection, CollectionError, ImageItem, TextItem, build_collection, scan_source
+from xmodal.index import Collection, CollectionError, ImageItem, build_collection, scan_source
 
 N_FIRST, N_LATER = 16, 4
 

@@ -5,7 +5,6 @@ import io
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
