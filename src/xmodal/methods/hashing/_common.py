@@ -23,13 +23,16 @@ def rbf_anchor_features(Z: np.ndarray, anchors: np.ndarray, sigma: float) -> np.
 
 class FeatureMapMixin:
     """Per-modality input map: ``kernel="rbf"`` maps to RBF similarities to ``n_anchors``
-    training points (sigma = mean distance to the anchors), ``"linear"`` keeps the features.
-    Either way the output is centred on the training mean, as every method here assumes."""
+    training points (sigma = mean distance to the anchors), ``"linear"`` keeps the features,
+    ``"auto"`` picks rbf for low-dimensional (< 256-d, hand-crafted) features and linear for
+    the rest (deep encoder features are already close to linearly separable, and an RBF map
+    of them only loses information). The output is centred on the training mean."""
 
-    _map_rules: ClassVar[dict[str, Any]] = {"kernel": one_of("rbf", "linear"), "n_anchors": _POS_INT}
+    _map_rules: ClassVar[dict[str, Any]] = {"kernel": one_of("auto", "rbf", "linear"), "n_anchors": _POS_INT}
 
     def _fit_map(self, Z: np.ndarray, side: str, rng: np.random.Generator) -> np.ndarray:
-        if self.kernel == "rbf":
+        kind = self.kernel if self.kernel != "auto" else ("linear" if Z.shape[1] >= 256 else "rbf")
+        if kind == "rbf":
             m = min(self.n_anchors, len(Z))
             anchors = Z[np.sort(rng.choice(len(Z), m, replace=False))]
             d2 = (np.einsum("ij,ij->i", Z, Z)[:, None] - 2 * Z @ anchors.T

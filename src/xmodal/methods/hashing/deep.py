@@ -105,9 +105,9 @@ class DCMH(_DeepHashing):
     supervised = True
     _parameter_rules: ClassVar[dict[str, Any]] = {"gamma": _NONNEG, "eta": _NONNEG}
 
-    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, gamma: float = 1.0,
-                 eta: float = 1.0, epochs: int = 60, batch_size: int = 128, lr: float = 1e-3,
-                 weight_decay: float = 1e-5, patience: int | None = 8, val_fraction: float = 0.1,
+    def __init__(self, bits: int = 32, hidden: int = 512, dropout: float = 0.1, gamma: float = 1.0,
+                 eta: float = 1.0, epochs: int = 40, batch_size: int = 128, lr: float = 1e-3,
+                 weight_decay: float = 1e-5, patience: int | None = 6, val_fraction: float = 0.1,
                  random_state: int = 0, verbose: bool = False):
         self.bits = bits
         self.hidden = hidden
@@ -211,11 +211,11 @@ class SSAH(_DeepHashing):
         "feature_dim": _HIDDEN, "alpha": _NONNEG, "gamma": _NONNEG, "eta": _NONNEG, "beta": _NONNEG,
         "adversarial": _NONNEG, "label_epochs": interval(1, None, integer=True)}
 
-    def __init__(self, bits: int = 32, hidden: int = 1024, feature_dim: int = 512, dropout: float = 0.1,
+    def __init__(self, bits: int = 32, hidden: int = 512, feature_dim: int = 512, dropout: float = 0.1,
                  alpha: float = 1.0, gamma: float = 1.0, eta: float = 1.0, beta: float = 1.0,
-                 adversarial: float = 0.1, label_epochs: int = 30, epochs: int = 60,
+                 adversarial: float = 0.1, label_epochs: int = 30, epochs: int = 40,
                  batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
-                 patience: int | None = 8, val_fraction: float = 0.1, random_state: int = 0,
+                 patience: int | None = 6, val_fraction: float = 0.1, random_state: int = 0,
                  verbose: bool = False):
         self.bits = bits
         self.hidden = hidden
@@ -245,10 +245,14 @@ class SSAH(_DeepHashing):
                for p in m.parameters()}
         return [p for p in self.module_.parameters() if id(p) not in lab]
 
-    def _semantic_loss(self, Fq, Hq, Lq, Fl, Hl, Ll):
+    def _semantic_loss(self, Fq, Hq, Lq, Fl, Hl, Ll, counts):
+        """Likelihood of S between queries and LabNet outputs. LabNet's outputs depend on the
+        label vector only, so the sum over all training rows is a sum over the distinct label
+        vectors weighted by how many rows carry each (exact, and n/u times cheaper)."""
         S = _sim(Lq, Ll)
-        return (self.alpha * _neg_log_likelihood(0.5 * Fq @ Fl.T, S)
-                + self.gamma * _neg_log_likelihood(0.5 * Hq @ Hl.T, S)) / S.numel()
+        w = counts.float()[None, :]
+        nll = lambda theta: ((F.softplus(theta) - S * theta) * w).sum()  # noqa: E731
+        return (self.alpha * nll(0.5 * Fq @ Fl.T) + self.gamma * nll(0.5 * Hq @ Hl.T)) / (len(Lq) * w.sum())
 
     def _setup(self, X, Y, L):
         self._standardize(X, Y)
@@ -256,11 +260,11 @@ class SSAH(_DeepHashing):
         lab_params = [p for mod in (m.lab_body, m.lab_hash, m.lab_label) for p in mod.parameters()]
         opt = torch.optim.Adam(lab_params, lr=self.lr)
         # LabNet trains on the distinct label vectors (rows of L repeat for every pair)
-        U = torch.unique(Lt, dim=0)
+        U, inverse, counts = torch.unique(Lt, dim=0, return_inverse=True, return_counts=True)
         for _ in range(self.label_epochs * max(1, math.ceil(len(Lt) / self.batch_size) // 4)):
             Fl = m.lab_body(U)
             Hl = torch.tanh(m.lab_hash(Fl))
-            loss = self._semantic_loss(Fl, Hl, U, Fl, Hl, U) \
+            loss = self._semantic_loss(Fl, Hl, U, Fl, Hl, U, counts) \
                 + self.eta * ((Hl - torch.sign(Hl).detach()) ** 2).mean() \
                 + self.beta * ((torch.sigmoid(m.lab_label(Fl)) - U) ** 2).mean()
             opt.zero_grad()
@@ -269,8 +273,10 @@ class SSAH(_DeepHashing):
         for p in lab_params:
             p.requires_grad_(False)
         with torch.no_grad():
-            self._Fl = m.lab_body(Lt)
-            self._Hl = torch.tanh(m.lab_hash(self._Fl))
+            self._Fu = m.lab_body(U)
+            self._Hu = torch.tanh(m.lab_hash(self._Fu))
+        self._U, self._inverse, self._counts = U, inverse, counts
+        self._Hl = self._Hu[inverse]
         n = len(Lt)
         self._Hx, self._Hy = torch.zeros(n, self.bits), torch.zeros(n, self.bits)
         self._B = torch.sign(self._Hl)
@@ -287,11 +293,11 @@ class SSAH(_DeepHashing):
                 (m.text_features, m.y_hash, m.y_label, m.disc_y, batch["y"], self._Hy)):
             Fm = feats(inp)
             Hm = torch.tanh(hash_(Fm))
-            loss = loss + self._semantic_loss(Fm, Hm, Lb, self._Fl, self._Hl, self._L) \
+            loss = loss + self._semantic_loss(Fm, Hm, Lb, self._Fu, self._Hu, self._U, self._counts) \
                 + self.eta * ((self._B[idx] - Hm) ** 2).mean() \
                 + self.beta * ((torch.sigmoid(lab(Fm)) - Lb) ** 2).mean()
             if self.adversarial > 0:
-                real = disc(self._Fl[idx])
+                real = disc(self._Fu[self._inverse[idx]])
                 fake = disc(_GradReverse.apply(Fm))
                 loss = loss + self.adversarial * (
                     F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
@@ -302,7 +308,7 @@ class SSAH(_DeepHashing):
     def _fit(self, X, Y, L, *, train, val):
         super()._fit(X, Y, L, train=train, val=val)
         self._store_training_codes(self._B, self._B)
-        del self._Fl, self._Hl, self._Hx, self._Hy, self._B
+        del self._Fu, self._Hu, self._U, self._inverse, self._counts, self._Hl, self._Hx, self._Hy, self._B
 
 
 # ---------------------------------------------------------------------------- unsupervised
@@ -344,9 +350,9 @@ class DJSRH(_ReconstructingHashing):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "beta": _UNIT, "eta": _UNIT, "mu": _POS, "lambda1": _NONNEG, "lambda2": _NONNEG}
 
-    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, beta: float = 0.6,
+    def __init__(self, bits: int = 32, hidden: int = 512, dropout: float = 0.1, beta: float = 0.6,
                  eta: float = 0.4, mu: float = 1.5, lambda1: float = 0.1, lambda2: float = 0.1,
-                 epochs: int = 60, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
                  patience: int | None = None, val_fraction: float = 0.0, random_state: int = 0,
                  verbose: bool = False):
         self.bits = bits
@@ -394,10 +400,10 @@ class JDSH(_ReconstructingHashing):
         "a": _UNIT, "b": _UNIT, "l": _UNIT, "mu": _POS, "intra": _NONNEG, "k_left": _NONNEG,
         "k_right": _NONNEG, "l1": _NONNEG, "l2": _NONNEG}
 
-    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, a: float = 0.4,
+    def __init__(self, bits: int = 32, hidden: int = 512, dropout: float = 0.1, a: float = 0.4,
                  b: float = 0.3, l: float = 0.3, mu: float = 1.5, intra: float = 0.1,
                  k_left: float = 2.0, k_right: float = 4.0, l1: float = 0.3, l2: float = 0.3,
-                 epochs: int = 60, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
+                 epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-5,
                  patience: int | None = None, val_fraction: float = 0.0, random_state: int = 0,
                  verbose: bool = False):
         self.bits = bits
@@ -481,10 +487,10 @@ class UCCH(_DeepHashing):
         "temperature": _POS, "margin": _NONNEG, "shift": _NONNEG,
         "warmup_epochs": interval(0, None, integer=True)}
 
-    def __init__(self, bits: int = 32, hidden: int = 1024, dropout: float = 0.1, alpha: float = 0.9,
+    def __init__(self, bits: int = 32, hidden: int = 512, dropout: float = 0.1, alpha: float = 0.9,
                  momentum: float = 0.4, n_negatives: int = 4096, temperature: float = 0.9,
-                 margin: float = 0.2, shift: float = 1.0, warmup_epochs: int = 1, epochs: int = 40,
-                 batch_size: int = 128, lr: float = 1e-4, weight_decay: float = 1e-6,
+                 margin: float = 0.2, shift: float = 1.0, warmup_epochs: int = 1, epochs: int = 30,
+                 batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-6,
                  patience: int | None = None, val_fraction: float = 0.0, random_state: int = 0,
                  verbose: bool = False):
         self.bits = bits

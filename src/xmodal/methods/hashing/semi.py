@@ -63,7 +63,7 @@ class SSLPDP(SePH):
         "n_neighbors": interval(1, None, integer=True), "propagation_alpha": interval(0, 1, closed="left"),
         "hash_function": one_of("logistic", "ridge")}
 
-    def __init__(self, bits: int = 32, labeled_fraction: float = 0.1, kernel: str = "rbf",
+    def __init__(self, bits: int = 32, labeled_fraction: float = 0.1, kernel: str = "auto",
                  n_anchors: int = 500, distance_weight: float = 0.2, n_neighbors: int = 10,
                  propagation_alpha: float = 0.9, alpha: float = 1e-2, n_iter: int = 300,
                  C_reg: float = 1e-4, hash_function: str = "logistic", max_train: int | None = 2000,

@@ -50,7 +50,7 @@ class SCMOrth(_SCMBase):
     the n x n S̃. (The registry name ``scm`` is semantic correlation *matching*.)
     """
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, reg: float = 1e-2,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, reg: float = 1e-2,
                  random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -77,7 +77,7 @@ class SCMSeq(_SCMBase):
 
     _parameter_rules: ClassVar[dict[str, Any]] = {"refine_iter": interval(0, None, integer=True)}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, reg: float = 1e-2,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, reg: float = 1e-2,
                  refine_iter: int = 30, random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -200,7 +200,7 @@ class SePH(_CodesThenFunctions):
         "alpha": _NONNEG, "n_iter": _POS_INT, "C_reg": _POS, "max_train": _MAX_TRAIN,
         "hash_function": one_of("logistic", "ridge")}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, alpha: float = 1e-2,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, alpha: float = 1e-2,
                  n_iter: int = 300, C_reg: float = 1e-4, hash_function: str = "logistic",
                  max_train: int | None = 2000, random_state: int = 0):
         self.bits = bits
@@ -243,8 +243,8 @@ class DLFH(_CodesThenFunctions):
         "lam": _POS, "n_iter": _POS_INT, "n_sampled": [None, _POS_INT], "C_reg": _POS,
         "hash_function": one_of("logistic", "ridge")}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, lam: float = 8.0,
-                 n_iter: int = 30, n_sampled: int | None = 1000, C_reg: float = 1e-3,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float = 8.0,
+                 n_iter: int = 15, n_sampled: int | None = 500, C_reg: float = 1e-3,
                  hash_function: str = "ridge", random_state: int = 0):
         self.bits = bits
         self.kernel = kernel

@@ -81,7 +81,7 @@ class CCAITQ(_CCABits):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "reg": _NONNEG, "scale_power": interval(0, 8), "itq_iter": _POS_INT}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, reg: float = 1e-2,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, reg: float = 1e-2,
                  scale_power: float = 4.0, itq_iter: int = 50, random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -114,7 +114,7 @@ class CVH(_CCABits):
 
     _parameter_rules: ClassVar[dict[str, Any]] = {"reg": _NONNEG}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, reg: float = 1e-2,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, reg: float = 1e-2,
                  random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -158,7 +158,7 @@ class IMH(ShallowHashing):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "beta": _POS, "lam": _POS, "n_neighbors": _POS_INT, "max_train": _MAX_TRAIN}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, beta: float = 1.0,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, beta: float = 1.0,
                  lam: float = 1e-2, n_neighbors: int = 10, max_train: int | None = 3000,
                  random_state: int = 0):
         self.bits = bits
@@ -203,7 +203,7 @@ class CMFH(ShallowHashing):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "lam": interval(0, 1, closed="neither"), "mu": _POS, "gamma": _POS, "n_iter": _POS_INT}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, lam: float = 0.5,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float = 0.5,
                  mu: float = 1.0, gamma: float = 1e-2, n_iter: int = 50, random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -256,7 +256,7 @@ class LSSH(ShallowHashing):
         "n_atoms": _POS_INT, "alpha": _POS, "lam": _POS, "mu": _POS, "gamma": _POS,
         "n_iter": _POS_INT, "max_train": _MAX_TRAIN}
 
-    def __init__(self, bits: int = 32, kernel: str = "rbf", n_anchors: int = 500, n_atoms: int = 256,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, n_atoms: int = 256,
                  alpha: float = 0.02, lam: float = 1.0, mu: float = 1.0, gamma: float = 1e-2,
                  n_iter: int = 10, max_train: int | None = 2000, random_state: int = 0):
         self.bits = bits
