@@ -93,18 +93,21 @@ def test_pretrained_cnn_features(spec, imgs, effnet):
     assert same > cross + 0.05, (spec, same, cross)
 
 
-def test_pretrained_classifier_sees_airplanes(imgs):
-    """The MobileNetV2 weights (loaded into our own architecture) still classify: UCM airplane
-    tiles come out as ImageNet aircraft classes."""
+@pytest.mark.parametrize("spec", ["efficientnet-lite0", "mobilenet-v2"])
+def test_pretrained_classifier_sees_airplanes(spec, imgs, effnet):
+    """Weights and preprocessing are right: the ImageNet classifier head (unused for features)
+    puts an aircraft class in the top 5 for most UCM airplane tiles and for no beach tile."""
     import torch
 
-    enc = get_encoder("mobilenet-v2")
-    batch = torch.from_numpy(np.stack([enc.load_fn()(p) for p in paths(imgs, AIRPLANE)]))
-    with torch.inference_mode():
-        logits = enc.model(enc.preprocess(batch))
+    enc = effnet if spec == "efficientnet-lite0" else get_encoder(spec)
     aircraft = {403, 404, 405, 895, 908}  # carrier, airliner, airship, warplane, wing
-    top5 = logits.topk(5, dim=1).indices.tolist()
-    assert sum(bool(aircraft & set(t)) for t in top5) >= 3, top5
+    hits = {}
+    for name, ids in (("airplane", range(101, 113)), ("beach", range(301, 313))):
+        batch = torch.from_numpy(np.stack([enc.load_fn()(p) for p in paths(imgs, ids)]))
+        with torch.inference_mode():
+            top5 = enc.model(enc.preprocess(batch)).topk(5, dim=1).indices.tolist()
+        hits[name] = sum(bool(aircraft & set(t)) for t in top5)
+    assert hits["airplane"] >= 7 and hits["beach"] <= 1, hits
 
 
 # -------------------------------------------------------------------- cache
@@ -166,10 +169,8 @@ def test_bad_files_are_skipped_and_reported(imgs, bad_files, effnet, tmp_path, c
                               return_mask=True)
     assert ok.tolist() == [True, False, False, False, False, False, True]
     assert np.isfinite(X).all() and not X[~ok].any()
-    ref = effnet.encode(good, progress=False, cache_dir=False)
-    np.testing.assert_allclose(X[ok], ref, rtol=1e-4, atol=1e-4)
     r = effnet.report_
-    assert r.n_skipped == 5
+    assert r.n_skipped == 5 and r.n_computed == 2
     reasons = dict(r.skipped)
     assert "empty" in reasons[bad_files["empty"]]
     assert "truncated" in reasons[bad_files["truncated"]]
@@ -180,6 +181,8 @@ def test_bad_files_are_skipped_and_reported(imgs, bad_files, effnet, tmp_path, c
     for f in items[1:6]:
         assert sum(f in line and line.startswith("skipping") for line in lines) == 1, f
     assert any("skipped 5 of 7" in line for line in lines)
+    ref = effnet.encode(good, progress=False, cache_dir=False)
+    np.testing.assert_allclose(X[ok], ref, rtol=1e-4, atol=1e-4)
 
 
 def test_sift_bovw(imgs, bad_files, tmp_path):
@@ -210,7 +213,7 @@ def test_optional_hub_encoders():
     except ImportError as exc:
         with pytest.raises(EncoderError, match="timm extra is not usable"):
             get_encoder("timm:resnet18@random")
-        pytest.skip("timm cannot be used here: timm 1.0.x imports torchvision at import time "
+        pytest.skip("timm is not installed, because timm 1.0.x imports torchvision at import time "
                     "(timm/layers/create_norm.py, timm/data/transforms.py) and torchvision cannot "
                     f"be installed against torch 2.13 in this environment ({exc})")
     enc = get_encoder("timm:resnet18@random")
@@ -223,7 +226,7 @@ def test_optional_open_clip():
     except ImportError as exc:
         with pytest.raises(EncoderError, match="openclip extra is not usable"):
             get_encoder("open_clip:RN50@random")
-        pytest.skip("open_clip cannot be used here: open_clip 3.x imports torchvision at import "
+        pytest.skip("open_clip is not installed, because open_clip 3.x imports torchvision at import "
                     "time (open_clip/utils.py, open_clip/transform.py) and torchvision cannot be "
                     f"installed against torch 2.13 in this environment ({exc})")
     enc = get_encoder("open_clip:RN50@random")
@@ -279,6 +282,8 @@ def test_encode_dataset_errors(small_ucm):
     no_imgs.image_paths = None
     with pytest.raises(DataError, match="image_paths"):
         encode_dataset(no_imgs, "mobilenet-v2", None, cache_dir=False)
+    with pytest.raises(DataError, match="no split 'train' to fit"):
+        encode_dataset(no_imgs, None, "tfidf", cache_dir=False)
 
 
 def test_cli_encode(imgs, ucm, tmp_path):
@@ -290,7 +295,7 @@ def test_cli_encode(imgs, ucm, tmp_path):
     root = tmp_path / "tiny"
     (root / "imgs").mkdir(parents=True)
     doc = json.loads((imgs.parent / "dataset.json").read_text())
-    recs = [doc["images"][i] for i in (100, 101, 102, 300, 301, 302)]
+    recs = [doc["images"][i] for i in (100, 101, 103, 300, 301, 302)]  # 103.jpg = 102.jpg
     for k, rec in enumerate(recs):
         rec["split"] = "train" if k % 3 else "test"
         stem = Path(rec["filename"]).stem

@@ -228,8 +228,9 @@ class Encoder:
             todo_items = [items[positions[k][0]] for k in todo_keys]
             bs = batch_size or self.default_batch_size
             bar = progress_bar(len(todo_items), f"encode {self.spec}", progress)
+            batches = self._compute(todo_items, bs, bar)
             try:
-                for pos, feats, failures in self._compute(todo_items, bs, bar):
+                for pos, feats, failures in batches:
                     feats = np.asarray(feats, dtype=np.float32).reshape(len(pos), dim)
                     if not np.isfinite(feats).all():
                         bad = [p for p, r in zip(pos, np.isfinite(feats).all(axis=1)) if not r]
@@ -248,6 +249,7 @@ class Encoder:
                             self._skip(report, items[i], reason)
                     bar.update(len(pos) + len(failures))
             finally:
+                batches.close()  # shuts decode workers down at once on an interruption
                 bar.close()
         if report.skipped:
             log.warning("%s: skipped %d of %d items that could not be read", self.spec,

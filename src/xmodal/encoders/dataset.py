@@ -64,33 +64,36 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
     splits are re-indexed. ``meta["encoding"]`` records specs, timings and skipped files.
     """
     progress = False if quiet else None
-    fit_images = _fit_rows(ds, fit_split)
-    in_fit = np.zeros(ds.n_images, dtype=bool)
-    in_fit[fit_images] = True
-    info: dict = {"image_encoder": None, "text_encoder": None, "skipped": []}
-    X = T = None
-    ok = np.ones(ds.n_images, dtype=bool)
+    img_enc = txt_enc = None
     if image_encoder is not None:
         if ds.image_paths is None:
             raise DataError(f"dataset {ds.name!r} has no image files (field image_paths); "
                             "it cannot be encoded with an image encoder")
-        enc = get_encoder(image_encoder, "image") if isinstance(image_encoder, str) else image_encoder
+        img_enc = get_encoder(image_encoder, "image") if isinstance(image_encoder, str) else image_encoder
+    if text_encoder is not None:
+        if ds.texts is None:
+            raise DataError(f"dataset {ds.name!r} has no raw texts (field texts); "
+                            "it cannot be encoded with a text encoder")
+        txt_enc = get_encoder(text_encoder, "text") if isinstance(text_encoder, str) else text_encoder
+    in_fit = np.zeros(ds.n_images, dtype=bool)
+    if any(e is not None and e.needs_fit for e in (img_enc, txt_enc)):
+        in_fit[_fit_rows(ds, fit_split)] = True
+    info: dict = {"image_encoder": None, "text_encoder": None, "skipped": []}
+    X = T = None
+    ok = np.ones(ds.n_images, dtype=bool)
+    if img_enc is not None:
         t0 = time.perf_counter()
-        enc = fit_cached(enc, [ds.image_paths[i] for i in fit_images], cache_dir, progress)
+        enc = fit_cached(img_enc, [p for p, f in zip(ds.image_paths, in_fit) if f], cache_dir, progress)
         X, ok = enc.encode(ds.image_paths, batch_size=batch_size, progress=progress,
                            cache_dir=cache_dir, return_mask=True)
         r = enc.report_
         info["image_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,
                                  "n_computed": r.n_computed, "seconds": time.perf_counter() - t0}
         info["skipped"] = [{"file": f, "reason": why} for f, why in r.skipped]
-    if text_encoder is not None:
-        if ds.texts is None:
-            raise DataError(f"dataset {ds.name!r} has no raw texts (field texts); "
-                            "it cannot be encoded with a text encoder")
-        enc = get_encoder(text_encoder, "text") if isinstance(text_encoder, str) else text_encoder
+    if txt_enc is not None:
         t0 = time.perf_counter()
         fit_texts = [t for t, i in zip(ds.texts, ds.text_to_image) if in_fit[i]]
-        enc = fit_cached(enc, fit_texts, cache_dir, progress)
+        enc = fit_cached(txt_enc, fit_texts, cache_dir, progress)
         T = enc.encode(ds.texts, batch_size=batch_size, progress=progress, cache_dir=cache_dir)
         r = enc.report_
         info["text_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,

@@ -110,13 +110,9 @@ def _collate(batch, stack: bool):
 
 
 def _worker_init(_worker_id: int) -> None:
-    # One decode thread per worker: the cores belong to the model.
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    # DataLoader already limits torch to one thread per worker; nothing else to set here:
+    # OpenCV is limited where it is imported (see sift._cv2), before it could start a pool.
+    pass
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
@@ -140,7 +136,14 @@ def iterate_batches(paths: list[str], load: Callable[[str], np.ndarray], batch_s
     loader = DataLoader(_Items(paths, load), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers,
                         collate_fn=functools.partial(_collate, stack=stack), **kw)
-    yield from loader
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        # Stop the workers now, also when the consumer stops early or fails.
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class ImageEncoder(Encoder):

@@ -5,6 +5,7 @@ Rasiwasia et al. (ACM MM 2010): 128 k-means words, L1-normalised word histograms
 from __future__ import annotations
 
 import functools
+import os
 import zlib
 from typing import Iterator
 
@@ -14,6 +15,22 @@ from .base import EncoderError, progress_bar
 from .images import ImageEncoder, iterate_batches, open_image
 
 MAX_SIDE = 640  # larger images are downscaled first: bounds SIFT time, barely changes words
+
+
+_CV2_PID = None
+
+
+def _cv2():
+    """OpenCV with its thread pool off. A pool started in a parent process leaves a forked
+    decode worker with stale thread handles, and a later cv2.setNumThreads() in the worker
+    joins threads that do not exist there: a silent hang. Parallelism comes from processes."""
+    global _CV2_PID
+    import cv2
+
+    if _CV2_PID is None:  # once per process tree: forked workers inherit the setting
+        cv2.setNumThreads(1)
+        _CV2_PID = os.getpid()
+    return cv2
 
 
 def _gray(path: str, max_pixels: int | None) -> np.ndarray:
@@ -27,9 +44,7 @@ def _gray(path: str, max_pixels: int | None) -> np.ndarray:
 
 def sift_descriptors(path: str, max_pixels: int | None = None) -> np.ndarray:
     """(k, 128) float32 SIFT descriptors of one image (k may be 0)."""
-    import cv2
-
-    desc = cv2.SIFT_create().detectAndCompute(_gray(path, max_pixels), None)[1]
+    desc = _cv2().SIFT_create().detectAndCompute(_gray(path, max_pixels), None)[1]
     return np.zeros((0, 128), np.float32) if desc is None else desc.astype(np.float32)
 
 
@@ -113,7 +128,12 @@ class SiftBoVW(ImageEncoder):
                                f"images, fewer than the {self.n_words} words asked for")
         km = MiniBatchKMeans(n_clusters=self.n_words, random_state=0, n_init=3,
                              batch_size=4096, max_iter=100)
-        km.fit(desc)
+        from threadpoolctl import threadpool_limits
+
+        # One OpenMP thread: k-means on ~1e5 points takes seconds anyway, while OpenMP threads
+        # on a busy machine spin-wait and slow it down 10x or more.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            km.fit(desc)
         self.centers_ = km.cluster_centers_.astype(np.float32)
 
     def _get_state(self):
