@@ -284,6 +284,11 @@ def test_encode_dataset_errors(small_ucm):
         encode_dataset(no_imgs, "mobilenet-v2", None, cache_dir=False)
     with pytest.raises(DataError, match="no split 'train' to fit"):
         encode_dataset(no_imgs, None, "tfidf", cache_dir=False)
+    # An already fitted encoder object is used as it is (no split needed, state kept).
+    fitted = get_encoder("tfidf:7").fit(small_ucm.texts[:20])
+    out = encode_dataset(no_imgs, None, fitted, cache_dir=False, quiet=True)
+    assert out.text_features.shape == (60, 7)
+    np.testing.assert_array_equal(out.text_features, fitted.encode(no_imgs.texts, cache_dir=False))
 
 
 def test_cli_encode(imgs, ucm, tmp_path):

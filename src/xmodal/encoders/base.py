@@ -205,12 +205,7 @@ class Encoder:
             except OSError as exc:
                 keys.append(None)
                 self._skip(report, item, f"cannot read file ({exc.strerror or exc})")
-        root = resolve_cache_dir(cache_dir)
-        cache = None
-        if root is not None:
-            cache = FeatureCache.for_encoder(root, self.spec, self.cache_key(), dim,
-                                             {"spec": self.spec, "version": self.version,
-                                              "dim": dim, "state_hash": self.state_hash()})
+        cache = self._open_cache(cache_dir)
         positions: dict[str, list[int]] = {}
         for i, k in enumerate(keys):
             if k is not None:
@@ -255,6 +250,23 @@ class Encoder:
             log.warning("%s: skipped %d of %d items that could not be read", self.spec,
                         report.n_skipped, n)
         return (out, ok) if return_mask else out
+
+    def _open_cache(self, cache_dir) -> FeatureCache | None:
+        """The cache for this encoder state; kept between calls, so repeated small encodes
+        (search queries) only index shards that are new since the last call."""
+        root = resolve_cache_dir(cache_dir)
+        if root is None:
+            return None
+        key = self.cache_key()
+        held = getattr(self, "_cache", None)
+        if held is not None and held[0] == (str(root), key):
+            held[1].refresh()
+            return held[1]
+        cache = FeatureCache.for_encoder(root, self.spec, key, self.dim,
+                                         {"spec": self.spec, "version": self.version,
+                                          "dim": self.dim, "state_hash": self.state_hash()})
+        self._cache = ((str(root), key), cache)
+        return cache
 
     @staticmethod
     def _skip(report: EncodeReport, item: str, reason: str) -> None:

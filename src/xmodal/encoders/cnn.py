@@ -103,8 +103,7 @@ class TorchImageEncoder(ImageEncoder):
             return self._forward(self.preprocess(batch_uint8)).float().numpy()
 
     def _compute(self, items, batch_size, bar) -> Iterator:
-        model = self.model  # build before the workers fork
-        del model
+        self.model  # load the weights before the decode workers start
         with torch_threads(self.threads):
             for pos, batch, fails in iterate_batches(items, self.load_fn(), batch_size,
                                                      self.num_workers):
@@ -223,7 +222,7 @@ class TimmEncoder(TorchImageEncoder):
             import timm
         except ImportError as exc:
             raise EncoderError(f"{self.spec}: the timm extra is not usable here ({exc}); "
-                               "pip install 'xmodal[timm]'") from exc
+                               "pip install timm (it needs torchvision)") from exc
         if self.weights in (None, "random"):
             return timm.create_model(self.arch, pretrained=self.weights is None, num_classes=0)
         if not Path(self.weights).exists():
@@ -271,7 +270,7 @@ def load_open_clip(spec: str, arch: str, weights: str | None):
         import open_clip
     except ImportError as exc:
         raise EncoderError(f"{spec}: the openclip extra is not usable here ({exc}); "
-                           "pip install 'xmodal[openclip]'") from exc
+                           "pip install open_clip_torch (it needs torchvision)") from exc
     if weights == "random":
         weights = None
     elif weights is None:

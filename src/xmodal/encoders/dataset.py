@@ -76,14 +76,16 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
                             "it cannot be encoded with a text encoder")
         txt_enc = get_encoder(text_encoder, "text") if isinstance(text_encoder, str) else text_encoder
     in_fit = np.zeros(ds.n_images, dtype=bool)
-    if any(e is not None and e.needs_fit for e in (img_enc, txt_enc)):
+    # An Encoder object passed in already fitted is used as it is.
+    if any(e is not None and e.needs_fit and not e.is_fitted for e in (img_enc, txt_enc)):
         in_fit[_fit_rows(ds, fit_split)] = True
     info: dict = {"image_encoder": None, "text_encoder": None, "skipped": []}
     X = T = None
     ok = np.ones(ds.n_images, dtype=bool)
     if img_enc is not None:
         t0 = time.perf_counter()
-        enc = fit_cached(img_enc, [p for p, f in zip(ds.image_paths, in_fit) if f], cache_dir, progress)
+        enc = img_enc if img_enc.is_fitted else fit_cached(
+            img_enc, [p for p, f in zip(ds.image_paths, in_fit) if f], cache_dir, progress)
         X, ok = enc.encode(ds.image_paths, batch_size=batch_size, progress=progress,
                            cache_dir=cache_dir, return_mask=True)
         r = enc.report_
@@ -93,7 +95,7 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
     if txt_enc is not None:
         t0 = time.perf_counter()
         fit_texts = [t for t, i in zip(ds.texts, ds.text_to_image) if in_fit[i]]
-        enc = fit_cached(txt_enc, fit_texts, cache_dir, progress)
+        enc = txt_enc if txt_enc.is_fitted else fit_cached(txt_enc, fit_texts, cache_dir, progress)
         T = enc.encode(ds.texts, batch_size=batch_size, progress=progress, cache_dir=cache_dir)
         r = enc.report_
         info["text_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,

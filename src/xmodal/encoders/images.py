@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .base import Encoder, cpu_count
-from .cache import content_hash
+from .cache import file_hash
 
 
 class ImageReadError(Exception):
@@ -109,12 +109,6 @@ def _collate(batch, stack: bool):
     return pos, data, fails
 
 
-def _worker_init(_worker_id: int) -> None:
-    # DataLoader already limits torch to one thread per worker; nothing else to set here:
-    # OpenCV is limited where it is imported (see sift._cv2), before it could start a pool.
-    pass
-
-
 def default_workers(n_items: int, batch_size: int) -> int:
     """Decode workers: none for a handful of items (process start-up would dominate)."""
     if n_items <= batch_size:
@@ -130,9 +124,8 @@ def iterate_batches(paths: list[str], load: Callable[[str], np.ndarray], batch_s
 
     if num_workers is None:
         num_workers = default_workers(len(paths), batch_size)
-    kw = {}
-    if num_workers > 0:
-        kw = dict(worker_init_fn=_worker_init, prefetch_factor=prefetch_factor)
+    # DataLoader limits torch to one thread per worker; OpenCV is limited in sift._cv2.
+    kw = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
     loader = DataLoader(_Items(paths, load), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers,
                         collate_fn=functools.partial(_collate, stack=stack), **kw)
@@ -155,4 +148,4 @@ class ImageEncoder(Encoder):
 
     def _item_key(self, item: str) -> str:
         with open(item, "rb") as fh:
-            return content_hash(fh.read())
+            return file_hash(fh)
