@@ -24,14 +24,19 @@ def l2n(z: torch.Tensor) -> torch.Tensor:
 def pair_mask(batch: dict[str, Any], by: str = "image") -> torch.Tensor:
     """B x B bool: row i's image and column j's text are a positive pair.
 
-    ``by="image"``: the same image (several captions of one image are all positives);
-    ``by="label"``: any shared label (supervised semantic positives).
+    ``by="image"``: the same image (several captions of one image are all positives), or text
+    j is word for word one of image i's captions (``batch["has_caption"]``, set by
+    :class:`DeepMethod`: caption datasets repeat captions across images, and an identical
+    caption is no negative); ``by="label"``: any shared label (supervised semantic positives).
     """
     if by == "label" and batch.get("labels") is not None:
         L = batch["labels"]
         return (L @ L.T) > 0
     im = batch["image"]
-    return im[:, None] == im[None, :]
+    pos = im[:, None] == im[None, :]
+    if batch.get("has_caption") is not None:
+        pos = pos | batch["has_caption"]
+    return pos
 
 
 def hardest_triplet(S: torch.Tensor, pos: torch.Tensor, margin: float,
@@ -145,6 +150,32 @@ class DeepMethod(TorchMethod):
         "dim": POS_INT, "hidden": [None, hidden_rule], "dropout": interval(0, 1, closed="left"),
         "lr_schedule": one_of("constant", "cosine"), "grad_clip": [None, interval(0, None, closed="neither")],
     }
+
+    def _setup(self, X, Y, L) -> None:
+        set_standardizers(self.module_, X, Y)
+        self._caption_index(Y)
+
+    def _caption_index(self, Y: np.ndarray) -> None:
+        """Caption ids (identical feature rows = identical captions) and, per training image,
+        which caption ids it owns, so that repeated captions are positives of every image that
+        has them."""
+        _, cap = np.unique(Y, axis=0, return_inverse=True)
+        cap = cap.ravel()
+        image = self._image.numpy()
+        if len(np.unique(cap)) == len(cap):
+            self._cap = None  # no repeats: the image mask says it all
+            return
+        owns = torch.zeros(int(image.max()) + 1, int(cap.max()) + 1, dtype=torch.bool)
+        owns[torch.from_numpy(image), torch.from_numpy(cap)] = True
+        self._cap, self._owns = torch.from_numpy(cap), owns
+
+    def _loss(self, batch) -> torch.Tensor:
+        if getattr(self, "_cap", None) is not None:
+            batch["has_caption"] = self._owns[batch["image"]][:, self._cap[batch["index"]]]
+        return self._batch_loss(batch)
+
+    def _batch_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
 
     def _score_validation(self, res: dict, vds) -> float:
         """Early-stopping score: mean class mAP of both directions on labelled data, plus mean

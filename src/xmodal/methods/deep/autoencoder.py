@@ -65,9 +65,9 @@ class CorrAE(DeepMethod):
         return _CorrAEModule(image_dim, text_dim, self.hidden, self.dim)
 
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
         xs, ys = m.image_norm(batch["x"]), m.text_norm(batch["y"])
         cx, cy = m.enc_x(xs), m.enc_y(ys)

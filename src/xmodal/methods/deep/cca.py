@@ -72,9 +72,9 @@ class _DCCABase(DeepMethod):
         return int(min(k, self.dim))
 
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
         xs, ys = m.image_norm(batch["x"]), m.text_norm(batch["y"])
         hx, hy = m.f(xs), m.g(ys)

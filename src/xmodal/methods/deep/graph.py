@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import register
 from ..base import interval
-from ._common import NONNEG, POS_INT, DeepMethod, Towers, dims, set_standardizers
+from ._common import NONNEG, POS_INT, DeepMethod, Towers, dims, pair_mask
 
 
 def knn_matrix(Z: np.ndarray, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -78,7 +78,7 @@ class GraphReg(DeepMethod):
                             self.dropout, n_labels, self.temperature)
 
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
         image = self._image.numpy()
         uniq, first = np.unique(image, return_index=True)
         # image kNN over distinct images; texts over all training captions
@@ -89,7 +89,7 @@ class GraphReg(DeepMethod):
         self._img_knn = img_knn
         self._txt_knn = knn_matrix(Y, self.k)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
         u, v = m.encode_image(batch["x"]), m.encode_text(batch["y"])
         idx, B = batch["index"], len(batch["index"])
@@ -97,7 +97,7 @@ class GraphReg(DeepMethod):
         inode = self._img_node[idx]
         W_ii = self.knn_weight * self._img_knn[inode][:, inode].float() + same_img.float()
         W_tt = self.knn_weight * self._txt_knn[idx][:, idx].float() + same_img.float()
-        W_it = same_img.float()
+        W_it = pair_mask(batch).float()
         if batch["labels"] is not None and self.label_weight > 0:
             lab = ((batch["labels"] @ batch["labels"].T) > 0).float() * self.label_weight
             W_ii, W_tt, W_it = W_ii + lab, W_tt + lab, W_it + lab

@@ -121,7 +121,7 @@ class VSEPP(DeepMethod):
         return _VSEModule(image_dim, text_dim, self.dim, self.hidden, self.text_model, vocab, self.word_dim)
 
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
         if self.text_model == "gru":
             texts = [self._train.texts[i] for i in self._rows]
             ids, lengths = to_ids(texts, self.vocab_)
@@ -139,7 +139,7 @@ class VSEPP(DeepMethod):
             return self.module_.encode_tokens(ids, lengths)
         return self.module_.encode_text(batch["y"])
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         u = self.module_.encode_image(batch["x"])
         v = self._text_batch(batch)
         # VSE++ starts with all negatives (sum) before switching to the hardest one: hardest
@@ -222,9 +222,9 @@ class Contrastive(DeepMethod):
                                   self.dropout, self.temperature)
 
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         u = self.module_.encode_image(batch["x"])
         v = self.module_.encode_text(batch["y"])
         S = u @ v.T

@@ -51,6 +51,8 @@ class _SupervisedModule(nn.Module):
             self.text = mlp(dims(text_dim, hidden, dim), dropout=dropout)
             self.shared = nn.Identity()
         self.classifier = nn.Linear(dim, max(n_labels, 1))
+        self.label_space = 0.0  # weight of the predicted-label part of the embedding
+        self.softmax = not shared_last  # ACMR: softmax classifier; DSCMR: linear regression
 
     def image_code(self, x):
         return self.shared(self.image(self.image_norm(x)))
@@ -58,18 +60,33 @@ class _SupervisedModule(nn.Module):
     def text_code(self, y):
         return self.shared(self.text(self.text_norm(y)))
 
+    def _embed(self, code):
+        z = l2n(code)
+        if self.label_space <= 0:
+            return z
+        pred = self.classifier(code)
+        pred = F.softmax(pred, dim=1) if self.softmax else pred.clamp(min=0) + 1e-6
+        # cosine of [z, sqrt(w) p] pairs = (z.z' + w p.p') / (1 + w): common space + label space
+        w = self.label_space
+        return torch.cat([z, w ** 0.5 * l2n(pred)], dim=1) / (1 + w) ** 0.5
+
     def encode_image(self, x):
-        return l2n(self.image_code(x))
+        return self._embed(self.image_code(x))
 
     def encode_text(self, y):
-        return l2n(self.text_code(y))
+        return self._embed(self.text_code(y))
 
 
 class _SupervisedBase(DeepMethod):
     supervised = True
 
+    def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
+        m = self._make(image_dim, text_dim, n_labels)
+        m.label_space = float(self.label_space)
+        return m
+
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
 
     def _instance(self, u, v, batch) -> torch.Tensor:
         """Optional instance-level InfoNCE term (``instance_weight``) for caption data."""
@@ -89,33 +106,34 @@ class ACMR(_SupervisedBase):
     constraints with label-defined positives and negatives (hardest in the batch, margin
     ``margin``, on L2-normalised codes), and L_reg the weight decay.
     ``instance_weight`` > 0 adds an instance-level InfoNCE term for caption datasets (0 =
-    the paper's loss).
+    the paper's loss). ``label_space`` > 0 appends the predicted label distribution to the
+    embedding, so that cosine = (common-space cosine + w * label-space cosine) / (1 + w).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "alpha": NONNEG, "beta": NONNEG, "adv_weight": NONNEG, "margin": interval(0, 2),
-        "instance_weight": NONNEG, "temperature": interval(1e-3, 1)}
+        "instance_weight": NONNEG, "temperature": interval(1e-3, 1), "label_space": NONNEG}
 
     def __init__(self, dim: int = 256, hidden: Any = (1024,), alpha: float = 1.0, beta: float = 1.0,
                  adv_weight: float = 0.1, margin: float = 0.3, instance_weight: float = 1.0,
-                 temperature: float = 0.05, dropout: float = 0.1, epochs: int = 60,
+                 temperature: float = 0.05, label_space: float = 0.5, dropout: float = 0.1, epochs: int = 60,
                  batch_size: int = 256, lr: float = 5e-4, weight_decay: float = 1e-4,
                  patience: int | None = 10, val_fraction: float = 0.1, random_state: int = 0,
                  verbose: bool = True, lr_schedule: str = "cosine", grad_clip: float | None = None):
         self.dim, self.hidden, self.alpha, self.beta = dim, hidden, alpha, beta
         self.adv_weight, self.margin, self.instance_weight = adv_weight, margin, instance_weight
-        self.temperature, self.dropout = temperature, dropout
+        self.temperature, self.dropout, self.label_space = temperature, dropout, label_space
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.patience, self.val_fraction, self.random_state, self.verbose = (
             patience, val_fraction, random_state, verbose)
         self.lr_schedule, self.grad_clip = lr_schedule, grad_clip
 
-    def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
+    def _make(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
         m = _SupervisedModule(image_dim, text_dim, self.hidden, self.dim, n_labels, self.dropout, False)
         m.discriminator = mlp([self.dim, self.dim // 2, self.dim // 4, 2])
         return m
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
         u, v = m.image_code(batch["x"]), m.text_code(batch["y"])
         L = batch["labels"]
@@ -145,28 +163,33 @@ class DSCMR(_SupervisedBase):
     label space), J2 = sum over image-image, image-text and text-text pairs of
     log(1 + e^G) - S G with G = cos/2 and S = 1 for pairs sharing a label (discrimination in
     the common space), J3 = ||U - V|| (modality invariance). ``instance_weight`` > 0 adds an
-    instance-level InfoNCE term for caption datasets (0 = the paper's loss).
+    instance-level InfoNCE term for caption datasets (0 = the paper's loss). ``label_space`` > 0
+    appends the predicted label vector P'u (DSCMR's label space) to the embedding, so that
+    cosine = (common-space cosine + w * label-space cosine) / (1 + w).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "alpha": NONNEG, "beta": NONNEG, "instance_weight": NONNEG, "temperature": interval(1e-3, 1)}
+        "alpha": NONNEG, "beta": NONNEG, "instance_weight": NONNEG, "temperature": interval(1e-3, 1),
+        "label_space": NONNEG}
 
     def __init__(self, dim: int = 256, hidden: Any = (1024,), alpha: float = 1.0, beta: float = 0.1,
-                 instance_weight: float = 1.0, temperature: float = 0.05, dropout: float = 0.1,
+                 instance_weight: float = 1.0, temperature: float = 0.05, label_space: float = 0.5,
+                 dropout: float = 0.1,
                  epochs: int = 60, batch_size: int = 256, lr: float = 5e-4, weight_decay: float = 1e-4,
                  patience: int | None = 10, val_fraction: float = 0.1, random_state: int = 0,
                  verbose: bool = True, lr_schedule: str = "cosine", grad_clip: float | None = None):
         self.dim, self.hidden, self.alpha, self.beta = dim, hidden, alpha, beta
         self.instance_weight, self.temperature, self.dropout = instance_weight, temperature, dropout
+        self.label_space = label_space
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.patience, self.val_fraction, self.random_state, self.verbose = (
             patience, val_fraction, random_state, verbose)
         self.lr_schedule, self.grad_clip = lr_schedule, grad_clip
 
-    def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
+    def _make(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
         return _SupervisedModule(image_dim, text_dim, self.hidden, self.dim, n_labels, self.dropout, True)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
         u, v = m.image_code(batch["x"]), m.text_code(batch["y"])
         L = batch["labels"].float()

@@ -84,7 +84,8 @@ class TERAN(DeepMethod):
     (``layers`` layers, ``heads`` heads, width ``dim``) contextualises them; the image-caption
     score pools the region-word cosine alignment matrix (max over regions per word, mean over
     words) and is trained with the hardest-negative triplet loss (margin ``margin``), as in
-    TERAN. Full alignment scoring of every pair is slow, so retrieval is two-stage: global
+    TERAN, on the first ``align_batch`` pairs of each mini-batch (its cost is quadratic in the
+    batch). Full alignment scoring of every pair is slow, so retrieval is two-stage: global
     embeddings (MLP heads on the pooled features, trained jointly with symmetric InfoNCE) rank
     everything, and the top ``shortlist`` items of each query are re-ranked by
     global + ``rerank_weight`` * alignment (``score(Q, D)``).
@@ -99,11 +100,12 @@ class TERAN(DeepMethod):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "global_dim": POS_INT, "layers": POS_INT, "heads": POS_INT, "margin": interval(0, 2),
         "temperature": interval(1e-3, 1), "shortlist": POS_INT, "rerank_weight": NONNEG,
-        "align_weight": NONNEG, "label_weight": NONNEG}
+        "align_weight": NONNEG, "label_weight": NONNEG, "align_batch": interval(2, None, integer=True)}
 
     def __init__(self, dim: int = 128, global_dim: int = 512, hidden: Any = 1024, layers: int = 1,
                  heads: int = 4, margin: float = 0.2, temperature: float = 0.07,
-                 label_weight: float = 0.5, align_weight: float = 1.0, shortlist: int = 30,
+                 label_weight: float = 0.5, align_weight: float = 1.0, align_batch: int = 32,
+                 shortlist: int = 30,
                  rerank_weight: float = 1.0, dropout: float = 0.1, epochs: int = 20,
                  batch_size: int = 128, lr: float = 5e-4, weight_decay: float = 1e-4,
                  patience: int | None = 5, val_fraction: float = 0.1, random_state: int = 0,
@@ -111,6 +113,7 @@ class TERAN(DeepMethod):
         self.dim, self.global_dim, self.hidden, self.layers, self.heads = dim, global_dim, hidden, layers, heads
         self.margin, self.temperature, self.label_weight = margin, temperature, label_weight
         self.align_weight, self.shortlist, self.rerank_weight = align_weight, shortlist, rerank_weight
+        self.align_batch = align_batch
         self.dropout = dropout
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.patience, self.val_fraction, self.random_state, self.verbose = (
@@ -135,14 +138,14 @@ class TERAN(DeepMethod):
                             self.heads, self.dropout, self.temperature)
 
     def _setup(self, X, Y, L) -> None:
-        set_standardizers(self.module_, X, Y)
+        super()._setup(X, Y, L)
         if self.mode_ == "regions":
             self._regions = torch.from_numpy(_features.image_regions(self._train.image_paths))
             texts = [self._train.texts[i] for i in self._rows]
             tok, lengths = _features.text_tokens(texts)
             self._tokens, self._lengths = torch.from_numpy(tok), torch.from_numpy(lengths)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
         u, v = m.encode_image(batch["x"]), m.encode_text(batch["y"])
         scale = m.logit_scale.clamp(max=math.log(100.0)).exp()
@@ -151,13 +154,16 @@ class TERAN(DeepMethod):
         if batch["labels"] is not None and self.label_weight > 0:
             loss = loss + self.label_weight * info_nce(scale * S, pair_mask(batch, "label"))
         if self.mode_ == "regions" and self.align_weight > 0:
-            idx = batch["index"]
+            # the alignment matrix costs B^2 R T d: train it on the batch's first align_batch rows
+            sub = slice(0, self.align_batch)
+            idx = batch["index"][sub]
             lengths = self._lengths[idx]
             T = int(lengths.max())
-            R = m.regions(self._regions[batch["image"]].float())
+            R = m.regions(self._regions[batch["image"][sub]].float())
             W = m.words(self._tokens[idx, :T].float(), lengths)
             A = alignment(R, W, lengths)
-            loss = loss + self.align_weight * hardest_triplet(A, pair_mask(batch), self.margin)
+            pos = pair_mask(batch)[sub, sub]
+            loss = loss + self.align_weight * hardest_triplet(A, pos, self.margin)
         return loss
 
     def _validation_result(self, vds) -> dict:
