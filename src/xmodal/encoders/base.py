@@ -12,7 +12,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -281,5 +281,3 @@ def chunks(seq: Sequence, size: int) -> Iterator[list[int]]:
     for start in range(0, len(seq), size):
         yield list(range(start, min(start + size, len(seq))))
 
-
-Factory = Callable[[str, str | None], Encoder]
