@@ -80,7 +80,8 @@ class VSEPP(DeepMethod):
     ``text_model="features"`` projects frozen sentence features (e.g. MiniLM);
     ``text_model="gru"`` trains a word-embedding + GRU encoder from scratch on the training
     captions (vocabulary built on train), the RNN family of the survey; that variant reads raw
-    texts: ``encode_texts`` takes a list of strings (or use ``encode_raw_texts``).
+    texts: ``encode_texts`` takes a list of strings (or use ``encode_raw_texts``); its cost grows
+    with ``dim`` squared, so on a CPU use e.g. ``dim=256, lr=1e-3, epochs=15``.
     ``loss="sum"`` is the sum-of-hinges VSE0 baseline, ``loss="uwml"`` the universal weighting
     polynomial loss (Wei et al. 2020). Captions of the same image are never negatives.
     """
