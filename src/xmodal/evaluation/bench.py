@@ -80,11 +80,17 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             t0 = time.perf_counter()
             method.fit(train, val=val)
             fit_seconds = time.perf_counter() - t0
+            if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
+                from ..methods.deep import raw_view
+
+                scored = raw_view(method, test)
+            else:
+                scored = method
             if is_hash:
                 res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100))
                 protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
             else:
-                res = evaluate(method, test, map_k=tuple(map_k))
+                res = evaluate(scored, test, map_k=tuple(map_k))
                 protocol = f"classic: {test.name} vs itself (other modality)"
             rec = {
                 "dataset": ds.name, "method": name, "params": _jsonable(method.get_params()),
