@@ -236,14 +236,18 @@ class DLFH(_CodesThenFunctions):
     lower bound: u_k = sign(λ/c (S - σ(Θ)) v_k + λ²m/(4c²) u_k), with ``n_sampled`` columns of S
     sampled per update (the paper's stochastic variant). Out-of-sample: ridge regression from
     RBF features to the codes (KDLFH), or kernel logistic regression.
+
+    ``lam=None`` uses bits/4 (the paper's λ = 8 at 32 bits): a bit flips only when the
+    gradient beats the curvature term λ²m/(4c²), so λ must scale with c or short codes never
+    move from their random start (chosen on a hold-out of the Wikipedia training split).
     """
 
     supervised = True
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "lam": _POS, "n_iter": _POS_INT, "n_sampled": [None, _POS_INT], "C_reg": _POS,
+        "lam": [None, _POS], "n_iter": _POS_INT, "n_sampled": [None, _POS_INT], "C_reg": _POS,
         "hash_function": one_of("logistic", "ridge")}
 
-    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float = 8.0,
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float | None = None,
                  n_iter: int = 15, n_sampled: int | None = 500, C_reg: float = 1e-3,
                  hash_function: str = "ridge", random_state: int = 0):
         self.bits = bits
@@ -263,7 +267,7 @@ class DLFH(_CodesThenFunctions):
         cols = np.sort(rng.choice(len(V), m, replace=False))
         Vs = V[cols]
         S = (Lu @ Lv[cols].T > 0).astype(np.float64)
-        k_ = self.lam / c
+        k_ = (c / 4 if self.lam is None else self.lam) / c
         Theta = k_ * U @ Vs.T
         for k in rng.permutation(c):
             g = k_ * (S - expit(Theta)) @ Vs[:, k]
