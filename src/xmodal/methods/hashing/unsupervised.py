@@ -4,11 +4,13 @@ map of (optionally RBF-mapped, always centred) features."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import linalg
 from sklearn.decomposition import sparse_encode
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import NearestNeighbors
 
 from .. import register
@@ -277,8 +279,11 @@ class LSSH(ShallowHashing):
         else:
             r = np.sqrt(self.mu)
             data, dico = np.hstack([Fx, r * A]), np.hstack([self.dictionary_, r * self.latent_map_])
-        # sklearn's lasso objective is 1/(2n)||.||^2 + alpha|.|_1 per sample: alpha/2 matches ours
-        return sparse_encode(data, dico, algorithm="lasso_cd", alpha=self.alpha / 2, max_iter=200)
+        # sklearn's lasso objective is 1/(2n)||.||^2 + alpha|.|_1 per sample: alpha/2 matches ours;
+        # codes only feed a sign, so a lasso stopped at max_iter is fine: silence its warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return sparse_encode(data, dico, algorithm="lasso_cd", alpha=self.alpha / 2, max_iter=200)
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         rng = np.random.default_rng(self.random_state)
