@@ -94,7 +94,7 @@ def test_learned_methods_beat_lsh_on_wikipedia(name, wiki, lsh_map):
     score = 0.5 * (r["i2t"]["map"] + r["t2i"]["map"])
     # LSH is chance level (~0.13 with 10 unequal classes); learned codes must clear it clearly
     # (LSSH only barely with the few iterations used here, 0.147 vs 0.129 with its defaults:
-    # see docs/results-hashing.md)
+    # see docs/results.md)
     assert lsh_map < 0.15
     margin = 0.005 if name == "lssh" else 0.025
     assert score > lsh_map + margin, f"{name}: mAP {score:.4f} vs LSH {lsh_map:.4f}"
