@@ -19,8 +19,8 @@ from pathlib import Path
 from .evaluation.bench import format_table, run_bench
 
 PUBLISHED_WIKIPEDIA = {"cca": (0.249, 0.196), "scm": (0.277, 0.226)}  # Rasiwasia et al. 2010
-UCM_REAL = ["cca", "scm", "contrastive", "dscmr"]
-UCM_HASHING = ["lsh", "cvh", "scm_orth", "dlfh"]
+UCM_REAL = ["cca", "scm", "contrastive"]
+UCM_HASHING = ["lsh", "cca_itq", "seph"]
 TEXT_QUERIES = ["an airplane parked at the airport", "a river flowing through green land",
                 "many cars parked in a parking lot"]
 
@@ -65,8 +65,8 @@ def ucm_collection(data_dir: str | None, out: Path, quiet: bool) -> Path:
             for h in coll.search_text(q, k=5):
                 print(f"  {h.score:.3f}  {h.key:<8} {Path(h.path).name if h.path else ''}  {','.join(h.labels)}")
         img = ds.image_paths[ds.image_ids.index("1650")]  # a river scene (class 16)
-        print(f"\nxmodal search --collection {out} --image {img} -k 5   (captions for an image)")
-        for h in coll.search_image(img, k=5):
+        print(f"\nxmodal search --collection {out} --image {img} -k 5 --distinct   (captions for an image)")
+        for h in coll.search_image(img, k=5, distinct=True):
             print(f"  {h.score:.3f}  {h.text}")
     print(f"\nserve it:  xmodal serve --collection {out} --host 127.0.0.1 --port 8000"
           "   (web page at /, API docs at /docs)")
