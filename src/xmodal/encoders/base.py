@@ -140,7 +140,7 @@ class Encoder:
                 b = io.BytesIO()
                 np.save(b, np.asarray(arr), allow_pickle=False)
                 zf.writestr(f"{name}.npy", b.getvalue())
-        from .cache import atomic_write_bytes
+        from .._fs import atomic_write_bytes
 
         atomic_write_bytes(path, buf.getvalue())
         return path

@@ -9,15 +9,17 @@ half-written shard and an interrupted run keeps every batch it finished.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from .._fs import atomic_write_bytes
 
 ENV_VAR = "XMODAL_CACHE"
 
@@ -52,23 +54,6 @@ def file_hash(fh) -> str:
     for block in iter(lambda: fh.read(1 << 20), b""):
         h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class FeatureCache:
@@ -133,19 +118,9 @@ class FeatureCache:
                              f"expected ({len(keys)}, {self.dim})")
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         path = self.folder / name
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, keys=np.asarray(keys), features=features)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.asarray(keys), features=features)
+        atomic_write_bytes(path, buf.getvalue())
         self._seen.add(name)
         for row, k in enumerate(keys):
             self._index.setdefault(k, (path, row))

@@ -21,7 +21,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .._fs import atomic_write_bytes
 from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, Store
 from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
@@ -157,20 +157,6 @@ def _float_projection(method: Any, modality: str, feats: np.ndarray) -> np.ndarr
 
     fn = CrossModalMethod.encode_images if modality == "image" else CrossModalMethod.encode_texts
     return np.asarray(fn(method, feats), dtype=np.float32)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Collection:
@@ -411,7 +397,7 @@ class Collection:
                 idx = self.indexes.get((modality, variant))
                 if idx is None:
                     continue
-                _write_atomic(self._index_file(modality, variant, gen), idx.to_bytes())
+                atomic_write_bytes(self._index_file(modality, variant, gen), idx.to_bytes())
         for f in (self.path / "indexes").glob("*.faiss"):
             if not f.name.endswith(f".g{gen}.faiss"):
                 f.unlink(missing_ok=True)
