@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ..data.dataset import DataError
-from ..index.collection import Collection, Hit, ImageItem, TextItem, _write_atomic, check_key
+from .._fs import atomic_write_bytes
+from ..index.collection import Collection, Hit, ImageItem, TextItem, check_key
 from . import auth
 
 STATIC = Path(__file__).parent / "static"
@@ -454,7 +455,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
         def add() -> Any:
             if not dest.exists():
-                _write_atomic(dest, data)
+                atomic_write_bytes(dest, data)
             with encode_lock:
                 return coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
                                       [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
@@ -544,5 +545,5 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
     except OSError as exc:
         raise HTTPException(500, f"item {item_id}: cannot read image ({exc})") from None
     data = buf.getvalue()
-    _write_atomic(cached, data)
+    atomic_write_bytes(cached, data)
     return data
