@@ -36,3 +36,33 @@ def ucm():
     from xmodal.data import load_ucm_captions
 
     return load_ucm_captions(str(DATA))
+
+
+def ucm_caption_folder(tmp_path_factory, name: str, step: int):
+    """Every ``step``-th UCM-Captions image copied into a fresh folder, its captions beside it as
+    a sidecar ``.txt``; the feature cache points into the session's temp dir.
+
+    Returns ``(root, folder, captions by file name, monkeypatch)``; undo the monkeypatch when done.
+    """
+    import shutil
+
+    from xmodal.data import DataError, load_ucm_captions
+
+    try:
+        ds = load_ucm_captions()
+    except DataError as exc:
+        pytest.skip(f"UCM-Captions data not found: {exc}")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    import scipy.linalg  # noqa: F401  (import before torch; see test_collection.py)
+    import torch  # noqa: F401
+    root = tmp_path_factory.mktemp(name)
+    folder = root / "imgs"
+    folder.mkdir()
+    captions = {}
+    for i in range(0, ds.n_images, step):
+        src = Path(ds.image_paths[i])
+        shutil.copy(src, folder / src.name)
+        captions[src.name] = [t for t, j in zip(ds.texts, ds.text_to_image) if j == i]
+        (folder / (src.stem + ".txt")).write_text("\n".join(captions[src.name]))
+    return root, folder, captions, mp

@@ -1,7 +1,6 @@
 """The web page in a real headless browser (Debian's chromium driven by Playwright): type a
 query, upload and drop an image, mark feedback, click through, open a shared URL."""
 
-import shutil
 import socket
 import threading
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from xmodal.data import DataError, load_ucm_captions
+from conftest import ucm_caption_folder
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -30,28 +29,12 @@ def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
     pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
-    try:
-        ds = load_ucm_captions()
-    except DataError as exc:
-        pytest.skip(f"UCM-Captions data not found: {exc}")
     import uvicorn
 
     from xmodal.index import build_collection
     from xmodal.service import create_app
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
-    import scipy.linalg  # noqa: F401
-    import torch  # noqa: F401
-    root = tmp_path_factory.mktemp("browser")
-    folder = root / "imgs"
-    folder.mkdir()
-    captions = {}
-    for i in range(0, 2100, 150):  # 14 images from 14 classes
-        src = Path(ds.image_paths[i])
-        shutil.copy(src, folder / src.name)
-        captions[src.name] = [t for t, j in zip(ds.texts, ds.text_to_image) if j == i]
-        (folder / (src.stem + ".txt")).write_text("\n".join(captions[src.name]))
+    root, folder, captions, mp = ucm_caption_folder(tmp_path_factory, "browser", 150)  # 14 images, 14 classes
     with threadpool_limits(1):  # see test_collection.py
         coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
                                 text_encoder="tfidf", quiet=True)

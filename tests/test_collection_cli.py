@@ -2,34 +2,19 @@
 and browser tests, which run the same app)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
+from conftest import ucm_caption_folder
 from xmodal.cli import app
-from xmodal.data import DataError, load_ucm_captions
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    try:
-        ds = load_ucm_captions()
-    except DataError as exc:
-        pytest.skip(f"UCM-Captions data not found: {exc}")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
-    import scipy.linalg  # noqa: F401
-    import torch  # noqa: F401
-    root = tmp_path_factory.mktemp("cli")
-    out = root / "imgs"
-    out.mkdir()
-    for i in range(0, 2100, 300):  # 7 images
-        src = Path(ds.image_paths[i])
-        shutil.copy(src, out / src.name)
-        (out / (src.stem + ".txt")).write_text("\n".join(t for t, j in zip(ds.texts, ds.text_to_image) if j == i))
+    _, out, _, mp = ucm_caption_folder(tmp_path_factory, "cli", 300)  # 7 images
     with threadpool_limits(1):  # see test_collection.py
         yield out
     mp.undo()

@@ -2,7 +2,6 @@
 kind, relevance feedback, add/delete with audit, metrics, and hostile uploads."""
 
 import io
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from xmodal.data import DataError, load_ucm_captions
+from conftest import ucm_caption_folder
 from xmodal.index import build_collection
 from xmodal.service import create_app
 from xmodal.service.auth import create_key, revoke_key
@@ -18,23 +17,7 @@ from xmodal.service.auth import create_key, revoke_key
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    try:
-        ds = load_ucm_captions()
-    except DataError as exc:
-        pytest.skip(f"UCM-Captions data not found: {exc}")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
-    import scipy.linalg  # noqa: F401
-    import torch  # noqa: F401
-    root = tmp_path_factory.mktemp("service")
-    folder = root / "imgs"
-    folder.mkdir()
-    picks = list(range(0, 2100, 175))  # 12 images, 12 classes
-    for i in picks:
-        src = Path(ds.image_paths[i])
-        shutil.copy(src, folder / src.name)
-        caps = [t for t, j in zip(ds.texts, ds.text_to_image) if j == i]
-        (folder / (src.stem + ".txt")).write_text("\n".join(caps))
+    root, folder, _, mp = ucm_caption_folder(tmp_path_factory, "service", 175)  # 12 images, 12 classes
     with threadpool_limits(1):  # see test_collection.py
         coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
                                 text_encoder="tfidf", quiet=True)
