@@ -11,7 +11,7 @@ from torch import nn
 from .. import register
 from .._torch import mlp
 from ..base import interval, one_of
-from ._common import DeepMethod, Standardize, dims, l2n, set_standardizers
+from ._common import DeepMethod, Standardize, dims, l2n
 from .cca import _recon_report
 
 

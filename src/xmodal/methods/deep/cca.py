@@ -12,7 +12,7 @@ from .. import register
 from .._solvers import cca_from_covariances, ridge
 from .._torch import mlp
 from ..base import interval
-from ._common import NONNEG, DeepMethod, Standardize, dims, set_standardizers
+from ._common import NONNEG, DeepMethod, Standardize, dims
 
 
 def cca_correlation(H1: torch.Tensor, H2: torch.Tensor, k: int, r1: float = 1e-3,

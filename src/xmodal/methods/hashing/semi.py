@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from .. import register
 from ..base import interval, one_of
-from ._common import normalized_labels, subsample
+from ._common import normalized_labels
 from .supervised import SePH
 
 _UNIT_OPEN = interval(0, 1, closed="right")
