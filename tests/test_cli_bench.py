@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from xmodal.cli import app
@@ -40,3 +42,45 @@ def test_methods_listing_json():
     assert res.exit_code == 0
     names = {r["name"] for r in json.loads(res.output)}
     assert {"cca", "kcca", "pls", "mlcca", "scm", "cfa"} <= names
+
+
+def test_bench_hashing_tables_resume_and_pr_plot(wikipedia, tmp_path):
+    log, md, png = tmp_path / "runs.jsonl", tmp_path / "hash.md", tmp_path / "pr.png"
+    args = ["bench", "--dataset", "wikipedia", "--methods", "lsh,cca_itq,sslpdp", "--bits", "16,32",
+            "--labeled-fraction", "0.2", "--set", "sslpdp.max_train=300", "--set", "sslpdp.n_iter=30",
+            "--data-dir", str(DATA), "--quiet", "--resume", str(log)]
+    res = runner.invoke(app, args + ["--markdown", str(md), "--pr-plot", str(png)])
+    assert res.exit_code == 0, res.output
+    # the survey's shape: one row per method, a column per direction x bit length
+    assert "| method | kind | I->T 16 | I->T 32 | T->I 16 | T->I 32 |" in res.output
+    assert "| sslpdp | semi-supervised (20% labels) |" in res.output
+    assert "wikipedia, 32 bits: MAP@100, P@100, precision within Hamming radius 2" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["method"], r["bits"]) for r in recs] == [
+        ("lsh", 16), ("lsh", 32), ("cca_itq", 16), ("cca_itq", 32), ("sslpdp", 16), ("sslpdp", 32)]
+    by = {(r["method"], r["bits"]): r for r in recs}
+    assert by[("sslpdp", 16)]["params"]["labeled_fraction"] == 0.2
+    assert "codes from the hash functions" in by[("lsh", 16)]["protocol"]
+    for b in (16, 32):
+        assert by[("cca_itq", b)]["i2t"]["map"] > by[("lsh", b)]["i2t"]["map"] + 0.05
+        assert {"map@100", "p@100", "p@r2", "pr_curve", "hamming_pr_curve"} <= set(by[("cca_itq", b)]["t2i"])
+    # resume: a torn last line is redone, finished records are reused as they are
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    again = [json.loads(line) for line in log.read_text().splitlines()[:5]]
+    assert again == recs[:5]
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["method"], last["bits"]) == ("sslpdp", 32)
+    assert last["i2t"]["map"] == pytest.approx(recs[-1]["i2t"]["map"])  # seeded: same result
+
+
+def test_bench_learned_database_codes_need_a_method_that_keeps_them(wikipedia):
+    res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh", "--bits", "16",
+                              "--database-codes", "learned", "--quiet", "--data-dir", str(DATA)])
+    assert res.exit_code == 2 and "keeps no learned training codes" in res.output
+    res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh", "--database-codes",
+                              "nope", "--data-dir", str(DATA)])
+    assert res.exit_code != 0 and "expected one of hash, learned" in res.output

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
+from xmodal.metrics import distance
 from xmodal.metrics import (average_precision, hamming_distance, hamming_pr_curve,
                             mean_average_precision, ndcg_at_k, pr_curve, precision_at_k,
                             precision_within_radius, recall_at_k, relevance)
@@ -72,7 +73,7 @@ def test_pr_curve_perfect_and_monotone():
     assert all(a >= b - 1e-12 for a, b in zip(c["precision"], c["precision"][1:]))
 
 
-def test_hamming_distance_and_radius_precision():
+def test_hamming_distance_and_radius_precision(monkeypatch):
     rng = np.random.default_rng(3)
     Q = rng.integers(0, 256, (7, 8), dtype=np.uint8)
     D = rng.integers(0, 256, (9, 8), dtype=np.uint8)
@@ -80,6 +81,12 @@ def test_hamming_distance_and_radius_precision():
     np.testing.assert_array_equal(hamming_distance(Q, D), ref)
     odd = hamming_distance(Q[:, :3], D[:, :3])  # non-multiple-of-8 bytes path
     assert odd.max() <= 24
+    np.testing.assert_array_equal(odd, ref_odd := np.array(
+        [[bin(int.from_bytes((q ^ d).tobytes(), "big")).count("1") for d in D[:, :3]] for q in Q[:, :3]]))
+    # the NumPy fallback (no FAISS) gives the same matrices
+    monkeypatch.setattr(distance, "_faiss", None)
+    np.testing.assert_array_equal(hamming_distance(Q, D), ref)
+    np.testing.assert_array_equal(hamming_distance(Q[:, :3], D[:, :3]), ref_odd)
     dist = np.array([[0, 1, 2, 5], [3, 4, 5, 6]])
     rel = np.array([[1, 0, 1, 1], [1, 1, 1, 1]], bool)
     # query 0: 3 within radius 2, 2 relevant; query 1: none retrieved -> 0

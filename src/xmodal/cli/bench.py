@@ -38,15 +38,24 @@ def register(app: typer.Typer) -> None:
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="feature cache (default $XMODAL_CACHE or ~/.cache/xmodal)"),
         json_out: Optional[str] = typer.Option(None, "--json", help="write the records to this JSON file"),
         markdown: Optional[str] = typer.Option(None, "--markdown", help="also write the table as Markdown to this file"),
+        resume: Optional[str] = typer.Option(None, "--resume", help="JSON-lines file: append each record as it finishes and reuse the records already there"),
+        labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="fraction of training labels the semi-supervised methods see (e.g. 0.1)"),
+        database_codes: str = typer.Option("hash", "--database-codes", help="hashing database codes: 'hash' (the learned hash functions) or 'learned' (the learned training codes, where a method keeps them)"),
+        pr_plot: Optional[str] = typer.Option(None, "--pr-plot", help="write the precision-recall curves of every record to this PNG"),
         seed: int = typer.Option(0, "--seed"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     ) -> None:
         """Fit methods on the training split and print MAP / P@10 (and Recall@K where pairs allow)."""
         from ..data import DataError
-        from ..evaluation.bench import format_table, run_bench, write_json
+        from ..evaluation.bench import (DATABASE_CODES, format_hashing_tables, format_table, plot_pr_curves,
+                                        run_bench, write_json)
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
+        if database_codes not in DATABASE_CODES:
+            raise typer.BadParameter(f"--database-codes {database_codes!r}: expected one of {', '.join(DATABASE_CODES)}")
+        if labeled_fraction is not None and not 0 < labeled_fraction <= 1:
+            raise typer.BadParameter(f"--labeled-fraction {labeled_fraction}: expected a fraction in (0, 1]")
         try:
             bit_list = [int(b) for b in bits.split(",") if b.strip()]
         except ValueError:
@@ -65,16 +74,25 @@ def register(app: typer.Typer) -> None:
             records = run_bench(dataset, names, bits=bit_list, seed=seed, data_dir=data_dir,
                                 image_encoder=image_encoder, text_encoder=text_encoder,
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
-                                on_record=progress)
+                                labeled_fraction=labeled_fraction, database_codes=database_codes,
+                                resume=resume, on_record=progress)
         except (DataError, KeyError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
-        typer.echo(format_table(records))
+        flat = [r for r in records if not r["bits"]]
+        hashed = [r for r in records if r["bits"]]
+        parts = ([format_table(flat, markdown=True)] if flat else []) + ([format_hashing_tables(hashed)] if hashed else [])
+        if flat:
+            typer.echo(format_table(flat))
+        if hashed:
+            typer.echo(format_hashing_tables(hashed))
         if markdown:
             from pathlib import Path
 
-            Path(markdown).write_text(format_table(records, markdown=True) + "\n")
+            Path(markdown).write_text("\n\n".join(parts) + "\n")
+        if pr_plot and records:
+            typer.echo(f"wrote precision-recall curves to {plot_pr_curves(records, pr_plot)}")
         if json_out:
             write_json(records, json_out)
             typer.echo(f"wrote {len(records)} records to {json_out}")

@@ -12,10 +12,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import methods as registry
+from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
 from .protocol import evaluate
 
 SUMMARY_KEYS = ("map", "p@10")
+BASELINES = ("lsh", "cca_itq")
+DATABASE_CODES = ("hash", "learned")
 
 
 def prepare_dataset(dataset: str | PairedDataset, data_dir: str | None = None,
@@ -45,19 +48,64 @@ def _split(ds: PairedDataset, *names: str) -> PairedDataset | None:
     return None
 
 
+def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
+    """The survey's family of a method: baseline, (semi-/un)supervised, shallow or deep."""
+    cls = registry.get(name)
+    if name in BASELINES:
+        return "baseline"
+    if _accepts(cls, "labeled_fraction"):
+        frac = (params or {}).get("labeled_fraction", inspect.signature(cls.__init__).parameters["labeled_fraction"].default)
+        kind = f"semi-supervised ({100 * float(frac):g}% labels)"
+    else:
+        kind = "supervised" if cls.supervised else "unsupervised"
+    return kind + (" (deep)" if ".deep" in cls.__module__ else "")
+
+
+def _record_key(rec: dict) -> str:
+    return json.dumps([rec["dataset"], rec["method"], rec["bits"], rec.get("seed"), rec.get("settings", {}),
+                       rec.get("database_codes"), rec.get("image_encoder"), rec.get("text_encoder")],
+                      sort_keys=True)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of an earlier (possibly interrupted) run; a torn last line is ignored."""
+    out = []
+    path = Path(path)
+    if not path.exists():
+        return out
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):  # killed mid-write: that record is simply redone
+                break
+            raise DataError(f"{path}: line {i} is not valid JSON") from None
+    return out
+
+
 def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits: Sequence[int] = (32,),
               seed: int = 0, data_dir: str | None = None, image_encoder: str | None = None,
               text_encoder: str | None = None, cache_dir: str | None = None,
               params: dict[str, dict[str, Any]] | None = None, map_k: Sequence[int] = (),
-              hashing_db: str = "database", quiet: bool = True,
+              hashing_db: str = "database", labeled_fraction: float | None = None,
+              database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
               on_record: Callable[[dict], None] | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
     Recall@K / mR when instance pairs exist). Hashing methods use the hashing protocol:
     query split against the database split, database codes computed by the learned hash
-    functions.
+    functions (``database_codes="hash"``) or, for methods that learn them, the learned
+    training codes (``"learned"``, the variant some papers report; labelled in the record).
+    ``labeled_fraction`` is passed to the semi-supervised methods. With ``resume`` every
+    record is appended to that JSON-lines file as soon as it is done, and records already
+    there (same dataset, method, bits, seed, settings) are reused instead of recomputed.
     """
+    if database_codes not in DATABASE_CODES:
+        raise ValueError(f"database_codes must be one of {DATABASE_CODES}, got {database_codes!r}")
     ds = prepare_dataset(dataset, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
     if train is None:
@@ -66,12 +114,32 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     test = _split(ds, "test", "query")
     query, database = _split(ds, "query", "test"), _split(ds, hashing_db, "train")
     params = params or {}
+    previous = {}
+    if resume:
+        kept = read_jsonl(resume)
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        if Path(resume).exists() and Path(resume).read_text() != text:  # drop a torn last line
+            atomic_write_bytes(Path(resume), text.encode())
+        previous = {_record_key(r): r for r in kept}
     records = []
     for name in method_names:
         cls = registry.get(name)
         is_hash = cls.output == "binary"
         for b in (bits if is_hash else [None]):
-            kw = dict(params.get(name, {}))
+            settings = dict(params.get(name, {}))
+            if labeled_fraction is not None and _accepts(cls, "labeled_fraction"):
+                settings.setdefault("labeled_fraction", labeled_fraction)
+            rec = {"dataset": ds.name, "method": name, "bits": b, "seed": seed, "settings": settings,
+                   "database_codes": database_codes if is_hash else None,
+                   "image_encoder": image_encoder or ds.meta.get("image_feature"),
+                   "text_encoder": text_encoder or ds.meta.get("text_feature")}
+            done = previous.get(_record_key(_jsonable(rec)))
+            if done is not None:
+                records.append(done)
+                if on_record:
+                    on_record(done)
+                continue
+            kw = dict(settings)
             if b is not None:
                 kw["bits"] = b
             if _accepts(cls, "random_state"):
@@ -80,36 +148,44 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             t0 = time.perf_counter()
             method.fit(train, val=val)
             fit_seconds = time.perf_counter() - t0
-            if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
-                from ..methods.deep import raw_view
+            if is_hash and database_codes == "learned":
+                from ..methods.hashing.protocol import evaluate_training_codes
 
-                scored = raw_view(method, test)
-            else:
-                scored = method
-            if is_hash:
+                res = evaluate_training_codes(method, query, database, map_k=tuple(map_k) or (50, 100))
+                res["encode_seconds"] = 0.0
+                protocol = f"hashing: {query.name} vs {database.name}, database codes = learned training codes"
+            elif is_hash:
                 res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100))
                 protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
             else:
+                scored = method
+                if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
+                    from ..methods.deep import raw_view
+
+                    scored = raw_view(method, test)
                 res = evaluate(scored, test, map_k=tuple(map_k))
                 protocol = f"classic: {test.name} vs itself (other modality)"
-            rec = {
-                "dataset": ds.name, "method": name, "params": _jsonable(method.get_params()),
-                "bits": b, "protocol": protocol,
-                "image_encoder": image_encoder or ds.meta.get("image_feature"),
-                "text_encoder": text_encoder or ds.meta.get("text_feature"),
-                "i2t": res["i2t"], "t2i": res["t2i"],
-                "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
-            }
+            rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
+                        "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
+                        "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"]})
             if "mR" in res:
                 rec["mR"] = res["mR"]
+            rec = _jsonable(rec)
             records.append(rec)
+            if resume:
+                with open(resume, "a") as f:  # one line per record: an interrupted run keeps the rest
+                    f.write(json.dumps(rec) + "\n")
             if on_record:
                 on_record(rec)
     return records
 
 
 def _jsonable(d: dict) -> dict:
-    return json.loads(json.dumps(d, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    def default(v):
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        return v.item() if isinstance(v, np.generic) else str(v)
+    return json.loads(json.dumps(d, default=default))
 
 
 def format_table(records: list[dict], markdown: bool = False) -> str:
@@ -140,6 +216,78 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
     return "\n".join(out)
+
+
+def _md(cols: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
+    """The survey's table shape for hashing: per dataset, methods x (direction x bits) MAP over
+    the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2."""
+    out = []
+    recs = [r for r in records if r.get("bits")]
+    for dsname in dict.fromkeys(r["dataset"] for r in recs):
+        mine = {(r["method"], r["bits"]): r for r in recs if r["dataset"] == dsname}
+        bits = sorted({b for _, b in mine})
+        names = list(dict.fromkeys(m for m, _ in mine))
+        codes = {r.get("database_codes", "hash") for r in mine.values()}
+        note = "learned training codes" if codes == {"learned"} else "codes from the hash functions"
+        out.append(f"#### {dsname}: MAP (full ranking), image->text | text->image (database: {note})\n")
+        rows = []
+        for n in names:
+            kind = next(r.get("kind", "") for (m, _), r in mine.items() if m == n)
+            rows.append([n, kind] + [_f(mine[(n, b)][d].get("map")) if (n, b) in mine else "-"
+                                     for d in ("i2t", "t2i") for b in bits])
+        out += _md(["method", "kind"] + [f"{d} {b}" for d in ("I->T", "T->I") for b in bits], rows)
+        for b in bits:
+            out.append(f"\n#### {dsname}, {b} bits: MAP@{detail_k}, P@{detail_k}, precision within Hamming radius 2\n")
+            rows = []
+            for n in names:
+                r = mine.get((n, b))
+                if r is None:
+                    continue
+                rows.append([n] + [_f(r[d].get(key)) for key in (f"map@{detail_k}", f"p@{detail_k}", "p@r2")
+                                   for d in ("i2t", "t2i")] + [f"{r['fit_seconds']:.0f}"])
+            out += _md(["method", f"I->T MAP@{detail_k}", f"T->I MAP@{detail_k}", f"I->T P@{detail_k}",
+                        f"T->I P@{detail_k}", "I->T P@r2", "T->I P@r2", "fit s"], rows)
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve") -> Path:
+    """One PNG of precision-recall curves: a panel per (dataset, bits, direction), a line per
+    method. ``curve="hamming_pr_curve"`` plots Hamming-radius lookup instead of the ranking."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
+    if not panels:
+        raise DataError(f"no record holds a {curve!r}")
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    for row, (dsname, b) in enumerate(panels):
+        for col, d in enumerate(("i2t", "t2i")):
+            ax = axes[row][col]
+            for r in records:
+                if r["dataset"] == dsname and (r["bits"] or 0) == b and curve in r[d]:
+                    c = r[d][curve]
+                    ax.plot(c["recall"], c["precision"], marker=".", label=r["method"])
+            ax.set_title(f"{dsname}{f', {b} bits' if b else ''}: {'image->text' if d == 'i2t' else 'text->image'}")
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _f(v: float | None, digits: int = 4) -> str:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+try:  # FAISS computes Hamming matrices in C; NumPy is the fallback
+    import faiss as _faiss
+except ImportError:  # pragma: no cover
+    _faiss = None
+
 
 def cosine_similarity(Q: np.ndarray, D: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
     """Cosine similarity matrix; with ``center`` both sides are centred first (normalised
@@ -24,12 +29,21 @@ def _words(C: np.ndarray) -> np.ndarray:
 
 
 def hamming_distance(Q: np.ndarray, D: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """Full Hamming distance matrix between packed uint8 code rows (XOR + popcount, batched)."""
+    """Full Hamming distance matrix between packed uint8 code rows.
+
+    Computed by FAISS (``faiss.hammings``, the XOR + popcount kernel behind its binary
+    indexes) when it is installed, else by a batched NumPy XOR + popcount; both are exact.
+    """
     Q, D = np.asarray(Q), np.asarray(D)
     if Q.ndim != 2 or D.ndim != 2 or Q.shape[1] != D.shape[1]:
         raise ValueError(f"codes differ in length: {Q.shape} and {D.shape}")
-    Qw, Dw = _words(Q), _words(D)
     out = np.empty((len(Q), len(D)), dtype=np.int32)
+    if _faiss is not None and Q.dtype == np.uint8 and D.dtype == np.uint8 and Q.size and D.size:
+        Qc, Dc = np.ascontiguousarray(Q), np.ascontiguousarray(D)
+        _faiss.hammings(_faiss.swig_ptr(Qc), _faiss.swig_ptr(Dc), len(Qc), len(Dc), Qc.shape[1],
+                        _faiss.swig_ptr(out))
+        return out
+    Qw, Dw = _words(Q), _words(D)
     for s in range(0, len(Q), chunk):
         x = np.bitwise_xor(Qw[s:s + chunk, None, :], Dw[None, :, :])
         out[s:s + chunk] = np.bitwise_count(x).sum(axis=2, dtype=np.int32)
