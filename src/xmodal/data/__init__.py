@@ -8,13 +8,17 @@ from typing import Callable
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .karpathy import load_karpathy, load_ucm_captions
 from .mirflickr import load_cnn_mat, load_mirflickr25k
+from .nuswide import load_nus_wide
 from .pairs import load_pairs
+from .pascal import load_pascal_sentences
 from .wikipedia import load_wikipedia
 
 LOADERS: dict[str, Callable[..., PairedDataset]] = {
     "wikipedia": load_wikipedia,
     "ucm_captions": load_ucm_captions,
     "mirflickr25k": load_mirflickr25k,
+    "nus_wide": load_nus_wide,
+    "pascal_sentences": load_pascal_sentences,
 }
 
 
@@ -36,4 +40,4 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
            "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_cnn_mat",
-           "load_pairs", "one_hot", "random_splits"]
+           "load_nus_wide", "load_pascal_sentences", "load_pairs", "one_hot", "random_splits"]

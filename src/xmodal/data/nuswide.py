@@ -1,0 +1,248 @@
+"""NUS-WIDE (Chua et al., "NUS-WIDE: A Real-World Web Image Database from National University of
+Singapore", CIVR 2009) in its official release layout, with the cross-modal hashing protocol
+(DCMH, Jiang & Li 2017): the images of the most frequent concepts, 1000-d tag vectors as text.
+
+Release layout read (under ``ROOT/nus_wide`` or ROOT itself)::
+
+    ImageList/Imagelist.txt                one image path per line (``C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg``
+                                           or ``actor\\0001_2124494179.jpg``)
+    NUS_WID_Tags/AllTags1k.txt             one row per image: 1000 0/1 tag indicators
+    NUS_WID_Tags/TagList1k.txt             optional: the 1000 tag names (gives raw ``texts``)
+    Concepts81.txt                         concept names (also found in ConceptsList/ or NUS_WID_Tags/)
+    Groundtruth/AllLabels/Labels_<c>.txt   one 0/1 per image line, for each concept
+    Flickr/<category>/<file>.jpg           optional: the images, for an image encoder
+
+The ``*_cnn.mat`` feature files of hashing papers (``nus_cnn.mat``: ``I_tr``/``T_tr``/``L_tr``,
+``_te``, ``_db``) go through ``load_dataset(path)`` (:func:`~xmodal.data.mirflickr.load_cnn_mat`);
+a folder holding only such a file is loaded the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ._root import resolve_dataset_dir
+from .dataset import DataError, PairedDataset, random_splits
+from .mirflickr import load_cnn_mat
+
+N_TAGS = 1000
+CONCEPT_FILES = ("Concepts81.txt", "ConceptsList/Concepts81.txt", "NUS_WID_Tags/Concepts81.txt")
+_DRIVE_RE = re.compile(r"^[A-Za-z]:/")
+
+
+def _nonblank_lines(path: Path) -> list[str]:
+    """Lines of ``path``; trailing blank lines are dropped, inner ones are an error."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            raise DataError(f"{path}:{i}: empty line")
+    return [line.strip() for line in lines]
+
+
+def relative_image_path(entry: str) -> str:
+    """``C:\\ImageData\\Flickr\\actor\\0001_2.jpg`` -> ``actor/0001_2.jpg`` (relative to ``Flickr/``)."""
+    p = entry.strip().replace("\\", "/")
+    low = p.lower()
+    cut = low.rfind("flickr/")
+    if cut >= 0 and (cut == 0 or low[cut - 1] == "/"):
+        return p[cut + len("flickr/"):]
+    return _DRIVE_RE.sub("", p).lstrip("/")
+
+
+def read_tag_matrix(path: Path, n_rows: int, n_cols: int = N_TAGS, list_name: str = "the image list") -> np.ndarray:
+    """``n_rows`` x ``n_cols`` uint8 matrix of a whitespace-separated 0/1 file, streamed line by
+    line (the release file is ~540 MB); errors name the file and line."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    out = np.zeros((n_rows, n_cols), dtype=np.uint8)
+    width = 2 * n_cols - 1
+    row = 0
+    first_blank = 0  # blank lines may only close the file
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.rstrip()
+            if not line:
+                first_blank = first_blank or lineno
+                continue
+            if first_blank:
+                raise DataError(f"{path}:{first_blank}: empty line")
+            if row >= n_rows:
+                raise DataError(f"{path}:{lineno}: more rows than the {n_rows} images {list_name} lists")
+            line = line.lstrip()
+            # Fast path for the release format: single-character values, one separator each.
+            if len(line) == width and line[1::2].isspace() and not line[0::2].translate(None, b"01"):
+                out[row] = np.frombuffer(line[0::2], dtype=np.uint8) - ord("0")
+            else:
+                vals = line.split()
+                if len(vals) != n_cols:
+                    raise DataError(f"{path}:{lineno}: expected {n_cols} tag values, got {len(vals)}")
+                for c, v in enumerate(vals):
+                    if v not in (b"0", b"1"):
+                        raise DataError(f"{path}:{lineno}: column {c + 1}: value "
+                                        f"{v.decode(errors='replace')!r} is not 0 or 1")
+                out[row] = np.frombuffer(b"".join(vals), dtype=np.uint8) - ord("0")
+            row += 1
+    if row != n_rows:
+        raise DataError(f"{path}: {row} rows, but {list_name} lists {n_rows} images")
+    return out
+
+
+def read_label_column(path: Path, n_rows: int, list_name: str = "the image list") -> np.ndarray:
+    """One 0/1 value per line (``Groundtruth/AllLabels/Labels_<concept>.txt``)."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    lines = path.read_bytes().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) != n_rows:
+        raise DataError(f"{path}: {len(lines)} lines, but {list_name} lists {n_rows} images")
+    joined = b"".join(line.strip() for line in lines)
+    if len(joined) != n_rows or joined.translate(None, b"01"):
+        for i, line in enumerate(lines, 1):
+            if line.strip() not in (b"0", b"1"):
+                raise DataError(f"{path}:{i}: expected 0 or 1, got {line.strip().decode(errors='replace')!r}")
+    return np.frombuffer(joined, dtype=np.uint8) - ord("0")
+
+
+def read_feature_file(path: Path, n_rows: int) -> np.ndarray:
+    """Precomputed image features, one row per image list line: ``.npy`` or whitespace text
+    (e.g. the release's ``Low_Level_Features/BoW_int.dat``, 500-d SIFT bag of words)."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.suffix.lower() == ".npy":
+        try:
+            X = np.load(path)
+        except Exception as exc:  # numpy raises several types for corrupt files
+            raise DataError(f"{path}: cannot read .npy file ({exc})") from exc
+    else:
+        try:
+            X = np.loadtxt(path, dtype=np.float32, ndmin=2)
+        except ValueError:
+            X = None
+        if X is None:  # find the offending line for the message
+            width = None
+            for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                vals = line.split()
+                if not vals:
+                    continue
+                try:
+                    [float(v) for v in vals]
+                except ValueError:
+                    raise DataError(f"{path}:{i}: non-numeric value in {line.strip()[:60]!r}") from None
+                if width is not None and len(vals) != width:
+                    raise DataError(f"{path}:{i}: {len(vals)} values, earlier rows have {width}")
+                width = len(vals)
+            raise DataError(f"{path}: cannot read as a whitespace-separated matrix")
+    X = np.asarray(X)
+    if X.ndim != 2 or len(X) != n_rows:
+        raise DataError(f"{path}: feature matrix has shape {X.shape}, expected {n_rows} rows "
+                        "(one per ImageList/Imagelist.txt line)")
+    return X.astype(np.float32)
+
+
+def _find_concepts(root: Path) -> Path:
+    for rel in CONCEPT_FILES:
+        if (root / rel).exists():
+            return root / rel
+    raise DataError(f"{root / CONCEPT_FILES[0]}: file not found (also looked for "
+                    f"{', '.join(CONCEPT_FILES[1:])})")
+
+
+def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: list[str] | None = None,
+                  n_query: int = 2100, n_train: int = 10500, seed: int = 0,
+                  image_features: str | Path | None = None, image_dir: str | Path | None = None) -> PairedDataset:
+    """NUS-WIDE with the hashing protocol of most cross-modal papers.
+
+    Keeps the images labelled with at least one of the ``n_concepts`` most frequent concepts
+    (10 by default; 21 is the other common choice; or the names in ``concepts``) and with at
+    least one of the 1000 tags. Labels are those concepts (multi-label, columns in the order of
+    ``Concepts81.txt``); text features are the 1000-d 0/1 tag vectors. Splits: ``n_query``
+    random queries (also ``test``), the rest is the retrieval ``database``, ``n_train``
+    training images drawn from the database; all seeded by ``seed``.
+
+    No image features unless ``image_features`` names a file (absolute, or relative to the
+    dataset folder) with one row per ``Imagelist.txt`` line; otherwise encode ``image_paths``
+    (under ``image_dir``, default ``Flickr/`` when present) with an image encoder.
+    """
+    try:
+        root = resolve_dataset_dir("nus_wide", data_dir, marker="ImageList")
+    except DataError:  # ROOT/nus_wide holding only a *_cnn.mat file
+        root = resolve_dataset_dir("nus_wide", data_dir)
+    list_path = root / "ImageList" / "Imagelist.txt"
+    mats = sorted(root.glob("*_cnn.mat"))
+    if mats and not list_path.exists():
+        return load_cnn_mat(mats[0], name="nus_wide")
+    entries = _nonblank_lines(list_path)
+    n = len(entries)
+    src = list_path.name
+    tag_dir = root / "NUS_WID_Tags"
+    vocab = None
+    if (tag_dir / "TagList1k.txt").exists():
+        vocab = _nonblank_lines(tag_dir / "TagList1k.txt")
+    tags = read_tag_matrix(tag_dir / "AllTags1k.txt", n, len(vocab) if vocab else N_TAGS, src)
+
+    concept_path = _find_concepts(root)
+    all_concepts = _nonblank_lines(concept_path)
+    label_dir = root / "Groundtruth" / "AllLabels"
+    if concepts is not None:
+        unknown = [c for c in concepts if c not in all_concepts]
+        if unknown:
+            raise DataError(f"{concept_path}: unknown concepts {unknown}")
+        wanted = set(concepts)
+        all_concepts = [c for c in all_concepts if c in wanted]
+    elif not 1 <= n_concepts <= len(all_concepts):
+        raise DataError(f"nus_wide: n_concepts={n_concepts}, but {concept_path} lists "
+                        f"{len(all_concepts)} concepts")
+    columns = np.stack([read_label_column(label_dir / f"Labels_{c}.txt", n, src) for c in all_concepts], axis=1)
+    counts = columns.sum(axis=0, dtype=np.int64)
+    if concepts is None:
+        # Most frequent first; ties keep the concept-list order. Columns stay in list order.
+        top = np.sort(np.argsort(-counts, kind="stable")[:n_concepts])
+    else:
+        top = np.arange(len(all_concepts))
+    labels = columns[:, top]
+    label_names = [all_concepts[i] for i in top]
+
+    keep = np.flatnonzero((labels.sum(axis=1) > 0) & (tags.sum(axis=1) > 0))
+    m = len(keep)
+    if n_query + n_train > m:
+        raise DataError(f"nus_wide: n_query + n_train = {n_query + n_train} exceeds the {m} images "
+                        f"with a tag and one of the concepts {label_names}")
+    X = None
+    feature_name = None
+    if image_features is not None:
+        fpath = Path(image_features)
+        fpath = fpath if fpath.is_absolute() else root / fpath
+        X = read_feature_file(fpath, n)[keep]
+        feature_name = fpath.stem
+
+    rel = [relative_image_path(entries[i]) for i in keep]
+    if image_dir is not None:
+        base = Path(image_dir)
+    else:
+        base = root / "Flickr" if (root / "Flickr").is_dir() else root
+    T = tags[keep].astype(np.float32)
+    texts = None
+    if vocab is not None:
+        texts = [" ".join(vocab[j] for j in np.flatnonzero(row)) for row in tags[keep]]
+    parts = random_splits(m, {"query": n_query, "database": -1}, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    train = np.sort(rng.choice(parts["database"], n_train, replace=False))
+    return PairedDataset(
+        name="nus_wide", text_to_image=np.arange(m), n_images=m,
+        image_features=X, image_paths=[str(base / p) for p in rel], text_features=T, texts=texts,
+        labels=labels[keep], label_names=label_names,
+        splits={"train": train, "query": parts["query"], "test": parts["query"],
+                "database": parts["database"]},
+        image_ids=[Path(p).stem for p in rel], root=str(root),
+        meta={"protocol": "hashing", "seed": seed, "tag_vocabulary": vocab, "text_feature": "tags1k",
+              "image_feature": feature_name, "release_rows": keep,
+              "concept_counts": {all_concepts[i]: int(counts[i]) for i in top}},
+    )
