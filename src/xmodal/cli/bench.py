@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         dataset: str = typer.Option("wikipedia", "--dataset", "-d",
-                                    help="wikipedia, ucm_captions, mirflickr25k, or a pairs/.mat/dataset.json path"),
+                                    help="wikipedia, ucm_captions, mirflickr25k, nus_wide, pascal_sentences, or a pairs/.mat/dataset.json path"),
         methods: str = typer.Option("cca,kcca,pls,mlcca,scm", "--methods", "-m", help="comma-separated method names"),
         bits: str = typer.Option("16,32,64,128", "--bits", help="bit lengths for hashing methods"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset root (default $XMODAL_DATA, ../shared/data)"),
