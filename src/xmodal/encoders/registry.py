@@ -101,7 +101,13 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def get_encoder(spec: str, modality: str | None = None) -> Encoder:
-    """The encoder named by ``spec`` (e.g. ``"minilm"``, ``"lda:10"``, ``"timm:resnet18@random"``)."""
+    """The encoder named by ``spec`` (e.g. ``"minilm"``, ``"lda:10"``, ``"timm:resnet18@random"``);
+    ``"a+b"`` concatenates the features of encoders ``a`` and ``b``."""
+    if isinstance(spec, str) and "+" in spec:
+        from .concat import ConcatEncoder
+
+        parts = [get_encoder(s, modality) for s in spec.split("+")]
+        return ConcatEncoder("+".join(p.spec for p in parts), parts)
     name, arg = parse_spec(spec)
     if name not in REGISTRY:
         raise EncoderError(f"unknown encoder {spec!r}; known: {', '.join(sorted(REGISTRY))}")
