@@ -233,23 +233,33 @@ class DLFH(_CodesThenFunctions):
     Image codes U and text codes V in {-1,+1} maximise the likelihood of the cross-modal
     label similarity S (share a label or not) under p(S_ij = 1) = σ(λ/c · u_i'v_j). Each
     column of U (then V) is updated in closed form by maximising the likelihood's quadratic
-    lower bound: u_k = sign(λ/c (S - σ(Θ)) v_k + λ²m/(4c²) u_k), with ``n_sampled`` columns of S
-    sampled per update (the paper's stochastic variant). Out-of-sample: ridge regression from
-    RBF features to the codes (KDLFH), or kernel logistic regression.
+    lower bound: u_k = sign(λ/c (S - σ(Θ)) v_k + λ²m/(4c²) u_k), against ``n_sampled`` = m
+    columns of S drawn afresh for every update (the paper's stochastic variant). U has one row
+    per distinct training image and V one per text, as in the paper (a dataset with several
+    captions per image does not get several image codes). Out-of-sample: one logistic
+    regression per bit on the (RBF-mapped) features, the paper's KDLFH, or ridge regression
+    (its linear DLFH); on UCM-Captions validation at 32 bits logistic gives MAP 0.84/0.99
+    (i2t/t2i) against ridge's 0.45/0.52: the learned codes are exact class codewords with
+    small Hamming margins, which a least-squares fit blurs.
 
-    ``lam=None`` uses bits/4 (the paper's λ = 8 at 32 bits): a bit flips only when the
-    gradient beats the curvature term λ²m/(4c²), so λ must scale with c or short codes never
-    move from their random start (chosen on a hold-out of the Wikipedia training split).
+    m and λ decide whether codes move at all: a bit flips when its gradient beats the
+    curvature term λm/(4c) (in units of λ/c). With every column (large m) and few positives
+    per row (21 classes: 5 %) the first update drives all rows towards one code and the bound
+    then holds them there (UCM-Captions at 16 bits: MAP 0.10, chance level). Sampling m = c
+    columns (``n_sampled=None``) keeps the threshold at λ/4 for every code length and the
+    sampling noise lets the codes leave that fixed point; λ = 4 was chosen on the UCM
+    validation split and a hold-out of the Wikipedia training split (training codes then
+    reach MAP ~1.0 on UCM).
     """
 
     supervised = True
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "lam": [None, _POS], "n_iter": _POS_INT, "n_sampled": [None, _POS_INT], "C_reg": _POS,
+        "lam": _POS, "n_iter": _POS_INT, "n_sampled": [None, _POS_INT], "C_reg": _POS,
         "hash_function": one_of("logistic", "ridge")}
 
-    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float | None = None,
-                 n_iter: int = 15, n_sampled: int | None = 500, C_reg: float = 1e-3,
-                 hash_function: str = "ridge", random_state: int = 0):
+    def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float = 4.0,
+                 n_iter: int = 20, n_sampled: int | None = None, C_reg: float = 1e-4,
+                 hash_function: str = "logistic", random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
         self.n_anchors = n_anchors
@@ -263,25 +273,34 @@ class DLFH(_CodesThenFunctions):
     def _update(self, U, V, Lu, Lv, rng) -> None:
         """One pass over U's columns, in place, against sampled rows of V."""
         n, c = U.shape
-        m = len(V) if self.n_sampled is None else min(self.n_sampled, len(V))
+        m = min(c if self.n_sampled is None else self.n_sampled, len(V))
         cols = np.sort(rng.choice(len(V), m, replace=False))
         Vs = V[cols]
         S = (Lu @ Lv[cols].T > 0).astype(np.float64)
-        k_ = (c / 4 if self.lam is None else self.lam) / c
+        k_ = self.lam / c
         Theta = k_ * U @ Vs.T
         for k in rng.permutation(c):
             g = k_ * (S - expit(Theta)) @ Vs[:, k]
             new = signs(g + (k_ * k_ * m / 4) * U[:, k])
-            Theta += k_ * np.outer(new - U[:, k], Vs[:, k])
-            U[:, k] = new
+            changed = np.flatnonzero(new != U[:, k])
+            if len(changed):  # only flipped rows change Θ
+                Theta[changed] += k_ * np.outer(new[changed] - U[changed, k], Vs[:, k])
+                U[changed, k] = new[changed]
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         rng = np.random.default_rng(self.random_state)
-        n, c = len(X), self.bits
-        U = signs(rng.standard_normal((n, c)))
-        V = signs(rng.standard_normal((n, c)))
+        # one image code per distinct image (the pair rows repeat an image once per caption)
+        if train is not None:
+            _, img, pair_image = np.unique(train.text_to_image, return_index=True, return_inverse=True)
+        else:
+            img = pair_image = np.arange(len(X))
+        Xi, Li = X[img], L[img]
+        c = self.bits
+        U = signs(rng.standard_normal((len(Xi), c)))
+        V = signs(rng.standard_normal((len(Y), c)))
         for _ in range(self.n_iter):
-            self._update(U, V, L, L, rng)
-            self._update(V, U, L, L, rng)
-        Fx, Fy = self._fit_map(X, "image", rng), self._fit_map(Y, "text", rng)
+            self._update(U, V, Li, L, rng)
+            self._update(V, U, L, Li, rng)
+        Fx, Fy = self._fit_map(Xi, "image", rng), self._fit_map(Y, "text", rng)
         self._fit_functions(Fx, Fy, U, V)
+        self.train_image_codes_ = pack_codes(U[pair_image])  # one row per training pair
