@@ -1,0 +1,64 @@
+"""Check a hashing table (the JSON-lines file of ``xmodal bench --resume``) against issue 4's
+quality criteria, per dataset, bit length >= 32 and direction:
+
+- every learned method beats LSH;
+- every supervised method beats every unsupervised one (baselines LSH and CCA-ITQ aside),
+  within the shallow and within the deep family, and the best supervised beats the best
+  unsupervised overall.
+
+    python benchmarks/hashing_criteria.py runs/wiki_hash.jsonl runs/ucm_hash.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def check(records: list[dict], min_bits: int = 32) -> list[str]:
+    problems = []
+    by = {(r["dataset"], r["method"], r["bits"]): r for r in records if r.get("bits")}
+    for ds in sorted({k[0] for k in by}):
+        for bits in sorted({k[2] for k in by if k[0] == ds and k[2] >= min_bits}):
+            rows = {m: r for (d, m, b), r in by.items() if d == ds and b == bits}
+            for d in ("i2t", "t2i"):
+                score = {m: r[d]["map"] for m, r in rows.items()}
+                kind = {m: r.get("kind", "") for m, r in rows.items()}
+                if "lsh" in score:
+                    for m, v in score.items():
+                        if m != "lsh" and v <= score["lsh"]:
+                            problems.append(f"{ds} {bits} {d}: {m} {v:.4f} <= lsh {score['lsh']:.4f}")
+                for family in ("shallow", "deep"):
+                    deep = family == "deep"
+                    sup = {m: v for m, v in score.items() if kind[m].startswith("supervised")
+                           and kind[m].endswith("(deep)") == deep}
+                    uns = {m: v for m, v in score.items() if kind[m].startswith("unsupervised")
+                           and kind[m].endswith("(deep)") == deep}
+                    for s, sv in sup.items():
+                        for u, uv in uns.items():
+                            if sv <= uv:
+                                problems.append(f"{ds} {bits} {d}: supervised {s} {sv:.4f} <= "
+                                                f"unsupervised {u} {uv:.4f} ({family})")
+                sup_all = [v for m, v in score.items() if kind[m].startswith("supervised")]
+                uns_all = [v for m, v in score.items() if kind[m].startswith("unsupervised")]
+                if sup_all and uns_all and max(sup_all) <= max(uns_all):
+                    problems.append(f"{ds} {bits} {d}: best supervised {max(sup_all):.4f} <= "
+                                    f"best unsupervised {max(uns_all):.4f}")
+    return problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--min-bits", type=int, default=32)
+    args = ap.parse_args()
+    records = [json.loads(line) for f in args.files for line in Path(f).read_text().splitlines()
+               if line.strip()]
+    problems = check(records, args.min_bits)
+    print("\n".join(problems) if problems else "all criteria met")
+    print(f"{len(problems)} violation(s) over {len(records)} records")
+
+
+if __name__ == "__main__":
+    main()
