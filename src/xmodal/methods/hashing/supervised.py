@@ -279,12 +279,14 @@ class DLFH(_CodesThenFunctions):
         S = (Lu @ Lv[cols].T > 0).astype(np.float64)
         k_ = self.lam / c
         Theta = k_ * U @ Vs.T
+        Resid = S - expit(Theta)
         for k in rng.permutation(c):
-            g = k_ * (S - expit(Theta)) @ Vs[:, k]
+            g = k_ * Resid @ Vs[:, k]
             new = signs(g + (k_ * k_ * m / 4) * U[:, k])
             changed = np.flatnonzero(new != U[:, k])
-            if len(changed):  # only flipped rows change Θ
+            if len(changed):  # only flipped rows change Θ and S - σ(Θ)
                 Theta[changed] += k_ * np.outer(new[changed] - U[changed, k], Vs[:, k])
+                Resid[changed] = S[changed] - expit(Theta[changed])
                 U[changed, k] = new[changed]
 
     def _fit(self, X, Y, L, *, train, val) -> None:
