@@ -22,6 +22,15 @@ _POS_INT = interval(1, None, integer=True)
 _MAX_TRAIN = [None, interval(10, None, integer=True)]
 
 
+def _svd(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD; LAPACK's divide-and-conquer driver sometimes fails to converge on the
+    residual matrices of late SCM bits (UCM-Captions, 64 bits), the QR driver does not."""
+    try:
+        return linalg.svd(A, full_matrices=False)
+    except linalg.LinAlgError:
+        return linalg.svd(A, full_matrices=False, lapack_driver="gesvd")
+
+
 class _SCMBase(ShallowHashing):
     supervised = True
     _parameter_rules: ClassVar[dict[str, Any]] = {"reg": _NONNEG}
@@ -60,7 +69,7 @@ class SCMOrth(_SCMBase):
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         Fx, Fy, Ln, Cxy, Wx, Wy = self._prepare(X, Y, L)
-        U, s, Vt = linalg.svd(Wx @ Cxy @ Wy, full_matrices=False)
+        U, s, Vt = _svd(Wx @ Cxy @ Wy)
         self.image_proj_, self.text_proj_ = Wx @ U[:, :self.bits], Wy @ Vt[:self.bits].T
         self.image_bias_ = self.text_bias_ = np.zeros(self.bits)
 
@@ -89,6 +98,20 @@ class SCMSeq(_SCMBase):
     def _fit(self, X, Y, L, *, train, val) -> None:
         Fx, Fy, Ln, Cxy, Wx, Wy = self._prepare(X, Y, L)
         n, c = len(Fx), self.bits
+        # pair rows repeat an image once per caption: project each distinct image once and
+        # spread (or, for gradients, sum) over its pairs; the same numbers, fewer products
+        if train is not None:
+            _, first, pair_image = np.unique(train.text_to_image, return_index=True, return_inverse=True)
+        else:
+            first = pair_image = np.arange(n)
+        Fxu, n_u = Fx[first], len(first)
+
+        def img_dot(w):  # Fx @ w
+            return (Fxu @ w)[pair_image]
+
+        def img_tdot(g):  # Fx' @ g
+            return Fxu.T @ np.bincount(pair_image, weights=g, minlength=n_u)
+
         Hx, Hy = np.zeros((n, 0)), np.zeros((n, 0))
         ones = np.ones(n)
         Awx, Awy = [], []
@@ -99,32 +122,41 @@ class SCMSeq(_SCMBase):
         def Rt_dot(a, Hx_, Hy_):  # R_t' @ a
             return c * (2 * Ln @ (Ln.T @ a) - ones * a.sum()) - Hy_ @ (Hx_.T @ a)
 
+        # Wx (c Cxy - X'H_x H_y'Y / n) Wy = A B' has rank <= labels + t: keep its factors, add
+        # one column per learned bit, and take the top singular pair from two thin QRs and a
+        # small SVD instead of forming and decomposing the d_x x d_y matrix every bit
+        A = Wx @ ((2 * c / n) * (Fx.T @ Ln))
+        B = Wy @ (Fy.T @ Ln)
         for t in range(c):
-            C = c * Cxy - (Fx.T @ Hx) @ (Hy.T @ Fy) / n
-            U, s, Vt = linalg.svd(Wx @ C @ Wy, full_matrices=False)
-            wx, wy = Wx @ U[:, 0], Wy @ Vt[0]
-            wx /= np.std(Fx @ wx) + 1e-12  # projections of unit spread: φ in its useful range
+            Qa, Ra = linalg.qr(A, mode="economic")
+            Qb, Rb = linalg.qr(B, mode="economic")
+            u, _, vt = _svd(Ra @ Rb.T)
+            wx, wy = Wx @ (Qa @ u[:, 0]), Wy @ (Qb @ vt[0])
+            wx /= np.std(img_dot(wx)) + 1e-12  # projections of unit spread: φ in its useful range
             wy /= np.std(Fy @ wy) + 1e-12
             if self.refine_iter:
                 dx = len(wx)
 
                 def f(w, Hx_=Hx, Hy_=Hy):
-                    zx, zy = Fx @ w[:dx], Fy @ w[dx:]
+                    zx, zy = img_dot(w[:dx]), Fy @ w[dx:]
                     a, b = 2 * expit(zx) - 1, 2 * expit(zy) - 1
                     Rb, Ra = R_dot(b, Hx_, Hy_), Rt_dot(a, Hx_, Hy_)
                     aa, bb = a @ a, b @ b
                     val = -2 * a @ Rb + aa * bb  # ||R||^2 is constant
                     ga, gb = -2 * Rb + 2 * bb * a, -2 * Ra + 2 * aa * b
                     da, db = 0.5 * (1 - a * a), 0.5 * (1 - b * b)  # φ'(z) = (1 - φ^2)/2
-                    return val / n, np.concatenate([Fx.T @ (ga * da), Fy.T @ (gb * db)]) / n
+                    return val / n, np.concatenate([img_tdot(ga * da), Fy.T @ (gb * db)]) / n
 
                 res = optimize.minimize(f, np.concatenate([wx, wy]), jac=True, method="L-BFGS-B",
                                         options={"maxiter": self.refine_iter})
                 wx, wy = res.x[:dx], res.x[dx:]
             Awx.append(wx)
             Awy.append(wy)
-            Hx = np.column_stack([Hx, signs(Fx @ wx)])
-            Hy = np.column_stack([Hy, signs(Fy @ wy)])
+            hx, hy = signs(img_dot(wx)), signs(Fy @ wy)
+            Hx = np.column_stack([Hx, hx])
+            Hy = np.column_stack([Hy, hy])
+            A = np.column_stack([A, Wx @ img_tdot(hx) / -n])
+            B = np.column_stack([B, Wy @ (Fy.T @ hy)])
         self.image_proj_, self.text_proj_ = np.column_stack(Awx), np.column_stack(Awy)
         self.image_bias_ = self.text_bias_ = np.zeros(c)
 
