@@ -267,6 +267,9 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
     panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
     if not panels:
         raise DataError(f"no record holds a {curve!r}")
+    names = list(dict.fromkeys(r["method"] for r in records))
+    # one fixed colour and marker per method across panels (20 colours, then markers differ)
+    style = {n: dict(color=plt.cm.tab20(i % 20), marker="os^vD*"[(i // 20) % 6]) for i, n in enumerate(names)}
     fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
     for row, (dsname, b) in enumerate(panels):
         for col, d in enumerate(("i2t", "t2i")):
@@ -274,7 +277,7 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
             for r in records:
                 if r["dataset"] == dsname and (r["bits"] or 0) == b and curve in r[d]:
                     c = r[d][curve]
-                    ax.plot(c["recall"], c["precision"], marker=".", label=r["method"])
+                    ax.plot(c["recall"], c["precision"], markersize=3, label=r["method"], **style[r["method"]])
             ax.set_title(f"{dsname}{f', {b} bits' if b else ''}: {'image->text' if d == 'i2t' else 'text->image'}")
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
