@@ -82,11 +82,12 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
         flat = [r for r in records if not r["bits"]]
         hashed = [r for r in records if r["bits"]]
-        parts = ([format_table(flat, markdown=True)] if flat else []) + ([format_hashing_tables(hashed)] if hashed else [])
+        hash_tables = format_hashing_tables(hashed) if hashed else None  # Markdown already
+        parts = ([format_table(flat, markdown=True)] if flat else []) + ([hash_tables] if hashed else [])
         if flat:
             typer.echo(format_table(flat))
         if hashed:
-            typer.echo(format_hashing_tables(hashed))
+            typer.echo(hash_tables)
         if markdown:
             from pathlib import Path
 

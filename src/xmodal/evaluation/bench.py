@@ -67,22 +67,24 @@ def _record_key(rec: dict) -> str:
                       sort_keys=True)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of an earlier (possibly interrupted) run; a torn last line is ignored."""
+def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
+    """Records of an earlier (possibly interrupted) run. A torn last line (a run killed
+    mid-write) is ignored, and with ``repair`` cut from the file so appends start clean."""
     out = []
     path = Path(path)
     if not path.exists():
         return out
-    lines = path.read_text().splitlines()
+    lines = path.read_text().splitlines(keepends=True)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines):  # killed mid-write: that record is simply redone
-                break
-            raise DataError(f"{path}: line {i} is not valid JSON") from None
+            if i < len(lines):
+                raise DataError(f"{path}: line {i} is not valid JSON") from None
+            if repair:  # that record is simply redone
+                atomic_write_bytes(path, "".join(lines[:-1]).encode())
     return out
 
 
@@ -114,13 +116,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     test = _split(ds, "test", "query")
     query, database = _split(ds, "query", "test"), _split(ds, hashing_db, "train")
     params = params or {}
-    previous = {}
-    if resume:
-        kept = read_jsonl(resume)
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        if Path(resume).exists() and Path(resume).read_text() != text:  # drop a torn last line
-            atomic_write_bytes(Path(resume), text.encode())
-        previous = {_record_key(r): r for r in kept}
+    previous = {_record_key(r): r for r in read_jsonl(resume, repair=True)} if resume else {}
     records = []
     for name in method_names:
         cls = registry.get(name)
