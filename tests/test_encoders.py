@@ -93,6 +93,31 @@ def test_pretrained_cnn_features(spec, imgs, effnet):
     assert same > cross + 0.05, (spec, same, cross)
 
 
+def test_view_averaged_features_are_rotation_invariant(imgs, tmp_path):
+    """``:d4`` averages over the eight symmetries of the crop, so a turned or mirrored copy of
+    an image gets the same features; the plain encoder (and ``:flip`` for a turn) does not."""
+    from PIL import Image
+
+    src = imgs / "101.jpg"
+    turned, mirrored = tmp_path / "turned.png", tmp_path / "mirrored.png"
+    with Image.open(src) as im:
+        im.transpose(Image.Transpose.ROTATE_90).save(turned)
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    p = [str(src), str(turned), str(mirrored)]
+    feats = {spec: get_encoder(spec).encode(p, progress=False, cache_dir=False)
+             for spec in ("mobilenet-v2", "mobilenet-v2:flip", "mobilenet-v2:d4")}
+    gap = lambda X, i: np.abs(X[0] - X[i]).max() / np.abs(X[0]).max()  # noqa: E731
+    assert gap(feats["mobilenet-v2"], 1) > 0.05 and gap(feats["mobilenet-v2"], 2) > 0.05
+    assert gap(feats["mobilenet-v2:flip"], 2) < 1e-4 and gap(feats["mobilenet-v2:flip"], 1) > 0.05
+    assert gap(feats["mobilenet-v2:d4"], 1) < 1e-4 and gap(feats["mobilenet-v2:d4"], 2) < 1e-4
+    # The average of the views, not one of them: close to, but not equal to, the plain features.
+    cos = feats["mobilenet-v2"][0] @ feats["mobilenet-v2:d4"][0] / (
+        np.linalg.norm(feats["mobilenet-v2"][0]) * np.linalg.norm(feats["mobilenet-v2:d4"][0]))
+    assert 0.8 < cos < 0.9999
+    with pytest.raises(EncoderError, match="unknown view set 'd8'"):
+        get_encoder("efficientnet-lite0:d8")
+
+
 @pytest.mark.parametrize("spec", ["efficientnet-lite0", "mobilenet-v2"])
 def test_pretrained_classifier_sees_airplanes(spec, imgs, effnet):
     """Weights and preprocessing are right: the ImageNet classifier head (unused for features)

@@ -55,8 +55,38 @@ def fold_batchnorm(model, pairs=()):
     return model
 
 
+VIEWS = ("flip", "d4")
+
+
+def parse_views(spec: str, arg: str | None) -> str | None:
+    """The test-time view set named by an encoder argument: None, ``flip`` or ``d4``."""
+    if arg is None:
+        return None
+    if arg not in VIEWS:
+        raise EncoderError(f"{spec!r}: unknown view set {arg!r}; use one of {', '.join(VIEWS)} "
+                           "(or no argument for the single centre crop)")
+    return arg
+
+
+def view_stack(x, views: str | None):
+    """The transformed copies of a (B, C, H, W) batch, concatenated along the batch axis:
+    the batch itself, its mirror image (``flip``), or the eight symmetries of the square (``d4``:
+    four quarter turns, each also mirrored). Averaging a model's features over them makes the
+    features invariant to those transforms -- right for overhead imagery, which has no "up"."""
+    import torch
+
+    if views is None:
+        return x
+    if views == "flip":
+        return torch.cat([x, x.flip(3)])
+    turns = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    return torch.cat(turns + [t.flip(3) for t in turns])
+
+
 class TorchImageEncoder(ImageEncoder):
-    """Centre-crop preprocessing in the decode workers, normalisation + forward pass here."""
+    """Centre-crop preprocessing in the decode workers, normalisation + forward pass here.
+    ``views`` (``None``, ``"flip"`` or ``"d4"``) averages the features over transformed copies
+    of each crop (:func:`view_stack`)."""
 
     image_size = 224
     resize_size = 256
@@ -65,9 +95,10 @@ class TorchImageEncoder(ImageEncoder):
     default_batch_size = 32
     threads: int | None = None     # None: every core available to this process
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, views: str | None = None) -> None:
         super().__init__(spec)
         self._model = None
+        self.views = views
 
     # subclasses: build the module and map a normalised batch to (B, dim)
     def _build(self):
@@ -100,7 +131,11 @@ class TorchImageEncoder(ImageEncoder):
         import torch
 
         with torch.inference_mode():
-            return self._forward(self.preprocess(batch_uint8)).float().numpy()
+            x = self.preprocess(batch_uint8)
+            feats = self._forward(view_stack(x, self.views)).float()
+            if self.views is not None:
+                feats = feats.view(-1, len(x), feats.shape[-1]).mean(dim=0)
+            return feats.numpy()
 
     def _compute(self, items, batch_size, bar) -> Iterator:
         self.model  # load the weights before the decode workers start

@@ -8,13 +8,13 @@ from .base import Encoder, EncoderError
 
 
 def _efficientnet(spec, arg):
-    from .cnn import EfficientNetLite0
-    return EfficientNetLite0(spec)
+    from .cnn import EfficientNetLite0, parse_views
+    return EfficientNetLite0(spec, parse_views(spec, arg))
 
 
 def _mobilenet(spec, arg):
-    from .cnn import MobileNetV2Encoder
-    return MobileNetV2Encoder(spec)
+    from .cnn import MobileNetV2Encoder, parse_views
+    return MobileNetV2Encoder(spec, parse_views(spec, arg))
 
 
 def _sift(spec, arg):
@@ -64,9 +64,11 @@ def _tags(spec, arg):
 
 # name -> (factory, modality, argument: None | "optional" | "required", summary)
 REGISTRY: dict[str, tuple[Callable[[str, str | None], Encoder], str, str | None, str]] = {
-    "efficientnet-lite0": (_efficientnet, "image", None,
-                           "ImageNet EfficientNet-Lite0, pooled 1280-d"),
-    "mobilenet-v2": (_mobilenet, "image", None, "ImageNet MobileNetV2 (torchvision weights), pooled 1280-d"),
+    "efficientnet-lite0": (_efficientnet, "image", "optional",
+                           "ImageNet EfficientNet-Lite0, pooled 1280-d; efficientnet-lite0:flip or "
+                           ":d4 averages over mirrored / rotated views"),
+    "mobilenet-v2": (_mobilenet, "image", "optional", "ImageNet MobileNetV2 (torchvision weights), "
+                     "pooled 1280-d; mobilenet-v2:flip or :d4 as above"),
     "sift-bovw": (_sift, "image", "optional", "SIFT bag of visual words, k-means vocabulary "
                   "(default 128 words; sift-bovw:<k>), fitted"),
     "timm": (_timm, "image", "required", "timm:<model>[@<checkpoint>|@random], pooled features "
