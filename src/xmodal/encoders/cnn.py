@@ -68,19 +68,19 @@ def parse_views(spec: str, arg: str | None) -> str | None:
     return arg
 
 
-def view_stack(x, views: str | None):
-    """The transformed copies of a (B, C, H, W) batch, concatenated along the batch axis:
-    the batch itself, its mirror image (``flip``), or the eight symmetries of the square (``d4``:
-    four quarter turns, each also mirrored). Averaging a model's features over them makes the
-    features invariant to those transforms -- right for overhead imagery, which has no "up"."""
+def view_stack(x, views: str | None) -> list:
+    """The transformed copies of a (B, C, H, W) batch: the batch itself, its mirror image
+    (``flip``), or the eight symmetries of the square (``d4``: four quarter turns, each also
+    mirrored). Averaging a model's features over them makes the features invariant to those
+    transforms -- right for overhead imagery, which has no "up"."""
     import torch
 
     if views is None:
-        return x
+        return [x]
     if views == "flip":
-        return torch.cat([x, x.flip(3)])
+        return [x, x.flip(3)]
     turns = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
-    return torch.cat(turns + [t.flip(3) for t in turns])
+    return turns + [t.flip(3) for t in turns]
 
 
 class TorchImageEncoder(ImageEncoder):
@@ -131,10 +131,9 @@ class TorchImageEncoder(ImageEncoder):
         import torch
 
         with torch.inference_mode():
-            x = self.preprocess(batch_uint8)
-            feats = self._forward(view_stack(x, self.views)).float()
-            if self.views is not None:
-                feats = feats.view(-1, len(x), feats.shape[-1]).mean(dim=0)
+            # one forward pass per view, not one over all views: peak memory stays a batch's
+            copies = view_stack(self.preprocess(batch_uint8), self.views)
+            feats = sum(self._forward(v).float() for v in copies) / len(copies)
             return feats.numpy()
 
     def _compute(self, items, batch_size, bar) -> Iterator:
