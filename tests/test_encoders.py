@@ -119,6 +119,9 @@ def test_view_averaged_features_are_rotation_invariant(imgs, tmp_path):
     assert 0.8 < cos < 0.9999
     with pytest.raises(EncoderError, match="unknown view set 'd8'"):
         get_encoder("efficientnet-lite0:d8")
+    # view sets compose with concatenation (the UCM-Captions results use this spec)
+    both = get_encoder("efficientnet-lite0:d4+mobilenet-v2:d4")
+    assert both.dim == 2560 and [p.views for p in both.parts] == ["d4", "d4"]
 
 
 @pytest.mark.parametrize("spec", ["efficientnet-lite0", "mobilenet-v2"])
