@@ -68,7 +68,7 @@ def parse_views(spec: str, arg: str | None) -> str | None:
     return arg
 
 
-def view_stack(x, views: str | None) -> list:
+def view_copies(x, views: str | None) -> list:
     """The transformed copies of a (B, C, H, W) batch: the batch itself, its mirror image
     (``flip``), or the eight symmetries of the square (``d4``: four quarter turns, each also
     mirrored). Averaging a model's features over them makes the features invariant to those
@@ -86,7 +86,7 @@ def view_stack(x, views: str | None) -> list:
 class TorchImageEncoder(ImageEncoder):
     """Centre-crop preprocessing in the decode workers, normalisation + forward pass here.
     ``views`` (``None``, ``"flip"`` or ``"d4"``) averages the features over transformed copies
-    of each crop (:func:`view_stack`)."""
+    of each crop (:func:`view_copies`)."""
 
     image_size = 224
     resize_size = 256
@@ -132,7 +132,7 @@ class TorchImageEncoder(ImageEncoder):
 
         with torch.inference_mode():
             # one forward pass per view, not one over all views: peak memory stays a batch's
-            copies = view_stack(self.preprocess(batch_uint8), self.views)
+            copies = view_copies(self.preprocess(batch_uint8), self.views)
             feats = sum(self._forward(v).float() for v in copies) / len(copies)
             return feats.numpy()
 
