@@ -84,3 +84,49 @@ def test_bench_learned_database_codes_need_a_method_that_keeps_them(wikipedia):
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh", "--database-codes",
                               "nope", "--data-dir", str(DATA)])
     assert res.exit_code != 0 and "expected one of hash, learned" in res.output
+
+
+def _rec(seed, m, mr, curve):
+    return {"dataset": "d", "method": "x", "bits": None, "seed": seed, "settings": {}, "fit_seconds": 1.0 + seed,
+            "i2t": {"map": m, "p@r2": None if seed else 0.5, "pr_curve": {"recall": [0, 1], "precision": curve}},
+            "t2i": {"map": 2 * m}, "mR": mr}
+
+
+def test_summarize_seeds_gives_mean_and_sample_std():
+    from xmodal.evaluation.bench import format_table, summarize_seeds
+
+    other = {**_rec(0, 0.9, 10.0, [1, 1]), "method": "y"}
+    out = summarize_seeds([_rec(0, 0.2, 40.0, [1.0, 0.2]), other, _rec(1, 0.4, 50.0, [0.8, 0.4])])
+    assert [r["method"] for r in out] == ["x", "y"] and out[1] is other  # alone: unchanged
+    s = out[0]
+    assert s["seeds"] == [0, 1] and "seed" not in s
+    assert s["i2t"]["map"] == pytest.approx(0.3) and s["t2i"]["map"] == pytest.approx(0.6)
+    assert s["std"]["i2t"]["map"] == pytest.approx(0.1414213, rel=1e-5)  # ddof=1
+    assert s["mR"] == pytest.approx(45.0) and s["std"]["mR"] == pytest.approx(7.0710678)
+    assert s["fit_seconds"] == pytest.approx(1.5)
+    assert s["i2t"]["pr_curve"]["precision"] == pytest.approx([0.9, 0.3])
+    assert s["i2t"]["p@r2"] is None  # missing in one seed: no mean of the rest
+    assert summarize_seeds(out) == out  # idempotent
+    table = format_table(out)
+    assert "0.3000±0.1414" in table and "45.0±7.1" in table and "0.9000" in table
+
+
+def test_bench_several_seeds(wikipedia, tmp_path):
+    out, md = tmp_path / "runs.json", tmp_path / "t.md"
+    res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh,cca_itq", "--bits", "16",
+                              "--seeds", "0,1,2", "--quiet", "--data-dir", str(DATA), "--json", str(out),
+                              "--markdown", str(md)])
+    assert res.exit_code == 0, res.output
+    recs = json.loads(out.read_text())
+    assert [(r["method"], r["seed"]) for r in recs] == [("lsh", 0), ("lsh", 1), ("lsh", 2),
+                                                         ("cca_itq", 0), ("cca_itq", 1), ("cca_itq", 2)]
+    assert [r["params"]["random_state"] for r in recs[:3]] == [0, 1, 2]
+    lsh = [r["i2t"]["map"] for r in recs[:3]]
+    assert len(set(lsh)) == 3  # independent random hyperplanes per seed
+    mean = sum(lsh) / 3
+    assert "over seeds 0,1,2" in res.output and f"| lsh | baseline | {mean:.4f}±" in res.output
+    assert md.read_text().startswith("mean±std (sample standard deviation) over seeds 0,1,2")
+    for bad in ("0,0", "a", "-1"):
+        res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh", "--seed", bad,
+                                  "--quiet", "--data-dir", str(DATA)])
+        assert res.exit_code != 0 and "--seed" in res.output

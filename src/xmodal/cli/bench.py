@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="fraction of training labels the semi-supervised methods see (e.g. 0.1)"),
         database_codes: str = typer.Option("hash", "--database-codes", help="hashing database codes: 'hash' (the learned hash functions) or 'learned' (the learned training codes, where a method keeps them)"),
         pr_plot: Optional[str] = typer.Option(None, "--pr-plot", help="write the precision-recall curves of every record to this PNG"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: str = typer.Option("0", "--seed", "--seeds", help="random seed, or comma-separated seeds: one run each, tables show mean±std"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     ) -> None:
@@ -60,10 +60,17 @@ def register(app: typer.Typer) -> None:
             bit_list = [int(b) for b in bits.split(",") if b.strip()]
         except ValueError:
             raise typer.BadParameter(f"--bits {bits!r}: expected comma-separated integers") from None
+        try:
+            seeds = [int(s) for s in seed.split(",") if s.strip()]
+        except ValueError:
+            seeds = []
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise typer.BadParameter(f"--seed {seed!r}: expected a seed or comma-separated distinct seeds (integers >= 0)")
 
         def progress(rec: dict) -> None:
             if not quiet:
-                bits_s = f" {rec['bits']} bits" if rec["bits"] else ""
+                bits_s = (f" {rec['bits']} bits" if rec["bits"] else "") + \
+                    (f" seed {rec['seed']}" if len(seeds) > 1 else "")
                 summary = " ".join(f"{d} {k}={rec[d][k]:.4f}" for d in ("i2t", "t2i") for k in ("map",) if k in rec[d])
                 if "mR" in rec:
                     summary += f" mR={rec['mR']:.1f}"
@@ -71,7 +78,7 @@ def register(app: typer.Typer) -> None:
                       file=sys.stderr, flush=True)
 
         try:
-            records = run_bench(dataset, names, bits=bit_list, seed=seed, data_dir=data_dir,
+            records = run_bench(dataset, names, bits=bit_list, seed=seeds, data_dir=data_dir,
                                 image_encoder=image_encoder, text_encoder=text_encoder,
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
@@ -80,10 +87,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
+        over = f"mean±std (sample standard deviation) over seeds {','.join(map(str, seeds))}"
+        if len(seeds) > 1:
+            typer.echo(over)
         flat = [r for r in records if not r["bits"]]
         hashed = [r for r in records if r["bits"]]
         hash_tables = format_hashing_tables(hashed) if hashed else None  # Markdown already
-        parts = ([format_table(flat, markdown=True)] if flat else []) + ([hash_tables] if hashed else [])
+        parts = ([over] if len(seeds) > 1 else []) + ([format_table(flat, markdown=True)] if flat else []) + \
+            ([hash_tables] if hashed else [])
         if flat:
             typer.echo(format_table(flat))
         if hashed:

@@ -61,10 +61,62 @@ def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
     return kind + (" (deep)" if ".deep" in cls.__module__ else "")
 
 
-def _record_key(rec: dict) -> str:
-    return json.dumps([rec["dataset"], rec["method"], rec["bits"], rec.get("seed"), rec.get("settings", {}),
-                       rec.get("database_codes"), rec.get("image_encoder"), rec.get("text_encoder")],
-                      sort_keys=True)
+def _record_key(rec: dict, with_seed: bool = True) -> str:
+    return json.dumps([rec["dataset"], rec["method"], rec["bits"], rec.get("seed") if with_seed else None,
+                       rec.get("settings", {}), rec.get("database_codes"), rec.get("image_encoder"),
+                       rec.get("text_encoder")], sort_keys=True)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fold(scores: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation (ddof=1) of one direction's scores over seeds;
+    curves are averaged point by point (same recall grid / radii in every seed)."""
+    mean, std = {}, {}
+    for key, first in scores[0].items():
+        vals = [s.get(key) for s in scores]
+        if all(_is_number(v) for v in vals):
+            a = np.asarray(vals, dtype=float)
+            mean[key], std[key] = float(a.mean()), float(a.std(ddof=1))
+        elif all(isinstance(v, dict) for v in vals):
+            mean[key] = {k: np.mean([v[k] for v in vals], axis=0).tolist()
+                         if len({len(v[k]) for v in vals}) == 1 else first[k] for k in first}
+        else:
+            mean[key] = None if any(_is_number(v) for v in vals) else first
+    return mean, std
+
+
+def summarize_seeds(records: list[dict]) -> list[dict]:
+    """One record per (dataset, method, bits, settings, encoders), in first-seen order.
+
+    Records that differ only by seed become their mean, with ``seeds`` listing the seeds and
+    ``std`` the sample standard deviation (ddof=1) of every scalar score (``std["i2t"]["map"]``,
+    ``std["mR"]``); a record with no sibling passes through unchanged.
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_record_key(r, with_seed=False), []).append(r)
+    out = []
+    for recs in groups.values():
+        if len(recs) == 1:
+            out.append(recs[0])
+            continue
+        summary = {k: v for k, v in recs[0].items() if k != "seed"}
+        summary["seeds"] = [r.get("seed") for r in recs]
+        std: dict[str, Any] = {}
+        for d in ("i2t", "t2i"):
+            summary[d], std[d] = _fold([r[d] for r in recs])
+        for key in ("mR", "fit_seconds", "encode_seconds"):
+            if all(_is_number(r.get(key)) for r in recs):
+                a = np.asarray([r[key] for r in recs], dtype=float)
+                summary[key] = float(a.mean())
+                if key == "mR":
+                    std[key] = float(a.std(ddof=1))
+        summary["std"] = std
+        out.append(summary)
+    return out
 
 
 def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
@@ -89,7 +141,7 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
 
 
 def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits: Sequence[int] = (32,),
-              seed: int = 0, data_dir: str | None = None, image_encoder: str | None = None,
+              seed: int | Sequence[int] = 0, data_dir: str | None = None, image_encoder: str | None = None,
               text_encoder: str | None = None, cache_dir: str | None = None,
               params: dict[str, dict[str, Any]] | None = None, map_k: Sequence[int] = (),
               hashing_db: str = "database", labeled_fraction: float | None = None,
@@ -105,7 +157,12 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     ``labeled_fraction`` is passed to the semi-supervised methods. With ``resume`` every
     record is appended to that JSON-lines file as soon as it is done, and records already
     there (same dataset, method, bits, seed, settings) are reused instead of recomputed.
+    ``seed`` may be a list: every (method, bits) is then run once per seed, one record each
+    (:func:`summarize_seeds` folds them into mean and standard deviation).
     """
+    seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed: expected one seed or a list of distinct seeds, got {seed!r}")
     if database_codes not in DATABASE_CODES:
         raise ValueError(f"database_codes must be one of {DATABASE_CODES}, got {database_codes!r}")
     ds = prepare_dataset(dataset, data_dir, image_encoder, text_encoder, cache_dir, quiet)
@@ -121,11 +178,11 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     for name in method_names:
         cls = registry.get(name)
         is_hash = cls.output == "binary"
-        for b in (bits if is_hash else [None]):
+        for b, sd in ((b, sd) for b in (bits if is_hash else [None]) for sd in seeds):
             settings = dict(params.get(name, {}))
             if labeled_fraction is not None and _accepts(cls, "labeled_fraction"):
                 settings.setdefault("labeled_fraction", labeled_fraction)
-            rec = {"dataset": ds.name, "method": name, "bits": b, "seed": seed, "settings": settings,
+            rec = {"dataset": ds.name, "method": name, "bits": b, "seed": sd, "settings": settings,
                    "database_codes": database_codes if is_hash else None,
                    "image_encoder": image_encoder or ds.meta.get("image_feature"),
                    "text_encoder": text_encoder or ds.meta.get("text_feature")}
@@ -139,7 +196,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             if b is not None:
                 kw["bits"] = b
             if _accepts(cls, "random_state"):
-                kw.setdefault("random_state", seed)
+                kw.setdefault("random_state", sd)
             method = registry.create(name, **kw)
             t0 = time.perf_counter()
             method.fit(train, val=val)
@@ -185,7 +242,9 @@ def _jsonable(d: dict) -> dict:
 
 
 def format_table(records: list[dict], markdown: bool = False) -> str:
-    """Rows = methods (x bits), columns = both directions' MAP, P@10 (and Recall@K / mR)."""
+    """Rows = methods (x bits), columns = both directions' MAP, P@10 (and Recall@K / mR);
+    records summarised over seeds (:func:`summarize_seeds`) show ``mean±std``."""
+    records = summarize_seeds(records)
     has_recall = any("mR" in r for r in records)
     has_map = any("map" in r["i2t"] for r in records)
     cols = ["method", "bits"]
@@ -198,11 +257,10 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
     for r in records:
         row = [r["method"], "-" if r["bits"] is None else str(r["bits"])]
         if has_map:
-            row += [_f(r["i2t"].get("map")), _f(r["t2i"].get("map")),
-                    _f(r["i2t"].get("p@10")), _f(r["t2i"].get("p@10"))]
+            row += [_score(r, d, key) for key in ("map", "p@10") for d in ("i2t", "t2i")]
         if has_recall:
-            row += [_f(r[d].get(f"r@{k}"), 1) for d in ("i2t", "t2i") for k in (1, 5, 10)]
-            row += [_f(r.get("mR"), 1)]
+            row += [_score(r, d, f"r@{k}", 1) for d in ("i2t", "t2i") for k in (1, 5, 10)]
+            row += [_score(r, None, "mR", 1)]
         row += [f"{r['fit_seconds']:.1f}"]
         rows.append(row)
     if markdown:
@@ -223,7 +281,7 @@ def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
     """The survey's table shape for hashing: per dataset, methods x (direction x bits) MAP over
     the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2."""
     out = []
-    recs = [r for r in records if r.get("bits")]
+    recs = [r for r in summarize_seeds(records) if r.get("bits")]
     for dsname in dict.fromkeys(r["dataset"] for r in recs):
         mine = {(r["method"], r["bits"]): r for r in recs if r["dataset"] == dsname}
         bits = sorted({b for _, b in mine})
@@ -234,7 +292,7 @@ def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
         rows = []
         for n in names:
             kind = next(r.get("kind", "") for (m, _), r in mine.items() if m == n)
-            rows.append([n, kind] + [_f(mine[(n, b)][d].get("map")) if (n, b) in mine else "-"
+            rows.append([n, kind] + [_score(mine[(n, b)], d, "map") if (n, b) in mine else "-"
                                      for d in ("i2t", "t2i") for b in bits])
         out += _md(["method", "kind"] + [f"{d} {b}" for d in ("I->T", "T->I") for b in bits], rows)
         for b in bits:
@@ -244,7 +302,7 @@ def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
                 r = mine.get((n, b))
                 if r is None:
                     continue
-                rows.append([n] + [_f(r[d].get(key)) for key in (f"map@{detail_k}", f"p@{detail_k}", "p@r2")
+                rows.append([n] + [_score(r, d, key) for key in (f"map@{detail_k}", f"p@{detail_k}", "p@r2")
                                    for d in ("i2t", "t2i")] + [f"{r['fit_seconds']:.0f}"])
             out += _md(["method", f"I->T MAP@{detail_k}", f"T->I MAP@{detail_k}", f"I->T P@{detail_k}",
                         f"T->I P@{detail_k}", "I->T P@r2", "T->I P@r2", "fit s"], rows)
@@ -260,6 +318,7 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = summarize_seeds(records)  # one line per method: the mean over seeds
     panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
     if not panels:
         raise DataError(f"no record holds a {curve!r}")
@@ -291,6 +350,16 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
 
 def _f(v: float | None, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _score(rec: dict, direction: str | None, key: str, digits: int = 4) -> str:
+    """One table cell: the score, with ``±std`` when the record is a mean over seeds."""
+    value = (rec[direction] if direction else rec).get(key)
+    spread = rec.get("std", {})
+    spread = spread.get(direction, {}).get(key) if direction else spread.get(key)
+    if value is None or spread is None:
+        return _f(value, digits)
+    return f"{value:.{digits}f}±{spread:.{digits}f}"
 
 
 def write_json(records: list[dict], path: str | Path) -> None:
