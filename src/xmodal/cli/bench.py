@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         pr_plot: Optional[str] = typer.Option(None, "--pr-plot", help="write the precision-recall curves of every record to this PNG"),
         seed: str = typer.Option("0", "--seed", "--seeds", help="random seed, or comma-separated seeds: one run each, tables show mean±std"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
+        per_query: bool = typer.Option(False, "--per-query", help="keep every query's AP and Recall@K hits in the records (for xmodal compare)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     ) -> None:
         """Fit methods on the training split and print MAP / P@10 (and Recall@K where pairs allow)."""
@@ -82,7 +83,7 @@ def register(app: typer.Typer) -> None:
                                 image_encoder=image_encoder, text_encoder=text_encoder,
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
-                                resume=resume, on_record=progress)
+                                resume=resume, per_query=per_query, on_record=progress)
         except (DataError, KeyError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -108,3 +109,51 @@ def register(app: typer.Typer) -> None:
         if json_out:
             write_json(records, json_out)
             typer.echo(f"wrote {len(records)} records to {json_out}")
+
+    @app.command("compare")
+    def compare(
+        records: str = typer.Argument(..., help="records of xmodal bench --per-query: a --resume JSON-lines or --json file"),
+        method_a: str = typer.Argument(..., help="method A (registry name as in the records)"),
+        method_b: str = typer.Argument(..., help="method B"),
+        metric: Optional[str] = typer.Option(None, "--metric", help="map, mR or r@K (default: map where the records have it, else mR)"),
+        bits: Optional[int] = typer.Option(None, "--bits", help="bit length, for hashing records"),
+        resamples: int = typer.Option(9999, "--resamples", help="random sign flips of the randomisation test"),
+        seed: int = typer.Option(0, "--seed", help="seed of the randomisation test"),
+        as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    ) -> None:
+        """Paired significance test of two methods on the same test queries (randomisation test
+        on per-query scores; several seeds of a method are averaged query by query)."""
+        from pathlib import Path
+
+        from ..data import DataError
+        from ..evaluation.bench import read_jsonl, summarize_seeds
+        from ..evaluation.significance import compare_records
+
+        path = Path(records)
+        try:
+            if not path.exists():
+                raise DataError(f"{path}: no such records file")
+            text = path.read_text().lstrip()
+            recs = json.loads(text) if text.startswith("[") else read_jsonl(path)
+            recs = summarize_seeds([r for r in recs if bits is None or r.get("bits") == bits])
+            picked = []
+            for name in (method_a, method_b):
+                mine = [r for r in recs if r.get("method") == name]
+                if len(mine) != 1:
+                    what = "no record" if not mine else f"{len(mine)} records (settings, bits or encoders differ)"
+                    raise DataError(f"{path}: {what} for method {name!r}"
+                                    + ("; pass --bits or keep one configuration per file" if mine else ""))
+                picked.append(mine[0])
+            chosen = metric or ("map" if all("map" in r["i2t"] for r in picked) else "mR")
+            res = compare_records(picked[0], picked[1], chosen, n_resamples=resamples, seed=seed)
+        except (DataError, ValueError, json.JSONDecodeError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if as_json:
+            typer.echo(json.dumps({"a": method_a, "b": method_b, "resamples": resamples, **res}, indent=1))
+            return
+        digits = 4 if chosen == "map" else 2
+        typer.echo(f"{chosen}: {method_a} (A) vs {method_b} (B), paired randomisation test, {resamples} resamples")
+        for d, r in ((d, res[d]) for d in ("i2t", "t2i", "both") if d in res):
+            typer.echo(f"  {d:5s} A {r['a']:.{digits}f}  B {r['b']:.{digits}f}  A-B {r['difference']:+.{digits}f}  "
+                       f"p = {r['p_value']:.4f}")

@@ -146,7 +146,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               params: dict[str, dict[str, Any]] | None = None, map_k: Sequence[int] = (),
               hashing_db: str = "database", labeled_fraction: float | None = None,
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
-              on_record: Callable[[dict], None] | None = None) -> list[dict]:
+              per_query: bool = False, on_record: Callable[[dict], None] | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
@@ -158,7 +158,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     record is appended to that JSON-lines file as soon as it is done, and records already
     there (same dataset, method, bits, seed, settings) are reused instead of recomputed.
     ``seed`` may be a list: every (method, bits) is then run once per seed, one record each
-    (:func:`summarize_seeds` folds them into mean and standard deviation).
+    (:func:`summarize_seeds` folds them into mean and standard deviation). ``per_query`` keeps
+    every query's AP and Recall@K hits in the record, for :mod:`.significance` tests (a resumed
+    record without them is recomputed).
     """
     seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -187,7 +189,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                    "image_encoder": image_encoder or ds.meta.get("image_feature"),
                    "text_encoder": text_encoder or ds.meta.get("text_feature")}
             done = previous.get(_record_key(_jsonable(rec)))
-            if done is not None:
+            if done is not None and (not per_query or "per_query" in done["i2t"]):
                 records.append(done)
                 if on_record:
                     on_record(done)
@@ -208,7 +210,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 res["encode_seconds"] = 0.0
                 protocol = f"hashing: {query.name} vs {database.name}, database codes = learned training codes"
             elif is_hash:
-                res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100))
+                res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
                 protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
             else:
                 scored = method
@@ -216,7 +218,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                     from ..methods.deep import raw_view
 
                     scored = raw_view(method, test)
-                res = evaluate(scored, test, map_k=tuple(map_k))
+                res = evaluate(scored, test, map_k=tuple(map_k), per_query=per_query)
                 protocol = f"classic: {test.name} vs itself (other modality)"
             rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],

@@ -15,9 +15,9 @@ import numpy as np
 
 from ..data.dataset import DataError, PairedDataset
 from ..methods.base import CrossModalMethod
-from ..metrics import (average_precision, cosine_similarity, graded_relevance, hamming_distance,
-                       hamming_pr_curve, ndcg_at_k, pr_curve, precision_at_k,
-                       precision_within_radius, recall_at_k, relevance)
+from ..metrics import (average_precision, cosine_similarity, first_hit_rank, graded_relevance,
+                       hamming_distance, hamming_pr_curve, ndcg_at_k, pr_curve, precision_at_k,
+                       precision_within_radius, relevance)
 
 DEFAULT_PK = (1, 5, 10, 50, 100)
 DEFAULT_RK = (1, 5, 10)
@@ -33,10 +33,14 @@ def similarity(method: CrossModalMethod, Q: np.ndarray, D: np.ndarray) -> tuple[
     return cosine_similarity(Q, D), None
 
 
-def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk) -> dict[str, Any]:
+def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk,
+               per_query: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    each: dict[str, list] = {}
     if rel is not None:
-        out["map"] = float(average_precision(scores, rel).mean())
+        ap = average_precision(scores, rel)
+        out["map"] = float(ap.mean())
+        each["ap"] = ap.tolist()
         for k in map_k:
             if k < scores.shape[1]:
                 out[f"map@{k}"] = float(average_precision(scores, rel, k).mean())
@@ -49,20 +53,26 @@ def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk)
             out["p@r2"] = precision_within_radius(dist, rel, 2)
             out["hamming_pr_curve"] = hamming_pr_curve(dist, rel, bits)
     if inst_rel is not None and rk:
-        rec = recall_at_k(scores, inst_rel, rk)
-        for k, v in rec.items():
-            out[f"r@{k}"] = 100.0 * v
+        first = first_hit_rank(scores, inst_rel, max(rk))
+        for k in rk:
+            hit = first < k
+            out[f"r@{k}"] = 100.0 * float(hit.mean())
+            each[f"r@{k}"] = hit.astype(int).tolist()
+    if per_query:
+        out["per_query"] = each
     return out
 
 
 def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedDataset | None = None,
              *, map_k: tuple[int, ...] = (), pk: tuple[int, ...] = DEFAULT_PK,
-             rk: tuple[int, ...] = DEFAULT_RK) -> dict[str, Any]:
+             rk: tuple[int, ...] = DEFAULT_RK, per_query: bool = False) -> dict[str, Any]:
     """Both directions of retrieval. Without ``database`` the queries' own other modality is
     searched (classic protocol, Recall@K included); with it, the database (hashing protocol).
 
     Returns ``{"i2t": {...}, "t2i": {...}, "encode_seconds": s}``; mAP and P@k need labels,
-    Recall@K (in percent) and ``mR`` need the classic protocol.
+    Recall@K (in percent) and ``mR`` need the classic protocol. ``per_query`` adds each
+    direction's ``per_query`` dict: every query's AP (``"ap"``) and Recall@K hit (0/1,
+    ``"r@K"``), in query order, for paired significance tests (:mod:`.significance`).
     """
     same = database is None
     db = queries if same else database
@@ -93,7 +103,7 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
             t2i = queries.text_to_image
             inst = (np.arange(queries.n_images)[:, None] == t2i[None, :]) if direction == "i2t" \
                 else (t2i[:, None] == np.arange(queries.n_images)[None, :])
-        res[direction] = _direction(method, scores, dist, rel, graded, inst, bits, map_k, pk, rk)
+        res[direction] = _direction(method, scores, dist, rel, graded, inst, bits, map_k, pk, rk, per_query)
     if same and rk:
         rs = [res[d][f"r@{k}"] for d in ("i2t", "t2i") for k in rk]
         res["mR"] = float(np.mean(rs))

@@ -88,18 +88,27 @@ def precision_at_k(scores=None, relevant=None, k: int = 10, *, distances=None) -
     return float(total / len(S))
 
 
-def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None) -> dict[int, float]:
-    """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
-    its top K (image->text retrieval: any of the image's captions)."""
+def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distances=None) -> np.ndarray:
+    """Per query, the 0-based rank of its first relevant item within the top ``k`` (the whole
+    ranking when None), ``inf`` when there is none: query q counts for Recall@K iff rank < K."""
     S = _as_scores(scores, distances)
     R = np.asarray(relevant, dtype=bool)
-    kmax = min(max(ks), S.shape[1])
+    if S.shape != R.shape:
+        raise ValueError(f"scores {S.shape} and relevance {R.shape} differ in shape")
+    kmax = S.shape[1] if k is None else min(k, S.shape[1])
     first_hit = np.full(len(S), np.inf)
     for sl in _chunks(len(S)):
         order = _order(S[sl], kmax)
         rel = np.take_along_axis(R[sl], order, axis=1)
         has = rel.any(axis=1)
         first_hit[sl] = np.where(has, rel.argmax(axis=1), np.inf)
+    return first_hit
+
+
+def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None) -> dict[int, float]:
+    """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
+    its top K (image->text retrieval: any of the image's captions)."""
+    first_hit = first_hit_rank(scores, relevant, max(ks), distances=distances)
     return {k: float((first_hit < k).mean()) for k in ks}
 
 

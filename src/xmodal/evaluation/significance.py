@@ -1,0 +1,85 @@
+"""Is method A really better than method B on this test set? Paired randomisation tests on
+per-query scores (``evaluate(..., per_query=True)``, ``xmodal bench --per-query``).
+
+The test is Fisher's paired sign-flip randomisation test, which Smucker, Allan & Carterette
+("A comparison of statistical significance tests for information retrieval evaluation",
+CIKM 2007) recommend for retrieval metrics: under the null hypothesis each query's pair of
+scores is exchangeable, so the observed difference is compared with the differences obtained
+by swapping A and B on random subsets of queries (``scipy.stats.permutation_test``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.dataset import DataError
+
+RK = (1, 5, 10)
+
+
+def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Sequence[float] | None = None,
+                            n_resamples: int = 9999, seed: int = 0) -> dict[str, float]:
+    """Two-sided paired randomisation test of ``sum(w * (a - b))`` (``w`` = 1/n by default,
+    i.e. the difference of the means). Returns ``difference`` and ``p_value``."""
+    from scipy.stats import permutation_test
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need two equally long per-query score lists (>= 2 queries), got {a.shape} and {b.shape}")
+    w = np.full(len(a), 1.0 / len(a)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != a.shape:
+        raise ValueError(f"weights {w.shape} do not match the scores {a.shape}")
+    res = permutation_test((w * a, w * b), lambda x, y, axis: np.sum(x - y, axis=axis),
+                           permutation_type="samples", vectorized=True, n_resamples=n_resamples,
+                           alternative="two-sided", random_state=seed)
+    return {"difference": float(np.sum(w * (a - b))), "p_value": float(res.pvalue)}
+
+
+def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
+    values = rec.get(direction, {}).get("per_query", {}).get(key)
+    if values is None:
+        raise DataError(f"record {rec.get('method')!r}: no per-query {key!r} scores for {direction}; "
+                        "re-run the benchmark with per-query scores (xmodal bench --per-query)")
+    return np.asarray(values, dtype=np.float64)
+
+
+def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: int = 9999,
+                    seed: int = 0) -> dict[str, Any]:
+    """Paired test of two benchmark records scored on the same queries: ``{"metric": m, part:
+    {"a", "b", "difference", "p_value", "n_queries"}}`` with parts ``i2t`` and ``t2i``, or
+    ``both`` for mR.
+
+    ``metric``: ``"map"`` (per-query AP) or ``"r@K"``, tested per direction, or ``"mR"``, the
+    mean of the six Recall@1/5/10 figures, tested jointly over both directions' queries (each
+    query weighted by its share of mR). Scores are in the table's units (MAP as a fraction,
+    recall in percent). A record summarised over seeds carries per-query means over its seeds.
+    """
+    if metric == "mR":
+        parts = []
+        for d in ("i2t", "t2i"):
+            ha = np.mean([_per_query(rec_a, d, f"r@{k}") for k in RK], axis=0)
+            hb = np.mean([_per_query(rec_b, d, f"r@{k}") for k in RK], axis=0)
+            _same_queries(ha, hb, d)
+            parts.append((ha, hb, np.full(len(ha), 100.0 / (2 * len(ha)))))
+        a, b, w = (np.concatenate(x) for x in zip(*parts))
+        return {"metric": "mR", "both": {"a": float(np.sum(w * a)), "b": float(np.sum(w * b)),
+                                         **paired_permutation_test(a, b, w, n_resamples, seed),
+                                         "n_queries": len(a)}}
+    if metric != "map" and not (metric.startswith("r@") and metric[2:].isdigit()):
+        raise ValueError(f"metric {metric!r}: expected map, mR or r@K")
+    key, scale = ("ap", 1.0) if metric == "map" else (metric, 100.0)
+    out: dict[str, Any] = {"metric": metric}
+    for d in ("i2t", "t2i"):
+        a, b = scale * _per_query(rec_a, d, key), scale * _per_query(rec_b, d, key)
+        _same_queries(a, b, d)
+        out[d] = {"a": float(a.mean()), "b": float(b.mean()),
+                  **paired_permutation_test(a, b, None, n_resamples, seed), "n_queries": len(a)}
+    return out
+
+
+def _same_queries(a: np.ndarray, b: np.ndarray, direction: str) -> None:
+    if a.shape != b.shape:
+        raise DataError(f"{direction}: the records hold {len(a)} and {len(b)} queries; "
+                        "a paired test needs both methods scored on the same queries")
