@@ -20,8 +20,9 @@ def test_paired_permutation_test_separates_real_differences_from_none():
     assert same["difference"] == 0 and same["p_value"] == 1.0
     better = paired_permutation_test(b + 0.1 + 0.05 * rng.standard_normal(200), b, n_resamples=999)
     assert better["difference"] == pytest.approx(0.1, abs=0.02) and better["p_value"] < 0.01
+    assert 0.08 < better["ci_low"] < better["difference"] < better["ci_high"] < 0.12
     noise = paired_permutation_test(b + 0.3 * rng.standard_normal(200), b, n_resamples=999)
-    assert noise["p_value"] > 0.05
+    assert noise["p_value"] > 0.05 and noise["ci_low"] < 0 < noise["ci_high"]
     swapped = paired_permutation_test(b, b + 0.1 + 0.05 * rng.standard_normal(200), n_resamples=999)
     assert swapped["difference"] < 0 and swapped["p_value"] < 0.01
     w = np.r_[np.full(100, 0.25 / 100), np.full(100, 0.75 / 100)]
@@ -72,8 +73,9 @@ def test_cli_compare(wikipedia, tmp_path):
     assert out["metric"] == "map" and out["a"] == "scm"
     for d in ("i2t", "t2i"):  # SCM's published gain over CCA on these features is real
         assert out[d]["difference"] > 0.02 and out[d]["p_value"] < 0.01 and out[d]["n_queries"] == 693
+        assert 0 < out[d]["ci_low"] < out[d]["difference"] < out[d]["ci_high"]
     res = runner.invoke(app, ["compare", str(log), "scm", "cca", "--metric", "mR", "--resamples", "99"])
-    assert res.exit_code == 0 and "both" in res.output and "p = " in res.output
+    assert res.exit_code == 0 and "both" in res.output and "p = " in res.output and "95% CI [" in res.output
     res = runner.invoke(app, ["compare", str(log), "scm", "nope"])
     assert res.exit_code == 2 and "no record for method 'nope'" in res.output
     plain = tmp_path / "plain.jsonl"

@@ -156,4 +156,4 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{chosen}: {method_a} (A) vs {method_b} (B), paired randomisation test, {resamples} resamples")
         for d, r in ((d, res[d]) for d in ("i2t", "t2i", "both") if d in res):
             typer.echo(f"  {d:5s} A {r['a']:.{digits}f}  B {r['b']:.{digits}f}  A-B {r['difference']:+.{digits}f}  "
-                       f"p = {r['p_value']:.4f}")
+                       f"95% CI [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]  p = {r['p_value']:.4f}")

@@ -20,10 +20,11 @@ RK = (1, 5, 10)
 
 
 def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Sequence[float] | None = None,
-                            n_resamples: int = 9999, seed: int = 0) -> dict[str, float]:
+                            n_resamples: int = 9999, seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
     """Two-sided paired randomisation test of ``sum(w * (a - b))`` (``w`` = 1/n by default,
-    i.e. the difference of the means). Returns ``difference`` and ``p_value``."""
-    from scipy.stats import permutation_test
+    i.e. the difference of the means). Returns ``difference``, ``p_value`` and a percentile
+    bootstrap ``confidence`` interval of the difference over queries (``ci_low``, ``ci_high``)."""
+    from scipy.stats import bootstrap, permutation_test
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
@@ -34,7 +35,11 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Seq
     res = permutation_test((w * a, w * b), lambda x, y, axis: np.sum(x - y, axis=axis),
                            permutation_type="samples", vectorized=True, n_resamples=n_resamples,
                            alternative="two-sided", random_state=seed)
-    return {"difference": float(np.sum(w * (a - b))), "p_value": float(res.pvalue)}
+    # resampled queries keep their weights: the sum stays an unbiased estimate of the difference
+    ci = bootstrap((w * (a - b),), lambda d, axis: np.sum(d, axis=axis), n_resamples=n_resamples,
+                   confidence_level=confidence, method="percentile", random_state=seed).confidence_interval
+    return {"difference": float(np.sum(w * (a - b))), "p_value": float(res.pvalue),
+            "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
 def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
@@ -48,7 +53,7 @@ def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
 def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: int = 9999,
                     seed: int = 0) -> dict[str, Any]:
     """Paired test of two benchmark records scored on the same queries: ``{"metric": m, part:
-    {"a", "b", "difference", "p_value", "n_queries"}}`` with parts ``i2t`` and ``t2i``, or
+    {"a", "b", "difference", "p_value", "ci_low", "ci_high", "n_queries"}}`` with parts ``i2t`` and ``t2i``, or
     ``both`` for mR.
 
     ``metric``: ``"map"`` (per-query AP) or ``"r@K"``, tested per direction, or ``"mR"``, the
