@@ -93,7 +93,7 @@ def test_cli_compare_hashing_records_by_bit_length(wikipedia, tmp_path):
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh,cca_itq", "--bits", "16,32",
                               "--per-query", "--quiet", "--data-dir", str(DATA), "--resume", str(log)])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["compare", str(log), "cca_itq", "lsh", "--bits", "32", "--resamples", "199", "--json"])
+    res = runner.invoke(app, ["compare", str(log), "cca_itq", "lsh", "--bits", "32", "--resamples", "999", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["i2t"]["p_value"] < 0.01 and out["t2i"]["ci_low"] > 0.05  # CCA-ITQ is far above chance
