@@ -40,7 +40,8 @@ def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk,
     if rel is not None:
         ap = average_precision(scores, rel)
         out["map"] = float(ap.mean())
-        each["ap"] = ap.tolist()
+        if per_query:
+            each["ap"] = ap.tolist()
         for k in map_k:
             if k < scores.shape[1]:
                 out[f"map@{k}"] = float(average_precision(scores, rel, k).mean())
@@ -57,7 +58,8 @@ def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk,
         for k in rk:
             hit = first < k
             out[f"r@{k}"] = 100.0 * float(hit.mean())
-            each[f"r@{k}"] = hit.astype(int).tolist()
+            if per_query:
+                each[f"r@{k}"] = hit.astype(int).tolist()
     if per_query:
         out["per_query"] = each
     return out
