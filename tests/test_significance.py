@@ -84,6 +84,10 @@ def test_cli_compare(wikipedia, tmp_path):
                              for line in log.read_text().splitlines()))
     res = runner.invoke(app, ["compare", str(plain), "scm", "cca"])
     assert res.exit_code == 2 and "--per-query" in res.output
+    torn = tmp_path / "torn.json"
+    torn.write_text("[{")
+    res = runner.invoke(app, ["compare", str(torn), "scm", "cca"])
+    assert res.exit_code == 2 and f"{torn}: not a records file" in res.output
     res = runner.invoke(app, ["compare", str(tmp_path / "missing.jsonl"), "scm", "cca"])
     assert res.exit_code == 2 and "no such records file" in res.output
 

@@ -134,7 +134,10 @@ def register(app: typer.Typer) -> None:
             if not path.exists():
                 raise DataError(f"{path}: no such records file")
             text = path.read_text().lstrip()
-            recs = json.loads(text) if text.startswith("[") else read_jsonl(path)
+            try:
+                recs = json.loads(text) if text.startswith("[") else read_jsonl(path)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: not a records file of xmodal bench ({exc})") from None
             recs = summarize_seeds([r for r in recs if bits is None or r.get("bits") == bits])
             picked = []
             for name in (method_a, method_b):
@@ -146,7 +149,7 @@ def register(app: typer.Typer) -> None:
                 picked.append(mine[0])
             chosen = metric or ("map" if all("map" in r["i2t"] for r in picked) else "mR")
             res = compare_records(picked[0], picked[1], chosen, n_resamples=resamples, seed=seed)
-        except (DataError, ValueError, json.JSONDecodeError) as exc:
+        except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         if as_json:
