@@ -15,8 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.dataset import DataError
-
-RK = (1, 5, 10)
+from .protocol import DEFAULT_RK
 
 
 def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Sequence[float] | None = None,
@@ -53,8 +52,8 @@ def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
 def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: int = 9999,
                     seed: int = 0) -> dict[str, Any]:
     """Paired test of two benchmark records scored on the same queries: ``{"metric": m, part:
-    {"a", "b", "difference", "p_value", "ci_low", "ci_high", "n_queries"}}`` with parts ``i2t`` and ``t2i``, or
-    ``both`` for mR.
+    {"a", "b", "difference", "p_value", "ci_low", "ci_high", "n_queries"}}`` with parts
+    ``i2t`` and ``t2i``, or ``both`` for mR.
 
     ``metric``: ``"map"`` (per-query AP) or ``"r@K"``, tested per direction, or ``"mR"``, the
     mean of the six Recall@1/5/10 figures, tested jointly over both directions' queries (each
@@ -64,8 +63,8 @@ def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: 
     if metric == "mR":
         parts = []
         for d in ("i2t", "t2i"):
-            ha = np.mean([_per_query(rec_a, d, f"r@{k}") for k in RK], axis=0)
-            hb = np.mean([_per_query(rec_b, d, f"r@{k}") for k in RK], axis=0)
+            ha = np.mean([_per_query(rec_a, d, f"r@{k}") for k in DEFAULT_RK], axis=0)
+            hb = np.mean([_per_query(rec_b, d, f"r@{k}") for k in DEFAULT_RK], axis=0)
             _same_queries(ha, hb, d)
             parts.append((ha, hb, np.full(len(ha), 100.0 / (2 * len(ha)))))
         a, b, w = (np.concatenate(x) for x in zip(*parts))
