@@ -11,10 +11,23 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Cross-modal retrieval: benchmark methods, encode data, index and search.")
 
 
-
 @app.callback()
-def _root() -> None:
+def _root(device: str = typer.Option(
+        None, "--device", metavar="DEVICE",
+        help="Where encoders and deep methods run: cpu, cuda, cuda:N, mps or auto "
+             "(default: $XMODAL_DEVICE, else cpu).")) -> None:
     """Cross-modal retrieval: benchmark methods, encode data, index and search."""
+    import os
+
+    from ..device import ENV, DeviceError, get_device, set_device
+
+    set_device(None)  # this command's own setting, not one left by an earlier in-process call
+    if device is None and not os.environ.get(ENV, "").strip():
+        return  # cpu: nothing to check, and torch stays unimported for quick commands
+    try:  # a device this machine lacks fails here, not after an hour of work
+        set_device(device) if device is not None else get_device()
+    except DeviceError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device" if device else f"${ENV}") from None
 
 
 COMMAND_MODULES = ("bench", "encode", "collection", "info")

@@ -74,6 +74,11 @@ class MiniLM(TextEncoder):
 
     @property
     def model(self):
+        from ..device import get_device
+
+        device = get_device()
+        if self._model is not None and self._model.device != device:
+            self._model.to(device)
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -85,7 +90,7 @@ class MiniLM(TextEncoder):
                 hf_logging.disable_progress_bar()
             except ImportError:
                 pass
-            self._model = SentenceTransformer(_minilm_dir(), device="cpu")
+            self._model = SentenceTransformer(_minilm_dir(), device=str(device))
         return self._model
 
     def _compute(self, items, batch_size, bar) -> Iterator:

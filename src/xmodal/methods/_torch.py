@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.dataset import PairedDataset
+from ..device import get_device
 from .base import CrossModalMethod, interval, one_of
 
 
@@ -91,10 +92,22 @@ class TorchMethod(CrossModalMethod):
     def _refresh(self) -> None:
         """Called before each validation and once after training (module in eval mode)."""
 
+    @property
+    def _device(self) -> torch.device:
+        """Where the module and the training tensors live (:mod:`xmodal.device`)."""
+        dev = self.__dict__.get("_dev")
+        return dev if dev is not None else get_device()
+
+    def _tensor(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An array (or CPU tensor) on the training device."""
+        t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+        return t.to(self._device)
+
     # -------------------------------------------------------------- training
     def _fit(self, X, Y, L, *, train: PairedDataset, val: PairedDataset | None) -> None:
         gen = seed_everything(self.random_state)
         torch.set_num_threads(default_threads())
+        self._dev = get_device()
         self.n_labels_ = 0 if L is None else int(L.shape[1])
         val_arrays = self._validation_arrays(train, val)
         rows = np.arange(len(X))
@@ -104,10 +117,10 @@ class TorchMethod(CrossModalMethod):
             X, Y, L = X[keep], Y[keep], None if L is None else L[keep]
             rows = rows[keep]
         self._rows, self._train = rows, train
-        self._image = torch.from_numpy(np.asarray(train.text_to_image)[rows])
-        self.module_ = self._build(X.shape[1], Y.shape[1], self.n_labels_)
-        self._X, self._Y = torch.from_numpy(X), torch.from_numpy(Y)
-        self._L = None if L is None else torch.from_numpy(L)
+        self._image = self._tensor(np.asarray(train.text_to_image)[rows])
+        self.module_ = self._build(X.shape[1], Y.shape[1], self.n_labels_).to(self._dev)
+        self._X, self._Y = self._tensor(X), self._tensor(Y)
+        self._L = None if L is None else self._tensor(L)
         self._setup(X, Y, L)
         opt = torch.optim.Adam(self._parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(X)
@@ -126,6 +139,7 @@ class TorchMethod(CrossModalMethod):
             for idx in self._batches(n, gen):
                 if len(idx) < 2:
                     continue
+                idx = idx.to(self._dev)  # the sampler draws on the CPU: same batches everywhere
                 batch = {"x": self._X[idx], "y": self._Y[idx], "index": idx, "image": self._image[idx],
                          "labels": None if self._L is None else self._L[idx]}
                 loss = self._loss(batch)
@@ -201,7 +215,7 @@ class TorchMethod(CrossModalMethod):
     @torch.inference_mode()
     def _run(self, fn, Z: np.ndarray, batch: int = 4096) -> np.ndarray:
         self.module_.eval()
-        out = [fn(torch.from_numpy(np.ascontiguousarray(Z[s:s + batch], dtype=np.float32))).numpy()
+        out = [fn(self._tensor(np.asarray(Z[s:s + batch], dtype=np.float32))).cpu().numpy()
                for s in range(0, len(Z), batch)]
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -225,7 +239,8 @@ class TorchMethod(CrossModalMethod):
         super()._set_state({k: v for k, v in state.items() if not k.startswith("module__")})
         self.module_ = self._build(int(self.image_dim_), int(self.text_dim_), int(self.n_labels_))
         self.module_.load_state_dict(weights)
-        self.module_.eval()
+        self._dev = get_device()  # trained anywhere, runs on this process's device
+        self.module_.to(self._dev).eval()
 
 
 def mlp(dims: list[int], dropout: float = 0.0, final_activation: bool = False,

@@ -161,13 +161,13 @@ class DeepMethod(TorchMethod):
         has them."""
         _, cap = np.unique(Y, axis=0, return_inverse=True)
         cap = cap.ravel()
-        image = self._image.numpy()
+        image = self._image.cpu().numpy()
         if len(np.unique(cap)) == len(cap):
             self._cap = None  # no repeats: the image mask says it all
             return
         owns = torch.zeros(int(image.max()) + 1, int(cap.max()) + 1, dtype=torch.bool)
         owns[torch.from_numpy(image), torch.from_numpy(cap)] = True
-        self._cap, self._owns = torch.from_numpy(cap), owns
+        self._cap, self._owns = self._tensor(cap), self._tensor(owns)
 
     def _loss(self, batch) -> torch.Tensor:
         if getattr(self, "_cap", None) is not None:

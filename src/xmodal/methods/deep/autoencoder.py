@@ -91,14 +91,14 @@ class CorrAE(DeepMethod):
         X = self._check_input(X, self.image_dim_, "images")
         Y = self._check_input(Y, self.text_dim_, "texts")
         m = self.module_.eval()
-        cx = m.enc_x(m.image_norm(torch.from_numpy(X)))
-        cy = m.enc_y(m.text_norm(torch.from_numpy(Y)))
+        cx = m.enc_x(m.image_norm(self._tensor(X)))
+        cy = m.enc_y(m.text_norm(self._tensor(Y)))
         if self.variant == "cross":
             xr, yr = m.dec_yx(cy), m.dec_xy(cx)
         else:
             xr, yr = m.dec_xx(cx), m.dec_yy(cy)
-        return ((xr * m.image_norm.std + m.image_norm.mean).numpy(),
-                (yr * m.text_norm.std + m.text_norm.mean).numpy())
+        return ((xr * m.image_norm.std + m.image_norm.mean).cpu().numpy(),
+                (yr * m.text_norm.std + m.text_norm.mean).cpu().numpy())
 
     def reconstruction_error(self, X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
         """Mean squared error of the reconstructions (original and standardised units)."""

@@ -22,8 +22,8 @@ def cca_correlation(H1: torch.Tensor, H2: torch.Tensor, k: int, r1: float = 1e-3
     m = H1.shape[0]
     H1 = H1 - H1.mean(0, keepdim=True)
     H2 = H2 - H2.mean(0, keepdim=True)
-    S11 = H1.T @ H1 / (m - 1) + r1 * torch.eye(H1.shape[1], dtype=H1.dtype)
-    S22 = H2.T @ H2 / (m - 1) + r2 * torch.eye(H2.shape[1], dtype=H2.dtype)
+    S11 = H1.T @ H1 / (m - 1) + r1 * torch.eye(H1.shape[1], dtype=H1.dtype, device=H1.device)
+    S22 = H2.T @ H2 / (m - 1) + r2 * torch.eye(H2.shape[1], dtype=H2.dtype, device=H2.device)
     S12 = H1.T @ H2 / (m - 1)
 
     def inv_sqrt(S):
@@ -33,7 +33,7 @@ def cca_correlation(H1: torch.Tensor, H2: torch.Tensor, k: int, r1: float = 1e-3
 
     T = inv_sqrt(S11) @ S12 @ inv_sqrt(S22)
     # eigenvalues of T'T are the squared correlations; +eps keeps sqrt's gradient finite
-    ev = torch.linalg.eigvalsh(T.T @ T + eps * torch.eye(T.shape[1], dtype=T.dtype))
+    ev = torch.linalg.eigvalsh(T.T @ T + eps * torch.eye(T.shape[1], dtype=T.dtype, device=T.device))
     return ev.clamp(min=eps).sqrt().topk(min(k, ev.numel())).values.sum()
 
 
@@ -89,8 +89,8 @@ class _DCCABase(DeepMethod):
         """Linear CCA on the network outputs of the whole training set (the last stage of DCCA)."""
         m = self.module_
         m.eval()
-        Hx = m.f(m.image_norm(self._X)).double().numpy()
-        Hy = m.g(m.text_norm(self._Y)).double().numpy()
+        Hx = m.f(m.image_norm(self._X)).double().cpu().numpy()
+        Hy = m.g(m.text_norm(self._Y)).double().cpu().numpy()
         mx, my = Hx.mean(0), Hy.mean(0)
         Hx, Hy = Hx - mx, Hy - my
         n = len(Hx) - 1
@@ -157,10 +157,10 @@ class DCCAE(_DCCABase):
         X = self._check_input(X, self.image_dim_, "images")
         Y = self._check_input(Y, self.text_dim_, "texts")
         m = self.module_.eval()
-        xs, ys = m.image_norm(torch.from_numpy(X)), m.text_norm(torch.from_numpy(Y))
+        xs, ys = m.image_norm(self._tensor(X)), m.text_norm(self._tensor(Y))
         Xr = m.p(m.f(xs)) * m.image_norm.std + m.image_norm.mean
         Yr = m.q(m.g(ys)) * m.text_norm.std + m.text_norm.mean
-        return Xr.numpy(), Yr.numpy()
+        return Xr.cpu().numpy(), Yr.cpu().numpy()
 
     def reconstruction_error(self, X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
         """Mean squared error of the reconstructions (original units and standardised units)."""
@@ -172,7 +172,7 @@ def _recon_report(method, X: np.ndarray, Y: np.ndarray) -> dict[str, float]:
     X = np.asarray(X, np.float32)
     Y = np.asarray(Y, np.float32)
     m = method.module_
-    sx, sy = m.image_norm.std.numpy(), m.text_norm.std.numpy()
+    sx, sy = m.image_norm.std.cpu().numpy(), m.text_norm.std.cpu().numpy()
     return {"image_mse": float(((Xr - X) ** 2).mean()), "text_mse": float(((Yr - Y) ** 2).mean()),
             "image_mse_std": float((((Xr - X) / sx) ** 2).mean()),
             "text_mse_std": float((((Yr - Y) / sy) ** 2).mean())}

@@ -79,15 +79,15 @@ class GraphReg(DeepMethod):
 
     def _setup(self, X, Y, L) -> None:
         super()._setup(X, Y, L)
-        image = self._image.numpy()
+        image = self._image.cpu().numpy()
         uniq, first = np.unique(image, return_index=True)
         # image kNN over distinct images; texts over all training captions
         img_knn = knn_matrix(X[first], self.k)
         pos = np.full(int(image.max()) + 1, -1)
         pos[uniq] = np.arange(len(uniq))
-        self._img_node = torch.from_numpy(pos[image])  # row -> distinct-image node
-        self._img_knn = img_knn
-        self._txt_knn = knn_matrix(Y, self.k)
+        self._img_node = self._tensor(pos[image])  # row -> distinct-image node
+        self._img_knn = self._tensor(img_knn)
+        self._txt_knn = self._tensor(knn_matrix(Y, self.k))
 
     def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
@@ -105,7 +105,7 @@ class GraphReg(DeepMethod):
         W.fill_diagonal_(0)
         Z = torch.cat([u, v])
         scale = m.logit_scale.clamp(max=math.log(100.0)).exp()
-        logits = (scale * Z @ Z.T).masked_fill(torch.eye(2 * B, dtype=torch.bool), -1e9)
+        logits = (scale * Z @ Z.T).masked_fill(torch.eye(2 * B, dtype=torch.bool, device=Z.device), -1e9)
         tgt = W / W.sum(1, keepdim=True).clamp(min=1e-12)
         loss = -(tgt * F.log_softmax(logits, dim=1)).sum(1).mean()
         if batch["labels"] is not None and self.cls_weight > 0:

@@ -126,7 +126,7 @@ class VSEPP(DeepMethod):
         if self.text_model == "gru":
             texts = [self._train.texts[i] for i in self._rows]
             ids, lengths = to_ids(texts, self.vocab_)
-            self._ids, self._lengths = torch.from_numpy(ids), torch.from_numpy(lengths)
+            self._ids, self._lengths = self._tensor(ids), self._tensor(lengths)
         self._epoch = 0
 
     def _on_epoch_start(self, epoch: int) -> None:
@@ -161,8 +161,9 @@ class VSEPP(DeepMethod):
         self.module_.eval()
         with torch.inference_mode():
             for s in range(0, len(ids), 1024):
-                l = torch.from_numpy(lengths[s:s + 1024])
-                out.append(self.module_.encode_tokens(torch.from_numpy(ids[s:s + 1024, :int(l.max())]), l).numpy())
+                l = self._tensor(lengths[s:s + 1024])
+                z = self.module_.encode_tokens(self._tensor(ids[s:s + 1024, :int(l.max())]), l)
+                out.append(z.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_texts(self, Y: Any) -> np.ndarray:

@@ -149,7 +149,7 @@ class ACMR(_SupervisedBase):
         hn_t = (S - big * same).max(0).values
         l_imi = (self.margin - hp_i + hn_i).clamp(min=0).mean() + (self.margin - hp_t + hn_t).clamp(min=0).mean()
         codes = torch.cat([un, vn])
-        modality = torch.cat([torch.zeros(len(u)), torch.ones(len(v))]).long()
+        modality = torch.cat([u.new_zeros(len(u)), u.new_ones(len(v))]).long()
         l_adv = F.cross_entropy(m.discriminator(grad_reverse(codes, self.adv_weight)), modality)
         return self.alpha * l_imi + self.beta * l_imd + l_adv + self._instance(u, v, batch)
 

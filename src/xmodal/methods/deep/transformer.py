@@ -59,7 +59,7 @@ class _TERANModule(nn.Module):
 
     def words(self, W: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         T = W.shape[1]
-        pad = torch.arange(T)[None, :] >= lengths[:, None]
+        pad = torch.arange(T, device=W.device)[None, :] >= lengths[:, None]
         out = self.word_enc(self.word_in(W) + self.word_pos[:T], src_key_padding_mask=pad)
         return l2n(out).masked_fill(pad[..., None], 0.0)
 
@@ -69,7 +69,7 @@ def alignment(Rq: torch.Tensor, Wd: torch.Tensor, lengths: torch.Tensor) -> torc
     for every word the best-matching region (max over regions), averaged over the caption's
     words. Rq: (n, R, d) regions, Wd: (m, T, d) words -> (n, m) scores."""
     A = torch.einsum("ird,jtd->ijtr", Rq, Wd).max(dim=3).values  # (n, m, T)
-    mask = (torch.arange(Wd.shape[1])[None, :] < lengths[:, None]).float()  # (m, T)
+    mask = (torch.arange(Wd.shape[1], device=Wd.device)[None, :] < lengths[:, None]).float()  # (m, T)
     return (A * mask[None]).sum(2) / lengths.clamp(min=1)[None].float()
 
 
@@ -140,10 +140,10 @@ class TERAN(DeepMethod):
     def _setup(self, X, Y, L) -> None:
         super()._setup(X, Y, L)
         if self.mode_ == "regions":
-            self._regions = torch.from_numpy(_features.image_regions(self._train.image_paths))
+            self._regions = self._tensor(_features.image_regions(self._train.image_paths))
             texts = [self._train.texts[i] for i in self._rows]
             tok, lengths = _features.text_tokens(texts)
-            self._tokens, self._lengths = torch.from_numpy(tok), torch.from_numpy(lengths)
+            self._tokens, self._lengths = self._tensor(tok), self._tensor(lengths)
 
     def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
@@ -184,7 +184,7 @@ class TERAN(DeepMethod):
         if self.mode_ != "regions":
             return g
         self.module_.eval()
-        out = [self.module_.regions(torch.from_numpy(R[s:s + 256].astype(np.float32))).flatten(1).numpy()
+        out = [self.module_.regions(self._tensor(R[s:s + 256].astype(np.float32))).flatten(1).cpu().numpy()
                for s in range(0, len(R), 256)]
         flag = np.full((len(g), 1), IMAGE_FULL, np.float32)
         return np.concatenate([flag, g, np.concatenate(out)], axis=1)
@@ -203,9 +203,9 @@ class TERAN(DeepMethod):
         self.module_.eval()
         out = []
         for s in range(0, len(tok), 512):
-            lt = torch.from_numpy(lengths[s:s + 512])
-            out.append(self.module_.words(torch.from_numpy(tok[s:s + 512].astype(np.float32)), lt)
-                       .flatten(1).numpy())
+            lt = self._tensor(lengths[s:s + 512])
+            out.append(self.module_.words(self._tensor(tok[s:s + 512].astype(np.float32)), lt)
+                       .flatten(1).cpu().numpy())
         flag = np.full((len(g), 1), TEXT_FULL, np.float32)
         return np.concatenate([flag, g, lengths[:, None].astype(np.float32), np.concatenate(out)], axis=1)
 
@@ -232,14 +232,14 @@ class TERAN(DeepMethod):
         k = min(self.shortlist, G.shape[1])
         top = np.argpartition(-G, k - 1, axis=1)[:, :k]
         out = G - 10.0  # everything outside the shortlist ranks below it
-        fq_t, fd_t = torch.from_numpy(fq), torch.from_numpy(fd)
+        fq_t, fd_t = self._tensor(fq), self._tensor(fd)
         for s in range(0, len(G), 64):
             rows = np.arange(s, min(s + 64, len(G)))
             for r in rows:
                 cand = top[r]
                 if kq == "image":
-                    a = alignment(fq_t[r:r + 1], fd_t[cand], torch.from_numpy(ld[cand]))[0]
+                    a = alignment(fq_t[r:r + 1], fd_t[cand], self._tensor(ld[cand]))[0]
                 else:
-                    a = alignment(fd_t[cand], fq_t[r:r + 1], torch.from_numpy(lq[r:r + 1]))[:, 0]
-                out[r, cand] = G[r, cand] + self.rerank_weight * a.numpy()
+                    a = alignment(fd_t[cand], fq_t[r:r + 1], self._tensor(lq[r:r + 1]))[:, 0]
+                out[r, cand] = G[r, cand] + self.rerank_weight * a.cpu().numpy()
         return out

@@ -97,8 +97,8 @@ class _DeepHashing(TorchMethod, HashingMethod):
         self.__dict__.pop("_val_db", None)
 
     def _store_training_codes(self, Bx: torch.Tensor, By: torch.Tensor) -> None:
-        self.train_image_codes_ = pack_codes(Bx.numpy())
-        self.train_text_codes_ = pack_codes(By.numpy())
+        self.train_image_codes_ = pack_codes(Bx.cpu().numpy())
+        self.train_text_codes_ = pack_codes(By.cpu().numpy())
 
 
 def _neg_log_likelihood(theta: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -155,8 +155,8 @@ class DCMH(_DeepHashing):
         self._standardize(X, Y)
         g = torch.Generator().manual_seed(self.random_state)
         n = len(X)
-        self._F = torch.randn(n, self.bits, generator=g)
-        self._G = torch.randn(n, self.bits, generator=g)
+        self._F = self._tensor(torch.randn(n, self.bits, generator=g))
+        self._G = self._tensor(torch.randn(n, self.bits, generator=g))
         self._B = torch.sign(self._F + self._G)
 
     def _on_epoch_start(self, epoch):
@@ -316,7 +316,7 @@ class SSAH(_DeepHashing):
         self._U, self._inverse, self._counts = U, inverse, counts
         self._Hl = self._Hu[inverse]
         n = len(Lt)
-        self._Hx, self._Hy = torch.zeros(n, self.bits), torch.zeros(n, self.bits)
+        self._Hx, self._Hy = self._Hl.new_zeros(n, self.bits), self._Hl.new_zeros(n, self.bits)
         self._B = torch.sign(self._Hl)
 
     def _on_epoch_start(self, epoch):
@@ -475,7 +475,7 @@ class JDSH(_ReconstructingHashing):
         g = torch.Generator().manual_seed(self.random_state + 1)
         vals = []
         for _ in range(10):
-            idx = torch.randperm(len(X), generator=g)[:self.batch_size]
+            idx = self._tensor(torch.randperm(len(X), generator=g)[:self.batch_size])
             vals.append(self._joint(self._X[idx], self._Y[idx]).flatten())
         v = torch.cat(vals)
         mean = v.mean()
@@ -557,7 +557,7 @@ class UCCH(_DeepHashing):
         self._gen = torch.Generator().manual_seed(self.random_state + 7)
         n = len(X)
         stdv = 1.0 / math.sqrt(self.bits / 3)
-        rnd = torch.rand(n, self.bits, generator=self._gen) * 2 * stdv - stdv
+        rnd = self._tensor(torch.rand(n, self.bits, generator=self._gen)) * 2 * stdv - stdv
         self._memory = F.normalize(torch.sign(rnd), dim=1)
         self._epoch = 0
 
@@ -585,11 +585,11 @@ class UCCH(_DeepHashing):
         # and the sampled negatives picked out: cheaper than gathering (m, k, bits) code copies
         if warm:  # in-batch: own mean code is the target, every other item's a negative
             codes = torch.sign((zi + zt) / 2)
-            target = torch.arange(m)
+            target = torch.arange(m, device=zi.device)
             contrast = F.cross_entropy(zi @ codes.T / T, target) + F.cross_entropy(zt @ codes.T / T, target)
         else:
             k = min(self.n_negatives, len(self._memory))
-            neg = torch.randint(len(self._memory), (m, k), generator=self._gen)
+            neg = self._tensor(torch.randint(len(self._memory), (m, k), generator=self._gen))
             cols = torch.cat([idx.view(-1, 1), neg], dim=1)
             codes = torch.sign(self._memory)
             out_i, out_t = (zi @ codes.T / T).gather(1, cols), (zt @ codes.T / T).gather(1, cols)
