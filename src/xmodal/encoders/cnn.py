@@ -114,7 +114,8 @@ class TorchImageEncoder(ImageEncoder):
 
         device = get_device()
         if self._model is None or self._device != device:
-            self._model = (self._model or self._build()).eval().to(device)
+            model = self._build() if self._model is None else self._model
+            self._model = model.eval().to(device)
             self._device = device
         return self._model
 
