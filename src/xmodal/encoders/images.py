@@ -110,9 +110,15 @@ def _collate(batch, stack: bool):
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
-    """Decode workers: none for a handful of items (process start-up would dominate)."""
+    """Decode workers: none for a handful of items (process start-up would dominate); half the
+    cores (at most 4) when the model shares the CPU with them; all but one (at most 16) when
+    the model runs on a GPU, where decoding is the bottleneck."""
     if n_items <= batch_size:
         return 0
+    from ..device import get_device
+
+    if get_device().type != "cpu":
+        return max(1, min(16, cpu_count() - 1))
     return max(1, min(4, cpu_count() // 2))
 
 
