@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
                                     "Hamming shortlists"),
         public_read: bool = typer.Option(True, help="new collection: searching needs no API key"),
         rebuild: bool = typer.Option(False, help="start the collection afresh (refit the method)"),
+        like: Optional[Path] = typer.Option(None, "--like", help="a new shard of this collection's "
+                                            "common space: its fitted method and encoders, no refit"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
         """Index images and captions into a collection (created and fitted on first use,
@@ -53,7 +55,7 @@ def register(app: typer.Typer) -> None:
         try:
             coll = build_collection(source, collection, method=method, image_encoder=image_encoder,
                                     text_encoder=text_encoder, index=index, rerank=rerank,
-                                    public_read=public_read, overwrite=rebuild, quiet=quiet)
+                                    public_read=public_read, overwrite=rebuild, quiet=quiet, like=like)
         except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         s = coll.stats()
@@ -63,7 +65,12 @@ def register(app: typer.Typer) -> None:
     @app.command("search")
     def search_cmd(
         query: Optional[str] = typer.Argument(None, help="a text query"),
-        collection: Path = COLLECTION_OPT,
+        collection: list[Path] = typer.Option([], "--collection", "-c",
+                                              help="collection directory (repeat: search shards as one)"),
+        shard: list[str] = typer.Option([], "--shard", help="URL of an `xmodal serve` shard of the same "
+                                        "common space (repeatable)"),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY",
+                                              help="API key for --shard servers"),
         image: Optional[Path] = typer.Option(None, "--image", help="an image file as the query"),
         item: Optional[int] = typer.Option(None, "--item", help="an item id as the query (more like this)"),
         k: int = typer.Option(10, "-k", min=1, max=10000, help="results"),
@@ -73,13 +80,30 @@ def register(app: typer.Typer) -> None:
         distinct: bool = typer.Option(False, help="show identical texts once"),
         as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
-        """Search a collection; one result per line: score, id, path or text."""
+        """Search a collection (or several shards as one); one result per line: score, id,
+        path or text (and the shard, with several)."""
         if sum(x is not None for x in (query, image, item)) != 1:
             _fail("give exactly one of: a text query, --image FILE, --item ID")
         if target not in (None, "image", "text"):
             _fail(f"--target must be image or text, got {target!r}")
-        coll = _open(collection)
+        if not collection and not shard:
+            _fail("give a collection (-c DIR) or a shard (--shard URL)")
+        sharded = len(collection) + len(shard) > 1 or bool(shard)
+        if sharded and item is not None:
+            _fail("--item needs a single collection: item ids are per shard")
+        if sharded:
+            from ..index import CollectionError
+            from ..index.shards import open_shards
+
+            try:
+                coll = open_shards(collection, shard, api_key=api_key)
+            except CollectionError as exc:
+                _fail(str(exc))
+        else:
+            coll = _open(collection[0])
         kw = dict(labels=label or None, exact=exact, distinct=distinct)
+        from ..index import CollectionError
+
         try:
             if query is not None:
                 hits = coll.search_text(query, k, target or "image", **kw)
@@ -91,14 +115,15 @@ def register(app: typer.Typer) -> None:
                 hits = coll.search_item(item, k, target, **kw)
         except KeyError as exc:
             _fail(str(exc.args[0]))
-        except ValueError as exc:
+        except (ValueError, CollectionError) as exc:
             _fail(str(exc))
         if as_json:
             typer.echo(json.dumps([h.to_dict() for h in hits], indent=1))
             return
         for h in hits:
             what = h.path if h.modality == "image" else (h.text or "").replace("\n", " ")
-            typer.echo(f"{h.score:.4f}\t{h.id}\t{what}")
+            where = f"{h.shard}\t" if h.shard is not None else ""
+            typer.echo(f"{h.score:.4f}\t{where}{h.id}\t{what}")
 
     @app.command("serve")
     def serve_cmd(
@@ -108,16 +133,25 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: float = typer.Option(20.0, help="largest accepted request body, MiB"),
         faiss_threads: int = typer.Option(1, help="OpenMP threads per FAISS search; 1 suits a server "
                                           "answering one query per request (requests run in parallel)"),
+        shard: list[str] = typer.Option([], "--shard", help="URL of another `xmodal serve` of the same "
+                                        "common space: searches cover it too (repeatable)"),
+        shard_api_key: Optional[str] = typer.Option(None, "--shard-api-key", envvar="XMODAL_SHARD_API_KEY",
+                                                    help="API key this server sends to --shard servers"),
     ) -> None:
         """Serve the HTTP API and the web page (http://HOST:PORT/, schema at /docs)."""
         import faiss
         import uvicorn
 
+        from ..index import CollectionError
         from ..service import create_app
 
         faiss.omp_set_num_threads(max(1, faiss_threads))
 
-        app_ = create_app(_open(collection), max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+        try:
+            app_ = create_app(_open(collection), max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                              shards=shard, shard_api_key=shard_api_key)
+        except CollectionError as exc:
+            _fail(str(exc))
         uvicorn.run(app_, host=host, port=port, log_level="info")
 
     keys = typer.Typer(no_args_is_help=True, help="API keys (roles read, write, admin) and access settings.")

@@ -107,28 +107,42 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
                      method_params: dict[str, Any] | None = None,
                      image_encoder: Any = DEFAULT_IMAGE_ENCODER, text_encoder: Any = DEFAULT_TEXT_ENCODER,
                      index: str = "Flat", rerank: bool = False, public_read: bool = True,
-                     overwrite: bool = False, quiet: bool = False, batch_size: int = 256) -> Collection:
+                     overwrite: bool = False, quiet: bool = False, batch_size: int = 256,
+                     like: str | Path | None = None) -> Collection:
     """Index ``source`` into the collection at ``collection_path`` and return it open.
 
     A new collection fits ``method`` (a registry name, a saved method file or a fitted
     method object) on the source's image/text pairs. An existing one adds what is new or
     changed, with the method and encoders it already has (unchanged files cost nothing).
+    ``like``: a new shard of that collection's common space, with its fitted method and
+    encoders (nothing is fitted; ``method``/encoder arguments are ignored), searchable
+    together with it (:mod:`xmodal.index.shards`).
     """
     progress = not quiet
     images, texts = scan_source(source)
     if Collection.exists(collection_path) and not overwrite:
         coll = Collection.open(collection_path)
+        if like is not None and coll.space != Collection.open(like).space:
+            raise CollectionError(f"{collection_path}: already exists with another common space "
+                                  f"than {like}; pass a new path (or --rebuild)")
         coll.add_items(images, texts, progress=progress, batch_size=batch_size)
         return coll
+    if like is not None:
+        base = Collection.open(like)
+        if base.method is None:
+            raise CollectionError(f"{like}: holds no fitted method to share (a vectors-only collection)")
+        method, image_encoder, text_encoder = base.method, base.encoder("image"), base.encoder("text")
+        rerank = rerank or bool(base.fdim)
     if isinstance(method, str) and not Path(method).suffix == ".zip":
         from ..methods import get
 
         kind = get(method).output  # an unknown method or index spec fails before any encoding
         VectorIndex(kind, 64, index)
     img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
-    if getattr(txt_enc, "needs_fit", False):
+    # a fitted encoder passed in (a shard's, say) keeps its state: refitting changes the space
+    if getattr(txt_enc, "needs_fit", False) and not getattr(txt_enc, "is_fitted", False):
         txt_enc.fit([t.text for t in texts], progress=progress)
-    if getattr(img_enc, "needs_fit", False):
+    if getattr(img_enc, "needs_fit", False) and not getattr(img_enc, "is_fitted", False):
         img_enc.fit([i.path for i in images], progress=progress)
     Fi, ok = encode_items(img_enc, [i.path for i in images], progress=progress)
     if not ok.all():

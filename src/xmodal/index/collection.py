@@ -23,6 +23,7 @@ import json
 import os
 import threading
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +71,14 @@ class Hit:
     text: str | None = None
     labels: list[str] = field(default_factory=list)
     pair_id: int | None = None
+    shard: str | None = None  # set by xmodal.index.shards: ids are unique within a shard only
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "modality": self.modality, "key": self.key,
-                "path": self.path, "text": self.text, "labels": list(self.labels), "pair_id": self.pair_id}
+        d = {"id": self.id, "score": self.score, "modality": self.modality, "key": self.key,
+             "path": self.path, "text": self.text, "labels": list(self.labels), "pair_id": self.pair_id}
+        if self.shard is not None:
+            d["shard"] = self.shard
+        return d
 
 
 @dataclass
@@ -137,6 +142,17 @@ def _encode_query(enc: Any, item: str) -> np.ndarray:
     if not np.asarray(ok).all():
         raise DataError(f"query {item}: the {enc.spec} encoder could not read it")
     return np.asarray(F, dtype=np.float32)
+
+
+def _digest_file(h: Any, path: Path) -> None:
+    """Feed a saved model file into hash ``h`` by content: a zip's members (names and bytes,
+    not the write times in its headers), so two saves of one model hash alike."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for name in sorted(zf.namelist()):
+                h.update(name.encode() + b"\0" + zf.read(name))
+    else:
+        h.update(path.read_bytes())
 
 
 def _class_path(obj: Any) -> str:
@@ -467,10 +483,27 @@ class Collection:
             return int(self.store.query("SELECT COUNT(*) FROM items")[0][0])
         return int(self.store.query("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,))[0][0])
 
+    @property
+    def space(self) -> str:
+        """Fingerprint of the common space: the fitted method's file, the encoders (spec, class
+        and fitted state) and the vector shape. Collections with the same fingerprint score
+        queries alike, so their results can be merged (:mod:`xmodal.index.shards`)."""
+        if getattr(self, "_space", None) is None:
+            h = hashlib.sha256(f"{self.kind}|{self.dim}|".encode())
+            method = self.meta.get("method")
+            if method:
+                _digest_file(h, self.path / method["file"])
+            for modality, rec in sorted(self.meta.get("encoders", {}).items()):
+                h.update(f"|{modality}|{rec.get('spec')}|{rec.get('class')}|".encode())
+                if rec.get("file"):
+                    _digest_file(h, self.path / "encoders" / rec["file"])
+            self._space = h.hexdigest()[:32]
+        return self._space
+
     def stats(self) -> dict[str, Any]:
         labels = [r[0] for r in self.store.query("SELECT DISTINCT label FROM item_labels ORDER BY label")]
         return {"path": str(self.path), "images": self.count("image"), "texts": self.count("text"),
-                "output": self.kind, "dim": self.dim, "index": self.index_spec,
+                "output": self.kind, "dim": self.dim, "index": self.index_spec, "space": self.space,
                 "rerank": bool(self.fdim), "method": (self.meta.get("method") or {}).get("name"),
                 "encoders": {m: r.get("spec") for m, r in self.meta.get("encoders", {}).items()},
                 "generation": self._gen, "public_read": self.public_read, "labels": labels}

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import Collection, Hit, ImageItem, TextItem, check_key
+from ..index.shards import RemoteShard, ShardedCollection
 from . import auth
 
 STATIC = Path(__file__).parent / "static"
@@ -234,8 +235,16 @@ def safe_key(key: str) -> str:
 
 # ------------------------------------------------------------------------- app
 def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_image_pixels: int = MAX_IMAGE_PIXELS) -> FastAPI:
+               max_image_pixels: int = MAX_IMAGE_PIXELS, shards: Sequence[str | RemoteShard] = (),
+               shard_api_key: str | None = None) -> FastAPI:
+    """The HTTP API and web page over ``collection``. ``shards``: URLs of other ``xmodal serve``
+    instances of the same common space; searches then cover them too (merged by score, each
+    remote hit tagged with its ``shard`` URL, a shard that fails left out and named in the
+    answer's ``failed_shards``). Items, uploads and keys stay this collection's own."""
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
+    remotes = [s if isinstance(s, RemoteShard) else RemoteShard(s, api_key=shard_api_key) for s in shards]
+    # checked now: a shard of another space (or down) stops the start, not a later search
+    sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
     metrics = Metrics()
     encode_lock = threading.Lock()  # one query through the encoders at a time
     app = FastAPI(title="xmodal search", version="1",
@@ -279,7 +288,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
     # --------------------------------------------------------------- results
     def hit_json(hits: list[Hit]) -> list[dict[str, Any]]:
-        img_ids = [h.id for h in hits if h.modality == "image"]
+        img_ids = [h.id for h in hits if h.modality == "image" and not h.shard]
         caps: dict[int, str] = {}
         if img_ids:
             marks = ",".join("?" * len(img_ids))
@@ -291,8 +300,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             d = h.to_dict()
             d["score"] = round(float(h.score), 6)
             thumb_of = h.id if h.modality == "image" else h.pair_id
-            d["thumbnail"] = f"/api/items/{thumb_of}/thumbnail" if thumb_of else None
-            d["caption"] = h.text if h.modality == "text" else caps.get(h.id)
+            base = h.shard or ""  # a remote shard's hit: its own server has the thumbnail
+            d["thumbnail"] = f"{base}/api/items/{thumb_of}/thumbnail" if thumb_of else None
+            d["caption"] = h.text if h.modality == "text" else (caps.get(h.id) if not h.shard else None)
             out.append(d)
         return out
 
@@ -323,16 +333,31 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 q = v
         target = req.target or ({"text": "image", "image": "text"}.get(query_modality or "", "image"))
         rerank = 4 if fq is not None else 0
+        failed: list = []
         try:
-            hits = coll.search_vector(q, target, req.k, labels=req.labels or None, exact=req.exact,
-                                      relevant=req.relevant, nonrelevant=req.nonrelevant, fq=fq,
-                                      rerank=rerank, exclude=exclude,
-                                      feedback=(req.alpha, req.beta, req.gamma), distinct=req.distinct)
+            if sharded is None:
+                hits = coll.search_vector(q, target, req.k, labels=req.labels or None, exact=req.exact,
+                                          relevant=req.relevant, nonrelevant=req.nonrelevant, fq=fq,
+                                          rerank=rerank, exclude=exclude,
+                                          feedback=(req.alpha, req.beta, req.gamma), distinct=req.distinct)
+            else:  # feedback ids are this collection's: applied here, then every shard searched
+                coll.refresh()
+                q2 = np.asarray(q).reshape(1, -1)
+                q2, fq = coll.rocchio(q2, req.relevant, req.nonrelevant, req.alpha, req.beta, req.gamma,
+                                      fq=fq)
+                found = sharded.search_vector(q2[0], target, req.k + len(exclude),
+                                              labels=req.labels or None, exact=req.exact,
+                                              distinct=req.distinct, fq=fq, on_error="skip")
+                hits = [h for h in found if not (h.shard is None and h.id in exclude)][:req.k]
+                failed = [{"shard": n, "error": e} for n, e in found.failed]
         except KeyError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"target": target, "k": req.k, "results": hit_json(hits)}
+        out = {"target": target, "k": req.k, "results": hit_json(hits)}
+        if sharded is not None:
+            out["failed_shards"] = failed
+        return out
 
     def encode_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         with encode_lock:
@@ -347,10 +372,16 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         fast and runs inline, sparing a thread hop per request."""
         if req.text and req.item_id is None and req.vector is None:
             q, fq = await run_in_threadpool(encode_text, req.text)
-            return run_search(req, q, fq, "text")
+            return await searched(req, q, fq, "text")
         if req.text:
             raise HTTPException(422, "give exactly one of text, item_id, vector (or upload an image)")
-        return run_search(req)
+        return await searched(req)
+
+    async def searched(req: SearchRequest, *args: Any) -> dict[str, Any]:
+        """Local searches inline; with shards in the thread pool (remote calls block)."""
+        if sharded is None:
+            return run_search(req, *args)
+        return await run_in_threadpool(run_search, req, *args)
 
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload_bytes + 1)
@@ -376,6 +407,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     def info(_: str = Depends(need("read"))) -> dict[str, Any]:
         s = coll.stats()
         s.pop("path", None)
+        if sharded is not None:
+            s["shards"] = [r.url for r in remotes]
         return s
 
     @app.get("/api/search")
@@ -413,7 +446,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
             p.write_bytes(data)
             q, fq = await run_in_threadpool(encode_image, p)
-        return run_search(req, q, fq, "image")
+        return await searched(req, q, fq, "image")
 
     @app.get("/api/items")
     def items(modality: Literal["image", "text"] | None = None, offset: int = Query(0, ge=0),

@@ -94,7 +94,7 @@ function render(results) {
     let pic;
     if (h.thumbnail) {
       pic = document.createElement("img");
-      pic.src = withKey(h.thumbnail);
+      pic.src = h.shard ? h.thumbnail : withKey(h.thumbnail);  // our key is not for other servers
       pic.alt = h.caption || h.key;
       pic.loading = "lazy";
     } else {
@@ -102,17 +102,25 @@ function render(results) {
       pic.className = "noimg";
       pic.textContent = "text";
     }
-    pic.title = "Search by this " + h.modality;
-    pic.addEventListener("click", () => byItem(h.id));
     const cap = document.createElement("div");
     cap.className = "caption";
     cap.textContent = h.caption || h.key;
-    cap.addEventListener("click", () => byItem(h.id));
     const meta = document.createElement("div");
     meta.className = "meta";
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = h.score.toFixed(3) + " · #" + h.id;
+    if (h.shard) {  // another server's item: its id means nothing here, so no "more like this"
+      score.textContent += " @ " + new URL(h.shard).host;
+      card.classList.add("remote");
+      meta.append(score);
+      card.append(pic, cap, meta);
+      grid.append(card);
+      continue;
+    }
+    pic.title = "Search by this " + h.modality;
+    pic.addEventListener("click", () => byItem(h.id));
+    cap.addEventListener("click", () => byItem(h.id));
     const up = document.createElement("button");
     up.className = "up"; up.textContent = "✓"; up.title = "relevant";
     up.addEventListener("click", () => mark(h.id, "rel"));

@@ -1,0 +1,212 @@
+"""Search several collections as one: shards on this machine or behind other ``xmodal serve``s.
+
+A collection grows past one machine by splitting its items into shards that share one common
+space: each shard is indexed with the same fitted method and encoders (``xmodal index SOURCE
+-c shard2.xmc --method shard1.xmc/method.zip``, same ``--image-encoder``/``--text-encoder``),
+which :attr:`Collection.space` fingerprints. A query is encoded once, sent to every shard as
+a common-space vector (local shards directly, remote ones through ``POST /api/search``, in
+parallel), and the per-shard top-k lists are merged by score. Every shard returns its own
+top k, so with exact (flat) indexes the merge is exactly the top k of the union.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .collection import Collection, CollectionError, Hit
+
+
+class RemoteShard:
+    """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+        parts = urllib.parse.urlparse(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CollectionError(f"shard {url!r}: expected an http(s)://host:port URL")
+        self.url = url.rstrip("/")
+        self.api_key, self.timeout = api_key, timeout
+        self._info: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"RemoteShard({self.url!r})"
+
+    def _call(self, path: str, body: dict | None = None) -> Any:
+        req = urllib.request.Request(self.url + path, method="GET" if body is None else "POST",
+                                     data=None if body is None else json.dumps(body).encode())
+        req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("X-API-Key", self.api_key)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:300]
+            raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
+
+    def stats(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self._call("/api/info")
+        return self._info
+
+    @property
+    def space(self) -> str | None:
+        return self.stats().get("space")
+
+    def search(self, body: dict[str, Any]) -> list[Hit]:
+        out = self._call("/api/search", body)
+        fields = Hit.__dataclass_fields__
+        return [Hit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
+
+
+class ShardHits(list):
+    """The merged hits, plus ``failed``: ``(shard name, error)`` of the shards skipped with
+    ``on_error="skip"`` (the answer then covers the other shards only)."""
+
+    def __init__(self, hits: Sequence[Hit] = (), failed: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(hits)
+        self.failed = list(failed)
+
+
+class ShardedCollection:
+    """Local :class:`Collection` objects and :class:`RemoteShard` servers searched as one.
+
+    Queries are encoded by the first local shard (its method and encoders); with only remote
+    shards, text queries are sent as text and each server encodes them. Results are
+    :class:`Hit` objects whose ``shard`` attribute names their shard (ids are per shard; a
+    shard named ``""`` leaves it None: the "home" collection of a routing server). A shard
+    that fails raises :class:`CollectionError`, or with ``on_error="skip"`` is left out and
+    named in the result's ``failed`` list.
+    """
+
+    def __init__(self, shards: Sequence[Collection | RemoteShard], names: Sequence[str] | None = None,
+                 max_workers: int = 8) -> None:
+        if not shards:
+            raise CollectionError("ShardedCollection: no shards given")
+        self.shards = list(shards)
+        self.names = list(names) if names is not None else [_name(s) for s in self.shards]
+        if len(self.names) != len(self.shards):
+            raise CollectionError("ShardedCollection: one name per shard")
+        self._pool = ThreadPoolExecutor(max_workers=min(max_workers, len(self.shards)))
+        self._check_compatible()
+        self.local = next((s for s in self.shards if isinstance(s, Collection)), None)
+
+    def _check_compatible(self) -> None:
+        """Every shard must share the first one's common space: otherwise scores mean
+        different things and merging them ranks noise."""
+        first = self.shards[0].stats()
+        for name, shard in zip(self.names[1:], self.shards[1:]):
+            st = shard.stats()
+            if st.get("space") == first.get("space") and first.get("space"):
+                continue
+            what = [f"{k} {st.get(k)!r} vs {first.get(k)!r}" for k in ("output", "dim", "method", "encoders")
+                    if st.get(k) != first.get(k)]
+            raise CollectionError(
+                f"shard {name} does not share the common space of shard {self.names[0]} "
+                f"({'; '.join(what) or 'a differently fitted method or encoder'}); index every shard "
+                f"with the same fitted method: --method {self.names[0]}/method.zip")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    def __enter__(self) -> "ShardedCollection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, Any]:
+        per = [s.stats() for s in self.shards]
+        return {"shards": [{"name": n, **{k: p.get(k) for k in ("images", "texts", "index")}}
+                           for n, p in zip(self.names, per)],
+                "images": sum(p["images"] for p in per), "texts": sum(p["texts"] for p in per),
+                **{k: per[0].get(k) for k in ("output", "dim", "method", "encoders", "space")}}
+
+    # ------------------------------------------------------------ search
+    def search_vector(self, vector: np.ndarray, target: str = "image", k: int = 10, *,
+                      labels: Sequence[str] | None = None, exact: bool = False,
+                      distinct: bool = False, fq: np.ndarray | None = None,
+                      on_error: str = "raise") -> ShardHits:
+        """Top ``k`` of the union for one common-space vector (packed code for binary spaces).
+        Local binary shards with float projections re-rank by ``fq``; remote ones by Hamming."""
+        v = np.asarray(vector).reshape(-1)
+        body = {"vector": v.tolist(), "target": target, "k": int(k), "labels": list(labels or []),
+                "exact": bool(exact), "distinct": bool(distinct)}
+
+        def one(shard):
+            if isinstance(shard, Collection):
+                return shard.search_vector(v, target, k, labels=labels, exact=exact, fq=fq,
+                                           rerank=4 if fq is not None else 0, distinct=distinct)
+            return shard.search(body)
+
+        return self._fan_out(one, k, distinct and target == "text", on_error)
+
+    def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
+        if self.local is None:
+            body = {"text": text, "target": target, "k": int(k), "labels": list(kw.get("labels") or []),
+                    "exact": bool(kw.get("exact")), "distinct": bool(kw.get("distinct"))}
+            return self._fan_out(lambda s: s.search(body), k, bool(kw.get("distinct")) and target == "text",
+                                 kw.get("on_error", "raise"))
+        q, fq = self.local.encode_query_text(text)
+        return self.search_vector(q, target, k, fq=fq, **kw)
+
+    def search_image(self, path: str | Path, k: int = 10, target: str = "text", **kw: Any) -> ShardHits:
+        if self.local is None:
+            raise CollectionError("an image query needs a local shard (its encoders) to encode it; "
+                                  "add one collection on this machine")
+        q, fq = self.local.encode_query_image(path)
+        return self.search_vector(q, target, k, fq=fq, **kw)
+
+    def _fan_out(self, fn, k: int, distinct: bool, on_error: str) -> ShardHits:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        futures = [self._pool.submit(fn, s) for s in self.shards]
+        per_shard, failed = [], []
+        for name, fut in zip(self.names, futures):
+            try:
+                per_shard.append(fut.result())
+            except CollectionError as exc:
+                if on_error == "raise":
+                    raise
+                per_shard.append([])
+                failed.append((name, str(exc)))
+        return ShardHits(self._merge(per_shard, k, distinct), failed)
+
+    def _merge(self, per_shard: list[list[Hit]], k: int, distinct: bool) -> list[Hit]:
+        tagged = []
+        for order, (name, hits) in enumerate(zip(self.names, per_shard)):
+            for rank, h in enumerate(hits):
+                h.shard = name or None
+                tagged.append((-h.score, order, rank, h))
+        tagged.sort(key=lambda t: t[:3])  # score, then shard order: deterministic ties
+        out, seen = [], set()
+        for *_, h in tagged:
+            if distinct:
+                if h.text in seen:
+                    continue
+                seen.add(h.text)
+            out.append(h)
+            if len(out) == k:
+                break
+        return out
+
+
+def _name(shard: Collection | RemoteShard) -> str:
+    return shard.url if isinstance(shard, RemoteShard) else str(shard.path)
+
+
+def open_shards(collections: Sequence[str | Path] = (), urls: Sequence[str] = (),
+                api_key: str | None = None) -> ShardedCollection:
+    """Local collection paths and ``xmodal serve`` URLs as one :class:`ShardedCollection`."""
+    shards: list[Collection | RemoteShard] = [Collection.open(p) for p in collections]
+    shards += [RemoteShard(u, api_key=api_key) for u in urls]
+    return ShardedCollection(shards)

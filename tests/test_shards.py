@@ -1,0 +1,195 @@
+"""Shards: collections that share one common space (``--like``) searched as one, locally and
+through `xmodal serve` on 127.0.0.1; the merge must equal one collection holding every item."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
+
+from conftest import ucm_caption_folder
+from xmodal.cli import app
+from xmodal.index import (Collection, CollectionError, RemoteShard, ShardedCollection,
+                          build_collection)
+
+QUERIES = ["an airplane on the runway", "many buildings and green trees", "a river next to a road"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root, folder, _, mp = ucm_caption_folder(tmp_path_factory, "shards", 150)  # 14 images
+    files = sorted(folder.glob("*.jpg"))
+    halves = [root / "a", root / "b"]
+    for h, part in zip(halves, (files[::2], files[1::2])):
+        h.mkdir()
+        for f in part:
+            shutil.copy(f, h / f.name)
+            shutil.copy(f.with_suffix(".txt"), h / f.with_suffix(".txt").name)
+    with threadpool_limits(1):  # see test_collection.py
+        # tfidf is a fitted encoder: a shard must reuse its vocabulary, not refit it
+        a = build_collection(halves[0], root / "a.xmc", image_encoder="efficientnet-lite0",
+                             text_encoder="tfidf", quiet=True)
+        b = build_collection(halves[1], root / "b.xmc", like=root / "a.xmc", quiet=True)
+        whole = build_collection(folder, root / "all.xmc", like=root / "a.xmc", quiet=True)
+        yield {"root": root, "a": a, "b": b, "all": whole, "halves": halves}
+    for c in (a, b, whole):
+        c.close()
+    mp.undo()
+
+
+def _same(hits, ref):
+    assert [(h.modality, h.key) for h in hits] == [(h.modality, h.key) for h in ref]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], atol=1e-5)
+
+
+def test_like_shares_the_space_and_the_merge_is_exact(shards):
+    a, b, whole = shards["a"], shards["b"], shards["all"]
+    assert a.space == b.space == whole.space
+    assert a.count("image") + b.count("image") == whole.count("image") == 14
+    with ShardedCollection([a, b]) as sc:
+        assert sc.stats()["images"] == 14 and len(sc.stats()["shards"]) == 2
+        for q in QUERIES:
+            for target in ("image", "text"):
+                hits = sc.search_text(q, 6, target)
+                _same(hits, whole.search_text(q, 6, target))
+                assert {h.shard for h in hits} <= {str(a.path), str(b.path)}
+        img = sorted(shards["halves"][1].glob("*.jpg"))[0]
+        hits = sc.search_image(img, 5)
+        _same(hits, whole.search_image(img, 5))
+        # repeated captions appear once across shards too
+        texts = [h.text for h in sc.search_text(QUERIES[0], 8, "text", distinct=True)]
+        assert len(texts) == len(set(texts)) == 8
+
+
+def test_a_shard_of_another_space_is_refused(shards, tmp_path):
+    other = build_collection(shards["halves"][1], tmp_path / "other.xmc", image_encoder="efficientnet-lite0",
+                             text_encoder="tfidf", quiet=True)  # its own fit: another space
+    assert other.space != shards["a"].space
+    with pytest.raises(CollectionError, match=r"does not share the common space .*--method .*method.zip"):
+        ShardedCollection([shards["a"], other])
+    # growing an existing collection of another space with --like is refused too
+    with pytest.raises(CollectionError, match="already exists with another common space"):
+        build_collection(shards["halves"][1], tmp_path / "other.xmc", like=shards["root"] / "a.xmc", quiet=True)
+    other.close()
+
+
+@pytest.fixture(scope="module")
+def server(shards):
+    import uvicorn
+
+    from xmodal.service import create_app
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(Collection.open(shards["root"] / "b.xmc")),
+                                        host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(10)
+
+
+def test_remote_shard_over_http(shards, server):
+    a, whole = shards["a"], shards["all"]
+    remote = RemoteShard(server)
+    assert remote.space == a.space
+    seen = set()
+    with ShardedCollection([a, remote]) as sc:
+        for q in QUERIES:
+            hits = sc.search_text(q, 6, "image")
+            _same(hits, whole.search_text(q, 6, "image"))
+            seen |= {h.shard for h in hits}
+    assert seen == {server, str(a.path)}  # both shards answered
+    # only remote shards: the text goes as text, each server encodes it
+    with ShardedCollection([remote]) as sc:
+        hits = sc.search_text(QUERIES[0], 3, "text")
+        ref = shards["b"].search_text(QUERIES[0], 3, "text")
+        assert [h.key for h in hits] == [h.key for h in ref]
+        with pytest.raises(CollectionError, match="an image query needs a local shard"):
+            sc.search_image(sorted(shards["halves"][0].glob("*.jpg"))[0], 3)
+
+
+def test_remote_errors_are_clear():
+    with pytest.raises(CollectionError, match="expected an http"):
+        RemoteShard("localhost:8000")
+    dead = RemoteShard(f"http://127.0.0.1:{_free_port()}", timeout=2)
+    with pytest.raises(CollectionError, match=r"shard http://127.0.0.1:\d+: unreachable"):
+        dead.stats()
+
+
+def test_cli_searches_shards(shards, server):
+    root = shards["root"]
+    r = CliRunner().invoke(app, ["search", "-c", str(root / "a.xmc"), "--shard", server,
+                                 QUERIES[0], "-k", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    ref = shards["all"].search_text(QUERIES[0], 4, "image")
+    assert [h["key"] for h in hits] == [h.key for h in ref] and all("shard" in h for h in hits)
+    r = CliRunner().invoke(app, ["search", "-c", str(root / "a.xmc"), "-c", str(root / "b.xmc"),
+                                 QUERIES[1], "-k", "3"])
+    assert r.exit_code == 0 and all(len(ln.split("\t")) == 4 for ln in r.output.strip().splitlines())
+    r = CliRunner().invoke(app, ["search", "-c", str(root / "a.xmc"), "-c", str(root / "b.xmc"),
+                                 "--item", "1"])
+    assert r.exit_code == 2 and "item ids are per shard" in r.output
+
+
+def test_serve_routes_searches_to_remote_shards(shards, server):
+    """`xmodal serve -c a.xmc --shard URL`: the HTTP answer covers both collections."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    a = Collection.open(shards["root"] / "a.xmc")
+    client = TestClient(create_app(a, shards=[server]))
+    assert client.get("/api/info").json()["shards"] == [server]
+    body = client.post("/api/search", json={"text": QUERIES[0], "k": 6, "target": "image"}).json()
+    ref = shards["all"].search_text(QUERIES[0], 6, "image")
+    assert [r["key"] for r in body["results"]] == [h.key for h in ref]
+    assert body["failed_shards"] == []
+    remote = [r for r in body["results"] if r.get("shard") == server]
+    assert remote and all(r["thumbnail"].startswith(server + "/api/items/") for r in remote)
+    assert all(r["thumbnail"].startswith("/api/items/") for r in body["results"] if "shard" not in r)
+    # a remote thumbnail URL really is that server's image
+    import urllib.request
+
+    with urllib.request.urlopen(remote[0]["thumbnail"]) as resp:
+        assert resp.headers["content-type"].startswith("image/")
+    # more like this, from a local item: the item itself is left out, shards searched too
+    item = next(r for r in body["results"] if "shard" not in r)
+    more = client.post("/api/search", json={"item_id": item["id"], "k": 5, "target": "image"}).json()
+    assert item["id"] not in [r["id"] for r in more["results"] if "shard" not in r]
+    assert len(more["results"]) == 5
+
+
+def test_a_failing_shard_is_named_and_skipped(shards, server):
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    a = Collection.open(shards["root"] / "a.xmc")
+    remote = RemoteShard(server)
+    client = TestClient(create_app(a, shards=[remote]))
+    remote.url = f"http://127.0.0.1:{_free_port()}"  # the shard goes away after the start
+    body = client.post("/api/search", json={"text": QUERIES[0], "k": 4}).json()
+    assert len(body["results"]) == 4 and all("shard" not in r for r in body["results"])
+    assert body["failed_shards"][0]["shard"] == server and "unreachable" in body["failed_shards"][0]["error"]
+    # a shard that is down stops the start
+    with pytest.raises(CollectionError, match="unreachable"):
+        create_app(a, shards=[f"http://127.0.0.1:{_free_port()}"])
