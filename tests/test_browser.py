@@ -1,15 +1,12 @@
 """The web page in a real headless browser (Debian's chromium driven by Playwright): type a
 query, upload and drop an image, mark feedback, click through, open a shared URL."""
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import ucm_caption_folder
+from conftest import serving, ucm_caption_folder
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -18,19 +15,11 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
     pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
-    import uvicorn
-
     from xmodal.index import build_collection
     from xmodal.service import create_app
 
@@ -38,17 +27,8 @@ def server(tmp_path_factory):
     with threadpool_limits(1):  # see test_collection.py
         coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
                                 text_encoder="tfidf", quiet=True)
-        port = _free_port()
-        srv = uvicorn.Server(uvicorn.Config(create_app(coll), host="127.0.0.1", port=port, log_level="warning"))
-        th = threading.Thread(target=srv.run, daemon=True)
-        th.start()
-        deadline = time.time() + 20
-        while not srv.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert srv.started, "uvicorn did not start"
-        yield {"url": f"http://127.0.0.1:{port}", "folder": folder, "captions": captions, "coll": coll}
-        srv.should_exit = True
-        th.join(10)
+        with serving(create_app(coll)) as url:
+            yield {"url": url, "folder": folder, "captions": captions, "coll": coll}
     coll.close()
     mp.undo()
 

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from conftest import ucm_caption_folder
+from conftest import free_port, serving, ucm_caption_folder
 from xmodal.cli import app
 from xmodal.index import (Collection, CollectionError, RemoteShard, ShardedCollection,
                           build_collection)
 
 QUERIES = ["an airplane on the runway", "many buildings and green trees", "a river next to a road"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -88,22 +79,10 @@ def test_a_shard_of_another_space_is_refused(shards, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(shards):
-    import uvicorn
-
     from xmodal.service import create_app
 
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Collection.open(shards["root"] / "b.xmc")),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    with serving(create_app(Collection.open(shards["root"] / "b.xmc"))) as url:
+        yield url
 
 
 def test_remote_shard_over_http(shards, server):
@@ -129,7 +108,7 @@ def test_remote_shard_over_http(shards, server):
 def test_remote_errors_are_clear():
     with pytest.raises(CollectionError, match="expected an http"):
         RemoteShard("localhost:8000")
-    dead = RemoteShard(f"http://127.0.0.1:{_free_port()}", timeout=2)
+    dead = RemoteShard(f"http://127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(CollectionError, match=r"shard http://127.0.0.1:\d+: unreachable"):
         dead.stats()
 
@@ -186,10 +165,10 @@ def test_a_failing_shard_is_named_and_skipped(shards, server):
     a = Collection.open(shards["root"] / "a.xmc")
     remote = RemoteShard(server)
     client = TestClient(create_app(a, shards=[remote]))
-    remote.url = f"http://127.0.0.1:{_free_port()}"  # the shard goes away after the start
+    remote.url = f"http://127.0.0.1:{free_port()}"  # the shard goes away after the start
     body = client.post("/api/search", json={"text": QUERIES[0], "k": 4}).json()
     assert len(body["results"]) == 4 and all("shard" not in r for r in body["results"])
     assert body["failed_shards"][0]["shard"] == server and "unreachable" in body["failed_shards"][0]["error"]
     # a shard that is down stops the start
     with pytest.raises(CollectionError, match="unreachable"):
-        create_app(a, shards=[f"http://127.0.0.1:{_free_port()}"])
+        create_app(a, shards=[f"http://127.0.0.1:{free_port()}"])
