@@ -20,8 +20,8 @@ def test_bench_wikipedia_table_and_json(wikipedia, tmp_path):
     assert [r["method"] for r in records] == ["cca", "scm"]
     for r in records:
         assert {"dataset", "method", "params", "bits", "protocol", "i2t", "t2i", "fit_seconds",
-                "encode_seconds"} <= set(r)
-        assert r["dataset"] == "wikipedia" and r["bits"] is None
+                "encode_seconds", "device"} <= set(r)
+        assert r["dataset"] == "wikipedia" and r["bits"] is None and r["device"] == "cpu"
         assert 0.2 < r["i2t"]["map"] < 0.4 and "p@10" in r["t2i"]
     assert md.read_text().startswith("| method | bits |")
 

@@ -140,6 +140,13 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
     return out
 
 
+def _device_name() -> str:
+    """Where the fit ran (timings depend on it; results are matched on resume without it)."""
+    from ..device import get_device
+
+    return str(get_device())
+
+
 def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits: Sequence[int] = (32,),
               seed: int | Sequence[int] = 0, data_dir: str | None = None, image_encoder: str | None = None,
               text_encoder: str | None = None, cache_dir: str | None = None,
@@ -222,7 +229,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 protocol = f"classic: {test.name} vs itself (other modality)"
             rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
-                        "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"]})
+                        "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
+                        "device": _device_name()})
             if "mR" in res:
                 rec["mR"] = res["mR"]
             rec = _jsonable(rec)
