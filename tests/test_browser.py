@@ -125,3 +125,45 @@ def test_shared_url_restores_the_query(server, browser):
     finally:
         server["coll"].set_setting("public_read", True)
     page.close()
+
+
+def test_router_page_shows_remote_shard_hits(server, browser, tmp_path):
+    """`xmodal serve --shard URL`: remote hits show their server and its thumbnails, and are
+    not clickable (their ids are the other server's)."""
+    import shutil
+
+    from xmodal.data import load_ucm_captions
+    from xmodal.index import build_collection
+    from xmodal.service import create_app
+
+    ds = load_ucm_captions()
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(75, ds.n_images, 300):  # images the first collection does not have
+        src = Path(ds.image_paths[i])
+        shutil.copy(src, other / src.name)
+        (other / (src.stem + ".txt")).write_text(
+            "\n".join(t for t, j in zip(ds.texts, ds.text_to_image) if j == i))
+    with threadpool_limits(1):
+        shard = build_collection(other, tmp_path / "shard.xmc", like=server["coll"].path, quiet=True)
+        with serving(create_app(shard)) as shard_url, \
+                serving(create_app(server["coll"], shards=[shard_url])) as router:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(router + "/#q=airplanes+at+the+airport&k=21&target=image")
+            page.wait_for_function("document.querySelectorAll('.card').length === 21")
+            remote = page.locator(".card.remote")
+            assert 0 < remote.count() < 21  # both collections answered
+            host = shard_url.split("//")[1]
+            assert all(t.endswith("@ " + host) for t in remote.locator(".score").all_inner_texts())
+            assert remote.locator("button").count() == 0
+            page.wait_for_function("[...document.querySelectorAll('.card.remote img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            status = page.locator("#status").inner_text()
+            remote.nth(0).locator("img").click()  # no "more like this" for another server's id
+            page.wait_for_timeout(300)
+            assert page.locator("#status").inner_text() == status
+            assert not errors, errors
+            page.close()
+    shard.close()
