@@ -11,13 +11,27 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Cross-modal retrieval: benchmark methods, encode data, index and search.")
 
 
+DEVICE_OPT = typer.Option(None, "--device", metavar="DEVICE",
+                          help="Where encoders and deep methods run: cpu, cuda, cuda:N, mps or auto "
+                               "(default: $XMODAL_DEVICE, else cpu).")
+PLUGIN_OPT = typer.Option([], "--plugin", metavar="MODULE|FILE.py",
+                          help="Import your own methods (registered with xmodal.methods.register) "
+                               "first; repeatable. Also $XMODAL_PLUGINS and 'xmodal.methods' entry points.")
+
+
 @app.callback()
-def _root(device: str = typer.Option(
-        None, "--device", metavar="DEVICE",
-        help="Where encoders and deep methods run: cpu, cuda, cuda:N, mps or auto "
-             "(default: $XMODAL_DEVICE, else cpu).")) -> None:
+def _root(device: str = DEVICE_OPT, plugin: list[str] = PLUGIN_OPT) -> None:
     """Cross-modal retrieval: benchmark methods, encode data, index and search."""
     import os
+
+    if plugin:
+        from ..methods import load_plugin
+
+        for spec in plugin:
+            try:
+                load_plugin(spec)
+            except ImportError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--plugin") from None
 
     from ..device import ENV, DeviceError, get_device, set_device
 

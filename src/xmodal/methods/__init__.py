@@ -51,7 +51,62 @@ def _load_family(module: str) -> None:
         _IMPORT_ERRORS[module] = f"{type(exc).__name__}: {exc}"
 
 
+PLUGIN_ENV = "XMODAL_PLUGINS"
+PLUGIN_GROUP = "xmodal.methods"
+_plugins_loaded = False
+
+
+def load_plugin(spec: str) -> None:
+    """Import a module that registers methods (with :func:`register`): a dotted module name
+    or a ``.py`` file path. Errors name the plugin."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if spec.endswith(".py"):
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise ImportError(f"plugin {spec}: no such file")
+        mod_name = f"xmodal_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        if mod_name in sys.modules:
+            return
+        mspec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[mod_name] = module
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[mod_name]
+            raise ImportError(f"plugin {spec}: {type(exc).__name__}: {exc}") from exc
+        return
+    try:
+        importlib.import_module(spec)
+    except ImportError as exc:
+        raise ImportError(f"plugin {spec!r}: {exc}") from exc
+
+
+def _load_plugins() -> None:
+    """Once per process: modules named in ``$XMODAL_PLUGINS`` (comma-separated) and installed
+    packages' ``xmodal.methods`` entry points, so third-party methods work by name everywhere
+    (``xmodal bench --methods mine``, ``methods.load`` of a saved one)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import os
+    from importlib.metadata import entry_points
+
+    for spec in filter(None, (s.strip() for s in os.environ.get(PLUGIN_ENV, "").split(","))):
+        load_plugin(spec)
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party package must not break xmodal
+            _IMPORT_ERRORS[f"plugin {ep.name}"] = f"{type(exc).__name__}: {exc}"
+
+
 def get(name: str) -> type[CrossModalMethod]:
+    _load_plugins()
     for fam in FAMILIES:
         if name in _REGISTRY:
             break
@@ -69,6 +124,7 @@ def create(name: str, **params: Any) -> CrossModalMethod:
 
 def available(output: str | None = None) -> list[str]:
     """Every registered method name (optionally only ``"real"`` or ``"binary"`` ones)."""
+    _load_plugins()
     for fam in FAMILIES:
         _load_family(fam)
     return sorted(n for n, c in _REGISTRY.items() if output is None or c.output == output)
@@ -91,4 +147,4 @@ def load(path: str) -> CrossModalMethod:
 
 
 __all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "register",
-           "create", "get", "available", "describe", "load"]
+           "create", "get", "available", "describe", "load", "load_plugin"]

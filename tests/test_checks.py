@@ -1,0 +1,147 @@
+"""The estimator contract (xmodal.methods.checks): every registered method keeps it, the checks
+catch methods that break it, and third-party methods load as plugins (file, module, env)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xmodal import methods
+from xmodal.cli import app
+from xmodal.methods import CrossModalMethod, register
+from xmodal.methods.checks import MethodCheckError, check_method, toy_dataset
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ridge_bridge.py"
+
+
+def _fast(name: str) -> dict:
+    names = methods.get(name)._param_names()
+    return {k: v for k, v in (("epochs", 2), ("bits", 16), ("verbose", False)) if k in names}
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_every_method_keeps_the_contract(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the transformer's "no images: global stage only"
+        passed = check_method(name, **_fast(name))
+    assert {"fit returns self", "save/load round trip", "wrong width refused"} <= set(passed)
+    if "random_state" in methods.get(name)._param_names():
+        assert "same random_state, same result" in passed
+
+
+class _Base(CrossModalMethod):
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def _fit(self, X, Y, L, *, train, val):
+        self.w_ = np.linalg.lstsq(X, Y, rcond=None)[0]
+
+    def _encode_images(self, X):
+        return X @ self.w_
+
+    def _encode_texts(self, Y):
+        return Y
+
+
+class _RenamesParam(_Base):
+    def __init__(self, alpha: float = 1.0):
+        self.strength = alpha
+
+    def get_params(self):
+        return {"alpha": self.strength * 2}
+
+
+class _PublicState(_Base):
+    def _fit(self, X, Y, L, *, train, val):
+        super()._fit(X, Y, L, train=train, val=val)
+        self.weights = self.w_
+
+
+class _TouchesParams(_Base):
+    def _fit(self, X, Y, L, *, train, val):
+        super()._fit(X, Y, L, train=train, val=val)
+        self.alpha = 2.0
+
+
+class _TwoSpaces(_Base):
+    def _encode_texts(self, Y):
+        return np.hstack([Y, Y])
+
+
+class _NoWidthCheck(_Base):
+    def encode_images(self, X):
+        self._check_fitted()
+        return np.asarray(X)[:, :self.w_.shape[0]] @ self.w_  # silently drops extra columns
+
+
+class _Unseeded(_Base):
+    def __init__(self, random_state: int = 0):
+        self.random_state = random_state
+
+    def _fit(self, X, Y, L, *, train, val):
+        self.w_ = np.random.default_rng().normal(size=(X.shape[1], 4))  # ignores its seed
+
+    def _encode_texts(self, Y):
+        return Y[:, :4]
+
+
+@register("_check_forgets_state")
+class _ForgetsState(_Base):
+    def _get_state(self):
+        return {"fitted_": True, "image_dim_": self.image_dim_, "text_dim_": self.text_dim_,
+                "w_": np.zeros_like(self.w_)}
+
+
+@pytest.mark.parametrize("cls, check", [
+    (_RenamesParam, "clone keeps params"),
+    (_PublicState, "learned state ends in _"),
+    (_TouchesParams, "fit leaves params alone"),
+    (_TwoSpaces, "one finite float space"),
+    (_NoWidthCheck, "wrong width refused"),
+    (_Unseeded, "same random_state, same result"),
+    (_ForgetsState, "save/load round trip"),
+])
+def test_the_checks_catch_broken_methods(cls, check):
+    with pytest.raises(MethodCheckError, match=f"{check} failed"):
+        check_method(cls())
+
+
+def test_toy_data_and_the_map_floor():
+    ds = toy_dataset()
+    assert ds.n_images == 90 and ds.n_texts == 180 and set(ds.splits) == {"train", "val", "test"}
+    assert "class mAP >= 0.7" in check_method("cca", min_map=0.7)
+    with pytest.raises(MethodCheckError, match="class mAP >= 0.99 failed"):
+        check_method("cca", min_map=0.99)
+
+
+def test_the_example_plugin_benchmarks_from_the_cli(tmp_path, wikipedia):
+    out = tmp_path / "runs.json"
+    r = CliRunner().invoke(app, ["--plugin", str(EXAMPLE), "bench", "--dataset", "wikipedia",
+                                 "--methods", "ridge_bridge,cca", "--quiet", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = {x["method"]: x for x in json.loads(out.read_text())}
+    # the twenty-line regression baseline beats CCA on the classic Wikipedia features
+    for d in ("i2t", "t2i"):
+        assert rec["ridge_bridge"][d]["map"] > rec["cca"][d]["map"] + 0.01
+    assert check_method("ridge_bridge", min_map=0.6)[-1] == "class mAP >= 0.6"
+
+
+def test_plugins_from_the_environment_and_clear_errors(tmp_path, monkeypatch):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text("from xmodal.methods import register\n"
+                      "from xmodal.methods.subspace import CCA\n\n\n"
+                      "@register('my_cca')\nclass MyCCA(CCA):\n    '''CCA under another name.'''\n")
+    monkeypatch.setenv("XMODAL_PLUGINS", str(plugin))
+    monkeypatch.setattr(methods, "_plugins_loaded", False)
+    assert "my_cca" in methods.available()
+    r = CliRunner().invoke(app, ["--plugin", str(tmp_path / "missing.py"), "methods"])
+    assert r.exit_code == 2 and "no such file" in r.output
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("import no_such_module_xyz\n")
+    r = CliRunner().invoke(app, ["--plugin", str(bad), "methods"])
+    assert r.exit_code == 2 and "bad_plugin.py" in r.output and "no_such_module_xyz" in r.output
