@@ -122,3 +122,41 @@ def test_registered_in_family():
     names = set(methods.available("real"))
     assert {"dcca", "dccae", "corr_ae", "acmr", "dscmr", "vsepp", "contrastive", "uwml", "graph",
             "transformer"} <= names
+
+
+def test_graph_and_caption_lookups_match_dense_matrices():
+    """The O(n k) edge keys answer exactly what the n x n matrices they replace would."""
+    import torch
+
+    from xmodal.methods.deep.graph import adjacent, knn_edges
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(60, 5))
+    Zn = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+    S = Zn @ Zn.T
+    np.fill_diagonal(S, -np.inf)
+    dense = np.zeros((60, 60), bool)
+    dense[np.repeat(np.arange(60), 4), np.argsort(-S, axis=1)[:, :4].ravel()] = True
+    dense |= dense.T
+    edges = torch.from_numpy(knn_edges(Z, 4, chunk=7))
+    nodes = torch.from_numpy(rng.permutation(60)[:25])
+    assert torch.equal(adjacent(edges, 60, nodes), torch.from_numpy(dense)[nodes][:, nodes])
+    # repeated captions: a caption shared word for word is a positive of every image that has it
+    from xmodal.data import PairedDataset
+
+    Y = rng.normal(size=(12, 3)).astype(np.float32)
+    Y[7] = Y[2]  # image 3's second caption repeats image 1's first one
+    ds = PairedDataset("rep", np.repeat(np.arange(6), 2), 6, image_features=rng.normal(size=(6, 4)),
+                       text_features=Y, labels=np.arange(6) % 2)
+    m = methods.create("contrastive", epochs=1, patience=None, verbose=False)
+    m.fit(ds)
+    m._image = torch.from_numpy(np.repeat(np.arange(6), 2))
+    m._caption_index(Y)
+    batch = {"image": m._image, "index": torch.arange(12), "x": None, "y": None}
+    m._batch_loss = lambda b: b["has_caption"]
+    has = m._loss(batch).numpy()
+    expect = np.zeros((12, 12), bool)
+    for i in range(12):
+        for j in range(12):
+            expect[i, j] = any((Y[t] == Y[j]).all() for t in range(12) if t // 2 == i // 2)
+    np.testing.assert_array_equal(has, expect)

@@ -156,22 +156,23 @@ class DeepMethod(TorchMethod):
         self._caption_index(Y)
 
     def _caption_index(self, Y: np.ndarray) -> None:
-        """Caption ids (identical feature rows = identical captions) and, per training image,
-        which caption ids it owns, so that repeated captions are positives of every image that
-        has them."""
+        """Caption ids (identical feature rows = identical captions) and the (image, caption
+        id) pairs that occur, so that repeated captions are positives of every image that has
+        them. The pairs are kept as sorted int64 keys: memory grows with the texts, not with
+        images x captions (which on COCO would be tens of GB)."""
         _, cap = np.unique(Y, axis=0, return_inverse=True)
-        cap = cap.ravel()
-        image = self._image.cpu().numpy()
+        cap = cap.ravel().astype(np.int64)
         if len(np.unique(cap)) == len(cap):
             self._cap = None  # no repeats: the image mask says it all
             return
-        owns = torch.zeros(int(image.max()) + 1, int(cap.max()) + 1, dtype=torch.bool)
-        owns[torch.from_numpy(image), torch.from_numpy(cap)] = True
+        self._n_caps = int(cap.max()) + 1
+        owns = np.unique(self._image.cpu().numpy().astype(np.int64) * self._n_caps + cap)
         self._cap, self._owns = self._tensor(cap), self._tensor(owns)
 
     def _loss(self, batch) -> torch.Tensor:
         if getattr(self, "_cap", None) is not None:
-            batch["has_caption"] = self._owns[batch["image"]][:, self._cap[batch["index"]]]
+            keys = batch["image"][:, None] * self._n_caps + self._cap[batch["index"]][None, :]
+            batch["has_caption"] = torch.isin(keys, self._owns)
         return self._batch_loss(batch)
 
     def _batch_loss(self, batch) -> torch.Tensor:

@@ -15,19 +15,30 @@ from ..base import interval
 from ._common import NONNEG, POS_INT, DeepMethod, Towers, dims, pair_mask
 
 
-def knn_matrix(Z: np.ndarray, k: int, chunk: int = 2048) -> torch.Tensor:
-    """n x n bool: j among the k nearest neighbours (cosine) of i, symmetrised, no self loops."""
+def knn_edges(Z: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Edges of the symmetrised k-nearest-neighbour graph (cosine, no self loops) as sorted
+    int64 keys ``i * n + j``, both directions: O(n k) memory, where an n x n matrix of the
+    captions of COCO would not fit."""
     Zn = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
     n = len(Zn)
     k = min(k, n - 1)
-    A = torch.zeros(n, n, dtype=torch.bool)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    keys = []
     for s in range(0, n, chunk):
         S = Zn[s:s + chunk] @ Zn.T
         S[np.arange(len(S)), np.arange(s, s + len(S))] = -np.inf
-        nn_idx = np.argpartition(-S, k, axis=1)[:, :k] if k > 0 else np.zeros((len(S), 0), int)
-        rows = np.repeat(np.arange(s, s + len(S)), nn_idx.shape[1])
-        A[torch.from_numpy(rows), torch.from_numpy(nn_idx.ravel())] = True
-    return A | A.T
+        nn_idx = np.argpartition(-S, k, axis=1)[:, :k].astype(np.int64)
+        rows = np.repeat(np.arange(s, s + len(S), dtype=np.int64), k)
+        cols = nn_idx.ravel()
+        keys += [rows * n + cols, cols * n + rows]
+    return np.unique(np.concatenate(keys))
+
+
+def adjacent(edges: torch.Tensor, n: int, nodes: torch.Tensor) -> torch.Tensor:
+    """B x B bool: is there an edge between ``nodes[a]`` and ``nodes[b]`` (``edges`` from
+    :func:`knn_edges` over ``n`` nodes)."""
+    return torch.isin(nodes[:, None] * n + nodes[None, :], edges)
 
 
 class _GraphModule(Towers):
@@ -82,12 +93,12 @@ class GraphReg(DeepMethod):
         image = self._image.cpu().numpy()
         uniq, first = np.unique(image, return_index=True)
         # image kNN over distinct images; texts over all training captions
-        img_knn = knn_matrix(X[first], self.k)
         pos = np.full(int(image.max()) + 1, -1)
         pos[uniq] = np.arange(len(uniq))
         self._img_node = self._tensor(pos[image])  # row -> distinct-image node
-        self._img_knn = self._tensor(img_knn)
-        self._txt_knn = self._tensor(knn_matrix(Y, self.k))
+        self._n_img, self._n_txt = len(uniq), len(Y)
+        self._img_knn = self._tensor(knn_edges(X[first], self.k))
+        self._txt_knn = self._tensor(knn_edges(Y, self.k))
 
     def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
@@ -95,8 +106,8 @@ class GraphReg(DeepMethod):
         idx, B = batch["index"], len(batch["index"])
         same_img = batch["image"][:, None] == batch["image"][None, :]
         inode = self._img_node[idx]
-        W_ii = self.knn_weight * self._img_knn[inode][:, inode].float() + same_img.float()
-        W_tt = self.knn_weight * self._txt_knn[idx][:, idx].float() + same_img.float()
+        W_ii = self.knn_weight * adjacent(self._img_knn, self._n_img, inode).float() + same_img.float()
+        W_tt = self.knn_weight * adjacent(self._txt_knn, self._n_txt, idx).float() + same_img.float()
         W_it = pair_mask(batch).float()
         if batch["labels"] is not None and self.label_weight > 0:
             lab = ((batch["labels"] @ batch["labels"].T) > 0).float() * self.label_weight
