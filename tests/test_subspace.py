@@ -7,7 +7,7 @@ from xmodal import methods
 from xmodal.data import DataError, PairedDataset
 from xmodal.evaluation import evaluate
 
-SUBSPACE = ["cca", "kcca", "pls", "mlcca", "scm", "cfa"]
+SUBSPACE = ["cca", "kcca", "pls", "mlcca", "sm", "scm", "cfa"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,11 @@ def test_published_wikipedia_figures(fitted, wiki_split):
     assert cca["t2i"]["map"] == pytest.approx(0.196, abs=0.01)
     scm = evaluate(fitted["scm"], test, rk=())
     assert scm["i2t"]["map"] >= 0.27 and scm["t2i"]["map"] >= 0.22
+    # the paper's two hypotheses: semantic abstraction (SM) beats correlation alone (CCA),
+    # and the two together (SCM) beat SM on text queries
+    sm = evaluate(fitted["sm"], test, rk=())
+    assert sm["i2t"]["map"] > cca["i2t"]["map"] + 0.02 and sm["t2i"]["map"] > cca["t2i"]["map"]
+    assert scm["t2i"]["map"] > sm["t2i"]["map"]
 
 
 @pytest.mark.parametrize("name", SUBSPACE)

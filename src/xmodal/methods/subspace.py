@@ -232,31 +232,13 @@ class KernelCCA(CrossModalMethod):
         return self._encode(Y, "y")
 
 
-@register("scm")
-class SemanticCorrelationMatching(CrossModalMethod):
-    """Semantic correlation matching (Rasiwasia et al., "A New Approach to Cross-Modal
-    Multimedia Retrieval", ACM MM 2010): CCA finds a maximally correlated subspace, then a
-    multinomial logistic regression per modality maps each projection to class posteriors;
-    retrieval compares the posterior vectors (semantic space). Multi-label data uses one
-    binary logistic regression per label. ``C`` is the inverse L2 strength of the regressions.
-    """
+class _SemanticSpace:
+    """Class posteriors as the common space (Rasiwasia et al. 2010): one multinomial logistic
+    regression per modality (one binary regression per label on multi-label data), inverse
+    L2 strength ``C``."""
 
-    supervised = True
-    _parameter_rules: ClassVar[dict[str, Any]] = {
-        "n_components": _N_COMP, "reg": _REG, "C": interval(0, None, closed="neither")}
-
-    def __init__(self, n_components: int = 10, reg: float = 1e-3, C: float = 1.0):
-        self.n_components = n_components
-        self.reg = reg
-        self.C = C
-
-    def _fit(self, X, Y, L, *, train, val) -> None:
-        self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
-        self.cca_._validate_params()
-        self.cca_._fit(X, Y, L, train=train, val=val)
-        self.multilabel_ = bool((L.sum(axis=1) != 1).any())
-        self.image_coef_, self.image_intercept_ = self._regress(self.cca_._encode_images(X), L)
-        self.text_coef_, self.text_intercept_ = self._regress(self.cca_._encode_texts(Y), L)
+    C: float
+    multilabel_: bool
 
     def _regress(self, Z: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.multilabel_:
@@ -281,6 +263,64 @@ class SemanticCorrelationMatching(CrossModalMethod):
         logits -= logits.max(axis=1, keepdims=True)
         P = np.exp(logits)
         return P / P.sum(axis=1, keepdims=True)
+
+
+@register("sm")
+class SemanticMatching(_SemanticSpace, CrossModalMethod):
+    """Semantic matching (Rasiwasia et al., "A New Approach to Cross-Modal Multimedia
+    Retrieval", ACM MM 2010): each modality's own features, standardised, are mapped to class
+    posteriors by logistic regression, and retrieval compares the posterior vectors. SCM
+    (``scm``) is the same with CCA projections as the regressions' inputs.
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {"C": interval(0, None, closed="neither")}
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        self.multilabel_ = bool((L.sum(axis=1) != 1).any())
+        self.image_mean_, self.image_std_ = X.mean(0), X.std(0) + 1e-12
+        self.text_mean_, self.text_std_ = Y.mean(0), Y.std(0) + 1e-12
+        self.image_coef_, self.image_intercept_ = self._regress(self._std(X, "image"), L)
+        self.text_coef_, self.text_intercept_ = self._regress(self._std(Y, "text"), L)
+
+    def _std(self, Z: np.ndarray, modality: str) -> np.ndarray:
+        return (Z - getattr(self, f"{modality}_mean_")) / getattr(self, f"{modality}_std_")
+
+    def _encode_images(self, X):
+        return self._posterior(self._std(X, "image"), self.image_coef_, self.image_intercept_)
+
+    def _encode_texts(self, Y):
+        return self._posterior(self._std(Y, "text"), self.text_coef_, self.text_intercept_)
+
+
+@register("scm")
+class SemanticCorrelationMatching(_SemanticSpace, CrossModalMethod):
+    """Semantic correlation matching (Rasiwasia et al., "A New Approach to Cross-Modal
+    Multimedia Retrieval", ACM MM 2010): CCA finds a maximally correlated subspace, then a
+    multinomial logistic regression per modality maps each projection to class posteriors;
+    retrieval compares the posterior vectors (semantic space). Multi-label data uses one
+    binary logistic regression per label. ``C`` is the inverse L2 strength of the regressions.
+    """
+
+    supervised = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {
+        "n_components": _N_COMP, "reg": _REG, "C": interval(0, None, closed="neither")}
+
+    def __init__(self, n_components: int = 10, reg: float = 1e-3, C: float = 1.0):
+        self.n_components = n_components
+        self.reg = reg
+        self.C = C
+
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
+        self.cca_._validate_params()
+        self.cca_._fit(X, Y, L, train=train, val=val)
+        self.multilabel_ = bool((L.sum(axis=1) != 1).any())
+        self.image_coef_, self.image_intercept_ = self._regress(self.cca_._encode_images(X), L)
+        self.text_coef_, self.text_intercept_ = self._regress(self.cca_._encode_texts(Y), L)
 
     def _encode_images(self, X):
         return self._posterior(self.cca_._encode_images(X), self.image_coef_, self.image_intercept_)
