@@ -139,8 +139,7 @@ class ShardedCollection:
         """Top ``k`` of the union for one common-space vector (packed code for binary spaces).
         Local binary shards with float projections re-rank by ``fq``; remote ones by Hamming."""
         v = np.asarray(vector).reshape(-1)
-        body = {"vector": v.tolist(), "target": target, "k": int(k), "labels": list(labels or []),
-                "exact": bool(exact), "distinct": bool(distinct)}
+        body = _request(target, k, labels, exact, distinct, vector=v.tolist())
 
         def one(shard):
             if isinstance(shard, Collection):
@@ -152,8 +151,7 @@ class ShardedCollection:
 
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
         if self.local is None:
-            body = {"text": text, "target": target, "k": int(k), "labels": list(kw.get("labels") or []),
-                    "exact": bool(kw.get("exact")), "distinct": bool(kw.get("distinct"))}
+            body = _request(target, k, kw.get("labels"), kw.get("exact"), kw.get("distinct"), text=text)
             return self._fan_out(lambda s: s.search(body), k, bool(kw.get("distinct")) and target == "text",
                                  kw.get("on_error", "raise"))
         q, fq = self.local.encode_query_text(text)
@@ -198,6 +196,13 @@ class ShardedCollection:
             if len(out) == k:
                 break
         return out
+
+
+def _request(target: str, k: int, labels: Sequence[str] | None, exact: Any, distinct: Any,
+             **query: Any) -> dict[str, Any]:
+    """The body of ``POST /api/search`` (``query``: ``vector=`` or ``text=``)."""
+    return {**query, "target": target, "k": int(k), "labels": list(labels or []),
+            "exact": bool(exact), "distinct": bool(distinct)}
 
 
 def _name(shard: Collection | RemoteShard) -> str:
