@@ -8,7 +8,7 @@ from conftest import DATA
 from xmodal import methods
 from xmodal.cli import app
 from xmodal.evaluation import evaluate
-from xmodal.evaluation.significance import compare_records, paired_permutation_test
+from xmodal.evaluation.significance import compare_records, holm, paired_permutation_test
 
 runner = CliRunner()
 
@@ -62,6 +62,12 @@ def test_compare_records_mr_weights_both_directions_by_their_share():
         compare_records(a, b, "ndcg")
 
 
+def test_holm_adjustment():
+    # Holm (1979): sorted p times (m, m-1, ...), made monotone, capped at 1
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2, 0.6]) == pytest.approx([0.4, 0.6]) and holm([0.9, 0.8]) == [1.0, 1.0]
+
+
 def test_cli_compare(wikipedia, tmp_path):
     log = tmp_path / "runs.jsonl"
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "cca,scm", "--per-query",
@@ -78,6 +84,21 @@ def test_cli_compare(wikipedia, tmp_path):
     assert res.exit_code == 0 and "both" in res.output and "p = " in res.output and "95% CI [" in res.output
     res = runner.invoke(app, ["compare", str(log), "scm", "nope"])
     assert res.exit_code == 2 and "no record for method 'nope'" in res.output
+    res = runner.invoke(app, ["compare", str(log), "scm", "scm"])
+    assert res.exit_code == 2 and "two or more different methods" in res.output
+    # several methods: every pair, and p-values adjusted over all the tests (Holm)
+    res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "sm", "--per-query",
+                              "--quiet", "--data-dir", str(DATA), "--resume", str(log)])
+    res = runner.invoke(app, ["compare", str(log), "scm", "cca", "sm", "--resamples", "999", "--json"])
+    assert res.exit_code == 0, res.output
+    pairs = json.loads(res.output)
+    assert [(p["a"], p["b"]) for p in pairs] == [("scm", "cca"), ("scm", "sm"), ("cca", "sm")]
+    ps = [p[d]["p_value"] for p in pairs for d in ("i2t", "t2i")]
+    holm_ps = [p[d]["p_holm"] for p in pairs for d in ("i2t", "t2i")]
+    assert all(h >= q for h, q in zip(holm_ps, ps)) and min(holm_ps) == pytest.approx(6 * min(ps))
+    assert pairs[0]["i2t"]["difference"] == pytest.approx(out["i2t"]["difference"])
+    res = runner.invoke(app, ["compare", str(log), "scm", "cca", "sm", "--resamples", "99"])
+    assert res.exit_code == 0 and res.output.count("Holm p = ") == 6
     plain = tmp_path / "plain.jsonl"
     plain.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items()}
                                         | {"i2t": {"map": 0.1}, "t2i": {"map": 0.1}}) + "\n"

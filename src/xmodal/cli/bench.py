@@ -113,24 +113,28 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare(
         records: str = typer.Argument(..., help="records of xmodal bench --per-query: a --resume JSON-lines or --json file"),
-        method_a: str = typer.Argument(..., help="method A (registry name as in the records)"),
-        method_b: str = typer.Argument(..., help="method B"),
+        names: list[str] = typer.Argument(..., metavar="A B [C ...]",
+                                          help="methods (registry names as in the records); with more "
+                                               "than two, every pair, p-values also Holm-adjusted"),
         metric: Optional[str] = typer.Option(None, "--metric", help="map, mR or r@K (default: map where the records have it, else mR)"),
         bits: Optional[int] = typer.Option(None, "--bits", help="bit length, for hashing records"),
         resamples: int = typer.Option(9999, "--resamples", help="random sign flips of the randomisation test"),
         seed: int = typer.Option(0, "--seed", help="seed of the randomisation test"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
-        """Paired significance test of two methods on the same test queries (randomisation test
-        on per-query scores; several seeds of a method are averaged query by query)."""
+        """Paired significance test of two methods (or every pair of several) on the same test
+        queries (randomisation test on per-query scores; several seeds of a method are averaged
+        query by query)."""
         from pathlib import Path
 
         from ..data import DataError
         from ..evaluation.bench import read_jsonl, summarize_seeds
-        from ..evaluation.significance import compare_records
+        from ..evaluation.significance import compare_all
 
         path = Path(records)
         try:
+            if len(names) < 2 or len(set(names)) != len(names):
+                raise DataError(f"name two or more different methods, got {' '.join(names)}")
             if not path.exists():
                 raise DataError(f"{path}: no such records file")
             text = path.read_text().lstrip()
@@ -140,7 +144,7 @@ def register(app: typer.Typer) -> None:
                 raise DataError(f"{path}: not a records file of xmodal bench ({exc})") from None
             recs = summarize_seeds([r for r in recs if bits is None or r.get("bits") == bits])
             picked = []
-            for name in (method_a, method_b):
+            for name in names:
                 mine = [r for r in recs if r.get("method") == name]
                 if len(mine) != 1:
                     what = "no record" if not mine else f"{len(mine)} records (settings, bits or encoders differ)"
@@ -148,15 +152,25 @@ def register(app: typer.Typer) -> None:
                                     + ("; pass --bits or keep one configuration per file" if mine else ""))
                 picked.append(mine[0])
             chosen = metric or ("map" if all("map" in r["i2t"] for r in picked) else "mR")
-            res = compare_records(picked[0], picked[1], chosen, n_resamples=resamples, seed=seed)
+            results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed)
         except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        several = len(names) > 2
         if as_json:
-            typer.echo(json.dumps({"a": method_a, "b": method_b, "resamples": resamples, **res}, indent=1))
+            for r in results:
+                r["resamples"] = resamples
+                if not several:  # one test: nothing to adjust
+                    for d in ("i2t", "t2i", "both"):
+                        r.get(d, {}).pop("p_holm", None)
+            typer.echo(json.dumps(results if several else results[0], indent=1))
             return
         digits = 4 if chosen == "map" else 2
-        typer.echo(f"{chosen}: {method_a} (A) vs {method_b} (B), paired randomisation test, {resamples} resamples")
-        for d, r in ((d, res[d]) for d in ("i2t", "t2i", "both") if d in res):
-            typer.echo(f"  {d:5s} A {r['a']:.{digits}f}  B {r['b']:.{digits}f}  A-B {r['difference']:+.{digits}f}  "
-                       f"95% CI [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]  p = {r['p_value']:.4f}")
+        for res in results:
+            typer.echo(f"{chosen}: {res['a']} (A) vs {res['b']} (B), paired randomisation test, "
+                       f"{resamples} resamples")
+            for d, r in ((d, res[d]) for d in ("i2t", "t2i", "both") if d in res):
+                holm_p = f"  Holm p = {r['p_holm']:.4f}" if several else ""
+                typer.echo(f"  {d:5s} A {r['a']:.{digits}f}  B {r['b']:.{digits}f}  A-B {r['difference']:+.{digits}f}  "
+                           f"95% CI [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]  p = {r['p_value']:.4f}"
+                           + holm_p)

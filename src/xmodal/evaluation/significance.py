@@ -87,3 +87,30 @@ def _same_queries(a: np.ndarray, b: np.ndarray, direction: str) -> None:
     if a.shape != b.shape:
         raise DataError(f"{direction}: the records hold {len(a)} and {len(b)} queries; "
                         "a paired test needs both methods scored on the same queries")
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm, "A simple sequentially rejective multiple test
+    procedure", Scand. J. Statistics 1979): with several comparisons at once, reject where the
+    adjusted p is below the level; the family-wise error rate then stays at that level."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out.tolist()
+
+
+def compare_all(records: dict[str, dict], metric: str = "map", n_resamples: int = 9999,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Every pair of ``records`` (method name -> record) with :func:`compare_records`, and each
+    part's ``p_holm``: its p-value adjusted over all the tests made here (every pair, every
+    direction)."""
+    names = list(records)
+    out = [{"a": a, "b": b, **compare_records(records[a], records[b], metric, n_resamples, seed)}
+           for i, a in enumerate(names) for b in names[i + 1:]]
+    parts = [(r, d) for r in out for d in ("i2t", "t2i", "both") if d in r]
+    for (r, d), adj in zip(parts, holm([r[d]["p_value"] for r, d in parts])):
+        r[d]["p_holm"] = adj
+    return out
