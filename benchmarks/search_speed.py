@@ -77,17 +77,22 @@ def fill(path: Path, kind: str, dim: int, data: np.ndarray, chunk: int = 250_000
     return coll
 
 
-def http_latency(path: Path, Q: np.ndarray, n_queries: int, k: int, binary: bool) -> dict:
-    import httpx
-
+def start_server(path: Path) -> tuple[subprocess.Popen, str]:
+    """``xmodal serve`` of ``path`` on a free 127.0.0.1 port, one FAISS thread: (process, URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "serve", "--collection", str(path),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def http_latency(path: Path, Q: np.ndarray, n_queries: int, k: int, binary: bool) -> dict:
+    import httpx
+
+    proc, url = start_server(path)
     try:
-        url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=30) as client:
             for _ in range(600):
                 try:

@@ -14,8 +14,6 @@ baseline's (same keys, same scores). Ratios are sharded queries/s over baseline 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_speed import fill  # noqa: E402
+from search_speed import fill, start_server  # noqa: E402
 
 from xmodal.index import Collection, RemoteShard, ShardedCollection  # noqa: E402
 
@@ -41,13 +39,7 @@ def qps(fn, Q: np.ndarray, k: int, repeats: int) -> float:
 
 
 def serve(path: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "xmodal.cli", "serve", "--collection", str(path),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(path)
     shard = RemoteShard(url, timeout=2)
     for _ in range(600):
         try:
