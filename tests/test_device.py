@@ -110,13 +110,3 @@ def test_deep_hashing_on_the_cpu_setting():
     codes = m.encode_images(ds.image_features)
     assert codes.dtype == np.uint8 and codes.shape == (len(ds.image_features), 2)
 
-
-def test_decode_workers_follow_the_device(monkeypatch):
-    import xmodal.device
-    from xmodal.encoders import images
-
-    monkeypatch.setattr(images, "cpu_count", lambda: 16)
-    assert images.default_workers(1000, 32) == 4  # the model needs the other cores
-    monkeypatch.setattr(xmodal.device, "get_device", lambda: torch.device("cuda"))
-    assert images.default_workers(1000, 32) == 15  # decoding is all the CPU does
-    assert images.default_workers(10, 32) == 0

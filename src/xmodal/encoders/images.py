@@ -110,15 +110,11 @@ def _collate(batch, stack: bool):
 
 
 def default_workers(n_items: int, batch_size: int) -> int:
-    """Decode workers: none for a handful of items (process start-up would dominate); half the
-    cores (at most 4) when the model shares the CPU with them; all but one (at most 16) when
-    the model runs on a GPU, where decoding is the bottleneck."""
+    """Decode workers: none for a handful of items (process start-up would dominate), else
+    half the cores, at most 4. (With the model on a GPU, 15 workers were slower than 4 on 768
+    images: start-up outweighed the extra decoding; docs/encoders.md.)"""
     if n_items <= batch_size:
         return 0
-    from ..device import get_device
-
-    if get_device().type != "cpu":
-        return max(1, min(16, cpu_count() - 1))
     return max(1, min(4, cpu_count() // 2))
 
 
