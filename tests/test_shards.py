@@ -172,3 +172,19 @@ def test_a_failing_shard_is_named_and_skipped(shards, server):
     # a shard that is down stops the start
     with pytest.raises(CollectionError, match="unreachable"):
         create_app(a, shards=[f"http://127.0.0.1:{free_port()}"])
+
+
+def test_cli_stats_tells_whether_collections_share_a_space(shards, server, tmp_path):
+    root = shards["root"]
+    r = CliRunner().invoke(app, ["stats", "-c", str(root / "a.xmc"), "--shard", server, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["one_space"] is True and [c["images"] for c in out["collections"]] == [7, 7]
+    assert out["collections"][0]["space"] == shards["a"].space
+    other = build_collection(shards["halves"][1], tmp_path / "other.xmc", image_encoder="efficientnet-lite0",
+                             text_encoder="tfidf", quiet=True)
+    other.close()
+    r = CliRunner().invoke(app, ["stats", "-c", str(root / "a.xmc"), "-c", str(tmp_path / "other.xmc")])
+    assert r.exit_code == 0 and "different common spaces" in r.output and "7 images, 35 texts" in r.output
+    r = CliRunner().invoke(app, ["stats", "-c", str(tmp_path / "nothing.xmc")])
+    assert r.exit_code == 2 and "no collection here" in r.output

@@ -125,6 +125,44 @@ def register(app: typer.Typer) -> None:
             where = f"{h.shard}\t" if h.shard is not None else ""
             typer.echo(f"{h.score:.4f}\t{where}{h.id}\t{what}")
 
+    @app.command("stats")
+    def stats_cmd(
+        collection: list[Path] = typer.Option([], "--collection", "-c", help="collection directory (repeatable)"),
+        shard: list[str] = typer.Option([], "--shard", help="URL of an `xmodal serve` (repeatable)"),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY",
+                                              help="API key for --shard servers"),
+        as_json: bool = typer.Option(False, "--json", help="JSON output"),
+    ) -> None:
+        """What collections (and served shards) hold: items, method, encoders, index and the
+        common-space fingerprint; with several, whether they can be searched as one."""
+        from ..index import CollectionError
+        from ..index.shards import RemoteShard
+
+        if not collection and not shard:
+            _fail("give a collection (-c DIR) or a shard (--shard URL)")
+        rows = []
+        try:
+            for path in collection:
+                coll = _open(path)
+                rows.append({"name": str(path), **coll.stats()})
+                coll.close()
+            for url in shard:
+                rows.append({"name": url, **RemoteShard(url, api_key=api_key).stats()})
+        except CollectionError as exc:
+            _fail(str(exc))
+        spaces = {r.get("space") for r in rows}
+        out = {"collections": rows, "one_space": len(rows) > 1 and len(spaces) == 1 and None not in spaces}
+        if as_json:
+            typer.echo(json.dumps(out, indent=1))
+            return
+        for r in rows:
+            enc = ", ".join(f"{m} {spec}" for m, spec in (r.get("encoders") or {}).items()) or "none"
+            typer.echo(f"{r['name']}: {r['images']} images, {r['texts']} texts, method {r.get('method')}, "
+                       f"{r['output']} {r['dim']}-d, index {r['index']}, encoders {enc}, space {r.get('space')}")
+        if len(rows) > 1:
+            typer.echo("one common space: searchable as shards" if out["one_space"] else
+                       "different common spaces: not searchable as one (index shards with --like)")
+
     @app.command("serve")
     def serve_cmd(
         collection: Path = COLLECTION_OPT,
