@@ -54,13 +54,16 @@ class RemoteShard:
             raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
 
     def stats(self) -> dict[str, Any]:
-        if self._info is None:
-            self._info = self._call("/api/info")
+        """The server's ``/api/info``, fetched anew (its item counts change as it grows)."""
+        self._info = self._call("/api/info")
         return self._info
 
     @property
     def space(self) -> str | None:
-        return self.stats().get("space")
+        """The common-space fingerprint (fixed for a server's life: fetched once)."""
+        if self._info is None:
+            self.stats()
+        return self._info.get("space")
 
     def search(self, body: dict[str, Any]) -> list[Hit]:
         out = self._call("/api/search", body)
