@@ -45,10 +45,12 @@ def register(app: typer.Typer) -> None:
         seed: str = typer.Option("0", "--seed", "--seeds", help="random seed, or comma-separated seeds: one run each, tables show mean±std"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
         per_query: bool = typer.Option(False, "--per-query", help="keep every query's AP and Recall@K hits in the records (for xmodal compare)"),
+        test_folds: int = typer.Option(1, "--test-folds", min=1, help="score real-valued methods on N disjoint blocks of the test images and average (MSCOCO 1K test: 5)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     ) -> None:
         """Fit methods on the training split and print MAP / P@10 (and Recall@K where pairs allow)."""
         from ..data import DataError
+        from ..methods import ParameterError
         from ..evaluation.bench import (DATABASE_CODES, format_hashing_tables, format_table, plot_pr_curves,
                                         run_bench, write_json)
 
@@ -83,8 +85,9 @@ def register(app: typer.Typer) -> None:
                                 image_encoder=image_encoder, text_encoder=text_encoder,
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
-                                resume=resume, per_query=per_query, on_record=progress)
-        except (DataError, KeyError) as exc:
+                                resume=resume, per_query=per_query, test_folds=test_folds,
+                                on_record=progress)
+        except (DataError, KeyError, ParameterError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
@@ -128,6 +131,7 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from ..data import DataError
+        from ..methods import ParameterError
         from ..evaluation.bench import read_jsonl, summarize_seeds
         from ..evaluation.significance import compare_all
 

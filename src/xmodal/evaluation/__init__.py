@@ -1,5 +1,5 @@
 """Evaluation: protocols that score fitted methods, and the benchmark runner behind ``xmodal bench``."""
 
-from .protocol import evaluate, similarity
+from .protocol import evaluate, evaluate_folds, similarity
 
-__all__ = ["evaluate", "similarity"]
+__all__ = ["evaluate", "evaluate_folds", "similarity"]

@@ -12,9 +12,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import methods as registry
+from ..methods import ParameterError
 from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
-from .protocol import evaluate
+from .protocol import evaluate, evaluate_folds, is_number, mean_scores
 
 SUMMARY_KEYS = ("map", "p@10")
 BASELINES = ("lsh", "cca_itq")
@@ -62,30 +63,12 @@ def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
 
 
 def _record_key(rec: dict, with_seed: bool = True) -> str:
-    return json.dumps([rec["dataset"], rec["method"], rec["bits"], rec.get("seed") if with_seed else None,
-                       rec.get("settings", {}), rec.get("database_codes"), rec.get("image_encoder"),
-                       rec.get("text_encoder")], sort_keys=True)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _fold(scores: list[dict]) -> tuple[dict, dict]:
-    """Mean and sample standard deviation (ddof=1) of one direction's scores over seeds;
-    curves are averaged point by point (same recall grid / radii in every seed)."""
-    mean, std = {}, {}
-    for key, first in scores[0].items():
-        vals = [s.get(key) for s in scores]
-        if all(_is_number(v) for v in vals):
-            a = np.asarray(vals, dtype=float)
-            mean[key], std[key] = float(a.mean()), float(a.std(ddof=1))
-        elif all(isinstance(v, dict) for v in vals):
-            mean[key] = {k: np.mean([v[k] for v in vals], axis=0).tolist()
-                         if len({len(v[k]) for v in vals}) == 1 else first[k] for k in first}
-        else:
-            mean[key] = None if any(_is_number(v) for v in vals) else first
-    return mean, std
+    key = [rec["dataset"], rec["method"], rec["bits"], rec.get("seed") if with_seed else None,
+           rec.get("settings", {}), rec.get("database_codes"), rec.get("image_encoder"),
+           rec.get("text_encoder")]
+    if rec.get("test_folds", 1) != 1:  # absent from older records: their keys stay valid
+        key.append(rec["test_folds"])
+    return json.dumps(key, sort_keys=True)
 
 
 def summarize_seeds(records: list[dict]) -> list[dict]:
@@ -107,9 +90,9 @@ def summarize_seeds(records: list[dict]) -> list[dict]:
         summary["seeds"] = [r.get("seed") for r in recs]
         std: dict[str, Any] = {}
         for d in ("i2t", "t2i"):
-            summary[d], std[d] = _fold([r[d] for r in recs])
+            summary[d], std[d] = mean_scores([r[d] for r in recs])
         for key in ("mR", "fit_seconds", "encode_seconds"):
-            if all(_is_number(r.get(key)) for r in recs):
+            if all(is_number(r.get(key)) for r in recs):
                 a = np.asarray([r[key] for r in recs], dtype=float)
                 summary[key] = float(a.mean())
                 if key == "mR":
@@ -153,7 +136,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               params: dict[str, dict[str, Any]] | None = None, map_k: Sequence[int] = (),
               hashing_db: str = "database", labeled_fraction: float | None = None,
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
-              per_query: bool = False, on_record: Callable[[dict], None] | None = None) -> list[dict]:
+              per_query: bool = False, test_folds: int = 1,
+              on_record: Callable[[dict], None] | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
@@ -167,13 +151,19 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     ``seed`` may be a list: every (method, bits) is then run once per seed, one record each
     (:func:`summarize_seeds` folds them into mean and standard deviation). ``per_query`` keeps
     every query's AP and Recall@K hits in the record, for :mod:`.significance` tests (a resumed
-    record without them is recomputed).
+    record without them is recomputed). ``test_folds`` scores real-valued methods on that many
+    disjoint blocks of the test images and averages them (MSCOCO "1K test": 5 folds of the
+    5000 test images; :func:`.protocol.evaluate_folds`).
     """
     seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seed: expected one seed or a list of distinct seeds, got {seed!r}")
     if database_codes not in DATABASE_CODES:
         raise ValueError(f"database_codes must be one of {DATABASE_CODES}, got {database_codes!r}")
+    hashing = [n for n in method_names if registry.get(n).output == "binary"]
+    if test_folds != 1 and hashing:
+        raise ParameterError(f"test_folds applies to the classic protocol only; {', '.join(hashing)} "
+                         "use the hashing protocol (query split against the database)")
     ds = prepare_dataset(dataset, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
     if train is None:
@@ -195,6 +185,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                    "database_codes": database_codes if is_hash else None,
                    "image_encoder": image_encoder or ds.meta.get("image_feature"),
                    "text_encoder": text_encoder or ds.meta.get("text_feature")}
+            if test_folds != 1:
+                rec["test_folds"] = test_folds
             done = previous.get(_record_key(_jsonable(rec)))
             if done is not None and (not per_query or "per_query" in done["i2t"]):
                 records.append(done)
@@ -220,13 +212,16 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
                 protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
             else:
-                scored = method
+                view = None
                 if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
-                    from ..methods.deep import raw_view
-
-                    scored = raw_view(method, test)
-                res = evaluate(scored, test, map_k=tuple(map_k), per_query=per_query)
+                    from ..methods.deep import raw_view as view
+                res = evaluate_folds(method, test, test_folds, view=view, map_k=tuple(map_k),
+                                     per_query=per_query)
                 protocol = f"classic: {test.name} vs itself (other modality)"
+                if test_folds != 1:
+                    protocol += (f", mean over {test_folds} folds of about "
+                                 f"{test.n_images // test_folds} images")
+                    rec["fold_std"] = res["fold_std"]
             rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],

@@ -13,6 +13,7 @@ that family is asked for.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Callable, TypeVar
 
 from .base import CrossModalMethod, HashingMethod, NotFittedError, ParameterError
@@ -118,8 +119,17 @@ def get(name: str) -> type[CrossModalMethod]:
 
 
 def create(name: str, **params: Any) -> CrossModalMethod:
-    """A new, unfitted method by its registry name."""
-    return get(name)(**params)
+    """A new, unfitted method by its registry name. An unknown parameter raises
+    :class:`ParameterError` naming the method's parameters."""
+    cls = get(name)
+    known = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in known.values()):
+        unknown = sorted(set(params) - set(known) - {"self"})
+        if unknown:
+            raise ParameterError(f"{name}: unknown parameter{'s' * (len(unknown) > 1)} "
+                                 f"{', '.join(unknown)}; it takes "
+                                 f"{', '.join(k for k in known if k != 'self')}")
+    return cls(**params)
 
 
 def available(output: str | None = None) -> list[str]:
