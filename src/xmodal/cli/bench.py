@@ -125,9 +125,10 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed of the randomisation test"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
-        """Paired significance test of two methods (or every pair of several) on the same test
-        queries (randomisation test on per-query scores; several seeds of a method are averaged
-        query by query)."""
+        """Paired significance test of two methods, or of every pair of several.
+
+        A randomisation test on the per-query scores of the same test queries; several seeds
+        of a method are averaged query by query."""
         from pathlib import Path
 
         from ..data import DataError

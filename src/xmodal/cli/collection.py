@@ -47,8 +47,10 @@ def register(app: typer.Typer) -> None:
                                             "common space: its fitted method and encoders, no refit"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
-        """Index images and captions into a collection (created and fitted on first use,
-        extended incrementally afterwards: unchanged files cost nothing)."""
+        """Index images and captions into a collection.
+
+        The collection is created and its method fitted on first use, then extended
+        incrementally: unchanged files cost nothing."""
         from ..data.dataset import DataError
         from ..index import CollectionError, IndexSpecError, build_collection
 
@@ -80,8 +82,9 @@ def register(app: typer.Typer) -> None:
         distinct: bool = typer.Option(False, help="show identical texts once"),
         as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
-        """Search a collection (or several shards as one); one result per line: score, id,
-        path or text (and the shard, with several)."""
+        """Search a collection, or several shards as one.
+
+        One result per line: score, id, path or text (and the shard, with several)."""
         if sum(x is not None for x in (query, image, item)) != 1:
             _fail("give exactly one of: a text query, --image FILE, --item ID")
         if target not in (None, "image", "text"):
@@ -133,8 +136,10 @@ def register(app: typer.Typer) -> None:
                                               help="API key for --shard servers"),
         as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
-        """What collections (and served shards) hold: items, method, encoders, index and the
-        common-space fingerprint; with several, whether they can be searched as one."""
+        """What collections and served shards hold, and whether they share one space.
+
+        Items, method, encoders, index and the common-space fingerprint of each; with
+        several, whether they can be searched as one."""
         from ..index import CollectionError
         from ..index.shards import RemoteShard
 
