@@ -34,6 +34,12 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
         return load_cnn_mat(path)
     if path.name == "dataset.json" or (path.is_dir() and (path / "dataset.json").exists()):
         return load_karpathy(path, **kwargs)
+    # Say what is wrong with a path rather than calling it an unknown dataset name.
+    if name and path.is_dir():
+        raise DataError(f"{path / 'dataset.json'}: file not found (a dataset folder must hold a "
+                        "Karpathy dataset.json)")
+    if not path.exists() and (path.suffix or len(path.parts) > 1):
+        raise DataError(f"{path}: no such file or folder")
     raise DataError(f"unknown dataset {name!r}: use one of {sorted(LOADERS)}, a pairs file "
                     "(.jsonl/.csv), a Karpathy dataset.json or a *_cnn.mat file")
 

@@ -33,4 +33,10 @@ def resolve_dataset_dir(name: str, data_dir: str | os.PathLike | None = None,
                 if cand == root and marker is None:
                     continue
                 return cand
+    if marker is not None:
+        # A folder of the dataset's name that lacks the marker: name what is missing in it.
+        for root in candidate_roots(data_dir):
+            for cand in (root / name, root):
+                if cand.name == name and cand.is_dir():
+                    raise DataError(f"{cand / marker}: not found, so {cand} is not a {name!r} folder")
     raise DataError(f"dataset {name!r} not found; looked in {tried}. Pass --data-dir or set ${ENV_VAR}.")

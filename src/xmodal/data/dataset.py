@@ -10,6 +10,7 @@ Splits name image indices; a text is in a split when its image is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,23 @@ import numpy as np
 
 class DataError(ValueError):
     """Malformed input data; the message names the file, row or field."""
+
+
+def read_text(path: Path, strict: bool = True) -> str:
+    """The UTF-8 text of ``path`` without a leading byte-order mark (Excel and Windows editors
+    write one). Line endings are left as they are. Bytes that are not UTF-8 are a
+    :class:`DataError` naming the file and line, or U+FFFD when ``strict`` is false."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[start:].decode("utf-8", errors="strict" if strict else "replace")
+    except UnicodeDecodeError as exc:
+        at = start + exc.start
+        line = data[:at].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte {data[at]:#04x} at offset {at}); "
+                        "save the file as UTF-8") from None
 
 
 @dataclass

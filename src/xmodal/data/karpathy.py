@@ -11,8 +11,10 @@ from typing import Callable
 import numpy as np
 
 from ._root import resolve_dataset_dir
-from .dataset import DataError, PairedDataset, one_hot
+from .dataset import DataError, PairedDataset, one_hot, read_text
 
+# Karpathy's split names ("restval" counts as train); the evaluation reads these.
+KNOWN_SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 UCM_CLASSES = [
@@ -47,42 +49,57 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     path = Path(path)
     if path.is_dir():
         path = path / "dataset.json"
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-    if not isinstance(doc, dict) or "images" not in doc:
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{path}: no 'images' list (not a Karpathy-format file)")
+    if not doc["images"]:
+        raise DataError(f"{path}: the 'images' list is empty")
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(f"{image_dir}: image folder not found (images of {path})")
     base = Path(image_dir) if image_dir else _guess_image_dir(path.parent)
     image_paths, texts, t2i, splits, classes, image_ids = [], [], [], {}, [], []
     for i, rec in enumerate(doc["images"]):
         where = f"{path}: images[{i}]"
-        if "filename" not in rec:
-            raise DataError(f"{where}: field 'filename' missing")
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected an object with 'filename' and 'sentences'")
+        if not isinstance(rec.get("filename"), str) or not rec["filename"].strip():
+            raise DataError(f"{where}: field 'filename' missing or not a string")
         sents = rec.get("sentences")
         if not sents:
             raise DataError(f"{where} ({rec['filename']}): field 'sentences' missing or empty")
+        if not isinstance(sents, list):  # a string would give one "sentence" per character
+            raise DataError(f"{where} ({rec['filename']}): field 'sentences' must be a list")
         folder = base / rec["filepath"] if rec.get("filepath") else base
         image_paths.append(str(resolve_image(folder, rec["filename"])))
         image_ids.append(Path(rec["filename"]).stem)
         split = rec.get("split", "train")
         split = "train" if split == "restval" else split
+        if split not in KNOWN_SPLITS:  # any other name would be silently left out of evaluation
+            raise DataError(f"{where} ({rec['filename']}): unknown split {split!r}; "
+                            f"expected one of {[*KNOWN_SPLITS, 'restval']}")
         splits.setdefault(split, []).append(i)
         for j, s in enumerate(sents):
             raw = s.get("raw") if isinstance(s, dict) else s
-            if raw is None:
-                raw = " ".join(s.get("tokens", [])) if isinstance(s, dict) else None
-            if not raw:
-                raise DataError(f"{where}: sentences[{j}] has no 'raw' or 'tokens'")
+            if (raw is None or not str(raw).strip()) and isinstance(s, dict):
+                tokens = s.get("tokens")
+                raw = " ".join(map(str, tokens)) if isinstance(tokens, list) else None
+            if raw is None or isinstance(raw, (dict, list)) or not str(raw).strip():
+                raise DataError(f"{where}: sentences[{j}] has no 'raw' text or 'tokens' list")
             texts.append(str(raw).strip())
             t2i.append(i)
         if class_of is not None:
             try:
-                classes.append(int(class_of(rec)))
+                c = int(class_of(rec))
             except (ValueError, KeyError) as exc:
                 raise DataError(f"{where}: cannot derive class ({exc})") from exc
+            # one_hot() would put -1 in the last column and fail deep in numpy past the end.
+            if c < 0 or (label_names is not None and c >= len(label_names)):
+                known = f"0..{len(label_names) - 1}" if label_names is not None else "0 or more"
+                raise DataError(f"{where} ({rec['filename']}): class {c} outside {known}")
+            classes.append(c)
     labels = None
     if class_of is not None:
         labels = one_hot(classes, len(label_names) if label_names else None)

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.io
 
 from ._root import resolve_dataset_dir
-from .dataset import DataError, PairedDataset, random_splits
+from .dataset import DataError, PairedDataset, random_splits, read_text
 
 MIRFLICKR_LABELS = [
     "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
@@ -20,9 +20,7 @@ MIRFLICKR_LABELS = [
 
 
 def _lines(path: Path) -> list[str]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return read_text(path, strict=False).splitlines()
 
 
 def tag_matrix(tag_lists: list[list[str]], vocabulary: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -43,11 +41,20 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
     Cleaned layout protocol (DCMH, Jiang & Li 2017): ``n_query`` random queries, the rest is the
     retrieval database, ``n_train`` training items drawn from the database.
     """
-    root = resolve_dataset_dir("mirflickr25k", data_dir)
+    try:  # the marker lets --data-dir name the dataset folder itself, as for the other datasets
+        root = resolve_dataset_dir("mirflickr25k", data_dir, marker="all_imgs.txt")
+    except DataError:  # ROOT/mirflickr25k holding only a *_cnn.mat file
+        root = resolve_dataset_dir("mirflickr25k", data_dir)
     mats = sorted(root.glob("*_cnn.mat"))
     if mats and not (root / "all_tags.txt").exists():
         return load_cnn_mat(mats[0], name="mirflickr25k")
-    imgs = _lines(root / "all_imgs.txt")
+    imgs_path = root / "all_imgs.txt"
+    imgs = _lines(imgs_path)
+    while imgs and not imgs[-1].strip():  # a trailing blank line is not an image
+        imgs.pop()
+    for i, line in enumerate(imgs, 1):
+        if not line.strip():
+            raise DataError(f"{imgs_path}:{i}: empty line")
     tags_path, labels_path = root / "all_tags.txt", root / "all_labels.txt"
     tag_rows = _lines(tags_path)
     label_rows = _lines(labels_path)
@@ -96,8 +103,14 @@ def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
                 continue
             raise DataError(f"{path}: variables {keys} required, found {sorted(mat)}")
         I, T, L = (np.asarray(mat[k]) for k in keys)
+        for k, v in zip(keys, (I, T, L)):
+            if v.ndim != 2:
+                raise DataError(f"{path}: {k} must be a 2-D matrix, got shape {v.shape}")
         if not (len(I) == len(T) == len(L)):
             raise DataError(f"{path}: {keys} have {len(I)}, {len(T)}, {len(L)} rows")
+        for k, v, first in zip(keys, (I, T, L), blocks[0] if blocks else (I, T, L)):
+            if v.shape[1] != first.shape[1]:  # vstack would fail deep inside numpy
+                raise DataError(f"{path}: {k} has {v.shape[1]} columns but {k[:2]}tr has {first.shape[1]}")
         blocks.append((I, T, L))
         splits[split] = np.arange(start, start + len(I))
         start += len(I)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._root import resolve_dataset_dir
-from .dataset import DataError, PairedDataset, random_splits
+from .dataset import DataError, PairedDataset, random_splits, read_text
 from .mirflickr import load_cnn_mat
 
 N_TAGS = 1000
@@ -35,9 +35,7 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:/")
 
 def _nonblank_lines(path: Path) -> list[str]:
     """Lines of ``path``; trailing blank lines are dropped, inner ones are an error."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_text(path, strict=False).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     for i, line in enumerate(lines, 1):
@@ -141,6 +139,8 @@ def read_feature_file(path: Path, n_rows: int) -> np.ndarray:
                 width = len(vals)
             raise DataError(f"{path}: cannot read as a whitespace-separated matrix")
     X = np.asarray(X)
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{path}: feature matrix holds {X.dtype} values, not numbers")
     if X.ndim != 2 or len(X) != n_rows:
         raise DataError(f"{path}: feature matrix has shape {X.shape}, expected {n_rows} rows "
                         "(one per ImageList/Imagelist.txt line)")
@@ -190,8 +190,15 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
 
     concept_path = _find_concepts(root)
     all_concepts = _nonblank_lines(concept_path)
+    seen: set[str] = set()
+    for i, c in enumerate(all_concepts, 1):
+        if c in seen:  # its label column would be read, counted and kept twice
+            raise DataError(f"{concept_path}:{i}: concept {c!r} listed twice")
+        seen.add(c)
     label_dir = root / "Groundtruth" / "AllLabels"
     if concepts is not None:
+        if not concepts:
+            raise DataError("nus_wide: concepts is empty; name at least one concept")
         unknown = [c for c in concepts if c not in all_concepts]
         if unknown:
             raise DataError(f"{concept_path}: unknown concepts {unknown}")

@@ -8,22 +8,26 @@ may have several texts). ``labels`` may be a list (JSONL) or ``;``-separated (CS
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, PairedDataset, random_splits
+from .dataset import DataError, PairedDataset, random_splits, read_text
 
 KNOWN_FIELDS = {"image", "text", "label", "labels", "split", "id"}
+# The splits the evaluation reads; any other name would be silently ignored there.
+KNOWN_SPLITS = ("train", "val", "test", "query", "database")
 
 
 def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
+    text = read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085, which JSON strings
+        # may hold unescaped (json.dumps(..., ensure_ascii=False)).
+        for lineno, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -36,20 +40,35 @@ def _rows(path: Path) -> list[dict]:
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
         delim = "\t" if path.suffix.lower() == ".tsv" else ","
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter=delim)
-            if reader.fieldnames is None or "image" not in reader.fieldnames:
-                raise DataError(f"{path}:1: header must name an 'image' column, got {reader.fieldnames}")
-            return [(i + 2, row) for i, row in enumerate(reader)]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+        if reader.fieldnames is None or "image" not in reader.fieldnames:
+            raise DataError(f"{path}:1: header must name an 'image' column, got {reader.fieldnames}")
+        dup = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+        if dup:  # DictReader would keep only the last of them
+            raise DataError(f"{path}:1: header names column(s) {dup} more than once")
+        rows = []
+        for row in reader:
+            lineno = reader.line_num  # the row's last physical line (quoted fields may span lines)
+            if None in row:  # DictReader files surplus values under the key None
+                raise DataError(f"{path}:{lineno}: {len(reader.fieldnames) + len(row[None])} values, "
+                                f"but the header has {len(reader.fieldnames)} columns")
+            rows.append((lineno, row))
+        return rows
     raise DataError(f"{path}: unknown pairs format {path.suffix!r} (use .jsonl or .csv)")
 
 
-def _labels_of(row: dict) -> list[str]:
+def _labels_of(row: dict, where: str) -> list[str]:
+    def name(v) -> str:
+        if isinstance(v, (dict, list)):
+            raise DataError(f"{where}: a label must be a string or a number, got {json.dumps(v)}")
+        return "" if v is None else str(v).strip()
+
     if row.get("labels") not in (None, ""):
         val = row["labels"]
-        return [str(v) for v in val] if isinstance(val, list) else [v.strip() for v in str(val).split(";") if v.strip()]
+        vals = val if isinstance(val, list) else str(val).split(";") if isinstance(val, str) else [val]
+        return [n for n in map(name, vals) if n]
     if row.get("label") not in (None, ""):
-        return [str(row["label"]).strip()]
+        return [name(row["label"])]
     return []
 
 
@@ -68,19 +87,25 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
         if unknown:
             raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; expected {sorted(KNOWN_FIELDS)}")
         img, text = row.get("image"), row.get("text")
-        if not img:
-            raise DataError(f"{where}: field 'image' missing or empty")
-        if text is None or str(text).strip() == "":
-            raise DataError(f"{where}: field 'text' missing or empty")
+        for fname, value in (("image", img), ("text", text)):
+            # A list here would become its Python repr; say so instead (one row per caption).
+            if isinstance(value, (list, dict, bool)):
+                raise DataError(f"{where}: field {fname!r} must be a string, got {json.dumps(value)}"
+                                + (" (write one row per caption)" if fname == "text" else ""))
+            if value is None or str(value).strip() == "":
+                raise DataError(f"{where}: field {fname!r} missing or empty")
         full = (path.parent / str(img)).resolve()
         if require_images_exist and not full.exists():
             raise DataError(f"{where}: image {full} not found")
-        labels = _labels_of(row)
+        labels = _labels_of(row, where)
         if label_names is not None:
             bad = [l for l in labels if l not in label_names]
             if bad:
                 raise DataError(f"{where}: unknown label(s) {bad}; known labels: {label_names}")
         split = str(row.get("split") or "").strip() or None
+        split = "train" if split == "restval" else split  # as in Karpathy files
+        if split is not None and split not in KNOWN_SPLITS:
+            raise DataError(f"{where}: unknown split {split!r}; expected one of {list(KNOWN_SPLITS)}")
         key = str(full)
         if key not in image_index:
             image_index[key] = len(image_paths)

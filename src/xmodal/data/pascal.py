@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._root import resolve_dataset_dir
-from .dataset import DataError, PairedDataset, one_hot
+from .dataset import DataError, PairedDataset, one_hot, read_text
 from .karpathy import IMAGE_EXTENSIONS
 
 def _subdirs(folder: Path) -> list[str]:
@@ -30,7 +30,7 @@ def _sentence_file(folder: Path, stem: str) -> Path | None:
 
 def read_sentences(path: Path, expected: int | None) -> list[str]:
     """Non-empty lines of a sentence file; a blank line may only close the file."""
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = read_text(path, strict=False).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     out = []
@@ -96,6 +96,9 @@ def load_pascal_sentences(data_dir: str | None = None, n_val_per_class: int = 5,
             raise DataError(f"{img_root / cat}: no images")
         stems = set()
         for p in files:
+            if p.stem in stems:  # 1.jpg and 1.png would both take 1.txt's sentences
+                raise DataError(f"{p}: another image in {p.parent} is also named {p.stem!r}; "
+                                "one sentence file cannot describe both")
             spath = _sentence_file(sdir, p.stem)
             if spath is None:
                 raise DataError(f"{sdir / (p.stem + '.txt')}: file not found (sentences of {p})")

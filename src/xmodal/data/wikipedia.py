@@ -10,16 +10,14 @@ import numpy as np
 import scipy.io
 
 from ._root import resolve_dataset_dir
-from .dataset import DataError, PairedDataset, one_hot
+from .dataset import DataError, PairedDataset, one_hot, read_text
 
 _TEXT_RE = re.compile(r"<text>(.*?)</text>", re.S)
 
 
 def _read_list(path: Path, n_categories: int) -> list[tuple[str, str, int]]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -49,11 +47,12 @@ def load_wikipedia(data_dir: str | None = None, with_texts: bool = True) -> Pair
     """
     root = resolve_dataset_dir("wikipedia", data_dir, marker="trainset_txt_img_cat.list")
     cat_file = root / "categories.list"
-    if not cat_file.exists():
-        raise DataError(f"{cat_file}: file not found")
-    categories = [c.strip() for c in cat_file.read_text().splitlines() if c.strip()]
-    train = _read_list(root / "trainset_txt_img_cat.list", len(categories))
-    test = _read_list(root / "testset_txt_img_cat.list", len(categories))
+    categories = [c.strip() for c in read_text(cat_file).splitlines() if c.strip()]
+    if not categories:
+        raise DataError(f"{cat_file}: no category names")
+    train_list, test_list = root / "trainset_txt_img_cat.list", root / "testset_txt_img_cat.list"
+    train = _read_list(train_list, len(categories))
+    test = _read_list(test_list, len(categories))
 
     feats_path = root / "raw_features.mat"
     features = None
@@ -65,10 +64,15 @@ def load_wikipedia(data_dir: str | None = None, with_texts: bool = True) -> Pair
         for key in ("I_tr", "T_tr", "I_te", "T_te"):
             if key not in mat:
                 raise DataError(f"{feats_path}: variable {key} missing")
-        for key, rows in (("I_tr", train), ("T_tr", train), ("I_te", test), ("T_te", test)):
-            if mat[key].shape[0] != len(rows):
-                raise DataError(f"{feats_path}: {key} has {mat[key].shape[0]} rows but the list "
-                                f"file has {len(rows)}")
+        for key, rows, lst in (("I_tr", train, train_list), ("T_tr", train, train_list),
+                               ("I_te", test, test_list), ("T_te", test, test_list)):
+            if mat[key].ndim != 2 or mat[key].shape[0] != len(rows):
+                raise DataError(f"{feats_path}: {key} has shape {mat[key].shape}, but {lst.name} "
+                                f"has {len(rows)} rows")
+        for tr, te in (("I_tr", "I_te"), ("T_tr", "T_te")):
+            if mat[tr].shape[1] != mat[te].shape[1]:  # vstack would fail deep inside numpy
+                raise DataError(f"{feats_path}: {tr} has {mat[tr].shape[1]} columns but {te} has "
+                                f"{mat[te].shape[1]}")
         features = (np.vstack([mat["I_tr"], mat["I_te"]]).astype(np.float32),
                     np.vstack([mat["T_tr"], mat["T_te"]]).astype(np.float32))
 
