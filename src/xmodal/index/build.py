@@ -13,7 +13,8 @@ from ..data import PairedDataset, load_dataset
 from ..data.dataset import DataError
 from ..data.karpathy import IMAGE_EXTENSIONS
 from .vector import VectorIndex
-from .collection import Collection, CollectionError, ImageItem, TextItem, encode_items, get_encoder
+from .collection import (Collection, CollectionError, CollectionExistsError, ImageItem, TextItem,
+                         encode_items, get_encoder)
 
 #: The learned common space fitted on a source's pairs when no fitted model is given.
 DEFAULT_METHOD = "cca"
@@ -50,7 +51,11 @@ def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
                 continue
             rel = p.relative_to(root).as_posix()
             labels = [rel.split("/")[0]] if "/" in rel else []
-            images.append(ImageItem(key=rel, path=str(p.resolve()), labels=labels))
+            try:
+                path = str(p.resolve())
+            except (OSError, RuntimeError):  # a symlink loop: kept as is, skipped as unreadable
+                path = str(p.absolute())
+            images.append(ImageItem(key=rel, path=path, labels=labels))
             for j, cap in enumerate(_sidecar_captions(p)):
                 texts.append(TextItem(key=f"{rel}#{j}", text=cap, pair_key=rel, labels=labels))
     if not images:
@@ -119,14 +124,12 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     together with it (:mod:`xmodal.index.shards`).
     """
     progress = not quiet
+    if Path(collection_path).exists() and not Path(collection_path).is_dir():
+        # refused before any encoding or fitting, not after
+        raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
     images, texts = scan_source(source)
     if Collection.exists(collection_path) and not overwrite:
-        coll = Collection.open(collection_path)
-        if like is not None and coll.space != Collection.open(like).space:
-            raise CollectionError(f"{collection_path}: already exists with another common space "
-                                  f"than {like}; pass a new path (or --rebuild)")
-        coll.add_items(images, texts, progress=progress, batch_size=batch_size)
-        return coll
+        return _add_to(collection_path, images, texts, like, quiet, batch_size)
     if like is not None:
         base = Collection.open(like)
         if base.method is None:
@@ -186,9 +189,27 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         fitted.fit(ds)
     else:
         fitted = method
-    coll = Collection.create(collection_path, method=fitted, image_encoder=img_enc, text_encoder=txt_enc,
-                             index=index, rerank=rerank, public_read=public_read, overwrite=True,
-                             info={"source": str(source)})
+    try:
+        coll = Collection.create(collection_path, method=fitted, image_encoder=img_enc,
+                                 text_encoder=txt_enc, index=index, rerank=rerank,
+                                 public_read=public_read, overwrite=overwrite, info={"source": str(source)})
+    except CollectionExistsError:
+        # Another process created it while this one fitted: add to that one (its method and
+        # encoders), as a later run would, instead of deleting its items.
+        return _add_to(collection_path, images, texts, like, quiet, batch_size)
     coll.add_items(images, texts, image_features=Fi, text_features=Ft, progress=progress,
                    batch_size=batch_size)
+    return coll
+
+
+def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
+            like: str | Path | None, quiet: bool, batch_size: int) -> Collection:
+    """Add what is new or changed to an existing collection, with its method and encoders."""
+    coll = Collection.open(collection_path)
+    if like is not None and coll.space != Collection.open(like).space:
+        raise CollectionError(f"{collection_path}: already exists with another common space "
+                              f"than {like}; pass a new path (or --rebuild)")
+    rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
+    if rep.skipped and not quiet:
+        print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}")
     return coll

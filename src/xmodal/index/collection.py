@@ -20,7 +20,9 @@ import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
+import sqlite3
 import threading
 import time
 import zipfile
@@ -36,14 +38,34 @@ from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, Store
 from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
+log = logging.getLogger("xmodal.index")
+
 MODALITIES = ("image", "text")
 DB_NAME = "collection.db"
 METHOD_FILE = "method.zip"
 MAX_KEY_LEN = 512
+MAX_ID = 2**63 - 1  # SQLite INTEGER: larger ids cannot exist (and cannot even be bound)
 
 
 class CollectionError(RuntimeError):
     """A collection that is missing, incomplete or used in a way it does not support."""
+
+
+class CollectionExistsError(CollectionError):
+    """Creating a collection where a complete one already is (without overwrite)."""
+
+
+def _open_store(db: Path) -> Store:
+    """The store at ``db``; a file that is not an SQLite database is a clear error."""
+    try:
+        return Store(db)
+    except sqlite3.DatabaseError as exc:
+        raise CollectionError(f"{db}: not a readable collection database ({exc})") from None
+
+
+def _ids(ids: Iterable[int]) -> list[int]:
+    """Item ids as ints, those SQLite cannot hold dropped: no item has them."""
+    return [i for i in (int(x) for x in ids) if -MAX_ID - 1 <= i <= MAX_ID]
 
 
 @dataclass
@@ -203,17 +225,37 @@ class Collection:
         """A new, empty collection. ``method`` (fitted) fixes ``output`` and ``dim``; without it
         vectors are added and searched as they are (``dim`` required)."""
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise CollectionError(f"{path}: exists and is not a folder; a collection is a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        # Under the write lock: two processes creating the same collection at once must not
+        # delete each other's database (the loser is told it exists and can add to it).
+        with open(path / "write.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                cls._create(path, output=output, dim=dim, method=method, image_encoder=image_encoder,
+                            text_encoder=text_encoder, index=index, rerank=rerank,
+                            public_read=public_read, overwrite=overwrite, info=info)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return cls.open(path)
+
+    @classmethod
+    def _create(cls, path: Path, *, output: str, dim: int | None, method: Any, image_encoder: Any,
+                text_encoder: Any, index: str, rerank: bool, public_read: bool, overwrite: bool,
+                info: dict | None) -> None:
         db = path / DB_NAME
         if db.exists():
-            complete = Store(db).get_meta("format") is not None
+            store = _open_store(db)
+            complete = store.get_meta("format") is not None
+            store.close()
             if complete and not overwrite:
-                raise CollectionError(f"{path}: a collection already exists (pass overwrite=True)")
+                raise CollectionExistsError(f"{path}: a collection already exists (pass overwrite=True)")
             for p in [db, Path(str(db) + "-wal"), Path(str(db) + "-shm")]:
                 p.unlink(missing_ok=True)
             for d in ("indexes", "encoders"):
                 for f in (path / d).glob("*") if (path / d).is_dir() else []:
                     f.unlink()
-        path.mkdir(parents=True, exist_ok=True)
         fdim = None
         if method is not None:
             method._check_fitted()
@@ -253,7 +295,6 @@ class Collection:
                 Store.set_meta(c, k, v)
             Store.set_meta(c, "format", SCHEMA_VERSION)  # last: marks the collection complete
         store.close()
-        return cls.open(path)
 
     @classmethod
     def open(cls, path: str | Path) -> "Collection":
@@ -262,7 +303,7 @@ class Collection:
         if not db.exists():
             raise CollectionError(f"{path}: no collection here (missing {DB_NAME}); "
                                   "make one with `xmodal index`")
-        store = Store(db)
+        store = _open_store(db)
         fmt = store.get_meta("format")
         if fmt is None:
             store.close()
@@ -278,7 +319,7 @@ class Collection:
         db = Path(path) / DB_NAME
         if not db.exists():
             return False
-        s = Store(db)
+        s = _open_store(db)
         try:
             return s.get_meta("format") is not None
         finally:
@@ -509,7 +550,7 @@ class Collection:
                 "generation": self._gen, "public_read": self.public_read, "labels": labels}
 
     def get_items(self, ids: Iterable[int]) -> dict[int, Hit]:
-        ids = [int(i) for i in ids]
+        ids = _ids(ids)
         if not ids:
             return {}
         out: dict[int, Hit] = {}
@@ -536,7 +577,8 @@ class Collection:
         sql, params = "SELECT id FROM items", []
         if modality:
             sql, params = sql + " WHERE modality = ?", [modality]
-        rows = self.store.query(sql + " ORDER BY id LIMIT ? OFFSET ?", params + [limit, offset])
+        rows = self.store.query(sql + " ORDER BY id LIMIT ? OFFSET ?",
+                                params + [min(int(limit), MAX_ID), min(int(offset), MAX_ID)])
         got = self.get_items(r[0] for r in rows)
         return [got[r[0]] for r in rows]
 
@@ -544,8 +586,9 @@ class Collection:
         """Stored common-space codes (and float projections) of existing items, in order."""
         ids = [int(i) for i in ids]
         rows = {}
-        for start in range(0, len(ids), 900):
-            chunk = ids[start:start + 900]
+        valid = _ids(ids)
+        for start in range(0, len(valid), 900):
+            chunk = valid[start:start + 900]
             for r in self.store.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN "
                                       f"({','.join('?' * len(chunk))})", chunk):
                 rows[r[0]] = r
@@ -781,6 +824,11 @@ class Collection:
             c.executemany("INSERT INTO vectors (item_id, code, fvec) VALUES (?, ?, ?)",
                           [(new_ids[r], X[r].tobytes(), None if F is None else F[r].tobytes())
                            for r in range(n)])
+            if modality == "image" and old:
+                # A replaced image's captions (unchanged, so not re-added) follow it to its
+                # new id; left on the old one they would belong to no image at all.
+                c.executemany("UPDATE items SET pair_id = ? WHERE pair_id = ?",
+                              [(new_ids[r], old[keys[r]][0]) for r in range(n) if keys[r] in old])
             if labels is not None:
                 c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
                               [(new_ids[r], str(lab)) for r in range(n) for lab in sorted(set(labels[r]))])
@@ -817,7 +865,7 @@ class Collection:
                remote: str | None = None) -> list[int]:
         """Delete items by id or key; an image takes its captions with it. Returns deleted ids."""
         with self._writing():
-            want = [int(i) for i in ids] + [i for i in (self.id_of(k) for k in keys) if i is not None]
+            want = _ids(ids) + [i for i in (self.id_of(k) for k in keys) if i is not None]
             if not want:
                 return []
             with self.store.transaction() as c:
@@ -857,23 +905,36 @@ class Collection:
         already stored are skipped without encoding. Each batch commits on its own, so an
         interrupted run keeps the batches done and a rerun continues where it stopped."""
         total = AddReport()
+        unread: set[str] = set()  # keys of images skipped as unreadable
         with self._writing():
             for modality, items, feats in (("image", list(images), image_features),
                                            ("text", list(texts), text_features)):
+                if modality == "text" and unread:
+                    # Captions of an image that could not be read (and is not stored from an
+                    # earlier run) have nothing to pair with: skipped with it, as on a first run.
+                    gone = {k for k in unread if self.id_of(k) is None}
+                    keep = [r for r, it in enumerate(items) if it.pair_key not in gone]
+                    items = [items[r] for r in keep]
+                    feats = None if feats is None else np.asarray(feats)[keep]
                 if not items:
                     continue
+                hashes: list[str | None] = []
                 if modality == "image":
-                    hashes = []
                     for it in items:
                         try:
                             hashes.append(sha256_file(it.path))
-                        except OSError as exc:
-                            raise DataError(f"image {it.path}: cannot read ({exc.strerror or exc})") from exc
+                        except OSError as exc:  # a dangling link, no permission: skipped, reported
+                            log.warning("skipping %s: cannot read file (%s)", it.path, exc.strerror or exc)
+                            hashes.append(None)
+                            total.skipped.append(it.path)
+                            unread.add(it.key)
                 else:
                     hashes = [sha256_text(it.text) for it in items]
                 have = self._existing([it.key for it in items])
-                todo = [r for r, it in enumerate(items) if have.get(it.key, "\0") != hashes[r]]
-                total.unchanged += len(items) - len(todo)
+                todo = [r for r, it in enumerate(items)
+                        if hashes[r] is not None and have.get(it.key, "\0") != hashes[r]]
+                total.unchanged += sum(1 for r, it in enumerate(items)
+                                       if hashes[r] is not None and have.get(it.key) == hashes[r])
                 bar = None
                 if progress and todo:
                     from tqdm import tqdm
@@ -887,6 +948,7 @@ class Collection:
                         F, ok = encode_items(self.encoder(modality), inputs)
                         if not ok.all():  # unreadable images: reported, never indexed as zeros
                             total.skipped += [items[r].path for r, good in zip(rows, ok) if not good]
+                            unread.update(items[r].key for r, good in zip(rows, ok) if not good)
                             rows = [r for r, good in zip(rows, ok) if good]
                             F = F[ok]
                             if not rows:

@@ -44,14 +44,23 @@ class RemoteShard:
         req.add_header("Content-Type", "application/json")
         if self.api_key:
             req.add_header("X-API-Key", self.api_key)
+        data = b""
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
+                data = resp.read()
+            out = json.loads(data)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
             raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
+        except ValueError:  # some other web server at that address
+            raise CollectionError(f"shard {self.url}: {path} did not answer JSON; is it an "
+                                  f"`xmodal serve`? (got {data[:80]!r})") from None
+        if not isinstance(out, dict):
+            raise CollectionError(f"shard {self.url}: {path} answered {type(out).__name__}, "
+                                  "not a JSON object; is it an `xmodal serve`?")
+        return out
 
     def stats(self) -> dict[str, Any]:
         """The server's ``/api/info``, fetched anew (its item counts change as it grows)."""
@@ -68,7 +77,11 @@ class RemoteShard:
     def search(self, body: dict[str, Any]) -> list[Hit]:
         out = self._call("/api/search", body)
         fields = Hit.__dataclass_fields__
-        return [Hit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
+        try:
+            return [Hit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
+        except (KeyError, TypeError, AttributeError):
+            raise CollectionError(f"shard {self.url}: /api/search answered no results list; "
+                                  "is it an `xmodal serve`?") from None
 
 
 class ShardHits(list):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import tempfile
 import threading
@@ -21,6 +22,8 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -508,6 +511,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             if p is None or p.modality != "image":
                 raise HTTPException(404, f"no image item with id {req.pair_id}")
             pair_key = p.key
+        if not req.text.strip():  # would be indexed as a blank caption
+            raise HTTPException(422, "text: empty (only whitespace)")
         key = safe_key(req.key) if req.key else f"text/{hashlib.sha256(req.text.encode()).hexdigest()[:16]}"
         with encode_lock:
             rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=req.labels)],
@@ -552,6 +557,13 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def data_error(_: Request, exc: DataError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input as UTF-8; a lone surrogate (valid JSON:
+        # "\ud800") cannot be encoded and turned the 422 into a 500. ASCII escapes can.
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
     return app
 
 
@@ -564,9 +576,15 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
     cached = coll.path / "thumbs" / f"{tag}_{size}.jpg"
     if cached.exists():
         return cached.read_bytes()
+    # The collection's own images were indexed under the encoders' limit (Pillow's, ~89 Mpx:
+    # a 48 Mpx phone photo is fine); the lower upload limit is for strangers' files.
+    limit = max(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
     try:
-        with Image.open(path) as im:
-            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if im.size[0] * im.size[1] > limit:
                 raise HTTPException(413, f"item {item_id}: image too large to thumbnail")
             im.draft("RGB", (size, size))  # JPEG: decode at reduced scale
             im = im.convert("RGB")
@@ -575,6 +593,8 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
             im.save(buf, "JPEG", quality=85)
     except FileNotFoundError:
         raise HTTPException(404, f"item {item_id}: image file is gone") from None
+    except Image.DecompressionBombError:
+        raise HTTPException(413, f"item {item_id}: image too large to thumbnail") from None
     except OSError as exc:
         raise HTTPException(500, f"item {item_id}: cannot read image ({exc})") from None
     data = buf.getvalue()

@@ -1,0 +1,204 @@
+"""Hostile and unlucky input to collections, `xmodal index` reruns and the HTTP API: unreadable
+files on a rerun, a symlink loop, an edited image, two indexing runs creating one collection,
+a corrupt store, ids past SQLite's range, a shard URL that is not an xmodal server. Each case
+must end in a clear error (4xx over HTTP) and never lose what is stored."""
+
+import http.server
+import io
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from threadpoolctl import threadpool_limits
+
+from xmodal.index import Collection, CollectionError, build_collection
+from xmodal.index.build import scan_folder
+from xmodal.index.shards import RemoteShard
+from xmodal.service import create_app
+from xmodal.service.auth import create_key
+
+WORDS = ["red", "green", "blue", "plane", "runway", "forest", "river", "beach", "house", "road"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    import scipy.linalg  # noqa: F401  (load every thread pool before limiting them: test_collection.py)
+    import torch  # noqa: F401
+    with threadpool_limits(1):
+        yield
+    mp.undo()
+
+
+def make_folder(folder: Path, names, seed: int = 0) -> Path:
+    """Small random JPEGs, each with a three-line sidecar caption file."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        a = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+        a[..., i % 3] = 220
+        Image.fromarray(a).save(folder / f"{name}.jpg")
+        (folder / f"{name}.txt").write_text("\n".join(" ".join(rng.choice(WORDS, 4)) for _ in range(3)))
+    return folder
+
+
+def build(src: Path, dest: Path) -> Collection:
+    return build_collection(src, dest, image_encoder="efficientnet-lite0", text_encoder="tfidf", quiet=True)
+
+
+def test_rerun_skips_unreadable_images_and_their_captions(tmp_path, env):
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(8)])
+    os.symlink("nowhere.jpg", src / "dangling.jpg")
+    (src / "broken.jpg").write_text("not pixels at all")
+    (src / "broken.txt").write_text("a caption of an unreadable file")
+    coll = build(src, tmp_path / "c")
+    assert (coll.count("image"), coll.count("text")) == (8, 24)
+    coll.close()
+    # The rerun used to stop: the dangling link failed hashing, the broken image's caption
+    # had no image to pair with. Now both are skipped again and new files are added.
+    make_folder(src, ["late"], seed=1)
+    (src / "broken2.jpg").write_bytes(b"")
+    (src / "broken2.txt").write_text("caption of an empty file")
+    coll = build(src, tmp_path / "c")
+    assert (coll.count("image"), coll.count("text")) == (9, 27)
+    assert coll.id_of("late.jpg") is not None and coll.id_of("broken2.jpg#0") is None
+    rep = coll.add_items(*scan_folder(src))
+    assert rep.added == 0 and sorted(Path(p).name for p in rep.skipped) == [
+        "broken.jpg", "broken2.jpg", "nowhere.jpg"]
+    coll.close()
+
+
+def test_symlink_loop_is_an_unreadable_image_not_a_crash(tmp_path):
+    make_folder(tmp_path, ["a"])
+    os.symlink("loop.jpg", tmp_path / "loop.jpg")
+    images, texts = scan_folder(tmp_path)
+    assert sorted(i.key for i in images) == ["a.jpg", "loop.jpg"] and len(texts) == 3
+
+
+def test_edited_image_keeps_its_captions(tmp_path):
+    coll = Collection.create(tmp_path / "c", dim=4)
+    coll.add_vectors("image", ["a.jpg"], np.eye(4)[:1], paths=["/x/a.jpg"])
+    coll.add_vectors("text", ["a.jpg#0", "a.jpg#1"], np.eye(4)[1:3], texts=["one", "two"],
+                     pair_keys=["a.jpg", "a.jpg"])
+    # The file changed: its item is replaced (new id); the unchanged captions are not re-added.
+    new = coll.add_vectors("image", ["a.jpg"], np.eye(4)[3:], paths=["/x/a.jpg"]).ids[0]
+    caps = [coll.get_item(coll.id_of(k)) for k in ("a.jpg#0", "a.jpg#1")]
+    assert [c.pair_id for c in caps] == [new, new]
+    assert coll.search_item(new, 2, target="text")[0].pair_id == new
+    assert sorted(coll.delete(ids=[new])) == sorted([new] + [c.id for c in caps])  # captions go too
+    assert coll.count() == 0
+    coll.close()
+
+
+def test_two_first_runs_on_one_collection_keep_both(tmp_path, env, monkeypatch):
+    a = make_folder(tmp_path / "a", [f"a{i}" for i in range(6)])
+    b = make_folder(tmp_path / "b", [f"b{i}" for i in range(6)], seed=3)
+    dest = tmp_path / "c"
+    build(a, dest).close()
+    # Run b started at the same time: it saw no collection, fitted, and only then creates it.
+    # It used to delete run a's collection; now it adds to it.
+    monkeypatch.setattr(Collection, "exists", staticmethod(lambda path: False))
+    coll = build(b, dest)
+    keys = {h.key for h in coll.list_items("image")}
+    assert keys == {f"a{i}.jpg" for i in range(6)} | {f"b{i}.jpg" for i in range(6)}
+    assert coll.count("text") == 36
+    coll.close()
+
+
+def test_collection_paths_that_are_not_collections(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "collection.db").write_bytes(os.urandom(4096))
+    with pytest.raises(CollectionError, match="collection.db: not a readable collection database"):
+        Collection.open(tmp_path / "bad")
+    with pytest.raises(CollectionError, match="not a readable collection database"):
+        Collection.exists(tmp_path / "bad")
+    (tmp_path / "file").write_text("x")
+    make_folder(tmp_path / "imgs", ["a"])
+    with pytest.raises(CollectionError, match="file: exists and is not a folder"):
+        build_collection(tmp_path / "imgs", tmp_path / "file", quiet=True)  # refused before encoding
+    with pytest.raises(CollectionError, match="not a folder"):
+        Collection.create(tmp_path / "file", dim=4)
+
+
+@pytest.fixture()
+def served(tmp_path):
+    coll = Collection.create(tmp_path / "c", dim=4)
+    coll.add_vectors("image", ["a.jpg"], np.eye(4)[:1], paths=[str(tmp_path / "a.jpg")])
+    coll.add_vectors("text", ["a.jpg#0"], np.eye(4)[1:2], texts=["one"], pair_keys=["a.jpg"])
+    client = TestClient(create_app(coll), raise_server_exceptions=False)
+    yield coll, client, {"X-API-Key": create_key(coll, "write")}
+    coll.close()
+
+
+def test_ids_past_sqlite_range_are_not_found(served):
+    coll, c, w = served
+    big = 2**63
+    assert coll.get_item(big) is None and coll.delete(ids=[big]) == [] and coll.list_items(offset=big) == []
+    with pytest.raises(KeyError, match=str(big)):
+        coll.search_item(big)
+    with pytest.raises(KeyError, match=str(big)):
+        coll.search_vector(np.ones(4), relevant=[big])
+    for method, url, kw in (("GET", f"/api/items/{big}", {}), ("GET", f"/api/items/{big}/thumbnail", {}),
+                            ("DELETE", f"/api/items/{big}", {"headers": w}),
+                            ("POST", "/api/search", {"json": {"item_id": big}}),
+                            ("POST", "/api/search", {"json": {"vector": [1, 0, 0, 0], "relevant": [big]}}),
+                            ("POST", "/api/texts", {"json": {"text": "x", "pair_id": big}, "headers": w})):
+        r = c.request(method, url, **kw)
+        assert r.status_code == 404 and str(big) in r.json()["detail"], (url, r.status_code, r.text)
+    r = c.get(f"/api/items?offset={big}")
+    assert r.status_code == 200 and r.json()["items"] == []
+    assert coll.count() == 2
+
+
+def test_blank_and_unencodable_texts_are_4xx(served):
+    coll, c, w = served
+    r = c.post("/api/texts", json={"text": "  \n\t "}, headers=w)
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    for url, body in (("/api/texts", b'{"text": "\\ud800abc"}'), ("/api/search", b'{"text": "\\ud800abc"}')):
+        r = c.post(url, content=body, headers={"Content-Type": "application/json", **w})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "text"], r.text
+    assert coll.count("text") == 1
+
+
+def test_thumbnail_of_a_48_megapixel_photo(served, tmp_path):
+    coll, c, _ = served
+    Image.new("RGB", (8000, 6000), (90, 140, 200)).save(tmp_path / "a.jpg", quality=50)
+    r = c.get(f"/api/items/{coll.id_of('a.jpg')}/thumbnail?size=128")
+    assert r.status_code == 200, r.text
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert max(im.size) == 128
+
+
+class _NotXmodal(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"<html>some other service</html>" if "info" in self.path else b'{"hits": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_shard_url_that_is_not_an_xmodal_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotXmodal)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        with pytest.raises(CollectionError, match=f"shard {url}: /api/info did not answer JSON"):
+            RemoteShard(url).stats()
+        with pytest.raises(CollectionError, match=f"shard {url}: /api/search answered no results"):
+            RemoteShard(url).search({"vector": [1.0], "k": 1})
+    finally:
+        srv.shutdown()
+        srv.server_close()
