@@ -202,3 +202,37 @@ def test_shard_url_that_is_not_an_xmodal_server():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_prune_makes_a_rerun_mirror_the_source(tmp_path, env):
+    from typer.testing import CliRunner
+    from xmodal.cli import app
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(6)])
+    coll = build(src, tmp_path / "c")
+    assert (coll.count("image"), coll.count("text")) == (6, 18)
+    (src / "img5.jpg").unlink()
+    (src / "img5.txt").unlink()
+    (src / "img1.jpg").rename(src / "img1b.jpg")
+    (src / "img1.txt").rename(src / "img1b.txt")
+    lines = (src / "img0.txt").read_text().splitlines()
+    (src / "img0.txt").write_text("\n".join(lines[:2]))
+    # without --prune a rerun only adds: the old items stay (the documented default)
+    coll = build(src, tmp_path / "c")
+    assert (coll.count("image"), coll.count("text")) == (7, 21)
+    res = CliRunner().invoke(app, ["index", str(src), "-c", str(tmp_path / "c"), "--prune",
+                                   "--image-encoder", "efficientnet-lite0", "--text-encoder", "tfidf"])
+    assert res.exit_code == 0, res.output
+    # img5 and img1 (renamed), each with its 3 captions, and img0's removed third line
+    assert "pruned 9 item(s)" in res.output
+    coll = Collection.open(tmp_path / "c")
+    keys = {h.key for h in coll.list_items(limit=1000)}
+    assert {"img5.jpg", "img1.jpg", "img0.jpg#2"}.isdisjoint(keys)
+    assert {"img1b.jpg", "img1b.jpg#2", "img0.jpg#1"} <= keys
+    assert (coll.count("image"), coll.count("text")) == (5, 14)
+    hits = coll.search_text(lines[0], k=50)
+    assert hits and all(h.key in keys for h in hits)
+    assert coll.store.query("PRAGMA integrity_check")[0][0] == "ok"
+    with pytest.raises(CollectionError, match="empty source"):
+        coll.prune([])
+    assert coll.count() == 19

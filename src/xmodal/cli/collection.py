@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
         rebuild: bool = typer.Option(False, help="start the collection afresh (refit the method)"),
         like: Optional[Path] = typer.Option(None, "--like", help="a new shard of this collection's "
                                             "common space: its fitted method and encoders, no refit"),
+        prune: bool = typer.Option(False, "--prune", help="also remove the items the source no longer "
+                                   "has (deleted or renamed files, removed caption lines; items added "
+                                   "over HTTP too): the collection then mirrors the source"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
         """Index images and captions into a collection.
@@ -57,7 +60,8 @@ def register(app: typer.Typer) -> None:
         try:
             coll = build_collection(source, collection, method=method, image_encoder=image_encoder,
                                     text_encoder=text_encoder, index=index, rerank=rerank,
-                                    public_read=public_read, overwrite=rebuild, quiet=quiet, like=like)
+                                    public_read=public_read, overwrite=rebuild, quiet=quiet, like=like,
+                                    prune=prune)
         except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         s = coll.stats()

@@ -113,7 +113,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
                      image_encoder: Any = DEFAULT_IMAGE_ENCODER, text_encoder: Any = DEFAULT_TEXT_ENCODER,
                      index: str = "Flat", rerank: bool = False, public_read: bool = True,
                      overwrite: bool = False, quiet: bool = False, batch_size: int = 256,
-                     like: str | Path | None = None) -> Collection:
+                     like: str | Path | None = None, prune: bool = False) -> Collection:
     """Index ``source`` into the collection at ``collection_path`` and return it open.
 
     A new collection fits ``method`` (a registry name, a saved method file or a fitted
@@ -121,7 +121,9 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     changed, with the method and encoders it already has (unchanged files cost nothing).
     ``like``: a new shard of that collection's common space, with its fitted method and
     encoders (nothing is fitted; ``method``/encoder arguments are ignored), searchable
-    together with it (:mod:`xmodal.index.shards`).
+    together with it (:mod:`xmodal.index.shards`). ``prune``: an existing collection also
+    drops the items the source no longer has (files deleted or renamed, caption lines
+    removed), items added by other means (the HTTP API) included.
     """
     progress = not quiet
     if Path(collection_path).exists() and not Path(collection_path).is_dir():
@@ -129,7 +131,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
     images, texts = scan_source(source)
     if Collection.exists(collection_path) and not overwrite:
-        return _add_to(collection_path, images, texts, like, quiet, batch_size)
+        return _add_to(collection_path, images, texts, like, quiet, batch_size, prune)
     if like is not None:
         base = Collection.open(like)
         if base.method is None:
@@ -196,15 +198,16 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     except CollectionExistsError:
         # Another process created it while this one fitted: add to that one (its method and
         # encoders), as a later run would, instead of deleting its items.
-        return _add_to(collection_path, images, texts, like, quiet, batch_size)
+        return _add_to(collection_path, images, texts, like, quiet, batch_size, prune)
     coll.add_items(images, texts, image_features=Fi, text_features=Ft, progress=progress,
                    batch_size=batch_size)
     return coll
 
 
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
-            like: str | Path | None, quiet: bool, batch_size: int) -> Collection:
-    """Add what is new or changed to an existing collection, with its method and encoders."""
+            like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False) -> Collection:
+    """Add what is new or changed to an existing collection, with its method and encoders
+    (and with ``prune`` remove what the source no longer has)."""
     coll = Collection.open(collection_path)
     if like is not None and coll.space != Collection.open(like).space:
         raise CollectionError(f"{collection_path}: already exists with another common space "
@@ -212,4 +215,9 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
     rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
     if rep.skipped and not quiet:
         print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}")
+    if prune:
+        # an unreadable file is still in the source: its stored item stays
+        gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")
+        if gone and not quiet:
+            print(f"pruned {len(gone)} item(s) the source no longer has")
     return coll

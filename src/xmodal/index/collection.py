@@ -888,6 +888,17 @@ class Collection:
                             idx.remove(dead)
             return [i for i, _ in gone]
 
+    def prune(self, keep: Iterable[str], actor: str = "local", remote: str | None = None) -> list[int]:
+        """Delete every item whose key is not in ``keep`` (an image takes its captions with
+        it), so that the collection mirrors a source that lost files or caption lines.
+        Returns the deleted ids. An empty ``keep`` is refused: that is a source gone missing
+        (an unmounted disk), not one emptied on purpose."""
+        keep = set(keep)
+        if not keep:
+            raise CollectionError(f"{self.path}: refusing to prune against an empty source")
+        stale = [i for i, key in self.store.query("SELECT id, key FROM items") if key not in keep]
+        return self.delete(ids=stale, actor=actor, remote=remote) if stale else []
+
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for start in range(0, len(keys), 900):
