@@ -236,3 +236,21 @@ def test_prune_makes_a_rerun_mirror_the_source(tmp_path, env):
     with pytest.raises(CollectionError, match="empty source"):
         coll.prune([])
     assert coll.count() == 19
+
+
+def test_an_open_collection_follows_a_rebuild_by_another_process(tmp_path, env):
+    """A server keeps its Collection open; `xmodal index --rebuild` replaces the database under
+    it. The open object must serve the new one, and write into it, not into the deleted file."""
+    a = make_folder(tmp_path / "a", [f"a{i}" for i in range(6)], seed=1)
+    b = make_folder(tmp_path / "b", [f"b{i}" for i in range(5)], seed=2)
+    build(a, tmp_path / "c")
+    served = Collection.open(tmp_path / "c")
+    assert served.search_text("red plane", k=3)[0].key.startswith("a")
+    build_collection(b, tmp_path / "c", image_encoder="efficientnet-lite0", text_encoder="tfidf",
+                     overwrite=True, quiet=True)
+    hits = served.search_text("red plane", k=50)  # a new tf-idf vocabulary, a new method
+    assert {h.key.split("#")[0] for h in hits} <= {f"b{i}.jpg" for i in range(5)}
+    assert (served.count("image"), served.count("text")) == (5, 15)
+    from xmodal.index.collection import TextItem
+    served.add_items(texts=[TextItem(key="new", text="green river road")])
+    assert Collection.open(tmp_path / "c").count("text") == 16

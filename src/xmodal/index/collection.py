@@ -202,19 +202,50 @@ class Collection:
 
     def __init__(self, path: Path, store: Store) -> None:
         self.path = path
-        self.store = store
-        self.meta = store.all_meta()
-        self.kind: str = self.meta["output"]
-        self.dim: int = int(self.meta["dim"])
-        self.fdim: int | None = self.meta.get("fdim")
-        self.index_spec: str = self.meta.get("index", "Flat")
-        self._method: Any = None
-        self._encoders: dict[str, Any] = {}
         self._lock = threading.RLock()  # in-memory indexes: held briefly (search, mutation)
         self._wlock = threading.RLock()  # one writing thread; slow work (encoding) under it only
-        self.indexes: dict[tuple[str, str], VectorIndex] = {}
-        self._gen = -1
-        self._load_indexes()
+        self._use(store)
+
+    def _use(self, store: Store) -> None:
+        """Take ``store`` as this collection's database: its settings, model and indexes."""
+        with self._lock:
+            self.store = store
+            st = os.stat(self.path / DB_NAME)
+            self._db_file = (st.st_dev, st.st_ino)
+            self.meta = store.all_meta()
+            self.kind: str = self.meta["output"]
+            self.dim: int = int(self.meta["dim"])
+            self.fdim: int | None = self.meta.get("fdim")
+            self.index_spec: str = self.meta.get("index", "Flat")
+            self._method: Any = None
+            self._encoders: dict[str, Any] = {}
+            self.indexes: dict[tuple[str, str], VectorIndex] = {}
+            self._gen = -1
+            self._load_indexes()
+
+    def _reopen_if_replaced(self) -> bool:
+        """Follow a rebuild (``xmodal index --rebuild``) by another process: it deletes the
+        database this object has open and makes a new one. Without this a running server
+        would serve, and write into, the deleted file until restarted."""
+        db = self.path / DB_NAME
+        try:
+            st = os.stat(db)
+        except FileNotFoundError:
+            return False  # mid-rebuild: keep serving the last state
+        if (st.st_dev, st.st_ino) == self._db_file:
+            return False
+        try:
+            store = _open_store(db)
+        except CollectionError:
+            return False
+        if store.get_meta("format") != SCHEMA_VERSION:  # not complete yet
+            store.close()
+            return False
+        # the old connection is not closed here: a search in flight may still read it; it
+        # closes when the last reference goes
+        self._use(store)
+        log.info("%s: the collection was rebuilt; reopened it", self.path)
+        return True
 
     # ------------------------------------------------------------ create / open
     @classmethod
@@ -462,7 +493,10 @@ class Collection:
             f.unlink(missing_ok=True)
 
     def refresh(self, force: bool = False) -> bool:
-        """Reload indexes when another process wrote to the collection; True when it did."""
+        """Reload indexes when another process wrote to the collection (or rebuilt it); True
+        when it did."""
+        if self._reopen_if_replaced():
+            return True
         gen = self.store.generation()
         if gen == self._gen:
             return False
@@ -605,9 +639,11 @@ class Collection:
     def encode_query_text(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
         if not isinstance(text, str) or not text.strip():
             raise DataError("text query is empty")
+        self._reopen_if_replaced()  # a rebuilt collection may have another model
         return self.features_to_space("text", _encode_query(self.encoder("text"), text))
 
     def encode_query_image(self, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+        self._reopen_if_replaced()
         return self.features_to_space("image", _encode_query(self.encoder("image"), str(path)))
 
     def rocchio(self, q: np.ndarray, relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
