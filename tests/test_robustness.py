@@ -254,3 +254,52 @@ def test_an_open_collection_follows_a_rebuild_by_another_process(tmp_path, env):
     from xmodal.index.collection import TextItem
     served.add_items(texts=[TextItem(key="new", text="green river road")])
     assert Collection.open(tmp_path / "c").count("text") == 16
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_read_only_collection_searches_and_refuses_writes(tmp_path, env, monkeypatch):
+    """A shipped snapshot or a read-only mount: search works, nothing is written, every write
+    is a clear error (403 over HTTP), and a folder this process cannot write opens read-only."""
+    from xmodal.index import ReadOnlyError
+    from xmodal.index.collection import TextItem
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(6)])
+    build(src, tmp_path / "c").close()
+    with Collection.open(tmp_path / "c") as admin:
+        token = create_key(admin, "admin", "ops")
+    for f in (tmp_path / "c" / "indexes").glob("*"):
+        f.unlink()  # stale index files: rebuilt in memory, not saved
+    before = _tree_bytes(tmp_path / "c")
+    coll = Collection.open(tmp_path / "c", read_only=True)
+    assert coll.read_only and coll.stats()["read_only"]
+    hits = coll.search_text("red plane", k=5)
+    assert len(hits) == 5
+    with pytest.raises(ReadOnlyError, match="open read-only"):
+        coll.add_items(texts=[TextItem(key="x", text="green river")])
+    with pytest.raises(ReadOnlyError):
+        coll.delete(ids=[hits[0].id])
+    with pytest.raises(ReadOnlyError):
+        coll.set_setting("public_read", False)
+    client = TestClient(create_app(coll))
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/search", params={"q": "red plane", "k": 3}).status_code == 200
+    r = client.post("/api/texts", json={"key": "t", "text": "blue beach"}, headers=auth)
+    assert r.status_code == 403 and "read-only" in r.json()["detail"]
+    assert client.delete(f"/api/items/{hits[0].id}", headers=auth).status_code == 403
+    assert _tree_bytes(tmp_path / "c") == before
+    # a folder this process may not write opens read-only by itself
+    import xmodal.index.collection as mod
+    monkeypatch.setattr(mod.os, "access", lambda p, mode: mode != os.W_OK)
+    assert Collection.open(tmp_path / "c").read_only
+    monkeypatch.undo()
+    # writes a writer has not merged yet would be invisible to an immutable reader: refused
+    writer = Collection.open(tmp_path / "c")
+    writer.add_items(texts=[TextItem(key="late", text="a late caption")])
+    assert (tmp_path / "c" / "collection.db-wal").stat().st_size > 0
+    with pytest.raises(CollectionError, match="not yet merged"):
+        Collection.open(tmp_path / "c", read_only=True)
+    writer.close()
+    assert Collection.open(tmp_path / "c", read_only=True).count("text") == 19

@@ -16,11 +16,11 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _open(path: Path):
+def _open(path: Path, read_only: bool | None = None):
     from ..index import Collection, CollectionError
 
     try:
-        return Collection.open(path)
+        return Collection.open(path, read_only=read_only)
     except CollectionError as exc:
         _fail(str(exc))
 
@@ -184,6 +184,8 @@ def register(app: typer.Typer) -> None:
                                         "common space: searches cover it too (repeatable)"),
         shard_api_key: Optional[str] = typer.Option(None, "--shard-api-key", envvar="XMODAL_SHARD_API_KEY",
                                                     help="API key this server sends to --shard servers"),
+        read_only: bool = typer.Option(False, "--read-only", help="refuse every write (adding, deleting, "
+                                       "keys, settings); automatic where the folder is not writable"),
     ) -> None:
         """Serve the HTTP API and the web page (http://HOST:PORT/, schema at /docs)."""
         import faiss
@@ -195,7 +197,10 @@ def register(app: typer.Typer) -> None:
         faiss.omp_set_num_threads(max(1, faiss_threads))
 
         try:
-            app_ = create_app(_open(collection), max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            coll = _open(collection, read_only=True if read_only else None)
+            if coll.read_only:
+                typer.echo(f"{collection}: serving read-only (writes answer 403)", err=True)
+            app_ = create_app(coll, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                               shards=shard, shard_api_key=shard_api_key)
         except CollectionError as exc:
             _fail(str(exc))
@@ -211,9 +216,11 @@ def register(app: typer.Typer) -> None:
         """Create a key; the token is printed once (only its salted hash is stored)."""
         from ..service.auth import KeyError_, create_key
 
+        from ..index import ReadOnlyError
+
         try:
             typer.echo(create_key(_open(collection), role, name, actor="cli"))
-        except KeyError_ as exc:
+        except (KeyError_, ReadOnlyError) as exc:
             _fail(str(exc))
 
     @keys.command("list")
@@ -230,9 +237,11 @@ def register(app: typer.Typer) -> None:
         """Revoke a key by id."""
         from ..service.auth import KeyError_, revoke_key
 
+        from ..index import ReadOnlyError
+
         try:
             revoke_key(_open(collection), key_id, actor="cli")
-        except KeyError_ as exc:
+        except (KeyError_, ReadOnlyError) as exc:
             _fail(str(exc))
         typer.echo(f"revoked {key_id}")
 
@@ -240,5 +249,10 @@ def register(app: typer.Typer) -> None:
     def keys_public(value: bool = typer.Argument(..., help="true: searching needs no key"),
                     collection: Path = COLLECTION_OPT) -> None:
         """Turn key-less reading (search, thumbnails) on or off."""
-        _open(collection).set_setting("public_read", value, actor="cli")
+        from ..index import ReadOnlyError
+
+        try:
+            _open(collection).set_setting("public_read", value, actor="cli")
+        except ReadOnlyError as exc:
+            _fail(str(exc))
         typer.echo(f"public_read = {value}")

@@ -1,10 +1,11 @@
 """Search engine storage: FAISS indexes (:mod:`.vector`) over persistent, crash-safe
 collections (:mod:`.collection`), and :func:`build_collection` to index a folder or dataset."""
 
-from .collection import (AddReport, Collection, CollectionError, Hit, ImageItem, TextItem)
+from .collection import (AddReport, Collection, CollectionError, Hit, ImageItem, ReadOnlyError,
+                         TextItem)
 from .vector import IndexSpecError, VectorIndex
 
-__all__ = ["Collection", "CollectionError", "Hit", "ImageItem", "TextItem", "AddReport",
+__all__ = ["Collection", "CollectionError", "ReadOnlyError", "Hit", "ImageItem", "TextItem", "AddReport",
            "VectorIndex", "IndexSpecError"]
 
 from .build import (DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER,  # noqa: E402

@@ -35,7 +35,7 @@ import numpy as np
 
 from .._fs import atomic_write_bytes
 from ..data.dataset import DataError
-from .store import SCHEMA_VERSION, Store
+from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store
 from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
 log = logging.getLogger("xmodal.index")
@@ -47,18 +47,23 @@ MAX_KEY_LEN = 512
 MAX_ID = 2**63 - 1  # SQLite INTEGER: larger ids cannot exist (and cannot even be bound)
 
 
-class CollectionError(RuntimeError):
-    """A collection that is missing, incomplete or used in a way it does not support."""
-
-
 class CollectionExistsError(CollectionError):
     """Creating a collection where a complete one already is (without overwrite)."""
 
 
-def _open_store(db: Path) -> Store:
-    """The store at ``db``; a file that is not an SQLite database is a clear error."""
+def writable(path: Path) -> bool:
+    """Whether this process may write the collection folder and its database."""
+    db = path / DB_NAME
+    return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def _open_store(db: Path, read_only: bool | None = None) -> Store:
+    """The store at ``db`` (read-only where this process cannot write it, unless told); a file
+    that is not an SQLite database is a clear error."""
+    if read_only is None:
+        read_only = not writable(db.parent)
     try:
-        return Store(db)
+        return Store(db, read_only=read_only)
     except sqlite3.DatabaseError as exc:
         raise CollectionError(f"{db}: not a readable collection database ({exc})") from None
 
@@ -210,6 +215,7 @@ class Collection:
         """Take ``store`` as this collection's database: its settings, model and indexes."""
         with self._lock:
             self.store = store
+            self.read_only = store.read_only
             st = os.stat(self.path / DB_NAME)
             self._db_file = (st.st_dev, st.st_ino)
             self.meta = store.all_meta()
@@ -235,7 +241,7 @@ class Collection:
         if (st.st_dev, st.st_ino) == self._db_file:
             return False
         try:
-            store = _open_store(db)
+            store = _open_store(db, self.read_only)
         except CollectionError:
             return False
         if store.get_meta("format") != SCHEMA_VERSION:  # not complete yet
@@ -328,13 +334,16 @@ class Collection:
         store.close()
 
     @classmethod
-    def open(cls, path: str | Path) -> "Collection":
+    def open(cls, path: str | Path, read_only: bool | None = None) -> "Collection":
+        """The collection at ``path``. ``read_only``: search only, every write refused with
+        :class:`ReadOnlyError` (default: where this process cannot write the folder, such as
+        a read-only mount or a shipped snapshot)."""
         path = Path(path)
         db = path / DB_NAME
         if not db.exists():
             raise CollectionError(f"{path}: no collection here (missing {DB_NAME}); "
                                   "make one with `xmodal index`")
-        store = _open_store(db)
+        store = _open_store(db, read_only)
         fmt = store.get_meta("format")
         if fmt is None:
             store.close()
@@ -474,7 +483,7 @@ class Collection:
                     else:
                         self.indexes[(modality, variant)] = idx
             self._gen = gen
-            if rebuilt:
+            if rebuilt and not self.read_only:
                 self._save_indexes()
 
     def _save_indexes(self) -> None:
@@ -513,6 +522,8 @@ class Collection:
         return False
 
     def _writer_active(self) -> bool:
+        if self.read_only:
+            return False
         with open(self.path / "write.lock", "a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -524,6 +535,8 @@ class Collection:
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """One writer at a time across processes (flock) and threads; indexes saved at the end."""
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path}: the collection is open read-only")
         lock_path = self.path / "write.lock"
         with self._wlock, open(lock_path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -581,7 +594,8 @@ class Collection:
                 "output": self.kind, "dim": self.dim, "index": self.index_spec, "space": self.space,
                 "rerank": bool(self.fdim), "method": (self.meta.get("method") or {}).get("name"),
                 "encoders": {m: r.get("spec") for m, r in self.meta.get("encoders", {}).items()},
-                "generation": self._gen, "public_read": self.public_read, "labels": labels}
+                "generation": self._gen, "public_read": self.public_read, "read_only": self.read_only,
+                "labels": labels}
 
     def get_items(self, ids: Iterable[int]) -> dict[int, Hit]:
         ids = _ids(ids)

@@ -65,12 +65,33 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
-class Store:
-    """A thread-safe wrapper over one SQLite connection (WAL, foreign keys on)."""
+class CollectionError(RuntimeError):
+    """A collection that is missing, incomplete or used in a way it does not support."""
 
-    def __init__(self, path: str | Path) -> None:
+
+class ReadOnlyError(CollectionError):
+    """A write to a collection opened read-only."""
+
+
+class Store:
+    """A thread-safe wrapper over one SQLite connection (WAL, foreign keys on).
+
+    ``read_only`` opens the file as immutable (a read-only mount, a shipped snapshot): no
+    journal, no schema set-up, and every transaction raises :class:`ReadOnlyError`."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
+        if read_only:
+            wal = Path(str(self.path) + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                # immutable mode would not see those writes
+                raise CollectionError(f"{wal}: writes not yet merged into {self.path.name}; open the "
+                                      "collection once with write access before using it read-only")
+            self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True,
+                                        check_same_thread=False, isolation_level=None)
+            return
         self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                     timeout=30.0)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -85,6 +106,8 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception."""
+        if self.read_only:
+            raise ReadOnlyError(f"{self.path.parent}: the collection is open read-only")
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:

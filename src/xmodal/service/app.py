@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
-from ..index.collection import Collection, Hit, ImageItem, TextItem, check_key
+from ..index.collection import Collection, Hit, ImageItem, ReadOnlyError, TextItem, check_key
 from ..index.shards import RemoteShard, ShardedCollection
 from . import auth
 
@@ -552,6 +552,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     def settings(req: Settings, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
         coll.set_setting("public_read", req.public_read, actor=actor, remote=remote(request))
         return {"public_read": coll.public_read}
+
+    @app.exception_handler(ReadOnlyError)
+    async def read_only(_: Request, exc: ReadOnlyError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
 
     @app.exception_handler(DataError)
     async def data_error(_: Request, exc: DataError) -> JSONResponse:
