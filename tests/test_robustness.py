@@ -303,3 +303,35 @@ def test_read_only_collection_searches_and_refuses_writes(tmp_path, env, monkeyp
         Collection.open(tmp_path / "c", read_only=True)
     writer.close()
     assert Collection.open(tmp_path / "c", read_only=True).count("text") == 19
+
+
+def test_snapshot_is_a_consistent_self_contained_copy(tmp_path, env):
+    from typer.testing import CliRunner
+    from xmodal.cli import app
+    from xmodal.service.auth import list_keys
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(6)])
+    coll = build(src, tmp_path / "c")
+    create_key(coll, "admin", "ops")
+    live = Collection.open(tmp_path / "c")  # an open writer: its journal is not merged yet
+    from xmodal.index.collection import TextItem
+    live.add_items(texts=[TextItem(key="late", text="green river road")])
+    res = CliRunner().invoke(app, ["snapshot", str(tmp_path / "snap"), "-c", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert "6 images, 19 texts" in res.output
+    files = sorted(p.relative_to(tmp_path / "snap").as_posix() for p in (tmp_path / "snap").rglob("*")
+                   if p.is_file())
+    assert "collection.db" in files and "method.zip" in files and "encoders/text.enc" in files
+    assert not any(f.endswith(("-wal", "-shm", ".tmp")) for f in files)
+    assert any(f.startswith("indexes/") for f in files)
+    snap = Collection.open(tmp_path / "snap", read_only=True)
+    assert snap.space == live.space and snap.count("text") == 19
+    a, b = live.search_text("green river", k=8), snap.search_text("green river", k=8)
+    assert [(h.key, round(h.score, 5)) for h in a] == [(h.key, round(h.score, 5)) for h in b]
+    assert list_keys(snap) == [] and snap.audit_log() == []  # keys stay behind by default
+    live.snapshot(tmp_path / "snap2", keys=True)
+    assert len(list_keys(Collection.open(tmp_path / "snap2", read_only=True))) == 1
+    with pytest.raises(CollectionError, match="not an empty folder"):
+        live.snapshot(tmp_path / "snap")
+    snap.snapshot(tmp_path / "snap3")  # from a read-only copy too
+    assert Collection.open(tmp_path / "snap3").search_text("green river", k=1)[0].key == a[0].key

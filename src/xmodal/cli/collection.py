@@ -172,6 +172,26 @@ def register(app: typer.Typer) -> None:
             typer.echo("one common space: searchable as shards" if out["one_space"] else
                        "different common spaces: not searchable as one (index shards with --like)")
 
+    @app.command("snapshot")
+    def snapshot_cmd(
+        dest: Path = typer.Argument(..., help="new folder for the copy"),
+        collection: Path = COLLECTION_OPT,
+        keys: bool = typer.Option(False, "--keys", help="keep the API keys and the audit log"),
+    ) -> None:
+        """Copy a collection consistently, to ship or serve read-only elsewhere.
+
+        Writers wait meanwhile; the copy's database is one self-contained file. API keys and
+        the audit log stay behind unless --keys."""
+        from ..index import CollectionError
+
+        coll = _open(collection)
+        try:
+            coll.snapshot(dest, keys=keys)
+        except CollectionError as exc:
+            _fail(str(exc))
+        s = _open(dest, read_only=True).stats()
+        typer.echo(f"{dest}: {s['images']} images, {s['texts']} texts, space {s['space']}")
+
     @app.command("serve")
     def serve_cmd(
         collection: Path = COLLECTION_OPT,

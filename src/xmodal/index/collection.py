@@ -501,6 +501,52 @@ class Collection:
         for f in (self.path / "indexes").glob("*.tmp"):
             f.unlink(missing_ok=True)
 
+    def snapshot(self, dest: str | Path, keys: bool = False) -> Path:
+        """A consistent copy of the collection at ``dest`` (a new folder), to ship or to open
+        read-only elsewhere: the database through SQLite's backup API (one self-contained file,
+        no journal to merge), the method, the encoders and the current indexes. Writers wait
+        meanwhile. API keys and the audit log stay behind unless ``keys``."""
+        import shutil
+
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise CollectionError(f"{dest}: exists and is not an empty folder")
+        lock = None if self.read_only else open(self.path / "write.lock", "a+")
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # no writer between the copies
+            self.refresh(force=True)
+            (dest / "indexes").mkdir(parents=True)
+            tmp = dest / (DB_NAME + ".tmp")
+            out = sqlite3.connect(str(tmp))
+            try:
+                with self.store._lock:
+                    self.store.conn.backup(out)
+                out.execute("PRAGMA journal_mode=DELETE")  # self-contained: nothing beside it
+                if not keys:
+                    out.execute("DELETE FROM api_keys")
+                    out.execute("DELETE FROM audit")
+                    out.commit()
+                    out.execute("VACUUM")
+            finally:
+                out.close()
+            tmp.rename(dest / DB_NAME)
+            for name in (METHOD_FILE, "encoders"):
+                src = self.path / name
+                if src.is_dir():
+                    shutil.copytree(src, dest / name)
+                elif src.exists():
+                    shutil.copy2(src, dest / name)
+            with self._lock:  # the in-memory indexes match the database just copied
+                for (modality, variant), idx in self.indexes.items():
+                    f = dest / "indexes" / self._index_file(modality, variant, self._gen).name
+                    f.write_bytes(idx.to_bytes())
+        finally:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
+        return dest
+
     def refresh(self, force: bool = False) -> bool:
         """Reload indexes when another process wrote to the collection (or rebuilt it); True
         when it did."""
