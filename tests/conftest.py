@@ -98,3 +98,20 @@ def serving(app):
     finally:
         srv.should_exit = True
         th.join(10)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Search-engine tests: a shared feature cache, one BLAS/OpenMP thread."""
+    from threadpoolctl import threadpool_limits
+
+    mp = pytest.MonkeyPatch()
+    # One feature cache for every search-engine test module in the session.
+    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
+    # Multi-threaded BLAS next to torch's OpenMP pool makes CCA's eigh 10-20x slower on a
+    # 2-core machine; load every pool first so the limit reaches them all.
+    import scipy.linalg  # noqa: F401
+    import torch  # noqa: F401
+    with threadpool_limits(1):
+        yield
+    mp.undo()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from xmodal.data import DataError, load_ucm_captions
 from xmodal.index import Collection, CollectionError, ImageItem, build_collection, scan_source
@@ -28,20 +27,6 @@ def ucm_records():
         if int(i) in caps:
             caps[int(i)].append(t)
     return [(Path(ds.image_paths[i]), caps[i], ds.label_names[int(ds.labels[i].argmax())]) for i in picks]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    # One feature cache for every search-engine test module in the session.
-    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
-    # Multi-threaded BLAS next to torch's OpenMP pool makes CCA's eigh 10-20x slower on a
-    # 2-core machine; load every pool first so the limit reaches them all.
-    import scipy.linalg  # noqa: F401
-    import torch  # noqa: F401
-    with threadpool_limits(1):
-        yield
-    mp.undo()
 
 
 def write_folder(folder: Path, records, nested: bool = False) -> Path:

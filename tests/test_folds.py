@@ -99,3 +99,15 @@ def test_cli_folds_and_clear_parameter_errors(wikipedia, tmp_path):
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "cca", "--quiet",
                               "--data-dir", str(DATA), "--set", "cca.n_components=-1"])
     assert res.exit_code == 2 and "n_components=-1" in res.output
+
+
+def test_bench_output_files_may_name_new_folders(wikipedia, tmp_path):
+    runner = CliRunner()
+    base = ["bench", "--dataset", "wikipedia", "--methods", "cca", "--quiet", "--data-dir", str(DATA)]
+    res = runner.invoke(app, base + ["--json", str(tmp_path / "a" / "r.json"), "--markdown",
+                                     str(tmp_path / "b" / "t.md"), "--resume", str(tmp_path / "c" / "r.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert all((tmp_path / p).is_file() for p in ("a/r.json", "b/t.md", "c/r.jsonl"))
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(app, base + ["--json", str(tmp_path / "file" / "r.json")])
+    assert res.exit_code == 2 and "cannot create its folder" in res.output

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
 from xmodal.index import Collection, CollectionError, build_collection
 from xmodal.index.build import scan_folder
@@ -22,17 +21,6 @@ from xmodal.service import create_app
 from xmodal.service.auth import create_key
 
 WORDS = ["red", "green", "blue", "plane", "runway", "forest", "river", "beach", "house", "road"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XMODAL_CACHE", str(tmp_path_factory.getbasetemp() / "xmodal-cache"))
-    import scipy.linalg  # noqa: F401  (load every thread pool before limiting them: test_collection.py)
-    import torch  # noqa: F401
-    with threadpool_limits(1):
-        yield
-    mp.undo()
 
 
 def make_folder(folder: Path, names, seed: int = 0) -> Path:
@@ -335,3 +323,24 @@ def test_snapshot_is_a_consistent_self_contained_copy(tmp_path, env):
         live.snapshot(tmp_path / "snap")
     snap.snapshot(tmp_path / "snap3")  # from a read-only copy too
     assert Collection.open(tmp_path / "snap3").search_text("green river", k=1)[0].key == a[0].key
+
+
+def test_serve_refuses_a_collection_whose_plugin_method_is_not_loaded(tmp_path, env, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+    from xmodal import methods
+    from xmodal.cli import app
+    from xmodal.methods.subspace import CCA
+
+    @methods.register("probe_cca")
+    class ProbeCCA(CCA):
+        """CCA under a plugin's name."""
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(6)])
+    build_collection(src, tmp_path / "c", method="probe_cca", image_encoder="efficientnet-lite0",
+                     text_encoder="tfidf", quiet=True).close()
+    monkeypatch.delitem(methods._REGISTRY, "probe_cca")  # a fresh process without the plugin
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("served without its method"))
+    res = CliRunner().invoke(app, ["serve", "-c", str(tmp_path / "c")])
+    assert res.exit_code == 2
+    assert "unknown method 'probe_cca'" in res.output and "--plugin" in res.output

@@ -134,7 +134,10 @@ def test_searches_feedback_add_delete_and_audit(setup):
     assert c.post("/api/search", json={"k": 1}).status_code == 422
     assert c.post("/api/search", json={"item_id": 10 ** 9}).status_code == 404
     # more like this excludes the item itself
-    mlt = c.post("/api/search", json={"item_id": item, "k": 5}).json()["results"]
+    mlt = c.post("/api/search", json={"item_id": item, "k": 5}).json()
+    own = s["coll"].get_item(item).modality
+    assert mlt["target"] == own and all(h["modality"] == own for h in mlt["results"])  # as the CLI
+    mlt = mlt["results"]
     assert item not in [h["id"] for h in mlt]
     # Rocchio: marking the 6th result relevant and the top one not relevant reorders them
     base = c.post("/api/search", json={"text": "green trees", "k": 12}).json()["results"]

@@ -70,6 +70,18 @@ def register(app: typer.Typer) -> None:
         if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise typer.BadParameter(f"--seed {seed!r}: expected a seed or comma-separated distinct seeds (integers >= 0)")
 
+        from pathlib import Path
+
+        for opt, out in (("--json", json_out), ("--markdown", markdown), ("--resume", resume),
+                         ("--pr-plot", pr_plot)):
+            if out:  # before any fitting: a missing folder must not cost a finished run
+                try:
+                    Path(out).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise typer.BadParameter(f"{opt} {out}: cannot create its folder ({exc.strerror})") from None
+                if Path(out).is_dir():
+                    raise typer.BadParameter(f"{opt} {out}: is a folder; give a file name")
+
         def progress(rec: dict) -> None:
             if not quiet:
                 bits_s = (f" {rec['bits']} bits" if rec["bits"] else "") + \
@@ -104,8 +116,6 @@ def register(app: typer.Typer) -> None:
         if hashed:
             typer.echo(hash_tables)
         if markdown:
-            from pathlib import Path
-
             Path(markdown).write_text("\n\n".join(parts) + "\n")
         if pr_plot and records:
             typer.echo(f"wrote precision-recall curves to {plot_pr_curves(records, pr_plot)}")

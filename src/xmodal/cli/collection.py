@@ -218,6 +218,11 @@ def register(app: typer.Typer) -> None:
 
         try:
             coll = _open(collection, read_only=True if read_only else None)
+            try:
+                coll.method  # noqa: B018  (a plugin method not loaded: fail now, not on every search)
+            except KeyError as exc:
+                _fail(f"{collection}: {exc.args[0]}; load the method's plugin (--plugin FILE or "
+                      "$XMODAL_PLUGINS) before serving")
             if coll.read_only:
                 typer.echo(f"{collection}: serving read-only (writes answer 403)", err=True)
             app_ = create_app(coll, max_upload_bytes=int(max_upload_mb * 1024 * 1024),

@@ -2,8 +2,8 @@
 
 A collection grows past one machine by splitting its items into shards that share one common
 space: each shard is indexed with the same fitted method and encoders (``xmodal index SOURCE
--c shard2.xmc --method shard1.xmc/method.zip``, same ``--image-encoder``/``--text-encoder``),
-which :attr:`Collection.space` fingerprints. A query is encoded once, sent to every shard as
+-c shard2.xmc --like shard1.xmc``, which also reuses fitted encoders such as a tf-idf
+vocabulary), which :attr:`Collection.space` fingerprints. A query is encoded once, sent to every shard as
 a common-space vector (local shards directly, remote ones through ``POST /api/search``, in
 parallel), and the per-shard top-k lists are merged by score. Every shard returns its own
 top k, so with exact (flat) indexes the merge is exactly the top k of the union.
@@ -128,8 +128,8 @@ class ShardedCollection:
                     if st.get(k) != first.get(k)]
             raise CollectionError(
                 f"shard {name} does not share the common space of shard {self.names[0]} "
-                f"({'; '.join(what) or 'a differently fitted method or encoder'}); index every shard "
-                f"with the same fitted method: --method {self.names[0]}/method.zip")
+                f"({'; '.join(what) or 'a differently fitted method or encoder'}); make every shard "
+                f"of one space: xmodal index SOURCE -c NEW --like {self.names[0]}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

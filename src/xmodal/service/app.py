@@ -334,7 +334,12 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 if v.shape != (width,):
                     raise HTTPException(422, f"vector must have {width} values, got {v.shape[0]}")
                 q = v
-        target = req.target or ({"text": "image", "image": "text"}.get(query_modality or "", "image"))
+        if req.target:
+            target = req.target
+        elif exclude:  # more like this (an item id): the item's own modality, as in the CLI
+            target = query_modality
+        else:
+            target = {"text": "image", "image": "text"}.get(query_modality or "", "image")
         rerank = 4 if fq is not None else 0
         failed: list = []
         try:
