@@ -344,3 +344,36 @@ def test_serve_refuses_a_collection_whose_plugin_method_is_not_loaded(tmp_path, 
     res = CliRunner().invoke(app, ["serve", "-c", str(tmp_path / "c")])
     assert res.exit_code == 2
     assert "unknown method 'probe_cca'" in res.output and "--plugin" in res.output
+
+
+def test_a_rerun_reads_only_files_whose_stat_changed(tmp_path, env, monkeypatch):
+    import xmodal.index.collection as mod
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(6)])
+    reads: list[str] = []
+    real = mod.sha256_file
+    monkeypatch.setattr(mod, "sha256_file", lambda p: reads.append(Path(p).name) or real(p))
+    build(src, tmp_path / "c").close()
+    assert len(reads) == 6
+    reads.clear()
+    build(src, tmp_path / "c").close()
+    assert reads == []  # unchanged path, size and mtime: not read again
+    os.utime(src / "img2.jpg", ns=(1, 1))  # touched, content unchanged: read once, stat recorded
+    build(src, tmp_path / "c").close()
+    assert reads == ["img2.jpg"]
+    reads.clear()
+    Image.new("RGB", (50, 30), (9, 9, 9)).save(src / "img4.jpg")  # new content
+    coll = build(src, tmp_path / "c")
+    assert reads == ["img4.jpg"]
+    row = coll.store.query("SELECT content_hash FROM items WHERE key = 'img4.jpg'")[0][0]
+    assert row == real(src / "img4.jpg") and coll.count("image") == 6
+    # a collection made before file stats were kept: every file is read once, then not again
+    with coll.store.transaction() as c:
+        c.execute("DELETE FROM file_stats")
+    coll.close()
+    reads.clear()
+    build(src, tmp_path / "c").close()
+    assert sorted(reads) == [f"img{i}.jpg" for i in range(6)]
+    reads.clear()
+    build(src, tmp_path / "c").close()
+    assert reads == []

@@ -869,7 +869,8 @@ class Collection:
                                      remote=remote)
 
     def _add_vectors(self, modality, keys, codes, *, paths=None, texts=None, labels=None,
-                     pair_keys=None, hashes=None, fvecs=None, actor="local", remote=None) -> AddReport:
+                     pair_keys=None, hashes=None, fvecs=None, stats=None, actor="local",
+                     remote=None) -> AddReport:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
         n = len(keys)
@@ -925,6 +926,9 @@ class Collection:
                 # new id; left on the old one they would belong to no image at all.
                 c.executemany("UPDATE items SET pair_id = ? WHERE pair_id = ?",
                               [(new_ids[r], old[keys[r]][0]) for r in range(n) if keys[r] in old])
+            if stats is not None:  # (size, mtime_ns) of each image file when it was hashed
+                c.executemany("INSERT INTO file_stats (item_id, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
+                              [(new_ids[r], paths[r], *stats[r]) for r in range(n) if stats[r] is not None])
             if labels is not None:
                 c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
                               [(new_ids[r], str(lab)) for r in range(n) for lab in sorted(set(labels[r]))])
@@ -995,6 +999,31 @@ class Collection:
         stale = [i for i, key in self.store.query("SELECT id, key FROM items") if key not in keep]
         return self.delete(ids=stale, actor=actor, remote=remote) if stale else []
 
+    def _file_stats(self, keys: Sequence[str]) -> dict[str, tuple]:
+        """key -> (content hash, path, size, mtime_ns) of stored image files."""
+        out: dict[str, tuple] = {}
+        for start in range(0, len(keys), 900):
+            chunk = list(keys[start:start + 900])
+            for k, *rest in self.store.query(
+                    "SELECT i.key, i.content_hash, f.path, f.size, f.mtime_ns FROM items i "
+                    f"JOIN file_stats f ON f.item_id = i.id WHERE i.key IN ({','.join('?' * len(chunk))})",
+                    chunk):
+                out[k] = tuple(rest)
+        return out
+
+    @staticmethod
+    def _file_hash(item: ImageItem, known: tuple | None, stats: list) -> str:
+        """The file's content hash, read again only when its path, size or modification time
+        differ from when it was last hashed (what git and rclip trust too); appends the stat
+        to record, or None when nothing changed."""
+        st = os.stat(item.path)
+        sig = (int(st.st_size), int(st.st_mtime_ns))
+        if known is not None and known[0] and (known[1], known[2], known[3]) == (item.path, *sig):
+            stats.append(None)
+            return known[0]
+        stats.append(sig)  # taken before reading: a write during the read changes it again
+        return sha256_file(item.path)
+
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for start in range(0, len(keys), 900):
@@ -1026,13 +1055,16 @@ class Collection:
                 if not items:
                     continue
                 hashes: list[str | None] = []
+                stats: list[tuple[int, int] | None] = []
                 if modality == "image":
+                    known = self._file_stats([it.key for it in items])
                     for it in items:
                         try:
-                            hashes.append(sha256_file(it.path))
+                            hashes.append(self._file_hash(it, known.get(it.key), stats))
                         except OSError as exc:  # a dangling link, no permission: skipped, reported
                             log.warning("skipping %s: cannot read file (%s)", it.path, exc.strerror or exc)
                             hashes.append(None)
+                            stats.append(None)
                             total.skipped.append(it.path)
                             unread.add(it.key)
                 else:
@@ -1040,8 +1072,16 @@ class Collection:
                 have = self._existing([it.key for it in items])
                 todo = [r for r, it in enumerate(items)
                         if hashes[r] is not None and have.get(it.key, "\0") != hashes[r]]
-                total.unchanged += sum(1 for r, it in enumerate(items)
-                                       if hashes[r] is not None and have.get(it.key) == hashes[r])
+                same = [r for r, it in enumerate(items) if hashes[r] is not None and have.get(it.key) == hashes[r]]
+                total.unchanged += len(same)
+                if stats and any(stats[r] for r in same):
+                    # unchanged content, new or missing file stats (a touched file, an older
+                    # collection): recorded, so the next run need not read the file again
+                    with self.store.transaction() as c:
+                        c.executemany(
+                            "INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
+                            "SELECT id, ?, ?, ? FROM items WHERE key = ?",
+                            [(items[r].path, *stats[r], items[r].key) for r in same if stats[r]])
                 bar = None
                 if progress and todo:
                     from tqdm import tqdm
@@ -1067,7 +1107,9 @@ class Collection:
                         texts=[items[r].text for r in rows] if modality == "text" else None,
                         labels=[list(items[r].labels) for r in rows],
                         pair_keys=[items[r].pair_key for r in rows] if modality == "text" else None,
-                        hashes=[hashes[r] for r in rows], actor=actor, remote=remote)
+                        hashes=[hashes[r] for r in rows],
+                        stats=[stats[r] for r in rows] if modality == "image" else None,
+                        actor=actor, remote=remote)
                     total.added += rep.added
                     total.replaced += rep.replaced
                     total.ids += rep.ids

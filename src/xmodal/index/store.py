@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS vectors (
     code BLOB NOT NULL,                       -- common-space vector: float32 or packed bits
     fvec BLOB                                 -- float projection of a binary code (re-ranking)
 );
+CREATE TABLE IF NOT EXISTS file_stats (     -- an image file as it was when hashed
+    item_id INTEGER PRIMARY KEY REFERENCES items (id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
