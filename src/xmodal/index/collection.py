@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import zipfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -66,6 +66,17 @@ def _open_store(db: Path, read_only: bool | None = None) -> Store:
         return Store(db, read_only=read_only)
     except sqlite3.DatabaseError as exc:
         raise CollectionError(f"{db}: not a readable collection database ({exc})") from None
+
+
+@contextmanager
+def _write_lock(folder: Path) -> Iterator[None]:
+    """The collection's cross-process writer lock (``flock`` on ``write.lock``)."""
+    with open(folder / "write.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _ids(ids: Iterable[int]) -> list[int]:
@@ -267,14 +278,10 @@ class Collection:
         path.mkdir(parents=True, exist_ok=True)
         # Under the write lock: two processes creating the same collection at once must not
         # delete each other's database (the loser is told it exists and can add to it).
-        with open(path / "write.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                cls._create(path, output=output, dim=dim, method=method, image_encoder=image_encoder,
-                            text_encoder=text_encoder, index=index, rerank=rerank,
-                            public_read=public_read, overwrite=overwrite, info=info)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with _write_lock(path):
+            cls._create(path, output=output, dim=dim, method=method, image_encoder=image_encoder,
+                        text_encoder=text_encoder, index=index, rerank=rerank,
+                        public_read=public_read, overwrite=overwrite, info=info)
         return cls.open(path)
 
     @classmethod
@@ -511,10 +518,8 @@ class Collection:
         dest = Path(dest)
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise CollectionError(f"{dest}: exists and is not an empty folder")
-        lock = None if self.read_only else open(self.path / "write.lock", "a+")
-        try:
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # no writer between the copies
+        # no writer between the copies (a read-only collection has none)
+        with nullcontext() if self.read_only else _write_lock(self.path):
             self.refresh(force=True)
             (dest / "indexes").mkdir(parents=True)
             tmp = dest / (DB_NAME + ".tmp")
@@ -541,10 +546,6 @@ class Collection:
                 for (modality, variant), idx in self.indexes.items():
                     f = dest / "indexes" / self._index_file(modality, variant, self._gen).name
                     f.write_bytes(idx.to_bytes())
-        finally:
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                lock.close()
         return dest
 
     def refresh(self, force: bool = False) -> bool:
@@ -583,16 +584,11 @@ class Collection:
         """One writer at a time across processes (flock) and threads; indexes saved at the end."""
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: the collection is open read-only")
-        lock_path = self.path / "write.lock"
-        with self._wlock, open(lock_path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                self.refresh(force=True)
-                yield
-                with self._lock:
-                    self._finish_write()
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with self._wlock, _write_lock(self.path):
+            self.refresh(force=True)
+            yield
+            with self._lock:
+                self._finish_write()
 
     def _finish_write(self) -> None:
         for (modality, variant), idx in list(self.indexes.items()):
@@ -1012,17 +1008,16 @@ class Collection:
         return out
 
     @staticmethod
-    def _file_hash(item: ImageItem, known: tuple | None, stats: list) -> str:
-        """The file's content hash, read again only when its path, size or modification time
-        differ from when it was last hashed (what git and rclip trust too); appends the stat
-        to record, or None when nothing changed."""
+    def _file_hash(item: ImageItem, known: tuple | None) -> tuple[str, tuple[int, int] | None]:
+        """(content hash, (size, mtime_ns) to record or None). The file is read again only
+        when its path, size or modification time differ from when it was last hashed (what
+        git and rclip trust too)."""
         st = os.stat(item.path)
         sig = (int(st.st_size), int(st.st_mtime_ns))
         if known is not None and known[0] and (known[1], known[2], known[3]) == (item.path, *sig):
-            stats.append(None)
-            return known[0]
-        stats.append(sig)  # taken before reading: a write during the read changes it again
-        return sha256_file(item.path)
+            return known[0], None
+        # the stat is taken before reading: a write during the read changes it again
+        return sha256_file(item.path), sig
 
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
@@ -1060,13 +1055,14 @@ class Collection:
                     known = self._file_stats([it.key for it in items])
                     for it in items:
                         try:
-                            hashes.append(self._file_hash(it, known.get(it.key), stats))
+                            h, sig = self._file_hash(it, known.get(it.key))
                         except OSError as exc:  # a dangling link, no permission: skipped, reported
                             log.warning("skipping %s: cannot read file (%s)", it.path, exc.strerror or exc)
-                            hashes.append(None)
-                            stats.append(None)
+                            h = sig = None
                             total.skipped.append(it.path)
                             unread.add(it.key)
+                        hashes.append(h)
+                        stats.append(sig)
                 else:
                     hashes = [sha256_text(it.text) for it in items]
                 have = self._existing([it.key for it in items])
