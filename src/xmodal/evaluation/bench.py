@@ -163,7 +163,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     hashing = [n for n in method_names if registry.get(n).output == "binary"]
     if test_folds != 1 and hashing:
         raise ParameterError(f"test_folds applies to the classic protocol only; {', '.join(hashing)} "
-                         "use the hashing protocol (query split against the database)")
+                             "use the hashing protocol (query split against the database)")
     ds = prepare_dataset(dataset, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
     if train is None:
