@@ -226,6 +226,54 @@ def test_prune_makes_a_rerun_mirror_the_source(tmp_path, env):
     assert coll.count() == 19
 
 
+def test_dry_run_says_what_a_rerun_would_do_and_writes_nothing(tmp_path, env):
+    import json
+
+    from typer.testing import CliRunner
+    from xmodal.cli import app
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(5)])
+    args = ["index", str(src), "-c", str(tmp_path / "c"), "--image-encoder", "efficientnet-lite0",
+            "--text-encoder", "tfidf", "--dry-run", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert (plan["action"], plan["images"], plan["texts"]) == ("create", 5, 15)
+    assert not (tmp_path / "c").exists()
+
+    build(src, tmp_path / "c").close()
+    db = tmp_path / "c" / "collection.db"
+    before = (db.read_bytes(), sorted(p.name for p in (tmp_path / "c").iterdir()))
+    (src / "img4.jpg").unlink()
+    (src / "img4.txt").unlink()
+    make_folder(src, ["img2"], seed=7)  # new pixels and captions under an old name
+    make_folder(src, ["late"], seed=3)
+    (src / "broken.jpg").write_text("not pixels")
+    res = CliRunner().invoke(app, args + ["--prune"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert plan["action"] == "update"
+    assert (plan["image"]["new"], plan["image"]["changed"]) == (["late.jpg"], ["img2.jpg"])
+    assert plan["image"]["unchanged"] == 3 and plan["image"]["unreadable"] == ["broken.jpg"]
+    assert sorted(plan["text"]["new"]) == ["late.jpg#0", "late.jpg#1", "late.jpg#2"]
+    assert sorted(plan["text"]["changed"]) == ["img2.jpg#0", "img2.jpg#1", "img2.jpg#2"]
+    assert plan["text"]["unchanged"] == 9
+    assert sorted(r["key"] for r in plan["removed"]) == ["img4.jpg", "img4.jpg#0", "img4.jpg#1", "img4.jpg#2"]
+    # nothing was written: same database bytes, no new files
+    assert (db.read_bytes(), sorted(p.name for p in (tmp_path / "c").iterdir())) == before
+    text = CliRunner().invoke(app, args[:-1] + ["--prune"])
+    assert "images: 1 new, 1 changed (re-encoded), 3 unchanged, 1 skipped as unreadable" in text.stdout
+    assert "removed by --prune: 4 item(s)" in text.stdout
+
+    # the real run does what the plan said
+    removed = {r["id"] for r in plan["removed"]}
+    res = CliRunner().invoke(app, args[:-2] + ["--prune", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["images"] == 5  # img0-3 and late
+    coll = Collection.open(tmp_path / "c")
+    assert not removed & {h.id for h in coll.list_items(limit=100)}
+
+
 def test_an_open_collection_follows_a_rebuild_by_another_process(tmp_path, env):
     """A server keeps its Collection open; `xmodal index --rebuild` replaces the database under
     it. The open object must serve the new one, and write into it, not into the deleted file."""

@@ -25,6 +25,31 @@ def _open(path: Path, read_only: bool | None = None):
         _fail(str(exc))
 
 
+def _plan_text(plan: dict) -> str:
+    """``xmodal index --dry-run``'s summary, one line per modality (and one for removals)."""
+    head = f"{plan['collection']}: dry run, nothing written"
+    if plan["action"] == "create":
+        how = f"with {plan['like']}'s method and encoders" if "like" in plan else f"fitting {plan['method']}"
+        return (f"{head}\nwould create the collection {how}: {plan['images']} images, "
+                f"{plan['texts']} texts from {plan['source']}")
+    lines = [head]
+    for modality in ("image", "text"):
+        r = plan[modality]
+        line = (f"{modality}s: {len(r['new'])} new, {len(r['changed'])} changed (re-encoded), "
+                f"{r['unchanged']} unchanged")
+        if r["unreadable"]:
+            line += f", {len(r['unreadable'])} skipped as unreadable (e.g. {r['unreadable'][0]})"
+        lines.append(line)
+        lines += [f"  + {k}" for k in r["new"][:5]] + ([f"  ... {len(r['new']) - 5} more"] if len(r["new"]) > 5 else [])
+    if "removed" in plan:
+        gone = plan["removed"]
+        lines.append(f"removed by --prune: {len(gone)} item(s)")
+        lines += [f"  - {g['modality']} {g['id']} {g['key']}" for g in gone[:10]]
+        if len(gone) > 10:
+            lines.append(f"  ... {len(gone) - 10} more")
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     from ..index.build import DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER
 
@@ -48,6 +73,9 @@ def register(app: typer.Typer) -> None:
         prune: bool = typer.Option(False, "--prune", help="also remove the items the source no longer "
                                    "has (deleted or renamed files, removed caption lines; items added "
                                    "over HTTP too): the collection then mirrors the source"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="say what would be added, re-encoded and "
+                                     "(with --prune) removed; encode, fit and write nothing"),
+        as_json: bool = typer.Option(False, "--json", help="print the result (or the --dry-run plan) as JSON"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
         """Index images and captions into a collection.
@@ -55,8 +83,16 @@ def register(app: typer.Typer) -> None:
         The collection is created and its method fitted on first use, then extended
         incrementally: unchanged files cost nothing."""
         from ..data.dataset import DataError
-        from ..index import CollectionError, IndexSpecError, build_collection
+        from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
 
+        if dry_run:
+            try:
+                plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
+                                       like=like, prune=prune)
+            except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
+                _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+            typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))
+            return
         try:
             coll = build_collection(source, collection, method=method, image_encoder=image_encoder,
                                     text_encoder=text_encoder, index=index, rerank=rerank,
@@ -65,6 +101,9 @@ def register(app: typer.Typer) -> None:
         except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         s = coll.stats()
+        if as_json:
+            typer.echo(json.dumps({"collection": str(collection), **s}))
+            return
         typer.echo(f"{collection}: {s['images']} images, {s['texts']} texts, method {s['method']}, "
                    f"{s['output']} {s['dim']}-d, index {s['index']}")
 

@@ -9,9 +9,9 @@ __all__ = ["Collection", "CollectionError", "ReadOnlyError", "Hit", "ImageItem",
            "VectorIndex", "IndexSpecError"]
 
 from .build import (DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER,  # noqa: E402
-                    build_collection, scan_source)
+                    build_collection, plan_collection, scan_source)
 
-__all__ += ["build_collection", "scan_source", "DEFAULT_METHOD", "DEFAULT_IMAGE_ENCODER",
+__all__ += ["build_collection", "plan_collection", "scan_source", "DEFAULT_METHOD", "DEFAULT_IMAGE_ENCODER",
             "DEFAULT_TEXT_ENCODER"]
 
 from .shards import RemoteShard, ShardedCollection, open_shards  # noqa: E402

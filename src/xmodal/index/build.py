@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     if not ok.all():
         bad = {images[r].key for r in np.flatnonzero(~ok)}
         if not quiet:
-            print(f"skipping {len(bad)} unreadable image(s), e.g. {sorted(bad)[0]}")
+            print(f"skipping {len(bad)} unreadable image(s), e.g. {sorted(bad)[0]}", file=sys.stderr)
         images = [it for it, good in zip(images, ok) if good]
         Fi = Fi[ok]
         texts = [t for t in texts if t.pair_key not in bad]
@@ -187,7 +188,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
                            image_features=Fi, text_features=Ft, labels=labels,
                            label_names=names if labels is not None else None)
         if not quiet:
-            print(f"fitting {fitted!r} on {len(texts)} pairs")
+            print(f"fitting {fitted!r} on {len(texts)} pairs", file=sys.stderr)
         fitted.fit(ds)
     else:
         fitted = method
@@ -204,6 +205,45 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     return coll
 
 
+def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
+                    index: str = "Flat", overwrite: bool = False, like: str | Path | None = None,
+                    prune: bool = False) -> dict[str, Any]:
+    """What :func:`build_collection` with the same arguments would do, without encoding,
+    fitting or writing anything (``xmodal index --dry-run``). ``action`` is ``"create"``
+    (a new collection, or ``overwrite``: every source item is encoded and the method fitted),
+    or ``"update"`` with :meth:`Collection.plan`'s per-modality keys (and ``removed`` with
+    ``prune``)."""
+    if Path(collection_path).exists() and not Path(collection_path).is_dir():
+        raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
+    images, texts = scan_source(source)
+    out: dict[str, Any] = {"source": str(source), "collection": str(collection_path),
+                           "images": len(images), "texts": len(texts)}
+    if Collection.exists(collection_path) and not overwrite:
+        coll = Collection.open(collection_path)
+        try:
+            if like is not None and coll.space != Collection.open(like).space:
+                raise CollectionError(f"{collection_path}: already exists with another common space "
+                                      f"than {like}; pass a new path (or --rebuild)")
+            return {**out, "action": "update", **coll.plan(images, texts, prune=prune)}
+        finally:
+            coll.close()
+    if like is not None:
+        base = Collection.open(like)
+        if base.method is None:
+            raise CollectionError(f"{like}: holds no fitted method to share (a vectors-only collection)")
+        return {**out, "action": "create", "like": str(like), "method": base.stats()["method"]}
+    if isinstance(method, str) and not Path(method).suffix == ".zip":
+        from ..methods import get
+
+        VectorIndex(get(method).output, 64, index)  # an unknown method or index spec is an error
+        if not texts:
+            raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
+                                  ".txt captions or pass a fitted method file (--method FILE.zip)")
+    elif isinstance(method, (str, Path)) and not Path(method).exists():
+        raise CollectionError(f"{method}: no such fitted method file")
+    return {**out, "action": "create", "method": str(method)}
+
+
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
             like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False) -> Collection:
     """Add what is new or changed to an existing collection, with its method and encoders
@@ -214,10 +254,10 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
                               f"than {like}; pass a new path (or --rebuild)")
     rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
     if rep.skipped and not quiet:
-        print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}")
+        print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)
     if prune:
         # an unreadable file is still in the source: its stored item stays
         gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")
         if gone and not quiet:
-            print(f"pruned {len(gone)} item(s) the source no longer has")
+            print(f"pruned {len(gone)} item(s) the source no longer has", file=sys.stderr)
     return coll

@@ -128,6 +128,17 @@ class AddReport:
     skipped: list[str] = field(default_factory=list)  # files the encoder could not read
 
 
+def _decodes(path: str) -> bool:
+    """Whether the image encoders can read ``path`` (decoded at reduced size: a cheap check)."""
+    from ..encoders.images import ImageReadError, open_image
+
+    try:
+        open_image(path, draft_size=32)
+    except ImageReadError:
+        return False
+    return True
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -1019,6 +1030,63 @@ class Collection:
         # the stat is taken before reading: a write during the read changes it again
         return sha256_file(item.path), sig
 
+    def _content_hashes(self, modality: str, items: Sequence[ImageItem] | Sequence[TextItem]
+                        ) -> tuple[list[str | None], list[tuple[int, int] | None]]:
+        """Content hash of every item (None: an image file that cannot be read, logged) and,
+        for images, the (size, mtime_ns) to record (None: the stored one still holds)."""
+        if modality == "text":
+            return [sha256_text(it.text) for it in items], []
+        hashes: list[str | None] = []
+        stats: list[tuple[int, int] | None] = []
+        known = self._file_stats([it.key for it in items])
+        for it in items:
+            try:
+                h, sig = self._file_hash(it, known.get(it.key))
+            except OSError as exc:  # a dangling link, no permission: skipped, reported
+                log.warning("skipping %s: cannot read file (%s)", it.path, exc.strerror or exc)
+                h = sig = None
+            hashes.append(h)
+            stats.append(sig)
+        return hashes, stats
+
+    def plan(self, images: Sequence[ImageItem] = (), texts: Sequence[TextItem] = (),
+             prune: bool = False) -> dict[str, Any]:
+        """What :meth:`add_items` (and :meth:`prune` with ``prune``) would do with these
+        items, without encoding or writing anything: per modality the keys that are new,
+        changed (re-encoded in place) and unreadable, the number unchanged, and with
+        ``prune`` the stored items the source no longer has (``removed``: id, modality, key).
+        Changed files are found as a rerun finds them (size and mtime first, then content)."""
+        out: dict[str, Any] = {}
+        lost: set[str] = set()  # unreadable images not stored: their captions are skipped too
+        for modality, items in (("image", list(images)), ("text", list(texts))):
+            hashes, _ = self._content_hashes(modality, items) if items else ([], [])
+            have = self._existing([it.key for it in items])
+            row = {"new": [], "changed": [], "unchanged": 0, "unreadable": []}
+            for it, h in zip(items, hashes):
+                if modality == "image" and h is not None and have.get(it.key) != h and not _decodes(it.path):
+                    h = None  # the encoder would skip it too
+                if modality == "image" and h is None and it.key not in have:
+                    lost.add(it.key)
+                if h is None or (modality == "text" and it.pair_key in lost):
+                    row["unreadable"].append(it.key)
+                elif it.key not in have:
+                    row["new"].append(it.key)
+                elif have[it.key] != h:
+                    row["changed"].append(it.key)
+                else:
+                    row["unchanged"] += 1
+            out[modality] = row
+        if prune:
+            keep = {it.key for it in images} | {t.key for t in texts}
+            if not keep:
+                raise CollectionError(f"{self.path}: refusing to prune against an empty source")
+            # an image that goes takes its captions with it, as delete() does
+            rows = self.store.query("SELECT id, modality, key, pair_id FROM items")
+            gone = {i for i, _, key, _ in rows if key not in keep}
+            out["removed"] = [{"id": i, "modality": m, "key": key} for i, m, key, pair in rows
+                              if i in gone or (pair is not None and pair in gone)]
+        return out
+
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for start in range(0, len(keys), 900):
@@ -1049,22 +1117,11 @@ class Collection:
                     feats = None if feats is None else np.asarray(feats)[keep]
                 if not items:
                     continue
-                hashes: list[str | None] = []
-                stats: list[tuple[int, int] | None] = []
-                if modality == "image":
-                    known = self._file_stats([it.key for it in items])
-                    for it in items:
-                        try:
-                            h, sig = self._file_hash(it, known.get(it.key))
-                        except OSError as exc:  # a dangling link, no permission: skipped, reported
-                            log.warning("skipping %s: cannot read file (%s)", it.path, exc.strerror or exc)
-                            h = sig = None
-                            total.skipped.append(it.path)
-                            unread.add(it.key)
-                        hashes.append(h)
-                        stats.append(sig)
-                else:
-                    hashes = [sha256_text(it.text) for it in items]
+                hashes, stats = self._content_hashes(modality, items)
+                for it, h in zip(items, hashes):
+                    if h is None:
+                        total.skipped.append(it.path)
+                        unread.add(it.key)
                 have = self._existing([it.key for it in items])
                 todo = [r for r, it in enumerate(items)
                         if hashes[r] is not None and have.get(it.key, "\0") != hashes[r]]
