@@ -59,6 +59,20 @@ def test_index_search_keys(folder, tmp_path):
     assert run("keys", "revoke", key_id, "-c", coll).exit_code == 0
     assert "revoked" in run("keys", "list", "-c", coll).output
     assert "public_read = False" in run("keys", "public-read", "false", "-c", coll).output
+    # Remove: an unknown id removes nothing; an image goes with its captions; keys work too.
+    before = json.loads(run("stats", "-c", coll, "--json").output)["collections"][0]
+    r = run("remove", hits[0]["pair_id"], 999999, "-c", coll)
+    assert r.exit_code == 2 and "no item 999999; nothing removed" in r.output
+    r = run("remove", hits[0]["pair_id"], "-c", coll, "--json")
+    assert r.exit_code == 0, r.output
+    gone = json.loads(r.output)["removed"]
+    assert hits[0]["pair_id"] in gone and hits[0]["id"] in gone and len(gone) == 6
+    r = run("remove", "-c", coll, "--key", f"{img.name}#0")
+    assert r.exit_code == 2 and "nothing removed" in r.output  # went with its image
+    after = json.loads(run("stats", "-c", coll, "--json").output)["collections"][0]
+    assert (after["images"], after["texts"]) == (before["images"] - 1, before["texts"] - 5)
+    r = run("search", "-c", coll, "--image", img, "-k", "40", "--json")
+    assert not set(gone) & {h["id"] for h in json.loads(r.output)}
 
 
 def test_cli_errors(folder, tmp_path):

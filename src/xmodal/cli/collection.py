@@ -211,6 +211,33 @@ def register(app: typer.Typer) -> None:
             typer.echo("one common space: searchable as shards" if out["one_space"] else
                        "different common spaces: not searchable as one (index shards with --like)")
 
+    @app.command("remove")
+    def remove_cmd(
+        ids: list[int] = typer.Argument(None, help="item ids (as `xmodal search` prints them)"),
+        collection: Path = COLLECTION_OPT,
+        key: list[str] = typer.Option([], "--key", help="an item key (an image's path in the source, "
+                                      "a caption's PATH#N); repeatable"),
+        as_json: bool = typer.Option(False, "--json", help="JSON output"),
+    ) -> None:
+        """Remove items by id or key; an image takes its captions with it.
+
+        An id or key the collection does not hold is an error, and then nothing is removed."""
+        from ..index import CollectionError
+
+        ids = list(ids or [])
+        if not ids and not key:
+            _fail("give item ids or --key KEY")
+        coll = _open(collection)
+        try:
+            missing = [str(i) for i in ids if not coll.get_items([i])] + [k for k in key if coll.id_of(k) is None]
+            if missing:
+                _fail(f"{collection}: no item {', '.join(missing)}; nothing removed")
+            gone = coll.delete(ids=ids, keys=key, actor="cli")
+        except CollectionError as exc:
+            _fail(str(exc))
+        typer.echo(json.dumps({"removed": gone}) if as_json else
+                   f"{collection}: removed {len(gone)} item(s): {' '.join(map(str, gone))}")
+
     @app.command("snapshot")
     def snapshot_cmd(
         dest: Path = typer.Argument(..., help="new folder for the copy"),
