@@ -46,6 +46,31 @@ def test_index_search_keys(folder, tmp_path):
     assert hits[0]["text"] in (folder / (img.stem + ".txt")).read_text()
     r = run("search", "-c", coll, "--item", hits[0]["pair_id"], "-k", "2", "--target", "text")
     assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 2
+    # Several queries: one numbered result list each, the same as one at a time.
+    qfile = tmp_path / "queries.txt"
+    qfile.write_text("\ufeffan airplane on the runway\n\n  green trees  \n", encoding="utf-8")
+    r = run("search", "-c", coll, "--queries", qfile, "-k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(ln) for ln in r.output.strip().splitlines()]
+    assert [(x["query"], x["text"]) for x in rows] == [(0, "an airplane on the runway"), (1, "green trees")]
+    one = json.loads(run("search", "-c", coll, "green trees", "-k", "3", "--json").output)
+    assert [h["id"] for h in rows[1]["hits"]] == [h["id"] for h in one]
+    assert [h["score"] for h in rows[1]["hits"]] == pytest.approx([h["score"] for h in one], abs=1e-5)
+    imgs = sorted(folder.glob("*.jpg"))[:3]
+    r = run("search", "-c", coll, *[a for p in imgs for a in ("--image", p)], "-k", "2")
+    lines = [ln.split("\t") for ln in r.output.strip().splitlines()]
+    assert r.exit_code == 0 and [ln[0] for ln in lines] == ["0", "0", "1", "1", "2", "2"]
+    one = json.loads(run("search", "-c", coll, "--image", imgs[2], "-k", "1", "--json").output)[0]
+    assert float(lines[4][1]) == pytest.approx(one["score"], abs=1e-4)  # ties: UCM repeats captions
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    r = run("search", "-c", coll, "--queries", blank)
+    assert r.exit_code == 2 and "no queries" in r.output
+    r = run("search", "-c", coll, "--image", imgs[0], "--image", tmp_path / "nope.jpg")
+    assert r.exit_code == 2 and "nope.jpg: no such file" in r.output
+    (tmp_path / "bad.jpg").write_text("not an image")
+    r = run("search", "-c", coll, "--image", imgs[0], "--image", tmp_path / "bad.jpg")
+    assert r.exit_code == 2 and "bad.jpg" in r.output and "could not read" in r.output
     # Re-indexing an unchanged folder is a no-op.
     r = run("index", folder, "-c", coll, "-q")
     assert r.exit_code == 0 and "7 images, 35 texts" in r.output

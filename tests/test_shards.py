@@ -60,6 +60,14 @@ def test_like_shares_the_space_and_the_merge_is_exact(shards):
         img = sorted(shards["halves"][1].glob("*.jpg"))[0]
         hits = sc.search_image(img, 5)
         _same(hits, whole.search_image(img, 5))
+        # batches of queries: the same lists as one query at a time
+        for got, ref in zip(sc.search_texts(QUERIES, 6), whole.search_texts(QUERIES, 6)):
+            _same(got, ref)
+        for q, ref in zip(QUERIES, whole.search_texts(QUERIES, 6)):
+            _same(whole.search_text(q, 6), ref)
+        imgs = sorted(shards["halves"][0].glob("*.jpg"))[:2] + [img]
+        for p, got in zip(imgs, sc.search_images(imgs, 4)):
+            _same(got, whole.search_image(p, 4))
         # repeated captions appear once across shards too
         texts = [h.text for h in sc.search_text(QUERIES[0], 8, "text", distinct=True)]
         assert len(texts) == len(set(texts)) == 8

@@ -116,7 +116,10 @@ def register(app: typer.Typer) -> None:
                                         "common space (repeatable)"),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY",
                                               help="API key for --shard servers"),
-        image: Optional[Path] = typer.Option(None, "--image", help="an image file as the query"),
+        image: list[Path] = typer.Option([], "--image", help="an image file as the query (repeatable: "
+                                         "one result list per image)"),
+        queries: Optional[Path] = typer.Option(None, "--queries", help="a text file, one text query per "
+                                               "line (blank lines skipped): one result list per line"),
         item: Optional[int] = typer.Option(None, "--item", help="an item id as the query (more like this)"),
         k: int = typer.Option(10, "-k", min=1, max=10000, help="results"),
         target: Optional[str] = typer.Option(None, help="image or text (default: the other modality)"),
@@ -127,9 +130,26 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Search a collection, or several shards as one.
 
-        One result per line: score, id, path or text (and the shard, with several)."""
-        if sum(x is not None for x in (query, image, item)) != 1:
-            _fail("give exactly one of: a text query, --image FILE, --item ID")
+        One result per line: score, id, path or text (and the shard, with several). With
+        several queries (--queries, repeated --image) each line starts with the query's number
+        (from 0), and --json prints one JSON line per query."""
+        if (query is not None) + bool(image) + (item is not None) + (queries is not None) != 1:
+            _fail("give exactly one of: a text query, --image FILE, --item ID, --queries FILE")
+        texts: list[str] = []
+        if queries is not None:
+            from ..data.dataset import DataError, read_text
+
+            try:
+                texts = [ln.strip() for ln in read_text(queries).splitlines() if ln.strip()]
+            except DataError as exc:
+                _fail(str(exc))
+            except OSError as exc:
+                _fail(f"{queries}: {exc.strerror or exc}")
+            if not texts:
+                _fail(f"{queries}: no queries (every line is blank)")
+        for path in image:
+            if not path.is_file():
+                _fail(f"{path}: no such file")
         if target not in (None, "image", "text"):
             _fail(f"--target must be image or text, got {target!r}")
         if not collection and not shard:
@@ -152,24 +172,32 @@ def register(app: typer.Typer) -> None:
 
         try:
             if query is not None:
-                hits = coll.search_text(query, k, target or "image", **kw)
-            elif image is not None:
-                if not image.is_file():
-                    _fail(f"{image}: no such file")
-                hits = coll.search_image(image, k, target or "text", **kw)
+                results = [coll.search_text(query, k, target or "image", **kw)]
+            elif texts:
+                results = coll.search_texts(texts, k, target or "image", **kw)
+            elif image:
+                results = coll.search_images(image, k, target or "text", **kw)
             else:
-                hits = coll.search_item(item, k, target, **kw)
+                results = [coll.search_item(item, k, target, **kw)]
         except KeyError as exc:
             _fail(str(exc.args[0]))
         except (ValueError, CollectionError) as exc:
             _fail(str(exc))
-        if as_json:
-            typer.echo(json.dumps([h.to_dict() for h in hits], indent=1))
+        many = bool(texts) or len(image) > 1
+        if as_json and not many:
+            typer.echo(json.dumps([h.to_dict() for h in results[0]], indent=1))
             return
-        for h in hits:
-            what = h.path if h.modality == "image" else (h.text or "").replace("\n", " ")
-            where = f"{h.shard}\t" if h.shard is not None else ""
-            typer.echo(f"{h.score:.4f}\t{where}{h.id}\t{what}")
+        asked = texts or [str(p) for p in image]
+        for q, hits in enumerate(results):
+            if as_json:
+                typer.echo(json.dumps({"query": q, "text" if texts else "image": asked[q],
+                                       "hits": [h.to_dict() for h in hits]}))
+                continue
+            lead = f"{q}\t" if many else ""
+            for h in hits:
+                what = h.path if h.modality == "image" else (h.text or "").replace("\n", " ")
+                where = f"{h.shard}\t" if h.shard is not None else ""
+                typer.echo(f"{lead}{h.score:.4f}\t{where}{h.id}\t{what}")
 
     @app.command("stats")
     def stats_cmd(

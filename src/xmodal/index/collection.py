@@ -180,16 +180,18 @@ def encode_items(enc: Any, inputs: Sequence[str], progress: bool | None = False,
     return np.asarray(F, dtype=np.float32), np.asarray(ok, dtype=bool)
 
 
-def _encode_query(enc: Any, item: str) -> np.ndarray:
-    """One query through an encoder, bypassing its feature cache: queries (uploads on a
-    server especially) would otherwise grow the cache without bound."""
+def _encode_query(enc: Any, items: str | Sequence[str]) -> np.ndarray:
+    """Queries through an encoder in one batch, bypassing its feature cache: queries (uploads
+    on a server especially) would otherwise grow the cache without bound."""
+    items = [items] if isinstance(items, str) else list(items)
     try:
-        out = enc.encode([item], progress=False, cache_dir=False, return_mask=True)
+        out = enc.encode(items, progress=False, cache_dir=False, return_mask=True)
     except TypeError:
-        return np.asarray(enc.encode([item]), dtype=np.float32)
+        return np.asarray(enc.encode(items), dtype=np.float32)
     F, ok = out
     if not np.asarray(ok).all():
-        raise DataError(f"query {item}: the {enc.spec} encoder could not read it")
+        bad = items[int(np.flatnonzero(~np.asarray(ok))[0])]
+        raise DataError(f"query {bad}: the {enc.spec} encoder could not read it")
     return np.asarray(F, dtype=np.float32)
 
 
@@ -850,6 +852,30 @@ class Collection:
         """Image query (a file); by default against texts (image -> text)."""
         q, fq = self.encode_query_image(path)
         return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
+
+    def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
+                     **kw: Any) -> list[list[Hit]]:
+        """Many text queries, encoded in one batch: one hit list per query, in order."""
+        for r, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"text query {r}: empty")
+        self._reopen_if_replaced()
+        return self._search_rows(self.features_to_space("text", _encode_query(self.encoder("text"), texts)),
+                                 k, target, kw)
+
+    def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
+                      **kw: Any) -> list[list[Hit]]:
+        """Many image queries (files), decoded and encoded in batches: one hit list per query."""
+        self._reopen_if_replaced()
+        F = _encode_query(self.encoder("image"), [str(p) for p in paths])
+        return self._search_rows(self.features_to_space("image", F), k, target, kw)
+
+    def _search_rows(self, space: tuple[np.ndarray, np.ndarray | None], k: int, target: str,
+                     kw: dict[str, Any]) -> list[list[Hit]]:
+        Q, FQ = space
+        rerank = kw.pop("rerank", 4 if FQ is not None else 0)
+        return [self.search_vector(Q[r], target, k, fq=None if FQ is None else FQ[r:r + 1],
+                                   rerank=rerank, **kw) for r in range(len(Q))]
 
     def search_item(self, item_id: int, k: int = 10, target: str | None = None, **kw: Any) -> list[Hit]:
         """More like this: an existing item's stored vector as the query (itself excluded)."""

@@ -180,6 +180,15 @@ class ShardedCollection:
         q, fq = self.local.encode_query_image(path)
         return self.search_vector(q, target, k, fq=fq, **kw)
 
+    def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
+                     **kw: Any) -> list[ShardHits]:
+        """Many text queries, one after the other (each fans out to every shard)."""
+        return [self.search_text(t, k, target, **kw) for t in texts]
+
+    def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
+                      **kw: Any) -> list[ShardHits]:
+        return [self.search_image(p, k, target, **kw) for p in paths]
+
     def _fan_out(self, fn, k: int, distinct: bool, on_error: str) -> ShardHits:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
