@@ -352,3 +352,24 @@ def test_cli_encode(imgs, ucm, tmp_path):
     assert json.loads(res2.stdout)["image_encoder"]["n_computed"] == 0
     bad = CliRunner().invoke(app, ["encode", "--dataset", str(root), "--image-encoder", "nope"])
     assert bad.exit_code == 2 and "unknown encoder 'nope'" in bad.output
+
+
+def test_queries_run_on_one_torch_thread(imgs, monkeypatch):
+    """A query or a few uploads run on one thread (spinning OpenMP threads made single queries
+    10-20x slower on a loaded machine); batches use every core; the setting is restored."""
+    import torch
+
+    from xmodal.encoders import cnn
+
+    monkeypatch.setattr(cnn, "cpu_count", lambda: 3)
+    seen = []
+    enc = get_encoder("efficientnet-lite0")
+    monkeypatch.setattr(enc, "forward_batch", lambda b: (seen.append(torch.get_num_threads()),
+                                                         np.zeros((len(b), enc.dim), np.float32))[1])
+    before = torch.get_num_threads()
+    enc.encode(paths(imgs, [1]), progress=False, cache_dir=False)
+    enc.encode(paths(imgs, range(1, cnn.SMALL_BATCH + 1)), progress=False, cache_dir=False)
+    enc.threads = 2  # an explicit setting wins
+    enc.encode(paths(imgs, [1]), progress=False, cache_dir=False)
+    assert seen[0] == 1 and set(seen[1:-1]) == {3} and seen[-1] == 2
+    assert torch.get_num_threads() == before

@@ -18,12 +18,22 @@ from .base import EncoderError, cpu_count
 from .images import ImageEncoder, iterate_batches, load_center_crop
 
 
+# Below this many items (a query, a handful of uploads) one thread: the work is too small to
+# share, and where other processes load the cores OpenMP threads spin waiting for each other
+# (one image query took 1.4-2.6 s with 2 threads on a loaded 2-core machine, 0.14 s with 1).
+SMALL_BATCH = 8
+
+
 @contextlib.contextmanager
-def torch_threads(n: int | None):
+def torch_threads(n: int | None, n_items: int | None = None):
+    """Torch's intra-op threads for a block: ``n``, else one for fewer than
+    :data:`SMALL_BATCH` items, else the usable CPU count."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n or cpu_count())
+    if not n:
+        n = 1 if n_items is not None and n_items < SMALL_BATCH else cpu_count()
+    torch.set_num_threads(n)
     try:
         yield
     finally:
@@ -146,7 +156,7 @@ class TorchImageEncoder(ImageEncoder):
 
     def _compute(self, items, batch_size, bar) -> Iterator:
         self.model  # load the weights before the decode workers start
-        with torch_threads(self.threads):
+        with torch_threads(self.threads, len(items)):
             for pos, batch, fails in iterate_batches(items, self.load_fn(), batch_size,
                                                      self.num_workers):
                 feats = self.forward_batch(batch) if pos else np.zeros((0, self.dim), np.float32)

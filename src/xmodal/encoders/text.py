@@ -101,7 +101,7 @@ class MiniLM(TextEncoder):
         model = self.model
         # Similar lengths together: less padding per batch.
         order = sorted(range(len(items)), key=lambda i: len(items[i]))
-        with torch_threads(None), torch.inference_mode():
+        with torch_threads(None, len(items)), torch.inference_mode():
             for rows in chunks(order, batch_size):
                 pos = [order[r] for r in rows]
                 feats = model.encode([items[p] for p in pos], batch_size=batch_size,
@@ -358,7 +358,7 @@ class OpenClipText(TextEncoder):
 
         from .cnn import torch_threads
 
-        with torch_threads(None), torch.inference_mode():
+        with torch_threads(None, len(items)), torch.inference_mode():
             for pos in chunks(items, batch_size):
                 tokens = self.tokenizer([items[p] for p in pos])
                 yield pos, self.model.encode_text(tokens).float().numpy(), []

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import zipfile
@@ -433,8 +434,15 @@ class Collection:
         m = self.method
         if m is None:
             return np.asarray(feats), None
-        codes = m.encode_images(feats) if modality == "image" else m.encode_texts(feats)
-        fvec = _float_projection(m, modality, feats) if self.fdim else None
+        if "torch" in sys.modules:  # a PyTorch method: one thread for a query (see torch_threads)
+            from ..encoders.cnn import torch_threads
+
+            ctx = torch_threads(None, len(feats))
+        else:
+            ctx = nullcontext()
+        with ctx:
+            codes = m.encode_images(feats) if modality == "image" else m.encode_texts(feats)
+            fvec = _float_projection(m, modality, feats) if self.fdim else None
         return (np.asarray(codes, dtype=np.float32) if self.kind == "real" else codes), fvec
 
     # ------------------------------------------------------------ index files
