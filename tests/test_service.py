@@ -43,6 +43,7 @@ def routes(s):
         ("read", "POST", "/api/search", {"json": {"text": "a green forest", "k": 3}}),
         ("read", "POST", "/api/search", {"json": {"item_id": some_id, "k": 3}}),
         ("read", "POST", "/api/search/image", {"files": {"file": ("q.jpg", img, "image/jpeg")}}),
+        ("read", "POST", "/api/search/batch", {"json": {"texts": ["a green forest", "a beach"], "k": 2}}),
         ("read", "GET", "/api/items?limit=3", {}),
         ("read", "GET", f"/api/items/{some_id}", {}),
         ("read", "GET", f"/api/items/{some_id}/thumbnail", {}),
@@ -125,6 +126,19 @@ def test_searches_feedback_add_delete_and_audit(setup):
     assert up["target"] == "text" and all(h["modality"] == "text" and h["thumbnail"] for h in up["results"])
     tt = c.post("/api/search", json={"text": "a river", "target": "text", "k": 3}).json()
     assert all(h["modality"] == "text" for h in tt["results"])
+    # a batch: one result list per text, the same as one request each
+    qs = ["many planes at an airport", "a river", "green trees and a road"]
+    b = c.post("/api/search/batch", json={"texts": qs, "k": 4}).json()["queries"]
+    assert [x["query"] for x in b] == qs and all(x["target"] == "image" for x in b)
+    for q, got in zip(qs, b):
+        ref = c.post("/api/search", json={"text": q, "k": 4}).json()["results"]
+        assert [h["id"] for h in got["results"]] == [h["id"] for h in ref]
+    bt = c.post("/api/search/batch", json={"texts": qs[:1], "target": "text", "k": 2}).json()
+    assert all(h["modality"] == "text" for h in bt["queries"][0]["results"])
+    for bad in ({"texts": []}, {"texts": ["ok", "  "]}, {"texts": ["x" * 2001]}, {"texts": ["a"] * 257}):
+        r = c.post("/api/search/batch", json=bad)
+        assert r.status_code == 422, (bad, r.text)
+    assert "texts[1]" in c.post("/api/search/batch", json={"texts": ["ok", " "]}).text
     # raw vector search agrees with the item's own vector
     item = top["id"]
     vec = s["coll"].item_vectors([item])[0][0].tolist()

@@ -864,12 +864,15 @@ class Collection:
     def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
                      **kw: Any) -> list[list[Hit]]:
         """Many text queries, encoded in one batch: one hit list per query, in order."""
+        return self._search_rows(self.encode_query_texts(texts), k, target, kw)
+
+    def encode_query_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Text queries -> (common-space rows, float projections or None), in one batch."""
         for r, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"text query {r}: empty")
         self._reopen_if_replaced()
-        return self._search_rows(self.features_to_space("text", _encode_query(self.encoder("text"), texts)),
-                                 k, target, kw)
+        return self.features_to_space("text", _encode_query(self.encoder("text"), texts))
 
     def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
                       **kw: Any) -> list[list[Hit]]:

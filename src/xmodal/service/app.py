@@ -62,6 +62,16 @@ class SearchRequest(BaseModel):
     gamma: float = 0.25
 
 
+class BatchSearchRequest(BaseModel):
+    texts: list[str] = Field(..., min_length=1, max_length=256, description="text queries, "
+                             "encoded in one batch (each 1-2000 characters)")
+    target: Literal["image", "text"] | None = Field(None, description="modality of results (default image)")
+    k: int = Field(10, ge=1, le=1000)
+    labels: list[str] = Field(default_factory=list, description="only items with any of these labels")
+    exact: bool = Field(False, description="search the flat exact index")
+    distinct: bool = Field(False, description="collapse identical texts into one result")
+
+
 class TextAdd(BaseModel):
     text: str = Field(..., min_length=1, max_length=10000)
     key: str | None = None
@@ -375,6 +385,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         with encode_lock:
             return coll.encode_query_text(text)
 
+    def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        with encode_lock:
+            return coll.encode_query_texts(texts)
+
     async def search_any(req: SearchRequest) -> dict[str, Any]:
         """Model work (text encoding) runs in the thread pool; the vector search itself is
         fast and runs inline, sparing a thread hop per request."""
@@ -431,6 +445,21 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     @app.post("/api/search")
     async def search_post(req: SearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
         return await search_any(req)
+
+    @app.post("/api/search/batch")
+    async def search_batch(req: BatchSearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
+        """Many text queries in one request: encoded together, one result list per query."""
+        for r, text in enumerate(req.texts):
+            if not text.strip() or len(text) > 2000:
+                raise HTTPException(422, f"texts[{r}]: must be 1-2000 characters, not blank")
+        Q, FQ = await run_in_threadpool(encode_texts, req.texts)
+        one = SearchRequest(target=req.target, k=req.k, labels=req.labels, exact=req.exact,
+                            distinct=req.distinct)
+        out = []
+        for r, text in enumerate(req.texts):
+            res = await searched(one, Q[r], None if FQ is None else FQ[r:r + 1], "text")
+            out.append({"query": text, **res})
+        return {"queries": out}
 
     @app.post("/api/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
