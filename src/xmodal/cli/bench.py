@@ -142,7 +142,6 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from ..data import DataError
-        from ..methods import ParameterError
         from ..evaluation.bench import read_jsonl, summarize_seeds
         from ..evaluation.significance import compare_all
 

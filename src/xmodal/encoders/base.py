@@ -12,7 +12,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def show_progress(progress: bool | None) -> bool:
     return bool(progress)
 
 
-def progress_bar(total: int, desc: str, progress: bool | None):
+def progress_bar(total: int, desc: str, progress: bool | None) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", disable=not show_progress(progress),
@@ -183,7 +183,7 @@ class Encoder:
 
     def encode(self, items: Sequence[str], batch_size: int | None = None,
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
-               return_mask: bool = False):
+               return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Features for ``items`` (image paths or texts) as float32 (n, dim).
 
         ``cache_dir``: ``None`` -> ``$XMODAL_CACHE`` or ``~/.cache/xmodal``; ``False`` -> no cache.

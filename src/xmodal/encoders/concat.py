@@ -66,7 +66,7 @@ class ConcatEncoder(Encoder):
 
     def encode(self, items: Sequence[str], batch_size: int | None = None,
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
-               return_mask: bool = False):
+               return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         items = [str(x) for x in items]
         blocks, ok = [], np.ones(len(items), dtype=bool)

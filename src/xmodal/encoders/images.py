@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -21,7 +21,7 @@ class ImageReadError(Exception):
     """An image that cannot be used; the message says why."""
 
 
-def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None):
+def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None) -> Any:
     """Open and fully decode ``path`` as RGB, or raise :class:`ImageReadError`.
 
     ``max_pixels`` (default Pillow's ``Image.MAX_IMAGE_PIXELS``) guards against decompression
