@@ -99,3 +99,117 @@ def test_hamming_distance_and_radius_precision(monkeypatch):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         average_precision(np.zeros((2, 3)), np.zeros((2, 4), bool))
+
+
+def _calc_map_k_reference(dist, gnd_all, k=None):
+    """Per-query loop of the DCMH / hashing papers' calc_map(_k), with a stable sort (MATLAB's)."""
+    aps = []
+    for d, gnd in zip(dist, gnd_all):
+        order = np.argsort(d, kind="stable")
+        g = gnd[order][: len(d) if k is None else min(k, len(d))]
+        tsum = int(g.sum())
+        if tsum == 0:
+            aps.append(0.0)
+            continue
+        count = np.arange(1, tsum + 1)
+        tindex = np.flatnonzero(g) + 1.0
+        aps.append(float(np.mean(count / tindex)))
+    return np.array(aps)
+
+
+def test_map_and_map_at_k_match_the_hashing_reference_loop_with_ties():
+    rng = np.random.default_rng(4)
+    dist = rng.integers(0, 9, size=(30, 80))  # Hamming distances: many ties
+    R = rng.random((30, 80)) < 0.15
+    R[0] = False  # a query with no relevant item scores 0 and counts in the mean
+    np.testing.assert_allclose(average_precision(distances=dist, relevant=R), _calc_map_k_reference(dist, R))
+    for k in (1, 5, 50, 80, 500):  # k beyond the database is the full ranking
+        np.testing.assert_allclose(average_precision(distances=dist, relevant=R, k=k),
+                                   _calc_map_k_reference(dist, R, k))
+
+
+def test_ties_keep_database_order():
+    # all three at distance 1: the ranking is database order, so the relevant item is third
+    dist = np.array([[1, 1, 1]])
+    R = np.array([[0, 0, 1]], bool)
+    assert average_precision(distances=dist, relevant=R)[0] == pytest.approx(1 / 3)
+    assert precision_at_k(distances=dist, relevant=R, k=1) == 0.0
+    assert recall_at_k(distances=dist, relevant=R, ks=(1, 3)) == {1: 0.0, 3: 1.0}
+
+
+def test_precision_at_k_beyond_the_database_divides_by_its_size():
+    S = np.array([[0.9, 0.8, 0.1]])
+    R = np.array([[1, 0, 1]], bool)
+    assert precision_at_k(S, R, 3) == pytest.approx(2 / 3)
+    assert precision_at_k(S, R, 100) == pytest.approx(2 / 3)  # min(k, n_db), as p_topK does
+
+
+def test_radius_precision_and_recall_match_evaluate_macro():
+    # Wei Liu's evaluate_macro (KSH / SDH code): Ret = dist <= r; a query retrieving nothing has
+    # precision 0, one with no relevant item recall 0; both averaged over every query
+    rng = np.random.default_rng(5)
+    bits = 16
+    dist = rng.integers(0, bits + 1, size=(40, 60))
+    R = rng.random((40, 60)) < 0.2
+    R[3] = False
+    curve = hamming_pr_curve(dist, R, bits)
+    for r in (0, 2, 5, bits):
+        ret = dist <= r
+        hits = (ret & R).sum(1)
+        prec = np.where(ret.sum(1) > 0, hits / np.maximum(ret.sum(1), 1), 0).mean()
+        rec = np.where(R.sum(1) > 0, hits / np.maximum(R.sum(1), 1), 0).mean()
+        assert curve["precision"][r] == pytest.approx(prec)
+        assert curve["recall"][r] == pytest.approx(rec)
+        assert precision_within_radius(dist, R, r) == pytest.approx(prec)
+
+
+def test_recall_at_k_matches_vsepp_i2t_with_five_captions():
+    # VSE++ i2t: an image's rank is the best rank of any of its 5 captions; R@K = ranks < K
+    rng = np.random.default_rng(6)
+    n_img = 20
+    t2i = np.repeat(np.arange(n_img), 5)
+    S = rng.normal(size=(n_img, 5 * n_img))
+    ranks = []
+    for i in range(n_img):
+        order = np.argsort(-S[i], kind="stable")
+        ranks.append(min(np.flatnonzero(order == j)[0] for j in np.flatnonzero(t2i == i)))
+    ranks = np.array(ranks)
+    rec = recall_at_k(S, np.arange(n_img)[:, None] == t2i[None, :], ks=(1, 5, 10))
+    assert rec == {k: pytest.approx(float((ranks < k).mean())) for k in (1, 5, 10)}
+
+
+def test_ndcg_graded_gains_hand_computed():
+    # ranking gains 1, 2, 0; ideal 2, 1, 0; gain 2^g - 1 and discount 1 / log2(rank + 1)
+    S = np.array([[0.9, 0.8, 0.7]])
+    G = np.array([[1.0, 2.0, 0.0]])
+    dcg = 1 / np.log2(2) + 3 / np.log2(3)
+    idcg = 3 / np.log2(2) + 1 / np.log2(3)
+    assert ndcg_at_k(S, G, 3) == pytest.approx(dcg / idcg)
+    assert ndcg_at_k(S, G, 50) == pytest.approx(dcg / idcg)  # k beyond the database
+    assert ndcg_at_k(S, np.zeros((1, 3)), 3) == 0.0  # nothing relevant
+
+
+def test_graded_relevance_accepts_class_arrays_like_relevance():
+    from xmodal.metrics import graded_relevance
+    np.testing.assert_array_equal(graded_relevance(np.array([0, 2]), np.array([2, 0, 0])),
+                                  [[0, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(graded_relevance(np.array([[1, 1, 0]]), np.array([[1, 1, 1], [0, 0, 1]])),
+                                  [[2, 0]])
+    with pytest.raises(ValueError, match="agree in columns"):
+        graded_relevance(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_every_metric_rejects_mismatched_shapes_and_bad_k():
+    S, R = np.zeros((2, 3)), np.zeros((2, 4), bool)
+    for call in (lambda: precision_at_k(S, R, 1), lambda: ndcg_at_k(S, R.astype(float), 1),
+                 lambda: pr_curve(S, R), lambda: recall_at_k(S, R, ks=(1,)),
+                 lambda: hamming_pr_curve(S.astype(int), R, 8),
+                 lambda: precision_within_radius(S.astype(int), R, 2)):
+        with pytest.raises(ValueError, match="differ in shape"):
+            call()
+    S, R = np.zeros((2, 3)), np.zeros((2, 3), bool)
+    for call in (lambda: average_precision(S, R, k=0), lambda: precision_at_k(S, R, 0),
+                 lambda: ndcg_at_k(S, R.astype(float), 0), lambda: recall_at_k(S, R, ks=(0, 1)),
+                 lambda: recall_at_k(S, R, ks=())):
+        with pytest.raises(ValueError):
+            call()

@@ -6,6 +6,8 @@ Conventions (stated because papers differ):
 - AP over the full ranking divides by the number of relevant items; a query with no relevant
   item scores 0 and still counts in the mean (as in the DCMH evaluation code).
 - mAP@k divides by the relevant items retrieved within the top k (DCMH's ``calc_map_k``).
+- P@k and NDCG@k with k larger than the database use the whole ranking (P@k then divides by the
+  database size, as ``total = min(k, n_db)`` in the hashing papers' ``p_topK`` code).
 - The N+10 denominator in some MATLAB evaluation code is a known bug and is not reproduced.
 """
 
@@ -33,8 +35,26 @@ def relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
 
 
 def graded_relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
-    """Number of shared labels, the graded relevance NDCG uses for multi-label data."""
-    return np.asarray(query_labels, np.float32) @ np.asarray(db_labels, np.float32).T
+    """Number of shared labels, the graded relevance NDCG uses for multi-label data (1-D class
+    arrays, as :func:`relevance` accepts, give 1 for the same class)."""
+    q, d = np.asarray(query_labels), np.asarray(db_labels)
+    if q.ndim == 1 and d.ndim == 1:
+        return (q[:, None] == d[None, :]).astype(np.float32)
+    if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1]:
+        raise ValueError(f"label matrices must agree in columns, got {q.shape} and {d.shape}")
+    return q.astype(np.float32) @ d.astype(np.float32).T
+
+
+def _check_shapes(S: np.ndarray, R: np.ndarray, what: str = "relevance") -> None:
+    if S.ndim != 2 or S.shape != R.shape:
+        raise ValueError(f"scores {S.shape} and {what} {R.shape} differ in shape "
+                         "(expected two (n_query, n_db) matrices)")
+
+
+def _check_k(k: object, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    return int(k)
 
 
 def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
@@ -59,8 +79,9 @@ def average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | N
     """AP of each query (full ranking, or @k). ``relevant`` is a boolean (n_query, n_db) matrix."""
     S = _as_scores(scores, distances)
     R = np.asarray(relevant, dtype=bool)
-    if S.shape != R.shape:
-        raise ValueError(f"scores {S.shape} and relevance {R.shape} differ in shape")
+    _check_shapes(S, R)
+    if k is not None:
+        k = _check_k(k)
     out = np.zeros(len(S))
     for sl in _chunks(len(S)):
         order = _order(S[sl], k)
@@ -78,9 +99,11 @@ def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, 
 
 
 def precision_at_k(scores=None, relevant=None, k: int = 10, *, distances=None) -> float:
+    """Mean over queries of the fraction of relevant items among the top ``min(k, n_db)``."""
     S = _as_scores(scores, distances)
     R = np.asarray(relevant, dtype=bool)
-    k = min(k, S.shape[1])
+    _check_shapes(S, R)
+    k = min(_check_k(k), S.shape[1])
     total = 0.0
     for sl in _chunks(len(S)):
         order = _order(S[sl], k)
@@ -93,9 +116,8 @@ def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distance
     ranking when None), ``inf`` when there is none: query q counts for Recall@K iff rank < K."""
     S = _as_scores(scores, distances)
     R = np.asarray(relevant, dtype=bool)
-    if S.shape != R.shape:
-        raise ValueError(f"scores {S.shape} and relevance {R.shape} differ in shape")
-    kmax = S.shape[1] if k is None else min(k, S.shape[1])
+    _check_shapes(S, R)
+    kmax = S.shape[1] if k is None else min(_check_k(k), S.shape[1])
     first_hit = np.full(len(S), np.inf)
     for sl in _chunks(len(S)):
         order = _order(S[sl], kmax)
@@ -108,6 +130,9 @@ def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distance
 def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None) -> dict[int, float]:
     """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
     its top K (image->text retrieval: any of the image's captions)."""
+    if not len(ks):
+        raise ValueError("ks must name at least one K")
+    ks = tuple(_check_k(k, "each K") for k in ks)
     first_hit = first_hit_rank(scores, relevant, max(ks), distances=distances)
     return {k: float((first_hit < k).mean()) for k in ks}
 
@@ -116,7 +141,8 @@ def ndcg_at_k(scores=None, gains=None, k: int = 10, *, distances=None) -> float:
     """NDCG@k with graded gains (e.g. shared-label counts), gain 2^g - 1 and log2 discount."""
     S = _as_scores(scores, distances)
     G = np.asarray(gains, dtype=np.float64)
-    k = min(k, S.shape[1])
+    _check_shapes(S, G, "gains")
+    k = min(_check_k(k), S.shape[1])
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     vals = np.zeros(len(S))
     for sl in _chunks(len(S)):
@@ -134,7 +160,8 @@ def pr_curve(scores=None, relevant=None, n_points: int = 11, *, distances=None) 
     >= r) at ``n_points`` recall levels from 0 to 1, averaged over queries with a relevant item."""
     S = _as_scores(scores, distances)
     R = np.asarray(relevant, dtype=bool)
-    levels = np.linspace(0, 1, n_points)
+    _check_shapes(S, R)
+    levels = np.linspace(0, 1, _check_k(n_points, "n_points"))
     acc, n_valid = np.zeros(n_points), 0
     for sl in _chunks(len(S)):
         order = _order(S[sl])
@@ -161,6 +188,7 @@ def hamming_pr_curve(distances: np.ndarray, relevant: np.ndarray, bits: int) -> 
     plot them (precision of a query with nothing retrieved counts 0)."""
     D = np.asarray(distances)
     R = np.asarray(relevant, dtype=bool)
+    _check_shapes(D, R)
     n_rel = R.sum(axis=1)
     radii = np.arange(bits + 1)
     P, Rc = np.zeros(bits + 1), np.zeros(bits + 1)
@@ -178,6 +206,7 @@ def precision_within_radius(distances: np.ndarray, relevant: np.ndarray, radius:
     """Mean precision of the items within Hamming ``radius`` (0 for a query retrieving none)."""
     D = np.asarray(distances)
     R = np.asarray(relevant, dtype=bool)
+    _check_shapes(D, R)
     within = D <= radius
     n = within.sum(axis=1)
     hits = (within & R).sum(axis=1)
