@@ -70,11 +70,14 @@ class MultiLabelCCA(CCA):
     together even when they are not paired:
     Cxy = sum_ij s_ij x_i y_j',  Cxx = sum_ij s_ij x_i x_i',  Cyy = sum_ij s_ij y_j y_j'.
     S = Ln Ln' (row-normalised labels) is never formed: every sum costs O(n d c).
+    Pairs with zero correlation (past the rank of Cxy, c - 1 for c single-label classes) are
+    dropped, so the embedding may have fewer than ``n_components`` dimensions.
     """
 
     supervised = True
 
     def _fit(self, X, Y, L, *, train, val) -> None:
+        L = np.asarray(L, dtype=np.float64)  # fit() hands labels over as float32
         Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-12)
         w = Ln @ Ln.sum(axis=0)  # row sums of S (= column sums, S is symmetric)
         wn = w / w.sum()
@@ -84,16 +87,20 @@ class MultiLabelCCA(CCA):
         Cxy = (Xc.T @ Ln) @ (Ln.T @ Yc) / total
         Cxx = (Xc * w[:, None]).T @ Xc / total
         Cyy = (Yc * w[:, None]).T @ Yc / total
-        self.image_weights_, self.text_weights_, self.correlations_ = cca_from_covariances(
-            ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy, self.n_components)
+        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy, self.n_components)
+        # Cxy has rank at most (distinct label patterns - 1): on single-label data with c classes,
+        # pairs past c - 1 have zero correlation and a direction set by rounding; drop them.
+        keep = rho > 1e-9 * max(rho[0], 1e-300)
+        self.image_weights_, self.text_weights_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
 
 
 @register("cfa")
 class CrossModalFactorAnalysis(_LinearProjection):
     """Cross-modal factor analysis (Li, Dimitrova, Li & Sethi, "Multimedia content processing
     through cross-modal association", ACM MM 2003): orthonormal A, B minimising
-    ||X A - Y B||_F, solved by the SVD of X'Y (A = U, B = V). Features are standardised
-    first so that neither modality's scale dominates."""
+    ||X A - Y B||_F, solved by the SVD of X'Y (A = U, B = V) on centred features. Each modality
+    is also divided by its RMS row norm; that global scale leaves U and V unchanged and only sets
+    the embeddings' scale (cosine scoring ignores it)."""
 
     _parameter_rules: ClassVar[dict[str, Any]] = {"n_components": _N_COMP}
 
@@ -126,11 +133,15 @@ class PLS(_LinearProjection):
     def _fit(self, X, Y, L, *, train, val) -> None:
         k = min(self.n_components, X.shape[1], Y.shape[1])
         pls = PLSCanonical(n_components=k, scale=self.scale, max_iter=1000).fit(X, Y)
-        sx = pls._x_std if hasattr(pls, "_x_std") else np.ones(X.shape[1])
-        sy = pls._y_std if hasattr(pls, "_y_std") else np.ones(Y.shape[1])
         self.image_mean_, self.text_mean_ = X.mean(axis=0), Y.mean(axis=0)
-        self.image_weights_ = pls.x_rotations_ / np.asarray(sx)[:, None]
-        self.text_weights_ = pls.y_rotations_ / np.asarray(sy)[:, None]
+        # transform() is affine; read its linear part off the public API (unit steps from the
+        # mean) rather than sklearn's private scaling attributes.
+        dx, dy = X.shape[1], Y.shape[1]
+        Xs = self.image_mean_ + np.vstack([np.zeros(dx), np.eye(dx)])
+        Ys = self.text_mean_ + np.vstack([np.zeros(dy), np.eye(dy)])
+        zx = pls.transform(Xs)
+        zy = pls.transform(np.repeat(Xs[:1], dy + 1, axis=0), Ys)[1]
+        self.image_weights_, self.text_weights_ = zx[1:] - zx[:1], zy[1:] - zy[:1]
         self.correlations_ = np.ones(k)
 
 
@@ -139,11 +150,15 @@ class KernelCCA(CrossModalMethod):
     """Kernel CCA with RBF kernels (Hardoon, Szedmak & Shawe-Taylor, "Canonical correlation
     analysis: an overview with application to learning methods", Neural Computation 2004).
 
-    Exact regularised solution for up to ``exact_max_samples`` training pairs:
-    T = (Kx + kI)^{-1} Kx Ky (Ky + kI)^{-1} = U S V', alpha = (Kx + kI)^{-1} U.
-    Above that, a Nystroem approximation (Williams & Seeger 2001) with ``n_landmarks``
-    landmarks maps each side to explicit features and linear CCA is solved there.
-    ``gamma=None`` uses 1 / (d * var(X)), per modality.
+    Hardoon et al.'s regularised problem, max a'Kx Ky b subject to a'(Kx^2 + k Kx)a = 1 (same for
+    b), i.e. (Kx + kI)^{-1} Ky (Ky + kI)^{-1} Kx a = rho^2 a, solved exactly for up to
+    ``exact_max_samples`` training pairs by whitening: with Sx = (Kx (Kx + kI)^{-1})^{1/2},
+    Sx Sy = U S V' and a = (Kx (Kx + kI))^{-1/2} U (pseudo-inverse on the centred kernel's null
+    space). Above that, a Nystroem approximation (Williams & Seeger 2001) with ``n_landmarks``
+    landmarks maps each side to explicit features F (F F' ~ K) and the same problem is solved
+    in primal form, ridge CCA with F'F + kI. ``reg`` sets k as a fraction of the mean eigenvalue
+    of the centred training kernel (the paper leaves k free; 1.0 was chosen on a held-out part
+    of the Wikipedia training set). ``gamma=None`` uses 1 / (d * var(X)), per modality.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -153,7 +168,7 @@ class KernelCCA(CrossModalMethod):
         "exact_max_samples": interval(0, None, integer=True),
         "n_landmarks": interval(1, None, integer=True), "random_state": interval(0, None, integer=True)}
 
-    def __init__(self, n_components: int = 10, reg: float = 0.1, gamma_image: float | None = None,
+    def __init__(self, n_components: int = 10, reg: float = 1.0, gamma_image: float | None = None,
                  gamma_text: float | None = None, exact_max_samples: int = 3000,
                  n_landmarks: int = 1000, random_state: int = 0):
         self.n_components = n_components
@@ -180,17 +195,16 @@ class KernelCCA(CrossModalMethod):
         n = len(X)
         Kx, self.kx_col_, self.kx_grand_ = center_kernel_train(rbf_kernel(X, gamma=self.gx_))
         Ky, self.ky_col_, self.ky_grand_ = center_kernel_train(rbf_kernel(Y, gamma=self.gy_))
-        # One eigendecomposition per kernel gives both (K + kI)^{-1} and (K + kI)^{-1} K.
-        wx, Vx = linalg.eigh(Kx)
-        wy, Vy = linalg.eigh(Ky)
-        wx, wy = np.maximum(wx, 0), np.maximum(wy, 0)
-        kx, ky = self.reg * wx.sum() / n, self.reg * wy.sum() / n
-        T = (Vx * (wx / (wx + kx))) @ (Vx.T @ Vy) @ (Vy * (wy / (wy + ky))).T
+        # One eigendecomposition per kernel gives the whitening S = (K (K + kI)^{-1})^{1/2} and
+        # the map back to dual coefficients, (K (K + kI))^{-1/2}.
+        (wx, Vx), (wy, Vy) = linalg.eigh(Kx), linalg.eigh(Ky)
+        (sx, ix), (sy, iy) = _hardoon_factors(wx, self.reg), _hardoon_factors(wy, self.reg)
+        T = (Vx * sx) @ (Vx.T @ Vy) @ (Vy * sy).T
         k = min(self.n_components, n)
         U, s, Vt = linalg.svd(T)
         U, s, Vt = U[:, :k], s[:k], Vt[:k]
-        self.alpha_ = (Vx / (wx + kx)) @ (Vx.T @ U)
-        self.beta_ = (Vy / (wy + ky)) @ (Vy.T @ Vt.T)
+        self.alpha_ = (Vx * ix) @ (Vx.T @ U)
+        self.beta_ = (Vy * iy) @ (Vy.T @ Vt.T)
         self.correlations_ = s
         self.train_images_, self.train_texts_ = X, Y
 
@@ -204,10 +218,12 @@ class KernelCCA(CrossModalMethod):
         Fx, Fy = self._nystroem(X, "x"), self._nystroem(Y, "y")
         self.fx_mean_, self.fy_mean_ = Fx.mean(axis=0), Fy.mean(axis=0)
         Fx, Fy = Fx - self.fx_mean_, Fy - self.fy_mean_
-        n = len(Fx) - 1
+        # F'F has the nonzero eigenvalues of the (approximate) centred kernel F F', so the same
+        # k as the exact path is reg * trace(F'F) / n (the kernel's mean eigenvalue).
+        Cxx, Cyy = Fx.T @ Fx, Fy.T @ Fy
+        kx, ky = self.reg * np.trace(Cxx) / len(Fx), self.reg * np.trace(Cyy) / len(Fy)
         self.alpha_, self.beta_, self.correlations_ = cca_from_covariances(
-            ridge(Fx.T @ Fx / n, self.reg), ridge(Fy.T @ Fy / n, self.reg), Fx.T @ Fy / n,
-            self.n_components)
+            Cxx + kx * np.eye(len(Cxx)), Cyy + ky * np.eye(len(Cyy)), Fx.T @ Fy, self.n_components)
 
     def _nystroem(self, Z: np.ndarray, side: str) -> np.ndarray:
         # sklearn's Nystroem transform, K(Z, landmarks) W^{-1/2}, from its stored arrays.
@@ -230,6 +246,17 @@ class KernelCCA(CrossModalMethod):
 
     def _encode_texts(self, Y):
         return self._encode(Y, "y")
+
+
+def _hardoon_factors(w: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    """For eigenvalues w of a centred kernel and k = reg * mean(w): the whitening factors
+    sqrt(w / (w + k)) and the dual factors (w (w + k))^{-1/2}, zero on the null space."""
+    w = np.maximum(w, 0)
+    k = reg * w.sum() / len(w)
+    # eigenvalues at rounding level belong to the null space (the constant vector at least)
+    live = w > len(w) * np.finfo(float).eps * max(w.max(), 1e-300)
+    safe = np.where(live, w, 1.0)
+    return np.where(live, np.sqrt(safe / (safe + k)), 0.0), np.where(live, 1 / np.sqrt(safe * (safe + k)), 0.0)
 
 
 class _SemanticSpace:
