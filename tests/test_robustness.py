@@ -274,6 +274,51 @@ def test_dry_run_says_what_a_rerun_would_do_and_writes_nothing(tmp_path, env):
     assert not removed & {h.id for h in coll.list_items(limit=100)}
 
 
+@pytest.mark.parametrize("method", ["cca", "lsh"])
+def test_export_writes_every_vector_and_item(tmp_path, env, method):
+    import json
+
+    from typer.testing import CliRunner
+    from xmodal.cli import app
+
+    src = make_folder(tmp_path / "imgs", [f"img{i}" for i in range(5)])
+    coll = build_collection(src, tmp_path / "c", method=method, image_encoder="efficientnet-lite0",
+                            text_encoder="tfidf", rerank=method == "lsh", quiet=True)
+    coll.delete(ids=[coll.id_of("img3.jpg")])  # a gap in the ids
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "out" / "v.npz"), "-c", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert "4 images, 12 texts" in res.output
+    with np.load(tmp_path / "out" / "v.npz", allow_pickle=False) as z:
+        ids = z["ids"]
+        assert len(ids) == 16 and (np.diff(ids) > 0).all()
+        codes, fv = coll.item_vectors(ids.tolist())
+        np.testing.assert_array_equal(z["vectors"], codes)
+        assert z["vectors"].dtype == (np.uint8 if method == "lsh" else np.float32)
+        if method == "lsh":
+            np.testing.assert_array_equal(z["fvecs"], fv)
+        else:
+            assert "fvecs" not in z.files
+        info = json.loads(str(z["info"]))
+        assert info["space"] == coll.space and info["method"] == method
+        items = coll.get_items(ids.tolist())
+        for r, i in enumerate(ids.tolist()):
+            h = items[i]
+            assert (z["modality"][r], z["keys"][r]) == (h.modality, h.key)
+            assert z["pair_ids"][r] == (-1 if h.pair_id is None else h.pair_id)
+            assert z["texts"][r] == (h.text or "") and z["paths"][r] == (h.path or "")
+            assert json.loads(str(z["labels"][r])) == h.labels
+    coll.close()
+    # only one modality; a read-only collection exports too; a wrong suffix is refused
+    ro = Collection.open(tmp_path / "c", read_only=True)
+    assert ro.export(tmp_path / "t.npz", modality="text") == {"image": 0, "text": 12}
+    ro.close()
+    with np.load(tmp_path / "t.npz") as z:
+        assert set(z["modality"]) == {"text"} and len(z["ids"]) == 12
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "v.csv"), "-c", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "must end in .npz" in res.output
+    assert not (tmp_path / "v.csv").exists()
+
+
 def test_an_open_collection_follows_a_rebuild_by_another_process(tmp_path, env):
     """A server keeps its Collection open; `xmodal index --rebuild` replaces the database under
     it. The open object must serve the new one, and write into it, not into the deleted file."""

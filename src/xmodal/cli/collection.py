@@ -266,6 +266,27 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps({"removed": gone}) if as_json else
                    f"{collection}: removed {len(gone)} item(s): {' '.join(map(str, gone))}")
 
+    @app.command("export")
+    def export_cmd(
+        dest: Path = typer.Argument(..., help="the .npz file to write"),
+        collection: Path = COLLECTION_OPT,
+        modality: Optional[str] = typer.Option(None, help="image or text (default: both)"),
+    ) -> None:
+        """Write a collection's vectors and item metadata to one .npz file for other tools.
+
+        Arrays: ids, modality, keys, paths, texts, pair_ids, labels (JSON), vectors (float32,
+        or packed uint8 codes), fvecs (if stored) and info (JSON). Load with numpy.load."""
+        from ..index import CollectionError
+
+        coll = _open(collection)
+        try:
+            counts = coll.export(dest, modality=modality)
+        except (ValueError, CollectionError) as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{dest}: {exc.strerror or exc}")
+        typer.echo(f"{dest}: {counts['image']} images, {counts['text']} texts, {coll.kind} {coll.dim}-d")
+
     @app.command("snapshot")
     def snapshot_cmd(
         dest: Path = typer.Argument(..., help="new folder for the copy"),

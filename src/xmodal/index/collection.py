@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .._fs import atomic_write_bytes
+from .._fs import atomic_write, atomic_write_bytes
 from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store
 from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
@@ -528,6 +528,49 @@ class Collection:
                 f.unlink(missing_ok=True)
         for f in (self.path / "indexes").glob("*.tmp"):
             f.unlink(missing_ok=True)
+
+    def export(self, dest: str | Path, modality: str | None = None) -> dict[str, int]:
+        """Write the stored vectors and what each item is to one NumPy ``.npz`` file (read it
+        with ``np.load(dest)``, no pickle), for use outside xmodal: ``ids``, ``modality``,
+        ``keys``, ``paths`` (images; "" for texts), ``texts`` ("" for images), ``pair_ids`` (a
+        caption's image, -1 otherwise), ``labels`` (a JSON list per item), ``vectors``
+        (float32 common-space rows, or packed uint8 codes for hashing methods), ``fvecs``
+        (float projections, when stored for re-ranking) and ``info`` (JSON: method, encoders,
+        space, output, dim). One consistent read; written atomically. Returns counts per modality."""
+        if modality not in (None, *MODALITIES):
+            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        dest = Path(dest)
+        if dest.suffix != ".npz":
+            raise ValueError(f"{dest}: the export file must end in .npz")
+        self.refresh()
+        where, params = ("WHERE i.modality = ?", [modality]) if modality else ("", [])
+        with self.store.reading() as c:  # one snapshot of items, labels and vectors
+            rows = c.execute(f"SELECT i.id, i.modality, i.key, i.path, i.text, i.pair_id, v.code, v.fvec "
+                             f"FROM items i JOIN vectors v ON v.item_id = i.id {where} ORDER BY i.id",
+                             params).fetchall()
+            labels: dict[int, list[str]] = {}
+            for item_id, label in c.execute("SELECT item_id, label FROM item_labels ORDER BY label"):
+                labels.setdefault(item_id, []).append(label)
+        stats = self.stats()
+        info = {k: stats[k] for k in ("method", "encoders", "space", "output", "dim")}
+        width = self.dim // 8 if self.kind == "binary" else self.dim
+        arrays = {
+            "ids": np.asarray([r[0] for r in rows], dtype=np.int64),
+            "modality": np.asarray([r[1] for r in rows], dtype="<U5"),
+            "keys": np.asarray([r[2] for r in rows], dtype=str),
+            "paths": np.asarray([r[3] or "" for r in rows], dtype=str),
+            "texts": np.asarray([r[4] or "" for r in rows], dtype=str),
+            "pair_ids": np.asarray([-1 if r[5] is None else r[5] for r in rows], dtype=np.int64),
+            "labels": np.asarray([json.dumps(labels.get(r[0], [])) for r in rows], dtype=str),
+            "vectors": (self._decode([r[6] for r in rows]) if rows else
+                        np.zeros((0, width), np.uint8 if self.kind == "binary" else np.float32)),
+            "info": np.asarray(json.dumps(info)),
+        }
+        if self.fdim:
+            arrays["fvecs"] = np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(
+                len(rows), self.fdim)
+        atomic_write(dest, lambda fh: np.savez(fh, **arrays))
+        return {m: int((arrays["modality"] == m).sum()) for m in MODALITIES}
 
     def snapshot(self, dest: str | Path, keys: bool = False) -> Path:
         """A consistent copy of the collection at ``dest`` (a new folder), to ship or to open

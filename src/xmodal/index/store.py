@@ -123,6 +123,17 @@ class Store:
                 raise
             self.conn.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees one snapshot, whatever writers commit
+        meanwhile (WAL), without blocking them; read-only stores too."""
+        with self._lock:
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
             return self.conn.execute(sql, params).fetchall()
