@@ -73,7 +73,12 @@ def test_early_stopping_uses_validation_and_is_deterministic(wiki):
         m = methods.create("contrastive", epochs=12, patience=2, verbose=False, random_state=3).fit(train)
         runs.append(m)
     assert all("val" in h for h in runs[0].history_)
-    assert runs[0].best_val_ == max(h["val"] for h in runs[0].history_)
+    vals = [h["val"] for h in runs[0].history_]
+    assert runs[0].best_val_ == max(vals)
+    # the best epoch's weights are the ones kept: re-scoring the same hold-out gives best_val_
+    assert np.argmax(vals) < len(vals) - 1, vals  # training went past the best epoch
+    m = runs[0]
+    assert m._validation_score(*m._validation_arrays(train, None)[:3]) == pytest.approx(m.best_val_, abs=1e-9)
     np.testing.assert_array_equal(runs[0].encode_texts(test.text_features),
                                   runs[1].encode_texts(test.text_features))
 
@@ -160,3 +165,90 @@ def test_graph_and_caption_lookups_match_dense_matrices():
         for j in range(12):
             expect[i, j] = any((Y[t] == Y[j]).all() for t in range(12) if t // 2 == i // 2)
     np.testing.assert_array_equal(has, expect)
+
+
+def _poly_reference(S, pos, margin=0.2, eps=1e-5):
+    """The authors' PolyLoss rule, one query at a time: a query counts only when some
+    negative lies within ``margin`` of its positive; text queries read the transposed mask."""
+    n, total = len(S), 0.0
+    for M, P in ((S, pos), (S.T, pos.T)):
+        for i in range(n):
+            p = M[i, i]
+            informative = [M[i, j] for j in range(n) if not P[i, j] and M[i, j] + margin > p]
+            if not informative or p >= 1 - eps:
+                continue
+            h = max(informative)
+            total += max(0.2 * p * p - 0.7 * p + 0.5, 0) + max(0.9 * h * h - 0.4 * h + 0.03, 0)
+    return total / n
+
+
+def test_poly_loss_follows_the_authors_pair_rule():
+    import torch
+
+    from xmodal.methods.deep._common import poly_loss
+
+    rng = np.random.default_rng(0)
+    S = rng.uniform(-0.3, 0.4, size=(5, 5))
+    np.fill_diagonal(S, 0.5)
+    S[0, 0] = 0.95  # image 0 beats all its negatives by far more than the margin: no term
+    S[:, 0] = np.minimum(S[:, 0], 0.2)
+    S[0, 0] = 0.95
+    pos = np.eye(5, dtype=bool)
+    pos[1, 3] = True  # text 3 repeats a caption of image 1, not the other way round
+    S[1, 3] = 0.9     # a positive of image 1 (and of text 3): never a negative
+    S[3, 1] = 0.95    # image 3 against text 1: text 1's hardest negative
+    got = float(poly_loss(torch.tensor(S), torch.tensor(pos), 0.2))
+    assert got == pytest.approx(_poly_reference(S, pos), abs=1e-9)
+
+
+def test_dropout_parameter_reaches_every_tower(wiki):
+    from torch import nn
+
+    train, test = wiki
+    for name, extra in [("dcca", {}), ("dccae", {}), ("corr_ae", {}), ("vsepp", dict(hidden=64))]:
+        m = methods.create(name, dropout=0.5, epochs=1, patience=None, verbose=False, **extra).fit(train)
+        drops = [x for x in m.module_.modules() if isinstance(x, nn.Dropout)]
+        assert drops and all(d.p == 0.5 for d in drops), name
+        off = methods.create(name, dropout=0.0, epochs=1, patience=None, verbose=False, **extra).fit(train)
+        assert not any(isinstance(x, nn.Dropout) for x in off.module_.modules()), name
+
+
+def test_teran_max_sum_pooling_skips_special_tokens():
+    import torch
+
+    from xmodal.methods.deep.transformer import alignment
+
+    g = torch.Generator().manual_seed(0)
+    R = torch.nn.functional.normalize(torch.randn(3, 49, 8, generator=g), dim=-1)
+    W = torch.nn.functional.normalize(torch.randn(4, 7, 8, generator=g), dim=-1)
+    lengths = torch.tensor([7, 5, 3, 4])
+    expect = torch.zeros(3, 4)
+    for i in range(3):
+        for j in range(4):
+            words = range(1, int(lengths[j]) - 1)  # [CLS] first, [SEP] last: left out
+            expect[i, j] = sum((R[i] @ W[j, t]).max() for t in words)
+    assert torch.allclose(alignment(R, W, lengths), expect, atol=1e-5)
+    mean = alignment(R, W, lengths, "mean")
+    assert torch.allclose(mean, expect / (lengths - 2).float()[None], atol=1e-5)
+
+
+def test_teran_shortlist_stays_on_top_whatever_the_alignment():
+    """Summed alignments are unbounded: a shortlisted item must still outrank every other."""
+    from xmodal.methods.deep.transformer import IMAGE_FULL, N_REGIONS, TEXT_FULL, TERAN
+
+    m = TERAN(dim=4, global_dim=3, shortlist=2)
+    rng = np.random.default_rng(0)
+    g_img, g_txt = rng.normal(size=(2, 3)), rng.normal(size=(6, 3))
+    regions = np.zeros((2, N_REGIONS, 4))
+    regions[..., 0] = 1.0
+    words = np.zeros((6, 40, 4))
+    words[..., 0] = -1.0  # every word opposes every region: alignment = -(length - 2)
+    Q = np.concatenate([np.full((2, 1), IMAGE_FULL), g_img, regions.reshape(2, -1)], 1)
+    D = np.concatenate([np.full((6, 1), TEXT_FULL), g_txt, np.full((6, 1), 40.0), words.reshape(6, -1)], 1)
+    S = m.score(Q, D)
+    G = g_img @ g_txt.T
+    for r in range(2):
+        short = np.argsort(-G[r])[:2]
+        rest = np.setdiff1d(np.arange(6), short)
+        assert S[r, short].min() > S[r, rest].max()
+        np.testing.assert_array_equal(np.argsort(-S[r, rest]), np.argsort(-G[r, rest]))

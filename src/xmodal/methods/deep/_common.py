@@ -61,24 +61,29 @@ def info_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return 0.5 * (li + lt)
 
 
-def poly_loss(S: torch.Tensor, pos: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+def poly_loss(S: torch.Tensor, pos: torch.Tensor, margin: float = 0.2,
+              eps: float = 1e-5) -> torch.Tensor:
     """Universal weighting metric learning (Wei et al., "Universal Weighting Metric Learning for
     Cross-Modal Matching", CVPR 2020): the pair-weighting polynomial loss. For each query, the
     matching pair contributes a decreasing polynomial of its similarity
     ``a2 s^2 + a1 s + a0 = 0.2 s^2 - 0.7 s + 0.5`` (clamped at 0; its slope, the pair weight,
     grows as s falls) and the hardest informative negative (one within ``margin`` of the
     positive) an increasing one ``0.9 s^2 - 0.4 s + 0.03`` (weight grows with s), both
-    directions; the coefficients are those of the authors' PolyLoss release."""
+    directions; the coefficients are those of the authors' PolyLoss release. Only informative
+    pairs count: a query whose positive already beats every negative by ``margin`` (or whose
+    positive similarity is 1) adds nothing, its positive term included, as in that release.
+    ``pos[i, j]``: image i and text j match (rows of ``S`` are images)."""
     d = S.diagonal()
     pos_loss = (0.2 * d ** 2 - 0.7 * d + 0.5).clamp(min=0)
     out = 0.0
-    for M, dd in ((S, d[:, None]), (S.T, d[:, None])):
-        neg = M.masked_fill(pos, -2.0)
-        informative = neg + margin > dd
+    # image queries (rows of S) and text queries (rows of S.T, whose positives are pos.T)
+    for M, P in ((S, pos), (S.T, pos.T)):
+        neg = M.masked_fill(P, -2.0)
+        informative = neg + margin > d[:, None]
         hard = torch.where(informative, neg, torch.full_like(neg, -2.0)).max(dim=1).values
         neg_loss = (0.9 * hard ** 2 - 0.4 * hard + 0.03).clamp(min=0)
-        neg_loss = torch.where(hard > -2.0, neg_loss, torch.zeros_like(neg_loss))
-        out = out + (pos_loss + neg_loss).mean()
+        active = informative.any(dim=1) & (d < 1 - eps)
+        out = out + torch.where(active, pos_loss + neg_loss, torch.zeros_like(d)).mean()
     return out
 
 

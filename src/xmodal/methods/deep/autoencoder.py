@@ -16,11 +16,11 @@ from .cca import _recon_report
 
 
 class _CorrAEModule(nn.Module):
-    def __init__(self, image_dim: int, text_dim: int, hidden: Any, dim: int):
+    def __init__(self, image_dim: int, text_dim: int, hidden: Any, dim: int, dropout: float = 0.0):
         super().__init__()
         self.image_norm, self.text_norm = Standardize(image_dim), Standardize(text_dim)
-        self.enc_x = mlp(dims(image_dim, hidden, dim))
-        self.enc_y = mlp(dims(text_dim, hidden, dim))
+        self.enc_x = mlp(dims(image_dim, hidden, dim), dropout=dropout)
+        self.enc_y = mlp(dims(text_dim, hidden, dim), dropout=dropout)
         rev = list(reversed(hidden)) if isinstance(hidden, (list, tuple)) else hidden
         # decoders rebuild both views from either code (used by the cross / full variants)
         self.dec_xx = mlp(dims(dim, rev, image_dim))
@@ -44,7 +44,10 @@ class CorrAE(DeepMethod):
     ``variant="cross"`` (Corr-Cross-AE) rebuilds each view from the other's code,
     ``variant="full"`` (Corr-Full-AE) rebuilds both views from both codes. The codes are
     compared by cosine; ``reconstruction_error(X, Y)`` reports the feature MSE of the
-    self-reconstructions (cross-reconstructions for the cross variant).
+    self-reconstructions (cross-reconstructions for the cross variant). Each reconstruction
+    error is divided by its feature dimension and the code distance by ``dim`` (the paper sums
+    raw squared errors), so that ``alpha`` weighs per-element errors whatever the feature
+    sizes. ``dropout`` acts after the encoders' hidden layers.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -62,7 +65,7 @@ class CorrAE(DeepMethod):
         self.dropout, self.lr_schedule, self.grad_clip = dropout, lr_schedule, grad_clip
 
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
-        return _CorrAEModule(image_dim, text_dim, self.hidden, self.dim)
+        return _CorrAEModule(image_dim, text_dim, self.hidden, self.dim, self.dropout)
 
     def _setup(self, X, Y, L) -> None:
         super()._setup(X, Y, L)

@@ -38,11 +38,12 @@ def cca_correlation(H1: torch.Tensor, H2: torch.Tensor, k: int, r1: float = 1e-3
 
 
 class _DCCAModule(nn.Module):
-    def __init__(self, image_dim: int, text_dim: int, hidden: Any, dim: int, autoencoder: bool):
+    def __init__(self, image_dim: int, text_dim: int, hidden: Any, dim: int, autoencoder: bool,
+                 dropout: float = 0.0):
         super().__init__()
         self.image_norm, self.text_norm = Standardize(image_dim), Standardize(text_dim)
-        self.f = mlp(dims(image_dim, hidden, dim))
-        self.g = mlp(dims(text_dim, hidden, dim))
+        self.f = mlp(dims(image_dim, hidden, dim), dropout=dropout)
+        self.g = mlp(dims(text_dim, hidden, dim), dropout=dropout)
         if autoencoder:
             self.p = mlp(dims(dim, hidden, image_dim))
             self.q = mlp(dims(dim, hidden, text_dim))
@@ -65,7 +66,7 @@ class _DCCABase(DeepMethod):
         "n_components": [None, interval(1, None, integer=True)], "reg": NONNEG, "recon_weight": NONNEG}
 
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
-        return _DCCAModule(image_dim, text_dim, self.hidden, self.dim, self._autoencoder)
+        return _DCCAModule(image_dim, text_dim, self.hidden, self.dim, self._autoencoder, self.dropout)
 
     def _k(self) -> int:
         k = self.n_components or min(self.dim, int(self.image_dim_), int(self.text_dim_))
@@ -112,6 +113,8 @@ class DCCA(_DCCABase):
     correlation of their outputs (sum of the top ``n_components`` singular values of
     S11^-1/2 S12 S22^-1/2, ridge ``reg`` on the covariances), computed on large mini-batches;
     a linear CCA on the training outputs gives the final projections (compared by cosine).
+    ReLU MLPs trained by Adam on mini-batches replace the paper's full-batch L-BFGS;
+    ``dropout`` acts after the hidden layers.
     """
 
     def __init__(self, dim: int = 64, hidden: Any = (1024,), n_components: int | None = None,

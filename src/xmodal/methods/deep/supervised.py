@@ -108,6 +108,9 @@ class ACMR(_SupervisedBase):
     ``instance_weight`` > 0 adds an instance-level InfoNCE term for caption datasets (0 =
     the paper's loss). ``label_space`` > 0 appends the predicted label distribution to the
     embedding, so that cosine = (common-space cosine + w * label-space cosine) / (1 + w).
+    The loss weights are tuned here (``alpha = beta = 1``, constant ``adv_weight``); the
+    authors' code weights the label loss 100 times the triplet loss and ramps the reversal
+    weight up as 2 / (1 + exp(-10 p)) - 1 over training progress p.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -166,6 +169,7 @@ class DSCMR(_SupervisedBase):
     instance-level InfoNCE term for caption datasets (0 = the paper's loss). ``label_space`` > 0
     appends the predicted label vector P'u (DSCMR's label space) to the embedding, so that
     cosine = (common-space cosine + w * label-space cosine) / (1 + w).
+    ``alpha = 1`` is tuned here; the authors' code uses ``alpha = 1e-3, beta = 0.1``.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {

@@ -14,7 +14,7 @@ from torch import nn
 
 from ...data.dataset import DataError
 from .. import register
-from ..base import interval
+from ..base import interval, one_of
 from ._common import (NONNEG, POS_INT, DeepMethod, Standardize, dims, hardest_triplet, info_nce,
                       l2n, pair_mask, set_standardizers)
 from .._torch import mlp
@@ -64,13 +64,20 @@ class _TERANModule(nn.Module):
         return l2n(out).masked_fill(pad[..., None], 0.0)
 
 
-def alignment(Rq: torch.Tensor, Wd: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def alignment(Rq: torch.Tensor, Wd: torch.Tensor, lengths: torch.Tensor,
+              pooling: str = "sum") -> torch.Tensor:
     """TERAN's global score from the region-word alignment matrix (Messina et al. 2020):
-    for every word the best-matching region (max over regions), averaged over the caption's
-    words. Rq: (n, R, d) regions, Wd: (m, T, d) words -> (n, m) scores."""
+    for every word the best-matching region (max over regions), then summed over the caption's
+    words ("MrSw", TERAN's max-sum pooling; ``pooling="mean"`` averages them instead, TERAN's
+    "MrAVGw"). As in TERAN, the [CLS] and [SEP] word pieces (first and last of each caption)
+    take no part. Rq: (n, R, d) regions, Wd: (m, T, d) words -> (n, m) scores."""
     A = torch.einsum("ird,jtd->ijtr", Rq, Wd).max(dim=3).values  # (n, m, T)
-    mask = (torch.arange(Wd.shape[1], device=Wd.device)[None, :] < lengths[:, None]).float()  # (m, T)
-    return (A * mask[None]).sum(2) / lengths.clamp(min=1)[None].float()
+    t = torch.arange(Wd.shape[1], device=Wd.device)[None, :]
+    mask = ((t >= 1) & (t < lengths[:, None] - 1)).float()  # (m, T): the words proper
+    out = (A * mask[None]).sum(2)
+    if pooling == "mean":
+        out = out / mask.sum(1).clamp(min=1)[None]
+    return out
 
 
 @register("transformer")
@@ -81,14 +88,16 @@ class TERAN(DeepMethod):
 
     Regions are the 7x7 cells of EfficientNet-Lite0's last feature map, words the MiniLM
     token outputs (see :mod:`._features`); a small transformer encoder per modality
-    (``layers`` layers, ``heads`` heads, width ``dim``) contextualises them; the image-caption
-    score pools the region-word cosine alignment matrix (max over regions per word, mean over
-    words) and is trained with the hardest-negative triplet loss (margin ``margin``), as in
-    TERAN, on the first ``align_batch`` pairs of each mini-batch (its cost is quadratic in the
-    batch). Full alignment scoring of every pair is slow, so retrieval is two-stage: global
-    embeddings (MLP heads on the pooled features, trained jointly with symmetric InfoNCE) rank
-    everything, and the top ``shortlist`` items of each query are re-ranked by
-    global + ``rerank_weight`` * alignment (``score(Q, D)``).
+    (``layers`` layers, ``heads`` heads, width ``dim``; TERAN stacks more, bigger layers on
+    Faster R-CNN regions and BERT) contextualises them; the image-caption score pools the
+    region-word cosine alignment matrix (max over regions per word, summed over the words:
+    TERAN's max-sum "MrSw"; ``pooling="mean"`` averages over words) and is trained with the
+    hardest-negative triplet loss (margin ``margin``), as in TERAN, on the first
+    ``align_batch`` pairs of each mini-batch (its cost is quadratic in the batch). Full
+    alignment scoring of every pair is slow, so retrieval is two-stage: global embeddings (MLP
+    heads on the pooled features, trained jointly with symmetric InfoNCE) rank everything, and
+    the top ``shortlist`` items of each query are re-ranked by global + ``rerank_weight`` *
+    alignment (``score(Q, D)``; TERAN ranks by the alignment alone).
 
     The fine-grained stage needs raw inputs: ``raw_inputs = ("images", "texts")``, so evaluate
     through :func:`xmodal.methods.deep.raw_view` (or call ``encode_raw_images(paths)`` /
@@ -100,7 +109,8 @@ class TERAN(DeepMethod):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "global_dim": POS_INT, "layers": POS_INT, "heads": POS_INT, "margin": interval(0, 2),
         "temperature": interval(1e-3, 1), "shortlist": POS_INT, "rerank_weight": NONNEG,
-        "align_weight": NONNEG, "label_weight": NONNEG, "align_batch": interval(2, None, integer=True)}
+        "align_weight": NONNEG, "label_weight": NONNEG, "align_batch": interval(2, None, integer=True),
+        "pooling": one_of("sum", "mean")}
 
     def __init__(self, dim: int = 128, global_dim: int = 512, hidden: Any = 1024, layers: int = 1,
                  heads: int = 4, margin: float = 0.2, temperature: float = 0.07,
@@ -109,8 +119,10 @@ class TERAN(DeepMethod):
                  rerank_weight: float = 1.0, dropout: float = 0.1, epochs: int = 20,
                  batch_size: int = 128, lr: float = 5e-4, weight_decay: float = 1e-4,
                  patience: int | None = 5, val_fraction: float = 0.1, random_state: int = 0,
-                 verbose: bool = True, lr_schedule: str = "cosine", grad_clip: float | None = 2.0):
+                 verbose: bool = True, lr_schedule: str = "cosine", grad_clip: float | None = 2.0,
+                 pooling: str = "sum"):
         self.dim, self.global_dim, self.hidden, self.layers, self.heads = dim, global_dim, hidden, layers, heads
+        self.pooling = pooling
         self.margin, self.temperature, self.label_weight = margin, temperature, label_weight
         self.align_weight, self.shortlist, self.rerank_weight = align_weight, shortlist, rerank_weight
         self.align_batch = align_batch
@@ -161,7 +173,7 @@ class TERAN(DeepMethod):
             T = int(lengths.max())
             R = m.regions(self._regions[batch["image"][sub]].float())
             W = m.words(self._tokens[idx, :T].float(), lengths)
-            A = alignment(R, W, lengths)
+            A = alignment(R, W, lengths, self.pooling)
             pos = pair_mask(batch)[sub, sub]
             loss = loss + self.align_weight * hardest_triplet(A, pos, self.margin)
         return loss
@@ -231,15 +243,17 @@ class TERAN(DeepMethod):
             raise DataError("transformer.score: queries and database are the same modality")
         k = min(self.shortlist, G.shape[1])
         top = np.argpartition(-G, k - 1, axis=1)[:, :k]
-        out = G - 10.0  # everything outside the shortlist ranks below it
         fq_t, fd_t = self._tensor(fq), self._tensor(fd)
-        for s in range(0, len(G), 64):
-            rows = np.arange(s, min(s + 64, len(G)))
-            for r in rows:
-                cand = top[r]
-                if kq == "image":
-                    a = alignment(fq_t[r:r + 1], fd_t[cand], self._tensor(ld[cand]))[0]
-                else:
-                    a = alignment(fd_t[cand], fq_t[r:r + 1], self._tensor(lq[r:r + 1]))[:, 0]
-                out[r, cand] = G[r, cand] + self.rerank_weight * a.cpu().numpy()
+        out = np.empty_like(G)
+        for r in range(len(G)):
+            cand = top[r]
+            if kq == "image":
+                a = alignment(fq_t[r:r + 1], fd_t[cand], self._tensor(ld[cand]), self.pooling)[0]
+            else:
+                a = alignment(fd_t[cand], fq_t[r:r + 1], self._tensor(lq[r:r + 1]), self.pooling)[:, 0]
+            short = G[r, cand] + self.rerank_weight * a.cpu().numpy()
+            # the rest keeps its global order, strictly below the lowest shortlisted score
+            # (summed alignments are unbounded: no fixed offset would do)
+            out[r] = G[r] - G[r].max() + short.min() - 1.0
+            out[r, cand] = short
         return out
