@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, optimize
 from sklearn.neighbors import NearestNeighbors
 
 from .. import register
@@ -42,6 +42,28 @@ def lasso_fista(X: np.ndarray, D: np.ndarray, alpha: float, init: np.ndarray | N
         if delta <= tol * (np.abs(S).max() + 1e-12):
             break
     return S
+
+
+def unit_norm_lstsq(T: np.ndarray, S: np.ndarray, max_iter: int = 200) -> np.ndarray:
+    """B minimising ||T - S B||^2 subject to every row of B having norm <= 1: the basis update
+    of LSSH (and of sparse coding), solved exactly through its Lagrange dual (Lee, Battle,
+    Raina & Ng, "Efficient sparse coding algorithms", NIPS 2006): B = (S'S + diag(l))^{-1} S'T
+    for the dual variables l >= 0 maximising tr(T'T) - tr(T'S (S'S + diag(l))^{-1} S'T) - sum(l),
+    whose gradient is ||b_j||^2 - 1 (L-BFGS-B with the bound l >= 0)."""
+    G, C = S.T @ S, S.T @ T
+    k = len(G)
+    jitter = 1e-10 * (np.trace(G) / k + 1e-12) * np.eye(k)  # rows of S that are all zero (unused atoms)
+
+    def neg_dual(lam):
+        Bt = linalg.solve(G + np.diag(lam) + jitter, C, assume_a="pos")
+        return float(np.sum(C * Bt) + lam.sum()), 1.0 - np.einsum("ij,ij->i", Bt, Bt)
+
+    # start from the unconstrained fit: l = 0 wherever its rows already lie in the ball
+    res = optimize.minimize(neg_dual, np.zeros(k), jac=True, method="L-BFGS-B", bounds=[(0, None)] * k,
+                            options={"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-14})
+    B = linalg.solve(G + np.diag(res.x) + jitter, C, assume_a="pos")
+    # the dual is solved to a tolerance: put rows that end a hair outside back on the sphere
+    return B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), 1.0)
 
 
 def _unit_scale(F: np.ndarray) -> float:
@@ -174,7 +196,9 @@ class IMH(ShallowHashing):
     W_g is tr Y'(I - F_g (F_g'F_g + lam I)^{-1} F_g') Y; under Y'Y = I this is the bottom
     eigenvectors of the sum. The hash functions are then W_g = (F_g'F_g + lam I)^{-1} F_g'Y.
     With every training item paired the inter-media consistency term forces one shared Y.
-    The dense n x n eigenproblem is solved on at most ``max_train`` sampled pairs.
+    The dense n x n eigenproblem is solved on at most ``max_train`` sampled pairs. Bits are
+    the signs of projections of centred features (the authors' code thresholds at the
+    training median instead).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -271,18 +295,25 @@ class LSSH(ShallowHashing):
 
     Images: sparse codes S over a learned dictionary B (||X - S B||^2 + alpha |S|_1); texts:
     matrix factorisation Y ~ A U; the two latent spaces are tied by A ~ S R:
-    min ||X - S B||^2 + alpha|S|_1 + lam ||Y - A U||^2 + mu ||A - S R||^2 + gamma(||U||^2+||R||^2+||A||^2).
-    Alternating updates (lasso for S, least squares for the rest, atoms of B kept in the unit
-    ball). An image hashes to sign(s R - m), a text to sign(a - m), s and a its sparse code /
-    latent factor and m the training mean. At most ``max_train`` sampled pairs are used.
+    min ||X - S B||^2 + alpha|S|_1 + lam ||Y - A U||^2 + mu ||A - S R||^2
+    s.t. every atom of B, every basis vector of U and every row of R has norm <= 1 (the paper's
+    constraints; the authors' code solves the same objective). Alternating updates: lasso for
+    S, the constrained least squares for B, U and R exactly through their Lagrange duals
+    (:func:`unit_norm_lstsq`), a closed form for A. An image hashes to sign(s R - m), s its
+    sparse code; a text to sign(a - m), a = argmin lam||y - a U||^2 + mu||a||^2 (the A step
+    with the unknown s R at zero, as in the authors' code); m is the training mean (the
+    authors threshold at zero). ``gamma`` adds a ridge gamma||A||^2 that is not in the paper
+    (0 by default). Atoms no image uses are restarted on random samples. Features are scaled to
+    unit mean squared norm per modality (the authors normalise each sample and reduce images to
+    ``bits`` PCA dimensions first). At most ``max_train`` sampled pairs are used.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "n_atoms": _POS_INT, "alpha": _POS, "lam": _POS, "mu": _POS, "gamma": _POS,
+        "n_atoms": _POS_INT, "alpha": _POS, "lam": _POS, "mu": _POS, "gamma": _NONNEG,
         "n_iter": _POS_INT, "max_train": _MAX_TRAIN}
 
     def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, n_atoms: int = 256,
-                 alpha: float = 0.02, lam: float = 1.0, mu: float = 1.0, gamma: float = 1e-2,
+                 alpha: float = 0.02, lam: float = 1.0, mu: float = 1.0, gamma: float = 0.0,
                  n_iter: int = 10, max_train: int | None = 2000, random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -317,16 +348,14 @@ class LSSH(ShallowHashing):
         self.latent_map_ = np.zeros((k, c))
         S = self._sparse(Fx)
         A = rng.standard_normal((n, c)) * 0.1
-        Ic, Ik = np.eye(c), np.eye(k)
+        Ic = np.eye(c)
         for it in range(self.n_iter):
-            U = linalg.solve(A.T @ A + (self.gamma / self.lam) * Ic, A.T @ Fy, assume_a="pos")
-            self.latent_map_ = linalg.solve(S.T @ S + (self.gamma / self.mu) * Ik, S.T @ A, assume_a="pos")
+            U = unit_norm_lstsq(Fy, A)
+            self.latent_map_ = unit_norm_lstsq(A, S)
             A = linalg.solve(self.lam * U @ U.T + (self.mu + self.gamma) * Ic,
                              (self.lam * Fy @ U.T + self.mu * S @ self.latent_map_).T, assume_a="pos").T
-            Bd = linalg.lstsq(S.T @ S + 1e-6 * Ik, S.T @ Fx)[0]
-            norms = np.linalg.norm(Bd, axis=1, keepdims=True)
-            Bd = np.where(norms > 1, Bd / np.maximum(norms, 1e-12), Bd)
-            unused = norms[:, 0] < 1e-8  # dead atoms: restart on random samples
+            Bd = unit_norm_lstsq(Fx, S)
+            unused = np.linalg.norm(Bd, axis=1) < 1e-8  # dead atoms: restart on random samples
             if unused.any():
                 Bd[unused] = Fx[rng.choice(n, int(unused.sum()))]
                 Bd[unused] /= np.maximum(np.linalg.norm(Bd[unused], axis=1, keepdims=True), 1e-12)
@@ -338,7 +367,7 @@ class LSSH(ShallowHashing):
 
     def _text_latent(self, Fy: np.ndarray) -> np.ndarray:
         U = self.text_factor_
-        return linalg.solve(self.lam * U @ U.T + self.gamma * np.eye(U.shape[0]),
+        return linalg.solve(self.lam * U @ U.T + (self.mu + self.gamma) * np.eye(U.shape[0]),
                             self.lam * U @ Fy.T, assume_a="pos").T
 
     def _encode_images(self, X):
