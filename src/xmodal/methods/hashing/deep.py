@@ -118,7 +118,10 @@ class DCMH(_DeepHashing):
     Image outputs F and text outputs G (one row per training pair, kept in buffers) are
     trained with the negative log-likelihood of the label similarity S under θ_ij = F_i'G_j/2,
     plus ``gamma`` (||B - F||^2 + ||B - G||^2) and the bit-balance term ``eta`` (||F'1||^2 +
-    ||G'1||^2); the unified training codes B = sign(F + G) are refreshed every epoch. The
+    ||G'1||^2) / n; the unified training codes B = sign(F + G) are refreshed every epoch.
+    Deliberate deviation: the paper's balance term has no 1/n (its η = ``eta``/n); at that
+    scale, with Adam and the partly stale F/G buffers, the nets' shared bias oscillates and
+    grows and the codes collapse (Wikipedia, 16-128 bits: MAP at chance, 0.11-0.18). The
     paper alternates image and text steps; here each mini-batch updates both nets, each
     against the other modality's buffer. Early stopping (supervised: labels allowed) scores
     the hashing protocol on the validation split, or on 10% of the training images held out
@@ -172,7 +175,8 @@ class DCMH(_DeepHashing):
         Fall, Gall = self._F.clone(), self._G.clone()
         Fall[idx], Gall[idx] = Fb, Gb  # balance term over every row, this batch's live
         loss = 0.0
-        # clones: the buffers are overwritten below, before backward runs
+        # clones: the buffers are overwritten below, before backward runs. The balance term is
+        # ||F'1||^2 / n (see the class docstring: at the paper's scale it diverges here)
         for out, other, allrows in ((Fb, self._G.clone(), Fall), (Gb, self._F.clone(), Gall)):
             theta = 0.5 * out @ other.T
             loss = loss + _neg_log_likelihood(theta, S) \
@@ -228,9 +232,11 @@ class SSAH(_DeepHashing):
     each modality's (weights ``alpha``, ``gamma``), quantization to the unified codes
     B = sign(H^l + H^v + H^t) (``eta``), label prediction (``beta``), and an adversarial loss
     that makes modality features indistinguishable from LabNet's (discriminators trained
-    through a gradient-reversal layer instead of alternating optimisers). As in the paper the
-    likelihood terms sum over all training rows while quantization and label prediction sum
-    over bits / labels (everything divided by n); early stopping as in :class:`DCMH`.
+    through a gradient-reversal layer instead of alternating optimisers; sigmoid cross-entropy
+    as in the authors' code, weight ``adversarial``). As in the paper the likelihood terms sum
+    over all training rows (for LabNet, over pairs of rows) while quantization, label
+    prediction and the adversarial loss are per item (everything divided by n); early
+    stopping as in :class:`DCMH`.
     """
 
     supervised = True
@@ -240,7 +246,7 @@ class SSAH(_DeepHashing):
 
     def __init__(self, bits: int = 32, hidden: int = 512, feature_dim: int = 512, dropout: float = 0.1,
                  alpha: float = 1.0, gamma: float = 1.0, eta: float = 1.0, beta: float = 1.0,
-                 adversarial: float = 0.1, label_epochs: int = 30, epochs: int = 60,
+                 adversarial: float = 1.0, label_epochs: int = 30, epochs: int = 60,
                  batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 1e-5,
                  patience: int | None = 12, val_fraction: float = 0.1, random_state: int = 0,
                  verbose: bool = False):
@@ -272,14 +278,20 @@ class SSAH(_DeepHashing):
                for p in m.parameters()}
         return [p for p in self.module_.parameters() if id(p) not in lab]
 
-    def _semantic_loss(self, Fq, Hq, Lq, Fl, Hl, Ll, counts):
-        """Likelihood of S between queries and LabNet outputs. LabNet's outputs depend on the
-        label vector only, so the sum over all training rows is a sum over the distinct label
-        vectors weighted by how many rows carry each (exact, and n/u times cheaper)."""
+    def _semantic_loss(self, Fq, Hq, Lq, Fl, Hl, Ll, counts, query_counts=None):
+        """Likelihood of S between queries and LabNet outputs, averaged over (query, row)
+        pairs. LabNet's outputs depend on the label vector only, so the sum over all training
+        rows is a sum over the distinct label vectors weighted by how many rows carry each
+        (exact, and n/u times cheaper); ``query_counts`` does the same for queries that are
+        distinct label vectors (LabNet's own training)."""
         S = _sim(Lq, Ll)
         w = counts.float()[None, :]
+        if query_counts is not None:
+            w = query_counts.float()[:, None] * w
+        else:
+            w = w.expand(len(Lq), -1)
         nll = lambda theta: ((F.softplus(theta) - S * theta) * w).sum()  # noqa: E731
-        return (self.alpha * nll(0.5 * Fq @ Fl.T) + self.gamma * nll(0.5 * Hq @ Hl.T)) / (len(Lq) * w.sum())
+        return (self.alpha * nll(0.5 * Fq @ Fl.T) + self.gamma * nll(0.5 * Hq @ Hl.T)) / w.sum()
 
     def _pointwise(self, H, B, logits, L, weight=None):
         """Quantization (``eta``) and label prediction (``beta``) per item, summed over bits /
@@ -301,10 +313,7 @@ class SSAH(_DeepHashing):
         # LabNet trains on the distinct label vectors (rows of L repeat for every pair)
         U, inverse, counts = torch.unique(Lt, dim=0, return_inverse=True, return_counts=True)
         for _ in range(self.label_epochs * max(1, math.ceil(len(Lt) / self.batch_size) // 4)):
-            Fl = m.lab_body(U)
-            Hl = torch.tanh(m.lab_hash(Fl))
-            loss = self._semantic_loss(Fl, Hl, U, Fl, Hl, U, counts) \
-                + self._pointwise(Hl, torch.sign(Hl).detach(), m.lab_label(Fl), U, counts.float())
+            loss = self._label_net_loss(U, counts)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -318,6 +327,16 @@ class SSAH(_DeepHashing):
         n = len(Lt)
         self._Hx, self._Hy = self._Hl.new_zeros(n, self.bits), self._Hl.new_zeros(n, self.bits)
         self._B = torch.sign(self._Hl)
+
+    def _label_net_loss(self, U: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """LabNet's objective over the training rows, computed on the distinct label vectors
+        ``U`` (``counts``: rows carrying each): likelihood over every pair of rows,
+        quantization to sign(H^l) and label reconstruction per row."""
+        m = self.module_
+        Fl = m.lab_body(U)
+        Hl = torch.tanh(m.lab_hash(Fl))
+        return self._semantic_loss(Fl, Hl, U, Fl, Hl, U, counts, counts) \
+            + self._pointwise(Hl, torch.sign(Hl).detach(), m.lab_label(Fl), U, counts.float())
 
     def _on_epoch_start(self, epoch):
         if epoch:
@@ -336,9 +355,11 @@ class SSAH(_DeepHashing):
             if self.adversarial > 0:
                 real = disc(self._Fu[self._inverse[idx]])
                 fake = disc(_GradReverse.apply(Fm))
+                # per item like quantization and label prediction (the paper sums it over
+                # items, the likelihood over pairs), so scaled by 1/n like them
                 loss = loss + self.adversarial * (
                     F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                    + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+                    + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))) / self._n_rows
             buf[idx] = Hm.detach()
         return loss
 
@@ -382,6 +403,8 @@ class DJSRH(_ReconstructingHashing):
     similarities (rescaled 2 cos - 1), diffused S = (1-η) S̃ + η S̃S̃'/m, scaled by ``mu``;
     the codes' cosine similarities reconstruct it: ||μS - B_I B_T'||^2 + λ1 ||μS - B_I B_I'||^2
     + λ2 ||μS - B_T B_T'||^2 (mean squared). Unsupervised: no early stopping on labels.
+    Defaults: the authors' NUS-WIDE setting (β 0.6, λ 0.1; they use β 0.3 / λ 0.3 on
+    Wikipedia, β 0.9 on MIRFlickr), η 0.4, μ 1.5; batches of 128 and Adam instead of 32 / SGD.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -431,6 +454,8 @@ class JDSH(_ReconstructingHashing):
     distribution of S over training batches (mean - k_left·sd_below, mean + k_right·sd_above,
     the paper fits them per dataset). Loss: ||μS - B_I B_T'||^2 + ||μS - B_T B_I'||^2
     - mean diag(B_I B_T') + intra (||μS - B_I B_I'||^2 + ||μS - B_T B_T'||^2).
+    Defaults: a, b, l from the authors' NUS-WIDE configuration, k_left 2 / k_right 4 as in
+    their code; ``mu`` 1.5 and ``l1`` = ``l2`` = 0.3 are not theirs (1.33-1.47, 0.1-0.2).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -517,6 +542,8 @@ class UCCH(_DeepHashing):
     temperature T·sqrt(bits)); plus the cross-modal ranking loss (CRL) over the batch with
     ``margin`` and ``shift``; loss = alpha·contrast + (1 - alpha)·CRL. During the first
     ``warmup_epochs`` the bank is skipped and the batch itself supplies the negatives.
+    Defaults as in the authors' code except ``lr`` (1e-3, theirs 1e-4) and no gradient-norm
+    clipping (theirs clips at 1).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
