@@ -243,14 +243,17 @@ class CMFH(ShallowHashing):
     min  lam ||X - V U1||^2 + (1-lam) ||Y - V U2||^2 + mu (||V - X P1||^2 + ||V - Y P2||^2)
          + gamma (||U1||^2 + ||U2||^2 + ||P1||^2 + ||P2||^2 + ||V||^2)
     by alternating closed-form updates (rows are samples here); a query hashes to
-    sign(x P). Features are scaled to unit mean squared norm per modality first.
+    sign(x P). Features are scaled to unit mean squared norm per modality first. Defaults are
+    the authors' settings (λ = 0.5, μ = 100, γ = 0.01); μ = 1 had been used before and lost
+    on a Wikipedia train hold-out (32 bits, t2i 0.19 vs 0.27; i2t even) while UCM val was
+    mixed (i2t 0.74 vs 0.70, t2i 0.92 vs 0.95).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "lam": interval(0, 1, closed="neither"), "mu": _POS, "gamma": _POS, "n_iter": _POS_INT}
 
     def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float = 0.5,
-                 mu: float = 1.0, gamma: float = 1e-2, n_iter: int = 50, random_state: int = 0):
+                 mu: float = 100.0, gamma: float = 1e-2, n_iter: int = 50, random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
         self.n_anchors = n_anchors
