@@ -97,7 +97,9 @@ class TERAN(DeepMethod):
     alignment scoring of every pair is slow, so retrieval is two-stage: global embeddings (MLP
     heads on the pooled features, trained jointly with symmetric InfoNCE) rank everything, and
     the top ``shortlist`` items of each query are re-ranked by global + ``rerank_weight`` *
-    alignment (``score(Q, D)``; TERAN ranks by the alignment alone).
+    alignment (``score(Q, D)``; TERAN ranks by the alignment alone). A sum over words grows
+    with the caption, so the alignment gets a small weight: ``rerank_weight=0.2`` was chosen on
+    the UCM-Captions val split (val mR 50.5 at 0.05-0.2, 48.3 at 1.0, 49.0 without re-ranking).
 
     The fine-grained stage needs raw inputs: ``raw_inputs = ("images", "texts")``, so evaluate
     through :func:`xmodal.methods.deep.raw_view` (or call ``encode_raw_images(paths)`` /
@@ -116,7 +118,7 @@ class TERAN(DeepMethod):
                  heads: int = 4, margin: float = 0.2, temperature: float = 0.07,
                  label_weight: float = 0.5, align_weight: float = 1.0, align_batch: int = 32,
                  shortlist: int = 30,
-                 rerank_weight: float = 1.0, dropout: float = 0.1, epochs: int = 20,
+                 rerank_weight: float = 0.2, dropout: float = 0.1, epochs: int = 20,
                  batch_size: int = 128, lr: float = 5e-4, weight_decay: float = 1e-4,
                  patience: int | None = 5, val_fraction: float = 0.1, random_state: int = 0,
                  verbose: bool = True, lr_schedule: str = "cosine", grad_clip: float | None = 2.0,
