@@ -1080,11 +1080,15 @@ class Collection:
         it), so that the collection mirrors a source that lost files or caption lines.
         Returns the deleted ids. An empty ``keep`` is refused: that is a source gone missing
         (an unmounted disk), not one emptied on purpose."""
+        stale = self._stale(keep)
+        return self.delete(ids=stale, actor=actor, remote=remote) if stale else []
+
+    def _stale(self, keep: Iterable[str]) -> list[int]:
+        """Ids of the stored items whose key is not in ``keep`` (an empty ``keep`` refused)."""
         keep = set(keep)
         if not keep:
             raise CollectionError(f"{self.path}: refusing to prune against an empty source")
-        stale = [i for i, key in self.store.query("SELECT id, key FROM items") if key not in keep]
-        return self.delete(ids=stale, actor=actor, remote=remote) if stale else []
+        return [i for i, key in self.store.query("SELECT id, key FROM items") if key not in keep]
 
     def _file_stats(self, keys: Sequence[str]) -> dict[str, tuple]:
         """key -> (content hash, path, size, mtime_ns) of stored image files."""
@@ -1157,14 +1161,11 @@ class Collection:
                     row["unchanged"] += 1
             out[modality] = row
         if prune:
-            keep = {it.key for it in images} | {t.key for t in texts}
-            if not keep:
-                raise CollectionError(f"{self.path}: refusing to prune against an empty source")
+            gone = set(self._stale([it.key for it in images] + [t.key for t in texts]))
             # an image that goes takes its captions with it, as delete() does
-            rows = self.store.query("SELECT id, modality, key, pair_id FROM items")
-            gone = {i for i, _, key, _ in rows if key not in keep}
-            out["removed"] = [{"id": i, "modality": m, "key": key} for i, m, key, pair in rows
-                              if i in gone or (pair is not None and pair in gone)]
+            out["removed"] = [{"id": i, "modality": m, "key": key} for i, m, key, pair in
+                              self.store.query("SELECT id, modality, key, pair_id FROM items")
+                              if i in gone or pair in gone]
         return out
 
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
