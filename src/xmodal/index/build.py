@@ -127,23 +127,14 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     removed), items added by other means (the HTTP API) included.
     """
     progress = not quiet
-    if Path(collection_path).exists() and not Path(collection_path).is_dir():
-        # refused before any encoding or fitting, not after
-        raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
-    images, texts = scan_source(source)
+    images, texts = _scan(source, collection_path)
     if Collection.exists(collection_path) and not overwrite:
         return _add_to(collection_path, images, texts, like, quiet, batch_size, prune)
     if like is not None:
-        base = Collection.open(like)
-        if base.method is None:
-            raise CollectionError(f"{like}: holds no fitted method to share (a vectors-only collection)")
+        base = _base(like)
         method, image_encoder, text_encoder = base.method, base.encoder("image"), base.encoder("text")
         rerank = rerank or bool(base.fdim)
-    if isinstance(method, str) and not Path(method).suffix == ".zip":
-        from ..methods import get
-
-        kind = get(method).output  # an unknown method or index spec fails before any encoding
-        VectorIndex(kind, 64, index)
+    _check_method(method, index, source, texts)
     img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
     # a fitted encoder passed in (a shard's, say) keeps its state: refitting changes the space
     if getattr(txt_enc, "needs_fit", False) and not getattr(txt_enc, "is_fitted", False):
@@ -166,9 +157,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     elif isinstance(method, str):
         from ..methods import create
 
-        if not texts:
-            raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
-                                  ".txt captions or pass a fitted method file (--method FILE.zip)")
+        _check_method(method, index, source, texts)  # captions may all have gone with their images
         row = {it.key: r for r, it in enumerate(images)}
         t2i = np.asarray([row[t.pair_key] for t in texts])
         params = _default_params(method, method_params, Fi.shape[1], Ft.shape[1], len(texts))
@@ -213,45 +202,62 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     (a new collection, or ``overwrite``: every source item is encoded and the method fitted),
     or ``"update"`` with :meth:`Collection.plan`'s per-modality keys (and ``removed`` with
     ``prune``)."""
-    if Path(collection_path).exists() and not Path(collection_path).is_dir():
-        raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
-    images, texts = scan_source(source)
+    images, texts = _scan(source, collection_path)
     out: dict[str, Any] = {"source": str(source), "collection": str(collection_path),
                            "images": len(images), "texts": len(texts)}
     if Collection.exists(collection_path) and not overwrite:
-        coll = Collection.open(collection_path)
+        coll = _existing(collection_path, like)
         try:
-            if like is not None and coll.space != Collection.open(like).space:
-                raise CollectionError(f"{collection_path}: already exists with another common space "
-                                      f"than {like}; pass a new path (or --rebuild)")
             return {**out, "action": "update", **coll.plan(images, texts, prune=prune)}
         finally:
             coll.close()
     if like is not None:
-        base = Collection.open(like)
-        if base.method is None:
-            raise CollectionError(f"{like}: holds no fitted method to share (a vectors-only collection)")
-        return {**out, "action": "create", "like": str(like), "method": base.stats()["method"]}
+        return {**out, "action": "create", "like": str(like), "method": _base(like).stats()["method"]}
+    _check_method(method, index, source, texts)
+    return {**out, "action": "create", "method": str(method)}
+
+
+def _scan(source: str | Path, collection_path: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
+    # a collection path that cannot be one is refused before any encoding or fitting
+    if Path(collection_path).exists() and not Path(collection_path).is_dir():
+        raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
+    return scan_source(source)
+
+
+def _base(like: str | Path) -> Collection:
+    """The collection a new shard shares its space with."""
+    base = Collection.open(like)
+    if base.method is None:
+        raise CollectionError(f"{like}: holds no fitted method to share (a vectors-only collection)")
+    return base
+
+
+def _existing(collection_path: str | Path, like: str | Path | None) -> Collection:
+    coll = Collection.open(collection_path)
+    if like is not None and coll.space != Collection.open(like).space:
+        raise CollectionError(f"{collection_path}: already exists with another common space "
+                              f"than {like}; pass a new path (or --rebuild)")
+    return coll
+
+
+def _check_method(method: Any, index: str, source: str | Path, texts: list[TextItem]) -> None:
+    """A method name and index spec that exist, and captions to fit it on (before encoding)."""
     if isinstance(method, str) and not Path(method).suffix == ".zip":
         from ..methods import get
 
-        VectorIndex(get(method).output, 64, index)  # an unknown method or index spec is an error
+        VectorIndex(get(method).output, 64, index)
         if not texts:
             raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
                                   ".txt captions or pass a fitted method file (--method FILE.zip)")
     elif isinstance(method, (str, Path)) and not Path(method).exists():
         raise CollectionError(f"{method}: no such fitted method file")
-    return {**out, "action": "create", "method": str(method)}
 
 
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
             like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False) -> Collection:
     """Add what is new or changed to an existing collection, with its method and encoders
     (and with ``prune`` remove what the source no longer has)."""
-    coll = Collection.open(collection_path)
-    if like is not None and coll.space != Collection.open(like).space:
-        raise CollectionError(f"{collection_path}: already exists with another common space "
-                              f"than {like}; pass a new path (or --rebuild)")
+    coll = _existing(collection_path, like)
     rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
     if rep.skipped and not quiet:
         print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)
