@@ -213,6 +213,40 @@ def test_dropout_parameter_reaches_every_tower(wiki):
         assert not any(isinstance(x, nn.Dropout) for x in off.module_.modules()), name
 
 
+def test_models_saved_before_dropout_reached_the_towers_still_load(wiki, tmp_path):
+    """Such a model was trained without Dropout layers although its params say dropout > 0;
+    it must load and embed exactly as before (dropout is inert at inference)."""
+    import json
+    import zipfile
+
+    train, test = wiki
+    m = methods.create("dcca", dropout=0.0, epochs=1, patience=None, verbose=False).fit(train)
+    m.save(tmp_path / "new.zip")
+    with zipfile.ZipFile(tmp_path / "new.zip") as src, zipfile.ZipFile(tmp_path / "old.zip", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "meta.json":
+                meta = json.loads(data)
+                meta["params"]["dropout"] = 0.3  # what the old code saved, having ignored it
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    old = methods.load(tmp_path / "old.zip")
+    assert old.dropout == 0.3
+    np.testing.assert_allclose(old.encode_images(test.image_features[:50]),
+                               m.encode_images(test.image_features[:50]), atol=1e-6)
+    # a state that fits neither layout is still an error
+    with zipfile.ZipFile(tmp_path / "new.zip") as src, zipfile.ZipFile(tmp_path / "bad.zip", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "meta.json":
+                meta = json.loads(data)
+                meta["params"].update(hidden=[7], dropout=0.3)
+                data = json.dumps(meta).encode()
+            dst.writestr(item, data)
+    with pytest.raises(RuntimeError):
+        methods.load(tmp_path / "bad.zip")
+
+
 def test_teran_max_sum_pooling_skips_special_tokens():
     import torch
 

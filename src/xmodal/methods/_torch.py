@@ -238,7 +238,20 @@ class TorchMethod(CrossModalMethod):
                    if k.startswith("module__")}
         super()._set_state({k: v for k, v in state.items() if not k.startswith("module__")})
         self.module_ = self._build(int(self.image_dim_), int(self.text_dim_), int(self.n_labels_))
-        self.module_.load_state_dict(weights)
+        try:
+            self.module_.load_state_dict(weights)
+        except RuntimeError:
+            if not getattr(self, "dropout", 0):
+                raise
+            # Saved before ``dropout`` reached these towers: trained without Dropout layers,
+            # whose places in the layer list then differ. Dropout does nothing at inference,
+            # so the model is rebuilt without it and serves exactly as it did.
+            wanted, self.dropout = self.dropout, 0.0
+            try:
+                self.module_ = self._build(int(self.image_dim_), int(self.text_dim_), int(self.n_labels_))
+            finally:
+                self.dropout = wanted
+            self.module_.load_state_dict(weights)
         self._dev = get_device()  # trained anywhere, runs on this process's device
         self.module_.to(self._dev).eval()
 
