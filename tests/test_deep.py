@@ -286,3 +286,27 @@ def test_teran_shortlist_stays_on_top_whatever_the_alignment():
         rest = np.setdiff1d(np.arange(6), short)
         assert S[r, short].min() > S[r, rest].max()
         np.testing.assert_array_equal(np.argsort(-S[r, rest]), np.argsort(-G[r, rest]))
+
+
+@pytest.mark.parametrize("name", ["contrastive", "graph"])
+def test_learned_temperature_is_not_weight_decayed(wiki, name, monkeypatch):
+    """CLIP's recipe: weight decay skips the temperature (it would pull logit_scale to 0)."""
+    import torch
+
+    from xmodal.methods import _torch
+
+    seen = []
+
+    class Recording(torch.optim.Adam):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            seen.append(self)
+
+    monkeypatch.setattr(_torch.torch.optim, "Adam", Recording)
+    train, _ = wiki
+    m = methods.create(name, **{**FAST, "epochs": 1}, weight_decay=0.5).fit(train)
+    decay = {id(p): g["weight_decay"] for g in seen[0].param_groups for p in g["params"]}
+    named = dict(m.module_.named_parameters())
+    assert len(decay) == len(named)  # every parameter is optimised, once
+    for pname, p in named.items():
+        assert decay[id(p)] == (0.0 if pname.endswith("logit_scale") else 0.5), pname

@@ -83,6 +83,19 @@ class TorchMethod(CrossModalMethod):
     def _parameters(self):
         return self.module_.parameters()
 
+    def _param_groups(self) -> list[dict]:
+        """``_parameters()`` as optimiser groups: a learned temperature (a parameter named
+        ``logit_scale``) is not weight-decayed, as in CLIP (Radford et al. 2021), whose decay
+        skips gains, biases and the temperature; decay would pull it towards scale 1."""
+        temps = {id(p) for name, p in self.module_.named_parameters()
+                 if name.rsplit(".", 1)[-1] == "logit_scale"}
+        params = list(self._parameters())
+        groups = [{"params": [p for p in params if id(p) not in temps]}]
+        kept = [p for p in params if id(p) in temps]
+        if kept:
+            groups.append({"params": kept, "weight_decay": 0.0})
+        return groups
+
     def _batches(self, n: int, gen: torch.Generator):
         """Index tensors of one epoch's mini-batches (default: a random permutation)."""
         perm = torch.randperm(n, generator=gen)
@@ -122,7 +135,7 @@ class TorchMethod(CrossModalMethod):
         self._X, self._Y = self._tensor(X), self._tensor(Y)
         self._L = None if L is None else self._tensor(L)
         self._setup(X, Y, L)
-        opt = torch.optim.Adam(self._parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.Adam(self._param_groups(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(X)
         steps_per_epoch = max(1, math.ceil(n / self.batch_size))
         sched = None
