@@ -1,14 +1,15 @@
-"""MIRFlickr-25K (Huiskes & Lew, "The MIR Flickr Retrieval Evaluation", MIR 2008) in the two
-layouts hashing papers use: the cleaned 20,015-item release (tags + 24 labels) and the
-``*_cnn.mat`` feature files (``I_tr``/``T_tr``/``L_tr``, ``_te``, ``_db``)."""
+"""MIRFlickr-25K (Huiskes & Lew, "The MIR Flickr Retrieval Evaluation", MIR 2008) in the
+layouts hashing papers use: the cleaned 20,015-item release (tags + 24 labels), the
+``*_cnn.mat`` feature files (``I_tr``/``T_tr``/``L_tr``, ``_te``, ``_db``) and the DCMH ``.mat``
+layout (``IAll``/``YAll``/``LAll``, :mod:`xmodal.data.dcmh_mat`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
+from ._matio import loadmat_any
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, random_splits, read_text
 
@@ -34,20 +35,47 @@ def tag_matrix(tag_lists: list[list[str]], vocabulary: list[str] | None = None) 
     return M, vocab
 
 
+def hashing_splits(n: int, n_query: int, n_train: int, seed: int = 0, name: str = "dataset",
+                   what: str | None = None) -> dict[str, np.ndarray]:
+    """The cross-modal hashing protocol of DCMH (Jiang & Li, CVPR 2017): ``n_query`` random
+    queries (also ``test``), the rest is the retrieval ``database``, ``n_train`` training items
+    drawn from the database; all seeded by ``seed``. ``what`` describes the ``n`` items in the
+    error raised when they are too few."""
+    for key, value in (("n_query", n_query), ("n_train", n_train)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise DataError(f"{name}: {key} must be a positive integer, got {value!r}")
+    if n_query + n_train > n:
+        raise DataError(f"{name}: n_query + n_train = {n_query + n_train} exceeds {what or f'{n} items'}")
+    parts = random_splits(n, {"query": n_query, "database": -1}, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    train = np.sort(rng.choice(parts["database"], n_train, replace=False))
+    return {"train": train, "query": parts["query"], "test": parts["query"], "database": parts["database"]}
+
+
 def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train: int = 10000,
                       seed: int = 0) -> PairedDataset:
-    """Cleaned MIRFlickr-25K, or the ``*_cnn.mat`` layout when the folder holds one.
+    """Cleaned MIRFlickr-25K; when the folder lacks ``all_tags.txt``, the ``*_cnn.mat`` layout
+    or the DCMH ``.mat`` layout (``FLICKR-25K.mat``, or ``mirflickr25k-iall.mat``,
+    ``-yall.mat``, ``-lall.mat``; :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`) found there.
 
-    Cleaned layout protocol (DCMH, Jiang & Li 2017): ``n_query`` random queries, the rest is the
-    retrieval database, ``n_train`` training items drawn from the database.
+    Protocol (DCMH, Jiang & Li 2017; :func:`hashing_splits`): ``n_query`` random queries, the
+    rest is the retrieval database, ``n_train`` training items drawn from the database. The
+    DCMH ``.mat`` layout gets the same splits for the same ``seed``.
     """
     try:  # the marker lets --data-dir name the dataset folder itself, as for the other datasets
         root = resolve_dataset_dir("mirflickr25k", data_dir, marker="all_imgs.txt")
-    except DataError:  # ROOT/mirflickr25k holding only a *_cnn.mat file
-        root = resolve_dataset_dir("mirflickr25k", data_dir)
-    mats = sorted(root.glob("*_cnn.mat"))
-    if mats and not (root / "all_tags.txt").exists():
-        return load_cnn_mat(mats[0], name="mirflickr25k")
+    except DataError:  # ROOT/mirflickr25k holding only .mat files
+        from .dcmh_mat import dcmh_folder
+
+        root = dcmh_folder("mirflickr25k", data_dir)
+    if not (root / "all_tags.txt").exists():
+        mats = sorted(root.glob("*_cnn.mat"))
+        if mats:
+            return load_cnn_mat(mats[0], name="mirflickr25k")
+        from .dcmh_mat import find_dcmh_files, load_dcmh_mat
+
+        if find_dcmh_files(root):
+            return load_dcmh_mat(root, name="mirflickr25k", n_query=n_query, n_train=n_train, seed=seed)
     imgs_path = root / "all_imgs.txt"
     imgs = _lines(imgs_path)
     while imgs and not imgs[-1].strip():  # a trailing blank line is not an image
@@ -70,17 +98,12 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
             raise DataError(f"{labels_path}:{r + 1}: expected {len(MIRFLICKR_LABELS)} 0/1 values")
         labels[r] = np.array(vals, dtype=np.uint8)
     T, vocab = tag_matrix(tag_lists)
-    if n_query + n_train > n:
-        raise DataError(f"mirflickr25k: n_query + n_train = {n_query + n_train} exceeds {n} items")
-    parts = random_splits(n, {"query": n_query, "database": -1}, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    train = np.sort(rng.choice(parts["database"], n_train, replace=False))
+    splits = hashing_splits(n, n_query, n_train, seed, name="mirflickr25k")
     return PairedDataset(
         name="mirflickr25k", text_to_image=np.arange(n), n_images=n,
         image_paths=[str(root / p) for p in imgs], texts=[" ".join(t) for t in tag_lists],
         text_features=T, labels=labels, label_names=MIRFLICKR_LABELS,
-        splits={"train": train, "query": parts["query"], "test": parts["query"],
-                "database": parts["database"]},
+        splits=splits,
         root=str(root), meta={"protocol": "hashing", "tag_vocabulary": vocab, "seed": seed},
     )
 
@@ -91,10 +114,7 @@ def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    try:
-        mat = _loadmat_any(path)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read MATLAB file ({exc})") from exc
+    mat = _loadmat_any(path)
     blocks, splits, start = [], {}, 0
     for part, split in (("tr", "train"), ("te", "query"), ("db", "database")):
         keys = [f"I_{part}", f"T_{part}", f"L_{part}"]
@@ -125,11 +145,5 @@ def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
 
 
 def _loadmat_any(path: Path) -> dict:
-    """scipy for MATLAB v5 files, h5py for v7.3 (transposed, as MATLAB stores columns)."""
-    try:
-        return {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-    except NotImplementedError:
-        import h5py  # v7.3 files are HDF5
-
-        with h5py.File(path, "r") as f:
-            return {k: np.asarray(f[k]).T for k in f.keys() if not k.startswith("#")}
+    """Every variable of a MATLAB v5 or v7.3 file (:func:`xmodal.data._matio.loadmat_any`)."""
+    return loadmat_any(path)

@@ -14,7 +14,9 @@ Release layout read (under ``ROOT/nus_wide`` or ROOT itself)::
 
 The ``*_cnn.mat`` feature files of hashing papers (``nus_cnn.mat``: ``I_tr``/``T_tr``/``L_tr``,
 ``_te``, ``_db``) go through ``load_dataset(path)`` (:func:`~xmodal.data.mirflickr.load_cnn_mat`);
-a folder holding only such a file is loaded the same way.
+a folder holding only such a file is loaded the same way, and so is a folder holding the DCMH
+``.mat`` layout (``nus-wide-tc10-iall.mat``, ``-yall.mat``, ``-lall.mat``;
+:func:`~xmodal.data.dcmh_mat.load_dcmh_mat`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ._root import resolve_dataset_dir
-from .dataset import DataError, PairedDataset, random_splits, read_text
-from .mirflickr import load_cnn_mat
+from .dataset import DataError, PairedDataset, read_text
+from .mirflickr import hashing_splits, load_cnn_mat
 
 N_TAGS = 1000
 CONCEPT_FILES = ("Concepts81.txt", "ConceptsList/Concepts81.txt", "NUS_WID_Tags/Concepts81.txt")
@@ -173,12 +175,23 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     """
     try:
         root = resolve_dataset_dir("nus_wide", data_dir, marker="ImageList")
-    except DataError:  # ROOT/nus_wide holding only a *_cnn.mat file
-        root = resolve_dataset_dir("nus_wide", data_dir)
+    except DataError:  # ROOT/nus_wide holding only .mat files
+        from .dcmh_mat import dcmh_folder
+
+        root = dcmh_folder("nus_wide", data_dir)
     list_path = root / "ImageList" / "Imagelist.txt"
-    mats = sorted(root.glob("*_cnn.mat"))
-    if mats and not list_path.exists():
-        return load_cnn_mat(mats[0], name="nus_wide")
+    if not list_path.exists():
+        mats = sorted(root.glob("*_cnn.mat"))
+        if mats:
+            return load_cnn_mat(mats[0], name="nus_wide")
+        from .dcmh_mat import find_dcmh_files, load_dcmh_mat
+
+        if find_dcmh_files(root):
+            # The release fixed its concepts (LAll) and image set; only the splits are ours.
+            if concepts is not None or image_features is not None or image_dir is not None:
+                raise DataError(f"{root}: the DCMH .mat layout fixes its concepts and images; "
+                                "concepts, image_features and image_dir do not apply")
+            return load_dcmh_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed)
     entries = _nonblank_lines(list_path)
     n = len(entries)
     src = list_path.name
@@ -219,9 +232,8 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
 
     keep = np.flatnonzero((labels.sum(axis=1) > 0) & (tags.sum(axis=1) > 0))
     m = len(keep)
-    if n_query + n_train > m:
-        raise DataError(f"nus_wide: n_query + n_train = {n_query + n_train} exceeds the {m} images "
-                        f"with a tag and one of the concepts {label_names}")
+    splits = hashing_splits(m, n_query, n_train, seed, name="nus_wide",
+                            what=f"the {m} images with a tag and one of the concepts {label_names}")
     X = None
     feature_name = None
     if image_features is not None:
@@ -239,15 +251,11 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     texts = None
     if vocab is not None:
         texts = [" ".join(vocab[j] for j in np.flatnonzero(row)) for row in tags[keep]]
-    parts = random_splits(m, {"query": n_query, "database": -1}, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    train = np.sort(rng.choice(parts["database"], n_train, replace=False))
     return PairedDataset(
         name="nus_wide", text_to_image=np.arange(m), n_images=m,
         image_features=X, image_paths=[str(base / p) for p in rel], text_features=T, texts=texts,
         labels=labels[keep], label_names=label_names,
-        splits={"train": train, "query": parts["query"], "test": parts["query"],
-                "database": parts["database"]},
+        splits=splits,
         image_ids=[Path(p).stem for p in rel], root=str(root),
         meta={"protocol": "hashing", "seed": seed, "tag_vocabulary": vocab, "text_feature": "tags1k",
               "image_feature": feature_name, "release_rows": keep,

@@ -1,0 +1,159 @@
+"""Reading MATLAB files of either version: v5 through scipy, v7.3 (HDF5) through h5py.
+
+MATLAB stores arrays column-major, so h5py sees a v7.3 variable with its axes reversed
+(a 224x224x3xN image stack reads as N x 3 x 224 x 224). :class:`MatFile` undoes that for files
+MATLAB wrote (they carry the ``MATLAB 7.3 MAT-file`` header) and leaves plain HDF5 files, which
+Python code writes in C order, as they are. Shapes and arrays are always given in that "as the
+writer meant" orientation; v7.3 variables can be read in slices, so a 3 GB image stack never has
+to sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from .dataset import DataError
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _header(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(1024)
+
+
+class MatFile:
+    """The variables of one ``.mat`` (or plain HDF5) file, listed without loading them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: file not found")
+        head = _header(self.path)
+        # HDF5 puts its signature at 0 or, after a user block (MATLAB's 512-byte header), at 512.
+        self.hdf5 = head.startswith(_HDF5_SIGNATURE) or head[512:520] == _HDF5_SIGNATURE
+        self.matlab_order = self.hdf5 and head.startswith(b"MATLAB")
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._v5_cache: dict[str, np.ndarray] = {}
+        try:
+            if self.hdf5:
+                import h5py
+
+                with h5py.File(self.path, "r") as f:
+                    for k, v in f.items():
+                        if k.startswith("#") or not isinstance(v, h5py.Dataset):
+                            continue
+                        self.shapes[k] = tuple(reversed(v.shape)) if self.matlab_order else tuple(v.shape)
+            else:
+                for name, shape, _cls in scipy.io.whosmat(self.path):
+                    self.shapes[name] = tuple(shape)
+        except DataError:
+            raise
+        except Exception as exc:  # scipy/h5py raise many types for foreign or torn files
+            raise DataError(f"{self.path}: cannot read MATLAB file ({exc})") from exc
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.shapes
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.shapes)
+
+    def _fail(self, name: str, exc: Exception) -> DataError:
+        return DataError(f"{self.path}: cannot read variable {name} ({exc})")
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole variable (cell arrays and strings as numpy object/str arrays)."""
+        if not self.hdf5:
+            if name not in self._v5_cache:
+                try:
+                    self._v5_cache[name] = scipy.io.loadmat(self.path, variable_names=[name])[name]
+                except Exception as exc:
+                    raise self._fail(name, exc) from exc
+            return self._v5_cache[name]
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r") as f:
+                a = np.asarray(f[name][()])
+        except Exception as exc:
+            raise self._fail(name, exc) from exc
+        return a.T if self.matlab_order else a
+
+    def forget(self, name: str) -> None:
+        """Drop a v5 variable kept in memory by :meth:`read`."""
+        self._v5_cache.pop(name, None)
+
+    def read_slice(self, name: str, axis: int, start: int, stop: int) -> np.ndarray:
+        """``read(name)`` restricted to ``start:stop`` along ``axis`` (of the shape in
+        :attr:`shapes`); HDF5 files are read only there."""
+        ndim = len(self.shapes[name])
+        index = [slice(None)] * ndim
+        if not self.hdf5:
+            index[axis] = slice(start, stop)
+            return self.read(name)[tuple(index)]
+        import h5py
+
+        raw_axis = ndim - 1 - axis if self.matlab_order else axis
+        index[raw_axis] = slice(start, stop)
+        try:
+            with h5py.File(self.path, "r") as f:
+                a = np.asarray(f[name][tuple(index)])
+        except Exception as exc:
+            raise self._fail(name, exc) from exc
+        return a.T if self.matlab_order else a
+
+    def read_strings(self, name: str) -> list[str]:
+        """A list of strings stored as a cell array of strings or a char matrix (one per row)."""
+        if not self.hdf5:
+            a = self.read(name)
+            if a.dtype.kind in "US":  # char matrix: one string per row
+                rows = a.reshape(len(a), -1) if a.ndim > 1 else a
+                return ["".join(r).strip() if a.ndim > 1 else str(r).strip() for r in rows]
+            if a.dtype == object:
+                try:
+                    return [_cell_text(c) for c in a.reshape(-1, order="F")]
+                except DataError as exc:
+                    raise DataError(f"{self.path}: variable {name}: {exc}") from None
+            raise DataError(f"{self.path}: variable {name} holds {a.dtype} values, not file names")
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r") as f:
+                ds = f[name]
+                if ds.dtype == h5py.ref_dtype:  # MATLAB cell: references to char arrays
+                    refs = np.asarray(ds[()]).reshape(-1, order="C")
+                    return [_chars(np.asarray(f[r][()])) for r in refs]
+                a = np.asarray(ds[()])
+        except DataError:
+            raise
+        except Exception as exc:
+            raise self._fail(name, exc) from exc
+        if a.dtype.kind in "ui":  # MATLAB char matrix, UTF-16 code units
+            a = a.T if self.matlab_order else a
+            return [_chars(row) for row in np.atleast_2d(a)]
+        if a.dtype.kind in "SO":
+            return [v.decode() if isinstance(v, bytes) else str(v) for v in a.reshape(-1)]
+        raise DataError(f"{self.path}: variable {name} holds {a.dtype} values, not file names")
+
+
+def _chars(codes: np.ndarray) -> str:
+    return "".join(chr(int(c)) for c in codes.reshape(-1) if int(c)).strip()
+
+
+def _cell_text(cell) -> str:
+    a = np.asarray(cell)
+    if a.dtype.kind in "US":
+        return "".join(a.reshape(-1)).strip()
+    if a.dtype == object and a.size == 1:
+        return _cell_text(a.reshape(-1)[0])
+    raise DataError(f"cell holds {a.dtype} values, not a string")
+
+
+def loadmat_any(path: str | Path) -> dict[str, np.ndarray]:
+    """Every variable of a MATLAB v5 or v7.3 file (or a plain HDF5 file), whole."""
+    m = MatFile(path)
+    return {k: m.read(k) for k in m.names}

@@ -1,0 +1,390 @@
+"""The DCMH ``.mat`` layout of the deep cross-modal hashing literature.
+
+DCMH (Jiang & Li, "Deep Cross-Modal Hashing", CVPR 2017) released MIRFlickr-25K and NUS-WIDE as
+MATLAB files, and SSAH, DJSRH, JDSH, DGCPN and UCCH read the same files (and IAPR TC-12 and
+MS-COCO prepared alike). Variables, one item per row or per column:
+
+``IAll``    images: raw pixels, ``224 x 224 x 3 x N`` uint8 as MATLAB stores them (DCMH's
+            one-file ``FLICKR-25K.mat`` calls it ``images``), or precomputed features ``N x d``
+            (UCCH's ``*-iall-vgg.mat`` calls those ``XAll``)
+``YAll``    text: bag-of-words / tag vectors ``N x d`` (1386-d MIRFlickr, 1000-d NUS-WIDE)
+``LAll``    labels ``N x c``, 0/1 (24 MIRFlickr, 10 or 21 NUS-WIDE, 255 IAPR TC-12, 80 MS-COCO)
+``FAll``    optional: image file names
+
+either in one file or one file per variable (``mirflickr25k-iall.mat``, ``-yall.mat``,
+``-lall.mat``, ``-fall.mat``; ``nus-wide-tc10-*.mat``, sometimes in subfolders such as
+``IAll/``), MATLAB v5 or v7.3 (HDF5). Which axis holds the items is found from the lengths the
+variables agree on.
+
+Raw pixels are written once as PNG files (xmodal's image encoders read files) into a cache
+folder keyed by the ``.mat`` file, resumably; precomputed image features become
+``image_features``. Splits follow DCMH's protocol (:func:`~xmodal.data.mirflickr.hashing_splits`),
+with the sizes the papers use for the known datasets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._matio import MatFile
+from ._root import resolve_dataset_dir
+from .dataset import DataError, PairedDataset
+from .mirflickr import MIRFLICKR_LABELS, hashing_splits
+
+IMAGE_VARS = ("IAll", "images", "XAll")
+TEXT_VAR, LABEL_VAR, NAME_VAR = "YAll", "LAll", "FAll"
+DCMH_VARS = (*IMAGE_VARS, TEXT_VAR, LABEL_VAR, NAME_VAR)
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    name: str
+    n_labels: tuple[int, ...]
+    n_query: int
+    n_train: int
+    tokens: tuple[str, ...]  # lower-case pieces of file / folder names that identify it
+
+
+# Split sizes of the papers: DCMH (Jiang & Li 2017) for MIRFlickr-25K, IAPR TC-12 (2000 queries,
+# 10000 training items) and NUS-WIDE (2100 / 10500, also SSAH, DJSRH, UCCH); MS-COCO sizes vary
+# between papers, 5000 queries as in UCCH (Hu et al. 2022) and 10000 training items.
+KNOWN_DATASETS = (
+    KnownDataset("mirflickr25k", (24,), 2000, 10000, ("flickr",)),
+    KnownDataset("nus_wide", (10, 21), 2100, 10500, ("nus",)),
+    KnownDataset("iapr_tc12", (255,), 2000, 10000, ("iapr",)),
+    KnownDataset("mscoco", (80,), 5000, 10000, ("coco",)),
+)
+
+
+# ----------------------------------------------------------------------------- finding files
+def _candidate_files(folder: Path) -> list[Path]:
+    # The per-variable releases sometimes keep the big image file in a subfolder (IAll/).
+    return sorted(p for p in [*folder.glob("*.mat"), *folder.glob("*/*.mat")] if p.is_file())
+
+
+def _sources(mats: list[MatFile]) -> dict[str, MatFile]:
+    """Which file holds each DCMH variable; a variable in two files is an error."""
+    out: dict[str, MatFile] = {}
+    for m in mats:
+        for var in DCMH_VARS:
+            if var in m:
+                if var in out:
+                    raise DataError(f"{m.path}: variable {var} is also in {out[var].path}; "
+                                    "keep one of the files, or pass the one file to load")
+                out[var] = m
+    return out
+
+
+def find_dcmh_files(folder: str | Path) -> dict[str, Path]:
+    """The DCMH-layout variables found in ``folder``'s ``.mat`` files (and its subfolders'),
+    mapped to their files; empty when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    mats = [MatFile(p) for p in _candidate_files(folder)]
+    return {k: m.path for k, m in _sources(mats).items()}
+
+
+def dcmh_folder(name: str, data_dir: str | os.PathLike | None) -> Path:
+    """The folder of dataset ``name`` when it lacks its release layout: ``ROOT/name``, or
+    ``data_dir`` itself when it holds DCMH-layout ``.mat`` files."""
+    try:
+        return resolve_dataset_dir(name, data_dir)
+    except DataError:
+        if data_dir is not None and find_dcmh_files(data_dir):
+            return Path(data_dir)
+        raise
+
+
+# ------------------------------------------------------------------------------ orientation
+def _axis_lengths(shape: tuple[int, ...]) -> set[int]:
+    if len(shape) == 4:  # pixels: items first (N x H x W x C) or last (MATLAB's H x W x C x N)
+        return {shape[0], shape[3]}
+    return set(shape)
+
+
+def _item_count(src: dict[str, MatFile], image_var: str | None) -> int:
+    """The number of items: the length the variables agree on."""
+    def desc(var: str) -> str:
+        return f"{src[var].path}: {var} has shape {src[var].shapes[var]}"
+
+    for var in (TEXT_VAR, LABEL_VAR):
+        if len(src[var].shapes[var]) != 2:
+            raise DataError(f"{desc(var)}; it must be a 2-D matrix (items x dimensions)")
+    cands = _axis_lengths(src[TEXT_VAR].shapes[TEXT_VAR]) & _axis_lengths(src[LABEL_VAR].shapes[LABEL_VAR])
+    if not cands:
+        raise DataError(f"{desc(TEXT_VAR)} but {desc(LABEL_VAR)}: they share no length, so "
+                        "their items cannot be matched")
+    for var in (image_var, NAME_VAR):
+        if var is None or var not in src:
+            continue
+        both = cands & _axis_lengths(src[var].shapes[var])
+        if not both:
+            raise DataError(f"{desc(var)}, but {TEXT_VAR} and {LABEL_VAR} hold "
+                            f"{' or '.join(map(str, sorted(cands)))} items")
+        cands = both
+    if len(cands) == 1:
+        return cands.pop()
+    return src[LABEL_VAR].shapes[LABEL_VAR][0]  # still ambiguous: items in rows, as DCMH keeps them
+
+
+def _rows(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with one item per row."""
+    a = np.asarray(a)
+    return a if a.shape[0] == n else a.T
+
+
+def _pixel_layout(shape: tuple[int, ...], n: int) -> tuple[int, bool] | None:
+    """(item axis, channels before rows/columns) of a 4-D pixel array holding ``n`` items."""
+    for axis in (3, 0):  # MATLAB's H x W x C x N first
+        if shape[axis] != n:
+            continue
+        rest = shape[:3] if axis == 3 else shape[1:]
+        if rest[2] in (1, 3):
+            return axis, False
+        if rest[0] in (1, 3):
+            return axis, True
+    return None
+
+
+# ------------------------------------------------------------------------------ validation
+def _check_labels(L: np.ndarray, path: Path) -> np.ndarray:
+    if L.dtype == bool:
+        return L.astype(np.uint8)
+    if not np.issubdtype(L.dtype, np.number):
+        raise DataError(f"{path}: {LABEL_VAR} holds {L.dtype} values, not 0/1 labels")
+    bad = ~((L == 0) | (L == 1))
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(f"{path}: {LABEL_VAR} item {r} (0-based), column {c} holds {L[r, c].item()!r}; "
+                        "labels must be 0 or 1")
+    return L.astype(np.uint8)
+
+
+def _check_features(X: np.ndarray, path: Path, var: str) -> np.ndarray:
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{path}: {var} holds {X.dtype} values, not numbers")
+    X = X.astype(np.float32)
+    finite = np.isfinite(X)
+    if not finite.all():
+        r = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise DataError(f"{path}: {var} item {r} (0-based) holds NaN or inf")
+    return X
+
+
+# -------------------------------------------------------------------------------- images
+def _file_key(path: Path, var: str, shape: tuple[int, ...]) -> str:
+    """Identity of a variable in a file without reading it all: size, mtime, head and tail."""
+    st = path.stat()
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps([st.st_size, st.st_mtime_ns, var, list(shape)]).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(0, st.st_size - (1 << 20)))
+        h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def default_images_dir(path: Path, var: str, shape: tuple[int, ...]) -> Path:
+    """``<feature cache>/dcmh-images/<file stem>-<var>-<key>``: the PNG folder of a pixel variable."""
+    from ..encoders.cache import resolve_cache_dir, safe_name
+
+    root = resolve_cache_dir(None)
+    return root / "dcmh-images" / f"{safe_name(path.stem)}-{var}-{_file_key(path, var, shape)}"
+
+
+def materialize_images(mat: MatFile, var: str, n: int, out_dir: str | Path, progress: bool = True,
+                       chunk: int = 256) -> list[str]:
+    """Write each image of the 4-D pixel variable ``var`` as ``out_dir/NNNNNN.png`` (item order)
+    and return the paths. Files already there are kept, so an interrupted run resumes; each file
+    is written under a temporary name and renamed. v7.3 files are read ``chunk`` images at a time."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .._fs import atomic_write_bytes
+
+    shape = mat.shapes[var]
+    layout = _pixel_layout(shape, n)
+    if layout is None:
+        raise DataError(f"{mat.path}: {var} has shape {shape}; pixel arrays must be H x W x C x N "
+                        f"or N x H x W x C (or N x C x H x W) with C = 3 or 1 and N = {n} items")
+    axis, channels_first = layout
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"{i:06d}.png" for i in range(n)]
+    missing = np.array([i for i, p in enumerate(paths) if not p.exists()], dtype=np.int64)
+    if len(missing):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        info = out_dir / "source.json"
+        if not info.exists():
+            atomic_write_bytes(info, json.dumps({"file": str(mat.path), "variable": var,
+                                                 "shape": list(shape)}, indent=1).encode())
+        bar = tqdm(total=len(missing), desc=f"{mat.path.name}: {var} -> PNG", unit="img",
+                   disable=not progress)
+        try:
+            for start in range(int(missing[0]) // chunk * chunk, n, chunk):
+                stop = min(n, start + chunk)
+                todo = missing[(missing >= start) & (missing < stop)]
+                if not len(todo):
+                    continue
+                block = np.moveaxis(mat.read_slice(var, axis, start, stop), axis, 0)
+                if channels_first:
+                    block = np.moveaxis(block, 1, -1)
+                block = _as_uint8(block, mat.path, var)
+                for i in todo:
+                    img = block[i - start]
+                    pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else np.ascontiguousarray(img))
+                    buf = io.BytesIO()
+                    pil.save(buf, format="PNG", compress_level=1)  # fast; files are a cache
+                    atomic_write_bytes(paths[i], buf.getvalue())
+                    bar.update(1)
+        finally:
+            bar.close()
+            mat.forget(var)
+    return [str(p) for p in paths]
+
+
+def _as_uint8(block: np.ndarray, path: Path, var: str) -> np.ndarray:
+    if block.dtype == np.uint8:
+        return block
+    if np.issubdtype(block.dtype, np.integer) and (block.size == 0 or (block.min() >= 0 and block.max() <= 255)):
+        return block.astype(np.uint8)
+    raise DataError(f"{path}: {var} holds {block.dtype} pixel values; expected uint8 (0..255)")
+
+
+# ---------------------------------------------------------------------------------- loader
+def identify(names: list[str], n_labels: int, n_items: int) -> KnownDataset | None:
+    """The known dataset a DCMH-layout release is, from its file / folder names, else from its
+    label count when it is large enough for that dataset's split sizes."""
+    low = [s.lower() for s in names]
+    for k in KNOWN_DATASETS:
+        if any(t in s for t in k.tokens for s in low):
+            return k
+    for k in KNOWN_DATASETS:
+        if n_labels in k.n_labels and n_items >= k.n_query + k.n_train:
+            return k
+    return None
+
+
+def default_split_sizes(known: KnownDataset | None, n: int) -> tuple[int, int]:
+    """(n_query, n_train): the papers' sizes for a known dataset; otherwise DCMH's MIRFlickr
+    sizes when they leave a database of 2000 or more, else 10% queries and half the rest to train."""
+    if known is not None:
+        return known.n_query, known.n_train
+    if n >= 14000:
+        return 2000, 10000
+    n_query = max(1, n // 10)
+    return n_query, max(1, (n - n_query) // 2)
+
+
+def load_dcmh_mat(path: str | Path, name: str | None = None, n_query: int | None = None,
+                  n_train: int | None = None, seed: int = 0, image_var: str | None = None,
+                  images_dir: str | Path | None = None, progress: bool = True) -> PairedDataset:
+    """A dataset in the DCMH ``.mat`` layout: one ``.mat`` file, or a folder of per-variable files.
+
+    Text features come from ``YAll``, labels from ``LAll`` (0/1), image ids from ``FAll`` when
+    present. The image variable is ``image_var`` or the first of ``IAll``, ``images``, ``XAll``
+    that holds features (2-D: ``image_features``), else the first that holds pixels (4-D: written
+    as PNG files under ``images_dir``, default a folder of the feature cache keyed by the file,
+    then ``image_paths`` for an image encoder; ``progress`` shows a bar while writing).
+
+    Splits (:func:`~xmodal.data.mirflickr.hashing_splits`, DCMH's protocol): ``n_query`` random
+    queries, the rest is the database, ``n_train`` training items drawn from it. Defaults are
+    the papers' sizes for MIRFlickr-25K (2000 / 10000), NUS-WIDE (2100 / 10500), IAPR TC-12
+    (2000 / 10000) and MS-COCO (5000 / 10000), recognised by file names or label count
+    (:func:`identify`); otherwise :func:`default_split_sizes`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        src = _sources([MatFile(p) for p in _candidate_files(path)])
+        if not src:
+            raise DataError(f"{path}: no .mat file holds DCMH-layout variables ({', '.join(DCMH_VARS)})")
+    else:
+        src = _sources([MatFile(path)])
+    for var in (TEXT_VAR, LABEL_VAR):
+        if var not in src:
+            if path.is_dir():
+                found = ", ".join(f"{k} in {m.path.name}" for k, m in src.items())
+                raise DataError(f"{path}: no .mat file in the folder holds variable {var} "
+                                f"(the DCMH layout needs {TEXT_VAR} and {LABEL_VAR}); found {found}")
+            raise DataError(f"{path}: variable {var} not found (the DCMH layout needs {TEXT_VAR} and "
+                            f"{LABEL_VAR}; for one file per variable, pass their folder); "
+                            f"the file holds {MatFile(path).names}")
+    if image_var is not None and image_var not in src:
+        raise DataError(f"{path}: image variable {image_var!r} not found; "
+                        f"found {[v for v in IMAGE_VARS if v in src]}")
+    present = [image_var] if image_var else [v for v in IMAGE_VARS if v in src]
+    feats = [v for v in present if len(src[v].shapes[v]) == 2]
+    img_var = (feats or present or [None])[0]
+
+    n = _item_count(src, img_var)
+    lab_src, txt_src = src[LABEL_VAR], src[TEXT_VAR]
+    L = _check_labels(_rows(lab_src.read(LABEL_VAR), n), lab_src.path)
+    lab_src.forget(LABEL_VAR)
+    T = _check_features(_rows(txt_src.read(TEXT_VAR), n), txt_src.path, TEXT_VAR)
+    txt_src.forget(TEXT_VAR)
+
+    X = image_paths = out_dir = None
+    if img_var is not None:
+        m = src[img_var]
+        shape = m.shapes[img_var]
+        if len(shape) == 2:
+            X = _check_features(_rows(m.read(img_var), n), m.path, img_var)
+            m.forget(img_var)
+        elif len(shape) == 4:
+            out_dir = Path(images_dir) if images_dir is not None else default_images_dir(m.path, img_var, shape)
+            image_paths = materialize_images(m, img_var, n, out_dir, progress=progress)
+        else:
+            raise DataError(f"{m.path}: {img_var} has shape {shape}; expected features (items x d) "
+                            "or pixels (H x W x C x N)")
+
+    file_names = image_ids = None
+    if NAME_VAR in src:
+        file_names = [s.replace("\\", "/") for s in src[NAME_VAR].read_strings(NAME_VAR)]
+        src[NAME_VAR].forget(NAME_VAR)
+        if len(file_names) != n:
+            raise DataError(f"{src[NAME_VAR].path}: {NAME_VAR} lists {len(file_names)} names, "
+                            f"but the other variables hold {n} items")
+        image_ids = [Path(s).stem for s in file_names]
+
+    files = sorted({str(m.path) for m in src.values()})
+    known = identify([name or "", path.name, *(Path(f).name for f in files)], L.shape[1], n)
+    dq, dt = default_split_sizes(known, n)
+    n_query = dq if n_query is None else n_query
+    n_train = dt if n_train is None else n_train
+    ds_name = name or (path.name if path.is_dir() else path.stem)
+    splits = hashing_splits(n, n_query, n_train, seed, name=ds_name)
+    label_names = MIRFLICKR_LABELS if known is not None and known.name == "mirflickr25k" \
+        and L.shape[1] == len(MIRFLICKR_LABELS) else None
+    return PairedDataset(
+        name=ds_name, text_to_image=np.arange(n), n_images=n, image_features=X,
+        image_paths=image_paths, text_features=T, labels=L, label_names=label_names,
+        splits=splits, image_ids=image_ids, root=str(path if path.is_dir() else path.parent),
+        meta={"protocol": "hashing", "layout": "dcmh_mat", "seed": seed,
+              "dataset": known.name if known else None, "n_query": n_query, "n_train": n_train,
+              "sources": {k: str(m.path) for k, m in src.items()}, "image_var": img_var,
+              "images_dir": None if out_dir is None else str(out_dir), "file_names": file_names},
+    )
+
+
+def load_mat(path: str | Path, **kwargs) -> PairedDataset:
+    """A ``.mat`` file by the variables it holds: the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
+    ``L_tr``, :func:`~xmodal.data.mirflickr.load_cnn_mat`) or the DCMH layout
+    (:func:`load_dcmh_mat`, which takes ``kwargs``)."""
+    from .mirflickr import load_cnn_mat
+
+    path = Path(path)
+    mat = MatFile(path)
+    cnn = any(f"{k}_tr" in mat for k in "ITL")
+    if not cnn and any(v in mat for v in DCMH_VARS):
+        return load_dcmh_mat(path, **kwargs)
+    if not cnn:
+        raise DataError(f"{path}: not a known .mat layout: expected I_tr, T_tr, L_tr (*_cnn.mat) or "
+                        f"{TEXT_VAR}, {LABEL_VAR} and {IMAGE_VARS[0]} (DCMH); found {mat.names}")
+    return load_cnn_mat(path)
