@@ -155,6 +155,12 @@ def test_pixels_default_folder_chunks_and_features_preferred(tmp_path, monkeypat
     ds = load_dcmh_mat(path, n_query=1, n_train=2, progress=False)
     folder = tmp_path / "cache" / "dcmh-images"
     assert ds.meta["images_dir"].startswith(str(folder)) and len(list(folder.glob("*/*.png"))) == 7
+    # the PNGs feed xmodal's image encoders like any image files
+    from xmodal.encoders import encode_dataset
+
+    enc = encode_dataset(ds, "efficientnet-lite0", None, cache_dir=tmp_path / "feat", quiet=True)
+    assert enc.image_features.shape == (7, 1280) and not enc.meta["encoding"]["skipped"]
+    assert np.isfinite(enc.image_features).all() and enc.splits["train"].tolist() == ds.splits["train"].tolist()
     # chunks that split the stack: every image still lands in its own file
     m = MatFile(path)
     paths = dcmh_mat.materialize_images(m, "IAll", 7, tmp_path / "chunked", progress=False, chunk=3)
