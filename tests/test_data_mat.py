@@ -96,6 +96,15 @@ def test_mirflickr_dcmh_layout_matches_cleaned_release(mirflickr, tmp_path, vers
         assert len(same.splits["query"]) == 100 and len(same.splits["train"]) == 500
 
 
+def test_split_sizes_are_checked(mirflickr):
+    # A negative size used to reach numpy ("a cannot be empty unless no samples are taken").
+    for kw, needle in (({"n_query": -1}, "n_query must be a positive integer, got -1"),
+                       ({"n_train": 0}, "n_train must be a positive integer, got 0"),
+                       ({"n_query": 10000, "n_train": 10016}, "n_query \\+ n_train = 20016 exceeds 20015 items")):
+        with pytest.raises(DataError, match="mirflickr25k: " + needle):
+            load_mirflickr25k(str(DATA), **kw)
+
+
 # ------------------------------------------------------------------------- raw pixels to PNG
 def _pixel_data(n=5, h=32, w=24, c=3, seed=0):
     rng = np.random.default_rng(seed)

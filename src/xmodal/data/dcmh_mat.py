@@ -289,7 +289,7 @@ def identify(names: list[str], n_labels: int, n_items: int) -> KnownDataset | No
 
 def default_split_sizes(known: KnownDataset | None, n: int) -> tuple[int, int]:
     """(n_query, n_train): the papers' sizes for a known dataset; otherwise DCMH's MIRFlickr
-    sizes when they leave a database of 2000 or more, else 10% queries and half the rest to train."""
+    sizes (2000 / 10000) for 14000 items or more, else 10% queries and half the rest to train."""
     if known is not None:
         return known.n_query, known.n_train
     if n >= 14000:
