@@ -835,7 +835,19 @@ class Collection:
             approx = self.indexes.get((target, "approx"))
             idx = self.indexes[(target, "flat")] if (exact or allowed is not None or approx is None) else approx
             use_rerank = bool(rerank) and fq is not None and (target, "rerank") in self.indexes
-            S, I = idx.search(Q, kk * max(1, int(rerank)) if use_rerank else kk, allowed=allowed)
+            fetch = kk * max(1, int(rerank)) if use_rerank else kk
+            S, I = idx.search(Q, fetch, allowed=allowed)
+            if idx is approx:
+                # A multi-hash index only finds codes sharing a whole sub-code with the query
+                # (and an IVF index only its probed lists): a query answered short while the
+                # collection holds more is answered by the exact index instead.
+                flat = self.indexes[(target, "flat")]
+                short = (I >= 0).sum(axis=1) < min(fetch, flat.ntotal)
+                if short.any():
+                    Qs = np.asarray(Q)
+                    Qs = Qs[None, :] if Qs.ndim == 1 else Qs
+                    S, I = S.copy(), I.copy()
+                    S[short], I[short] = flat.search(Qs[short], fetch)
             if use_rerank:
                 S, I = self._rerank(target, fq, I)
         if extra:
