@@ -127,6 +127,21 @@ def test_shared_url_restores_the_query(server, browser):
     page.close()
 
 
+def test_link_followed_after_an_image_search_is_searched(server, browser):
+    """After an image upload, a shared link opened in the same tab (or Back to an earlier
+    search) changed the URL but the page kept showing the image's results."""
+    page = browser.new_page()
+    page.goto(server["url"] + "/")
+    name = sorted(server["captions"])[2]
+    page.set_input_files("#file", str(server["folder"] / name))
+    page.wait_for_function("document.querySelector('#status').textContent.includes('captions for image')")
+    page.evaluate("location.hash = '#q=a+river+with+trees&k=4&target=image'")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('a river with trees')")
+    assert page.locator(".card").count() == 4
+    assert page.input_value("#q") == "a river with trees"
+    page.close()
+
+
 def test_router_page_shows_remote_shard_hits(server, browser, tmp_path):
     """`xmodal serve --shard URL`: remote hits show their server and its thumbnails, and are
     not clickable (their ids are the other server's)."""

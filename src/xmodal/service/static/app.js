@@ -194,6 +194,8 @@ drop.addEventListener("drop", (e) => {
 });
 $("api-key").value = apiKey();
 $("api-key").addEventListener("change", (e) => { localStorage.setItem("xmodal-key", e.target.value.trim()); search(); });
-window.addEventListener("hashchange", () => { readHash(); if (!state.image) search(); });
+// writeHash() uses replaceState, which fires no hashchange: this is the user opening a link
+// or going back, so the URL is the query now, also after an image upload.
+window.addEventListener("hashchange", () => { readHash(); state.image = null; search(); });
 readHash();
 search();
