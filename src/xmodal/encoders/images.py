@@ -25,7 +25,10 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
     """Open and fully decode ``path`` as RGB, or raise :class:`ImageReadError`.
 
     ``max_pixels`` (default Pillow's ``Image.MAX_IMAGE_PIXELS``) guards against decompression
-    bombs: anything larger is refused before its pixels are decoded.
+    bombs: anything larger is refused before its pixels are decoded. With ``draft_size`` a
+    JPEG is decoded at a reduced scale (DCT scaling, down to 1/8), and the limit applies to the
+    pixels decoded: a 12000x12000 aerial photo costs 1500x1500. Pillow itself refuses files
+    over twice its limit when they are opened.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -39,16 +42,19 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; we refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns between 1x and 2x its limit: the size is checked below, against
+            # the pixels that will really be decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p)
             w, h = im.size
-            if limit and w * h > limit:
-                raise ImageReadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels "
-                                     f"exceeds the limit of {limit}")
             if draft_size and im.format == "JPEG":
                 # JPEG DCT scaling: decode big photos at reduced size directly (much faster).
                 im.draft("RGB", (draft_size, draft_size))
+            dw, dh = im.size
+            if limit and dw * dh > limit:
+                scaled = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
+                raise ImageReadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels{scaled} "
+                                     f"exceeds the limit of {limit}")
             im.load()
             return im.convert("RGB")
     except ImageReadError:

@@ -622,9 +622,9 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
         with im:
+            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, checked as decoded
             if im.size[0] * im.size[1] > limit:
                 raise HTTPException(413, f"item {item_id}: image too large to thumbnail")
-            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale
             im = im.convert("RGB")
             im.thumbnail((size, size))
             buf = io.BytesIO()

@@ -1,0 +1,55 @@
+"""Image files a practitioner's folder really holds (each test failed before its fix)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xmodal.encoders.images import ImageReadError, load_center_crop, open_image
+
+
+@pytest.fixture
+def small_pillow_limit(monkeypatch):
+    # Stands in for Pillow's 89.5 Mpx limit, so a 12000x12000 aerial photo costs 1200x1200.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+
+
+def _photo(path, size, fmt):
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize(size)
+    small.save(path, fmt)
+    return str(path)
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale_not_refused_as_a_bomb(tmp_path, small_pillow_limit):
+    # A JPEG over Pillow's pixel limit was skipped as a "decompression bomb" although JPEG
+    # DCT scaling decodes it at 1/8 of its size: the limit now applies to the pixels decoded.
+    big = _photo(tmp_path / "aerial.jpg", (1200, 1200), "JPEG")
+    crop = load_center_crop(big, resize=256, crop=224)
+    assert crop.shape == (224, 224, 3)
+    assert open_image(big, draft_size=32).size[0] <= 1200 // 4
+    # decoded in full it is still over the limit, and refused
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        open_image(big)
+
+
+def test_big_png_is_still_refused(tmp_path, small_pillow_limit):
+    # PNG has no reduced-scale decoding: every pixel would be decoded
+    big = _photo(tmp_path / "aerial.png", (1200, 1200), "PNG")
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        load_center_crop(big, resize=256, crop=224)
+
+
+def test_big_jpeg_in_a_collection_gets_a_thumbnail(tmp_path, small_pillow_limit, monkeypatch):
+    # ...and the web page showed no thumbnail for it (413): the check came before DCT scaling
+    import io
+
+    from xmodal.index import Collection
+    from xmodal.service import app as service
+
+    monkeypatch.setattr(service, "MAX_IMAGE_PIXELS", 1_000_000)
+    big = _photo(tmp_path / "aerial.jpg", (1200, 1200), "JPEG")
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    (item_id,) = coll.add_vectors("image", ["aerial.jpg"], np.ones((1, 4), np.float32), paths=[big]).ids
+    thumb = Image.open(io.BytesIO(service.make_thumbnail(coll, item_id, big, 128)))
+    assert thumb.format == "JPEG" and max(thumb.size) == 128
+    coll.close()
