@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from typing import Optional
 
@@ -25,9 +26,33 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The command as given (options at their defaults left out), rebuilt from click's parse so
+    that it is right however the command was invoked (console script, ``python -m``, tests)."""
+    from click.core import ParameterSource
+
+    words = ["xmodal"]
+    for c in ([ctx.parent] if ctx.parent is not None else []) + [ctx]:
+        if c is ctx:
+            words.append(ctx.info_name or "bench")
+        for param in c.command.params:
+            if c.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+                continue
+            value, opt = c.params.get(param.name), param.opts[0]
+            if getattr(param, "is_flag", False):
+                words += [opt] if value else []
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    words += [opt, str(v)]
+            elif value is not None:
+                words += [opt, str(value)]
+    return shlex.join(words)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
+        ctx: typer.Context,
         dataset: str = typer.Option("wikipedia", "--dataset", "-d",
                                     help="wikipedia, ucm_captions, mirflickr25k, nus_wide, pascal_sentences, or a pairs/.mat/dataset.json path"),
         methods: str = typer.Option("cca,kcca,pls,mlcca,scm", "--methods", "-m", help="comma-separated method names"),
@@ -52,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from ..data import DataError
         from ..methods import ParameterError
         from ..evaluation.bench import (DATABASE_CODES, format_hashing_tables, format_table, plot_pr_curves,
-                                        run_bench, write_json)
+                                        provenance, run_bench, write_json)
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         if database_codes not in DATABASE_CODES:
@@ -92,15 +117,18 @@ def register(app: typer.Typer) -> None:
                 print(f"[bench] {rec['method']}{bits_s}: {summary} ({rec['fit_seconds']:.1f}s fit)",
                       file=sys.stderr, flush=True)
 
+        command = _command_line(ctx)  # recorded with every new record
         try:
             records = run_bench(dataset, names, bits=bit_list, seed=seeds, data_dir=data_dir,
                                 image_encoder=image_encoder, text_encoder=text_encoder,
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
                                 resume=resume, per_query=per_query, test_folds=test_folds,
-                                on_record=progress)
+                                on_record=progress, command=command)
         except (DataError, KeyError, ParameterError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+            # a KeyError's str() is its repr, quotes and all: print the message itself
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
         over = f"mean±std (sample standard deviation) over seeds {','.join(map(str, seeds))}"
@@ -116,7 +144,7 @@ def register(app: typer.Typer) -> None:
         if hashed:
             typer.echo(hash_tables)
         if markdown:
-            Path(markdown).write_text("\n\n".join(parts) + "\n")
+            Path(markdown).write_text("\n\n".join(parts) + "\n\n" + provenance(command) + "\n")
         if pr_plot and records:
             typer.echo(f"wrote precision-recall curves to {plot_pr_curves(records, pr_plot)}")
         if json_out:

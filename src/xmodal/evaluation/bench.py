@@ -3,9 +3,13 @@ score them with the dataset's protocol, one record per (method, bits)."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import platform
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -68,7 +72,110 @@ def _record_key(rec: dict, with_seed: bool = True) -> str:
            rec.get("text_encoder")]
     if rec.get("test_folds", 1) != 1:  # absent from older records: their keys stay valid
         key.append(rec["test_folds"])
+    if rec.get("dataset_sha256"):  # a dataset given as a file: its name is only the file's stem
+        key.append(rec["dataset_sha256"])
     return json.dumps(key, sort_keys=True)
+
+
+def dataset_fingerprint(dataset: str | PairedDataset) -> str | None:
+    """SHA-256 of the file(s) a dataset given by path was read from (a pairs file, a ``.mat``,
+    a ``dataset.json``, or the ``.json``/``.mat`` files of a dataset folder); None for a named
+    dataset or a dataset object. Records carry it, so ``--resume`` never takes the records of
+    ``a/pairs.jsonl`` for those of ``b/pairs.jsonl`` or of an edited file (both named ``pairs``)."""
+    from ..data import LOADERS
+
+    if not isinstance(dataset, str) or dataset in LOADERS:
+        return None
+    path = Path(dataset)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in (".json", ".mat"))
+    else:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a score depends on, for the records."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    out = {"xmodal": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "scipy", "scikit-learn", "faiss-cpu", "torch"):
+        if dist == "torch" and "torch" not in sys.modules:
+            continue  # not used by this run (and slow to import)
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(command: str | None = None) -> str:
+    """A Markdown comment (invisible when rendered) naming the command and the versions that
+    produced a table, for the foot of ``--markdown`` files."""
+    vs = ", ".join(f"{k} {v}" for k, v in versions().items())
+    return f"<!-- {command + '; ' if command else ''}{vs} -->"
+
+
+# parameters that bench sets itself: a --set of them would be overridden or mislabel the records
+_BENCH_OWNED = {"bits": "--bits (bits=)", "random_state": "--seed/--seeds (seed=)"}
+
+
+def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[int], seeds: Sequence[int],
+               params: dict[str, dict[str, Any]], labeled_fraction: float | None) -> None:
+    """Every check that needs no features, so that a typo fails before minutes of encoding
+    (and before earlier methods have been fitted)."""
+    if not method_names:
+        raise ParameterError("no method to run: name at least one (see `xmodal methods`)")
+    dup = sorted({n for n in method_names if list(method_names).count(n) > 1})
+    if dup:
+        raise ParameterError(f"method(s) {', '.join(dup)} named more than once; each runs once per seed")
+    classes = [registry.get(n) for n in method_names]  # unknown names: KeyError listing the known ones
+    stray = sorted(set(params) - set(method_names))
+    if stray:
+        raise ParameterError(f"parameters given for {', '.join(map(repr, stray))}, which "
+                             f"{'is' if len(stray) == 1 else 'are'} not among the methods: "
+                             f"{', '.join(method_names)}")
+    for name, cls in zip(method_names, classes):
+        for pname, where in _BENCH_OWNED.items():
+            if pname in params.get(name, {}):
+                raise ParameterError(f"{name}.{pname} is set by {where}, not by a method parameter")
+        is_hash = cls.output == "binary"
+        for b in (bits if is_hash else [None]):
+            kw = dict(params.get(name, {}))
+            if labeled_fraction is not None and _accepts(cls, "labeled_fraction"):
+                kw.setdefault("labeled_fraction", labeled_fraction)
+            if b is not None:
+                kw["bits"] = b
+            if _accepts(cls, "random_state"):
+                kw["random_state"] = seeds[0]
+            registry.create(name, **kw)._validate_params()
+    if "train" not in ds.splits:
+        raise DataError(f"dataset {ds.name!r} has no 'train' split (it has {', '.join(ds.splits) or 'none'})")
+    supervised = [n for n, c in zip(method_names, classes) if c.supervised]
+    train_labels = ds.subset("train").labels if ds.labels is not None else None
+    if supervised and train_labels is None:
+        raise DataError(f"{', '.join(supervised)} {'is' if len(supervised) == 1 else 'are'} supervised "
+                        f"but dataset {ds.name!r} has no labels (give each row a 'label' or 'labels')")
+    if ds.labels is not None:
+        present = np.flatnonzero(np.asarray(train_labels).sum(axis=0) > 0)
+        if len(present) < 2:
+            names = ds.label_names or [str(i) for i in range(ds.labels.shape[1])]
+            what = f"one class ({', '.join(repr(names[i]) for i in present) or 'none'})"
+            if supervised:
+                raise DataError(f"{', '.join(supervised)}: dataset {ds.name!r} has only {what} in its "
+                                "training split; a supervised method needs at least two")
+            warnings.warn(f"dataset {ds.name!r} has only {what} in its training split: class mAP and "
+                          "P@k are 1 for any ranking there; read Recall@K instead", stacklevel=3)
 
 
 def summarize_seeds(records: list[dict]) -> list[dict]:
@@ -137,7 +244,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               hashing_db: str = "database", labeled_fraction: float | None = None,
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
               per_query: bool = False, test_folds: int = 1,
-              on_record: Callable[[dict], None] | None = None) -> list[dict]:
+              on_record: Callable[[dict], None] | None = None, command: str | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
@@ -154,24 +261,34 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     record without them is recomputed). ``test_folds`` scores real-valued methods on that many
     disjoint blocks of the test images and averages them (MSCOCO "1K test": 5 folds of the
     5000 test images; :func:`.protocol.evaluate_folds`).
+
+    Everything that needs no features is checked before the dataset is encoded: method names
+    (each once), parameter names and values (``bits`` included), ``params`` only for methods
+    that run, ``bits`` / ``random_state`` only through ``bits`` / ``seed``, labels (two classes
+    or more) for supervised methods. Each new record carries ``versions`` (Python and the
+    libraries), ``command`` when given, and ``dataset_sha256`` for a dataset given as a file
+    (part of the ``resume`` match, so another file of the same name is never taken as done).
     """
     seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seed: expected one seed or a list of distinct seeds, got {seed!r}")
     if database_codes not in DATABASE_CODES:
         raise ValueError(f"database_codes must be one of {DATABASE_CODES}, got {database_codes!r}")
+    method_names = list(method_names)
+    params = params or {}
     hashing = [n for n in method_names if registry.get(n).output == "binary"]
     if test_folds != 1 and hashing:
         raise ParameterError(f"test_folds applies to the classic protocol only; {', '.join(hashing)} "
                              "use the hashing protocol (query split against the database)")
-    ds = prepare_dataset(dataset, data_dir, image_encoder, text_encoder, cache_dir, quiet)
+    raw = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
+    _preflight(raw, method_names, bits, seeds, params, labeled_fraction)
+    fingerprint = dataset_fingerprint(dataset)
+    ds = prepare_dataset(raw, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
-    if train is None:
-        raise DataError(f"dataset {ds.name!r} has no 'train' split")
     val = _split(ds, "val")
     test = _split(ds, "test", "query")
     query, database = _split(ds, "query", "test"), _split(ds, hashing_db, "train")
-    params = params or {}
+    run_versions = None
     previous = {_record_key(r): r for r in read_jsonl(resume, repair=True)} if resume else {}
     records = []
     for name in method_names:
@@ -187,6 +304,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                    "text_encoder": text_encoder or ds.meta.get("text_feature")}
             if test_folds != 1:
                 rec["test_folds"] = test_folds
+            if fingerprint:
+                rec["dataset_sha256"] = fingerprint
             done = previous.get(_record_key(_jsonable(rec)))
             if done is not None and (not per_query or "per_query" in done["i2t"]):
                 records.append(done)
@@ -226,24 +345,39 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
                         "device": _device_name()})
+            run_versions = run_versions or versions()  # after the first fit: torch counts if it ran
+            rec["versions"] = run_versions
+            if command:
+                rec["command"] = command
             if "mR" in res:
                 rec["mR"] = res["mR"]
             rec = _jsonable(rec)
             records.append(rec)
             if resume:
                 with open(resume, "a") as f:  # one line per record: an interrupted run keeps the rest
-                    f.write(json.dumps(rec) + "\n")
+                    f.write(json.dumps(rec, allow_nan=False) + "\n")
             if on_record:
                 on_record(rec)
     return records
 
 
-def _jsonable(d: dict) -> dict:
+def _jsonable(d: Any) -> Any:
+    """Plain JSON values: NumPy arrays and scalars converted, NaN/inf (a diverged method) as
+    null, so the records parse with any strict JSON reader."""
     def default(v):
         if isinstance(v, np.ndarray):
             return v.tolist()
         return v.item() if isinstance(v, np.generic) else str(v)
-    return json.loads(json.dumps(d, default=default))
+
+    def finite(v):
+        if isinstance(v, float):
+            return v if np.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [finite(x) for x in v]
+        return v
+    return finite(json.loads(json.dumps(d, default=default)))
 
 
 def format_table(records: list[dict], markdown: bool = False) -> str:
@@ -368,7 +502,8 @@ def _score(rec: dict, direction: str | None, key: str, digits: int = 4) -> str:
 
 
 def write_json(records: list[dict], path: str | Path) -> None:
+    """The records as one strict JSON list (NaN and inf written as null)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
+    tmp.write_text(json.dumps(_jsonable(records), indent=1, allow_nan=False))
     tmp.replace(path)

@@ -42,11 +42,34 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Seq
 
 
 def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
-    values = rec.get(direction, {}).get("per_query", {}).get(key)
+    held = rec.get(direction, {}).get("per_query", {})
+    values = held.get(key)
     if values is None:
+        if held:  # scored per query, but not with this metric
+            names = ", ".join("map" if k == "ap" else k for k in held)
+            raise DataError(f"record {rec.get('method')!r}: no per-query {'map' if key == 'ap' else key!r} "
+                            f"scores for {direction}; it has {names}" + (", mR" if "r@1" in held else ""))
         raise DataError(f"record {rec.get('method')!r}: no per-query {key!r} scores for {direction}; "
                         "re-run the benchmark with per-query scores (xmodal bench --per-query)")
     return np.asarray(values, dtype=np.float64)
+
+
+# what makes two records' queries the same test set (the method and its settings may differ)
+_TASK_FIELDS = (("dataset", "dataset"), ("dataset_sha256", "dataset file (SHA-256)"),
+                ("protocol", "protocol"), ("test_folds", "test_folds"))
+
+
+def _same_task(rec_a: dict, rec_b: dict) -> None:
+    """Refuse two records scored on different test sets: equally many queries is not enough."""
+    for key, what in _TASK_FIELDS:
+        default = 1 if key == "test_folds" else None
+        va, vb = rec_a.get(key, default), rec_b.get(key, default)
+        if key == "dataset_sha256" and (va is None or vb is None):
+            continue  # older records carry no fingerprint
+        if va != vb:
+            raise DataError(f"records differ in {what}: {va!r} ({rec_a.get('method')}) vs {vb!r} "
+                            f"({rec_b.get('method')}); a paired test needs both methods scored on "
+                            "the same test queries")
 
 
 def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: int = 9999,
@@ -59,7 +82,10 @@ def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: 
     mean of the six Recall@1/5/10 figures, tested jointly over both directions' queries (each
     query weighted by its share of mR). Scores are in the table's units (MAP as a fraction,
     recall in percent). A record summarised over seeds carries per-query means over its seeds.
+    Records of different datasets, dataset files, protocols or ``test_folds`` are refused
+    (:class:`DataError`): their queries are not the same test set.
     """
+    _same_task(rec_a, rec_b)
     if metric == "mR":
         parts = []
         for d in ("i2t", "t2i"):

@@ -1,0 +1,235 @@
+"""What a researcher reproducing a table runs into: `xmodal bench` refusing bad settings before any
+encoding, --resume never reusing records of another dataset file, records that say how they were
+made, and `xmodal compare` refusing records of different test sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+from xmodal.data import DataError
+from xmodal.evaluation.bench import run_bench
+from xmodal.methods import ParameterError
+
+runner = CliRunner()
+
+
+def _pairs(path, n_per_class=12, classes=("a", "b", "c"), split=True, labels=True, seed=0):
+    """A small pairs file (the images need not exist: the encoders are replaced below)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in classes:
+        for i in range(n_per_class):
+            row = {"image": f"img/{c}{i}.jpg", "text": f"a {c} photo number {i} {rng.integers(1000)}"}
+            if labels:
+                row["label"] = c
+            if split:
+                row["split"] = "test" if i < 3 else "train"
+            rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def fake_encoders(monkeypatch):
+    """Features from the labels plus noise, so bench runs in milliseconds; counts the calls."""
+    import xmodal.encoders as enc
+
+    calls = []
+
+    def encode_dataset(ds, image_encoder=None, text_encoder=None, **kw):
+        calls.append((ds.name, image_encoder, text_encoder))
+        rng = np.random.default_rng(len(ds.texts[0]))
+        lab = ds.labels if ds.labels is not None else np.zeros((ds.n_images, 1))
+        X = np.hstack([lab * 2.0, rng.normal(size=(ds.n_images, 6))])
+        Y = np.hstack([lab[ds.text_to_image] * 2.0, rng.normal(size=(ds.n_texts, 5))])
+        return ds.with_features(X.astype(np.float32), Y.astype(np.float32))
+
+    monkeypatch.setattr(enc, "encode_dataset", encode_dataset)
+    return calls
+
+
+def _bench(*args):
+    return runner.invoke(app, ["bench", "--quiet", *args])
+
+
+# ---------------------------------------------------------------- refused before any encoding
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "cca", "--set", "cca.reg=-1"], "reg=-1"),
+    (["--methods", "cca", "--set", "cca.nope=1"], "unknown parameter nope"),
+    (["--methods", "lsh", "--bits", "12"], "bits=12"),
+    (["--methods", "lsh", "--bits", "16", "--set", "lsh.bits=64"], "--bits"),
+    (["--methods", "lsh", "--seeds", "0,1", "--set", "lsh.random_state=5"], "--seed"),
+    (["--methods", "cca", "--set", "scm.reg=1"], "'scm', which is not among the methods"),
+    (["--methods", "cca,cca"], "more than once"),
+    (["--methods", " , "], "no method"),
+])
+def test_bad_settings_are_refused_before_encoding(tmp_path, fake_encoders, args, message):
+    pairs = _pairs(tmp_path / "p.jsonl")
+    res = _bench("--dataset", str(pairs), "--image-encoder", "x", "--text-encoder", "y", *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert fake_encoders == []  # nothing was encoded before the refusal
+
+
+def test_unknown_method_message_is_not_a_quoted_repr(tmp_path, fake_encoders):
+    res = _bench("--dataset", str(_pairs(tmp_path / "p.jsonl")), "--methods", "cca,foo")
+    assert res.exit_code == 2
+    assert "error: unknown method 'foo'" in res.output
+    assert fake_encoders == []
+
+
+def test_supervised_method_without_labels_fails_before_encoding(tmp_path, fake_encoders):
+    pairs = _pairs(tmp_path / "nolabels.jsonl", labels=False)
+    res = _bench("--dataset", str(pairs), "--methods", "cca,scm", "--image-encoder", "x", "--text-encoder", "y")
+    assert res.exit_code == 2, res.output
+    assert "scm" in res.output and "no labels" in res.output
+    assert fake_encoders == []
+
+
+def test_single_class_dataset_is_a_clear_error_for_supervised_methods(tmp_path, fake_encoders):
+    pairs = _pairs(tmp_path / "one.jsonl", classes=("only",))
+    res = _bench("--dataset", str(pairs), "--methods", "scm", "--image-encoder", "x", "--text-encoder", "y")
+    assert res.exit_code == 2, res.output
+    assert "one class" in res.output and "'only'" in res.output
+    assert "Traceback" not in res.output and fake_encoders == []
+    # unsupervised methods still run; class mAP is then trivially 1, which the run says
+    with pytest.warns(UserWarning, match="one class"):
+        recs = run_bench(str(pairs), ["cca"], image_encoder="x", text_encoder="y")
+    assert recs[0]["i2t"]["map"] == pytest.approx(1.0)
+
+
+def test_pairs_file_with_and_without_split_column(tmp_path, fake_encoders):
+    with_split = run_bench(str(_pairs(tmp_path / "s.jsonl")), ["cca"], image_encoder="x", text_encoder="y")
+    assert with_split[0]["protocol"].startswith("classic: s/test")
+    without = run_bench(str(_pairs(tmp_path / "n.jsonl", split=False)), ["cca", "scm"],
+                        image_encoder="x", text_encoder="y")
+    assert [r["method"] for r in without] == ["cca", "scm"]
+    assert all(0 < r["t2i"]["map"] <= 1 for r in without)
+
+
+def test_csv_with_quoted_commas(tmp_path, fake_encoders):
+    csv = tmp_path / "q.csv"
+    lines = ["image,text,label,split"]
+    for c in "ab":
+        for i in range(8):
+            lines.append(f'img/{c}{i}.jpg,"a {c}, with ""commas"", {i}",{c},{"test" if i < 2 else "train"}')
+    csv.write_text("\n".join(lines) + "\n")
+    from xmodal.data import load_dataset
+
+    ds = load_dataset(str(csv))
+    assert ds.texts[0] == 'a a, with "commas", 0' and ds.n_images == 16
+    recs = run_bench(str(csv), ["cca"], image_encoder="x", text_encoder="y")
+    assert recs[0]["dataset"] == "q"
+
+
+# ---------------------------------------------------------------- --resume and the records
+def test_resume_never_reuses_records_of_another_pairs_file_with_the_same_name(tmp_path, fake_encoders):
+    log = tmp_path / "runs.jsonl"
+    a = _pairs(tmp_path / "one" / "pairs.jsonl", seed=0)
+    b = _pairs(tmp_path / "two" / "pairs.jsonl", classes=("x", "y"), seed=1)
+    first = run_bench(str(a), ["cca"], image_encoder="x", text_encoder="y", resume=log)
+    again = run_bench(str(a), ["cca"], image_encoder="x", text_encoder="y", resume=log)
+    assert again == first and len(log.read_text().splitlines()) == 1  # same file: reused
+    other = run_bench(str(b), ["cca"], image_encoder="x", text_encoder="y", resume=log)
+    assert len(log.read_text().splitlines()) == 2  # same stem, other content: recomputed
+    assert other[0]["dataset_sha256"] != first[0]["dataset_sha256"]
+    # an edited file is another dataset too
+    _pairs(a, seed=5)
+    run_bench(str(a), ["cca"], image_encoder="x", text_encoder="y", resume=log)
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_resume_recomputes_a_changed_setting(tmp_path, wikipedia):
+    log = tmp_path / "runs.jsonl"
+    base = ["--dataset", "wikipedia", "--methods", "cca", "--resume", str(log)]
+    assert _bench(*base).exit_code == 0
+    assert _bench(*base).exit_code == 0
+    assert len(log.read_text().splitlines()) == 1
+    assert _bench(*base, "--set", "cca.reg=0.1").exit_code == 0
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["params"]["reg"] for r in recs] == [0.001, 0.1]
+
+
+def test_records_say_how_they_were_made(tmp_path, wikipedia):
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    res = _bench("--dataset", "wikipedia", "--methods", "cca", "--json", str(out), "--markdown", str(md))
+    assert res.exit_code == 0, res.output
+    rec = json.loads(out.read_text())[0]
+    assert rec["command"].startswith("xmodal bench") and "--methods cca" in rec["command"]
+    import sklearn
+
+    import xmodal
+    assert rec["versions"]["xmodal"] == xmodal.__version__
+    assert rec["versions"]["numpy"] == np.__version__
+    assert rec["versions"]["scikit-learn"] == sklearn.__version__
+    assert "python" in rec["versions"]
+    text = md.read_text()
+    assert text.startswith("| method | bits |")
+    assert "xmodal bench" in text and f"xmodal {xmodal.__version__}" in text
+
+
+def test_json_records_are_strict_json(tmp_path):
+    from xmodal.evaluation.bench import write_json
+
+    out = tmp_path / "r.json"
+    write_json([{"method": "m", "i2t": {"map": float("nan")}, "t2i": {"map": np.float32(0.5)}}], out)
+    rec = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert rec[0]["i2t"]["map"] is None and rec[0]["t2i"]["map"] == 0.5
+
+
+# ---------------------------------------------------------------- xmodal compare
+def _rec(method, dataset="wikipedia", protocol="classic: wikipedia/test vs itself (other modality)",
+         n=20, seed=0, **extra):
+    rng = np.random.default_rng(seed)
+    pq = {"ap": rng.random(n).tolist(), **{f"r@{k}": rng.integers(0, 2, n).tolist() for k in (1, 5, 10)}}
+    d = {"map": float(np.mean(pq["ap"])), "per_query": pq}
+    return {"dataset": dataset, "method": method, "bits": None, "seed": 0, "settings": {},
+            "protocol": protocol, "i2t": dict(d), "t2i": dict(d), "fit_seconds": 0.0, **extra}
+
+
+@pytest.mark.parametrize("other, word", [
+    (dict(dataset="ucm_captions", protocol="classic: ucm_captions/test vs itself (other modality)"), "dataset"),
+    (dict(protocol="hashing: wikipedia/query vs wikipedia/database, database codes from the hash functions"),
+     "protocol"),
+    (dict(test_folds=5), "test_folds"),
+    (dict(dataset_sha256="ab" * 32), "dataset file"),
+])
+def test_compare_refuses_records_of_different_test_sets(tmp_path, other, word):
+    path = tmp_path / "r.jsonl"
+    a = _rec("cca", dataset_sha256="cd" * 32) if word == "dataset file" else _rec("cca")
+    path.write_text(json.dumps(a) + "\n" + json.dumps(_rec("scm", seed=1, **other)) + "\n")
+    res = runner.invoke(app, ["compare", str(path), "cca", "scm", "--resamples", "99"])
+    assert res.exit_code == 2, res.output
+    assert word in res.output and "same test queries" in res.output
+
+
+def test_compare_same_test_set_still_works(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(_rec("cca")) + "\n" + json.dumps(_rec("scm", seed=1)) + "\n")
+    res = runner.invoke(app, ["compare", str(path), "cca", "scm", "--resamples", "99"])
+    assert res.exit_code == 0, res.output
+    assert "i2t" in res.output and "p =" in res.output
+
+
+def test_compare_names_the_per_query_scores_a_record_has(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(_rec("cca")) + "\n" + json.dumps(_rec("scm", seed=1)) + "\n")
+    res = runner.invoke(app, ["compare", str(path), "cca", "scm", "--metric", "r@3"])
+    assert res.exit_code == 2
+    assert "r@3" in res.output and "r@1, r@5, r@10" in res.output
+
+
+def test_run_bench_refusals_in_python():
+    with pytest.raises(ParameterError, match="more than once"):
+        run_bench("wikipedia", ["cca", "cca"])
+    with pytest.raises(ParameterError, match="not among the methods"):
+        run_bench("wikipedia", ["cca"], params={"sccm": {"reg": 1}})
+    with pytest.raises(DataError):
+        run_bench("no/such/pairs.jsonl", ["cca"])
