@@ -29,14 +29,13 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
 def _command_line(ctx: typer.Context) -> str:
     """The command as given (options at their defaults left out), rebuilt from click's parse so
     that it is right however the command was invoked (console script, ``python -m``, tests)."""
-    from click.core import ParameterSource
-
     words = ["xmodal"]
     for c in ([ctx.parent] if ctx.parent is not None else []) + [ctx]:
         if c is ctx:
             words.append(ctx.info_name or "bench")
         for param in c.command.params:
-            if c.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            source = c.get_parameter_source(param.name)  # by name: typer may vendor its own click
+            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
                 continue
             value, opt = c.params.get(param.name), param.opts[0]
             if getattr(param, "is_flag", False):
