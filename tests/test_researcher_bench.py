@@ -234,3 +234,15 @@ def test_run_bench_refusals_in_python():
         run_bench("wikipedia", ["cca"], params={"sccm": {"reg": 1}})
     with pytest.raises(DataError):
         run_bench("no/such/pairs.jsonl", ["cca"])
+
+
+def test_methods_listing_says_semi_supervised_and_whole_citations():
+    res = runner.invoke(app, ["methods"])
+    assert res.exit_code == 0
+    rows = {line.split()[0]: line for line in res.output.splitlines()}
+    assert rows["sslpdp"].split()[2] == "semi-supervised"
+    assert rows["scm"].split()[2] == "supervised" and rows["cca"].split()[2] == "unsupervised"
+    # the summary is a whole sentence, not a docstring's first line cut mid-title
+    assert rows["acmr"].endswith('"Adversarial Cross-Modal Retrieval", ACM MM 2017).')
+    listed = {r["name"]: r for r in json.loads(runner.invoke(app, ["methods", "--json"]).output)}
+    assert listed["sslpdp"]["supervision"] == "semi-supervised" and listed["sslpdp"]["supervised"] is True
