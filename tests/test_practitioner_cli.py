@@ -1,0 +1,32 @@
+"""The command line as a practitioner typed it (each test failed before its fix)."""
+
+import numpy as np
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+from xmodal.index import Collection
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _labelled(tmp_path):
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    rng = np.random.default_rng(0)
+    coll.add_vectors("image", [f"beach/{j}.jpg" for j in range(3)] + [f"forest/{j}.jpg" for j in range(3)],
+                     rng.normal(size=(6, 4)).astype(np.float32),
+                     labels=[["beach"]] * 3 + [["forest"]] * 3)
+    coll.close()
+    return tmp_path / "c.xmc"
+
+
+def test_search_with_a_label_no_item_has_is_an_error_naming_it(tmp_path):
+    # A mistyped --label printed nothing and exited 0: "no results" for a typo.
+    path = _labelled(tmp_path)
+    res = run("search", "-c", path, "--item", 1, "--label", "beech")
+    assert res.exit_code == 2
+    assert "beech" in res.output and "beach, forest" in res.output
+    ok = run("search", "-c", path, "--item", 1, "--label", "forest", "--target", "image")
+    assert ok.exit_code == 0, ok.output
+    assert len(ok.output.strip().splitlines()) == 3
