@@ -30,3 +30,15 @@ def test_search_with_a_label_no_item_has_is_an_error_naming_it(tmp_path):
     ok = run("search", "-c", path, "--item", 1, "--label", "forest", "--target", "image")
     assert ok.exit_code == 0, ok.output
     assert len(ok.output.strip().splitlines()) == 3
+
+
+def test_search_of_a_collection_without_targets_says_so(tmp_path):
+    # An empty answer printed nothing at all: was the query bad, or the collection empty?
+    coll = Collection.create(tmp_path / "t.xmc", dim=4)
+    coll.add_vectors("text", ["a", "b"], np.eye(2, 4, dtype=np.float32), texts=["a", "b"])
+    coll.close()
+    res = CliRunner().invoke(app, ["search", "-c", str(tmp_path / "t.xmc"), "--item", "1",
+                                   "--target", "image"])
+    assert res.exit_code == 0
+    assert "holds no images" in res.output
+    assert "holds no" not in run("search", "-c", tmp_path / "t.xmc", "--item", 1).output

@@ -191,6 +191,11 @@ def register(app: typer.Typer) -> None:
         except (ValueError, CollectionError) as exc:
             _fail(str(exc))
         many = bool(texts) or len(image) > 1
+        if not any(results) and not sharded:  # say why nothing printed (stdout stays clean)
+            want = target or ("image" if (query is not None or texts) else "text" if image
+                              else coll.get_item(item).modality)
+            if coll.count(want) == 0:
+                typer.echo(f"no results: {collection[0]} holds no {want}s", err=True)
         if as_json and not many:
             typer.echo(json.dumps([h.to_dict() for h in results[0]], indent=1))
             return
