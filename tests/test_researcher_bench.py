@@ -105,6 +105,35 @@ def test_single_class_dataset_is_a_clear_error_for_supervised_methods(tmp_path, 
     assert recs[0]["i2t"]["map"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("splits, message", [
+    ({"test": "val"}, "needs a 'test' split"),  # train and val only
+    ({"test": "train"}, "needs a 'test' split"),
+    ({"train": "test"}, "no 'train' split"),
+])
+def test_pairs_file_without_a_split_to_score_on(tmp_path, fake_encoders, splits, message):
+    pairs = _pairs(tmp_path / "p.jsonl")
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    pairs.write_text("".join(json.dumps({**r, "split": splits.get(r["split"], r["split"])}) + "\n" for r in rows))
+    res = _bench("--dataset", str(pairs), "--methods", "cca", "--image-encoder", "x", "--text-encoder", "y")
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output and fake_encoders == []
+
+
+def test_tiny_pairs_file_says_what_is_missing(tmp_path, fake_encoders):
+    pairs = _pairs(tmp_path / "tiny.jsonl", n_per_class=1, classes=("a", "b"), split=False)
+    res = _bench("--dataset", str(pairs), "--methods", "cca", "--image-encoder", "x", "--text-encoder", "y")
+    assert res.exit_code == 2, res.output
+    assert "needs a 'test' split of at least 2 images" in res.output and "folds" not in res.output
+
+
+def test_warnings_print_as_one_line(tmp_path, fake_encoders):
+    pairs = _pairs(tmp_path / "one.jsonl", classes=("only",))
+    res = _bench("--dataset", str(pairs), "--methods", "cca", "--image-encoder", "x", "--text-encoder", "y")
+    assert res.exit_code == 0, res.output
+    assert "warning: dataset 'one' has only one class" in res.output
+    assert "run_bench(" not in res.output  # not the source line warnings.warn would show
+
+
 def test_pairs_file_with_and_without_split_column(tmp_path, fake_encoders):
     with_split = run_bench(str(_pairs(tmp_path / "s.jsonl")), ["cca"], image_encoder="x", text_encoder="y")
     assert with_split[0]["protocol"].startswith("classic: s/test")

@@ -117,7 +117,13 @@ def register(app: typer.Typer) -> None:
                       file=sys.stderr, flush=True)
 
         command = _command_line(ctx)  # recorded with every new record
+        import warnings
+
+        def warn(message, category, filename, lineno, file=None, line=None) -> None:
+            typer.echo(f"warning: {message}", err=True)  # the message, not the source line
+
         try:
+            warnings.showwarning, shown = warn, warnings.showwarning
             records = run_bench(dataset, names, bits=bit_list, seed=seeds, data_dir=data_dir,
                                 image_encoder=image_encoder, text_encoder=text_encoder,
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
@@ -129,6 +135,8 @@ def register(app: typer.Typer) -> None:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2) from None
+        finally:
+            warnings.showwarning = shown
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
         over = f"mean±std (sample standard deviation) over seeds {','.join(map(str, seeds))}"
         if len(seeds) > 1:

@@ -159,8 +159,13 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
             if _accepts(cls, "random_state"):
                 kw["random_state"] = seeds[0]
             registry.create(name, **kw)._validate_params()
+    has = ", ".join(f"{k} ({len(v)} images)" for k, v in ds.splits.items()) or "none"
     if "train" not in ds.splits:
-        raise DataError(f"dataset {ds.name!r} has no 'train' split (it has {', '.join(ds.splits) or 'none'})")
+        raise DataError(f"dataset {ds.name!r} has no 'train' split (it has {has})")
+    test = next((n for n in ("test", "query") if n in ds.splits), None)
+    if test is None or len(ds.splits[test]) < 2:
+        raise DataError(f"dataset {ds.name!r} needs a 'test' split of at least 2 images to score on "
+                        f"(it has {has})")
     supervised = [n for n, c in zip(method_names, classes) if c.supervised]
     train_labels = ds.subset("train").labels if ds.labels is not None else None
     if supervised and train_labels is None:
