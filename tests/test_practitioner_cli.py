@@ -42,3 +42,21 @@ def test_search_of_a_collection_without_targets_says_so(tmp_path):
     assert res.exit_code == 0
     assert "holds no images" in res.output
     assert "holds no" not in run("search", "-c", tmp_path / "t.xmc", "--item", 1).output
+
+
+def test_index_rerun_refuses_options_it_would_ignore(tmp_path):
+    # `xmodal index SRC -c my.xmc --index HNSW32` on an existing Flat collection printed
+    # "index Flat" and kept it: the option was silently ignored.
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    coll.close()
+    src = tmp_path / "src"
+    src.mkdir()
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--index", "HNSW32", "--rerank")
+    assert res.exit_code == 2
+    assert "--index HNSW32 (it has Flat)" in res.output and "--rerank" in res.output
+    assert "--rebuild" in res.output
+    assert Collection.open(tmp_path / "c.xmc").stats()["index"] == "Flat"
+    # the same options as the collection's, or none typed, go on to the source
+    for extra in ([], ["--index", "Flat"], ["--index", "Flat", "--dry-run"]):
+        res = run("index", src, "-c", tmp_path / "c.xmc", *extra)
+        assert res.exit_code == 2 and "no images found" in res.output, res.output

@@ -50,11 +50,47 @@ def _plan_text(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: object) -> None:
+    """An existing collection keeps the method, encoders and index it was made with: an option
+    typed on the command line that asks for another one is refused rather than silently
+    ignored (the run would report the old index, the user believing in the new one)."""
+    from ..index import Collection, CollectionError
+    from ..index.vector import IndexSpecError, normalize_spec
+
+    typed = {name: v for name, v in given.items()
+             if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    if not typed or not Collection.exists(collection):
+        return
+    try:
+        s = Collection.open(collection, read_only=True).stats()
+    except CollectionError:
+        return  # build_collection reports it
+    have = {"method": s["method"], "index": s["index"], "rerank": s["rerank"],
+            **{f"{m}_encoder": spec for m, spec in (s.get("encoders") or {}).items()}}
+    differ = []
+    for name, value in typed.items():
+        if name == "method" and str(value).endswith(".zip"):
+            continue  # a fitted method file: its content is not comparable by name
+        if name == "index":
+            try:
+                value = normalize_spec(s["output"], str(value))
+            except IndexSpecError:
+                pass
+        if name in have and have[name] is not None and value != have[name]:
+            flag = name.replace("_", "-")
+            differ.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool)
+                          else f"--{flag} {value} (it has {have[name]})")
+    if differ:
+        _fail(f"{collection}: an existing collection keeps what it was made with; "
+              f"{'; '.join(differ)}: add --rebuild to start it afresh with them (refits the method)")
+
+
 def register(app: typer.Typer) -> None:
     from ..index.build import DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER
 
     @app.command("index")
     def index_cmd(
+        ctx: typer.Context,
         source: str = typer.Argument(..., help="a folder of images (captions in sidecar NAME.txt files), "
                                      "a pairs file (.jsonl/.csv), a Karpathy dataset.json or a dataset name"),
         collection: Path = COLLECTION_OPT,
@@ -85,6 +121,9 @@ def register(app: typer.Typer) -> None:
         from ..data.dataset import DataError
         from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
 
+        if not rebuild:
+            _refuse_ignored_options(ctx, collection, method=method, index=index, image_encoder=image_encoder,
+                                    text_encoder=text_encoder, rerank=rerank)
         if dry_run:
             try:
                 plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
