@@ -60,3 +60,22 @@ def test_index_rerun_refuses_options_it_would_ignore(tmp_path):
     for extra in ([], ["--index", "Flat"], ["--index", "Flat", "--dry-run"]):
         res = run("index", src, "-c", tmp_path / "c.xmc", *extra)
         assert res.exit_code == 2 and "no images found" in res.output, res.output
+
+
+def test_rerank_with_a_real_valued_method_is_refused(tmp_path):
+    # `--rerank` with CCA made a collection without it, silently; a rerun with --rebuild
+    # could never get it either.
+    import pytest
+    from xmodal.index import CollectionError, build_collection, plan_collection
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (8, 8)).save(src / "a.jpg")
+    (src / "a.txt").write_text("a caption\n")
+    for call in (build_collection, plan_collection):
+        with pytest.raises(CollectionError, match="real-valued"):
+            call(src, tmp_path / "c.xmc", method="cca", rerank=True)
+    assert not (tmp_path / "c.xmc").exists()
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--rerank", "--dry-run")
+    assert res.exit_code == 2 and "real-valued" in res.output

@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             try:
                 plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
-                                       like=like, prune=prune)
+                                       like=like, prune=prune, rerank=rerank)
             except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
                 _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))

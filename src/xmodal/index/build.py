@@ -134,7 +134,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         base = _base(like)
         method, image_encoder, text_encoder = base.method, base.encoder("image"), base.encoder("text")
         rerank = rerank or bool(base.fdim)
-    _check_method(method, index, source, texts)
+    _check_method(method, index, source, texts, rerank)
     img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
     # a fitted encoder passed in (a shard's, say) keeps its state: refitting changes the space
     if getattr(txt_enc, "needs_fit", False) and not getattr(txt_enc, "is_fitted", False):
@@ -181,6 +181,8 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         fitted.fit(ds)
     else:
         fitted = method
+    if rerank and getattr(fitted, "output", "binary") != "binary":
+        raise CollectionError(_RERANK_REAL.format(method=fitted.__class__.__name__))
     try:
         coll = Collection.create(collection_path, method=fitted, image_encoder=img_enc,
                                  text_encoder=txt_enc, index=index, rerank=rerank,
@@ -196,7 +198,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
 
 def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
                     index: str = "Flat", overwrite: bool = False, like: str | Path | None = None,
-                    prune: bool = False) -> dict[str, Any]:
+                    prune: bool = False, rerank: bool = False) -> dict[str, Any]:
     """What :func:`build_collection` with the same arguments would do, without encoding,
     fitting or writing anything (``xmodal index --dry-run``). ``action`` is ``"create"``
     (a new collection, or ``overwrite``: every source item is encoded and the method fitted),
@@ -213,7 +215,7 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
             coll.close()
     if like is not None:
         return {**out, "action": "create", "like": str(like), "method": _base(like).stats()["method"]}
-    _check_method(method, index, source, texts)
+    _check_method(method, index, source, texts, rerank)
     return {**out, "action": "create", "method": str(method)}
 
 
@@ -240,12 +242,19 @@ def _existing(collection_path: str | Path, like: str | Path | None) -> Collectio
     return coll
 
 
-def _check_method(method: Any, index: str, source: str | Path, texts: list[TextItem]) -> None:
+_RERANK_REAL = ("rerank re-orders a binary (hashing) method's Hamming shortlist by its float "
+                "projections; method {method!r} is real-valued, its vectors are floats already")
+
+
+def _check_method(method: Any, index: str, source: str | Path, texts: list[TextItem],
+                  rerank: bool = False) -> None:
     """A method name and index spec that exist, and captions to fit it on (before encoding)."""
     if isinstance(method, str) and not Path(method).suffix == ".zip":
         from ..methods import get
 
         VectorIndex(get(method).output, 64, index)
+        if rerank and get(method).output != "binary":
+            raise CollectionError(_RERANK_REAL.format(method=method))
         if not texts:
             raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
                                   ".txt captions or pass a fitted method file (--method FILE.zip)")
