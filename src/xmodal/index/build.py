@@ -39,13 +39,27 @@ def _sidecar_captions(image: Path) -> list[str]:
 def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
     """Every image under ``folder`` (sorted; key = path relative to it). Captions come from a
     sidecar ``NAME.txt`` (one per non-empty line); an image inside a sub-folder gets the
-    sub-folder's name as its label."""
+    sub-folder's name as its label. Symlinked sub-folders are followed, each real folder once."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     images, texts = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    # Symlinked sub-folders are followed (a photo library linked in from another disk), each
+    # real folder once: a link loop, or two links to one folder, cannot repeat or recurse. A
+    # link into the folder itself is left out: its target is walked under its own name.
+    top = os.path.realpath(root)
+    seen = {top}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+            if d.startswith(".") or real in seen or (inside and os.path.islink(full)):
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         for fn in sorted(filenames):
             p = Path(dirpath) / fn
             if p.suffix.lower() not in IMAGE_EXTENSIONS or fn.startswith("."):

@@ -1,0 +1,31 @@
+"""Folders as practitioners keep them (each test failed before its fix)."""
+
+import os
+
+from PIL import Image
+
+from xmodal.index.build import scan_folder
+
+
+def _img(path, caption=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(path)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption + "\n")
+
+
+def test_symlinked_subfolder_is_indexed_once_and_a_loop_is_harmless(tmp_path):
+    # A sub-folder linked in from another disk was skipped without a word (os.walk does not
+    # follow links); following them must not recurse through a loop or index a folder twice.
+    lib = tmp_path / "library"
+    _img(lib / "beach" / "a.jpg", "sand")
+    other = tmp_path / "other-disk" / "holidays"
+    _img(other / "b.jpg", "snow")
+    os.symlink(other, lib / "holidays")
+    os.symlink(other, lib / "holidays-again")   # a second link to the same folder
+    os.symlink(lib, lib / "beach" / "loop")      # a loop back to the top
+    os.symlink(lib / "beach", lib / "a-shortcut")  # a link inside: beach/ keeps its own name
+    images, texts = scan_folder(lib)
+    assert sorted(i.key for i in images) == ["beach/a.jpg", "holidays/b.jpg"]
+    assert {i.key: i.labels for i in images}["holidays/b.jpg"] == ["holidays"]
+    assert sorted(t.text for t in texts) == ["sand", "snow"]
