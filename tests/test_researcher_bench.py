@@ -186,6 +186,27 @@ def test_resume_recomputes_a_changed_setting(tmp_path, wikipedia):
     assert [r["params"]["reg"] for r in recs] == [0.001, 0.1]
 
 
+def test_resume_redoes_a_record_whose_parameters_differ_from_the_defaults_now(tmp_path, wikipedia,
+                                                                              monkeypatch):
+    from xmodal import methods
+
+    log = tmp_path / "runs.jsonl"
+    first = run_bench(wikipedia, ["cca"], resume=log)[0]
+    assert first["params"]["reg"] == 0.001
+    # the method's default changes (a new release): the stored record no longer describes it
+    cls = methods.get("cca")
+    defaults = list(cls.__init__.__defaults__)
+    names = [p for p in cls._param_names()]
+    defaults[names.index("reg") - (len(names) - len(defaults))] = 0.5
+    monkeypatch.setattr(cls.__init__, "__defaults__", tuple(defaults))
+    again = run_bench(wikipedia, ["cca"], resume=log)[0]
+    assert again["params"]["reg"] == 0.5 and again["i2t"]["map"] != first["i2t"]["map"]
+    assert len(log.read_text().splitlines()) == 2
+    # the newer record is the one reused from then on
+    assert run_bench(wikipedia, ["cca"], resume=log)[0]["params"]["reg"] == 0.5
+    assert len(log.read_text().splitlines()) == 2
+
+
 def test_records_say_how_they_were_made(tmp_path, wikipedia):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "cca", "--json", str(out),

@@ -259,7 +259,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     training codes (``"learned"``, the variant some papers report; labelled in the record).
     ``labeled_fraction`` is passed to the semi-supervised methods. With ``resume`` every
     record is appended to that JSON-lines file as soon as it is done, and records already
-    there (same dataset, method, bits, seed, settings) are reused instead of recomputed.
+    there (same dataset, method, bits, seed, settings, database codes, encoders) are reused
+    instead of recomputed, unless their ``params`` differ from the method's parameters now
+    (a default changed since): those are redone, and the newer record is the one used.
     ``seed`` may be a list: every (method, bits) is then run once per seed, one record each
     (:func:`summarize_seeds` folds them into mean and standard deviation). ``per_query`` keeps
     every query's AP and Recall@K hits in the record, for :mod:`.significance` tests (a resumed
@@ -311,18 +313,20 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["test_folds"] = test_folds
             if fingerprint:
                 rec["dataset_sha256"] = fingerprint
-            done = previous.get(_record_key(_jsonable(rec)))
-            if done is not None and (not per_query or "per_query" in done["i2t"]):
-                records.append(done)
-                if on_record:
-                    on_record(done)
-                continue
             kw = dict(settings)
             if b is not None:
                 kw["bits"] = b
             if _accepts(cls, "random_state"):
                 kw.setdefault("random_state", sd)
             method = registry.create(name, **kw)
+            done = previous.get(_record_key(_jsonable(rec)))
+            # a record made with other parameters (a default changed since) is redone, not reused
+            if done is not None and (not per_query or "per_query" in done["i2t"]) and \
+                    done.get("params", {}) == _jsonable(method.get_params()):
+                records.append(done)
+                if on_record:
+                    on_record(done)
+                continue
             t0 = time.perf_counter()
             method.fit(train, val=val)
             fit_seconds = time.perf_counter() - t0
