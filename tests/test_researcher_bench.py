@@ -224,6 +224,11 @@ def test_records_say_how_they_were_made(tmp_path, wikipedia):
     text = md.read_text()
     assert text.startswith("| method | bits |")
     assert "xmodal bench" in text and f"xmodal {xmodal.__version__}" in text
+    from xmodal.evaluation.bench import provenance
+
+    older = dict(rec, versions={**rec["versions"], "xmodal": "0.0.1"})
+    assert "xmodal 0.0.1" in provenance("xmodal bench", [older])  # a resumed record's, not ours
+    assert "versions differ" in provenance("xmodal bench", [rec, older])
 
 
 def test_json_records_are_strict_json(tmp_path):

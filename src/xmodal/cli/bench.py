@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         if hashed:
             typer.echo(hash_tables)
         if markdown:
-            Path(markdown).write_text("\n\n".join(parts) + "\n\n" + provenance(command) + "\n")
+            Path(markdown).write_text("\n\n".join(parts) + "\n\n" + provenance(command, records) + "\n")
         if pr_plot and records:
             typer.echo(f"wrote precision-recall curves to {plot_pr_curves(records, pr_plot)}")
         if json_out:

@@ -119,10 +119,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def provenance(command: str | None = None) -> str:
+def provenance(command: str | None = None, records: Sequence[dict] | None = None) -> str:
     """A Markdown comment (invisible when rendered) naming the command and the versions that
-    produced a table, for the foot of ``--markdown`` files."""
-    vs = ", ".join(f"{k} {v}" for k, v in versions().items())
+    produced a table, for the foot of ``--markdown`` files. With ``records``, the versions are
+    those the records carry (resumed ones may come from an older release), not this process's."""
+    if records is None:
+        seen = [versions()]
+    else:
+        seen = list({json.dumps(r.get("versions"), sort_keys=True): r.get("versions") for r in records}.values())
+    if len(seen) == 1 and seen[0]:
+        vs = ", ".join(f"{k} {v}" for k, v in seen[0].items())
+    else:
+        vs = "versions differ between the records (see each record's 'versions')"
     return f"<!-- {command + '; ' if command else ''}{vs} -->"
 
 
