@@ -1,8 +1,12 @@
 """The user's own pairs: JSONL or CSV rows ``{image, text, label | labels, split}``.
 
 Image paths are relative to the file. Rows sharing an image path share one image (so one image
-may have several texts). ``labels`` may be a list (JSONL) or ``;``-separated (CSV). Without a
-``split`` column, images are split 80/10/10 into train/val/test with a fixed seed.
+may have several texts, and has the union of their labels). ``labels`` may be a list (JSONL) or
+``;``-separated (CSV); a row may give both ``label`` and ``labels`` only when the label is one
+of the labels. A label is a name: JSON numbers are names too, an integral one written
+without its fraction (``1.0`` is class ``1``); booleans are refused. Without a ``split`` column,
+images are split 80/10/10 into train/val/test with a fixed seed; with one, a row whose split is
+blank goes to ``train``.
 """
 
 from __future__ import annotations
@@ -59,17 +63,25 @@ def _rows(path: Path) -> list[dict]:
 
 def _labels_of(row: dict, where: str) -> list[str]:
     def name(v) -> str:
-        if isinstance(v, (dict, list)):
+        if isinstance(v, (dict, list, bool)):
             raise DataError(f"{where}: a label must be a string or a number, got {json.dumps(v)}")
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # 1.0 (pandas writes integer columns holding NaN as floats) is class 1
         return "" if v is None else str(v).strip()
 
+    labels: list[str] = []
     if row.get("labels") not in (None, ""):
         val = row["labels"]
         vals = val if isinstance(val, list) else str(val).split(";") if isinstance(val, str) else [val]
-        return [n for n in map(name, vals) if n]
+        labels = [n for n in map(name, vals) if n]
     if row.get("label") not in (None, ""):
-        return [name(row["label"])]
-    return []
+        one = name(row["label"])
+        if row.get("labels") not in (None, "") and one not in labels:
+            # which one is meant? silently keeping either would change the relevance
+            raise DataError(f"{where}: its 'label' {one} is not among its 'labels' {labels}; give one "
+                            "field, or a 'label' that is one of the 'labels'")
+        return labels or [one]
+    return labels
 
 
 def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int = 0,

@@ -1,0 +1,50 @@
+"""Pairs files as a researcher writes them (pandas, spreadsheets): labels that are numbers,
+rows that give both ``label`` and ``labels``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xmodal.data import DataError, load_dataset
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_integral_number_labels_are_one_class_however_written(tmp_path):
+    # pandas writes an integer column holding NaN as floats: 1.0 is class 1, not a new class
+    path = _write(tmp_path / "p.jsonl", [{"image": "a.jpg", "text": "t", "label": 1},
+                                         {"image": "b.jpg", "text": "u", "label": 1.0},
+                                         {"image": "c.jpg", "text": "v", "labels": [2.0, 1]},
+                                         {"image": "d.jpg", "text": "w", "label": 2.5}])
+    ds = load_dataset(str(path))
+    assert ds.label_names == ["1", "2", "2.5"]
+    assert ds.labels.tolist() == [[1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]]
+
+
+def test_boolean_label_is_refused_naming_the_row(tmp_path):
+    path = _write(tmp_path / "p.jsonl", [{"image": "a.jpg", "text": "t", "label": "x"},
+                                         {"image": "b.jpg", "text": "u", "label": True}])
+    with pytest.raises(DataError, match=r"p\.jsonl:2: .*label.*true"):
+        load_dataset(str(path))
+
+
+def test_label_and_labels_that_disagree_are_refused(tmp_path):
+    path = _write(tmp_path / "p.jsonl", [{"image": "a.jpg", "text": "t", "label": "x", "labels": ["y", "z"]}])
+    with pytest.raises(DataError, match=r"p\.jsonl:1: .*'label' x is not among its 'labels'"):
+        load_dataset(str(path))
+    # agreeing fields are fine: label is then one of the labels
+    _write(path, [{"image": "a.jpg", "text": "t", "label": "y", "labels": ["y", "z"]},
+                  {"image": "b.jpg", "text": "u", "label": "x"}])
+    assert load_dataset(str(path)).label_names == ["x", "y", "z"]
+
+
+def test_csv_label_and_labels_columns(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('image,text,label,labels\na.jpg,"t, with comma",x,y;z\n')
+    with pytest.raises(DataError, match=r"p\.csv:2: "):
+        load_dataset(str(path))
