@@ -79,3 +79,16 @@ def test_rerank_with_a_real_valued_method_is_refused(tmp_path):
     assert not (tmp_path / "c.xmc").exists()
     res = run("index", src, "-c", tmp_path / "c.xmc", "--rerank", "--dry-run")
     assert res.exit_code == 2 and "real-valued" in res.output
+
+
+def test_ctrl_c_while_indexing_says_what_is_kept(tmp_path, monkeypatch):
+    # Ctrl-C ended `xmodal index` silently: was anything stored, should it be run again?
+    import xmodal.index as index_pkg
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_pkg, "build_collection", interrupted)
+    res = run("index", tmp_path, "-c", tmp_path / "c.xmc")
+    assert res.exit_code == 130
+    assert "interrupted" in res.output and "run the same command again" in res.output

@@ -139,6 +139,12 @@ def register(app: typer.Typer) -> None:
                                     prune=prune)
         except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        except KeyboardInterrupt:
+            # Ctrl-C: every batch committed so far is kept, and the encoders' feature cache
+            # holds what was encoded; the same command continues from there.
+            typer.echo(f"\ninterrupted: {collection} keeps every batch stored so far; run the same "
+                       "command again to continue", err=True)
+            raise typer.Exit(130) from None
         s = coll.stats()
         if as_json:
             typer.echo(json.dumps({"collection": str(collection), **s}))
