@@ -53,3 +53,41 @@ def test_big_jpeg_in_a_collection_gets_a_thumbnail(tmp_path, small_pillow_limit,
     thumb = Image.open(io.BytesIO(service.make_thumbnail(coll, item_id, big, 128)))
     assert thumb.format == "JPEG" and max(thumb.size) == 128
     coll.close()
+
+
+def _grey_gradient():
+    return np.tile(np.arange(0, 256, 2, dtype=np.uint8), (64, 1))  # 64x128, 0..254
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_greyscale_is_scaled_not_clipped_to_white(tmp_path, mode):
+    # A 16-bit PNG (or 32-bit int / float TIFF) came out of Pillow's convert("RGB") clipped at
+    # 255: almost every pixel white, and the image indexed by the features of a white square.
+    g = _grey_gradient()
+    if mode == "I;16":
+        im, path = Image.fromarray(g.astype(np.uint16) * 257), tmp_path / "scan.png"
+    elif mode == "I":
+        im, path = Image.fromarray(g.astype(np.int32) * 257), tmp_path / "scan.tif"
+    else:
+        im, path = Image.fromarray(g.astype(np.float32) / 255), tmp_path / "scan.tif"
+    im.save(path)
+    assert Image.open(path).mode == mode
+    rgb = np.asarray(open_image(str(path)), dtype=np.int16)
+    assert rgb.shape == (64, 128, 3)
+    assert np.abs(rgb[..., 0] - g).max() <= 1
+
+
+def test_sixteen_bit_thumbnail_is_not_white(tmp_path):
+    import io
+
+    from xmodal.index import Collection
+    from xmodal.service import app as service
+
+    g = _grey_gradient()
+    path = tmp_path / "scan.png"
+    Image.fromarray(g.astype(np.uint16) * 257).save(path)
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    (item_id,) = coll.add_vectors("image", ["scan.png"], np.ones((1, 4), np.float32), paths=[str(path)]).ids
+    thumb = np.asarray(Image.open(io.BytesIO(service.make_thumbnail(coll, item_id, str(path), 128))))
+    assert abs(float(thumb.mean()) - float(g.mean())) < 10
+    coll.close()

@@ -21,6 +21,27 @@ class ImageReadError(Exception):
     """An image that cannot be used; the message says why."""
 
 
+def to_rgb(im: Any) -> Any:
+    """``im`` as an 8-bit RGB Pillow image. Pillow's own ``convert("RGB")`` clips 16-bit and
+    32-bit greyscale at 255 (a 16-bit scan comes out white) and rounds floats in 0..1 to black:
+    16-bit values are scaled by 1/257 (full scale), 32-bit integers the same when they fit in
+    16 bits, floats in 0..1 by 255, and anything else stretched from its minimum to maximum."""
+    from PIL import Image
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im if im.mode == "RGB" else im.convert("RGB")
+    a = np.asarray(im).astype(np.float32)
+    a = np.where(np.isfinite(a), a, 0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and 255 < hi <= 65535):
+        a = a / 257.0
+    elif im.mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
 def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None) -> Any:
     """Open and fully decode ``path`` as RGB, or raise :class:`ImageReadError`.
 
@@ -56,7 +77,7 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
                 raise ImageReadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels{scaled} "
                                      f"exceeds the limit of {limit}")
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -609,6 +609,8 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
     """A JPEG thumbnail, cached under the collection by content hash and size."""
     from PIL import Image
 
+    from ..encoders.images import to_rgb
+
     rows = coll.store.query("SELECT content_hash FROM items WHERE id = ?", (item_id,))
     tag = rows[0][0] if rows and rows[0][0] else f"id{item_id}"
     cached = coll.path / "thumbs" / f"{tag}_{size}.jpg"
@@ -625,7 +627,7 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
             im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, checked as decoded
             if im.size[0] * im.size[1] > limit:
                 raise HTTPException(413, f"item {item_id}: image too large to thumbnail")
-            im = im.convert("RGB")
+            im = to_rgb(im)  # 16-bit scans scaled, not clipped white
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
