@@ -207,6 +207,24 @@ def test_resume_redoes_a_record_whose_parameters_differ_from_the_defaults_now(tm
     assert len(log.read_text().splitlines()) == 2
 
 
+def test_compare_after_adding_per_query_to_a_resumed_run(tmp_path, wikipedia):
+    """The documented flow: a run, then the same run with --per-query on the same --resume file
+    (which redoes the records and appends them), then xmodal compare on that file."""
+    log = tmp_path / "runs.jsonl"
+    base = ["--dataset", "wikipedia", "--methods", "cca,pls", "--resume", str(log)]
+    assert _bench(*base).exit_code == 0
+    assert _bench(*base, "--per-query").exit_code == 0
+    assert len(log.read_text().splitlines()) == 4
+    res = runner.invoke(app, ["compare", str(log), "cca", "pls", "--resamples", "99", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["i2t"]["a"] == pytest.approx(0.2412, abs=1e-4) and out["i2t"]["n_queries"] == 693
+    from xmodal.evaluation.bench import read_jsonl, summarize_seeds
+
+    merged = summarize_seeds(read_jsonl(log))
+    assert [r["method"] for r in merged] == ["cca", "pls"] and all("seeds" not in r for r in merged)
+
+
 def test_records_say_how_they_were_made(tmp_path, wikipedia):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "cca", "--json", str(out),

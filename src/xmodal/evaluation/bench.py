@@ -196,10 +196,15 @@ def summarize_seeds(records: list[dict]) -> list[dict]:
 
     Records that differ only by seed become their mean, with ``seeds`` listing the seeds and
     ``std`` the sample standard deviation (ddof=1) of every scalar score (``std["i2t"]["map"]``,
-    ``std["mR"]``); a record with no sibling passes through unchanged.
+    ``std["mR"]``); a record with no sibling passes through unchanged. Of records that share
+    the seed too (a ``--resume`` file holds the first run and a redone one, e.g. with
+    ``--per-query`` added or after a default changed) only the last counts, as on resume.
     """
-    groups: dict[str, list[dict]] = {}
+    latest: dict[str, dict] = {}
     for r in records:
+        latest[_record_key(r)] = r  # same key: the newer record replaces the older in place
+    groups: dict[str, list[dict]] = {}
+    for r in latest.values():
         groups.setdefault(_record_key(r, with_seed=False), []).append(r)
     out = []
     for recs in groups.values():
