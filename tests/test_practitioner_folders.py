@@ -29,3 +29,16 @@ def test_symlinked_subfolder_is_indexed_once_and_a_loop_is_harmless(tmp_path):
     assert sorted(i.key for i in images) == ["beach/a.jpg", "holidays/b.jpg"]
     assert {i.key: i.labels for i in images}["holidays/b.jpg"] == ["holidays"]
     assert sorted(t.text for t in texts) == ["sand", "snow"]
+
+
+def test_a_collection_kept_inside_its_source_folder_is_not_indexed(tmp_path):
+    # `cd photos && xmodal index . -c my.xmc`: the next run indexed the collection's own
+    # thumbnails (thumbs/*.jpg) and uploaded files as new images labelled "my.xmc".
+    from xmodal.index import Collection
+
+    _img(tmp_path / "beach" / "a.jpg", "sand")
+    Collection.create(tmp_path / "my.xmc", dim=4).close()
+    _img(tmp_path / "my.xmc" / "thumbs" / "abc_128.jpg")
+    _img(tmp_path / "my.xmc" / "files" / "abc.jpg")
+    images, _ = scan_folder(tmp_path)
+    assert [i.key for i in images] == ["beach/a.jpg"]

@@ -39,7 +39,8 @@ def _sidecar_captions(image: Path) -> list[str]:
 def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
     """Every image under ``folder`` (sorted; key = path relative to it). Captions come from a
     sidecar ``NAME.txt`` (one per non-empty line); an image inside a sub-folder gets the
-    sub-folder's name as its label. Symlinked sub-folders are followed, each real folder once."""
+    sub-folder's name as its label. Symlinked sub-folders are followed, each real folder once;
+    hidden ones and collections (a collection kept inside its source) are left out."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
@@ -56,6 +57,8 @@ def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
             real = os.path.realpath(full)
             inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
             if d.startswith(".") or real in seen or (inside and os.path.islink(full)):
+                continue
+            if Collection.exists(full):  # `xmodal index . -c my.xmc`: not its own thumbnails
                 continue
             seen.add(real)
             keep.append(d)
