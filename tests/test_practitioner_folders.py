@@ -42,3 +42,15 @@ def test_a_collection_kept_inside_its_source_folder_is_not_indexed(tmp_path):
     _img(tmp_path / "my.xmc" / "files" / "abc.jpg")
     images, _ = scan_folder(tmp_path)
     assert [i.key for i in images] == ["beach/a.jpg"]
+
+
+def test_the_source_folder_itself_as_the_collection_is_refused(tmp_path):
+    import pytest
+
+    from xmodal.index import CollectionError, build_collection, plan_collection
+
+    _img(tmp_path / "photos" / "a.jpg", "sand")
+    for call in (build_collection, plan_collection):
+        with pytest.raises(CollectionError, match="cannot be the source folder"):
+            call(tmp_path / "photos", tmp_path / "photos" / ".")
+    assert not (tmp_path / "photos" / "collection.db").exists()

@@ -240,6 +240,10 @@ def _scan(source: str | Path, collection_path: str | Path) -> tuple[list[ImageIt
     # a collection path that cannot be one is refused before any encoding or fitting
     if Path(collection_path).exists() and not Path(collection_path).is_dir():
         raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
+    if Path(source).is_dir() and Path(source).resolve() == Path(collection_path).resolve():
+        # its thumbnails and uploaded files would be indexed as images on the next run
+        raise CollectionError(f"{collection_path}: the collection cannot be the source folder itself; "
+                              f"give it its own folder (-c {Path(source).resolve().name}.xmc beside it)")
     return scan_source(source)
 
 
