@@ -92,3 +92,15 @@ def test_ctrl_c_while_indexing_says_what_is_kept(tmp_path, monkeypatch):
     res = run("index", tmp_path, "-c", tmp_path / "c.xmc")
     assert res.exit_code == 130
     assert "interrupted" in res.output and "run the same command again" in res.output
+
+
+def test_a_write_to_a_read_only_collection_says_why(tmp_path, monkeypatch):
+    # "the collection is open read-only" left the user guessing: the folder's permissions
+    # (the common case, or a read-only mount) are named now.
+    import xmodal.index.collection as collection_mod
+
+    _labelled(tmp_path)
+    monkeypatch.setattr(collection_mod, "writable", lambda path: False)
+    res = run("remove", "-c", tmp_path / "c.xmc", 1)
+    assert res.exit_code == 2
+    assert "cannot write the folder or its collection.db" in res.output

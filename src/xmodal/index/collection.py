@@ -647,7 +647,9 @@ class Collection:
     def _writing(self) -> Iterator[None]:
         """One writer at a time across processes (flock) and threads; indexes saved at the end."""
         if self.read_only:
-            raise ReadOnlyError(f"{self.path}: the collection is open read-only")
+            why = ("this process cannot write the folder or its collection.db"
+                   if not writable(self.path) else "opened read-only (--read-only)")
+            raise ReadOnlyError(f"{self.path}: the collection is open read-only: {why}")
         with self._wlock, _write_lock(self.path):
             self.refresh(force=True)
             yield
