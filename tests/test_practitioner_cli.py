@@ -104,3 +104,17 @@ def test_a_write_to_a_read_only_collection_says_why(tmp_path, monkeypatch):
     res = run("remove", "-c", tmp_path / "c.xmc", 1)
     assert res.exit_code == 2
     assert "cannot write the folder or its collection.db" in res.output
+
+
+def test_keys_add_on_a_read_only_collection_says_why(tmp_path):
+    _labelled(tmp_path)
+    from xmodal.index import ReadOnlyError
+    from xmodal.service.auth import create_key
+
+    coll = Collection.open(tmp_path / "c.xmc", read_only=True)
+    try:
+        create_key(coll, "read", "x")
+    except ReadOnlyError as exc:
+        assert "opened read-only (--read-only)" in str(exc)
+    else:
+        raise AssertionError("a key was written into a read-only collection")

@@ -9,6 +9,7 @@ the ``vectors`` table stamped with the generation they reflect.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -113,7 +114,10 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception."""
         if self.read_only:
-            raise ReadOnlyError(f"{self.path.parent}: the collection is open read-only")
+            folder = self.path.parent
+            why = ("opened read-only (--read-only)" if os.access(folder, os.W_OK) and os.access(self.path, os.W_OK)
+                   else "this process cannot write the folder or its collection.db")
+            raise ReadOnlyError(f"{folder}: the collection is open read-only: {why}")
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
