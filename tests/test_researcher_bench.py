@@ -319,3 +319,29 @@ def test_methods_listing_says_semi_supervised_and_whole_citations():
     assert rows["acmr"].endswith('"Adversarial Cross-Modal Retrieval", ACM MM 2017).')
     listed = {r["name"]: r for r in json.loads(runner.invoke(app, ["methods", "--json"]).output)}
     assert listed["sslpdp"]["supervision"] == "semi-supervised" and listed["sslpdp"]["supervised"] is True
+
+
+def test_files_that_are_not_records_are_clear_errors(tmp_path, wikipedia):
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"a": 1}\n')
+    res = _bench("--dataset", "wikipedia", "--methods", "cca", "--resume", str(other))
+    assert res.exit_code == 2 and "line 1: not a record of xmodal bench (no 'dataset'" in res.output
+    res = runner.invoke(app, ["compare", str(other), "cca", "scm"])
+    assert res.exit_code == 2 and "not a record of xmodal bench" in res.output
+    listed = tmp_path / "list.json"
+    listed.write_text('[\n {"a": 1}\n]\n')
+    res = runner.invoke(app, ["compare", str(listed), "cca", "scm"])
+    assert res.exit_code == 2 and "record 1: not a record" in res.output
+    res = _bench("--dataset", "wikipedia", "--methods", "cca", "--resume", str(listed))
+    assert res.exit_code == 2 and "--resume takes the JSON-lines file" in res.output
+
+
+def test_compare_picks_one_dataset_of_a_mixed_file(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = [_rec("cca"), _rec("scm", seed=1),
+            _rec("cca", dataset="ucm_captions", protocol="classic: ucm_captions/test vs itself (other modality)")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    res = runner.invoke(app, ["compare", str(path), "cca", "scm", "--resamples", "99"])
+    assert res.exit_code == 2 and "--dataset" in res.output
+    res = runner.invoke(app, ["compare", str(path), "cca", "scm", "--resamples", "99", "--dataset", "wikipedia"])
+    assert res.exit_code == 0, res.output

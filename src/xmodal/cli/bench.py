@@ -166,6 +166,8 @@ def register(app: typer.Typer) -> None:
                                                "than two, every pair, p-values also Holm-adjusted"),
         metric: Optional[str] = typer.Option(None, "--metric", help="map, mR or r@K (default: map where the records have it, else mR)"),
         bits: Optional[int] = typer.Option(None, "--bits", help="bit length, for hashing records"),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="only the records of this dataset "
+                                              "(its name in the records), for a file holding several"),
         resamples: int = typer.Option(9999, "--resamples", help="random sign flips of the randomisation test"),
         seed: int = typer.Option(0, "--seed", help="seed of the randomisation test"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
@@ -177,7 +179,7 @@ def register(app: typer.Typer) -> None:
         from pathlib import Path
 
         from ..data import DataError
-        from ..evaluation.bench import read_jsonl, summarize_seeds
+        from ..evaluation.bench import check_record, read_jsonl, summarize_seeds
         from ..evaluation.significance import compare_all
 
         path = Path(records)
@@ -191,14 +193,21 @@ def register(app: typer.Typer) -> None:
                 recs = json.loads(text) if text.startswith("[") else read_jsonl(path)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: not a records file of xmodal bench ({exc})") from None
+            if not isinstance(recs, list):
+                raise DataError(f"{path}: not a records file of xmodal bench")
+            recs = [check_record(r, f"{path}: record {i}") for i, r in enumerate(recs, 1)]
+            if dataset is not None:
+                recs = [r for r in recs if r["dataset"] == dataset]
             recs = summarize_seeds([r for r in recs if bits is None or r.get("bits") == bits])
             picked = []
             for name in names:
                 mine = [r for r in recs if r.get("method") == name]
                 if len(mine) != 1:
-                    what = "no record" if not mine else f"{len(mine)} records (settings, bits or encoders differ)"
+                    what = "no record" if not mine else \
+                        f"{len(mine)} records (datasets, settings, bits or encoders differ)"
                     raise DataError(f"{path}: {what} for method {name!r}"
-                                    + ("; pass --bits or keep one configuration per file" if mine else ""))
+                                    + ("; pass --bits or --dataset, or keep one configuration per file"
+                                       if mine else ""))
                 picked.append(mine[0])
             chosen = metric or ("map" if all("map" in r["i2t"] for r in picked) else "mR")
             results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed)

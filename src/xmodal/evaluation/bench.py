@@ -227,9 +227,23 @@ def summarize_seeds(records: list[dict]) -> list[dict]:
     return out
 
 
+RECORD_KEYS = ("dataset", "method", "bits", "i2t", "t2i")
+
+
+def check_record(rec: Any, where: str) -> dict:
+    """``rec`` if it is a record of :func:`run_bench`, else a :class:`DataError` naming ``where``."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: not a record of xmodal bench (a JSON object), got {type(rec).__name__}")
+    missing = [k for k in RECORD_KEYS if k not in rec]
+    if missing:
+        raise DataError(f"{where}: not a record of xmodal bench (no {', '.join(map(repr, missing))})")
+    return rec
+
+
 def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
     """Records of an earlier (possibly interrupted) run. A torn last line (a run killed
-    mid-write) is ignored, and with ``repair`` cut from the file so appends start clean."""
+    mid-write) is ignored, and with ``repair`` cut from the file so appends start clean; any
+    other line that is not a record is a :class:`DataError` naming the line."""
     out = []
     path = Path(path)
     if not path.exists():
@@ -239,12 +253,16 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             if i < len(lines):
-                raise DataError(f"{path}: line {i} is not valid JSON") from None
+                hint = (" (a --json file, one JSON list: --resume takes the JSON-lines file that "
+                        "--resume writes, one record per line)") if line.lstrip().startswith("[") else ""
+                raise DataError(f"{path}: line {i} is not valid JSON{hint}") from None
             if repair:  # that record is simply redone
                 atomic_write_bytes(path, "".join(lines[:-1]).encode())
+            continue
+        out.append(check_record(rec, f"{path}: line {i}"))
     return out
 
 
