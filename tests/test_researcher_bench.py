@@ -68,6 +68,7 @@ def _bench(*args):
     (["--methods", "cca", "--set", "scm.reg=1"], "'scm', which is not among the methods"),
     (["--methods", "cca,cca"], "more than once"),
     (["--methods", " , "], "no method"),
+    (["--methods", "scm_seq", "--bits", "16", "--database-codes", "learned", "--per-query"], "per-query"),
 ])
 def test_bad_settings_are_refused_before_encoding(tmp_path, fake_encoders, args, message):
     pairs = _pairs(tmp_path / "p.jsonl")

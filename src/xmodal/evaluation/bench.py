@@ -318,6 +318,11 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     if test_folds != 1 and hashing:
         raise ParameterError(f"test_folds applies to the classic protocol only; {', '.join(hashing)} "
                              "use the hashing protocol (query split against the database)")
+    if per_query and hashing and database_codes == "learned":
+        # the learned-codes protocol keeps no per-query scores: its records could never satisfy
+        # a --per-query resume (redone every time) nor a paired test
+        raise ParameterError(f"per-query scores are not kept with database codes 'learned' "
+                             f"({', '.join(hashing)}); use the default database codes for paired tests")
     raw = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
     _preflight(raw, method_names, bits, seeds, params, labeled_fraction)
     fingerprint = dataset_fingerprint(dataset)
