@@ -91,3 +91,22 @@ def test_sixteen_bit_thumbnail_is_not_white(tmp_path):
     thumb = np.asarray(Image.open(io.BytesIO(service.make_thumbnail(coll, item_id, str(path), 128))))
     assert abs(float(thumb.mean()) - float(g.mean())) < 10
     coll.close()
+
+
+def test_sixteen_bit_images_do_not_reuse_features_cached_from_the_clipped_decode():
+    # The feature cache is keyed by file content: without a new key, a rebuild would reuse
+    # the features of the white square cached before 16-bit scaling.
+    import tempfile
+
+    from xmodal.encoders.cache import file_hash
+    from xmodal.encoders.images import ImageEncoder
+
+    with tempfile.TemporaryDirectory() as d:
+        grey16, rgb = f"{d}/scan.png", f"{d}/photo.png"
+        Image.fromarray(_grey_gradient().astype(np.uint16) * 257).save(grey16)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb)
+        enc = ImageEncoder.__new__(ImageEncoder)
+        with open(rgb, "rb") as fh:
+            assert enc._item_key(rgb) == file_hash(fh)  # ordinary images keep their cache
+        with open(grey16, "rb") as fh:
+            assert enc._item_key(grey16) != file_hash(fh)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .base import Encoder, cpu_count
-from .cache import file_hash
+from .cache import content_hash, file_hash
 
 
 class ImageReadError(Exception):
@@ -40,6 +40,19 @@ def to_rgb(im: Any) -> Any:
     elif lo < 0 or hi > 255:
         a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
+def _high_bit_depth(fh: Any) -> bool:
+    """Whether an open image file is 16-bit, 32-bit or float greyscale (header only)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fh) as im:
+                return im.mode in ("I", "F") or im.mode.startswith("I;16")
+    except Exception:  # not an image, or a header Pillow refuses: the decoder reports it
+        return False
 
 
 def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None) -> Any:
@@ -177,4 +190,10 @@ class ImageEncoder(Encoder):
 
     def _item_key(self, item: str) -> str:
         with open(item, "rb") as fh:
-            return file_hash(fh)
+            key = file_hash(fh)
+            # High-bit-depth greyscale is scaled by to_rgb() now (it was clipped to white):
+            # its own key, so features cached from the clipped decode are not reused.
+            fh.seek(0)
+            if _high_bit_depth(fh):
+                key = content_hash(f"{key}:scaled-greyscale".encode())
+        return key
