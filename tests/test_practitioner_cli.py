@@ -118,3 +118,10 @@ def test_keys_add_on_a_read_only_collection_says_why(tmp_path):
         assert "opened read-only (--read-only)" in str(exc)
     else:
         raise AssertionError("a key was written into a read-only collection")
+
+
+def test_image_query_that_is_a_folder_is_named_as_one(tmp_path):
+    # "photos: no such file" for a folder that plainly exists
+    path = _labelled(tmp_path)
+    res = run("search", "-c", path, "--image", tmp_path)
+    assert res.exit_code == 2 and "a folder; --image takes image files" in res.output

@@ -194,7 +194,8 @@ def register(app: typer.Typer) -> None:
                 _fail(f"{queries}: no queries (every line is blank)")
         for path in image:
             if not path.is_file():
-                _fail(f"{path}: no such file")
+                _fail(f"{path}: " + ("a folder; --image takes image files (repeat it for several)"
+                                     if path.is_dir() else "no such file"))
         if target not in (None, "image", "text"):
             _fail(f"--target must be image or text, got {target!r}")
         if not collection and not shard:
