@@ -57,6 +57,10 @@ def test_trains_and_beats_chance(wiki, name):
     losses = [h["loss"] for h in m.history_]
     assert len(losses) == FAST["epochs"]
     assert losses[-1] < losses[0], losses
+    # training-only tensors (features, graphs, caption tables) are released after fit
+    import torch
+    left = [k for k, v in vars(m).items() if isinstance(v, torch.Tensor) and not k.endswith("_")]
+    assert not left, left
     res = evaluate(raw_view(m, test), test)
     chance = chance_map(test)
     # CCA on these features scores 0.25 / 0.20 against a chance level of 0.11

@@ -185,10 +185,8 @@ class DCMH(_DeepHashing):
         self._F[idx], self._G[idx] = Fb.detach(), Gb.detach()
         return loss / (n * len(idx))
 
-    def _fit(self, X, Y, L, *, train, val):
-        super()._fit(X, Y, L, train=train, val=val)
+    def _finish(self) -> None:
         self._store_training_codes(self._B, self._B)
-        del self._F, self._G, self._B
 
 
 class _GradReverse(torch.autograd.Function):
@@ -363,10 +361,8 @@ class SSAH(_DeepHashing):
             buf[idx] = Hm.detach()
         return loss
 
-    def _fit(self, X, Y, L, *, train, val):
-        super()._fit(X, Y, L, train=train, val=val)
+    def _finish(self) -> None:
         self._store_training_codes(self._B, self._B)
-        del self._n_rows, self._Fu, self._Hu, self._U, self._inverse, self._counts, self._Hl, self._Hx, self._Hy, self._B
 
 
 # ---------------------------------------------------------------------------- unsupervised
@@ -628,6 +624,3 @@ class UCCH(_DeepHashing):
             self._memory[idx] = F.normalize(mom * self._memory[idx] + (1 - mom) * new, dim=1)
         return loss
 
-    def _fit(self, X, Y, L, *, train, val):
-        super()._fit(X, Y, L, train=train, val=val)
-        del self._memory, self._gen
