@@ -54,3 +54,25 @@ def test_the_source_folder_itself_as_the_collection_is_refused(tmp_path):
         with pytest.raises(CollectionError, match="cannot be the source folder"):
             call(tmp_path / "photos", tmp_path / "photos" / ".")
     assert not (tmp_path / "photos" / "collection.db").exists()
+
+
+def test_fitted_method_for_other_encoders_is_refused_before_the_collection_exists(tmp_path, env):
+    # `xmodal index SRC -c new.xmc --method cca.zip --text-encoder tfidf` (the method was
+    # fitted on MiniLM's 384-d features) left a collection with images and no captions.
+    import numpy as np
+    import pytest
+
+    from xmodal import methods
+    from xmodal.data import PairedDataset
+    from xmodal.index import CollectionError, build_collection
+
+    rng = np.random.default_rng(0)
+    ds = PairedDataset(name="x", text_to_image=np.arange(20), n_images=20,
+                       image_features=rng.normal(size=(20, 6)), text_features=rng.normal(size=(20, 5)))
+    fitted = methods.create("cca", n_components=2).fit(ds)
+    for i in range(3):
+        _img(tmp_path / "src" / f"{i}.jpg", f"caption {i}")
+    with pytest.raises(CollectionError, match="does not take the encoders' features"):
+        build_collection(tmp_path / "src", tmp_path / "c.xmc", method=fitted,
+                         image_encoder="efficientnet-lite0", text_encoder="tfidf", quiet=True)
+    assert not (tmp_path / "c.xmc" / "collection.db").exists()

@@ -200,6 +200,17 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         fitted = method
     if rerank and getattr(fitted, "output", "binary") != "binary":
         raise CollectionError(_RERANK_REAL.format(method=fitted.__class__.__name__))
+    if fitted is not None and len(Fi):
+        # a fitted method made for other encoders: refused before the collection exists (it
+        # was created holding the images and no captions, and every rerun kept it so)
+        try:
+            fitted.encode_images(Fi[:1])
+            if Ft is not None and len(Ft):
+                fitted.encode_texts(Ft[:1])
+        except DataError as exc:
+            raise CollectionError(f"{method}: this fitted method does not take the encoders' features "
+                                  f"({exc}); pass the encoders it was fitted with "
+                                  f"(--image-encoder / --text-encoder)") from None
     try:
         coll = Collection.create(collection_path, method=fitted, image_encoder=img_enc,
                                  text_encoder=txt_enc, index=index, rerank=rerank,
