@@ -69,6 +69,8 @@ def _bench(*args):
     (["--methods", "cca,cca"], "more than once"),
     (["--methods", " , "], "no method"),
     (["--methods", "scm_seq", "--bits", "16", "--database-codes", "learned", "--per-query"], "per-query"),
+    (["--methods", "lsh", "--bits", ","], "no bit length"),
+    (["--methods", "lsh", "--bits", "16,32,16"], "more than once"),
 ])
 def test_bad_settings_are_refused_before_encoding(tmp_path, fake_encoders, args, message):
     pairs = _pairs(tmp_path / "p.jsonl")

@@ -148,6 +148,11 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
     if dup:
         raise ParameterError(f"method(s) {', '.join(dup)} named more than once; each runs once per seed")
     classes = [registry.get(n) for n in method_names]  # unknown names: KeyError listing the known ones
+    hashing = [n for n, c in zip(method_names, classes) if c.output == "binary"]
+    if hashing and not bits:
+        raise ParameterError(f"no bit length for the hashing method(s) {', '.join(hashing)}")
+    if hashing and len(set(bits)) != len(bits):
+        raise ParameterError(f"bits {', '.join(map(str, bits))}: a bit length given more than once")
     stray = sorted(set(params) - set(method_names))
     if stray:
         raise ParameterError(f"parameters given for {', '.join(map(repr, stray))}, which "
