@@ -76,3 +76,12 @@ def test_fitted_method_for_other_encoders_is_refused_before_the_collection_exist
         build_collection(tmp_path / "src", tmp_path / "c.xmc", method=fitted,
                          image_encoder="efficientnet-lite0", text_encoder="tfidf", quiet=True)
     assert not (tmp_path / "c.xmc" / "collection.db").exists()
+
+
+def test_sidecar_written_by_windows_notepad_has_no_byte_order_mark_in_its_caption(tmp_path):
+    # Notepad's "UTF-8 with BOM" put U+FEFF in front of the first caption (shown on the web
+    # page, and never equal to the same caption typed elsewhere).
+    _img(tmp_path / "a.jpg")
+    (tmp_path / "a.txt").write_bytes("\ufeffa sandy beach\r\nwaves\r\n".encode("utf-8"))
+    _, texts = scan_folder(tmp_path)
+    assert [t.text for t in texts] == ["a sandy beach", "waves"]

@@ -29,7 +29,7 @@ def _sidecar_captions(image: Path) -> list[str]:
     for cand in (image.with_suffix(".txt"), image.with_name(image.name + ".txt")):
         if cand.is_file():
             try:
-                lines = cand.read_text(encoding="utf-8").splitlines()
+                lines = cand.read_text(encoding="utf-8-sig").splitlines()  # Notepad writes a BOM
             except UnicodeDecodeError as exc:
                 raise DataError(f"{cand}: captions must be UTF-8 text ({exc.reason})") from exc
             return [ln.strip() for ln in lines if ln.strip()]
