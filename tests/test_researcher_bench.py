@@ -250,6 +250,7 @@ def test_records_say_how_they_were_made(tmp_path, wikipedia):
     older = dict(rec, versions={**rec["versions"], "xmodal": "0.0.1"})
     assert "xmodal 0.0.1" in provenance("xmodal bench", [older])  # a resumed record's, not ours
     assert "versions differ" in provenance("xmodal bench", [rec, older])
+    assert "versions not recorded" in provenance("xmodal bench", [{k: v for k, v in rec.items() if k != "versions"}])
 
 
 def test_json_records_are_strict_json(tmp_path):

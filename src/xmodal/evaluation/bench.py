@@ -129,6 +129,8 @@ def provenance(command: str | None = None, records: Sequence[dict] | None = None
         seen = list({json.dumps(r.get("versions"), sort_keys=True): r.get("versions") for r in records}.values())
     if len(seen) == 1 and seen[0]:
         vs = ", ".join(f"{k} {v}" for k, v in seen[0].items())
+    elif not any(seen):
+        vs = "versions not recorded (records of an older xmodal)"
     else:
         vs = "versions differ between the records (see each record's 'versions')"
     return f"<!-- {command + '; ' if command else ''}{vs} -->"
