@@ -125,3 +125,16 @@ def test_image_query_that_is_a_folder_is_named_as_one(tmp_path):
     path = _labelled(tmp_path)
     res = run("search", "-c", path, "--image", tmp_path)
     assert res.exit_code == 2 and "a folder; --image takes image files" in res.output
+
+
+def test_plain_output_stays_three_tab_separated_columns(tmp_path):
+    # a caption holding a tab split into a fourth column, breaking `cut -f3`
+    coll = Collection.create(tmp_path / "t.xmc", dim=4)
+    coll.add_vectors("text", ["a", "b"], np.eye(2, 4, dtype=np.float32),
+                     texts=["col one\tcol two", "line one\r\nline two"])
+    coll.close()
+    res = run("search", "-c", tmp_path / "t.xmc", "--item", 1, "-k", 5)
+    rows = res.output.strip().splitlines()
+    assert len(rows) == 1 and rows[0].split("\t")[2] == "line one  line two"
+    res = run("search", "-c", tmp_path / "t.xmc", "--item", 2)
+    assert res.output.strip().split("\t")[2:] == ["col one col two"]
