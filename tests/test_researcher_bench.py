@@ -349,3 +349,21 @@ def test_compare_picks_one_dataset_of_a_mixed_file(tmp_path):
     assert res.exit_code == 2 and "--dataset" in res.output
     res = runner.invoke(app, ["compare", str(path), "cca", "scm", "--resamples", "99", "--dataset", "wikipedia"])
     assert res.exit_code == 0, res.output
+
+
+def test_compare_the_same_method_under_two_settings(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = [_rec("acmr"), _rec("acmr", seed=1, settings={"instance_weight": 0, "label_space": 0}),
+            _rec("dscmr", seed=2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    res = runner.invoke(app, ["compare", str(path), "acmr", "dscmr", "--resamples", "99"])
+    assert res.exit_code == 2
+    assert "name one of acmr, acmr:instance_weight=0,label_space=0" in res.output
+    res = runner.invoke(app, ["compare", str(path), "acmr:instance_weight=0,label_space=0", "acmr:",
+                              "--resamples", "99", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["a"] == "acmr:instance_weight=0,label_space=0" and out["b"] == "acmr:"
+    assert out["i2t"]["a"] == pytest.approx(recs[1]["i2t"]["map"]) and out["i2t"]["b"] == pytest.approx(recs[0]["i2t"]["map"])
+    res = runner.invoke(app, ["compare", str(path), "acmr:instance_weight=1", "dscmr"])
+    assert res.exit_code == 2 and "no record for method 'acmr:instance_weight=1'; its records: acmr, acmr:" in res.output

@@ -26,6 +26,37 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _config_name(rec: dict) -> str:
+    """How ``xmodal compare`` names one configuration: ``method`` or ``method:param=value,...``
+    (the record's ``--set`` settings)."""
+    settings = rec.get("settings") or {}
+    return rec["method"] + (":" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(settings.items()))
+                            if settings else "")
+
+
+def _pick(recs: list[dict], name: str, path) -> dict:
+    """The one record ``name`` means: ``method``, or ``method:param=value,...`` for the record
+    with exactly those settings (the same method run with different --set values)."""
+    from ..data import DataError
+
+    method, colon, spec = name.partition(":")
+    mine = [r for r in recs if r.get("method") == method]
+    if colon:
+        want = _parse_params([f"{method}.{item}" for item in spec.split(",") if item.strip()]).get(method, {})
+        mine = [r for r in mine if (r.get("settings") or {}) == want]
+    if len(mine) == 1:
+        return mine[0]
+    if not mine:
+        raise DataError(f"{path}: no record for method {name!r}" + (
+            f"; its records: {', '.join(sorted({_config_name(r) for r in recs if r.get('method') == method}))}"
+            if colon else ""))
+    configs = sorted({_config_name(r) for r in mine})
+    hint = (f"name one of {', '.join(configs)}" if len(configs) > 1 else
+            "pass --bits or --dataset, or keep one configuration per file")
+    raise DataError(f"{path}: {len(mine)} records (datasets, settings, bits or encoders differ) for "
+                    f"{name!r}; {hint}")
+
+
 def _command_line(ctx: typer.Context) -> str:
     """The command as given (options at their defaults left out), rebuilt from click's parse so
     that it is right however the command was invoked (console script, ``python -m``, tests)."""
@@ -162,8 +193,10 @@ def register(app: typer.Typer) -> None:
     def compare(
         records: str = typer.Argument(..., help="records of xmodal bench --per-query: a --resume JSON-lines or --json file"),
         names: list[str] = typer.Argument(..., metavar="A B [C ...]",
-                                          help="methods (registry names as in the records); with more "
-                                               "than two, every pair, p-values also Holm-adjusted"),
+                                          help="methods (registry names as in the records), or "
+                                               "METHOD:PARAM=VALUE,... for the run with those --set "
+                                               "values; with more than two, every pair, p-values "
+                                               "also Holm-adjusted"),
         metric: Optional[str] = typer.Option(None, "--metric", help="map, mR or r@K (default: map where the records have it, else mR)"),
         bits: Optional[int] = typer.Option(None, "--bits", help="bit length, for hashing records"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="only the records of this dataset "
@@ -199,16 +232,7 @@ def register(app: typer.Typer) -> None:
             if dataset is not None:
                 recs = [r for r in recs if r["dataset"] == dataset]
             recs = summarize_seeds([r for r in recs if bits is None or r.get("bits") == bits])
-            picked = []
-            for name in names:
-                mine = [r for r in recs if r.get("method") == name]
-                if len(mine) != 1:
-                    what = "no record" if not mine else \
-                        f"{len(mine)} records (datasets, settings, bits or encoders differ)"
-                    raise DataError(f"{path}: {what} for method {name!r}"
-                                    + ("; pass --bits or --dataset, or keep one configuration per file"
-                                       if mine else ""))
-                picked.append(mine[0])
+            picked = [_pick(recs, name, path) for name in names]
             chosen = metric or ("map" if all("map" in r["i2t"] for r in picked) else "mR")
             results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed)
         except (DataError, ValueError) as exc:
