@@ -27,3 +27,26 @@ def test_hash_index_answers_k_hits_when_the_collection_holds_them(tmp_path):
     again = coll.search_vector(q, "image", 5)
     assert len(again) == 5 and exact[0].id not in {h.id for h in again}
     coll.close()
+
+
+def test_a_writer_waiting_for_another_says_so(tmp_path, caplog):
+    # A second `xmodal index` on a collection being indexed hung without a word until the
+    # first one finished.
+    import fcntl
+    import logging
+    import threading
+
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    done = threading.Event()
+    with open(tmp_path / "c.xmc" / "write.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # "the other process"
+        with caplog.at_level(logging.WARNING):
+            t = threading.Thread(target=lambda: (coll.add_vectors("image", ["a"], np.ones((1, 4))), done.set()))
+            t.start()
+            t.join(1.0)
+            assert not done.is_set()  # still waiting
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            t.join(10)
+    assert done.is_set() and coll.count("image") == 1
+    assert "waiting for another process writing" in caplog.text
+    coll.close()

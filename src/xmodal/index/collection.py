@@ -73,7 +73,13 @@ def _open_store(db: Path, read_only: bool | None = None) -> Store:
 def _write_lock(folder: Path) -> Iterator[None]:
     """The collection's cross-process writer lock (``flock`` on ``write.lock``)."""
     with open(folder / "write.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # another `xmodal index` (or a server's write) holds it, maybe for minutes: say so
+            # rather than hang without a word
+            log.warning("%s: waiting for another process writing to this collection", folder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
