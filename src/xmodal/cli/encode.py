@@ -34,13 +34,14 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable summary on stdout"),
     ) -> None:
-        """Encode a dataset's images and texts; write features, ids, labels and splits to .npz."""
+        """Encode a dataset's images and texts; write features, ids, labels and splits to .npz.
+
+        The file is a dataset too: `xmodal bench --dataset FILE.npz` benches it without
+        encoding again (on this machine or another)."""
         import logging
         import time
 
-        import numpy as np
-
-        from ..data import DataError, load_dataset
+        from ..data import DataError, load_dataset, save_npz
         from ..encoders import EncoderError, encode_dataset
 
         if image_encoder is None and text_encoder is None:
@@ -55,22 +56,7 @@ def register(app: typer.Typer) -> None:
         except (DataError, EncoderError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
-        out_path = out or _default_out(dataset, image_encoder, text_encoder)
-        arrays = {"text_to_image": ds.text_to_image}
-        if ds.image_features is not None:
-            arrays["image_features"] = ds.image_features
-        if ds.text_features is not None:
-            arrays["text_features"] = ds.text_features
-        if ds.labels is not None:
-            arrays["labels"] = ds.labels
-        if ds.image_ids is not None:
-            arrays["image_ids"] = np.asarray(ds.image_ids)
-        if ds.image_paths is not None:
-            arrays["image_paths"] = np.asarray(ds.image_paths)
-        for name, idx in ds.splits.items():
-            arrays[f"split_{name}"] = idx
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out_path, **arrays)
+        out_path = save_npz(ds, out or _default_out(dataset, image_encoder, text_encoder))
         enc = ds.meta.get("encoding", {})
         summary = {
             "dataset": ds.name, "out": str(out_path), "n_images": ds.n_images, "n_texts": ds.n_texts,

@@ -9,6 +9,7 @@ from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_mat
 from .karpathy import load_karpathy, load_ucm_captions
 from .mirflickr import load_cnn_mat, load_mirflickr25k
+from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide
 from .pairs import load_pairs
 from .pascal import load_pascal_sentences
@@ -27,8 +28,9 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``dataset.json``
     (or a folder holding one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
     ``L_tr``) or the DCMH layout (``IAll``/``YAll``/``LAll``), or a folder of DCMH per-variable
-    ``.mat`` files; ``kwargs`` go to the loader (e.g. ``n_query``, ``n_train``, ``seed`` for
-    :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`)."""
+    ``.mat`` files, or a ``.npz`` of features written by ``xmodal encode``
+    (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times); ``kwargs`` go to the
+    loader (e.g. ``n_query``, ``n_train``, ``seed`` for :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`)."""
     if name in LOADERS:
         return LOADERS[name](data_dir=data_dir, **kwargs)
     path = Path(name)
@@ -36,6 +38,8 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
         return load_pairs(path, **kwargs)
     if path.suffix.lower() == ".mat":
         return load_mat(path, **kwargs)
+    if path.suffix.lower() == ".npz":
+        return load_npz(path, **kwargs)
     if path.name == "dataset.json" or (path.is_dir() and (path / "dataset.json").exists()):
         return load_karpathy(path, **kwargs)
     if name and path.is_dir() and find_dcmh_files(path):
@@ -47,9 +51,10 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise DataError(f"{path}: no such file or folder")
     raise DataError(f"unknown dataset {name!r}: use one of {sorted(LOADERS)}, a pairs file "
-                    "(.jsonl/.csv), a Karpathy dataset.json or a .mat file (*_cnn.mat or DCMH layout)")
+                    "(.jsonl/.csv), a Karpathy dataset.json, a .mat file (*_cnn.mat or DCMH layout) or "
+                    "a .npz written by xmodal encode")
 
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
            "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_cnn_mat",
-           "load_nus_wide", "load_dcmh_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "one_hot", "random_splits"]
+           "load_nus_wide", "load_dcmh_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]
