@@ -96,8 +96,13 @@ def register(app: typer.Typer) -> None:
         collection: Path = COLLECTION_OPT,
         method: str = typer.Option(DEFAULT_METHOD, help="method name fitted on the source's pairs, or a "
                                    "saved fitted method (.zip)"),
-        image_encoder: str = typer.Option(DEFAULT_IMAGE_ENCODER, help="image feature encoder"),
-        text_encoder: str = typer.Option(DEFAULT_TEXT_ENCODER, help="text feature encoder"),
+        # None: the encoders a fitted --method FILE.zip records, else the defaults (build.py)
+        image_encoder: Optional[str] = typer.Option(
+            None, help=f"image feature encoder [default: {DEFAULT_IMAGE_ENCODER}, or the one a "
+                       "--method FILE.zip was fitted with]", show_default=False),
+        text_encoder: Optional[str] = typer.Option(
+            None, help=f"text feature encoder [default: {DEFAULT_TEXT_ENCODER}, or the one a "
+                       "--method FILE.zip was fitted with]", show_default=False),
         index: str = typer.Option("Flat", help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
                                   "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always exists too"),
         rerank: bool = typer.Option(False, help="binary methods: keep float projections to re-rank "
@@ -127,7 +132,8 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             try:
                 plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
-                                       like=like, prune=prune, rerank=rerank)
+                                       like=like, prune=prune, rerank=rerank,
+                                       image_encoder=image_encoder, text_encoder=text_encoder)
             except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
                 _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))

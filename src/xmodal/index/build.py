@@ -128,14 +128,18 @@ def _default_params(name: str, params: dict[str, Any] | None, dx: int, dy: int, 
 
 def build_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
                      method_params: dict[str, Any] | None = None,
-                     image_encoder: Any = DEFAULT_IMAGE_ENCODER, text_encoder: Any = DEFAULT_TEXT_ENCODER,
+                     image_encoder: Any = None, text_encoder: Any = None,
                      index: str = "Flat", rerank: bool = False, public_read: bool = True,
                      overwrite: bool = False, quiet: bool = False, batch_size: int = 256,
                      like: str | Path | None = None, prune: bool = False) -> Collection:
     """Index ``source`` into the collection at ``collection_path`` and return it open.
 
     A new collection fits ``method`` (a registry name, a saved method file or a fitted
-    method object) on the source's image/text pairs. An existing one adds what is new or
+    method object) on the source's image/text pairs. ``image_encoder`` / ``text_encoder``
+    (a spec or an encoder object) default to the encoders a fitted method records
+    (``feature_encoders_``), else to ``DEFAULT_IMAGE_ENCODER`` / ``DEFAULT_TEXT_ENCODER``; a
+    fitted method given other encoders than it records is refused before anything is
+    encoded (one that records none is checked on the features' widths). An existing one adds what is new or
     changed, with the method and encoders it already has (unchanged files cost nothing).
     ``like``: a new shard of that collection's common space, with its fitted method and
     encoders (nothing is fitted; ``method``/encoder arguments are ignored), searchable
@@ -152,6 +156,9 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         method, image_encoder, text_encoder = base.method, base.encoder("image"), base.encoder("text")
         rerank = rerank or bool(base.fdim)
     _check_method(method, index, source, texts, rerank)
+    given = _fitted_method(method)  # loaded now: its recorded encoders are checked before encoding
+    if like is None:
+        image_encoder, text_encoder = _resolve_encoders(given, method, image_encoder, text_encoder)
     img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
     # a fitted encoder passed in (a shard's, say) keeps its state: refitting changes the space
     if getattr(txt_enc, "needs_fit", False) and not getattr(txt_enc, "is_fitted", False):
@@ -167,10 +174,8 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         Fi = Fi[ok]
         texts = [t for t in texts if t.pair_key not in bad]
     Ft, _ = encode_items(txt_enc, [t.text for t in texts], progress=progress) if texts else (None, None)
-    if isinstance(method, (str, Path)) and Path(method).suffix == ".zip" and Path(method).exists():
-        from ..methods import load
-
-        fitted = load(str(method))
+    if given is not None:
+        fitted = given
     elif isinstance(method, str):
         from ..methods import create
 
@@ -190,9 +195,13 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
             labels = np.zeros((len(images), len(names)), dtype=np.uint8)
             for r, it in enumerate(images):
                 labels[r, [col[lab] for lab in it.labels]] = 1
+        # the fitted method records its encoders, like one fitted on `xmodal encode` features
+        encoding = {f"{m}_encoder": {"spec": e.spec} for m, e in (("image", img_enc), ("text", txt_enc))
+                    if isinstance(getattr(e, "spec", None), str)}
         ds = PairedDataset(name=Path(str(source)).name, text_to_image=t2i, n_images=len(images),
                            image_features=Fi, text_features=Ft, labels=labels,
-                           label_names=names if labels is not None else None)
+                           label_names=names if labels is not None else None,
+                           meta={"encoding": encoding})
         if not quiet:
             print(f"fitting {fitted!r} on {len(texts)} pairs", file=sys.stderr)
         fitted.fit(ds)
@@ -226,12 +235,14 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
 
 def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
                     index: str = "Flat", overwrite: bool = False, like: str | Path | None = None,
-                    prune: bool = False, rerank: bool = False) -> dict[str, Any]:
+                    prune: bool = False, rerank: bool = False, image_encoder: Any = None,
+                    text_encoder: Any = None) -> dict[str, Any]:
     """What :func:`build_collection` with the same arguments would do, without encoding,
     fitting or writing anything (``xmodal index --dry-run``). ``action`` is ``"create"``
     (a new collection, or ``overwrite``: every source item is encoded and the method fitted),
     or ``"update"`` with :meth:`Collection.plan`'s per-modality keys (and ``removed`` with
-    ``prune``)."""
+    ``prune``). A fitted method given other encoders than it records is refused, as by
+    :func:`build_collection`."""
     images, texts = _scan(source, collection_path)
     out: dict[str, Any] = {"source": str(source), "collection": str(collection_path),
                            "images": len(images), "texts": len(texts)}
@@ -244,6 +255,7 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     if like is not None:
         return {**out, "action": "create", "like": str(like), "method": _base(like).stats()["method"]}
     _check_method(method, index, source, texts, rerank)
+    _resolve_encoders(_fitted_method(method), method, image_encoder, text_encoder)
     return {**out, "action": "create", "method": str(method)}
 
 
@@ -292,6 +304,46 @@ def _check_method(method: Any, index: str, source: str | Path, texts: list[TextI
                                   ".txt captions or pass a fitted method file (--method FILE.zip)")
     elif isinstance(method, (str, Path)) and not Path(method).exists():
         raise CollectionError(f"{method}: no such fitted method file")
+
+
+def _fitted_method(method: Any) -> Any:
+    """The fitted method ``method`` names (a saved ``.zip``, loaded) or is; None for a name."""
+    if isinstance(method, (str, Path)) and Path(method).suffix == ".zip" and Path(method).exists():
+        from ..methods import load
+
+        return load(str(method))
+    return None if isinstance(method, (str, Path)) else method
+
+
+def _spec(encoder: Any) -> str | None:
+    """An encoder's spec as :func:`xmodal.encoders.get_encoder` would name it (``" a + b "``
+    is ``"a+b"``), without building it (some encoders load their model when built)."""
+    if isinstance(encoder, str):
+        return "+".join(part.strip() for part in encoder.split("+"))
+    spec = getattr(encoder, "spec", None)
+    return spec if isinstance(spec, str) else None
+
+
+def _resolve_encoders(fitted: Any, method: Any, image_encoder: Any, text_encoder: Any) -> tuple[Any, Any]:
+    """The encoders to build with: those given, else the ones ``fitted`` records, else the
+    defaults. A fitted method given encoders other than it records is refused, naming both:
+    features of another encoder (even of the same width) make a meaningless common space."""
+    recorded = getattr(fitted, "feature_encoders_", None) or {}
+    chosen = {"image": image_encoder, "text": text_encoder}
+    defaults = {"image": DEFAULT_IMAGE_ENCODER, "text": DEFAULT_TEXT_ENCODER}
+    differ = []
+    for modality in ("image", "text"):
+        want = recorded.get(modality)
+        if chosen[modality] is None:
+            chosen[modality] = want or defaults[modality]
+        elif want and _spec(chosen[modality]) != _spec(want):
+            differ.append(f"{modality} encoder {_spec(chosen[modality])} given, but it was fitted on "
+                          f"{want} features")
+    if differ:
+        raise CollectionError(f"{method}: this fitted method cannot take these features: {'; '.join(differ)}; "
+                              f"pass the encoders it was fitted with (--image-encoder / --text-encoder), "
+                              f"or leave the encoder options out to use them")
+    return chosen["image"], chosen["text"]
 
 
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],

@@ -61,7 +61,12 @@ def is_bits(v: Any) -> bool:
 
 
 class CrossModalMethod:
-    """Base class: image features and text features into one common space."""
+    """Base class: image features and text features into one common space.
+
+    Besides each method's own state, ``fit`` learns ``image_dim_`` / ``text_dim_`` and
+    ``feature_encoders_`` (the encoder specs that made the training features, by modality,
+    or None for released features), saved with the method so a fitted file is only used
+    with the encoders it was fitted for (``xmodal index --method FILE.zip``)."""
 
     name: ClassVar[str] = ""
     #: "real" (float embeddings, cosine) or "binary" (packed codes, Hamming)
@@ -113,6 +118,9 @@ class CrossModalMethod:
         if self.supervised and L is None:
             raise DataError(f"{type(self).__name__} is supervised but dataset {train.name!r} has no labels")
         self.image_dim_, self.text_dim_ = int(X.shape[1]), int(Y.shape[1])
+        # which encoders made these features: a saved method then refuses others of the same
+        # width (mobilenet-v2 vs efficientnet-lite0, both 1280-d) instead of a meaningless space
+        self.feature_encoders_ = feature_encoders(train)
         self._fit(np.asarray(X, dtype=np.float64 if self._float64 else np.float32),
                   np.asarray(Y, dtype=np.float64 if self._float64 else np.float32),
                   None if L is None else np.asarray(L, dtype=np.float32), train=train, val=val)
@@ -192,6 +200,8 @@ class CrossModalMethod:
 
     @classmethod
     def load(cls, path: str | Path) -> "CrossModalMethod":
+        """A method written by :meth:`save`. ``feature_encoders_`` (the encoder specs of the
+        features it was fitted on) is None for files saved before it was recorded."""
         from . import create
 
         path = Path(path)
@@ -205,8 +215,21 @@ class CrossModalMethod:
         obj = create(meta["method"], **meta["params"])
         if cls is not CrossModalMethod and not isinstance(obj, cls):
             raise DataError(f"{path}: holds a {meta['class']}, not a {cls.__name__}")
-        obj._set_state({**meta["state"], **arrays})
+        obj._set_state({"feature_encoders_": None, **meta["state"], **arrays})
         return obj
+
+
+def feature_encoders(ds: PairedDataset) -> dict[str, str] | None:
+    """``{"image": spec, "text": spec}`` for the sides of ``ds`` whose features an encoder made
+    (``meta["encoding"]``, set by :func:`xmodal.encoders.encode_dataset` and kept in the
+    ``.npz`` of ``xmodal encode``); None when none did (released features)."""
+    enc = ds.meta.get("encoding") or {}
+    out = {}
+    for side in ("image", "text"):
+        rec = enc.get(f"{side}_encoder")
+        if isinstance(rec, dict) and isinstance(rec.get("spec"), str):
+            out[side] = rec["spec"]
+    return out or None
 
 
 def _json_default(v: Any) -> Any:

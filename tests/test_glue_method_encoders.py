@@ -1,0 +1,141 @@
+"""A fitted method records the encoders of the features it was fitted on (``feature_encoders_``),
+and `xmodal index --method FILE.zip` uses them by default and refuses others before encoding:
+mobilenet-v2 and efficientnet-lite0 are both 1280-d, so the width check alone let a method
+fitted on one build a meaningless common space from the other."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import DATA, need, ucm_caption_folder
+from xmodal import methods
+from xmodal.cli import app
+
+IMAGE, TEXT = "mobilenet-v2", "bow"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, env):
+    """CCA fitted on 21 UCM images' mobilenet-v2 features and bag-of-words captions, through the
+    .npz `xmodal encode` writes; saved as a method file."""
+    from xmodal.data import PairedDataset, load_dataset, save_npz
+    from xmodal.encoders import encode_dataset
+    from xmodal.index.build import scan_folder
+
+    root, folder, _, mp = ucm_caption_folder(tmp_path_factory, "glue_methods", step=100)
+    images, texts = scan_folder(folder)
+    row = {it.key: r for r, it in enumerate(images)}
+    ds = PairedDataset(name="ucm21", text_to_image=[row[t.pair_key] for t in texts], n_images=len(images),
+                       image_paths=[it.path for it in images], texts=[t.text for t in texts])
+    save_npz(encode_dataset(ds, IMAGE, TEXT, fit_split=None, quiet=True), root / "feats.npz")
+    method = methods.create("cca", n_components=8).fit(load_dataset(str(root / "feats.npz")))
+    method.save(root / "m.zip")
+    yield root, folder, method
+    mp.undo()
+
+
+def _old_format(src: Path, dst: Path) -> Path:
+    """``src`` as written before ``feature_encoders_`` existed."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == "meta.json":
+                meta = json.loads(data)
+                del meta["state"]["feature_encoders_"]
+                data = json.dumps(meta).encode()
+            zout.writestr(name, data)
+    return dst
+
+
+def _index(*args: str):
+    return CliRunner().invoke(app, ["index", *map(str, args), "-q"])
+
+
+def test_fitted_method_records_its_encoders_and_keeps_them_when_saved(fitted):
+    root, _, method = fitted
+    assert method.feature_encoders_ == {"image": IMAGE, "text": TEXT}
+    assert methods.load(str(root / "m.zip")).feature_encoders_ == {"image": IMAGE, "text": TEXT}
+
+
+def test_methods_fitted_on_released_features_record_nothing(tmp_path):
+    need("wikipedia")
+    from xmodal.data import load_wikipedia
+
+    train = load_wikipedia(str(DATA), with_texts=False).subset("train")
+    for name, params in (("scm", {}), ("cca_itq", {"bits": 16})):
+        m = methods.create(name, **params).fit(train)
+        assert m.feature_encoders_ is None
+        assert methods.load(str(m.save(tmp_path / f"{name}.zip"))).feature_encoders_ is None
+    # refitted on encoded features, the record follows the new fit (and back)
+    encoded = train.with_features()
+    encoded.meta = {**train.meta, "encoding": {"image_encoder": None, "text_encoder": {"spec": "lda:10"}}}
+    m = methods.create("cca", n_components=4).fit(encoded)
+    assert m.feature_encoders_ == {"text": "lda:10"}
+    assert m.fit(train).feature_encoders_ is None
+
+
+def test_method_files_from_before_the_record_still_load(fitted, tmp_path):
+    root, _, method = fitted
+    old = methods.load(str(_old_format(root / "m.zip", tmp_path / "old.zip")))
+    assert old.feature_encoders_ is None
+    X = np.random.default_rng(0).normal(size=(3, method.image_dim_))
+    np.testing.assert_allclose(old.encode_images(X), method.encode_images(X))
+
+
+@pytest.mark.parametrize("option", [["--image-encoder", "efficientnet-lite0"], ["--text-encoder", "tfidf"],
+                                    ["--image-encoder", "efficientnet-lite0", "--dry-run"]])
+def test_index_refuses_other_encoders_than_the_method_records_before_encoding(fitted, tmp_path, monkeypatch,
+                                                                              option):
+    root, folder, _ = fitted
+
+    def no_encoding(*a, **k):
+        raise AssertionError("encoded before refusing")
+
+    monkeypatch.setattr("xmodal.index.build.encode_items", no_encoding)
+    res = _index(folder, "-c", tmp_path / "c.xmc", "--method", root / "m.zip", *option)
+    assert res.exit_code == 2, res.output
+    given, recorded = (option[1], IMAGE) if option[0] == "--image-encoder" else (option[1], TEXT)
+    assert f"encoder {given} given, but it was fitted on {recorded} features" in res.output
+    assert "m.zip" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "c.xmc").exists()
+
+
+def test_index_uses_the_recorded_encoders_when_none_are_given(fitted, tmp_path):
+    from xmodal.index import Collection
+
+    root, folder, _ = fitted
+    res = _index(folder, "-c", tmp_path / "c.xmc", "--method", root / "m.zip")
+    assert res.exit_code == 0, res.output
+    # one given (the same as recorded), the other from the record
+    res2 = _index(folder, "-c", tmp_path / "d.xmc", "--method", root / "m.zip", "--image-encoder", IMAGE)
+    assert res2.exit_code == 0, res2.output
+    for name in ("c.xmc", "d.xmc"):
+        coll = Collection.open(tmp_path / name)
+        assert coll.stats()["encoders"] == {"image": IMAGE, "text": TEXT}
+        assert coll.stats()["images"] == 21 and coll.stats()["texts"] == 105
+
+
+def test_method_without_a_record_keeps_the_width_check(fitted, tmp_path):
+    root, folder, _ = fitted
+    old = _old_format(root / "m.zip", tmp_path / "old.zip")
+    # nothing recorded: a text encoder of another width is still refused (tfidf:20 vs the
+    # captions' whole bag-of-words vocabulary)
+    res = _index(folder, "-c", tmp_path / "c.xmc", "--method", old, "--image-encoder", IMAGE,
+                 "--text-encoder", "tfidf:20")
+    assert res.exit_code == 2 and "does not take the encoders' features" in res.output
+    assert not (tmp_path / "c.xmc" / "collection.db").exists()
+
+
+def test_method_fitted_by_the_indexer_records_the_collections_encoders(fitted, tmp_path):
+    from xmodal.index import build_collection
+
+    _, folder, _ = fitted
+    coll = build_collection(folder, tmp_path / "c.xmc", method="cca", image_encoder=IMAGE,
+                            text_encoder=TEXT, quiet=True)
+    assert coll.method.feature_encoders_ == {"image": IMAGE, "text": TEXT}
