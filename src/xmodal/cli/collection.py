@@ -98,11 +98,11 @@ def register(app: typer.Typer) -> None:
                                    "saved fitted method (.zip)"),
         # None: the encoders a fitted --method FILE.zip records, else the defaults (build.py)
         image_encoder: Optional[str] = typer.Option(
-            None, help=f"image feature encoder [default: {DEFAULT_IMAGE_ENCODER}, or the one a "
-                       "--method FILE.zip was fitted with]", show_default=False),
+            None, help=f"image feature encoder (default: the one a --method FILE.zip was "
+                       f"fitted with, else {DEFAULT_IMAGE_ENCODER})", show_default=False),
         text_encoder: Optional[str] = typer.Option(
-            None, help=f"text feature encoder [default: {DEFAULT_TEXT_ENCODER}, or the one a "
-                       "--method FILE.zip was fitted with]", show_default=False),
+            None, help=f"text feature encoder (default: the one a --method FILE.zip was "
+                       f"fitted with, else {DEFAULT_TEXT_ENCODER})", show_default=False),
         index: str = typer.Option("Flat", help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
                                   "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always exists too"),
         rerank: bool = typer.Option(False, help="binary methods: keep float projections to re-rank "

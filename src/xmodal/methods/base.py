@@ -200,8 +200,10 @@ class CrossModalMethod:
 
     @classmethod
     def load(cls, path: str | Path) -> "CrossModalMethod":
-        """A method written by :meth:`save`. ``feature_encoders_`` (the encoder specs of the
-        features it was fitted on) is None for files saved before it was recorded."""
+        """A method written by :meth:`save`. A file saved before ``feature_encoders_`` was
+        recorded loads without it (read it with ``getattr(m, "feature_encoders_", None)``):
+        saved again, it stays byte for byte the same, so a shard made ``--like`` an older
+        collection keeps sharing its space fingerprint."""
         from . import create
 
         path = Path(path)
@@ -215,7 +217,7 @@ class CrossModalMethod:
         obj = create(meta["method"], **meta["params"])
         if cls is not CrossModalMethod and not isinstance(obj, cls):
             raise DataError(f"{path}: holds a {meta['class']}, not a {cls.__name__}")
-        obj._set_state({"feature_encoders_": None, **meta["state"], **arrays})
+        obj._set_state({**meta["state"], **arrays})
         return obj
 
 
