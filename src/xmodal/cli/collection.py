@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
                 continue
             lead = f"{q}\t" if many else ""
             for h in hits:
-                what = h.path if h.modality == "image" else (h.text or "")
+                what = (h.path or h.key or "") if h.modality == "image" else (h.text or "")  # vectors-only items have no path
                 what = " ".join(what.split("\t")).replace("\r", " ").replace("\n", " ")  # one TSV row
                 where = f"{h.shard}\t" if h.shard is not None else ""
                 typer.echo(f"{lead}{h.score:.4f}\t{where}{h.id}\t{what}")
