@@ -1,0 +1,91 @@
+"""Choose a method's parameters on its training pairs alone: k-fold cross-validation over the
+images (an image and all its captions stay in one fold), each combination of a grid scored on
+the held-out folds with the classic protocol, as scikit-learn's ``GridSearchCV`` does for one
+estimator. Test data is never seen.
+
+The score is ``"mR"`` (mean of Recall@1/5/10 in both directions: finding an image's own
+captions and a caption's own image) or ``"map"`` (mean class mAP of both directions, for
+labelled data).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.model_selection import KFold, ParameterGrid
+
+from ..data.dataset import DataError, PairedDataset
+from ..methods import ParameterError, create
+from .protocol import evaluate
+
+log = logging.getLogger("xmodal.evaluation")
+
+METRICS = ("mR", "map")
+
+
+@dataclass
+class Selection:
+    """The chosen ``params``, their mean held-out ``score``, and every combination's score
+    (None where the combination could not be fitted on some fold)."""
+
+    params: dict[str, Any]
+    score: float
+    metric: str
+    folds: int
+    n_images: int
+    table: list[tuple[dict[str, Any], float | None]] = field(default_factory=list)
+
+
+def fold_score(result: dict, metric: str) -> float:
+    """One number from :func:`~xmodal.evaluation.evaluate`'s result."""
+    if metric == "mR":
+        vals = [result[d].get(f"r@{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    else:
+        vals = [result[d].get("map") for d in ("i2t", "t2i")]
+    if any(v is None for v in vals):
+        raise DataError(f"metric {metric!r} cannot be computed on these pairs "
+                        f"({'no instance pairs' if metric == 'mR' else 'no labels'})")
+    return float(np.mean(vals))
+
+
+def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDataset, *,
+                  base: dict[str, Any] | None = None, metric: str = "mR", folds: int = 3,
+                  max_images: int | None = 3000, random_state: int = 0) -> Selection:
+    """Cross-validate every combination of ``grid`` (on top of ``base`` parameters) for the
+    registered ``method`` on ``data`` and return the best. ``max_images`` caps the images used
+    for the search (a random subset), which keeps it cheap on large collections."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if data.image_features is None or data.text_features is None:
+        raise DataError(f"dataset {data.name!r}: parameter search needs features of both modalities")
+    if not 2 <= folds <= data.n_images:
+        raise ValueError(f"folds must be between 2 and the number of images ({data.n_images}), got {folds}")
+    rng = np.random.default_rng(random_state)
+    images = np.arange(data.n_images)
+    if max_images is not None and data.n_images > max_images:
+        images = np.sort(rng.choice(data.n_images, max_images, replace=False))
+    splits = list(KFold(folds, shuffle=True, random_state=random_state).split(images))
+    parts = [(data.subset(images[tr], name=f"{data.name}/cv-train"),
+              data.subset(images[te], name=f"{data.name}/cv-test")) for tr, te in splits]
+    table: list[tuple[dict[str, Any], float | None]] = []
+    for combo in ParameterGrid({k: list(v) for k, v in grid.items()}):
+        params = {**(base or {}), **combo}
+        scores = []
+        for train, held in parts:
+            try:
+                m = create(method, **params).fit(train)
+            except (ParameterError, DataError, np.linalg.LinAlgError) as exc:
+                log.info("%s %s: skipped (%s)", method, combo, exc)
+                scores = None
+                break
+            scores.append(fold_score(evaluate(m, held), metric))
+        table.append((combo, None if scores is None else float(np.mean(scores))))
+    scored = [(c, s) for c, s in table if s is not None]
+    if not scored:
+        raise ParameterError(f"{method}: no combination of {grid} could be fitted")
+    best, score = max(scored, key=lambda cs: cs[1])  # first of equals: grid order
+    return Selection(params={**(base or {}), **best}, score=score, metric=metric, folds=folds,
+                     n_images=len(images), table=table)

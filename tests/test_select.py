@@ -1,0 +1,70 @@
+"""Parameter search on the training pairs (xmodal.evaluation.select_params) and its use by the
+indexer for methods created by name."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmodal import methods
+from xmodal.data import load_dataset
+from xmodal.evaluation import evaluate, select_params
+from xmodal.evaluation.select import fold_score
+from xmodal.index import build
+from xmodal.methods import ParameterError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def wiki():
+    if not (DATA / "wikipedia").exists():
+        pytest.skip("shared data folder absent")
+    ds = load_dataset("wikipedia", data_dir=str(DATA), with_texts=False)
+    return ds.subset("train"), ds.subset("test")
+
+
+def test_search_picks_the_best_cross_validated_combination(wiki):
+    train, test = wiki
+    grid = {"n_components": [1, 10], "reg": [1e-3, 1e3]}
+    sel = select_params("cca", grid, train, metric="map", max_images=1200)
+    assert len(sel.table) == 4 and sel.n_images == 1200 and sel.folds == 3
+    assert sel.score == max(s for _, s in sel.table)
+    # one canonical pair carries far less than ten: the search must see it on held-out folds
+    assert sel.params["n_components"] == 10
+    scores = {(c["n_components"], c["reg"]): s for c, s in sel.table}
+    assert scores[(10, 1e-3)] > scores[(1, 1e-3)] + 0.03
+    # and what it picks is clearly better on the untouched test split than what it rejects
+    test_map = {k: fold_score(evaluate(methods.create("cca", n_components=k[0], reg=k[1]).fit(train), test), "map")
+                for k in scores}
+    chosen = (sel.params["n_components"], sel.params["reg"])
+    assert test_map[chosen] > max(test_map[(1, 1e-3)], test_map[(1, 1e3)]) + 0.04
+    again = select_params("cca", grid, train, metric="map", max_images=1200)
+    assert again.table == sel.table  # seeded folds: the same answer every run
+
+
+def test_base_parameters_are_kept_and_unfittable_combinations_skipped(wiki):
+    train, _ = wiki
+    sel = select_params("cca", {"reg": [-1.0, 1e-2]}, train, base={"n_components": 5},
+                        metric="mR", max_images=400)
+    assert sel.params == {"n_components": 5, "reg": 1e-2}
+    assert sel.table[0] == ({"reg": -1.0}, None)  # invalid for CCA: skipped, not fatal
+    with pytest.raises(ParameterError, match="no combination"):
+        select_params("cca", {"reg": [-1.0]}, train, max_images=400)
+    with pytest.raises(ValueError, match="metric"):
+        select_params("cca", {"reg": [1.0]}, train, metric="accuracy")
+
+
+def test_indexer_searches_what_was_not_given(wiki, capsys):
+    train, _ = wiki
+    ds = train.subset(np.arange(300))
+    params = build._default_params("cca", None, 128, 10, ds.n_texts)
+    out = build._searched_params("cca", None, params, ds, quiet=False)
+    assert out["n_components"] in {8, 10} and out["reg"] in build.PARAM_GRIDS["cca"]["reg"]
+    assert "cross-validation on 300 images" in capsys.readouterr().err
+    # a parameter the caller gave is not searched
+    out = build._searched_params("cca", {"reg": 5.0}, {**params, "reg": 5.0}, ds, quiet=True)
+    assert out["reg"] == 5.0
+    # too few captioned images: the fixed defaults stay
+    small = train.subset(np.arange(build.SEARCH_MIN_IMAGES - 1))
+    assert build._searched_params("cca", None, params, small, quiet=True) == params
