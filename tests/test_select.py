@@ -68,3 +68,23 @@ def test_indexer_searches_what_was_not_given(wiki, capsys):
     # too few captioned images: the fixed defaults stay
     small = train.subset(np.arange(build.SEARCH_MIN_IMAGES - 1))
     assert build._searched_params("cca", None, params, small, quiet=True) == params
+
+
+def test_truncated_cca_is_the_smaller_fit_and_the_search_uses_it(wiki, monkeypatch):
+    train, test = wiki
+    big = methods.create("cca", n_components=10, reg=1e-2).fit(train)
+    small = methods.create("cca", n_components=4, reg=1e-2).fit(train)
+    cut = big.truncated(4)
+    assert big.encode_images(test.image_features).shape[1] == 10  # the original is untouched
+    for enc in ("encode_images", "encode_texts"):
+        feats = test.image_features if enc == "encode_images" else test.text_features
+        a, b = getattr(cut, enc)(feats), getattr(small, enc)(feats)
+        np.testing.assert_allclose(np.abs(a), np.abs(b), rtol=1e-6, atol=1e-8)  # up to sign
+    grid = {"n_components": [2, 4, 10], "reg": [1e-2, 1.0]}
+    nested = select_params("cca", grid, train, max_images=600)
+    from xmodal.methods.subspace import CCA
+    monkeypatch.delattr(CCA, "truncated")  # every size fitted on its own
+    plain = select_params("cca", grid, train, max_images=600)
+    assert [c for c, _ in nested.table] == [c for c, _ in plain.table]
+    np.testing.assert_allclose([s for _, s in nested.table], [s for _, s in plain.table], atol=1e-9)
+    assert nested.params == plain.params

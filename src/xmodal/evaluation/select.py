@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.model_selection import KFold, ParameterGrid
 
 from ..data.dataset import DataError, PairedDataset
-from ..methods import ParameterError, create
+from ..methods import ParameterError, create, get
 from .protocol import evaluate
 
 log = logging.getLogger("xmodal.evaluation")
@@ -51,6 +51,10 @@ def fold_score(result: dict, metric: str) -> float:
     return float(np.mean(vals))
 
 
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
 def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDataset, *,
                   base: dict[str, Any] | None = None, metric: str = "mR", folds: int = 3,
                   max_images: int | None = 3000, random_state: int = 0) -> Selection:
@@ -70,19 +74,31 @@ def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDatas
     splits = list(KFold(folds, shuffle=True, random_state=random_state).split(images))
     parts = [(data.subset(images[tr], name=f"{data.name}/cv-train"),
               data.subset(images[te], name=f"{data.name}/cv-test")) for tr, te in splits]
-    table: list[tuple[dict[str, Any], float | None]] = []
-    for combo in ParameterGrid({k: list(v) for k, v in grid.items()}):
+    grid = {k: list(v) for k, v in grid.items()}
+    # Methods whose leading components do not depend on how many follow (CCA: `truncated`)
+    # are fitted once per fold with the largest n_components; smaller ones are truncations.
+    sizes = grid.pop("n_components") if hasattr(get(method), "truncated") and "n_components" in grid else None
+    fitted: dict[tuple, float | None] = {}
+    for combo in ParameterGrid(grid):
         params = {**(base or {}), **combo}
-        scores = []
+        if sizes is not None:
+            params["n_components"] = max(sizes)
+        scores: list[list[float]] | None = []
         for train, held in parts:
             try:
                 m = create(method, **params).fit(train)
             except (ParameterError, DataError, np.linalg.LinAlgError) as exc:
-                log.info("%s %s: skipped (%s)", method, combo, exc)
+                log.info("%s %s: skipped (%s)", method, params, exc)
                 scores = None
                 break
-            scores.append(fold_score(evaluate(m, held), metric))
-        table.append((combo, None if scores is None else float(np.mean(scores))))
+            variants = [m] if sizes is None else [m.truncated(k) for k in sizes]
+            scores.append([fold_score(evaluate(v, held), metric) for v in variants])
+        for j, k in enumerate([None] if sizes is None else sizes):
+            key = {**combo, **({} if k is None else {"n_components": k})}
+            fitted[_key(key)] = None if scores is None else float(np.mean([s[j] for s in scores]))
+    if sizes is not None:
+        grid["n_components"] = sizes
+    table = [(combo, fitted[_key(combo)]) for combo in ParameterGrid(grid)]
     scored = [(c, s) for c, s in table if s is not None]
     if not scored:
         raise ParameterError(f"{method}: no combination of {grid} could be fitted")

@@ -5,6 +5,7 @@ the measure Rasiwasia et al. 2010 found best)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,6 +61,18 @@ class CCA(_LinearProjection):
         self.image_weights_, self.text_weights_, self.correlations_ = cca_from_covariances(
             ridge(Xc.T @ Xc / n, self.reg), ridge(Yc.T @ Yc / n, self.reg), Xc.T @ Yc / n,
             self.n_components)
+
+    def truncated(self, n_components: int) -> "CCA":
+        """A copy of this fitted space cut to its leading ``n_components`` canonical pairs:
+        what a fit with that ``n_components`` gives, since the leading pairs do not depend on
+        how many follow. Parameter search scores several sizes with one fit this way."""
+        self._check_fitted()
+        out = copy.copy(self)
+        out.n_components = n_components
+        out.image_weights_ = self.image_weights_[:, :n_components]
+        out.text_weights_ = self.text_weights_[:, :n_components]
+        out.correlations_ = self.correlations_[:n_components]
+        return out
 
 
 @register("mlcca")
