@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 
 def _umask() -> int:
@@ -49,3 +49,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """:func:`atomic_write` of ``data``."""
     atomic_write(path, lambda fh: fh.write(data))
+
+
+def json_default(v: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars and arrays (and tuples) in saved metadata."""
+    import numpy as np
+
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"cannot serialise {type(v).__name__}")

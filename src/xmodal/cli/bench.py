@@ -42,7 +42,10 @@ def _pick(recs: list[dict], name: str, path) -> dict:
     method, colon, spec = name.partition(":")
     mine = [r for r in recs if r.get("method") == method]
     if colon:
-        want = _parse_params([f"{method}.{item}" for item in spec.split(",") if item.strip()]).get(method, {})
+        try:
+            want = _parse_params([f"{method}.{item}" for item in spec.split(",") if item.strip()]).get(method, {})
+        except typer.BadParameter:  # its message names --set, which was not typed here
+            raise DataError(f"{name!r}: expected METHOD or METHOD:PARAM=VALUE,...") from None
         mine = [r for r in mine if (r.get("settings") or {}) == want]
     if len(mine) == 1:
         return mine[0]

@@ -114,7 +114,7 @@ def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    mat = _loadmat_any(path)
+    mat = loadmat_any(path)
     blocks, splits, start = [], {}, 0
     for part, split in (("tr", "train"), ("te", "query"), ("db", "database")):
         keys = [f"I_{part}", f"T_{part}", f"L_{part}"]
@@ -142,8 +142,3 @@ def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
                          image_features=I.astype(np.float32), text_features=T.astype(np.float32),
                          labels=(L > 0).astype(np.uint8), splits=splits, root=str(path.parent),
                          meta={"protocol": "hashing"})
-
-
-def _loadmat_any(path: Path) -> dict:
-    """Every variable of a MATLAB v5 or v7.3 file (:func:`xmodal.data._matio.loadmat_any`)."""
-    return loadmat_any(path)

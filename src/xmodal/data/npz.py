@@ -18,10 +18,10 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .._fs import atomic_write, json_default
 from .dataset import DataError, PairedDataset
 
 log = logging.getLogger("xmodal.data")
@@ -32,14 +32,6 @@ META_KEY = "xmodal_meta"
 SPLIT_PREFIX = "split_"
 _STRINGS = ("image_ids", "image_paths", "text_ids")
 _KNOWN = {"text_to_image", "image_features", "text_features", "labels", META_KEY, *_STRINGS}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
 
 
 def save_npz(ds: PairedDataset, path: str | os.PathLike) -> Path:
@@ -70,22 +62,14 @@ def save_npz(ds: PairedDataset, path: str | os.PathLike) -> Path:
     plain = {}
     for key, value in meta.items():
         try:
-            plain[key] = json.loads(json.dumps(value, default=_jsonable))
+            plain[key] = json.loads(json.dumps(value, default=json_default))
         except (TypeError, ValueError):  # a loader's in-memory object: not part of the file
             log.debug("%s: meta %r not written (not JSON)", path, key)
     record = {"format": NPZ_FORMAT, "name": ds.name, "n_images": int(ds.n_images),
               "label_names": None if ds.label_names is None else [str(n) for n in ds.label_names],
               "root": None if ds.root is None else os.path.abspath(ds.root), "meta": plain}
     arrays[META_KEY] = np.asarray(json.dumps(record))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path
 
 

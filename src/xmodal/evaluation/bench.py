@@ -7,7 +7,6 @@ import hashlib
 import inspect
 import json
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -89,8 +88,10 @@ def dataset_fingerprint(dataset: str | PairedDataset) -> str | None:
     path = Path(dataset)
     if path.is_file():
         files = [path]
-    elif path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in (".json", ".mat"))
+    elif path.is_dir():  # what the folder loaders read: dataset.json, DCMH .mat files (also one level down)
+        from ..data.dcmh_mat import _candidate_files
+
+        files = sorted(path.glob("*.json")) + _candidate_files(path)
     else:
         return None
     digest = hashlib.sha256()
@@ -110,8 +111,6 @@ def versions() -> dict[str, str]:
 
     out = {"xmodal": __version__, "python": platform.python_version()}
     for dist in ("numpy", "scipy", "scikit-learn", "faiss-cpu", "torch"):
-        if dist == "torch" and "torch" not in sys.modules:
-            continue  # not used by this run (and slow to import)
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -338,7 +337,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     val = _split(ds, "val")
     test = _split(ds, "test", "query")
     query, database = _split(ds, "query", "test"), _split(ds, hashing_db, "train")
-    run_versions = None
+    run_versions = versions()  # package metadata only: nothing is imported
     previous = {_record_key(r): r for r in read_jsonl(resume, repair=True)} if resume else {}
     records = []
     for name in method_names:
@@ -397,7 +396,6 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
                         "device": _device_name()})
-            run_versions = run_versions or versions()  # after the first fit: torch counts if it ran
             rec["versions"] = run_versions
             if command:
                 rec["command"] = command

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.model_selection import KFold, ParameterGrid
 
 from ..data.dataset import DataError, PairedDataset
 from ..methods import ParameterError, create, get
@@ -61,6 +60,8 @@ def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDatas
     """Cross-validate every combination of ``grid`` (on top of ``base`` parameters) for the
     registered ``method`` on ``data`` and return the best. ``max_images`` caps the images used
     for the search (a random subset), which keeps it cheap on large collections."""
+    from sklearn.model_selection import KFold, ParameterGrid  # only when a search runs
+
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if data.image_features is None or data.text_features is None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ PARAM_GRIDS: dict[str, dict[str, list[Any]]] = {
     "cca": {"n_components": [8, 16, 32, 64, 128], "reg": [0.1, 1.0, 10.0]}}
 SEARCH_MIN_IMAGES = 15
 SEARCH_MAX_IMAGES = 1000
+SEARCH_FOLDS = 3
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "minilm"
 
@@ -148,10 +150,11 @@ def _searched_params(name: str, given: dict[str, Any] | None, params: dict[str, 
         return params
     ds = ds.subset(captioned, name=ds.name) if len(captioned) < ds.n_images else ds
     if "n_components" in grid:  # what the images of the smallest training fold allow
-        n_fold = int(min(len(captioned), SEARCH_MAX_IMAGES) * 0.6)
+        n = min(len(captioned), SEARCH_MAX_IMAGES)
+        n_fold = n - math.ceil(n / SEARCH_FOLDS)
         cap = max(1, min(ds.image_features.shape[1], ds.text_features.shape[1], n_fold - 1))
         grid["n_components"] = sorted({min(int(v), cap) for v in grid["n_components"]})
-    sel = select_params(name, grid, ds, base=params, max_images=SEARCH_MAX_IMAGES)
+    sel = select_params(name, grid, ds, base=params, folds=SEARCH_FOLDS, max_images=SEARCH_MAX_IMAGES)
     if not quiet:
         chosen = ", ".join(f"{k}={sel.params[k]}" for k in grid)
         print(f"{name}: {chosen} chosen by {sel.folds}-fold cross-validation on {sel.n_images} "
@@ -214,16 +217,15 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     if given is not None:
         fitted = given
     elif isinstance(method, str):
-        from ..methods import create
+        from ..methods import create, get
 
         _check_method(method, index, source, texts)  # captions may all have gone with their images
         row = {it.key: r for r, it in enumerate(images)}
         t2i = np.asarray([row[t.pair_key] for t in texts])
         params = _default_params(method, method_params, Fi.shape[1], Ft.shape[1], len(texts))
-        fitted = create(method, **params)
         names = sorted({lab for it in images for lab in it.labels})
         labels = None
-        if fitted.supervised:
+        if get(method).supervised:
             if not names or any(not it.labels for it in images):
                 raise CollectionError(f"method {method!r} needs a label on every image (sub-folders, "
                                       f"a label column, a labelled dataset); use an unsupervised one "
@@ -240,7 +242,8 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
                            label_names=names if labels is not None else None,
                            meta={"encoding": encoding})
         if search:
-            fitted = create(method, **_searched_params(method, method_params, params, ds, quiet))
+            params = _searched_params(method, method_params, params, ds, quiet)
+        fitted = create(method, **params)
         if not quiet:
             print(f"fitting {fitted!r} on {len(texts)} pairs", file=sys.stderr)
         fitted.fit(ds)
@@ -248,7 +251,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         fitted = method
     if rerank and getattr(fitted, "output", "binary") != "binary":
         raise CollectionError(_RERANK_REAL.format(method=fitted.__class__.__name__))
-    if fitted is not None and len(Fi):
+    if (given is not None or not isinstance(method, str)) and fitted is not None and len(Fi):
         # a fitted method made for other encoders: refused before the collection exists (it
         # was created holding the images and no captions, and every rerun kept it so)
         try:

@@ -195,7 +195,7 @@ class TorchMethod(CrossModalMethod):
         # Training-only state (features, graphs, regions, token ids) would otherwise stay in
         # memory for the model's lifetime: TERAN's regions alone are ~0.4 GB on UCM-Captions.
         for name in set(self.__dict__) - before:
-            if name.startswith("_") and not name.endswith("_") and name != "_dev":
+            if name.startswith("_") and not name.endswith("_"):
                 del self.__dict__[name]
 
     def _validation_arrays(self, train: PairedDataset, val: PairedDataset | None):

@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from .._fs import json_default
 from ..data.dataset import DataError, PairedDataset
 
 FORMAT_VERSION = 1
@@ -190,7 +191,7 @@ class CrossModalMethod:
                 "params": self.get_params(), "state": plain, "arrays": sorted(arrays)}
         tmp = path.with_name(path.name + ".tmp")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("meta.json", json.dumps(meta, indent=1, default=_json_default))
+            zf.writestr("meta.json", json.dumps(meta, indent=1, default=json_default))
             for k, v in arrays.items():
                 buf = io.BytesIO()
                 np.save(buf, v, allow_pickle=False)
@@ -232,16 +233,6 @@ def feature_encoders(ds: PairedDataset) -> dict[str, str] | None:
         if isinstance(rec, dict) and isinstance(rec.get("spec"), str):
             out[side] = rec["spec"]
     return out or None
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, (np.integer, np.floating)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, tuple):
-        return list(v)
-    raise TypeError(f"cannot serialise {type(v).__name__}")
 
 
 def pack_codes(B: np.ndarray) -> np.ndarray:

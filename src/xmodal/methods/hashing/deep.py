@@ -92,10 +92,6 @@ class _DeepHashing(TorchMethod, HashingMethod):
                 "t2i": {"map": float(average_precision(distances=hamming_distance(qt, di),
                                                        relevant=relevance(vds.text_labels, db.labels)).mean())}}
 
-    def _fit(self, X, Y, L, *, train, val):
-        super()._fit(X, Y, L, train=train, val=val)
-        self.__dict__.pop("_val_db", None)
-
     def _store_training_codes(self, Bx: torch.Tensor, By: torch.Tensor) -> None:
         self.train_image_codes_ = pack_codes(Bx.cpu().numpy())
         self.train_text_codes_ = pack_codes(By.cpu().numpy())
