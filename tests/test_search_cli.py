@@ -138,3 +138,19 @@ def test_plain_output_stays_three_tab_separated_columns(tmp_path):
     assert len(rows) == 1 and rows[0].split("\t")[2] == "line one  line two"
     res = run("search", "-c", tmp_path / "t.xmc", "--item", 2)
     assert res.output.strip().split("\t")[2:] == ["col one col two"]
+
+
+def test_index_rerun_reads_encoder_specs_as_the_encoders_do(tmp_path):
+    # "a + b" names the encoder "a+b": typing it that way on a rerun is the same encoder,
+    # not a different one to refuse.
+    from xmodal.encoders import get_encoder
+
+    enc = get_encoder("bow+tags", "text").fit(["a river", "two planes", "green trees"], progress=False)
+    coll = Collection.create(tmp_path / "c.xmc", dim=4, text_encoder=enc)
+    coll.close()
+    src = tmp_path / "src"
+    src.mkdir()
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--text-encoder", "bow + tags")
+    assert res.exit_code == 2 and "no images found" in res.output, res.output
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--text-encoder", "bow")
+    assert res.exit_code == 2 and "--text-encoder bow (it has bow+tags)" in res.output, res.output

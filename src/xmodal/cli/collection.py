@@ -55,6 +55,7 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: objec
     typed on the command line that asks for another one is refused rather than silently
     ignored (the run would report the old index, the user believing in the new one)."""
     from ..index import Collection, CollectionError
+    from ..index.build import _spec
     from ..index.vector import IndexSpecError, normalize_spec
 
     typed = {name: v for name, v in given.items()
@@ -62,7 +63,8 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: objec
     if not typed or not Collection.exists(collection):
         return
     try:
-        s = Collection.open(collection, read_only=True).stats()
+        with Collection.open(collection, read_only=True) as coll:
+            s = coll.stats()
     except CollectionError:
         return  # build_collection reports it
     have = {"method": s["method"], "index": s["index"], "rerank": s["rerank"],
@@ -76,6 +78,8 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: objec
                 value = normalize_spec(s["output"], str(value))
             except IndexSpecError:
                 pass
+        elif name.endswith("_encoder"):
+            value = _spec(value)  # "a + b" names "a+b"
         if name in have and have[name] is not None and value != have[name]:
             flag = name.replace("_", "-")
             differ.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool)
