@@ -100,7 +100,10 @@ def test_a_write_to_a_read_only_collection_says_why(tmp_path, monkeypatch):
     import xmodal.index.collection as collection_mod
 
     _labelled(tmp_path)
+    import xmodal.index.store as store_mod
+
     monkeypatch.setattr(collection_mod, "writable", lambda path: False)
+    monkeypatch.setattr(store_mod, "writable", lambda folder, db: False)
     res = run("remove", "-c", tmp_path / "c.xmc", 1)
     assert res.exit_code == 2
     assert "cannot write the folder or its collection.db" in res.output

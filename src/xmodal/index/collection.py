@@ -36,7 +36,8 @@ import numpy as np
 
 from .._fs import atomic_write, atomic_write_bytes
 from ..data.dataset import DataError
-from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store
+from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store, read_only_error  # noqa: F401 (re-exported)
+from .store import writable as store_writable
 from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
 log = logging.getLogger("xmodal.index")
@@ -54,8 +55,7 @@ class CollectionExistsError(CollectionError):
 
 def writable(path: Path) -> bool:
     """Whether this process may write the collection folder and its database."""
-    db = path / DB_NAME
-    return os.access(path, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+    return store_writable(path, path / DB_NAME)
 
 
 def _open_store(db: Path, read_only: bool | None = None) -> Store:
@@ -653,9 +653,7 @@ class Collection:
     def _writing(self) -> Iterator[None]:
         """One writer at a time across processes (flock) and threads; indexes saved at the end."""
         if self.read_only:
-            why = ("this process cannot write the folder or its collection.db"
-                   if not writable(self.path) else "opened read-only (--read-only)")
-            raise ReadOnlyError(f"{self.path}: the collection is open read-only: {why}")
+            raise read_only_error(self.path, self.path / DB_NAME)
         with self._wlock, _write_lock(self.path):
             self.refresh(force=True)
             yield

@@ -80,6 +80,18 @@ class ReadOnlyError(CollectionError):
     """A write to a collection opened read-only."""
 
 
+def writable(folder: Path, db: Path) -> bool:
+    """Whether this process may write the collection folder and its database file."""
+    return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def read_only_error(folder: Path, db: Path) -> "ReadOnlyError":
+    """The refusal of a write to a collection open read-only, saying why it is."""
+    why = ("opened read-only (--read-only)" if writable(folder, db)
+           else "this process cannot write the folder or its collection.db")
+    return ReadOnlyError(f"{folder}: the collection is open read-only: {why}")
+
+
 class Store:
     """A thread-safe wrapper over one SQLite connection (WAL, foreign keys on).
 
@@ -114,10 +126,7 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception."""
         if self.read_only:
-            folder = self.path.parent
-            why = ("opened read-only (--read-only)" if os.access(folder, os.W_OK) and os.access(self.path, os.W_OK)
-                   else "this process cannot write the folder or its collection.db")
-            raise ReadOnlyError(f"{folder}: the collection is open read-only: {why}")
+            raise read_only_error(self.path.parent, self.path)
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
