@@ -57,11 +57,10 @@ def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
     cls = registry.get(name)
     if name in BASELINES:
         return "baseline"
-    if _accepts(cls, "labeled_fraction"):
+    kind = registry.supervision(cls)
+    if kind == "semi-supervised":
         frac = (params or {}).get("labeled_fraction", inspect.signature(cls.__init__).parameters["labeled_fraction"].default)
-        kind = f"semi-supervised ({100 * float(frac):g}% labels)"
-    else:
-        kind = "supervised" if cls.supervised else "unsupervised"
+        kind += f" ({100 * float(frac):g}% labels)"
     return kind + (" (deep)" if ".deep" in cls.__module__ else "")
 
 

@@ -140,15 +140,31 @@ def available(output: str | None = None) -> list[str]:
     return sorted(n for n, c in _REGISTRY.items() if output is None or c.output == output)
 
 
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line (a citation's full
+    stops inside brackets do not end it)."""
+    para = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    depth = 0
+    for i, ch in enumerate(para):
+        depth += (ch in "([") - (ch in ")]")
+        if ch == "." and depth <= 0 and (i + 1 == len(para) or para[i + 1] == " "):
+            return para[: i + 1]
+    return para
+
+
+def supervision(cls: type[CrossModalMethod]) -> str:
+    """unsupervised, supervised, or semi-supervised (a method with a label budget)."""
+    if "labeled_fraction" in inspect.signature(cls.__init__).parameters:
+        return "semi-supervised"
+    return "supervised" if cls.supervised else "unsupervised"
+
+
 def describe() -> list[dict[str, Any]]:
-    """One record per method: name, output kind, supervision, first docstring line."""
-    out = []
-    for n in available():
-        cls = _REGISTRY[n]
-        doc = (cls.__doc__ or "").strip().splitlines()
-        out.append({"name": n, "class": cls.__name__, "output": cls.output,
-                    "supervised": cls.supervised, "summary": doc[0] if doc else ""})
-    return out
+    """One record per method: name, class, output kind, supervision, and the first sentence
+    of its docstring (which cites the paper)."""
+    return [{"name": n, "class": cls.__name__, "output": cls.output, "supervised": cls.supervised,
+             "supervision": supervision(cls), "summary": first_sentence(cls.__doc__)}
+            for n, cls in ((n, _REGISTRY[n]) for n in available())]
 
 
 def load(path: str) -> CrossModalMethod:
@@ -157,4 +173,4 @@ def load(path: str) -> CrossModalMethod:
 
 
 __all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "register",
-           "create", "get", "available", "describe", "load", "load_plugin"]
+           "create", "get", "available", "describe", "supervision", "first_sentence", "load", "load_plugin"]
