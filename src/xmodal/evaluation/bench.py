@@ -52,6 +52,21 @@ def _split(ds: PairedDataset, *names: str) -> PairedDataset | None:
     return None
 
 
+def _method_kwargs(cls: type, given: dict[str, Any], labeled_fraction: float | None,
+                   bits: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run's record settings (the --set values and the label budget) and the method's
+    keyword arguments (those, the bit length and the seed)."""
+    settings = dict(given)
+    if labeled_fraction is not None and _accepts(cls, "labeled_fraction"):
+        settings.setdefault("labeled_fraction", labeled_fraction)
+    kw = dict(settings)
+    if bits is not None:
+        kw["bits"] = bits
+    if _accepts(cls, "random_state"):
+        kw.setdefault("random_state", seed)  # --set cannot name it (refused up front)
+    return settings, kw
+
+
 def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
     """The survey's family of a method: baseline, (semi-/un)supervised, shallow or deep."""
     cls = registry.get(name)
@@ -164,13 +179,7 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
                 raise ParameterError(f"{name}.{pname} is set by {where}, not by a method parameter")
         is_hash = cls.output == "binary"
         for b in (bits if is_hash else [None]):
-            kw = dict(params.get(name, {}))
-            if labeled_fraction is not None and _accepts(cls, "labeled_fraction"):
-                kw.setdefault("labeled_fraction", labeled_fraction)
-            if b is not None:
-                kw["bits"] = b
-            if _accepts(cls, "random_state"):
-                kw["random_state"] = seeds[0]
+            _, kw = _method_kwargs(cls, params.get(name, {}), labeled_fraction, b, seeds[0])
             registry.create(name, **kw)._validate_params()
     has = ", ".join(f"{k} ({len(v)} images)" for k, v in ds.splits.items()) or "none"
     if "train" not in ds.splits:
@@ -343,9 +352,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
         cls = registry.get(name)
         is_hash = cls.output == "binary"
         for b, sd in ((b, sd) for b in (bits if is_hash else [None]) for sd in seeds):
-            settings = dict(params.get(name, {}))
-            if labeled_fraction is not None and _accepts(cls, "labeled_fraction"):
-                settings.setdefault("labeled_fraction", labeled_fraction)
+            settings, kw = _method_kwargs(cls, params.get(name, {}), labeled_fraction, b, sd)
             rec = {"dataset": ds.name, "method": name, "bits": b, "seed": sd, "settings": settings,
                    "database_codes": database_codes if is_hash else None,
                    "image_encoder": image_encoder or ds.meta.get("image_feature"),
@@ -354,11 +361,6 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["test_folds"] = test_folds
             if fingerprint:
                 rec["dataset_sha256"] = fingerprint
-            kw = dict(settings)
-            if b is not None:
-                kw["bits"] = b
-            if _accepts(cls, "random_state"):
-                kw.setdefault("random_state", sd)
             method = registry.create(name, **kw)
             done = previous.get(_record_key(_jsonable(rec)))
             # a record made with other parameters (a default changed since) is redone, not reused
