@@ -16,7 +16,7 @@ from .. import register
 from .._torch import mlp
 from ..base import interval, one_of
 from ._common import (NONNEG, POS_INT, DeepMethod, Standardize, Towers, dims, hardest_triplet,
-                      info_nce, l2n, pair_mask, poly_loss, set_standardizers)
+                      info_nce, l2n, pair_mask, poly_loss)
 from ._raw import build_vocab, is_text_list, to_ids
 
 _COMMON = ("epochs", "batch_size", "lr", "weight_decay", "patience", "val_fraction",

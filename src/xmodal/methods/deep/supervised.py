@@ -11,7 +11,7 @@ from torch import nn
 from .. import register
 from .._torch import mlp
 from ..base import interval
-from ._common import NONNEG, DeepMethod, Standardize, dims, info_nce, l2n, pair_mask, set_standardizers
+from ._common import NONNEG, DeepMethod, Standardize, dims, info_nce, l2n, pair_mask
 
 
 class _GradReverse(torch.autograd.Function):

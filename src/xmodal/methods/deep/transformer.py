@@ -9,14 +9,13 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...data.dataset import DataError
 from .. import register
 from ..base import interval, one_of
 from ._common import (NONNEG, POS_INT, DeepMethod, Standardize, dims, hardest_triplet, info_nce,
-                      l2n, pair_mask, set_standardizers)
+                      l2n, pair_mask)
 from .._torch import mlp
 from . import _features
 
