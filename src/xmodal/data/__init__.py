@@ -7,7 +7,7 @@ from typing import Callable
 
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_mat
-from .karpathy import load_karpathy, load_ucm_captions
+from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
 from .mirflickr import load_cnn_mat, load_mirflickr25k
 from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide
@@ -25,8 +25,9 @@ LOADERS: dict[str, Callable[..., PairedDataset]] = {
 
 
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
-    """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``dataset.json``
-    (or a folder holding one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
+    """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``.json`` file
+    (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
+    one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
     ``L_tr``) or the DCMH layout (``IAll``/``YAll``/``LAll``), or a folder of DCMH per-variable
     ``.mat`` files, or a ``.npz`` of features written by ``xmodal encode``
     (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times); ``kwargs`` go to the
@@ -40,18 +41,18 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
         return load_mat(path, **kwargs)
     if path.suffix.lower() == ".npz":
         return load_npz(path, **kwargs)
-    if path.name == "dataset.json" or (path.is_dir() and (path / "dataset.json").exists()):
+    if path.suffix.lower() == ".json" or (path.is_dir() and find_karpathy_file(path) is not None):
         return load_karpathy(path, **kwargs)
     if name and path.is_dir() and find_dcmh_files(path):
         return load_dcmh_mat(path, **kwargs)
     # Say what is wrong with a path rather than calling it an unknown dataset name.
     if name and path.is_dir():
         raise DataError(f"{path / 'dataset.json'}: file not found (a dataset folder must hold a "
-                        "Karpathy dataset.json or DCMH-layout .mat files)")
+                        "Karpathy dataset.json / dataset_*.json or DCMH-layout .mat files)")
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise DataError(f"{path}: no such file or folder")
     raise DataError(f"unknown dataset {name!r}: use one of {sorted(LOADERS)}, a pairs file "
-                    "(.jsonl/.csv), a Karpathy dataset.json, a .mat file (*_cnn.mat or DCMH layout) or "
+                    "(.jsonl/.csv), a Karpathy .json (dataset.json, dataset_coco.json, ...), a .mat file (*_cnn.mat or DCMH layout) or "
                     "a .npz written by xmodal encode")
 
 

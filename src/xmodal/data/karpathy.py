@@ -1,6 +1,9 @@
-"""Karpathy-format caption datasets (``dataset.json`` + an image folder): Flickr8k, Flickr30k,
+"""Karpathy-format caption datasets (a ``dataset.json`` + an image folder): Flickr8k, Flickr30k,
 MSCOCO and UCM-Captions (Qu et al., "Deep Semantic Understanding of High Resolution Remote
-Sensing Image", CITS 2016) all ship in this layout."""
+Sensing Image", CITS 2016) all ship in this layout. Karpathy's ``caption_datasets.zip`` names
+the files ``dataset_coco.json``, ``dataset_flickr30k.json`` and ``dataset_flickr8k.json``; the
+images sit wherever their own download unpacked them (``train2014/`` + ``val2014/`` for COCO,
+named by each record's ``filepath``; ``flickr30k-images/``; ``Flicker8k_Dataset/``)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from .dataset import DataError, PairedDataset, one_hot, read_text
 # Karpathy's split names ("restval" counts as train); the evaluation reads these.
 KNOWN_SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# Image-text matching papers (VSE++, SCAN, ...) keep the first five captions of each COCO image
+# (25,000 for the 5K test); Karpathy's file gives some images six or seven.
+COCO_CAPTIONS = 5
 
 UCM_CLASSES = [
     "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral",
@@ -39,16 +45,35 @@ def resolve_image(folder: Path, filename: str) -> Path:
     return direct  # missing files are reported by the encoder that reads them
 
 
+def find_karpathy_file(folder: Path) -> Path | None:
+    """``folder``'s Karpathy file: ``dataset.json``, else its one ``dataset_*.json`` (several, as
+    ``caption_datasets.zip`` unpacks, is an error naming them); ``None`` when there is none."""
+    if (folder / "dataset.json").is_file():
+        return folder / "dataset.json"
+    found = sorted(p for p in folder.glob("dataset_*.json") if p.is_file())
+    if len(found) > 1:
+        raise DataError(f"{folder}: several Karpathy files ({', '.join(p.name for p in found)}); "
+                        "pass the one to load")
+    return found[0] if found else None
+
+
 def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: str | None = None,
                   class_of: Callable[[dict], int] | None = None,
-                  label_names: list[str] | None = None) -> PairedDataset:
-    """Load a Karpathy ``dataset.json``. ``restval`` counts as train, as in the usual protocol.
+                  label_names: list[str] | None = None, max_captions: int | str | None = "auto") -> PairedDataset:
+    """Load a Karpathy file (``dataset.json``, ``dataset_coco.json``, ... or a folder holding one).
+    ``restval`` counts as train, as in the usual protocol.
 
-    ``class_of(image_record) -> int`` gives single-label classes when the dataset has them.
+    Images are looked up under ``image_dir``, else the first of the file's folder and its
+    sub-folders that holds the first record's image (``record["filepath"]/record["filename"]``).
+    ``max_captions`` keeps the first that many captions of each image; ``"auto"`` keeps five
+    for MSCOCO (the image-text matching protocol: 5,000 test images, 25,000 captions) and all
+    of them otherwise; ``None`` keeps all. ``class_of(image_record) -> int`` gives single-label
+    classes when the dataset has them.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "dataset.json"
+        found = find_karpathy_file(path)
+        path = found if found is not None else path / "dataset.json"
     try:
         doc = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
@@ -59,8 +84,14 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         raise DataError(f"{path}: the 'images' list is empty")
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {path})")
-    base = Path(image_dir) if image_dir else _guess_image_dir(path.parent)
+    if max_captions == "auto":
+        max_captions = COCO_CAPTIONS if str(doc.get("dataset", "")).lower() in ("coco", "mscoco") else None
+    if max_captions is not None and (isinstance(max_captions, bool) or not isinstance(max_captions, int)
+                                     or max_captions < 1):
+        raise DataError(f"{path}: max_captions must be a positive integer, None or 'auto', got {max_captions!r}")
+    base = Path(image_dir) if image_dir else _guess_image_dir(path.parent, doc["images"][0])
     image_paths, texts, t2i, splits, classes, image_ids = [], [], [], {}, [], []
+    dropped = 0
     for i, rec in enumerate(doc["images"]):
         where = f"{path}: images[{i}]"
         if not isinstance(rec, dict):
@@ -81,6 +112,9 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
             raise DataError(f"{where} ({rec['filename']}): unknown split {split!r}; "
                             f"expected one of {[*KNOWN_SPLITS, 'restval']}")
         splits.setdefault(split, []).append(i)
+        if max_captions is not None and len(sents) > max_captions:
+            dropped += len(sents) - max_captions
+            sents = sents[:max_captions]
         for j, s in enumerate(sents):
             raw = s.get("raw") if isinstance(s, dict) else s
             if (raw is None or not str(raw).strip()) and isinstance(s, dict):
@@ -114,15 +148,24 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         splits={k: np.asarray(v) for k, v in splits.items()},
         image_ids=image_ids,
         root=str(path.parent),
-        meta={"protocol": "karpathy"},
+        meta={"protocol": "karpathy", "max_captions": max_captions, "captions_dropped": dropped},
     )
 
 
-def _guess_image_dir(root: Path) -> Path:
-    for cand in ("imgs", "images", "Images", "img"):
-        if (root / cand).is_dir():
-            return root / cand
-    return root
+def _guess_image_dir(root: Path, first: dict) -> Path:
+    """The folder under which the images are: the file's folder or one of its sub-folders
+    (``imgs/``, ``flickr30k-images/``, ``Flicker8k_Dataset/``, ``images/`` holding
+    ``train2014/``...), the one where the first record's image exists."""
+    named = ("imgs", "images", "Images", "img")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cands = [root / n for n in named if (root / n).is_dir()] + [root] + subdirs
+    filename = first.get("filename") if isinstance(first, dict) else None
+    if isinstance(filename, str) and filename.strip():
+        for cand in cands:
+            folder = cand / str(first["filepath"]) if first.get("filepath") else cand
+            if resolve_image(folder, filename).exists():
+                return cand
+    return cands[0]  # no image found: paths as the first named folder would hold them
 
 
 def _ucm_class(rec: dict) -> int:
