@@ -104,3 +104,107 @@ def test_json_that_is_not_karpathy_is_named(tmp_path):
     p.write_text(json.dumps({"info": {}, "annotations": []}))
     with pytest.raises(DataError, match=r"captions_train2014.json: no 'images' list"):
         load_dataset(str(p))
+
+
+# ----------------------------------------------------------------------------- MIRFlickr-25K
+from xmodal.data.mirflickr import MIRFLICKR_LABELS, load_mirflickr25k  # noqa: E402
+
+N_MIR = 50
+VOCAB = ["sky", "sea", "dog", "night", "tree"]
+
+
+def mir_tags(i):
+    """Tags of image i (1-based): every 7th image has only rare tags, the rest some common ones."""
+    if i % 7 == 0:
+        return [f"rare{i}"]
+    return [VOCAB[i % 5], f"rare{i}", VOCAB[(i * 3) % 5]]
+
+
+def mir_labels(i):
+    """Label columns of image i (1-based): every 5th image has none of the 24."""
+    return [] if i % 5 == 0 else sorted({i % 24, (i * 7) % 24})
+
+
+def write_mir_release(root, common_tags=True, annotations="mirflickr25k_annotations_v080"):
+    """mirflickr25k.zip (mirflickr/im<N>.jpg, meta/tags/tags<N>.txt with Windows line ends,
+    doc/common_tags.txt 'tag count') and mirflickr25k_annotations_v080.zip (<label>.txt and
+    <label>_r1.txt listing 1-based image numbers, README.txt)."""
+    rel = root / "mirflickr"
+    (rel / "meta" / "tags").mkdir(parents=True)
+    for i in range(1, N_MIR + 1):
+        (rel / f"im{i}.jpg").write_bytes(b"\xff\xd8\xff")
+        (rel / "meta" / "tags" / f"tags{i}.txt").write_bytes("".join(t + "\r\n" for t in mir_tags(i)).encode())
+    if common_tags:
+        (rel / "doc").mkdir()
+        (rel / "doc" / "common_tags.txt").write_text("".join(f"{t} {40 - k}\n" for k, t in enumerate(VOCAB)))
+    ann = root / annotations
+    ann.mkdir(parents=True, exist_ok=True)
+    for c, name in enumerate(MIRFLICKR_LABELS):
+        ids = [i for i in range(1, N_MIR + 1) if c in mir_labels(i)]
+        (ann / f"{name}.txt").write_bytes("".join(f"{i}\r\n" for i in ids).encode())
+        # The "relevant" subsets are not the 24 labels of the papers: they must be ignored.
+        (ann / f"{name}_r1.txt").write_bytes(b"1\r\n2\r\n")
+    (ann / "README.txt").write_text("MIRFLICKR-25000 annotations v080\n")
+    return root
+
+
+def test_mirflickr_full_release_dcmh_cleaning(tmp_path):
+    root = write_mir_release(tmp_path / "mirflickr25k")
+    ds = load_mirflickr25k(str(tmp_path), n_query=4, n_train=10)
+    # DCMH's cleaning: an item needs one of the 24 labels and one of the common tags.
+    kept = [i for i in range(1, N_MIR + 1) if mir_labels(i) and i % 7]
+    assert ds.n_images == ds.n_texts == len(kept)
+    assert ds.image_ids == [f"im{i}" for i in kept]
+    np.testing.assert_array_equal(ds.meta["release_ids"], kept)
+    assert ds.image_paths[0] == str(root / "mirflickr" / f"im{kept[0]}.jpg")
+    assert ds.label_names == MIRFLICKR_LABELS
+    for r, i in enumerate(kept):  # line "i" of a label file is image im<i>.jpg, not im<i+1>
+        assert np.flatnonzero(ds.labels[r]).tolist() == mir_labels(i)
+    assert ds.meta["tag_vocabulary"] == VOCAB  # common_tags.txt order
+    assert ds.text_features.shape == (len(kept), 5)
+    r = kept.index(8)
+    assert sorted(np.array(VOCAB)[ds.text_features[r] > 0]) == sorted({VOCAB[3], VOCAB[4]})
+    assert ds.texts[r] == f"{VOCAB[3]} {VOCAB[4]}"
+    assert len(ds.splits["query"]) == 4 and len(ds.splits["train"]) == 10
+    # The release folder itself, or the folder holding mirflickr/, may be the --data-dir.
+    assert load_mirflickr25k(str(root), n_query=4, n_train=10).n_images == len(kept)
+    again = load_mirflickr25k(str(root / "mirflickr"), n_query=4, n_train=10)  # annotations beside it
+    np.testing.assert_array_equal(again.labels, ds.labels)
+
+
+def test_mirflickr_release_without_common_tags_counts_them(tmp_path):
+    # No doc/common_tags.txt: the vocabulary is every tag on min_tag_count images or more, most
+    # frequent first as common_tags.txt lists them; the annotation zip unpacked straight into
+    # the dataset folder.
+    root = write_mir_release(tmp_path / "mirflickr25k", common_tags=False, annotations=".")
+    ds = load_mirflickr25k(str(root), n_query=4, n_train=10, min_tag_count=5)
+    counts = {t: sum(t in mir_tags(i) for i in range(1, N_MIR + 1)) for t in VOCAB}
+    assert ds.meta["tag_vocabulary"] == sorted(VOCAB, key=lambda t: (-counts[t], t))
+    with pytest.raises(DataError, match=r"meta/tags: no tag is on 1000 or more of the 50 images"):
+        load_mirflickr25k(str(root), n_query=4, n_train=10, min_tag_count=1000)
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("dog.txt", b"3\r\nx12\r\n", r"dog.txt:2: expected an image number, got 'x12'"),
+    ("dog.txt", b"3\r\n51\r\n", r"dog.txt:2: image 51 outside 1..50"),
+    ("dog.txt", b"0\n", r"dog.txt:1: image 0 outside 1..50"),
+])
+def test_mirflickr_release_bad_annotation_names_file_and_line(tmp_path, name, content, needle):
+    root = write_mir_release(tmp_path / "mirflickr25k")
+    (root / "mirflickr25k_annotations_v080" / name).write_bytes(content)
+    with pytest.raises(DataError, match=needle):
+        load_mirflickr25k(str(root), n_query=4, n_train=10)
+
+
+def test_mirflickr_release_missing_files_are_named(tmp_path):
+    root = write_mir_release(tmp_path / "mirflickr25k")
+    (root / "mirflickr" / "meta" / "tags" / "tags17.txt").unlink()
+    with pytest.raises(DataError, match=r"tags17.txt: file not found"):
+        load_mirflickr25k(str(root), n_query=4, n_train=10)
+    root = write_mir_release(tmp_path / "b" / "mirflickr25k")
+    (root / "mirflickr25k_annotations_v080" / "sky.txt").unlink()
+    with pytest.raises(DataError, match=r"sky.txt: file not found"):
+        load_mirflickr25k(str(root), n_query=4, n_train=10)
+    root = write_mir_release(tmp_path / "c" / "mirflickr25k", annotations="elsewhere")
+    with pytest.raises(DataError, match=r"mirflickr25k_annotations_v080/animals.txt: file not found"):
+        load_mirflickr25k(str(root), n_query=4, n_train=10)

@@ -8,7 +8,7 @@ from typing import Callable
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_mat
 from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
-from .mirflickr import load_cnn_mat, load_mirflickr25k
+from .mirflickr import load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide
 from .pairs import load_pairs
@@ -57,5 +57,5 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
 
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
-           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_cnn_mat",
+           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release", "load_cnn_mat",
            "load_nus_wide", "load_dcmh_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]

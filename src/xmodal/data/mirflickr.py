@@ -1,10 +1,22 @@
 """MIRFlickr-25K (Huiskes & Lew, "The MIR Flickr Retrieval Evaluation", MIR 2008) in the
-layouts hashing papers use: the cleaned 20,015-item release (tags + 24 labels), the
-``*_cnn.mat`` feature files (``I_tr``/``T_tr``/``L_tr``, ``_te``, ``_db``) and the DCMH ``.mat``
-layout (``IAll``/``YAll``/``LAll``, :mod:`xmodal.data.dcmh_mat`)."""
+layouts hashing papers use: the full release as it unpacks, the cleaned 20,015-item release
+(tags + 24 labels), the ``*_cnn.mat`` feature files (``I_tr``/``T_tr``/``L_tr``, ``_te``,
+``_db``) and the DCMH ``.mat`` layout (``IAll``/``YAll``/``LAll``, :mod:`xmodal.data.dcmh_mat`).
+
+Full release (``mirflickr25k.zip`` + ``mirflickr25k_annotations_v080.zip``)::
+
+    mirflickr/im<N>.jpg                    N = 1..25000
+    mirflickr/meta/tags/tags<N>.txt        the image's (cleaned) Flickr tags, one per line
+    mirflickr/doc/common_tags.txt          optional: ``tag count``, the tags on 20+ images (1386)
+    mirflickr25k_annotations_v080/<label>.txt   1-based image numbers, one per line, for each of
+                                           the 24 labels (``<label>_r1.txt`` and README.txt ignored;
+                                           also found in annotations/ or unpacked beside mirflickr/)
+"""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,23 +64,45 @@ def hashing_splits(n: int, n_query: int, n_train: int, seed: int = 0, name: str 
     return {"train": train, "query": parts["query"], "test": parts["query"], "database": parts["database"]}
 
 
+def _release_dir(root: Path) -> Path | None:
+    """The unpacked ``mirflickr/`` folder of the full release: ``root/mirflickr`` or ``root``."""
+    for cand in (root / "mirflickr", root):
+        if (cand / "meta" / "tags").is_dir():
+            return cand
+    return None
+
+
+def _find_root(data_dir: str | None) -> Path:
+    # The markers let --data-dir name the dataset folder itself, as for the other datasets:
+    # the cleaned release, then the full release (its mirflickr/ folder, or that folder itself).
+    for marker in ("all_imgs.txt", "mirflickr", "meta"):
+        try:
+            return resolve_dataset_dir("mirflickr25k", data_dir, marker=marker)
+        except DataError:
+            continue
+    from .dcmh_mat import dcmh_folder  # ROOT/mirflickr25k holding only .mat files
+
+    return dcmh_folder("mirflickr25k", data_dir)
+
+
 def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train: int = 10000,
-                      seed: int = 0) -> PairedDataset:
-    """Cleaned MIRFlickr-25K; when the folder lacks ``all_tags.txt``, the ``*_cnn.mat`` layout
-    or the DCMH ``.mat`` layout (``FLICKR-25K.mat``, or ``mirflickr25k-iall.mat``,
-    ``-yall.mat``, ``-lall.mat``; :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`) found there.
+                      seed: int = 0, min_tag_count: int = 20) -> PairedDataset:
+    """MIRFlickr-25K from the cleaned release (``all_imgs.txt``, ``all_tags.txt``,
+    ``all_labels.txt``), else the full release (:func:`load_mirflickr25k_release`, where
+    ``min_tag_count`` applies), else the ``*_cnn.mat`` layout or the DCMH ``.mat`` layout
+    (``FLICKR-25K.mat``, or ``mirflickr25k-iall.mat``, ``-yall.mat``, ``-lall.mat``;
+    :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`) found in the folder.
 
     Protocol (DCMH, Jiang & Li 2017; :func:`hashing_splits`): ``n_query`` random queries, the
     rest is the retrieval database, ``n_train`` training items drawn from the database. The
     DCMH ``.mat`` layout gets the same splits for the same ``seed``.
     """
-    try:  # the marker lets --data-dir name the dataset folder itself, as for the other datasets
-        root = resolve_dataset_dir("mirflickr25k", data_dir, marker="all_imgs.txt")
-    except DataError:  # ROOT/mirflickr25k holding only .mat files
-        from .dcmh_mat import dcmh_folder
-
-        root = dcmh_folder("mirflickr25k", data_dir)
+    root = _find_root(data_dir)
     if not (root / "all_tags.txt").exists():
+        release = _release_dir(root)
+        if release is not None:
+            return load_mirflickr25k_release(root, n_query=n_query, n_train=n_train, seed=seed,
+                                             min_tag_count=min_tag_count)
         mats = sorted(root.glob("*_cnn.mat"))
         if mats:
             return load_cnn_mat(mats[0], name="mirflickr25k")
@@ -105,6 +139,101 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
         text_features=T, labels=labels, label_names=MIRFLICKR_LABELS,
         splits=splits,
         root=str(root), meta={"protocol": "hashing", "tag_vocabulary": vocab, "seed": seed},
+    )
+
+
+_TAGS_RE = re.compile(r"tags(\d+)\.txt")
+ANNOTATION_DIRS = ("mirflickr25k_annotations_v080", "annotations")
+
+
+def _annotation_dir(root: Path, release: Path) -> Path:
+    # Where the annotation zip may have been unpacked: beside mirflickr/, inside it, or loose.
+    cands = [base / d for base in (root, release, release.parent) for d in ANNOTATION_DIRS] + [root, release]
+    for cand in dict.fromkeys(cands):  # root may be the release folder itself
+        if (cand / f"{MIRFLICKR_LABELS[0]}.txt").is_file():
+            return cand
+    raise DataError(f"{root / ANNOTATION_DIRS[0] / (MIRFLICKR_LABELS[0] + '.txt')}: file not found (the "
+                    "label files of mirflickr25k_annotations_v080.zip; also looked in "
+                    f"{', '.join(str(c) for c in dict.fromkeys(cands[1:]))})")
+
+
+def _read_ids(path: Path, n: int) -> list[int]:
+    """1-based image numbers, one per line (a label file of the annotation release)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (one of the 24 label files)")
+    ids = []
+    for lineno, line in enumerate(_lines(path), 1):
+        v = line.strip()
+        if not v:
+            continue
+        if not v.isdigit():
+            raise DataError(f"{path}:{lineno}: expected an image number, got {v!r}")
+        if not 1 <= int(v) <= n:
+            raise DataError(f"{path}:{lineno}: image {int(v)} outside 1..{n} (meta/tags holds {n} images)")
+        ids.append(int(v))
+    return ids
+
+
+def load_mirflickr25k_release(path: str | Path, n_query: int = 2000, n_train: int = 10000, seed: int = 0,
+                              min_tag_count: int = 20) -> PairedDataset:
+    """The full MIRFlickr-25K release as it unpacks (see the module docstring), cleaned as DCMH
+    (Jiang & Li 2017) did: the tag vocabulary is ``doc/common_tags.txt`` (the tags on 20 or
+    more images, 1386), or when it is missing every tag on ``min_tag_count`` images or more;
+    an image is kept when it has one of the 24 labels and one vocabulary tag (20,015 of 25,000
+    on the real release). Text features are the 0/1 tag vectors, ``texts`` the vocabulary tags;
+    labels are the 24 non-``_r1`` concepts; splits as :func:`load_mirflickr25k`.
+    """
+    root = Path(path)
+    release = _release_dir(root)
+    if release is None:
+        raise DataError(f"{root / 'mirflickr' / 'meta' / 'tags'}: folder not found (not an unpacked "
+                        "mirflickr25k.zip)")
+    tag_dir = release / "meta" / "tags"
+    numbers = sorted(int(m.group(1)) for p in tag_dir.iterdir() if (m := _TAGS_RE.fullmatch(p.name)))
+    n = numbers[-1] if numbers else 0
+    if len(numbers) != n:  # tags1.txt .. tagsN.txt: name the first one missing
+        gap = next(i for i, v in enumerate(numbers, 1) if v != i)
+        raise DataError(f"{tag_dir / f'tags{gap}.txt'}: file not found (meta/tags holds {len(numbers)} files "
+                        f"up to tags{n}.txt)")
+    if not n:
+        raise DataError(f"{tag_dir}: no tags<N>.txt files")
+    tag_lists = [[t.strip().lower() for t in _lines(tag_dir / f"tags{i}.txt") if t.strip()]
+                 for i in range(1, n + 1)]
+
+    common = release / "doc" / "common_tags.txt"
+    if common.is_file():
+        vocab = [line.split()[0].lower() for line in _lines(common) if line.strip()]
+        source = str(common)
+    else:
+        if isinstance(min_tag_count, bool) or not isinstance(min_tag_count, int) or min_tag_count < 1:
+            raise DataError(f"mirflickr25k: min_tag_count must be a positive integer, got {min_tag_count!r}")
+        counts = Counter(t for tags in tag_lists for t in set(tags))
+        vocab = sorted((t for t, c in counts.items() if c >= min_tag_count), key=lambda t: (-counts[t], t))
+        source = f"tags on {min_tag_count}+ images"
+        if not vocab:
+            raise DataError(f"{tag_dir}: no tag is on {min_tag_count} or more of the {n} images "
+                            "(lower min_tag_count, or add doc/common_tags.txt)")
+    vocab = list(dict.fromkeys(vocab))
+    in_vocab = set(vocab)
+    tag_lists = [list(dict.fromkeys(t for t in tags if t in in_vocab)) for tags in tag_lists]
+
+    ann = _annotation_dir(root, release)
+    labels = np.zeros((n, len(MIRFLICKR_LABELS)), dtype=np.uint8)
+    for c, name in enumerate(MIRFLICKR_LABELS):
+        labels[np.asarray(_read_ids(ann / f"{name}.txt", n), dtype=np.int64) - 1, c] = 1
+    keep = np.flatnonzero(labels.any(axis=1) & np.array([bool(t) for t in tag_lists]))
+    m = len(keep)
+    T, _ = tag_matrix([tag_lists[i] for i in keep], vocab)
+    splits = hashing_splits(m, n_query, n_train, seed, name="mirflickr25k",
+                            what=f"the {m} images with one of the 24 labels and a vocabulary tag")
+    return PairedDataset(
+        name="mirflickr25k", text_to_image=np.arange(m), n_images=m,
+        image_paths=[str(release / f"im{i + 1}.jpg") for i in keep],
+        texts=[" ".join(tag_lists[i]) for i in keep], text_features=T,
+        labels=labels[keep], label_names=MIRFLICKR_LABELS, splits=splits,
+        image_ids=[f"im{i + 1}" for i in keep], root=str(root),
+        meta={"protocol": "hashing", "layout": "release", "tag_vocabulary": vocab, "vocabulary_source": source,
+              "release_ids": keep + 1, "seed": seed},
     )
 
 
