@@ -208,3 +208,31 @@ def test_mirflickr_release_missing_files_are_named(tmp_path):
     root = write_mir_release(tmp_path / "c" / "mirflickr25k", annotations="elsewhere")
     with pytest.raises(DataError, match=r"mirflickr25k_annotations_v080/animals.txt: file not found"):
         load_mirflickr25k(str(root), n_query=4, n_train=10)
+
+
+# ---------------------------------------------------------------------------------- NUS-WIDE
+from test_data_extra import N_IMG, nus_arrays, write_nus  # noqa: E402
+
+from xmodal.data.nuswide import load_nus_wide  # noqa: E402
+
+
+@pytest.mark.parametrize("folder", ["images", "Images"])
+def test_nus_wide_flat_image_folder(tmp_path, folder):
+    # Many copies of the images (mirrors, images fetched from NUS-WIDE-urls.txt) keep them in one
+    # folder, without Imagelist.txt's category sub-folders.
+    tags, labels = nus_arrays()
+    root = write_nus(tmp_path / "nus_wide", tags, labels, flickr=False)
+    (root / folder).mkdir()
+    for i in range(0, N_IMG, 3):
+        (root / folder / f"{i:04d}_{1000 + i}.jpg").write_bytes(b"\xff\xd8\xff")
+    ds = load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12)
+    for p, i in zip(ds.image_paths, ds.meta["release_rows"]):
+        assert p == str(root / folder / f"{i:04d}_{1000 + i}.jpg")
+    # image_dir names such a folder anywhere; a folder that does not exist is an error.
+    elsewhere = tmp_path / "pics"
+    (root / folder).rename(elsewhere)
+    ds = load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12, image_dir=elsewhere)
+    i = ds.meta["release_rows"][0]
+    assert ds.image_paths[0] == str(elsewhere / f"{i:04d}_{1000 + i}.jpg")
+    with pytest.raises(DataError, match=r"nope: image folder not found"):
+        load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12, image_dir=tmp_path / "nope")

@@ -10,7 +10,8 @@ Release layout read (under ``ROOT/nus_wide`` or ROOT itself)::
     NUS_WID_Tags/TagList1k.txt             optional: the 1000 tag names (gives raw ``texts``)
     Concepts81.txt                         concept names (also found in ConceptsList/ or NUS_WID_Tags/)
     Groundtruth/AllLabels/Labels_<c>.txt   one 0/1 per image line, for each concept
-    Flickr/<category>/<file>.jpg           optional: the images, for an image encoder
+    Flickr/<category>/<file>.jpg           optional: the images, for an image encoder (also found
+                                           flat, as ``images/<file>.jpg``)
 
 The ``*_cnn.mat`` feature files of hashing papers (``nus_cnn.mat``: ``I_tr``/``T_tr``/``L_tr``,
 ``_te``, ``_db``) go through ``load_dataset(path)`` (:func:`~xmodal.data.mirflickr.load_cnn_mat`);
@@ -149,6 +150,21 @@ def read_feature_file(path: Path, n_rows: int) -> np.ndarray:
     return X.astype(np.float32)
 
 
+def _image_layout(root: Path, image_dir: str | Path | None, rel: list[str]) -> tuple[Path, bool]:
+    """(folder, flat): where the images are, and whether they sit there without Imagelist.txt's
+    category sub-folders (``images/0001_2124494179.jpg``, as mirrors and URL downloads keep
+    them). The first candidate holding one of the first images wins: ``image_dir``, else
+    ``Flickr/`` (the release's image archive), ``images/``, ``Images/``, the dataset folder."""
+    bases = [Path(image_dir)] if image_dir is not None else \
+        [b for b in (root / "Flickr", root / "images", root / "Images", root) if b.is_dir()]
+    sample = rel[:200]  # downloads miss some images: look at more than one
+    for base in bases:
+        for flat in (False, True):
+            if any((base / (Path(p).name if flat else p)).is_file() for p in sample):
+                return base, flat
+    return bases[0], False  # no image found: paths as the release's Flickr/ folder holds them
+
+
 def _find_concepts(root: Path) -> Path:
     for rel in CONCEPT_FILES:
         if (root / rel).exists():
@@ -243,10 +259,11 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         feature_name = fpath.stem
 
     rel = [relative_image_path(entries[i]) for i in keep]
-    if image_dir is not None:
-        base = Path(image_dir)
-    else:
-        base = root / "Flickr" if (root / "Flickr").is_dir() else root
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(f"{image_dir}: image folder not found (images of {list_path})")
+    base, flat = _image_layout(root, image_dir, rel)
+    if flat:
+        rel = [Path(p).name for p in rel]
     T = tags[keep].astype(np.float32)
     texts = None
     if vocab is not None:
