@@ -236,3 +236,41 @@ def test_nus_wide_flat_image_folder(tmp_path, folder):
     assert ds.image_paths[0] == str(elsewhere / f"{i:04d}_{1000 + i}.jpg")
     with pytest.raises(DataError, match=r"nope: image folder not found"):
         load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12, image_dir=tmp_path / "nope")
+
+
+def write_nus_cleaned(root, n=40, n_labels=21, taglist="Concepts"):
+    """The cleaned lists deep hashing code (DCHMT and its followers) ships for NUS-WIDE:
+    all_imgs.txt, all_tags.txt (comma-separated tags of TagList1k.txt), all_labels.txt (N x 21)."""
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True)
+    vocab = [f"tag{j}" for j in range(1000)]
+    (root / "all_imgs.txt").write_text("".join(f"images/{i:04d}_{1000 + i}.jpg\n" for i in range(n)))
+    tags = [sorted(rng.choice(1000, 3, replace=False).tolist()) for _ in range(n)]
+    (root / "all_tags.txt").write_text("".join(",".join(vocab[j] for j in t) + "\n" for t in tags))
+    labels = rng.integers(0, 2, (n, n_labels))
+    labels[:, 0] = 1
+    (root / "all_labels.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in labels))
+    if taglist:
+        (root / taglist).mkdir(exist_ok=True)
+        (root / taglist / "TagList1k.txt").write_text("\n".join(vocab) + "\n")
+    return tags, labels
+
+
+def test_nus_wide_cleaned_lists(tmp_path):
+    root = tmp_path / "nus_wide"
+    tags, labels = write_nus_cleaned(root)
+    ds = load_nus_wide(str(tmp_path), n_query=5, n_train=10)
+    assert ds.n_images == ds.n_texts == 40
+    np.testing.assert_array_equal(ds.labels, labels)
+    # Text features are the 1000-d tag vectors over TagList1k.txt, in its order.
+    assert ds.text_features.shape == (40, 1000)
+    assert np.flatnonzero(ds.text_features[7]).tolist() == tags[7]
+    assert ds.texts[7] == " ".join(f"tag{j}" for j in tags[7])
+    assert ds.image_paths[7] == str(root / "images" / "0007_1007.jpg")
+    assert len(ds.splits["query"]) == 5 and len(ds.splits["train"]) == 10
+    # Same loader for the folder itself; a row of another width names its line.
+    lines = (root / "all_labels.txt").read_text().splitlines()
+    lines[11] = lines[11] + " 0"
+    (root / "all_labels.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"all_labels.txt:12: expected 21 0/1 values"):
+        load_nus_wide(str(root), n_query=5, n_train=10)

@@ -110,6 +110,22 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
 
         if find_dcmh_files(root):
             return load_dcmh_mat(root, name="mirflickr25k", n_query=n_query, n_train=n_train, seed=seed)
+    return load_cleaned_lists(root, "mirflickr25k", n_query=n_query, n_train=n_train, seed=seed,
+                              label_names=MIRFLICKR_LABELS)
+
+
+def load_cleaned_lists(root: str | Path, name: str, n_query: int, n_train: int, seed: int = 0,
+                       label_names: list[str] | None = None, vocabulary: list[str] | None = None,
+                       image_root: str | Path | None = None) -> PairedDataset:
+    """The cleaned lists that deep hashing code ships for MIRFlickr-25K, NUS-WIDE and MS-COCO
+    (DCHMT and its followers): ``all_imgs.txt`` (image paths relative to the folder, or to
+    ``image_root``),
+    ``all_tags.txt`` (comma-separated tags), ``all_labels.txt`` (one row of 0/1 values per
+    image; ``len(label_names)`` columns, else as many as the first row has). Text features are
+    tag vectors over ``vocabulary`` (default: every tag seen, sorted; other tags are dropped
+    and counted in ``meta["tags_not_in_vocabulary"]``). Splits: :func:`hashing_splits`."""
+    root = Path(root)
+    base = root if image_root is None else Path(image_root)
     imgs_path = root / "all_imgs.txt"
     imgs = _lines(imgs_path)
     while imgs and not imgs[-1].strip():  # a trailing blank line is not an image
@@ -125,20 +141,25 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
         if len(rows) < n or any(r.strip() for r in rows[n:]):
             raise DataError(f"{path}: {len(rows)} rows, but all_imgs.txt lists {n} images")
     tag_lists = [[t.strip() for t in row.split(",") if t.strip()] for row in tag_rows[:n]]
-    labels = np.zeros((n, len(MIRFLICKR_LABELS)), dtype=np.uint8)
+    width = len(label_names) if label_names is not None else len(label_rows[0].split()) if n else 0
+    labels = np.zeros((n, width), dtype=np.uint8)
     for r, row in enumerate(label_rows[:n]):
         vals = row.split()
-        if len(vals) != len(MIRFLICKR_LABELS) or any(v not in ("0", "1") for v in vals):
-            raise DataError(f"{labels_path}:{r + 1}: expected {len(MIRFLICKR_LABELS)} 0/1 values")
+        if len(vals) != width or any(v not in ("0", "1") for v in vals):
+            raise DataError(f"{labels_path}:{r + 1}: expected {width} 0/1 values, got {len(vals)} values"
+                            + ("" if label_names is not None else " (the first row's count)"))
         labels[r] = np.array(vals, dtype=np.uint8)
-    T, vocab = tag_matrix(tag_lists)
-    splits = hashing_splits(n, n_query, n_train, seed, name="mirflickr25k")
+    T, vocab = tag_matrix(tag_lists, vocabulary)
+    known = set(vocab)
+    splits = hashing_splits(n, n_query, n_train, seed, name=name)
     return PairedDataset(
-        name="mirflickr25k", text_to_image=np.arange(n), n_images=n,
-        image_paths=[str(root / p) for p in imgs], texts=[" ".join(t) for t in tag_lists],
-        text_features=T, labels=labels, label_names=MIRFLICKR_LABELS,
+        name=name, text_to_image=np.arange(n), n_images=n,
+        image_paths=[str(base / p.strip()) for p in imgs], texts=[" ".join(t) for t in tag_lists],
+        text_features=T, labels=labels, label_names=label_names,
         splits=splits,
-        root=str(root), meta={"protocol": "hashing", "tag_vocabulary": vocab, "seed": seed},
+        root=str(root), meta={"protocol": "hashing", "layout": "cleaned_lists", "tag_vocabulary": vocab,
+                              "tags_not_in_vocabulary": sum(t not in known for ts in tag_lists for t in ts),
+                              "seed": seed},
     )
 
 

@@ -13,6 +13,9 @@ Release layout read (under ``ROOT/nus_wide`` or ROOT itself)::
     Flickr/<category>/<file>.jpg           optional: the images, for an image encoder (also found
                                            flat, as ``images/<file>.jpg``)
 
+The cleaned lists of deep hashing code (DCHMT and its followers: ``all_imgs.txt``,
+``all_tags.txt`` comma-separated, ``all_labels.txt`` N x 21, ``TagList1k.txt`` beside them or in
+``Concepts/``) load too (:func:`~xmodal.data.mirflickr.load_cleaned_lists`).
 The ``*_cnn.mat`` feature files of hashing papers (``nus_cnn.mat``: ``I_tr``/``T_tr``/``L_tr``,
 ``_te``, ``_db``) go through ``load_dataset(path)`` (:func:`~xmodal.data.mirflickr.load_cnn_mat`);
 a folder holding only such a file is loaded the same way, and so is a folder holding the DCMH
@@ -29,10 +32,11 @@ import numpy as np
 
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, read_text
-from .mirflickr import hashing_splits, load_cnn_mat
+from .mirflickr import hashing_splits, load_cleaned_lists, load_cnn_mat
 
 N_TAGS = 1000
 CONCEPT_FILES = ("Concepts81.txt", "ConceptsList/Concepts81.txt", "NUS_WID_Tags/Concepts81.txt")
+TAGLIST_DIRS = (".", "Concepts", "NUS_WID_Tags")  # where the cleaned lists keep TagList1k.txt
 _DRIVE_RE = re.compile(r"^[A-Za-z]:/")
 
 
@@ -165,6 +169,18 @@ def _image_layout(root: Path, image_dir: str | Path | None, rel: list[str]) -> t
     return bases[0], False  # no image found: paths as the release's Flickr/ folder holds them
 
 
+def _find_root(data_dir: str | None) -> Path:
+    # Markers let --data-dir name the dataset folder itself: the release, then the cleaned lists.
+    for marker in ("ImageList", "all_imgs.txt"):
+        try:
+            return resolve_dataset_dir("nus_wide", data_dir, marker=marker)
+        except DataError:
+            continue
+    from .dcmh_mat import dcmh_folder  # ROOT/nus_wide holding only .mat files
+
+    return dcmh_folder("nus_wide", data_dir)
+
+
 def _find_concepts(root: Path) -> Path:
     for rel in CONCEPT_FILES:
         if (root / rel).exists():
@@ -189,13 +205,17 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     dataset folder) with one row per ``Imagelist.txt`` line; otherwise encode ``image_paths``
     (under ``image_dir``, default ``Flickr/`` when present) with an image encoder.
     """
-    try:
-        root = resolve_dataset_dir("nus_wide", data_dir, marker="ImageList")
-    except DataError:  # ROOT/nus_wide holding only .mat files
-        from .dcmh_mat import dcmh_folder
-
-        root = dcmh_folder("nus_wide", data_dir)
+    root = _find_root(data_dir)
     list_path = root / "ImageList" / "Imagelist.txt"
+    if not list_path.exists() and (root / "all_imgs.txt").exists():
+        if concepts is not None or image_features is not None:
+            raise DataError(f"{root / 'all_labels.txt'}: the cleaned lists fix their concepts and have "
+                            "no image features; concepts and image_features do not apply")
+        taglist = next((root / d / "TagList1k.txt" for d in TAGLIST_DIRS if (root / d / "TagList1k.txt").is_file()), None)
+        ds = load_cleaned_lists(root, "nus_wide", n_query=n_query, n_train=n_train, seed=seed,
+                                vocabulary=_nonblank_lines(taglist) if taglist else None, image_root=image_dir)
+        ds.meta["text_feature"] = "tags1k" if taglist else "tags"
+        return ds
     if not list_path.exists():
         mats = sorted(root.glob("*_cnn.mat"))
         if mats:
