@@ -274,3 +274,17 @@ def test_nus_wide_cleaned_lists(tmp_path):
     (root / "all_labels.txt").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"all_labels.txt:12: expected 21 0/1 values"):
         load_nus_wide(str(root), n_query=5, n_train=10)
+
+
+def test_cleaned_lists_folder_by_path(tmp_path):
+    # MS-COCO ships in the same cleaned lists (80 labels); any such folder loads by path.
+    root = tmp_path / "coco"
+    tags, labels = write_nus_cleaned(root, n=60, n_labels=80, taglist=None)
+    ds = load_dataset(str(root), n_query=5, n_train=10)
+    assert ds.name == "coco" and ds.labels.shape == (60, 80) and ds.meta["dataset"] == "mscoco"
+    assert len(ds.splits["query"]) == 5 and len(ds.splits["train"]) == 10
+    np.testing.assert_array_equal(ds.labels, labels)
+    mine = tmp_path / "mydata"
+    write_nus_cleaned(mine, n=60, n_labels=3, taglist=None)
+    ds = load_dataset(str(mine))  # an unknown dataset: 10% queries, half the rest to train
+    assert len(ds.splits["query"]) == 6 and len(ds.splits["train"]) == 27

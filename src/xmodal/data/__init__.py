@@ -8,7 +8,7 @@ from typing import Callable
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_mat
 from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
-from .mirflickr import load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
+from .mirflickr import load_cleaned_folder, load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide
 from .pairs import load_pairs
@@ -29,7 +29,9 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
     one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
     ``L_tr``) or the DCMH layout (``IAll``/``YAll``/``LAll``), or a folder of DCMH per-variable
-    ``.mat`` files, or a ``.npz`` of features written by ``xmodal encode``
+    ``.mat`` files, or a folder of the cleaned lists of deep hashing code (``all_imgs.txt``,
+    ``all_tags.txt``, ``all_labels.txt``; :func:`~xmodal.data.mirflickr.load_cleaned_folder`), or
+    a ``.npz`` of features written by ``xmodal encode``
     (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times); ``kwargs`` go to the
     loader (e.g. ``n_query``, ``n_train``, ``seed`` for :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`)."""
     if name in LOADERS:
@@ -43,6 +45,8 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
         return load_npz(path, **kwargs)
     if path.suffix.lower() == ".json" or (path.is_dir() and find_karpathy_file(path) is not None):
         return load_karpathy(path, **kwargs)
+    if name and path.is_dir() and (path / "all_imgs.txt").is_file():
+        return load_cleaned_folder(path, **kwargs)
     if name and path.is_dir() and find_dcmh_files(path):
         return load_dcmh_mat(path, **kwargs)
     # Say what is wrong with a path rather than calling it an unknown dataset name.
@@ -57,5 +61,5 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
 
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
-           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release", "load_cnn_mat",
+           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release", "load_cleaned_folder", "load_cnn_mat",
            "load_nus_wide", "load_dcmh_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]

@@ -163,6 +163,27 @@ def load_cleaned_lists(root: str | Path, name: str, n_query: int, n_train: int, 
     )
 
 
+def load_cleaned_folder(path: str | Path, n_query: int | None = None, n_train: int | None = None,
+                        seed: int = 0) -> PairedDataset:
+    """A folder of cleaned lists (:func:`load_cleaned_lists`) given by path, named after the
+    folder. Split sizes default to the papers' for the dataset its name or label count
+    identifies (:func:`~xmodal.data.dcmh_mat.identify`: MIRFlickr-25K, NUS-WIDE, IAPR TC-12,
+    MS-COCO), else :func:`~xmodal.data.dcmh_mat.default_split_sizes`."""
+    from .dcmh_mat import default_split_sizes, identify
+
+    root = Path(path)
+    imgs = [line for line in _lines(root / "all_imgs.txt") if line.strip()]
+    first = next((r for r in _lines(root / "all_labels.txt") if r.strip()), "")
+    known = identify([root.name], len(first.split()), len(imgs))
+    dq, dt = default_split_sizes(known, len(imgs))
+    names = MIRFLICKR_LABELS if known is not None and known.name == "mirflickr25k" \
+        and len(first.split()) == len(MIRFLICKR_LABELS) else None
+    ds = load_cleaned_lists(root, root.name, n_query=dq if n_query is None else n_query,
+                            n_train=dt if n_train is None else n_train, seed=seed, label_names=names)
+    ds.meta["dataset"] = known.name if known else None
+    return ds
+
+
 _TAGS_RE = re.compile(r"tags(\d+)\.txt")
 ANNOTATION_DIRS = ("mirflickr25k_annotations_v080", "annotations")
 
