@@ -197,3 +197,52 @@ def test_cli_stats_tells_whether_collections_share_a_space(shards, server, tmp_p
     assert r.exit_code == 0 and "different common spaces" in r.output and "7 images, 35 texts" in r.output
     r = CliRunner().invoke(app, ["stats", "-c", str(tmp_path / "nothing.xmc")])
     assert r.exit_code == 2 and "no collection here" in r.output
+
+
+def test_a_remote_shard_rebuilt_into_another_space_is_left_out(shards, tmp_path):
+    """A shard server that follows `xmodal index --rebuild` into another space after the
+    router started must not have its scores merged with the others' (they mean other things)."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    path = tmp_path / "b.xmc"
+    shutil.copytree(shards["root"] / "b.xmc", path)
+    served = Collection.open(path)
+    with serving(create_app(served)) as url:
+        a = Collection.open(shards["root"] / "a.xmc")
+        sc = ShardedCollection([a, RemoteShard(url)])
+        client = TestClient(create_app(a, shards=[url]))
+        assert {h.shard for h in sc.search_text(QUERIES[0], 14, "image")} == {str(a.path), url}
+        # rebuilt beside the running server: its own fit, the same vector shape
+        build_collection(shards["halves"][1], path, image_encoder="efficientnet-lite0",
+                         text_encoder="tfidf", overwrite=True, quiet=True).close()
+        assert client.get("/api/info").json()["space"] == a.space
+        # the served collection follows the rebuild and reports its new space
+        assert TestClient(create_app(served)).get("/api/info").json()["space"] == Collection.open(path).space
+        assert served.space != a.space
+        with pytest.raises(CollectionError, match="common space"):
+            sc.search_text(QUERIES[0], 5, "image")
+        hits = sc.search_text(QUERIES[0], 5, "image", on_error="skip")
+        assert {h.shard for h in hits} == {str(a.path)} and "common space" in hits.failed[0][1]
+        body = client.post("/api/search", json={"text": QUERIES[0], "k": 5}).json()
+        assert all("shard" not in r for r in body["results"])
+        assert body["failed_shards"][0]["shard"] == url and "common space" in body["failed_shards"][0]["error"]
+        sc.close()
+
+
+def test_k_over_the_http_limit_still_reaches_remote_shards(shards, server):
+    """The command line takes k up to 10000 and "more like this" asks for k + 1, but a server
+    answers at most 1000 hits a query: remote shards are asked for at most that many."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    a = Collection.open(shards["root"] / "a.xmc")
+    with ShardedCollection([a, RemoteShard(server)]) as sc:
+        hits = sc.search_text(QUERIES[0], 1500, "text")
+        assert len(hits) == a.count("text") + shards["b"].count("text") and not hits.failed
+    client = TestClient(create_app(a, shards=[server]))
+    item = a.list_items("image", 0, 1)[0]
+    body = client.post("/api/search", json={"item_id": item.id, "k": 1000, "target": "image"}).json()
+    assert body["failed_shards"] == [] and len(body["results"]) == 13

@@ -256,6 +256,7 @@ class Collection:
             self.index_spec: str = self.meta.get("index", "Flat")
             self._method: Any = None
             self._encoders: dict[str, Any] = {}
+            self._space: str | None = None  # a rebuilt collection may be another space
             self.indexes: dict[tuple[str, str], VectorIndex] = {}
             self._gen = -1
             self._load_indexes()
@@ -688,7 +689,7 @@ class Collection:
         """Fingerprint of the common space: the fitted method's file, the encoders (spec, class
         and fitted state) and the vector shape. Collections with the same fingerprint score
         queries alike, so their results can be merged (:mod:`xmodal.index.shards`)."""
-        if getattr(self, "_space", None) is None:
+        if self._space is None:
             h = hashlib.sha256(f"{self.kind}|{self.dim}|".encode())
             method = self.meta.get("method")
             if method:
@@ -701,6 +702,7 @@ class Collection:
         return self._space
 
     def stats(self) -> dict[str, Any]:
+        self.refresh()  # another process's writes or rebuild: counts and space as they are now
         labels = [r[0] for r in self.store.query("SELECT DISTINCT label FROM item_labels ORDER BY label")]
         return {"path": str(self.path), "images": self.count("image"), "texts": self.count("text"),
                 "output": self.kind, "dim": self.dim, "index": self.index_spec, "space": self.space,

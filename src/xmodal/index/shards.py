@@ -23,6 +23,8 @@ import numpy as np
 
 from .collection import Collection, CollectionError, Hit
 
+MAX_REMOTE_K = 1000  # the most hits `xmodal serve` answers per query (its k limit)
+
 
 class RemoteShard:
     """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
@@ -75,7 +77,8 @@ class RemoteShard:
         return self._info.get("space")
 
     def search(self, body: dict[str, Any]) -> list[Hit]:
-        out = self._call("/api/search", body)
+        # a server answers at most MAX_REMOTE_K hits; asking for more would be a 422
+        out = self._call("/api/search", {**body, "k": min(int(body["k"]), MAX_REMOTE_K)})
         fields = Hit.__dataclass_fields__
         try:
             return [Hit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
@@ -131,6 +134,15 @@ class ShardedCollection:
                 f"({'; '.join(what) or 'a differently fitted method or encoder'}); make every shard "
                 f"of one space: xmodal index SOURCE -c NEW --like {self.names[0]}")
 
+    @property
+    def space(self) -> str | None:
+        """The space queries are encoded in: the first local shard's (as it is now: it may
+        have been rebuilt), else the first shard's."""
+        first = self.local if self.local is not None else self.shards[0]
+        if isinstance(first, Collection):
+            first.refresh()
+        return first.space
+
     def close(self) -> None:
         self._pool.shutdown(wait=False)
 
@@ -155,10 +167,17 @@ class ShardedCollection:
         """Top ``k`` of the union for one common-space vector (packed code for binary spaces).
         Local binary shards with float projections re-rank by ``fq``; remote ones by Hamming."""
         v = np.asarray(vector).reshape(-1)
-        body = _request(target, k, labels, exact, distinct, vector=v.tolist())
+        space = self.space
+        # Each shard checks the space on every query, not only at the start: a shard rebuilt
+        # into another space meanwhile would rank noise among the others' hits.
+        body = _request(target, k, labels, exact, distinct, vector=v.tolist(), space=space)
 
         def one(shard):
             if isinstance(shard, Collection):
+                shard.refresh()
+                if shard.space != space:
+                    raise CollectionError(f"shard {_name(shard)}: its common space is now {shard.space}, "
+                                          f"not {space} (rebuilt?); left out")
                 return shard.search_vector(v, target, k, labels=labels, exact=exact, fq=fq,
                                            rerank=4 if fq is not None else 0, distinct=distinct)
             return shard.search(body)
@@ -167,7 +186,8 @@ class ShardedCollection:
 
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
         if self.local is None:
-            body = _request(target, k, kw.get("labels"), kw.get("exact"), kw.get("distinct"), text=text)
+            body = _request(target, k, kw.get("labels"), kw.get("exact"), kw.get("distinct"), text=text,
+                            space=self.space)
             return self._fan_out(lambda s: s.search(body), k, bool(kw.get("distinct")) and target == "text",
                                  kw.get("on_error", "raise"))
         q, fq = self.local.encode_query_text(text)

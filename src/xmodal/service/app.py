@@ -60,6 +60,8 @@ class SearchRequest(BaseModel):
     alpha: float = 1.0
     beta: float = 0.75
     gamma: float = 0.25
+    space: str | None = Field(None, description="the common-space fingerprint the caller encoded "
+                              "`vector` in (a routing server's check); another space answers 409")
 
 
 class BatchSearchRequest(BaseModel):
@@ -344,6 +346,13 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 if v.shape != (width,):
                     raise HTTPException(422, f"vector must have {width} values, got {v.shape[0]}")
                 q = v
+        if req.space is not None:
+            coll.refresh()  # a rebuild beside the server may have changed the space
+            if req.space != coll.space:
+                raise HTTPException(409, f"this collection's common space is {coll.space}, not {req.space} "
+                                         "as the caller expects (rebuilt, or never a shard of it): its "
+                                         "scores would not compare; make it a shard with `xmodal index "
+                                         "SOURCE -c THIS --like FIRST`")
         if req.target:
             target = req.target
         elif exclude:  # more like this (an item id): the item's own modality, as in the CLI
