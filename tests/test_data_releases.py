@@ -288,3 +288,19 @@ def test_cleaned_lists_folder_by_path(tmp_path):
     write_nus_cleaned(mine, n=60, n_labels=3, taglist=None)
     ds = load_dataset(str(mine))  # an unknown dataset: 10% queries, half the rest to train
     assert len(ds.splits["query"]) == 6 and len(ds.splits["train"]) == 27
+
+
+def test_karpathy_coco_with_2017_images(tmp_path):
+    # Many have only COCO 2017 on disk: the 2014 files renamed <cocoid:012d>.jpg and split
+    # between train2017/ and val2017/.
+    doc = coco_doc()
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(doc))
+    for rec in doc["images"]:
+        sub = "val2017" if rec["imgid"] % 2 else "train2017"
+        p = tmp_path / "coco" / sub / f"{rec['cocoid']:012d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"\xff\xd8\xff")
+    ds = load_dataset(str(tmp_path / "dataset_coco.json"))
+    assert ds.image_paths[0] == str(tmp_path / "coco" / "train2017" / "000000001000.jpg")
+    assert ds.image_paths[3] == str(tmp_path / "coco" / "val2017" / "000000001003.jpg")
+    assert ds.image_ids[3] == "COCO_val2014_000000000003"  # ids stay Karpathy's

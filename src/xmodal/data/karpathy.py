@@ -3,7 +3,8 @@ MSCOCO and UCM-Captions (Qu et al., "Deep Semantic Understanding of High Resolut
 Sensing Image", CITS 2016) all ship in this layout. Karpathy's ``caption_datasets.zip`` names
 the files ``dataset_coco.json``, ``dataset_flickr30k.json`` and ``dataset_flickr8k.json``; the
 images sit wherever their own download unpacked them (``train2014/`` + ``val2014/`` for COCO,
-named by each record's ``filepath``; ``flickr30k-images/``; ``Flicker8k_Dataset/``)."""
+named by each record's ``filepath``, or COCO 2017's ``train2017/`` + ``val2017/``;
+``flickr30k-images/``; ``Flicker8k_Dataset/``)."""
 
 from __future__ import annotations
 
@@ -103,8 +104,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
             raise DataError(f"{where} ({rec['filename']}): field 'sentences' missing or empty")
         if not isinstance(sents, list):  # a string would give one "sentence" per character
             raise DataError(f"{where} ({rec['filename']}): field 'sentences' must be a list")
-        folder = base / rec["filepath"] if rec.get("filepath") else base
-        image_paths.append(str(resolve_image(folder, rec["filename"])))
+        image_paths.append(str(_locate(base, rec) or _record_path(base, rec)))
         image_ids.append(Path(rec["filename"]).stem)
         split = rec.get("split", "train")
         split = "train" if split == "restval" else split
@@ -152,6 +152,27 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     )
 
 
+def _record_path(base: Path, rec: dict) -> Path:
+    folder = base / str(rec["filepath"]) if rec.get("filepath") else base
+    return resolve_image(folder, rec["filename"])
+
+
+def _locate(base: Path, rec: dict) -> Path | None:
+    """The image file of a record under ``base``, or None: ``filepath/filename`` (any
+    extension), else for COCO the 2017 release's name (``train2017/`` or ``val2017/``
+    ``<cocoid:012d>.jpg``: the 2014 images renamed and re-split)."""
+    p = _record_path(base, rec)
+    if p.exists():
+        return p
+    cocoid = rec.get("cocoid")
+    if isinstance(cocoid, int) and not isinstance(cocoid, bool):
+        for sub in ("train2017", "val2017"):
+            cand = base / sub / f"{cocoid:012d}.jpg"
+            if cand.exists():
+                return cand
+    return None
+
+
 def _guess_image_dir(root: Path, first: dict) -> Path:
     """The folder under which the images are: the file's folder or one of its sub-folders
     (``imgs/``, ``flickr30k-images/``, ``Flicker8k_Dataset/``, ``images/`` holding
@@ -162,8 +183,7 @@ def _guess_image_dir(root: Path, first: dict) -> Path:
     filename = first.get("filename") if isinstance(first, dict) else None
     if isinstance(filename, str) and filename.strip():
         for cand in cands:
-            folder = cand / str(first["filepath"]) if first.get("filepath") else cand
-            if resolve_image(folder, filename).exists():
+            if _locate(cand, first) is not None:
                 return cand
     return cands[0]  # no image found: paths as the first named folder would hold them
 
