@@ -48,3 +48,20 @@ def test_csv_label_and_labels_columns(tmp_path):
     path.write_text('image,text,label,labels\na.jpg,"t, with comma",x,y;z\n')
     with pytest.raises(DataError, match=r"p\.csv:2: "):
         load_dataset(str(path))
+
+
+def test_spreadsheet_csv_with_semicolons_or_tabs(tmp_path):
+    # Excel in locales with a decimal comma saves "CSV" with ';' between fields; a .csv
+    # exported as tab-separated text is common too. Both are read by their header.
+    for delim in (";", "\t"):
+        path = tmp_path / f"pairs{len(delim)}{ord(delim)}.csv"
+        path.write_text(delim.join(["image", "text", "labels"]) + "\r\n"
+                        + delim.join(["a.jpg", "a dog, on grass", "dog;animal" if delim == "\t" else "dog"]) + "\r\n"
+                        + delim.join(["b.jpg", "a cat", "cat"]) + "\r\n")
+        ds = load_dataset(str(path))
+        assert ds.texts == ["a dog, on grass", "a cat"]
+        assert ds.n_images == 2 and ds.labels.sum() == (3 if delim == "\t" else 2)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("picture;caption\nx.jpg;y\n")
+    with pytest.raises(DataError, match=r"bad.csv:1: header must name an 'image' column"):
+        load_dataset(str(bad))

@@ -6,7 +6,8 @@ may have several texts, and has the union of their labels). ``labels`` may be a 
 of the labels. A label is a name: JSON numbers are names too, an integral one written
 without its fraction (``1.0`` is class ``1``); booleans are refused. Without a ``split`` column,
 images are split 80/10/10 into train/val/test with a fixed seed; with one, a row whose split is
-blank goes to ``train``.
+blank goes to ``train``. A CSV's fields may be separated by ``,``, ``;`` (spreadsheets in
+decimal-comma locales) or tabs: the one that makes the header name an ``image`` column is used.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def _rows(path: Path) -> list[dict]:
         return rows
     if path.suffix.lower() in (".csv", ".tsv"):
         delim = "\t" if path.suffix.lower() == ".tsv" else ","
+        header = next(iter(io.StringIO(text, newline="")), "")
+        for alt in (delim, ";", "\t", ","):
+            # Spreadsheets in decimal-comma locales write ';' between fields, some exports tabs:
+            # the delimiter is the one that makes the header name an 'image' column.
+            if "image" in next(csv.reader([header], delimiter=alt), []):
+                delim = alt
+                break
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise DataError(f"{path}:1: header must name an 'image' column, got {reader.fieldnames}")
