@@ -304,3 +304,48 @@ def test_karpathy_coco_with_2017_images(tmp_path):
     assert ds.image_paths[0] == str(tmp_path / "coco" / "train2017" / "000000001000.jpg")
     assert ds.image_paths[3] == str(tmp_path / "coco" / "val2017" / "000000001003.jpg")
     assert ds.image_ids[3] == "COCO_val2014_000000000003"  # ids stay Karpathy's
+
+
+# --------------------------------------------------------------------------- Pascal Sentences
+from xmodal.data.pascal import load_pascal_sentences  # noqa: E402
+
+PAS_CATS = ["aeroplane", "bicycle", "bird"]
+
+
+def write_pascal_page(root, per_class=12, break_row=None):
+    """The dataset's own page (vision.cs.uiuc.edu/pascal-sentences/index.html) saved with its
+    images: one outer table row per image, <img src="<category>/<file>.jpg"> and a nested table
+    of five sentences; old HTML (no closing </td>, entities, a sentence over two lines)."""
+    rows = []
+    for c, cat in enumerate(PAS_CATS):
+        (root / cat).mkdir(parents=True)
+        for k in range(per_class):
+            name = f"2008_{c:02d}{k:04d}.jpg"
+            (root / cat / name).write_bytes(b"\xff\xd8\xff")
+            sents = "".join(f"<tr><td> A {cat} &amp; friend,\n picture {k} sentence {s}.\n"
+                            for s in range(4 if (c, k) == break_row else 5))
+            rows.append(f'<tr><td><img src="{cat}/{name}"></td>\n<td><table>\n{sents}</table></td></tr>\n')
+    (root / "index.html").write_text("<html><head><title>Pascal Sentences</title></head><body>\n"
+                                     "<table>\n" + "".join(rows) + "</table>\n</body></html>\n")
+    return root
+
+
+def test_pascal_sentences_official_page(tmp_path):
+    root = write_pascal_page(tmp_path / "pascal_sentences")
+    ds = load_pascal_sentences(str(tmp_path))
+    assert ds.label_names == PAS_CATS and ds.n_images == 36 and ds.n_texts == 180
+    i = ds.image_ids.index("2008_010003")
+    assert ds.class_ids[i] == 1 and ds.image_paths[i] == str(root / "bicycle" / "2008_010003.jpg")
+    assert [ds.texts[j] for j in np.flatnonzero(ds.text_to_image == i)] == \
+        [f"A bicycle & friend, picture 3 sentence {s}." for s in range(5)]
+    assert len(ds.splits["test"]) == 15 and len(ds.splits["val"]) == 15
+
+
+def test_pascal_sentences_official_page_errors_name_the_line(tmp_path):
+    root = write_pascal_page(tmp_path / "pascal_sentences", break_row=(1, 2))
+    with pytest.raises(DataError, match=r"index.html:\d+: bicycle/2008_010002.jpg has 4 sentences, expected 5"):
+        load_pascal_sentences(str(root))
+    page = root / "index.html"
+    page.write_text(page.read_text().replace('src="bird/2008_020005.jpg"', 'src="2008_020005.jpg"'))
+    with pytest.raises(DataError, match=r"index.html:\d+: image '2008_020005.jpg' is not in a category folder"):
+        load_pascal_sentences(str(root), sentences_per_image=None)

@@ -5,10 +5,18 @@ Turk", NAACL-HLT 2010 workshop): 1000 PASCAL VOC 2008 images, 50 in each of 20 c
     dataset/<category>/<image>.jpg
     sentence/<category>/<image>.txt     5 sentences, one per line (``<image>txt`` also accepted:
                                         a common download script drops the dot)
+
+or the dataset's page itself saved with its images (``wget -r`` of
+vision.cs.uiuc.edu/pascal-sentences/)::
+
+    index.html                          one table row per image: <img src="<category>/<image>.jpg">
+                                        and a nested table of its sentences
+    <category>/<image>.jpg
 """
 
 from __future__ import annotations
 
+import html.parser
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +53,90 @@ def read_sentences(path: Path, expected: int | None) -> list[str]:
     return out
 
 
+class _PageParser(html.parser.HTMLParser):
+    """Rows of the outer table: (line, image src, sentences in the nested table's cells).
+    Tolerates the old HTML of the page (cells and rows left unclosed)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[tuple[int, str, list[str]]] = []
+        self.depth = 0
+        self.row: tuple[int, str | None, list[str]] | None = None
+        self.cell: list[str] | None = None
+
+    def _close_cell(self) -> None:
+        if self.cell is not None and self.row is not None:
+            text = " ".join(" ".join(self.cell).split())
+            if text:
+                self.row[2].append(text)
+        self.cell = None
+
+    def _close_row(self) -> None:
+        self._close_cell()
+        if self.row is not None and self.row[1] is not None:
+            self.rows.append(self.row)  # type: ignore[arg-type]
+        self.row = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.depth += 1
+        elif tag == "tr" and self.depth == 1:
+            self._close_row()
+            self.row = (self.getpos()[0], None, [])
+        elif tag in ("tr", "td") and self.depth >= 2:
+            self._close_cell()
+            if tag == "td":
+                self.cell = []
+        elif tag == "img" and self.row is not None and self.row[1] is None:
+            src = dict(attrs).get("src")
+            if src:
+                self.row = (self.row[0], src, self.row[2])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._close_cell() if self.depth >= 2 else self._close_row()
+            self.depth = max(0, self.depth - 1)
+        elif tag == "tr" and self.depth == 1:
+            self._close_row()
+        elif tag in ("td", "tr") and self.depth >= 2:
+            self._close_cell()
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def read_page(path: Path, expected: int | None) -> list[tuple[str, str, list[str]]]:
+    """(category, image path relative to the page, sentences) for each image of the page."""
+    parser = _PageParser()
+    parser.feed(read_text(path, strict=False))
+    parser.close()
+    out, seen = [], set()
+    for line, src, sents in parser.rows:
+        rel = src.replace("\\", "/")
+        if "://" in rel:  # an absolute link to the page's own folder
+            rel = "/".join(rel.split("/")[-2:])
+        while rel.startswith("./"):
+            rel = rel[2:]
+        parts = rel.split("/")
+        if len(parts) < 2:
+            raise DataError(f"{path}:{line}: image {src!r} is not in a category folder "
+                            "(<category>/<image>.jpg), so its class is unknown")
+        if rel in seen:
+            raise DataError(f"{path}:{line}: image {src!r} listed twice")
+        if not sents or (expected is not None and len(sents) != expected):
+            raise DataError(f"{path}:{line}: {src} has {len(sents)} sentences, expected "
+                            f"{expected or 'at least 1'}")
+        seen.add(rel)
+        out.append((parts[-2], rel, sents))
+    if not out:
+        raise DataError(f"{path}: no table row with an image (not the Pascal Sentences page)")
+    return out
+
+
+PAGE_NAMES = ("index.html", "pascal-sentences.html", "index.htm")
+
+
 def stratified_splits(classes: np.ndarray, sizes: dict[str, int], seed: int = 0,
                       class_names: list[str] | None = None, source: str = "") -> dict[str, np.ndarray]:
     """Per class: ``sizes[name]`` random items for each named split, the rest in ``train``."""
@@ -74,7 +166,28 @@ def load_pascal_sentences(data_dir: str | None = None, n_val_per_class: int = 5,
     drawn with ``seed``; ``query`` = test and ``database`` = train for hashing.
     ``sentences_per_image=None`` accepts any positive count per file.
     """
-    root = resolve_dataset_dir("pascal_sentences", data_dir, marker="sentence")
+    root = first_error = None
+    for marker in ("sentence", *PAGE_NAMES):  # --data-dir may name the dataset folder itself
+        try:
+            root = resolve_dataset_dir("pascal_sentences", data_dir, marker=marker)
+            break
+        except DataError as exc:
+            first_error = first_error or exc
+    if root is None:
+        raise first_error  # the scrapers' layout is the one to name
+    page = next((root / n for n in PAGE_NAMES if (root / n).is_file()), None)
+    if not (root / "sentence").is_dir() and page is not None:
+        entries = read_page(page, sentences_per_image)
+        categories = sorted({cat for cat, _, _ in entries})
+        image_paths, image_ids, classes, texts, t2i = [], [], [], [], []
+        for cat, rel, sents in entries:
+            t2i += [len(image_paths)] * len(sents)
+            texts += sents
+            image_paths.append(str(page.parent / rel))
+            image_ids.append(Path(rel).stem)
+            classes.append(categories.index(cat))
+        return _pascal_dataset(root, image_paths, image_ids, classes, texts, t2i, categories,
+                               n_val_per_class, n_test_per_class, seed, source=f"{page}: ")
     img_root, sent_root = root / "dataset", root / "sentence"
     for folder in (img_root, sent_root):
         if not folder.is_dir():
@@ -113,9 +226,16 @@ def load_pascal_sentences(data_dir: str | None = None, n_val_per_class: int = 5,
             stem = s.name[:-4] if s.name.endswith(".txt") else s.name[:-3] if s.name.endswith("txt") else None
             if stem is not None and s.is_file() and stem not in stems:
                 raise DataError(f"{s}: sentence file with no image in {img_root / cat}")
+    return _pascal_dataset(root, image_paths, image_ids, classes, texts, t2i, categories,
+                           n_val_per_class, n_test_per_class, seed, source=f"{img_root}: ")
+
+
+def _pascal_dataset(root: Path, image_paths: list[str], image_ids: list[str], classes: list[int],
+                    texts: list[str], t2i: list[int], categories: list[str], n_val_per_class: int,
+                    n_test_per_class: int, seed: int, source: str) -> PairedDataset:
     classes_arr = np.asarray(classes)
     splits = stratified_splits(classes_arr, {"test": n_test_per_class, "val": n_val_per_class}, seed,
-                               categories, source=f"{img_root}: ")
+                               categories, source=source)
     splits["query"], splits["database"] = splits["test"], splits["train"]
     return PairedDataset(
         name="pascal_sentences", text_to_image=np.asarray(t2i), n_images=len(image_paths),
