@@ -349,3 +349,24 @@ def test_pascal_sentences_official_page_errors_name_the_line(tmp_path):
     page.write_text(page.read_text().replace('src="bird/2008_020005.jpg"', 'src="2008_020005.jpg"'))
     with pytest.raises(DataError, match=r"index.html:\d+: image '2008_020005.jpg' is not in a category folder"):
         load_pascal_sentences(str(root), sentences_per_image=None)
+
+
+# -------------------------------------------------------------------------------- Wikipedia
+from test_data_badinput import CATS, write_wikipedia  # noqa: E402
+
+from xmodal.data.wikipedia import load_wikipedia  # noqa: E402
+
+
+def test_wikipedia_release_folder_name_and_entities(tmp_path):
+    # The release unpacks to wikipedia_dataset/; its texts keep HTML entities (&ndash; is in
+    # over a thousand of the real files), which a text encoder must not see as words.
+    root, _ = write_wikipedia(tmp_path / "wikipedia_dataset")
+    (root / "texts" / "t1.xml").write_text(
+        '<document id="x" name="Y" cat="2">\n<text>\nA &ndash; B &amp; C&#91;1&#93;\n</text>\n</document>')
+    ds = load_wikipedia(str(tmp_path))
+    assert ds.label_names == CATS and ds.n_images == 9
+    assert ds.texts[1] == "A \u2013 B & C[1]"
+
+
+def test_wikipedia_real_texts_have_no_entities(wikipedia):
+    assert not any("&ndash;" in t or "&mdash;" in t for t in wikipedia.texts)

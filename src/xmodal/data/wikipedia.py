@@ -1,8 +1,12 @@
 """Wikipedia cross-modal dataset (Rasiwasia et al., "A New Approach to Cross-Modal Multimedia
-Retrieval", ACM MM 2010), in its original release layout."""
+Retrieval", ACM MM 2010), in its original release layout: ``wikipedia_dataset/`` (also found
+as ``wikipedia/`` or ``wikipedia_info/``, or named by --data-dir) holding ``categories.list``,
+``trainset_txt_img_cat.list``, ``testset_txt_img_cat.list``, ``texts/<text_id>.xml``,
+``images/<category>/<image_id>.jpg`` and ``raw_features.mat``."""
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import scipy.io
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, one_hot, read_text
 
+# The release unpacks to wikipedia_dataset/; the SCM code package calls its copy wikipedia_info/.
+FOLDER_NAMES = ("wikipedia", "wikipedia_dataset", "wikipedia_info")
 _TEXT_RE = re.compile(r"<text>(.*?)</text>", re.S)
 
 
@@ -36,7 +42,8 @@ def _read_list(path: Path, n_categories: int) -> list[tuple[str, str, int]]:
 def _read_text(path: Path) -> str:
     raw = path.read_text(encoding="utf-8", errors="replace")
     m = _TEXT_RE.search(raw)
-    return (m.group(1) if m else raw).strip()
+    # The release's texts keep HTML entities (&ndash;, &mdash;, &#91;...): decode them.
+    return html.unescape(m.group(1) if m else raw).strip()
 
 
 def load_wikipedia(data_dir: str | None = None, with_texts: bool = True) -> PairedDataset:
@@ -45,7 +52,15 @@ def load_wikipedia(data_dir: str | None = None, with_texts: bool = True) -> Pair
     Features are the release's 128-d SIFT bag of visual words (images) and 10-d LDA topic
     proportions (texts). Hashing protocols use ``query`` = test and ``database`` = train.
     """
-    root = resolve_dataset_dir("wikipedia", data_dir, marker="trainset_txt_img_cat.list")
+    root = first_error = None
+    for name in FOLDER_NAMES:
+        try:
+            root = resolve_dataset_dir(name, data_dir, marker="trainset_txt_img_cat.list")
+            break
+        except DataError as exc:
+            first_error = first_error or exc  # name the usual folder in the error
+    if root is None:
+        raise first_error
     cat_file = root / "categories.list"
     categories = [c.strip() for c in read_text(cat_file).splitlines() if c.strip()]
     if not categories:
