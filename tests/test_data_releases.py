@@ -370,3 +370,13 @@ def test_wikipedia_release_folder_name_and_entities(tmp_path):
 
 def test_wikipedia_real_texts_have_no_entities(wikipedia):
     assert not any("&ndash;" in t or "&mdash;" in t for t in wikipedia.texts)
+
+
+def test_nus_wide_official_folder_name(tmp_path):
+    # The official zips and repository are named NUS-WIDE; Concepts81.txt sits in ConceptsList/.
+    tags, labels = nus_arrays()
+    root = write_nus(tmp_path / "NUS-WIDE", tags, labels, flickr=False)
+    (root / "ConceptsList").mkdir()
+    (root / "Concepts81.txt").rename(root / "ConceptsList" / "Concepts81.txt")
+    ds = load_dataset("nus_wide", data_dir=str(tmp_path), n_concepts=3, n_query=5, n_train=12)
+    assert ds.root == str(root) and ds.label_names == ["lake", "sky", "water"]

@@ -16,8 +16,6 @@ import scipy.io
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, one_hot, read_text
 
-# The release unpacks to wikipedia_dataset/; the SCM code package calls its copy wikipedia_info/.
-FOLDER_NAMES = ("wikipedia", "wikipedia_dataset", "wikipedia_info")
 _TEXT_RE = re.compile(r"<text>(.*?)</text>", re.S)
 
 
@@ -52,15 +50,7 @@ def load_wikipedia(data_dir: str | None = None, with_texts: bool = True) -> Pair
     Features are the release's 128-d SIFT bag of visual words (images) and 10-d LDA topic
     proportions (texts). Hashing protocols use ``query`` = test and ``database`` = train.
     """
-    root = first_error = None
-    for name in FOLDER_NAMES:
-        try:
-            root = resolve_dataset_dir(name, data_dir, marker="trainset_txt_img_cat.list")
-            break
-        except DataError as exc:
-            first_error = first_error or exc  # name the usual folder in the error
-    if root is None:
-        raise first_error
+    root = resolve_dataset_dir("wikipedia", data_dir, marker="trainset_txt_img_cat.list")
     cat_file = root / "categories.list"
     categories = [c.strip() for c in read_text(cat_file).splitlines() if c.strip()]
     if not categories:
