@@ -367,3 +367,100 @@ def test_compare_the_same_method_under_two_settings(tmp_path):
     assert out["i2t"]["a"] == pytest.approx(recs[1]["i2t"]["map"]) and out["i2t"]["b"] == pytest.approx(recs[0]["i2t"]["map"])
     res = runner.invoke(app, ["compare", str(path), "acmr:instance_weight=1", "dscmr"])
     assert res.exit_code == 2 and "no record for method 'acmr:instance_weight=1'; its records: acmr, acmr:" in res.output
+
+
+# ---------------------------------------------------------------- the dataset fingerprint's cache
+def _aged(path, seconds_ago=60.0):
+    """Give ``path`` an mtime in the past: a file modified just now is not cached (racy)."""
+    import os
+    import time
+
+    t = int((time.time() - seconds_ago) * 1e9)
+    os.utime(path, ns=(t, t))
+    return path
+
+
+@pytest.fixture
+def counted_reads(monkeypatch, tmp_path):
+    """Dataset-file opens by ``dataset_fingerprint``, with the cache in a private folder."""
+    import xmodal.evaluation.bench as bench
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    opened = []
+
+    def counting_open(file, *a, **k):
+        opened.append(str(file))
+        return open(file, *a, **k)
+
+    monkeypatch.setattr(bench, "open", counting_open, raising=False)
+    return opened
+
+
+def test_fingerprint_cache_skips_unchanged_files_and_rehashes_edited_ones(tmp_path, counted_reads):
+    import hashlib
+
+    from xmodal.evaluation.bench import FINGERPRINT_CACHE, dataset_fingerprint
+
+    a = _aged(_pairs(tmp_path / "one" / "pairs.jsonl", seed=0))
+    expected = hashlib.sha256(b"pairs.jsonl\0" + a.read_bytes()).hexdigest()  # the format records carry
+    assert dataset_fingerprint(str(a)) == expected and counted_reads == [str(a)]
+    assert (tmp_path / "cache" / FINGERPRINT_CACHE).exists()
+    assert dataset_fingerprint(str(a)) == expected and len(counted_reads) == 1  # not read again
+    # An edit of the same size: only the modification time tells, and it re-hashes.
+    text = a.read_text()
+    a.write_text(text.replace("photo", "PHOTO"))
+    _aged(a, 30.0)
+    edited = dataset_fingerprint(str(a))
+    assert edited != expected and len(counted_reads) == 2
+    assert edited == hashlib.sha256(b"pairs.jsonl\0" + a.read_bytes()).hexdigest()
+    assert dataset_fingerprint(str(a)) == edited and len(counted_reads) == 2
+    # A dataset folder (several files, one digest) is cached and re-hashed the same way.
+    folder = tmp_path / "ucm"
+    folder.mkdir()
+    (folder / "dataset.json").write_text('{"images": []}')
+    _aged(folder / "dataset.json")
+    fp = dataset_fingerprint(str(folder))
+    n = len(counted_reads)
+    assert dataset_fingerprint(str(folder)) == fp and len(counted_reads) == n
+    # --cache-dir False: no cache at all.
+    dataset_fingerprint(str(a), cache_dir=False)
+    assert len(counted_reads) == n + 1
+
+
+def test_fingerprint_of_a_file_modified_just_now_is_not_cached(tmp_path, counted_reads):
+    # Within a coarse mtime tick a same-size rewrite can keep the time: such a file is re-read.
+    from xmodal.evaluation.bench import dataset_fingerprint
+
+    a = _pairs(tmp_path / "pairs.jsonl")
+    first = dataset_fingerprint(str(a))
+    assert dataset_fingerprint(str(a)) == first and len(counted_reads) == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong shape", "bad digest", "unwritable"])
+def test_fingerprint_cache_damage_never_fails_a_run(tmp_path, counted_reads, fake_encoders, damage):
+    import hashlib
+
+    from xmodal.evaluation.bench import FINGERPRINT_CACHE, dataset_fingerprint
+
+    a = _aged(_pairs(tmp_path / "pairs.jsonl"))
+    expected = hashlib.sha256(b"pairs.jsonl\0" + a.read_bytes()).hexdigest()
+    cache = tmp_path / "cache" / FINGERPRINT_CACHE
+    cache.parent.mkdir()
+    if damage == "garbage":
+        cache.write_bytes(b"\xff{not json")
+    elif damage == "wrong shape":
+        cache.write_text('{"format": 1, "entries": [1, 2]}')
+    elif damage == "bad digest":  # an entry whose stat matches but whose digest is no digest
+        st = a.stat()
+        key = json.dumps([str(a.resolve())])
+        cache.write_text(json.dumps({"format": 1, "entries": {
+            key: {"stat": [[st.st_size, st.st_mtime_ns]], "sha256": "not a digest"}}}))
+    else:  # the cache folder is a file: nothing can be written under it
+        cache.parent.rmdir()
+        cache.parent.write_text("a file, not a folder")
+    assert dataset_fingerprint(str(a)) == expected
+    recs = run_bench(str(a), ["cca"], image_encoder="x", text_encoder="y")
+    assert recs[0]["dataset_sha256"] == expected
+    if damage != "unwritable":  # repaired: the next run reads the cache, not the file
+        n = len(counted_reads)
+        assert dataset_fingerprint(str(a)) == expected and len(counted_reads) == n

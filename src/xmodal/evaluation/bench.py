@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import platform
+import re
 import time
 import warnings
 from pathlib import Path
@@ -90,11 +92,55 @@ def _record_key(rec: dict, with_seed: bool = True) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def dataset_fingerprint(dataset: str | PairedDataset) -> str | None:
+FINGERPRINT_CACHE = "dataset-sha256.json"
+_FINGERPRINT_CACHE_SIZE = 256  # entries kept (most recent): one per dataset path, a few KB
+_RACY_S = 2.0  # a file modified this recently may change again within its mtime tick: not cached
+
+
+def _hash_files(files: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_fingerprint_cache(path: Path | None) -> dict:
+    """The cache's entries, or {} when it is absent, unreadable or not what we wrote."""
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError covers bad JSON and bad UTF-8
+        return {}
+    entries = doc.get("entries") if isinstance(doc, dict) and doc.get("format") == 1 else None
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_fingerprint_cache(path: Path, entries: dict) -> None:
+    keep = dict(list(entries.items())[-_FINGERPRINT_CACHE_SIZE:])
+    try:
+        atomic_write_bytes(path, json.dumps({"format": 1, "entries": keep}).encode())
+    except OSError:  # read-only or full disk: the next run hashes again, nothing worse
+        pass
+
+
+def dataset_fingerprint(dataset: str | PairedDataset,
+                        cache_dir: str | os.PathLike | bool | None = None) -> str | None:
     """SHA-256 of the file(s) a dataset given by path was read from (a pairs file, a ``.mat``,
     a ``dataset.json``, or the ``.json``/``.mat`` files of a dataset folder); None for a named
     dataset or a dataset object. Records carry it, so ``--resume`` never takes the records of
-    ``a/pairs.jsonl`` for those of ``b/pairs.jsonl`` or of an edited file (both named ``pairs``)."""
+    ``a/pairs.jsonl`` for those of ``b/pairs.jsonl`` or of an edited file (both named ``pairs``).
+
+    Hashing multi-GB files costs seconds per run, so the digest is kept in
+    ``<cache_dir>/dataset-sha256.json`` (default folder as the feature cache's; ``False``: no
+    cache) under the files' absolute paths with their sizes and modification times
+    (nanoseconds): unchanged files are not read again, a changed size or time re-hashes. A
+    missing, corrupt or unwritable cache only means hashing. The digest is the same with or
+    without the cache (one SHA-256 over name and bytes of each file in turn, as records made
+    before the cache carry), which is why a dataset's files share one entry."""
     from ..data import LOADERS
 
     if not isinstance(dataset, str) or dataset in LOADERS:
@@ -108,13 +154,34 @@ def dataset_fingerprint(dataset: str | PairedDataset) -> str | None:
         files = sorted(path.glob("*.json")) + _candidate_files(path)
     else:
         return None
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    from ..encoders.cache import resolve_cache_dir
+
+    root = resolve_cache_dir(cache_dir)
+    cache_file = None if root is None else root / FINGERPRINT_CACHE
+    try:
+        stats = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, files)]
+        key = json.dumps([str(f.resolve()) for f in files])
+    except OSError:  # vanished meanwhile: hashing names the file in its error
+        return _hash_files(files)
+    entries = _read_fingerprint_cache(cache_file)
+    hit = entries.get(key)
+    if (isinstance(hit, dict) and hit.get("stat") == stats and isinstance(hit.get("sha256"), str)
+            and re.fullmatch(r"[0-9a-f]{64}", hit["sha256"])):
+        return hit["sha256"]
+    fingerprint = _hash_files(files)
+    if cache_file is not None:
+        try:
+            after = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, files)]
+        except OSError:
+            after = None
+        # Written to while we read it, or so recently that a same-size rewrite could keep its
+        # mtime (coarse file-system clocks): not trusted to stay unchanged, so not cached.
+        newest = max((m for _, m in stats), default=0) / 1e9
+        if after == stats and time.time() - newest > _RACY_S:
+            entries.pop(key, None)  # re-inserted last: the most recent entries are the ones kept
+            entries[key] = {"stat": stats, "sha256": fingerprint}
+            _write_fingerprint_cache(cache_file, entries)
+    return fingerprint
 
 
 def versions() -> dict[str, str]:
@@ -339,7 +406,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                              f"({', '.join(hashing)}); use the default database codes for paired tests")
     raw = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
     _preflight(raw, method_names, bits, seeds, params, labeled_fraction)
-    fingerprint = dataset_fingerprint(dataset)
+    fingerprint = dataset_fingerprint(dataset, cache_dir)
     ds = prepare_dataset(raw, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
     val = _split(ds, "val")
