@@ -113,6 +113,7 @@ def test_files_that_are_not_xmodal_feature_files_are_refused_by_name(encoded, tm
         (dict(image_ids=np.array(["a", 1] * 1433, dtype=object)), "array 'image_ids' cannot be read without pickle"),
         (dict(xmodal_meta=np.asarray("{not json")), "array 'xmodal_meta' is not JSON"),
         (dict(xmodal_meta=np.asarray(json.dumps({"format": 99}))), "newer xmodal"),
+        (dict(encoder_state_text=np.zeros(5, np.float32)), "array 'encoder_state_text' must be a 1-D uint8"),
     ]
     for i, (changes, message) in enumerate(cases):
         bad = _rewrite(out, tmp_path / f"bad{i}.npz", **changes)
@@ -131,6 +132,32 @@ def test_files_that_are_not_xmodal_feature_files_are_refused_by_name(encoded, tm
     # the CLI says it in one line, no traceback
     res = CliRunner().invoke(app, ["bench", "--dataset", str(tmp_path / "bad1.npz"), "--methods", "cca"])
     assert res.exit_code != 0 and "row 7 holds NaN" in res.output and "Traceback" not in res.output
+
+
+def test_the_file_keeps_the_fitted_text_encoder_for_what_is_fitted_on_it(encoded, tmp_path):
+    # The file named tfidf:300 but not its vocabulary: a method fitted on it and used on new
+    # texts (`xmodal index --method`) got a tf-idf refitted on them, other columns entirely.
+    from xmodal import methods
+    from xmodal.data import save_npz
+    from xmodal.encoders import get_encoder
+    from xmodal.encoders.dataset import fit_cached
+
+    out, cache = encoded
+    wiki = load_dataset("wikipedia", data_dir=str(DATA))
+    train_texts = [t for t, i in zip(wiki.texts, wiki.text_to_image) if i in set(wiki.splits["train"].tolist())]
+    ref = fit_cached(get_encoder(TEXT_ENCODER), train_texts, cache_dir=str(cache))
+    with np.load(out, allow_pickle=False) as z:
+        assert z["encoder_state_text"].dtype == np.uint8 and "encoder_state_image" not in z.files
+    ds = load_dataset(str(out))
+    assert ds.meta["encoding"]["text_encoder"]["state_hash"] == ref.state_hash()
+    m = methods.create("cca", n_components=8).fit(ds.subset("train"))
+    enc = m.feature_encoder("text")
+    assert enc.state_hash() == ref.state_hash() and m.feature_encoder("image") is None
+    texts = wiki.texts[:5]
+    np.testing.assert_array_equal(enc.encode(texts, cache_dir=False), ref.encode(texts, cache_dir=False))
+    # written again, the state stays (and the JSON record holds no bytes)
+    again = load_dataset(str(save_npz(ds, tmp_path / "again.npz")))
+    assert again.meta["encoding"]["text_encoder"]["state"] == ds.meta["encoding"]["text_encoder"]["state"]
 
 
 def test_a_failed_rewrite_keeps_the_previous_file(encoded, tmp_path, monkeypatch):

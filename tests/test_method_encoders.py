@@ -41,14 +41,18 @@ def fitted(tmp_path_factory, env):
 
 
 def _old_format(src: Path, dst: Path) -> Path:
-    """``src`` as written before ``feature_encoders_`` existed."""
+    """``src`` as written before ``feature_encoders_`` (and the fitted encoders' state) existed."""
+    states = {"image_encoder_state_", "text_encoder_state_"}
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for name in zin.namelist():
             data = zin.read(name)
             if name == "meta.json":
                 meta = json.loads(data)
                 del meta["state"]["feature_encoders_"]
+                meta["arrays"] = [a for a in meta["arrays"] if a not in states]
                 data = json.dumps(meta, indent=1).encode()
+            elif name[:-len(".npy")] in states:
+                continue
             zout.writestr(name, data)  # meta.json as `save` writes it (indent=1)
     return dst
 
@@ -61,6 +65,10 @@ def test_fitted_method_records_its_encoders_and_keeps_them_when_saved(fitted):
     root, _, method = fitted
     assert method.feature_encoders_ == {"image": IMAGE, "text": TEXT}
     assert methods.load(str(root / "m.zip")).feature_encoders_ == {"image": IMAGE, "text": TEXT}
+    # bag of words is fitted (its vocabulary travels); mobilenet-v2 is not (nothing to keep)
+    loaded = methods.load(str(root / "m.zip"))
+    assert loaded.feature_encoder("image") is None
+    assert loaded.feature_encoder("text").spec == TEXT and loaded.feature_encoder("text").dim == loaded.text_dim_
 
 
 def test_methods_fitted_on_released_features_record_nothing(tmp_path):
@@ -89,6 +97,8 @@ def test_method_files_from_before_the_record_still_load(fitted, tmp_path):
     # fingerprint hashes it
     with zipfile.ZipFile(old_file) as a, zipfile.ZipFile(old.save(tmp_path / "again.zip")) as b:
         assert a.read("meta.json") == b.read("meta.json")
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        assert all(a.read(n) == b.read(n) for n in a.namelist())
     new = methods.load(str(root / "m.zip"))
     with zipfile.ZipFile(root / "m.zip") as a, zipfile.ZipFile(new.save(tmp_path / "new.zip")) as b:
         assert a.read("meta.json") == b.read("meta.json")
@@ -147,3 +157,5 @@ def test_method_fitted_by_the_indexer_records_the_collections_encoders(fitted, t
     coll = build_collection(folder, tmp_path / "c.xmc", method="cca", image_encoder=IMAGE,
                             text_encoder=TEXT, quiet=True)
     assert coll.method.feature_encoders_ == {"image": IMAGE, "text": TEXT}
+    # with the collection's fitted bag of words: its method file indexes other folders with it
+    assert coll.method.feature_encoder("text").state_hash() == coll.encoder("text").state_hash()

@@ -58,9 +58,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         out_path = save_npz(ds, out or _default_out(dataset, image_encoder, text_encoder))
         enc = ds.meta.get("encoding", {})
+        # a fitted encoder's state (bytes) is in the file; the summary names it by state_hash
+        side = {k: None if enc.get(k) is None else {f: v for f, v in enc[k].items() if f != "state"}
+                for k in ("image_encoder", "text_encoder")}
         summary = {
             "dataset": ds.name, "out": str(out_path), "n_images": ds.n_images, "n_texts": ds.n_texts,
-            "image_encoder": enc.get("image_encoder"), "text_encoder": enc.get("text_encoder"),
+            "image_encoder": side["image_encoder"], "text_encoder": side["text_encoder"],
             "skipped": enc.get("skipped", []), "seconds": round(time.perf_counter() - t0, 2),
         }
         if as_json:

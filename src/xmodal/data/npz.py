@@ -7,8 +7,11 @@ Arrays (plain NumPy, read with ``allow_pickle=False``): ``text_to_image``; optio
 ``image_features``, ``text_features``, ``labels``, ``image_ids``, ``image_paths``,
 ``text_ids``, ``split_<name>`` (image indices); ``xmodal_meta``, a 0-d string holding JSON
 with ``format``, ``name``, ``n_images``, ``label_names``, ``root`` and the dataset's ``meta``
-(protocol, ``encoding`` with the encoder specs). Files from before ``xmodal_meta`` existed
-still load: the name is then the file's stem and the meta is empty.
+(protocol, ``encoding`` with the encoder specs); ``encoder_state_image`` /
+``encoder_state_text``, uint8: a fitted encoder's saved state (tf-idf vocabulary, SIFT
+words; ``encoding``'s record holds its ``state_hash``), so a method fitted on the file encodes
+new items with that very encoder. Files from before ``xmodal_meta`` existed still load: the
+name is then the file's stem and the meta is empty.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ log = logging.getLogger("xmodal.data")
 NPZ_FORMAT = 1
 META_KEY = "xmodal_meta"
 SPLIT_PREFIX = "split_"
+STATE_PREFIX = "encoder_state_"
 _STRINGS = ("image_ids", "image_paths", "text_ids")
-_KNOWN = {"text_to_image", "image_features", "text_features", "labels", META_KEY, *_STRINGS}
+_KNOWN = {"text_to_image", "image_features", "text_features", "labels", META_KEY, *_STRINGS,
+          *(STATE_PREFIX + side for side in ("image", "text"))}
 
 
 def save_npz(ds: PairedDataset, path: str | os.PathLike) -> Path:
@@ -55,10 +60,18 @@ def save_npz(ds: PairedDataset, path: str | os.PathLike) -> Path:
     for split, idx in ds.splits.items():
         arrays[f"{SPLIT_PREFIX}{split}"] = np.asarray(idx, dtype=np.int64)
     meta = dict(ds.meta)
-    enc = meta.get("encoding") or {}
+    enc = dict(meta.get("encoding") or {})
     for side in ("image", "text"):
-        if (enc.get(f"{side}_encoder") or {}).get("spec"):
-            meta[f"{side}_feature"] = enc[f"{side}_encoder"]["spec"]
+        rec = enc.get(f"{side}_encoder")
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("spec"):
+            meta[f"{side}_feature"] = rec["spec"]
+        if rec.get("state") is not None:  # bytes: an array of their own, not JSON
+            arrays[STATE_PREFIX + side] = np.frombuffer(bytes(rec["state"]), dtype=np.uint8)
+            enc[f"{side}_encoder"] = {k: v for k, v in rec.items() if k != "state"}
+    if "encoding" in meta:
+        meta["encoding"] = enc
     plain = {}
     for key, value in meta.items():
         try:
@@ -114,6 +127,7 @@ def load_npz(path: str | os.PathLike) -> PairedDataset:
         strings = {n: _strings(path, n, get(n)) for n in _STRINGS}
         splits = {n[len(SPLIT_PREFIX):]: _integers(path, n, get(n)) for n in names
                   if n.startswith(SPLIT_PREFIX)}
+        states = {side: get(STATE_PREFIX + side) for side in ("image", "text")}
         unknown = sorted(set(names) - _KNOWN - {n for n in names if n.startswith(SPLIT_PREFIX)})
         if unknown:
             log.warning("%s: ignoring arrays xmodal does not know: %s", path, ", ".join(unknown))
@@ -163,6 +177,21 @@ def load_npz(path: str | os.PathLike) -> PairedDataset:
         if len(idx) and (idx.min() < 0 or idx.max() >= n_images):
             raise DataError(f"{path}: array '{SPLIT_PREFIX}{split}' names an image index outside "
                             f"0..{n_images - 1}")
+    meta = dict(record.get("meta", {}))
+    for side, state in states.items():
+        if state is None:
+            continue
+        name = STATE_PREFIX + side
+        if state.ndim != 1 or state.dtype != np.uint8:
+            raise DataError(f"{path}: array {name!r} must be a 1-D uint8 array (a saved encoder), "
+                            f"got {state.dtype} of shape {state.shape}")
+        enc = meta.get("encoding")
+        rec = enc.get(f"{side}_encoder") if isinstance(enc, dict) else None
+        if not isinstance(rec, dict) or not rec.get("spec"):  # a state of no known encoder
+            log.warning("%s: ignoring array %r: %s records no %s encoder (meta.encoding.%s_encoder) "
+                        "it would belong to", path, name, META_KEY, side, side)
+            continue
+        meta["encoding"] = {**enc, f"{side}_encoder": {**rec, "state": state.tobytes()}}
     label_names = record.get("label_names")
     if label_names is not None and L is not None and L.ndim == 2 and L.shape[1] != len(label_names):
         raise DataError(f"{path}: array 'labels' has {L.shape[1]} columns but {META_KEY} names "
@@ -173,8 +202,7 @@ def load_npz(path: str | os.PathLike) -> PairedDataset:
             image_features=arrays["image_features"], text_features=arrays["text_features"],
             labels=L, label_names=label_names, splits=splits,
             image_ids=strings["image_ids"], image_paths=strings["image_paths"],
-            text_ids=strings["text_ids"], root=record.get("root"),
-            meta=dict(record.get("meta", {})))
+            text_ids=strings["text_ids"], root=record.get("root"), meta=meta)
     except DataError as exc:  # anything the checks above missed still names the file
         raise DataError(f"{path}: {exc}") from None
 

@@ -4,9 +4,14 @@ could not be decoded (with their texts) so the features stay NaN-free."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import tempfile
 import time
+import zipfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +50,47 @@ def fit_cached(enc: Encoder, items: list[str], cache_dir=None, progress: bool | 
     return enc
 
 
+def encoder_state(enc: Encoder) -> bytes:
+    """A fitted encoder's state as the bytes of its saved file (:meth:`Encoder.save`: JSON and
+    ``.npy`` members, no pickle). The zip's member times are fixed, so one state always gives
+    the same bytes: they end up in method files, whose content collections fingerprint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = enc.save(Path(tmp) / "encoder.zip").read_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in sorted(zin.namelist()):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zout.writestr(info, zin.read(name))
+    return out.getvalue()
+
+
+def encoder_from_state(state: bytes, where: str) -> Encoder:
+    """The fitted encoder whose :func:`encoder_state` is ``state``; ``where`` names the file
+    (and field) the bytes came from, for the error when they are not one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "encoder.zip"
+        path.write_bytes(bytes(state))
+        try:
+            return Encoder.load(path)
+        except (EncoderError, OSError, ValueError) as exc:
+            raise EncoderError(f"{where}: unusable fitted encoder state "
+                               f"({str(exc).replace(str(path) + ': ', '')})") from None
+
+
+def _record(enc: Encoder, t0: float) -> dict[str, Any]:
+    """``meta["encoding"]``'s record of one side: the spec, and for a fitted encoder its state
+    (bytes; ``state_hash`` says which), so whatever is fitted on these features can encode
+    new items with this very encoder instead of one refitted on other items."""
+    r = enc.report_
+    rec: dict[str, Any] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,
+                           "n_computed": r.n_computed, "seconds": time.perf_counter() - t0}
+    if enc.needs_fit:
+        rec["state_hash"] = enc.state_hash()
+        rec["state"] = encoder_state(enc)
+    return rec
+
+
 def _fit_rows(ds: PairedDataset, fit_split: str | None) -> np.ndarray:
     if fit_split is None:
         return np.arange(ds.n_images)
@@ -61,7 +107,9 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
 
     Fitted encoders learn their state from the ``fit_split`` images (and those images' texts)
     only, then encode every item. Images that cannot be decoded are dropped with their texts;
-    splits are re-indexed. ``meta["encoding"]`` records specs, timings and skipped files.
+    splits are re-indexed. ``meta["encoding"]`` records specs, timings, skipped files and
+    the fitted encoders' state; a side not encoded here keeps the record it had (with its
+    features), so re-encoding the texts leaves the image encoder's record in place.
     """
     progress = False if quiet else None
     img_enc = txt_enc = None
@@ -79,7 +127,12 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
     # An Encoder object passed in already fitted is used as it is.
     if any(e is not None and e.needs_fit and not e.is_fitted for e in (img_enc, txt_enc)):
         in_fit[_fit_rows(ds, fit_split)] = True
-    info: dict = {"image_encoder": None, "text_encoder": None, "skipped": []}
+    prev = ds.meta.get("encoding") or {}
+    keep_image = img_enc is None and ds.image_features is not None
+    keep_text = txt_enc is None and ds.text_features is not None
+    info: dict = {"image_encoder": prev.get("image_encoder") if keep_image else None,
+                  "text_encoder": prev.get("text_encoder") if keep_text else None,
+                  "skipped": list(prev.get("skipped") or []) if keep_image else []}
     X = T = None
     ok = np.ones(ds.n_images, dtype=bool)
     if img_enc is not None:
@@ -88,18 +141,14 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
             img_enc, [p for p, f in zip(ds.image_paths, in_fit) if f], cache_dir, progress)
         X, ok = enc.encode(ds.image_paths, batch_size=batch_size, progress=progress,
                            cache_dir=cache_dir, return_mask=True)
-        r = enc.report_
-        info["image_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,
-                                 "n_computed": r.n_computed, "seconds": time.perf_counter() - t0}
-        info["skipped"] = [{"file": f, "reason": why} for f, why in r.skipped]
+        info["image_encoder"] = _record(enc, t0)
+        info["skipped"] = [{"file": f, "reason": why} for f, why in enc.report_.skipped]
     if txt_enc is not None:
         t0 = time.perf_counter()
         fit_texts = [t for t, i in zip(ds.texts, ds.text_to_image) if in_fit[i]]
         enc = txt_enc if txt_enc.is_fitted else fit_cached(txt_enc, fit_texts, cache_dir, progress)
         T = enc.encode(ds.texts, batch_size=batch_size, progress=progress, cache_dir=cache_dir)
-        r = enc.report_
-        info["text_encoder"] = {"spec": enc.spec, "dim": enc.dim, "n_cached": r.n_cached,
-                                "n_computed": r.n_computed, "seconds": time.perf_counter() - t0}
+        info["text_encoder"] = _record(enc, t0)
     out = ds.with_features(X, T)
     if not ok.all():
         keep = np.flatnonzero(ok)

@@ -162,25 +162,32 @@ def _searched_params(name: str, given: dict[str, Any] | None, params: dict[str, 
     return sel.params
 
 
-def build_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
+def build_collection(source: str | Path, collection_path: str | Path, *, method: Any = None,
                      method_params: dict[str, Any] | None = None,
                      image_encoder: Any = None, text_encoder: Any = None,
-                     index: str = "Flat", rerank: bool = False, public_read: bool = True,
+                     index: str | None = None, rerank: bool = False, public_read: bool = True,
                      overwrite: bool = False, quiet: bool = False, batch_size: int = 256,
                      like: str | Path | None = None, prune: bool = False,
                      search: bool = True) -> Collection:
     """Index ``source`` into the collection at ``collection_path`` and return it open.
 
-    A new collection fits ``method`` (a registry name, a saved method file or a fitted
-    method object) on the source's image/text pairs; a method named by its registry name has
+    A new collection fits ``method`` (a registry name, default ``DEFAULT_METHOD``; a saved
+    method file or a fitted method object) on the source's image/text pairs, with a FAISS
+    ``index`` (default ``"Flat"``); a method named by its registry name has
     the ``PARAM_GRIDS`` parameters that ``method_params`` leaves out chosen by
     cross-validation on those pairs (``search=False``: the fixed ``DEFAULT_METHOD_PARAMS``).
     ``image_encoder`` / ``text_encoder``
     (a spec or an encoder object) default to the encoders a fitted method records
     (``feature_encoders_``), else to ``DEFAULT_IMAGE_ENCODER`` / ``DEFAULT_TEXT_ENCODER``; a
     fitted method given other encoders than it records is refused before anything is
-    encoded (one that records none is checked on the features' widths). An existing one adds what is new or
-    changed, with the method and encoders it already has (unchanged files cost nothing).
+    encoded (one that records none is checked on the features' widths). A fitted encoder
+    (tf-idf, LDA, SIFT words) a fitted method records is used as the method file keeps it,
+    never refitted on the source; a method file that records one without its state (saved by
+    an older xmodal) is refused. An existing collection adds what is new or changed, with
+    the method, index and encoders it already has (unchanged files cost nothing): leave those
+    arguments out (None); one that names something else is refused (:class:`CollectionError`)
+    rather than ignored (``method="cca"`` and ``index="Flat"``, what ``xmodal index`` passes
+    when the options are not typed, excepted).
     ``like``: a new shard of that collection's common space, with its fitted method and
     encoders (nothing is fitted; ``method``/encoder arguments are ignored), searchable
     together with it (:mod:`xmodal.index.shards`). ``prune``: an existing collection also
@@ -188,9 +195,13 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     removed), items added by other means (the HTTP API) included.
     """
     progress = not quiet
+    asked = {"method": method, "method_params": method_params, "index": index, "rerank": rerank,
+             "image_encoder": image_encoder, "text_encoder": text_encoder}
+    method = DEFAULT_METHOD if method is None else method
+    index = "Flat" if index is None else index
     images, texts = _scan(source, collection_path)
     if Collection.exists(collection_path) and not overwrite:
-        return _add_to(collection_path, images, texts, like, quiet, batch_size, prune)
+        return _add_to(collection_path, images, texts, like, quiet, batch_size, prune, asked)
     if like is not None:
         base = _base(like)
         method, image_encoder, text_encoder = base.method, base.encoder("image"), base.encoder("text")
@@ -234,8 +245,13 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
             labels = np.zeros((len(images), len(names)), dtype=np.uint8)
             for r, it in enumerate(images):
                 labels[r, [col[lab] for lab in it.labels]] = 1
-        # the fitted method records its encoders, like one fitted on `xmodal encode` features
-        encoding = {f"{m}_encoder": {"spec": e.spec} for m, e in (("image", img_enc), ("text", txt_enc))
+        # the fitted method records its encoders (a fitted one's state too), like one fitted
+        # on `xmodal encode` features: its file then indexes other sources with them
+        from ..encoders.dataset import encoder_state
+
+        encoding = {f"{m}_encoder": {"spec": e.spec, **({"state": encoder_state(e)}
+                                                       if getattr(e, "needs_fit", False) else {})}
+                    for m, e in (("image", img_enc), ("text", txt_enc))
                     if isinstance(getattr(e, "spec", None), str)}
         ds = PairedDataset(name=Path(str(source)).name, text_to_image=t2i, n_images=len(images),
                            image_features=Fi, text_features=Ft, labels=labels,
@@ -269,28 +285,34 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     except CollectionExistsError:
         # Another process created it while this one fitted: add to that one (its method and
         # encoders), as a later run would, instead of deleting its items.
-        return _add_to(collection_path, images, texts, like, quiet, batch_size, prune)
+        return _add_to(collection_path, images, texts, like, quiet, batch_size, prune, asked)
     coll.add_items(images, texts, image_features=Fi, text_features=Ft, progress=progress,
                    batch_size=batch_size)
     return coll
 
 
-def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = DEFAULT_METHOD,
-                    index: str = "Flat", overwrite: bool = False, like: str | Path | None = None,
+def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = None,
+                    index: str | None = None, overwrite: bool = False, like: str | Path | None = None,
                     prune: bool = False, rerank: bool = False, image_encoder: Any = None,
                     text_encoder: Any = None) -> dict[str, Any]:
     """What :func:`build_collection` with the same arguments would do, without encoding,
     fitting or writing anything (``xmodal index --dry-run``). ``action`` is ``"create"``
     (a new collection, or ``overwrite``: every source item is encoded and the method fitted),
     or ``"update"`` with :meth:`Collection.plan`'s per-modality keys (and ``removed`` with
-    ``prune``). A fitted method given other encoders than it records is refused, as by
-    :func:`build_collection`."""
+    ``prune``). What :func:`build_collection` refuses is refused: a fitted method given other
+    encoders than it records (or recording a fitted one without its state), an existing
+    collection given another method, index or encoder than its own."""
+    asked = {"method": method, "method_params": None, "index": index, "rerank": rerank,
+             "image_encoder": image_encoder, "text_encoder": text_encoder}
+    method = DEFAULT_METHOD if method is None else method
+    index = "Flat" if index is None else index
     images, texts = _scan(source, collection_path)
     out: dict[str, Any] = {"source": str(source), "collection": str(collection_path),
                            "images": len(images), "texts": len(texts)}
     if Collection.exists(collection_path) and not overwrite:
         coll = _existing(collection_path, like)
         try:
+            _refuse_other_options(coll, like, asked)
             return {**out, "action": "update", **coll.plan(images, texts, prune=prune)}
         finally:
             coll.close()
@@ -366,33 +388,157 @@ def _spec(encoder: Any) -> str | None:
     return spec if isinstance(spec, str) else None
 
 
+def _needs_fit(spec: str) -> bool:
+    """Whether the encoder ``spec`` names learns a state from items (any part of ``a+b``),
+    told from the registry without building it (some encoders load their model when built)."""
+    from ..encoders.registry import available_encoders, parse_spec
+
+    fitted = {row["name"] for row in available_encoders() if row["needs_fit"]}
+    return any(parse_spec(part.strip())[0] in fitted for part in spec.split("+"))
+
+
 def _resolve_encoders(fitted: Any, method: Any, image_encoder: Any, text_encoder: Any) -> tuple[Any, Any]:
     """The encoders to build with: those given, else the ones ``fitted`` records, else the
     defaults. A fitted method given encoders other than it records is refused, naming both:
-    features of another encoder (even of the same width) make a meaningless common space."""
+    features of another encoder (even of the same width) make a meaningless common space.
+    A recorded fitted encoder (tf-idf...) comes back as the method keeps it: refitted on the
+    source it would learn another vocabulary, so features whose columns mean other words.
+    A method recording one without its state (an older file) is refused, unless a fitted
+    encoder object of that spec is given."""
+    from ..encoders.base import Encoder
+
     recorded = getattr(fitted, "feature_encoders_", None) or {}
     chosen = {"image": image_encoder, "text": text_encoder}
     defaults = {"image": DEFAULT_IMAGE_ENCODER, "text": DEFAULT_TEXT_ENCODER}
-    differ = []
+    differ, stateless = [], []
     for modality in ("image", "text"):
         want = recorded.get(modality)
-        if chosen[modality] is None:
+        given = chosen[modality]
+        if given is None:
             chosen[modality] = want or defaults[modality]
-        elif want and _spec(chosen[modality]) != _spec(want):
-            differ.append(f"{modality} encoder {_spec(chosen[modality])} given, but it was fitted on "
+        elif want and _spec(given) != _spec(want):
+            differ.append(f"{modality} encoder {_spec(given)} given, but it was fitted on "
                           f"{want} features")
+            continue
+        if not want or not _needs_fit(want):
+            continue
+        try:
+            enc = fitted.feature_encoder(modality)
+        except DataError as exc:
+            raise CollectionError(f"{method}: {exc}") from None
+        given_fitted = isinstance(given, Encoder) and given.is_fitted
+        if enc is None:
+            if not given_fitted:  # a fitted encoder object given: trusted (the width check follows)
+                stateless.append(f"{modality} encoder {want}")
+        elif given_fitted and given.state_hash() != enc.state_hash():
+            differ.append(f"{modality} encoder {want} given fitted on other items than the one "
+                          f"the method was fitted with")
+        elif not given_fitted:
+            chosen[modality] = enc
     if differ:
         raise CollectionError(f"{method}: this fitted method cannot take these features: {'; '.join(differ)}; "
                               f"pass the encoders it was fitted with (--image-encoder / --text-encoder), "
                               f"or leave the encoder options out to use them")
+    if stateless:
+        raise CollectionError(
+            f"{method}: fitted on the features of a fitted {' and a fitted '.join(stateless)}, but "
+            f"the file does not keep their fitted state (saved by an older xmodal); refitting them "
+            f"on this source would learn another vocabulary, features this method cannot read. "
+            f"Fit the method again (xmodal encode, then fit on the .npz), or, for a collection's "
+            f"method, make the new collection with --like that collection (like=...)")
     return chosen["image"], chosen["text"]
 
 
+#: What `xmodal index` passes for --method / --index when they are not typed (its option
+#: defaults): on an existing collection they cannot be told from typed ones here, so they
+#: count as not given (the CLI refuses typed ones itself). Once the CLI passes None for
+#: untyped options, this goes and every other value than the collection's is refused.
+_UNTYPED_CLI_DEFAULTS = {"method": DEFAULT_METHOD, "index": "Flat"}
+
+
+def _method_digest(method: Any) -> str:
+    """A fitted method's content (a saved file or an object, saved for it): what
+    :attr:`Collection.space` hashes of it, not the zip's write times."""
+    import hashlib
+    import tempfile
+
+    from .collection import _digest_file
+
+    h = hashlib.sha256()
+    if isinstance(method, (str, Path)):
+        _digest_file(h, Path(method))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            _digest_file(h, method.save(Path(tmp) / "method.zip"))
+    return h.hexdigest()
+
+
+def _refuse_other_options(coll: Collection, like: str | Path | None, asked: dict[str, Any]) -> None:
+    """An existing collection keeps the method, index and encoders it was made with: asked
+    for others (``asked``: :func:`build_collection`'s arguments; None = the collection's),
+    refuse, naming the collection and each option, rather than silently ignore them."""
+    from .vector import IndexSpecError, normalize_spec
+
+    have = coll.meta.get("method") or {}
+    differ = []
+    method = asked["method"]
+    if like is None and method is not None and method != _UNTYPED_CLI_DEFAULTS["method"]:
+        if isinstance(method, (str, Path)) and Path(method).suffix == ".zip":
+            if not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
+                differ.append(f"method {method} (another fitted method than its {have.get('name')})")
+        elif isinstance(method, str):
+            if method != have.get("name"):
+                differ.append(f"method {method!r} (it has {have.get('name')!r})")
+        elif not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
+            differ.append(f"method {type(method).__name__} object (another fitted method than its "
+                          f"{have.get('name')})")
+    params = asked.get("method_params") or {}
+    stored = have.get("params") or {}
+    other = {k: v for k, v in params.items() if k not in stored or stored[k] != v}
+    if like is None and other:
+        differ.append(f"method_params {other} (it has {stored or 'none'})")
+    index = asked["index"]
+    if index is not None and index != _UNTYPED_CLI_DEFAULTS["index"]:
+        try:
+            same = normalize_spec(coll.kind, str(index)) == coll.index_spec
+        except IndexSpecError:
+            same = False
+        if not same:
+            differ.append(f"index {index} (it has {coll.index_spec})")
+    if asked["rerank"] and not coll.fdim:
+        differ.append("rerank (it keeps no float projections to re-rank with)")
+    for modality in ("image", "text") if like is None else ():
+        given = asked[f"{modality}_encoder"]
+        if given is None:
+            continue
+        rec = coll.meta.get("encoders", {}).get(modality)
+        if rec is None:
+            differ.append(f"{modality}_encoder {_spec(given)} (it has none)")
+        elif _spec(given) != rec.get("spec"):
+            differ.append(f"{modality}_encoder {_spec(given)} (it has {rec.get('spec')})")
+        elif (getattr(given, "needs_fit", False) and getattr(given, "is_fitted", False)
+              and given.state_hash() != coll.encoder(modality).state_hash()):
+            differ.append(f"{modality}_encoder {_spec(given)} fitted on other items than its own")
+    if differ:
+        raise CollectionError(f"{coll.path}: an existing collection keeps the method, index and encoders "
+                              f"it was made with; asked for {'; '.join(differ)}: leave them out to add to "
+                              f"it, or pass overwrite=True (xmodal index --rebuild) to start it afresh "
+                              f"with them (refits the method)")
+
+
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
-            like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False) -> Collection:
+            like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False,
+            asked: dict[str, Any] | None = None) -> Collection:
     """Add what is new or changed to an existing collection, with its method and encoders
-    (and with ``prune`` remove what the source no longer has)."""
+    (and with ``prune`` remove what the source no longer has); other ones ``asked`` for are
+    refused (:func:`_refuse_other_options`)."""
     coll = _existing(collection_path, like)
+    if asked is not None:
+        try:
+            _refuse_other_options(coll, like, asked)
+        except CollectionError:
+            coll.close()
+            raise
     rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
     if rep.skipped and not quiet:
         print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)

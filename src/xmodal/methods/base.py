@@ -67,7 +67,10 @@ class CrossModalMethod:
     Besides each method's own state, ``fit`` learns ``image_dim_`` / ``text_dim_`` and
     ``feature_encoders_`` (the encoder specs that made the training features, by modality,
     or None for released features), saved with the method so a fitted file is only used
-    with the encoders it was fitted for (``xmodal index --method FILE.zip``)."""
+    with the encoders it was fitted for (``xmodal index --method FILE.zip``). A side made by
+    a fitted encoder (tf-idf, LDA, SIFT words) also keeps that encoder's state,
+    ``image_encoder_state_`` / ``text_encoder_state_`` (uint8, its saved file; read it with
+    :meth:`feature_encoder`): refitted on other items it would be another encoder."""
 
     name: ClassVar[str] = ""
     #: "real" (float embeddings, cosine) or "binary" (packed codes, Hamming)
@@ -122,6 +125,10 @@ class CrossModalMethod:
         # which encoders made these features: a saved method then refuses others of the same
         # width (mobilenet-v2 vs efficientnet-lite0, both 1280-d) instead of a meaningless space
         self.feature_encoders_ = feature_encoders(train)
+        for side in ("image", "text"):  # a refit keeps no state of the previous fit's encoders
+            vars(self).pop(f"{side}_encoder_state_", None)
+        for side, state in feature_encoder_states(train).items():
+            setattr(self, f"{side}_encoder_state_", np.frombuffer(state, dtype=np.uint8).copy())
         self._fit(np.asarray(X, dtype=np.float64 if self._float64 else np.float32),
                   np.asarray(Y, dtype=np.float64 if self._float64 else np.float32),
                   None if L is None else np.asarray(L, dtype=np.float32), train=train, val=val)
@@ -160,6 +167,30 @@ class CrossModalMethod:
 
     def _encode_texts(self, Y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def feature_encoder(self, modality: str) -> Any:
+        """The fitted encoder (an :class:`xmodal.encoders.Encoder`) that made this method's
+        ``modality`` training features, as it was fitted; None when that side's encoder needs
+        no fitting, or nothing recorded one (released features, files saved before the state
+        was kept: see ``feature_encoders_`` for the spec)."""
+        self._check_fitted()
+        state = getattr(self, f"{modality}_encoder_state_", None)
+        if state is None:
+            return None
+        from ..encoders.base import EncoderError
+        from ..encoders.dataset import encoder_from_state
+
+        where = f"{type(self).__name__} {modality}_encoder_state_"
+        try:
+            enc = encoder_from_state(np.asarray(state, dtype=np.uint8).tobytes(), where)
+        except EncoderError as exc:
+            raise DataError(str(exc)) from None
+        spec = (getattr(self, "feature_encoders_", None) or {}).get(modality)
+        dim = self.image_dim_ if modality == "image" else self.text_dim_
+        if enc.spec != spec or enc.dim != dim:
+            raise DataError(f"{where}: holds a {enc.dim}-d {enc.spec} encoder, but the method was "
+                            f"fitted on {dim}-d {spec} features")
+        return enc
 
     # --------------------------------------------------------------- persistence
     def _get_state(self) -> dict[str, Any]:
@@ -233,6 +264,18 @@ def feature_encoders(ds: PairedDataset) -> dict[str, str] | None:
         if isinstance(rec, dict) and isinstance(rec.get("spec"), str):
             out[side] = rec["spec"]
     return out or None
+
+
+def feature_encoder_states(ds: PairedDataset) -> dict[str, bytes]:
+    """``{modality: state}`` for the sides of ``ds`` made by a fitted encoder whose state
+    ``meta["encoding"]`` keeps (:func:`xmodal.encoders.dataset.encoder_state` bytes)."""
+    enc = ds.meta.get("encoding") or {}
+    out = {}
+    for side in ("image", "text"):
+        rec = enc.get(f"{side}_encoder")
+        if isinstance(rec, dict) and isinstance(rec.get("spec"), str) and rec.get("state") is not None:
+            out[side] = bytes(rec["state"])
+    return out
 
 
 def pack_codes(B: np.ndarray) -> np.ndarray:
