@@ -380,3 +380,23 @@ def test_nus_wide_official_folder_name(tmp_path):
     (root / "Concepts81.txt").rename(root / "ConceptsList" / "Concepts81.txt")
     ds = load_dataset("nus_wide", data_dir=str(tmp_path), n_concepts=3, n_query=5, n_train=12)
     assert ds.root == str(root) and ds.label_names == ["lake", "sky", "water"]
+
+
+def test_nus_wide_zips_unpacked_without_their_folders(tmp_path):
+    # ImageList.zip, NUS_WID_Tags.zip and Groundtruth.zip unpacked straight into one folder,
+    # or Groundtruth spelled GroundTruth as some copies have it.
+    tags, labels = nus_arrays()
+    root = write_nus(tmp_path / "nus_wide", tags, labels, flickr=False)
+    ref = load_nus_wide(str(root), n_concepts=3, n_query=5, n_train=12)
+    (root / "Groundtruth").rename(root / "GroundTruth")
+    np.testing.assert_array_equal(load_nus_wide(str(root), n_concepts=3, n_query=5, n_train=12).labels, ref.labels)
+    (root / "GroundTruth" / "AllLabels").rename(root / "AllLabels")
+    for f in ("AllTags1k.txt", "TagList1k.txt"):
+        (root / "NUS_WID_Tags" / f).rename(root / f)
+    (root / "ImageList" / "Imagelist.txt").rename(root / "Imagelist.txt")
+    for d in ("GroundTruth", "NUS_WID_Tags", "ImageList"):
+        (root / d).rmdir()
+    ds = load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12)
+    np.testing.assert_array_equal(ds.labels, ref.labels)
+    np.testing.assert_array_equal(ds.text_features, ref.text_features)
+    assert ds.texts == ref.texts and ds.image_paths == ref.image_paths

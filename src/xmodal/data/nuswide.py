@@ -10,6 +10,7 @@ Release layout read (under ``ROOT/nus_wide`` or ROOT itself)::
     NUS_WID_Tags/TagList1k.txt             optional: the 1000 tag names (gives raw ``texts``)
     Concepts81.txt                         concept names (also found in ConceptsList/ or NUS_WID_Tags/)
     Groundtruth/AllLabels/Labels_<c>.txt   one 0/1 per image line, for each concept
+                                           (each zip's files may also sit straight in ROOT)
     Flickr/<category>/<file>.jpg           optional: the images, for an image encoder (also found
                                            flat, as ``images/<file>.jpg``)
 
@@ -169,9 +170,17 @@ def _image_layout(root: Path, image_dir: str | Path | None, rel: list[str]) -> t
     return bases[0], False  # no image found: paths as the release's Flickr/ folder holds them
 
 
+def _first_existing(root: Path, rels: tuple[str, ...]) -> Path:
+    """The first of ``root/rel`` that exists: the release's zips unpacked with their folders
+    (``ImageList/``, ``NUS_WID_Tags/``, ``Groundtruth/``), or straight into ``root``. The
+    first one when none does, for the error that names it."""
+    return next((root / r for r in rels if (root / r).exists()), root / rels[0])
+
+
 def _find_root(data_dir: str | None) -> Path:
-    # Markers let --data-dir name the dataset folder itself: the release, then the cleaned lists.
-    for marker in ("ImageList", "all_imgs.txt"):
+    # Markers let --data-dir name the dataset folder itself: the release (its zips unpacked with
+    # or without their folders), then the cleaned lists.
+    for marker in ("ImageList", "Imagelist.txt", "all_imgs.txt"):
         try:
             return resolve_dataset_dir("nus_wide", data_dir, marker=marker)
         except DataError:
@@ -206,7 +215,7 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     (under ``image_dir``, default ``Flickr/`` when present) with an image encoder.
     """
     root = _find_root(data_dir)
-    list_path = root / "ImageList" / "Imagelist.txt"
+    list_path = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
     if not list_path.exists() and (root / "all_imgs.txt").exists():
         if concepts is not None or image_features is not None:
             raise DataError(f"{root / 'all_labels.txt'}: the cleaned lists fix their concepts and have "
@@ -231,7 +240,7 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     entries = _nonblank_lines(list_path)
     n = len(entries)
     src = list_path.name
-    tag_dir = root / "NUS_WID_Tags"
+    tag_dir = _first_existing(root, ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")).parent
     vocab = None
     if (tag_dir / "TagList1k.txt").exists():
         vocab = _nonblank_lines(tag_dir / "TagList1k.txt")
@@ -244,7 +253,7 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         if c in seen:  # its label column would be read, counted and kept twice
             raise DataError(f"{concept_path}:{i}: concept {c!r} listed twice")
         seen.add(c)
-    label_dir = root / "Groundtruth" / "AllLabels"
+    label_dir = _first_existing(root, ("Groundtruth/AllLabels", "GroundTruth/AllLabels", "AllLabels"))
     if concepts is not None:
         if not concepts:
             raise DataError("nus_wide: concepts is empty; name at least one concept")
