@@ -173,6 +173,23 @@ def test_a_method_file_with_a_fitted_encoder_spec_and_no_state_is_refused(fitted
     assert not (tmp_path / "c.xmc" / "collection.db").exists()
 
 
+def test_a_fitted_encoder_object_other_than_the_methods_is_refused(fitted, indexed, tmp_path):
+    from xmodal.encoders import get_encoder
+    from xmodal.index import CollectionError, plan_collection
+    from xmodal.index.build import scan_folder
+
+    root, _, b, _, ref, _ = fitted
+    refitted = get_encoder(TEXT).fit([t.text for t in scan_folder(b)[1]], progress=False)
+    with pytest.raises(CollectionError, match="fitted on other items"):
+        plan_collection(b, tmp_path / "new.xmc", method=str(root / "m.zip"), text_encoder=refitted)
+    with pytest.raises(CollectionError, match=f"{indexed}.*text_encoder {TEXT} fitted on other items"):
+        plan_collection(b, indexed, text_encoder=refitted)
+    # the very encoder it was fitted with is accepted
+    assert plan_collection(b, tmp_path / "new.xmc", method=str(root / "m.zip"),
+                           text_encoder=ref["text"])["action"] == "create"
+    assert plan_collection(b, indexed, text_encoder=ref["text"])["action"] == "update"
+
+
 # -------------------------------------------------- 2. one side re-encoded, the other kept
 def test_reencoding_one_side_keeps_the_other_sides_encoder_record(fitted):
     from xmodal.encoders import encode_dataset

@@ -423,7 +423,7 @@ def _resolve_encoders(fitted: Any, method: Any, image_encoder: Any, text_encoder
         if not want or not _needs_fit(want):
             continue
         try:
-            enc = fitted.feature_encoder(modality)
+            enc = fitted.feature_encoder(modality) if hasattr(fitted, "feature_encoder") else None
         except DataError as exc:
             raise CollectionError(f"{method}: {exc}") from None
         given_fitted = isinstance(given, Encoder) and given.is_fitted
