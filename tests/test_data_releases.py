@@ -400,3 +400,61 @@ def test_nus_wide_zips_unpacked_without_their_folders(tmp_path):
     np.testing.assert_array_equal(ds.labels, ref.labels)
     np.testing.assert_array_equal(ds.text_features, ref.text_features)
     assert ds.texts == ref.texts and ds.image_paths == ref.image_paths
+
+
+# ------------------------------------------------------ index.mat / caption.mat / label.mat
+import scipy.io  # noqa: E402
+
+
+def write_index_caption_mat(folder, n=30, one_hot=True, made_on="/home/someone/data"):
+    """The layout of CLIP-based hashing code (DCHMT and its followers): scipy.io.savemat of the
+    image paths of the machine that made it, the tag strings / captions, and the labels."""
+    rng = np.random.default_rng(4)
+    folder.mkdir(parents=True)
+    for i in range(1, n + 1):
+        p = folder / "mirflickr" / f"im{i}.jpg"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"\xff\xd8\xff")
+    labels = rng.integers(0, 2, (n, 24)).astype(np.float64)
+    scipy.io.savemat(folder / "index.mat", {"index": np.array([f"{made_on}/mirflickr/im{i}.jpg" for i in range(1, n + 1)])})
+    scipy.io.savemat(folder / "caption.mat", {"caption": np.array([f"sky tag{i}" for i in range(n)])})
+    scipy.io.savemat(folder / "label.mat", {"label": labels})
+    if one_hot:
+        scipy.io.savemat(folder / "caption_one_hot.mat", {"caption_one_hot": rng.integers(0, 2, (n, 7)).astype(np.float32)})
+    return labels
+
+
+def test_index_caption_label_mat_folder(tmp_path):
+    folder = tmp_path / "mirflickr25k_clip"
+    labels = write_index_caption_mat(folder)
+    ds = load_dataset(str(folder), n_query=5, n_train=10)
+    assert ds.n_images == ds.n_texts == 30
+    # Paths of another machine: found again under the folder by their last parts.
+    assert ds.image_paths[0] == str(folder / "mirflickr" / "im1.jpg")
+    assert ds.texts[3] == "sky tag3"  # char-matrix padding stripped
+    np.testing.assert_array_equal(ds.labels, labels)
+    assert ds.text_features.shape == (30, 7) and ds.label_names[0] == "animals"  # 24 labels, "flickr" in the name
+    assert len(ds.splits["query"]) == 5 and len(ds.splits["train"]) == 10
+    # Without the one-hot file there are only raw texts; a label that is not 0/1 names its item.
+    other = tmp_path / "b"
+    labels = write_index_caption_mat(other, one_hot=False)
+    labels[4, 2] = 0.5
+    scipy.io.savemat(other / "label.mat", {"label": labels})
+    with pytest.raises(DataError, match=r"label.mat: label item 4 \(0-based\), column 2 holds 0.5"):
+        load_dataset(str(other), n_query=5, n_train=10)
+    labels[4, 2] = 1
+    scipy.io.savemat(other / "label.mat", {"label": labels})
+    ds = load_dataset(str(other), n_query=5, n_train=10)
+    assert ds.text_features is None and ds.texts[0] == "sky tag0"
+    scipy.io.savemat(other / "caption.mat", {"caption": np.array(["a", "b"])})
+    with pytest.raises(DataError, match=r"caption.mat: caption holds 2 items, but index.mat holds 30"):
+        load_dataset(str(other), n_query=5, n_train=10)
+
+
+def test_index_caption_mat_under_the_dataset_names(tmp_path):
+    write_index_caption_mat(tmp_path / "mirflickr25k")
+    ds = load_dataset("mirflickr25k", data_dir=str(tmp_path), n_query=5, n_train=10)
+    assert ds.name == "mirflickr25k" and ds.n_images == 30 and ds.meta["layout"] == "index_caption_mat"
+    write_index_caption_mat(tmp_path / "x" / "NUS-WIDE", made_on="C:\\data")
+    ds = load_dataset("nus_wide", data_dir=str(tmp_path / "x" / "NUS-WIDE"), n_query=5, n_train=10)
+    assert ds.name == "nus_wide" and ds.image_paths[1] == str(tmp_path / "x" / "NUS-WIDE" / "mirflickr" / "im2.jpg")

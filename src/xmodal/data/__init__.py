@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from .dataset import DataError, PairedDataset, one_hot, random_splits
-from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_mat
+from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat, load_mat
 from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
 from .mirflickr import load_cleaned_folder, load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
@@ -27,13 +27,15 @@ LOADERS: dict[str, Callable[..., PairedDataset]] = {
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
     """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``.json`` file
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
-    one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
-    ``L_tr``) or the DCMH layout (``IAll``/``YAll``/``LAll``), or a folder of DCMH per-variable
-    ``.mat`` files, or a folder of the cleaned lists of deep hashing code (``all_imgs.txt``,
-    ``all_tags.txt``, ``all_labels.txt``; :func:`~xmodal.data.mirflickr.load_cleaned_folder`), or
-    a ``.npz`` of features written by ``xmodal encode``
-    (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times); ``kwargs`` go to the
-    loader (e.g. ``n_query``, ``n_train``, ``seed`` for :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`)."""
+    one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/``L_tr``) or the DCMH
+    layout (``IAll``/``YAll``/``LAll``), a folder of DCMH per-variable ``.mat`` files, a folder
+    of ``index.mat`` / ``caption.mat`` / ``label.mat``
+    (:func:`~xmodal.data.dcmh_mat.load_index_caption_mat`), a folder of the cleaned lists of
+    deep hashing code (``all_imgs.txt``, ``all_tags.txt``, ``all_labels.txt``;
+    :func:`~xmodal.data.mirflickr.load_cleaned_folder`), or a ``.npz`` of features written by
+    ``xmodal encode`` (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times);
+    ``kwargs`` go to the loader (e.g. ``n_query``, ``n_train``, ``seed`` for
+    :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`)."""
     if name in LOADERS:
         return LOADERS[name](data_dir=data_dir, **kwargs)
     path = Path(name)
@@ -47,6 +49,8 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
         return load_karpathy(path, **kwargs)
     if name and path.is_dir() and (path / "all_imgs.txt").is_file():
         return load_cleaned_folder(path, **kwargs)
+    if name and is_index_caption_folder(path):
+        return load_index_caption_mat(path, **kwargs)
     if name and path.is_dir() and find_dcmh_files(path):
         return load_dcmh_mat(path, **kwargs)
     # Say what is wrong with a path rather than calling it an unknown dataset name.
@@ -62,4 +66,4 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
            "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release", "load_cleaned_folder", "load_cnn_mat",
-           "load_nus_wide", "load_dcmh_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]
+           "load_nus_wide", "load_dcmh_mat", "load_index_caption_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]

@@ -155,15 +155,15 @@ def _pixel_layout(shape: tuple[int, ...], n: int) -> tuple[int, bool] | None:
 
 
 # ------------------------------------------------------------------------------ validation
-def _check_labels(L: np.ndarray, path: Path) -> np.ndarray:
+def _check_labels(L: np.ndarray, path: Path, var: str = LABEL_VAR) -> np.ndarray:
     if L.dtype == bool:
         return L.astype(np.uint8)
     if not np.issubdtype(L.dtype, np.number):
-        raise DataError(f"{path}: {LABEL_VAR} holds {L.dtype} values, not 0/1 labels")
+        raise DataError(f"{path}: {var} holds {L.dtype} values, not 0/1 labels")
     bad = ~((L == 0) | (L == 1))
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
-        raise DataError(f"{path}: {LABEL_VAR} item {r} (0-based), column {c} holds {L[r, c].item()!r}; "
+        raise DataError(f"{path}: {var} item {r} (0-based), column {c} holds {L[r, c].item()!r}; "
                         "labels must be 0 or 1")
     return L.astype(np.uint8)
 
@@ -403,3 +403,100 @@ def load_mat(path: str | Path, **kwargs) -> PairedDataset:
         raise DataError(f"{path}: not a known .mat layout: expected I_tr, T_tr, L_tr (*_cnn.mat) or "
                         f"{TEXT_VAR}, {LABEL_VAR} and {IMAGE_VARS[0]} (DCMH); found {mat.names}")
     return load_cnn_mat(path)
+
+
+# ------------------------------------------------------- index.mat / caption.mat / label.mat
+INDEX_FILES = ("index.mat", "caption.mat", "label.mat")
+
+
+def is_index_caption_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the ``index.mat`` / ``caption.mat`` / ``label.mat`` layout."""
+    folder = Path(folder)
+    return folder.is_dir() and all((folder / f).is_file() for f in INDEX_FILES)
+
+
+def _relocate(stored: list[str], folder: Path, image_dir: Path | None) -> list[str]:
+    """Image paths written on another machine, found again: as stored when they exist, else
+    under ``image_dir`` (default ``folder``) by their last one, two or three parts; the rule
+    that finds the first image that exists is applied to all (missing images are reported by
+    the encoder that reads them)."""
+    base = image_dir if image_dir is not None else folder
+    parts = [s.replace("\\", "/").split("/") for s in stored]
+
+    def under(k: int) -> list[str]:
+        return [str(base.joinpath(*p[-k:])) for p in parts]
+
+    rules = [lambda: stored] if image_dir is None else []
+    rules += [lambda k=k: under(k) for k in (3, 2, 1)]
+    sample = range(min(len(stored), 200))  # downloads miss some images: look at more than one
+    for rule in rules:
+        paths = rule()
+        if any(Path(paths[i]).is_file() for i in sample):
+            return paths
+    return under(2) if image_dir is not None else stored
+
+
+def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query: int | None = None,
+                           n_train: int | None = None, seed: int = 0,
+                           image_dir: str | Path | None = None) -> PairedDataset:
+    """The ``.mat`` layout of CLIP-based cross-modal hashing code (DCHMT, Tu et al. 2022, and its
+    followers): ``index.mat`` (``index``: image paths, often of the machine that wrote them),
+    ``caption.mat`` (``caption``: the tag strings or captions), ``label.mat`` (``label``:
+    0/1, items x labels) and optionally ``caption_one_hot.mat`` (``caption_one_hot``: tag
+    vectors, used as text features). Image paths that do not exist are looked up under
+    ``image_dir`` (default the folder) by their last parts. Splits and their default sizes as
+    :func:`load_dcmh_mat`."""
+    folder = Path(folder)
+    for f in INDEX_FILES:
+        if not (folder / f).is_file():
+            raise DataError(f"{folder / f}: file not found (the index/caption/label .mat layout)")
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(f"{image_dir}: image folder not found (images of {folder / 'index.mat'})")
+
+    def strings(fname: str, var: str) -> list[str]:
+        m = MatFile(folder / fname)
+        if var not in m:
+            raise DataError(f"{folder / fname}: variable {var} not found; the file holds {m.names}")
+        return m.read_strings(var)
+
+    stored = strings("index.mat", "index")
+    n = len(stored)
+    texts = strings("caption.mat", "caption")
+    if len(texts) != n:
+        raise DataError(f"{folder / 'caption.mat'}: caption holds {len(texts)} items, but index.mat holds {n}")
+    for i, t in enumerate(texts):
+        if not t:
+            raise DataError(f"{folder / 'caption.mat'}: caption item {i} (0-based) is empty")
+    lab = MatFile(folder / "label.mat")
+    if "label" not in lab:
+        raise DataError(f"{folder / 'label.mat'}: variable label not found; the file holds {lab.names}")
+    L = np.atleast_2d(lab.read("label"))
+    if n not in L.shape:
+        raise DataError(f"{folder / 'label.mat'}: label has shape {L.shape}, but index.mat holds {n} items")
+    L = _check_labels(_rows(L, n), lab.path, "label")
+    T = None
+    if (folder / "caption_one_hot.mat").is_file():
+        oh = MatFile(folder / "caption_one_hot.mat")
+        if "caption_one_hot" not in oh:
+            raise DataError(f"{oh.path}: variable caption_one_hot not found; the file holds {oh.names}")
+        raw = np.atleast_2d(oh.read("caption_one_hot"))
+        if n not in raw.shape:
+            raise DataError(f"{oh.path}: caption_one_hot has shape {raw.shape}, but index.mat holds {n} items")
+        T = _check_features(_rows(raw, n), oh.path, "caption_one_hot")
+    image_paths = _relocate(stored, folder, None if image_dir is None else Path(image_dir))
+    known = identify([name or "", folder.name], L.shape[1], n)
+    dq, dt = default_split_sizes(known, n)
+    n_query = dq if n_query is None else n_query
+    n_train = dt if n_train is None else n_train
+    ds_name = name or folder.name
+    label_names = MIRFLICKR_LABELS if known is not None and known.name == "mirflickr25k" \
+        and L.shape[1] == len(MIRFLICKR_LABELS) else None
+    return PairedDataset(
+        name=ds_name, text_to_image=np.arange(n), n_images=n, image_paths=image_paths,
+        text_features=T, texts=texts, labels=L, label_names=label_names,
+        splits=hashing_splits(n, n_query, n_train, seed, name=ds_name),
+        image_ids=[Path(p).stem for p in image_paths], root=str(folder),
+        meta={"protocol": "hashing", "layout": "index_caption_mat", "seed": seed,
+              "dataset": known.name if known else None, "n_query": n_query, "n_train": n_train,
+              "stored_paths": stored},
+    )

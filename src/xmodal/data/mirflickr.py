@@ -75,7 +75,7 @@ def _release_dir(root: Path) -> Path | None:
 def _find_root(data_dir: str | None) -> Path:
     # The markers let --data-dir name the dataset folder itself, as for the other datasets:
     # the cleaned release, then the full release (its mirflickr/ folder, or that folder itself).
-    for marker in ("all_imgs.txt", "mirflickr", "meta"):
+    for marker in ("all_imgs.txt", "mirflickr", "meta", "index.mat"):
         try:
             return resolve_dataset_dir("mirflickr25k", data_dir, marker=marker)
         except DataError:
@@ -89,7 +89,8 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
                       seed: int = 0, min_tag_count: int = 20) -> PairedDataset:
     """MIRFlickr-25K from the cleaned release (``all_imgs.txt``, ``all_tags.txt``,
     ``all_labels.txt``), else the full release (:func:`load_mirflickr25k_release`, where
-    ``min_tag_count`` applies), else the ``*_cnn.mat`` layout or the DCMH ``.mat`` layout
+    ``min_tag_count`` applies), else the ``*_cnn.mat`` layout, ``index.mat`` / ``caption.mat``
+    / ``label.mat`` (:func:`~xmodal.data.dcmh_mat.load_index_caption_mat`) or the DCMH ``.mat`` layout
     (``FLICKR-25K.mat``, or ``mirflickr25k-iall.mat``, ``-yall.mat``, ``-lall.mat``;
     :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`) found in the folder.
 
@@ -106,8 +107,10 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
         mats = sorted(root.glob("*_cnn.mat"))
         if mats:
             return load_cnn_mat(mats[0], name="mirflickr25k")
-        from .dcmh_mat import find_dcmh_files, load_dcmh_mat
+        from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat
 
+        if is_index_caption_folder(root):
+            return load_index_caption_mat(root, name="mirflickr25k", n_query=n_query, n_train=n_train, seed=seed)
         if find_dcmh_files(root):
             return load_dcmh_mat(root, name="mirflickr25k", n_query=n_query, n_train=n_train, seed=seed)
     return load_cleaned_lists(root, "mirflickr25k", n_query=n_query, n_train=n_train, seed=seed,

@@ -180,7 +180,7 @@ def _first_existing(root: Path, rels: tuple[str, ...]) -> Path:
 def _find_root(data_dir: str | None) -> Path:
     # Markers let --data-dir name the dataset folder itself: the release (its zips unpacked with
     # or without their folders), then the cleaned lists.
-    for marker in ("ImageList", "Imagelist.txt", "all_imgs.txt"):
+    for marker in ("ImageList", "Imagelist.txt", "all_imgs.txt", "index.mat"):
         try:
             return resolve_dataset_dir("nus_wide", data_dir, marker=marker)
         except DataError:
@@ -229,8 +229,11 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         mats = sorted(root.glob("*_cnn.mat"))
         if mats:
             return load_cnn_mat(mats[0], name="nus_wide")
-        from .dcmh_mat import find_dcmh_files, load_dcmh_mat
+        from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat
 
+        if is_index_caption_folder(root) and concepts is None and image_features is None:
+            return load_index_caption_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed,
+                                          image_dir=image_dir)
         if find_dcmh_files(root):
             # The release fixed its concepts (LAll) and image set; only the splits are ours.
             if concepts is not None or image_features is not None or image_dir is not None:
