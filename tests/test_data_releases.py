@@ -458,3 +458,12 @@ def test_index_caption_mat_under_the_dataset_names(tmp_path):
     write_index_caption_mat(tmp_path / "x" / "NUS-WIDE", made_on="C:\\data")
     ds = load_dataset("nus_wide", data_dir=str(tmp_path / "x" / "NUS-WIDE"), n_query=5, n_train=10)
     assert ds.name == "nus_wide" and ds.image_paths[1] == str(tmp_path / "x" / "NUS-WIDE" / "mirflickr" / "im2.jpg")
+
+
+def test_karpathy_repeated_image_record_is_named(tmp_path):
+    # Two records of one file would be two "different" images sharing captions' ground truth.
+    doc = flickr_doc("flickr8k")
+    doc["images"][3]["filename"] = doc["images"][1]["filename"]
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=r"images\[3\] \(1000092796.jpg\): same image as images\[1\]"):
+        load_dataset(str(tmp_path / "dataset_flickr8k.json"))

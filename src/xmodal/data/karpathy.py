@@ -93,6 +93,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     base = Path(image_dir) if image_dir else _guess_image_dir(path.parent, doc["images"][0])
     image_paths, texts, t2i, splits, classes, image_ids = [], [], [], {}, [], []
     dropped = 0
+    seen: dict[tuple[str, str], int] = {}
     for i, rec in enumerate(doc["images"]):
         where = f"{path}: images[{i}]"
         if not isinstance(rec, dict):
@@ -104,6 +105,10 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
             raise DataError(f"{where} ({rec['filename']}): field 'sentences' missing or empty")
         if not isinstance(sents, list):  # a string would give one "sentence" per character
             raise DataError(f"{where} ({rec['filename']}): field 'sentences' must be a list")
+        key = (str(rec.get("filepath") or ""), rec["filename"])
+        if key in seen:  # two "different" images that are one file would split its ground truth
+            raise DataError(f"{where} ({rec['filename']}): same image as images[{seen[key]}]")
+        seen[key] = i
         image_paths.append(str(_locate(base, rec) or _record_path(base, rec)))
         image_ids.append(Path(rec["filename"]).stem)
         split = rec.get("split", "train")
