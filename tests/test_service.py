@@ -102,7 +102,7 @@ def test_key_transports_and_revocation(setup):
     listed = c.get("/api/keys", headers={"X-API-Key": tok}).json()["keys"]
     assert all("hash" not in k and "salt" not in k for k in listed)
     stored = coll.store.query("SELECT hash FROM api_keys")
-    assert all(tok.encode() not in h and tok.split("_")[-1].encode() not in h for (h,) in stored)
+    assert all(tok.encode() not in h and tok.split("_", 2)[2].encode() not in h for (h,) in stored)
     revoke_key(coll, tok[4:].split("_")[0])
     assert c.get("/api/keys", headers={"X-API-Key": tok}).status_code == 401
     made = c.post("/api/keys", json={"role": "write", "name": "via http"},
@@ -240,3 +240,34 @@ def test_health_metrics_openapi(setup):
     paths = c.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/search/image", "/api/items", "/api/items/{item_id}", "/api/keys",
             "/api/audit", "/health", "/metrics"} <= set(paths)
+
+
+def test_an_upload_and_its_captions_are_stored_together_or_not_at_all(setup, monkeypatch):
+    """POST /api/items is one add: if the captions cannot be stored (here the text encoder
+    fails; a killed server is the same moment), the image must not be left behind alone."""
+    s, c, coll = setup, setup["client"], setup["coll"]
+    img = Image.open(s["image"]).rotate(90)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    before = coll.count()
+    real = coll.encoder
+
+    def text_encoder_dies(modality):
+        if modality == "text":
+            raise RuntimeError("text encoder died")
+        return real(modality)
+
+    monkeypatch.setattr(coll, "encoder", text_encoder_dies)
+    with pytest.raises(RuntimeError, match="text encoder died"):
+        c.post("/api/items", files={"file": ("r.png", buf.getvalue(), "image/png")},
+               data={"captions": "a rotated picture\nturned on its side", "key": "atomic/r.png"},
+               headers={"X-API-Key": s["keys"]["write"]})
+    assert coll.id_of("atomic/r.png") is None and coll.count() == before
+    monkeypatch.undo()
+    r = c.post("/api/items", files={"file": ("r.png", buf.getvalue(), "image/png")},
+               data={"captions": "a rotated picture\nturned on its side", "key": "atomic/r.png"},
+               headers={"X-API-Key": s["keys"]["write"]})
+    assert r.status_code == 201 and r.json()["added"] == 3 and coll.count() == before + 3
+    got = c.get(f"/api/items/{r.json()['id']}").json()
+    assert got["caption"] == "a rotated picture"
+    c.delete(f"/api/items/{r.json()['id']}", headers={"X-API-Key": s["keys"]["write"]})

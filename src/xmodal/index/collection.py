@@ -134,6 +134,12 @@ class AddReport:
     ids: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files the encoder could not read
 
+    def merge(self, other: "AddReport") -> None:
+        """Count ``other``'s stored items in (a batch of a longer add)."""
+        self.added += other.added
+        self.replaced += other.replaced
+        self.ids += other.ids
+
 
 def _decodes(path: str) -> bool:
     """Whether the image encoders can read ``path`` (decoded at reduced size: a cheap check)."""
@@ -977,7 +983,10 @@ class Collection:
 
     def _add_vectors(self, modality, keys, codes, *, paths=None, texts=None, labels=None,
                      pair_keys=None, hashes=None, fvecs=None, stats=None, actor="local",
-                     remote=None) -> AddReport:
+                     remote=None, c=None) -> Any:
+        """Store vectors and their items in one transaction and mirror them into the in-memory
+        indexes; returns an :class:`AddReport`. With ``c`` (an open transaction) only the rows
+        are written, and the staged add is returned for :meth:`_mirror_add` after COMMIT."""
         if modality not in MODALITIES:
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
         n = len(keys)
@@ -991,60 +1000,76 @@ class Collection:
             F = prepare("real", fvecs, self.fdim)
         for k in keys:
             check_key(k)
-        report = AddReport()
-        new_ids: list[int] = []
-        replaced: list[int] = []
-        now = time.time()
         if len(set(keys)) != n:
             seen: set[str] = set()
             dup = next(k for k in keys if k in seen or seen.add(k))
             raise DataError(f"item key {dup!r} appears twice in one add")
+        args = (modality, keys, X, F, paths, texts, labels, pair_keys, hashes, stats, actor, remote)
+        if c is not None:  # the caller's transaction: rows only, _mirror_add after its COMMIT
+            return self._stage_add(c, *args)
         with self.store.transaction() as c:
-            old = self._lookup(c, "SELECT key, id, modality FROM items WHERE key IN ({})", list(keys))
-            for key, (old_id, old_mod) in old.items():
-                if old_mod != modality:
-                    raise DataError(f"item key {key!r} is already a {old_mod} item")
-                replaced.append(old_id)
-            pid: list[int | None] = [None] * n
-            if pair_keys is not None:
-                wanted = sorted({pk for pk in pair_keys if pk})
-                found = self._lookup(c, "SELECT key, id FROM items WHERE modality = 'image' AND key IN ({})", wanted)
-                for r, pk in enumerate(pair_keys):
-                    if pk:
-                        if pk not in found:
-                            raise DataError(f"text {keys[r]!r}: paired image {pk!r} is not in the collection")
-                        pid[r] = found[pk][0]
-            if replaced:
-                c.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in replaced])
-            # BEGIN IMMEDIATE holds the write lock, so the next AUTOINCREMENT ids are ours to use.
-            row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
-            base = int(row[0]) if row else 0
-            new_ids = list(range(base + 1, base + n + 1))
-            c.executemany("INSERT INTO items (id, key, modality, path, text, content_hash, pair_id, added_at) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                          [(new_ids[r], keys[r], modality, None if paths is None else paths[r],
-                            None if texts is None else texts[r], None if hashes is None else hashes[r],
-                            pid[r], now) for r in range(n)])
-            c.executemany("INSERT INTO vectors (item_id, code, fvec) VALUES (?, ?, ?)",
-                          [(new_ids[r], X[r].tobytes(), None if F is None else F[r].tobytes())
-                           for r in range(n)])
-            if modality == "image" and old:
-                # A replaced image's captions (unchanged, so not re-added) follow it to its
-                # new id; left on the old one they would belong to no image at all.
-                c.executemany("UPDATE items SET pair_id = ? WHERE pair_id = ?",
-                              [(new_ids[r], old[keys[r]][0]) for r in range(n) if keys[r] in old])
-            if stats is not None:  # (size, mtime_ns) of each image file when it was hashed
-                c.executemany("INSERT INTO file_stats (item_id, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
-                              [(new_ids[r], paths[r], *stats[r]) for r in range(n) if stats[r] is not None])
-            if labels is not None:
-                c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
-                              [(new_ids[r], str(lab)) for r in range(n) for lab in sorted(set(labels[r]))])
-            Store.audit(c, actor, "add", {"modality": modality, "count": n, "replaced": len(replaced),
-                                          "first_key": keys[0] if n else None}, remote)
-            # Set before COMMIT: the store's lock keeps other threads from reading in between,
-            # so a concurrent refresh() never mistakes this write for another process's.
-            self._gen = Store.bump_generation(c)
-        # Committed: mirror into the in-memory indexes (files are written when the write ends).
+            staged = self._stage_add(c, *args)
+        return self._mirror_add(staged)
+
+    def _stage_add(self, c: Any, modality: str, keys: Sequence[str], X: np.ndarray, F: np.ndarray | None,
+                   paths, texts, labels, pair_keys, hashes, stats, actor: str, remote: str | None) -> tuple:
+        """The rows of an add, written inside transaction ``c``; the in-memory indexes are
+        left to :meth:`_mirror_add` once it commits."""
+        n = len(keys)
+        replaced: list[int] = []
+        now = time.time()
+        old = self._lookup(c, "SELECT key, id, modality FROM items WHERE key IN ({})", list(keys))
+        for key, (old_id, old_mod) in old.items():
+            if old_mod != modality:
+                raise DataError(f"item key {key!r} is already a {old_mod} item")
+            replaced.append(old_id)
+        pid: list[int | None] = [None] * n
+        if pair_keys is not None:
+            wanted = sorted({pk for pk in pair_keys if pk})
+            found = self._lookup(c, "SELECT key, id FROM items WHERE modality = 'image' AND key IN ({})", wanted)
+            for r, pk in enumerate(pair_keys):
+                if pk:
+                    if pk not in found:
+                        raise DataError(f"text {keys[r]!r}: paired image {pk!r} is not in the collection")
+                    pid[r] = found[pk][0]
+        if replaced:
+            c.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in replaced])
+        # BEGIN IMMEDIATE holds the write lock, so the next AUTOINCREMENT ids are ours to use.
+        row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        base = int(row[0]) if row else 0
+        new_ids = list(range(base + 1, base + n + 1))
+        c.executemany("INSERT INTO items (id, key, modality, path, text, content_hash, pair_id, added_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      [(new_ids[r], keys[r], modality, None if paths is None else paths[r],
+                        None if texts is None else texts[r], None if hashes is None else hashes[r],
+                        pid[r], now) for r in range(n)])
+        c.executemany("INSERT INTO vectors (item_id, code, fvec) VALUES (?, ?, ?)",
+                      [(new_ids[r], X[r].tobytes(), None if F is None else F[r].tobytes())
+                       for r in range(n)])
+        if modality == "image" and old:
+            # A replaced image's captions (unchanged, so not re-added) follow it to its
+            # new id; left on the old one they would belong to no image at all.
+            c.executemany("UPDATE items SET pair_id = ? WHERE pair_id = ?",
+                          [(new_ids[r], old[keys[r]][0]) for r in range(n) if keys[r] in old])
+        if stats is not None:  # (size, mtime_ns) of each image file when it was hashed
+            c.executemany("INSERT INTO file_stats (item_id, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
+                          [(new_ids[r], paths[r], *stats[r]) for r in range(n) if stats[r] is not None])
+        if labels is not None:
+            c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
+                          [(new_ids[r], str(lab)) for r in range(n) for lab in sorted(set(labels[r]))])
+        Store.audit(c, actor, "add", {"modality": modality, "count": n, "replaced": len(replaced),
+                                      "first_key": keys[0] if n else None}, remote)
+        # Set before COMMIT: the store's lock keeps other threads from reading in between,
+        # so a concurrent refresh() never mistakes this write for another process's.
+        self._gen = Store.bump_generation(c)
+        return modality, new_ids, replaced, X, F
+
+    def _mirror_add(self, staged: tuple) -> AddReport:
+        """A committed add mirrored into the in-memory indexes (files are written when the
+        write ends)."""
+        modality, new_ids, replaced, X, F = staged
+        n = len(new_ids)
+        report = AddReport()
         ids = np.asarray(new_ids, dtype=np.int64)
         with self._lock:
             for (mod, variant), idx in self.indexes.items():
@@ -1202,10 +1227,15 @@ class Collection:
                   batch_size: int = 256, progress: bool = False, actor: str = "local",
                   remote: str | None = None) -> AddReport:
         """Encode and add images (files) and texts. Items whose key and content hash are
-        already stored are skipped without encoding. Each batch commits on its own, so an
-        interrupted run keeps the batches done and a rerun continues where it stopped."""
+        already stored are skipped without encoding. An add of at most ``batch_size`` items
+        (an upload and its captions) commits as one transaction: all of it or none. A larger
+        one commits batch by batch, so an interrupted run keeps the batches done and a rerun
+        continues where it stopped."""
         total = AddReport()
         unread: set[str] = set()  # keys of images skipped as unreadable
+        # Small adds are encoded first and committed together: an image never stored
+        # without the captions sent with it because the process died in between.
+        staged: list[dict[str, Any]] | None = [] if len(images) + len(texts) <= batch_size else None
         with self._writing():
             for modality, items, feats in (("image", list(images), image_features),
                                            ("text", list(texts), text_features)):
@@ -1255,8 +1285,8 @@ class Collection:
                             if not rows:
                                 continue
                     codes, fv = self.features_to_space(modality, F)
-                    rep = self._add_vectors(
-                        modality, [items[r].key for r in rows], codes, fvecs=fv,
+                    add = dict(
+                        modality=modality, keys=[items[r].key for r in rows], codes=codes, fvecs=fv,
                         paths=[items[r].path for r in rows] if modality == "image" else None,
                         texts=[items[r].text for r in rows] if modality == "text" else None,
                         labels=[list(items[r].labels) for r in rows],
@@ -1264,13 +1294,19 @@ class Collection:
                         hashes=[hashes[r] for r in rows],
                         stats=[stats[r] for r in rows] if modality == "image" else None,
                         actor=actor, remote=remote)
-                    total.added += rep.added
-                    total.replaced += rep.replaced
-                    total.ids += rep.ids
+                    if staged is not None:
+                        staged.append(add)
+                    else:
+                        total.merge(self._add_vectors(**add))
                     if bar is not None:
                         bar.update(len(rows))
                 if bar is not None:
                     bar.close()
+            if staged:
+                with self.store.transaction() as c:
+                    done = [self._add_vectors(**add, c=c) for add in staged]
+                for d in done:
+                    total.merge(self._mirror_add(d))
         return total
 
     # ------------------------------------------------------------ audit
