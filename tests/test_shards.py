@@ -246,3 +246,18 @@ def test_k_over_the_http_limit_still_reaches_remote_shards(shards, server):
     item = a.list_items("image", 0, 1)[0]
     body = client.post("/api/search", json={"item_id": item.id, "k": 1000, "target": "image"}).json()
     assert body["failed_shards"] == [] and len(body["results"]) == 13
+
+
+def test_a_routing_server_shows_remote_images_with_their_captions(shards, server):
+    """The web page labels an image result by its caption; a remote shard's answer has it."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    client = TestClient(create_app(Collection.open(shards["root"] / "a.xmc"), shards=[server]))
+    body = client.post("/api/search", json={"text": QUERIES[1], "k": 14, "target": "image"}).json()
+    remote = [r for r in body["results"] if r.get("shard") == server]
+    assert remote
+    b = TestClient(create_app(shards["b"]))
+    for r in remote:
+        assert r["caption"] and r["caption"] == b.get(f"/api/items/{r['id']}").json()["caption"]

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,14 @@ import numpy as np
 from .collection import Collection, CollectionError, Hit
 
 MAX_REMOTE_K = 1000  # the most hits `xmodal serve` answers per query (its k limit)
+
+
+@dataclass
+class RemoteHit(Hit):
+    """A hit from a remote shard, with the caption its server shows for an image (a routing
+    server cannot look it up: the item is in the other server's store)."""
+
+    caption: str | None = None
 
 
 class RemoteShard:
@@ -79,9 +88,9 @@ class RemoteShard:
     def search(self, body: dict[str, Any]) -> list[Hit]:
         # a server answers at most MAX_REMOTE_K hits; asking for more would be a 422
         out = self._call("/api/search", {**body, "k": min(int(body["k"]), MAX_REMOTE_K)})
-        fields = Hit.__dataclass_fields__
+        fields = RemoteHit.__dataclass_fields__
         try:
-            return [Hit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
+            return [RemoteHit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
         except (KeyError, TypeError, AttributeError):
             raise CollectionError(f"shard {self.url}: /api/search answered no results list; "
                                   "is it an `xmodal serve`?") from None

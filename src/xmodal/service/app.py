@@ -317,7 +317,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             thumb_of = h.id if h.modality == "image" else h.pair_id
             base = h.shard or ""  # a remote shard's hit: its own server has the thumbnail
             d["thumbnail"] = f"{base}/api/items/{thumb_of}/thumbnail" if thumb_of else None
-            d["caption"] = h.text if h.modality == "text" else (caps.get(h.id) if not h.shard else None)
+            if h.modality == "text":
+                d["caption"] = h.text
+            else:  # a remote shard's image: the caption its own server answered
+                d["caption"] = caps.get(h.id) if not h.shard else getattr(h, "caption", None)
             out.append(d)
         return out
 
