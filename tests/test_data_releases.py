@@ -467,3 +467,16 @@ def test_karpathy_repeated_image_record_is_named(tmp_path):
     (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(doc))
     with pytest.raises(DataError, match=r"images\[3\] \(1000092796.jpg\): same image as images\[1\]"):
         load_dataset(str(tmp_path / "dataset_flickr8k.json"))
+
+
+def test_release_folders_load_by_path(tmp_path):
+    # `xmodal bench --dataset /data/NUS-WIDE` as well as `--dataset nus_wide --data-dir /data`.
+    tags, labels = nus_arrays()
+    nus = write_nus(tmp_path / "a" / "NUS-WIDE", tags, labels, flickr=False)
+    assert load_dataset(str(nus), n_concepts=3, n_query=5, n_train=12).name == "nus_wide"
+    mir = write_mir_release(tmp_path / "b" / "MIRFLICKR")
+    assert load_dataset(str(mir), n_query=4, n_train=10).name == "mirflickr25k"
+    wiki, _ = write_wikipedia(tmp_path / "c" / "wiki")
+    assert load_dataset(str(wiki)).name == "wikipedia"
+    pas = write_pascal_page(tmp_path / "d" / "pascal")
+    assert load_dataset(str(pas)).name == "pascal_sentences"

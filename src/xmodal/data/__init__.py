@@ -24,11 +24,31 @@ LOADERS: dict[str, Callable[..., PairedDataset]] = {
 }
 
 
+# Files or folders that tell a release folder given by path, and the named loader that reads it.
+RELEASE_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("wikipedia", ("trainset_txt_img_cat.list",)),
+    ("nus_wide", ("ImageList/Imagelist.txt", "Imagelist.txt")),
+    ("mirflickr25k", ("mirflickr/meta/tags", "meta/tags")),
+    ("pascal_sentences", ("sentence", "index.html", "pascal-sentences.html")),
+)
+
+
+def release_of(path: Path) -> str | None:
+    """The named dataset whose release layout the folder ``path`` holds, or None."""
+    if path.is_dir():
+        for name, markers in RELEASE_MARKERS:
+            if any((path / m).exists() for m in markers):
+                return name
+    return None
+
+
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
     """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``.json`` file
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
     one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/``L_tr``) or the DCMH
-    layout (``IAll``/``YAll``/``LAll``), a folder of DCMH per-variable ``.mat`` files, a folder
+    layout (``IAll``/``YAll``/``LAll``), the folder of a release that a named loader reads
+    (Wikipedia, NUS-WIDE, MIRFlickr-25K, Pascal Sentences: :data:`RELEASE_MARKERS`), a folder
+    of DCMH per-variable ``.mat`` files, a folder
     of ``index.mat`` / ``caption.mat`` / ``label.mat``
     (:func:`~xmodal.data.dcmh_mat.load_index_caption_mat`), a folder of the cleaned lists of
     deep hashing code (``all_imgs.txt``, ``all_tags.txt``, ``all_labels.txt``;
@@ -49,6 +69,9 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
         return load_karpathy(path, **kwargs)
     if name and path.is_dir() and (path / "all_imgs.txt").is_file():
         return load_cleaned_folder(path, **kwargs)
+    release = release_of(path) if name else None
+    if release is not None:
+        return LOADERS[release](data_dir=str(path), **kwargs)
     if name and is_index_caption_folder(path):
         return load_index_caption_mat(path, **kwargs)
     if name and path.is_dir() and find_dcmh_files(path):
@@ -56,14 +79,18 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     # Say what is wrong with a path rather than calling it an unknown dataset name.
     if name and path.is_dir():
         raise DataError(f"{path / 'dataset.json'}: file not found (a dataset folder must hold a "
-                        "Karpathy dataset.json / dataset_*.json or DCMH-layout .mat files)")
+                        "Karpathy dataset.json / dataset_*.json, a release layout of "
+                        f"{[n for n, _ in RELEASE_MARKERS]}, cleaned lists (all_imgs.txt, ...), "
+                        "index.mat/caption.mat/label.mat or DCMH-layout .mat files)")
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise DataError(f"{path}: no such file or folder")
     raise DataError(f"unknown dataset {name!r}: use one of {sorted(LOADERS)}, a pairs file "
-                    "(.jsonl/.csv), a Karpathy .json (dataset.json, dataset_coco.json, ...), a .mat file (*_cnn.mat or DCMH layout) or "
-                    "a .npz written by xmodal encode")
+                    "(.jsonl/.csv), a Karpathy .json (dataset.json, dataset_coco.json, ...), a .mat "
+                    "file (*_cnn.mat or DCMH layout), a dataset folder or a .npz written by xmodal encode")
 
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
-           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release", "load_cleaned_folder", "load_cnn_mat",
-           "load_nus_wide", "load_dcmh_mat", "load_index_caption_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences", "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]
+           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release",
+           "load_cleaned_folder", "load_cnn_mat", "load_nus_wide", "load_dcmh_mat",
+           "load_index_caption_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences",
+           "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]
