@@ -224,8 +224,9 @@ def load_mirflickr25k_release(path: str | Path, n_query: int = 2000, n_train: in
     """The full MIRFlickr-25K release as it unpacks (see the module docstring), cleaned as DCMH
     (Jiang & Li 2017) did: the tag vocabulary is ``doc/common_tags.txt`` (the tags on 20 or
     more images, 1386), or when it is missing every tag on ``min_tag_count`` images or more;
-    an image is kept when it has one of the 24 labels and one vocabulary tag (20,015 of 25,000
-    on the real release). Text features are the 0/1 tag vectors, ``texts`` the vocabulary tags;
+    an image is kept when it has one of the 24 labels and one vocabulary tag (DCMH reports
+    20,015 of the 25,000 images and 1386-d tag vectors; not checked here against the release,
+    which this machine lacks). Text features are the 0/1 tag vectors, ``texts`` the vocabulary tags;
     labels are the 24 non-``_r1`` concepts; splits as :func:`load_mirflickr25k`.
     """
     root = Path(path)
