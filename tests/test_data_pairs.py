@@ -65,3 +65,20 @@ def test_spreadsheet_csv_with_semicolons_or_tabs(tmp_path):
     bad.write_text("picture;caption\nx.jpg;y\n")
     with pytest.raises(DataError, match=r"bad.csv:1: header must name an 'image' column"):
         load_dataset(str(bad))
+
+
+def test_pairs_as_one_json_array(tmp_path):
+    # A pairs file written with json.dump(rows, f, indent=2): one array, not one object a line.
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"image": "a.jpg", "text": "a dog", "label": "dog"},
+                                {"image": "b.jpg", "text": "a cat", "label": "cat"},
+                                {"image": "a.jpg", "text": "the dog again", "split": ""}], indent=2))
+    ds = load_dataset(str(path))
+    assert ds.texts == ["a dog", "a cat", "the dog again"] and ds.n_images == 2
+    assert ds.label_names == ["cat", "dog"]
+    path.write_text(json.dumps([{"image": "a.jpg", "text": "a dog"}, ["b.jpg", "x"]], indent=2))
+    with pytest.raises(DataError, match=r"pairs.json: \[1\] \(line 6\): expected a JSON object"):
+        load_dataset(str(path))
+    path.write_text(json.dumps([{"image": "a.jpg", "text": "a dog"}, {"image": "b.jpg"}], indent=2))
+    with pytest.raises(DataError, match=r"pairs.json: \[1\] \(line 6\): field 'text' missing or empty"):
+        load_dataset(str(path))

@@ -11,7 +11,7 @@ from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
 from .mirflickr import load_cleaned_folder, load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide
-from .pairs import load_pairs
+from .pairs import is_json_array, load_pairs
 from .pascal import load_pascal_sentences
 from .wikipedia import load_wikipedia
 
@@ -43,7 +43,7 @@ def release_of(path: Path) -> str | None:
 
 
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
-    """Load a dataset by name, or a path: a pairs file (.jsonl/.csv), a Karpathy ``.json`` file
+    """Load a dataset by name, or a path: a pairs file (.jsonl/.csv, or a .json array), a Karpathy ``.json`` file
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
     one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/``L_tr``) or the DCMH
     layout (``IAll``/``YAll``/``LAll``), the folder of a release that a named loader reads
@@ -59,7 +59,8 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     if name in LOADERS:
         return LOADERS[name](data_dir=data_dir, **kwargs)
     path = Path(name)
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv"):
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv") or (
+            path.suffix.lower() == ".json" and path.is_file() and is_json_array(path)):
         return load_pairs(path, **kwargs)
     if path.suffix.lower() == ".mat":
         return load_mat(path, **kwargs)

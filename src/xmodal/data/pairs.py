@@ -1,4 +1,5 @@
-"""The user's own pairs: JSONL or CSV rows ``{image, text, label | labels, split}``.
+"""The user's own pairs: JSONL or CSV rows ``{image, text, label | labels, split}``, or one JSON
+array of such objects (``.json``).
 
 Image paths are relative to the file. Rows sharing an image path share one image (so one image
 may have several texts, and has the union of their labels). ``labels`` may be a list (JSONL) or
@@ -26,8 +27,51 @@ KNOWN_FIELDS = {"image", "text", "label", "labels", "split", "id"}
 KNOWN_SPLITS = ("train", "val", "test", "query", "database")
 
 
-def _rows(path: Path) -> list[dict]:
+def is_json_array(path: Path) -> bool:
+    """Whether a ``.json`` file holds one JSON array (a pairs file) rather than an object."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def _json_array(text: str, path: Path) -> list[tuple[str, dict]]:
+    """The objects of one JSON array, each with where it is: ``[k] (line L)``."""
+    dec = json.JSONDecoder()
+    n = len(text)
+
+    def skip(i: int) -> int:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    rows: list[tuple[str, dict]] = []
+    i = skip(skip(0) + 1)  # past the opening bracket
+    while i < n and text[i] != "]":
+        try:
+            obj, end = dec.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+        loc = f" [{len(rows)}] (line {line_of(i)})"
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{loc}: expected a JSON object")
+        rows.append((loc, obj))
+        i = skip(end)
+        if i < n and text[i] == ",":
+            i = skip(i + 1)
+        elif i >= n or text[i] != "]":
+            raise DataError(f"{path}:{line_of(i)}: invalid JSON (expected ',' or ']')")
+    if i >= n or skip(i + 1) != n:
+        raise DataError(f"{path}:{line_of(min(i, n))}: invalid JSON (the array must end the file)")
+    return rows
+
+
+def _rows(path: Path) -> list[tuple[int | str, dict]]:
     text = read_text(path)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        return _json_array(text, path)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
         # Split on "\n" only: str.splitlines() also breaks at U+2028/U+0085, which JSON strings
@@ -102,7 +146,7 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
     image_index: dict[str, int] = {}
     image_paths, texts, t2i, img_labels, img_split = [], [], [], [], []
     for lineno, row in rows:
-        where = f"{path}:{lineno}"
+        where = f"{path}:{lineno}"  # path:line, or path: [k] (line L) in a JSON array
         unknown = set(row) - KNOWN_FIELDS
         if unknown:
             raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; expected {sorted(KNOWN_FIELDS)}")
