@@ -82,3 +82,23 @@ def test_pairs_as_one_json_array(tmp_path):
     path.write_text(json.dumps([{"image": "a.jpg", "text": "a dog"}, {"image": "b.jpg"}], indent=2))
     with pytest.raises(DataError, match=r"pairs.json: \[1\] \(line 6\): field 'text' missing or empty"):
         load_dataset(str(path))
+
+
+def test_pairs_windows_paths(tmp_path):
+    # A pairs file written on Windows: backslashes between folders, CRLF line ends.
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    (tmp_path / "imgs" / "sub" / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"image,text\r\nimgs\\sub\\a.jpg,a dog\r\nimgs/sub/a.jpg,the same dog\r\n")
+    ds = load_dataset(str(path))
+    assert ds.n_images == 1 and ds.image_paths == [str(tmp_path / "imgs" / "sub" / "a.jpg")]
+
+
+def test_pairs_csv_written_by_hand_with_spaces_after_commas(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text('image, text, label\na.jpg, "a dog, on grass", dog\nb.jpg, a cat, cat\n')
+    ds = load_dataset(str(path))
+    assert ds.texts == ["a dog, on grass", "a cat"] and ds.label_names == ["cat", "dog"]
+    assert ds.image_paths[0] == str(tmp_path / "a.jpg")
+    path.write_text('image ,text ;label\na.jpg,a dog,dog\n'.replace(";", ","))
+    assert load_dataset(str(path)).texts == ["a dog"]

@@ -1,7 +1,7 @@
 """The user's own pairs: JSONL or CSV rows ``{image, text, label | labels, split}``, or one JSON
 array of such objects (``.json``).
 
-Image paths are relative to the file. Rows sharing an image path share one image (so one image
+Image paths are relative to the file (Windows backslashes between folders are accepted). Rows sharing an image path share one image (so one image
 may have several texts, and has the union of their labels). ``labels`` may be a list (JSONL) or
 ``;``-separated (CSV); a row may give both ``label`` and ``labels`` only when the label is one
 of the labels. A label is a name: JSON numbers are names too, an integral one written
@@ -93,10 +93,13 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
         for alt in (delim, ";", "\t", ","):
             # Spreadsheets in decimal-comma locales write ';' between fields, some exports tabs:
             # the delimiter is the one that makes the header name an 'image' column.
-            if "image" in next(csv.reader([header], delimiter=alt), []):
+            if "image" in [f.strip() for f in next(csv.reader([header], delimiter=alt), [])]:
                 delim = alt
                 break
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+        # skipinitialspace: a file written by hand has "image, text" (and quotes after the space).
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim, skipinitialspace=True)
+        if reader.fieldnames is not None:
+            reader.fieldnames = [f.strip() for f in reader.fieldnames]
         if reader.fieldnames is None or "image" not in reader.fieldnames:
             raise DataError(f"{path}:1: header must name an 'image' column, got {reader.fieldnames}")
         dup = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
@@ -158,7 +161,9 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
                                 + (" (write one row per caption)" if fname == "text" else ""))
             if value is None or str(value).strip() == "":
                 raise DataError(f"{where}: field {fname!r} missing or empty")
-        full = (path.parent / str(img)).resolve()
+        full = (path.parent / str(img).strip()).resolve()
+        if "\\" in str(img) and not full.exists():  # written on Windows: backslashes between folders
+            full = (path.parent / str(img).strip().replace("\\", "/")).resolve()
         if require_images_exist and not full.exists():
             raise DataError(f"{where}: image {full} not found")
         labels = _labels_of(row, where)
