@@ -220,9 +220,11 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         if concepts is not None or image_features is not None:
             raise DataError(f"{root / 'all_labels.txt'}: the cleaned lists fix their concepts and have "
                             "no image features; concepts and image_features do not apply")
-        taglist = next((root / d / "TagList1k.txt" for d in TAGLIST_DIRS if (root / d / "TagList1k.txt").is_file()), None)
+        taglist = next((root / d / "TagList1k.txt" for d in TAGLIST_DIRS
+                        if (root / d / "TagList1k.txt").is_file()), None)
         ds = load_cleaned_lists(root, "nus_wide", n_query=n_query, n_train=n_train, seed=seed,
-                                vocabulary=_nonblank_lines(taglist) if taglist else None, image_root=image_dir)
+                                vocabulary=_nonblank_lines(taglist) if taglist else None,
+                                image_root=image_dir)
         ds.meta["text_feature"] = "tags1k" if taglist else "tags"
         return ds
     if not list_path.exists():

@@ -1,8 +1,9 @@
 """The user's own pairs: JSONL or CSV rows ``{image, text, label | labels, split}``, or one JSON
 array of such objects (``.json``).
 
-Image paths are relative to the file (Windows backslashes between folders are accepted). Rows sharing an image path share one image (so one image
-may have several texts, and has the union of their labels). ``labels`` may be a list (JSONL) or
+Image paths are relative to the file (Windows backslashes between folders are accepted). Rows
+sharing an image path share one image (so one image may have several texts, and has the union
+of their labels). ``labels`` may be a list (JSONL) or
 ``;``-separated (CSV); a row may give both ``label`` and ``labels`` only when the label is one
 of the labels. A label is a name: JSON numbers are names too, an integral one written
 without its fraction (``1.0`` is class ``1``); booleans are refused. Without a ``split`` column,
