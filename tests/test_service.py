@@ -263,6 +263,9 @@ def test_an_upload_and_its_captions_are_stored_together_or_not_at_all(setup, mon
                data={"captions": "a rotated picture\nturned on its side", "key": "atomic/r.png"},
                headers={"X-API-Key": s["keys"]["write"]})
     assert coll.id_of("atomic/r.png") is None and coll.count() == before
+    import hashlib
+    stray = coll.path / "files" / f"{hashlib.sha256(buf.getvalue()).hexdigest()}.png"
+    assert not stray.exists()  # nor a copy of the upload that no item uses
     monkeypatch.undo()
     r = c.post("/api/items", files={"file": ("r.png", buf.getvalue(), "image/png")},
                data={"captions": "a rotated picture\nturned on its side", "key": "atomic/r.png"},
@@ -271,3 +274,28 @@ def test_an_upload_and_its_captions_are_stored_together_or_not_at_all(setup, mon
     got = c.get(f"/api/items/{r.json()['id']}").json()
     assert got["caption"] == "a rotated picture"
     c.delete(f"/api/items/{r.json()['id']}", headers={"X-API-Key": s["keys"]["write"]})
+
+
+def test_deleting_an_upload_removes_its_file_and_thumbnails(setup):
+    """DELETE /api/items/{id} of an uploaded photo removes the stored copy and its cached
+    thumbnails once no other item uses them (same bytes under two keys share one file)."""
+    s, c, coll = setup, setup["client"], setup["coll"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    img = Image.open(s["image"]).transpose(Image.FLIP_TOP_BOTTOM)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    ids = [c.post("/api/items", files={"file": ("p.png", buf.getvalue(), "image/png")},
+                  data={"captions": "an upside-down picture", "key": key}, headers=w).json()["id"]
+           for key in ("mine/one.png", "mine/two.png")]
+    path = Path(c.get(f"/api/items/{ids[0]}").json()["path"])
+    assert path.exists() and c.get(f"/api/items/{ids[0]}/thumbnail?size=128").status_code == 200
+    thumbs = set((coll.path / "thumbs").glob("*_128.jpg"))
+    assert c.delete(f"/api/items/{ids[0]}", headers=w).status_code == 200
+    assert path.exists()  # still the second item's file
+    assert c.get(f"/api/items/{ids[1]}/thumbnail?size=128").status_code == 200
+    assert c.delete(f"/api/items/{ids[1]}", headers=w).status_code == 200
+    assert not path.exists()
+    assert len(set((coll.path / "thumbs").glob("*_128.jpg"))) == len(thumbs) - 1
+    # an indexed folder's own files are never touched
+    folder_item = coll.list_items("image", 0, 1)[0]
+    assert Path(folder_item.path).exists()

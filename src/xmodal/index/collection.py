@@ -17,6 +17,7 @@ a stale one is rebuilt from the vectors table when the collection is opened.
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import importlib
 import json
@@ -1108,6 +1109,8 @@ class Collection:
                         rows.append(r)
                         rows += c.execute("SELECT id, modality FROM items WHERE pair_id = ?", (i,)).fetchall()
                 gone = sorted({r[0]: r[1] for r in rows}.items())
+                files = [tuple(r) for i, m in gone if m == "image"
+                         for r in c.execute("SELECT path, content_hash, id FROM items WHERE id = ?", (i,))]
                 for i, _ in gone:
                     c.execute("DELETE FROM items WHERE id = ?", (i,))
                 Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
@@ -1118,7 +1121,24 @@ class Collection:
                     for (mod, _), idx in self.indexes.items():
                         if mod == modality and dead:
                             idx.remove(dead)
+            self._drop_unused_files(files)
             return [i for i, _ in gone]
+
+    def _drop_unused_files(self, files: Sequence[tuple[str | None, str | None, int]]) -> None:
+        """After a delete (under the write lock): uploaded copies (``files/``) and cached
+        thumbnails (``thumbs/``) of the deleted images that no remaining item uses. A deleted
+        photo should not stay on the server's disk; an indexed folder's files are the user's
+        and are never touched."""
+        uploads = (self.path / "files").resolve()
+        for path, digest, item_id in files:
+            if path and Path(path).resolve().parent == uploads and not self.store.query(
+                    "SELECT 1 FROM items WHERE path = ? LIMIT 1", (path,)):
+                Path(path).unlink(missing_ok=True)
+            if digest and not self.store.query("SELECT 1 FROM items WHERE content_hash = ? LIMIT 1", (digest,)):
+                for thumb in (self.path / "thumbs").glob(f"{glob.escape(digest)}_*.jpg"):
+                    thumb.unlink(missing_ok=True)
+            for thumb in (self.path / "thumbs").glob(f"id{item_id}_*.jpg"):  # made without a hash
+                thumb.unlink(missing_ok=True)
 
     def prune(self, keep: Iterable[str], actor: str = "local", remote: str | None = None) -> list[int]:
         """Delete every item whose key is not in ``keep`` (an image takes its captions with

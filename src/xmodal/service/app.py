@@ -262,6 +262,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
     metrics = Metrics()
     encode_lock = threading.Lock()  # one query through the encoders at a time
+    # An upload's file is written before its add takes the write lock, and a delete removes
+    # files no item uses any more: the two must not interleave (same bytes, another key).
+    upload_lock = threading.Lock()
     app = FastAPI(title="xmodal search", version="1",
                   description="Cross-modal (image <-> text) search over one xmodal collection.")
     app.state.collection = coll
@@ -536,12 +539,24 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
 
         def add() -> Any:
-            if not dest.exists():
-                atomic_write_bytes(dest, data)
-            with encode_lock:
-                return coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
-                                      [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
-                                       for j, c in enumerate(caps)], actor=actor, remote=remote(request))
+            with upload_lock:
+                if not dest.exists():
+                    atomic_write_bytes(dest, data)
+                try:
+                    with encode_lock:
+                        rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
+                                             [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
+                                              for j, c in enumerate(caps)], actor=actor, remote=remote(request))
+                except BaseException:
+                    drop_if_unused()
+                    raise
+                if rep.skipped:
+                    drop_if_unused()
+                return rep
+
+        def drop_if_unused() -> None:  # a failed add leaves no stray copy behind
+            if not coll.store.query("SELECT 1 FROM items WHERE path = ? LIMIT 1", (str(dest),)):
+                dest.unlink(missing_ok=True)
 
         rep = await run_in_threadpool(add)
         if rep.skipped:
@@ -567,7 +582,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
     @app.delete("/api/items/{item_id}")
     def delete_item(item_id: int, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
-        gone = coll.delete(ids=[item_id], actor=actor, remote=remote(request))
+        with upload_lock:
+            gone = coll.delete(ids=[item_id], actor=actor, remote=remote(request))
         if not gone:
             raise HTTPException(404, f"no item with id {item_id}")
         return {"deleted": gone}
