@@ -261,3 +261,12 @@ def test_a_routing_server_shows_remote_images_with_their_captions(shards, server
     b = TestClient(create_app(shards["b"]))
     for r in remote:
         assert r["caption"] and r["caption"] == b.get(f"/api/items/{r['id']}").json()["caption"]
+
+
+def test_cli_refuses_a_label_no_shard_has(shards, server):
+    """As with one collection: a typo in --label is an error, not an empty answer."""
+    root = shards["root"]
+    for where in (["-c", str(root / "b.xmc")], ["--shard", server]):
+        r = CliRunner().invoke(app, ["search", "-c", str(root / "a.xmc"), *where, QUERIES[0],
+                                     "--label", "airprot"])
+        assert r.exit_code == 2 and "no item has the label 'airprot'" in r.output, r.output

@@ -219,17 +219,19 @@ def register(app: typer.Typer) -> None:
 
             try:
                 coll = open_shards(collection, shard, api_key=api_key)
+                known = set(coll.stats()["labels"]) if label else set()  # any shard's
             except CollectionError as exc:
                 _fail(str(exc))
         else:
             coll = _open(collection[0])
             known = set(coll.stats()["labels"]) if label else set()
-            unknown = [lab for lab in label if lab not in known]
-            if unknown:  # a typo would otherwise print no results and exit 0
-                names = sorted(known)
-                shown = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
-                _fail(f"{collection[0]}: no item has the label {', '.join(map(repr, unknown))}; "
-                      f"labels here: {shown or 'none'}")
+        unknown = [lab for lab in label if lab not in known]
+        if unknown:  # a typo would otherwise print no results and exit 0
+            names = sorted(known)
+            shown = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
+            where = collection[0] if not sharded else "the shards"
+            _fail(f"{where}: no item has the label {', '.join(map(repr, unknown))}; "
+                  f"labels here: {shown or 'none'}")
         kw = dict(labels=label or None, exact=exact, distinct=distinct)
         from ..index import CollectionError
 

@@ -166,6 +166,7 @@ class ShardedCollection:
         return {"shards": [{"name": n, **{k: p.get(k) for k in ("images", "texts", "index")}}
                            for n, p in zip(self.names, per)],
                 "images": sum(p["images"] for p in per), "texts": sum(p["texts"] for p in per),
+                "labels": sorted(set().union(*(p.get("labels") or () for p in per))),
                 **{k: per[0].get(k) for k in ("output", "dim", "method", "encoders", "space")}}
 
     # ------------------------------------------------------------ search
