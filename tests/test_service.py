@@ -299,3 +299,20 @@ def test_deleting_an_upload_removes_its_file_and_thumbnails(setup):
     # an indexed folder's own files are never touched
     folder_item = coll.list_items("image", 0, 1)[0]
     assert Path(folder_item.path).exists()
+
+
+def test_labels_sent_over_http_are_checked(setup):
+    """A blank label, or one with a comma (search filters are comma-separated, so it could never
+    be searched for), is refused naming the field, rather than stored."""
+    s, c, coll = setup, setup["client"], setup["coll"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    for bad in ([""], ["  "], ["a,b"], ["x" * 201]):
+        r = c.post("/api/texts", json={"text": "a labelled note", "labels": bad}, headers=w)
+        assert r.status_code == 422 and "labels" in r.text, (bad, r.text)
+    r = c.post("/api/items", files={"file": ("l.jpg", jpeg_bytes(s["image"]), "image/jpeg")},
+               data={"labels": "ok," + "y" * 201}, headers=w)
+    assert r.status_code == 422 and "labels" in r.text
+    assert "" not in coll.stats()["labels"] and "a,b" not in coll.stats()["labels"]
+    r = c.post("/api/texts", json={"text": "a labelled note", "labels": [" harbour "]}, headers=w)
+    assert r.status_code == 201 and c.get(f"/api/items/{r.json()['id']}").json()["labels"] == ["harbour"]
+    c.delete(f"/api/items/{r.json()['id']}", headers=w)

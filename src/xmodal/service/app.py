@@ -236,6 +236,25 @@ def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_I
     return fmt
 
 
+MAX_LABEL = 200
+
+
+def check_labels(labels: Sequence[str], field: str) -> list[str]:
+    """Labels from a client, trimmed: none blank, none with a comma (search filters are
+    comma-separated, so such a label could never be searched for), none over 200 characters."""
+    out = []
+    for i, lab in enumerate(labels):
+        lab = lab.strip()
+        if not lab:
+            raise HTTPException(422, f"{field}[{i}]: blank label")
+        if "," in lab:
+            raise HTTPException(422, f"{field}[{i}]: {lab!r} holds a comma; search filters split on commas")
+        if len(lab) > MAX_LABEL:
+            raise HTTPException(422, f"{field}[{i}]: label over {MAX_LABEL} characters")
+        out.append(lab)
+    return out
+
+
 def safe_key(key: str) -> str:
     """Client-chosen item keys: relative, no '..', no odd characters."""
     try:
@@ -535,7 +554,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         key = safe_key(key) if key else f"upload/{digest[:16]}{_FORMAT_EXT[fmt]}"
         # The client's file name is never used as a path: uploads are named by content hash.
         dest = coll.path / "files" / f"{digest}{_FORMAT_EXT[fmt]}"
-        labs = [x.strip() for x in labels.split(",") if x.strip()]
+        labs = check_labels([x for x in labels.split(",") if x.strip()], "labels")
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
 
         def add() -> Any:
@@ -574,9 +593,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             pair_key = p.key
         if not req.text.strip():  # would be indexed as a blank caption
             raise HTTPException(422, "text: empty (only whitespace)")
+        labels = check_labels(req.labels, "labels")
         key = safe_key(req.key) if req.key else f"text/{hashlib.sha256(req.text.encode()).hexdigest()[:16]}"
         with encode_lock:
-            rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=req.labels)],
+            rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=labels)],
                                  actor=actor, remote=remote(request))
         return {"ids": rep.ids, "added": rep.added, "unchanged": rep.unchanged, "id": coll.id_of(key)}
 
