@@ -316,3 +316,24 @@ def test_labels_sent_over_http_are_checked(setup):
     r = c.post("/api/texts", json={"text": "a labelled note", "labels": [" harbour "]}, headers=w)
     assert r.status_code == 201 and c.get(f"/api/items/{r.json()['id']}").json()["labels"] == ["harbour"]
     c.delete(f"/api/items/{r.json()['id']}", headers=w)
+
+
+def test_writes_that_change_nothing_leave_the_index_files_alone(setup):
+    """Re-sending an add that is already stored, or deleting an id that is not there, writes
+    nothing: no new generation (every reader would reload), no index files rewritten (each
+    write rewrote every index file: gigabytes for a large collection), no audit entry."""
+    s, c, coll = setup, setup["client"], setup["coll"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    first = c.post("/api/texts", json={"text": "a note sent twice"}, headers=w)
+    assert first.status_code == 201
+
+    def files():
+        return {f.name: f.stat().st_ino for f in (coll.path / "indexes").glob("*.faiss")}
+
+    before, gen = files(), coll.store.generation()
+    audit = len(coll.audit_log(10000))
+    again = c.post("/api/texts", json={"text": "a note sent twice"}, headers=w)
+    assert again.json()["unchanged"] == 1
+    assert c.delete("/api/items/987654321", headers=w).status_code == 404
+    assert files() == before and coll.store.generation() == gen and len(coll.audit_log(10000)) == audit
+    c.delete(f"/api/items/{first.json()['id']}", headers=w)

@@ -664,9 +664,14 @@ class Collection:
             raise read_only_error(self.path, self.path / DB_NAME)
         with self._wlock, _write_lock(self.path):
             self.refresh(force=True)
+            start = self._gen
             yield
             with self._lock:
-                self._finish_write()
+                # A write that changed nothing (an unchanged re-add, an unknown id) leaves
+                # the files be: each save rewrites every index, gigabytes for a large one.
+                if self._gen != start or not all(self._index_file(m, v, self._gen).exists()
+                                                 for m, v in self.indexes):
+                    self._finish_write()
 
     def _finish_write(self) -> None:
         for (modality, variant), idx in list(self.indexes.items()):
@@ -1109,6 +1114,8 @@ class Collection:
                         rows.append(r)
                         rows += c.execute("SELECT id, modality FROM items WHERE pair_id = ?", (i,)).fetchall()
                 gone = sorted({r[0]: r[1] for r in rows}.items())
+                if not gone:  # nothing to delete: no audit entry, no new generation
+                    return []
                 files = [tuple(r) for i, m in gone if m == "image"
                          for r in c.execute("SELECT path, content_hash, id FROM items WHERE id = ?", (i,))]
                 for i, _ in gone:
