@@ -270,3 +270,46 @@ def test_cli_refuses_a_label_no_shard_has(shards, server):
         r = CliRunner().invoke(app, ["search", "-c", str(root / "a.xmc"), *where, QUERIES[0],
                                      "--label", "airprot"])
         assert r.exit_code == 2 and "no item has the label 'airprot'" in r.output, r.output
+
+
+def test_a_hung_shard_does_not_hold_up_the_others(shards, server):
+    """A remote shard that accepts connections but never answers costs each query at most its
+    timeout: concurrent queries must not queue their local searches behind the hung calls."""
+    import socket
+    import threading
+    import time
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # accepts (the kernel does), never answers
+    a = Collection.open(shards["root"] / "a.xmc")
+    remote = RemoteShard(server, timeout=1.0)
+    with ShardedCollection([a, remote]) as sc:
+        remote.url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        q, _ = a.encode_query_text(QUERIES[0])
+        took, answers = [], []
+
+        def one():
+            t0 = time.perf_counter()
+            hits = sc.search_vector(q, "image", 3, on_error="skip")
+            took.append(time.perf_counter() - t0)
+            answers.append(hits)
+
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    # the command line and a routing server take the timeout too
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    r = CliRunner().invoke(app, ["search", "-c", str(a.path), "--shard", url, "--shard-timeout", "1", "x"])
+    assert r.exit_code == 2 and "timed out" in r.output, r.output
+    from xmodal.service import create_app
+
+    with pytest.raises(CollectionError, match="timed out"):
+        create_app(a, shards=[url], shard_timeout=1)
+    hung.close()
+    assert len(answers) == 12
+    assert all(len(h) == 3 and h.failed and "timed out" in h.failed[0][1] for h in answers)
+    # one timeout each (1 s), not the hung calls' queue (about 6 s before)
+    assert max(took) < 3.5, sorted(took)

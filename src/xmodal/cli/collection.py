@@ -171,6 +171,8 @@ def register(app: typer.Typer) -> None:
                                         "common space (repeatable)"),
         api_key: Optional[str] = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY",
                                               help="API key for --shard servers"),
+        shard_timeout: float = typer.Option(30.0, "--shard-timeout", min=0.1,
+                                            help="seconds a --shard server has to answer a query"),
         image: list[Path] = typer.Option([], "--image", help="an image file as the query (repeatable: "
                                          "one result list per image)"),
         queries: Optional[Path] = typer.Option(None, "--queries", help="a text file, one text query per "
@@ -218,7 +220,7 @@ def register(app: typer.Typer) -> None:
             from ..index.shards import open_shards
 
             try:
-                coll = open_shards(collection, shard, api_key=api_key)
+                coll = open_shards(collection, shard, api_key=api_key, timeout=shard_timeout)
                 known = set(coll.stats()["labels"]) if label else set()  # any shard's
             except CollectionError as exc:
                 _fail(str(exc))
@@ -390,6 +392,9 @@ def register(app: typer.Typer) -> None:
                                         "common space: searches cover it too (repeatable)"),
         shard_api_key: Optional[str] = typer.Option(None, "--shard-api-key", envvar="XMODAL_SHARD_API_KEY",
                                                     help="API key this server sends to --shard servers"),
+        shard_timeout: float = typer.Option(30.0, "--shard-timeout", min=0.1,
+                                            help="seconds a --shard server has to answer; a slower "
+                                            "one is left out of that answer (failed_shards)"),
         read_only: bool = typer.Option(False, "--read-only", help="refuse every write (adding, deleting, "
                                        "keys, settings); automatic where the folder is not writable"),
     ) -> None:
@@ -412,7 +417,7 @@ def register(app: typer.Typer) -> None:
             if coll.read_only:
                 typer.echo(f"{collection}: serving read-only (writes answer 403)", err=True)
             app_ = create_app(coll, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                              shards=shard, shard_api_key=shard_api_key)
+                              shards=shard, shard_api_key=shard_api_key, shard_timeout=shard_timeout)
         except CollectionError as exc:
             _fail(str(exc))
         uvicorn.run(app_, host=host, port=port, log_level="info")

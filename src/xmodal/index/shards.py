@@ -12,10 +12,12 @@ top k, so with exact (flat) indexes the merge is exactly the top k of the union.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,7 +126,12 @@ class ShardedCollection:
         self.names = list(names) if names is not None else [_name(s) for s in self.shards]
         if len(self.names) != len(self.shards):
             raise CollectionError("ShardedCollection: one name per shard")
-        self._pool = ThreadPoolExecutor(max_workers=min(max_workers, len(self.shards)))
+        n_local = sum(isinstance(s, Collection) for s in self.shards)
+        n_remote = len(self.shards) - n_local
+        # Two pools: a hung remote shard occupies remote workers only; local searches never
+        # queue behind its calls. Remote calls are waited for at most their shard's timeout.
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, n_local)))
+        self._remote_pool = ThreadPoolExecutor(max_workers=max(1, min(4 * max_workers, 4 * n_remote)))
         self._check_compatible()
         self.local = next((s for s in self.shards if isinstance(s, Collection)), None)
 
@@ -154,6 +161,7 @@ class ShardedCollection:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self._remote_pool.shutdown(wait=False)
 
     def __enter__(self) -> "ShardedCollection":
         return self
@@ -222,11 +230,22 @@ class ShardedCollection:
     def _fan_out(self, fn, k: int, distinct: bool, on_error: str) -> ShardHits:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        futures = [self._pool.submit(fn, s) for s in self.shards]
+        start = time.monotonic()
+        futures = [(self._pool if isinstance(s, Collection) else self._remote_pool).submit(fn, s)
+                   for s in self.shards]
         per_shard, failed = [], []
-        for name, fut in zip(self.names, futures):
+        for name, shard, fut in zip(self.names, self.shards, futures):
             try:
-                per_shard.append(fut.result())
+                if isinstance(shard, RemoteShard):
+                    # its whole answer within its timeout, however long it waited for a worker
+                    wait = max(0.0, shard.timeout - (time.monotonic() - start))
+                    try:
+                        per_shard.append(fut.result(timeout=wait))
+                    except FutureTimeout:
+                        fut.cancel()
+                        raise CollectionError(f"shard {shard.url}: timed out after {shard.timeout:g} s") from None
+                else:
+                    per_shard.append(fut.result())
             except CollectionError as exc:
                 if on_error == "raise":
                     raise
@@ -265,8 +284,9 @@ def _name(shard: Collection | RemoteShard) -> str:
 
 
 def open_shards(collections: Sequence[str | Path] = (), urls: Sequence[str] = (),
-                api_key: str | None = None) -> ShardedCollection:
-    """Local collection paths and ``xmodal serve`` URLs as one :class:`ShardedCollection`."""
+                api_key: str | None = None, timeout: float = 30.0) -> ShardedCollection:
+    """Local collection paths and ``xmodal serve`` URLs as one :class:`ShardedCollection`;
+    a server has ``timeout`` seconds to answer a query."""
     shards: list[Collection | RemoteShard] = [Collection.open(p) for p in collections]
-    shards += [RemoteShard(u, api_key=api_key) for u in urls]
+    shards += [RemoteShard(u, api_key=api_key, timeout=timeout) for u in urls]
     return ShardedCollection(shards)

@@ -270,13 +270,15 @@ def safe_key(key: str) -> str:
 # ------------------------------------------------------------------------- app
 def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_image_pixels: int = MAX_IMAGE_PIXELS, shards: Sequence[str | RemoteShard] = (),
-               shard_api_key: str | None = None) -> FastAPI:
+               shard_api_key: str | None = None, shard_timeout: float = 30.0) -> FastAPI:
     """The HTTP API and web page over ``collection``. ``shards``: URLs of other ``xmodal serve``
     instances of the same common space; searches then cover them too (merged by score, each
     remote hit tagged with its ``shard`` URL, a shard that fails left out and named in the
-    answer's ``failed_shards``). Items, uploads and keys stay this collection's own."""
+    answer's ``failed_shards``; so is one that takes over ``shard_timeout`` seconds). Items,
+    uploads and keys stay this collection's own."""
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
-    remotes = [s if isinstance(s, RemoteShard) else RemoteShard(s, api_key=shard_api_key) for s in shards]
+    remotes = [s if isinstance(s, RemoteShard) else
+               RemoteShard(s, api_key=shard_api_key, timeout=shard_timeout) for s in shards]
     # checked now: a shard of another space (or down) stops the start, not a later search
     sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
     metrics = Metrics()
