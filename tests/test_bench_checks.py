@@ -464,3 +464,135 @@ def test_fingerprint_cache_damage_never_fails_a_run(tmp_path, counted_reads, fak
     if damage != "unwritable":  # repaired: the next run reads the cache, not the file
         n = len(counted_reads)
         assert dataset_fingerprint(str(a)) == expected and len(counted_reads) == n
+
+
+# ------------------------------------------------- fingerprints of release and list folders
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _cleaned_lists(root, edit):
+    _write(root / "all_imgs.txt", "".join(f"mirflickr/im{i}.jpg\n" for i in range(1, 7)))
+    _write(root / "all_tags.txt", "sky,sea\ndog\ntree,night\nsky\nsea,dog\ntree\n")
+    rows = ["1 0 0", "0 1 0", "0 0 1", "1 1 0", "0 1 1", "1 0 1"]
+    if edit:
+        rows[3] = "1 0 0"  # one label line
+    _write(root / "all_labels.txt", "\n".join(rows) + "\n")
+
+
+def _nus_release(root, edit):
+    _write(root / "ImageList" / "Imagelist.txt",
+           "".join(f"C:\\ImageData\\Flickr\\actor\\{i:04d}_{100 + i}.jpg\n" for i in range(6)))
+    _write(root / "NUS_WID_Tags" / "AllTags1k.txt",
+           "".join("\t".join("1" if j == i else "0" for j in range(1000)) + "\t\n" for i in range(6)))
+    _write(root / "Concepts81.txt", "sky\nwater\n")
+    _write(root / "Groundtruth" / "AllLabels" / "Labels_sky.txt", "1\n0\n1\n0\n1\n0\n")
+    _write(root / "Groundtruth" / "AllLabels" / "Labels_water.txt",
+           "0\n1\n0\n1\n0\n" + ("0\n" if edit else "1\n"))
+
+
+def _mir_release(root, edit):
+    from xmodal.data.mirflickr import MIRFLICKR_LABELS
+
+    for i in range(1, 7):
+        _write(root / "mirflickr" / "meta" / "tags" / f"tags{i}.txt", "sky\r\nsea\r\n" if i != 4 or not edit
+               else "sky\r\ndog\r\n")  # one tag line
+    for c, name in enumerate(MIRFLICKR_LABELS):
+        _write(root / "mirflickr25k_annotations_v080" / f"{name}.txt", f"{c % 6 + 1}\r\n")
+
+
+def _pascal_folders(root, edit):
+    for cat in ("bird", "boat"):
+        for k in range(2):
+            _write(root / "dataset" / cat / f"2008_00{k}{cat[1]}.jpg", "not read")
+            sents = [f"a {cat} number {k} sentence {j}" for j in range(5)]
+            if edit and (cat, k) == ("boat", 1):
+                sents[2] = "a boat on a lake"
+            _write(root / "sentence" / cat / f"2008_00{k}{cat[1]}.txt", "\n".join(sents) + "\n")
+
+
+def _wikipedia_release(root, edit):
+    _write(root / "categories.list", "art\nbiology\n")
+    _write(root / "trainset_txt_img_cat.list", "t1\ti1\t1\nt2\ti2\t2\n")
+    _write(root / "testset_txt_img_cat.list", "t3\ti3\t1\n")
+    for t in ("t1", "t2", "t3"):
+        _write(root / "texts" / f"{t}.xml", f"<text>article {t}{' edited' if edit and t == 't2' else ''}</text>")
+
+
+@pytest.mark.parametrize("write, layout", [(_cleaned_lists, "cleaned_lists"), (_nus_release, "nus_wide"),
+                                           (_mir_release, "mirflickr25k"), (_pascal_folders, "pascal_sentences"),
+                                           (_wikipedia_release, "wikipedia")])
+def test_fingerprint_covers_the_lists_tags_and_labels_a_folder_is_read_from(tmp_path, monkeypatch, write, layout):
+    # Folders of cleaned lists and releases hold no .json/.mat: every such folder had one
+    # fingerprint, so --resume took the records of one download (or an edited label) for another.
+    from xmodal.data import dataset_layout
+    from xmodal.evaluation.bench import dataset_fingerprint
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    a, b, copy = tmp_path / "a" / "data", tmp_path / "b" / "data", tmp_path / "copy" / "data"
+    write(a, edit=False)
+    write(b, edit=True)
+    write(copy, edit=False)
+    assert dataset_layout(a) == layout
+    fa, fb = dataset_fingerprint(str(a)), dataset_fingerprint(str(b))
+    assert fa and fb and fa != fb
+    assert dataset_fingerprint(str(copy)) == fa  # the same files elsewhere: the same dataset
+    if layout == "pascal_sentences":  # an image moved to another category is another dataset
+        for sub in ("dataset", "sentence"):
+            (copy / sub / "bird" / "2008_001i.jpg").touch()
+        (copy / "sentence" / "boat" / "2008_001o.txt").rename(copy / "sentence" / "bird" / "2008_001o.txt")
+        (copy / "dataset" / "boat" / "2008_001o.jpg").rename(copy / "dataset" / "bird" / "2008_001o.jpg")
+        assert dataset_fingerprint(str(copy)) != fa
+
+
+def test_fingerprint_of_the_layouts_fingerprinted_before_is_unchanged(tmp_path, monkeypatch):
+    # Records made before carry these digests: --resume must still find them.
+    import hashlib
+
+    from xmodal.evaluation.bench import dataset_fingerprint
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+
+    def old(*files):
+        return hashlib.sha256(b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in files)).hexdigest()
+
+    karpathy = tmp_path / "flickr8k"
+    j = _write(karpathy / "dataset_flickr8k.json", '{"images": [], "dataset": "flickr8k"}')
+    _write(karpathy / "Flicker8k_Dataset" / "1.jpg", "not read")
+    assert dataset_fingerprint(str(karpathy)) == old(j)
+    index = tmp_path / "clip_hash"
+    mats = [_write(index / n, f"bytes of {n}") for n in ("caption.mat", "index.mat", "label.mat")]
+    assert dataset_fingerprint(str(index)) == old(*mats)
+    ucm = tmp_path / "ucm"
+    d = _write(ucm / "dataset.json", '{"images": []}')
+    m = _write(ucm / "feats" / "x.mat", "mat bytes")
+    assert dataset_fingerprint(str(ucm)) == old(d, m)
+    p = _aged(_pairs(tmp_path / "pairs.jsonl"))
+    assert dataset_fingerprint(str(p)) == old(p)
+
+
+def test_fingerprint_cache_of_a_release_with_many_files(tmp_path, counted_reads):
+    # MIRFlickr-25K's release is 25,000 tag files: one entry, unchanged files not read again,
+    # one edited tag file re-hashed.
+    from xmodal.evaluation.bench import FINGERPRINT_CACHE, dataset_fingerprint
+
+    root = tmp_path / "mirflickr25k"
+    _mir_release(root, edit=False)
+    for i in range(7, 101):
+        _write(root / "mirflickr" / "meta" / "tags" / f"tags{i}.txt", "tree\r\n")
+    for f in root.rglob("*.txt"):
+        _aged(f)
+    fp = dataset_fingerprint(str(root))
+    n = len(counted_reads)
+    assert n == 100 + 24
+    assert dataset_fingerprint(str(root)) == fp and len(counted_reads) == n
+    cache = json.loads((tmp_path / "cache" / FINGERPRINT_CACHE).read_text())
+    assert len(json.dumps(cache)) < 2000  # not 124 paths and stats
+    tag = root / "mirflickr" / "meta" / "tags" / "tags50.txt"
+    tag.write_text("lake\r\n")
+    _aged(tag, 30.0)
+    edited = dataset_fingerprint(str(root))
+    assert edited != fp and len(counted_reads) == 2 * n
+    assert dataset_fingerprint(str(root), cache_dir=False) == edited

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ._files import SourceFiles, dataset_files, dataset_layout, is_pascal_page
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat, load_mat
 from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
@@ -94,4 +95,5 @@ __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipe
            "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release",
            "load_cleaned_folder", "load_cnn_mat", "load_nus_wide", "load_dcmh_mat",
            "load_index_caption_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences",
-           "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits"]
+           "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits", "dataset_files",
+           "dataset_layout", "is_pascal_page", "SourceFiles"]

@@ -97,10 +97,14 @@ _FINGERPRINT_CACHE_SIZE = 256  # entries kept (most recent): one per dataset pat
 _RACY_S = 2.0  # a file modified this recently may change again within its mtime tick: not cached
 
 
-def _hash_files(files: Sequence[Path]) -> str:
+_BIG_CACHE_ENTRY = 64  # files beyond which an entry keeps digests of its paths and stats, not lists
+
+
+def _hash_files(files: Sequence[Path], names: Sequence[str] | None = None) -> str:
+    """One SHA-256 over each file's name (its file name, or ``names[i]``) and bytes in turn."""
     digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0")
+    for i, f in enumerate(files):
+        digest.update((f.name if names is None else names[i]).encode() + b"\0")
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
@@ -129,10 +133,23 @@ def _write_fingerprint_cache(path: Path, entries: dict) -> None:
 
 def dataset_fingerprint(dataset: str | PairedDataset,
                         cache_dir: str | os.PathLike | bool | None = None) -> str | None:
-    """SHA-256 of the file(s) a dataset given by path was read from (a pairs file, a ``.mat``,
-    a ``dataset.json``, or the ``.json``/``.mat`` files of a dataset folder); None for a named
-    dataset or a dataset object. Records carry it, so ``--resume`` never takes the records of
-    ``a/pairs.jsonl`` for those of ``b/pairs.jsonl`` or of an edited file (both named ``pairs``).
+    """SHA-256 of the files a dataset given by path is read from; None for a named dataset or
+    a dataset object. Records carry it, so ``--resume`` never takes the records of
+    ``a/pairs.jsonl`` for those of ``b/pairs.jsonl``, of an edited file (both named ``pairs``),
+    or of another download of the same release.
+
+    Which files: those the loader reads (:func:`xmodal.data.dataset_files`): the file itself
+    (a pairs file, ``.mat``, ``.npz``, Karpathy ``.json``); for a folder, the lists, tags,
+    labels, captions and ``.mat`` files of its layout (cleaned ``all_imgs.txt`` /
+    ``all_tags.txt`` / ``all_labels.txt``; NUS-WIDE's ``Imagelist.txt``, ``AllTags1k.txt``,
+    ``Concepts81.txt``, ``Labels_*.txt``; MIRFlickr-25K's ``meta/tags/tags<N>.txt``,
+    ``common_tags.txt`` and label files; Pascal Sentences' sentence files or page; Wikipedia's
+    lists, ``raw_features.mat`` and ``texts/``), each named by its path in the folder. Images
+    are never read (tens of GB): the lists name them, so an image added, removed or renamed
+    in a list changes the digest, but an image file replaced in place under the same name
+    does not. Folders in the layouts fingerprinted before the release loaders (Karpathy
+    ``dataset.json`` / ``dataset_*.json``, DCMH and index/caption/label ``.mat``) keep that
+    digest: their ``.json`` and ``.mat`` files (also one level down) by file name.
 
     Hashing multi-GB files costs seconds per run, so the digest is kept in
     ``<cache_dir>/dataset-sha256.json`` (default folder as the feature cache's; ``False``: no
@@ -141,34 +158,41 @@ def dataset_fingerprint(dataset: str | PairedDataset,
     missing, corrupt or unwritable cache only means hashing. The digest is the same with or
     without the cache (one SHA-256 over name and bytes of each file in turn, as records made
     before the cache carry), which is why a dataset's files share one entry."""
-    from ..data import LOADERS
+    from ..data import LOADERS, dataset_files
 
     if not isinstance(dataset, str) or dataset in LOADERS:
         return None
     path = Path(dataset)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():  # what the folder loaders read: dataset.json, DCMH .mat files (also one level down)
-        from ..data.dcmh_mat import _candidate_files
-
-        files = sorted(path.glob("*.json")) + _candidate_files(path)
-    else:
+    if not (path.is_file() or path.is_dir()):
         return None
+    source = dataset_files(path)
+    files, names = source.files, source.names()
     from ..encoders.cache import resolve_cache_dir
 
     root = resolve_cache_dir(cache_dir)
     cache_file = None if root is None else root / FINGERPRINT_CACHE
     try:
         stats = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, files)]
-        key = json.dumps([str(f.resolve()) for f in files])
+        if names is None:
+            resolved = [str(f.resolve()) for f in files]
+        else:  # one resolve, not one per file (thousands in a release)
+            top = str(source.root.resolve())
+            resolved = [f"{top}/{n}" for n in names]
     except OSError:  # vanished meanwhile: hashing names the file in its error
-        return _hash_files(files)
+        return _hash_files(files, names)
+    # The entry of the layouts fingerprinted before keeps its key; a release's (another digest
+    # of possibly the same files) is told apart, and a list of 25,000 tag files kept short.
+    key = json.dumps(resolved if names is None else {"named": "relative", "files": resolved})
+    stat_record: Any = stats
+    if len(files) > _BIG_CACHE_ENTRY:
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        stat_record = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
     entries = _read_fingerprint_cache(cache_file)
     hit = entries.get(key)
-    if (isinstance(hit, dict) and hit.get("stat") == stats and isinstance(hit.get("sha256"), str)
+    if (isinstance(hit, dict) and hit.get("stat") == stat_record and isinstance(hit.get("sha256"), str)
             and re.fullmatch(r"[0-9a-f]{64}", hit["sha256"])):
         return hit["sha256"]
-    fingerprint = _hash_files(files)
+    fingerprint = _hash_files(files, names)
     if cache_file is not None:
         try:
             after = [[st.st_size, st.st_mtime_ns] for st in map(os.stat, files)]
@@ -179,7 +203,7 @@ def dataset_fingerprint(dataset: str | PairedDataset,
         newest = max((m for _, m in stats), default=0) / 1e9
         if after == stats and time.time() - newest > _RACY_S:
             entries.pop(key, None)  # re-inserted last: the most recent entries are the ones kept
-            entries[key] = {"stat": stats, "sha256": fingerprint}
+            entries[key] = {"stat": stat_record, "sha256": fingerprint}
             _write_fingerprint_cache(cache_file, entries)
     return fingerprint
 

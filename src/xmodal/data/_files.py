@@ -1,0 +1,186 @@
+"""Which layout :func:`~xmodal.data.load_dataset` reads a folder as, and which files it reads
+for it: what a dataset fingerprint hashes (:func:`xmodal.evaluation.bench.dataset_fingerprint`)
+and what tells a dataset folder from a folder of images (``xmodal index``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .dataset import DataError
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """The files a dataset given by path is read from, images left out (their list is in these).
+
+    ``root``: the folder the digest names the files relative to (a file moved between category
+    folders is another dataset); ``None`` for the layouts fingerprinted before the release
+    loaders existed, whose digests name each file by its file name only (records made then
+    keep resuming)."""
+
+    layout: str
+    files: list[Path] = field(default_factory=list)
+    root: Path | None = None
+
+    def names(self) -> list[str] | None:
+        """The names the digest gives the files (see ``root``)."""
+        if self.root is None:
+            return None
+        prefix = os.path.join(str(self.root), "")
+        # String slicing: os.path.relpath costs ~0.1 s on Wikipedia's 2,866 texts, every run.
+        return [str(f)[len(prefix):].replace(os.sep, "/") if str(f).startswith(prefix)
+                else Path(os.path.relpath(f, self.root)).as_posix() for f in self.files]
+
+
+def dataset_layout(path: str | os.PathLike) -> str | None:
+    """The layout :func:`~xmodal.data.load_dataset` reads the folder ``path`` as, tested in its
+    order: ``"karpathy"`` (``dataset.json`` / ``dataset_*.json``), ``"cleaned_lists"``
+    (``all_imgs.txt``, ...), a release (``"wikipedia"``, ``"nus_wide"``, ``"mirflickr25k"``,
+    ``"pascal_sentences"``: :data:`~xmodal.data.RELEASE_MARKERS`), ``"index_caption_mat"``
+    or ``"dcmh_mat"``; None for a folder that is none of these (or not a folder)."""
+    from . import release_of
+    from .dcmh_mat import find_dcmh_files, is_index_caption_folder
+    from .karpathy import find_karpathy_file
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    try:
+        if find_karpathy_file(folder) is not None:
+            return "karpathy"
+    except DataError:  # several dataset_*.json: still a Karpathy folder, the loader names them
+        return "karpathy"
+    if (folder / "all_imgs.txt").is_file():
+        return "cleaned_lists"
+    release = release_of(folder)
+    if release is not None:
+        return release
+    if is_index_caption_folder(folder):
+        return "index_caption_mat"
+    try:
+        if find_dcmh_files(folder):
+            return "dcmh_mat"
+    except (DataError, OSError):  # .mat files that are not the DCMH layout
+        pass
+    return None
+
+
+def is_pascal_page(page: str | os.PathLike) -> bool:
+    """Whether an HTML page holds the Pascal Sentences table (a row with an image in a category
+    folder and its sentences), not any web page saved beside photos."""
+    from .dataset import read_text
+    from .pascal import _PageParser
+
+    parser = _PageParser()
+    try:
+        parser.feed(read_text(Path(page), strict=False))
+        parser.close()
+    except (OSError, DataError):
+        return False
+    return any(sents and "/" in src.replace("\\", "/").lstrip("./") for _, src, sents in parser.rows)
+
+
+def _existing(*paths: Path) -> list[Path]:
+    return [p for p in paths if p.is_file()]
+
+
+def _legacy(folder: Path, layout: str) -> SourceFiles:
+    # What fingerprints hashed before the release loaders: the folder's .json files and .mat
+    # files (also one level down). That covers Karpathy files, DCMH and index/caption/label .mat.
+    from .dcmh_mat import _candidate_files
+
+    return SourceFiles(layout, sorted(folder.glob("*.json")) + _candidate_files(folder), None)
+
+
+def _cleaned(folder: Path) -> list[Path]:
+    return _existing(*(folder / n for n in ("all_imgs.txt", "all_tags.txt", "all_labels.txt")))
+
+
+def _wikipedia(path: Path) -> list[Path]:
+    from ._root import resolve_dataset_dir
+
+    root = resolve_dataset_dir("wikipedia", str(path), marker="trainset_txt_img_cat.list")
+    texts = sorted(p for p in (root / "texts").glob("*.xml") if p.is_file())
+    return _existing(root / "categories.list", root / "trainset_txt_img_cat.list",
+                     root / "testset_txt_img_cat.list", root / "raw_features.mat") + texts
+
+
+def _nus_wide(path: Path) -> list[Path] | None:
+    from .nuswide import CONCEPT_FILES, TAGLIST_DIRS, _find_root, _first_existing
+
+    root = _find_root(str(path))
+    list_path = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
+    if not list_path.exists():
+        if (root / "all_imgs.txt").exists():
+            return _cleaned(root) + _existing(*(root / d / "TagList1k.txt" for d in TAGLIST_DIRS))
+        return None
+    tag_dir = _first_existing(root, ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")).parent
+    label_dir = _first_existing(root, ("Groundtruth/AllLabels", "GroundTruth/AllLabels", "AllLabels"))
+    labels = sorted(p for p in label_dir.glob("Labels_*.txt") if p.is_file()) if label_dir.is_dir() else []
+    return _existing(list_path, tag_dir / "AllTags1k.txt", tag_dir / "TagList1k.txt",
+                     *(root / c for c in CONCEPT_FILES)) + labels
+
+
+def _mirflickr(path: Path) -> list[Path] | None:
+    from .mirflickr import MIRFLICKR_LABELS, _TAGS_RE, _annotation_dir, _find_root, _release_dir
+
+    root = _find_root(str(path))
+    if (root / "all_tags.txt").exists():
+        return _cleaned(root)
+    release = _release_dir(root)
+    if release is None:
+        return None
+    tag_dir = release / "meta" / "tags"
+    numbered = [(int(m.group(1)), p) for p in tag_dir.iterdir() if (m := _TAGS_RE.fullmatch(p.name))]
+    files = [p for _, p in sorted(numbered)] + _existing(release / "doc" / "common_tags.txt")
+    try:
+        ann = _annotation_dir(root, release)
+    except DataError:  # the loader names what is missing
+        return files
+    return files + _existing(*(ann / f"{name}.txt" for name in MIRFLICKR_LABELS))
+
+
+def _pascal(path: Path) -> list[Path] | None:
+    from ._root import resolve_dataset_dir
+    from .pascal import PAGE_NAMES
+
+    for marker in ("sentence", *PAGE_NAMES):
+        try:
+            root = resolve_dataset_dir("pascal_sentences", str(path), marker=marker)
+            break
+        except DataError:
+            continue
+    else:
+        return None
+    page = next((root / n for n in PAGE_NAMES if (root / n).is_file()), None)
+    if not (root / "sentence").is_dir() and page is not None:
+        return [page]
+    # One sentence file per image, in its category's folder: their paths list the images.
+    return sorted(p for p in (root / "sentence").rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def dataset_files(path: str | os.PathLike) -> SourceFiles:
+    """The files :func:`~xmodal.data.load_dataset` reads for the dataset given by ``path`` (a
+    file, or a folder in one of the layouts of :func:`dataset_layout`): label, tag, list,
+    caption and ``.mat`` files, never the images themselves (the lists name them). A file is
+    itself; a folder of a layout read before the release loaders (Karpathy file, DCMH or
+    index/caption/label ``.mat``, or none) gives its ``.json`` and ``.mat`` files, as before."""
+    p = Path(path)
+    if p.is_file():
+        return SourceFiles("file", [p], None)
+    layout = dataset_layout(p)
+    if layout is None or not p.is_dir():
+        return _legacy(p, layout or "folder") if p.is_dir() else SourceFiles("missing", [], None)
+    readers = {"cleaned_lists": _cleaned, "wikipedia": _wikipedia, "nus_wide": _nus_wide,
+               "mirflickr25k": _mirflickr, "pascal_sentences": _pascal}
+    if layout not in readers:
+        return _legacy(p, layout)
+    try:
+        files = readers[layout](p)
+    except (DataError, OSError):  # a broken folder: the loader's own error says what is wrong
+        files = None
+    if files is None:
+        return _legacy(p, layout)
+    return SourceFiles(layout, files, p)
