@@ -85,3 +85,94 @@ def test_sidecar_written_by_windows_notepad_has_no_byte_order_mark_in_its_captio
     (tmp_path / "a.txt").write_bytes("\ufeffa sandy beach\r\nwaves\r\n".encode("utf-8"))
     _, texts = scan_folder(tmp_path)
     assert [t.text for t in texts] == ["a sandy beach", "waves"]
+
+
+# ------------------------------------------------------------------------- dataset folders
+UCM = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm_captions"
+
+
+def _flickr8k_like(root, n=8):
+    """Karpathy's caption_datasets.zip layout: dataset_flickr8k.json beside Flicker8k_Dataset/,
+    with real UCM-Captions images and captions (every 100th image: 8 classes)."""
+    import json
+    import shutil
+
+    import pytest
+
+    if not (UCM / "dataset.json").exists():
+        pytest.skip("shared data folder absent")
+    doc = json.loads((UCM / "dataset.json").read_text())
+    records = []
+    for rec in doc["images"][::100][:n]:
+        stem = rec["filename"].rsplit(".", 1)[0]
+        (root / "Flicker8k_Dataset").mkdir(parents=True, exist_ok=True)
+        shutil.copy(UCM / "imgs" / f"{stem}.jpg", root / "Flicker8k_Dataset" / f"{stem}.jpg")
+        records.append({"filename": f"{stem}.jpg", "split": rec["split"], "imgid": len(records),
+                        "sentences": [{"raw": s["raw"], "tokens": s["tokens"]} for s in rec["sentences"]]})
+    (root / "dataset_flickr8k.json").write_text(json.dumps({"images": records, "dataset": "flickr8k"}))
+    return records
+
+
+def test_karpathy_folder_is_indexed_with_its_captions(tmp_path):
+    # `xmodal index /data/flickr8k coll` scanned Flicker8k_Dataset/ as a plain image folder:
+    # every image labelled "Flicker8k_Dataset", and not one caption.
+    from xmodal.index.build import scan_source
+
+    records = _flickr8k_like(tmp_path / "flickr8k")
+    images, texts = scan_source(tmp_path / "flickr8k")
+    stems = [r["filename"][:-4] for r in records]
+    assert [i.key for i in images] == stems
+    assert all(i.labels == [] for i in images)
+    assert [i.path for i in images] == [str((tmp_path / "flickr8k" / "Flicker8k_Dataset" / r["filename"]).resolve())
+                                        for r in records]
+    assert [(t.pair_key, t.text) for t in texts] == [(s, c["raw"]) for s, r in zip(stems, records)
+                                                      for c in r["sentences"]]
+
+
+def test_cleaned_lists_folder_is_indexed_with_its_tags_and_labels(tmp_path):
+    from xmodal.index.build import scan_source
+
+    root = tmp_path / "tagged"  # "mirflickr25k" would ask for the papers' 12,000 items
+    for i in range(1, 5):
+        _img(root / "mirflickr" / f"im{i}.jpg")
+    (root / "all_imgs.txt").write_text("".join(f"mirflickr/im{i}.jpg\n" for i in range(1, 5)))
+    (root / "all_tags.txt").write_text("sky,sea\ndog\ntree,night\nsky\n")
+    (root / "all_labels.txt").write_text("".join(" ".join("1" if j == i % 24 else "0" for j in range(24)) + "\n"
+                                                 for i in range(4)))
+    images, texts = scan_source(root)
+    keys = [f"mirflickr/im{i}.jpg" for i in range(1, 5)]
+    assert [i.key for i in images] == keys
+    assert [i.labels for i in images] == [["0"], ["1"], ["2"], ["3"]]  # label columns (no names given)
+    assert [(t.pair_key, t.text) for t in texts] == list(zip(keys, ["sky sea", "dog", "tree night", "sky"]))
+
+
+def test_photo_folder_with_a_web_page_or_other_json_stays_an_image_folder(tmp_path):
+    # A web gallery's index.html or a tool's dataset_export.json among photos is no dataset.
+    from xmodal.index.build import scan_source
+
+    _img(tmp_path / "beach" / "a.jpg", "sand")
+    (tmp_path / "index.html").write_text('<table><tr><td><img src="beach/a.jpg"></td></tr></table>')
+    (tmp_path / "dataset_export.json").write_text('{"exported": ["beach/a.jpg"]}')
+    images, texts = scan_source(tmp_path)
+    assert [(i.key, i.labels) for i in images] == [("beach/a.jpg", ["beach"])]
+    assert [t.text for t in texts] == ["sand"]
+
+
+def test_xmodal_index_on_a_karpathy_folder_searches_its_captions(tmp_path, env):
+    from xmodal.index import build_collection
+
+    records = _flickr8k_like(tmp_path / "flickr8k")
+    coll = build_collection(tmp_path / "flickr8k", tmp_path / "c.xmc", image_encoder="efficientnet-lite0",
+                            text_encoder="tfidf", quiet=True, search=False)
+    try:
+        assert coll.count("image") == len(records)
+        assert coll.count("text") == sum(len(r["sentences"]) for r in records)
+        stems = sorted(r["filename"][:-4] for r in records)
+        assert sorted(h.key for h in coll.list_items("image")) == stems
+        caps = coll.list_items("text", limit=1000)
+        assert sorted(h.text for h in caps) == sorted(c["raw"] for r in records for c in r["sentences"])
+        image_of = {h.id: h.key for h in coll.list_items("image")}
+        cap = records[3]["sentences"][0]["raw"]
+        assert {image_of[h.pair_id] for h in caps if h.text == cap} == {records[3]["filename"][:-4]}
+    finally:
+        coll.close()
