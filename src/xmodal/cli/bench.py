@@ -87,7 +87,8 @@ def register(app: typer.Typer) -> None:
     def bench(
         ctx: typer.Context,
         dataset: str = typer.Option("wikipedia", "--dataset", "-d",
-                                    help="wikipedia, ucm_captions, mirflickr25k, nus_wide, pascal_sentences, or a pairs/.mat/dataset.json path"),
+                                    help="wikipedia, ucm_captions, mirflickr25k, nus_wide, pascal_sentences, or a path: a pairs "
+                                         "file, .mat, .npz, Karpathy .json, or a dataset folder (release, cleaned lists, index.mat)"),
         methods: str = typer.Option("cca,kcca,pls,mlcca,scm", "--methods", "-m", help="comma-separated method names"),
         bits: str = typer.Option("16,32,64,128", "--bits", help="bit lengths for hashing methods"),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="dataset root (default $XMODAL_DATA, ../shared/data)"),
@@ -96,7 +97,9 @@ def register(app: typer.Typer) -> None:
         cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="feature cache (default $XMODAL_CACHE or ~/.cache/xmodal)"),
         json_out: Optional[str] = typer.Option(None, "--json", help="write the records to this JSON file"),
         markdown: Optional[str] = typer.Option(None, "--markdown", help="also write the table as Markdown to this file"),
-        resume: Optional[str] = typer.Option(None, "--resume", help="JSON-lines file: append each record as it finishes and reuse the records already there"),
+        resume: Optional[str] = typer.Option(None, "--resume", help="JSON-lines file: append each record as it finishes and reuse the records already there "
+                                                "(only those of the same data: a dataset given by path is fingerprinted by its "
+                                                "lists, tags, labels, captions and .mat files, not its images)"),
         labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="fraction of training labels the semi-supervised methods see (e.g. 0.1)"),
         database_codes: str = typer.Option("hash", "--database-codes", help="hashing database codes: 'hash' (the learned hash functions) or 'learned' (the learned training codes, where a method keeps them)"),
         pr_plot: Optional[str] = typer.Option(None, "--pr-plot", help="write the precision-recall curves of every record to this PNG"),
