@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import serving, ucm_caption_folder
+from conftest import free_port, serving, ucm_caption_folder
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -148,7 +148,7 @@ def test_router_page_shows_remote_shard_hits(server, browser, tmp_path):
     import shutil
 
     from xmodal.data import load_ucm_captions
-    from xmodal.index import build_collection
+    from xmodal.index import RemoteShard, build_collection
     from xmodal.service import create_app
 
     ds = load_ucm_captions()
@@ -162,7 +162,7 @@ def test_router_page_shows_remote_shard_hits(server, browser, tmp_path):
     with threadpool_limits(1):
         shard = build_collection(other, tmp_path / "shard.xmc", like=server["coll"].path, quiet=True)
         with serving(create_app(shard)) as shard_url, \
-                serving(create_app(server["coll"], shards=[shard_url])) as router:
+                serving(create_app(server["coll"], shards=[link := RemoteShard(shard_url)])) as router:
             page = browser.new_page()
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -179,6 +179,13 @@ def test_router_page_shows_remote_shard_hits(server, browser, tmp_path):
             remote.nth(0).locator("img").click()  # no "more like this" for another server's id
             page.wait_for_timeout(300)
             assert page.locator("#status").inner_text() == status
+            # a shard that stops answering: the page says its results are missing
+            link.url = f"http://127.0.0.1:{free_port()}"
+            page.evaluate("location.hash = '#q=green+trees&k=5&target=image'")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('green trees')")
+            status = page.locator("#status").inner_text()
+            assert "not searched" in status and "127.0.0.1:" in status, status
+            assert page.locator(".card.remote").count() == 0
             assert not errors, errors
             page.close()
     shard.close()

@@ -79,7 +79,15 @@ async function search() {
   const data = await r.json();
   render(data.results);
   const what = state.image ? "image " + state.image.name : state.item !== null ? "item " + state.item : "“" + state.q + "”";
-  setStatus(data.results.length + " " + (data.target === "image" ? "images" : "captions") + " for " + what);
+  let text = data.results.length + " " + (data.target === "image" ? "images" : "captions") + " for " + what;
+  const failed = data.failed_shards || [];  // a routing server's shards that did not answer
+  if (failed.length) {
+    text += " · not searched: " + failed.map((f) => new URL(f.shard).host).join(", ");
+    $("status").title = failed.map((f) => f.error).join("\n");
+  } else {
+    $("status").title = "";
+  }
+  setStatus(text, failed.length > 0);
 }
 
 function render(results) {
@@ -89,8 +97,8 @@ function render(results) {
     const card = document.createElement("div");
     card.className = "card";
     card.dataset.id = h.id;
-    if (state.rel.has(h.id)) card.classList.add("relevant");
-    if (state.nrel.has(h.id)) card.classList.add("nonrelevant");
+    if (!h.shard && state.rel.has(h.id)) card.classList.add("relevant");  // remote ids are another server's
+    if (!h.shard && state.nrel.has(h.id)) card.classList.add("nonrelevant");
     let pic;
     if (h.thumbnail) {
       pic = document.createElement("img");
@@ -146,7 +154,7 @@ function mark(id, which) {
   const [set, other] = which === "rel" ? [state.rel, state.nrel] : [state.nrel, state.rel];
   other.delete(id);
   if (set.has(id)) set.delete(id); else set.add(id);
-  for (const card of document.querySelectorAll(".card")) {
+  for (const card of document.querySelectorAll(".card:not(.remote)")) {
     const cid = Number(card.dataset.id);
     card.classList.toggle("relevant", state.rel.has(cid));
     card.classList.toggle("nonrelevant", state.nrel.has(cid));
