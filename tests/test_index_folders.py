@@ -176,3 +176,17 @@ def test_xmodal_index_on_a_karpathy_folder_searches_its_captions(tmp_path, env):
         assert {image_of[h.pair_id] for h in caps if h.text == cap} == {records[3]["filename"][:-4]}
     finally:
         coll.close()
+
+
+def test_dataset_folder_without_its_images_is_named(tmp_path):
+    # Wikipedia's release without its image archive: not a collection of 2,866 unreadable items.
+    import pytest
+
+    from xmodal.data import DataError
+    from xmodal.index.build import scan_source
+
+    records = _flickr8k_like(tmp_path / "flickr8k", n=3)
+    for r in records:
+        (tmp_path / "flickr8k" / "Flicker8k_Dataset" / r["filename"]).unlink()
+    with pytest.raises(DataError, match=r"1\.jpg: image not found, nor any of the first 3 images"):
+        scan_source(tmp_path / "flickr8k")

@@ -159,7 +159,13 @@ def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
     p = Path(source)
     if p.is_dir() and not is_dataset_folder(p):
         return scan_folder(p)
-    return items_from_dataset(load_dataset(str(source)))
+    images, texts = items_from_dataset(load_dataset(str(source)))
+    if p.is_dir() and images and not any(Path(i.path).is_file() for i in images[:200]):
+        # A release downloaded without its image archive (Wikipedia's images, NUS-WIDE's
+        # Flickr/), or index.mat paths of another machine: say so before encoding nothing.
+        raise DataError(f"{images[0].path}: image not found, nor any of the first {min(len(images), 200)} "
+                        f"images of the dataset in {p}; put its images where its files name them")
+    return images, texts
 
 
 def _default_params(name: str, params: dict[str, Any] | None, dx: int, dy: int, n: int) -> dict[str, Any]:
