@@ -170,9 +170,11 @@ def dataset_files(path: str | os.PathLike) -> SourceFiles:
     p = Path(path)
     if p.is_file():
         return SourceFiles("file", [p], None)
+    if not p.is_dir():
+        return SourceFiles("missing", [], None)
     layout = dataset_layout(p)
-    if layout is None or not p.is_dir():
-        return _legacy(p, layout or "folder") if p.is_dir() else SourceFiles("missing", [], None)
+    if layout is None:
+        return _legacy(p, "folder")
     readers = {"cleaned_lists": _cleaned, "wikipedia": _wikipedia, "nus_wide": _nus_wide,
                "mirflickr25k": _mirflickr, "pascal_sentences": _pascal}
     if layout not in readers:
