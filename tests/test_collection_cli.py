@@ -109,3 +109,16 @@ def test_cli_errors(folder, tmp_path):
     assert r.exit_code == 2 and "NoSuch" in r.output
     r = run("keys", "add", "-c", tmp_path / "none", "--role", "read")
     assert r.exit_code == 2
+
+
+def test_like_refuses_a_method_or_encoder_it_would_ignore(folder, tmp_path):
+    """A shard (--like A) takes A's fitted method and encoders; a --method or encoder typed
+    beside it was silently dropped, the user believing the shard used it."""
+    base = tmp_path / "a.xmc"
+    assert run("index", folder, "-c", base, "--text-encoder", "tfidf", "-q").exit_code == 0
+    for extra in (["--method", "pls"], ["--text-encoder", "minilm"], ["--image-encoder", "colorhist"]):
+        r = run("index", folder, "-c", tmp_path / "b.xmc", "--like", base, *extra, "-q")
+        assert r.exit_code == 2 and "--like" in r.output and extra[0] in r.output, (extra, r.output)
+        assert not (tmp_path / "b.xmc").exists()
+    r = run("index", folder, "-c", tmp_path / "b.xmc", "--like", base, "--index", "HNSW16", "-q")
+    assert r.exit_code == 0 and "index HNSW16" in r.output, r.output  # each shard picks its index

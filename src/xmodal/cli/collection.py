@@ -130,6 +130,13 @@ def register(app: typer.Typer) -> None:
         from ..data.dataset import DataError
         from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
 
+        if like is not None:  # a shard takes its base's fitted method and encoders, never these
+            typed = [f"--{name.replace('_', '-')}" for name in ("method", "image_encoder", "text_encoder")
+                     if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+            if typed:
+                _fail(f"--like {like} reuses that collection's fitted method and encoders; "
+                      f"{', '.join(typed)} would be ignored: leave it out, or index without --like "
+                      "to fit a new space")
         if not rebuild:
             _refuse_ignored_options(ctx, collection, method=method, index=index, image_encoder=image_encoder,
                                     text_encoder=text_encoder, rerank=rerank)
