@@ -233,6 +233,10 @@ class SePH(_CodesThenFunctions):
     The O(n^2) code step runs on at most ``max_train`` sampled pairs. Deviations: the
     classifiers penalise ||w||^2 on the anchor features (the authors' kernel logistic regression
     penalises w'Kw), and ``kernel="auto"`` keeps >= 256-d deep features linear.
+    ``C_reg`` = 1e-5 (1e-4 before) was chosen on a fifth of the Wikipedia training pairs held
+    out as queries against the rest as database (the hashing protocol's setting), where it
+    raised MAP at 16-128 bits in both directions (text->image 64 bits 0.263 -> 0.290), and
+    checked on the UCM-Captions val split (32/64 bits: equal or better).
     """
 
     supervised = True
@@ -241,7 +245,7 @@ class SePH(_CodesThenFunctions):
         "hash_function": one_of("logistic", "ridge")}
 
     def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, alpha: float = 1e-2,
-                 n_iter: int = 300, C_reg: float = 1e-4, hash_function: str = "logistic",
+                 n_iter: int = 300, C_reg: float = 1e-5, hash_function: str = "logistic",
                  max_train: int | None = 2000, random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
@@ -290,6 +294,9 @@ class DLFH(_CodesThenFunctions):
     sampling noise lets the codes leave that fixed point; λ = 4 was chosen on the UCM
     validation split and a hold-out of the Wikipedia training split (training codes then
     reach MAP ~1.0 on UCM). The authors' demo uses λ = 8 and 30 sweeps (``n_iter=20`` here).
+    ``C_reg`` = 1e-5 (1e-4 before), as SePH's: on the same Wikipedia hold-out text->image MAP
+    rose at 16-128 bits (64 bits 0.275 -> 0.306); on UCM-Captions val it is neutral (within
+    0.01 both ways).
     """
 
     supervised = True
@@ -298,7 +305,7 @@ class DLFH(_CodesThenFunctions):
         "hash_function": one_of("logistic", "ridge")}
 
     def __init__(self, bits: int = 32, kernel: str = "auto", n_anchors: int = 500, lam: float = 4.0,
-                 n_iter: int = 20, n_sampled: int | None = None, C_reg: float = 1e-4,
+                 n_iter: int = 20, n_sampled: int | None = None, C_reg: float = 1e-5,
                  hash_function: str = "logistic", random_state: int = 0):
         self.bits = bits
         self.kernel = kernel
