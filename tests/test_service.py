@@ -337,3 +337,43 @@ def test_writes_that_change_nothing_leave_the_index_files_alone(setup):
     assert c.delete("/api/items/987654321", headers=w).status_code == 404
     assert files() == before and coll.store.generation() == gen and len(coll.audit_log(10000)) == audit
     c.delete(f"/api/items/{first.json()['id']}", headers=w)
+
+
+def test_replacing_an_upload_removes_the_old_file(setup):
+    """Uploading new bytes under an existing key replaces the item; the old photo's stored
+    copy must not stay behind on the server's disk."""
+    s, c, coll = setup, setup["client"], setup["coll"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    paths = []
+    for angle in (180, 270):
+        buf = io.BytesIO()
+        Image.open(s["image"]).rotate(angle).save(buf, "PNG")
+        r = c.post("/api/items", files={"file": ("p.png", buf.getvalue(), "image/png")},
+                   data={"key": "mine/replaced.png"}, headers=w)
+        assert r.status_code == 201, r.text
+        paths.append(Path(c.get(f"/api/items/{r.json()['id']}").json()["path"]))
+    assert r.json()["replaced"] == 1 and paths[0] != paths[1]
+    assert not paths[0].exists() and paths[1].exists()
+    c.delete(f"/api/items/{r.json()['id']}", headers=w)
+    assert not paths[1].exists()
+
+
+def test_uploads_are_found_whatever_the_servers_working_folder(setup, monkeypatch, tmp_path):
+    """`xmodal serve -c my.xmc` (a relative path, the usual way) stored uploads as
+    'my.xmc/files/…': relative to where the server was started, so a server or command run
+    from anywhere else lost every uploaded image (thumbnails 404, encoders skip it)."""
+    from xmodal.index import Collection
+
+    s = setup
+    monkeypatch.chdir(s["coll"].path.parent)
+    client = TestClient(create_app(Collection.open(s["coll"].path.name)))
+    buf = io.BytesIO()
+    Image.open(s["image"]).transpose(Image.TRANSPOSE).save(buf, "PNG")
+    r = client.post("/api/items", files={"file": ("t.png", buf.getvalue(), "image/png")},
+                    headers={"X-API-Key": s["keys"]["write"]})
+    assert r.status_code == 201, r.text
+    new = r.json()["id"]
+    assert Path(client.get(f"/api/items/{new}").json()["path"]).is_absolute()
+    monkeypatch.chdir(tmp_path)  # the same collection served from elsewhere
+    assert s["client"].get(f"/api/items/{new}/thumbnail").status_code == 200
+    s["client"].delete(f"/api/items/{new}", headers={"X-API-Key": s["keys"]["write"]})

@@ -17,7 +17,6 @@ a stale one is rebuilt from the vectors table when the collection is opened.
 from __future__ import annotations
 
 import fcntl
-import glob
 import hashlib
 import importlib
 import json
@@ -90,6 +89,9 @@ def _write_lock(folder: Path) -> Iterator[None]:
 def _ids(ids: Iterable[int]) -> list[int]:
     """Item ids as ints, those SQLite cannot hold dropped: no item has them."""
     return [i for i in (int(x) for x in ids) if -MAX_ID - 1 <= i <= MAX_ID]
+
+
+THUMB_SIZES = (128, 256, 512)  # thumbnail sizes the service makes (thumbs/<hash>_<size>.jpg)
 
 
 @dataclass
@@ -1029,6 +1031,9 @@ class Collection:
             if old_mod != modality:
                 raise DataError(f"item key {key!r} is already a {old_mod} item")
             replaced.append(old_id)
+        # the replaced images' files and thumbnails, dropped after COMMIT if nothing uses them
+        files = [tuple(r) for i in (replaced if modality == "image" else ())
+                 for r in c.execute("SELECT path, content_hash, id FROM items WHERE id = ?", (i,))]
         pid: list[int | None] = [None] * n
         if pair_keys is not None:
             wanted = sorted({pk for pk in pair_keys if pk})
@@ -1068,12 +1073,12 @@ class Collection:
         # Set before COMMIT: the store's lock keeps other threads from reading in between,
         # so a concurrent refresh() never mistakes this write for another process's.
         self._gen = Store.bump_generation(c)
-        return modality, new_ids, replaced, X, F
+        return modality, new_ids, replaced, X, F, files
 
     def _mirror_add(self, staged: tuple) -> AddReport:
         """A committed add mirrored into the in-memory indexes (files are written when the
-        write ends)."""
-        modality, new_ids, replaced, X, F = staged
+        write ends); the files of images it replaced removed when no item uses them."""
+        modality, new_ids, replaced, X, F, files = staged
         n = len(new_ids)
         report = AddReport()
         ids = np.asarray(new_ids, dtype=np.int64)
@@ -1087,6 +1092,8 @@ class Collection:
         report.added = n - len(replaced)
         report.replaced = len(replaced)
         report.ids = new_ids
+        if files:
+            self._drop_unused_files(files)
         return report
 
     @staticmethod
@@ -1132,20 +1139,32 @@ class Collection:
             return [i for i, _ in gone]
 
     def _drop_unused_files(self, files: Sequence[tuple[str | None, str | None, int]]) -> None:
-        """After a delete (under the write lock): uploaded copies (``files/``) and cached
-        thumbnails (``thumbs/``) of the deleted images that no remaining item uses. A deleted
-        photo should not stay on the server's disk; an indexed folder's files are the user's
-        and are never touched."""
+        """After a delete or replacement (under the write lock): uploaded copies (``files/``)
+        and cached thumbnails (``thumbs/``) of the gone images that no remaining item uses. A
+        deleted photo should not stay on the server's disk; an indexed folder's files are the
+        user's and are never touched. Batched: no per-item scan of a large store."""
         uploads = (self.path / "files").resolve()
-        for path, digest, item_id in files:
-            if path and Path(path).resolve().parent == uploads and not self.store.query(
-                    "SELECT 1 FROM items WHERE path = ? LIMIT 1", (path,)):
-                Path(path).unlink(missing_ok=True)
-            if digest and not self.store.query("SELECT 1 FROM items WHERE content_hash = ? LIMIT 1", (digest,)):
-                for thumb in (self.path / "thumbs").glob(f"{glob.escape(digest)}_*.jpg"):
-                    thumb.unlink(missing_ok=True)
-            for thumb in (self.path / "thumbs").glob(f"id{item_id}_*.jpg"):  # made without a hash
-                thumb.unlink(missing_ok=True)
+        thumbs = self.path / "thumbs"
+        own = [p for p, _, _ in files if p and Path(p).resolve().parent == uploads]
+        for p in sorted(set(own) - self._in_use("path", own)):
+            Path(p).unlink(missing_ok=True)
+        for _, digest, item_id in files:
+            for size in THUMB_SIZES:  # ids are never reused: a thumbnail made without a hash goes
+                (thumbs / f"id{item_id}_{size}.jpg").unlink(missing_ok=True)
+        cached = [d for _, d, _ in files if d and any((thumbs / f"{d}_{s}.jpg").exists() for s in THUMB_SIZES)]
+        for digest in set(cached) - self._in_use("content_hash", cached):
+            for size in THUMB_SIZES:
+                (thumbs / f"{digest}_{size}.jpg").unlink(missing_ok=True)
+
+    def _in_use(self, column: str, values: Sequence[str]) -> set[str]:
+        """Those of ``values`` that some item still has in ``column`` (path or content_hash)."""
+        values = sorted(set(values))
+        found: set[str] = set()
+        for start in range(0, len(values), 900):  # SQLite's bound-parameter limit
+            chunk = values[start:start + 900]
+            found |= {r[0] for r in self.store.query(
+                f"SELECT DISTINCT {column} FROM items WHERE {column} IN ({','.join('?' * len(chunk))})", chunk)}
+        return found
 
     def prune(self, keep: Iterable[str], actor: str = "local", remote: str | None = None) -> list[int]:
         """Delete every item whose key is not in ``keep`` (an image takes its captions with

@@ -31,14 +31,14 @@ from pydantic import BaseModel, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
-from ..index.collection import Collection, Hit, ImageItem, ReadOnlyError, TextItem, check_key
+from ..index.collection import (THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
+                                check_key)
 from ..index.shards import RemoteShard, ShardedCollection
 from . import auth
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
-THUMB_SIZES = (128, 256, 512)
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 
@@ -555,7 +555,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         digest = hashlib.sha256(data).hexdigest()
         key = safe_key(key) if key else f"upload/{digest[:16]}{_FORMAT_EXT[fmt]}"
         # The client's file name is never used as a path: uploads are named by content hash.
-        dest = coll.path / "files" / f"{digest}{_FORMAT_EXT[fmt]}"
+        dest = coll.path.resolve() / "files" / f"{digest}{_FORMAT_EXT[fmt]}"  # absolute: any cwd
         labs = check_labels([x for x in labels.split(",") if x.strip()], "labels")
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
 
