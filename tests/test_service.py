@@ -377,3 +377,24 @@ def test_uploads_are_found_whatever_the_servers_working_folder(setup, monkeypatc
     monkeypatch.chdir(tmp_path)  # the same collection served from elsewhere
     assert s["client"].get(f"/api/items/{new}/thumbnail").status_code == 200
     s["client"].delete(f"/api/items/{new}", headers={"X-API-Key": s["keys"]["write"]})
+
+
+def test_a_snapshot_carries_the_uploaded_images(setup, tmp_path):
+    """`xmodal snapshot` is a self-contained copy to serve elsewhere: the photos uploaded over
+    HTTP live inside the collection, so they travel with it (and the copy points at its own)."""
+    from xmodal.index import Collection
+
+    s, c, coll = setup, setup["client"], setup["coll"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    buf = io.BytesIO()
+    Image.open(s["image"]).transpose(Image.TRANSVERSE).save(buf, "PNG")
+    new = c.post("/api/items", files={"file": ("s.png", buf.getvalue(), "image/png")},
+                 data={"captions": "a shipped upload"}, headers=w).json()["id"]
+    coll.snapshot(tmp_path / "snap.xmc")
+    c.delete(f"/api/items/{new}", headers=w)  # gone from the original, file and all
+    with Collection.open(tmp_path / "snap.xmc") as snap:
+        got = snap.get_item(new)
+        assert Path(got.path).parent == (tmp_path / "snap.xmc" / "files").resolve() and Path(got.path).exists()
+        assert TestClient(create_app(snap)).get(f"/api/items/{new}/thumbnail").status_code == 200
+        folder_item = snap.list_items("image", 0, 1)[0]
+        assert Path(folder_item.path).parent == s["folder"].resolve()  # indexed folders stay where they are

@@ -608,6 +608,7 @@ class Collection:
                 with self.store._lock:
                     self.store.conn.backup(out)
                 out.execute("PRAGMA journal_mode=DELETE")  # self-contained: nothing beside it
+                self._snapshot_uploads(out, dest)
                 if not keys:
                     out.execute("DELETE FROM api_keys")
                     out.execute("DELETE FROM audit")
@@ -627,6 +628,27 @@ class Collection:
                     f = dest / "indexes" / self._index_file(modality, variant, self._gen).name
                     f.write_bytes(idx.to_bytes())
         return dest
+
+    def _snapshot_uploads(self, out: sqlite3.Connection, dest: Path) -> None:
+        """Images uploaded over HTTP live in the collection (``files/``): copied along, and
+        the copy's items pointed at its own files. Indexed folders stay where they are."""
+        import shutil
+
+        uploads = (self.path / "files").resolve()
+        mine = [(i, p) for i, p in out.execute("SELECT id, path FROM items WHERE modality = 'image' "
+                                               "AND path IS NOT NULL")
+                if os.sep + "files" + os.sep in p and Path(p).resolve().parent == uploads]
+        if not mine:
+            return
+        (dest / "files").mkdir(exist_ok=True)
+        target = (dest / "files").resolve()
+        for _, p in mine:
+            if Path(p).exists() and not (target / Path(p).name).exists():
+                shutil.copy2(p, target / Path(p).name)
+        moved = [(str(target / Path(p).name), i) for i, p in mine]
+        out.executemany("UPDATE items SET path = ? WHERE id = ?", moved)
+        out.executemany("UPDATE file_stats SET path = ? WHERE item_id = ?", moved)
+        out.commit()
 
     def refresh(self, force: bool = False) -> bool:
         """Reload indexes when another process wrote to the collection (or rebuilt it); True
