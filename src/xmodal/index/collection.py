@@ -266,6 +266,7 @@ class Collection:
             self._method: Any = None
             self._encoders: dict[str, Any] = {}
             self._space: str | None = None  # a rebuilt collection may be another space
+            self._dirty: set[str] = set()  # modalities whose indexes changed since the last save
             self.indexes: dict[tuple[str, str], VectorIndex] = {}
             self._gen = -1
             self._load_indexes()
@@ -530,15 +531,23 @@ class Collection:
             if rebuilt and not self.read_only:
                 self._save_indexes()
 
-    def _save_indexes(self) -> None:
-        """Write every index for the current generation (temp file + rename), drop older ones."""
+    def _save_indexes(self, prev: int | None = None) -> None:
+        """Write every index for the current generation (temp file + rename), drop older ones.
+        An index this write left alone (``prev``: the generation its file has) is renamed to
+        the new generation instead: a caption added need not rewrite the image index."""
         gen = self._gen
         for modality in MODALITIES:
             for variant, *_ in self._variants():
                 idx = self.indexes.get((modality, variant))
                 if idx is None:
                     continue
-                atomic_write_bytes(self._index_file(modality, variant, gen), idx.to_bytes())
+                new = self._index_file(modality, variant, gen)
+                old = self._index_file(modality, variant, prev) if prev not in (None, gen) else None
+                if old is not None and modality not in self._dirty and old.exists():
+                    os.replace(old, new)  # its content is this generation's too
+                else:
+                    atomic_write_bytes(new, idx.to_bytes())
+        self._dirty = set()
         for f in (self.path / "indexes").glob("*.faiss"):
             if not f.name.endswith(f".g{gen}.faiss"):
                 f.unlink(missing_ok=True)
@@ -689,17 +698,19 @@ class Collection:
         with self._wlock, _write_lock(self.path):
             self.refresh(force=True)
             start = self._gen
+            self._dirty = set()
             yield
             with self._lock:
                 # A write that changed nothing (an unchanged re-add, an unknown id) leaves
                 # the files be: each save rewrites every index, gigabytes for a large one.
                 if self._gen != start or not all(self._index_file(m, v, self._gen).exists()
                                                  for m, v in self.indexes):
-                    self._finish_write()
+                    self._finish_write(start)
 
-    def _finish_write(self) -> None:
+    def _finish_write(self, start: int | None = None) -> None:
         for (modality, variant), idx in list(self.indexes.items()):
             if idx.needs_compaction():
+                self._dirty.add(modality)
                 kind, dim, spec = idx.kind, idx.dim, idx.spec
                 new = self._build_index(modality, variant, kind, dim, spec)
                 if new is None:
@@ -712,7 +723,8 @@ class Collection:
                     idx = self._build_index(modality, variant, kind, dim, spec)
                     if idx is not None:
                         self.indexes[(modality, variant)] = idx
-        self._save_indexes()
+                        self._dirty.add(modality)
+        self._save_indexes(start)
 
     # ------------------------------------------------------------ reading
     def count(self, modality: str | None = None) -> int:
@@ -1105,6 +1117,7 @@ class Collection:
         report = AddReport()
         ids = np.asarray(new_ids, dtype=np.int64)
         with self._lock:
+            self._dirty.add(modality)
             for (mod, variant), idx in self.indexes.items():
                 if mod != modality:
                     continue
@@ -1152,6 +1165,7 @@ class Collection:
                 Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
                 self._gen = Store.bump_generation(c)
             with self._lock:
+                self._dirty.update(m for _, m in gone)
                 for modality in MODALITIES:
                     dead = [i for i, m in gone if m == modality]
                     for (mod, _), idx in self.indexes.items():
