@@ -398,3 +398,28 @@ def test_a_snapshot_carries_the_uploaded_images(setup, tmp_path):
         assert TestClient(create_app(snap)).get(f"/api/items/{new}/thumbnail").status_code == 200
         folder_item = snap.list_items("image", 0, 1)[0]
         assert Path(folder_item.path).parent == s["folder"].resolve()  # indexed folders stay where they are
+
+
+def test_a_moved_or_copied_collection_still_finds_its_uploads(setup, tmp_path):
+    """A collection folder copied to another machine (rsync) or moved: the photos uploaded
+    over HTTP travel inside it, but their recorded paths named the old place."""
+    import shutil
+
+    from xmodal.index import Collection
+
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    buf = io.BytesIO()
+    Image.open(s["image"]).rotate(45).save(buf, "PNG")
+    new = c.post("/api/items", files={"file": ("m.png", buf.getvalue(), "image/png")},
+                 data={"captions": "a copied upload"}, headers=w).json()["id"]
+    shutil.copytree(s["coll"].path, tmp_path / "moved.xmc")
+    c.delete(f"/api/items/{new}", headers=w)  # the original's copy of the file is gone
+    with Collection.open(tmp_path / "moved.xmc") as moved:
+        got = moved.get_item(new)
+        assert Path(got.path) == (tmp_path / "moved.xmc" / "files" / Path(got.path).name).resolve()
+        client = TestClient(create_app(moved))
+        assert client.get(f"/api/items/{new}/thumbnail").status_code == 200
+        hits = client.get("/api/search", params={"q": "a copied upload", "target": "text", "k": 5}).json()
+        mine = [h for h in hits["results"] if h["text"] == "a copied upload"]
+        assert mine and mine[0]["thumbnail"] == f"/api/items/{new}/thumbnail"

@@ -92,6 +92,7 @@ def _ids(ids: Iterable[int]) -> list[int]:
 
 
 THUMB_SIZES = (128, 256, 512)  # thumbnail sizes the service makes (thumbs/<hash>_<size>.jpg)
+_sep_files = os.sep + "files" + os.sep  # uploads are stored as <collection>/files/<sha256>.<ext>
 
 
 @dataclass
@@ -247,6 +248,7 @@ class Collection:
 
     def __init__(self, path: Path, store: Store) -> None:
         self.path = path
+        self._uploads_dir = str((path / "files").resolve())  # images uploaded over HTTP
         self._lock = threading.RLock()  # in-memory indexes: held briefly (search, mutation)
         self._wlock = threading.RLock()  # one writing thread; slow work (encoding) under it only
         self._use(store)
@@ -769,12 +771,21 @@ class Collection:
             marks = ",".join("?" * len(chunk))
             for r in self.store.query(f"SELECT id, modality, key, path, text, pair_id FROM items "
                                       f"WHERE id IN ({marks})", chunk):
-                out[r[0]] = Hit(id=r[0], score=float("nan"), modality=r[1], key=r[2], path=r[3],
+                out[r[0]] = Hit(id=r[0], score=float("nan"), modality=r[1], key=r[2],
+                                path=self._upload_here(r[3]) if r[1] == "image" else r[3],
                                 text=r[4], pair_id=r[5])
             for item_id, label in self.store.query(f"SELECT item_id, label FROM item_labels "
                                                    f"WHERE item_id IN ({marks}) ORDER BY label", chunk):
                 out[item_id].labels.append(label)
         return out
+
+    def _upload_here(self, path: str | None) -> str | None:
+        """An image uploaded over HTTP lives in the collection (``files/<sha256>.<ext>``); a
+        collection copied or moved elsewhere still names the old place: its own copy instead."""
+        if not path or _sep_files not in path or path.startswith(self._uploads_dir + os.sep):
+            return path
+        mine = os.path.join(self._uploads_dir, os.path.basename(path))
+        return mine if os.path.exists(mine) else path
 
     def get_item(self, item_id: int) -> Hit | None:
         return self.get_items([item_id]).get(int(item_id))
