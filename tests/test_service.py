@@ -342,7 +342,7 @@ def test_writes_that_change_nothing_leave_the_index_files_alone(setup):
 def test_replacing_an_upload_removes_the_old_file(setup):
     """Uploading new bytes under an existing key replaces the item; the old photo's stored
     copy must not stay behind on the server's disk."""
-    s, c, coll = setup, setup["client"], setup["coll"]
+    s, c = setup, setup["client"]
     w = {"X-API-Key": s["keys"]["write"]}
     paths = []
     for angle in (180, 270):
