@@ -423,3 +423,49 @@ def test_a_moved_or_copied_collection_still_finds_its_uploads(setup, tmp_path):
         hits = client.get("/api/search", params={"q": "a copied upload", "target": "text", "k": 5}).json()
         mine = [h for h in hits["results"] if h["text"] == "a copied upload"]
         assert mine and mine[0]["thumbnail"] == f"/api/items/{new}/thumbnail"
+
+
+def test_searches_go_on_while_an_upload_is_being_saved(setup, monkeypatch):
+    """An upload rewrites its modality's index files (seconds for a large collection); the
+    server held its query-encoder lock and the collection's index lock throughout, so every
+    search waited for the disk."""
+    import threading
+
+    import xmodal.index.collection as collection_module
+
+    s, c = setup, setup["client"]
+    saving, release = threading.Event(), threading.Event()
+    real_write = collection_module.atomic_write_bytes
+
+    def slow_disk(dest, data):
+        if Path(dest).suffix == ".faiss":
+            saving.set()
+            release.wait(20)
+        return real_write(dest, data)
+
+    monkeypatch.setattr(collection_module, "atomic_write_bytes", slow_disk)
+    buf = io.BytesIO()
+    Image.open(s["image"]).rotate(30).save(buf, "PNG")
+    results = {}
+
+    def upload():
+        results["add"] = c.post("/api/items", files={"file": ("u.png", buf.getvalue(), "image/png")},
+                                data={"captions": "saved slowly"}, headers={"X-API-Key": s["keys"]["write"]})
+
+    def search():
+        results["search"] = c.get("/api/search", params={"q": "green trees", "k": 3})
+
+    adder = threading.Thread(target=upload)
+    adder.start()
+    try:
+        assert saving.wait(30), "the upload never reached its index files"
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        searcher.join(10)
+        assert not searcher.is_alive(), "the search waited for the upload's index files"
+        assert results["search"].status_code == 200 and len(results["search"].json()["results"]) == 3
+    finally:
+        release.set()
+        adder.join(30)
+    assert results["add"].status_code == 201, results["add"].text
+    c.delete(f"/api/items/{results['add'].json()['id']}", headers={"X-API-Key": s["keys"]["write"]})

@@ -537,10 +537,11 @@ class Collection:
         """Write every index for the current generation (temp file + rename), drop older ones.
         An index this write left alone (``prev``: the generation its file has) is renamed to
         the new generation instead: a caption added need not rewrite the image index."""
-        gen = self._gen
+        with self._lock:
+            gen, indexes = self._gen, dict(self.indexes)
         for modality in MODALITIES:
             for variant, *_ in self._variants():
-                idx = self.indexes.get((modality, variant))
+                idx = indexes.get((modality, variant))
                 if idx is None:
                     continue
                 new = self._index_file(modality, variant, gen)
@@ -702,14 +703,21 @@ class Collection:
             start = self._gen
             self._dirty = set()
             yield
-            with self._lock:
-                # A write that changed nothing (an unchanged re-add, an unknown id) leaves
-                # the files be: each save rewrites every index, gigabytes for a large one.
-                if self._gen != start or not all(self._index_file(m, v, self._gen).exists()
-                                                 for m, v in self.indexes):
-                    self._finish_write(start)
+            # A write that changed nothing (an unchanged re-add, an unknown id) leaves the
+            # files be: each save rewrites every index, gigabytes for a large one.
+            if self._gen != start or not all(self._index_file(m, v, self._gen).exists()
+                                             for m, v in list(self.indexes)):
+                self._finish_write(start)
 
     def _finish_write(self, start: int | None = None) -> None:
+        """Compact and complete the indexes (under the index lock), then write their files.
+        The files are written outside that lock, so searches go on meanwhile: only writers
+        change an index, and this one holds the writer locks."""
+        with self._lock:
+            self._complete_indexes()
+        self._save_indexes(start)
+
+    def _complete_indexes(self) -> None:
         for (modality, variant), idx in list(self.indexes.items()):
             if idx.needs_compaction():
                 self._dirty.add(modality)
@@ -726,7 +734,6 @@ class Collection:
                     if idx is not None:
                         self.indexes[(modality, variant)] = idx
                         self._dirty.add(modality)
-        self._save_indexes(start)
 
     # ------------------------------------------------------------ reading
     def count(self, modality: str | None = None) -> int:

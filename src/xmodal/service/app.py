@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
-                                check_key)
+                                check_key, encode_items)
 from ..index.shards import RemoteShard, ShardedCollection
 from . import auth
 
@@ -564,10 +564,18 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 if not dest.exists():
                     atomic_write_bytes(dest, data)
                 try:
+                    # the encoders under the query lock; the store and index files without it,
+                    # so searches go on while they are written
                     with encode_lock:
-                        rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
-                                             [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
-                                              for j, c in enumerate(caps)], actor=actor, remote=remote(request))
+                        Fi, ok = encode_items(coll.encoder("image"), [str(dest)])
+                        Ft = encode_items(coll.encoder("text"), caps)[0] if caps else None
+                    if not ok.all():
+                        drop_if_unused()
+                        return None
+                    rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
+                                         [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
+                                          for j, c in enumerate(caps)], image_features=Fi, text_features=Ft,
+                                         actor=actor, remote=remote(request))
                 except BaseException:
                     drop_if_unused()
                     raise
@@ -580,7 +588,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 dest.unlink(missing_ok=True)
 
         rep = await run_in_threadpool(add)
-        if rep.skipped:
+        if rep is None or rep.skipped:
             raise HTTPException(400, f"{file.filename}: the image encoder could not read it")
         return {"ids": rep.ids, "added": rep.added, "replaced": rep.replaced, "unchanged": rep.unchanged,
                 "id": coll.id_of(key)}
@@ -598,8 +606,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         labels = check_labels(req.labels, "labels")
         key = safe_key(req.key) if req.key else f"text/{hashlib.sha256(req.text.encode()).hexdigest()[:16]}"
         with encode_lock:
-            rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=labels)],
-                                 actor=actor, remote=remote(request))
+            F, _ = encode_items(coll.encoder("text"), [req.text])
+        rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=labels)],
+                             text_features=F, actor=actor, remote=remote(request))
         return {"ids": rep.ids, "added": rep.added, "unchanged": rep.unchanged, "id": coll.id_of(key)}
 
     @app.delete("/api/items/{item_id}")
