@@ -357,3 +357,24 @@ def test_a_write_to_one_modality_does_not_rewrite_the_others_index(tmp_path, mon
         assert all(c.indexes[(m, v)].ids().size == c.count(m) for m in ("image", "text") for v in ("flat", "approx"))
         hit = c.search_vector(c.item_vectors([c.id_of("i7")])[0][0], "image", 1, exact=True)[0]
         assert hit.key == "i7"
+
+
+def test_a_read_only_reader_follows_a_writer_that_starts_later(tmp_path):
+    """`xmodal serve --read-only` opened the database as immutable: when a writer (an
+    indexing run, a second server) later changed the file, the reader kept serving the old
+    state, and once the writer's journal was merged it read pages changed under it."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "c"
+    with Collection.create(path, dim=8) as c:
+        c.add_vectors("image", [f"i{j}" for j in range(20)], rng.standard_normal((20, 8)))
+    before = sorted(p.name for p in path.iterdir())
+    with Collection.open(path, read_only=True) as reader:
+        assert reader.count("image") == 20 and reader.search_vector(rng.standard_normal(8), "image", 3)
+        assert sorted(p.name for p in path.iterdir()) == before  # opening wrote nothing
+        with Collection.open(path) as writer:
+            writer.add_vectors("image", [f"j{j}" for j in range(5)], rng.standard_normal((5, 8)))
+            q = writer.item_vectors([writer.id_of("j3")])[0][0]
+            assert reader.search_vector(q, "image", 1)[0].key == "j3"
+            assert reader.count("image") == 25 and reader.read_only
+        # the writer closed: its journal merged into the file the reader has open
+        assert reader.search_vector(q, "image", 1)[0].key == "j3" and reader.count("image") == 25

@@ -122,3 +122,32 @@ def test_like_refuses_a_method_or_encoder_it_would_ignore(folder, tmp_path):
         assert not (tmp_path / "b.xmc").exists()
     r = run("index", folder, "-c", tmp_path / "b.xmc", "--like", base, "--index", "HNSW16", "-q")
     assert r.exit_code == 0 and "index HNSW16" in r.output, r.output  # each shard picks its index
+
+
+def test_serve_read_only_beside_a_live_writer(tmp_path, monkeypatch):
+    """`xmodal serve --read-only` (a public front) next to a writer on the same collection
+    refused to start while the writer's journal held commits ("open the collection once
+    with write access"), though the writer was running."""
+    import numpy as np
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from xmodal.index import Collection
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "c"
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: served.setdefault("app", app_))
+    with Collection.create(path, dim=8) as writer:
+        writer.add_vectors("image", [f"i{j}" for j in range(10)], rng.standard_normal((10, 8)))
+        assert (path / "collection.db-wal").stat().st_size > 0  # the writer's commits, not merged
+        r = run("serve", "-c", path, "--read-only")
+        assert r.exit_code == 0, r.output
+        client = TestClient(served["app"])
+        assert client.get("/api/info").json()["images"] == 10
+        writer.add_vectors("image", ["late"], rng.standard_normal((1, 8)))
+        v = writer.item_vectors([writer.id_of("late")])[0][0].tolist()
+        assert client.get("/api/info").json()["images"] == 11
+        top = client.post("/api/search", json={"vector": v, "target": "image", "k": 1}).json()
+        assert top["results"][0]["key"] == "late"
+        assert client.delete("/api/items/1", headers={"X-API-Key": "xmk_x_y"}).status_code in (401, 403)

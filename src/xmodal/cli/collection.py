@@ -16,11 +16,11 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _open(path: Path, read_only: bool | None = None):
+def _open(path: Path, read_only: bool | None = None, follow: bool = False):
     from ..index import Collection, CollectionError
 
     try:
-        return Collection.open(path, read_only=read_only)
+        return Collection.open(path, read_only=read_only, follow=follow)
     except CollectionError as exc:
         _fail(str(exc))
 
@@ -415,7 +415,8 @@ def register(app: typer.Typer) -> None:
         faiss.omp_set_num_threads(max(1, faiss_threads))
 
         try:
-            coll = _open(collection, read_only=True if read_only else None)
+            # --read-only beside a writer (a server taking uploads, an indexing run): follow it
+            coll = _open(collection, read_only=True if read_only else None, follow=read_only)
             try:
                 coll.method  # noqa: B018  (a plugin method not loaded: fail now, not on every search)
             except KeyError as exc:

@@ -260,6 +260,7 @@ class Collection:
             self.read_only = store.read_only
             st = os.stat(self.path / DB_NAME)
             self._db_file = (st.st_dev, st.st_ino)
+            self._db_stamp = self._file_stamp()
             self.meta = store.all_meta()
             self.kind: str = self.meta["output"]
             self.dim: int = int(self.meta["dim"])
@@ -374,16 +375,21 @@ class Collection:
         store.close()
 
     @classmethod
-    def open(cls, path: str | Path, read_only: bool | None = None) -> "Collection":
+    def open(cls, path: str | Path, read_only: bool | None = None, follow: bool = False) -> "Collection":
         """The collection at ``path``. ``read_only``: search only, every write refused with
         :class:`ReadOnlyError` (default: where this process cannot write the folder, such as
-        a read-only mount or a shipped snapshot)."""
+        a read-only mount or a shipped snapshot). ``follow`` (with ``read_only``, in a folder
+        others write): see their commits as they come, even those a live writer has not yet
+        merged into the database file."""
         path = Path(path)
         db = path / DB_NAME
         if not db.exists():
             raise CollectionError(f"{path}: no collection here (missing {DB_NAME}); "
                                   "make one with `xmodal index`")
-        store = _open_store(db, read_only)
+        if follow and read_only and writable(path):
+            store = Store(db, read_only=True, follow=True)
+        else:
+            store = _open_store(db, read_only)
         fmt = store.get_meta("format")
         if fmt is None:
             store.close()
@@ -662,10 +668,37 @@ class Collection:
         out.executemany("UPDATE file_stats SET path = ? WHERE item_id = ?", moved)
         out.commit()
 
+    def _file_stamp(self) -> tuple:
+        """Size and time of the database and its journal: how an immutable reader, which
+        cannot see other connections' commits, notices a writer."""
+        out = []
+        for name in (DB_NAME, DB_NAME + "-wal"):
+            try:
+                st = os.stat(self.path / name)
+                out.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def _follow_writer(self) -> bool:
+        """A collection opened read-only (immutable) in a folder someone now writes: reopened
+        with a connection that sees their commits (an immutable one would misread the file)."""
+        if not getattr(self.store, "immutable", False) or not writable(self.path):
+            return False
+        if self._file_stamp() == self._db_stamp:
+            return False
+        try:
+            store = Store(self.path / DB_NAME, read_only=True, follow=True)
+        except sqlite3.Error:
+            return False
+        self._use(store)
+        log.info("%s: another process writes to this collection; following its writes", self.path)
+        return True
+
     def refresh(self, force: bool = False) -> bool:
         """Reload indexes when another process wrote to the collection (or rebuilt it); True
         when it did."""
-        if self._reopen_if_replaced():
+        if self._reopen_if_replaced() or self._follow_writer():
             return True
         gen = self.store.generation()
         if gen == self._gen:

@@ -96,12 +96,20 @@ class Store:
     """A thread-safe wrapper over one SQLite connection (WAL, foreign keys on).
 
     ``read_only`` opens the file as immutable (a read-only mount, a shipped snapshot): no
-    journal, no schema set-up, and every transaction raises :class:`ReadOnlyError`."""
+    journal, no schema set-up, and every transaction raises :class:`ReadOnlyError`. ``follow``
+    opens it read-only but not immutable, following another process's writes."""
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False, follow: bool = False) -> None:
         self.path = Path(path)
-        self.read_only = read_only
+        self.read_only = read_only or follow
+        self.immutable = False
         self._lock = threading.RLock()
+        if follow:
+            # read-only, beside a writer that has appeared: a plain read-only connection sees
+            # its commits (WAL included); the immutable one would misread the changing file
+            self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
+                                        check_same_thread=False, isolation_level=None, timeout=30.0)
+            return
         if read_only:
             wal = Path(str(self.path) + "-wal")
             if wal.exists() and wal.stat().st_size > 0:
@@ -110,6 +118,7 @@ class Store:
                                       "collection once with write access before using it read-only")
             self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True,
                                         check_same_thread=False, isolation_level=None)
+            self.immutable = True
             return
         self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                     timeout=30.0)
