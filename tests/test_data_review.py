@@ -38,3 +38,67 @@ def test_json_array_line_numbers_linear(tmp_path):
     path.write_text(text)
     with pytest.raises(DataError, match=rf"pairs.json: \[1500\] \(line {want}\): unknown field"):
         pairs_mod.load_pairs(path)
+
+
+# ------------------------------------------------- which layout a folder is: one answer for all
+from test_data_releases import flickr_doc, touch_images, write_index_caption_mat, write_pascal_page  # noqa: E402
+
+from xmodal.data import dataset_files, dataset_layout, load_dataset  # noqa: E402
+from xmodal.index.build import is_dataset_folder, scan_source  # noqa: E402
+
+
+def test_index_mat_folder_with_a_web_page_stays_an_index_mat_folder(tmp_path):
+    folder = tmp_path / "mirflickr25k_clip"
+    write_index_caption_mat(folder)
+    (folder / "index.html").write_text("<html><body>Project page</body></html>")
+    assert dataset_layout(folder) == "index_caption_mat"
+    assert is_dataset_folder(folder)
+    ds = load_dataset(str(folder), n_query=5, n_train=10)
+    assert ds.meta["layout"] == "index_caption_mat" and ds.n_images == 30
+    names = {p.name for p in dataset_files(folder).files}
+    assert {"index.mat", "caption.mat", "label.mat"} <= names and "index.html" not in names
+
+
+def test_pascal_detection_needs_the_page_or_both_folders(tmp_path):
+    # index.htm is one of the page names the loader reads: the folder is Pascal by it too.
+    pas = write_pascal_page(tmp_path / "pas")
+    (pas / "index.html").rename(pas / "index.htm")
+    assert dataset_layout(pas) == "pascal_sentences" and is_dataset_folder(pas)
+    assert load_dataset(str(pas)).name == "pascal_sentences"
+    assert [p.name for p in dataset_files(pas).files] == ["index.htm"]
+    # A sentence/ folder among photos, with no dataset/ beside it, is no Pascal release.
+    photos = tmp_path / "photos"
+    (photos / "sentence").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(photos / "a.jpg")
+    assert dataset_layout(photos) is None and not is_dataset_folder(photos)
+    assert [i.key for i in scan_source(photos)[0]] == ["a.jpg"]
+
+
+def test_unrelated_dataset_json_files_leave_a_photo_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"p{i}.jpg")
+        (tmp_path / f"p{i}.txt").write_text(f"photo {i}")
+    (tmp_path / "dataset_export.json").write_text(json.dumps({"tool": "lightroom"}))
+    (tmp_path / "dataset_settings.json").write_text(json.dumps({"x": 1}))
+    assert dataset_layout(tmp_path) is None and not is_dataset_folder(tmp_path)
+    assert len(scan_source(tmp_path)[0]) == 3
+    # Beside a real Karpathy file, they do not make it ambiguous.
+    doc = flickr_doc("flickr8k")
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(doc))
+    touch_images(tmp_path / "Flicker8k_Dataset", doc)
+    assert dataset_layout(tmp_path) == "karpathy" and is_dataset_folder(tmp_path)
+    assert load_dataset(str(tmp_path)).n_images == 4
+
+
+def test_json_lines_pairs_file_named_json_loads_as_pairs(tmp_path):
+    rows = [{"image": f"imgs/{i}.jpg", "text": f"photo {i}"} for i in range(5)]
+    (tmp_path / "pairs.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = load_dataset(str(tmp_path / "pairs.json"))
+    assert ds.n_texts == 5 and ds.texts[2] == "photo 2"
+    # A one-line Karpathy file is still Karpathy's.
+    (tmp_path / "k.json").write_text(json.dumps(flickr_doc("flickr8k")))
+    assert load_dataset(str(tmp_path / "k.json")).n_texts == 20

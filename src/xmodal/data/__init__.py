@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ._files import SourceFiles, dataset_files, dataset_layout, is_pascal_page
+from ._files import RELEASE_MARKERS, SourceFiles, dataset_files, dataset_layout, release_of
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat, load_mat
 from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
 from .mirflickr import load_cleaned_folder, load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide
-from .pairs import is_json_array, load_pairs
-from .pascal import load_pascal_sentences
+from .pairs import is_pairs_json, load_pairs
+from .pascal import is_pascal_page, load_pascal_sentences
 from .wikipedia import load_wikipedia
 
 LOADERS: dict[str, Callable[..., PairedDataset]] = {
@@ -25,22 +25,18 @@ LOADERS: dict[str, Callable[..., PairedDataset]] = {
 }
 
 
-# Files or folders that tell a release folder given by path, and the named loader that reads it.
-RELEASE_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("wikipedia", ("trainset_txt_img_cat.list",)),
-    ("nus_wide", ("ImageList/Imagelist.txt", "Imagelist.txt")),
-    ("mirflickr25k", ("mirflickr/meta/tags", "meta/tags")),
-    ("pascal_sentences", ("sentence", "index.html", "pascal-sentences.html")),
-)
+def _release_loader(name: str) -> Callable[..., PairedDataset]:
+    return lambda path, **kwargs: LOADERS[name](data_dir=str(path), **kwargs)
 
 
-def release_of(path: Path) -> str | None:
-    """The named dataset whose release layout the folder ``path`` holds, or None."""
-    if path.is_dir():
-        for name, markers in RELEASE_MARKERS:
-            if any((path / m).exists() for m in markers):
-                return name
-    return None
+# The loader of each layout of :func:`dataset_layout`.
+_FOLDER_LOADERS: dict[str, Callable[..., PairedDataset]] = {
+    "karpathy": load_karpathy,
+    "cleaned_lists": load_cleaned_folder,
+    "index_caption_mat": load_index_caption_mat,
+    "dcmh_mat": load_dcmh_mat,
+    **{name: _release_loader(name) for name in ("wikipedia", "nus_wide", "mirflickr25k", "pascal_sentences")},
+}
 
 
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
@@ -48,7 +44,7 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
     one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/``L_tr``) or the DCMH
     layout (``IAll``/``YAll``/``LAll``), the folder of a release that a named loader reads
-    (Wikipedia, NUS-WIDE, MIRFlickr-25K, Pascal Sentences: :data:`RELEASE_MARKERS`), a folder
+    (Wikipedia, NUS-WIDE, MIRFlickr-25K, Pascal Sentences: :func:`dataset_layout`), a folder
     of DCMH per-variable ``.mat`` files, a folder
     of ``index.mat`` / ``caption.mat`` / ``label.mat``
     (:func:`~xmodal.data.dcmh_mat.load_index_caption_mat`), a folder of the cleaned lists of
@@ -60,29 +56,25 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     if name in LOADERS:
         return LOADERS[name](data_dir=data_dir, **kwargs)
     path = Path(name)
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".tsv") or (
-            path.suffix.lower() == ".json" and path.is_file() and is_json_array(path)):
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".csv", ".tsv") or (
+            suffix == ".json" and path.is_file() and is_pairs_json(path)):
         return load_pairs(path, **kwargs)
-    if path.suffix.lower() == ".mat":
+    if suffix == ".mat":
         return load_mat(path, **kwargs)
-    if path.suffix.lower() == ".npz":
+    if suffix == ".npz":
         return load_npz(path, **kwargs)
-    if path.suffix.lower() == ".json" or (path.is_dir() and find_karpathy_file(path) is not None):
+    if suffix == ".json":
         return load_karpathy(path, **kwargs)
-    if name and path.is_dir() and (path / "all_imgs.txt").is_file():
-        return load_cleaned_folder(path, **kwargs)
-    release = release_of(path) if name else None
-    if release is not None:
-        return LOADERS[release](data_dir=str(path), **kwargs)
-    if name and is_index_caption_folder(path):
-        return load_index_caption_mat(path, **kwargs)
-    if name and path.is_dir() and find_dcmh_files(path):
-        return load_dcmh_mat(path, **kwargs)
+    # A folder: one answer to which layout it is, shared with fingerprints and `xmodal index`.
+    layout = dataset_layout(path) if name else None
+    if layout is not None:
+        return _FOLDER_LOADERS[layout](path, **kwargs)
     # Say what is wrong with a path rather than calling it an unknown dataset name.
     if name and path.is_dir():
         raise DataError(f"{path / 'dataset.json'}: file not found (a dataset folder must hold a "
                         "Karpathy dataset.json / dataset_*.json, a release layout of "
-                        f"{[n for n, _ in RELEASE_MARKERS]}, cleaned lists (all_imgs.txt, ...), "
+                        f"{[n for n, _ in RELEASE_MARKERS] + ['pascal_sentences']}, cleaned lists (all_imgs.txt, ...), "
                         "index.mat/caption.mat/label.mat or DCMH-layout .mat files)")
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise DataError(f"{path}: no such file or folder")
@@ -96,4 +88,4 @@ __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipe
            "load_cleaned_folder", "load_cnn_mat", "load_nus_wide", "load_dcmh_mat",
            "load_index_caption_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences",
            "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits", "dataset_files",
-           "dataset_layout", "is_pascal_page", "SourceFiles"]
+           "dataset_layout", "is_pascal_page", "release_of", "RELEASE_MARKERS", "SourceFiles"]

@@ -34,14 +34,39 @@ class SourceFiles:
                 else Path(os.path.relpath(f, self.root)).as_posix() for f in self.files]
 
 
+# Files or folders that tell the release folders of the named loaders; Pascal Sentences is
+# told by :func:`~xmodal.data.pascal.is_pascal_folder` (a page must hold its table).
+RELEASE_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("wikipedia", ("trainset_txt_img_cat.list",)),
+    ("nus_wide", ("ImageList/Imagelist.txt", "Imagelist.txt")),
+    ("mirflickr25k", ("mirflickr/meta/tags", "meta/tags")),
+)
+
+
+def release_of(path: str | os.PathLike) -> str | None:
+    """The named dataset whose release layout the folder ``path`` holds, or None."""
+    from .pascal import is_pascal_folder
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    for name, markers in RELEASE_MARKERS:
+        if any((folder / m).exists() for m in markers):
+            return name
+    return "pascal_sentences" if is_pascal_folder(folder) else None
+
+
 def dataset_layout(path: str | os.PathLike) -> str | None:
-    """The layout :func:`~xmodal.data.load_dataset` reads the folder ``path`` as, tested in its
-    order: ``"karpathy"`` (``dataset.json`` / ``dataset_*.json``), ``"cleaned_lists"``
-    (``all_imgs.txt``, ...), a release (``"wikipedia"``, ``"nus_wide"``, ``"mirflickr25k"``,
-    ``"pascal_sentences"``: :data:`~xmodal.data.RELEASE_MARKERS`), ``"index_caption_mat"``
-    or ``"dcmh_mat"``; None for a folder that is none of these (or not a folder)."""
-    from . import release_of
-    from .dcmh_mat import find_dcmh_files, is_index_caption_folder
+    """The layout :func:`~xmodal.data.load_dataset` reads the folder ``path`` as (it dispatches
+    on this, so loading, fingerprints and ``xmodal index`` agree), tested in this order: the
+    explicit file sets first, ``"karpathy"`` (``dataset.json`` / a ``dataset_*.json`` that is
+    a Karpathy file), ``"cleaned_lists"`` (``all_imgs.txt``, ...), ``"index_caption_mat"``
+    (``index.mat`` + ``caption.mat`` + ``label.mat``), ``"dcmh_mat"`` (``.mat`` files holding
+    the DCMH variables); then a release by its markers (``"wikipedia"``, ``"nus_wide"``,
+    ``"mirflickr25k"``: :data:`RELEASE_MARKERS`; ``"pascal_sentences"``: ``sentence/``
+    beside ``dataset/``, or the dataset's page). None for a folder that is none of these (a
+    web page or a tool's ``dataset_*.json`` among photos) or not a folder."""
+    from .dcmh_mat import has_dcmh_files, is_index_caption_folder
     from .karpathy import find_karpathy_file
 
     folder = Path(path)
@@ -50,36 +75,15 @@ def dataset_layout(path: str | os.PathLike) -> str | None:
     try:
         if find_karpathy_file(folder) is not None:
             return "karpathy"
-    except DataError:  # several dataset_*.json: still a Karpathy folder, the loader names them
+    except DataError:  # several Karpathy files: still a Karpathy folder, the loader names them
         return "karpathy"
     if (folder / "all_imgs.txt").is_file():
         return "cleaned_lists"
-    release = release_of(folder)
-    if release is not None:
-        return release
     if is_index_caption_folder(folder):
         return "index_caption_mat"
-    try:
-        if find_dcmh_files(folder):
-            return "dcmh_mat"
-    except (DataError, OSError):  # .mat files that are not the DCMH layout
-        pass
-    return None
-
-
-def is_pascal_page(page: str | os.PathLike) -> bool:
-    """Whether an HTML page holds the Pascal Sentences table (a row with an image in a category
-    folder and its sentences), not any web page saved beside photos."""
-    from .dataset import read_text
-    from .pascal import _PageParser
-
-    parser = _PageParser()
-    try:
-        parser.feed(read_text(Path(page), strict=False))
-        parser.close()
-    except (OSError, DataError):
-        return False
-    return any(sents and "/" in src.replace("\\", "/").lstrip("./") for _, src, sents in parser.rows)
+    if has_dcmh_files(folder):
+        return "dcmh_mat"
+    return release_of(folder)
 
 
 def _existing(*paths: Path) -> list[Path]:
@@ -108,13 +112,11 @@ def _wikipedia(path: Path) -> list[Path]:
 
 
 def _nus_wide(path: Path) -> list[Path] | None:
-    from .nuswide import CONCEPT_FILES, TAGLIST_DIRS, _find_root, _first_existing
+    from .nuswide import CONCEPT_FILES, _find_root, _first_existing
 
     root = _find_root(str(path))
     list_path = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
     if not list_path.exists():
-        if (root / "all_imgs.txt").exists():
-            return _cleaned(root) + _existing(*(root / d / "TagList1k.txt" for d in TAGLIST_DIRS))
         return None
     tag_dir = _first_existing(root, ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")).parent
     label_dir = _first_existing(root, ("Groundtruth/AllLabels", "GroundTruth/AllLabels", "AllLabels"))
@@ -142,20 +144,11 @@ def _mirflickr(path: Path) -> list[Path] | None:
     return files + _existing(*(ann / f"{name}.txt" for name in MIRFLICKR_LABELS))
 
 
-def _pascal(path: Path) -> list[Path] | None:
-    from ._root import resolve_dataset_dir
-    from .pascal import PAGE_NAMES
+def _pascal(path: Path) -> list[Path]:
+    from .pascal import find_pascal_root
 
-    for marker in ("sentence", *PAGE_NAMES):
-        try:
-            root = resolve_dataset_dir("pascal_sentences", str(path), marker=marker)
-            break
-        except DataError:
-            continue
-    else:
-        return None
-    page = next((root / n for n in PAGE_NAMES if (root / n).is_file()), None)
-    if not (root / "sentence").is_dir() and page is not None:
+    root, page = find_pascal_root(str(path))  # the loader's own choice of folder and page
+    if page is not None:
         return [page]
     # One sentence file per image, in its category's folder: their paths list the images.
     return sorted(p for p in (root / "sentence").rglob("*") if p.is_file() and not p.name.startswith("."))

@@ -92,6 +92,22 @@ def find_dcmh_files(folder: str | Path) -> dict[str, Path]:
     return {k: m.path for k, m in _sources(mats).items()}
 
 
+def has_dcmh_files(folder: str | Path) -> bool:
+    """Whether any of ``folder``'s ``.mat`` files (or its subfolders') holds a DCMH-layout
+    variable: the folder is that layout even when its files clash (the loader names them).
+    Files that cannot be read as ``.mat`` are passed over here."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    for p in _candidate_files(folder):
+        try:
+            if any(v in MatFile(p) for v in DCMH_VARS):
+                return True
+        except (DataError, OSError):
+            continue
+    return False
+
+
 def dcmh_folder(name: str, data_dir: str | os.PathLike | None) -> Path:
     """The folder of dataset ``name`` when it lacks its release layout: ``ROOT/name``, or
     ``data_dir`` itself when it holds DCMH-layout ``.mat`` files."""

@@ -9,6 +9,7 @@ named by each record's ``filepath``, or COCO 2017's ``train2017/`` + ``val2017/`
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -46,12 +47,28 @@ def resolve_image(folder: Path, filename: str) -> Path:
     return direct  # missing files are reported by the encoder that reads them
 
 
+# The "images" key, not a value "images" (its closing quote is followed by ',' or '}').
+_IMAGES_KEY = re.compile(rb'(?<!\\)"images"\s*:')
+
+
+def is_karpathy_head(path: Path) -> bool:
+    """Whether ``path`` reads as a Karpathy file: its first 64 KB name the ``"images"`` key
+    (Karpathy's files open with that list). An export or a tool's settings saved as
+    ``dataset_*.json`` among photos, or JSON-lines pairs, are not one. 64 KB, not a 100 MB parse."""
+    try:
+        with open(path, "rb") as fh:
+            return _IMAGES_KEY.search(fh.read(1 << 16)) is not None
+    except OSError:
+        return False
+
+
 def find_karpathy_file(folder: Path) -> Path | None:
-    """``folder``'s Karpathy file: ``dataset.json``, else its one ``dataset_*.json`` (several, as
-    ``caption_datasets.zip`` unpacks, is an error naming them); ``None`` when there is none."""
+    """``folder``'s Karpathy file: ``dataset.json``, else its one ``dataset_*.json`` that is a
+    Karpathy file (:func:`is_karpathy_head`; several, as ``caption_datasets.zip`` unpacks, is
+    an error naming them); ``None`` when there is none."""
     if (folder / "dataset.json").is_file():
         return folder / "dataset.json"
-    found = sorted(p for p in folder.glob("dataset_*.json") if p.is_file())
+    found = sorted(p for p in folder.glob("dataset_*.json") if p.is_file() and is_karpathy_head(p))
     if len(found) > 1:
         raise DataError(f"{folder}: several Karpathy files ({', '.join(p.name for p in found)}); "
                         "pass the one to load")

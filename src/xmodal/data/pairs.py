@@ -35,6 +35,27 @@ def is_json_array(path: Path) -> bool:
     return head.startswith(b"[")
 
 
+def is_pairs_json(path: Path) -> bool:
+    """Whether a ``.json`` file is a pairs file rather than a Karpathy file: one JSON array, or
+    JSON lines (a first line that is a whole object with an ``image`` field, or followed by
+    more lines) without Karpathy's ``"images"`` key. A file that is neither (COCO's annotation
+    file) is left to the Karpathy loader, whose error names what it lacks."""
+    from .karpathy import is_karpathy_head
+
+    if is_json_array(path):
+        return True
+    if is_karpathy_head(path):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    first, _, rest = head.lstrip(b"\xef\xbb\xbf \t\r\n").partition(b"\n")
+    try:
+        obj = json.loads(first)
+    except ValueError:  # not one object on the first line (or not UTF-8)
+        return False
+    return isinstance(obj, dict) and ("image" in obj or bool(rest.strip()))
+
+
 def _json_array(text: str, path: Path) -> list[tuple[str, dict]]:
     """The objects of one JSON array, each with where it is: ``[k] (line L)``."""
     dec = json.JSONDecoder()

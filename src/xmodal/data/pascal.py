@@ -137,6 +137,45 @@ def read_page(path: Path, expected: int | None) -> list[tuple[str, str, list[str
 PAGE_NAMES = ("index.html", "pascal-sentences.html", "index.htm")
 
 
+def is_pascal_page(page: str | Path) -> bool:
+    """Whether an HTML page holds the Pascal Sentences table (a row with an image in a category
+    folder and its sentences), not any web page saved beside photos."""
+    parser = _PageParser()
+    try:
+        parser.feed(read_text(Path(page), strict=False))
+        parser.close()
+    except (OSError, DataError):
+        return False
+    return any(sents and "/" in src.replace("\\", "/").lstrip("./") for _, src, sents in parser.rows)
+
+
+def is_pascal_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` itself holds Pascal Sentences: ``sentence/`` beside ``dataset/`` (the
+    scrapers' layout), or the dataset's page saved with its images (:func:`is_pascal_page`).
+    A ``sentence/`` folder or a web page alone among photos is not."""
+    folder = Path(folder)
+    if (folder / "sentence").is_dir() and (folder / "dataset").is_dir():
+        return True
+    return any(is_pascal_page(folder / n) for n in PAGE_NAMES if (folder / n).is_file())
+
+
+def find_pascal_root(data_dir: str | None) -> tuple[Path, Path | None]:
+    """(folder, page): the dataset's folder, and its saved page when that is the layout to read
+    (no ``sentence/`` folder); ``--data-dir`` may name the dataset folder itself."""
+    root = first_error = None
+    for marker in ("sentence", *PAGE_NAMES):
+        try:
+            root = resolve_dataset_dir("pascal_sentences", data_dir, marker=marker)
+            break
+        except DataError as exc:
+            first_error = first_error or exc
+    if root is None:
+        raise first_error  # the scrapers' layout is the one to name
+    if (root / "sentence").is_dir():
+        return root, None
+    return root, next((root / n for n in PAGE_NAMES if (root / n).is_file()), None)
+
+
 def stratified_splits(classes: np.ndarray, sizes: dict[str, int], seed: int = 0,
                       class_names: list[str] | None = None, source: str = "") -> dict[str, np.ndarray]:
     """Per class: ``sizes[name]`` random items for each named split, the rest in ``train``."""
@@ -166,17 +205,8 @@ def load_pascal_sentences(data_dir: str | None = None, n_val_per_class: int = 5,
     drawn with ``seed``; ``query`` = test and ``database`` = train for hashing.
     ``sentences_per_image=None`` accepts any positive count per file.
     """
-    root = first_error = None
-    for marker in ("sentence", *PAGE_NAMES):  # --data-dir may name the dataset folder itself
-        try:
-            root = resolve_dataset_dir("pascal_sentences", data_dir, marker=marker)
-            break
-        except DataError as exc:
-            first_error = first_error or exc
-    if root is None:
-        raise first_error  # the scrapers' layout is the one to name
-    page = next((root / n for n in PAGE_NAMES if (root / n).is_file()), None)
-    if not (root / "sentence").is_dir() and page is not None:
+    root, page = find_pascal_root(data_dir)
+    if page is not None:
         entries = read_page(page, sentences_per_image)
         categories = sorted({cat for cat, _, _ in entries})
         image_paths, image_ids, classes, texts, t2i = [], [], [], [], []

@@ -120,36 +120,18 @@ def items_from_dataset(ds: PairedDataset) -> tuple[list[ImageItem], list[TextIte
     return images, texts
 
 
-def _karpathy_head(path: Path) -> bool:
-    # Karpathy's files open with their "images" list; a photo folder's other dataset_*.json
-    # (an export, a tool's settings) is not one. 64 KB, not a 100 MB parse.
-    try:
-        with open(path, "rb") as fh:
-            return b'"images"' in fh.read(1 << 16)
-    except OSError:
-        return False
-
-
 def is_dataset_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a dataset that :func:`~xmodal.data.load_dataset` reads (its
     captions, tags and labels), rather than images with sidecar captions: a Karpathy
     ``dataset.json`` / ``dataset_*.json`` (``dataset_flickr8k.json`` beside
-    ``Flicker8k_Dataset/``), cleaned lists (``all_imgs.txt``, ...), a release (NUS-WIDE,
-    MIRFlickr-25K, Pascal Sentences, Wikipedia), ``index.mat`` / ``caption.mat`` /
-    ``label.mat`` or DCMH ``.mat`` files (:func:`xmodal.data.dataset_layout`). A web page or
-    another ``dataset_*.json`` saved among photos leaves them a plain image folder."""
-    from ..data import dataset_layout, is_pascal_page
-    from ..data.pascal import PAGE_NAMES
+    ``Flicker8k_Dataset/``), cleaned lists (``all_imgs.txt``, ...), ``index.mat`` /
+    ``caption.mat`` / ``label.mat``, DCMH ``.mat`` files or a release (NUS-WIDE,
+    MIRFlickr-25K, Pascal Sentences, Wikipedia). The loader's own answer
+    (:func:`xmodal.data.dataset_layout`), so the two never disagree: a web page or a tool's
+    ``dataset_*.json`` saved among photos leaves them a plain image folder."""
+    from ..data import dataset_layout
 
-    p = Path(folder)
-    layout = dataset_layout(p)
-    if layout == "karpathy" and not (p / "dataset.json").is_file():
-        found = [f for f in p.glob("dataset_*.json") if f.is_file()]
-        # several candidates: a dataset folder whose loader names them and asks for one
-        return len(found) > 1 or any(_karpathy_head(f) for f in found)
-    if layout == "pascal_sentences" and not (p / "sentence").is_dir():
-        return any(is_pascal_page(p / n) for n in PAGE_NAMES if (p / n).is_file())
-    return layout is not None
+    return dataset_layout(folder) is not None
 
 
 def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
