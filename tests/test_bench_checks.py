@@ -210,6 +210,27 @@ def test_resume_redoes_a_record_whose_parameters_differ_from_the_defaults_now(tm
     assert len(log.read_text().splitlines()) == 2
 
 
+def test_resume_redoes_a_record_made_on_data_the_loader_reads_differently(tmp_path, wikipedia):
+    import dataclasses
+
+    log = tmp_path / "runs.jsonl"
+    first = run_bench(wikipedia, ["cca"], resume=log)[0]
+    assert len(first["data_digest"]) == 64
+    assert run_bench(wikipedia, ["cca"], resume=log)[0] == first  # same data: reused
+    # the same name and files, read differently (a loader that now relabels one pair)
+    labels = wikipedia.labels.copy()
+    labels[0] = np.roll(labels[0], 1)
+    changed = dataclasses.replace(wikipedia, labels=labels)
+    again = run_bench(changed, ["cca"], resume=log)[0]
+    assert again["data_digest"] != first["data_digest"] and len(log.read_text().splitlines()) == 2
+    # a record made before data_digest was kept is taken as it is
+    old = dict(first)
+    del old["data_digest"]
+    log.write_text(json.dumps(old) + "\n")
+    assert run_bench(changed, ["cca"], resume=log)[0] == old
+    assert len(log.read_text().splitlines()) == 1
+
+
 def test_compare_after_adding_per_query_to_a_resumed_run(tmp_path, wikipedia):
     """The documented flow: a run, then the same run with --per-query on the same --resume file
     (which redoes the records and appends them), then xmodal compare on that file."""

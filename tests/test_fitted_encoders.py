@@ -219,8 +219,7 @@ def test_build_on_an_existing_collection_refuses_other_options(fitted, indexed, 
     other = methods.create("pls", n_components=3).fit(load_dataset(str(root / "a.npz")))
     other.save(tmp_path / "other.zip")
     gen = Collection.open(indexed).store.generation()
-    # ("cca" itself is what `xmodal index` passes when --method is not typed: see build.py)
-    for kwargs, named in (({"method": "kcca"}, "method"),
+    for kwargs, named in (({"method": "kcca"}, "method"), ({"method": "cca"}, "method"),
                           ({"method": str(tmp_path / "other.zip")}, "method"),
                           ({"method_params": {"n_components": 3}}, "method_params"),
                           ({"index": "HNSW32"}, "index"), ({"rerank": True}, "rerank"),
@@ -237,6 +236,22 @@ def test_build_on_an_existing_collection_refuses_other_options(fitted, indexed, 
         coll = build_collection(b, indexed, quiet=True, **kwargs)
         assert coll.count("text") == 105
         coll.close()
-    # the CLI, which passes its defaults (method cca, index Flat) when no option is typed
+    # the CLI passes None for options not typed: a rerun with none adds to the collection,
+    # one typing the default method (cca, not the collection's pls) is refused
     res = _index(b, "-c", indexed)
     assert res.exit_code == 0, res.output
+    res = _index(b, "-c", indexed, "--method", "cca")
+    assert res.exit_code != 0 and "cca" in res.output and "it has" in res.output and "pls" in res.output, res.output
+
+
+def test_a_shard_like_a_collection_refuses_a_method_or_encoders(fitted, indexed, tmp_path):
+    from xmodal.index import Collection, CollectionError, build_collection, plan_collection
+
+    _, _, b, _, _, _ = fitted
+    for kwargs in ({"method": "cca"}, {"method_params": {"n_components": 2}}, {"text_encoder": "bow:50"}):
+        for call in (build_collection, plan_collection):
+            if call is plan_collection and "method_params" in kwargs:
+                continue  # a dry run takes no method parameters
+            with pytest.raises(CollectionError, match="would be ignored"):
+                call(b, tmp_path / "shard.xmc", like=indexed, **kwargs)
+    assert not Collection.exists(tmp_path / "shard.xmc")

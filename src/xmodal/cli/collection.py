@@ -98,8 +98,11 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(..., help="a folder of images (captions in sidecar NAME.txt files), "
                                      "a pairs file (.jsonl/.csv), a Karpathy dataset.json or a dataset name"),
         collection: Path = COLLECTION_OPT,
-        method: str = typer.Option(DEFAULT_METHOD, help="method name fitted on the source's pairs, or a "
-                                   "saved fitted method (.zip)"),
+        # None when not typed: a new collection gets DEFAULT_METHOD / Flat, an existing one keeps
+        # its own (build_collection refuses any other value rather than ignoring it)
+        method: Optional[str] = typer.Option(None, help=f"method name fitted on the source's pairs, or a "
+                                             f"saved fitted method (.zip) [default: {DEFAULT_METHOD}; "
+                                             f"an existing collection: its own]", show_default=False),
         # None: the encoders a fitted --method FILE.zip records, else the defaults (build.py)
         image_encoder: Optional[str] = typer.Option(
             None, help=f"image feature encoder (default: the one a --method FILE.zip was "
@@ -107,8 +110,10 @@ def register(app: typer.Typer) -> None:
         text_encoder: Optional[str] = typer.Option(
             None, help=f"text feature encoder (default: the one a --method FILE.zip was "
                        f"fitted with, else {DEFAULT_TEXT_ENCODER})", show_default=False),
-        index: str = typer.Option("Flat", help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
-                                  "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always exists too"),
+        index: Optional[str] = typer.Option(None, help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
+                                            "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always "
+                                            "exists too [default: Flat; an existing collection: its own]",
+                                            show_default=False),
         rerank: bool = typer.Option(False, help="binary methods: keep float projections to re-rank "
                                     "Hamming shortlists"),
         public_read: bool = typer.Option(True, help="new collection: searching needs no API key"),

@@ -131,6 +131,35 @@ def _write_fingerprint_cache(path: Path, entries: dict) -> None:
         pass
 
 
+def content_digest(ds: PairedDataset) -> str:
+    """SHA-256 of what a loader made of a dataset: sizes, pairing, splits, labels, texts, image
+    names and a sample of released features. Records carry it (``data_digest``), so
+    ``--resume`` redoes a record when the loader changed its reading of the same files (a
+    caption cap, decoded entities, another split), which :func:`dataset_fingerprint` cannot
+    see and named datasets have no file digest for. Image files are named, not read; of
+    released features at most 1024 evenly spaced rows are hashed (a changed feature file
+    of a dataset given by path changes :func:`dataset_fingerprint` anyway)."""
+    h = hashlib.sha256(f"{ds.n_images}\0{len(ds.text_to_image)}\0".encode())
+    h.update(np.ascontiguousarray(ds.text_to_image, dtype=np.int64).tobytes())
+    for name in sorted(ds.splits):
+        h.update(name.encode() + b"\0")
+        h.update(np.ascontiguousarray(ds.splits[name], dtype=np.int64).tobytes())
+    if ds.labels is not None:
+        h.update(b"labels\0" + np.ascontiguousarray(ds.labels, dtype=np.float32).tobytes())
+    for tag, strings in (("texts", ds.texts), ("names", ds.image_ids or (
+            [Path(p).name for p in ds.image_paths] if ds.image_paths is not None else None))):
+        if strings is not None:
+            h.update(f"{tag}\0".encode())
+            for t in strings:
+                h.update(str(t).encode("utf-8", "surrogatepass") + b"\0")
+    for tag, F in (("image_features", ds.image_features), ("text_features", ds.text_features)):
+        if F is not None:
+            rows = np.unique(np.linspace(0, len(F) - 1, min(len(F), 1024)).astype(np.int64)) if len(F) else []
+            h.update(f"{tag}{F.shape}\0".encode())
+            h.update(np.ascontiguousarray(np.asarray(F)[rows], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 def dataset_fingerprint(dataset: str | PairedDataset,
                         cache_dir: str | os.PathLike | bool | None = None) -> str | None:
     """SHA-256 of the files a dataset given by path is read from; None for a named dataset or
@@ -409,8 +438,10 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     (each once), parameter names and values (``bits`` included), ``params`` only for methods
     that run, ``bits`` / ``random_state`` only through ``bits`` / ``seed``, labels (two classes
     or more) for supervised methods. Each new record carries ``versions`` (Python and the
-    libraries), ``command`` when given, and ``dataset_sha256`` for a dataset given as a file
-    (part of the ``resume`` match, so another file of the same name is never taken as done).
+    libraries), ``command`` when given, ``dataset_sha256`` for a dataset given as a file
+    (part of the ``resume`` match, so another file of the same name is never taken as done)
+    and ``data_digest`` (:func:`content_digest`: a record made on data the loader read
+    differently is redone).
     """
     seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -431,6 +462,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     raw = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
     _preflight(raw, method_names, bits, seeds, params, labeled_fraction)
     fingerprint = dataset_fingerprint(dataset, cache_dir)
+    digest = content_digest(raw)
     ds = prepare_dataset(raw, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
     val = _split(ds, "val")
@@ -454,9 +486,12 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["dataset_sha256"] = fingerprint
             method = registry.create(name, **kw)
             done = previous.get(_record_key(_jsonable(rec)))
-            # a record made with other parameters (a default changed since) is redone, not reused
+            # a record made with other parameters (a default changed since), or on data the
+            # loader now reads differently, is redone, not reused (records made before
+            # data_digest was kept are taken as they are)
             if done is not None and (not per_query or "per_query" in done["i2t"]) and \
-                    done.get("params", {}) == _jsonable(method.get_params()):
+                    done.get("params", {}) == _jsonable(method.get_params()) and \
+                    done.get("data_digest", digest) == digest:
                 records.append(done)
                 if on_record:
                     on_record(done)
@@ -489,6 +524,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
                         "device": _device_name()})
             rec["versions"] = run_versions
+            rec["data_digest"] = digest
             if command:
                 rec["command"] = command
             if "mR" in res:

@@ -209,10 +209,10 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     an older xmodal) is refused. An existing collection adds what is new or changed, with
     the method, index and encoders it already has (unchanged files cost nothing): leave those
     arguments out (None); one that names something else is refused (:class:`CollectionError`)
-    rather than ignored (``method="cca"`` and ``index="Flat"``, what ``xmodal index`` passes
-    when the options are not typed, excepted).
+    rather than ignored.
     ``like``: a new shard of that collection's common space, with its fitted method and
-    encoders (nothing is fitted; ``method``/encoder arguments are ignored), searchable
+    encoders (nothing is fitted; ``method``, ``method_params`` and encoder arguments are
+    refused, :class:`CollectionError`), searchable
     together with it (:mod:`xmodal.index.shards`). ``prune``: an existing collection also
     drops the items the source no longer has (files deleted or renamed, caption lines
     removed), items added by other means (the HTTP API) included.
@@ -220,6 +220,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     progress = not quiet
     asked = {"method": method, "method_params": method_params, "index": index, "rerank": rerank,
              "image_encoder": image_encoder, "text_encoder": text_encoder}
+    _refuse_with_like(like, asked)
     method = DEFAULT_METHOD if method is None else method
     index = "Flat" if index is None else index
     images, texts = _scan(source, collection_path)
@@ -327,6 +328,7 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     collection given another method, index or encoder than its own."""
     asked = {"method": method, "method_params": None, "index": index, "rerank": rerank,
              "image_encoder": image_encoder, "text_encoder": text_encoder}
+    _refuse_with_like(like, asked)
     method = DEFAULT_METHOD if method is None else method
     index = "Flat" if index is None else index
     images, texts = _scan(source, collection_path)
@@ -472,11 +474,17 @@ def _resolve_encoders(fitted: Any, method: Any, image_encoder: Any, text_encoder
     return chosen["image"], chosen["text"]
 
 
-#: What `xmodal index` passes for --method / --index when they are not typed (its option
-#: defaults): on an existing collection they cannot be told from typed ones here, so they
-#: count as not given (the CLI refuses typed ones itself). Once the CLI passes None for
-#: untyped options, this goes and every other value than the collection's is refused.
-_UNTYPED_CLI_DEFAULTS = {"method": DEFAULT_METHOD, "index": "Flat"}
+def _refuse_with_like(like: str | Path | None, asked: dict[str, Any]) -> None:
+    """A shard ``like`` a collection takes that collection's fitted method and encoders: a
+    method, its parameters or an encoder given as well would be ignored, so they are refused."""
+    if like is None:
+        return
+    given = [name for name in ("method", "method_params", "image_encoder", "text_encoder")
+             if asked.get(name) is not None]
+    if given:
+        raise CollectionError(f"like={like}: a shard reuses that collection's fitted method and "
+                              f"encoders; {', '.join(given)} would be ignored: leave them out, or "
+                              f"build without like to fit a new space")
 
 
 def _method_digest(method: Any) -> str:
@@ -505,7 +513,7 @@ def _refuse_other_options(coll: Collection, like: str | Path | None, asked: dict
     have = coll.meta.get("method") or {}
     differ = []
     method = asked["method"]
-    if like is None and method is not None and method != _UNTYPED_CLI_DEFAULTS["method"]:
+    if like is None and method is not None:
         if isinstance(method, (str, Path)) and Path(method).suffix == ".zip":
             if not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
                 differ.append(f"method {method} (another fitted method than its {have.get('name')})")
@@ -521,7 +529,7 @@ def _refuse_other_options(coll: Collection, like: str | Path | None, asked: dict
     if like is None and other:
         differ.append(f"method_params {other} (it has {stored or 'none'})")
     index = asked["index"]
-    if index is not None and index != _UNTYPED_CLI_DEFAULTS["index"]:
+    if index is not None:
         try:
             same = normalize_spec(coll.kind, str(index)) == coll.index_spec
         except IndexSpecError:
