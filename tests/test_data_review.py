@@ -102,3 +102,49 @@ def test_json_lines_pairs_file_named_json_loads_as_pairs(tmp_path):
     # A one-line Karpathy file is still Karpathy's.
     (tmp_path / "k.json").write_text(json.dumps(flickr_doc("flickr8k")))
     assert load_dataset(str(tmp_path / "k.json")).n_texts == 20
+
+
+# ------------------------------------------------------------ Karpathy: where the images are
+from xmodal.data.karpathy import load_karpathy  # noqa: E402
+
+
+def test_karpathy_first_image_missing_still_finds_the_folder(tmp_path):
+    doc = flickr_doc("flickr30k", n=8)
+    touch_images(tmp_path / "flickr30k-images", doc)
+    (tmp_path / "flickr30k-images" / doc["images"][0]["filename"]).unlink()  # a download missed it
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(doc))
+    ds = load_dataset(str(tmp_path))
+    assert all(Path(p).parent == tmp_path / "flickr30k-images" for p in ds.image_paths)
+    assert sum(Path(p).is_file() for p in ds.image_paths) == 7
+
+
+def _count_disk_lookups(monkeypatch):
+    import os
+    import pathlib
+
+    calls = [0]
+
+    def counting(fn):
+        def wrapped(*a, **k):
+            calls[0] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    for owner, name in ((pathlib.Path, "exists"), (pathlib.Path, "is_file"),
+                        (os.path, "isfile"), (os.path, "exists")):
+        monkeypatch.setattr(owner, name, counting(getattr(owner, name)))
+    return calls
+
+
+def test_karpathy_missing_images_cost_no_stat_each(tmp_path, monkeypatch):
+    # COCO with none of its images here: the layout is probed on a sample, not per record.
+    n = 3000
+    doc = {"dataset": "coco", "images": [
+        {"filepath": "train2014", "filename": f"COCO_train2014_{i:012d}.jpg", "cocoid": i,
+         "split": "train", "sentences": [{"raw": f"cat {i}"}]} for i in range(n)]}
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(doc))
+    (tmp_path / "train2017").mkdir()
+    calls = _count_disk_lookups(monkeypatch)
+    ds = load_karpathy(tmp_path / "dataset_coco.json")
+    assert calls[0] < n
+    assert ds.image_paths[5] == str(tmp_path / "train2014" / "COCO_train2014_000000000005.jpg")

@@ -9,12 +9,14 @@ named by each record's ``filepath``, or COCO 2017's ``train2017/`` + ``val2017/`
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ._probe import PROBE_SAMPLE, first_rule
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, one_hot, read_text
 
@@ -82,7 +84,9 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     ``restval`` counts as train, as in the usual protocol.
 
     Images are looked up under ``image_dir``, else the first of the file's folder and its
-    sub-folders that holds the first record's image (``record["filepath"]/record["filename"]``).
+    sub-folders that holds one of the first 200 records' images
+    (``record["filepath"]/record["filename"]``, any extension, or COCO 2017's names); the
+    layout found for them is applied to every record.
     ``max_captions`` keeps the first that many captions of each image; ``"auto"`` keeps five
     for MSCOCO (the image-text matching protocol: 5,000 test images, 25,000 captions) and all
     of them otherwise; ``None`` keeps all. ``class_of(image_record) -> int`` gives single-label
@@ -107,7 +111,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     if max_captions is not None and (isinstance(max_captions, bool) or not isinstance(max_captions, int)
                                      or max_captions < 1):
         raise DataError(f"{path}: max_captions must be a positive integer, None or 'auto', got {max_captions!r}")
-    base = Path(image_dir) if image_dir else _guess_image_dir(path.parent, doc["images"][0])
+    image_path = _image_rule(path.parent, doc["images"], None if image_dir is None else Path(image_dir))
     image_paths, texts, t2i, splits, classes, image_ids = [], [], [], {}, [], []
     dropped = 0
     seen: dict[tuple[str, str], int] = {}
@@ -126,7 +130,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         if key in seen:  # two "different" images that are one file would split its ground truth
             raise DataError(f"{where} ({rec['filename']}): same image as images[{seen[key]}]")
         seen[key] = i
-        image_paths.append(str(_locate(base, rec) or _record_path(base, rec)))
+        image_paths.append(str(image_path(rec)))
         image_ids.append(Path(rec["filename"]).stem)
         split = rec.get("split", "train")
         split = "train" if split == "restval" else split
@@ -174,40 +178,80 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     )
 
 
-def _record_path(base: Path, rec: dict) -> Path:
-    folder = base / str(rec["filepath"]) if rec.get("filepath") else base
-    return resolve_image(folder, rec["filename"])
-
-
-def _locate(base: Path, rec: dict) -> Path | None:
-    """The image file of a record under ``base``, or None: ``filepath/filename`` (any
-    extension), else for COCO the 2017 release's name (``train2017/`` or ``val2017/``
-    ``<cocoid:012d>.jpg``: the 2014 images renamed and re-split)."""
-    p = _record_path(base, rec)
-    if p.exists():
-        return p
-    cocoid = rec.get("cocoid")
-    if isinstance(cocoid, int) and not isinstance(cocoid, bool):
-        for sub in ("train2017", "val2017"):
-            cand = base / sub / f"{cocoid:012d}.jpg"
-            if cand.exists():
-                return cand
-    return None
-
-
-def _guess_image_dir(root: Path, first: dict) -> Path:
-    """The folder under which the images are: the file's folder or one of its sub-folders
-    (``imgs/``, ``flickr30k-images/``, ``Flicker8k_Dataset/``, ``images/`` holding
-    ``train2014/``...), the one where the first record's image exists."""
+def _image_bases(root: Path) -> list[Path]:
+    # The file's folder or one of its sub-folders (imgs/, flickr30k-images/, Flicker8k_Dataset/,
+    # images/ holding train2014/...); the usual names first.
     named = ("imgs", "images", "Images", "img")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    cands = [root / n for n in named if (root / n).is_dir()] + [root] + subdirs
-    filename = first.get("filename") if isinstance(first, dict) else None
-    if isinstance(filename, str) and filename.strip():
-        for cand in cands:
-            if _locate(cand, first) is not None:
-                return cand
-    return cands[0]  # no image found: paths as the first named folder would hold them
+    return list(dict.fromkeys([root / n for n in named if (root / n).is_dir()] + [root] + subdirs))
+
+
+def _named(base: Path, rec: dict, ext: str | None = None) -> Path:
+    """``base/filepath/filename``, with the extension ``ext`` when given (UCM-Captions' file
+    names ``1.tif``; its images are ``1.jpg``)."""
+    folder = base / str(rec["filepath"]) if rec.get("filepath") else base
+    name = rec["filename"] if ext is None else Path(rec["filename"]).stem + ext
+    return folder / name
+
+
+def _cocoid(rec: dict) -> int | None:
+    c = rec.get("cocoid")
+    return c if isinstance(c, int) and not isinstance(c, bool) else None
+
+
+class _Coco2017:
+    """COCO 2017's names for the 2014 images: ``train2017/`` or ``val2017/`` +
+    ``<cocoid:012d>.jpg`` (re-split, so which folder is looked up in their listings, read once)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.names = {sub: set(os.listdir(base / sub)) if (base / sub).is_dir() else set()
+                      for sub in ("train2017", "val2017")}
+
+    def __call__(self, rec: dict) -> Path | None:
+        cid = _cocoid(rec)
+        if cid is None:
+            return None
+        name = f"{cid:012d}.jpg"
+        for sub, names in self.names.items():
+            if name in names:
+                return self.base / sub / name
+        return None
+
+
+def _image_rule(root: Path, records: list, image_dir: Path | None) -> Callable[[dict], Path]:
+    """How each record's image path is built, decided once from a sample of the records
+    (:func:`~xmodal.data._probe.first_rule`): under ``image_dir``, else the first of the file's
+    folder and its sub-folders where a sampled image exists, as ``filepath/filename``, with
+    another extension, or (COCO) by the 2017 release's name. No image found: paths as the first
+    candidate folder would hold them."""
+    bases = [image_dir] if image_dir is not None else _image_bases(root)
+    sample = [r for r in records[:PROBE_SAMPLE]
+              if isinstance(r, dict) and isinstance(r.get("filename"), str) and r["filename"].strip()]
+    exts = [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+
+    def rules():
+        for base in bases:
+            yield lambda rec, base=base: _named(base, rec)
+            for ext in exts:
+                yield lambda rec, base=base, ext=ext: _named(base, rec, ext)
+            if any(_cocoid(r) is not None for r in sample) and \
+                    any((base / sub).is_dir() for sub in ("train2017", "val2017")):
+                coco = _Coco2017(base)
+                # Not in the listings: as the 2014 release names it (reported as missing later).
+                yield lambda rec, coco=coco, base=base: coco(rec) or _named(base, rec)
+
+    folders: dict[Path, bool] = {}
+
+    def probe(rule: Callable[[dict], Path], rec: dict) -> Path | None:
+        # A folder that is not there holds none of the sample: one look, not one per extension.
+        p = rule(rec)
+        if p.parent not in folders:
+            folders[p.parent] = p.parent.is_dir()
+        return p if folders[p.parent] else None
+
+    rule = first_rule(rules(), sample, probe)
+    return rule if rule is not None else (lambda rec: _named(bases[0], rec))
 
 
 def _ucm_class(rec: dict) -> int:
