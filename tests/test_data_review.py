@@ -148,3 +148,91 @@ def test_karpathy_missing_images_cost_no_stat_each(tmp_path, monkeypatch):
     ds = load_karpathy(tmp_path / "dataset_coco.json")
     assert calls[0] < n
     assert ds.image_paths[5] == str(tmp_path / "train2014" / "COCO_train2014_000000000005.jpg")
+
+
+# ------------------------------------------------------------------------------ small ones
+import numpy as np  # noqa: E402
+import scipy.io  # noqa: E402
+
+from test_data_releases import write_nus_cleaned  # noqa: E402
+
+
+def test_folder_given_as_dot_is_named_after_the_folder(tmp_path, monkeypatch):
+    write_nus_cleaned(tmp_path / "coco", n=60, n_labels=80, taglist=None)
+    write_index_caption_mat(tmp_path / "mirflickr25k_clip")
+    monkeypatch.chdir(tmp_path / "coco")
+    ds = load_dataset(".", n_query=5, n_train=10)
+    assert ds.name == "coco" and ds.meta["dataset"] == "mscoco"
+    monkeypatch.chdir(tmp_path / "mirflickr25k_clip")
+    ds = load_dataset(".", n_query=5, n_train=10)
+    assert ds.name == "mirflickr25k_clip" and ds.meta["dataset"] == "mirflickr25k"
+
+
+def test_cleaned_lists_blank_first_label_row_is_named(tmp_path):
+    root = tmp_path / "mydata"
+    write_nus_cleaned(root, n=20, n_labels=3, taglist=None)
+    rows = (root / "all_labels.txt").read_text().splitlines()
+    rows[0] = ""
+    (root / "all_labels.txt").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"all_labels.txt:1: expected 3 0/1 values, got 0"):
+        load_dataset(str(root), n_query=2, n_train=5)
+
+
+def test_nus_wide_cleaned_lists_missing_image_dir_is_named(tmp_path):
+    from xmodal.data import load_nus_wide
+
+    write_nus_cleaned(tmp_path / "NUS-WIDE", n=40)
+    with pytest.raises(DataError, match=r"nowhere: image folder not found"):
+        load_nus_wide(str(tmp_path), n_query=5, n_train=10, image_dir=str(tmp_path / "nowhere"))
+
+
+def test_index_mat_images_of_one_name_in_two_folders_keep_apart(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    stored = [f"/data/{split}/{i}.jpg" for split in ("train", "val") for i in range(10)]
+    scipy.io.savemat(folder / "index.mat", {"index": np.array(stored)})
+    scipy.io.savemat(folder / "caption.mat", {"caption": np.array([f"tag{i}" for i in range(20)])})
+    scipy.io.savemat(folder / "label.mat", {"label": np.eye(20, 3)})
+    ds = load_dataset(str(folder), n_query=2, n_train=5)
+    assert len(set(ds.image_ids)) == 20
+    assert ds.image_ids[0] == "train/0" and ds.image_ids[10] == "val/0"
+    # One image listed twice is two items of one image: named, both rows.
+    stored[7] = stored[3]
+    scipy.io.savemat(folder / "index.mat", {"index": np.array(stored)})
+    with pytest.raises(DataError, match=r"index.mat: item 7 \(0-based\) is the image of item 3"):
+        load_dataset(str(folder), n_query=2, n_train=5)
+
+
+def test_relocate_builds_only_the_sample_for_each_rule(tmp_path, monkeypatch):
+    import pathlib
+
+    from xmodal.data import dcmh_mat
+
+    n = 3000
+    stored = [f"/elsewhere/a/b/{i}.jpg" for i in range(n)]
+    calls = [0]
+    real = pathlib.Path.joinpath
+
+    def counting(self, *a):
+        calls[0] += 1
+        return real(self, *a)
+
+    monkeypatch.setattr(pathlib.Path, "joinpath", counting)
+    out = dcmh_mat._relocate(stored, tmp_path, tmp_path)
+    assert out[5] == str(tmp_path / "b" / "5.jpg")  # nothing found: last two parts under image_dir
+    assert calls[0] < 2 * n
+
+
+def test_encoder_state_without_spec_names_the_field():
+    import io
+    import json as _json
+    import zipfile
+
+    from xmodal.encoders.base import FORMAT, EncoderError
+    from xmodal.encoders.dataset import encoder_from_state
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("encoder.json", _json.dumps({"format": FORMAT, "dim": 4}))
+    with pytest.raises(EncoderError, match=r"m.zip: encoder_state: unusable fitted encoder state .*'spec'"):
+        encoder_from_state(buf.getvalue(), "m.zip: encoder_state")

@@ -7,8 +7,8 @@ from typing import Callable
 
 from ._files import RELEASE_MARKERS, SourceFiles, dataset_files, dataset_layout, release_of
 from .dataset import DataError, PairedDataset, one_hot, random_splits
-from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat, load_mat
-from .karpathy import find_karpathy_file, load_karpathy, load_ucm_captions
+from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_index_caption_mat, load_mat
+from .karpathy import load_karpathy, load_ucm_captions
 from .mirflickr import load_cleaned_folder, load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
 from .nuswide import load_nus_wide

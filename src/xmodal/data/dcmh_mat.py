@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._matio import MatFile
+from ._probe import first_rule
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset
 from .mirflickr import MIRFLICKR_LABELS, hashing_splits
@@ -106,6 +107,18 @@ def has_dcmh_files(folder: str | Path) -> bool:
         except (DataError, OSError):
             continue
     return False
+
+
+def find_root(name: str, data_dir: str | os.PathLike | None, markers: tuple[str, ...]) -> Path:
+    """The folder of dataset ``name`` (MIRFlickr-25K, NUS-WIDE): the first of ``markers`` that
+    :func:`~xmodal.data._root.resolve_dataset_dir` finds (they let ``--data-dir`` name the
+    dataset folder itself), else a folder holding only ``.mat`` files (:func:`dcmh_folder`)."""
+    for marker in markers:
+        try:
+            return resolve_dataset_dir(name, data_dir, marker=marker)
+        except DataError:
+            continue
+    return dcmh_folder(name, data_dir)
 
 
 def dcmh_folder(name: str, data_dir: str | os.PathLike | None) -> Path:
@@ -303,6 +316,32 @@ def identify(names: list[str], n_labels: int, n_items: int) -> KnownDataset | No
     return None
 
 
+def known_label_names(known: KnownDataset | None, n_labels: int) -> list[str] | None:
+    """The label names of a dataset :func:`identify` recognised, when its label count is the
+    release's: MIRFlickr-25K's 24 (the other releases' names are not in their files)."""
+    if known is not None and known.name == "mirflickr25k" and n_labels == len(MIRFLICKR_LABELS):
+        return MIRFLICKR_LABELS
+    return None
+
+
+def unique_image_ids(paths: list[str], where: str) -> list[str]:
+    """Image ids from image paths: the file stems, else (two folders holding ``1.jpg``) the
+    shortest trailing part of the paths that tells them apart (``train/1``, ``val/1``). One
+    path listed twice is refused, naming both items."""
+    parts = [p.replace("\\", "/").split("/") for p in paths]
+    first: dict[str, int] = {}
+    for i, p in enumerate(paths):
+        j = first.setdefault(p.replace("\\", "/"), i)
+        if j != i:
+            raise DataError(f"{where}: item {i} (0-based) is the image of item {j} ({p}); "
+                            "list each image once")
+    for k in range(1, max((len(p) for p in parts), default=1) + 1):
+        ids = ["/".join([*q[-k:-1], Path(q[-1]).stem]) for q in parts]
+        if len(set(ids)) == len(ids):
+            return ids
+    return ["/".join([*q[:-1], Path(q[-1]).stem]) for q in parts]  # unreachable: paths differ
+
+
 def default_split_sizes(known: KnownDataset | None, n: int) -> tuple[int, int]:
     """(n_query, n_train): the papers' sizes for a known dataset; otherwise DCMH's MIRFlickr
     sizes (2000 / 10000) for 14000 items or more, else 10% queries and half the rest to train."""
@@ -382,17 +421,16 @@ def load_dcmh_mat(path: str | Path, name: str | None = None, n_query: int | None
         if len(file_names) != n:
             raise DataError(f"{src[NAME_VAR].path}: {NAME_VAR} lists {len(file_names)} names, "
                             f"but the other variables hold {n} items")
-        image_ids = [Path(s).stem for s in file_names]
+        image_ids = unique_image_ids(file_names, f"{src[NAME_VAR].path}: {NAME_VAR}")
 
     files = sorted({str(m.path) for m in src.values()})
-    known = identify([name or "", path.name, *(Path(f).name for f in files)], L.shape[1], n)
+    known = identify([name or "", path.resolve().name, *(Path(f).name for f in files)], L.shape[1], n)
     dq, dt = default_split_sizes(known, n)
     n_query = dq if n_query is None else n_query
     n_train = dt if n_train is None else n_train
-    ds_name = name or (path.name if path.is_dir() else path.stem)
+    ds_name = name or (path.resolve().name if path.is_dir() else path.stem)  # "." has no name
     splits = hashing_splits(n, n_query, n_train, seed, name=ds_name)
-    label_names = MIRFLICKR_LABELS if known is not None and known.name == "mirflickr25k" \
-        and L.shape[1] == len(MIRFLICKR_LABELS) else None
+    label_names = known_label_names(known, L.shape[1])
     return PairedDataset(
         name=ds_name, text_to_image=np.arange(n), n_images=n, image_features=X,
         image_paths=image_paths, text_features=T, labels=L, label_names=label_names,
@@ -434,22 +472,18 @@ def is_index_caption_folder(folder: str | Path) -> bool:
 def _relocate(stored: list[str], folder: Path, image_dir: Path | None) -> list[str]:
     """Image paths written on another machine, found again: as stored when they exist, else
     under ``image_dir`` (default ``folder``) by their last one, two or three parts; the rule
-    that finds the first image that exists is applied to all (missing images are reported by
-    the encoder that reads them)."""
+    that finds an image of a sample (:func:`~xmodal.data._probe.first_rule`) is applied to all
+    (missing images are reported by the encoder that reads them)."""
     base = image_dir if image_dir is not None else folder
-    parts = [s.replace("\\", "/").split("/") for s in stored]
 
-    def under(k: int) -> list[str]:
-        return [str(base.joinpath(*p[-k:])) for p in parts]
+    def under(k: int, s: str) -> str:
+        return str(base.joinpath(*s.replace("\\", "/").split("/")[-k:]))
 
-    rules = [lambda: stored] if image_dir is None else []
-    rules += [lambda k=k: under(k) for k in (3, 2, 1)]
-    sample = range(min(len(stored), 200))  # downloads miss some images: look at more than one
-    for rule in rules:
-        paths = rule()
-        if any(Path(paths[i]).is_file() for i in sample):
-            return paths
-    return under(2) if image_dir is not None else stored
+    rules: list[int] = ([0] if image_dir is None else []) + [3, 2, 1]  # 0: as stored
+    k = first_rule(rules, stored, lambda k, s: s if k == 0 else under(k, s))
+    if k is None:
+        k = 2 if image_dir is not None else 0
+    return list(stored) if k == 0 else [under(k, s) for s in stored]
 
 
 def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query: int | None = None,
@@ -500,18 +534,17 @@ def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query:
             raise DataError(f"{oh.path}: caption_one_hot has shape {raw.shape}, but index.mat holds {n} items")
         T = _check_features(_rows(raw, n), oh.path, "caption_one_hot")
     image_paths = _relocate(stored, folder, None if image_dir is None else Path(image_dir))
-    known = identify([name or "", folder.name], L.shape[1], n)
+    known = identify([name or "", folder.resolve().name], L.shape[1], n)
     dq, dt = default_split_sizes(known, n)
     n_query = dq if n_query is None else n_query
     n_train = dt if n_train is None else n_train
-    ds_name = name or folder.name
-    label_names = MIRFLICKR_LABELS if known is not None and known.name == "mirflickr25k" \
-        and L.shape[1] == len(MIRFLICKR_LABELS) else None
+    ds_name = name or folder.resolve().name  # "." has no name
+    label_names = known_label_names(known, L.shape[1])
     return PairedDataset(
         name=ds_name, text_to_image=np.arange(n), n_images=n, image_paths=image_paths,
         text_features=T, texts=texts, labels=L, label_names=label_names,
         splits=hashing_splits(n, n_query, n_train, seed, name=ds_name),
-        image_ids=[Path(p).stem for p in image_paths], root=str(folder),
+        image_ids=unique_image_ids(stored, str(folder / "index.mat")), root=str(folder),
         meta={"protocol": "hashing", "layout": "index_caption_mat", "seed": seed,
               "dataset": known.name if known else None, "n_query": n_query, "n_train": n_train,
               "stored_paths": stored},

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ._matio import loadmat_any
-from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, random_splits, read_text
 
 MIRFLICKR_LABELS = [
@@ -73,16 +72,10 @@ def _release_dir(root: Path) -> Path | None:
 
 
 def _find_root(data_dir: str | None) -> Path:
-    # The markers let --data-dir name the dataset folder itself, as for the other datasets:
-    # the cleaned release, then the full release (its mirflickr/ folder, or that folder itself).
-    for marker in ("all_imgs.txt", "mirflickr", "meta", "index.mat"):
-        try:
-            return resolve_dataset_dir("mirflickr25k", data_dir, marker=marker)
-        except DataError:
-            continue
-    from .dcmh_mat import dcmh_folder  # ROOT/mirflickr25k holding only .mat files
+    # The cleaned release, then the full release (its mirflickr/ folder, or that folder itself).
+    from .dcmh_mat import find_root
 
-    return dcmh_folder("mirflickr25k", data_dir)
+    return find_root("mirflickr25k", data_dir, ("all_imgs.txt", "mirflickr", "meta", "index.mat"))
 
 
 def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train: int = 10000,
@@ -144,13 +137,15 @@ def load_cleaned_lists(root: str | Path, name: str, n_query: int, n_train: int, 
         if len(rows) < n or any(r.strip() for r in rows[n:]):
             raise DataError(f"{path}: {len(rows)} rows, but all_imgs.txt lists {n} images")
     tag_lists = [[t.strip() for t in row.split(",") if t.strip()] for row in tag_rows[:n]]
-    width = len(label_names) if label_names is not None else len(label_rows[0].split()) if n else 0
+    # The first non-blank row: a blank first row would make every labelled row "too long".
+    first = next((r for r in label_rows[:n] if r.strip()), "")
+    width = len(label_names) if label_names is not None else len(first.split())
     labels = np.zeros((n, width), dtype=np.uint8)
     for r, row in enumerate(label_rows[:n]):
         vals = row.split()
         if len(vals) != width or any(v not in ("0", "1") for v in vals):
             raise DataError(f"{labels_path}:{r + 1}: expected {width} 0/1 values, got {len(vals)} values"
-                            + ("" if label_names is not None else " (the first row's count)"))
+                            + ("" if label_names is not None else " (the first non-blank row's count)"))
         labels[r] = np.array(vals, dtype=np.uint8)
     T, vocab = tag_matrix(tag_lists, vocabulary)
     known = set(vocab)
@@ -172,16 +167,16 @@ def load_cleaned_folder(path: str | Path, n_query: int | None = None, n_train: i
     folder. Split sizes default to the papers' for the dataset its name or label count
     identifies (:func:`~xmodal.data.dcmh_mat.identify`: MIRFlickr-25K, NUS-WIDE, IAPR TC-12,
     MS-COCO), else :func:`~xmodal.data.dcmh_mat.default_split_sizes`."""
-    from .dcmh_mat import default_split_sizes, identify
+    from .dcmh_mat import default_split_sizes, identify, known_label_names
 
     root = Path(path)
+    name = root.resolve().name  # "." has no name
     imgs = [line for line in _lines(root / "all_imgs.txt") if line.strip()]
     first = next((r for r in _lines(root / "all_labels.txt") if r.strip()), "")
-    known = identify([root.name], len(first.split()), len(imgs))
+    known = identify([name], len(first.split()), len(imgs))
     dq, dt = default_split_sizes(known, len(imgs))
-    names = MIRFLICKR_LABELS if known is not None and known.name == "mirflickr25k" \
-        and len(first.split()) == len(MIRFLICKR_LABELS) else None
-    ds = load_cleaned_lists(root, root.name, n_query=dq if n_query is None else n_query,
+    names = known_label_names(known, len(first.split()))
+    ds = load_cleaned_lists(root, name, n_query=dq if n_query is None else n_query,
                             n_train=dt if n_train is None else n_train, seed=seed, label_names=names)
     ds.meta["dataset"] = known.name if known else None
     return ds

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._root import resolve_dataset_dir
+from ._probe import first_rule
 from .dataset import DataError, PairedDataset, read_text
 from .mirflickr import hashing_splits, load_cleaned_lists, load_cnn_mat
 
@@ -162,12 +162,9 @@ def _image_layout(root: Path, image_dir: str | Path | None, rel: list[str]) -> t
     ``Flickr/`` (the release's image archive), ``images/``, ``Images/``, the dataset folder."""
     bases = [Path(image_dir)] if image_dir is not None else \
         [b for b in (root / "Flickr", root / "images", root / "Images", root) if b.is_dir()]
-    sample = rel[:200]  # downloads miss some images: look at more than one
-    for base in bases:
-        for flat in (False, True):
-            if any((base / (Path(p).name if flat else p)).is_file() for p in sample):
-                return base, flat
-    return bases[0], False  # no image found: paths as the release's Flickr/ folder holds them
+    rules = [(base, flat) for base in bases for flat in (False, True)]
+    found = first_rule(rules, rel, lambda r, p: r[0] / (Path(p).name if r[1] else p))
+    return found or (bases[0], False)  # no image found: paths as the release's Flickr/ folder holds them
 
 
 def _first_existing(root: Path, rels: tuple[str, ...]) -> Path:
@@ -178,16 +175,10 @@ def _first_existing(root: Path, rels: tuple[str, ...]) -> Path:
 
 
 def _find_root(data_dir: str | None) -> Path:
-    # Markers let --data-dir name the dataset folder itself: the release (its zips unpacked with
-    # or without their folders), then the cleaned lists.
-    for marker in ("ImageList", "Imagelist.txt", "all_imgs.txt", "index.mat"):
-        try:
-            return resolve_dataset_dir("nus_wide", data_dir, marker=marker)
-        except DataError:
-            continue
-    from .dcmh_mat import dcmh_folder  # ROOT/nus_wide holding only .mat files
+    # The release (its zips unpacked with or without their folders), then the cleaned lists.
+    from .dcmh_mat import find_root
 
-    return dcmh_folder("nus_wide", data_dir)
+    return find_root("nus_wide", data_dir, ("ImageList", "Imagelist.txt", "all_imgs.txt", "index.mat"))
 
 
 def _find_concepts(root: Path) -> Path:
@@ -215,6 +206,8 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     (under ``image_dir``, default ``Flickr/`` when present) with an image encoder.
     """
     root = _find_root(data_dir)
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(f"{image_dir}: image folder not found (images of {root})")
     list_path = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
     if not list_path.exists() and (root / "all_imgs.txt").exists():
         if concepts is not None or image_features is not None:
@@ -293,8 +286,6 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         feature_name = fpath.stem
 
     rel = [relative_image_path(entries[i]) for i in keep]
-    if image_dir is not None and not Path(image_dir).is_dir():
-        raise DataError(f"{image_dir}: image folder not found (images of {list_path})")
     base, flat = _image_layout(root, image_dir, rel)
     if flat:
         rel = [Path(p).name for p in rel]
