@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data import PairedDataset, load_dataset
 from ..data.dataset import DataError
+from ..data._probe import PROBE_SAMPLE, any_file
 from ..data.karpathy import IMAGE_EXTENSIONS
 from .vector import VectorIndex
 from .collection import (Collection, CollectionError, CollectionExistsError, ImageItem, TextItem,
@@ -142,10 +143,10 @@ def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
     if p.is_dir() and not is_dataset_folder(p):
         return scan_folder(p)
     images, texts = items_from_dataset(load_dataset(str(source)))
-    if p.is_dir() and images and not any(Path(i.path).is_file() for i in images[:200]):
+    if p.is_dir() and images and not any_file(i.path for i in images[:PROBE_SAMPLE]):
         # A release downloaded without its image archive (Wikipedia's images, NUS-WIDE's
         # Flickr/), or index.mat paths of another machine: say so before encoding nothing.
-        raise DataError(f"{images[0].path}: image not found, nor any of the first {min(len(images), 200)} "
+        raise DataError(f"{images[0].path}: image not found, nor any of the first {min(len(images), PROBE_SAMPLE)} "
                         f"images of the dataset in {p}; put its images where its files name them")
     return images, texts
 
