@@ -373,3 +373,18 @@ def test_queries_run_on_one_torch_thread(imgs, monkeypatch):
     enc.encode(paths(imgs, [1]), progress=False, cache_dir=False)
     assert seen[0] == 1 and set(seen[1:-1]) == {3} and seen[-1] == 2
     assert torch.get_num_threads() == before
+
+
+def test_an_encoder_file_without_its_spec_or_not_an_object_names_the_problem(tmp_path):
+    import json
+    import zipfile
+
+    from xmodal.encoders.base import FORMAT, Encoder, EncoderError
+
+    for doc, says in (({"format": FORMAT, "arrays": []}, "no field 'spec'"), ([1, 2], "not an xmodal encoder")):
+        path = tmp_path / "bad.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("encoder.json", json.dumps(doc))
+        with pytest.raises(EncoderError, match=says) as err:
+            Encoder.load(path)
+        assert str(path) in str(err.value)

@@ -154,12 +154,15 @@ class Encoder:
         try:
             with zipfile.ZipFile(path) as zf:
                 doc = json.loads(zf.read("encoder.json"))
-                if doc.get("format") != FORMAT:
-                    raise EncoderError(f"{path}: not an xmodal encoder file (format {doc.get('format')!r})")
+                if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+                    raise EncoderError(f"{path}: not an xmodal encoder file (format "
+                                       f"{doc.get('format') if isinstance(doc, dict) else None!r})")
                 arrays = {name: np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
                           for name in doc.get("arrays", [])}
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, FileNotFoundError) as exc:
             raise EncoderError(f"{path}: cannot read encoder file ({exc})") from exc
+        if not isinstance(doc.get("spec"), str):
+            raise EncoderError(f"{path}: encoder.json has no field 'spec' (the encoder's name)")
         enc = get_encoder(doc["spec"])
         if doc.get("version") != enc.version:
             raise EncoderError(f"{path}: saved with {doc['spec']} version {doc.get('version')}, "
