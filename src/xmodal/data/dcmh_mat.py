@@ -517,22 +517,20 @@ def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query:
     for i, t in enumerate(texts):
         if not t:
             raise DataError(f"{folder / 'caption.mat'}: caption item {i} (0-based) is empty")
-    lab = MatFile(folder / "label.mat")
-    if "label" not in lab:
-        raise DataError(f"{folder / 'label.mat'}: variable label not found; the file holds {lab.names}")
-    L = np.atleast_2d(lab.read("label"))
-    if n not in L.shape:
-        raise DataError(f"{folder / 'label.mat'}: label has shape {L.shape}, but index.mat holds {n} items")
-    L = _check_labels(_rows(L, n), lab.path, "label")
+    def item_rows(var: str) -> tuple[np.ndarray, Path]:
+        """``var`` of ``var``.mat as one row per item (stored either way round)."""
+        m = MatFile(folder / f"{var}.mat")
+        if var not in m:
+            raise DataError(f"{m.path}: variable {var} not found; the file holds {m.names}")
+        raw = np.atleast_2d(m.read(var))
+        if n not in raw.shape:
+            raise DataError(f"{m.path}: {var} has shape {raw.shape}, but index.mat holds {n} items")
+        return _rows(raw, n), m.path
+
+    L = _check_labels(*item_rows("label"), "label")
     T = None
     if (folder / "caption_one_hot.mat").is_file():
-        oh = MatFile(folder / "caption_one_hot.mat")
-        if "caption_one_hot" not in oh:
-            raise DataError(f"{oh.path}: variable caption_one_hot not found; the file holds {oh.names}")
-        raw = np.atleast_2d(oh.read("caption_one_hot"))
-        if n not in raw.shape:
-            raise DataError(f"{oh.path}: caption_one_hot has shape {raw.shape}, but index.mat holds {n} items")
-        T = _check_features(_rows(raw, n), oh.path, "caption_one_hot")
+        T = _check_features(*item_rows("caption_one_hot"), "caption_one_hot")
     image_paths = _relocate(stored, folder, None if image_dir is None else Path(image_dir))
     known = identify([name or "", folder.resolve().name], L.shape[1], n)
     dq, dt = default_split_sizes(known, n)
