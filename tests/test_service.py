@@ -85,9 +85,10 @@ def test_every_role_against_every_route(setup, public_read):
                 else:
                     assert r.status_code == 403, (who, method, url, r.status_code, r.text)
                     assert need in r.json()["detail"]
-            # public routes never need a key
-            for url in ("/health", "/metrics", "/", "/openapi.json", "/static/app.js"):
+            # public routes never need a key (/metrics does when reading does)
+            for url in ("/health", "/", "/openapi.json", "/static/app.js"):
                 assert c.get(url).status_code == 200, url
+            assert c.get("/metrics").status_code == (200 if public_read else 401)
     finally:
         s["coll"].set_setting("public_read", True)
 
@@ -333,7 +334,7 @@ def test_writes_that_change_nothing_leave_the_index_files_alone(setup):
     before, gen = files(), coll.store.generation()
     audit = len(coll.audit_log(10000))
     again = c.post("/api/texts", json={"text": "a note sent twice"}, headers=w)
-    assert again.json()["unchanged"] == 1
+    assert again.status_code == 200 and again.json()["unchanged"] == 1
     assert c.delete("/api/items/987654321", headers=w).status_code == 404
     assert files() == before and coll.store.generation() == gen and len(coll.audit_log(10000)) == audit
     c.delete(f"/api/items/{first.json()['id']}", headers=w)
@@ -469,3 +470,87 @@ def test_searches_go_on_while_an_upload_is_being_saved(setup, monkeypatch):
         adder.join(30)
     assert results["add"].status_code == 201, results["add"].text
     c.delete(f"/api/items/{results['add'].json()['id']}", headers={"X-API-Key": s["keys"]["write"]})
+
+
+def test_health_and_metrics_reveal_nothing_without_a_key_on_a_private_collection(setup):
+    """With public_read off, /health stays open (load balancers send no key) but says only
+    that the server is up; /metrics (item counts, the write generation, routes) needs a read
+    key, which Prometheus sends as `Authorization: Bearer`. Public collections are as before."""
+    s, c = setup, setup["client"]
+    read = s["keys"]["read"]
+    s["coll"].set_setting("public_read", False)
+    try:
+        h = c.get("/health")
+        assert h.status_code == 200 and h.json() == {"status": "ok"}
+        for bad in ({}, {"Authorization": "Bearer xmk_0000_not-a-real-secret"}):
+            assert c.get("/health", headers=bad).json() == {"status": "ok"}
+            assert c.get("/metrics", headers=bad).status_code == 401
+        full = c.get("/health", headers={"X-API-Key": read}).json()
+        assert full["items"] == s["coll"].count() and full["generation"] == s["coll"].store.generation()
+        m = c.get("/metrics", headers={"Authorization": f"Bearer {read}"})
+        assert m.status_code == 200 and 'xmodal_items{modality="image"}' in m.text
+        assert c.get(f"/metrics?api_key={read}").status_code == 200
+    finally:
+        s["coll"].set_setting("public_read", True)
+    assert c.get("/health").json()["items"] == s["coll"].count()
+    assert "xmodal_generation" in c.get("/metrics").text
+
+
+def test_a_search_for_a_label_no_item_has_is_refused(setup):
+    """Over HTTP an unknown label (a typo) answered an empty list, the command line an error:
+    every search route answers 422 naming it and a few labels the collection has."""
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    made = c.post("/api/texts", json={"text": "boats moored at a quay", "labels": ["harbour", "quay"]},
+                  headers=w).json()["id"]
+    known = s["coll"].stats()["labels"]
+    assert "harbour" in known
+    img = jpeg_bytes(s["image"])
+    answers = [
+        c.get("/api/search", params={"q": "houses", "labels": "nosuch"}),
+        c.get("/api/search", params={"q": "houses", "labels": f"{known[0]},nosuch"}),
+        c.post("/api/search", json={"text": "houses", "labels": ["nosuch"]}),
+        c.post("/api/search/batch", json={"texts": ["houses"], "labels": ["nosuch"]}),
+        c.post("/api/search/image", files={"file": ("q.jpg", img, "image/jpeg")}, data={"labels": "nosuch"}),
+    ]
+    for r in answers:
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "'nosuch'" in detail and known[0] in detail, detail
+    ok = c.get("/api/search", params={"q": "houses", "labels": known[0], "target": "text"})
+    assert ok.status_code == 200 and [h["id"] for h in ok.json()["results"]] == [made]
+    # a routing server forwards its filter to shards that may lack the label: no 422 there
+    fwd = c.post("/api/search", json={"text": "houses", "labels": ["nosuch"], "check_labels": False})
+    assert fwd.status_code == 200 and fwd.json()["results"] == []
+    c.delete(f"/api/items/{made}", headers=w)
+
+
+def test_an_add_that_changed_nothing_answers_200_with_the_existing_item(setup):
+    """Sending the same upload and captions (or text) again stores nothing: that is not
+    201 Created but 200, with the item already there."""
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    buf = io.BytesIO()
+    Image.open(s["image"]).transpose(Image.ROTATE_90).save(buf, "PNG")
+    send = dict(files={"file": ("a.png", buf.getvalue(), "image/png")},
+                data={"captions": "sent twice\nthe same captions", "key": "twice/a.png"}, headers=w)
+    first = c.post("/api/items", **send)
+    assert first.status_code == 201 and first.json()["added"] == 3
+    again = c.post("/api/items", **send)
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["id"] == first.json()["id"] and body["added"] == 0 and body["unchanged"] == 3
+    assert body["item"]["id"] == body["id"] and body["item"]["key"] == "twice/a.png"
+    more = c.post("/api/items", files=send["files"], headers=w,
+                  data={"captions": "sent twice\nthe same captions\nand a new one", "key": "twice/a.png"})
+    assert more.status_code == 201 and more.json()["added"] == 1
+    t1 = c.post("/api/texts", json={"text": "a text sent twice", "key": "twice/t"}, headers=w)
+    t2 = c.post("/api/texts", json={"text": "a text sent twice", "key": "twice/t"}, headers=w)
+    assert t1.status_code == 201 and t2.status_code == 200 and t2.json()["id"] == t1.json()["id"]
+    assert t2.json()["item"]["text"] == "a text sent twice"
+    paths = c.get("/openapi.json").json()["paths"]
+    for route in ("/api/items", "/api/texts"):
+        responses = paths[route]["post"]["responses"]
+        assert {"200", "201"} <= set(responses) and "unchanged" in responses["200"]["description"]
+    c.delete(f"/api/items/{first.json()['id']}", headers=w)
+    c.delete(f"/api/items/{t1.json()['id']}", headers=w)

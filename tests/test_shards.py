@@ -313,3 +313,84 @@ def test_a_hung_shard_does_not_hold_up_the_others(shards, server):
     assert all(len(h) == 3 and h.failed and "timed out" in h.failed[0][1] for h in answers)
     # one timeout each (1 s), not the hung calls' queue (about 6 s before)
     assert max(took) < 3.5, sorted(took)
+
+
+def test_a_routing_server_refuses_a_label_no_shard_has(shards, tmp_path):
+    """Over HTTP too, a label no shard has answers 422 naming it (the command line's check);
+    a label only a remote shard has is searched there, and that shard, which a router asks
+    with a label its own items lack, is not left out for it."""
+    import urllib.error
+    import urllib.request
+
+    from fastapi.testclient import TestClient
+
+    from xmodal.index import TextItem
+    from xmodal.service import create_app
+
+    colls = {}
+    for name, label in (("a", "harbour"), ("b", "quay")):  # copies: the module's shards stay as they are
+        shutil.copytree(shards["root"] / f"{name}.xmc", tmp_path / f"{name}.xmc")
+        colls[name] = Collection.open(tmp_path / f"{name}.xmc")
+        colls[name].add_items(texts=[TextItem(key=f"lab/{name}", text=f"boats at the {label}", labels=[label])])
+    a, b = colls["a"], colls["b"]
+    with serving(create_app(b)) as url:
+        client = TestClient(create_app(a, shards=[url]))
+        for _ in range(2):  # the second time from what the router remembers of the shard
+            r = client.post("/api/search", json={"text": "boats", "k": 5, "labels": ["quay"], "target": "text"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["failed_shards"] == [] and [(h["shard"], h["key"]) for h in body["results"]] == [(url, "lab/b")]
+        r = client.get("/api/search", params={"q": "boats", "labels": "quay,airprot"})
+        assert r.status_code == 422 and "'airprot'" in r.json()["detail"] and "'quay'" not in r.json()["detail"]
+        assert "harbour, quay" in r.json()["detail"], r.text
+        # the shard server itself, asked by anyone else, refuses a label it lacks
+        req = urllib.request.Request(url + "/api/search", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"text": "boats", "labels": ["harbour"]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 422
+        from xmodal.index.shards import UnknownLabelError
+
+        with ShardedCollection([a, RemoteShard(url)]) as sc:
+            sc.check_labels(["quay", "harbour"])
+            with pytest.raises(UnknownLabelError, match="'airprot'") as exc:
+                sc.check_labels(["quay", "airprot"])
+            assert exc.value.unknown == ["airprot"] and exc.value.known == ["harbour", "quay"]
+    a.close()
+    b.close()
+
+
+def test_a_shard_that_wants_a_key_names_the_option_that_sends_one(shards, tmp_path):
+    """A private shard answering 401/403 was reported as a generic failure; the message must
+    name the shard and the option (--shard-api-key / $XMODAL_SHARD_API_KEY) that sends a key."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key, revoke_key
+
+    path = tmp_path / "private.xmc"
+    shutil.copytree(shards["root"] / "b.xmc", path)
+    served = Collection.open(path)
+    served.set_setting("public_read", False)
+    key = create_key(served, "read", "router")
+    a = Collection.open(shards["root"] / "a.xmc")
+    with serving(create_app(served)) as url:
+        with pytest.raises(CollectionError) as exc:
+            create_app(a, shards=[url])
+        msg = str(exc.value)
+        assert url in msg and "401" in msg and "--shard-api-key" in msg and "$XMODAL_SHARD_API_KEY" in msg, msg
+        with pytest.raises(CollectionError, match=r"refused.*--shard-api-key"):
+            create_app(a, shards=[url], shard_api_key=create_key(a, "read"))  # another collection's key
+        client = TestClient(create_app(a, shards=[url], shard_api_key=key))
+        body = client.post("/api/search", json={"text": QUERIES[0], "k": 14}).json()
+        assert body["failed_shards"] == [] and any(r.get("shard") == url for r in body["results"])
+        revoke_key(served, key[4:].split("_")[0])
+        body = client.post("/api/search", json={"text": QUERIES[0], "k": 4}).json()
+        failed = body["failed_shards"]
+        assert failed[0]["shard"] == url and len(body["results"]) == 4
+        assert "401" in failed[0]["error"] and "--shard-api-key" in failed[0]["error"], failed
+        # the command line names its own option
+        r = CliRunner(env={"XMODAL_API_KEY": None}).invoke(
+            app, ["search", "-c", str(a.path), "--shard", url, QUERIES[0]])
+        assert r.exit_code == 2 and url in r.output and "--api-key" in r.output, r.output
+    served.close()

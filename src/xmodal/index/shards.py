@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -40,13 +40,19 @@ class RemoteHit(Hit):
 class RemoteShard:
     """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+    #: how a user gives the key sent to a shard; named when a shard answers 401/403
+    KEY_HINT = "--api-key or $XMODAL_API_KEY (xmodal serve: --shard-api-key or $XMODAL_SHARD_API_KEY)"
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0,
+                 key_hint: str | None = None) -> None:
         parts = urllib.parse.urlparse(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise CollectionError(f"shard {url!r}: expected an http(s)://host:port URL")
         self.url = url.rstrip("/")
         self.api_key, self.timeout = api_key, timeout
+        self.key_hint = key_hint or self.KEY_HINT
         self._info: dict[str, Any] | None = None
+        self._labels: set[str] = set()  # labels seen on this shard (they are rarely removed)
 
     def __repr__(self) -> str:
         return f"RemoteShard({self.url!r})"
@@ -64,6 +70,8 @@ class RemoteShard:
             out = json.loads(data)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
+            if exc.code in (401, 403):  # a private shard: say which key is missing and how to send one
+                raise CollectionError(self._key_message(path, exc.code, detail)) from None
             raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
@@ -75,9 +83,21 @@ class RemoteShard:
                                   "not a JSON object; is it an `xmodal serve`?")
         return out
 
+    def _key_message(self, path: str, code: int, detail: str) -> str:
+        if code == 401 and not self.api_key:
+            why = "it is private (public_read off) and no API key was sent"
+        elif code == 401:
+            why = ("it refused the API key sent (unknown or revoked there: keys belong to one "
+                   "collection, so it must be one made on that shard)")
+        else:
+            why = "the API key sent lacks the role this needs"
+        return (f"shard {self.url}: {path} answered HTTP {code}: {why} ({detail}); send a read key "
+                f"of that shard (`xmodal keys add -c SHARD --role read` there) with {self.key_hint}")
+
     def stats(self) -> dict[str, Any]:
         """The server's ``/api/info``, fetched anew (its item counts change as it grows)."""
         self._info = self._call("/api/info")
+        self._labels.update(self._info.get("labels") or ())
         return self._info
 
     @property
@@ -96,6 +116,38 @@ class RemoteShard:
         except (KeyError, TypeError, AttributeError):
             raise CollectionError(f"shard {self.url}: /api/search answered no results list; "
                                   "is it an `xmodal serve`?") from None
+
+
+class UnknownLabelError(CollectionError):
+    """Labels asked for that no item has (on any shard): a typo would otherwise answer
+    nothing, silently. ``unknown``: those labels; ``known``: the labels there are."""
+
+    def __init__(self, where: str, unknown: Sequence[str], known: Iterable[str], show: int = 30) -> None:
+        self.unknown, self.known = list(unknown), sorted(known)
+        shown = ", ".join(self.known[:show]) + (f", ... ({len(self.known)} in all)"
+                                                if len(self.known) > show else "")
+        super().__init__(f"{where}: no item has the label {', '.join(map(repr, self.unknown))}; "
+                         f"labels here: {shown or 'none'}")
+
+
+def _labels_of(coll: Collection, labels: Sequence[str] | None = None) -> set[str]:
+    """The labels ``coll``'s items have: all of them, or those of ``labels`` (an indexed lookup)."""
+    if labels is None:
+        return {r[0] for r in coll.store.query("SELECT DISTINCT label FROM item_labels")}
+    want = sorted(set(labels))
+    marks = ",".join("?" * len(want))
+    return {r[0] for r in coll.store.query(f"SELECT DISTINCT label FROM item_labels WHERE label IN ({marks})",
+                                           want)} if want else set()
+
+
+def check_labels(source: "Collection | RemoteShard | ShardedCollection", labels: Sequence[str] | None,
+                 where: str | None = None, show: int = 30) -> None:
+    """Raise :class:`UnknownLabelError` (naming ``where``, default the collection or "the
+    shards") if any of ``labels`` is on no item; with shards, on no shard. A remote shard that
+    cannot be asked might hold it: then nothing is raised (its search fails on its own)."""
+    if isinstance(source, ShardedCollection):
+        return source.check_labels(labels, where, show)
+    return ShardedCollection.check_labels_of([source], labels, where or _name(source), show)
 
 
 class ShardHits(list):
@@ -149,6 +201,37 @@ class ShardedCollection:
                 f"shard {name} does not share the common space of shard {self.names[0]} "
                 f"({'; '.join(what) or 'a differently fitted method or encoder'}); make every shard "
                 f"of one space: xmodal index SOURCE -c NEW --like {self.names[0]}")
+
+    def check_labels(self, labels: Sequence[str] | None, where: str | None = None, show: int = 30) -> None:
+        """:func:`check_labels` over every shard: a label counts as known if any shard has it."""
+        self.check_labels_of(self.shards, labels, where or "the shards", show)
+
+    @staticmethod
+    def check_labels_of(shards: Sequence[Collection | RemoteShard], labels: Sequence[str] | None,
+                        where: str, show: int = 30) -> None:
+        missing = set(labels or ())
+        # local shards first (an indexed lookup), then what remote shards were seen to have;
+        # only a label still missing costs a call to each remote shard's /api/info
+        for shard in shards:
+            if missing and isinstance(shard, Collection):
+                missing -= _labels_of(shard, sorted(missing))
+        for shard in shards:
+            if missing and isinstance(shard, RemoteShard):
+                missing -= shard._labels
+        if not missing:
+            return
+        known: set[str] = set()
+        for shard in shards:
+            if isinstance(shard, Collection):
+                known |= _labels_of(shard)
+            else:
+                try:
+                    known |= set(shard.stats().get("labels") or ())
+                except CollectionError:
+                    return  # it may have them: its search reports its failure
+        unknown = [lab for lab in dict.fromkeys(labels or ()) if lab not in known]
+        if unknown:
+            raise UnknownLabelError(where, unknown, known, show)
 
     @property
     def space(self) -> str | None:
@@ -275,8 +358,10 @@ class ShardedCollection:
 def _request(target: str, k: int, labels: Sequence[str] | None, exact: Any, distinct: Any,
              **query: Any) -> dict[str, Any]:
     """The body of ``POST /api/search`` (``query``: ``vector=`` or ``text=``)."""
+    # check_labels false: a label on another shard only is no error here (the caller checks
+    # that some shard has it)
     return {**query, "target": target, "k": int(k), "labels": list(labels or []),
-            "exact": bool(exact), "distinct": bool(distinct)}
+            "exact": bool(exact), "distinct": bool(distinct), "check_labels": False}
 
 
 def _name(shard: Collection | RemoteShard) -> str:

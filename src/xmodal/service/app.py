@@ -33,13 +33,20 @@ from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
                                 check_key, encode_items)
-from ..index.shards import RemoteShard, ShardedCollection
+from ..index.shards import RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels
 from . import auth
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# how a routing server is given the key it sends to its shards (named when one answers 401/403)
+SHARD_KEY_HINT = "--shard-api-key or $XMODAL_SHARD_API_KEY (shard_api_key= in create_app)"
 MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
+ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"description": "stored: a new item, or a changed one replaced (new ids in `ids`)"},
+    200: {"description": "unchanged: the same item was already stored (sent again); nothing written, "
+                         "`id` and `item` are the existing item"},
+}
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 
 
@@ -62,6 +69,8 @@ class SearchRequest(BaseModel):
     gamma: float = 0.25
     space: str | None = Field(None, description="the common-space fingerprint the caller encoded "
                               "`vector` in (a routing server's check); another space answers 409")
+    check_labels: bool = Field(True, description="a label no item has answers 422 (a routing server "
+                               "sends false: the label may be on another of its shards)")
 
 
 class BatchSearchRequest(BaseModel):
@@ -278,7 +287,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     uploads and keys stay this collection's own."""
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
     remotes = [s if isinstance(s, RemoteShard) else
-               RemoteShard(s, api_key=shard_api_key, timeout=shard_timeout) for s in shards]
+               RemoteShard(s, api_key=shard_api_key, timeout=shard_timeout, key_hint=SHARD_KEY_HINT)
+               for s in shards]
     # checked now: a shard of another space (or down) stops the start, not a later search
     sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
     metrics = Metrics()
@@ -321,6 +331,28 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 raise HTTPException(403, f"key {key_id} has role {have!r}; this route needs {role!r}")
             return f"key:{key_id}"
         return dep
+
+    def may_read(request: Request) -> bool:
+        """Whether this request could read (public_read, or a valid key): without it, routes
+        that must answer anyone (/health) say nothing about the collection."""
+        if coll.public_read:
+            return True
+        try:
+            return auth.allows(principal(request)[1], "read")
+        except HTTPException:  # a bad key: the same as none here
+            return False
+
+    async def require_known(labels: Sequence[str]) -> None:
+        """A label no item has (on any shard) is a typo: 422 naming it, not an empty answer."""
+        if not labels:
+            return
+        try:
+            if sharded is None:
+                check_known_labels(coll, labels, "labels")
+            else:  # may ask remote shards which labels they have
+                await run_in_threadpool(sharded.check_labels, labels, "labels (on every shard)")
+        except UnknownLabelError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     def remote(request: Request) -> str | None:
         return request.client.host if request.client else None
@@ -428,6 +460,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def search_any(req: SearchRequest) -> dict[str, Any]:
         """Model work (text encoding) runs in the thread pool; the vector search itself is
         fast and runs inline, sparing a thread hop per request."""
+        if req.check_labels:
+            await require_known(req.labels)
         if req.text and req.item_id is None and req.vector is None:
             q, fq = await run_in_threadpool(encode_text, req.text)
             return await searched(req, q, fq, "text")
@@ -441,6 +475,19 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             return run_search(req, *args)
         return await run_in_threadpool(run_search, req, *args)
 
+    def added(response: Response, rep: Any, key: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An add's answer: 201 if it stored anything, else 200 (nothing created: the same
+        upload or text sent again), with the item as it is stored."""
+        item_id = coll.id_of(key)
+        if not rep.added and not rep.replaced:
+            response.status_code = 200
+        got = coll.get_item(item_id) if item_id is not None else None
+        item = hit_json([got])[0] if got is not None else None
+        if item is not None:
+            item.pop("score", None)
+        return {"ids": rep.ids, "added": rep.added, **(extra or {}), "unchanged": rep.unchanged,
+                "id": item_id, "item": item}
+
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -453,11 +500,16 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return FileResponse(STATIC / "index.html")
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        """Always 200 for load balancers; the item count and write generation only to those
+        who may read (public_read on, or a read key sent)."""
+        if not may_read(request):
+            return {"status": "ok"}
         return {"status": "ok", "items": coll.count(), "generation": coll.store.generation()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics_route() -> PlainTextResponse:
+    async def metrics_route(_: str = Depends(need("read"))) -> PlainTextResponse:
+        """Prometheus text; needs a read key (`Authorization: Bearer TOKEN`) when public_read is off."""
         return PlainTextResponse(metrics.render(coll), media_type="text/plain; version=0.0.4")
 
     # --------------------------------------------------------------- read routes
@@ -488,6 +540,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         for r, text in enumerate(req.texts):
             if not text.strip() or len(text) > 2000:
                 raise HTTPException(422, f"texts[{r}]: must be 1-2000 characters, not blank")
+        await require_known(req.labels)
         Q, FQ = await run_in_threadpool(encode_texts, req.texts)
         one = SearchRequest(target=req.target, k=req.k, labels=req.labels, exact=req.exact,
                             distinct=req.distinct)
@@ -515,6 +568,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         req = SearchRequest(k=k, target=target, labels=[x for x in labels.split(",") if x],
                             relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact,
                             distinct=distinct)
+        await require_known(req.labels)
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
             p.write_bytes(data)
@@ -546,8 +600,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                         headers={"Cache-Control": "max-age=3600"})
 
     # --------------------------------------------------------------- write routes
-    @app.post("/api/items", status_code=201)
-    async def add_image(request: Request, file: UploadFile = File(...), captions: str = Form(""),
+    @app.post("/api/items", status_code=201, responses=ADD_RESPONSES)
+    async def add_image(request: Request, response: Response, file: UploadFile = File(...), captions: str = Form(""),
                         labels: str = Form(""), key: str | None = Form(None),
                         actor: str = Depends(need("write"))) -> dict[str, Any]:
         data = await read_upload(file)
@@ -590,11 +644,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         rep = await run_in_threadpool(add)
         if rep is None or rep.skipped:
             raise HTTPException(400, f"{file.filename}: the image encoder could not read it")
-        return {"ids": rep.ids, "added": rep.added, "replaced": rep.replaced, "unchanged": rep.unchanged,
-                "id": coll.id_of(key)}
+        return added(response, rep, key, {"replaced": rep.replaced})
 
-    @app.post("/api/texts", status_code=201)
-    def add_text(req: TextAdd, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
+    @app.post("/api/texts", status_code=201, responses=ADD_RESPONSES)
+    def add_text(req: TextAdd, request: Request, response: Response,
+                 actor: str = Depends(need("write"))) -> dict[str, Any]:
         pair_key = None
         if req.pair_id is not None:
             p = coll.get_item(req.pair_id)
@@ -609,7 +663,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             F, _ = encode_items(coll.encoder("text"), [req.text])
         rep = coll.add_items((), [TextItem(key=key, text=req.text, pair_key=pair_key, labels=labels)],
                              text_features=F, actor=actor, remote=remote(request))
-        return {"ids": rep.ids, "added": rep.added, "unchanged": rep.unchanged, "id": coll.id_of(key)}
+        return added(response, rep, key)
 
     @app.delete("/api/items/{item_id}")
     def delete_item(item_id: int, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
