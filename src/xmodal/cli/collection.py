@@ -227,28 +227,17 @@ def register(app: typer.Typer) -> None:
         sharded = len(collection) + len(shard) > 1 or bool(shard)
         if sharded and item is not None:
             _fail("--item needs a single collection: item ids are per shard")
-        if sharded:
-            from ..index import CollectionError
-            from ..index.shards import open_shards
-
-            try:
-                coll = open_shards(collection, shard, api_key=api_key, timeout=shard_timeout)
-                known = set(coll.stats()["labels"]) if label else set()  # any shard's
-            except CollectionError as exc:
-                _fail(str(exc))
-        else:
-            coll = _open(collection[0])
-            known = set(coll.stats()["labels"]) if label else set()
-        unknown = [lab for lab in label if lab not in known]
-        if unknown:  # a typo would otherwise print no results and exit 0
-            names = sorted(known)
-            shown = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
-            where = collection[0] if not sharded else "the shards"
-            _fail(f"{where}: no item has the label {', '.join(map(repr, unknown))}; "
-                  f"labels here: {shown or 'none'}")
-        kw = dict(labels=label or None, exact=exact, distinct=distinct)
         from ..index import CollectionError
+        from ..index.shards import check_labels, open_shards
 
+        try:
+            coll = (open_shards(collection, shard, api_key=api_key, timeout=shard_timeout) if sharded
+                    else _open(collection[0]))
+            # a typo would otherwise print no results and exit 0
+            check_labels(coll, label, str(collection[0]) if not sharded else "the shards")
+        except CollectionError as exc:
+            _fail(str(exc))
+        kw = dict(labels=label or None, exact=exact, distinct=distinct)
         try:
             if query is not None:
                 results = [coll.search_text(query, k, target or "image", **kw)]
