@@ -10,8 +10,17 @@ Layout of a collection directory::
 
 SQLite is the source of truth and every write is one transaction that also bumps a generation
 number. Index files carry the generation they reflect in their name and are written to a
-temporary file and ``os.replace``d, so after a crash an index file is either current or stale;
-a stale one is rebuilt from the vectors table when the collection is opened.
+temporary file and ``os.replace``d. A file of an older generation is still a good start: item
+ids are never reused and an id's vector never changes, so on open the newest file is loaded
+and caught up from the store (the live ids it lacks added, the ids it has that are gone
+tombstoned or removed). A write therefore changes the in-memory indexes, commits, and
+rewrites a modality's files only once the catch-up they would need exceeds
+``max(REWRITE_MIN_CHANGES, REWRITE_FRACTION * items in the file)`` (or the file is under
+``REWRITE_BELOW_BYTES``, cheap to rewrite): a write costs the items it changes, not the
+collection, and a crash at any moment still opens as the committed state. A process holding
+indexes follows another's writes the same way, in memory: the rows added since (ids above
+the largest it has seen) and the ``deleted`` log (a trigger fills it in each deleting
+transaction) since the last entry it has seen.
 """
 
 from __future__ import annotations
@@ -47,6 +56,12 @@ DB_NAME = "collection.db"
 METHOD_FILE = "method.zip"
 MAX_KEY_LEN = 512
 MAX_ID = 2**63 - 1  # SQLite INTEGER: larger ids cannot exist (and cannot even be bound)
+# A modality's index files are rewritten once the catch-up from them (items added or deleted
+# since they were written) exceeds max(REWRITE_MIN_CHANGES, REWRITE_FRACTION * their items),
+# or always when they are under REWRITE_BELOW_BYTES (as cheap to write as to catch up).
+REWRITE_MIN_CHANGES = 1024
+REWRITE_FRACTION = 0.05
+REWRITE_BELOW_BYTES = 1 << 20
 
 
 class CollectionExistsError(CollectionError):
@@ -67,6 +82,21 @@ def _open_store(db: Path, read_only: bool | None = None) -> Store:
         return Store(db, read_only=read_only)
     except sqlite3.DatabaseError as exc:
         raise CollectionError(f"{db}: not a readable collection database ({exc})") from None
+
+
+@contextmanager
+def _try_write_lock(folder: Path) -> Iterator[bool]:
+    """The writer lock if free now (True), else nothing (False): for work a writer would do anyway."""
+    with open(folder / "write.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -269,9 +299,14 @@ class Collection:
             self._method: Any = None
             self._encoders: dict[str, Any] = {}
             self._space: str | None = None  # a rebuilt collection may be another space
-            self._dirty: set[str] = set()  # modalities whose indexes changed since the last save
             self.indexes: dict[tuple[str, str], VectorIndex] = {}
             self._gen = -1
+            # (largest item id, last deleted-log row) the in-memory indexes reflect; None: unknown
+            self._marks: tuple[int, int] | None = None
+            self._file_gen: dict[tuple[str, str], int] = {}  # generation of the file each index came from
+            self._file_n: dict[str, int] = {}  # items in a modality's files when written
+            self._pending: dict[str, int] = {}  # items added or deleted since (the catch-up they need)
+            self._force: set[str] = set()  # modalities whose indexes were rebuilt: files to write
             self._load_indexes()
 
     def _reopen_if_replaced(self) -> bool:
@@ -508,58 +543,173 @@ class Collection:
             return np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), w)
         return np.frombuffer(b"".join(codes), dtype=np.float32).reshape(len(codes), self.dim)
 
-    def _load_indexes(self) -> None:
-        """Load index files stamped with the store's generation; rebuild stale or missing ones."""
-        with self._lock:
-            gen = self.store.generation()
-            rebuilt = False
-            for modality in MODALITIES:
-                data = None
-                live = None
-                for variant, kind, dim, spec in self._variants():
-                    f = self._index_file(modality, variant, gen)
-                    idx = None
-                    if f.exists():
-                        if live is None:
-                            live = self.store.item_ids(modality)
-                        try:
-                            idx = VectorIndex.from_bytes(kind, dim, spec, f.read_bytes(), live_ids=live)
-                        except RuntimeError:
-                            idx = None  # unreadable: rebuild below
-                    if idx is None:
-                        if data is None:
-                            data = self.store.vectors(modality)
-                        idx = self._build_index(modality, variant, kind, dim, spec, data)
-                        rebuilt = True
-                    if idx is None:
-                        self.indexes.pop((modality, variant), None)
-                    else:
-                        self.indexes[(modality, variant)] = idx
-            self._gen = gen
-            if rebuilt and not self.read_only:
-                self._save_indexes()
+    def _index_files(self, modality: str, variant: str) -> list[tuple[int, Path]]:
+        """(generation, path) of this index's files, oldest first."""
+        head = f"{modality}.{variant}.g"
+        out = []
+        for f in (self.path / "indexes").glob(f"{head}*.faiss"):
+            g = f.name[len(head):-len(".faiss")]
+            if g.isdigit():
+                out.append((int(g), f))
+        return sorted(out)
 
-    def _save_indexes(self, prev: int | None = None) -> None:
-        """Write every index for the current generation (temp file + rename), drop older ones.
-        An index this write left alone (``prev``: the generation its file has) is renamed to
-        the new generation instead: a caption added need not rewrite the image index."""
+    def _matrix(self, variant: str, dim: int, ids: np.ndarray, codes: list[bytes],
+                fvecs: list[bytes | None]) -> np.ndarray:
+        """The rows an index variant takes: codes, or the float projections (re-ranking)."""
+        if variant == "rerank":
+            return np.frombuffer(b"".join(fvecs), dtype=np.float32).reshape(len(ids), dim)
+        return self._decode(codes)
+
+    def _load_indexes(self) -> None:
+        """Load the newest index file of each index (of a generation the store has reached) and
+        catch it up from the store; build from the vectors table those with no usable file."""
         with self._lock:
-            gen, indexes = self._gen, dict(self.indexes)
-        for modality in MODALITIES:
-            for variant, *_ in self._variants():
-                idx = indexes.get((modality, variant))
-                if idx is None:
-                    continue
-                new = self._index_file(modality, variant, gen)
-                old = self._index_file(modality, variant, prev) if prev not in (None, gen) else None
-                if old is not None and modality not in self._dirty and old.exists():
-                    os.replace(old, new)  # its content is this generation's too
-                else:
-                    atomic_write_bytes(new, idx.to_bytes())
-        self._dirty = set()
-        for f in (self.path / "indexes").glob("*.faiss"):
-            if not f.name.endswith(f".g{gen}.faiss"):
-                f.unlink(missing_ok=True)
+            top = self.store.generation()
+            loaded: dict[tuple[str, str], tuple[int, VectorIndex]] = {}
+            for modality in MODALITIES:
+                for variant, kind, dim, spec in self._variants():
+                    for g, f in reversed(self._index_files(modality, variant)):
+                        if g > top:
+                            continue  # a state this store has not reached (or another store's)
+                        try:
+                            loaded[(modality, variant)] = (g, VectorIndex.from_bytes(kind, dim, spec, f.read_bytes()))
+                            break
+                        except (OSError, RuntimeError):
+                            continue  # replaced meanwhile, or unreadable: an older one, else a build
+            self.indexes, self._file_gen, self._file_n, self._pending = {}, {}, {}, {}
+            self._force = set()
+            with self.store.reading() as c:  # one snapshot: the marks match the indexes exactly
+                gen = self.store.generation()
+                marks = Store.marks(c)
+                for modality in MODALITIES:
+                    live = np.sort(self.store.item_ids(modality))
+                    data = None
+                    for variant, kind, dim, spec in self._variants():
+                        idx = None
+                        if (modality, variant) in loaded:
+                            g, idx = loaded[(modality, variant)]
+                            have = idx.stored_ids()
+                            gone = have[~np.isin(have, live)]
+                            missing = live[~np.isin(live, have)]
+                            idx.remove(gone)
+                            if len(missing):
+                                ids, codes, fvecs = self.store.vectors_of(missing)
+                                idx.add(ids, self._matrix(variant, dim, ids, codes, fvecs))
+                            self._file_gen[(modality, variant)] = g
+                            self._file_n[modality] = max(self._file_n.get(modality, 0), len(have))
+                            self._pending[modality] = max(self._pending.get(modality, 0),
+                                                          len(gone) + len(missing))
+                            if idx.needs_compaction():
+                                idx = None
+                        if idx is None:
+                            self._file_gen.pop((modality, variant), None)
+                            if data is None:
+                                data = self.store.vectors(modality)
+                            idx = self._build_index(modality, variant, kind, dim, spec, data)
+                            if idx is not None:
+                                self._force.add(modality)
+                        if idx is not None:
+                            self.indexes[(modality, variant)] = idx
+            self._gen = gen
+            self._marks = None if marks[1] is None else (marks[0], marks[1])
+            if not self.read_only and any(self._needs_rewrite(m) for m in MODALITIES):
+                self._save_indexes(locked=False)
+
+    def _catch_up(self) -> bool:
+        """Bring the in-memory indexes to the store's state from the rows changed since they
+        were (adds: ids above the largest seen; deletes: the deleted log), without reading
+        index files. False where it cannot (no marks, no log): reload instead."""
+        with self._lock:
+            if self._marks is None:
+                return False
+            with self.store.reading() as c:
+                marks = Store.marks(c)
+                if marks[1] is None or marks[0] < self._marks[0] or marks[1] < self._marks[1]:
+                    return False  # no log, or another history (a rebuilt store)
+                gen = self.store.generation()
+                added, gone = self.store.changes_since(*self._marks)
+                for modality in MODALITIES:
+                    dead = np.asarray([i for i, m in gone if m == modality], dtype=np.int64)
+                    rows = [r for r in added if r[1] == modality]
+                    if not len(dead) and not rows:
+                        continue
+                    ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+                    data = None
+                    for variant, kind, dim, spec in self._variants():
+                        idx = self.indexes.get((modality, variant))
+                        if idx is not None:
+                            idx.remove(dead)
+                            if len(ids):
+                                idx.add(ids, self._matrix(variant, dim, ids, [r[2] for r in rows],
+                                                          [r[3] for r in rows]))
+                        if idx is None or idx.needs_compaction():
+                            # too many tombstones, or an approximate index that could not
+                            # train before: built from this same snapshot
+                            if data is None:
+                                data = self.store.vectors(modality)
+                            new = self._build_index(modality, variant, kind, dim, spec, data)
+                            if new is not None:
+                                self.indexes[(modality, variant)] = new
+                                self._force.add(modality)
+                            elif idx is not None:
+                                self.indexes.pop((modality, variant))
+                    self._pending[modality] = self._pending.get(modality, 0) + len(dead) + len(ids)
+            self._gen = gen
+            self._marks = (marks[0], marks[1])
+            return True
+
+    def _row_bytes(self) -> int:
+        return (self.dim // 8 if self.kind == "binary" else 4 * self.dim) + 4 * int(self.fdim or 0)
+
+    def _needs_rewrite(self, modality: str) -> bool:
+        """Whether the modality's index files are to be rewritten now (see REWRITE_*)."""
+        mine = [v for (m, v) in self.indexes if m == modality]
+        if not mine:
+            return False
+        if modality in self._force or any((modality, v) not in self._file_gen for v in mine):
+            return True
+        pending = self._pending.get(modality, 0)
+        if not pending:
+            return False
+        if self.always_rewrite:
+            return True
+        if self.indexes[(modality, "flat")].ntotal * self._row_bytes() < REWRITE_BELOW_BYTES:
+            return True
+        return pending > max(REWRITE_MIN_CHANGES, REWRITE_FRACTION * self._file_n.get(modality, 0))
+
+    #: Rewrite a changed modality's index files on every write (the behaviour before catch-up
+    #: from older files; benchmarks/upload_speed.py compares the two).
+    always_rewrite: bool = False
+
+    def _save_indexes(self, locked: bool = True) -> None:
+        """Write the index files of the modalities :meth:`_needs_rewrite` names, for the
+        current generation (temp file + rename), and drop their older files. Other files stay:
+        an older file plus the catch-up from the store is the current state. Not ``locked``
+        (an open, outside a write): only where no writer is at work, else it is left to it."""
+        if not locked:
+            with _try_write_lock(self.path) as got:
+                if got:
+                    self._save_indexes()
+            return
+        with self._lock:
+            gen = self._gen
+            todo = [m for m in MODALITIES if self._needs_rewrite(m)]
+            indexes = {key: idx for key, idx in self.indexes.items() if key[0] in todo}
+            sizes = {m: self.indexes[(m, "flat")].ntotal for m in todo}
+        for (modality, variant), idx in indexes.items():
+            # outside the index lock: searches go on; only this writer changes the indexes
+            atomic_write_bytes(self._index_file(modality, variant, gen), idx.to_bytes())
+        with self._lock:
+            for modality in todo:
+                self._pending[modality] = 0
+                self._file_n[modality] = sizes[modality]
+                self._force.discard(modality)
+            for key in indexes:
+                self._file_gen[key] = gen
+        for modality, variant in indexes:
+            for g, f in self._index_files(modality, variant):
+                if g < gen:
+                    f.unlink(missing_ok=True)
         for f in (self.path / "indexes").glob("*.tmp"):
             f.unlink(missing_ok=True)
 
@@ -696,35 +846,21 @@ class Collection:
         return True
 
     def refresh(self, force: bool = False) -> bool:
-        """Reload indexes when another process wrote to the collection (or rebuilt it); True
-        when it did."""
+        """Follow another process's writes (or its rebuild of the collection); True when there
+        were any. The in-memory indexes catch up with the rows changed since they were (cost:
+        the changes, however large the collection); index files are read only where that
+        cannot be done. ``force`` is kept for callers; catching up is always cheap now."""
         if self._reopen_if_replaced() or self._follow_writer():
             return True
-        gen = self.store.generation()
-        if gen == self._gen:
-            return False
-        if not force and not self._index_file("image", "flat", gen).exists() and self._writer_active():
-            # Another process is mid-write (an indexing run commits batch by batch and writes
-            # index files at its end): keep serving the last state instead of rebuilding the
-            # indexes from the store on every search meanwhile.
+        if self.store.generation() == self._gen:
             return False
         with self._lock:
-            if self.store.generation() != self._gen:
-                self.meta = self.store.all_meta()
+            if self.store.generation() == self._gen:
+                return False
+            self.meta = self.store.all_meta()
+            if not self._catch_up():
                 self._load_indexes()
-                return True
-        return False
-
-    def _writer_active(self) -> bool:
-        if self.read_only:
-            return False
-        with open(self.path / "write.lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return False
+            return True
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -734,26 +870,24 @@ class Collection:
         with self._wlock, _write_lock(self.path):
             self.refresh(force=True)
             start = self._gen
-            self._dirty = set()
             yield
             # A write that changed nothing (an unchanged re-add, an unknown id) leaves the
-            # files be: each save rewrites every index, gigabytes for a large one.
-            if self._gen != start or not all(self._index_file(m, v, self._gen).exists()
-                                             for m, v in list(self.indexes)):
-                self._finish_write(start)
+            # files be; one that did writes those past the rewrite threshold (_needs_rewrite).
+            if self._gen != start or any(self._needs_rewrite(m) for m in MODALITIES):
+                self._finish_write()
 
-    def _finish_write(self, start: int | None = None) -> None:
-        """Compact and complete the indexes (under the index lock), then write their files.
-        The files are written outside that lock, so searches go on meanwhile: only writers
-        change an index, and this one holds the writer locks."""
+    def _finish_write(self) -> None:
+        """Compact and complete the indexes (under the index lock), then write the files
+        that are due. The files are written outside that lock, so searches go on meanwhile:
+        only writers change an index, and this one holds the writer locks."""
         with self._lock:
             self._complete_indexes()
-        self._save_indexes(start)
+        self._save_indexes()
 
     def _complete_indexes(self) -> None:
         for (modality, variant), idx in list(self.indexes.items()):
             if idx.needs_compaction():
-                self._dirty.add(modality)
+                self._force.add(modality)
                 kind, dim, spec = idx.kind, idx.dim, idx.spec
                 new = self._build_index(modality, variant, kind, dim, spec)
                 if new is None:
@@ -766,7 +900,7 @@ class Collection:
                     idx = self._build_index(modality, variant, kind, dim, spec)
                     if idx is not None:
                         self.indexes[(modality, variant)] = idx
-                        self._dirty.add(modality)
+                        self._force.add(modality)
 
     # ------------------------------------------------------------ reading
     def count(self, modality: str | None = None) -> int:
@@ -1158,29 +1292,34 @@ class Collection:
         # Set before COMMIT: the store's lock keeps other threads from reading in between,
         # so a concurrent refresh() never mistakes this write for another process's.
         self._gen = Store.bump_generation(c)
-        return modality, new_ids, replaced, X, F, files
+        return modality, new_ids, replaced, X, F, files, Store.marks(c)
 
     def _mirror_add(self, staged: tuple) -> AddReport:
         """A committed add mirrored into the in-memory indexes (files are written when the
-        write ends); the files of images it replaced removed when no item uses them."""
-        modality, new_ids, replaced, X, F, files = staged
+        write ends, if due); the files of images it replaced removed when no item uses them."""
+        modality, new_ids, replaced, X, F, files, marks = staged
         n = len(new_ids)
         report = AddReport()
         ids = np.asarray(new_ids, dtype=np.int64)
         with self._lock:
-            self._dirty.add(modality)
+            self._pending[modality] = self._pending.get(modality, 0) + n + len(replaced)
             for (mod, variant), idx in self.indexes.items():
                 if mod != modality:
                     continue
                 if replaced:
                     idx.remove(replaced)
                 idx.add(ids, F if variant == "rerank" else X, prepared=True)
+            self._set_marks(marks)
         report.added = n - len(replaced)
         report.replaced = len(replaced)
         report.ids = new_ids
         if files:
             self._drop_unused_files(files)
         return report
+
+    def _set_marks(self, marks: tuple[int, int | None]) -> None:
+        """After this process's own commit: the in-memory indexes now reflect ``marks``."""
+        self._marks = None if marks[1] is None else (marks[0], marks[1])
 
     @staticmethod
     def _lookup(c: Any, sql: str, keys: list[str]) -> dict[str, tuple]:
@@ -1215,8 +1354,11 @@ class Collection:
                     c.execute("DELETE FROM items WHERE id = ?", (i,))
                 Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
                 self._gen = Store.bump_generation(c)
+                marks = Store.marks(c)
             with self._lock:
-                self._dirty.update(m for _, m in gone)
+                for _, m in gone:
+                    self._pending[m] = self._pending.get(m, 0) + 1
+                self._set_marks(marks)
                 for modality in MODALITIES:
                     dead = [i for i, m in gone if m == modality]
                     for (mod, _), idx in self.indexes.items():

@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL,
     remote TEXT
 );
+CREATE TABLE IF NOT EXISTS deleted (          -- every deleted item in order, written by the trigger
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,    -- below in the deleting transaction: how a process
+    item_id INTEGER NOT NULL,                 -- holding indexes catches up with another's deletes
+    modality TEXT NOT NULL                    -- without reloading them (adds: ids above its last)
+);
+CREATE TRIGGER IF NOT EXISTS items_deleted AFTER DELETE ON items BEGIN
+    INSERT INTO deleted (item_id, modality) VALUES (old.id, old.modality);
+END;
 """
 
 
@@ -189,6 +197,40 @@ class Store:
                           "WHERE i.modality = ? ORDER BY v.item_id", (modality,))
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, list[bytes], list[bytes | None]]:
+        """(ids, codes, fvecs) of those of ``ids`` that have vectors, in id order."""
+        ids = sorted(int(i) for i in ids)
+        rows: list[tuple] = []
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start:start + 900]
+            rows += self.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN "
+                               f"({','.join('?' * len(chunk))}) ORDER BY item_id", chunk)
+        out = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return out, [r[1] for r in rows], [r[2] for r in rows]
+
+    def changes_since(self, max_id: int, deleted_seq: int) -> tuple[list[tuple], list[tuple]]:
+        """What happened after a state whose :meth:`marks` were (``max_id``, ``deleted_seq``):
+        the (id, modality, code, fvec) of items added since (ids are never reused, so they are
+        the ids above ``max_id``) and the (id, modality) of items deleted since. Cost: the
+        changes, not the collection."""
+        added = self.query("SELECT v.item_id, i.modality, v.code, v.fvec FROM vectors v "
+                           "JOIN items i ON i.id = v.item_id WHERE v.item_id > ? ORDER BY v.item_id",
+                           (int(max_id),))
+        gone = self.query("SELECT item_id, modality FROM deleted WHERE seq > ? ORDER BY seq",
+                          (int(deleted_seq),))
+        return added, gone
+
+    @staticmethod
+    def marks(conn: sqlite3.Connection) -> tuple[int, int | None]:
+        """(largest item id ever given, last ``deleted`` row): where a state stands in the
+        store's history. The second is None in a collection without the deletion log (made by
+        an older xmodal and never opened for writing since)."""
+        seq = dict(conn.execute("SELECT name, seq FROM sqlite_sequence "
+                                "WHERE name IN ('items', 'deleted')").fetchall())
+        has_log = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                               "AND name = 'deleted'").fetchone()
+        return int(seq.get("items", 0)), (int(seq.get("deleted", 0)) if has_log else None)
 
     def item_ids(self, modality: str) -> np.ndarray:
         rows = self.query("SELECT id FROM items WHERE modality = ?", (modality,))

@@ -134,6 +134,10 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self.index.ntotal) - len(self.tombstones)
 
+    def stored_ids(self) -> np.ndarray:
+        """Every id the FAISS index holds, tombstoned ones included (what its file holds)."""
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
     def ids(self) -> np.ndarray:
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
         if self.tombstones:
@@ -169,8 +173,10 @@ class VectorIndex:
         try:
             self.index.remove_ids(ids)
         except RuntimeError:  # HNSW, multi-hash: no removal, keep tombstones
-            present = set(faiss.vector_to_array(self.index.id_map).tolist())
-            self.tombstones.update(int(i) for i in ids if int(i) in present)
+            have = self.stored_ids()
+            # have against the few ids (not a set of every stored id): a delete or a catch-up
+            # costs a scan of the id array, not a Python set of a million ids
+            self.tombstones.update(have[np.isin(have, ids)].tolist())
 
     def needs_compaction(self) -> bool:
         return len(self.tombstones) > max(1024, self.index.ntotal // 10)
