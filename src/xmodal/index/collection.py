@@ -589,6 +589,11 @@ class Collection:
                         if (modality, variant) in loaded:
                             g, idx = loaded[(modality, variant)]
                             have = idx.stored_ids()
+                            if len(have) and int(have.max()) > marks[0]:
+                                # ids this store never gave: a file of another database (one
+                                # replaced by a rebuild), whose ids mean other items
+                                idx, have = None, None
+                        if idx is not None:
                             gone = have[~np.isin(have, live)]
                             missing = live[~np.isin(live, have)]
                             idx.remove(gone)
@@ -691,6 +696,12 @@ class Collection:
                 if got:
                     self._save_indexes()
             return
+        try:
+            st = os.stat(self.path / DB_NAME)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) != self._db_file:
+            return  # the database was replaced (a rebuild): these indexes are not its cache
         with self._lock:
             gen = self._gen
             todo = [m for m in MODALITIES if self._needs_rewrite(m)]
