@@ -245,3 +245,25 @@ def test_a_collection_without_the_deletion_log_opens_and_gets_it(tmp_path):
     assert reader.refresh() and reader.search_vector(X[2], "image", 1)[0].key != "i2"
     assert_exact(reader, path)
     reader.close()
+
+
+def test_an_index_file_of_another_database_is_not_caught_up(tmp_path):
+    """Ids are only stable within one database: a file left from another (a collection
+    rebuilt beside a process that wrote its old files late) holds ids this store never gave,
+    and is rebuilt rather than caught up (its vectors are other items')."""
+    a, XA = make(tmp_path / "a", seed=1)
+    a.close()
+    b = Collection.create(tmp_path / "b", dim=16)
+    XB = np.random.default_rng(2).standard_normal((10, 16)).astype(np.float32)
+    b.add_vectors("image", [f"b{j}" for j in range(10)], XB)
+    gen = b.store.generation()
+    b.close()
+    for f in (tmp_path / "b" / "indexes").glob("image.*"):
+        f.unlink()
+    (tmp_path / "b" / "indexes" / f"image.flat.g{gen}.faiss").write_bytes(
+        next((tmp_path / "a" / "indexes").glob("image.flat.*")).read_bytes())
+    with Collection.open(tmp_path / "b") as c:
+        assert_exact(c, tmp_path / "b")
+        for j in range(10):
+            hit = c.search_vector(XB[j], "image", 1)[0]
+            assert hit.key == f"b{j}" and hit.score == pytest.approx(1.0, abs=1e-5)
