@@ -37,6 +37,17 @@ class RemoteHit(Hit):
     caption: str | None = None
 
 
+def _set_read_timeout(resp: Any, seconds: float) -> None:
+    """Shorten the socket timeout of an open HTTP response to what is left of its deadline
+    (best effort: a response without a reachable socket keeps the one it opened with)."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        try:
+            sock.settimeout(max(0.05, seconds))
+        except OSError:
+            pass
+
+
 class RemoteShard:
     """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
 
@@ -64,16 +75,37 @@ class RemoteShard:
         if self.api_key:
             req.add_header("X-API-Key", self.api_key)
         data = b""
+        deadline = time.monotonic() + self.timeout
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                data = resp.read()
+                # The socket timeout bounds each read, not the answer: a server trickling a
+                # byte at a time would hold this call (and its worker) for ever. Read in
+                # pieces against one deadline for the whole answer.
+                chunks = []
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise CollectionError(f"shard {self.url}: {path} timed out (no complete "
+                                              f"answer within {self.timeout:g} s)")
+                    _set_read_timeout(resp, left)
+                    piece = resp.read1(1 << 16)
+                    if not piece:
+                        break
+                    chunks.append(piece)
+                data = b"".join(chunks)
             out = json.loads(data)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
             if exc.code in (401, 403):  # a private shard: say which key is missing and how to send one
                 raise CollectionError(self._key_message(path, exc.code, detail)) from None
             raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: {detail}") from None
+        except TimeoutError:  # connecting, or the answer's deadline passed mid-read
+            raise CollectionError(f"shard {self.url}: {path} timed out (no complete "
+                                  f"answer within {self.timeout:g} s)") from None
         except (urllib.error.URLError, OSError) as exc:
+            if isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise CollectionError(f"shard {self.url}: {path} timed out (no complete "
+                                      f"answer within {self.timeout:g} s)") from None
             raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
         except ValueError:  # some other web server at that address
             raise CollectionError(f"shard {self.url}: {path} did not answer JSON; is it an "
@@ -179,11 +211,12 @@ class ShardedCollection:
         if len(self.names) != len(self.shards):
             raise CollectionError("ShardedCollection: one name per shard")
         n_local = sum(isinstance(s, Collection) for s in self.shards)
-        n_remote = len(self.shards) - n_local
-        # Two pools: a hung remote shard occupies remote workers only; local searches never
+        # One pool for the local shards and one per remote shard: a hung or trickling server
+        # occupies its own workers only, so neither local searches nor healthy remote shards
         # queue behind its calls. Remote calls are waited for at most their shard's timeout.
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, n_local)))
-        self._remote_pool = ThreadPoolExecutor(max_workers=max(1, min(4 * max_workers, 4 * n_remote)))
+        self._remote_pools = {id(s): ThreadPoolExecutor(max_workers=4) for s in self.shards
+                              if not isinstance(s, Collection)}
         self._check_compatible()
         self.local = next((s for s in self.shards if isinstance(s, Collection)), None)
 
@@ -244,7 +277,8 @@ class ShardedCollection:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
-        self._remote_pool.shutdown(wait=False)
+        for pool in self._remote_pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "ShardedCollection":
         return self
@@ -314,7 +348,7 @@ class ShardedCollection:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         start = time.monotonic()
-        futures = [(self._pool if isinstance(s, Collection) else self._remote_pool).submit(fn, s)
+        futures = [(self._pool if isinstance(s, Collection) else self._remote_pools[id(s)]).submit(fn, s)
                    for s in self.shards]
         per_shard, failed = [], []
         for name, shard, fut in zip(self.names, self.shards, futures):

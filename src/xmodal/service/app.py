@@ -8,6 +8,7 @@ settings and the audit log need ``admin``. Send keys as ``X-API-Key: TOKEN`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -296,8 +297,15 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     # An upload's file is written before its add takes the write lock, and a delete removes
     # files no item uses any more: the two must not interleave (same bytes, another key).
     upload_lock = threading.Lock()
-    app = FastAPI(title="xmodal search", version="1",
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if sharded is not None:  # its worker pools: a stopped server leaves no threads behind
+            sharded.close()
+
+    app = FastAPI(title="xmodal search", version="1", lifespan=lifespan,
                   description="Cross-modal (image <-> text) search over one xmodal collection.")
+    app.state.shards = sharded  # the ShardedCollection a routing server searches (None: no shards)
     app.state.collection = coll
 
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
