@@ -277,7 +277,6 @@ def test_a_hung_shard_does_not_hold_up_the_others(shards, server):
     timeout: concurrent queries must not queue their local searches behind the hung calls."""
     import socket
     import threading
-    import time
 
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
@@ -287,13 +286,10 @@ def test_a_hung_shard_does_not_hold_up_the_others(shards, server):
     with ShardedCollection([a, remote]) as sc:
         remote.url = f"http://127.0.0.1:{hung.getsockname()[1]}"
         q, _ = a.encode_query_text(QUERIES[0])
-        took, answers = [], []
+        answers = []
 
         def one():
-            t0 = time.perf_counter()
-            hits = sc.search_vector(q, "image", 3, on_error="skip")
-            took.append(time.perf_counter() - t0)
-            answers.append(hits)
+            answers.append(sc.search_vector(q, "image", 3, on_error="skip"))
 
         threads = [threading.Thread(target=one) for _ in range(12)]
         for t in threads:
