@@ -309,6 +309,20 @@ class Collection:
             self._force: set[str] = set()  # modalities whose indexes were rebuilt: files to write
             self._load_indexes()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A store transaction of this process's own write. The write sets ``_gen`` inside it
+        (before COMMIT, under the store's lock, so a concurrent refresh() never takes it for
+        another process's write); a body or COMMIT that fails puts it back, else this process
+        would stand one generation ahead of the store and never see the next writer's commit."""
+        gen = self._gen
+        try:
+            with self.store.transaction() as c:
+                yield c
+        except BaseException:
+            self._gen = gen
+            raise
+
     def _reopen_if_replaced(self) -> bool:
         """Follow a rebuild (``xmodal index --rebuild``) by another process: it deletes the
         database this object has open and makes a new one. Without this a running server
@@ -1245,7 +1259,7 @@ class Collection:
         args = (modality, keys, X, F, paths, texts, labels, pair_keys, hashes, stats, actor, remote)
         if c is not None:  # the caller's transaction: rows only, _mirror_add after its COMMIT
             return self._stage_add(c, *args)
-        with self.store.transaction() as c:
+        with self._transaction() as c:
             staged = self._stage_add(c, *args)
         return self._mirror_add(staged)
 
@@ -1305,7 +1319,7 @@ class Collection:
         self._gen = Store.bump_generation(c)
         return modality, new_ids, replaced, X, F, files, Store.marks(c)
 
-    def _mirror_add(self, staged: tuple) -> AddReport:
+    def _mirror_add(self, staged: tuple, drop: bool = True) -> AddReport:
         """A committed add mirrored into the in-memory indexes (files are written when the
         write ends, if due); the files of images it replaced removed when no item uses them."""
         modality, new_ids, replaced, X, F, files, marks = staged
@@ -1324,7 +1338,7 @@ class Collection:
         report.added = n - len(replaced)
         report.replaced = len(replaced)
         report.ids = new_ids
-        if files:
+        if files and drop:
             self._drop_unused_files(files)
         return report
 
@@ -1349,7 +1363,7 @@ class Collection:
             want = _ids(ids) + [i for i in (self.id_of(k) for k in keys) if i is not None]
             if not want:
                 return []
-            with self.store.transaction() as c:
+            with self._transaction() as c:
                 rows = []
                 for i in want:
                     r = c.execute("SELECT id, modality FROM items WHERE id = ?", (i,)).fetchone()
@@ -1382,7 +1396,14 @@ class Collection:
         """After a delete or replacement (under the write lock): uploaded copies (``files/``)
         and cached thumbnails (``thumbs/``) of the gone images that no remaining item uses. A
         deleted photo should not stay on the server's disk; an indexed folder's files are the
-        user's and are never touched. Batched: no per-item scan of a large store."""
+        user's and are never touched. Batched: no per-item scan of a large store. The write
+        has committed: a file that cannot be removed is logged, not raised."""
+        try:
+            self._drop_files(files)
+        except OSError as exc:
+            log.warning("%s: could not remove an unused upload or thumbnail (%s)", self.path, exc)
+
+    def _drop_files(self, files: Sequence[tuple[str | None, str | None, int]]) -> None:
         uploads = (self.path / "files").resolve()
         thumbs = self.path / "thumbs"
         own = [p for p, _, _ in files if p and Path(p).resolve().parent == uploads]
@@ -1589,10 +1610,13 @@ class Collection:
                 if bar is not None:
                     bar.close()
             if staged:
-                with self.store.transaction() as c:
+                with self._transaction() as c:
                     done = [self._add_vectors(**add, c=c) for add in staged]
+                # every staged add into memory first: the committed state must be searchable
+                # whatever happens to the file clean-up after it
                 for d in done:
-                    total.merge(self._mirror_add(d))
+                    total.merge(self._mirror_add(d, drop=False))
+                self._drop_unused_files([f for d in done for f in d[5]])
         return total
 
     # ------------------------------------------------------------ audit

@@ -1,0 +1,87 @@
+"""Persistent-collection defects found in review: a failed write that left this process a
+generation ahead of the store, uploads deleted while another item used them, index files of a
+previous database trusted, a follower that never followed a rebuild."""
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmodal.index import Collection
+from xmodal.index.collection import ImageItem, TextItem
+from xmodal.index.store import Store
+
+
+def unit(rng, n, d=8):
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def test_a_failed_commit_is_rolled_back_and_the_store_stays_usable(tmp_path):
+    Collection.create(tmp_path / "c", dim=4).close()
+    store = Store(tmp_path / "c" / "collection.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.transaction() as c:
+            c.execute("PRAGMA defer_foreign_keys = ON")  # the violation surfaces at COMMIT
+            c.execute("INSERT INTO item_labels (item_id, label) VALUES (999, 'x')")
+    assert not store.conn.in_transaction
+    with store.transaction() as c:  # a later write still works
+        Store.set_meta(c, "probe", 1)
+    assert store.get_meta("probe") == 1
+    assert not store.query("SELECT * FROM item_labels")
+    store.close()
+
+
+def test_a_failed_small_add_leaves_the_generation_as_the_store_has_it(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "c"
+    S = Collection.create(d, dim=8)
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    S.add_items([ImageItem("a#0", str(a))], image_features=unit(rng, 1))
+    gen = S.store.generation()
+    # an upload 'a' whose caption key 'a#0' is already an image: the shared transaction fails
+    with pytest.raises(Exception, match="already a image item"):
+        S.add_items([ImageItem("a", str(b))], [TextItem("a#0", "caption", pair_key="a")],
+                    image_features=unit(rng, 1), text_features=unit(rng, 1))
+    assert S.store.generation() == gen and S._gen == gen
+    # another process's commit is seen, not taken for this one's
+    P = Collection.open(d)
+    v = unit(rng, 1)
+    P.add_items((), [TextItem("other", "from P")], text_features=v)
+    P.close()
+    hits = S.search_vector(v[0], "text", 3, exact=True)
+    assert [h.key for h in hits] == ["other"] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    S.close()
+
+
+def test_an_upload_file_that_cannot_be_removed_does_not_fail_the_committed_add(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    c = Collection.create(tmp_path / "c", dim=8)
+    files = c.path / "files"
+    files.mkdir()
+    old, new = files / ("a" * 64 + ".png"), files / ("b" * 64 + ".png")
+    old.write_bytes(b"old")
+    new.write_bytes(b"new")
+    c.add_items([ImageItem("x", str(old))], [TextItem("x#0", "cap", pair_key="x")],
+                image_features=unit(rng, 1), text_features=unit(rng, 1))
+    real_unlink = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.parent.name == "files":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    vi, vt = unit(rng, 1), unit(rng, 1)
+    # the image replaced (its old file unused afterwards) and a new caption: both committed
+    rep = c.add_items([ImageItem("x", str(new))], [TextItem("x#1", "cap 2", pair_key="x")],
+                      image_features=vi, text_features=vt)
+    assert rep.replaced == 1 and rep.added == 1
+    assert c.search_vector(vi[0], "image", 1, exact=True)[0].key == "x"
+    assert c.search_vector(vt[0], "text", 1, exact=True)[0].key == "x#1"
+    assert c._gen == c.store.generation()
+    c.close()
