@@ -85,3 +85,44 @@ def test_an_upload_file_that_cannot_be_removed_does_not_fail_the_committed_add(t
     assert c.search_vector(vt[0], "text", 1, exact=True)[0].key == "x#1"
     assert c._gen == c.store.generation()
     c.close()
+
+
+def moved_upload(tmp_path):
+    """A collection whose item 'one' was uploaded at A.xmc (its path names A's files/), then
+    moved to B.xmc, where the same bytes are uploaded again as item 'two' (path in B)."""
+    data = b"\x89PNG same bytes"
+    name = "ab" * 32 + ".png"
+    A = tmp_path / "A.xmc"
+    c = Collection.create(A, dim=8)
+    (A / "files").mkdir()
+    (A.resolve() / "files" / name).write_bytes(data)
+    c.add_items([ImageItem("one", str(A.resolve() / "files" / name))], image_features=np.ones((1, 8), "f4"))
+    c.close()
+    B = tmp_path / "B.xmc"
+    shutil.move(A, B)
+    c = Collection.open(B)
+    f = B.resolve() / "files" / name
+    c.add_items([ImageItem("two", str(f))], image_features=np.ones((1, 8), "f4"))
+    return c, f
+
+
+def test_deleting_an_upload_keeps_the_file_an_item_of_the_moved_collection_uses(tmp_path):
+    c, f = moved_upload(tmp_path)
+    c.delete(keys=["two"])
+    assert f.exists()  # 'one' still shows it
+    assert c.uploads_in_use([f.name]) == {f.name}
+    assert c.get_item(c.id_of("one")).path == str(f)
+    c.delete(keys=["one"])
+    assert not f.exists()  # now no item uses it
+    assert c.uploads_in_use([f.name]) == set()
+    c.close()
+
+
+def test_a_snapshot_of_a_moved_collection_carries_its_uploads(tmp_path):
+    c, f = moved_upload(tmp_path)
+    c.delete(keys=["two"])
+    snap = c.snapshot(tmp_path / "snap.xmc")
+    c.close()
+    with Collection.open(snap, read_only=True) as s:
+        p = Path(s.get_item(s.id_of("one")).path)
+        assert p == (snap / "files" / f.name).resolve() and p.read_bytes() == f.read_bytes()

@@ -554,3 +554,34 @@ def test_an_add_that_changed_nothing_answers_200_with_the_existing_item(setup):
         assert {"200", "201"} <= set(responses) and "unchanged" in responses["200"]["description"]
     c.delete(f"/api/items/{first.json()['id']}", headers=w)
     c.delete(f"/api/items/{t1.json()['id']}", headers=w)
+
+
+def test_a_failed_upload_in_a_moved_collection_keeps_the_file_an_older_item_uses(setup, tmp_path):
+    """An item uploaded before the collection moved names the file under the old place; a
+    failed upload of the same bytes in the moved copy must not delete that one file."""
+    import shutil
+
+    from xmodal.index import Collection
+
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    buf = io.BytesIO()
+    Image.open(s["image"]).rotate(30).save(buf, "PNG")
+    data = buf.getvalue()
+    old = c.post("/api/items", files={"file": ("o.png", data, "image/png")}, data={"key": "before/move.png"},
+                 headers=w).json()["id"]
+    shutil.copytree(s["coll"].path, tmp_path / "moved.xmc")
+    c.delete(f"/api/items/{old}", headers=w)
+    with Collection.open(tmp_path / "moved.xmc") as moved:
+        mc = TestClient(create_app(moved))
+        f = Path(moved.get_item(old).path)
+        assert f.parent == (tmp_path / "moved.xmc" / "files").resolve() and f.exists()
+        other = io.BytesIO()
+        Image.open(s["image"]).rotate(60).save(other, "PNG")
+        assert mc.post("/api/items", files={"file": ("x.png", other.getvalue(), "image/png")},
+                       data={"key": "clash#0"}, headers=w).status_code == 201
+        # the same bytes again, its caption key taken by an image: refused, nothing stored
+        r = mc.post("/api/items", files={"file": ("o.png", data, "image/png")},
+                    data={"key": "clash", "captions": "a caption"}, headers=w)
+        assert r.status_code == 400, r.text
+        assert f.exists() and Path(moved.get_item(old).path) == f

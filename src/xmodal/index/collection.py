@@ -827,18 +827,19 @@ class Collection:
         the copy's items pointed at its own files. Indexed folders stay where they are."""
         import shutil
 
-        uploads = (self.path / "files").resolve()
-        mine = [(i, p) for i, p in out.execute("SELECT id, path FROM items WHERE modality = 'image' "
-                                               "AND path IS NOT NULL")
-                if os.sep + "files" + os.sep in p and Path(p).resolve().parent == uploads]
+        uploads = Path(self._uploads_dir)
+        # through the relocation helper: a moved collection's items still name the old place
+        mine = [(i, name) for i, p in out.execute("SELECT id, path FROM items WHERE modality = 'image' "
+                                                  "AND path IS NOT NULL")
+                if _sep_files in p and (name := self._upload_name(p))]
         if not mine:
             return
         (dest / "files").mkdir(exist_ok=True)
         target = (dest / "files").resolve()
-        for _, p in mine:
-            if Path(p).exists() and not (target / Path(p).name).exists():
-                shutil.copy2(p, target / Path(p).name)
-        moved = [(str(target / Path(p).name), i) for i, p in mine]
+        for _, name in mine:
+            if (uploads / name).exists() and not (target / name).exists():
+                shutil.copy2(uploads / name, target / name)
+        moved = [(str(target / name), i) for i, name in mine]
         out.executemany("UPDATE items SET path = ? WHERE id = ?", moved)
         out.executemany("UPDATE file_stats SET path = ? WHERE item_id = ?", moved)
         out.commit()
@@ -1404,11 +1405,11 @@ class Collection:
             log.warning("%s: could not remove an unused upload or thumbnail (%s)", self.path, exc)
 
     def _drop_files(self, files: Sequence[tuple[str | None, str | None, int]]) -> None:
-        uploads = (self.path / "files").resolve()
+        uploads = Path(self._uploads_dir)
         thumbs = self.path / "thumbs"
-        own = [p for p, _, _ in files if p and Path(p).resolve().parent == uploads]
-        for p in sorted(set(own) - self._in_use("path", own)):
-            Path(p).unlink(missing_ok=True)
+        own = {name for name in (self._upload_name(p) for p, _, _ in files) if name}
+        for name in sorted(own - self.uploads_in_use(own)):
+            (uploads / name).unlink(missing_ok=True)
         for _, digest, item_id in files:
             for size in THUMB_SIZES:  # ids are never reused: a thumbnail made without a hash goes
                 (thumbs / f"id{item_id}_{size}.jpg").unlink(missing_ok=True)
@@ -1416,6 +1417,37 @@ class Collection:
         for digest in set(cached) - self._in_use("content_hash", cached):
             for size in THUMB_SIZES:
                 (thumbs / f"{digest}_{size}.jpg").unlink(missing_ok=True)
+
+    def _upload_name(self, path: str | None) -> str | None:
+        """The name in this collection's ``files/`` that an item's ``path`` stands for (through
+        :meth:`_upload_here`: a moved or copied collection's items still name the old place),
+        or None for an image that is not an upload here (an indexed folder's file)."""
+        here = self._upload_here(path)
+        if not here or Path(here).resolve().parent != Path(self._uploads_dir):
+            return None
+        return os.path.basename(here)
+
+    def uploads_in_use(self, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` (files in this collection's ``files/``, named by content hash)
+        that some item still uses, whichever place its path names for it: one upload is one
+        file for every item with those bytes, whether stored before or after a move. The one
+        test of "in use" for deleting an upload (here and in the HTTP service)."""
+        names = set(names)
+        by_len: dict[int, list[str]] = {}
+        for name in names:
+            suffix = _sep_files + name
+            by_len.setdefault(len(suffix), []).append(suffix)
+        found: set[str] = set()
+        for n, suffixes in by_len.items():
+            for start in range(0, len(suffixes), 900):  # SQLite's bound-parameter limit
+                chunk = suffixes[start:start + 900]
+                for (p,) in self.store.query(
+                        f"SELECT DISTINCT path FROM items WHERE modality = 'image' AND "
+                        f"substr(path, -{n}) IN ({','.join('?' * len(chunk))})", chunk):
+                    name = self._upload_name(p)
+                    if name is not None:
+                        found.add(name)
+        return found & names
 
     def _in_use(self, column: str, values: Sequence[str]) -> set[str]:
         """Those of ``values`` that some item still has in ``column`` (path or content_hash)."""

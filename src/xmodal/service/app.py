@@ -646,7 +646,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 return rep
 
         def drop_if_unused() -> None:  # a failed add leaves no stray copy behind
-            if not coll.store.query("SELECT 1 FROM items WHERE path = ? LIMIT 1", (str(dest),)):
+            # by file name, as the collection decides: an item stored before the collection
+            # moved names this same file under its old place
+            if not coll.uploads_in_use([dest.name]):
                 dest.unlink(missing_ok=True)
 
         rep = await run_in_threadpool(add)
