@@ -7,6 +7,7 @@ each write. Now an older index file stays usable: it is loaded and caught up fro
 threshold, and a process holding indexes follows another's writes in memory."""
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def make(path, spec="Flat", n=N, output="real", seed=0):
 
 
 def file_state(path):
-    return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in (path / "indexes").glob("*.faiss")}
+    """name (without the database id) -> (inode, mtime) of each index file."""
+    return {re.sub(r"\.[0-9a-f]{16}\.g", ".g", f.name): (f.stat().st_ino, f.stat().st_mtime_ns)
+            for f in (path / "indexes").glob("*.faiss")}
 
 
 def store_ids(path, modality):
@@ -195,7 +198,7 @@ def test_after_a_crash_the_next_open_serves_the_store_without_a_rebuild(tmp_path
         assert again.search_vector(probe, "image", 1)[0].key == "c1500-700"
         assert again.get_item(again.search_vector(X[0], "image", 1, exact=True)[0].id).key == "i0"
     # the newest file gone (or never written): the next open still serves exactly the store
-    newest = max((path / "indexes").glob("image.flat.g*.faiss"), key=lambda f: int(f.name.split(".g")[1][:-6]))
+    newest = max((path / "indexes").glob("image.flat.*.g*.faiss"), key=lambda f: int(f.name.split(".g")[1][:-6]))
     newest.unlink()
     monkeypatch.setattr(Store, "vectors", real_vectors)
     with Collection.open(path) as again:
@@ -256,11 +259,12 @@ def test_an_index_file_of_another_database_is_not_caught_up(tmp_path):
     b = Collection.create(tmp_path / "b", dim=16)
     XB = np.random.default_rng(2).standard_normal((10, 16)).astype(np.float32)
     b.add_vectors("image", [f"b{j}" for j in range(10)], XB)
-    gen = b.store.generation()
+    gen, db_id = b.store.generation(), b.store.get_meta("db_id")
     b.close()
     for f in (tmp_path / "b" / "indexes").glob("image.*"):
         f.unlink()
-    (tmp_path / "b" / "indexes" / f"image.flat.g{gen}.faiss").write_bytes(
+    # named as b's own (the id in the name is the first guard; this is the second)
+    (tmp_path / "b" / "indexes" / f"image.flat.{db_id}.g{gen}.faiss").write_bytes(
         next((tmp_path / "a" / "indexes").glob("image.flat.*")).read_bytes())
     with Collection.open(tmp_path / "b") as c:
         assert_exact(c, tmp_path / "b")

@@ -126,3 +126,56 @@ def test_a_snapshot_of_a_moved_collection_carries_its_uploads(tmp_path):
     with Collection.open(snap, read_only=True) as s:
         p = Path(s.get_item(s.id_of("one")).path)
         assert p == (snap / "files" / f.name).resolve() and p.read_bytes() == f.read_bytes()
+
+
+def test_an_index_file_of_the_previous_build_is_not_trusted(tmp_path):
+    """A rebuild restarts item ids: a file the previous database left in indexes/ (a process
+    that wrote it late, an rsync of another build over the folder) holds other items' vectors
+    under the same ids, and must not be caught up as if it were this database's."""
+    rng = np.random.default_rng(3)
+    d = tmp_path / "c"
+    old = Collection.create(d, dim=8)
+    old.add_vectors("image", [f"old{j}" for j in range(3)], unit(rng, 3))
+    old.add_vectors("text", ["t"], unit(rng, 1))
+    old.close()
+    stale = {f.name: f.read_bytes() for f in (d / "indexes").glob("*.faiss")}
+    new = Collection.create(d, dim=8, overwrite=True)  # the rebuild: more items than before
+    X = unit(rng, 6)
+    new.add_vectors("image", [f"new{j}" for j in range(6)], X)
+    new.close()
+    for f in (d / "indexes").glob("*.faiss"):  # the new files not written (yet), the old back
+        f.unlink()
+    for name, data in stale.items():
+        (d / "indexes" / name).write_bytes(data)
+    for read_only in (True, False):
+        with Collection.open(d, read_only=read_only) as c:
+            for j in range(6):
+                hit = c.search_vector(X[j], "image", 1, exact=True)[0]
+                assert hit.key == f"new{j}" and hit.score == pytest.approx(1.0, abs=1e-5)
+    # the writable open wrote files of its own and removed the stale ones
+    names = sorted(f.name for f in (d / "indexes").glob("*.faiss"))
+    assert names and not set(names) & set(stale)
+
+
+def test_an_older_collection_without_a_database_id_gets_one_when_opened_for_writing(tmp_path):
+    rng = np.random.default_rng(4)
+    d = tmp_path / "c"
+    c = Collection.create(d, dim=8)
+    X = unit(rng, 4)
+    c.add_vectors("image", [f"k{j}" for j in range(4)], X)
+    c.close()
+    db = sqlite3.connect(d / "collection.db")
+    db.execute("DELETE FROM meta WHERE key = 'db_id'")
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with Collection.open(d, read_only=True) as ro:  # files it cannot tell as its own: rebuilt
+        assert ro._db_id is None
+        assert ro.search_vector(X[1], "image", 1, exact=True)[0].key == "k1"
+    with Collection.open(d) as w:
+        db_id = w._db_id
+        assert db_id and w.store.get_meta("db_id") == db_id
+        assert w.search_vector(X[2], "image", 1, exact=True)[0].key == "k2"
+    with Collection.open(d) as again:
+        assert again._db_id == db_id
+    assert all(f".{db_id}.g" in f.name for f in (d / "indexes").glob("*.faiss"))

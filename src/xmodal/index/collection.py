@@ -5,7 +5,7 @@ Layout of a collection directory::
     collection.db            SQLite (WAL): items, labels, vectors, settings, keys, audit log
     method.zip               the fitted cross-modal method (``method.save``)
     encoders/<modality>.*    fitted feature encoders (pretrained ones are recreated by spec)
-    indexes/<modality>.<variant>.g<generation>.faiss   FAISS caches of the vectors table
+    indexes/<modality>.<variant>.<db_id>.g<generation>.faiss   FAISS caches of the vectors table
     thumbs/, files/          thumbnails and images uploaded over HTTP (named by content hash)
 
 SQLite is the source of truth and every write is one transaction that also bumps a generation
@@ -21,6 +21,12 @@ collection, and a crash at any moment still opens as the committed state. A proc
 indexes follows another's writes the same way, in memory: the rows added since (ids above
 the largest it has seen) and the ``deleted`` log (a trigger fills it in each deleting
 transaction) since the last entry it has seen.
+
+Item ids are stable within one database only: a rebuild (or another collection copied over
+this one) starts them again. Each database therefore has a random id (``db_id`` in its meta,
+given at creation, or to an older collection on its first writable open) that its index files
+carry in their names; a file of another id (or of none) is never loaded, and a writer removes
+it. A read-only open of an older collection without one builds its indexes from the store.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
+import secrets
 import json
 import logging
 import os
@@ -62,6 +69,21 @@ MAX_ID = 2**63 - 1  # SQLite INTEGER: larger ids cannot exist (and cannot even b
 REWRITE_MIN_CHANGES = 1024
 REWRITE_FRACTION = 0.05
 REWRITE_BELOW_BYTES = 1 << 20
+
+
+def _new_db_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _give_db_id(store: Store) -> None:
+    """Give a database made before database ids its own (two processes opening it at once
+    agree on one: the first insert wins)."""
+    with store.transaction() as c:
+        c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)", (json.dumps(_new_db_id()),))
+
+
+def _index_name(modality: str, variant: str, db_id: str, gen: int) -> str:
+    return f"{modality}.{variant}.{db_id}.g{gen}.faiss"
 
 
 class CollectionExistsError(CollectionError):
@@ -291,7 +313,11 @@ class Collection:
             st = os.stat(self.path / DB_NAME)
             self._db_file = (st.st_dev, st.st_ino)
             self._db_stamp = self._file_stamp()
+            if not store.read_only and store.get_meta("db_id") is None:
+                _give_db_id(store)  # an older collection: its index files get named by it
             self.meta = store.all_meta()
+            # None (an older collection open read-only): no index file is known to be its own
+            self._db_id: str | None = self.meta.get("db_id")
             self.kind: str = self.meta["output"]
             self.dim: int = int(self.meta["dim"])
             self.fdim: int | None = self.meta.get("fdim")
@@ -418,7 +444,8 @@ class Collection:
                          "method": None if method is None else
                          {"name": method.name, "file": METHOD_FILE, "params": method.get_params()},
                          "encoders": encoders_meta, "public_read": bool(public_read),
-                         "created": time.time(), "generation": 0, "info": info or {}}.items():
+                         "created": time.time(), "generation": 0, "info": info or {},
+                         "db_id": _new_db_id()}.items():
                 Store.set_meta(c, k, v)
             Store.set_meta(c, "format", SCHEMA_VERSION)  # last: marks the collection complete
         store.close()
@@ -521,7 +548,8 @@ class Collection:
 
     # ------------------------------------------------------------ index files
     def _index_file(self, modality: str, variant: str, gen: int) -> Path:
-        return self.path / "indexes" / f"{modality}.{variant}.g{gen}.faiss"
+        assert self._db_id is not None  # only writers write files, and they have an id
+        return self.path / "indexes" / _index_name(modality, variant, self._db_id, gen)
 
     def _variants(self) -> list[tuple[str, str, int, str]]:
         """(variant, kind, dim, spec) for each index a modality has."""
@@ -558,8 +586,10 @@ class Collection:
         return np.frombuffer(b"".join(codes), dtype=np.float32).reshape(len(codes), self.dim)
 
     def _index_files(self, modality: str, variant: str) -> list[tuple[int, Path]]:
-        """(generation, path) of this index's files, oldest first."""
-        head = f"{modality}.{variant}.g"
+        """(generation, path) of this index's files of this database, oldest first."""
+        if self._db_id is None:
+            return []
+        head = f"{modality}.{variant}.{self._db_id}.g"
         out = []
         for f in (self.path / "indexes").glob(f"{head}*.faiss"):
             g = f.name[len(head):-len(".faiss")]
@@ -735,6 +765,13 @@ class Collection:
             for g, f in self._index_files(modality, variant):
                 if g < gen:
                     f.unlink(missing_ok=True)
+            # files of another database (a previous build, a copy of another collection) or
+            # of none (before database ids): never loaded, so never kept. Safe here: this is
+            # the database in the folder and a rebuild waits for the writer lock held now.
+            mine = f"{modality}.{variant}.{self._db_id}.g"
+            for f in (self.path / "indexes").glob(f"{modality}.{variant}.*.faiss"):
+                if not f.name.startswith(mine):
+                    f.unlink(missing_ok=True)
         for f in (self.path / "indexes").glob("*.tmp"):
             f.unlink(missing_ok=True)
 
@@ -801,6 +838,12 @@ class Collection:
                 with self.store._lock:
                     self.store.conn.backup(out)
                 out.execute("PRAGMA journal_mode=DELETE")  # self-contained: nothing beside it
+                db_id = self._db_id
+                if db_id is None:  # an older collection open read-only: the copy gets its id
+                    db_id = _new_db_id()
+                    out.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)",
+                                (json.dumps(db_id),))
+                    out.commit()
                 self._snapshot_uploads(out, dest)
                 if not keys:
                     out.execute("DELETE FROM api_keys")
@@ -818,7 +861,7 @@ class Collection:
                     shutil.copy2(src, dest / name)
             with self._lock:  # the in-memory indexes match the database just copied
                 for (modality, variant), idx in self.indexes.items():
-                    f = dest / "indexes" / self._index_file(modality, variant, self._gen).name
+                    f = dest / "indexes" / _index_name(modality, variant, db_id, self._gen)
                     f.write_bytes(idx.to_bytes())
         return dest
 
