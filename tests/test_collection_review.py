@@ -179,3 +179,24 @@ def test_an_older_collection_without_a_database_id_gets_one_when_opened_for_writ
     with Collection.open(d) as again:
         assert again._db_id == db_id
     assert all(f".{db_id}.g" in f.name for f in (d / "indexes").glob("*.faiss"))
+
+
+def test_a_follower_follows_a_rebuild_beside_a_live_writer(tmp_path):
+    """`serve --read-only` beside a writer: after a rebuild the new database has a live writer
+    (its WAL not merged); the follower reopens it as a follower, not as an immutable file."""
+    d = tmp_path / "c"
+    c = Collection.create(d, dim=8)
+    c.add_vectors("text", ["old"], np.ones((1, 8), "f4"))
+    c.close()
+    F = Collection.open(d, read_only=True, follow=True)
+    assert not F.store.immutable and F.count("text") == 1
+    W = Collection.create(d, dim=8, overwrite=True)  # the rebuild; its writer stays open
+    W.add_vectors("text", ["new"], np.ones((1, 8), "f4"))
+    assert Path(str(d / "collection.db") + "-wal").stat().st_size > 0
+    F.refresh()
+    assert [h.key for h in F.search_vector(np.ones(8, "f4"), "text", 5)] == ["new"]
+    assert not F.store.immutable and F.read_only
+    W.add_vectors("text", ["newer"], 2 * np.ones((1, 8), "f4"))  # and its later writes
+    assert sorted(h.key for h in F.search_vector(np.ones(8, "f4"), "text", 5)) == ["new", "newer"]
+    W.close()
+    F.close()

@@ -361,8 +361,13 @@ class Collection:
         if (st.st_dev, st.st_ino) == self._db_file:
             return False
         try:
-            store = _open_store(db, self.read_only)
-        except CollectionError:
+            if self.read_only and not self.store.immutable:
+                # a follower (serve --read-only beside a writer): the new database has a live
+                # writer too, whose WAL an immutable connection would refuse or misread
+                store = Store(db, read_only=True, follow=True)
+            else:
+                store = _open_store(db, self.read_only)
+        except (CollectionError, sqlite3.Error):
             return False
         if store.get_meta("format") != SCHEMA_VERSION:  # not complete yet
             store.close()
