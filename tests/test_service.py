@@ -313,6 +313,10 @@ def test_labels_sent_over_http_are_checked(setup):
     r = c.post("/api/items", files={"file": ("l.jpg", jpeg_bytes(s["image"]), "image/jpeg")},
                data={"labels": "ok," + "y" * 201}, headers=w)
     assert r.status_code == 422 and "labels" in r.text
+    # blanks between commas are dropped, but the error counts in the list as sent
+    r = c.post("/api/items", files={"file": ("l.jpg", jpeg_bytes(s["image"]), "image/jpeg")},
+               data={"labels": "ok,, ," + "z" * 201}, headers=w)
+    assert r.status_code == 422 and "labels[3]" in r.text, r.text
     assert "" not in coll.stats()["labels"] and "a,b" not in coll.stats()["labels"]
     r = c.post("/api/texts", json={"text": "a labelled note", "labels": [" harbour "]}, headers=w)
     assert r.status_code == 201 and c.get(f"/api/items/{r.json()['id']}").json()["labels"] == ["harbour"]

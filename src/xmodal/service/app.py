@@ -249,12 +249,16 @@ def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_I
 MAX_LABEL = 200
 
 
-def check_labels(labels: Sequence[str], field: str) -> list[str]:
-    """Labels from a client, trimmed: none blank, none with a comma (search filters are
-    comma-separated, so such a label could never be searched for), none over 200 characters."""
+def check_labels(labels: Sequence[str], field: str, skip_blank: bool = False) -> list[str]:
+    """Labels from a client, trimmed: none blank (``skip_blank``: blanks dropped, as between
+    two commas of a form field), none with a comma (search filters are comma-separated, so
+    such a label could never be searched for), none over 200 characters. An error names the
+    label by its place in the list as sent."""
     out = []
     for i, lab in enumerate(labels):
         lab = lab.strip()
+        if not lab and skip_blank:
+            continue
         if not lab:
             raise HTTPException(422, f"{field}[{i}]: blank label")
         if "," in lab:
@@ -618,7 +622,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         key = safe_key(key) if key else f"upload/{digest[:16]}{_FORMAT_EXT[fmt]}"
         # The client's file name is never used as a path: uploads are named by content hash.
         dest = coll.path.resolve() / "files" / f"{digest}{_FORMAT_EXT[fmt]}"  # absolute: any cwd
-        labs = check_labels([x for x in labels.split(",") if x.strip()], "labels")
+        labs = check_labels(labels.split(",") if labels.strip() else [], "labels", skip_blank=True)
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
 
         def add() -> Any:
