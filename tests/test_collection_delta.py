@@ -271,3 +271,76 @@ def test_an_index_file_of_another_database_is_not_caught_up(tmp_path):
         for j in range(10):
             hit = c.search_vector(XB[j], "image", 1)[0]
             assert hit.key == f"b{j}" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("how", ["copy", "snapshot"])
+def test_a_backup_restored_over_a_folder_that_went_on_never_trusts_its_later_files(tmp_path, monkeypatch, how):
+    """A backup (cp -r, or a snapshot) copied back over its collection without clearing
+    indexes/ leaves the collection's own later index file there, with the same database id.
+    Once the restored store reaches that file's generation, its ids mean other items: the
+    file must be recognised as another history and rebuilt, not caught up by id."""
+    import shutil
+
+    monkeypatch.setattr(collection_module, "REWRITE_BELOW_BYTES", 0, raising=False)
+    rng = np.random.default_rng(1)
+    path, backup = tmp_path / "c.xmc", tmp_path / "backup.xmc"
+    with Collection.create(path, dim=16) as c:
+        c.add_vectors("image", [f"a{j}" for j in range(50)], rng.standard_normal((50, 16)))
+        if how == "snapshot":
+            c.snapshot(backup)
+        else:
+            shutil.copytree(path, backup)
+        monkeypatch.setattr(collection_module, "REWRITE_MIN_CHANGES", 0, raising=False)
+        c.add_vectors("image", [f"old{j}" for j in range(10)], rng.standard_normal((10, 16)))
+    shutil.copytree(backup, path, dirs_exist_ok=True)  # rsync without --delete, say
+    monkeypatch.setattr(collection_module, "REWRITE_MIN_CHANGES", 1024, raising=False)
+    new = rng.standard_normal((10, 16)).astype(np.float32)
+    with Collection.open(path) as c:
+        c.add_vectors("image", [f"new{j}" for j in range(10)], new)
+    with Collection.open(path) as c:
+        for j in range(10):
+            hit = c.search_vector(new[j], "image", 1, exact=True)[0]
+            assert hit.key == f"new{j}" and hit.score > 0.999, (j, hit)
+
+
+def test_two_threads_following_one_rebuild_take_the_new_database_once(tmp_path, monkeypatch):
+    """Two threads of a server notice a rebuild at once. The second, which saw the old inode,
+    must not take the new database again after the first has committed into it: reloading
+    between that commit and its mirror into memory put the first thread's rows in twice."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "c.xmc"
+    with Collection.create(path, dim=16) as c:
+        c.add_vectors("image", [f"a{i}" for i in range(30)], rng.standard_normal((30, 16)))
+    server = Collection.open(path)
+    with Collection.create(path, dim=16, overwrite=True) as rebuilt:
+        rebuilt.add_vectors("image", [f"b{i}" for i in range(5)], rng.standard_normal((5, 16)))
+    opened, committed, result = threading.Event(), threading.Event(), []
+    real_open = collection_module._open_store
+
+    def slow_open(db, read_only):  # the search thread, descheduled after opening
+        store = real_open(db, read_only)
+        if threading.current_thread() is searcher:
+            opened.set()
+            committed.wait(10)
+        return store
+
+    monkeypatch.setattr(collection_module, "_open_store", slow_open)
+    searcher = threading.Thread(target=lambda: result.append(server._reopen_if_replaced()))
+    searcher.start()
+    assert opened.wait(10)
+    real_mirror = server._mirror_add
+
+    def mirror(*args, **kwargs):  # the writing thread, between its commit and its mirror
+        committed.set()
+        searcher.join(10)
+        return real_mirror(*args, **kwargs)
+
+    server._mirror_add = mirror
+    server.add_vectors("image", ["new1", "new2"], rng.standard_normal((2, 16)))
+    searcher.join(10)
+    assert result == [False]  # the writing thread had already followed the rebuild
+    ids = server.indexes[("image", "flat")].ids()
+    assert sorted(ids.tolist()) == sorted(set(ids.tolist())) and len(ids) == 7
+    server.close()

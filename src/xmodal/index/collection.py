@@ -372,9 +372,16 @@ class Collection:
         if store.get_meta("format") != SCHEMA_VERSION:  # not complete yet
             store.close()
             return False
-        # the old connection is not closed here: a search in flight may still read it; it
-        # closes when the last reference goes
-        self._use(store)
+        with self._lock:
+            # another thread of this process may have followed the rebuild since the check
+            # above (and written into the new database): taking it again would reload its
+            # indexes under that thread's feet and add its new rows twice
+            if (st.st_dev, st.st_ino) == self._db_file:
+                store.close()
+                return False
+            # the old connection is not closed here: a search in flight may still read it; it
+            # closes when the last reference goes
+            self._use(store)
         log.info("%s: the collection was rebuilt; reopened it", self.path)
         return True
 
@@ -633,6 +640,9 @@ class Collection:
                 for modality in MODALITIES:
                     live = np.sort(self.store.item_ids(modality))
                     data = None
+                    if self._foreign_files(modality, loaded, live):
+                        for variant, *_ in self._variants():
+                            loaded.pop((modality, variant), None)
                     for variant, kind, dim, spec in self._variants():
                         idx = None
                         if (modality, variant) in loaded:
@@ -668,6 +678,34 @@ class Collection:
             self._marks = None if marks[1] is None else (marks[0], marks[1])
             if not self.read_only and any(self._needs_rewrite(m) for m in MODALITIES):
                 self._save_indexes(locked=False)
+
+    def _foreign_files(self, modality: str, loaded: dict, live: np.ndarray) -> bool:
+        """Whether a loaded exact index file of ``modality`` holds, for the largest id it shares
+        with the store, another vector than the store's: a file of another history of this
+        database (a backup restored over a folder that went on being written, whose leftover
+        newer files carry the same database id), whose ids mean other items. One row read."""
+        for variant, kind, dim, _ in self._variants():
+            got = loaded.get((modality, variant))
+            if got is None or not got[1].is_flat:
+                continue  # lossy or unreconstructable storage: the exact variant decides
+            idx = got[1]
+            shared = np.intersect1d(idx.stored_ids(), live)
+            if not len(shared):
+                continue
+            last = shared[-1:]
+            ids, codes, fvecs = self.store.vectors_of(last)
+            if not len(ids):
+                continue
+            want = prepare(kind, self._matrix(variant, dim, ids, codes, fvecs), dim)
+            try:
+                have = idx.reconstruct(last)
+            except RuntimeError:
+                continue
+            same = (np.array_equal(have, want) if kind == "binary"
+                    else np.allclose(have, want, rtol=1e-5, atol=1e-6))
+            if not same:
+                return True
+        return False
 
     def _catch_up(self) -> bool:
         """Bring the in-memory indexes to the store's state from the rows changed since they
