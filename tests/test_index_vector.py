@@ -125,3 +125,15 @@ def test_search_parameters_in_the_spec():
         VectorIndex("real", 32, "HNSW8|nosuch=3")
     with pytest.raises(IndexSpecError, match="name=value"):
         VectorIndex("real", 32, "HNSW8|efSearch")
+
+
+def test_reconstruct_gives_back_stored_rows_of_float_and_binary_indexes():
+    from xmodal.index.vector import VectorIndex, prepare
+
+    rng = np.random.default_rng(0)
+    for kind, dim, rows in (("real", 8, rng.standard_normal((5, 8))),
+                            ("binary", 64, rng.integers(0, 256, (5, 8)).astype(np.uint8))):
+        idx = VectorIndex(kind, dim, "BFlat" if kind == "binary" else "Flat")
+        idx.add(np.arange(10, 15), rows)
+        got = idx.reconstruct(np.array([12, 14]))
+        np.testing.assert_allclose(got, prepare(kind, rows, dim)[[2, 4]], rtol=1e-6)

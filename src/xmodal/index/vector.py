@@ -230,7 +230,12 @@ class VectorIndex:
         return D2, I2
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        return self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        """The stored rows of ``ids`` (RuntimeError where the index cannot give them back)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.kind == "binary":  # FAISS's binary id maps reconstruct one id at a time
+            return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else \
+                np.zeros((0, self.dim // 8), np.uint8)
+        return self.index.reconstruct_batch(ids)
 
     # ------------------------------------------------------------------ persistence
     def to_bytes(self) -> bytes:
