@@ -107,33 +107,23 @@ def _open_store(db: Path, read_only: bool | None = None) -> Store:
 
 
 @contextmanager
-def _try_write_lock(folder: Path) -> Iterator[bool]:
-    """The writer lock if free now (True), else nothing (False): for work a writer would do anyway."""
+def _write_lock(folder: Path, wait: bool = True) -> Iterator[bool]:
+    """The collection's cross-process writer lock (``flock`` on ``write.lock``). Yields True
+    when held; with ``wait=False`` (work a writer would do anyway) False if another process
+    holds it now, instead of waiting."""
     with open(folder / "write.lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _write_lock(folder: Path) -> Iterator[None]:
-    """The collection's cross-process writer lock (``flock`` on ``write.lock``)."""
-    with open(folder / "write.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if not wait:
+                yield False
+                return
             # another `xmodal index` (or a server's write) holds it, maybe for minutes: say so
             # rather than hang without a word
             log.warning("%s: waiting for another process writing to this collection", folder)
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -779,7 +769,7 @@ class Collection:
         an older file plus the catch-up from the store is the current state. Not ``locked``
         (an open, outside a write): only where no writer is at work, else it is left to it."""
         if not locked:
-            with _try_write_lock(self.path) as got:
+            with _write_lock(self.path, wait=False) as got:
                 if got:
                     self._save_indexes()
             return
