@@ -388,3 +388,24 @@ def test_an_encoder_file_without_its_spec_or_not_an_object_names_the_problem(tmp
         with pytest.raises(EncoderError, match=says) as err:
             Encoder.load(path)
         assert str(path) in str(err.value)
+
+
+def test_an_encoder_file_whose_fitted_state_lacks_a_field_names_it(tmp_path):
+    import json
+    import zipfile
+
+    from xmodal.encoders import get_encoder
+    from xmodal.encoders.base import Encoder, EncoderError
+
+    enc = get_encoder("tfidf:20", "text")
+    enc.fit(["a red car", "a blue car", "two red planes", "a green field"])
+    good = enc.save(tmp_path / "good.zip")
+    with zipfile.ZipFile(good) as zin:
+        doc = json.loads(zin.read("encoder.json"))
+    doc["state"], doc["arrays"] = {}, []  # cut short: the vocabulary is gone
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zout:
+        zout.writestr("encoder.json", json.dumps(doc))
+    with pytest.raises(EncoderError, match="has no field") as err:
+        Encoder.load(bad)
+    assert str(bad) in str(err.value) and "vocabulary" in str(err.value)

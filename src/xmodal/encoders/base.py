@@ -168,7 +168,10 @@ class Encoder:
             raise EncoderError(f"{path}: saved with {doc['spec']} version {doc.get('version')}, "
                                f"this build has version {enc.version}")
         if enc.needs_fit:
-            enc._set_state(doc.get("state", {}), arrays)
+            try:
+                enc._set_state(doc.get("state", {}), arrays)
+            except KeyError as exc:  # a state written by hand or cut short
+                raise EncoderError(f"{path}: the fitted state of {doc['spec']} has no field {exc}") from None
         if enc.dim != doc.get("dim"):
             raise EncoderError(f"{path}: field dim is {doc.get('dim')}, loaded encoder has {enc.dim}")
         return enc

@@ -76,9 +76,6 @@ def encoder_from_state(state: bytes, where: str) -> Encoder:
         except (EncoderError, OSError, ValueError) as exc:
             raise EncoderError(f"{where}: unusable fitted encoder state "
                                f"({str(exc).replace(str(path) + ': ', '')})") from None
-        except KeyError as exc:  # encoder.json without a field Encoder.load reads ("spec")
-            raise EncoderError(f"{where}: unusable fitted encoder state (encoder.json has no "
-                               f"field {exc})") from None
 
 
 def _record(enc: Encoder, t0: float) -> dict[str, Any]:
