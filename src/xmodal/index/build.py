@@ -338,7 +338,7 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     if Collection.exists(collection_path) and not overwrite:
         coll = _existing(collection_path, like)
         try:
-            _refuse_other_options(coll, like, asked)
+            _refuse_other_options(coll, asked)
             return {**out, "action": "update", **coll.plan(images, texts, prune=prune)}
         finally:
             coll.close()
@@ -505,16 +505,17 @@ def _method_digest(method: Any) -> str:
     return h.hexdigest()
 
 
-def _refuse_other_options(coll: Collection, like: str | Path | None, asked: dict[str, Any]) -> None:
+def _refuse_other_options(coll: Collection, asked: dict[str, Any]) -> None:
     """An existing collection keeps the method, index and encoders it was made with: asked
     for others (``asked``: :func:`build_collection`'s arguments; None = the collection's),
-    refuse, naming the collection and each option, rather than silently ignore them."""
+    refuse, naming the collection and each option, rather than silently ignore them. (A
+    method or encoders given with ``like`` never get here: :func:`_refuse_with_like`.)"""
     from .vector import IndexSpecError, normalize_spec
 
     have = coll.meta.get("method") or {}
     differ = []
     method = asked["method"]
-    if like is None and method is not None:
+    if method is not None:
         if isinstance(method, (str, Path)) and Path(method).suffix == ".zip":
             if not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
                 differ.append(f"method {method} (another fitted method than its {have.get('name')})")
@@ -527,7 +528,7 @@ def _refuse_other_options(coll: Collection, like: str | Path | None, asked: dict
     params = asked.get("method_params") or {}
     stored = have.get("params") or {}
     other = {k: v for k, v in params.items() if k not in stored or stored[k] != v}
-    if like is None and other:
+    if other:
         differ.append(f"method_params {other} (it has {stored or 'none'})")
     index = asked["index"]
     if index is not None:
@@ -539,7 +540,7 @@ def _refuse_other_options(coll: Collection, like: str | Path | None, asked: dict
             differ.append(f"index {index} (it has {coll.index_spec})")
     if asked["rerank"] and not coll.fdim:
         differ.append("rerank (it keeps no float projections to re-rank with)")
-    for modality in ("image", "text") if like is None else ():
+    for modality in ("image", "text"):
         given = asked[f"{modality}_encoder"]
         if given is None:
             continue
@@ -567,7 +568,7 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
     coll = _existing(collection_path, like)
     if asked is not None:
         try:
-            _refuse_other_options(coll, like, asked)
+            _refuse_other_options(coll, asked)
         except CollectionError:
             coll.close()
             raise
