@@ -2,7 +2,6 @@
 its fix)."""
 
 import numpy as np
-import pytest
 
 from xmodal.index import Collection
 
