@@ -20,7 +20,10 @@ rewrites a modality's files only once the catch-up they would need exceeds
 collection, and a crash at any moment still opens as the committed state. A process holding
 indexes follows another's writes the same way, in memory: the rows added since (ids above
 the largest it has seen) and the ``deleted`` log (a trigger fills it in each deleting
-transaction) since the last entry it has seen.
+transaction) since the last entry it has seen. The log keeps the last ``DELETED_LOG_KEEP``
+rows (older ones are pruned in a deleting transaction, which records the floor in the meta
+table): a process further behind than the floor reloads instead. Index files do not depend on
+the log: opening one compares its ids with the store's live ids.
 
 Item ids are stable within one database only: a rebuild (or another collection copied over
 this one) starts them again. Each database therefore has a random id (``db_id`` in its meta,
@@ -69,6 +72,9 @@ MAX_ID = 2**63 - 1  # SQLite INTEGER: larger ids cannot exist (and cannot even b
 REWRITE_MIN_CHANGES = 1024
 REWRITE_FRACTION = 0.05
 REWRITE_BELOW_BYTES = 1 << 20
+# The deleted log keeps the last DELETED_LOG_KEEP rows (pruned once it holds twice that, in a
+# deleting transaction): a process further behind than that reloads its indexes from the store.
+DELETED_LOG_KEEP = 4096
 
 
 def _new_db_id() -> str:
@@ -709,7 +715,10 @@ class Collection:
                 if marks[1] is None or marks[0] < self._marks[0] or marks[1] < self._marks[1]:
                     return False  # no log, or another history (a rebuilt store)
                 gen = self.store.generation()
-                added, gone = self.store.changes_since(*self._marks)
+                changes = self.store.changes_since(*self._marks)
+                if changes is None:
+                    return False  # the log was pruned past this state: reload
+                added, gone = changes
                 for modality in MODALITIES:
                     dead = np.asarray([i for i, m in gone if m == modality], dtype=np.int64)
                     rows = [r for r in added if r[1] == modality]
@@ -1366,6 +1375,7 @@ class Collection:
                     pid[r] = found[pk][0]
         if replaced:
             c.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in replaced])
+            Store.trim_deleted(c, DELETED_LOG_KEEP)
         # BEGIN IMMEDIATE holds the write lock, so the next AUTOINCREMENT ids are ours to use.
         row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
         base = int(row[0]) if row else 0
@@ -1454,6 +1464,7 @@ class Collection:
                          for r in c.execute("SELECT path, content_hash, id FROM items WHERE id = ?", (i,))]
                 for i, _ in gone:
                     c.execute("DELETE FROM items WHERE id = ?", (i,))
+                Store.trim_deleted(c, DELETED_LOG_KEEP)
                 Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
                 self._gen = Store.bump_generation(c)
                 marks = Store.marks(c)

@@ -212,17 +212,44 @@ class Store:
         out = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         return out, [r[1] for r in rows], [r[2] for r in rows]
 
-    def changes_since(self, max_id: int, deleted_seq: int) -> tuple[list[tuple], list[tuple]]:
+    def changes_since(self, max_id: int, deleted_seq: int) -> tuple[list[tuple], list[tuple]] | None:
         """What happened after a state whose :meth:`marks` were (``max_id``, ``deleted_seq``):
         the (id, modality, code, fvec) of items added since (ids are never reused, so they are
         the ids above ``max_id``) and the (id, modality) of items deleted since. Cost: the
-        changes, not the collection."""
+        changes, not the collection. None where the log no longer reaches back that far
+        (:meth:`trim_deleted` pruned rows that state has not seen): reload from the store."""
+        if int(deleted_seq) < self.deleted_floor():
+            return None
         added = self.query("SELECT v.item_id, i.modality, v.code, v.fvec FROM vectors v "
                            "JOIN items i ON i.id = v.item_id WHERE v.item_id > ? ORDER BY v.item_id",
                            (int(max_id),))
         gone = self.query("SELECT item_id, modality FROM deleted WHERE seq > ? ORDER BY seq",
                           (int(deleted_seq),))
         return added, gone
+
+    def deleted_floor(self) -> int:
+        """The last ``deleted`` row pruned (0: none ever was): a state whose marks are below
+        it cannot be caught up from the log."""
+        return int(self.get_meta("deleted_floor", 0))
+
+    @staticmethod
+    def trim_deleted(conn: sqlite3.Connection, keep: int) -> int:
+        """Inside a deleting transaction: once the ``deleted`` log holds over ``2 * keep`` rows
+        past its floor, drop all but the last ``keep`` and raise the floor to the last row
+        dropped, in the same transaction (a crash keeps both or neither). A reader further
+        behind than that sees the floor and reloads from the store (:meth:`changes_since`).
+        Amortised: one range delete on the primary key per ``keep`` deletions. Returns the
+        floor."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'deleted_floor'").fetchone()
+        floor = json.loads(row[0]) if row else 0
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'deleted'").fetchone()
+        last = int(row[0]) if row else 0
+        if last - floor <= 2 * max(int(keep), 0) or last - int(keep) <= floor:
+            return floor
+        floor = last - int(keep)
+        conn.execute("DELETE FROM deleted WHERE seq <= ?", (floor,))
+        Store.set_meta(conn, "deleted_floor", floor)
+        return floor
 
     @staticmethod
     def marks(conn: sqlite3.Connection) -> tuple[int, int | None]:
