@@ -11,6 +11,14 @@ Release layout read (under ``ROOT/nus_wide`` or ROOT itself)::
     Concepts81.txt                         concept names (also found in ConceptsList/ or NUS_WID_Tags/)
     Groundtruth/AllLabels/Labels_<c>.txt   one 0/1 per image line, for each concept
                                            (each zip's files may also sit straight in ROOT)
+    ImageList/TrainImagelist.txt, TestImagelist.txt
+                                           the official split (``actor\\0001_2124494179.jpg``);
+                                           read for ``split="official"`` and for the split files:
+    Groundtruth/TrainTestLabels/Labels_<c>_Train.txt, _Test.txt
+                                           read when there is no AllLabels/: one 0/1 per line of
+                                           TrainImagelist.txt / TestImagelist.txt
+    NUS_WID_Tags/Train_Tags1k.dat, Test_Tags1k.dat
+                                           read when there is no AllTags1k.txt, likewise
     Flickr/<category>/<file>.jpg           optional: the images, for an image encoder (also found
                                            flat, as ``images/<file>.jpg``)
 
@@ -27,6 +35,7 @@ a folder holding only such a file is loaded the same way, and so is a folder hol
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +109,40 @@ def read_tag_matrix(path: Path, n_rows: int, n_cols: int = N_TAGS, list_name: st
     return out
 
 
+def _fixed_width_column(data: bytes, n_rows: int) -> np.ndarray | None:
+    """The values of a column file written exactly as the release writes it (one ``0``/``1``
+    per line, ``\\n`` or ``\\r\\n`` endings), parsed without a Python loop over its lines
+    (81 concepts x 269,648 lines); None for any other spelling, which the caller parses line
+    by line (and names the bad line)."""
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    for end in (b"\n", b"\r\n"):
+        width = 1 + len(end)
+        if len(data) != n_rows * width:
+            continue
+        cells = np.frombuffer(data, dtype=np.uint8).reshape(n_rows, width)
+        if (cells[:, 1:] == np.frombuffer(end, dtype=np.uint8)).all():
+            values = cells[:, 0] - ord("0")  # uint8: anything below '0' wraps above 1
+            if (values <= 1).all():
+                return values.copy()
+    return None
+
+
 def read_label_column(path: Path, n_rows: int, list_name: str = "the image list") -> np.ndarray:
-    """One 0/1 value per line (``Groundtruth/AllLabels/Labels_<concept>.txt``)."""
+    """One 0/1 value per line (``Groundtruth/AllLabels/Labels_<concept>.txt``, or the
+    ``TrainTestLabels/Labels_<concept>_Train.txt`` / ``_Test.txt`` of one split list)."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    lines = path.read_bytes().splitlines()
+    data = path.read_bytes()
+    fast = _fixed_width_column(data, n_rows)
+    if fast is not None:
+        return fast
+    lines = data.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
+    if len(lines) > n_rows:
+        raise DataError(f"{path}:{n_rows + 1}: more lines than the {n_rows} images {list_name} lists "
+                        f"({len(lines)} lines)")
     if len(lines) != n_rows:
         raise DataError(f"{path}: {len(lines)} lines, but {list_name} lists {n_rows} images")
     joined = b"".join(line.strip() for line in lines)
@@ -189,26 +225,155 @@ def _find_concepts(root: Path) -> Path:
                     f"{', '.join(CONCEPT_FILES[1:])})")
 
 
+@dataclass(frozen=True)
+class ReleaseFiles:
+    """The release files the loader reads from a NUS-WIDE folder, whichever zips it holds.
+
+    Labels come from ``Groundtruth/AllLabels/`` when that folder exists, else from
+    ``Groundtruth/TrainTestLabels/`` (one file per concept and split list); tags from
+    ``AllTags1k.txt`` when it exists, else from ``Train_Tags1k.dat`` and ``Test_Tags1k.dat``.
+    The split files follow the rows of ``TrainImagelist.txt`` / ``TestImagelist.txt`` (beside
+    ``Imagelist.txt``), so those lists are read whenever a split file is, and for
+    ``split="official"``."""
+
+    image_list: Path
+    train_list: Path
+    test_list: Path
+    tag_files: tuple[Path, ...]  # (AllTags1k.txt,) or (Train_Tags1k.dat, Test_Tags1k.dat)
+    tag_list: Path  # TagList1k.txt beside the tag files; may not exist
+    label_dir: Path  # AllLabels/ or TrainTestLabels/; may not exist (the error names AllLabels/)
+
+    @property
+    def split_tags(self) -> bool:
+        return len(self.tag_files) == 2
+
+    @property
+    def split_labels(self) -> bool:
+        return self.label_dir.name == "TrainTestLabels"
+
+    def lists_read(self, official: bool = False) -> tuple[Path, ...]:
+        """The image lists read: ``Imagelist.txt``, and the split lists when a split file is
+        read or the split is the official one."""
+        if official or self.split_tags or self.split_labels:
+            return self.image_list, self.train_list, self.test_list
+        return (self.image_list,)
+
+
+def release_files(root: Path) -> ReleaseFiles:
+    """Which of the release's files :func:`load_nus_wide` reads under ``root`` (also what
+    :func:`~xmodal.data.dataset_files` fingerprints)."""
+    image_list = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
+    all_tags = _first_existing(root, ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt"))
+    if all_tags.exists():
+        tag_files: tuple[Path, ...] = (all_tags,)
+    else:
+        train_tags = _first_existing(root, ("NUS_WID_Tags/Train_Tags1k.dat", "Train_Tags1k.dat"))
+        tag_files = (train_tags, train_tags.parent / "Test_Tags1k.dat") if train_tags.exists() else (all_tags,)
+    label_dir = _first_existing(root, ("Groundtruth/AllLabels", "GroundTruth/AllLabels", "AllLabels"))
+    if not label_dir.is_dir():
+        split_dir = _first_existing(root, ("Groundtruth/TrainTestLabels", "GroundTruth/TrainTestLabels",
+                                           "TrainTestLabels"))
+        label_dir = split_dir if split_dir.is_dir() else label_dir
+    return ReleaseFiles(image_list, image_list.parent / "TrainImagelist.txt",
+                        image_list.parent / "TestImagelist.txt", tag_files,
+                        tag_files[0].parent / "TagList1k.txt", label_dir)
+
+
+def official_rows(files: ReleaseFiles, entries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``Imagelist.txt`` (``entries``) listed by ``TrainImagelist.txt`` and by
+    ``TestImagelist.txt``, each in its list's order. The two lists must split the image list
+    exactly; the error names the file and line of the first image that does not. Images are
+    matched by their path under ``Flickr/`` (the lists write ``actor\\0001_2124494179.jpg``,
+    the image list ``C:\\ImageData\\Flickr\\actor\\...``), case aside as Windows, where the
+    lists were written, ignores it."""
+    index: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        first = index.setdefault(relative_image_path(entry).lower(), i)
+        if first != i:
+            raise DataError(f"{files.image_list}:{i + 1}: {entry!r} is listed twice (first at line {first + 1})")
+    owner = np.zeros(len(entries), dtype=np.int8)  # 0: no list yet, 1: train, 2: test
+    owner_line = np.zeros(len(entries), dtype=np.int64)
+    out = []
+    for which, path in ((1, files.train_list), (2, files.test_list)):
+        listed = _nonblank_lines(path)
+        rows = np.empty(len(listed), dtype=np.int64)
+        for k, entry in enumerate(listed):
+            r = index.get(relative_image_path(entry).lower())
+            if r is None:
+                raise DataError(f"{path}:{k + 1}: {entry!r} is not in {files.image_list.name}")
+            if owner[r]:
+                other = (files.train_list, files.test_list)[owner[r] - 1].name
+                raise DataError(f"{path}:{k + 1}: {entry!r} is also listed at {other}:{owner_line[r]}")
+            owner[r], owner_line[r], rows[k] = which, k + 1, r
+        out.append(rows)
+    missing = np.flatnonzero(owner == 0)
+    if missing.size:
+        r = int(missing[0])
+        raise DataError(f"{files.image_list}:{r + 1}: {entries[r]!r} is in neither "
+                        f"{files.train_list.name} nor {files.test_list.name}")
+    return out[0], out[1]
+
+
+def _label_column(files: ReleaseFiles, concept: str, n: int, rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """The 0/1 column of ``concept`` over the ``n`` images of ``Imagelist.txt``: its AllLabels
+    file, or its ``_Train`` and ``_Test`` files put back in image-list order by ``rows``."""
+    if not files.split_labels:
+        path = files.label_dir / f"Labels_{concept}.txt"
+        if not files.label_dir.is_dir():
+            raise DataError(f"{path}: file not found (nor is there a Groundtruth/TrainTestLabels/ folder)")
+        return read_label_column(path, n, files.image_list.name)
+    column = np.zeros(n, dtype=np.uint8)
+    for part, lst, suffix in zip(rows, (files.train_list, files.test_list), ("Train", "Test")):
+        column[part] = read_label_column(files.label_dir / f"Labels_{concept}_{suffix}.txt", len(part), lst.name)
+    return column
+
+
+SPLITS = ("random", "official")
+
+
 def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: list[str] | None = None,
-                  n_query: int = 2100, n_train: int = 10500, seed: int = 0,
-                  image_features: str | Path | None = None, image_dir: str | Path | None = None) -> PairedDataset:
+                  n_query: int | None = None, n_train: int | None = None, seed: int = 0,
+                  image_features: str | Path | None = None, image_dir: str | Path | None = None,
+                  split: str = "random") -> PairedDataset:
     """NUS-WIDE with the hashing protocol of most cross-modal papers.
 
     Keeps the images labelled with at least one of the ``n_concepts`` most frequent concepts
     (10 by default; 21 is the other common choice; or the names in ``concepts``) and with at
     least one of the 1000 tags. Labels are those concepts (multi-label, columns in the order of
-    ``Concepts81.txt``); text features are the 1000-d 0/1 tag vectors. Splits: ``n_query``
-    random queries (also ``test``), the rest is the retrieval ``database``, ``n_train``
-    training images drawn from the database; all seeded by ``seed``.
+    ``Concepts81.txt``); text features are the 1000-d 0/1 tag vectors.
+
+    Splits, ``split="random"`` (the default): ``n_query`` random queries (2100 by default;
+    also ``test``), the rest is the retrieval ``database``, ``n_train`` training images (10500
+    by default) drawn from the database; all seeded by ``seed``. ``split="official"``: the
+    release's own split, the kept images of ``TrainImagelist.txt`` are ``train`` (and the
+    ``database``), those of ``TestImagelist.txt`` are ``test`` (and the ``query`` split);
+    ``n_query`` and ``n_train`` do not apply.
+
+    A copy without ``Groundtruth/AllLabels/`` reads ``Groundtruth/TrainTestLabels/`` (one
+    file per concept and split list), and one without ``AllTags1k.txt`` reads
+    ``Train_Tags1k.dat`` and ``Test_Tags1k.dat``: their rows are put back in ``Imagelist.txt``
+    order through the split lists, so such a copy loads the same dataset as a full one.
 
     No image features unless ``image_features`` names a file (absolute, or relative to the
     dataset folder) with one row per ``Imagelist.txt`` line; otherwise encode ``image_paths``
     (under ``image_dir``, default ``Flickr/`` when present) with an image encoder.
     """
+    if split not in SPLITS:
+        raise DataError(f"nus_wide: split must be 'random' or 'official', got {split!r}")
+    official = split == "official"
+    if official and (n_query is not None or n_train is not None):
+        raise DataError("nus_wide: n_query and n_train apply to split='random'; split='official' takes "
+                        "the release's TrainImagelist.txt and TestImagelist.txt as they are")
+    n_query = 2100 if n_query is None else n_query
+    n_train = 10500 if n_train is None else n_train
     root = _find_root(data_dir)
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {root})")
-    list_path = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
+    files = release_files(root)
+    list_path = files.image_list
+    if official and not list_path.exists():
+        raise DataError(f"{root}: split='official' needs the release's ImageList/Imagelist.txt, "
+                        "TrainImagelist.txt and TestImagelist.txt; this folder has no Imagelist.txt")
     if not list_path.exists() and (root / "all_imgs.txt").exists():
         if concepts is not None or image_features is not None:
             raise DataError(f"{root / 'all_labels.txt'}: the cleaned lists fix their concepts and have "
@@ -238,11 +403,17 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     entries = _nonblank_lines(list_path)
     n = len(entries)
     src = list_path.name
-    tag_dir = _first_existing(root, ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")).parent
+    rows = official_rows(files, entries) if len(files.lists_read(official)) > 1 else None
     vocab = None
-    if (tag_dir / "TagList1k.txt").exists():
-        vocab = _nonblank_lines(tag_dir / "TagList1k.txt")
-    tags = read_tag_matrix(tag_dir / "AllTags1k.txt", n, len(vocab) if vocab else N_TAGS, src)
+    if files.tag_list.exists():
+        vocab = _nonblank_lines(files.tag_list)
+    n_cols = len(vocab) if vocab else N_TAGS
+    if files.split_tags:
+        tags = np.zeros((n, n_cols), dtype=np.uint8)
+        for path, part, lst in zip(files.tag_files, rows, (files.train_list, files.test_list)):
+            tags[part] = read_tag_matrix(path, len(part), n_cols, lst.name)
+    else:
+        tags = read_tag_matrix(files.tag_files[0], n, n_cols, src)
 
     concept_path = _find_concepts(root)
     all_concepts = _nonblank_lines(concept_path)
@@ -251,7 +422,6 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         if c in seen:  # its label column would be read, counted and kept twice
             raise DataError(f"{concept_path}:{i}: concept {c!r} listed twice")
         seen.add(c)
-    label_dir = _first_existing(root, ("Groundtruth/AllLabels", "GroundTruth/AllLabels", "AllLabels"))
     if concepts is not None:
         if not concepts:
             raise DataError("nus_wide: concepts is empty; name at least one concept")
@@ -263,7 +433,7 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     elif not 1 <= n_concepts <= len(all_concepts):
         raise DataError(f"nus_wide: n_concepts={n_concepts}, but {concept_path} lists "
                         f"{len(all_concepts)} concepts")
-    columns = np.stack([read_label_column(label_dir / f"Labels_{c}.txt", n, src) for c in all_concepts], axis=1)
+    columns = np.stack([_label_column(files, c, n, rows) for c in all_concepts], axis=1)
     counts = columns.sum(axis=0, dtype=np.int64)
     if concepts is None:
         # Most frequent first; ties keep the concept-list order. Columns stay in list order.
@@ -275,8 +445,17 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
 
     keep = np.flatnonzero((labels.sum(axis=1) > 0) & (tags.sum(axis=1) > 0))
     m = len(keep)
-    splits = hashing_splits(m, n_query, n_train, seed, name="nus_wide",
-                            what=f"the {m} images with a tag and one of the concepts {label_names}")
+    what = f"images with a tag and one of the concepts {label_names}"
+    if official:
+        in_train = np.zeros(n, dtype=bool)
+        in_train[rows[0]] = True
+        train, test = np.flatnonzero(in_train[keep]), np.flatnonzero(~in_train[keep])
+        for part, lst in ((train, files.train_list), (test, files.test_list)):
+            if not len(part):
+                raise DataError(f"{lst}: none of its images is among the {what}")
+        splits = {"train": train, "query": test, "test": test, "database": train}
+    else:
+        splits = hashing_splits(m, n_query, n_train, seed, name="nus_wide", what=f"the {m} {what}")
     X = None
     feature_name = None
     if image_features is not None:
@@ -299,7 +478,7 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         labels=labels[keep], label_names=label_names,
         splits=splits,
         image_ids=[Path(p).stem for p in rel], root=str(root),
-        meta={"protocol": "hashing", "seed": seed, "tag_vocabulary": vocab, "text_feature": "tags1k",
+        meta={"protocol": "hashing", "split": split, "seed": seed, "tag_vocabulary": vocab, "text_feature": "tags1k",
               "image_feature": feature_name, "release_rows": keep,
               "concept_counts": {all_concepts[i]: int(counts[i]) for i in top}},
     )
