@@ -299,6 +299,7 @@ class Collection:
         self._uploads_dir = str((path / "files").resolve())  # images uploaded over HTTP
         self._lock = threading.RLock()  # in-memory indexes: held briefly (search, mutation)
         self._wlock = threading.RLock()  # one writing thread; slow work (encoding) under it only
+        self._writer: int | None = None  # the thread inside _writing (it holds the flock)
         self._use(store)
 
     def _use(self, store: Store) -> None:
@@ -975,17 +976,34 @@ class Collection:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """One writer at a time across processes (flock) and threads; indexes saved at the end."""
+        """One writer at a time across processes (flock) and threads; indexes saved at the end.
+        A write inside another of the same thread (:meth:`writing`) joins it: the flock is
+        held once (a second ``flock`` of the file from this process would wait for itself)."""
         if self.read_only:
             raise read_only_error(self.path, self.path / DB_NAME)
-        with self._wlock, _write_lock(self.path):
-            self.refresh(force=True)
-            start = self._gen
+        if self._writer == threading.get_ident():
             yield
-            # A write that changed nothing (an unchanged re-add, an unknown id) leaves the
-            # files be; one that did writes those past the rewrite threshold (_needs_rewrite).
-            if self._gen != start or any(self._needs_rewrite(m) for m in MODALITIES):
-                self._finish_write()
+            return
+        with self._wlock, _write_lock(self.path):
+            self._writer = threading.get_ident()
+            try:
+                self.refresh(force=True)
+                start = self._gen
+                yield
+                # A write that changed nothing (an unchanged re-add, an unknown id) leaves the
+                # files be; one that did writes those past the rewrite threshold (_needs_rewrite).
+                if self._gen != start or any(self._needs_rewrite(m) for m in MODALITIES):
+                    self._finish_write()
+            finally:
+                self._writer = None
+
+    def writing(self) -> Any:
+        """Hold the collection's writer lock (across processes and this process's threads) for
+        a group of steps: :meth:`add_items`, :meth:`delete` and the like called inside join
+        it. For file work that must not interleave with another writer's, such as putting an
+        upload into ``files/`` where a delete elsewhere removes the uploads no item uses.
+        Keep slow work (encoding) outside: every other writer waits meanwhile."""
+        return self._writing()
 
     def _finish_write(self) -> None:
         """Compact and complete the indexes (under the index lock), then write the files

@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
+import secrets
 import tempfile
 import threading
 import time
@@ -298,9 +300,6 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
     metrics = Metrics()
     encode_lock = threading.Lock()  # one query through the encoders at a time
-    # An upload's file is written before its add takes the write lock, and a delete removes
-    # files no item uses any more: the two must not interleave (same bytes, another key).
-    upload_lock = threading.Lock()
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
@@ -626,30 +625,39 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
 
         def add() -> Any:
-            with upload_lock:
-                if not dest.exists():
-                    atomic_write_bytes(dest, data)
-                try:
-                    # the encoders under the query lock; the store and index files without it,
-                    # so searches go on while they are written
-                    with encode_lock:
-                        Fi, ok = encode_items(coll.encoder("image"), [str(dest)])
-                        Ft = encode_items(coll.encoder("text"), caps)[0] if caps else None
-                    if not ok.all():
+            # The bytes go to a name of this request's own, encoded from there without any
+            # lock but the query one; only under the collection's writer lock do they take
+            # their place in files/. A delete (here or in another process: `xmodal remove`)
+            # removes uploads no item uses under that same lock, so it can never remove the
+            # file between its writing and the add that uses it.
+            staged = dest.with_name(f".upload-{secrets.token_hex(8)}{dest.suffix}")
+            atomic_write_bytes(staged, data)
+            try:
+                # the encoders under the query lock; the store and index files without it,
+                # so searches go on while they are written
+                with encode_lock:
+                    Fi, ok = encode_items(coll.encoder("image"), [str(staged)])
+                    Ft = encode_items(coll.encoder("text"), caps)[0] if caps else None
+                if not ok.all():
+                    return None
+                with coll.writing():
+                    if not dest.exists():  # else the same bytes (named by their hash) are there
+                        os.replace(staged, dest)
+                    try:
+                        rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
+                                             [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
+                                              for j, c in enumerate(caps)], image_features=Fi,
+                                             text_features=Ft, actor=actor, remote=remote(request))
+                    except BaseException:
                         drop_if_unused()
-                        return None
-                    rep = coll.add_items([ImageItem(key=key, path=str(dest), labels=labs)],
-                                         [TextItem(key=f"{key}#{j}", text=c, pair_key=key, labels=labs)
-                                          for j, c in enumerate(caps)], image_features=Fi, text_features=Ft,
-                                         actor=actor, remote=remote(request))
-                except BaseException:
-                    drop_if_unused()
-                    raise
-                if rep.skipped:
-                    drop_if_unused()
-                return rep
+                        raise
+                    if rep.skipped:
+                        drop_if_unused()
+                    return rep
+            finally:
+                staged.unlink(missing_ok=True)
 
-        def drop_if_unused() -> None:  # a failed add leaves no stray copy behind
+        def drop_if_unused() -> None:  # a failed add leaves no stray copy behind (write lock held)
             # by file name, as the collection decides: an item stored before the collection
             # moved names this same file under its old place
             if not coll.uploads_in_use([dest.name]):
@@ -681,8 +689,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
     @app.delete("/api/items/{item_id}")
     def delete_item(item_id: int, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
-        with upload_lock:
-            gone = coll.delete(ids=[item_id], actor=actor, remote=remote(request))
+        gone = coll.delete(ids=[item_id], actor=actor, remote=remote(request))
         if not gone:
             raise HTTPException(404, f"no item with id {item_id}")
         return {"deleted": gone}
