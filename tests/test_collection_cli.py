@@ -151,3 +151,61 @@ def test_serve_read_only_beside_a_live_writer(tmp_path, monkeypatch):
         top = client.post("/api/search", json={"vector": v, "target": "image", "k": 1}).json()
         assert top["results"][0]["key"] == "late"
         assert client.delete("/api/items/1", headers={"X-API-Key": "xmk_x_y"}).status_code in (401, 403)
+
+
+# ------------------------------------------- an existing collection's options: one refusal
+def _one_image_source(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (8, 8), (9, 99, 199)).save(src / "a.png")
+    return src
+
+
+def test_index_refuses_other_options_before_the_scan_in_option_names(tmp_path):
+    # The CLI's early check had its own rules beside build_collection's: a fitted method file
+    # or an encoder the collection lacks went past it, to be refused (in argument names,
+    # "method ... index ...") only after the source was scanned.
+    from xmodal.index import Collection
+
+    Collection.create(tmp_path / "c.xmc", dim=4).close()
+    (tmp_path / "other.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    src = tmp_path / "empty"
+    src.mkdir()  # scanning it fails: a refusal after the scan would say "no images found"
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", tmp_path / "other.zip",
+              "--image-encoder", "efficientnet-lite0", "--index", "HNSW32")
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert "no images found" not in out
+    assert f"--method {tmp_path / 'other.zip'} (it has no fitted method)" in out, out
+    assert "--image-encoder efficientnet-lite0 (it has none)" in out
+    assert "--index HNSW32 (it has Flat)" in out and "--rebuild" in out
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", tmp_path / "missing.zip")
+    assert res.exit_code == 2 and "missing.zip: no such fitted method file" in " ".join(res.output.split())
+
+
+def test_build_refusal_carries_the_facts_and_the_cli_words_them(tmp_path, monkeypatch):
+    import xmodal.cli.collection as cli_collection
+    from xmodal.index import Collection, build_collection
+    from xmodal.index.build import OtherOption, OtherOptionsError
+
+    Collection.create(tmp_path / "c.xmc", dim=4).close()
+    src = _one_image_source(tmp_path)
+    with pytest.raises(OtherOptionsError) as err:
+        build_collection(src, tmp_path / "c.xmc", index="HNSW32", rerank=True, quiet=True)
+    assert err.value.options == [
+        OtherOption("index", "HNSW32", "Flat"),
+        OtherOption("rerank", True, False, "it keeps no float projections to re-rank with")]
+    msg = str(err.value)
+    assert "index HNSW32 (it has Flat)" in msg and "rerank (it keeps no float projections" in msg
+    assert "overwrite=True" in msg
+    # a refusal that comes from build_collection itself (a collection made by another process
+    # after the CLI's early check) is worded in option names too
+    monkeypatch.setattr(cli_collection, "_refuse_ignored_options", lambda *a, **kw: None)
+    for extra in ([], ["--dry-run"]):
+        res = run("index", src, "-c", tmp_path / "c.xmc", "--index", "HNSW32", *extra)
+        assert res.exit_code == 2, res.output
+        out = " ".join(res.output.split())
+        assert "--index HNSW32 (it has Flat)" in out and "--rebuild" in out, out
+    assert Collection.open(tmp_path / "c.xmc").stats()["index"] == "Flat"

@@ -50,43 +50,45 @@ def _plan_text(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def _option_words(collection: Path, options: list) -> str:
+    """:class:`xmodal.index.build.OtherOption` facts worded in this command's option names."""
+    words = []
+    for o in options:
+        flag = o.name.replace("_", "-")
+        if isinstance(o.asked, bool):
+            words.append(f"--{flag} ({o.reason})" if o.asked else f"--no-{flag} ({o.reason})")
+        else:
+            asked = o.asked if isinstance(o.asked, (str, Path)) else f"{type(o.asked).__name__} object"
+            why = o.reason or f"it has {o.has or 'none'}"
+            words.append(f"--{flag} {asked} ({why})")
+    return (f"{collection}: an existing collection keeps what it was made with; {'; '.join(words)}: "
+            f"add --rebuild to start it afresh with them (refits the method)")
+
+
 def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: object) -> None:
     """An existing collection keeps the method, encoders and index it was made with: an option
     typed on the command line that asks for another one is refused rather than silently
-    ignored (the run would report the old index, the user believing in the new one)."""
+    ignored (the run would report the old index, the user believing in the new one). Before
+    the source is scanned; the facts are :func:`xmodal.index.build.other_options`'s."""
     from ..index import Collection, CollectionError
-    from ..index.build import _spec
-    from ..index.vector import IndexSpecError, normalize_spec
+    from ..index.build import other_options
 
     typed = {name: v for name, v in given.items()
              if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
     if not typed or not Collection.exists(collection):
         return
     try:
-        with Collection.open(collection, read_only=True) as coll:
-            s = coll.stats()
+        coll = Collection.open(collection, read_only=True)
     except CollectionError:
         return  # build_collection reports it
-    have = {"method": s["method"], "index": s["index"], "rerank": s["rerank"],
-            **{f"{m}_encoder": spec for m, spec in (s.get("encoders") or {}).items()}}
-    differ = []
-    for name, value in typed.items():
-        if name == "method" and str(value).endswith(".zip"):
-            continue  # a fitted method file: its content is not comparable by name
-        if name == "index":
-            try:
-                value = normalize_spec(s["output"], str(value))
-            except IndexSpecError:
-                pass
-        elif name.endswith("_encoder"):
-            value = _spec(value)  # "a + b" names "a+b"
-        if name in have and have[name] is not None and value != have[name]:
-            flag = name.replace("_", "-")
-            differ.append((f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool)
-                          else f"--{flag} {value} (it has {have[name]})")
+    try:
+        differ = other_options(coll, typed)
+    except CollectionError as exc:
+        _fail(str(exc))
+    finally:
+        coll.close()
     if differ:
-        _fail(f"{collection}: an existing collection keeps what it was made with; "
-              f"{'; '.join(differ)}: add --rebuild to start it afresh with them (refits the method)")
+        _fail(_option_words(collection, differ))
 
 
 def register(app: typer.Typer) -> None:
@@ -134,6 +136,7 @@ def register(app: typer.Typer) -> None:
         incrementally: unchanged files cost nothing."""
         from ..data.dataset import DataError
         from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
+        from ..index.build import OtherOptionsError
 
         if like is not None:  # a shard takes its base's fitted method and encoders, never these
             typed = [f"--{name.replace('_', '-')}" for name in ("method", "image_encoder", "text_encoder")
@@ -150,6 +153,8 @@ def register(app: typer.Typer) -> None:
                 plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
                                        like=like, prune=prune, rerank=rerank,
                                        image_encoder=image_encoder, text_encoder=text_encoder)
+            except OtherOptionsError as exc:
+                _fail(_option_words(collection, exc.options))
             except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
                 _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))
@@ -159,6 +164,8 @@ def register(app: typer.Typer) -> None:
                                     text_encoder=text_encoder, index=index, rerank=rerank,
                                     public_read=public_read, overwrite=rebuild, quiet=quiet, like=like,
                                     prune=prune)
+        except OtherOptionsError as exc:
+            _fail(_option_words(collection, exc.options))
         except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -505,58 +506,114 @@ def _method_digest(method: Any) -> str:
     return h.hexdigest()
 
 
-def _refuse_other_options(coll: Collection, asked: dict[str, Any]) -> None:
-    """An existing collection keeps the method, index and encoders it was made with: asked
-    for others (``asked``: :func:`build_collection`'s arguments; None = the collection's),
-    refuse, naming the collection and each option, rather than silently ignore them. (A
-    method or encoders given with ``like`` never get here: :func:`_refuse_with_like`.)"""
+@dataclass(frozen=True)
+class OtherOption:
+    """One option asked of an existing collection that it was not made with: ``name`` (the
+    :func:`build_collection` argument), ``asked`` (as asked; an encoder by its spec; for
+    ``method_params`` the parameters that differ), ``has`` (the collection's own; None: it has
+    none) and ``reason`` where the two differ otherwise than by name (a fitted method's
+    content, an encoder's fitted state, re-ranking)."""
+
+    name: str
+    asked: Any
+    has: Any
+    reason: str | None = None
+
+
+class OtherOptionsError(CollectionError):
+    """An existing collection asked for another method, index or encoders than its own:
+    ``options`` (:class:`OtherOption`) says which, so that a caller (the CLI) can word them
+    in its own option names; the message words them as :func:`build_collection`'s arguments."""
+
+    def __init__(self, path: str | Path, options: list[OtherOption]) -> None:
+        self.path = Path(path)
+        self.options = list(options)
+        super().__init__(f"{path}: an existing collection keeps the method, index and encoders it "
+                         f"was made with; asked for {'; '.join(map(_argument_words, self.options))}: "
+                         f"leave them out to add to it, or pass overwrite=True (xmodal index --rebuild) "
+                         f"to start it afresh with them (refits the method)")
+
+
+def _argument_words(o: OtherOption) -> str:
+    """An :class:`OtherOption` in :func:`build_collection`'s argument names."""
+    asked = o.asked if isinstance(o.asked, (str, Path, dict, bool)) else f"{type(o.asked).__name__} object"
+    if o.name == "rerank":
+        return f"rerank ({o.reason})" if o.asked else f"rerank=False ({o.reason})"
+    if o.reason and o.name.endswith("_encoder"):
+        return f"{o.name} {asked} {o.reason}"
+    if o.reason:
+        return f"{o.name} {asked} ({o.reason})"
+    if o.name == "method":
+        return f"method {asked!r} (it has {o.has!r})"
+    return f"{o.name} {asked} (it has {o.has or 'none'})"
+
+
+def other_options(coll: Collection, asked: dict[str, Any]) -> list[OtherOption]:
+    """What of ``asked`` (:func:`build_collection`'s method, method_params, index, rerank,
+    image_encoder and text_encoder; None or absent: not asked, the collection's own) an
+    existing collection does not have, in that order. ``rerank``: True asks for float
+    projections, False for none. A method file that does not exist is a
+    :class:`CollectionError`."""
     from .vector import IndexSpecError, normalize_spec
 
     have = coll.meta.get("method") or {}
-    differ = []
-    method = asked["method"]
+    other_fitted = (f"another fitted method than its {have.get('name')}" if have
+                    else "it has no fitted method")
+    differ: list[OtherOption] = []
+    method = asked.get("method")
     if method is not None:
         if isinstance(method, (str, Path)) and Path(method).suffix == ".zip":
+            if not Path(method).is_file():
+                raise CollectionError(f"{method}: no such fitted method file")
             if not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
-                differ.append(f"method {method} (another fitted method than its {have.get('name')})")
+                differ.append(OtherOption("method", method, have.get("name"), other_fitted))
         elif isinstance(method, str):
             if method != have.get("name"):
-                differ.append(f"method {method!r} (it has {have.get('name')!r})")
+                differ.append(OtherOption("method", method, have.get("name")))
         elif not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
-            differ.append(f"method {type(method).__name__} object (another fitted method than its "
-                          f"{have.get('name')})")
+            differ.append(OtherOption("method", method, have.get("name"), other_fitted))
     params = asked.get("method_params") or {}
     stored = have.get("params") or {}
     other = {k: v for k, v in params.items() if k not in stored or stored[k] != v}
     if other:
-        differ.append(f"method_params {other} (it has {stored or 'none'})")
-    index = asked["index"]
+        differ.append(OtherOption("method_params", other, stored or None))
+    index = asked.get("index")
     if index is not None:
         try:
             same = normalize_spec(coll.kind, str(index)) == coll.index_spec
         except IndexSpecError:
             same = False
         if not same:
-            differ.append(f"index {index} (it has {coll.index_spec})")
-    if asked["rerank"] and not coll.fdim:
-        differ.append("rerank (it keeps no float projections to re-rank with)")
+            differ.append(OtherOption("index", index, coll.index_spec))
+    rerank = asked.get("rerank")
+    if rerank is not None and bool(rerank) != bool(coll.fdim):
+        differ.append(OtherOption("rerank", bool(rerank), bool(coll.fdim),
+                                  "it keeps no float projections to re-rank with" if rerank else
+                                  "it keeps float projections and re-ranks with them"))
     for modality in ("image", "text"):
-        given = asked[f"{modality}_encoder"]
+        given = asked.get(f"{modality}_encoder")
         if given is None:
             continue
         rec = coll.meta.get("encoders", {}).get(modality)
-        if rec is None:
-            differ.append(f"{modality}_encoder {_spec(given)} (it has none)")
-        elif _spec(given) != rec.get("spec"):
-            differ.append(f"{modality}_encoder {_spec(given)} (it has {rec.get('spec')})")
+        has = None if rec is None else rec.get("spec")
+        if rec is None or _spec(given) != has:
+            differ.append(OtherOption(f"{modality}_encoder", _spec(given), has))
         elif (getattr(given, "needs_fit", False) and getattr(given, "is_fitted", False)
               and given.state_hash() != coll.encoder(modality).state_hash()):
-            differ.append(f"{modality}_encoder {_spec(given)} fitted on other items than its own")
+            differ.append(OtherOption(f"{modality}_encoder", _spec(given), has,
+                                      "fitted on other items than its own"))
+    return differ
+
+
+def _refuse_other_options(coll: Collection, asked: dict[str, Any]) -> None:
+    """An existing collection keeps the method, index and encoders it was made with: asked
+    for others (``asked``: :func:`build_collection`'s arguments; None = the collection's;
+    ``rerank`` False = not asked), refuse, naming the collection and each option
+    (:class:`OtherOptionsError`), rather than silently ignore them. (A method or encoders
+    given with ``like`` never get here: :func:`_refuse_with_like`.)"""
+    differ = other_options(coll, {**asked, "rerank": asked.get("rerank") or None})
     if differ:
-        raise CollectionError(f"{coll.path}: an existing collection keeps the method, index and encoders "
-                              f"it was made with; asked for {'; '.join(differ)}: leave them out to add to "
-                              f"it, or pass overwrite=True (xmodal index --rebuild) to start it afresh "
-                              f"with them (refits the method)")
+        raise OtherOptionsError(coll.path, differ)
 
 
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
