@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,21 @@ def test_writes_inside_writing_join_it(tmp_path):
     with Collection.open(tmp_path / "c.xmc") as again:
         assert again.count("image") == 1 and again.id_of("b") is not None
     coll.close()
+
+
+def test_stale_staged_uploads_are_swept_at_start_and_fresh_ones_kept(tmp_path):
+    # a server killed between staging an upload and its clean-up leaves files/.upload-*;
+    # the next writable start removes those past the TTL, never one that may be in flight
+    from xmodal.service.app import STAGED_UPLOAD_TTL, create_app
+
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    files = coll.path / "files"
+    files.mkdir(exist_ok=True)
+    stale, fresh, kept = files / ".upload-aa.png", files / ".upload-bb.png", files / "abc.png"
+    for f in (stale, fresh, kept):
+        f.write_bytes(b"x")
+    old = time.time() - STAGED_UPLOAD_TTL - 60
+    os.utime(stale, (old, old))
+    os.utime(kept, (old, old))
+    create_app(coll)
+    assert not stale.exists() and fresh.exists() and kept.exists()

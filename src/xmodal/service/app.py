@@ -284,6 +284,26 @@ def safe_key(key: str) -> str:
 
 
 # ------------------------------------------------------------------------- app
+STAGED_UPLOAD_TTL = 3600.0  # seconds: an older staged upload is a killed server's leftover
+
+
+def sweep_staged_uploads(folder: Path, older_than: float = STAGED_UPLOAD_TTL) -> int:
+    """Remove ``files/.upload-*`` copies older than ``older_than`` seconds, left by a server
+    killed between staging an upload and its clean-up (never referenced by any item). Younger
+    ones may belong to an upload in flight in another process, so they stay. Returns how many
+    went."""
+    cutoff = time.time() - older_than
+    gone = 0
+    for f in folder.glob(".upload-*"):
+        try:
+            if f.is_file() and f.stat().st_mtime < cutoff:
+                f.unlink()
+                gone += 1
+        except FileNotFoundError:  # another server swept it first
+            pass
+    return gone
+
+
 def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_image_pixels: int = MAX_IMAGE_PIXELS, shards: Sequence[str | RemoteShard] = (),
                shard_api_key: str | None = None, shard_timeout: float = 30.0) -> FastAPI:
@@ -293,6 +313,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     answer's ``failed_shards``; so is one that takes over ``shard_timeout`` seconds). Items,
     uploads and keys stay this collection's own."""
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
+    if not coll.read_only and (coll.path / "files").is_dir():
+        sweep_staged_uploads(coll.path / "files")
     remotes = [s if isinstance(s, RemoteShard) else
                RemoteShard(s, api_key=shard_api_key, timeout=shard_timeout, key_hint=SHARD_KEY_HINT)
                for s in shards]
