@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Callable
 
 from ._files import RELEASE_MARKERS, SourceFiles, dataset_files, dataset_layout, release_of
+from .coco import load_coco
 from .dataset import DataError, PairedDataset, one_hot, random_splits
 from .dcmh_mat import find_dcmh_files, load_dcmh_mat, load_index_caption_mat, load_mat
+from .flickr import load_flickr
 from .karpathy import load_karpathy, load_ucm_captions
 from .mirflickr import load_cleaned_folder, load_cnn_mat, load_mirflickr25k, load_mirflickr25k_release
 from .npz import load_npz, save_npz
@@ -35,6 +37,8 @@ _FOLDER_LOADERS: dict[str, Callable[..., PairedDataset]] = {
     "cleaned_lists": load_cleaned_folder,
     "index_caption_mat": load_index_caption_mat,
     "dcmh_mat": load_dcmh_mat,
+    "coco_official": load_coco,
+    "flickr_tokens": load_flickr,
     **{name: _release_loader(name) for name in ("wikipedia", "nus_wide", "mirflickr25k", "pascal_sentences")},
 }
 
@@ -44,7 +48,12 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
     one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/``L_tr``) or the DCMH
     layout (``IAll``/``YAll``/``LAll``), the folder of a release that a named loader reads
-    (Wikipedia, NUS-WIDE, MIRFlickr-25K, Pascal Sentences: :func:`dataset_layout`), a folder
+    (Wikipedia, NUS-WIDE, MIRFlickr-25K, Pascal Sentences: :func:`dataset_layout`), the folder
+    of a caption dataset's own download (MS-COCO's ``annotations/captions_<split><year>.json``,
+    with its 80 categories as labels from ``instances_<split><year>.json``:
+    :func:`~xmodal.data.coco.load_coco`; Flickr8k's ``Flickr8k.token.txt`` with its split
+    lists, Flickr30k's ``results_20130124.token`` or Kaggle's ``results.csv``:
+    :func:`~xmodal.data.flickr.load_flickr`; a Karpathy file beside them is read instead), a folder
     of DCMH per-variable ``.mat`` files, a folder
     of ``index.mat`` / ``caption.mat`` / ``label.mat``
     (:func:`~xmodal.data.dcmh_mat.load_index_caption_mat`), a folder of the cleaned lists of
@@ -74,7 +83,9 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     if name and path.is_dir():
         raise DataError(f"{path / 'dataset.json'}: file not found (a dataset folder must hold a "
                         "Karpathy dataset.json / dataset_*.json, a release layout of "
-                        f"{[n for n, _ in RELEASE_MARKERS] + ['pascal_sentences']}, cleaned lists (all_imgs.txt, ...), "
+                        f"{[n for n, _ in RELEASE_MARKERS] + ['pascal_sentences']}, COCO's "
+                        "annotations/captions_*.json, Flickr8k.token.txt / results_20130124.token, "
+                        "cleaned lists (all_imgs.txt, ...), "
                         "index.mat/caption.mat/label.mat or DCMH-layout .mat files)")
     if not path.exists() and (path.suffix or len(path.parts) > 1):
         raise DataError(f"{path}: no such file or folder")
@@ -84,7 +95,8 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
 
 
 __all__ = ["DataError", "PairedDataset", "LOADERS", "load_dataset", "load_wikipedia",
-           "load_karpathy", "load_ucm_captions", "load_mirflickr25k", "load_mirflickr25k_release",
+           "load_karpathy", "load_ucm_captions", "load_coco", "load_flickr", "load_mirflickr25k",
+           "load_mirflickr25k_release",
            "load_cleaned_folder", "load_cnn_mat", "load_nus_wide", "load_dcmh_mat",
            "load_index_caption_mat", "load_mat", "find_dcmh_files", "load_pascal_sentences",
            "load_pairs", "load_npz", "save_npz", "one_hot", "random_splits", "dataset_files",

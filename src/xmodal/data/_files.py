@@ -64,8 +64,14 @@ def dataset_layout(path: str | os.PathLike) -> str | None:
     (``index.mat`` + ``caption.mat`` + ``label.mat``), ``"dcmh_mat"`` (``.mat`` files holding
     the DCMH variables); then a release by its markers (``"wikipedia"``, ``"nus_wide"``,
     ``"mirflickr25k"``: :data:`RELEASE_MARKERS`; ``"pascal_sentences"``: ``sentence/``
-    beside ``dataset/``, or the dataset's page). None for a folder that is none of these (a
-    web page or a tool's ``dataset_*.json`` among photos) or not a folder."""
+    beside ``dataset/``, or the dataset's page); last the caption files of a dataset's own
+    download, so that no folder read before as another layout changes its answer:
+    ``"coco_official"`` (``annotations/captions_<split><year>.json``,
+    :func:`~xmodal.data.coco.load_coco`) and ``"flickr_tokens"`` (``Flickr8k.token.txt``,
+    ``results_20130124.token`` or Kaggle's Flickr30k ``results.csv``,
+    :func:`~xmodal.data.flickr.load_flickr`). A Karpathy file beside those wins: it carries
+    the papers' splits. None for a folder that is none of these (a web page or a tool's
+    ``dataset_*.json`` among photos) or not a folder."""
     from .dcmh_mat import has_dcmh_files, is_index_caption_folder
     from .karpathy import find_karpathy_file
 
@@ -83,7 +89,26 @@ def dataset_layout(path: str | os.PathLike) -> str | None:
         return "index_caption_mat"
     if has_dcmh_files(folder):
         return "dcmh_mat"
-    return release_of(folder)
+    release = release_of(folder)
+    if release is not None:
+        return release
+    return official_layout(folder)
+
+
+def official_layout(folder: Path) -> str | None:
+    """``"coco_official"`` or ``"flickr_tokens"`` when ``folder`` holds the caption files of
+    that download (see :func:`dataset_layout`), else None."""
+    from .coco import is_coco_folder
+    from .flickr import find_flickr_captions
+
+    if is_coco_folder(folder):
+        return "coco_official"
+    try:
+        if find_flickr_captions(folder) is not None:
+            return "flickr_tokens"
+    except DataError:  # two datasets' caption files: still Flickr's, the loader names them
+        return "flickr_tokens"
+    return None
 
 
 def _existing(*paths: Path) -> list[Path]:
@@ -154,22 +179,63 @@ def _pascal(path: Path) -> list[Path]:
     return sorted(p for p in (root / "sentence").rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _label_files(karpathy_file: Path) -> list[Path]:
+    from .coco import karpathy_label_files
+
+    try:
+        return karpathy_label_files(karpathy_file, warn=False)
+    except (DataError, OSError):
+        return []
+
+
+def _karpathy(folder: Path) -> SourceFiles:
+    # As before the labels, plus the COCO instances files a Karpathy COCO file is joined with
+    # (in annotations/, which the legacy list of top-level .json files misses).
+    from .karpathy import find_karpathy_file
+
+    source = _legacy(folder, "karpathy")
+    try:
+        found = find_karpathy_file(folder)
+    except DataError:  # several: the loader names them
+        found = None
+    extra = [f for f in _label_files(found) if f not in source.files] if found is not None else []
+    return SourceFiles("karpathy", source.files + extra, None)
+
+
+def _coco(path: Path) -> list[Path]:
+    from .coco import coco_files
+
+    return coco_files(path)
+
+
+def _flickr(path: Path) -> list[Path]:
+    from .flickr import flickr_files
+
+    return flickr_files(path)
+
+
 def dataset_files(path: str | os.PathLike) -> SourceFiles:
     """The files :func:`~xmodal.data.load_dataset` reads for the dataset given by ``path`` (a
     file, or a folder in one of the layouts of :func:`dataset_layout`): label, tag, list,
     caption and ``.mat`` files, never the images themselves (the lists name them). A file is
-    itself; a folder of a layout read before the release loaders (Karpathy file, DCMH or
-    index/caption/label ``.mat``, or none) gives its ``.json`` and ``.mat`` files, as before."""
+    itself (a Karpathy COCO file: with the COCO instances files it is joined with); a folder
+    of a layout read before the release loaders (Karpathy file, DCMH or index/caption/label
+    ``.mat``, or none) gives its ``.json`` and ``.mat`` files, as before (a Karpathy COCO
+    file's instances files in ``annotations/`` added)."""
     p = Path(path)
     if p.is_file():
-        return SourceFiles("file", [p], None)
+        # A Karpathy COCO file is read with the instances files beside it (its labels).
+        return SourceFiles("file", [p] + _label_files(p) if p.suffix.lower() == ".json" else [p], None)
     if not p.is_dir():
         return SourceFiles("missing", [], None)
     layout = dataset_layout(p)
     if layout is None:
         return _legacy(p, "folder")
     readers = {"cleaned_lists": _cleaned, "wikipedia": _wikipedia, "nus_wide": _nus_wide,
-               "mirflickr25k": _mirflickr, "pascal_sentences": _pascal}
+               "mirflickr25k": _mirflickr, "pascal_sentences": _pascal, "coco_official": _coco,
+               "flickr_tokens": _flickr}
+    if layout == "karpathy":
+        return _karpathy(p)
     if layout not in readers:
         return _legacy(p, layout)
     try:

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -77,9 +77,20 @@ def find_karpathy_file(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
+def read_json(path: Path) -> object:
+    """The JSON document in ``path``; a file that is not JSON is a :class:`DataError` naming
+    the file and line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+
+
 def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: str | None = None,
                   class_of: Callable[[dict], int] | None = None,
-                  label_names: list[str] | None = None, max_captions: int | str | None = "auto") -> PairedDataset:
+                  label_names: list[str] | None = None, max_captions: int | str | None = "auto",
+                  instances: str | Sequence[str | os.PathLike] | None = "auto",
+                  drop_unlabelled: bool = True) -> PairedDataset:
     """Load a Karpathy file (``dataset.json``, ``dataset_coco.json``, ... or a folder holding one).
     ``restval`` counts as train, as in the usual protocol.
 
@@ -91,19 +102,32 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     for MSCOCO (the image-text matching protocol: 5,000 test images, 25,000 captions) and all
     of them otherwise; ``None`` keeps all. ``class_of(image_record) -> int`` gives single-label
     classes when the dataset has them.
+
+    COCO's 80 categories as multi-hot labels, joined by each record's ``cocoid`` (what the
+    cross-modal hashing papers label MS-COCO with, here on Karpathy's split): ``instances``
+    names COCO's ``instances_*.json`` files; ``"auto"`` (default) takes
+    ``instances_train2014.json`` + ``instances_val2014.json`` (else 2017's) when they sit
+    beside the file or in ``annotations/`` beside it and the records carry ``cocoid``
+    (:func:`~xmodal.data.coco.karpathy_label_files`); ``None`` attaches none. With labels,
+    ``drop_unlabelled`` (default True) drops the images with no category, about 1% of COCO,
+    from every split (Karpathy's 5K test split included; ``meta["unlabelled_dropped"]``
+    counts them); False keeps them with an all-zero label row.
     """
     path = Path(path)
     if path.is_dir():
         found = find_karpathy_file(path)
         path = found if found is not None else path / "dataset.json"
-    try:
-        doc = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{path}: no 'images' list (not a Karpathy-format file)")
     if not doc["images"]:
         raise DataError(f"{path}: the 'images' list is empty")
+    if isinstance(doc.get("annotations"), list) and not any(
+            isinstance(r, dict) and "sentences" in r for r in doc["images"][:PROBE_SAMPLE]):
+        raise DataError(f"{path}: a COCO annotation file, not a Karpathy file; load the folder that "
+                        "holds annotations/ (xmodal.data.coco.load_coco)")
+    if not isinstance(drop_unlabelled, bool):
+        raise DataError(f"{path}: drop_unlabelled must be True or False, got {drop_unlabelled!r}")
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {path})")
     if max_captions == "auto":
@@ -163,7 +187,10 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     labels = None
     if class_of is not None:
         labels = one_hot(classes, len(label_names) if label_names else None)
-    return PairedDataset(
+    label_files = _instances_files(path, instances, class_of is not None)
+    if label_files:
+        labels, label_names = _coco_labels(path, doc["images"], label_files)
+    ds = PairedDataset(
         name=name or doc.get("dataset", path.parent.name),
         text_to_image=np.asarray(t2i),
         n_images=len(image_paths),
@@ -176,11 +203,51 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         root=str(path.parent),
         meta={"protocol": "karpathy", "max_captions": max_captions, "captions_dropped": dropped},
     )
+    if label_files:
+        from .coco import drop_unlabelled_images
+
+        ds.meta["label_files"] = [str(p) for p in label_files]
+        ds = drop_unlabelled_images(ds, drop_unlabelled)
+    return ds
 
 
-def _image_bases(root: Path) -> list[Path]:
-    # The file's folder or one of its sub-folders (imgs/, flickr30k-images/, Flicker8k_Dataset/,
-    # images/ holding train2014/...); the usual names first.
+def _instances_files(path: Path, instances: object, has_classes: bool) -> list[Path]:
+    """The COCO instances files ``load_karpathy``'s ``instances`` names for the file ``path``."""
+    from .coco import karpathy_label_files
+
+    if instances is None:
+        return []
+    if isinstance(instances, str) and instances == "auto":
+        return [] if has_classes else karpathy_label_files(path)
+    files = [Path(instances)] if isinstance(instances, (str, os.PathLike)) else [Path(p) for p in instances]
+    if has_classes:
+        raise DataError(f"{path}: give class_of or instances, not both (each gives the labels)")
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"{f}: file not found (a COCO instances file for {path.name})")
+    return files
+
+
+def _coco_labels(path: Path, records: list, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    """COCO's category labels of Karpathy's ``records``, by their ``cocoid``."""
+    from .coco import category_labels
+
+    ids = [_cocoid(r) for r in records]
+    if None in ids:
+        i = ids.index(None)
+        raise DataError(f"{path}: images[{i}] ({records[i]['filename']}): field 'cocoid' missing or not "
+                        f"an integer, needed to join the labels of {files[0].name}")
+    labels, names, listed = category_labels(files, np.asarray(ids, dtype=np.int64))
+    if not listed.all():
+        i = int(np.flatnonzero(~listed)[0])
+        raise DataError(f"{path}: images[{i}] ({records[i]['filename']}): cocoid {ids[i]} is in none of "
+                        f"{', '.join(p.name for p in files)} (instances of another COCO release?)")
+    return labels, names
+
+
+def image_bases(root: Path) -> list[Path]:
+    """Where a dataset's images may be: ``root`` or one of its sub-folders (imgs/,
+    flickr30k-images/, Flicker8k_Dataset/, images/ holding train2014/...), the usual names first."""
     named = ("imgs", "images", "Images", "img")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return list(dict.fromkeys([root / n for n in named if (root / n).is_dir()] + [root] + subdirs))
@@ -225,7 +292,7 @@ def _image_rule(root: Path, records: list, image_dir: Path | None) -> Callable[[
     folder and its sub-folders where a sampled image exists, as ``filepath/filename``, with
     another extension, or (COCO) by the 2017 release's name. No image found: paths as the first
     candidate folder would hold them."""
-    bases = [image_dir] if image_dir is not None else _image_bases(root)
+    bases = [image_dir] if image_dir is not None else image_bases(root)
     sample = [r for r in records[:PROBE_SAMPLE]
               if isinstance(r, dict) and isinstance(r.get("filename"), str) and r["filename"].strip()]
     exts = [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
