@@ -102,7 +102,8 @@ def test_shape_mismatch_is_an_error():
 
 
 def _calc_map_k_reference(dist, gnd_all, k=None):
-    """Per-query loop of the DCMH / hashing papers' calc_map(_k), with a stable sort (MATLAB's)."""
+    """Per-query loop of DCMH's calc_map (k=None) and DeepHash-pytorch's CalcTopMap (k), with a
+    stable sort (MATLAB's)."""
     aps = []
     for d, gnd in zip(dist, gnd_all):
         order = np.argsort(d, kind="stable")
@@ -122,19 +123,26 @@ def test_map_and_map_at_k_match_the_hashing_reference_loop_with_ties():
     dist = rng.integers(0, 9, size=(30, 80))  # Hamming distances: many ties
     R = rng.random((30, 80)) < 0.15
     R[0] = False  # a query with no relevant item scores 0 and counts in the mean
-    np.testing.assert_allclose(average_precision(distances=dist, relevant=R), _calc_map_k_reference(dist, R))
+    np.testing.assert_allclose(average_precision(distances=dist, relevant=R, tie_seed=None),
+                               _calc_map_k_reference(dist, R))
     for k in (1, 5, 50, 80, 500):  # k beyond the database is the full ranking
-        np.testing.assert_allclose(average_precision(distances=dist, relevant=R, k=k),
+        np.testing.assert_allclose(average_precision(distances=dist, relevant=R, k=k, tie_seed=None),
                                    _calc_map_k_reference(dist, R, k))
+    # by default ties follow one fixed permutation of the database: the loop on permuted columns
+    perm = np.random.default_rng(0).permutation(80)
+    for k in (None, 5, 50):
+        np.testing.assert_allclose(average_precision(distances=dist, relevant=R, k=k),
+                                   _calc_map_k_reference(dist[:, perm], R[:, perm], k))
 
 
-def test_ties_keep_database_order():
-    # all three at distance 1: the ranking is database order, so the relevant item is third
+def test_ties_keep_database_order_with_tie_seed_none():
+    # all three at distance 1: with tie_seed=None the ranking is database order, so the
+    # relevant item is third (the default breaks ties by a fixed random permutation instead)
     dist = np.array([[1, 1, 1]])
     R = np.array([[0, 0, 1]], bool)
-    assert average_precision(distances=dist, relevant=R)[0] == pytest.approx(1 / 3)
-    assert precision_at_k(distances=dist, relevant=R, k=1) == 0.0
-    assert recall_at_k(distances=dist, relevant=R, ks=(1, 3)) == {1: 0.0, 3: 1.0}
+    assert average_precision(distances=dist, relevant=R, tie_seed=None)[0] == pytest.approx(1 / 3)
+    assert precision_at_k(distances=dist, relevant=R, k=1, tie_seed=None) == 0.0
+    assert recall_at_k(distances=dist, relevant=R, ks=(1, 3), tie_seed=None) == {1: 0.0, 3: 1.0}
 
 
 def test_precision_at_k_beyond_the_database_divides_by_its_size():
@@ -146,7 +154,8 @@ def test_precision_at_k_beyond_the_database_divides_by_its_size():
 
 def test_radius_precision_and_recall_match_evaluate_macro():
     # Wei Liu's evaluate_macro (KSH / SDH code): Ret = dist <= r; a query retrieving nothing has
-    # precision 0, one with no relevant item recall 0; both averaged over every query
+    # precision 0. The curve leaves out queries with no relevant item (as pr_curve does);
+    # precision within the radius alone (P@r2) counts every query, as evaluate_macro
     rng = np.random.default_rng(5)
     bits = 16
     dist = rng.integers(0, bits + 1, size=(40, 60))
@@ -157,9 +166,10 @@ def test_radius_precision_and_recall_match_evaluate_macro():
         ret = dist <= r
         hits = (ret & R).sum(1)
         prec = np.where(ret.sum(1) > 0, hits / np.maximum(ret.sum(1), 1), 0).mean()
-        rec = np.where(R.sum(1) > 0, hits / np.maximum(R.sum(1), 1), 0).mean()
-        assert curve["precision"][r] == pytest.approx(prec)
-        assert curve["recall"][r] == pytest.approx(rec)
+        keep = R.sum(1) > 0
+        assert curve["precision"][r] == pytest.approx(
+            np.where(ret.sum(1) > 0, hits / np.maximum(ret.sum(1), 1), 0)[keep].mean())
+        assert curve["recall"][r] == pytest.approx((hits / np.maximum(R.sum(1), 1))[keep].mean())
         assert precision_within_radius(dist, R, r) == pytest.approx(prec)
 
 

@@ -1,23 +1,45 @@
 """Retrieval metrics over score or Hamming-distance rankings, vectorised and batched over queries.
 
 Conventions (stated because papers differ):
-- Rankings sort by score descending (or distance ascending) with a stable sort, so ties keep
-  database order.
+- Rankings sort by score descending (or distance ascending). Tied items are ordered by one
+  fixed random permutation of the database (``np.random.default_rng(tie_seed).permutation(n_db)``,
+  ``tie_seed=0`` by default), applied before a stable sort and shared by every metric. So no
+  metric depends on the order the database is stored in (a database sorted by class would
+  otherwise put a query's relevant items first in every tie group and inflate MAP and P@k with
+  Hamming rankings), results are deterministic, and their expectation is the average over
+  random tie orders. Untied rankings are unaffected. ``tie_seed=None`` keeps database order
+  for ties (as a stable sort, or FAISS's ``IndexBinaryFlat``, would).
 - AP over the full ranking divides by the number of relevant items; a query with no relevant
-  item scores 0 and still counts in the mean (as in the DCMH evaluation code).
-- mAP@k divides by the relevant items retrieved within the top k (DCMH's ``calc_map_k``).
+  item scores 0 and still counts in the mean (as DCMH's ``calc_map``).
+- mAP@k averages precision over the relevant items retrieved within the top k and divides by
+  their number (DeepHash-pytorch's ``CalcTopMap``); a query with none in the top k scores 0 and
+  counts. This is not DCMH's ``calc_map_k``, which takes the first ``min(k, R)`` relevant items
+  of the whole ranking, wherever they lie.
 - P@k and NDCG@k with k larger than the database use the whole ranking (P@k then divides by the
   database size, as ``total = min(k, n_db)`` in the hashing papers' ``p_topK`` code).
+- Precision within Hamming radius r (P@r2) is 0 for a query with nothing within the radius,
+  and such queries count in the mean (SDH / KSH ``evaluate_macro``).
+- Both precision-recall curves (:func:`pr_curve`, ranking; :func:`hamming_pr_curve`, Hamming
+  radius) average over the queries with at least one relevant item and leave the others out.
+- Recall@K (:func:`recall_at_k`) leaves out queries with no relevant item at all (an image
+  without a caption has no image->text ground truth): they are neither hits nor misses.
+- Scores must be finite: NaN or infinite scores (a diverged method) are refused with a
+  :class:`NonFiniteScoresError` naming how many queries have them.
 - The N+10 denominator in some MATLAB evaluation code is a known bug and is not reproduced.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
 
 CHUNK = 256  # queries per batch: bounds memory at CHUNK x n_db
+
+
+class NonFiniteScoresError(ValueError):
+    """Scores with NaN or infinite values (a diverged method): no ranking can be trusted."""
 
 
 def relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
@@ -62,152 +84,250 @@ def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
         yield slice(s, min(s + size, n))
 
 
-def _order(scores: np.ndarray, k: int | None = None) -> np.ndarray:
-    """Ranking of each row, best first (higher score is better), stable for ties."""
-    order = np.argsort(-scores, axis=1, kind="stable")
+@lru_cache(maxsize=8)
+def tie_permutation(n_db: int, tie_seed: int = 0) -> np.ndarray:
+    """The fixed order in which tied database items are ranked (read-only)."""
+    perm = np.random.default_rng(tie_seed).permutation(n_db)
+    perm.flags.writeable = False
+    return perm
+
+
+def non_finite_rows(values: np.ndarray) -> int:
+    """How many rows of a score matrix hold a NaN or an infinity."""
+    V = np.asarray(values)
+    if not np.issubdtype(V.dtype, np.floating) and not np.issubdtype(V.dtype, np.complexfloating):
+        return 0
+    return int(sum((~np.isfinite(V[sl])).any(axis=1).sum() for sl in _chunks(len(V))))
+
+
+def _refuse_non_finite(bad: int, n: int, what: str = "scores") -> None:
+    if bad:
+        raise NonFiniteScoresError(f"{bad} of {n} queries have non-finite {what} (NaN or inf; "
+                                   "a diverged method?): refusing to rank them")
+
+
+def _sort_keys(scores: np.ndarray | None, distances: np.ndarray | None) -> np.ndarray:
+    """Ascending sort keys: small-range integer distances as int16 (NumPy's stable sort is then
+    a radix sort, ~10x faster than on float64, in the same order), else negated scores."""
+    if distances is not None:
+        d = np.asarray(distances)
+        if np.issubdtype(d.dtype, np.integer) or d.dtype == bool:
+            if d.size and d.min() >= -32768 and d.max() <= 32767:
+                return d.astype(np.int16, copy=False)
+            return d
+        return np.asarray(d, dtype=np.float64)
+    return -np.asarray(scores, dtype=np.float64)
+
+
+def _rank(keys: np.ndarray, tie_seed: int | None = 0) -> np.ndarray:
+    """Ranking of each row of ``keys`` (ascending), ties in the order of the fixed permutation."""
+    if tie_seed is None:
+        return np.argsort(keys, axis=1, kind="stable")
+    perm = tie_permutation(keys.shape[1], tie_seed)
+    return perm[np.argsort(keys[:, perm], axis=1, kind="stable")]
+
+
+def _order(scores: np.ndarray, k: int | None = None, tie_seed: int | None = 0) -> np.ndarray:
+    """Ranking of each row, best first (higher score is better)."""
+    order = _rank(-np.asarray(scores, dtype=np.float64), tie_seed)
     return order if k is None else order[:, :k]
 
 
-def _as_scores(scores: np.ndarray | None, distances: np.ndarray | None) -> np.ndarray:
-    if (scores is None) == (distances is None):
-        raise ValueError("pass exactly one of scores= or distances=")
-    return np.asarray(scores, dtype=np.float64) if scores is not None else -np.asarray(distances, dtype=np.float64)
-
-
-def average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | None = None, k: int | None = None,
-                      *, distances: np.ndarray | None = None) -> np.ndarray:
-    """AP of each query (full ranking, or @k). ``relevant`` is a boolean (n_query, n_db) matrix."""
-    S = _as_scores(scores, distances)
-    R = np.asarray(relevant, dtype=bool)
-    _check_shapes(S, R)
-    if k is not None:
-        k = _check_k(k)
-    out = np.zeros(len(S))
-    for sl in _chunks(len(S)):
-        order = _order(S[sl], k)
-        rel = np.take_along_axis(R[sl], order, axis=1).astype(np.float64)
-        hits = np.cumsum(rel, axis=1)
-        prec = hits / np.arange(1, rel.shape[1] + 1)
-        denom = R[sl].sum(axis=1) if k is None else hits[:, -1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[sl] = np.where(denom > 0, (prec * rel).sum(axis=1) / np.maximum(denom, 1), 0.0)
+def _block_metrics(keys: np.ndarray, R: np.ndarray | None, *, G: np.ndarray | None = None,
+                   inst: np.ndarray | None = None, full_map: bool = False, map_k=(), pk=(), ndcg_k=(),
+                   rk_max: int | None = None, pr_points: int | None = None, tie_seed: int | None = 0
+                   ) -> dict[str, np.ndarray]:
+    """Per-query values for one block of queries from ONE ranking of its rows: every metric
+    reads the same order. ``keys`` sort ascending; ``R`` is boolean relevance, ``G`` graded
+    gains, ``inst`` instance relevance (Recall@K)."""
+    n_db = keys.shape[1]
+    order = _rank(keys, tie_seed)
+    out: dict[str, np.ndarray] = {}
+    if R is not None and (full_map or map_k or pk or pr_points):
+        rel = np.take_along_axis(R, order, axis=1)
+        hits = np.cumsum(rel, axis=1, dtype=np.int64)
+        n_rel = hits[:, -1] if n_db else np.zeros(len(rel), np.int64)
+        need_prec = full_map or map_k or pr_points
+        if need_prec:
+            prec = hits / np.arange(1, n_db + 1)
+            contrib = prec * rel  # precision at each relevant position, 0 elsewhere
+        if full_map:
+            out["ap"] = np.where(n_rel > 0, contrib.sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+        for k in map_k:
+            kk = min(k, n_db)
+            got = hits[:, kk - 1]
+            out[f"ap@{k}"] = np.where(got > 0, contrib[:, :kk].sum(axis=1) / np.maximum(got, 1), 0.0)
+        for k in pk:
+            kk = min(k, n_db)
+            out[f"p@{k}"] = hits[:, kk - 1] / kk
+        if pr_points:
+            levels = np.linspace(0, 1, pr_points)
+            pr = np.full((len(rel), pr_points), np.nan)  # NaN: no relevant item, left out
+            keep = n_rel > 0
+            if keep.any():
+                h, p = hits[keep].astype(np.float64), prec[keep]
+                rec = h / n_rel[keep].astype(np.float64)[:, None]
+                # interpolated precision: running max from the end of the ranking
+                p_interp = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+                rows = np.arange(len(h))
+                for i, r in enumerate(levels):
+                    pr[keep, i] = p_interp[rows, np.argmax(rec >= r - 1e-12, axis=1)]
+            out["pr"] = pr
+    if G is not None and ndcg_k:
+        for k in ndcg_k:
+            kk = min(k, n_db)
+            disc = 1.0 / np.log2(np.arange(2, kk + 2))
+            g = np.take_along_axis(G, order[:, :kk], axis=1).astype(np.float64)
+            dcg = ((2 ** g - 1) * disc).sum(axis=1)
+            Gf = np.asarray(G, dtype=np.float64)
+            top = -np.partition(-Gf, kk - 1, axis=1)[:, :kk] if kk < n_db else Gf
+            ideal = -np.sort(-top, axis=1)[:, :kk]
+            idcg = ((2 ** ideal - 1) * disc).sum(axis=1)
+            out[f"ndcg@{k}"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
+    if inst is not None and rk_max is not None:
+        kmax = min(rk_max, n_db)
+        rel = np.take_along_axis(inst, order[:, :kmax], axis=1)
+        out["first_hit"] = np.where(rel.any(axis=1), rel.argmax(axis=1), np.inf)
+        out["has_truth"] = inst.any(axis=1)
     return out
 
 
-def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, distances=None) -> float:
-    return float(average_precision(scores, relevant, k, distances=distances).mean())
+def _hamming_block(d: np.ndarray, R: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query precision and recall of Hamming-ball lookup at radii 0..bits (one bincount
+    per block instead of a pass per radius). Distances above ``bits`` are never retrieved."""
+    if d.size and d.min() < 0:
+        raise ValueError("Hamming distances must be non-negative")
+    m, width = len(d), bits + 2
+    cells = (np.minimum(d, bits + 1).astype(np.int64) + (np.arange(m) * width)[:, None])
+    cnt = np.bincount(cells.ravel(), minlength=m * width).reshape(m, width)[:, :-1].cumsum(axis=1)
+    rh = np.bincount(cells[R], minlength=m * width).reshape(m, width)[:, :-1].cumsum(axis=1)
+    n_rel = R.sum(axis=1)[:, None]
+    prec = np.where(cnt > 0, rh / np.maximum(cnt, 1), 0.0)
+    rec = np.where(n_rel > 0, rh / np.maximum(n_rel, 1), 0.0)
+    return prec, rec
 
 
-def precision_at_k(scores=None, relevant=None, k: int = 10, *, distances=None) -> float:
+def _as_keys(scores, distances) -> tuple[np.ndarray, str]:
+    if (scores is None) == (distances is None):
+        raise ValueError("pass exactly one of scores= or distances=")
+    return (np.asarray(scores), "scores") if scores is not None else (np.asarray(distances), "distances")
+
+
+def _per_query(scores, distances, relevant, what="relevance", tie_seed: int | None = 0,
+               **wanted) -> dict[str, np.ndarray]:
+    """Run :func:`_block_metrics` over query chunks of full matrices and join the results."""
+    V, kind = _as_keys(scores, distances)
+    R = np.asarray(relevant, dtype=np.float64 if what == "gains" else bool)
+    _check_shapes(V, R, what)
+    _refuse_non_finite(non_finite_rows(V), len(V), kind)
+    parts = []
+    for sl in _chunks(len(V)):
+        keys = _sort_keys(V[sl] if kind == "scores" else None, V[sl] if kind == "distances" else None)
+        if what == "gains":
+            parts.append(_block_metrics(keys, None, G=R[sl], tie_seed=tie_seed, **wanted))
+        elif what == "instance":
+            parts.append(_block_metrics(keys, None, inst=R[sl], tie_seed=tie_seed, **wanted))
+        else:
+            parts.append(_block_metrics(keys, R[sl], tie_seed=tie_seed, **wanted))
+    if not parts:
+        return {}
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | None = None, k: int | None = None,
+                      *, distances: np.ndarray | None = None, tie_seed: int | None = 0) -> np.ndarray:
+    """AP of each query (full ranking, or @k). ``relevant`` is a boolean (n_query, n_db) matrix."""
+    if k is not None:
+        k = _check_k(k)
+    per = _per_query(scores, distances, relevant, tie_seed=tie_seed,
+                     full_map=k is None, map_k=() if k is None else (k,))
+    return per.get("ap" if k is None else f"ap@{k}", np.zeros(0))
+
+
+def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, distances=None,
+                           tie_seed: int | None = 0) -> float:
+    return float(average_precision(scores, relevant, k, distances=distances, tie_seed=tie_seed).mean())
+
+
+def precision_at_k(scores=None, relevant=None, k: int = 10, *, distances=None, tie_seed: int | None = 0) -> float:
     """Mean over queries of the fraction of relevant items among the top ``min(k, n_db)``."""
-    S = _as_scores(scores, distances)
-    R = np.asarray(relevant, dtype=bool)
-    _check_shapes(S, R)
-    k = min(_check_k(k), S.shape[1])
-    total = 0.0
-    for sl in _chunks(len(S)):
-        order = _order(S[sl], k)
-        total += np.take_along_axis(R[sl], order, axis=1).mean(axis=1).sum()
-    return float(total / len(S))
+    k = _check_k(k)
+    return float(_per_query(scores, distances, relevant, tie_seed=tie_seed, pk=(k,))[f"p@{k}"].mean())
 
 
-def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distances=None) -> np.ndarray:
+def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distances=None,
+                   tie_seed: int | None = 0) -> np.ndarray:
     """Per query, the 0-based rank of its first relevant item within the top ``k`` (the whole
     ranking when None), ``inf`` when there is none: query q counts for Recall@K iff rank < K."""
-    S = _as_scores(scores, distances)
-    R = np.asarray(relevant, dtype=bool)
-    _check_shapes(S, R)
-    kmax = S.shape[1] if k is None else min(_check_k(k), S.shape[1])
-    first_hit = np.full(len(S), np.inf)
-    for sl in _chunks(len(S)):
-        order = _order(S[sl], kmax)
-        rel = np.take_along_axis(R[sl], order, axis=1)
-        has = rel.any(axis=1)
-        first_hit[sl] = np.where(has, rel.argmax(axis=1), np.inf)
-    return first_hit
+    kmax = np.iinfo(np.int64).max if k is None else _check_k(k)  # clipped to n_db per block
+    per = _per_query(scores, distances, relevant, "instance", tie_seed=tie_seed, rk_max=kmax)
+    return per.get("first_hit", np.zeros(0))
 
 
-def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None) -> dict[int, float]:
+def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None,
+                tie_seed: int | None = 0) -> dict[int, float]:
     """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
-    its top K (image->text retrieval: any of the image's captions)."""
+    its top K (image->text retrieval: any of the image's captions). Queries with no relevant
+    item at all (an image without a caption) are left out; NaN when no query has one."""
     if not len(ks):
         raise ValueError("ks must name at least one K")
     ks = tuple(_check_k(k, "each K") for k in ks)
-    first_hit = first_hit_rank(scores, relevant, max(ks), distances=distances)
-    return {k: float((first_hit < k).mean()) for k in ks}
+    per = _per_query(scores, distances, relevant, "instance", tie_seed=tie_seed, rk_max=max(ks))
+    first, has = per.get("first_hit", np.zeros(0)), per.get("has_truth", np.zeros(0, bool))
+    return {k: float((first[has] < k).mean()) if has.any() else float("nan") for k in ks}
 
 
-def ndcg_at_k(scores=None, gains=None, k: int = 10, *, distances=None) -> float:
+def ndcg_at_k(scores=None, gains=None, k: int = 10, *, distances=None, tie_seed: int | None = 0) -> float:
     """NDCG@k with graded gains (e.g. shared-label counts), gain 2^g - 1 and log2 discount."""
-    S = _as_scores(scores, distances)
-    G = np.asarray(gains, dtype=np.float64)
-    _check_shapes(S, G, "gains")
-    k = min(_check_k(k), S.shape[1])
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    vals = np.zeros(len(S))
-    for sl in _chunks(len(S)):
-        order = _order(S[sl], k)
-        g = np.take_along_axis(G[sl], order, axis=1)
-        dcg = ((2 ** g - 1) * disc).sum(axis=1)
-        ideal = -np.sort(-G[sl], axis=1)[:, :k]
-        idcg = ((2 ** ideal - 1) * disc).sum(axis=1)
-        vals[sl] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
-    return float(vals.mean())
+    k = _check_k(k)
+    return float(_per_query(scores, distances, gains, "gains", tie_seed=tie_seed, ndcg_k=(k,))[f"ndcg@{k}"].mean())
 
 
-def pr_curve(scores=None, relevant=None, n_points: int = 11, *, distances=None) -> dict[str, list[float]]:
+def _mean_curve(pr: np.ndarray, n_points: int) -> list[float]:
+    keep = ~np.isnan(pr[:, 0]) if len(pr) else np.zeros(0, bool)
+    return (pr[keep].sum(axis=0) / max(int(keep.sum()), 1)).tolist() if keep.any() else [0.0] * n_points
+
+
+def pr_curve(scores=None, relevant=None, n_points: int = 11, *, distances=None,
+             tie_seed: int | None = 0) -> dict[str, list[float]]:
     """Precision-recall curve of a ranking: interpolated precision (max precision at recall
     >= r) at ``n_points`` recall levels from 0 to 1, averaged over queries with a relevant item."""
-    S = _as_scores(scores, distances)
-    R = np.asarray(relevant, dtype=bool)
-    _check_shapes(S, R)
-    levels = np.linspace(0, 1, _check_k(n_points, "n_points"))
-    acc, n_valid = np.zeros(n_points), 0
-    for sl in _chunks(len(S)):
-        order = _order(S[sl])
-        rel = np.take_along_axis(R[sl], order, axis=1).astype(np.float64)
-        n_rel = rel.sum(axis=1)
-        keep = n_rel > 0
-        if not keep.any():
-            continue
-        rel, n_rel = rel[keep], n_rel[keep]
-        hits = np.cumsum(rel, axis=1)
-        prec = hits / np.arange(1, rel.shape[1] + 1)
-        rec = hits / n_rel[:, None]
-        # interpolated precision: running max from the end of the ranking
-        prec_interp = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
-        for i, r in enumerate(levels):
-            idx = np.argmax(rec >= r - 1e-12, axis=1)
-            acc[i] += prec_interp[np.arange(len(rel)), idx].sum()
-        n_valid += len(rel)
-    return {"recall": levels.tolist(), "precision": (acc / max(n_valid, 1)).tolist()}
+    n_points = _check_k(n_points, "n_points")
+    per = _per_query(scores, distances, relevant, tie_seed=tie_seed, pr_points=n_points)
+    levels = np.linspace(0, 1, n_points)
+    return {"recall": levels.tolist(), "precision": _mean_curve(per.get("pr", np.zeros((0, n_points))), n_points)}
 
 
 def hamming_pr_curve(distances: np.ndarray, relevant: np.ndarray, bits: int) -> dict[str, list[float]]:
     """Precision and recall of Hamming-ball lookup at every radius 0..bits, as hashing papers
-    plot them (precision of a query with nothing retrieved counts 0)."""
+    plot them (precision of a query with nothing retrieved counts 0), averaged over the
+    queries with at least one relevant item, as :func:`pr_curve` is."""
     D = np.asarray(distances)
     R = np.asarray(relevant, dtype=bool)
     _check_shapes(D, R)
-    n_rel = R.sum(axis=1)
-    radii = np.arange(bits + 1)
-    P, Rc = np.zeros(bits + 1), np.zeros(bits + 1)
+    P, Rc, n_valid = np.zeros(bits + 1), np.zeros(bits + 1), 0
     for sl in _chunks(len(D)):
-        d = D[sl].astype(np.int64)
-        # counts per distance value, then cumulative over the radius
-        retrieved = np.stack([(d == r).sum(axis=1) for r in radii], axis=1).cumsum(axis=1)
-        rel_hits = np.stack([((d == r) & R[sl]).sum(axis=1) for r in radii], axis=1).cumsum(axis=1)
-        P += np.where(retrieved > 0, rel_hits / np.maximum(retrieved, 1), 0).sum(axis=0)
-        Rc += np.where(n_rel[sl, None] > 0, rel_hits / np.maximum(n_rel[sl, None], 1), 0).sum(axis=0)
-    return {"radius": radii.tolist(), "precision": (P / len(D)).tolist(), "recall": (Rc / len(D)).tolist()}
+        keep = R[sl].any(axis=1)
+        if keep.any():
+            p, r = _hamming_block(D[sl][keep], R[sl][keep], bits)
+            P += p.sum(axis=0)
+            Rc += r.sum(axis=0)
+            n_valid += int(keep.sum())
+    n = max(n_valid, 1)
+    return {"radius": list(range(bits + 1)), "precision": (P / n).tolist(), "recall": (Rc / n).tolist()}
 
 
 def precision_within_radius(distances: np.ndarray, relevant: np.ndarray, radius: int = 2) -> float:
-    """Mean precision of the items within Hamming ``radius`` (0 for a query retrieving none)."""
+    """Mean precision of the items within Hamming ``radius`` (0 for a query retrieving none,
+    which counts in the mean, as SDH / KSH ``evaluate_macro``)."""
     D = np.asarray(distances)
     R = np.asarray(relevant, dtype=bool)
     _check_shapes(D, R)
+    return float(_within_radius(D, R, radius).mean()) if len(D) else 0.0
+
+
+def _within_radius(D: np.ndarray, R: np.ndarray, radius: int) -> np.ndarray:
     within = D <= radius
     n = within.sum(axis=1)
     hits = (within & R).sum(axis=1)
-    return float(np.where(n > 0, hits / np.maximum(n, 1), 0.0).mean())
+    return np.where(n > 0, hits / np.maximum(n, 1), 0.0)
