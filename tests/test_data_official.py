@@ -102,6 +102,10 @@ def test_coco_official_folder_captions_splits_and_category_labels(tmp_path):
     assert sorted(names) == ["captions_train2014.json", "captions_val2014.json",
                              "instances_train2014.json", "instances_val2014.json"]
     assert dataset_files(tmp_path).layout == "coco_official"
+    # Given the annotations/ folder itself: the same dataset, images found beside it.
+    assert dataset_layout(tmp_path / "annotations") == "coco_official"
+    same = load_dataset(str(tmp_path / "annotations"))
+    assert same.image_paths == ds.image_paths and same.texts == ds.texts
 
 
 def test_coco_keep_unlabelled_labels_off_and_every_caption(tmp_path):

@@ -251,8 +251,11 @@ def _read_captions(path: Path, max_captions: int | None) -> tuple[np.ndarray, li
 
 def _image_folder(root: Path, split: str, year: int, names: list[str], image_dir: Path | None) -> Path:
     # Decided once from a sample (_probe): <base>/<split><year>/ beside annotations/, in
-    # images/, or any sub-folder; else all images in one folder.
+    # images/, or any sub-folder; else all images in one folder. Given the annotations/
+    # folder itself, its parent's folders too.
     bases = [image_dir] if image_dir is not None else image_bases(root)
+    if image_dir is None and root.name == ANNOTATION_DIR:
+        bases += image_bases(root.parent)
     folders = [b / f"{split}{year}" for b in bases] + bases
     folders = [f for f in dict.fromkeys(folders) if f.is_dir()]
     found = first_rule(folders, names, lambda folder, name: folder / name)
@@ -338,7 +341,7 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
         root=str(root),
         meta={"protocol": "coco_official", "layout": "coco_official", "year": year,
               "max_captions": max_captions, "captions_dropped": dropped,
-              "label_files": [p.name for p in label_files]})
+              "label_files": [str(p) for p in label_files]})
     if label_matrix is not None:
         ds = drop_unlabelled_images(ds, drop_unlabelled)
     return ds
