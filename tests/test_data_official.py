@@ -225,6 +225,15 @@ def test_karpathy_coco_gets_category_labels_by_cocoid(tmp_path):
     np.testing.assert_array_equal(load_dataset(str(tmp_path / "dataset_coco.json")).labels, ds.labels)
 
 
+def test_karpathy_coco_joins_2017_instances_too(tmp_path):
+    # 2017 re-splits the same images under the same ids: its instances pair serves as well.
+    _, cats = karpathy_with_instances(tmp_path, year=2017)
+    ds = load_dataset(str(tmp_path))
+    np.testing.assert_array_equal(ds.labels, expected_labels([1000, 1001, 1003, 1004, 1005], cats))
+    assert [p.rsplit("/", 1)[-1] for p in ds.meta["label_files"]] == ["instances_train2017.json",
+                                                                      "instances_val2017.json"]
+
+
 def test_karpathy_coco_with_half_the_instances_loads_unlabelled(tmp_path, caplog):
     karpathy_with_instances(tmp_path)
     (tmp_path / "annotations" / "instances_train2014.json").unlink()
