@@ -19,9 +19,9 @@ import numpy as np
 
 from ..data.dataset import DataError, PairedDataset
 from ..methods.base import CrossModalMethod
-from ..metrics import (average_precision, cosine_similarity, first_hit_rank, graded_relevance,
-                       hamming_distance, hamming_pr_curve, ndcg_at_k, pr_curve, precision_at_k,
-                       precision_within_radius, relevance)
+from ..metrics import cosine_similarity, graded_relevance, hamming_distance, relevance
+from ..metrics.ranking import (CHUNK, NonFiniteScoresError, _block_metrics, _chunks, _hamming_block,
+                               _sort_keys, _within_radius, non_finite_rows)
 
 DEFAULT_PK = (1, 5, 10, 50, 100)
 DEFAULT_RK = (1, 5, 10)
@@ -37,41 +37,104 @@ def similarity(method: CrossModalMethod, Q: np.ndarray, D: np.ndarray) -> tuple[
     return cosine_similarity(Q, D), None
 
 
+# one block of queries: (scores or None, Hamming distances or None, relevance, gains, instance relevance)
+Block = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
 def _direction(method, scores, dist, rel, graded, inst_rel, bits, map_k, pk, rk,
-               per_query: bool = False) -> dict[str, Any]:
+               per_query: bool = False, *, ndcg_k: tuple[int, ...] = (10,), curves: bool = True,
+               tie_seed: int | None = 0, where: str = "") -> dict[str, Any]:
+    """One direction of retrieval from full (n_query, n_db) matrices (``dist`` ranks when
+    given, else ``scores``); :func:`evaluate` computes them block by block instead."""
+    def block(sl: slice) -> Block:
+        pick = lambda a: None if a is None else a[sl]  # noqa: E731
+        return (None if dist is not None else scores[sl]), pick(dist), pick(rel), pick(graded), pick(inst_rel)
+    n_query, n_db = (dist if dist is not None else scores).shape
+    return _score_blocks(block, n_query, n_db, bits, map_k, pk, rk, per_query, ndcg_k=ndcg_k,
+                         curves=curves, tie_seed=tie_seed, where=where)
+
+
+def _score_blocks(block: Callable[[slice], Block], n_query: int, n_db: int, bits: int | None,
+                  map_k: tuple[int, ...], pk: tuple[int, ...], rk: tuple[int, ...], per_query: bool = False,
+                  *, ndcg_k: tuple[int, ...] = (10,), curves: bool = True, tie_seed: int | None = 0,
+                  where: str = "") -> dict[str, Any]:
+    """Every metric of one direction, one ranking per block of queries shared by all of them
+    (ties broken by the fixed permutation of :func:`~xmodal.metrics.ranking.tie_permutation`)."""
+    map_k = tuple(k for k in map_k if k < n_db)
+    pk = tuple(k for k in pk if k <= n_db)
+    parts: dict[str, list] = {}
+    hamming: list | None = None  # Hamming PR: precision and recall sums, queries counted
+    bad = 0
+    for sl in _chunks(n_query, CHUNK):
+        S, dist, rel, graded, inst = block(sl)
+        # a diverged method: count its non-finite rows over every block, then refuse
+        bad += non_finite_rows(S if dist is None else dist)
+        if bad:
+            continue
+        got = _block_metrics(_sort_keys(S, dist), rel, G=graded, inst=inst if rk else None,
+                             full_map=rel is not None, map_k=map_k if rel is not None else (),
+                             pk=pk if rel is not None else (),
+                             ndcg_k=ndcg_k if graded is not None and rel is not None else (),
+                             rk_max=max(rk) if rk and inst is not None else None,
+                             pr_points=11 if curves and rel is not None else None, tie_seed=tie_seed)
+        if dist is not None and rel is not None:
+            got["p@r2"] = _within_radius(dist, rel, 2)
+            keep = rel.any(axis=1)  # the Hamming PR curve, like pr_curve, leaves these out
+            if curves:
+                if hamming is None:
+                    hamming = [np.zeros(bits + 1), np.zeros(bits + 1), 0]
+                if keep.any():
+                    p, r = _hamming_block(dist[keep], rel[keep], bits)
+                    hamming = [hamming[0] + p.sum(axis=0), hamming[1] + r.sum(axis=0),
+                               hamming[2] + int(keep.sum())]
+        for key, v in got.items():
+            parts.setdefault(key, []).append(v)
+    if bad:
+        raise NonFiniteScoresError(f"{where}{bad} of {n_query} queries have non-finite scores (NaN or inf; "
+                                   "a diverged method?): refusing to rank them")
+    each = {key: np.concatenate(v) for key, v in parts.items()}
     out: dict[str, Any] = {}
-    each: dict[str, list] = {}
-    if rel is not None:
-        ap = average_precision(scores, rel)
-        out["map"] = float(ap.mean())
+    per: dict[str, list] = {}
+    if "ap" in each:
+        out["map"] = float(each["ap"].mean())
         if per_query:
-            each["ap"] = ap.tolist()
+            per["ap"] = each["ap"].tolist()
         for k in map_k:
-            if k < scores.shape[1]:
-                out[f"map@{k}"] = float(average_precision(scores, rel, k).mean())
+            out[f"map@{k}"] = float(each[f"ap@{k}"].mean())
         for k in pk:
-            if k <= scores.shape[1]:
-                out[f"p@{k}"] = precision_at_k(scores, rel, k)
-        out["ndcg@10"] = ndcg_at_k(scores, graded, 10)
-        out["pr_curve"] = pr_curve(scores, rel)
-        if dist is not None:
-            out["p@r2"] = precision_within_radius(dist, rel, 2)
-            out["hamming_pr_curve"] = hamming_pr_curve(dist, rel, bits)
-    if inst_rel is not None and rk:
-        first = first_hit_rank(scores, inst_rel, max(rk))
+            out[f"p@{k}"] = float(each[f"p@{k}"].mean())
+        for k in ndcg_k:
+            if f"ndcg@{k}" in each:
+                out[f"ndcg@{k}"] = float(each[f"ndcg@{k}"].mean())
+        if "pr" in each:
+            pr = each["pr"]
+            keep = ~np.isnan(pr[:, 0])
+            out["pr_curve"] = {"recall": np.linspace(0, 1, pr.shape[1]).tolist(),
+                               "precision": (pr[keep].sum(axis=0) / max(int(keep.sum()), 1)).tolist()}
+        if "p@r2" in each:
+            out["p@r2"] = float(each["p@r2"].mean())
+            if hamming is not None:
+                n = max(hamming[2], 1)
+                out["hamming_pr_curve"] = {"radius": list(range(bits + 1)),
+                                           "precision": (hamming[0] / n).tolist(),
+                                           "recall": (hamming[1] / n).tolist()}
+    if "first_hit" in each:
+        # a query without ground truth (an image without a caption) is neither hit nor miss
+        first = each["first_hit"][each["has_truth"]]
         for k in rk:
             hit = first < k
-            out[f"r@{k}"] = 100.0 * float(hit.mean())
+            out[f"r@{k}"] = 100.0 * float(hit.mean()) if len(hit) else float("nan")
             if per_query:
-                each[f"r@{k}"] = hit.astype(int).tolist()
+                per[f"r@{k}"] = hit.astype(int).tolist()
     if per_query:
-        out["per_query"] = each
+        out["per_query"] = per
     return out
 
 
 def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedDataset | None = None,
              *, map_k: tuple[int, ...] = (), pk: tuple[int, ...] = DEFAULT_PK,
-             rk: tuple[int, ...] = DEFAULT_RK, per_query: bool = False) -> dict[str, Any]:
+             rk: tuple[int, ...] = DEFAULT_RK, per_query: bool = False, ndcg_k: tuple[int, ...] = (10,),
+             curves: bool = True, tie_seed: int | None = 0) -> dict[str, Any]:
     """Both directions of retrieval. Without ``database`` the queries' own other modality is
     searched (classic protocol, Recall@K included); with it, the database (hashing protocol).
 
@@ -79,6 +142,14 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     Recall@K (in percent) and ``mR`` need the classic protocol. ``per_query`` adds each
     direction's ``per_query`` dict: every query's AP (``"ap"``) and Recall@K hit (0/1,
     ``"r@K"``), in query order, for paired significance tests (:mod:`.significance`).
+    Images without a caption have no image->text ground truth: they are left out of i2t
+    Recall@K and its per-query lists (they still count in class mAP, which has ground truth
+    for them). ``ndcg_k`` and ``curves`` (both precision-recall curves) can be turned off
+    when not needed. Ties are broken by one fixed permutation of the database drawn from
+    ``tie_seed`` (None: database order); see :mod:`xmodal.metrics.ranking`. Scores are
+    computed block by block of queries, never as one (n_query, n_db) matrix; NaN or infinite
+    scores (a diverged method) raise :class:`~xmodal.metrics.ranking.NonFiniteScoresError`
+    (a ValueError) naming the direction and how many queries have them.
     """
     same = database is None
     db = queries if same else database
@@ -99,17 +170,19 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
         ("i2t", qi, dt, queries.labels, db.text_labels),
         ("t2i", qt, di, queries.text_labels, db.labels),
     ):
-        scores, dist = similarity(method, Q, D)
-        rel = graded = None
-        if has_labels:
-            rel = relevance(q_lab, d_lab)
-            graded = graded_relevance(q_lab, d_lab)
-        inst = None
-        if same:
-            t2i = queries.text_to_image
-            inst = (np.arange(queries.n_images)[:, None] == t2i[None, :]) if direction == "i2t" \
-                else (t2i[:, None] == np.arange(queries.n_images)[None, :])
-        res[direction] = _direction(method, scores, dist, rel, graded, inst, bits, map_k, pk, rk, per_query)
+        def block(sl: slice, Q=Q, D=D, q_lab=q_lab, d_lab=d_lab, direction=direction) -> Block:
+            scores, dist = similarity(method, Q[sl], D)
+            rel = graded = inst = None
+            if has_labels:
+                rel = relevance(q_lab[sl], d_lab)
+                graded = graded_relevance(q_lab[sl], d_lab) if ndcg_k else None
+            if same and rk:
+                t2i, images = queries.text_to_image, np.arange(queries.n_images)
+                inst = (images[sl, None] == t2i[None, :]) if direction == "i2t" \
+                    else (t2i[sl, None] == images[None, :])
+            return (scores if dist is None else None), dist, rel, graded, inst
+        res[direction] = _score_blocks(block, len(Q), len(D), bits, map_k, pk, rk, per_query, ndcg_k=ndcg_k,
+                                       curves=curves, tie_seed=tie_seed, where=f"{direction}: ")
     if same and rk:
         rs = [res[d][f"r@{k}"] for d in ("i2t", "t2i") for k in rk]
         res["mR"] = float(np.mean(rs))

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data.dataset import DataError, PairedDataset
 from ..methods import ParameterError, create, get
-from .protocol import evaluate
+from .protocol import DEFAULT_RK, evaluate
 
 log = logging.getLogger("xmodal.evaluation")
 
@@ -41,7 +41,7 @@ class Selection:
 def fold_score(result: dict, metric: str) -> float:
     """One number from :func:`~xmodal.evaluation.evaluate`'s result."""
     if metric == "mR":
-        vals = [result[d].get(f"r@{k}") for d in ("i2t", "t2i") for k in (1, 5, 10)]
+        vals = [result[d].get(f"r@{k}") for d in ("i2t", "t2i") for k in DEFAULT_RK]
     else:
         vals = [result[d].get("map") for d in ("i2t", "t2i")]
     if any(v is None for v in vals):
@@ -93,7 +93,10 @@ def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDatas
                 scores = None
                 break
             variants = [m] if sizes is None else [m.truncated(k) for k in sizes]
-            scores.append([fold_score(evaluate(v, held), metric) for v in variants])
+            # only what fold_score reads: no P@k, NDCG or precision-recall curves
+            scores.append([fold_score(evaluate(v, held, pk=(), ndcg_k=(), curves=False,
+                                               rk=DEFAULT_RK if metric == "mR" else ()), metric)
+                           for v in variants])
         for j, k in enumerate([None] if sizes is None else sizes):
             key = {**combo, **({} if k is None else {"n_components": k})}
             fitted[_key(key)] = None if scores is None else float(np.mean([s[j] for s in scores]))
