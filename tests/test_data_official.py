@@ -201,8 +201,11 @@ def karpathy_with_instances(tmp_path, year=2014):
 def test_karpathy_coco_gets_category_labels_by_cocoid(tmp_path):
     doc, cats = karpathy_with_instances(tmp_path)
     assert dataset_layout(tmp_path) == "karpathy"  # the Karpathy file wins over the COCO files
-    ds = load_dataset(str(tmp_path))
-    # cocoid 1002, Karpathy's only val image, has no category: dropped.
+    # by default Karpathy's splits stay whole: cocoid 1002, its only val image, has no category
+    whole = load_dataset(str(tmp_path))
+    assert whole.n_images == 6 and not whole.labels[2].any() and whole.meta["unlabelled_dropped"] == 0
+    np.testing.assert_array_equal(whole.splits["val"], [2])
+    ds = load_dataset(str(tmp_path), drop_unlabelled=True)  # the hashing papers drop it
     assert ds.n_images == 5 and ds.meta["unlabelled_dropped"] == 1 and ds.meta["protocol"] == "karpathy"
     kept = [1000, 1001, 1003, 1004, 1005]
     np.testing.assert_array_equal(ds.labels, expected_labels(kept, cats))
@@ -222,13 +225,14 @@ def test_karpathy_coco_gets_category_labels_by_cocoid(tmp_path):
     names = [p.name for p in dataset_files(tmp_path / "dataset_coco.json").files]
     assert names == ["dataset_coco.json", "instances_train2014.json", "instances_val2014.json"]
     # Loaded by its file, the same labels.
-    np.testing.assert_array_equal(load_dataset(str(tmp_path / "dataset_coco.json")).labels, ds.labels)
+    np.testing.assert_array_equal(load_dataset(str(tmp_path / "dataset_coco.json"), drop_unlabelled=True).labels,
+                                  ds.labels)
 
 
 def test_karpathy_coco_joins_2017_instances_too(tmp_path):
     # 2017 re-splits the same images under the same ids: its instances pair serves as well.
     _, cats = karpathy_with_instances(tmp_path, year=2017)
-    ds = load_dataset(str(tmp_path))
+    ds = load_dataset(str(tmp_path), drop_unlabelled=True)
     np.testing.assert_array_equal(ds.labels, expected_labels([1000, 1001, 1003, 1004, 1005], cats))
     assert [p.rsplit("/", 1)[-1] for p in ds.meta["label_files"]] == ["instances_train2017.json",
                                                                       "instances_val2017.json"]

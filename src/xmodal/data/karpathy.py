@@ -90,7 +90,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
                   class_of: Callable[[dict], int] | None = None,
                   label_names: list[str] | None = None, max_captions: int | str | None = "auto",
                   instances: str | Sequence[str | os.PathLike] | None = "auto",
-                  drop_unlabelled: bool = True) -> PairedDataset:
+                  drop_unlabelled: bool = False) -> PairedDataset:
     """Load a Karpathy file (``dataset.json``, ``dataset_coco.json``, ... or a folder holding one).
     ``restval`` counts as train, as in the usual protocol.
 
@@ -109,9 +109,10 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
     ``instances_train2014.json`` + ``instances_val2014.json`` (else 2017's) when they sit
     beside the file or in ``annotations/`` beside it and the records carry ``cocoid``
     (:func:`~xmodal.data.coco.karpathy_label_files`); ``None`` attaches none. With labels,
-    ``drop_unlabelled`` (default True) drops the images with no category, about 1% of COCO,
-    from every split (Karpathy's 5K test split included; ``meta["unlabelled_dropped"]``
-    counts them); False keeps them with an all-zero label row.
+    images with no category (about 1% of COCO) keep an all-zero label row by default, so
+    Karpathy's splits stay whole (the 5K test of the matching papers); ``drop_unlabelled=True``
+    drops them from every split, as the hashing papers do (``meta["unlabelled_dropped"]``
+    counts them).
     """
     path = Path(path)
     if path.is_dir():
