@@ -255,3 +255,18 @@ def test_label_column_line_endings(tmp_path, body):
     p = tmp_path / "Labels_x.txt"
     p.write_bytes(body)
     assert read_label_column(p, 4).tolist() == [0, 1, 1, 0]
+
+
+def test_fingerprint_lists_the_split_files_a_train_test_copy_reads(tmp_path):
+    # the bench's --resume fingerprint must cover what the loader reads: a copy with only
+    # TrainTestLabels / Train_Tags1k.dat hashes those files and the two image lists
+    from xmodal.data import dataset_files
+    from xmodal.data.nuswide import release_files
+
+    tags, labels = arrays()
+    root = write_release(tmp_path / "tt", tags, labels, all_labels=False, all_tags=False)
+    names = {p.name for p in dataset_files(root).files}
+    files = release_files(root)
+    assert {files.train_list.name, files.test_list.name} <= names
+    assert {p.name for p in files.tag_files} <= names
+    assert any(n.endswith("_Train.txt") for n in names) and any(n.endswith("_Test.txt") for n in names)

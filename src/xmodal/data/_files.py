@@ -137,16 +137,15 @@ def _wikipedia(path: Path) -> list[Path]:
 
 
 def _nus_wide(path: Path) -> list[Path] | None:
-    from .nuswide import CONCEPT_FILES, _find_root, _first_existing
+    from .nuswide import CONCEPT_FILES, _find_root, release_files
 
     root = _find_root(str(path))
-    list_path = _first_existing(root, ("ImageList/Imagelist.txt", "Imagelist.txt"))
-    if not list_path.exists():
+    files = release_files(root)  # the loader's own choice of label folder and tag files
+    if not files.image_list.exists():
         return None
-    tag_dir = _first_existing(root, ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt")).parent
-    label_dir = _first_existing(root, ("Groundtruth/AllLabels", "GroundTruth/AllLabels", "AllLabels"))
-    labels = sorted(p for p in label_dir.glob("Labels_*.txt") if p.is_file()) if label_dir.is_dir() else []
-    return _existing(list_path, tag_dir / "AllTags1k.txt", tag_dir / "TagList1k.txt",
+    d = files.label_dir
+    labels = sorted(p for p in d.glob("Labels_*.txt") if p.is_file()) if d.is_dir() else []
+    return _existing(*files.lists_read(), *files.tag_files, files.tag_list,
                      *(root / c for c in CONCEPT_FILES)) + labels
 
 
