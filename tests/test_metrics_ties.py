@@ -235,3 +235,14 @@ def test_evaluate_computes_only_what_it_is_asked_for():
         for key in lean[d]:
             assert lean[d][key] == full[d][key]
     assert lean["mR"] == full["mR"]
+
+
+@pytest.mark.parametrize("tie_seed", [0, None])
+def test_top_k_ranking_without_a_full_sort_is_the_full_rankings_head(tie_seed):
+    from xmodal.metrics.ranking import _rank
+    rng = np.random.default_rng(6)
+    for keys in (rng.integers(0, 6, size=(50, 1000)).astype(np.int16), rng.integers(0, 60, size=(50, 1000)),
+                 rng.normal(size=(50, 1000)), np.round(rng.normal(size=(50, 1000)), 1)):
+        full = _rank(keys, tie_seed)
+        for k in (1, 7, 100, 249, 600):
+            np.testing.assert_array_equal(_rank(keys, tie_seed, k), full[:, :k])

@@ -116,15 +116,33 @@ def _sort_keys(scores: np.ndarray | None, distances: np.ndarray | None) -> np.nd
                 return d.astype(np.int16, copy=False)
             return d
         return np.asarray(d, dtype=np.float64)
-    return -np.asarray(scores, dtype=np.float64)
+    keys = -np.asarray(scores, dtype=np.float64)
+    # scores that are whole numbers (negated Hamming distances): the same order by radix sort
+    if keys.size and np.abs(keys).max() <= 32767 and np.array_equal(keys, np.rint(keys)):
+        return keys.astype(np.int16)
+    return keys
 
 
-def _rank(keys: np.ndarray, tie_seed: int | None = 0) -> np.ndarray:
-    """Ranking of each row of ``keys`` (ascending), ties in the order of the fixed permutation."""
-    if tie_seed is None:
-        return np.argsort(keys, axis=1, kind="stable")
-    perm = tie_permutation(keys.shape[1], tie_seed)
-    return perm[np.argsort(keys[:, perm], axis=1, kind="stable")]
+def _rank(keys: np.ndarray, tie_seed: int | None = 0, k: int | None = None) -> np.ndarray:
+    """Ranking of each row of ``keys`` (ascending), ties in the order of the fixed permutation;
+    only its first ``k`` columns when ``k`` is given."""
+    n_db = keys.shape[1]
+    perm = None if tie_seed is None else tie_permutation(n_db, tie_seed)
+    kp = keys if perm is None else keys[:, perm]
+    order = None
+    if k is not None and 4 * k < n_db:
+        # top k without a full sort: the c smallest of every row hold all its items tied with
+        # or better than its k-th, so a stable sort of those (by position) is the same top k
+        kth = np.partition(kp, k - 1, axis=1)[:, k - 1:k]
+        c = int((kp <= kth).sum(axis=1).max())
+        if 2 * c < n_db:
+            idx = np.sort(np.argpartition(kp, c - 1, axis=1)[:, :c], axis=1)
+            best = np.argsort(np.take_along_axis(kp, idx, axis=1), axis=1, kind="stable")[:, :k]
+            order = np.take_along_axis(idx, best, axis=1)
+    if order is None:
+        order = np.argsort(kp, axis=1, kind="stable")
+        order = order if k is None else order[:, :k]
+    return order if perm is None else perm[order]
 
 
 def _order(scores: np.ndarray, k: int | None = None, tie_seed: int | None = 0) -> np.ndarray:
@@ -141,15 +159,18 @@ def _block_metrics(keys: np.ndarray, R: np.ndarray | None, *, G: np.ndarray | No
     reads the same order. ``keys`` sort ascending; ``R`` is boolean relevance, ``G`` graded
     gains, ``inst`` instance relevance (Recall@K)."""
     n_db = keys.shape[1]
-    order = _rank(keys, tie_seed)
+    whole = full_map or bool(pr_points) or not n_db
+    depth = None if whole else max([*map_k, *pk, *(ndcg_k if G is not None else ()),
+                                    *((rk_max,) if inst is not None and rk_max is not None else ()), 1])
+    order = _rank(keys, tie_seed, None if depth is None else min(depth, n_db))
     out: dict[str, np.ndarray] = {}
     if R is not None and (full_map or map_k or pk or pr_points):
         rel = np.take_along_axis(R, order, axis=1)
         hits = np.cumsum(rel, axis=1, dtype=np.int64)
-        n_rel = hits[:, -1] if n_db else np.zeros(len(rel), np.int64)
+        n_rel = hits[:, -1] if n_db else np.zeros(len(rel), np.int64)  # (whole ranking only)
         need_prec = full_map or map_k or pr_points
         if need_prec:
-            prec = hits / np.arange(1, n_db + 1)
+            prec = hits / np.arange(1, rel.shape[1] + 1)
             contrib = prec * rel  # precision at each relevant position, 0 elsewhere
         if full_map:
             out["ap"] = np.where(n_rel > 0, contrib.sum(axis=1) / np.maximum(n_rel, 1), 0.0)
@@ -217,14 +238,14 @@ def _per_query(scores, distances, relevant, what="relevance", tie_seed: int | No
                **wanted) -> dict[str, np.ndarray]:
     """Run :func:`_block_metrics` over query chunks of full matrices and join the results."""
     V, kind = _as_keys(scores, distances)
-    R = np.asarray(relevant, dtype=np.float64 if what == "gains" else bool)
+    R = np.asarray(relevant) if what == "gains" else np.asarray(relevant, dtype=bool)  # gains: float per block
     _check_shapes(V, R, what)
     _refuse_non_finite(non_finite_rows(V), len(V), kind)
     parts = []
     for sl in _chunks(len(V)):
         keys = _sort_keys(V[sl] if kind == "scores" else None, V[sl] if kind == "distances" else None)
         if what == "gains":
-            parts.append(_block_metrics(keys, None, G=R[sl], tie_seed=tie_seed, **wanted))
+            parts.append(_block_metrics(keys, None, G=R[sl].astype(np.float64), tie_seed=tie_seed, **wanted))
         elif what == "instance":
             parts.append(_block_metrics(keys, None, inst=R[sl], tie_seed=tie_seed, **wanted))
         else:
