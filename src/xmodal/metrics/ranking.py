@@ -195,12 +195,12 @@ def _block_metrics(keys: np.ndarray, R: np.ndarray | None, *, G: np.ndarray | No
                     pr[keep, i] = p_interp[rows, np.argmax(rec >= r - 1e-12, axis=1)]
             out["pr"] = pr
     if G is not None and ndcg_k:
+        Gf = np.asarray(G, dtype=np.float64)
         for k in ndcg_k:
             kk = min(k, n_db)
             disc = 1.0 / np.log2(np.arange(2, kk + 2))
-            g = np.take_along_axis(G, order[:, :kk], axis=1).astype(np.float64)
+            g = np.take_along_axis(Gf, order[:, :kk], axis=1)
             dcg = ((2 ** g - 1) * disc).sum(axis=1)
-            Gf = np.asarray(G, dtype=np.float64)
             top = -np.partition(-Gf, kk - 1, axis=1)[:, :kk] if kk < n_db else Gf
             ideal = -np.sort(-top, axis=1)[:, :kk]
             idcg = ((2 ** ideal - 1) * disc).sum(axis=1)
