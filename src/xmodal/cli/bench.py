@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
                                                 "(only those of the same data: a dataset given by path is fingerprinted by its "
                                                 "lists, tags, labels, captions and .mat files, not its images)"),
         labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="fraction of training labels the semi-supervised methods see (e.g. 0.1)"),
-        database_codes: str = typer.Option("hash", "--database-codes", help="hashing database codes: 'hash' (the learned hash functions) or 'learned' (the learned training codes, where a method keeps them)"),
+        database_codes: str = typer.Option("hash", "--database-codes", help="hashing database codes: 'hash' (the learned hash functions, on the dataset's database split) or 'learned' (the learned training codes, where a method keeps them; the database is then the training split)"),
         pr_plot: Optional[str] = typer.Option(None, "--pr-plot", help="write the precision-recall curves of every record to this PNG"),
         seed: str = typer.Option("0", "--seed", "--seeds", help="random seed, or comma-separated seeds: one run each, tables show mean±std"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),

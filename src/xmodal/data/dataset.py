@@ -53,15 +53,23 @@ class PairedDataset:
     text_ids: list[str] | None = None
     root: str | None = None
     meta: dict = field(default_factory=dict)
+    # set by subset(): the dataset the images were taken from and their positions there, so
+    # that two subsets can be compared item by item (the learned-codes hashing protocol)
+    subset_of: str | None = None
+    subset_images: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.text_to_image = np.asarray(self.text_to_image, dtype=np.int64)
         if self.labels is not None:
             self.labels = np.asarray(self.labels)
             if self.labels.ndim == 1:
-                self.labels = one_hot(self.labels)
+                self.labels = one_hot(self.labels, where=f"dataset {self.name!r}: field labels")
+            # before the cast: -1 would become 255 and 0.5 would become 0
+            _check_label_matrix(self.labels, f"dataset {self.name!r}")
             self.labels = self.labels.astype(np.uint8)
         self.splits = {k: np.asarray(v, dtype=np.int64) for k, v in self.splits.items()}
+        if self.subset_images is not None:
+            self.subset_images = np.asarray(self.subset_images, dtype=np.int64)
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -78,6 +86,7 @@ class PairedDataset:
             ("image_paths", self.image_paths, n_img),
             ("image_ids", self.image_ids, n_img),
             ("labels", self.labels, n_img),
+            ("subset_images", self.subset_images, n_img),
             ("text_features", self.text_features, n_txt),
             ("texts", self.texts, n_txt),
             ("text_ids", self.text_ids, n_txt),
@@ -93,6 +102,8 @@ class PairedDataset:
                 if not np.isfinite(value).all():
                     row = int(np.flatnonzero(~np.isfinite(value).all(axis=1))[0])
                     raise DataError(f"{src}: field {fname} row {row} holds NaN or inf")
+        if self.labels is not None:
+            _check_label_matrix(self.labels, src)
         if self.labels is not None and self.label_names is not None:
             if self.labels.shape[1] != len(self.label_names):
                 raise DataError(f"{src}: labels have {self.labels.shape[1]} columns but "
@@ -163,6 +174,9 @@ class PairedDataset:
             text_ids=take(self.text_ids, text_rows),
             root=self.root,
             meta=dict(self.meta),
+            # positions in the outermost dataset: a subset of a subset names the original images
+            subset_of=self.name if self.subset_images is None else self.subset_of,
+            subset_images=idx.copy() if self.subset_images is None else self.subset_images[idx],
         )
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -195,8 +209,29 @@ class PairedDataset:
                 f"splits={splits})")
 
 
-def one_hot(classes: Sequence[int] | np.ndarray, n_classes: int | None = None) -> np.ndarray:
-    classes = np.asarray(classes, dtype=np.int64)
+def _check_label_matrix(labels: np.ndarray, src: str) -> None:
+    """Labels are a 0/1 image x class matrix: any other value (a -1 of -1/1 labels, a count, a
+    score) would make the relevance of every pair wrong."""
+    if labels.ndim != 2:
+        raise DataError(f"{src}: field labels must be a class vector or a 2-D 0/1 matrix, "
+                        f"got shape {labels.shape}")
+    if labels.size == 0 or (labels.dtype == bool or labels.dtype == np.uint8) and labels.max() <= 1:
+        return  # the stored form: one cheap pass
+    with np.errstate(invalid="ignore"):
+        bad = (labels != 0) & (labels != 1)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{src}: field labels row {row} column {col} holds {labels[row, col].item()!r}; "
+                        "labels must be 0/1 (for -1/1 labels map -1 to 0, e.g. labels > 0)")
+
+
+def one_hot(classes: Sequence[int] | np.ndarray, n_classes: int | None = None,
+            where: str = "one_hot") -> np.ndarray:
+    classes = np.asarray(classes)
+    if classes.size and np.issubdtype(classes.dtype, np.number) and (classes < 0).any():
+        row = int(np.flatnonzero(classes < 0)[0])  # a negative index would set the last class
+        raise DataError(f"{where}: row {row} holds class {classes[row].item()!r}; class ids must be >= 0")
+    classes = classes.astype(np.int64)
     n = int(classes.max()) + 1 if n_classes is None else n_classes
     out = np.zeros((len(classes), n), dtype=np.uint8)
     out[np.arange(len(classes)), classes] = 1

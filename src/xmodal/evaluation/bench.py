@@ -54,6 +54,31 @@ def _split(ds: PairedDataset, *names: str) -> PairedDataset | None:
     return None
 
 
+def hashing_splits(ds: PairedDataset, hashing_db: str | None = None,
+                   database_codes: str = "hash") -> tuple[str, str]:
+    """The (query, database) split names of the hashing protocol: queries from ``query`` (else
+    ``test``); the database from ``hashing_db`` when given, else ``database``, else ``train``.
+    With ``database_codes="learned"`` the database is the training split, the items whose codes
+    the method learned (DCMH-protocol datasets have a larger ``database`` than ``train``)."""
+    has = ", ".join(f"{k!r}" for k in ds.splits) or "none"
+    query = next((n for n in ("query", "test") if n in ds.splits), None)
+    if query is None:
+        raise DataError(f"dataset {ds.name!r} has no 'query' or 'test' split for the hashing queries "
+                        f"(its splits: {has})")
+    if hashing_db is not None and hashing_db not in ds.splits:
+        raise DataError(f"hashing database split {hashing_db!r}: dataset {ds.name!r} has no such split "
+                        f"(its splits: {has})")
+    if "train" not in ds.splits:
+        raise DataError(f"dataset {ds.name!r} has no 'train' split (its splits: {has})")
+    if database_codes == "learned":
+        if hashing_db is not None and not np.array_equal(ds.splits[hashing_db], ds.splits["train"]):
+            raise ParameterError(f"hashing database split {hashing_db!r} is not the training split: with "
+                                 "database codes 'learned' the database is the training split, the items "
+                                 "whose codes the method learned")
+        return query, "train"
+    return query, hashing_db or ("database" if "database" in ds.splits else "train")
+
+
 def _method_kwargs(cls: type, given: dict[str, Any], labeled_fraction: float | None,
                    bits: int | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One run's record settings (the --set values and the label budget) and the method's
@@ -274,7 +299,8 @@ _BENCH_OWNED = {"bits": "--bits (bits=)", "random_state": "--seed/--seeds (seed=
 
 
 def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[int], seeds: Sequence[int],
-               params: dict[str, dict[str, Any]], labeled_fraction: float | None) -> None:
+               params: dict[str, dict[str, Any]], labeled_fraction: float | None,
+               hashing_db: str | None = None, database_codes: str = "hash") -> None:
     """Every check that needs no features, so that a typo fails before minutes of encoding
     (and before earlier methods have been fitted)."""
     if not method_names:
@@ -308,6 +334,8 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
     if test is None or len(ds.splits[test]) < 2:
         raise DataError(f"dataset {ds.name!r} needs a 'test' split of at least 2 images to score on "
                         f"(it has {has})")
+    if hashing:  # the database split: a misspelled name must not fall back to another split
+        hashing_splits(ds, hashing_db, database_codes)
     supervised = [n for n, c in zip(method_names, classes) if c.supervised]
     train_labels = ds.subset("train").labels if ds.labels is not None else None
     if supervised and train_labels is None:
@@ -411,7 +439,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               seed: int | Sequence[int] = 0, data_dir: str | None = None, image_encoder: str | None = None,
               text_encoder: str | None = None, cache_dir: str | None = None,
               params: dict[str, dict[str, Any]] | None = None, map_k: Sequence[int] = (),
-              hashing_db: str = "database", labeled_fraction: float | None = None,
+              hashing_db: str | None = None, labeled_fraction: float | None = None,
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
               per_query: bool = False, test_folds: int = 1,
               on_record: Callable[[dict], None] | None = None, command: str | None = None) -> list[dict]:
@@ -422,6 +450,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     query split against the database split, database codes computed by the learned hash
     functions (``database_codes="hash"``) or, for methods that learn them, the learned
     training codes (``"learned"``, the variant some papers report; labelled in the record).
+    The database is the ``hashing_db`` split, by default ``database`` (else ``train``); with
+    learned codes it is the training split, whose items the codes were learned for (said in
+    the record's ``protocol``). A ``hashing_db`` that is not a split of the dataset is refused.
     ``labeled_fraction`` is passed to the semi-supervised methods. With ``resume`` every
     record is appended to that JSON-lines file as soon as it is done, and records already
     there (same dataset, method, bits, seed, settings, database codes, encoders) are reused
@@ -460,14 +491,18 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
         raise ParameterError(f"per-query scores are not kept with database codes 'learned' "
                              f"({', '.join(hashing)}); use the default database codes for paired tests")
     raw = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
-    _preflight(raw, method_names, bits, seeds, params, labeled_fraction)
+    _preflight(raw, method_names, bits, seeds, params, labeled_fraction, hashing_db, database_codes)
     fingerprint = dataset_fingerprint(dataset, cache_dir)
     digest = content_digest(raw)
     ds = prepare_dataset(raw, data_dir, image_encoder, text_encoder, cache_dir, quiet)
     train = _split(ds, "train")
     val = _split(ds, "val")
     test = _split(ds, "test", "query")
-    query, database = _split(ds, "query", "test"), _split(ds, hashing_db, "train")
+    query = database = None
+    if hashing:
+        query_split, db_split = hashing_splits(ds, hashing_db, database_codes)
+        query = ds.subset(query_split)
+        database = train if db_split == "train" else ds.subset(db_split)
     run_versions = versions()  # package metadata only: nothing is imported
     previous = {_record_key(r): r for r in read_jsonl(resume, repair=True)} if resume else {}
     records = []
@@ -502,9 +537,11 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             if is_hash and database_codes == "learned":
                 from ..methods.hashing.protocol import evaluate_training_codes
 
-                res = evaluate_training_codes(method, query, database, map_k=tuple(map_k) or (50, 100))
+                res = evaluate_training_codes(method, query, database, train=train,
+                                              map_k=tuple(map_k) or (50, 100))
                 res["encode_seconds"] = 0.0
-                protocol = f"hashing: {query.name} vs {database.name}, database codes = learned training codes"
+                protocol = (f"hashing: {query.name} vs {database.name} (the training split, whose codes "
+                            "were learned), database codes = learned training codes")
             elif is_hash:
                 res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
                 protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"

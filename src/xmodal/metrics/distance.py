@@ -33,12 +33,19 @@ def hamming_distance(Q: np.ndarray, D: np.ndarray, chunk: int = 64) -> np.ndarra
 
     Computed by FAISS (``faiss.hammings``, the XOR + popcount kernel behind its binary
     indexes) when it is installed, else by a batched NumPy XOR + popcount; both are exact.
+    Codes of any other dtype are refused: unpacked ±1 or 0/1 bit rows cast to bytes would give
+    wrong distances (two ±1 codes one bit apart come out 7 apart).
     """
     Q, D = np.asarray(Q), np.asarray(D)
+    for side, C in (("query", Q), ("database", D)):
+        if C.dtype != np.uint8:
+            raise ValueError(f"{side} codes have dtype {C.dtype}: Hamming distances need packed "
+                             "bits, uint8 rows of 8 bits per byte (e.g. np.packbits(B > 0, axis=1) "
+                             "or xmodal.methods.base.pack_codes for ±1 codes)")
     if Q.ndim != 2 or D.ndim != 2 or Q.shape[1] != D.shape[1]:
         raise ValueError(f"codes differ in length: {Q.shape} and {D.shape}")
     out = np.empty((len(Q), len(D)), dtype=np.int32)
-    if _faiss is not None and Q.dtype == np.uint8 and D.dtype == np.uint8 and Q.size and D.size:
+    if _faiss is not None and Q.size and D.size:
         Qc, Dc = np.ascontiguousarray(Q), np.ascontiguousarray(D)
         _faiss.hammings(_faiss.swig_ptr(Qc), _faiss.swig_ptr(Dc), len(Qc), len(Dc), Qc.shape[1],
                         _faiss.swig_ptr(out))
