@@ -130,3 +130,26 @@ def test_bench_several_seeds(wikipedia, tmp_path):
         res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "lsh", "--seed", bad,
                                   "--quiet", "--data-dir", str(DATA)])
         assert res.exit_code != 0 and "--seed" in res.output
+
+
+def test_a_diverged_method_is_reported_and_the_others_go_on(wikipedia, tmp_path, monkeypatch):
+    # NaN embeddings (a diverged method) are refused by the metrics; the bench names the run,
+    # keeps it out of the records and the --resume file, finishes the others and exits 1
+    import numpy as np
+
+    from xmodal.methods.subspace import CCA
+
+    ordinary = CCA.encode_images
+
+    def nan_images(self, X):
+        return ordinary(self, X) * np.nan
+
+    monkeypatch.setattr(CCA, "encode_images", nan_images)
+    log, out = tmp_path / "runs.jsonl", tmp_path / "runs.json"
+    res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--methods", "cca,pls", "--quiet",
+                              "--data-dir", str(DATA), "--resume", str(log), "--json", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "error: cca seed 0:" in res.output and "non-finite" in res.output
+    assert "1 run(s) failed" in res.output
+    assert [r["method"] for r in json.loads(out.read_text())] == ["pls"]
+    assert [json.loads(line)["method"] for line in log.read_text().splitlines()] == ["pls"]

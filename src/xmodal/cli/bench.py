@@ -159,6 +159,7 @@ def register(app: typer.Typer) -> None:
         def warn(message, category, filename, lineno, file=None, line=None) -> None:
             typer.echo(f"warning: {message}", err=True)  # the message, not the source line
 
+        failed: list[dict] = []  # diverged runs: reported, the others go on
         try:
             warnings.showwarning, shown = warn, warnings.showwarning
             records = run_bench(dataset, names, bits=bit_list, seed=seeds, data_dir=data_dir,
@@ -166,7 +167,7 @@ def register(app: typer.Typer) -> None:
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
                                 resume=resume, per_query=per_query, test_folds=test_folds,
-                                on_record=progress, command=command)
+                                on_record=progress, command=command, failures=failed)
         except (DataError, KeyError, ParameterError) as exc:
             # a KeyError's str() is its repr, quotes and all: print the message itself
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -194,6 +195,12 @@ def register(app: typer.Typer) -> None:
         if json_out:
             write_json(records, json_out)
             typer.echo(f"wrote {len(records)} records to {json_out}")
+        if failed:
+            for f in failed:
+                bits_s = f" {f['bits']} bits" if f["bits"] else ""
+                typer.echo(f"error: {f['method']}{bits_s} seed {f['seed']}: {f['error']}", err=True)
+            typer.echo(f"error: {len(failed)} run(s) failed and are not in the tables or records", err=True)
+            raise typer.Exit(1)
 
     @app.command("compare")
     def compare(

@@ -20,6 +20,7 @@ from .. import methods as registry
 from ..methods import ParameterError
 from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
+from ..metrics.ranking import NonFiniteScoresError
 from .protocol import evaluate, evaluate_folds, is_number, mean_scores
 
 SUMMARY_KEYS = ("map", "p@10")
@@ -442,7 +443,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               hashing_db: str | None = None, labeled_fraction: float | None = None,
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
               per_query: bool = False, test_folds: int = 1,
-              on_record: Callable[[dict], None] | None = None, command: str | None = None) -> list[dict]:
+              on_record: Callable[[dict], None] | None = None, command: str | None = None,
+              failures: list[dict] | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
@@ -458,6 +460,10 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     there (same dataset, method, bits, seed, settings, database codes, encoders) are reused
     instead of recomputed, unless their ``params`` differ from the method's parameters now
     (a default changed since): those are redone, and the newer record is the one used.
+    A run whose scores are not finite (a diverged method:
+    :class:`~xmodal.metrics.ranking.NonFiniteScoresError`) raises, unless ``failures`` is a
+    list: the run is then appended to it (``method``, ``bits``, ``seed``, ``error``) and left
+    out of the records and of ``resume`` (a rerun tries it again), and the other runs go on.
     ``seed`` may be a list: every (method, bits) is then run once per seed, one record each
     (:func:`summarize_seeds` folds them into mean and standard deviation). ``per_query`` keeps
     every query's AP and Recall@K hits in the record, for :mod:`.significance` tests (a resumed
@@ -534,28 +540,14 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             t0 = time.perf_counter()
             method.fit(train, val=val)
             fit_seconds = time.perf_counter() - t0
-            if is_hash and database_codes == "learned":
-                from ..methods.hashing.protocol import evaluate_training_codes
-
-                res = evaluate_training_codes(method, query, database, train=train,
-                                              map_k=tuple(map_k) or (50, 100))
-                res["encode_seconds"] = 0.0
-                protocol = (f"hashing: {query.name} vs {database.name} (the training split, whose codes "
-                            "were learned), database codes = learned training codes")
-            elif is_hash:
-                res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
-                protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
-            else:
-                view = None
-                if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
-                    from ..methods.deep import raw_view as view
-                res = evaluate_folds(method, test, test_folds, view=view, map_k=tuple(map_k),
-                                     per_query=per_query)
-                protocol = f"classic: {test.name} vs itself (other modality)"
-                if test_folds != 1:
-                    protocol += (f", mean over {test_folds} folds of about "
-                                 f"{test.n_images // test_folds} images")
-                    rec["fold_std"] = res["fold_std"]
+            try:
+                protocol, res = _score_run(method, is_hash, database_codes, query, database, train, test,
+                                           map_k, per_query, test_folds, rec)
+            except NonFiniteScoresError as exc:  # a diverged method
+                if failures is None:
+                    raise
+                failures.append({"method": name, "bits": b, "seed": sd, "error": str(exc)})
+                continue
             rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
@@ -574,6 +566,35 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             if on_record:
                 on_record(rec)
     return records
+
+
+def _score_run(method: Any, is_hash: bool, database_codes: str, query: Any, database: Any, train: Any,
+               test: Any, map_k: Sequence[int], per_query: bool, test_folds: int, rec: dict) -> tuple[str, dict]:
+    """(protocol, results) of one fitted method under the protocol of its kind (``rec`` gains
+    the folds' spread)."""
+    if is_hash and database_codes == "learned":
+        from ..methods.hashing.protocol import evaluate_training_codes
+
+        res = evaluate_training_codes(method, query, database, train=train,
+                                      map_k=tuple(map_k) or (50, 100))
+        res["encode_seconds"] = 0.0
+        protocol = (f"hashing: {query.name} vs {database.name} (the training split, whose codes "
+                    "were learned), database codes = learned training codes")
+    elif is_hash:
+        res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
+        protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
+    else:
+        view = None
+        if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
+            from ..methods.deep import raw_view as view
+        res = evaluate_folds(method, test, test_folds, view=view, map_k=tuple(map_k),
+                             per_query=per_query)
+        protocol = f"classic: {test.name} vs itself (other modality)"
+        if test_folds != 1:
+            protocol += (f", mean over {test_folds} folds of about "
+                         f"{test.n_images // test_folds} images")
+            rec["fold_std"] = res["fold_std"]
+    return protocol, res
 
 
 def _jsonable(d: Any) -> Any:
