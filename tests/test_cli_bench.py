@@ -153,3 +153,21 @@ def test_a_diverged_method_is_reported_and_the_others_go_on(wikipedia, tmp_path,
     assert "1 run(s) failed" in res.output
     assert [r["method"] for r in json.loads(out.read_text())] == ["pls"]
     assert [json.loads(line)["method"] for line in log.read_text().splitlines()] == ["pls"]
+
+
+def test_resume_redoes_records_that_ranked_ties_in_database_order(wikipedia, tmp_path):
+    # records from before the tie convention (no "ties" field) ranked tied scores in database
+    # order; --resume recomputes them rather than mixing conventions in one table
+    log = tmp_path / "runs.jsonl"
+    args = ["bench", "--dataset", "wikipedia", "--methods", "lsh", "--bits", "16", "--quiet",
+            "--data-dir", str(DATA), "--resume", str(log)]
+    assert runner.invoke(app, args).exit_code == 0
+    rec = json.loads(log.read_text())
+    assert rec["ties"].startswith("one fixed random order")
+    assert runner.invoke(app, args).exit_code == 0
+    assert len(log.read_text().splitlines()) == 1  # same convention: reused
+    del rec["ties"]
+    log.write_text(json.dumps(rec) + "\n")
+    assert runner.invoke(app, args).exit_code == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 2 and "ties" in lines[1]  # redone and appended

@@ -295,6 +295,10 @@ def provenance(command: str | None = None, records: Sequence[dict] | None = None
     return f"<!-- {command + '; ' if command else ''}{vs} -->"
 
 
+# How the records' rankings order tied scores (the metrics' default tie_seed); records
+# without it ranked ties in database order, and --resume redoes them.
+TIES = "one fixed random order of the database (tie_seed=0)"
+
 # parameters that bench sets itself: a --set of them would be overridden or mislabel the records
 _BENCH_OWNED = {"bits": "--bits (bits=)", "random_state": "--seed/--seeds (seed=)"}
 
@@ -527,12 +531,12 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["dataset_sha256"] = fingerprint
             method = registry.create(name, **kw)
             done = previous.get(_record_key(_jsonable(rec)))
-            # a record made with other parameters (a default changed since), or on data the
-            # loader now reads differently, is redone, not reused (records made before
-            # data_digest was kept are taken as they are)
+            # a record made with other parameters (a default changed since), on data the loader
+            # now reads differently, or ranking ties in database order (before TIES), is redone,
+            # not reused (records made before data_digest was kept are taken as they are)
             if done is not None and (not per_query or "per_query" in done["i2t"]) and \
                     done.get("params", {}) == _jsonable(method.get_params()) and \
-                    done.get("data_digest", digest) == digest:
+                    done.get("data_digest", digest) == digest and done.get("ties") == TIES:
                 records.append(done)
                 if on_record:
                     on_record(done)
@@ -554,6 +558,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                         "device": _device_name()})
             rec["versions"] = run_versions
             rec["data_digest"] = digest
+            rec["ties"] = TIES
             if command:
                 rec["command"] = command
             if "mR" in res:
