@@ -171,3 +171,20 @@ def test_resume_redoes_records_that_ranked_ties_in_database_order(wikipedia, tmp
     assert runner.invoke(app, args).exit_code == 0
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(lines) == 2 and "ties" in lines[1]  # redone and appended
+
+
+def test_data_options_reach_the_loader_and_the_records(wikipedia, tmp_path):
+    log = tmp_path / "runs.jsonl"
+    base = ["bench", "--dataset", "wikipedia", "--methods", "cca", "--quiet", "--data-dir", str(DATA),
+            "--resume", str(log)]
+    res = runner.invoke(app, base + ["--data-option", "nope=1"])
+    assert res.exit_code == 2 and "its loader takes no option 'nope'" in res.output
+    res = runner.invoke(app, base + ["--data-option", "with_texts=false"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(log.read_text())["data_options"] == {"with_texts": False}
+    # other loader options are other data: not taken as done
+    assert runner.invoke(app, base).exit_code == 0
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(recs) == 2 and "data_options" not in recs[1]
+    res = runner.invoke(app, base + ["--data-option", "oops"])
+    assert res.exit_code != 0 and "KEY=VALUE" in res.output

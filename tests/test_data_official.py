@@ -426,3 +426,33 @@ def test_xmodal_index_reads_a_coco_folder(tmp_path, monkeypatch):
                                      "--image-encoder", "efficientnet-lite0", "--text-encoder", "tfidf", "-q"])
     assert r.exit_code == 0, r.output
     assert "8 images, 40 texts" in r.output
+
+
+def test_coco_hashing_split_pools_the_images(tmp_path):
+    # the deep hashing papers' MS-COCO protocol: random queries, the rest the database, a
+    # training set drawn from the database; seeded, labels required
+    write_coco(tmp_path)
+    ds = load_coco(tmp_path, split="hashing", n_query=3, n_train=4, seed=1)
+    assert ds.n_images == 8 and ds.meta["split"] == "hashing"
+    q, db, tr = ds.splits["query"], ds.splits["database"], ds.splits["train"]
+    assert len(q) == 3 and len(db) == 5 and len(tr) == 4
+    assert set(tr) <= set(db) and not set(q) & set(db) and set(q) | set(db) == set(range(8))
+    np.testing.assert_array_equal(ds.splits["test"], q)
+    again = load_coco(tmp_path, split="hashing", n_query=3, n_train=4, seed=1)
+    np.testing.assert_array_equal(again.splits["query"], q)
+    with pytest.raises(DataError, match="split must be 'official' or 'hashing'"):
+        load_coco(tmp_path, split="random")
+    with pytest.raises(DataError, match="needs the labels"):
+        load_coco(tmp_path, split="hashing", labels=False)
+    with pytest.raises(DataError, match="exceeds the 8 images"):
+        load_coco(tmp_path, split="hashing", n_query=5, n_train=4)
+    # through load_dataset's folder dispatch too
+    assert load_dataset(str(tmp_path), split="hashing", n_query=2, n_train=2).meta["split"] == "hashing"
+
+
+def test_bench_on_coco_own_files_says_how_to_get_a_test_split(tmp_path):
+    from xmodal.evaluation.bench import run_bench
+
+    write_coco(tmp_path)
+    with pytest.raises(DataError, match="split=hashing"):
+        run_bench(str(tmp_path), ["lsh"], bits=[16])

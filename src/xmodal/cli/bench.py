@@ -26,6 +26,20 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def _parse_options(items: list[str]) -> dict[str, object]:
+    """``key=value`` (value parsed as JSON when possible, else the string)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--data-option {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def _config_name(rec: dict) -> str:
     """How ``xmodal compare`` names one configuration: ``method`` or ``method:param=value,...``
     (the record's ``--set`` settings)."""
@@ -105,6 +119,7 @@ def register(app: typer.Typer) -> None:
         pr_plot: Optional[str] = typer.Option(None, "--pr-plot", help="write the precision-recall curves of every record to this PNG"),
         seed: str = typer.Option("0", "--seed", "--seeds", help="random seed, or comma-separated seeds: one run each, tables show mean±std"),
         set_: list[str] = typer.Option([], "--set", help="method parameter, METHOD.PARAM=VALUE (repeatable)"),
+        data_option: list[str] = typer.Option([], "--data-option", help="dataset loader option, KEY=VALUE (repeatable; e.g. split=official for nus_wide, split=hashing for COCO's own files)"),
         per_query: bool = typer.Option(False, "--per-query", help="keep every query's AP and Recall@K hits in the records (for xmodal compare)"),
         test_folds: int = typer.Option(1, "--test-folds", min=1, help="score real-valued methods on N disjoint blocks of the test images and average (MSCOCO 1K test: 5)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
@@ -167,7 +182,8 @@ def register(app: typer.Typer) -> None:
                                 cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
                                 resume=resume, per_query=per_query, test_folds=test_folds,
-                                on_record=progress, command=command, failures=failed)
+                                on_record=progress, command=command, failures=failed,
+                                data_options=_parse_options(data_option))
         except (DataError, KeyError, ParameterError) as exc:
             # a KeyError's str() is its repr, quotes and all: print the message itself
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -269,7 +269,8 @@ def _check_bool(value: object, name: str, where: Path) -> None:
 
 def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | str = "auto",
               drop_unlabelled: bool = True, max_captions: int | None = COCO_CAPTIONS,
-              image_dir: str | os.PathLike | None = None) -> PairedDataset:
+              image_dir: str | os.PathLike | None = None, split: str = "official",
+              n_query: int = 2000, n_train: int = 10000, seed: int = 0) -> PairedDataset:
     """MS-COCO from its official files (see the module docstring) in the folder ``path``.
 
     Splits are the official ones, named as the files name them: ``"train"`` and ``"val"``
@@ -277,6 +278,10 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
     val (Karpathy's 5K test split is drawn from it); for their exact split put Karpathy's
     ``dataset_coco.json`` in the folder, which is then read instead
     (:func:`~xmodal.data.dataset_layout`) with these labels joined by ``cocoid``.
+    ``split="hashing"`` pools the loaded images instead and draws the cross-modal hashing
+    protocol the deep hashing papers use on MS-COCO (as DCMH on MIRFlickr): ``n_query``
+    random queries (2000; also ``test``), the rest the retrieval ``database``, ``n_train``
+    (10000) training images drawn from it, seeded by ``seed``; it needs the category labels.
     ``year``: 2014 or 2017 (default 2014 when its caption files are there, else 2017).
     ``max_captions``: the first that many captions of each image by annotation id (default
     five, the papers' protocol; some images have six or seven), ``None`` keeps all.
@@ -300,16 +305,21 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
         raise DataError(f"{root}: max_captions must be a positive integer or None, got {max_captions!r}")
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {root})")
+    if split not in ("official", "hashing"):
+        raise DataError(f"{root}: split must be 'official' or 'hashing', got {split!r}")
+    if split == "hashing" and labels is False:
+        raise DataError(f"{root}: split='hashing' ranks by shared categories; it needs the labels "
+                        "(instances_*.json), so labels=False does not go with it")
     year, caption_files = coco_caption_files(root, year)
     if not caption_files:
         raise DataError(f"{root / ANNOTATION_DIR / f'captions_train{year}.json'}: file not found, nor "
                         f"captions_val{year}.json (not a COCO download)")
     all_ids, paths, image_ids, texts, t2i, splits, dropped = [], [], [], [], [], {}, 0
-    for split, cap_path in caption_files.items():
+    for part, cap_path in caption_files.items():
         ids, names, caps, rows, n_dropped = _read_captions(cap_path, max_captions)
-        folder = _image_folder(root, split, year, names, None if image_dir is None else Path(image_dir))
+        folder = _image_folder(root, part, year, names, None if image_dir is None else Path(image_dir))
         start = len(paths)
-        splits[split] = np.arange(start, start + len(ids))
+        splits[part] = np.arange(start, start + len(ids))
         all_ids.append(ids)
         prefix = os.path.join(str(folder), "")  # a join per image, not a Path (123,287 of them)
         paths += [prefix + n for n in names]
@@ -344,6 +354,15 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
               "label_files": [str(p) for p in label_files]})
     if label_matrix is not None:
         ds = drop_unlabelled_images(ds, drop_unlabelled)
+    if split == "hashing":
+        from .mirflickr import hashing_splits
+
+        if label_matrix is None:
+            raise DataError(f"{root / ANNOTATION_DIR}: split='hashing' needs COCO's category labels, "
+                            f"and no instances_<split>{year}.json is there")
+        ds.splits = hashing_splits(ds.n_images, n_query, n_train, seed, name="coco",
+                                   what=f"the {ds.n_images} images of {root}")
+    ds.meta["split"] = split
     return ds
 
 

@@ -48,6 +48,15 @@ def _accepts(cls: type, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
 
+def _split_hint(ds: PairedDataset) -> str:
+    """What to do about a dataset without a test split, where its loader offers one."""
+    if ds.meta.get("layout") == "coco_official":
+        return ("; COCO's own files have train and val only: --data-option split=hashing draws the "
+                "hashing papers' query/database/train split, Karpathy's dataset_coco.json in the "
+                "folder gives the matching papers' test split")
+    return ""
+
+
 def _split(ds: PairedDataset, *names: str) -> PairedDataset | None:
     for n in names:
         if n in ds.splits:
@@ -65,7 +74,7 @@ def hashing_splits(ds: PairedDataset, hashing_db: str | None = None,
     query = next((n for n in ("query", "test") if n in ds.splits), None)
     if query is None:
         raise DataError(f"dataset {ds.name!r} has no 'query' or 'test' split for the hashing queries "
-                        f"(its splits: {has})")
+                        f"(its splits: {has}){_split_hint(ds)}")
     if hashing_db is not None and hashing_db not in ds.splits:
         raise DataError(f"hashing database split {hashing_db!r}: dataset {ds.name!r} has no such split "
                         f"(its splits: {has})")
@@ -115,6 +124,8 @@ def _record_key(rec: dict, with_seed: bool = True) -> str:
         key.append(rec["test_folds"])
     if rec.get("dataset_sha256"):  # a dataset given as a file: its name is only the file's stem
         key.append(rec["dataset_sha256"])
+    if rec.get("data_options"):  # the loader's options (a split, labels dropped): other data
+        key.append(rec["data_options"])
     return json.dumps(key, sort_keys=True)
 
 
@@ -338,7 +349,7 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
     test = next((n for n in ("test", "query") if n in ds.splits), None)
     if test is None or len(ds.splits[test]) < 2:
         raise DataError(f"dataset {ds.name!r} needs a 'test' split of at least 2 images to score on "
-                        f"(it has {has})")
+                        f"(it has {has}){_split_hint(ds)}")
     if hashing:  # the database split: a misspelled name must not fall back to another split
         hashing_splits(ds, hashing_db, database_codes)
     supervised = [n for n, c in zip(method_names, classes) if c.supervised]
@@ -448,7 +459,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
               per_query: bool = False, test_folds: int = 1,
               on_record: Callable[[dict], None] | None = None, command: str | None = None,
-              failures: list[dict] | None = None) -> list[dict]:
+              failures: list[dict] | None = None, data_options: dict[str, Any] | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
@@ -464,6 +475,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     there (same dataset, method, bits, seed, settings, database codes, encoders) are reused
     instead of recomputed, unless their ``params`` differ from the method's parameters now
     (a default changed since): those are redone, and the newer record is the one used.
+    ``data_options`` are keyword arguments of the dataset's loader (e.g. ``split="official"``
+    for NUS-WIDE, ``split="hashing"`` for COCO's own files), recorded in each record and part
+    of the ``resume`` match; one the loader does not take is refused, naming it.
     A run whose scores are not finite (a diverged method:
     :class:`~xmodal.metrics.ranking.NonFiniteScoresError`) raises, unless ``failures`` is a
     list: the run is then appended to it (``method``, ``bits``, ``seed``, ``error``) and left
@@ -500,7 +514,10 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
         # a --per-query resume (redone every time) nor a paired test
         raise ParameterError(f"per-query scores are not kept with database codes 'learned' "
                              f"({', '.join(hashing)}); use the default database codes for paired tests")
-    raw = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
+    data_options = dict(data_options or {})
+    if data_options and not isinstance(dataset, str):
+        raise ParameterError("data_options apply to a dataset loaded by name or path, not to a PairedDataset")
+    raw = _load(dataset, data_dir, data_options) if isinstance(dataset, str) else dataset
     _preflight(raw, method_names, bits, seeds, params, labeled_fraction, hashing_db, database_codes)
     fingerprint = dataset_fingerprint(dataset, cache_dir)
     digest = content_digest(raw)
@@ -527,6 +544,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                    "text_encoder": text_encoder or ds.meta.get("text_feature")}
             if test_folds != 1:
                 rec["test_folds"] = test_folds
+            if data_options:
+                rec["data_options"] = data_options
             if fingerprint:
                 rec["dataset_sha256"] = fingerprint
             method = registry.create(name, **kw)
@@ -571,6 +590,18 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             if on_record:
                 on_record(rec)
     return records
+
+
+def _load(dataset: str, data_dir: str | None, options: dict[str, Any]) -> PairedDataset:
+    """``load_dataset`` with the loader's own options; one it does not take is a DataError."""
+    try:
+        return load_dataset(dataset, data_dir=data_dir, **options)
+    except TypeError as exc:
+        bad = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if not options or bad is None:
+            raise
+        raise DataError(f"{dataset}: its loader takes no option {bad.group(1)!r} "
+                        f"(data options given: {', '.join(sorted(options))})") from None
 
 
 def _score_run(method: Any, is_hash: bool, database_codes: str, query: Any, database: Any, train: Any,
