@@ -126,6 +126,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit methods on the training split and print MAP / P@10 (and Recall@K where pairs allow)."""
         from ..data import DataError
+        from ..encoders.base import EncoderError
         from ..methods import ParameterError
         from ..evaluation.bench import (DATABASE_CODES, format_hashing_tables, format_table, plot_pr_curves,
                                         provenance, run_bench, write_json)
@@ -184,7 +185,7 @@ def register(app: typer.Typer) -> None:
                                 resume=resume, per_query=per_query, test_folds=test_folds,
                                 on_record=progress, command=command, failures=failed,
                                 data_options=_parse_options(data_option))
-        except (DataError, KeyError, ParameterError) as exc:
+        except (DataError, EncoderError, KeyError, ParameterError) as exc:
             # a KeyError's str() is its repr, quotes and all: print the message itself
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.echo(f"error: {msg}", err=True)

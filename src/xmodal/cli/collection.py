@@ -36,7 +36,8 @@ def _plan_text(plan: dict) -> str:
     for modality in ("image", "text"):
         r = plan[modality]
         line = (f"{modality}s: {len(r['new'])} new, {len(r['changed'])} changed (re-encoded), "
-                f"{r['unchanged']} unchanged")
+                + (f"{len(r['moved'])} moved (path updated, not re-encoded), " if r.get("moved") else "")
+                + f"{r['unchanged']} unchanged")
         if r["unreadable"]:
             line += f", {len(r['unreadable'])} skipped as unreadable (e.g. {r['unreadable'][0]})"
         lines.append(line)
@@ -135,6 +136,7 @@ def register(app: typer.Typer) -> None:
         The collection is created and its method fitted on first use, then extended
         incrementally: unchanged files cost nothing."""
         from ..data.dataset import DataError
+        from ..encoders.base import EncoderError
         from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
         from ..index.build import OtherOptionsError
 
@@ -155,7 +157,7 @@ def register(app: typer.Typer) -> None:
                                        image_encoder=image_encoder, text_encoder=text_encoder)
             except OtherOptionsError as exc:
                 _fail(_option_words(collection, exc.options))
-            except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
+            except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
                 _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))
             return
@@ -166,7 +168,7 @@ def register(app: typer.Typer) -> None:
                                     prune=prune)
         except OtherOptionsError as exc:
             _fail(_option_words(collection, exc.options))
-        except (DataError, CollectionError, IndexSpecError, KeyError) as exc:
+        except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         except KeyboardInterrupt:
             # Ctrl-C: every batch committed so far is kept, and the encoders' feature cache

@@ -102,14 +102,22 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, (arg if sep else None)
 
 
-def get_encoder(spec: str, modality: str | None = None) -> Encoder:
-    """The encoder named by ``spec`` (e.g. ``"minilm"``, ``"lda:10"``, ``"timm:resnet18@random"``);
-    ``"a+b"`` concatenates the features of encoders ``a`` and ``b``."""
-    if isinstance(spec, str) and "+" in spec:
-        from .concat import ConcatEncoder
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
-        parts = [get_encoder(s, modality) for s in spec.split("+")]
-        return ConcatEncoder("+".join(p.spec for p in parts), parts)
+
+def _views_arg(spec: str, arg: str | None) -> None:
+    from .cnn import parse_views
+    parse_views(spec, arg)
+
+
+# what an argument a family takes is checked by, without building the encoder
+_ARG_CHECKS: dict[str, Callable[[str, str | None], None]] = {
+    "efficientnet-lite0": _views_arg, "mobilenet-v2": _views_arg}
+
+
+def _resolve(spec: str, modality: str | None) -> tuple[Callable[[str, str | None], Encoder], str | None]:
+    """The factory and argument of one (not ``a+b``) spec, every check made but building it."""
     name, arg = parse_spec(spec)
     if name not in REGISTRY:
         raise EncoderError(f"unknown encoder {spec!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -117,5 +125,32 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
     if arg is not None and arg_kind is None:
         raise EncoderError(f"encoder {name!r} takes no argument, got {spec!r}")
     if modality is not None and mod != modality:
-        raise EncoderError(f"{spec!r} is a {mod} encoder, but a {modality} encoder is needed here")
+        raise EncoderError(f"{spec!r} is {_article(mod)} {mod} encoder, but {_article(modality)} "
+                           f"{modality} encoder is needed here")
+    return factory, arg
+
+
+def check_spec(spec: str, modality: str | None = None) -> None:
+    """Raise :class:`EncoderError` where :func:`get_encoder` would for a spec it cannot build
+    (an unknown name, an argument the family does not take or a view set it lacks, another
+    modality than ``modality``), without building the encoder (some load their model when
+    built): what ``xmodal index --dry-run`` checks."""
+    parts = spec.split("+") if isinstance(spec, str) and "+" in spec else [spec]
+    for part in parts:
+        _resolve(part, modality)
+        name, arg = parse_spec(part)
+        if name in _ARG_CHECKS:
+            _ARG_CHECKS[name](part.strip(), arg)
+
+
+def get_encoder(spec: str, modality: str | None = None) -> Encoder:
+    """The encoder named by ``spec`` (e.g. ``"minilm"``, ``"lda:10"``, ``"timm:resnet18@random"``);
+    ``"a+b"`` concatenates the features of encoders ``a`` and ``b``. ``modality`` (``"image"``
+    or ``"text"``): an encoder of the other one is refused (:class:`EncoderError`)."""
+    if isinstance(spec, str) and "+" in spec:
+        from .concat import ConcatEncoder
+
+        parts = [get_encoder(s, modality) for s in spec.split("+")]
+        return ConcatEncoder("+".join(p.spec for p in parts), parts)
+    factory, arg = _resolve(spec, modality)
     return factory(spec.strip(), arg)

@@ -236,7 +236,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     given = _fitted_method(method)  # loaded now: its recorded encoders are checked before encoding
     if like is None:
         image_encoder, text_encoder = _resolve_encoders(given, method, image_encoder, text_encoder)
-    img_enc, txt_enc = get_encoder(image_encoder), get_encoder(text_encoder)
+    img_enc, txt_enc = get_encoder(image_encoder, "image"), get_encoder(text_encoder, "text")
     # a fitted encoder passed in (a shard's, say) keeps its state: refitting changes the space
     if getattr(txt_enc, "needs_fit", False) and not getattr(txt_enc, "is_fitted", False):
         txt_enc.fit([t.text for t in texts], progress=progress)
@@ -346,8 +346,21 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     if like is not None:
         return {**out, "action": "create", "like": str(like), "method": _base(like).stats()["method"]}
     _check_method(method, index, source, texts, rerank)
-    _resolve_encoders(_fitted_method(method), method, image_encoder, text_encoder)
+    chosen = _resolve_encoders(_fitted_method(method), method, image_encoder, text_encoder)
+    for modality, enc in zip(("image", "text"), chosen):
+        _check_encoder(enc, modality)
     return {**out, "action": "create", "method": str(method)}
+
+
+def _check_encoder(encoder: Any, modality: str) -> None:
+    """What :func:`get_encoder` refuses of ``encoder`` for ``modality`` (an unknown spec, an
+    encoder of the other modality), refused without building it (some load their model)."""
+    from ..encoders.registry import check_spec
+
+    if isinstance(encoder, str):
+        check_spec(encoder, modality)
+    else:
+        get_encoder(encoder, modality)
 
 
 def _scan(source: str | Path, collection_path: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
@@ -632,6 +645,8 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
     rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
     if rep.skipped and not quiet:
         print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)
+    if rep.moved and not quiet:
+        print(f"{rep.moved} image(s) moved: their stored path updated (nothing re-encoded)", file=sys.stderr)
     if prune:
         # an unreadable file is still in the source: its stored item stays
         gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")

@@ -183,6 +183,7 @@ class AddReport:
     added: int = 0
     replaced: int = 0
     unchanged: int = 0
+    moved: int = 0  # unchanged images found at another path (a moved folder): path updated
     ids: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files the encoder could not read
 
@@ -225,13 +226,20 @@ def check_key(key: str) -> str:
 
 
 # ---------------------------------------------------------------- encoders
-def get_encoder(spec: Any) -> Any:
-    """An encoder object from a spec string (``xmodal.encoders.get_encoder``) or as given."""
-    if not isinstance(spec, str):
-        return spec
-    from ..encoders import get_encoder as _get
+def get_encoder(spec: Any, modality: str | None = None) -> Any:
+    """An encoder object from a spec string (``xmodal.encoders.get_encoder``) or as given;
+    with ``modality``, one of the other modality is refused (:class:`EncoderError`): image
+    paths encoded as text, or captions as image files, make no common space."""
+    from ..encoders import EncoderError, get_encoder as _get
 
-    return _get(spec)
+    if not isinstance(spec, str):
+        mod = getattr(spec, "modality", None)
+        if modality is not None and mod in ("image", "text") and mod != modality:
+            a = "an" if modality == "image" else "a"
+            raise EncoderError(f"{getattr(spec, 'spec', spec)!r} is {'an' if mod == 'image' else 'a'} "
+                               f"{mod} encoder, but {a} {modality} encoder is needed here")
+        return spec
+    return _get(spec, modality)
 
 
 def encode_items(enc: Any, inputs: Sequence[str], progress: bool | None = False,
@@ -438,7 +446,7 @@ class Collection:
         for modality, enc in (("image", image_encoder), ("text", text_encoder)):
             if enc is None:
                 continue
-            enc = get_encoder(enc)
+            enc = get_encoder(enc, modality)
             rec: dict[str, Any] = {"spec": getattr(enc, "spec", None), "class": _class_path(enc),
                                    "dim": int(enc.dim), "file": None}
             if getattr(enc, "needs_fit", False):
@@ -524,7 +532,7 @@ class Collection:
                 klass = _load_class(rec["class"])
                 self._encoders[modality] = klass.load(self.path / "encoders" / rec["file"])
             else:
-                self._encoders[modality] = get_encoder(rec["spec"])
+                self._encoders[modality] = get_encoder(rec["spec"], modality)
         return self._encoders[modality]
 
     @property
@@ -1633,8 +1641,9 @@ class Collection:
         lost: set[str] = set()  # unreadable images not stored: their captions are skipped too
         for modality, items in (("image", list(images)), ("text", list(texts))):
             hashes, _ = self._content_hashes(modality, items) if items else ([], [])
-            have = self._existing([it.key for it in items])
-            row = {"new": [], "changed": [], "unchanged": 0, "unreadable": []}
+            stored = self._stored([it.key for it in items])
+            have = {k: h for k, (h, _) in stored.items()}
+            row = {"new": [], "changed": [], "moved": [], "unchanged": 0, "unreadable": []}
             for it, h in zip(items, hashes):
                 if modality == "image" and h is not None and have.get(it.key) != h and not _decodes(it.path):
                     h = None  # the encoder would skip it too
@@ -1646,6 +1655,8 @@ class Collection:
                     row["new"].append(it.key)
                 elif have[it.key] != h:
                     row["changed"].append(it.key)
+                elif modality == "image" and stored[it.key][1] != it.path:
+                    row["moved"].append(it.key)
                 else:
                     row["unchanged"] += 1
             out[modality] = row
@@ -1655,6 +1666,16 @@ class Collection:
             out["removed"] = [{"id": i, "modality": m, "key": key} for i, m, key, pair in
                               self.store.query("SELECT id, modality, key, pair_id FROM items")
                               if i in gone or pair in gone]
+        return out
+
+    def _stored(self, keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """key -> (content hash, stored path) of the stored items of ``keys``."""
+        out: dict[str, tuple[str | None, str | None]] = {}
+        for start in range(0, len(keys), 900):
+            chunk = list(keys[start:start + 900])
+            for k, h, path in self.store.query(f"SELECT key, content_hash, path FROM items WHERE key IN "
+                                               f"({','.join('?' * len(chunk))})", chunk):
+                out[k] = (h, path)
         return out
 
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
@@ -1697,11 +1718,17 @@ class Collection:
                     if h is None:
                         total.skipped.append(it.path)
                         unread.add(it.key)
-                have = self._existing([it.key for it in items])
+                stored = self._stored([it.key for it in items])
+                have = {k: h for k, (h, _) in stored.items()}
                 todo = [r for r, it in enumerate(items)
                         if hashes[r] is not None and have.get(it.key, "\0") != hashes[r]]
                 same = [r for r, it in enumerate(items) if hashes[r] is not None and have.get(it.key) == hashes[r]]
-                total.unchanged += len(same)
+                moved = [r for r in same if modality == "image" and stored[items[r].key][1] != items[r].path]
+                total.unchanged += len(same) - len(moved)
+                if moved:
+                    self._move(items, moved, stats, actor, remote)
+                    total.moved += len(moved)
+                    same = [r for r in same if r not in set(moved)]
                 if stats and any(stats[r] for r in same):
                     # unchanged content, new or missing file stats (a touched file, an older
                     # collection): recorded, so the next run need not read the file again
@@ -1755,6 +1782,24 @@ class Collection:
                     total.merge(self._mirror_add(d, drop=False))
                 self._drop_unused_files([f for d in done for f in d[5]])
         return total
+
+    def _move(self, items: Sequence[ImageItem], rows: Sequence[int], stats: Sequence[tuple[int, int] | None],
+              actor: str, remote: str | None) -> None:
+        """Stored images whose file (same key, same content) is now at another path -- a moved
+        or renamed photo folder: their path (and file stats) updated in one transaction,
+        nothing encoded; left alone, search would name and serve the old, gone files."""
+        with self._transaction() as c:
+            c.executemany("UPDATE items SET path = ? WHERE key = ? AND modality = 'image'",
+                          [(items[r].path, items[r].key) for r in rows])
+            c.executemany("INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
+                          "SELECT id, ?, ?, ? FROM items WHERE key = ?",
+                          [(items[r].path, *stats[r], items[r].key) for r in rows if stats[r]])
+            Store.audit(c, actor, "move", {"modality": "image", "count": len(rows),
+                                           "first_key": items[rows[0]].key}, remote)
+            self._gen = Store.bump_generation(c)
+            marks = Store.marks(c)
+        with self._lock:
+            self._set_marks(marks)
 
     # ------------------------------------------------------------ audit
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:

