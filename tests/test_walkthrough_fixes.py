@@ -112,3 +112,31 @@ def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
     assert (rep.moved, rep.unchanged) == (0, 3) and coll._gen == gen
     assert coll.plan(images)["image"]["moved"] == []
     coll.close()
+
+
+# ---------------------------------------------------------------- 4: a saved method of any name
+def _saved_cca(path: Path) -> Path:
+    from xmodal.data import PairedDataset
+    from xmodal.methods import create
+
+    rng = np.random.default_rng(0)
+    ds = PairedDataset(name="toy", text_to_image=np.arange(20), n_images=20,
+                       image_features=rng.normal(size=(20, 8)).astype(np.float32),
+                       text_features=rng.normal(size=(20, 6)).astype(np.float32))
+    create("cca", n_components=2).fit(ds).save(path)
+    return path
+
+
+def test_method_file_is_told_by_content_not_by_suffix(tmp_path):
+    src = _photos(tmp_path)
+    saved = _saved_cca(tmp_path / "cca.xmodal")  # the README's own example name
+    res = run("index", src, "-c", tmp_path / "m.xmc", "--method", saved, "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert plan["action"] == "create" and plan["method"] == str(saved)
+    (tmp_path / "notes.txt").write_text("not a method")
+    res = run("index", src, "-c", tmp_path / "m.xmc", "--method", tmp_path / "notes.txt", "--dry-run")
+    assert res.exit_code == 2 and "notes.txt: not a saved xmodal method" in " ".join(res.output.split())
+    res = run("index", src, "-c", tmp_path / "m.xmc", "--method", "nosuchmethod", "--dry-run")
+    assert res.exit_code == 2 and "unknown method 'nosuchmethod'" in res.output
+    assert not (tmp_path / "m.xmc").exists()

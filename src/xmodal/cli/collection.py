@@ -104,14 +104,14 @@ def register(app: typer.Typer) -> None:
         # None when not typed: a new collection gets DEFAULT_METHOD / Flat, an existing one keeps
         # its own (build_collection refuses any other value rather than ignoring it)
         method: Optional[str] = typer.Option(None, help=f"method name fitted on the source's pairs, or a "
-                                             f"saved fitted method (.zip) [default: {DEFAULT_METHOD}; "
+                                             f"saved fitted method file (method.save(path), any name) [default: {DEFAULT_METHOD}; "
                                              f"an existing collection: its own]", show_default=False),
-        # None: the encoders a fitted --method FILE.zip records, else the defaults (build.py)
+        # None: the encoders a fitted --method FILE records, else the defaults (build.py)
         image_encoder: Optional[str] = typer.Option(
-            None, help=f"image feature encoder (default: the one a --method FILE.zip was "
+            None, help=f"image feature encoder (default: the one a --method FILE was "
                        f"fitted with, else {DEFAULT_IMAGE_ENCODER})", show_default=False),
         text_encoder: Optional[str] = typer.Option(
-            None, help=f"text feature encoder (default: the one a --method FILE.zip was "
+            None, help=f"text feature encoder (default: the one a --method FILE was "
                        f"fitted with, else {DEFAULT_TEXT_ENCODER})", show_default=False),
         index: Optional[str] = typer.Option(None, help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
                                             "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always "

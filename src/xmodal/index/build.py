@@ -394,10 +394,41 @@ _RERANK_REAL = ("rerank re-orders a binary (hashing) method's Hamming shortlist 
                 "projections; method {method!r} is real-valued, its vectors are floats already")
 
 
+def _is_method_file(method: Any) -> bool:
+    """Whether ``method`` names a saved fitted method rather than a registry name: a Path, an
+    existing file that is not a method's name (whatever its suffix: ``cca.save("cca.xmodal")``;
+    its content is checked when loaded), or a ``.zip`` name (one that is missing is refused
+    as such)."""
+    if isinstance(method, Path):
+        return True
+    if not isinstance(method, str):
+        return False
+    from ..methods import get
+
+    try:
+        get(method)
+        return False
+    except KeyError:
+        pass
+    return Path(method).is_file() or Path(method).suffix == ".zip"
+
+
+def _load_method_file(path: str | Path) -> Any:
+    """The fitted method saved at ``path``, told by content (a zip holding ``meta.json``)."""
+    import zipfile
+
+    from ..methods import load
+
+    if not zipfile.is_zipfile(path):
+        raise CollectionError(f"{path}: not a saved xmodal method (not a zip file, as "
+                              f"method.save(path) writes)")
+    return load(str(path))
+
+
 def _check_method(method: Any, index: str, source: str | Path, texts: list[TextItem],
                   rerank: bool = False) -> None:
     """A method name and index spec that exist, and captions to fit it on (before encoding)."""
-    if isinstance(method, str) and not Path(method).suffix == ".zip":
+    if isinstance(method, str) and not _is_method_file(method):
         from ..methods import get
 
         VectorIndex(get(method).output, 64, index)
@@ -405,17 +436,15 @@ def _check_method(method: Any, index: str, source: str | Path, texts: list[TextI
             raise CollectionError(_RERANK_REAL.format(method=method))
         if not texts:
             raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
-                                  ".txt captions or pass a fitted method file (--method FILE.zip)")
+                                  ".txt captions or pass a fitted method file (--method FILE)")
     elif isinstance(method, (str, Path)) and not Path(method).exists():
         raise CollectionError(f"{method}: no such fitted method file")
 
 
 def _fitted_method(method: Any) -> Any:
-    """The fitted method ``method`` names (a saved ``.zip``, loaded) or is; None for a name."""
-    if isinstance(method, (str, Path)) and Path(method).suffix == ".zip" and Path(method).exists():
-        from ..methods import load
-
-        return load(str(method))
+    """The fitted method ``method`` names (a saved method file, loaded) or is; None for a name."""
+    if _is_method_file(method) and Path(method).exists():
+        return _load_method_file(method)
     return None if isinstance(method, (str, Path)) else method
 
 
@@ -575,7 +604,7 @@ def other_options(coll: Collection, asked: dict[str, Any]) -> list[OtherOption]:
     differ: list[OtherOption] = []
     method = asked.get("method")
     if method is not None:
-        if isinstance(method, (str, Path)) and Path(method).suffix == ".zip":
+        if _is_method_file(method):
             if not Path(method).is_file():
                 raise CollectionError(f"{method}: no such fitted method file")
             if not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
