@@ -140,3 +140,36 @@ def test_method_file_is_told_by_content_not_by_suffix(tmp_path):
     res = run("index", src, "-c", tmp_path / "m.xmc", "--method", "nosuchmethod", "--dry-run")
     assert res.exit_code == 2 and "unknown method 'nosuchmethod'" in res.output
     assert not (tmp_path / "m.xmc").exists()
+
+
+# ---------------------------------------------------------------- 5: writes on a read-only server
+@pytest.mark.parametrize("keys", [False, True])
+def test_a_read_only_server_answers_writes_403_before_checking_the_key(tmp_path, keys):
+    from fastapi.testclient import TestClient
+
+    from xmodal.index import Collection
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    coll = _vector_collection(tmp_path / "w.xmc", _photos(tmp_path))
+    coll.set_setting("public_read", False)
+    reader = create_key(coll, "read")
+    writer = create_key(coll, "write")
+    coll.snapshot(tmp_path / "snap.xmc", keys=keys)
+    coll.close()
+    snap = Collection.open(tmp_path / "snap.xmc", read_only=True)
+    client = TestClient(create_app(snap))
+    for token in ("xmk_bogus", writer, None):
+        head = {"X-API-Key": token} if token else {}
+        r = client.post("/api/texts", json={"key": "t1", "text": "a beach"}, headers=head)
+        assert r.status_code == 403 and "read-only" in r.json()["detail"], (token, r.text)
+        r = client.delete("/api/items/1", headers=head)
+        assert r.status_code == 403 and "read-only" in r.json()["detail"]
+        r = client.put("/api/settings", json={"public_read": True}, headers=head)
+        assert r.status_code == 403 and "read-only" in r.json()["detail"]
+    # reads of a private collection still need a valid key
+    assert client.get("/api/items").status_code == 401
+    assert client.get("/api/items", headers={"X-API-Key": "xmk_bogus"}).status_code == 401
+    r = client.get("/api/items", headers={"X-API-Key": reader})
+    assert r.status_code == (200 if keys else 401)
+    snap.close()

@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
-from ..index.collection import (THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
-                                check_key, encode_items)
+from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
+                                check_key, encode_items, read_only_error)
 from ..index.shards import RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels
 from . import auth
 
@@ -354,6 +354,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
     def need(role: str):
         async def dep(request: Request) -> str:  # async: SQLite lookups of microseconds, no thread hop
+            if role != "read" and request.method not in ("GET", "HEAD") and coll.read_only:
+                # a write the collection cannot take is refused as such, whatever the key:
+                # checked first, a snapshot made without its keys answered a key with 401
+                raise HTTPException(403, str(read_only_error(coll.path, coll.path / DB_NAME)))
             key_id, have = principal(request)
             if role == "read" and have is None and coll.public_read:
                 return "anonymous"
