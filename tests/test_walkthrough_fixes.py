@@ -173,3 +173,40 @@ def test_a_read_only_server_answers_writes_403_before_checking_the_key(tmp_path,
     r = client.get("/api/items", headers={"X-API-Key": reader})
     assert r.status_code == (200 if keys else 401)
     snap.close()
+
+
+# ---------------------------------------------------------------- 6: a source that is not there
+@pytest.mark.parametrize("name", ["nodir", "./nodir", "sub/nodir", "pairs.jsonl"])
+def test_index_of_a_missing_source_says_no_such_file_or_folder(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--dry-run"]):
+        res = run("index", name, "-c", "e1.xmc", *extra)
+        assert res.exit_code == 2, res.output
+        out = " ".join(res.output.split())
+        assert f"{name}: no such file or folder" in out and "unknown dataset" not in out, out
+    assert not (tmp_path / "e1.xmc").exists()
+
+
+# ---------------------------------------------------------------- 7: index factory strings
+def test_an_index_spec_is_parsed_before_its_kind_is_judged():
+    from xmodal.index.vector import IndexSpecError, VectorIndex
+
+    with pytest.raises(IndexSpecError) as err:
+        VectorIndex("real", 64, "Bogus42")
+    assert "could not parse index string Bogus42" in str(err.value)
+    assert "is binary" not in str(err.value) and "Error in" not in str(err.value)
+    for spec in ("BFlat", "BHNSW32", "BHash2x16"):
+        with pytest.raises(IndexSpecError, match="is binary but this collection's space is real-valued"):
+            VectorIndex("real", 64, spec)
+    with pytest.raises(IndexSpecError, match="expected a number"):
+        VectorIndex("real", 64, "HNSW32|efSearch=lots")
+    with pytest.raises(IndexSpecError, match="expected a whole number"):
+        VectorIndex("binary", 64, "HNSW32|efSearch=lots")
+
+
+def test_index_cli_gives_faiss_parse_error_for_a_bogus_spec(tmp_path):
+    src = _photos(tmp_path)
+    res = run("index", src, "-c", tmp_path / "i.xmc", "--index", "Bogus42", "--dry-run")
+    assert res.exit_code == 2
+    out = " ".join(res.output.split())
+    assert "could not parse index string Bogus42" in out and "is binary" not in out, out

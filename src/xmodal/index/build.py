@@ -140,7 +140,14 @@ def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
     """Images and texts from a folder of images, a dataset folder (:func:`is_dataset_folder`:
     its images with the dataset's captions and labels), a pairs file, a Karpathy ``.json`` or
     a dataset name."""
+    from ..data import LOADERS
+
     p = Path(source)
+    if str(source) not in LOADERS and not p.exists():
+        # a folder mistyped or not there yet: said as such, not as an unknown dataset name
+        bare = not (p.suffix or "/" in str(source) or os.sep in str(source) or str(source).startswith("."))
+        raise DataError(f"{source}: no such file or folder" +
+                        (f" (nor a dataset name: {', '.join(sorted(LOADERS))})" if bare else ""))
     if p.is_dir() and not is_dataset_folder(p):
         return scan_folder(p)
     images, texts = items_from_dataset(load_dataset(str(source)))

@@ -11,9 +11,11 @@ which is the cosine of the +-1 codes.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import faiss
+
 import numpy as np
 
 _NOT_FOUND = -1
@@ -52,12 +54,18 @@ def _apply_params(kind: str, index, base: str, params: str) -> None:
         ps = faiss.ParameterSpace()
         for k, v in wanted.items():
             try:
-                ps.set_index_parameter(index, k, float(v))
+                value = float(v)
+            except ValueError:
+                raise IndexSpecError(f"search parameter {k}={v!r}: expected a number") from None
+            try:
+                ps.set_index_parameter(index, k, value)
             except RuntimeError:
                 raise IndexSpecError(f"index {base!r} has no search parameter {k!r}") from None
         return
     inner = faiss.downcast_IndexBinary(index.index)
     for k, v in wanted.items():
+        if not v.isdigit():
+            raise IndexSpecError(f"search parameter {k}={v!r}: expected a whole number")
         if k == "efSearch" and hasattr(inner, "hnsw"):
             inner.hnsw.efSearch = int(v)
         elif k == "nprobe" and hasattr(inner, "nprobe"):
@@ -72,9 +80,19 @@ def normalize_spec(kind: str, spec: str) -> str:
         return normalize_spec(kind, spec) + "|" + params
     if kind == "binary" and not spec.startswith("B"):
         spec = "B" + spec  # "Flat" -> "BFlat", "HNSW32" -> "BHNSW32"
-    if kind == "real" and spec.startswith("B"):
+    if kind == "real" and spec.startswith("B") and _is_binary_spec(spec):
         raise IndexSpecError(f"index {spec!r} is binary but this collection's space is real-valued")
-    return spec
+    return spec  # any other bad spec: FAISS's own parse error when the index is built
+
+
+def _is_binary_spec(spec: str) -> bool:
+    """Whether FAISS's binary index factory parses ``spec`` (probed at 256 bits): a name that
+    merely starts with "B" (a typo) is no binary index, and gets FAISS's own error instead."""
+    try:
+        faiss.index_binary_factory(256, spec)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _make(kind: str, dim: int, spec: str):
@@ -86,6 +104,8 @@ def _make(kind: str, dim: int, spec: str):
         return faiss.IndexIDMap2(faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
+        # FAISS's message without its C++ location ("Error in <signature> at <file>:<line>: ")
+        first = re.sub(r"^Error in .* at \S+:\d+: (Error: )?", "", first)
         raise IndexSpecError(f"cannot build FAISS index {spec!r} for {kind} vectors of dim {dim}: "
                              f"{first}") from None
 
