@@ -210,3 +210,38 @@ def test_index_cli_gives_faiss_parse_error_for_a_bogus_spec(tmp_path):
     assert res.exit_code == 2
     out = " ".join(res.output.split())
     assert "could not parse index string Bogus42" in out and "is binary" not in out, out
+
+
+# ---------------------------------------------------------------- 8: unknown labels in Python
+def test_python_searches_refuse_a_label_no_item_has(tmp_path):
+    from xmodal.index.shards import UnknownLabelError, open_shards
+
+    a = _vector_collection(tmp_path / "a.xmc", _photos(tmp_path / "one", 3))
+    q = np.ones(4, dtype=np.float32)
+    assert {h.labels[0] for h in a.search_vector(q, "image", 5, labels=["beach"])} == {"beach"}
+    with pytest.raises(UnknownLabelError) as err:
+        a.search_vector(q, "image", 5, labels=["beach", "airplan"])
+    assert "'airplan'" in str(err.value) and "beach, forest" in str(err.value)
+    with pytest.raises(UnknownLabelError):
+        a.search_vectors(q[None], "image", 5, labels=["airplan"])
+    with pytest.raises(UnknownLabelError):
+        a.search_item(a.list_items("image")[0].id, 2, labels=["airplan"])
+    assert a.search_vector(q, "image", 5, labels=["airplan"], check_labels=False) == []
+    # refused before the query is encoded (this collection has no encoder at all)
+    for search in (a.search_text, a.search_texts, a.search_image, a.search_images):
+        with pytest.raises(UnknownLabelError):
+            search("planes" if search == a.search_text else ["planes"], 5, labels=["airplan"])
+    # shards: a label on one shard only is known; one on none is refused
+    b_src = tmp_path / "two" / "photos" / "harbour"
+    b_src.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(b_src / "h.png")
+    b = _vector_collection(tmp_path / "b.xmc", b_src.parent)
+    a.close(), b.close()
+    shards = open_shards([tmp_path / "a.xmc", tmp_path / "b.xmc"])
+    hits = shards.search_vector(q, "image", 5, labels=["harbour"])
+    assert [h.labels for h in hits] == [["harbour"]]
+    with pytest.raises(UnknownLabelError, match="'airplan'"):
+        shards.search_vector(q, "image", 5, labels=["airplan"])
+    with pytest.raises(UnknownLabelError, match="'airplan'"):
+        shards.search_text("planes", labels=["airplan"])
+    shards.close()

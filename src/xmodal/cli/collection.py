@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
             check_labels(coll, label, str(collection[0]) if not sharded else "the shards")
         except CollectionError as exc:
             _fail(str(exc))
-        kw = dict(labels=label or None, exact=exact, distinct=distinct)
+        kw = dict(labels=label or None, exact=exact, distinct=distinct, check_labels=False)  # checked above
         try:
             if query is not None:
                 results = [coll.search_text(query, k, target or "image", **kw)]

@@ -1191,21 +1191,34 @@ class Collection:
                                 f"WHERE i.modality = ? AND l.label IN ({marks})", [target, *labels])
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def check_labels(self, labels: Sequence[str] | None) -> None:
+        """Raise :class:`xmodal.index.shards.UnknownLabelError` (naming this collection and the
+        labels it has) if any of ``labels`` is on no item: a typo in a filter would otherwise
+        answer nothing, silently. One indexed lookup of the labels asked for."""
+        if labels:
+            from .shards import check_labels
+
+            check_labels(self, labels, str(self.path))
+
     def search_vectors(self, Q: np.ndarray, target: str = "image", k: int = 10, *,
                        labels: Sequence[str] | None = None, exact: bool = False,
                        fq: np.ndarray | None = None, rerank: int = 0,
-                       exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+                       exclude: Sequence[int] = (), check_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Batch search of common-space query rows against ``target`` items: (scores, ids).
 
         The approximate index answers unless ``exact`` or a label filter is given (the flat
         index does: it filters exactly). Binary collections with stored float projections
         re-rank a Hamming shortlist of ``rerank * k`` by cosine when ``fq`` is given.
+        A label in ``labels`` that no item has is refused (:meth:`check_labels`) unless
+        ``check_labels`` is False (the caller checked, or the label is on another shard).
         """
         if target not in MODALITIES:
             raise ValueError(f"target must be 'image' or 'text', got {target!r}")
         k = int(k)
         if not 1 <= k <= 10000:
             raise ValueError(f"k must be in 1..10000, got {k}")
+        if check_labels:
+            self.check_labels(labels)
         allowed = self._allowed(target, labels)
         extra = len(exclude)
         kk = k + extra
@@ -1262,18 +1275,21 @@ class Collection:
                       relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
                       fq: np.ndarray | None = None, rerank: int = 0,
                       exclude: Sequence[int] = (), feedback: tuple[float, float, float] = (1.0, 0.75, 0.25),
-                      distinct: bool = False) -> list[Hit]:
+                      distinct: bool = False, check_labels: bool = True) -> list[Hit]:
         """Search with one common-space vector (a float vector, or packed uint8 code).
         ``distinct`` collapses texts that are word for word the same (datasets repeat
-        captions) into their best-scoring one."""
+        captions) into their best-scoring one. A label no item has is refused
+        (:meth:`check_labels`; ``check_labels=False``: not checked)."""
         self.refresh()
+        if check_labels:
+            self.check_labels(labels)
         q = np.asarray(vector)
         q = q.reshape(1, -1) if q.ndim == 1 else q
         q, fq = self.rocchio(q, relevant, nonrelevant, *feedback, fq=fq)
         fetch = k
         while True:
             S, I = self.search_vectors(q, target, fetch, labels=labels, exact=exact, fq=fq,
-                                       rerank=rerank, exclude=exclude)
+                                       rerank=rerank, exclude=exclude, check_labels=False)
             hits = self._hits(S[:1], I[:1])
             if not distinct or target != "text":
                 return hits
@@ -1284,19 +1300,29 @@ class Collection:
                 return unique[:k]
             fetch = min(10000, fetch * 4)
 
+    def _labels_checked(self, kw: dict[str, Any]) -> dict[str, Any]:
+        """``kw`` of a search, its labels checked (:meth:`check_labels`) before any query is
+        encoded, unless ``check_labels=False``; the search itself then checks no more."""
+        if kw.pop("check_labels", True):
+            self.check_labels(kw.get("labels"))
+        return {**kw, "check_labels": False}
+
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> list[Hit]:
         """Text query; by default against images (text -> image)."""
+        kw = self._labels_checked(kw)
         q, fq = self.encode_query_text(text)
         return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
 
     def search_image(self, path: str | Path, k: int = 10, target: str = "text", **kw: Any) -> list[Hit]:
         """Image query (a file); by default against texts (image -> text)."""
+        kw = self._labels_checked(kw)
         q, fq = self.encode_query_image(path)
         return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
                      **kw: Any) -> list[list[Hit]]:
         """Many text queries, encoded in one batch: one hit list per query, in order."""
+        kw = self._labels_checked(kw)
         return self._search_rows(self.encode_query_texts(texts), k, target, kw)
 
     def encode_query_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1310,6 +1336,7 @@ class Collection:
     def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
                       **kw: Any) -> list[list[Hit]]:
         """Many image queries (files), decoded and encoded in batches: one hit list per query."""
+        kw = self._labels_checked(kw)
         self._reopen_if_replaced()
         F = _encode_query(self.encoder("image"), [str(p) for p in paths])
         return self._search_rows(self.features_to_space("image", F), k, target, kw)

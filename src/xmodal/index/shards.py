@@ -298,9 +298,13 @@ class ShardedCollection:
     def search_vector(self, vector: np.ndarray, target: str = "image", k: int = 10, *,
                       labels: Sequence[str] | None = None, exact: bool = False,
                       distinct: bool = False, fq: np.ndarray | None = None,
-                      on_error: str = "raise") -> ShardHits:
+                      on_error: str = "raise", check_labels: bool = True) -> ShardHits:
         """Top ``k`` of the union for one common-space vector (packed code for binary spaces).
-        Local binary shards with float projections re-rank by ``fq``; remote ones by Hamming."""
+        Local binary shards with float projections re-rank by ``fq``; remote ones by Hamming.
+        A label in ``labels`` that no shard has is refused (:meth:`check_labels`) unless
+        ``check_labels`` is False."""
+        if check_labels:
+            self.check_labels(labels)
         v = np.asarray(vector).reshape(-1)
         space = self.space
         # Each shard checks the space on every query, not only at the start: a shard rebuilt
@@ -313,13 +317,18 @@ class ShardedCollection:
                 if shard.space != space:
                     raise CollectionError(f"shard {_name(shard)}: its common space is now {shard.space}, "
                                           f"not {space} (rebuilt?); left out")
+                # a label on another shard only is no error here: checked across shards above
                 return shard.search_vector(v, target, k, labels=labels, exact=exact, fq=fq,
-                                           rerank=4 if fq is not None else 0, distinct=distinct)
+                                           rerank=4 if fq is not None else 0, distinct=distinct,
+                                           check_labels=False)
             return shard.search(body)
 
         return self._fan_out(one, k, distinct and target == "text", on_error)
 
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
+        if kw.pop("check_labels", True):
+            self.check_labels(kw.get("labels"))
+        kw["check_labels"] = False
         if self.local is None:
             body = _request(target, k, kw.get("labels"), kw.get("exact"), kw.get("distinct"), text=text,
                             space=self.space)
@@ -338,11 +347,15 @@ class ShardedCollection:
     def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
                      **kw: Any) -> list[ShardHits]:
         """Many text queries, one after the other (each fans out to every shard)."""
-        return [self.search_text(t, k, target, **kw) for t in texts]
+        if kw.pop("check_labels", True):  # once for the batch
+            self.check_labels(kw.get("labels"))
+        return [self.search_text(t, k, target, check_labels=False, **kw) for t in texts]
 
     def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
                       **kw: Any) -> list[ShardHits]:
-        return [self.search_image(p, k, target, **kw) for p in paths]
+        if kw.pop("check_labels", True):
+            self.check_labels(kw.get("labels"))
+        return [self.search_image(p, k, target, check_labels=False, **kw) for p in paths]
 
     def _fan_out(self, fn, k: int, distinct: bool, on_error: str) -> ShardHits:
         if on_error not in ("raise", "skip"):

@@ -462,7 +462,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 hits = coll.search_vector(q, target, req.k, labels=req.labels or None, exact=req.exact,
                                           relevant=req.relevant, nonrelevant=req.nonrelevant, fq=fq,
                                           rerank=rerank, exclude=exclude,
-                                          feedback=(req.alpha, req.beta, req.gamma), distinct=req.distinct)
+                                          feedback=(req.alpha, req.beta, req.gamma), distinct=req.distinct,
+                                          check_labels=False)  # require_known's 422, or a router's query
             else:  # feedback ids are this collection's: applied here, then every shard searched
                 coll.refresh()
                 q2 = np.asarray(q).reshape(1, -1)
@@ -470,7 +471,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                                       fq=fq)
                 found = sharded.search_vector(q2[0], target, req.k + len(exclude),
                                               labels=req.labels or None, exact=req.exact,
-                                              distinct=req.distinct, fq=fq, on_error="skip")
+                                              distinct=req.distinct, fq=fq, on_error="skip",
+                                              check_labels=False)
                 hits = [h for h in found if not (h.shard is None and h.id in exclude)][:req.k]
                 failed = [{"shard": n, "error": e} for n, e in found.failed]
         except KeyError as exc:
