@@ -194,7 +194,7 @@ def test_cli_stats_tells_whether_collections_share_a_space(shards, server, tmp_p
                              text_encoder="tfidf", quiet=True)
     other.close()
     r = CliRunner().invoke(app, ["stats", "-c", str(root / "a.xmc"), "-c", str(tmp_path / "other.xmc")])
-    assert r.exit_code == 0 and "different common spaces" in r.output and "7 images, 35 texts" in r.output
+    assert r.exit_code == 1 and "different common spaces" in r.output and "7 images, 35 texts" in r.output
     r = CliRunner().invoke(app, ["stats", "-c", str(tmp_path / "nothing.xmc")])
     assert r.exit_code == 2 and "no collection here" in r.output
 

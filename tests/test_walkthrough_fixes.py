@@ -245,3 +245,37 @@ def test_python_searches_refuse_a_label_no_item_has(tmp_path):
     with pytest.raises(UnknownLabelError, match="'airplan'"):
         shards.search_text("planes", labels=["airplan"])
     shards.close()
+
+
+# ---------------------------------------------------------------- 9: Ctrl-C before anything was stored
+def test_an_interrupt_says_whether_anything_was_stored(tmp_path, monkeypatch):
+    import xmodal.index
+    from xmodal.index import Collection
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xmodal.index, "build_collection", interrupted)
+    src = _photos(tmp_path)
+    res = run("index", src, "-c", tmp_path / "ci.xmc")
+    assert res.exit_code == 130
+    out = " ".join(res.output.split())
+    assert "before anything was stored" in out and "was not created" in out
+    assert "keeps every batch" not in out
+    Collection.create(tmp_path / "ci.xmc", dim=4).close()
+    res = run("index", src, "-c", tmp_path / "ci.xmc")
+    assert res.exit_code == 130 and "keeps every batch stored so far" in " ".join(res.output.split())
+
+
+# ---------------------------------------------------------------- 10: stats of two spaces
+def test_stats_of_collections_in_different_spaces_exits_1(tmp_path):
+    from xmodal.index import Collection
+
+    Collection.create(tmp_path / "a.xmc", dim=4).close()
+    Collection.create(tmp_path / "b.xmc", dim=8).close()
+    res = run("stats", "-c", tmp_path / "a.xmc", "-c", tmp_path / "b.xmc")
+    assert res.exit_code == 1 and "different common spaces: not searchable as one" in res.output
+    assert res.output.count("0 images") == 2  # the report is still printed
+    res = run("stats", "-c", tmp_path / "a.xmc", "-c", tmp_path / "b.xmc", "--json")
+    assert res.exit_code == 1 and json.loads(res.output)["one_space"] is False
+    assert run("stats", "-c", tmp_path / "a.xmc").exit_code == 0

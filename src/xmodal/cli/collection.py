@@ -172,9 +172,16 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         except KeyboardInterrupt:
             # Ctrl-C: every batch committed so far is kept, and the encoders' feature cache
-            # holds what was encoded; the same command continues from there.
-            typer.echo(f"\ninterrupted: {collection} keeps every batch stored so far; run the same "
-                       "command again to continue", err=True)
+            # holds what was encoded; the same command continues from there. Stopped while
+            # encoding or fitting for a new collection, there is no collection to speak of.
+            from ..index import Collection
+
+            if Collection.exists(collection):
+                typer.echo(f"\ninterrupted: {collection} keeps every batch stored so far; run the same "
+                           "command again to continue", err=True)
+            else:
+                typer.echo(f"\ninterrupted before anything was stored: {collection} was not created; "
+                           "run the same command again (features encoded so far are cached)", err=True)
             raise typer.Exit(130) from None
         s = coll.stats()
         if as_json:
@@ -293,7 +300,7 @@ def register(app: typer.Typer) -> None:
         """What collections and served shards hold, and whether they share one space.
 
         Items, method, encoders, index and the common-space fingerprint of each; with
-        several, whether they can be searched as one."""
+        several, whether they can be searched as one (exit status 1 when they cannot)."""
         from ..index import CollectionError
         from ..index.shards import RemoteShard
 
@@ -311,8 +318,13 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         spaces = {r.get("space") for r in rows}
         out = {"collections": rows, "one_space": len(rows) > 1 and len(spaces) == 1 and None not in spaces}
+        # several that are not one space exit 1 (the report printed): a script checking that
+        # shards can be searched together must not read success
+        apart = len(rows) > 1 and not out["one_space"]
         if as_json:
             typer.echo(json.dumps(out, indent=1))
+            if apart:
+                raise typer.Exit(1)
             return
         for r in rows:
             enc = ", ".join(f"{m} {spec}" for m, spec in (r.get("encoders") or {}).items()) or "none"
@@ -321,6 +333,8 @@ def register(app: typer.Typer) -> None:
         if len(rows) > 1:
             typer.echo("one common space: searchable as shards" if out["one_space"] else
                        "different common spaces: not searchable as one (index shards with --like)")
+        if apart:
+            raise typer.Exit(1)
 
     @app.command("remove")
     def remove_cmd(
