@@ -99,6 +99,10 @@ def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
     plan = coll.plan(images)
     assert sorted(plan["image"]["moved"]) == sorted(i.key for i in images)
     assert plan["image"]["unchanged"] == 0 and not plan["image"]["new"] and not plan["image"]["changed"]
+    res = run("index", moved, "-c", tmp_path / "mv.xmc", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "images: 0 new, 0 changed (re-encoded), 3 moved (path updated, not re-encoded), 0 unchanged" \
+        in res.output
     # no features given: a re-encode would need an encoder this collection does not have
     rep = coll.add_items(images)
     assert (rep.added, rep.replaced, rep.moved, rep.unchanged) == (0, 0, 3, 0)

@@ -410,14 +410,18 @@ def _is_method_file(method: Any) -> bool:
         return True
     if not isinstance(method, str):
         return False
+    p = Path(method)
+    if not p.is_file():
+        return p.suffix == ".zip"
+    if p.suffix or len(p.parts) > 1 or method.startswith("."):
+        return True  # method names have no suffix or folder: no registry lookup needed
     from ..methods import get
 
-    try:
+    try:  # a bare name that is also a file here: the registry's name wins
         get(method)
         return False
     except KeyError:
-        pass
-    return Path(method).is_file() or Path(method).suffix == ".zip"
+        return True
 
 
 def _load_method_file(path: str | Path) -> Any:
