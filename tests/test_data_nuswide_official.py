@@ -270,3 +270,13 @@ def test_fingerprint_lists_the_split_files_a_train_test_copy_reads(tmp_path):
     assert {files.train_list.name, files.test_list.name} <= names
     assert {p.name for p in files.tag_files} <= names
     assert any(n.endswith("_Train.txt") for n in names) and any(n.endswith("_Test.txt") for n in names)
+
+
+def test_fingerprint_covers_the_split_lists_of_a_full_copy_too(tmp_path):
+    # split="official" reads TrainImagelist/TestImagelist even where AllLabels/ is there
+    from xmodal.data import dataset_files
+
+    tags, labels = arrays()
+    root = write_release(tmp_path / "full", tags, labels, split_labels=False, split_tags=False)
+    names = {p.name for p in dataset_files(root).files}
+    assert {"TrainImagelist.txt", "TestImagelist.txt"} <= names

@@ -246,3 +246,15 @@ def test_top_k_ranking_without_a_full_sort_is_the_full_rankings_head(tie_seed):
         full = _rank(keys, tie_seed)
         for k in (1, 7, 100, 249, 600):
             np.testing.assert_array_equal(_rank(keys, tie_seed, k), full[:, :k])
+
+
+def test_an_empty_database_is_refused_clearly():
+    # precision@k indexed the k-th column of an empty ranking (IndexError)
+    import pytest
+
+    from xmodal.metrics import precision_at_k, recall_at_k
+
+    with pytest.raises(ValueError, match="database is empty"):
+        precision_at_k(np.zeros((2, 0)), np.zeros((2, 0), dtype=bool), 5)
+    with pytest.raises(ValueError, match="database is empty"):
+        recall_at_k(np.zeros((2, 0)), np.zeros((2, 0), dtype=bool), (1,))

@@ -283,3 +283,32 @@ def test_stats_of_collections_in_different_spaces_exits_1(tmp_path):
     res = run("stats", "-c", tmp_path / "a.xmc", "-c", tmp_path / "b.xmc", "--json")
     assert res.exit_code == 1 and json.loads(res.output)["one_space"] is False
     assert run("stats", "-c", tmp_path / "a.xmc").exit_code == 0
+
+
+def test_a_label_filter_given_as_a_number_means_the_label_as_stored(tmp_path):
+    # labels are stored as text; the check compared sets and refused 3 though '3' is there
+    from xmodal.index import Collection
+
+    c = Collection.create(tmp_path / "n.xmc", dim=4)
+    c.add_vectors("image", ["a", "b"], np.eye(2, 4, dtype=np.float32), labels=[["3"], ["cat"]])
+    q = np.eye(1, 4, dtype=np.float32)[0]
+    assert [h.key for h in c.search_vector(q, "image", 5, labels=[3])] == ["a"]
+
+
+def test_an_upload_found_again_in_a_folder_leaves_no_copy_behind(tmp_path):
+    # a photo uploaded over HTTP (files/<hash>) and later indexed from a folder under the same
+    # key is moved to the folder's path; the upload copy, used by no item, goes as on a delete
+    from xmodal.index import Collection
+    from xmodal.index.collection import ImageItem
+
+    c = Collection.create(tmp_path / "c.xmc", dim=4)
+    (tmp_path / "A").mkdir()
+    Image.new("RGB", (8, 8), (40, 40, 40)).save(tmp_path / "A" / "1.png")
+    files = c.path / "files"
+    files.mkdir(exist_ok=True)
+    (files / "up1.png").write_bytes((tmp_path / "A" / "1.png").read_bytes())
+    F = np.ones((1, 4), dtype=np.float32)
+    c.add_items([ImageItem("u", str(files / "up1.png"))], image_features=F)
+    r = c.add_items([ImageItem("u", str(tmp_path / "A" / "1.png"))], image_features=F)
+    assert r.moved and not (files / "up1.png").exists()
+    assert (tmp_path / "A" / "1.png").exists()  # the user's own file is never touched

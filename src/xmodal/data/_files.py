@@ -145,7 +145,8 @@ def _nus_wide(path: Path) -> list[Path] | None:
         return None
     d = files.label_dir
     labels = sorted(p for p in d.glob("Labels_*.txt") if p.is_file()) if d.is_dir() else []
-    return _existing(*files.lists_read(), *files.tag_files, files.tag_list,
+    # the split lists too when present: split="official" reads them whatever labels it has
+    return _existing(*files.lists_read(official=True), *files.tag_files, files.tag_list,
                      *(root / c for c in CONCEPT_FILES)) + labels
 
 

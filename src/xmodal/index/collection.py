@@ -1816,6 +1816,11 @@ class Collection:
         or renamed photo folder: their path (and file stats) updated in one transaction,
         nothing encoded; left alone, search would name and serve the old, gone files."""
         with self._transaction() as c:
+            # an item that was an upload (files/) and is now found in a folder leaves that
+            # copy unused: dropped below, as a delete would
+            old = [tuple(row) for r in rows for row in c.execute(
+                "SELECT path, content_hash, id FROM items WHERE key = ? AND modality = 'image'",
+                (items[r].key,))]
             c.executemany("UPDATE items SET path = ? WHERE key = ? AND modality = 'image'",
                           [(items[r].path, items[r].key) for r in rows])
             c.executemany("INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
@@ -1827,6 +1832,9 @@ class Collection:
             marks = Store.marks(c)
         with self._lock:
             self._set_marks(marks)
+        uploads = [f for f in old if self._upload_name(f[0])]
+        if uploads:
+            self._drop_unused_files(uploads)
 
     # ------------------------------------------------------------ audit
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:

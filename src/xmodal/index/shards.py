@@ -242,7 +242,9 @@ class ShardedCollection:
     @staticmethod
     def check_labels_of(shards: Sequence[Collection | RemoteShard], labels: Sequence[str] | None,
                         where: str, show: int = 30) -> None:
-        missing = set(labels or ())
+        # as stored: an item's labels are kept as text, so a filter of 3 means the label '3'
+        labels = [str(lab) for lab in labels or ()]
+        missing = set(labels)
         # local shards first (an indexed lookup), then what remote shards were seen to have;
         # only a label still missing costs a call to each remote shard's /api/info
         for shard in shards:
@@ -262,7 +264,7 @@ class ShardedCollection:
                     known |= set(shard.stats().get("labels") or ())
                 except CollectionError:
                     return  # it may have them: its search reports its failure
-        unknown = [lab for lab in dict.fromkeys(labels or ()) if lab not in known]
+        unknown = [lab for lab in dict.fromkeys(labels) if lab not in known]
         if unknown:
             raise UnknownLabelError(where, unknown, known, show)
 

@@ -240,6 +240,8 @@ def _per_query(scores, distances, relevant, what="relevance", tie_seed: int | No
     V, kind = _as_keys(scores, distances)
     R = np.asarray(relevant) if what == "gains" else np.asarray(relevant, dtype=bool)  # gains: float per block
     _check_shapes(V, R, what)
+    if len(V) and V.shape[1] == 0:  # a top-k of nothing would index an empty axis
+        raise ValueError("the database is empty: there is nothing to rank")
     _refuse_non_finite(non_finite_rows(V), len(V), kind)
     parts = []
     for sl in _chunks(len(V)):
