@@ -64,7 +64,7 @@ def _split(ds: PairedDataset, *names: str) -> PairedDataset | None:
     return None
 
 
-def hashing_splits(ds: PairedDataset, hashing_db: str | None = None,
+def hashing_split_names(ds: PairedDataset, hashing_db: str | None = None,
                    database_codes: str = "hash") -> tuple[str, str]:
     """The (query, database) split names of the hashing protocol: queries from ``query`` (else
     ``test``); the database from ``hashing_db`` when given, else ``database``, else ``train``.
@@ -351,7 +351,7 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
         raise DataError(f"dataset {ds.name!r} needs a 'test' split of at least 2 images to score on "
                         f"(it has {has}){_split_hint(ds)}")
     if hashing:  # the database split: a misspelled name must not fall back to another split
-        hashing_splits(ds, hashing_db, database_codes)
+        hashing_split_names(ds, hashing_db, database_codes)
     supervised = [n for n, c in zip(method_names, classes) if c.supervised]
     train_labels = ds.subset("train").labels if ds.labels is not None else None
     if supervised and train_labels is None:
@@ -527,7 +527,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     test = _split(ds, "test", "query")
     query = database = None
     if hashing:
-        query_split, db_split = hashing_splits(ds, hashing_db, database_codes)
+        query_split, db_split = hashing_split_names(ds, hashing_db, database_codes)
         query = ds.subset(query_split)
         database = train if db_split == "train" else ds.subset(db_split)
     run_versions = versions()  # package metadata only: nothing is imported
