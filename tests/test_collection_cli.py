@@ -209,3 +209,28 @@ def test_build_refusal_carries_the_facts_and_the_cli_words_them(tmp_path, monkey
         out = " ".join(res.output.split())
         assert "--index HNSW32 (it has Flat)" in out and "--rebuild" in out, out
     assert Collection.open(tmp_path / "c.xmc").stats()["index"] == "Flat"
+
+
+def test_commands_close_their_collection_so_a_read_only_open_follows(tmp_path):
+    # a command left its collection open until garbage collection; its connection then kept
+    # the write-ahead log unmerged, and a read-only open right after refused the collection
+    import gc
+
+    import numpy as np
+
+    from xmodal.index import Collection
+
+    path = tmp_path / "c"
+    with Collection.create(path, dim=4) as c:
+        c.add_vectors("image", ["a", "b"], np.eye(2, 4, dtype=np.float32))
+    gc.disable()  # the bug hid whenever a collection happened to be collected in time
+    try:
+        r = run("export", tmp_path / "v.npz", "-c", path)
+        assert r.exit_code == 0, r.output
+        r = run("remove", "-c", path, "1")
+        assert r.exit_code == 0, r.output
+        ro = Collection.open(path, read_only=True)
+        assert ro.stats()["images"] == 1
+        ro.close()
+    finally:
+        gc.enable()

@@ -19,10 +19,21 @@ PLUGIN_OPT = typer.Option([], "--plugin", metavar="MODULE|FILE.py",
                                "first; repeatable. Also $XMODAL_PLUGINS and 'xmodal.methods' entry points.")
 
 
+# Collections a command opened, closed when it ends (see ``collection._open``).
+OPENED: list = []
+
+
+def _close_opened() -> None:
+    while OPENED:
+        OPENED.pop().close()
+
+
 @app.callback()
-def _root(device: str = DEVICE_OPT, plugin: list[str] = PLUGIN_OPT) -> None:
+def _root(ctx: typer.Context, device: str = DEVICE_OPT, plugin: list[str] = PLUGIN_OPT) -> None:
     """Cross-modal retrieval: benchmark methods, encode data, index and search."""
     import os
+
+    ctx.call_on_close(_close_opened)
 
     if plugin:
         from ..methods import load_plugin

@@ -16,13 +16,20 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _open(path: Path, read_only: bool | None = None, follow: bool = False):
+def _open(path: Path, read_only: bool | None = None, follow: bool = False, keep_open: bool = False):
+    """The collection at ``path``, closed when the command ends (its last connection closing
+    merges the write-ahead log, so a read-only open right after finds one file), unless
+    ``keep_open`` (a server's, which the app goes on using)."""
     from ..index import Collection, CollectionError
+    from . import OPENED
 
     try:
-        return Collection.open(path, read_only=read_only, follow=follow)
+        coll = Collection.open(path, read_only=read_only, follow=follow)
     except CollectionError as exc:
         _fail(str(exc))
+    if not keep_open:
+        OPENED.append(coll)  # closed by the root command's call_on_close
+    return coll
 
 
 def _plan_text(plan: dict) -> str:
@@ -433,7 +440,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             # --read-only beside a writer (a server taking uploads, an indexing run): follow it
-            coll = _open(collection, read_only=True if read_only else None, follow=read_only)
+            coll = _open(collection, read_only=True if read_only else None, follow=read_only, keep_open=True)
             try:
                 coll.method  # noqa: B018  (a plugin method not loaded: fail now, not on every search)
             except KeyError as exc:
