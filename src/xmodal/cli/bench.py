@@ -10,6 +10,14 @@ from typing import Optional
 import typer
 
 
+def _json_or_str(raw: str) -> object:
+    """A command-line value: JSON when it parses (numbers, true, lists), else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
 def _parse_params(items: list[str]) -> dict[str, dict]:
     """``method.param=value`` (value parsed as JSON when possible)."""
     out: dict[str, dict] = {}
@@ -18,11 +26,7 @@ def _parse_params(items: list[str]) -> dict[str, dict]:
         method, dot, pname = key.partition(".")
         if not sep or not dot:
             raise typer.BadParameter(f"--set {item!r}: expected METHOD.PARAM=VALUE")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method, {})[pname] = value
+        out.setdefault(method, {})[pname] = _json_or_str(raw)
     return out
 
 
@@ -33,10 +37,7 @@ def _parse_options(items: list[str]) -> dict[str, object]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise typer.BadParameter(f"--data-option {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+        out[key.strip()] = _json_or_str(raw)
     return out
 
 
