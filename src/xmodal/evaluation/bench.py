@@ -49,12 +49,10 @@ def _accepts(cls: type, name: str) -> bool:
 
 
 def _split_hint(ds: PairedDataset) -> str:
-    """What to do about a dataset without a test split, where its loader offers one."""
-    if ds.meta.get("layout") == "coco_official":
-        return ("; COCO's own files have train and val only: --data-option split=hashing draws the "
-                "hashing papers' query/database/train split, Karpathy's dataset_coco.json in the "
-                "folder gives the matching papers' test split")
-    return ""
+    """What to do about a dataset without a test split, where its loader says
+    (``meta["split_hint"]``)."""
+    hint = ds.meta.get("split_hint")
+    return f"; {hint}" if hint else ""
 
 
 def _split(ds: PairedDataset, *names: str) -> PairedDataset | None:
