@@ -54,6 +54,10 @@ class RemoteShard:
     #: how a user gives the key sent to a shard; named when a shard answers 401/403
     KEY_HINT = "--api-key or $XMODAL_API_KEY (xmodal serve: --shard-api-key or $XMODAL_SHARD_API_KEY)"
 
+    def _timed_out(self, path: str) -> CollectionError:
+        return CollectionError(f"shard {self.url}: {path} timed out (no complete answer within "
+                               f"{self.timeout:g} s)")
+
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0,
                  key_hint: str | None = None) -> None:
         parts = urllib.parse.urlparse(url)
@@ -85,8 +89,7 @@ class RemoteShard:
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise CollectionError(f"shard {self.url}: {path} timed out (no complete "
-                                              f"answer within {self.timeout:g} s)")
+                        raise self._timed_out(path)
                     _set_read_timeout(resp, left)
                     piece = resp.read1(1 << 16)
                     if not piece:
@@ -100,12 +103,10 @@ class RemoteShard:
                 raise CollectionError(self._key_message(path, exc.code, detail)) from None
             raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: {detail}") from None
         except TimeoutError:  # connecting, or the answer's deadline passed mid-read
-            raise CollectionError(f"shard {self.url}: {path} timed out (no complete "
-                                  f"answer within {self.timeout:g} s)") from None
+            raise self._timed_out(path) from None
         except (urllib.error.URLError, OSError) as exc:
             if isinstance(getattr(exc, "reason", None), TimeoutError):
-                raise CollectionError(f"shard {self.url}: {path} timed out (no complete "
-                                      f"answer within {self.timeout:g} s)") from None
+                raise self._timed_out(path) from None
             raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
         except ValueError:  # some other web server at that address
             raise CollectionError(f"shard {self.url}: {path} did not answer JSON; is it an "
