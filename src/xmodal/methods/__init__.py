@@ -27,12 +27,28 @@ _loaded: set[str] = set()
 T = TypeVar("T", bound=type)
 
 
+def _origin(cls: type) -> tuple[str, str]:
+    """(qualified name, source file) of a class: its module's file, resolved, or the module's
+    name where it has no file (a notebook's ``__main__``)."""
+    import os
+    import sys
+
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return cls.__qualname__, os.path.realpath(file) if file else cls.__module__
+
+
 def register(name: str) -> Callable[[T], T]:
-    """Class decorator: make a method available to :func:`create` under ``name``."""
+    """Class decorator: make a method available to :func:`create` under ``name``.
+
+    The same class defined again (same qualified name, same source file: a notebook cell run
+    again, or a plugin file both imported and loaded by path through ``$XMODAL_PLUGINS``)
+    replaces the earlier definition. Another class under a taken name (another file, or a
+    built-in method's name) is a ValueError."""
     def deco(cls: T) -> T:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
+        old = _REGISTRY.get(name)
+        if old is not None and old is not cls and _origin(old) != _origin(cls):
             raise ValueError(f"method name {name!r} registered twice "
-                             f"({_REGISTRY[name].__qualname__}, {cls.__qualname__})")
+                             f"({old.__qualname__} in {_origin(old)[1]}, {cls.__qualname__} in {_origin(cls)[1]})")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -152,16 +168,36 @@ def first_sentence(doc: str | None) -> str:
     return para
 
 
-def supervision(cls: type[CrossModalMethod]) -> str:
-    """unsupervised, supervised, or semi-supervised (a method with a label budget)."""
-    if "labeled_fraction" in inspect.signature(cls.__init__).parameters:
+def supervision(cls: type[CrossModalMethod], detail: bool = True) -> str:
+    """How a method uses labels, from its class alone:
+
+    - ``"supervised"``: ``fit`` needs labels (``cls.supervised``);
+    - ``"semi-supervised"``: it takes a label budget (a ``labeled_fraction`` parameter);
+    - ``"supervised (if labelled)"``: its training loss uses labels whenever the data has
+      them and it runs without (a class attribute ``uses_labels = True``, e.g. ``graph``);
+    - ``"unsupervised (val labels)"``: its loss uses no labels, but early stopping (a
+      ``patience`` parameter, on by default) picks the epoch by class mAP on the validation
+      split when that split has labels (the deep methods' default scoring);
+    - ``"unsupervised"``: labels are never read.
+
+    ``detail=False`` gives the family alone (``"supervised"`` for a method that uses labels
+    when present, ``"unsupervised"`` for one that only stops early on them), as the records'
+    ``kind`` names it."""
+    params = inspect.signature(cls.__init__).parameters
+    if "labeled_fraction" in params:
         return "semi-supervised"
-    return "supervised" if cls.supervised else "unsupervised"
+    if cls.supervised:
+        return "supervised"
+    if getattr(cls, "uses_labels", False):
+        return "supervised (if labelled)" if detail else "supervised"
+    stops_early = "patience" in params and params["patience"].default is not None
+    return "unsupervised (val labels)" if detail and stops_early else "unsupervised"
 
 
 def describe() -> list[dict[str, Any]]:
-    """One record per method: name, class, output kind, supervision, and the first sentence
-    of its docstring (which cites the paper)."""
+    """One record per method: name, class, output kind, ``supervised`` (whether ``fit``
+    needs labels), ``supervision`` (how it uses labels: :func:`supervision`), and the first
+    sentence of its docstring (which cites the paper)."""
     return [{"name": n, "class": cls.__name__, "output": cls.output, "supervised": cls.supervised,
              "supervision": supervision(cls), "summary": first_sentence(cls.__doc__)}
             for n, cls in ((n, _REGISTRY[n]) for n in available())]

@@ -66,6 +66,8 @@ class GraphReg(DeepMethod):
     classifier on the codes (weight ``cls_weight``) when labels exist.
     """
 
+    #: the label edges and classifier are used whenever the data has labels (not required)
+    uses_labels: ClassVar[bool] = True
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "k": POS_INT, "knn_weight": NONNEG, "label_weight": NONNEG, "cls_weight": NONNEG,
         "temperature": interval(1e-3, 1)}
