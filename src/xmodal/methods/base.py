@@ -45,8 +45,20 @@ def interval(lo: float | None = None, hi: float | None = None, *, integer: bool 
         if hi is not None and (v > hi or (v == hi and closed in ("left", "neither"))):
             return False
         return True
-    check.__doc__ = f"{'an integer' if integer else 'a number'} in [{lo}, {hi}]"
+    check.__doc__ = f"{'an integer' if integer else 'a number'} {_interval_text(lo, hi, closed)}"
     return check
+
+
+def _interval_text(lo: float | None, hi: float | None, closed: str) -> str:
+    """``in [0, 1]``, ``in (0, 1]``, ``>= 1``, ``> 0``, ``<= 5`` (an open end is not printed)."""
+    lo_in, hi_in = closed in ("both", "left"), closed in ("both", "right")
+    if lo is not None and hi is not None:
+        return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+    if lo is not None:
+        return f"{'>=' if lo_in else '>'} {lo}"
+    if hi is not None:
+        return f"{'<=' if hi_in else '<'} {hi}"
+    return "(any value)"
 
 
 def one_of(*values: Any) -> Callable[[Any], bool]:
