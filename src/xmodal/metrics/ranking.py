@@ -269,6 +269,9 @@ def average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | N
 
 def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, distances=None,
                            tie_seed: int | None = 0) -> float:
+    """Mean over queries of :func:`average_precision` (full ranking, or AP@k): a fraction in
+    [0, 1]. :func:`xmodal.evaluation.protocol.evaluate` reports MAP on this scale too (its
+    Recall@K and mR are in percent)."""
     return float(average_precision(scores, relevant, k, distances=distances, tie_seed=tie_seed).mean())
 
 
@@ -291,7 +294,11 @@ def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *,
                 tie_seed: int | None = 0) -> dict[int, float]:
     """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
     its top K (image->text retrieval: any of the image's captions). Queries with no relevant
-    item at all (an image without a caption) are left out; NaN when no query has one."""
+    item at all (an image without a caption) are left out; NaN when no query has one.
+
+    Returns fractions in [0, 1] (0.25 = a quarter of the queries); note that
+    :func:`xmodal.evaluation.protocol.evaluate` and the bench tables report Recall@K and mR in
+    percent (25.0)."""
     if not len(ks):
         raise ValueError("ks must name at least one K")
     ks = tuple(_check_k(k, "each K") for k in ks)
