@@ -49,30 +49,85 @@ def _config_name(rec: dict) -> str:
                             if settings else "")
 
 
-def _pick(recs: list[dict], name: str, path) -> dict:
-    """The one record ``name`` means: ``method``, or ``method:param=value,...`` for the record
-    with exactly those settings (the same method run with different --set values)."""
+# two procedures, one line so that a CI and a p-value disagreeing near 0.05 surprise nobody
+_CI_VS_P = ("(p: paired sign-flip randomisation test, the significance test; 95% CI: percentile "
+            "bootstrap over queries, the size of A-B; near p = 0.05 they can disagree)")
+
+# what can tell two summaries of one method apart (xmodal compare names those that differ)
+_CONFIG_FIELDS = ("dataset", "bits", "settings", "database_codes", "image_encoder", "text_encoder",
+                  "test_folds", "dataset_sha256", "data_options", "params", "data_digest", "ties")
+
+
+def _differing(recs: list[dict]) -> list[str]:
+    """The fields whose values differ between ``recs``; ``params (alpha, ...)`` names the
+    parameters."""
+    from ..evaluation.bench import SEED_OWNED
+
+    out = []
+    for f in _CONFIG_FIELDS:
+        if len({json.dumps(r.get(f), sort_keys=True) for r in recs}) > 1:
+            if f == "params":
+                ps = [r.get("params") or {} for r in recs]
+                keys = sorted({k for p in ps for k in p if k not in SEED_OWNED
+                               and len({json.dumps(q.get(k)) for q in ps}) > 1})
+                if not keys:  # only the seed's or the bit length's: said by their own fields
+                    continue
+                f += f" ({', '.join(keys)})"
+            out.append(f)
+    return out
+
+
+def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
+          bits: int | None = None) -> dict:
+    """The one record ``name`` means: ``method:param=value,...`` for the record with exactly
+    those --set settings; ``method`` for the method's record, or, where the method ran with
+    several --set settings, its run without --set (also ``method:``). ``recs`` are the
+    summaries the --bits / --dataset filters kept, ``every`` those before --bits (to say what
+    a method has when none is at ``bits``)."""
     from ..data import DataError
+    from ..evaluation.bench import RUN_FIELDS
 
     method, colon, spec = name.partition(":")
-    mine = [r for r in recs if r.get("method") == method]
+    of_method = [r for r in recs if r.get("method") == method]
+    mine = of_method
     if colon:
         try:
             want = _parse_params([f"{method}.{item}" for item in spec.split(",") if item.strip()]).get(method, {})
         except typer.BadParameter:  # its message names --set, which was not typed here
             raise DataError(f"{name!r}: expected METHOD or METHOD:PARAM=VALUE,...") from None
         mine = [r for r in mine if (r.get("settings") or {}) == want]
+    elif len({json.dumps(r.get("settings") or {}, sort_keys=True) for r in mine}) > 1:
+        mine = [r for r in mine if not r.get("settings")] or mine  # the bare name: the run without --set
     if len(mine) == 1:
         return mine[0]
     if not mine:
-        raise DataError(f"{path}: no record for method {name!r}" + (
-            f"; its records: {', '.join(sorted({_config_name(r) for r in recs if r.get('method') == method}))}"
-            if colon else ""))
+        if of_method:
+            raise DataError(f"{path}: no record for method {name!r}; its records: "
+                            f"{', '.join(sorted({_config_name(r) for r in of_method}))}")
+        at_other_bits = sorted({r.get("bits") for r in (every or []) if r.get("method") == method},
+                               key=lambda b: -1 if b is None else b)
+        if bits is not None and at_other_bits:
+            has = ("it is real-valued: drop --bits" if at_other_bits == [None] else
+                   f"it has {', '.join('real-valued' if b is None else str(b) for b in at_other_bits)}")
+            raise DataError(f"{path}: method {method!r} has records, but none at {bits} bits ({has})")
+        held = sorted({r.get("method") for r in (every or recs)})
+        raise DataError(f"{path}: no record for method {name!r}; the file holds: {', '.join(held)}")
     configs = sorted({_config_name(r) for r in mine})
-    hint = (f"name one of {', '.join(configs)}" if len(configs) > 1 else
-            "pass --bits or --dataset, or keep one configuration per file")
-    raise DataError(f"{path}: {len(mine)} records (datasets, settings, bits or encoders differ) for "
-                    f"{name!r}; {hint}")
+    differ = _differing(mine)
+    if len(configs) > 1:
+        hint = f"name one of {', '.join(configs)}"
+    elif differ and all(d.split(" ")[0] in RUN_FIELDS for d in differ):
+        hint = ("their seeds ran with other parameters or data, which are never averaged together: "
+                "rerun them with xmodal bench --resume on this file and the same --seeds (it redoes the stale "
+                "records, and the newer ones are used), or keep one run per file")
+    else:
+        hint = "pass --bits or --dataset, or keep one configuration per file"
+    raise DataError(f"{path}: {len(mine)} configurations for {name!r} (they differ in "
+                    f"{', '.join(differ) or 'nothing recorded'}); {hint}")
+
+
+# run_bench's argument -> (what it sets, the option that sets it on the command line)
+_OWNED_BY = {"bits": ("bit length", "--bits"), "seed": ("seed", "--seed/--seeds")}
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -129,8 +184,8 @@ def register(app: typer.Typer) -> None:
         from ..data import DataError
         from ..encoders.base import EncoderError
         from ..methods import ParameterError
-        from ..evaluation.bench import (DATABASE_CODES, format_hashing_tables, format_table, plot_pr_curves,
-                                        provenance, run_bench, write_json)
+        from ..evaluation.bench import (BENCH_OWNED, DATABASE_CODES, format_hashing_tables, format_table,
+                                        plot_pr_curves, provenance, run_bench, write_json)
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         if database_codes not in DATABASE_CODES:
@@ -160,16 +215,24 @@ def register(app: typer.Typer) -> None:
                 if Path(out).is_dir():
                     raise typer.BadParameter(f"{opt} {out}: is a folder; give a file name")
 
-        def progress(rec: dict) -> None:
+        def progress(rec: dict, reused: bool = False) -> None:
             if not quiet:
                 bits_s = (f" {rec['bits']} bits" if rec["bits"] else "") + \
                     (f" seed {rec['seed']}" if len(seeds) > 1 else "")
                 summary = " ".join(f"{d} {k}={rec[d][k]:.4f}" for d in ("i2t", "t2i") for k in ("map",) if k in rec[d])
                 if "mR" in rec:
                     summary += f" mR={rec['mR']:.1f}"
-                print(f"[bench] {rec['method']}{bits_s}: {summary} ({rec['fit_seconds']:.1f}s fit)",
-                      file=sys.stderr, flush=True)
+                # a record taken from --resume says so: its fit seconds are the earlier run's
+                print(f"[bench] {rec['method']}{bits_s}: {summary} ({rec['fit_seconds']:.1f}s fit)"
+                      + (" (reused)" if reused else ""), file=sys.stderr, flush=True)
 
+        params = _parse_params(set_)
+        for method_name, given in params.items():  # worded for the command line, not run_bench's
+            for pname, arg in BENCH_OWNED.items():
+                if pname in given:
+                    typer.echo(f"error: --set {method_name}.{pname}: the {_OWNED_BY[arg][0]} is set by "
+                               f"{_OWNED_BY[arg][1]}, not by --set", err=True)
+                    raise typer.Exit(2)
         command = _command_line(ctx)  # recorded with every new record
         import warnings
 
@@ -181,10 +244,11 @@ def register(app: typer.Typer) -> None:
             warnings.showwarning, shown = warn, warnings.showwarning
             records = run_bench(dataset, names, bits=bit_list, seed=seeds, data_dir=data_dir,
                                 image_encoder=image_encoder, text_encoder=text_encoder,
-                                cache_dir=cache_dir, params=_parse_params(set_), quiet=quiet,
+                                cache_dir=cache_dir, params=params, quiet=quiet,
                                 labeled_fraction=labeled_fraction, database_codes=database_codes,
                                 resume=resume, per_query=per_query, test_folds=test_folds,
-                                on_record=progress, command=command, failures=failed,
+                                on_record=progress, on_reused=lambda rec: progress(rec, reused=True),
+                                command=command, failures=failed,
                                 data_options=_parse_options(data_option))
         except (DataError, EncoderError, KeyError, ParameterError) as exc:
             # a KeyError's str() is its repr, quotes and all: print the message itself
@@ -202,8 +266,8 @@ def register(app: typer.Typer) -> None:
         hash_tables = format_hashing_tables(hashed) if hashed else None  # Markdown already
         parts = ([over] if len(seeds) > 1 else []) + ([format_table(flat, markdown=True)] if flat else []) + \
             ([hash_tables] if hashed else [])
-        if flat:
-            typer.echo(format_table(flat))
+        if flat:  # Markdown, as the hashing tables and the --markdown file are
+            typer.echo(format_table(flat, markdown=True))
         if hashed:
             typer.echo(hash_tables)
         if markdown:
@@ -228,7 +292,7 @@ def register(app: typer.Typer) -> None:
                                                "METHOD:PARAM=VALUE,... for the run with those --set "
                                                "values; with more than two, every pair, p-values "
                                                "also Holm-adjusted"),
-        metric: Optional[str] = typer.Option(None, "--metric", help="map, mR or r@K (default: map where the records have it, else mR)"),
+        metric: Optional[str] = typer.Option(None, "--metric", help="map, mR or r@K, any case (default: map where the records have it, else mR)"),
         bits: Optional[int] = typer.Option(None, "--bits", help="bit length, for hashing records"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="only the records of this dataset "
                                               "(its name in the records), for a file holding several"),
@@ -239,7 +303,12 @@ def register(app: typer.Typer) -> None:
         """Paired significance test of two methods, or of every pair of several.
 
         A randomisation test on the per-query scores of the same test queries; several seeds
-        of a method are averaged query by query."""
+        of a method are averaged query by query, but only seeds run with the same parameters,
+        data and tie order: records that differ there (a default changed, one seed redone) are
+        refused, naming the field, and rerunning the seeds with --resume redoes the stale ones.
+        The p-value is the paired sign-flip randomisation test's; the 95% CI of A-B is a
+        percentile bootstrap over queries, a different procedure, so near p = 0.05 the two can
+        disagree (read p for significance, the CI for the size of the difference)."""
         from pathlib import Path
 
         from ..data import DataError
@@ -262,9 +331,12 @@ def register(app: typer.Typer) -> None:
             recs = [check_record(r, f"{path}: record {i}") for i, r in enumerate(recs, 1)]
             if dataset is not None:
                 recs = [r for r in recs if r["dataset"] == dataset]
-            recs = summarize_seeds([r for r in recs if bits is None or r.get("bits") == bits])
-            picked = [_pick(recs, name, path) for name in names]
-            chosen = metric or ("map" if all("map" in r["i2t"] for r in picked) else "mR")
+            every = summarize_seeds(recs)  # seeds of one configuration pooled, never other params or data
+            recs = [r for r in every if bits is None or r.get("bits") == bits]
+            picked = [_pick(recs, name, path, every, bits) for name in names]
+            # names as the tables print them (MAP, mR, R@1), in any case
+            chosen = ({"map": "map", "mr": "mR"}.get(metric.lower(), metric.lower()) if metric else
+                      "map" if all("map" in r["i2t"] for r in picked) else "mR")
             results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed)
         except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -287,3 +359,4 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  {d:5s} A {r['a']:.{digits}f}  B {r['b']:.{digits}f}  A-B {r['difference']:+.{digits}f}  "
                            f"95% CI [{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]  p = {r['p_value']:.4f}"
                            + holm_p)
+        typer.echo(_CI_VS_P)

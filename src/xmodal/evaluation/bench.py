@@ -107,7 +107,7 @@ def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
     cls = registry.get(name)
     if name in BASELINES:
         return "baseline"
-    kind = registry.supervision(cls)
+    kind = registry.supervision(cls, detail=False)
     if kind == "semi-supervised":
         frac = (params or {}).get("labeled_fraction", inspect.signature(cls.__init__).parameters["labeled_fraction"].default)
         kind += f" ({100 * float(frac):g}% labels)"
@@ -308,8 +308,9 @@ def provenance(command: str | None = None, records: Sequence[dict] | None = None
 # without it ranked ties in database order, and --resume redoes them.
 TIES = "one fixed random order of the database (tie_seed=0)"
 
-# parameters that bench sets itself: a --set of them would be overridden or mislabel the records
-_BENCH_OWNED = {"bits": "--bits (bits=)", "random_state": "--seed/--seeds (seed=)"}
+# parameters that bench sets itself, by the run_bench argument that sets them: a --set of them
+# would be overridden or mislabel the records (the CLI names its own options for them)
+BENCH_OWNED = {"bits": "bits", "random_state": "seed"}
 
 
 def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[int], seeds: Sequence[int],
@@ -334,9 +335,9 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
                              f"{'is' if len(stray) == 1 else 'are'} not among the methods: "
                              f"{', '.join(method_names)}")
     for name, cls in zip(method_names, classes):
-        for pname, where in _BENCH_OWNED.items():
+        for pname, arg in BENCH_OWNED.items():
             if pname in params.get(name, {}):
-                raise ParameterError(f"{name}.{pname} is set by {where}, not by a method parameter")
+                raise ParameterError(f"{name}.{pname} is set by run_bench's {arg} argument, not by params")
         is_hash = cls.output == "binary"
         for b in (bits if is_hash else [None]):
             _, kw = _method_kwargs(cls, params.get(name, {}), labeled_fraction, b, seeds[0])
@@ -367,6 +368,19 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
                           "P@k are 1 for any ranking there; read Recall@K instead", stacklevel=3)
 
 
+# what else a run's records must share to be pooled over seeds: the parameters the method ran
+# with, the digest of the data as read, and the tie order (--resume redoes a record otherwise)
+RUN_FIELDS = ("params", "data_digest", "ties")
+SEED_OWNED = ("random_state", "bits")  # params set per record by the seed and the bit length
+
+
+def _run_signature(rec: dict) -> str:
+    """The record's :data:`RUN_FIELDS`, its ``params`` without those the seed and the bit
+    length set (seeds of one run differ there by design)."""
+    params = {k: v for k, v in (rec.get("params") or {}).items() if k not in SEED_OWNED}
+    return json.dumps([params if f == "params" else rec.get(f) for f in RUN_FIELDS], sort_keys=True)
+
+
 def summarize_seeds(records: list[dict]) -> list[dict]:
     """One record per (dataset, method, bits, settings, encoders), in first-seen order.
 
@@ -375,13 +389,19 @@ def summarize_seeds(records: list[dict]) -> list[dict]:
     ``std["mR"]``); a record with no sibling passes through unchanged. Of records that share
     the seed too (a ``--resume`` file holds the first run and a redone one, e.g. with
     ``--per-query`` added or after a default changed) only the last counts, as on resume.
+
+    Records whose ``params`` (a default changed since), ``data_digest`` (the loader reads the
+    data differently) or ``ties`` differ are never pooled, even when everything else matches:
+    they stay separate summaries (the fields in :data:`RUN_FIELDS`, which ``--resume`` also
+    matches), and ``xmodal compare`` refuses to choose between them. Rerunning the seeds with
+    ``xmodal bench --resume`` redoes the stale ones, and the newer records replace them here.
     """
     latest: dict[str, dict] = {}
     for r in records:
         latest[_record_key(r)] = r  # same key: the newer record replaces the older in place
     groups: dict[str, list[dict]] = {}
     for r in latest.values():
-        groups.setdefault(_record_key(r, with_seed=False), []).append(r)
+        groups.setdefault(_record_key(r, with_seed=False) + _run_signature(r), []).append(r)
     out = []
     for recs in groups.values():
         if len(recs) == 1:
@@ -457,7 +477,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
               database_codes: str = "hash", resume: str | Path | None = None, quiet: bool = True,
               per_query: bool = False, test_folds: int = 1,
               on_record: Callable[[dict], None] | None = None, command: str | None = None,
-              failures: list[dict] | None = None, data_options: dict[str, Any] | None = None) -> list[dict]:
+              failures: list[dict] | None = None, data_options: dict[str, Any] | None = None,
+              on_reused: Callable[[dict], None] | None = None) -> list[dict]:
     """Fit and score each method; hashing methods once per bit length.
 
     Real-valued methods use the classic protocol on the test split (class mAP, P@k, and
@@ -485,7 +506,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     every query's AP and Recall@K hits in the record, for :mod:`.significance` tests (a resumed
     record without them is recomputed). ``test_folds`` scores real-valued methods on that many
     disjoint blocks of the test images and averages them (MSCOCO "1K test": 5 folds of the
-    5000 test images; :func:`.protocol.evaluate_folds`).
+    5000 test images; :func:`.protocol.evaluate_folds`). ``on_record`` is called with each
+    record as it is done; a record reused from ``resume`` goes to ``on_reused`` instead when
+    that is given (else to ``on_record`` too), so progress output can mark it.
 
     Everything that needs no features is checked before the dataset is encoded: method names
     (each once), parameter names and values (``bits`` included), ``params`` only for methods
@@ -555,8 +578,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                     done.get("params", {}) == _jsonable(method.get_params()) and \
                     done.get("data_digest", digest) == digest and done.get("ties") == TIES:
                 records.append(done)
-                if on_record:
-                    on_record(done)
+                if on_reused or on_record:  # told apart from a fresh one where the caller asks
+                    (on_reused or on_record)(done)
                 continue
             t0 = time.perf_counter()
             method.fit(train, val=val)
@@ -712,7 +735,7 @@ def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
                 if r is None:
                     continue
                 rows.append([n] + [_score(r, d, key) for key in (f"map@{detail_k}", f"p@{detail_k}", "p@r2")
-                                   for d in ("i2t", "t2i")] + [f"{r['fit_seconds']:.0f}"])
+                                   for d in ("i2t", "t2i")] + [f"{r['fit_seconds']:.1f}"])
             out += _md(["method", f"I->T MAP@{detail_k}", f"T->I MAP@{detail_k}", f"I->T P@{detail_k}",
                         f"T->I P@{detail_k}", "I->T P@r2", "T->I P@r2", "fit s"], rows)
         out.append("")
