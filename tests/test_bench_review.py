@@ -5,7 +5,6 @@ names that work as the hints print them, and messages worded for where they are 
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
