@@ -21,6 +21,7 @@ from ..methods import ParameterError
 from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
 from ..metrics.ranking import NonFiniteScoresError
+from ..methods._torch import TrainingDivergedError
 from .protocol import evaluate, evaluate_folds, is_number, mean_scores
 
 SUMMARY_KEYS = ("map", "p@10")
@@ -497,7 +498,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     ``data_options`` are keyword arguments of the dataset's loader (e.g. ``split="official"``
     for NUS-WIDE, ``split="hashing"`` for COCO's own files), recorded in each record and part
     of the ``resume`` match; one the loader does not take is refused, naming it.
-    A run whose scores are not finite (a diverged method:
+    A diverged run (training stopped by a non-finite loss or gradient,
+    :class:`~xmodal.methods._torch.TrainingDivergedError`, or scores that are not finite,
     :class:`~xmodal.metrics.ranking.NonFiniteScoresError`) raises, unless ``failures`` is a
     list: the run is then appended to it (``method``, ``bits``, ``seed``, ``error``) and left
     out of the records and of ``resume`` (a rerun tries it again), and the other runs go on.
@@ -582,12 +584,12 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                     (on_reused or on_record)(done)
                 continue
             t0 = time.perf_counter()
-            method.fit(train, val=val)
-            fit_seconds = time.perf_counter() - t0
             try:
+                method.fit(train, val=val)
+                fit_seconds = time.perf_counter() - t0
                 protocol, res = _score_run(method, is_hash, database_codes, query, database, train, test,
                                            map_k, per_query, test_folds, rec)
-            except NonFiniteScoresError as exc:  # a diverged method
+            except (TrainingDivergedError, NonFiniteScoresError) as exc:  # a diverged method
                 if failures is None:
                     raise
                 failures.append({"method": name, "bits": b, "seed": sd, "error": str(exc)})

@@ -38,6 +38,11 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+class TrainingDivergedError(ValueError):
+    """Training produced a NaN or infinite loss or gradient: every later step would only
+    spread it through the weights, so the fit stops and names the method, epoch and step."""
+
+
 class TorchMethod(CrossModalMethod):
     """Base for methods trained with PyTorch on frozen features.
 
@@ -155,7 +160,7 @@ class TorchMethod(CrossModalMethod):
             self.module_.train()
             self._on_epoch_start(epoch)
             total, seen = 0.0, 0
-            for idx in self._batches(n, gen):
+            for step, idx in enumerate(self._batches(n, gen)):
                 if len(idx) < 2:
                     continue
                 idx = idx.to(self._dev)  # the sampler draws on the CPU: same batches everywhere
@@ -164,8 +169,13 @@ class TorchMethod(CrossModalMethod):
                 loss = self._loss(batch)
                 opt.zero_grad()
                 loss.backward()
-                if clip:
-                    nn.utils.clip_grad_norm_(self.module_.parameters(), clip)
+                # the gradient norm (clipped or not) is finite only if every gradient is
+                norm = nn.utils.clip_grad_norm_(self.module_.parameters(), clip or math.inf)
+                if not (torch.isfinite(loss.detach()) and torch.isfinite(norm)):
+                    raise TrainingDivergedError(
+                        f"{self.name}: training diverged at epoch {epoch + 1}, step {step + 1} (non-finite "
+                        f"{'loss' if not torch.isfinite(loss.detach()) else 'gradient'}); try a lower "
+                        f"learning rate (lr={self.lr}), a larger batch_size or grad_clip")
                 opt.step()
                 if sched is not None:
                     sched.step()

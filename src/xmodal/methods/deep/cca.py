@@ -26,12 +26,12 @@ def cca_correlation(H1: torch.Tensor, H2: torch.Tensor, k: int, r1: float = 1e-3
     S22 = H2.T @ H2 / (m - 1) + r2 * torch.eye(H2.shape[1], dtype=H2.dtype, device=H2.device)
     S12 = H1.T @ H2 / (m - 1)
 
-    def inv_sqrt(S):
-        w, V = torch.linalg.eigh(S)
-        w = w.clamp(min=eps)
-        return (V * w.rsqrt()) @ V.T
-
-    T = inv_sqrt(S11) @ S12 @ inv_sqrt(S22)
+    # Whitening by Cholesky factors (S = L L'): L1^-1 S12 L2^-T has the singular values of
+    # S11^-1/2 S12 S22^-1/2, and its gradient stays finite when a covariance has repeated
+    # eigenvalues (a batch with fewer rows than outputs), where eigh's does not.
+    L1, L2 = torch.linalg.cholesky(S11), torch.linalg.cholesky(S22)
+    T = torch.linalg.solve_triangular(L1, S12, upper=False)
+    T = torch.linalg.solve_triangular(L2, T.T, upper=False).T
     # eigenvalues of T'T are the squared correlations; +eps keeps sqrt's gradient finite
     ev = torch.linalg.eigvalsh(T.T @ T + eps * torch.eye(T.shape[1], dtype=T.dtype, device=T.device))
     return ev.clamp(min=eps).sqrt().topk(min(k, ev.numel())).values.sum()
