@@ -13,8 +13,10 @@ def register(app: typer.Typer) -> None:
         """List every method: name, output (real or binary), supervision, summary.
 
         The summary is the first sentence of the method's docstring (which cites its paper);
-        ``--json`` adds ``supervision`` (unsupervised, supervised or semi-supervised) to
-        each row."""
+        Supervision: supervised, semi-supervised, "supervised (if labelled)" (trains on labels
+        whenever the data has them), "unsupervised (val labels)" (no labels in training, but
+        early stopping picks the epoch by class mAP on a labelled validation split) or
+        unsupervised. ``--json`` gives the same rows as JSON."""
         from ..methods import describe
 
         rows = describe()
@@ -22,4 +24,4 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(rows, indent=1))
             return
         for r in rows:
-            typer.echo(f"{r['name']:<14} {r['output']:<7} {r['supervision']:<16} {r['summary']}")
+            typer.echo(f"{r['name']:<14} {r['output']:<7} {r['supervision']:<26} {r['summary']}")

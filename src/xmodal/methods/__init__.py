@@ -188,7 +188,7 @@ def supervision(cls: type[CrossModalMethod], detail: bool = True) -> str:
         return "semi-supervised"
     if cls.supervised:
         return "supervised"
-    if getattr(cls, "uses_labels", False):
+    if cls.uses_labels:
         return "supervised (if labelled)" if detail else "supervised"
     stops_early = "patience" in params and params["patience"].default is not None
     return "unsupervised (val labels)" if detail and stops_early else "unsupervised"

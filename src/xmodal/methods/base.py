@@ -87,8 +87,10 @@ class CrossModalMethod:
     name: ClassVar[str] = ""
     #: "real" (float embeddings, cosine) or "binary" (packed codes, Hamming)
     output: ClassVar[str] = "real"
-    #: whether ``fit`` uses labels
+    #: whether ``fit`` needs labels
     supervised: ClassVar[bool] = False
+    #: whether an unsupervised method's loss still uses labels when the data has them
+    uses_labels: ClassVar[bool] = False
     #: parameter name -> predicate (with a docstring saying what is allowed); None allows None
     _parameter_rules: ClassVar[dict[str, Any]] = {}
 

@@ -67,7 +67,7 @@ class GraphReg(DeepMethod):
     """
 
     #: the label edges and classifier are used whenever the data has labels (not required)
-    uses_labels: ClassVar[bool] = True
+    uses_labels = True  # label_weight / cls_weight terms, whenever the data has labels
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "k": POS_INT, "knn_weight": NONNEG, "label_weight": NONNEG, "cls_weight": NONNEG,
         "temperature": interval(1e-3, 1)}

@@ -107,6 +107,7 @@ class TERAN(DeepMethod):
     """
 
     supervised = False
+    uses_labels = True  # the label_weight term, whenever the data has labels
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "global_dim": POS_INT, "layers": POS_INT, "heads": POS_INT, "margin": interval(0, 2),
         "temperature": interval(1e-3, 1), "shortlist": POS_INT, "rerank_weight": NONNEG,
