@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Typer's error boxes wrap at the terminal width (80 without one): a long tmp path would be
+# split mid-message and substring checks on the CLI's output would fail by machine.
+os.environ["COLUMNS"] = "250"
+
 DATA = Path(os.environ.get("XMODAL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
