@@ -12,7 +12,8 @@ def register(app: typer.Typer) -> None:
     def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
         """List every method: name, output (real or binary), supervision, summary.
 
-        The summary is the first sentence of the method's docstring (which cites its paper);
+        The summary is the first sentence of the method's docstring (which cites its paper).
+
         Supervision: supervised, semi-supervised, "supervised (if labelled)" (trains on labels
         whenever the data has them), "unsupervised (val labels)" (no labels in training, but
         early stopping picks the epoch by class mAP on a labelled validation split) or
