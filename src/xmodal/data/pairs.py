@@ -142,6 +142,9 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
             if None in row:  # DictReader files surplus values under the key None
                 raise DataError(f"{path}:{lineno}: {len(reader.fieldnames) + len(row[None])} values, "
                                 f"but the header has {len(reader.fieldnames)} columns")
+            if not any((v or "").strip() for v in row.values()):
+                # Spreadsheets write a touched but empty row as ";;;": no pair, like a blank line
+                continue
             rows.append((lineno, row))
         return rows
     raise DataError(f"{path}: unknown pairs format {path.suffix!r} (use .jsonl or .csv)")
