@@ -23,3 +23,33 @@ def test_pairs_csv_from_a_spreadsheet_with_empty_rows(tmp_path):
     path.write_bytes(b"\r\n".join(rows[:3] + [b";orphan caption;;"]))
     with pytest.raises(DataError, match=r"pairs.csv:4: field 'image' missing or empty"):
         load_dataset(str(path))
+
+
+def _pascal(root, per_class=3):
+    from PIL import Image
+    for cat in ("aeroplane", "bird"):
+        for k in range(per_class):
+            stem = f"2008_{cat[0]}{k:05d}"
+            (root / "dataset" / cat).mkdir(parents=True, exist_ok=True)
+            (root / "sentence" / cat).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (k * 40, 0, 0)).save(root / "dataset" / cat / f"{stem}.jpg")
+            (root / "sentence" / cat / f"{stem}.txt").write_bytes(
+                "".join(f" A {cat} in the sky, caf\u00e9 {j}.\r\n" for j in range(5)).encode())
+    return root
+
+
+def test_pascal_copy_packed_on_macos_with_appledouble_files(tmp_path):
+    # A tar or zip made on macOS (or a copy to a FAT/exFAT drive) holds "._NAME" metadata files
+    # beside the real ones, also in sentence/<category>/: they are no sentence files.
+    root = _pascal(tmp_path / "pascal")
+    for sub in ("dataset/aeroplane/._2008_a00000.jpg", "sentence/aeroplane/._2008_a00000.txt",
+                "sentence/bird/._2008_b00001txt", "sentence/.DS_Store", "dataset/bird/.DS_Store"):
+        (root / sub).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    ds = load_dataset(str(root), n_val_per_class=1, n_test_per_class=1)
+    assert ds.n_images == 6 and len(ds.texts) == 30
+    assert ds.labels.sum(axis=0).tolist() == [3, 3]
+    assert not any("._" in p for p in ds.image_paths)
+    # a real orphan sentence file is still an error naming it
+    (root / "sentence" / "bird" / "2008_b00009.txt").write_text("A bird.\n")
+    with pytest.raises(DataError, match=r"2008_b00009.txt: sentence file with no image"):
+        load_dataset(str(root), n_val_per_class=1, n_test_per_class=1)

@@ -254,7 +254,9 @@ def load_pascal_sentences(data_dir: str | None = None, n_val_per_class: int = 5,
             classes.append(c)
         for s in sorted(sdir.iterdir()):
             stem = s.name[:-4] if s.name.endswith(".txt") else s.name[:-3] if s.name.endswith("txt") else None
-            if stem is not None and s.is_file() and stem not in stems:
+            # "._NAME" files are macOS metadata (AppleDouble), written beside each file by
+            # tar/zip on macOS or a copy to a FAT drive: no sentence file, as images skip them
+            if stem is not None and s.is_file() and stem not in stems and not s.name.startswith("."):
                 raise DataError(f"{s}: sentence file with no image in {img_root / cat}")
     return _pascal_dataset(root, image_paths, image_ids, classes, texts, t2i, categories,
                            n_val_per_class, n_test_per_class, seed, source=f"{img_root}: ")
