@@ -53,3 +53,37 @@ def test_pascal_copy_packed_on_macos_with_appledouble_files(tmp_path):
     (root / "sentence" / "bird" / "2008_b00009.txt").write_text("A bird.\n")
     with pytest.raises(DataError, match=r"2008_b00009.txt: sentence file with no image"):
         load_dataset(str(root), n_val_per_class=1, n_test_per_class=1)
+
+
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 60
+
+
+def test_mat_folders_unzipped_from_a_macos_zip(tmp_path):
+    # A zip made on macOS unpacks with __MACOSX/._NAME (and sometimes ._NAME beside the file):
+    # AppleDouble metadata, not MATLAB files, whose "cannot read" stopped the whole load.
+    import numpy as np
+    import scipy.io as sio
+
+    rng = np.random.default_rng(0)
+    n = 30
+    labels = (rng.random((n, 24)) < 0.2).astype(np.uint8)
+    labels[:, 0] = 1
+    dcmh = tmp_path / "FLICKR"
+    (dcmh / "__MACOSX").mkdir(parents=True)
+    sio.savemat(dcmh / "FLICKR-25K.mat", {"IAll": rng.integers(0, 255, (n, 3, 8, 8), dtype=np.uint8),
+                                          "YAll": (rng.random((n, 20)) < 0.2).astype(np.float32),
+                                          "LAll": labels})
+    (dcmh / "__MACOSX" / "._FLICKR-25K.mat").write_bytes(APPLEDOUBLE)
+    (dcmh / "._FLICKR-25K.mat").write_bytes(APPLEDOUBLE)
+    ds = load_dataset(str(dcmh), n_query=5, n_train=10)
+    assert ds.n_images == n and ds.labels.tolist() == labels.tolist()
+    assert load_dataset("mirflickr25k", data_dir=str(dcmh), n_query=5, n_train=10).n_images == n
+
+    cnn = tmp_path / "data" / "mirflickr25k"
+    cnn.mkdir(parents=True)
+    parts = {f"{v}_{p}": rng.random((4, 3)).astype(np.float32) for v in "IT" for p in ("tr", "te")}
+    parts.update({f"L_{p}": (rng.random((4, 24)) < 0.5).astype(np.uint8) for p in ("tr", "te")})
+    sio.savemat(cnn / "mir_cnn.mat", parts)
+    (cnn / "._mir_cnn.mat").write_bytes(APPLEDOUBLE)  # sorts before mir_cnn.mat
+    ds = load_dataset("mirflickr25k", data_dir=str(tmp_path / "data"))
+    assert ds.n_images == 8 and len(ds.splits["query"]) == 4

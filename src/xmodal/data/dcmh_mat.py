@@ -65,9 +65,21 @@ KNOWN_DATASETS = (
 
 
 # ----------------------------------------------------------------------------- finding files
+def is_os_metadata(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (under ``folder``) is an operating system's metadata rather than data:
+    a hidden file or folder, or macOS's ``__MACOSX/`` and ``._NAME`` AppleDouble files, which a
+    zip made on a Mac unpacks beside the real ones (``._FLICKR-25K.mat`` is no MATLAB file)."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(folder).parts)
+
+
+def mat_files(folder: Path, pattern: str = "*.mat") -> list[Path]:
+    """``folder``'s files matching ``pattern``, sorted, without :func:`is_os_metadata` ones."""
+    return sorted(p for p in folder.glob(pattern) if p.is_file() and not is_os_metadata(p, folder))
+
+
 def _candidate_files(folder: Path) -> list[Path]:
     # The per-variable releases sometimes keep the big image file in a subfolder (IAll/).
-    return sorted(p for p in [*folder.glob("*.mat"), *folder.glob("*/*.mat")] if p.is_file())
+    return sorted([*mat_files(folder), *mat_files(folder, "*/*.mat")])
 
 
 def _sources(mats: list[MatFile]) -> dict[str, MatFile]:

@@ -97,7 +97,9 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
         if release is not None:
             return load_mirflickr25k_release(root, n_query=n_query, n_train=n_train, seed=seed,
                                              min_tag_count=min_tag_count)
-        mats = sorted(root.glob("*_cnn.mat"))
+        from .dcmh_mat import mat_files
+
+        mats = mat_files(root, "*_cnn.mat")  # not a macOS "._NAME" beside it
         if mats:
             return load_cnn_mat(mats[0], name="mirflickr25k")
         from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat

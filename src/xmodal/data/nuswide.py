@@ -386,7 +386,9 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
         ds.meta["text_feature"] = "tags1k" if taglist else "tags"
         return ds
     if not list_path.exists():
-        mats = sorted(root.glob("*_cnn.mat"))
+        from .dcmh_mat import mat_files
+
+        mats = mat_files(root, "*_cnn.mat")  # not a macOS "._NAME" beside it
         if mats:
             return load_cnn_mat(mats[0], name="nus_wide")
         from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat
