@@ -87,3 +87,20 @@ def test_mat_folders_unzipped_from_a_macos_zip(tmp_path):
     (cnn / "._mir_cnn.mat").write_bytes(APPLEDOUBLE)  # sorts before mir_cnn.mat
     ds = load_dataset("mirflickr25k", data_dir=str(tmp_path / "data"))
     assert ds.n_images == 8 and len(ds.splits["query"]) == 4
+
+
+def test_pairs_csv_with_the_trailing_empty_columns_of_a_spreadsheet(tmp_path):
+    # A sheet whose used range reaches past the data (a column once used, then cleared) is
+    # exported with a delimiter closing every line, header included: unnamed, empty columns.
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"image;text;label;;\r\na.jpg;ein Bild;cat;;\r\nb.jpg;ein Hund;dog;;\r\n")
+    ds = load_dataset(str(path))
+    assert ds.n_images == 2 and ds.texts == ["ein Bild", "ein Hund"] and ds.label_names == ["cat", "dog"]
+    # a value under an unnamed column is not dropped silently: the error names row and column
+    path.write_bytes(b"image;text;label;\r\na.jpg;ein Bild;cat;\r\nb.jpg;ein Hund;dog;oops\r\n")
+    with pytest.raises(DataError, match=r"pairs.csv:3: value 'oops' in column 4, which the header leaves unnamed"):
+        load_dataset(str(path))
+    # pandas' to_csv writes its index as an unnamed first column: said so, not "unknown field ''"
+    path.write_bytes(b",image,text\n0,a.jpg,ein Bild\n1,b.jpg,ein Hund\n")
+    with pytest.raises(DataError, match=r"pairs.csv:2: value '0' in column 1, .*index=False"):
+        load_dataset(str(path))

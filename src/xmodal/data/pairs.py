@@ -129,10 +129,19 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
                 break
         # skipinitialspace: a file written by hand has "image, text" (and quotes after the space).
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim, skipinitialspace=True)
+        unnamed: dict[str, int] = {}  # placeholder key -> 1-based column of an unnamed column
         if reader.fieldnames is not None:
             reader.fieldnames = [f.strip() for f in reader.fieldnames]
+            # A spreadsheet whose used range reaches past the data ends every line with a
+            # delimiter: unnamed columns, kept apart (DictReader would merge them) and dropped
+            # below when empty.
+            for k, f in enumerate(reader.fieldnames):
+                if not f:
+                    unnamed[f"\0{k}"] = k + 1
+                    reader.fieldnames[k] = f"\0{k}"
         if reader.fieldnames is None or "image" not in reader.fieldnames:
-            raise DataError(f"{path}:1: header must name an 'image' column, got {reader.fieldnames}")
+            shown = None if reader.fieldnames is None else ["" if f in unnamed else f for f in reader.fieldnames]
+            raise DataError(f"{path}:1: header must name an 'image' column, got {shown}")
         dup = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
         if dup:  # DictReader would keep only the last of them
             raise DataError(f"{path}:1: header names column(s) {dup} more than once")
@@ -142,6 +151,13 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
             if None in row:  # DictReader files surplus values under the key None
                 raise DataError(f"{path}:{lineno}: {len(reader.fieldnames) + len(row[None])} values, "
                                 f"but the header has {len(reader.fieldnames)} columns")
+            for key, col in unnamed.items():
+                value = (row.pop(key) or "").strip()
+                if value:
+                    raise DataError(f"{path}:{lineno}: value {value!r} in column {col}, which the "
+                                    "header leaves unnamed; name the column or remove the value"
+                                    + (" (pandas writes its index there: to_csv(..., index=False) "
+                                       "leaves it out)" if col == 1 else ""))
             if not any((v or "").strip() for v in row.values()):
                 # Spreadsheets write a touched but empty row as ";;;": no pair, like a blank line
                 continue
