@@ -104,3 +104,22 @@ def test_pairs_csv_with_the_trailing_empty_columns_of_a_spreadsheet(tmp_path):
     path.write_bytes(b",image,text\n0,a.jpg,ein Bild\n1,b.jpg,ein Hund\n")
     with pytest.raises(DataError, match=r"pairs.csv:2: value '0' in column 1, .*index=False"):
         load_dataset(str(path))
+
+
+def test_pairs_written_on_a_case_insensitive_disk(tmp_path):
+    # A pairs file written on macOS or Windows, whose disks ignore case, names "photos/img_1.jpg"
+    # for the camera's "Photos/IMG_1.JPG"; copied to Linux, every such image was dropped as
+    # unreadable. The one file that matches but for case is taken (an ambiguous name is not).
+    from PIL import Image
+    (tmp_path / "Photos" / "Trip").mkdir(parents=True)
+    for name in ("IMG_1.JPG", "IMG_2.jpg", "dup.jpg", "DUP.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "Photos" / "Trip" / name, "JPEG")
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,text,label\nphotos/trip/img_1.jpg,a cat,cat\nPhotos\\Trip\\IMG_1.JPG,eine Katze,cat\n"
+                    "PHOTOS/TRIP/img_2.JPG,a dog,dog\nphotos/trip/Dup.jpg,which one,dog\n")
+    ds = load_dataset(str(path), require_images_exist=False)
+    assert ds.n_images == 3  # the two spellings of IMG_1.JPG are one image
+    real = str((tmp_path / "Photos" / "Trip").resolve())
+    assert ds.image_paths[:2] == [f"{real}/IMG_1.JPG", f"{real}/IMG_2.jpg"]
+    assert ds.text_to_image.tolist() == [0, 0, 1, 2]
+    assert ds.image_paths[2] == str((tmp_path / "photos/trip/Dup.jpg").resolve())

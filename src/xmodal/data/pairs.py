@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,30 @@ def _labels_of(row: dict, where: str) -> list[str]:
     return labels
 
 
+def _match_case(base: Path, rel: str, listings: dict[Path, dict[str, list[str]]]) -> Path | None:
+    """``base / rel`` found with each name's case as on disk, when exactly one file matches
+    each name but for case (a pairs file written on a case-insensitive macOS or Windows disk);
+    else None. ``listings`` caches the folders listed."""
+    rel_path = Path(rel)
+    cur = Path(rel_path.anchor) if rel_path.is_absolute() else base
+    for part in rel_path.parts[1 if rel_path.is_absolute() else 0:]:
+        if part in (".", "..") or (cur / part).exists():
+            cur = cur / part
+            continue
+        if cur not in listings:
+            listings[cur] = {}
+            try:
+                for name in os.listdir(cur):
+                    listings[cur].setdefault(name.lower(), []).append(name)
+            except OSError:
+                pass
+        found = listings[cur].get(part.lower(), [])
+        if len(found) != 1:
+            return None
+        cur = cur / found[0]
+    return cur
+
+
 def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int = 0,
                require_images_exist: bool = False) -> PairedDataset:
     """Load a pairs file. With ``label_names``, any other label is an error naming the row."""
@@ -197,6 +222,7 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
     if not rows:
         raise DataError(f"{path}: no rows")
     image_index: dict[str, int] = {}
+    listings: dict[Path, dict[str, list[str]]] = {}
     image_paths, texts, t2i, img_labels, img_split = [], [], [], [], []
     for lineno, row in rows:
         where = f"{path}:{lineno}"  # path:line, or path: [k] (line L) in a JSON array
@@ -214,6 +240,10 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
         full = (path.parent / str(img).strip()).resolve()
         if "\\" in str(img) and not full.exists():  # written on Windows: backslashes between folders
             full = (path.parent / str(img).strip().replace("\\", "/")).resolve()
+        if not full.exists():  # written on a disk that ignores case: "img_1.jpg" for IMG_1.JPG
+            rel = str(img).strip()
+            found = _match_case(path.parent, rel.replace("\\", "/") if "\\" in rel else rel, listings)
+            full = found.resolve() if found is not None else full
         if require_images_exist and not full.exists():
             raise DataError(f"{where}: image {full} not found")
         labels = _labels_of(row, where)
