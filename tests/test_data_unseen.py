@@ -123,3 +123,18 @@ def test_pairs_written_on_a_case_insensitive_disk(tmp_path):
     assert ds.image_paths[:2] == [f"{real}/IMG_1.JPG", f"{real}/IMG_2.jpg"]
     assert ds.text_to_image.tolist() == [0, 0, 1, 2]
     assert ds.image_paths[2] == str((tmp_path / "photos/trip/Dup.jpg").resolve())
+
+
+def test_pairs_csv_header_written_with_capitals(tmp_path):
+    # Spreadsheet users title their columns: "Image;Text;Label;Split" is the same header.
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"\xef\xbb\xbfImage;Text;Label;Split\r\na.jpg;ein Bild;cat;Train\r\nb.jpg;ein Hund;dog;test\r\n")
+    ds = load_dataset(str(path))  # and their split names: "Train" is train
+    assert ds.splits["train"].tolist() == [0] and ds.splits["test"].tolist() == [1]
+    assert ds.label_names == ["cat", "dog"]
+    path.write_bytes(b"IMAGE,Text,LABELS\r\na.jpg,ein Bild,cat;dog\r\nb.jpg,ein Hund,dog\r\n")
+    ds = load_dataset(str(path))
+    assert ds.texts == ["ein Bild", "ein Hund"] and ds.labels.tolist() == [[1, 1], [0, 1]]
+    path.write_bytes(b"image,Image,text\r\na.jpg,b.jpg,t\r\n")
+    with pytest.raises(DataError, match=r"pairs.csv:1: header names column\(s\) \['image'\] more than once"):
+        load_dataset(str(path))

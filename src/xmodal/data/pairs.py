@@ -10,6 +10,9 @@ without its fraction (``1.0`` is class ``1``); booleans are refused. Without a `
 images are split 80/10/10 into train/val/test with a fixed seed; with one, a row whose split is
 blank goes to ``train``. A CSV's fields may be separated by ``,``, ``;`` (spreadsheets in
 decimal-comma locales) or tabs: the one that makes the header name an ``image`` column is used.
+A CSV's column names and split names match in any case (``Image``, ``Train``); its empty rows
+(``;;;``) and empty unnamed columns (trailing delimiters) are passed over. An image path that
+is not found is looked up ignoring case, for a file written on a macOS or Windows disk.
 """
 
 from __future__ import annotations
@@ -125,14 +128,16 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
         for alt in (delim, ";", "\t", ","):
             # Spreadsheets in decimal-comma locales write ';' between fields, some exports tabs:
             # the delimiter is the one that makes the header name an 'image' column.
-            if "image" in [f.strip() for f in next(csv.reader([header], delimiter=alt), [])]:
+            if "image" in [f.strip().lower() for f in next(csv.reader([header], delimiter=alt), [])]:
                 delim = alt
                 break
         # skipinitialspace: a file written by hand has "image, text" (and quotes after the space).
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim, skipinitialspace=True)
         unnamed: dict[str, int] = {}  # placeholder key -> 1-based column of an unnamed column
         if reader.fieldnames is not None:
-            reader.fieldnames = [f.strip() for f in reader.fieldnames]
+            # Spreadsheet users title their columns ("Image", "Text"): known names match in any case.
+            reader.fieldnames = [f.strip().lower() if f.strip().lower() in KNOWN_FIELDS else f.strip()
+                                 for f in reader.fieldnames]
             # A spreadsheet whose used range reaches past the data ends every line with a
             # delimiter: unnamed columns, kept apart (DictReader would merge them) and dropped
             # below when empty.
@@ -252,6 +257,8 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
             if bad:
                 raise DataError(f"{where}: unknown label(s) {bad}; known labels: {label_names}")
         split = str(row.get("split") or "").strip() or None
+        if split is not None and split.lower() in (*KNOWN_SPLITS, "restval"):
+            split = split.lower()  # "Train" from a spreadsheet is train
         split = "train" if split == "restval" else split  # as in Karpathy files
         if split is not None and split not in KNOWN_SPLITS:
             raise DataError(f"{where}: unknown split {split!r}; expected one of {list(KNOWN_SPLITS)}")
