@@ -138,3 +138,44 @@ def test_pairs_csv_header_written_with_capitals(tmp_path):
     path.write_bytes(b"image,Image,text\r\na.jpg,b.jpg,t\r\n")
     with pytest.raises(DataError, match=r"pairs.csv:1: header names column\(s\) \['image'\] more than once"):
         load_dataset(str(path))
+
+
+def _jpg(path):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path, "JPEG")
+
+
+def test_karpathy_coco_with_each_zip_unpacked_into_a_folder_of_its_name(tmp_path):
+    # Windows' "Extract All" (and most archive tools' "extract to <name>/") turns train2014.zip
+    # and val2014.zip into train2014/train2014/ and val2014/val2014/: the val2014 images, where
+    # Karpathy's test split is, were all reported missing once train2014/ was taken as the base.
+    import json
+    recs = []
+    for k, (sub, split) in enumerate([("train2014", "train"), ("train2014", "restval"), ("val2014", "test"),
+                                      ("val2014", "val"), ("val2014", "test")]):
+        name = f"COCO_{sub}_{k:012d}.jpg"
+        _jpg(tmp_path / sub / sub / name)
+        recs.append({"filepath": sub, "filename": name, "cocoid": k, "split": split,
+                     "sentences": [{"raw": f"a red square number {k} .", "tokens": []}]})
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": recs, "dataset": "coco"}))
+    ds = load_dataset(str(tmp_path))
+    assert [p.relative_to(tmp_path).as_posix() for p in map(__import__("pathlib").Path, ds.image_paths)] == \
+        [f"{r['filepath']}/{r['filepath']}/{r['filename']}" for r in recs]
+    assert ds.splits["test"].tolist() == [2, 4]
+
+
+def test_flickr8k_images_zip_unpacked_into_a_folder_of_its_name(tmp_path):
+    # Flickr8k_Dataset.zip holds Flicker8k_Dataset/ (sic): "Extract All" makes
+    # Flickr8k_Dataset/Flicker8k_Dataset/*.jpg, one level below the folders looked in.
+    names = [f"{1000268201 + i}_693b08cb0e.jpg" for i in range(6)]
+    for n in names:
+        _jpg(tmp_path / "Flickr8k_Dataset" / "Flicker8k_Dataset" / n)
+    text = tmp_path / "Flickr8k_text"
+    text.mkdir()
+    (text / "Flickr8k.token.txt").write_text("".join(f"{n}#{j}\tA dog runs {j} .\n" for n in names for j in range(5)))
+    for f, part in (("train", names[:4]), ("dev", names[4:5]), ("test", names[5:])):
+        (text / f"Flickr_8k.{f}Images.txt").write_text("\n".join(part) + "\n")
+    ds = load_dataset(str(tmp_path))
+    import os
+    assert ds.n_images == 6 and all(os.path.isfile(p) for p in ds.image_paths)

@@ -19,6 +19,7 @@ read instead (:func:`~xmodal.data.dataset_layout`): it carries the papers' split
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from ._probe import first_rule
 from .dataset import DataError, PairedDataset, random_splits, read_text
-from .karpathy import image_bases
+from .karpathy import image_bases, nested_image_bases
 
 log = logging.getLogger("xmodal.data")
 
@@ -145,6 +146,9 @@ def _image_folder(root: Path, caption_file: Path, names: list[str], image_dir: P
         return image_dir
     bases = list(dict.fromkeys(image_bases(caption_file.parent) + image_bases(root)))
     found = first_rule(bases, names, lambda folder, name: folder / name)
+    if found is None:  # an image zip unpacked into a folder of its name: one level further down
+        found = first_rule(itertools.chain(nested_image_bases(caption_file.parent), nested_image_bases(root)),
+                           names, lambda folder, name: folder / name)
     if found is not None:
         return found
     usual = ("Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images")

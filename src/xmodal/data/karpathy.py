@@ -8,11 +8,12 @@ named by each record's ``filepath``, or COCO 2017's ``train2017/`` + ``val2017/`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -254,10 +255,30 @@ def image_bases(root: Path) -> list[Path]:
     return list(dict.fromkeys([root / n for n in named if (root / n).is_dir()] + [root] + subdirs))
 
 
-def _named(base: Path, rec: dict, ext: str | None = None) -> Path:
+def nested_image_bases(root: Path) -> Iterator[Path]:
+    """The sub-folders of ``root``'s sub-folders, looked in after :func:`image_bases` (lazily:
+    listing an image folder of 80,000 files costs time): an image zip unpacked into a folder
+    of its name (Flickr8k_Dataset.zip -> ``Flickr8k_Dataset/Flicker8k_Dataset/``, as Windows'
+    "Extract All" does). Hidden folders and macOS's ``__MACOSX/`` are passed over."""
+    def subdirs(folder: Path) -> list[Path]:
+        try:  # scandir: the entry types come with the listing, no stat per image
+            with os.scandir(folder) as it:
+                return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")
+                              and e.name != "__MACOSX")
+        except OSError:
+            return []
+
+    for sub in subdirs(root):
+        yield from subdirs(sub)
+
+
+def _named(base: Path, rec: dict, ext: str | None = None, doubled: bool = False) -> Path:
     """``base/filepath/filename``, with the extension ``ext`` when given (UCM-Captions' file
-    names ``1.tif``; its images are ``1.jpg``)."""
+    names ``1.tif``; its images are ``1.jpg``); ``doubled``: ``base/filepath/filepath/filename``,
+    as ``train2014.zip`` unpacked into a folder of its name holds it."""
     folder = base / str(rec["filepath"]) if rec.get("filepath") else base
+    if doubled and rec.get("filepath"):
+        folder = folder / str(rec["filepath"])
     name = rec["filename"] if ext is None else Path(rec["filename"]).stem + ext
     return folder / name
 
@@ -299,8 +320,12 @@ def _image_rule(root: Path, records: list, image_dir: Path | None) -> Callable[[
     exts = [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
 
     def rules():
-        for base in bases:
+        for base in itertools.chain(bases, () if image_dir is not None else nested_image_bases(root)):
             yield lambda rec, base=base: _named(base, rec)
+            if any(r.get("filepath") for r in sample):
+                # train2014/train2014/, val2014/val2014/: each zip unpacked into a folder of its
+                # name; one rule for both (the base train2014/ would find no val2014 image)
+                yield lambda rec, base=base: _named(base, rec, doubled=True)
             for ext in exts:
                 yield lambda rec, base=base, ext=ext: _named(base, rec, ext)
             if any(_cocoid(r) is not None for r in sample) and \
