@@ -179,3 +179,20 @@ def test_flickr8k_images_zip_unpacked_into_a_folder_of_its_name(tmp_path):
     ds = load_dataset(str(tmp_path))
     import os
     assert ds.n_images == 6 and all(os.path.isfile(p) for p in ds.image_paths)
+
+
+def test_pairs_csv_with_label_lists_written_by_pandas(tmp_path):
+    # pandas' to_csv writes a column of lists as their repr, "['cat', 'dog']": that is two
+    # labels, not one class named "['cat', 'dog']" (JSON's ["cat","dog"] likewise).
+    import csv
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["", "image", "text", "labels"][1:])
+        w.writerow(["a.jpg", "a cat and a dog", "['cat', 'dog']"])
+        w.writerow(["b.jpg", "l'oiseau", '["bird"]'])
+        w.writerow(["c.jpg", "nothing", "[]"])
+        w.writerow(["d.jpg", "a dog", "dog"])
+    ds = load_dataset(str(path))
+    assert ds.label_names == ["bird", "cat", "dog"]
+    assert ds.labels.tolist() == [[0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1]]

@@ -4,7 +4,7 @@ array of such objects (``.json``).
 Image paths are relative to the file (Windows backslashes between folders are accepted). Rows
 sharing an image path share one image (so one image may have several texts, and has the union
 of their labels). ``labels`` may be a list (JSONL) or
-``;``-separated (CSV); a row may give both ``label`` and ``labels`` only when the label is one
+``;``-separated (CSV; a list written as JSON or as pandas writes one, ``['a', 'b']``, is read too); a row may give both ``label`` and ``labels`` only when the label is one
 of the labels. A label is a name: JSON numbers are names too, an integral one written
 without its fraction (``1.0`` is class ``1``); booleans are refused. Without a ``split`` column,
 images are split 80/10/10 into train/val/test with a fixed seed; with one, a row whose split is
@@ -17,6 +17,7 @@ is not found is looked up ignoring case, for a file written on a macOS or Window
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -172,6 +173,22 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
     raise DataError(f"{path}: unknown pairs format {path.suffix!r} (use .jsonl or .csv)")
 
 
+def _list_text(text: str, where: str) -> list:
+    """A list written as text in a CSV cell: JSON (``["cat", "dog"]``) or the Python repr that
+    pandas' ``to_csv`` writes for a column of lists (``['cat', 'dog']``)."""
+    try:
+        val = json.loads(text)
+    except ValueError:
+        try:
+            val = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise DataError(f"{where}: field 'labels' {text[:60]!r} looks like a list but is neither "
+                            "JSON nor a Python list; write the labels separated by ';'") from None
+    if not isinstance(val, list):
+        raise DataError(f"{where}: field 'labels' {text[:60]!r} is not a list")
+    return val
+
+
 def _labels_of(row: dict, where: str) -> list[str]:
     def name(v) -> str:
         if isinstance(v, (dict, list, bool)):
@@ -183,6 +200,8 @@ def _labels_of(row: dict, where: str) -> list[str]:
     labels: list[str] = []
     if row.get("labels") not in (None, ""):
         val = row["labels"]
+        if isinstance(val, str) and val.strip().startswith("[") and val.strip().endswith("]"):
+            val = _list_text(val.strip(), where)
         vals = val if isinstance(val, list) else str(val).split(";") if isinstance(val, str) else [val]
         labels = [n for n in map(name, vals) if n]
     if row.get("label") not in (None, ""):
