@@ -196,3 +196,18 @@ def test_pairs_csv_with_label_lists_written_by_pandas(tmp_path):
     ds = load_dataset(str(path))
     assert ds.label_names == ["bird", "cat", "dog"]
     assert ds.labels.tolist() == [[0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1]]
+
+
+def test_karpathy_flickr30k_beside_kaggles_image_folders(tmp_path):
+    # Kaggle's Flickr30k unpacks as flickr30k_images/flickr30k_images/*.jpg; with Karpathy's
+    # dataset_flickr30k.json beside it every image was reported missing.
+    import json
+    import os
+    names = [f"{1000092795 + i}.jpg" for i in range(4)]
+    for n in names:
+        _jpg(tmp_path / "flickr30k_images" / "flickr30k_images" / n)
+    recs = [{"filename": n, "split": ("train", "train", "val", "test")[i],
+             "sentences": [{"raw": "Two young guys .", "tokens": []}] * 5} for i, n in enumerate(names)]
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": recs, "dataset": "flickr30k"}))
+    ds = load_dataset(str(tmp_path))
+    assert ds.n_images == 4 and all(os.path.isfile(p) for p in ds.image_paths)
