@@ -135,6 +135,9 @@ def register(app: typer.Typer) -> None:
                                    "over HTTP too): the collection then mirrors the source"),
         dry_run: bool = typer.Option(False, "--dry-run", help="say what would be added, re-encoded and "
                                      "(with --prune) removed; encode, fit and write nothing"),
+        data_option: list[str] = typer.Option([], "--data-option", help="dataset loader option, KEY=VALUE "
+                                              "(repeatable; e.g. n_val_per_class=0 for a small Pascal copy), "
+                                              "as in xmodal bench"),
         as_json: bool = typer.Option(False, "--json", help="print the result (or the --dry-run plan) as JSON"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
@@ -146,6 +149,9 @@ def register(app: typer.Typer) -> None:
         from ..encoders.base import EncoderError
         from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
         from ..index.build import OtherOptionsError
+        from .bench import _parse_options
+
+        data_options = _parse_options(data_option)
 
         if like is not None:  # a shard takes its base's fitted method and encoders, never these
             typed = [f"--{name.replace('_', '-')}" for name in ("method", "image_encoder", "text_encoder")
@@ -161,7 +167,8 @@ def register(app: typer.Typer) -> None:
             try:
                 plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
                                        like=like, prune=prune, rerank=rerank,
-                                       image_encoder=image_encoder, text_encoder=text_encoder)
+                                       image_encoder=image_encoder, text_encoder=text_encoder,
+                                       data_options=data_options)
             except OtherOptionsError as exc:
                 _fail(_option_words(collection, exc.options))
             except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
@@ -172,7 +179,7 @@ def register(app: typer.Typer) -> None:
             coll = build_collection(source, collection, method=method, image_encoder=image_encoder,
                                     text_encoder=text_encoder, index=index, rerank=rerank,
                                     public_read=public_read, overwrite=rebuild, quiet=quiet, like=like,
-                                    prune=prune)
+                                    prune=prune, data_options=data_options)
         except OtherOptionsError as exc:
             _fail(_option_words(collection, exc.options))
         except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
@@ -190,6 +197,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"\ninterrupted before anything was stored: {collection} was not created; "
                            "run the same command again (features encoded so far are cached)", err=True)
             raise typer.Exit(130) from None
+        from . import OPENED
+
+        OPENED.append(coll)  # closed when the command ends, as _open's are
         s = coll.stats()
         if as_json:
             typer.echo(json.dumps({"collection": str(collection), **s}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +62,19 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     :func:`~xmodal.data.mirflickr.load_cleaned_folder`), or a ``.npz`` of features written by
     ``xmodal encode`` (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times);
     ``kwargs`` go to the loader (e.g. ``n_query``, ``n_train``, ``seed`` for
-    :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`)."""
+    :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`); one the loader does not take is a
+    :class:`DataError` naming it."""
+    try:
+        return _dispatch(name, data_dir, **kwargs)
+    except TypeError as exc:
+        bad = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if bad is None or bad.group(1) not in kwargs:
+            raise
+        raise DataError(f"{name}: its loader takes no option {bad.group(1)!r} "
+                        f"(options given: {', '.join(sorted(kwargs))})") from None
+
+
+def _dispatch(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
     if name in LOADERS:
         return LOADERS[name](data_dir=data_dir, **kwargs)
     path = Path(name)

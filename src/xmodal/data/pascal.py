@@ -186,7 +186,9 @@ def stratified_splits(classes: np.ndarray, sizes: dict[str, int], seed: int = 0,
         idx = rng.permutation(np.flatnonzero(classes == c))
         if len(idx) <= need:
             name = class_names[c] if class_names else c
-            raise DataError(f"{source}class {name} has {len(idx)} images; splits {sizes} need more than {need}")
+            raise DataError(f"{source}class {name} has {len(idx)} images; splits {sizes} need more than {need} "
+                            "(smaller splits: n_val_per_class, n_test_per_class; from the command line "
+                            "--data-option n_val_per_class=1, or =0 to index without splits)")
         start = 0
         for name, size in sizes.items():
             out[name].append(idx[start:start + size])

@@ -540,7 +540,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     data_options = dict(data_options or {})
     if data_options and not isinstance(dataset, str):
         raise ParameterError("data_options apply to a dataset loaded by name or path, not to a PairedDataset")
-    raw = _load(dataset, data_dir, data_options) if isinstance(dataset, str) else dataset
+    raw = load_dataset(dataset, data_dir=data_dir, **data_options) if isinstance(dataset, str) else dataset
     _preflight(raw, method_names, bits, seeds, params, labeled_fraction, hashing_db, database_codes)
     fingerprint = dataset_fingerprint(dataset, cache_dir)
     digest = content_digest(raw)
@@ -613,18 +613,6 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             if on_record:
                 on_record(rec)
     return records
-
-
-def _load(dataset: str, data_dir: str | None, options: dict[str, Any]) -> PairedDataset:
-    """``load_dataset`` with the loader's own options; one it does not take is a DataError."""
-    try:
-        return load_dataset(dataset, data_dir=data_dir, **options)
-    except TypeError as exc:
-        bad = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
-        if not options or bad is None:
-            raise
-        raise DataError(f"{dataset}: its loader takes no option {bad.group(1)!r} "
-                        f"(data options given: {', '.join(sorted(options))})") from None
 
 
 def _score_run(method: Any, is_hash: bool, database_codes: str, query: Any, database: Any, train: Any,

@@ -136,10 +136,11 @@ def is_dataset_folder(folder: str | Path) -> bool:
     return dataset_layout(folder) is not None
 
 
-def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
+def scan_source(source: str | Path, data_options: dict[str, Any] | None = None) -> tuple[list[ImageItem], list[TextItem]]:
     """Images and texts from a folder of images, a dataset folder (:func:`is_dataset_folder`:
     its images with the dataset's captions and labels), a pairs file, a Karpathy ``.json`` or
-    a dataset name."""
+    a dataset name. ``data_options``: keyword arguments of the dataset's loader (refused for
+    a plain image folder, which no loader reads)."""
     from ..data import LOADERS
 
     p = Path(source)
@@ -149,8 +150,11 @@ def scan_source(source: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
         raise DataError(f"{source}: no such file or folder" +
                         (f" (nor a dataset name: {', '.join(sorted(LOADERS))})" if bare else ""))
     if p.is_dir() and not is_dataset_folder(p):
+        if data_options:
+            raise DataError(f"{source}: loader options ({', '.join(data_options)}) apply to a dataset, and this "
+                            "is not a dataset folder but a folder of images (with sidecar captions)")
         return scan_folder(p)
-    images, texts = items_from_dataset(load_dataset(str(source)))
+    images, texts = items_from_dataset(load_dataset(str(source), **(data_options or {})))
     if p.is_dir() and images and not any_file(i.path for i in images[:PROBE_SAMPLE]):
         # A release downloaded without its image archive (Wikipedia's images, NUS-WIDE's
         # Flickr/), or index.mat paths of another machine: say so before encoding nothing.
@@ -200,7 +204,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
                      index: str | None = None, rerank: bool = False, public_read: bool = True,
                      overwrite: bool = False, quiet: bool = False, batch_size: int = 256,
                      like: str | Path | None = None, prune: bool = False,
-                     search: bool = True) -> Collection:
+                     search: bool = True, data_options: dict[str, Any] | None = None) -> Collection:
     """Index ``source`` into the collection at ``collection_path`` and return it open.
 
     A new collection fits ``method`` (a registry name, default ``DEFAULT_METHOD``; a saved
@@ -224,7 +228,8 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     refused, :class:`CollectionError`), searchable
     together with it (:mod:`xmodal.index.shards`). ``prune``: an existing collection also
     drops the items the source no longer has (files deleted or renamed, caption lines
-    removed), items added by other means (the HTTP API) included.
+    removed), items added by other means (the HTTP API) included. ``data_options``: keyword
+    arguments of the dataset loader that reads ``source`` (:func:`scan_source`).
     """
     progress = not quiet
     asked = {"method": method, "method_params": method_params, "index": index, "rerank": rerank,
@@ -232,7 +237,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     _refuse_with_like(like, asked)
     method = DEFAULT_METHOD if method is None else method
     index = "Flat" if index is None else index
-    images, texts = _scan(source, collection_path)
+    images, texts = _scan(source, collection_path, data_options)
     if Collection.exists(collection_path) and not overwrite:
         return _add_to(collection_path, images, texts, like, quiet, batch_size, prune, asked)
     if like is not None:
@@ -327,7 +332,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
 def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = None,
                     index: str | None = None, overwrite: bool = False, like: str | Path | None = None,
                     prune: bool = False, rerank: bool = False, image_encoder: Any = None,
-                    text_encoder: Any = None) -> dict[str, Any]:
+                    text_encoder: Any = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """What :func:`build_collection` with the same arguments would do, without encoding,
     fitting or writing anything (``xmodal index --dry-run``). ``action`` is ``"create"``
     (a new collection, or ``overwrite``: every source item is encoded and the method fitted),
@@ -340,7 +345,7 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     _refuse_with_like(like, asked)
     method = DEFAULT_METHOD if method is None else method
     index = "Flat" if index is None else index
-    images, texts = _scan(source, collection_path)
+    images, texts = _scan(source, collection_path, data_options)
     out: dict[str, Any] = {"source": str(source), "collection": str(collection_path),
                            "images": len(images), "texts": len(texts)}
     if Collection.exists(collection_path) and not overwrite:
@@ -370,7 +375,8 @@ def _check_encoder(encoder: Any, modality: str) -> None:
         get_encoder(encoder, modality)
 
 
-def _scan(source: str | Path, collection_path: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
+def _scan(source: str | Path, collection_path: str | Path,
+          data_options: dict[str, Any] | None = None) -> tuple[list[ImageItem], list[TextItem]]:
     # a collection path that cannot be one is refused before any encoding or fitting
     if Path(collection_path).exists() and not Path(collection_path).is_dir():
         raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
@@ -378,7 +384,7 @@ def _scan(source: str | Path, collection_path: str | Path) -> tuple[list[ImageIt
         # its thumbnails and uploaded files would be indexed as images on the next run
         raise CollectionError(f"{collection_path}: the collection cannot be the source folder itself; "
                               f"give it its own folder (-c {Path(source).resolve().name}.xmc beside it)")
-    return scan_source(source)
+    return scan_source(source, data_options)
 
 
 def _base(like: str | Path) -> Collection:
