@@ -53,7 +53,8 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedData
     of a caption dataset's own download (MS-COCO's ``annotations/captions_<split><year>.json``,
     with its 80 categories as labels from ``instances_<split><year>.json``:
     :func:`~xmodal.data.coco.load_coco`; Flickr8k's ``Flickr8k.token.txt`` with its split
-    lists, Flickr30k's ``results_20130124.token`` or Kaggle's ``results.csv``:
+    lists, Flickr30k's ``results_20130124.token`` or Kaggle's ``results.csv``, Kaggle's Flickr8k
+    ``captions.txt`` beside ``Images/``:
     :func:`~xmodal.data.flickr.load_flickr`; a Karpathy file beside them is read instead), a folder
     of DCMH per-variable ``.mat`` files, a folder
     of ``index.mat`` / ``caption.mat`` / ``label.mat``
@@ -97,7 +98,8 @@ def _dispatch(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset
         raise DataError(f"{path / 'dataset.json'}: file not found (a dataset folder must hold a "
                         "Karpathy dataset.json / dataset_*.json, a release layout of "
                         f"{[n for n, _ in RELEASE_MARKERS] + ['pascal_sentences']}, COCO's "
-                        "annotations/captions_*.json, Flickr8k.token.txt / results_20130124.token, "
+                        "annotations/captions_*.json, Flickr8k.token.txt / results_20130124.token / "
+                        "Kaggle's captions.txt (header image,caption) beside Images/, "
                         "cleaned lists (all_imgs.txt, ...), "
                         "index.mat/caption.mat/label.mat or DCMH-layout .mat files)")
     if not path.exists() and (path.suffix or len(path.parts) > 1):

@@ -68,7 +68,8 @@ def dataset_layout(path: str | os.PathLike) -> str | None:
     download, so that no folder read before as another layout changes its answer:
     ``"coco_official"`` (``annotations/captions_<split><year>.json``,
     :func:`~xmodal.data.coco.load_coco`) and ``"flickr_tokens"`` (``Flickr8k.token.txt``,
-    ``results_20130124.token`` or Kaggle's Flickr30k ``results.csv``,
+    ``results_20130124.token``, Kaggle's Flickr30k ``results.csv`` or Kaggle's Flickr8k
+    ``captions.txt``: header ``image,caption``, an ``Images/`` folder beside it;
     :func:`~xmodal.data.flickr.load_flickr`). A Karpathy file beside those wins: it carries
     the papers' splits. None for a folder that is none of these (a web page or a tool's
     ``dataset_*.json`` among photos) or not a folder."""
