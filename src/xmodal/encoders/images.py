@@ -21,13 +21,29 @@ class ImageReadError(Exception):
     """An image that cannot be used; the message says why."""
 
 
-def to_rgb(im: Any) -> Any:
-    """``im`` as an 8-bit RGB Pillow image. Pillow's own ``convert("RGB")`` clips 16-bit and
-    32-bit greyscale at 255 (a 16-bit scan comes out white) and rounds floats in 0..1 to black:
-    16-bit values are scaled by 1/257 (full scale), 32-bit integers the same when they fit in
-    16 bits, floats in 0..1 by 255, and anything else stretched from its minimum to maximum."""
-    from PIL import Image
+EXIF_ORIENTATION = 0x0112  # TIFF/EXIF tag 274
 
+
+def _orientation(im: Any) -> int:
+    """The EXIF Orientation of an open image (1, "upright as stored", when absent or bad)."""
+    try:
+        o = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: the pixels are still fine
+        return 1
+    return o if isinstance(o, int) and 2 <= o <= 8 else 1
+
+
+def to_rgb(im: Any) -> Any:
+    """``im`` as an 8-bit RGB Pillow image, the way a viewer shows it.
+
+    The EXIF Orientation is applied (phone photos are stored sideways with a tag saying how to
+    turn them). Pillow's ``convert("RGB")`` clips 16-bit and 32-bit greyscale at 255 (a 16-bit
+    scan comes out white) and rounds floats in 0..1 to black: 16-bit values are scaled by 1/257
+    (full scale), 32-bit integers the same when they fit in 16 bits, floats in 0..1 by 255, and anything else stretched from its minimum to maximum."""
+    from PIL import Image, ImageOps
+
+    if _orientation(im) != 1:
+        im = ImageOps.exif_transpose(im)
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
         return im if im.mode == "RGB" else im.convert("RGB")
     a = np.asarray(im).astype(np.float32)
@@ -42,17 +58,24 @@ def to_rgb(im: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
-def _high_bit_depth(fh: Any) -> bool:
-    """Whether an open image file is 16-bit, 32-bit or float greyscale (header only)."""
+def _decode_tags(fh: Any) -> list[str]:
+    """What :func:`to_rgb` does to an open image file beyond Pillow's plain RGB conversion,
+    read from the header only: ``scaled-greyscale`` (16-bit, 32-bit or float greyscale),
+    ``exif-orientation`` (turned upright)."""
     from PIL import Image
 
+    tags = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(fh) as im:
-                return im.mode in ("I", "F") or im.mode.startswith("I;16")
+                if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                    tags.append("scaled-greyscale")
+                if _orientation(im) != 1:
+                    tags.append("exif-orientation")
     except Exception:  # not an image, or a header Pillow refuses: the decoder reports it
-        return False
+        return []
+    return tags
 
 
 def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None) -> Any:
@@ -191,9 +214,11 @@ class ImageEncoder(Encoder):
     def _item_key(self, item: str) -> str:
         with open(item, "rb") as fh:
             key = file_hash(fh)
-            # High-bit-depth greyscale is scaled by to_rgb() now (it was clipped to white):
-            # its own key, so features cached from the clipped decode are not reused.
+            # Images that to_rgb() now decodes differently (high-bit-depth greyscale was clipped
+            # to white, EXIF orientation was ignored) get their own key, so features cached
+            # from the old decode are not reused. Other images keep theirs.
             fh.seek(0)
-            if _high_bit_depth(fh):
-                key = content_hash(f"{key}:scaled-greyscale".encode())
+            tags = _decode_tags(fh)
+            if tags:
+                key = content_hash(f"{key}:{'+'.join(tags)}".encode())
         return key

@@ -1,0 +1,100 @@
+"""Image files as users' folders really hold them, through the paths a user hits: the
+encoders' ``encode`` on a list of paths and ``xmodal index`` on a folder (each defect test
+failed before its fix)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xmodal.encoders import get_encoder
+from xmodal.encoders.cache import file_hash
+from xmodal.encoders.images import ImageEncoder, ImageReadError, load_center_crop, open_image
+
+
+def _scene(size=(96, 64)) -> Image.Image:
+    """A smooth colour scene with structure (SIFT finds keypoints, a CNN sees more than noise)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    enc = get_encoder("efficientnet-lite0")
+    enc.num_workers = 0  # a handful of files: no worker processes
+    return enc
+
+
+@pytest.fixture(scope="module")
+def sift(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sift-fit")
+    fit = []
+    for s in range(4):
+        rng = np.random.default_rng(s)
+        p = d / f"fit{s}.png"
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((192, 192)).save(p)
+        fit.append(str(p))
+    enc = get_encoder("sift-bovw:8").fit(fit, progress=False)
+    enc.num_workers = 0
+    return enc
+
+
+def _encode(enc, paths):
+    return enc.encode([str(p) for p in paths], progress=False, cache_dir=False, return_mask=True)
+
+
+# ------------------------------------------------------------------ EXIF orientation
+def _exif(orientation: int) -> bytes:
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    return ex.tobytes()
+
+
+def test_exif_orientation_is_applied(tmp_path, effnet, sift):
+    # A phone photo taken upright is stored landscape with Orientation=6 ("rotate 90 CW to
+    # view"): it was encoded lying on its side, unlike the same picture saved upright.
+    scene = _scene()
+    tagged, upright = tmp_path / "phone.png", tmp_path / "upright.png"
+    scene.save(tagged, exif=_exif(6))
+    scene.transpose(Image.Transpose.ROTATE_270).save(upright)
+    im = open_image(str(tagged))
+    assert im.size == (64, 96)
+    np.testing.assert_array_equal(np.asarray(im), np.asarray(Image.open(upright)))
+    for enc in (effnet, sift):
+        X, ok = _encode(enc, [tagged, upright])
+        assert ok.all()
+        np.testing.assert_allclose(X[0], X[1], rtol=1e-5, atol=1e-6)
+    # every orientation value, and through JPEG's reduced-scale decode
+    for o in range(1, 9):
+        p = tmp_path / f"o{o}.jpg"
+        scene.save(p, "JPEG", quality=95, exif=_exif(o))
+        expect = (64, 96) if o >= 5 else (96, 64)
+        assert open_image(str(p)).size == expect, o
+        assert open_image(str(p), draft_size=32).size in (expect, (expect[0] // 2, expect[1] // 2)), o
+
+
+def test_decode_changes_give_the_changed_files_a_new_cache_key(tmp_path):
+    # The feature cache is keyed by file content: rotated images need a key of
+    # their own, or a rebuild reuses the features cached from the old (sideways) decode.
+    enc = ImageEncoder.__new__(ImageEncoder)
+    scene = _scene()
+    plain, rotated = tmp_path / "plain.jpg", tmp_path / "rotated.jpg"
+    scene.save(plain)
+    scene.save(rotated, exif=_exif(6))
+    upright_tag = tmp_path / "upright_tag.jpg"
+    scene.save(upright_tag, exif=_exif(1))
+    files = {"plain": plain, "upright_tag": upright_tag, "rotated": rotated}
+    for name, p in files.items():
+        with open(p, "rb") as fh:
+            same = enc._item_key(str(p)) == file_hash(fh)
+        assert same == (name in ("plain", "upright_tag")), name
+    # ... and the key does not depend on the file's name or place
+    copy = tmp_path / "sub" / "copy.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(rotated.read_bytes())
+    assert enc._item_key(str(copy)) == enc._item_key(str(rotated))
