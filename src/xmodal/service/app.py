@@ -21,7 +21,7 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
@@ -54,15 +54,28 @@ _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIF
 
 
 # ------------------------------------------------------------------------- models
+def _utf8(s: str) -> str:
+    # JSON's "\ud800" escape is valid JSON and pydantic lets it through inside lists and
+    # optional fields; no encoder, hash or SQLite statement can take it (a 500 each time)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode: a lone surrogate at character {exc.start}") from None
+    return s
+
+
+Utf8Str = Annotated[str, AfterValidator(_utf8)]
+
+
 class SearchRequest(BaseModel):
-    text: str | None = Field(None, description="text query", max_length=2000)
+    text: Utf8Str | None = Field(None, description="text query", max_length=2000)
     item_id: int | None = Field(None, description="an item's id: more like this")
     vector: list[float] | None = Field(None, description="a common-space vector; for binary "
                                        "collections the packed code bytes (0..255)", max_length=65536)
     target: Literal["image", "text"] | None = Field(None, description="modality of results "
                                                     "(default: the other modality)")
     k: int = Field(10, ge=1, le=1000)
-    labels: list[str] = Field(default_factory=list, description="only items with any of these labels")
+    labels: list[Utf8Str] = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
     distinct: bool = Field(False, description="collapse identical texts into one result")
     relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
@@ -70,32 +83,32 @@ class SearchRequest(BaseModel):
     alpha: float = 1.0
     beta: float = 0.75
     gamma: float = 0.25
-    space: str | None = Field(None, description="the common-space fingerprint the caller encoded "
+    space: Utf8Str | None = Field(None, description="the common-space fingerprint the caller encoded "
                               "`vector` in (a routing server's check); another space answers 409")
     check_labels: bool = Field(True, description="a label no item has answers 422 (a routing server "
                                "sends false: the label may be on another of its shards)")
 
 
 class BatchSearchRequest(BaseModel):
-    texts: list[str] = Field(..., min_length=1, max_length=256, description="text queries, "
+    texts: list[Utf8Str] = Field(..., min_length=1, max_length=256, description="text queries, "
                              "encoded in one batch (each 1-2000 characters)")
     target: Literal["image", "text"] | None = Field(None, description="modality of results (default image)")
     k: int = Field(10, ge=1, le=1000)
-    labels: list[str] = Field(default_factory=list, description="only items with any of these labels")
+    labels: list[Utf8Str] = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
     distinct: bool = Field(False, description="collapse identical texts into one result")
 
 
 class TextAdd(BaseModel):
-    text: str = Field(..., min_length=1, max_length=10000)
-    key: str | None = None
+    text: Utf8Str = Field(..., min_length=1, max_length=10000)
+    key: Utf8Str | None = None
     pair_id: int | None = None
-    labels: list[str] = Field(default_factory=list)
+    labels: list[Utf8Str] = Field(default_factory=list)
 
 
 class KeyCreate(BaseModel):
     role: Literal["read", "write", "admin"]
-    name: str = Field("", max_length=200)
+    name: Utf8Str = Field("", max_length=200)
 
 
 class Settings(BaseModel):

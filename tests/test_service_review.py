@@ -1,0 +1,54 @@
+"""HTTP API review: hostile or sloppy input a practitioner's colleagues send (lone surrogates,
+labels typed with spaces, streamed bodies, a read-only mount) answers a JSON error naming the
+field, never a 500."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from threadpoolctl import threadpool_limits
+
+from conftest import ucm_caption_folder
+from xmodal.index import build_collection
+from xmodal.service import create_app
+from xmodal.service.auth import create_key
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root, folder, _, mp = ucm_caption_folder(tmp_path_factory, "service_review", 175)  # 12 images
+    with threadpool_limits(1):  # see test_collection.py
+        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                text_encoder="tfidf", quiet=True)
+        keys = {r: create_key(coll, r, f"review {r}") for r in ("read", "write", "admin")}
+        client = TestClient(create_app(coll, max_upload_bytes=2_000_000), raise_server_exceptions=False)
+        yield {"coll": coll, "client": client, "keys": keys, "folder": folder,
+               "image": sorted(folder.glob("*.jpg"))[0]}
+    coll.close()
+    mp.undo()
+
+
+def post_raw(c, url, body: str, headers=None):
+    """``body`` sent byte for byte: JSON's "\\ud800" escape (a lone surrogate) is valid JSON
+    that no UTF-8 encoder can take."""
+    return c.post(url, content=body.encode(), headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def test_lone_surrogates_anywhere_in_a_request_answer_422_naming_the_field(setup):
+    """A lone surrogate inside a list (batch texts, labels) or an optional string (space)
+    passed validation and crashed the encoder or SQLite: 500 with no JSON."""
+    c, w = setup["client"], {"X-API-Key": setup["keys"]["write"]}
+    cases = [
+        ("/api/search/batch", '{"texts": ["ok", "ab\\ud800cd"]}', {}, "texts"),
+        ("/api/search/batch", '{"texts": ["ok"], "labels": ["\\ud800"]}', {}, "labels"),
+        ("/api/search", '{"text": "a beach", "labels": ["\\ud800"]}', {}, "labels"),
+        ("/api/search", '{"text": "a beach", "space": "\\ud800"}', {}, "space"),
+        ("/api/texts", '{"text": "a note", "labels": ["x\\ud800"]}', w, "labels"),
+        ("/api/texts", '{"text": "a note", "key": "k\\udfff"}', w, "key"),
+    ]
+    for url, body, headers, field in cases:
+        r = post_raw(c, url, body, headers)
+        assert r.status_code == 422, (url, body, r.status_code, r.text)
+        assert r.headers["content-type"] == "application/json"
+        assert field in json.dumps(r.json()["detail"]), (url, body, r.text)
+
