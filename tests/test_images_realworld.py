@@ -37,7 +37,8 @@ def sift(tmp_path_factory):
     for s in range(4):
         rng = np.random.default_rng(s)
         p = d / f"fit{s}.png"
-        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((192, 192)).save(p)
+        noise = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        Image.fromarray(noise).resize((192, 192)).save(p)
         fit.append(str(p))
     enc = get_encoder("sift-bovw:8").fit(fit, progress=False)
     enc.num_workers = 0
@@ -75,12 +76,47 @@ def test_exif_orientation_is_applied(tmp_path, effnet, sift):
         scene.save(p, "JPEG", quality=95, exif=_exif(o))
         expect = (64, 96) if o >= 5 else (96, 64)
         assert open_image(str(p)).size == expect, o
-        assert open_image(str(p), draft_size=32).size in (expect, (expect[0] // 2, expect[1] // 2)), o
+        half = (expect[0] // 2, expect[1] // 2)  # DCT-scaled, and still upright
+        assert open_image(str(p), draft_size=32).size in (expect, half), o
+
+
+# ------------------------------------------------------------------ transparency
+def _transparent_files(tmp_path):
+    """A red square on a fully transparent background, in each way a file can say so."""
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((255, 0, 0, 255), (8, 8, 24, 24))
+    pal = Image.new("P", (32, 32), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.paste(1, (8, 8, 24, 24))
+    out = {}
+    for name, im, kw in [("rgba.png", rgba, {}), ("rgba.webp", rgba, {"lossless": True}),
+                         ("palette.png", pal, {"transparency": 0}),
+                         ("palette.gif", pal, {"transparency": 0}),
+                         ("la.png", rgba.convert("LA"), {}),
+                         ("rgba.tif", rgba, {})]:
+        im.save(tmp_path / name, **kw)
+        out[name] = tmp_path / name
+    return out
+
+
+def test_transparent_pixels_are_composited_on_white(tmp_path):
+    # Transparent pixels came out as whatever colour they hide (black here): a logo or a cut-out
+    # product photo was encoded on a black square instead of the white page it is shown on.
+    for name, p in _transparent_files(tmp_path).items():
+        a = np.asarray(open_image(str(p)))
+        assert a.shape == (32, 32, 3), name
+        assert (a[0, 0] == 255).all(), (name, a[0, 0])
+        red = (255, 0, 0) if not name.startswith("la") else (76, 76, 76)
+        np.testing.assert_allclose(a[16, 16], red, atol=1, err_msg=name)
+    # half transparent: blended half way
+    half = Image.new("RGBA", (4, 4), (0, 0, 0, 128))
+    half.save(tmp_path / "half.png")
+    assert abs(int(np.asarray(open_image(str(tmp_path / "half.png")))[0, 0, 0]) - 127) <= 1
 
 
 def test_decode_changes_give_the_changed_files_a_new_cache_key(tmp_path):
-    # The feature cache is keyed by file content: rotated images need a key of
-    # their own, or a rebuild reuses the features cached from the old (sideways) decode.
+    # The feature cache is keyed by file content: rotated and transparent images need a key of
+    # their own, or a rebuild reuses the features cached from the old (sideways, black) decode.
     enc = ImageEncoder.__new__(ImageEncoder)
     scene = _scene()
     plain, rotated = tmp_path / "plain.jpg", tmp_path / "rotated.jpg"
@@ -88,7 +124,8 @@ def test_decode_changes_give_the_changed_files_a_new_cache_key(tmp_path):
     scene.save(rotated, exif=_exif(6))
     upright_tag = tmp_path / "upright_tag.jpg"
     scene.save(upright_tag, exif=_exif(1))
-    files = {"plain": plain, "upright_tag": upright_tag, "rotated": rotated}
+    files = {"plain": plain, "upright_tag": upright_tag, "rotated": rotated,
+             **_transparent_files(tmp_path)}
     for name, p in files.items():
         with open(p, "rb") as fh:
             same = enc._item_key(str(p)) == file_hash(fh)

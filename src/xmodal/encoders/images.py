@@ -33,18 +33,31 @@ def _orientation(im: Any) -> int:
     return o if isinstance(o, int) and 2 <= o <= 8 else 1
 
 
+def _transparent(im: Any) -> bool:
+    """Whether an open 8-bit image has an alpha channel or a transparent colour (header only)."""
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
 def to_rgb(im: Any) -> Any:
     """``im`` as an 8-bit RGB Pillow image, the way a viewer shows it.
 
     The EXIF Orientation is applied (phone photos are stored sideways with a tag saying how to
-    turn them). Pillow's ``convert("RGB")`` clips 16-bit and 32-bit greyscale at 255 (a 16-bit
-    scan comes out white) and rounds floats in 0..1 to black: 16-bit values are scaled by 1/257
-    (full scale), 32-bit integers the same when they fit in 16 bits, floats in 0..1 by 255, and anything else stretched from its minimum to maximum."""
+    turn them), and transparent pixels are composited on white, the page such images are shown
+    on (``convert("RGB")`` drops the alpha and shows whatever colour they hide, usually black).
+    ``convert("RGB")`` also clips 16-bit and 32-bit greyscale at 255 (a 16-bit scan comes out
+    white) and rounds floats in 0..1 to black: 16-bit values are scaled by 1/257 (full scale),
+    32-bit integers the same when they fit in 16 bits, floats in 0..1 by 255, and anything else
+    stretched from its minimum to maximum."""
     from PIL import Image, ImageOps
 
     if _orientation(im) != 1:
         im = ImageOps.exif_transpose(im)
     if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        if _transparent(im):
+            rgba = im.convert("RGBA")  # palette/greyscale/premultiplied alpha included
+            out = Image.new("RGB", im.size, (255, 255, 255))
+            out.paste(rgba, mask=rgba)
+            return out
         return im if im.mode == "RGB" else im.convert("RGB")
     a = np.asarray(im).astype(np.float32)
     a = np.where(np.isfinite(a), a, 0.0)
@@ -61,7 +74,7 @@ def to_rgb(im: Any) -> Any:
 def _decode_tags(fh: Any) -> list[str]:
     """What :func:`to_rgb` does to an open image file beyond Pillow's plain RGB conversion,
     read from the header only: ``scaled-greyscale`` (16-bit, 32-bit or float greyscale),
-    ``exif-orientation`` (turned upright)."""
+    ``exif-orientation`` (turned upright), ``composited-alpha`` (transparency on white)."""
     from PIL import Image
 
     tags = []
@@ -71,6 +84,8 @@ def _decode_tags(fh: Any) -> list[str]:
             with Image.open(fh) as im:
                 if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                     tags.append("scaled-greyscale")
+                elif _transparent(im):
+                    tags.append("composited-alpha")
                 if _orientation(im) != 1:
                     tags.append("exif-orientation")
     except Exception:  # not an image, or a header Pillow refuses: the decoder reports it
@@ -215,8 +230,8 @@ class ImageEncoder(Encoder):
         with open(item, "rb") as fh:
             key = file_hash(fh)
             # Images that to_rgb() now decodes differently (high-bit-depth greyscale was clipped
-            # to white, EXIF orientation was ignored) get their own key, so features cached
-            # from the old decode are not reused. Other images keep theirs.
+            # to white, EXIF orientation was ignored, transparent pixels were black) get their
+            # own key, so features cached from the old decode are not reused. Others keep theirs.
             fh.seek(0)
             tags = _decode_tags(fh)
             if tags:
