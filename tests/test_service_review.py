@@ -52,3 +52,33 @@ def test_lone_surrogates_anywhere_in_a_request_answer_422_naming_the_field(setup
         assert r.headers["content-type"] == "application/json"
         assert field in json.dumps(r.json()["detail"]), (url, body, r.text)
 
+
+def test_search_label_filters_are_trimmed_as_stored_labels_are(setup):
+    """Labels are stored trimmed (" harbour " is "harbour"), and the 422 for an unknown one
+    lists them as "harbour, quay"; a filter typed the same way ("harbour, quay") answered 422
+    "no item has the label ' quay'" on every search route, and a stray comma ("harbour,") or
+    a blank between commas in the image search form the same for ''."""
+    s, c = setup, setup["client"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    made = c.post("/api/texts", json={"text": "boats moored at a quay", "labels": ["harbour", "quay"]},
+                  headers=w).json()["id"]
+    img = s["image"].read_bytes()
+    try:
+        answers = [
+            c.get("/api/search", params={"q": "boats", "labels": "harbour, quay", "target": "text"}),
+            c.get("/api/search", params={"q": "boats", "labels": " quay ,", "target": "text"}),
+            c.post("/api/search", json={"text": "boats", "labels": [" harbour"], "target": "text"}),
+            c.post("/api/search/batch", json={"texts": ["boats"], "labels": ["quay "], "target": "text"}),
+            c.post("/api/search/image", files={"file": ("q.jpg", img, "image/jpeg")},
+                   data={"labels": "harbour, , quay", "target": "text"}),
+        ]
+        for r in answers:
+            assert r.status_code == 200, r.text
+            res = r.json()["queries"][0]["results"] if "queries" in r.json() else r.json()["results"]
+            assert [h["id"] for h in res] == [made], r.text
+        # still refused: a label no item has, trimmed in the message
+        r = c.get("/api/search", params={"q": "boats", "labels": "harbour, nosuch"})
+        assert r.status_code == 422 and "'nosuch'" in r.json()["detail"], r.text
+    finally:
+        c.delete(f"/api/items/{made}", headers=w)
+

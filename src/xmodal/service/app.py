@@ -65,6 +65,13 @@ def _utf8(s: str) -> str:
 
 
 Utf8Str = Annotated[str, AfterValidator(_utf8)]
+# a search filter, trimmed as stored labels are (check_labels): "harbour, quay" is two labels
+LabelStr = Annotated[str, AfterValidator(_utf8), AfterValidator(str.strip)]
+
+
+def split_labels(labels: str) -> list[str]:
+    """A comma-separated filter from a query string or form: trimmed, blanks dropped."""
+    return [x.strip() for x in labels.split(",") if x.strip()]
 
 
 class SearchRequest(BaseModel):
@@ -75,7 +82,7 @@ class SearchRequest(BaseModel):
     target: Literal["image", "text"] | None = Field(None, description="modality of results "
                                                     "(default: the other modality)")
     k: int = Field(10, ge=1, le=1000)
-    labels: list[Utf8Str] = Field(default_factory=list, description="only items with any of these labels")
+    labels: list[LabelStr] = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
     distinct: bool = Field(False, description="collapse identical texts into one result")
     relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
@@ -94,7 +101,7 @@ class BatchSearchRequest(BaseModel):
                              "encoded in one batch (each 1-2000 characters)")
     target: Literal["image", "text"] | None = Field(None, description="modality of results (default image)")
     k: int = Field(10, ge=1, le=1000)
-    labels: list[Utf8Str] = Field(default_factory=list, description="only items with any of these labels")
+    labels: list[LabelStr] = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
     distinct: bool = Field(False, description="collapse identical texts into one result")
 
@@ -579,7 +586,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                    exact: bool = False, distinct: bool = False,
                    _: str = Depends(need("read"))) -> dict[str, Any]:
         req = SearchRequest(text=q, k=k, target=target, exact=exact, distinct=distinct,
-                            labels=[x for x in labels.split(",") if x])
+                            labels=split_labels(labels))
         return await search_any(req)
 
     @app.post("/api/search")
@@ -617,7 +624,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             except ValueError:
                 raise HTTPException(422, f"ids must be comma-separated integers, got {s!r}") from None
 
-        req = SearchRequest(k=k, target=target, labels=[x for x in labels.split(",") if x],
+        req = SearchRequest(k=k, target=target, labels=split_labels(labels),
                             relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact,
                             distinct=distinct)
         await require_known(req.labels)
