@@ -228,3 +228,18 @@ def test_metric_docstrings_say_fraction_or_percent():
 
     assert ranking.mean_average_precision.__doc__ and "fraction" in ranking.mean_average_precision.__doc__
     assert "percent" in ranking.recall_at_k.__doc__ and "fraction" in ranking.recall_at_k.__doc__
+
+
+def test_tables_and_plots_refuse_two_runs_of_one_method_at_one_bit_length(tmp_path):
+    from xmodal.evaluation.bench import format_hashing_tables, plot_pr_curves, run_bench
+    from xmodal.methods.checks import toy_dataset
+
+    recs = run_bench(toy_dataset(), ["lsh"], bits=(16,), seed=[0, 1])
+    stale = json.loads(json.dumps(recs[1]))
+    stale["params"]["random_state"] = 1
+    stale["ties"] = "database order"  # e.g. a record of an older xmodal, never redone
+    with pytest.raises(ValueError, match=r"hashing tables: records of lsh at 16 bits on check-toy differ in ties"):
+        format_hashing_tables([recs[0], stale])
+    with pytest.raises(ValueError, match=r"PR curves: records of lsh .*differ in ties"):
+        plot_pr_curves([recs[0], stale], tmp_path / "pr.png")
+    assert "lsh" in format_hashing_tables(recs)  # one run's seeds pool as before

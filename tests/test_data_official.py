@@ -337,7 +337,7 @@ def write_flickr30k_token(root):
 def test_flickr30k_token_seeded_random_split(tmp_path):
     write_flickr30k_token(tmp_path)
     assert dataset_layout(tmp_path) == "flickr_tokens"
-    with pytest.raises(DataError, match=r"1000 val \+ 1000 test images leave none of its 10 images"):
+    with pytest.raises(DataError, match=r"1000 val \+ 1000 test images leaves none of its 10 images"):
         load_dataset(str(tmp_path))
     ds = load_dataset(str(tmp_path), n_val=2, n_test=3)
     assert ds.name == "flickr30k" and ds.n_images == 10 and ds.n_texts == 50

@@ -196,6 +196,13 @@ def test_pairs_csv_with_label_lists_written_by_pandas(tmp_path):
     ds = load_dataset(str(path))
     assert ds.label_names == ["bird", "cat", "dog"]
     assert ds.labels.tolist() == [[0, 1, 1], [1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    # a bracketed name without quotes that is no JSON stays the label it always was
+    with open(path, "a", newline="") as fh:
+        csv.writer(fh).writerow(["e.jpg", "a draft", "[draft];dog"])
+    assert "[draft];dog" not in load_dataset(str(path)).label_names
+    with open(path, "a", newline="") as fh:
+        csv.writer(fh).writerow(["f.jpg", "a draft", "[draft]"])
+    assert "[draft]" in load_dataset(str(path)).label_names
 
 
 def test_karpathy_flickr30k_beside_kaggles_image_folders(tmp_path):

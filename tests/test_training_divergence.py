@@ -9,7 +9,7 @@ import torch
 
 from xmodal import methods
 from xmodal.evaluation.bench import run_bench
-from xmodal.methods._torch import TrainingDivergedError
+from xmodal.methods import ParameterError, TrainingDivergedError
 from xmodal.methods.checks import toy_dataset
 from xmodal.methods.deep.cca import cca_correlation
 
@@ -48,14 +48,15 @@ def test_dcca_trains_with_batches_smaller_than_its_output():
 
 
 def _nan_after(method, steps: int):
+    """``method`` whose training loss turns NaN after ``steps`` steps."""
     calls = {"n": 0}
-    orig = method._batch_loss
+    orig = method._loss
 
     def loss(batch):
         calls["n"] += 1
         out = orig(batch)
         return out * float("nan") if calls["n"] > steps else out
-    method._batch_loss = loss
+    method._loss = loss
     return method
 
 
@@ -76,3 +77,42 @@ def test_bench_reports_a_diverged_fit_and_goes_on(monkeypatch):
                         failures=failures)
     assert [r["method"] for r in records] == ["cca"]
     assert failures and failures[0]["method"] == "contrastive" and "non-finite" in failures[0]["error"]
+
+
+def test_dcca_refuses_reg_zero_and_a_singular_covariance_is_a_divergence():
+    ds = toy_dataset()
+    with pytest.raises(ParameterError, match=r"reg.*> 0"):
+        methods.create("dcca", reg=0.0, epochs=1, verbose=False).fit(ds.subset("train"))
+    H1 = torch.zeros(10, 16)  # dead outputs and no ridge: a singular covariance
+    H1[:, 0] = torch.arange(10.0)
+    with pytest.raises(TrainingDivergedError, match=r"image outputs' covariance is not positive definite.*raise reg"):
+        cca_correlation(H1, torch.randn(10, 16), k=4, r1=0.0)
+
+
+def test_a_diverged_fit_leaves_the_method_unfitted():
+    from xmodal.methods import NotFittedError
+
+    ds = toy_dataset()
+    m = _nan_after(methods.create("contrastive", epochs=3, batch_size=16, verbose=False), steps=6)
+    with pytest.raises(TrainingDivergedError):
+        m.fit(ds.subset("train"), val=ds.subset("val"))
+    assert not hasattr(m, "fitted_") and not hasattr(m, "module_") and not hasattr(m, "_X")
+    with pytest.raises(NotFittedError):
+        m.encode_images(ds.subset("test").image_features)
+
+
+def test_the_divergence_hint_names_only_parameters_the_method_has():
+    ds = toy_dataset()
+    m = _nan_after(methods.create("ssah", bits=16, epochs=2, verbose=False), steps=0)
+    with pytest.raises(TrainingDivergedError) as err:
+        m.fit(ds.subset("train"), val=ds.subset("val"))
+    assert "grad_clip" not in str(err.value)
+
+
+def test_importing_the_bench_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, xmodal.evaluation.bench; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -173,12 +173,15 @@ def _rows(path: Path) -> list[tuple[int | str, dict]]:
     raise DataError(f"{path}: unknown pairs format {path.suffix!r} (use .jsonl or .csv)")
 
 
-def _list_text(text: str, where: str) -> list:
+def _list_text(text: str, where: str) -> list | str:
     """A list written as text in a CSV cell: JSON (``["cat", "dog"]``) or the Python repr that
-    pandas' ``to_csv`` writes for a column of lists (``['cat', 'dog']``)."""
+    pandas' ``to_csv`` writes for a column of lists (``['cat', 'dog']``). A bracketed cell
+    with no quotes that is no JSON (``[draft]``) is the label it always was."""
     try:
         val = json.loads(text)
     except ValueError:
+        if "'" not in text and '"' not in text:
+            return text
         try:
             val = ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):

@@ -21,7 +21,7 @@ from ..methods import ParameterError
 from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
 from ..metrics.ranking import NonFiniteScoresError
-from ..methods._torch import TrainingDivergedError
+from ..methods.base import TrainingDivergedError
 from .protocol import evaluate, evaluate_folds, is_number, mean_scores
 
 SUMMARY_KEYS = ("map", "p@10")
@@ -499,7 +499,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     for NUS-WIDE, ``split="hashing"`` for COCO's own files), recorded in each record and part
     of the ``resume`` match; one the loader does not take is refused, naming it.
     A diverged run (training stopped by a non-finite loss or gradient,
-    :class:`~xmodal.methods._torch.TrainingDivergedError`, or scores that are not finite,
+    :class:`~xmodal.methods.base.TrainingDivergedError`, or scores that are not finite,
     :class:`~xmodal.metrics.ranking.NonFiniteScoresError`) raises, unless ``failures`` is a
     list: the run is then appended to it (``method``, ``bits``, ``seed``, ``error``) and left
     out of the records and of ``resume`` (a rerun tries it again), and the other runs go on.
@@ -699,11 +699,37 @@ def _md(cols: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _run_value(rec: dict, field: str) -> str:
+    """A record's ``field`` as comparable text; the seed's own parameters are no difference."""
+    v = rec.get(field)
+    if field == "params" and isinstance(v, dict):
+        v = {k: x for k, x in v.items() if k not in SEED_OWNED}
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _one_summary_each(summaries: list[dict], what: str) -> None:
+    """Refuse two summaries of one method at one bit length on one dataset (seeds that ran
+    with other parameters, data, tie order or ``--set`` values are never pooled): a table or a
+    plot would show one of them under the method's name and hide the other."""
+    seen: dict[tuple, dict] = {}
+    for r in summaries:
+        key = (r["dataset"], r["method"], r.get("bits"))
+        if key in seen:
+            fields = [f for f in ("settings", "params", "data_digest", "ties", "database_codes", "protocol")
+                      if _run_value(r, f) != _run_value(seen[key], f)]
+            at = f" at {r['bits']} bits" if r.get("bits") else ""
+            raise ValueError(f"{what}: records of {r['method']}{at} on {r['dataset']} differ in "
+                             f"{', '.join(fields) or 'their run'}; pass the records of one run "
+                             "(xmodal bench --resume redoes stale ones)")
+        seen[key] = r
+
+
 def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
     """The survey's table shape for hashing: per dataset, methods x (direction x bits) MAP over
     the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2."""
     out = []
     recs = [r for r in summarize_seeds(records) if r.get("bits")]
+    _one_summary_each(recs, "hashing tables")
     for dsname in dict.fromkeys(r["dataset"] for r in recs):
         mine = {(r["method"], r["bits"]): r for r in recs if r["dataset"] == dsname}
         bits = sorted({b for _, b in mine})
@@ -741,6 +767,7 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
     import matplotlib.pyplot as plt
 
     records = summarize_seeds(records)  # one line per method: the mean over seeds
+    _one_summary_each(records, "PR curves")
     panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
     if not panels:
         raise DataError(f"no record holds a {curve!r}")

@@ -16,7 +16,7 @@ import importlib
 import inspect
 from typing import Any, Callable, TypeVar
 
-from .base import CrossModalMethod, HashingMethod, NotFittedError, ParameterError
+from .base import CrossModalMethod, HashingMethod, NotFittedError, ParameterError, TrainingDivergedError
 
 FAMILIES = ("xmodal.methods.subspace", "xmodal.methods.hashing", "xmodal.methods.deep")
 
@@ -208,5 +208,5 @@ def load(path: str) -> CrossModalMethod:
     return CrossModalMethod.load(path)
 
 
-__all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "register",
+__all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "TrainingDivergedError", "register",
            "create", "get", "available", "describe", "supervision", "first_sentence", "load", "load_plugin"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import PairedDataset
 from ..device import get_device
-from .base import CrossModalMethod, interval, one_of
+from .base import CrossModalMethod, TrainingDivergedError, interval, one_of  # noqa: F401 (re-exported)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -36,11 +36,6 @@ def default_threads() -> int:
     if env.strip().isdigit() and int(env) > 0:
         return int(env)
     return max(1, min(os.cpu_count() or 1, 8))
-
-
-class TrainingDivergedError(ValueError):
-    """Training produced a NaN or infinite loss or gradient: every later step would only
-    spread it through the weights, so the fit stops and names the method, epoch and step."""
 
 
 class TorchMethod(CrossModalMethod):
@@ -175,7 +170,8 @@ class TorchMethod(CrossModalMethod):
                     raise TrainingDivergedError(
                         f"{self.name}: training diverged at epoch {epoch + 1}, step {step + 1} (non-finite "
                         f"{'loss' if not torch.isfinite(loss.detach()) else 'gradient'}); try a lower "
-                        f"learning rate (lr={self.lr}), a larger batch_size or grad_clip")
+                        f"learning rate (lr={self.lr}), a larger batch_size"
+                        + (" or grad_clip" if "grad_clip" in self.get_params() else ""))
                 opt.step()
                 if sched is not None:
                     sched.step()

@@ -24,6 +24,11 @@ from ..data.dataset import DataError, PairedDataset
 FORMAT_VERSION = 1
 
 
+class TrainingDivergedError(ValueError):
+    """Training produced a NaN or infinite loss or gradient: every later step would only
+    spread it through the weights, so the fit stops and names the method, epoch and step."""
+
+
 class NotFittedError(RuntimeError):
     pass
 
@@ -135,6 +140,20 @@ class CrossModalMethod:
         X, Y, L = train.pairs()
         if self.supervised and L is None:
             raise DataError(f"{type(self).__name__} is supervised but dataset {train.name!r} has no labels")
+        before = set(vars(self))
+        try:
+            self._fit_checked(train, val, X, Y, L)
+        except BaseException:
+            # a fit that fails half-way (diverged, interrupted) leaves no half-trained model
+            # behind that encode_* would use: the method is unfitted again
+            for name in set(vars(self)) - before:
+                del self.__dict__[name]
+            vars(self).pop("fitted_", None)
+            raise
+        self.fitted_ = True
+        return self
+
+    def _fit_checked(self, train: PairedDataset, val: PairedDataset | None, X, Y, L) -> None:
         self.image_dim_, self.text_dim_ = int(X.shape[1]), int(Y.shape[1])
         # which encoders made these features: a saved method then refuses others of the same
         # width (mobilenet-v2 vs efficientnet-lite0, both 1280-d) instead of a meaningless space
@@ -146,8 +165,6 @@ class CrossModalMethod:
         self._fit(np.asarray(X, dtype=np.float64 if self._float64 else np.float32),
                   np.asarray(Y, dtype=np.float64 if self._float64 else np.float32),
                   None if L is None else np.asarray(L, dtype=np.float32), train=train, val=val)
-        self.fitted_ = True
-        return self
 
     _float64: ClassVar[bool] = True
 

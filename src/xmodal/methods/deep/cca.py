@@ -11,7 +11,7 @@ from torch import nn
 from .. import register
 from .._solvers import cca_from_covariances, ridge
 from .._torch import mlp
-from ..base import interval
+from ..base import TrainingDivergedError, interval
 from ._common import NONNEG, DeepMethod, Standardize, dims
 
 
@@ -29,7 +29,12 @@ def cca_correlation(H1: torch.Tensor, H2: torch.Tensor, k: int, r1: float = 1e-3
     # Whitening by Cholesky factors (S = L L'): L1^-1 S12 L2^-T has the singular values of
     # S11^-1/2 S12 S22^-1/2, and its gradient stays finite when a covariance has repeated
     # eigenvalues (a batch with fewer rows than outputs), where eigh's does not.
-    L1, L2 = torch.linalg.cholesky(S11), torch.linalg.cholesky(S22)
+    (L1, bad1), (L2, bad2) = torch.linalg.cholesky_ex(S11), torch.linalg.cholesky_ex(S22)
+    if bad1.item() or bad2.item():
+        raise TrainingDivergedError(
+            f"DCCA: the {'image' if bad1.item() else 'text'} outputs' covariance is not positive "
+            f"definite in float32 (ridge {r1 if bad1.item() else r2:g} is too small for outputs of "
+            f"size {float((H1 if bad1.item() else H2).abs().max()):.3g}); raise reg")
     T = torch.linalg.solve_triangular(L1, S12, upper=False)
     T = torch.linalg.solve_triangular(L2, T.T, upper=False).T
     # eigenvalues of T'T are the squared correlations; +eps keeps sqrt's gradient finite
@@ -63,7 +68,8 @@ class _DCCAModule(nn.Module):
 class _DCCABase(DeepMethod):
     _autoencoder: ClassVar[bool] = False
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "n_components": [None, interval(1, None, integer=True)], "reg": NONNEG, "recon_weight": NONNEG}
+        "n_components": [None, interval(1, None, integer=True)], "reg": interval(0, None, closed="right"),
+        "recon_weight": NONNEG}
 
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
         return _DCCAModule(image_dim, text_dim, self.hidden, self.dim, self._autoencoder, self.dropout)
