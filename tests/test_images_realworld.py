@@ -135,3 +135,39 @@ def test_decode_changes_give_the_changed_files_a_new_cache_key(tmp_path):
     copy.parent.mkdir()
     copy.write_bytes(rotated.read_bytes())
     assert enc._item_key(str(copy)) == enc._item_key(str(rotated))
+
+
+# ------------------------------------------------------------------ very large, very thin
+def test_jpeg_over_twice_the_pixel_limit_is_decoded_at_reduced_scale(tmp_path, monkeypatch, effnet):
+    # Pillow refuses a file over twice its limit (89.5 Mpx: a 20000x10000 aerial mosaic) as
+    # soon as it is opened, before JPEG DCT scaling could decode it at 1/8 of its size: the
+    # encoders skipped it as a "decompression bomb" although it costs 2500x1250 pixels.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150_000)  # stands in for 89.5 Mpx
+    big = tmp_path / "mosaic.jpg"
+    _scene((2048, 2048)).save(big, quality=90)  # 4.2 Mpx: over twice the limit
+    crop = load_center_crop(str(big), resize=256, crop=224)
+    assert crop.shape == (224, 224, 3)
+    # the same picture under the limit gives (nearly) the same crop
+    small = tmp_path / "small.jpg"
+    _scene((2048, 2048)).resize((256, 256), Image.BILINEAR).save(small, quality=90)
+    assert np.abs(crop.astype(int) - load_center_crop(str(small), 256, 224).astype(int)).mean() < 4
+    # a phone's multi-picture JPEG (MPO) is decoded at reduced scale too
+    mpo = tmp_path / "phone.jpg"
+    _scene((2048, 2048)).save(mpo, "MPO", save_all=True, append_images=[_scene((64, 64))],
+                              quality=90)
+    with monkeypatch.context() as m:
+        m.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        assert Image.open(mpo).format == "MPO"
+    np.testing.assert_array_equal(load_center_crop(str(mpo), 256, 224), crop)
+    with monkeypatch.context() as m:  # between 1x and 2x the limit: opened as MPO, not JPEG
+        m.setattr(Image, "MAX_IMAGE_PIXELS", 3_000_000)
+        np.testing.assert_array_equal(load_center_crop(str(mpo), 256, 224), crop)
+    X, ok = _encode(effnet, [big, mpo])
+    assert ok.all() and np.isfinite(X).all()
+    # decoded in full it is still refused, by name of the limit; so is a PNG (no DCT scaling)
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        open_image(str(big))
+    png = tmp_path / "mosaic.png"
+    _scene((2048, 2048)).save(png)
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        load_center_crop(str(png), resize=256, crop=224)

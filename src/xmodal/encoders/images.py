@@ -93,16 +93,27 @@ def _decode_tags(fh: Any) -> list[str]:
     return tags
 
 
+def _open_jpeg_unchecked(path: Path) -> Any:
+    """``path`` opened as a JPEG without Pillow's pixel-count check, or None if not a JPEG."""
+    from PIL import JpegImagePlugin
+
+    with open(path, "rb") as fh:
+        if fh.read(3) != b"\xff\xd8\xff":
+            return None
+    return JpegImagePlugin.JpegImageFile(str(path))
+
+
 def open_image(path: str, max_pixels: int | None = None, draft_size: int | None = None) -> Any:
     """Open and fully decode ``path`` as RGB, or raise :class:`ImageReadError`.
 
     ``max_pixels`` (default Pillow's ``Image.MAX_IMAGE_PIXELS``) guards against decompression
     bombs: anything larger is refused before its pixels are decoded. With ``draft_size`` a
     JPEG is decoded at a reduced scale (DCT scaling, down to 1/8), and the limit applies to the
-    pixels decoded: a 12000x12000 aerial photo costs 1500x1500. Pillow itself refuses files
-    over twice its limit when they are opened.
+    pixels decoded: a 12000x12000 aerial photo costs 1500x1500, and so does a JPEG over twice
+    the limit, which Pillow itself refuses to open. Other formats cannot be decoded at reduced
+    scale and are refused over the limit.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
     p = Path(path)
     try:
@@ -117,9 +128,17 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
             # Pillow warns between 1x and 2x its limit: the size is checked below, against
             # the pixels that will really be decoded.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
+            try:
+                im = Image.open(p)
+            except Image.DecompressionBombError:
+                # Over twice Pillow's limit: refused as soon as it is opened, before a JPEG
+                # could be decoded at 1/8 scale. A JPEG is opened without that check; the
+                # pixels really decoded are checked below.
+                im = _open_jpeg_unchecked(p) if draft_size else None
+                if im is None:
+                    raise
             w, h = im.size
-            if draft_size and im.format == "JPEG":
+            if draft_size and isinstance(im, JpegImagePlugin.JpegImageFile):  # MPO too
                 # JPEG DCT scaling: decode big photos at reduced size directly (much faster).
                 im.draft("RGB", (draft_size, draft_size))
             dw, dh = im.size
