@@ -140,20 +140,33 @@ class BodyLimit:
                     declared = -1
                 if declared < 0 or declared > self.limit:
                     return await _plain(send, 413, f"request body over {self.limit} bytes")
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def limited() -> dict:
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                raise _TooLarge()
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _TooLarge()
             return msg
 
+        async def sending(msg: dict) -> None:
+            nonlocal started
+            if over:  # FastAPI's body parser catches _TooLarge and answers 400: the 413 is sent below
+                return
+            started = True
+            await send(msg)
+
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+            await self.app(scope, limited, sending)
+        except Exception:
+            if not over:  # whatever the app made of the cut-off body, it was too large
+                raise
+        if over and not started:
             await _plain(send, 413, f"request body over {self.limit} bytes")
 
 
