@@ -171,3 +171,32 @@ def test_jpeg_over_twice_the_pixel_limit_is_decoded_at_reduced_scale(tmp_path, m
     _scene((2048, 2048)).save(png)
     with pytest.raises(ImageReadError, match="decompression bomb"):
         load_center_crop(str(png), resize=256, crop=224)
+
+
+def test_a_very_thin_image_is_not_resized_whole(tmp_path, monkeypatch, effnet, sift):
+    # Shorter side to 256 then a centre crop: a 2x3000 strip (a 6 kB PNG) was first resized to
+    # 256x384000, ~300 MB, and an upload of 1x30000 would ask for 3.9 GB. Only the crop's part
+    # of the image needs resizing.
+    real_resize = Image.Image.resize
+
+    def resize(self, size, *args, **kw):
+        assert size[0] * size[1] <= 4_000_000, f"resize to {size}"
+        return real_resize(self, size, *args, **kw)
+
+    strip = tmp_path / "strip.png"
+    _scene((2, 3000)).save(strip)
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    assert load_center_crop(str(strip), resize=256, crop=224).shape == (224, 224, 3)
+    for enc in (effnet, sift):
+        X, ok = _encode(enc, [strip])
+        assert ok.all() and np.isfinite(X).all()
+    monkeypatch.undo()
+    # resizing only the crop's region samples exactly as resizing the whole and cropping
+    thin = _scene((12, 600))
+    thin.save(tmp_path / "thin.png")
+    nw, nh = 256, round(600 * 256 / 12)
+    whole = thin.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    top = (nh - 224) // 2
+    ref = np.asarray(whole.crop((16, top, 240, top + 224)), dtype=int)
+    got = load_center_crop(str(tmp_path / "thin.png"), resize=256, crop=224).astype(int)
+    assert np.abs(got - ref).max() <= 1

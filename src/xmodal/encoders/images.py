@@ -160,6 +160,9 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
         raise ImageReadError(f"corrupt or truncated image ({exc})") from exc
 
 
+THIN_RESIZE = 16  # resized images over this many times resize**2 pixels: only the crop resized
+
+
 def load_center_crop(path: str, resize: int, crop: int, max_pixels: int | None = None) -> np.ndarray:
     """Standard ImageNet evaluation preprocessing up to normalisation: shorter side to
     ``resize`` (bilinear), centre ``crop`` x ``crop``; uint8 HxWx3."""
@@ -169,9 +172,16 @@ def load_center_crop(path: str, resize: int, crop: int, max_pixels: int | None =
     w, h = im.size
     scale = resize / min(w, h)
     nw, nh = max(crop, round(w * scale)), max(crop, round(h * scale))
-    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
     left, top = (nw - crop) // 2, (nh - crop) // 2
-    im = im.crop((left, top, left + crop, top + crop))
+    if nw * nh <= THIN_RESIZE * resize * resize:
+        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+        im = im.crop((left, top, left + crop, top + crop))
+    else:
+        # A very thin image (a 2x3000 strip would become 256x384000, ~300 MB): resize only the
+        # crop's part of it, with the same sampling (the filter still reads the pixels around).
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+        im = im.resize((crop, crop), Image.BILINEAR, box=box, reducing_gap=None)
     return np.asarray(im, dtype=np.uint8)
 
 
