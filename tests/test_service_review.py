@@ -113,3 +113,24 @@ def test_a_streamed_body_over_the_limit_answers_413(setup):
                 headers={"Content-Type": "application/json"})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 2
 
+
+def test_thumbnails_are_served_when_the_cache_cannot_be_written(setup, monkeypatch):
+    """A collection on a read-only mount is served read-only by itself (README), but each
+    thumbnail was written to thumbs/ before it was sent: the write's OSError (EROFS, a full
+    disk) made every thumbnail a 500, so the web page showed no pictures."""
+    import errno
+
+    import xmodal.service.app as app_module
+
+    s, c = setup, setup["client"]
+
+    def read_only_disk(dest, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(dest))
+
+    monkeypatch.setattr(app_module, "atomic_write_bytes", read_only_disk)
+    item = s["coll"].list_items("image", 0, 1)[0]
+    r = c.get(f"/api/items/{item.id}/thumbnail", params={"size": 512})  # not cached by other tests
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+    assert not list((s["coll"].path / "thumbs").glob("*_512.jpg"))
+

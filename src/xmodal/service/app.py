@@ -833,5 +833,8 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
     except OSError as exc:
         raise HTTPException(500, f"item {item_id}: cannot read image ({exc})") from None
     data = buf.getvalue()
-    atomic_write_bytes(cached, data)
+    try:
+        atomic_write_bytes(cached, data)
+    except OSError:  # a read-only mount or a full disk: serve it uncached
+        pass
     return data
