@@ -200,3 +200,17 @@ def test_a_very_thin_image_is_not_resized_whole(tmp_path, monkeypatch, effnet, s
     ref = np.asarray(whole.crop((16, top, 240, top + 224)), dtype=int)
     got = load_center_crop(str(tmp_path / "thin.png"), resize=256, crop=224).astype(int)
     assert np.abs(got - ref).max() <= 1
+
+
+# ------------------------------------------------------------------ unreadable formats
+def test_heic_without_a_decoder_is_skipped_naming_the_format(tmp_path, effnet):
+    # An iPhone's .HEIC (Pillow has no HEIF decoder) was reported as "not an image", which
+    # reads as a broken file; the reason now names the format and what to do.
+    heic = tmp_path / "IMG_0001.HEIC"
+    ftyp = b"ftypheic" + b"\0\0\0\0" + b"mif1heic"
+    heic.write_bytes(len(ftyp).to_bytes(4, "big") + ftyp + b"\0" * 200)
+    with pytest.raises(ImageReadError, match="HEIC/HEIF.*convert"):
+        open_image(str(heic))
+    X, ok = _encode(effnet, [heic])
+    assert not ok.any()
+    assert "HEIC/HEIF" in dict(effnet.report_.skipped)[str(heic)]

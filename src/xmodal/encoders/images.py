@@ -93,6 +93,28 @@ def _decode_tags(fh: Any) -> list[str]:
     return tags
 
 
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs",
+                b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def _isobmff_image_kind(path: Path) -> str | None:
+    """"HEIC/HEIF" or "AVIF" for a file whose ISO-BMFF ``ftyp`` box names such a brand (an
+    iPhone photo), else None: Pillow has no HEIF decoder, and AVIF only where built with it."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return None
+    if head[4:8] != b"ftyp":
+        return None
+    size = min(int.from_bytes(head[:4], "big"), len(head))
+    brands = {head[8:12]} | {head[i:i + 4] for i in range(16, size - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    return "HEIC/HEIF" if brands & _HEIF_BRANDS else None
+
+
 def _open_jpeg_unchecked(path: Path) -> Any:
     """``path`` opened as a JPEG without Pillow's pixel-count check, or None if not a JPEG."""
     from PIL import JpegImagePlugin
@@ -153,6 +175,10 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(f"decompression bomb refused ({exc})") from exc
     except UnidentifiedImageError as exc:
+        kind = _isobmff_image_kind(p)
+        if kind:
+            raise ImageReadError(f"unsupported format: {kind} (Pillow here cannot decode it; "
+                                 "convert it to JPEG or PNG)") from exc
         raise ImageReadError("not an image (unknown or unsupported format)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow signals truncated/corrupt data with OSError ("image file is truncated") and,
