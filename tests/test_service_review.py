@@ -134,3 +134,13 @@ def test_thumbnails_are_served_when_the_cache_cannot_be_written(setup, monkeypat
     assert r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
     assert not list((s["coll"].path / "thumbs").glob("*_512.jpg"))
 
+
+def test_a_blank_text_query_answers_422_naming_the_field(setup):
+    """A query of spaces answered 400 "text query is empty": another status than every other
+    bad field (422) and no field named; the batch route already said texts[i]."""
+    c = setup["client"]
+    for r, field in ((c.get("/api/search", params={"q": "   "}), "q"),
+                     (c.post("/api/search", json={"text": " \t\n "}), "text")):
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith(f"{field}: "), r.text
+

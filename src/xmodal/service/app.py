@@ -532,6 +532,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def search_any(req: SearchRequest) -> dict[str, Any]:
         """Model work (text encoding) runs in the thread pool; the vector search itself is
         fast and runs inline, sparing a thread hop per request."""
+        if req.text and not req.text.strip():  # "" is no text at all: "give exactly one" below
+            raise HTTPException(422, "text: blank (only whitespace)")
         if req.check_labels:
             await require_known(req.labels)
         if req.text and req.item_id is None and req.vector is None:
@@ -598,6 +600,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                    target: Literal["image", "text"] | None = None, labels: str = "",
                    exact: bool = False, distinct: bool = False,
                    _: str = Depends(need("read"))) -> dict[str, Any]:
+        if not q.strip():
+            raise HTTPException(422, "q: blank (only whitespace)")
         req = SearchRequest(text=q, k=k, target=target, exact=exact, distinct=distinct,
                             labels=split_labels(labels))
         return await search_any(req)
