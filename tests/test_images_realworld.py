@@ -115,8 +115,9 @@ def test_transparent_pixels_are_composited_on_white(tmp_path):
 
 
 def test_decode_changes_give_the_changed_files_a_new_cache_key(tmp_path):
-    # The feature cache is keyed by file content: rotated and transparent images need a key of
-    # their own, or a rebuild reuses the features cached from the old (sideways, black) decode.
+    # The feature cache is keyed by file content: rotated, transparent and multi-picture JPEG
+    # images need a key of their own, or a rebuild reuses the features cached from the old
+    # (sideways, black, full-scale) decode.
     enc = ImageEncoder.__new__(ImageEncoder)
     scene = _scene()
     plain, rotated = tmp_path / "plain.jpg", tmp_path / "rotated.jpg"
@@ -124,7 +125,10 @@ def test_decode_changes_give_the_changed_files_a_new_cache_key(tmp_path):
     scene.save(rotated, exif=_exif(6))
     upright_tag = tmp_path / "upright_tag.jpg"
     scene.save(upright_tag, exif=_exif(1))
-    files = {"plain": plain, "upright_tag": upright_tag, "rotated": rotated,
+    # a phone's multi-picture JPEG was decoded in full, now at reduced scale like a JPEG
+    mpo = tmp_path / "mpo.jpg"
+    scene.save(mpo, "MPO", save_all=True, append_images=[scene.resize((32, 32))])
+    files = {"plain": plain, "upright_tag": upright_tag, "rotated": rotated, "mpo": mpo,
              **_transparent_files(tmp_path)}
     for name, p in files.items():
         with open(p, "rb") as fh:

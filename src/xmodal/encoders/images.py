@@ -74,7 +74,8 @@ def to_rgb(im: Any) -> Any:
 def _decode_tags(fh: Any) -> list[str]:
     """What :func:`to_rgb` does to an open image file beyond Pillow's plain RGB conversion,
     read from the header only: ``scaled-greyscale`` (16-bit, 32-bit or float greyscale),
-    ``exif-orientation`` (turned upright), ``composited-alpha`` (transparency on white)."""
+    ``exif-orientation`` (turned upright), ``composited-alpha`` (transparency on white),
+    ``mpo-reduced-scale`` (a multi-picture JPEG, DCT-scaled like any JPEG)."""
     from PIL import Image
 
     tags = []
@@ -88,6 +89,8 @@ def _decode_tags(fh: Any) -> list[str]:
                     tags.append("composited-alpha")
                 if _orientation(im) != 1:
                     tags.append("exif-orientation")
+                if im.format == "MPO":
+                    tags.append("mpo-reduced-scale")
     except Exception:  # not an image, or a header Pillow refuses: the decoder reports it
         return []
     return tags
@@ -284,9 +287,10 @@ class ImageEncoder(Encoder):
     def _item_key(self, item: str) -> str:
         with open(item, "rb") as fh:
             key = file_hash(fh)
-            # Images that to_rgb() now decodes differently (high-bit-depth greyscale was clipped
-            # to white, EXIF orientation was ignored, transparent pixels were black) get their
-            # own key, so features cached from the old decode are not reused. Others keep theirs.
+            # Images now decoded differently (high-bit-depth greyscale was clipped to white,
+            # EXIF orientation was ignored, transparent pixels were black, an MPO was decoded
+            # in full) get their own key, so features cached from the old decode are not
+            # reused. Other images keep theirs.
             fh.seek(0)
             tags = _decode_tags(fh)
             if tags:
