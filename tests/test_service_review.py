@@ -144,3 +144,18 @@ def test_a_blank_text_query_answers_422_naming_the_field(setup):
         assert r.status_code == 422, r.text
         assert r.json()["detail"].startswith(f"{field}: "), r.text
 
+
+def test_an_unexpected_failure_answers_json_without_the_exception(setup, monkeypatch):
+    """An error the code did not foresee (an encoder dying, a disk error) answered Starlette's
+    text/plain "Internal Server Error": the web page and API clients expect {"detail": ...}.
+    The exception itself (paths, internals) stays in the server log."""
+    s, c = setup, setup["client"]
+
+    def dies(text):
+        raise RuntimeError("encoder died in /secret/place")
+
+    monkeypatch.setattr(s["coll"], "encode_query_text", dies)
+    r = c.get("/api/search", params={"q": "a beach"})
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert "internal" in r.json()["detail"] and "/secret/place" not in r.text
+

@@ -794,6 +794,13 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def data_error(_: Request, exc: DataError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # JSON as every other error (the page shows `detail`); Starlette re-raises the
+        # exception after this answer, so the traceback goes to the server log, not the client
+        return JSONResponse({"detail": f"internal server error ({type(exc).__name__}); "
+                                       "the server log has the details"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes the input as UTF-8; a lone surrogate (valid JSON:
