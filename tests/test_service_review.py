@@ -159,3 +159,21 @@ def test_an_unexpected_failure_answers_json_without_the_exception(setup, monkeyp
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert "internal" in r.json()["detail"] and "/secret/place" not in r.text
 
+
+def test_an_uploads_captions_have_the_same_limit_as_a_text(setup):
+    """POST /api/texts refuses a text over 10,000 characters; the same text sent as a caption
+    of an upload was stored whole (a 200,000-character caption went into the index)."""
+    import io
+
+    from PIL import Image
+
+    s, c, coll = setup, setup["client"], setup["coll"]
+    w = {"X-API-Key": s["keys"]["write"]}
+    buf = io.BytesIO()
+    Image.open(s["image"]).rotate(15).save(buf, "PNG")
+    before = coll.count()
+    r = c.post("/api/items", files={"file": ("c.png", buf.getvalue(), "image/png")},
+               data={"captions": "a fine caption\n" + "x" * 10001, "key": "long/caption.png"}, headers=w)
+    assert r.status_code == 422 and r.json()["detail"].startswith("captions[1]: "), r.text
+    assert coll.count() == before and coll.id_of("long/caption.png") is None
+

@@ -106,8 +106,11 @@ class BatchSearchRequest(BaseModel):
     distinct: bool = Field(False, description="collapse identical texts into one result")
 
 
+MAX_TEXT = 10000  # characters in a stored text (an added text, an upload's caption)
+
+
 class TextAdd(BaseModel):
-    text: Utf8Str = Field(..., min_length=1, max_length=10000)
+    text: Utf8Str = Field(..., min_length=1, max_length=MAX_TEXT)
     key: Utf8Str | None = None
     pair_id: int | None = None
     labels: list[Utf8Str] = Field(default_factory=list)
@@ -688,6 +691,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         dest = coll.path.resolve() / "files" / f"{digest}{_FORMAT_EXT[fmt]}"  # absolute: any cwd
         labs = check_labels(labels.split(",") if labels.strip() else [], "labels", skip_blank=True)
         caps = [c.strip() for c in captions.splitlines() if c.strip()]
+        for i, cap in enumerate(caps):  # the limit of POST /api/texts
+            if len(cap) > MAX_TEXT:
+                raise HTTPException(422, f"captions[{i}]: over {MAX_TEXT} characters")
 
         def add() -> Any:
             # The bytes go to a name of this request's own, encoded from there without any
