@@ -177,3 +177,72 @@ def test_an_uploads_captions_have_the_same_limit_as_a_text(setup):
     assert r.status_code == 422 and r.json()["detail"].startswith("captions[1]: "), r.text
     assert coll.count() == before and coll.id_of("long/caption.png") is None
 
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def page_of(setup):
+    """The web page over the module's collection in headless chromium (skipped without it)."""
+    from pathlib import Path
+
+    from conftest import serving
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+    with serving(create_app(setup["coll"])) as url, sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        yield lambda: (b.new_page(), url)
+        b.close()
+
+
+@pytest.mark.browser
+def test_the_page_shows_a_validation_error_as_field_and_message(page_of):
+    """A shared link with k=5000 (over the API's 1000) showed the raw pydantic list:
+    'Error 422: [{"type":"less_than_equal","loc":["body","k"],...}]'."""
+    page, url = page_of()
+    page.goto(url + "/#q=a%20beach&k=5000")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Error')")
+    status = page.inner_text("#status")
+    assert status.startswith("Error 422: k: ") and "1000" in status, status
+    assert "loc" not in status and "{" not in status, status
+    page.close()
+
+
+@pytest.mark.browser
+def test_a_slow_answer_does_not_overwrite_a_newer_search(setup, page_of, monkeypatch):
+    """Searches are not cancelled: a slow text query answered after a newer search (a click
+    on a result, a link followed) replaced its results and status, so the page showed the
+    old query's results under the new URL."""
+    import threading
+    import time
+
+    coll = setup["coll"]
+    real = coll.encode_query_text
+    released = threading.Event()
+
+    def slow(text):
+        if "slowly" in text:
+            released.wait(10)
+        return real(text)
+
+    monkeypatch.setattr(coll, "encode_query_text", slow)
+    item = coll.list_items("image", 0, 1)[0].id
+    page, url = page_of()
+    try:
+        page.goto(url + "/#q=searched%20slowly")
+        time.sleep(0.5)  # the slow search is in flight
+        page.evaluate(f"location.hash = 'item={item}&target=image'")  # followed a link: a newer search
+        page.wait_for_function("document.querySelector('#status').textContent.includes('for item')")
+        released.set()
+        time.sleep(1.5)  # the slow answer arrives
+        status = page.inner_text("#status")
+        assert f"for item {item}" in status and "slowly" not in status, status
+        ids = [int(x) for x in page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.id)")]
+        assert item not in ids and ids, ids  # more like this: the item itself left out
+    finally:
+        released.set()
+        page.close()

@@ -45,14 +45,35 @@ function readHash() {
 }
 
 async function errorText(r) {
-  try { const j = await r.json(); return typeof j.detail === "string" ? j.detail : JSON.stringify(j.detail); }
-  catch (e) { return r.statusText; }
+  try {
+    const j = await r.json();
+    if (typeof j.detail === "string") return j.detail;
+    if (Array.isArray(j.detail)) {  // FastAPI's validation errors: "field: message" each
+      return j.detail.map((e) => {
+        const field = (e.loc || []).filter((x) => x !== "body" && x !== "query").join(".");
+        return (field ? field + ": " : "") + e.msg;
+      }).join("; ");
+    }
+    return JSON.stringify(j.detail);
+  } catch (e) { return r.statusText; }
 }
 
+let searchSeq = 0;  // the newest search: an older one's late answer is dropped, not shown
+
 async function search() {
+  const seq = ++searchSeq;
+  try {
+    await runSearch(seq);
+  } catch (e) {  // the server is down or the connection dropped
+    if (seq === searchSeq) setStatus("Error: " + e.message, true);
+  }
+}
+
+async function runSearch(seq) {
   // Datasets repeat captions word for word: show each text once.
   const body = { k: state.k, relevant: [...state.rel], nonrelevant: [...state.nrel], distinct: true };
   if (state.target) body.target = state.target;
+  const what = state.image ? "image " + state.image.name : state.item !== null ? "item " + state.item : "“" + state.q + "”";
   let r;
   setStatus("Searching…");
   if (state.image) {
@@ -75,10 +96,15 @@ async function search() {
     setStatus("");
     return;
   }
-  if (!r.ok) { setStatus("Error " + r.status + ": " + await errorText(r), true); return; }
+  if (seq !== searchSeq) return;
+  if (!r.ok) {
+    const err = await errorText(r);
+    if (seq === searchSeq) setStatus("Error " + r.status + ": " + err, true);
+    return;
+  }
   const data = await r.json();
+  if (seq !== searchSeq) return;
   render(data.results);
-  const what = state.image ? "image " + state.image.name : state.item !== null ? "item " + state.item : "“" + state.q + "”";
   let text = data.results.length + " " + (data.target === "image" ? "images" : "captions") + " for " + what;
   const failed = data.failed_shards || [];  // a routing server's shards that did not answer
   if (failed.length) {
