@@ -218,3 +218,165 @@ def test_heic_without_a_decoder_is_skipped_naming_the_format(tmp_path, effnet):
     X, ok = _encode(effnet, [heic])
     assert not ok.any()
     assert "HEIC/HEIF" in dict(effnet.report_.skipped)[str(heic)]
+
+
+# ------------------------------------------------------------------ odd but readable files
+def _odd_files(d):
+    """Readable files that are not plain 8-bit RGB, each with the RGB picture it must decode to
+    (approximately, where the format is lossy)."""
+    scene = _scene()
+    rng = np.random.default_rng(1)
+    other = Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    out = {}
+
+    def put(name, expect, im, *args, **kw):
+        im.save(d / name, *args, **kw)
+        out[name] = expect
+
+    put("cmyk.jpg", scene, scene.convert("CMYK"), quality=95)
+    put("cmyk.tif", scene.convert("CMYK").convert("RGB"), scene.convert("CMYK"))
+    put("progressive.jpg", scene, scene, quality=95, progressive=True)
+    bw = scene.convert("1")
+    put("bilevel.png", bw.convert("RGB"), bw)
+    g16 = Image.fromarray(np.asarray(scene.convert("L")).astype(np.uint16) * 257)
+    assert g16.mode == "I;16"
+    put("grey16.png", scene.convert("L").convert("RGB"), g16)
+    # UC Merced-style TIFF, 16-bit and multi-page: the first page
+    put("pages16.tif", scene.convert("L").convert("RGB"), g16, save_all=True,
+        append_images=[Image.fromarray(np.zeros((64, 96), np.uint16))])
+    put("anim.gif", scene.quantize(256).convert("RGB"), scene.quantize(256), save_all=True,
+        append_images=[other.quantize(256)])
+    put("anim.webp", scene, scene, save_all=True, append_images=[other], lossless=True)
+    red = Image.new("RGB", (1, 1), (200, 30, 60))
+    put("tiny.png", red, red)
+    put("narrow.png", scene.resize((3, 500)), scene.resize((3, 500)))
+    buf = io.BytesIO()
+    scene.save(buf, "PNG")
+    (d / "png-named.jpg").write_bytes(buf.getvalue())  # a PNG with the wrong extension
+    out["png-named.jpg"] = scene
+    return out
+
+
+def test_odd_but_readable_files_decode_to_their_picture(tmp_path, effnet, sift):
+    odd = _odd_files(tmp_path)
+    for name, expect in odd.items():
+        got = np.asarray(open_image(str(tmp_path / name)), dtype=int)
+        want = np.asarray(expect, dtype=int)
+        assert got.shape == want.shape, name
+        assert np.abs(got - want).mean() < 3, name  # lossy JPEG/CMYK within a few levels
+    # the first frame, not the second
+    first = np.asarray(open_image(str(tmp_path / "anim.webp")), dtype=int)
+    np.testing.assert_array_equal(first, np.asarray(_scene(), dtype=int))
+    # every one encodes, in one batch with worker processes as in a big run and one at a time
+    paths = [tmp_path / n for n in odd]
+    for enc in (effnet, sift):
+        X, ok = _encode(enc, paths)
+        assert ok.all() and np.isfinite(X).all(), enc.spec
+        one = np.stack([_encode(enc, [p])[0][0] for p in paths[:3]])
+        np.testing.assert_allclose(one, X[:3], rtol=1e-4, atol=1e-5)
+        workers = enc.num_workers
+        enc.num_workers = 2
+        try:
+            Xw = enc.encode([str(p) for p in paths], batch_size=4, progress=False, cache_dir=False)
+        finally:
+            enc.num_workers = workers
+        np.testing.assert_allclose(Xw, X, rtol=1e-4, atol=1e-5)
+    # a PNG named .jpg is the same image as that PNG named .png
+    (tmp_path / "named-right.png").write_bytes((tmp_path / "png-named.jpg").read_bytes())
+    X, _ = _encode(effnet, [tmp_path / "png-named.jpg", tmp_path / "named-right.png"])
+    np.testing.assert_array_equal(X[0], X[1])
+
+
+# ------------------------------------------------------------------ broken files
+def _broken_files(d) -> dict[str, str]:
+    """Unusable files, each with a word its skip reason must contain."""
+    good = io.BytesIO()
+    _scene((640, 480)).save(good, "JPEG", quality=90)
+    data = good.getvalue()
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "cut-short.jpg").write_bytes(data[: len(data) // 2])  # a download cut short
+    png = io.BytesIO()
+    _scene((640, 480)).save(png, "PNG")
+    (d / "cut-short.png").write_bytes(png.getvalue()[: len(png.getvalue()) // 2])
+    (d / "readme.jpg").write_text("this is a text file named .jpg\n")
+    ftyp = b"ftypheic\0\0\0\0mif1heic"
+    (d / "IMG_0001.png").write_bytes(len(ftyp).to_bytes(4, "big") + ftyp + b"\0" * 64)
+    return {"empty.jpg": "empty", "cut-short.jpg": "truncated", "cut-short.png": "truncated",
+            "readme.jpg": "not an image", "IMG_0001.png": "HEIC"}
+
+
+def test_broken_files_are_skipped_by_name_with_the_reason(tmp_path, effnet, sift, caplog):
+    broken = _broken_files(tmp_path)
+    good = tmp_path / "good.png"
+    _scene().save(good)
+    paths = [str(good)] + [str(tmp_path / n) for n in broken] + [str(good)]
+    for enc in (effnet, sift):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="xmodal.encoders"):
+            X, ok = _encode(enc, paths)
+        assert ok.tolist() == [True] + [False] * len(broken) + [True], enc.spec
+        np.testing.assert_array_equal(X[0], X[-1])
+        reasons = dict(enc.report_.skipped)
+        for name, word in broken.items():
+            assert word in reasons[str(tmp_path / name)], (enc.spec, name, reasons)
+            assert any(str(tmp_path / name) in r.getMessage() and word in r.getMessage()
+                       for r in caplog.records), (enc.spec, name)
+
+
+# ------------------------------------------------------------------ xmodal index on a folder
+def test_index_a_folder_mixing_good_odd_and_broken_files(tmp_path_factory, caplog):
+    from typer.testing import CliRunner
+
+    from conftest import ucm_caption_folder
+    from xmodal.cli import app
+    from xmodal.index import Collection
+
+    root, folder, _, mp = ucm_caption_folder(tmp_path_factory, "realworld", 300)  # 7 captioned
+    try:
+        odd = _odd_files(folder)
+        broken = _broken_files(folder)
+        rotated = folder / "phone.jpg"
+        _scene().save(rotated, quality=95, exif=_exif(6))
+        coll = root / "c.xmc"
+        with caplog.at_level(logging.WARNING, logger="xmodal.encoders"):
+            r = CliRunner().invoke(app, ["index", str(folder), "-c", str(coll), "--image-encoder",
+                                         "efficientnet-lite0", "--text-encoder", "tfidf"])
+        assert r.exit_code == 0, r.output
+        assert f"skipping {len(broken)} unreadable image(s)" in r.output
+        # each broken file named, with its reason (on stderr: Python's last-resort log
+        # handler, which pytest's own log handlers replace here)
+        lines = [rec.getMessage() for rec in caplog.records]
+        for name, word in broken.items():
+            assert any(name in ln and word in ln for ln in lines), (name, lines)
+        c = Collection.open(coll)
+        try:
+            for name in broken:
+                assert c.id_of(name) is None, name
+            # odd files are indexed, as the search path (and an HTTP upload) encodes them
+            for name in [*(n for n in odd if not n.endswith(".gif")), rotated.name]:
+                item = c.id_of(name)
+                assert item is not None, name
+                stored, _ = c.item_vectors([item])
+                query, _ = c.encode_query_image(folder / name)
+                a, b = stored.ravel(), query.ravel()  # stored unit-length
+                assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.9999, name
+        finally:
+            c.close()
+    finally:
+        mp.undo()
+
+
+@pytest.mark.xfail(strict=True, reason="data/karpathy.py IMAGE_EXTENSIONS lacks .gif, .avif, "
+                   ".heic/.heif: such files are silently left out of `xmodal index` (reported)")
+def test_index_scans_gif_avif_and_heic_files(tmp_path):
+    from xmodal.index.build import scan_folder
+
+    scene = _scene()
+    scene.save(tmp_path / "a.jpg")
+    scene.save(tmp_path / "anim.gif")
+    scene.save(tmp_path / "photo.avif")
+    ftyp = b"ftypheic\0\0\0\0mif1heic"
+    (tmp_path / "IMG_0001.HEIC").write_bytes(len(ftyp).to_bytes(4, "big") + ftyp + b"\0" * 64)
+    images, _ = scan_folder(tmp_path)
+    # the HEIC must reach the encoder, to be skipped there with its reason, not vanish
+    assert sorted(i.key for i in images) == ["IMG_0001.HEIC", "a.jpg", "anim.gif", "photo.avif"]
