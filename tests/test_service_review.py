@@ -178,6 +178,24 @@ def test_an_uploads_captions_have_the_same_limit_as_a_text(setup):
     assert coll.count() == before and coll.id_of("long/caption.png") is None
 
 
+
+def test_nan_or_infinite_numbers_in_a_search_answer_422_naming_the_field(setup):
+    """NaN / Infinity (Python's json and many clients write them) in `vector` or the Rocchio
+    weights passed validation: the answer was "vectors hold NaN or inf" naming no field, or
+    with no feedback ids a 200 as if the weight were fine."""
+    c = setup["client"]
+    some = setup["coll"].list_items("image", 0, 1)[0].id
+    width = setup["coll"].dim
+    cases = [('{"vector": [NaN%s]}' % (", 0" * (width - 1)), "vector"),
+             ('{"vector": [Infinity%s]}' % (", 0" * (width - 1)), "vector"),
+             ('{"text": "a beach", "alpha": NaN}', "alpha"),
+             ('{"text": "a beach", "beta": Infinity, "relevant": [%d]}' % some, "beta"),
+             ('{"text": "a beach", "gamma": -Infinity, "nonrelevant": [%d]}' % some, "gamma")]
+    for body, field in cases:
+        r = post_raw(c, "/api/search", body)
+        assert r.status_code == 422, (body[:60], r.text)
+        assert r.json()["detail"][0]["loc"][:2] == ["body", field], (body[:60], r.text)
+
 CHROMIUM = "/usr/bin/chromium"
 
 

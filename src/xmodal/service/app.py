@@ -69,6 +69,11 @@ Utf8Str = Annotated[str, AfterValidator(_utf8)]
 LabelStr = Annotated[str, AfterValidator(_utf8), AfterValidator(str.strip)]
 
 
+# NaN / Infinity are valid to Python's json and to pydantic's float: refused by field here,
+# not as "vectors hold NaN or inf" deep in the search
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 def split_labels(labels: str) -> list[str]:
     """A comma-separated filter from a query string or form: trimmed, blanks dropped."""
     return [x.strip() for x in labels.split(",") if x.strip()]
@@ -77,7 +82,7 @@ def split_labels(labels: str) -> list[str]:
 class SearchRequest(BaseModel):
     text: Utf8Str | None = Field(None, description="text query", max_length=2000)
     item_id: int | None = Field(None, description="an item's id: more like this")
-    vector: list[float] | None = Field(None, description="a common-space vector; for binary "
+    vector: list[Finite] | None = Field(None, description="a common-space vector; for binary "
                                        "collections the packed code bytes (0..255)", max_length=65536)
     target: Literal["image", "text"] | None = Field(None, description="modality of results "
                                                     "(default: the other modality)")
@@ -87,9 +92,9 @@ class SearchRequest(BaseModel):
     distinct: bool = Field(False, description="collapse identical texts into one result")
     relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
     nonrelevant: list[int] = Field(default_factory=list, description="ids marked not relevant")
-    alpha: float = 1.0
-    beta: float = 0.75
-    gamma: float = 0.25
+    alpha: Finite = 1.0
+    beta: Finite = 0.75
+    gamma: Finite = 0.25
     space: Utf8Str | None = Field(None, description="the common-space fingerprint the caller encoded "
                               "`vector` in (a routing server's check); another space answers 409")
     check_labels: bool = Field(True, description="a label no item has answers 422 (a routing server "
