@@ -380,3 +380,32 @@ def test_index_scans_gif_avif_and_heic_files(tmp_path):
     images, _ = scan_folder(tmp_path)
     # the HEIC must reach the encoder, to be skipped there with its reason, not vanish
     assert sorted(i.key for i in images) == ["IMG_0001.HEIC", "a.jpg", "anim.gif", "photo.avif"]
+
+
+def test_the_cache_key_reads_headers_only(tmp_path, monkeypatch):
+    # Looking for an EXIF Orientation made Pillow decode every PNG in full (PngImageFile's
+    # getexif loads the image when the header has no eXIf chunk): the cache key of a folder
+    # of big PNGs cost a full decode each, in the main process and without the pixel limit.
+    from PIL import ImageFile
+
+    scene = _scene()
+    files = [tmp_path / "plain.png", tmp_path / "alpha.png", tmp_path / "exif.png",
+             tmp_path / "a.jpg", tmp_path / "a.webp", tmp_path / "a.tif", tmp_path / "a.gif"]
+    scene.save(files[0])
+    scene.convert("RGBA").save(files[1])
+    scene.save(files[2], exif=_exif(6))
+    for f in files[3:]:
+        scene.save(f)
+    loads = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self):
+        loads.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    enc = ImageEncoder.__new__(ImageEncoder)
+    keys = [enc._item_key(str(f)) for f in files]
+    assert loads == []
+    with open(files[2], "rb") as fh:
+        assert keys[2] != file_hash(fh)  # the tag in a PNG header is still seen

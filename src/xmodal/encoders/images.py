@@ -24,8 +24,12 @@ class ImageReadError(Exception):
 EXIF_ORIENTATION = 0x0112  # TIFF/EXIF tag 274
 
 
-def _orientation(im: Any) -> int:
-    """The EXIF Orientation of an open image (1, "upright as stored", when absent or bad)."""
+def _orientation(im: Any, header_only: bool = False) -> int:
+    """The EXIF Orientation of an open image (1, "upright as stored", when absent or bad).
+    ``header_only``: never decode pixels (Pillow's PNG getexif() loads the whole image to find
+    an eXIf chunk after the pixel data; one written before it, as usual, is in the header)."""
+    if header_only and im.format == "PNG" and "exif" not in im.info:
+        return 1
     try:
         o = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a malformed EXIF block: the pixels are still fine
@@ -87,7 +91,7 @@ def _decode_tags(fh: Any) -> list[str]:
                     tags.append("scaled-greyscale")
                 elif _transparent(im):
                     tags.append("composited-alpha")
-                if _orientation(im) != 1:
+                if _orientation(im, header_only=True) != 1:
                     tags.append("exif-orientation")
                 if im.format == "MPO":
                     tags.append("mpo-reduced-scale")
