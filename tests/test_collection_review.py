@@ -44,7 +44,7 @@ def test_a_failed_small_add_leaves_the_generation_as_the_store_has_it(tmp_path):
     S.add_items([ImageItem("a#0", str(a))], image_features=unit(rng, 1))
     gen = S.store.generation()
     # an upload 'a' whose caption key 'a#0' is already an image: the shared transaction fails
-    with pytest.raises(Exception, match="already a image item"):
+    with pytest.raises(Exception, match="already an image item"):
         S.add_items([ImageItem("a", str(b))], [TextItem("a#0", "caption", pair_key="a")],
                     image_features=unit(rng, 1), text_features=unit(rng, 1))
     assert S.store.generation() == gen and S._gen == gen

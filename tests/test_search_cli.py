@@ -30,6 +30,9 @@ def test_search_with_a_label_no_item_has_is_an_error_naming_it(tmp_path):
     ok = run("search", "-c", path, "--item", 1, "--label", "forest", "--target", "image")
     assert ok.exit_code == 0, ok.output
     assert len(ok.output.strip().splitlines()) == 3
+    # labels are stored trimmed: a filter typed with a space means the same label (as over HTTP)
+    padded = run("search", "-c", path, "--item", 1, "--label", " forest ", "--target", "image")
+    assert padded.exit_code == 0 and padded.output == ok.output
 
 
 def test_search_of_a_collection_without_targets_says_so(tmp_path):

@@ -263,6 +263,7 @@ def register(app: typer.Typer) -> None:
         from ..index import CollectionError
         from ..index.shards import check_labels, open_shards
 
+        label = [lab.strip() for lab in label if lab.strip()]  # stored labels are trimmed (as HTTP's)
         try:
             coll = (open_shards(collection, shard, api_key=api_key, timeout=shard_timeout) if sharded
                     else _open(collection[0]))

@@ -1412,7 +1412,8 @@ class Collection:
         old = self._lookup(c, "SELECT key, id, modality FROM items WHERE key IN ({})", list(keys))
         for key, (old_id, old_mod) in old.items():
             if old_mod != modality:
-                raise DataError(f"item key {key!r} is already a {old_mod} item")
+                raise DataError(f"item key {key!r} is already an {old_mod} item" if old_mod == "image"
+                                else f"item key {key!r} is already a {old_mod} item")
             replaced.append(old_id)
         # the replaced images' files and thumbnails, dropped after COMMIT if nothing uses them
         files = [tuple(r) for i in (replaced if modality == "image" else ())
