@@ -409,3 +409,26 @@ def test_the_cache_key_reads_headers_only(tmp_path, monkeypatch):
     assert loads == []
     with open(files[2], "rb") as fh:
         assert keys[2] != file_hash(fh)  # the tag in a PNG header is still seen
+
+
+def test_an_image_too_large_to_decode_is_refused_saying_what_to_do(tmp_path, monkeypatch, effnet):
+    # A legitimate 12000x9000 PNG orthophoto (108 Mpx, over Pillow's 89.5 Mpx) was skipped as a
+    # "decompression bomb" with no hint that a JPEG of it would be read (at reduced scale).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # stands in for 89.5 Mpx
+    over, far_over = tmp_path / "ortho.png", tmp_path / "mosaic.tif"
+    _scene((400, 300)).save(over)        # 1.2x the limit: Pillow only warns
+    _scene((600, 400)).save(far_over)    # 2.4x: Pillow refuses to open it
+    X, ok = _encode(effnet, [over, far_over])
+    assert not ok.any()
+    reasons = dict(effnet.report_.skipped)
+    assert "400x300 = 120000 pixels" in reasons[str(over)]
+    for p in (over, far_over):
+        assert "decompression bomb" in reasons[str(p)] and "100000" in reasons[str(p)], reasons
+        assert "JPEG" in reasons[str(p)], reasons
+    # a JPEG too large even at 1/8 scale gets no advice to save it as JPEG
+    jpg = tmp_path / "huge.jpg"
+    _scene((1600, 1600)).save(jpg)  # 200x200 at 1/8: still over a 30000 limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)
+    with pytest.raises(ImageReadError, match="decoded at 200x200") as err:
+        load_center_crop(str(jpg), 16, 16)
+    assert "JPEG" not in str(err.value)

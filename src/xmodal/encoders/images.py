@@ -7,6 +7,7 @@ boundary) and the main process only runs the model."""
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -122,13 +123,27 @@ def _isobmff_image_kind(path: Path) -> str | None:
     return "HEIC/HEIF" if brands & _HEIF_BRANDS else None
 
 
+def _is_jpeg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return False
+
+
+def _too_large_hint(path: Path) -> str:
+    """What to do with an image over the pixel limit (a JPEG is already read at 1/8 scale)."""
+    if _is_jpeg(path):
+        return ""
+    return "; only a JPEG is decoded at reduced scale (up to 1/8): save it as JPEG, or downscale it"
+
+
 def _open_jpeg_unchecked(path: Path) -> Any:
     """``path`` opened as a JPEG without Pillow's pixel-count check, or None if not a JPEG."""
     from PIL import JpegImagePlugin
 
-    with open(path, "rb") as fh:
-        if fh.read(3) != b"\xff\xd8\xff":
-            return None
+    if not _is_jpeg(path):
+        return None
     return JpegImagePlugin.JpegImageFile(str(path))
 
 
@@ -174,13 +189,16 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
             if limit and dw * dh > limit:
                 scaled = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
                 raise ImageReadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels{scaled} "
-                                     f"exceeds the limit of {limit}")
+                                     f"exceeds the limit of {limit}{_too_large_hint(p)}")
             im.load()
             return to_rgb(im)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"decompression bomb refused ({exc})") from exc
+        # Pillow's message names twice its limit; say ours, and the pixel count it found.
+        n = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{n.group(1)} pixels exceeds the limit of {limit}" if n else str(exc)
+        raise ImageReadError(f"decompression bomb refused: {what}{_too_large_hint(p)}") from exc
     except UnidentifiedImageError as exc:
         kind = _isobmff_image_kind(p)
         if kind:
