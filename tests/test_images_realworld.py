@@ -366,8 +366,6 @@ def test_index_a_folder_mixing_good_odd_and_broken_files(tmp_path_factory, caplo
         mp.undo()
 
 
-@pytest.mark.xfail(strict=True, reason="data/karpathy.py IMAGE_EXTENSIONS lacks .gif, .avif, "
-                   ".heic/.heif: such files are silently left out of `xmodal index` (reported)")
 def test_index_scans_gif_avif_and_heic_files(tmp_path):
     from xmodal.index.build import scan_folder
 

@@ -132,7 +132,7 @@ def test_thumbnails_are_served_when_the_cache_cannot_be_written(setup, monkeypat
     r = c.get(f"/api/items/{item.id}/thumbnail", params={"size": 512})  # not cached by other tests
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
-    assert not list((s["coll"].path / "thumbs").glob("*_512.jpg"))
+    assert not list((s["coll"].path / "thumbs").glob("*_512*.jpg"))
 
 
 def test_a_blank_text_query_answers_422_naming_the_field(setup):
@@ -264,3 +264,44 @@ def test_a_slow_answer_does_not_overwrite_a_newer_search(setup, page_of, monkeyp
     finally:
         released.set()
         page.close()
+
+
+def test_uploads_accept_phone_formats_and_check_large_jpegs_as_decoded():
+    import io
+
+    from fastapi import HTTPException
+    from PIL import Image
+
+    from xmodal.service.app import check_image_bytes
+
+    def saved(fmt: str, size=(200, 160)) -> bytes:
+        buf = io.BytesIO()
+        im = Image.new("RGB", size, (120, 30, 200))
+        extra = {"save_all": True, "append_images": [im.copy()]} if fmt == "MPO" else {}
+        im.save(buf, fmt, **extra)
+        return buf.getvalue()
+
+    assert check_image_bytes(saved("MPO")) == "MPO"  # many phones write multi-picture JPEGs
+    # a JPEG over the pixel limit is read at reduced scale, as the encoders read it ...
+    assert check_image_bytes(saved("JPEG"), max_pixels=200 * 160 // 16) == "JPEG"
+    # ... other formats, and JPEGs too large even at 1/8 scale, are refused
+    for data in (saved("PNG"), saved("JPEG", (2000, 1600))):
+        with pytest.raises(HTTPException) as err:
+            check_image_bytes(data, max_pixels=200 * 160 // 16)
+        assert err.value.status_code == 413
+
+
+def test_thumbnails_cached_by_an_older_xmodal_are_not_served(setup):
+    """Older thumbnails were decoded without the EXIF orientation and with transparency on
+    black: a cached one under the old name is made anew, not served."""
+    from xmodal.index.collection import thumb_file
+
+    s, c = setup, setup["client"]
+    item = s["coll"].list_items("image", 1, 1)[0]
+    tag = s["coll"].store.query("SELECT content_hash FROM items WHERE id = ?", (item.id,))[0][0]
+    old = s["coll"].path / "thumbs" / f"{tag}_256.jpg"
+    old.parent.mkdir(exist_ok=True)
+    old.write_bytes(b"\xff\xd8 an old sideways thumbnail")
+    r = c.get(f"/api/items/{item.id}/thumbnail", params={"size": 256})
+    assert r.status_code == 200 and r.content != old.read_bytes()
+    assert thumb_file(s["coll"].path / "thumbs", tag, 256).read_bytes() == r.content

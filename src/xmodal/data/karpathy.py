@@ -23,7 +23,9 @@ from .dataset import DataError, PairedDataset, one_hot, read_text
 
 # Karpathy's split names ("restval" counts as train); the evaluation reads these.
 KNOWN_SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# HEIC/HEIF are listed so that a folder's phone photos reach the encoder, which skips them by
+# name with the reason where Pillow has no decoder for them (rather than leaving them out unsaid).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".avif", ".heic", ".heif")
 # Image-text matching papers (VSE++, SCAN, ...) keep the first five captions of each COCO image
 # (25,000 for the 5K test); Karpathy's file gives some images six or seven.
 COCO_CAPTIONS = 5

@@ -139,7 +139,15 @@ def _ids(ids: Iterable[int]) -> list[int]:
     return [i for i in (int(x) for x in ids) if -MAX_ID - 1 <= i <= MAX_ID]
 
 
-THUMB_SIZES = (128, 256, 512)  # thumbnail sizes the service makes (thumbs/<hash>_<size>.jpg)
+THUMB_SIZES = (128, 256, 512)  # thumbnail sizes the service makes (thumb_file)
+# v2: decoded upright (EXIF orientation) with transparency on white; older names not reused
+THUMB_SUFFIXES = ("_v2.jpg", ".jpg")  # the current name first, then the older ones
+
+
+def thumb_file(thumbs: Path, tag: str, size: int) -> Path:
+    """Where the service caches an item's thumbnail of ``size`` (``tag``: its content hash,
+    or ``id<N>`` for an item stored without one)."""
+    return thumbs / f"{tag}_{size}{THUMB_SUFFIXES[0]}"
 _sep_files = os.sep + "files" + os.sep  # uploads are stored as <collection>/files/<sha256>.<ext>
 
 
@@ -1551,13 +1559,16 @@ class Collection:
         own = {name for name in (self._upload_name(p) for p, _, _ in files) if name}
         for name in sorted(own - self.uploads_in_use(own)):
             (uploads / name).unlink(missing_ok=True)
+        def names(tag: str) -> list[Path]:  # current and older names
+            return [thumbs / f"{tag}_{size}{suffix}" for size in THUMB_SIZES for suffix in THUMB_SUFFIXES]
+
         for _, digest, item_id in files:
-            for size in THUMB_SIZES:  # ids are never reused: a thumbnail made without a hash goes
-                (thumbs / f"id{item_id}_{size}.jpg").unlink(missing_ok=True)
-        cached = [d for _, d, _ in files if d and any((thumbs / f"{d}_{s}.jpg").exists() for s in THUMB_SIZES)]
+            for f in names(f"id{item_id}"):  # ids are never reused: a thumbnail made without a hash goes
+                f.unlink(missing_ok=True)
+        cached = [d for _, d, _ in files if d and any(f.exists() for f in names(d))]
         for digest in set(cached) - self._in_use("content_hash", cached):
-            for size in THUMB_SIZES:
-                (thumbs / f"{digest}_{size}.jpg").unlink(missing_ok=True)
+            for f in names(digest):
+                f.unlink(missing_ok=True)
 
     def _upload_name(self, path: str | None) -> str | None:
         """The name in this collection's ``files/`` that an item's ``path`` stands for (through

@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
-from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
+from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, thumb_file, Hit, ImageItem, ReadOnlyError, TextItem,
                                 check_key, encode_items, read_only_error)
 from ..index.shards import RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels
 from . import auth
@@ -50,7 +50,11 @@ ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "unchanged: the same item was already stored (sent again); nothing written, "
                          "`id` and `item` are the existing item"},
 }
-_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+# MPO: the multi-picture JPEG many phones write (its first picture is a plain JPEG)
+_FORMAT_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
+               "WEBP": ".webp", "AVIF": ".avif"}
+# a JPEG is checked as decoded at up to 1/8 scale, as the encoders read it
+_JPEG_SCALE = 8
 
 
 # ------------------------------------------------------------------------- models
@@ -271,7 +275,10 @@ def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_I
         with im:
             w, h = im.size  # read from the header: nothing decoded yet
             fmt = im.format
-            if w * h > max_pixels:
+            if fmt in ("JPEG", "MPO") and w * h > max_pixels:
+                # a large phone photo: decoded (and so checked) at reduced scale, as encoded
+                im.draft("RGB", (-(-w // _JPEG_SCALE), -(-h // _JPEG_SCALE)))
+            if im.size[0] * im.size[1] > max_pixels:
                 raise HTTPException(413, f"{name}: image is {w}x{h} = {w * h} pixels, over the "
                                          f"limit of {max_pixels} (decompression bomb guard)")
             if fmt not in _FORMAT_EXT:
@@ -830,7 +837,7 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
 
     rows = coll.store.query("SELECT content_hash FROM items WHERE id = ?", (item_id,))
     tag = rows[0][0] if rows and rows[0][0] else f"id{item_id}"
-    cached = coll.path / "thumbs" / f"{tag}_{size}.jpg"
+    cached = thumb_file(coll.path / "thumbs", tag, size)
     if cached.exists():
         return cached.read_bytes()
     # The collection's own images were indexed under the encoders' limit (Pillow's, ~89 Mpx:
