@@ -430,3 +430,41 @@ def test_an_image_too_large_to_decode_is_refused_saying_what_to_do(tmp_path, mon
     with pytest.raises(ImageReadError, match="decoded at 200x200") as err:
         load_center_crop(str(jpg), 16, 16)
     assert "JPEG" not in str(err.value)
+
+
+def test_progressive_jpegs_are_judged_by_their_full_size(tmp_path):
+    """DCT scaling shrinks only the output: a progressive (or multi-scan) JPEG keeps every
+    coefficient of the full image in memory, so only a sequential single-scan JPEG may be
+    checked against the pixel limit at its reduced scale (a 1 MB progressive file of 23170²
+    took 1 GB at 1/8 scale)."""
+    from xmodal.encoders.images import jpeg_decodes_small
+
+    scene = _scene((400, 320))
+    exif = Image.Exif()
+    exif[0x010F] = "maker \xff\xda inside APP1"  # an SOS-like byte pair inside an EXIF block
+    scene.save(tmp_path / "base.jpg", quality=90, exif=exif)
+    scene.save(tmp_path / "prog.jpg", quality=90, progressive=True)
+    with open(tmp_path / "base.jpg", "rb") as fh:
+        assert jpeg_decodes_small(fh) and fh.tell() == 0
+    with open(tmp_path / "prog.jpg", "rb") as fh:
+        assert not jpeg_decodes_small(fh)
+    limit = 400 * 320 // 16  # the 1/8-scale decode (50x40) is under it, the full size is not
+    assert open_image(str(tmp_path / "base.jpg"), limit, draft_size=40).size == (50, 40)
+    with pytest.raises(ImageReadError, match=r"decompression bomb refused: 400x320 = 128000 pixels exceeds"):
+        open_image(str(tmp_path / "prog.jpg"), limit, draft_size=40)
+
+
+def test_png_orientation_from_xmp_is_seen_from_the_header(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    from xmodal.encoders.images import _orientation
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+           '</rdf:RDF></x:xmpmeta>')
+    info = PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    _scene().save(tmp_path / "xmp.png", pnginfo=info)
+    with Image.open(tmp_path / "xmp.png") as im:
+        assert _orientation(im) == 6
+        assert _orientation(im, header_only=True) == 6

@@ -305,3 +305,47 @@ def test_thumbnails_cached_by_an_older_xmodal_are_not_served(setup):
     r = c.get(f"/api/items/{item.id}/thumbnail", params={"size": 256})
     assert r.status_code == 200 and r.content != old.read_bytes()
     assert thumb_file(s["coll"].path / "thumbs", tag, 256).read_bytes() == r.content
+
+
+def test_a_large_single_scan_jpeg_gets_a_thumbnail_and_uploads_scale_down_exactly(tmp_path, monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+    from PIL import Image
+
+    import xmodal.service.app as app_module
+    from xmodal.service.app import check_image_bytes, make_thumbnail
+
+    # over twice Pillow's limit, which refuses it at open: decoded at 1/8 scale as the encoders do
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
+    monkeypatch.setattr(app_module, "MAX_IMAGE_PIXELS", 4000)
+    Image.new("RGB", (400, 320), (10, 200, 30)).save(tmp_path / "big.jpg")
+    coll = SimpleNamespace(store=SimpleNamespace(query=lambda *a: []), path=tmp_path / "coll")
+    thumb = Image.open(io.BytesIO(make_thumbnail(coll, 7, str(tmp_path / "big.jpg"), 32)))
+    assert max(thumb.size) == 32
+    monkeypatch.undo()
+    # a side that is no multiple of 8 still decodes at 1/8 (not 1/4) for the check
+    buf = io.BytesIO()
+    Image.new("RGB", (2001, 1601), (1, 2, 3)).save(buf, "JPEG")
+    assert check_image_bytes(buf.getvalue(), max_pixels=260 * 210) == "JPEG"
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 320), (1, 2, 3)).save(buf, "JPEG", progressive=True)
+    with pytest.raises(HTTPException) as err:  # progressive: its memory follows the full size
+        check_image_bytes(buf.getvalue(), max_pixels=400 * 320 // 16)
+    assert err.value.status_code == 413
+
+
+def test_validation_errors_are_strict_json_and_blank_list_labels_are_dropped(setup):
+    import json
+
+    c = setup["client"]
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a JSON answer"))
+
+    r = post_raw(c, "/api/search", '{"vector": [NaN, 1.0], "k": Infinity}')
+    assert r.status_code == 422
+    assert {tuple(e["loc"])[-1] for e in strict(r.text)["detail"]} >= {"k"}
+    r = c.post("/api/search", json={"text": "a river", "labels": [" ", ""]})
+    assert r.status_code == 200, r.text

@@ -29,8 +29,9 @@ def _orientation(im: Any, header_only: bool = False) -> int:
     """The EXIF Orientation of an open image (1, "upright as stored", when absent or bad).
     ``header_only``: never decode pixels (Pillow's PNG getexif() loads the whole image to find
     an eXIf chunk after the pixel data; one written before it, as usual, is in the header)."""
-    if header_only and im.format == "PNG" and "exif" not in im.info:
-        return 1
+    if header_only and im.format == "PNG" and not any(
+            k in im.info for k in ("exif", "Raw profile type exif", "XML:com.adobe.xmp")):
+        return 1  # no EXIF in the header, nor the text chunks Pillow also reads it from
     try:
         o = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # a malformed EXIF block: the pixels are still fine
@@ -138,12 +139,67 @@ def _too_large_hint(path: Path) -> str:
     return "; only a JPEG is decoded at reduced scale (up to 1/8): save it as JPEG, or downscale it"
 
 
+# start-of-frame markers of sequential DCT JPEGs (baseline, extended); every other SOFn is
+# progressive, lossless or hierarchical
+_SEQUENTIAL_SOF = (0xC0, 0xC1)
+_OTHER_SOF = (0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+
+
+def jpeg_decodes_small(fh: Any) -> bool:
+    """Whether the JPEG in the binary file ``fh`` is sequential with all its components in its
+    first scan: libjpeg then decodes it at reduced scale (DCT scaling) in memory that follows
+    the output size. A progressive or multi-scan JPEG keeps every coefficient of the full-size
+    image in memory at any scale (about 2 bytes per pixel and component), so it is judged by
+    its full size. Walks the marker segments up to the first scan (EXIF thumbnails inside
+    APPn segments are skipped whole); ``fh``'s position is restored."""
+    start = fh.tell()
+    try:
+        fh.seek(0)
+        if fh.read(2) != b"\xff\xd8":
+            return False
+        components = None
+        while True:
+            b = fh.read(1)
+            if not b:
+                return False
+            if b != b"\xff":
+                continue  # not at a marker: no valid JPEG has bytes here, but be lenient
+            m = fh.read(1)
+            while m == b"\xff":  # fill bytes
+                m = fh.read(1)
+            if not m:
+                return False
+            marker = m[0]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+                continue  # no length field
+            head = fh.read(2)
+            if len(head) < 2:
+                return False
+            length = int.from_bytes(head, "big")
+            body = fh.read(min(max(length - 2, 0), 8))
+            if marker in _OTHER_SOF:
+                return False
+            if marker in _SEQUENTIAL_SOF:
+                components = body[5] if len(body) > 5 else None
+            elif marker == 0xDA:  # start of scan: how many components it holds
+                return components is not None and len(body) > 0 and body[0] == components
+            fh.seek(max(length - 2, 0) - len(body), 1)
+    except (OSError, ValueError):
+        return False
+    finally:
+        fh.seek(start)
+
+
 def _open_jpeg_unchecked(path: Path) -> Any:
-    """``path`` opened as a JPEG without Pillow's pixel-count check, or None if not a JPEG."""
+    """``path`` opened as a JPEG without Pillow's pixel-count check, or None if not a JPEG
+    that decodes at reduced scale in small memory (:func:`jpeg_decodes_small`)."""
     from PIL import JpegImagePlugin
 
     if not _is_jpeg(path):
         return None
+    with open(path, "rb") as fh:
+        if not jpeg_decodes_small(fh):
+            return None
     return JpegImagePlugin.JpegImageFile(str(path))
 
 
@@ -186,6 +242,8 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
                 # JPEG DCT scaling: decode big photos at reduced size directly (much faster).
                 im.draft("RGB", (draft_size, draft_size))
             dw, dh = im.size
+            if (dw, dh) != (w, h) and limit and w * h > limit and not jpeg_decodes_small(im.fp):
+                dw, dh = w, h  # progressive / multi-scan: its memory follows the full size
             if limit and dw * dh > limit:
                 scaled = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
                 raise ImageReadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels{scaled} "
@@ -197,7 +255,10 @@ def open_image(path: str, max_pixels: int | None = None, draft_size: int | None 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's message names twice its limit; say ours, and the pixel count it found.
         n = re.search(r"\((\d+) pixels\)", str(exc))
-        what = f"{n.group(1)} pixels exceeds the limit of {limit}" if n else str(exc)
+        pillow = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses at open from twice its limit
+        what = (str(exc) if not n else
+                f"{n.group(1)} pixels exceeds the limit of {limit}" if not limit or limit < pillow else
+                f"{n.group(1)} pixels exceeds Pillow's limit of {pillow} (raise PIL.Image.MAX_IMAGE_PIXELS)")
         raise ImageReadError(f"decompression bomb refused: {what}{_too_large_hint(p)}") from exc
     except UnidentifiedImageError as exc:
         kind = _isobmff_image_kind(p)

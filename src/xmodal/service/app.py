@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -34,8 +35,8 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
-from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, thumb_file, Hit, ImageItem, ReadOnlyError, TextItem,
-                                check_key, encode_items, read_only_error)
+from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
+                                check_key, encode_items, read_only_error, thumb_file, THUMB_SUFFIXES)
 from ..index.shards import RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels
 from . import auth
 
@@ -78,6 +79,14 @@ LabelStr = Annotated[str, AfterValidator(_utf8), AfterValidator(str.strip)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def _no_blanks(labels: list[str]) -> list[str]:
+    return [lab for lab in labels if lab]
+
+
+# a JSON list of filters: blanks dropped, as between two commas of a query string
+LabelList = Annotated[list[LabelStr], AfterValidator(_no_blanks)]
+
+
 def split_labels(labels: str) -> list[str]:
     """A comma-separated filter from a query string or form: trimmed, blanks dropped."""
     return [x.strip() for x in labels.split(",") if x.strip()]
@@ -91,7 +100,7 @@ class SearchRequest(BaseModel):
     target: Literal["image", "text"] | None = Field(None, description="modality of results "
                                                     "(default: the other modality)")
     k: int = Field(10, ge=1, le=1000)
-    labels: list[LabelStr] = Field(default_factory=list, description="only items with any of these labels")
+    labels: LabelList = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
     distinct: bool = Field(False, description="collapse identical texts into one result")
     relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
@@ -110,7 +119,7 @@ class BatchSearchRequest(BaseModel):
                              "encoded in one batch (each 1-2000 characters)")
     target: Literal["image", "text"] | None = Field(None, description="modality of results (default image)")
     k: int = Field(10, ge=1, le=1000)
-    labels: list[LabelStr] = Field(default_factory=list, description="only items with any of these labels")
+    labels: LabelList = Field(default_factory=list, description="only items with any of these labels")
     exact: bool = Field(False, description="search the flat exact index")
     distinct: bool = Field(False, description="collapse identical texts into one result")
 
@@ -275,9 +284,12 @@ def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_I
         with im:
             w, h = im.size  # read from the header: nothing decoded yet
             fmt = im.format
-            if fmt in ("JPEG", "MPO") and w * h > max_pixels:
-                # a large phone photo: decoded (and so checked) at reduced scale, as encoded
-                im.draft("RGB", (-(-w // _JPEG_SCALE), -(-h // _JPEG_SCALE)))
+            from ..encoders.images import jpeg_decodes_small
+
+            if fmt in ("JPEG", "MPO") and w * h > max_pixels and jpeg_decodes_small(im.fp):
+                # a large phone photo: decoded (and so checked) at reduced scale, as encoded;
+                # a progressive one needs memory for its full size, so it is judged by that
+                im.draft("RGB", (max(1, w // _JPEG_SCALE), max(1, h // _JPEG_SCALE)))
             if im.size[0] * im.size[1] > max_pixels:
                 raise HTTPException(413, f"{name}: image is {w}x{h} = {w * h} pixels, over the "
                                          f"limit of {max_pixels} (decompression bomb guard)")
@@ -823,17 +835,31 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes the input as UTF-8; a lone surrogate (valid JSON:
         # "\ud800") cannot be encoded and turned the 422 into a 500. ASCII escapes can.
-        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        # A NaN / Infinity input echoed as such is no JSON a strict parser (a browser's) takes.
+        errors = [{**e, "input": _finite_or_text(e["input"])} if "input" in e else e
+                  for e in jsonable_encoder(exc.errors())]
+        body = json.dumps({"detail": errors}, ensure_ascii=True, allow_nan=False)
         return Response(body, status_code=422, media_type="application/json")
 
     return app
+
+
+def _finite_or_text(value: Any) -> Any:
+    """``value`` with every NaN / infinite float written as text ("NaN", "Infinity")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return [_finite_or_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite_or_text(v) for k, v in value.items()}
+    return value
 
 
 def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> bytes:
     """A JPEG thumbnail, cached under the collection by content hash and size."""
     from PIL import Image
 
-    from ..encoders.images import to_rgb
+    from ..encoders.images import ImageReadError, open_image
 
     rows = coll.store.query("SELECT content_hash FROM items WHERE id = ?", (item_id,))
     tag = rows[0][0] if rows and rows[0][0] else f"id{item_id}"
@@ -841,29 +867,24 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
     if cached.exists():
         return cached.read_bytes()
     # The collection's own images were indexed under the encoders' limit (Pillow's, ~89 Mpx:
-    # a 48 Mpx phone photo is fine); the lower upload limit is for strangers' files.
+    # a 48 Mpx phone photo is fine); the lower upload limit is for strangers' files. Decoded as
+    # the encoders decode (open_image): upright, JPEGs at reduced scale checked as decoded.
     limit = max(MAX_IMAGE_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
+    if not Path(path).exists():
+        raise HTTPException(404, f"item {item_id}: image file is gone")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        with im:
-            im.draft("RGB", (size, size))  # JPEG: decode at reduced scale, checked as decoded
-            if im.size[0] * im.size[1] > limit:
-                raise HTTPException(413, f"item {item_id}: image too large to thumbnail")
-            im = to_rgb(im)  # 16-bit scans scaled, not clipped white
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-    except FileNotFoundError:
-        raise HTTPException(404, f"item {item_id}: image file is gone") from None
-    except Image.DecompressionBombError:
-        raise HTTPException(413, f"item {item_id}: image too large to thumbnail") from None
-    except OSError as exc:
-        raise HTTPException(500, f"item {item_id}: cannot read image ({exc})") from None
+        im = open_image(path, limit, draft_size=size)
+    except ImageReadError as exc:
+        status = 413 if "decompression bomb" in str(exc) else 500
+        raise HTTPException(status, f"item {item_id}: cannot thumbnail the image ({exc})") from None
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
     data = buf.getvalue()
     try:
         atomic_write_bytes(cached, data)
+        for suffix in THUMB_SUFFIXES[1:]:  # an older xmodal's thumbnail of it is replaced
+            (cached.parent / f"{tag}_{size}{suffix}").unlink(missing_ok=True)
     except OSError:  # a read-only mount or a full disk: serve it uncached
         pass
     return data
