@@ -145,3 +145,39 @@ def test_plugins_from_the_environment_and_clear_errors(tmp_path, monkeypatch):
     bad.write_text("import no_such_module_xyz\n")
     r = CliRunner().invoke(app, ["--plugin", str(bad), "methods"])
     assert r.exit_code == 2 and "bad_plugin.py" in r.output and "no_such_module_xyz" in r.output
+
+
+def test_loading_refuses_other_formats_classes_and_states_naming_the_file(tmp_path):
+    import json
+    import zipfile
+
+    from xmodal.data import DataError
+    from xmodal.methods.checks import toy_dataset
+
+    ds = toy_dataset()
+    good = methods.create("cca", n_components=2).fit(ds.subset("train")).save(tmp_path / "cca.xmodal")
+
+    def edited(name: str, change) -> Path:
+        out = tmp_path / name
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+            for item in src.namelist():
+                data = src.read(item)
+                if item == "meta.json":
+                    meta = json.loads(data)
+                    change(meta)
+                    data = json.dumps(meta).encode()
+                dst.writestr(item, data)
+        return out
+
+    cases = {"format.xmodal": (lambda m: m.update(format=99), r"saved in format 99"),
+             "class.xmodal": (lambda m: m.update(**{"class": "PLS"}), r"holds a PLS, but 'cca' is a CCA"),
+             "param.xmodal": (lambda m: m["params"].update(n_components=-3), r"n_components=-3"),
+             "name.xmodal": (lambda m: m.update(method="no_such_method"), r"no_such_method")}
+    for name, (change, message) in cases.items():
+        with pytest.raises(DataError, match=rf"{name}: .*{message}"):
+            methods.load(edited(name, change))
+    (tmp_path / "cut.xmodal").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        methods.load(tmp_path / "cut.xmodal")
+    with pytest.raises(FileNotFoundError):
+        methods.load(tmp_path / "missing.xmodal")

@@ -314,3 +314,15 @@ def test_learned_temperature_is_not_weight_decayed(wiki, name, monkeypatch):
     assert len(decay) == len(named)  # every parameter is optimised, once
     for pname, p in named.items():
         assert decay[id(p)] == (0.0 if pname.endswith("logit_scale") else 0.5), pname
+
+
+def test_corr_ae_cross_reconstruction_needs_row_aligned_pairs():
+    from xmodal.methods.checks import toy_dataset
+
+    ds = toy_dataset()
+    te = ds.subset("test")
+    m = methods.create("corr_ae", variant="cross", epochs=2, verbose=False).fit(ds.subset("train"))
+    with pytest.raises(ValueError, match="row-aligned pairs.*X\\[ds.text_to_image\\]"):
+        m.reconstruction_error(te.image_features, te.text_features)
+    err = m.reconstruction_error(te.image_features[te.text_to_image], te.text_features)
+    assert set(err) == {"image_mse", "text_mse", "image_mse_std", "text_mse_std"}

@@ -67,3 +67,38 @@ def test_bad_input(pair):
         ms_ssim(a[:100, :100], noisy[:100, :100])
     with pytest.raises(ValueError, match="data_range"):
         psnr(a, noisy, data_range=0)
+
+
+def test_ms_psnr_leaves_out_a_scale_where_pooling_cancels_the_difference():
+    a = np.full((64, 64), 0.5)
+    b = a + 0.1 * ((np.indices((64, 64)).sum(0) % 2) * 2 - 1)  # a checkerboard: gone at scale 2
+    assert ms_psnr(a, b) == pytest.approx(psnr(a, b))  # only the first scale differs
+    assert ms_psnr(a, b, weights=(1, 0, 0, 0, 0)) == pytest.approx(psnr(a, b))
+    assert ms_psnr(a, a) == float("inf")
+    with pytest.raises(ValueError, match="scales >= 1"):
+        ms_psnr(a, b, scales=0)
+    with pytest.raises(ValueError, match="positive sum"):
+        ms_psnr(a, b, weights=(0, 0, 0, 0, 0))
+
+
+def test_ranges_follow_scikit_image_and_mixed_or_broken_inputs_are_refused():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 32)), rng.random((32, 32))
+    # tanh outputs in [-1, 1]: scikit-image's range of 2, as its own psnr gives
+    assert psnr(x * 2 - 1, y * 2 - 1) == pytest.approx(peak_signal_noise_ratio(x * 2 - 1, y * 2 - 1))
+    a8 = (x * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="different dtypes"):
+        psnr(a8, y)
+    with pytest.raises(ValueError, match=r"beyond \[-1, 1\]: give data_range"):
+        psnr(x * 255, y * 255)
+    assert psnr(x * 255, y * 255, data_range=255) == pytest.approx(psnr(x, y))
+    bad = y.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ssim(x, bad)
+    with pytest.raises(ValueError, match="11 x 11"):
+        ssim(x[:8, :8], y[:8, :8])
+    with pytest.raises(ValueError, match="channel-first"):
+        ssim(rng.random((3, 64, 64)), rng.random((3, 64, 64)))

@@ -88,3 +88,17 @@ def test_truncated_cca_is_the_smaller_fit_and_the_search_uses_it(wiki, monkeypat
     assert [c for c, _ in nested.table] == [c for c, _ in plain.table]
     np.testing.assert_allclose([s for _, s in nested.table], [s for _, s in plain.table], atol=1e-9)
     assert nested.params == plain.params
+
+
+def test_search_uses_the_train_split_of_a_benchmark_dataset_and_says_what_is_wrong(wiki):
+    from xmodal.data import load_dataset
+
+    ds = load_dataset("wikipedia")  # train 2173 + test 693
+    sel = select_params("cca", {"n_components": [5]}, ds, metric="MAP", max_images=None)
+    assert sel.n_images == ds.splits["train"].size and sel.metric == "map"
+    assert select_params("cca", {"n_components": [5]}, ds, metric="map", max_images=None,
+                         split=None).n_images == ds.n_images
+    with pytest.raises(ParameterError, match="n_component"):  # a typo: said before fitting
+        select_params("cca", {"n_component": [5]}, ds, metric="map")
+    with pytest.raises(ParameterError, match=r"no combination .* could be fitted: .*reg=-1.0 must be"):
+        select_params("cca", {"reg": [-1.0]}, ds, metric="map")

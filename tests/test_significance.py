@@ -126,3 +126,19 @@ def test_cli_compare_hashing_records_by_bit_length(wikipedia, tmp_path):
     assert out["i2t"]["p_value"] < 0.01 and out["t2i"]["ci_low"] > 0.05  # CCA-ITQ is far above chance
     res = runner.invoke(app, ["compare", str(log), "cca_itq", "lsh"])
     assert res.exit_code == 2 and "pass --bits" in res.output
+
+
+def test_a_folded_result_is_not_paired_with_an_unfolded_one_from_python():
+    from xmodal import methods
+    from xmodal.data import DataError
+    from xmodal.evaluation import evaluate, evaluate_folds
+    from xmodal.evaluation.significance import compare_records
+    from xmodal.methods.checks import toy_dataset
+
+    ds = toy_dataset(n_images=120)
+    m = methods.create("cca", n_components=2).fit(ds.subset("train"))
+    test = ds.subset("test")
+    plain, folded = evaluate(m, test, per_query=True), evaluate_folds(m, test, 2, per_query=True)
+    with pytest.raises(DataError, match="records differ in test_folds: 1 .* vs 2"):
+        compare_records(plain, folded)
+    assert compare_records(folded, evaluate_folds(m, test, 2, per_query=True))["i2t"]["p_value"] == 1.0

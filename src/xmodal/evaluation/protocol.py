@@ -232,8 +232,10 @@ def evaluate_folds(method: CrossModalMethod, test: PairedDataset, folds: int = 5
 
     ``view(method, block)`` adapts the method to a block first (``raw_view`` for methods that
     read raw texts or image files). Per-query scores (``per_query=True``) are put back in the
-    test set's own query order, so paired tests line up with unfolded runs of other methods.
-    The result adds ``folds`` and ``fold_std`` (the spread of every scalar over the blocks).
+    test set's own query order, so that runs of several methods with the same ``folds`` pair
+    query by query; a folded run is never paired with an unfolded one (each query was ranked
+    against another database: :mod:`.significance` refuses the pair). The result adds
+    ``folds`` and ``fold_std`` (the spread of every scalar over the blocks).
     """
     blocks = fold_blocks(test.n_images, folds)
     results = []

@@ -6,6 +6,11 @@ estimator. Test data is never seen.
 The score is ``"mR"`` (mean of Recall@1/5/10 in both directions: finding an image's own
 captions and a caption's own image) or ``"map"`` (mean class mAP of both directions, for
 labelled data).
+
+A dataset with a test split is searched on its ``split`` (``"train"``) alone: handing
+:func:`select_params` a whole benchmark dataset never lets its test images choose the
+parameters. ``split=None`` searches every image (an index of one's own pairs, with no test
+protocol to protect).
 """
 
 from __future__ import annotations
@@ -56,19 +61,32 @@ def _key(params: dict[str, Any]) -> tuple:
 
 def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDataset, *,
                   base: dict[str, Any] | None = None, metric: str = "mR", folds: int = 3,
-                  max_images: int | None = 3000, random_state: int = 0) -> Selection:
+                  max_images: int | None = 3000, random_state: int = 0,
+                  split: str | None = "train") -> Selection:
     """Cross-validate every combination of ``grid`` (on top of ``base`` parameters) for the
     registered ``method`` on ``data`` and return the best. ``max_images`` caps the images used
-    for the search (a random subset), which keeps it cheap on large collections."""
+    for the search (a random subset), which keeps it cheap on large collections. With a test
+    split in ``data``, only its ``split`` images are used (None: all of them). ``metric``:
+    ``"mR"`` or ``"map"`` (any case). A parameter name the method lacks is an error before
+    anything is fitted; a combination the method refuses or cannot fit is skipped (None in
+    the table), and the error when none can be fitted gives the reasons."""
     from sklearn.model_selection import KFold, ParameterGrid  # only when a search runs
 
+    metric = {m.lower(): m for m in METRICS}.get(str(metric).lower(), metric)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if data.image_features is None or data.text_features is None:
         raise DataError(f"dataset {data.name!r}: parameter search needs features of both modalities")
-    if not 2 <= folds <= data.n_images:
-        raise ValueError(f"folds must be between 2 and the number of images ({data.n_images}), got {folds}")
+    if split is not None and "test" in data.splits:
+        if split not in data.splits:
+            raise DataError(f"dataset {data.name!r} has a test split but no {split!r} split to search on")
+        data = data.subset(split)
+    for combo in ParameterGrid({k: list(v) for k, v in grid.items()}):
+        create(method, **{**(base or {}), **combo})  # a parameter name the method lacks: said now
     rng = np.random.default_rng(random_state)
+    n_images = data.n_images if max_images is None else min(data.n_images, max_images)
+    if not 2 <= folds <= n_images:
+        raise ValueError(f"folds must be between 2 and the number of images searched ({n_images}), got {folds}")
     images = np.arange(data.n_images)
     if max_images is not None and data.n_images > max_images:
         images = np.sort(rng.choice(data.n_images, max_images, replace=False))
@@ -80,6 +98,7 @@ def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDatas
     # are fitted once per fold with the largest n_components; smaller ones are truncations.
     sizes = grid.pop("n_components") if hasattr(get(method), "truncated") and "n_components" in grid else None
     fitted: dict[tuple, float | None] = {}
+    reasons: dict[str, None] = {}  # why combinations were skipped, in order, once each
     for combo in ParameterGrid(grid):
         params = {**(base or {}), **combo}
         if sizes is not None:
@@ -90,6 +109,7 @@ def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDatas
                 m = create(method, **params).fit(train)
             except (ParameterError, DataError, np.linalg.LinAlgError) as exc:
                 log.info("%s %s: skipped (%s)", method, params, exc)
+                reasons[str(exc)] = None
                 scores = None
                 break
             variants = [m] if sizes is None else [m.truncated(k) for k in sizes]
@@ -105,7 +125,7 @@ def select_params(method: str, grid: dict[str, Sequence[Any]], data: PairedDatas
     table = [(combo, fitted[_key(combo)]) for combo in ParameterGrid(grid)]
     scored = [(c, s) for c, s in table if s is not None]
     if not scored:
-        raise ParameterError(f"{method}: no combination of {grid} could be fitted")
+        raise ParameterError(f"{method}: no combination of {grid} could be fitted: {'; '.join(reasons)}")
     best, score = max(scored, key=lambda cs: cs[1])  # first of equals: grid order
     return Selection(params={**(base or {}), **best}, score=score, metric=metric, folds=folds,
                      n_images=len(images), table=table)

@@ -78,7 +78,9 @@ def _same_task(rec_a: dict, rec_b: dict) -> None:
     """Refuse two records scored on different test sets: equally many queries is not enough."""
     for key, what in _TASK_FIELDS:
         default = 1 if key == "test_folds" else None
-        va, vb = rec_a.get(key, default), rec_b.get(key, default)
+        # bench records say test_folds; evaluate()/evaluate_folds() results say folds
+        va, vb = (rec.get(key, rec.get("folds", default) if key == "test_folds" else default)
+                  for rec in (rec_a, rec_b))
         if key == "dataset_sha256" and (va is None or vb is None):
             continue  # older records carry no fingerprint
         if va != vb:

@@ -190,7 +190,8 @@ def _searched_params(name: str, given: dict[str, Any] | None, params: dict[str, 
         n_fold = n - math.ceil(n / SEARCH_FOLDS)
         cap = max(1, min(ds.image_features.shape[1], ds.text_features.shape[1], n_fold - 1))
         grid["n_components"] = sorted({min(int(v), cap) for v in grid["n_components"]})
-    sel = select_params(name, grid, ds, base=params, folds=SEARCH_FOLDS, max_images=SEARCH_MAX_IMAGES)
+    sel = select_params(name, grid, ds, base=params, folds=SEARCH_FOLDS, max_images=SEARCH_MAX_IMAGES,
+                        split=None)  # every pair of the source: an index has no test split to protect
     if not quiet:
         chosen = ", ".join(f"{k}={sel.params[k]}" for k in grid)
         print(f"{name}: {chosen} chosen by {sel.folds}-fold cross-validation on {sel.n_images} "

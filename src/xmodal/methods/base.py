@@ -275,12 +275,29 @@ class CrossModalMethod:
                 meta = json.loads(zf.read("meta.json"))
                 arrays = {k: np.load(io.BytesIO(zf.read(f"{k}.npy")), allow_pickle=False)
                           for k in meta["arrays"]}
-        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: not a saved xmodal method ({exc})") from exc
-        obj = create(meta["method"], **meta["params"])
+        except FileNotFoundError:
+            raise
+        except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, ValueError, EOFError) as exc:
+            raise DataError(f"{path}: not a saved xmodal method, or a corrupt or truncated one ({exc})") from exc
+        if meta.get("format") != FORMAT_VERSION:
+            raise DataError(f"{path}: saved in format {meta.get('format')!r}; this xmodal reads format "
+                            f"{FORMAT_VERSION} (save it again with the xmodal that wrote it, or refit)")
+        try:
+            obj = create(meta["method"], **meta["params"])
+        except KeyError as exc:  # a method this installation does not have (a plugin not loaded?)
+            raise DataError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+        except ParameterError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        if meta.get("class") not in (None, type(obj).__name__):
+            raise DataError(f"{path}: holds a {meta['class']}, but {meta['method']!r} is a {type(obj).__name__} here")
         if cls is not CrossModalMethod and not isinstance(obj, cls):
             raise DataError(f"{path}: holds a {meta['class']}, not a {cls.__name__}")
-        obj._set_state({**meta["state"], **arrays})
+        try:
+            obj._validate_params()
+            obj._set_state({**meta["state"], **arrays})
+        except (ParameterError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: its saved state does not fit a {type(obj).__name__} "
+                            f"({type(exc).__name__}: {exc})") from None
         return obj
 
 

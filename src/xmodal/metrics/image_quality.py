@@ -1,8 +1,11 @@
 """Full-reference image quality: PSNR, MS-PSNR, SSIM and MS-SSIM.
 
-For methods that reconstruct or generate images. Images are 2-D (grey) or H x W x C arrays;
-``data_range`` is the span of possible values (default: the dtype's range for integers, 1.0
-for floats).
+For methods that reconstruct or generate images. Images are 2-D (grey) or H x W x C arrays
+of one dtype; ``data_range`` is the span of possible values, by default scikit-image's rule:
+the dtype's range for integers; for floats 1.0 when the reference lies in [0, 1] and 2.0 when
+it lies in [-1, 1] (tanh outputs); a float reference beyond [-1, 1], or mixed dtypes, need an
+explicit ``data_range`` (a uint8 reference against a float reconstruction would otherwise be
+scored on two scales). NaN or infinite pixels are refused.
 
 - PSNR and SSIM are scikit-image's (``peak_signal_noise_ratio``; ``structural_similarity``
   with the settings of Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01,
@@ -33,12 +36,25 @@ def _check(a: np.ndarray, b: np.ndarray, data_range: float | None) -> tuple[np.n
         raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
     if a.ndim not in (2, 3):
         raise ValueError(f"expected a 2-D (grey) or H x W x C image, got shape {a.shape}")
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] > 4:
+        raise ValueError(f"shape {a.shape} looks channel-first; give H x W x C "
+                         "(np.moveaxis(image, 0, -1))")
+    for name, x in (("reference", a), ("test", b)):
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise ValueError(f"the {name} image holds NaN or infinite pixels")
     if data_range is None:
+        if a.dtype != b.dtype:
+            raise ValueError(f"the images have different dtypes ({a.dtype} and {b.dtype}): convert one "
+                             "to the other's scale, or give data_range")
         if np.issubdtype(a.dtype, np.integer):
             info = np.iinfo(a.dtype)
             data_range = float(info.max - info.min)
         else:
-            data_range = 1.0
+            lo, hi = float(a.min()), float(a.max())
+            if lo < -1 or hi > 1:
+                raise ValueError(f"float reference values span [{lo:g}, {hi:g}], beyond [-1, 1]: "
+                                 "give data_range")
+            data_range = 1.0 if lo >= 0 else 2.0
     if data_range <= 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
     return a.astype(np.float64), b.astype(np.float64), float(data_range), a.ndim == 3
@@ -54,8 +70,10 @@ def psnr(reference: np.ndarray, test: np.ndarray, data_range: float | None = Non
 
 def ssim(reference: np.ndarray, test: np.ndarray, data_range: float | None = None) -> float:
     """Structural similarity (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004), mean over the
-    image (and channels)."""
+    image (and channels); each side needs at least 11 pixels (the Gaussian window)."""
     a, b, rng, color = _check(reference, test, data_range)
+    if min(a.shape[:2]) < 11:
+        raise ValueError(f"ssim needs at least 11 x 11 pixels (its 11 x 11 Gaussian window), got {a.shape[:2]}")
     return float(structural_similarity(a, b, data_range=rng, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False,
                                        channel_axis=-1 if color else None))
@@ -122,9 +140,12 @@ def ms_ssim(reference: np.ndarray, test: np.ndarray, data_range: float | None = 
 
 def ms_psnr(reference: np.ndarray, test: np.ndarray, data_range: float | None = None,
             scales: int = 5, weights: Sequence[float] | None = None) -> float:
-    """PSNR averaged over ``scales`` dyadic scales (2x2 average pooling between them); inf when
-    the images are identical at every scale."""
+    """PSNR averaged over ``scales`` dyadic scales (2x2 average pooling between them). A scale
+    at which the images are identical (a difference the pooling cancels, e.g. a checkerboard)
+    is left out of the weighted mean; inf when they are identical at every scale."""
     a, b, rng, _ = _check(reference, test, data_range)
+    if scales < 1:
+        raise ValueError(f"ms_psnr needs scales >= 1, got {scales}")
     if a.ndim == 2:
         a, b = a[..., None], b[..., None]
     if min(a.shape[:2]) < 2 ** (scales - 1):
@@ -133,6 +154,8 @@ def ms_psnr(reference: np.ndarray, test: np.ndarray, data_range: float | None = 
     w = np.full(scales, 1.0 / scales) if weights is None else np.asarray(weights, np.float64)
     if len(w) != scales:
         raise ValueError(f"ms_psnr: {len(w)} weights for {scales} scales")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"ms_psnr: weights must be >= 0 with a positive sum, got {w.tolist()}")
     vals = []
     for level in range(scales):
         mse = float(((a - b) ** 2).mean())
@@ -140,9 +163,10 @@ def ms_psnr(reference: np.ndarray, test: np.ndarray, data_range: float | None = 
         if level < scales - 1:
             a, b = _downsample(a), _downsample(b)
     vals = np.asarray(vals)
-    if np.isinf(vals).all():
+    seen = np.isfinite(vals) & (w > 0)
+    if not seen.any():
         return float("inf")
-    return float((w * vals).sum() / w.sum())
+    return float((w[seen] * vals[seen]).sum() / w[seen].sum())
 
 
 __all__ = ["psnr", "ssim", "ms_ssim", "ms_psnr", "MS_SSIM_WEIGHTS"]

@@ -89,10 +89,15 @@ class CorrAE(DeepMethod):
     @torch.no_grad()
     def reconstruct(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images and texts rebuilt through the autoencoders, in original feature units (the
-        cross variant, which has no self-decoders, rebuilds each view from the other one)."""
+        cross variant, which has no self-decoders, rebuilds each view from the other one, so
+        its rows must be pairs: ``X[ds.text_to_image]`` against ``ds.text_features``)."""
         self._check_fitted()
         X = self._check_input(X, self.image_dim_, "images")
         Y = self._check_input(Y, self.text_dim_, "texts")
+        if self.variant == "cross" and len(X) != len(Y):
+            raise ValueError(f"variant 'cross' rebuilds each view from the other: X and Y must be "
+                             f"row-aligned pairs, got {len(X)} images and {len(Y)} texts "
+                             "(pass X[ds.text_to_image] with ds.text_features)")
         m = self.module_.eval()
         cx = m.enc_x(m.image_norm(self._tensor(X)))
         cy = m.enc_y(m.text_norm(self._tensor(Y)))
