@@ -43,6 +43,13 @@ def _root(ctx: typer.Context, device: str = DEVICE_OPT, plugin: list[str] = PLUG
                 load_plugin(spec)
             except ImportError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--plugin") from None
+    if os.environ.get("XMODAL_PLUGINS", "").strip():  # methods.PLUGIN_ENV
+        from ..methods import PLUGIN_ENV, _load_plugins
+
+        try:  # now, as --plugin's are: a broken one is a usage error, not a traceback later
+            _load_plugins()
+        except ImportError as exc:
+            raise typer.BadParameter(str(exc), param_hint=f"${PLUGIN_ENV}") from None
 
     from ..device import ENV, DeviceError, get_device, set_device
 

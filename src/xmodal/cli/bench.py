@@ -152,6 +152,22 @@ def _command_line(ctx: typer.Context) -> str:
     return shlex.join(words)
 
 
+def _check_writable(opt: str, out) -> None:
+    """Before the run: a file can be created beside ``out`` (created and removed again), so
+    a finished run is never lost to a folder it cannot write."""
+    import os
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".xmodal-", dir=out.parent)
+    except OSError as exc:
+        raise typer.BadParameter(f"{opt} {out}: cannot write in {out.parent} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    if out.exists() and not os.access(out, os.W_OK):
+        raise typer.BadParameter(f"{opt} {out}: cannot write it (not writable)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
@@ -214,6 +230,7 @@ def register(app: typer.Typer) -> None:
                     raise typer.BadParameter(f"{opt} {out}: cannot create its folder ({exc.strerror})") from None
                 if Path(out).is_dir():
                     raise typer.BadParameter(f"{opt} {out}: is a folder; give a file name")
+                _check_writable(opt, Path(out))
 
         def progress(rec: dict, reused: bool = False) -> None:
             if not quiet:
@@ -270,13 +287,22 @@ def register(app: typer.Typer) -> None:
             typer.echo(format_table(flat, markdown=True))
         if hashed:
             typer.echo(hash_tables)
-        if markdown:
-            Path(markdown).write_text("\n\n".join(parts) + "\n\n" + provenance(command, records) + "\n")
-        if pr_plot and records:
-            typer.echo(f"wrote precision-recall curves to {plot_pr_curves(records, pr_plot)}")
-        if json_out:
-            write_json(records, json_out)
-            typer.echo(f"wrote {len(records)} records to {json_out}")
+        kept = (f"; the records are in {resume}" if resume else
+                "; the records are not saved elsewhere (--resume FILE keeps them as they finish)")
+        try:
+            if markdown:
+                where = markdown
+                Path(markdown).write_text("\n\n".join(parts) + "\n\n" + provenance(command, records) + "\n")
+            if pr_plot and records:
+                where = pr_plot
+                typer.echo(f"wrote precision-recall curves to {plot_pr_curves(records, pr_plot)}")
+            if json_out:
+                where = json_out
+                write_json(records, json_out)
+                typer.echo(f"wrote {len(records)} records to {json_out}")
+        except OSError as exc:  # checked before the run, but a disk can fill meanwhile
+            typer.echo(f"error: {where}: cannot write it ({exc.strerror or exc}){kept}", err=True)
+            raise typer.Exit(2) from None
         if failed:
             for f in failed:
                 bits_s = f" {f['bits']} bits" if f["bits"] else ""
@@ -296,7 +322,7 @@ def register(app: typer.Typer) -> None:
         bits: Optional[int] = typer.Option(None, "--bits", help="bit length, for hashing records"),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="only the records of this dataset "
                                               "(its name in the records), for a file holding several"),
-        resamples: int = typer.Option(9999, "--resamples", help="random sign flips of the randomisation test"),
+        resamples: int = typer.Option(9999, "--resamples", min=1, help="random sign flips of the randomisation test"),
         seed: int = typer.Option(0, "--seed", help="seed of the randomisation test"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     ) -> None:
@@ -321,13 +347,22 @@ def register(app: typer.Typer) -> None:
                 raise DataError(f"name two or more different methods, got {' '.join(names)}")
             if not path.exists():
                 raise DataError(f"{path}: no such records file")
-            text = path.read_text().lstrip()
+            if path.is_dir():
+                raise DataError(f"{path}: not a records file: a folder")
+            try:
+                text = path.read_text(encoding="utf-8").lstrip()
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: not a records file: not UTF-8 text (a binary file?)") from None
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
             try:
                 recs = json.loads(text) if text.startswith("[") else read_jsonl(path)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: not a records file of xmodal bench ({exc})") from None
             if not isinstance(recs, list):
                 raise DataError(f"{path}: not a records file of xmodal bench")
+            if not recs:
+                raise DataError(f"{path}: holds no records (an empty file or list)")
             recs = [check_record(r, f"{path}: record {i}") for i, r in enumerate(recs, 1)]
             if dataset is not None:
                 recs = [r for r in recs if r["dataset"] == dataset]

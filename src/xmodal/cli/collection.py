@@ -16,6 +16,29 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _os_words(exc: OSError, path: Path | str) -> str:
+    """``PATH: reason`` for an operating-system error (the file it names, else ``path``)."""
+    return f"{exc.filename or path}: {exc.strerror or exc}"
+
+
+def _positive(value: float) -> float:
+    if not value > 0:  # NaN too
+        raise typer.BadParameter(f"{value} is not above 0")
+    return value
+
+
+def _distinct(collections: list[Path]) -> None:
+    """The same collection given twice (under any spelling) is refused: its hits would print
+    twice, and stats would call it two shards."""
+    seen: dict[Path, Path] = {}
+    for c in collections:
+        real = Path(c).expanduser().resolve()
+        if real in seen:
+            same = "" if str(seen[real]) == str(c) else f" (as {seen[real]})"
+            _fail(f"{c}: collection given twice{same}; give each collection once")
+        seen[real] = c
+
+
 def _open(path: Path, read_only: bool | None = None, follow: bool = False, keep_open: bool = False):
     """The collection at ``path``, closed when the command ends (its last connection closing
     merges the write-ahead log, so a read-only open right after finds one file), unless
@@ -111,8 +134,8 @@ def register(app: typer.Typer) -> None:
         # None when not typed: a new collection gets DEFAULT_METHOD / Flat, an existing one keeps
         # its own (build_collection refuses any other value rather than ignoring it)
         method: Optional[str] = typer.Option(None, help=f"method name fitted on the source's pairs, or a "
-                                             f"saved fitted method file (method.save(path), any name) [default: {DEFAULT_METHOD}; "
-                                             f"an existing collection: its own]", show_default=False),
+                                             f"saved fitted method file (method.save(path), any name) (default: {DEFAULT_METHOD}; "
+                                             f"an existing collection: its own)", show_default=False),
         # None: the encoders a fitted --method FILE records, else the defaults (build.py)
         image_encoder: Optional[str] = typer.Option(
             None, help=f"image feature encoder (default: the one a --method FILE was "
@@ -122,7 +145,7 @@ def register(app: typer.Typer) -> None:
                        f"fitted with, else {DEFAULT_TEXT_ENCODER})", show_default=False),
         index: Optional[str] = typer.Option(None, help="FAISS factory string (Flat, HNSW32, IVF256,Flat; "
                                             "binary: BFlat, BHNSW32, BHash2x16); a flat exact index always "
-                                            "exists too [default: Flat; an existing collection: its own]",
+                                            "exists too (default: Flat; an existing collection: its own)",
                                             show_default=False),
         rerank: bool = typer.Option(False, help="binary methods: keep float projections to re-rank "
                                     "Hamming shortlists"),
@@ -173,6 +196,8 @@ def register(app: typer.Typer) -> None:
                 _fail(_option_words(collection, exc.options))
             except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
                 _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+            except OSError as exc:
+                _fail(_os_words(exc, collection))
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))
             return
         try:
@@ -184,6 +209,8 @@ def register(app: typer.Typer) -> None:
             _fail(_option_words(collection, exc.options))
         except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+        except OSError as exc:  # a folder that cannot be written, a full disk
+            _fail(_os_words(exc, collection))
         except KeyboardInterrupt:
             # Ctrl-C: every batch committed so far is kept, and the encoders' feature cache
             # holds what was encoded; the same command continues from there. Stopped while
@@ -224,7 +251,8 @@ def register(app: typer.Typer) -> None:
                                                "line (blank lines skipped): one result list per line"),
         item: Optional[int] = typer.Option(None, "--item", help="an item id as the query (more like this)"),
         k: int = typer.Option(10, "-k", min=1, max=10000, help="results"),
-        target: Optional[str] = typer.Option(None, help="image or text (default: the other modality)"),
+        target: Optional[str] = typer.Option(None, help="image or text (default: the other modality "
+                                             "of a text or image query; with --item, the item's own)"),
         label: list[str] = typer.Option([], "--label", help="only results with this label (repeatable)"),
         exact: bool = typer.Option(False, help="use the flat exact index"),
         distinct: bool = typer.Option(False, help="show identical texts once"),
@@ -257,6 +285,7 @@ def register(app: typer.Typer) -> None:
             _fail(f"--target must be image or text, got {target!r}")
         if not collection and not shard:
             _fail("give a collection (-c DIR) or a shard (--shard URL)")
+        _distinct(collection)
         sharded = len(collection) + len(shard) > 1 or bool(shard)
         if sharded and item is not None:
             _fail("--item needs a single collection: item ids are per shard")
@@ -324,6 +353,7 @@ def register(app: typer.Typer) -> None:
 
         if not collection and not shard:
             _fail("give a collection (-c DIR) or a shard (--shard URL)")
+        _distinct(collection)
         rows = []
         try:
             for path in collection:
@@ -335,7 +365,9 @@ def register(app: typer.Typer) -> None:
         except CollectionError as exc:
             _fail(str(exc))
         spaces = {r.get("space") for r in rows}
-        out = {"collections": rows, "one_space": len(rows) > 1 and len(spaces) == 1 and None not in spaces}
+        # one collection is one space; several are one when they share a fingerprint
+        out = {"collections": rows,
+               "one_space": len(rows) == 1 or (len(spaces) == 1 and None not in spaces)}
         # several that are not one space exit 1 (the report printed): a script checking that
         # shards can be searched together must not read success
         apart = len(rows) > 1 and not out["one_space"]
@@ -419,6 +451,8 @@ def register(app: typer.Typer) -> None:
             coll.snapshot(dest, keys=keys)
         except CollectionError as exc:
             _fail(str(exc))
+        except OSError as exc:  # under a file, a folder that cannot be written
+            _fail(f"{dest}: {exc.strerror or exc}")
         s = _open(dest, read_only=True).stats()
         typer.echo(f"{dest}: {s['images']} images, {s['texts']} texts, space {s['space']}")
 
@@ -426,9 +460,9 @@ def register(app: typer.Typer) -> None:
     def serve_cmd(
         collection: Path = COLLECTION_OPT,
         host: str = typer.Option("127.0.0.1", help="interface to listen on"),
-        port: int = typer.Option(8000, help="port"),
-        max_upload_mb: float = typer.Option(20.0, help="largest accepted request body, MiB"),
-        faiss_threads: int = typer.Option(1, help="OpenMP threads per FAISS search; 1 suits a server "
+        port: int = typer.Option(8000, min=0, max=65535, help="port (0: any free one)"),
+        max_upload_mb: float = typer.Option(20.0, callback=_positive, help="largest accepted request body, MiB (> 0)"),
+        faiss_threads: int = typer.Option(1, min=1, help="OpenMP threads per FAISS search; 1 suits a server "
                                           "answering one query per request (requests run in parallel)"),
         shard: list[str] = typer.Option([], "--shard", help="URL of another `xmodal serve` of the same "
                                         "common space: searches cover it too (repeatable)"),

@@ -16,6 +16,24 @@ def _default_out(dataset: str, image_encoder: str | None, text_encoder: str | No
     return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", ".".join(parts)) + ".npz")
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` refused before any encoding: a folder, a path under a file, another suffix
+    (as ``xmodal export`` asks for .npz: numpy would add it and write elsewhere)."""
+    def fail(why: str) -> None:
+        typer.echo(f"error: {out}: {why}", err=True)
+        raise typer.Exit(2)
+
+    if out.is_dir():
+        fail("is a folder; give the .npz file to write")
+    if out.suffix.lower() != ".npz":
+        fail("the output file name must end in .npz")
+    above = out.absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        fail(f"cannot be written: {above} is not a folder")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("encode")
     def encode_cmd(
@@ -47,6 +65,8 @@ def register(app: typer.Typer) -> None:
         if image_encoder is None and text_encoder is None:
             raise typer.BadParameter("give --image-encoder and/or --text-encoder")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        out = out or _default_out(dataset, image_encoder, text_encoder)
+        _check_out(out)
         t0 = time.perf_counter()
         try:
             ds = load_dataset(dataset, data_dir=data_dir)
@@ -56,7 +76,11 @@ def register(app: typer.Typer) -> None:
         except (DataError, EncoderError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
-        out_path = save_npz(ds, out or _default_out(dataset, image_encoder, text_encoder))
+        try:
+            out_path = save_npz(ds, out)
+        except OSError as exc:  # the disk filled, the folder was made read-only meanwhile
+            typer.echo(f"error: {out}: cannot write it ({exc.strerror or exc})", err=True)
+            raise typer.Exit(2) from None
         enc = ds.meta.get("encoding", {})
         # a fitted encoder's state (bytes) is in the file; the summary names it by state_hash
         side = {k: None if enc.get(k) is None else {f: v for f, v in enc[k].items() if f != "state"}

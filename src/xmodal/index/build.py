@@ -232,7 +232,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     removed), items added by other means (the HTTP API) included. ``data_options``: keyword
     arguments of the dataset loader that reads ``source`` (:func:`scan_source`).
     """
-    progress = not quiet
+    progress = False if quiet else None  # None: bars only on a terminal, never into a log file
     asked = {"method": method, "method_params": method_params, "index": index, "rerank": rerank,
              "image_encoder": image_encoder, "text_encoder": text_encoder}
     _refuse_with_like(like, asked)
@@ -381,6 +381,12 @@ def _scan(source: str | Path, collection_path: str | Path,
     # a collection path that cannot be one is refused before any encoding or fitting
     if Path(collection_path).exists() and not Path(collection_path).is_dir():
         raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
+    # under a file (afile/x.xmc) it could never be created: said now, not after the fitting
+    above = Path(collection_path).absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise CollectionError(f"{collection_path}: cannot be created: {above} is not a folder")
     if Path(source).is_dir() and Path(source).resolve() == Path(collection_path).resolve():
         # its thumbnails and uploaded files would be indexed as images on the next run
         raise CollectionError(f"{collection_path}: the collection cannot be the source folder itself; "
@@ -689,7 +695,7 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
         except CollectionError:
             coll.close()
             raise
-    rep = coll.add_items(images, texts, progress=not quiet, batch_size=batch_size)
+    rep = coll.add_items(images, texts, progress=False if quiet else None, batch_size=batch_size)
     if rep.skipped and not quiet:
         print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)
     if rep.moved and not quiet:

@@ -1777,9 +1777,13 @@ class Collection:
                             "SELECT id, ?, ?, ? FROM items WHERE key = ?",
                             [(items[r].path, *stats[r], items[r].key) for r in same if stats[r]])
                 bar = None
-                if progress and todo:
+                if todo:
                     from tqdm import tqdm
-                    bar = tqdm(total=len(todo), desc=f"adding {modality}s", unit=modality)
+
+                    from ..encoders.base import show_progress
+                    # None: a bar only on a terminal (never tqdm's lines in a log file)
+                    bar = tqdm(total=len(todo), desc=f"adding {modality}s", unit=modality,
+                               disable=not show_progress(progress))
                 for start in range(0, len(todo), batch_size):
                     rows = todo[start:start + batch_size]
                     if feats is not None:

@@ -1,0 +1,263 @@
+"""Command-line review: bad input ends in ``error: PATH: reason`` and exit 2, never a traceback
+(each test failed before its fix)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+from xmodal.index import Collection
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def _clean(res, code=2):
+    assert res.exit_code == code, (res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+
+
+def _coll(tmp_path, name="c.xmc"):
+    coll = Collection.create(tmp_path / name, dim=4)
+    coll.add_vectors("text", ["a", "b"], np.eye(2, 4, dtype=np.float32), texts=["a", "b"])
+    coll.close()
+    return tmp_path / name
+
+
+def _afile(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    return f
+
+
+def test_index_into_a_path_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    import xmodal.index.build as build
+
+    def scanned(*a, **k):
+        raise AssertionError("scanned the source before checking the collection path")
+
+    monkeypatch.setattr(build, "scan_source", scanned)
+    afile = _afile(tmp_path)
+    res = run("index", tmp_path, "-c", afile / "x.xmc", "--quiet")
+    _clean(res)
+    assert f"{afile / 'x.xmc'}" in res.output and "not a folder" in res.output
+
+
+def test_index_writing_error_is_a_clean_error(tmp_path, monkeypatch):
+    import xmodal.index as index_pkg
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "c.xmc"))
+
+    monkeypatch.setattr(index_pkg, "build_collection", denied)
+    res = run("index", tmp_path, "-c", tmp_path / "c.xmc")
+    _clean(res)
+    assert "Permission denied" in res.output and str(tmp_path / "c.xmc") in res.output
+
+
+def test_snapshot_under_a_file_names_the_path(tmp_path):
+    coll = _coll(tmp_path)
+    afile = _afile(tmp_path)
+    res = run("snapshot", afile / "sub.xmc", "-c", coll)
+    _clean(res)
+    assert str(afile / "sub.xmc") in res.output
+
+
+def test_encode_out_is_checked_before_encoding(tmp_path, monkeypatch):
+    import xmodal.data as data
+
+    def loaded(*a, **k):
+        raise AssertionError("loaded the dataset before checking --out")
+
+    monkeypatch.setattr(data, "load_dataset", loaded)
+    afile = _afile(tmp_path)
+    for out, why in ((afile / "x.npz", "not a folder"), (tmp_path, "a folder"),
+                     (tmp_path / "x.txt", ".npz")):
+        res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", out)
+        _clean(res)
+        assert str(out) in res.output and why in res.output, res.output
+
+
+def test_encode_save_error_is_clean(tmp_path, monkeypatch):
+    import xmodal.data as data
+    import xmodal.encoders as encoders
+
+    class DS:
+        pass
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: DS())
+    monkeypatch.setattr(encoders, "encode_dataset", lambda ds, *a, **k: ds)
+
+    def denied(ds, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "save_npz", denied)
+    res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", tmp_path / "x.npz")
+    _clean(res)
+    assert str(tmp_path / "x.npz") in res.output and "Permission denied" in res.output
+
+
+def test_bench_json_not_writable_is_refused_up_front(tmp_path, monkeypatch):
+    import xmodal.evaluation.bench as bench_mod
+
+    def ran(*a, **k):
+        raise AssertionError("ran the bench before checking --json")
+
+    monkeypatch.setattr(bench_mod, "run_bench", ran)
+    import os
+
+    ro = Path("/proc")  # a folder no one, root included, can create a file in
+    if not ro.is_dir() or os.name != "posix":
+        pytest.skip("no /proc")
+    res = run("bench", "-d", "wikipedia", "-m", "cca", "--json", ro / "r.json")
+    _clean(res)
+    assert str(ro / "r.json") in res.output and "cannot write" in res.output
+
+
+def test_bench_json_write_failing_at_the_end_points_to_resume(tmp_path, monkeypatch):
+    import xmodal.evaluation.bench as bench_mod
+
+    rec = {"dataset": "x", "method": "cca", "bits": None, "seed": 0, "fit_seconds": 0.0,
+           "i2t": {"map": 0.5}, "t2i": {"map": 0.5}}
+
+    monkeypatch.setattr(bench_mod, "run_bench", lambda *a, **k: [rec])
+    monkeypatch.setattr(bench_mod, "format_table", lambda *a, **k: "table")
+
+    def denied(records, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(bench_mod, "write_json", denied)
+    res = run("bench", "-d", "wikipedia", "-m", "cca", "--quiet", "--json", tmp_path / "r.json",
+              "--resume", tmp_path / "r.jsonl")
+    _clean(res)
+    assert "No space left" in res.output and str(tmp_path / "r.jsonl") in res.output
+
+
+@pytest.mark.parametrize("what", ["folder", "binary", "empty", "blank"])
+def test_compare_names_a_file_that_is_no_records_file(tmp_path, what):
+    path = tmp_path / "recs"
+    if what == "folder":
+        path.mkdir()
+    elif what == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00")
+    elif what == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("\n  \n")
+    res = run("compare", path, "a", "b")
+    _clean(res)
+    assert str(path) in res.output
+    if what in ("folder", "binary"):
+        assert "not a records file" in res.output
+    else:
+        assert "holds no records" in res.output and "the file holds: \n" not in res.output
+
+
+def test_number_options_out_of_range_are_usage_errors(tmp_path, monkeypatch):
+    import uvicorn
+
+    def served(*a, **k):
+        raise AssertionError("served despite a bad option")
+
+    monkeypatch.setattr(uvicorn, "run", served)
+    coll = _coll(tmp_path)
+    for args in (["serve", "-c", coll, "--port", 99999], ["serve", "-c", coll, "--port", -1],
+                 ["serve", "-c", coll, "--max-upload-mb", 0],
+                 ["serve", "-c", coll, "--faiss-threads", 0],
+                 ["compare", tmp_path / "r.json", "a", "b", "--resamples", 0]):
+        res = run(*args)
+        _clean(res)
+        assert "Invalid value" in res.output, res.output
+
+
+def test_bad_plugin_in_the_environment_is_a_clean_error(tmp_path, monkeypatch):
+    import xmodal.methods as methods
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('broken plugin')\n")
+    flag = run("--plugin", bad, "methods")
+    _clean(flag)
+    monkeypatch.setattr(methods, "_plugins_loaded", False)
+    env = run("methods", env={"XMODAL_PLUGINS": str(bad)})
+    _clean(env)
+    assert "broken plugin" in env.output and "XMODAL_PLUGINS" in env.output
+
+
+def test_index_progress_is_automatic_unless_quiet(tmp_path, monkeypatch):
+    """Not quiet means bars only on a terminal (None), never forced into a log file."""
+    import xmodal.index.build as build
+    from xmodal.encoders import get_encoder
+    from xmodal.index.collection import TextItem
+
+    enc = get_encoder("bow", "text").fit(["a river", "two planes"], progress=False)
+    Collection.create(tmp_path / "c.xmc", dim=4, text_encoder=enc).close()
+    monkeypatch.setattr(build, "scan_source", lambda *a, **k: ([], [TextItem("t#0", "a river")]))
+    seen = []
+
+    def add_items(self, *a, progress=False, **k):
+        seen.append(progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Collection, "add_items", add_items)
+    src = tmp_path / "src"
+    src.mkdir()
+    assert run("index", src, "-c", tmp_path / "c.xmc").exit_code == 130
+    assert run("index", src, "-c", tmp_path / "c.xmc", "--quiet").exit_code == 130
+    assert seen == [None, False]
+
+
+def test_add_items_bar_follows_show_progress(tmp_path, monkeypatch):
+    """progress=None: a bar on a terminal only (as the encoders do)."""
+    import io
+    import sys
+
+    from xmodal.encoders import get_encoder
+    from xmodal.index.collection import TextItem
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    enc = get_encoder("bow", "text").fit(["a river", "two planes"], progress=False)
+    coll = Collection.create(tmp_path / "c.xmc", dim=enc.dim, text_encoder=enc)
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    coll.add_items(texts=[TextItem("t#0", "a river")], progress=None)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
+    coll.add_items(texts=[TextItem("t#1", "two planes")], progress=None)
+    assert "adding texts" in err.getvalue() and "adding texts" not in sys.stderr.getvalue()
+    coll.close()
+
+
+def test_index_help_shows_defaults_in_brackets():
+    res = CliRunner().invoke(app, ["index", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(res.output.replace("\u2502", " ").split())  # rich box edges
+    assert "default: cca; an existing collection: its own" in text
+    assert "default: Flat; an existing collection: its own" in text
+
+
+def test_search_target_help_says_what_item_searches():
+    res = CliRunner().invoke(app, ["search", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(res.output.replace("\u2502", " ").split())  # rich box edges
+    assert "the other modality" not in text or "--item" in text.split("the other modality")[1][:80]
+
+
+def test_search_refuses_a_collection_given_twice(tmp_path):
+    coll = _coll(tmp_path)
+    other = tmp_path / "." / "c.xmc"
+    for cmd in (["search", "-c", coll, "-c", other, "a"], ["stats", "-c", coll, "-c", coll]):
+        res = run(*cmd)
+        _clean(res)
+        assert "given twice" in res.output and str(coll) in res.output.replace(str(other), str(coll))
+
+
+def test_stats_of_one_collection_is_one_space(tmp_path):
+    coll = _coll(tmp_path)
+    res = run("stats", "-c", coll, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["one_space"] is True
