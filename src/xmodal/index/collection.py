@@ -1728,7 +1728,7 @@ class Collection:
 
     def add_items(self, images: Sequence[ImageItem] = (), texts: Sequence[TextItem] = (), *,
                   image_features: np.ndarray | None = None, text_features: np.ndarray | None = None,
-                  batch_size: int = 256, progress: bool = False, actor: str = "local",
+                  batch_size: int = 256, progress: bool | None = False, actor: str = "local",
                   remote: str | None = None) -> AddReport:
         """Encode and add images (files) and texts. Items whose key and content hash are
         already stored are skipped without encoding. An add of at most ``batch_size`` items
