@@ -53,30 +53,6 @@ def _config_name(rec: dict) -> str:
 _CI_VS_P = ("(p: paired sign-flip randomisation test, the significance test; 95% CI: percentile "
             "bootstrap over queries, the size of A-B; near p = 0.05 they can disagree)")
 
-# what can tell two summaries of one method apart (xmodal compare names those that differ)
-_CONFIG_FIELDS = ("dataset", "bits", "settings", "database_codes", "image_encoder", "text_encoder",
-                  "test_folds", "dataset_sha256", "data_options", "params", "data_digest", "ties")
-
-
-def _differing(recs: list[dict]) -> list[str]:
-    """The fields whose values differ between ``recs``; ``params (alpha, ...)`` names the
-    parameters."""
-    from ..evaluation.bench import SEED_OWNED
-
-    out = []
-    for f in _CONFIG_FIELDS:
-        if len({json.dumps(r.get(f), sort_keys=True) for r in recs}) > 1:
-            if f == "params":
-                ps = [r.get("params") or {} for r in recs]
-                keys = sorted({k for p in ps for k in p if k not in SEED_OWNED
-                               and len({json.dumps(q.get(k)) for q in ps}) > 1})
-                if not keys:  # only the seed's or the bit length's: said by their own fields
-                    continue
-                f += f" ({', '.join(keys)})"
-            out.append(f)
-    return out
-
-
 def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
           bits: int | None = None) -> dict:
     """The one record ``name`` means: ``method:param=value,...`` for the record with exactly
@@ -85,7 +61,7 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
     summaries the --bits / --dataset filters kept, ``every`` those before --bits (to say what
     a method has when none is at ``bits``)."""
     from ..data import DataError
-    from ..evaluation.bench import RUN_FIELDS
+    from ..evaluation.bench import RUN_FIELDS, differing_fields
 
     method, colon, spec = name.partition(":")
     of_method = [r for r in recs if r.get("method") == method]
@@ -113,7 +89,7 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
         held = sorted({r.get("method") for r in (every or recs)})
         raise DataError(f"{path}: no record for method {name!r}; the file holds: {', '.join(held)}")
     configs = sorted({_config_name(r) for r in mine})
-    differ = _differing(mine)
+    differ = differing_fields(mine)
     if len(configs) > 1:
         hint = f"name one of {', '.join(configs)}"
     elif differ and all(d.split(" ")[0] in RUN_FIELDS for d in differ):

@@ -375,11 +375,37 @@ RUN_FIELDS = ("params", "data_digest", "ties")
 SEED_OWNED = ("random_state", "bits")  # params set per record by the seed and the bit length
 
 
+# what can tell two summaries of one method apart (named when a table or compare must refuse)
+CONFIG_FIELDS = ("dataset", "bits", "settings", "database_codes", "protocol", "image_encoder",
+                 "text_encoder", "test_folds", "dataset_sha256", "data_options", *RUN_FIELDS)
+
+
+def _run_value(rec: dict, field: str) -> str:
+    """A record's ``field`` as comparable text; in ``params``, those the seed and the bit
+    length set are no difference (seeds of one run differ there by design)."""
+    v = rec.get(field)
+    if field == "params":
+        v = {k: x for k, x in (v or {}).items() if k not in SEED_OWNED}
+    return json.dumps(v, sort_keys=True, default=str)
+
+
 def _run_signature(rec: dict) -> str:
-    """The record's :data:`RUN_FIELDS`, its ``params`` without those the seed and the bit
-    length set (seeds of one run differ there by design)."""
-    params = {k: v for k, v in (rec.get("params") or {}).items() if k not in SEED_OWNED}
-    return json.dumps([params if f == "params" else rec.get(f) for f in RUN_FIELDS], sort_keys=True)
+    """The record's :data:`RUN_FIELDS`, as :func:`_run_value` compares them."""
+    return "\n".join(_run_value(rec, f) for f in RUN_FIELDS)
+
+
+def differing_fields(recs: list[dict], fields: Sequence[str] = CONFIG_FIELDS) -> list[str]:
+    """The ``fields`` whose values differ between ``recs``; ``params (alpha, ...)`` names the
+    parameters that do (as :func:`_run_value` compares them)."""
+    out = []
+    for f in fields:
+        if len({_run_value(r, f) for r in recs}) > 1:
+            if f == "params":
+                ps = [json.loads(_run_value(r, "params")) for r in recs]
+                keys = sorted({k for p in ps for k in p if len({json.dumps(q.get(k), sort_keys=True) for q in ps}) > 1})
+                f += f" ({', '.join(keys)})"
+            out.append(f)
+    return out
 
 
 def summarize_seeds(records: list[dict]) -> list[dict]:
@@ -699,14 +725,6 @@ def _md(cols: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _run_value(rec: dict, field: str) -> str:
-    """A record's ``field`` as comparable text; the seed's own parameters are no difference."""
-    v = rec.get(field)
-    if field == "params" and isinstance(v, dict):
-        v = {k: x for k, x in v.items() if k not in SEED_OWNED}
-    return json.dumps(v, sort_keys=True, default=str)
-
-
 def _one_summary_each(summaries: list[dict], what: str) -> None:
     """Refuse two summaries of one method at one bit length on one dataset (seeds that ran
     with other parameters, data, tie order or ``--set`` values are never pooled): a table or a
@@ -715,8 +733,7 @@ def _one_summary_each(summaries: list[dict], what: str) -> None:
     for r in summaries:
         key = (r["dataset"], r["method"], r.get("bits"))
         if key in seen:
-            fields = [f for f in ("settings", "params", "data_digest", "ties", "database_codes", "protocol")
-                      if _run_value(r, f) != _run_value(seen[key], f)]
+            fields = differing_fields([seen[key], r])
             at = f" at {r['bits']} bits" if r.get("bits") else ""
             raise ValueError(f"{what}: records of {r['method']}{at} on {r['dataset']} differ in "
                              f"{', '.join(fields) or 'their run'}; pass the records of one run "
