@@ -144,10 +144,11 @@ THUMB_SIZES = (128, 256, 512)  # thumbnail sizes the service makes (thumb_file)
 THUMB_SUFFIXES = ("_v2.jpg", ".jpg")  # the current name first, then the older ones
 
 
-def thumb_file(thumbs: Path, tag: str, size: int) -> Path:
+def thumb_file(thumbs: Path, tag: str, size: int, suffix: str = THUMB_SUFFIXES[0]) -> Path:
     """Where the service caches an item's thumbnail of ``size`` (``tag``: its content hash,
-    or ``id<N>`` for an item stored without one)."""
-    return thumbs / f"{tag}_{size}{THUMB_SUFFIXES[0]}"
+    or ``id<N>`` for an item stored without one); another of ``THUMB_SUFFIXES``: where an
+    older xmodal cached it."""
+    return thumbs / f"{tag}_{size}{suffix}"
 _sep_files = os.sep + "files" + os.sep  # uploads are stored as <collection>/files/<sha256>.<ext>
 
 
@@ -1560,7 +1561,7 @@ class Collection:
         for name in sorted(own - self.uploads_in_use(own)):
             (uploads / name).unlink(missing_ok=True)
         def names(tag: str) -> list[Path]:  # current and older names
-            return [thumbs / f"{tag}_{size}{suffix}" for size in THUMB_SIZES for suffix in THUMB_SUFFIXES]
+            return [thumb_file(thumbs, tag, size, suffix) for size in THUMB_SIZES for suffix in THUMB_SUFFIXES]
 
         for _, digest, item_id in files:
             for f in names(f"id{item_id}"):  # ids are never reused: a thumbnail made without a hash goes

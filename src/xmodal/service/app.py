@@ -36,7 +36,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
-                                check_key, encode_items, read_only_error, thumb_file, THUMB_SUFFIXES)
+                                THUMB_SUFFIXES, check_key, encode_items, read_only_error, thumb_file)
 from ..index.shards import RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels
 from . import auth
 
@@ -88,8 +88,9 @@ LabelList = Annotated[list[LabelStr], AfterValidator(_no_blanks)]
 
 
 def split_labels(labels: str) -> list[str]:
-    """A comma-separated filter from a query string or form: trimmed, blanks dropped."""
-    return [x.strip() for x in labels.split(",") if x.strip()]
+    """A comma-separated filter from a query string or form: trimmed, blanks dropped (as a
+    JSON list of them, :data:`LabelList`)."""
+    return _no_blanks([x.strip() for x in labels.split(",")])
 
 
 class SearchRequest(BaseModel):
@@ -884,7 +885,7 @@ def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> byte
     try:
         atomic_write_bytes(cached, data)
         for suffix in THUMB_SUFFIXES[1:]:  # an older xmodal's thumbnail of it is replaced
-            (cached.parent / f"{tag}_{size}{suffix}").unlink(missing_ok=True)
+            thumb_file(cached.parent, tag, size, suffix).unlink(missing_ok=True)
     except OSError:  # a read-only mount or a full disk: serve it uncached
         pass
     return data
