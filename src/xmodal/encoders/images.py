@@ -163,7 +163,7 @@ def jpeg_decodes_small(fh: Any) -> bool:
             if not b:
                 return False
             if b != b"\xff":
-                continue  # not at a marker: no valid JPEG has bytes here, but be lenient
+                return False  # bytes between segments: not walked (a byte at a time), judged by full size
             m = fh.read(1)
             while m == b"\xff":  # fill bytes
                 m = fh.read(1)
