@@ -171,11 +171,12 @@ def test_loading_refuses_other_formats_classes_and_states_naming_the_file(tmp_pa
 
     cases = {"format.xmodal": (lambda m: m.update(format=99), r"saved in format 99"),
              "class.xmodal": (lambda m: m.update(**{"class": "PLS"}), r"holds a PLS, but 'cca' is a CCA"),
-             "param.xmodal": (lambda m: m["params"].update(n_components=-3), r"n_components=-3"),
-             "name.xmodal": (lambda m: m.update(method="no_such_method"), r"no_such_method")}
+             "param.xmodal": (lambda m: m["params"].update(n_components=-3), r"n_components=-3")}
     for name, (change, message) in cases.items():
         with pytest.raises(DataError, match=rf"{name}: .*{message}"):
             methods.load(edited(name, change))
+    with pytest.raises(KeyError, match=r"name.xmodal: unknown method 'no_such_method'"):
+        methods.load(edited("name.xmodal", lambda m: m.update(method="no_such_method")))
     (tmp_path / "cut.xmodal").write_bytes(good.read_bytes()[:200])
     with pytest.raises(DataError, match="corrupt or truncated"):
         methods.load(tmp_path / "cut.xmodal")

@@ -247,7 +247,7 @@ def test_models_saved_before_dropout_reached_the_towers_still_load(wiki, tmp_pat
                 meta["params"].update(hidden=[7], dropout=0.3)
                 data = json.dumps(meta).encode()
             dst.writestr(item, data)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DataError, match=r"bad.zip: its saved state does not fit a DCCA \(RuntimeError"):
         methods.load(tmp_path / "bad.zip")
 
 

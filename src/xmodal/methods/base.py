@@ -284,8 +284,9 @@ class CrossModalMethod:
                             f"{FORMAT_VERSION} (save it again with the xmodal that wrote it, or refit)")
         try:
             obj = create(meta["method"], **meta["params"])
-        except KeyError as exc:  # a method this installation does not have (a plugin not loaded?)
-            raise DataError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+        except KeyError as exc:  # a method this installation does not have (a plugin not loaded?):
+            # still a KeyError, which callers tell apart to say "load its plugin"
+            raise KeyError(f"{path}: {exc.args[0] if exc.args else exc}") from None
         except ParameterError as exc:
             raise DataError(f"{path}: {exc}") from None
         if meta.get("class") not in (None, type(obj).__name__):
