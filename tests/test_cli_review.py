@@ -261,3 +261,69 @@ def test_stats_of_one_collection_is_one_space(tmp_path):
     res = run("stats", "-c", coll, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["one_space"] is True
+
+
+# --- export / snapshot / keys review ---------------------------------------------------------
+
+
+def test_export_onto_an_existing_file_needs_force(tmp_path):
+    c = _coll(tmp_path)
+    dest = tmp_path / "v.npz"
+    dest.write_bytes(b"keep me")
+    res = run("export", dest, "-c", c)
+    _clean(res)
+    assert str(dest) in res.output and "--force" in res.output
+    assert dest.read_bytes() == b"keep me"
+    res = run("export", dest, "-c", c, "--force")
+    assert res.exit_code == 0, res.output
+    assert len(np.load(dest)["ids"]) == 2
+
+
+def test_export_under_a_file_names_the_file(tmp_path):
+    c = _coll(tmp_path)
+    afile = _afile(tmp_path)
+    res = run("export", afile / "sub" / "v.npz", "-c", c)
+    _clean(res)
+    assert f"{afile} is a file" in res.output and "File exists" not in res.output
+
+
+def test_export_creates_missing_folders_and_says_so_in_help(tmp_path):
+    c = _coll(tmp_path)
+    res = run("export", tmp_path / "new" / "v.npz", "-c", c)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "v.npz").is_file()
+    assert "missing folders" in " ".join(run("export", "--help").output.lower().split())
+
+
+def test_export_and_snapshot_json(tmp_path):
+    c = _coll(tmp_path)
+    res = run("export", tmp_path / "v.npz", "-c", c, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["file"] == str(tmp_path / "v.npz") and out["images"] == 0 and out["texts"] == 2
+    res = run("snapshot", tmp_path / "snap", "-c", c, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["snapshot"] == str(tmp_path / "snap") and out["texts"] == 2 and "space" in out
+
+
+def test_keys_json(tmp_path):
+    c = _coll(tmp_path)
+    res = run("keys", "add", "-c", c, "--role", "read", "--name", "bot", "--json")
+    assert res.exit_code == 0, res.output
+    added = json.loads(res.output)
+    assert added["role"] == "read" and added["name"] == "bot" and added["token"] and added["key_id"]
+    res = run("keys", "list", "-c", c, "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [r["key_id"] for r in rows] == [added["key_id"]]
+    assert rows[0]["role"] == "read" and rows[0]["revoked"] is False
+    assert added["token"] not in res.output and not any("hash" in k or "token" in k for k in rows[0])
+
+
+def test_snapshot_inside_the_collection_is_refused(tmp_path):
+    c = _coll(tmp_path)
+    res = run("snapshot", c / "snap", "-c", c)
+    _clean(res)
+    assert str(c / "snap") in res.output and str(c) in res.output and "inside" in res.output
+    assert not (c / "snap").exists()

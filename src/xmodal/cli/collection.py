@@ -415,16 +415,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
-        dest: Path = typer.Argument(..., help="the .npz file to write"),
+        dest: Path = typer.Argument(..., help="the .npz file to write (missing parent folders are created)"),
         collection: Path = COLLECTION_OPT,
         modality: Optional[str] = typer.Option(None, help="image or text (default: both)"),
+        force: bool = typer.Option(False, "--force", help="overwrite an existing DEST"),
+        as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
         """Write a collection's vectors and item metadata to one .npz file for other tools.
 
         Arrays: ids, modality, keys, paths, texts, pair_ids, labels (JSON), vectors (float32,
-        or packed uint8 codes), fvecs (if stored) and info (JSON). Load with numpy.load."""
+        or packed uint8 codes), fvecs (if stored) and info (JSON). Load with numpy.load. Missing
+        folders above DEST are created; an existing DEST is refused unless --force."""
         from ..index import CollectionError
 
+        if dest.is_dir():
+            _fail(f"{dest}: is a folder; give the .npz file to write")
+        if dest.exists() and not force:
+            _fail(f"{dest}: already exists; add --force to overwrite it")
+        # a path under a file (afile/x.npz): mkdir would say only "File exists"
+        above = dest.absolute().parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            _fail(f"{dest}: cannot be written: {above} is a file")
         coll = _open(collection)
         try:
             counts = coll.export(dest, modality=modality)
@@ -432,13 +445,18 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         except OSError as exc:
             _fail(f"{dest}: {exc.strerror or exc}")
+        if as_json:
+            typer.echo(json.dumps({"file": str(dest), "collection": str(collection), "images": counts["image"],
+                                   "texts": counts["text"], "output": coll.kind, "dim": coll.dim}))
+            return
         typer.echo(f"{dest}: {counts['image']} images, {counts['text']} texts, {coll.kind} {coll.dim}-d")
 
     @app.command("snapshot")
     def snapshot_cmd(
-        dest: Path = typer.Argument(..., help="new folder for the copy"),
+        dest: Path = typer.Argument(..., help="new folder for the copy (outside the collection)"),
         collection: Path = COLLECTION_OPT,
         keys: bool = typer.Option(False, "--keys", help="keep the API keys and the audit log"),
+        as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
         """Copy a collection consistently, to ship or serve read-only elsewhere.
 
@@ -446,6 +464,10 @@ def register(app: typer.Typer) -> None:
         the audit log stay behind unless --keys."""
         from ..index import CollectionError
 
+        real, inside = dest.expanduser().resolve(), collection.expanduser().resolve()
+        if real == inside or inside in real.parents:
+            # the copy would sit in the collection's own folder (and be copied into the next one)
+            _fail(f"{dest}: is inside the collection {collection}; snapshot to a folder outside it")
         coll = _open(collection)
         try:
             coll.snapshot(dest, keys=keys)
@@ -454,6 +476,10 @@ def register(app: typer.Typer) -> None:
         except OSError as exc:  # under a file, a folder that cannot be written
             _fail(f"{dest}: {exc.strerror or exc}")
         s = _open(dest, read_only=True).stats()
+        if as_json:
+            typer.echo(json.dumps({"snapshot": str(dest), "collection": str(collection), "images": s["images"],
+                                   "texts": s["texts"], "space": s["space"], "keys": keys}))
+            return
         typer.echo(f"{dest}: {s['images']} images, {s['texts']} texts, space {s['space']}")
 
     @app.command("serve")
@@ -505,23 +531,37 @@ def register(app: typer.Typer) -> None:
     @keys.command("add")
     def keys_add(collection: Path = COLLECTION_OPT,
                  role: str = typer.Option(..., help="read, write or admin"),
-                 name: str = typer.Option("", help="who or what the key is for")) -> None:
+                 name: str = typer.Option("", help="who or what the key is for"),
+                 as_json: bool = typer.Option(False, "--json", help="JSON output (the token included, "
+                                              "shown this once)")) -> None:
         """Create a key; the token is printed once (only its salted hash is stored)."""
-        from ..service.auth import KeyError_, create_key
+        from ..service.auth import PREFIX, KeyError_, create_key
 
         from ..index import ReadOnlyError
 
         try:
-            typer.echo(create_key(_open(collection), role, name, actor="cli"))
+            token = create_key(_open(collection), role, name, actor="cli")
         except (KeyError_, ReadOnlyError) as exc:
             _fail(str(exc))
+        if as_json:
+            key_id = token[len(PREFIX):].partition("_")[0]
+            typer.echo(json.dumps({"key_id": key_id, "role": role, "name": name, "token": token}))
+            return
+        typer.echo(token)
 
     @keys.command("list")
-    def keys_list(collection: Path = COLLECTION_OPT) -> None:
+    def keys_list(collection: Path = COLLECTION_OPT,
+                  as_json: bool = typer.Option(False, "--json", help="JSON output: a list of key records")) -> None:
         """List keys (ids, names, roles; never secrets)."""
         from ..service.auth import list_keys
 
-        for r in list_keys(_open(collection)):
+        rows = list_keys(_open(collection))
+        if as_json:
+            typer.echo(json.dumps([{"key_id": r["key_id"], "name": r["name"], "role": r["role"],
+                                    "created": r["created"], "revoked": r["revoked"] is not None,
+                                    "revoked_at": r["revoked"]} for r in rows], indent=1))
+            return
+        for r in rows:
             state = "revoked" if r["revoked"] else "active"
             typer.echo(f"{r['key_id']}\t{r['role']}\t{state}\t{r['name']}")
 
