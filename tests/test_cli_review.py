@@ -327,3 +327,19 @@ def test_snapshot_inside_the_collection_is_refused(tmp_path):
     _clean(res)
     assert str(c / "snap") in res.output and str(c) in res.output and "inside" in res.output
     assert not (c / "snap").exists()
+
+
+def test_index_real_spec_with_a_binary_method_says_it_becomes_binary(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(src / "a.png")
+    (src / "a.txt").write_text("a cat")
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "lsh", "--index", "Flat", "--dry-run")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "--index Flat" in out and "BFlat" in out and "lsh" in out, out
+    # a binary spec typed as such: nothing to say
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "lsh", "--index", "BFlat", "--dry-run")
+    assert res.exit_code == 0 and "BFlat" not in res.output, res.output

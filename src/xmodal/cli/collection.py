@@ -122,6 +122,31 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: objec
         _fail(_option_words(collection, differ))
 
 
+def _say_binary_spec(collection: Path, rebuild: bool, like: Optional[Path], method: str,
+                     index: Optional[str]) -> None:
+    """A binary (hashing) method given a real-valued --index spec (Flat, HNSW32) gets its binary
+    counterpart (BFlat, BHNSW32: :func:`xmodal.index.vector.normalize_spec`, kept so in the
+    Python API): said on stderr, as the run's summary would otherwise name an index not typed."""
+    from ..index import Collection
+    from ..index.build import _is_method_file
+    from ..index.vector import normalize_spec, split_spec
+
+    if index is None or like is not None or (Collection.exists(collection) and not rebuild):
+        return  # an existing collection keeps its own index (refused above if another is typed)
+    if _is_method_file(method):
+        return  # its output is known once the file is loaded; the summary names the index
+    from ..methods import get
+
+    try:
+        output = get(method).output
+        spec = normalize_spec(output, index)
+    except (KeyError, ValueError):
+        return  # an unknown method or a bad spec: refused by the build with its own words
+    if output == "binary" and split_spec(spec)[0] != split_spec(index)[0]:
+        typer.echo(f"note: --index {index}: method {method} is binary (hashing), so the index is the "
+                   f"binary {spec}; give --index {spec} to say so", err=True)
+
+
 def register(app: typer.Typer) -> None:
     from ..index.build import DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER
 
@@ -186,6 +211,7 @@ def register(app: typer.Typer) -> None:
         if not rebuild:
             _refuse_ignored_options(ctx, collection, method=method, index=index, image_encoder=image_encoder,
                                     text_encoder=text_encoder, rerank=rerank)
+        _say_binary_spec(collection, rebuild, like, method or DEFAULT_METHOD, index)
         if dry_run:
             try:
                 plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
