@@ -343,3 +343,35 @@ def test_index_real_spec_with_a_binary_method_says_it_becomes_binary(tmp_path):
     # a binary spec typed as such: nothing to say
     res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "lsh", "--index", "BFlat", "--dry-run")
     assert res.exit_code == 0 and "BFlat" not in res.output, res.output
+
+
+def test_a_shard_url_that_is_not_xmodal_is_named_without_its_whole_page(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page = "<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>" + "x" * 5000 + "</body></html>"
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = page.encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        res = run("stats", "--shard", url)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    _clean(res)
+    out = " ".join(res.output.split())
+    assert url in out and "404" in out and "xmodal serve" in out, out
+    assert "x" * 300 not in out and len(res.output) < 600, res.output

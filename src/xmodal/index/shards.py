@@ -98,10 +98,12 @@ class RemoteShard:
                 data = b"".join(chunks)
             out = json.loads(data)
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
+            # enough to parse an xmodal JSON error whole; another server's page is cut in _error_words
+            detail = _error_words(exc.read(1 << 14).decode("utf-8", "replace"))
             if exc.code in (401, 403):  # a private shard: say which key is missing and how to send one
                 raise CollectionError(self._key_message(path, exc.code, detail)) from None
-            raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: {detail}") from None
+            raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: "
+                                  f"{detail}") from None
         except TimeoutError:  # connecting, or the answer's deadline passed mid-read
             raise self._timed_out(path) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -403,6 +405,21 @@ class ShardedCollection:
             if len(out) == k:
                 break
         return out
+
+
+
+def _error_words(body: str) -> str:
+    """An error answer in a few words: an `xmodal serve`'s JSON ``detail``, else (another web
+    server's page, HTML and all) its first 200 characters and the likely cause."""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, str):
+        return detail
+    short = " ".join(body.split())
+    short = short[:200] + ("..." if len(short) > 200 else "")
+    return f"not an xmodal answer; is it an `xmodal serve`? (got {short!r})"
 
 
 def _request(target: str, k: int, labels: Sequence[str] | None, exact: Any, distinct: Any,
