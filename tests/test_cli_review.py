@@ -375,3 +375,25 @@ def test_a_shard_url_that_is_not_xmodal_is_named_without_its_whole_page(tmp_path
     out = " ".join(res.output.split())
     assert url in out and "404" in out and "xmodal serve" in out, out
     assert "x" * 300 not in out and len(res.output) < 600, res.output
+
+
+def test_serve_on_a_port_in_use_fails_before_starting(tmp_path, monkeypatch):
+    import socket
+
+    import uvicorn
+
+    def started(*a, **k):
+        raise AssertionError("uvicorn started on a port in use")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    c = _coll(tmp_path)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        res = run("serve", "-c", c, "--port", port)
+    finally:
+        taken.close()
+    _clean(res)
+    assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output

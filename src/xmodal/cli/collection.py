@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Optional
@@ -145,6 +146,29 @@ def _say_binary_spec(collection: Path, rebuild: bool, like: Optional[Path], meth
     if output == "binary" and split_spec(spec)[0] != split_spec(index)[0]:
         typer.echo(f"note: --index {index}: method {method} is binary (hashing), so the index is the "
                    f"binary {spec}; give --index {spec} to say so", err=True)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A port already in use (another server) or an address this machine does not have is
+    refused before the collection is opened, with exit 2 (uvicorn would log its own message
+    and exit 3). The socket is closed at once; port 0 (any free one) always binds."""
+    import socket
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        _fail(f"--host {host}: cannot listen there ({exc.strerror or exc})")
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a TIME_WAIT port is free
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"{where}: the port is in use (another server?); pick another with --port "
+                      "(--port 0: any free one)")
+            _fail(f"{where}: cannot listen there ({exc.strerror or exc})")
 
 
 def register(app: typer.Typer) -> None:
@@ -543,6 +567,8 @@ def register(app: typer.Typer) -> None:
             except KeyError as exc:
                 _fail(f"{collection}: {exc.args[0]}; load the method's plugin (--plugin FILE or "
                       "$XMODAL_PLUGINS) before serving")
+            # after the collection's own refusals (they say more), before the app starts anything
+            _check_port(host, port)
             if coll.read_only:
                 typer.echo(f"{collection}: serving read-only (writes answer 403)", err=True)
             app_ = create_app(coll, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
