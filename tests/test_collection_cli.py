@@ -141,7 +141,7 @@ def test_serve_read_only_beside_a_live_writer(tmp_path, monkeypatch):
     with Collection.create(path, dim=8) as writer:
         writer.add_vectors("image", [f"i{j}" for j in range(10)], rng.standard_normal((10, 8)))
         assert (path / "collection.db-wal").stat().st_size > 0  # the writer's commits, not merged
-        r = run("serve", "-c", path, "--read-only")
+        r = run("serve", "-c", path, "--read-only", "--port", 0)  # any free port: 8000 may be taken
         assert r.exit_code == 0, r.output
         client = TestClient(served["app"])
         assert client.get("/api/info").json()["images"] == 10
