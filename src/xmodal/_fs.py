@@ -22,6 +22,15 @@ def _umask() -> int:
     return mask
 
 
+def blocking_file(path: str | os.PathLike) -> Path | None:
+    """The first existing folder above ``path`` when it is a file, not a folder (``afile/x``:
+    ``path`` can never be created, and ``mkdir`` would say only "File exists"); else None."""
+    above = Path(path).absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    return None if above.is_dir() else above
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(fh)`` so that a crash leaves the old file or the new one,
     never a torn one: temp file in the same folder, fsync, rename. The temp name ends in ``.tmp``.

@@ -483,10 +483,10 @@ def register(app: typer.Typer) -> None:
         if dest.exists() and not force:
             _fail(f"{dest}: already exists; add --force to overwrite it")
         # a path under a file (afile/x.npz): mkdir would say only "File exists"
-        above = dest.absolute().parent
-        while not above.exists() and above != above.parent:
-            above = above.parent
-        if not above.is_dir():
+        from .._fs import blocking_file
+
+        above = blocking_file(dest)
+        if above is not None:
             _fail(f"{dest}: cannot be written: {above} is a file")
         coll = _open(collection)
         try:

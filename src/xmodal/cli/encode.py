@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from .._fs import blocking_file
+
 
 def _default_out(dataset: str, image_encoder: str | None, text_encoder: str | None) -> Path:
     parts = [Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset]
@@ -27,10 +29,8 @@ def _check_out(out: Path) -> None:
         fail("is a folder; give the .npz file to write")
     if out.suffix.lower() != ".npz":
         fail("the output file name must end in .npz")
-    above = out.absolute().parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
+    above = blocking_file(out)
+    if above is not None:
         fail(f"cannot be written: {above} is not a folder")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._fs import blocking_file
 from ..data import PairedDataset, load_dataset
 from ..data.dataset import DataError
 from ..data._probe import PROBE_SAMPLE, any_file
@@ -382,10 +383,8 @@ def _scan(source: str | Path, collection_path: str | Path,
     if Path(collection_path).exists() and not Path(collection_path).is_dir():
         raise CollectionError(f"{collection_path}: exists and is not a folder; a collection is a folder")
     # under a file (afile/x.xmc) it could never be created: said now, not after the fitting
-    above = Path(collection_path).absolute().parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
+    above = blocking_file(collection_path)
+    if above is not None:
         raise CollectionError(f"{collection_path}: cannot be created: {above} is not a folder")
     if Path(source).is_dir() and Path(source).resolve() == Path(collection_path).resolve():
         # its thumbnails and uploaded files would be indexed as images on the next run
