@@ -397,3 +397,29 @@ def test_serve_on_a_port_in_use_fails_before_starting(tmp_path, monkeypatch):
         taken.close()
     _clean(res)
     assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output
+
+
+def test_index_json_says_what_the_run_did(tmp_path):
+    import shutil
+
+    from conftest import need
+
+    imgs = sorted((need("ucm_captions") / "imgs").glob("*.jpg"))[:3]
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i, p in enumerate(imgs):
+        shutil.copy(p, src / p.name)
+        (src / f"{p.stem}.txt").write_text(f"caption {i} of an aerial photo\n")
+    args = ["index", src, "-c", tmp_path / "c.xmc", "--method", "cca", "--image-encoder",
+            "efficientnet-lite0", "--text-encoder", "tfidf", "--quiet", "--json"]
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.output)
+    assert first["run"] == {"added": 6, "replaced": 0, "moved": 0, "unchanged": 0, "skipped": 0, "removed": 0}
+    again = json.loads(run(*args[:4], "--quiet", "--json").output)  # the collection's own options
+    assert again["run"]["added"] == 0 and again["run"]["unchanged"] == 6
+    (src / imgs[0].name).unlink()
+    pruned = json.loads(run(*args[:4], "--quiet", "--json", "--prune").output)
+    assert pruned["run"]["removed"] == 2 and pruned["images"] == 2
+    human = run(*args[:4], "--quiet").output
+    assert "this run: added 0, replaced 0, moved 0, unchanged 4, skipped 0, removed 0" in human

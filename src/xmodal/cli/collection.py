@@ -278,11 +278,14 @@ def register(app: typer.Typer) -> None:
 
         OPENED.append(coll)  # closed when the command ends, as _open's are
         s = coll.stats()
+        run = coll.last_add.counts() if coll.last_add is not None else None  # what this run did
         if as_json:
-            typer.echo(json.dumps({"collection": str(collection), **s}))
+            typer.echo(json.dumps({"collection": str(collection), **s, "run": run}))
             return
         typer.echo(f"{collection}: {s['images']} images, {s['texts']} texts, method {s['method']}, "
                    f"{s['output']} {s['dim']}-d, index {s['index']}")
+        if run is not None:
+            typer.echo("this run: " + ", ".join(f"{k} {v}" for k, v in run.items()))
 
     @app.command("search")
     def search_cmd(

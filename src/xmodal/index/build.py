@@ -702,6 +702,7 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
     if prune:
         # an unreadable file is still in the source: its stored item stays
         gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")
+        rep.removed = len(gone)  # rep is coll.last_add: the run's report
         if gone and not quiet:
             print(f"pruned {len(gone)} item(s) the source no longer has", file=sys.stderr)
     return coll

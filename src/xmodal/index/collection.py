@@ -195,6 +195,12 @@ class AddReport:
     moved: int = 0  # unchanged images found at another path (a moved folder): path updated
     ids: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files the encoder could not read
+    removed: int = 0  # items the indexer's --prune removed after the add
+
+    def counts(self) -> dict[str, int]:
+        """What the add did, as numbers (``xmodal index --json``'s ``run``)."""
+        return {"added": self.added, "replaced": self.replaced, "moved": self.moved,
+                "unchanged": self.unchanged, "skipped": len(self.skipped), "removed": self.removed}
 
     def merge(self, other: "AddReport") -> None:
         """Count ``other``'s stored items in (a batch of a longer add)."""
@@ -317,6 +323,7 @@ class Collection:
         self._lock = threading.RLock()  # in-memory indexes: held briefly (search, mutation)
         self._wlock = threading.RLock()  # one writing thread; slow work (encoding) under it only
         self._writer: int | None = None  # the thread inside _writing (it holds the flock)
+        self.last_add: AddReport | None = None  # what this handle's last add_items did
         self._use(store)
 
     def _use(self, store: Store) -> None:
@@ -1825,6 +1832,7 @@ class Collection:
                 for d in done:
                     total.merge(self._mirror_add(d, drop=False))
                 self._drop_unused_files([f for d in done for f in d[5]])
+        self.last_add = total
         return total
 
     def _move(self, items: Sequence[ImageItem], rows: Sequence[int], stats: Sequence[tuple[int, int] | None],
