@@ -97,6 +97,9 @@ def test_save_load_roundtrip(wiki, tmp_path, name):
                                atol=1e-5)
     np.testing.assert_allclose(back.encode_texts(test.text_features), m.encode_texts(test.text_features),
                                atol=1e-5)
+    # JSON has no tuples: a tuple parameter must come back a tuple, not a list
+    assert back.get_params() == m.get_params() and repr(back) == repr(m)
+    assert isinstance(back.hidden, tuple)
 
 
 @pytest.mark.parametrize("name", ["dccae", "corr_ae"])

@@ -283,7 +283,7 @@ class CrossModalMethod:
             raise DataError(f"{path}: saved in format {meta.get('format')!r}; this xmodal reads format "
                             f"{FORMAT_VERSION} (save it again with the xmodal that wrote it, or refit)")
         try:
-            obj = create(meta["method"], **meta["params"])
+            obj = create(meta["method"], **_json_params(meta["method"], meta["params"]))
         except KeyError as exc:  # a method this installation does not have (a plugin not loaded?):
             # still a KeyError, which callers tell apart to say "load its plugin"
             raise KeyError(f"{path}: {exc.args[0] if exc.args else exc}") from None
@@ -300,6 +300,17 @@ class CrossModalMethod:
             raise DataError(f"{path}: its saved state does not fit a {type(obj).__name__} "
                             f"({type(exc).__name__}: {exc})") from None
         return obj
+
+
+def _json_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` read back from JSON, with a list turned back into a tuple where the
+    parameter's default is a tuple (JSON has no tuples: ``hidden=(1024,)`` came back
+    ``[1024]``, and the loaded method's repr and ``get_params`` differed from the saved one's)."""
+    from . import get
+
+    sig = inspect.signature(get(name).__init__).parameters
+    return {k: tuple(v) if isinstance(v, list) and k in sig and isinstance(sig[k].default, tuple) else v
+            for k, v in params.items()}
 
 
 def feature_encoders(ds: PairedDataset) -> dict[str, str] | None:
