@@ -92,9 +92,22 @@ class _DeepHashing(TorchMethod, HashingMethod):
                 "t2i": {"map": float(average_precision(distances=hamming_distance(qt, di),
                                                        relevant=relevance(vds.text_labels, db.labels)).mean())}}
 
-    def _store_training_codes(self, Bx: torch.Tensor, By: torch.Tensor) -> None:
-        self.train_image_codes_ = pack_codes(Bx.cpu().numpy())
-        self.train_text_codes_ = pack_codes(By.cpu().numpy())
+    def _store_training_codes(self, B: torch.Tensor) -> None:
+        """Keep the learned training codes (one row per training pair: the database of the
+        learned-codes protocol) only when every pair was trained on: after an early-stopping
+        hold-out they would cover part of the training split, and no other item may stand in
+        for the rest (the protocol would refuse the training split itself)."""
+        complete = len(self._rows) == self._train.n_texts
+        self.train_image_codes_ = pack_codes(B.cpu().numpy()) if complete else None
+        self.train_text_codes_ = pack_codes(B.cpu().numpy()) if complete else None
+
+    @torch.no_grad()
+    def _kept_outputs(self) -> torch.Tensor:
+        """F + G over every training row from the nets the method keeps (eval mode, after
+        early stopping restored its best epoch), for the final B-step."""
+        m = self.module_
+        return torch.cat([m.encode_image(self._X[s:s + 4096]) + m.encode_text(self._Y[s:s + 4096])
+                          for s in range(0, len(self._X), 4096)])
 
 
 def _neg_log_likelihood(theta: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -114,7 +127,9 @@ class DCMH(_DeepHashing):
     Image outputs F and text outputs G (one row per training pair, kept in buffers) are
     trained with the negative log-likelihood of the label similarity S under θ_ij = F_i'G_j/2,
     plus ``gamma`` (||B - F||^2 + ||B - G||^2) and the bit-balance term ``eta`` (||F'1||^2 +
-    ||G'1||^2) / n; the unified training codes B = sign(F + G) are refreshed every epoch.
+    ||G'1||^2) / n; the unified training codes B = sign(F + G) are refreshed every epoch, and
+    once more after training from the nets kept (the learned training codes, kept only when
+    every training pair was trained on, i.e. not after a ``val_fraction`` hold-out).
     Deliberate deviation: the paper's balance term has no 1/n (its η = ``eta``/n); at that
     scale, with Adam and the partly stale F/G buffers, the nets' shared bias oscillates and
     grows and the codes collapse (Wikipedia, 16-128 bits: MAP at chance, 0.11-0.18). The
@@ -182,7 +197,9 @@ class DCMH(_DeepHashing):
         return loss / (n * len(idx))
 
     def _finish(self) -> None:
-        self._store_training_codes(self._B, self._B)
+        # the paper's B-step closes every epoch, the last one included, and the codes must be
+        # those of the nets kept (early stopping may have restored an earlier epoch's)
+        self._store_training_codes(torch.where(self._kept_outputs() >= 0, 1.0, -1.0))
 
 
 class _GradReverse(torch.autograd.Function):
@@ -230,7 +247,7 @@ class SSAH(_DeepHashing):
     as in the authors' code, weight ``adversarial``). As in the paper the likelihood terms sum
     over all training rows (for LabNet, over pairs of rows) while quantization, label
     prediction and the adversarial loss are per item (everything divided by n); early
-    stopping as in :class:`DCMH`.
+    stopping and the final B-step as in :class:`DCMH`.
     """
 
     supervised = True
@@ -358,7 +375,8 @@ class SSAH(_DeepHashing):
         return loss
 
     def _finish(self) -> None:
-        self._store_training_codes(self._B, self._B)
+        # final B-step, B = sign(H^l + H^v + H^t), with the nets kept (see DCMH._finish)
+        self._store_training_codes(torch.where(self._Hl + self._kept_outputs() >= 0, 1.0, -1.0))
 
 
 # ---------------------------------------------------------------------------- unsupervised
