@@ -42,12 +42,24 @@ class ConcatEncoder(Encoder):
     def is_fitted(self) -> bool:
         return all(p.is_fitted for p in self.parts)
 
+    def _texts(self, items: Sequence[str], what: str = "text") -> list[str]:
+        if self.modality == "text":
+            from .text import check_texts
+
+            return check_texts(self.spec, items, what)
+        return [str(x) for x in items]
+
+    def fit(self, items: Sequence[str], progress: bool | None = None) -> "ConcatEncoder":
+        return super().fit(self._texts(items, "fit text"), progress=progress)
+
     def _fit(self, items: list[str], progress: bool | None) -> None:
         for p in self.parts:
             p.fit(items, progress=progress)
 
     def _get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        meta, arrays = {}, {}
+        # The parts' versions: a part's saved state is only valid for the version that wrote it
+        # (the '+' encoder's own version does not change when a part's does).
+        meta, arrays = {"versions": [p.version for p in self.parts]}, {}
         for i, p in enumerate(self.parts):
             m, a = p._get_state()
             meta[str(i)] = m
@@ -55,6 +67,15 @@ class ConcatEncoder(Encoder):
         return meta, arrays
 
     def _set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        versions = meta.get("versions")  # absent in files written before it was recorded
+        if versions is not None:
+            if not isinstance(versions, list) or len(versions) != len(self.parts):
+                raise EncoderError(f"{self.spec}: the saved state lists part versions {versions!r}, "
+                                   f"expected one per part ({len(self.parts)})")
+            for p, v in zip(self.parts, versions):
+                if p.needs_fit and v != p.version:
+                    raise EncoderError(f"{self.spec}: part {p.spec} was saved with version {v}, "
+                                       f"this build has version {p.version}; fit it again")
         for i, p in enumerate(self.parts):
             if p.needs_fit:
                 pre = f"p{i}_"
@@ -68,7 +89,7 @@ class ConcatEncoder(Encoder):
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
                return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
-        items = [str(x) for x in items]
+        items = self._texts(items)
         blocks, ok = [], np.ones(len(items), dtype=bool)
         report = EncodeReport(n_items=len(items))
         skipped: dict[str, str] = {}

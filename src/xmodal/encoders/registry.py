@@ -124,10 +124,27 @@ def _resolve(spec: str, modality: str | None) -> tuple[Callable[[str, str | None
     factory, mod, arg_kind, _ = REGISTRY[name]
     if arg is not None and arg_kind is None:
         raise EncoderError(f"encoder {name!r} takes no argument, got {spec!r}")
+    if arg is not None and not arg.strip():  # "tfidf:" read as tfidf:5000 under another cache name
+        raise EncoderError(f"{spec.strip()!r}: nothing after ':'; write {name!r} for the default "
+                           f"or {name}:<argument>")
     if modality is not None and mod != modality:
         raise EncoderError(f"{spec!r} is {_article(mod)} {mod} encoder, but {_article(modality)} "
                            f"{modality} encoder is needed here")
     return factory, arg
+
+
+def split_parts(spec: str) -> list[str]:
+    """The parts of an ``a+b`` spec, stripped; an empty part or one given twice is an
+    :class:`EncoderError` naming it and the whole spec."""
+    parts = [p.strip() for p in spec.split("+")]
+    for i, part in enumerate(parts, 1):
+        if not part:
+            raise EncoderError(f"{spec!r}: part {i} is empty (a '+' at either end, or two in a "
+                               "row); join encoder specs as 'a+b'")
+    for i, part in enumerate(parts):
+        if part in parts[:i]:  # identical columns twice: a singular covariance, surely a typo
+            raise EncoderError(f"{spec!r}: {part!r} is given twice")
+    return parts
 
 
 def check_spec(spec: str, modality: str | None = None) -> None:
@@ -135,7 +152,7 @@ def check_spec(spec: str, modality: str | None = None) -> None:
     (an unknown name, an argument the family does not take or a view set it lacks, another
     modality than ``modality``), without building the encoder (some load their model when
     built): what ``xmodal index --dry-run`` checks."""
-    parts = spec.split("+") if isinstance(spec, str) and "+" in spec else [spec]
+    parts = split_parts(spec) if isinstance(spec, str) and "+" in spec else [spec]
     for part in parts:
         _resolve(part, modality)
         name, arg = parse_spec(part)
@@ -150,7 +167,7 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
     if isinstance(spec, str) and "+" in spec:
         from .concat import ConcatEncoder
 
-        parts = [get_encoder(s, modality) for s in spec.split("+")]
+        parts = [get_encoder(s, modality) for s in split_parts(spec)]
         return ConcatEncoder("+".join(p.spec for p in parts), parts)
     factory, arg = _resolve(spec, modality)
     return factory(spec.strip(), arg)

@@ -48,8 +48,30 @@ def _spaced(s: str) -> list[str]:
     return [s]
 
 
+def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
+    """``items`` as a list of ``str``; anything else (``None`` or NaN from a pandas column with
+    gaps, bytes, numbers) is an :class:`EncoderError` naming its position. ``str()`` would turn
+    a missing caption into the words "None" or "nan" and encode them as if they were text."""
+    items = list(items)
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            raise EncoderError(f"{spec}: {what} {i} is {str(x)[:40]} ({type(x).__name__}), not a "
+                               "string; a missing value? drop or fill such rows first "
+                               "(pandas: df[column].fillna(''))")
+    return items
+
+
 class TextEncoder(Encoder):
     modality = "text"
+
+    def fit(self, items: Sequence[str], progress: bool | None = None) -> "TextEncoder":
+        return super().fit(check_texts(self.spec, items, "fit text"), progress=progress)
+
+    def encode(self, items: Sequence[str], batch_size: int | None = None,
+               progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
+               return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        return super().encode(check_texts(self.spec, items), batch_size=batch_size,
+                              progress=progress, cache_dir=cache_dir, return_mask=return_mask)
 
 
 def _minilm_dir() -> str:
@@ -124,7 +146,8 @@ class MiniLM(TextEncoder):
         if pipeline["dim"] != self.dim:
             raise EncoderError(f"{folder}: pooling config gives {pipeline['dim']}-d embeddings, "
                                f"minilm is {self.dim}-d")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+        # Never reach for the hub: local_files_only, not HF_HUB_OFFLINE=1 in os.environ, which
+        # huggingface_hub reads once at import and so turned the user's whole process offline.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from transformers import AutoModel, AutoTokenizer
 
@@ -137,10 +160,10 @@ class MiniLM(TextEncoder):
         kwargs = {}
         if pipeline["max_seq_length"] is not None:
             kwargs["model_max_length"] = pipeline["max_seq_length"]
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
         # float32 whatever the transformers version's default dtype (its 5.x takes the
         # checkpoint's own): the vectors, and the feature cache, stay float32 computations.
-        model = AutoModel.from_pretrained(folder).float().eval()
+        model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
         if pipeline["max_seq_length"] is None:  # sentence-transformers' cap when the config has none
             tokenizer.model_max_length = min(tokenizer.model_max_length,
                                              model.config.max_position_embeddings)
@@ -194,7 +217,7 @@ class MiniLM(TextEncoder):
 
         from .cnn import torch_threads
 
-        texts = [str(t) for t in texts]
+        texts = check_texts(self.spec, texts)
         bs = batch_size or self.default_batch_size
         out: list[np.ndarray] = []
         with torch_threads(None, len(texts)), torch.inference_mode():

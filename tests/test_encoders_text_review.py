@@ -1,0 +1,152 @@
+"""Review of the text encoders and encoder specs: missing values, hub settings, spec errors,
+fitted state of '+' specs, and the tf-idf / LDA features against scikit-learn's own."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xmodal.encoders import Encoder, EncoderError, get_encoder
+from xmodal.encoders.registry import check_spec
+from xmodal.encoders.text import tokenize
+
+TEXTS = ["a plane parked on the runway", "two planes near the terminal", "green trees and a river",
+         "many buildings in a dense residential area", "a baseball field beside a road", "a river"]
+
+
+@pytest.mark.parametrize("spec", ["tfidf", "bow", "lda:2", "tags", "bow:20+tfidf:30"])
+def test_missing_texts_are_refused_naming_the_row(spec):
+    # A pandas column with gaps holds None / NaN: str() made them the words "None" and "nan".
+    enc = get_encoder(spec).fit(TEXTS)
+    with pytest.raises(EncoderError, match=r"text 2 is None"):
+        enc.encode(["a plane", "a river", None], cache_dir=False)
+    with pytest.raises(EncoderError, match=r"text 0 is nan"):
+        enc.encode([float("nan"), "a river"], cache_dir=False)
+    with pytest.raises(EncoderError, match=r"text 1 is 5 \(int\)"):
+        enc.encode(["a plane", 5], cache_dir=False)
+    with pytest.raises(EncoderError, match=rf"^{re.escape(spec)}: fit text 3 is None"):
+        get_encoder(spec).fit(TEXTS[:3] + [None])
+    # numpy strings are strings; an empty text is a text.
+    assert enc.encode(np.array(["a plane", ""]), cache_dir=False).shape[0] == 2
+
+
+def test_minilm_refuses_missing_texts_before_loading_its_model():
+    enc = get_encoder("minilm")
+    with pytest.raises(EncoderError, match=r"minilm: text 1 is nan"):
+        enc.encode(["a plane", math.nan], cache_dir=False)
+    with pytest.raises(EncoderError, match=r"minilm: text 0 is None"):
+        enc.encode_tokens([None])
+    assert enc._model is None
+
+
+def test_minilm_leaves_the_hub_settings_of_the_process_alone():
+    # Setting HF_HUB_OFFLINE=1 in os.environ before transformers imports huggingface_hub froze
+    # the whole process offline: a user's own hub download after an xmodal encode failed. The
+    # package folder is read with local_files_only instead; no socket is opened either way.
+    code = (
+        "import os, socket, sys\n"
+        "def refuse(*a, **k): raise RuntimeError('network used')\n"
+        "socket.socket.connect = refuse\n"
+        "from xmodal.encoders import get_encoder\n"
+        "X = get_encoder('minilm').encode(['a plane on a runway'], progress=False, cache_dir=False)\n"
+        "import huggingface_hub.constants as c\n"
+        "print(X.shape, os.environ.get('HF_HUB_OFFLINE'), c.HF_HUB_OFFLINE)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_HUB_OFFLINE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "(1, 384) None False", out.stdout
+
+
+@pytest.mark.parametrize("spec, part", [("minilm+", "part 2"), ("+minilm", "part 1"),
+                                        ("minilm++tfidf", "part 2"), ("bow+ ", "part 2")])
+def test_empty_part_of_a_plus_spec_is_named(spec, part):
+    for call in (get_encoder, check_spec):
+        with pytest.raises(EncoderError, match=rf"{spec!r}.*{part} is empty".replace("+", r"\+")):
+            call(spec)
+
+
+@pytest.mark.parametrize("spec", ["tfidf:", "lda:", "sift-bovw:", "bow:20+tfidf:"])
+def test_empty_argument_after_colon_is_refused(spec):
+    # "tfidf:" silently meant tfidf:5000 under another cache folder than "tfidf".
+    bad = spec.split("+")[-1]
+    for call in (get_encoder, check_spec):
+        with pytest.raises(EncoderError, match=rf"'{bad}': nothing after ':'"):
+            call(spec)
+
+
+def test_a_part_given_twice_is_refused():
+    # Identical columns twice make the feature covariance singular (CCA, PLS): surely a typo.
+    for call in (get_encoder, check_spec):
+        with pytest.raises(EncoderError, match=r"'bow\+tfidf\+bow': 'bow' is given twice"):
+            call("bow+tfidf+bow")
+    assert get_encoder("bow:20+bow:30").spec == "bow:20+bow:30"  # different sizes are fine
+
+
+def test_plus_spec_refuses_a_saved_state_of_an_older_part_version(tmp_path, monkeypatch):
+    # The '+' file's own version stayed 1 whatever its parts' versions, so a tf-idf state from an
+    # older tf-idf would have been loaded into a newer one (the single encoder refuses it).
+    from xmodal.encoders.text import TfIdf
+
+    enc = get_encoder("bow:20+tfidf:30").fit(TEXTS)
+    path = enc.save(tmp_path / "enc.zip")
+    np.testing.assert_array_equal(Encoder.load(path).encode(TEXTS, cache_dir=False),
+                                  enc.encode(TEXTS, cache_dir=False))
+    monkeypatch.setattr(TfIdf, "version", "2")
+    with pytest.raises(EncoderError, match=r"part tfidf:30 was saved with version 1, this build has version 2"):
+        Encoder.load(path)
+
+
+@pytest.fixture(scope="module")
+def captions(ucm):
+    train = ucm.splits["train"][:150]
+    test = ucm.splits["test"][:40]
+    pick = lambda imgs: [t for t, i in zip(ucm.texts, ucm.text_to_image) if i in set(imgs.tolist())]
+    return pick(train), pick(test)
+
+
+def test_tfidf_and_bow_equal_scikit_learn_fitted_on_train_only(captions):
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+    train, test = captions
+    ref = TfidfVectorizer(analyzer=tokenize, max_features=300).fit(train)
+    enc = get_encoder("tfidf:300").fit(train)
+    assert enc.vocabulary_ == ref.get_feature_names_out().tolist()
+    X = enc.encode(test, cache_dir=False)
+    assert X.dtype == np.float32
+    np.testing.assert_allclose(X, ref.transform(test).toarray(), atol=1e-6)
+    cv = CountVectorizer(analyzer=tokenize, max_features=300).fit(train)
+    np.testing.assert_array_equal(get_encoder("bow:300").fit(train).encode(test, cache_dir=False),
+                                  cv.transform(test).toarray())
+    # Test texts never enter the vocabulary: words only they have map to nothing.
+    assert not set(tokenize(" ".join(test))) - set(tokenize(" ".join(train))) & set(enc.vocabulary_)
+
+
+@pytest.mark.parametrize("spec", ["tfidf", "lda:5"])
+def test_features_do_not_depend_on_the_batch_size(spec, captions):
+    train, test = captions
+    enc = get_encoder(spec).fit(train)
+    a = enc.encode(test, batch_size=7, cache_dir=False)
+    b = enc.encode(test, batch_size=1000, cache_dir=False)
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_lda_matches_scikit_learn_and_empty_texts_get_the_uniform_mix(captions):
+    from sklearn.decomposition import LatentDirichletAllocation
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    train, test = captions
+    enc = get_encoder("lda:4").fit(train)
+    cv = CountVectorizer(analyzer=tokenize, max_features=5000).fit(train)
+    ref = LatentDirichletAllocation(n_components=4, learning_method="batch", max_iter=20,
+                                    random_state=0).fit(cv.transform(train))
+    np.testing.assert_allclose(enc.components_, ref.components_, rtol=1e-10)
+    np.testing.assert_allclose(enc.encode(test, cache_dir=False), ref.transform(cv.transform(test)),
+                               atol=1e-6)
+    np.testing.assert_allclose(enc.encode(["", "   ", "zzzz qqqq"], cache_dir=False), 0.25, atol=1e-6)
