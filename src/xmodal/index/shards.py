@@ -29,6 +29,17 @@ from .collection import Collection, CollectionError, Hit
 MAX_REMOTE_K = 1000  # the most hits `xmodal serve` answers per query (its k limit)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send every header of the request, the API
+    key included, to whatever host the Location names. The 3xx comes back as an HTTPError."""
+
+    def redirect_request(self, *args: Any, **kw: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 @dataclass
 class RemoteHit(Hit):
     """A hit from a remote shard, with the caption its server shows for an image (a routing
@@ -81,7 +92,7 @@ class RemoteShard:
         data = b""
         deadline = time.monotonic() + self.timeout
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
                 # The socket timeout bounds each read, not the answer: a server trickling a
                 # byte at a time would hold this call (and its worker) for ever. Read in
                 # pieces against one deadline for the whole answer.
@@ -102,6 +113,11 @@ class RemoteShard:
             detail = _error_words(exc.read(1 << 14).decode("utf-8", "replace"))
             if exc.code in (401, 403):  # a private shard: say which key is missing and how to send one
                 raise CollectionError(self._key_message(path, exc.code, detail)) from None
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location") if exc.headers is not None else None
+                raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}, a redirect to "
+                                      f"{where or '(no Location)'}; redirects are not followed (the API "
+                                      "key would go along): give the shard's own URL") from None
             raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: "
                                   f"{detail}") from None
         except TimeoutError:  # connecting, or the answer's deadline passed mid-read
@@ -147,10 +163,38 @@ class RemoteShard:
         out = self._call("/api/search", {**body, "k": min(int(body["k"]), MAX_REMOTE_K)})
         fields = RemoteHit.__dataclass_fields__
         try:
-            return [RemoteHit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
+            hits = [RemoteHit(**{k: v for k, v in h.items() if k in fields}) for h in out["results"]]
         except (KeyError, TypeError, AttributeError):
             raise CollectionError(f"shard {self.url}: /api/search answered no results list; "
                                   "is it an `xmodal serve`?") from None
+        for r, h in enumerate(hits):
+            self._check_hit(r, h, body.get("target"))
+        return hits
+
+    def _check_hit(self, r: int, h: RemoteHit, target: str | None) -> None:
+        """A hit the merge and the web page can use: a wrong type raised deep in the merge (a
+        500), and a NaN score (Python's json reads one) scrambled the merged order."""
+        def bad(field: str, why: str) -> CollectionError:
+            return CollectionError(f"shard {self.url}: /api/search results[{r}].{field}: {why}; "
+                                   "is it an `xmodal serve`?")
+        if isinstance(h.score, bool) or not isinstance(h.score, (int, float)) or not np.isfinite(h.score):
+            raise bad("score", f"not a finite number ({h.score!r})")
+        if isinstance(h.id, bool) or not isinstance(h.id, int):
+            raise bad("id", f"not an integer ({h.id!r})")
+        if h.modality not in ("image", "text"):
+            raise bad("modality", f"not image or text ({h.modality!r})")
+        if target is not None and h.modality != target:
+            raise bad("modality", f"{h.modality} hits for {'an' if target == 'image' else 'a'} {target} search")
+        if not isinstance(h.key, str):
+            raise bad("key", f"not a string ({h.key!r})")
+        h.score = float(h.score)
+        if h.pair_id is not None and (isinstance(h.pair_id, bool) or not isinstance(h.pair_id, int)):
+            raise bad("pair_id", f"not an integer ({h.pair_id!r})")
+        if not isinstance(h.labels, list) or not all(isinstance(x, str) for x in h.labels):
+            raise bad("labels", "not a list of strings")
+        for field in ("path", "text", "caption"):
+            if getattr(h, field) is not None and not isinstance(getattr(h, field), str):
+                raise bad(field, f"not a string ({getattr(h, field)!r})")
 
 
 class UnknownLabelError(CollectionError):
@@ -220,15 +264,24 @@ class ShardedCollection:
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, n_local)))
         self._remote_pools = {id(s): ThreadPoolExecutor(max_workers=4) for s in self.shards
                               if not isinstance(s, Collection)}
-        self._check_compatible()
+        self._owned: list[Collection] = []  # opened by open_shards: closed with this
+        try:
+            self._check_compatible()
+        except BaseException:
+            self.close()
+            raise
         self.local = next((s for s in self.shards if isinstance(s, Collection)), None)
 
     def _check_compatible(self) -> None:
         """Every shard must share the first one's common space: otherwise scores mean
-        different things and merging them ranks noise."""
+        different things and merging them ranks noise. Binary shards re-rank by float
+        projections only when every one keeps them (``rerank``): a shard without them answers
+        by Hamming (1 - 2h/bits), a scale the others' cosines do not share."""
         first = self.shards[0].stats()
+        self.rerank = bool(first.get("rerank"))
         for name, shard in zip(self.names[1:], self.shards[1:]):
             st = shard.stats()
+            self.rerank = self.rerank and bool(st.get("rerank"))
             if st.get("space") == first.get("space") and first.get("space"):
                 continue
             what = [f"{k} {st.get(k)!r} vs {first.get(k)!r}" for k in ("output", "dim", "method", "encoders")
@@ -281,9 +334,14 @@ class ShardedCollection:
         return first.space
 
     def close(self) -> None:
+        """Stop the worker pools, and close the collections :func:`open_shards` opened (ones
+        passed in stay open: they are the caller's)."""
         self._pool.shutdown(wait=False)
         for pool in self._remote_pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
+        for coll in self._owned:
+            coll.close()
+        self._owned = []
 
     def __enter__(self) -> "ShardedCollection":
         return self
@@ -305,16 +363,20 @@ class ShardedCollection:
                       distinct: bool = False, fq: np.ndarray | None = None,
                       on_error: str = "raise", check_labels: bool = True) -> ShardHits:
         """Top ``k`` of the union for one common-space vector (packed code for binary spaces).
-        Local binary shards with float projections re-rank by ``fq``; remote ones by Hamming.
+        Binary shards re-rank by the float query ``fq`` (sent to remote ones as ``fvector``)
+        when every shard keeps float projections; else every one answers by Hamming.
         A label in ``labels`` that no shard has is refused (:meth:`check_labels`) unless
         ``check_labels`` is False."""
         if check_labels:
             self.check_labels(labels)
         v = np.asarray(vector).reshape(-1)
         space = self.space
+        if not self.rerank:  # one scale for every shard's scores: Hamming
+            fq = None
+        floats = {} if fq is None else {"fvector": np.asarray(fq, dtype=np.float32).reshape(-1).tolist()}
         # Each shard checks the space on every query, not only at the start: a shard rebuilt
         # into another space meanwhile would rank noise among the others' hits.
-        body = _request(target, k, labels, exact, distinct, vector=v.tolist(), space=space)
+        body = _request(target, k, labels, exact, distinct, vector=v.tolist(), space=space, **floats)
 
         def one(shard):
             if isinstance(shard, Collection):
@@ -426,9 +488,11 @@ def _request(target: str, k: int, labels: Sequence[str] | None, exact: Any, dist
              **query: Any) -> dict[str, Any]:
     """The body of ``POST /api/search`` (``query``: ``vector=`` or ``text=``)."""
     # check_labels false: a label on another shard only is no error here (the caller checks
-    # that some shard has it)
+    # that some shard has it). local_only: a shard that routes to shards of its own answers
+    # from its own collection (else a shard both reach answers twice, its hits tagged with the
+    # wrong server, and a cycle of routers recurses).
     return {**query, "target": target, "k": int(k), "labels": list(labels or []),
-            "exact": bool(exact), "distinct": bool(distinct), "check_labels": False}
+            "exact": bool(exact), "distinct": bool(distinct), "check_labels": False, "local_only": True}
 
 
 def _name(shard: Collection | RemoteShard) -> str:
@@ -438,7 +502,16 @@ def _name(shard: Collection | RemoteShard) -> str:
 def open_shards(collections: Sequence[str | Path] = (), urls: Sequence[str] = (),
                 api_key: str | None = None, timeout: float = 30.0) -> ShardedCollection:
     """Local collection paths and ``xmodal serve`` URLs as one :class:`ShardedCollection`;
-    a server has ``timeout`` seconds to answer a query."""
-    shards: list[Collection | RemoteShard] = [Collection.open(p) for p in collections]
-    shards += [RemoteShard(u, api_key=api_key, timeout=timeout) for u in urls]
-    return ShardedCollection(shards)
+    a server has ``timeout`` seconds to answer a query. Its ``close()`` (or the end of a
+    ``with`` block) closes the collections opened here."""
+    local: list[Collection] = []
+    try:
+        for p in collections:
+            local.append(Collection.open(p))
+        sc = ShardedCollection([*local, *(RemoteShard(u, api_key=api_key, timeout=timeout) for u in urls)])
+    except BaseException:  # a shard down or of another space: nothing left open
+        for coll in local:
+            coll.close()
+        raise
+    sc._owned = local  # closed with it
+    return sc

@@ -113,6 +113,11 @@ class SearchRequest(BaseModel):
                               "`vector` in (a routing server's check); another space answers 409")
     check_labels: bool = Field(True, description="a label no item has answers 422 (a routing server "
                                "sends false: the label may be on another of its shards)")
+    fvector: list[Finite] | None = Field(None, description="with a binary `vector`: the query's float "
+                                         "projection, to re-rank by cosine (collections indexed with "
+                                         "--rerank; a routing server sends it)", max_length=65536)
+    local_only: bool = Field(False, description="search this server's own collection only, not the "
+                             "shards it routes to (a routing server sends true to its shards)")
 
 
 class BatchSearchRequest(BaseModel):
@@ -503,6 +508,13 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 if v.shape != (width,):
                     raise HTTPException(422, f"vector must have {width} values, got {v.shape[0]}")
                 q = v
+                if req.fvector is not None:  # a binary query's float projection: re-rank by it
+                    if not coll.fdim:
+                        raise HTTPException(422, "fvector: this collection keeps no float projections to "
+                                                 "re-rank by (a binary collection indexed with --rerank does)")
+                    if len(req.fvector) != coll.fdim:
+                        raise HTTPException(422, f"fvector must have {coll.fdim} values, got {len(req.fvector)}")
+                    fq = np.asarray(req.fvector, dtype=np.float32).reshape(1, -1)
         if req.space is not None:
             coll.refresh()  # a rebuild beside the server may have changed the space
             if req.space != coll.space:
@@ -519,7 +531,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         rerank = 4 if fq is not None else 0
         failed: list = []
         try:
-            if sharded is None:
+            if sharded is None or req.local_only:
                 hits = coll.search_vector(q, target, req.k, labels=req.labels or None, exact=req.exact,
                                           relevant=req.relevant, nonrelevant=req.nonrelevant, fq=fq,
                                           rerank=rerank, exclude=exclude,
@@ -541,7 +553,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         out = {"target": target, "k": req.k, "results": hit_json(hits)}
-        if sharded is not None:
+        if sharded is not None and not req.local_only:
             out["failed_shards"] = failed
         return out
 
@@ -562,6 +574,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         fast and runs inline, sparing a thread hop per request."""
         if req.text and not req.text.strip():  # "" is no text at all: "give exactly one" below
             raise HTTPException(422, "text: blank (only whitespace)")
+        if req.fvector is not None and req.vector is None:  # a text or item query has its own
+            raise HTTPException(422, "fvector goes with a binary vector query only")
         if req.check_labels:
             await require_known(req.labels)
         if req.text and req.item_id is None and req.vector is None:

@@ -1,0 +1,299 @@
+"""Shards as a user runs them: two or three `xmodal serve`s on 127.0.0.1 searched as one.
+
+Vectors-only collections (no encoders: fast) of one common space, plus small stand-in HTTP
+servers for shards that misbehave (redirect, answer garbage)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from conftest import serving
+from xmodal.index import Collection, CollectionError, RemoteShard, ShardedCollection, open_shards
+
+DIM = 8
+
+
+def _vectors(seed: int, n: int) -> np.ndarray:
+    X = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """Three vectors-only collections of one space (8-d, real), 12 images each, and one
+    holding all 36 (the reference a merge must equal)."""
+    root = tmp_path_factory.mktemp("shards_review")
+    colls, whole = [], Collection.create(root / "all.xmc", dim=DIM)
+    for s in range(3):
+        X = _vectors(s, 12)
+        keys = [f"p{s}/img{i}.jpg" for i in range(12)]
+        c = Collection.create(root / f"p{s}.xmc", dim=DIM)
+        c.add_vectors("image", keys, X)
+        whole.add_vectors("image", keys, X)
+        colls.append(c)
+    yield {"root": root, "parts": colls, "all": whole}
+    for c in (*colls, whole):
+        c.close()
+
+
+@contextmanager
+def canned(routes: dict, seen: list | None = None):
+    """A stand-in server: ``routes[(method, path)] = (status, headers, body)``; the request
+    headers it got are appended to ``seen``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            if seen is not None:
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)
+            status, headers, body = routes.get((self.command, self.path), (404, {}, b'{"detail": "Not Found"}'))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _info(coll: Collection) -> bytes:
+    s = coll.stats()
+    s.pop("path")
+    return json.dumps(s).encode()
+
+
+def test_a_redirecting_shard_is_refused_and_the_key_never_follows(parts):
+    """urllib follows a redirect with every header the request had, X-API-Key included, to
+    whatever host the Location names: a shard's key must go to the shard's URL only."""
+    got: list = []
+    with canned({("GET", "/api/info"): (200, {"Content-Type": "application/json"}, _info(parts["parts"][0])),
+                 ("POST", "/api/search"): (200, {"Content-Type": "application/json"}, b'{"results": []}')},
+                got) as elsewhere:
+        moved = {("GET", "/api/info"): (302, {"Location": elsewhere + "/api/info"}, b""),
+                 ("POST", "/api/search"): (307, {"Location": elsewhere + "/api/search"}, b"")}
+        with canned(moved) as url:
+            shard = RemoteShard(url, api_key="xmk_abc_secret", timeout=5)
+            with pytest.raises(CollectionError) as exc:
+                shard.stats()
+            msg = str(exc.value)
+            assert url in msg and "302" in msg and "redirect" in msg and elsewhere + "/api/info" in msg, msg
+            with pytest.raises(CollectionError, match=r"307.*redirect"):
+                shard.search({"vector": [0.0] * DIM, "k": 3})
+    assert not any("x-api-key" in h for h in got), got
+
+
+def test_a_routed_query_is_answered_by_the_shard_alone(parts):
+    """A shard that routes to shards of its own (B --shard C) answered a router's query with
+    C's hits too, tagged as B's: C's items twice (A routes to C as well) or under B's URL with
+    C's ids (thumbnails of the wrong images), and a cycle (A -> B -> A) recursed."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    p0, p1, p2 = parts["parts"]
+    with serving(create_app(p2)) as url_c, serving(create_app(p1, shards=[url_c])) as url_b:
+        client = TestClient(create_app(p0, shards=[url_b, url_c]))
+        q = _vectors(99, 1)[0]
+        body = client.post("/api/search", json={"vector": q.tolist(), "k": 36, "target": "image"}).json()
+        assert body["failed_shards"] == []
+        ref = parts["all"].search_vector(q, "image", 36)
+        assert [r["key"] for r in body["results"]] == [h.key for h in ref]
+        owner = {"p0": None, "p1": url_b, "p2": url_c}
+        assert all(r.get("shard") == owner[r["key"][:2]] for r in body["results"])
+        # B asked directly still answers for its shards too
+        direct = TestClient(create_app(p1, shards=[url_c])).post(
+            "/api/search", json={"vector": q.tolist(), "k": 24}).json()
+        assert {r["key"][:2] for r in direct["results"]} == {"p1", "p2"}
+
+
+def _search_answer(hits: list[dict]) -> bytes:
+    return json.dumps({"target": "image", "k": 3, "results": hits}).encode()
+
+
+@pytest.mark.parametrize("bad, why", [
+    ({"score": "high"}, "score"),
+    ({"score": None}, "score"),
+    ({"id": "seven"}, "id"),
+    ({"modality": "video"}, "modality"),
+    ({"key": 5}, "key"),
+])
+def test_a_shard_answering_garbage_hits_is_named_not_a_crash(parts, bad, why):
+    """A result list of the wrong types (another service at that port, a proxy's rewrite)
+    raised TypeError deep in the merge (a 500, a traceback), or ranked a NaN."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    p0 = parts["parts"][0]
+    hit = {"id": 7, "score": 0.5, "modality": "image", "key": "x.jpg", **bad}
+    with canned({("GET", "/api/info"): (200, {}, _info(p0)),
+                 ("POST", "/api/search"): (200, {}, _search_answer([hit]))}) as url:
+        with ShardedCollection([p0, RemoteShard(url, timeout=5)]) as sc:
+            with pytest.raises(CollectionError) as exc:
+                sc.search_vector(_vectors(5, 1)[0], "image", 3)
+            assert url in str(exc.value) and why in str(exc.value), str(exc.value)
+            hits = sc.search_vector(_vectors(5, 1)[0], "image", 3, on_error="skip")
+            assert len(hits) == 3 and hits.failed[0][0] == url
+        r = TestClient(create_app(p0, shards=[url])).post(
+            "/api/search", json={"vector": _vectors(5, 1)[0].tolist(), "k": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["failed_shards"][0]["shard"] == url and why in r.json()["failed_shards"][0]["error"]
+
+
+def test_a_nan_score_from_a_shard_is_refused(parts):
+    """Python's json reads NaN; sorted among real scores it scrambles the merged order."""
+    p0 = parts["parts"][0]
+    body = b'{"results": [{"id": 7, "score": NaN, "modality": "image", "key": "x.jpg"}]}'
+    with canned({("GET", "/api/info"): (200, {}, _info(p0)), ("POST", "/api/search"): (200, {}, body)}) as url:
+        with ShardedCollection([p0, RemoteShard(url, timeout=5)]) as sc:
+            with pytest.raises(CollectionError, match="score"):
+                sc.search_vector(_vectors(5, 1)[0], "image", 3)
+
+
+def test_a_shard_answering_the_other_modality_is_refused(parts):
+    p0 = parts["parts"][0]
+    hit = {"id": 7, "score": 0.5, "modality": "text", "key": "t", "text": "x"}
+    with canned({("GET", "/api/info"): (200, {}, _info(p0)),
+                 ("POST", "/api/search"): (200, {}, _search_answer([hit]))}) as url:
+        with ShardedCollection([p0, RemoteShard(url, timeout=5)]) as sc:
+            with pytest.raises(CollectionError, match=f"{url}.*text hits for an image search"):
+                sc.search_vector(_vectors(5, 1)[0], "image", 3)
+
+
+def test_open_shards_closes_the_collections_it_opened(parts, monkeypatch):
+    """``with open_shards([...]) as sc`` left every collection it opened open (SQLite
+    connections, file handles), and so did a start that failed (a shard down)."""
+    opened: list[Collection] = []
+    real_open = Collection.open.__func__
+
+    def spy(cls, *a, **kw):
+        c = real_open(cls, *a, **kw)
+        opened.append(c)
+        return c
+
+    monkeypatch.setattr(Collection, "open", classmethod(spy))
+    paths = [c.path for c in parts["parts"][:2]]
+    with open_shards(paths) as sc:
+        assert len(sc.search_vector(_vectors(3, 1)[0], "image", 5)) == 5
+    assert len(opened) == 2
+    for c in opened:
+        with pytest.raises(sqlite3.ProgrammingError):
+            c.store.conn.execute("SELECT 1")
+    opened.clear()
+    from conftest import free_port
+
+    with pytest.raises(CollectionError, match="unreachable"):
+        open_shards(paths, [f"http://127.0.0.1:{free_port()}"], timeout=2)
+    assert len(opened) == 2
+    for c in opened:
+        with pytest.raises(sqlite3.ProgrammingError):
+            c.store.conn.execute("SELECT 1")
+    # collections a caller made and passed in stay the caller's to close
+    with ShardedCollection(parts["parts"][:2]) as sc:
+        pass
+    assert parts["parts"][0].count() == 12
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    """Two shards of one 16-bit CCA-ITQ space that keep float projections (``--rerank``), a
+    third without them, and one collection holding the first two's items."""
+    from xmodal.data.dataset import PairedDataset
+    from xmodal.methods import create
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 16)).astype(np.float32)
+    Y = X[:, :12] + 0.3 * rng.standard_normal((80, 12)).astype(np.float32)
+    m = create("cca_itq", bits=16).fit(PairedDataset("r", np.arange(80), 80, image_features=X, text_features=Y))
+    root = tmp_path_factory.mktemp("shards_binary")
+    a, b, whole = (Collection.create(root / f"{n}.xmc", method=m, rerank=True) for n in ("a", "b", "all"))
+    plain = Collection.create(root / "plain.xmc", method=m)
+    for r, c in enumerate((a, b, plain)):
+        rows = slice(12 * r, 12 * r + 12)
+        codes, fv = c.features_to_space("image", X[rows])
+        keys = [f"{'abp'[r]}/{i}.jpg" for i in range(12)]
+        c.add_vectors("image", keys, codes, fvecs=fv)
+        if r < 2:
+            whole.add_vectors("image", keys, codes, fvecs=fv)
+    assert a.space == b.space == whole.space == plain.space
+    yield {"a": a, "b": b, "all": whole, "plain": plain, "Y": Y}
+    for c in (a, b, whole, plain):
+        c.close()
+
+
+def test_binary_shards_rerank_alike_behind_a_server(binary):
+    """A local binary shard re-ranked by cosine of float projections while a remote one answered
+    by Hamming (1 - 2h/bits): two score scales merged as one. The float query now goes along."""
+    from xmodal.service import create_app
+
+    a, b, whole = binary["a"], binary["b"], binary["all"]
+    code, fq = a.features_to_space("text", binary["Y"][40:41])
+    # k = 6: a shortlist of 4k = 24 covers every item, so the whole collection's answer is
+    # the exact cosine ranking, as each shard's is
+    ref = whole.search_vector(code, "image", 6, fq=fq, rerank=4)
+    hamming = whole.search_vector(code, "image", 6)
+    assert [h.score for h in ref] != [h.score for h in hamming]  # the two scales differ here
+    with serving(create_app(b)) as url:
+        with ShardedCollection([a, RemoteShard(url)]) as sc:
+            hits = sc.search_vector(code, "image", 6, fq=fq)
+    assert [h.key for h in hits] == [h.key for h in ref]
+    np.testing.assert_allclose([h.score for h in hits], [h.score for h in ref], atol=1e-5)
+
+
+def test_binary_shards_without_float_projections_everywhere_merge_hamming_scores(binary):
+    """One shard without float projections answers by Hamming: then every shard does, or the
+    re-ranked shards' cosines are ranked against its Hamming scores."""
+    a, plain = binary["a"], binary["plain"]
+    code, fq = a.features_to_space("text", binary["Y"][40:41])
+    with ShardedCollection([a, plain]) as sc:
+        hits = sc.search_vector(code, "image", 24, fq=fq)
+    ref = sorted([*a.search_vector(code, "image", 12), *plain.search_vector(code, "image", 12)],
+                 key=lambda h: -h.score)
+    assert sorted(h.score for h in hits) == sorted(h.score for h in ref)
+    bits = 16
+    assert all(abs(h.score * bits / 2 - round(h.score * bits / 2)) < 1e-6 for h in hits)  # Hamming scale
+
+
+def test_a_server_takes_the_float_query_of_a_binary_collection(binary):
+    """POST /api/search {vector, fvector}: the float projection re-ranks where the collection
+    keeps them; a wrong length or a collection without them is a 422 naming fvector."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    a = binary["a"]
+    code, fq = a.features_to_space("text", binary["Y"][40:41])
+    body = {"vector": code[0].tolist(), "fvector": fq[0].tolist(), "k": 5, "target": "image"}
+    r = TestClient(create_app(a)).post("/api/search", json=body)
+    assert r.status_code == 200, r.text
+    ref = a.search_vector(code, "image", 5, fq=fq, rerank=4)
+    assert [h["key"] for h in r.json()["results"]] == [h.key for h in ref]
+    r = TestClient(create_app(a)).post("/api/search", json={**body, "fvector": [0.5] * 3})
+    assert r.status_code == 422 and "fvector" in r.json()["detail"] and "16" in r.json()["detail"]
+    r = TestClient(create_app(binary["plain"])).post("/api/search", json=body)
+    assert r.status_code == 422 and "fvector" in r.json()["detail"], r.text
+    for other in ({"item_id": 1}, {"text": "a harbour"}):
+        r = TestClient(create_app(a)).post("/api/search", json={**other, "fvector": fq[0].tolist()})
+        assert r.status_code == 422 and "fvector" in r.json()["detail"], r.text
