@@ -297,3 +297,38 @@ def test_a_server_takes_the_float_query_of_a_binary_collection(binary):
     for other in ({"item_id": 1}, {"text": "a harbour"}):
         r = TestClient(create_app(a)).post("/api/search", json={**other, "fvector": fq[0].tolist()})
         assert r.status_code == 422 and "fvector" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("answer", [b"SSH-2.0-OpenSSH_9.6\r\n",  # not HTTP at all
+                                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])  # broken chunks
+def test_a_shard_url_that_is_not_http_is_named(parts, answer):
+    """A --shard pointed at another service's port (ssh, a database) raised http.client's
+    BadStatusLine / IncompleteRead: a traceback from the command line, a 500 from a router."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def talk():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    threading.Thread(target=talk, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    with pytest.raises(CollectionError) as exc:
+        RemoteShard(url, timeout=5).stats()
+    assert url in str(exc.value) and "xmodal serve" in str(exc.value), str(exc.value)
+    r = CliRunner().invoke(app, ["search", "-c", str(parts["parts"][0].path), "--shard", url, "x"])
+    assert r.exit_code == 2 and url in r.output, r.output
+    srv.close()

@@ -11,6 +11,7 @@ top k, so with exact (flat) indexes the merge is exactly the top k of the union.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -126,6 +127,9 @@ class RemoteShard:
             if isinstance(getattr(exc, "reason", None), TimeoutError):
                 raise self._timed_out(path) from None
             raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
+        except http.client.HTTPException as exc:  # not HTTP (an ssh or database port), a broken answer
+            raise CollectionError(f"shard {self.url}: {path} did not answer HTTP ({type(exc).__name__}: "
+                                  f"{str(exc)[:80] or 'no detail'}); is it an `xmodal serve`?") from None
         except ValueError:  # some other web server at that address
             raise CollectionError(f"shard {self.url}: {path} did not answer JSON; is it an "
                                   f"`xmodal serve`? (got {data[:80]!r})") from None
