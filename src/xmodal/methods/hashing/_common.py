@@ -123,5 +123,10 @@ class ShallowHashing(FeatureMapMixin, HashingMethod):
     def _check_rank(self, Fx: np.ndarray, Fy: np.ndarray) -> None:
         r = min(Fx.shape[1], Fy.shape[1])
         if self.bits > r:
-            raise ParameterError(f"{type(self).__name__}: bits={self.bits} exceeds the {r} dimensions "
-                                 f"of the mapped features; use kernel='rbf' with n_anchors >= bits")
+            what = f"{type(self).__name__}: bits={self.bits} exceeds the {r} dimensions of the mapped features"
+            if len(Fx) <= r or len(Fx) < self.bits:
+                # the RBF map has one dimension per training pair when there are fewer pairs
+                # than anchors: more anchors cannot help, only more pairs or fewer bits
+                raise ParameterError(f"{what}: there are only {len(Fx)} training pairs; train on more "
+                                     f"than {self.bits} pairs or use fewer bits")
+            raise ParameterError(f"{what}; use kernel='rbf' with n_anchors >= bits")

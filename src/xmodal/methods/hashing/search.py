@@ -28,6 +28,8 @@ def _as_codes(C: np.ndarray, what: str) -> np.ndarray:
 def build_index(db_codes: np.ndarray) -> "faiss.IndexBinaryFlat":
     """An exhaustive binary index holding ``db_codes`` (packed uint8 rows, ``bits/8`` bytes)."""
     db = _as_codes(db_codes, "db_codes")
+    if db.shape[1] == 0:
+        raise ValueError("db_codes: codes must have at least one byte (8 bits)")
     index = faiss.IndexBinaryFlat(db.shape[1] * 8)
     index.add(db)
     return index
@@ -45,8 +47,12 @@ def hamming_topk(query_codes: np.ndarray, db_codes: np.ndarray | "faiss.IndexBin
     index = db_codes if isinstance(db_codes, faiss.IndexBinary) else build_index(db_codes)
     if q.shape[1] * 8 != index.d:
         raise ValueError(f"query codes have {q.shape[1] * 8} bits but the database has {index.d}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer, got {k!r}")
     if not 1 <= k:
         raise ValueError(f"k must be at least 1, got {k}")
     k = min(int(k), index.ntotal)
+    if k == 0:  # an empty database: FAISS asserts k > 0
+        return np.zeros((len(q), 0), np.int32), np.zeros((len(q), 0), np.int64)
     D, I = index.search(q, k)
     return D.astype(np.int32, copy=False), I

@@ -12,7 +12,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from .. import register
 from .._solvers import cca_from_covariances, ridge
-from ..base import HashingMethod, interval
+from ..base import HashingMethod, ParameterError, interval
 from ._common import ShallowHashing, itq_rotation, ridge_hash, subsample
 
 _POS = interval(0, None, closed="neither")
@@ -219,6 +219,11 @@ class IMH(ShallowHashing):
     def _fit(self, X, Y, L, *, train, val) -> None:
         rng = np.random.default_rng(self.random_state)
         rows = subsample(len(X), self.max_train, rng)
+        if len(rows) <= self.bits:
+            # the codes are eigenvectors of an n x n matrix: n pairs give at most n - 1 bits
+            raise ParameterError(f"IMH: bits={self.bits} needs more than {self.bits} training pairs "
+                                 f"(the codes are eigenvectors over them); got {len(rows)} training pairs"
+                                 + (f" (max_train={self.max_train})" if len(rows) < len(X) else ""))
         X, Y = X[rows], Y[rows]
         Fx, Fy = self._fit_map(X, "image", rng), self._fit_map(Y, "text", rng)
         M = knn_laplacian(X, self.n_neighbors) + knn_laplacian(Y, self.n_neighbors)
@@ -228,8 +233,7 @@ class IMH(ShallowHashing):
             lam = self.lam * np.trace(G) / G.shape[0]
             P = F @ linalg.solve(G + lam * np.eye(G.shape[0]), F.T, assume_a="pos")
             M += self.beta * (np.eye(len(F)) - P)
-        k = min(self.bits, len(M) - 1)
-        _, Yc = linalg.eigh((M + M.T) / 2, subset_by_index=[0, k - 1])
+        _, Yc = linalg.eigh((M + M.T) / 2, subset_by_index=[0, self.bits - 1])
         self.image_proj_ = ridge_hash(Fx, Yc, self.lam)
         self.text_proj_ = ridge_hash(Fy, Yc, self.lam)
         self.image_bias_ = self.text_bias_ = np.zeros(self.bits)
