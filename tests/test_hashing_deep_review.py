@@ -90,3 +90,25 @@ def test_same_seed_same_codes_and_save_load_round_trip(name, blobs, tmp_path):
     assert has_training_codes(loaded) == has_training_codes(a)
     if has_training_codes(a):
         np.testing.assert_array_equal(loaded.train_text_codes_, a.train_text_codes_)
+
+
+@pytest.mark.parametrize("name", ["dcmh", "jdsh"])
+def test_a_feature_constant_in_training_does_not_swamp_the_codes(name, blobs):
+    """Inputs are standardised with training statistics. A feature that never varies in
+    training (a tag no training text carries) used to be divided by 1e-6: a query carrying it
+    got an input of 1e6, and every such query fell onto one code (1 distinct code where 21-48
+    without the tag). Such a feature now keeps its raw scale, as in scikit-learn's scaler."""
+    from xmodal.data import PairedDataset
+
+    tr, q = blobs.subset("train"), blobs.subset("query")
+    Y = np.hstack([tr.text_features, np.zeros((tr.n_texts, 1), np.float32)])
+    tr2 = PairedDataset(name="tag", text_to_image=tr.text_to_image, n_images=tr.n_images,
+                        image_features=tr.image_features, text_features=Y, labels=tr.labels)
+    m = methods.create(name, bits=16, hidden=64, epochs=3, patience=None, random_state=0).fit(tr2)
+    assert float(m.module_.y_norm.scale[-1]) == 1.0
+    without = np.hstack([q.text_features, np.zeros((q.n_texts, 1), np.float32)])
+    with_tag = without.copy()
+    with_tag[:, -1] = 1.0
+    a, b = unpack_codes(m.encode_texts(without), 16), unpack_codes(m.encode_texts(with_tag), 16)
+    assert len(np.unique(b, axis=0)) >= len(np.unique(a, axis=0)) // 2
+    assert (a != b).sum(axis=1).mean() < 4

@@ -33,8 +33,11 @@ class Standardize(nn.Module):
         self.register_buffer("scale", torch.ones(dim))
 
     def set(self, Z: np.ndarray) -> None:
+        sd = Z.std(axis=0)
         self.mean.copy_(torch.from_numpy(Z.mean(axis=0)))
-        self.scale.copy_(torch.from_numpy(Z.std(axis=0) + 1e-6))
+        # a feature constant in training (a tag no training text has) keeps its raw scale, as
+        # in scikit-learn's StandardScaler: divided by ~0 it would swamp every code it appears in
+        self.scale.copy_(torch.from_numpy(np.where(sd < 1e-6, 1.0, sd + 1e-6)))
 
     def forward(self, x):
         return (x - self.mean) / self.scale
