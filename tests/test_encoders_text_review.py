@@ -150,3 +150,18 @@ def test_lda_matches_scikit_learn_and_empty_texts_get_the_uniform_mix(captions):
     np.testing.assert_allclose(enc.encode(test, cache_dir=False), ref.transform(cv.transform(test)),
                                atol=1e-6)
     np.testing.assert_allclose(enc.encode(["", "   ", "zzzz qqqq"], cache_dir=False), 0.25, atol=1e-6)
+
+
+def test_minilm_token_outputs_do_not_hold_their_padded_batch():
+    # Each text's token outputs were a view into its batch's padded (b, t, 384) array: one long
+    # text in a batch of short ones kept b x 256 x 384 floats alive per short text's result.
+    texts = ["a plane", "two planes on the runway", "a river " * 200, "trees", "a road", "houses"]
+    enc = get_encoder("minilm")
+    out = enc.encode_tokens(texts, batch_size=3)
+    assert [a.flags.owndata or a.base is None for a in out] == [True] * len(texts)
+    assert all(a.flags.c_contiguous and a.dtype == np.float32 for a in out)
+    assert [len(a) for a in out][2] == 256 and len(out[0]) == 4  # [CLS] a plane [SEP]
+    # Batching by length does not change them beyond float noise.
+    one = enc.encode_tokens(texts, batch_size=1)
+    for a, b in zip(out, one):
+        np.testing.assert_allclose(a, b, atol=1e-4)

@@ -219,13 +219,18 @@ class MiniLM(TextEncoder):
 
         texts = check_texts(self.spec, texts)
         bs = batch_size or self.default_batch_size
-        out: list[np.ndarray] = []
+        out: list[np.ndarray | None] = [None] * len(texts)
+        # Similar lengths together (less padding), and each text's rows copied out of its padded
+        # batch: a view would keep the whole (b, t, 384) batch alive per text.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with torch_threads(None, len(texts)), torch.inference_mode():
-            for start in range(0, len(texts), bs):
-                tokens, mask = self._forward(texts[start:start + bs])
+            for rows in chunks(order, bs):
+                pos = [order[r] for r in rows]
+                tokens, mask = self._forward([texts[p] for p in pos])
                 lengths = mask.sum(dim=1).tolist()  # BERT pads on the right: real tokens first
                 tokens = tokens.float().cpu().numpy()
-                out.extend(tokens[i, :n] for i, n in enumerate(lengths))
+                for i, (p, n) in enumerate(zip(pos, lengths)):
+                    out[p] = tokens[i, :n].copy()
         return out
 
     def _compute(self, items, batch_size, bar) -> Iterator:
