@@ -332,3 +332,56 @@ def test_a_shard_url_that_is_not_http_is_named(parts, answer):
     r = CliRunner().invoke(app, ["search", "-c", str(parts["parts"][0].path), "--shard", url, "x"])
     assert r.exit_code == 2 and url in r.output, r.output
     srv.close()
+
+
+def test_two_private_shards_each_get_their_own_key(parts, tmp_path):
+    """A key belongs to one collection, and one --shard-api-key / --api-key went to every
+    shard: two private shards could not both be searched, and each was sent the other's key.
+    URL=KEY gives each shard its own."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    served, tokens = [], []
+    for s in (1, 2):
+        shutil.copytree(parts["parts"][s].path, tmp_path / f"p{s}.xmc")
+        c = Collection.open(tmp_path / f"p{s}.xmc")
+        c.set_setting("public_read", False)
+        tokens.append(create_key(c, "read", "router"))
+        served.append(c)
+    p0 = parts["parts"][0]
+    q = _vectors(7, 1)[0]
+    with serving(create_app(served[0])) as u1, serving(create_app(served[1])) as u2:
+        pairs = [f"{u1}={tokens[0]}", f"{u2}/={tokens[1]}"]  # a trailing slash is the same shard
+        client = TestClient(create_app(p0, shards=[u1, u2], shard_api_key=pairs))
+        body = client.post("/api/search", json={"vector": q.tolist(), "k": 36}).json()
+        assert body["failed_shards"] == [] and {r.get("shard") for r in body["results"]} == {None, u1, u2}
+        # a plain key beside URL=KEY goes to the other shards
+        client = TestClient(create_app(p0, shards=[u1, u2], shard_api_key=[tokens[0], pairs[1]]))
+        assert client.post("/api/search", json={"vector": q.tolist(), "k": 3}).json()["failed_shards"] == []
+        # one key for both: the shard it is not from says so (401, which option to use)
+        with pytest.raises(CollectionError, match=rf"{u2}.*401.*URL=KEY"):
+            create_app(p0, shards=[u1, u2], shard_api_key=tokens[0])
+        with pytest.raises(CollectionError, match=r"names no shard given"):
+            create_app(p0, shards=[u1], shard_api_key=[pairs[1]])
+        with pytest.raises(CollectionError, match=r"2 keys without a shard URL"):
+            create_app(p0, shards=[u1, u2], shard_api_key=tokens)
+        with open_shards([p0.path], [u1, u2], api_key={u1: tokens[0], u2: tokens[1]}) as sc:
+            assert len(sc.search_vector(q, "image", 36)) == 36
+        # the command line: --api-key repeated, or $XMODAL_API_KEY with both
+        run = CliRunner(env={"XMODAL_API_KEY": None}).invoke
+        r = run(app, ["search", "-c", str(p0.path), "--shard", u1, "--shard", u2, "--api-key", pairs[0],
+                      "--api-key", pairs[1], "--label", "x", "x"])
+        assert r.exit_code == 2 and "no item has the label 'x'" in r.output, r.output  # both asked
+        r = CliRunner(env={"XMODAL_API_KEY": " ".join(pairs)}).invoke(
+            app, ["stats", "-c", str(p0.path), "--shard", u1, "--shard", u2, "--json"])
+        assert r.exit_code == 0 and json.loads(r.output)["one_space"], r.output
+        r = run(app, ["stats", "--shard", u1, "--api-key", f"http://127.0.0.1:1={tokens[0]}"])
+        assert r.exit_code == 2 and "--api-key: http://127.0.0.1:1=... names no shard" in r.output, r.output
+    for c in served:
+        c.close()

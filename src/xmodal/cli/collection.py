@@ -294,8 +294,9 @@ def register(app: typer.Typer) -> None:
                                               help="collection directory (repeat: search shards as one)"),
         shard: list[str] = typer.Option([], "--shard", help="URL of an `xmodal serve` shard of the same "
                                         "common space (repeatable)"),
-        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY",
-                                              help="API key for --shard servers"),
+        api_key: list[str] = typer.Option([], "--api-key", envvar="XMODAL_API_KEY",
+                                          help="API key for the --shard servers, or URL=KEY for one of "
+                                          "them (repeatable: a key belongs to one collection)"),
         shard_timeout: float = typer.Option(30.0, "--shard-timeout", min=0.1,
                                             help="seconds a --shard server has to answer a query"),
         image: list[Path] = typer.Option([], "--image", help="an image file as the query (repeatable: "
@@ -343,11 +344,12 @@ def register(app: typer.Typer) -> None:
         if sharded and item is not None:
             _fail("--item needs a single collection: item ids are per shard")
         from ..index import CollectionError
-        from ..index.shards import check_labels, open_shards
+        from ..index.shards import check_labels, open_shards, shard_keys
 
         label = [lab.strip() for lab in label if lab.strip()]  # stored labels are trimmed (as HTTP's)
         try:
-            coll = (open_shards(collection, shard, api_key=api_key, timeout=shard_timeout) if sharded
+            shard_keys(shard, api_key or None, "--api-key")  # its errors name the option
+            coll = (open_shards(collection, shard, api_key=api_key or None, timeout=shard_timeout) if sharded
                     else _open(collection[0]))
             # a typo would otherwise print no results and exit 0
             check_labels(coll, label, str(collection[0]) if not sharded else "the shards")
@@ -393,8 +395,11 @@ def register(app: typer.Typer) -> None:
     def stats_cmd(
         collection: list[Path] = typer.Option([], "--collection", "-c", help="collection directory (repeatable)"),
         shard: list[str] = typer.Option([], "--shard", help="URL of an `xmodal serve` (repeatable)"),
-        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="XMODAL_API_KEY",
-                                              help="API key for --shard servers"),
+        api_key: list[str] = typer.Option([], "--api-key", envvar="XMODAL_API_KEY",
+                                          help="API key for the --shard servers, or URL=KEY for one of "
+                                          "them (repeatable: a key belongs to one collection)"),
+        shard_timeout: float = typer.Option(30.0, "--shard-timeout", min=0.1,
+                                            help="seconds a --shard server has to answer"),
         as_json: bool = typer.Option(False, "--json", help="JSON output"),
     ) -> None:
         """What collections and served shards hold, and whether they share one space.
@@ -402,19 +407,20 @@ def register(app: typer.Typer) -> None:
         Items, method, encoders, index and the common-space fingerprint of each; with
         several, whether they can be searched as one (exit status 1 when they cannot)."""
         from ..index import CollectionError
-        from ..index.shards import RemoteShard
+        from ..index.shards import RemoteShard, shard_keys
 
         if not collection and not shard:
             _fail("give a collection (-c DIR) or a shard (--shard URL)")
         _distinct(collection)
         rows = []
         try:
+            keys = shard_keys(shard, api_key or None, "--api-key")
             for path in collection:
                 coll = _open(path)
                 rows.append({"name": str(path), **coll.stats()})
                 coll.close()
-            for url in shard:
-                rows.append({"name": url, **RemoteShard(url, api_key=api_key).stats()})
+            for url, key in zip(shard, keys):
+                rows.append({"name": url, **RemoteShard(url, api_key=key, timeout=shard_timeout).stats()})
         except CollectionError as exc:
             _fail(str(exc))
         spaces = {r.get("space") for r in rows}
@@ -545,8 +551,10 @@ def register(app: typer.Typer) -> None:
                                           "answering one query per request (requests run in parallel)"),
         shard: list[str] = typer.Option([], "--shard", help="URL of another `xmodal serve` of the same "
                                         "common space: searches cover it too (repeatable)"),
-        shard_api_key: Optional[str] = typer.Option(None, "--shard-api-key", envvar="XMODAL_SHARD_API_KEY",
-                                                    help="API key this server sends to --shard servers"),
+        shard_api_key: list[str] = typer.Option([], "--shard-api-key", envvar="XMODAL_SHARD_API_KEY",
+                                                help="API key this server sends to the --shard servers, or "
+                                                "URL=KEY for one of them (repeatable: a key belongs to "
+                                                "one collection)"),
         shard_timeout: float = typer.Option(30.0, "--shard-timeout", min=0.1,
                                             help="seconds a --shard server has to answer; a slower "
                                             "one is left out of that answer (failed_shards)"),
@@ -558,6 +566,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from ..index import CollectionError
+        from ..index.shards import shard_keys
         from ..service import create_app
 
         faiss.omp_set_num_threads(max(1, faiss_threads))
@@ -574,8 +583,9 @@ def register(app: typer.Typer) -> None:
             _check_port(host, port)
             if coll.read_only:
                 typer.echo(f"{collection}: serving read-only (writes answer 403)", err=True)
+            shard_keys(shard, shard_api_key or None, "--shard-api-key")  # its errors name the option
             app_ = create_app(coll, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                              shards=shard, shard_api_key=shard_api_key, shard_timeout=shard_timeout)
+                              shards=shard, shard_api_key=shard_api_key or None, shard_timeout=shard_timeout)
         except CollectionError as exc:
             _fail(str(exc))
         uvicorn.run(app_, host=host, port=port, log_level="info")

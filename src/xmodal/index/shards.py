@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -64,7 +64,8 @@ class RemoteShard:
     """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
 
     #: how a user gives the key sent to a shard; named when a shard answers 401/403
-    KEY_HINT = "--api-key or $XMODAL_API_KEY (xmodal serve: --shard-api-key or $XMODAL_SHARD_API_KEY)"
+    KEY_HINT = ("--api-key or $XMODAL_API_KEY (xmodal serve: --shard-api-key or $XMODAL_SHARD_API_KEY; "
+                "URL=KEY for this shard alone)")
 
     def _timed_out(self, path: str) -> CollectionError:
         return CollectionError(f"shard {self.url}: {path} timed out (no complete answer within "
@@ -503,16 +504,53 @@ def _name(shard: Collection | RemoteShard) -> str:
     return shard.url if isinstance(shard, RemoteShard) else str(shard.path)
 
 
+def shard_keys(urls: Sequence[str], keys: str | Sequence[str] | Mapping[str, str] | None,
+               option: str = "api_key") -> list[str | None]:
+    """The API key sent to each of ``urls``. ``keys``: one key for every shard, or ``URL=KEY``
+    entries (strings, or a mapping), one per private shard: keys belong to one collection, so
+    two private shards need a key each, and neither should be sent the other's. A plain key
+    beside ``URL=KEY`` entries goes to the shards they do not name. ``option`` names where
+    the keys came from in errors."""
+    if keys is None:
+        return [None] * len(urls)
+    if isinstance(keys, str):
+        keys = [keys]
+    pairs = list(keys.items()) if isinstance(keys, Mapping) else []
+    plain: list[str] = []
+    if not isinstance(keys, Mapping):
+        for entry in keys:
+            url, sep, key = entry.rpartition("=")
+            if sep and urllib.parse.urlparse(url).scheme in ("http", "https"):
+                pairs.append((url, key))
+            elif entry:
+                plain.append(entry)
+    if len(plain) > 1:
+        raise CollectionError(f"{option}: {len(plain)} keys without a shard URL; give one KEY for every "
+                              "shard, or URL=KEY for each private shard")
+    wanted = {u.rstrip("/"): u for u in urls}
+    per: dict[str, str] = {}
+    for url, key in pairs:
+        if url.rstrip("/") not in wanted:
+            raise CollectionError(f"{option}: {url}=... names no shard given (shards: "
+                                  f"{', '.join(urls) or 'none'})")
+        per[url.rstrip("/")] = key
+    return [per.get(u.rstrip("/"), plain[0] if plain else None) for u in urls]
+
+
 def open_shards(collections: Sequence[str | Path] = (), urls: Sequence[str] = (),
-                api_key: str | None = None, timeout: float = 30.0) -> ShardedCollection:
+                api_key: str | Sequence[str] | Mapping[str, str] | None = None,
+                timeout: float = 30.0) -> ShardedCollection:
     """Local collection paths and ``xmodal serve`` URLs as one :class:`ShardedCollection`;
-    a server has ``timeout`` seconds to answer a query. Its ``close()`` (or the end of a
-    ``with`` block) closes the collections opened here."""
+    a server has ``timeout`` seconds to answer a query. ``api_key``: one key for every server,
+    or one per server (``{url: key}`` or ``"URL=KEY"`` strings; :func:`shard_keys`). Its
+    ``close()`` (or the end of a ``with`` block) closes the collections opened here."""
+    keys = shard_keys(urls, api_key)
     local: list[Collection] = []
     try:
         for p in collections:
             local.append(Collection.open(p))
-        sc = ShardedCollection([*local, *(RemoteShard(u, api_key=api_key, timeout=timeout) for u in urls)])
+        sc = ShardedCollection([*local, *(RemoteShard(u, api_key=key, timeout=timeout)
+                                          for u, key in zip(urls, keys))])
     except BaseException:  # a shard down or of another space: nothing left open
         for coll in local:
             coll.close()

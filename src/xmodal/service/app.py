@@ -22,7 +22,7 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -37,13 +37,15 @@ from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
                                 THUMB_SUFFIXES, check_key, encode_items, read_only_error, thumb_file)
-from ..index.shards import RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels
+from ..index.shards import (RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels,
+                            shard_keys)
 from . import auth
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # how a routing server is given the key it sends to its shards (named when one answers 401/403)
-SHARD_KEY_HINT = "--shard-api-key or $XMODAL_SHARD_API_KEY (shard_api_key= in create_app)"
+SHARD_KEY_HINT = ("--shard-api-key or $XMODAL_SHARD_API_KEY (URL=KEY for this shard alone; "
+                  "shard_api_key= in create_app)")
 MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
 ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -372,17 +374,23 @@ def sweep_staged_uploads(folder: Path, older_than: float = STAGED_UPLOAD_TTL) ->
 
 def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_image_pixels: int = MAX_IMAGE_PIXELS, shards: Sequence[str | RemoteShard] = (),
-               shard_api_key: str | None = None, shard_timeout: float = 30.0) -> FastAPI:
+               shard_api_key: str | Sequence[str] | Mapping[str, str] | None = None,
+               shard_timeout: float = 30.0) -> FastAPI:
     """The HTTP API and web page over ``collection``. ``shards``: URLs of other ``xmodal serve``
     instances of the same common space; searches then cover them too (merged by score, each
     remote hit tagged with its ``shard`` URL, a shard that fails left out and named in the
-    answer's ``failed_shards``; so is one that takes over ``shard_timeout`` seconds). Items,
+    answer's ``failed_shards``; so is one that takes over ``shard_timeout`` seconds).
+    ``shard_api_key``: one key for every shard, or ``URL=KEY`` strings (or ``{url: key}``), one
+    per private shard (:func:`xmodal.index.shards.shard_keys`). Items,
     uploads and keys stay this collection's own."""
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
     if not coll.read_only and (coll.path / "files").is_dir():
         sweep_staged_uploads(coll.path / "files")
+    # one key for every shard, or URL=KEY per private shard (a key is one collection's)
+    urls = [s for s in shards if not isinstance(s, RemoteShard)]
+    keys = dict(zip(urls, shard_keys(urls, shard_api_key, "shard_api_key")))
     remotes = [s if isinstance(s, RemoteShard) else
-               RemoteShard(s, api_key=shard_api_key, timeout=shard_timeout, key_hint=SHARD_KEY_HINT)
+               RemoteShard(s, api_key=keys[s], timeout=shard_timeout, key_hint=SHARD_KEY_HINT)
                for s in shards]
     # checked now: a shard of another space (or down) stops the start, not a later search
     sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
