@@ -165,3 +165,102 @@ def test_minilm_token_outputs_do_not_hold_their_padded_batch():
     one = enc.encode_tokens(texts, batch_size=1)
     for a, b in zip(out, one):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def _model_copy(dst, normalize=True):
+    """The packaged all-MiniLM-L6-v2 folder as a user's own model folder (files linked)."""
+    from pathlib import Path
+
+    from xmodal.encoders.text import _minilm_dir
+
+    src = Path(_minilm_dir())
+    for f in src.rglob("*"):
+        if f.is_file():
+            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (dst / f.relative_to(src)).symlink_to(f)
+    if not normalize:
+        (dst / "modules.json").unlink()
+        (dst / "modules.json").write_text(
+            '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},'
+            ' {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]')
+    return dst
+
+
+def test_sbert_runs_a_local_model_folder(tmp_path):
+    texts = ["Four airplanes are parked at the airport .", "a beach with blue sea", ""]
+    ref = get_encoder("minilm").encode(texts, cache_dir=False)
+    folder = _model_copy(tmp_path / "my model")
+    enc = get_encoder(f"sbert:{folder}", "text")
+    assert (enc.dim, enc.needs_fit, enc.modality) == (384, False, "text")
+    X = enc.encode(texts, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(X, ref, atol=1e-6)
+    enc.encode(texts, cache_dir=tmp_path / "cache")
+    assert enc.report_.n_cached == 3 and enc.report_.n_computed == 0
+    # The folder's own pipeline is followed (here: no Normalize module), and the cache key
+    # follows the folder's content, not only its name.
+    plain = _model_copy(tmp_path / "plain", normalize=False)
+    enc2 = get_encoder(f"sbert:{plain}")
+    Y = enc2.encode(texts, cache_dir=False)
+    assert not np.allclose(np.linalg.norm(Y, axis=1), 1.0)
+    np.testing.assert_allclose(Y / np.linalg.norm(Y, axis=1, keepdims=True), ref, atol=1e-5)
+    assert enc2.state_hash() != enc.state_hash()
+    (folder / "modules.json").unlink()
+    (folder / "modules.json").write_text((plain / "modules.json").read_text())
+    assert get_encoder(f"sbert:{folder}").cache_key() != enc.cache_key()
+
+
+def test_sbert_bad_local_paths_are_named(tmp_path):
+    for call in (get_encoder, check_spec):  # check_spec: what `xmodal index --dry-run` runs
+        with pytest.raises(EncoderError, match=r"no folder /no/such/model"):
+            call("sbert:/no/such/model")
+    check_spec(f"sbert:{tmp_path}")
+    check_spec("sbert:sentence-transformers/all-mpnet-base-v2")  # no download in a check
+    (tmp_path / "f.bin").write_bytes(b"x")
+    with pytest.raises(EncoderError, match=r"f.bin is a file"):
+        get_encoder(f"sbert:{tmp_path / 'f.bin'}")
+    with pytest.raises(EncoderError, match=r"modules.json"):
+        get_encoder(f"sbert:{tmp_path}").encode(["x"], cache_dir=False)
+    with pytest.raises(EncoderError, match=r"'sbert:': nothing after ':'"):
+        get_encoder("sbert:")
+
+
+def test_sbert_hub_id_without_network_fails_clearly(tmp_path):
+    # Offline (HF_HUB_OFFLINE=1, empty hub cache), and a 127.0.0.1 "hub" that has no such model.
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "Repository not found"}')
+
+        do_HEAD = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = ("from xmodal.encoders import get_encoder, EncoderError\n"
+            "enc = get_encoder('sbert:sentence-transformers/all-mpnet-base-v2')\n"
+            "try:\n    enc.encode(['a plane'], cache_dir=False)\n"
+            "except EncoderError as e:\n    print('ERR', e)\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    runs = {"offline": {"HF_HUB_OFFLINE": "1"},
+            "local hub": {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"}}
+    try:
+        for name, extra in runs.items():
+            env = {**base, "HF_HOME": str(tmp_path / name), **extra}
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 timeout=120, env=env)
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert out.stdout.startswith(
+                "ERR 'sbert:sentence-transformers/all-mpnet-base-v2': 'sentence-transformers/"
+                "all-mpnet-base-v2' is not a folder here, and fetching it from the Hugging Face hub "
+                "failed"), (name, out.stdout)
+            assert "--local-dir DIR" in out.stdout and "use sbert:DIR" in out.stdout
+    finally:
+        server.shutdown()

@@ -42,6 +42,11 @@ def _minilm(spec, arg):
     return MiniLM(spec)
 
 
+def _sbert(spec, arg):
+    from .text import SentenceTransformerModel
+    return SentenceTransformerModel(spec, arg)
+
+
 def _tfidf(spec, arg):
     from .text import TfIdf
     return TfIdf(spec, arg)
@@ -76,6 +81,8 @@ REGISTRY: dict[str, tuple[Callable[[str, str | None], Encoder], str, str | None,
     "open_clip": (_open_clip, "image", "required", "open_clip:<arch>[@<tag>|@<checkpoint>|@random], "
                   "image tower (optional extra)"),
     "minilm": (_minilm, "text", None, "all-MiniLM-L6-v2 sentence embeddings, 384-d"),
+    "sbert": (_sbert, "text", "required", "sbert:<folder>|<hub id>, a mean-pooled "
+              "sentence-transformers model (a hub id is downloaded: needs a network)"),
     "tfidf": (_tfidf, "text", "optional", "tf-idf over words / CJK character n-grams "
               "(tfidf:<max_features>, default 5000), fitted"),
     "bow": (_bow, "text", "optional", "term counts, same tokens (bow:<max_features>), fitted"),
@@ -111,9 +118,14 @@ def _views_arg(spec: str, arg: str | None) -> None:
     parse_views(spec, arg)
 
 
+def _model_arg(spec: str, arg: str | None) -> None:
+    from .text import model_folder
+    model_folder(spec, arg or "", download=False)
+
+
 # what an argument a family takes is checked by, without building the encoder
 _ARG_CHECKS: dict[str, Callable[[str, str | None], None]] = {
-    "efficientnet-lite0": _views_arg, "mobilenet-v2": _views_arg}
+    "efficientnet-lite0": _views_arg, "mobilenet-v2": _views_arg, "sbert": _model_arg}
 
 
 def _resolve(spec: str, modality: str | None) -> tuple[Callable[[str, str | None], Encoder], str | None]:

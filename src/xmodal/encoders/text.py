@@ -4,6 +4,7 @@ Jordan, JMLR 2003; the 10-topic features of the Wikipedia release) and multi-hot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -140,12 +141,16 @@ class MiniLM(TextEncoder):
     def dim(self) -> int:
         return 384
 
+    def _folder(self) -> str:
+        """The sentence-transformers model folder."""
+        return _minilm_dir()
+
     def _load(self) -> None:
-        folder = _minilm_dir()
+        folder = self._folder()
         pipeline = sentence_pipeline(folder)
         if pipeline["dim"] != self.dim:
             raise EncoderError(f"{folder}: pooling config gives {pipeline['dim']}-d embeddings, "
-                               f"minilm is {self.dim}-d")
+                               f"{self.spec} is {self.dim}-d")
         # Never reach for the hub: local_files_only, not HF_HUB_OFFLINE=1 in os.environ, which
         # huggingface_hub reads once at import and so turned the user's whole process offline.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -164,6 +169,10 @@ class MiniLM(TextEncoder):
         # float32 whatever the transformers version's default dtype (its 5.x takes the
         # checkpoint's own): the vectors, and the feature cache, stay float32 computations.
         model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
+        hidden = getattr(model.config, "hidden_size", pipeline["dim"])
+        if hidden != pipeline["dim"]:
+            raise EncoderError(f"{folder}: the pooling config says {pipeline['dim']}-d token "
+                               f"outputs, the model gives {hidden}-d")
         if pipeline["max_seq_length"] is None:  # sentence-transformers' cap when the config has none
             tokenizer.model_max_length = min(tokenizer.model_max_length,
                                              model.config.max_position_embeddings)
@@ -245,6 +254,94 @@ class MiniLM(TextEncoder):
                 pos = [order[r] for r in rows]
                 feats = self._embed([items[p] for p in pos]).float().cpu().numpy()
                 yield pos, feats, []
+
+
+# A hub download takes the files a mean-pooled sentence-transformers model needs, not the
+# ONNX / OpenVINO / TensorFlow copies many model repositories also hold.
+_HUB_FILES = ["*.json", "*.txt", "*.model", "model*.safetensors"]
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_folder(spec: str, source: str, download: bool = True) -> str | None:
+    """The folder of a sentence-transformers model named by a local path or a Hugging Face hub
+    id; a hub id is fetched (or found in the hub cache) with ``huggingface_hub``, and a failure,
+    e.g. no network, is an :class:`EncoderError` saying how to use a local copy instead.
+    ``download=False``: None for a hub id, every local check made."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise EncoderError(f"{spec!r}: {source} is a file; give the model's folder (the one "
+                           "with modules.json)")
+    if not _HUB_ID.fullmatch(source):
+        raise EncoderError(f"{spec!r}: no folder {source} (and it is not a hub id like "
+                           "sentence-transformers/all-mpnet-base-v2)")
+    if not download:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise EncoderError(f"{spec!r}: {source!r} is not a folder here, and fetching it from the "
+                           "Hugging Face hub needs the huggingface_hub package") from exc
+    try:
+        return str(snapshot_download(repo_id=source, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # offline mode, no network, unknown or gated repository
+        raise EncoderError(
+            f"{spec!r}: {source!r} is not a folder here, and fetching it from the Hugging Face hub "
+            f"failed ({type(exc).__name__}: {str(exc).strip()[:300]}). Without a network, download "
+            f"the model where there is one (hf download {source} --local-dir DIR), copy DIR here "
+            f"and use sbert:DIR") from exc
+
+
+class SentenceTransformerModel(MiniLM):
+    """``sbert:<folder>`` or ``sbert:<hub id>``: a mean-pooled sentence-transformers model
+    (``modules.json``: Transformer, Pooling with mean tokens, optional Normalize), run as
+    :class:`MiniLM` runs all-MiniLM-L6-v2. A hub id is downloaded on first use (needs a
+    network unless already in the Hugging Face cache). The feature cache is keyed by the
+    content of the model's files, so a folder whose weights change gets new features."""
+
+    version = "1"
+
+    def __init__(self, spec: str, arg: str | None) -> None:
+        super().__init__(spec)
+        if not arg:
+            raise EncoderError(f"{spec!r}: name a model folder or a Hugging Face hub id, e.g. "
+                               "sbert:sentence-transformers/all-mpnet-base-v2")
+        self.source = arg
+        # A local folder is checked now; a hub id is fetched on first use.
+        self._path: str | None = model_folder(spec, arg, download=False)
+        self._info: dict | None = None
+        self._files_hash: str | None = None
+
+    def _folder(self) -> str:
+        if self._path is None:
+            self._path = model_folder(self.spec, self.source)
+        return self._path
+
+    @property
+    def dim(self) -> int:
+        if self._info is None:
+            info = sentence_pipeline(self._folder())
+            if info["dim"] < 1:
+                raise EncoderError(f"{self._folder()}: the pooling config.json has no "
+                                   "word_embedding_dimension")
+            self._info = info
+        return self._info["dim"]
+
+    def state_hash(self) -> str:
+        """Hash of the model folder's files (names, sizes, contents), computed once."""
+        if self._files_hash is None:
+            from .cache import file_hash
+
+            root = Path(self._folder())
+            h = hashlib.sha256()
+            for f in sorted(root.rglob("*")):
+                rel = f.relative_to(root).as_posix()
+                if f.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+                    with open(f, "rb") as fh:
+                        h.update(f"{rel}\0{f.stat().st_size}\0{file_hash(fh)}\n".encode())
+            self._files_hash = h.hexdigest()
+        return self._files_hash
 
 
 class _VocabEncoder(TextEncoder):
