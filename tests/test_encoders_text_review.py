@@ -97,6 +97,20 @@ def test_plus_spec_refuses_a_saved_state_of_an_older_part_version(tmp_path, monk
     path = enc.save(tmp_path / "enc.zip")
     np.testing.assert_array_equal(Encoder.load(path).encode(TEXTS, cache_dir=False),
                                   enc.encode(TEXTS, cache_dir=False))
+    # A file written before the parts' versions were recorded still loads.
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    doc = json.loads(members["encoder.json"])
+    del doc["state"]["versions"]
+    members["encoder.json"] = json.dumps(doc).encode()
+    with zipfile.ZipFile(tmp_path / "old.zip", "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    np.testing.assert_array_equal(Encoder.load(tmp_path / "old.zip").encode(TEXTS, cache_dir=False),
+                                  enc.encode(TEXTS, cache_dir=False))
     monkeypatch.setattr(TfIdf, "version", "2")
     with pytest.raises(EncoderError, match=r"part tfidf:30 was saved with version 1, this build has version 2"):
         Encoder.load(path)
@@ -264,3 +278,10 @@ def test_sbert_hub_id_without_network_fails_clearly(tmp_path):
             assert "--local-dir DIR" in out.stdout and "use sbert:DIR" in out.stdout
     finally:
         server.shutdown()
+
+
+def test_unknown_modality_is_refused():
+    # "texts" (a typo) used to end in "'minilm' is a text encoder, but a texts encoder is needed".
+    for call in (get_encoder, check_spec):
+        with pytest.raises(EncoderError, match=r"modality must be 'image' or 'text', got 'texts'"):
+            call("minilm", "texts")

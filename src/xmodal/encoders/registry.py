@@ -130,6 +130,8 @@ _ARG_CHECKS: dict[str, Callable[[str, str | None], None]] = {
 
 def _resolve(spec: str, modality: str | None) -> tuple[Callable[[str, str | None], Encoder], str | None]:
     """The factory and argument of one (not ``a+b``) spec, every check made but building it."""
+    if modality not in (None, "image", "text"):
+        raise EncoderError(f"modality must be 'image' or 'text', got {modality!r}")
     name, arg = parse_spec(spec)
     if name not in REGISTRY:
         raise EncoderError(f"unknown encoder {spec!r}; known: {', '.join(sorted(REGISTRY))}")
