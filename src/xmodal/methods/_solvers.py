@@ -13,6 +13,36 @@ def inv_sqrt_psd(C: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     return (V / np.sqrt(w)) @ V.T
 
 
+def numerical_rank(C: np.ndarray, mean: np.ndarray) -> int:
+    """Rank of a covariance matrix ``C`` of columns with means ``mean``, judged scale-free and
+    at float32 resolution.
+
+    A column whose spread is below float32 rounding of its values is constant; the rest are
+    standardised and the eigenvalues of their correlation matrix up to ``d * eps32^2`` times the
+    largest (singular values under sqrt(d) eps32) count as rounding, not data: features are
+    stored in float32, so a direction they fix exactly (histograms or topic proportions that
+    sum to one) shows up only at that level."""
+    sd = np.sqrt(np.maximum(np.diag(C), 0.0))
+    eps32 = float(np.finfo(np.float32).eps)
+    varying = (sd > 0) & (sd > eps32 * np.abs(mean))
+    if not varying.any():
+        return 0
+    R = C[np.ix_(varying, varying)] / np.outer(sd[varying], sd[varying])
+    w = linalg.eigvalsh(R)
+    return int((w > varying.sum() * eps32 ** 2 * w.max()).sum())
+
+
+def correlated_pairs(rho: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """Mask of the canonical pairs that exist: within ``rank`` (the smaller view's numerical
+    rank) and with a correlation above rounding of the leading one. The others have correlation
+    0 and a direction set by rounding: one side's projection is ~0, the other's is noise that
+    only changes that side's norms under cosine scoring."""
+    keep = rho > 1e-9 * max(float(rho[0]) if len(rho) else 0.0, 1e-300)
+    if rank is not None:
+        keep[rank:] = False
+    return keep
+
+
 def ridge(C: np.ndarray, reg: float) -> np.ndarray:
     """Add ``reg`` times the mean eigenvalue to the diagonal (scale-free regularisation)."""
     d = C.shape[0]

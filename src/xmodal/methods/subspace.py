@@ -15,12 +15,26 @@ from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics.pairwise import rbf_kernel
 
+from ..data.dataset import DataError
 from . import register
-from ._solvers import cca_from_covariances, center_kernel_test, center_kernel_train, ridge
+from ._solvers import (cca_from_covariances, center_kernel_test, center_kernel_train, correlated_pairs,
+                       numerical_rank, ridge)
 from .base import CrossModalMethod, interval, one_of
 
 _N_COMP = interval(1, None, integer=True)
 _REG = interval(0, None)
+
+
+def _no_pairs(method: CrossModalMethod) -> DataError:
+    return DataError(f"{type(method).__name__}: the training image and text features have no "
+                     "correlated direction (is one side constant?)")
+
+
+def _existing(method: CrossModalMethod, keep: np.ndarray) -> np.ndarray:
+    """``keep`` (from :func:`._solvers.correlated_pairs`), refusing a space with no pair."""
+    if not keep.any():
+        raise _no_pairs(method)
+    return keep
 
 
 class _LinearProjection(CrossModalMethod):
@@ -43,7 +57,10 @@ class CCA(_LinearProjection):
     cross-modal retrieval as "correlation matching" by Rasiwasia et al., ACM MM 2010).
 
     ``reg`` adds that fraction of the mean eigenvalue to each covariance (ridge CCA);
-    ``scale_power`` weights dimension i by rho_i^power before cosine scoring.
+    ``scale_power`` weights dimension i by rho_i^power before cosine scoring. At most
+    min(rank X, rank Y) pairs exist (:func:`._solvers.numerical_rank`; 9 on Wikipedia, whose 10
+    topic proportions sum to one): pairs past that, or with zero correlation, are dropped, so
+    the embedding may have fewer than ``n_components`` dimensions.
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -58,9 +75,12 @@ class CCA(_LinearProjection):
         self.image_mean_, self.text_mean_ = X.mean(axis=0), Y.mean(axis=0)
         Xc, Yc = X - self.image_mean_, Y - self.text_mean_
         n = len(X) - 1
-        self.image_weights_, self.text_weights_, self.correlations_ = cca_from_covariances(
-            ridge(Xc.T @ Xc / n, self.reg), ridge(Yc.T @ Yc / n, self.reg), Xc.T @ Yc / n,
-            self.n_components)
+        Cxx, Cyy = Xc.T @ Xc / n, Yc.T @ Yc / n
+        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Xc.T @ Yc / n,
+                                         int(self.n_components))
+        keep = _existing(self, correlated_pairs(rho, min(numerical_rank(Cxx, self.image_mean_),
+                                          numerical_rank(Cyy, self.text_mean_))))
+        self.image_weights_, self.text_weights_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
 
     def truncated(self, n_components: int) -> "CCA":
         """A copy of this fitted space cut to its leading ``n_components`` canonical pairs:
@@ -68,7 +88,7 @@ class CCA(_LinearProjection):
         how many follow. Parameter search scores several sizes with one fit this way."""
         self._check_fitted()
         out = copy.copy(self)
-        out.n_components = n_components
+        out.n_components = n_components = int(n_components)
         out.image_weights_ = self.image_weights_[:, :n_components]
         out.text_weights_ = self.text_weights_[:, :n_components]
         out.correlations_ = self.correlations_[:n_components]
@@ -83,8 +103,8 @@ class MultiLabelCCA(CCA):
     together even when they are not paired:
     Cxy = sum_ij s_ij x_i y_j',  Cxx = sum_ij s_ij x_i x_i',  Cyy = sum_ij s_ij y_j y_j'.
     S = Ln Ln' (row-normalised labels) is never formed: every sum costs O(n d c).
-    Pairs with zero correlation (past the rank of Cxy, c - 1 for c single-label classes) are
-    dropped, so the embedding may have fewer than ``n_components`` dimensions.
+    Pairs with zero correlation (past the rank of Cxy, c - 1 for c single-label classes, or of
+    either view) are dropped, so the embedding may have fewer than ``n_components`` dimensions.
     """
 
     supervised = True
@@ -100,10 +120,12 @@ class MultiLabelCCA(CCA):
         Cxy = (Xc.T @ Ln) @ (Ln.T @ Yc) / total
         Cxx = (Xc * w[:, None]).T @ Xc / total
         Cyy = (Yc * w[:, None]).T @ Yc / total
-        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy, self.n_components)
+        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy,
+                                         int(self.n_components))
         # Cxy has rank at most (distinct label patterns - 1): on single-label data with c classes,
         # pairs past c - 1 have zero correlation and a direction set by rounding; drop them.
-        keep = rho > 1e-9 * max(rho[0], 1e-300)
+        keep = _existing(self, correlated_pairs(rho, min(numerical_rank(Cxx, self.image_mean_),
+                                          numerical_rank(Cyy, self.text_mean_))))
         self.image_weights_, self.text_weights_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
 
 
@@ -126,16 +148,21 @@ class CrossModalFactorAnalysis(_LinearProjection):
         sy = np.sqrt(((Y - self.text_mean_) ** 2).sum() / len(Y)) + 1e-12
         Xc, Yc = (X - self.image_mean_) / sx, (Y - self.text_mean_) / sy
         U, s, Vt = linalg.svd(Xc.T @ Yc, full_matrices=False)
-        k = min(self.n_components, len(s))
-        self.image_weights_, self.text_weights_ = U[:, :k] / sx, Vt[:k].T / sy
-        self.correlations_ = s[:k] / s[0]
+        k = min(int(self.n_components), len(s))
+        # singular values past the rank of X'Y are 0 with directions set by rounding
+        rank = min(numerical_rank(Xc.T @ Xc, self.image_mean_ / sx),
+                   numerical_rank(Yc.T @ Yc, self.text_mean_ / sy))
+        keep = _existing(self, correlated_pairs(s[:k], rank))
+        self.image_weights_, self.text_weights_ = U[:, :k][:, keep] / sx, Vt[:k].T[:, keep] / sy
+        self.correlations_ = s[:k][keep] / s[0]
 
 
 @register("pls")
 class PLS(_LinearProjection):
     """Partial least squares (Wold's PLS-mode A, symmetric deflation), as used for cross-modal
     matching by Sharma & Jacobs ("Bypassing synthesis: PLS for face recognition with pose,
-    low-resolution and sketch", CVPR 2011). Solved by scikit-learn's ``PLSCanonical``."""
+    low-resolution and sketch", CVPR 2011). Solved by scikit-learn's ``PLSCanonical``. At most
+    min(rank X, rank Y) components exist (both blocks are deflated); more are not asked for."""
 
     _parameter_rules: ClassVar[dict[str, Any]] = {"n_components": _N_COMP, "scale": one_of(True, False)}
 
@@ -144,9 +171,15 @@ class PLS(_LinearProjection):
         self.scale = scale
 
     def _fit(self, X, Y, L, *, train, val) -> None:
-        k = min(self.n_components, X.shape[1], Y.shape[1])
-        pls = PLSCanonical(n_components=k, scale=self.scale, max_iter=1000).fit(X, Y)
         self.image_mean_, self.text_mean_ = X.mean(axis=0), Y.mean(axis=0)
+        Xc, Yc = X - self.image_mean_, Y - self.text_mean_
+        # past the rank of either block the deflated residual is rounding: its weights, and so
+        # one side's scores, are noise (Wikipedia's topic proportions sum to one: rank 9 of 10)
+        k = min(int(self.n_components), numerical_rank(Xc.T @ Xc, self.image_mean_),
+                numerical_rank(Yc.T @ Yc, self.text_mean_))
+        if k < 1:
+            raise _no_pairs(self)
+        pls = PLSCanonical(n_components=k, scale=self.scale, max_iter=1000).fit(X, Y)
         # transform() is affine; read its linear part off the public API (unit steps from the
         # mean) rather than sklearn's private scaling attributes.
         dx, dy = X.shape[1], Y.shape[1]
@@ -213,19 +246,21 @@ class KernelCCA(CrossModalMethod):
         (wx, Vx), (wy, Vy) = linalg.eigh(Kx), linalg.eigh(Ky)
         (sx, ix), (sy, iy) = _hardoon_factors(wx, self.reg), _hardoon_factors(wy, self.reg)
         T = (Vx * sx) @ (Vx.T @ Vy) @ (Vy * sy).T
-        k = min(self.n_components, n)
+        k = min(int(self.n_components), n)
         U, s, Vt = linalg.svd(T)
-        U, s, Vt = U[:, :k], s[:k], Vt[:k]
+        # the centred kernels have rank n - 1 at most: pairs past it have correlation 0
+        keep = _existing(self, correlated_pairs(s[:k]))
+        U, s, Vt = U[:, :k][:, keep], s[:k][keep], Vt[:k][keep]
         self.alpha_ = (Vx * ix) @ (Vx.T @ U)
         self.beta_ = (Vy * iy) @ (Vy.T @ Vt.T)
         self.correlations_ = s
         self.train_images_, self.train_texts_ = X, Y
 
     def _fit_nystroem(self, X, Y) -> None:
-        m = min(self.n_landmarks, len(X))
+        m, seed = min(int(self.n_landmarks), len(X)), int(self.random_state)
         # Same landmark rows for both sides keeps the pairing inside the approximation.
-        nx = Nystroem(gamma=self.gx_, n_components=m, random_state=self.random_state).fit(X)
-        ny = Nystroem(gamma=self.gy_, n_components=m, random_state=self.random_state).fit(Y)
+        nx = Nystroem(gamma=self.gx_, n_components=m, random_state=seed).fit(X)
+        ny = Nystroem(gamma=self.gy_, n_components=m, random_state=seed).fit(Y)
         self.train_images_, self.nx_norm_ = nx.components_, nx.normalization_
         self.train_texts_, self.ny_norm_ = ny.components_, ny.normalization_
         Fx, Fy = self._nystroem(X, "x"), self._nystroem(Y, "y")
@@ -235,8 +270,10 @@ class KernelCCA(CrossModalMethod):
         # k as the exact path is reg * trace(F'F) / n (the kernel's mean eigenvalue).
         Cxx, Cyy = Fx.T @ Fx, Fy.T @ Fy
         kx, ky = self.reg * np.trace(Cxx) / len(Fx), self.reg * np.trace(Cyy) / len(Fy)
-        self.alpha_, self.beta_, self.correlations_ = cca_from_covariances(
-            Cxx + kx * np.eye(len(Cxx)), Cyy + ky * np.eye(len(Cyy)), Fx.T @ Fy, self.n_components)
+        A, B, rho = cca_from_covariances(Cxx + kx * np.eye(len(Cxx)), Cyy + ky * np.eye(len(Cyy)),
+                                         Fx.T @ Fy, int(self.n_components))
+        keep = _existing(self, correlated_pairs(rho))
+        self.alpha_, self.beta_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
 
     def _nystroem(self, Z: np.ndarray, side: str) -> np.ndarray:
         # sklearn's Nystroem transform, K(Z, landmarks) W^{-1/2}, from its stored arrays.
@@ -355,9 +392,12 @@ class SemanticCorrelationMatching(_SemanticSpace, CrossModalMethod):
         self.C = C
 
     def _fit(self, X, Y, L, *, train, val) -> None:
-        self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
+        self.cca_ = CCA(n_components=int(self.n_components), reg=self.reg)
         self.cca_._validate_params()
-        self.cca_._fit(X, Y, L, train=train, val=val)
+        try:
+            self.cca_._fit(X, Y, L, train=train, val=val)
+        except DataError as exc:
+            raise DataError(f"{type(self).__name__}'s {exc}") from None
         self.multilabel_ = bool((L.sum(axis=1) != 1).any())
         self.image_coef_, self.image_intercept_ = self._regress(self.cca_._encode_images(X), L)
         self.text_coef_, self.text_intercept_ = self._regress(self.cca_._encode_texts(Y), L)

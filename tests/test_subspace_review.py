@@ -1,0 +1,106 @@
+"""Review of the CCA family against its papers: canonical pairs past the data's rank, integer
+parameters given as floats, and a numerical cross-check of plain CCA on real features."""
+
+import numpy as np
+import pytest
+from scipy import linalg
+
+from xmodal import methods
+from xmodal.data import DataError, PairedDataset
+
+LINEAR = ["cca", "mlcca", "cfa", "pls"]
+
+
+@pytest.fixture(scope="module")
+def wiki_train(wikipedia):
+    return wikipedia.subset("train")
+
+
+def _labelled(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    L = np.eye(3)[rng.integers(0, 3, n)]
+    X = L @ rng.normal(size=(3, 8)) + rng.normal(size=(n, 8))
+    Y = L @ rng.normal(size=(3, 5)) + rng.normal(size=(n, 5))
+    return X, Y, PairedDataset("s", text_to_image=np.arange(n), n_images=n, image_features=X,
+                               text_features=Y, labels=L)
+
+
+@pytest.mark.parametrize("name", LINEAR + ["scm"])
+def test_wikipedia_text_topics_have_rank_nine_so_nine_pairs(wiki_train, name):
+    # the release's 10 LDA topic proportions sum to one: the centred text features have rank 9,
+    # and a 10th pair has correlation 0 with a direction set by float32 rounding (text side ~0,
+    # image side unit-variance noise that only changes the image norms under cosine)
+    X, Y, _ = wiki_train.pairs()
+    m = methods.create(name).fit(wiki_train)
+    space = m.cca_ if name == "scm" else m  # SCM's regressions read its CCA space
+    zi, zt = space._encode_images(X.astype(np.float64)), space._encode_texts(Y.astype(np.float64))
+    assert zi.shape[1] == zt.shape[1] == 9
+    # every kept pair is a real one: both sides vary and they correlate on the training pairs
+    assert (zt.std(0) > 1e-3 * zt.std(0).max()).all() and (zi.std(0) > 1e-3 * zi.std(0).max()).all()
+    if name != "mlcca":  # whose pairs correlate label-weighted, not pair by pair
+        corr = [np.corrcoef(zi[:, j], zt[:, j])[0, 1] for j in range(9)]
+        assert min(corr) > 0.1
+
+
+def test_cca_with_no_ridge_gives_the_exact_canonical_correlations_of_the_data(wiki_train):
+    # cross-check against the textbook route (Bjorck & Golub 1973): cosines of the principal
+    # angles between the column spaces of the centred views. Both views sum to one per row
+    # (visual-word histograms, topic proportions), so the spans are 127-d and 9-d; the last
+    # singular direction of each is float32 rounding, and fitting it would be fitting noise.
+    X, Y, _ = wiki_train.pairs()
+    Xc, Yc = X - X.mean(0, dtype=np.float64), Y - Y.mean(0, dtype=np.float64)
+    Qx = linalg.svd(Xc, full_matrices=False)[0][:, :127]
+    Qy = linalg.svd(Yc, full_matrices=False)[0][:, :9]
+    ref = linalg.svdvals(Qx.T @ Qy)
+    m = methods.create("cca", reg=0.0).fit(wiki_train)
+    np.testing.assert_allclose(m.correlations_, ref, rtol=1e-6)
+    zi, zt = m.encode_images(X), m.encode_texts(Y)
+    np.testing.assert_allclose([np.corrcoef(zi[:, j], zt[:, j])[0, 1] for j in range(9)], ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", LINEAR + ["kcca"])
+def test_fewer_pairs_than_dimensions_keeps_only_correlated_pairs(name):
+    # 4 pairs: centred data of rank 3, so at most 3 canonical pairs exist (PLS used to raise)
+    X, Y, ds = _labelled()
+    small = ds.subset(np.arange(4))
+    m = methods.create(name, n_components=10).fit(small)
+    zi, zt = m.encode_images(X[:4]), m.encode_texts(Y[:4])
+    assert zi.shape[1] == zt.shape[1] <= 3
+    assert (zt.std(0) > 1e-6).all() and (zi.std(0) > 1e-6).all()
+
+
+@pytest.mark.parametrize("name", ["cca", "kcca", "pls", "mlcca", "scm", "cfa"])
+def test_integer_parameters_given_as_whole_floats(name):
+    # the rules accept 3.0 as an integer (JSON and grids give floats): fit must too
+    X, _, ds = _labelled()
+    m = methods.create(name, n_components=3.0).fit(ds)
+    ref = methods.create(name, n_components=3).fit(ds)
+    np.testing.assert_allclose(m.encode_images(X), ref.encode_images(X))
+
+
+def test_kcca_nystroem_integer_parameters_given_as_whole_floats():
+    X, _, ds = _labelled()
+    m = methods.create("kcca", exact_max_samples=0, n_landmarks=30.0, random_state=1.0).fit(ds)
+    ref = methods.create("kcca", exact_max_samples=0, n_landmarks=30, random_state=1).fit(ds)
+    np.testing.assert_allclose(m.encode_images(X), ref.encode_images(X))
+
+
+def test_numerical_rank_is_scale_free_and_sees_sum_to_one_columns():
+    from xmodal.methods._solvers import numerical_rank
+
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(500, 6))
+    Z[:, 2] *= 1e-5  # a column in other units is still a direction of the data
+    Z[:, 4] = 7.0  # a constant column is not
+    cov = lambda A: np.cov(A, rowvar=False)
+    assert numerical_rank(cov(Z), Z.mean(0)) == 5
+    P = rng.dirichlet(np.ones(10), 500).astype(np.float32).astype(np.float64)
+    assert numerical_rank(cov(P), P.mean(0)) == 9  # proportions summing to one, up to float32 rounding
+
+
+@pytest.mark.parametrize("name", LINEAR + ["scm"])
+def test_a_constant_side_is_refused_naming_the_method(name):
+    X, Y, ds = _labelled()
+    flat = ds.with_features(text_features=np.ones_like(Y))
+    with pytest.raises(DataError, match=f"^{type(methods.create(name)).__name__}.*no correlated direction"):
+        methods.create(name).fit(flat)
