@@ -385,3 +385,29 @@ def test_two_private_shards_each_get_their_own_key(parts, tmp_path):
         assert r.exit_code == 2 and "--api-key: http://127.0.0.1:1=... names no shard" in r.output, r.output
     for c in served:
         c.close()
+
+
+def test_one_collection_given_twice_as_shards_is_refused(parts, tmp_path):
+    """`xmodal serve -c a.xmc --shard http://host:8001` where 8001 serves a.xmc too (or two
+    servers of one folder) merged every hit twice."""
+    import shutil
+
+    from xmodal.service import create_app
+
+    p0, p1 = parts["parts"][:2]
+    with serving(create_app(Collection.open(p1.path))) as u1, serving(create_app(Collection.open(p1.path))) as u1b:
+        with pytest.raises(CollectionError) as exc:
+            create_app(p0, shards=[u1, u1b])
+        msg = str(exc.value)
+        assert u1 in msg and u1b in msg and "twice" in msg, msg
+        with pytest.raises(CollectionError, match="twice"):
+            ShardedCollection([p1, RemoteShard(u1)])
+        with pytest.raises(CollectionError, match="twice"):
+            create_app(Collection.open(p1.path), shards=[u1])
+    # a copy that has grown apart (a snapshot made into a new shard) is a shard of its own
+    shutil.copytree(p1.path, tmp_path / "copy.xmc")
+    copy = Collection.open(tmp_path / "copy.xmc")
+    copy.add_vectors("image", ["copy/new.jpg"], _vectors(50, 1))
+    with ShardedCollection([p1, copy]) as sc:
+        assert len(sc.search_vector(_vectors(3, 1)[0], "image", 30)) == 25
+    copy.close()

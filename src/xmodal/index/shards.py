@@ -284,9 +284,18 @@ class ShardedCollection:
         by Hamming (1 - 2h/bits), a scale the others' cosines do not share."""
         first = self.shards[0].stats()
         self.rerank = bool(first.get("rerank"))
+        seen = {_identity(self.shards[0], first): self.names[0]}
         for name, shard in zip(self.names[1:], self.shards[1:]):
             st = shard.stats()
             self.rerank = self.rerank and bool(st.get("rerank"))
+            same = _identity(shard, st)
+            if same is not None and same in seen:
+                earlier = seen[same] or "this server's own collection"
+                raise CollectionError(
+                    f"shards {earlier} and {name} are one collection (the same "
+                    f"database at the same generation with the same items: served twice, or a copy); "
+                    f"its hits would be counted twice: give it once")
+            seen[same] = name
             if st.get("space") == first.get("space") and first.get("space"):
                 continue
             what = [f"{k} {st.get(k)!r} vs {first.get(k)!r}" for k in ("output", "dim", "method", "encoders")
@@ -498,6 +507,15 @@ def _request(target: str, k: int, labels: Sequence[str] | None, exact: Any, dist
     # wrong server, and a cycle of routers recurses).
     return {**query, "target": target, "k": int(k), "labels": list(labels or []),
             "exact": bool(exact), "distinct": bool(distinct), "check_labels": False, "local_only": True}
+
+
+def _identity(shard: Collection | RemoteShard, st: dict[str, Any]) -> tuple | None:
+    """What tells one collection from another: its database id (a copy keeps it), write
+    generation and item counts; None when unknown (an older collection or server)."""
+    db_id = shard.meta.get("db_id") if isinstance(shard, Collection) else st.get("db_id")
+    if not db_id:
+        return None
+    return (db_id, st.get("generation"), st.get("images"), st.get("texts"))
 
 
 def _name(shard: Collection | RemoteShard) -> str:
