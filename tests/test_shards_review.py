@@ -411,3 +411,28 @@ def test_one_collection_given_twice_as_shards_is_refused(parts, tmp_path):
     with ShardedCollection([p1, copy]) as sc:
         assert len(sc.search_vector(_vectors(3, 1)[0], "image", 30)) == 25
     copy.close()
+
+
+def test_a_routing_server_that_cannot_start_closes_what_it_opened(parts, monkeypatch):
+    """create_app(path, shards=[a shard that is down]) raised with the collection it had just
+    opened left open (a library caller retrying in a loop piled up SQLite handles)."""
+    from conftest import free_port
+    from xmodal.service import create_app
+
+    opened: list[Collection] = []
+    real_open = Collection.open.__func__
+
+    def spy(cls, *a, **kw):
+        opened.append(real_open(cls, *a, **kw))
+        return opened[-1]
+
+    monkeypatch.setattr(Collection, "open", classmethod(spy))
+    with pytest.raises(CollectionError, match="unreachable"):
+        create_app(parts["parts"][0].path, shards=[f"http://127.0.0.1:{free_port()}"], shard_timeout=2)
+    assert len(opened) == 1
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened[0].store.conn.execute("SELECT 1")
+    # a Collection passed in stays the caller's
+    with pytest.raises(CollectionError, match="unreachable"):
+        create_app(parts["parts"][0], shards=[f"http://127.0.0.1:{free_port()}"], shard_timeout=2)
+    assert parts["parts"][0].count() == 12

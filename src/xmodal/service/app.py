@@ -386,14 +386,19 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
     if not coll.read_only and (coll.path / "files").is_dir():
         sweep_staged_uploads(coll.path / "files")
-    # one key for every shard, or URL=KEY per private shard (a key is one collection's)
-    urls = [s for s in shards if not isinstance(s, RemoteShard)]
-    keys = dict(zip(urls, shard_keys(urls, shard_api_key, "shard_api_key")))
-    remotes = [s if isinstance(s, RemoteShard) else
-               RemoteShard(s, api_key=keys[s], timeout=shard_timeout, key_hint=SHARD_KEY_HINT)
-               for s in shards]
-    # checked now: a shard of another space (or down) stops the start, not a later search
-    sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
+    try:
+        # one key for every shard, or URL=KEY per private shard (a key is one collection's)
+        urls = [s for s in shards if not isinstance(s, RemoteShard)]
+        keys = dict(zip(urls, shard_keys(urls, shard_api_key, "shard_api_key")))
+        remotes = [s if isinstance(s, RemoteShard) else
+                   RemoteShard(s, api_key=keys[s], timeout=shard_timeout, key_hint=SHARD_KEY_HINT)
+                   for s in shards]
+        # checked now: a shard of another space (or down) stops the start, not a later search
+        sharded = ShardedCollection([coll, *remotes], names=["", *[r.url for r in remotes]]) if remotes else None
+    except BaseException:
+        if coll is not collection:  # opened here: not left open by a start that failed
+            coll.close()
+        raise
     metrics = Metrics()
     encode_lock = threading.Lock()  # one query through the encoders at a time
     @contextlib.asynccontextmanager
