@@ -44,9 +44,11 @@ def correlated_pairs(rho: np.ndarray, rank: int | None = None) -> np.ndarray:
 
 
 def ridge(C: np.ndarray, reg: float) -> np.ndarray:
-    """Add ``reg`` times the mean eigenvalue to the diagonal (scale-free regularisation)."""
+    """Add ``reg`` times the mean eigenvalue to the diagonal (scale-free regularisation: no
+    absolute floor, which would dominate features of small units; 1 only when C is zero)."""
     d = C.shape[0]
-    return C + reg * (np.trace(C) / d + 1e-12) * np.eye(d)
+    mean_eig = np.trace(C) / d
+    return C + reg * (mean_eig if mean_eig > 0 else 1.0) * np.eye(d)
 
 
 def cca_from_covariances(Cxx: np.ndarray, Cyy: np.ndarray, Cxy: np.ndarray,
