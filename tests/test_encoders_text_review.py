@@ -285,3 +285,24 @@ def test_unknown_modality_is_refused():
     for call in (get_encoder, check_spec):
         with pytest.raises(EncoderError, match=r"modality must be 'image' or 'text', got 'texts'"):
             call("minilm", "texts")
+
+
+@pytest.mark.parametrize("spec", ["bow", "bow:20+tfidf:30", "minilm"])
+def test_a_batch_size_that_is_not_a_positive_integer_is_refused(spec):
+    # batch_size=-1 returned all-zero rows marked unreadable, without a word.
+    enc = get_encoder(spec).fit(TEXTS)
+    for bad in (-1, 2.5, "8", True):
+        with pytest.raises(EncoderError, match=rf"batch_size must be a positive integer, got {bad!r}"):
+            enc.encode(TEXTS, batch_size=bad, cache_dir=False)
+    if spec == "minilm":
+        with pytest.raises(EncoderError, match="batch_size must be a positive integer, got -1"):
+            enc.encode_tokens(TEXTS, batch_size=-1)
+    assert enc.encode(TEXTS, batch_size=np.int64(2), cache_dir=False).shape[0] == len(TEXTS)
+
+
+def test_a_missing_value_reaching_the_content_key_is_named(tmp_path):
+    # fit_cached hashes the fit texts before fitting: None met there was an AttributeError.
+    from xmodal.encoders.dataset import fit_cached
+
+    with pytest.raises(EncoderError, match=r"tfidf: a text is None \(NoneType\), not a string"):
+        fit_cached(get_encoder("tfidf"), TEXTS + [None], cache_dir=tmp_path)

@@ -88,7 +88,10 @@ class ConcatEncoder(Encoder):
     def encode(self, items: Sequence[str], batch_size: int | None = None,
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
                return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        from .text import check_batch_size
+
         self._check_fitted()
+        batch_size = check_batch_size(self.spec, batch_size)
         items = self._texts(items)
         blocks, ok = [], np.ones(len(items), dtype=bool)
         report = EncodeReport(n_items=len(items))

@@ -56,14 +56,33 @@ def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
     items = list(items)
     for i, x in enumerate(items):
         if not isinstance(x, str):
-            raise EncoderError(f"{spec}: {what} {i} is {str(x)[:40]} ({type(x).__name__}), not a "
-                               "string; a missing value? drop or fill such rows first "
-                               "(pandas: df[column].fillna(''))")
+            raise _not_text(spec, f"{what} {i}", x)
     return items
+
+
+def check_batch_size(spec: str, batch_size) -> int | None:
+    """``batch_size`` if None or a positive integer, else an :class:`EncoderError` (a negative
+    one gave no batches at all: zero rows marked unreadable, without a word)."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise EncoderError(f"{spec}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _not_text(spec: str, what: str, x: object) -> EncoderError:
+    return EncoderError(f"{spec}: {what} is {str(x)[:40]} ({type(x).__name__}), not a string; a "
+                        "missing value? drop or fill such rows first (pandas: df[column].fillna(''))")
 
 
 class TextEncoder(Encoder):
     modality = "text"
+
+    def _item_key(self, item: str) -> str:
+        if not isinstance(item, str):  # reached before encode/fit check, e.g. by fit_cached
+            raise _not_text(self.spec, "a text", item)
+        return super()._item_key(item)
 
     def fit(self, items: Sequence[str], progress: bool | None = None) -> "TextEncoder":
         return super().fit(check_texts(self.spec, items, "fit text"), progress=progress)
@@ -71,6 +90,7 @@ class TextEncoder(Encoder):
     def encode(self, items: Sequence[str], batch_size: int | None = None,
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
                return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        batch_size = check_batch_size(self.spec, batch_size)
         return super().encode(check_texts(self.spec, items), batch_size=batch_size,
                               progress=progress, cache_dir=cache_dir, return_mask=return_mask)
 
@@ -227,7 +247,7 @@ class MiniLM(TextEncoder):
         from .cnn import torch_threads
 
         texts = check_texts(self.spec, texts)
-        bs = batch_size or self.default_batch_size
+        bs = check_batch_size(self.spec, batch_size) or self.default_batch_size
         out: list[np.ndarray | None] = [None] * len(texts)
         # Similar lengths together (less padding), and each text's rows copied out of its padded
         # batch: a view would keep the whole (b, t, 384) batch alive per text.
