@@ -116,3 +116,23 @@ def test_ridge_is_scale_free(wiki_train, name):
     a, b = methods.create(name).fit(wiki_train), methods.create(name).fit(small)
     a, b = (a.cca_, b.cca_) if name == "scm" else (a, b)
     np.testing.assert_allclose(b.correlations_, a.correlations_, rtol=1e-7)
+
+
+def test_semantic_matching_standardisation_is_scale_free_and_ignores_constant_columns(wiki_train, wikipedia):
+    # SM standardises each column: the same features in other units give the same posteriors
+    # (an absolute 1e-12 added to every standard deviation did not), and a column constant in
+    # training carries nothing at encode time however far a query's value lies from it
+    test = wikipedia.subset("test")
+    small = wiki_train.with_features(image_features=wiki_train.image_features * 1e-9,
+                                     text_features=wiki_train.text_features * 1e-9)
+    a, b = methods.create("sm").fit(wiki_train), methods.create("sm").fit(small)
+    np.testing.assert_allclose(b.encode_images(test.image_features * 1e-9),
+                               a.encode_images(test.image_features), atol=1e-5)  # lbfgs tolerance
+    X = wiki_train.image_features.astype(np.float64)
+    X[:, 5] = 0.1  # float64 0.1: its mean over the rows is not exactly 0.1
+    assert X[:, 5].std() > 0
+    m = methods.create("sm").fit(wiki_train.with_features(image_features=X))
+    q = test.image_features[:20].astype(np.float64)
+    far = q.copy()
+    far[:, 5] = 5.0
+    np.testing.assert_allclose(m.encode_images(far), m.encode_images(q), atol=1e-9)

@@ -342,6 +342,15 @@ class _SemanticSpace:
         return P / P.sum(axis=1, keepdims=True)
 
 
+def _standardiser(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations, 1 for a column constant in training (its spread no
+    more than float32 rounding of its value) as in scikit-learn's ``StandardScaler``: dividing by
+    its rounding would multiply a query's difference there by up to 1e16. No absolute floor, so
+    features in any units standardise alike."""
+    mean, sd = Z.mean(axis=0), Z.std(axis=0)
+    return mean, np.where(sd > np.finfo(np.float32).eps * np.abs(mean), sd, 1.0)
+
+
 @register("sm")
 class SemanticMatching(_SemanticSpace, CrossModalMethod):
     """Semantic matching (Rasiwasia et al., "A New Approach to Cross-Modal Multimedia
@@ -358,8 +367,8 @@ class SemanticMatching(_SemanticSpace, CrossModalMethod):
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         self.multilabel_ = bool((L.sum(axis=1) != 1).any())
-        self.image_mean_, self.image_std_ = X.mean(0), X.std(0) + 1e-12
-        self.text_mean_, self.text_std_ = Y.mean(0), Y.std(0) + 1e-12
+        self.image_mean_, self.image_std_ = _standardiser(X)
+        self.text_mean_, self.text_std_ = _standardiser(Y)
         self.image_coef_, self.image_intercept_ = self._regress(self._std(X, "image"), L)
         self.text_coef_, self.text_intercept_ = self._regress(self._std(Y, "text"), L)
 
