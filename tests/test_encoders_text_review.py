@@ -306,3 +306,10 @@ def test_a_missing_value_reaching_the_content_key_is_named(tmp_path):
 
     with pytest.raises(EncoderError, match=r"tfidf: a text is None \(NoneType\), not a string"):
         fit_cached(get_encoder("tfidf"), TEXTS + [None], cache_dir=tmp_path)
+
+
+def test_check_spec_refuses_a_plus_spec_mixing_modalities():
+    # get_encoder refused it; check_spec (xmodal index --dry-run) let it through.
+    for call in (get_encoder, check_spec):
+        with pytest.raises(EncoderError, match=r"'minilm\+efficientnet-lite0' mixes image and text"):
+            call("minilm+efficientnet-lite0")

@@ -161,12 +161,26 @@ def split_parts(spec: str) -> list[str]:
     return parts
 
 
+def _plus_parts(spec: str, modality: str | None) -> list[str]:
+    """The parts of an ``a+b`` spec, each resolvable and all of one modality (checked before
+    any part is built: a part may load a model)."""
+    parts = split_parts(spec)
+    mods = set()
+    for part in parts:
+        _resolve(part, modality)  # unknown names and arguments first, named
+        mods.add(REGISTRY[parse_spec(part)[0]][1])
+    if len(mods) > 1:
+        raise EncoderError(f"{spec!r} mixes {' and '.join(sorted(mods))} encoders; "
+                           "concatenate encoders of one modality")
+    return parts
+
+
 def check_spec(spec: str, modality: str | None = None) -> None:
     """Raise :class:`EncoderError` where :func:`get_encoder` would for a spec it cannot build
     (an unknown name, an argument the family does not take or a view set it lacks, another
     modality than ``modality``), without building the encoder (some load their model when
     built): what ``xmodal index --dry-run`` checks."""
-    parts = split_parts(spec) if isinstance(spec, str) and "+" in spec else [spec]
+    parts = _plus_parts(spec, modality) if isinstance(spec, str) and "+" in spec else [spec]
     for part in parts:
         _resolve(part, modality)
         name, arg = parse_spec(part)
@@ -181,7 +195,7 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
     if isinstance(spec, str) and "+" in spec:
         from .concat import ConcatEncoder
 
-        parts = [get_encoder(s, modality) for s in split_parts(spec)]
+        parts = [get_encoder(s, modality) for s in _plus_parts(spec, modality)]
         return ConcatEncoder("+".join(p.spec for p in parts), parts)
     factory, arg = _resolve(spec, modality)
     return factory(spec.strip(), arg)
