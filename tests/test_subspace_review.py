@@ -136,3 +136,22 @@ def test_semantic_matching_standardisation_is_scale_free_and_ignores_constant_co
     far = q.copy()
     far[:, 5] = 5.0
     np.testing.assert_allclose(m.encode_images(far), m.encode_images(q), atol=1e-9)
+
+
+def test_multilabel_posteriors_of_a_far_query_are_finite_without_overflow_warnings():
+    import warnings
+
+    rng = np.random.default_rng(5)
+    n = 200
+    L = (rng.random((n, 4)) < 0.4).astype(np.uint8)
+    L[L.sum(1) == 0, 0] = 1
+    X = L @ rng.normal(size=(4, 6)) + rng.normal(size=(n, 6))
+    Y = L @ rng.normal(size=(4, 5)) + rng.normal(size=(n, 5))
+    ds = PairedDataset("ml", text_to_image=np.arange(n), n_images=n, image_features=X, text_features=Y, labels=L)
+    for name in ("sm", "scm"):
+        m = methods.create(name).fit(ds)
+        assert m.multilabel_
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            P = m.encode_images(np.vstack([X[:3], 1e4 * X[:3]]))
+        assert np.isfinite(P).all() and ((P >= 0) & (P <= 1)).all()

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy import linalg
+from scipy.special import expit
 from sklearn.cross_decomposition import PLSCanonical
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
@@ -336,7 +337,7 @@ class _SemanticSpace:
     def _posterior(self, Z: np.ndarray, coef: np.ndarray, icpt: np.ndarray) -> np.ndarray:
         logits = Z @ coef.T + icpt
         if self.multilabel_:
-            return 1.0 / (1.0 + np.exp(-logits))
+            return expit(logits)  # 1 / (1 + e^-z) without overflow for a far query
         logits -= logits.max(axis=1, keepdims=True)
         P = np.exp(logits)
         return P / P.sum(axis=1, keepdims=True)
