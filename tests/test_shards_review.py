@@ -436,3 +436,19 @@ def test_a_routing_server_that_cannot_start_closes_what_it_opened(parts, monkeyp
     with pytest.raises(CollectionError, match="unreachable"):
         create_app(parts["parts"][0], shards=[f"http://127.0.0.1:{free_port()}"], shard_timeout=2)
     assert parts["parts"][0].count() == 12
+
+
+@pytest.mark.parametrize("url, why", [
+    ("http://router:s3cret@127.0.0.1:8001", "user name or password"),
+    ("http://127.0.0.1:8001/?key=abc", "query"),
+    ("http://127.0.0.1:8001/#top", "fragment"),
+    ("http://127.0.0.1:notaport", "port"),
+])
+def test_a_shard_url_with_credentials_or_a_query_is_refused(url, why):
+    """A password in a shard URL was echoed in every hit's `shard` and `thumbnail`, in
+    /api/info and in error messages, to anyone who may search; a query string or fragment
+    was glued before /api/info; a bad port failed as "did not answer JSON"."""
+    with pytest.raises(CollectionError) as exc:
+        RemoteShard(url)
+    assert why in str(exc.value), str(exc.value)
+    assert "s3cret" not in str(exc.value)

@@ -76,6 +76,20 @@ class RemoteShard:
         parts = urllib.parse.urlparse(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise CollectionError(f"shard {url!r}: expected an http(s)://host:port URL")
+        # The URL names the shard to clients (every hit's `shard` and `thumbnail`, /api/info,
+        # errors): a password in it would be shown to anyone who may search.
+        if parts.username is not None or parts.password is not None:
+            raise CollectionError(f"shard {parts.scheme}://{parts.hostname}: the URL carries a user name or "
+                                  "password, which every hit would show; send a key of the shard's "
+                                  f"instead ({key_hint or self.KEY_HINT})")
+        for part, what in ((parts.query, "query"), (parts.fragment, "fragment")):
+            if part:
+                raise CollectionError(f"shard {url!r}: a {what} (?... or #...) has no place in a shard "
+                                      "URL; give http(s)://host:port (and a path prefix, if any)")
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number 0-65535)
+        except ValueError:
+            raise CollectionError(f"shard {url!r}: the port is not a number 0-65535") from None
         self.url = url.rstrip("/")
         self.api_key, self.timeout = api_key, timeout
         self.key_hint = key_hint or self.KEY_HINT
