@@ -75,7 +75,7 @@ def test_truncated_cca_is_the_smaller_fit_and_the_search_uses_it(wiki, monkeypat
     big = methods.create("cca", n_components=10, reg=1e-2).fit(train)
     small = methods.create("cca", n_components=4, reg=1e-2).fit(train)
     cut = big.truncated(4)
-    assert big.encode_images(test.image_features).shape[1] == 10  # the original is untouched
+    assert big.encode_images(test.image_features).shape[1] == 9  # untouched (10 asked: text rank 9)
     for enc in ("encode_images", "encode_texts"):
         feats = test.image_features if enc == "encode_images" else test.text_features
         a, b = getattr(cut, enc)(feats), getattr(small, enc)(feats)
