@@ -140,3 +140,28 @@ def test_hamming_topk_empty_database_and_bad_k():
         hamming_topk(q, np.zeros((4, 2), np.uint8), True)
     with pytest.raises(ValueError, match="at least one byte"):
         build_index(np.zeros((4, 0), np.uint8))
+
+
+def test_sslpdp_never_reads_a_label_outside_its_budget_when_the_sample_misses_them():
+    """Three labelled images (labeled_fraction=3/600) and a 60-pair code-learning sample that
+    does not hold it: SS-LPDP used to mark sampled row 0 as labelled and read its true label,
+    one label beyond the budget. Scrambling every label it may not see must change nothing."""
+    rng = np.random.default_rng(0)
+    # multi-label (MIRFlickr-like): a propagated label vector's confidence depends on how many
+    # labels the seed row carries, so a row read beyond the budget shows in the codes
+    L = (rng.random((600, 6)) < 0.3).astype(int)
+    L[np.arange(600), rng.integers(0, 6, 600)] = 1
+    ds = _synthetic(n=600, labels=L)
+    kw = dict(labeled_fraction=3 / 600, max_train=60)
+    keep = _make("sslpdp", **kw).labelled_rows(ds)
+    assert keep.sum() == 3
+    sampled = np.random.default_rng(0).choice(600, 60, replace=False)  # SePH's subsample draw
+    assert not keep[sampled].any()  # the case under test: no labelled pair in the sample
+    labels = ds.labels.copy()
+    labels[~keep] = 1 - labels[~keep]
+    labels[~keep & (labels.sum(axis=1) == 0), 0] = 1
+    other = _synthetic(n=600, X=ds.image_features, Y=ds.text_features, labels=labels)
+    a = _make("sslpdp", **kw).fit(ds)
+    b = _make("sslpdp", **kw).fit(other)
+    assert np.array_equal(a.encode_images(ds.image_features), b.encode_images(ds.image_features))
+    assert np.array_equal(a.encode_texts(ds.text_features), b.encode_texts(ds.text_features))

@@ -52,7 +52,8 @@ class SSLPDP(SePH):
     2. The pairwise target affinity mixes the label affinity (cosine of true or predicted label
        vectors; predicted rows weighted by their confidence) with the features' own cosine
        affinity, weight ``distance_weight``: *distance preservation* keeps the feature
-       geometry where predicted labels are unsure.
+       geometry where predicted labels are unsure. A code-learning sample (``max_train``) that
+       holds no labelled pair has no labels to propagate and uses the feature affinity alone.
     3. Codes minimise SePH's KL(P || Q_Hamming) + quantization; kernel logistic regression
        per bit maps each modality to them (``C_reg`` = 1e-5 as SePH's: on the Wikipedia
        hold-out text->image MAP 0.224-0.236 -> 0.241-0.259 at 32-128 bits).
@@ -102,13 +103,14 @@ class SSLPDP(SePH):
         Fx, Fy = self._fit_map(X[rows], "image", rng), self._fit_map(Y[rows], "text", rng)
         Z = np.hstack([normalized_labels(Fx), normalized_labels(Fy)]) / np.sqrt(2)
         lab = self._labelled[rows]
-        if not lab.any():  # the sample missed every labelled pair: keep one
-            lab = lab.copy()
-            lab[0] = True
+        A_feat = np.maximum(Z @ Z.T, 0)
+        if not lab.any():
+            # the sample holds no labelled pair: nothing to propagate, only the features'
+            # own affinity (marking a sampled row labelled read a label beyond the budget)
+            return A_feat
         Fs = label_propagation(Z, L[rows], lab, self.n_neighbors, self.propagation_alpha)
         P = np.where(lab[:, None], L[rows], np.maximum(Fs, 0))
         conf = np.where(lab, 1.0, P.max(axis=1) / np.maximum(P.sum(axis=1), 1e-12))
         Ln = normalized_labels(P) * np.sqrt(conf)[:, None]
         A_label = Ln @ Ln.T
-        A_feat = np.maximum(Z @ Z.T, 0)
         return (1 - self.distance_weight) * A_label + self.distance_weight * A_feat
