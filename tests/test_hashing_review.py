@@ -134,6 +134,8 @@ def test_hamming_topk_empty_database_and_bad_k():
     q = np.zeros((3, 2), np.uint8)
     D, I = hamming_topk(q, np.zeros((0, 2), np.uint8), 5)  # was a bare AssertionError from FAISS
     assert D.shape == I.shape == (3, 0)
+    D, I = hamming_topk(q, np.zeros((4, 2), np.uint8), np.int64(10))  # k above the database size
+    assert D.shape == I.shape == (3, 4) and sorted(I[0]) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="integer"):
         hamming_topk(q, np.zeros((4, 2), np.uint8), 2.5)  # was silently 2
     with pytest.raises(ValueError, match="integer"):

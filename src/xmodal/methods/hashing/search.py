@@ -41,7 +41,8 @@ def hamming_topk(query_codes: np.ndarray, db_codes: np.ndarray | "faiss.IndexBin
 
     ``db_codes`` is a packed code matrix or an index from :func:`build_index` (reuse it across
     calls to skip the copy). Returns ``(distances int32, indices int64)``, each (n_query, k),
-    nearest first; ties are broken by FAISS (not necessarily database order).
+    nearest first, with fewer columns when the database holds fewer than ``k`` items (none for
+    an empty one); ties are broken by FAISS (not necessarily database order).
     """
     q = _as_codes(query_codes, "query_codes")
     index = db_codes if isinstance(db_codes, faiss.IndexBinary) else build_index(db_codes)
