@@ -41,9 +41,12 @@ class ParameterError(ValueError):
 def interval(lo: float | None = None, hi: float | None = None, *, integer: bool = False,
              closed: str = "both") -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        # as scikit-learn's Interval(Integral, ...): 3.0 is not an integer (methods slice and
+        # size layers with it), and NaN compares False with every bound, so it would pass
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer) if integer else
+                                                 (int, float, np.integer, np.floating)):
             return False
-        if integer and int(v) != v:
+        if v != v:
             return False
         if lo is not None and (v < lo or (v == lo and closed in ("right", "neither"))):
             return False
