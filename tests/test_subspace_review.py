@@ -153,3 +153,13 @@ def test_multilabel_posteriors_of_a_far_query_are_finite_without_overflow_warnin
             warnings.simplefilter("error")
             P = m.encode_images(np.vstack([X[:3], 1e4 * X[:3]]))
         assert np.isfinite(P).all() and ((P >= 0) & (P <= 1)).all()
+
+
+def test_encode_takes_scipy_sparse_features_and_names_object_arrays():
+    from scipy import sparse
+
+    X, Y, ds = _labelled()
+    m = methods.create("cca", n_components=3).fit(ds)
+    np.testing.assert_allclose(m.encode_texts(sparse.csr_matrix(Y)), m.encode_texts(Y))
+    with pytest.raises(DataError, match="encode_images: expected a numeric array.*str objects"):
+        m.encode_images(np.array([["a"] * X.shape[1]], dtype=object))

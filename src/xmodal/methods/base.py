@@ -180,7 +180,12 @@ class CrossModalMethod:
             raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() first")
 
     def _check_input(self, Z: np.ndarray, dim: int, what: str) -> np.ndarray:
+        if hasattr(Z, "toarray") and hasattr(Z, "nnz"):  # a scipy sparse matrix (tf-idf, tags):
+            Z = Z.toarray()  # np.asarray would wrap it in a 0-d object array
         Z = np.asarray(Z)
+        if Z.dtype == object:
+            raise DataError(f"{type(self).__name__}.encode_{what}: expected a numeric array of {what} "
+                            f"features, got {type(Z.flat[0]).__name__ if Z.size else 'an empty'} objects")
         if Z.ndim == 1:
             Z = Z[None, :]
         if Z.ndim != 2 or Z.shape[1] != dim:
