@@ -167,3 +167,23 @@ def test_sslpdp_never_reads_a_label_outside_its_budget_when_the_sample_misses_th
     b = _make("sslpdp", **kw).fit(other)
     assert np.array_equal(a.encode_images(ds.image_features), b.encode_images(ds.image_features))
     assert np.array_equal(a.encode_texts(ds.text_features), b.encode_texts(ds.text_features))
+
+
+def test_learned_codes_protocol_takes_the_tie_order_like_evaluate():
+    """``evaluate`` lets the caller choose how tied Hamming distances are ordered
+    (``tie_seed``); the learned-codes variant ranks the same codes, so it takes the same
+    choice (it could not, and always used tie_seed=0). DLFH's 8-bit class codewords tie
+    heavily, so database order and a random order give different MAP."""
+    from xmodal.methods.hashing.protocol import evaluate_training_codes
+
+    rng = np.random.default_rng(0)
+    labels = np.sort(rng.integers(0, 4, 160))  # class-sorted: database order favours ties
+    ds = _synthetic(n=160, labels=labels)
+    train = ds.subset(np.arange(120), name="train")
+    query = ds.subset(np.arange(120, 160), name="query")
+    m = _make("dlfh", bits=8).fit(train)
+    default = evaluate_training_codes(m, query, train, train=train, pk=())
+    same = evaluate_training_codes(m, query, train, train=train, pk=(), tie_seed=0)
+    ordered = evaluate_training_codes(m, query, train, train=train, pk=(), tie_seed=None)
+    assert default["i2t"]["map"] == same["i2t"]["map"]
+    assert ordered["i2t"]["map"] != default["i2t"]["map"]

@@ -64,11 +64,12 @@ def _same_items(database: PairedDataset, train: PairedDataset) -> None:
 
 def evaluate_training_codes(method: CrossModalMethod, queries: PairedDataset, database: PairedDataset,
                             *, train: PairedDataset | None = None, map_k: tuple[int, ...] = (),
-                            pk: tuple[int, ...] = DEFAULT_PK) -> dict[str, Any]:
+                            pk: tuple[int, ...] = DEFAULT_PK, tie_seed: int | None = 0) -> dict[str, Any]:
     """Like ``evaluate(method, queries, database)`` but database items take their learned
     training codes (labelled ``"database_codes": "learned"`` in the result). ``train``, the
     dataset the method was fitted on, lets the database be checked item by item (the same
-    items in the same order); without it only the sizes can be checked."""
+    items in the same order); without it only the sizes can be checked. ``tie_seed`` orders
+    tied Hamming distances as in ``evaluate`` (None: database order)."""
     if not has_training_codes(method):
         raise DataError(f"{type(method).__name__} keeps no learned training codes "
                         "(it learns hash functions only, or trained on a sample of the pairs)")
@@ -93,5 +94,6 @@ def evaluate_training_codes(method: CrossModalMethod, queries: PairedDataset, da
                                           ("t2i", qt, di, queries.text_labels, database.labels)):
         scores, dist = similarity(method, Q, D)
         rel, graded = relevance(q_lab, d_lab), graded_relevance(q_lab, d_lab)
-        res[direction] = _direction(method, scores, dist, rel, graded, None, bits, map_k, pk, ())
+        res[direction] = _direction(method, scores, dist, rel, graded, None, bits, map_k, pk, (),
+                                    tie_seed=tie_seed)
     return res
