@@ -157,23 +157,38 @@ class Encoder:
                 if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                     raise EncoderError(f"{path}: not an xmodal encoder file (format "
                                        f"{doc.get('format') if isinstance(doc, dict) else None!r})")
-                arrays = {name: np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
-                          for name in doc.get("arrays", [])}
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, FileNotFoundError) as exc:
+                arrays = {}
+                for name in doc.get("arrays", []):
+                    try:
+                        arrays[name] = np.load(io.BytesIO(zf.read(f"{name}.npy")), allow_pickle=False)
+                    except (ValueError, EOFError) as exc:  # a damaged .npy member
+                        raise EncoderError(f"{path}: member {name}.npy is not a readable array "
+                                           f"({exc})") from exc
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, TypeError) as exc:
             raise EncoderError(f"{path}: cannot read encoder file ({exc})") from exc
         if not isinstance(doc.get("spec"), str):
             raise EncoderError(f"{path}: encoder.json has no field 'spec' (the encoder's name)")
-        enc = get_encoder(doc["spec"])
-        if doc.get("version") != enc.version:
-            raise EncoderError(f"{path}: saved with {doc['spec']} version {doc.get('version')}, "
-                               f"this build has version {enc.version}")
-        if enc.needs_fit:
-            try:
-                enc._set_state(doc.get("state", {}), arrays)
-            except KeyError as exc:  # a state written by hand or cut short
-                raise EncoderError(f"{path}: the fitted state of {doc['spec']} has no field {exc}") from None
-        if enc.dim != doc.get("dim"):
-            raise EncoderError(f"{path}: field dim is {doc.get('dim')}, loaded encoder has {enc.dim}")
+        try:
+            enc = get_encoder(doc["spec"])
+            if doc.get("version") != enc.version:
+                raise EncoderError(f"saved with {doc['spec']} version {doc.get('version')}, "
+                                   f"this build has version {enc.version}")
+            if enc.needs_fit:
+                try:
+                    enc._set_state(doc.get("state", {}), arrays)
+                except KeyError as exc:  # a state written by hand or cut short
+                    raise EncoderError(f"the fitted state of {doc['spec']} has no field {exc}") from None
+                except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
+                    if isinstance(exc, EncoderError):
+                        raise
+                    raise EncoderError(f"the fitted state of {doc['spec']} is malformed "
+                                       f"({type(exc).__name__}: {exc})") from None
+            if enc.dim != doc.get("dim"):
+                raise EncoderError(f"field dim is {doc.get('dim')}, loaded encoder has {enc.dim}")
+        except EncoderError as exc:
+            # the spec's and the parts' own errors say what is wrong; this says where
+            msg = str(exc)
+            raise EncoderError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from None
         return enc
 
     # ---------------------------------------------------------------- encode
@@ -194,8 +209,13 @@ class Encoder:
 
         ``cache_dir``: ``None`` -> ``$XMODAL_CACHE`` or ``~/.cache/xmodal``; ``False`` -> no cache.
         Items that cannot be read (images that fail to decode) get a zero row, a warning, and
-        ``False`` in the mask returned with ``return_mask=True``.
+        ``False`` in the mask returned with ``return_mask=True``. ``batch_size``: a positive
+        integer, or None for the encoder's default.
         """
+        from .text import check_batch_size
+
+        # checked first: 0 read as "the default" and a negative size gave no batches at all
+        batch_size = check_batch_size(self.spec, batch_size)
         self._check_fitted()
         items = [str(x) for x in items]
         n, dim = len(items), self.dim
@@ -227,7 +247,7 @@ class Encoder:
         todo_keys = [k for k in positions if cache is None or k not in cache]
         if todo_keys:
             todo_items = [items[positions[k][0]] for k in todo_keys]
-            bs = batch_size or self.default_batch_size
+            bs = batch_size or self.default_batch_size  # None: the default
             bar = progress_bar(len(todo_items), f"encode {self.spec}", progress)
             batches = self._compute(todo_items, bs, bar)
             try:

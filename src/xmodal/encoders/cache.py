@@ -39,8 +39,25 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None
     return Path(cache_dir).expanduser()
 
 
-def safe_name(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "encoder"
+# Longest file-name stem a spec keeps as it is, by what is appended to it, within the 255-byte
+# name limit of common file systems: a feature-cache folder ``<stem>-<16 hex>`` (made with
+# mkdir: 238), a file ``<stem>-<24 hex>.zip`` written through a temporary
+# ``.<name>.<8 random>.tmp`` (212). Stems up to these lengths keep the names they always had,
+# so caches already on disk stay valid; longer ones could not be written at all.
+MAX_STEM = 212
+MAX_FOLDER_STEM = 238
+
+
+def safe_name(spec: str, max_len: int = MAX_STEM) -> str:
+    """``spec`` as a file-name stem: runs of characters other than letters, digits, ``.``,
+    ``_`` and ``-`` become ``_``. A stem longer than ``max_len`` (e.g. ``sbert:`` with a long
+    folder path) is cut to a readable prefix plus 16 hex of the spec's SHA-256, so distinct long
+    specs keep distinct, deterministic names."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "encoder"
+    if len(stem) <= max_len:
+        return stem
+    digest = hashlib.sha256(spec.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{stem[:max_len - 18].rstrip('_.-')}--{digest}"
 
 
 def content_hash(data: bytes) -> str:
@@ -72,7 +89,7 @@ class FeatureCache:
 
     @classmethod
     def for_encoder(cls, root: Path, spec: str, key: str, dim: int, info: dict) -> "FeatureCache":
-        return cls(Path(root) / f"{safe_name(spec)}-{key[:16]}", dim, info)
+        return cls(Path(root) / f"{safe_name(spec, MAX_FOLDER_STEM)}-{key[:16]}", dim, info)
 
     def refresh(self) -> None:
         """Index shards written since the last look (by this or another process)."""

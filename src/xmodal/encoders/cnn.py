@@ -78,19 +78,29 @@ def parse_views(spec: str, arg: str | None) -> str | None:
     return arg
 
 
-def view_copies(x, views: str | None) -> list:
-    """The transformed copies of a (B, C, H, W) batch: the batch itself, its mirror image
-    (``flip``), or the eight symmetries of the square (``d4``: four quarter turns, each also
-    mirrored). Averaging a model's features over them makes the features invariant to those
-    transforms -- right for overhead imagery, which has no "up"."""
+N_VIEWS = {None: 1, "flip": 2, "d4": 8}
+
+
+def view_copies(x, views: str | None) -> Iterator:
+    """The transformed copies of a (B, C, H, W) batch, one at a time: the batch itself, its
+    mirror image (``flip``), or the eight symmetries of the square (``d4``: four quarter turns,
+    then each of them mirrored). Averaging a model's features over them makes the features
+    invariant to those transforms -- right for overhead imagery, which has no "up". Made as
+    they are consumed, so only one copy lives beside ``x`` (eight at once were 8x a batch's
+    input memory)."""
     import torch
 
-    if views is None:
-        return [x]
-    if views == "flip":
-        return [x, x.flip(3)]
-    turns = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
-    return turns + [t.flip(3) for t in turns]
+    if views != "d4":
+        yield x
+        if views == "flip":
+            yield x.flip(3)
+        return
+    # rot90 also for k=0: its copy is contiguous, where x is channels-last, and the layout
+    # changes the convolutions' rounding (cached d4 features were made from this copy)
+    for k in range(4):
+        yield torch.rot90(x, k, dims=(2, 3))
+    for k in range(4):
+        yield torch.rot90(x, k, dims=(2, 3)).flip(3)
 
 
 class TorchImageEncoder(ImageEncoder):
@@ -149,9 +159,10 @@ class TorchImageEncoder(ImageEncoder):
         self.model  # the weights on the device in force (xmodal.device)
         with torch.inference_mode():
             x = batch_uint8.to(self._device)  # uint8 over the bus: 4x less than float
-            # one forward pass per view, not one over all views: peak memory stays a batch's
+            # one forward pass per view, each view made as its pass runs: peak memory stays
+            # a batch's (the sum's order is the views', so the features stay bit for bit)
             copies = view_copies(self.preprocess(x), self.views)
-            feats = sum(self._forward(v).float() for v in copies) / len(copies)
+            feats = sum(self._forward(v).float() for v in copies) / N_VIEWS[self.views]
             return feats.cpu().numpy()
 
     def _compute(self, items, batch_size, bar) -> Iterator:
@@ -233,6 +244,35 @@ class MobileNetV2Encoder(TorchImageEncoder):
         return self.model.forward_features(x)
 
 
+class _CheckpointKey:
+    """Mixin: the feature cache of a model loaded from a local checkpoint file is keyed by the
+    file's contents (as ``sbert:<folder>`` is by its folder's), so a model retrained into the
+    same file gets new features instead of the old ones. Hub weights, tags and ``random``
+    keep the key they had (``''``)."""
+
+    weights: str | None
+
+    def _checkpoint_file(self) -> Path | None:
+        w = self.weights
+        return Path(w).expanduser() if w not in (None, "random") and Path(w).expanduser().is_file() else None
+
+    def _hash_checkpoint(self) -> None:
+        """Remember the hash of the checkpoint about to be loaded (called by ``_build``)."""
+        from .cache import file_hash
+
+        f = self._checkpoint_file()
+        if f is not None:
+            with open(f, "rb") as fh:
+                self._weights_hash = file_hash(fh)
+
+    def state_hash(self) -> str:
+        if getattr(self, "_weights_hash", None) is None:
+            if self._checkpoint_file() is None:
+                return ""
+            self._hash_checkpoint()
+        return self._weights_hash
+
+
 def _split_weights(arg: str) -> tuple[str, str | None]:
     """``name@weights`` -> (name, weights); weights is a checkpoint path, a tag or 'random'."""
     if "@" in arg:
@@ -241,7 +281,7 @@ def _split_weights(arg: str) -> tuple[str, str | None]:
     return arg, None
 
 
-class TimmEncoder(TorchImageEncoder):
+class TimmEncoder(_CheckpointKey, TorchImageEncoder):
     """Any timm model as a pooled-feature extractor: ``timm:<name>`` (hub weights),
     ``timm:<name>@<checkpoint path>`` or ``timm:<name>@random`` (random init, for tests)."""
 
@@ -279,6 +319,7 @@ class TimmEncoder(TorchImageEncoder):
             return timm.create_model(self.arch, pretrained=self.weights is None, num_classes=0)
         if not Path(self.weights).exists():
             raise EncoderError(f"{self.spec}: checkpoint {self.weights} not found")
+        self._hash_checkpoint()
         return timm.create_model(self.arch, pretrained=False, num_classes=0,
                                  checkpoint_path=self.weights)
 
@@ -286,7 +327,7 @@ class TimmEncoder(TorchImageEncoder):
         return self.model(x)
 
 
-class OpenClipImageEncoder(TorchImageEncoder):
+class OpenClipImageEncoder(_CheckpointKey, TorchImageEncoder):
     """OpenCLIP image tower: ``open_clip:<arch>@<pretrained tag | checkpoint path | random>``
     (Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
     ICML 2021; Cherti et al., CVPR 2023)."""
@@ -311,6 +352,7 @@ class OpenClipImageEncoder(TorchImageEncoder):
         return self._dim
 
     def _build(self):
+        self._hash_checkpoint()
         return load_open_clip(self.spec, self.arch, self.weights)
 
     def _forward(self, x):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,28 @@ def cache_dir() -> Path:
     out = root / "deep_features"
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _read(f: Path, names: tuple[str, ...] = ()):
+    """A cached array (or the arrays ``names`` of a cached .npz), or None when absent or
+    unreadable (a file cut short by a crash in an older version): it is then recomputed."""
+    if not f.exists():
+        return None
+    try:
+        if not names:
+            return np.load(f, allow_pickle=False)
+        with np.load(f, allow_pickle=False) as z:
+            return tuple(z[n] for n in names)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _write(f: Path, save) -> None:
+    """Write a cache file under a temporary name, fsync and rename: an interrupted run (or two
+    runs at once) never leaves a partial file under the final name."""
+    from ..._fs import atomic_write
+
+    atomic_write(f, save)
 
 
 def _key(kind: str, items: Sequence[str], extra: str = "") -> str:
@@ -71,19 +94,36 @@ def _load_image(path: str, size: int) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("RGB").resize((size, size), Image.BICUBIC)
             arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        # what Pillow raises for corrupt data (by format) and for decompression bombs
         raise DataError(f"{path}: cannot read image ({exc})") from exc
     return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def _contents(paths: Sequence[str]) -> list[str]:
+    """The content hash of each file (an unreadable one is an error naming it)."""
+    from ...encoders.cache import file_hash
+
+    out = []
+    for p in paths:
+        try:
+            with open(p, "rb") as fh:
+                out.append(file_hash(fh))
+        except OSError as exc:
+            raise DataError(f"{p}: cannot read image ({exc.strerror or exc})") from exc
+    return out
 
 
 def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
                   progress: bool = False) -> np.ndarray:
     """(n, 49, 1280) float16 region features (7x7 head feature map, row-major cells)."""
     paths = [str(p) for p in paths]
-    stamp = [f"{p}:{os.path.getsize(p) if os.path.exists(p) else -1}" for p in paths]
-    f = cache_dir() / f"regions_{_key('effnet-lite0', stamp, str(size))}.npy"
-    if f.exists():
-        return np.load(f)
+    # Keyed by the files' contents: a path and size said nothing of a picture replaced by
+    # another of the same size (its old regions came back).
+    f = cache_dir() / f"regions_{_key('effnet-lite0-content', _contents(paths), str(size))}.npy"
+    cached = _read(f)
+    if cached is not None:
+        return cached
     import torch
     from tqdm.auto import tqdm
 
@@ -96,10 +136,16 @@ def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
             fm = net.extract_features(x.to(device))  # (b, 1280, 7, 7)
             out.append(fm.flatten(2).transpose(1, 2).cpu().numpy().astype(np.float16))
     arr = np.concatenate(out) if out else np.zeros((0, 49, 1280), np.float16)
-    tmp = f.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(f)
+    _write(f, lambda fh: np.save(fh, arr))
     return arr
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list of ``str``; ``str()`` turned a missing caption into the word "None"
+    or "nan" and embedded it as text."""
+    from ...encoders.text import check_texts
+
+    return check_texts("minilm", texts)
 
 
 def _minilm():
@@ -114,12 +160,13 @@ def _minilm():
 
 def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens (n, max_tokens, 384) float16 zero-padded, lengths (n,) int) of MiniLM outputs."""
-    texts = [str(t) for t in texts]
+    """(tokens (n, max_tokens, 384) float16 zero-padded, lengths (n,) int) of MiniLM outputs.
+    A text that is not a ``str`` (``None``, NaN) is an error naming its row."""
+    texts = _texts(texts)
     f = cache_dir() / f"tokens_{_key('minilm', texts, str(max_tokens))}.npz"
-    if f.exists():
-        z = np.load(f)
-        return z["tokens"], z["lengths"]
+    cached = _read(f, ("tokens", "lengths"))
+    if cached is not None:
+        return cached
     model = _minilm()
     toks = np.zeros((len(texts), max_tokens, 384), np.float16)
     lengths = np.zeros(len(texts), np.int64)
@@ -128,19 +175,19 @@ def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
             t = t[:max_tokens]
             toks[s + i, :len(t)] = t
             lengths[s + i] = len(t)
-    tmp = f.with_suffix(".tmp.npz")
-    np.savez(tmp, tokens=toks, lengths=lengths)
-    tmp.replace(f)
+    _write(f, lambda fh: np.savez(fh, tokens=toks, lengths=lengths))
     return toks, lengths
 
 
 def sentence_embeddings(texts: Sequence[str]) -> np.ndarray:
-    """MiniLM sentence embeddings (mean pooled, L2-normalised), 384-d float32, cached."""
-    texts = [str(t) for t in texts]
+    """MiniLM sentence embeddings (mean pooled, L2-normalised), 384-d float32, cached.
+    A text that is not a ``str`` (``None``, NaN) is an error naming its row."""
+    texts = _texts(texts)
     f = cache_dir() / f"sentences_{_key('minilm-sent', texts)}.npy"
-    if f.exists():
-        return np.load(f)
+    cached = _read(f)
+    if cached is not None:
+        return cached
     # Our own .npy cache above: the encoder's feature cache would hold the same rows twice.
     emb = _minilm().encode(texts, batch_size=256, progress=False, cache_dir=False).astype(np.float32)
-    np.save(f, emb)
+    _write(f, lambda fh: np.save(fh, emb))
     return emb
