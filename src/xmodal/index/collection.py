@@ -88,6 +88,22 @@ def _give_db_id(store: Store) -> None:
         c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)", (json.dumps(_new_db_id()),))
 
 
+def _same_structure(idx: VectorIndex, kind: str, dim: int, spec: str) -> bool:
+    """Whether ``idx`` (loaded from a file) is the kind of FAISS index ``spec`` builds: the
+    same id map over the same index type, width and metric."""
+    import faiss
+
+    fresh = VectorIndex(kind, dim, spec)
+    down = faiss.downcast_IndexBinary if kind == "binary" else faiss.downcast_index
+    try:
+        have, want = down(idx.index.index), down(fresh.index.index)
+        return (type(idx.index) is type(fresh.index) and isinstance(have, type(want))
+                and int(idx.index.d) == int(fresh.index.d)
+                and (kind == "binary" or idx.index.metric_type == fresh.index.metric_type))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _index_name(modality: str, variant: str, db_id: str, gen: int) -> str:
     return f"{modality}.{variant}.{db_id}.g{gen}.faiss"
 
@@ -238,6 +254,38 @@ def check_key(key: str) -> str:
     if any(ord(c) < 32 for c in key):
         raise DataError(f"item key {key!r}: control characters are not allowed")
     return key
+
+
+def _storable(text: str) -> bool:
+    """Whether SQLite can store ``text``: a file name in another encoding than UTF-8 comes
+    from the OS with lone surrogates (PEP 383), which no UTF-8 column can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _checked_labels(what: str, labels: Any) -> list[str]:
+    """An item's labels as a list of strings (whole numbers are taken as their digits). A
+    single string is refused: taken as a sequence it would be split into one label a letter."""
+    if labels is None:
+        return []
+    if isinstance(labels, (str, bytes)):
+        raise DataError(f"{what}: labels must be a list of strings, not the single string {labels!r} "
+                        f"(write [{labels!r}])")
+    try:
+        labels = list(labels)
+    except TypeError:
+        raise DataError(f"{what}: labels must be a list of strings, got {type(labels).__name__}") from None
+    out = []
+    for j, lab in enumerate(labels):
+        if isinstance(lab, (int, np.integer)) and not isinstance(lab, (bool, np.bool_)):
+            lab = str(lab)
+        if not isinstance(lab, str) or not _storable(lab):
+            raise DataError(f"{what}: labels[{j}] must be a string of valid Unicode text, got {lab!r}")
+        out.append(lab)
+    return out
 
 
 # ---------------------------------------------------------------- encoders
@@ -431,17 +479,16 @@ class Collection:
                 text_encoder: Any, index: str, rerank: bool, public_read: bool, overwrite: bool,
                 info: dict | None) -> None:
         db = path / DB_NAME
+        old = False
         if db.exists():
             store = _open_store(db)
             complete = store.get_meta("format") is not None
             store.close()
             if complete and not overwrite:
                 raise CollectionExistsError(f"{path}: a collection already exists (pass overwrite=True)")
-            for p in [db, Path(str(db) + "-wal"), Path(str(db) + "-shm")]:
-                p.unlink(missing_ok=True)
-            for d in ("indexes", "encoders"):
-                for f in (path / d).glob("*") if (path / d).is_dir() else []:
-                    f.unlink()
+            old = True
+        # Every argument is checked before the old collection goes: a rebuild refused for a
+        # typo (an index spec, an encoder name) must leave the collection it would replace.
         fdim = None
         if method is not None:
             method._check_fitted()
@@ -451,18 +498,24 @@ class Collection:
             if output == "binary" and rerank:
                 fdim = _float_projection(method, "image",
                                          np.zeros((1, method.image_dim_), np.float32)).shape[1]
-            method.save(path / METHOD_FILE)
         elif dim is None:
             raise CollectionError("Collection.create: pass a fitted method or the vector dim")
         if output not in ("real", "binary"):
             raise CollectionError(f"output must be 'real' or 'binary', got {output!r}")
         index = normalize_spec(output, index)
         VectorIndex(output, dim, index)  # fail now on a bad factory string
+        encoders = {modality: get_encoder(enc, modality)
+                    for modality, enc in (("image", image_encoder), ("text", text_encoder)) if enc is not None}
+        if old:
+            for p in [db, Path(str(db) + "-wal"), Path(str(db) + "-shm")]:
+                p.unlink(missing_ok=True)
+            for d in ("indexes", "encoders"):
+                for f in (path / d).glob("*") if (path / d).is_dir() else []:
+                    f.unlink()
+        if method is not None:
+            method.save(path / METHOD_FILE)
         encoders_meta = {}
-        for modality, enc in (("image", image_encoder), ("text", text_encoder)):
-            if enc is None:
-                continue
-            enc = get_encoder(enc, modality)
+        for modality, enc in encoders.items():
             rec: dict[str, Any] = {"spec": getattr(enc, "spec", None), "class": _class_path(enc),
                                    "dim": int(enc.dim), "file": None}
             if getattr(enc, "needs_fit", False):
@@ -649,10 +702,17 @@ class Collection:
                         if g > top:
                             continue  # a state this store has not reached (or another store's)
                         try:
-                            loaded[(modality, variant)] = (g, VectorIndex.from_bytes(kind, dim, spec, f.read_bytes()))
-                            break
-                        except (OSError, RuntimeError):
+                            idx = VectorIndex.from_bytes(kind, dim, spec, f.read_bytes())
+                        except Exception:  # noqa: BLE001 (a cache: whatever fails, it is rebuilt)
                             continue  # replaced meanwhile, or unreadable: an older one, else a build
+                        if not _same_structure(idx, kind, dim, spec):
+                            # it loads but is not this index (another variant's or width's
+                            # file): an 'exact' search would be answered by a graph, or fail
+                            log.warning("%s: index file %s is not a %s index of dim %d; not used",
+                                        self.path, f.name, spec, dim)
+                            continue
+                        loaded[(modality, variant)] = (g, idx)
+                        break
             self.indexes, self._file_gen, self._file_n, self._pending = {}, {}, {}, {}
             self._force = set()
             with self.store.reading() as c:  # one snapshot: the marks match the indexes exactly
@@ -818,16 +878,39 @@ class Collection:
             todo = [m for m in MODALITIES if self._needs_rewrite(m)]
             indexes = {key: idx for key, idx in self.indexes.items() if key[0] in todo}
             sizes = {m: self.indexes[(m, "flat")].ntotal for m in todo}
+        failed: set[str] = set()
         for (modality, variant), idx in indexes.items():
+            if modality in failed:
+                continue
             # outside the index lock: searches go on; only this writer changes the indexes
-            atomic_write_bytes(self._index_file(modality, variant, gen), idx.to_bytes())
+            f = self._index_file(modality, variant, gen)
+            try:
+                atomic_write_bytes(f, idx.to_bytes())
+            except OSError as exc:
+                # A full disk, a folder this user cannot write: the files are caches of the
+                # store, which has committed. The open or the write goes on (in memory the
+                # indexes are current) and the next write tries again; the older files stay.
+                log.warning("%s: could not write the index file %s (%s); the collection is "
+                            "intact, the next write tries again", self.path, f.name, exc.strerror or exc)
+                failed.add(modality)
+        indexes = {key: idx for key, idx in indexes.items() if key[0] not in failed}
         with self._lock:
             for modality in todo:
+                if modality in failed:
+                    continue
                 self._pending[modality] = 0
                 self._file_n[modality] = sizes[modality]
                 self._force.discard(modality)
             for key in indexes:
                 self._file_gen[key] = gen
+        try:
+            self._drop_old_index_files(indexes, gen)
+        except OSError as exc:
+            log.warning("%s: could not remove an older index file (%s)", self.path, exc)
+
+    def _drop_old_index_files(self, indexes: dict, gen: int) -> None:
+        """After ``indexes`` were written for ``gen``: their older files, other databases'
+        files and stray temporary files."""
         for modality, variant in indexes:
             for g, f in self._index_files(modality, variant):
                 if g < gen:
@@ -1407,6 +1490,14 @@ class Collection:
             F = prepare("real", fvecs, self.fdim)
         for k in keys:
             check_key(k)
+        for name, col in (("paths", paths), ("texts", texts), ("labels", labels),
+                          ("pair_keys", pair_keys), ("hashes", hashes)):
+            if col is not None and len(col) != n:
+                raise DataError(f"{n} keys but {len(col)} {name}")
+        if labels is not None:  # a string given as one item's labels is not split into letters
+            labels = [_checked_labels(f"{modality} {keys[r]!r}", labels[r]) for r in range(n)]
+        if paths is not None:
+            paths = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in paths]
         if len(set(keys)) != n:
             seen: set[str] = set()
             dup = next(k for k in keys if k in seen or seen.add(k))
@@ -1686,6 +1777,12 @@ class Collection:
         Changed files are found as a rerun finds them (size and mtime first, then content)."""
         out: dict[str, Any] = {}
         lost: set[str] = set()  # unreadable images not stored: their captions are skipped too
+        given_images, given_texts = list(images), list(texts)
+        # the refusals add_items would make; images it cannot store (names not UTF-8) and
+        # their captions are unreadable to it
+        images, texts, _, _, _ = self._checked_items(given_images, given_texts)
+        kept_i = {it.key for it in images}
+        kept_t = {it.key for it in texts}
         for modality, items in (("image", list(images)), ("text", list(texts))):
             hashes, _ = self._content_hashes(modality, items) if items else ([], [])
             stored = self._stored([it.key for it in items])
@@ -1706,9 +1803,12 @@ class Collection:
                     row["moved"].append(it.key)
                 else:
                     row["unchanged"] += 1
+            kept = kept_i if modality == "image" else kept_t
+            row["unreadable"] += [it.key for it in (given_images if modality == "image" else given_texts)
+                                  if it.key not in kept]
             out[modality] = row
         if prune:
-            gone = set(self._stale([it.key for it in images] + [t.key for t in texts]))
+            gone = set(self._stale([it.key for it in given_images] + [t.key for t in given_texts]))
             # an image that goes takes its captions with it, as delete() does
             out["removed"] = [{"id": i, "modality": m, "key": key} for i, m, key, pair in
                               self.store.query("SELECT id, modality, key, pair_id FROM items")
@@ -1734,6 +1834,67 @@ class Collection:
                 out[k] = h
         return out
 
+    def _checked_items(self, images: Sequence[ImageItem], texts: Sequence[TextItem],
+                       image_features: Any = None, text_features: Any = None
+                       ) -> tuple[list[ImageItem], list[TextItem], Any, Any, list[str]]:
+        """Every item checked before anything is encoded or written, so that a bad one in a
+        long add is refused naming it, not after the batches before it were committed: keys
+        (valid, none twice in one add, image and text keys included), image paths (a
+        ``PathLike`` is taken as its string), texts (strings), labels (lists of strings)
+        and the features' row counts. An image whose key or path is not valid UTF-8 (a file
+        name in another encoding) cannot be stored: it is skipped with its captions, logged
+        and returned in the last list, like an unreadable file, and the add goes on.
+        Returns (images, texts, image_features, text_features, skipped paths)."""
+        images, texts = list(images), list(texts)
+        for name, feats, items in (("image_features", image_features, images),
+                                   ("text_features", text_features, texts)):
+            if feats is not None and len(feats) != len(items):
+                raise DataError(f"{name} has {len(feats)} rows for {len(items)} "
+                                f"{name.split('_')[0]}s")
+        good_i: list[ImageItem] = []
+        keep_i: list[int] = []
+        skipped: list[str] = []
+        lost: set[str] = set()
+        for r, it in enumerate(images):
+            check_key(it.key)
+            path = os.fspath(it.path) if isinstance(it.path, os.PathLike) else it.path
+            if not isinstance(path, str) or not path:
+                raise DataError(f"image {it.key!r}: path must be a file name, got {it.path!r}")
+            if not (_storable(it.key) and _storable(path)):
+                log.warning("skipping %r: its name is not valid UTF-8, which the collection "
+                            "cannot store; rename the file", path)
+                skipped.append(path)
+                lost.add(it.key)
+                continue
+            good_i.append(ImageItem(it.key, path, _checked_labels(f"image {it.key!r}", it.labels)))
+            keep_i.append(r)
+        good_t: list[TextItem] = []
+        keep_t: list[int] = []
+        for r, it in enumerate(texts):
+            if it.pair_key is not None and it.pair_key in lost:
+                continue  # the caption of an image that cannot be stored goes with it
+            check_key(it.key)
+            what = f"text {it.key!r}"
+            if not isinstance(it.text, str):
+                raise DataError(f"{what}: text must be a string, got {type(it.text).__name__}")
+            if it.pair_key is not None and not isinstance(it.pair_key, str):
+                raise DataError(f"{what}: pair_key must be an image key (a string), got {it.pair_key!r}")
+            for field_name, value in (("key", it.key), ("text", it.text), ("pair_key", it.pair_key or "")):
+                if not _storable(value):
+                    raise DataError(f"{what}: {field_name} is not valid Unicode text (a lone surrogate)")
+            good_t.append(TextItem(it.key, it.text, it.pair_key, _checked_labels(what, it.labels)))
+            keep_t.append(r)
+        seen: set[str] = set()
+        for it in [*good_i, *good_t]:
+            if it.key in seen:
+                raise DataError(f"item key {it.key!r} appears twice in one add")
+            seen.add(it.key)
+        if image_features is not None and len(keep_i) != len(images):
+            image_features = np.asarray(image_features)[keep_i]
+        if text_features is not None and len(keep_t) != len(texts):
+            text_features = np.asarray(text_features)[keep_t]
+        return good_i, good_t, image_features, text_features, skipped
+
     def add_items(self, images: Sequence[ImageItem] = (), texts: Sequence[TextItem] = (), *,
                   image_features: np.ndarray | None = None, text_features: np.ndarray | None = None,
                   batch_size: int = 256, progress: bool | None = False, actor: str = "local",
@@ -1744,6 +1905,8 @@ class Collection:
         one commits batch by batch, so an interrupted run keeps the batches done and a rerun
         continues where it stopped."""
         total = AddReport()
+        images, texts, image_features, text_features, total.skipped = self._checked_items(
+            images, texts, image_features, text_features)
         unread: set[str] = set()  # keys of images skipped as unreadable
         # Small adds are encoded first and committed together: an image never stored
         # without the captions sent with it because the process died in between.

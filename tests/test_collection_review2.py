@@ -1,0 +1,202 @@
+"""Persistent-collection defects found in a second review: bad items written half-way (or
+silently) by add_items, a file name that is not UTF-8 stopping a whole indexing run, an index
+file that could not be written failing an open or a committed write, an index file of the
+wrong kind trusted, and a refused rebuild that had already deleted the collection."""
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+import xmodal.index.collection as collection_module
+from xmodal.data.dataset import DataError
+from xmodal.index import Collection
+from xmodal.index.build import scan_folder
+from xmodal.index.collection import ImageItem, TextItem
+
+
+def unit(rng, n, d=8):
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def files(tmp_path, n):
+    out = []
+    for j in range(n):
+        f = tmp_path / f"f{j}.jpg"
+        f.write_bytes(b"image %d" % j)
+        out.append(str(f))
+    return out
+
+
+def state(c):
+    return c.store.generation(), c.count(), sorted(r[0] for r in c.store.query("SELECT key FROM items"))
+
+
+def test_labels_given_as_one_string_are_refused_not_split_into_letters(tmp_path):
+    rng = np.random.default_rng(0)
+    c = Collection.create(tmp_path / "c", dim=8)
+    (p,) = files(tmp_path, 1)
+    with pytest.raises(DataError, match=r"image 'x'.*labels.*'beach'"):
+        c.add_items([ImageItem("x", p, labels="beach")], image_features=unit(rng, 1))
+    with pytest.raises(DataError, match=r"text 't'.*labels"):
+        c.add_items((), [TextItem("t", "a caption", labels="beach")], text_features=unit(rng, 1))
+    assert c.count() == 0
+    c.add_items([ImageItem("x", p, labels=("beach",))], image_features=unit(rng, 1))
+    assert c.get_item(c.id_of("x")).labels == ["beach"]
+    c.close()
+
+
+@pytest.mark.parametrize("case", ["dup-across-batches", "image-and-text-key", "text-none",
+                                  "features-rows", "bad-key-late", "label-not-str"])
+def test_add_items_refuses_bad_items_before_writing_anything(tmp_path, case):
+    """A bad item anywhere in a long add is refused naming it before any batch is encoded or
+    committed (it used to commit the batches before it, or, for a key given twice in two
+    batches, silently store the second as a replacement of the first)."""
+    rng = np.random.default_rng(1)
+    c = Collection.create(tmp_path / "c", dim=8)
+    c.add_items([ImageItem("old", files(tmp_path, 1)[0])], image_features=unit(rng, 1))
+    before = state(c)
+    paths = files(tmp_path, 5)
+    images = [ImageItem(f"k{j}", p) for j, p in enumerate(paths)]
+    texts = [TextItem("k0#0", "a caption", pair_key="k0")]
+    Fi, Ft = unit(rng, 5), unit(rng, 1)
+    if case == "dup-across-batches":
+        images[4] = ImageItem("k0", paths[4])
+        match = r"item key 'k0' appears twice"
+    elif case == "image-and-text-key":
+        texts = [TextItem("k3", "a caption", pair_key="k0")]
+        match = r"item key 'k3' appears twice"
+    elif case == "text-none":
+        texts = [TextItem("k0#0", None, pair_key="k0")]
+        match = r"text 'k0#0'.*text must be a string"
+    elif case == "features-rows":
+        Fi = unit(rng, 6)
+        match = r"image_features has 6 rows for 5 images"
+    elif case == "bad-key-late":
+        images[4] = ImageItem("k4\n", paths[4])
+        match = r"control characters"
+    else:
+        images[4] = ImageItem("k4", paths[4], labels=["ok", None])
+        match = r"image 'k4'.*labels\[1\]"
+    with pytest.raises(DataError, match=match):
+        c.add_items(images, texts, image_features=Fi, text_features=Ft, batch_size=2)
+    assert state(c) == before
+    c.close()
+
+
+def test_a_path_like_image_path_is_stored_as_a_string(tmp_path):
+    rng = np.random.default_rng(2)
+    c = Collection.create(tmp_path / "c", dim=8)
+    p = Path(files(tmp_path, 1)[0])
+    rep = c.add_items([ImageItem("x", p)], image_features=unit(rng, 1))
+    assert rep.added == 1 and c.get_item(c.id_of("x")).path == str(p)
+    # a rerun finds it unchanged (the same path, size and time as recorded)
+    assert c.add_items([ImageItem("x", p)], image_features=unit(rng, 1)).unchanged == 1
+    c.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named_and_the_run_goes_on(tmp_path):
+    """A photo folder copied from an old camera or a Windows share can hold a name in another
+    encoding (Python gives it lone surrogates): SQLite cannot store that key or path, and the
+    whole run used to stop at the first lookup with a bare UnicodeEncodeError."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    (src / "good.jpg").write_bytes(b"good")
+    (src / "good.txt").write_text("a good caption\n")
+    bad = os.path.join(os.fsencode(src), b"caf\xe9.jpg")
+    with open(bad, "wb") as fh:
+        fh.write(b"bad")
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"its caption\n")
+    images, texts = scan_folder(src)
+    assert len(images) == 2 and len(texts) == 2
+    rng = np.random.default_rng(3)
+    c = Collection.create(tmp_path / "c", dim=8)
+    rep = c.add_items(images, texts, image_features=unit(rng, 2), text_features=unit(rng, 2))
+    assert rep.added == 2  # good.jpg and its caption
+    assert [os.path.basename(p) for p in rep.skipped] == [os.fsdecode(b"caf\xe9.jpg")]
+    assert sorted(r[0] for r in c.store.query("SELECT key FROM items")) == ["good.jpg", "good.jpg#0"]
+    # the rerun (what `xmodal index` does next time) goes as well, and plan() agrees
+    plan = c.plan(images, texts, prune=True)
+    assert plan["image"]["unreadable"] == [os.fsdecode(b"caf\xe9.jpg")] and plan["removed"] == []
+    rep = c.add_items(images, texts, image_features=unit(rng, 2), text_features=unit(rng, 2))
+    assert rep.unchanged == 2 and len(rep.skipped) == 1
+    c.close()
+
+
+def test_an_index_file_that_cannot_be_written_fails_neither_the_open_nor_a_committed_write(tmp_path, monkeypatch):
+    """A full disk (or an indexes/ folder this user cannot write): the index files are caches,
+    SQLite holds the data. An open used to fail outright (no search at all), and a committed
+    add raised as if it had failed."""
+    rng = np.random.default_rng(4)
+    d = tmp_path / "c"
+    c = Collection.create(d, dim=8)
+    X = unit(rng, 5)
+    c.add_vectors("image", [f"k{j}" for j in range(5)], X)
+    c.close()
+    for f in (d / "indexes").glob("*.faiss"):
+        f.unlink()  # the next open must write them
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(collection_module, "atomic_write_bytes", full)
+    c = Collection.open(d)
+    assert c.search_vector(X[2], "image", 1)[0].key == "k2"
+    v = unit(rng, 1)
+    rep = c.add_vectors("image", ["new"], v)  # committed: must say so
+    assert rep.added == 1 and c.search_vector(v[0], "image", 1)[0].key == "new"
+    assert not list((d / "indexes").glob("*.faiss"))
+    monkeypatch.undo()
+    c.add_vectors("text", ["t"], unit(rng, 1))  # the next write writes what is due
+    assert list((d / "indexes").glob("image.flat.*.faiss"))
+    c.close()
+    with Collection.open(d, read_only=True) as r:
+        assert r.count("image") == 6 and r.search_vector(v[0], "image", 1)[0].key == "new"
+
+
+def test_an_index_file_of_the_wrong_kind_is_rebuilt_not_trusted(tmp_path):
+    """An index file that loads but is not that index (another variant's, another width):
+    it used to stop the open with an IndexSpecError, or answer 'exact' searches from a graph."""
+    rng = np.random.default_rng(5)
+    d = tmp_path / "c"
+    c = Collection.create(d, dim=8, index="HNSW8")
+    X = unit(rng, 40)
+    c.add_vectors("image", [f"k{j}" for j in range(40)], X)
+    c.close()
+    (flat,) = (d / "indexes").glob("image.flat.*.faiss")
+    (approx,) = (d / "indexes").glob("image.approx.*.faiss")
+    a, b = flat.read_bytes(), approx.read_bytes()
+    flat.write_bytes(b)
+    approx.write_bytes(a)
+    for read_only in (True, False):
+        with Collection.open(d, read_only=read_only) as c:
+            assert c.indexes[("image", "flat")].is_flat
+            assert isinstance(faiss.downcast_index(c.indexes[("image", "flat")].index.index), faiss.IndexFlat)
+            for j in (0, 17, 39):
+                hit = c.search_vector(X[j], "image", 1, exact=True)[0]
+                assert hit.key == f"k{j}" and hit.score == pytest.approx(1.0, abs=1e-5)
+                assert c.search_vector(X[j], "image", 1)[0].key == f"k{j}"
+
+
+@pytest.mark.parametrize("bad", [dict(index="NoSuchIndex"), dict(output="nope"),
+                                 dict(image_encoder="no-such-encoder"), dict(dim=None)])
+def test_a_refused_rebuild_leaves_the_old_collection(tmp_path, bad):
+    """Collection.create(overwrite=True) deleted the old database before it checked its
+    arguments: a typo in a rebuild's index spec or encoder lost the whole collection."""
+    d = tmp_path / "c"
+    c = Collection.create(d, dim=8)
+    c.add_vectors("image", ["k"], np.ones((1, 8), np.float32))
+    c.close()
+    with pytest.raises(Exception):
+        Collection.create(d, **{"dim": 8, "overwrite": True, **bad})
+    with Collection.open(d) as c:
+        assert c.count() == 1 and c.id_of("k") is not None
+    db = sqlite3.connect(d / "collection.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
