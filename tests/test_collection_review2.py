@@ -200,3 +200,62 @@ def test_a_refused_rebuild_leaves_the_old_collection(tmp_path, bad):
     db = sqlite3.connect(d / "collection.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
+
+
+def test_a_full_disk_during_a_commit_is_named_and_nothing_of_the_write_is_kept(tmp_path):
+    """SQLite's bare 'database or disk is full' named no file, and `xmodal index` died with a
+    traceback; max_page_count makes SQLite hit a full disk exactly here."""
+    rng = np.random.default_rng(6)
+    c = Collection.create(tmp_path / "c", dim=64)
+    c.add_vectors("image", ["first"], unit(rng, 1, 64))
+    before = state(c)
+    pages = c.store.query("PRAGMA page_count")[0][0]
+    c.store.query(f"PRAGMA max_page_count = {pages + 2}")
+    paths = files(tmp_path, 300)
+    with pytest.raises(collection_module.CollectionError, match=r"collection\.db.*full"):
+        c.add_items([ImageItem(f"k{j}", p) for j, p in enumerate(paths)],
+                    image_features=unit(rng, 300, 64), batch_size=300)
+    assert state(c) == before and c._gen == c.store.generation()
+    c.store.query("PRAGMA max_page_count = 1073741823")  # space freed: the rerun stores it all
+    assert c.add_items([ImageItem(f"k{j}", p) for j, p in enumerate(paths)],
+                       image_features=unit(rng, 300, 64)).added == 300
+    c.close()
+    with Collection.open(tmp_path / "c") as c:
+        assert c.count("image") == 301
+
+
+def test_a_snapshot_that_fails_half_way_leaves_no_half_copy(tmp_path, monkeypatch):
+    """A snapshot interrupted (a full disk on the copy's side) left a folder with a partial
+    database beside it, which the rerun then refused as 'not an empty folder'."""
+    import shutil
+
+    c = Collection.create(tmp_path / "c", dim=8)
+    c.add_vectors("image", ["k"], np.ones((1, 8), np.float32))
+    (tmp_path / "c" / "encoders").mkdir()
+    (tmp_path / "c" / "encoders" / "text.enc").write_bytes(b"fitted")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full)
+    for dest in (tmp_path / "snap", tmp_path / "empty"):
+        if dest.name == "empty":
+            dest.mkdir()  # an empty folder the user made stays, emptied again
+        with pytest.raises(OSError):
+            c.snapshot(dest)
+        assert (dest.exists() and not any(dest.iterdir())) if dest.name == "empty" else not dest.exists()
+    monkeypatch.undo()
+    c.snapshot(tmp_path / "snap")
+    c.close()
+    with Collection.open(tmp_path / "snap", read_only=True) as s:
+        assert s.count() == 1
+
+
+def test_removing_ids_that_are_not_integers_names_them(tmp_path):
+    c = Collection.create(tmp_path / "c", dim=8)
+    c.add_vectors("image", ["k"], np.ones((1, 8), np.float32))
+    with pytest.raises(DataError, match=r"item id 'abc'"):
+        c.delete(["abc"])
+    assert c.delete([123456, -1, 2**70]) == [] and c.count() == 1
+    assert c.delete(keys=["caf\udce9.jpg", "nope"]) == [] and c.id_of("caf\udce9.jpg") is None
+    c.close()

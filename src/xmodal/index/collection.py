@@ -151,8 +151,19 @@ def _write_lock(folder: Path, wait: bool = True) -> Iterator[bool]:
 
 
 def _ids(ids: Iterable[int]) -> list[int]:
-    """Item ids as ints, those SQLite cannot hold dropped: no item has them."""
-    return [i for i in (int(x) for x in ids) if -MAX_ID - 1 <= i <= MAX_ID]
+    """Item ids as ints, those SQLite cannot hold dropped: no item has them. One that is no
+    whole number is a :class:`DataError` naming it."""
+    out = []
+    for x in ids:
+        try:
+            i = int(x)
+            if isinstance(x, float) and i != x:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise DataError(f"item id {x!r}: not an integer") from None
+        if -MAX_ID - 1 <= i <= MAX_ID:
+            out.append(i)
+    return out
 
 
 THUMB_SIZES = (128, 256, 512)  # thumbnail sizes the service makes (thumb_file)
@@ -414,6 +425,12 @@ class Collection:
         try:
             with self.store.transaction() as c:
                 yield c
+        except sqlite3.OperationalError as exc:
+            # a full disk, a database that became read-only, a lock held past the timeout:
+            # SQLite's message names no file, and nothing of this write was stored
+            self._gen = gen
+            raise CollectionError(f"{self.path / DB_NAME}: the write failed and was rolled back, "
+                                  f"nothing of it is stored ({exc})") from exc
         except BaseException:
             self._gen = gen
             raise
@@ -978,6 +995,26 @@ class Collection:
         dest = Path(dest)
         if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
             raise CollectionError(f"{dest}: exists and is not an empty folder")
+        made = not dest.exists()
+        try:
+            self._snapshot(dest, keys)
+        except BaseException:
+            # a full disk, Ctrl-C: no half copy that looks like a collection, nor one that
+            # the rerun would refuse as a folder that is not empty
+            if made:
+                shutil.rmtree(dest, ignore_errors=True)
+            elif dest.is_dir():
+                for f in dest.iterdir():
+                    if f.is_dir() and not f.is_symlink():
+                        shutil.rmtree(f, ignore_errors=True)
+                    else:
+                        f.unlink(missing_ok=True)
+            raise
+        return dest
+
+    def _snapshot(self, dest: Path, keys: bool) -> None:
+        import shutil
+
         # no writer between the copies (a read-only collection has none)
         with nullcontext() if self.read_only else _write_lock(self.path):
             self.refresh(force=True)
@@ -1013,7 +1050,6 @@ class Collection:
                 for (modality, variant), idx in self.indexes.items():
                     f = dest / "indexes" / _index_name(modality, variant, db_id, self._gen)
                     f.write_bytes(idx.to_bytes())
-        return dest
 
     def _snapshot_uploads(self, out: sqlite3.Connection, dest: Path) -> None:
         """Images uploaded over HTTP live in the collection (``files/``): copied along, and
@@ -1201,6 +1237,8 @@ class Collection:
         return self.get_items([item_id]).get(int(item_id))
 
     def id_of(self, key: str) -> int | None:
+        if not isinstance(key, str) or not _storable(key):
+            return None  # no item can have it (a name in another encoding than UTF-8)
         rows = self.store.query("SELECT id FROM items WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
@@ -1942,7 +1980,7 @@ class Collection:
                 if stats and any(stats[r] for r in same):
                     # unchanged content, new or missing file stats (a touched file, an older
                     # collection): recorded, so the next run need not read the file again
-                    with self.store.transaction() as c:
+                    with self._transaction() as c:
                         c.executemany(
                             "INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
                             "SELECT id, ?, ?, ? FROM items WHERE key = ?",
