@@ -18,7 +18,7 @@ from ..data import PairedDataset, load_dataset
 from ..data.dataset import DataError
 from ..data._probe import PROBE_SAMPLE, any_file
 from ..data.karpathy import IMAGE_EXTENSIONS
-from .vector import VectorIndex
+from .vector import check_spec
 from .collection import (Collection, CollectionError, CollectionExistsError, ImageItem, TextItem,
                          encode_items, get_encoder)
 
@@ -454,7 +454,7 @@ def _check_method(method: Any, index: str, source: str | Path, texts: list[TextI
     if isinstance(method, str) and not _is_method_file(method):
         from ..methods import get
 
-        VectorIndex(get(method).output, 64, index)
+        check_spec(get(method).output, index)  # its width is known once fitted
         if rerank and get(method).output != "binary":
             raise CollectionError(_RERANK_REAL.format(method=method))
         if not texts:

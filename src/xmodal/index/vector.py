@@ -25,6 +25,21 @@ class IndexSpecError(ValueError):
     """A FAISS factory string that cannot build an index of this kind."""
 
 
+class IndexFileError(RuntimeError):
+    """Index bytes (a file) that do not load as the index the spec names: unreadable, of
+    another kind, width or index type, or without the id map. A RuntimeError, like FAISS's
+    own read errors, so a collection rebuilds such an index from its store."""
+
+
+#: FAISS's k-means wants this many training vectors per centroid
+#: (``ClusteringParameters.min_points_per_centroid``); with fewer it only prints "WARNING
+#: clustering N points to K centroids: please provide at least ..." and trains anyway.
+MIN_POINTS_PER_CENTROID = 39
+
+#: Search parameters that FAISS reads as counts: a positive whole number each.
+_COUNT_PARAMS = ("nprobe", "efSearch")
+
+
 #: Search-time parameters applied unless the spec names them (FAISS's own defaults,
 #: efSearch=16 and nprobe=1, trade away too much recall for k around 10).
 DEFAULT_SEARCH_PARAMS = {"HNSW": "efSearch=64", "IVF": "nprobe=16"}
@@ -34,6 +49,14 @@ def split_spec(spec: str) -> tuple[str, str]:
     """``"HNSW32|efSearch=128"`` -> (``"HNSW32"``, ``"efSearch=128"``)."""
     base, _, params = spec.partition("|")
     return base.strip(), params.strip()
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _apply_params(kind: str, index, base: str, params: str) -> None:
@@ -47,7 +70,12 @@ def _apply_params(kind: str, index, base: str, params: str) -> None:
         k, sep, v = part.partition("=")
         if not sep:
             raise IndexSpecError(f"search parameter {part!r} must look like name=value")
-        wanted[k.strip()] = v.strip()
+        k, v = k.strip(), v.strip()
+        # nprobe=0 failed inside FAISS on every search, efSearch=0 answered one hit of k,
+        # and 2.5 was cut to 2 without a word
+        if k in _COUNT_PARAMS and _is_number(v) and not (v.isdigit() and int(v) >= 1):
+            raise IndexSpecError(f"index {base!r}: search parameter {k}={v!r}: expected a positive whole number")
+        wanted[k] = v
     if not wanted:
         return
     if kind == "real":
@@ -66,8 +94,12 @@ def _apply_params(kind: str, index, base: str, params: str) -> None:
     for k, v in wanted.items():
         if not v.isdigit():
             raise IndexSpecError(f"search parameter {k}={v!r}: expected a whole number")
+        quantizer = (faiss.downcast_IndexBinary(inner.quantizer)
+                     if isinstance(inner, faiss.IndexBinaryIVF) else None)
         if k == "efSearch" and hasattr(inner, "hnsw"):
             inner.hnsw.efSearch = int(v)
+        elif k == "efSearch" and hasattr(quantizer, "hnsw"):  # BIVF1024_HNSW32: its coarse search
+            quantizer.hnsw.efSearch = int(v)
         elif k == "nprobe" and hasattr(inner, "nprobe"):
             inner.nprobe = int(v)
         else:
@@ -95,19 +127,74 @@ def _is_binary_spec(spec: str) -> bool:
     return True
 
 
+def _faiss_message(exc: BaseException) -> str:
+    """FAISS's message without its C++ location ("Error in <signature> at <file>:<line>: ")."""
+    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
+    return re.sub(r"^Error in .* at \S+:\d+: (Error: )?", "", first)
+
+
+_METRICS = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2 distance"}
+
+
 def _make(kind: str, dim: int, spec: str):
     try:
         if kind == "binary":
             if dim % 8:
                 raise IndexSpecError(f"binary codes need a multiple of 8 bits, got {dim}")
             return faiss.IndexBinaryIDMap2(faiss.index_binary_factory(dim, spec))
-        return faiss.IndexIDMap2(faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT))
+        inner = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
-        # FAISS's message without its C++ location ("Error in <signature> at <file>:<line>: ")
-        first = re.sub(r"^Error in .* at \S+:\d+: (Error: )?", "", first)
         raise IndexSpecError(f"cannot build FAISS index {spec!r} for {kind} vectors of dim {dim}: "
-                             f"{first}") from None
+                             f"{_faiss_message(exc)}") from None
+    if isinstance(inner, faiss.IndexIDMap):  # IndexIDMap2 derives from it
+        # the first add failed inside FAISS ("add does not work with IndexIDMap")
+        raise IndexSpecError(f"index {spec!r}: leave IDMap out; xmodal keeps every index in its "
+                             f"own IDMap2 (the item ids)")
+    if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+        # FAISS builds some indexes (HNSW over PQ codes) for L2 whatever metric is asked for:
+        # their distances (lower is better) would be sorted and merged as cosines
+        metric = _METRICS.get(inner.metric_type, f"metric {inner.metric_type}")
+        raise IndexSpecError(f"index {spec!r}: FAISS builds it to search by {metric}, not by the "
+                             f"inner product of unit vectors (cosine) that xmodal's scores are; "
+                             f"choose another spec (HNSW32, IVF1024,Flat, IVF1024,PQ16, HNSW32,SQ8, ...)")
+    return faiss.IndexIDMap2(inner)
+
+
+def min_train_size(index) -> int:
+    """The fewest vectors ``index`` (a FAISS index, float or binary, id map or not) is to be
+    trained on: ``MIN_POINTS_PER_CENTROID`` per centroid of each k-means FAISS runs in its
+    training (IVF lists, PQ codebooks, OPQ's PQ), the input width for a PCA; 0 where it
+    needs no training."""
+    if isinstance(index, faiss.IndexBinary):
+        index = faiss.downcast_IndexBinary(index)
+        if isinstance(index, faiss.IndexBinaryIDMap):
+            return min_train_size(index.index)
+        if isinstance(index, faiss.IndexBinaryIVF):
+            return MIN_POINTS_PER_CENTROID * int(index.nlist)
+        return 0
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        return min_train_size(index.index)
+    if isinstance(index, faiss.IndexPreTransform):
+        need = min_train_size(index.index)
+        for j in range(index.chain.size()):
+            t = faiss.downcast_VectorTransform(index.chain.at(j))
+            if isinstance(t, faiss.OPQMatrix):
+                need = max(need, MIN_POINTS_PER_CENTROID * 2 ** int(getattr(t, "nbits", 8)))
+            elif isinstance(t, faiss.PCAMatrix):  # fewer rows than columns: a rank-deficient PCA
+                need = max(need, int(t.d_in))
+        return need
+    if isinstance(index, faiss.IndexRefine):
+        return min_train_size(index.base_index)
+    if isinstance(index, faiss.IndexHNSW):
+        return min_train_size(index.storage)
+    need = 0
+    if isinstance(index, faiss.IndexIVF):
+        need = MIN_POINTS_PER_CENTROID * int(index.nlist)
+    pq = getattr(index, "pq", None)
+    if isinstance(pq, faiss.ProductQuantizer):
+        need = max(need, MIN_POINTS_PER_CENTROID * int(pq.ksub))
+    return need
 
 
 def prepare(kind: str, vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -120,12 +207,94 @@ def prepare(kind: str, vectors: np.ndarray, dim: int) -> np.ndarray:
         what = f"{width} bytes ({dim} bits)" if kind == "binary" else f"{dim} values"
         raise ValueError(f"expected {kind} vectors of {what} per row, got shape {v.shape}")
     if kind == "binary":
+        if v.dtype != np.uint8:
+            _check_bytes(v)
         return np.ascontiguousarray(v, dtype=np.uint8)
     v = np.array(v, dtype=np.float32, copy=True, order="C")
     if not np.isfinite(v).all():
         raise ValueError("vectors hold NaN or inf")
     faiss.normalize_L2(v)
     return v
+
+
+def _check_bytes(v: np.ndarray) -> None:
+    """Binary codes given in another dtype than uint8 must be packed bytes (whole numbers
+    0..255): a cast would wrap 300 to 44 and cut 0.5 to 0, another code without a word."""
+    if v.dtype == bool:
+        raise ValueError("binary codes are packed bytes (uint8, 8 bits each), got booleans: "
+                         "pack the bits first (np.packbits(bits, axis=1))")
+    if v.dtype.kind not in "iuf":
+        raise ValueError(f"binary codes are packed bytes (uint8), got dtype {v.dtype}")
+    bad = ~((v >= 0) & (v <= 255) & (v == np.floor(v))) if v.dtype.kind == "f" else (v < 0) | (v > 255)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"binary codes are packed bytes, whole numbers 0..255; row {r} has "
+                         f"{v[r, c]!r} in byte {c}")
+
+
+def _check_ids(ids) -> np.ndarray:
+    """Item ids as int64: whole, not negative (-1 is FAISS's "no hit": such an item could
+    never be found) and each once (twice: the same item twice in every answer)."""
+    raw = np.asarray(ids)
+    if raw.ndim != 1:
+        raw = raw.reshape(-1)
+    if raw.dtype.kind == "f" and not np.array_equal(raw, np.floor(raw)):
+        bad = raw[raw != np.floor(raw)][0]
+        raise ValueError(f"item ids must be whole numbers, got {bad!r}")
+    if raw.dtype.kind not in "iuf" and len(raw):
+        raise ValueError(f"item ids must be whole numbers, got dtype {raw.dtype}")
+    out = raw.astype(np.int64)
+    if len(out) and out.min() < 0:
+        raise ValueError(f"item ids must be >= 0 (FAISS answers -1 for 'no hit'), got {int(out.min())}")
+    if len(out) > 1:
+        srt = np.sort(out)
+        dup = srt[1:][srt[1:] == srt[:-1]]
+        if len(dup):
+            raise ValueError(f"item id {int(dup[0])} given twice in one add")
+    return out
+
+
+def _check_loaded(index, kind: str, dim: int, base: str) -> None:
+    """Loaded bytes hold what the spec makes: the id map, the width and the index type (a
+    file of another width asserted on the first search, of another type broke opening)."""
+    idmap = faiss.IndexBinaryIDMap2 if kind == "binary" else faiss.IndexIDMap2
+    if not isinstance(index, idmap):
+        raise IndexFileError(f"index bytes hold a {type(index).__name__}, not the {idmap.__name__} "
+                             f"of item ids xmodal writes")
+    if int(index.d) != dim:
+        raise IndexFileError(f"index bytes of {kind} vectors of dim {index.d}, expected {dim}")
+    down = faiss.downcast_IndexBinary if kind == "binary" else faiss.downcast_index
+    # the spec's empty index through the same write and read: FAISS reads a "Flat" back as
+    # an IndexFlatIP, so types compare as files hold them
+    want = _make(kind, dim, base)
+    want = (faiss.deserialize_index_binary(faiss.serialize_index_binary(want)) if kind == "binary"
+            else faiss.deserialize_index(faiss.serialize_index(want)))
+    have_type, want_type = type(down(index.index)).__name__, type(down(want.index)).__name__
+    if have_type != want_type or (kind == "real" and index.metric_type != want.metric_type):
+        raise IndexFileError(f"index bytes hold a {have_type}, but index {base!r} is a {want_type}")
+
+
+#: Widths :func:`check_spec` tries for a space whose width is not known yet (a method still
+#: to be fitted, its n_components chosen by cross-validation): 64 first, then others.
+_PROBE_DIMS = (64, 128, 256, 512, 1024, 32, 16, 8, 96, 192, 384, 768)
+
+
+def check_spec(kind: str, spec: str, dim: int | None = None) -> str:
+    """Refuse (:class:`IndexSpecError`) an index spec that cannot make a ``kind`` index of
+    ``dim``; its normalised form otherwise. ``dim`` None (the width is not known yet): a
+    spec that builds at one of a few usual widths passes (``PQ48`` needs a multiple of 48,
+    ``PCA128`` at least 128), the width itself is checked once known; anything else
+    (a parse error, the metric, a search parameter) is refused as at 64."""
+    if dim is not None:
+        return VectorIndex(kind, dim, spec).spec
+    first: IndexSpecError | None = None
+    for d in _PROBE_DIMS:
+        try:
+            return VectorIndex(kind, d, spec).spec
+        except IndexSpecError as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 class VectorIndex:
@@ -151,6 +320,11 @@ class VectorIndex:
         return bool(self.index.is_trained)
 
     @property
+    def min_train_size(self) -> int:
+        """The fewest vectors this index trains on (:func:`min_train_size`; 0: no training)."""
+        return min_train_size(self.index)
+
+    @property
     def ntotal(self) -> int:
         return int(self.index.ntotal) - len(self.tombstones)
 
@@ -169,14 +343,21 @@ class VectorIndex:
         if self.is_trained:
             return
         x = prepare(self.kind, vectors, self.dim)
+        need = self.min_train_size
+        if len(x) < need:
+            # FAISS trains IVF/PQ on fewer with a printed warning, and the index keeps those
+            # centroids for good; the exact flat index answers meanwhile (Collection)
+            raise IndexSpecError(f"cannot train FAISS index {self.spec!r} on {len(x)} vectors: it needs "
+                                 f"at least {need} ({MIN_POINTS_PER_CENTROID} per k-means centroid, "
+                                 f"FAISS's minimum)")
         try:
             self.index.train(x)
         except RuntimeError as exc:
-            raise IndexSpecError(f"cannot train FAISS index {self.spec!r} on {len(x)} vectors "
-                                 f"(too few for its clusters?): {str(exc).strip().splitlines()[-1]}") from None
+            raise IndexSpecError(f"cannot train FAISS index {self.spec!r} on {len(x)} vectors: "
+                                 f"{_faiss_message(exc)}") from None
 
     def add(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray, prepared: bool = False) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = _check_ids(ids)
         x = vectors if prepared else prepare(self.kind, vectors, self.dim)
         if len(ids) != len(x):
             raise ValueError(f"{len(ids)} ids for {len(x)} vectors")
@@ -270,9 +451,14 @@ class VectorIndex:
         in the file into tombstones."""
         obj = cls.__new__(cls)
         obj.kind, obj.dim, obj.spec = kind, int(dim), normalize_spec(kind, spec)
+        base, params = split_spec(obj.spec)
         buf = np.frombuffer(data, dtype=np.uint8)
-        obj.index = faiss.deserialize_index_binary(buf) if kind == "binary" else faiss.deserialize_index(buf)
-        _apply_params(kind, obj.index, *split_spec(obj.spec))
+        try:
+            obj.index = faiss.deserialize_index_binary(buf) if kind == "binary" else faiss.deserialize_index(buf)
+        except RuntimeError as exc:
+            raise IndexFileError(f"index bytes do not load as a {kind} FAISS index: {_faiss_message(exc)}") from None
+        _check_loaded(obj.index, kind, obj.dim, base)
+        _apply_params(kind, obj.index, base, params)
         obj.tombstones = set()
         if live_ids is not None:
             have = faiss.vector_to_array(obj.index.id_map).astype(np.int64)
