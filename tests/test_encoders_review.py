@@ -372,3 +372,18 @@ def test_deep_region_network_loads_quietly_and_strictly(capfd, monkeypatch):
     got = net.state_dict()
     assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
     assert not net.training and not any(p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_deep_features_refuse_a_batch_size_that_is_not_a_positive_integer(bad, tmp_path, monkeypatch,
+                                                                          data_root):
+    """A negative batch size gave zero rows (regions) or all-zero tokens, and cached them."""
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    img = str(_ucm_image(data_root, 1))
+    with pytest.raises(EncoderError, match=f"batch_size must be a positive integer, got {bad}"):
+        _features.image_regions([img], batch_size=bad)
+    with pytest.raises(EncoderError, match=f"batch_size must be a positive integer, got {bad}"):
+        _features.text_tokens(["a plane"], batch_size=bad)
+    assert not list((tmp_path / "deep_features").glob("*"))

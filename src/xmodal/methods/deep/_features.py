@@ -121,6 +121,9 @@ def _contents(paths: Sequence[str]) -> list[str]:
 def image_regions(paths: Sequence[str], size: int = 224, batch_size: int = 32,
                   progress: bool = False) -> np.ndarray:
     """(n, 49, 1280) float16 region features (7x7 head feature map, row-major cells)."""
+    from ...encoders.text import check_batch_size
+
+    batch_size = check_batch_size("efficientnet-lite0 regions", batch_size)
     paths = [str(p) for p in paths]
     # Keyed by the files' contents: a path and size said nothing of a picture replaced by
     # another of the same size (its old regions came back).
@@ -166,6 +169,9 @@ def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(tokens (n, max_tokens, 384) float16 zero-padded, lengths (n,) int) of MiniLM outputs.
     A text that is not a ``str`` (``None``, NaN) is an error naming its row."""
+    from ...encoders.text import check_batch_size
+
+    batch_size = check_batch_size("minilm", batch_size)
     texts = _texts(texts)
     f = cache_dir() / f"tokens_{_key('minilm', texts, str(max_tokens))}.npz"
     cached = _read(f, ("tokens", "lengths"))
