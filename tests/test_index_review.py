@@ -170,3 +170,61 @@ def test_build_checks_a_spec_before_the_width_is_known(tmp_path):
             _check_method("cca", bad, tmp_path, texts)
     with pytest.raises(IndexSpecError, match="binary"):
         check_spec("real", "BFlat")
+
+
+# ---------------------------------------------------------------------------- SQLite store
+def _tables(db):
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+    finally:
+        con.close()
+
+
+def test_a_store_of_another_format_is_not_given_this_versions_schema(tmp_path):
+    # the schema was laid over any database before Collection.open read its format: a newer
+    # xmodal's collection (here: one that dropped the deleted log) got this version's tables
+    # and trigger back, written into it, before being refused
+    import json
+    import sqlite3
+
+    from xmodal.index.store import SCHEMA_VERSION, Store
+
+    db = tmp_path / "collection.db"
+    s = Store(db)
+    with s.transaction() as c:
+        Store.set_meta(c, "format", SCHEMA_VERSION + 1)
+        c.execute("DROP TRIGGER items_deleted")
+        c.execute("DROP TABLE deleted")
+    s.close()
+    before = _tables(db)
+    s = Store(db)
+    assert s.get_meta("format") == SCHEMA_VERSION + 1
+    s.close()
+    assert _tables(db) == before and "deleted" not in before
+    # this version's own format (and a new file) still gets the schema, older pieces included
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value = ? WHERE key = 'format'", (json.dumps(SCHEMA_VERSION),))
+    con.commit()
+    con.close()
+    Store(db).close()
+    assert {"deleted", "items_deleted"} <= _tables(db)
+
+
+def test_an_sqlite_file_of_another_program_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    from xmodal.index.store import CollectionError, Store
+
+    db = tmp_path / "collection.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT)")
+    con.commit()
+    con.close()
+    with pytest.raises(CollectionError, match="collection.db.*not an xmodal collection.*photos"):
+        Store(db)
+    assert _tables(db) == {"photos"}
+    with pytest.raises(CollectionError, match="not an xmodal collection"):
+        Store(db, read_only=True)

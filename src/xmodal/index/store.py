@@ -127,13 +127,37 @@ class Store:
             self.conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True,
                                         check_same_thread=False, isolation_level=None)
             self.immutable = True
+            self._stored_format()
             return
         self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                     timeout=30.0)
+        fmt = self._stored_format()
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        if fmt not in (None, SCHEMA_VERSION):
+            # another version's collection: left as it is (Collection.open refuses it by its
+            # format); this version's tables and trigger laid over it would be written into it
+            return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")  # durable commits: crash safety over speed
-        self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+
+    def _stored_format(self) -> Any:
+        """The ``format`` the database records (None: a new or unfinished collection), read
+        before anything is written to it; an SQLite file of another program (tables, none
+        of them ``meta``) is refused untouched."""
+        try:
+            tables = [r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            if not tables:
+                return None
+            if "meta" not in tables:
+                raise CollectionError(f"{self.path}: an SQLite database, but not an xmodal collection's "
+                                      f"(tables {', '.join(sorted(tables)[:5])}, no meta table)")
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            return None if row is None else json.loads(row[0])
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
