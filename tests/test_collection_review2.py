@@ -259,3 +259,40 @@ def test_removing_ids_that_are_not_integers_names_them(tmp_path):
     assert c.delete([123456, -1, 2**70]) == [] and c.count() == 1
     assert c.delete(keys=["caf\udce9.jpg", "nope"]) == [] and c.id_of("caf\udce9.jpg") is None
     c.close()
+
+
+def test_a_missing_or_damaged_model_file_is_named_and_the_vectors_stay_usable(tmp_path):
+    """method.zip lost (a partial copy) or an encoder file damaged: the first query used to die
+    with a bare FileNotFoundError, and `xmodal stats` (the space fingerprint) with it."""
+    from xmodal.encoders import get_encoder
+
+    from xmodal.data.dataset import PairedDataset
+    from xmodal.methods.subspace import CCA
+
+    rng = np.random.default_rng(7)
+    words = "harbour beach forest runway plane river tower field road bridge boat snow".split()
+    texts = [" ".join(rng.choice(words, 4, replace=False)) for _ in range(40)]
+    enc = get_encoder("bow", "text").fit(texts)
+    Ft = enc.encode(texts, progress=False)
+    Fi = (np.asarray(Ft) @ rng.standard_normal((Ft.shape[1], 6)) + 0.1 * rng.standard_normal((40, 6))).astype(np.float32)
+    m = CCA(n_components=3).fit(PairedDataset("t", text_to_image=np.arange(40), n_images=40,
+                                              image_features=Fi, text_features=Ft))
+    d = tmp_path / "c"
+    c = Collection.create(d, method=m, text_encoder=enc)
+    c.add_vectors("text", [f"t{j}" for j in range(40)], m.encode_texts(Ft), texts=texts)
+    assert c.search_text(texts[3], k=1, target="text")[0].key == "t3"
+    c.close()
+    (d / "encoders" / "text.enc").write_bytes(b"PK\x03\x04 truncated")
+    with Collection.open(d) as c:
+        with pytest.raises(collection_module.CollectionError, match=r"text\.enc.*fitted text encoder.*--rebuild"):
+            c.search_text("a photo", k=1)
+        assert c.stats()["texts"] == 40
+    (d / "method.zip").unlink()
+    with Collection.open(d) as c:
+        with pytest.raises(collection_module.CollectionError, match=r"method\.zip.*fitted method is missing"):
+            c.features_to_space("text", Ft[:1])
+        space = c.stats()["space"]
+        v = c.item_vectors([c.id_of("t5")])[0]
+        assert c.search_vector(v[0], "text", 1)[0].key == "t5"
+        c.export(tmp_path / "rescue.npz")
+    assert len(np.load(tmp_path / "rescue.npz")["ids"]) == 40 and space

@@ -600,12 +600,24 @@ class Collection:
         self.close()
 
     # ------------------------------------------------------------ model parts
+    def _damaged(self, f: Path, what: str, exc: BaseException) -> CollectionError:
+        """A fitted model file of the collection that is missing or does not load: named, with
+        what still works and how to mend it (the vectors are in the database, the fit is not)."""
+        why = "missing" if isinstance(exc, FileNotFoundError) else f"does not load ({exc})"
+        return CollectionError(f"{f}: the collection's {what} is {why}; its items and vectors are "
+                               f"intact (vector search, export and snapshot work), but queries cannot "
+                               f"be encoded until it is refitted: `xmodal index SOURCE -c {self.path} --rebuild`")
+
     @property
     def method(self) -> Any:
         if self._method is None and self.meta.get("method"):
             from ..methods import load
 
-            self._method = load(str(self.path / self.meta["method"]["file"]))
+            f = self.path / self.meta["method"]["file"]
+            try:
+                self._method = load(str(f))
+            except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+                raise self._damaged(f, "fitted method", exc) from exc
         return self._method
 
     def encoder(self, modality: str) -> Any:
@@ -616,7 +628,11 @@ class Collection:
                                       f"search it with a vector instead")
             if rec.get("file"):
                 klass = _load_class(rec["class"])
-                self._encoders[modality] = klass.load(self.path / "encoders" / rec["file"])
+                f = self.path / "encoders" / rec["file"]
+                try:
+                    self._encoders[modality] = klass.load(f)
+                except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+                    raise self._damaged(f, f"fitted {modality} encoder", exc) from exc
             else:
                 self._encoders[modality] = get_encoder(rec["spec"], modality)
         return self._encoders[modality]
@@ -1188,12 +1204,21 @@ class Collection:
         if self._space is None:
             h = hashlib.sha256(f"{self.kind}|{self.dim}|".encode())
             method = self.meta.get("method")
-            if method:
-                _digest_file(h, self.path / method["file"])
+            files = [self.path / method["file"]] if method else []
             for modality, rec in sorted(self.meta.get("encoders", {}).items()):
-                h.update(f"|{modality}|{rec.get('spec')}|{rec.get('class')}|".encode())
+                files.append(f"|{modality}|{rec.get('spec')}|{rec.get('class')}|")
                 if rec.get("file"):
-                    _digest_file(h, self.path / "encoders" / rec["file"])
+                    files.append(self.path / "encoders" / rec["file"])
+            for f in files:
+                if isinstance(f, str):
+                    h.update(f.encode())
+                    continue
+                try:
+                    _digest_file(h, f)
+                except (OSError, zipfile.BadZipFile):
+                    # a missing or damaged model file: stats and export still answer (the
+                    # encoding itself names the file); a space no intact collection shares
+                    h.update(b"\0damaged\0" + f.name.encode())
             self._space = h.hexdigest()[:32]
         return self._space
 
