@@ -228,3 +228,13 @@ def test_an_sqlite_file_of_another_program_is_refused_untouched(tmp_path):
     assert _tables(db) == {"photos"}
     with pytest.raises(CollectionError, match="not an xmodal collection"):
         Store(db, read_only=True)
+
+
+def test_a_nan_or_overflowing_row_is_named():
+    idx = VectorIndex("real", 4, "Flat")
+    X = np.ones((5, 4))
+    X[3, 1] = 1e40  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match=r"NaN or inf: row 3 \(0-based\) of 5"):
+        idx.add(np.arange(5), X)
+    with pytest.raises(ValueError, match="row 0"):
+        idx.search(np.full(4, np.nan), 1)

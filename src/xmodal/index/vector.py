@@ -210,9 +210,12 @@ def prepare(kind: str, vectors: np.ndarray, dim: int) -> np.ndarray:
         if v.dtype != np.uint8:
             _check_bytes(v)
         return np.ascontiguousarray(v, dtype=np.uint8)
-    v = np.array(v, dtype=np.float32, copy=True, order="C")
-    if not np.isfinite(v).all():
-        raise ValueError("vectors hold NaN or inf")
+    with np.errstate(over="ignore"):  # an overflow is refused just below, naming its row
+        v = np.array(v, dtype=np.float32, copy=True, order="C")
+    finite = np.isfinite(v)
+    if not finite.all():  # also a float64 beyond float32's range, inf once cast
+        r = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(f"vectors hold NaN or inf: row {r} (0-based) of {len(v)}")
     faiss.normalize_L2(v)
     return v
 
