@@ -296,3 +296,47 @@ def test_a_missing_or_damaged_model_file_is_named_and_the_vectors_stay_usable(tm
         assert c.search_vector(v[0], "text", 1)[0].key == "t5"
         c.export(tmp_path / "rescue.npz")
     assert len(np.load(tmp_path / "rescue.npz")["ids"]) == 40 and space
+
+
+@pytest.mark.parametrize("write", ["add", "delete"])
+def test_ctrl_c_while_a_committed_write_is_mirrored_does_not_hide_it_from_this_handle(tmp_path, monkeypatch, write):
+    """Ctrl-C in a notebook after COMMIT, while the in-memory indexes take the rows (an HNSW
+    graph takes a while): the flat index had them, the graph not, and the handle stood at the
+    new generation, so it never caught up; the committed rows stayed unsearchable there."""
+    from xmodal.index.vector import VectorIndex
+
+    rng = np.random.default_rng(8)
+    c = Collection.create(tmp_path / "c", dim=8, index="HNSW8")
+    X = unit(rng, 30)
+    c.add_vectors("image", [f"k{j}" for j in range(30)], X)
+    name = "add" if write == "add" else "remove"
+    real = getattr(VectorIndex, name)
+    calls = []
+
+    def interrupted(self, *a, **k):
+        calls.append(self.spec)
+        if not self.is_flat:
+            raise KeyboardInterrupt  # the flat index has taken the change, the graph not
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VectorIndex, name, interrupted)
+    v = unit(rng, 1)
+    with pytest.raises(KeyboardInterrupt):
+        if write == "add":
+            c.add_vectors("image", ["new"], v)
+        else:
+            c.delete(keys=["k4"])
+    monkeypatch.undo()
+    assert calls  # the interruption happened after COMMIT
+    live = set(c.store.item_ids("image").tolist())
+    assert ("new" in {r[0] for r in c.store.query("SELECT key FROM items")}) == (write == "add")
+    c.search_vector(X[0], "image", 1)  # a search follows the store
+    for variant in ("flat", "approx"):
+        assert set(c.indexes[("image", variant)].ids().tolist()) == live, variant
+    if write == "add":
+        assert c.search_vector(v[0], "image", 1)[0].key == "new"
+    else:
+        assert c.search_vector(X[4], "image", 1)[0].key != "k4"
+    c.add_vectors("image", ["after"], unit(rng, 1))  # and the next write works from there
+    assert set(c.indexes[("image", "approx")].ids().tolist()) == set(c.store.item_ids("image").tolist())
+    c.close()

@@ -1637,7 +1637,7 @@ class Collection:
         n = len(new_ids)
         report = AddReport()
         ids = np.asarray(new_ids, dtype=np.int64)
-        with self._lock:
+        with self._lock, self._mirroring():
             self._pending[modality] = self._pending.get(modality, 0) + n + len(replaced)
             for (mod, variant), idx in self.indexes.items():
                 if mod != modality:
@@ -1652,6 +1652,20 @@ class Collection:
         if files and drop:
             self._drop_unused_files(files)
         return report
+
+    @contextmanager
+    def _mirroring(self) -> Iterator[None]:
+        """A committed write being mirrored into the in-memory indexes. Cut short (Ctrl-C in a
+        notebook while an HNSW graph takes a large batch, a FAISS error), the indexes reflect
+        no known state, some variants holding the new rows and some not: marked unknown, so
+        the next refresh (every search and write makes one) reloads them from the files and
+        the store, instead of this handle never showing the committed rows."""
+        try:
+            yield
+        except BaseException:
+            self._marks = None
+            self._gen = -1
+            raise
 
     def _set_marks(self, marks: tuple[int, int | None]) -> None:
         """After this process's own commit: the in-memory indexes now reflect ``marks``."""
@@ -1692,7 +1706,7 @@ class Collection:
                 Store.audit(c, actor, "delete", {"ids": [i for i, _ in gone]}, remote)
                 self._gen = Store.bump_generation(c)
                 marks = Store.marks(c)
-            with self._lock:
+            with self._lock, self._mirroring():
                 for _, m in gone:
                     self._pending[m] = self._pending.get(m, 0) + 1
                 self._set_marks(marks)
