@@ -157,7 +157,29 @@ def _make(kind: str, dim: int, spec: str):
         raise IndexSpecError(f"index {spec!r}: FAISS builds it to search by {metric}, not by the "
                              f"inner product of unit vectors (cosine) that xmodal's scores are; "
                              f"choose another spec (HNSW32, IVF1024,Flat, IVF1024,PQ16, HNSW32,SQ8, ...)")
+    shortening = _unnormalised_transform(inner)
+    if shortening:
+        raise IndexSpecError(f"index {spec!r}: its {shortening} changes the vectors' lengths, so its "
+                             f"inner products are no cosines on the flat index's scale (which the exact "
+                             f"fallback, re-ranking and shard merges compare them with); add L2norm "
+                             f"after it (e.g. 'PCA64,L2norm,HNSW32')")
     return faiss.IndexIDMap2(inner)
+
+
+def _unnormalised_transform(index) -> str | None:
+    """The name of a transform in ``index``'s chain that centres (PCA) or drops dimensions
+    (PCA, OPQ, RR to fewer dims) with no L2norm after it: None where there is none."""
+    index = faiss.downcast_index(index)
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    last = None
+    for j in range(index.chain.size()):
+        t = faiss.downcast_VectorTransform(index.chain.at(j))
+        if isinstance(t, faiss.NormalizationTransform):
+            last = None
+        elif isinstance(t, faiss.PCAMatrix) or int(t.d_out) < int(t.d_in):
+            last = f"{type(t).__name__} ({t.d_in} -> {t.d_out})"
+    return last
 
 
 def min_train_size(index) -> int:
