@@ -115,7 +115,7 @@ def test_float64_and_non_contiguous_input_search_like_float32():
     assert np.allclose(S1[:, 0], 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["HNSW16", "IVF8,Flat", "NSG16,Flat", "IVF8,PQ4x4,RFlat",
+@pytest.mark.parametrize("spec", ["HNSW16", "IVF8,Flat", "IVF8,PQ4x4,RFlat",
                                   "IVF8,SQ8", "HNSW16,SQ8"])
 def test_approximate_scores_are_cosines_like_the_flat_index(spec):
     # same sign and scale as the exact index, so the collection's fallback, re-ranking and
@@ -256,3 +256,9 @@ def test_pca_with_l2norm_scores_on_the_flat_scale():
     assert np.allclose(S[:, 0], 1.0, atol=1e-4) and (I[:, 0] == np.arange(20)).all()
     assert S.max() <= 1 + 1e-5 and S.min() >= -1 - 1e-5  # cosines (of the reduced vectors)
     assert VectorIndex("real", 16, "RR16,Flat").spec == "RR16,Flat"  # a rotation keeps lengths
+
+
+def test_nsg_which_cannot_grow_is_refused():
+    # a collection adds items as they come; NSG's second add failed inside FAISS
+    with pytest.raises(IndexSpecError, match="NSG.*HNSW"):
+        VectorIndex("real", 16, "NSG16,Flat")

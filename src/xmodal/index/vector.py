@@ -150,6 +150,10 @@ def _make(kind: str, dim: int, spec: str):
         # the first add failed inside FAISS ("add does not work with IndexIDMap")
         raise IndexSpecError(f"index {spec!r}: leave IDMap out; xmodal keeps every index in its "
                              f"own IDMap2 (the item ids)")
+    if isinstance(faiss.downcast_index(inner), faiss.IndexNSG):
+        # its graph is built once, on the first add: the second failed inside FAISS
+        raise IndexSpecError(f"index {spec!r}: FAISS's NSG graph takes no vectors after it is built, "
+                             f"and a collection adds items as they come; use HNSW (e.g. HNSW32)")
     if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
         # FAISS builds some indexes (HNSW over PQ codes) for L2 whatever metric is asked for:
         # their distances (lower is better) would be sorted and merged as cosines
