@@ -7,6 +7,15 @@ set: deleted ids are dropped from results (searching ``k + len(tombstones)`` kee
 exact with respect to the underlying index) and the index is rebuilt once tombstones pile up.
 Scores are always "higher is better": cosine for float, ``1 - 2 * hamming / bits`` for binary,
 which is the cosine of the +-1 codes.
+
+A spec is checked when its index is built: it must search by inner product (FAISS builds HNSW
+over PQ codes for L2 whatever it is asked), keep vector lengths or end its transforms with
+L2norm (so approximate scores are cosines, comparable with the flat index's), take vectors
+after its first add (not NSG) and carry no IDMap of its own. An index that trains (IVF, PQ,
+OPQ, PCA) is not trained on fewer than :func:`min_train_size` vectors (FAISS's 39 per k-means
+centroid): it raises :class:`IndexSpecError` and the collection answers from the flat index
+until it has enough; once trained it keeps its centroids as it grows (rebuilt from the store,
+it is trained again on everything).
 """
 
 from __future__ import annotations
