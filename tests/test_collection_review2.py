@@ -340,3 +340,39 @@ def test_ctrl_c_while_a_committed_write_is_mirrored_does_not_hide_it_from_this_h
     c.add_vectors("image", ["after"], unit(rng, 1))  # and the next write works from there
     assert set(c.indexes[("image", "approx")].ids().tolist()) == set(c.store.item_ids("image").tolist())
     c.close()
+
+
+def test_a_collection_whose_stored_index_spec_is_now_refused_still_opens_and_answers_exactly(tmp_path, caplog):
+    """A spec an older xmodal accepted (HNSW over PQ codes scores by L2, now refused) must not
+    lock the user out of the collection: it opens, warns once naming the spec, and the flat
+    index answers."""
+    from xmodal.index.store import Store
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 16)).astype(np.float32)
+    with Collection.create(tmp_path / "c", output="real", dim=16, index="HNSW16") as c:
+        c.add_vectors("image", [f"i{j}" for j in range(50)], X)
+    with Collection.open(tmp_path / "c") as c, c.store.transaction() as conn:
+        Store.set_meta(conn, "index", "HNSW32,PQ8")  # as an older version would have stored it
+    with caplog.at_level("WARNING", logger="xmodal.index"):
+        with Collection.open(tmp_path / "c") as c:
+            hits = c.search_vector(X[7], "image", 3)
+            c.add_vectors("image", ["new"], X[8:9] + 0.01)
+    assert hits[0].key == "i7"
+    warned = [r for r in caplog.records if "HNSW32,PQ8" in r.getMessage()]
+    assert len(warned) == 1 and "flat" in warned[0].getMessage()
+
+
+def test_an_add_while_the_approximate_index_waits_for_training_vectors_reads_no_vectors(tmp_path, monkeypatch):
+    """IVF256 trains on 39 x 256 vectors; below that every write re-read the whole vectors
+    table only for the index to refuse to train."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    with Collection.create(tmp_path / "c", output="real", dim=16, index="IVF256,Flat") as c:
+        c.add_vectors("image", [f"i{j}" for j in range(300)], X)
+        calls = []
+        real = c.store.vectors
+        monkeypatch.setattr(c.store, "vectors", lambda *a, **k: calls.append(a) or real(*a, **k))
+        c.add_vectors("image", ["one"], X[:1] + 0.5)
+        assert calls == []
+        assert c.search_vector(X[3], "image", 1)[0].key == "i3"

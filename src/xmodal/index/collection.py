@@ -406,6 +406,7 @@ class Collection:
             self._encoders: dict[str, Any] = {}
             self._space: str | None = None  # a rebuilt collection may be another space
             self.indexes: dict[tuple[str, str], VectorIndex] = {}
+            self._refused_specs: set[str] = set()  # approximate specs warned about (_build_index)
             self._gen = -1
             # (largest item id, last deleted-log row) the in-memory indexes reflect; None: unknown
             self._marks: tuple[int, int] | None = None
@@ -681,8 +682,22 @@ class Collection:
 
     def _build_index(self, modality: str, variant: str, kind: str, dim: int, spec: str,
                      data: tuple[np.ndarray, list[bytes], list[bytes | None]] | None = None) -> VectorIndex | None:
+        try:
+            idx = VectorIndex(kind, dim, spec)
+        except IndexSpecError as exc:
+            if variant != "approx":
+                raise
+            # a spec an older xmodal accepted and this one refuses (it scored by L2, say):
+            # the collection stays usable, answered exactly by its flat index
+            if spec not in self._refused_specs:
+                self._refused_specs.add(spec)
+                log.warning("%s: its index spec %r is refused (%s); searches use the exact flat "
+                            "index. Rebuild with another --index to have an approximate one.",
+                            self.path, spec, exc)
+            return None
+        if data is None and variant == "approx" and idx.min_train_size > self.count(modality):
+            return None  # too few vectors to train yet (the flat index answers): none read
         ids, codes, fvecs = data if data is not None else self.store.vectors(modality)
-        idx = VectorIndex(kind, dim, spec)
         if variant == "rerank":
             mat = np.frombuffer(b"".join(fvecs), dtype=np.float32).reshape(len(ids), dim) if len(ids) else np.zeros((0, dim), np.float32)
         else:
