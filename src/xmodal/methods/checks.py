@@ -17,7 +17,12 @@ train/val/test split) and assert:
   methods packed ``uint8`` codes of ``bits / 8`` bytes;
 - features of the wrong width are refused with a :class:`DataError` that says so;
 - the same ``random_state`` gives the same embeddings (methods that have one);
-- ``save`` then ``load`` gives the same embeddings;
+- labels are used as the class says (``xmodal methods``, the records' ``kind`` and the bench's
+  up-front refusals trust it): a ``supervised`` method refuses unlabelled data with a
+  :class:`DataError`, any other fits without labels, and one listed as plain "unsupervised"
+  (neither ``supervised`` nor ``uses_labels``) gives the same embeddings with labels as without;
+- the class is registered (``@register``: ``methods.load`` finds a saved method by its name),
+  and ``save`` then ``load`` gives the same embeddings;
 - optionally (``min_map``), class mAP on the test split in both directions reaches a floor.
 """
 
@@ -65,6 +70,29 @@ def _same(a: Any, b: Any) -> bool:
     return a == b or (a != a and b != b)  # NaN == NaN here
 
 
+def _without_labels(ds: PairedDataset) -> PairedDataset:
+    """``ds`` with its labels taken away (features, pairs and splits kept)."""
+    return PairedDataset(f"{ds.name}-unlabelled", ds.text_to_image, ds.n_images,
+                         image_features=ds.image_features, text_features=ds.text_features,
+                         splits=ds.splits, meta=dict(ds.meta))
+
+
+def _finite_codes(Z: np.ndarray, binary: bool) -> bool:
+    return binary or bool(np.isfinite(Z).all())
+
+
+def _registered(cls: type) -> bool | str:
+    """True when ``cls`` is what its registered name finds, else why not (a short clause)."""
+    from . import _REGISTRY
+
+    name = getattr(cls, "name", "")
+    if not name:
+        return ""
+    if _REGISTRY.get(name) is not cls:
+        return f" (its name {name!r} finds {getattr(_REGISTRY.get(name), '__qualname__', 'nothing')})"
+    return True
+
+
 def _close(a: np.ndarray, b: np.ndarray, binary: bool, atol: float) -> bool:
     return np.array_equal(a, b) if binary else np.allclose(a, b, atol=atol, rtol=1e-4)
 
@@ -74,7 +102,7 @@ def check_method(method: str | CrossModalMethod, data: PairedDataset | None = No
     """Run every check on ``method`` (a registry name with ``params``, or an unfitted
     instance); return the names of the checks passed, raise :class:`MethodCheckError` at the
     first failure."""
-    from . import create, load
+    from . import create, load, supervision
 
     proto = create(method, **params) if isinstance(method, str) else method
     name = getattr(proto, "name", "") or type(proto).__name__
@@ -133,12 +161,48 @@ def check_method(method: str | CrossModalMethod, data: PairedDataset | None = No
         ensure("column" in str(exc), "wrong width refused", f"the error does not say why: {exc}")
     else:
         ensure(False, "wrong width refused", "image features one column too wide were accepted")
-    # reproducibility and persistence
+    # reproducibility
     if "random_state" in p:
         again = fresh().fit(train, val=val)
         ensure(_close(A, again.encode_images(test.image_features), binary, atol)
                and _close(B, again.encode_texts(test.text_features), binary, atol),
                "same random_state, same result", "two fits with one seed differ")
+    # labels: `xmodal methods`, the records' "kind" and the bench's refusals of supervised
+    # methods on unlabelled data all trust the class's flags, so the fit must keep to them
+    unlabelled = _without_labels(train)
+    val_unlabelled = None if val is None else _without_labels(val)
+    if m.supervised:
+        try:
+            fresh().fit(unlabelled, val=val_unlabelled)
+        except DataError:
+            ensure(True, "unlabelled data refused")
+        else:
+            ensure(False, "unlabelled data refused", "supervised = True, yet fit accepted data without labels")
+    else:
+        try:
+            bare = fresh().fit(unlabelled, val=val_unlabelled)
+            ok = _finite_codes(bare.encode_images(test.image_features), binary) and \
+                _finite_codes(bare.encode_texts(test.text_features), binary)
+            why = "non-finite embeddings"
+        except Exception as exc:  # noqa: BLE001  (any failure here is the finding)
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        ensure(ok, "fits without labels", f"supervised is False (the bench runs it on unlabelled data), "
+               f"but without labels: {why}; set supervised = True if fit needs labels")
+        # a method without a seed may draw differently on every fit: compared only when two
+        # fits on the same labelled data agree
+        comparable = "random_state" in p or _close(A, fresh().fit(train, val=val).encode_images(
+            test.image_features), binary, atol)
+        if supervision(type(m)) == "unsupervised" and comparable:
+            ensure(_close(A, bare.encode_images(test.image_features), binary, atol)
+                   and _close(B, bare.encode_texts(test.text_features), binary, atol),
+                   "unsupervised: labels not read", "listed as unsupervised, yet fitting with labels "
+                   "gives other embeddings than without; set uses_labels = True (or supervised = True)")
+    # persistence
+    registered = _registered(type(m))
+    if registered is not True:  # methods.load finds the class by its registered name
+        ensure(False, "save/load round trip", f"{type(m).__qualname__} is not registered{registered}: "
+               "decorate the class with @register('NAME') (from xmodal.methods) so that methods.load, "
+               "xmodal bench and xmodal index find it by NAME")
     with tempfile.TemporaryDirectory() as tmp:
         path = m.save(Path(tmp) / "m.xmodal")
         back = load(str(path))
