@@ -45,6 +45,12 @@ def register(name: str) -> Callable[[T], T]:
     replaces the earlier definition. Another class under a taken name (another file, or a
     built-in method's name) is a ValueError."""
     def deco(cls: T) -> T:
+        if not cls.__module__.startswith("xmodal.methods."):
+            # a method of one's own: the built-in families load on first use, so load them now
+            # or a plugin loaded first takes a built-in's name (and that family then fails to
+            # import, taking its other methods with it)
+            for fam in FAMILIES:
+                _load_family(fam)
         old = _REGISTRY.get(name)
         if old is not None and old is not cls and _origin(old) != _origin(cls):
             raise ValueError(f"method name {name!r} registered twice "
@@ -99,7 +105,16 @@ def load_plugin(spec: str) -> None:
     try:
         importlib.import_module(spec)
     except ImportError as exc:
-        raise ImportError(f"plugin {spec!r}: {exc}") from exc
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == spec.split(".")[0]:
+            # the `xmodal` command, unlike `python -m`, does not import from the working folder
+            file = Path(*spec.split(".")).with_suffix(".py")
+            if file.is_file():
+                hint = f" (a file {file} is here: give its path, --plugin {file})"
+            elif (Path(*spec.split(".")) / "__init__.py").is_file():
+                hint = (f" (a package {spec.split('.')[0]}/ is here: install it, pip install -e ., "
+                        "or add its folder to PYTHONPATH)")
+        raise ImportError(f"plugin {spec!r}: {exc}{hint}") from exc
 
 
 def _load_plugins() -> None:
@@ -130,7 +145,9 @@ def get(name: str) -> type[CrossModalMethod]:
         _load_family(fam)
     if name not in _REGISTRY:
         hint = "".join(f"\n  ({m} failed to import: {e})" for m, e in _IMPORT_ERRORS.items())
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())}{hint}")
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())} (a method of your "
+                       f"own: load its plugin first, --plugin FILE.py or ${PLUGIN_ENV}, or "
+                       f"methods.load_plugin in Python){hint}")
     return _REGISTRY[name]
 
 
