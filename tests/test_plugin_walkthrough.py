@@ -161,3 +161,19 @@ def test_the_walkthrough_on_wikipedia(tmp_path):
               "--resamples", "999"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "label_bridge:alpha=10 (A) vs label_bridge: (B)" in r.stdout and "Holm" in r.stdout
+
+
+def test_a_plugin_file_importing_a_sibling_module_says_why_it_is_not_found(tmp_path):
+    # a file loaded by path does not put its folder on sys.path (as `python file.py` does), so
+    # `from label_bridge import LabelBridge` in a second plugin file failed with a bare
+    # "No module named 'label_bridge'" though label_bridge.py sits beside it
+    _plugin(tmp_path)
+    (tmp_path / "label_hash.py").write_text("from label_bridge import LabelBridge\n")
+    r = _run([str(XMODAL), "--plugin", "label_hash.py", "methods"], tmp_path)
+    assert r.returncode == 2 and "No module named 'label_bridge'" in r.stderr
+    code = ("from xmodal.methods import load_plugin\n"
+            "try:\n    load_plugin('label_hash.py')\nexcept ImportError as e:\n    print(e)")
+    r = _run([sys.executable, "-I", "-c", code], tmp_path)  # -I: no working folder on sys.path
+    assert f"label_bridge is beside the plugin in {tmp_path}" in r.stdout and "PYTHONPATH" in r.stdout, r.stderr
+    r = _run([str(XMODAL), "--plugin", "label_hash.py", "methods"], tmp_path, PYTHONPATH=str(tmp_path))
+    assert r.returncode == 0, r.stderr

@@ -100,7 +100,15 @@ def load_plugin(spec: str) -> None:
             mspec.loader.exec_module(module)
         except Exception as exc:
             del sys.modules[mod_name]
-            raise ImportError(f"plugin {spec}: {type(exc).__name__}: {exc}") from exc
+            hint = ""
+            missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+            if missing and ((path.parent / f"{missing.split('.')[0]}.py").is_file()
+                            or (path.parent / missing.split(".")[0] / "__init__.py").is_file()):
+                # a file loaded by path, unlike `python FILE.py`, puts no folder on sys.path
+                hint = (f" ({missing.split('.')[0]} is beside the plugin in {path.parent}, but a plugin "
+                        "loaded by path does not put its folder on sys.path: add that folder to "
+                        "PYTHONPATH, or make the files a package)")
+            raise ImportError(f"plugin {spec}: {type(exc).__name__}: {exc}{hint}") from exc
         return
     try:
         importlib.import_module(spec)
