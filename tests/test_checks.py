@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from xmodal import methods
 from xmodal.cli import app
-from xmodal.methods import CrossModalMethod, register
+from xmodal.methods import CrossModalMethod, HashingMethod, register
 from xmodal.methods.checks import MethodCheckError, check_method, toy_dataset
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ridge_bridge.py"
@@ -242,3 +242,25 @@ def test_an_unregistered_method_is_told_to_register():
     # unregistered class failed the round trip with a bare KeyError "unknown method ''"
     with pytest.raises(MethodCheckError, match=r"save/load round trip failed: .*_Base.*not registered.*@register"):
         check_method(_Base())
+
+
+class _HashWithoutBits(HashingMethod):
+    """Binary codes but no ``bits`` parameter: fit failed inside the base class with a bare
+    AttributeError ('... has no attribute 'bits''), and `xmodal bench --bits` cannot size it."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def _fit(self, X, Y, L, *, train, val):
+        self.a_, self.b_ = np.ones((X.shape[1], 16)), np.ones((Y.shape[1], 16))
+
+    def _encode_images(self, X):
+        return X @ self.a_
+
+    def _encode_texts(self, Y):
+        return Y @ self.b_
+
+
+def test_a_hashing_method_without_bits_is_told_what_it_lacks():
+    with pytest.raises(MethodCheckError, match=r"bits parameter failed: .*__init__\(self, bits"):
+        check_method(_HashWithoutBits())

@@ -10,7 +10,7 @@ per image, image and text features sharing a class signal and an instance signal
 train/val/test split) and assert:
 
 - ``__init__`` stores each parameter under its own name, and a clone from ``get_params()``
-  has the same parameters; ``fit`` leaves them unchanged;
+  has the same parameters; ``fit`` leaves them unchanged; a hashing method takes ``bits``;
 - ``encode_*`` before ``fit`` raises :class:`NotFittedError`; ``fit`` returns ``self``;
 - every public attribute ``fit`` adds ends in ``_``;
 - outputs: real methods give 2-D float arrays of one width for both modalities, hashing
@@ -123,6 +123,9 @@ def check_method(method: str | CrossModalMethod, data: PairedDataset | None = No
     p = proto.get_params()
     sig = [q for q in inspect.signature(type(proto).__init__).parameters if q != "self"]
     ensure(list(p) == sig, "params stored by __init__", f"get_params() gives {list(p)}, __init__ takes {sig}")
+    if proto.output == "binary":  # the code length is a parameter: `xmodal bench --bits` sets it
+        ensure("bits" in sig, "bits parameter", f"{type(proto).__name__} gives binary codes but takes no "
+               f"bits; write __init__(self, bits: int = 32, ...) and store it as self.bits")
     clone = fresh().get_params()
     diff = [k for k in p if not _same(p[k], clone[k])]
     ensure(not diff, "clone keeps params", f"{diff} change when rebuilt from get_params()")
