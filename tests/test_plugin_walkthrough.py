@@ -177,3 +177,21 @@ def test_a_plugin_file_importing_a_sibling_module_says_why_it_is_not_found(tmp_p
     assert f"label_bridge is beside the plugin in {tmp_path}" in r.stdout and "PYTHONPATH" in r.stdout, r.stderr
     r = _run([str(XMODAL), "--plugin", "label_hash.py", "methods"], tmp_path, PYTHONPATH=str(tmp_path))
     assert r.returncode == 0, r.stderr
+
+
+def test_loading_an_edited_plugin_file_again_in_one_process_takes_the_edit(tmp_path):
+    # a notebook session: edit the method's file, load_plugin it again. The second call
+    # returned at once (the module was already imported) and the old class stayed registered.
+    from xmodal import methods
+
+    plugin = _plugin(tmp_path, name="_walk_edited")
+    methods.load_plugin(str(plugin))
+    try:
+        assert methods.create("_walk_edited").alpha == 1.0
+        methods.load_plugin(str(plugin))  # unchanged: nothing is run again
+        first = methods.get("_walk_edited")
+        plugin.write_text(plugin.read_text().replace("alpha: float = 1.0", "alpha: float = 2.5"))
+        methods.load_plugin(str(plugin))
+        assert methods.create("_walk_edited").alpha == 2.5 and methods.get("_walk_edited") is not first
+    finally:
+        methods._REGISTRY.pop("_walk_edited", None)

@@ -77,11 +77,13 @@ def _load_family(module: str) -> None:
 PLUGIN_ENV = "XMODAL_PLUGINS"
 PLUGIN_GROUP = "xmodal.methods"
 _plugins_loaded = False
+_plugin_digests: dict[str, str] = {}  # module name of a plugin file -> SHA-256 of what was run
 
 
 def load_plugin(spec: str) -> None:
     """Import a module that registers methods (with :func:`register`): a dotted module name
-    or a ``.py`` file path. Errors name the plugin."""
+    or a ``.py`` file path. Errors name the plugin. A file loaded again runs again only when
+    it was edited since (its methods then replace their earlier definitions)."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -91,15 +93,23 @@ def load_plugin(spec: str) -> None:
         if not path.is_file():
             raise ImportError(f"plugin {spec}: no such file")
         mod_name = f"xmodal_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
-        if mod_name in sys.modules:
-            return
+        import hashlib
+
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ImportError(f"plugin {spec}: cannot be read ({exc.strerror or exc})") from exc
+        if mod_name in sys.modules and _plugin_digests.get(mod_name) == digest:
+            return  # loaded already, as it is now (an edited file is run again: a notebook's reload)
         mspec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(mspec)
         sys.modules[mod_name] = module
         try:
             mspec.loader.exec_module(module)
+            _plugin_digests[mod_name] = digest
         except Exception as exc:
             del sys.modules[mod_name]
+            _plugin_digests.pop(mod_name, None)
             hint = ""
             missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
             if missing and ((path.parent / f"{missing.split('.')[0]}.py").is_file()
