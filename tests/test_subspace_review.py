@@ -163,3 +163,15 @@ def test_encode_takes_scipy_sparse_features_and_names_object_arrays():
     np.testing.assert_allclose(m.encode_texts(sparse.csr_matrix(Y)), m.encode_texts(Y))
     with pytest.raises(DataError, match="encode_images: expected a numeric array.*str objects"):
         m.encode_images(np.array([["a"] * X.shape[1]], dtype=object))
+
+
+def test_a_rule_for_a_parameter_init_lacks_is_a_parameter_error():
+    from xmodal.methods.base import HashingMethod
+
+    class NoBits(HashingMethod):  # a plugin author's first try: no bits parameter
+        def __init__(self, random_state: int = 0) -> None:
+            self.random_state = random_state
+
+    _, _, ds = _labelled()
+    with pytest.raises(methods.ParameterError, match="takes no bits.*HashingMethod needs bits"):
+        NoBits().fit(ds)

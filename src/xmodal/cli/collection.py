@@ -574,11 +574,8 @@ def register(app: typer.Typer) -> None:
         try:
             # --read-only beside a writer (a server taking uploads, an indexing run): follow it
             coll = _open(collection, read_only=True if read_only else None, follow=read_only, keep_open=True)
-            try:
-                coll.method  # noqa: B018  (a plugin method not loaded: fail now, not on every search)
-            except KeyError as exc:
-                _fail(f"{collection}: {exc.args[0]}; load the method's plugin (--plugin FILE or "
-                      "$XMODAL_PLUGINS) before serving")
+            # a plugin method not loaded, or a damaged method file: fail now, not on every search
+            coll.method  # noqa: B018  (a CollectionError naming the file and the cure)
             # after the collection's own refusals (they say more), before the app starts anything
             _check_port(host, port)
             if coll.read_only:

@@ -112,7 +112,9 @@ def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
     if kind == "semi-supervised":
         frac = (params or {}).get("labeled_fraction", inspect.signature(cls.__init__).parameters["labeled_fraction"].default)
         kind += f" ({100 * float(frac):g}% labels)"
-    return kind + (" (deep)" if ".deep" in cls.__module__ else "")
+    # deep: trained by the shared PyTorch trainer (a plugin subclassing DSCMR is deep too;
+    # its module name says nothing)
+    return kind + (" (deep)" if any(k.__module__ == "xmodal.methods._torch" for k in cls.__mro__) else "")
 
 
 def _record_key(rec: dict, with_seed: bool = True) -> str:

@@ -604,7 +604,7 @@ class Collection:
     def _damaged(self, f: Path, what: str, exc: BaseException) -> CollectionError:
         """A fitted model file of the collection that is missing or does not load: named, with
         what still works and how to mend it (the vectors are in the database, the fit is not)."""
-        why = "missing" if isinstance(exc, FileNotFoundError) else f"does not load ({exc})"
+        why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc})"
         return CollectionError(f"{f}: the collection's {what} is {why}; its items and vectors are "
                                f"intact (vector search, export and snapshot work), but queries cannot "
                                f"be encoded until it is refitted: `xmodal index SOURCE -c {self.path} --rebuild`")
@@ -617,7 +617,11 @@ class Collection:
             f = self.path / self.meta["method"]["file"]
             try:
                 self._method = load(str(f))
-            except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+            except KeyError as exc:  # a method this process does not have: a plugin, not damage
+                raise CollectionError(f"{exc.args[0] if exc.args else exc}; load the method's plugin "
+                                      "(--plugin FILE or $XMODAL_PLUGINS; in Python "
+                                      "xmodal.methods.load_plugin)") from None
+            except (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
                 raise self._damaged(f, "fitted method", exc) from exc
         return self._method
 

@@ -124,6 +124,12 @@ class CrossModalMethod:
         for klass in reversed(type(self).__mro__):
             rules.update(getattr(klass, "_parameter_rules", {}) or {})
         for pname, rule in rules.items():
+            if not hasattr(self, pname):  # a rule inherited for a parameter __init__ lacks
+                raise ParameterError(f"{type(self).__name__}: has a rule for the parameter {pname!r}, but "
+                                     f"__init__ takes no {pname} (a HashingMethod needs bits=...)"
+                                     if pname == "bits" else
+                                     f"{type(self).__name__}: has a rule for the parameter {pname!r}, but "
+                                     f"__init__ takes no {pname}")
             value = getattr(self, pname)
             allowed = rule if isinstance(rule, (list, tuple)) else [rule]
             ok = any((r is None and value is None) or (r is not None and value is not None and r(value))
