@@ -243,3 +243,19 @@ def test_tables_and_plots_refuse_two_runs_of_one_method_at_one_bit_length(tmp_pa
     with pytest.raises(ValueError, match=r"PR curves: records of lsh .*differ in ties"):
         plot_pr_curves([recs[0], stale], tmp_path / "pr.png")
     assert "lsh" in format_hashing_tables(recs)  # one run's seeds pool as before
+
+
+def test_a_plugin_subclass_of_a_deep_method_is_recorded_deep(monkeypatch):
+    from xmodal import methods
+    from xmodal.evaluation.bench import method_kind
+    from xmodal.methods.deep.supervised import DSCMR
+
+    @methods.register("my_dscmr_variant")
+    class MyDSCMR(DSCMR):  # defined in a user's file: its module name says nothing of "deep"
+        """DSCMR with another default."""
+
+    try:
+        assert method_kind("my_dscmr_variant") == "supervised (deep)"
+        assert method_kind("cca") == "unsupervised" and method_kind("dcmh").endswith("(deep)")
+    finally:
+        methods._REGISTRY.pop("my_dscmr_variant", None)
