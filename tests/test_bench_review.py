@@ -259,3 +259,53 @@ def test_a_plugin_subclass_of_a_deep_method_is_recorded_deep(monkeypatch):
         assert method_kind("cca") == "unsupervised" and method_kind("dcmh").endswith("(deep)")
     finally:
         methods._REGISTRY.pop("my_dscmr_variant", None)
+
+
+PLUGIN = '''
+import numpy as np
+from xmodal.methods import register
+from xmodal.methods.subspace import CCA
+
+
+@register("{name}")
+class Edited(CCA):
+    """CCA with a tweak the student is still editing."""
+
+    def _fit(self, X, Y, L, *, train, val):
+        {body}
+        return super()._fit(X, Y, L, train=train, val=val)
+'''
+
+
+def _plugin(path, name, body):
+    path.write_text(PLUGIN.format(name=name, body=body))
+    methods.load_plugin(str(path))
+
+
+def test_resume_redoes_the_records_of_an_edited_plugin_and_a_plugin_bug_is_a_failure(tmp_path):
+    from xmodal.data import load_dataset
+
+    need("wikipedia")
+    ds = load_dataset("wikipedia", data_dir=str(DATA))
+    f, runs = tmp_path / "student_method.py", tmp_path / "runs.jsonl"
+    try:
+        _plugin(f, "student_cca", "pass")
+        first = run_bench(ds, ["student_cca"], resume=runs)[0]
+        assert len(first["method_source"]) == 16
+        reused = []
+        run_bench(ds, ["student_cca"], resume=runs, on_reused=reused.append)
+        assert len(reused) == 1  # unchanged file: reused
+        _plugin(f, "student_cca", "X = X * 1.0  # edited: no parameter changed")
+        reused.clear()
+        again = run_bench(ds, ["student_cca"], resume=runs, on_reused=reused.append)[0]
+        assert reused == [] and again["method_source"] != first["method_source"]
+        # a plugin's own bug is a reported failure; the other methods' records are kept
+        _plugin(f, "student_cca", "raise TypeError('oops in my method')")
+        failed = []
+        recs = run_bench(ds, ["student_cca", "cca"], failures=failed)
+        assert [r["method"] for r in recs] == ["cca"]
+        assert failed[0]["method"] == "student_cca" and failed[0]["error"] == "TypeError: oops in my method"
+        with pytest.raises(TypeError):  # without a failures list, it propagates as before
+            run_bench(ds, ["student_cca"])
+    finally:
+        methods._REGISTRY.pop("student_cca", None)

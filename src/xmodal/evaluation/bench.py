@@ -373,13 +373,27 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
 
 # what else a run's records must share to be pooled over seeds: the parameters the method ran
 # with, the digest of the data as read, and the tie order (--resume redoes a record otherwise)
-RUN_FIELDS = ("params", "data_digest", "ties")
+RUN_FIELDS = ("params", "data_digest", "ties", "method_source")
 SEED_OWNED = ("random_state", "bits")  # params set per record by the seed and the bit length
 
 
 # what can tell two summaries of one method apart (named when a table or compare must refuse)
 CONFIG_FIELDS = ("dataset", "bits", "settings", "database_codes", "protocol", "image_encoder",
                  "text_encoder", "test_folds", "dataset_sha256", "data_options", *RUN_FIELDS)
+
+
+def method_source(cls: type) -> str | None:
+    """For a plugin method (a class defined outside ``xmodal``), the first 16 hex of the
+    SHA-256 of the file that defines it: an edited ``_fit`` changes no parameter, and
+    ``--resume`` would have kept the old code's records. None for built-in methods (the
+    package version records theirs) and for classes without a readable source file."""
+    if cls.__module__.split(".")[0] == "xmodal":
+        return None
+    try:
+        src = inspect.getsourcefile(cls)
+        return hashlib.sha256(Path(src).read_bytes()).hexdigest()[:16] if src else None
+    except (TypeError, OSError):
+        return None
 
 
 def _run_value(rec: dict, field: str) -> str:
@@ -599,6 +613,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["data_options"] = data_options
             if fingerprint:
                 rec["dataset_sha256"] = fingerprint
+            source = method_source(cls)
+            if source:
+                rec["method_source"] = source
             method = registry.create(name, **kw)
             done = previous.get(_record_key(_jsonable(rec)))
             # a record made with other parameters (a default changed since), on data the loader
@@ -606,7 +623,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             # not reused (records made before data_digest was kept are taken as they are)
             if done is not None and (not per_query or "per_query" in done["i2t"]) and \
                     done.get("params", {}) == _jsonable(method.get_params()) and \
-                    done.get("data_digest", digest) == digest and done.get("ties") == TIES:
+                    done.get("data_digest", digest) == digest and done.get("ties") == TIES and \
+                    done.get("method_source") == rec.get("method_source"):
                 records.append(done)
                 if on_reused or on_record:  # told apart from a fresh one where the caller asks
                     (on_reused or on_record)(done)
@@ -621,6 +639,14 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 if failures is None:
                     raise
                 failures.append({"method": name, "bits": b, "seed": sd, "error": str(exc)})
+                continue
+            except Exception as exc:  # noqa: BLE001
+                # a plugin's own bug: reported like a diverged run, so the other methods'
+                # table is not lost; a built-in method's error is ours and propagates
+                if failures is None or cls.__module__.split(".")[0] == "xmodal":
+                    raise
+                failures.append({"method": name, "bits": b, "seed": sd,
+                                 "error": f"{type(exc).__name__}: {exc}"})
                 continue
             rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
