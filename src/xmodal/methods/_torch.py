@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.dataset import PairedDataset
+from ..data.dataset import DataError, PairedDataset
 from ..device import get_device
 from .base import CrossModalMethod, TrainingDivergedError, interval, one_of  # noqa: F401 (re-exported)
 
@@ -208,7 +208,13 @@ class TorchMethod(CrossModalMethod):
         """(X_img, Y_txt, dataset, keep_mask_for_train_texts) for early stopping, or None."""
         if self.patience is None:
             return None
-        if val is not None and val.image_features is not None and val.text_features is not None:
+        if val is not None:
+            missing = [f for f in ("image_features", "text_features") if getattr(val, f) is None]
+            if missing:
+                # ignoring it would early-stop on a hold-out of train instead, unasked
+                raise DataError(f"{self.name}: validation dataset {val.name!r} has no field "
+                                f"{' or '.join(missing)}; encode it like the training split "
+                                "(or pass no val: a hold-out of train is used)")
             return val.image_features.astype(np.float32), val.text_features.astype(np.float32), val, None
         if self.val_fraction <= 0 or train.n_images < 20:
             return None

@@ -54,11 +54,19 @@ def hardest_triplet(S: torch.Tensor, pos: torch.Tensor, margin: float,
 
 def info_nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP, Radford et al. 2021) with several positives per row: the target
-    distribution is uniform over a row's (or column's) positives."""
+    distribution is uniform over a row's (or column's) positives. A row or column with no
+    positive (an unlabelled image or caption under label positives: COCO keeps images without
+    a category) has no target: it is left out of its direction's mean, which was 0/0."""
     tgt = pos.float()
-    li = -(tgt / tgt.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
-    lt = -(tgt / tgt.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
-    return 0.5 * (li + lt)
+    n_i, n_t = tgt.sum(1), tgt.sum(0)
+    li = -(tgt / n_i.clamp(min=1)[:, None] * F.log_softmax(logits, dim=1)).sum(1)
+    lt = -(tgt / n_t.clamp(min=1)[None, :] * F.log_softmax(logits, dim=0)).sum(0)
+
+    def mean(per_query: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        kept = per_query[has > 0]  # every query kept: the same mean as before, bit for bit
+        return kept.mean() if kept.numel() else per_query.sum() * 0.0
+
+    return 0.5 * (mean(li, n_i) + mean(lt, n_t))
 
 
 def poly_loss(S: torch.Tensor, pos: torch.Tensor, margin: float = 0.2,

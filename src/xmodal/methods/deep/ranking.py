@@ -226,6 +226,12 @@ class Contrastive(DeepMethod):
             patience, val_fraction, random_state, verbose)
         self.lr_schedule, self.grad_clip = lr_schedule, grad_clip
 
+    def _fit(self, X, Y, L, *, train, val) -> None:
+        if self.positives == "label" and L is None:
+            raise DataError(f"contrastive(positives='label') counts pairs sharing a class as positives, "
+                            f"but dataset {train.name!r} has no field labels")
+        super()._fit(X, Y, L, train=train, val=val)
+
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
         return _ContrastiveModule(dims(image_dim, self.hidden, self.dim), dims(text_dim, self.hidden, self.dim),
                                   self.dropout, self.temperature)

@@ -1,0 +1,170 @@
+"""Review checks of the deep real-valued methods and their trainer: multi-label data with
+unlabelled images (COCO's Karpathy splits keep them), a validation split without features,
+the InfoNCE target rule, ACMR's gradient reversal, DSCMR/ACMR on a one-class batch, and
+DCCA with a last mini-batch of one row."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xmodal import methods
+from xmodal.data import DataError, load_dataset
+from xmodal.evaluation.protocol import evaluate
+from xmodal.methods.deep._common import info_nce
+from xmodal.methods.deep.supervised import grad_reverse
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+QUICK = dict(epochs=2, patience=None, verbose=False, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def wiki():
+    if not (DATA / "wikipedia").exists():
+        pytest.skip("shared data folder absent")
+    ds = load_dataset("wikipedia", data_dir=str(DATA), with_texts=False)
+    rng = np.random.default_rng(1)
+    train = ds.subset(np.sort(rng.choice(ds.splits["train"], 400, replace=False)))
+    return train, ds.subset("test")
+
+
+def _old_info_nce(logits, pos):
+    """The formula before the review (every row and column must have a positive)."""
+    tgt = pos.float()
+    li = -(tgt / tgt.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    lt = -(tgt / tgt.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return 0.5 * (li + lt)
+
+
+def test_info_nce_unchanged_when_every_row_has_a_positive():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 9, generator=g) * 5
+    im = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5])
+    pos = im[:, None] == im[None, :]
+    assert torch.equal(info_nce(logits, pos), _old_info_nce(logits, pos))
+
+
+def test_info_nce_leaves_out_queries_without_a_positive():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 6, generator=g) * 3).requires_grad_()
+    L = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 0], [0, 1], [0, 0]], dtype=torch.float32)
+    pos = (L @ L.T) > 0  # rows 3 and 5: an unlabelled image / caption, no positive at all
+    loss = info_nce(logits, pos)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    # the labelled queries' terms, averaged over them alone
+    keep = pos.any(1)
+    tgt = pos.float()
+    li = -(tgt / tgt.sum(1, keepdim=True).clamp(min=1) * F.log_softmax(logits, 1)).sum(1)[keep].mean()
+    lt = -(tgt / tgt.sum(0, keepdim=True).clamp(min=1) * F.log_softmax(logits, 0)).sum(0)[keep].mean()
+    assert float(loss) == pytest.approx(float(0.5 * (li + lt)), rel=1e-6)
+    # no positive anywhere (a batch of unlabelled items): the term is zero, not NaN
+    none = info_nce(logits.detach(), torch.zeros(6, 6, dtype=torch.bool))
+    assert float(none) == 0.0
+
+
+@pytest.mark.parametrize("name,params", [("transformer", {}), ("contrastive", {"positives": "label"})])
+def test_label_positives_train_with_unlabelled_images(wiki, name, params):
+    """COCO's Karpathy splits keep images without a category (an all-zero label row): the
+    label-positive InfoNCE terms were 0/0 on them and every fit stopped as diverged."""
+    train, test = wiki
+    labels = train.labels.copy()
+    labels[::10] = 0
+    train = replace(train, labels=labels)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformer: no image files on Wikipedia
+        m = methods.create(name, **QUICK, **params).fit(train)
+    losses = [h["loss"] for h in m.history_]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    res = evaluate(m, test)
+    assert res["i2t"]["map"] > 0.15 and res["t2i"]["map"] > 0.15, res  # chance is about 0.11
+
+
+def test_contrastive_label_positives_need_labels(wiki):
+    train, _ = wiki
+    unlabelled = replace(train, labels=None)
+    with pytest.raises(DataError, match="positives='label'.*labels"):
+        methods.create("contrastive", positives="label", **QUICK).fit(unlabelled)
+
+
+def test_validation_split_without_features_is_refused(wiki):
+    """A val split without features used to be ignored in silence: early stopping then scored
+    a hold-out of train whose pairs it also trained on."""
+    train, test = wiki
+    bare = replace(test, image_features=None, text_features=None)
+    m = methods.create("contrastive", epochs=2, patience=1, verbose=False)
+    with pytest.raises(DataError, match=f"{bare.name}.*features"):
+        m.fit(train, val=bare)
+    assert not getattr(m, "fitted_", False)
+    # without patience the val split is not read, so nothing is refused
+    methods.create("contrastive", **QUICK).fit(train, val=bare)
+
+
+def test_acmr_gradient_reversal_flips_and_scales_the_feature_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(3)
+    (grad_reverse(x, 0.3) @ w).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * w.expand(4, 3))
+
+
+def test_acmr_adversary_learns_while_the_projector_fools_it(wiki):
+    """One step of ACMR's loss: the modality classifier's own gradient lowers its
+    cross-entropy, the projector's (through the reversal) raises it."""
+    train, _ = wiki
+    m = methods.create("acmr", **QUICK, instance_weight=0.0, label_space=0.0)
+    m.fit(train)
+    mod = m.module_.train()
+    X, Y, _ = train.pairs()
+    x, y = torch.from_numpy(X[:64].astype(np.float32)), torch.from_numpy(Y[:64].astype(np.float32))
+
+    def adv():
+        from xmodal.methods.deep._common import l2n
+        codes = torch.cat([l2n(mod.image_code(x)), l2n(mod.text_code(y))])
+        modality = torch.cat([torch.zeros(64), torch.ones(64)]).long()
+        return F.cross_entropy(mod.discriminator(grad_reverse(codes, m.adv_weight)), modality)
+
+    torch.manual_seed(0)
+    base = adv()
+    mod.zero_grad()
+    base.backward()
+    disc = [p for p in mod.discriminator.parameters()]
+    proj = [p for p in mod.image.parameters()] + [p for p in mod.text.parameters()]
+    with torch.no_grad():  # a small step along each side's own gradient
+        for p in disc:
+            p -= 1e-2 * p.grad
+    torch.manual_seed(0)
+    after_disc = float(adv())
+    with torch.no_grad():
+        for p in disc:
+            p += 1e-2 * p.grad
+        for p in proj:
+            p -= 1e-2 * p.grad
+    torch.manual_seed(0)
+    after_proj = float(adv())
+    assert after_disc < float(base) < after_proj, (after_disc, float(base), after_proj)
+
+
+@pytest.mark.parametrize("name", ["acmr", "dscmr"])
+def test_supervised_losses_finite_on_a_one_class_batch(wiki, name):
+    train, _ = wiki
+    m = methods.create(name, **QUICK).fit(train)
+    X, Y, L = train.pairs()
+    cls = L.argmax(1)
+    rows = np.flatnonzero(cls == cls[0])[:16]
+    batch = {"x": torch.from_numpy(X[rows].astype(np.float32)), "y": torch.from_numpy(Y[rows].astype(np.float32)),
+             "labels": torch.from_numpy(L[rows].astype(np.float32)), "index": torch.from_numpy(rows),
+             "image": torch.from_numpy(rows)}
+    m.module_.train()
+    assert torch.isfinite(m._batch_loss(batch))
+
+
+def test_dcca_last_batch_of_one_row_is_skipped(wiki):
+    """A batch of one row has no covariance: the trainer skips it instead of failing."""
+    train, _ = wiki
+    sub = train.subset(np.arange(129))  # batch_size 64: batches of 64, 64 and 1
+    m = methods.create("dcca", batch_size=64, dim=16, **QUICK).fit(sub)
+    assert np.isfinite([h["loss"] for h in m.history_]).all()
