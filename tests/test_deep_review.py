@@ -168,3 +168,13 @@ def test_dcca_last_batch_of_one_row_is_skipped(wiki):
     sub = train.subset(np.arange(129))  # batch_size 64: batches of 64, 64 and 1
     m = methods.create("dcca", batch_size=64, dim=16, **QUICK).fit(sub)
     assert np.isfinite([h["loss"] for h in m.history_]).all()
+
+
+@pytest.mark.parametrize("name", ["dcca", "corr_ae", "acmr", "dscmr", "vsepp", "contrastive", "graph"])
+def test_empty_input_keeps_the_embedding_width(wiki, name):
+    """Zero rows embed to (0, width) as a linear method's X @ W does, not (0, 0)."""
+    train, test = wiki
+    m = methods.create(name, epochs=1, patience=None, verbose=False).fit(train)
+    img = m.encode_images(test.image_features[:3])
+    assert m.encode_images(test.image_features[:0]).shape == (0, img.shape[1])
+    assert m.encode_texts(test.text_features[:0]).shape == (0, m.encode_texts(test.text_features[:3]).shape[1])

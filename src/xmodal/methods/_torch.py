@@ -251,9 +251,11 @@ class TorchMethod(CrossModalMethod):
     @torch.inference_mode()
     def _run(self, fn, Z: np.ndarray, batch: int = 4096) -> np.ndarray:
         self.module_.eval()
+        if len(Z) == 0:  # zero rows still have the embedding's width, as X @ W would
+            return fn(self._tensor(np.zeros((0, Z.shape[1]), np.float32))).cpu().numpy()
         out = [fn(self._tensor(np.asarray(Z[s:s + batch], dtype=np.float32))).cpu().numpy()
                for s in range(0, len(Z), batch)]
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return np.concatenate(out)
 
     def _encode_images(self, X: np.ndarray) -> np.ndarray:
         return self._run(self.module_.encode_image, X)
