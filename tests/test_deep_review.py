@@ -60,7 +60,7 @@ def test_info_nce_leaves_out_queries_without_a_positive():
     tgt = pos.float()
     li = -(tgt / tgt.sum(1, keepdim=True).clamp(min=1) * F.log_softmax(logits, 1)).sum(1)[keep].mean()
     lt = -(tgt / tgt.sum(0, keepdim=True).clamp(min=1) * F.log_softmax(logits, 0)).sum(0)[keep].mean()
-    assert float(loss) == pytest.approx(float(0.5 * (li + lt)), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float((0.5 * (li + lt)).detach()), rel=1e-6)
     # no positive anywhere (a batch of unlabelled items): the term is zero, not NaN
     none = info_nce(logits.detach(), torch.zeros(6, 6, dtype=torch.bool))
     assert float(none) == 0.0
@@ -178,3 +178,42 @@ def test_empty_input_keeps_the_embedding_width(wiki, name):
     img = m.encode_images(test.image_features[:3])
     assert m.encode_images(test.image_features[:0]).shape == (0, img.shape[1])
     assert m.encode_texts(test.text_features[:0]).shape == (0, m.encode_texts(test.text_features[:3]).shape[1])
+
+
+def test_dcca_objective_is_the_sum_of_canonical_correlations():
+    """Andrew et al. 2013, eq. 10-11: the singular values of S11^-1/2 S12 S22^-1/2 (ridge r on
+    the centred covariances, m - 1 normaliser), checked against a NumPy eigendecomposition."""
+    from scipy import linalg
+
+    from xmodal.methods.deep.cca import cca_correlation
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(300, 3))
+    H1 = np.c_[Z + 0.5 * rng.normal(size=(300, 3)), rng.normal(size=(300, 2))]
+    H2 = np.c_[Z @ rng.normal(size=(3, 3)) + rng.normal(size=(300, 3)), rng.normal(size=(300, 1))]
+    r = 1e-3
+    A, B = H1 - H1.mean(0), H2 - H2.mean(0)
+    S11, S22 = A.T @ A / 299 + r * np.eye(5), B.T @ B / 299 + r * np.eye(4)
+    T = linalg.inv(linalg.sqrtm(S11)).real @ (A.T @ B / 299) @ linalg.inv(linalg.sqrtm(S22)).real
+    sv = np.sort(linalg.svdvals(T))[::-1]
+    for k in (1, 3, 4):
+        got = float(cca_correlation(torch.from_numpy(H1), torch.from_numpy(H2), k, r, r))
+        assert got == pytest.approx(sv[:k].sum(), rel=1e-6)
+
+
+def test_dcca_final_linear_cca_whitens_the_training_outputs(wiki):
+    """The last stage: on the training pairs the projections are uncorrelated within each view
+    (unit variance up to the ridge) and pair up one to one across views."""
+    train, _ = wiki
+    m = methods.create("dcca", dim=8, batch_size=256, **QUICK).fit(train)
+    X, Y, _ = train.pairs()
+    U, V = m.encode_images(X).astype(np.float64), m.encode_texts(Y).astype(np.float64)
+    k = m.text_dim_ if m.text_dim_ < 8 else 8
+    U, V = U[:, :k] - U[:, :k].mean(0), V[:, :k] - V[:, :k].mean(0)
+    n = len(U) - 1
+    Cuu, Cvv, Cuv = U.T @ U / n, V.T @ V / n, U.T @ V / n
+    assert np.abs(Cuu - np.diag(np.diag(Cuu))).max() < 5e-3 and np.abs(Cvv - np.diag(np.diag(Cvv))).max() < 5e-3
+    assert np.diag(Cuu).min() > 0.95 and np.diag(Cuu).max() <= 1 + 1e-4
+    corr = np.diag(Cuv)
+    assert np.abs(Cuv - np.diag(corr)).max() < 5e-3
+    assert np.all(np.diff(corr) <= 5e-3) and corr[0] > 0.3, corr  # sorted canonical correlations

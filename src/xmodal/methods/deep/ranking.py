@@ -204,7 +204,8 @@ class Contrastive(DeepMethod):
 
     ``positives="label"`` additionally counts image-text pairs sharing a class as positives
     (supervised contrastive, Khosla et al. 2020), weighted by ``label_weight`` against the
-    instance-level loss. ``loss="uwml"`` swaps InfoNCE for the universal weighting polynomial
+    instance-level loss; it needs labels, and an unlabelled item (an all-zero label row) takes
+    no part in that term. ``loss="uwml"`` swaps InfoNCE for the universal weighting polynomial
     loss (Wei et al. 2020).
     """
 

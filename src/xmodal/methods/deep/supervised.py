@@ -164,8 +164,9 @@ class DSCMR(_SupervisedBase):
     (the common space) followed by a shared linear classifier P. The loss is
     J1 + ``alpha`` J2 + ``beta`` J3: J1 = ||P'U - Y|| + ||P'V - Y|| (discrimination in the
     label space), J2 = sum over image-image, image-text and text-text pairs of
-    log(1 + e^G) - S G with G = cos/2 and S = 1 for pairs sharing a label (discrimination in
-    the common space), J3 = ||U - V|| (modality invariance). ``instance_weight`` > 0 adds an
+    log(1 + e^G) - S G with G = cos/2 and S = 1 for pairs sharing a label, as the paper
+    defines it (the authors' code uses the number of shared labels, the same on single-label
+    data; discrimination in the common space), J3 = ||U - V|| (modality invariance). ``instance_weight`` > 0 adds an
     instance-level InfoNCE term for caption datasets (0 = the paper's loss). ``label_space`` > 0
     appends the predicted label vector P'u (DSCMR's label space) to the embedding, so that
     cosine = (common-space cosine + w * label-space cosine) / (1 + w).

@@ -94,7 +94,9 @@ class TERAN(DeepMethod):
     hardest-negative triplet loss (margin ``margin``), as in TERAN, on the first
     ``align_batch`` pairs of each mini-batch (its cost is quadratic in the batch). Full
     alignment scoring of every pair is slow, so retrieval is two-stage: global embeddings (MLP
-    heads on the pooled features, trained jointly with symmetric InfoNCE) rank everything, and
+    heads on the pooled features, trained jointly with symmetric InfoNCE, plus ``label_weight``
+    times InfoNCE over pairs sharing a class when the data has labels, where an unlabelled item
+    takes no part) rank everything, and
     the top ``shortlist`` items of each query are re-ranked by global + ``rerank_weight`` *
     alignment (``score(Q, D)``; TERAN ranks by the alignment alone). A sum over words grows
     with the caption, so the alignment gets a small weight: ``rerank_weight=0.2`` was chosen on
