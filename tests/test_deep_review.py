@@ -217,3 +217,47 @@ def test_dcca_final_linear_cca_whitens_the_training_outputs(wiki):
     corr = np.diag(Cuv)
     assert np.abs(Cuv - np.diag(corr)).max() < 5e-3
     assert np.all(np.diff(corr) <= 5e-3) and corr[0] > 0.3, corr  # sorted canonical correlations
+
+
+def test_vse_hinge_losses_match_a_loop_over_queries():
+    """VSE++ (Faghri et al. 2018): for each image query the hardest (or every) caption that is
+    not one of its positives, for each caption query the hardest (or every) such image; the
+    diagonal holds each row's own pair and captions of the same image are no negatives."""
+    from xmodal.methods.deep._common import hardest_triplet
+
+    g = torch.Generator().manual_seed(0)
+    S = torch.rand(7, 7, generator=g) * 2 - 1
+    im = torch.tensor([0, 0, 1, 2, 2, 3, 4])  # rows 0-1 and 3-4: two captions of one image
+    pos = im[:, None] == im[None, :]
+    m = 0.2
+    for hardest in (True, False):
+        i2t = t2i = 0.0
+        for q in range(7):
+            ci = [max(0.0, m + float(S[q, j] - S[q, q])) for j in range(7) if not pos[q, j]]
+            ct = [max(0.0, m + float(S[i, q] - S[q, q])) for i in range(7) if not pos[i, q]]
+            i2t += (max(ci) if hardest else sum(ci)) / 7
+            t2i += (max(ct) if hardest else sum(ct)) / 7
+        assert float(hardest_triplet(S, pos, m, hardest)) == pytest.approx(i2t + t2i, rel=1e-6)
+
+
+@pytest.mark.parametrize("variant,trained", [("basic", {"dec_xx", "dec_yy"}), ("cross", {"dec_xy", "dec_yx"}),
+                                             ("full", {"dec_xx", "dec_yy", "dec_xy", "dec_yx"})])
+def test_corr_ae_variants_train_their_own_decoders(wiki, variant, trained):
+    """Feng et al. 2014: Corr-AE rebuilds each view from its own code, Corr-Cross-AE from the
+    other view's, Corr-Full-AE from both; the code distance ties the two encoders."""
+    train, _ = wiki
+    m = methods.create("corr_ae", variant=variant, **QUICK).fit(train)
+    X, Y, _ = train.pairs()
+    batch = {"x": torch.from_numpy(X[:32].astype(np.float32)), "y": torch.from_numpy(Y[:32].astype(np.float32)),
+             "labels": None, "index": torch.arange(32), "image": torch.arange(32)}
+    m.module_.train().zero_grad()
+    m._batch_loss(batch).backward()
+    got = {name for name in ("dec_xx", "dec_yy", "dec_xy", "dec_yx")
+           if any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(m.module_, name).parameters())}
+    assert got == trained
+    # alpha = 1: only the code distance, which pulls both encoders
+    m.alpha = 1.0
+    m.module_.zero_grad()
+    m._batch_loss(batch).backward()
+    assert all(p.grad is not None for p in m.module_.enc_x.parameters())
+    assert all(p.grad is not None for p in m.module_.enc_y.parameters())
