@@ -137,14 +137,14 @@ def test_acmr_adversary_learns_while_the_projector_fools_it(wiki):
         for p in disc:
             p -= 1e-2 * p.grad
     torch.manual_seed(0)
-    after_disc = float(adv())
+    after_disc = float(adv().detach())
     with torch.no_grad():
         for p in disc:
             p += 1e-2 * p.grad
         for p in proj:
             p -= 1e-2 * p.grad
     torch.manual_seed(0)
-    after_proj = float(adv())
+    after_proj = float(adv().detach())
     assert after_disc < float(base) < after_proj, (after_disc, float(base), after_proj)
 
 
