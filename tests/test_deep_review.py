@@ -145,7 +145,8 @@ def test_acmr_adversary_learns_while_the_projector_fools_it(wiki):
             p -= 1e-2 * p.grad
     torch.manual_seed(0)
     after_proj = float(adv().detach())
-    assert after_disc < float(base) < after_proj, (after_disc, float(base), after_proj)
+    b = float(base.detach())
+    assert after_disc < b < after_proj, (after_disc, b, after_proj)
 
 
 @pytest.mark.parametrize("name", ["acmr", "dscmr"])
