@@ -117,7 +117,7 @@ def test_shared_url_restores_the_query(server, browser):
         from xmodal.service.auth import create_key
 
         token = create_key(server["coll"], "read", "browser")
-        page.click("#key-box summary")
+        assert page.evaluate("document.querySelector('#key-box').open")  # opened by the 401
         page.fill("#api-key", token)
         page.press("#api-key", "Tab")
         page.wait_for_function("document.querySelectorAll('.card').length === 5")

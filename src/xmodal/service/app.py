@@ -19,6 +19,9 @@ import secrets
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +40,7 @@ from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
                                 THUMB_SUFFIXES, check_key, encode_items, read_only_error, thumb_file)
-from ..index.shards import (RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels,
+from ..index.shards import (_OPENER as SHARD_OPENER, RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels,
                             shard_keys)
 from . import auth
 
@@ -53,6 +56,7 @@ ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "unchanged: the same item was already stored (sent again); nothing written, "
                          "`id` and `item` are the existing item"},
 }
+MAX_PROXIED_THUMBNAIL = 4 * 1024 * 1024  # a shard's 512 px JPEG is far smaller
 # MPO: the multi-picture JPEG many phones write (its first picture is a plain JPEG)
 _FORMAT_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
                "WEBP": ".webp", "AVIF": ".avif"}
@@ -482,6 +486,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             for pid, text in coll.store.query(f"SELECT pair_id, text FROM items WHERE pair_id IN ({marks}) "
                                               f"ORDER BY id", img_ids):
                 caps.setdefault(pid, text)
+        shard_index = {r.url: i for i, r in enumerate(remotes)}
         out = []
         for h in hits:
             d = h.to_dict()
@@ -489,6 +494,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             thumb_of = h.id if h.modality == "image" else h.pair_id
             base = h.shard or ""  # a remote shard's hit: its own server has the thumbnail
             d["thumbnail"] = f"{base}/api/items/{thumb_of}/thumbnail" if thumb_of else None
+            if h.shard and thumb_of and h.shard in shard_index:
+                # the same picture through this server: a browser holds this server's key, not
+                # the shard's, and may not reach the shard at all
+                d["proxy_thumbnail"] = f"/api/shards/{shard_index[h.shard]}/items/{thumb_of}/thumbnail"
             if h.modality == "text":
                 d["caption"] = h.text
             else:  # a remote shard's image: the caption its own server answered
@@ -732,6 +741,18 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return Response(make_thumbnail(coll, item_id, h.path, size), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600"})
 
+    @app.get("/api/shards/{shard}/items/{item_id}/thumbnail")
+    def shard_thumbnail(shard: int, item_id: int, size: int = Query(256),
+                        _: str = Depends(need("read"))) -> Response:
+        """A remote shard's thumbnail fetched by this routing server with the shard's key (the
+        ``proxy_thumbnail`` of a remote hit); ``shard`` is the shard's place in ``--shard``."""
+        if size not in THUMB_SIZES:
+            raise HTTPException(422, f"size must be one of {THUMB_SIZES}")
+        if not 0 <= shard < len(remotes):
+            raise HTTPException(404, f"no shard {shard}: this server routes to {len(remotes)}")
+        return Response(fetch_shard_thumbnail(remotes[shard], item_id, size), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600"})
+
     # --------------------------------------------------------------- write routes
     @app.post("/api/items", status_code=201, responses=ADD_RESPONSES)
     async def add_image(request: Request, response: Response, file: UploadFile = File(...), captions: str = Form(""),
@@ -883,6 +904,29 @@ def _finite_or_text(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _finite_or_text(v) for k, v in value.items()}
     return value
+
+
+def fetch_shard_thumbnail(shard: RemoteShard, item_id: int, size: int) -> bytes:
+    """``shard``'s JPEG thumbnail of ``item_id``, asked with the key this server holds for it
+    (never a redirect: the key would go along). The shard's 404 stays a 404; any other failure
+    is a 502 naming the shard, never its key."""
+    req = urllib.request.Request(f"{shard.url}/api/items/{item_id}/thumbnail?size={size}")
+    if shard.api_key:
+        req.add_header("X-API-Key", shard.api_key)
+    try:
+        with SHARD_OPENER.open(req, timeout=shard.timeout) as resp:
+            kind = resp.headers.get("Content-Type", "")
+            data = resp.read(MAX_PROXIED_THUMBNAIL + 1)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise HTTPException(404, f"shard {shard.url}: no image item with id {item_id}") from None
+        why = (f"; send a read key of that shard with {shard.key_hint}" if exc.code in (401, 403) else "")
+        raise HTTPException(502, f"shard {shard.url}: thumbnail answered HTTP {exc.code}{why}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise HTTPException(502, f"shard {shard.url}: thumbnail not fetched ({type(exc).__name__})") from None
+    if not kind.startswith("image/jpeg") or len(data) > MAX_PROXIED_THUMBNAIL:
+        raise HTTPException(502, f"shard {shard.url}: thumbnail answer is not a JPEG thumbnail")
+    return data
 
 
 def make_thumbnail(coll: Collection, item_id: int, path: str, size: int) -> bytes:

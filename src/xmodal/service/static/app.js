@@ -1,8 +1,11 @@
 // xmodal web page: plain JS, no build step. Query state lives in the URL hash, so a search can
-// be shared: #q=TEXT | #item=ID, plus &target=image|text&k=N&rel=1,2&nrel=3.
+// be shared: #q=TEXT | #item=ID, plus &target=image|text&k=N&labels=a,b&rel=1,2&nrel=3.
+// Everything the server sends (captions, labels, keys, errors) goes in as text (textContent,
+// attributes), never as HTML.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { q: "", item: null, target: "", k: 20, rel: new Set(), nrel: new Set(), image: null };
+const MAX_K = 1000;  // the API's limit
+const state = { q: "", item: null, target: "", k: 20, labels: "", rel: new Set(), nrel: new Set(), image: null };
 
 function apiKey() { return localStorage.getItem("xmodal-key") || ""; }
 function headers(extra = {}) {
@@ -18,12 +21,18 @@ function setStatus(text, error = false) {
   s.textContent = text;
   s.className = error ? "error" : "";
 }
+function hostOf(url) {
+  try { return new URL(url).host; } catch (e) { return String(url); }
+}
+
+function labelList(s) { return s.split(",").map((x) => x.trim()).filter(Boolean); }
 
 function writeHash() {
   const p = new URLSearchParams();
   if (state.item !== null) p.set("item", state.item); else if (state.q) p.set("q", state.q);
   if (state.target) p.set("target", state.target);
   if (state.k !== 20) p.set("k", state.k);
+  if (state.labels) p.set("labels", state.labels);
   if (state.rel.size) p.set("rel", [...state.rel].join(","));
   if (state.nrel.size) p.set("nrel", [...state.nrel].join(","));
   const h = "#" + p.toString();
@@ -31,22 +40,28 @@ function writeHash() {
 }
 
 function readHash() {
+  // a link is typed, pasted or cut short by hand: what is not an id or a number is dropped
+  // here (the server would answer 422 for it), not sent
   const p = new URLSearchParams(location.hash.slice(1));
+  const isId = (s) => /^\d+$/.test(s.trim());
   state.q = p.get("q") || "";
-  state.item = p.has("item") ? parseInt(p.get("item"), 10) : null;
-  state.target = p.get("target") || "";
-  state.k = parseInt(p.get("k") || "20", 10) || 20;
-  const ids = (s) => new Set((s || "").split(",").filter(Boolean).map(Number));
+  state.item = p.has("item") && isId(p.get("item")) ? parseInt(p.get("item"), 10) : null;
+  state.target = ["image", "text"].includes(p.get("target")) ? p.get("target") : "";
+  state.k = Math.min(MAX_K, Math.max(1, parseInt(p.get("k") || "20", 10) || 20));
+  state.labels = labelList(p.get("labels") || "").join(", ");
+  const ids = (s) => new Set((s || "").split(",").filter(isId).map(Number));
   state.rel = ids(p.get("rel"));
   state.nrel = ids(p.get("nrel"));
   $("q").value = state.q;
   $("target").value = state.target;
   $("k").value = state.k;
+  $("labels").value = state.labels;
 }
 
 async function errorText(r) {
+  const raw = await r.text().catch(() => "");
   try {
-    const j = await r.json();
+    const j = JSON.parse(raw);
     if (typeof j.detail === "string") return j.detail;
     if (Array.isArray(j.detail)) {  // FastAPI's validation errors: "field: message" each
       return j.detail.map((e) => {
@@ -55,7 +70,19 @@ async function errorText(r) {
       }).join("; ");
     }
     return JSON.stringify(j.detail);
-  } catch (e) { return r.statusText; }
+  } catch (e) {  // not xmodal's JSON: a proxy's page, say
+    return r.statusText || "the server gave no details";
+  }
+}
+
+// fetch, with a refused or dropped connection said as such (the browser's own words are
+// "Failed to fetch")
+async function call(url, opts) {
+  try {
+    return await fetch(url, opts);
+  } catch (e) {
+    throw new Error("the server did not answer (" + e.message + "); is it running?");
+  }
 }
 
 let searchSeq = 0;  // the newest search: an older one's late answer is dropped, not shown
@@ -65,14 +92,22 @@ async function search() {
   try {
     await runSearch(seq);
   } catch (e) {  // the server is down or the connection dropped
-    if (seq === searchSeq) setStatus("Error: " + e.message, true);
+    if (seq === searchSeq) showError("Error: " + e.message);
   }
+}
+
+function showError(text) {
+  // the results on the page are an earlier query's: not left beside an error about this one
+  $("results").replaceChildren();
+  setStatus(text, true);
 }
 
 async function runSearch(seq) {
   // Datasets repeat captions word for word: show each text once.
   const body = { k: state.k, relevant: [...state.rel], nonrelevant: [...state.nrel], distinct: true };
   if (state.target) body.target = state.target;
+  const labels = labelList(state.labels);
+  if (labels.length) body.labels = labels;
   const what = state.image ? "image " + state.image.name : state.item !== null ? "item " + state.item : "“" + state.q + "”";
   let r;
   setStatus("Searching…");
@@ -81,16 +116,17 @@ async function runSearch(seq) {
     fd.append("file", state.image);
     fd.append("k", state.k);
     if (state.target) fd.append("target", state.target);
+    fd.append("labels", labels.join(","));
     fd.append("relevant", body.relevant.join(","));
     fd.append("nonrelevant", body.nonrelevant.join(","));
     fd.append("distinct", "true");
-    r = await fetch("/api/search/image", { method: "POST", body: fd, headers: headers() });
+    r = await call("/api/search/image", { method: "POST", body: fd, headers: headers() });
   } else if (state.item !== null) {
     body.item_id = state.item;
-    r = await fetch("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
+    r = await call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
   } else if (state.q) {
     body.text = state.q;
-    r = await fetch("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
+    r = await call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
   } else {
     $("results").replaceChildren();
     setStatus("");
@@ -99,21 +135,42 @@ async function runSearch(seq) {
   if (seq !== searchSeq) return;
   if (!r.ok) {
     const err = await errorText(r);
-    if (seq === searchSeq) setStatus("Error " + r.status + ": " + err, true);
+    if (seq !== searchSeq) return;
+    showError("Error " + r.status + ": " + err);
+    if (r.status === 401 || r.status === 403) $("key-box").open = true;  // where a key goes
     return;
   }
   const data = await r.json();
   if (seq !== searchSeq) return;
   render(data.results);
   let text = data.results.length + " " + (data.target === "image" ? "images" : "captions") + " for " + what;
+  if (labels.length) text += " labelled " + labels.join(" or ");
   const failed = data.failed_shards || [];  // a routing server's shards that did not answer
   if (failed.length) {
-    text += " · not searched: " + failed.map((f) => new URL(f.shard).host).join(", ");
+    text += " · not searched: " + failed.map((f) => hostOf(f.shard)).join(", ");
     $("status").title = failed.map((f) => f.error).join("\n");
   } else {
     $("status").title = "";
   }
   setStatus(text, failed.length > 0);
+}
+
+// Something to click (or press Enter / Space on) for "more like this".
+function actionable(el, label, action) {
+  el.tabIndex = 0;
+  el.setAttribute("role", "button");
+  el.setAttribute("aria-label", label);
+  el.addEventListener("click", action);
+  el.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); action(); }
+  });
+}
+
+function placeholder(text) {
+  const d = document.createElement("div");
+  d.className = "noimg";
+  d.textContent = text;
+  return d;
 }
 
 function render(results) {
@@ -125,49 +182,79 @@ function render(results) {
     card.dataset.id = h.id;
     if (!h.shard && state.rel.has(h.id)) card.classList.add("relevant");  // remote ids are another server's
     if (!h.shard && state.nrel.has(h.id)) card.classList.add("nonrelevant");
+    const shown = h.caption || h.key;
+    const more = "More like this: " + (shown.length > 120 ? shown.slice(0, 120) + "…" : shown);
+    const local = !h.shard;  // another server's item: its id means nothing here, so no "more like this"
+    const wire = (el) => { if (local) actionable(el, more, () => byItem(h.id)); };
     let pic;
     if (h.thumbnail) {
       pic = document.createElement("img");
-      pic.src = h.shard ? h.thumbnail : withKey(h.thumbnail);  // our key is not for other servers
-      pic.alt = h.caption || h.key;
+      // a remote shard's picture comes through this server (proxy_thumbnail: our key, the
+      // router holds the shard's); an older server sends only the shard's own URL
+      const src = local ? h.thumbnail : h.proxy_thumbnail;
+      pic.src = src ? withKey(src) : h.thumbnail;
+      pic.alt = shown;
       pic.loading = "lazy";
+      pic.addEventListener("error", () => {  // file gone, unreadable, or the shard down
+        const ph = placeholder("no thumbnail");
+        wire(ph);
+        pic.replaceWith(ph);
+      }, { once: true });
     } else {
-      pic = document.createElement("div");
-      pic.className = "noimg";
-      pic.textContent = "text";
+      pic = placeholder("text");
     }
+    wire(pic);
     const cap = document.createElement("div");
     cap.className = "caption";
-    cap.textContent = h.caption || h.key;
+    cap.textContent = shown;
+    cap.title = shown;  // whole, however long: the card shows a few lines
+    if (local) cap.addEventListener("click", () => byItem(h.id));  // the picture is the keyboard's way in
+    card.append(pic, cap);
+    if (h.labels && h.labels.length) {
+      const labs = document.createElement("div");
+      labs.className = "labels";
+      labs.textContent = h.labels.join(", ");
+      card.append(labs);
+    }
     const meta = document.createElement("div");
     meta.className = "meta";
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = h.score.toFixed(3) + " · #" + h.id;
-    if (h.shard) {  // another server's item: its id means nothing here, so no "more like this"
-      score.textContent += " @ " + new URL(h.shard).host;
+    if (!local) {
+      score.textContent += " @ " + hostOf(h.shard);
       card.classList.add("remote");
       meta.append(score);
-      card.append(pic, cap, meta);
+      card.append(meta);
       grid.append(card);
       continue;
     }
-    pic.title = "Search by this " + h.modality;
-    pic.addEventListener("click", () => byItem(h.id));
-    cap.addEventListener("click", () => byItem(h.id));
     const up = document.createElement("button");
-    up.className = "up"; up.textContent = "✓"; up.title = "relevant";
+    up.type = "button"; up.className = "up"; up.textContent = "✓"; up.title = "relevant";
+    up.setAttribute("aria-label", "relevant");
     up.addEventListener("click", () => mark(h.id, "rel"));
     const down = document.createElement("button");
-    down.className = "down"; down.textContent = "✗"; down.title = "not relevant";
+    down.type = "button"; down.className = "down"; down.textContent = "✗"; down.title = "not relevant";
+    down.setAttribute("aria-label", "not relevant");
     down.addEventListener("click", () => mark(h.id, "nrel"));
     const btns = document.createElement("span");
     btns.append(up, down);
     meta.append(score, btns);
-    card.append(pic, cap, meta);
+    card.append(meta);
     grid.append(card);
   }
+  markCards();
   updateFeedbackBar();
+}
+
+function markCards() {
+  for (const card of document.querySelectorAll(".card:not(.remote)")) {
+    const cid = Number(card.dataset.id);
+    card.classList.toggle("relevant", state.rel.has(cid));
+    card.classList.toggle("nonrelevant", state.nrel.has(cid));
+    card.querySelector("button.up").setAttribute("aria-pressed", String(state.rel.has(cid)));
+    card.querySelector("button.down").setAttribute("aria-pressed", String(state.nrel.has(cid)));
+  }
 }
 
 function updateFeedbackBar() {
@@ -180,11 +267,7 @@ function mark(id, which) {
   const [set, other] = which === "rel" ? [state.rel, state.nrel] : [state.nrel, state.rel];
   other.delete(id);
   if (set.has(id)) set.delete(id); else set.add(id);
-  for (const card of document.querySelectorAll(".card:not(.remote)")) {
-    const cid = Number(card.dataset.id);
-    card.classList.toggle("relevant", state.rel.has(cid));
-    card.classList.toggle("nonrelevant", state.nrel.has(cid));
-  }
+  markCards();
   writeHash();
   updateFeedbackBar();
 }
@@ -210,7 +293,9 @@ $("search-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.q = $("q").value.trim(); state.item = null; state.image = null;
   state.target = $("target").value;
-  state.k = parseInt($("k").value, 10) || 20;
+  state.k = Math.min(MAX_K, Math.max(1, parseInt($("k").value, 10) || 20));
+  $("k").value = state.k;
+  state.labels = labelList($("labels").value).join(", ");
   clearFeedback();
   writeHash();
   search();
@@ -218,18 +303,31 @@ $("search-form").addEventListener("submit", (e) => {
 $("target").addEventListener("change", () => { state.target = $("target").value; writeHash(); search(); });
 $("refine").addEventListener("click", () => search());
 $("clear-feedback").addEventListener("click", () => { clearFeedback(); writeHash(); search(); });
-$("file").addEventListener("change", (e) => byImage(e.target.files[0]));
+$("file").addEventListener("change", (e) => {
+  byImage(e.target.files[0]);
+  e.target.value = "";  // the same file chosen again is a change too
+});
 const drop = $("drop");
+drop.addEventListener("keydown", (e) => {  // the hidden file input cannot take focus itself
+  if (e.target === drop && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); $("file").click(); }
+});
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   if (e.dataTransfer.files.length) byImage(e.dataTransfer.files[0]);
 });
+function keyChanged() {
+  const v = $("api-key").value.trim();
+  localStorage.setItem("xmodal-key", v);
+  search();
+}
 $("api-key").value = apiKey();
-$("api-key").addEventListener("change", (e) => { localStorage.setItem("xmodal-key", e.target.value.trim()); search(); });
+$("api-key").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); keyChanged(); } });
+$("api-key").addEventListener("change", () => { if ($("api-key").value.trim() !== apiKey()) keyChanged(); });
 // writeHash() uses replaceState, which fires no hashchange: this is the user opening a link
 // or going back, so the URL is the query now, also after an image upload.
-window.addEventListener("hashchange", () => { readHash(); state.image = null; search(); });
+window.addEventListener("hashchange", () => { readHash(); writeHash(); state.image = null; search(); });
 readHash();
+writeHash();  // a link's ids that were dropped leave the URL too
 search();

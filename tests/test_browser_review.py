@@ -1,0 +1,291 @@
+"""The web page as a practitioner meets it (headless chromium driven by Playwright, as in
+test_browser.py): label filters, keyboard and screen-reader use, a phone-width screen, long
+and hostile captions, labels, file names and error messages (shown as text, never as HTML),
+errors, slow and failed answers, bad shared links, and a routing server whose private shard's
+thumbnails come through the router."""
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from threadpoolctl import threadpool_limits
+
+from conftest import serving, ucm_caption_folder
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+XSS = '<img src=x onerror="window.__xss=1">'
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
+    from xmodal.index import build_collection
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    root, folder, captions, mp = ucm_caption_folder(tmp_path_factory, "browser_review", 150)
+    with threadpool_limits(1):  # see test_collection.py
+        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                text_encoder="tfidf", quiet=True)
+        write = create_key(coll, "write", "review")
+        with serving(create_app(coll)) as url:
+            # hostile and long captions, added as a client would
+            for text, labels in ((f"airplanes {XSS} parked", [f"<b>{XSS}</b>"]),
+                                 ("airplanes " + "x" * 3000, []),
+                                 ("airplanes near the harbour", ["harbour"]),
+                                 ("airplanes " + " ".join(["runway"] * 1200), [])):
+                r = httpx.post(url + "/api/texts", json={"text": text, "labels": labels},
+                               headers={"X-API-Key": write})
+                assert r.status_code == 201, r.text
+            yield {"url": url, "folder": folder, "captions": captions, "coll": coll, "root": root}
+    coll.close()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def wait_status(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('#status').textContent.includes(t)", arg=text)
+
+
+def test_hostile_text_is_shown_as_text_never_as_html(server, page, tmp_path):
+    page.goto(server["url"] + "/#q=airplanes&target=text&k=50")
+    wait_status(page, "captions for")
+    caps = page.locator(".card .caption").all_inner_texts()
+    assert any(XSS in c for c in caps), caps  # the markup, as characters
+    labels = page.locator(".card .labels").all_inner_texts()
+    assert any(f"<b>{XSS}</b>" in t for t in labels), labels  # labels are shown, as text
+    # an uploaded file's name, and an error message that echoes a label filter
+    bad = tmp_path / f"{XSS}.jpg"
+    shutil.copy(server["folder"] / sorted(server["captions"])[0], bad)
+    page.set_input_files("#file", str(bad))
+    wait_status(page, XSS)
+    page.fill("#labels", XSS)
+    page.fill("#q", "airplanes")
+    page.press("#q", "Enter")
+    wait_status(page, "422")
+    assert XSS in status(page)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("img[src='x']").count() == 0
+
+
+def test_label_filter_is_sent_shared_and_checked(server, page):
+    label = "harbour"  # the fixture's one caption with it
+    page.goto(server["url"] + "/")
+    page.fill("#q", "airplanes")
+    page.fill("#labels", label)
+    page.select_option("#target", "text")
+    page.press("#q", "Enter")
+    wait_status(page, "captions for")
+    shown = page.locator(".card .labels").all_inner_texts()
+    assert shown and all(label in t for t in shown), shown
+    assert "labels=" in page.url
+    # a shared link restores the filter; an unknown label is the server's 422, results cleared
+    page.goto(server["url"] + "/#q=airplanes&labels=no-such-label")
+    wait_status(page, "no-such-label")
+    assert page.input_value("#labels") == "no-such-label"
+    assert "422" in status(page) and page.locator(".card").count() == 0
+
+
+def test_keyboard_and_accessible_names(server, page):
+    page.goto(server["url"] + "/#q=green+trees&k=6&target=image")
+    page.wait_for_function("document.querySelectorAll('.card').length === 6")
+    # every control has a name a screen reader can say
+    for role, name in (("searchbox", "Search text"), ("combobox", "Search among"),
+                       ("spinbutton", "Number of results"), ("textbox", "Only labels")):
+        assert page.get_by_role(role, name=name).count() == 1, (role, name)
+    first = page.locator(".card").nth(0)
+    assert first.locator("img").get_attribute("alt")
+    up = first.locator("button.up")
+    assert up.get_attribute("aria-label") == "relevant" and up.get_attribute("aria-pressed") == "false"
+    up.focus()
+    page.keyboard.press("Enter")
+    assert up.get_attribute("aria-pressed") == "true"
+    # "more like this" from the keyboard: the picture is a focusable button
+    item = first.get_attribute("data-id")
+    first.locator("img").focus()
+    assert page.evaluate("document.activeElement.getAttribute('role')") == "button"
+    page.keyboard.press("Enter")
+    wait_status(page, f"item {item}")
+    # the drop zone opens the file picker from the keyboard
+    with page.expect_file_chooser(timeout=15000) as fc:
+        page.focus("#drop")  # a round trip first: Playwright intercepts the chooser from then on
+        page.keyboard.press("Enter")
+    name = sorted(server["captions"])[1]
+    fc.value.set_files(str(server["folder"] / name))
+    wait_status(page, f"images for image {name}")  # target=image from the link
+
+
+def test_phone_width_and_long_captions_do_not_break_the_layout(server, browser):
+    page = browser.new_page(viewport={"width": 360, "height": 740})
+    page.goto(server["url"] + "/#q=airplanes+runway&target=text&k=60")
+    wait_status(page, "captions for")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    for box in page.locator(".card").evaluate_all("cs => cs.map(c => c.getBoundingClientRect().right)"):
+        assert box <= 360
+    # a caption of thousands of characters is cut short on its card, whole in its title
+    heights = page.locator(".card .caption").evaluate_all("cs => cs.map(c => c.offsetHeight)")
+    assert max(heights) < 300, max(heights)
+    long = page.locator(".card .caption", has_text="x" * 100).first
+    assert len(long.get_attribute("title")) > 3000
+    page.close()
+
+
+def test_errors_slow_and_failed_answers(server, page):
+    page.goto(server["url"] + "/")
+    # a late answer must not replace a newer one: the first search's answer is held back
+    page.evaluate("""() => {
+        const f = window.fetch; let n = 0;
+        window.fetch = async (...a) => {
+            const r = await f(...a);
+            if (String(a[0]).includes('/api/search') && n++ === 0) await new Promise(ok => setTimeout(ok, 1500));
+            return r;
+        };
+    }""")
+    page.fill("#q", "airplanes")
+    page.press("#q", "Enter")
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    wait_status(page, "green trees")
+    page.wait_for_timeout(2000)
+    assert "green trees" in status(page) and "airplanes" not in status(page)
+    assert page.locator(".card").count() > 0
+    # a 500 (JSON detail), a proxy's HTML 502, and a server that is gone
+    page.route("**/api/search", lambda r: r.fulfill(status=500, content_type="application/json",
+                                                    body=json.dumps({"detail": "internal server error (KeyError)"})))
+    page.press("#q", "Enter")
+    wait_status(page, "500")
+    assert "KeyError" in status(page) and page.locator(".card").count() == 0
+    page.unroute("**/api/search")
+    page.route("**/api/search", lambda r: r.fulfill(status=502, content_type="text/html",
+                                                    body=f"<html><h1>Bad gateway</h1>{XSS}</html>"))
+    page.press("#q", "Enter")
+    wait_status(page, "502")
+    assert page.evaluate("window.__xss") is None
+    page.unroute("**/api/search")
+    page.route("**/api/search", lambda r: r.abort("connectionrefused"))
+    page.press("#q", "Enter")
+    wait_status(page, "server")
+    assert "did not answer" in status(page), status(page)
+    page.unroute("**/api/search")
+    page.press("#q", "Enter")  # back up: searching works again
+    wait_status(page, "images for")
+
+
+def test_bad_shared_links_are_cleaned_not_sent(server, page):
+    page.goto(server["url"] + "/#item=abc&rel=1,x&nrel=&k=zz")
+    page.wait_for_timeout(500)
+    assert "Error" not in status(page), status(page)
+    assert "item=" not in page.url and "NaN" not in page.url
+    page.goto(server["url"] + "/#q=green+trees&rel=1,x,2")
+    wait_status(page, "green trees")
+    assert "Error" not in status(page), status(page)
+    assert "rel=1%2C2" in page.url, page.url
+
+
+def test_private_collection_opens_the_key_box_and_missing_thumbnails(server, page):
+    from xmodal.service.auth import create_key
+
+    coll = server["coll"]
+    coll.set_setting("public_read", False)
+    try:
+        page.goto(server["url"] + "/#q=green+trees&k=3&target=image")
+        wait_status(page, "401")
+        assert page.evaluate("document.querySelector('#key-box').open")
+        page.fill("#api-key", "xmk_nope_nope")
+        page.press("#api-key", "Enter")
+        wait_status(page, "invalid or revoked")
+        page.fill("#api-key", create_key(coll, "read", "review"))
+        page.press("#api-key", "Enter")
+        page.wait_for_function("document.querySelectorAll('.card').length === 3")
+    finally:
+        coll.set_setting("public_read", True)
+    # a thumbnail that cannot be made (its file gone): a placeholder, not a broken image
+    page.route("**/thumbnail*", lambda r: r.fulfill(status=404, content_type="application/json",
+                                                    body='{"detail": "image file is gone"}'))
+    page.evaluate("location.hash = '#q=airplanes&k=2&target=image'")
+    page.wait_for_function("document.querySelectorAll('.card .noimg').length === 2")
+    assert page.locator(".card img").count() == 0
+
+
+def test_router_proxies_a_private_shards_thumbnails(server, browser, tmp_path):
+    """A routing server's remote hits: the browser has the router's key, not the shard's, and a
+    shard may not be reachable from the browser at all; the router fetches the thumbnail with
+    the shard's key (`proxy_thumbnail`), behind the router's own read role."""
+    from xmodal.data import load_ucm_captions
+    from xmodal.index import build_collection
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    ds = load_ucm_captions()
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(75, ds.n_images, 400):
+        src = Path(ds.image_paths[i])
+        shutil.copy(src, other / src.name)
+        (other / (src.stem + ".txt")).write_text(
+            "\n".join(t for t, j in zip(ds.texts, ds.text_to_image) if j == i))
+    coll = server["coll"]
+    with threadpool_limits(1):
+        shard = build_collection(other, tmp_path / "shard.xmc", like=coll.path, quiet=True)
+    shard.set_setting("public_read", False)
+    shard_key = create_key(shard, "read", "router")
+    with serving(create_app(shard)) as shard_url, \
+            serving(create_app(coll, shards=[shard_url], shard_api_key=shard_key)) as router:
+        r = httpx.get(router + "/api/search", params={"q": "airplanes", "k": 30, "target": "image"})
+        remote = [h for h in r.json()["results"] if h.get("shard")]
+        assert remote and all(h["thumbnail"].startswith(shard_url) for h in remote)  # unchanged
+        proxied = remote[0]["proxy_thumbnail"]
+        assert proxied.startswith("/api/shards/0/items/") and shard_key not in r.text
+        got = httpx.get(router + proxied)
+        assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+        assert got.content == httpx.get(remote[0]["thumbnail"], headers={"X-API-Key": shard_key}).content
+        assert httpx.get(remote[0]["thumbnail"]).status_code == 401  # what the browser met
+        assert httpx.get(router + "/api/shards/0/items/999999/thumbnail").status_code == 404
+        assert httpx.get(router + "/api/shards/5/items/1/thumbnail").status_code == 404
+        assert httpx.get(router + proxied + "?size=77").status_code == 422
+        # the router's own read role guards the proxy
+        coll.set_setting("public_read", False)
+        try:
+            assert httpx.get(router + proxied).status_code == 401
+            token = create_key(coll, "read", "router-page")
+            assert httpx.get(router + proxied, params={"api_key": token}).status_code == 200
+        finally:
+            coll.set_setting("public_read", True)
+        page = browser.new_page()
+        page.goto(router + "/#q=airplanes&k=30&target=image")
+        page.wait_for_function("document.querySelectorAll('.card.remote img').length > 0")
+        page.wait_for_function("[...document.querySelectorAll('.card.remote img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.close()
+    shard.close()
