@@ -317,6 +317,35 @@ drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   if (e.dataTransfer.files.length) byImage(e.dataTransfer.files[0]);
 });
+// Add an image (and its captions) to the collection: POST /api/items with a write key.
+$("add-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const file = $("add-file").files[0];
+  const out = $("add-status");
+  const say = (text, error = false) => { out.textContent = text; out.className = error ? "error" : ""; };
+  if (!file) { say("Choose an image to add.", true); return; }
+  const fd = new FormData();
+  fd.append("file", file);
+  fd.append("captions", $("add-captions").value);
+  fd.append("labels", $("add-labels").value);
+  say("Adding " + file.name + "…");
+  try {
+    const r = await call("/api/items", { method: "POST", body: fd, headers: headers() });
+    if (!r.ok) {
+      say("Error " + r.status + ": " + await errorText(r), true);
+      if (r.status === 401 || r.status === 403) $("key-box").open = true;  // where a key goes
+      return;
+    }
+    const data = await r.json();
+    const caps = data.ids ? data.ids.length - 1 : 0;
+    say(r.status === 201
+      ? "Added " + file.name + " as image #" + data.id + " with " + caps + " caption" + (caps === 1 ? "" : "s") + "."
+      : file.name + " is already stored, as image #" + data.id + "; nothing added.");
+  } catch (err) {
+    say("Error: " + err.message, true);
+  }
+});
+
 function keyChanged() {
   const v = $("api-key").value.trim();
   localStorage.setItem("xmodal-key", v);
