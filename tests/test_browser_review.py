@@ -339,3 +339,22 @@ def test_add_an_image_with_captions_from_the_page(server, page, tmp_path):
     page.click("#add-go")
     page.wait_for_function("document.querySelector('#add-status').textContent.includes('413')")
     assert page.evaluate("window.__xss") is None
+
+
+def test_thumbnails_of_a_private_collection_are_not_for_shared_caches(server):
+    """A thumbnail sent with a key (header or ?api_key=) must not be kept by a shared cache (a
+    proxy in front of the server) and handed to callers without one."""
+    from xmodal.service.auth import create_key
+
+    coll, url = server["coll"], server["url"]
+    first = coll.list_items("image", 0, 1)[0].id
+    public = httpx.get(f"{url}/api/items/{first}/thumbnail")
+    assert public.status_code == 200 and "max-age" in public.headers["cache-control"]
+    coll.set_setting("public_read", False)
+    try:
+        got = httpx.get(f"{url}/api/items/{first}/thumbnail",
+                        headers={"X-API-Key": create_key(coll, "read", "cache")})
+        assert got.status_code == 200
+        assert got.headers["cache-control"].startswith("private"), got.headers["cache-control"]
+    finally:
+        coll.set_setting("public_read", True)

@@ -739,7 +739,12 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         if h is None or h.modality != "image" or not h.path:
             raise HTTPException(404, f"no image item with id {item_id}")
         return Response(make_thumbnail(coll, item_id, h.path, size), media_type="image/jpeg",
-                        headers={"Cache-Control": "max-age=3600"})
+                        headers={"Cache-Control": thumb_cache()})
+
+    def thumb_cache() -> str:
+        # a private collection's thumbnail was sent for a key: a shared cache (a proxy in
+        # front) must not hand it to callers without one
+        return "max-age=3600" if coll.public_read else "private, max-age=3600"
 
     @app.get("/api/shards/{shard}/items/{item_id}/thumbnail")
     def shard_thumbnail(shard: int, item_id: int, size: int = Query(256),
@@ -751,7 +756,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         if not 0 <= shard < len(remotes):
             raise HTTPException(404, f"no shard {shard}: this server routes to {len(remotes)}")
         return Response(fetch_shard_thumbnail(remotes[shard], item_id, size), media_type="image/jpeg",
-                        headers={"Cache-Control": "max-age=3600"})
+                        headers={"Cache-Control": thumb_cache()})
 
     # --------------------------------------------------------------- write routes
     @app.post("/api/items", status_code=201, responses=ADD_RESPONSES)
