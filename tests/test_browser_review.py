@@ -137,6 +137,7 @@ def test_keyboard_and_accessible_names(server, page):
     assert page.evaluate("document.activeElement.getAttribute('role')") == "button"
     page.keyboard.press("Enter")
     wait_status(page, f"item {item}")
+    page.wait_for_function("document.activeElement.closest('#results') !== null")  # focus follows
     # the drop zone opens the file picker from the keyboard
     with page.expect_file_chooser(timeout=15000) as fc:
         page.focus("#drop")  # a round trip first: Playwright intercepts the chooser from then on

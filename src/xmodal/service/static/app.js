@@ -143,6 +143,11 @@ async function runSearch(seq) {
   const data = await r.json();
   if (seq !== searchSeq) return;
   render(data.results);
+  if (focusResults) {
+    focusResults = false;
+    const first = $("results").querySelector("[tabindex='0']");
+    if (first) first.focus();
+  }
   let text = data.results.length + " " + (data.target === "image" ? "images" : "captions") + " for " + what;
   if (labels.length) text += " labelled " + labels.join(" or ");
   const failed = data.failed_shards || [];  // a routing server's shards that did not answer
@@ -156,13 +161,17 @@ async function runSearch(seq) {
 }
 
 // Something to click (or press Enter / Space on) for "more like this".
+// A keyboard user's "more like this" replaces the focused card: focus then goes to the new
+// results, not back to the top of the page.
+let focusResults = false;
+
 function actionable(el, label, action) {
   el.tabIndex = 0;
   el.setAttribute("role", "button");
   el.setAttribute("aria-label", label);
   el.addEventListener("click", action);
   el.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); action(); }
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); focusResults = true; action(); }
   });
 }
 
