@@ -110,6 +110,10 @@ def test_label_filter_is_sent_shared_and_checked(server, page):
     shown = page.locator(".card .labels").all_inner_texts()
     assert shown and all(label in t for t in shown), shown
     assert "labels=" in page.url
+    # an image search keeps the filter
+    page.set_input_files("#file", str(server["folder"] / sorted(server["captions"])[0]))
+    wait_status(page, "labelled harbour")
+    assert page.locator(".card .caption").all_inner_texts() == ["airplanes near the harbour"]
     # a shared link restores the filter; an unknown label is the server's 422, results cleared
     page.goto(server["url"] + "/#q=airplanes&labels=no-such-label")
     wait_status(page, "no-such-label")
@@ -359,3 +363,24 @@ def test_thumbnails_of_a_private_collection_are_not_for_shared_caches(server):
         assert got.headers["cache-control"].startswith("private"), got.headers["cache-control"]
     finally:
         coll.set_setting("public_read", True)
+
+
+def test_adding_on_a_read_only_server_does_not_ask_for_a_key(server, browser):
+    """A 403 because the server is read-only is no key's fault: the key box stays shut."""
+    from xmodal.index import Collection
+    from xmodal.service import create_app
+
+    ro = Collection.open(server["coll"].path, read_only=True, follow=True)  # beside the writer
+    try:
+        with serving(create_app(ro)) as url:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.click("#add-box summary")
+            page.set_input_files("#add-file", str(server["folder"] / sorted(server["captions"])[5]))
+            page.click("#add-go")
+            page.wait_for_function("document.querySelector('#add-status').textContent.includes('403')")
+            assert "read-only" in page.locator("#add-status").inner_text()
+            assert not page.evaluate("document.querySelector('#key-box').open")
+            page.close()
+    finally:
+        ro.close()

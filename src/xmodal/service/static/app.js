@@ -75,6 +75,12 @@ async function errorText(r) {
   }
 }
 
+// A refusal another key would answer: 401, or a 403 naming the key's role (a read-only
+// server's 403 is no key's fault)
+function needsKey(status, detail) {
+  return status === 401 || (status === 403 && / has role /.test(detail));
+}
+
 // fetch, with a refused or dropped connection said as such (the browser's own words are
 // "Failed to fetch")
 async function call(url, opts) {
@@ -137,7 +143,7 @@ async function runSearch(seq) {
     const err = await errorText(r);
     if (seq !== searchSeq) return;
     showError("Error " + r.status + ": " + err);
-    if (r.status === 401 || r.status === 403) $("key-box").open = true;  // where a key goes
+    if (needsKey(r.status, err)) $("key-box").open = true;  // where a key goes
     return;
   }
   const data = await r.json();
@@ -341,8 +347,9 @@ $("add-form").addEventListener("submit", async (e) => {
   try {
     const r = await call("/api/items", { method: "POST", body: fd, headers: headers() });
     if (!r.ok) {
-      say("Error " + r.status + ": " + await errorText(r), true);
-      if (r.status === 401 || r.status === 403) $("key-box").open = true;  // where a key goes
+      const err = await errorText(r);
+      say("Error " + r.status + ": " + err, true);
+      if (needsKey(r.status, err)) $("key-box").open = true;  // where a key goes
       return;
     }
     const data = await r.json();
