@@ -384,3 +384,18 @@ def test_adding_on_a_read_only_server_does_not_ask_for_a_key(server, browser):
             page.close()
     finally:
         ro.close()
+
+
+def test_a_link_marking_items_that_are_gone_can_be_cleared(server, page):
+    """A shared link whose marked ids are gone (the collection rebuilt since): the server's
+    404 is shown and the feedback bar offers Clear, which searches without the marks."""
+    page.goto(server["url"] + "/#q=green+trees&target=image")
+    wait_status(page, "images for")
+    assert not page.locator("#feedback-bar").is_visible()  # nothing marked: no Refine / Clear
+    page.goto(server["url"] + "/#q=green+trees&rel=999999&target=image")
+    wait_status(page, "404")
+    assert "999999" in status(page)
+    assert page.locator("#feedback-bar").is_visible()
+    page.click("#clear-feedback")
+    wait_status(page, "images for")
+    assert "rel=" not in page.url

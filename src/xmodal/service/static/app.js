@@ -106,6 +106,7 @@ function showError(text) {
   // the results on the page are an earlier query's: not left beside an error about this one
   $("results").replaceChildren();
   setStatus(text, true);
+  updateFeedbackBar();  // marks a link carried that the server refused can be cleared
 }
 
 async function runSearch(seq) {
