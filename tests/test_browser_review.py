@@ -399,3 +399,44 @@ def test_a_link_marking_items_that_are_gone_can_be_cleared(server, page):
     page.click("#clear-feedback")
     wait_status(page, "images for")
     assert "rel=" not in page.url
+
+
+def test_the_page_outlives_a_server_restart(server, page):
+    """The server stopped (the page says it did not answer) and started again on its port:
+    the same open page searches again, thumbnails included."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from conftest import free_port
+    from xmodal.service import create_app
+
+    port = free_port()
+
+    def start():
+        srv = uvicorn.Server(uvicorn.Config(create_app(server["coll"]), host="127.0.0.1", port=port,
+                                            log_level="warning"))
+        th = threading.Thread(target=srv.run, daemon=True)
+        th.start()
+        deadline = time.time() + 20
+        while not srv.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.started
+        return srv, th
+
+    srv, th = start()
+    page.goto(f"http://127.0.0.1:{port}/#q=green+trees&k=3&target=image")
+    page.wait_for_function("document.querySelectorAll('.card').length === 3")
+    srv.should_exit = True
+    th.join(10)
+    page.press("#q", "Enter")
+    wait_status(page, "did not answer")
+    srv, th = start()
+    try:
+        page.press("#q", "Enter")
+        page.wait_for_function("document.querySelectorAll('.card').length === 3")
+        page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    finally:
+        srv.should_exit = True
+        th.join(10)
