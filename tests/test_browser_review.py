@@ -440,3 +440,13 @@ def test_the_page_outlives_a_server_restart(server, page):
     finally:
         srv.should_exit = True
         th.join(10)
+
+
+def test_thumbnails_are_sharp_on_a_high_density_screen(server, browser):
+    page = browser.new_page(device_scale_factor=2)
+    page.goto(server["url"] + "/#q=green+trees&k=3&target=image")
+    page.wait_for_function("[...document.querySelectorAll('.card img')].length === 3 && "
+                           "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    srcs = page.locator(".card img").evaluate_all("is => is.map(i => i.currentSrc)")
+    assert all("size=512" in u for u in srcs), srcs
+    page.close()

@@ -4,7 +4,6 @@
 // attributes), never as HTML.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const MAX_K = 1000;  // the API's limit
 const state = { q: "", item: null, target: "", k: 20, labels: "", rel: new Set(), nrel: new Set(), image: null };
 
 function apiKey() { return localStorage.getItem("xmodal-key") || ""; }
@@ -47,7 +46,7 @@ function readHash() {
   state.q = p.get("q") || "";
   state.item = p.has("item") && isId(p.get("item")) ? parseInt(p.get("item"), 10) : null;
   state.target = ["image", "text"].includes(p.get("target")) ? p.get("target") : "";
-  state.k = Math.min(MAX_K, Math.max(1, parseInt(p.get("k") || "20", 10) || 20));
+  state.k = parseInt(p.get("k") || "20", 10) || 20;  // out of 1..1000: the server's 422 says so
   state.labels = labelList(p.get("labels") || "").join(", ");
   const ids = (s) => new Set((s || "").split(",").filter(isId).map(Number));
   state.rel = ids(p.get("rel"));
@@ -208,7 +207,10 @@ function render(results) {
       // a remote shard's picture comes through this server (proxy_thumbnail: our key, the
       // router holds the shard's); an older server sends only the shard's own URL
       const src = local ? h.thumbnail : h.proxy_thumbnail;
-      pic.src = src ? withKey(src) : h.thumbnail;
+      const at = (size) => (src ? withKey(src + "?size=" + size) : h.thumbnail + "?size=" + size);
+      pic.src = at(256);
+      pic.srcset = at(256) + " 256w, " + at(512) + " 512w";  // sharp on a high-density screen
+      pic.sizes = "(max-width: 480px) 50vw, 260px";
       pic.alt = shown;
       pic.loading = "lazy";
       pic.addEventListener("error", () => {  // file gone, unreadable, or the shard down
@@ -309,8 +311,7 @@ $("search-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.q = $("q").value.trim(); state.item = null; state.image = null;
   state.target = $("target").value;
-  state.k = Math.min(MAX_K, Math.max(1, parseInt($("k").value, 10) || 20));
-  $("k").value = state.k;
+  state.k = parseInt($("k").value, 10) || 20;
   state.labels = labelList($("labels").value).join(", ");
   clearFeedback();
   writeHash();
