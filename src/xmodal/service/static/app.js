@@ -207,7 +207,8 @@ function render(results) {
       // a remote shard's picture comes through this server (proxy_thumbnail: our key, the
       // router holds the shard's); an older server sends only the shard's own URL
       const src = local ? h.thumbnail : h.proxy_thumbnail;
-      const at = (size) => (src ? withKey(src + "?size=" + size) : h.thumbnail + "?size=" + size);
+      const sized = (u, size) => u + (u.includes("?") ? "&" : "?") + "size=" + size;
+      const at = (size) => (src ? withKey(sized(src, size)) : sized(h.thumbnail, size));
       pic.src = at(256);
       pic.srcset = at(256) + " 256w, " + at(512) + " 512w";  // sharp on a high-density screen
       pic.sizes = "(max-width: 480px) 50vw, 260px";
