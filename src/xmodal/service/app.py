@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import warnings
 from collections import defaultdict
