@@ -301,10 +301,13 @@ def test_thumbnails_cached_by_an_older_xmodal_are_not_served(setup):
     tag = s["coll"].store.query("SELECT content_hash FROM items WHERE id = ?", (item.id,))[0][0]
     old = s["coll"].path / "thumbs" / f"{tag}_256.jpg"
     old.parent.mkdir(exist_ok=True)
-    old.write_bytes(b"\xff\xd8 an old sideways thumbnail")
+    stale = b"\xff\xd8 an old sideways thumbnail"
+    old.write_bytes(stale)
+    thumb_file(s["coll"].path / "thumbs", tag, 256).unlink(missing_ok=True)  # made by an earlier test?
     r = c.get(f"/api/items/{item.id}/thumbnail", params={"size": 256})
-    assert r.status_code == 200 and r.content != old.read_bytes()
+    assert r.status_code == 200 and r.content != stale
     assert thumb_file(s["coll"].path / "thumbs", tag, 256).read_bytes() == r.content
+    assert not old.exists()  # the older one is replaced, not left beside it
 
 
 def test_a_large_single_scan_jpeg_gets_a_thumbnail_and_uploads_scale_down_exactly(tmp_path, monkeypatch):
