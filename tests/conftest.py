@@ -119,3 +119,27 @@ def env(tmp_path_factory):
     with threadpool_limits(1):
         yield
     mp.undo()
+
+
+# ------------------------------------------------------------------ the web page's browser
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def need_browser() -> None:
+    """Skip unless Debian's chromium and Playwright are installed (.ci/run installs both)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    """Headless chromium for a module's ``server`` fixture (started first: it skips cleanly)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

@@ -6,20 +6,15 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import free_port, serving, ucm_caption_folder
+from conftest import free_port, need_browser, serving, ucm_caption_folder
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
+    need_browser()
     from xmodal.index import build_collection
     from xmodal.service import create_app
 
@@ -31,16 +26,6 @@ def server(tmp_path_factory):
             yield {"url": url, "folder": folder, "captions": captions, "coll": coll}
     coll.close()
     mp.undo()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def test_text_query_upload_feedback_and_share(server, browser):

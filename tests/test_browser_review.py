@@ -12,11 +12,8 @@ import httpx
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import serving, ucm_caption_folder
+from conftest import need_browser, serving, ucm_caption_folder
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 XSS = '<img src=x onerror="window.__xss=1">'
 
 pytestmark = pytest.mark.browser
@@ -24,9 +21,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); .ci/run installs it")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
+    need_browser()
     from xmodal.index import build_collection
     from xmodal.service import create_app
     from xmodal.service.auth import create_key
@@ -48,16 +43,6 @@ def server(tmp_path_factory):
             yield {"url": url, "folder": folder, "captions": captions, "coll": coll, "root": root}
     coll.close()
     mp.undo()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
