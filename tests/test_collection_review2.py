@@ -376,3 +376,21 @@ def test_an_add_while_the_approximate_index_waits_for_training_vectors_reads_no_
         c.add_vectors("image", ["one"], X[:1] + 0.5)
         assert calls == []
         assert c.search_vector(X[3], "image", 1)[0].key == "i3"
+
+
+def test_a_reader_catching_up_reads_no_vectors_while_the_approximate_index_waits_to_train(tmp_path, monkeypatch):
+    """A server beside a writer caught up after each write by reading every stored vector,
+    only for the untrained IVF index to refuse them again."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    with Collection.create(tmp_path / "c", output="real", dim=16, index="IVF64,Flat") as writer:
+        writer.add_vectors("image", [f"i{j}" for j in range(300)], X)
+        with Collection.open(tmp_path / "c") as reader:
+            assert reader.search_vector(X[3], "image", 1)[0].key == "i3"
+            calls = []
+            real = reader.store.vectors
+            monkeypatch.setattr(reader.store, "vectors", lambda *a, **k: calls.append(a) or real(*a, **k))
+            for j in range(3):
+                writer.add_vectors("image", [f"late{j}"], X[j:j + 1] + 0.5)
+                assert reader.search_vector(X[j] + 0.5, "image", 1)[0].key == f"late{j}"
+            assert calls == []

@@ -35,6 +35,7 @@ it. A read-only open of an older collection without one builds its indexes from 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import secrets
@@ -49,7 +50,7 @@ import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -685,7 +686,11 @@ class Collection:
         return out
 
     def _build_index(self, modality: str, variant: str, kind: str, dim: int, spec: str,
-                     data: tuple[np.ndarray, list[bytes], list[bytes | None]] | None = None) -> VectorIndex | None:
+                     data: Callable[[], tuple[np.ndarray, list[bytes], list[bytes | None]]] | None = None
+                     ) -> VectorIndex | None:
+        """``modality``'s index ``variant`` built from the store's vectors (``data``: a cached
+        reader of them, shared by the variants of one snapshot); None for an approximate index
+        with too few vectors to train yet, or whose spec this version refuses."""
         try:
             idx = VectorIndex(kind, dim, spec)
         except IndexSpecError as exc:
@@ -699,9 +704,9 @@ class Collection:
                             "index. Rebuild with another --index to have an approximate one.",
                             self.path, spec, exc)
             return None
-        if data is None and variant == "approx" and idx.min_train_size > self.count(modality):
+        if variant == "approx" and idx.min_train_size > self.count(modality):
             return None  # too few vectors to train yet (the flat index answers): none read
-        ids, codes, fvecs = data if data is not None else self.store.vectors(modality)
+        ids, codes, fvecs = data() if data is not None else self.store.vectors(modality)
         if variant == "rerank":
             mat = np.frombuffer(b"".join(fvecs), dtype=np.float32).reshape(len(ids), dim) if len(ids) else np.zeros((0, dim), np.float32)
         else:
@@ -772,7 +777,9 @@ class Collection:
                 marks = Store.marks(c)
                 for modality in MODALITIES:
                     live = np.sort(self.store.item_ids(modality))
-                    data = None
+                    # read once, only if some variant is built (not for an index still waiting
+                    # for its training minimum)
+                    data = functools.cache(functools.partial(self.store.vectors, modality))
                     if self._foreign_files(modality, loaded, live):
                         for variant, *_ in self._variants():
                             loaded.pop((modality, variant), None)
@@ -800,8 +807,6 @@ class Collection:
                                 idx = None
                         if idx is None:
                             self._file_gen.pop((modality, variant), None)
-                            if data is None:
-                                data = self.store.vectors(modality)
                             idx = self._build_index(modality, variant, kind, dim, spec, data)
                             if idx is not None:
                                 self._force.add(modality)
@@ -862,7 +867,7 @@ class Collection:
                     if not len(dead) and not rows:
                         continue
                     ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-                    data = None
+                    data = functools.cache(functools.partial(self.store.vectors, modality))
                     for variant, kind, dim, spec in self._variants():
                         idx = self.indexes.get((modality, variant))
                         if idx is not None:
@@ -873,8 +878,6 @@ class Collection:
                         if idx is None or idx.needs_compaction():
                             # too many tombstones, or an approximate index that could not
                             # train before: built from this same snapshot
-                            if data is None:
-                                data = self.store.vectors(modality)
                             new = self._build_index(modality, variant, kind, dim, spec, data)
                             if new is not None:
                                 self.indexes[(modality, variant)] = new
