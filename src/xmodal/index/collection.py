@@ -58,7 +58,7 @@ from .._fs import atomic_write, atomic_write_bytes
 from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store, read_only_error  # noqa: F401 (re-exported)
 from .store import writable as store_writable
-from .vector import IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
+from .vector import IndexFileError, IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
 log = logging.getLogger("xmodal.index")
 
@@ -87,22 +87,6 @@ def _give_db_id(store: Store) -> None:
     agree on one: the first insert wins)."""
     with store.transaction() as c:
         c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)", (json.dumps(_new_db_id()),))
-
-
-def _same_structure(idx: VectorIndex, kind: str, dim: int, spec: str) -> bool:
-    """Whether ``idx`` (loaded from a file) is the kind of FAISS index ``spec`` builds: the
-    same id map over the same index type, width and metric."""
-    import faiss
-
-    fresh = VectorIndex(kind, dim, spec)
-    down = faiss.downcast_IndexBinary if kind == "binary" else faiss.downcast_index
-    try:
-        have, want = down(idx.index.index), down(fresh.index.index)
-        return (type(idx.index) is type(fresh.index) and isinstance(have, type(want))
-                and int(idx.index.d) == int(fresh.index.d)
-                and (kind == "binary" or idx.index.metric_type == fresh.index.metric_type))
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _index_name(modality: str, variant: str, db_id: str, gen: int) -> str:
@@ -760,14 +744,14 @@ class Collection:
                             continue  # a state this store has not reached (or another store's)
                         try:
                             idx = VectorIndex.from_bytes(kind, dim, spec, f.read_bytes())
-                        except Exception:  # noqa: BLE001 (a cache: whatever fails, it is rebuilt)
-                            continue  # replaced meanwhile, or unreadable: an older one, else a build
-                        if not _same_structure(idx, kind, dim, spec):
+                        except IndexFileError as exc:
                             # it loads but is not this index (another variant's or width's
                             # file): an 'exact' search would be answered by a graph, or fail
-                            log.warning("%s: index file %s is not a %s index of dim %d; not used",
-                                        self.path, f.name, spec, dim)
+                            log.warning("%s: index file %s is not a %s index of dim %d (%s); not used",
+                                        self.path, f.name, spec, dim, exc)
                             continue
+                        except Exception:  # noqa: BLE001 (a cache: whatever fails, it is rebuilt)
+                            continue  # replaced meanwhile, or unreadable: an older one, else a build
                         loaded[(modality, variant)] = (g, idx)
                         break
             self.indexes, self._file_gen, self._file_n, self._pending = {}, {}, {}, {}
