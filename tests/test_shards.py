@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -433,3 +434,48 @@ def test_a_shard_that_wants_a_key_names_the_option_that_sends_one(shards, tmp_pa
             app, ["search", "-c", str(a.path), "--shard", url, QUERIES[0]])
         assert r.exit_code == 2 and url in r.output and "--api-key" in r.output, r.output
     served.close()
+
+
+@pytest.mark.parametrize("answer", ["trickle", b"SSH-2.0-OpenSSH_9.6\r\n", b"big"])
+def test_a_proxied_shard_thumbnail_has_one_deadline_and_names_a_bad_shard(answer):
+    """The router's thumbnail proxy goes through RemoteShard.fetch: a shard trickling bytes is
+    cut off at its timeout (the proxy read with per-read timeouts only), one that does not
+    speak HTTP is a 502 (was a 500), and an answer over the size limit is refused."""
+    import socket
+    import time
+
+    from fastapi import HTTPException
+
+    from xmodal.service.app import MAX_PROXIED_THUMBNAIL, fetch_shard_thumbnail
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def talk():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        try:
+            if answer == "trickle":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 40\r\n\r\n")
+                for _ in range(40):
+                    conn.sendall(b"x")
+                    time.sleep(0.2)
+            elif answer == b"big":
+                n = MAX_PROXIED_THUMBNAIL + 10
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % n)
+                conn.sendall(b"\xff" * n)
+            else:
+                conn.sendall(answer)
+        except OSError:
+            pass  # the client gave up
+        conn.close()
+
+    threading.Thread(target=talk, daemon=True).start()
+    shard = RemoteShard(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(HTTPException) as err:
+        fetch_shard_thumbnail(shard, 1, 128)
+    assert err.value.status_code == 502 and time.monotonic() - t0 < 4
+    assert {"trickle": "timed out", b"big": "over", }.get(answer, "did not answer HTTP") in err.value.detail
+    srv.close()

@@ -60,6 +60,14 @@ def _set_read_timeout(resp: Any, seconds: float) -> None:
             pass
 
 
+class ShardHTTPError(CollectionError):
+    """A shard answered an HTTP error (``code``: its status)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class RemoteShard:
     """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
 
@@ -99,20 +107,24 @@ class RemoteShard:
     def __repr__(self) -> str:
         return f"RemoteShard({self.url!r})"
 
-    def _call(self, path: str, body: dict | None = None) -> Any:
+    def fetch(self, path: str, body: dict | None = None, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """``(bytes, content type)`` of the shard's answer to ``path`` (a GET, or a POST of the
+        JSON ``body``), sent with this shard's key, redirects refused, the whole answer under
+        one deadline and, with ``max_bytes``, at most that long. Failures are a
+        :class:`CollectionError` naming the shard (:class:`ShardHTTPError` with the status for
+        an HTTP error answer), never its key."""
         req = urllib.request.Request(self.url + path, method="GET" if body is None else "POST",
                                      data=None if body is None else json.dumps(body).encode())
         req.add_header("Content-Type", "application/json")
         if self.api_key:
             req.add_header("X-API-Key", self.api_key)
-        data = b""
         deadline = time.monotonic() + self.timeout
         try:
             with _OPENER.open(req, timeout=self.timeout) as resp:
                 # The socket timeout bounds each read, not the answer: a server trickling a
                 # byte at a time would hold this call (and its worker) for ever. Read in
                 # pieces against one deadline for the whole answer.
-                chunks = []
+                chunks, n = [], 0
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -122,20 +134,22 @@ class RemoteShard:
                     if not piece:
                         break
                     chunks.append(piece)
-                data = b"".join(chunks)
-            out = json.loads(data)
+                    n += len(piece)
+                    if max_bytes is not None and n > max_bytes:
+                        raise CollectionError(f"shard {self.url}: {path} answered over {max_bytes} bytes")
+                return b"".join(chunks), resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
             # enough to parse an xmodal JSON error whole; another server's page is cut in _error_words
             detail = _error_words(exc.read(1 << 14).decode("utf-8", "replace"))
             if exc.code in (401, 403):  # a private shard: say which key is missing and how to send one
-                raise CollectionError(self._key_message(path, exc.code, detail)) from None
+                raise ShardHTTPError(exc.code, self._key_message(path, exc.code, detail)) from None
             if 300 <= exc.code < 400:
                 where = exc.headers.get("Location") if exc.headers is not None else None
-                raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}, a redirect to "
-                                      f"{where or '(no Location)'}; redirects are not followed (the API "
-                                      "key would go along): give the shard's own URL") from None
-            raise CollectionError(f"shard {self.url}: {path} answered HTTP {exc.code}: "
-                                  f"{detail}") from None
+                raise ShardHTTPError(exc.code, f"shard {self.url}: {path} answered HTTP {exc.code}, a redirect "
+                                     f"to {where or '(no Location)'}; redirects are not followed (the API "
+                                     "key would go along): give the shard's own URL") from None
+            raise ShardHTTPError(exc.code, f"shard {self.url}: {path} answered HTTP {exc.code}: "
+                                 f"{detail}") from None
         except TimeoutError:  # connecting, or the answer's deadline passed mid-read
             raise self._timed_out(path) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -145,6 +159,11 @@ class RemoteShard:
         except http.client.HTTPException as exc:  # not HTTP (an ssh or database port), a broken answer
             raise CollectionError(f"shard {self.url}: {path} did not answer HTTP ({type(exc).__name__}: "
                                   f"{str(exc)[:80] or 'no detail'}); is it an `xmodal serve`?") from None
+
+    def _call(self, path: str, body: dict | None = None) -> Any:
+        data, _ = self.fetch(path, body)
+        try:
+            out = json.loads(data)
         except ValueError:  # some other web server at that address
             raise CollectionError(f"shard {self.url}: {path} did not answer JSON; is it an "
                                   f"`xmodal serve`? (got {data[:80]!r})") from None

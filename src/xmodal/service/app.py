@@ -19,8 +19,6 @@ import secrets
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -39,8 +37,9 @@ from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
                                 THUMB_SUFFIXES, check_key, encode_items, read_only_error, thumb_file)
-from ..index.shards import (_OPENER as SHARD_OPENER, RemoteShard, ShardedCollection, UnknownLabelError, check_labels as check_known_labels,
-                            shard_keys)
+from ..index.shards import (RemoteShard, ShardedCollection, ShardHTTPError, UnknownLabelError,
+                            check_labels as check_known_labels, shard_keys)
+from ..index.store import CollectionError
 from . import auth
 
 STATIC = Path(__file__).parent / "static"
@@ -912,23 +911,18 @@ def _finite_or_text(value: Any) -> Any:
 
 def fetch_shard_thumbnail(shard: RemoteShard, item_id: int, size: int) -> bytes:
     """``shard``'s JPEG thumbnail of ``item_id``, asked with the key this server holds for it
-    (never a redirect: the key would go along). The shard's 404 stays a 404; any other failure
-    is a 502 naming the shard, never its key."""
-    req = urllib.request.Request(f"{shard.url}/api/items/{item_id}/thumbnail?size={size}")
-    if shard.api_key:
-        req.add_header("X-API-Key", shard.api_key)
+    (:meth:`RemoteShard.fetch`: no redirect, one deadline for the whole answer). The shard's
+    404 stays a 404; any other failure is a 502 naming the shard, never its key."""
     try:
-        with SHARD_OPENER.open(req, timeout=shard.timeout) as resp:
-            kind = resp.headers.get("Content-Type", "")
-            data = resp.read(MAX_PROXIED_THUMBNAIL + 1)
-    except urllib.error.HTTPError as exc:
+        data, kind = shard.fetch(f"/api/items/{item_id}/thumbnail?size={size}",
+                                 max_bytes=MAX_PROXIED_THUMBNAIL)
+    except ShardHTTPError as exc:
         if exc.code == 404:
             raise HTTPException(404, f"shard {shard.url}: no image item with id {item_id}") from None
-        why = (f"; send a read key of that shard with {shard.key_hint}" if exc.code in (401, 403) else "")
-        raise HTTPException(502, f"shard {shard.url}: thumbnail answered HTTP {exc.code}{why}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise HTTPException(502, f"shard {shard.url}: thumbnail not fetched ({type(exc).__name__})") from None
-    if not kind.startswith("image/jpeg") or len(data) > MAX_PROXIED_THUMBNAIL:
+        raise HTTPException(502, str(exc)) from None
+    except CollectionError as exc:
+        raise HTTPException(502, str(exc)) from None
+    if not kind.startswith("image/jpeg"):
         raise HTTPException(502, f"shard {shard.url}: thumbnail answer is not a JPEG thumbnail")
     return data
 
