@@ -256,6 +256,10 @@ def test_removing_ids_that_are_not_integers_names_them(tmp_path):
     c.add_vectors("image", ["k"], np.ones((1, 8), np.float32))
     with pytest.raises(DataError, match=r"item id 'abc'"):
         c.delete(["abc"])
+    for frac in (2.5, np.float32(1.5), np.float64(1.25)):  # NumPy floats were cut to 1, item 'k'
+        with pytest.raises(DataError, match="not an integer"):
+            c.delete([frac])
+    assert c.count() == 1
     assert c.delete([123456, -1, 2**70]) == [] and c.count() == 1
     assert c.delete(keys=["caf\udce9.jpg", "nope"]) == [] and c.id_of("caf\udce9.jpg") is None
     c.close()

@@ -142,7 +142,7 @@ def _ids(ids: Iterable[int]) -> list[int]:
     for x in ids:
         try:
             i = int(x)
-            if isinstance(x, float) and i != x:
+            if isinstance(x, (float, np.floating)) and i != x:
                 raise ValueError
         except (TypeError, ValueError):
             raise DataError(f"item id {x!r}: not an integer") from None
