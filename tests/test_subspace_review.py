@@ -175,3 +175,12 @@ def test_a_rule_for_a_parameter_init_lacks_is_a_parameter_error():
     _, _, ds = _labelled()
     with pytest.raises(methods.ParameterError, match="takes no bits.*HashingMethod needs bits"):
         NoBits().fit(ds)
+
+
+def test_truncated_refuses_a_size_that_is_not_a_whole_number():
+    _, _, ds = _labelled()
+    m = methods.create("cca", n_components=4).fit(ds)
+    assert m.truncated(np.int64(2)).encode_images(ds.image_features[:3]).shape == (3, 2)
+    for bad in (2.7, 0, "2"):
+        with pytest.raises(methods.ParameterError, match="truncated: n_components"):
+            m.truncated(bad)

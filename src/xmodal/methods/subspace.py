@@ -20,7 +20,7 @@ from ..data.dataset import DataError
 from . import register
 from ._solvers import (cca_from_covariances, center_kernel_test, center_kernel_train, correlated_pairs,
                        numerical_rank, ridge)
-from .base import CrossModalMethod, interval, one_of
+from .base import CrossModalMethod, ParameterError, interval, one_of
 
 _N_COMP = interval(1, None, integer=True)
 _REG = interval(0, None)
@@ -77,10 +77,14 @@ class CCA(_LinearProjection):
         Xc, Yc = X - self.image_mean_, Y - self.text_mean_
         n = len(X) - 1
         Cxx, Cyy = Xc.T @ Xc / n, Yc.T @ Yc / n
-        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Xc.T @ Yc / n,
-                                         int(self.n_components))
+        self._solve(Cxx, Cyy, Xc.T @ Yc / n)
+
+    def _solve(self, Cxx: np.ndarray, Cyy: np.ndarray, Cxy: np.ndarray) -> None:
+        """The ridge CCA of these covariances (centred on ``image_mean_`` / ``text_mean_``),
+        keeping only the canonical pairs that exist (:func:`._solvers.correlated_pairs`)."""
+        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy, self.n_components)
         keep = _existing(self, correlated_pairs(rho, min(numerical_rank(Cxx, self.image_mean_),
-                                          numerical_rank(Cyy, self.text_mean_))))
+                                                         numerical_rank(Cyy, self.text_mean_))))
         self.image_weights_, self.text_weights_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
 
     def truncated(self, n_components: int) -> "CCA":
@@ -88,8 +92,11 @@ class CCA(_LinearProjection):
         what a fit with that ``n_components`` gives, since the leading pairs do not depend on
         how many follow. Parameter search scores several sizes with one fit this way."""
         self._check_fitted()
+        if not _N_COMP(n_components):  # int(2.7) would have cut it to 2 in silence
+            raise ParameterError(f"{type(self).__name__}.truncated: n_components={n_components!r} "
+                                 f"must be {_N_COMP.__doc__}")
         out = copy.copy(self)
-        out.n_components = n_components = int(n_components)
+        out.n_components = n_components
         out.image_weights_ = self.image_weights_[:, :n_components]
         out.text_weights_ = self.text_weights_[:, :n_components]
         out.correlations_ = self.correlations_[:n_components]
@@ -121,13 +128,9 @@ class MultiLabelCCA(CCA):
         Cxy = (Xc.T @ Ln) @ (Ln.T @ Yc) / total
         Cxx = (Xc * w[:, None]).T @ Xc / total
         Cyy = (Yc * w[:, None]).T @ Yc / total
-        A, B, rho = cca_from_covariances(ridge(Cxx, self.reg), ridge(Cyy, self.reg), Cxy,
-                                         int(self.n_components))
         # Cxy has rank at most (distinct label patterns - 1): on single-label data with c classes,
-        # pairs past c - 1 have zero correlation and a direction set by rounding; drop them.
-        keep = _existing(self, correlated_pairs(rho, min(numerical_rank(Cxx, self.image_mean_),
-                                          numerical_rank(Cyy, self.text_mean_))))
-        self.image_weights_, self.text_weights_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
+        # pairs past c - 1 have zero correlation and a direction set by rounding: _solve drops them
+        self._solve(Cxx, Cyy, Cxy)
 
 
 @register("cfa")
@@ -149,7 +152,7 @@ class CrossModalFactorAnalysis(_LinearProjection):
         sy = np.sqrt(((Y - self.text_mean_) ** 2).sum() / len(Y)) + 1e-12
         Xc, Yc = (X - self.image_mean_) / sx, (Y - self.text_mean_) / sy
         U, s, Vt = linalg.svd(Xc.T @ Yc, full_matrices=False)
-        k = min(int(self.n_components), len(s))
+        k = min(self.n_components, len(s))
         # singular values past the rank of X'Y are 0 with directions set by rounding
         rank = min(numerical_rank(Xc.T @ Xc, self.image_mean_ / sx),
                    numerical_rank(Yc.T @ Yc, self.text_mean_ / sy))
@@ -176,7 +179,7 @@ class PLS(_LinearProjection):
         Xc, Yc = X - self.image_mean_, Y - self.text_mean_
         # past the rank of either block the deflated residual is rounding: its weights, and so
         # one side's scores, are noise (Wikipedia's topic proportions sum to one: rank 9 of 10)
-        k = min(int(self.n_components), numerical_rank(Xc.T @ Xc, self.image_mean_),
+        k = min(self.n_components, numerical_rank(Xc.T @ Xc, self.image_mean_),
                 numerical_rank(Yc.T @ Yc, self.text_mean_))
         if k < 1:
             raise _no_pairs(self)
@@ -247,7 +250,7 @@ class KernelCCA(CrossModalMethod):
         (wx, Vx), (wy, Vy) = linalg.eigh(Kx), linalg.eigh(Ky)
         (sx, ix), (sy, iy) = _hardoon_factors(wx, self.reg), _hardoon_factors(wy, self.reg)
         T = (Vx * sx) @ (Vx.T @ Vy) @ (Vy * sy).T
-        k = min(int(self.n_components), n)
+        k = min(self.n_components, n)
         U, s, Vt = linalg.svd(T)
         # the centred kernels have rank n - 1 at most: pairs past it have correlation 0
         keep = _existing(self, correlated_pairs(s[:k]))
@@ -258,7 +261,7 @@ class KernelCCA(CrossModalMethod):
         self.train_images_, self.train_texts_ = X, Y
 
     def _fit_nystroem(self, X, Y) -> None:
-        m, seed = min(int(self.n_landmarks), len(X)), int(self.random_state)
+        m, seed = min(self.n_landmarks, len(X)), self.random_state
         # Same landmark rows for both sides keeps the pairing inside the approximation.
         nx = Nystroem(gamma=self.gx_, n_components=m, random_state=seed).fit(X)
         ny = Nystroem(gamma=self.gy_, n_components=m, random_state=seed).fit(Y)
@@ -272,7 +275,7 @@ class KernelCCA(CrossModalMethod):
         Cxx, Cyy = Fx.T @ Fx, Fy.T @ Fy
         kx, ky = self.reg * np.trace(Cxx) / len(Fx), self.reg * np.trace(Cyy) / len(Fy)
         A, B, rho = cca_from_covariances(Cxx + kx * np.eye(len(Cxx)), Cyy + ky * np.eye(len(Cyy)),
-                                         Fx.T @ Fy, int(self.n_components))
+                                         Fx.T @ Fy, self.n_components)
         keep = _existing(self, correlated_pairs(rho))
         self.alpha_, self.beta_, self.correlations_ = A[:, keep], B[:, keep], rho[keep]
 
@@ -402,7 +405,7 @@ class SemanticCorrelationMatching(_SemanticSpace, CrossModalMethod):
         self.C = C
 
     def _fit(self, X, Y, L, *, train, val) -> None:
-        self.cca_ = CCA(n_components=int(self.n_components), reg=self.reg)
+        self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
         self.cca_._validate_params()
         try:
             self.cca_._fit(X, Y, L, train=train, val=val)
