@@ -264,3 +264,16 @@ class _HashWithoutBits(HashingMethod):
 def test_a_hashing_method_without_bits_is_told_what_it_lacks():
     with pytest.raises(MethodCheckError, match=r"bits parameter failed: .*__init__\(self, bits"):
         check_method(_HashWithoutBits())
+
+
+def test_builtin_names_are_the_families_methods_and_a_plugin_needs_no_family_imported():
+    builtin = {n for n in methods.available() if methods.get(n).__module__.startswith("xmodal.methods.")}
+    assert builtin == methods.BUILTIN_NAMES
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom xmodal.methods import register\nfrom xmodal.methods.base import CrossModalMethod\n"
+            "@register('my_linear')\nclass Mine(CrossModalMethod):\n    pass\n"
+            "print(sorted(m for m in ('torch', 'xmodal.methods.deep', 'xmodal.methods.hashing') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

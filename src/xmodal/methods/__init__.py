@@ -20,6 +20,13 @@ from .base import CrossModalMethod, HashingMethod, NotFittedError, ParameterErro
 
 FAMILIES = ("xmodal.methods.subspace", "xmodal.methods.hashing", "xmodal.methods.deep")
 
+#: the built-in methods' names (tests/test_checks.py checks them against the families): a
+#: plugin may not take one, told without importing the families (the deep ones import torch)
+BUILTIN_NAMES = frozenset({
+    "acmr", "cca", "cca_itq", "cfa", "cmfh", "contrastive", "corr_ae", "cvh", "dcca", "dccae", "dcmh",
+    "djsrh", "dlfh", "dscmr", "graph", "imh", "jdsh", "kcca", "lsh", "lssh", "mlcca", "pls", "scm",
+    "scm_orth", "scm_seq", "seph", "sm", "ssah", "sslpdp", "transformer", "ucch", "uwml", "vsepp"})
+
 _REGISTRY: dict[str, type[CrossModalMethod]] = {}
 _IMPORT_ERRORS: dict[str, str] = {}
 _loaded: set[str] = set()
@@ -45,12 +52,11 @@ def register(name: str) -> Callable[[T], T]:
     replaces the earlier definition. Another class under a taken name (another file, or a
     built-in method's name) is a ValueError."""
     def deco(cls: T) -> T:
-        if not cls.__module__.startswith("xmodal.methods."):
-            # a method of one's own: the built-in families load on first use, so load them now
-            # or a plugin loaded first takes a built-in's name (and that family then fails to
-            # import, taking its other methods with it)
-            for fam in FAMILIES:
-                _load_family(fam)
+        if not cls.__module__.startswith("xmodal.methods.") and name in BUILTIN_NAMES:
+            # the built-in families load on first use: a plugin loaded first would take the
+            # name unopposed (and that family then fail to import, taking its other methods)
+            raise ValueError(f"method name {name!r} registered twice ({cls.__qualname__} in "
+                             f"{_origin(cls)[1]}; {name!r} is a built-in xmodal method)")
         old = _REGISTRY.get(name)
         if old is not None and old is not cls and _origin(old) != _origin(cls):
             raise ValueError(f"method name {name!r} registered twice "
