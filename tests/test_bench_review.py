@@ -309,3 +309,16 @@ def test_resume_redoes_the_records_of_an_edited_plugin_and_a_plugin_bug_is_a_fai
             run_bench(ds, ["student_cca"])
     finally:
         methods._REGISTRY.pop("student_cca", None)
+
+
+def test_a_plugins_source_digest_is_of_the_code_that_ran(tmp_path):
+    f = tmp_path / "student_method2.py"
+    try:
+        _plugin(f, "student_cca2", "pass")
+        cls = methods.get("student_cca2")
+        ran = methods.source_digest(cls)
+        f.write_text(f.read_text() + "\n# edited after loading, not run\n")
+        assert methods.source_digest(cls) == ran  # records say what produced them
+        assert methods.source_digest(methods.get("cca")) is None
+    finally:
+        methods._REGISTRY.pop("student_cca2", None)

@@ -382,20 +382,6 @@ CONFIG_FIELDS = ("dataset", "bits", "settings", "database_codes", "protocol", "i
                  "text_encoder", "test_folds", "dataset_sha256", "data_options", *RUN_FIELDS)
 
 
-def method_source(cls: type) -> str | None:
-    """For a plugin method (a class defined outside ``xmodal``), the first 16 hex of the
-    SHA-256 of the file that defines it: an edited ``_fit`` changes no parameter, and
-    ``--resume`` would have kept the old code's records. None for built-in methods (the
-    package version records theirs) and for classes without a readable source file."""
-    if cls.__module__.split(".")[0] == "xmodal":
-        return None
-    try:
-        src = inspect.getsourcefile(cls)
-        return hashlib.sha256(Path(src).read_bytes()).hexdigest()[:16] if src else None
-    except (TypeError, OSError):
-        return None
-
-
 def _run_value(rec: dict, field: str) -> str:
     """A record's ``field`` as comparable text; in ``params``, those the seed and the bit
     length set are no difference (seeds of one run differ there by design)."""
@@ -601,6 +587,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     for name in method_names:
         cls = registry.get(name)
         is_hash = cls.output == "binary"
+        source = registry.source_digest(cls)  # a plugin's code: edited, its records are redone
         for b, sd in ((b, sd) for b in (bits if is_hash else [None]) for sd in seeds):
             settings, kw = _method_kwargs(cls, params.get(name, {}), labeled_fraction, b, sd)
             rec = {"dataset": ds.name, "method": name, "bits": b, "seed": sd, "settings": settings,
@@ -613,7 +600,6 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["data_options"] = data_options
             if fingerprint:
                 rec["dataset_sha256"] = fingerprint
-            source = method_source(cls)
             if source:
                 rec["method_source"] = source
             method = registry.create(name, **kw)
@@ -643,7 +629,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             except Exception as exc:  # noqa: BLE001
                 # a plugin's own bug: reported like a diverged run, so the other methods'
                 # table is not lost; a built-in method's error is ours and propagates
-                if failures is None or cls.__module__.split(".")[0] == "xmodal":
+                if failures is None or registry.is_builtin(cls):
                     raise
                 failures.append({"method": name, "bits": b, "seed": sd,
                                  "error": f"{type(exc).__name__}: {exc}"})

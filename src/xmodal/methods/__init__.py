@@ -12,8 +12,10 @@ that family is asked for.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .base import CrossModalMethod, HashingMethod, NotFittedError, ParameterError, TrainingDivergedError
@@ -44,6 +46,27 @@ def _origin(cls: type) -> tuple[str, str]:
     return cls.__qualname__, os.path.realpath(file) if file else cls.__module__
 
 
+def is_builtin(cls: type) -> bool:
+    """Whether ``cls`` is one of xmodal's own methods (not a plugin's or a notebook's)."""
+    return cls.__module__.startswith("xmodal.methods.")
+
+
+def source_digest(cls: type) -> str | None:
+    """For a method of one's own, the first 16 hex of the SHA-256 of the code that defines it:
+    the file :func:`load_plugin` ran (what ran, even if the file was edited since), else its
+    source file as it is now. None for built-in methods (the package version says theirs) and
+    for classes with no readable source file (a notebook cell)."""
+    if is_builtin(cls):
+        return None
+    if cls.__module__ in _plugin_digests:
+        return _plugin_digests[cls.__module__][:16]
+    try:
+        src = inspect.getsourcefile(cls)
+        return hashlib.sha256(Path(src).read_bytes()).hexdigest()[:16] if src else None
+    except (TypeError, OSError):
+        return None
+
+
 def register(name: str) -> Callable[[T], T]:
     """Class decorator: make a method available to :func:`create` under ``name``.
 
@@ -52,7 +75,7 @@ def register(name: str) -> Callable[[T], T]:
     replaces the earlier definition. Another class under a taken name (another file, or a
     built-in method's name) is a ValueError."""
     def deco(cls: T) -> T:
-        if not cls.__module__.startswith("xmodal.methods.") and name in BUILTIN_NAMES:
+        if not is_builtin(cls) and name in BUILTIN_NAMES:
             # the built-in families load on first use: a plugin loaded first would take the
             # name unopposed (and that family then fail to import, taking its other methods)
             raise ValueError(f"method name {name!r} registered twice ({cls.__qualname__} in "
@@ -92,15 +115,12 @@ def load_plugin(spec: str) -> None:
     it was edited since (its methods then replace their earlier definitions)."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     if spec.endswith(".py"):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise ImportError(f"plugin {spec}: no such file")
         mod_name = f"xmodal_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
-        import hashlib
-
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as exc:
