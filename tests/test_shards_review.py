@@ -79,8 +79,11 @@ def canned(routes: dict, seen: list | None = None):
 
 
 def _info(coll: Collection) -> bytes:
+    """A canned /api/info of another collection in ``coll``'s space (no db_id: as an older
+    server answers; with coll's own, the router would rightly refuse it as coll served twice)."""
     s = coll.stats()
     s.pop("path")
+    s.pop("db_id")
     return json.dumps(s).encode()
 
 

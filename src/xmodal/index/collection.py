@@ -1236,7 +1236,8 @@ class Collection:
                 "rerank": bool(self.fdim), "method": (self.meta.get("method") or {}).get("name"),
                 "encoders": {m: r.get("spec") for m, r in self.meta.get("encoders", {}).items()},
                 "generation": self._gen, "public_read": self.public_read, "read_only": self.read_only,
-                "labels": labels}
+                # a copy keeps it: with generation and counts it tells a shard given twice
+                "db_id": self.meta.get("db_id"), "labels": labels}
 
     def get_items(self, ids: Iterable[int]) -> dict[int, Hit]:
         ids = _ids(ids)

@@ -317,11 +317,11 @@ class ShardedCollection:
         by Hamming (1 - 2h/bits), a scale the others' cosines do not share."""
         first = self.shards[0].stats()
         self.rerank = bool(first.get("rerank"))
-        seen = {_identity(self.shards[0], first): self.names[0]}
+        seen = {_identity(first): self.names[0]}
         for name, shard in zip(self.names[1:], self.shards[1:]):
             st = shard.stats()
             self.rerank = self.rerank and bool(st.get("rerank"))
-            same = _identity(shard, st)
+            same = _identity(st)
             if same is not None and same in seen:
                 earlier = seen[same] or "this server's own collection"
                 raise CollectionError(
@@ -542,10 +542,11 @@ def _request(target: str, k: int, labels: Sequence[str] | None, exact: Any, dist
             "exact": bool(exact), "distinct": bool(distinct), "check_labels": False, "local_only": True}
 
 
-def _identity(shard: Collection | RemoteShard, st: dict[str, Any]) -> tuple | None:
-    """What tells one collection from another: its database id (a copy keeps it), write
-    generation and item counts; None when unknown (an older collection or server)."""
-    db_id = shard.meta.get("db_id") if isinstance(shard, Collection) else st.get("db_id")
+def _identity(st: dict[str, Any]) -> tuple | None:
+    """What tells one collection from another, from its ``stats()`` (or ``/api/info``): its
+    database id (a copy keeps it), write generation and item counts; None when unknown (an
+    older collection or server)."""
+    db_id = st.get("db_id")
     if not db_id:
         return None
     return (db_id, st.get("generation"), st.get("images"), st.get("texts"))

@@ -653,8 +653,6 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     def info(_: str = Depends(need("read"))) -> dict[str, Any]:
         s = coll.stats()
         s.pop("path", None)
-        # a routing server tells a collection served twice (or a copy) from another shard by it
-        s["db_id"] = coll.meta.get("db_id")
         if sharded is not None:
             s["shards"] = [r.url for r in remotes]
         return s
