@@ -20,8 +20,8 @@ import numpy as np
 from ..data.dataset import DataError, PairedDataset
 from ..methods.base import CrossModalMethod
 from ..metrics import cosine_similarity, graded_relevance, hamming_distance, relevance
-from ..metrics.ranking import (CHUNK, NonFiniteScoresError, _block_metrics, _chunks, _hamming_block,
-                               _sort_keys, _within_radius, non_finite_rows)
+from ..metrics.ranking import (NonFiniteScoresError, _block_metrics, _check_k, _chunks, _hamming_block,
+                               _sort_keys, _within_radius, chunk_rows, non_finite_rows)
 
 DEFAULT_PK = (1, 5, 10, 50, 100)
 DEFAULT_RK = (1, 5, 10)
@@ -60,12 +60,13 @@ def _score_blocks(block: Callable[[slice], Block], n_query: int, n_db: int, bits
                   where: str = "") -> dict[str, Any]:
     """Every metric of one direction, one ranking per block of queries shared by all of them
     (ties broken by the fixed permutation of :func:`~xmodal.metrics.ranking.tie_permutation`)."""
-    map_k = tuple(k for k in map_k if k < n_db)
-    pk = tuple(k for k in pk if k <= n_db)
+    # k beyond the database: the whole ranking (P@k divides by n_db, as the metric functions)
+    map_k = tuple(_check_k(k, "map_k") for k in map_k)
+    pk = tuple(_check_k(k, "pk") for k in pk)
     parts: dict[str, list] = {}
     hamming: list | None = None  # Hamming PR: precision and recall sums, queries counted
     bad = 0
-    for sl in _chunks(n_query, CHUNK):
+    for sl in _chunks(n_query, chunk_rows(n_db)):
         S, dist, rel, graded, inst = block(sl)
         # a diverged method: count its non-finite rows over every block, then refuse
         bad += non_finite_rows(S if dist is None else dist)
@@ -139,6 +140,8 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     searched (classic protocol, Recall@K included); with it, the database (hashing protocol).
 
     Returns ``{"i2t": {...}, "t2i": {...}, "encode_seconds": s}``; mAP and P@k need labels,
+    and a k beyond the database means the whole ranking (``p@k`` then divides by the
+    database size, ``map@k`` is the full MAP), as in :mod:`xmodal.metrics.ranking`;
     Recall@K (in percent) and ``mR`` need the classic protocol. ``per_query`` adds each
     direction's ``per_query`` dict: every query's AP (``"ap"``) and Recall@K hit (0/1,
     ``"r@K"``), in query order, for paired significance tests (:mod:`.significance`).
@@ -163,6 +166,8 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     dt = qt if same else method.encode_texts(db.text_features)
     encode_seconds = time.perf_counter() - t0
     bits = getattr(method, "bits", None)
+    if bits is None and method.output == "binary" and np.ndim(qi) == 2:
+        bits = 8 * np.shape(qi)[1]  # packed codes: no distance passes 8 bits per byte
 
     has_labels = queries.labels is not None and db.labels is not None
     res: dict[str, Any] = {}

@@ -35,7 +35,8 @@ from typing import Iterator
 
 import numpy as np
 
-CHUNK = 256  # queries per batch: bounds memory at CHUNK x n_db
+CHUNK = 256  # queries per batch at most
+BLOCK_CELLS = CHUNK * 65536  # cells per batch at most (~134 MB per float64 matrix)
 
 
 class NonFiniteScoresError(ValueError):
@@ -79,6 +80,13 @@ def _check_k(k: object, name: str = "k") -> int:
     return int(k)
 
 
+def chunk_rows(n_db: int) -> int:
+    """Queries per batch against a database of ``n_db`` items: ``CHUNK``, fewer when the
+    database is so large that ``CHUNK x n_db`` would pass ``BLOCK_CELLS`` (every batch holds
+    several matrices of that shape), never fewer than one."""
+    return max(1, min(CHUNK, BLOCK_CELLS // max(int(n_db), 1)))
+
+
 def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
     for s in range(0, n, size):
         yield slice(s, min(s + size, n))
@@ -97,7 +105,8 @@ def non_finite_rows(values: np.ndarray) -> int:
     V = np.asarray(values)
     if not np.issubdtype(V.dtype, np.floating) and not np.issubdtype(V.dtype, np.complexfloating):
         return 0
-    return int(sum((~np.isfinite(V[sl])).any(axis=1).sum() for sl in _chunks(len(V))))
+    rows = chunk_rows(V.shape[1]) if V.ndim == 2 else CHUNK
+    return int(sum((~np.isfinite(V[sl])).any(axis=1).sum() for sl in _chunks(len(V), rows)))
 
 
 def _refuse_non_finite(bad: int, n: int, what: str = "scores") -> None:
@@ -244,7 +253,7 @@ def _per_query(scores, distances, relevant, what="relevance", tie_seed: int | No
         raise ValueError("the database is empty: there is nothing to rank")
     _refuse_non_finite(non_finite_rows(V), len(V), kind)
     parts = []
-    for sl in _chunks(len(V)):
+    for sl in _chunks(len(V), chunk_rows(V.shape[1])):
         keys = _sort_keys(V[sl] if kind == "scores" else None, V[sl] if kind == "distances" else None)
         if what == "gains":
             parts.append(_block_metrics(keys, None, G=R[sl].astype(np.float64), tie_seed=tie_seed, **wanted))
@@ -336,7 +345,7 @@ def hamming_pr_curve(distances: np.ndarray, relevant: np.ndarray, bits: int) -> 
     R = np.asarray(relevant, dtype=bool)
     _check_shapes(D, R)
     P, Rc, n_valid = np.zeros(bits + 1), np.zeros(bits + 1), 0
-    for sl in _chunks(len(D)):
+    for sl in _chunks(len(D), chunk_rows(D.shape[1])):
         keep = R[sl].any(axis=1)
         if keep.any():
             p, r = _hamming_block(D[sl][keep], R[sl][keep], bits)
