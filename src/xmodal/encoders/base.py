@@ -212,8 +212,6 @@ class Encoder:
         ``False`` in the mask returned with ``return_mask=True``. ``batch_size``: a positive
         integer, or None for the encoder's default.
         """
-        from .text import check_batch_size
-
         # checked first: 0 read as "the default" and a negative size gave no batches at all
         batch_size = check_batch_size(self.spec, batch_size)
         self._check_fitted()
@@ -310,3 +308,29 @@ def chunks(seq: Sequence, size: int) -> Iterator[list[int]]:
     for start in range(0, len(seq), size):
         yield list(range(start, min(start + size, len(seq))))
 
+
+def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
+    """``items`` as a list of ``str``; anything else (``None`` or NaN from a pandas column with
+    gaps, bytes, numbers) is an :class:`EncoderError` naming its position. ``str()`` would turn
+    a missing caption into the words "None" or "nan" and encode them as if they were text."""
+    items = list(items)
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            raise _not_text(spec, f"{what} {i}", x)
+    return items
+
+
+def check_batch_size(spec: str, batch_size) -> int | None:
+    """``batch_size`` if None or a positive integer, else an :class:`EncoderError` (a negative
+    one gave no batches at all: zero rows marked unreadable, without a word)."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise EncoderError(f"{spec}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _not_text(spec: str, what: str, x: object) -> EncoderError:
+    return EncoderError(f"{spec}: {what} is {str(x)[:40]} ({type(x).__name__}), not a string; a "
+                        "missing value? drop or fill such rows first (pandas: df[column].fillna(''))")

@@ -44,7 +44,7 @@ class ConcatEncoder(Encoder):
 
     def _texts(self, items: Sequence[str], what: str = "text") -> list[str]:
         if self.modality == "text":
-            from .text import check_texts
+            from .base import check_texts
 
             return check_texts(self.spec, items, what)
         return [str(x) for x in items]
@@ -88,7 +88,7 @@ class ConcatEncoder(Encoder):
     def encode(self, items: Sequence[str], batch_size: int | None = None,
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
                return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        from .text import check_batch_size
+        from .base import check_batch_size
 
         self._check_fitted()
         batch_size = check_batch_size(self.spec, batch_size)

@@ -111,7 +111,7 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
     the fitted encoders' state; a side not encoded here keeps the record it had (with its
     features), so re-encoding the texts leaves the image encoder's record in place.
     """
-    from .text import check_batch_size
+    from .base import check_batch_size
 
     # before anything is fitted or loaded
     check_batch_size("encode_dataset", batch_size)

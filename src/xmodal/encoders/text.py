@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from .base import Encoder, EncoderError, chunks
+from .base import Encoder, EncoderError, _not_text, check_batch_size, check_texts, chunks  # noqa: F401 (re-exported)
 
 # Scripts written without spaces between words: Han, kana, Thai, Lao, Khmer, Myanmar.
 _NO_SPACE = re.compile(
@@ -49,33 +49,6 @@ def _spaced(s: str) -> list[str]:
     return [s]
 
 
-def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
-    """``items`` as a list of ``str``; anything else (``None`` or NaN from a pandas column with
-    gaps, bytes, numbers) is an :class:`EncoderError` naming its position. ``str()`` would turn
-    a missing caption into the words "None" or "nan" and encode them as if they were text."""
-    items = list(items)
-    for i, x in enumerate(items):
-        if not isinstance(x, str):
-            raise _not_text(spec, f"{what} {i}", x)
-    return items
-
-
-def check_batch_size(spec: str, batch_size) -> int | None:
-    """``batch_size`` if None or a positive integer, else an :class:`EncoderError` (a negative
-    one gave no batches at all: zero rows marked unreadable, without a word)."""
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise EncoderError(f"{spec}: batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
-def _not_text(spec: str, what: str, x: object) -> EncoderError:
-    return EncoderError(f"{spec}: {what} is {str(x)[:40]} ({type(x).__name__}), not a string; a "
-                        "missing value? drop or fill such rows first (pandas: df[column].fillna(''))")
-
-
 class TextEncoder(Encoder):
     modality = "text"
 
@@ -90,7 +63,6 @@ class TextEncoder(Encoder):
     def encode(self, items: Sequence[str], batch_size: int | None = None,
                progress: bool | None = None, cache_dir: str | os.PathLike | bool | None = None,
                return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        batch_size = check_batch_size(self.spec, batch_size)
         return super().encode(check_texts(self.spec, items), batch_size=batch_size,
                               progress=progress, cache_dir=cache_dir, return_mask=return_mask)
 

@@ -106,7 +106,7 @@ def _contents(paths: Sequence[str]) -> list[str]:
 def image_regions(paths: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """(n, 49, 1280) float16 region features (7x7 head feature map, row-major cells) of the
     ``efficientnet-lite0`` encoder's centre crop: their mean is its pooled feature."""
-    from ...encoders.text import check_batch_size
+    from ...encoders.base import check_batch_size
 
     batch_size = check_batch_size("efficientnet-lite0 regions", batch_size)
     paths = [str(p) for p in paths]
@@ -136,7 +136,7 @@ def image_regions(paths: Sequence[str], batch_size: int = 32, progress: bool = F
 def _texts(texts: Sequence[str]) -> list[str]:
     """``texts`` as a list of ``str``; ``str()`` turned a missing caption into the word "None"
     or "nan" and embedded it as text."""
-    from ...encoders.text import check_texts
+    from ...encoders.base import check_texts
 
     return check_texts("minilm", texts)
 
@@ -155,7 +155,7 @@ def text_tokens(texts: Sequence[str], max_tokens: int = MAX_TOKENS,
                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(tokens (n, max_tokens, 384) float16 zero-padded, lengths (n,) int) of MiniLM outputs.
     A text that is not a ``str`` (``None``, NaN) is an error naming its row."""
-    from ...encoders.text import check_batch_size
+    from ...encoders.base import check_batch_size
 
     batch_size = check_batch_size("minilm", batch_size)
     texts = _texts(texts)
