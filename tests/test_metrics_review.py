@@ -114,3 +114,14 @@ def test_query_blocks_shrink_with_the_database_and_give_the_same_scores(monkeypa
         monkeypatch.setattr(ranking, "BLOCK_CELLS", 90)  # one query per block
         np.testing.assert_array_equal(average_precision(S, R), whole)
         monkeypatch.undo()
+
+
+def test_evaluate_names_both_datasets_when_their_label_sets_differ():
+    # relevance() said only "label matrices must agree in columns, got (10, 3) and (40, 4)",
+    # after encoding everything, without naming either dataset
+    q = _toy(n_images=10, seed=4)
+    db = _toy(n_images=20, seed=5, classes=4)
+    db.name = "other"
+    from xmodal.data.dataset import DataError
+    with pytest.raises(DataError, match=r"'toy'.*3 classes.*'other'.*4"):
+        evaluate(_Identity(), q, db)

@@ -132,6 +132,17 @@ def _score_blocks(block: Callable[[slice], Block], n_query: int, n_db: int, bits
     return out
 
 
+def _check_label_sets(queries: PairedDataset, db: PairedDataset) -> None:
+    """Class relevance compares label columns: the two datasets must share one label set
+    (checked before anything is encoded)."""
+    def what(lab: np.ndarray) -> str:
+        return f"{lab.shape[1]} classes (label columns)" if lab.ndim == 2 else "1-D class indices"
+    ql, dl = np.asarray(queries.labels), np.asarray(db.labels)
+    if ql.ndim != dl.ndim or (ql.ndim == 2 and ql.shape[1] != dl.shape[1]):
+        raise DataError(f"queries {queries.name!r} have {what(ql)} but database {db.name!r} has "
+                        f"{what(dl)}: relevance needs one label set")
+
+
 def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedDataset | None = None,
              *, map_k: tuple[int, ...] = (), pk: tuple[int, ...] = DEFAULT_PK,
              rk: tuple[int, ...] = DEFAULT_RK, per_query: bool = False, ndcg_k: tuple[int, ...] = (10,),
@@ -159,6 +170,9 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     for ds in (queries, db):
         if ds.image_features is None or ds.text_features is None:
             raise DataError(f"dataset {ds.name!r} lacks features; encode it first")
+    has_labels = queries.labels is not None and db.labels is not None
+    if has_labels and not same:
+        _check_label_sets(queries, db)
     t0 = time.perf_counter()
     qi = method.encode_images(queries.image_features)
     qt = method.encode_texts(queries.text_features)
@@ -169,7 +183,6 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     if bits is None and method.output == "binary" and np.ndim(qi) == 2:
         bits = 8 * np.shape(qi)[1]  # packed codes: no distance passes 8 bits per byte
 
-    has_labels = queries.labels is not None and db.labels is not None
     res: dict[str, Any] = {}
     for direction, Q, D, q_lab, d_lab in (
         ("i2t", qi, dt, queries.labels, db.text_labels),
