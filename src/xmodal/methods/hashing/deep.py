@@ -100,9 +100,9 @@ class _DeepHashing(TorchMethod, HashingMethod):
         learned-codes protocol) only when every pair was trained on: after an early-stopping
         hold-out they would cover part of the training split, and no other item may stand in
         for the rest (the protocol would refuse the training split itself)."""
-        complete = len(self._rows) == self._train.n_texts
-        self.train_image_codes_ = pack_codes(B.cpu().numpy()) if complete else None
-        self.train_text_codes_ = pack_codes(B.cpu().numpy()) if complete else None
+        # one code per pair, shared by its image and its text (the unified B of both papers)
+        codes = pack_codes(B.cpu().numpy()) if len(self._rows) == self._train.n_texts else None
+        self.train_image_codes_ = self.train_text_codes_ = codes
 
     @torch.no_grad()
     def _kept_outputs(self) -> torch.Tensor:
