@@ -195,8 +195,6 @@ function render(results) {
     const card = document.createElement("div");
     card.className = "card";
     card.dataset.id = h.id;
-    if (!h.shard && state.rel.has(h.id)) card.classList.add("relevant");  // remote ids are another server's
-    if (!h.shard && state.nrel.has(h.id)) card.classList.add("nonrelevant");
     const shown = h.caption || h.key;
     const more = "More like this: " + (shown.length > 120 ? shown.slice(0, 120) + "…" : shown);
     const local = !h.shard;  // another server's item: its id means nothing here, so no "more like this"
