@@ -125,3 +125,16 @@ def test_evaluate_names_both_datasets_when_their_label_sets_differ():
     from xmodal.data.dataset import DataError
     with pytest.raises(DataError, match=r"'toy'.*3 classes.*'other'.*4"):
         evaluate(_Identity(), q, db)
+
+
+def test_hamming_pr_curve_names_a_bad_code_length():
+    from xmodal.metrics import hamming_pr_curve
+
+    D = np.array([[0, 3, 8], [2, 1, 5]])
+    R = np.array([[1, 0, 1], [0, 1, 0]], dtype=bool)
+    assert len(hamming_pr_curve(D, R, 8)["radius"]) == 9
+    for bad in (8.0, 0, True):
+        with pytest.raises(ValueError, match="bits must be a positive integer"):
+            hamming_pr_curve(D, R, bad)
+    with pytest.raises(ValueError, match="beyond bits=4"):
+        hamming_pr_curve(D, R, 4)
