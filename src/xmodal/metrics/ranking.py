@@ -344,8 +344,7 @@ def hamming_pr_curve(distances: np.ndarray, relevant: np.ndarray, bits: int) -> 
     D = np.asarray(distances)
     R = np.asarray(relevant, dtype=bool)
     _check_shapes(D, R)
-    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)) or bits < 1:
-        raise ValueError(f"bits must be a positive integer (the code length), got {bits!r}")
+    bits = _check_k(bits, "bits")  # the code length
     if D.size and D.max() > bits:
         raise ValueError(f"distances reach {D.max()}, beyond bits={bits}: pass the code length")
     P, Rc, n_valid = np.zeros(bits + 1), np.zeros(bits + 1), 0
