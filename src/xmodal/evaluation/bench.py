@@ -127,6 +127,8 @@ def _record_key(rec: dict, with_seed: bool = True) -> str:
         key.append(rec["dataset_sha256"])
     if rec.get("data_options"):  # the loader's options (a split, labels dropped): other data
         key.append(rec["data_options"])
+    if rec.get("protocol"):  # the queries and the database searched (--hashing-db): another test
+        key.append(rec["protocol"])
     return json.dumps(key, sort_keys=True)
 
 
@@ -602,8 +604,16 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 rec["dataset_sha256"] = fingerprint
             if source:
                 rec["method_source"] = source
+            # known before fitting: part of the resume match, so that a record scored against
+            # another database (--hashing-db) is never taken for this one
+            rec["protocol"] = _protocol(is_hash, database_codes, query, database, test, test_folds)
             method = registry.create(name, **kw)
             done = previous.get(_record_key(_jsonable(rec)))
+            # a record without a MAP@k asked for now (--map-k) is redone, not shown as "-"
+            want_k = [f"map@{k}" for k in (tuple(map_k) or ((50, 100) if is_hash else ()))]
+            if done is not None and any("map" in done[d] and any(k not in done[d] for k in want_k)
+                                        for d in ("i2t", "t2i")):
+                done = None
             # a record made with other parameters (a default changed since), on data the loader
             # now reads differently, or ranking ties in database order (before TIES), is redone,
             # not reused (records made before data_digest was kept are taken as they are)
@@ -619,8 +629,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             try:
                 method.fit(train, val=val)
                 fit_seconds = time.perf_counter() - t0
-                protocol, res = _score_run(method, is_hash, database_codes, query, database, train, test,
-                                           map_k, per_query, test_folds, rec)
+                res = _score_run(method, is_hash, database_codes, query, database, train, test,
+                                 map_k, per_query, test_folds, rec)
             except (TrainingDivergedError, NonFiniteScoresError) as exc:  # a diverged method
                 if failures is None:
                     raise
@@ -634,7 +644,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 failures.append({"method": name, "bits": b, "seed": sd,
                                  "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            rec.update({"params": _jsonable(method.get_params()), "protocol": protocol,
+            rec.update({"params": _jsonable(method.get_params()),
                         "kind": method_kind(name, settings), "i2t": res["i2t"], "t2i": res["t2i"],
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
                         "device": _device_name()})
@@ -655,33 +665,41 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     return records
 
 
+def _protocol(is_hash: bool, database_codes: str, query: Any, database: Any, test: Any,
+              test_folds: int) -> str:
+    """The record's ``protocol``: which queries were ranked against which database."""
+    if is_hash and database_codes == "learned":
+        return (f"hashing: {query.name} vs {database.name} (the training split, whose codes "
+                "were learned), database codes = learned training codes")
+    if is_hash:
+        return f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
+    protocol = f"classic: {test.name} vs itself (other modality)"
+    if test_folds != 1:
+        protocol += f", mean over {test_folds} folds of about {test.n_images // test_folds} images"
+    return protocol
+
+
 def _score_run(method: Any, is_hash: bool, database_codes: str, query: Any, database: Any, train: Any,
-               test: Any, map_k: Sequence[int], per_query: bool, test_folds: int, rec: dict) -> tuple[str, dict]:
-    """(protocol, results) of one fitted method under the protocol of its kind (``rec`` gains
-    the folds' spread)."""
+               test: Any, map_k: Sequence[int], per_query: bool, test_folds: int, rec: dict) -> dict:
+    """The results of one fitted method under the protocol of its kind (:func:`_protocol`;
+    ``rec`` gains the folds' spread)."""
     if is_hash and database_codes == "learned":
         from ..methods.hashing.protocol import evaluate_training_codes
 
         res = evaluate_training_codes(method, query, database, train=train,
                                       map_k=tuple(map_k) or (50, 100))
         res["encode_seconds"] = 0.0
-        protocol = (f"hashing: {query.name} vs {database.name} (the training split, whose codes "
-                    "were learned), database codes = learned training codes")
     elif is_hash:
         res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
-        protocol = f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
     else:
         view = None
         if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
             from ..methods.deep import raw_view as view
         res = evaluate_folds(method, test, test_folds, view=view, map_k=tuple(map_k),
                              per_query=per_query)
-        protocol = f"classic: {test.name} vs itself (other modality)"
         if test_folds != 1:
-            protocol += (f", mean over {test_folds} folds of about "
-                         f"{test.n_images // test_folds} images")
             rec["fold_std"] = res["fold_std"]
-    return protocol, res
+    return res
 
 
 def _jsonable(d: Any) -> Any:

@@ -1,0 +1,117 @@
+"""Second-look review of the evaluation layer: the hashing database in resume and seed
+pooling, the statistics against scipy, the protocols' definitions."""
+
+import json
+
+import numpy as np
+import pytest
+
+from xmodal.data.dataset import PairedDataset
+
+
+def _dcmh_toy(n: int = 400) -> PairedDataset:
+    """A DCMH-protocol dataset: query 80, train 200, database 320 (larger than train)."""
+    from xmodal.data.mirflickr import hashing_splits
+
+    rng = np.random.default_rng(0)
+    L = 5
+    lab = (rng.random((n, L)) < 0.3).astype(np.uint8)
+    lab[np.arange(n), rng.integers(0, L, n)] = 1
+    X = lab @ rng.standard_normal((L, 20)) + rng.standard_normal((n, 20))
+    Y = lab @ rng.standard_normal((L, 15)) + rng.standard_normal((n, 15))
+    return PairedDataset(name="dcmh_toy", text_to_image=np.arange(n), n_images=n,
+                         image_features=X.astype(np.float32), text_features=Y.astype(np.float32),
+                         labels=lab, splits=hashing_splits(n, 80, 200, 0))
+
+
+# ------------------------------------------------------------ bench: the hashing database
+def test_resume_never_reuses_a_record_scored_against_another_hashing_database(tmp_path):
+    from xmodal.evaluation.bench import run_bench
+
+    ds, path = _dcmh_toy(), tmp_path / "runs.jsonl"
+    first, = run_bench(ds, ["lsh"], bits=[16], resume=path)
+    assert "vs dcmh_toy/database," in first["protocol"]
+    again, = run_bench(ds, ["lsh"], bits=[16], resume=path, hashing_db="train")
+    assert "vs dcmh_toy/train," in again["protocol"]  # scored against the split asked for
+    fresh, = run_bench(ds, ["lsh"], bits=[16], hashing_db="train")
+    assert again["i2t"]["map"] == fresh["i2t"]["map"]
+    # and the first database's record is still the one a default run reuses
+    reused = []
+    back, = run_bench(ds, ["lsh"], bits=[16], resume=path, on_reused=reused.append)
+    assert reused and back["i2t"]["map"] == first["i2t"]["map"]
+
+
+def test_seed_summaries_never_pool_records_scored_against_other_databases():
+    from xmodal.evaluation.bench import format_hashing_tables, summarize_seeds
+
+    ds = _dcmh_toy()
+    from xmodal.evaluation.bench import run_bench
+
+    a, = run_bench(ds, ["lsh"], bits=[16], seed=0)
+    b, = run_bench(ds, ["lsh"], bits=[16], seed=1, hashing_db="train")
+    assert len(summarize_seeds([a, b])) == 2  # never one mean of two protocols
+    with pytest.raises(ValueError, match="protocol"):
+        format_hashing_tables([a, b])
+
+
+def test_resume_redoes_a_record_without_the_map_at_k_asked_for(tmp_path):
+    from xmodal.evaluation.bench import run_bench
+
+    ds, path = _dcmh_toy(), tmp_path / "runs.jsonl"
+    run_bench(ds, ["lsh"], bits=[16], resume=path)
+    rec, = run_bench(ds, ["lsh"], bits=[16], resume=path, map_k=[20])
+    assert "map@20" in rec["i2t"] and "map@20" in rec["t2i"]
+
+
+# ------------------------------------------------------------ significance against first principles
+def test_exact_sign_flip_p_value_is_the_share_of_flips_at_least_as_extreme():
+    """Few queries: scipy enumerates all 2^n flips (identity included, so p > 0); the
+    two-sided p is the share with |sum| >= the observed |sum|."""
+    from itertools import product
+
+    from xmodal.evaluation.significance import paired_permutation_test
+
+    rng = np.random.default_rng(3)
+    a, b = rng.random(9), rng.random(9) * 0.8
+    d = (a - b) / 9
+    flips = np.array(list(product((1, -1), repeat=9)))
+    want = np.mean(np.abs(flips @ d) >= abs(d.sum()) - 1e-12)
+    got = paired_permutation_test(a, b)
+    assert got["p_value"] == pytest.approx(want)
+    assert got["difference"] == pytest.approx(d.sum())
+
+
+def test_p_value_is_never_zero_and_identical_methods_give_one():
+    from xmodal.evaluation.significance import paired_permutation_test
+
+    a = np.linspace(0.5, 1.0, 200)
+    got = paired_permutation_test(a, a - 0.4, n_resamples=99)
+    assert got["p_value"] == pytest.approx(2 / 100)  # (0 + 1) / (99 + 1), doubled: two-sided
+    same = paired_permutation_test(a, a.copy())
+    assert same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_the_mean_difference():
+    from scipy.stats import bootstrap
+
+    from xmodal.evaluation.significance import paired_permutation_test
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random(300), rng.random(300)
+    got = paired_permutation_test(a, b, n_resamples=2000, seed=4)
+    ci = bootstrap((a - b,), np.mean, n_resamples=2000, method="percentile", random_state=4).confidence_interval
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    # an independent percentile bootstrap agrees to resampling noise
+    idx = rng.integers(0, 300, (4000, 300))
+    lo, hi = np.percentile((a - b)[idx].mean(axis=1), [2.5, 97.5])
+    assert got["ci_low"] == pytest.approx(lo, abs=0.01) and got["ci_high"] == pytest.approx(hi, abs=0.01)
+
+
+def test_holm_is_step_down_and_monotone():
+    from xmodal.evaluation.significance import holm
+
+    p = [0.01, 0.04, 0.03, 0.005, 0.5]
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.5])
+    adj = np.array(holm(p))
+    order = np.argsort(p)
+    assert np.all(np.diff(adj[order]) >= 0)
