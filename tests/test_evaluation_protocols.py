@@ -115,3 +115,21 @@ def test_holm_is_step_down_and_monotone():
     adj = np.array(holm(p))
     order = np.argsort(p)
     assert np.all(np.diff(adj[order]) >= 0)
+
+
+def test_mr_interval_resamples_each_direction_on_its_own():
+    """mR weighs an image query 1/(2 n_images) and a caption query 1/(2 n_texts): resampling
+    the two directions' queries as one pool lets a resample hold more images than the test
+    set, which widens the interval with noise that is not in mR. Here every image query
+    gains a hit and no caption query changes: mR differs by exactly 50 in every resample
+    that keeps 100 images and 500 captions."""
+    from xmodal.evaluation.significance import compare_records
+
+    def rec(i2t_hit):
+        return {"method": "m", "dataset": "toy",
+                "i2t": {"per_query": {f"r@{k}": [i2t_hit] * 100 for k in (1, 5, 10)}},
+                "t2i": {"per_query": {f"r@{k}": [1, 0, 0, 1, 0] * 100 for k in (1, 5, 10)}}}
+
+    got = compare_records(rec(1), rec(0), metric="mR", n_resamples=999)["both"]
+    assert got["difference"] == pytest.approx(50.0)
+    assert got["ci_low"] == pytest.approx(50.0) and got["ci_high"] == pytest.approx(50.0)

@@ -31,12 +31,16 @@ def resample_batch(n: int) -> int:
 
 
 def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Sequence[float] | None = None,
-                            n_resamples: int = 9999, seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
+                            n_resamples: int = 9999, seed: int = 0, confidence: float = 0.95,
+                            strata: Sequence[int] | None = None) -> dict[str, float]:
     """Two-sided paired randomisation test of ``sum(w * (a - b))`` (``w`` = 1/n by default,
     i.e. the difference of the means). Returns ``difference``, ``p_value`` and a percentile
     bootstrap ``confidence`` interval of the difference over queries (``ci_low``, ``ci_high``).
-    Resamples are drawn in batches (:func:`resample_batch`), so memory stays bounded however
-    many queries there are; the results are those of one unbatched run with the same seed."""
+    ``strata`` (one label per query, e.g. the direction) resamples each stratum's queries on
+    their own, keeping its size: weights that differ between strata then add no noise of how
+    many queries of each a resample drew. Resamples are drawn in batches
+    (:func:`resample_batch`), so memory stays bounded however many queries there are; the
+    results are those of one unbatched run with the same seed."""
     from scipy.stats import bootstrap, permutation_test
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -50,8 +54,17 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Seq
                            permutation_type="samples", vectorized=True, n_resamples=n_resamples,
                            batch=batch, alternative="two-sided", random_state=seed)
     # resampled queries keep their weights: the sum stays an unbiased estimate of the difference
-    ci = bootstrap((w * (a - b),), lambda d, axis: np.sum(d, axis=axis), n_resamples=n_resamples,
-                   batch=batch, confidence_level=confidence, method="percentile", random_state=seed).confidence_interval
+    d = w * (a - b)
+    if strata is None:
+        samples: tuple[np.ndarray, ...] = (d,)
+    else:
+        strata = np.asarray(strata)
+        if strata.shape != a.shape:
+            raise ValueError(f"strata {strata.shape} do not match the scores {a.shape}")
+        samples = tuple(d[strata == s] for s in np.unique(strata))
+    ci = bootstrap(samples, lambda *x, axis: sum(np.sum(v, axis=axis) for v in x), n_resamples=n_resamples,
+                   batch=batch, confidence_level=confidence, method="percentile", random_state=seed,
+                   paired=False).confidence_interval
     return {"difference": float(np.sum(w * (a - b))), "p_value": float(res.pvalue),
             "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
@@ -105,14 +118,15 @@ def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: 
     _same_task(rec_a, rec_b)
     if metric == "mR":
         parts = []
-        for d in ("i2t", "t2i"):
+        for j, d in enumerate(("i2t", "t2i")):
             ha = np.mean([_per_query(rec_a, d, f"r@{k}") for k in DEFAULT_RK], axis=0)
             hb = np.mean([_per_query(rec_b, d, f"r@{k}") for k in DEFAULT_RK], axis=0)
             _same_queries(ha, hb, d)
-            parts.append((ha, hb, np.full(len(ha), 100.0 / (2 * len(ha)))))
-        a, b, w = (np.concatenate(x) for x in zip(*parts))
+            parts.append((ha, hb, np.full(len(ha), 100.0 / (2 * len(ha))), np.full(len(ha), j)))
+        a, b, w, strata = (np.concatenate(x) for x in zip(*parts))
+        # the interval resamples each direction's queries on its own (their weights differ)
         return {"metric": "mR", "both": {"a": float(np.sum(w * a)), "b": float(np.sum(w * b)),
-                                         **paired_permutation_test(a, b, w, n_resamples, seed),
+                                         **paired_permutation_test(a, b, w, n_resamples, seed, strata=strata),
                                          "n_queries": len(a)}}
     if metric != "map" and not (metric.startswith("r@") and metric[2:].isdigit()):
         raise ValueError(f"metric {metric!r}: expected map, mR or r@K")
