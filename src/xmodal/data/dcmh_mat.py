@@ -135,11 +135,12 @@ def find_root(name: str, data_dir: str | os.PathLike | None, markers: tuple[str,
 
 def dcmh_folder(name: str, data_dir: str | os.PathLike | None) -> Path:
     """The folder of dataset ``name`` when it lacks its release layout: ``ROOT/name``, or
-    ``data_dir`` itself when it holds DCMH-layout ``.mat`` files."""
+    ``data_dir`` itself when it holds DCMH-layout ``.mat`` files or a ``*_cnn.mat`` file
+    (which the named loaders read from their folder too)."""
     try:
         return resolve_dataset_dir(name, data_dir)
     except DataError:
-        if data_dir is not None and find_dcmh_files(data_dir):
+        if data_dir is not None and (find_dcmh_files(data_dir) or mat_files(Path(data_dir), "*_cnn.mat")):
             return Path(data_dir)
         raise
 
@@ -468,7 +469,7 @@ def load_mat(path: str | Path, **kwargs) -> PairedDataset:
     if not cnn:
         raise DataError(f"{path}: not a known .mat layout: expected I_tr, T_tr, L_tr (*_cnn.mat) or "
                         f"{TEXT_VAR}, {LABEL_VAR} and {IMAGE_VARS[0]} (DCMH); found {mat.names}")
-    return load_cnn_mat(path)
+    return load_cnn_mat(path, **kwargs)  # refuses split options: the file holds its splits
 
 
 # ------------------------------------------------------- index.mat / caption.mat / label.mat

@@ -78,8 +78,8 @@ def _find_root(data_dir: str | None) -> Path:
     return find_root("mirflickr25k", data_dir, ("all_imgs.txt", "mirflickr", "meta", "index.mat"))
 
 
-def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train: int = 10000,
-                      seed: int = 0, min_tag_count: int = 20) -> PairedDataset:
+def load_mirflickr25k(data_dir: str | None = None, n_query: int | None = None, n_train: int | None = None,
+                      seed: int | None = None, min_tag_count: int | None = None) -> PairedDataset:
     """MIRFlickr-25K from the cleaned release (``all_imgs.txt``, ``all_tags.txt``,
     ``all_labels.txt``), else the full release (:func:`load_mirflickr25k_release`, where
     ``min_tag_count`` applies), else the ``*_cnn.mat`` layout, ``index.mat`` / ``caption.mat``
@@ -87,21 +87,36 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int = 2000, n_train:
     (``FLICKR-25K.mat``, or ``mirflickr25k-iall.mat``, ``-yall.mat``, ``-lall.mat``;
     :func:`~xmodal.data.dcmh_mat.load_dcmh_mat`) found in the folder.
 
-    Protocol (DCMH, Jiang & Li 2017; :func:`hashing_splits`): ``n_query`` random queries, the
-    rest is the retrieval database, ``n_train`` training items drawn from the database. The
-    DCMH ``.mat`` layout gets the same splits for the same ``seed``.
+    Protocol (DCMH, Jiang & Li 2017; :func:`hashing_splits`): ``n_query`` random queries
+    (2000 by default), the rest is the retrieval database, ``n_train`` training items (10000;
+    DJSRH and its followers use 5000) drawn from the database, seeded by ``seed`` (0). The
+    DCMH ``.mat`` layout gets the same splits for the same ``seed``. An option a layout
+    cannot honour is a :class:`DataError`, never dropped: ``min_tag_count`` outside the full
+    release (the other layouts' tags are already cleaned), split options with ``*_cnn.mat``
+    (its rows are its splits).
     """
     root = _find_root(data_dir)
+    release = None if (root / "all_tags.txt").exists() else _release_dir(root)
+    mats = sorted(root.glob("*.mat")) + sorted(root.glob("*/*.mat"))
+    if min_tag_count is not None and release is None and ((root / "all_tags.txt").exists() or mats):
+        # The cleaned tags are the 1386 on 20+ of all 25,000 images: re-counting them within
+        # the 20,015 kept would drop 22 of them, ignoring the option would be silent.
+        what = root / "all_tags.txt" if (root / "all_tags.txt").exists() else f"the .mat files in {root}"
+        raise DataError(f"mirflickr25k: min_tag_count applies to the full release (mirflickr/meta/tags/), "
+                        f"not to {what}, whose tags are already cleaned (the 1386 on 20+ images)")
+    split_options = {"n_query": n_query, "n_train": n_train, "seed": seed}
+    n_query = 2000 if n_query is None else n_query
+    n_train = 10000 if n_train is None else n_train
+    seed = 0 if seed is None else seed
+    if release is not None:
+        return load_mirflickr25k_release(root, n_query=n_query, n_train=n_train, seed=seed,
+                                         min_tag_count=20 if min_tag_count is None else min_tag_count)
     if not (root / "all_tags.txt").exists():
-        release = _release_dir(root)
-        if release is not None:
-            return load_mirflickr25k_release(root, n_query=n_query, n_train=n_train, seed=seed,
-                                             min_tag_count=min_tag_count)
         from .dcmh_mat import mat_files
 
         mats = mat_files(root, "*_cnn.mat")  # not a macOS "._NAME" beside it
         if mats:
-            return load_cnn_mat(mats[0], name="mirflickr25k")
+            return load_cnn_mat(mats[0], name="mirflickr25k", **split_options)
         from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat
 
         if is_index_caption_folder(root):
@@ -280,12 +295,20 @@ def load_mirflickr25k_release(path: str | Path, n_query: int = 2000, n_train: in
     )
 
 
-def load_cnn_mat(path: str | Path, name: str | None = None) -> PairedDataset:
+def load_cnn_mat(path: str | Path, name: str | None = None, n_query: int | None = None,
+                 n_train: int | None = None, seed: int | None = None) -> PairedDataset:
     """The ``*_cnn.mat`` layout: ``I_*`` image features, ``T_*`` text features, ``L_*`` labels for
-    ``tr`` (train), ``te`` (query) and ``db`` (database). Rows are kept as separate items."""
+    ``tr`` (train), ``te`` (query) and ``db`` (database; the train rows when absent). Rows are
+    kept as separate items. The file's blocks are its splits: ``n_query``, ``n_train`` and
+    ``seed`` are taken only to refuse them by name (a loader that forwards them would
+    otherwise drop them silently)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    given = [k for k, v in (("n_query", n_query), ("n_train", n_train), ("seed", seed)) if v is not None]
+    if given:
+        raise DataError(f"{path}: the *_cnn.mat layout holds its own splits (I_tr / I_te / I_db rows); "
+                        f"{', '.join(given)} do not apply")
     mat = loadmat_any(path)
     blocks, splits, start = [], {}, 0
     for part, split in (("tr", "train"), ("te", "query"), ("db", "database")):

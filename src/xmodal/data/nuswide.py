@@ -331,14 +331,28 @@ def _label_column(files: ReleaseFiles, concept: str, n: int, rows: tuple[np.ndar
 SPLITS = ("random", "official")
 
 
-def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: list[str] | None = None,
-                  n_query: int | None = None, n_train: int | None = None, seed: int = 0,
+def _fixed_concepts(ds: PairedDataset, n_concepts: int | None, label_file: Path | str) -> PairedDataset:
+    """``ds``, from a layout whose label file fixed its concepts (cleaned lists, ``.mat``
+    files), when ``n_concepts`` is not given or is that count: a top-10 request answered with
+    a tc21 release's 21 columns would change every relevance judgement unnoticed."""
+    have = ds.labels.shape[1]
+    if n_concepts is not None and n_concepts != have:
+        raise DataError(f"{label_file}: this NUS-WIDE copy fixes its {have} concepts, but n_concepts={n_concepts} "
+                        "was asked for (the release layout, Groundtruth/AllLabels/ with Concepts81.txt, "
+                        "lets the loader choose them)")
+    return ds
+
+
+def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, concepts: list[str] | None = None,
+                  n_query: int | None = None, n_train: int | None = None, seed: int | None = None,
                   image_features: str | Path | None = None, image_dir: str | Path | None = None,
                   split: str = "random") -> PairedDataset:
     """NUS-WIDE with the hashing protocol of most cross-modal papers.
 
     Keeps the images labelled with at least one of the ``n_concepts`` most frequent concepts
-    (10 by default; 21 is the other common choice; or the names in ``concepts``) and with at
+    (10 by default; 21 is the other common choice; or the names in ``concepts``; the cleaned
+    lists and ``.mat`` layouts fix their own, and refuse an ``n_concepts`` that is not their
+    label count) and with at
     least one of the 1000 tags. Labels are those concepts (multi-label, columns in the order of
     ``Concepts81.txt``); text features are the 1000-d 0/1 tag vectors.
 
@@ -364,8 +378,10 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
     if official and (n_query is not None or n_train is not None):
         raise DataError("nus_wide: n_query and n_train apply to split='random'; split='official' takes "
                         "the release's TrainImagelist.txt and TestImagelist.txt as they are")
+    split_options = {"n_query": n_query, "n_train": n_train, "seed": seed}
     n_query = 2100 if n_query is None else n_query
     n_train = 10500 if n_train is None else n_train
+    seed = 0 if seed is None else seed
     root = _find_root(data_dir)
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {root})")
@@ -384,24 +400,26 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
                                 vocabulary=_nonblank_lines(taglist) if taglist else None,
                                 image_root=image_dir)
         ds.meta["text_feature"] = "tags1k" if taglist else "tags"
-        return ds
+        return _fixed_concepts(ds, n_concepts, root / "all_labels.txt")
     if not list_path.exists():
         from .dcmh_mat import mat_files
 
         mats = mat_files(root, "*_cnn.mat")  # not a macOS "._NAME" beside it
         if mats:
-            return load_cnn_mat(mats[0], name="nus_wide")
+            return _fixed_concepts(load_cnn_mat(mats[0], name="nus_wide", **split_options), n_concepts, mats[0])
         from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat
 
         if is_index_caption_folder(root) and concepts is None and image_features is None:
-            return load_index_caption_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed,
-                                          image_dir=image_dir)
+            return _fixed_concepts(load_index_caption_mat(root, name="nus_wide", n_query=n_query, n_train=n_train,
+                                                          seed=seed, image_dir=image_dir),
+                                   n_concepts, root / "label.mat")
         if find_dcmh_files(root):
             # The release fixed its concepts (LAll) and image set; only the splits are ours.
             if concepts is not None or image_features is not None or image_dir is not None:
                 raise DataError(f"{root}: the DCMH .mat layout fixes its concepts and images; "
                                 "concepts, image_features and image_dir do not apply")
-            return load_dcmh_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed)
+            ds = load_dcmh_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed)
+            return _fixed_concepts(ds, n_concepts, ds.meta["sources"]["LAll"])
     entries = _nonblank_lines(list_path)
     n = len(entries)
     src = list_path.name
@@ -432,7 +450,7 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int = 10, concepts: l
             raise DataError(f"{concept_path}: unknown concepts {unknown}")
         wanted = set(concepts)
         all_concepts = [c for c in all_concepts if c in wanted]
-    elif not 1 <= n_concepts <= len(all_concepts):
+    elif not 1 <= (n_concepts := 10 if n_concepts is None else n_concepts) <= len(all_concepts):
         raise DataError(f"nus_wide: n_concepts={n_concepts}, but {concept_path} lists "
                         f"{len(all_concepts)} concepts")
     columns = np.stack([_label_column(files, c, n, rows) for c in all_concepts], axis=1)
