@@ -9,36 +9,7 @@ from typing import Optional
 
 import typer
 
-
-def _json_or_str(raw: str) -> object:
-    """A command-line value: JSON when it parses (numbers, true, lists), else the string."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _parse_params(items: list[str]) -> dict[str, dict]:
-    """``method.param=value`` (value parsed as JSON when possible)."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        method, dot, pname = key.partition(".")
-        if not sep or not dot:
-            raise typer.BadParameter(f"--set {item!r}: expected METHOD.PARAM=VALUE")
-        out.setdefault(method, {})[pname] = _json_or_str(raw)
-    return out
-
-
-def _parse_options(items: list[str]) -> dict[str, object]:
-    """``key=value`` (value parsed as JSON when possible, else the string)."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"--data-option {item!r}: expected KEY=VALUE")
-        out[key.strip()] = _json_or_str(raw)
-    return out
+from ._values import _parse_options, _parse_params
 
 
 def _config_name(rec: dict) -> str:

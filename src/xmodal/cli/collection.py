@@ -61,6 +61,8 @@ def _plan_text(plan: dict) -> str:
     head = f"{plan['collection']}: dry run, nothing written"
     if plan["action"] == "create":
         how = f"with {plan['like']}'s method and encoders" if "like" in plan else f"fitting {plan['method']}"
+        if plan.get("params"):
+            how += f" ({', '.join(f'{k}={_value_words(v)}' for k, v in plan['params'].items())})"
         return (f"{head}\nwould create the collection {how}: {plan['images']} images, "
                 f"{plan['texts']} texts from {plan['source']}")
     lines = [head]
@@ -87,7 +89,13 @@ def _option_words(collection: Path, options: list) -> str:
     words = []
     for o in options:
         flag = o.name.replace("_", "-")
-        if isinstance(o.asked, bool):
+        if o.name == "method_params":  # typed as --set PARAM=VALUE
+            has = o.has or {}
+            words += [f"--set {k}={_value_words(v)} (" + (f"it has {k}={_value_words(has[k])}" if k in has else
+                                                          "it has no fitted method" if o.has is None
+                                                          else f"it has no {k}") + ")"
+                      for k, v in o.asked.items()]
+        elif isinstance(o.asked, bool):
             words.append(f"--{flag} ({o.reason})" if o.asked else f"--no-{flag} ({o.reason})")
         else:
             asked = o.asked if isinstance(o.asked, (str, Path)) else f"{type(o.asked).__name__} object"
@@ -97,16 +105,26 @@ def _option_words(collection: Path, options: list) -> str:
             f"add --rebuild to start it afresh with them (refits the method)")
 
 
-def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: object) -> None:
+def _value_words(value: object) -> str:
+    """A ``--set`` value as it is typed: a string bare, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _refuse_ignored_options(ctx: typer.Context, collection: Path, method_params: dict | None = None,
+                            **given: object) -> None:
     """An existing collection keeps the method, encoders and index it was made with: an option
     typed on the command line that asks for another one is refused rather than silently
     ignored (the run would report the old index, the user believing in the new one). Before
-    the source is scanned; the facts are :func:`xmodal.index.build.other_options`'s."""
+    the source is scanned; the facts are :func:`xmodal.index.build.other_options`'s.
+    ``method_params``: the ``--set`` parameters (their method's rules checked too)."""
     from ..index import Collection, CollectionError
     from ..index.build import other_options
+    from ..methods import ParameterError
 
     typed = {name: v for name, v in given.items()
              if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    if method_params:
+        typed["method_params"] = method_params
     if not typed or not Collection.exists(collection):
         return
     try:
@@ -115,6 +133,10 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, **given: objec
         return  # build_collection reports it
     try:
         differ = other_options(coll, typed)
+    except ParameterError as exc:
+        _fail(f"--set: {exc}")
+    except KeyError as exc:  # its stored method's plugin not loaded
+        _fail(f"--set: {exc.args[0]}")
     except CollectionError as exc:
         _fail(str(exc))
     finally:
@@ -210,6 +232,12 @@ def register(app: typer.Typer) -> None:
         data_option: list[str] = typer.Option([], "--data-option", help="dataset loader option, KEY=VALUE "
                                               "(repeatable; e.g. n_val_per_class=0 for a small Pascal copy), "
                                               "as in xmodal bench"),
+        set_: list[str] = typer.Option([], "--set", metavar="PARAM=VALUE",
+                                       help="a parameter of the method fitted here, e.g. --set bits=128 "
+                                       "(repeatable; VALUE as JSON when it parses, else a string); one "
+                                       "given is left out of the cross-validated search. Not with --like "
+                                       "or a --method FILE (fitted already); an existing collection: "
+                                       "only its own values"),
         as_json: bool = typer.Option(False, "--json", help="print the result (or the --dry-run plan) as JSON"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
@@ -220,30 +248,44 @@ def register(app: typer.Typer) -> None:
         from ..data.dataset import DataError
         from ..encoders.base import EncoderError
         from ..index import CollectionError, IndexSpecError, build_collection, plan_collection
-        from ..index.build import OtherOptionsError
-        from .bench import _parse_options
+        from ..index.build import OtherOptionsError, _is_method_file
+        from ..methods import ParameterError
+        from ._values import _parse_options
 
         data_options = _parse_options(data_option)
+        method_params = _parse_options(set_, "--set", "PARAM=VALUE")
+        for item in set_:  # bench's METHOD.PARAM=VALUE: index fits one method
+            key, _, raw = item.partition("=")
+            if "." in key.strip().strip("."):
+                _fail(f"--set {item}: xmodal index fits one method; give the parameter alone, "
+                      f"--set {key.strip().rpartition('.')[2]}={raw}")
 
         if like is not None:  # a shard takes its base's fitted method and encoders, never these
             typed = [f"--{name.replace('_', '-')}" for name in ("method", "image_encoder", "text_encoder")
                      if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+            typed += ["--set"] if set_ else []
             if typed:
                 _fail(f"--like {like} reuses that collection's fitted method and encoders; "
                       f"{', '.join(typed)} would be ignored: leave it out, or index without --like "
                       "to fit a new space")
+        if method_params and method is not None and _is_method_file(method):
+            _fail(f"--set {' '.join(set_)}: --method {method} is a fitted method, its parameters fixed "
+                  f"when it was fitted; --set applies to a method fitted here (--method NAME)")
         if not rebuild:
-            _refuse_ignored_options(ctx, collection, method=method, index=index, image_encoder=image_encoder,
-                                    text_encoder=text_encoder, rerank=rerank)
+            _refuse_ignored_options(ctx, collection, method_params, method=method, index=index,
+                                    image_encoder=image_encoder, text_encoder=text_encoder, rerank=rerank)
         _say_binary_spec(collection, rebuild, like, method or DEFAULT_METHOD, index)
         if dry_run:
             try:
-                plan = plan_collection(source, collection, method=method, index=index, overwrite=rebuild,
+                plan = plan_collection(source, collection, method=method, method_params=method_params or None,
+                                       index=index, overwrite=rebuild,
                                        like=like, prune=prune, rerank=rerank,
                                        image_encoder=image_encoder, text_encoder=text_encoder,
                                        data_options=data_options)
             except OtherOptionsError as exc:
                 _fail(_option_words(collection, exc.options))
+            except ParameterError as exc:
+                _fail(f"--set: {exc}")
             except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
                 _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
             except OSError as exc:
@@ -251,12 +293,15 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))
             return
         try:
-            coll = build_collection(source, collection, method=method, image_encoder=image_encoder,
+            coll = build_collection(source, collection, method=method, method_params=method_params or None,
+                                    image_encoder=image_encoder,
                                     text_encoder=text_encoder, index=index, rerank=rerank,
                                     public_read=public_read, overwrite=rebuild, quiet=quiet, like=like,
                                     prune=prune, data_options=data_options)
         except OtherOptionsError as exc:
             _fail(_option_words(collection, exc.options))
+        except ParameterError as exc:
+            _fail(f"--set: {exc}")
         except (DataError, CollectionError, IndexSpecError, EncoderError, KeyError) as exc:
             _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
         except OSError as exc:  # a folder that cannot be written, a full disk

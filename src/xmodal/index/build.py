@@ -214,6 +214,9 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     ``index`` (default ``"Flat"``); a method named by its registry name has
     the ``PARAM_GRIDS`` parameters that ``method_params`` leaves out chosen by
     cross-validation on those pairs (``search=False``: the fixed ``DEFAULT_METHOD_PARAMS``).
+    ``method_params`` are checked by the method's own rules before anything is encoded
+    (:func:`check_method_params`: an unknown name or a bad value is a ``ParameterError``; with
+    a fitted method, which takes none, a :class:`CollectionError`).
     ``image_encoder`` / ``text_encoder``
     (a spec or an encoder object) default to the encoders a fitted method records
     (``feature_encoders_``), else to ``DEFAULT_IMAGE_ENCODER`` / ``DEFAULT_TEXT_ENCODER``; a
@@ -247,6 +250,8 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         method, image_encoder, text_encoder = base.method, base.encoder("image"), base.encoder("text")
         rerank = rerank or bool(base.fdim)
     _check_method(method, index, source, texts, rerank)
+    if like is None:  # (a shard's method_params are refused above)
+        check_method_params(method, method_params)
     given = _fitted_method(method)  # loaded now: its recorded encoders are checked before encoding
     if like is None:
         image_encoder, text_encoder = _resolve_encoders(given, method, image_encoder, text_encoder)
@@ -332,6 +337,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
 
 
 def plan_collection(source: str | Path, collection_path: str | Path, *, method: Any = None,
+                    method_params: dict[str, Any] | None = None,
                     index: str | None = None, overwrite: bool = False, like: str | Path | None = None,
                     prune: bool = False, rerank: bool = False, image_encoder: Any = None,
                     text_encoder: Any = None, data_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -341,8 +347,10 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     or ``"update"`` with :meth:`Collection.plan`'s per-modality keys (and ``removed`` with
     ``prune``). What :func:`build_collection` refuses is refused: a fitted method given other
     encoders than it records (or recording a fitted one without its state), an existing
-    collection given another method, index or encoder than its own."""
-    asked = {"method": method, "method_params": None, "index": index, "rerank": rerank,
+    collection given another method, index, encoder or ``method_params`` than its own, and
+    ``method_params`` the method's own rules refuse (:func:`check_method_params`). A new
+    collection's plan has the ``params`` asked for."""
+    asked = {"method": method, "method_params": method_params, "index": index, "rerank": rerank,
              "image_encoder": image_encoder, "text_encoder": text_encoder}
     _refuse_with_like(like, asked)
     method = DEFAULT_METHOD if method is None else method
@@ -360,10 +368,12 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     if like is not None:
         return {**out, "action": "create", "like": str(like), "method": _base(like).stats()["method"]}
     _check_method(method, index, source, texts, rerank)
+    check_method_params(method, method_params)
     chosen = _resolve_encoders(_fitted_method(method), method, image_encoder, text_encoder)
     for modality, enc in zip(("image", "text"), chosen):
         _check_encoder(enc, modality)
-    return {**out, "action": "create", "method": str(method)}
+    return {**out, "action": "create", "method": str(method),
+            **({"params": dict(method_params)} if method_params else {})}
 
 
 def _check_encoder(encoder: Any, modality: str) -> None:
@@ -462,6 +472,24 @@ def _check_method(method: Any, index: str, source: str | Path, texts: list[TextI
                                   ".txt captions or pass a fitted method file (--method FILE)")
     elif isinstance(method, (str, Path)) and not Path(method).exists():
         raise CollectionError(f"{method}: no such fitted method file")
+
+
+def check_method_params(method: Any, params: dict[str, Any] | None) -> None:
+    """``params`` for fitting ``method`` (a registry name) refused before anything is encoded,
+    by the method's own ``_parameter_rules`` on an unfitted instance (what ``fit`` checks
+    first): an unknown name or a bad value is a ``ParameterError`` naming the method and
+    what it takes. A fitted method (a saved file, an object) takes none: its parameters were
+    fixed when it was fitted, so any is refused (:class:`CollectionError`) rather than ignored."""
+    if not params:
+        return
+    if _is_method_file(method) or not isinstance(method, str):
+        what = method if isinstance(method, (str, Path)) else f"{type(method).__name__} object"
+        raise CollectionError(f"{what}: a fitted method, its parameters fixed when it was fitted; "
+                              f"method_params ({', '.join(params)}) apply to a method fitted here "
+                              f"(a registry name)")
+    from ..methods import create
+
+    create(method, **params)._validate_params()
 
 
 def _fitted_method(method: Any) -> Any:
@@ -618,7 +646,8 @@ def other_options(coll: Collection, asked: dict[str, Any]) -> list[OtherOption]:
     image_encoder and text_encoder; None or absent: not asked, the collection's own) an
     existing collection does not have, in that order. ``rerank``: True asks for float
     projections, False for none. A method file that does not exist is a
-    :class:`CollectionError`."""
+    :class:`CollectionError`; ``method_params`` that the method asked for (else the
+    collection's own) does not take are refused first (:func:`check_method_params`)."""
     from .vector import IndexSpecError, normalize_spec
 
     have = coll.meta.get("method") or {}
@@ -638,6 +667,9 @@ def other_options(coll: Collection, asked: dict[str, Any]) -> list[OtherOption]:
         elif not have or _method_digest(method) != _method_digest(coll.path / have["file"]):
             differ.append(OtherOption("method", method, have.get("name"), other_fitted))
     params = asked.get("method_params") or {}
+    if params and (method is not None or have.get("name")):
+        # an unknown name or a bad value is said as such, not as a mere difference
+        check_method_params(method if method is not None else have["name"], params)
     stored = have.get("params") or {}
     other = {k: v for k, v in params.items() if k not in stored or stored[k] != v}
     if other:
