@@ -133,3 +133,110 @@ def test_mr_interval_resamples_each_direction_on_its_own():
     got = compare_records(rec(1), rec(0), metric="mR", n_resamples=999)["both"]
     assert got["difference"] == pytest.approx(50.0)
     assert got["ci_low"] == pytest.approx(50.0) and got["ci_high"] == pytest.approx(50.0)
+
+
+# ------------------------------------------------------------ protocols as the papers define them
+class _Given:
+    """Scores its inputs as they are (cosine of the given vectors): a ranking fixed by hand."""
+    output = "real"
+
+    def encode_images(self, X):
+        return np.asarray(X, dtype=np.float64)
+
+    def encode_texts(self, Y):
+        return np.asarray(Y, dtype=np.float64)
+
+
+def _toy(image_vecs, text_vecs, t2i, labels=None):
+    return PairedDataset(name="toy", text_to_image=np.asarray(t2i), n_images=len(image_vecs),
+                         image_features=np.asarray(image_vecs, np.float32),
+                         text_features=np.asarray(text_vecs, np.float32),
+                         labels=None if labels is None else np.asarray(labels, np.uint8))
+
+
+def test_recall_counts_any_caption_of_an_image_and_the_one_image_of_a_caption():
+    from xmodal.evaluation import evaluate
+
+    e = np.eye(4)
+    # image 0 is closest to caption 2 (image 1's) then caption 1 (its own second caption);
+    # image 1 is closest to its own caption 2; image 2 has no caption
+    imgs = [e[0] + 0.1 * e[3], e[1], e[2] + 0.05 * e[3]]
+    texts = [e[3], e[0] + 0.5 * e[1], e[0] + e[1] * 0.2 + 0.1 * e[2], e[1] + 0.3 * e[2]]
+    t2i = [0, 0, 1, 1]
+    res = evaluate(_Given(), _toy(imgs, texts, t2i), rk=(1, 2), pk=(), ndcg_k=(), curves=False,
+                   per_query=True, tie_seed=None)
+    # image 0's ranking: text 2 (image 1's), text 1 (its own) -> a hit at 2, not at 1;
+    # image 1's: text 3 (its own) first; image 2 has no caption: left out
+    assert res["i2t"]["per_query"]["r@1"] == [0, 1]
+    assert res["i2t"]["per_query"]["r@2"] == [1, 1]
+    assert res["i2t"]["r@1"] == 50.0
+    # each caption's one image: a hit where that image ranks first
+    S = [[np.dot(t, i) / np.linalg.norm(t) / np.linalg.norm(i) for i in imgs] for t in texts]
+    own_first = [int(np.argmax(s) == t2i[j]) for j, s in enumerate(S)]
+    assert res["t2i"]["per_query"]["r@1"] == own_first
+
+
+def test_multi_label_relevance_is_sharing_a_label_and_map_spans_the_whole_database():
+    from xmodal.evaluation import evaluate
+
+    e = np.eye(3)
+    imgs = [e[0], e[1], e[2]]
+    texts = [e[0], e[1], e[2]]
+    labels = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    res = evaluate(_Given(), _toy(imgs, texts, [0, 1, 2], labels), rk=(), pk=(1, 3), ndcg_k=(),
+                   curves=False, per_query=True, tie_seed=None, map_k=(1,))
+    # image 0 ranks text 0 (shares both), then texts 1 and 2 tied at 0 (database order):
+    # text 1 shares label 1 -> relevant; AP = (1/1 + 2/2) / 2 = 1
+    # image 1 ranks text 1, then text 0 (shares label 1), text 2: AP = 1
+    # image 2: only text 2 relevant, first: AP = 1
+    assert res["i2t"]["per_query"]["ap"] == [1.0, 1.0, 1.0]
+    assert res["i2t"]["p@3"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3)
+
+
+# ------------------------------------------------------------ select: folds
+def test_parameter_search_folds_hold_whole_images_of_the_training_split_only(monkeypatch):
+    from xmodal.evaluation import select
+    from xmodal import methods
+
+    CCA = methods.get("cca")
+
+    rng = np.random.default_rng(0)
+    n, per = 90, 3
+    lab = rng.integers(0, 4, n)
+    X = np.eye(4)[lab] @ rng.standard_normal((4, 12)) + 0.5 * rng.standard_normal((n, 12))
+    t2i = np.repeat(np.arange(n), per)
+    Y = np.eye(4)[lab[t2i]] @ rng.standard_normal((4, 10)) + 0.5 * rng.standard_normal((n * per, 10))
+    order = rng.permutation(n)
+    ds = PairedDataset(name="toy", text_to_image=t2i, n_images=n, image_features=X.astype(np.float32),
+                       text_features=Y.astype(np.float32),
+                       splits={"train": np.sort(order[:60]), "test": np.sort(order[60:])})
+    seen = []
+    real_eval, real_fit = select.evaluate, CCA.fit
+
+    def evaluate(m, held, **kw):
+        seen.append(("held", held.subset_images.tolist(), len(held.text_to_image)))
+        return real_eval(m, held, **kw)
+
+    def fit(self, train, *a, **kw):
+        seen.append(("fit", train.subset_images.tolist(), len(train.text_to_image)))
+        return real_fit(self, train, *a, **kw)
+
+    monkeypatch.setattr(select, "evaluate", evaluate)
+    monkeypatch.setattr(CCA, "fit", fit)
+    first = select.select_params("cca", {"n_components": [2, 3], "reg": [1e-3, 1e-1]}, ds, folds=3,
+                                 max_images=45, random_state=7)
+    runs, seen[:] = list(seen), []
+    again = select.select_params("cca", {"n_components": [2, 3], "reg": [1e-3, 1e-1]}, ds, folds=3,
+                                 max_images=45, random_state=7)
+    assert seen == runs and again.table == first.table and again.params == first.params
+    train = set(ds.splits["train"].tolist())
+    held = [set(imgs) for kind, imgs, _ in runs if kind == "held"]
+    fits = [set(imgs) for kind, imgs, _ in runs if kind == "fit"]
+    assert all(kind == "fit" or n_texts == per * len(imgs) for kind, imgs, n_texts in runs)  # no image split
+    assert all(s <= train for s in held + fits)  # the test split is never seen
+    # one combination's three folds (CCA scores both sizes per fold: one fit, two evaluations):
+    # disjoint, together the searched images
+    folds = [set(f) for f in dict.fromkeys(tuple(sorted(h)) for h in held)][:3]
+    held = [h for i, h in enumerate(held) if i % 2 == 0]
+    assert sum(map(len, folds)) == 45 and len(set().union(*folds)) == 45
+    assert all(not (f & h) for f, h in zip(fits, held))  # fitted on the other folds only
