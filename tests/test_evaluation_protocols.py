@@ -240,3 +240,34 @@ def test_parameter_search_folds_hold_whole_images_of_the_training_split_only(mon
     held = [h for i, h in enumerate(held) if i % 2 == 0]
     assert sum(map(len, folds)) == 45 and len(set().union(*folds)) == 45
     assert all(not (f & h) for f, h in zip(fits, held))  # fitted on the other folds only
+
+
+# ------------------------------------------------------------ compare: same test queries only
+def _pq(method, hits, **extra):
+    return {"method": method, "dataset": "toy", "protocol": "classic: toy/test vs itself (other modality)",
+            "i2t": {"per_query": {"ap": list(hits)}}, "t2i": {"per_query": {"ap": list(hits)}}, **extra}
+
+
+@pytest.mark.parametrize("field, va, vb", [("data_options", {"split": "official"}, None),
+                                           ("data_digest", "a" * 64, "b" * 64)])
+def test_compare_refuses_records_of_other_data_options_or_data_as_read(field, va, vb):
+    from xmodal.data.dataset import DataError
+    from xmodal.evaluation.significance import compare_records
+
+    hits = np.linspace(0, 1, 20)
+    a = _pq("a", hits, **({field: va} if va is not None else {}))
+    b = _pq("b", hits[::-1], **({field: vb} if vb is not None else {}))
+    with pytest.raises(DataError, match=field):
+        compare_records(a, b)
+    if field == "data_digest":  # older records carry no digest: compared as before
+        compare_records(a, _pq("b", hits[::-1]))
+
+
+def test_compare_refuses_per_query_scores_that_are_not_finite():
+    from xmodal.data.dataset import DataError
+    from xmodal.evaluation.significance import compare_records
+
+    a, b = _pq("a", [0.5, 0.2, 0.9]), _pq("b", [0.1, 0.3, 0.4])
+    b["t2i"]["per_query"]["ap"][1] = None  # a NaN, as strict JSON writes it
+    with pytest.raises(DataError, match=r"'b'.*t2i.*query 1"):
+        compare_records(a, b)

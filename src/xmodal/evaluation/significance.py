@@ -79,12 +79,21 @@ def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
                             f"scores for {direction}; it has {names}" + (", mR" if "r@1" in held else ""))
         raise DataError(f"record {rec.get('method')!r}: no per-query {key!r} scores for {direction}; "
                         "re-run the benchmark with per-query scores (xmodal bench --per-query)")
-    return np.asarray(values, dtype=np.float64)
+    out = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(out))
+    if len(bad):  # strict JSON writes NaN as null: a mean or a test over it means nothing
+        raise DataError(f"record {rec.get('method')!r}: per-query {'map' if key == 'ap' else key} scores "
+                        f"for {direction} are not finite at query {bad[0]}"
+                        + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    return out
 
 
 # what makes two records' queries the same test set (the method and its settings may differ)
 _TASK_FIELDS = (("dataset", "dataset"), ("dataset_sha256", "dataset file (SHA-256)"),
+                ("data_options", "data_options (the loader's options: another split or labels)"),
+                ("data_digest", "data_digest (the data as the loader read it)"),
                 ("protocol", "protocol"), ("test_folds", "test_folds"))
+_OPTIONAL = ("dataset_sha256", "data_digest")  # older records carry none: not compared then
 
 
 def _same_task(rec_a: dict, rec_b: dict) -> None:
@@ -94,8 +103,10 @@ def _same_task(rec_a: dict, rec_b: dict) -> None:
         # bench records say test_folds; evaluate()/evaluate_folds() results say folds
         va, vb = (rec.get(key, rec.get("folds", default) if key == "test_folds" else default)
                   for rec in (rec_a, rec_b))
-        if key == "dataset_sha256" and (va is None or vb is None):
+        if key in _OPTIONAL and (va is None or vb is None):
             continue  # older records carry no fingerprint
+        if key == "data_options":  # none given: recorded as absent
+            va, vb = va or None, vb or None
         if va != vb:
             raise DataError(f"records differ in {what}: {va!r} ({rec_a.get('method')}) vs {vb!r} "
                             f"({rec_b.get('method')}); a paired test needs both methods scored on "
