@@ -105,3 +105,34 @@ def test_nus_wide_dcmh_mat_concept_count(tmp_path):
     with pytest.raises(DataError, match=r"nus_cnn.mat: .*21 concepts.*n_concepts=10"):
         load_nus_wide(str(path.parent), n_concepts=10)
     assert load_nus_wide(str(path.parent)).labels.shape == (90, 21)
+
+
+def test_cnn_mat_class_index_labels_become_one_hot(tmp_path):
+    # Single-label *_cnn.mat files (Wikipedia, Pascal features) keep a column of class numbers;
+    # "> 0" made that one all-ones column, every item relevant to every other (MAP 1.0).
+    rng = np.random.default_rng(4)
+    mat = {}
+    for part, n in (("tr", 20), ("te", 6)):
+        mat[f"I_{part}"], mat[f"T_{part}"] = rng.normal(size=(n, 4)), rng.normal(size=(n, 3))
+        mat[f"L_{part}"] = (np.arange(n) % 10 + 1)[:, None]  # classes 1..10
+    scipy.io.savemat(tmp_path / "wiki_cnn.mat", mat)
+    ds = load_dataset(str(tmp_path / "wiki_cnn.mat"))
+    assert ds.labels.shape == (26, 10) and ds.is_single_label
+    classes = np.vstack([mat["L_tr"], mat["L_te"]])[:, 0]
+    np.testing.assert_array_equal(ds.labels.argmax(1), classes - 1)
+    assert ds.meta["label_values"] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("value", [2, 0.5])
+def test_cnn_mat_multi_label_values_are_checked(tmp_path, value):
+    path = _cnn_mat(tmp_path / "x_cnn.mat")
+    mat = scipy.io.loadmat(path)
+    mat["L_te"] = mat["L_te"].astype(float)
+    mat["L_te"][3, 2] = value
+    scipy.io.savemat(path, {k: v for k, v in mat.items() if not k.startswith("__")})
+    with pytest.raises(DataError, match=rf"x_cnn.mat: L_te item 3 \(0-based\), column 2 holds {value}"):
+        load_dataset(str(path))
+    # The +-1 encoding of hashing code is read as 0/1.
+    mat["L_te"] = np.where(mat["L_tr"][:10] > 0, 1, -1)
+    scipy.io.savemat(path, {k: v for k, v in mat.items() if not k.startswith("__")})
+    np.testing.assert_array_equal(load_dataset(str(path)).subset("query").labels, mat["L_tr"][:10])

@@ -333,7 +333,36 @@ def load_cnn_mat(path: str | Path, name: str | None = None, n_query: int | None 
     if "database" not in splits:
         splits["database"] = splits["train"]
     I, T, L = (np.vstack([b[i] for b in blocks]) for i in range(3))
+    labels, values = _cnn_labels(L, path, [(part, len(b[2])) for part, b in zip(("tr", "te", "db"), blocks)])
     return PairedDataset(name=name or path.stem, text_to_image=np.arange(len(I)), n_images=len(I),
                          image_features=I.astype(np.float32), text_features=T.astype(np.float32),
-                         labels=(L > 0).astype(np.uint8), splits=splits, root=str(path.parent),
-                         meta={"protocol": "hashing"})
+                         labels=labels, splits=splits, root=str(path.parent),
+                         meta={"protocol": "hashing", "label_values": values})
+
+
+def _cnn_labels(L: np.ndarray, path: Path, parts: list[tuple[str, int]]) -> tuple[np.ndarray, list | None]:
+    """0/1 labels from the stacked ``L_*`` blocks (``parts``: their names and row counts), and
+    the class numbers when ``L`` is one column of them (single-label files: one-hot, a column
+    per distinct number, in order). Multi-hot rows may use 0/1 or the -1/+1 of hashing code;
+    any other value is an error naming the block, row and column."""
+    if L.dtype == bool:
+        return L.astype(np.uint8), None
+    if not np.issubdtype(L.dtype, np.number):
+        raise DataError(f"{path}: L_{parts[0][0]} holds {L.dtype} values, not labels")
+    whole = np.isfinite(L).all() and (L == np.round(L)).all()
+    if L.shape[1] == 1 and whole and (L >= 0).all() and (L > 1).any():
+        values, classes = np.unique(L[:, 0], return_inverse=True)
+        onehot = np.zeros((len(L), len(values)), dtype=np.uint8)
+        onehot[np.arange(len(L)), classes] = 1
+        return onehot, [v.item() for v in values.astype(np.int64)]
+    bad = ~np.isin(L, (-1, 0, 1))
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        value = L[r, c].item()
+        for part, n in parts:  # name the block and its own row
+            if r < n:
+                break
+            r -= n
+        raise DataError(f"{path}: L_{part} item {r} (0-based), column {c} holds {value!r}; "
+                        "labels must be 0/1 (or -1/+1), or one column of class numbers")
+    return (L > 0).astype(np.uint8), None
