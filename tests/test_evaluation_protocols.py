@@ -271,3 +271,29 @@ def test_compare_refuses_per_query_scores_that_are_not_finite():
     b["t2i"]["per_query"]["ap"][1] = None  # a NaN, as strict JSON writes it
     with pytest.raises(DataError, match=r"'b'.*t2i.*query 1"):
         compare_records(a, b)
+
+
+# ------------------------------------------------------------ bench: resume
+def test_an_interrupted_and_resumed_run_gives_the_uninterrupted_tables(tmp_path):
+    from xmodal.evaluation.bench import format_hashing_tables, format_table, read_jsonl, run_bench
+
+    ds, path = _dcmh_toy(), tmp_path / "runs.jsonl"
+    whole = run_bench(ds, ["cca", "lsh"], bits=[16, 32], seed=[0, 1], per_query=True)
+    run_bench(ds, ["cca", "lsh"], bits=[16], seed=[0], resume=path, per_query=True)
+    with open(path, "a") as f:  # killed mid-write
+        f.write('{"dataset": "dcmh_toy", "meth')
+    resumed = run_bench(ds, ["cca", "lsh"], bits=[16, 32], seed=[0, 1], resume=path, per_query=True)
+
+    def scores(recs):
+        keep = ("method", "bits", "seed", "protocol", "i2t", "t2i", "mR")
+        return [{k: r.get(k) for k in keep} for r in recs]
+
+    def table(text):  # the fit seconds are each run's own
+        return [line.rsplit("|", 2)[0] for line in text.splitlines()]
+
+    assert scores(resumed) == scores(whole)
+    # the file holds every record once (the torn line cut), in the order they were done
+    order = lambda recs: sorted(scores(recs), key=lambda r: (r["method"], r["bits"] or 0, r["seed"]))  # noqa: E731
+    assert order(read_jsonl(path)) == order(whole)
+    assert table(format_table(resumed, markdown=True)) == table(format_table(whole, markdown=True))
+    assert table(format_hashing_tables(resumed)) == table(format_hashing_tables(whole))
