@@ -297,3 +297,26 @@ def test_an_interrupted_and_resumed_run_gives_the_uninterrupted_tables(tmp_path)
     assert order(read_jsonl(path)) == order(whole)
     assert table(format_table(resumed, markdown=True)) == table(format_table(whole, markdown=True))
     assert table(format_hashing_tables(resumed)) == table(format_hashing_tables(whole))
+
+
+def test_cli_compare_of_two_identical_runs_gives_p_one_in_strict_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+    from xmodal.evaluation.bench import run_bench
+
+    rec, = run_bench(_dcmh_toy(), ["cca"], per_query=True)
+    log = tmp_path / "runs.jsonl"
+    log.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "method": "cca_again"}) + "\n")
+    res = CliRunner().invoke(app, ["compare", str(log), "cca", "cca_again", "--resamples", "499", "--json"])
+    assert res.exit_code == 0, res.output
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    out = json.loads(res.output, parse_constant=refuse)
+    for d in ("i2t", "t2i"):
+        assert out[d]["difference"] == 0.0 and out[d]["p_value"] == 1.0
+    # another test set (a record scored against other folds) is refused, naming what differs
+    log.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "method": "cca_again", "test_folds": 2}) + "\n")
+    res = CliRunner().invoke(app, ["compare", str(log), "cca", "cca_again"])
+    assert res.exit_code == 2 and "differ in test_folds" in res.output
