@@ -136,3 +136,27 @@ def test_cnn_mat_multi_label_values_are_checked(tmp_path, value):
     mat["L_te"] = np.where(mat["L_tr"][:10] > 0, 1, -1)
     scipy.io.savemat(path, {k: v for k, v in mat.items() if not k.startswith("__")})
     np.testing.assert_array_equal(load_dataset(str(path)).subset("query").labels, mat["L_tr"][:10])
+
+
+def test_nus_wide_untagged_images_counted_and_optional(tmp_path):
+    # Papers quote the label-filtered count (186,577 for the top 10 concepts); images without
+    # any of the 1000 tags are dropped by default and counted, require_tag=False keeps them.
+    from test_data_extra import NO_TAGS, nus_arrays, write_nus
+
+    tags, labels = nus_arrays()
+    write_nus(tmp_path / "nus_wide", tags, labels, flickr=False)
+    top = np.sort(np.argsort(-labels.sum(0), kind="stable")[:3])
+    labelled = labels[:, top].any(1)
+    ds = load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12)
+    untagged = int((labelled & (tags.sum(1) == 0)).sum())
+    assert untagged == sum(labelled[i] for i in NO_TAGS) > 0
+    assert ds.meta["untagged_dropped"] == untagged and ds.n_images == labelled.sum() - untagged
+    kept = load_nus_wide(str(tmp_path), n_concepts=3, n_query=5, n_train=12, require_tag=False)
+    assert kept.n_images == labelled.sum() and kept.meta["untagged_dropped"] == 0
+    np.testing.assert_array_equal(kept.meta["release_rows"], np.flatnonzero(labelled))
+    with pytest.raises(DataError, match=r"require_tag must be True or False"):
+        load_nus_wide(str(tmp_path), n_concepts=3, require_tag="no")
+    # The cleaned lists fixed their images: the release's filter cannot apply.
+    _nus_cleaned(tmp_path / "c" / "nus_wide")
+    with pytest.raises(DataError, match=r"all_labels.txt: require_tag applies to the release layout"):
+        load_nus_wide(str(tmp_path / "c"), n_query=5, n_train=10, require_tag=False)

@@ -331,10 +331,15 @@ def _label_column(files: ReleaseFiles, concept: str, n: int, rows: tuple[np.ndar
 SPLITS = ("random", "official")
 
 
-def _fixed_concepts(ds: PairedDataset, n_concepts: int | None, label_file: Path | str) -> PairedDataset:
-    """``ds``, from a layout whose label file fixed its concepts (cleaned lists, ``.mat``
-    files), when ``n_concepts`` is not given or is that count: a top-10 request answered with
-    a tc21 release's 21 columns would change every relevance judgement unnoticed."""
+def _fixed_concepts(ds: PairedDataset, n_concepts: int | None, label_file: Path | str,
+                    require_tag: bool | None = None) -> PairedDataset:
+    """``ds``, from a layout whose label file fixed its concepts and images (cleaned lists,
+    ``.mat`` files), when ``n_concepts`` is not given or is that count: a top-10 request
+    answered with a tc21 release's 21 columns would change every relevance judgement
+    unnoticed. ``require_tag`` (the release's image filter) must not be given either."""
+    if require_tag is not None:
+        raise DataError(f"{label_file}: require_tag applies to the release layout (AllTags1k.txt); this "
+                        "copy fixed its images already")
     have = ds.labels.shape[1]
     if n_concepts is not None and n_concepts != have:
         raise DataError(f"{label_file}: this NUS-WIDE copy fixes its {have} concepts, but n_concepts={n_concepts} "
@@ -346,14 +351,18 @@ def _fixed_concepts(ds: PairedDataset, n_concepts: int | None, label_file: Path 
 def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, concepts: list[str] | None = None,
                   n_query: int | None = None, n_train: int | None = None, seed: int | None = None,
                   image_features: str | Path | None = None, image_dir: str | Path | None = None,
-                  split: str = "random") -> PairedDataset:
+                  split: str = "random", require_tag: bool | None = None) -> PairedDataset:
     """NUS-WIDE with the hashing protocol of most cross-modal papers.
 
     Keeps the images labelled with at least one of the ``n_concepts`` most frequent concepts
     (10 by default; 21 is the other common choice; or the names in ``concepts``; the cleaned
     lists and ``.mat`` layouts fix their own, and refuse an ``n_concepts`` that is not their
     label count) and with at
-    least one of the 1000 tags. Labels are those concepts (multi-label, columns in the order of
+    least one of the 1000 tags (``require_tag``, True by default: DCMH quotes 195,834 images
+    for the top 21 concepts and its followers 186,577 for the top 10 without saying whether
+    untagged images were dropped; ``meta["untagged_dropped"]`` counts them, and
+    ``require_tag=False`` keeps them with an all-zero tag vector). Labels are those concepts
+    (multi-label, columns in the order of
     ``Concepts81.txt``); text features are the 1000-d 0/1 tag vectors.
 
     Splits, ``split="random"`` (the default): ``n_query`` random queries (2100 by default;
@@ -372,6 +381,8 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, co
     dataset folder) with one row per ``Imagelist.txt`` line; otherwise encode ``image_paths``
     (under ``image_dir``, default ``Flickr/`` when present) with an image encoder.
     """
+    if require_tag is not None and not isinstance(require_tag, bool):
+        raise DataError(f"nus_wide: require_tag must be True or False, got {require_tag!r}")
     if split not in SPLITS:
         raise DataError(f"nus_wide: split must be 'random' or 'official', got {split!r}")
     official = split == "official"
@@ -400,26 +411,26 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, co
                                 vocabulary=_nonblank_lines(taglist) if taglist else None,
                                 image_root=image_dir)
         ds.meta["text_feature"] = "tags1k" if taglist else "tags"
-        return _fixed_concepts(ds, n_concepts, root / "all_labels.txt")
+        return _fixed_concepts(ds, n_concepts, root / "all_labels.txt", require_tag)
     if not list_path.exists():
         from .dcmh_mat import mat_files
 
         mats = mat_files(root, "*_cnn.mat")  # not a macOS "._NAME" beside it
         if mats:
-            return _fixed_concepts(load_cnn_mat(mats[0], name="nus_wide", **split_options), n_concepts, mats[0])
+            return _fixed_concepts(load_cnn_mat(mats[0], name="nus_wide", **split_options), n_concepts, mats[0], require_tag)
         from .dcmh_mat import find_dcmh_files, is_index_caption_folder, load_dcmh_mat, load_index_caption_mat
 
         if is_index_caption_folder(root) and concepts is None and image_features is None:
             return _fixed_concepts(load_index_caption_mat(root, name="nus_wide", n_query=n_query, n_train=n_train,
                                                           seed=seed, image_dir=image_dir),
-                                   n_concepts, root / "label.mat")
+                                   n_concepts, root / "label.mat", require_tag)
         if find_dcmh_files(root):
             # The release fixed its concepts (LAll) and image set; only the splits are ours.
             if concepts is not None or image_features is not None or image_dir is not None:
                 raise DataError(f"{root}: the DCMH .mat layout fixes its concepts and images; "
                                 "concepts, image_features and image_dir do not apply")
             ds = load_dcmh_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed)
-            return _fixed_concepts(ds, n_concepts, ds.meta["sources"]["LAll"])
+            return _fixed_concepts(ds, n_concepts, ds.meta["sources"]["LAll"], require_tag)
     entries = _nonblank_lines(list_path)
     n = len(entries)
     src = list_path.name
@@ -463,9 +474,13 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, co
     labels = columns[:, top]
     label_names = [all_concepts[i] for i in top]
 
-    keep = np.flatnonzero((labels.sum(axis=1) > 0) & (tags.sum(axis=1) > 0))
+    labelled = labels.sum(axis=1) > 0
+    tagged = tags.sum(axis=1) > 0
+    require_tag = True if require_tag is None else require_tag
+    keep = np.flatnonzero(labelled & tagged if require_tag else labelled)
+    untagged_dropped = int((labelled & ~tagged).sum()) if require_tag else 0
     m = len(keep)
-    what = f"images with a tag and one of the concepts {label_names}"
+    what = f"images with {'a tag and ' if require_tag else ''}one of the concepts {label_names}"
     if official:
         in_train = np.zeros(n, dtype=bool)
         in_train[rows[0]] = True
@@ -500,5 +515,6 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, co
         image_ids=[Path(p).stem for p in rel], root=str(root),
         meta={"protocol": "hashing", "split": split, "seed": seed, "tag_vocabulary": vocab, "text_feature": "tags1k",
               "image_feature": feature_name, "release_rows": keep,
+              "untagged_dropped": untagged_dropped,
               "concept_counts": {all_concepts[i]: int(counts[i]) for i in top}},
     )
