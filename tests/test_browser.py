@@ -29,7 +29,7 @@ def server(tmp_path_factory):
 
 
 def test_text_query_upload_feedback_and_share(server, browser):
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server["url"] + "/")
@@ -88,7 +88,7 @@ def test_text_query_upload_feedback_and_share(server, browser):
 
 
 def test_shared_url_restores_the_query(server, browser):
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     page.goto(server["url"] + "/#q=a+river+with+trees&k=5&target=image")
     page.wait_for_function("document.querySelectorAll('.card').length === 5")
     assert page.input_value("#q") == "a river with trees"
@@ -115,7 +115,7 @@ def test_shared_url_restores_the_query(server, browser):
 def test_link_followed_after_an_image_search_is_searched(server, browser):
     """After an image upload, a shared link opened in the same tab (or Back to an earlier
     search) changed the URL but the page kept showing the image's results."""
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     page.goto(server["url"] + "/")
     name = sorted(server["captions"])[2]
     page.set_input_files("#file", str(server["folder"] / name))
@@ -148,7 +148,7 @@ def test_router_page_shows_remote_shard_hits(server, browser, tmp_path):
         shard = build_collection(other, tmp_path / "shard.xmc", like=server["coll"].path, quiet=True)
         with serving(create_app(shard)) as shard_url, \
                 serving(create_app(server["coll"], shards=[link := RemoteShard(shard_url)])) as router:
-            page = browser.new_page()
+            page = browser.new_page(bypass_csp=True)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(router + "/#q=airplanes+at+the+airport&k=21&target=image")

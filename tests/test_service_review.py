@@ -213,7 +213,7 @@ def page_of(setup):
             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
     with serving(create_app(setup["coll"])) as url, sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
-        yield lambda: (b.new_page(), url)
+        yield lambda: (b.new_page(bypass_csp=True), url)  # CSP: test_browser_review
         b.close()
 
 

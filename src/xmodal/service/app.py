@@ -3,7 +3,9 @@
 Read routes (search, items, thumbnails) are open when the collection's ``public_read`` setting
 is on, else they need a key with role ``read``; adding and deleting need ``write``; keys,
 settings and the audit log need ``admin``. Send keys as ``X-API-Key: TOKEN`` or
-``Authorization: Bearer TOKEN`` (GET routes also take ``?api_key=`` so ``<img>`` tags work).
+``Authorization: Bearer TOKEN``, never in the URL (``?api_key=`` is refused: URLs end up in
+access logs, proxy logs, browser history and Referer headers); the web page fetches a private
+collection's thumbnails with the header and shows them as ``blob:`` URLs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -44,6 +47,14 @@ from . import auth
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# any body but a multipart upload: the largest search (256 texts of 2000 characters, each
+# \uXXXX-escaped as JSON clients do by default) is ~3 MB; parsing 20 MB of "0," would build
+# a list of ten million numbers before its length is checked
+MAX_JSON_BYTES = 4 * 1024 * 1024
+# the web page: its own script and style only; thumbnails may be blob: URLs (a private
+# collection's, fetched with the key header) or an older routing server's shard URLs
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: http: https:; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 # how a routing server is given the key it sends to its shards (named when one answers 401/403)
 SHARD_KEY_HINT = ("--shard-api-key or $XMODAL_SHARD_API_KEY (URL=KEY for this shard alone; "
                   "shard_api_key= in create_app)")
@@ -155,22 +166,26 @@ class Settings(BaseModel):
 
 # ------------------------------------------------------------------------- helpers
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed); bodies
+    other than multipart uploads (JSON) over ``json_limit``."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, json_limit: int | None = None) -> None:
+        self.app, self.upload_limit = app, limit
+        self.json_limit = limit if json_limit is None else min(limit, json_limit)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared < 0 or declared > self.limit:
-                    return await _plain(send, 413, f"request body over {self.limit} bytes")
+        headers = dict(scope.get("headers", []))
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        limit = self.upload_limit if multipart else self.json_limit
+        if b"content-length" in headers:
+            try:
+                declared = int(headers[b"content-length"])
+            except ValueError:
+                declared = -1
+            if declared < 0 or declared > limit:
+                return await _plain(send, 413, f"request body over {limit} bytes")
         seen, over, started = 0, False, False
 
         async def limited() -> dict:
@@ -180,7 +195,7 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     over = True
                     raise _TooLarge()
             return msg
@@ -198,7 +213,87 @@ class BodyLimit:
             if not over:  # whatever the app made of the cut-off body, it was too large
                 raise
         if over and not started:
-            await _plain(send, 413, f"request body over {self.limit} bytes")
+            await _plain(send, 413, f"request body over {limit} bytes")
+
+
+class SecurityHeaders:
+    """ASGI middleware: ``nosniff`` and ``no-referrer`` on every answer (a thumbnail's or a
+    link's URL never reaches another site); the web page also gets its CSP and may not be
+    framed (the add form could be clickjacked)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        page = scope.get("path") == "/"
+
+        async def sending(msg: dict) -> None:
+            if msg["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+                if page:
+                    extra += [(b"content-security-policy", PAGE_CSP.encode()), (b"x-frame-options", b"DENY")]
+                have = {k.lower() for k, _ in msg.get("headers", [])}
+                msg = {**msg, "headers": [*msg.get("headers", []), *(h for h in extra if h[0] not in have)]}
+            await send(msg)
+
+        await self.app(scope, receive, sending)
+
+
+class RateLimit:
+    """ASGI middleware: at most ``per_minute`` API requests per client address, as a token
+    bucket (a burst of ``per_minute``, then one more every ``60 / per_minute`` seconds); over
+    it, 429 with ``Retry-After``. /health, the page, its static files and thumbnails (a
+    results page loads up to k of them) are not counted. Behind a reverse proxy every client
+    has the proxy's address: limit there instead. ``clock`` is injectable for tests."""
+
+    MAX_CLIENTS = 10000  # past this many tracked addresses, full buckets are forgotten
+
+    def __init__(self, app: Any, per_minute: int, clock: Any = time.monotonic) -> None:
+        self.app, self.capacity, self.clock = app, float(per_minute), clock
+        self.rate = per_minute / 60.0
+        self.buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, at)
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def counted(path: str) -> bool:
+        return (path.startswith("/api/") or path == "/metrics") and not path.endswith("/thumbnail")
+
+    def take(self, who: str) -> float:
+        """0 if ``who`` may go on (one token taken), else the seconds until it may."""
+        now = self.clock()
+        with self.lock:
+            tokens, at = self.buckets.get(who, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - at) * self.rate)
+            if tokens >= 1:
+                self.buckets[who] = (tokens - 1, now)
+                if len(self.buckets) > self.MAX_CLIENTS:
+                    self.forget(now)
+                return 0.0
+            self.buckets[who] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+    def forget(self, now: float) -> None:
+        for who, (tokens, at) in list(self.buckets.items()):
+            if tokens + (now - at) * self.rate >= self.capacity:
+                del self.buckets[who]
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.counted(scope.get("path", "")):
+            client = scope.get("client")
+            wait = self.take(client[0] if client else "?")
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait - 1e-9)))
+                body = json.dumps({"detail": f"rate limit: {self.capacity:g} requests a minute per "
+                                             f"client; retry after {retry} s"}).encode()
+                await send({"type": "http.response.start", "status": 429,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"retry-after", retry.encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class Observe:
@@ -377,14 +472,20 @@ def sweep_staged_uploads(folder: Path, older_than: float = STAGED_UPLOAD_TTL) ->
 def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_image_pixels: int = MAX_IMAGE_PIXELS, shards: Sequence[str | RemoteShard] = (),
                shard_api_key: str | Sequence[str] | Mapping[str, str] | None = None,
-               shard_timeout: float = 30.0) -> FastAPI:
+               shard_timeout: float = 30.0, max_json_bytes: int = MAX_JSON_BYTES,
+               rate_limit: int | None = None, clock: Any = time.monotonic) -> FastAPI:
     """The HTTP API and web page over ``collection``. ``shards``: URLs of other ``xmodal serve``
     instances of the same common space; searches then cover them too (merged by score, each
     remote hit tagged with its ``shard`` URL, a shard that fails left out and named in the
     answer's ``failed_shards``; so is one that takes over ``shard_timeout`` seconds).
     ``shard_api_key``: one key for every shard, or ``URL=KEY`` strings (or ``{url: key}``), one
     per private shard (:func:`xmodal.index.shards.shard_keys`). Items,
-    uploads and keys stay this collection's own."""
+    uploads and keys stay this collection's own. ``max_json_bytes``: the limit of a body that
+    is not a multipart upload (413 over it). ``rate_limit``: API requests a minute per client
+    address (:class:`RateLimit`; None: no limit); ``clock`` is its time source."""
+    if rate_limit is not None and (isinstance(rate_limit, bool) or not isinstance(rate_limit, int)
+                                   or rate_limit < 1):
+        raise ValueError(f"rate_limit must be a positive whole number of requests a minute, got {rate_limit!r}")
     coll = collection if isinstance(collection, Collection) else Collection.open(collection)
     if not coll.read_only and (coll.path / "files").is_dir():
         sweep_staged_uploads(coll.path / "files")
@@ -414,8 +515,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     app.state.shards = sharded  # the ShardedCollection a routing server searches (None: no shards)
     app.state.collection = coll
 
-    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes, json_limit=max_json_bytes)
+    if rate_limit is not None:  # before the body is read; its 429s still counted by Observe
+        app.add_middleware(RateLimit, per_minute=rate_limit, clock=clock)
     app.add_middleware(Observe, metrics=metrics)
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, 413s and 429s included
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # --------------------------------------------------------------- auth
@@ -424,8 +528,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         authz = request.headers.get("authorization", "")
         if not token and authz.lower().startswith("bearer "):
             token = authz[7:].strip()
-        if not token and request.method == "GET":
-            token = request.query_params.get("api_key")
+        if "api_key" in request.query_params:  # refused even beside a header: fix the client
+            raise HTTPException(401, "API keys are not accepted in the URL (?api_key=): URLs end up in "
+                                     "access logs, proxy logs and browser history; send the X-API-Key "
+                                     "header (or Authorization: Bearer)",
+                                headers={"WWW-Authenticate": "Bearer"})
         if not token:
             return None, None
         got = auth.verify_key(coll, token)
@@ -438,7 +545,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             if role != "read" and request.method not in ("GET", "HEAD") and coll.read_only:
                 # a write the collection cannot take is refused as such, whatever the key:
                 # checked first, a snapshot made without its keys answered a key with 401
-                raise HTTPException(403, str(read_only_error(coll.path, coll.path / DB_NAME)))
+                raise HTTPException(403, scrub(str(read_only_error(coll.path, coll.path / DB_NAME))))
             key_id, have = principal(request)
             if role == "read" and have is None and coll.public_read:
                 return "anonymous"
@@ -449,6 +556,15 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 raise HTTPException(403, f"key {key_id} has role {have!r}; this route needs {role!r}")
             return f"key:{key_id}"
         return dep
+
+    homes = sorted({str(coll.path), str(coll.path.resolve())}, key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        """``text`` without the collection's place on the server's disk (a client error is
+        for a client: it learns nothing of the server's file system)."""
+        for home in homes:
+            text = text.replace(f"{home}: ", "").replace(home, "the collection")
+        return text
 
     def may_read(request: Request) -> bool:
         """Whether this request could read (public_read, or a valid key): without it, routes
@@ -870,11 +986,18 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
     @app.exception_handler(ReadOnlyError)
     async def read_only(_: Request, exc: ReadOnlyError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=403)
+        return JSONResponse({"detail": scrub(str(exc))}, status_code=403)
 
     @app.exception_handler(DataError)
     async def data_error(_: Request, exc: DataError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": scrub(str(exc))}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        detail = scrub(exc.detail) if isinstance(exc.detail, str) else exc.detail
+        if exc.status_code in (204, 304):  # no body allowed
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -888,12 +1011,38 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         # FastAPI's own handler echoes the input as UTF-8; a lone surrogate (valid JSON:
         # "\ud800") cannot be encoded and turned the 422 into a 500. ASCII escapes can.
         # A NaN / Infinity input echoed as such is no JSON a strict parser (a browser's) takes.
+        # A large input (a 70 000-number vector, a 100 KB text) is not sent back: the message
+        # says what is wrong with it; echoing it cost as much as the request, or more.
         errors = [{**e, "input": _finite_or_text(e["input"])} if "input" in e else e
-                  for e in jsonable_encoder(exc.errors())]
+                  for e in jsonable_encoder([_small_input(e) for e in exc.errors()])]
         body = json.dumps({"detail": errors}, ensure_ascii=True, allow_nan=False)
         return Response(body, status_code=422, media_type="application/json")
 
     return app
+
+
+ECHO_LIMIT = 200  # characters of a string, items of a list or dict: larger inputs are not echoed
+
+
+def _small(value: Any, budget: list[int]) -> bool:
+    """Whether ``value`` is small enough to echo (``budget``: items left to look at)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if isinstance(value, (str, bytes)):
+        return len(value) <= ECHO_LIMIT
+    if isinstance(value, dict):
+        return len(value) <= ECHO_LIMIT and all(_small(v, budget) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return len(value) <= ECHO_LIMIT and all(_small(v, budget) for v in value)
+    return True
+
+
+def _small_input(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A validation error without its ``input`` when that is large."""
+    if "input" in error and not _small(error["input"], [ECHO_LIMIT]):
+        return {k: v for k, v in error.items() if k != "input"}
+    return dict(error)
 
 
 def _finite_or_text(value: Any) -> Any:

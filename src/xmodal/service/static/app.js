@@ -12,8 +12,36 @@ function headers(extra = {}) {
   if (apiKey()) h["X-API-Key"] = apiKey();
   return h;
 }
-function withKey(url) {
-  return apiKey() ? url + (url.includes("?") ? "&" : "?") + "api_key=" + encodeURIComponent(apiKey()) : url;
+// With a key, thumbnails are fetched with the key header and shown as blob: URLs: a key in
+// an <img> URL would end up in access logs, proxy logs and history (the server refuses it).
+// They are fetched as they come near the screen, as loading="lazy" would.
+let blobUrls = [];
+const thumbObserver = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (!e.isIntersecting) continue;
+    thumbObserver.unobserve(e.target);
+    loadKeyed(e.target);
+  }
+}, { rootMargin: "300px" });
+
+async function loadKeyed(img) {
+  try {
+    const r = await fetch(img.dataset.src, { headers: headers() });
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    const blob = await r.blob();
+    if (!img.isConnected) return;  // a newer search replaced it meanwhile
+    const url = URL.createObjectURL(blob);
+    blobUrls.push(url);
+    img.src = url;
+  } catch (e) {
+    img.dispatchEvent(new Event("error"));  // the placeholder, as for a thumbnail that fails
+  }
+}
+
+function dropThumbs() {  // the previous results' pictures: fetches stopped, memory freed
+  thumbObserver.disconnect();
+  for (const u of blobUrls) URL.revokeObjectURL(u);
+  blobUrls = [];
 }
 function setStatus(text, error = false) {
   const s = $("status");
@@ -191,6 +219,7 @@ function placeholder(text) {
 function render(results) {
   const grid = $("results");
   grid.replaceChildren();
+  dropThumbs();
   for (const h of results) {
     const card = document.createElement("div");
     card.className = "card";
@@ -206,12 +235,17 @@ function render(results) {
       // router holds the shard's); an older server sends only the shard's own URL
       const src = local ? h.thumbnail : h.proxy_thumbnail;
       const sized = (u, size) => u + (u.includes("?") ? "&" : "?") + "size=" + size;
-      const at = (size) => (src ? withKey(sized(src, size)) : sized(h.thumbnail, size));
-      pic.src = at(256);
-      pic.srcset = at(256) + " 256w, " + at(512) + " 512w";  // sharp on a high-density screen
-      pic.sizes = "(max-width: 480px) 50vw, 260px";
+      if (src && apiKey()) {
+        pic.dataset.src = sized(src, window.devicePixelRatio > 1 ? 512 : 256);  // sharp on a high-density screen
+        thumbObserver.observe(pic);
+      } else {
+        const at = (size) => sized(src || h.thumbnail, size);
+        pic.src = at(256);
+        pic.srcset = at(256) + " 256w, " + at(512) + " 512w";  // sharp on a high-density screen
+        pic.sizes = "(max-width: 480px) 50vw, 260px";
+        pic.loading = "lazy";
+      }
       pic.alt = shown;
-      pic.loading = "lazy";
       pic.addEventListener("error", () => {  // file gone, unreadable, or the shard down
         const ph = placeholder("no thumbnail");
         wire(ph);

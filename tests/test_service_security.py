@@ -1,0 +1,160 @@
+"""The HTTP service as someone exposing it on a network meets it: keys never in URLs, hostile
+request sizes refused before the work (and never echoed back), no server paths in client
+errors, security headers, and the optional per-client rate limit (a clock injected, no
+sleeping)."""
+
+import pytest
+from fastapi.testclient import TestClient
+from threadpoolctl import threadpool_limits
+
+from conftest import ucm_caption_folder
+from xmodal.index import Collection, build_collection
+from xmodal.service import create_app
+from xmodal.service.auth import create_key
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root, folder, _, mp = ucm_caption_folder(tmp_path_factory, "security", 175)  # 12 images
+    with threadpool_limits(1):  # see test_collection.py
+        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                text_encoder="tfidf", quiet=True)
+        read = create_key(coll, "read", "security")
+        client = TestClient(create_app(coll), raise_server_exceptions=False)
+        yield {"coll": coll, "client": client, "read": read, "folder": folder}
+    coll.close()
+    mp.undo()
+
+
+@pytest.fixture
+def private(setup):
+    setup["coll"].set_setting("public_read", False)
+    yield setup
+    setup["coll"].set_setting("public_read", True)
+
+
+def test_a_key_in_the_url_is_refused_and_never_echoed(private):
+    """`?api_key=` put keys into access logs, proxy logs, browser history and Referer headers;
+    keys go in a header only. A key sent in the URL anyway is refused saying so, and the
+    answer does not repeat it."""
+    s, c = private, private["client"]
+    first = s["coll"].list_items("image", 0, 1)[0].id
+    for url in ("/api/info", f"/api/items/{first}/thumbnail", "/metrics"):
+        r = c.get(url, params={"api_key": s["read"]})
+        assert r.status_code == 401, (url, r.status_code)
+        assert "X-API-Key" in r.json()["detail"] and s["read"] not in r.text
+        assert c.get(url, headers={"X-API-Key": s["read"]}).status_code == 200
+        assert c.get(url, headers={"Authorization": "Bearer " + s["read"]}).status_code == 200
+    # a header key beside a stray query one: the header decides, the request is refused all the same
+    r = c.get("/api/info", params={"api_key": s["read"]}, headers={"X-API-Key": s["read"]})
+    assert r.status_code == 401
+
+
+def test_security_headers_and_a_csp_on_the_page(setup):
+    c = setup["client"]
+    for url in ("/", "/api/info", "/static/app.js", "/nope"):
+        r = c.get(url)
+        assert r.headers["x-content-type-options"] == "nosniff", url
+        assert r.headers["referrer-policy"] == "no-referrer", url
+    page = c.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "blob:" in csp  # the page shows a private collection's thumbnails as blob: URLs
+    assert page.headers["x-frame-options"] == "DENY"
+    # /docs (Swagger UI) loads its scripts from a CDN: not under the page's policy
+    assert "content-security-policy" not in c.get("/docs").headers
+
+
+def test_an_oversized_json_body_is_refused_before_it_is_parsed(setup):
+    """JSON routes took bodies up to the upload limit (20 MB): a `vector` of 9 million zeros
+    was parsed into a Python list (hundreds of MB) before its length was checked."""
+    c = setup["client"]
+    body = b'{"vector": [' + b"0," * 3_000_000 + b'0]}'  # 6 MB: under the upload limit
+    r = c.post("/api/search", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "over 4194304 bytes" in r.json()["detail"]
+
+    def streamed():  # no Content-Length: counted as it comes
+        yield b'{"vector": ['
+        for _ in range(100):
+            yield b"0," * 30_000
+        yield b"0]}"
+
+    r = c.post("/api/search", content=streamed(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    # the largest legitimate search (a batch of 256 texts of 2000 escaped characters) fits
+    texts = ["\u00e9" * 2000] * 256
+    r = c.post("/api/search/batch", json={"texts": texts, "k": 1})
+    assert r.status_code == 200, r.text[:300]
+    # the limit is the app's setting
+    small = TestClient(create_app(setup["coll"], max_json_bytes=1000))
+    assert small.post("/api/search", json={"text": "x" * 1500}).status_code == 413
+    assert small.post("/api/search", json={"text": "a beach", "k": 1}).status_code == 200
+
+
+def test_validation_errors_do_not_echo_large_inputs(setup):
+    """A 422 repeated the whole offending input: a 9-million-number `vector` came back as
+    27 MB of JSON, a 100 000-character text as 100 KB."""
+    c = setup["client"]
+    for body, field in (({"vector": [0.0] * 70_000}, "vector"), ({"text": "a" * 100_000}, "text"),
+                        ({"texts": ["x"] * 300}, "texts")):
+        url = "/api/search/batch" if field == "texts" else "/api/search"
+        r = c.post(url, json=body)
+        assert r.status_code == 422
+        assert len(r.content) < 2000, (field, len(r.content))
+        err = r.json()["detail"][0]
+        assert err["loc"] == ["body", field] and "at most" in err["msg"]
+    # a small input is still shown as sent
+    r = c.post("/api/search", json={"text": "a beach", "k": 0})
+    assert r.json()["detail"][0]["input"] == 0
+
+
+def test_huge_numbers_answer_4xx(setup):
+    c = setup["client"]
+    assert c.post("/api/search", json={"text": "x", "k": 10**9}).status_code == 422
+    assert c.get("/api/search", params={"q": "x", "k": 10**9}).status_code == 422
+    assert c.get(f"/api/items/{10**30}").status_code == 404
+    assert c.post("/api/search", json={"item_id": 10**30}).status_code == 404
+
+
+def test_client_errors_name_no_server_path(setup):
+    """A read-only server's 403 began with the collection's folder on the server's disk."""
+    coll = setup["coll"]
+    ro = Collection.open(coll.path, read_only=True, follow=True)
+    try:
+        c = TestClient(create_app(ro))
+        r = c.post("/api/texts", json={"text": "a caption"})
+        assert r.status_code == 403 and "read-only" in r.json()["detail"]
+        for p in (str(coll.path), str(coll.path.resolve()), str(coll.path.parent)):
+            assert p not in r.text, r.text
+    finally:
+        ro.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_optional_rate_limit_answers_429_with_retry_after(setup):
+    clock = Clock()
+    c = TestClient(create_app(setup["coll"], rate_limit=3, clock=clock))
+    for _ in range(3):
+        assert c.get("/api/info").status_code == 200
+    r = c.get("/api/info")
+    assert r.status_code == 429 and r.json()["detail"].startswith("rate limit")
+    assert int(r.headers["retry-after"]) == 20  # one request back each 60/3 s
+    assert c.get("/health").status_code == 200  # load balancers' probe is never limited
+    clock.now += 20
+    assert c.get("/api/info").status_code == 200
+    assert c.get("/api/info").status_code == 429
+    clock.now += 60
+    for _ in range(3):
+        assert c.get("/api/info").status_code == 200
+    # off by default
+    c = TestClient(create_app(setup["coll"], clock=clock))
+    assert all(c.get("/api/info").status_code == 200 for _ in range(10))
+    with pytest.raises(ValueError, match="rate_limit"):
+        create_app(setup["coll"], rate_limit=0)
