@@ -320,3 +320,20 @@ def test_cli_compare_of_two_identical_runs_gives_p_one_in_strict_json(tmp_path):
     log.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "method": "cca_again", "test_folds": 2}) + "\n")
     res = CliRunner().invoke(app, ["compare", str(log), "cca", "cca_again"])
     assert res.exit_code == 2 and "differ in test_folds" in res.output
+
+
+def test_hashing_tables_never_put_methods_of_other_databases_under_one_heading(tmp_path):
+    """The heading names one database for the whole table: records scored with learned
+    training codes, or against another split, are not shown under it."""
+    from xmodal.evaluation.bench import format_hashing_tables, plot_pr_curves, run_bench
+
+    ds = _dcmh_toy()
+    lsh, = run_bench(ds, ["lsh"], bits=[16])
+    learned, = run_bench(ds, ["dlfh"], bits=[16], database_codes="learned")
+    other_db, = run_bench(ds, ["cca_itq"], bits=[16], hashing_db="train")
+    for mixed in ([lsh, learned], [lsh, other_db]):
+        with pytest.raises(ValueError, match="protocol"):
+            format_hashing_tables(mixed)
+        with pytest.raises(ValueError, match="protocol"):
+            plot_pr_curves(mixed, tmp_path / "pr.png")
+    assert "database: codes from the hash functions" in format_hashing_tables([lsh])

@@ -773,12 +773,27 @@ def _one_summary_each(summaries: list[dict], what: str) -> None:
         seen[key] = r
 
 
+def _one_protocol_each(summaries: list[dict], what: str, by_bits: bool = False) -> None:
+    """Refuse records of one dataset (at one bit length, with ``by_bits``) scored under other
+    protocols (another database split, learned training codes): a table's heading or a plot
+    panel names one database for all its methods."""
+    seen: dict[tuple, str | None] = {}
+    for r in summaries:
+        key = (r["dataset"], r.get("bits") if by_bits else None)
+        if key in seen and seen[key] != r.get("protocol"):
+            raise ValueError(f"{what}: records of {r['dataset']} differ in protocol ({seen[key]!r} vs "
+                             f"{r.get('protocol')!r}); pass the records of one database and one kind "
+                             "of database codes")
+        seen.setdefault(key, r.get("protocol"))
+
+
 def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
     """The survey's table shape for hashing: per dataset, methods x (direction x bits) MAP over
     the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2."""
     out = []
     recs = [r for r in summarize_seeds(records) if r.get("bits")]
     _one_summary_each(recs, "hashing tables")
+    _one_protocol_each(recs, "hashing tables")
     for dsname in dict.fromkeys(r["dataset"] for r in recs):
         mine = {(r["method"], r["bits"]): r for r in recs if r["dataset"] == dsname}
         bits = sorted({b for _, b in mine})
@@ -817,6 +832,7 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
 
     records = summarize_seeds(records)  # one line per method: the mean over seeds
     _one_summary_each(records, "PR curves")
+    _one_protocol_each(records, "PR curves", by_bits=True)
     panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
     if not panels:
         raise DataError(f"no record holds a {curve!r}")
