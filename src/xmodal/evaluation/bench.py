@@ -413,7 +413,7 @@ def differing_fields(recs: list[dict], fields: Sequence[str] = CONFIG_FIELDS) ->
 
 
 def summarize_seeds(records: list[dict]) -> list[dict]:
-    """One record per (dataset, method, bits, settings, encoders), in first-seen order.
+    """One record per (dataset, method, bits, settings, encoders, protocol), in first-seen order.
 
     Records that differ only by seed become their mean, with ``seeds`` listing the seeds and
     ``std`` the sample standard deviation (ddof=1) of every scalar score (``std["i2t"]["map"]``,
@@ -522,8 +522,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     the record's ``protocol``). A ``hashing_db`` that is not a split of the dataset is refused.
     ``labeled_fraction`` is passed to the semi-supervised methods. With ``resume`` every
     record is appended to that JSON-lines file as soon as it is done, and records already
-    there (same dataset, method, bits, seed, settings, database codes, encoders) are reused
-    instead of recomputed, unless their ``params`` differ from the method's parameters now
+    there (same dataset, method, bits, seed, settings, database codes, encoders, and
+    ``protocol``: the same queries and database, so another ``hashing_db`` is redone) are reused
+    instead of recomputed, unless a ``map_k`` asked for is missing from them or their ``params`` differ from the method's parameters now
     (a default changed since): those are redone, and the newer record is the one used.
     ``data_options`` are keyword arguments of the dataset's loader (e.g. ``split="official"``
     for NUS-WIDE, ``split="hashing"`` for COCO's own files), recorded in each record and part
