@@ -524,8 +524,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     record is appended to that JSON-lines file as soon as it is done, and records already
     there (same dataset, method, bits, seed, settings, database codes, encoders, and
     ``protocol``: the same queries and database, so another ``hashing_db`` is redone) are reused
-    instead of recomputed, unless a ``map_k`` asked for is missing from them or their ``params`` differ from the method's parameters now
-    (a default changed since): those are redone, and the newer record is the one used.
+    instead of recomputed, unless a ``map_k`` asked for is missing from them or their
+    ``params`` differ from the method's parameters now (a default changed since): those are
+    redone, and the newer record is the one used.
     ``data_options`` are keyword arguments of the dataset's loader (e.g. ``split="official"``
     for NUS-WIDE, ``split="hashing"`` for COCO's own files), recorded in each record and part
     of the ``resume`` match; one the loader does not take is refused, naming it.
