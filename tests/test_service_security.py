@@ -158,3 +158,44 @@ def test_the_optional_rate_limit_answers_429_with_retry_after(setup):
     assert all(c.get("/api/info").status_code == 200 for _ in range(10))
     with pytest.raises(ValueError, match="rate_limit"):
         create_app(setup["coll"], rate_limit=0)
+
+
+def test_concurrent_uploads_are_checked_and_decoded_a_few_at_a_time(setup, monkeypatch):
+    """Each upload is decoded in full to be checked (up to 40 Mpx: ~120 MB of pixels): forty
+    at once (the thread pool's size) took gigabytes. Uploads past ``max_concurrent_uploads``
+    wait their turn (their bodies spooled to disk by the form parser), never decoded together."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    import xmodal.service.app as service
+
+    real, lock, now, most = service.check_image_bytes, threading.Lock(), [0], [0]
+
+    def counted(*args, **kwargs):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.2)  # long enough for every request to arrive meanwhile
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(service, "check_image_bytes", counted)
+    app = create_app(setup["coll"], max_concurrent_uploads=2)
+    img = sorted(setup["folder"].glob("*.jpg"))[0].read_bytes()
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await asyncio.gather(*(c.post("/api/search/image", files={"file": ("q.jpg", img, "image/jpeg")},
+                                                 data={"k": "1"}) for _ in range(5)))
+
+    answers = asyncio.run(go())
+    assert [r.status_code for r in answers] == [200] * 5
+    assert most[0] <= 2, most[0]
+    with pytest.raises(ValueError, match="max_concurrent_uploads"):
+        create_app(setup["coll"], max_concurrent_uploads=0)

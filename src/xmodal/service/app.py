@@ -10,6 +10,7 @@ collection's thumbnails with the header and shows them as ``blob:`` URLs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
@@ -59,6 +61,8 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' blob: http: https:; object-src '
 SHARD_KEY_HINT = ("--shard-api-key or $XMODAL_SHARD_API_KEY (URL=KEY for this shard alone; "
                   "shard_api_key= in create_app)")
 MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
+# uploads read, decoded (checked) and encoded at once: each may take ~120 MB of pixels
+MAX_CONCURRENT_UPLOADS = 4
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
 ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"description": "stored: a new item, or a changed one replaced (new ids in `ids`)"},
@@ -473,7 +477,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                max_image_pixels: int = MAX_IMAGE_PIXELS, shards: Sequence[str | RemoteShard] = (),
                shard_api_key: str | Sequence[str] | Mapping[str, str] | None = None,
                shard_timeout: float = 30.0, max_json_bytes: int = MAX_JSON_BYTES,
-               rate_limit: int | None = None, clock: Any = time.monotonic) -> FastAPI:
+               rate_limit: int | None = None, clock: Any = time.monotonic,
+               max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS) -> FastAPI:
     """The HTTP API and web page over ``collection``. ``shards``: URLs of other ``xmodal serve``
     instances of the same common space; searches then cover them too (merged by score, each
     remote hit tagged with its ``shard`` URL, a shard that fails left out and named in the
@@ -482,7 +487,12 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     per private shard (:func:`xmodal.index.shards.shard_keys`). Items,
     uploads and keys stay this collection's own. ``max_json_bytes``: the limit of a body that
     is not a multipart upload (413 over it). ``rate_limit``: API requests a minute per client
-    address (:class:`RateLimit`; None: no limit); ``clock`` is its time source."""
+    address (:class:`RateLimit`; None: no limit); ``clock`` is its time source.
+    ``max_concurrent_uploads``: image uploads (adds and image searches) read, decoded and
+    encoded at once; more wait their turn."""
+    if isinstance(max_concurrent_uploads, bool) or not isinstance(max_concurrent_uploads, int) \
+            or max_concurrent_uploads < 1:
+        raise ValueError(f"max_concurrent_uploads must be a positive whole number, got {max_concurrent_uploads!r}")
     if rate_limit is not None and (isinstance(rate_limit, bool) or not isinstance(rate_limit, int)
                                    or rate_limit < 1):
         raise ValueError(f"rate_limit must be a positive whole number of requests a minute, got {rate_limit!r}")
@@ -740,6 +750,20 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return {"ids": rep.ids, "added": rep.added, **(extra or {}), "unchanged": rep.unchanged,
                 "id": item_id, "item": item}
 
+    # one semaphore per event loop (a test client runs each request in a loop of its own)
+    upload_slots: "weakref.WeakKeyDictionary[Any, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+    @contextlib.asynccontextmanager
+    async def upload_slot():
+        """At most ``max_concurrent_uploads`` uploads in memory and decoded at once; the
+        others wait with their bodies where the form parser spooled them (on disk past 1 MB)."""
+        loop = asyncio.get_running_loop()
+        sem = upload_slots.get(loop)
+        if sem is None:
+            sem = upload_slots[loop] = asyncio.Semaphore(max_concurrent_uploads)
+        async with sem:
+            yield
+
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
@@ -810,23 +834,24 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                            labels: str = Form(""), relevant: str = Form(""), nonrelevant: str = Form(""),
                            exact: bool = Form(False), distinct: bool = Form(False),
                            _: str = Depends(need("read"))) -> dict[str, Any]:
-        data = await read_upload(file)
-        fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
+        async with upload_slot():
+            data = await read_upload(file)
+            fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
 
-        def ids(s: str) -> list[int]:
-            try:
-                return [int(x) for x in s.split(",") if x.strip()]
-            except ValueError:
-                raise HTTPException(422, f"ids must be comma-separated integers, got {s!r}") from None
+            def ids(s: str) -> list[int]:
+                try:
+                    return [int(x) for x in s.split(",") if x.strip()]
+                except ValueError:
+                    raise HTTPException(422, f"ids must be comma-separated integers, got {s!r}") from None
 
-        req = SearchRequest(k=k, target=target, labels=split_labels(labels),
-                            relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact,
-                            distinct=distinct)
-        await require_known(req.labels)
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
-            p.write_bytes(data)
-            q, fq = await run_in_threadpool(encode_image, p)
+            req = SearchRequest(k=k, target=target, labels=split_labels(labels),
+                                relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact,
+                                distinct=distinct)
+            await require_known(req.labels)
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
+                p.write_bytes(data)
+                q, fq = await run_in_threadpool(encode_image, p)
         return await searched(req, q, fq, "image")
 
     @app.get("/api/items")
@@ -875,6 +900,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def add_image(request: Request, response: Response, file: UploadFile = File(...), captions: str = Form(""),
                         labels: str = Form(""), key: str | None = Form(None),
                         actor: str = Depends(need("write"))) -> dict[str, Any]:
+        async with upload_slot():
+            return await add_upload(request, response, file, captions, labels, key, actor)
+
+    async def add_upload(request: Request, response: Response, file: UploadFile, captions: str, labels: str,
+                         key: str | None, actor: str) -> dict[str, Any]:
         data = await read_upload(file)
         fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
         digest = hashlib.sha256(data).hexdigest()
