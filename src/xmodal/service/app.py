@@ -248,8 +248,9 @@ class SecurityHeaders:
 class RateLimit:
     """ASGI middleware: at most ``per_minute`` API requests per client address, as a token
     bucket (a burst of ``per_minute``, then one more every ``60 / per_minute`` seconds); over
-    it, 429 with ``Retry-After``. /health, the page, its static files and thumbnails (a
-    results page loads up to k of them) are not counted. Behind a reverse proxy every client
+    it, 429 with ``Retry-After``. Only /api/ routes count: not /health and /metrics (load
+    balancers, monitoring), the page and its files, nor thumbnails (a results page loads up to
+    k of them). Behind a reverse proxy every client
     has the proxy's address: limit there instead. ``clock`` is injectable for tests."""
 
     MAX_CLIENTS = 10000  # past this many tracked addresses, full buckets are forgotten
@@ -262,7 +263,7 @@ class RateLimit:
 
     @staticmethod
     def counted(path: str) -> bool:
-        return (path.startswith("/api/") or path == "/metrics") and not path.endswith("/thumbnail")
+        return path.startswith("/api/") and not path.endswith("/thumbnail")
 
     def take(self, who: str) -> float:
         """0 if ``who`` may go on (one token taken), else the seconds until it may."""
