@@ -226,8 +226,20 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     root = Path(args.bundle)
-    os.environ.setdefault("XMODAL_CACHE", str(root / "cache"))
+    missing = [f for f in ("bundle.npz", "texts.json", "raw.json") if not (root / f).is_file()]
+    if missing:
+        sys.exit(f"{root}: no {', '.join(missing)}; make the bundle first: "
+                 f"python benchmarks/device_check.py prepare --out {root}")
     devices = args.devices.split(",")
+    # Every device checked before anything runs: a machine without CUDA stops here, not mid-run.
+    for dev in devices:
+        try:
+            set_device(dev)
+        except Exception as exc:
+            sys.exit(f"device {dev!r} is not usable here ({exc}); run this on a GPU machine, or "
+                     f"--devices cpu --quick for a dry run of the script")
+    set_device(None)
+    os.environ.setdefault("XMODAL_CACHE", str(root / "cache"))
     fh = open(args.json, "w") if args.json else None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     emit({"check": "machine", "torch": torch.__version__, "gpu": gpu, "cpus": os.cpu_count()}, fh)

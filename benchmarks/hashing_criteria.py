@@ -7,6 +7,7 @@ quality criteria, per dataset, bit length >= 32 and direction:
   unsupervised overall.
 
 Records of several seeds (``xmodal bench --seeds 0,1,2``) are compared by their means.
+Prints each violation, then a count; any violation prints FAIL and exits with status 1.
 
     python benchmarks/hashing_criteria.py runs/wiki_hash.jsonl runs/ucm_hash.jsonl
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from xmodal.evaluation.bench import summarize_seeds
@@ -62,7 +64,10 @@ def main() -> None:
                if line.strip()]
     problems = check(records, args.min_bits)
     print("\n".join(problems) if problems else "all criteria met")
-    print(f"{len(problems)} violation(s) over {len(records)} records")
+    print(f"{len(problems)} violation(s) over {len(records)} records"
+          + (": FAIL" if problems else ""))
+    if problems:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

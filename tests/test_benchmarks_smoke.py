@@ -1,0 +1,105 @@
+"""The cheapest scripts in benchmarks/ run on today's API at their smallest sizes and print the
+ratio (or verdict) lines they exist for. Timings are never asserted here (a shared machine is
+noisy): targets are passed as 0 / huge so that only the output format and the FAIL path are
+checked. The slower scripts (index_params, within_class_ceiling, search_startup, query_speed)
+are left to their own smoke sizes, documented in their docstrings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+UCM_IMAGES = REPO.parent / "shared" / "data" / "ucm_captions" / "imgs"
+
+
+def run(script: str, *args: str, timeout: float = 120) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "XMODAL_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_hamming_speed_prints_its_ratio_and_fails_a_missed_target():
+    rc, out = run("hamming_speed.py", "--n-db", "20000", "--n-query", "20", "--repeats", "2", "--target", "0")
+    assert rc == 0, out
+    assert re.search(r"^ratio xmodal/faiss\s*: \d+\.\d{3}  \(target >= 0: met\)$", out, re.M), out
+    rc, out = run("hamming_speed.py", "--n-db", "5000", "--n-query", "5", "--repeats", "1", "--target", "1e9")
+    assert rc == 1 and re.search(r"\(target >= 1e\+09: FAIL\)", out), out
+
+
+def test_hashing_criteria_counts_the_documented_violations(tmp_path):
+    # docs/results.md: 55 violations over the session-10 tables
+    rc, out = run("hashing_criteria.py", "docs/results-data/wiki_hash.jsonl", "docs/results-data/ucm_hash.jsonl")
+    assert rc == 1, out
+    assert out.splitlines()[-1] == "55 violation(s) over 128 records: FAIL"
+    recs = [{"dataset": "d", "method": m, "bits": 32, "seed": 0, "kind": k,
+             "i2t": {"map": v}, "t2i": {"map": v}}
+            for m, k, v in (("lsh", "baseline", 0.1), ("cmfh", "unsupervised", 0.3), ("seph", "supervised", 0.5))]
+    f = tmp_path / "ok.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rc, out = run("hashing_criteria.py", str(f))
+    assert rc == 0 and out.splitlines() == ["all criteria met", "0 violation(s) over 3 records"], out
+
+
+def test_search_speed_small():
+    rc, out = run("search_speed.py", "--n", "5000", "--nq", "50", "--nq-float", "10", "--single", "5",
+                  "--repeats", "1", "--http-n", "2000", "--http-queries", "25", "--ratio-target", "0",
+                  "--p50-target-ms", "1e9")
+    assert rc == 0, out
+    assert len(re.findall(r"batch of \d+: xmodal .* ratio \d+\.\d{3}   \| one at a time: .* ratio \d+\.\d{3}$",
+                          out, re.M)) == 2, out
+    assert len(re.findall(r"^HTTP (float|binary) search .* p50 [\d.]+ ms", out, re.M)) == 3, out
+    assert re.search(r"^targets \(batch ratio >= 0, .*\): met$", out, re.M), out
+
+
+def test_shard_speed_small():
+    rc, out = run("shard_speed.py", "--n", "4000", "--queries", "20", "--repeats", "1")
+    assert rc == 0, out
+    names = re.findall(r"^  (.+?)\s+[\d.]+ q/s   ratio to one collection (\d+\.\d{3})$", out, re.M)
+    assert [n for n, _ in names] == ["one collection", "2 local shards", "local + HTTP shard"], out
+    assert names[0][1] == "1.000"
+
+
+def test_upload_speed_small():
+    rc, out = run("upload_speed.py", "--n", "5000", "--adds", "3")
+    assert rc == 0, out
+    assert re.search(r"^ratio rewrite / catch-up: \d+(\.\d)?x$", out, re.M), out
+
+
+def test_rerun_speed_small():
+    rc, out = run("rerun_speed.py", "--n", "6", "--side", "96", "--repeats", "1")
+    assert rc == 0, out
+    assert re.search(r"^ratio \(hashed / stats\):\s+\d+\.\d\dx$", out, re.M), out
+
+
+@pytest.mark.skipif(not UCM_IMAGES.is_dir(), reason="UCM-Captions images absent")
+def test_encode_throughput_small():
+    rc, out = run("encode_throughput.py", "--n", "16", "--batch-size", "8", "--repeats", "1", "--target", "0")
+    assert rc == 0, out
+    assert re.search(r"ratio \(b\)/\(a\) = \d+\.\d\d$", out, re.M), out
+    assert re.search(r"^best ratio \(b\)/\(a\) = \d+\.\d\d \(workers=.*\); target >= 0: met$", out, re.M), out
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda(), reason="a CUDA machine would run the whole check")
+def test_device_check_stops_cleanly_without_cuda(tmp_path):
+    rc, out = run("device_check.py", "run", "--bundle", str(tmp_path / "none"))
+    assert rc == 1 and "make the bundle first" in out and "Traceback" not in out, out
+    for f in ("bundle.npz", "texts.json", "raw.json"):
+        (tmp_path / f).write_text("")
+    rc, out = run("device_check.py", "run", "--bundle", str(tmp_path))
+    assert rc == 1 and "device 'cuda' is not usable here" in out and "Traceback" not in out, out
