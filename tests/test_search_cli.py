@@ -160,3 +160,24 @@ def test_index_rerun_reads_encoder_specs_as_the_encoders_do(tmp_path):
     assert res.exit_code == 2 and "no images found" in res.output, res.output
     res = run("index", src, "-c", tmp_path / "c.xmc", "--text-encoder", "bow")
     assert res.exit_code == 2 and "--text-encoder bow (it has bow+tags)" in res.output, res.output
+
+
+def test_stats_of_a_collection_and_its_copy_is_not_searchable_as_shards(tmp_path):
+    # `xmodal stats -c c.xmc -c copy.xmc` said "one common space: searchable as shards" and
+    # exited 0, though `xmodal search` with the same two refuses them (one collection, its
+    # hits counted twice): a script checking stats first read success.
+    import json
+
+    path = _labelled(tmp_path)
+    with Collection.open(path) as coll:
+        coll.snapshot(tmp_path / "copy.xmc")
+    res = run("stats", "-c", path, "-c", tmp_path / "copy.xmc")
+    assert res.exit_code == 1, res.output
+    assert "one collection" in res.stdout and "one common space: searchable" not in res.stdout, res.stdout
+    res = run("stats", "-c", path, "-c", tmp_path / "copy.xmc", "--json")
+    assert res.exit_code == 1
+    out = json.loads(res.stdout)
+    assert out["one_space"] is True and out["searchable"] is False
+    assert out["same_collection"] == [[str(path), str(tmp_path / "copy.xmc")]]
+    one = json.loads(run("stats", "-c", path, "--json").stdout)
+    assert one["searchable"] is True and one["same_collection"] == []

@@ -450,9 +450,10 @@ def register(app: typer.Typer) -> None:
         """What collections and served shards hold, and whether they share one space.
 
         Items, method, encoders, index and the common-space fingerprint of each; with
-        several, whether they can be searched as one (exit status 1 when they cannot)."""
+        several, whether they can be searched as one (exit status 1 when they cannot: other
+        spaces, or one collection given twice, a copy or a server under two URLs)."""
         from ..index import CollectionError
-        from ..index.shards import RemoteShard, shard_keys
+        from ..index.shards import RemoteShard, _identity, shard_keys
 
         if not collection and not shard:
             _fail("give a collection (-c DIR) or a shard (--shard URL)")
@@ -469,12 +470,24 @@ def register(app: typer.Typer) -> None:
         except CollectionError as exc:
             _fail(str(exc))
         spaces = {r.get("space") for r in rows}
+        # one collection given twice (a snapshot copy, one server under two URLs): one space,
+        # but `xmodal search` refuses it, as its hits would count twice (shards._identity)
+        seen: dict = {}
+        same = []
+        for r in rows:
+            ident = _identity(r)
+            if ident is not None and ident in seen:
+                same.append([seen[ident], r["name"]])
+            elif ident is not None:
+                seen[ident] = r["name"]
         # one collection is one space; several are one when they share a fingerprint
         out = {"collections": rows,
-               "one_space": len(rows) == 1 or (len(spaces) == 1 and None not in spaces)}
-        # several that are not one space exit 1 (the report printed): a script checking that
-        # shards can be searched together must not read success
-        apart = len(rows) > 1 and not out["one_space"]
+               "one_space": len(rows) == 1 or (len(spaces) == 1 and None not in spaces),
+               "same_collection": same}
+        out["searchable"] = out["one_space"] and not same
+        # several that cannot be searched as one exit 1 (the report printed): a script checking
+        # that shards can be searched together must not read success
+        apart = len(rows) > 1 and not out["searchable"]
         if as_json:
             typer.echo(json.dumps(out, indent=1))
             if apart:
@@ -484,7 +497,10 @@ def register(app: typer.Typer) -> None:
             enc = ", ".join(f"{m} {spec}" for m, spec in (r.get("encoders") or {}).items()) or "none"
             typer.echo(f"{r['name']}: {r['images']} images, {r['texts']} texts, method {r.get('method')}, "
                        f"{r['output']} {r['dim']}-d, index {r['index']}, encoders {enc}, space {r.get('space')}")
-        if len(rows) > 1:
+        for a, b in same:
+            typer.echo(f"{a} and {b} are one collection (a copy, or one server given twice): "
+                       "not searchable as shards, its hits would count twice; give it once")
+        if len(rows) > 1 and not same:
             typer.echo("one common space: searchable as shards" if out["one_space"] else
                        "different common spaces: not searchable as one (index shards with --like)")
         if apart:
