@@ -234,3 +234,19 @@ def test_commands_close_their_collection_so_a_read_only_open_follows(tmp_path):
         ro.close()
     finally:
         gc.enable()
+
+
+def test_serve_refuses_an_infinite_upload_limit_as_a_usage_error(tmp_path, monkeypatch):
+    # --max-upload-mb inf passed the "> 0" check and died in a traceback (OverflowError:
+    # cannot convert float infinity to integer), exit 1.
+    import uvicorn
+
+    from xmodal.index import Collection
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)  # never a server, whatever happens
+    Collection.create(tmp_path / "c", dim=4).close()
+    for bad in ("inf", "nan", "0"):
+        r = run("serve", "-c", tmp_path / "c", "--max-upload-mb", bad, "--port", 0)
+        assert r.exit_code == 2 and "--max-upload-mb" in r.output, (bad, r.output)
+        assert not isinstance(r.exception, OverflowError)
+    assert run("serve", "-c", tmp_path / "c", "--max-upload-mb", "0.5", "--port", 0).exit_code == 0

@@ -25,6 +25,8 @@ def _os_words(exc: OSError, path: Path | str) -> str:
 def _positive(value: float) -> float:
     if not value > 0:  # NaN too
         raise typer.BadParameter(f"{value} is not above 0")
+    if value == float("inf"):  # a limit in bytes is an integer: int(inf) raised OverflowError
+        raise typer.BadParameter(f"{value} is not a finite number")
     return value
 
 
