@@ -181,3 +181,11 @@ def test_stats_of_a_collection_and_its_copy_is_not_searchable_as_shards(tmp_path
     assert out["same_collection"] == [[str(path), str(tmp_path / "copy.xmc")]]
     one = json.loads(run("stats", "-c", path, "--json").stdout)
     assert one["searchable"] is True and one["same_collection"] == []
+
+
+def test_search_for_an_item_not_there_names_the_collection(tmp_path):
+    # "error: no item with id 99" named no collection (remove's own error does: "c.xmc: no item 99")
+    path = _labelled(tmp_path)
+    res = run("search", "-c", path, "--item", 99)
+    assert res.exit_code == 2 and f"{path}: no item with id 99" in res.stderr, res.output
+    assert res.stdout == ""

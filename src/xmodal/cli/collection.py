@@ -412,8 +412,8 @@ def register(app: typer.Typer) -> None:
                 results = coll.search_images(image, k, target or "text", **kw)
             else:
                 results = [coll.search_item(item, k, target, **kw)]
-        except KeyError as exc:
-            _fail(str(exc.args[0]))
+        except KeyError as exc:  # an --item id it does not hold: named with the collection
+            _fail(("" if sharded else f"{collection[0]}: ") + str(exc.args[0]))
         except (ValueError, CollectionError) as exc:
             _fail(str(exc))
         many = bool(texts) or len(image) > 1
