@@ -189,3 +189,17 @@ def test_search_for_an_item_not_there_names_the_collection(tmp_path):
     res = run("search", "-c", path, "--item", 99)
     assert res.exit_code == 2 and f"{path}: no item with id 99" in res.stderr, res.output
     assert res.stdout == ""
+
+
+def test_export_names_the_option_of_a_bad_modality(tmp_path):
+    # "error: modality must be 'image' or 'text', got 'images'": no option named, and the
+    # collection was opened first
+    path = _labelled(tmp_path)
+    res = run("export", tmp_path / "v.npz", "-c", path, "--modality", "images")
+    assert res.exit_code == 2 and "--modality must be image or text, got 'images'" in res.stderr, res.output
+    assert not (tmp_path / "v.npz").exists()
+    res = run("export", tmp_path / "v.npz", "-c", path, "--modality", "image", "--json")
+    assert res.exit_code == 0, res.output
+    import json
+
+    assert json.loads(res.stdout)["images"] == 6

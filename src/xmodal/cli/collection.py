@@ -550,6 +550,8 @@ def register(app: typer.Typer) -> None:
         folders above DEST are created; an existing DEST is refused unless --force."""
         from ..index import CollectionError
 
+        if modality not in (None, "image", "text"):
+            _fail(f"--modality must be image or text, got {modality!r}")
         if dest.is_dir():
             _fail(f"{dest}: is a folder; give the .npz file to write")
         if dest.exists() and not force:
