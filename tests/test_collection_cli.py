@@ -250,3 +250,22 @@ def test_serve_refuses_an_infinite_upload_limit_as_a_usage_error(tmp_path, monke
         assert r.exit_code == 2 and "--max-upload-mb" in r.output, (bad, r.output)
         assert not isinstance(r.exception, OverflowError)
     assert run("serve", "-c", tmp_path / "c", "--max-upload-mb", "0.5", "--port", 0).exit_code == 0
+
+
+def test_serve_rate_limit_option_reaches_the_app(tmp_path, monkeypatch):
+    # create_app(rate_limit=N) existed with no way to set it from `xmodal serve`.
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from xmodal.index import Collection
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: served.setdefault("app", app_))
+    Collection.create(tmp_path / "c", dim=4).close()
+    assert run("serve", "-c", tmp_path / "c", "--rate-limit", "0", "--port", 0).exit_code == 2
+    r = run("serve", "-c", tmp_path / "c", "--rate-limit", "2", "--port", 0)
+    assert r.exit_code == 0, r.output
+    client = TestClient(served["app"])
+    codes = [client.get("/api/info").status_code for _ in range(3)]
+    assert codes[:2] == [200, 200] and codes[2] == 429, codes
+    assert client.get("/health").status_code == 200  # not counted

@@ -625,6 +625,10 @@ def register(app: typer.Typer) -> None:
                                             "one is left out of that answer (failed_shards)"),
         read_only: bool = typer.Option(False, "--read-only", help="refuse every write (adding, deleting, "
                                        "keys, settings); automatic where the folder is not writable"),
+        rate_limit: Optional[int] = typer.Option(None, "--rate-limit", min=1,
+                                                 help="API requests a minute per client address; past it "
+                                                 "429 with Retry-After (off by default; behind a reverse "
+                                                 "proxy every client has the proxy's address: limit there)"),
     ) -> None:
         """Serve the HTTP API and the web page (http://HOST:PORT/, schema at /docs)."""
         import faiss
@@ -647,7 +651,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{collection}: serving read-only (writes answer 403)", err=True)
             shard_keys(shard, shard_api_key or None, "--shard-api-key")  # its errors name the option
             app_ = create_app(coll, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                              shards=shard, shard_api_key=shard_api_key or None, shard_timeout=shard_timeout)
+                              shards=shard, shard_api_key=shard_api_key or None, shard_timeout=shard_timeout, rate_limit=rate_limit)
         except CollectionError as exc:
             _fail(str(exc))
         uvicorn.run(app_, host=host, port=port, log_level="info")
