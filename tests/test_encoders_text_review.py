@@ -227,13 +227,15 @@ def test_sbert_bad_local_paths_are_named(tmp_path):
     for call in (get_encoder, check_spec):  # check_spec: what `xmodal index --dry-run` runs
         with pytest.raises(EncoderError, match=r"no folder /no/such/model"):
             call("sbert:/no/such/model")
-    check_spec(f"sbert:{tmp_path}")
+    # a folder without modules.json is refused as soon as it is named, not at the first encode
+    with pytest.raises(EncoderError, match=r"not a sentence-transformers model folder"):
+        check_spec(f"sbert:{tmp_path}")
     check_spec("sbert:sentence-transformers/all-mpnet-base-v2")  # no download in a check
     (tmp_path / "f.bin").write_bytes(b"x")
     with pytest.raises(EncoderError, match=r"f.bin is a file"):
         get_encoder(f"sbert:{tmp_path / 'f.bin'}")
     with pytest.raises(EncoderError, match=r"modules.json"):
-        get_encoder(f"sbert:{tmp_path}").encode(["x"], cache_dir=False)
+        get_encoder(f"sbert:{tmp_path}")
     with pytest.raises(EncoderError, match=r"'sbert:': nothing after ':'"):
         get_encoder("sbert:")
 

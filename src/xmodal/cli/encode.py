@@ -67,6 +67,13 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         out = out or _default_out(dataset, image_encoder, text_encoder)
         _check_out(out)
+        from ..encoders.base import checked_cache_dir
+
+        try:  # a --cache-dir that is a file: refused before the dataset is read
+            checked_cache_dir(cache_dir)
+        except EncoderError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
         t0 = time.perf_counter()
         try:
             ds = load_dataset(dataset, data_dir=data_dir)

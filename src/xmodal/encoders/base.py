@@ -27,6 +27,25 @@ class EncoderError(ValueError):
     """Bad encoder spec, unfitted encoder or unusable saved state."""
 
 
+def checked_cache_dir(cache_dir) -> Path | None:
+    """The feature cache folder ``cache_dir`` means (:func:`resolve_cache_dir`), refused with an
+    :class:`EncoderError` naming it when it is a file or sits under one (it could never be
+    made; ``mkdir`` would say only "Not a directory")."""
+    from .._fs import blocking_file
+
+    root = resolve_cache_dir(cache_dir)
+    if root is None:
+        return None
+    if root.exists() and not root.is_dir():
+        raise EncoderError(f"{root}: is a file, not a folder; it cannot be the feature cache "
+                           "(give a folder: --cache-dir, $XMODAL_CACHE, or cache_dir=False)")
+    above = blocking_file(root)
+    if above is not None:
+        raise EncoderError(f"{root}: cannot be the feature cache: {above} is a file, not a "
+                           "folder (give a folder: --cache-dir, $XMODAL_CACHE, or cache_dir=False)")
+    return root
+
+
 @dataclass
 class EncodeReport:
     """What one ``encode`` call did."""
@@ -289,9 +308,15 @@ class Encoder:
         if held is not None and held[0] == (str(root), key):
             held[1].refresh()
             return held[1]
-        cache = FeatureCache.for_encoder(root, self.spec, key, self.dim,
-                                         {"spec": self.spec, "version": self.version,
-                                          "dim": self.dim, "state_hash": self.state_hash()})
+        root = checked_cache_dir(root)
+        try:
+            cache = FeatureCache.for_encoder(root, self.spec, key, self.dim,
+                                             {"spec": self.spec, "version": self.version,
+                                              "dim": self.dim, "state_hash": self.state_hash()})
+        except OSError as exc:  # read-only, disk full: said once, naming the folder
+            raise EncoderError(f"{root}: cannot use it as the feature cache "
+                               f"({exc.strerror or exc}); give another cache folder "
+                               "(--cache-dir, $XMODAL_CACHE) or cache_dir=False") from exc
         self._cache = ((str(root), key), cache)
         return cache
 

