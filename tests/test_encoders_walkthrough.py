@@ -105,3 +105,26 @@ def test_xmodal_encode_cache_dir_that_is_a_file_exits_2_before_loading(tmp_path)
     assert f"error: {afile}" in res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("spec", ["tfidf", "minilm", "efficientnet-lite0", "tfidf+bow",
+                                  "efficientnet-lite0+mobilenet-v2"])
+def test_a_single_item_instead_of_a_list_is_refused(spec, tmp_path):
+    # enc.encode("a.jpg") read each character as a file name (5 skipped "images"), and
+    # minilm.encode("a sentence") embedded every character as a sentence of its own
+    from pathlib import Path
+
+    enc = get_encoder(spec)
+    if enc.needs_fit:
+        enc.fit(["planes at the airport", "a river in the forest"])
+    for one in ("a.jpg", Path("a.jpg"), b"a.jpg"):
+        with pytest.raises(EncoderError, match="a list") as err:
+            enc.encode(one, cache_dir=False)
+        assert spec in str(err.value)
+    with pytest.raises(EncoderError, match="a list"):
+        get_encoder(spec).fit("planes at the airport")
+
+
+def test_a_tuple_or_array_of_items_is_still_fine():
+    enc = get_encoder("tfidf").fit(("planes at the airport", "a river in the forest"))
+    assert enc.encode(np.array(["planes", "river"]), cache_dir=False).shape == (2, enc.dim)

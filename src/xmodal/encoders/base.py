@@ -106,6 +106,7 @@ class Encoder:
 
     def fit(self, items: Sequence[str], progress: bool | None = None) -> "Encoder":
         """Learn the encoder's state from ``items`` (no-op for pretrained encoders)."""
+        check_items(self.spec, items, "fit")
         if self.needs_fit:
             items = list(items)
             if not items:
@@ -233,6 +234,7 @@ class Encoder:
         """
         # checked first: 0 read as "the default" and a negative size gave no batches at all
         batch_size = check_batch_size(self.spec, batch_size)
+        check_items(self.spec, items)
         self._check_fitted()
         items = [str(x) for x in items]
         n, dim = len(items), self.dim
@@ -334,10 +336,22 @@ def chunks(seq: Sequence, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(start + size, len(seq))))
 
 
+def check_items(spec: str, items: object, call: str = "encode") -> None:
+    """Refuse one item given where a list of them is wanted: a ``str`` (or a path, bytes) is
+    itself iterable, and was read character by character (``encode("a.jpg")``: five files
+    named ``a``, ``.``, ``j``, ... all skipped; ``minilm.encode("a sentence")``: one row per
+    character)."""
+    if isinstance(items, (str, bytes, os.PathLike)):
+        raise EncoderError(f"{spec}: {call} takes a list of items, got a single "
+                           f"{type(items).__name__} {str(items)[:60]!r}; write "
+                           f"{call}([{str(items)[:60]!r}])")
+
+
 def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
     """``items`` as a list of ``str``; anything else (``None`` or NaN from a pandas column with
     gaps, bytes, numbers) is an :class:`EncoderError` naming its position. ``str()`` would turn
     a missing caption into the words "None" or "nan" and encode them as if they were text."""
+    check_items(spec, items, "fit" if what.startswith("fit") else "encode")
     items = list(items)
     for i, x in enumerate(items):
         if not isinstance(x, str):

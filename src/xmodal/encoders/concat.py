@@ -43,6 +43,9 @@ class ConcatEncoder(Encoder):
         return all(p.is_fitted for p in self.parts)
 
     def _texts(self, items: Sequence[str], what: str = "text") -> list[str]:
+        from .base import check_items
+
+        check_items(self.spec, items, "fit" if what.startswith("fit") else "encode")
         if self.modality == "text":
             from .base import check_texts
 
