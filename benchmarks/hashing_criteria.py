@@ -7,7 +7,8 @@ quality criteria, per dataset, bit length >= 32 and direction:
   unsupervised overall.
 
 Records of several seeds (``xmodal bench --seeds 0,1,2``) are compared by their means.
-Prints each violation, then a count; any violation prints FAIL and exits with status 1.
+Prints each violation, then a count; any violation prints FAIL and exits with status 1;
+records of two tables for one cell (other protocols, encoders or settings) exit with status 2.
 
     python benchmarks/hashing_criteria.py runs/wiki_hash.jsonl runs/ucm_hash.jsonl
 """
@@ -22,10 +23,22 @@ from pathlib import Path
 from xmodal.evaluation.bench import summarize_seeds
 
 
+def _what(r: dict) -> str:
+    return ", ".join(f"{k} {r[k]}" for k in ("protocol", "encoders", "settings", "params") if r.get(k))
+
+
 def check(records: list[dict], min_bits: int = 32) -> list[str]:
     problems = []
     # several seeds of one cell: compare their means
-    by = {(r["dataset"], r["method"], r["bits"]): r for r in summarize_seeds(records) if r.get("bits")}
+    by: dict[tuple, dict] = {}
+    for r in summarize_seeds(records):
+        if not r.get("bits"):
+            continue
+        key = (r["dataset"], r["method"], r["bits"])
+        if key in by:  # another protocol, encoder or setting: which one is the table's?
+            raise ValueError(f"{' '.join(map(str, key))}: two tables' records ({_what(by[key])} | "
+                             f"{_what(r)}); give each table's records in files of their own")
+        by[key] = r
     for ds in sorted({k[0] for k in by}):
         for bits in sorted({k[2] for k in by if k[0] == ds and k[2] >= min_bits}):
             rows = {m: r for (d, m, b), r in by.items() if d == ds and b == bits}
@@ -62,7 +75,11 @@ def main() -> None:
     args = ap.parse_args()
     records = [json.loads(line) for f in args.files for line in Path(f).read_text().splitlines()
                if line.strip()]
-    problems = check(records, args.min_bits)
+    try:
+        problems = check(records, args.min_bits)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     print("\n".join(problems) if problems else "all criteria met")
     print(f"{len(problems)} violation(s) over {len(records)} records"
           + (": FAIL" if problems else ""))

@@ -103,3 +103,16 @@ def test_device_check_stops_cleanly_without_cuda(tmp_path):
         (tmp_path / f).write_text("")
     rc, out = run("device_check.py", "run", "--bundle", str(tmp_path))
     assert rc == 1 and "device 'cuda' is not usable here" in out and "Traceback" not in out, out
+
+
+def test_hashing_criteria_refuses_two_tables_of_one_cell(tmp_path):
+    # Two records of one dataset/method/bits under other protocols (or encoders) were keyed
+    # alike: the last one silently replaced the other in the check.
+    recs = [{"dataset": "d", "method": "seph", "bits": 32, "seed": 0, "kind": "supervised",
+             "protocol": p, "i2t": {"map": 0.5}, "t2i": {"map": 0.5}}
+            for p in ("database: codes from the hash functions", "database: learned training codes")]
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rc, out = run("hashing_criteria.py", str(f))
+    assert rc == 2, out
+    assert "d seph 32" in out and "learned training codes" in out, out
