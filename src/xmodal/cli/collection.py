@@ -72,6 +72,8 @@ def _plan_text(plan: dict) -> str:
         r = plan[modality]
         line = (f"{modality}s: {len(r['new'])} new, {len(r['changed'])} changed (re-encoded), "
                 + (f"{len(r['moved'])} moved (path updated, not re-encoded), " if r.get("moved") else "")
+                + (f"{len(r['relabelled'])} relabelled (labels updated, not re-encoded), "
+                   if r.get("relabelled") else "")
                 + f"{r['unchanged']} unchanged")
         if r["unreadable"]:
             line += f", {len(r['unreadable'])} skipped as unreadable (e.g. {r['unreadable'][0]})"

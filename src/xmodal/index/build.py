@@ -731,6 +731,9 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
         print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)
     if rep.moved and not quiet:
         print(f"{rep.moved} image(s) moved: their stored path updated (nothing re-encoded)", file=sys.stderr)
+    if rep.relabelled and not quiet:
+        print(f"{rep.relabelled} item(s) relabelled: their stored labels updated (nothing re-encoded)",
+              file=sys.stderr)
     if prune:
         # an unreadable file is still in the source: its stored item stays
         gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")

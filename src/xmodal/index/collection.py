@@ -205,6 +205,7 @@ class AddReport:
     replaced: int = 0
     unchanged: int = 0
     moved: int = 0  # unchanged images found at another path (a moved folder): path updated
+    relabelled: int = 0  # unchanged items sent with other labels: labels updated in place
     ids: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files the encoder could not read
     removed: int = 0  # items the indexer's --prune removed after the add
@@ -212,7 +213,7 @@ class AddReport:
     def counts(self) -> dict[str, int]:
         """What the add did, as numbers (``xmodal index --json``'s ``run``)."""
         return {"added": self.added, "replaced": self.replaced, "moved": self.moved,
-                "unchanged": self.unchanged, "skipped": len(self.skipped), "removed": self.removed}
+                "relabelled": self.relabelled, "unchanged": self.unchanged, "skipped": len(self.skipped), "removed": self.removed}
 
     def merge(self, other: "AddReport") -> None:
         """Count ``other``'s stored items in (a batch of a longer add)."""
@@ -1871,7 +1872,8 @@ class Collection:
             hashes, _ = self._content_hashes(modality, items) if items else ([], [])
             stored = self._stored([it.key for it in items])
             have = {k: h for k, (h, _) in stored.items()}
-            row = {"new": [], "changed": [], "moved": [], "unchanged": 0, "unreadable": []}
+            row = {"new": [], "changed": [], "moved": [], "relabelled": [], "unchanged": 0, "unreadable": []}
+            relabel = {items[r].key for r in self._relabelled(items, range(len(items)))}
             for it, h in zip(items, hashes):
                 if modality == "image" and h is not None and have.get(it.key) != h and not _decodes(it.path):
                     h = None  # the encoder would skip it too
@@ -1883,10 +1885,13 @@ class Collection:
                     row["new"].append(it.key)
                 elif have[it.key] != h:
                     row["changed"].append(it.key)
-                elif modality == "image" and stored[it.key][1] != it.path:
-                    row["moved"].append(it.key)
-                else:
-                    row["unchanged"] += 1
+                else:  # same content: its path, its labels or nothing to update
+                    moved = modality == "image" and stored[it.key][1] != it.path
+                    if moved:
+                        row["moved"].append(it.key)
+                    if it.key in relabel:
+                        row["relabelled"].append(it.key)
+                    row["unchanged"] += not moved and it.key not in relabel
             kept = kept_i if modality == "image" else kept_t
             row["unreadable"] += [it.key for it in (given_images if modality == "image" else given_texts)
                                   if it.key not in kept]
@@ -2018,7 +2023,11 @@ class Collection:
                         if hashes[r] is not None and have.get(it.key, "\0") != hashes[r]]
                 same = [r for r, it in enumerate(items) if hashes[r] is not None and have.get(it.key) == hashes[r]]
                 moved = [r for r in same if modality == "image" and stored[items[r].key][1] != items[r].path]
-                total.unchanged += len(same) - len(moved)
+                relabel = self._relabelled(items, same)
+                total.unchanged += len(set(same) - set(moved) - set(relabel))
+                if relabel:
+                    self._relabel(modality, items, relabel, actor, remote)
+                    total.relabelled += len(relabel)
                 if moved:
                     self._move(items, moved, stats, actor, remote)
                     total.moved += len(moved)
@@ -2081,6 +2090,40 @@ class Collection:
                 self._drop_unused_files([f for d in done for f in d[5]])
         self.last_add = total
         return total
+
+    def _relabelled(self, items: Sequence[ImageItem] | Sequence[TextItem], rows: Iterable[int]) -> list[int]:
+        """The rows of ``rows`` whose item is stored with other labels than it has now: a label
+        corrected in the source (a pairs file's label column, a dataset's classes). Their
+        content is unchanged, so only the labels need writing."""
+        rows = list(rows)
+        stored: dict[str, list[str]] = {}
+        keys = [items[r].key for r in rows]
+        for start in range(0, len(keys), 900):
+            chunk = keys[start:start + 900]
+            for key, item_id in self.store.query(f"SELECT key, id FROM items WHERE key IN "
+                                                 f"({','.join('?' * len(chunk))})", chunk):
+                stored[key] = []
+            for key, label in self.store.query(
+                    f"SELECT i.key, l.label FROM item_labels l JOIN items i ON i.id = l.item_id "
+                    f"WHERE i.key IN ({','.join('?' * len(chunk))}) ORDER BY l.label", chunk):
+                stored[key].append(label)
+        return [r for r in rows if items[r].key in stored
+                and stored[items[r].key] != sorted({str(lab) for lab in items[r].labels})]
+
+    def _relabel(self, modality: str, items: Sequence[ImageItem] | Sequence[TextItem], rows: Sequence[int],
+                 actor: str, remote: str | None) -> None:
+        """Stored items (same key, same content) whose labels changed in the source: their
+        labels replaced in one transaction, ids kept and nothing encoded (labels live in the
+        store only, so every process's label filters see them at once)."""
+        with self._transaction() as c:
+            ids = self._lookup(c, "SELECT key, id FROM items WHERE key IN ({})", [items[r].key for r in rows])
+            c.executemany("DELETE FROM item_labels WHERE item_id = ?", [(ids[items[r].key][0],) for r in rows])
+            c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
+                          [(ids[items[r].key][0], str(lab)) for r in rows
+                           for lab in sorted({str(lab) for lab in items[r].labels})])
+            Store.audit(c, actor, "relabel", {"modality": modality, "count": len(rows),
+                                              "first_key": items[rows[0]].key}, remote)
+            self._gen = Store.bump_generation(c)
 
     def _move(self, items: Sequence[ImageItem], rows: Sequence[int], stats: Sequence[tuple[int, int] | None],
               actor: str, remote: str | None) -> None:

@@ -742,7 +742,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         """An add's answer: 201 if it stored anything, else 200 (nothing created: the same
         upload or text sent again), with the item as it is stored."""
         item_id = coll.id_of(key)
-        if not rep.added and not rep.replaced:
+        if not rep.added and not rep.replaced and not rep.relabelled:
             response.status_code = 200
         got = coll.get_item(item_id) if item_id is not None else None
         item = hit_json([got])[0] if got is not None else None

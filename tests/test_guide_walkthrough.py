@@ -1,0 +1,72 @@
+"""docs/search-engine.md followed literally by a newcomer with their own photos and captions
+(each test failed before its fix)."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import need
+from xmodal.cli import app
+from xmodal.index import Collection
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def pairs(tmp_path, monkeypatch):
+    """A pairs file over 6 UCM-Captions images (3 airplane, 3 harbor), 2 captions each."""
+    data = need("ucm_captions")
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    ds = json.loads((data / "dataset.json").read_text())["images"]
+    rows = []
+    for first, label in ((101, "airplane"), (1001, "harbor")):
+        for iid in range(first, first + 3):
+            img = tmp_path / "photos" / f"{iid}.jpg"
+            img.parent.mkdir(exist_ok=True)
+            shutil.copy(data / "imgs" / f"{iid}.jpg", img)
+            entry = next(e for e in ds if e["filename"] == f"{iid}.tif")
+            rows += [{"image": str(img), "text": s["raw"], "label": label} for s in entry["sentences"][:2]]
+    return tmp_path, rows
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_label_fixed_in_the_source_reaches_the_collection_on_a_rerun(pairs):
+    # A label corrected in pairs.jsonl ("harbor" -> "port") and `xmodal index` run again:
+    # every item counted "unchanged" (same image bytes, same caption text), the old labels
+    # stayed, and `--label port` said no item has it. Labels are now updated in place (ids
+    # kept, nothing re-encoded) and counted as relabelled, in --dry-run too.
+    tmp, rows = pairs
+    src, coll = tmp / "pairs.jsonl", tmp / "my.xmc"
+    write(src, rows)
+    res = run("index", src, "-c", coll, "--text-encoder", "tfidf", "-q")
+    assert res.exit_code == 0, res.output
+    before = {h.key: h.id for h in Collection.open(coll).list_items(limit=100)}
+    write(src, [dict(r, label="port" if r["label"] == "harbor" else r["label"]) for r in rows])
+    plan = run("index", src, "-c", coll, "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.output
+    plan = json.loads(plan.stdout)
+    assert len(plan["image"]["relabelled"]) == 3 and len(plan["text"]["relabelled"]) == 6
+    assert plan["image"]["unchanged"] == 3 and plan["text"]["unchanged"] == 6
+    human = run("index", src, "-c", coll, "--dry-run")
+    assert "3 relabelled" in human.output and "6 relabelled" in human.output
+    res = run("index", src, "-c", coll, "--json")
+    assert res.exit_code == 0, res.output
+    done = json.loads(res.stdout)
+    assert done["run"]["relabelled"] == 9 and done["run"]["unchanged"] == 9
+    assert done["run"]["added"] == done["run"]["replaced"] == 0
+    assert done["labels"] == ["airplane", "port"]
+    hits = run("search", "-c", coll, "boats", "--label", "port", "--json")
+    assert hits.exit_code == 0, hits.output
+    assert {h["labels"][0] for h in json.loads(hits.stdout)} == {"port"} and len(json.loads(hits.stdout)) == 3
+    c = Collection.open(coll)
+    assert {h.key: h.id for h in c.list_items(limit=100)} == before  # ids kept
+    c.close()
+    again = run("index", src, "-c", coll, "--json")
+    assert json.loads(again.stdout)["run"]["relabelled"] == 0
