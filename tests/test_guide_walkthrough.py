@@ -70,3 +70,22 @@ def test_a_label_fixed_in_the_source_reaches_the_collection_on_a_rerun(pairs):
     c.close()
     again = run("index", src, "-c", coll, "--json")
     assert json.loads(again.stdout)["run"]["relabelled"] == 0
+
+
+def test_a_write_without_a_key_says_how_to_send_one_and_make_one(tmp_path):
+    # The guide's first `curl -X POST /api/items -F file=@a.jpg` answered only "this route
+    # needs an API key with role 'write'": not which header carries it, nor how to get one.
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    client = TestClient(create_app(coll))
+    res = client.post("/api/texts", json={"text": "a caption"})
+    assert res.status_code == 401
+    detail = res.json()["detail"]
+    assert "X-API-Key" in detail and "Authorization: Bearer" in detail
+    assert "xmodal keys add" in detail and "--role write" in detail
+    assert str(tmp_path) not in detail  # client errors never name the server's folders
+    assert client.get("/api/audit").json()["detail"].count("--role admin") == 1
+    coll.close()

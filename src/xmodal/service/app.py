@@ -561,7 +561,12 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             if role == "read" and have is None and coll.public_read:
                 return "anonymous"
             if have is None:
-                raise HTTPException(401, f"this route needs an API key with role {role!r}",
+                # the cure, for whoever met a private route first: which header, and where a
+                # key comes from (no collection path: client errors name no server folder)
+                raise HTTPException(401, f"this route needs an API key with role {role!r}: send it as "
+                                         f"the X-API-Key header (or Authorization: Bearer); the "
+                                         f"collection's owner makes one with `xmodal keys add -c "
+                                         f"COLLECTION --role {role}`",
                                     headers={"WWW-Authenticate": "Bearer"})
             if not auth.allows(have, role):
                 raise HTTPException(403, f"key {key_id} has role {have!r}; this route needs {role!r}")
