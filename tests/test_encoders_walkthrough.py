@@ -128,3 +128,60 @@ def test_a_single_item_instead_of_a_list_is_refused(spec, tmp_path):
 def test_a_tuple_or_array_of_items_is_still_fine():
     enc = get_encoder("tfidf").fit(("planes at the airport", "a river in the forest"))
     assert enc.encode(np.array(["planes", "river"]), cache_dir=False).shape == (2, enc.dim)
+
+
+def _pairs(tmp_path, rows) -> "object":
+    """A pairs dataset of tiny images: rows of (file, text, label, split, readable)."""
+    from PIL import Image
+
+    from xmodal.data import load_dataset
+
+    lines = []
+    for i, (name, text, label, split, readable) in enumerate(rows):
+        path = tmp_path / name
+        if readable:
+            Image.fromarray(np.full((48, 48, 3), 40 * i, np.uint8)).save(path)
+        else:
+            path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        lines.append(json.dumps({"image": name, "text": text, "label": label, "split": split}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return load_dataset(str(tmp_path / "pairs.jsonl"))
+
+
+def test_encode_dataset_with_no_readable_image_is_an_error_not_an_empty_dataset(tmp_path):
+    # xmodal encode --dataset wikipedia --image-encoder ... (a release without its images)
+    # wrote "0 images, 0 texts" and exited 0
+    from xmodal.data import DataError
+    from xmodal.encoders import encode_dataset
+
+    ds = _pairs(tmp_path, [(f"{i}.jpg", f"caption number {i}", "a", "train", False) for i in range(3)])
+    with pytest.raises(DataError, match=r"none of the 3 images .*could be read") as err:
+        encode_dataset(ds, "efficientnet-lite0", None, cache_dir=False)
+    assert "0.jpg" in str(err.value)
+
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    out = tmp_path / "x.npz"
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(tmp_path / "pairs.jsonl"),
+                                   "--image-encoder", "efficientnet-lite0", "--cache-dir",
+                                   str(tmp_path / "cache"), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "none of the 3 images" in res.output and not out.exists()
+
+
+def test_text_encoder_is_not_fitted_on_the_texts_of_dropped_images(tmp_path):
+    from xmodal.encoders import encode_dataset
+
+    ds = _pairs(tmp_path, [("0.jpg", "planes parked airport", "a", "train", True),
+                           ("1.jpg", "river forest water", "b", "train", True),
+                           ("2.jpg", "zeppelin unreadable", "b", "train", False),
+                           ("3.jpg", "planes runway", "a", "test", True)])
+    out = encode_dataset(ds, "efficientnet-lite0", "tfidf", cache_dir=False)
+    assert out.n_images == 3 and out.n_texts == 3
+    from xmodal.encoders.dataset import encoder_from_state
+
+    tf = encoder_from_state(out.meta["encoding"]["text_encoder"]["state"], "test")
+    vocab = set(tf.vocabulary_)
+    assert "planes" in vocab and "zeppelin" not in vocab, vocab

@@ -148,6 +148,12 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
                            cache_dir=cache_dir, return_mask=True)
         info["image_encoder"] = _record(enc, t0)
         info["skipped"] = [{"file": f, "reason": why} for f, why in enc.report_.skipped]
+        if ds.n_images and not ok.any():  # nothing to write but an empty dataset: say why
+            f, why = enc.report_.skipped[0] if enc.report_.skipped else (ds.image_paths[0], "?")
+            raise DataError(f"dataset {ds.name!r}: none of the {ds.n_images} images could be read "
+                            f"by {enc.spec} (the first, {f}: {why}); are the image files there?")
+        # the texts of images that are dropped below do not shape a fitted text encoder either
+        in_fit &= ok
     if txt_enc is not None:
         t0 = time.perf_counter()
         fit_texts = [t for t, i in zip(ds.texts, ds.text_to_image) if in_fit[i]]
