@@ -89,3 +89,26 @@ def test_a_write_without_a_key_says_how_to_send_one_and_make_one(tmp_path):
     assert str(tmp_path) not in detail  # client errors never name the server's folders
     assert client.get("/api/audit").json()["detail"].count("--role admin") == 1
     coll.close()
+
+
+def test_keys_over_http_are_the_records_keys_list_json_prints(tmp_path):
+    # `xmodal keys list --json` gave {..., revoked: false, revoked_at: null}; GET /api/keys gave
+    # the same keys as {..., revoked: null} (a timestamp once revoked): one record, two shapes.
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    path = tmp_path / "c.xmc"
+    coll = Collection.create(path, dim=4)
+    admin = create_key(coll, "admin", "admin")
+    coll.close()
+    assert run("keys", "add", "-c", path, "--role", "write", "--name", "ingest job").exit_code == 0
+    listed = json.loads(run("keys", "list", "-c", path, "--json").stdout)
+    run("keys", "revoke", listed[1]["key_id"], "-c", path)
+    listed = json.loads(run("keys", "list", "-c", path, "--json").stdout)
+    assert listed[1]["revoked"] is True and isinstance(listed[1]["revoked_at"], float)
+    coll = Collection.open(path)
+    got = TestClient(create_app(coll)).get("/api/keys", headers={"X-API-Key": admin}).json()["keys"]
+    assert got == listed
+    coll.close()

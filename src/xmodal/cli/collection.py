@@ -690,9 +690,7 @@ def register(app: typer.Typer) -> None:
 
         rows = list_keys(_open(collection))
         if as_json:
-            typer.echo(json.dumps([{"key_id": r["key_id"], "name": r["name"], "role": r["role"],
-                                    "created": r["created"], "revoked": r["revoked"] is not None,
-                                    "revoked_at": r["revoked"]} for r in rows], indent=1))
+            typer.echo(json.dumps(rows, indent=1))
             return
         for r in rows:
             state = "revoked" if r["revoked"] else "active"

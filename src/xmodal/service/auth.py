@@ -54,7 +54,9 @@ def revoke_key(coll: Collection, key_id: str, actor: str = "local", remote: str 
 
 def list_keys(coll: Collection) -> list[dict[str, Any]]:
     rows = coll.store.query("SELECT key_id, name, role, created, revoked FROM api_keys ORDER BY created")
-    return [{"key_id": r[0], "name": r[1], "role": r[2], "created": r[3], "revoked": r[4]} for r in rows]
+    # one record for GET /api/keys and `xmodal keys list --json` alike
+    return [{"key_id": r[0], "name": r[1], "role": r[2], "created": r[3], "revoked": r[4] is not None,
+             "revoked_at": r[4]} for r in rows]
 
 
 def verify_key(coll: Collection, token: str) -> tuple[str, str] | None:
