@@ -185,3 +185,26 @@ def test_text_encoder_is_not_fitted_on_the_texts_of_dropped_images(tmp_path):
     tf = encoder_from_state(out.meta["encoding"]["text_encoder"]["state"], "test")
     vocab = set(tf.vocabulary_)
     assert "planes" in vocab and "zeppelin" not in vocab, vocab
+
+
+def test_encoder_load_of_another_xmodal_file_says_what_it_is(tmp_path):
+    # Encoder.load("cca.xmodal") or Encoder.load("features.npz") said only
+    # "There is no item named 'encoder.json' in the archive"
+    import zipfile
+
+    from xmodal.encoders import Encoder
+
+    method_file = tmp_path / "cca.xmodal"
+    with zipfile.ZipFile(method_file, "w") as zf:
+        zf.writestr("meta.json", "{}")
+    feats = tmp_path / "f.npz"
+    np.savez(feats, xmodal_meta=np.array("{}"), image_features=np.zeros((1, 2)))
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("a.txt", "hi")
+    for path, hint in ((method_file, "methods.load"), (feats, "load_dataset"),
+                       (other, "no encoder.json")):
+        with pytest.raises(EncoderError) as err:
+            Encoder.load(path)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: ") and "not an encoder file" in msg and hint in msg, msg

@@ -173,6 +173,10 @@ class Encoder:
         path = Path(path)
         try:
             with zipfile.ZipFile(path) as zf:
+                names = set(zf.namelist())
+                if "encoder.json" not in names:  # another zip, maybe another xmodal file
+                    raise EncoderError(f"{path}: not an encoder file (written by "
+                                       f"Encoder.save); {_what_zip(names)}")
                 doc = json.loads(zf.read("encoder.json"))
                 if not isinstance(doc, dict) or doc.get("format") != FORMAT:
                     raise EncoderError(f"{path}: not an xmodal encoder file (format "
@@ -334,6 +338,16 @@ class Encoder:
 def chunks(seq: Sequence, size: int) -> Iterator[list[int]]:
     for start in range(0, len(seq), size):
         yield list(range(start, min(start + size, len(seq))))
+
+
+def _what_zip(names: set[str]) -> str:
+    """What a zip that is not an encoder file is, said for :meth:`Encoder.load`."""
+    if "xmodal_meta.npy" in names:
+        return ("it is a feature file of xmodal encode: read it with xmodal.data.load_dataset; "
+                "its encoders are recorded in ds.meta['encoding']")
+    if "meta.json" in names:
+        return "it looks like a method file: read it with xmodal.methods.load"
+    return "there is no encoder.json in it"
 
 
 def check_items(spec: str, items: object, call: str = "encode") -> None:
