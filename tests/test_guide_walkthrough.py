@@ -112,3 +112,18 @@ def test_keys_over_http_are_the_records_keys_list_json_prints(tmp_path):
     got = TestClient(create_app(coll)).get("/api/keys", headers={"X-API-Key": admin}).json()["keys"]
     assert got == listed
     coll.close()
+
+
+def test_remove_given_a_key_where_an_id_goes_says_to_use_key(tmp_path):
+    # `xmodal remove -c my.xmc holidays/beach.jpg` (a key where the guide's first line puts
+    # ids) answered "Input should be a valid integer": not that keys go after --key.
+    path = tmp_path / "c.xmc"
+    coll = Collection.create(path, dim=4)
+    coll.add_vectors("image", ["holidays/beach.jpg", "b.jpg"], [[1, 0, 0, 0], [0, 1, 0, 0]])
+    coll.close()
+    res = run("remove", "-c", path, "holidays/beach.jpg")
+    assert res.exit_code == 2
+    assert "'holidays/beach.jpg' is not an item id" in res.output and "--key holidays/beach.jpg" in res.output
+    assert Collection.open(path).count("image") == 2  # nothing removed
+    ok = run("remove", "-c", path, "1", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == {"removed": [1]}

@@ -512,7 +512,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("remove")
     def remove_cmd(
-        ids: list[int] = typer.Argument(None, help="item ids (as `xmodal search` prints them)"),
+        ids: list[str] = typer.Argument(None, help="item ids (as `xmodal search` prints them)"),
         collection: Path = COLLECTION_OPT,
         key: list[str] = typer.Option([], "--key", help="an item key (an image's path in the source, "
                                       "a caption's PATH#N); repeatable"),
@@ -523,7 +523,13 @@ def register(app: typer.Typer) -> None:
         An id or key the collection does not hold is an error, and then nothing is removed."""
         from ..index import CollectionError
 
-        ids = list(ids or [])
+        # read as text: a key typed where ids go (the item's path) is answered with the
+        # option that takes it, not a bare "not a valid integer"
+        for i in ids or []:
+            if not i.strip().isdigit():
+                _fail(f"{i!r} is not an item id (a number, as `xmodal search` prints it); "
+                      f"to remove by key: --key {i}")
+        ids = [int(i) for i in ids or []]
         if not ids and not key:
             _fail("give item ids or --key KEY")
         coll = _open(collection)
