@@ -208,3 +208,18 @@ def test_encoder_load_of_another_xmodal_file_says_what_it_is(tmp_path):
             Encoder.load(path)
         msg = str(err.value)
         assert msg.startswith(f"{path}: ") and "not an encoder file" in msg and hint in msg, msg
+
+
+def test_sbert_folder_whose_path_holds_a_plus_works_on_its_own(tmp_path):
+    # docs/encoders.md: "A path containing + cannot be used inside an a+b spec" -- on its own
+    # it said: unknown encoder 'lm'
+    folder = tmp_path / "mini+lm"
+    folder.symlink_to(_minilm_folder(), target_is_directory=True)
+    check_spec(f"sbert:{folder}")
+    enc = get_encoder(f"sbert:{folder}")
+    assert enc.spec == f"sbert:{folder}" and enc.dim == 384
+    np.testing.assert_array_equal(enc.encode(["a river"], cache_dir=False),
+                                  get_encoder("minilm").encode(["a river"], cache_dir=False))
+    # inside a+b it cannot be told apart; the error says why
+    with pytest.raises(EncoderError, match=r"'\+'.*sbert"):
+        get_encoder(f"sbert:{folder}+tfidf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from .base import Encoder, EncoderError
@@ -174,13 +175,30 @@ def split_parts(spec: str) -> list[str]:
     return parts
 
 
+def is_concat(spec: object) -> bool:
+    """Whether ``spec`` names an ``a+b`` concatenation: it holds a ``+``, and is not one
+    ``sbert:<folder>`` whose folder path itself holds the ``+``."""
+    if not isinstance(spec, str) or "+" not in spec:
+        return False
+    name, arg = parse_spec(spec) if spec.strip() else ("", None)
+    return not (name == "sbert" and arg is not None and Path(arg.strip()).expanduser().is_dir())
+
+
 def _plus_parts(spec: str, modality: str | None) -> list[str]:
     """The parts of an ``a+b`` spec, each resolvable and all of one modality (checked before
     any part is built: a part may load a model)."""
     parts = split_parts(spec)
     mods = set()
     for part in parts:
-        _resolve(part, modality)  # unknown names and arguments first, named
+        try:
+            _resolve(part, modality)  # unknown names and arguments first, named
+        except EncoderError as exc:
+            if any(parse_spec(p)[0] == "sbert" for p in parts) and part.partition(":")[0] not in REGISTRY:
+                # e.g. sbert:/models/a+b+tfidf: the folder's own '+' split it
+                raise EncoderError(f"{exc}; in {spec!r} every '+' joins two encoders, so an "
+                                   "sbert folder path that holds a '+' cannot be a part: "
+                                   "rename the folder or link it under another name") from exc
+            raise
         mods.add(REGISTRY[parse_spec(part)[0]][1])
     if len(mods) > 1:
         raise EncoderError(f"{spec!r} mixes {' and '.join(sorted(mods))} encoders; "
@@ -193,7 +211,7 @@ def check_spec(spec: str, modality: str | None = None) -> None:
     (an unknown name, an argument the family does not take or a view set it lacks, another
     modality than ``modality``), without building the encoder (some load their model when
     built): what ``xmodal index --dry-run`` checks."""
-    parts = _plus_parts(spec, modality) if isinstance(spec, str) and "+" in spec else [spec]
+    parts = _plus_parts(spec, modality) if is_concat(spec) else [spec]
     for part in parts:
         _resolve(part, modality)
         name, arg = parse_spec(part)
@@ -205,7 +223,7 @@ def get_encoder(spec: str, modality: str | None = None) -> Encoder:
     """The encoder named by ``spec`` (e.g. ``"minilm"``, ``"lda:10"``, ``"timm:resnet18@random"``);
     ``"a+b"`` concatenates the features of encoders ``a`` and ``b``. ``modality`` (``"image"``
     or ``"text"``): an encoder of the other one is refused (:class:`EncoderError`)."""
-    if isinstance(spec, str) and "+" in spec:
+    if is_concat(spec):
         from .concat import ConcatEncoder
 
         parts = [get_encoder(s, modality) for s in _plus_parts(spec, modality)]
