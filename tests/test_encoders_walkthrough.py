@@ -223,3 +223,20 @@ def test_sbert_folder_whose_path_holds_a_plus_works_on_its_own(tmp_path):
     # inside a+b it cannot be told apart; the error says why
     with pytest.raises(EncoderError, match=r"'\+'.*sbert"):
         get_encoder(f"sbert:{folder}+tfidf")
+
+
+def test_encode_dataset_whose_image_files_are_all_missing_fails_at_once(tmp_path, caplog):
+    # MIRFlickr-25K's cleaned lists or the Wikipedia release without images: one warning per
+    # missing file (20015 lines) came before the error; now the error comes first, alone
+    import logging
+
+    from xmodal.data import DataError
+    from xmodal.encoders import encode_dataset
+
+    ds = _pairs(tmp_path, [(f"{i}.jpg", f"caption number {i}", "a", "train", True) for i in range(3)])
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").unlink()
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError) as err:
+        encode_dataset(ds, "efficientnet-lite0", "tfidf", cache_dir=False)
+    assert "none of the 3 image files exist" in str(err.value) and "0.jpg" in str(err.value)
+    assert not [r for r in caplog.records if "skipping" in r.getMessage()]

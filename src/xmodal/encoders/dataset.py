@@ -122,6 +122,11 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
         if ds.image_paths is None:
             raise DataError(f"dataset {ds.name!r} has no image files (field image_paths); "
                             "it cannot be encoded with an image encoder")
+        if ds.n_images and not any(os.path.exists(p) for p in ds.image_paths):
+            # a release without its images (Wikipedia's features, MIRFlickr's lists): said
+            # once, before a model is loaded, not as one warning per missing file
+            raise DataError(f"dataset {ds.name!r}: none of the {ds.n_images} image files exist "
+                            f"(the first: {ds.image_paths[0]}); are the images there?")
         img_enc = get_encoder(image_encoder, "image") if isinstance(image_encoder, str) else image_encoder
     if text_encoder is not None:
         if ds.texts is None:
