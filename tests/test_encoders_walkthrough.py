@@ -240,3 +240,24 @@ def test_encode_dataset_whose_image_files_are_all_missing_fails_at_once(tmp_path
         encode_dataset(ds, "efficientnet-lite0", "tfidf", cache_dir=False)
     assert "none of the 3 image files exist" in str(err.value) and "0.jpg" in str(err.value)
     assert not [r for r in caplog.records if "skipping" in r.getMessage()]
+
+
+def test_unwritable_cache_dir_is_an_encoder_error_naming_it(tmp_path, monkeypatch):
+    # a read-only cache folder (tests run as root here, so chmod cannot show it: mkdir is made
+    # to fail as it does for a user without write permission)
+    from xmodal.encoders import cache as cache_mod
+
+    ro = tmp_path / "ro"
+    real_mkdir = cache_mod.Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if str(self).startswith(str(ro)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(cache_mod.Path, "mkdir", mkdir)
+    enc = get_encoder("tfidf").fit(["planes at the airport", "a river"])
+    with pytest.raises(EncoderError, match="Permission denied") as err:
+        enc.encode(["planes"], cache_dir=ro)
+    assert str(err.value).startswith(f"{ro}: cannot use it as the feature cache")
+    assert enc.encode(["planes"], cache_dir=False).shape == (1, enc.dim)
