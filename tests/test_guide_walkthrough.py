@@ -127,3 +127,25 @@ def test_remove_given_a_key_where_an_id_goes_says_to_use_key(tmp_path):
     assert Collection.open(path).count("image") == 2  # nothing removed
     ok = run("remove", "-c", path, "1", "--json")
     assert ok.exit_code == 0 and json.loads(ok.stdout) == {"removed": [1]}
+
+
+def test_an_index_spec_refused_before_the_fit_names_no_made_up_width(tmp_path):
+    # `xmodal index photos -c new.xmc --index hnsw32` said "cannot build FAISS index 'hnsw32'
+    # for real vectors of dim 64" and `--index PCA8,HNSW32` "its PCAMatrix (64 -> 8)" on a
+    # source whose space came out 8-d: 64 was only the width the spec was tried at before
+    # the method was fitted. A lower-case spec now says factory strings are case-sensitive;
+    # a spec given for the other kind of space says which spec to give.
+    from xmodal.index.vector import IndexSpecError, check_spec
+
+    with pytest.raises(IndexSpecError) as exc:
+        check_spec("real", "hnsw32")
+    assert "dim 64" not in str(exc.value) and "case-sensitive" in str(exc.value)
+    with pytest.raises(IndexSpecError) as exc:
+        check_spec("real", "PCA8,HNSW32")
+    assert "64" not in str(exc.value).split("(e.g.")[0] and "PCAMatrix (to 8)" in str(exc.value)
+    with pytest.raises(IndexSpecError) as exc:  # the width known: named
+        check_spec("real", "hnsw32", dim=16)
+    assert "dim 16" in str(exc.value)
+    with pytest.raises(IndexSpecError) as exc:
+        check_spec("real", "BFlat")
+    assert "(Flat," in str(exc.value).split("real-valued", 1)[1] and "hashing" in str(exc.value)

@@ -122,7 +122,10 @@ def normalize_spec(kind: str, spec: str) -> str:
     if kind == "binary" and not spec.startswith("B"):
         spec = "B" + spec  # "Flat" -> "BFlat", "HNSW32" -> "BHNSW32"
     if kind == "real" and spec.startswith("B") and _is_binary_spec(spec):
-        raise IndexSpecError(f"index {spec!r} is binary but this collection's space is real-valued")
+        raise IndexSpecError(f"index {spec!r} is binary but this collection's space is real-valued: "
+                             f"give a real-valued spec ({', '.join(dict.fromkeys([spec[1:] or 'Flat', 'Flat', 'HNSW32']))}, "
+                             f"IVF256,Flat, ...), "
+                             f"or a hashing (binary) method for B- specs")
     return spec  # any other bad spec: FAISS's own parse error when the index is built
 
 
@@ -153,8 +156,10 @@ def _make(kind: str, dim: int, spec: str):
             return faiss.IndexBinaryIDMap2(faiss.index_binary_factory(dim, spec))
         inner = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise IndexSpecError(f"cannot build FAISS index {spec!r} for {kind} vectors of dim {dim}: "
-                             f"{_faiss_message(exc)}") from None
+        why = _faiss_message(exc)
+        if "could not parse" in why and spec != spec.upper() and any(c.islower() for c in spec):
+            why += " (FAISS factory strings are case-sensitive: Flat, HNSW32, IVF256,Flat, PCA64,L2norm,HNSW32)"
+        raise IndexSpecError(f"cannot build FAISS index {spec!r} for {kind} vectors of dim {dim}: {why}") from None
     if isinstance(inner, faiss.IndexIDMap):  # IndexIDMap2 derives from it
         # the first add failed inside FAISS ("add does not work with IndexIDMap")
         raise IndexSpecError(f"index {spec!r}: leave IDMap out; xmodal keeps every index in its "
@@ -332,7 +337,11 @@ def check_spec(kind: str, spec: str, dim: int | None = None) -> str:
         except IndexSpecError as exc:
             first = first or exc
     assert first is not None
-    raise first
+    # the message is the one at the first probe width, which is no width of the user's
+    # vectors (they are not fitted yet): said without it
+    d = _PROBE_DIMS[0]
+    raise IndexSpecError(str(first).replace(f" vectors of dim {d}:", " vectors:")
+                         .replace(f" ({d} -> ", " (to ")) from None
 
 
 class VectorIndex:
