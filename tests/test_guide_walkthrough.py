@@ -149,3 +149,18 @@ def test_an_index_spec_refused_before_the_fit_names_no_made_up_width(tmp_path):
     with pytest.raises(IndexSpecError) as exc:
         check_spec("real", "BFlat")
     assert "(Flat," in str(exc.value).split("real-valued", 1)[1] and "hashing" in str(exc.value)
+
+
+def test_a_first_run_counts_the_unreadable_files_it_skipped(pairs):
+    # `xmodal index . -c my.xmc --json` over a folder with one broken .jpg said "skipping 1
+    # unreadable image(s)" on stderr but `run.skipped` 0; the rerun said 1 for the same file.
+    tmp, _ = pairs
+    folder = tmp / "photos"
+    for p in sorted(folder.glob("*.jpg")):
+        p.with_suffix(".txt").write_text("boats in a harbour\nplanes at an airport\n")
+    (folder / "broken.jpg").write_text("not an image")
+    first = run("index", folder, "-c", tmp / "f.xmc", "--text-encoder", "tfidf", "--json")
+    assert first.exit_code == 0, first.output
+    again = run("index", folder, "-c", tmp / "f.xmc", "--json")
+    assert json.loads(first.stdout)["run"]["skipped"] == json.loads(again.stdout)["run"]["skipped"] == 1
+    assert json.loads(first.stdout)["images"] == 6

@@ -262,6 +262,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     if getattr(img_enc, "needs_fit", False) and not getattr(img_enc, "is_fitted", False):
         img_enc.fit([i.path for i in images], progress=progress)
     Fi, ok = encode_items(img_enc, [i.path for i in images], progress=progress)
+    unread = [images[r].path for r in np.flatnonzero(~ok)]  # the run's `skipped`, as on a rerun
     if not ok.all():
         bad = {images[r].key for r in np.flatnonzero(~ok)}
         if not quiet:
@@ -331,8 +332,9 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         # Another process created it while this one fitted: add to that one (its method and
         # encoders), as a later run would, instead of deleting its items.
         return _add_to(collection_path, images, texts, like, quiet, batch_size, prune, asked)
-    coll.add_items(images, texts, image_features=Fi, text_features=Ft, progress=progress,
-                   batch_size=batch_size)
+    rep = coll.add_items(images, texts, image_features=Fi, text_features=Ft, progress=progress,
+                         batch_size=batch_size)
+    rep.skipped[:0] = unread  # rep is coll.last_add: dropped before the add, skipped all the same
     return coll
 
 
