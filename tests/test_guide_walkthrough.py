@@ -164,3 +164,26 @@ def test_a_first_run_counts_the_unreadable_files_it_skipped(pairs):
     again = run("index", folder, "-c", tmp / "f.xmc", "--json")
     assert json.loads(first.stdout)["run"]["skipped"] == json.loads(again.stdout)["run"]["skipped"] == 1
     assert json.loads(first.stdout)["images"] == 6
+
+
+def test_an_http_add_that_only_changes_labels_stores_them_and_answers_201(pairs):
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    tmp, rows = pairs
+    write(tmp / "pairs.jsonl", rows)
+    assert run("index", tmp / "pairs.jsonl", "-c", tmp / "c.xmc", "--text-encoder", "tfidf", "-q").exit_code == 0
+    coll = Collection.open(tmp / "c.xmc")
+    key = create_key(coll, "write", "ingest")
+    client = TestClient(create_app(coll))
+    body = {"text": "a quay at dusk", "key": "notes/1", "labels": ["harbor"]}
+    assert client.post("/api/texts", json=body, headers={"X-API-Key": key}).status_code == 201
+    same = client.post("/api/texts", json=body, headers={"X-API-Key": key})
+    assert same.status_code == 200  # sent again: nothing written
+    moved = client.post("/api/texts", json={**body, "labels": ["port"]}, headers={"X-API-Key": key})
+    assert moved.status_code == 201 and moved.json()["item"]["labels"] == ["port"]
+    assert moved.json()["id"] == same.json()["id"]  # updated in place
+    assert [e["action"] for e in coll.audit_log(2)] == ["relabel", "add"]
+    coll.close()

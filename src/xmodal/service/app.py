@@ -65,8 +65,10 @@ MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before d
 MAX_CONCURRENT_UPLOADS = 4
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
 ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: {"description": "stored: a new item, or a changed one replaced (new ids in `ids`)"},
-    200: {"description": "unchanged: the same item was already stored (sent again); nothing written, "
+    201: {"description": "stored: a new item, a changed one replaced (new ids in `ids`), or the same "
+                         "item sent with other labels (relabelled in place, its id kept)"},
+    200: {"description": "unchanged: the same item, with the same labels, was already stored (sent "
+                         "again); nothing written, "
                          "`id` and `item` are the existing item"},
 }
 MAX_PROXIED_THUMBNAIL = 4 * 1024 * 1024  # a shard's 512 px JPEG is far smaller
