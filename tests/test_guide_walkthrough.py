@@ -187,3 +187,25 @@ def test_an_http_add_that_only_changes_labels_stores_them_and_answers_201(pairs)
     assert moved.json()["id"] == same.json()["id"]  # updated in place
     assert [e["action"] for e in coll.audit_log(2)] == ["relabel", "add"]
     coll.close()
+
+
+def test_a_private_shard_is_named_with_the_option_to_use_once(tmp_path):
+    # `xmodal search -c a.xmc --shard URL` to a private server quoted the server's whole 401
+    # detail, which (for curl users) says to send an X-API-Key header: two cures, one wrong
+    # for the command line. The shard's own words are cut to what it refused.
+    from conftest import serving
+    from xmodal.index import open_shards
+    from xmodal.index.store import CollectionError
+    from xmodal.service import create_app
+
+    local = Collection.create(tmp_path / "a.xmc", dim=4)
+    local.close()
+    private = Collection.create(tmp_path / "b.xmc", dim=4)
+    private.set_setting("public_read", False)
+    with serving(create_app(private)) as url:
+        with pytest.raises(CollectionError) as exc:
+            open_shards([tmp_path / "a.xmc"], [url], timeout=5)
+    msg = str(exc.value)
+    assert "401" in msg and "needs an API key with role 'read'" in msg and "--api-key" in msg
+    assert "X-API-Key header" not in msg and msg.count("xmodal keys add") == 1
+    private.close()

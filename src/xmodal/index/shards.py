@@ -180,6 +180,9 @@ class RemoteShard:
                    "collection, so it must be one made on that shard)")
         else:
             why = "the API key sent lacks the role this needs"
+        # what the shard refused, without its own cure (a header, for curl users): the
+        # option to use is said below
+        detail = detail.split(": send it as", 1)[0]
         return (f"shard {self.url}: {path} answered HTTP {code}: {why} ({detail}); send a read key "
                 f"of that shard (`xmodal keys add -c SHARD --role read` there) with {self.key_hint}")
 
