@@ -330,7 +330,7 @@ def test_run_bench_refusals_in_python():
         run_bench("wikipedia", ["cca", "cca"])
     with pytest.raises(ParameterError, match="not among the methods"):
         run_bench("wikipedia", ["cca"], params={"sccm": {"reg": 1}})
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="no/such/pairs.jsonl: file not found"):
         run_bench("no/such/pairs.jsonl", ["cca"])
 
 

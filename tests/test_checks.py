@@ -180,7 +180,7 @@ def test_loading_refuses_other_formats_classes_and_states_naming_the_file(tmp_pa
     (tmp_path / "cut.xmodal").write_bytes(good.read_bytes()[:200])
     with pytest.raises(DataError, match="corrupt or truncated"):
         methods.load(tmp_path / "cut.xmodal")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.xmodal"):
         methods.load(tmp_path / "missing.xmodal")
 
 

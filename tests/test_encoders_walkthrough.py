@@ -63,7 +63,7 @@ def test_sbert_hub_id_repr_does_not_download():
 def test_family_needing_an_argument_is_refused_by_check_spec(spec):
     with pytest.raises(EncoderError, match=f"{spec}:<"):
         check_spec(spec)
-    with pytest.raises(EncoderError):
+    with pytest.raises(EncoderError, match=f"{spec} needs an argument: {spec}:<"):
         get_encoder(spec)
 
 

@@ -69,7 +69,8 @@ def test_interface_shapes_determinism_balance(name, small):
     # balance: over the training set every code is neither all-zeros nor all-ones on average
     on = np.unpackbits(a.encode_images(small.image_features), axis=1).mean()
     assert 0.2 < on < 0.8, f"{name}: {on:.2f} of the bits are on"
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=rf"encode_images: expected images features with {X.shape[1]} "
+                       rf"columns, got shape \(3, {X.shape[1] + 1}\)"):
         a.encode_images(np.zeros((3, X.shape[1] + 1)))
 
 
