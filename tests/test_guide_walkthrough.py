@@ -209,3 +209,21 @@ def test_a_private_shard_is_named_with_the_option_to_use_once(tmp_path):
     assert "401" in msg and "needs an API key with role 'read'" in msg and "--api-key" in msg
     assert "X-API-Key header" not in msg and msg.count("xmodal keys add") == 1
     private.close()
+
+
+def test_the_same_photos_given_another_way_are_noted_as_held_twice(pairs):
+    # The guide's first two lines run one after the other on the same my.xmc (a folder, then
+    # a pairs file over the same photos) stored every photo twice, under two keys, in
+    # silence: each image search then showed each photo twice.
+    tmp, rows = pairs
+    folder = tmp / "photos"
+    for p in sorted(folder.glob("*.jpg")):
+        p.with_suffix(".txt").write_text("\n".join(r["text"] for r in rows if r["image"] == str(p)))
+    write(tmp / "pairs.jsonl", rows)
+    assert run("index", folder, "-c", tmp / "my.xmc", "--text-encoder", "tfidf", "-q").exit_code == 0
+    res = CliRunner().invoke(app, ["index", str(tmp / "pairs.jsonl"), "-c", str(tmp / "my.xmc")])
+    assert res.exit_code == 0, res.output
+    assert "6 new image(s) have the same content as images already stored under other keys" in res.output
+    assert "--rebuild" in res.output
+    again = run("index", tmp / "pairs.jsonl", "-c", tmp / "my.xmc")  # nothing new: no note
+    assert "same content" not in again.output

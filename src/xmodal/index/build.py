@@ -715,6 +715,22 @@ def _refuse_other_options(coll: Collection, asked: dict[str, Any]) -> None:
         raise OtherOptionsError(coll.path, differ)
 
 
+def _held_twice(coll: Collection, new_ids: list[int]) -> list[tuple[str, str]]:
+    """(new key, stored key) of the images ``new_ids`` added whose file content an image
+    stored before them already has under another key."""
+    fresh = sorted({int(i) for i in new_ids})
+    out: dict[str, str] = {}
+    for start in range(0, len(fresh), 400):  # two IN lists: under SQLite's 999 bound parameters
+        chunk = fresh[start:start + 400]
+        marks = ",".join("?" * len(chunk))
+        for new_key, old_key in coll.store.query(
+                f"SELECT a.key, b.key FROM items a JOIN items b ON b.content_hash = a.content_hash "
+                f"AND b.modality = 'image' AND b.id < ? AND b.key != a.key "
+                f"WHERE a.modality = 'image' AND a.id IN ({marks}) ORDER BY a.id", [fresh[0], *chunk]):
+            out.setdefault(new_key, old_key)
+    return list(out.items())
+
+
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
             like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False,
             asked: dict[str, Any] | None = None) -> Collection:
@@ -736,6 +752,13 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
     if rep.relabelled and not quiet:
         print(f"{rep.relabelled} item(s) relabelled: their stored labels updated (nothing re-encoded)",
               file=sys.stderr)
+    twins = _held_twice(coll, rep.ids) if not quiet else []
+    if twins:
+        # the same photos given another way (a folder, then a pairs file over it) get other
+        # keys: stored twice, every search would show them twice
+        print(f"note: {len(twins)} new image(s) have the same content as images already stored under "
+              f"other keys (e.g. {twins[0][0]} = {twins[0][1]}): the collection holds them twice; if "
+              f"this is the same source given another way, index it alone (--rebuild)", file=sys.stderr)
     if prune:
         # an unreadable file is still in the source: its stored item stays
         gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")
