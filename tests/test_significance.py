@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from conftest import DATA
 from xmodal import methods
 from xmodal.cli import app
+from xmodal.data import DataError
 from xmodal.evaluation import evaluate
 from xmodal.evaluation.significance import compare_records, holm, paired_permutation_test
 
@@ -56,9 +57,10 @@ def test_compare_records_mr_weights_both_directions_by_their_share():
     mr = np.mean([50, 100, 100, 25, 50, 75])  # the six Recall@K figures of a, in percent
     assert res["both"]["a"] == pytest.approx(mr) and res["both"]["b"] == 0
     assert res["both"]["difference"] == pytest.approx(mr) and res["both"]["n_queries"] == 6
-    with pytest.raises(Exception, match="no per-query 'map' scores for i2t; it has r@1, r@5, r@10, mR"):
+    with pytest.raises(DataError, match="record 'a': no per-query 'map' scores for i2t; it has r@1, r@5, r@10, mR"):
         compare_records(a, b, "map")  # scored per query, but without labels: say what it has
-    with pytest.raises(Exception, match="--per-query"):
+    with pytest.raises(DataError, match=r"record 'a': no per-query .* scores for i2t; re-run the benchmark with per-query "
+                                         r"scores \(xmodal bench --per-query\)"):
         compare_records({"method": "a", "i2t": {}}, b, "map")
     with pytest.raises(ValueError, match="expected map, mR or r@K"):
         compare_records(a, b, "ndcg")
