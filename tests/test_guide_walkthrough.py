@@ -227,3 +227,15 @@ def test_the_same_photos_given_another_way_are_noted_as_held_twice(pairs):
     assert "--rebuild" in res.output
     again = run("index", tmp / "pairs.jsonl", "-c", tmp / "my.xmc")  # nothing new: no note
     assert "same content" not in again.output
+
+
+def test_unknown_label_error_is_importable_beside_collection(tmp_path):
+    # The guide says search_text(labels=...) raises UnknownLabelError; `from xmodal.index
+    # import UnknownLabelError` (where Collection comes from) was an ImportError.
+    from xmodal.index import UnknownLabelError
+
+    coll = Collection.create(tmp_path / "c.xmc", dim=4)
+    coll.add_vectors("image", ["a.jpg"], [[1, 0, 0, 0]], labels=[["beach"]])
+    with pytest.raises(UnknownLabelError, match="beech.*beach"):
+        coll.search_vector([1, 0, 0, 0], labels=["beech"])
+    coll.close()

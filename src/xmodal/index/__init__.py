@@ -14,6 +14,6 @@ from .build import (DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER,
 __all__ += ["build_collection", "plan_collection", "scan_source", "DEFAULT_METHOD", "DEFAULT_IMAGE_ENCODER",
             "DEFAULT_TEXT_ENCODER"]
 
-from .shards import RemoteShard, ShardedCollection, open_shards  # noqa: E402
+from .shards import RemoteShard, ShardedCollection, UnknownLabelError, open_shards  # noqa: E402
 
-__all__ += ["ShardedCollection", "RemoteShard", "open_shards"]
+__all__ += ["ShardedCollection", "RemoteShard", "open_shards", "UnknownLabelError"]
