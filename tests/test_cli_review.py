@@ -416,7 +416,8 @@ def test_index_json_says_what_the_run_did(tmp_path):
     res = run(*args)
     assert res.exit_code == 0, res.output
     first = json.loads(res.output)
-    assert first["run"] == {"added": 6, "replaced": 0, "moved": 0, "unchanged": 0, "skipped": 0, "removed": 0}
+    assert first["run"] == {"added": 6, "replaced": 0, "moved": 0, "relabelled": 0, "unchanged": 0, "skipped": 0,
+                            "removed": 0}
     again = json.loads(run(*args[:4], "--quiet", "--json").output)  # the collection's own options
     assert again["run"]["added"] == 0 and again["run"]["unchanged"] == 6
     (src / imgs[0].name).unlink()

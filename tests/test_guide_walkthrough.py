@@ -239,3 +239,30 @@ def test_unknown_label_error_is_importable_beside_collection(tmp_path):
     with pytest.raises(UnknownLabelError, match="beech.*beach"):
         coll.search_vector([1, 0, 0, 0], labels=["beech"])
     coll.close()
+
+
+def test_an_add_without_labels_never_clears_stored_labels(pairs):
+    # Relabelling in place must not turn into data loss: the same photo or caption sent
+    # again with no labels at all (a re-upload from the web page, an unlabelled copy of the
+    # source) kept its labels before relabelling existed, and still does.
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+    from xmodal.service.auth import create_key
+
+    tmp, rows = pairs
+    write(tmp / "pairs.jsonl", rows)
+    assert run("index", tmp / "pairs.jsonl", "-c", tmp / "c.xmc", "--text-encoder", "tfidf", "-q").exit_code == 0
+    write(tmp / "pairs.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in rows])
+    res = run("index", tmp / "pairs.jsonl", "-c", tmp / "c.xmc", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["run"]["relabelled"] == 0
+    coll = Collection.open(tmp / "c.xmc")
+    assert all(h.labels for h in coll.list_items(limit=100))
+    key = create_key(coll, "write", "ingest")
+    client = TestClient(create_app(coll))
+    body = {"text": "a quay at dusk", "key": "notes/1", "labels": ["harbor"]}
+    assert client.post("/api/texts", json=body, headers={"X-API-Key": key}).status_code == 201
+    again = client.post("/api/texts", json={**body, "labels": []}, headers={"X-API-Key": key})
+    assert again.status_code == 200 and again.json()["item"]["labels"] == ["harbor"]
+    coll.close()

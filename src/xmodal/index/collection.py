@@ -2094,8 +2094,9 @@ class Collection:
     def _relabelled(self, items: Sequence[ImageItem] | Sequence[TextItem], rows: Iterable[int]) -> list[int]:
         """The rows of ``rows`` whose item is stored with other labels than it has now: a label
         corrected in the source (a pairs file's label column, a dataset's classes). Their
-        content is unchanged, so only the labels need writing."""
-        rows = list(rows)
+        content is unchanged, so only the labels need writing. An item given no labels keeps
+        the stored ones: a re-upload or an unlabelled copy of a source never clears them."""
+        rows = [r for r in rows if items[r].labels]
         stored: dict[str, list[str]] = {}
         keys = [items[r].key for r in rows]
         for start in range(0, len(keys), 900):
