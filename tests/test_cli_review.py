@@ -424,4 +424,4 @@ def test_index_json_says_what_the_run_did(tmp_path):
     pruned = json.loads(run(*args[:4], "--quiet", "--json", "--prune").output)
     assert pruned["run"]["removed"] == 2 and pruned["images"] == 2
     human = run(*args[:4], "--quiet").output
-    assert "this run: added 0, replaced 0, moved 0, unchanged 4, skipped 0, removed 0" in human
+    assert "this run: added 0, replaced 0, moved 0, relabelled 0, unchanged 4, skipped 0, removed 0" in human
