@@ -33,3 +33,15 @@ def test_index_refuses_loader_options_for_a_plain_folder_and_unknown_ones(tmp_pa
                                  "--data-option", "no_such_option=1"])
     assert r.exit_code == 2 and "no_such_option" in r.output
     assert not (tmp_path / "c.xmc").exists()
+
+
+def test_an_sbert_folder_whose_path_holds_a_plus_is_one_encoder(tmp_path):
+    # build's spec helpers split every '+': a model folder named like 'm+tfidf' was taken for
+    # an sbert part plus a fitted tf-idf part (the encoders' own is_concat knows better).
+    from xmodal.index.build import _needs_fit, _spec
+
+    folder = tmp_path / "m+tfidf"
+    folder.mkdir()
+    assert not _needs_fit(f"sbert:{folder}")
+    assert _spec(f"sbert:{folder}") == f"sbert:{folder}"
+    assert _needs_fit("minilm+tfidf") and _spec(" minilm + tfidf ") == "minilm+tfidf"

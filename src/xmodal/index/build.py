@@ -505,7 +505,9 @@ def _spec(encoder: Any) -> str | None:
     """An encoder's spec as :func:`xmodal.encoders.get_encoder` would name it (``" a + b "``
     is ``"a+b"``), without building it (some encoders load their model when built)."""
     if isinstance(encoder, str):
-        return "+".join(part.strip() for part in encoder.split("+"))
+        from ..encoders.registry import is_concat
+
+        return "+".join(part.strip() for part in encoder.split("+")) if is_concat(encoder) else encoder.strip()
     spec = getattr(encoder, "spec", None)
     return spec if isinstance(spec, str) else None
 
@@ -513,10 +515,11 @@ def _spec(encoder: Any) -> str | None:
 def _needs_fit(spec: str) -> bool:
     """Whether the encoder ``spec`` names learns a state from items (any part of ``a+b``),
     told from the registry without building it (some encoders load their model when built)."""
-    from ..encoders.registry import available_encoders, parse_spec
+    from ..encoders.registry import available_encoders, is_concat, parse_spec
 
     fitted = {row["name"] for row in available_encoders() if row["needs_fit"]}
-    return any(parse_spec(part.strip())[0] in fitted for part in spec.split("+"))
+    parts = spec.split("+") if is_concat(spec) else [spec]
+    return any(parse_spec(part.strip())[0] in fitted for part in parts)
 
 
 def _resolve_encoders(fitted: Any, method: Any, image_encoder: Any, text_encoder: Any) -> tuple[Any, Any]:
