@@ -1,0 +1,36 @@
+"""Checks added by the session-13 re-read of its own change (behaviour kept, work moved)."""
+
+import numpy as np
+
+from xmodal.index import Collection
+from xmodal.index.build import _held_twice
+from xmodal.index.collection import ImageItem
+
+
+def _unit(rng, n, d=4):
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def test_held_twice_names_each_new_image_stored_before_under_another_key(tmp_path):
+    # over 900 new images (two chunks of SQLite parameters); the earliest older twin is named
+    rng = np.random.default_rng(0)
+    files = tmp_path / "files"
+    files.mkdir()
+
+    def item(key, content):
+        (files / key).write_bytes(content)
+        return ImageItem(key, str(files / key))
+
+    coll = Collection.create(tmp_path / "c", dim=4)
+    old = [item(f"old{i}.jpg", b"old %d" % i) for i in range(20)] + [item("old_again.jpg", b"old 3")]
+    coll.add_items(old, image_features=_unit(rng, len(old)))
+    new = [item(f"new{i:04d}.jpg", b"new %d" % i) for i in range(950)]
+    new[5] = item("new0005.jpg", b"old 3")      # twice before: old3 (the earlier) and old_again
+    new[930] = item("new0930.jpg", b"old 11")   # in the second chunk
+    new += [item("dup_a.jpg", b"fresh"), item("dup_b.jpg", b"fresh")]  # twins among the new only
+    rep = coll.add_items(new, image_features=_unit(rng, len(new)))
+    assert len(rep.ids) == len(new)
+    assert _held_twice(coll, rep.ids) == [("new0005.jpg", "old3.jpg"), ("new0930.jpg", "old11.jpg")]
+    assert _held_twice(coll, []) == []
+    coll.close()
