@@ -87,17 +87,23 @@ def lsh_map(wiki):
     return 0.5 * (r["i2t"]["map"] + r["t2i"]["map"])
 
 
+# LSSH's FAST fit (3 iterations, 64 atoms) scored 0.137-0.147 over seeds 0-2, inside LSH's own
+# spread (0.124-0.139 over seeds 0-7): no margin over chance told it from a broken LSSH
+BEAT_LSH = {"lssh": dict(n_iter=10, n_atoms=256, max_train=600)}
+
+
 @pytest.mark.parametrize("name", SHALLOW + DEEP)
 def test_learned_methods_beat_lsh_on_wikipedia(name, wiki, lsh_map):
     bits = 16 if name in ("cvh", "imh", "scm_orth") else 32  # these lose bits to noise beyond ~10 dims
-    m = _make(name, bits=bits).fit(wiki.subset("train"))
+    m = _make(name, bits=bits, **BEAT_LSH.get(name, {})).fit(wiki.subset("train"))
     r = evaluate(m, wiki.subset("query"), wiki.subset("database"), map_k=(50,), pk=(10,))
     score = 0.5 * (r["i2t"]["map"] + r["t2i"]["map"])
-    # LSH is chance level (~0.13 with 10 unequal classes); learned codes must clear it clearly
-    # (LSSH by less with the few iterations used here; 0.161 vs 0.129 with its defaults:
+    # LSH is chance level (~0.13 with 10 unequal classes; 0.124-0.139 over seeds 0-7, so chance
+    # alone reaches lsh_map + 0.01); learned codes must clear it clearly (LSSH by less with the
+    # shortened fit used here: 0.154-0.161 over seeds 0-2; 0.161 vs 0.129 with its defaults:
     # see docs/results.md)
     assert lsh_map < 0.15
-    margin = 0.005 if name == "lssh" else 0.025
+    margin = 0.02 if name == "lssh" else 0.025
     assert score > lsh_map + margin, f"{name}: mAP {score:.4f} vs LSH {lsh_map:.4f}"
     for d in ("i2t", "t2i"):
         assert 0 <= r[d]["p@r2"] <= 1 and len(r[d]["hamming_pr_curve"]) > 0
