@@ -34,3 +34,23 @@ def test_held_twice_names_each_new_image_stored_before_under_another_key(tmp_pat
     assert _held_twice(coll, rep.ids) == [("new0005.jpg", "old3.jpg"), ("new0930.jpg", "old11.jpg")]
     assert _held_twice(coll, []) == []
     coll.close()
+
+
+def test_relabelling_finds_items_stored_without_labels_and_with_other_ones(tmp_path):
+    from xmodal.index.collection import TextItem
+
+    rng = np.random.default_rng(1)
+    coll = Collection.create(tmp_path / "c", dim=4)
+    texts = [TextItem("bare", "a caption"), TextItem("cat", "another", labels=["cat"])]
+    coll.add_items((), texts, text_features=_unit(rng, 2))
+    again = [TextItem("bare", "a caption", labels=["dog", "cat"]), TextItem("cat", "another", labels=["cat"])]
+    plan = coll.plan((), again)["text"]
+    assert plan["relabelled"] == ["bare"] and plan["unchanged"] == 1
+    rep = coll.add_items((), again)
+    assert (rep.relabelled, rep.unchanged, rep.added) == (1, 1, 0)
+    assert sorted(coll.get_item(coll.id_of("bare")).labels) == ["cat", "dog"]
+    # given no labels: the stored ones stay; the same labels again: unchanged
+    rep = coll.add_items((), [TextItem("bare", "a caption"), TextItem("cat", "another", labels=["cat"])])
+    assert (rep.relabelled, rep.unchanged) == (0, 2)
+    assert sorted(coll.get_item(coll.id_of("bare")).labels) == ["cat", "dog"]
+    coll.close()

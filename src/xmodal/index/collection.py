@@ -2101,13 +2101,13 @@ class Collection:
         keys = [items[r].key for r in rows]
         for start in range(0, len(keys), 900):
             chunk = keys[start:start + 900]
-            for key, item_id in self.store.query(f"SELECT key, id FROM items WHERE key IN "
-                                                 f"({','.join('?' * len(chunk))})", chunk):
-                stored[key] = []
+            # one query: a stored item without labels comes back once, its label NULL
             for key, label in self.store.query(
-                    f"SELECT i.key, l.label FROM item_labels l JOIN items i ON i.id = l.item_id "
+                    f"SELECT i.key, l.label FROM items i LEFT JOIN item_labels l ON l.item_id = i.id "
                     f"WHERE i.key IN ({','.join('?' * len(chunk))}) ORDER BY l.label", chunk):
-                stored[key].append(label)
+                stored.setdefault(key, [])
+                if label is not None:
+                    stored[key].append(label)
         return [r for r in rows if items[r].key in stored
                 and stored[items[r].key] != sorted({str(lab) for lab in items[r].labels})]
 
