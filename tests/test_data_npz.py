@@ -73,7 +73,9 @@ def test_bench_on_the_file_gives_the_numbers_of_the_original(encoded, tmp_path):
     for direction in ("i2t", "t2i"):
         for key in ("map", "p@10", "p@100"):
             assert from_file[direction][key] == pytest.approx(original[direction][key], abs=1e-12)
-    assert from_file["i2t"]["map"] > 0.12  # a real common space, not chance (0.1 for 10 classes)
+    # a real common space, not chance: CCA scores 0.158 / 0.150 here; a random ranking 0.11
+    # (10 unequal classes) and chance-level codes up to 0.139 over seeds
+    assert from_file["i2t"]["map"] > 0.14 and from_file["t2i"]["map"] > 0.14
 
 
 def _rewrite(src: Path, dst: Path, **changes) -> Path:
