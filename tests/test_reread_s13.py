@@ -54,3 +54,26 @@ def test_relabelling_finds_items_stored_without_labels_and_with_other_ones(tmp_p
     assert (rep.relabelled, rep.unchanged) == (0, 2)
     assert sorted(coll.get_item(coll.id_of("bare")).labels) == ["cat", "dog"]
     coll.close()
+
+
+def test_http_errors_without_a_body_get_none_and_details_are_scrubbed(tmp_path):
+    # the service's HTTPException handler (it scrubs the collection's path from details) kept
+    # FastAPI's rule for bodies: 205 (Reset Content) has none, as 204 and 304
+    from fastapi import HTTPException
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    Collection.create(tmp_path / "c", dim=4).close()
+    app = create_app(tmp_path / "c")
+
+    @app.get("/probe/{code}")
+    def probe(code: int):
+        raise HTTPException(code, f"{tmp_path / 'c'}: a detail", headers={"X-Probe": "1"})
+
+    client = TestClient(app)
+    for code in (204, 205, 304):
+        r = client.get(f"/probe/{code}")
+        assert r.status_code == code and r.content == b"" and r.headers["x-probe"] == "1"
+    r = client.get("/probe/409")
+    assert r.status_code == 409 and r.json() == {"detail": "a detail"} and r.headers["x-probe"] == "1"

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -558,7 +559,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             if role != "read" and request.method not in ("GET", "HEAD") and coll.read_only:
                 # a write the collection cannot take is refused as such, whatever the key:
                 # checked first, a snapshot made without its keys answered a key with 401
-                raise HTTPException(403, scrub(str(read_only_error(coll.path, coll.path / DB_NAME))))
+                # (its folder scrubbed from the detail by http_error, as every HTTPException's)
+                raise HTTPException(403, str(read_only_error(coll.path, coll.path / DB_NAME)))
             key_id, have = principal(request)
             if role == "read" and have is None and coll.public_read:
                 return "anonymous"
@@ -1031,11 +1033,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return JSONResponse({"detail": scrub(str(exc))}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        detail = scrub(exc.detail) if isinstance(exc.detail, str) else exc.detail
-        if exc.status_code in (204, 304):  # no body allowed
-            return Response(status_code=exc.status_code, headers=exc.headers)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI's own answer (no body where the status allows none), its detail scrubbed
+        if isinstance(exc.detail, str):
+            exc = StarletteHTTPException(exc.status_code, scrub(exc.detail), exc.headers)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
