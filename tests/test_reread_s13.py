@@ -1,6 +1,7 @@
 """Checks added by the session-13 re-read of its own change (behaviour kept, work moved)."""
 
 import numpy as np
+import pytest
 
 from xmodal.index import Collection
 from xmodal.index.build import _held_twice
@@ -77,3 +78,24 @@ def test_http_errors_without_a_body_get_none_and_details_are_scrubbed(tmp_path):
         assert r.status_code == code and r.content == b"" and r.headers["x-probe"] == "1"
     r = client.get("/probe/409")
     assert r.status_code == 409 and r.json() == {"detail": "a detail"} and r.headers["x-probe"] == "1"
+
+
+def test_rate_limit_forgets_the_addresses_not_seen_for_a_minute_and_still_limits_the_others():
+    from xmodal.service.app import RateLimit
+
+    now = [0.0]
+    rl = RateLimit(None, per_minute=2, clock=lambda: now[0])
+    rl.MAX_CLIENTS = 3
+    for who in "abcd":  # none full yet (each took a token): all kept past the bound
+        assert rl.take(who) == 0.0
+    assert list(rl.buckets) == ["a", "b", "c", "d"]
+    assert rl.take("a") == 0.0 and rl.take("a") == pytest.approx(30.0)  # a: spent, seen last
+    now[0] = 40.0
+    assert rl.take("e") == 0.0
+    # b, c, d full again (seen 40 s ago at 1 of 2 tokens); a not (10 s of refill since)
+    assert "a" in rl.buckets and "e" in rl.buckets and not {"b", "c", "d"} & set(rl.buckets)
+    assert rl.take("a") == 0.0 and rl.take("a") > 0  # its limit kept
+    now[0] = 200.0
+    for who in "fgh":
+        rl.take(who)
+    assert list(rl.buckets) == ["f", "g", "h"]  # a and e, full since, went when g came
