@@ -99,3 +99,18 @@ def test_rate_limit_forgets_the_addresses_not_seen_for_a_minute_and_still_limits
     for who in "fgh":
         rl.take(who)
     assert list(rl.buckets) == ["f", "g", "h"]  # a and e, full since, went when g came
+
+
+def test_min_tag_count_is_refused_beside_mat_files_in_a_subfolder_too(tmp_path):
+    from scipy.io import savemat
+
+    from xmodal.data import DataError
+    from xmodal.data.mirflickr import load_mirflickr25k
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "mirflickr").mkdir()  # a folder of images, not the release (no meta/tags)
+    blocks = {f"{v}_{p}": rng.standard_normal((6, 3)) if v != "L" else (rng.random((6, 2)) > .5) * 1.0
+              for v in "ITL" for p in ("tr", "te")}
+    savemat(tmp_path / "mirflickr" / "mir_cnn.mat", blocks)
+    with pytest.raises(DataError, match=r"min_tag_count applies to the full release .*the \.mat files in"):
+        load_mirflickr25k(str(tmp_path), min_tag_count=20)

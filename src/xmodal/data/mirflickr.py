@@ -96,12 +96,15 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int | None = None, n
     (its rows are its splits).
     """
     root = _find_root(data_dir)
-    release = None if (root / "all_tags.txt").exists() else _release_dir(root)
-    mats = sorted(root.glob("*.mat")) + sorted(root.glob("*/*.mat"))
-    if min_tag_count is not None and release is None and ((root / "all_tags.txt").exists() or mats):
+    cleaned = (root / "all_tags.txt").exists()
+    release = None if cleaned else _release_dir(root)
+    # .mat files looked for only when the option is given: beside the cleaned lists, */*.mat
+    # lists the 25,000 images of mirflickr/ on every load
+    if min_tag_count is not None and release is None and (
+            cleaned or any(root.glob("*.mat")) or any(root.glob("*/*.mat"))):
         # The cleaned tags are the 1386 on 20+ of all 25,000 images: re-counting them within
         # the 20,015 kept would drop 22 of them, ignoring the option would be silent.
-        what = root / "all_tags.txt" if (root / "all_tags.txt").exists() else f"the .mat files in {root}"
+        what = root / "all_tags.txt" if cleaned else f"the .mat files in {root}"
         raise DataError(f"mirflickr25k: min_tag_count applies to the full release (mirflickr/meta/tags/), "
                         f"not to {what}, whose tags are already cleaned (the 1386 on 20+ images)")
     split_options = {"n_query": n_query, "n_train": n_train, "seed": seed}
@@ -111,7 +114,7 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int | None = None, n
     if release is not None:
         return load_mirflickr25k_release(root, n_query=n_query, n_train=n_train, seed=seed,
                                          min_tag_count=20 if min_tag_count is None else min_tag_count)
-    if not (root / "all_tags.txt").exists():
+    if not cleaned:
         from .dcmh_mat import mat_files
 
         mats = mat_files(root, "*_cnn.mat")  # not a macOS "._NAME" beside it
