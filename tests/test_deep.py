@@ -56,7 +56,10 @@ def test_trains_and_beats_chance(wiki, name):
         m.fit(train)
     losses = [h["loss"] for h in m.history_]
     assert len(losses) == FAST["epochs"]
-    assert losses[-1] < losses[0], losses
+    # falls by a clear share: an optimiser that never steps moved these losses by under 0.5%
+    # (shuffled batches), often downwards; six trained epochs cut them by 10% (uwml) to 99%
+    # (dcca's negative correlation loss falls too: the share is of its magnitude)
+    assert losses[0] - losses[-1] > 0.05 * abs(losses[0]), losses
     # training-only tensors (features, graphs, caption tables) are released after fit
     import torch
     left = [k for k, v in vars(m).items() if isinstance(v, torch.Tensor) and not k.endswith("_")]
