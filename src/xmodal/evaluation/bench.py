@@ -591,6 +591,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     for name in method_names:
         cls = registry.get(name)
         is_hash = cls.output == "binary"
+        ks = tuple(map_k) or ((50, 100) if is_hash else ())  # the MAP@k cut-offs scored
         source = registry.source_digest(cls)  # a plugin's code: edited, its records are redone
         for b, sd in ((b, sd) for b in (bits if is_hash else [None]) for sd in seeds):
             settings, kw = _method_kwargs(cls, params.get(name, {}), labeled_fraction, b, sd)
@@ -612,8 +613,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
             method = registry.create(name, **kw)
             done = previous.get(_record_key(_jsonable(rec)))
             # a record without a MAP@k asked for now (--map-k) is redone, not shown as "-"
-            want_k = [f"map@{k}" for k in (tuple(map_k) or ((50, 100) if is_hash else ()))]
-            if done is not None and any("map" in done[d] and any(k not in done[d] for k in want_k)
+            if done is not None and any("map" in done[d] and any(f"map@{k}" not in done[d] for k in ks)
                                         for d in ("i2t", "t2i")):
                 done = None
             # a record made with other parameters (a default changed since), on data the loader
@@ -632,7 +632,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 method.fit(train, val=val)
                 fit_seconds = time.perf_counter() - t0
                 res = _score_run(method, is_hash, database_codes, query, database, train, test,
-                                 map_k, per_query, test_folds, rec)
+                                 ks, per_query, test_folds, rec)
             except (TrainingDivergedError, NonFiniteScoresError) as exc:  # a diverged method
                 if failures is None:
                     raise
@@ -682,22 +682,22 @@ def _protocol(is_hash: bool, database_codes: str, query: Any, database: Any, tes
 
 
 def _score_run(method: Any, is_hash: bool, database_codes: str, query: Any, database: Any, train: Any,
-               test: Any, map_k: Sequence[int], per_query: bool, test_folds: int, rec: dict) -> dict:
+               test: Any, map_k: tuple[int, ...], per_query: bool, test_folds: int, rec: dict) -> dict:
     """The results of one fitted method under the protocol of its kind (:func:`_protocol`;
-    ``rec`` gains the folds' spread)."""
+    ``rec`` gains the folds' spread); ``map_k``: the cut-offs, defaults applied."""
     if is_hash and database_codes == "learned":
         from ..methods.hashing.protocol import evaluate_training_codes
 
         res = evaluate_training_codes(method, query, database, train=train,
-                                      map_k=tuple(map_k) or (50, 100))
+                                      map_k=map_k)
         res["encode_seconds"] = 0.0
     elif is_hash:
-        res = evaluate(method, query, database, map_k=tuple(map_k) or (50, 100), per_query=per_query)
+        res = evaluate(method, query, database, map_k=map_k, per_query=per_query)
     else:
         view = None
         if getattr(method, "raw_inputs", ()):  # reads raw texts / image files at test time
             from ..methods.deep import raw_view as view
-        res = evaluate_folds(method, test, test_folds, view=view, map_k=tuple(map_k),
+        res = evaluate_folds(method, test, test_folds, view=view, map_k=map_k,
                              per_query=per_query)
         if test_folds != 1:
             rec["fold_std"] = res["fold_std"]
