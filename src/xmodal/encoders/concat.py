@@ -43,13 +43,11 @@ class ConcatEncoder(Encoder):
         return all(p.is_fitted for p in self.parts)
 
     def _texts(self, items: Sequence[str], what: str = "text") -> list[str]:
-        from .base import check_items
+        from .base import check_items, check_texts
 
-        check_items(self.spec, items, "fit" if what.startswith("fit") else "encode")
         if self.modality == "text":
-            from .base import check_texts
-
-            return check_texts(self.spec, items, what)
+            return check_texts(self.spec, items, what)  # a single str refused there too
+        check_items(self.spec, items, "fit" if what.startswith("fit") else "encode")
         return [str(x) for x in items]
 
     def fit(self, items: Sequence[str], progress: bool | None = None) -> "ConcatEncoder":
