@@ -77,7 +77,8 @@ def test_transformer_regions_and_rerank(ucm, tmp_path):
                        shortlist=10).fit(train)
     assert m.mode_ == "regions" and m.raw_inputs == ("images", "texts")
     losses = [h["loss"] for h in m.history_]
-    assert losses[-1] < losses[0], losses
+    # six epochs cut it by 42%; an optimiser that never steps moved it by 0.2%
+    assert losses[0] - losses[-1] > 0.05 * abs(losses[0]), losses
     view = raw_view(m, test)
     res = evaluate(view, test)
     assert res["mR"] > random_mr(test) + 12, (res["mR"], random_mr(test))

@@ -79,7 +79,8 @@ def test_label_positives_train_with_unlabelled_images(wiki, name, params):
         warnings.simplefilter("ignore")  # transformer: no image files on Wikipedia
         m = methods.create(name, **QUICK, **params).fit(train)
     losses = [h["loss"] for h in m.history_]
-    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+    # two trained epochs cut the loss by 9-13% (seeds 0-2); an optimiser that never steps by < 0.5%
+    assert np.isfinite(losses).all() and losses[0] - losses[-1] > 0.05 * abs(losses[0]), losses
     res = evaluate(m, test)
     assert res["i2t"]["map"] > 0.15 and res["t2i"]["map"] > 0.15, res  # chance is about 0.11
 
