@@ -114,3 +114,15 @@ def test_min_tag_count_is_refused_beside_mat_files_in_a_subfolder_too(tmp_path):
     savemat(tmp_path / "mirflickr" / "mir_cnn.mat", blocks)
     with pytest.raises(DataError, match=r"min_tag_count applies to the full release .*the \.mat files in"):
         load_mirflickr25k(str(tmp_path), min_tag_count=20)
+
+
+def test_xmodal_remove_a_digit_that_is_no_number_says_so(tmp_path):
+    # '²'.isdigit() is true, but int('²') raises: the check let it through to a traceback
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    Collection.create(tmp_path / "c", dim=4).close()
+    res = CliRunner().invoke(app, ["remove", "²", "-c", str(tmp_path / "c")])
+    assert res.exit_code == 2, res.exception
+    assert "'²' is not an item id" in res.output and "--key ²" in res.output

@@ -526,7 +526,7 @@ def register(app: typer.Typer) -> None:
         # read as text: a key typed where ids go (the item's path) is answered with the
         # option that takes it, not a bare "not a valid integer"
         for i in ids or []:
-            if not i.strip().isdigit():
+            if not i.strip().isdecimal():  # what int() reads (isdigit() passes "²")
                 _fail(f"{i!r} is not an item id (a number, as `xmodal search` prints it); "
                       f"to remove by key: --key {i}")
         ids = [int(i) for i in ids or []]
