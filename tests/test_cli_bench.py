@@ -34,7 +34,8 @@ def test_bench_errors_are_clear(wikipedia):
                               "--data-dir", str(DATA)])
     assert res.exit_code == 2 and "--image-encoder" in res.output
     res = runner.invoke(app, ["bench", "--dataset", "wikipedia", "--set", "oops", "--data-dir", str(DATA)])
-    assert res.exit_code != 0
+    # a usage error saying the form (exit_code != 0 passed a crash with a traceback too)
+    assert res.exit_code == 2 and "--set 'oops': expected METHOD.PARAM=VALUE" in res.output, res.output
 
 
 def test_methods_listing_json():
