@@ -1,7 +1,6 @@
 """Deep real-valued methods: each trains a few epochs on real Wikipedia features, its loss
 falls, and it retrieves far better than chance; persistence, validation and reconstruction."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from xmodal.evaluation.protocol import evaluate
 from xmodal.methods import ParameterError
 from xmodal.methods.deep import raw_view
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
 FAST = dict(epochs=6, patience=None, verbose=False, random_state=0)
 
 # name -> extra params for a quick run (defaults otherwise)

@@ -2,7 +2,6 @@
 text encoder trained from scratch, and the TERAN-style transformer on EfficientNet-Lite0
 regions and MiniLM tokens (computed by xmodal.methods.deep._features, cached in tmp)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from xmodal.data import DataError, load_dataset
 from xmodal.evaluation.protocol import evaluate
 from xmodal.methods.deep import raw_view
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the InfoNCE target rule, ACMR's gradient reversal, DSCMR/ACMR on a one-class bat
 DCCA with a last mini-batch of one row."""
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from xmodal.evaluation.protocol import evaluate
 from xmodal.methods.deep._common import info_nce
 from xmodal.methods.deep.supervised import grad_reverse
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
 QUICK = dict(epochs=2, patience=None, verbose=False, random_state=0)
 
 

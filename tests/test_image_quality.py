@@ -1,14 +1,14 @@
 """Image-quality metrics against reference values (pytorch-msssim 1.0.0, the MS-SSIM authors'
 reference settings) on a real UCM image, and against their definitions."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import DATA
 from xmodal.metrics.image_quality import ms_psnr, ms_ssim, psnr, ssim
 
-IMG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm_captions" / "imgs" / "1.jpg"
+IMG = DATA / "ucm_captions" / "imgs" / "1.jpg"  # DATA honours $XMODAL_DATA
 
 
 @pytest.fixture(scope="module")

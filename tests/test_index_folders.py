@@ -4,6 +4,7 @@ import os
 
 from PIL import Image
 
+from conftest import DATA
 from xmodal.index.build import scan_folder
 
 
@@ -88,7 +89,7 @@ def test_sidecar_written_by_windows_notepad_has_no_byte_order_mark_in_its_captio
 
 
 # ------------------------------------------------------------------------- dataset folders
-UCM = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm_captions"
+UCM = DATA / "ucm_captions"  # DATA honours $XMODAL_DATA
 
 
 def _flickr8k_like(root, n=8):

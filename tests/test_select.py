@@ -1,7 +1,6 @@
 """Parameter search on the training pairs (xmodal.evaluation.select_params) and its use by the
 indexer for methods created by name."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from xmodal.evaluation.select import fold_score
 from xmodal.index import build
 from xmodal.methods import ParameterError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
 
 
 @pytest.fixture(scope="module")
