@@ -305,7 +305,7 @@ def test_resume_redoes_the_records_of_an_edited_plugin_and_a_plugin_bug_is_a_fai
         recs = run_bench(ds, ["student_cca", "cca"], failures=failed)
         assert [r["method"] for r in recs] == ["cca"]
         assert failed[0]["method"] == "student_cca" and failed[0]["error"] == "TypeError: oops in my method"
-        with pytest.raises(TypeError):  # without a failures list, it propagates as before
+        with pytest.raises(TypeError, match="oops in my method"):  # without a failures list, it propagates
             run_bench(ds, ["student_cca"])
     finally:
         methods._REGISTRY.pop("student_cca", None)
