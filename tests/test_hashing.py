@@ -75,7 +75,7 @@ def test_interface_shapes_determinism_balance(name, small):
 
 @pytest.mark.parametrize("name", ["lsh", "cmfh", "seph"])
 def test_bits_must_be_multiple_of_8(name, small):
-    with pytest.raises(ParameterError, match="bits"):
+    with pytest.raises(ParameterError, match=r"parameter bits=12 must be a positive multiple of 8"):
         methods.create(name, bits=12).fit(small)
 
 
