@@ -144,3 +144,14 @@ def test_a_folded_result_is_not_paired_with_an_unfolded_one_from_python():
     with pytest.raises(DataError, match="records differ in test_folds: 1 .* vs 2"):
         compare_records(plain, folded)
     assert compare_records(folded, evaluate_folds(m, test, 2, per_query=True))["i2t"]["p_value"] == 1.0
+
+
+def test_a_record_without_per_query_scores_names_the_metric_as_asked():
+    # records keep AP per query under 'ap'; the message said "no per-query 'ap' scores" to a
+    # user who asked for --metric map
+    from xmodal.evaluation.significance import _per_query
+
+    with pytest.raises(DataError, match="no per-query 'map' scores for i2t; re-run"):
+        _per_query({"method": "cca", "i2t": {"map": 0.2}}, "i2t", "ap")
+    with pytest.raises(DataError, match="no per-query 'map' scores for i2t; it has r@1"):
+        _per_query({"method": "cca", "i2t": {"per_query": {"r@1": [1, 0]}}}, "i2t", "ap")

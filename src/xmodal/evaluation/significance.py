@@ -72,17 +72,18 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Seq
 def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
     held = rec.get(direction, {}).get("per_query", {})
     values = held.get(key)
+    name = "map" if key == "ap" else key  # records keep AP per query; users ask for map
     if values is None:
         if held:  # scored per query, but not with this metric
             names = ", ".join("map" if k == "ap" else k for k in held)
-            raise DataError(f"record {rec.get('method')!r}: no per-query {'map' if key == 'ap' else key!r} "
+            raise DataError(f"record {rec.get('method')!r}: no per-query {name!r} "
                             f"scores for {direction}; it has {names}" + (", mR" if "r@1" in held else ""))
-        raise DataError(f"record {rec.get('method')!r}: no per-query {key!r} scores for {direction}; "
+        raise DataError(f"record {rec.get('method')!r}: no per-query {name!r} scores for {direction}; "
                         "re-run the benchmark with per-query scores (xmodal bench --per-query)")
     out = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(out))
     if len(bad):  # strict JSON writes NaN as null: a mean or a test over it means nothing
-        raise DataError(f"record {rec.get('method')!r}: per-query {'map' if key == 'ap' else key} scores "
+        raise DataError(f"record {rec.get('method')!r}: per-query {name} scores "
                         f"for {direction} are not finite at query {bad[0]}"
                         + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     return out
