@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xmodal.data import DataError
 from xmodal.index import Collection
 from xmodal.index.collection import ImageItem, TextItem
 from xmodal.index.store import Store
@@ -44,7 +45,7 @@ def test_a_failed_small_add_leaves_the_generation_as_the_store_has_it(tmp_path):
     S.add_items([ImageItem("a#0", str(a))], image_features=unit(rng, 1))
     gen = S.store.generation()
     # an upload 'a' whose caption key 'a#0' is already an image: the shared transaction fails
-    with pytest.raises(Exception, match="already an image item"):
+    with pytest.raises(DataError, match="already an image item"):
         S.add_items([ImageItem("a", str(b))], [TextItem("a#0", "caption", pair_key="a")],
                     image_features=unit(rng, 1), text_features=unit(rng, 1))
     assert S.store.generation() == gen and S._gen == gen

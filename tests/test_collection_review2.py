@@ -5,6 +5,7 @@ wrong kind trusted, and a refused rebuild that had already deleted the collectio
 
 import errno
 import os
+import re
 import sqlite3
 from pathlib import Path
 
@@ -184,17 +185,21 @@ def test_an_index_file_of_the_wrong_kind_is_rebuilt_not_trusted(tmp_path):
                 assert c.search_vector(X[j], "image", 1)[0].key == f"k{j}"
 
 
-@pytest.mark.parametrize("bad", [dict(index="NoSuchIndex"), dict(output="nope"),
-                                 dict(image_encoder="no-such-encoder"), dict(dim=None)])
-def test_a_refused_rebuild_leaves_the_old_collection(tmp_path, bad):
+@pytest.mark.parametrize("bad, error, match", [
+    (dict(index="NoSuchIndex"), "IndexSpecError", "cannot build FAISS index 'NoSuchIndex'"),
+    (dict(output="nope"), "CollectionError", "output must be 'real' or 'binary', got 'nope'"),
+    (dict(image_encoder="no-such-encoder"), "EncoderError", "unknown encoder 'no-such-encoder'"),
+    (dict(dim=None), "CollectionError", "pass a fitted method or the vector dim")])
+def test_a_refused_rebuild_leaves_the_old_collection(tmp_path, bad, error, match):
     """Collection.create(overwrite=True) deleted the old database before it checked its
     arguments: a typo in a rebuild's index spec or encoder lost the whole collection."""
     d = tmp_path / "c"
     c = Collection.create(d, dim=8)
     c.add_vectors("image", ["k"], np.ones((1, 8), np.float32))
     c.close()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match=re.escape(match)) as exc:
         Collection.create(d, **{"dim": 8, "overwrite": True, **bad})
+    assert type(exc.value).__name__ == error  # the refusal itself, not a crash on the way
     with Collection.open(d) as c:
         assert c.count() == 1 and c.id_of("k") is not None
     db = sqlite3.connect(d / "collection.db")

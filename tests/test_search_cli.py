@@ -73,7 +73,7 @@ def test_rerank_with_a_real_valued_method_is_refused(tmp_path):
 
     src = tmp_path / "src"
     src.mkdir()
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image
     Image.new("RGB", (8, 8)).save(src / "a.jpg")
     (src / "a.txt").write_text("a caption\n")
     for call in (build_collection, plan_collection):
