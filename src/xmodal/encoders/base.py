@@ -27,7 +27,7 @@ class EncoderError(ValueError):
     """Bad encoder spec, unfitted encoder or unusable saved state."""
 
 
-def checked_cache_dir(cache_dir) -> Path | None:
+def checked_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
     """The feature cache folder ``cache_dir`` means (:func:`resolve_cache_dir`), refused with an
     :class:`EncoderError` naming it when it is a file or sits under one (it could never be
     made; ``mkdir`` would say only "Not a directory")."""
@@ -373,7 +373,7 @@ def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
     return items
 
 
-def check_batch_size(spec: str, batch_size) -> int | None:
+def check_batch_size(spec: str, batch_size: object) -> int | None:
     """``batch_size`` if None or a positive integer, else an :class:`EncoderError` (a negative
     one gave no batches at all: zero rows marked unreadable, without a word)."""
     if batch_size is None:

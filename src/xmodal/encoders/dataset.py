@@ -23,7 +23,8 @@ from .registry import get_encoder
 log = logging.getLogger("xmodal.encoders")
 
 
-def fit_cached(enc: Encoder, items: list[str], cache_dir=None, progress: bool | None = None) -> Encoder:
+def fit_cached(enc: Encoder, items: list[str], cache_dir: str | os.PathLike | bool | None = None,
+               progress: bool | None = None) -> Encoder:
     """``enc.fit(items)``, reusing a previous fit on the same content from the cache folder."""
     if not enc.needs_fit:
         return enc

@@ -200,7 +200,7 @@ def _unnormalised_transform(index) -> str | None:
     return last
 
 
-def min_train_size(index) -> int:
+def min_train_size(index: faiss.Index | faiss.IndexBinary) -> int:
     """The fewest vectors ``index`` (a FAISS index, float or binary, id map or not) is to be
     trained on: ``MIN_POINTS_PER_CENTROID`` per centroid of each k-means FAISS runs in its
     training (IVF lists, PQ codebooks, OPQ's PQ), the input width for a PCA; 0 where it

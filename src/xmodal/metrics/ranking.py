@@ -276,7 +276,8 @@ def average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | N
     return per.get("ap" if k is None else f"ap@{k}", np.zeros(0))
 
 
-def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, distances=None,
+def mean_average_precision(scores: np.ndarray | None = None, relevant: np.ndarray | None = None,
+                           k: int | None = None, *, distances: np.ndarray | None = None,
                            tie_seed: int | None = 0) -> float:
     """Mean over queries of :func:`average_precision` (full ranking, or AP@k): a fraction in
     [0, 1]. :func:`xmodal.evaluation.protocol.evaluate` reports MAP on this scale too (its
@@ -284,13 +285,15 @@ def mean_average_precision(scores=None, relevant=None, k: int | None = None, *, 
     return float(average_precision(scores, relevant, k, distances=distances, tie_seed=tie_seed).mean())
 
 
-def precision_at_k(scores=None, relevant=None, k: int = 10, *, distances=None, tie_seed: int | None = 0) -> float:
+def precision_at_k(scores: np.ndarray | None = None, relevant: np.ndarray | None = None, k: int = 10, *,
+                   distances: np.ndarray | None = None, tie_seed: int | None = 0) -> float:
     """Mean over queries of the fraction of relevant items among the top ``min(k, n_db)``."""
     k = _check_k(k)
     return float(_per_query(scores, distances, relevant, tie_seed=tie_seed, pk=(k,))[f"p@{k}"].mean())
 
 
-def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distances=None,
+def first_hit_rank(scores: np.ndarray | None = None, relevant: np.ndarray | None = None,
+                   k: int | None = None, *, distances: np.ndarray | None = None,
                    tie_seed: int | None = 0) -> np.ndarray:
     """Per query, the 0-based rank of its first relevant item within the top ``k`` (the whole
     ranking when None), ``inf`` when there is none: query q counts for Recall@K iff rank < K."""
@@ -299,7 +302,8 @@ def first_hit_rank(scores=None, relevant=None, k: int | None = None, *, distance
     return per.get("first_hit", np.zeros(0))
 
 
-def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *, distances=None,
+def recall_at_k(scores: np.ndarray | None = None, relevant: np.ndarray | None = None,
+                ks: tuple[int, ...] = (1, 5, 10), *, distances: np.ndarray | None = None,
                 tie_seed: int | None = 0) -> dict[int, float]:
     """Recall@K with one-to-many ground truth: a query scores 1 when any relevant item is in
     its top K (image->text retrieval: any of the image's captions). Queries with no relevant
@@ -316,7 +320,8 @@ def recall_at_k(scores=None, relevant=None, ks: tuple[int, ...] = (1, 5, 10), *,
     return {k: float((first[has] < k).mean()) if has.any() else float("nan") for k in ks}
 
 
-def ndcg_at_k(scores=None, gains=None, k: int = 10, *, distances=None, tie_seed: int | None = 0) -> float:
+def ndcg_at_k(scores: np.ndarray | None = None, gains: np.ndarray | None = None, k: int = 10, *,
+              distances: np.ndarray | None = None, tie_seed: int | None = 0) -> float:
     """NDCG@k with graded gains (e.g. shared-label counts), gain 2^g - 1 and log2 discount."""
     k = _check_k(k)
     return float(_per_query(scores, distances, gains, "gains", tie_seed=tie_seed, ndcg_k=(k,))[f"ndcg@{k}"].mean())
@@ -327,7 +332,8 @@ def _mean_curve(pr: np.ndarray, n_points: int) -> list[float]:
     return (pr[keep].sum(axis=0) / max(int(keep.sum()), 1)).tolist() if keep.any() else [0.0] * n_points
 
 
-def pr_curve(scores=None, relevant=None, n_points: int = 11, *, distances=None,
+def pr_curve(scores: np.ndarray | None = None, relevant: np.ndarray | None = None, n_points: int = 11, *,
+             distances: np.ndarray | None = None,
              tie_seed: int | None = 0) -> dict[str, list[float]]:
     """Precision-recall curve of a ranking: interpolated precision (max precision at recall
     >= r) at ``n_points`` recall levels from 0 to 1, averaged over queries with a relevant item."""
