@@ -723,9 +723,19 @@ def _jsonable(d: Any) -> Any:
     return finite(json.loads(json.dumps(d, default=default)))
 
 
+def config_label(rec: dict) -> str:
+    """A record's row name: ``method``, or ``method:param=value,...`` for a run with ``--set``
+    settings, the name ``xmodal compare`` takes for that configuration (two settings of one
+    method are two rows, which the bare method name could not tell apart)."""
+    settings = rec.get("settings") or {}
+    return rec["method"] + (":" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(settings.items()))
+                            if settings else "")
+
+
 def format_table(records: list[dict], markdown: bool = False) -> str:
-    """Rows = methods (x bits), columns = both directions' MAP, P@10 (and Recall@K / mR);
-    records summarised over seeds (:func:`summarize_seeds`) show ``mean±std``."""
+    """Rows = methods (x bits), named by :func:`config_label`; columns = both directions' MAP,
+    P@10 (and Recall@K / mR); records summarised over seeds (:func:`summarize_seeds`) show
+    ``mean±std``."""
     records = summarize_seeds(records)
     has_recall = any("mR" in r for r in records)
     has_map = any("map" in r["i2t"] for r in records)
@@ -737,7 +747,7 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
     cols += ["fit s"]
     rows = []
     for r in records:
-        row = [r["method"], "-" if r["bits"] is None else str(r["bits"])]
+        row = [config_label(r), "-" if r["bits"] is None else str(r["bits"])]
         if has_map:
             row += [_score(r, d, key) for key in ("map", "p@10") for d in ("i2t", "t2i")]
         if has_recall:
