@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,6 +59,8 @@ class TorchMethod(CrossModalMethod):
     """
 
     _float64: ClassVar[bool] = False
+    #: seconds between redraws of the progress bar (it shows the running loss of each step)
+    _progress_mininterval: ClassVar[float] = 0.5
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "epochs": interval(1, None, integer=True),
         "batch_size": interval(2, None, integer=True),
@@ -149,12 +152,17 @@ class TorchMethod(CrossModalMethod):
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * steps_per_epoch)
         clip = getattr(self, "grad_clip", None)
         best, best_state, bad, history = -math.inf, None, 0, []
+        # one bar tick per mini-batch step, its loss the running mean of the epoch so far: a
+        # bar over epochs sat at 0% with no loss through a long first epoch
         show = self.verbose and sys.stderr.isatty()
-        bar = tqdm(range(self.epochs), desc=self.name, disable=not show, leave=False)
-        for epoch in bar:
+        bar = tqdm(total=self.epochs * steps_per_epoch, desc=self.name, unit="step", disable=not show,
+                   leave=False, mininterval=self._progress_mininterval, file=sys.stderr)
+        shown: dict[str, str] = {}
+        for epoch in range(self.epochs):
             self.module_.train()
             self._on_epoch_start(epoch)
             total, seen = 0.0, 0
+            shown["epoch"] = f"{epoch + 1}/{self.epochs}"
             for step, idx in enumerate(self._batches(n, gen)):
                 if len(idx) < 2:
                     continue
@@ -177,6 +185,10 @@ class TorchMethod(CrossModalMethod):
                     sched.step()
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
+                if show:
+                    shown["loss"] = f"{total / seen:.4f}"
+                    bar.set_postfix(shown, refresh=False)
+                    bar.update(1)
             epoch_loss = total / max(seen, 1)
             record = {"epoch": epoch, "loss": epoch_loss}
             if val_arrays is not None and self.patience is not None:
@@ -188,9 +200,13 @@ class TorchMethod(CrossModalMethod):
                 else:
                     bad += 1
             history.append(record)
-            bar.set_postfix(loss=f"{epoch_loss:.4f}", **({"val": f"{record['val']:.4f}"} if "val" in record else {}))
+            if show:
+                if "val" in record:
+                    shown["val"] = f"{record['val']:.4f}"
+                bar.set_postfix(shown)
             if self.patience is not None and bad >= self.patience:
                 break
+        bar.close()
         if best_state is not None:
             self.module_.load_state_dict(best_state)
         self.module_.eval()
@@ -217,6 +233,12 @@ class TorchMethod(CrossModalMethod):
                                 "(or pass no val: a hold-out of train is used)")
             return val.image_features.astype(np.float32), val.text_features.astype(np.float32), val, None
         if self.val_fraction <= 0 or train.n_images < 20:
+            # asked for early stopping but none can run: say so instead of training on in silence
+            why = ("val_fraction=0 and no val split was passed" if self.val_fraction <= 0 else
+                   f"dataset {train.name!r} has {train.n_images} training images, too few for a "
+                   "hold-out (20 needed)")
+            warnings.warn(f"{self.name}: patience={self.patience} but no validation split: {why}; "
+                          "training runs all epochs (pass val=..., or patience=None)", stacklevel=6)
             return None
         rng = np.random.default_rng(self.random_state)
         n_val = max(10, int(round(self.val_fraction * train.n_images)))

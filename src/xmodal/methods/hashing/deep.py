@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.dataset import DataError
 from .. import register
 from .._torch import TorchMethod, mlp
 from ..base import HashingMethod, interval, pack_codes
@@ -77,6 +78,16 @@ class _DeepHashing(TorchMethod, HashingMethod):
     def _standardize(self, X: np.ndarray, Y: np.ndarray) -> None:
         self.module_.x_norm.set(X)
         self.module_.y_norm.set(Y)
+
+    def _validation_arrays(self, train, val):
+        out = super()._validation_arrays(train, val)
+        if out is not None and out[2].labels is None:
+            # refused before training: at the first validation it failed with "label matrices
+            # must agree in columns, got () and ()"
+            src = f"validation dataset {val.name!r}" if val is not None else f"dataset {train.name!r}"
+            raise DataError(f"{self.name}: early stopping (patience={self.patience}) scores the validation "
+                            f"codes by class labels, but {src} has no labels; pass patience=None")
+        return out
 
     def _validation_result(self, vds):
         """The hashing protocol on the validation queries: their codes against the training
