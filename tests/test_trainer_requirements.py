@@ -190,3 +190,50 @@ def test_hashing_early_stopping_on_unlabelled_data_is_refused_by_name(wiki):
                         image_features=train.image_features, text_features=train.text_features)
     with pytest.raises(DataError, match=r"djsrh: early stopping .*labels.*'unlabelled'.*patience=None"):
         _create("djsrh", patience=2, val_fraction=0.1).fit(unl)
+
+
+@pytest.fixture(scope="module")
+def ucm_small(tmp_path_factory):
+    """30 UCM-Captions training images of 5 classes (150 captions) with their regions, tokens
+    and pooled features, computed into a temporary cache."""
+    if not (DATA / "ucm_captions").exists():
+        pytest.skip("shared data folder absent")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XMODAL_CACHE", str(tmp_path_factory.mktemp("xmodal_cache")))
+        from xmodal.methods.deep import _features
+
+        ds = load_dataset("ucm_captions", data_dir=str(DATA))
+        pool, cls = ds.splits["train"], ds.class_ids
+        sub = ds.subset(np.concatenate([pool[cls[pool] == c][:6] for c in range(5)]))
+        X = _features.image_regions(sub.image_paths).astype(np.float32).mean(1)
+        sub = sub.with_features(X, _features.sentence_embeddings(sub.texts))
+        _features.text_tokens(sub.texts)
+        yield sub
+
+
+@pytest.mark.parametrize("name,params", [
+    ("vsepp", dict(text_model="gru", dim=32, word_dim=32)),
+    ("transformer", dict(dim=16, global_dim=32, hidden=64, align_batch=8)),
+])
+def test_raw_input_methods_are_seeded_and_reload_bit_for_bit(name, params, ucm_small, tmp_path):
+    """The GRU text encoder trained from scratch and the region/word transformer, through the
+    raw inputs they read (captions, image regions)."""
+    from xmodal.methods.deep import raw_view
+
+    def fit(seed):
+        return methods.create(name, epochs=2, batch_size=32, patience=None, verbose=False,
+                              random_state=seed, **params).fit(ucm_small)
+
+    def encode(m):
+        v = raw_view(m, ucm_small)
+        return v.encode_images(ucm_small.image_features), v.encode_texts(ucm_small.text_features)
+
+    a = fit(0)
+    assert a.raw_inputs  # the raw (GRU / region) path, not the pooled features alone
+    ea = encode(a)
+    for x, y in zip(ea, encode(fit(0))):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(ea, encode(fit(1))))
+    back = methods.load(str(a.save(tmp_path / f"{name}.xm")))
+    for x, y in zip(ea, encode(back)):
+        np.testing.assert_array_equal(x, y)
