@@ -71,6 +71,25 @@ def ucm_caption_folder(tmp_path_factory, name: str, step: int):
     return root, folder, captions, mp
 
 
+def dcmh_toy(n: int = 600, n_query: int = 100, n_train: int = 300):
+    """A multi-label DCMH-protocol dataset (queries, a database larger than the training split),
+    features a noisy linear function of the labels: for hashing protocol tests, no fitting cost."""
+    import numpy as np
+
+    from xmodal.data.dataset import PairedDataset
+    from xmodal.data.mirflickr import hashing_splits
+
+    rng = np.random.default_rng(0)
+    L = 5
+    lab = (rng.random((n, L)) < 0.3).astype(np.uint8)
+    lab[np.arange(n), rng.integers(0, L, n)] = 1
+    X = lab @ rng.standard_normal((L, 20)) + rng.standard_normal((n, 20))
+    Y = lab @ rng.standard_normal((L, 15)) + rng.standard_normal((n, 15))
+    return PairedDataset(name="dcmh_toy", text_to_image=np.arange(n), n_images=n,
+                         image_features=X.astype(np.float32), text_features=Y.astype(np.float32),
+                         labels=lab, splits=hashing_splits(n, n_query, n_train, 0))
+
+
 def free_port() -> int:
     import socket
 

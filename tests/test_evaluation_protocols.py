@@ -6,22 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from conftest import dcmh_toy
 from xmodal.data.dataset import PairedDataset
 
 
-def _dcmh_toy(n: int = 400) -> PairedDataset:
-    """A DCMH-protocol dataset: query 80, train 200, database 320 (larger than train)."""
-    from xmodal.data.mirflickr import hashing_splits
-
-    rng = np.random.default_rng(0)
-    L = 5
-    lab = (rng.random((n, L)) < 0.3).astype(np.uint8)
-    lab[np.arange(n), rng.integers(0, L, n)] = 1
-    X = lab @ rng.standard_normal((L, 20)) + rng.standard_normal((n, 20))
-    Y = lab @ rng.standard_normal((L, 15)) + rng.standard_normal((n, 15))
-    return PairedDataset(name="dcmh_toy", text_to_image=np.arange(n), n_images=n,
-                         image_features=X.astype(np.float32), text_features=Y.astype(np.float32),
-                         labels=lab, splits=hashing_splits(n, 80, 200, 0))
+def _dcmh_toy() -> PairedDataset:
+    return dcmh_toy(400, 80, 200)  # query 80, train 200, database 320 (larger than train)
 
 
 # ------------------------------------------------------------ bench: the hashing database

@@ -6,6 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from conftest import dcmh_toy
+
 from xmodal.evaluation import significance
 from xmodal.evaluation.significance import paired_permutation_test, resample_batch
 
@@ -98,22 +100,6 @@ def test_dataset_refuses_labels_outside_0_1_naming_row_and_column():
 
 
 # ------------------------------------------------------------ hashing database
-def _dcmh_toy():
-    """A DCMH-protocol dataset: the database (500) is larger than the training split (300)."""
-    from xmodal.data.dataset import PairedDataset
-    from xmodal.data.mirflickr import hashing_splits
-
-    rng = np.random.default_rng(0)
-    n, L = 600, 5
-    lab = (rng.random((n, L)) < 0.3).astype(np.uint8)
-    lab[np.arange(n), rng.integers(0, L, n)] = 1
-    X = lab @ rng.standard_normal((L, 20)) + rng.standard_normal((n, 20))
-    Y = lab @ rng.standard_normal((L, 15)) + rng.standard_normal((n, 15))
-    return PairedDataset(name="dcmh_toy", text_to_image=np.arange(n), n_images=n,
-                         image_features=X.astype(np.float32), text_features=Y.astype(np.float32),
-                         labels=lab, splits=hashing_splits(n, 100, 300, 0))
-
-
 @pytest.fixture
 def fits(monkeypatch):
     """Names of the methods fitted, in order: refusals must come before any fitting."""
@@ -137,7 +123,7 @@ def test_learned_codes_score_against_the_training_split(fits):
     from xmodal.evaluation.bench import run_bench
     from xmodal.methods.hashing.protocol import evaluate_training_codes
 
-    ds = _dcmh_toy()
+    ds = dcmh_toy()
     assert len(ds.splits["database"]) != len(ds.splits["train"])
     rec, = run_bench(ds, ["dlfh"], bits=[16], database_codes="learned")
     assert rec["protocol"].startswith("hashing: dcmh_toy/query vs dcmh_toy/train (the training split")
@@ -157,7 +143,7 @@ def test_learned_codes_against_another_database_are_refused_before_fitting(fits)
     from xmodal.methods import ParameterError
 
     with pytest.raises(ParameterError, match="'database' is not the training split"):
-        run_bench(_dcmh_toy(), ["lsh", "dlfh"], bits=[16], hashing_db="database", database_codes="learned")
+        run_bench(dcmh_toy(), ["lsh", "dlfh"], bits=[16], hashing_db="database", database_codes="learned")
     assert fits == []
 
 
@@ -166,9 +152,9 @@ def test_a_hashing_db_that_is_not_a_split_is_refused_naming_the_splits(fits):
     from xmodal.evaluation.bench import run_bench
 
     with pytest.raises(DataError, match=r"'databse'.*'train', 'query', 'test', 'database'"):
-        run_bench(_dcmh_toy(), ["lsh"], bits=[16], hashing_db="databse")
+        run_bench(dcmh_toy(), ["lsh"], bits=[16], hashing_db="databse")
     assert fits == []
-    rec, = run_bench(_dcmh_toy(), ["lsh"], bits=[16], hashing_db="train")  # a real split: used
+    rec, = run_bench(dcmh_toy(), ["lsh"], bits=[16], hashing_db="train")  # a real split: used
     assert "vs dcmh_toy/train," in rec["protocol"]
 
 
@@ -177,7 +163,7 @@ def test_training_codes_database_is_checked_item_by_item():
     from xmodal.data.dataset import DataError
     from xmodal.methods.hashing.protocol import evaluate_training_codes
 
-    ds = _dcmh_toy()
+    ds = dcmh_toy()
     train, query = ds.subset("train"), ds.subset("query")
     m = methods.create("dlfh", bits=16, random_state=0).fit(train)
     same = evaluate_training_codes(m, query, ds.subset("train"), train=train)  # another copy: fine
@@ -206,7 +192,7 @@ def test_training_codes_database_is_checked_item_by_item():
 
 
 def test_subsets_remember_their_images_in_the_original_dataset():
-    ds = _dcmh_toy()
+    ds = dcmh_toy()
     db = ds.subset("database")
     assert db.subset_of == "dcmh_toy" and np.array_equal(db.subset_images, ds.splits["database"])
     inner = db.subset([4, 0, 2])
@@ -222,7 +208,7 @@ def test_cli_bench_learned_codes_on_a_dcmh_protocol_dataset(tmp_path):
     from xmodal.cli import app
     from xmodal.data.npz import save_npz
 
-    path = save_npz(_dcmh_toy(), tmp_path / "dcmh_toy.npz")
+    path = save_npz(dcmh_toy(), tmp_path / "dcmh_toy.npz")
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["bench", "--dataset", str(path), "--methods", "dlfh", "--bits", "16",
                                    "--database-codes", "learned", "--quiet", "--json", str(out)])
