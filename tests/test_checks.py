@@ -56,6 +56,12 @@ class _RenamesParam(_Base):
         return {"alpha": self.strength * 2}
 
 
+class _InitSetsMore(_Base):
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+        self.beta = 0.5  # not a parameter: get_params() and a clone lose it
+
+
 class _PublicState(_Base):
     def _fit(self, X, Y, L, *, train, val):
         super()._fit(X, Y, L, train=train, val=val)
@@ -99,6 +105,7 @@ class _ForgetsState(_Base):
 
 @pytest.mark.parametrize("cls, check", [
     (_RenamesParam, "clone keeps params"),
+    (_InitSetsMore, "__init__ stores only its parameters"),
     (_PublicState, "learned state ends in _"),
     (_TouchesParams, "fit leaves params alone"),
     (_TwoSpaces, "one finite float space"),

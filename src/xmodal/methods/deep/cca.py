@@ -68,8 +68,7 @@ class _DCCAModule(nn.Module):
 class _DCCABase(DeepMethod):
     _autoencoder: ClassVar[bool] = False
     _parameter_rules: ClassVar[dict[str, Any]] = {
-        "n_components": [None, interval(1, None, integer=True)], "reg": interval(0, None, closed="right"),
-        "recon_weight": NONNEG}
+        "n_components": [None, interval(1, None, integer=True)], "reg": interval(0, None, closed="right")}
 
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
         return _DCCAModule(image_dim, text_dim, self.hidden, self.dim, self._autoencoder, self.dropout)
@@ -77,9 +76,6 @@ class _DCCABase(DeepMethod):
     def _k(self) -> int:
         k = self.n_components or min(self.dim, int(self.image_dim_), int(self.text_dim_))
         return int(min(k, self.dim))
-
-    def _setup(self, X, Y, L) -> None:
-        super()._setup(X, Y, L)
 
     def _batch_loss(self, batch) -> torch.Tensor:
         m = self.module_
@@ -133,7 +129,6 @@ class DCCA(_DCCABase):
         self.patience, self.val_fraction, self.random_state, self.verbose = (
             patience, val_fraction, random_state, verbose)
         self.dropout, self.lr_schedule, self.grad_clip = dropout, lr_schedule, grad_clip
-        self.recon_weight = 0.0
 
 
 @register("dccae")
@@ -145,6 +140,7 @@ class DCCAE(_DCCABase):
     """
 
     _autoencoder = True
+    _parameter_rules: ClassVar[dict[str, Any]] = {"recon_weight": NONNEG}
 
     def __init__(self, dim: int = 64, hidden: Any = (1024,), n_components: int | None = None,
                  reg: float = 1e-3, recon_weight: float = 0.1, epochs: int = 60,
