@@ -77,6 +77,18 @@ def test_vocabulary_encoders(spec, captions, tmp_path):
     assert other.cache_key() != enc.cache_key()
 
 
+def test_tfidf_is_scikit_learns(captions):
+    """tf-idf is scikit-learn's (smooth idf, L2 rows) over the tokenizer: same idf, same rows."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train, test = captions
+    enc = get_encoder("tfidf").fit(train)
+    ref = TfidfVectorizer(analyzer=tokenize, vocabulary=enc.vocabulary_).fit(train)
+    np.testing.assert_array_equal(enc.idf_, ref.idf_)
+    np.testing.assert_allclose(enc.encode(test, progress=False, cache_dir=False),
+                               ref.transform(test).toarray(), rtol=0, atol=1e-7)  # float32 rows
+
+
 def test_tfidf_chinese():
     enc = get_encoder("tfidf").fit(CHINESE + ["airplanes at the airport"])
     X = enc.encode(["跑道上的飞机", "sandy beach"], cache_dir=False)

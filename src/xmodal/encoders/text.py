@@ -434,9 +434,9 @@ class TfIdf(_VocabEncoder):
         self.idf_: np.ndarray | None = None
 
     def _fit(self, items, progress) -> None:
-        counts = self._fit_vocab(items)
-        df = np.bincount(counts.nonzero()[1], minlength=counts.shape[1])
-        self.idf_ = (np.log((1.0 + len(items)) / (1.0 + df)) + 1.0).astype(np.float64)
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        self.idf_ = TfidfTransformer().fit(self._fit_vocab(items)).idf_.astype(np.float64)
 
     def _get_state(self):
         meta, _ = super()._get_state()
@@ -451,9 +451,11 @@ class TfIdf(_VocabEncoder):
         self.idf_ = idf
 
     def _transform(self, counts) -> np.ndarray:
-        x = counts.toarray() * self.idf_
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norm > 0, norm, 1.0)
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        tfidf = TfidfTransformer()
+        tfidf.idf_ = self.idf_  # the fitted (or loaded) idf: no refit on the items encoded
+        return tfidf.transform(counts).toarray()
 
 
 class LDATopics(_VocabEncoder):
