@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ._files import RELEASE_MARKERS, SourceFiles, dataset_files, dataset_layout, release_of
 from .coco import load_coco
@@ -44,7 +44,7 @@ _FOLDER_LOADERS: dict[str, Callable[..., PairedDataset]] = {
 }
 
 
-def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> PairedDataset:
+def load_dataset(name: str, data_dir: str | None = None, **kwargs: Any) -> PairedDataset:
     """Load a dataset by name, or a path: a pairs file (.jsonl/.csv, or a .json array), a Karpathy ``.json`` file
     (``dataset.json``, ``dataset_coco.json``, ``dataset_flickr30k.json``, ...; or a folder holding
     one), a ``.mat`` file in the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/``L_tr``) or the DCMH

@@ -30,6 +30,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -455,7 +456,7 @@ def load_dcmh_mat(path: str | Path, name: str | None = None, n_query: int | None
     )
 
 
-def load_mat(path: str | Path, **kwargs) -> PairedDataset:
+def load_mat(path: str | Path, **kwargs: Any) -> PairedDataset:
     """A ``.mat`` file by the variables it holds: the ``*_cnn.mat`` layout (``I_tr``/``T_tr``/
     ``L_tr``, :func:`~xmodal.data.mirflickr.load_cnn_mat`) or the DCMH layout
     (:func:`load_dcmh_mat`, which takes ``kwargs``)."""

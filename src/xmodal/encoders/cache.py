@@ -17,6 +17,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def file_hash(fh) -> str:
+def file_hash(fh: BinaryIO) -> str:
     """:func:`content_hash` of an open binary file, read in 1 MiB chunks."""
     h = hashlib.blake2b(digest_size=16)
     for block in iter(lambda: fh.read(1 << 20), b""):

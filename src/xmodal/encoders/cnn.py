@@ -10,12 +10,15 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .base import EncoderError, cpu_count
 from .images import ImageEncoder, iterate_batches, load_center_crop
+
+if TYPE_CHECKING:  # torch loads only when a model runs
+    import torch
 
 
 # Below this many items (a query, a handful of uploads) one thread: the work is too small to
@@ -81,7 +84,7 @@ def parse_views(spec: str, arg: str | None) -> str | None:
 N_VIEWS = {None: 1, "flip": 2, "d4": 8}
 
 
-def view_copies(x, views: str | None) -> Iterator:
+def view_copies(x: "torch.Tensor", views: str | None) -> Iterator["torch.Tensor"]:
     """The transformed copies of a (B, C, H, W) batch, one at a time: the batch itself, its
     mirror image (``flip``), or the eight symmetries of the square (``d4``: four quarter turns,
     then each of them mirrored). Averaging a model's features over them makes the features
@@ -129,7 +132,7 @@ class TorchImageEncoder(ImageEncoder):
         raise NotImplementedError
 
     @property
-    def model(self):
+    def model(self) -> "torch.nn.Module":
         from ..device import get_device
 
         device = get_device()
@@ -152,7 +155,7 @@ class TorchImageEncoder(ImageEncoder):
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def forward_batch(self, batch_uint8) -> np.ndarray:
+    def forward_batch(self, batch_uint8: np.ndarray) -> np.ndarray:
         """The model's share of the work for one decoded batch (used by the benchmark too)."""
         import torch
 

@@ -10,12 +10,15 @@ import os
 import re
 import unicodedata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from .base import Encoder, EncoderError, _not_text, check_batch_size, check_texts, chunks  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # torch loads only when a model runs
+    import torch
 
 # Scripts written without spaces between words: Han, kana, Thai, Lao, Khmer, Myanmar.
 _NO_SPACE = re.compile(
@@ -171,7 +174,7 @@ class MiniLM(TextEncoder):
         self._tokenizer, self._model, self._pipeline = tokenizer, model, pipeline
 
     @property
-    def model(self):
+    def model(self) -> "torch.nn.Module":
         """The transformers BERT model (``AutoModel``) on the device in force."""
         from ..device import get_device
 
@@ -183,7 +186,7 @@ class MiniLM(TextEncoder):
         return self._model
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         """The model's WordPiece tokenizer, truncating at the pipeline's ``max_seq_length``."""
         if self._tokenizer is None:
             self._load()

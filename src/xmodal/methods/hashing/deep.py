@@ -57,16 +57,16 @@ class HashNets(nn.Module):
         self.x_hash, self.y_hash = nn.Linear(head, bits), nn.Linear(head, bits)
         self.scale = 1.0  # tanh(scale * h) during training (DJSRH/JDSH continuation)
 
-    def image_features(self, x):
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.x_body(self.x_norm(x))
 
-    def text_features(self, y):
+    def text_features(self, y: torch.Tensor) -> torch.Tensor:
         return self.y_body(self.y_norm(y))
 
-    def encode_image(self, x):
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.x_hash(self.image_features(x))
 
-    def encode_text(self, y):
+    def encode_text(self, y: torch.Tensor) -> torch.Tensor:
         return self.y_hash(self.text_features(y))
 
 
@@ -230,7 +230,8 @@ class SSAHNets(HashNets):
     """Image/text nets with a semantic feature layer, hash layer and label layer, a label net
     (LabNet) and one discriminator per modality."""
 
-    def __init__(self, image_dim, text_dim, bits, hidden, dropout, n_labels, feature_dim):
+    def __init__(self, image_dim: int, text_dim: int, bits: int, hidden: int, dropout: float, n_labels: int,
+                 feature_dim: int):
         super().__init__(image_dim, text_dim, bits, hidden, dropout, feature_dim=feature_dim)
         self.x_label, self.y_label = nn.Linear(feature_dim, n_labels), nn.Linear(feature_dim, n_labels)
         self.lab_body = mlp([n_labels, hidden, feature_dim], final_activation=True)
@@ -238,10 +239,10 @@ class SSAHNets(HashNets):
         self.disc_x = mlp([feature_dim, feature_dim // 2, 1])
         self.disc_y = mlp([feature_dim, feature_dim // 2, 1])
 
-    def encode_image(self, x):
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.x_hash(self.image_features(x)))
 
-    def encode_text(self, y):
+    def encode_text(self, y: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.y_hash(self.text_features(y)))
 
 
@@ -553,10 +554,10 @@ class JDSH(_ReconstructingHashing):
 class UCCHNets(HashNets):
     """UCCH's nets end in tanh and unit L2 norm; the codes are the signs."""
 
-    def encode_image(self, x):
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(torch.tanh(super().encode_image(x)), dim=1)
 
-    def encode_text(self, y):
+    def encode_text(self, y: torch.Tensor) -> torch.Tensor:
         return F.normalize(torch.tanh(super().encode_text(y)), dim=1)
 
 

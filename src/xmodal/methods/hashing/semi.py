@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.neighbors import NearestNeighbors
 
+from ...data.dataset import PairedDataset
 from .. import register
 from ..base import interval, one_of
 from ._common import normalized_labels
@@ -84,7 +85,7 @@ class SSLPDP(SePH):
         self.max_train = max_train
         self.random_state = random_state
 
-    def labelled_rows(self, train) -> np.ndarray:
+    def labelled_rows(self, train: PairedDataset) -> np.ndarray:
         """Boolean mask over training pairs whose labels the method may use."""
         rng = np.random.default_rng(self.random_state)
         n_lab = max(1, int(round(self.labeled_fraction * train.n_images)))
