@@ -703,7 +703,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{r['key_id']}\t{r['role']}\t{state}\t{r['name']}")
 
     @keys.command("revoke")
-    def keys_revoke(key_id: str = typer.Argument(...), collection: Path = COLLECTION_OPT) -> None:
+    def keys_revoke(key_id: str = typer.Argument(...), collection: Path = COLLECTION_OPT,
+                    as_json: bool = typer.Option(False, "--json", help='JSON output: {"key_id", "revoked"}')) -> None:
         """Revoke a key by id."""
         from ..service.auth import KeyError_, revoke_key
 
@@ -713,11 +714,12 @@ def register(app: typer.Typer) -> None:
             revoke_key(_open(collection), key_id, actor="cli")
         except (KeyError_, ReadOnlyError) as exc:
             _fail(str(exc))
-        typer.echo(f"revoked {key_id}")
+        typer.echo(json.dumps({"key_id": key_id, "revoked": True}) if as_json else f"revoked {key_id}")
 
     @keys.command("public-read")
     def keys_public(value: bool = typer.Argument(..., help="true: searching needs no key"),
-                    collection: Path = COLLECTION_OPT) -> None:
+                    collection: Path = COLLECTION_OPT,
+                    as_json: bool = typer.Option(False, "--json", help='JSON output: {"public_read"}')) -> None:
         """Turn key-less reading (search, thumbnails) on or off."""
         from ..index import ReadOnlyError
 
@@ -725,4 +727,4 @@ def register(app: typer.Typer) -> None:
             _open(collection).set_setting("public_read", value, actor="cli")
         except ReadOnlyError as exc:
             _fail(str(exc))
-        typer.echo(f"public_read = {value}")
+        typer.echo(json.dumps({"public_read": value}) if as_json else f"public_read = {value}")
