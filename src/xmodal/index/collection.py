@@ -1515,6 +1515,16 @@ class Collection:
                      kw: dict[str, Any]) -> list[list[Hit]]:
         Q, FQ = space
         rerank = kw.pop("rerank", 4 if FQ is not None else 0)
+        per_query = ("relevant", "nonrelevant", "exclude", "distinct")  # options that change a query
+        if len(Q) > 1 and set(kw) <= {"labels", "exact", "check_labels", "feedback", *per_query} \
+                and not any(kw.get(o) for o in per_query):
+            # one FAISS search for the batch (BLAS over all queries), as search_vector would answer each
+            self.refresh()
+            if kw.get("check_labels", True):
+                self.check_labels(kw.get("labels"))
+            S, I = self.search_vectors(Q, target, k, labels=kw.get("labels"), exact=kw.get("exact", False),
+                                       fq=FQ, rerank=rerank, check_labels=False)
+            return [self._hits(S[r:r + 1], I[r:r + 1]) for r in range(len(Q))]
         return [self.search_vector(Q[r], target, k, fq=None if FQ is None else FQ[r:r + 1],
                                    rerank=rerank, **kw) for r in range(len(Q))]
 
