@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# A pinned CPU torch first: an open range on a torch-less machine pulls a multi-GB CUDA build.
+	# A pinned torch first: an open range on a torch-less machine pulls the newest multi-GB CUDA build
+	# (this pin resolves to the CPU wheel where one is offered, as on the project's machines).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# Its metadata pins an ancient torch; it only carries weight files.
