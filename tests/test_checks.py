@@ -118,6 +118,38 @@ def test_the_checks_catch_broken_methods(cls, check):
         check_method(cls())
 
 
+@register("_check_property_param")
+class _PropertyParam(_Base):
+    """A parameter kept through a property (it checks the value where it is set)."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = value
+
+
+@register("_check_narrowed")
+class _Narrowed(_Base):
+    """A subclass fixing one of its parent's parameters through ``super().__init__``."""
+
+    def __init__(self) -> None:
+        super().__init__(alpha=0.5)
+
+
+def test_init_may_set_private_state_and_a_parents_parameters():
+    # as scikit-learn's check_no_attributes_set_in_init: a clone or a load runs __init__ again,
+    # so neither is lost; only a public attribute that is no parameter of the class or a parent is
+    for cls in (_PropertyParam, _Narrowed):
+        passed = check_method(cls())
+        assert {"__init__ stores only its parameters", "save/load round trip"} <= set(passed)
+
+
 def test_toy_data_and_the_map_floor():
     ds = toy_dataset()
     assert ds.n_images == 90 and ds.n_texts == 180 and set(ds.splits) == {"train", "val", "test"}
