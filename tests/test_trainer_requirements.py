@@ -169,17 +169,29 @@ def test_verbose_without_a_terminal_prints_nothing(wiki, monkeypatch):
     assert err.getvalue() == ""
 
 
-@pytest.mark.parametrize("name", ["djsrh", "contrastive"])
+@pytest.mark.parametrize("name", ["djsrh", "contrastive", "dcca"])
 def test_patience_without_a_validation_split_says_so(name, wiki):
     """patience=... with val_fraction=0 and no val split used to train to the last epoch in
     silence (the unsupervised hashing methods default to val_fraction=0)."""
     train, _ = wiki
-    with pytest.warns(UserWarning, match=rf"{name}: patience=2 .*no validation split.*val_fraction=0"):
+    with pytest.warns(UserWarning, match=rf"{name}: patience=2 .*no validation split.*val_fraction=0") as w:
+        line = sys._getframe().f_lineno + 1
         m = _create(name, epochs=2, patience=2, val_fraction=0.0).fit(train)
+    # the warning names the caller's line (a fixed stacklevel named a frame above the script, "sys", for dcca)
+    assert [(x.filename, x.lineno) for x in w if "patience" in str(x.message)] == [(__file__, line)]
     assert all("val" not in h for h in m.history_) and m.best_val_ is None
     small = train.subset(np.arange(12))
     with pytest.warns(UserWarning, match=r"patience=2 .*12 training images"):
         _create(name, epochs=1, patience=2, val_fraction=0.1).fit(small)
+
+
+def test_the_transformers_global_stage_warning_names_the_fit_line(wiki):
+    """A fixed stacklevel named base.py's fit, not the line calling it."""
+    train, _ = wiki
+    with pytest.warns(UserWarning, match="training the global stage only") as w:
+        line = sys._getframe().f_lineno + 1
+        _create("transformer", epochs=1).fit(train)
+    assert [(x.filename, x.lineno) for x in w if "global stage" in str(x.message)] == [(__file__, line)]
 
 
 def test_hashing_early_stopping_on_unlabelled_data_is_refused_by_name(wiki):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import DataError, PairedDataset
 from ..device import get_device
-from .base import CrossModalMethod, TrainingDivergedError, interval, one_of  # noqa: F401 (re-exported)
+from .base import CrossModalMethod, TrainingDivergedError, fit_caller_stacklevel, interval, one_of  # noqa: F401 (re-exported)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -238,7 +238,8 @@ class TorchMethod(CrossModalMethod):
                    f"dataset {train.name!r} has {train.n_images} training images, too few for a "
                    "hold-out (20 needed)")
             warnings.warn(f"{self.name}: patience={self.patience} but no validation split: {why}; "
-                          "training runs all epochs (pass val=..., or patience=None)", stacklevel=6)
+                          "training runs all epochs (pass val=..., or patience=None)",
+                          stacklevel=fit_caller_stacklevel())
             return None
         rng = np.random.default_rng(self.random_state)
         n_val = max(10, int(round(self.val_fraction * train.n_images)))

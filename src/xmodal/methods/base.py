@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -79,6 +80,18 @@ def one_of(*values: Any) -> Callable[[Any], bool]:
 def is_bits(v: Any) -> bool:
     """a positive multiple of 8"""
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 and v % 8 == 0
+
+
+def fit_caller_stacklevel() -> int:
+    """The ``stacklevel`` for a warning raised inside :meth:`CrossModalMethod.fit` that names
+    the line calling ``fit`` (a script, the benchmark), however many frames of overrides and
+    ``super()`` calls lie between; the warning function's caller where ``fit`` is not on the stack."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if frame.f_code is CrossModalMethod.fit.__code__:
+            return level + 1
+        frame, level = frame.f_back, level + 1
+    return 2
 
 
 class CrossModalMethod:

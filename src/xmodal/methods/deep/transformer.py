@@ -13,7 +13,7 @@ from torch import nn
 
 from ...data.dataset import DataError
 from .. import register
-from ..base import interval, one_of
+from ..base import fit_caller_stacklevel, interval, one_of
 from ._common import (NONNEG, POS_INT, DeepMethod, Standardize, dims, hardest_triplet, info_nce,
                       l2n, pair_mask)
 from .._torch import mlp
@@ -146,7 +146,7 @@ class TERAN(DeepMethod):
         self.mode_ = "regions" if (have_images and train.texts is not None) else "global"
         if self.mode_ == "global":
             warnings.warn(f"transformer: dataset {train.name!r} has no image files or texts; "
-                          "training the global stage only", stacklevel=3)
+                          "training the global stage only", stacklevel=fit_caller_stacklevel())
         super()._fit(X, Y, L, train=train, val=val)
 
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
