@@ -61,7 +61,20 @@ def test_per_query_options_still_answer_one_query_at_a_time(coll, monkeypatch):
     assert [h.key for h in c.search_texts(["q"] * 3, k=5, target="text", exclude=[batch[1][0].id])[1]] \
         == [h.key for h in ref]
     with pytest.raises(TypeError):  # a misspelt option is not silently ignored by the batch path
-        c.search_texts(["q"], k=5, target="text", lables=["odd"])
+        c.search_texts(["q"] * 3, k=5, target="text", lables=["odd"])
+
+
+def test_ids_to_exclude_may_be_an_array(coll):
+    """``exclude`` is a sequence of ids, a NumPy array too: the batch path tested its truth value,
+    a ValueError for two ids or more."""
+    c, Q = coll
+    first = [hits[0].id for hits in c.search_texts(["q"] * 3, k=5, target="text")]
+    for ids in (np.array(first[:2]), np.array(first[:1]), np.array([], dtype=np.int64)):
+        batch = c.search_texts(["q"] * 3, k=5, target="text", exclude=ids)
+        for r in range(3):
+            ref = c.search_vector(Q[r], "text", 5, exclude=list(ids))
+            assert [h.key for h in batch[r]] == [h.key for h in ref]
+            assert not {h.id for h in batch[r]} & set(ids.tolist())
 
 
 def test_a_binary_batch_reranks_each_query_as_alone(tmp_path, monkeypatch):

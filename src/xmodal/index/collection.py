@@ -1516,8 +1516,10 @@ class Collection:
         Q, FQ = space
         rerank = kw.pop("rerank", 4 if FQ is not None else 0)
         per_query = ("relevant", "nonrelevant", "exclude", "distinct")  # options that change a query
-        if len(Q) > 1 and set(kw) <= {"labels", "exact", "check_labels", "feedback", *per_query} \
-                and not any(kw.get(o) for o in per_query):
+        # id sequences by their length: a NumPy array of ids has no truth value
+        unused = all(not kw[o] if o == "distinct" else kw[o] is None or len(kw[o]) == 0
+                     for o in per_query if o in kw)
+        if len(Q) > 1 and set(kw) <= {"labels", "exact", "check_labels", "feedback", *per_query} and unused:
             # one FAISS search for the batch (BLAS over all queries), as search_vector would answer each
             self.refresh()
             if kw.get("check_labels", True):
