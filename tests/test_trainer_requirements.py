@@ -202,6 +202,10 @@ def test_hashing_early_stopping_on_unlabelled_data_is_refused_by_name(wiki):
                         image_features=train.image_features, text_features=train.text_features)
     with pytest.raises(DataError, match=r"djsrh: early stopping .*labels.*'unlabelled'.*patience=None"):
         _create("djsrh", patience=2, val_fraction=0.1).fit(unl)
+    # a labelled val split does not do: its codes are scored against the training items' labels
+    val = train.subset(np.arange(30), name="labelled-val")
+    with pytest.raises(DataError, match=r"djsrh: early stopping .*labels.*training dataset 'unlabelled'"):
+        _create("djsrh", patience=2).fit(unl, val)
 
 
 @pytest.fixture(scope="module")

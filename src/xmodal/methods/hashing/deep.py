@@ -81,10 +81,11 @@ class _DeepHashing(TorchMethod, HashingMethod):
 
     def _validation_arrays(self, train, val):
         out = super()._validation_arrays(train, val)
-        if out is not None and out[2].labels is None:
-            # refused before training: at the first validation it failed with "label matrices
-            # must agree in columns, got () and ()"
-            src = f"validation dataset {val.name!r}" if val is not None else f"dataset {train.name!r}"
+        # the validation codes are scored against the training items by both sides' labels:
+        # refused before training (at the first validation it failed with "label matrices
+        # must agree in columns, got () and ()")
+        if out is not None and (out[2].labels is None or train.labels is None):
+            src = f"training dataset {train.name!r}" if train.labels is None else f"validation dataset {val.name!r}"
             raise DataError(f"{self.name}: early stopping (patience={self.patience}) scores the validation "
                             f"codes by class labels, but {src} has no labels; pass patience=None")
         return out
