@@ -12,14 +12,6 @@ import typer
 from ._values import _parse_options, _parse_params
 
 
-def _config_name(rec: dict) -> str:
-    """How ``xmodal compare`` names one configuration: ``method`` or ``method:param=value,...``
-    (the record's ``--set`` settings)."""
-    settings = rec.get("settings") or {}
-    return rec["method"] + (":" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(settings.items()))
-                            if settings else "")
-
-
 # two procedures, one line so that a CI and a p-value disagreeing near 0.05 surprise nobody
 _CI_VS_P = ("(p: paired sign-flip randomisation test, the significance test; 95% CI: percentile "
             "bootstrap over queries, the size of A-B; near p = 0.05 they can disagree)")
@@ -32,7 +24,7 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
     summaries the --bits / --dataset filters kept, ``every`` those before --bits (to say what
     a method has when none is at ``bits``)."""
     from ..data import DataError
-    from ..evaluation.bench import RUN_FIELDS, differing_fields
+    from ..evaluation.bench import RUN_FIELDS, config_label, differing_fields
 
     method, colon, spec = name.partition(":")
     of_method = [r for r in recs if r.get("method") == method]
@@ -50,7 +42,7 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
     if not mine:
         if of_method:
             raise DataError(f"{path}: no record for method {name!r}; its records: "
-                            f"{', '.join(sorted({_config_name(r) for r in of_method}))}")
+                            f"{', '.join(sorted({config_label(r) for r in of_method}))}")
         at_other_bits = sorted({r.get("bits") for r in (every or []) if r.get("method") == method},
                                key=lambda b: -1 if b is None else b)
         if bits is not None and at_other_bits:
@@ -59,7 +51,7 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
             raise DataError(f"{path}: method {method!r} has records, but none at {bits} bits ({has})")
         held = sorted({r.get("method") for r in (every or recs)})
         raise DataError(f"{path}: no record for method {name!r}; the file holds: {', '.join(held)}")
-    configs = sorted({_config_name(r) for r in mine})
+    configs = sorted({config_label(r) for r in mine})
     differ = differing_fields(mine)
     if len(configs) > 1:
         hint = f"name one of {', '.join(configs)}"
