@@ -75,6 +75,12 @@ def test_ids_to_exclude_may_be_an_array(coll):
             ref = c.search_vector(Q[r], "text", 5, exclude=list(ids))
             assert [h.key for h in batch[r]] == [h.key for h in ref]
             assert not {h.id for h in batch[r]} & set(ids.tolist())
+    # relevance feedback's ids too (Rocchio tested their truth value: a ValueError for two)
+    ids = np.array(first[:2])
+    batch = c.search_texts(["q"] * 3, k=5, target="text", relevant=ids, nonrelevant=ids[1:])
+    for r in range(3):
+        ref = c.search_vector(Q[r], "text", 5, relevant=list(ids), nonrelevant=list(ids[1:]))
+        assert [h.key for h in batch[r]] == [h.key for h in ref]
 
 
 def test_a_binary_batch_reranks_each_query_as_alone(tmp_path, monkeypatch):

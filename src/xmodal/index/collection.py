@@ -1319,6 +1319,9 @@ class Collection:
                 fq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Rocchio query update in the common space: q' = a q + b mean(rel) - c mean(nonrel).
         Binary codes are updated as +-1 vectors and re-binarised by sign."""
+        # lists: a NumPy array of ids has no truth value
+        relevant = [] if relevant is None else list(relevant)
+        nonrelevant = [] if nonrelevant is None else list(nonrelevant)
         if not relevant and not nonrelevant:
             return q, fq
 
