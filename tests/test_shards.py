@@ -270,7 +270,7 @@ def test_cli_refuses_a_label_no_shard_has(shards, server):
     for where in (["-c", str(root / "b.xmc")], ["--shard", server]):
         r = CliRunner().invoke(app, ["search", "-c", str(root / "a.xmc"), *where, QUERIES[0],
                                      "--label", "airprot"])
-        assert r.exit_code == 2 and "no item has the label 'airprot'" in r.output, r.output
+        assert r.exit_code == 2 and "no image item has the label 'airprot'" in r.output, r.output
 
 
 def test_a_hung_shard_does_not_hold_up_the_others(shards, server):
@@ -380,7 +380,8 @@ def test_a_routing_server_refuses_a_label_no_shard_has(shards, tmp_path):
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["failed_shards"] == [] and [(h["shard"], h["key"]) for h in body["results"]] == [(url, "lab/b")]
-        r = client.get("/api/search", params={"q": "boats", "labels": "quay,airprot"})
+        # (labels on texts only: a text search's; an image search refuses them, tested below)
+        r = client.get("/api/search", params={"q": "boats", "labels": "quay,airprot", "target": "text"})
         assert r.status_code == 422 and "'airprot'" in r.json()["detail"] and "'quay'" not in r.json()["detail"]
         assert "harbour, quay" in r.json()["detail"], r.text
         # the shard server itself, asked by anyone else, refuses a label it lacks
@@ -479,3 +480,73 @@ def test_a_proxied_shard_thumbnail_has_one_deadline_and_names_a_bad_shard(answer
     assert err.value.status_code == 502 and time.monotonic() - t0 < 4
     assert {"trickle": "timed out", b"big": "over", }.get(answer, "did not answer HTTP") in err.value.detail
     srv.close()
+
+
+def _modal_shard(path, image_labels, text_labels):
+    """A vectors-only shard: two images and two captions with the labels given (per item)."""
+    c = Collection.create(path, dim=4)
+    c.add_vectors("image", [f"{path.stem}/i{j}.jpg" for j in range(2)], np.eye(2, 4, dtype=np.float32),
+                  labels=image_labels)
+    c.add_vectors("text", [f"{path.stem}/t{j}" for j in range(2)], np.eye(2, 4, dtype=np.float32),
+                  texts=[f"{path.stem} caption {j}" for j in range(2)], labels=text_labels)
+    return c
+
+
+def test_a_label_only_the_other_modality_has_is_refused_per_target_over_shards_and_http(tmp_path):
+    """A label filter was checked against every item: one only the other modality has passed
+    and the search answered nothing. Now counted on the target's items, over any shard: a
+    label on one shard's images and another's texts is no error for either target."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.index.shards import UnknownLabelError
+    from xmodal.service import create_app
+
+    a = _modal_shard(tmp_path / "a.xmc", [["beach"], ["forest"]], None)  # captions unlabelled
+    b = _modal_shard(tmp_path / "b.xmc", None, [["beach"], ["quay"]])    # images unlabelled
+    q = np.eye(1, 4, dtype=np.float32)[0]
+    # one local collection over HTTP: 422 naming the modality, for every kind of query
+    client = TestClient(create_app(a))
+    assert a.id_of("a/t0") is not None and a.id_of("a/i0.jpg") is not None
+    for body in ({"vector": q.tolist(), "target": "text"}, {"item_id": a.id_of("a/t0")},
+                 {"item_id": a.id_of("a/i0.jpg"), "target": "text"}, {"text": "sand", "target": "text"}):
+        r = client.post("/api/search", json={**body, "labels": ["beach"]})
+        assert r.status_code == 422, (body, r.text)
+        assert "no text item has the label 'beach' (image items do)" in r.json()["detail"], r.text
+    r = client.post("/api/search", json={"vector": q.tolist(), "labels": ["beach"]})  # default target image
+    assert r.status_code == 200 and [h["key"] for h in r.json()["results"]] == ["a/i0.jpg"], r.text
+    r = client.post("/api/search", json={"vector": q.tolist(), "target": "text", "labels": ["beach"],
+                                         "check_labels": False})
+    assert r.status_code == 200 and r.json()["results"] == []
+    hb = TestClient(create_app(b))
+    r = hb.get("/api/search", params={"q": "sand", "labels": "quay"})  # text -> image by default
+    assert r.status_code == 422 and "no image item has the label 'quay' (text items do)" in r.json()["detail"]
+    r = hb.post("/api/search/batch", json={"texts": ["sand"], "labels": ["quay"]})
+    assert r.status_code == 422 and "no image item has the label 'quay'" in r.json()["detail"]
+    assert hb.get("/api/info").json()["labels_by_target"] == {"image": [], "text": ["beach", "quay"]}
+    # shards, local: beach is on a's images and b's texts, so neither target refuses it
+    with ShardedCollection([a, b]) as sc:
+        assert [h.key for h in sc.search_vector(q, "text", 5, labels=["beach"])] == ["b/t0"]
+        assert [h.key for h in sc.search_vector(q, "image", 5, labels=["beach"])] == ["a/i0.jpg"]
+        with pytest.raises(UnknownLabelError, match=r"no image item has the label 'quay' \(text items do\)"):
+            sc.search_vector(q, "image", 5, labels=["quay"])
+        with pytest.raises(UnknownLabelError, match="no text item has the label 'forest'"):
+            sc.check_labels(["forest"], target="text")
+        assert sc.stats()["labels_by_target"] == {"image": ["beach", "forest"], "text": ["beach", "quay"]}
+    # shards, remote: the shard's /api/info tells its labels per modality
+    with serving(create_app(b)) as url:
+        with ShardedCollection([a, RemoteShard(url)]) as sc:
+            sc.check_labels(["beach"], target="text")
+            sc.check_labels(["quay"], target="text")
+            with pytest.raises(UnknownLabelError, match="no image item has the label 'quay'"):
+                sc.check_labels(["quay"], target="image")
+            router = TestClient(create_app(a, shards=[url]))
+            r = router.post("/api/search", json={"vector": q.tolist(), "target": "text", "labels": ["beach"]})
+            assert r.status_code == 200 and [(h["shard"], h["key"]) for h in r.json()["results"]] == [(url, "b/t0")]
+            r = router.post("/api/search", json={"vector": q.tolist(), "labels": ["quay"]})
+            assert r.status_code == 422 and "no image item has the label 'quay'" in r.json()["detail"], r.text
+        # an older server's /api/info has labels only: a label there counts for either target
+        old = RemoteShard(url)
+        old._info, old._labels, old._labels_by_target = {"labels": ["quay"]}, {"quay"}, None
+        ShardedCollection.check_labels_of([old], ["quay"], "old", target="image")
+    a.close()
+    b.close()

@@ -380,7 +380,7 @@ def test_two_private_shards_each_get_their_own_key(parts, tmp_path):
         run = CliRunner(env={"XMODAL_API_KEY": None}).invoke
         r = run(app, ["search", "-c", str(p0.path), "--shard", u1, "--shard", u2, "--api-key", pairs[0],
                       "--api-key", pairs[1], "--label", "x", "x"])
-        assert r.exit_code == 2 and "no item has the label 'x'" in r.output, r.output  # both asked
+        assert r.exit_code == 2 and "no image item has the label 'x'" in r.output, r.output  # both asked
         r = CliRunner(env={"XMODAL_API_KEY": " ".join(pairs)}).invoke(
             app, ["stats", "-c", str(p0.path), "--shard", u1, "--shard", u2, "--json"])
         assert r.exit_code == 0 and json.loads(r.output)["one_space"], r.output

@@ -312,3 +312,55 @@ def test_an_upload_found_again_in_a_folder_leaves_no_copy_behind(tmp_path):
     r = c.add_items([ImageItem("u", str(tmp_path / "A" / "1.png"))], image_features=F)
     assert r.moved and not (files / "up1.png").exists()
     assert (tmp_path / "A" / "1.png").exists()  # the user's own file is never touched
+
+
+def _beach_images_plain_texts(path: Path):
+    """Images labelled beach / forest, captions added without labels: a vectors-only collection."""
+    from xmodal.index import Collection
+
+    c = Collection.create(path, dim=4)
+    c.add_vectors("image", ["b.jpg", "f.jpg"], np.eye(2, 4, dtype=np.float32), labels=[["beach"], ["forest"]])
+    c.add_vectors("text", ["t1", "t2"], np.eye(2, 4, dtype=np.float32), texts=["sand", "trees"])
+    return c
+
+
+def test_a_label_only_the_other_modality_has_is_refused_for_the_target(tmp_path):
+    # a text search filtered by an image-only label passed the check (some item has it) and
+    # answered nothing, silently: the check must count the searched modality's items only
+    from xmodal.index.shards import UnknownLabelError
+
+    c = _beach_images_plain_texts(tmp_path / "m.xmc")
+    q = np.eye(1, 4, dtype=np.float32)[0]
+    assert [h.key for h in c.search_vector(q, "image", 5, labels=["beach"])] == ["b.jpg"]
+    with pytest.raises(UnknownLabelError) as err:
+        c.search_vector(q, "text", 5, labels=["beach"])
+    assert "no text item has the label 'beach' (image items do)" in str(err.value)
+    assert err.value.target == "text" and err.value.elsewhere == ["beach"] and err.value.known == []
+    with pytest.raises(UnknownLabelError, match=r"'beach', 'airplan' \('beach': on image items only\)"):
+        c.search_vectors(q[None], "text", 5, labels=["beach", "airplan"])
+    with pytest.raises(UnknownLabelError, match="no text item has the label 'beach'"):
+        c.search_item(c.id_of("t1"), 2, labels=["beach"])  # more like this: texts
+    with pytest.raises(UnknownLabelError, match="no text item has the label 'beach'"):
+        c.search_item(c.id_of("b.jpg"), 2, target="text", labels=["beach"])
+    for search in (c.search_image, c.search_images):  # image -> text: refused before encoding
+        with pytest.raises(UnknownLabelError, match="no text item has"):
+            search("q.jpg" if search == c.search_image else ["q.jpg"], 5, labels=["beach"])
+    for search in (c.search_text, c.search_texts):
+        with pytest.raises(UnknownLabelError, match="no text item has"):
+            search("sea" if search == c.search_text else ["sea"], 5, "text", labels=["beach"])
+    c.check_labels(["beach"])  # no target: any item's label counts, as before
+    c.check_labels(["beach"], "image")
+    assert c.stats()["labels_by_target"] == {"image": ["beach", "forest"], "text": []}
+    c.close()
+
+
+def test_search_cli_refuses_a_label_only_the_other_modality_has(tmp_path):
+    _beach_images_plain_texts(tmp_path / "m.xmc").close()
+    res = run("search", "-c", tmp_path / "m.xmc", "--item", 3, "--label", "beach")  # item 3: a text
+    assert res.exit_code == 2, res.output
+    assert "no text item has the label 'beach' (image items do)" in " ".join(res.output.split())
+    res = run("search", "-c", tmp_path / "m.xmc", "--item", 3, "--label", "beach", "--target", "image")
+    assert res.exit_code == 0 and "b.jpg" in res.output, res.output
+    res = run("search", "-c", tmp_path / "m.xmc", "--image", tmp_path / "m.xmc" / "collection.db",
+              "--label", "beach")  # image -> text: refused before the (impossible) encoding
+    assert res.exit_code == 2 and "no text item has the label 'beach'" in " ".join(res.output.split())

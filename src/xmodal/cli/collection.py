@@ -400,8 +400,13 @@ def register(app: typer.Typer) -> None:
             shard_keys(shard, api_key or None, "--api-key")  # its errors name the option
             coll = (open_shards(collection, shard, api_key=api_key or None, timeout=shard_timeout) if sharded
                     else _open(collection[0]))
-            # a typo would otherwise print no results and exit 0
-            check_labels(coll, label, str(collection[0]) if not sharded else "the shards")
+            # a typo (or a label only the other modality has) would otherwise print no
+            # results and exit 0; checked against the items searched: the target's
+            want = target or ("image" if query is not None or texts else "text" if image else None)
+            if want is None and label:  # --item: its own modality (an unknown id fails below)
+                got = coll.get_item(item)
+                want = got.modality if got is not None else None
+            check_labels(coll, label, str(collection[0]) if not sharded else "the shards", target=want)
         except CollectionError as exc:
             _fail(str(exc))
         kw = dict(labels=label or None, exact=exact, distinct=distinct, check_labels=False)  # checked above

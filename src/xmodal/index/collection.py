@@ -1231,14 +1231,20 @@ class Collection:
 
     def stats(self) -> dict[str, Any]:
         self.refresh()  # another process's writes or rebuild: counts and space as they are now
-        labels = [r[0] for r in self.store.query("SELECT DISTINCT label FROM item_labels ORDER BY label")]
+        by_target: dict[str, list[str]] = {m: [] for m in MODALITIES}
+        for modality, label in self.store.query("SELECT DISTINCT i.modality, l.label FROM item_labels l "
+                                                "JOIN items i ON i.id = l.item_id ORDER BY l.label"):
+            by_target[modality].append(label)
+        labels = sorted(set().union(*by_target.values()))
         return {"path": str(self.path), "images": self.count("image"), "texts": self.count("text"),
                 "output": self.kind, "dim": self.dim, "index": self.index_spec, "space": self.space,
                 "rerank": bool(self.fdim), "method": (self.meta.get("method") or {}).get("name"),
                 "encoders": {m: r.get("spec") for m, r in self.meta.get("encoders", {}).items()},
                 "generation": self._gen, "public_read": self.public_read, "read_only": self.read_only,
                 # a copy keeps it: with generation and counts it tells a shard given twice
-                "db_id": self.meta.get("db_id"), "labels": labels}
+                "db_id": self.meta.get("db_id"), "labels": labels,
+                # what a search's label filter can find per target (a router's check of a shard)
+                "labels_by_target": by_target}
 
     def get_items(self, ids: Iterable[int]) -> dict[int, Hit]:
         ids = _ids(ids)
@@ -1364,14 +1370,15 @@ class Collection:
                                 f"WHERE i.modality = ? AND l.label IN ({marks})", [target, *labels])
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
-    def check_labels(self, labels: Sequence[str] | None) -> None:
+    def check_labels(self, labels: Sequence[str] | None, target: str | None = None) -> None:
         """Raise :class:`xmodal.index.shards.UnknownLabelError` (naming this collection and the
-        labels it has) if any of ``labels`` is on no item: a typo in a filter would otherwise
-        answer nothing, silently. One indexed lookup of the labels asked for."""
+        labels it has) if any of ``labels`` is on no item, or with a search's ``target``, on no
+        item of that modality: a typo in a filter (or a label only the other modality carries)
+        would otherwise answer nothing, silently. One indexed lookup of the labels asked for."""
         if labels:
             from .shards import check_labels
 
-            check_labels(self, labels, str(self.path))
+            check_labels(self, labels, str(self.path), target=target)
 
     def search_vectors(self, Q: np.ndarray, target: str = "image", k: int = 10, *,
                        labels: Sequence[str] | None = None, exact: bool = False,
@@ -1382,8 +1389,8 @@ class Collection:
         The approximate index answers unless ``exact`` or a label filter is given (the flat
         index does: it filters exactly). Binary collections with stored float projections
         re-rank a Hamming shortlist of ``rerank * k`` by cosine when ``fq`` is given.
-        A label in ``labels`` that no item has is refused (:meth:`check_labels`) unless
-        ``check_labels`` is False (the caller checked, or the label is on another shard).
+        A label in ``labels`` that no ``target`` item has is refused (:meth:`check_labels`)
+        unless ``check_labels`` is False (the caller checked, or the label is on another shard).
         """
         if target not in MODALITIES:
             raise ValueError(f"target must be 'image' or 'text', got {target!r}")
@@ -1391,7 +1398,7 @@ class Collection:
         if not 1 <= k <= 10000:
             raise ValueError(f"k must be in 1..10000, got {k}")
         if check_labels:
-            self.check_labels(labels)
+            self.check_labels(labels, target)
         allowed = self._allowed(target, labels)
         extra = len(exclude)
         kk = k + extra
@@ -1451,11 +1458,11 @@ class Collection:
                       distinct: bool = False, check_labels: bool = True) -> list[Hit]:
         """Search with one common-space vector (a float vector, or packed uint8 code).
         ``distinct`` collapses texts that are word for word the same (datasets repeat
-        captions) into their best-scoring one. A label no item has is refused
+        captions) into their best-scoring one. A label no ``target`` item has is refused
         (:meth:`check_labels`; ``check_labels=False``: not checked)."""
         self.refresh()
         if check_labels:
-            self.check_labels(labels)
+            self.check_labels(labels, target)
         q = np.asarray(vector)
         q = q.reshape(1, -1) if q.ndim == 1 else q
         q, fq = self.rocchio(q, relevant, nonrelevant, *feedback, fq=fq)
@@ -1473,29 +1480,30 @@ class Collection:
                 return unique[:k]
             fetch = min(10000, fetch * 4)
 
-    def _labels_checked(self, kw: dict[str, Any]) -> dict[str, Any]:
-        """``kw`` of a search, its labels checked (:meth:`check_labels`) before any query is
-        encoded, unless ``check_labels=False``; the search itself then checks no more."""
+    def _labels_checked(self, kw: dict[str, Any], target: str) -> dict[str, Any]:
+        """``kw`` of a search of ``target`` items, its labels checked (:meth:`check_labels`)
+        before any query is encoded, unless ``check_labels=False``; the search itself then
+        checks no more."""
         if kw.pop("check_labels", True):
-            self.check_labels(kw.get("labels"))
+            self.check_labels(kw.get("labels"), target)
         return {**kw, "check_labels": False}
 
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> list[Hit]:
         """Text query; by default against images (text -> image)."""
-        kw = self._labels_checked(kw)
+        kw = self._labels_checked(kw, target)
         q, fq = self.encode_query_text(text)
         return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
 
     def search_image(self, path: str | Path, k: int = 10, target: str = "text", **kw: Any) -> list[Hit]:
         """Image query (a file); by default against texts (image -> text)."""
-        kw = self._labels_checked(kw)
+        kw = self._labels_checked(kw, target)
         q, fq = self.encode_query_image(path)
         return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
                      **kw: Any) -> list[list[Hit]]:
         """Many text queries, encoded in one batch: one hit list per query, in order."""
-        kw = self._labels_checked(kw)
+        kw = self._labels_checked(kw, target)
         return self._search_rows(self.encode_query_texts(texts), k, target, kw)
 
     def encode_query_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1509,7 +1517,7 @@ class Collection:
     def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
                       **kw: Any) -> list[list[Hit]]:
         """Many image queries (files), decoded and encoded in batches: one hit list per query."""
-        kw = self._labels_checked(kw)
+        kw = self._labels_checked(kw, target)
         self._reopen_if_replaced()
         F = _encode_query(self.encoder("image"), [str(p) for p in paths])
         return self._search_rows(self.features_to_space("image", F), k, target, kw)
@@ -1526,7 +1534,7 @@ class Collection:
             # one FAISS search for the batch (BLAS over all queries), as search_vector would answer each
             self.refresh()
             if kw.get("check_labels", True):
-                self.check_labels(kw.get("labels"))
+                self.check_labels(kw.get("labels"), target)
             S, I = self.search_vectors(Q, target, k, labels=kw.get("labels"), exact=kw.get("exact", False),
                                        fq=FQ, rerank=rerank, check_labels=False)
             return [self._hits(S[r:r + 1], I[r:r + 1]) for r in range(len(Q))]

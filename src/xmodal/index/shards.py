@@ -103,6 +103,9 @@ class RemoteShard:
         self.key_hint = key_hint or self.KEY_HINT
         self._info: dict[str, Any] | None = None
         self._labels: set[str] = set()  # labels seen on this shard (they are rarely removed)
+        # the same per modality, from a server whose /api/info has labels_by_target (older
+        # ones answer labels only: then a label on either modality counts)
+        self._labels_by_target: dict[str, set[str]] | None = None
 
     def __repr__(self) -> str:
         return f"RemoteShard({self.url!r})"
@@ -190,7 +193,26 @@ class RemoteShard:
         """The server's ``/api/info``, fetched anew (its item counts change as it grows)."""
         self._info = self._call("/api/info")
         self._labels.update(self._info.get("labels") or ())
+        by = self._info.get("labels_by_target")
+        if isinstance(by, dict) and all(isinstance(by.get(m, []), list) for m in ("image", "text")):
+            seen = self._labels_by_target or {"image": set(), "text": set()}
+            for m in ("image", "text"):
+                seen[m].update(str(lab) for lab in by.get(m, []))
+            self._labels_by_target = seen
         return self._info
+
+    def labels_seen(self, target: str | None = None, fresh: bool = False) -> set[str]:
+        """The labels this shard was seen to have (on ``target`` items, where the server says
+        which; an older one's labels count for both); ``fresh``: those of its last /api/info only."""
+        if fresh:
+            info = self._info or {}
+            by = info.get("labels_by_target")
+            if target is not None and isinstance(by, dict) and isinstance(by.get(target, []), list):
+                return {str(lab) for lab in by.get(target, [])}
+            return set(info.get("labels") or ())
+        if target is not None and self._labels_by_target is not None:
+            return self._labels_by_target[target]
+        return self._labels
 
     @property
     def space(self) -> str | None:
@@ -240,34 +262,62 @@ class RemoteShard:
 
 class UnknownLabelError(CollectionError):
     """Labels asked for that no item has (on any shard): a typo would otherwise answer
-    nothing, silently. ``unknown``: those labels; ``known``: the labels there are."""
+    nothing, silently. ``unknown``: those labels; ``known``: the labels there are. With a
+    search's ``target`` modality, only items of that modality count (a label only the other
+    modality carries filters every hit away just as well); ``elsewhere``: the unknown labels
+    that items of the other modality have."""
 
-    def __init__(self, where: str, unknown: Sequence[str], known: Iterable[str], show: int = 30) -> None:
+    def __init__(self, where: str, unknown: Sequence[str], known: Iterable[str], show: int = 30,
+                 target: str | None = None, elsewhere: Sequence[str] = ()) -> None:
         self.unknown, self.known = list(unknown), sorted(known)
+        self.target, self.elsewhere = target, list(elsewhere)
         shown = ", ".join(self.known[:show]) + (f", ... ({len(self.known)} in all)"
                                                 if len(self.known) > show else "")
-        super().__init__(f"{where}: no item has the label {', '.join(map(repr, self.unknown))}; "
-                         f"labels here: {shown or 'none'}")
+        asked = ", ".join(map(repr, self.unknown))
+        if target is None:
+            super().__init__(f"{where}: no item has the label {asked}; labels here: {shown or 'none'}")
+            return
+        other = "text" if target == "image" else "image"
+        note = ""
+        if self.elsewhere:
+            note = (f" ({other} items do)" if self.elsewhere == self.unknown else
+                    f" ({', '.join(map(repr, self.elsewhere))}: on {other} items only)")
+        super().__init__(f"{where}: no {target} item has the label {asked}{note}; "
+                         f"{target} labels here: {shown or 'none'}")
 
 
-def _labels_of(coll: Collection, labels: Sequence[str] | None = None) -> set[str]:
-    """The labels ``coll``'s items have: all of them, or those of ``labels`` (an indexed lookup)."""
-    if labels is None:
-        return {r[0] for r in coll.store.query("SELECT DISTINCT label FROM item_labels")}
-    want = sorted(set(labels))
-    marks = ",".join("?" * len(want))
-    return {r[0] for r in coll.store.query(f"SELECT DISTINCT label FROM item_labels WHERE label IN ({marks})",
-                                           want)} if want else set()
+def _labels_of(coll: Collection, labels: Sequence[str] | None = None,
+               target: str | None = None) -> set[str]:
+    """The labels ``coll``'s items (of the ``target`` modality, if given) have: all of them, or
+    those of ``labels`` (an indexed lookup)."""
+    if labels is not None:
+        want = sorted(set(labels))
+        if not want:
+            return set()
+    where, args = [], []
+    if labels is not None:
+        where.append(f"l.label IN ({','.join('?' * len(want))})")
+        args += want
+    if target is not None:
+        where.append("i.modality = ?")
+        args.append(target)
+    sql = "SELECT DISTINCT l.label FROM item_labels l"
+    if target is not None:
+        sql += " JOIN items i ON i.id = l.item_id"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return {r[0] for r in coll.store.query(sql, args)}
 
 
 def check_labels(source: "Collection | RemoteShard | ShardedCollection", labels: Sequence[str] | None,
-                 where: str | None = None, show: int = 30) -> None:
+                 where: str | None = None, show: int = 30, target: str | None = None) -> None:
     """Raise :class:`UnknownLabelError` (naming ``where``, default the collection or "the
-    shards") if any of ``labels`` is on no item; with shards, on no shard. A remote shard that
-    cannot be asked might hold it: then nothing is raised (its search fails on its own)."""
+    shards") if any of ``labels`` is on no item (of the search's ``target`` modality, when
+    given); with shards, on no shard. A remote shard that cannot be asked might hold it: then
+    nothing is raised (its search fails on its own)."""
     if isinstance(source, ShardedCollection):
-        return source.check_labels(labels, where, show)
-    return ShardedCollection.check_labels_of([source], labels, where or _name(source), show)
+        return source.check_labels(labels, where, show, target)
+    return ShardedCollection.check_labels_of([source], labels, where or _name(source), show, target)
 
 
 class ShardHits(list):
@@ -341,13 +391,17 @@ class ShardedCollection:
                 f"({'; '.join(what) or 'a differently fitted method or encoder'}); make every shard "
                 f"of one space: xmodal index SOURCE -c NEW --like {self.names[0]}")
 
-    def check_labels(self, labels: Sequence[str] | None, where: str | None = None, show: int = 30) -> None:
-        """:func:`check_labels` over every shard: a label counts as known if any shard has it."""
-        self.check_labels_of(self.shards, labels, where or "the shards", show)
+    def check_labels(self, labels: Sequence[str] | None, where: str | None = None, show: int = 30,
+                     target: str | None = None) -> None:
+        """:func:`check_labels` over every shard: a label counts as known if any shard has it
+        (on an item of the ``target`` modality, when given)."""
+        self.check_labels_of(self.shards, labels, where or "the shards", show, target)
 
     @staticmethod
     def check_labels_of(shards: Sequence[Collection | RemoteShard], labels: Sequence[str] | None,
-                        where: str, show: int = 30) -> None:
+                        where: str, show: int = 30, target: str | None = None) -> None:
+        if target is not None and target not in ("image", "text"):
+            raise ValueError(f"target must be 'image' or 'text', got {target!r}")
         # as stored: an item's labels are kept as text, so a filter of 3 means the label '3'
         labels = [str(lab) for lab in labels or ()]
         missing = set(labels)
@@ -355,24 +409,29 @@ class ShardedCollection:
         # only a label still missing costs a call to each remote shard's /api/info
         for shard in shards:
             if missing and isinstance(shard, Collection):
-                missing -= _labels_of(shard, sorted(missing))
+                missing -= _labels_of(shard, sorted(missing), target)
         for shard in shards:
             if missing and isinstance(shard, RemoteShard):
-                missing -= shard._labels
+                missing -= shard.labels_seen(target)
         if not missing:
             return
         known: set[str] = set()
+        anywhere: set[str] = set()  # on items of either modality: named as on the other one
         for shard in shards:
             if isinstance(shard, Collection):
-                known |= _labels_of(shard)
+                known |= _labels_of(shard, None, target)
+                anywhere |= _labels_of(shard) if target is not None else set()
             else:
                 try:
-                    known |= set(shard.stats().get("labels") or ())
+                    shard.stats()
                 except CollectionError:
                     return  # it may have them: its search reports its failure
+                known |= shard.labels_seen(target, fresh=True)
+                anywhere |= shard.labels_seen(None, fresh=True)
         unknown = [lab for lab in dict.fromkeys(labels) if lab not in known]
         if unknown:
-            raise UnknownLabelError(where, unknown, known, show)
+            raise UnknownLabelError(where, unknown, known, show, target,
+                                    [lab for lab in unknown if lab in anywhere])
 
     @property
     def space(self) -> str | None:
@@ -405,6 +464,9 @@ class ShardedCollection:
                            for n, p in zip(self.names, per)],
                 "images": sum(p["images"] for p in per), "texts": sum(p["texts"] for p in per),
                 "labels": sorted(set().union(*(p.get("labels") or () for p in per))),
+                # a shard without labels_by_target (an older server): its labels on either modality
+                "labels_by_target": {m: sorted(set().union(*((p.get("labels_by_target") or {}).get(
+                    m, p.get("labels") or ()) for p in per))) for m in ("image", "text")},
                 **{k: per[0].get(k) for k in ("output", "dim", "method", "encoders", "space")}}
 
     # ------------------------------------------------------------ search
@@ -415,10 +477,10 @@ class ShardedCollection:
         """Top ``k`` of the union for one common-space vector (packed code for binary spaces).
         Binary shards re-rank by the float query ``fq`` (sent to remote ones as ``fvector``)
         when every shard keeps float projections; else every one answers by Hamming.
-        A label in ``labels`` that no shard has is refused (:meth:`check_labels`) unless
+        A label in ``labels`` that no shard has on a ``target`` item is refused (:meth:`check_labels`) unless
         ``check_labels`` is False."""
         if check_labels:
-            self.check_labels(labels)
+            self.check_labels(labels, target=target)
         v = np.asarray(vector).reshape(-1)
         space = self.space
         if not self.rerank:  # one scale for every shard's scores: Hamming
@@ -444,7 +506,7 @@ class ShardedCollection:
 
     def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
         if kw.pop("check_labels", True):
-            self.check_labels(kw.get("labels"))
+            self.check_labels(kw.get("labels"), target=target)
         kw["check_labels"] = False
         if self.local is None:
             body = _request(target, k, kw.get("labels"), kw.get("exact"), kw.get("distinct"), text=text,
@@ -465,13 +527,13 @@ class ShardedCollection:
                      **kw: Any) -> list[ShardHits]:
         """Many text queries, one after the other (each fans out to every shard)."""
         if kw.pop("check_labels", True):  # once for the batch
-            self.check_labels(kw.get("labels"))
+            self.check_labels(kw.get("labels"), target=target)
         return [self.search_text(t, k, target, check_labels=False, **kw) for t in texts]
 
     def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
                       **kw: Any) -> list[ShardHits]:
         if kw.pop("check_labels", True):
-            self.check_labels(kw.get("labels"))
+            self.check_labels(kw.get("labels"), target=target)
         return [self.search_image(p, k, target, check_labels=False, **kw) for p in paths]
 
     def _fan_out(self, fn, k: int, distinct: bool, on_error: str) -> ShardHits:

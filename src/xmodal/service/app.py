@@ -109,6 +109,17 @@ def _no_blanks(labels: list[str]) -> list[str]:
 LabelList = Annotated[list[LabelStr], AfterValidator(_no_blanks)]
 
 
+def search_target(req: Any, query_modality: str | None, same: bool = False) -> str | None:
+    """The modality a search answers: the request's ``target``, else an item query's own
+    (``same``: more like this, as in the CLI), else the other one than the query's (image for
+    a vector). None only for an item query whose item is unknown."""
+    if req.target:
+        return req.target
+    if same:
+        return query_modality
+    return {"text": "image", "image": "text"}.get(query_modality or "", "image")
+
+
 def split_labels(labels: str) -> list[str]:
     """A comma-separated filter from a query string or form: trimmed, blanks dropped (as a
     JSON list of them, :data:`LabelList`)."""
@@ -133,8 +144,9 @@ class SearchRequest(BaseModel):
     gamma: Finite = 0.25
     space: Utf8Str | None = Field(None, description="the common-space fingerprint the caller encoded "
                               "`vector` in (a routing server's check); another space answers 409")
-    check_labels: bool = Field(True, description="a label no item has answers 422 (a routing server "
-                               "sends false: the label may be on another of its shards)")
+    check_labels: bool = Field(True, description="a label no item of the searched modality has answers "
+                               "422 (a routing server sends false: the label may be on another of its "
+                               "shards)")
     fvector: list[Finite] | None = Field(None, description="with a binary `vector`: the query's float "
                                          "projection, to re-rank by cosine (collections indexed with "
                                          "--rerank; a routing server sends it)", max_length=65536)
@@ -601,15 +613,17 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         except HTTPException:  # a bad key: the same as none here
             return False
 
-    async def require_known(labels: Sequence[str]) -> None:
-        """A label no item has (on any shard) is a typo: 422 naming it, not an empty answer."""
+    async def require_known(labels: Sequence[str], target: str | None) -> None:
+        """A label no item of the search's ``target`` modality has (on any shard) is a typo, or
+        on the other modality only: 422 naming it, not an empty answer. ``target`` None (an
+        item id this collection lacks: a 404 follows): a label on no item at all."""
         if not labels:
             return
         try:
             if sharded is None:
-                check_known_labels(coll, labels, "labels")
+                check_known_labels(coll, labels, "labels", target=target)
             else:  # may ask remote shards which labels they have
-                await run_in_threadpool(sharded.check_labels, labels, "labels (on every shard)")
+                await run_in_threadpool(sharded.check_labels, labels, "labels (on every shard)", 30, target)
         except UnknownLabelError as exc:
             raise HTTPException(422, str(exc)) from None
 
@@ -683,12 +697,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                                          "as the caller expects (rebuilt, or never a shard of it): its "
                                          "scores would not compare; make it a shard with `xmodal index "
                                          "SOURCE -c THIS --like FIRST`")
-        if req.target:
-            target = req.target
-        elif exclude:  # more like this (an item id): the item's own modality, as in the CLI
-            target = query_modality
-        else:
-            target = {"text": "image", "image": "text"}.get(query_modality or "", "image")
+        target = search_target(req, query_modality, same=bool(exclude))
         rerank = 4 if fq is not None else 0
         failed: list = []
         try:
@@ -737,8 +746,15 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             raise HTTPException(422, "text: blank (only whitespace)")
         if req.fvector is not None and req.vector is None:  # a text or item query has its own
             raise HTTPException(422, "fvector goes with a binary vector query only")
-        if req.check_labels:
-            await require_known(req.labels)
+        if req.check_labels:  # before a text is encoded: the target run_search will search
+            if req.text:
+                target = search_target(req, "text")
+            elif req.item_id is not None and not req.target:
+                item = coll.get_item(req.item_id)
+                target = search_target(req, item.modality if item else None, same=True)
+            else:
+                target = search_target(req, None)
+            await require_known(req.labels, target)
         if req.text and req.item_id is None and req.vector is None:
             q, fq = await run_in_threadpool(encode_text, req.text)
             return await searched(req, q, fq, "text")
@@ -833,7 +849,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         for r, text in enumerate(req.texts):
             if not text.strip() or len(text) > 2000:
                 raise HTTPException(422, f"texts[{r}]: must be 1-2000 characters, not blank")
-        await require_known(req.labels)
+        await require_known(req.labels, search_target(req, "text"))
         Q, FQ = await run_in_threadpool(encode_texts, req.texts)
         one = SearchRequest(target=req.target, k=req.k, labels=req.labels, exact=req.exact,
                             distinct=req.distinct)
@@ -862,7 +878,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             req = SearchRequest(k=k, target=target, labels=split_labels(labels),
                                 relevant=ids(relevant), nonrelevant=ids(nonrelevant), exact=exact,
                                 distinct=distinct)
-            await require_known(req.labels)
+            await require_known(req.labels, search_target(req, "image"))
             with tempfile.TemporaryDirectory() as tmp:
                 p = Path(tmp) / f"query{_FORMAT_EXT[fmt]}"
                 p.write_bytes(data)
