@@ -425,8 +425,7 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         many = bool(texts) or len(image) > 1
         if not any(results) and not sharded:  # say why nothing printed (stdout stays clean)
-            want = target or ("image" if (query is not None or texts) else "text" if image
-                              else coll.get_item(item).modality)
+            want = want or coll.get_item(item).modality  # the target the label check used
             if coll.count(want) == 0:
                 typer.echo(f"no results: {collection[0]} holds no {want}s", err=True)
         if as_json and not many:
