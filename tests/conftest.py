@@ -71,6 +71,22 @@ def ucm_caption_folder(tmp_path_factory, name: str, step: int):
     return root, folder, captions, mp
 
 
+def wiki_sample(n_train: int, seed: int = 0, n_test: int | None = None):
+    """``(train, test)`` of the Wikipedia release's features: ``n_train`` training pairs drawn
+    with ``seed`` (kept in order), the test split or its first ``n_test`` pairs. Skips when the
+    data folder is absent."""
+    import numpy as np
+
+    from xmodal.data import load_dataset
+
+    need("wikipedia")
+    ds = load_dataset("wikipedia", data_dir=str(DATA), with_texts=False)
+    rng = np.random.default_rng(seed)
+    train = ds.subset(np.sort(rng.choice(ds.splits["train"], n_train, replace=False)))
+    test = ds.subset("test")
+    return train, test if n_test is None else test.subset(np.arange(n_test))
+
+
 def dcmh_toy(n: int = 600, n_query: int = 100, n_train: int = 300):
     """A multi-label DCMH-protocol dataset (queries, a database larger than the training split),
     features a noisy linear function of the labels: for hashing protocol tests, no fitting cost."""

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from xmodal import methods
-from xmodal.data import DataError, load_dataset
+from xmodal.data import DataError
 from xmodal.evaluation.protocol import evaluate
 from xmodal.methods import ParameterError
 from xmodal.methods.deep import raw_view
 
-from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
+from conftest import wiki_sample  # honours $XMODAL_DATA
 FAST = dict(epochs=6, patience=None, verbose=False, random_state=0)
 
 # name -> extra params for a quick run (defaults otherwise)
@@ -31,12 +31,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def wiki():
-    if not (DATA / "wikipedia").exists():
-        pytest.skip("shared data folder absent")
-    ds = load_dataset("wikipedia", data_dir=str(DATA), with_texts=False)
-    rng = np.random.default_rng(0)
-    train = ds.subset(np.sort(rng.choice(ds.splits["train"], 1000, replace=False)))
-    return train, ds.subset("test")
+    return wiki_sample(1000, 0)
 
 
 def chance_map(ds) -> float:

@@ -11,23 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from xmodal import methods
-from xmodal.data import DataError, load_dataset
+from xmodal.data import DataError
 from xmodal.evaluation.protocol import evaluate
 from xmodal.methods.deep._common import info_nce
 from xmodal.methods.deep.supervised import grad_reverse
 
-from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
+from conftest import wiki_sample  # honours $XMODAL_DATA
 QUICK = dict(epochs=2, patience=None, verbose=False, random_state=0)
 
 
 @pytest.fixture(scope="module")
 def wiki():
-    if not (DATA / "wikipedia").exists():
-        pytest.skip("shared data folder absent")
-    ds = load_dataset("wikipedia", data_dir=str(DATA), with_texts=False)
-    rng = np.random.default_rng(1)
-    train = ds.subset(np.sort(rng.choice(ds.splits["train"], 400, replace=False)))
-    return train, ds.subset("test")
+    return wiki_sample(400, 1)
 
 
 def _old_info_nce(logits, pos):

@@ -22,7 +22,7 @@ from xmodal.data import DataError, PairedDataset, load_dataset
 from xmodal.evaluation.protocol import evaluate
 from xmodal.methods._torch import TorchMethod
 
-from conftest import DATA  # honours $XMODAL_DATA
+from conftest import DATA, wiki_sample  # honours $XMODAL_DATA
 
 # tiny nets: what is tested is the trainer, not what the methods reach
 SMALL = {
@@ -45,12 +45,7 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def wiki():
-    if not (DATA / "wikipedia").exists():
-        pytest.skip("shared data folder absent")
-    ds = load_dataset("wikipedia", data_dir=str(DATA), with_texts=False)
-    rng = np.random.default_rng(0)
-    train = ds.subset(np.sort(rng.choice(ds.splits["train"], 300, replace=False)))
-    return train, ds.subset("test").subset(np.arange(100))
+    return wiki_sample(300, 0, 100)
 
 
 def _create(name: str, **kw):
