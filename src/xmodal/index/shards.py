@@ -193,11 +193,11 @@ class RemoteShard:
         """The server's ``/api/info``, fetched anew (its item counts change as it grows)."""
         self._info = self._call("/api/info")
         self._labels.update(self._info.get("labels") or ())
-        by = self._info.get("labels_by_target")
-        if isinstance(by, dict) and all(isinstance(by.get(m, []), list) for m in ("image", "text")):
+        by = _labels_by_target(self._info)
+        if by is not None:
             seen = self._labels_by_target or {"image": set(), "text": set()}
             for m in ("image", "text"):
-                seen[m].update(str(lab) for lab in by.get(m, []))
+                seen[m] |= by[m]
             self._labels_by_target = seen
         return self._info
 
@@ -206,9 +206,9 @@ class RemoteShard:
         which; an older one's labels count for both); ``fresh``: those of its last /api/info only."""
         if fresh:
             info = self._info or {}
-            by = info.get("labels_by_target")
-            if target is not None and isinstance(by, dict) and isinstance(by.get(target, []), list):
-                return {str(lab) for lab in by.get(target, [])}
+            by = _labels_by_target(info)
+            if target is not None and by is not None:
+                return by[target]
             return set(info.get("labels") or ())
         if target is not None and self._labels_by_target is not None:
             return self._labels_by_target[target]
@@ -258,6 +258,15 @@ class RemoteShard:
         for field in ("path", "text", "caption"):
             if getattr(h, field) is not None and not isinstance(getattr(h, field), str):
                 raise bad(field, f"not a string ({getattr(h, field)!r})")
+
+
+def _labels_by_target(info: dict[str, Any]) -> dict[str, set[str]] | None:
+    """A server's ``/api/info`` ``labels_by_target`` as sets per modality; None where it sends
+    none or a malformed one (an older server: its ``labels`` count for either modality)."""
+    by = info.get("labels_by_target")
+    if not isinstance(by, dict) or not all(isinstance(by.get(m, []), list) for m in ("image", "text")):
+        return None
+    return {m: {str(lab) for lab in by.get(m, [])} for m in ("image", "text")}
 
 
 class UnknownLabelError(CollectionError):
