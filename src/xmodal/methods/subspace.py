@@ -31,6 +31,20 @@ def _no_pairs(method: CrossModalMethod) -> DataError:
                      "correlated direction (is one side constant?)")
 
 
+def _labels_that_differ(method: object, L: np.ndarray, same: np.ndarray) -> None:
+    """Refuse training labels that carry no semantics: none at all, or the same for every pair
+    (``same`` compares each row with the first). Label-weighted correspondence is then equal
+    for every pair (ml-CCA's weighted Cxy is 0) and class posteriors cannot depend on the
+    features; scikit-learn's one-class error, or a space set by rounding, named no method."""
+    if not L.any():
+        raise DataError(f"{type(method).__name__}: no training pair has a label (all {L.shape[1]} "
+                        "label columns are 0)")
+    if same.all():
+        raise DataError(f"{type(method).__name__}: every training pair has the same labels "
+                        f"(columns {np.flatnonzero(L[0]).tolist()}): they say nothing about which "
+                        "items belong together")
+
+
 def _existing(method: CrossModalMethod, keep: np.ndarray) -> np.ndarray:
     """``keep`` (from :func:`._solvers.correlated_pairs`), refusing a space with no pair."""
     if not keep.any():
@@ -120,6 +134,9 @@ class MultiLabelCCA(CCA):
     def _fit(self, X, Y, L, *, train, val) -> None:
         L = np.asarray(L, dtype=np.float64)  # fit() hands labels over as float32
         Ln = L / np.maximum(np.linalg.norm(L, axis=1, keepdims=True), 1e-12)
+        # a pair without labels has s_ij = 0 with every other: it weighs nothing
+        labelled = Ln.any(axis=1)
+        _labels_that_differ(self, L, ~labelled | (np.abs(Ln - Ln[labelled.argmax()]).max(axis=1) <= 1e-12))
         w = Ln @ Ln.sum(axis=0)  # row sums of S (= column sums, S is symmetric)
         wn = w / w.sum()
         self.image_mean_, self.text_mean_ = wn @ X, wn @ Y
@@ -208,7 +225,8 @@ class KernelCCA(CrossModalMethod):
     landmarks maps each side to explicit features F (F F' ~ K) and the same problem is solved
     in primal form, ridge CCA with F'F + kI. ``reg`` sets k as a fraction of the mean eigenvalue
     of the centred training kernel (the paper leaves k free; 1.0 was chosen on a held-out part
-    of the Wikipedia training set). ``gamma=None`` uses 1 / (d * var(X)), per modality.
+    of the Wikipedia training set). ``gamma=None`` uses 1 / (d * var(X)), per modality
+    (scikit-learn's ``gamma="scale"``).
     """
 
     _parameter_rules: ClassVar[dict[str, Any]] = {
@@ -231,7 +249,12 @@ class KernelCCA(CrossModalMethod):
 
     @staticmethod
     def _gamma(Z: np.ndarray, gamma: float | None) -> float:
-        return float(gamma) if gamma is not None else 1.0 / (Z.shape[1] * Z.var() + 1e-12)
+        if gamma is not None:
+            return float(gamma)
+        # scikit-learn's gamma="scale", 1 where Z does not vary; no absolute floor on d var(Z),
+        # which gave features in small units (var ~1e-12) another kernel
+        spread = Z.shape[1] * Z.var()
+        return 1.0 / spread if spread > 0 else 1.0
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         self.gx_, self.gy_ = self._gamma(X, self.gamma_image), self._gamma(Y, self.gamma_text)
@@ -321,6 +344,9 @@ class _SemanticSpace:
     C: float
     multilabel_: bool
 
+    def _check_labels(self, L: np.ndarray) -> None:
+        _labels_that_differ(self, L, (L == L[0]).all(axis=1))
+
     def _regress(self, Z: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.multilabel_:
             clf = LogisticRegression(C=self.C, max_iter=2000).fit(Z, L.argmax(axis=1))
@@ -370,6 +396,7 @@ class SemanticMatching(_SemanticSpace, CrossModalMethod):
         self.C = C
 
     def _fit(self, X, Y, L, *, train, val) -> None:
+        self._check_labels(L)
         self.multilabel_ = bool((L.sum(axis=1) != 1).any())
         self.image_mean_, self.image_std_ = _standardiser(X)
         self.text_mean_, self.text_std_ = _standardiser(Y)
@@ -405,6 +432,7 @@ class SemanticCorrelationMatching(_SemanticSpace, CrossModalMethod):
         self.C = C
 
     def _fit(self, X, Y, L, *, train, val) -> None:
+        self._check_labels(L)
         self.cca_ = CCA(n_components=self.n_components, reg=self.reg)
         self.cca_._validate_params()
         try:
