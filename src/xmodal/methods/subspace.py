@@ -72,7 +72,8 @@ class CCA(_LinearProjection):
     cross-modal retrieval as "correlation matching" by Rasiwasia et al., ACM MM 2010).
 
     ``reg`` adds that fraction of the mean eigenvalue to each covariance (ridge CCA);
-    ``scale_power`` weights dimension i by rho_i^power before cosine scoring. At most
+    ``scale_power`` weights dimension i by rho_i^power before cosine scoring (Gong, Ke, Isard
+    & Lazebnik, IJCV 2014, weigh by their generalised eigenvalue 1 + rho to the power 4). At most
     min(rank X, rank Y) pairs exist (:func:`._solvers.numerical_rank`; 9 on Wikipedia, whose 10
     topic proportions sum to one): pairs past that, or with zero correlation, are dropped, so
     the embedding may have fewer than ``n_components`` dimensions.
@@ -127,6 +128,13 @@ class MultiLabelCCA(CCA):
     S = Ln Ln' (row-normalised labels) is never formed: every sum costs O(n d c).
     Pairs with zero correlation (past the rank of Cxy, c - 1 for c single-label classes, or of
     either view) are dropped, so the embedding may have fewer than ``n_components`` dimensions.
+    A pair without labels has s_ij = 0 with every other and weighs nothing.
+
+    Two details differ from the authors' Fast ml-CCA MATLAB code (whose sums are these): the
+    views are centred on the s-weighted means (so Cxy is a covariance; the code subtracts the
+    plain means: 0.236 / 0.184 MAP on Wikipedia against 0.236 / 0.182 here), and each direction
+    is scaled to unit weighted variance, a'Cxx a = 1, as in :class:`CCA` (the code keeps unit
+    Euclidean norm, which weighs the dimensions differently under cosine scoring).
     """
 
     supervised = True
