@@ -85,6 +85,14 @@ def test_labels_that_never_differ_are_refused_naming_the_method(name, labels):
         methods.create(name).fit(_labelled(L))
 
 
+def test_mlcca_refuses_one_class_among_unlabelled_pairs_naming_that_class():
+    # pairs without labels weigh nothing in ml-CCA: the labelled ones alone all share class 2
+    L = np.zeros((60, 3))
+    L[20:, 2] = 1
+    with pytest.raises(DataError, match=r"^MultiLabelCCA: every labelled training pair has the same labels \(columns \[2\]\)"):
+        methods.create("mlcca").fit(_labelled(L))
+
+
 def test_mlcca_ignores_unlabelled_pairs_but_keeps_the_labelled_ones():
     # some pairs without any label (an untagged NUS-WIDE image): s_ij = 0 for them, so they
     # weigh nothing, and the space is the one fitted on the labelled pairs alone
@@ -95,3 +103,25 @@ def test_mlcca_ignores_unlabelled_pairs_but_keeps_the_labelled_ones():
     a = methods.create("mlcca", n_components=2).fit(ds)
     b = methods.create("mlcca", n_components=2).fit(ds.subset(np.arange(10, 90)))
     np.testing.assert_allclose(a.correlations_, b.correlations_, rtol=1e-9)
+
+
+def test_kcca_nystroem_uses_the_same_landmark_pairs_on_both_sides():
+    # the two Nystroem maps share their landmark rows, so landmark i is one training pair
+    X, Y, ds = _pairs(n=120)
+    m = methods.create("kcca", exact_max_samples=0, n_landmarks=25, random_state=5).fit(ds)
+    rows = [int(np.flatnonzero((X == c).all(axis=1))[0]) for c in m.train_images_]
+    np.testing.assert_array_equal(m.train_texts_, Y[rows])
+
+
+def test_kernel_centring_is_sklearns_kernel_centerer():
+    from sklearn.metrics.pairwise import rbf_kernel
+    from sklearn.preprocessing import KernelCenterer
+
+    from xmodal.methods._solvers import center_kernel_test, center_kernel_train
+
+    X, _, _ = _pairs(n=50)
+    K, Q = rbf_kernel(X, gamma=0.1), rbf_kernel(X[:7] + 0.2, X, gamma=0.1)
+    ref = KernelCenterer().fit(K)
+    Kc, col, grand = center_kernel_train(K)
+    np.testing.assert_allclose(Kc, ref.transform(K), atol=1e-12)
+    np.testing.assert_allclose(center_kernel_test(Q, col, grand), ref.transform(Q), atol=1e-12)

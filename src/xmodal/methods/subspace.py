@@ -40,8 +40,8 @@ def _labels_that_differ(method: object, L: np.ndarray, same: np.ndarray) -> None
         raise DataError(f"{type(method).__name__}: no training pair has a label (all {L.shape[1]} "
                         "label columns are 0)")
     if same.all():
-        raise DataError(f"{type(method).__name__}: every training pair has the same labels "
-                        f"(columns {np.flatnonzero(L[0]).tolist()}): they say nothing about which "
+        raise DataError(f"{type(method).__name__}: every labelled training pair has the same labels "
+                        f"(columns {np.flatnonzero(L[L.any(axis=1)][0]).tolist()}): they say nothing about which "
                         "items belong together")
 
 
