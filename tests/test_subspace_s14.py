@@ -89,7 +89,8 @@ def test_mlcca_refuses_one_class_among_unlabelled_pairs_naming_that_class():
     # pairs without labels weigh nothing in ml-CCA: the labelled ones alone all share class 2
     L = np.zeros((60, 3))
     L[20:, 2] = 1
-    with pytest.raises(DataError, match=r"^MultiLabelCCA: every labelled training pair has the same labels \(columns \[2\]\)"):
+    with pytest.raises(DataError, match=r"^MultiLabelCCA: every labelled training pair has the same "
+                                        r"labels \(columns \[2\]\)"):
         methods.create("mlcca").fit(_labelled(L))
 
 
