@@ -155,3 +155,96 @@ def test_a_record_without_per_query_scores_names_the_metric_as_asked():
         _per_query({"method": "cca", "i2t": {"map": 0.2}}, "i2t", "ap")
     with pytest.raises(DataError, match="no per-query 'map' scores for i2t; it has r@1"):
         _per_query({"method": "cca", "i2t": {"per_query": {"r@1": [1, 0]}}}, "i2t", "ap")
+
+
+def _pinned_records():
+    rng = np.random.default_rng(7)
+    n = 400
+
+    def rec(name, shift):
+        return {"method": name, **{d: {"per_query": {
+            "ap": np.clip(rng.random(n) + shift, 0, 1).tolist(),
+            **{f"r@{k}": (rng.random(n) < 0.3 + 0.05 * k / 10 + shift).astype(int).tolist() for k in (1, 5, 10)}}}
+            for d in ("i2t", "t2i")}}
+
+    return rec("a", 0.03), rec("b", 0.0)
+
+
+def test_results_are_those_of_scipys_permutation_test_before_the_fast_null():
+    """Figures computed with scipy.stats.permutation_test itself (before the sign flips were
+    drawn without its Python loop over queries): the same seed gives the same numbers, exactly."""
+    a, b = _pinned_records()
+    res = compare_records(a, b, "map", n_resamples=999, seed=3, progress=False)
+    assert res["i2t"] == {"a": 0.5337580623931414, "b": 0.5127476737721409, "difference": 0.02101038862100038,
+                          "p_value": 0.276, "ci_low": -0.019517311935103886, "ci_high": 0.06282664015360333,
+                          "n_queries": 400}
+    assert res["t2i"] == {"a": 0.5349314107342279, "b": 0.5067784981829476, "difference": 0.028152912551280242,
+                          "p_value": 0.178, "ci_low": -0.012120600442141615, "ci_high": 0.0673854409447093,
+                          "n_queries": 400}
+    res = compare_records(a, b, "mR", n_resamples=999, seed=0, progress=False)
+    assert res["both"] == {"a": 35.666666666666664, "b": 35.125, "difference": 0.5416666666666666,
+                           "p_value": 0.686, "ci_low": -2.0833333333333335, "ci_high": 3.2958333333333294,
+                           "n_queries": 800}
+    # five queries, 32 sign flips: scipy's exact test
+    assert paired_permutation_test([0.5, 0.2, 0.9, 0.4, 0.7], [0.1, 0.3, 0.6, 0.4, 0.2], n_resamples=999) == \
+        {"difference": 0.22000000000000003, "p_value": 0.25, "ci_low": 0.02, "ci_high": 0.42000000000000004}
+
+
+@pytest.mark.parametrize("n, n_resamples, seed", [(20, 999, 0), (300, 999, 1), (2500, 301, 5)])
+def test_the_sign_flip_null_is_scipys_bit_for_bit_whatever_the_batch(monkeypatch, n, n_resamples, seed):
+    from scipy.stats import permutation_test
+
+    from xmodal.evaluation import significance
+
+    rng = np.random.default_rng(n)
+    x, y = rng.random(n) / n, rng.random(n) / n
+    y[::3] = x[::3]  # ties: sums equal in theory, the tolerance decides
+    ref = permutation_test((x, y), lambda a, b, axis: np.sum(a - b, axis=axis), permutation_type="samples",
+                           vectorized=True, n_resamples=n_resamples, alternative="two-sided", random_state=seed)
+    monkeypatch.setattr(significance, "RESAMPLE_BYTES", 16 * n * 7)  # 7 resamples a batch
+    assert np.array_equal(significance._sign_flip_null(x, y, n_resamples, seed), ref.null_distribution)
+    assert significance._sign_flip_test(x, y, n_resamples, seed, 50) == ref.pvalue
+
+
+def test_progress_counts_every_resample_and_shows_only_when_asked(capsys, monkeypatch):
+    from xmodal.evaluation import significance
+
+    monkeypatch.setattr(significance, "RESAMPLE_BYTES", 8 * 300 * 100)  # batches of 50 and 100 resamples
+    done: list[int] = []
+    rng = np.random.default_rng(0)
+    for n in (5, 300):  # scipy's exact test, then the drawn sign flips
+        done.clear()
+        paired_permutation_test(rng.random(n), rng.random(n), n_resamples=999, on_progress=done.append)
+        assert sum(done) == 2 * 999 and (n == 5 or len(done) == 20 + 10)  # batch by batch
+    done.clear()
+    paired_permutation_test(rng.random(300), rng.random(300), n_resamples=999, strata=np.arange(300) % 2,
+                            on_progress=done.append)
+    assert sum(done) == 2 * 999
+    a, b = _pinned_records()
+    capsys.readouterr()
+    compare_records(a, b, "map", n_resamples=99, progress=False)
+    compare_records(a, b, "map", n_resamples=99)  # None: stderr is no terminal here
+    assert capsys.readouterr().err == ""
+    compare_records(a, b, "mR", n_resamples=99, progress=True)
+    err = capsys.readouterr().err
+    assert "resampling" in err and "198" in err  # one test (mR): its 99 sign flips and 99 bootstraps
+    from xmodal.evaluation.significance import compare_all
+
+    compare_all({"a": a, "b": b, "c": b}, "map", n_resamples=99, progress=True)
+    assert "1.19k" in capsys.readouterr().err  # 3 pairs x 2 directions x (99 + 99)
+
+
+def test_cli_compare_bar_is_off_with_json_or_quiet(tmp_path, monkeypatch):
+    from xmodal.evaluation import significance
+
+    seen: list = []
+    real = significance.compare_all
+    monkeypatch.setattr(significance, "compare_all", lambda *a, **kw: seen.append(kw["progress"]) or real(*a, **kw))
+    a, b = _pinned_records()
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([r | {"dataset": "toy", "bits": None} for r in (a, b)]))
+    for extra, want in (([], None), (["--json"], False), (["--quiet"], False), (["-q", "--json"], False)):
+        res = runner.invoke(app, ["compare", str(path), "a", "b", "--resamples", "99", *extra])
+        assert res.exit_code == 0, res.output
+        assert seen[-1] is want  # None: a bar only where stderr is a terminal
+    assert "resampling" not in res.output

@@ -264,6 +264,8 @@ def register(app: typer.Typer) -> None:
         resamples: int = typer.Option(9999, "--resamples", min=1, help="random sign flips of the randomisation test"),
         seed: int = typer.Option(0, "--seed", help="seed of the randomisation test"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar (shown on a terminal, "
+                                   "on stderr, unless --json)"),
     ) -> None:
         """Paired significance test of two methods, or of every pair of several.
 
@@ -311,7 +313,10 @@ def register(app: typer.Typer) -> None:
             # names as the tables print them (MAP, mR, R@1), in any case
             chosen = ({"map": "map", "mr": "mR"}.get(metric.lower(), metric.lower()) if metric else
                       "map" if all("map" in r["i2t"] for r in picked) else "mR")
-            results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed)
+            # a bar over the resamples (minutes for tens of thousands of queries): on a terminal's
+            # stderr only, never with --json
+            results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed,
+                                  progress=False if quiet or as_json else None)
         except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
