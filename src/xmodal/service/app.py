@@ -127,7 +127,10 @@ def split_labels(labels: str) -> list[str]:
 
 
 class SearchRequest(BaseModel):
-    text: Utf8Str | None = Field(None, description="text query", max_length=2000)
+    # the length inside the Annotated, before the validator: pydantic says "at most 2000
+    # characters" (a limit on the optional field counts "items")
+    text: Annotated[str, Field(max_length=2000), AfterValidator(_utf8)] | None = Field(
+        None, description="text query")
     item_id: int | None = Field(None, description="an item's id: more like this")
     vector: list[Finite] | None = Field(None, description="a common-space vector; for binary "
                                        "collections the packed code bytes (0..255)", max_length=65536)

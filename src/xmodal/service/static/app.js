@@ -129,9 +129,14 @@ async function search() {
   }
 }
 
+function clearResults() {
+  $("results").replaceChildren();
+  dropThumbs();  // their blob: pictures too, not kept until the next results
+}
+
 function showError(text) {
   // the results on the page are an earlier query's: not left beside an error about this one
-  $("results").replaceChildren();
+  clearResults();
   setStatus(text, true);
   updateFeedbackBar();  // marks a link carried that the server refused can be cleared
 }
@@ -162,7 +167,7 @@ async function runSearch(seq) {
     body.text = state.q;
     r = await call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
   } else {
-    $("results").replaceChildren();
+    clearResults();
     setStatus("");
     return;
   }
@@ -342,7 +347,10 @@ function byImage(file) {
 
 $("search-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  state.q = $("q").value.trim(); state.item = null; state.image = null;
+  // With the box empty, the image or item searched by is searched again with the new k,
+  // labels and target; typed text replaces it
+  const q = $("q").value.trim();
+  if (q || (state.image === null && state.item === null)) { state.q = q; state.item = null; state.image = null; }
   state.target = $("target").value;
   state.k = parseInt($("k").value, 10) || 20;
   state.labels = labelList($("labels").value).join(", ");

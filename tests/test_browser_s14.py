@@ -1,0 +1,160 @@
+"""The web page walked through as a practitioner would (session 14; headless chromium driven
+by Playwright, as in test_browser.py): refining an image or "more like this" search, the
+keyboard's focus on a result, a private collection's blob: thumbnails freed, and the text
+query's length limit said in characters."""
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+from conftest import need_browser, serving, ucm_caption_folder
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_browser()
+    from xmodal.index import build_collection
+    from xmodal.service import create_app
+
+    root, folder, captions, mp = ucm_caption_folder(tmp_path_factory, "browser_s14", 150)  # 14 images
+    with threadpool_limits(1):  # see test_collection.py
+        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                text_encoder="tfidf", quiet=True)
+        with serving(create_app(coll)) as url:
+            yield {"url": url, "folder": folder, "captions": captions, "coll": coll}
+    coll.close()
+    mp.undo()
+
+
+@pytest.fixture
+def page(browser):
+    pg = browser.new_page(bypass_csp=True)  # wait_for_function evaluates strings: see test_browser_review.py
+    pg.set_default_timeout(15000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def wait_status(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('#status').textContent.includes(t)", arg=text)
+
+
+def test_a_new_k_or_label_filter_refines_an_image_or_item_search(server, page):
+    """After an image upload or a "more like this", typing another k or a label filter and
+    pressing Enter (the text box empty) blanked the page without a word: the submit took the
+    empty text box for the query. It now searches the same image or item again."""
+    name = sorted(server["captions"])[0]
+    page.goto(server["url"] + "/")
+    page.set_input_files("#file", str(server["folder"] / name))
+    wait_status(page, f"captions for image {name}")
+    page.fill("#k", "3")
+    page.press("#k", "Enter")
+    wait_status(page, "3 captions for image")
+    assert page.locator(".card").count() == 3
+    # an item: more like this, then a smaller k from the Search button
+    item = page.locator(".card").nth(1).get_attribute("data-id")
+    page.locator(".card").nth(1).locator("img").click()
+    wait_status(page, f"item {item}")
+    page.fill("#k", "2")
+    page.click("#go")
+    wait_status(page, f"2 captions for item {item}")
+    assert f"item={item}" in page.url and "k=2" in page.url
+    # text typed replaces the image or item
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    wait_status(page, "for “green trees”")
+    assert "item=" not in page.url
+
+
+def test_the_focused_result_picture_shows_its_focus_ring(server, page):
+    """A result's picture is the keyboard's "more like this" button, but its focus outline
+    was drawn outside the picture and cut off by the card (overflow: hidden): a keyboard user
+    could not see which result had the focus."""
+    page.set_viewport_size({"width": 900, "height": 700})
+    page.goto(server["url"] + "/#q=green+trees&k=3&target=image")
+    page.wait_for_function("[...document.querySelectorAll('.card img')].length === 3 && "
+                           "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.focus("#labels")
+    page.keyboard.press("Tab")  # Search
+    page.keyboard.press("Tab")  # the drop zone
+    page.keyboard.press("Tab")  # Add an image
+    page.keyboard.press("Tab")  # API key
+    page.keyboard.press("Tab")  # the first result's picture
+    img = page.locator(".card img").nth(0)
+    assert page.evaluate("document.activeElement === document.querySelector('.card img')")
+    box = img.bounding_box()
+    import io
+
+    from PIL import Image
+
+    # the picture's top edge, inside the card: the ring's colour (#1f6feb) where it is visible
+    shot = Image.open(io.BytesIO(page.screenshot(clip={"x": box["x"] + 10, "y": box["y"],
+                                                      "width": box["width"] - 20, "height": 2})))
+    rgb = shot.convert("RGB")
+    pixels = [rgb.getpixel((x, y)) for y in range(rgb.height) for x in range(rgb.width)]
+    ring = sum(r < 80 and 90 < g < 140 and b > 200 for r, g, b in pixels)
+    assert ring > 0.8 * len(pixels), pixels[:5]
+
+
+COUNT_BLOBS = """(() => {
+    window.__live = new Set();
+    const make = URL.createObjectURL, revoke = URL.revokeObjectURL;
+    URL.createObjectURL = (b) => { const u = make(b); window.__live.add(u); return u; };
+    URL.revokeObjectURL = (u) => { window.__live.delete(u); return revoke(u); };
+})()"""
+
+
+def test_blob_thumbnails_are_freed_when_results_go(server, browser):
+    """A private collection's thumbnails are blob: URLs: one per shown picture stays alive
+    over many searches, and none once an error (or an emptied search box) clears the results
+    (they were kept until the next successful search)."""
+    from xmodal.service.auth import create_key
+
+    coll = server["coll"]
+    ctx = browser.new_context(bypass_csp=True)
+    ctx.add_init_script(COUNT_BLOBS)
+    page = ctx.new_page()
+    page.set_default_timeout(15000)
+    coll.set_setting("public_read", False)
+    try:
+        page.goto(server["url"] + "/")
+        page.evaluate("k => localStorage.setItem('xmodal-key', k)", create_key(coll, "read", "s14"))
+        loaded = ("n => document.querySelectorAll('.card img').length === n && "
+                  "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+        for i, q in enumerate(["green trees", "airplanes", "a river", "many cars", "houses"] * 2):
+            page.goto(server["url"] + f"/#q={q.replace(' ', '+')}&k=4&target=image&labels=")
+            wait_status(page, f"4 images for “{q}”")  # this query's cards, not the last one's
+            page.wait_for_function(loaded, arg=4)
+            assert page.evaluate("window.__live.size") == 4
+        page.fill("#labels", "no-such-label")
+        page.press("#q", "Enter")
+        wait_status(page, "422")
+        assert page.evaluate("window.__live.size") == 0
+        page.fill("#labels", "")
+        page.press("#q", "Enter")
+        page.wait_for_function(loaded, arg=4)
+        page.fill("#q", "")
+        page.press("#q", "Enter")
+        page.wait_for_function("document.querySelectorAll('.card').length === 0")
+        assert page.evaluate("window.__live.size") == 0
+    finally:
+        coll.set_setting("public_read", True)
+        ctx.close()
+
+
+def test_a_text_query_over_the_limit_is_said_in_characters(server, page):
+    """The page showed 'text: Value should have at most 2000 items after validation' for a
+    long pasted query: a text is characters."""
+    page.goto(server["url"] + "/")
+    page.fill("#q", "green trees " * 200)
+    page.press("#q", "Enter")
+    wait_status(page, "422")
+    assert "at most 2000 characters" in status(page), status(page)
+    assert "items" not in status(page)
