@@ -158,3 +158,34 @@ def test_a_text_query_over_the_limit_is_said_in_characters(server, page):
     wait_status(page, "422")
     assert "at most 2000 characters" in status(page), status(page)
     assert "items" not in status(page)
+
+
+def test_back_and_forward_go_through_the_searches(server, page):
+    """Every search replaced the page's history entry, so Back after a few "more like this"
+    clicks left the page altogether. A new query is now a history entry (marking ✓/✗ is not):
+    Back and Forward show the earlier searches, an uploaded image's included."""
+    page.goto("about:blank")
+    page.goto(server["url"] + "/")
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    wait_status(page, "for “green trees”")
+    item = page.locator(".card").nth(1).get_attribute("data-id")
+    marked = page.locator(".card").nth(0).get_attribute("data-id")
+    page.locator(".card").nth(0).locator("button.up").click()  # a mark: no entry of its own
+    page.locator(".card").nth(1).locator("img").click()
+    wait_status(page, f"images for item {item}")
+    page.go_back()
+    wait_status(page, "for “green trees”")
+    assert page.input_value("#q") == "green trees" and f"rel={marked}" in page.url  # as it was left
+    page.go_forward()
+    wait_status(page, f"for item {item}")
+    # an image upload cannot live in the URL: its entry keeps the file while the page is open
+    name = sorted(server["captions"])[2]
+    page.set_input_files("#file", str(server["folder"] / name))
+    wait_status(page, f"captions for image {name}")
+    page.locator(".card").nth(0).locator("img").click()
+    wait_status(page, "captions for item")
+    page.go_back()
+    wait_status(page, f"captions for image {name}")
+    page.go_back()
+    wait_status(page, f"for item {item}")

@@ -4,7 +4,11 @@
 // attributes), never as HTML.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { q: "", item: null, target: "", k: 20, labels: "", rel: new Set(), nrel: new Set(), image: null };
+const state = { q: "", item: null, target: "", k: 20, labels: "", rel: new Set(), nrel: new Set(), image: null, upload: null };
+// An uploaded image cannot live in the URL: its history entry holds a number for the file,
+// kept while the page is open (the last few), so Back can return to its search.
+const uploads = new Map();
+let uploadCount = 0;
 
 function apiKey() { return localStorage.getItem("xmodal-key") || ""; }
 function headers(extra = {}) {
@@ -54,7 +58,9 @@ function hostOf(url) {
 
 function labelList(s) { return s.split(",").map((x) => x.trim()).filter(Boolean); }
 
-function writeHash() {
+// A new query (push) is a history entry of its own, so Back and Forward go through the
+// searches; marking results or cleaning a link's URL replaces the current entry.
+function writeHash(push = false) {
   const p = new URLSearchParams();
   if (state.item !== null) p.set("item", state.item); else if (state.q) p.set("q", state.q);
   if (state.target) p.set("target", state.target);
@@ -63,7 +69,9 @@ function writeHash() {
   if (state.rel.size) p.set("rel", [...state.rel].join(","));
   if (state.nrel.size) p.set("nrel", [...state.nrel].join(","));
   const h = "#" + p.toString();
-  if (location.hash !== h) history.replaceState(null, "", h);
+  const upload = state.image ? state.upload : null;
+  if ((location.hash || "#") === h && ((history.state || {}).upload ?? null) === upload) return;
+  if (push) history.pushState({ upload }, "", h); else history.replaceState({ upload }, "", h);
 }
 
 function readHash() {
@@ -333,15 +341,18 @@ function clearFeedback() { state.rel.clear(); state.nrel.clear(); }
 function byItem(id) {
   state.item = id; state.q = ""; state.image = null; clearFeedback();
   $("q").value = "";
-  writeHash();
+  writeHash(true);
   search();
 }
 
 function byImage(file) {
   if (!file) return;
   state.image = file; state.item = null; state.q = ""; clearFeedback();
+  state.upload = ++uploadCount;
+  uploads.set(state.upload, file);
+  uploads.delete(state.upload - 20);  // older ones: Back finds an empty search there
   $("q").value = "";
-  writeHash();  // an uploaded image cannot live in the URL
+  writeHash(true);
   search();
 }
 
@@ -355,10 +366,10 @@ $("search-form").addEventListener("submit", (e) => {
   state.k = parseInt($("k").value, 10) || 20;
   state.labels = labelList($("labels").value).join(", ");
   clearFeedback();
-  writeHash();
+  writeHash(true);
   search();
 });
-$("target").addEventListener("change", () => { state.target = $("target").value; writeHash(); search(); });
+$("target").addEventListener("change", () => { state.target = $("target").value; writeHash(true); search(); });
 $("refine").addEventListener("click", () => search());
 $("clear-feedback").addEventListener("click", () => { clearFeedback(); writeHash(); search(); });
 $("file").addEventListener("change", (e) => {
@@ -413,9 +424,16 @@ function keyChanged() {
 $("api-key").value = apiKey();
 $("api-key").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); keyChanged(); } });
 $("api-key").addEventListener("change", () => { if ($("api-key").value.trim() !== apiKey()) keyChanged(); });
-// writeHash() uses replaceState, which fires no hashchange: this is the user opening a link
-// or going back, so the URL is the query now, also after an image upload.
-window.addEventListener("hashchange", () => { readHash(); writeHash(); state.image = null; search(); });
+// pushState and replaceState fire no popstate: this is the user opening a link or going back
+// or forward, so the URL is the query now (with the entry's uploaded image, if it is kept).
+window.addEventListener("popstate", (e) => {
+  readHash();
+  const upload = e.state && e.state.upload;
+  state.image = uploads.get(upload) || null;
+  state.upload = state.image ? upload : null;
+  writeHash();
+  search();
+});
 readHash();
 writeHash();  // a link's ids that were dropped leave the URL too
 search();
