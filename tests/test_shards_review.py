@@ -446,6 +446,9 @@ def test_a_routing_server_that_cannot_start_closes_what_it_opened(parts, monkeyp
     ("http://127.0.0.1:8001/?key=abc", "query"),
     ("http://127.0.0.1:8001/#top", "fragment"),
     ("http://127.0.0.1:notaport", "port"),
+    ("http://[::1", "not a URL"),  # these two raised ValueError / UnicodeError (a traceback)
+    ("http://a..b:8001", "host name"),
+    ("http://\x01host:8001", "host name"),
 ])
 def test_a_shard_url_with_credentials_or_a_query_is_refused(url, why):
     """A password in a shard URL was echoed in every hit's `shard` and `thumbnail`, in

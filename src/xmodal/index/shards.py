@@ -11,34 +11,31 @@ top k, so with exact (flat) indexes the merge is exactly the top k of the union.
 
 from __future__ import annotations
 
-import http.client
 import json
+import socket
+import ssl
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .. import __version__
 from .collection import Collection, CollectionError, Hit
 
+if TYPE_CHECKING:  # imported when a remote shard is first asked (about 0.1 s of imports)
+    import httpx
+
 MAX_REMOTE_K = 1000  # the most hits `xmodal serve` answers per query (its k limit)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are not followed: urllib would send every header of the request, the API
-    key included, to whatever host the Location names. The 3xx comes back as an HTTPError."""
-
-    def redirect_request(self, *args: Any, **kw: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
+# The most bytes read of a shard's JSON answer: 1000 hits with long captions, or /api/info
+# with many labels, stay far below; a server streaming without end does not fill the memory.
+MAX_JSON_ANSWER = 256 << 20
+_ERROR_BYTES = 1 << 14  # of an error answer: an xmodal JSON error whole; another page is cut
 
 
 @dataclass
@@ -49,15 +46,54 @@ class RemoteHit(Hit):
     caption: str | None = None
 
 
-def _set_read_timeout(resp: Any, seconds: float) -> None:
-    """Shorten the socket timeout of an open HTTP response to what is left of its deadline
-    (best effort: a response without a reachable socket keeps the one it opened with)."""
-    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
-    if sock is not None:
-        try:
-            sock.settimeout(max(0.05, seconds))
-        except OSError:
-            pass
+class _Deadline:
+    """One deadline for a whole exchange. httpx's timeouts bound each connect, read and write,
+    not the answer: a server trickling a byte at a time would hold a call (and its worker) for
+    ever, and one stalling mid-answer for a whole read timeout past the deadline. At the
+    deadline the connection's socket is shut down, which ends the read waiting on it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._done = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension: the socket of a connection opened for this request, so
+        that a server stalling before its headers is cut too (a reused one is known from the
+        response). TLS wraps the TCP socket in a new one: that is the one to cut."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.watch(info.get("return_value"))
+
+    def watch(self, stream: Any) -> None:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with self._lock:
+                self._sock = sock
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._done:  # the answer is whole: its connection may serve another call now
+                return
+            self.expired = True
+            if self._sock is not None:
+                try:  # the plain socket's shutdown (under TLS too): it wakes the blocked read
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        """Called before the connection goes back to the pool (it must not be cut there)."""
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
 
 
 class ShardHTTPError(CollectionError):
@@ -69,7 +105,8 @@ class ShardHTTPError(CollectionError):
 
 
 class RemoteShard:
-    """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP."""
+    """A collection served by ``xmodal serve`` at ``url``, searched by vector over HTTP (one
+    ``httpx.Client`` per shard: its connections are kept open between calls)."""
 
     #: how a user gives the key sent to a shard; named when a shard answers 401/403
     KEY_HINT = ("--api-key or $XMODAL_API_KEY (xmodal serve: --shard-api-key or $XMODAL_SHARD_API_KEY; "
@@ -81,7 +118,10 @@ class RemoteShard:
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 30.0,
                  key_hint: str | None = None) -> None:
-        parts = urllib.parse.urlparse(url)
+        try:
+            parts = urllib.parse.urlparse(url)
+        except ValueError as exc:  # an unclosed [IPv6 address
+            raise CollectionError(f"shard {url!r}: not a URL ({exc})") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise CollectionError(f"shard {url!r}: expected an http(s)://host:port URL")
         # The URL names the shard to clients (every hit's `shard` and `thumbnail`, /api/info,
@@ -98,9 +138,26 @@ class RemoteShard:
             parts.port  # noqa: B018  (raises on a port that is not a number 0-65535)
         except ValueError:
             raise CollectionError(f"shard {url!r}: the port is not a number 0-65535") from None
+        # what a request cannot be sent to failed at the first call with a bare UnicodeError
+        host = parts.hostname or ""
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:  # an empty or over-long label: a..b, 64+ characters
+            raise CollectionError(f"shard {url!r}: the host name is not a valid one ({exc})") from None
+        if not host or not host.isprintable() or any(c.isspace() for c in host):
+            raise CollectionError(f"shard {url!r}: the host name is not a valid one (spaces or "
+                                  "control characters)")
+        # A header carries printable ASCII only: a key with a line break or a non-ASCII
+        # character failed at the first call with an error quoting it. Said here, unquoted.
+        if api_key and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
+            raise CollectionError(f"shard {url.rstrip('/')}: the API key given for it has spaces, line "
+                                  "breaks or non-ASCII characters, which an X-API-Key header cannot carry "
+                                  f"(a key is xmk_...; {key_hint or self.KEY_HINT})")
         self.url = url.rstrip("/")
         self.api_key, self.timeout = api_key, timeout
         self.key_hint = key_hint or self.KEY_HINT
+        self._client: httpx.Client | None = None  # made at the first call (its TLS setup costs)
+        self._client_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
         self._labels: set[str] = set()  # labels seen on this shard (they are rarely removed)
         # the same per modality, from a server whose /api/info has labels_by_target (older
@@ -110,61 +167,132 @@ class RemoteShard:
     def __repr__(self) -> str:
         return f"RemoteShard({self.url!r})"
 
+    def _http(self) -> httpx.Client:
+        with self._client_lock:
+            if self._client is None:
+                import httpx
+
+                self._client = httpx.Client(
+                    # a redirect is refused, not followed: the API key would go along to
+                    # whatever host the Location names
+                    follow_redirects=False,
+                    # the system's CAs (and $SSL_CERT_FILE), as urllib used: a shard behind a
+                    # proxy with a private CA keeps working
+                    verify=ssl.create_default_context(),
+                    # idle connections are dropped before uvicorn's (5 s) are: a call on one the
+                    # server is closing would fail as "disconnected without a response"
+                    limits=httpx.Limits(keepalive_expiry=2.0),
+                    # an answer read raw: its size limit is the size kept
+                    headers={"User-Agent": f"xmodal/{__version__}", "Accept-Encoding": "identity"})
+            return self._client
+
+    def close(self) -> None:
+        """Close the connections kept to the server (a later call opens new ones)."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __del__(self) -> None:  # dropped unclosed: its kept connections close with it, not later
+        try:
+            self.close()
+        except Exception:  # at interpreter exit, modules may be gone already
+            pass
+
     def fetch(self, path: str, body: dict | None = None, max_bytes: int | None = None) -> tuple[bytes, str]:
         """``(bytes, content type)`` of the shard's answer to ``path`` (a GET, or a POST of the
         JSON ``body``), sent with this shard's key, redirects refused, the whole answer under
         one deadline and, with ``max_bytes``, at most that long. Failures are a
         :class:`CollectionError` naming the shard (:class:`ShardHTTPError` with the status for
         an HTTP error answer), never its key."""
-        req = urllib.request.Request(self.url + path, method="GET" if body is None else "POST",
-                                     data=None if body is None else json.dumps(body).encode())
-        req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("X-API-Key", self.api_key)
-        deadline = time.monotonic() + self.timeout
+        import httpx
+
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        client = self._http()
+        deadline = _Deadline(self.timeout)
         try:
-            with _OPENER.open(req, timeout=self.timeout) as resp:
-                # The socket timeout bounds each read, not the answer: a server trickling a
-                # byte at a time would hold this call (and its worker) for ever. Read in
-                # pieces against one deadline for the whole answer.
-                chunks, n = [], 0
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise self._timed_out(path)
-                    _set_read_timeout(resp, left)
-                    piece = resp.read1(1 << 16)
-                    if not piece:
-                        break
-                    chunks.append(piece)
-                    n += len(piece)
-                    if max_bytes is not None and n > max_bytes:
-                        raise CollectionError(f"shard {self.url}: {path} answered over {max_bytes} bytes")
-                return b"".join(chunks), resp.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as exc:
-            # enough to parse an xmodal JSON error whole; another server's page is cut in _error_words
-            detail = _error_words(exc.read(1 << 14).decode("utf-8", "replace"))
-            if exc.code in (401, 403):  # a private shard: say which key is missing and how to send one
-                raise ShardHTTPError(exc.code, self._key_message(path, exc.code, detail)) from None
-            if 300 <= exc.code < 400:
-                where = exc.headers.get("Location") if exc.headers is not None else None
-                raise ShardHTTPError(exc.code, f"shard {self.url}: {path} answered HTTP {exc.code}, a redirect "
-                                     f"to {where or '(no Location)'}; redirects are not followed (the API "
-                                     "key would go along): give the shard's own URL") from None
-            raise ShardHTTPError(exc.code, f"shard {self.url}: {path} answered HTTP {exc.code}: "
-                                 f"{detail}") from None
-        except TimeoutError:  # connecting, or the answer's deadline passed mid-read
-            raise self._timed_out(path) from None
-        except (urllib.error.URLError, OSError) as exc:
-            if isinstance(getattr(exc, "reason", None), TimeoutError):
-                raise self._timed_out(path) from None
-            raise CollectionError(f"shard {self.url}: unreachable ({exc})") from None
-        except http.client.HTTPException as exc:  # not HTTP (an ssh or database port), a broken answer
-            raise CollectionError(f"shard {self.url}: {path} did not answer HTTP ({type(exc).__name__}: "
-                                  f"{str(exc)[:80] or 'no detail'}); is it an `xmodal serve`?") from None
+            with client.stream("GET" if body is None else "POST", self.url + path, content=content,
+                               headers=headers, timeout=self.timeout,  # each step's; the deadline's below
+                               extensions={"trace": deadline.trace}) as resp:
+                try:
+                    deadline.watch(resp.extensions.get("network_stream"))
+                    ok = 200 <= resp.status_code < 300
+                    data = self._read(resp, deadline, path, max_bytes if ok else _ERROR_BYTES, cut=not ok)
+                finally:
+                    deadline.stop()
+        except httpx.HTTPError as exc:
+            raise self._failure(path, exc, deadline.expired) from None
+        except httpx.InvalidURL as exc:  # a host name httpx cannot send (urlparse took it)
+            raise CollectionError(f"shard {self.url}: not a URL a request can go to ({exc})") from None
+        finally:
+            deadline.stop()
+        if not ok:
+            raise self._http_error(path, resp, data)
+        return data, resp.headers.get("Content-Type", "")
+
+    def _read(self, resp: httpx.Response, deadline: _Deadline, path: str, limit: int | None,
+              cut: bool) -> bytes:
+        """The body of ``resp`` before the deadline, at most ``limit`` bytes (more is refused,
+        or with ``cut``, left unread). Read from ``resp.stream``, which leaves the connection
+        to the pool only when the response is closed, after the deadline's timer stopped."""
+        if deadline.left() <= 0:  # the headers came late (on a reused connection: not cut)
+            raise self._timed_out(path)
+        try:
+            size = int(resp.headers.get("Content-Length", ""))
+        except ValueError:
+            size = None
+        if limit is not None and not cut and size is not None and size > limit:  # said at once
+            raise CollectionError(f"shard {self.url}: {path} answered over {limit} bytes")
+        chunks, n = [], 0
+        for piece in resp.stream:
+            if deadline.left() <= 0:
+                raise self._timed_out(path)
+            chunks.append(piece)
+            n += len(piece)
+            if limit is not None and n > limit:
+                if cut:
+                    break
+                raise CollectionError(f"shard {self.url}: {path} answered over {limit} bytes")
+        data = b"".join(chunks)
+        return data[:limit] if cut else data
+
+    def _failure(self, path: str, exc: Exception, expired: bool) -> CollectionError:
+        """What an httpx error means for the user (``expired``: the deadline cut it)."""
+        import httpx
+
+        if expired or isinstance(exc, httpx.TimeoutException):
+            return self._timed_out(path)
+        if isinstance(exc, httpx.RemoteProtocolError):  # not HTTP (an ssh or database port), a broken answer
+            return CollectionError(f"shard {self.url}: {path} did not answer HTTP ({type(exc).__name__}: "
+                                   f"{str(exc)[:80] or 'no detail'}); is it an `xmodal serve`?")
+        cause = exc
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # https:// to a plain-HTTP port, or a certificate not trusted here
+            why = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or cause
+            return CollectionError(f"shard {self.url}: no TLS connection ({why}); `xmodal serve` itself "
+                                   "speaks plain HTTP: give http://, or the https:// of a TLS proxy "
+                                   "in front of it with a certificate this machine trusts")
+        return CollectionError(f"shard {self.url}: unreachable ({str(exc) or type(exc).__name__})")
+
+    def _http_error(self, path: str, resp: httpx.Response, data: bytes) -> ShardHTTPError:
+        code = resp.status_code
+        detail = _error_words(data.decode("utf-8", "replace"))
+        if code in (401, 403):  # a private shard: say which key is missing and how to send one
+            return ShardHTTPError(code, self._key_message(path, code, detail))
+        if 300 <= code < 400:
+            where = resp.headers.get("Location")
+            return ShardHTTPError(code, f"shard {self.url}: {path} answered HTTP {code}, a redirect "
+                                  f"to {where or '(no Location)'}; redirects are not followed (the API "
+                                  "key would go along): give the shard's own URL")
+        return ShardHTTPError(code, f"shard {self.url}: {path} answered HTTP {code}: {detail}")
 
     def _call(self, path: str, body: dict | None = None) -> Any:
-        data, _ = self.fetch(path, body)
+        data, _ = self.fetch(path, body, max_bytes=MAX_JSON_ANSWER)
         try:
             out = json.loads(data)
         except ValueError:  # some other web server at that address
@@ -452,11 +580,14 @@ class ShardedCollection:
         return first.space
 
     def close(self) -> None:
-        """Stop the worker pools, and close the collections :func:`open_shards` opened (ones
-        passed in stay open: they are the caller's)."""
+        """Stop the worker pools, close the remote shards' connections, and close the
+        collections :func:`open_shards` opened (ones passed in stay open: they are the caller's)."""
         self._pool.shutdown(wait=False)
         for pool in self._remote_pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
+        for shard in self.shards:
+            if isinstance(shard, RemoteShard):  # its kept connections (reopened if used again)
+                shard.close()
         for coll in self._owned:
             coll.close()
         self._owned = []

@@ -1,0 +1,250 @@
+"""RemoteShard's HTTP client (httpx) against small stand-in servers on 127.0.0.1: connections
+kept between calls, one deadline for a whole answer, size limits, TLS and key errors named."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from xmodal.index import CollectionError, RemoteShard, ShardedCollection
+from xmodal.index import shards as shards_mod
+
+INFO = b'{"images": 0, "texts": 0, "labels": [], "space": "s"}'
+
+
+@contextmanager
+def http11(routes: dict, seen: list | None = None):
+    """A keep-alive (HTTP/1.1) stand-in server: ``routes[path] = (status, headers, body)``;
+    each request's ``(client port, headers)`` is appended to ``seen``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self):
+            if seen is not None:
+                seen.append((self.client_address[1], {k.lower(): v for k, v in self.headers.items()}))
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)
+            status, headers, body = routes.get(self.path, (404, {}, b'{"detail": "Not Found"}'))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextmanager
+def raw(talk, read_first: bool = True):
+    """A bare TCP server: ``talk(conn)`` answers each connection as it likes (after reading
+    the request, with ``read_first``)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def loop():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=_talk, args=(conn,), daemon=True).start()
+
+    def _talk(conn):
+        try:
+            if read_first:
+                conn.recv(65536)
+            talk(conn)
+        except (OSError, ssl.SSLError):
+            pass  # the client gave up
+        finally:
+            conn.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        srv.close()
+
+
+def test_calls_reuse_one_connection_and_send_the_key(monkeypatch):
+    """urllib opened a new connection (a TCP handshake, a TLS one for https) per call; the
+    router makes one per shard per query. The key goes in X-API-Key on every call."""
+    seen: list = []
+    with http11({"/api/info": (200, {"Content-Type": "application/json"}, INFO),
+                 "/api/search": (200, {"Content-Type": "application/json"}, b'{"results": []}')}, seen) as url:
+        shard = RemoteShard(url, api_key="xmk_abc_secret", timeout=5)
+        shard.stats()
+        for _ in range(3):
+            assert shard.search({"vector": [0.0], "k": 3}) == []
+        shard.close()
+    assert len(seen) == 4 and len({port for port, _ in seen}) == 1, seen
+    assert all(h.get("x-api-key") == "xmk_abc_secret" for _, h in seen)
+    assert seen[1][1]["content-type"] == "application/json"
+    assert seen[0][1]["user-agent"].startswith("xmodal/")
+
+
+def test_sharded_collection_close_closes_the_shards_connections():
+    seen: list = []
+    with http11({"/api/info": (200, {}, INFO)}, seen) as url:
+        shard = RemoteShard(url, timeout=5)
+        ShardedCollection([shard]).close()
+        assert getattr(shard, "_client", "absent") is None
+        shard.stats()  # a later call opens a new connection
+    assert len({port for port, _ in seen}) == 2
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_a_json_answer_over_the_limit_is_refused(monkeypatch, length):
+    """A JSON answer was read whole, however long: a server streaming without end filled the
+    memory until the timeout."""
+    monkeypatch.setattr(shards_mod, "MAX_JSON_ANSWER", 1000, raising=False)
+    body = b'{"labels": ["' + b"x" * 5000 + b'"]}'
+
+    def talk(conn):
+        if length:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        else:  # no length said: refused once more than the limit has come
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+            for i in range(0, len(body), 500):
+                conn.sendall(body[i:i + 500])
+                time.sleep(0.01)
+
+    with raw(talk) as url:
+        with pytest.raises(CollectionError, match=rf"shard {url}: /api/info answered over 1000 bytes"):
+            RemoteShard(url, timeout=5).stats()
+
+
+def _stall(send, when: str) -> None:
+    """Answer slowly: nothing, part of the answer then nothing, or headers a byte at a time."""
+    if when == "mid-answer":
+        time.sleep(0.6)
+        send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    elif when == "trickled headers":  # every read gets a byte well within its timeout
+        for b in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"x" * 40:
+            send(bytes([b]))
+            time.sleep(0.15)
+    time.sleep(6)
+
+
+@pytest.mark.parametrize("when", ["before the headers", "mid-answer", "trickled headers"])
+def test_a_stalling_shard_is_cut_at_its_deadline_not_a_read_timeout_later(when):
+    """The deadline bounds the whole answer: a server that stalls after part of its answer
+    must not hold the call for a further read timeout, and one trickling its headers (urllib
+    read them with a timeout per read only) must not hold it at all."""
+    def talk(conn):
+        _stall(conn.sendall, when)
+
+    with raw(talk) as url:
+        shard = RemoteShard(url, timeout=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(CollectionError, match=r"timed out \(no complete answer within 1 s\)"):
+            shard.stats()
+        assert time.monotonic() - t0 < 1.5
+
+
+def test_https_to_a_plain_http_port_is_named_as_tls():
+    with http11({"/api/info": (200, {}, INFO)}) as url:
+        tls = url.replace("http://", "https://")
+        with pytest.raises(CollectionError) as exc:
+            RemoteShard(tls, timeout=5).stats()
+    msg = str(exc.value)
+    assert msg.startswith(f"shard {tls}: no TLS connection") and "http://" in msg, msg
+
+
+def test_a_refused_connection_is_unreachable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, not listening: refused
+        with pytest.raises(CollectionError, match=rf"shard {url}: unreachable \(.*refused"):
+            RemoteShard(url, timeout=5).stats()
+
+
+@pytest.mark.parametrize("key", ["xmk_abc_secret\n", "xmk_abc_sécret", " xmk_abc_secret"])
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(key):
+    """A key with a line break or a non-ASCII letter (a key file read with its newline) failed
+    at the first call with a ValueError or UnicodeEncodeError that quoted it: a traceback
+    from the command line, a 500 from a router."""
+    seen: list = []
+    with http11({"/api/info": (200, {}, INFO)}, seen) as url:
+        with pytest.raises(CollectionError) as exc:
+            RemoteShard(url, api_key=key, timeout=5).stats()
+    assert url in str(exc.value) and "X-API-Key" in str(exc.value) and "secret" not in str(exc.value)
+    assert seen == []
+
+
+def test_importing_the_index_does_not_import_httpx():
+    """httpx (about 0.1 s of imports) is loaded when a remote shard is first asked."""
+    code = "import sys, xmodal.index; print('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command)."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.mark.parametrize("stall", [None, "mid-answer", "trickled headers"])
+def test_an_https_shard_is_verified_with_the_system_cas_and_cut_at_its_deadline(tls_cert, monkeypatch, stall):
+    """Over TLS: the certificate is checked against the CAs this machine trusts ($SSL_CERT_FILE
+    here, as urllib did), and a stalling server is cut at the deadline (the TLS socket is the
+    one to shut down, not the TCP one it wraps)."""
+    cert, key = tls_cert
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    def talk(conn):
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            if stall:
+                _stall(tls.sendall, stall)
+            else:
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(INFO) + INFO)
+
+    with raw(talk, read_first=False) as url:
+        tls_url = url.replace("http://", "https://")
+        with pytest.raises(CollectionError, match=rf"shard {tls_url}: no TLS connection \(.*certificate"):
+            RemoteShard(tls_url, timeout=5).stats()  # not trusted yet
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        shard = RemoteShard(tls_url, timeout=1.0)
+        if not stall:
+            assert shard.stats()["space"] == "s"
+            return
+        t0 = time.monotonic()
+        with pytest.raises(CollectionError, match="timed out"):
+            shard.stats()
+        assert time.monotonic() - t0 < 1.5
