@@ -189,3 +189,24 @@ def test_back_and_forward_go_through_the_searches(server, page):
     wait_status(page, f"captions for image {name}")
     page.go_back()
     wait_status(page, f"for item {item}")
+
+
+def test_phone_tap_targets_are_large_enough_and_apart(server, browser):
+    """On a phone the ✓ and ✗ buttons were 26x21 px and touched each other: a thumb meaning
+    "relevant" could mark "not relevant". Now at least 32 px each, with a gap (WCAG 2.5.8
+    asks 24 px); the Add an image / API key toggles are as tall as 24 px."""
+    page = browser.new_page(bypass_csp=True, viewport={"width": 360, "height": 740},
+                            is_mobile=True, has_touch=True)
+    try:
+        page.goto(server["url"] + "/#q=green+trees&k=2&target=image")
+        page.wait_for_function("document.querySelectorAll('.card').length === 2")
+        up = page.locator(".card").nth(0).locator("button.up").bounding_box()
+        down = page.locator(".card").nth(0).locator("button.down").bounding_box()
+        for box in (up, down):
+            assert box["width"] >= 32 and box["height"] >= 32, box
+        assert down["x"] - (up["x"] + up["width"]) >= 4, (up, down)
+        for toggle in ("#add-box summary", "#key-box summary"):
+            assert page.locator(toggle).bounding_box()["height"] >= 24, toggle
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    finally:
+        page.close()

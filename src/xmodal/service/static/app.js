@@ -302,6 +302,7 @@ function render(results) {
     down.setAttribute("aria-label", "not relevant");
     down.addEventListener("click", () => mark(h.id, "nrel"));
     const btns = document.createElement("span");
+    btns.className = "marks";
     btns.append(up, down);
     meta.append(score, btns);
     card.append(meta);
