@@ -45,24 +45,20 @@ def _sign_flip_null(x: np.ndarray, y: np.ndarray, n_resamples: int, seed: int,
     rng = np.random.RandomState(seed)
     n = len(x)
     batch = max(1, RESAMPLE_BYTES // (16 * n))  # the uniforms, 2 per query and resample
+    diff = x - y  # y - x is -(x - y) exactly: IEEE subtraction is symmetric
     null = np.empty(n_resamples)
     for k in range(0, n_resamples, batch):
         m = min(batch, n_resamples - k)
         u = rng.random_sample((m, n, 2))
-        swap = u[..., 1] < u[..., 0]  # resamples x queries
+        swap = np.ascontiguousarray((u[..., 1] < u[..., 0]).T)  # queries x resamples
         del u
-        # x - y where kept, y - x where swapped, subtracted as scipy does, in a (resamples x
-        # queries) array laid out queries-major (Fortran order) as scipy's is: NumPy then adds
-        # each resample's queries one after another, as for scipy's, and the sums are the same
-        # bit for bit (a C-order array would be summed pairwise: other last bits)
-        d, other = np.empty((m, n), order="F"), np.empty((m, n), order="F")
-        np.copyto(d, x)
-        np.copyto(d, y, where=swap)
-        np.copyto(other, y)
-        np.copyto(other, x, where=swap)
-        d -= other
-        del other, swap
-        null[k:k + m] = d.sum(axis=-1)
+        d = np.empty((n, m))
+        d[...] = diff[:, None]
+        np.negative(d, out=d, where=swap)
+        # summed over the queries of a (resamples x queries) array laid out queries-major, as
+        # scipy's is: NumPy adds each resample's queries one after another for both, and the
+        # sums are the same bit for bit (a resamples-major array would be summed pairwise)
+        null[k:k + m] = d.T.sum(axis=-1)
         if on_progress is not None:
             on_progress(m)
     return null
