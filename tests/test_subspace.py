@@ -205,9 +205,13 @@ def test_mlcca_covariances_are_label_similarity_weighted_sums():
     Cxx = sum(S[i, j] * np.outer(X[i] - mx, X[i] - mx) for i in range(n) for j in range(n)) / W
     Cyy = sum(S[i, j] * np.outer(Y[j] - my, Y[j] - my) for i in range(n) for j in range(n)) / W
     A, B, rho = m.image_weights_, m.text_weights_, m.correlations_
-    np.testing.assert_allclose(A.T @ Cxx @ A, np.eye(3), atol=1e-8)
-    np.testing.assert_allclose(B.T @ Cyy @ B, np.eye(3), atol=1e-8)
-    np.testing.assert_allclose(A.T @ Cxy @ B, np.diag(rho), atol=1e-8)
+    # unit-norm directions (the authors' code), each still a weighted canonical pair
+    np.testing.assert_allclose(np.linalg.norm(A, axis=0), 1, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(B, axis=0), 1, atol=1e-12)
+    va, vb = np.diag(A.T @ Cxx @ A), np.diag(B.T @ Cyy @ B)
+    np.testing.assert_allclose(A.T @ Cxx @ A, np.diag(va), atol=1e-8)
+    np.testing.assert_allclose(B.T @ Cyy @ B, np.diag(vb), atol=1e-8)
+    np.testing.assert_allclose(A.T @ Cxy @ B, np.diag(rho * np.sqrt(va * vb)), atol=1e-8)
     # the leading weighted canonical correlations, from the generalised eigenproblem
     ev = linalg.eigh(Cxy @ linalg.solve(Cyy, Cxy.T), Cxx, eigvals_only=True)[::-1]
     np.testing.assert_allclose(rho ** 2, ev[:3], rtol=1e-6)

@@ -130,11 +130,13 @@ class MultiLabelCCA(CCA):
     either view) are dropped, so the embedding may have fewer than ``n_components`` dimensions.
     A pair without labels has s_ij = 0 with every other and weighs nothing.
 
-    Two details differ from the authors' Fast ml-CCA MATLAB code (whose sums are these): the
-    views are centred on the s-weighted means (so Cxy is a covariance; the code subtracts the
-    plain means: 0.236 / 0.184 MAP on Wikipedia against 0.236 / 0.182 here), and each direction
-    is scaled to unit weighted variance, a'Cxx a = 1, as in :class:`CCA` (the code keeps unit
-    Euclidean norm, which weighs the dimensions differently under cosine scoring).
+    Each direction has unit Euclidean norm, as the eigenvectors of the authors' Fast ml-CCA
+    MATLAB code (whose sums are these), not unit weighted variance as in :class:`CCA`; the
+    two weigh the dimensions differently under cosine scoring, and unit norm was better on
+    three 80/20 splits of the Wikipedia training pairs (validation MAP +0.019 to +0.028 image
+    to text, +0.011 to +0.015 text to image). One detail differs from that code: the views
+    are centred on the s-weighted means (so Cxy is a covariance; the code subtracts the plain
+    means, within 0.002 MAP of this on Wikipedia).
     """
 
     supervised = True
@@ -156,6 +158,8 @@ class MultiLabelCCA(CCA):
         # Cxy has rank at most (distinct label patterns - 1): on single-label data with c classes,
         # pairs past c - 1 have zero correlation and a direction set by rounding: _solve drops them
         self._solve(Cxx, Cyy, Cxy)
+        self.image_weights_ = self.image_weights_ / np.linalg.norm(self.image_weights_, axis=0)
+        self.text_weights_ = self.text_weights_ / np.linalg.norm(self.text_weights_, axis=0)
 
 
 @register("cfa")
