@@ -210,3 +210,15 @@ def test_phone_tap_targets_are_large_enough_and_apart(server, browser):
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
     finally:
         page.close()
+
+
+def test_the_drop_zone_button_opens_the_file_picker_when_clicked(server, page):
+    """The drop zone says it is a button (role=button), but only Enter/Space opened the file
+    picker: a click on it (a mouse outside the 'choose a file' link, a screen reader's
+    browse mode, which clicks) did nothing."""
+    page.goto(server["url"] + "/")
+    with page.expect_file_chooser(timeout=5000) as fc:
+        page.click("#drop", position={"x": 8, "y": 8})  # the zone, not its link
+    name = sorted(server["captions"])[1]
+    fc.value.set_files(str(server["folder"] / name))
+    wait_status(page, f"captions for image {name}")

@@ -381,6 +381,9 @@ const drop = $("drop");
 drop.addEventListener("keydown", (e) => {  // the hidden file input cannot take focus itself
   if (e.target === drop && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); $("file").click(); }
 });
+drop.addEventListener("click", (e) => {  // a button to a mouse and a screen reader too (the link opens it itself)
+  if (e.target === drop) $("file").click();
+});
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
