@@ -115,6 +115,46 @@ def free_port() -> int:
 
 
 @contextmanager
+def canned_server(routes: dict, seen: list | None = None, keep_alive: bool = False):
+    """A stand-in HTTP server on 127.0.0.1: ``routes[(method, path)]`` or ``routes[path]`` =
+    ``(status, headers, body)``; each request's ``(client port, lower-cased headers)`` is
+    appended to ``seen``. ``keep_alive`` answers HTTP/1.1 (connections kept between calls)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+        def _answer(self):
+            if seen is not None:
+                seen.append((self.client_address[1], {k.lower(): v for k, v in self.headers.items()}))
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)
+            missing = (404, {}, b'{"detail": "Not Found"}')
+            status, headers, body = routes.get((self.command, self.path), routes.get(self.path, missing))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextmanager
 def serving(app):
     """``app`` served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
     import threading

@@ -10,50 +10,19 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import canned_server
 from xmodal.index import CollectionError, RemoteShard, ShardedCollection
 from xmodal.index import shards as shards_mod
 
 INFO = b'{"images": 0, "texts": 0, "labels": [], "space": "s"}'
 
 
-@contextmanager
 def http11(routes: dict, seen: list | None = None):
-    """A keep-alive (HTTP/1.1) stand-in server: ``routes[path] = (status, headers, body)``;
-    each request's ``(client port, headers)`` is appended to ``seen``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self):
-            if seen is not None:
-                seen.append((self.client_address[1], {k.lower(): v for k, v in self.headers.items()}))
-            n = int(self.headers.get("Content-Length") or 0)
-            if n:
-                self.rfile.read(n)
-            status, headers, body = routes.get(self.path, (404, {}, b'{"detail": "Not Found"}'))
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    """A keep-alive (HTTP/1.1) stand-in server; ``seen`` gets each request's (client port, headers)."""
+    return canned_server(routes, seen, keep_alive=True)
 
 
 @contextmanager

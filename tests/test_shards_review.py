@@ -9,12 +9,11 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from conftest import serving
+from conftest import canned_server, serving
 from xmodal.index import Collection, CollectionError, RemoteShard, ShardedCollection, open_shards
 
 DIM = 8
@@ -43,39 +42,8 @@ def parts(tmp_path_factory):
         c.close()
 
 
-@contextmanager
-def canned(routes: dict, seen: list | None = None):
-    """A stand-in server: ``routes[(method, path)] = (status, headers, body)``; the request
-    headers it got are appended to ``seen``."""
+canned = canned_server  # routes[(method, path)] = (status, headers, body)
 
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self):
-            if seen is not None:
-                seen.append({k.lower(): v for k, v in self.headers.items()})
-            n = int(self.headers.get("Content-Length") or 0)
-            if n:
-                self.rfile.read(n)
-            status, headers, body = routes.get((self.command, self.path), (404, {}, b'{"detail": "Not Found"}'))
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _answer
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def _info(coll: Collection) -> bytes:
