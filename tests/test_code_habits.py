@@ -68,3 +68,16 @@ def test_no_todo_markers_in_the_source():
     hits = [f"{p.relative_to(SRC.parent)}:{i}" for p in sorted(SRC.rglob("*.py"))
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if marker.search(line)]
     assert not hits, f"TODO/FIXME/XXX left in: {hits}"
+
+
+def test_ruff_finds_nothing():
+    """pyflakes' checks (pyproject.toml [tool.ruff]): an unused import or variable, or a name
+    used but never defined, in the package, its tests or benchmarks."""
+    import subprocess
+    import sys
+
+    root = SRC.parents[1]
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
+                          "src", "tests", "benchmarks"], cwd=root, capture_output=True, text=True)
+    assert "No module named ruff" not in out.stderr, "ruff is a dev dependency: pip install -e '.[dev]'"
+    assert out.returncode == 0, out.stdout + out.stderr
