@@ -263,3 +263,15 @@ def test_text_on_the_page_is_readable(server, page):
     page.press("#q", "Enter")
     wait_status(page, "422")
     assert page.evaluate(CONTRAST) == []
+
+
+def test_an_image_searchs_entry_after_a_reload_says_to_choose_the_image_again(server, page):
+    """An uploaded image lives in no URL: after a reload (or Back to an entry whose file is no
+    longer kept) the page was blank without a word."""
+    page.goto(server["url"] + "/")
+    name = sorted(server["captions"])[3]
+    page.set_input_files("#file", str(server["folder"] / name))
+    wait_status(page, f"for image {name}")
+    page.reload()
+    wait_status(page, "choose it again")
+    assert page.locator(".card").count() == 0

@@ -9,6 +9,7 @@ const state = { q: "", item: null, target: "", k: 20, labels: "", rel: new Set()
 // kept while the page is open (the last few), so Back can return to its search.
 const uploads = new Map();
 let uploadCount = 0;
+let lostUpload = false;  // the entry shown is an image search whose file is gone
 
 function apiKey() { return localStorage.getItem("xmodal-key") || ""; }
 function headers(extra = {}) {
@@ -176,7 +177,10 @@ async function runSearch(seq) {
     r = await call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
   } else {
     clearResults();
-    setStatus("");
+    // an image search's entry whose file is not kept (the page reloaded since): not a blank page
+    const lost = lostUpload;
+    lostUpload = false;
+    setStatus(lost ? "The image searched by here is not kept once the page reloads: choose it again, or drop it." : "");
     return;
   }
   if (seq !== searchSeq) return;
@@ -435,9 +439,11 @@ window.addEventListener("popstate", (e) => {
   const upload = e.state && e.state.upload;
   state.image = uploads.get(upload) || null;
   state.upload = state.image ? upload : null;
+  lostUpload = upload != null && !state.image;
   writeHash();
   search();
 });
 readHash();
+lostUpload = history.state != null && history.state.upload != null;  // a reload forgets the files
 writeHash();  // a link's ids that were dropped leave the URL too
 search();
