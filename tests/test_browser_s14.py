@@ -275,3 +275,19 @@ def test_an_image_searchs_entry_after_a_reload_says_to_choose_the_image_again(se
     page.reload()
     wait_status(page, "choose it again")
     assert page.locator(".card").count() == 0
+
+
+def test_opening_the_page_asks_for_nothing_missing(server, browser):
+    """Every page load asked for /favicon.ico and got a 404: a console error in the browser
+    and a 404 line in the server's log for each visitor. The page names its own icon."""
+    page = browser.new_page()  # under the page's own CSP: the icon must be allowed by it
+    bad, console = [], []
+    page.on("response", lambda r: bad.append((r.status, r.url)) if r.status >= 400 else None)
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(server["url"] + "/#q=green+trees&k=2&target=image")
+        page.locator(".card img").nth(1).wait_for()
+        page.wait_for_timeout(500)  # the icon is asked for after the load
+    finally:
+        page.close()
+    assert not bad and not console, (bad, console)
