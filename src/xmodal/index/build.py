@@ -243,7 +243,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     method = DEFAULT_METHOD if method is None else method
     index = "Flat" if index is None else index
     images, texts = _scan(source, collection_path, data_options)
-    if Collection.exists(collection_path) and not overwrite:
+    if not overwrite and Collection.exists(collection_path):  # a damaged one can be rebuilt
         return _add_to(collection_path, images, texts, like, quiet, batch_size, prune, asked)
     if like is not None:
         base = _base(like)
@@ -360,7 +360,7 @@ def plan_collection(source: str | Path, collection_path: str | Path, *, method: 
     images, texts = _scan(source, collection_path, data_options)
     out: dict[str, Any] = {"source": str(source), "collection": str(collection_path),
                            "images": len(images), "texts": len(texts)}
-    if Collection.exists(collection_path) and not overwrite:
+    if not overwrite and Collection.exists(collection_path):  # a damaged one can be rebuilt
         coll = _existing(collection_path, like)
         try:
             _refuse_other_options(coll, asked)

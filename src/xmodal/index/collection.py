@@ -98,6 +98,10 @@ class CollectionExistsError(CollectionError):
     """Creating a collection where a complete one already is (without overwrite)."""
 
 
+class UnreadableDatabaseError(CollectionError):
+    """A ``collection.db`` that SQLite cannot read (truncated, overwritten, not a database)."""
+
+
 def writable(path: Path) -> bool:
     """Whether this process may write the collection folder and its database."""
     return store_writable(path, path / DB_NAME)
@@ -110,8 +114,14 @@ def _open_store(db: Path, read_only: bool | None = None) -> Store:
         read_only = not writable(db.parent)
     try:
         return Store(db, read_only=read_only)
-    except sqlite3.DatabaseError as exc:
-        raise CollectionError(f"{db}: not a readable collection database ({exc})") from None
+    except sqlite3.OperationalError as exc:
+        # locked past the timeout, an I/O error, a file this user cannot open: not damage
+        raise CollectionError(f"{db}: cannot open the collection database ({exc})") from None
+    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged
+        raise UnreadableDatabaseError(
+            f"{db}: not a readable collection database ({exc}); restore the folder from a copy "
+            f"(`xmodal snapshot`), or start again: `xmodal index SOURCE -c {db.parent} --rebuild` "
+            f"deletes it") from None
 
 
 @contextmanager
@@ -486,11 +496,18 @@ class Collection:
         db = path / DB_NAME
         old = False
         if db.exists():
-            store = _open_store(db)
-            complete = store.get_meta("format") is not None
-            store.close()
-            if complete and not overwrite:
-                raise CollectionExistsError(f"{path}: a collection already exists (pass overwrite=True)")
+            try:
+                store = _open_store(db)
+            except UnreadableDatabaseError:
+                # a damaged database (truncated, overwritten): what a rebuild is for; without
+                # overwrite it stays, for the user to restore or recover
+                if not overwrite:
+                    raise
+            else:
+                complete = store.get_meta("format") is not None
+                store.close()
+                if complete and not overwrite:
+                    raise CollectionExistsError(f"{path}: a collection already exists (pass overwrite=True)")
             old = True
         # Every argument is checked before the old collection goes: a rebuild refused for a
         # typo (an index spec, an encoder name) must leave the collection it would replace.
@@ -1448,8 +1465,26 @@ class Collection:
         """One hit list per row of a search's scores ``S`` and ids ``I``: FAISS's -1 (a short
         answer) and items deleted since the index was loaded are left out. The items of every
         row are read at once (``get_items``: one statement per 900 distinct ids), not row by row."""
+        return self._read_hit_rows(S, I)[0]
+
+    def _searched_rows(self, search: Callable[[], tuple[np.ndarray, np.ndarray]]) -> list[list[Hit]]:
+        """The hit rows of ``search()`` (an index search). An item another process deleted
+        between the index search and the item read would leave its row short of k hits while
+        the collection holds more: the indexes then catch up (:meth:`refresh`) and the search
+        runs again (at most three times; a writer deleting faster than that leaves it short)."""
+        for attempt in range(3):
+            S, I = search()
+            rows, gone = self._read_hit_rows(S, I)
+            if not gone or attempt == 2 or not self.refresh():
+                return rows
+        raise AssertionError("unreachable")
+
+    def _read_hit_rows(self, S: np.ndarray, I: np.ndarray) -> tuple[list[list[Hit]], bool]:
+        """:meth:`_hit_rows`, and whether an item was left out as deleted since the index answered."""
         ok = I >= 0
-        items = self.get_items(np.unique(I[ok]).tolist())
+        ids = np.unique(I[ok]).tolist()
+        items = self.get_items(ids)
+        gone = len(items) < len(ids)
         handed: set[int] = set()  # items already in an earlier row's hits
         out = []
         for s_row, i_row, ok_row in zip(S, I, ok):
@@ -1469,7 +1504,7 @@ class Collection:
                 h.score = s
                 hits.append(h)
             out.append(hits)
-        return out
+        return out, gone
 
     def search_vector(self, vector: np.ndarray, target: str = "image", k: int = 10, *,
                       labels: Sequence[str] | None = None, exact: bool = False,
@@ -1489,9 +1524,12 @@ class Collection:
         q, fq = self.rocchio(q, relevant, nonrelevant, *feedback, fq=fq)
         fetch = k
         while True:
-            S, I = self.search_vectors(q, target, fetch, labels=labels, exact=exact, fq=fq,
-                                       rerank=rerank, exclude=exclude, check_labels=False)
-            hits = self._hits(S[:1], I[:1])
+            def search(fetch: int = fetch) -> tuple[np.ndarray, np.ndarray]:
+                S, I = self.search_vectors(q, target, fetch, labels=labels, exact=exact, fq=fq,
+                                           rerank=rerank, exclude=exclude, check_labels=False)
+                return S[:1], I[:1]
+
+            hits = self._searched_rows(search)[0]
             if not distinct or target != "text":
                 return hits
             seen: set[str] = set()
@@ -1556,9 +1594,10 @@ class Collection:
             self.refresh()
             if kw.get("check_labels", True):
                 self.check_labels(kw.get("labels"), target)
-            S, I = self.search_vectors(Q, target, k, labels=kw.get("labels"), exact=kw.get("exact", False),
-                                       fq=FQ, rerank=rerank, check_labels=False)
-            return self._hit_rows(S, I)  # the items of every row in one read
+            # the items of every row in one read
+            return self._searched_rows(lambda: self.search_vectors(
+                Q, target, k, labels=kw.get("labels"), exact=kw.get("exact", False), fq=FQ,
+                rerank=rerank, check_labels=False))
         return [self.search_vector(Q[r], target, k, fq=None if FQ is None else FQ[r:r + 1],
                                    rerank=rerank, **kw) for r in range(len(Q))]
 

@@ -1,0 +1,126 @@
+"""Session 14 robustness review of the persistent collection: a damaged database that only a
+rebuild can mend, and searches racing another process's deletes."""
+
+import numpy as np
+import pytest
+
+from xmodal.index import Collection, CollectionError
+from xmodal.index.collection import UnreadableDatabaseError
+
+
+def _vectors(path, n=30, dim=8):
+    X = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    with Collection.create(path, dim=dim) as c:
+        c.add_vectors("image", [f"k{i}" for i in range(n)], X, labels=[["a"]] * n)
+    return X
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "header-only"])
+def test_a_damaged_database_is_named_kept_and_rebuilt_on_request(tmp_path, damage):
+    path = tmp_path / "c"
+    X = _vectors(path)
+    db = path / "collection.db"
+    raw = db.read_bytes()
+    if damage == "truncated":  # a copy cut short (full disk), the header intact
+        db.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        db.write_bytes(np.random.default_rng(1).bytes(len(raw)))
+    else:
+        db.write_bytes(b"SQLite format 3\0")
+    before = db.read_bytes()
+    # Opening, and creating without overwrite, name the file and the cures, and leave it be.
+    for attempt in (lambda: Collection.open(path), lambda: Collection.exists(path),
+                    lambda: Collection.create(path, dim=8)):
+        with pytest.raises(UnreadableDatabaseError) as exc:
+            attempt()
+        assert str(db) in str(exc.value) and "--rebuild" in str(exc.value)
+    assert db.read_bytes() == before
+    # A rebuild (overwrite) is what it is for: it starts again instead of refusing.
+    with Collection.create(path, dim=8, overwrite=True) as c:
+        assert c.count() == 0
+        c.add_vectors("image", ["new"], X[:1])
+        assert c.search_vector(X[0], "image", 1)[0].key == "new"
+
+
+def test_build_collection_rebuilds_over_a_damaged_database(tmp_path, monkeypatch):
+    from xmodal.index import build_collection
+
+    path = tmp_path / "c"
+    _vectors(path)
+    (path / "collection.db").write_bytes(b"not a database at all" * 100)
+    # the rebuild gets past the existence check (which cannot read the file) to create
+    seen = {}
+
+    def fake_create(cls_path, **kw):
+        seen["overwrite"] = kw.get("overwrite")
+        raise CollectionError("stop here")
+
+    monkeypatch.setattr(Collection, "create", staticmethod(fake_create))
+    monkeypatch.setattr("xmodal.index.build._scan", lambda *a: ([], []))
+    monkeypatch.setattr("xmodal.index.build._check_method", lambda *a, **k: None)
+    with pytest.raises(UnreadableDatabaseError):
+        build_collection("src", path, method=object())
+    with pytest.raises(Exception) as exc:
+        build_collection("src", path, method=object(), overwrite=True)
+    assert not isinstance(exc.value, UnreadableDatabaseError)
+
+
+def test_a_locked_database_is_not_called_damaged(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "c"
+    _vectors(path)
+    hold = sqlite3.connect(path / "collection.db", isolation_level=None)
+    hold.execute("PRAGMA locking_mode=EXCLUSIVE")
+    hold.execute("BEGIN EXCLUSIVE")
+    try:
+        import xmodal.index.store as store_mod
+
+        real = store_mod.sqlite3.connect
+
+        def quick(*a, **k):  # do not wait 30 s for the lock
+            k["timeout"] = 0.05
+            return real(*a, **k)
+
+        store_mod.sqlite3.connect = quick
+        try:
+            with pytest.raises(CollectionError) as exc:
+                Collection.create(path, dim=8, overwrite=True)
+        finally:
+            store_mod.sqlite3.connect = real
+        assert not isinstance(exc.value, UnreadableDatabaseError)
+    finally:
+        hold.execute("ROLLBACK")
+        hold.close()
+    with Collection.open(path) as c:  # nothing was deleted
+        assert c.count("image") == 30
+
+
+def test_a_search_racing_another_process_delete_still_answers_k(tmp_path):
+    """Items deleted by another writer between the FAISS search and the item read used to be
+    dropped, so a search over 29 items asked for 5 answered 3."""
+    path = tmp_path / "c"
+    X = _vectors(path)
+    reader, writer = Collection.open(path), Collection.open(path)
+    try:
+        top = [h.id for h in reader.search_vector(X[0], "image", 5)]
+        real = reader.search_vectors
+        raced = []
+
+        def racing(*a, **k):
+            out = real(*a, **k)
+            if not raced:  # the other process's delete lands right after the index answered
+                raced.append(writer.delete(ids=top[:2]))
+            return out
+
+        reader.search_vectors = racing
+        hits = reader.search_vector(X[0], "image", 5)
+        assert len(hits) == 5 and not set(top[:2]) & {h.id for h in hits}
+        # the batch path (one FAISS search for several queries) likewise
+        top = [h.id for h in reader.search_vector(X[1], "image", 5)]
+        raced.clear()
+        batch = reader._search_rows((X[1:3], None), 5, "image", {})
+        assert [len(r) for r in batch] == [5, 5]
+    finally:
+        reader.close()
+        writer.close()
