@@ -149,7 +149,8 @@ class DCMH(_DeepHashing):
     scale, with Adam and the partly stale F/G buffers, the nets' shared bias oscillates and
     grows and the codes collapse (Wikipedia, 16-128 bits: MAP at chance, 0.11-0.18). The
     paper alternates image and text steps; here each mini-batch updates both nets, each
-    against the other modality's buffer. Early stopping (supervised: labels allowed) scores
+    against the other modality's buffer, with Adam (the authors' code: SGD, its rate decaying
+    linearly to 1e-6). Early stopping (supervised: labels allowed) scores
     the hashing protocol on the validation split, or on 10% of the training images held out
     (their queries against the remaining training items as database). Mini-batches of 64:
     the nets start near the bilinear saddle F'G = 0 and need steps, not epochs, to leave it
@@ -264,6 +265,14 @@ class SSAH(_DeepHashing):
     over all training rows (for LabNet, over pairs of rows) while quantization, label
     prediction and the adversarial loss are per item (everything divided by n); early
     stopping and the final B-step as in :class:`DCMH`.
+    The paper is followed where the authors' TensorFlow code departs from it: their
+    likelihood terms are half the squared difference of its two parts, l2_loss(SΔ - log(1 +
+    e^Δ)) with S scaled to 0.999, not the negative log-likelihood; each modality net
+    quantizes to the signs of its own batch outputs, so the unified B they compute is never
+    used; and the modality nets' adversarial term reads the discriminator on a fed-in copy of
+    the features, so no gradient from it reaches the nets.
+    LabNet here is trained once, before the modality nets (its objective involves the labels
+    alone), and then kept fixed.
     """
 
     supervised = True
@@ -576,9 +585,11 @@ class UCCH(_DeepHashing):
     ``warmup_epochs`` the bank is skipped and the batch itself supplies the negatives.
     Loss weights, bank size, temperature, margin, shift, momentum, warm-up and weight decay
     as in the authors' code; not theirs: ``lr`` 1e-3 (1e-4), batches of 128 (256), 30 epochs
-    at a constant rate (100, divided by 10 at epoch 30), no gradient-norm clipping (theirs
-    clips at 1), 512-wide nets with two hidden layers per modality (8192-wide, two for images
-    and one for texts), and the last epoch is kept (theirs keeps the epoch with the best
+    at a constant rate (100, divided by 10 at epochs 30, 60 and 90), no gradient-norm clipping
+    (theirs clips at 1), the initial bank's signs balanced (theirs: sign(2σ·N(0,1) - σ),
+    about 69 % -1; the warm-up rewrites the rows it trains on before the bank is first read),
+    512-wide nets with two hidden layers per modality (8192-wide, two for images and one for
+    texts), and the last epoch is kept (theirs keeps the epoch with the best
     labelled MAP on 2000 retrieval items, which an unsupervised method here may not see).
     """
 
