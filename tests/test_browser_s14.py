@@ -291,3 +291,21 @@ def test_opening_the_page_asks_for_nothing_missing(server, browser):
     finally:
         page.close()
     assert not bad and not console, (bad, console)
+
+
+def test_each_mark_button_is_described_by_its_results_caption(server, page):
+    """Every ✓/✗ was named "relevant" / "not relevant" alone: a screen reader's list of
+    buttons did not say which result each one marks."""
+    page.goto(server["url"] + "/#q=green+trees&target=image&k=4")
+    page.wait_for_selector(".card .up")
+    cards = page.locator(".card")
+    assert cards.count() == 4
+    ids = set()
+    for i in range(4):
+        card = cards.nth(i)
+        cap = card.locator(".caption")
+        cap_id = cap.get_attribute("id")
+        ids.add(cap_id)
+        for sel in (".up", ".down"):
+            assert card.locator(sel).get_attribute("aria-describedby") == cap_id
+    assert len(ids) == 4 and None not in ids

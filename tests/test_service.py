@@ -225,7 +225,10 @@ def test_bad_uploads_and_traversal(setup, tmp_path):
     assert c.get(f"/api/items/{text_item.id}/thumbnail").status_code == 404
     # a declared body over the limit is refused before it is read
     r = c.post("/api/search", content=b"{}", headers={"Content-Length": "999999999", "Content-Type": "application/json"})
-    assert r.status_code == 413
+    assert r.status_code == 413 and r.json()["detail"] == "request body over 2000000 bytes"
+    from xmodal.service.app import _size  # a limit in whole MiB is said so, as it was set
+
+    assert (_size(20 << 20), _size(4 << 20), _size(2_000_000)) == ("20 MiB", "4 MiB", "2000000 bytes")
 
 
 def test_health_metrics_openapi(setup):

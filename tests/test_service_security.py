@@ -71,7 +71,7 @@ def test_an_oversized_json_body_is_refused_before_it_is_parsed(setup):
     c = setup["client"]
     body = b'{"vector": [' + b"0," * 3_000_000 + b'0]}'  # 6 MB: under the upload limit
     r = c.post("/api/search", content=body, headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and "over 4194304 bytes" in r.json()["detail"]
+    assert r.status_code == 413 and "over 4 MiB" in r.json()["detail"]
 
     def streamed():  # no Content-Length: counted as it comes
         yield b'{"vector": ['

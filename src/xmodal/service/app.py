@@ -207,7 +207,7 @@ class BodyLimit:
             except ValueError:
                 declared = -1
             if declared < 0 or declared > limit:
-                return await _plain(send, 413, f"request body over {limit} bytes")
+                return await _plain(send, 413, f"request body over {_size(limit)}")
         seen, over, started = 0, False, False
 
         async def limited() -> dict:
@@ -235,7 +235,7 @@ class BodyLimit:
             if not over:  # whatever the app made of the cut-off body, it was too large
                 raise
         if over and not started:
-            await _plain(send, 413, f"request body over {limit} bytes")
+            await _plain(send, 413, f"request body over {_size(limit)}")
 
 
 class SecurityHeaders:
@@ -351,6 +351,11 @@ class Observe:
 
 class _TooLarge(Exception):
     pass
+
+
+def _size(n: int) -> str:
+    """A limit as people set it: 20971520 -> "20 MiB" (a limit not in whole MiB: its bytes)."""
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
 
 
 async def _plain(send: Any, status: int, detail: str) -> None:
@@ -801,7 +806,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     async def read_upload(file: UploadFile) -> bytes:
         data = await file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"{file.filename}: upload over {max_upload_bytes} bytes")
+            raise HTTPException(413, f"{file.filename}: upload over {_size(max_upload_bytes)}")
         return data
 
     # --------------------------------------------------------------- public routes

@@ -276,6 +276,7 @@ function render(results) {
     cap.className = "caption";
     cap.textContent = shown;
     cap.title = shown;  // whole, however long: the card shows a few lines
+    cap.id = "cap-" + (local ? "" : hostOf(h.shard) + "-") + h.id;
     if (local) cap.addEventListener("click", () => byItem(h.id));  // the picture is the keyboard's way in
     card.append(pic, cap);
     if (h.labels && h.labels.length) {
@@ -300,10 +301,12 @@ function render(results) {
     const up = document.createElement("button");
     up.type = "button"; up.className = "up"; up.textContent = "✓"; up.title = "relevant";
     up.setAttribute("aria-label", "relevant");
+    up.setAttribute("aria-describedby", cap.id);  // a list of buttons says which result each marks
     up.addEventListener("click", () => mark(h.id, "rel"));
     const down = document.createElement("button");
     down.type = "button"; down.className = "down"; down.textContent = "✗"; down.title = "not relevant";
     down.setAttribute("aria-label", "not relevant");
+    down.setAttribute("aria-describedby", cap.id);
     down.addEventListener("click", () => mark(h.id, "nrel"));
     const btns = document.createElement("span");
     btns.className = "marks";
