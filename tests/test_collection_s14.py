@@ -124,3 +124,20 @@ def test_a_search_racing_another_process_delete_still_answers_k(tmp_path):
     finally:
         reader.close()
         writer.close()
+
+
+def test_scanning_a_source_skips_a_damaged_collection_inside_it(tmp_path):
+    """`xmodal index . -c my.xmc` leaves collections inside the source out; one whose database
+    is damaged (or half made) failed the whole scan with that database's error."""
+    from xmodal.index.build import scan_folder
+
+    src = tmp_path / "photos"
+    (src / "beach").mkdir(parents=True)
+    (src / "beach" / "a.jpg").write_bytes(b"\xff\xd8 not decoded by a scan")
+    for name, db in (("old.xmc", b"garbage" * 50), ("half.xmc", b"")):
+        (src / name / "thumbs").mkdir(parents=True)
+        (src / name / "collection.db").write_bytes(db)
+        (src / name / "thumbs" / "t.jpg").write_bytes(b"x")
+    images, _ = scan_folder(src)
+    assert [it.key for it in images] == ["beach/a.jpg"]
+    assert (src / "half.xmc" / "collection.db").read_bytes() == b""  # a scan writes nothing there

@@ -19,7 +19,7 @@ from ..data.dataset import DataError
 from ..data._probe import PROBE_SAMPLE, any_file
 from ..data.karpathy import IMAGE_EXTENSIONS
 from .vector import check_spec
-from .collection import (Collection, CollectionError, CollectionExistsError, ImageItem, TextItem,
+from .collection import (DB_NAME, Collection, CollectionError, CollectionExistsError, ImageItem, TextItem,
                          encode_items, get_encoder)
 
 #: The learned common space fitted on a source's pairs when no fitted model is given.
@@ -74,7 +74,10 @@ def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
             inside = real == top or real.startswith(top.rstrip(os.sep) + os.sep)
             if d.startswith(".") or real in seen or (inside and os.path.islink(full)):
                 continue
-            if Collection.exists(full):  # `xmodal index . -c my.xmc`: not its own thumbnails
+            # `xmodal index . -c my.xmc`: not its own thumbnails. Any collection's folder,
+            # judged by its database file and not opened: a damaged or half-made one is no
+            # source of images either, and a scan writes nothing into it
+            if os.path.isfile(os.path.join(full, DB_NAME)):
                 continue
             seen.add(real)
             keep.append(d)
