@@ -141,3 +141,21 @@ def test_scanning_a_source_skips_a_damaged_collection_inside_it(tmp_path):
     images, _ = scan_folder(src)
     assert [it.key for it in images] == ["beach/a.jpg"]
     assert (src / "half.xmc" / "collection.db").read_bytes() == b""  # a scan writes nothing there
+
+
+@pytest.mark.parametrize("key,value", [("dim", "'\"x\"'"), ("dim", "'not json'"), ("output", None),
+                                       ("fdim", "'-3'"), ("format", "'{'")])
+def test_a_damaged_meta_value_is_named(tmp_path, key, value):
+    import sqlite3
+
+    path = tmp_path / "c"
+    _vectors(path)
+    db = sqlite3.connect(path / "collection.db")
+    if value is None:
+        db.execute("DELETE FROM meta WHERE key = ?", (key,))
+    else:
+        db.execute(f"UPDATE meta SET value = {value} WHERE key = ?", (key,))
+    db.commit()
+    db.close()
+    with pytest.raises(CollectionError, match=f"collection.db: meta '{key}' is (missing or )?damaged"):
+        Collection.open(path)

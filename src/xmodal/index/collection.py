@@ -395,10 +395,22 @@ class Collection:
             self.meta = store.all_meta()
             # None (an older collection open read-only): no index file is known to be its own
             self._db_id: str | None = self.meta.get("db_id")
-            self.kind: str = self.meta["output"]
-            self.dim: int = int(self.meta["dim"])
+            self.kind: str = self.meta.get("output")
+            dim = self.meta.get("dim")
+            # int(...) as before: a stored "64" still reads; a bool or damaged value does not
+            self.dim: int = int(dim) if isinstance(dim, int) and not isinstance(dim, bool) or (
+                isinstance(dim, str) and dim.isdigit()) else dim
             self.fdim: int | None = self.meta.get("fdim")
             self.index_spec: str = self.meta.get("index", "Flat")
+            for key, good in (("output", self.kind in ("real", "binary")),
+                              ("dim", type(self.dim) is int and self.dim > 0),
+                              ("fdim", self.fdim is None or (type(self.fdim) is int and self.fdim > 0)),
+                              ("index", isinstance(self.index_spec, str))):
+                if not good:
+                    # a hand-edited or damaged meta table: named, not a KeyError or TypeError later
+                    raise CollectionError(f"{self.path / DB_NAME}: meta {key!r} is missing or damaged "
+                                          f"({self.meta.get(key)!r}); restore the collection from a copy "
+                                          "or rebuild it (--rebuild)")
             self._method: Any = None
             self._encoders: dict[str, Any] = {}
             self._space: str | None = None  # a rebuilt collection may be another space

@@ -154,7 +154,7 @@ class Store:
                 raise CollectionError(f"{self.path}: an SQLite database, but not an xmodal collection's "
                                       f"(tables {', '.join(sorted(tables)[:5])}, no meta table)")
             row = self.conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-            return None if row is None else json.loads(row[0])
+            return None if row is None else self._decoded("format", row[0])
         except BaseException:
             self.conn.close()
             raise
@@ -198,10 +198,18 @@ class Store:
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else default
+        return self._decoded(key, rows[0][0]) if rows else default
 
     def all_meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
+        return {k: self._decoded(k, v) for k, v in self.query("SELECT key, value FROM meta")}
+
+    def _decoded(self, key: str, value: Any) -> Any:
+        """A meta value as stored (JSON); one that is not is named with the file it is in."""
+        try:
+            return json.loads(value)
+        except (TypeError, ValueError) as exc:
+            raise CollectionError(f"{self.path}: meta {key!r} is damaged, not a JSON value ({exc}); "
+                                  "restore the collection from a copy or rebuild it (--rebuild)") from None
 
     @staticmethod
     def set_meta(conn: sqlite3.Connection, key: str, value: Any) -> None:
