@@ -159,3 +159,29 @@ def test_a_damaged_meta_value_is_named(tmp_path, key, value):
     db.close()
     with pytest.raises(CollectionError, match=f"collection.db: meta '{key}' is (missing or )?damaged"):
         Collection.open(path)
+
+
+@pytest.mark.parametrize("where", ["open", "export", "item_vectors"])
+def test_a_damaged_vector_row_is_named_by_its_item(tmp_path, where):
+    import sqlite3
+
+    path = tmp_path / "c"
+    _vectors(path)
+    c = Collection.open(path) if where != "open" else None
+    db = sqlite3.connect(path / "collection.db")
+    db.execute("UPDATE vectors SET code = x'010203' WHERE item_id = 5")  # 3 bytes, not 8 floats
+    db.commit()
+    db.close()
+    with pytest.raises(CollectionError, match=r"collection.db: the stored vector of item 5 is damaged "
+                                              r"\(3 bytes, not 32\)"):
+        if where == "open":
+            for f in (path / "indexes").glob("*"):
+                f.unlink()  # built from the database
+            Collection.open(path)
+        elif where == "export":
+            c.export(tmp_path / "v.npz")
+        else:
+            c.item_vectors([4, 5])
+    assert not (tmp_path / "v.npz").exists()
+    if c is not None:
+        c.close()

@@ -79,6 +79,22 @@ REWRITE_BELOW_BYTES = 1 << 20
 DELETED_LOG_KEEP = 4096
 
 
+def _blob_rows(blobs: Sequence[bytes | None], dtype: Any, width: int, ids: Sequence[int] | None,
+               what: str, db: Path) -> np.ndarray:
+    """Stored vector blobs as a ``(len(blobs), width)`` matrix; a blob of the wrong length (a
+    damaged or hand-edited row) is a :class:`CollectionError` naming its item, not NumPy's
+    "buffer size must be a multiple of element size" about no item in particular."""
+    size = np.dtype(dtype).itemsize * width
+    joined = b"".join(b for b in blobs if b is not None)
+    if len(joined) != size * len(blobs) or any(b is None for b in blobs):
+        r = next(r for r, b in enumerate(blobs) if b is None or len(b) != size)
+        got = "none" if blobs[r] is None else f"{len(blobs[r])} bytes"
+        item = f"item {int(ids[r])}" if ids is not None else f"row {r}"
+        raise CollectionError(f"{db}: the stored {what} of {item} is damaged ({got}, not "
+                              f"{size}); restore the collection from a copy or rebuild it (--rebuild)")
+    return np.frombuffer(joined, dtype=dtype).reshape(len(blobs), width)
+
+
 def _new_db_id() -> str:
     return secrets.token_hex(8)
 
@@ -723,9 +739,9 @@ class Collection:
             return None  # too few vectors to train yet (the flat index answers): none read
         ids, codes, fvecs = data() if data is not None else self.store.vectors(modality)
         if variant == "rerank":
-            mat = np.frombuffer(b"".join(fvecs), dtype=np.float32).reshape(len(ids), dim) if len(ids) else np.zeros((0, dim), np.float32)
+            mat = self._matrix(variant, dim, ids, codes, fvecs)
         else:
-            mat = self._decode(codes)
+            mat = self._decode(codes, ids)
         if len(ids):
             try:
                 idx.add(ids, mat)
@@ -737,11 +753,11 @@ class Collection:
             return None
         return idx
 
-    def _decode(self, codes: list[bytes]) -> np.ndarray:
+    def _decode(self, codes: list[bytes], ids: Sequence[int] | None = None) -> np.ndarray:
+        """The stored codes of items ``ids`` as a matrix (packed bits, or float32 rows)."""
         if self.kind == "binary":
-            w = self.dim // 8
-            return np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), w)
-        return np.frombuffer(b"".join(codes), dtype=np.float32).reshape(len(codes), self.dim)
+            return _blob_rows(codes, np.uint8, self.dim // 8, ids, "vector", self.path / DB_NAME)
+        return _blob_rows(codes, np.float32, self.dim, ids, "vector", self.path / DB_NAME)
 
     def _index_files(self, modality: str, variant: str) -> list[tuple[int, Path]]:
         """(generation, path) of this index's files of this database, oldest first."""
@@ -759,8 +775,8 @@ class Collection:
                 fvecs: list[bytes | None]) -> np.ndarray:
         """The rows an index variant takes: codes, or the float projections (re-ranking)."""
         if variant == "rerank":
-            return np.frombuffer(b"".join(fvecs), dtype=np.float32).reshape(len(ids), dim)
-        return self._decode(codes)
+            return _blob_rows(fvecs, np.float32, dim, ids, "float projection", self.path / DB_NAME)
+        return self._decode(codes, ids)
 
     def _load_indexes(self) -> None:
         """Load the newest index file of each index (of a generation the store has reached) and
@@ -1028,13 +1044,13 @@ class Collection:
             "texts": np.asarray([r[4] or "" for r in rows], dtype=str),
             "pair_ids": np.asarray([-1 if r[5] is None else r[5] for r in rows], dtype=np.int64),
             "labels": np.asarray([json.dumps(labels.get(r[0], [])) for r in rows], dtype=str),
-            "vectors": (self._decode([r[6] for r in rows]) if rows else
+            "vectors": (self._decode([r[6] for r in rows], [r[0] for r in rows]) if rows else
                         np.zeros((0, width), np.uint8 if self.kind == "binary" else np.float32)),
             "info": np.asarray(json.dumps(info)),
         }
         if self.fdim:
-            arrays["fvecs"] = np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(
-                len(rows), self.fdim)
+            arrays["fvecs"] = _blob_rows([r[7] for r in rows], np.float32, self.fdim, [r[0] for r in rows],
+                                         "float projection", self.path / DB_NAME)
         atomic_write(dest, lambda fh: np.savez(fh, **arrays))
         return {m: int((arrays["modality"] == m).sum()) for m in MODALITIES}
 
@@ -1333,10 +1349,11 @@ class Collection:
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"no item with id {missing[0]}")
-        codes = self._decode([rows[i][1] for i in ids])
+        codes = self._decode([rows[i][1] for i in ids], ids)
         fv = None
         if self.fdim:
-            fv = np.frombuffer(b"".join(rows[i][2] for i in ids), dtype=np.float32).reshape(len(ids), self.fdim)
+            fv = _blob_rows([rows[i][2] for i in ids], np.float32, self.fdim, ids, "float projection",
+                            self.path / DB_NAME)
         return codes, fv
 
     # ------------------------------------------------------------ query vectors
