@@ -223,7 +223,12 @@ def _instances_files(path: Path, instances: object, has_classes: bool) -> list[P
         return []
     if isinstance(instances, str) and instances == "auto":
         return [] if has_classes else karpathy_label_files(path)
-    files = [Path(instances)] if isinstance(instances, (str, os.PathLike)) else [Path(p) for p in instances]
+    given = [instances] if isinstance(instances, (str, os.PathLike)) else instances
+    # True ("labels, please") or a number would be iterated as a list of files
+    if not isinstance(given, Sequence) or not all(isinstance(p, (str, os.PathLike)) for p in given):
+        raise DataError(f"{path}: instances must be 'auto', None, or a COCO instances file or list "
+                        f"of them, got {instances!r}")
+    files = [Path(p) for p in given]
     if has_classes:
         raise DataError(f"{path}: give class_of or instances, not both (each gives the labels)")
     for f in files:

@@ -103,11 +103,15 @@ def sentence_pipeline(folder: str | os.PathLike) -> dict:
                            f"model folder itself, got path {modules[0].get('path')!r}")
     st_conf = folder / "sentence_bert_config.json"
     conf = _read_json(st_conf) if st_conf.exists() else {}
+    if not isinstance(conf, dict):
+        raise EncoderError(f"{st_conf}: expected a JSON object, got {type(conf).__name__}")
     max_len = conf.get("max_seq_length")
     if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
         raise EncoderError(f"{st_conf}: max_seq_length must be a positive integer, got {max_len!r}")
     pool_file = folder / str(modules[1].get("path", "")) / "config.json"
     pool = _read_json(pool_file)
+    if not isinstance(pool, dict):
+        raise EncoderError(f"{pool_file}: expected a JSON object, got {type(pool).__name__}")
     modes = sorted(k for k, v in pool.items() if k.startswith("pooling_mode") and v)
     if modes != ["pooling_mode_mean_tokens"]:
         raise EncoderError(f"{pool_file}: only pooling_mode_mean_tokens is supported, got {modes}")
