@@ -115,6 +115,8 @@ def test_files_that_are_not_xmodal_feature_files_are_refused_by_name(encoded, tm
         (dict(image_ids=np.array(["a", 1] * 1433, dtype=object)), "array 'image_ids' cannot be read without pickle"),
         (dict(xmodal_meta=np.asarray("{not json")), "array 'xmodal_meta' is not JSON"),
         (dict(xmodal_meta=np.asarray(json.dumps({"format": 99}))), "newer xmodal"),
+        (dict(xmodal_meta=np.asarray(json.dumps({"format": None}))), "format must be a whole number >= 1, got None"),
+        (dict(xmodal_meta=np.asarray(json.dumps({"format": "x"}))), "format must be a whole number >= 1, got 'x'"),
         (dict(encoder_state_text=np.zeros(5, np.float32)), "array 'encoder_state_text' must be a 1-D uint8"),
     ]
     for i, (changes, message) in enumerate(cases):

@@ -216,7 +216,10 @@ def _read_record(path: Path, value: np.ndarray | None) -> dict:
         raise DataError(f"{path}: array {META_KEY!r} is not JSON ({exc})") from None
     if not isinstance(record, dict):
         raise DataError(f"{path}: array {META_KEY!r} must hold a JSON object")
-    if int(record.get("format", 1)) > NPZ_FORMAT:
+    fmt = record.get("format", 1)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise DataError(f"{path}: {META_KEY} format must be a whole number >= 1, got {fmt!r}")
+    if fmt > NPZ_FORMAT:
         raise DataError(f"{path}: written by a newer xmodal (feature file format "
                         f"{record['format']}, this one reads {NPZ_FORMAT}); upgrade xmodal")
     names = record.get("label_names")
