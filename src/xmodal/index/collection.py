@@ -135,9 +135,9 @@ def _open_store(db: Path, read_only: bool | None = None) -> Store:
         raise CollectionError(f"{db}: cannot open the collection database ({exc})") from None
     except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB: the file is damaged
         raise UnreadableDatabaseError(
-            f"{db}: not a readable collection database ({exc}); restore the folder from a copy "
-            f"(`xmodal snapshot`), or start again: `xmodal index SOURCE -c {db.parent} --rebuild` "
-            f"deletes it") from None
+            f"{db}: not a readable collection database ({exc}); restore the collection from a copy "
+            f"made earlier (`xmodal snapshot`), or start again: `xmodal index SOURCE -c {db.parent} "
+            f"--rebuild` deletes it") from None
 
 
 @contextmanager
