@@ -145,6 +145,9 @@ class TorchMethod(CrossModalMethod):
         self._L = None if L is None else self._tensor(L)
         self._setup(X, Y, L)
         opt = torch.optim.Adam(self._param_groups(), lr=self.lr, weight_decay=self.weight_decay)
+        # CLIP clips the learned temperature to [0, log 100] after each step; a clamp in the
+        # forward pass alone leaves a logit scale above log 100 without gradient, stuck for good
+        temps = [p for name, p in self.module_.named_parameters() if name.rsplit(".", 1)[-1] == "logit_scale"]
         n = len(X)
         steps_per_epoch = max(1, math.ceil(n / self.batch_size))
         sched = None
@@ -181,6 +184,9 @@ class TorchMethod(CrossModalMethod):
                         f"learning rate (lr={self.lr}), a larger batch_size"
                         + (" or grad_clip" if "grad_clip" in self.get_params() else ""))
                 opt.step()
+                with torch.no_grad():
+                    for p in temps:
+                        p.clamp_(0.0, math.log(100.0))
                 if sched is not None:
                     sched.step()
                 total += float(loss.detach()) * len(idx)

@@ -104,8 +104,12 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def set(self, Z: np.ndarray) -> None:
+        std = Z.std(0).astype(np.float32)
+        # a column constant in training is centred, not scaled (scikit-learn's rule): over the
+        # 1e-6 floor a test value of 1 became 1e6 (a tag absent from the training texts)
+        std = np.where(std > 0, std + np.float32(1e-6), np.float32(1.0)).astype(np.float32)
         self.mean.copy_(torch.from_numpy(Z.mean(0).astype(np.float32)))
-        self.std.copy_(torch.from_numpy(Z.std(0).astype(np.float32) + 1e-6))
+        self.std.copy_(torch.from_numpy(std))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean) / self.std

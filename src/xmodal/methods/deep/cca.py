@@ -135,8 +135,10 @@ class DCCA(_DCCABase):
 class DCCAE(_DCCABase):
     """Deep canonically correlated autoencoders (Wang, Arora, Livescu & Bilmes, "On Deep
     Multi-View Representation Learning", ICML 2015): DCCA plus one decoder per view; the loss
-    is -corr(f(x), g(y)) + ``recon_weight`` * (||x - p(f(x))||^2 + ||y - q(g(y))||^2) on
-    standardised features. ``reconstruction_error(X, Y)`` reports the feature MSE.
+    is -corr(f(x), g(y)) + ``recon_weight`` * (||x - p(f(x))||^2 / dx + ||y - q(g(y))||^2 / dy)
+    on standardised features, each squared error divided by its feature dimension (the paper
+    sums raw squared errors), so that ``recon_weight`` weighs per-element errors whatever the
+    feature sizes. ``reconstruction_error(X, Y)`` reports the feature MSE.
     """
 
     _autoencoder = True
