@@ -185,3 +185,30 @@ def test_a_damaged_vector_row_is_named_by_its_item(tmp_path, where):
     assert not (tmp_path / "v.npz").exists()
     if c is not None:
         c.close()
+
+
+def test_cli_index_over_a_damaged_collection_says_so_without_a_traceback(tmp_path, monkeypatch):
+    """`xmodal index SRC -c DAMAGED --rebuild --index HNSW16` and `... --text-encoder minilm`
+    (no --rebuild) died in the CLI's own option checks with an UnreadableDatabaseError
+    traceback, before build_collection could refuse or rebuild."""
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    path = tmp_path / "c"
+    _vectors(path)
+    (path / "collection.db").write_bytes(b"not a database at all" * 100)
+    src = tmp_path / "src"
+    src.mkdir()
+    seen = {}
+
+    def fake_build(source, coll, **kw):
+        seen.update(kw)
+        raise CollectionError("stopped by the test")
+
+    monkeypatch.setattr("xmodal.index.build_collection", fake_build)
+    monkeypatch.setattr("xmodal.index.build.build_collection", fake_build)
+    for extra in (["--rebuild", "--index", "HNSW16", "--method", "cca_itq"], ["--text-encoder", "minilm"]):
+        res = CliRunner().invoke(app, ["index", str(src), "-c", str(path), *extra])
+        assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+        assert "Traceback" not in res.output

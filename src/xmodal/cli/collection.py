@@ -129,12 +129,14 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, method_params:
              if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
     if method_params:
         typed["method_params"] = method_params
-    if not typed or not Collection.exists(collection):
+    if not typed:
         return
     try:
+        if not Collection.exists(collection):
+            return
         coll = Collection.open(collection, read_only=True)
     except CollectionError:
-        return  # build_collection reports it
+        return  # build_collection reports it (a damaged one: with its cures, --rebuild among them)
     try:
         differ = other_options(coll, typed)
     except ParameterError as exc:
@@ -158,7 +160,7 @@ def _say_binary_spec(collection: Path, rebuild: bool, like: Optional[Path], meth
     from ..index.build import _is_method_file
     from ..index.vector import normalize_spec, split_spec
 
-    if index is None or like is not None or (Collection.exists(collection) and not rebuild):
+    if index is None or like is not None or (not rebuild and Collection.exists(collection)):
         return  # an existing collection keeps its own index (refused above if another is typed)
     if _is_method_file(method):
         return  # its output is known once the file is loaded; the summary names the index
