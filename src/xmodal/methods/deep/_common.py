@@ -104,10 +104,15 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def set(self, Z: np.ndarray) -> None:
-        std = Z.std(0).astype(np.float32)
-        # a column constant in training is centred, not scaled (scikit-learn's rule): over the
-        # 1e-6 floor a test value of 1 became 1e6 (a tag absent from the training texts)
-        std = np.where(std > 0, std + np.float32(1e-6), np.float32(1.0)).astype(np.float32)
+        std = Z.std(0).astype(np.float32) + np.float32(1e-6)
+        # A column constant in training is centred, not scaled, as scikit-learn's StandardScaler
+        # does (and its test for "constant", in float64: a constant 0.1 has a float32 std of
+        # rounding noise): over the 1e-6 floor a test value of 1 became 1e6 (a tag absent from
+        # the training texts), and the embedding that column's weights.
+        n, eps = len(Z), np.finfo(np.float64).eps
+        mean64, var64 = Z.mean(0, dtype=np.float64), Z.var(0, dtype=np.float64)
+        constant = var64 <= n * eps * var64 + (n * mean64 * eps) ** 2
+        std = np.where(constant, np.float32(1.0), std).astype(np.float32)
         self.mean.copy_(torch.from_numpy(Z.mean(0).astype(np.float32)))
         self.std.copy_(torch.from_numpy(std))
 
