@@ -75,6 +75,36 @@ def test_calls_reuse_one_connection_and_send_the_key(monkeypatch):
     assert seen[0][1]["user-agent"].startswith("xmodal/")
 
 
+def test_calls_start_no_thread_each_and_send_without_nagle(monkeypatch):
+    """Each call's deadline started a timer thread (2 ms a query, doubling an HTTP shard's
+    query time), and the body of a POST waited for the server's delayed ACK (Nagle): one
+    watchdog thread serves every deadline, and connections set TCP_NODELAY."""
+    import socket as socket_mod
+
+    started: list = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), real_start(self))[1])
+    nodelay: list = []
+    real_setsockopt = socket_mod.socket.setsockopt
+
+    def setsockopt(self, level, opt, value, *rest):
+        if (level, opt) == (socket_mod.IPPROTO_TCP, socket_mod.TCP_NODELAY):
+            nodelay.append(value)
+        return real_setsockopt(self, level, opt, value, *rest)
+
+    monkeypatch.setattr(socket_mod.socket, "setsockopt", setsockopt)
+    with http11({"/api/search": (200, {"Content-Type": "application/json"}, b'{"results": []}')}) as url:
+        shard = RemoteShard(url, timeout=5)
+        shard.search({"vector": [0.0], "k": 3})  # the watchdog may start here, once
+        before = len(started)
+        for _ in range(10):
+            assert shard.search({"vector": [0.0], "k": 3}) == []
+        shard.close()
+    client_threads = [n for n in started[before:] if "process_request" not in n]  # not the server's per request
+    assert client_threads == [], client_threads
+    assert 1 in nodelay
+
+
 def test_sharded_collection_close_closes_the_shards_connections():
     seen: list = []
     with http11({"/api/info": (200, {}, INFO)}, seen) as url:
