@@ -50,3 +50,44 @@ def test_feature_map_sigma_is_the_mean_anchor_distance():
     m._fit_map(Z, "image", np.random.default_rng(0))
     d = np.sqrt(((Z[:, None, :] - m.image_anchors_[None]) ** 2).sum(-1))
     assert m.image_sigma_ == pytest.approx(d.mean(), rel=1e-9)
+
+
+def test_scm_orth_is_the_authors_eigenproblem_and_bits_past_the_label_rank_are_null():
+    """SCM-orth against a transcription of the authors' trainSCM_orth/trainCCA (same ridge):
+    eig(Cxy Cyy^-1 Cxy', Cxx), Cxy = 2 X'L (Y'L)' - X'1 (Y'1)', Wy = Cyy^-1 Cxy' Wx / sqrt(eig).
+    Up to the rank of X'S̃Y (labels - 1 for single-label data) both give the same eigenvalues
+    and the same bits; past it the eigenvalues are zero, so those bits are arbitrary in both."""
+    from scipy import linalg
+
+    from conftest import need
+    from xmodal import methods
+    from xmodal.data import load_dataset
+    from xmodal.methods.hashing._common import normalized_labels
+
+    ds = load_dataset("wikipedia", data_dir=str(need("wikipedia")))
+    tr = ds.subset(np.arange(700), name="wiki-700")
+    reg = 1e-2
+    m = methods.create("scm_orth", bits=24, reg=reg, random_state=0).fit(tr)
+    X, Y, L = (np.asarray(a, np.float64) for a in tr.pairs())
+    Fx, Fy = m._map(X, "image"), m._map(Y, "text")
+    Ln = normalized_labels((L > 0).astype(float))
+    n_labels = int((L.sum(axis=0) > 0).sum())
+    Cxy = 2 * (Fx.T @ Ln) @ (Fy.T @ Ln).T - np.outer(Fx.sum(0), Fy.sum(0))
+    Gx, Gy = Fx.T @ Fx, Fy.T @ Fy
+    # xmodal's scale-free ridge, written on the unnormalised Gram matrices as the authors' code
+    Cxx = Gx + reg * np.trace(Gx) / len(Gx) * np.eye(len(Gx))
+    Cyy = Gy + reg * np.trace(Gy) / len(Gy) * np.eye(len(Gy))
+    A = Cxy @ linalg.solve(Cyy, Cxy.T, assume_a="pos")
+    ev, V = linalg.eigh((A + A.T) / 2, Cxx)
+    order = np.argsort(-ev)
+    ev, V = ev[order], V[:, order]
+    r = n_labels - 1
+    assert np.all(ev[:r] > 1e-3 * ev[0]) and np.all(np.abs(ev[r:24]) < 1e-9 * ev[0]), ev[:r + 2] / ev[0]
+    Wy = linalg.solve(Cyy, Cxy.T @ V[:, :r], assume_a="pos") / np.sqrt(ev[:r])
+    for ours, theirs in ((Fx @ m.image_proj_[:, :r], Fx @ V[:, :r]), (Fy @ m.text_proj_[:, :r], Fy @ Wy)):
+        corr = np.array([np.corrcoef(ours[:, j], theirs[:, j])[0, 1] for j in range(r)])
+        np.testing.assert_allclose(np.abs(corr), 1.0, atol=1e-6)
+    # the pair (x-bit, y-bit) of each direction has one sign in both: the same codes up to a flip
+    sx = np.sign(np.sum(Fx @ m.image_proj_[:, :r] * (Fx @ V[:, :r]), axis=0))
+    sy = np.sign(np.sum(Fy @ m.text_proj_[:, :r] * (Fy @ Wy), axis=0))
+    np.testing.assert_array_equal(sx, sy)
