@@ -81,7 +81,7 @@ def test_bench_records_folds_and_keeps_them_apart_on_resume(wikipedia, tmp_path)
     assert len(log.read_text().splitlines()) == 2
     again = run_bench(wikipedia, ["cca"], resume=log, test_folds=3)[0]
     assert again == folded and len(log.read_text().splitlines()) == 2
-    with pytest.raises(ParameterError, match="lsh use the hashing protocol"):
+    with pytest.raises(ParameterError, match="lsh uses the hashing protocol"):
         run_bench(wikipedia, ["cca", "lsh"], test_folds=3)
 
 

@@ -22,6 +22,7 @@ from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
 from ..metrics.ranking import NonFiniteScoresError
 from ..methods.base import TrainingDivergedError
+from ..methods.hashing.protocol import NoTrainingCodesError
 from .protocol import evaluate, evaluate_folds, is_number, mean_scores
 
 SUMMARY_KEYS = ("map", "p@10")
@@ -563,7 +564,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     hashing = [n for n in method_names if registry.get(n).output == "binary"]
     if test_folds != 1 and hashing:
         raise ParameterError(f"test_folds applies to the classic protocol only; {', '.join(hashing)} "
-                             "use the hashing protocol (query split against the database)")
+                             f"use{'s' if len(hashing) == 1 else ''} the hashing protocol (query split "
+                             "against the database)")
     if per_query and hashing and database_codes == "learned":
         # the learned-codes protocol keeps no per-query scores: its records could never satisfy
         # a --per-query resume (redone every time) nor a paired test
@@ -633,7 +635,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                 fit_seconds = time.perf_counter() - t0
                 res = _score_run(method, is_hash, database_codes, query, database, train, test,
                                  ks, per_query, test_folds, rec)
-            except (TrainingDivergedError, NonFiniteScoresError) as exc:  # a diverged method
+            except (TrainingDivergedError, NonFiniteScoresError, NoTrainingCodesError) as exc:
+                # a diverged method, or one with no learned codes for --database-codes learned
                 if failures is None:
                     raise
                 failures.append({"method": name, "bits": b, "seed": sd, "error": str(exc)})

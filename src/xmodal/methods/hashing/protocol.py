@@ -20,6 +20,12 @@ from ...metrics import graded_relevance, relevance
 from ..base import CrossModalMethod
 
 
+class NoTrainingCodesError(DataError):
+    """A fitted method holds no learned training codes to fill the database with: a property
+    of that run (DCMH / SSAH keep none after an early-stopping hold-out), so ``xmodal bench``
+    reports it as that run's failure and goes on with the others."""
+
+
 def has_training_codes(method: CrossModalMethod) -> bool:
     return getattr(method, "train_image_codes_", None) is not None
 
@@ -71,7 +77,7 @@ def evaluate_training_codes(method: CrossModalMethod, queries: PairedDataset, da
     items in the same order); without it only the sizes can be checked. ``tie_seed`` orders
     tied Hamming distances as in ``evaluate`` (None: database order)."""
     if not has_training_codes(method):
-        raise DataError(f"{type(method).__name__} keeps no learned training codes "
+        raise NoTrainingCodesError(f"{type(method).__name__} keeps no learned training codes "
                         "(it learns hash functions only, or trained on a sample of the pairs)")
     if train is not None:
         _same_items(database, train)
