@@ -203,6 +203,32 @@ def _searched_params(name: str, given: dict[str, Any] | None, params: dict[str, 
     return sel.params
 
 
+def _check_widths(fitted: Any, method: Any, img_enc: Any, txt_enc: Any) -> None:
+    """Refuse, before minutes of encoding, a fitted method whose input widths are not the
+    encoders' output widths (the check after encoding stays for encoders whose width only
+    encoding tells)."""
+    recorded = getattr(fitted, "feature_encoders_", None)
+    wrong = []
+    for modality, enc in (("image", img_enc), ("text", txt_enc)):
+        want = getattr(fitted, f"{modality}_dim_", None)
+        try:
+            got = enc.dim
+        except Exception:  # noqa: BLE001 -- not known before encoding (a model to load, a fit)
+            continue
+        if isinstance(want, int) and isinstance(got, int) and want != got:
+            wrong.append(f"{modality} features of {want} columns, but the {modality} encoder "
+                         f"{getattr(enc, 'spec', enc)} gives {got}")
+    if not wrong:
+        return
+    cure = ("pass the encoders it was fitted with (--image-encoder / --text-encoder)" if recorded else
+            "it records no encoders (fitted on features made outside xmodal's encoders, such as a "
+            "dataset's own .mat features): pass encoders that give the features it was fitted on "
+            "(--image-encoder / --text-encoder), or fit it on features of xmodal's encoders "
+            "(xmodal encode, then fit on the .npz)")
+    raise CollectionError(f"{method}: this fitted method does not take the encoders' features: it "
+                          f"takes {'; '.join(wrong)}; {cure}")
+
+
 def build_collection(source: str | Path, collection_path: str | Path, *, method: Any = None,
                      method_params: dict[str, Any] | None = None,
                      image_encoder: Any = None, text_encoder: Any = None,
@@ -264,6 +290,8 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         txt_enc.fit([t.text for t in texts], progress=progress)
     if getattr(img_enc, "needs_fit", False) and not getattr(img_enc, "is_fitted", False):
         img_enc.fit([i.path for i in images], progress=progress)
+    if given is not None:
+        _check_widths(given, method, img_enc, txt_enc)
     Fi, ok = encode_items(img_enc, [i.path for i in images], progress=progress)
     unread = [images[r].path for r in np.flatnonzero(~ok)]  # the run's `skipped`, as on a rerun
     if not ok.all():
