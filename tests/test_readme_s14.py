@@ -63,3 +63,13 @@ def test_index_with_a_method_file_of_other_features_refuses_before_encoding(wiki
     assert "image features of 128 columns" in out and "efficientnet-lite0 gives 1280" in out, out
     assert "records no encoders" in out, out
     assert not (tmp_path / "c.xmc").exists()
+
+
+def test_bench_output_under_a_file_names_that_file(tmp_path):
+    # `--json runs/wiki.json` with a file named `runs` said "cannot create its folder (File exists)"
+    (tmp_path / "runs").write_text("")
+    res = runner.invoke(app, ["bench", "--methods", "cca", "--quiet", "--data-dir", str(DATA),
+                              "--json", str(tmp_path / "runs" / "wiki.json")])
+    assert res.exit_code == 2
+    out = " ".join(res.output.replace("│", " ").split())
+    assert f"{tmp_path / 'runs'} is a file, not a folder" in out, out

@@ -166,7 +166,10 @@ def register(app: typer.Typer) -> None:
                 try:
                     Path(out).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
-                    raise typer.BadParameter(f"{opt} {out}: cannot create its folder ({exc.strerror})") from None
+                    # a file where a folder of the path should be: name it (mkdir says "File exists")
+                    blocker = next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None)
+                    why = f"{blocker} is a file, not a folder" if blocker else exc.strerror
+                    raise typer.BadParameter(f"{opt} {out}: cannot create its folder ({why})") from None
                 if Path(out).is_dir():
                     raise typer.BadParameter(f"{opt} {out}: is a folder; give a file name")
                 _check_writable(opt, Path(out))
