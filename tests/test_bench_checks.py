@@ -263,6 +263,13 @@ def test_records_say_how_they_were_made(tmp_path, wikipedia):
     assert rec["versions"]["numpy"] == np.__version__
     assert rec["versions"]["scikit-learn"] == sklearn.__version__
     assert "python" in rec["versions"]
+    from threadpoolctl import threadpool_info
+
+    from xmodal.methods._torch import default_threads
+    # results repeat bit for bit for one thread count only: each record says which
+    assert rec["threads"]["torch"] == default_threads()
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert rec["threads"]["blas"] == max(blas)
     text = md.read_text()
     assert text.startswith("| method | bits |")
     assert "xmodal bench" in text and f"xmodal {xmodal.__version__}" in text

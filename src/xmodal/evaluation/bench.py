@@ -293,6 +293,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def thread_counts() -> dict[str, int]:
+    """The threads a run computes with, for the records: results are repeatable bit for bit
+    for one thread count, not across them (BLAS and PyTorch sum in another order).
+    ``torch``: the deep methods' training threads (``$XMODAL_THREADS``); the BLAS and OpenMP
+    pools (NumPy/SciPy, FAISS) as threadpoolctl finds them loaded."""
+    from threadpoolctl import threadpool_info
+
+    from ..methods._torch import default_threads
+
+    out = {"torch": default_threads()}
+    for pool in threadpool_info():
+        api = pool.get("user_api")
+        if api in ("blas", "openmp"):
+            out[api] = max(out.get(api, 0), int(pool.get("num_threads") or 0))
+    return out
+
+
 def provenance(command: str | None = None, records: Sequence[dict] | None = None) -> str:
     """A Markdown comment (invisible when rendered) naming the command and the versions that
     produced a table, for the foot of ``--markdown`` files. With ``records``, the versions are
@@ -654,6 +671,7 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                         "fit_seconds": fit_seconds, "encode_seconds": res["encode_seconds"],
                         "device": _device_name()})
             rec["versions"] = run_versions
+            rec["threads"] = thread_counts()  # after the fit: the pools it loaded are known
             rec["data_digest"] = digest
             rec["ties"] = TIES
             if command:
