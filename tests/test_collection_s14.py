@@ -212,3 +212,24 @@ def test_cli_index_over_a_damaged_collection_says_so_without_a_traceback(tmp_pat
         res = CliRunner().invoke(app, ["index", str(src), "-c", str(path), *extra])
         assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
         assert "Traceback" not in res.output
+
+
+def test_a_damaged_meta_format_is_rebuilt_on_request(tmp_path):
+    """A 'format' meta value that is not JSON is named with --rebuild as its cure, so a rebuild
+    (overwrite) must replace it, not die on the same message; without overwrite it stays."""
+    import sqlite3
+
+    path = tmp_path / "c"
+    X = _vectors(path)
+    db = sqlite3.connect(path / "collection.db")
+    db.execute("UPDATE meta SET value = '{' WHERE key = 'format'")
+    db.commit()
+    db.close()
+    with pytest.raises(CollectionError, match="--rebuild"):
+        Collection.create(path, dim=8)
+    with pytest.raises(CollectionError, match="meta 'format' is damaged"):
+        Collection.open(path)  # left as it was
+    with Collection.create(path, dim=8, overwrite=True) as c:
+        assert c.count() == 0
+        c.add_vectors("image", ["new"], X[:1])
+        assert c.search_vector(X[0], "image", 1)[0].key == "new"

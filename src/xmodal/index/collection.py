@@ -58,6 +58,7 @@ import numpy as np
 from .._fs import atomic_write, atomic_write_bytes
 from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store, read_only_error  # noqa: F401 (re-exported)
+from .store import UnreadableDatabaseError
 from .store import writable as store_writable
 from .vector import IndexFileError, IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
@@ -112,10 +113,6 @@ def _index_name(modality: str, variant: str, db_id: str, gen: int) -> str:
 
 class CollectionExistsError(CollectionError):
     """Creating a collection where a complete one already is (without overwrite)."""
-
-
-class UnreadableDatabaseError(CollectionError):
-    """A ``collection.db`` that SQLite cannot read (truncated, overwritten, not a database)."""
 
 
 def writable(path: Path) -> bool:

@@ -88,6 +88,11 @@ class ReadOnlyError(CollectionError):
     """A write to a collection opened read-only."""
 
 
+class UnreadableDatabaseError(CollectionError):
+    """A damaged ``collection.db``: one SQLite cannot read (truncated, overwritten, not a
+    database), or whose meta values are not JSON. A rebuild (overwrite) replaces it."""
+
+
 def writable(folder: Path, db: Path) -> bool:
     """Whether this process may write the collection folder and its database file."""
     return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
@@ -208,7 +213,7 @@ class Store:
         try:
             return json.loads(value)
         except (TypeError, ValueError) as exc:
-            raise CollectionError(f"{self.path}: meta {key!r} is damaged, not a JSON value ({exc}); "
+            raise UnreadableDatabaseError(f"{self.path}: meta {key!r} is damaged, not a JSON value ({exc}); "
                                   "restore the collection from a copy or rebuild it (--rebuild)") from None
 
     @staticmethod
