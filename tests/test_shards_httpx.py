@@ -247,3 +247,25 @@ def test_an_https_shard_is_verified_with_the_system_cas_and_cut_at_its_deadline(
         with pytest.raises(CollectionError, match="timed out"):
             shard.stats()
         assert time.monotonic() - t0 < 1.5
+
+
+def test_a_socket_known_only_after_the_deadline_passed_is_cut_at_once():
+    """A connection that opened after the deadline (a slow name lookup and connect) was not
+    cut: the watchdog had found no socket at the deadline, so a server trickling its TLS
+    handshake or headers then held the call a read timeout per byte."""
+    a, b = socket.socketpair()
+    with a, b:
+        deadline = shards_mod._Deadline(0.05)
+        t0 = time.monotonic()
+        while not deadline.expired and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        assert deadline.expired
+
+        class Stream:
+            def get_extra_info(self, name):
+                return a if name == "socket" else None
+
+        deadline.trace("connection.connect_tcp.complete", {"return_value": Stream()})
+        a.settimeout(2)
+        assert a.recv(1) == b""  # shut down: the read ends at once, not after its timeout
+        deadline.stop()

@@ -73,6 +73,8 @@ class _Deadline:
         if sock is not None:
             with self._lock:
                 self._sock = sock
+            if self.expired:  # opened after the watchdog found nothing to cut: cut it now
+                self._cut()
 
     def left(self) -> float:
         return self.at - time.monotonic()
