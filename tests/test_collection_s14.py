@@ -143,7 +143,7 @@ def test_scanning_a_source_skips_a_damaged_collection_inside_it(tmp_path):
     assert (src / "half.xmc" / "collection.db").read_bytes() == b""  # a scan writes nothing there
 
 
-@pytest.mark.parametrize("key,value", [("dim", "'\"x\"'"), ("dim", "'not json'"), ("output", None),
+@pytest.mark.parametrize("key,value", [("dim", "'\"x\"'"), ("dim", "'\"²\"'"), ("dim", "'not json'"), ("output", None),
                                        ("fdim", "'-3'"), ("format", "'{'")])
 def test_a_damaged_meta_value_is_named(tmp_path, key, value):
     import sqlite3

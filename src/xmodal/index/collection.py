@@ -412,7 +412,7 @@ class Collection:
             dim = self.meta.get("dim")
             # int(...) as before: a stored "64" still reads; a bool or damaged value does not
             self.dim: int = int(dim) if isinstance(dim, int) and not isinstance(dim, bool) or (
-                isinstance(dim, str) and dim.isdigit()) else dim
+                isinstance(dim, str) and dim.isascii() and dim.isdigit()) else dim  # "²".isdigit()
             self.fdim: int | None = self.meta.get("fdim")
             self.index_spec: str = self.meta.get("index", "Flat")
             for key, good in (("output", self.kind in ("real", "binary")),
