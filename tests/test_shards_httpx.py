@@ -269,3 +269,24 @@ def test_a_socket_known_only_after_the_deadline_passed_is_cut_at_once():
         a.settimeout(2)
         assert a.recv(1) == b""  # shut down: the read ends at once, not after its timeout
         deadline.stop()
+
+
+@pytest.mark.parametrize("when", ["before the headers", "trickled headers"])
+def test_a_kept_connection_is_cut_at_the_deadline_too(when):
+    """On a connection kept from an earlier call the socket was known only once the headers
+    had come: a server trickling them held the call for as long as it liked (16 s for 1 s)."""
+    def talk(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(INFO) + INFO)
+        conn.recv(65536)  # the second call, on the same connection
+        _stall(conn.sendall, when)
+
+    with raw(talk) as url:
+        shard = RemoteShard(url, timeout=1.0)
+        shard.stats()
+        shard._info = None  # asked again
+        t0 = time.monotonic()
+        with pytest.raises(CollectionError, match=r"timed out \(no complete answer within 1 s\)"):
+            shard.stats()
+        assert time.monotonic() - t0 < 1.5
+        shard.close()

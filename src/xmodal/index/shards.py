@@ -63,8 +63,9 @@ class _Deadline:
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpx's ``trace`` extension: the socket of a connection opened for this request, so
-        that a server stalling before its headers is cut too (a reused one is known from the
-        response). TLS wraps the TCP socket in a new one: that is the one to cut."""
+        that a server stalling before its headers is cut too (a kept one is known from its
+        first read or write: :class:`_WatchedStream`). TLS wraps the TCP socket in a new one:
+        that is the one to cut."""
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             self.watch(info.get("return_value"))
 
@@ -72,6 +73,8 @@ class _Deadline:
         sock = stream.get_extra_info("socket") if stream is not None else None
         if sock is not None:
             with self._lock:
+                if self._done or self._sock is sock:
+                    return
                 self._sock = sock
             if self.expired:  # opened after the watchdog found nothing to cut: cut it now
                 self._cut()
@@ -128,6 +131,55 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+_CALL = threading.local()  # .deadline: that of the call this thread is making (httpcore's I/O is the caller's)
+
+
+class _WatchedStream:
+    """An httpcore network stream handing its socket to the deadline of the call reading or
+    writing it: a connection kept from an earlier call is known no other way before its
+    answer's headers, so a server trickling them would not be cut."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _claim(self) -> None:
+        deadline = getattr(_CALL, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self._stream)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._claim()
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._claim()
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> "_WatchedStream":
+        return _WatchedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _WatchingBackend:
+    """httpcore's network backend with every stream a :class:`_WatchedStream`."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, *args: Any, **kw: Any) -> _WatchedStream:
+        return _WatchedStream(self._backend.connect_tcp(*args, **kw))
+
+    def connect_unix_socket(self, *args: Any, **kw: Any) -> _WatchedStream:
+        return _WatchedStream(self._backend.connect_unix_socket(*args, **kw))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
 
 
 class ShardHTTPError(CollectionError):
@@ -206,21 +258,27 @@ class RemoteShard:
             if self._client is None:
                 import httpx
 
+                transport = httpx.HTTPTransport(
+                    # the system's CAs (and $SSL_CERT_FILE), as urllib used: a shard behind a
+                    # proxy with a private CA keeps working
+                    verify=ssl.create_default_context(),
+                    # idle connections are dropped before uvicorn's (5 s) are: a call on one
+                    # the server is closing would fail as "disconnected without a response"
+                    limits=httpx.Limits(keepalive_expiry=2.0),
+                    # httpcore writes a POST's headers and body apart: without TCP_NODELAY,
+                    # Nagle holds the body for the server's delayed ACK (2 ms a query here;
+                    # http.client sent both in one write)
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+                # httpx has no deadline for a whole request (encode/httpx#1450) nor a public
+                # way to the socket a kept connection reads: its pool's backend is wrapped to
+                # tell (tested: without it, trickled headers on a kept connection are not cut)
+                pool = getattr(transport, "_pool", None)
+                if hasattr(pool, "_network_backend"):
+                    pool._network_backend = _WatchingBackend(pool._network_backend)
                 self._client = httpx.Client(
                     # a redirect is refused, not followed: the API key would go along to
                     # whatever host the Location names
-                    follow_redirects=False,
-                    transport=httpx.HTTPTransport(
-                        # the system's CAs (and $SSL_CERT_FILE), as urllib used: a shard behind
-                        # a proxy with a private CA keeps working
-                        verify=ssl.create_default_context(),
-                        # idle connections are dropped before uvicorn's (5 s) are: a call on one
-                        # the server is closing would fail as "disconnected without a response"
-                        limits=httpx.Limits(keepalive_expiry=2.0),
-                        # httpcore writes a POST's headers and body apart: without TCP_NODELAY,
-                        # Nagle holds the body for the server's delayed ACK (2 ms a query here;
-                        # http.client sent both in one write)
-                        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]),
+                    follow_redirects=False, transport=transport,
                     # an answer read raw: its size limit is the size kept
                     headers={"User-Agent": f"xmodal/{__version__}", "Accept-Encoding": "identity"})
             return self._client
@@ -253,6 +311,7 @@ class RemoteShard:
             headers["Content-Type"] = "application/json"
         client = self._http()
         deadline = _Deadline(self.timeout)
+        _CALL.deadline = deadline
         try:
             with client.stream("GET" if body is None else "POST", self.url + path, content=content,
                                headers=headers, timeout=self.timeout,  # each step's; the deadline's below
@@ -269,6 +328,7 @@ class RemoteShard:
             raise CollectionError(f"shard {self.url}: not a URL a request can go to ({exc})") from None
         finally:
             deadline.stop()
+            _CALL.deadline = None
         if not ok:
             raise self._http_error(path, resp, data)
         return data, resp.headers.get("Content-Type", "")
@@ -278,7 +338,7 @@ class RemoteShard:
         """The body of ``resp`` before the deadline, at most ``limit`` bytes (more is refused,
         or with ``cut``, left unread). Read from ``resp.stream``, which leaves the connection
         to the pool only when the response is closed, after the deadline's timer stopped."""
-        if deadline.left() <= 0:  # the headers came late (on a reused connection: not cut)
+        if deadline.left() <= 0:  # the headers came just as the deadline passed
             raise self._timed_out(path)
         try:
             size = int(resp.headers.get("Content-Length", ""))
