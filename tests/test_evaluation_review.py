@@ -17,19 +17,30 @@ def test_resampling_is_batched_to_a_bounded_size(monkeypatch):
     import scipy.stats
 
     seen = {}
-    for fname in ("permutation_test", "bootstrap"):
-        real = getattr(scipy.stats, fname)
+    real = scipy.stats.bootstrap
 
-        def spy(*args, _real=real, _name=fname, **kw):
-            seen[_name] = kw.get("batch")
-            return _real(*args, **kw)
+    def spy(*args, **kw):
+        seen["bootstrap"] = kw.get("batch")
+        return real(*args, **kw)
 
-        monkeypatch.setattr(scipy.stats, fname, spy)
+    monkeypatch.setattr(scipy.stats, "bootstrap", spy)
+    # the sign-flip null draws its uniforms batch by batch: record every draw's size
+    draws = []
+    real_draw = np.random.RandomState.random_sample
+
+    class Counting(np.random.RandomState):
+        def random_sample(self, size=None):
+            draws.append(int(np.prod(size)) if size is not None else 1)
+            return real_draw(self, size)
+
+    monkeypatch.setattr(np.random, "RandomState", Counting)
     n = 6000
     rng = np.random.default_rng(0)
-    paired_permutation_test(rng.random(n), rng.random(n), n_resamples=9)
-    assert seen["permutation_test"] == seen["bootstrap"] == resample_batch(n)
+    paired_permutation_test(rng.random(n), rng.random(n), n_resamples=999)
+    assert seen["bootstrap"] == resample_batch(n)
     assert 1 <= resample_batch(n) and 8 * n * resample_batch(n) <= significance.RESAMPLE_BYTES
+    assert len(draws) > 1 and sum(draws) == 999 * n * 2  # several batches, every resample drawn
+    assert max(draws) * 8 <= significance.RESAMPLE_BYTES
     assert resample_batch(10 ** 9) == 1  # never 0, however many queries
 
 

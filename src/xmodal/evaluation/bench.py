@@ -21,8 +21,7 @@ from ..methods import ParameterError
 from .._fs import atomic_write_bytes
 from ..data import DataError, PairedDataset, load_dataset
 from ..metrics.ranking import NonFiniteScoresError
-from ..methods.base import TrainingDivergedError
-from ..methods.hashing.protocol import NoTrainingCodesError
+from ..methods.base import NoTrainingCodesError, TrainingDivergedError
 from .protocol import evaluate, evaluate_folds, is_number, mean_scores
 
 SUMMARY_KEYS = ("map", "p@10")

@@ -30,6 +30,14 @@ class TrainingDivergedError(ValueError):
     spread it through the weights, so the fit stops and names the method, epoch and step."""
 
 
+class NoTrainingCodesError(DataError):
+    """A fitted method holds no learned training codes to fill the database with: a property
+    of that run (DCMH / SSAH keep none after an early-stopping hold-out), so ``xmodal bench``
+    reports it as that run's failure and goes on with the others. (Here, not beside the
+    protocol that raises it, so that the bench catches it without importing the deep hashing
+    methods and PyTorch.)"""
+
+
 class NotFittedError(RuntimeError):
     pass
 

@@ -17,13 +17,7 @@ import numpy as np
 from ...data.dataset import DataError, PairedDataset
 from ...evaluation.protocol import DEFAULT_PK, _direction, similarity
 from ...metrics import graded_relevance, relevance
-from ..base import CrossModalMethod
-
-
-class NoTrainingCodesError(DataError):
-    """A fitted method holds no learned training codes to fill the database with: a property
-    of that run (DCMH / SSAH keep none after an early-stopping hold-out), so ``xmodal bench``
-    reports it as that run's failure and goes on with the others."""
+from ..base import CrossModalMethod, NoTrainingCodesError
 
 
 def has_training_codes(method: CrossModalMethod) -> bool:
