@@ -100,5 +100,5 @@ def test_hit_rows_keep_every_edge_case_of_the_row_by_row_reading(wiki_collection
         c.store.conn.set_trace_callback(None)
     assert sum("FROM items WHERE id IN" in s for s in seen) <= 4
     assert [[h.to_dict() for h in r] for r in got] == [[h.to_dict() for h in r] for r in _per_row(c, big_S, big_I)]
-    # one row: the flat list search_vector answers with
-    assert [h.to_dict() for h in c._hits(S[:1], I[:1])] == [h.to_dict() for h in ref[0]]
+    # one row, as search_vector asks
+    assert [h.to_dict() for h in c._hit_rows(S[:1], I[:1])[0]] == [h.to_dict() for h in ref[0]]

@@ -1483,10 +1483,6 @@ class Collection:
         order = np.argsort(-S, axis=1, kind="stable")
         return np.take_along_axis(S, order, 1), np.take_along_axis(I, order, 1)
 
-    def _hits(self, S: np.ndarray, I: np.ndarray) -> list[Hit]:
-        """The hits of the rows of ``S``/``I`` in one list (``search_vector``: one row)."""
-        return [h for row in self._hit_rows(S, I) for h in row]
-
     def _hit_rows(self, S: np.ndarray, I: np.ndarray) -> list[list[Hit]]:
         """One hit list per row of a search's scores ``S`` and ids ``I``: FAISS's -1 (a short
         answer) and items deleted since the index was loaded are left out. The items of every
