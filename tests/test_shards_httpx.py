@@ -290,3 +290,16 @@ def test_a_kept_connection_is_cut_at_the_deadline_too(when):
             shard.stats()
         assert time.monotonic() - t0 < 1.5
         shard.close()
+
+
+def test_shards_are_reached_directly_whatever_the_proxy_variables(monkeypatch):
+    """docs/search-engine.md: proxy variables are not used for shards (a LAN shard behind a
+    proxy meant for the internet would be unreachable)."""
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with http11({"/api/search": (200, {"Content-Type": "application/json"}, b'{"results": []}')}) as url:
+        shard = RemoteShard(url, timeout=5)
+        assert shard.search({"vector": [0.0], "k": 3}) == []
+        shard.close()
