@@ -207,6 +207,52 @@ def need_browser() -> None:
     pytest.importorskip("playwright.sync_api", reason="playwright not installed in .venv")
 
 
+@contextmanager
+def served_ucm_collection(tmp_path_factory, name: str, step: int = 150):
+    """A UCM-Captions caption folder (every ``step``-th image) indexed with efficientnet-lite0
+    and tfidf and served on 127.0.0.1: ``{"url", "folder", "captions", "coll", "root"}``."""
+    from threadpoolctl import threadpool_limits
+
+    from xmodal.index import build_collection
+    from xmodal.service import create_app
+
+    root, folder, captions, mp = ucm_caption_folder(tmp_path_factory, name, step)
+    try:
+        with threadpool_limits(1):  # see test_collection.py
+            coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
+                                    text_encoder="tfidf", quiet=True)
+            try:
+                with serving(create_app(coll)) as url:
+                    yield {"url": url, "folder": folder, "captions": captions, "coll": coll, "root": root}
+            finally:
+                coll.close()
+    finally:
+        mp.undo()
+
+
+@pytest.fixture
+def page(browser):
+    """A page of the module's browser. Playwright's wait_for_function evaluates its string,
+    which the page's CSP (no eval) refuses: pages here skip the CSP (test_browser_review.py's
+    test_the_page_works_under_its_own_csp keeps it). A script error on the page fails the test."""
+    pg = browser.new_page(bypass_csp=True)
+    pg.set_default_timeout(15000)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    pg.close()
+    assert not errors, errors
+
+
+def status(page) -> str:
+    """The web page's status line."""
+    return page.locator("#status").inner_text()
+
+
+def wait_status(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('#status').textContent.includes(t)", arg=text)
+
+
 @pytest.fixture(scope="module")
 def browser(server):
     """Headless chromium for a module's ``server`` fixture (started first: it skips cleanly)."""

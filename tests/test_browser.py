@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import free_port, need_browser, serving, ucm_caption_folder
+from conftest import free_port, need_browser, served_ucm_collection, serving
 
 
 pytestmark = pytest.mark.browser
@@ -15,17 +15,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     need_browser()
-    from xmodal.index import build_collection
-    from xmodal.service import create_app
-
-    root, folder, captions, mp = ucm_caption_folder(tmp_path_factory, "browser", 150)  # 14 images, 14 classes
-    with threadpool_limits(1):  # see test_collection.py
-        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
-                                text_encoder="tfidf", quiet=True)
-        with serving(create_app(coll)) as url:
-            yield {"url": url, "folder": folder, "captions": captions, "coll": coll}
-    coll.close()
-    mp.undo()
+    with served_ucm_collection(tmp_path_factory, "browser") as srv:  # 14 images, 14 classes
+        yield srv
 
 
 def test_text_query_upload_feedback_and_share(server, browser):

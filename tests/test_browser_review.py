@@ -12,7 +12,7 @@ import httpx
 import pytest
 from threadpoolctl import threadpool_limits
 
-from conftest import need_browser, serving, ucm_caption_folder
+from conftest import need_browser, serving, status, ucm_caption_folder, wait_status
 
 XSS = '<img src=x onerror="window.__xss=1">'
 
@@ -43,26 +43,6 @@ def server(tmp_path_factory):
             yield {"url": url, "folder": folder, "captions": captions, "coll": coll, "root": root}
     coll.close()
     mp.undo()
-
-
-@pytest.fixture
-def page(browser):
-    # Playwright's wait_for_function evaluates its string, which the page's CSP (no eval)
-    # refuses: pages here skip the CSP, and test_the_page_works_under_its_own_csp keeps it
-    pg = browser.new_page(bypass_csp=True)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    pg.close()
-    assert not errors, errors
-
-
-def status(page) -> str:
-    return page.locator("#status").inner_text()
-
-
-def wait_status(page, text: str) -> None:
-    page.wait_for_function("t => document.querySelector('#status').textContent.includes(t)", arg=text)
 
 
 def test_hostile_text_is_shown_as_text_never_as_html(server, page, tmp_path):

@@ -4,9 +4,7 @@ keyboard's focus on a result, a private collection's blob: thumbnails freed, and
 query's length limit said in characters."""
 
 import pytest
-from threadpoolctl import threadpool_limits
-
-from conftest import need_browser, serving, ucm_caption_folder
+from conftest import need_browser, served_ucm_collection, status, wait_status
 
 pytestmark = pytest.mark.browser
 
@@ -14,36 +12,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     need_browser()
-    from xmodal.index import build_collection
-    from xmodal.service import create_app
-
-    root, folder, captions, mp = ucm_caption_folder(tmp_path_factory, "browser_s14", 150)  # 14 images
-    with threadpool_limits(1):  # see test_collection.py
-        coll = build_collection(folder, root / "coll", image_encoder="efficientnet-lite0",
-                                text_encoder="tfidf", quiet=True)
-        with serving(create_app(coll)) as url:
-            yield {"url": url, "folder": folder, "captions": captions, "coll": coll}
-    coll.close()
-    mp.undo()
-
-
-@pytest.fixture
-def page(browser):
-    pg = browser.new_page(bypass_csp=True)  # wait_for_function evaluates strings: see test_browser_review.py
-    pg.set_default_timeout(15000)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    pg.close()
-    assert not errors, errors
-
-
-def status(page) -> str:
-    return page.locator("#status").inner_text()
-
-
-def wait_status(page, text: str) -> None:
-    page.wait_for_function("t => document.querySelector('#status').textContent.includes(t)", arg=text)
+    with served_ucm_collection(tmp_path_factory, "browser_s14") as srv:  # 14 images
+        yield srv
 
 
 def test_a_new_k_or_label_filter_refines_an_image_or_item_search(server, page):
