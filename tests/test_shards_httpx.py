@@ -77,8 +77,9 @@ def test_calls_reuse_one_connection_and_send_the_key(monkeypatch):
 
 def test_calls_start_no_thread_each_and_send_without_nagle(monkeypatch):
     """Each call's deadline started a timer thread (2 ms a query, doubling an HTTP shard's
-    query time), and the body of a POST waited for the server's delayed ACK (Nagle): one
-    watchdog thread serves every deadline, and connections set TCP_NODELAY."""
+    query time), and the body of a POST waited for the server's delayed ACK (Nagle): each
+    call's network steps are bounded by its deadline in the calling thread, and connections set
+    TCP_NODELAY."""
     import socket as socket_mod
 
     started: list = []
@@ -95,7 +96,7 @@ def test_calls_start_no_thread_each_and_send_without_nagle(monkeypatch):
     monkeypatch.setattr(socket_mod.socket, "setsockopt", setsockopt)
     with http11({"/api/search": (200, {"Content-Type": "application/json"}, b'{"results": []}')}) as url:
         shard = RemoteShard(url, timeout=5)
-        shard.search({"vector": [0.0], "k": 3})  # the watchdog may start here, once
+        shard.search({"vector": [0.0], "k": 3})  # the first call makes the client
         before = len(started)
         for _ in range(10):
             assert shard.search({"vector": [0.0], "k": 3}) == []
@@ -249,26 +250,47 @@ def test_an_https_shard_is_verified_with_the_system_cas_and_cut_at_its_deadline(
         assert time.monotonic() - t0 < 1.5
 
 
-def test_a_socket_known_only_after_the_deadline_passed_is_cut_at_once():
-    """A connection that opened after the deadline (a slow name lookup and connect) was not
-    cut: the watchdog had found no socket at the deadline, so a server trickling its TLS
-    handshake or headers then held the call a read timeout per byte."""
-    a, b = socket.socketpair()
-    with a, b:
-        deadline = shards_mod._Deadline(0.05)
-        t0 = time.monotonic()
-        while not deadline.expired and time.monotonic() - t0 < 5:
-            time.sleep(0.01)
-        assert deadline.expired
+def test_every_network_step_waits_at_most_what_is_left_of_the_call():
+    """The call's deadline bounds each connect, read and write of httpcore's backend (a
+    connection opened late, a kept one, a TLS upgrade): the step's own timeout is cut to what
+    is left, and a step after the deadline is not started."""
+    import httpcore
 
-        class Stream:
-            def get_extra_info(self, name):
-                return a if name == "socket" else None
+    calls = []
 
-        deadline.trace("connection.connect_tcp.complete", {"return_value": Stream()})
-        a.settimeout(2)
-        assert a.recv(1) == b""  # shut down: the read ends at once, not after its timeout
-        deadline.stop()
+    class Fake:
+        def connect_tcp(self, host, port, timeout=None, *a, **kw):
+            calls.append(("connect", timeout))
+            return self
+
+        def read(self, n, timeout=None):
+            calls.append(("read", timeout))
+            return b"x"
+
+        def write(self, buf, timeout=None):
+            calls.append(("write", timeout))
+
+    backend = shards_mod._DeadlineBackend(Fake())
+    shards_mod._CALL.deadline = shards_mod._Deadline(0.5)
+    try:
+        stream = backend.connect_tcp("h", 1, timeout=30)
+        stream.read(1, 30)
+        stream.write(b"y", None)
+        assert [k for k, _ in calls] == ["connect", "read", "write"]
+        assert all(0 < t <= 0.5 for _, t in calls), calls
+        shards_mod._CALL.deadline = shards_mod._Deadline(-1)  # passed
+        for step, error in ((lambda: backend.connect_tcp("h", 1, timeout=30), httpcore.ConnectTimeout),
+                            (lambda: stream.read(1, 30), httpcore.ReadTimeout),
+                            (lambda: stream.write(b"y", 30), httpcore.WriteTimeout)):
+            with pytest.raises(error):
+                step()
+        assert len(calls) == 3  # none started
+        assert shards_mod._CALL.deadline.expired
+    finally:
+        shards_mod._CALL.deadline = None
+    calls.clear()
+    stream.read(1, 30)  # outside a call: the step's own timeout
+    assert calls == [("read", 30)]
 
 
 @pytest.mark.parametrize("when", ["before the headers", "trickled headers"])

@@ -11,7 +11,6 @@ top k, so with exact (flat) indexes the merge is exactly the top k of the union.
 
 from __future__ import annotations
 
-import heapq
 import json
 import socket
 import ssl
@@ -49,134 +48,77 @@ class RemoteHit(Hit):
 
 class _Deadline:
     """One deadline for a whole exchange. httpx's timeouts bound each connect, read and write,
-    not the answer: a server trickling a byte at a time would hold a call (and its worker) for
-    ever, and one stalling mid-answer for a whole read timeout past the deadline. At the
-    deadline the connection's socket is shut down, which ends the read waiting on it."""
+    not the answer (encode/httpx#1450): a server trickling a byte at a time would hold a call
+    (and its worker) for ever, and one stalling mid-answer for a whole read timeout past the
+    deadline. Every network step of the call waits at most what is left of it
+    (:class:`_DeadlineStream`), so the call ends at its deadline whatever the server does."""
 
     def __init__(self, seconds: float) -> None:
         self.at = time.monotonic() + seconds
         self.expired = False
-        self._sock: socket.socket | None = None
-        self._done = False
-        self._lock = threading.Lock()
-        _WATCHDOG.add(self)
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpx's ``trace`` extension: the socket of a connection opened for this request, so
-        that a server stalling before its headers is cut too (a kept one is known from its
-        first read or write: :class:`_WatchedStream`). TLS wraps the TCP socket in a new one:
-        that is the one to cut."""
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            self.watch(info.get("return_value"))
-
-    def watch(self, stream: Any) -> None:
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with self._lock:
-                if self._done or self._sock is sock:
-                    return
-                self._sock = sock
-            if self.expired:  # opened after the watchdog found nothing to cut: cut it now
-                self._cut()
 
     def left(self) -> float:
         return self.at - time.monotonic()
 
-    def _cut(self) -> None:
-        with self._lock:
-            if self._done:  # the answer is whole: its connection may serve another call now
-                return
+    def bound(self, timeout: float | None, error: type[Exception]) -> float:
+        """``timeout`` cut to what is left; ``error`` once nothing is."""
+        left = self.left()
+        if left <= 0:
             self.expired = True
-            if self._sock is not None:
-                try:  # the plain socket's shutdown (under TLS too): it wakes the blocked read
-                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        """Called before the connection goes back to the pool (it must not be cut there)."""
-        with self._lock:
-            self._done = True
-            self._sock = None  # the watchdog holds this deadline until its time: not the socket
+            raise error("the whole answer's deadline passed")
+        return left if timeout is None else min(timeout, left)
 
 
-class _Watchdog:
-    """One daemon thread cutting every expired :class:`_Deadline` (a thread per call cost
-    2 ms a query, as much as the query). Deadlines wait in a heap; a stopped one is dropped
-    when it comes up (its ``_cut`` does nothing)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Deadline]] = []
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._count = 0
-
-    def add(self, deadline: _Deadline) -> None:
-        with self._wake:
-            self._count += 1
-            heapq.heappush(self._heap, (deadline.at, self._count, deadline))
-            if self._thread is None or not self._thread.is_alive():  # first use, or after a fork
-                self._thread = threading.Thread(target=self._run, name="xmodal-shard-deadlines", daemon=True)
-                self._thread.start()
-            elif self._heap[0][2] is deadline:  # sooner than the one being waited for
-                self._wake.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
-                _, _, due = heapq.heappop(self._heap)
-            due._cut()
+_CALL = threading.local()  # .deadline: that of the call this thread makes (httpcore's I/O runs in the caller)
 
 
-_WATCHDOG = _Watchdog()
-_CALL = threading.local()  # .deadline: that of the call this thread is making (httpcore's I/O is the caller's)
+def _bound(timeout: float | None, kind: str) -> float | None:
+    import httpcore
+
+    deadline = getattr(_CALL, "deadline", None)
+    return timeout if deadline is None else deadline.bound(timeout, getattr(httpcore, kind))
 
 
-class _WatchedStream:
-    """An httpcore network stream handing its socket to the deadline of the call reading or
-    writing it: a connection kept from an earlier call is known no other way before its
-    answer's headers, so a server trickling them would not be cut."""
+class _DeadlineStream:
+    """An httpcore network stream whose every read and write waits at most what is left of
+    the calling thread's deadline (httpcore sets the socket's timeout per step)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
-    def _claim(self) -> None:
-        deadline = getattr(_CALL, "deadline", None)
-        if deadline is not None:
-            deadline.watch(self._stream)
-
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        self._claim()
-        return self._stream.read(max_bytes, timeout)
+        return self._stream.read(max_bytes, _bound(timeout, "ReadTimeout"))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._claim()
-        self._stream.write(buffer, timeout)
+        self._stream.write(buffer, _bound(timeout, "WriteTimeout"))
 
     def close(self) -> None:
         self._stream.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> "_WatchedStream":
-        return _WatchedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+                  timeout: float | None = None) -> "_DeadlineStream":
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname,
+                                                      _bound(timeout, "ConnectTimeout")))
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
 
 
-class _WatchingBackend:
-    """httpcore's network backend with every stream a :class:`_WatchedStream`."""
+class _DeadlineBackend:
+    """httpcore's network backend with every connection a :class:`_DeadlineStream`."""
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
 
-    def connect_tcp(self, *args: Any, **kw: Any) -> _WatchedStream:
-        return _WatchedStream(self._backend.connect_tcp(*args, **kw))
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, *args: Any,
+                    **kw: Any) -> _DeadlineStream:
+        return _DeadlineStream(self._backend.connect_tcp(host, port, _bound(timeout, "ConnectTimeout"),
+                                                         *args, **kw))
 
-    def connect_unix_socket(self, *args: Any, **kw: Any) -> _WatchedStream:
-        return _WatchedStream(self._backend.connect_unix_socket(*args, **kw))
+    def connect_unix_socket(self, path: str, timeout: float | None = None, *args: Any,
+                            **kw: Any) -> _DeadlineStream:
+        return _DeadlineStream(self._backend.connect_unix_socket(path, _bound(timeout, "ConnectTimeout"),
+                                                                 *args, **kw))
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
@@ -270,11 +212,11 @@ class RemoteShard:
                     # http.client sent both in one write)
                     socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
                 # httpx has no deadline for a whole request (encode/httpx#1450) nor a public
-                # way to the socket a kept connection reads: its pool's backend is wrapped to
-                # tell (tested: without it, trickled headers on a kept connection are not cut)
+                # way to its network backend: the pool's is wrapped (tested: without it a
+                # trickling server holds a call a read timeout per byte)
                 pool = getattr(transport, "_pool", None)
                 if hasattr(pool, "_network_backend"):
-                    pool._network_backend = _WatchingBackend(pool._network_backend)
+                    pool._network_backend = _DeadlineBackend(pool._network_backend)
                 self._client = httpx.Client(
                     # a redirect is refused, not followed: the API key would go along to
                     # whatever host the Location names
@@ -311,23 +253,17 @@ class RemoteShard:
             headers["Content-Type"] = "application/json"
         client = self._http()
         deadline = _Deadline(self.timeout)
-        _CALL.deadline = deadline
+        _CALL.deadline = deadline  # read by this thread's network steps (_DeadlineStream)
         try:
             with client.stream("GET" if body is None else "POST", self.url + path, content=content,
-                               headers=headers, timeout=self.timeout,  # each step's; the deadline's below
-                               extensions={"trace": deadline.trace}) as resp:
-                try:
-                    deadline.watch(resp.extensions.get("network_stream"))
-                    ok = 200 <= resp.status_code < 300
-                    data = self._read(resp, deadline, path, max_bytes if ok else _ERROR_BYTES, cut=not ok)
-                finally:
-                    deadline.stop()
+                               headers=headers, timeout=self.timeout) as resp:
+                ok = 200 <= resp.status_code < 300
+                data = self._read(resp, deadline, path, max_bytes if ok else _ERROR_BYTES, cut=not ok)
         except httpx.HTTPError as exc:
             raise self._failure(path, exc, deadline.expired) from None
         except httpx.InvalidURL as exc:  # a host name httpx cannot send (urlparse took it)
             raise CollectionError(f"shard {self.url}: not a URL a request can go to ({exc})") from None
         finally:
-            deadline.stop()
             _CALL.deadline = None
         if not ok:
             raise self._http_error(path, resp, data)
@@ -336,8 +272,7 @@ class RemoteShard:
     def _read(self, resp: httpx.Response, deadline: _Deadline, path: str, limit: int | None,
               cut: bool) -> bytes:
         """The body of ``resp`` before the deadline, at most ``limit`` bytes (more is refused,
-        or with ``cut``, left unread). Read from ``resp.stream``, which leaves the connection
-        to the pool only when the response is closed, after the deadline's timer stopped."""
+        or with ``cut``, left unread)."""
         if deadline.left() <= 0:  # the headers came just as the deadline passed
             raise self._timed_out(path)
         try:
