@@ -56,7 +56,11 @@ def hashing_splits(n: int, n_query: int, n_train: int, seed: int = 0, name: str 
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise DataError(f"{name}: {key} must be a positive integer, got {value!r}")
     if n_query + n_train > n:
-        raise DataError(f"{name}: n_query + n_train = {n_query + n_train} exceeds {what or f'{n} items'}")
+        # Often the defaults (2000 + 10000, NUS-WIDE's 2100 + 10500) on part of a download,
+        # which the user never typed: say which values fit, a sixth of the items as queries.
+        fit = (f"; pass smaller n_query / n_train (from the command line --data-option "
+               f"n_query={max(1, n // 6)} --data-option n_train={n - max(1, n // 6)})") if n >= 2 else ""
+        raise DataError(f"{name}: n_query + n_train = {n_query + n_train} exceeds {what or f'{n} items'}{fit}")
     parts = random_splits(n, {"query": n_query, "database": -1}, seed=seed)
     rng = np.random.default_rng(seed + 1)
     train = np.sort(rng.choice(parts["database"], n_train, replace=False))
