@@ -141,3 +141,22 @@ def test_a_download_too_small_for_the_hashing_split_says_which_options_fit(tmp_p
     # the values it suggests load
     ds = load_dataset(str(root), n_concepts=3, n_query=2, n_train=10)
     assert len(ds.splits["query"]) == 2 and len(ds.splits["train"]) == 10
+
+
+def test_a_flickr30k_part_too_small_for_the_random_split_says_which_options_fit(tmp_path, ucm_items):
+    # results_20130124.token beside flickr30k-images/, 12 images under the default 1000 + 1000:
+    # the values the error suggests must themselves fit (it used to say 100 + 100 whatever the size)
+    root = tmp_path / "flickr30k"
+    (root / "flickr30k-images").mkdir(parents=True)
+    truth, lines = {}, []
+    for j, (src, c, caps) in enumerate(ucm_items):
+        fn = f"{1000092795 + 31 * j}.jpg"
+        shutil.copy(src, root / "flickr30k-images" / fn)
+        lines += [f"{fn}#{k}\t{s}" for k, s in enumerate(caps)]
+        truth[fn] = (c, caps)
+    (root / "results_20130124.token").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"none of its 12 images.*--data-option n_val=1 --data-option n_test=1\b"):
+        load_dataset(str(root))
+    ds = load_dataset(str(root), n_val=1, n_test=1)
+    _check_pairs(ds, truth, labelled=False)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 10, "val": 1, "test": 1}

@@ -311,10 +311,11 @@ def load_flickr(path: str | os.PathLike, n_val: int = 1000, n_test: int = 1000, 
         images = sorted(captions)
         n = len(images)
         if n_val + n_test >= n:
+            fit = max(1, n // 10) if n >= 3 else 0  # sizes that leave images to train on
             raise DataError(f"{caption_file}: read as {name}'s captions, whose seeded random split of {n_val} "
                             f"val + {n_test} test images leaves none of its {n} images to train on; pass "
-                            "smaller n_val / n_test (from the command line --data-option n_val=100 "
-                            "--data-option n_test=100, or =0 to index without splits)")
+                            f"smaller n_val / n_test (from the command line --data-option n_val={fit} "
+                            f"--data-option n_test={fit}, or =0 to index without splits)")
         splits = random_splits(n, {"val": n_val, "test": n_test, "train": -1}, seed=seed)
         protocol = "random_split"
     folder, file_name = _image_rule(root, caption_file, images, None if image_dir is None else Path(image_dir))
