@@ -624,3 +624,21 @@ def test_fingerprint_cache_of_a_release_with_many_files(tmp_path, counted_reads)
     edited = dataset_fingerprint(str(root))
     assert edited != fp and len(counted_reads) == 2 * n
     assert dataset_fingerprint(str(root), cache_dir=False) == edited
+
+
+def test_hashing_on_an_unlabelled_dataset_is_refused_before_fitting():
+    """Flickr-like caption data has no labels: the hashing protocol's scores (query split
+    against another split, relevance a shared label) were all empty, the tables all "-" and
+    nothing said why. Refused before any fit, naming the methods and the splits."""
+    from xmodal.data import DataError, PairedDataset
+    from xmodal.evaluation.bench import run_bench
+
+    rng = np.random.default_rng(0)
+    n = 60
+    ds = PairedDataset("captions_only", text_to_image=np.arange(n), n_images=n,
+                       image_features=rng.standard_normal((n, 8)).astype(np.float32),
+                       text_features=rng.standard_normal((n, 6)).astype(np.float32),
+                       splits={"train": np.arange(40), "test": np.arange(40, 60)})
+    with pytest.raises(DataError, match="lsh: dataset 'captions_only' has no labels.*'test' split.*'train' split"):
+        run_bench(ds, ["cca", "lsh"], bits=[16])
+    assert run_bench(ds, ["cca"])[0]["i2t"]["r@1"] >= 0  # real-valued methods still score on pairs

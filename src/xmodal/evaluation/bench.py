@@ -372,7 +372,14 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
         raise DataError(f"dataset {ds.name!r} needs a 'test' split of at least 2 images to score on "
                         f"(it has {has}){_split_hint(ds)}")
     if hashing:  # the database split: a misspelled name must not fall back to another split
-        hashing_split_names(ds, hashing_db, database_codes)
+        q, db = hashing_split_names(ds, hashing_db, database_codes)
+        if ds.labels is None and not np.array_equal(ds.splits[q], ds.splits[db]):
+            # relevance is a shared label, and no query has a pair in another split: every
+            # score would be empty (the tables all "-", said nowhere)
+            raise DataError(f"{', '.join(hashing)}: dataset {ds.name!r} has no labels, and the hashing "
+                            f"protocol scores the {q!r} split's queries against the {db!r} split by "
+                            "shared labels: nothing could be scored; bench hashing methods on a labelled "
+                            "dataset (give each row a 'label' or 'labels')")
     supervised = [n for n, c in zip(method_names, classes) if c.supervised]
     train_labels = ds.subset("train").labels if ds.labels is not None else None
     if supervised and train_labels is None:
