@@ -160,3 +160,31 @@ def test_a_flickr30k_part_too_small_for_the_random_split_says_which_options_fit(
     ds = load_dataset(str(root), n_val=1, n_test=1)
     _check_pairs(ds, truth, labelled=False)
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 10, "val": 1, "test": 1}
+
+
+def test_encode_takes_data_options_as_bench_and_index_do(tmp_path):
+    """`xmodal encode` had no --data-option: a partial NUS-WIDE / MIRFlickr / Flickr copy, whose
+    loader's error says to pass --data-option n_query=..., could not be encoded at all."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+    from xmodal.data import load_dataset
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"image": f"img{i}.jpg", "text": f"a {lab} seen from above {i}", "label": lab,
+             "split": "train" if i < 8 else "test"} for i, lab in enumerate(["harbor", "beach"] * 5)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "p.npz"
+    opt = 'label_names=["harbor", "beach"]'
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--data-option", opt, "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert load_dataset(str(out)).label_names == ["harbor", "beach"]  # the option's order, not sorted
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--data-option", 'label_names=["beach"]', "--out", str(tmp_path / "q.npz")])
+    assert res.exit_code == 2 and "harbor" in res.output, res.output
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--data-option", "no_such_option=1", "--out", str(tmp_path / "r.npz")])
+    assert res.exit_code == 2 and "no_such_option" in res.output, res.output

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from .._fs import blocking_file
+from ._values import _parse_options
 
 
 def _default_out(dataset: str, image_encoder: str | None, text_encoder: str | None) -> Path:
@@ -48,6 +49,9 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="output .npz "
                                            "(default <dataset>.<image>.<text>.npz)"),
         fit_split: str = typer.Option("train", "--fit-split", help="split that fitted encoders learn from"),
+        data_option: list[str] = typer.Option([], "--data-option", help="dataset loader option, KEY=VALUE "
+                                              "(repeatable; as xmodal bench, e.g. n_query=20 for a small "
+                                              "NUS-WIDE or MIRFlickr copy)"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
         as_json: bool = typer.Option(False, "--json", help="machine-readable summary on stdout"),
@@ -64,6 +68,7 @@ def register(app: typer.Typer) -> None:
 
         if image_encoder is None and text_encoder is None:
             raise typer.BadParameter("give --image-encoder and/or --text-encoder")
+        options = _parse_options(data_option)
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         out = out or _default_out(dataset, image_encoder, text_encoder)
         _check_out(out)
@@ -76,7 +81,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         t0 = time.perf_counter()
         try:
-            ds = load_dataset(dataset, data_dir=data_dir)
+            ds = load_dataset(dataset, data_dir=data_dir, **options)
             ds = encode_dataset(ds, image_encoder, text_encoder,
                                 cache_dir=cache_dir, fit_split=fit_split, quiet=quiet,
                                 batch_size=batch_size)
