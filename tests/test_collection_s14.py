@@ -233,3 +233,68 @@ def test_a_damaged_meta_format_is_rebuilt_on_request(tmp_path):
         assert c.count() == 0
         c.add_vectors("image", ["new"], X[:1])
         assert c.search_vector(X[0], "image", 1)[0].key == "new"
+
+
+def test_ctrl_c_during_an_add_says_what_the_collection_kept(tmp_path, monkeypatch):
+    """Ctrl-C in `xmodal index` half-way through a long add: the batches committed are kept,
+    and the message says how many items the collection holds now and held before the run,
+    so the user sees what was kept before running the same command again to continue."""
+    from typer.testing import CliRunner
+
+    import xmodal.index.build as build
+    import xmodal.index.collection as collection_mod
+    from xmodal.cli import app
+    from xmodal.encoders import get_encoder
+    from xmodal.index.collection import TextItem
+
+    enc = get_encoder("bow", "text").fit(["a river", "two planes"], progress=False)
+    path = tmp_path / "c.xmc"
+    with Collection.create(path, dim=enc.dim, text_encoder=enc) as c:
+        c.add_items(texts=[TextItem("old", "a river")])
+    texts = [TextItem(f"t{i}", f"river {i}") for i in range(300)]  # two batches of 256
+    monkeypatch.setattr(build, "scan_source", lambda *a, **k: ([], texts))
+    real, calls = collection_mod.encode_items, []
+
+    def encode_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the first batch is committed by now
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(collection_mod, "encode_items", encode_then_interrupt)
+    src = tmp_path / "src"
+    src.mkdir()
+    res = CliRunner().invoke(app, ["index", str(src), "-c", str(path)])
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.output and "run the same command again" in res.output
+    assert "257 texts" in res.output and "1 text before" in res.output, res.output
+    with Collection.open(path) as c:
+        assert c.count("text") == 257
+
+
+def test_an_interrupted_add_closes_its_progress_bar(tmp_path, monkeypatch):
+    """The bar is closed as the interruption passes, not later by the garbage collector:
+    else its last line is drawn after `xmodal index`'s "interrupted: ..." message."""
+    from tqdm import tqdm
+
+    import xmodal.index.collection as collection_mod
+    from xmodal.encoders import get_encoder
+    from xmodal.index.collection import TextItem
+
+    enc = get_encoder("bow", "text").fit(["a river", "two planes"], progress=False)
+    coll = Collection.create(tmp_path / "c.xmc", dim=enc.dim, text_encoder=enc)
+    real, calls = collection_mod.encode_items, []
+
+    def encode_then_interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(collection_mod, "encode_items", encode_then_interrupt)
+    with pytest.raises(KeyboardInterrupt) as exc:
+        coll.add_items(texts=[TextItem(f"t{i}", f"river {i}") for i in range(10)], batch_size=4, progress=True)
+    assert not [b for b in list(tqdm._instances) if str(b.desc).startswith("adding")]
+    del exc
+    assert coll.count("text") == 4  # the first batch is kept
+    coll.close()

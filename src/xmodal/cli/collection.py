@@ -199,6 +199,11 @@ def _check_port(host: str, port: int) -> None:
             _fail(f"{where}: cannot listen there ({exc.strerror or exc})")
 
 
+def _counted(counts: dict[str, int]) -> str:
+    """'571 images and 1 text': a collection's item counts in words."""
+    return " and ".join(f"{n} {m}{'' if n == 1 else 's'}" for m, n in counts.items())
+
+
 def register(app: typer.Typer) -> None:
     from ..index.build import DEFAULT_IMAGE_ENCODER, DEFAULT_METHOD, DEFAULT_TEXT_ENCODER
 
@@ -298,6 +303,10 @@ def register(app: typer.Typer) -> None:
                 _fail(_os_words(exc, collection))
             typer.echo(json.dumps(plan, indent=1) if as_json else _plan_text(plan))
             return
+        from ..index import Collection
+
+        # what the collection held before: said beside what it holds if the run is interrupted
+        before = None if rebuild else Collection.stored_counts(collection)
         try:
             coll = build_collection(source, collection, method=method, method_params=method_params or None,
                                     image_encoder=image_encoder,
@@ -316,11 +325,12 @@ def register(app: typer.Typer) -> None:
             # Ctrl-C: every batch committed so far is kept, and the encoders' feature cache
             # holds what was encoded; the same command continues from there. Stopped while
             # encoding or fitting for a new collection, there is no collection to speak of.
-            from ..index import Collection
-
-            if Collection.exists(collection):
-                typer.echo(f"\ninterrupted: {collection} keeps every batch stored so far; run the same "
-                           "command again to continue", err=True)
+            now = Collection.stored_counts(collection)
+            if now is not None:
+                had = "" if before is None else f" ({_counted(before)} before this run)"
+                typer.echo(f"\ninterrupted: {collection} keeps every batch stored so far and holds "
+                           f"{_counted(now)}{had}; run the same command again to continue (what is "
+                           "stored is not encoded again)", err=True)
             else:
                 typer.echo(f"\ninterrupted before anything was stored: {collection} was not created; "
                            "run the same command again (features encoded so far are cached)", err=True)

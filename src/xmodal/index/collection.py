@@ -620,6 +620,30 @@ class Collection:
         finally:
             s.close()
 
+    @staticmethod
+    def stored_counts(path: str | Path) -> dict[str, int] | None:
+        """Items per modality the collection at ``path`` holds, read from its database alone
+        (no index loaded: what `xmodal index` says when it is interrupted); None when there is
+        no complete collection there or its database cannot be read."""
+        db = Path(path) / DB_NAME
+        if not db.exists():
+            return None
+        try:
+            s = _open_store(db)  # as exists(): read-only only where it must (a WAL to merge)
+        except CollectionError:  # damaged: --rebuild's business, not this count's
+            return None
+        try:
+            if s.get_meta("format") is None:
+                return None
+            counts = dict.fromkeys(MODALITIES, 0)
+            for modality, n in s.query("SELECT modality, COUNT(*) FROM items GROUP BY modality"):
+                counts[modality] = int(n)
+            return counts
+        except sqlite3.DatabaseError:
+            return None
+        finally:
+            s.close()
+
     def close(self) -> None:
         self.store.close()
 
@@ -2153,38 +2177,40 @@ class Collection:
                     # None: a bar only on a terminal (never tqdm's lines in a log file)
                     bar = tqdm(total=len(todo), desc=f"adding {modality}s", unit=modality,
                                disable=not show_progress(progress))
-                for start in range(0, len(todo), batch_size):
-                    rows = todo[start:start + batch_size]
-                    if feats is not None:
-                        F = np.asarray(feats)[rows]
-                    else:
-                        inputs = [items[r].path if modality == "image" else items[r].text for r in rows]
-                        F, ok = encode_items(self.encoder(modality), inputs)
-                        if not ok.all():  # unreadable images: reported, never indexed as zeros
-                            total.skipped += [items[r].path for r, good in zip(rows, ok) if not good]
-                            unread.update(items[r].key for r, good in zip(rows, ok) if not good)
-                            rows = [r for r, good in zip(rows, ok) if good]
-                            F = F[ok]
-                            if not rows:
-                                continue
-                    codes, fv = self.features_to_space(modality, F)
-                    add = dict(
-                        modality=modality, keys=[items[r].key for r in rows], codes=codes, fvecs=fv,
-                        paths=[items[r].path for r in rows] if modality == "image" else None,
-                        texts=[items[r].text for r in rows] if modality == "text" else None,
-                        labels=[list(items[r].labels) for r in rows],
-                        pair_keys=[items[r].pair_key for r in rows] if modality == "text" else None,
-                        hashes=[hashes[r] for r in rows],
-                        stats=[stats[r] for r in rows] if modality == "image" else None,
-                        actor=actor, remote=remote)
-                    if staged is not None:
-                        staged.append(add)
-                    else:
-                        total.merge(self._add_vectors(**add))
+                try:
+                    for start in range(0, len(todo), batch_size):
+                        rows = todo[start:start + batch_size]
+                        if feats is not None:
+                            F = np.asarray(feats)[rows]
+                        else:
+                            inputs = [items[r].path if modality == "image" else items[r].text for r in rows]
+                            F, ok = encode_items(self.encoder(modality), inputs)
+                            if not ok.all():  # unreadable images: reported, never indexed as zeros
+                                total.skipped += [items[r].path for r, good in zip(rows, ok) if not good]
+                                unread.update(items[r].key for r, good in zip(rows, ok) if not good)
+                                rows = [r for r, good in zip(rows, ok) if good]
+                                F = F[ok]
+                                if not rows:
+                                    continue
+                        codes, fv = self.features_to_space(modality, F)
+                        add = dict(
+                            modality=modality, keys=[items[r].key for r in rows], codes=codes, fvecs=fv,
+                            paths=[items[r].path for r in rows] if modality == "image" else None,
+                            texts=[items[r].text for r in rows] if modality == "text" else None,
+                            labels=[list(items[r].labels) for r in rows],
+                            pair_keys=[items[r].pair_key for r in rows] if modality == "text" else None,
+                            hashes=[hashes[r] for r in rows],
+                            stats=[stats[r] for r in rows] if modality == "image" else None,
+                            actor=actor, remote=remote)
+                        if staged is not None:
+                            staged.append(add)
+                        else:
+                            total.merge(self._add_vectors(**add))
+                        if bar is not None:
+                            bar.update(len(rows))
+                finally:  # an interruption too: else its last line comes after the caller's message
                     if bar is not None:
-                        bar.update(len(rows))
-                if bar is not None:
-                    bar.close()
+                        bar.close()
             if staged:
                 with self._transaction() as c:
                     done = [self._add_vectors(**add, c=c) for add in staged]
