@@ -188,3 +188,17 @@ def test_encode_takes_data_options_as_bench_and_index_do(tmp_path):
     res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
                                    "--data-option", "no_such_option=1", "--out", str(tmp_path / "r.npz")])
     assert res.exit_code == 2 and "no_such_option" in res.output, res.output
+
+
+def test_the_ucm_release_by_path_has_its_classes_as_by_name():
+    """`xmodal index /data/ucm_captions` (by path) gave a collection without labels, while
+    `xmodal index ucm_captions` had the 21 classes: label filters found nothing."""
+    from conftest import need
+
+    from xmodal.data import load_dataset
+
+    folder = need("ucm_captions")
+    by_name, by_path = load_dataset("ucm_captions"), load_dataset(str(folder))
+    assert by_path.labels is not None and by_path.label_names == by_name.label_names
+    np.testing.assert_array_equal(by_path.labels, by_name.labels)
+    assert by_path.labels.shape == (2100, 21) and by_path.labels.sum() == 2100

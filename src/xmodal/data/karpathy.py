@@ -134,6 +134,10 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         raise DataError(f"{path}: drop_unlabelled must be True or False, got {drop_unlabelled!r}")
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {path})")
+    if class_of is None and label_names is None and _is_ucm_release(doc):
+        # the UCM-Captions release given by path: its classes, as under its name (the
+        # Karpathy file carries none, and label filters on its collection found nothing)
+        class_of, label_names = _ucm_class, UCM_CLASSES
     if max_captions == "auto":
         max_captions = COCO_CAPTIONS if str(doc.get("dataset", "")).lower() in ("coco", "mscoco") else None
     if max_captions is not None and (isinstance(max_captions, bool) or not isinstance(max_captions, int)
@@ -352,6 +356,14 @@ def _image_rule(root: Path, records: list, image_dir: Path | None) -> Callable[[
 
     rule = first_rule(rules(), sample, probe)
     return rule if rule is not None else (lambda rec: _named(bases[0], rec))
+
+
+def _is_ucm_release(doc: dict) -> bool:
+    """UCM-Captions' own dataset.json: "dataset": "UCM" and images 1..2100 (class = (id-1)//100)."""
+    if str(doc.get("dataset", "")).lower() != "ucm" or len(doc["images"]) != 2100:
+        return False
+    stems = [Path(str(r.get("filename", ""))).stem if isinstance(r, dict) else "" for r in doc["images"]]
+    return sorted(int(t) for t in stems if t.isascii() and t.isdigit()) == list(range(1, 2101))
 
 
 def _ucm_class(rec: dict) -> int:
