@@ -21,6 +21,7 @@ from ..data.karpathy import IMAGE_EXTENSIONS
 from .vector import check_spec
 from .collection import (DB_NAME, Collection, CollectionError, CollectionExistsError, ImageItem, TextItem,
                          encode_items, get_encoder)
+from .store import in_chunks
 
 #: The learned common space fitted on a source's pairs when no fitted model is given.
 DEFAULT_METHOD = "cca"
@@ -754,20 +755,17 @@ def _held_twice(coll: Collection, new_ids: list[int]) -> list[tuple[str, str]]:
     stored before them already has under another key."""
     fresh = sorted({int(i) for i in new_ids})
     new: list[tuple[int, str, str]] = []  # (id, key, content hash) of the new images
-    for start in range(0, len(fresh), 900):  # SQLite's bound-parameter limit
-        chunk = fresh[start:start + 900]
+    for chunk, marks in in_chunks(fresh):
         new += [r for r in coll.store.query(f"SELECT id, key, content_hash FROM items WHERE modality = "
-                                            f"'image' AND id IN ({','.join('?' * len(chunk))})", chunk) if r[2]]
-    # one scan of the older images per 900 hashes, matched inside SQLite: content_hash has no
+                                            f"'image' AND id IN ({marks})", chunk) if r[2]]
+    # one scan of the older images per chunk of hashes, matched inside SQLite: content_hash has no
     # index, so a join from each new image scanned them all once per image (40 s for 2000
     # new images beside 200,000)
     hashes = sorted({h for _, _, h in new})
     older: dict[str, str] = {}  # content hash -> the earliest older image's key
-    for start in range(0, len(hashes), 900):
-        chunk = hashes[start:start + 900]
+    for chunk, marks in in_chunks(hashes):
         for h, key in coll.store.query(f"SELECT content_hash, key FROM items WHERE modality = 'image' "
-                                       f"AND id < ? AND content_hash IN ({','.join('?' * len(chunk))}) "
-                                       f"ORDER BY id", [fresh[0], *chunk]):
+                                       f"AND id < ? AND content_hash IN ({marks}) ORDER BY id", [fresh[0], *chunk]):
             older.setdefault(h, key)
     return [(key, older[h]) for _, key, h in sorted(new) if h in older]
 

@@ -58,7 +58,7 @@ import numpy as np
 from .._fs import atomic_write, atomic_write_bytes
 from ..data.dataset import DataError
 from .store import SCHEMA_VERSION, CollectionError, ReadOnlyError, Store, read_only_error  # noqa: F401 (re-exported)
-from .store import UnreadableDatabaseError
+from .store import UnreadableDatabaseError, in_chunks
 from .store import writable as store_writable
 from .vector import IndexFileError, IndexSpecError, VectorIndex, normalize_spec, prepare, split_spec
 
@@ -1318,9 +1318,7 @@ class Collection:
         if not ids:
             return {}
         out: dict[int, Hit] = {}
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            chunk = ids[start:start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(ids):
             for r in self.store.query(f"SELECT id, modality, key, path, text, pair_id FROM items "
                                       f"WHERE id IN ({marks})", chunk):
                 out[r[0]] = Hit(id=r[0], score=float("nan"), modality=r[1], key=r[2],
@@ -1362,10 +1360,9 @@ class Collection:
         ids = [int(i) for i in ids]
         rows = {}
         valid = _ids(ids)
-        for start in range(0, len(valid), 900):
-            chunk = valid[start:start + 900]
-            for r in self.store.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN "
-                                      f"({','.join('?' * len(chunk))})", chunk):
+        for chunk, marks in in_chunks(valid):
+            for r in self.store.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN ({marks})",
+                                      chunk):
                 rows[r[0]] = r
         missing = [i for i in ids if i not in rows]
         if missing:
@@ -1812,9 +1809,8 @@ class Collection:
     def _lookup(c: Any, sql: str, keys: list[str]) -> dict[str, tuple]:
         """``key -> rest of row`` for a ``... IN ({})`` query, in chunks under SQLite's limit."""
         out: dict[str, tuple] = {}
-        for start in range(0, len(keys), 900):
-            chunk = keys[start:start + 900]
-            for row in c.execute(sql.format(",".join("?" * len(chunk))), chunk):
+        for chunk, marks in in_chunks(keys):
+            for row in c.execute(sql.format(marks), chunk):
                 out[row[0]] = tuple(row[1:])
         return out
 
@@ -1904,11 +1900,10 @@ class Collection:
             by_len.setdefault(len(suffix), []).append(suffix)
         found: set[str] = set()
         for n, suffixes in by_len.items():
-            for start in range(0, len(suffixes), 900):  # SQLite's bound-parameter limit
-                chunk = suffixes[start:start + 900]
+            for chunk, marks in in_chunks(suffixes):
                 for (p,) in self.store.query(
                         f"SELECT DISTINCT path FROM items WHERE modality = 'image' AND "
-                        f"substr(path, -{n}) IN ({','.join('?' * len(chunk))})", chunk):
+                        f"substr(path, -{n}) IN ({marks})", chunk):
                     name = self._upload_name(p)
                     if name is not None:
                         found.add(name)
@@ -1918,10 +1913,9 @@ class Collection:
         """Those of ``values`` that some item still has in ``column`` (path or content_hash)."""
         values = sorted(set(values))
         found: set[str] = set()
-        for start in range(0, len(values), 900):  # SQLite's bound-parameter limit
-            chunk = values[start:start + 900]
+        for chunk, marks in in_chunks(values):
             found |= {r[0] for r in self.store.query(
-                f"SELECT DISTINCT {column} FROM items WHERE {column} IN ({','.join('?' * len(chunk))})", chunk)}
+                f"SELECT DISTINCT {column} FROM items WHERE {column} IN ({marks})", chunk)}
         return found
 
     def prune(self, keep: Iterable[str], actor: str = "local", remote: str | None = None) -> list[int]:
@@ -1942,12 +1936,10 @@ class Collection:
     def _file_stats(self, keys: Sequence[str]) -> dict[str, tuple]:
         """key -> (content hash, path, size, mtime_ns) of stored image files."""
         out: dict[str, tuple] = {}
-        for start in range(0, len(keys), 900):
-            chunk = list(keys[start:start + 900])
+        for chunk, marks in in_chunks(keys):
             for k, *rest in self.store.query(
                     "SELECT i.key, i.content_hash, f.path, f.size, f.mtime_ns FROM items i "
-                    f"JOIN file_stats f ON f.item_id = i.id WHERE i.key IN ({','.join('?' * len(chunk))})",
-                    chunk):
+                    f"JOIN file_stats f ON f.item_id = i.id WHERE i.key IN ({marks})", chunk):
                 out[k] = tuple(rest)
         return out
 
@@ -2036,19 +2028,16 @@ class Collection:
     def _stored(self, keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
         """key -> (content hash, stored path) of the stored items of ``keys``."""
         out: dict[str, tuple[str | None, str | None]] = {}
-        for start in range(0, len(keys), 900):
-            chunk = list(keys[start:start + 900])
+        for chunk, marks in in_chunks(keys):
             for k, h, path in self.store.query(f"SELECT key, content_hash, path FROM items WHERE key IN "
-                                               f"({','.join('?' * len(chunk))})", chunk):
+                                               f"({marks})", chunk):
                 out[k] = (h, path)
         return out
 
     def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
-        for start in range(0, len(keys), 900):
-            chunk = list(keys[start:start + 900])
-            for k, h in self.store.query(f"SELECT key, content_hash FROM items WHERE key IN "
-                                         f"({','.join('?' * len(chunk))})", chunk):
+        for chunk, marks in in_chunks(keys):
+            for k, h in self.store.query(f"SELECT key, content_hash FROM items WHERE key IN ({marks})", chunk):
                 out[k] = h
         return out
 
@@ -2230,12 +2219,11 @@ class Collection:
         rows = [r for r in rows if items[r].labels]
         stored: dict[str, list[str]] = {}
         keys = [items[r].key for r in rows]
-        for start in range(0, len(keys), 900):
-            chunk = keys[start:start + 900]
+        for chunk, marks in in_chunks(keys):
             # one query: a stored item without labels comes back once, its label NULL
             for key, label in self.store.query(
                     f"SELECT i.key, l.label FROM items i LEFT JOIN item_labels l ON l.item_id = i.id "
-                    f"WHERE i.key IN ({','.join('?' * len(chunk))}) ORDER BY l.label", chunk):
+                    f"WHERE i.key IN ({marks}) ORDER BY l.label", chunk):
                 stored.setdefault(key, [])
                 if label is not None:
                     stored[key].append(label)

@@ -93,6 +93,17 @@ class UnreadableDatabaseError(CollectionError):
     database), or whose meta values are not JSON. A rebuild (overwrite) replaces it."""
 
 
+SQL_VARS = 900  # ids bound per statement: under SQLite's limit on bound parameters (999 in older builds)
+
+
+def in_chunks(values: Sequence[Any]) -> Iterator[tuple[list[Any], str]]:
+    """``values`` in pieces one statement can bind, each with its ``?,?,...`` for ``IN (...)``."""
+    values = list(values)
+    for start in range(0, len(values), SQL_VARS):
+        chunk = values[start:start + SQL_VARS]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def writable(folder: Path, db: Path) -> bool:
     """Whether this process may write the collection folder and its database file."""
     return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
@@ -242,10 +253,9 @@ class Store:
         """(ids, codes, fvecs) of those of ``ids`` that have vectors, in id order."""
         ids = sorted(int(i) for i in ids)
         rows: list[tuple] = []
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            chunk = ids[start:start + 900]
-            rows += self.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN "
-                               f"({','.join('?' * len(chunk))}) ORDER BY item_id", chunk)
+        for chunk, marks in in_chunks(ids):
+            rows += self.query(f"SELECT item_id, code, fvec FROM vectors WHERE item_id IN ({marks}) "
+                               "ORDER BY item_id", chunk)
         out = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         return out, [r[1] for r in rows], [r[2] for r in rows]
 
