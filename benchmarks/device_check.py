@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -215,9 +216,12 @@ def check_save_load(ds: PairedDataset, devices: list[str], tmp: Path, fh) -> Non
     m, _, _ = fit_eval("acmr", ds, devices[-1], {"epochs": 3})
     test = ds.subset("test")
     a = m.encode_images(test.image_features)
-    path = m.save(tmp / "acmr.xmodal")
-    set_device(devices[0])
-    b = methods.load(str(path)).encode_images(test.image_features)
+    # a folder of its own under ``tmp``, removed after: no model file left behind, none shared
+    # with another run
+    with tempfile.TemporaryDirectory(dir=tmp, prefix="device_check_") as where:
+        path = m.save(Path(where) / "acmr.xmodal")
+        set_device(devices[0])
+        b = methods.load(str(path)).encode_images(test.image_features)
     emit({"check": "save_load", "trained_on": devices[-1], "loaded_on": devices[0],
           "max_abs_diff": float(np.abs(a - b).max())}, fh)
 
@@ -256,6 +260,8 @@ def run(args: argparse.Namespace) -> None:
     check_methods(small, list(RAW), {parse_method(n)[0] for n in RAW}, devices, args.quick,
                   deadline + 120, fh)
     check_save_load(ds, devices, Path(args.tmp), fh)
+    if fh:
+        fh.close()
 
 
 def main() -> None:
@@ -276,7 +282,7 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=420, help="seconds before methods are skipped")
     r.add_argument("--quick", action="store_true")
     r.add_argument("--json")
-    r.add_argument("--tmp", default="/tmp")
+    r.add_argument("--tmp", default=tempfile.gettempdir(), help="where the saved model goes for a moment")
     args = ap.parse_args()
     prepare(args) if args.cmd == "prepare" else run(args)
 

@@ -39,6 +39,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=0.9, help="lowest acceptable ratio xmodal/faiss")
     args = ap.parse_args()
+    # Checked here: FAISS would assert on odd bit counts, k above the database size would
+    # compare padded answers, and no query or no repeat would divide by zero.
+    if args.bits < 8 or args.bits % 8:
+        ap.error(f"--bits must be a positive multiple of 8, got {args.bits}")
+    if args.n_db < 1:
+        ap.error(f"--n-db must be at least 1, got {args.n_db}")
+    if not 1 <= args.k <= args.n_db:
+        ap.error(f"--k must be between 1 and --n-db ({args.n_db}), got {args.k}")
+    for name in ("n_query", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     rng = np.random.default_rng(args.seed)
     nbytes = args.bits // 8
     db = rng.integers(0, 256, size=(args.n_db, nbytes), dtype=np.uint8)

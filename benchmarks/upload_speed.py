@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from xmodal.index import Collection  # noqa: E402
+from xmodal.index.collection import REWRITE_BELOW_BYTES, REWRITE_FRACTION, REWRITE_MIN_CHANGES  # noqa: E402
 
 
 def timed_adds(coll: Collection, reader: Collection, rng: np.random.Generator, dim: int, adds: int,
@@ -52,8 +53,19 @@ def main() -> None:
     ap.add_argument("--index", default="Flat", help="FAISS spec of the collection's index")
     ap.add_argument("--dir", default=None, help="where to make the collection (default: a temp dir)")
     args = ap.parse_args()
-    # the catch-up path must not cross the rewrite threshold within the timed adds
-    assert args.adds * 2 <= 1024, "--adds too large: the catch-up path would rewrite too"
+    if args.dim < 1:
+        ap.error(f"--dim must be at least 1, got {args.dim}")
+    # Both paths must be the ones named: under REWRITE_BELOW_BYTES every add rewrites the file
+    # (the ratio would compare the rewrite with itself), and the catch-up adds must stay under
+    # the rewrite threshold.
+    if args.n * 4 * args.dim < REWRITE_BELOW_BYTES:
+        ap.error(f"--n {args.n} x --dim {args.dim}: an index under {REWRITE_BELOW_BYTES // 2**20} MiB "
+                 f"is rewritten on every add, so there is no catch-up path to time; "
+                 f"use --n >= {-(-REWRITE_BELOW_BYTES // (4 * args.dim))}")
+    most = int(max(REWRITE_MIN_CHANGES, REWRITE_FRACTION * args.n))
+    if not 1 <= args.adds <= most:
+        ap.error(f"--adds must be between 1 and {most} (more would make the catch-up path rewrite "
+                 f"too), got {args.adds}")
     root = Path(tempfile.mkdtemp(prefix="upload_speed_", dir=args.dir))
     rng = np.random.default_rng(0)
     try:
@@ -71,7 +83,10 @@ def main() -> None:
         coll.always_rewrite = True
         full, _ = timed_adds(coll, reader, rng, args.dim, args.adds, "full")
         coll.always_rewrite = False
+        files = sorted(p.name for p in (path / "indexes").glob("image.*"))
         delta, follow = timed_adds(coll, reader, rng, args.dim, args.adds, "delta")
+        if sorted(p.name for p in (path / "indexes").glob("image.*")) != files:
+            sys.exit("the catch-up adds rewrote the index file: the two timings are of one path")
         assert reader.count("image") == coll.count("image") == args.n + 2 * args.adds
         assert reader.indexes[("image", "flat")].ntotal == args.n + 2 * args.adds
         t = time.perf_counter()

@@ -116,3 +116,55 @@ def test_hashing_criteria_refuses_two_tables_of_one_cell(tmp_path):
     rc, out = run("hashing_criteria.py", str(f))
     assert rc == 2, out
     assert "d seph 32" in out and "learned training codes" in out, out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--bits", "60"), "--bits must be a positive multiple of 8"),
+    (("--n-db", "50", "--k", "100"), "--k must be between 1 and --n-db"),
+    (("--n-query", "0"), "--n-query must be at least 1"),
+    (("--repeats", "0"), "--repeats must be at least 1"),
+])
+def test_hamming_speed_refuses_bad_sizes(args, message):
+    # These used to end in a FAISS assertion, a false "distances differ" or a ZeroDivisionError.
+    rc, out = run("hamming_speed.py", "--n-db", "1000", *args)
+    assert rc == 2 and message in out and "Traceback" not in out, out
+
+
+def test_upload_speed_refuses_a_collection_too_small_for_catch_up():
+    # Under REWRITE_BELOW_BYTES every add rewrites the index file: both paths are the same one
+    # and the printed ratio (about 1x) compared nothing.
+    rc, out = run("upload_speed.py", "--n", "500", "--adds", "3")
+    assert rc == 2 and "--n 500" in out and "rewritten on every add" in out and "Traceback" not in out, out
+    rc, out = run("upload_speed.py", "--n", "5000", "--adds", "0")
+    assert rc == 2 and "--adds must be" in out and "Traceback" not in out, out
+
+
+def test_search_speed_refuses_more_single_queries_than_the_batch():
+    # Q[i:i+1] past the batch is empty: the one-at-a-time rate counted queries never sent.
+    rc, out = run("search_speed.py", "--n", "1000", "--nq", "5", "--single", "10")
+    assert rc == 2 and "--single" in out and "Traceback" not in out, out
+
+
+def test_device_check_save_load_leaves_nothing_behind(tmp_path):
+    # It saved /tmp/acmr.xmodal (the --tmp default) and never removed it.
+    import importlib.util
+
+    import numpy as np
+
+    from xmodal.data import PairedDataset
+
+    spec = importlib.util.spec_from_file_location("device_check", BENCH / "device_check.py")
+    dc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dc)
+    rng = np.random.default_rng(0)
+    n = 40
+    ds = PairedDataset("tiny", np.repeat(np.arange(n), 2), n,
+                       image_features=rng.standard_normal((n, 16)).astype(np.float32),
+                       text_features=rng.standard_normal((2 * n, 12)).astype(np.float32),
+                       labels=np.arange(n) % 4, splits={"train": np.arange(30), "test": np.arange(30, 40)})
+    out = tmp_path / "out.jsonl"
+    with open(out, "w") as fh:
+        dc.check_save_load(ds, ["cpu"], tmp_path, fh)
+    rec = json.loads(out.read_text())
+    assert rec["check"] == "save_load" and rec["max_abs_diff"] < 1e-5, rec
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
