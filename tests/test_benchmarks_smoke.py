@@ -168,3 +168,26 @@ def test_device_check_save_load_leaves_nothing_behind(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["check"] == "save_load" and rec["max_abs_diff"] < 1e-5, rec
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def _load(script: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), BENCH / script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_query_speed_refuses_no_queries_and_checks_its_ways_agree():
+    # --n 0 ended in statistics.StatisticsError; the batch's hits were never compared with the
+    # single queries' (a faster batch that answers otherwise is not faster).
+    rc, out = run("query_speed.py", "--n", "0", "-c", "nowhere.xmc")
+    assert rc == 2 and "--n must be at least 1" in out and "Traceback" not in out, out
+    from xmodal.index import Hit
+
+    qs = _load("query_speed.py")
+    a = [[Hit(1, 0.5, "image", "k1"), Hit(2, 0.4, "image", "k2")]]
+    qs.same_hits(a, [[Hit(2, 0.5 + 1e-6, "image", "k2"), Hit(1, 0.4, "image", "k1")]], "tie swap")
+    with pytest.raises(SystemExit, match="batch: query 0 got other hits"):
+        qs.same_hits(a, [[Hit(1, 0.5, "image", "k1"), Hit(3, 0.3, "image", "k3")]], "batch")
