@@ -37,7 +37,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
@@ -72,6 +72,9 @@ ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
                          "again); nothing written, "
                          "`id` and `item` are the existing item"},
 }
+# listed in the schema; a size outside it answers 422 naming the sizes
+THUMB_QUERY = Query(256, description="the thumbnail's longer side in pixels",
+                    json_schema_extra={"enum": list(THUMB_SIZES)})
 MAX_PROXIED_THUMBNAIL = 4 * 1024 * 1024  # a shard's 512 px JPEG is far smaller
 # MPO: the multi-picture JPEG many phones write (its first picture is a plain JPEG)
 _FORMAT_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
@@ -186,6 +189,194 @@ class Settings(BaseModel):
     public_read: bool
 
 
+# ------------------------------------------------------------------------- answers
+# The JSON the routes send, for the OpenAPI schema (generated clients, /docs). Routes still
+# return plain dicts, so an answer is never filtered or re-validated on the way out;
+# tests/test_service_api.py checks that real answers fit these models field by field.
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(..., description="where: ['body', 'k'], ['query', 'limit'], ...")
+    msg: str
+    type: str
+    input: Any = Field(None, description="the value sent (left out when over 200 characters or items)")
+    ctx: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error's body: a message naming the field (``q: blank (only whitespace)``), or
+    FastAPI's list of issues for a request that does not fit the route's parameters."""
+    detail: str | list[ValidationIssue]
+
+
+class ItemAnswer(BaseModel):
+    id: int = Field(..., description="the item's id in this collection (a remote hit's: on its shard)")
+    modality: Literal["image", "text"]
+    key: str = Field(..., description="the item's key: a path relative to the indexed folder, or one given")
+    path: str | None = Field(..., description="an image's file on the server (null for texts)")
+    text: str | None = Field(..., description="a text item's text (null for images)")
+    labels: list[str]
+    pair_id: int | None = Field(..., description="a caption's image (null when it has none)")
+    thumbnail: str | None = Field(..., description="the image's thumbnail URL (a caption's: its image's); "
+                                  "a remote shard's on that shard's server")
+    caption: str | None = Field(..., description="a text's text; an image's first caption")
+    shard: str | None = Field(None, description="routing servers only: the shard a remote hit is from")
+    proxy_thumbnail: str | None = Field(None, description="routing servers only: a remote hit's thumbnail "
+                                        "through this server")
+
+
+class HitAnswer(ItemAnswer):
+    score: float = Field(..., description="cosine similarity; for binary codes 1 - 2*hamming/bits")
+
+
+class ListedItem(ItemAnswer):
+    score: None = Field(None, description="always null in a listing (kept for older clients)")
+
+
+class FailedShard(BaseModel):
+    shard: str
+    error: str
+
+
+class SearchAnswer(BaseModel):
+    target: Literal["image", "text"] = Field(..., description="the modality searched")
+    k: int
+    results: list[HitAnswer] = Field(..., description="best first; fewer than k when fewer items match")
+    failed_shards: list[FailedShard] = Field(None, description="routing servers only: shards left out")
+
+
+class BatchQueryAnswer(SearchAnswer):
+    query: str
+
+
+class BatchSearchAnswer(BaseModel):
+    queries: list[BatchQueryAnswer] = Field(..., description="one per text, in the order sent")
+
+
+class ItemsPage(BaseModel):
+    items: list[ListedItem] = Field(..., description="in id order")
+    offset: int
+    limit: int
+    total: int = Field(..., description="items of that modality (or all) in the collection")
+
+
+class AddAnswer(BaseModel):
+    ids: list[int] = Field(..., description="ids of the items stored by this request")
+    added: int
+    replaced: int = Field(None, description="image uploads only: a changed item replaced")
+    unchanged: int
+    id: int | None = Field(..., description="the item's id (the image's, for an upload)")
+    item: ItemAnswer | None
+
+
+class DeleteAnswer(BaseModel):
+    deleted: list[int] = Field(..., description="ids deleted: the item and, for an image, its captions")
+
+
+class HealthAnswer(BaseModel):
+    status: Literal["ok"]
+    items: int = Field(None, description="only to callers who may read")
+    generation: int = Field(None, description="the write generation; only to callers who may read")
+
+
+class InfoAnswer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    images: int
+    texts: int
+    output: Literal["real", "binary"]
+    dim: int
+    index: str
+    space: str = Field(..., description="the common space's fingerprint: shards of one space share it")
+    rerank: bool
+    method: str | None
+    encoders: dict[str, str | None]
+    generation: int
+    public_read: bool
+    read_only: bool
+    db_id: str | None
+    labels: list[str]
+    labels_by_target: dict[str, list[str]]
+    shards: list[str] = Field(None, description="routing servers only: the shard URLs")
+
+
+class KeyRecord(BaseModel):
+    key_id: str
+    name: str
+    role: Literal["read", "write", "admin"]
+    created: float = Field(..., description="Unix time")
+    revoked: bool
+    revoked_at: float | None
+
+
+class KeyList(BaseModel):
+    keys: list[KeyRecord]
+
+
+class KeyMade(BaseModel):
+    token: str = Field(..., description="the key, shown this once: xmk_<key_id>_<secret>")
+    key_id: str
+    role: Literal["read", "write", "admin"]
+    name: str
+
+
+class KeyRevoked(BaseModel):
+    key_id: str
+    revoked: str = Field(..., description="the key id again (older clients read it here)")
+
+
+class AuditEntry(BaseModel):
+    id: int
+    ts: float = Field(..., description="Unix time")
+    actor: str = Field(..., description="key:<key_id>, or local for the command line")
+    action: str
+    detail: dict[str, Any] | str
+    remote: str | None = Field(..., description="the client's address")
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry] = Field(..., description="newest first")
+    offset: int
+    limit: int
+    total: int
+
+
+ERRORS = {
+    400: "the request cannot be used: an empty or broken upload, a bad item key",
+    401: "no API key where the route needs one (reading too when public_read is off), an invalid "
+         "or revoked key, or a key in the URL (?api_key=)",
+    403: "the key's role is too low for the route",
+    404: "no such item (or key, or shard)",
+    409: "`space` is not this collection's common space",
+    413: "request body over --max-upload-mb (uploads) or 4 MiB (JSON); an image over 40 Mpx",
+    415: "the upload is not an image in an accepted format",
+    422: "a request that does not fit the route: FastAPI's list of issues (loc names the field), or "
+         "a message naming the field",
+    429: "over --rate-limit: Retry-After says when to try again",
+    502: "the shard did not answer as it should",
+}
+WRITE_403 = ERRORS[403] + "; or the collection is read-only (served with --read-only, or its folder " \
+    "is not writable)"
+
+
+def errors(*codes: int, write: bool = False, rate: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error codes a route answers (plus 401 and 403: every
+    route with a role), each with the shared :class:`ErrorBody`."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({401, 403, *codes, *((429,) if rate else ())}):
+        text = WRITE_403 if code == 403 and write else ERRORS[code]
+        out[code] = {"model": ErrorBody, "description": text}
+    return out
+
+
+def answers(model: type[BaseModel], *codes: int, description: str = "the answer", status: int = 200,
+            write: bool = False, rate: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses``: the success answer's model and the errors (:func:`errors`)."""
+    return {status: {"model": model, "description": description}, **errors(*codes, write=write, rate=rate)}
+
+
+def add_answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """An add's two success answers (:data:`ADD_RESPONSES`) and its errors."""
+    return {**{s: {**r, "model": AddAnswer} for s, r in ADD_RESPONSES.items()}, **errors(*codes, write=True)}
+
+
 # ------------------------------------------------------------------------- helpers
 class BodyLimit:
     """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed); bodies
@@ -236,6 +427,67 @@ class BodyLimit:
                 raise
         if over and not started:
             await _plain(send, 413, f"request body over {_size(limit)}")
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON with every NaN / infinite float sent as null, as pydantic's serialiser sent it
+    while the routes' answers went through one: JSON has no NaN, and Starlette's
+    ``allow_nan=False`` turned such an answer into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            return super().render(_nan_to_null(content))
+
+
+def _nan_to_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    return value
+
+
+class HeadAndSlash:
+    """ASGI middleware: HEAD is answered as GET without its body (load balancers and link
+    checkers send HEAD; FastAPI routes take GET only), and a trailing slash names the same
+    route (``/api/search/``): Starlette's answer to it is a 307 to an absolute ``http://``
+    URL, which httpx does not follow by default and which names the wrong scheme behind a TLS
+    proxy. The app sees a copy of the scope (the server reads the method from its own to know
+    a HEAD answer has no body); the route found is copied back for the metrics."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, head = scope.get("path", ""), scope.get("method") == "HEAD"
+        slash = len(path) > 1 and path.endswith("/") and not path.startswith("/static/")
+        if not (slash or head):
+            return await self.app(scope, receive, send)
+        inner = dict(scope)
+        if slash:
+            inner["path"] = path.rstrip("/") or "/"
+            if isinstance(scope.get("raw_path"), bytes):
+                inner["raw_path"] = scope["raw_path"].rstrip(b"/") or b"/"
+        sending = send
+        if head:
+            inner["method"] = "GET"
+
+            async def sending(msg: dict) -> None:
+                if msg["type"] == "http.response.body" and msg.get("body"):
+                    msg = {**msg, "body": b""}
+                await send(msg)
+
+        try:
+            await self.app(inner, receive, sending)
+        finally:
+            if "route" in inner:
+                scope["route"] = inner["route"]
 
 
 class SecurityHeaders:
@@ -550,10 +802,12 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             sharded.close()
 
     app = FastAPI(title="xmodal search", version="1", lifespan=lifespan,
+                  default_response_class=FiniteJSONResponse,
                   description="Cross-modal (image <-> text) search over one xmodal collection.")
     app.state.shards = sharded  # the ShardedCollection a routing server searches (None: no shards)
     app.state.collection = coll
 
+    app.add_middleware(HeadAndSlash)  # innermost: every layer above sees the request as sent
     app.add_middleware(BodyLimit, limit=max_upload_bytes, json_limit=max_json_bytes)
     if rate_limit is not None:  # before the body is read; its 429s still counted by Observe
         app.add_middleware(RateLimit, per_minute=rate_limit, clock=clock)
@@ -651,7 +905,9 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         out = []
         for h in hits:
             d = h.to_dict()
-            d["score"] = round(float(h.score), 6)
+            # a listed item's score is NaN (no query): null, as JSON has no NaN (json.dumps
+            # with allow_nan=False, FastAPI's, refuses the whole answer)
+            d["score"] = round(float(h.score), 6) if math.isfinite(h.score) else None
             thumb_of = h.id if h.modality == "image" else h.pair_id
             base = h.shard or ""  # a remote shard's hit: its own server has the thumbnail
             d["thumbnail"] = f"{base}/api/items/{thumb_of}/thumbnail" if thumb_of else None
@@ -850,7 +1106,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     def index_page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, summary="Liveness (always 200)",
+             responses={200: {"model": HealthAnswer, "description": "the server is up"}})
     async def health(request: Request) -> dict[str, Any]:
         """Always 200 for load balancers; the item count and write generation only to those
         who may read (public_read on, or a read key sent)."""
@@ -858,36 +1115,47 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             return {"status": "ok"}
         return {"status": "ok", "items": coll.count(), "generation": coll.store.generation()}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics",
+             responses={200: {"description": "Prometheus text exposition format"}, **errors(rate=False)})
     async def metrics_route(_: str = Depends(need("read"))) -> PlainTextResponse:
         """Prometheus text; needs a read key (`Authorization: Bearer TOKEN`) when public_read is off."""
         return PlainTextResponse(metrics.render(coll), media_type="text/plain; version=0.0.4")
 
     # --------------------------------------------------------------- read routes
-    @app.get("/api/info")
+    @app.get("/api/info", response_model=None, summary="What the collection holds",
+             responses=answers(InfoAnswer))
     def info(_: str = Depends(need("read"))) -> dict[str, Any]:
+        """Counts, method, encoders, index, the common space's fingerprint and the labels each
+        modality's items have (what a label filter can find)."""
         s = coll.stats()
         s.pop("path", None)
         if sharded is not None:
             s["shards"] = [r.url for r in remotes]
         return s
 
-    @app.get("/api/search")
+    @app.get("/api/search", response_model=None, summary="Search by text (query string)",
+             responses=answers(SearchAnswer, 422))
     async def search_get(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(10, ge=1, le=1000),
                    target: Literal["image", "text"] | None = None, labels: str = "",
                    exact: bool = False, distinct: bool = False,
                    _: str = Depends(need("read"))) -> dict[str, Any]:
+        """A text query (1-2000 characters) in the query string; `labels` comma separated. A
+        label no item of the searched modality has answers 422 naming it."""
         if not q.strip():
             raise HTTPException(422, "q: blank (only whitespace)")
         req = SearchRequest(text=q, k=k, target=target, exact=exact, distinct=distinct,
                             labels=split_labels(labels))
         return await search_any(req)
 
-    @app.post("/api/search")
+    @app.post("/api/search", response_model=None, summary="Search by text, item, or vector, with feedback",
+              responses=answers(SearchAnswer, 404, 409, 413, 422))
     async def search_post(req: SearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
+        """Exactly one of `text`, `item_id` (more like this: its own modality by default) or
+        `vector`; `relevant` / `nonrelevant` ids re-rank by Rocchio feedback."""
         return await search_any(req)
 
-    @app.post("/api/search/batch")
+    @app.post("/api/search/batch", response_model=None, summary="Many text searches at once",
+              responses=answers(BatchSearchAnswer, 413, 422))
     async def search_batch(req: BatchSearchRequest, _: str = Depends(need("read"))) -> dict[str, Any]:
         """Many text queries in one request: encoded together, one result list per query."""
         for r, text in enumerate(req.texts):
@@ -903,12 +1171,15 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             out.append({"query": text, **res})
         return {"queries": out}
 
-    @app.post("/api/search/image")
+    @app.post("/api/search/image", response_model=None, summary="Search by an uploaded image",
+              responses=answers(SearchAnswer, 400, 404, 413, 415, 422))
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
                            target: Literal["image", "text"] | None = Form(None),
                            labels: str = Form(""), relevant: str = Form(""), nonrelevant: str = Form(""),
                            exact: bool = Form(False), distinct: bool = Form(False),
                            _: str = Depends(need("read"))) -> dict[str, Any]:
+        """A multipart upload (`file`), with `k`, `target`, `labels` and the feedback ids
+        (`relevant`, `nonrelevant`) comma separated."""
         async with upload_slot():
             data = await read_upload(file)
             fmt = await run_in_threadpool(check_image_bytes, data, file.filename or "upload", max_image_pixels)
@@ -929,13 +1200,18 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                 q, fq = await run_in_threadpool(encode_image, p)
         return await searched(req, q, fq, "image")
 
-    @app.get("/api/items")
+    @app.get("/api/items", response_model=None, summary="List items, a page at a time",
+             responses=answers(ItemsPage, 422))
     def items(modality: Literal["image", "text"] | None = None, offset: int = Query(0, ge=0),
               limit: int = Query(50, ge=1, le=1000), _: str = Depends(need("read"))) -> dict[str, Any]:
-        return {"items": hit_json(coll.list_items(modality, offset, limit)), "offset": offset}
+        """Items in id order, `limit` from `offset`; `total` counts them all (of `modality`)."""
+        return {"items": hit_json(coll.list_items(modality, offset, limit)), "offset": offset,
+                "limit": limit, "total": coll.count(modality)}
 
-    @app.get("/api/items/{item_id}")
+    @app.get("/api/items/{item_id}", response_model=None, summary="One item",
+             responses=answers(ItemAnswer, 404, 422))
     def item(item_id: int, _: str = Depends(need("read"))) -> dict[str, Any]:
+        """One item as results show it, without a score."""
         h = coll.get_item(item_id)
         if h is None:
             raise HTTPException(404, f"no item with id {item_id}")
@@ -943,8 +1219,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         d.pop("score")
         return d
 
-    @app.get("/api/items/{item_id}/thumbnail")
-    def thumbnail(item_id: int, size: int = Query(256), _: str = Depends(need("read"))) -> Response:
+    @app.get("/api/items/{item_id}/thumbnail", response_class=Response, summary="An image's JPEG thumbnail",
+             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"},
+                        **errors(404, 413, 422, rate=False)})
+    def thumbnail(item_id: int, size: int = THUMB_QUERY, _: str = Depends(need("read"))) -> Response:
+        """An image item's JPEG thumbnail (a caption's: ask for its `pair_id`), cached by content."""
         if size not in THUMB_SIZES:
             raise HTTPException(422, f"size must be one of {THUMB_SIZES}")
         h = coll.get_item(item_id)
@@ -958,8 +1237,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         # front) must not hand it to callers without one
         return "max-age=3600" if coll.public_read else "private, max-age=3600"
 
-    @app.get("/api/shards/{shard}/items/{item_id}/thumbnail")
-    def shard_thumbnail(shard: int, item_id: int, size: int = Query(256),
+    @app.get("/api/shards/{shard}/items/{item_id}/thumbnail", response_class=Response,
+             summary="A remote shard's thumbnail, through this routing server",
+             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"},
+                        **errors(404, 422, 502, rate=False)})
+    def shard_thumbnail(shard: int, item_id: int, size: int = THUMB_QUERY,
                         _: str = Depends(need("read"))) -> Response:
         """A remote shard's thumbnail fetched by this routing server with the shard's key (the
         ``proxy_thumbnail`` of a remote hit); ``shard`` is the shard's place in ``--shard``."""
@@ -971,10 +1253,13 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                         headers={"Cache-Control": thumb_cache()})
 
     # --------------------------------------------------------------- write routes
-    @app.post("/api/items", status_code=201, responses=ADD_RESPONSES)
+    @app.post("/api/items", status_code=201, response_model=None, summary="Add an image and its captions",
+              responses=add_answers(400, 413, 415, 422))
     async def add_image(request: Request, response: Response, file: UploadFile = File(...), captions: str = Form(""),
                         labels: str = Form(""), key: str | None = Form(None),
                         actor: str = Depends(need("write"))) -> dict[str, Any]:
+        """A multipart upload: `file`, `captions` one per line, `labels` comma separated, an
+        optional `key` (else one made from the content's hash)."""
         async with upload_slot():
             return await add_upload(request, response, file, captions, labels, key, actor)
 
@@ -1036,9 +1321,11 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             raise HTTPException(400, f"{file.filename}: the image encoder could not read it")
         return added(response, rep, key, {"replaced": rep.replaced})
 
-    @app.post("/api/texts", status_code=201, responses=ADD_RESPONSES)
+    @app.post("/api/texts", status_code=201, response_model=None, summary="Add a text",
+              responses=add_answers(400, 404, 413, 422))
     def add_text(req: TextAdd, request: Request, response: Response,
                  actor: str = Depends(need("write"))) -> dict[str, Any]:
+        """A text item, optionally a caption of the image `pair_id`."""
         pair_key = None
         if req.pair_id is not None:
             p = coll.get_item(req.pair_id)
@@ -1055,37 +1342,56 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                              text_features=F, actor=actor, remote=remote(request))
         return added(response, rep, key)
 
-    @app.delete("/api/items/{item_id}")
+    @app.delete("/api/items/{item_id}", response_model=None, summary="Delete an item",
+                responses=answers(DeleteAnswer, 404, 422, write=True))
     def delete_item(item_id: int, request: Request, actor: str = Depends(need("write"))) -> dict[str, Any]:
+        """Delete an item; an image takes its captions along."""
         gone = coll.delete(ids=[item_id], actor=actor, remote=remote(request))
         if not gone:
             raise HTTPException(404, f"no item with id {item_id}")
         return {"deleted": gone}
 
     # --------------------------------------------------------------- admin routes
-    @app.get("/api/keys")
+    @app.get("/api/keys", response_model=None, summary="List API keys (never their secrets)",
+             responses=answers(KeyList))
     def keys(_: str = Depends(need("admin"))) -> dict[str, Any]:
+        """Every key made for this collection, revoked ones too (as `xmodal keys list --json`)."""
         return {"keys": auth.list_keys(coll)}
 
-    @app.post("/api/keys", status_code=201)
+    @app.post("/api/keys", status_code=201, response_model=None, summary="Make an API key",
+              responses=answers(KeyMade, 413, 422, status=201, description="the new key", write=True))
     def make_key(req: KeyCreate, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
+        """A new key of `role`; its token is in this answer only (as `xmodal keys add --json`)."""
         token = auth.create_key(coll, req.role, req.name, actor=actor, remote=remote(request))
-        return {"token": token, "role": req.role, "key_id": token[len(auth.PREFIX):].split("_")[0]}
+        return {"token": token, "role": req.role, "key_id": token[len(auth.PREFIX):].split("_")[0],
+                "name": req.name}
 
-    @app.delete("/api/keys/{key_id}")
+    @app.delete("/api/keys/{key_id}", response_model=None, summary="Revoke an API key",
+                responses=answers(KeyRevoked, 404, write=True))
     def drop_key(key_id: str, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
+        """Revoke the key `key_id` (the part of its token after `xmk_`); it stops working at once."""
         try:
             auth.revoke_key(coll, key_id, actor=actor, remote=remote(request))
         except auth.KeyError_ as exc:
             raise HTTPException(404, str(exc)) from None
-        return {"revoked": key_id}
+        return {"revoked": key_id, "key_id": key_id}
 
-    @app.get("/api/audit")
-    def audit(limit: int = Query(100, ge=1, le=10000), _: str = Depends(need("admin"))) -> dict[str, Any]:
-        return {"entries": coll.audit_log(limit)}
+    @app.get("/api/audit", response_model=None, summary="The audit log, newest first",
+             responses=answers(AuditPage, 422))
+    def audit(limit: int = Query(100, ge=1, le=10000), offset: int = Query(0, ge=0),
+              _: str = Depends(need("admin"))) -> dict[str, Any]:
+        """Every write (adds, deletes, keys, settings) with its key id and client address,
+        newest first, `limit` from `offset`."""
+        # the newest offset + limit entries, the first offset dropped: Collection.audit_log's
+        # records, paged (offset bounded by the log's length)
+        total = int(coll.store.query("SELECT COUNT(*) FROM audit")[0][0])
+        entries = coll.audit_log(min(offset, total) + limit)[offset:] if offset < total else []
+        return {"entries": entries, "offset": offset, "limit": limit, "total": total}
 
-    @app.put("/api/settings")
+    @app.put("/api/settings", response_model=None, summary="Change the collection's access settings",
+             responses=answers(Settings, 413, 422, write=True))
     def settings(req: Settings, request: Request, actor: str = Depends(need("admin"))) -> dict[str, Any]:
+        """`public_read`: whether search, items and thumbnails need no key."""
         coll.set_setting("public_read", req.public_read, actor=actor, remote=remote(request))
         return {"public_read": coll.public_read}
 
