@@ -191,3 +191,9 @@ def test_query_speed_refuses_no_queries_and_checks_its_ways_agree():
     qs.same_hits(a, [[Hit(2, 0.5 + 1e-6, "image", "k2"), Hit(1, 0.4, "image", "k1")]], "tie swap")
     with pytest.raises(SystemExit, match="batch: query 0 got other hits"):
         qs.same_hits(a, [[Hit(1, 0.5, "image", "k1"), Hit(3, 0.3, "image", "k3")]], "batch")
+
+
+def test_rerun_speed_refuses_an_empty_folder():
+    # --n 0 built from an empty folder and ended in a traceback from the indexer.
+    rc, out = run("rerun_speed.py", "--n", "0")
+    assert rc == 2 and "--n must be at least 1" in out and "Traceback" not in out, out
