@@ -328,3 +328,16 @@ def test_head_and_a_trailing_slash_through_uvicorn(api):
         for method, route in (("GET", "/api/items/{item_id}"), ("HEAD", "/api/items/{item_id}"),
                               ("HEAD", "/health"), ("GET", "/api/info")):
             assert f'method="{method}",route="{route}",status="200"}} 1' in metrics, (method, route)
+
+
+def test_a_json_body_sent_as_text_says_which_content_type_to_send(api):
+    """A client that forgets the header (curl -d sends form encoding) sent JSON text that
+    FastAPI reads as a string: 'Input should be a valid dictionary' did not say why."""
+    c = api["c"]
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):
+        r = c.post("/api/search", content=b'{"text": "music"}', headers={"content-type": kind})
+        assert r.status_code == 422
+        err = r.json()["detail"][0]
+        assert err["loc"] == ["body"] and "Content-Type: application/json" in err["msg"], err
+    r = c.post("/api/search", json=[1, 2])  # JSON, but not an object: no hint about the header
+    assert "Content-Type" not in r.json()["detail"][0]["msg"]

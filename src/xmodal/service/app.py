@@ -1418,7 +1418,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                                        "the server log has the details"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> Response:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes the input as UTF-8; a lone surrogate (valid JSON:
         # "\ud800") cannot be encoded and turned the 422 into a 500. ASCII escapes can.
         # A NaN / Infinity input echoed as such is no JSON a strict parser (a browser's) takes.
@@ -1426,6 +1426,14 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         # says what is wrong with it; echoing it cost as much as the request, or more.
         errors = [{**e, "input": _finite_or_text(e["input"])} if "input" in e else e
                   for e in jsonable_encoder([_small_input(e) for e in exc.errors()])]
+        kind = request.headers.get("content-type", "")
+        if "json" not in kind.lower():
+            # a JSON body sent without its header (curl -d sends form encoding) reaches the
+            # model as one string: say which header to send
+            for e in errors:
+                if tuple(e.get("loc", ())) == ("body",) and e.get("type") == "model_attributes_type":
+                    e["msg"] += f" (the body was sent as {kind or 'no Content-Type'}; send JSON with " \
+                                "Content-Type: application/json)"
         body = json.dumps({"detail": errors}, ensure_ascii=True, allow_nan=False)
         return Response(body, status_code=422, media_type="application/json")
 
