@@ -38,6 +38,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="best of R interleaved timings")
     ap.add_argument("--target", type=float, default=0.8, help="lowest acceptable ratio (b)/(a)")
     args = ap.parse_args()
+    for name in ("n", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if any(w is not None and w < 0 for w in args.workers):
+        ap.error(f"--workers must be 0 or more, got {args.workers}")
+    if not Path(args.images).is_dir():
+        ap.error(f"--images {args.images}: no such folder")
 
     import torch
 
@@ -65,11 +72,14 @@ def main() -> None:
     batches = [torch.from_numpy(np.stack([load(p) for p in paths[i:i + bs]]))
                for i in range(0, len(paths), bs)]
 
-    def model_only() -> float:
-        with torch_threads(enc.threads):
+    def model_only(out: list | None = None) -> float:
+        # the threads the pipeline's encode takes for this many images (one below SMALL_BATCH)
+        with torch_threads(enc.threads, len(paths)):
             t = time.perf_counter()
             for b in batches:
-                enc.forward_batch(b)
+                f = enc.forward_batch(b)
+                if out is not None:
+                    out.append(f)
             return time.perf_counter() - t
 
     def pipeline(w) -> float:
@@ -77,7 +87,10 @@ def main() -> None:
         t = time.perf_counter()
         X = enc.encode(paths, batch_size=bs, progress=False, cache_dir=False)
         elapsed = time.perf_counter() - t
-        assert X.shape == (len(paths), enc.dim) and np.isfinite(X).all()
+        # the same features as (a)'s, else (b) timed other work
+        if X.shape != ref.shape or not np.allclose(X, ref, rtol=1e-4, atol=1e-5):
+            sys.exit(f"workers={w}: the pipeline's features differ from the model's on the same "
+                     f"images (largest difference {np.abs(X - ref).max() if X.shape == ref.shape else X.shape})")
         return elapsed
 
     def decode_only() -> float:
@@ -86,7 +99,9 @@ def main() -> None:
             load(p)
         return time.perf_counter() - t
 
-    model_only()  # warm-up
+    feats: list = []
+    model_only(feats)  # warm-up, and (a)'s features to check (b)'s against
+    ref = np.concatenate(feats)
     best_a, best_d, best_b = float("inf"), float("inf"), {w: float("inf") for w in args.workers}
     for _ in range(args.repeats):
         best_a = min(best_a, model_only())

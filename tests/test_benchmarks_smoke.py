@@ -197,3 +197,11 @@ def test_rerun_speed_refuses_an_empty_folder():
     # --n 0 built from an empty folder and ended in a traceback from the indexer.
     rc, out = run("rerun_speed.py", "--n", "0")
     assert rc == 2 and "--n must be at least 1" in out and "Traceback" not in out, out
+
+
+def test_encode_throughput_refuses_bad_sizes(tmp_path):
+    # --batch-size 0 ended in "range() arg 3 must not be zero" after hashing every image.
+    rc, out = run("encode_throughput.py", "--batch-size", "0", "--images", str(tmp_path))
+    assert rc == 2 and "--batch-size must be at least 1" in out and "Traceback" not in out, out
+    rc, out = run("encode_throughput.py", "--images", str(tmp_path / "none"))
+    assert rc == 2 and "no such folder" in out and "Traceback" not in out, out
