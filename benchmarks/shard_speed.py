@@ -5,7 +5,8 @@ two shard collections. Single queries (``search_vector``: index search, id mappi
 item lookups) are timed through the whole collection, through a ``ShardedCollection`` of the
 two local shards (searched in parallel threads), and through one local shard plus the other
 served by ``xmodal serve`` on 127.0.0.1 (HTTP). Every sharded answer is checked against the
-baseline's (same keys, same scores). Ratios are sharded queries/s over baseline queries/s.
+baseline's (same keys, same scores). Ratios are sharded queries/s over baseline queries/s,
+best of ``--repeats`` passes interleaved across the three ways.
 
     python benchmarks/shard_speed.py              # 400,000 vectors
     python benchmarks/shard_speed.py --n 100000   # quick
@@ -28,14 +29,17 @@ from search_speed import fill, start_server  # noqa: E402
 from xmodal.index import Collection, RemoteShard, ShardedCollection  # noqa: E402
 
 
-def qps(fn, Q: np.ndarray, k: int, repeats: int) -> float:
-    best = np.inf
+def qps(ways: dict, Q: np.ndarray, k: int, repeats: int) -> dict[str, float]:
+    """Queries/s of each way, best of ``repeats`` interleaved passes (drift on a shared machine
+    hits every way alike)."""
+    best = dict.fromkeys(ways, np.inf)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for q in Q:
-            fn(q, k)
-        best = min(best, time.perf_counter() - t0)
-    return len(Q) / best
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            for q in Q:
+                fn(q, k)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: len(Q) / t for name, t in best.items()}
 
 
 def serve(path: Path) -> tuple[subprocess.Popen, str]:
@@ -59,6 +63,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    for name in ("dim", "queries", "repeats", "k"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.n < max(2, args.k):
+        ap.error(f"--n must be at least 2 (two shards) and at least --k ({args.k}), got {args.n}")
     rng = np.random.default_rng(0)
     data = rng.normal(size=(args.n, args.dim)).astype(np.float32)
     Q = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
@@ -81,12 +90,11 @@ def main() -> None:
                     got = sc.search_vector(q, "image", args.k)
                     assert [h.key for h in got] == [h.key for h in ref], "sharded top k differs"
                     assert np.allclose([h.score for h in got], [h.score for h in ref], atol=1e-4)
-            base = qps(lambda q, k: whole.search_vector(q, "image", k), Q, args.k, args.repeats)
-            rows = [("one collection", base)]
-            rows.append(("2 local shards", qps(lambda q, k: local.search_vector(q, "image", k), Q, args.k,
-                                                args.repeats)))
-            rows.append(("local + HTTP shard", qps(lambda q, k: mixed.search_vector(q, "image", k), Q, args.k,
-                                                    args.repeats)))
+            rows = list(qps({"one collection": lambda q, k: whole.search_vector(q, "image", k),
+                             "2 local shards": lambda q, k: local.search_vector(q, "image", k),
+                             "local + HTTP shard": lambda q, k: mixed.search_vector(q, "image", k)},
+                            Q, args.k, args.repeats).items())
+            base = rows[0][1]
         finally:
             proc.terminate()
             proc.wait(10)

@@ -205,3 +205,9 @@ def test_encode_throughput_refuses_bad_sizes(tmp_path):
     assert rc == 2 and "--batch-size must be at least 1" in out and "Traceback" not in out, out
     rc, out = run("encode_throughput.py", "--images", str(tmp_path / "none"))
     assert rc == 2 and "no such folder" in out and "Traceback" not in out, out
+
+
+def test_shard_speed_refuses_too_few_items():
+    # --n 1 left the first shard empty and printed ratios of a one-shard "split".
+    rc, out = run("shard_speed.py", "--n", "1")
+    assert rc == 2 and "--n must be at least 2" in out and "Traceback" not in out, out
