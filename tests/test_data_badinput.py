@@ -1,6 +1,7 @@
 """Unusual and malformed input files for every loader: good-but-unusual input loads, bad input
 raises DataError naming the file, row or field (never a bare numpy/Unicode/Type error)."""
 
+
 import json
 import shutil
 
@@ -14,7 +15,7 @@ from xmodal.data.mirflickr import MIRFLICKR_LABELS, load_cnn_mat, load_mirflickr
 from xmodal.data.nuswide import load_nus_wide
 from xmodal.data.pascal import load_pascal_sentences
 from xmodal.data.wikipedia import load_wikipedia
-from test_data_extra import nus_arrays, write_nus, write_pascal
+from test_data_nuswide_pascal import nus_arrays, write_nus, write_pascal
 
 BOM = b"\xef\xbb\xbf"
 
@@ -268,3 +269,27 @@ def test_load_dataset_paths_that_do_not_exist(tmp_path):
         load_dataset(str(tmp_path))
     with pytest.raises(DataError, match=r"unknown dataset 'wikipedai'"):
         load_dataset("wikipedai")
+
+
+def _karpathy_file(tmp_path):
+    doc = {"dataset": "coco", "images": [
+        {"filename": f"{i}.jpg", "cocoid": i, "split": "test" if i < 3 else "train",
+         "sentences": [{"raw": f"a photo number {i}"}]} for i in range(6)]}
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("value", [True, 5, [3]])
+def test_karpathy_instances_of_the_wrong_kind_is_a_data_error(tmp_path, value):
+    # instances=True ("give me the labels") was iterated as a list of files: TypeError
+    path = _karpathy_file(tmp_path)
+    with pytest.raises(DataError, match=r"dataset_coco\.json.*instances"):
+        load_dataset(str(path), instances=value)
+
+
+def test_karpathy_instances_still_takes_files(tmp_path):
+    path = _karpathy_file(tmp_path)
+    with pytest.raises(DataError, match="nope.json: file not found"):
+        load_dataset(str(path), instances=[str(tmp_path / "nope.json")])
+    assert load_dataset(str(path), instances=None).labels is None

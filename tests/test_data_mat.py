@@ -291,3 +291,18 @@ def test_bench_cli_on_a_dcmh_mat_file(tmp_path):
     for r in recs:
         assert r["dataset"] == "TOY-DCMH"
         assert r["i2t"]["map"] > density + 0.1 and r["t2i"]["map"] > density + 0.1
+
+
+def test_min_tag_count_is_refused_beside_mat_files_in_a_subfolder_too(tmp_path):
+    from scipy.io import savemat
+
+    from xmodal.data import DataError
+    from xmodal.data.mirflickr import load_mirflickr25k
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "mirflickr").mkdir()  # a folder of images, not the release (no meta/tags)
+    blocks = {f"{v}_{p}": rng.standard_normal((6, 3)) if v != "L" else (rng.random((6, 2)) > .5) * 1.0
+              for v in "ITL" for p in ("tr", "te")}
+    savemat(tmp_path / "mirflickr" / "mir_cnn.mat", blocks)
+    with pytest.raises(DataError, match=r"min_tag_count applies to the full release .*the \.mat files in"):
+        load_mirflickr25k(str(tmp_path), min_tag_count=20)

