@@ -41,7 +41,8 @@ def api(tmp_path_factory):
                           for i, t in enumerate(texts)], progress=False)
     keys = {r: create_key(coll, r, f"api {r}") for r in ("read", "write", "admin")}
     client = TestClient(create_app(coll), raise_server_exceptions=False)
-    yield {"coll": coll, "c": client, "keys": keys, "spec": client.get("/openapi.json").json()}
+    yield {"coll": coll, "c": client, "keys": keys, "spec": client.get("/openapi.json").json(), "enc": enc,
+           "texts": texts}
     coll.close()
 
 
@@ -184,6 +185,8 @@ def test_parameter_constraints_are_in_the_schema(api):
     assert audit["offset"]["minimum"] == 0 and audit["limit"]["maximum"] == 10000
     for route in ("/api/items/{item_id}/thumbnail", "/api/shards/{shard}/items/{item_id}/thumbnail"):
         assert params[(route, "get")]["size"]["enum"] == [128, 256, 512]
+        jpeg = spec["paths"][route]["get"]["responses"]["200"]["content"]["image/jpeg"]
+        assert jpeg["schema"] == {"type": "string", "format": "binary"}  # a generated client reads bytes
 
 
 # ------------------------------------------------------------------ answers match the schema
@@ -341,3 +344,27 @@ def test_a_json_body_sent_as_text_says_which_content_type_to_send(api):
         assert err["loc"] == ["body"] and "Content-Type: application/json" in err["msg"], err
     r = c.post("/api/search", json=[1, 2])  # JSON, but not an object: no hint about the header
     assert "Content-Type" not in r.json()["detail"][0]["msg"]
+
+
+def test_a_routing_servers_answers_fit_the_models_too(api, tmp_path):
+    """Remote hits carry `shard` and `proxy_thumbnail`, answers `failed_shards`, /api/info
+    `shards`: all in the schema."""
+    from conftest import serving
+
+    enc, texts = api["enc"], api["texts"]
+    with Collection.create(tmp_path / "b.xmc", dim=enc.dim, text_encoder=enc) as other:
+        other.add_vectors("image", [f"b/{i}.jpg" for i in range(4)], enc.encode(texts[:4], progress=False),
+                          paths=[f"/nowhere/b{i}.jpg" for i in range(4)])
+        assert other.space == api["coll"].space
+        with serving(create_app(other)) as url:
+            router = TestClient(create_app(api["coll"], shards=[url]), raise_server_exceptions=False)
+            spec = router.get("/openapi.json").json()
+            r = router.get("/api/search", params={"q": texts[0][:200], "k": 60})
+            assert r.status_code == 200, r.text
+            remote = [h for h in r.json()["results"] if h.get("shard")]
+            assert remote and remote[0]["proxy_thumbnail"].startswith("/api/shards/0/")
+            assert r.json()["failed_shards"] == []
+            documented(spec, "/api/search", "get", 200, r.json())
+            info = router.get("/api/info").json()
+            assert info["shards"] == [url]
+            documented(spec, "/api/info", "get", 200, info)

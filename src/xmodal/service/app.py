@@ -72,6 +72,7 @@ ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
                          "again); nothing written, "
                          "`id` and `item` are the existing item"},
 }
+JPEG_CONTENT = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 # listed in the schema; a size outside it answers 422 naming the sizes
 THUMB_QUERY = Query(256, description="the thumbnail's longer side in pixels",
                     json_schema_extra={"enum": list(THUMB_SIZES)})
@@ -1220,7 +1221,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return d
 
     @app.get("/api/items/{item_id}/thumbnail", response_class=Response, summary="An image's JPEG thumbnail",
-             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"},
+             responses={200: {"content": JPEG_CONTENT, "description": "a JPEG"},
                         **errors(404, 413, 422, rate=False)})
     def thumbnail(item_id: int, size: int = THUMB_QUERY, _: str = Depends(need("read"))) -> Response:
         """An image item's JPEG thumbnail (a caption's: ask for its `pair_id`), cached by content."""
@@ -1239,7 +1240,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
 
     @app.get("/api/shards/{shard}/items/{item_id}/thumbnail", response_class=Response,
              summary="A remote shard's thumbnail, through this routing server",
-             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG"},
+             responses={200: {"content": JPEG_CONTENT, "description": "a JPEG"},
                         **errors(404, 422, 502, rate=False)})
     def shard_thumbnail(shard: int, item_id: int, size: int = THUMB_QUERY,
                         _: str = Depends(need("read"))) -> Response:
