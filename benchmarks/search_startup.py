@@ -6,7 +6,8 @@ The baseline interpreter swaps ``MiniLM._compute`` for the sentence-transformers
 encoder used before (``SentenceTransformer(folder).encode``), so both runs do the same work
 except for that library: its import and its pipeline. Runs alternate (before, now, before,
 ...) and the best of each is kept, fair when the machine's load drifts. Also times the two bare
-imports. The ratio before/now above 1 means the change pays.
+imports. The ratio before/now above 1 means the change pays. The two searches must print the
+same hits: if not, FAIL and exit status 1.
 
     python benchmarks/search_startup.py -c my.xmc          # an existing collection (minilm texts)
     python benchmarks/search_startup.py --images 12        # builds one from 12 UCM images first
@@ -87,6 +88,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12, help="images of the collection built when -c is absent")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.collection is None and not 1 <= args.images <= 42:
+        ap.error(f"--images must be between 1 and 42 (two per UCM class), got {args.images}")
+    if args.collection is not None and not (args.collection / "collection.db").is_file():
+        ap.error(f"-c {args.collection}: not a collection (no collection.db)")
     with tempfile.TemporaryDirectory() as tmp:
         # A private feature cache: nothing cached from other runs, same conditions for both.
         env = {**os.environ, "XMODAL_CACHE": str(Path(tmp) / "cache")}
@@ -110,8 +117,7 @@ def main() -> None:
                 wall[name], cpu[name] = min(wall[name], dt), min(cpu[name], ct)
                 outputs[name] = out
     before, now = "xmodal search, before (sentence-transformers)", "xmodal search, now (transformers)"
-    if outputs[before] != outputs[now]:
-        print("warning: the two searches printed different results")
+    differ = outputs[before] != outputs[now]
     print(f"collection {coll}, best of {args.repeats}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"  {'':52s} {'wall':>8s} {'CPU':>8s}")
@@ -119,6 +125,9 @@ def main() -> None:
         print(f"  {name:52s} {wall[name]:7.2f}s {cpu[name]:7.2f}s")
     print(f"xmodal search start-up ratio (before / now): wall {wall[before] / wall[now]:.2f}x, "
           f"CPU {cpu[before] / cpu[now]:.2f}x")
+    if differ:  # a faster start that answers otherwise is not faster
+        sys.exit(f"FAIL: the two searches printed different results:\n--- before\n{outputs[before]}"
+                 f"--- now\n{outputs[now]}")
 
 
 if __name__ == "__main__":

@@ -211,3 +211,12 @@ def test_shard_speed_refuses_too_few_items():
     # --n 1 left the first shard empty and printed ratios of a one-shard "split".
     rc, out = run("shard_speed.py", "--n", "1")
     assert rc == 2 and "--n must be at least 2" in out and "Traceback" not in out, out
+
+
+def test_search_startup_refuses_bad_arguments(tmp_path):
+    # --images 0 indexed an empty folder (CalledProcessError traceback); -c of a folder that
+    # is no collection failed only in the first timed run.
+    rc, out = run("search_startup.py", "--images", "0")
+    assert rc == 2 and "--images must be between 1 and 42" in out and "Traceback" not in out, out
+    rc, out = run("search_startup.py", "-c", str(tmp_path))
+    assert rc == 2 and "not a collection" in out and "Traceback" not in out, out
