@@ -73,10 +73,29 @@ def main() -> None:
     ap.add_argument("files", nargs="+")
     ap.add_argument("--min-bits", type=int, default=32)
     args = ap.parse_args()
-    records = [json.loads(line) for f in args.files for line in Path(f).read_text().splitlines()
-               if line.strip()]
+    records = []
     try:
+        for f in args.files:
+            for no, line in enumerate(Path(f).read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{f}:{no}: not a JSON record ({exc.msg})") from None
+                if not isinstance(rec, dict):
+                    raise ValueError(f"{f}:{no}: not a JSON object")
+                if rec.get("bits"):  # the records the check reads
+                    missing = [k for k in ("dataset", "method") if k not in rec]
+                    missing += [f"{d}.map" for d in ("i2t", "t2i")
+                                if not isinstance(rec.get(d), dict) or "map" not in rec[d]]
+                    if missing:
+                        raise ValueError(f"{f}:{no}: no {', '.join(missing)} in the record")
+                records.append(rec)
         problems = check(records, args.min_bits)
+    except OSError as exc:
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        sys.exit(2)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -220,3 +220,18 @@ def test_search_startup_refuses_bad_arguments(tmp_path):
     assert rc == 2 and "--images must be between 1 and 42" in out and "Traceback" not in out, out
     rc, out = run("search_startup.py", "-c", str(tmp_path))
     assert rc == 2 and "not a collection" in out and "Traceback" not in out, out
+
+
+def test_hashing_criteria_names_the_file_and_line_of_a_bad_record(tmp_path):
+    # A bad line, a record without its scores or a missing file ended in a traceback.
+    good = {"dataset": "d", "method": "lsh", "bits": 32, "seed": 0, "kind": "baseline",
+            "i2t": {"map": 0.1}, "t2i": {"map": 0.1}}
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps(good) + "\n{not json\n")
+    rc, out = run("hashing_criteria.py", str(f))
+    assert rc == 2 and f"{f}:2: not a JSON record" in out and "Traceback" not in out, out
+    f.write_text(json.dumps(good) + "\n" + json.dumps({**good, "method": "cmfh", "t2i": {}}) + "\n")
+    rc, out = run("hashing_criteria.py", str(f))
+    assert rc == 2 and f"{f}:2: no t2i.map in the record" in out and "Traceback" not in out, out
+    rc, out = run("hashing_criteria.py", str(tmp_path / "none.jsonl"))
+    assert rc == 2 and "none.jsonl: No such file" in out and "Traceback" not in out, out
