@@ -5,7 +5,8 @@
 COLLECTION is any indexed collection with images (e.g. `xmodal index ucm_captions -c ucm.xmc`);
 it is never changed: the test serves a snapshot of it in a temporary folder. It runs
 
-1. a baseline: one client sends each kind of request one at a time;
+1. a baseline: after one untimed request of each kind (model loading), one client sends
+   BASELINE requests, every kind in turn, one at a time;
 2. the load: CLIENTS concurrent clients send REQUESTS mixed requests (text search, image
    upload search, item search, label filters, thumbnails, /api/info, /health) while one more
    adds ADDS images over HTTP with a write key and another process runs `xmodal remove` for
@@ -95,13 +96,17 @@ async def all_items(client: httpx.AsyncClient) -> list[dict]:
         out += got
 
 
+KINDS = ["text", "text_label", "upload", "item", "item_label", "thumbnail", "info", "health"]
+
+
 def make_requests(n: int, rng: random.Random, captions: list[str], image_ids: list[int],
-                  image_paths: list[str], labels: list[str]) -> list[tuple[str, dict]]:
-    kinds = ["text", "text", "text_label", "upload", "item", "item_label", "thumbnail", "thumbnail",
-             "info", "health"]
+                  image_paths: list[str], labels: list[str], cycle: bool = False) -> list[tuple[str, dict]]:
+    """``n`` requests of random kinds (text and thumbnails twice as often), or with ``cycle``
+    every kind in turn (the baseline: each kind gets its p50 alone)."""
+    weighted = KINDS + ["text", "thumbnail"]
     reqs = []
-    for _ in range(n):
-        kind = rng.choice(kinds)
+    for i in range(n):
+        kind = KINDS[i % len(KINDS)] if cycle else rng.choice(weighted)
         if kind == "text":
             reqs.append((kind, {"method": "GET", "url": "/api/search",
                                 "params": {"q": rng.choice(captions), "k": 20}}))
@@ -151,15 +156,23 @@ async def run(args: argparse.Namespace, base: str, env: dict[str, str], coll: Pa
         if not labels:
             raise SystemExit(f"{args.collection}: no labelled images; the label filters need some")
         image_ids = [it["id"] for it in images]
-        upload_paths = [it["path"] for it in rng.sample(images, 30)]
+        upload_paths = [it["path"] for it in rng.sample(images, min(30, len(images)))]
         uploads = {p: Path(p).read_bytes() for p in upload_paths}
         # the removed images are never queried by id: an item search for one is a 404 by design
         removed = rng.sample(image_ids, args.removes)
         queried = [i for i in image_ids if i not in set(removed)]
 
+        # 0. warm-up, untimed: one request of each kind (the first text query loads the text
+        # encoder, the first upload the image one: seconds a p50 alone must not include)
+        for kind, spec in make_requests(len(KINDS), random.Random(2), captions, queried, upload_paths,
+                                        labels, cycle=True):
+            r = await send(client, spec, uploads)
+            if r.status_code >= 400:
+                failures.append(f"warm-up {kind}: {r.status_code} {r.text[:200]}")
         # 1. baseline: one client, every kind of request in turn
         base_lat: dict[str, list[float]] = defaultdict(list)
-        for kind, spec in make_requests(args.baseline, random.Random(1), captions, queried, upload_paths, labels):
+        for kind, spec in make_requests(args.baseline, random.Random(1), captions, queried, upload_paths, labels,
+                                        cycle=True):
             t = time.perf_counter()
             r = await send(client, spec, uploads)
             base_lat[kind].append(time.perf_counter() - t)
@@ -314,6 +327,16 @@ def main() -> int:
     ap.add_argument("--removes", type=int, default=5)
     ap.add_argument("--baseline", type=int, default=60, help="requests sent one at a time first")
     args = ap.parse_args()
+    for name in ("requests", "clients"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.baseline < len(KINDS):
+        ap.error(f"--baseline must be at least {len(KINDS)} (one request of each kind), got {args.baseline}")
+    for name in ("adds", "removes"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name} must be 0 or more, got {getattr(args, name)}")
+    if not (args.collection / "collection.db").is_file():
+        ap.error(f"{args.collection}: not a collection (no collection.db)")
     env = {**os.environ, "XMODAL_THREADS": os.environ.get("XMODAL_THREADS", "1"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with tempfile.TemporaryDirectory() as tmp:

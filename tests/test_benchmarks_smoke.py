@@ -235,3 +235,17 @@ def test_hashing_criteria_names_the_file_and_line_of_a_bad_record(tmp_path):
     assert rc == 2 and f"{f}:2: no t2i.map in the record" in out and "Traceback" not in out, out
     rc, out = run("hashing_criteria.py", str(tmp_path / "none.jsonl"))
     assert rc == 2 and "none.jsonl: No such file" in out and "Traceback" not in out, out
+
+
+def test_serve_load_baseline_sends_every_kind_and_checks_its_arguments(tmp_path):
+    # The baseline drew random kinds (a small one left kinds without a p50 alone: "nan") and
+    # its first text query paid the encoder's loading (a 4 s "p50 alone", ratio 0.07).
+    import random
+
+    sl = _load("serve_load.py")
+    reqs = sl.make_requests(len(sl.KINDS), random.Random(0), ["a caption"], [1, 2], ["x.jpg"], ["l"], cycle=True)
+    assert [k for k, _ in reqs] == sl.KINDS
+    rc, out = run("serve_load.py", str(tmp_path), "--baseline", "3")
+    assert rc == 2 and "--baseline must be at least 8" in out and "Traceback" not in out, out
+    rc, out = run("serve_load.py", str(tmp_path))
+    assert rc == 2 and "not a collection" in out and "Traceback" not in out, out
