@@ -29,12 +29,25 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="random samples per size")
     ap.add_argument("--method", default=build.DEFAULT_METHOD)
     args = ap.parse_args()
+    # checked before the (slow) features are loaded
+    sizes = [x.strip() for x in args.sizes.split(",")]
+    bad = [x for x in sizes if x != "all" and not (x.isdigit() and int(x) >= 2)]
+    if bad or not sizes:
+        ap.error(f"--sizes: {', '.join(bad) or 'none given'}: each size is 'all' or a number of images >= 2")
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.method not in methods.available():
+        ap.error(f"--method {args.method!r}: no such method")
     ds = encode_dataset(load_dataset("ucm_captions"), build.DEFAULT_IMAGE_ENCODER,
                         build.DEFAULT_TEXT_ENCODER, quiet=True)
     train_rows, test = ds.splits["train"], ds.subset("test")
+    too_many = [x for x in sizes if x != "all" and int(x) > len(train_rows)]
+    if too_many:
+        ap.error(f"--sizes {', '.join(too_many)}: the training split has {len(train_rows)} images")
     rng = np.random.default_rng(0)
-    print("images | fixed mR | fixed mAP | searched mR | searched mAP | ratio mR | search s | chosen (last sample)")
-    for size in args.sizes.split(","):
+    print("images | fixed mR | fixed mAP | searched mR | searched mAP | ratio mR (searched / fixed) | "
+          "search s | chosen (last sample)")
+    for size in sizes:
         n = len(train_rows) if size == "all" else int(size)
         fixed, searched, seconds = [], [], []
         for _ in range(1 if n == len(train_rows) else args.repeats):

@@ -249,3 +249,12 @@ def test_serve_load_baseline_sends_every_kind_and_checks_its_arguments(tmp_path)
     assert rc == 2 and "--baseline must be at least 8" in out and "Traceback" not in out, out
     rc, out = run("serve_load.py", str(tmp_path))
     assert rc == 2 and "not a collection" in out and "Traceback" not in out, out
+
+
+def test_index_params_checks_sizes_before_loading_the_data():
+    # A bad size ended in a ValueError traceback ("invalid literal", or numpy's "Cannot take a
+    # larger sample") after the features were loaded.
+    rc, out = run("index_params.py", "--sizes", "20,x")
+    assert rc == 2 and "--sizes: x" in out and "Traceback" not in out, out
+    rc, out = run("index_params.py", "--method", "nosuch")
+    assert rc == 2 and "no such method" in out and "Traceback" not in out, out
