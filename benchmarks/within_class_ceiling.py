@@ -113,6 +113,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=60, help="specialist training epochs")
     args = ap.parse_args()
+    # checked before the features are loaded: --epochs 0 kept no specialist at all
+    if args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
+    unknown = [m for m in args.methods.split(",") if m not in methods.available()]
+    if unknown:
+        ap.error(f"--methods: no such method {', '.join(map(repr, unknown))}")
+    try:
+        [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        ap.error(f"--weights {args.weights!r}: comma-separated numbers")
     torch.set_num_threads(1)
     ds = encode_dataset(load_dataset(args.dataset), args.image_encoder, args.text_encoder, quiet=True)
     parts = {"val": ds.subset("val"), "test": ds.subset("test")}

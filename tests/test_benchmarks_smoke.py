@@ -258,3 +258,11 @@ def test_index_params_checks_sizes_before_loading_the_data():
     assert rc == 2 and "--sizes: x" in out and "Traceback" not in out, out
     rc, out = run("index_params.py", "--method", "nosuch")
     assert rc == 2 and "no such method" in out and "Traceback" not in out, out
+
+
+def test_within_class_ceiling_checks_its_arguments_first():
+    # --epochs 0 loaded the features, fitted the methods, then failed on load_state_dict(None).
+    rc, out = run("within_class_ceiling.py", "--epochs", "0")
+    assert rc == 2 and "--epochs must be at least 1" in out and "Traceback" not in out, out
+    rc, out = run("within_class_ceiling.py", "--methods", "cca,nosuch")
+    assert rc == 2 and "no such method 'nosuch'" in out and "Traceback" not in out, out
