@@ -665,15 +665,15 @@ class Collection:
     @property
     def method(self) -> Any:
         if self._method is None and self.meta.get("method"):
-            from ..methods import load
+            from ..methods import UnknownMethodError, load
 
             f = self.path / self.meta["method"]["file"]
             try:
                 self._method = load(str(f))
-            except KeyError as exc:  # a method this process does not have: a plugin, not damage
-                raise CollectionError(f"{exc.args[0] if exc.args else exc}; load the method's plugin "
-                                      "(--plugin FILE or $XMODAL_PLUGINS; in Python "
-                                      "xmodal.methods.load_plugin)") from None
+            except UnknownMethodError as exc:  # a method this process does not have: a plugin, not damage
+                raise CollectionError(f"{f}: unknown method {exc.name!r} (not one of xmodal's); "
+                                      "load the method's plugin (--plugin FILE or $XMODAL_PLUGINS; in "
+                                      "Python xmodal.methods.load_plugin)") from None
             except (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
                 raise self._damaged(f, "fitted method", exc) from exc
         return self._method

@@ -18,7 +18,8 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .base import CrossModalMethod, HashingMethod, NotFittedError, ParameterError, TrainingDivergedError
+from .base import (CrossModalMethod, HashingMethod, NotFittedError, ParameterError, TrainingDivergedError,
+                   UnknownMethodError)
 
 FAMILIES = ("xmodal.methods.subspace", "xmodal.methods.hashing", "xmodal.methods.deep")
 
@@ -189,9 +190,9 @@ def get(name: str) -> type[CrossModalMethod]:
         _load_family(fam)
     if name not in _REGISTRY:
         hint = "".join(f"\n  ({m} failed to import: {e})" for m, e in _IMPORT_ERRORS.items())
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())} (a method of your "
-                       f"own: load its plugin first, --plugin FILE.py or ${PLUGIN_ENV}, or "
-                       f"methods.load_plugin in Python){hint}")
+        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(available())} (a method "
+                                 f"of your own: load its plugin first, --plugin FILE.py or ${PLUGIN_ENV}, "
+                                 f"or methods.load_plugin in Python){hint}", name)
     return _REGISTRY[name]
 
 
@@ -269,5 +270,6 @@ def load(path: str) -> CrossModalMethod:
     return CrossModalMethod.load(path)
 
 
-__all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "TrainingDivergedError", "register",
-           "create", "get", "available", "describe", "supervision", "first_sentence", "load", "load_plugin"]
+__all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "TrainingDivergedError",
+           "UnknownMethodError", "register", "create", "get", "available", "describe", "supervision",
+           "first_sentence", "load", "load_plugin"]

@@ -38,6 +38,15 @@ class NoTrainingCodesError(DataError):
     methods and PyTorch.)"""
 
 
+class UnknownMethodError(KeyError):
+    """A method name this process has no class for (a plugin not loaded?); ``name`` is the
+    name asked for. A KeyError, as a missing registry key always was."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
 class NotFittedError(RuntimeError):
     pass
 
@@ -129,7 +138,10 @@ class CrossModalMethod:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters by name, as scikit-learn's ``get_params`` (so that
+        ``sklearn.base.clone`` copies a method); no parameter is an estimator, so ``deep``
+        changes nothing."""
         return {p: getattr(self, p) for p in self._param_names()}
 
     def set_params(self, **params: Any) -> "CrossModalMethod":
@@ -319,9 +331,8 @@ class CrossModalMethod:
                             f"{FORMAT_VERSION} (save it again with the xmodal that wrote it, or refit)")
         try:
             obj = create(meta["method"], **_json_params(meta["method"], meta["params"]))
-        except KeyError as exc:  # a method this installation does not have (a plugin not loaded?):
-            # still a KeyError, which callers tell apart to say "load its plugin"
-            raise KeyError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+        except UnknownMethodError as exc:  # a plugin not loaded?: callers tell it apart
+            raise UnknownMethodError(f"{path}: {exc.args[0]}", exc.name) from None
         except ParameterError as exc:
             raise DataError(f"{path}: {exc}") from None
         if meta.get("class") not in (None, type(obj).__name__):

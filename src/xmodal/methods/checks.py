@@ -10,7 +10,8 @@ per image, image and text features sharing a class signal and an instance signal
 train/val/test split) and assert:
 
 - ``__init__`` stores each parameter under its own name and no other public attribute (its
-  parents' parameters aside), and a clone from ``get_params()`` has the same parameters;
+  parents' parameters aside), and a clone from ``get_params()`` (or scikit-learn's
+  ``clone``) has the same parameters;
   ``fit`` leaves them unchanged; a hashing method takes ``bits``;
 - ``encode_*`` before ``fit`` raises :class:`NotFittedError`; ``fit`` returns ``self``;
 - every public attribute ``fit`` adds ends in ``_``;
@@ -120,6 +121,14 @@ def check_method(method: str | CrossModalMethod, data: PairedDataset | None = No
     def fresh() -> CrossModalMethod:
         return type(proto)(**proto.get_params())
 
+    def sklearn_clone() -> tuple[CrossModalMethod | None, str]:
+        from sklearn.base import clone as sk_clone
+
+        try:
+            return sk_clone(proto), ""
+        except (RuntimeError, TypeError) as exc:  # __init__ alters a parameter, or get_params is off
+            return None, f"sklearn.base.clone: {exc}"
+
     # parameters
     p = proto.get_params()
     sig = [q for q in inspect.signature(type(proto).__init__).parameters if q != "self"]
@@ -130,6 +139,8 @@ def check_method(method: str | CrossModalMethod, data: PairedDataset | None = No
     clone = fresh().get_params()
     diff = [k for k in p if not _same(p[k], clone[k])]
     ensure(not diff, "clone keeps params", f"{diff} change when rebuilt from get_params()")
+    copy, why = sklearn_clone()  # what model-selection code does with an estimator
+    ensure(copy is not None, "scikit-learn clone", why)
     # a public attribute beyond the parameters is missing from get_params() and set_params();
     # as scikit-learn's rule, private state (a property's _value) and the parameters of a
     # parent's __init__ (a subclass fixing one through super().__init__) are the class's own
