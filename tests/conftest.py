@@ -233,7 +233,7 @@ def served_ucm_collection(tmp_path_factory, name: str, step: int = 150):
 @pytest.fixture
 def page(browser):
     """A page of the module's browser. Playwright's wait_for_function evaluates its string,
-    which the page's CSP (no eval) refuses: pages here skip the CSP (test_browser_review.py's
+    which the page's CSP (no eval) refuses: pages here skip the CSP (test_browser.py's
     test_the_page_works_under_its_own_csp keeps it). A script error on the page fails the test."""
     pg = browser.new_page(bypass_csp=True)
     pg.set_default_timeout(15000)

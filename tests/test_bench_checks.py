@@ -14,6 +14,8 @@ from xmodal.cli import app
 from xmodal.data import DataError
 from xmodal.evaluation.bench import run_bench
 from xmodal.methods import ParameterError
+from pathlib import Path
+from PIL import Image
 
 runner = CliRunner()
 
@@ -642,3 +644,33 @@ def test_hashing_on_an_unlabelled_dataset_is_refused_before_fitting():
     with pytest.raises(DataError, match="lsh: dataset 'captions_only' has no labels.*'test' split.*'train' split"):
         run_bench(ds, ["cca", "lsh"], bits=[16])
     assert run_bench(ds, ["cca"])[0]["i2t"]["r@1"] >= 0  # real-valued methods still score on pairs
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _photos(root: Path, n: int = 3) -> Path:
+    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
+    src = root / "photos"
+    for i in range(n):
+        label = "beach" if i % 2 else "forest"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
+        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
+    return src
+
+
+@pytest.mark.parametrize("spec, says", [("nosuch", "unknown encoder 'nosuch'"),
+                                        ("minilm", "is a text encoder, but an image encoder")])
+def test_bench_refuses_a_bad_image_encoder_cleanly(tmp_path, spec, says):
+    src = _photos(tmp_path, 6)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"image": str(p), "text": f"caption {i}",
+                                         "split": "train" if i < 3 else "test"}) + "\n"
+                             for i, p in enumerate(sorted(src.rglob("*.png")))))
+    res = run("bench", "--dataset", pairs, "--methods", "cca", "--quiet", "--image-encoder", spec,
+              "--text-encoder", "tfidf")
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert says in " ".join(res.output.split())

@@ -15,6 +15,7 @@ from xmodal import methods
 from xmodal.cli import app
 from xmodal.methods import CrossModalMethod, HashingMethod, register
 from xmodal.methods.checks import MethodCheckError, check_method, toy_dataset
+from PIL import Image
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ridge_bridge.py"
 
@@ -316,3 +317,46 @@ def test_builtin_names_are_the_families_methods_and_a_plugin_needs_no_family_imp
             "print(sorted(m for m in ('torch', 'xmodal.methods.deep', 'xmodal.methods.hashing') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _photos(root: Path, n: int = 3) -> Path:
+    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
+    src = root / "photos"
+    for i in range(n):
+        label = "beach" if i % 2 else "forest"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
+        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
+    return src
+
+
+# ---------------------------------------------------------------- 4: a saved method of any name
+def _saved_cca(path: Path) -> Path:
+    from xmodal.data import PairedDataset
+    from xmodal.methods import create
+
+    rng = np.random.default_rng(0)
+    ds = PairedDataset(name="toy", text_to_image=np.arange(20), n_images=20,
+                       image_features=rng.normal(size=(20, 8)).astype(np.float32),
+                       text_features=rng.normal(size=(20, 6)).astype(np.float32))
+    create("cca", n_components=2).fit(ds).save(path)
+    return path
+
+
+def test_method_file_is_told_by_content_not_by_suffix(tmp_path):
+    src = _photos(tmp_path)
+    saved = _saved_cca(tmp_path / "cca.xmodal")  # the README's own example name
+    res = run("index", src, "-c", tmp_path / "m.xmc", "--method", saved, "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.output)
+    assert plan["action"] == "create" and plan["method"] == str(saved)
+    (tmp_path / "notes.txt").write_text("not a method")
+    res = run("index", src, "-c", tmp_path / "m.xmc", "--method", tmp_path / "notes.txt", "--dry-run")
+    assert res.exit_code == 2 and "notes.txt: not a saved xmodal method" in " ".join(res.output.split())
+    res = run("index", src, "-c", tmp_path / "m.xmc", "--method", "nosuchmethod", "--dry-run")
+    assert res.exit_code == 2 and "unknown method 'nosuchmethod'" in res.output
+    assert not (tmp_path / "m.xmc").exists()

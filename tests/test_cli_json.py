@@ -16,8 +16,8 @@ from xmodal.index import Collection
 NO_RESULT = {"serve"}
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+def run(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
 def _leaves(group, prefix: str = "") -> dict:
@@ -52,3 +52,64 @@ def test_keys_revoke_and_public_read_json(tmp_path):
     assert json.loads(res.output) == {"public_read": True}
     # the plain output stays as it was
     assert run("keys", "public-read", "false", "-c", c).output.strip() == "public_read = False"
+
+
+def _coll(tmp_path, name="c.xmc"):
+    coll = Collection.create(tmp_path / name, dim=4)
+    coll.add_vectors("text", ["a", "b"], np.eye(2, 4, dtype=np.float32), texts=["a", "b"])
+    coll.close()
+    return tmp_path / name
+
+
+def test_export_and_snapshot_json(tmp_path):
+    c = _coll(tmp_path)
+    res = run("export", tmp_path / "v.npz", "-c", c, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["file"] == str(tmp_path / "v.npz") and out["images"] == 0 and out["texts"] == 2
+    res = run("snapshot", tmp_path / "snap", "-c", c, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["snapshot"] == str(tmp_path / "snap") and out["texts"] == 2 and "space" in out
+
+
+def test_keys_json(tmp_path):
+    c = _coll(tmp_path)
+    res = run("keys", "add", "-c", c, "--role", "read", "--name", "bot", "--json")
+    assert res.exit_code == 0, res.output
+    added = json.loads(res.output)
+    assert added["role"] == "read" and added["name"] == "bot" and added["token"] and added["key_id"]
+    res = run("keys", "list", "-c", c, "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [r["key_id"] for r in rows] == [added["key_id"]]
+    assert rows[0]["role"] == "read" and rows[0]["revoked"] is False
+    assert added["token"] not in res.output and not any("hash" in k or "token" in k for k in rows[0])
+
+
+def test_index_json_says_what_the_run_did(tmp_path):
+    import shutil
+
+    from conftest import need
+
+    imgs = sorted((need("ucm_captions") / "imgs").glob("*.jpg"))[:3]
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i, p in enumerate(imgs):
+        shutil.copy(p, src / p.name)
+        # words, not digits: tf-idf drops "0"/"1"/"2", and identical texts leave CCA nothing to fit
+        (src / f"{p.stem}.txt").write_text(f"{['harbour', 'forest', 'river'][i]} seen from the air\n")
+    args = ["index", src, "-c", tmp_path / "c.xmc", "--method", "cca", "--image-encoder",
+            "efficientnet-lite0", "--text-encoder", "tfidf", "--quiet", "--json"]
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.output)
+    assert first["run"] == {"added": 6, "replaced": 0, "moved": 0, "relabelled": 0, "unchanged": 0, "skipped": 0,
+                            "removed": 0}
+    again = json.loads(run(*args[:4], "--quiet", "--json").output)  # the collection's own options
+    assert again["run"]["added"] == 0 and again["run"]["unchanged"] == 6
+    (src / imgs[0].name).unlink()
+    pruned = json.loads(run(*args[:4], "--quiet", "--json", "--prune").output)
+    assert pruned["run"]["removed"] == 2 and pruned["images"] == 2
+    human = run(*args[:4], "--quiet").output
+    assert "this run: added 0, replaced 0, moved 0, relabelled 0, unchanged 4, skipped 0, removed 0" in human

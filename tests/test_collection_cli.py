@@ -10,6 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import ucm_caption_folder
 from xmodal.cli import app
+from xmodal.index import Collection
+from PIL import Image
+import numpy as np
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +23,8 @@ def folder(tmp_path_factory):
     mp.undo()
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+def run(*args, env=None):
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
 def test_index_search_keys(folder, tmp_path):
@@ -269,3 +272,331 @@ def test_serve_rate_limit_option_reaches_the_app(tmp_path, monkeypatch):
     codes = [client.get("/api/info").status_code for _ in range(3)]
     assert codes[:2] == [200, 200] and codes[2] == 429, codes
     assert client.get("/health").status_code == 200  # not counted
+
+
+def test_xmodal_remove_a_digit_that_is_no_number_says_so(tmp_path):
+    # '²'.isdigit() is true, but int('²') raises: the check let it through to a traceback
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    Collection.create(tmp_path / "c", dim=4).close()
+    res = CliRunner().invoke(app, ["remove", "²", "-c", str(tmp_path / "c")])
+    assert res.exit_code == 2, res.exception
+    assert "'²' is not an item id" in res.output and "--key ²" in res.output
+
+
+def _photos(root: Path, n: int = 3) -> Path:
+    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
+    src = root / "photos"
+    for i in range(n):
+        label = "beach" if i % 2 else "forest"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
+        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
+    return src
+
+
+# ---------------------------------------------------------------- 1, 2: encoders
+@pytest.mark.parametrize("dry", [False, True])
+@pytest.mark.parametrize("opt, spec, says", [
+    ("--image-encoder", "nosuch", "unknown encoder 'nosuch'"),
+    ("--text-encoder", "nosuch", "unknown encoder 'nosuch'"),
+    ("--image-encoder", "efficientnet-lite0:bogus", "unknown view set 'bogus'"),
+    ("--image-encoder", "minilm", "'minilm' is a text encoder, but an image encoder is needed here"),
+    ("--text-encoder", "efficientnet-lite0", "'efficientnet-lite0' is an image encoder, but a text "
+                                             "encoder is needed here"),
+])
+def test_index_refuses_unknown_and_wrong_kind_encoders(tmp_path, opt, spec, says, dry):
+    src = _photos(tmp_path)
+    res = run("index", src, "-c", tmp_path / "e.xmc", opt, spec, "-q", *(["--dry-run"] if dry else []))
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert says in " ".join(res.output.split())
+    assert not (tmp_path / "e.xmc").exists()
+
+
+# ---------------------------------------------------------------- 6: a source that is not there
+@pytest.mark.parametrize("name", ["nodir", "./nodir", "sub/nodir", "pairs.jsonl"])
+def test_index_of_a_missing_source_says_no_such_file_or_folder(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--dry-run"]):
+        res = run("index", name, "-c", "e1.xmc", *extra)
+        assert res.exit_code == 2, res.output
+        out = " ".join(res.output.split())
+        assert f"{name}: no such file or folder" in out and "unknown dataset" not in out, out
+    assert not (tmp_path / "e1.xmc").exists()
+
+
+def test_index_cli_gives_faiss_parse_error_for_a_bogus_spec(tmp_path):
+    src = _photos(tmp_path)
+    res = run("index", src, "-c", tmp_path / "i.xmc", "--index", "Bogus42", "--dry-run")
+    assert res.exit_code == 2
+    out = " ".join(res.output.split())
+    assert "could not parse index string Bogus42" in out and "is binary" not in out, out
+
+
+def _clean(res, code=2):
+    assert res.exit_code == code, (res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+
+
+def _coll(tmp_path, name="c.xmc"):
+    coll = Collection.create(tmp_path / name, dim=4)
+    coll.add_vectors("text", ["a", "b"], np.eye(2, 4, dtype=np.float32), texts=["a", "b"])
+    coll.close()
+    return tmp_path / name
+
+
+def _afile(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    return f
+
+
+def test_index_into_a_path_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    import xmodal.index.build as build
+
+    def scanned(*a, **k):
+        raise AssertionError("scanned the source before checking the collection path")
+
+    monkeypatch.setattr(build, "scan_source", scanned)
+    afile = _afile(tmp_path)
+    res = run("index", tmp_path, "-c", afile / "x.xmc", "--quiet")
+    _clean(res)
+    assert f"{afile / 'x.xmc'}" in res.output and "not a folder" in res.output
+
+
+def test_index_writing_error_is_a_clean_error(tmp_path, monkeypatch):
+    import xmodal.index as index_pkg
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "c.xmc"))
+
+    monkeypatch.setattr(index_pkg, "build_collection", denied)
+    res = run("index", tmp_path, "-c", tmp_path / "c.xmc")
+    _clean(res)
+    assert "Permission denied" in res.output and str(tmp_path / "c.xmc") in res.output
+
+
+def test_snapshot_under_a_file_names_the_path(tmp_path):
+    coll = _coll(tmp_path)
+    afile = _afile(tmp_path)
+    res = run("snapshot", afile / "sub.xmc", "-c", coll)
+    _clean(res)
+    assert str(afile / "sub.xmc") in res.output
+
+
+def test_number_options_out_of_range_are_usage_errors(tmp_path, monkeypatch):
+    import uvicorn
+
+    def served(*a, **k):
+        raise AssertionError("served despite a bad option")
+
+    monkeypatch.setattr(uvicorn, "run", served)
+    coll = _coll(tmp_path)
+    for args in (["serve", "-c", coll, "--port", 99999], ["serve", "-c", coll, "--port", -1],
+                 ["serve", "-c", coll, "--max-upload-mb", 0],
+                 ["serve", "-c", coll, "--faiss-threads", 0],
+                 ["compare", tmp_path / "r.json", "a", "b", "--resamples", 0]):
+        res = run(*args)
+        _clean(res)
+        assert "Invalid value" in res.output, res.output
+
+
+def test_bad_plugin_in_the_environment_is_a_clean_error(tmp_path, monkeypatch):
+    import xmodal.methods as methods
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('broken plugin')\n")
+    flag = run("--plugin", bad, "methods")
+    _clean(flag)
+    monkeypatch.setattr(methods, "_plugins_loaded", False)
+    env = run("methods", env={"XMODAL_PLUGINS": str(bad)})
+    _clean(env)
+    assert "broken plugin" in env.output and "XMODAL_PLUGINS" in env.output
+
+
+def test_index_progress_is_automatic_unless_quiet(tmp_path, monkeypatch):
+    """Not quiet means bars only on a terminal (None), never forced into a log file."""
+    import xmodal.index.build as build
+    from xmodal.encoders import get_encoder
+    from xmodal.index.collection import TextItem
+
+    enc = get_encoder("bow", "text").fit(["a river", "two planes"], progress=False)
+    Collection.create(tmp_path / "c.xmc", dim=4, text_encoder=enc).close()
+    monkeypatch.setattr(build, "scan_source", lambda *a, **k: ([], [TextItem("t#0", "a river")]))
+    seen = []
+
+    def add_items(self, *a, progress=False, **k):
+        seen.append(progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Collection, "add_items", add_items)
+    src = tmp_path / "src"
+    src.mkdir()
+    assert run("index", src, "-c", tmp_path / "c.xmc").exit_code == 130
+    assert run("index", src, "-c", tmp_path / "c.xmc", "--quiet").exit_code == 130
+    assert seen == [None, False]
+
+
+def test_add_items_bar_follows_show_progress(tmp_path, monkeypatch):
+    """progress=None: a bar on a terminal only (as the encoders do)."""
+    import io
+    import sys
+
+    from xmodal.encoders import get_encoder
+    from xmodal.index.collection import TextItem
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    enc = get_encoder("bow", "text").fit(["a river", "two planes"], progress=False)
+    coll = Collection.create(tmp_path / "c.xmc", dim=enc.dim, text_encoder=enc)
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    coll.add_items(texts=[TextItem("t#0", "a river")], progress=None)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
+    coll.add_items(texts=[TextItem("t#1", "two planes")], progress=None)
+    assert "adding texts" in err.getvalue() and "adding texts" not in sys.stderr.getvalue()
+    coll.close()
+
+
+def test_index_help_shows_defaults_in_brackets():
+    res = CliRunner().invoke(app, ["index", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(res.output.replace("\u2502", " ").split())  # rich box edges
+    assert "default: cca; an existing collection: its own" in text
+    assert "default: Flat; an existing collection: its own" in text
+
+
+def test_search_target_help_says_what_item_searches():
+    res = CliRunner().invoke(app, ["search", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    text = " ".join(res.output.replace("\u2502", " ").split())  # rich box edges
+    # (was `"the other modality" not in text or ...`: a help without the default passed)
+    assert ("--target <str> image or text (default: the other modality of a text or image query; "
+            "with --item, the item's own)") in text
+
+
+def test_search_refuses_a_collection_given_twice(tmp_path):
+    coll = _coll(tmp_path)
+    other = tmp_path / "." / "c.xmc"
+    for cmd in (["search", "-c", coll, "-c", other, "a"], ["stats", "-c", coll, "-c", coll]):
+        res = run(*cmd)
+        _clean(res)
+        assert "given twice" in res.output and str(coll) in res.output.replace(str(other), str(coll))
+
+
+def test_stats_of_one_collection_is_one_space(tmp_path):
+    coll = _coll(tmp_path)
+    res = run("stats", "-c", coll, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["one_space"] is True
+
+
+def test_export_onto_an_existing_file_needs_force(tmp_path):
+    c = _coll(tmp_path)
+    dest = tmp_path / "v.npz"
+    dest.write_bytes(b"keep me")
+    res = run("export", dest, "-c", c)
+    _clean(res)
+    assert str(dest) in res.output and "--force" in res.output
+    assert dest.read_bytes() == b"keep me"
+    res = run("export", dest, "-c", c, "--force")
+    assert res.exit_code == 0, res.output
+    assert len(np.load(dest)["ids"]) == 2
+
+
+def test_export_under_a_file_names_the_file(tmp_path):
+    c = _coll(tmp_path)
+    afile = _afile(tmp_path)
+    res = run("export", afile / "sub" / "v.npz", "-c", c)
+    _clean(res)
+    assert f"{afile} is a file" in res.output and "File exists" not in res.output
+
+
+def test_export_creates_missing_folders_and_says_so_in_help(tmp_path):
+    c = _coll(tmp_path)
+    res = run("export", tmp_path / "new" / "v.npz", "-c", c)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "v.npz").is_file()
+    assert "missing folders" in " ".join(run("export", "--help").output.lower().split())
+
+
+def test_snapshot_inside_the_collection_is_refused(tmp_path):
+    c = _coll(tmp_path)
+    res = run("snapshot", c / "snap", "-c", c)
+    _clean(res)
+    assert str(c / "snap") in res.output and str(c) in res.output and "inside" in res.output
+    assert not (c / "snap").exists()
+
+
+def test_index_real_spec_with_a_binary_method_says_it_becomes_binary(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(src / "a.png")
+    (src / "a.txt").write_text("a cat")
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "lsh", "--index", "Flat", "--dry-run")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "--index Flat" in out and "BFlat" in out and "lsh" in out, out
+    # a binary spec typed as such: nothing to say
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "lsh", "--index", "BFlat", "--dry-run")
+    assert res.exit_code == 0 and "BFlat" not in res.output, res.output
+
+
+def test_a_shard_url_that_is_not_xmodal_is_named_without_its_whole_page(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page = "<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>" + "x" * 5000 + "</body></html>"
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = page.encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        res = run("stats", "--shard", url)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    _clean(res)
+    out = " ".join(res.output.split())
+    assert url in out and "404" in out and "xmodal serve" in out, out
+    assert "x" * 300 not in out and len(res.output) < 600, res.output
+
+
+def test_serve_on_a_port_in_use_fails_before_starting(tmp_path, monkeypatch):
+    import socket
+
+    import uvicorn
+
+    def started(*a, **k):
+        raise AssertionError("uvicorn started on a port in use")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    c = _coll(tmp_path)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        res = run("serve", "-c", c, "--port", port)
+    finally:
+        taken.close()
+    _clean(res)
+    assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output

@@ -6,6 +6,8 @@ from PIL import Image
 
 from conftest import DATA
 from xmodal.index.build import scan_folder
+import numpy as np
+from xmodal.index import Collection
 
 
 def _img(path, caption=None):
@@ -191,3 +193,37 @@ def test_dataset_folder_without_its_images_is_named(tmp_path):
         (tmp_path / "flickr8k" / "Flicker8k_Dataset" / r["filename"]).unlink()
     with pytest.raises(DataError, match=r"1\.jpg: image not found, nor any of the first 3 images"):
         scan_source(tmp_path / "flickr8k")
+
+
+def unit(rng, n, d=8):
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named_and_the_run_goes_on(tmp_path):
+    """A photo folder copied from an old camera or a Windows share can hold a name in another
+    encoding (Python gives it lone surrogates): SQLite cannot store that key or path, and the
+    whole run used to stop at the first lookup with a bare UnicodeEncodeError."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    (src / "good.jpg").write_bytes(b"good")
+    (src / "good.txt").write_text("a good caption\n")
+    bad = os.path.join(os.fsencode(src), b"caf\xe9.jpg")
+    with open(bad, "wb") as fh:
+        fh.write(b"bad")
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"its caption\n")
+    images, texts = scan_folder(src)
+    assert len(images) == 2 and len(texts) == 2
+    rng = np.random.default_rng(3)
+    c = Collection.create(tmp_path / "c", dim=8)
+    rep = c.add_items(images, texts, image_features=unit(rng, 2), text_features=unit(rng, 2))
+    assert rep.added == 2  # good.jpg and its caption
+    assert [os.path.basename(p) for p in rep.skipped] == [os.fsdecode(b"caf\xe9.jpg")]
+    assert sorted(r[0] for r in c.store.query("SELECT key FROM items")) == ["good.jpg", "good.jpg#0"]
+    # the rerun (what `xmodal index` does next time) goes as well, and plan() agrees
+    plan = c.plan(images, texts, prune=True)
+    assert plan["image"]["unreadable"] == [os.fsdecode(b"caf\xe9.jpg")] and plan["removed"] == []
+    rep = c.add_items(images, texts, image_features=unit(rng, 2), text_features=unit(rng, 2))
+    assert rep.unchanged == 2 and len(rep.skipped) == 1
+    c.close()

@@ -159,3 +159,37 @@ def test_method_fitted_by_the_indexer_records_the_collections_encoders(fitted, t
     assert coll.method.feature_encoders_ == {"image": IMAGE, "text": TEXT}
     # with the collection's fitted bag of words: its method file indexes other folders with it
     assert coll.method.feature_encoder("text").state_hash() == coll.encoder("text").state_hash()
+
+
+runner = CliRunner()
+
+
+def test_index_with_a_method_file_of_other_features_refuses_before_encoding(wikipedia, tmp_path,
+                                                                           monkeypatch):
+    # README: `xmodal index --method cca.xmodal` after the README's Python snippet (CCA fitted on
+    # Wikipedia's own SIFT/LDA features, no encoders recorded) encoded every image with the
+    # default encoders, then said "pass the encoders it was fitted with", which it names none of
+    from PIL import Image
+
+    import xmodal.index.build as build
+    from xmodal import methods
+
+    wiki = wikipedia
+    methods.create("cca", n_components=4).fit(wiki.subset("train")).save(tmp_path / "cca.xmodal")
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(src / f"{i}.jpg")
+        (src / f"{i}.txt").write_text(f"caption {i}\n")
+
+    def no_encoding(*a, **k):
+        raise AssertionError("encoded before refusing")
+
+    monkeypatch.setattr(build, "encode_items", no_encoding)
+    res = runner.invoke(app, ["index", str(src), "-c", str(tmp_path / "c.xmc"),
+                              "--method", str(tmp_path / "cca.xmodal"), "--quiet"])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())
+    assert "image features of 128 columns" in out and "efficientnet-lite0 gives 1280" in out, out
+    assert "records no encoders" in out, out
+    assert not (tmp_path / "c.xmc").exists()

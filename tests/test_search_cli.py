@@ -5,6 +5,9 @@ from typer.testing import CliRunner
 
 from xmodal.cli import app
 from xmodal.index import Collection
+import json
+from pathlib import Path
+from PIL import Image
 
 
 def run(*args):
@@ -203,3 +206,70 @@ def test_export_names_the_option_of_a_bad_modality(tmp_path):
     import json
 
     assert json.loads(res.stdout)["images"] == 6
+
+
+def _photos(root: Path, n: int = 3) -> Path:
+    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
+    src = root / "photos"
+    for i in range(n):
+        label = "beach" if i % 2 else "forest"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
+        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
+    return src
+
+
+# ---------------------------------------------------------------- 9: Ctrl-C before anything was stored
+def test_an_interrupt_says_whether_anything_was_stored(tmp_path, monkeypatch):
+    import xmodal.index
+    from xmodal.index import Collection
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xmodal.index, "build_collection", interrupted)
+    src = _photos(tmp_path)
+    res = run("index", src, "-c", tmp_path / "ci.xmc")
+    assert res.exit_code == 130
+    out = " ".join(res.output.split())
+    assert "before anything was stored" in out and "was not created" in out
+    assert "keeps every batch" not in out
+    Collection.create(tmp_path / "ci.xmc", dim=4).close()
+    res = run("index", src, "-c", tmp_path / "ci.xmc")
+    assert res.exit_code == 130 and "keeps every batch stored so far" in " ".join(res.output.split())
+
+
+# ---------------------------------------------------------------- 10: stats of two spaces
+def test_stats_of_collections_in_different_spaces_exits_1(tmp_path):
+    from xmodal.index import Collection
+
+    Collection.create(tmp_path / "a.xmc", dim=4).close()
+    Collection.create(tmp_path / "b.xmc", dim=8).close()
+    res = run("stats", "-c", tmp_path / "a.xmc", "-c", tmp_path / "b.xmc")
+    assert res.exit_code == 1 and "different common spaces: not searchable as one" in res.output
+    assert res.output.count("0 images") == 2  # the report is still printed
+    res = run("stats", "-c", tmp_path / "a.xmc", "-c", tmp_path / "b.xmc", "--json")
+    assert res.exit_code == 1 and json.loads(res.output)["one_space"] is False
+    assert run("stats", "-c", tmp_path / "a.xmc").exit_code == 0
+
+
+def _beach_images_plain_texts(path: Path):
+    """Images labelled beach / forest, captions added without labels: a vectors-only collection."""
+    from xmodal.index import Collection
+
+    c = Collection.create(path, dim=4)
+    c.add_vectors("image", ["b.jpg", "f.jpg"], np.eye(2, 4, dtype=np.float32), labels=[["beach"], ["forest"]])
+    c.add_vectors("text", ["t1", "t2"], np.eye(2, 4, dtype=np.float32), texts=["sand", "trees"])
+    return c
+
+
+def test_search_cli_refuses_a_label_only_the_other_modality_has(tmp_path):
+    _beach_images_plain_texts(tmp_path / "m.xmc").close()
+    res = run("search", "-c", tmp_path / "m.xmc", "--item", 3, "--label", "beach")  # item 3: a text
+    assert res.exit_code == 2, res.output
+    assert "no text item has the label 'beach' (image items do)" in " ".join(res.output.split())
+    res = run("search", "-c", tmp_path / "m.xmc", "--item", 3, "--label", "beach", "--target", "image")
+    assert res.exit_code == 0 and "b.jpg" in res.output, res.output
+    res = run("search", "-c", tmp_path / "m.xmc", "--image", tmp_path / "m.xmc" / "collection.db",
+              "--label", "beach")  # image -> text: refused before the (impossible) encoding
+    assert res.exit_code == 2 and "no text item has the label 'beach'" in " ".join(res.output.split())

@@ -201,3 +201,24 @@ def test_concurrent_uploads_are_checked_and_decoded_a_few_at_a_time(setup, monke
     assert most[0] <= 2, most[0]
     with pytest.raises(ValueError, match="max_concurrent_uploads"):
         create_app(setup["coll"], max_concurrent_uploads=0)
+
+
+def test_rate_limit_forgets_the_addresses_not_seen_for_a_minute_and_still_limits_the_others():
+    from xmodal.service.app import RateLimit
+
+    now = [0.0]
+    rl = RateLimit(None, per_minute=2, clock=lambda: now[0])
+    rl.MAX_CLIENTS = 3
+    for who in "abcd":  # none full yet (each took a token): all kept past the bound
+        assert rl.take(who) == 0.0
+    assert list(rl.buckets) == ["a", "b", "c", "d"]
+    assert rl.take("a") == 0.0 and rl.take("a") == pytest.approx(30.0)  # a: spent, seen last
+    now[0] = 40.0
+    assert rl.take("e") == 0.0
+    # b, c, d full again (seen 40 s ago at 1 of 2 tokens); a not (10 s of refill since)
+    assert "a" in rl.buckets and "e" in rl.buckets and not {"b", "c", "d"} & set(rl.buckets)
+    assert rl.take("a") == 0.0 and rl.take("a") > 0  # its limit kept
+    now[0] = 200.0
+    for who in "fgh":
+        rl.take(who)
+    assert list(rl.buckets) == ["f", "g", "h"]  # a and e, full since, went when g came

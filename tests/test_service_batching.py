@@ -1,4 +1,4 @@
-"""Session 14 load review of `xmodal serve`: text queries that arrive together while the
+"""`xmodal serve` under load: text queries that arrive together while the
 encoder is busy are encoded as one batch (benchmarks/serve_load.py measured them queueing one
 by one behind the encoder lock), with the same results as one at a time."""
 
