@@ -111,3 +111,10 @@ def test_bench_output_files_may_name_new_folders(wikipedia, tmp_path):
     (tmp_path / "file").write_text("x")
     res = runner.invoke(app, base + ["--json", str(tmp_path / "file" / "r.json")])
     assert res.exit_code == 2 and "cannot create its folder" in res.output
+
+
+def test_test_folds_refusal_agrees_in_number(wikipedia):
+    with pytest.raises(ParameterError, match=r"lsh uses the hashing protocol"):
+        run_bench("wikipedia", ["cca", "lsh"], bits=(16,), data_dir=str(DATA), test_folds=2)
+    with pytest.raises(ParameterError, match=r"lsh, cvh use the hashing protocol"):
+        run_bench("wikipedia", ["lsh", "cvh"], bits=(16,), data_dir=str(DATA), test_folds=2)

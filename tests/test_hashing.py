@@ -14,6 +14,12 @@ from xmodal.evaluation.protocol import evaluate
 from xmodal.methods import ParameterError
 
 from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
+from sklearn.linear_model import LogisticRegression
+from xmodal.methods.hashing._common import FeatureMapMixin, logistic_hash, rbf_anchor_features
+from xmodal.data.dataset import PairedDataset
+from xmodal.methods.base import pack_codes, unpack_codes
+from xmodal.methods.hashing.search import build_index, hamming_topk
+from xmodal.metrics import hamming_distance
 
 SHALLOW = ["cca_itq", "cvh", "imh", "cmfh", "lssh", "scm_orth", "scm_seq", "seph", "dlfh", "sslpdp"]
 DEEP = ["dcmh", "ssah", "djsrh", "jdsh", "ucch"]
@@ -265,3 +271,265 @@ def test_cmfh_authors_mu_beats_the_old_default_on_a_train_holdout(wiki):
         m = methods.create("cmfh", bits=32, random_state=0, **extra).fit(fit_part)
         scores[mu] = evaluate(m, held, fit_part, pk=())["t2i"]["map"]
     assert scores[None] > scores[1.0] + 0.04, scores
+
+
+def _objective(F, B, W, b, lam):
+    Z = (F @ W + b) * B
+    return np.logaddexp(0, -Z).sum() + 0.5 * lam * (W * W).sum()
+
+
+def test_logistic_hash_reaches_sklearns_per_bit_optimum():
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((300, 12))
+    B = np.where(F @ rng.standard_normal((12, 6)) + rng.standard_normal((300, 6)) >= 0, 1.0, -1.0)
+    reg = 1e-3
+    W, b = logistic_hash(F, B, reg, max_iter=5000)
+    W2, b2 = np.zeros_like(W), np.zeros_like(b)
+    for j in range(B.shape[1]):
+        clf = LogisticRegression(C=1 / (reg * len(F)), tol=1e-10, max_iter=10000).fit(F, B[:, j] > 0)
+        W2[:, j], b2[j] = clf.coef_[0], clf.intercept_[0]
+    lam = reg * len(F)
+    assert _objective(F, B, W, b, lam) == pytest.approx(_objective(F, B, W2, b2, lam), rel=1e-7)
+    np.testing.assert_allclose(W, W2, atol=1e-3)
+    np.testing.assert_allclose(b, b2, atol=1e-3)
+
+
+def test_rbf_anchor_features_are_the_rbf_kernel_of_float32_features():
+    rng = np.random.default_rng(1)
+    Z = (rng.standard_normal((50, 8)) * 100).astype(np.float32)
+    A = Z[:7]
+    sigma = 120.0
+    d2 = ((Z.astype(np.float64)[:, None, :] - A.astype(np.float64)[None]) ** 2).sum(-1)
+    want = np.exp(-d2 / (2 * sigma * sigma))
+    np.testing.assert_allclose(rbf_anchor_features(Z, A, sigma), want, rtol=1e-5, atol=1e-6)
+    # an anchor against itself is exactly 1 despite float32 rounding of the large norms
+    assert np.all(rbf_anchor_features(Z[:7], A, sigma).diagonal() == 1.0)
+
+
+def test_feature_map_sigma_is_the_mean_anchor_distance():
+    class M(FeatureMapMixin):
+        kernel, n_anchors = "rbf", 10
+
+    rng = np.random.default_rng(2)
+    Z = rng.standard_normal((40, 5))
+    m = M()
+    m._fit_map(Z, "image", np.random.default_rng(0))
+    d = np.sqrt(((Z[:, None, :] - m.image_anchors_[None]) ** 2).sum(-1))
+    assert m.image_sigma_ == pytest.approx(d.mean(), rel=1e-9)
+
+
+def test_scm_orth_is_the_authors_eigenproblem_and_bits_past_the_label_rank_are_null():
+    """SCM-orth against a transcription of the authors' trainSCM_orth/trainCCA (same ridge):
+    eig(Cxy Cyy^-1 Cxy', Cxx), Cxy = 2 X'L (Y'L)' - X'1 (Y'1)', Wy = Cyy^-1 Cxy' Wx / sqrt(eig).
+    Up to the rank of X'S̃Y (labels - 1 for single-label data) both give the same eigenvalues
+    and the same bits; past it the eigenvalues are zero, so those bits are arbitrary in both."""
+    from scipy import linalg
+
+    from conftest import need
+    from xmodal import methods
+    from xmodal.data import load_dataset
+    from xmodal.methods.hashing._common import normalized_labels
+
+    ds = load_dataset("wikipedia", data_dir=str(need("wikipedia")))
+    tr = ds.subset(np.arange(700), name="wiki-700")
+    reg = 1e-2
+    m = methods.create("scm_orth", bits=24, reg=reg, random_state=0).fit(tr)
+    X, Y, L = (np.asarray(a, np.float64) for a in tr.pairs())
+    Fx, Fy = m._map(X, "image"), m._map(Y, "text")
+    Ln = normalized_labels((L > 0).astype(float))
+    n_labels = int((L.sum(axis=0) > 0).sum())
+    Cxy = 2 * (Fx.T @ Ln) @ (Fy.T @ Ln).T - np.outer(Fx.sum(0), Fy.sum(0))
+    Gx, Gy = Fx.T @ Fx, Fy.T @ Fy
+    # xmodal's scale-free ridge, written on the unnormalised Gram matrices as the authors' code
+    Cxx = Gx + reg * np.trace(Gx) / len(Gx) * np.eye(len(Gx))
+    Cyy = Gy + reg * np.trace(Gy) / len(Gy) * np.eye(len(Gy))
+    A = Cxy @ linalg.solve(Cyy, Cxy.T, assume_a="pos")
+    ev, V = linalg.eigh((A + A.T) / 2, Cxx)
+    order = np.argsort(-ev)
+    ev, V = ev[order], V[:, order]
+    r = n_labels - 1
+    assert np.all(ev[:r] > 1e-3 * ev[0]) and np.all(np.abs(ev[r:24]) < 1e-9 * ev[0]), ev[:r + 2] / ev[0]
+    Wy = linalg.solve(Cyy, Cxy.T @ V[:, :r], assume_a="pos") / np.sqrt(ev[:r])
+    for ours, theirs in ((Fx @ m.image_proj_[:, :r], Fx @ V[:, :r]), (Fy @ m.text_proj_[:, :r], Fy @ Wy)):
+        corr = np.array([np.corrcoef(ours[:, j], theirs[:, j])[0, 1] for j in range(r)])
+        np.testing.assert_allclose(np.abs(corr), 1.0, atol=1e-6)
+    # the pair (x-bit, y-bit) of each direction has one sign in both: the same codes up to a flip
+    sx = np.sign(np.sum(Fx @ m.image_proj_[:, :r] * (Fx @ V[:, :r]), axis=0))
+    sy = np.sign(np.sum(Fy @ m.text_proj_[:, :r] * (Fy @ Wy), axis=0))
+    np.testing.assert_array_equal(sx, sy)
+
+
+SHALLOW_AND_LSH = ["lsh", "cca_itq", "cvh", "imh", "cmfh", "lssh", "scm_orth", "scm_seq", "seph", "dlfh", "sslpdp"]
+
+
+# few iterations: these checks are about shapes, conventions and errors, not quality
+QUICK = {"lssh": dict(n_iter=2, n_atoms=32), "seph": dict(n_iter=40), "sslpdp": dict(n_iter=40),
+        "dlfh": dict(n_iter=3)}
+
+
+def _synthetic(n=120, dx=20, dy=12, labels=None, X=None, Y=None, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, dx)) if X is None else X
+    Y = rng.standard_normal((n, dy)) if Y is None else Y
+    labels = rng.integers(0, 4, n) if labels is None else labels
+    return PairedDataset(name="synthetic", text_to_image=np.arange(n), n_images=n,
+                         image_features=X, text_features=Y, labels=labels)
+
+
+def _make_quick(name, bits=16, **extra):
+    return methods.create(name, bits=bits, **{"random_state": 0, **QUICK.get(name, {}), **extra})
+
+
+@pytest.mark.parametrize("name", SHALLOW_AND_LSH)
+def test_fewer_training_pairs_than_bits_is_refused_at_fit_or_encodes(name):
+    """30 training pairs, 64 bits: either fit refuses with a ParameterError that says why, or
+    the fitted method encodes (IMH used to fit and then fail in encode_* with a numpy
+    broadcasting error: its n x n eigenproblem has at most n - 1 useful eigenvectors)."""
+    ds = _synthetic(n=30)
+    m = _make_quick(name, bits=64)
+    try:
+        m.fit(ds)
+    except ParameterError as exc:
+        assert "bits=64" in str(exc) and "training pairs" in str(exc), str(exc)
+        assert not getattr(m, "fitted_", False)
+        return
+    assert m.encode_images(ds.image_features).shape == (30, 8)
+    assert m.encode_texts(ds.text_features).shape == (30, 8)
+
+
+def test_imh_refuses_more_bits_than_training_pairs():
+    with pytest.raises(ParameterError, match=r"IMH: bits=64 .* 30 training pairs"):
+        _make_quick("imh", bits=64).fit(_synthetic(n=30))
+    # max_train counts: the eigenproblem runs on the sampled pairs
+    with pytest.raises(ParameterError, match="20 training pairs"):
+        _make_quick("imh", bits=32, max_train=20).fit(_synthetic(n=120))
+    assert _make_quick("imh", bits=16).fit(_synthetic(n=30)).encode_images(np.zeros((2, 20))).shape == (2, 2)
+
+
+def test_rank_error_names_the_training_pairs_when_they_limit_the_rbf_map():
+    """CCA-ITQ / CVH / SCM-orth need ``bits`` mapped dimensions. With fewer training pairs
+    than ``n_anchors`` the RBF map has one dimension per pair, and the advice
+    "n_anchors >= bits" cannot help: the error must say that the pairs are the limit."""
+    with pytest.raises(ParameterError, match="30 training pairs") as exc:
+        _make_quick("cca_itq", bits=64).fit(_synthetic(n=30))
+    assert "n_anchors >= bits" not in str(exc.value)
+    # where n_anchors is the limit, the advice stays
+    with pytest.raises(ParameterError, match="n_anchors >= bits"):
+        _make_quick("cvh", bits=64, kernel="rbf", n_anchors=40).fit(_synthetic(n=200))
+
+
+EDGE = {
+    "one class": dict(labels=np.zeros(120, int)),
+    "multi-label with empty rows": dict(labels=np.vstack([
+        (np.random.default_rng(1).random((100, 6)) < 0.3).astype(int), np.zeros((20, 6), int)])),
+    "rows of zeros": dict(X=np.vstack([np.random.default_rng(2).standard_normal((100, 20)), np.zeros((20, 20))]),
+                          Y=np.vstack([np.random.default_rng(3).standard_normal((100, 12)), np.zeros((20, 12))])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDGE))
+@pytest.mark.parametrize("name", SHALLOW_AND_LSH)
+def test_edge_inputs_fit_and_encode(name, case):
+    ds = _synthetic(**EDGE[case])
+    m = _make_quick(name).fit(ds)
+    ci, ct = m.encode_images(ds.image_features), m.encode_texts(ds.text_features)
+    assert ci.shape == ct.shape == (120, 2) and ci.dtype == ct.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", SHALLOW_AND_LSH)
+def test_float32_features_give_the_float64_codes(name):
+    """Every shallow method computes in float64: float32 input is the same data."""
+    ds = _synthetic()
+    ds32 = _synthetic(X=ds.image_features.astype(np.float32), Y=ds.text_features.astype(np.float32))
+    ds64 = _synthetic(X=ds32.image_features.astype(np.float64), Y=ds32.text_features.astype(np.float64))
+    a, b = _make_quick(name).fit(ds32), _make_quick(name).fit(ds64)
+    assert np.array_equal(a.encode_images(ds32.image_features), b.encode_images(ds64.image_features))
+    assert np.array_equal(a.encode_texts(ds32.text_features), b.encode_texts(ds64.text_features))
+
+
+@pytest.mark.parametrize("name", ["cca_itq", "cmfh", "scm_seq", "seph"])
+def test_random_state_changes_only_what_is_random(name):
+    ds = _synthetic()
+    # 50 of the 120 pairs as RBF anchors, so that the seed also picks the anchors (SCM-seq's
+    # only random step; with every pair an anchor it is deterministic)
+    a, b = _make_quick(name, n_anchors=50).fit(ds), _make_quick(name, n_anchors=50, random_state=1).fit(ds)
+    c = _make_quick(name, n_anchors=50).fit(ds)
+    assert np.array_equal(a.encode_images(ds.image_features), c.encode_images(ds.image_features))
+    # the RBF anchors are drawn with random_state: another seed is another map
+    assert not np.array_equal(a.encode_images(ds.image_features), b.encode_images(ds.image_features))
+
+
+def test_packing_is_the_same_for_both_modalities_and_faiss():
+    """Bit j of a code is bit 7 - j % 8 of byte j // 8 (numpy's big-endian packbits) for
+    images and texts alike, and FAISS's Hamming distance on the packed rows equals the
+    number of differing signs."""
+    rng = np.random.default_rng(0)
+    Bi, Bt = np.sign(rng.standard_normal((50, 24))), np.sign(rng.standard_normal((40, 24)))
+    ci, ct = pack_codes(Bi), pack_codes(Bt)
+    assert ci.shape == (50, 3) and np.array_equal(unpack_codes(ci, 24), Bi)
+    first = np.zeros((1, 24))
+    first[0, 0] = 1
+    assert pack_codes(np.where(first > 0, 1.0, -1.0))[0, 0] == 0b10000000
+    want = (Bi[:, None, :] != Bt[None, :, :]).sum(axis=2)
+    assert np.array_equal(hamming_distance(ci, ct), want)
+    D, I = hamming_topk(ci, ct, 40)
+    assert np.array_equal(np.take_along_axis(want, I, axis=1), D)
+
+
+def test_hamming_topk_empty_database_and_bad_k():
+    q = np.zeros((3, 2), np.uint8)
+    D, I = hamming_topk(q, np.zeros((0, 2), np.uint8), 5)  # was a bare AssertionError from FAISS
+    assert D.shape == I.shape == (3, 0)
+    D, I = hamming_topk(q, np.zeros((4, 2), np.uint8), np.int64(10))  # k above the database size
+    assert D.shape == I.shape == (3, 4) and sorted(I[0]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="integer"):
+        hamming_topk(q, np.zeros((4, 2), np.uint8), 2.5)  # was silently 2
+    with pytest.raises(ValueError, match="integer"):
+        hamming_topk(q, np.zeros((4, 2), np.uint8), True)
+    with pytest.raises(ValueError, match="at least one byte"):
+        build_index(np.zeros((4, 0), np.uint8))
+
+
+def test_sslpdp_never_reads_a_label_outside_its_budget_when_the_sample_misses_them():
+    """Three labelled images (labeled_fraction=3/600) and a 60-pair code-learning sample that
+    does not hold it: SS-LPDP used to mark sampled row 0 as labelled and read its true label,
+    one label beyond the budget. Scrambling every label it may not see must change nothing."""
+    rng = np.random.default_rng(0)
+    # multi-label (MIRFlickr-like): a propagated label vector's confidence depends on how many
+    # labels the seed row carries, so a row read beyond the budget shows in the codes
+    L = (rng.random((600, 6)) < 0.3).astype(int)
+    L[np.arange(600), rng.integers(0, 6, 600)] = 1
+    ds = _synthetic(n=600, labels=L)
+    kw = dict(labeled_fraction=3 / 600, max_train=60)
+    keep = _make_quick("sslpdp", **kw).labelled_rows(ds)
+    assert keep.sum() == 3
+    sampled = np.random.default_rng(0).choice(600, 60, replace=False)  # SePH's subsample draw
+    assert not keep[sampled].any()  # the case under test: no labelled pair in the sample
+    labels = ds.labels.copy()
+    labels[~keep] = 1 - labels[~keep]
+    labels[~keep & (labels.sum(axis=1) == 0), 0] = 1
+    other = _synthetic(n=600, X=ds.image_features, Y=ds.text_features, labels=labels)
+    a = _make_quick("sslpdp", **kw).fit(ds)
+    b = _make_quick("sslpdp", **kw).fit(other)
+    assert np.array_equal(a.encode_images(ds.image_features), b.encode_images(ds.image_features))
+    assert np.array_equal(a.encode_texts(ds.text_features), b.encode_texts(ds.text_features))
+
+
+def test_learned_codes_protocol_takes_the_tie_order_like_evaluate():
+    """``evaluate`` lets the caller choose how tied Hamming distances are ordered
+    (``tie_seed``); the learned-codes variant ranks the same codes, so it takes the same
+    choice (it could not, and always used tie_seed=0). DLFH's 8-bit class codewords tie
+    heavily, so database order and a random order give different MAP."""
+    from xmodal.methods.hashing.protocol import evaluate_training_codes
+
+    rng = np.random.default_rng(0)
+    labels = np.sort(rng.integers(0, 4, 160))  # class-sorted: database order favours ties
+    ds = _synthetic(n=160, labels=labels)
+    train = ds.subset(np.arange(120), name="train")
+    query = ds.subset(np.arange(120, 160), name="query")
+    m = _make_quick("dlfh", bits=8).fit(train)
+    default = evaluate_training_codes(m, query, train, train=train, pk=())
+    same = evaluate_training_codes(m, query, train, train=train, pk=(), tie_seed=0)
+    ordered = evaluate_training_codes(m, query, train, train=train, pk=(), tie_seed=None)
+    assert default["i2t"]["map"] == same["i2t"]["map"]
+    assert ordered["i2t"]["map"] != default["i2t"]["map"]
