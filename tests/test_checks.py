@@ -97,6 +97,11 @@ class _Unseeded(_Base):
         return Y[:, :4]
 
 
+class _CopiesParam(_Base):
+    def __init__(self, weights: tuple = (1.0, 2.0)):
+        self.weights = list(weights)  # equal values, another object: scikit-learn's clone refuses
+
+
 @register("_check_forgets_state")
 class _ForgetsState(_Base):
     def _get_state(self):
@@ -106,6 +111,7 @@ class _ForgetsState(_Base):
 
 @pytest.mark.parametrize("cls, check", [
     (_RenamesParam, "clone keeps params"),
+    (_CopiesParam, "scikit-learn clone"),
     (_InitSetsMore, "__init__ stores only its parameters"),
     (_PublicState, "learned state ends in _"),
     (_TouchesParams, "fit leaves params alone"),
@@ -117,6 +123,19 @@ class _ForgetsState(_Base):
 def test_the_checks_catch_broken_methods(cls, check):
     with pytest.raises(MethodCheckError, match=f"{check} failed"):
         check_method(cls())
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_scikit_learn_clone_copies_every_method(name):
+    """Model-selection code (GridSearchCV, cross_validate, a researcher's own loop) copies an
+    estimator with sklearn.base.clone, which calls get_params(deep=False)."""
+    from sklearn.base import clone
+
+    proto = methods.create(name)
+    proto.set_params(**{k: v for k, v in {"random_state": 7}.items() if k in proto.get_params()})
+    copy = clone(proto)
+    assert type(copy) is type(proto) and copy is not proto
+    assert copy.get_params() == proto.get_params()
 
 
 @register("_check_property_param")

@@ -156,3 +156,22 @@ def test_deep_seed0_tables_match_their_records(heading, records, mr_digits):
         cells = [c.strip("*") for c in row[1:]]  # bold marks the targets met
         assert cells == _deep_cells(mine[0], mr_digits), f"{heading}: {row[0]}"
     assert len(used) == len(recs), f"{heading}: records no row shows"
+
+
+def test_wikipedia_subspace_table_matches_its_records():
+    doc = _doc_table("Subspace methods")
+    rendered = _tables(format_table(_records("wiki_subspace.jsonl"), markdown=True))[0]
+    assert doc["cols"] == rendered["cols"]
+    assert [r[0] for r in doc["rows"]] == [r[0] for r in rendered["rows"]]
+    for want, got in zip(doc["rows"], rendered["rows"]):
+        assert want[:-1] == got[:-1], want[0]  # fit seconds aside (timings: indicative)
+
+
+def test_wikipedia_deep_table_matches_its_records():
+    recs = {r["method"]: r for r in _records("wiki_deep.jsonl")}
+    doc = _doc_table("Wikipedia (classic features")
+    assert [re.match(r"[a-z_0-9]+", r[0]).group(0) for r in doc["rows"]] == list(recs)
+    for row in doc["rows"]:
+        r = recs[re.match(r"[a-z_0-9]+", row[0]).group(0)]
+        cells = [c.strip("*") for c in row[1:]]
+        assert cells == [f"{r['i2t']['map']:.3f}", f"{r['t2i']['map']:.3f}", f"{r['fit_seconds']:.0f} s"], row[0]

@@ -440,6 +440,8 @@ def test_serve_refuses_a_collection_whose_plugin_method_is_not_loaded(tmp_path, 
     assert "--rebuild" not in res.output  # nothing is damaged: refitting is the wrong cure
     res = CliRunner().invoke(app, ["search", "-c", str(tmp_path / "c"), "a red car"])
     assert res.exit_code == 2 and "load the method's plugin" in res.output and "--rebuild" not in res.output
+    # the registry's plugin hint and the collection's were both printed, with every method's name
+    assert res.output.count("XMODAL_PLUGINS") == 1 and "available:" not in res.output, res.output
 
 
 def test_a_rerun_reads_only_files_whose_stat_changed(tmp_path, env, monkeypatch):
