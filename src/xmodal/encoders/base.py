@@ -3,6 +3,7 @@ into a float32 matrix, reusing an on-disk cache keyed by (spec, version, fitted 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -81,6 +82,31 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+THREADS_ENV = "XMODAL_THREADS"
+
+
+def thread_budget() -> int | None:
+    """``$XMODAL_THREADS``: the threads this process may use (the deep methods' training, the
+    encoders' torch threads, decode workers and BLAS), read as the deep methods read it; None
+    when unset or not a positive integer (then every available core)."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
+@contextlib.contextmanager
+def blas_limits() -> Iterator[None]:
+    """BLAS threads capped at :func:`thread_budget` for a block (NumPy / scikit-learn work of
+    the encoders: SIFT word assignment, LDA, k-means); no change when it is unset."""
+    budget = thread_budget()
+    if budget is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=budget, user_api="blas"):
+        yield
+
+
 class Encoder:
     """Base class. Subclasses set ``modality``, ``version``, ``needs_fit``, implement ``dim`` and
     ``_compute`` (and ``_fit``/``_get_state``/``_set_state`` when fitted)."""
@@ -111,7 +137,8 @@ class Encoder:
             items = list(items)
             if not items:
                 raise EncoderError(f"{self.spec}: fit needs at least one item")
-            self._fit(items, progress)
+            with blas_limits():
+                self._fit(items, progress)
         return self
 
     def _fit(self, items: list[str], progress: bool | None) -> None:
@@ -276,28 +303,29 @@ class Encoder:
             bs = batch_size or self.default_batch_size  # None: the default
             bar = progress_bar(len(todo_items), f"encode {self.spec}", progress)
             batches = self._compute(todo_items, bs, bar)
-            try:
-                for pos, feats, failures in batches:
-                    feats = np.asarray(feats, dtype=np.float32).reshape(len(pos), dim)
-                    if not np.isfinite(feats).all():
-                        bad = [p for p, r in zip(pos, np.isfinite(feats).all(axis=1)) if not r]
-                        raise EncoderError(f"{self.spec}: non-finite features for {todo_items[bad[0]]}")
-                    done_keys = [todo_keys[p] for p in pos]
-                    if cache is not None:
-                        cache.put_many(done_keys, feats)
-                    for k, f in zip(done_keys, feats):
-                        idx = positions[k]
-                        out[idx] = f
-                        ok[idx] = True
-                    report.n_computed += len(pos)
-                    self.n_computed_total_ += len(pos)
-                    for p, reason in failures:
-                        for i in positions[todo_keys[p]]:
-                            self._skip(report, items[i], reason)
-                    bar.update(len(pos) + len(failures))
-            finally:
-                batches.close()  # shuts decode workers down at once on an interruption
-                bar.close()
+            with blas_limits():  # $XMODAL_THREADS, for NumPy / scikit-learn work
+                try:
+                    for pos, feats, failures in batches:
+                        feats = np.asarray(feats, dtype=np.float32).reshape(len(pos), dim)
+                        if not np.isfinite(feats).all():
+                            bad = [p for p, r in zip(pos, np.isfinite(feats).all(axis=1)) if not r]
+                            raise EncoderError(f"{self.spec}: non-finite features for {todo_items[bad[0]]}")
+                        done_keys = [todo_keys[p] for p in pos]
+                        if cache is not None:
+                            cache.put_many(done_keys, feats)
+                        for k, f in zip(done_keys, feats):
+                            idx = positions[k]
+                            out[idx] = f
+                            ok[idx] = True
+                        report.n_computed += len(pos)
+                        self.n_computed_total_ += len(pos)
+                        for p, reason in failures:
+                            for i in positions[todo_keys[p]]:
+                                self._skip(report, items[i], reason)
+                        bar.update(len(pos) + len(failures))
+                finally:
+                    batches.close()  # shuts decode workers down at once on an interruption
+                    bar.close()
         if report.skipped:
             log.warning("%s: skipped %d of %d items that could not be read", self.spec,
                         report.n_skipped, n)

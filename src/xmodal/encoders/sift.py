@@ -101,10 +101,14 @@ class SiftBoVW(ImageEncoder):
     def _workers(self, n: int, batch_size: int) -> int | None:
         if self.num_workers is not None:
             return self.num_workers
-        from .base import cpu_count
+        from .base import cpu_count, thread_budget
 
-        # All the work happens in the workers here, so use every core.
-        return 0 if n <= batch_size else cpu_count()
+        # All the work happens in the workers here, so use every core ($XMODAL_THREADS of
+        # them; one thread: the main process alone).
+        budget = thread_budget()
+        if n <= batch_size or budget == 1:
+            return 0
+        return budget or cpu_count()
 
     def _fit(self, items: list[str], progress) -> None:
         from sklearn.cluster import MiniBatchKMeans
