@@ -248,3 +248,21 @@ def test_cli_compare_bar_is_off_with_json_or_quiet(tmp_path, monkeypatch):
         assert res.exit_code == 0, res.output
         assert seen[-1] is want  # None: a bar only where stderr is a terminal
     assert "resampling" not in res.output
+
+
+@pytest.mark.parametrize("asked, named", [("MAP", "map"), ("Map", "map"), ("mr", "mR"), ("MR", "mR"),
+                                          ("R@5", "r@5")])
+def test_compare_takes_metric_names_in_any_case_from_python_too(asked, named):
+    # `xmodal compare --metric` took any case; compare_records / compare_all refused 'MAP'
+    from xmodal.evaluation.significance import compare_all
+    from xmodal.methods.checks import toy_dataset
+
+    ds = toy_dataset(n_images=80)
+    test = ds.subset("test")
+    a, b = (evaluate(methods.create("cca", n_components=k).fit(ds.subset("train")), test, per_query=True)
+            for k in (2, 4))
+    got = compare_records(a, b, asked, n_resamples=99)
+    assert got == compare_records(a, b, named, n_resamples=99) and got["metric"] == named
+    assert compare_all({"a": a, "b": b}, asked, n_resamples=99)[0]["metric"] == named
+    with pytest.raises(ValueError, match="metric 'p@10': expected map, mR or r@K"):
+        compare_records(a, b, "p@10")

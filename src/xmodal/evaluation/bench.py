@@ -12,7 +12,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -759,11 +759,48 @@ def config_label(rec: dict) -> str:
                             if settings else "")
 
 
-def format_table(records: list[dict], markdown: bool = False) -> str:
+Results = Sequence[dict] | Mapping[str, dict]  # bench records, or evaluate() results by name
+
+
+def as_records(results: Results, what: str = "records") -> list[dict]:
+    """Bench records as they are, or ``{name: evaluate(...) result}`` (a notebook's results)
+    as records named ``name`` (no dataset name, no fit time; ``bits`` read from a Hamming PR
+    curve's radii when it has one), for :func:`format_table`, :func:`format_hashing_tables`
+    and :func:`plot_pr_curves`. Anything else is a :class:`DataError` naming the entry."""
+    if isinstance(results, Mapping):
+        out = []
+        for name, res in results.items():
+            if isinstance(res, dict) and all(k in res for k in RECORD_KEYS):
+                out.append(res)  # a bench record under a name of the caller's: its own name stays
+                continue
+            if not (isinstance(res, dict) and isinstance(res.get("i2t"), dict) and isinstance(res.get("t2i"), dict)):
+                raise DataError(f"{what}: {name!r}: not a result of evaluate() (no 'i2t' and 't2i' "
+                                "dicts) nor a record of xmodal bench")
+            curve = res["i2t"].get("hamming_pr_curve")
+            bits = len(curve["radius"]) - 1 if isinstance(curve, dict) and curve.get("radius") else None
+            out.append({"dataset": "", "method": str(name), "bits": bits, **res})
+        return out
+    out = []
+    for i, rec in enumerate(results):
+        if isinstance(rec, dict) and "i2t" in rec and not all(k in rec for k in RECORD_KEYS):
+            raise DataError(f"{what}[{i}]: a result of evaluate(), not a record of xmodal bench: "
+                            "pass a dict name -> result to name its row or line")
+        out.append(check_record(rec, f"{what}[{i}]"))
+    return out
+
+
+def _heading(*parts: str) -> str:
+    """A panel or table heading from the non-empty parts (results of evaluate() have no dataset)."""
+    return ", ".join(p for p in parts if p)
+
+
+def format_table(records: Results, markdown: bool = False) -> str:
     """Rows = methods (x bits), named by :func:`config_label`; columns = both directions' MAP,
     P@10 (and Recall@K / mR); records summarised over seeds (:func:`summarize_seeds`) show
-    ``mean±std``."""
-    records = summarize_seeds(records)
+    ``mean±std``. ``records``: bench records (:func:`run_bench`), or a dict of
+    :func:`~xmodal.evaluation.evaluate` results by name (:func:`as_records`); returns the
+    table as text (Markdown with ``markdown``)."""
+    records = summarize_seeds(as_records(records))
     has_recall = any("mR" in r for r in records)
     has_map = any("map" in r["i2t"] for r in records)
     cols = ["method", "bits"]
@@ -780,7 +817,7 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
         if has_recall:
             row += [_score(r, d, f"r@{k}", 1) for d in ("i2t", "t2i") for k in (1, 5, 10)]
             row += [_score(r, None, "mR", 1)]
-        row += [f"{r['fit_seconds']:.1f}"]
+        row += [_f(r.get("fit_seconds"), 1)]
         rows.append(row)
     if markdown:
         out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -826,11 +863,14 @@ def _one_protocol_each(summaries: list[dict], what: str, by_bits: bool = False) 
         seen.setdefault(key, r.get("protocol"))
 
 
-def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
+def format_hashing_tables(records: Results, detail_k: int = 100) -> str:
     """The survey's table shape for hashing: per dataset, methods x (direction x bits) MAP over
-    the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2."""
+    the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2
+    (Markdown text). ``records``: bench records, or a dict of hashing-protocol
+    :func:`~xmodal.evaluation.evaluate` results by name (``map_k`` including ``detail_k``;
+    their bit length is read from the Hamming PR curve); records without bits are left out."""
     out = []
-    recs = [r for r in summarize_seeds(records) if r.get("bits")]
+    recs = [r for r in summarize_seeds(as_records(records)) if r.get("bits")]
     _one_summary_each(recs, "hashing tables")
     _one_protocol_each(recs, "hashing tables")
     for dsname in dict.fromkeys(r["dataset"] for r in recs):
@@ -839,7 +879,7 @@ def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
         names = list(dict.fromkeys(m for m, _ in mine))
         codes = {r.get("database_codes", "hash") for r in mine.values()}
         note = "learned training codes" if codes == {"learned"} else "codes from the hash functions"
-        out.append(f"#### {dsname}: MAP (full ranking), image->text | text->image (database: {note})\n")
+        out.append(f"#### {dsname + ': ' if dsname else ''}MAP (full ranking), image->text | text->image (database: {note})\n")
         rows = []
         for n in names:
             kind = next(r.get("kind", "") for (m, _), r in mine.items() if m == n)
@@ -847,29 +887,31 @@ def format_hashing_tables(records: list[dict], detail_k: int = 100) -> str:
                                      for d in ("i2t", "t2i") for b in bits])
         out += _md(["method", "kind"] + [f"{d} {b}" for d in ("I->T", "T->I") for b in bits], rows)
         for b in bits:
-            out.append(f"\n#### {dsname}, {b} bits: MAP@{detail_k}, P@{detail_k}, precision within Hamming radius 2\n")
+            out.append(f"\n#### {_heading(dsname, f'{b} bits')}: MAP@{detail_k}, P@{detail_k}, precision within Hamming radius 2\n")
             rows = []
             for n in names:
                 r = mine.get((n, b))
                 if r is None:
                     continue
                 rows.append([n] + [_score(r, d, key) for key in (f"map@{detail_k}", f"p@{detail_k}", "p@r2")
-                                   for d in ("i2t", "t2i")] + [f"{r['fit_seconds']:.1f}"])
+                                   for d in ("i2t", "t2i")] + [_f(r.get("fit_seconds"), 1)])
             out += _md(["method", f"I->T MAP@{detail_k}", f"T->I MAP@{detail_k}", f"I->T P@{detail_k}",
                         f"T->I P@{detail_k}", "I->T P@r2", "T->I P@r2", "fit s"], rows)
         out.append("")
     return "\n".join(out)
 
 
-def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve") -> Path:
+def plot_pr_curves(records: Results, path: str | Path, curve: str = "pr_curve") -> Path:
     """One PNG of precision-recall curves: a panel per (dataset, bits, direction), a line per
-    method. ``curve="hamming_pr_curve"`` plots Hamming-radius lookup instead of the ranking."""
+    method. ``curve="hamming_pr_curve"`` plots Hamming-radius lookup instead of the ranking.
+    ``records``: bench records, or a dict of :func:`~xmodal.evaluation.evaluate` results by
+    name (a line each). Returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = summarize_seeds(records)  # one line per method: the mean over seeds
+    records = summarize_seeds(as_records(records))  # one line per method: the mean over seeds
     _one_summary_each(records, "PR curves")
     _one_protocol_each(records, "PR curves", by_bits=True)
     panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
@@ -886,7 +928,8 @@ def plot_pr_curves(records: list[dict], path: str | Path, curve: str = "pr_curve
                 if r["dataset"] == dsname and (r["bits"] or 0) == b and curve in r[d]:
                     c = r[d][curve]
                     ax.plot(c["recall"], c["precision"], markersize=3, label=r["method"], **style[r["method"]])
-            ax.set_title(f"{dsname}{f', {b} bits' if b else ''}: {'image->text' if d == 'i2t' else 'text->image'}")
+            ax.set_title(f"{_heading(dsname, f'{b} bits' if b else '')}: "
+                         f"{'image->text' if d == 'i2t' else 'text->image'}".lstrip(": "))
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
             ax.set_xlim(0, 1)

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..data.dataset import DataError
 from .protocol import DEFAULT_RK
@@ -114,9 +115,9 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
                 disable=not show_progress(progress), dynamic_ncols=True, leave=False)
 
 
-def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Sequence[float] | None = None,
+def paired_permutation_test(a: ArrayLike, b: ArrayLike, weights: ArrayLike | None = None,
                             n_resamples: int = 9999, seed: int = 0, confidence: float = 0.95,
-                            strata: Sequence[int] | None = None,
+                            strata: ArrayLike | None = None,
                             on_progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """Two-sided paired randomisation test of ``sum(w * (a - b))`` (``w`` = 1/n by default,
     i.e. the difference of the means). Returns ``difference``, ``p_value`` and a percentile
@@ -130,7 +131,8 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Seq
     interval's)."""
     from scipy.stats import bootstrap
 
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    # lists or arrays of one score per query (e.g. evaluate(..., per_query=True)'s "ap")
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # type: ignore[assignment]
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
         raise ValueError(f"need two equally long per-query score lists (>= 2 queries), got {a.shape} and {b.shape}")
     w = np.full(len(a), 1.0 / len(a)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -143,10 +145,10 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], weights: Seq
     if strata is None:
         samples: tuple[np.ndarray, ...] = (d,)
     else:
-        strata = np.asarray(strata)
-        if strata.shape != a.shape:
-            raise ValueError(f"strata {strata.shape} do not match the scores {a.shape}")
-        samples = tuple(d[strata == s] for s in np.unique(strata))
+        groups = np.asarray(strata)
+        if groups.shape != a.shape:
+            raise ValueError(f"strata {groups.shape} do not match the scores {a.shape}")
+        samples = tuple(d[groups == s] for s in np.unique(groups))
     ci = bootstrap(samples, _counting(lambda *x, axis: sum(np.sum(v, axis=axis) for v in x), on_progress),
                    n_resamples=n_resamples,
                    batch=batch, confidence_level=confidence, method="percentile", random_state=seed,
@@ -212,10 +214,21 @@ def compare_records(rec_a: dict, rec_b: dict, metric: str = "map", n_resamples: 
     recall in percent). A record summarised over seeds carries per-query means over its seeds.
     Records of different datasets, dataset files, protocols or ``test_folds`` are refused
     (:class:`DataError`): their queries are not the same test set. ``progress``: a bar over
-    the resamples on stderr (None: only when stderr is a terminal).
+    the resamples on stderr (None: only when stderr is a terminal). Metric names are taken
+    in any case, as the tables print them (``MAP``, ``mR``, ``R@1``).
     """
+    metric = metric_name(metric)
     with _progress_bar(_n_tests(metric) * 2 * n_resamples, progress) as bar:
         return _compare(rec_a, rec_b, metric, n_resamples, seed, bar.update)
+
+
+def metric_name(metric: str) -> str:
+    """``metric`` as the tests name it (``map``, ``mR``, ``r@K``), given in any case; anything
+    else is a ValueError."""
+    name = {"map": "map", "mr": "mR"}.get(str(metric).lower(), str(metric).lower())
+    if name not in ("map", "mR") and not (name.startswith("r@") and name[2:].isdigit()):
+        raise ValueError(f"metric {metric!r}: expected map, mR or r@K")
+    return name
 
 
 def _n_tests(metric: str) -> int:
@@ -238,8 +251,6 @@ def _compare(rec_a: dict, rec_b: dict, metric: str, n_resamples: int, seed: int,
                                          **paired_permutation_test(a, b, w, n_resamples, seed, strata=strata,
                                                                    on_progress=on_progress),
                                          "n_queries": len(a)}}
-    if metric != "map" and not (metric.startswith("r@") and metric[2:].isdigit()):
-        raise ValueError(f"metric {metric!r}: expected map, mR or r@K")
     key, scale = ("ap", 1.0) if metric == "map" else (metric, 100.0)
     out: dict[str, Any] = {"metric": metric}
     for d in ("i2t", "t2i"):
@@ -274,7 +285,9 @@ def compare_all(records: dict[str, dict], metric: str = "map", n_resamples: int 
                 seed: int = 0, progress: bool | None = None) -> list[dict[str, Any]]:
     """Every pair of ``records`` (method name -> record) with :func:`compare_records`, and each
     part's ``p_holm``: its p-value adjusted over all the tests made here (every pair, every
-    direction). ``progress``: one bar over all the pairs' resamples, as for compare_records."""
+    direction). ``progress``: one bar over all the pairs' resamples, as for compare_records.
+    Returns one dict per pair, ``{"a": name, "b": name, **compare_records(...)}``."""
+    metric = metric_name(metric)
     names = list(records)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     with _progress_bar(len(pairs) * _n_tests(metric) * 2 * n_resamples, progress) as bar:
