@@ -167,6 +167,10 @@ def test_recall_counts_any_caption_of_an_image_and_the_one_image_of_a_caption():
     S = [[np.dot(t, i) / np.linalg.norm(t) / np.linalg.norm(i) for i in imgs] for t in texts]
     own_first = [int(np.argmax(s) == t2i[j]) for j, s in enumerate(S)]
     assert res["t2i"]["per_query"]["r@1"] == own_first
+    # mR: the mean of the four Recall@K (two K, two directions), in percent
+    t2i_r2 = [int(t2i[j] in np.argsort(s, kind="stable")[::-1][:2]) for j, s in enumerate(S)]
+    assert res["i2t"]["r@2"] == 100.0
+    assert res["mR"] == pytest.approx((50.0 + 100.0 + 100 * np.mean(own_first) + 100 * np.mean(t2i_r2)) / 4)
 
 
 def test_multi_label_relevance_is_sharing_a_label_and_map_spans_the_whole_database():

@@ -357,3 +357,45 @@ def test_hamming_pr_curve_names_a_bad_code_length():
             hamming_pr_curve(D, R, bad)
     with pytest.raises(ValueError, match="beyond bits=4"):
         hamming_pr_curve(D, R, 4)
+
+
+def test_whole_number_scores_and_distances_beyond_int16_rank_by_value():
+    # whole-number keys are sorted as int16 when they fit: keys beyond +-32767 (integer inner
+    # products, L1 distances) must not be cast (40000 would wrap to a negative int16)
+    S = np.array([[40000.0, 1.0, 0.0, -50000.0]])
+    R = np.array([[1, 0, 0, 0]], bool)
+    assert average_precision(S, R)[0] == 1.0
+    assert precision_at_k(S, R, 1) == 1.0
+    D = np.array([[40000, 1, 0, 70000]])
+    R = np.array([[0, 0, 1, 0]], bool)
+    assert average_precision(distances=D, relevant=R)[0] == 1.0
+    assert recall_at_k(distances=D, relevant=R, ks=(1,)) == {1: 1.0}
+    D = np.array([[1, -40000, 0]])  # signed distances below int16's range
+    R = np.array([[0, 1, 0]], bool)
+    assert average_precision(distances=D, relevant=R)[0] == 1.0
+
+
+def test_cosine_similarity_matches_scikit_learn_centred_or_not_and_zero_rows_score_zero():
+    from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
+
+    from xmodal.metrics import cosine_similarity
+    rng = np.random.default_rng(7)
+    Q, D, c = rng.normal(size=(5, 6)), rng.normal(size=(8, 6)), rng.normal(size=6)
+    np.testing.assert_allclose(cosine_similarity(Q, D), sk_cosine(Q, D), rtol=0, atol=1e-12)
+    # centred on a common point: normalised correlation (Rasiwasia et al. 2010)
+    np.testing.assert_allclose(cosine_similarity(Q, D, center=c), sk_cosine(Q - c, D - c), rtol=0, atol=1e-12)
+    # a zero vector (e.g. an empty bag of words) scores 0 against everything, never NaN
+    Q[1] = 0.0
+    S = cosine_similarity(Q, D)
+    assert np.isfinite(S).all() and (S[1] == 0).all()
+
+
+def test_numpy_hamming_fallback_covers_more_queries_than_one_chunk(monkeypatch):
+    rng = np.random.default_rng(8)
+    Q = rng.integers(0, 256, (150, 16), dtype=np.uint8)  # > 2 chunks of 64 queries
+    D = rng.integers(0, 256, (40, 16), dtype=np.uint8)
+    ref = np.unpackbits(Q[:, None, :] ^ D[None, :, :], axis=2).sum(axis=2)
+    monkeypatch.setattr(distance, "_faiss", None)
+    np.testing.assert_array_equal(hamming_distance(Q, D), ref)
+    np.testing.assert_array_equal(hamming_distance(Q[:, :5], D[:, :5]),  # bytes, not 64-bit words
+                                  np.unpackbits(Q[:, None, :5] ^ D[None, :, :5], axis=2).sum(axis=2))
