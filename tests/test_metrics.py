@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
 from xmodal.metrics import distance
-from xmodal.metrics import (average_precision, hamming_distance, hamming_pr_curve,
+from xmodal.metrics import (average_precision, first_hit_rank, hamming_distance, hamming_pr_curve,
                             mean_average_precision, ndcg_at_k, pr_curve, precision_at_k,
                             precision_within_radius, recall_at_k, relevance)
 from xmodal.data import PairedDataset, one_hot
@@ -399,3 +399,31 @@ def test_numpy_hamming_fallback_covers_more_queries_than_one_chunk(monkeypatch):
     np.testing.assert_array_equal(hamming_distance(Q, D), ref)
     np.testing.assert_array_equal(hamming_distance(Q[:, :5], D[:, :5]),  # bytes, not 64-bit words
                                   np.unpackbits(Q[:, None, :5] ^ D[None, :, :5], axis=2).sum(axis=2))
+
+
+def test_every_metric_breaks_ties_by_the_same_default_permutation_and_documented_defaults():
+    # Recall@K read the ranking evaluate() uses (tie_seed=0) only if its own default agrees
+    rng = np.random.default_rng(9)
+    D = rng.integers(0, 3, size=(60, 50))  # heavy ties
+    inst = rng.random((60, 50)) < 0.05
+    inst[0] = False
+    first = first_hit_rank(distances=D, relevant=inst, tie_seed=0)
+    has = inst.any(1)
+    assert recall_at_k(distances=D, relevant=inst, ks=(1, 3)) == {
+        k: pytest.approx(float((first[has] < k).mean()), abs=1e-12) for k in (1, 3)}
+    # the defaults the docstrings state: P@10, NDCG@10, Recall@(1, 5, 10), 11-point PR, radius 2
+    S = -D + 0.01 * rng.normal(size=D.shape)
+    R = rng.random((60, 50)) < 0.3
+    assert precision_at_k(S, R) == precision_at_k(S, R, 10)
+    assert ndcg_at_k(S, R * 1.0) == ndcg_at_k(S, R * 1.0, 10)
+    assert recall_at_k(S, inst) == recall_at_k(S, inst, (1, 5, 10))
+    assert pr_curve(S, R)["recall"] == pytest.approx(np.linspace(0, 1, 11).tolist())
+    assert precision_within_radius(D, R) == precision_within_radius(D, R, 2)
+
+
+def test_precision_recall_curves_of_queries_without_any_relevant_item_are_zero():
+    S = np.array([[0.3, 0.2, 0.1], [0.1, 0.5, 0.2]])
+    R = np.zeros((2, 3), bool)
+    assert pr_curve(S, R, n_points=4) == {"recall": pytest.approx([0, 1 / 3, 2 / 3, 1]), "precision": [0.0] * 4}
+    curve = hamming_pr_curve(np.array([[0, 1, 2], [2, 2, 0]]), R, bits=2)
+    assert curve == {"radius": [0, 1, 2], "precision": [0.0] * 3, "recall": [0.0] * 3}
