@@ -707,3 +707,19 @@ def test_sbert_hub_id_is_downloaded_from_the_hub_and_matches_minilm(tmp_path):
         assert (snap / "model.safetensors").read_bytes() == (root / "model.safetensors").read_bytes()
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("spec", ["tfidf", "tags", "minilm", "tfidf+tags"])
+def test_text_that_was_not_utf8_is_refused_naming_the_row(spec):
+    """A caption file that is not UTF-8, read with errors="surrogateescape" (what Python does
+    for stdin, argv and file names under a C locale), leaves lone surrogates in the str: fit
+    put them in the vocabulary ('caf\\udce9') and encode failed on a bare UnicodeEncodeError.
+    Both now name the row, the character and what to do."""
+    bad = b"caf\xe9 on the beach".decode("utf-8", "surrogateescape")
+    enc = get_encoder(spec)
+    if enc.needs_fit:
+        with pytest.raises(EncoderError, match=r"fit text 1 .*not UTF-8.*position 3"):
+            enc.fit(["a plane here", bad])
+        enc.fit(["a plane here", "café on the beach"])
+    with pytest.raises(EncoderError, match=r"text 2 .*not UTF-8.*position 3"):
+        enc.encode(["a plane", "ok", bad], cache_dir=False)

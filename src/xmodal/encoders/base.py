@@ -398,7 +398,24 @@ def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:
     for i, x in enumerate(items):
         if not isinstance(x, str):
             raise _not_text(spec, f"{what} {i}", x)
+        if not x.isascii():
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _not_utf8(spec, f"{what} {i}", exc) from None
     return items
+
+
+def _not_utf8(spec: str, what: str, exc: UnicodeEncodeError) -> EncoderError:
+    """A str holding lone surrogates: bytes that were not UTF-8, kept by
+    ``errors="surrogateescape"`` (Python's stdin, argv and file names under a C locale); they
+    went into a fitted vocabulary as they were, and encoding failed on a bare
+    UnicodeEncodeError."""
+    byte = ord(exc.object[exc.start]) - 0xDC00
+    shown = f" (byte 0x{byte:02x})" if 0x80 <= byte <= 0xFF else ""
+    return EncoderError(f"{spec}: {what} is not UTF-8: {exc.object[:60]!r} has an undecodable "
+                        f"character at position {exc.start}{shown}; read the file with its real "
+                        "encoding (e.g. open(path, encoding='latin-1')) or convert it to UTF-8")
 
 
 def check_batch_size(spec: str, batch_size: object) -> int | None:
