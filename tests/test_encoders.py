@@ -802,11 +802,12 @@ def _bare(cls, spec: str, weights: str):
     return enc
 
 
-@pytest.mark.parametrize("family", ["timm", "open_clip"])
+@pytest.mark.parametrize("family", ["timm", "open_clip", "open_clip-text"])
 def test_a_local_checkpoint_retrained_in_place_gets_a_new_cache_key(family, tmp_path):
     from xmodal.encoders.cnn import OpenClipImageEncoder, TimmEncoder
+    from xmodal.encoders.text import OpenClipText
 
-    cls = TimmEncoder if family == "timm" else OpenClipImageEncoder
+    cls = {"timm": TimmEncoder, "open_clip": OpenClipImageEncoder, "open_clip-text": OpenClipText}[family]
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(b"weights of epoch 1")
     spec = f"{family}:resnet18@{ckpt}"

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from .base import Encoder, EncoderError, _not_text, check_batch_size, check_texts, chunks  # noqa: F401 (re-exported)
+from .cnn import _CheckpointKey  # cheap: torch loads only when a model runs
 
 if TYPE_CHECKING:  # torch loads only when a model runs
     import torch
@@ -599,8 +600,10 @@ class Tags(TextEncoder):
             yield pos, M, []
 
 
-class OpenClipText(TextEncoder):
-    """OpenCLIP text tower: ``open_clip-text:<arch>@<pretrained tag | checkpoint | random>``."""
+class OpenClipText(_CheckpointKey, TextEncoder):
+    """OpenCLIP text tower: ``open_clip-text:<arch>@<pretrained tag | checkpoint | random>``.
+    Like the image tower, a local checkpoint file keys the feature cache by its contents, and
+    the model runs on the device in force (``xmodal --device``)."""
 
     version = "1"
 
@@ -611,12 +614,25 @@ class OpenClipText(TextEncoder):
         if not arg:
             raise EncoderError(f"{spec!r}: name an OpenCLIP architecture")
         self.arch, self.weights = _split_weights(arg)
-        self.model = load_open_clip(spec, self.arch, self.weights)
+        self._hash_checkpoint()
+        self._model = load_open_clip(spec, self.arch, self.weights)
+        self._device = None
         import open_clip
 
         self.tokenizer = open_clip.get_tokenizer(self.arch)
-        self._dim = int(self.model.text_projection.shape[-1]) if getattr(
-            self.model, "text_projection", None) is not None else int(self.model.visual.output_dim)
+        self._dim = int(self._model.text_projection.shape[-1]) if getattr(
+            self._model, "text_projection", None) is not None else int(self._model.visual.output_dim)
+
+    @property
+    def model(self) -> "torch.nn.Module":
+        """The OpenCLIP model on the device in force (xmodal.device)."""
+        from ..device import get_device
+
+        device = get_device()
+        if self._device != device:
+            self._model = self._model.to(device)
+            self._device = device
+        return self._model
 
     @property
     def dim(self) -> int:
@@ -627,7 +643,8 @@ class OpenClipText(TextEncoder):
 
         from .cnn import torch_threads
 
+        model = self.model
         with torch_threads(None, len(items)), torch.inference_mode():
             for pos in chunks(items, batch_size):
-                tokens = self.tokenizer([items[p] for p in pos])
-                yield pos, self.model.encode_text(tokens).float().numpy(), []
+                tokens = self.tokenizer([items[p] for p in pos]).to(self._device)
+                yield pos, model.encode_text(tokens).float().cpu().numpy(), []
