@@ -938,6 +938,19 @@ def test_family_needing_an_argument_is_refused_by_check_spec(spec):
         get_encoder(spec)
 
 
+@pytest.mark.parametrize("spec", ["sift-bovw:abc", "sift-bovw:1", "tfidf:0", "bow:-3", "lda:x",
+                                  "tfidf:1.5", "minilm+lda:0"])
+def test_check_spec_refuses_a_bad_number_as_get_encoder_does(spec):
+    """What `xmodal index --dry-run` checks: a vocabulary or topic count that get_encoder
+    refuses was passed by check_spec, and the real run failed after the other side's model
+    had loaded and encoded."""
+    with pytest.raises(EncoderError) as built:
+        get_encoder(spec)
+    with pytest.raises(EncoderError) as checked:
+        check_spec(spec)
+    assert str(checked.value) == str(built.value)
+
+
 @pytest.mark.parametrize("spec", ["sbert:", "timm:", "open_clip:"])
 def test_empty_argument_of_a_required_family_does_not_offer_a_default(spec):
     with pytest.raises(EncoderError) as err:

@@ -124,9 +124,16 @@ def _model_arg(spec: str, arg: str | None) -> None:
     model_folder(spec, arg or "", download=False)
 
 
-# what an argument a family takes is checked by, without building the encoder
+def _built_arg(spec: str, arg: str | None) -> None:
+    """A count (vocabulary size, topics) checked by building the encoder: these constructors
+    only read their argument (nothing is loaded or fitted)."""
+    REGISTRY[parse_spec(spec)[0]][0](spec, arg)
+
+
+# what an argument a family takes is checked by, without loading a model
 _ARG_CHECKS: dict[str, Callable[[str, str | None], None]] = {
-    "efficientnet-lite0": _views_arg, "mobilenet-v2": _views_arg, "sbert": _model_arg}
+    "efficientnet-lite0": _views_arg, "mobilenet-v2": _views_arg, "sbert": _model_arg,
+    "sift-bovw": _built_arg, "tfidf": _built_arg, "bow": _built_arg, "lda": _built_arg}
 
 
 def _needs_arg(name: str) -> str:
