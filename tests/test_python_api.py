@@ -94,3 +94,32 @@ def test_results_that_are_neither_records_nor_named_are_a_clear_error(wikipedia,
             call()
     with pytest.raises(DataError, match="'cca': not a result of evaluate"):
         format_table({"cca": {"map": 0.3}})
+
+
+def test_two_settings_of_one_method_are_two_lines_as_they_are_two_rows(wikipedia, tmp_path):
+    # format_table showed cca:n_components=5 and cca:n_components=10; the plot refused them
+    # as "records of cca ... differ in settings"
+    from xmodal.evaluation import format_hashing_tables, format_table, plot_pr_curves, run_bench
+
+    recs = [r for k in (5, 10) for r in run_bench(wikipedia, ["cca"], params={"cca": {"n_components": k}})]
+    assert "cca:n_components=5" in format_table(recs) and "cca:n_components=10" in format_table(recs)
+    assert plot_pr_curves(recs, tmp_path / "two.png").exists()
+    hrecs = [r for reg in (0.01, 0.1) for r in run_bench(wikipedia, ["cvh"], bits=[16],
+                                                         params={"cvh": {"reg": reg}})]
+    assert plot_pr_curves(hrecs, tmp_path / "two_hash.png").exists()
+    # the hashing tables name rows by method, as docs/results.md's do: still one run each
+    with pytest.raises(ValueError, match="hashing tables: records of cvh at 16 bits .* differ in settings"):
+        format_hashing_tables(hrecs)
+
+
+def test_a_result_without_per_query_scores_says_how_to_get_them_in_python(wikipedia):
+    from xmodal.evaluation import compare_all, compare_records, evaluate
+
+    train, test = wikipedia.subset("train"), wikipedia.subset("test")
+    a = evaluate(methods.create("cca", n_components=4).fit(train), test, pk=(10,), ndcg_k=())
+    b = evaluate(methods.create("cca", n_components=8).fit(train), test, pk=(10,), ndcg_k=(), per_query=True)
+    with pytest.raises(DataError, match=r"result A: no per-query 'map' scores for i2t; score it again with "
+                                        r"evaluate\(\.\.\., per_query=True\)"):
+        compare_records(a, b)
+    with pytest.raises(DataError, match=r"result 'small': no per-query"):
+        compare_all({"small": a, "big": b})

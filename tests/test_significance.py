@@ -60,7 +60,7 @@ def test_compare_records_mr_weights_both_directions_by_their_share():
     with pytest.raises(DataError, match="record 'a': no per-query 'map' scores for i2t; it has r@1, r@5, r@10, mR"):
         compare_records(a, b, "map")  # scored per query, but without labels: say what it has
     with pytest.raises(DataError, match=r"record 'a': no per-query .* scores for i2t; re-run the benchmark with per-query "
-                                         r"scores \(xmodal bench --per-query\)"):
+                                         r"scores \(xmodal bench --per-query; in Python run_bench\(\.\.\., per_query=True\)\)"):
         compare_records({"method": "a", "i2t": {}}, b, "map")
     with pytest.raises(ValueError, match="expected map, mR or r@K"):
         compare_records(a, b, "ndcg")

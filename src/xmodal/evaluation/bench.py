@@ -794,6 +794,14 @@ def _heading(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _line_name(rec: dict) -> str:
+    """A record's line in the PR plots: :func:`config_label` without the label budget (one
+    ``--labeled-fraction`` for the whole run), so two ``--set`` values of one method are two
+    lines, as they are two rows of :func:`format_table`."""
+    settings = {k: v for k, v in (rec.get("settings") or {}).items() if k != "labeled_fraction"}
+    return config_label({**rec, "settings": settings})
+
+
 def format_table(records: Results, markdown: bool = False) -> str:
     """Rows = methods (x bits), named by :func:`config_label`; columns = both directions' MAP,
     P@10 (and Recall@K / mR); records summarised over seeds (:func:`summarize_seeds`) show
@@ -833,17 +841,20 @@ def _md(cols: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _one_summary_each(summaries: list[dict], what: str) -> None:
-    """Refuse two summaries of one method at one bit length on one dataset (seeds that ran
-    with other parameters, data, tie order or ``--set`` values are never pooled): a table or a
-    plot would show one of them under the method's name and hide the other."""
+def _one_summary_each(summaries: list[dict], what: str,
+                      name: Callable[[dict], str] = lambda r: r["method"]) -> None:
+    """Refuse two summaries of one ``name`` (the method's, as the hashing tables name their
+    rows; :func:`_line_name` for the PR plot's lines, where two ``--set`` values of one method
+    are two lines) at one bit length on one dataset (seeds that ran with other parameters,
+    data or tie order are never pooled): a table or a plot would show one of them under that
+    name and hide the other."""
     seen: dict[tuple, dict] = {}
     for r in summaries:
-        key = (r["dataset"], r["method"], r.get("bits"))
+        key = (r["dataset"], name(r), r.get("bits"))
         if key in seen:
             fields = differing_fields([seen[key], r])
             at = f" at {r['bits']} bits" if r.get("bits") else ""
-            raise ValueError(f"{what}: records of {r['method']}{at} on {r['dataset']} differ in "
+            raise ValueError(f"{what}: records of {name(r)}{at} on {r['dataset']} differ in "
                              f"{', '.join(fields) or 'their run'}; pass the records of one run "
                              "(xmodal bench --resume redoes stale ones)")
         seen[key] = r
@@ -912,12 +923,12 @@ def plot_pr_curves(records: Results, path: str | Path, curve: str = "pr_curve") 
     import matplotlib.pyplot as plt
 
     records = summarize_seeds(as_records(records))  # one line per method: the mean over seeds
-    _one_summary_each(records, "PR curves")
+    _one_summary_each(records, "PR curves", _line_name)
     _one_protocol_each(records, "PR curves", by_bits=True)
     panels = sorted({(r["dataset"], r["bits"] or 0) for r in records if curve in r["i2t"]})
     if not panels:
         raise DataError(f"no record holds a {curve!r}")
-    names = list(dict.fromkeys(r["method"] for r in records))
+    names = list(dict.fromkeys(_line_name(r) for r in records))  # a line per --set configuration
     # one fixed colour and marker per method across panels (20 colours, then markers differ)
     style = {n: dict(color=plt.cm.tab20(i % 20), marker="os^vD*"[(i // 20) % 6]) for i, n in enumerate(names)}
     fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
@@ -927,7 +938,8 @@ def plot_pr_curves(records: Results, path: str | Path, curve: str = "pr_curve") 
             for r in records:
                 if r["dataset"] == dsname and (r["bits"] or 0) == b and curve in r[d]:
                     c = r[d][curve]
-                    ax.plot(c["recall"], c["precision"], markersize=3, label=r["method"], **style[r["method"]])
+                    ax.plot(c["recall"], c["precision"], markersize=3, label=_line_name(r),
+                            **style[_line_name(r)])
             ax.set_title(f"{_heading(dsname, f'{b} bits' if b else '')}: "
                          f"{'image->text' if d == 'i2t' else 'text->image'}".lstrip(": "))
             ax.set_xlabel("recall")

@@ -157,21 +157,32 @@ def paired_permutation_test(a: ArrayLike, b: ArrayLike, weights: ArrayLike | Non
             "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
-def _per_query(rec: dict, direction: str, key: str) -> np.ndarray:
+def _who(rec: dict, label: str) -> str:
+    """How errors name a record: a bench record by its method, an evaluate() result by the
+    name compare_all got it under, else by its place (A or B)."""
+    if "method" in rec:
+        return f"record {rec['method']!r}"
+    return f"result {label}"
+
+
+def _per_query(rec: dict, direction: str, key: str, label: str = "") -> np.ndarray:
     held = rec.get(direction, {}).get("per_query", {})
     values = held.get(key)
     name = "map" if key == "ap" else key  # records keep AP per query; users ask for map
+    who = _who(rec, label)
     if values is None:
         if held:  # scored per query, but not with this metric
             names = ", ".join("map" if k == "ap" else k for k in held)
-            raise DataError(f"record {rec.get('method')!r}: no per-query {name!r} "
+            raise DataError(f"{who}: no per-query {name!r} "
                             f"scores for {direction}; it has {names}" + (", mR" if "r@1" in held else ""))
-        raise DataError(f"record {rec.get('method')!r}: no per-query {name!r} scores for {direction}; "
-                        "re-run the benchmark with per-query scores (xmodal bench --per-query)")
+        how = ("re-run the benchmark with per-query scores (xmodal bench --per-query; in Python "
+               "run_bench(..., per_query=True))") if "method" in rec else \
+            "score it again with evaluate(..., per_query=True)"
+        raise DataError(f"{who}: no per-query {name!r} scores for {direction}; {how}")
     out = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(out))
     if len(bad):  # strict JSON writes NaN as null: a mean or a test over it means nothing
-        raise DataError(f"record {rec.get('method')!r}: per-query {name} scores "
+        raise DataError(f"{who}: per-query {name} scores "
                         f"for {direction} are not finite at query {bad[0]}"
                         + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     return out
@@ -236,13 +247,14 @@ def _n_tests(metric: str) -> int:
 
 
 def _compare(rec_a: dict, rec_b: dict, metric: str, n_resamples: int, seed: int,
-             on_progress: Callable[[int], None] | None) -> dict[str, Any]:
+             on_progress: Callable[[int], None] | None, names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+    la, lb = names
     _same_task(rec_a, rec_b)
     if metric == "mR":
         parts = []
         for j, d in enumerate(("i2t", "t2i")):
-            ha = np.mean([_per_query(rec_a, d, f"r@{k}") for k in DEFAULT_RK], axis=0)
-            hb = np.mean([_per_query(rec_b, d, f"r@{k}") for k in DEFAULT_RK], axis=0)
+            ha = np.mean([_per_query(rec_a, d, f"r@{k}", la) for k in DEFAULT_RK], axis=0)
+            hb = np.mean([_per_query(rec_b, d, f"r@{k}", lb) for k in DEFAULT_RK], axis=0)
             _same_queries(ha, hb, d)
             parts.append((ha, hb, np.full(len(ha), 100.0 / (2 * len(ha))), np.full(len(ha), j)))
         a, b, w, strata = (np.concatenate(x) for x in zip(*parts))
@@ -254,7 +266,7 @@ def _compare(rec_a: dict, rec_b: dict, metric: str, n_resamples: int, seed: int,
     key, scale = ("ap", 1.0) if metric == "map" else (metric, 100.0)
     out: dict[str, Any] = {"metric": metric}
     for d in ("i2t", "t2i"):
-        a, b = scale * _per_query(rec_a, d, key), scale * _per_query(rec_b, d, key)
+        a, b = scale * _per_query(rec_a, d, key, la), scale * _per_query(rec_b, d, key, lb)
         _same_queries(a, b, d)
         out[d] = {"a": float(a.mean()), "b": float(b.mean()),
                   **paired_permutation_test(a, b, None, n_resamples, seed, on_progress=on_progress),
@@ -291,7 +303,8 @@ def compare_all(records: dict[str, dict], metric: str = "map", n_resamples: int 
     names = list(records)
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     with _progress_bar(len(pairs) * _n_tests(metric) * 2 * n_resamples, progress) as bar:
-        out = [{"a": a, "b": b, **_compare(records[a], records[b], metric, n_resamples, seed, bar.update)}
+        out = [{"a": a, "b": b, **_compare(records[a], records[b], metric, n_resamples, seed, bar.update,
+                                                names=(repr(a), repr(b)))}
                for a, b in pairs]
     parts = [(r, d) for r in out for d in ("i2t", "t2i", "both") if d in r]
     for (r, d), adj in zip(parts, holm([r[d]["p_value"] for r, d in parts])):
