@@ -357,6 +357,8 @@ def test_hamming_pr_curve_names_a_bad_code_length():
             hamming_pr_curve(D, R, bad)
     with pytest.raises(ValueError, match="beyond bits=4"):
         hamming_pr_curve(D, R, 4)
+    with pytest.raises(ValueError, match="Hamming distances must be non-negative"):
+        hamming_pr_curve(np.array([[0, 3, 8], [2, -1, 5]]), R, 8)
 
 
 def test_whole_number_scores_and_distances_beyond_int16_rank_by_value():

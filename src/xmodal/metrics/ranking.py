@@ -154,12 +154,6 @@ def _rank(keys: np.ndarray, tie_seed: int | None = 0, k: int | None = None) -> n
     return order if perm is None else perm[order]
 
 
-def _order(scores: np.ndarray, k: int | None = None, tie_seed: int | None = 0) -> np.ndarray:
-    """Ranking of each row, best first (higher score is better)."""
-    order = _rank(-np.asarray(scores, dtype=np.float64), tie_seed)
-    return order if k is None else order[:, :k]
-
-
 def _block_metrics(keys: np.ndarray, R: np.ndarray | None, *, G: np.ndarray | None = None,
                    inst: np.ndarray | None = None, full_map: bool = False, map_k=(), pk=(), ndcg_k=(),
                    rk_max: int | None = None, pr_points: int | None = None, tie_seed: int | None = 0
