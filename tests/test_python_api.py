@@ -123,3 +123,20 @@ def test_a_result_without_per_query_scores_says_how_to_get_them_in_python(wikipe
         compare_records(a, b)
     with pytest.raises(DataError, match=r"result 'small': no per-query"):
         compare_all({"small": a, "big": b})
+
+
+def test_every_public_evaluation_function_says_what_it_takes_and_returns():
+    import inspect
+
+    import xmodal.evaluation as ev
+    import xmodal.evaluation.bench as bench
+
+    for name in [*ev.__all__, "prepare_dataset", "as_records", "check_record", "read_jsonl", "write_json"]:
+        f = getattr(ev, name, None) or getattr(bench, name)
+        if inspect.isclass(f):
+            continue
+        sig = inspect.signature(f)
+        assert f.__doc__ and f.__doc__.strip(), f"{name}: no docstring"
+        assert sig.return_annotation is not inspect.Signature.empty, f"{name}: no return type"
+        untyped = [p for p, v in sig.parameters.items() if v.annotation is inspect.Parameter.empty]
+        assert not untyped, f"{name}: untyped {untyped}"

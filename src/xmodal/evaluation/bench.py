@@ -32,6 +32,10 @@ DATABASE_CODES = ("hash", "learned")
 def prepare_dataset(dataset: str | PairedDataset, data_dir: str | None = None,
                     image_encoder: str | None = None, text_encoder: str | None = None,
                     cache_dir: str | None = None, quiet: bool = True) -> PairedDataset:
+    """``dataset`` (a name, a path or a :class:`PairedDataset`) with features: loaded, then
+    encoded with ``image_encoder`` / ``text_encoder`` when given (cached under ``cache_dir``,
+    :func:`xmodal.encoders.encode_dataset`); a dataset left without image or text features is
+    a :class:`DataError` naming the option to pass."""
     ds = load_dataset(dataset, data_dir=data_dir) if isinstance(dataset, str) else dataset
     if image_encoder or text_encoder:
         from ..encoders import encode_dataset  # heavy: torch, models
