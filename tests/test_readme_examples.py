@@ -25,7 +25,7 @@ def test_researcher_python_examples_run_and_match_their_comments(tmp_path, monke
     blocks = _python_blocks("## Researchers: reproduce a table")
     assert len(blocks) >= 2, "the README lost its Python examples"
     ns: dict = {}
-    for block in blocks[:2]:
+    for block in blocks[:3]:
         exec(compile(block, str(README), "exec"), ns)
     from xmodal.evaluation import evaluate
 
@@ -38,3 +38,7 @@ def test_researcher_python_examples_run_and_match_their_comments(tmp_path, monke
     assert [100 * r[k] for k in (1, 5, 10)] == pytest.approx([scores["i2t"][f"r@{k}"] for k in (1, 5, 10)])
     ham = ns["mean_average_precision"](distances=ns["D"], relevant=ns["R"])
     assert round(ham, 3) == 0.269
+    # the notebook comparison block: a row per name, the difference its comment gives, a plot
+    assert round(ns["compare_records"](ns["res"]["cca"], ns["res"]["scm"], "map")["i2t"]["difference"], 3) == -0.035
+    assert (tmp_path / "pr.png").stat().st_size > 0
+    assert {r["method"] for r in ns["recs"]} == {"cca", "scm"} and len(ns["recs"]) == 6
