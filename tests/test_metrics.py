@@ -64,7 +64,8 @@ def test_ndcg_matches_sklearn_binary_gain():
     rng = np.random.default_rng(1)
     S = rng.normal(size=(10, 50))
     G = rng.integers(0, 2, size=(10, 50)).astype(float)  # 2^g - 1 == g for 0/1 gains
-    assert ndcg_at_k(S, G, 10) == pytest.approx(np.mean([ndcg_score(G[i:i + 1], S[i:i + 1], k=10) for i in range(10)]))
+    for k in (10, 49, 50):  # 49: the partial selection of the ideal ranking's top k at its edge
+        assert ndcg_at_k(S, G, k) == pytest.approx(np.mean([ndcg_score(G[i:i + 1], S[i:i + 1], k=k) for i in range(10)]))
 
 
 def test_pr_curve_perfect_and_monotone():
@@ -429,3 +430,11 @@ def test_precision_recall_curves_of_queries_without_any_relevant_item_are_zero()
     assert pr_curve(S, R, n_points=4) == {"recall": pytest.approx([0, 1 / 3, 2 / 3, 1]), "precision": [0.0] * 4}
     curve = hamming_pr_curve(np.array([[0, 1, 2], [2, 2, 0]]), R, bits=2)
     assert curve == {"radius": [0, 1, 2], "precision": [0.0] * 3, "recall": [0.0] * 3}
+
+
+def test_pr_curve_counts_a_query_with_a_single_relevant_item():
+    # query 0's only relevant item is 2nd: interpolated precision 1/2 at every recall level;
+    # query 1 ranks both of its relevant items first: 1 everywhere
+    S = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    R = np.array([[0, 1, 0], [1, 1, 0]], bool)
+    assert pr_curve(S, R, n_points=3)["precision"] == pytest.approx([0.75, 0.75, 0.75])
