@@ -202,6 +202,15 @@ def test_ndcg_graded_gains_hand_computed():
     assert ndcg_at_k(S, G, 3) == pytest.approx(dcg / idcg)
     assert ndcg_at_k(S, G, 50) == pytest.approx(dcg / idcg)  # k beyond the database
     assert ndcg_at_k(S, np.zeros((1, 3)), 3) == 0.0  # nothing relevant
+    # one relevant item (ideal DCG exactly 1), ranked 2nd: 1 / log2(3)
+    assert ndcg_at_k(S, np.array([[0.0, 1.0, 0.0]]), 3) == pytest.approx(1 / np.log2(3))
+    # fractional gains (ideal DCG below 1): ranking 0.5, 0, 1 against ideal 1, 0.5, 0
+    g = np.array([[0.5, 0.0, 1.0]])
+    dcg = (2 ** 0.5 - 1) / np.log2(2) + 1 / np.log2(4)
+    idcg = 1 / np.log2(2) + (2 ** 0.5 - 1) / np.log2(3)
+    assert ndcg_at_k(S, g, 3) == pytest.approx(dcg / idcg)
+    g = np.array([[0.0, 0.0, 0.5]])
+    assert ndcg_at_k(S, g, 3) == pytest.approx(1 / np.log2(4))
 
 
 def test_graded_relevance_accepts_class_arrays_like_relevance():
