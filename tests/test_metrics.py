@@ -447,3 +447,11 @@ def test_pr_curve_counts_a_query_with_a_single_relevant_item():
     S = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
     R = np.array([[0, 1, 0], [1, 1, 0]], bool)
     assert pr_curve(S, R, n_points=3)["precision"] == pytest.approx([0.75, 0.75, 0.75])
+
+
+def test_hamming_pr_curve_of_a_query_with_a_single_relevant_item():
+    # the only relevant item is at distance 1 (the one at distance 0 is not relevant): recall
+    # 0, 1, 1 and precision 0, 1/2, 1/3 at radii 0, 1, 2
+    curve = hamming_pr_curve(np.array([[0, 1, 2]]), np.array([[0, 1, 0]], bool), bits=2)
+    assert curve["recall"] == pytest.approx([0.0, 1.0, 1.0])
+    assert curve["precision"] == pytest.approx([0.0, 1 / 2, 1 / 3])
