@@ -455,3 +455,34 @@ def test_hamming_pr_curve_of_a_query_with_a_single_relevant_item():
     curve = hamming_pr_curve(np.array([[0, 1, 2]]), np.array([[0, 1, 0]], bool), bits=2)
     assert curve["recall"] == pytest.approx([0.0, 1.0, 1.0])
     assert curve["precision"] == pytest.approx([0.0, 1 / 2, 1 / 3])
+
+
+def test_mean_average_precision_and_first_hit_rank_follow_their_arguments():
+    rng = np.random.default_rng(10)
+    D = rng.integers(0, 3, size=(40, 30))  # heavy ties: the tie order shows
+    R = rng.random((40, 30)) < 0.2
+    assert mean_average_precision(distances=D, relevant=R) == pytest.approx(
+        average_precision(distances=D, relevant=R, tie_seed=0).mean(), abs=1e-15)
+    # first_hit_rank(k): a first hit at 0-based rank 2 is beyond k=2
+    S = np.array([[0.9, 0.8, 0.7, 0.1]])
+    hit3 = np.array([[0, 0, 1, 1]], bool)
+    assert first_hit_rank(S, hit3).tolist() == [2]
+    assert first_hit_rank(S, hit3, k=3).tolist() == [2]
+    assert first_hit_rank(S, hit3, k=2).tolist() == [np.inf]
+
+
+def test_relevance_given_as_counts_is_read_as_relevant_or_not():
+    # a shared-label count matrix passed as `relevant` means relevant when > 0, never a weight
+    S = np.array([[0.9, 0.8, 0.7, 0.6]])
+    counts = np.array([[2, 0, 3, 0]])
+    assert average_precision(S, counts)[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert precision_at_k(S, counts, 2) == pytest.approx(0.5)
+    assert pr_curve(S, counts, n_points=2)["precision"] == pytest.approx([1.0, 2 / 3])
+
+
+def test_zero_queries_give_empty_per_query_arrays():
+    none, nothing = np.zeros((0, 3)), np.zeros((0, 3), bool)
+    assert average_precision(none, nothing).shape == (0,)
+    assert average_precision(none, nothing, k=2).shape == (0,)
+    assert first_hit_rank(none, nothing).shape == (0,)
+    assert np.isnan(recall_at_k(none, nothing, (1,))[1])
