@@ -6,6 +6,13 @@ settings and the audit log need ``admin``. Send keys as ``X-API-Key: TOKEN`` or
 ``Authorization: Bearer TOKEN``, never in the URL (``?api_key=`` is refused: URLs end up in
 access logs, proxy logs, browser history and Referer headers); the web page fetches a private
 collection's thumbnails with the header and shows them as ``blob:`` URLs.
+
+This module holds :func:`create_app` with its routes, dependencies and error handlers, and the
+thumbnails the routes serve (:func:`make_thumbnail`, :func:`fetch_shard_thumbnail`). The
+request and answer models and the OpenAPI ``responses`` helpers are in
+:mod:`xmodal.service.schemas`; the ASGI layers (body limit, rate limit, security headers,
+metrics) in :mod:`xmodal.service.middleware`; the checks of uploads, labels and item keys in
+:mod:`xmodal.service.checks`. Their public names are importable from here too, as before.
 """
 
 from __future__ import annotations
@@ -17,16 +24,13 @@ import io
 import json
 import math
 import os
-import re
 import secrets
 import tempfile
 import threading
 import time
-import warnings
 import weakref
-from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -37,16 +41,44 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
-                                THUMB_SUFFIXES, check_key, encode_items, read_only_error, thumb_file)
+                                THUMB_SUFFIXES, encode_items, read_only_error, thumb_file)
 from ..index.shards import (RemoteShard, ShardedCollection, ShardHTTPError, UnknownLabelError,
                             check_labels as check_known_labels, shard_keys)
 from ..index.store import CollectionError
 from . import auth
+# what the routes use, and what was defined here before the split (importable from here as before)
+from .checks import (MAX_IMAGE_PIXELS, MAX_LABEL, _FORMAT_EXT, check_image_bytes, check_labels, safe_key,
+                     search_target, split_labels)
+from .middleware import (PAGE_CSP, BodyLimit, FiniteJSONResponse, HeadAndSlash, Metrics, Observe, RateLimit,
+                         SecurityHeaders, _size)
+from .schemas import (ADD_RESPONSES, ERRORS, JPEG_CONTENT, MAX_TEXT, WRITE_403, AddAnswer, AuditEntry, AuditPage,
+                      BatchQueryAnswer, BatchSearchAnswer, BatchSearchRequest, DeleteAnswer, ErrorBody,
+                      FailedShard, Finite, HealthAnswer, HitAnswer, InfoAnswer, ItemAnswer, ItemsPage, KeyCreate,
+                      KeyList, KeyMade, KeyRecord, KeyRevoked, LabelList, LabelStr, ListedItem, SearchAnswer,
+                      SearchRequest, Settings, TextAdd, Utf8Str, ValidationIssue, add_answers, answers, errors)
+
+__all__ = [
+    # defined here
+    "create_app", "sweep_staged_uploads", "make_thumbnail", "fetch_shard_thumbnail", "STATIC",
+    "MAX_UPLOAD_BYTES", "MAX_JSON_BYTES", "SHARD_KEY_HINT", "MAX_CONCURRENT_UPLOADS", "THUMB_QUERY",
+    "MAX_PROXIED_THUMBNAIL", "STAGED_UPLOAD_TTL", "ECHO_LIMIT",
+    # checks.py
+    "MAX_IMAGE_PIXELS", "MAX_LABEL", "check_image_bytes", "check_labels", "safe_key", "search_target",
+    "split_labels",
+    # middleware.py
+    "PAGE_CSP", "BodyLimit", "FiniteJSONResponse", "HeadAndSlash", "Metrics", "Observe", "RateLimit",
+    "SecurityHeaders",
+    # schemas.py
+    "ADD_RESPONSES", "ERRORS", "JPEG_CONTENT", "MAX_TEXT", "WRITE_403", "AddAnswer", "AuditEntry", "AuditPage",
+    "BatchQueryAnswer", "BatchSearchAnswer", "BatchSearchRequest", "DeleteAnswer", "ErrorBody", "FailedShard",
+    "Finite", "HealthAnswer", "HitAnswer", "InfoAnswer", "ItemAnswer", "ItemsPage", "KeyCreate", "KeyList",
+    "KeyMade", "KeyRecord", "KeyRevoked", "LabelList", "LabelStr", "ListedItem", "SearchAnswer", "SearchRequest",
+    "Settings", "TextAdd", "Utf8Str", "ValidationIssue", "add_answers", "answers", "errors",
+]
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -54,684 +86,15 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # \uXXXX-escaped as JSON clients do by default) is ~3 MB; parsing 20 MB of "0," would build
 # a list of ten million numbers before its length is checked
 MAX_JSON_BYTES = 4 * 1024 * 1024
-# the web page: its own script and style only; thumbnails may be blob: URLs (a private
-# collection's, fetched with the key header) or an older routing server's shard URLs
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: http: https:; object-src 'none'; "
-            "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 # how a routing server is given the key it sends to its shards (named when one answers 401/403)
 SHARD_KEY_HINT = ("--shard-api-key or $XMODAL_SHARD_API_KEY (URL=KEY for this shard alone; "
                   "shard_api_key= in create_app)")
-MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
 # uploads read, decoded (checked) and encoded at once: each may take ~120 MB of pixels
 MAX_CONCURRENT_UPLOADS = 4
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
-ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: {"description": "stored: a new item, a changed one replaced (new ids in `ids`), or the same "
-                         "item sent with other labels (relabelled in place, its id kept)"},
-    200: {"description": "unchanged: the same item, with the same labels, was already stored (sent "
-                         "again); nothing written, "
-                         "`id` and `item` are the existing item"},
-}
-JPEG_CONTENT = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 # listed in the schema; a size outside it answers 422 naming the sizes
 THUMB_QUERY = Query(256, description="the thumbnail's longer side in pixels",
                     json_schema_extra={"enum": list(THUMB_SIZES)})
 MAX_PROXIED_THUMBNAIL = 4 * 1024 * 1024  # a shard's 512 px JPEG is far smaller
-# MPO: the multi-picture JPEG many phones write (its first picture is a plain JPEG)
-_FORMAT_EXT = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
-               "WEBP": ".webp", "AVIF": ".avif"}
-# a JPEG is checked as decoded at up to 1/8 scale, as the encoders read it
-_JPEG_SCALE = 8
-
-
-# ------------------------------------------------------------------------- models
-def _utf8(s: str) -> str:
-    # JSON's "\ud800" escape is valid JSON and pydantic lets it through inside lists and
-    # optional fields; no encoder, hash or SQLite statement can take it (a 500 each time)
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"not valid Unicode: a lone surrogate at character {exc.start}") from None
-    return s
-
-
-Utf8Str = Annotated[str, AfterValidator(_utf8)]
-# a search filter, trimmed as stored labels are (check_labels): "harbour, quay" is two labels
-LabelStr = Annotated[str, AfterValidator(_utf8), AfterValidator(str.strip)]
-
-
-# NaN / Infinity are valid to Python's json and to pydantic's float: refused by field here,
-# not as "vectors hold NaN or inf" deep in the search
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-def _no_blanks(labels: list[str]) -> list[str]:
-    return [lab for lab in labels if lab]
-
-
-# a JSON list of filters: blanks dropped, as between two commas of a query string
-LabelList = Annotated[list[LabelStr], AfterValidator(_no_blanks)]
-
-
-def search_target(req: Any, query_modality: str | None, same: bool = False) -> str | None:
-    """The modality a search answers: the request's ``target``, else an item query's own
-    (``same``: more like this, as in the CLI), else the other one than the query's (image for
-    a vector). None only for an item query whose item is unknown."""
-    if req.target:
-        return req.target
-    if same:
-        return query_modality
-    return {"text": "image", "image": "text"}.get(query_modality or "", "image")
-
-
-def split_labels(labels: str) -> list[str]:
-    """A comma-separated filter from a query string or form: trimmed, blanks dropped (as a
-    JSON list of them, :data:`LabelList`)."""
-    return _no_blanks([x.strip() for x in labels.split(",")])
-
-
-class SearchRequest(BaseModel):
-    # the length inside the Annotated, before the validator: pydantic says "at most 2000
-    # characters" (a limit on the optional field counts "items")
-    text: Annotated[str, Field(max_length=2000), AfterValidator(_utf8)] | None = Field(
-        None, description="text query")
-    item_id: int | None = Field(None, description="an item's id: more like this")
-    vector: list[Finite] | None = Field(None, description="a common-space vector; for binary "
-                                       "collections the packed code bytes (0..255)", max_length=65536)
-    target: Literal["image", "text"] | None = Field(None, description="modality of results "
-                                                    "(default: the other modality)")
-    k: int = Field(10, ge=1, le=1000)
-    labels: LabelList = Field(default_factory=list, description="only items with any of these labels")
-    exact: bool = Field(False, description="search the flat exact index")
-    distinct: bool = Field(False, description="collapse identical texts into one result")
-    relevant: list[int] = Field(default_factory=list, description="ids marked relevant (Rocchio)")
-    nonrelevant: list[int] = Field(default_factory=list, description="ids marked not relevant")
-    alpha: Finite = 1.0
-    beta: Finite = 0.75
-    gamma: Finite = 0.25
-    space: Utf8Str | None = Field(None, description="the common-space fingerprint the caller encoded "
-                              "`vector` in (a routing server's check); another space answers 409")
-    check_labels: bool = Field(True, description="a label no item of the searched modality has answers "
-                               "422 (a routing server sends false: the label may be on another of its "
-                               "shards)")
-    fvector: list[Finite] | None = Field(None, description="with a binary `vector`: the query's float "
-                                         "projection, to re-rank by cosine (collections indexed with "
-                                         "--rerank; a routing server sends it)", max_length=65536)
-    local_only: bool = Field(False, description="search this server's own collection only, not the "
-                             "shards it routes to (a routing server sends true to its shards)")
-
-
-class BatchSearchRequest(BaseModel):
-    texts: list[Utf8Str] = Field(..., min_length=1, max_length=256, description="text queries, "
-                             "encoded in one batch (each 1-2000 characters)")
-    target: Literal["image", "text"] | None = Field(None, description="modality of results (default image)")
-    k: int = Field(10, ge=1, le=1000)
-    labels: LabelList = Field(default_factory=list, description="only items with any of these labels")
-    exact: bool = Field(False, description="search the flat exact index")
-    distinct: bool = Field(False, description="collapse identical texts into one result")
-
-
-MAX_TEXT = 10000  # characters in a stored text (an added text, an upload's caption)
-
-
-class TextAdd(BaseModel):
-    text: Utf8Str = Field(..., min_length=1, max_length=MAX_TEXT)
-    key: Utf8Str | None = None
-    pair_id: int | None = None
-    labels: list[Utf8Str] = Field(default_factory=list)
-
-
-class KeyCreate(BaseModel):
-    role: Literal["read", "write", "admin"]
-    name: Utf8Str = Field("", max_length=200)
-
-
-class Settings(BaseModel):
-    public_read: bool
-
-
-# ------------------------------------------------------------------------- answers
-# The JSON the routes send, for the OpenAPI schema (generated clients, /docs). Routes still
-# return plain dicts, so an answer is never filtered or re-validated on the way out;
-# tests/test_service_api.py checks that real answers fit these models field by field.
-class ValidationIssue(BaseModel):
-    loc: list[str | int] = Field(..., description="where: ['body', 'k'], ['query', 'limit'], ...")
-    msg: str
-    type: str
-    input: Any = Field(None, description="the value sent (left out when over 200 characters or items)")
-    ctx: dict[str, Any] | None = None
-
-
-class ErrorBody(BaseModel):
-    """Every error's body: a message naming the field (``q: blank (only whitespace)``), or
-    FastAPI's list of issues for a request that does not fit the route's parameters."""
-    detail: str | list[ValidationIssue]
-
-
-class ItemAnswer(BaseModel):
-    id: int = Field(..., description="the item's id in this collection (a remote hit's: on its shard)")
-    modality: Literal["image", "text"]
-    key: str = Field(..., description="the item's key: a path relative to the indexed folder, or one given")
-    path: str | None = Field(..., description="an image's file on the server (null for texts)")
-    text: str | None = Field(..., description="a text item's text (null for images)")
-    labels: list[str]
-    pair_id: int | None = Field(..., description="a caption's image (null when it has none)")
-    thumbnail: str | None = Field(..., description="the image's thumbnail URL (a caption's: its image's); "
-                                  "a remote shard's on that shard's server")
-    caption: str | None = Field(..., description="a text's text; an image's first caption")
-    shard: str | None = Field(None, description="routing servers only: the shard a remote hit is from")
-    proxy_thumbnail: str | None = Field(None, description="routing servers only: a remote hit's thumbnail "
-                                        "through this server")
-
-
-class HitAnswer(ItemAnswer):
-    score: float = Field(..., description="cosine similarity; for binary codes 1 - 2*hamming/bits")
-
-
-class ListedItem(ItemAnswer):
-    score: None = Field(None, description="always null in a listing (kept for older clients)")
-
-
-class FailedShard(BaseModel):
-    shard: str
-    error: str
-
-
-class SearchAnswer(BaseModel):
-    target: Literal["image", "text"] = Field(..., description="the modality searched")
-    k: int
-    results: list[HitAnswer] = Field(..., description="best first; fewer than k when fewer items match")
-    failed_shards: list[FailedShard] = Field(None, description="routing servers only: shards left out")
-
-
-class BatchQueryAnswer(SearchAnswer):
-    query: str
-
-
-class BatchSearchAnswer(BaseModel):
-    queries: list[BatchQueryAnswer] = Field(..., description="one per text, in the order sent")
-
-
-class ItemsPage(BaseModel):
-    items: list[ListedItem] = Field(..., description="in id order")
-    offset: int
-    limit: int
-    total: int = Field(..., description="items of that modality (or all) in the collection")
-
-
-class AddAnswer(BaseModel):
-    ids: list[int] = Field(..., description="ids of the items stored by this request")
-    added: int
-    replaced: int = Field(None, description="image uploads only: a changed item replaced")
-    unchanged: int
-    id: int | None = Field(..., description="the item's id (the image's, for an upload)")
-    item: ItemAnswer | None
-
-
-class DeleteAnswer(BaseModel):
-    deleted: list[int] = Field(..., description="ids deleted: the item and, for an image, its captions")
-
-
-class HealthAnswer(BaseModel):
-    status: Literal["ok"]
-    items: int = Field(None, description="only to callers who may read")
-    generation: int = Field(None, description="the write generation; only to callers who may read")
-
-
-class InfoAnswer(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    images: int
-    texts: int
-    output: Literal["real", "binary"]
-    dim: int
-    index: str
-    space: str = Field(..., description="the common space's fingerprint: shards of one space share it")
-    rerank: bool
-    method: str | None
-    encoders: dict[str, str | None]
-    generation: int
-    public_read: bool
-    read_only: bool
-    db_id: str | None
-    labels: list[str]
-    labels_by_target: dict[str, list[str]]
-    shards: list[str] = Field(None, description="routing servers only: the shard URLs")
-
-
-class KeyRecord(BaseModel):
-    key_id: str
-    name: str
-    role: Literal["read", "write", "admin"]
-    created: float = Field(..., description="Unix time")
-    revoked: bool
-    revoked_at: float | None
-
-
-class KeyList(BaseModel):
-    keys: list[KeyRecord]
-
-
-class KeyMade(BaseModel):
-    token: str = Field(..., description="the key, shown this once: xmk_<key_id>_<secret>")
-    key_id: str
-    role: Literal["read", "write", "admin"]
-    name: str
-
-
-class KeyRevoked(BaseModel):
-    key_id: str
-    revoked: str = Field(..., description="the key id again (older clients read it here)")
-
-
-class AuditEntry(BaseModel):
-    id: int
-    ts: float = Field(..., description="Unix time")
-    actor: str = Field(..., description="key:<key_id>, or local for the command line")
-    action: str
-    detail: dict[str, Any] | str
-    remote: str | None = Field(..., description="the client's address")
-
-
-class AuditPage(BaseModel):
-    entries: list[AuditEntry] = Field(..., description="newest first")
-    offset: int
-    limit: int
-    total: int
-
-
-ERRORS = {
-    400: "the request cannot be used: an empty or broken upload, a bad item key",
-    401: "no API key where the route needs one (reading too when public_read is off), an invalid "
-         "or revoked key, or a key in the URL (?api_key=)",
-    403: "the key's role is too low for the route",
-    404: "no such item (or key, or shard)",
-    409: "`space` is not this collection's common space",
-    413: "request body over --max-upload-mb (uploads) or 4 MiB (JSON); an image over 40 Mpx",
-    415: "the upload is not an image in an accepted format",
-    422: "a request that does not fit the route: FastAPI's list of issues (loc names the field), or "
-         "a message naming the field",
-    429: "over --rate-limit: Retry-After says when to try again",
-    502: "the shard did not answer as it should",
-}
-WRITE_403 = ERRORS[403] + "; or the collection is read-only (served with --read-only, or its folder " \
-    "is not writable)"
-
-
-def errors(*codes: int, write: bool = False, rate: bool = True) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error codes a route answers (plus 401 and 403: every
-    route with a role), each with the shared :class:`ErrorBody`."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for code in sorted({401, 403, *codes, *((429,) if rate else ())}):
-        text = WRITE_403 if code == 403 and write else ERRORS[code]
-        out[code] = {"model": ErrorBody, "description": text}
-    return out
-
-
-def answers(model: type[BaseModel], *codes: int, description: str = "the answer", status: int = 200,
-            write: bool = False, rate: bool = True) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses``: the success answer's model and the errors (:func:`errors`)."""
-    return {status: {"model": model, "description": description}, **errors(*codes, write=write, rate=rate)}
-
-
-def add_answers(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """An add's two success answers (:data:`ADD_RESPONSES`) and its errors."""
-    return {**{s: {**r, "model": AddAnswer} for s, r in ADD_RESPONSES.items()}, **errors(*codes, write=True)}
-
-
-# ------------------------------------------------------------------------- helpers
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes (declared or streamed); bodies
-    other than multipart uploads (JSON) over ``json_limit``."""
-
-    def __init__(self, app: Any, limit: int, json_limit: int | None = None) -> None:
-        self.app, self.upload_limit = app, limit
-        self.json_limit = limit if json_limit is None else min(limit, json_limit)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers", []))
-        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
-        limit = self.upload_limit if multipart else self.json_limit
-        if b"content-length" in headers:
-            try:
-                declared = int(headers[b"content-length"])
-            except ValueError:
-                declared = -1
-            if declared < 0 or declared > limit:
-                return await _plain(send, 413, f"request body over {_size(limit)}")
-        seen, over, started = 0, False, False
-
-        async def limited() -> dict:
-            nonlocal seen, over
-            if over:
-                raise _TooLarge()
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    over = True
-                    raise _TooLarge()
-            return msg
-
-        async def sending(msg: dict) -> None:
-            nonlocal started
-            if over:  # FastAPI's body parser catches _TooLarge and answers 400: the 413 is sent below
-                return
-            started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, limited, sending)
-        except Exception:
-            if not over:  # whatever the app made of the cut-off body, it was too large
-                raise
-        if over and not started:
-            await _plain(send, 413, f"request body over {_size(limit)}")
-
-
-class FiniteJSONResponse(JSONResponse):
-    """JSON with every NaN / infinite float sent as null, as pydantic's serialiser sent it
-    while the routes' answers went through one: JSON has no NaN, and Starlette's
-    ``allow_nan=False`` turned such an answer into a 500."""
-
-    def render(self, content: Any) -> bytes:
-        try:
-            return super().render(content)
-        except ValueError:
-            return super().render(_nan_to_null(content))
-
-
-def _nan_to_null(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_null(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _nan_to_null(v) for k, v in value.items()}
-    return value
-
-
-class HeadAndSlash:
-    """ASGI middleware: HEAD is answered as GET without its body (load balancers and link
-    checkers send HEAD; FastAPI routes take GET only), and a trailing slash names the same
-    route (``/api/search/``): Starlette's answer to it is a 307 to an absolute ``http://``
-    URL, which httpx does not follow by default and which names the wrong scheme behind a TLS
-    proxy. The app sees a copy of the scope (the server reads the method from its own to know
-    a HEAD answer has no body); the route found is copied back for the metrics."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, head = scope.get("path", ""), scope.get("method") == "HEAD"
-        slash = len(path) > 1 and path.endswith("/") and not path.startswith("/static/")
-        if not (slash or head):
-            return await self.app(scope, receive, send)
-        inner = dict(scope)
-        if slash:
-            inner["path"] = path.rstrip("/") or "/"
-            if isinstance(scope.get("raw_path"), bytes):
-                inner["raw_path"] = scope["raw_path"].rstrip(b"/") or b"/"
-        sending = send
-        if head:
-            inner["method"] = "GET"
-
-            async def sending(msg: dict) -> None:
-                if msg["type"] == "http.response.body" and msg.get("body"):
-                    msg = {**msg, "body": b""}
-                await send(msg)
-
-        try:
-            await self.app(inner, receive, sending)
-        finally:
-            if "route" in inner:
-                scope["route"] = inner["route"]
-
-
-class SecurityHeaders:
-    """ASGI middleware: ``nosniff`` and ``no-referrer`` on every answer (a thumbnail's or a
-    link's URL never reaches another site); the web page also gets its CSP and may not be
-    framed (the add form could be clickjacked)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        page = scope.get("path") == "/"
-
-        async def sending(msg: dict) -> None:
-            if msg["type"] == "http.response.start":
-                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-                if page:
-                    extra += [(b"content-security-policy", PAGE_CSP.encode()), (b"x-frame-options", b"DENY")]
-                have = {k.lower() for k, _ in msg.get("headers", [])}
-                msg = {**msg, "headers": [*msg.get("headers", []), *(h for h in extra if h[0] not in have)]}
-            await send(msg)
-
-        await self.app(scope, receive, sending)
-
-
-class RateLimit:
-    """ASGI middleware: at most ``per_minute`` API requests per client address, as a token
-    bucket (a burst of ``per_minute``, then one more every ``60 / per_minute`` seconds); over
-    it, 429 with ``Retry-After``. Only /api/ routes count: not /health and /metrics (load
-    balancers, monitoring), the page and its files, nor thumbnails (a results page loads up to
-    k of them). Behind a reverse proxy every client
-    has the proxy's address: limit there instead. ``clock`` is injectable for tests."""
-
-    MAX_CLIENTS = 10000  # past this many tracked addresses, full buckets are forgotten
-
-    def __init__(self, app: Any, per_minute: int, clock: Any = time.monotonic) -> None:
-        self.app, self.capacity, self.clock = app, float(per_minute), clock
-        self.rate = per_minute / 60.0
-        # address -> (tokens, at), the least recently seen first
-        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def counted(path: str) -> bool:
-        return path.startswith("/api/") and not path.endswith("/thumbnail")
-
-    def take(self, who: str) -> float:
-        """0 if ``who`` may go on (one token taken), else the seconds until it may."""
-        now = self.clock()
-        with self.lock:
-            tokens, at = self.buckets.pop(who, (self.capacity, now))  # back in last: seen now
-            tokens = min(self.capacity, tokens + (now - at) * self.rate)
-            took = tokens >= 1
-            self.buckets[who] = (tokens - 1 if took else tokens, now)
-            if len(self.buckets) > self.MAX_CLIENTS:
-                self.forget(now)
-            return 0.0 if took else (1 - tokens) / self.rate
-
-    def forget(self, now: float) -> None:
-        """Drop full buckets (what an unknown address gets anyway) from the least recently
-        seen end, up to the first that is not full: a few steps a request, not a scan of every
-        address under the lock (1 ms a request past MAX_CLIENTS). A bucket fills within a
-        minute, so every address not seen for a minute goes."""
-        while self.buckets:
-            who, (tokens, at) = next(iter(self.buckets.items()))
-            if tokens + (now - at) * self.rate < self.capacity:
-                break
-            del self.buckets[who]
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.counted(scope.get("path", "")):
-            client = scope.get("client")
-            wait = self.take(client[0] if client else "?")
-            if wait > 0:
-                retry = str(max(1, math.ceil(wait - 1e-9)))
-                body = json.dumps({"detail": f"rate limit: {self.capacity:g} requests a minute per "
-                                             f"client; retry after {retry} s"}).encode()
-                await send({"type": "http.response.start", "status": 429,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"retry-after", retry.encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
-class Observe:
-    """ASGI middleware: count requests and time them per route (no extra task or thread)."""
-
-    def __init__(self, app: Any, metrics: "Metrics") -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        status = 500
-
-        async def sending(msg: dict) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route = getattr(scope.get("route"), "path", "other")
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - t0)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _size(n: int) -> str:
-    """A limit as people set it: 20971520 -> "20 MiB" (a limit not in whole MiB: its bytes)."""
-    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
-
-
-async def _plain(send: Any, status: int, detail: str) -> None:
-    body = ('{"detail": "%s"}' % detail).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class Metrics:
-    """Prometheus counters and a latency histogram per route (text exposition format)."""
-
-    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(self.BUCKETS) + 1))
-        self.sums: dict[str, float] = defaultdict(float)
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(method, route, status)] += 1
-            h = self.hist[route]
-            for i, b in enumerate(self.BUCKETS):
-                if seconds <= b:
-                    h[i] += 1
-            h[-1] += 1
-            self.sums[route] += seconds
-
-    def render(self, coll: Collection) -> str:
-        out = ["# HELP xmodal_requests_total HTTP requests by method, route and status.",
-               "# TYPE xmodal_requests_total counter"]
-        with self.lock:
-            for (m, r, s), n in sorted(self.requests.items()):
-                out.append(f'xmodal_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
-            out += ["# HELP xmodal_request_seconds HTTP request latency by route.",
-                    "# TYPE xmodal_request_seconds histogram"]
-            for r, h in sorted(self.hist.items()):
-                for b, n in zip(self.BUCKETS, h):
-                    out.append(f'xmodal_request_seconds_bucket{{route="{r}",le="{b}"}} {n}')
-                out.append(f'xmodal_request_seconds_bucket{{route="{r}",le="+Inf"}} {h[-1]}')
-                out.append(f'xmodal_request_seconds_sum{{route="{r}"}} {self.sums[r]:.6f}')
-                out.append(f'xmodal_request_seconds_count{{route="{r}"}} {h[-1]}')
-        out += ["# HELP xmodal_items Items in the collection by modality.", "# TYPE xmodal_items gauge"]
-        for m in ("image", "text"):
-            out.append(f'xmodal_items{{modality="{m}"}} {coll.count(m)}')
-        out += ["# HELP xmodal_generation Write generation of the collection.", "# TYPE xmodal_generation gauge",
-                f"xmodal_generation {coll.store.generation()}"]
-        return "\n".join(out) + "\n"
-
-
-def check_image_bytes(data: bytes, name: str = "upload", max_pixels: int = MAX_IMAGE_PIXELS) -> str:
-    """Validate an uploaded image without trusting it; returns its Pillow format name.
-    Empty, non-image, truncated and oversized (decompression bomb) uploads are refused."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise HTTPException(400, f"{name}: empty upload (0 bytes)")
-    try:
-        with warnings.catch_warnings():  # the pixel limit below is the guard; no warning spam
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-        with im:
-            w, h = im.size  # read from the header: nothing decoded yet
-            fmt = im.format
-            from ..encoders.images import jpeg_decodes_small
-
-            if fmt in ("JPEG", "MPO") and w * h > max_pixels and jpeg_decodes_small(im.fp):
-                # a large phone photo: decoded (and so checked) at reduced scale, as encoded;
-                # a progressive one needs memory for its full size, so it is judged by that
-                im.draft("RGB", (max(1, w // _JPEG_SCALE), max(1, h // _JPEG_SCALE)))
-            if im.size[0] * im.size[1] > max_pixels:
-                raise HTTPException(413, f"{name}: image is {w}x{h} = {w * h} pixels, over the "
-                                         f"limit of {max_pixels} (decompression bomb guard)")
-            if fmt not in _FORMAT_EXT:
-                raise HTTPException(415, f"{name}: image format {fmt} is not accepted; "
-                                         f"use one of {sorted(_FORMAT_EXT)}")
-            im.load()
-    except HTTPException:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise HTTPException(413, f"{name}: {exc}") from None
-    except UnidentifiedImageError:
-        raise HTTPException(415, f"{name}: not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise HTTPException(400, f"{name}: broken image ({exc})") from None
-    return fmt
-
-
-MAX_LABEL = 200
-
-
-def check_labels(labels: Sequence[str], field: str, skip_blank: bool = False) -> list[str]:
-    """Labels from a client, trimmed: none blank (``skip_blank``: blanks dropped, as between
-    two commas of a form field), none with a comma (search filters are comma-separated, so
-    such a label could never be searched for), none over 200 characters. An error names the
-    label by its place in the list as sent."""
-    out = []
-    for i, lab in enumerate(labels):
-        lab = lab.strip()
-        if not lab and skip_blank:
-            continue
-        if not lab:
-            raise HTTPException(422, f"{field}[{i}]: blank label")
-        if "," in lab:
-            raise HTTPException(422, f"{field}[{i}]: {lab!r} holds a comma; search filters split on commas")
-        if len(lab) > MAX_LABEL:
-            raise HTTPException(422, f"{field}[{i}]: label over {MAX_LABEL} characters")
-        out.append(lab)
-    return out
-
-
-def safe_key(key: str) -> str:
-    """Client-chosen item keys: relative, no '..', no odd characters."""
-    try:
-        check_key(key)
-    except DataError as exc:
-        raise HTTPException(400, str(exc)) from None
-    if not _SAFE_KEY.match(key) or any(part in ("..", ".") for part in key.split("/")):
-        raise HTTPException(400, f"item key {key!r}: use letters, digits, '._#@+=-' and '/'-separated "
-                                 "parts; no '..', no leading '/'")
-    return key
 
 
 # ------------------------------------------------------------------------- app
@@ -1441,6 +804,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     return app
 
 
+# ------------------------------------------------------------------------- validation errors
 ECHO_LIMIT = 200  # characters of a string, items of a list or dict: larger inputs are not echoed
 
 
@@ -1476,6 +840,7 @@ def _finite_or_text(value: Any) -> Any:
     return value
 
 
+# ------------------------------------------------------------------------- thumbnails
 def fetch_shard_thumbnail(shard: RemoteShard, item_id: int, size: int) -> bytes:
     """``shard``'s JPEG thumbnail of ``item_id``, asked with the key this server holds for it
     (:meth:`RemoteShard.fetch`: no redirect, one deadline for the whole answer). The shard's
