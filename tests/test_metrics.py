@@ -285,7 +285,7 @@ def test_evaluate_reports_p_at_k_and_map_at_k_beyond_the_database_like_the_metri
     # total = min(k, n_db); CalcTopMap over the whole ranking is the full MAP)
     ds = _toy()
     m = _Identity()
-    res = evaluate(m, ds, pk=(10, 100), map_k=(10, 30, 60, 500), curves=False, ndcg_k=())
+    res = evaluate(m, ds, pk=(10, 100), map_k=(10, 30, 60, 500), ndcg_k=())
     from xmodal.metrics import cosine_similarity
     for d, Q, D, ql, dl in (("i2t", ds.image_features, ds.text_features, ds.labels, ds.text_labels),
                             ("t2i", ds.text_features, ds.image_features, ds.text_labels, ds.labels)):
@@ -296,6 +296,9 @@ def test_evaluate_reports_p_at_k_and_map_at_k_beyond_the_database_like_the_metri
         for k in (10, 30, 60, 500):
             assert res[d][f"map@{k}"] == pytest.approx(average_precision(S, R, k=k).mean(), abs=1e-12), (d, k)
         assert res[d]["map@500"] == pytest.approx(res[d]["map"], abs=1e-12)
+        curve = pr_curve(S, R)  # evaluate's curve: the same 11 recall levels and precisions
+        assert res[d]["pr_curve"]["recall"] == pytest.approx(curve["recall"], abs=1e-15)
+        assert res[d]["pr_curve"]["precision"] == pytest.approx(curve["precision"], abs=1e-12)
         assert res[d]["p@100"] == pytest.approx(R.sum(1).mean() / R.shape[1], abs=1e-12)
 
 

@@ -258,3 +258,13 @@ def test_an_empty_database_is_refused_clearly():
         precision_at_k(np.zeros((2, 0)), np.zeros((2, 0), dtype=bool), 5)
     with pytest.raises(ValueError, match="database is empty"):
         recall_at_k(np.zeros((2, 0)), np.zeros((2, 0), dtype=bool), (1,))
+
+
+def test_direction_without_any_relevant_item_gives_zero_curves():
+    # every query lacks a relevant item: both curves leave them all out and are 0, not NaN
+    D = np.array([[0, 1, 2], [2, 1, 0]])
+    R = np.zeros((2, 3), bool)
+    out = _direction(None, -D.astype(np.float64), D, R, R * 1.0, None, 2, (), (1,), ())
+    assert out["pr_curve"] == {"recall": pytest.approx(np.linspace(0, 1, 11).tolist()), "precision": [0.0] * 11}
+    assert out["hamming_pr_curve"] == {"radius": [0, 1, 2], "precision": [0.0] * 3, "recall": [0.0] * 3}
+    assert out["map"] == 0.0 and out["p@1"] == 0.0
