@@ -489,3 +489,25 @@ def test_zero_queries_give_empty_per_query_arrays():
     assert average_precision(none, nothing, k=2).shape == (0,)
     assert first_hit_rank(none, nothing).shape == (0,)
     assert np.isnan(recall_at_k(none, nothing, (1,))[1])
+    assert precision_within_radius(np.zeros((0, 3), int), nothing, 2) == 0.0
+
+
+class _TwelveBits(_SignCodes):
+    bits = 12  # packed into 2 bytes: distances never pass 12
+
+
+def test_evaluate_takes_the_code_length_from_bits_and_times_the_encoding():
+    import time
+
+    from xmodal.data.dataset import DataError
+    ds = _toy(seed=3)
+    q, db = ds.subset(np.arange(10)), ds.subset(np.arange(10, 30))
+    t0 = time.perf_counter()
+    res = evaluate(_TwelveBits(), q, db)
+    wall = time.perf_counter() - t0
+    assert res["i2t"]["hamming_pr_curve"]["radius"] == list(range(13))  # not the 16 bits of 2 bytes
+    assert 0 <= res["encode_seconds"] <= wall
+    with pytest.raises(DataError, match="'bare' lacks features"):
+        evaluate(_TwelveBits(), q, PairedDataset(name="bare", n_images=20, text_to_image=db.text_to_image,
+                                                 image_features=db.image_features, text_features=None,
+                                                 labels=db.labels))
