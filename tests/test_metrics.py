@@ -50,6 +50,13 @@ def test_relevance_single_and_multi_label():
     # numpy's own matmul error would also be a ValueError: the message is the check
     with pytest.raises(ValueError, match=r"label matrices must agree in columns, got \(2, 3\) and \(2, 4\)"):
         relevance(q, np.ones((2, 4)))
+    # class indices on one side and a label matrix on the other: refused, never broadcast
+    from xmodal.metrics import graded_relevance
+    for f in (relevance, graded_relevance):
+        with pytest.raises(ValueError, match="agree in columns"):
+            f(np.array([0, 2]), d)
+        with pytest.raises(ValueError, match="agree in columns"):
+            f(q, np.array([2, 0, 0]))
 
 
 def test_recall_one_to_many():
@@ -388,6 +395,10 @@ def test_whole_number_scores_and_distances_beyond_int16_rank_by_value():
     D = np.array([[1, -40000, 0]])  # signed distances below int16's range
     R = np.array([[0, 1, 0]], bool)
     assert average_precision(distances=D, relevant=R)[0] == 1.0
+    # fractional float distances are never truncated to whole numbers (0.7 and 0.3 would tie)
+    D = np.array([[0.7, 0.3, 1.5]])
+    R = np.array([[0, 1, 0]], bool)
+    assert average_precision(distances=D, relevant=R, tie_seed=None)[0] == 1.0
 
 
 def test_cosine_similarity_matches_scikit_learn_centred_or_not_and_zero_rows_score_zero():
