@@ -413,7 +413,7 @@ def _aged(path, seconds_ago=60.0):
 @pytest.fixture
 def counted_reads(monkeypatch, tmp_path):
     """Dataset-file opens by ``dataset_fingerprint``, with the cache in a private folder."""
-    import xmodal.evaluation.bench as bench
+    import xmodal.evaluation.fingerprint as fingerprint  # where dataset_fingerprint reads open
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     opened = []
@@ -422,7 +422,7 @@ def counted_reads(monkeypatch, tmp_path):
         opened.append(str(file))
         return open(file, *a, **k)
 
-    monkeypatch.setattr(bench, "open", counting_open, raising=False)
+    monkeypatch.setattr(fingerprint, "open", counting_open, raising=False)
     return opened
 
 

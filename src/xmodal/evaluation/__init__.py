@@ -13,13 +13,20 @@ From Python (a notebook), everything is here:
   per-query score lists);
 - :func:`format_table`, :func:`format_hashing_tables`, :func:`plot_pr_curves`: bench records,
   or a dict of ``evaluate`` results by name.
+
+The modules: :mod:`.protocol` (the protocols), :mod:`.select`, :mod:`.significance`,
+:mod:`.bench` (the runner), :mod:`.records` (the records' files, resume keys and seed pooling),
+:mod:`.fingerprint` (the data's digests in the records), :mod:`.tables` and :mod:`.plots`;
+:mod:`.bench` re-exports the names of the last four.
 """
 
-from .bench import (format_hashing_tables, format_table, hashing_split_names, plot_pr_curves, run_bench,
-                    summarize_seeds)
+from .bench import hashing_split_names, run_bench
+from .plots import plot_pr_curves
 from .protocol import evaluate, evaluate_folds, similarity
+from .records import summarize_seeds
 from .select import Selection, select_params
 from .significance import compare_all, compare_records, paired_permutation_test
+from .tables import format_hashing_tables, format_table
 
 __all__ = ["evaluate", "evaluate_folds", "similarity", "select_params", "Selection", "run_bench",
            "summarize_seeds", "compare_records", "compare_all", "paired_permutation_test", "format_table",
