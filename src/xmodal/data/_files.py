@@ -1,5 +1,5 @@
 """Which layout :func:`~xmodal.data.load_dataset` reads a folder as, and which files it reads
-for it: what a dataset fingerprint hashes (:func:`xmodal.evaluation.bench.dataset_fingerprint`)
+for it: what a dataset fingerprint hashes (:func:`xmodal.evaluation.fingerprint.dataset_fingerprint`)
 and what tells a dataset folder from a folder of images (``xmodal index``)."""
 
 from __future__ import annotations
