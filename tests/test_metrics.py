@@ -411,9 +411,9 @@ def test_cosine_similarity_matches_scikit_learn_centred_or_not_and_zero_rows_sco
     # centred on a common point: normalised correlation (Rasiwasia et al. 2010)
     np.testing.assert_allclose(cosine_similarity(Q, D, center=c), sk_cosine(Q - c, D - c), rtol=0, atol=1e-12)
     # a zero vector (e.g. an empty bag of words) scores 0 against everything, never NaN
-    Q[1] = 0.0
+    Q[1], D[2] = 0.0, 0.0
     S = cosine_similarity(Q, D)
-    assert np.isfinite(S).all() and (S[1] == 0).all()
+    assert np.isfinite(S).all() and (S[1] == 0).all() and (S[:, 2] == 0).all()
 
 
 def test_numpy_hamming_fallback_covers_more_queries_than_one_chunk(monkeypatch):
@@ -423,8 +423,11 @@ def test_numpy_hamming_fallback_covers_more_queries_than_one_chunk(monkeypatch):
     ref = np.unpackbits(Q[:, None, :] ^ D[None, :, :], axis=2).sum(axis=2)
     monkeypatch.setattr(distance, "_faiss", None)
     np.testing.assert_array_equal(hamming_distance(Q, D), ref)
-    np.testing.assert_array_equal(hamming_distance(Q[:, :5], D[:, :5]),  # bytes, not 64-bit words
-                                  np.unpackbits(Q[:, None, :5] ^ D[None, :, :5], axis=2).sum(axis=2))
+    for w in (5, 7, 9):  # bytes, not 64-bit words
+        np.testing.assert_array_equal(hamming_distance(Q[:, :w], D[:, :w]),
+                                      np.unpackbits(Q[:, None, :w] ^ D[None, :, :w], axis=2).sum(axis=2))
+    with pytest.raises(ValueError, match=r"codes differ in length: \(150, 2\) and \(40, 3\)"):
+        hamming_distance(Q[:, :2], D[:, :3])
 
 
 def test_every_metric_breaks_ties_by_the_same_default_permutation_and_documented_defaults():
