@@ -204,6 +204,9 @@ def test_a_binary_ivf_with_an_hnsw_quantizer_takes_efsearch():
     ("real", "PQ8", 256 * MIN_POINTS_PER_CENTROID),
     ("real", "PQ8x4fs", 16 * MIN_POINTS_PER_CENTROID),
     ("real", "PCA16,L2norm,Flat", 32),
+    # OPQ trains a PQ of 256 centroids per sub-quantizer (nbits 8) ahead of any index
+    ("real", "OPQ4,Flat", 256 * MIN_POINTS_PER_CENTROID),
+    ("real", "OPQ4,IVF8,Flat", 256 * MIN_POINTS_PER_CENTROID),
     ("real", "HNSW32", 0), ("real", "Flat", 0),
     ("binary", "BIVF64", 64 * MIN_POINTS_PER_CENTROID), ("binary", "BHNSW16", 0)])
 def test_min_train_size_follows_faiss_guidance(kind, spec, need):
@@ -351,3 +354,60 @@ def test_nsg_which_cannot_grow_is_refused():
     # a collection adds items as they come; NSG's second add failed inside FAISS
     with pytest.raises(IndexSpecError, match="NSG.*HNSW"):
         VectorIndex("real", 16, "NSG16,Flat")
+
+
+# ---------------------------------------------------------------- hashing.search: hamming_topk
+def test_hamming_topk_k1_is_the_nearest_code_and_k0_is_refused():
+    # found by mutation testing: k=1 refused ("1 < k") and k=0 answered an empty array
+    # ("0 <= k") both passed the suite
+    from xmodal.methods.hashing.search import hamming_topk
+
+    rng = np.random.default_rng(3)
+    db = rng.integers(0, 256, (300, 4), dtype=np.uint8)
+    q = rng.integers(0, 256, (12, 4), dtype=np.uint8)
+    ham = np.unpackbits(q[:, None, :] ^ db[None, :, :], axis=2).sum(2)  # brute force, (12, 300)
+    D, I = hamming_topk(q, db, 1)
+    assert D.shape == I.shape == (12, 1)
+    assert np.array_equal(D[:, 0], ham.min(1))
+    assert np.array_equal(ham[np.arange(12), I[:, 0]], ham.min(1))
+    ref = faiss.IndexBinaryFlat(32)
+    ref.add(db)
+    assert np.array_equal(D, ref.search(q, 1)[0])
+    for bad in (0, -1, np.int64(0)):
+        with pytest.raises(ValueError, match="at least 1"):
+            hamming_topk(q, db, bad)
+
+
+# ---------------------------------------------------------------- mutation testing: vector.py
+@pytest.mark.parametrize("spec,param", [("BIVF4", "efSearch=5"), ("BHNSW16", "nprobe=3"),
+                                        ("BFlat", "nprobe=2"), ("BFlat", "efSearch=2")])
+def test_a_binary_search_parameter_the_index_lacks_is_refused(spec, param):
+    # with "nprobe or hasattr(inner, 'nprobe')" a BIVF's efSearch=5 silently set nprobe=5
+    with pytest.raises(IndexSpecError, match=f"{spec}.*no search parameter '{param.split('=')[0]}'"):
+        VectorIndex("binary", 64, f"{spec}|{param}")
+    if spec != "BFlat":  # the parameter it has still goes through
+        idx = VectorIndex("binary", 64, f"{spec}|{'nprobe=7' if 'IVF' in spec else 'efSearch=9'}")
+        inner = faiss.downcast_IndexBinary(idx.index.index)
+        assert (inner.nprobe == 7) if "IVF" in spec else (inner.hnsw.efSearch == 9)
+
+
+def test_faiss_messages_lose_their_cpp_location_and_may_be_empty():
+    from xmodal.index.vector import _faiss_message
+
+    assert _faiss_message(RuntimeError("")) == ""  # no text: no IndexError while reporting
+    with pytest.raises(RuntimeError) as err:
+        faiss.index_factory(16, "Bogus")
+    assert _faiss_message(err.value) == "could not parse index string Bogus"
+    # several lines (FAISS joins exceptions from its threads): the last one, unlocated
+    two = RuntimeError("thread 0 failed\nError in void f() at /x/y.cpp:12: Error: 'n > 0' failed")
+    assert _faiss_message(two) == "'n > 0' failed"
+
+
+@pytest.mark.parametrize("dim,spec,hint", [(32, "hnsw32", True), (32, "ivf16,flat", True),
+                                           (32, "FLAT", False), (30, "PQ8x4fs", False)])
+def test_the_case_sensitivity_hint_is_given_for_lower_case_specs_faiss_cannot_parse(dim, spec, hint):
+    # only a parse error of a spec with lower-case letters: FLAT has none, and PQ8x4fs at
+    # width 30 parses (its error is the width)
+    with pytest.raises(IndexSpecError) as err:
+        VectorIndex("real", dim, spec)
+    assert ("case-sensitive" in str(err.value)) == hint
