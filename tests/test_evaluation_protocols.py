@@ -550,3 +550,36 @@ def test_cli_bench_learned_codes_on_a_dcmh_protocol_dataset(tmp_path):
     assert res.exit_code == 0, res.output
     rec, = json.loads(out.read_text())
     assert rec["database_codes"] == "learned" and "vs dcmh_toy/train (the training split" in rec["protocol"]
+
+
+# ------------------------------------------------------------ evaluate(): what a result says
+def test_a_result_names_its_protocol_as_the_bench_record_does_and_compare_refuses_a_mix():
+    """A classic and a hashing result of the same size (Wikipedia: 693 test and 693 query items)
+    were paired by compare_records without complaint; each result now says which queries were
+    ranked against which database, in the bench record's words."""
+    import dataclasses
+
+    from xmodal import methods
+    from xmodal.data import DataError
+    from xmodal.evaluation import evaluate, evaluate_folds
+    from xmodal.evaluation.bench import run_bench
+    from xmodal.evaluation.significance import compare_records
+
+    ds = _dcmh_toy()
+    lsh = methods.create("lsh", bits=16).fit(ds.subset("train"))
+    cca = methods.create("cca", n_components=4).fit(ds.subset("train"))
+    query, db = ds.subset("query"), ds.subset("database")
+    hashing = evaluate(lsh, query, db, per_query=True)
+    classic = evaluate(cca, query, per_query=True)
+    assert hashing["protocol"] == "hashing: dcmh_toy/query vs dcmh_toy/database, database codes from the hash functions"
+    assert classic["protocol"] == "classic: dcmh_toy/query vs itself (other modality)"
+    rec, = run_bench(ds, ["lsh"], bits=[16])
+    assert rec["protocol"] == hashing["protocol"]
+    assert evaluate_folds(cca, query, 2)["protocol"].endswith(", mean over 2 folds of about 40 images")
+    with pytest.raises(DataError, match="differ in protocol"):
+        compare_records(classic, hashing)
+    # unlabelled on either side, the hashing protocol scored nothing and said nothing
+    for q, d, named in ((query, dataclasses.replace(db, labels=None), "database 'dcmh_toy/database'"),
+                        (dataclasses.replace(query, labels=None), db, "queries 'dcmh_toy/query'")):
+        with pytest.raises(DataError, match=f"{named}: no labels; the hashing protocol"):
+            evaluate(lsh, q, d)

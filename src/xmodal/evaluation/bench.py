@@ -29,7 +29,7 @@ from ..methods import ParameterError
 from ..data import DataError, PairedDataset, load_dataset
 from ..metrics.ranking import NonFiniteScoresError
 from ..methods.base import NoTrainingCodesError, TrainingDivergedError
-from .protocol import evaluate, evaluate_folds
+from .protocol import evaluate, evaluate_folds, protocol_of
 
 # Re-exported: this module stays the one to import the bench's names from (the CLI reads
 # run_bench, format_table, write_json and the rest here, and tests set them here).
@@ -431,12 +431,7 @@ def _protocol(is_hash: bool, database_codes: str, query: Any, database: Any, tes
     if is_hash and database_codes == "learned":
         return (f"hashing: {query.name} vs {database.name} (the training split, whose codes "
                 "were learned), database codes = learned training codes")
-    if is_hash:
-        return f"hashing: {query.name} vs {database.name}, database codes from the hash functions"
-    protocol = f"classic: {test.name} vs itself (other modality)"
-    if test_folds != 1:
-        protocol += f", mean over {test_folds} folds of about {test.n_images // test_folds} images"
-    return protocol
+    return protocol_of(query, database) if is_hash else protocol_of(test, folds=test_folds)
 
 
 def _score_run(method: Any, is_hash: bool, database_codes: str, query: Any, database: Any, train: Any,

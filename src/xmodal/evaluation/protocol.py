@@ -143,6 +143,18 @@ def _check_label_sets(queries: PairedDataset, db: PairedDataset) -> None:
                         f"{what(dl)}: relevance needs one label set")
 
 
+def protocol_of(queries: PairedDataset, database: PairedDataset | None = None, folds: int = 1) -> str:
+    """Which queries were ranked against which database, in words: a result's ``protocol``
+    (bench records say the same), so that :mod:`.significance` never pairs a classic result
+    with a hashing one, or two different databases."""
+    if database is not None:
+        return f"hashing: {queries.name} vs {database.name}, database codes from the hash functions"
+    protocol = f"classic: {queries.name} vs itself (other modality)"
+    if folds != 1:
+        protocol += f", mean over {folds} folds of about {queries.n_images // folds} images"
+    return protocol
+
+
 def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedDataset | None = None,
              *, map_k: tuple[int, ...] = (), pk: tuple[int, ...] = DEFAULT_PK,
              rk: tuple[int, ...] = DEFAULT_RK, per_query: bool = False, ndcg_k: tuple[int, ...] = (10,),
@@ -150,7 +162,8 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     """Both directions of retrieval. Without ``database`` the queries' own other modality is
     searched (classic protocol, Recall@K included); with it, the database (hashing protocol).
 
-    Returns ``{"i2t": {...}, "t2i": {...}, "encode_seconds": s}``; mAP and P@k need labels,
+    Returns ``{"i2t": {...}, "t2i": {...}, "protocol": str, "encode_seconds": s}`` (``protocol``:
+    :func:`protocol_of`); mAP and P@k need labels,
     and a k beyond the database means the whole ranking (``p@k`` then divides by the
     database size, ``map@k`` is the full MAP), as in :mod:`xmodal.metrics.ranking`;
     Recall@K (in percent) and ``mR`` need the classic protocol. ``per_query`` adds each
@@ -164,6 +177,13 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     computed block by block of queries, never as one (n_query, n_db) matrix; NaN or infinite
     scores (a diverged method) raise :class:`~xmodal.metrics.ranking.NonFiniteScoresError`
     (a ValueError) naming the direction and how many queries have them.
+
+    Each direction's dict holds ``map`` (MAP over the full ranking), ``map@K`` (for
+    ``map_k``), ``p@K``, ``ndcg@K``, ``pr_curve`` (``{recall, precision}``, 11 points) and,
+    with a database, ``p@r2`` and ``hamming_pr_curve`` (binary methods); ``r@K`` in percent
+    (classic protocol); top-level ``mR``. The hashing protocol scores class relevance only,
+    so queries or a database without labels are refused (:class:`DataError`) rather than
+    scored as nothing.
     """
     same = database is None
     db = queries if same else database
@@ -171,6 +191,12 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
         if ds.image_features is None or ds.text_features is None:
             raise DataError(f"dataset {ds.name!r} lacks features; encode it first")
     has_labels = queries.labels is not None and db.labels is not None
+    if not same and not has_labels:
+        missing = [f"{what} {ds.name!r}" for what, ds in (("queries", queries), ("database", db))
+                   if ds.labels is None]
+        raise DataError(f"{' and '.join(missing)}: no labels; the hashing protocol (queries against a "
+                        "database) scores class relevance only, so nothing could be scored (label both, "
+                        "or evaluate(method, queries) for the classic protocol's Recall@K)")
     if has_labels and not same:
         _check_label_sets(queries, db)
     t0 = time.perf_counter()
@@ -204,6 +230,7 @@ def evaluate(method: CrossModalMethod, queries: PairedDataset, database: PairedD
     if same and rk:
         rs = [res[d][f"r@{k}"] for d in ("i2t", "t2i") for k in rk]
         res["mR"] = float(np.mean(rs))
+    res["protocol"] = protocol_of(queries, database)
     res["encode_seconds"] = encode_seconds
     return res
 
@@ -262,7 +289,7 @@ def evaluate_folds(method: CrossModalMethod, test: PairedDataset, folds: int = 5
         results.append(evaluate(view(method, part) if view else method, part, **kwargs))
     if folds == 1:
         return {**results[0], "folds": 1}
-    out: dict[str, Any] = {"folds": folds, "fold_std": {}}
+    out: dict[str, Any] = {"folds": folds, "fold_std": {}, "protocol": protocol_of(test, folds=folds)}
     # subset() keeps each block's texts grouped by image: undo that order for per-query lists
     text_order = np.argsort(test.text_to_image, kind="stable")
     for d in ("i2t", "t2i"):

@@ -192,7 +192,7 @@ def _per_query(rec: dict, direction: str, key: str, label: str = "") -> np.ndarr
 _TASK_FIELDS = (("dataset", "dataset"), ("dataset_sha256", "dataset file (SHA-256)"),
                 ("data_options", "data_options (the loader's options: another split or labels)"),
                 ("data_digest", "data_digest (the data as the loader read it)"),
-                ("protocol", "protocol"), ("test_folds", "test_folds"))
+                ("test_folds", "test_folds"), ("protocol", "protocol"))  # folds first: the plainer word
 _OPTIONAL = ("dataset_sha256", "data_digest")  # older records carry none: not compared then
 
 
