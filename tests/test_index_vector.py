@@ -411,3 +411,38 @@ def test_the_case_sensitivity_hint_is_given_for_lower_case_specs_faiss_cannot_pa
     with pytest.raises(IndexSpecError) as err:
         VectorIndex("real", dim, spec)
     assert ("case-sensitive" in str(err.value)) == hint
+
+
+def test_binary_bytes_of_any_dtype_are_checked_byte_by_byte_at_both_ends():
+    # 0 and 255 are bytes in every dtype; -1, 256 and 0.5 are not, and the one bad byte of a
+    # row is named (row and byte) even among good ones
+    idx = VectorIndex("binary", 64, "BFlat")
+    good = np.array([[0, 255, 1, 254, 0, 255, 7, 128]])
+    for dtype in (np.int64, np.uint16, np.float64, np.float32):
+        idx.add([len(idx.ids())], good.astype(dtype))
+    assert (idx.reconstruct(idx.ids()) == good.astype(np.uint8)).all()
+    for dtype in (np.int64, np.float64):
+        for bad in (-1, 256, 300, 0.5, 254.5):
+            if dtype == np.int64 and bad != int(bad):
+                continue
+            rows = np.tile(good, (3, 1)).astype(dtype)
+            rows[2, 5] = bad
+            with pytest.raises(ValueError, match=rf"row 2 has {bad!r}.* in byte 5|row 2 has .*{bad}.* in byte 5"):
+                idx.add([100, 101, 102], rows)
+    assert idx.ntotal == 4
+
+
+def test_binary_rows_of_the_wrong_width_are_named_in_bytes_and_bits():
+    with pytest.raises(ValueError, match=r"binary vectors of 8 bytes \(64 bits\) per row, got shape \(2, 4\)"):
+        VectorIndex("binary", 64, "BFlat").add([1, 2], np.zeros((2, 4), np.uint8))
+
+
+def test_ids_may_come_as_a_column_a_scalar_or_whole_floats():
+    X = _unit(3, 8)
+    idx = VectorIndex("real", 8, "Flat")
+    idx.add(np.array([[4], [5], [6]]), X)          # a column of ids
+    idx.add(np.array([7.0, 8.0, 9.0]), X)           # whole floats
+    idx.add(np.int64(10), X[:1])                    # one id for one row
+    assert idx.ids().tolist() == [4, 5, 6, 7, 8, 9, 10]
+    S, I = idx.search(X, 2)
+    assert (I[:, 0] != -1).all() and np.allclose(S[:, 0], 1.0, atol=1e-5)
