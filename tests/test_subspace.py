@@ -543,3 +543,41 @@ def test_kernel_centring_is_sklearns_kernel_centerer():
     Kc, col, grand = center_kernel_train(K)
     np.testing.assert_allclose(Kc, ref.transform(K), atol=1e-12)
     np.testing.assert_allclose(center_kernel_test(Q, col, grand), ref.transform(Q), atol=1e-12)
+
+
+def test_numerical_rank_threshold_is_d_eps32_squared_times_the_largest_correlation_eigenvalue():
+    # correlation eigenvalues at or under d * eps32^2 * max are rounding: one just above that
+    # (singular value ~ sqrt(d) eps32) is a direction, one just under is not. Correlation
+    # matrices with those exact spectra (largest 2.5) through random_correlation, scaled per
+    # column (the judgement is scale-free), with an all-zero column that is no direction either
+    from scipy.stats import random_correlation
+
+    from xmodal.methods._solvers import numerical_rank
+
+    eps32, d = float(np.finfo(np.float32).eps), 4
+    thr = d * eps32 ** 2 * 2.5
+    scale = np.array([1e-4, 1.0, 3e3, 0.2, 0.0])
+    for t, rank in ((2 * thr, 4), (0.5 * thr, 3)):
+        R = random_correlation.rvs([2.5, 1.0, 0.5 - t, t], random_state=np.random.default_rng(0))
+        C = np.zeros((d + 1, d + 1))
+        C[:d, :d] = R
+        C = C * np.outer(scale, scale)
+        assert numerical_rank(C, np.r_[np.ones(d), 0.0]) == rank, t
+
+
+def test_correlated_pairs_keeps_correlations_above_rounding_of_the_leading_one():
+    from xmodal.methods._solvers import correlated_pairs
+
+    rho = np.array([1e-3, 1e-11, 1e-13, 0.0])  # 1e-9 of the leading one is the cut, however small it is
+    np.testing.assert_array_equal(correlated_pairs(rho), [True, True, False, False])
+    np.testing.assert_array_equal(correlated_pairs(rho, rank=1), [True, False, False, False])
+    np.testing.assert_array_equal(correlated_pairs(np.zeros(3)), [False] * 3)
+    assert correlated_pairs(np.zeros(0)).shape == (0,)
+
+
+def test_ridge_adds_a_fraction_of_the_mean_eigenvalue_and_reg_itself_to_a_zero_matrix():
+    from xmodal.methods._solvers import ridge
+
+    C = np.diag([4.0, 1.0, 1.0]) * 1e-8
+    np.testing.assert_allclose(ridge(C, 0.5), C + 0.5 * 2e-8 * np.eye(3), rtol=1e-12)
+    np.testing.assert_array_equal(ridge(np.zeros((2, 2)), 0.5), 0.5 * np.eye(2))
