@@ -234,6 +234,8 @@ def test_ids_are_non_negative_whole_and_unique():
         idx.add([-1, 2, 3], X)
     with pytest.raises(ValueError, match="whole"):
         idx.add([1.5, 2, 3], X)
+    with pytest.raises(ValueError, match=r"got .*1\.5"):  # the id that is not whole, not the first
+        idx.add([2, 1.5, 3], X)
     with pytest.raises(ValueError, match="7 given twice"):
         idx.add([7, 7, 3], X)
     assert idx.ntotal == 0
@@ -446,3 +448,68 @@ def test_ids_may_come_as_a_column_a_scalar_or_whole_floats():
     assert idx.ids().tolist() == [4, 5, 6, 7, 8, 9, 10]
     S, I = idx.search(X, 2)
     assert (I[:, 0] != -1).all() and np.allclose(S[:, 0], 1.0, atol=1e-5)
+
+
+def test_index_bytes_searching_by_another_metric_are_an_index_file_error():
+    # same index type (HNSW over flat storage), but FAISS's default L2: its distances would
+    # be read as cosines
+    l2 = faiss.IndexIDMap2(faiss.IndexHNSWFlat(16, 32))
+    l2.add_with_ids(_unit(20, 16), np.arange(20))
+    with pytest.raises(IndexFileError, match="IndexHNSWFlat"):
+        VectorIndex.from_bytes("real", 16, "HNSW32", faiss.serialize_index(l2).tobytes())
+    ip = VectorIndex("real", 16, "HNSW32")
+    ip.add(np.arange(20), _unit(20, 16))
+    assert VectorIndex.from_bytes("real", 16, "HNSW32", ip.to_bytes()).ntotal == 20
+
+
+def test_a_spec_refused_before_the_width_is_known_names_no_probe_width():
+    from xmodal.index.vector import check_spec
+
+    with pytest.raises(IndexSpecError) as err:
+        check_spec("real", "HNSW32,PQ8")  # refused at every probe width (its metric)
+    assert "dim 64" not in str(err.value) and "dim" not in str(err.value)
+    with pytest.raises(IndexSpecError) as err:
+        check_spec("real", "PCA8,Flat")  # "(64 -> 8)" at the first probe width
+    assert "(to 8)" in str(err.value) and "64 ->" not in str(err.value)
+
+
+def test_ids_leave_out_tombstones_and_remove_takes_any_iterable():
+    X = _unit(40, 8)
+    idx = VectorIndex("real", 8, "HNSW16")  # no removal in FAISS: tombstones
+    idx.add(np.arange(40) * 2, X)
+    idx.remove({0, 2, 4})             # a set
+    idx.remove(i for i in (6, 8))     # a generator
+    idx.remove(np.array([10]))
+    assert idx.tombstones == {0, 2, 4, 6, 8, 10}
+    assert idx.ids().tolist() == list(range(12, 80, 2)) and idx.ntotal == 34
+    assert len(idx.stored_ids()) == 40
+    flat = VectorIndex("real", 8, "Flat")
+    flat.add(np.arange(40), X)
+    flat.remove({1, 3})
+    assert not flat.tombstones and 1 not in flat.ids() and flat.ntotal == 38
+
+
+def test_an_index_trains_on_exactly_faiss_minimum():
+    X = _unit(4 * MIN_POINTS_PER_CENTROID, 8)
+    idx = VectorIndex("real", 8, "IVF4,Flat")
+    idx.add(np.arange(len(X)), X)
+    assert idx.is_trained and idx.ntotal == 156
+    with pytest.raises(IndexSpecError, match="at least 156"):
+        VectorIndex("real", 8, "IVF4,Flat").add(np.arange(155), X[:155])
+
+
+@pytest.mark.parametrize("stored,dead,due", [(100, 1024, False), (100, 1025, True),
+                                             (20000, 2000, False), (20000, 2001, True)])
+def test_compaction_is_due_past_1024_tombstones_or_a_tenth_of_the_index(stored, dead, due):
+    idx = VectorIndex("real", 4, "Flat")
+    idx.add(np.arange(stored), np.ones((stored, 4), np.float32))
+    idx.tombstones = set(range(10**6, 10**6 + dead))  # the rule reads only their number
+    assert idx.needs_compaction() is due
+
+
+def test_search_refuses_k_below_one():
+    idx = VectorIndex("real", 4, "Flat")
+    idx.add([1], np.ones((1, 4), np.float32))
+    for k in (0, -2):
+        with pytest.raises(ValueError, match=">= 1"):
+            idx.search(np.ones((1, 4), np.float32), k)
