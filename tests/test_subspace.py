@@ -581,3 +581,27 @@ def test_ridge_adds_a_fraction_of_the_mean_eigenvalue_and_reg_itself_to_a_zero_m
     C = np.diag([4.0, 1.0, 1.0]) * 1e-8
     np.testing.assert_allclose(ridge(C, 0.5), C + 0.5 * 2e-8 * np.eye(3), rtol=1e-12)
     np.testing.assert_array_equal(ridge(np.zeros((2, 2)), 0.5), 0.5 * np.eye(2))
+
+
+def test_cca_is_the_textbook_generalised_eigenproblem_with_unit_variance_directions():
+    # Hotelling's problem on the sample covariances (ddof=1): Cxy Cyy^-1 Cyx a = rho^2 Cxx a,
+    # directions of unit sample variance, uncorrelated across pairs, correlated by rho within
+    X, Y, ds = _pairs(n=50, seed=8)
+    m = methods.create("cca", n_components=3, reg=0.0).fit(ds)
+    C = np.cov(np.hstack([X, Y]), rowvar=False)
+    Cxx, Cyy, Cxy = C[:6, :6], C[6:, 6:], C[:6, 6:]
+    ev = linalg.eigh(Cxy @ linalg.solve(Cyy, Cxy.T), Cxx, eigvals_only=True)[::-1]
+    np.testing.assert_allclose(m.correlations_ ** 2, ev[:3], rtol=1e-9)
+    A, B = m.image_weights_, m.text_weights_
+    np.testing.assert_allclose(A.T @ Cxx @ A, np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(B.T @ Cyy @ B, np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(A.T @ Cxy @ B, np.diag(m.correlations_), atol=1e-9)
+
+
+def test_truncated_is_the_fit_with_fewer_components():
+    X, Y, ds = _pairs(n=80, seed=9)
+    full = methods.create("cca", n_components=4).fit(ds)
+    cut, ref = full.truncated(2), methods.create("cca", n_components=2).fit(ds)
+    np.testing.assert_allclose(cut.correlations_, ref.correlations_, rtol=1e-12)
+    np.testing.assert_allclose(cut.encode_images(X), ref.encode_images(X), atol=1e-10)
+    np.testing.assert_allclose(cut.encode_texts(Y), ref.encode_texts(Y), atol=1e-10)
