@@ -513,3 +513,32 @@ def test_search_refuses_k_below_one():
     for k in (0, -2):
         with pytest.raises(ValueError, match=">= 1"):
             idx.search(np.ones((1, 4), np.float32), k)
+
+
+def test_filtered_search_pads_empty_answers_and_skips_tombstones():
+    X = _unit(30, 8)
+    q = X[:2]
+    empty = VectorIndex("real", 8, "Flat")
+    for idx, allowed in ((empty, [1, 2]), (empty, []), (VectorIndex("real", 8, "Flat"), [])):
+        if idx is not empty:
+            idx.add(np.arange(30), X)
+        S, I = idx.search(q, 3, allowed=np.array(allowed, np.int64))
+        assert S.shape == I.shape == (2, 3) and (I == -1).all() and np.isneginf(S).all()
+    one = VectorIndex("real", 8, "Flat")
+    one.add([7], X[:1])
+    S, I = one.search(q, 2, allowed=np.array([7]))
+    assert I.tolist() == [[7, -1], [7, -1]] and np.isclose(S[0, 0], 1.0, atol=1e-5)
+    # a flat index loaded with the store's live ids: the file's dead ids are tombstones,
+    # which a filter naming them must not bring back
+    full = VectorIndex("real", 8, "Flat")
+    full.add(np.arange(30), X)
+    live = np.arange(1, 30)
+    loaded = VectorIndex.from_bytes("real", 8, "Flat", full.to_bytes(), live_ids=live)
+    assert loaded.tombstones == {0}
+    S, I = loaded.search(q, 4, allowed=np.array([0, 1, 5, 9]))
+    brute = q @ X[[1, 5, 9]].T
+    order = np.argsort(-brute, axis=1)
+    assert (I[:, :3] == np.array([1, 5, 9])[order]).all() and (I[:, 3] == -1).all()
+    assert np.allclose(S[:, :3], np.take_along_axis(brute, order, 1), atol=1e-5)
+    S, I = loaded.search(q, 2, allowed=np.array([0]))  # only a dead id: nothing
+    assert (I == -1).all() and np.isneginf(S).all()
