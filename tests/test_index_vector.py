@@ -542,3 +542,34 @@ def test_filtered_search_pads_empty_answers_and_skips_tombstones():
     assert np.allclose(S[:, :3], np.take_along_axis(brute, order, 1), atol=1e-5)
     S, I = loaded.search(q, 2, allowed=np.array([0]))  # only a dead id: nothing
     assert (I == -1).all() and np.isneginf(S).all()
+
+
+@pytest.mark.parametrize("dead", [range(1, 40, 2), range(2, 40)])
+def test_search_around_tombstones_is_the_exact_answer_over_live_items(dead):
+    # HNSW with efSearch above the item count is exact: the answer over the live items is
+    # the brute-force ranking, live hits kept in order among the dead ones FAISS returns;
+    # id 0 is an item like any other, and a query with fewer live items than k is padded
+    X = _unit(40, 8, seed=2)
+    Q = _unit(6, 8, seed=3)
+    idx = VectorIndex("real", 8, "HNSW16|efSearch=200")
+    idx.add(np.arange(40), X)
+    idx.remove(np.array(list(dead)))
+    assert idx.tombstones == set(dead)
+    live = np.setdiff1d(np.arange(40), list(dead))
+    k = 10
+    S, I = idx.search(Q, k)
+    assert S.shape == I.shape == (6, k)
+    brute = Q @ X[live].T
+    order = np.argsort(-brute, axis=1, kind="stable")[:, :k]
+    m = min(k, len(live))
+    assert (I[:, :m] == live[order][:, :m]).all()
+    assert np.allclose(S[:, :m], np.take_along_axis(brute, order, 1)[:, :m], atol=1e-5)
+    assert (I[:, m:] == -1).all() and np.isneginf(S[:, m:]).all()
+
+
+def test_reconstructing_no_ids_gives_an_empty_array_of_the_row_width():
+    for kind, dim, spec, width, dtype in (("binary", 64, "BFlat", 8, np.uint8), ("real", 8, "Flat", 8, np.float32)):
+        idx = VectorIndex(kind, dim, spec)
+        idx.add([1], np.zeros((1, width), dtype))
+        got = idx.reconstruct(np.array([], np.int64))
+        assert got.shape == (0, width) and got.dtype == dtype
