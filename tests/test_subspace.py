@@ -340,9 +340,9 @@ def test_numerical_rank_is_scale_free_and_sees_sum_to_one_columns():
 @pytest.mark.parametrize("name", LINEAR + ["scm"])
 def test_a_constant_side_is_refused_naming_the_method(name):
     X, Y, ds = _labelled()
-    flat = ds.with_features(text_features=np.ones_like(Y))
-    with pytest.raises(DataError, match=f"^{type(methods.create(name)).__name__}.*no correlated direction"):
-        methods.create(name).fit(flat)
+    for flat in (ds.with_features(text_features=np.ones_like(Y)), ds.with_features(image_features=np.ones_like(X))):
+        with pytest.raises(DataError, match=f"^{type(methods.create(name)).__name__}.*no correlated direction"):
+            methods.create(name).fit(flat)
 
 
 @pytest.mark.parametrize("name", ["cca", "mlcca", "scm"])
