@@ -229,6 +229,8 @@ def test_cfa_is_the_svd_of_the_cross_product():
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     U, s, Vt = linalg.svd(Xc.T @ Yc)
     zi, zt = m.encode_images(X), m.encode_texts(Y)
+    assert zi.shape[1] == zt.shape[1] == 3
+    np.testing.assert_allclose(m.correlations_, s[:3] / s[0], rtol=1e-10)
     for j in range(3):  # same directions up to sign and the embedding's global scale
         for z, ref in ((zi[:, j], Xc @ U[:, j]), (zt[:, j], Yc @ Vt[j])):
             assert abs(np.corrcoef(z, ref)[0, 1]) == pytest.approx(1, abs=1e-10)
@@ -605,3 +607,22 @@ def test_truncated_is_the_fit_with_fewer_components():
     np.testing.assert_allclose(cut.correlations_, ref.correlations_, rtol=1e-12)
     np.testing.assert_allclose(cut.encode_images(X), ref.encode_images(X), atol=1e-10)
     np.testing.assert_allclose(cut.encode_texts(Y), ref.encode_texts(Y), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_a_column_constant_up_to_float32_rounding_is_no_direction_at_any_sample_size(name):
+    # 1000 +- a few float32 ulps: its spread is under float32 rounding of its value, so the image
+    # side has rank 2 and 2 pairs exist. CFA and PLS judged it on X'X (n times the covariance):
+    # with 200 rows the rounding counted as a direction and a 3rd pair of noise was kept
+    rng = np.random.default_rng(10)
+    n = 200
+    Z = rng.normal(size=(n, 2))
+    X = np.c_[Z @ rng.normal(size=(2, 2)) + 0.3 * rng.normal(size=(n, 2)), 1000 + 4e-5 * rng.normal(size=n)]
+    X = X.astype(np.float32).astype(np.float64)
+    assert 1 < len(np.unique(X[:, 2])) and X[:, 2].std() < np.finfo(np.float32).eps * 1000
+    Y = Z @ rng.normal(size=(2, 4)) + rng.normal(size=(n, 4))
+    labels = np.eye(3)[rng.integers(0, 3, n)]
+    ds = PairedDataset("s", text_to_image=np.arange(n), n_images=n, image_features=X, text_features=Y,
+                       labels=labels)
+    m = methods.create(name, n_components=4).fit(ds)
+    assert m.encode_images(X).shape[1] == m.encode_texts(Y).shape[1] == 2

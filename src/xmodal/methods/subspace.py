@@ -182,9 +182,9 @@ class CrossModalFactorAnalysis(_LinearProjection):
         Xc, Yc = (X - self.image_mean_) / sx, (Y - self.text_mean_) / sy
         U, s, Vt = linalg.svd(Xc.T @ Yc, full_matrices=False)
         k = min(self.n_components, len(s))
-        # singular values past the rank of X'Y are 0 with directions set by rounding
-        rank = min(numerical_rank(Xc.T @ Xc, self.image_mean_ / sx),
-                   numerical_rank(Yc.T @ Yc, self.text_mean_ / sy))
+        # singular values past the rank of X'Y are 0 with directions set by rounding (the rank of covariances, not X'X)
+        rank = min(numerical_rank(Xc.T @ Xc / len(X), self.image_mean_ / sx),
+                   numerical_rank(Yc.T @ Yc / len(Y), self.text_mean_ / sy))
         keep = _existing(self, correlated_pairs(s[:k], rank))
         self.image_weights_, self.text_weights_ = U[:, :k][:, keep] / sx, Vt[:k].T[:, keep] / sy
         self.correlations_ = s[:k][keep] / s[0]
@@ -208,8 +208,8 @@ class PLS(_LinearProjection):
         Xc, Yc = X - self.image_mean_, Y - self.text_mean_
         # past the rank of either block the deflated residual is rounding: its weights, and so
         # one side's scores, are noise (Wikipedia's topic proportions sum to one: rank 9 of 10)
-        k = min(self.n_components, numerical_rank(Xc.T @ Xc, self.image_mean_),
-                numerical_rank(Yc.T @ Yc, self.text_mean_))
+        k = min(self.n_components, numerical_rank(Xc.T @ Xc / len(X), self.image_mean_),
+                numerical_rank(Yc.T @ Yc / len(Y), self.text_mean_))
         if k < 1:
             raise _no_pairs(self)
         pls = PLSCanonical(n_components=k, scale=self.scale, max_iter=1000).fit(X, Y)
