@@ -624,8 +624,10 @@ def test_a_column_constant_up_to_float32_rounding_is_no_direction_at_any_sample_
     labels = np.eye(3)[rng.integers(0, 3, n)]
     ds = PairedDataset("s", text_to_image=np.arange(n), n_images=n, image_features=X, text_features=Y,
                        labels=labels)
-    m = methods.create(name, n_components=4).fit(ds)
-    assert m.encode_images(X).shape[1] == m.encode_texts(Y).shape[1] == 2
+    for unit in (1.0, 1e-6):  # the judgement is scale-free
+        small = ds.with_features(image_features=X * unit, text_features=Y * unit)
+        m = methods.create(name, n_components=4).fit(small)
+        assert m.encode_images(X * unit).shape[1] == m.encode_texts(Y * unit).shape[1] == 2, unit
 
 
 def test_defaults_are_the_ones_the_wikipedia_table_was_made_with():
