@@ -573,3 +573,14 @@ def test_reconstructing_no_ids_gives_an_empty_array_of_the_row_width():
         idx.add([1], np.zeros((1, width), dtype))
         got = idx.reconstruct(np.array([], np.int64))
         assert got.shape == (0, width) and got.dtype == dtype
+
+
+def test_remove_refuses_an_id_that_is_not_whole():
+    # remove([1.5]) was cast to int64 and removed item 1 without a word (add refuses 1.5)
+    idx = VectorIndex("real", 4, "Flat")
+    idx.add([1, 2], np.eye(4)[:2])
+    with pytest.raises(ValueError, match=r"whole numbers, got .*1\.5"):
+        idx.remove([1.5])
+    assert idx.ids().tolist() == [1, 2]
+    idx.remove(np.array([1.0]))  # a whole float is the id
+    assert idx.ids().tolist() == [2]

@@ -415,7 +415,11 @@ class VectorIndex:
         self.index.add_with_ids(x, ids)
 
     def remove(self, ids: Iterable[int] | np.ndarray) -> None:
-        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.int64)
+        raw = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1)
+        if raw.dtype.kind == "f" and not np.array_equal(raw, np.floor(raw)):
+            # a cast to int64 cut 1.5 to 1 and removed another item
+            raise ValueError(f"item ids must be whole numbers, got {raw[raw != np.floor(raw)][0]!r}")
+        ids = raw.astype(np.int64)
         if not len(ids):
             return
         try:
