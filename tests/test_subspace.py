@@ -174,6 +174,9 @@ def test_kcca_nystroem_with_every_landmark_equals_exact():
     np.testing.assert_allclose(ny.correlations_, exact.correlations_, rtol=1e-7)
     a, b = exact.encode_images(X[:30] + 0.05), ny.encode_images(X[:30] + 0.05)
     np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-7 * np.abs(a).max())  # up to sign
+    Y = ds.text_features
+    a, b = exact.encode_texts(Y[:30] + 0.05), ny.encode_texts(Y[:30] + 0.05)
+    np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-7 * np.abs(a).max())
 
 
 def test_pls_matches_sklearn_transform():
@@ -641,3 +644,18 @@ def test_defaults_are_the_ones_the_wikipedia_table_was_made_with():
         "scm": {"n_components": 10, "reg": 1e-3, "C": 1.0}, "cfa": {"n_components": 10}}
     for name, params in expected.items():
         assert methods.create(name).get_params() == params, name
+
+
+def test_kcca_encodes_each_side_with_its_own_centred_kernel_and_dual_coefficients():
+    # a query's code is its kernel row against that side's training set, centred as
+    # scikit-learn's KernelCenterer does with the training kernel, times that side's coefficients;
+    # and up to exact_max_samples pairs (inclusive) are solved exactly
+    from sklearn.preprocessing import KernelCenterer
+
+    X, Y, ds = _nonlinear_pairs(n=60, seed=2)
+    m = methods.create("kcca", n_components=3, reg=0.5, exact_max_samples=60).fit(ds)
+    assert m.exact_
+    for Z, Q, gamma, W, enc in ((X, X[:9] + 0.1, m.gx_, m.alpha_, m.encode_images),
+                                (Y, Y[:9] + 0.1, m.gy_, m.beta_, m.encode_texts)):
+        ref = KernelCenterer().fit(rbf_kernel(Z, gamma=gamma))
+        np.testing.assert_allclose(enc(Q), ref.transform(rbf_kernel(Q, Z, gamma=gamma)) @ W, atol=1e-10)
