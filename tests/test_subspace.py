@@ -184,9 +184,9 @@ def test_pls_matches_sklearn_transform():
     X = rng.normal(size=(100, 8)) * rng.uniform(0.1, 10, 8) + 3
     Y = X[:, :3] @ rng.normal(size=(3, 5)) + rng.normal(size=(100, 5))
     ds = PairedDataset("s", text_to_image=np.arange(100), n_images=100, image_features=X, text_features=Y)
-    for scale in (True, False):
-        ref = PLSCanonical(n_components=3, scale=scale, max_iter=1000).fit(X, Y)
-        m = methods.create("pls", n_components=3, scale=scale).fit(ds)
+    for scale, k in ((True, 3), (False, 3), (True, 1)):
+        ref = PLSCanonical(n_components=k, scale=scale, max_iter=1000).fit(X, Y)
+        m = methods.create("pls", n_components=k, scale=scale).fit(ds)
         xs, ys = ref.transform(X, Y)
         np.testing.assert_allclose(m.encode_images(X), xs, atol=1e-10)
         np.testing.assert_allclose(m.encode_texts(Y), ys, atol=1e-10)
