@@ -659,3 +659,25 @@ def test_kcca_encodes_each_side_with_its_own_centred_kernel_and_dual_coefficient
                                 (Y, Y[:9] + 0.1, m.gy_, m.beta_, m.encode_texts)):
         ref = KernelCenterer().fit(rbf_kernel(Z, gamma=gamma))
         np.testing.assert_allclose(enc(Q), ref.transform(rbf_kernel(Q, Z, gamma=gamma)) @ W, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["sm", "scm"])
+def test_semantic_posteriors_of_labels_never_or_once_seen_in_training(name):
+    # single-label: a class absent from training has posterior 0, a far query stays finite;
+    # multi-label: a label never on has posterior ~0, one on for a single pair is still regressed
+    X, Y, ds = _labelled(n=90, seed=11)
+    L = np.c_[ds.labels, np.zeros(90)]
+    m = methods.create(name).fit(PairedDataset("s", text_to_image=np.arange(90), n_images=90, image_features=X,
+                                               text_features=Y, labels=L))
+    P = m.encode_images(np.vstack([X[:5], 1e6 * X[:5]]))
+    assert np.isfinite(P).all() and (P[:, 3] < 1e-12).all()
+    np.testing.assert_allclose(P.sum(1), 1, rtol=1e-9)
+    M = L.copy()
+    M[:, 3] = 0
+    M[0, 3] = 1  # on for one pair only: a regression, not a constant
+    M[:, 1] = np.maximum(M[:, 1], M[:, 0])  # overlapping labels make it multi-label
+    ml = PairedDataset("s", text_to_image=np.arange(90), n_images=90, image_features=X, text_features=Y,
+                       labels=np.c_[M, np.zeros(90)])
+    m = methods.create(name).fit(ml)
+    assert m.multilabel_ and (m.image_coef_[3] != 0).any() and (m.image_coef_[4] == 0).all()
+    assert (m.encode_images(X[:5])[:, 4] < 1e-8).all()
