@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 # Typer's error boxes wrap at the terminal width (80 without one): a long tmp path would be
 # split mid-message and substring checks on the CLI's output would fail by machine.
@@ -262,3 +263,14 @@ def browser(server):
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+def labelled_photos(root: Path, n: int = 3) -> Path:
+    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
+    src = root / "photos"
+    for i in range(n):
+        label = "beach" if i % 2 else "forest"
+        (src / label).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
+        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
+    return src

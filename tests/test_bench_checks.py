@@ -8,14 +8,14 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import labelled_photos
 from typer.testing import CliRunner
 
 from xmodal.cli import app
 from xmodal.data import DataError
 from xmodal.evaluation.bench import run_bench
 from xmodal.methods import ParameterError
-from pathlib import Path
-from PIL import Image
 
 runner = CliRunner()
 
@@ -650,21 +650,10 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def _photos(root: Path, n: int = 3) -> Path:
-    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
-    src = root / "photos"
-    for i in range(n):
-        label = "beach" if i % 2 else "forest"
-        (src / label).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
-        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
-    return src
-
-
 @pytest.mark.parametrize("spec, says", [("nosuch", "unknown encoder 'nosuch'"),
                                         ("minilm", "is a text encoder, but an image encoder")])
 def test_bench_refuses_a_bad_image_encoder_cleanly(tmp_path, spec, says):
-    src = _photos(tmp_path, 6)
+    src = labelled_photos(tmp_path, 6)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": str(p), "text": f"caption {i}",
                                          "split": "train" if i < 3 else "test"}) + "\n"

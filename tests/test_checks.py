@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import labelled_photos
 from typer.testing import CliRunner
 
 from xmodal import methods
 from xmodal.cli import app
 from xmodal.methods import CrossModalMethod, HashingMethod, register
 from xmodal.methods.checks import MethodCheckError, check_method, toy_dataset
-from PIL import Image
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ridge_bridge.py"
 
@@ -342,17 +343,6 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def _photos(root: Path, n: int = 3) -> Path:
-    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
-    src = root / "photos"
-    for i in range(n):
-        label = "beach" if i % 2 else "forest"
-        (src / label).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
-        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
-    return src
-
-
 # ---------------------------------------------------------------- 4: a saved method of any name
 def _saved_cca(path: Path) -> Path:
     from xmodal.data import PairedDataset
@@ -367,7 +357,7 @@ def _saved_cca(path: Path) -> Path:
 
 
 def test_method_file_is_told_by_content_not_by_suffix(tmp_path):
-    src = _photos(tmp_path)
+    src = labelled_photos(tmp_path)
     saved = _saved_cca(tmp_path / "cca.xmodal")  # the README's own example name
     res = run("index", src, "-c", tmp_path / "m.xmc", "--method", saved, "--dry-run", "--json")
     assert res.exit_code == 0, res.output

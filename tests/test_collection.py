@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import need
+from conftest import labelled_photos
 from xmodal.data import DataError, load_ucm_captions
 from xmodal.index import Collection, CollectionError, ImageItem, build_collection, scan_source
 from xmodal.index.build import _held_twice
@@ -455,17 +456,6 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def _photos(root: Path, n: int = 3) -> Path:
-    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
-    src = root / "photos"
-    for i in range(n):
-        label = "beach" if i % 2 else "forest"
-        (src / label).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
-        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
-    return src
-
-
 # ---------------------------------------------------------------- 3: a moved folder
 def _vector_collection(path: Path, src: Path):
     from xmodal.index import Collection
@@ -481,7 +471,7 @@ def _vector_collection(path: Path, src: Path):
 def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
     from xmodal.index.build import scan_folder
 
-    src = _photos(tmp_path / "one", 3)
+    src = labelled_photos(tmp_path / "one", 3)
     coll = _vector_collection(tmp_path / "mv.xmc", src)
     ids = sorted(h.id for h in coll.list_items("image"))
     moved = tmp_path / "two"
@@ -513,7 +503,7 @@ def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
 def test_python_searches_refuse_a_label_no_item_has(tmp_path):
     from xmodal.index.shards import UnknownLabelError, open_shards
 
-    a = _vector_collection(tmp_path / "a.xmc", _photos(tmp_path / "one", 3))
+    a = _vector_collection(tmp_path / "a.xmc", labelled_photos(tmp_path / "one", 3))
     q = np.ones(4, dtype=np.float32)
     assert {h.labels[0] for h in a.search_vector(q, "image", 5, labels=["beach"])} == {"beach"}
     with pytest.raises(UnknownLabelError) as err:

@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from conftest import ucm_caption_folder
+from conftest import labelled_photos
 from xmodal.cli import app
 from xmodal.index import Collection
 from PIL import Image
@@ -158,7 +159,6 @@ def test_serve_read_only_beside_a_live_writer(tmp_path, monkeypatch):
 
 # ------------------------------------------- an existing collection's options: one refusal
 def _one_image_source(tmp_path):
-    from PIL import Image
 
     src = tmp_path / "src"
     src.mkdir()
@@ -286,17 +286,6 @@ def test_xmodal_remove_a_digit_that_is_no_number_says_so(tmp_path):
     assert "'²' is not an item id" in res.output and "--key ²" in res.output
 
 
-def _photos(root: Path, n: int = 3) -> Path:
-    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
-    src = root / "photos"
-    for i in range(n):
-        label = "beach" if i % 2 else "forest"
-        (src / label).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
-        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
-    return src
-
-
 # ---------------------------------------------------------------- 1, 2: encoders
 @pytest.mark.parametrize("dry", [False, True])
 @pytest.mark.parametrize("opt, spec, says", [
@@ -308,7 +297,7 @@ def _photos(root: Path, n: int = 3) -> Path:
                                              "encoder is needed here"),
 ])
 def test_index_refuses_unknown_and_wrong_kind_encoders(tmp_path, opt, spec, says, dry):
-    src = _photos(tmp_path)
+    src = labelled_photos(tmp_path)
     res = run("index", src, "-c", tmp_path / "e.xmc", opt, spec, "-q", *(["--dry-run"] if dry else []))
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
@@ -329,7 +318,7 @@ def test_index_of_a_missing_source_says_no_such_file_or_folder(tmp_path, monkeyp
 
 
 def test_index_cli_gives_faiss_parse_error_for_a_bogus_spec(tmp_path):
-    src = _photos(tmp_path)
+    src = labelled_photos(tmp_path)
     res = run("index", src, "-c", tmp_path / "i.xmc", "--index", "Bogus42", "--dry-run")
     assert res.exit_code == 2
     out = " ".join(res.output.split())
@@ -535,7 +524,6 @@ def test_snapshot_inside_the_collection_is_refused(tmp_path):
 def test_index_real_spec_with_a_binary_method_says_it_becomes_binary(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    from PIL import Image
 
     Image.new("RGB", (8, 8)).save(src / "a.png")
     (src / "a.txt").write_text("a cat")

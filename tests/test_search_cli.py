@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 from xmodal.cli import app
 from xmodal.index import Collection
 import json
+
+from conftest import labelled_photos
 from pathlib import Path
 from PIL import Image
 
@@ -76,7 +78,6 @@ def test_rerank_with_a_real_valued_method_is_refused(tmp_path):
 
     src = tmp_path / "src"
     src.mkdir()
-    from PIL import Image
     Image.new("RGB", (8, 8)).save(src / "a.jpg")
     (src / "a.txt").write_text("a caption\n")
     for call in (build_collection, plan_collection):
@@ -208,17 +209,6 @@ def test_export_names_the_option_of_a_bad_modality(tmp_path):
     assert json.loads(res.stdout)["images"] == 6
 
 
-def _photos(root: Path, n: int = 3) -> Path:
-    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
-    src = root / "photos"
-    for i in range(n):
-        label = "beach" if i % 2 else "forest"
-        (src / label).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
-        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
-    return src
-
-
 # ---------------------------------------------------------------- 9: Ctrl-C before anything was stored
 def test_an_interrupt_says_whether_anything_was_stored(tmp_path, monkeypatch):
     import xmodal.index
@@ -228,7 +218,7 @@ def test_an_interrupt_says_whether_anything_was_stored(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(xmodal.index, "build_collection", interrupted)
-    src = _photos(tmp_path)
+    src = labelled_photos(tmp_path)
     res = run("index", src, "-c", tmp_path / "ci.xmc")
     assert res.exit_code == 130
     out = " ".join(res.output.split())

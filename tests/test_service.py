@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from conftest import ucm_caption_folder
+from conftest import labelled_photos, ucm_caption_folder
 from xmodal.index import build_collection
 from xmodal.service import create_app
 from xmodal.service.auth import create_key, revoke_key
@@ -622,17 +622,6 @@ def test_http_errors_without_a_body_get_none_and_details_are_scrubbed(tmp_path):
     assert r.status_code == 409 and r.json() == {"detail": "a detail"} and r.headers["x-probe"] == "1"
 
 
-def _photos(root: Path, n: int = 3) -> Path:
-    """``n`` small images in two label sub-folders, each with a one-line sidecar caption."""
-    src = root / "photos"
-    for i in range(n):
-        label = "beach" if i % 2 else "forest"
-        (src / label).mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
-        (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
-    return src
-
-
 # ---------------------------------------------------------------- 3: a moved folder
 def _vector_collection(path: Path, src: Path):
     from xmodal.index import Collection
@@ -654,7 +643,7 @@ def test_a_read_only_server_answers_writes_403_before_checking_the_key(tmp_path,
     from xmodal.service import create_app
     from xmodal.service.auth import create_key
 
-    coll = _vector_collection(tmp_path / "w.xmc", _photos(tmp_path))
+    coll = _vector_collection(tmp_path / "w.xmc", labelled_photos(tmp_path))
     coll.set_setting("public_read", False)
     reader = create_key(coll, "read")
     writer = create_key(coll, "write")
