@@ -274,3 +274,31 @@ def labelled_photos(root: Path, n: int = 3) -> Path:
         Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)).save(src / label / f"p{i}.png")
         (src / label / f"p{i}.txt").write_text(f"a {label} photo number {i}\n")
     return src
+
+
+def fake_image_files(tmp_path: Path, n: int) -> list[str]:
+    """``n`` files named like images whose bytes differ (collections hash what they store)."""
+    out = []
+    for j in range(n):
+        f = tmp_path / f"f{j}.jpg"
+        f.write_bytes(b"image %d" % j)
+        out.append(str(f))
+    return out
+
+
+def collection_state(c) -> tuple:
+    """What a failed write must leave as it was: the generation, the count and every key."""
+    return c.store.generation(), c.count(), sorted(r[0] for r in c.store.query("SELECT key FROM items"))
+
+
+def vector_collection(path: Path, src: Path):
+    """A collection of random 4-d vectors for the images of folder ``src`` (no encoder)."""
+    import numpy as np
+    from xmodal.index import Collection
+    from xmodal.index.build import scan_folder
+
+    coll = Collection.create(path, dim=4)
+    images, _ = scan_folder(src)
+    rng = np.random.default_rng(0)
+    coll.add_items(images, image_features=rng.normal(size=(len(images), 4)))
+    return coll

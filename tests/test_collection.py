@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import need
-from conftest import labelled_photos
+from conftest import collection_state, fake_image_files, labelled_photos, need, vector_collection
 from xmodal.data import DataError, load_ucm_captions
 from xmodal.index import Collection, CollectionError, ImageItem, build_collection, scan_source
 from xmodal.index.build import _held_twice
@@ -457,22 +456,12 @@ def run(*args):
 
 
 # ---------------------------------------------------------------- 3: a moved folder
-def _vector_collection(path: Path, src: Path):
-    from xmodal.index import Collection
-    from xmodal.index.build import scan_folder
-
-    coll = Collection.create(path, dim=4)
-    images, _ = scan_folder(src)
-    rng = np.random.default_rng(0)
-    coll.add_items(images, image_features=rng.normal(size=(len(images), 4)))
-    return coll
-
 
 def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
     from xmodal.index.build import scan_folder
 
     src = labelled_photos(tmp_path / "one", 3)
-    coll = _vector_collection(tmp_path / "mv.xmc", src)
+    coll = vector_collection(tmp_path / "mv.xmc", src)
     ids = sorted(h.id for h in coll.list_items("image"))
     moved = tmp_path / "two"
     shutil.move(str(src), str(moved))
@@ -503,7 +492,7 @@ def test_a_moved_folder_updates_the_stored_paths_without_re_encoding(tmp_path):
 def test_python_searches_refuse_a_label_no_item_has(tmp_path):
     from xmodal.index.shards import UnknownLabelError, open_shards
 
-    a = _vector_collection(tmp_path / "a.xmc", labelled_photos(tmp_path / "one", 3))
+    a = vector_collection(tmp_path / "a.xmc", labelled_photos(tmp_path / "one", 3))
     q = np.ones(4, dtype=np.float32)
     assert {h.labels[0] for h in a.search_vector(q, "image", 5, labels=["beach"])} == {"beach"}
     with pytest.raises(UnknownLabelError) as err:
@@ -522,7 +511,7 @@ def test_python_searches_refuse_a_label_no_item_has(tmp_path):
     b_src = tmp_path / "two" / "photos" / "harbour"
     b_src.mkdir(parents=True)
     Image.new("RGB", (16, 16), (1, 2, 3)).save(b_src / "h.png")
-    b = _vector_collection(tmp_path / "b.xmc", b_src.parent)
+    b = vector_collection(tmp_path / "b.xmc", b_src.parent)
     a.close(), b.close()
     shards = open_shards([tmp_path / "a.xmc", tmp_path / "b.xmc"])
     hits = shards.search_vector(q, "image", 5, labels=["harbour"])
@@ -723,23 +712,10 @@ def test_a_follower_follows_a_rebuild_beside_a_live_writer(tmp_path):
     F.close()
 
 
-def files(tmp_path, n):
-    out = []
-    for j in range(n):
-        f = tmp_path / f"f{j}.jpg"
-        f.write_bytes(b"image %d" % j)
-        out.append(str(f))
-    return out
-
-
-def state(c):
-    return c.store.generation(), c.count(), sorted(r[0] for r in c.store.query("SELECT key FROM items"))
-
-
 def test_labels_given_as_one_string_are_refused_not_split_into_letters(tmp_path):
     rng = np.random.default_rng(0)
     c = Collection.create(tmp_path / "c", dim=8)
-    (p,) = files(tmp_path, 1)
+    (p,) = fake_image_files(tmp_path, 1)
     with pytest.raises(DataError, match=r"image 'x'.*labels.*'beach'"):
         c.add_items([ImageItem("x", p, labels="beach")], image_features=unit(rng, 1))
     with pytest.raises(DataError, match=r"text 't'.*labels"):
@@ -758,9 +734,9 @@ def test_add_items_refuses_bad_items_before_writing_anything(tmp_path, case):
     batches, silently store the second as a replacement of the first)."""
     rng = np.random.default_rng(1)
     c = Collection.create(tmp_path / "c", dim=8)
-    c.add_items([ImageItem("old", files(tmp_path, 1)[0])], image_features=unit(rng, 1))
-    before = state(c)
-    paths = files(tmp_path, 5)
+    c.add_items([ImageItem("old", fake_image_files(tmp_path, 1)[0])], image_features=unit(rng, 1))
+    before = collection_state(c)
+    paths = fake_image_files(tmp_path, 5)
     images = [ImageItem(f"k{j}", p) for j, p in enumerate(paths)]
     texts = [TextItem("k0#0", "a caption", pair_key="k0")]
     Fi, Ft = unit(rng, 5), unit(rng, 1)
@@ -784,14 +760,14 @@ def test_add_items_refuses_bad_items_before_writing_anything(tmp_path, case):
         match = r"image 'k4'.*labels\[1\]"
     with pytest.raises(DataError, match=match):
         c.add_items(images, texts, image_features=Fi, text_features=Ft, batch_size=2)
-    assert state(c) == before
+    assert collection_state(c) == before
     c.close()
 
 
 def test_a_path_like_image_path_is_stored_as_a_string(tmp_path):
     rng = np.random.default_rng(2)
     c = Collection.create(tmp_path / "c", dim=8)
-    p = Path(files(tmp_path, 1)[0])
+    p = Path(fake_image_files(tmp_path, 1)[0])
     rep = c.add_items([ImageItem("x", p)], image_features=unit(rng, 1))
     assert rep.added == 1 and c.get_item(c.id_of("x")).path == str(p)
     # a rerun finds it unchanged (the same path, size and time as recorded)

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import collection_state, fake_image_files
 from xmodal.index import Collection, CollectionError
 from xmodal.index.store import Store
 from pathlib import Path
@@ -180,19 +181,6 @@ def test_an_upload_file_that_cannot_be_removed_does_not_fail_the_committed_add(t
     c.close()
 
 
-def files(tmp_path, n):
-    out = []
-    for j in range(n):
-        f = tmp_path / f"f{j}.jpg"
-        f.write_bytes(b"image %d" % j)
-        out.append(str(f))
-    return out
-
-
-def state(c):
-    return c.store.generation(), c.count(), sorted(r[0] for r in c.store.query("SELECT key FROM items"))
-
-
 def test_an_index_file_that_cannot_be_written_fails_neither_the_open_nor_a_committed_write(tmp_path, monkeypatch):
     """A full disk (or an indexes/ folder this user cannot write): the index files are caches,
     SQLite holds the data. An open used to fail outright (no search at all), and a committed
@@ -230,14 +218,14 @@ def test_a_full_disk_during_a_commit_is_named_and_nothing_of_the_write_is_kept(t
     rng = np.random.default_rng(6)
     c = Collection.create(tmp_path / "c", dim=64)
     c.add_vectors("image", ["first"], unit(rng, 1, 64))
-    before = state(c)
+    before = collection_state(c)
     pages = c.store.query("PRAGMA page_count")[0][0]
     c.store.query(f"PRAGMA max_page_count = {pages + 2}")
-    paths = files(tmp_path, 300)
+    paths = fake_image_files(tmp_path, 300)
     with pytest.raises(collection_module.CollectionError, match=r"collection\.db.*full"):
         c.add_items([ImageItem(f"k{j}", p) for j, p in enumerate(paths)],
                     image_features=unit(rng, 300, 64), batch_size=300)
-    assert state(c) == before and c._gen == c.store.generation()
+    assert collection_state(c) == before and c._gen == c.store.generation()
     c.store.query("PRAGMA max_page_count = 1073741823")  # space freed: the rerun stores it all
     assert c.add_items([ImageItem(f"k{j}", p) for j, p in enumerate(paths)],
                        image_features=unit(rng, 300, 64)).added == 300

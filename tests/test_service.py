@@ -9,12 +9,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from conftest import labelled_photos, ucm_caption_folder
+from conftest import labelled_photos, ucm_caption_folder, vector_collection
 from xmodal.index import build_collection
 from xmodal.service import create_app
 from xmodal.service.auth import create_key, revoke_key
 from xmodal.index import Collection
-import numpy as np
 import json
 
 
@@ -622,17 +621,6 @@ def test_http_errors_without_a_body_get_none_and_details_are_scrubbed(tmp_path):
     assert r.status_code == 409 and r.json() == {"detail": "a detail"} and r.headers["x-probe"] == "1"
 
 
-# ---------------------------------------------------------------- 3: a moved folder
-def _vector_collection(path: Path, src: Path):
-    from xmodal.index import Collection
-    from xmodal.index.build import scan_folder
-
-    coll = Collection.create(path, dim=4)
-    images, _ = scan_folder(src)
-    rng = np.random.default_rng(0)
-    coll.add_items(images, image_features=rng.normal(size=(len(images), 4)))
-    return coll
-
 
 # ---------------------------------------------------------------- 5: writes on a read-only server
 @pytest.mark.parametrize("keys", [False, True])
@@ -643,7 +631,7 @@ def test_a_read_only_server_answers_writes_403_before_checking_the_key(tmp_path,
     from xmodal.service import create_app
     from xmodal.service.auth import create_key
 
-    coll = _vector_collection(tmp_path / "w.xmc", labelled_photos(tmp_path))
+    coll = vector_collection(tmp_path / "w.xmc", labelled_photos(tmp_path))
     coll.set_setting("public_read", False)
     reader = create_key(coll, "read")
     writer = create_key(coll, "write")
