@@ -302,3 +302,23 @@ def vector_collection(path: Path, src: Path):
     rng = np.random.default_rng(0)
     coll.add_items(images, image_features=rng.normal(size=(len(images), 4)))
     return coll
+
+
+def clean_exit(res, code: int = 2) -> None:
+    """A CLI run (typer's CliRunner result) that exited with ``code`` through the CLI's own
+    error path: no exception escaped and no traceback was printed."""
+    assert res.exit_code == code, (res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+
+
+def karpathy_file(tmp_path: Path) -> Path:
+    """A six-image Karpathy-format ``dataset_coco.json`` (three test, three train images)."""
+    import json
+
+    doc = {"dataset": "coco", "images": [
+        {"filename": f"{i}.jpg", "cocoid": i, "split": "test" if i < 3 else "train",
+         "sentences": [{"raw": f"a photo number {i}"}]} for i in range(6)]}
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps(doc))
+    return path

@@ -5,10 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from xmodal.cli import app
-from conftest import DATA
+from conftest import DATA, clean_exit, karpathy_file, need
 from pathlib import Path
 import numpy as np
-from conftest import need
 from xmodal import methods
 from xmodal.evaluation.bench import run_bench, summarize_seeds
 from xmodal.methods import ParameterError
@@ -199,17 +198,8 @@ def test_data_options_reach_the_loader_and_the_records(wikipedia, tmp_path):
     assert res.exit_code != 0 and "KEY=VALUE" in res.output
 
 
-def _karpathy_file(tmp_path):
-    doc = {"dataset": "coco", "images": [
-        {"filename": f"{i}.jpg", "cocoid": i, "split": "test" if i < 3 else "train",
-         "sentences": [{"raw": f"a photo number {i}"}]} for i in range(6)]}
-    path = tmp_path / "dataset_coco.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
 def test_bench_data_option_instances_true_is_an_error_not_a_traceback(tmp_path):
-    path = _karpathy_file(tmp_path)
+    path = karpathy_file(tmp_path)
     res = runner.invoke(app, ["bench", "-d", str(path), "-m", "cca", "--data-option", "instances=true"])
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
@@ -218,12 +208,6 @@ def test_bench_data_option_instances_true_is_an_error_not_a_traceback(tmp_path):
 
 def run(*args, env=None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
-
-
-def _clean(res, code=2):
-    assert res.exit_code == code, (res.output, res.exception)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.output
 
 
 def test_bench_json_not_writable_is_refused_up_front(tmp_path, monkeypatch):
@@ -239,7 +223,7 @@ def test_bench_json_not_writable_is_refused_up_front(tmp_path, monkeypatch):
     if not ro.is_dir() or os.name != "posix":
         pytest.skip("no /proc")
     res = run("bench", "-d", "wikipedia", "-m", "cca", "--json", ro / "r.json")
-    _clean(res)
+    clean_exit(res)
     assert str(ro / "r.json") in res.output and "cannot write" in res.output
 
 
@@ -258,7 +242,7 @@ def test_bench_json_write_failing_at_the_end_points_to_resume(tmp_path, monkeypa
     monkeypatch.setattr(bench_mod, "write_json", denied)
     res = run("bench", "-d", "wikipedia", "-m", "cca", "--quiet", "--json", tmp_path / "r.json",
               "--resume", tmp_path / "r.jsonl")
-    _clean(res)
+    clean_exit(res)
     assert "No space left" in res.output and str(tmp_path / "r.jsonl") in res.output
 
 
@@ -274,7 +258,7 @@ def test_compare_names_a_file_that_is_no_records_file(tmp_path, what):
     else:
         path.write_text("\n  \n")
     res = run("compare", path, "a", "b")
-    _clean(res)
+    clean_exit(res)
     assert str(path) in res.output
     if what in ("folder", "binary"):
         assert "not a records file" in res.output

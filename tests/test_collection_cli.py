@@ -8,8 +8,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from conftest import ucm_caption_folder
-from conftest import labelled_photos
+from conftest import clean_exit, labelled_photos, ucm_caption_folder
 from xmodal.cli import app
 from xmodal.index import Collection
 from PIL import Image
@@ -325,12 +324,6 @@ def test_index_cli_gives_faiss_parse_error_for_a_bogus_spec(tmp_path):
     assert "could not parse index string Bogus42" in out and "is binary" not in out, out
 
 
-def _clean(res, code=2):
-    assert res.exit_code == code, (res.output, res.exception)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.output
-
-
 def _coll(tmp_path, name="c.xmc"):
     coll = Collection.create(tmp_path / name, dim=4)
     coll.add_vectors("text", ["a", "b"], np.eye(2, 4, dtype=np.float32), texts=["a", "b"])
@@ -353,7 +346,7 @@ def test_index_into_a_path_under_a_file_is_refused_before_any_work(tmp_path, mon
     monkeypatch.setattr(build, "scan_source", scanned)
     afile = _afile(tmp_path)
     res = run("index", tmp_path, "-c", afile / "x.xmc", "--quiet")
-    _clean(res)
+    clean_exit(res)
     assert f"{afile / 'x.xmc'}" in res.output and "not a folder" in res.output
 
 
@@ -365,7 +358,7 @@ def test_index_writing_error_is_a_clean_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(index_pkg, "build_collection", denied)
     res = run("index", tmp_path, "-c", tmp_path / "c.xmc")
-    _clean(res)
+    clean_exit(res)
     assert "Permission denied" in res.output and str(tmp_path / "c.xmc") in res.output
 
 
@@ -373,7 +366,7 @@ def test_snapshot_under_a_file_names_the_path(tmp_path):
     coll = _coll(tmp_path)
     afile = _afile(tmp_path)
     res = run("snapshot", afile / "sub.xmc", "-c", coll)
-    _clean(res)
+    clean_exit(res)
     assert str(afile / "sub.xmc") in res.output
 
 
@@ -390,7 +383,7 @@ def test_number_options_out_of_range_are_usage_errors(tmp_path, monkeypatch):
                  ["serve", "-c", coll, "--faiss-threads", 0],
                  ["compare", tmp_path / "r.json", "a", "b", "--resamples", 0]):
         res = run(*args)
-        _clean(res)
+        clean_exit(res)
         assert "Invalid value" in res.output, res.output
 
 
@@ -400,10 +393,10 @@ def test_bad_plugin_in_the_environment_is_a_clean_error(tmp_path, monkeypatch):
     bad = tmp_path / "bad.py"
     bad.write_text("raise RuntimeError('broken plugin')\n")
     flag = run("--plugin", bad, "methods")
-    _clean(flag)
+    clean_exit(flag)
     monkeypatch.setattr(methods, "_plugins_loaded", False)
     env = run("methods", env={"XMODAL_PLUGINS": str(bad)})
-    _clean(env)
+    clean_exit(env)
     assert "broken plugin" in env.output and "XMODAL_PLUGINS" in env.output
 
 
@@ -473,7 +466,7 @@ def test_search_refuses_a_collection_given_twice(tmp_path):
     other = tmp_path / "." / "c.xmc"
     for cmd in (["search", "-c", coll, "-c", other, "a"], ["stats", "-c", coll, "-c", coll]):
         res = run(*cmd)
-        _clean(res)
+        clean_exit(res)
         assert "given twice" in res.output and str(coll) in res.output.replace(str(other), str(coll))
 
 
@@ -489,7 +482,7 @@ def test_export_onto_an_existing_file_needs_force(tmp_path):
     dest = tmp_path / "v.npz"
     dest.write_bytes(b"keep me")
     res = run("export", dest, "-c", c)
-    _clean(res)
+    clean_exit(res)
     assert str(dest) in res.output and "--force" in res.output
     assert dest.read_bytes() == b"keep me"
     res = run("export", dest, "-c", c, "--force")
@@ -501,7 +494,7 @@ def test_export_under_a_file_names_the_file(tmp_path):
     c = _coll(tmp_path)
     afile = _afile(tmp_path)
     res = run("export", afile / "sub" / "v.npz", "-c", c)
-    _clean(res)
+    clean_exit(res)
     assert f"{afile} is a file" in res.output and "File exists" not in res.output
 
 
@@ -516,7 +509,7 @@ def test_export_creates_missing_folders_and_says_so_in_help(tmp_path):
 def test_snapshot_inside_the_collection_is_refused(tmp_path):
     c = _coll(tmp_path)
     res = run("snapshot", c / "snap", "-c", c)
-    _clean(res)
+    clean_exit(res)
     assert str(c / "snap") in res.output and str(c) in res.output and "inside" in res.output
     assert not (c / "snap").exists()
 
@@ -562,7 +555,7 @@ def test_a_shard_url_that_is_not_xmodal_is_named_without_its_whole_page(tmp_path
     finally:
         srv.shutdown()
         srv.server_close()
-    _clean(res)
+    clean_exit(res)
     out = " ".join(res.output.split())
     assert url in out and "404" in out and "xmodal serve" in out, out
     assert "x" * 300 not in out and len(res.output) < 600, res.output
@@ -586,5 +579,5 @@ def test_serve_on_a_port_in_use_fails_before_starting(tmp_path, monkeypatch):
         res = run("serve", "-c", c, "--port", port)
     finally:
         taken.close()
-    _clean(res)
+    clean_exit(res)
     assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output

@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from conftest import karpathy_file
 import scipy.io
 
 from xmodal.data import DataError, load_dataset, load_pairs
@@ -271,25 +273,16 @@ def test_load_dataset_paths_that_do_not_exist(tmp_path):
         load_dataset("wikipedai")
 
 
-def _karpathy_file(tmp_path):
-    doc = {"dataset": "coco", "images": [
-        {"filename": f"{i}.jpg", "cocoid": i, "split": "test" if i < 3 else "train",
-         "sentences": [{"raw": f"a photo number {i}"}]} for i in range(6)]}
-    path = tmp_path / "dataset_coco.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
 @pytest.mark.parametrize("value", [True, 5, [3]])
 def test_karpathy_instances_of_the_wrong_kind_is_a_data_error(tmp_path, value):
     # instances=True ("give me the labels") was iterated as a list of files: TypeError
-    path = _karpathy_file(tmp_path)
+    path = karpathy_file(tmp_path)
     with pytest.raises(DataError, match=r"dataset_coco\.json.*instances"):
         load_dataset(str(path), instances=value)
 
 
 def test_karpathy_instances_still_takes_files(tmp_path):
-    path = _karpathy_file(tmp_path)
+    path = karpathy_file(tmp_path)
     with pytest.raises(DataError, match="nope.json: file not found"):
         load_dataset(str(path), instances=[str(tmp_path / "nope.json")])
     assert load_dataset(str(path), instances=None).labels is None

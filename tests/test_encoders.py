@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import clean_exit
+
 from xmodal.encoders import EncoderError, Encoder, available_encoders, encode_dataset, get_encoder
 import shutil
 import zipfile
@@ -1147,12 +1149,6 @@ def run(*args, env=None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
-def _clean(res, code=2):
-    assert res.exit_code == code, (res.output, res.exception)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.output
-
-
 def _afile(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
@@ -1170,7 +1166,7 @@ def test_encode_out_is_checked_before_encoding(tmp_path, monkeypatch):
     for out, why in ((afile / "x.npz", "not a folder"), (tmp_path, "a folder"),
                      (tmp_path / "x.txt", ".npz")):
         res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", out)
-        _clean(res)
+        clean_exit(res)
         assert str(out) in res.output and why in res.output, res.output
 
 
@@ -1189,5 +1185,5 @@ def test_encode_save_error_is_clean(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "save_npz", denied)
     res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", tmp_path / "x.npz")
-    _clean(res)
+    clean_exit(res)
     assert str(tmp_path / "x.npz") in res.output and "Permission denied" in res.output
