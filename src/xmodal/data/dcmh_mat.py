@@ -245,10 +245,9 @@ def default_images_dir(path: Path, var: str, shape: tuple[int, ...]) -> Path:
 
 def _workers() -> int:
     # $XMODAL_THREADS, else the CPU count capped at 8: PNG encoding and fsync release the GIL.
-    env = os.environ.get("XMODAL_THREADS", "")
-    if env.strip().isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(os.cpu_count() or 1, 8))
+    from ..device import default_threads
+
+    return default_threads()
 
 
 def materialize_images(mat: MatFile, var: str, n: int, out_dir: str | Path, progress: bool = True,

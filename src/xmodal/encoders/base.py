@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..device import thread_budget
 from .cache import FeatureCache, content_hash, resolve_cache_dir
 
 log = logging.getLogger("xmodal.encoders")
@@ -80,17 +81,6 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
-
-
-THREADS_ENV = "XMODAL_THREADS"
-
-
-def thread_budget() -> int | None:
-    """``$XMODAL_THREADS``: the threads this process may use (the deep methods' training, the
-    encoders' torch threads, decode workers and BLAS), read as the deep methods read it; None
-    when unset or not a positive integer (then every available core)."""
-    env = os.environ.get(THREADS_ENV, "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ the running loss, and ``save``/``load`` of the module's weights as plain arrays 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import warnings
 from typing import Any, ClassVar
@@ -31,12 +30,11 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def default_threads() -> int:
-    """$XMODAL_THREADS, else the CPU count capped at 8 (on a loaded machine 1 thread is often
-    several times faster than 2: OpenMP threads spin waiting for each other)."""
-    env = os.environ.get("XMODAL_THREADS", "")
-    if env.strip().isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(os.cpu_count() or 1, 8))
+    """The deep methods' training threads: ``xmodal.device.default_threads``
+    (``$XMODAL_THREADS``, else the CPU count capped at 8)."""
+    from ..device import default_threads as threads
+
+    return threads()
 
 
 class TorchMethod(CrossModalMethod):
