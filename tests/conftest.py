@@ -322,3 +322,21 @@ def karpathy_file(tmp_path: Path) -> Path:
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(doc))
     return path
+
+
+def a_file(tmp_path: Path) -> Path:
+    """A plain file, for paths that must be refused for lying under a file or being one."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    return f
+
+
+def beach_images_plain_texts(path: Path):
+    """Images labelled beach / forest, captions added without labels: a vectors-only collection."""
+    import numpy as np
+    from xmodal.index import Collection
+
+    c = Collection.create(path, dim=4)
+    c.add_vectors("image", ["b.jpg", "f.jpg"], np.eye(2, 4, dtype=np.float32), labels=[["beach"], ["forest"]])
+    c.add_vectors("text", ["t1", "t2"], np.eye(2, 4, dtype=np.float32), texts=["sand", "trees"])
+    return c

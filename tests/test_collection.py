@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import collection_state, fake_image_files, labelled_photos, need, vector_collection
+from conftest import beach_images_plain_texts, collection_state, fake_image_files, labelled_photos, need, vector_collection
 from xmodal.data import DataError, load_ucm_captions
 from xmodal.index import Collection, CollectionError, ImageItem, build_collection, scan_source
 from xmodal.index.build import _held_twice
@@ -552,22 +552,12 @@ def test_an_upload_found_again_in_a_folder_leaves_no_copy_behind(tmp_path):
     assert (tmp_path / "A" / "1.png").exists()  # the user's own file is never touched
 
 
-def _beach_images_plain_texts(path: Path):
-    """Images labelled beach / forest, captions added without labels: a vectors-only collection."""
-    from xmodal.index import Collection
-
-    c = Collection.create(path, dim=4)
-    c.add_vectors("image", ["b.jpg", "f.jpg"], np.eye(2, 4, dtype=np.float32), labels=[["beach"], ["forest"]])
-    c.add_vectors("text", ["t1", "t2"], np.eye(2, 4, dtype=np.float32), texts=["sand", "trees"])
-    return c
-
-
 def test_a_label_only_the_other_modality_has_is_refused_for_the_target(tmp_path):
     # a text search filtered by an image-only label passed the check (some item has it) and
     # answered nothing, silently: the check must count the searched modality's items only
     from xmodal.index.shards import UnknownLabelError
 
-    c = _beach_images_plain_texts(tmp_path / "m.xmc")
+    c = beach_images_plain_texts(tmp_path / "m.xmc")
     q = np.eye(1, 4, dtype=np.float32)[0]
     assert [h.key for h in c.search_vector(q, "image", 5, labels=["beach"])] == ["b.jpg"]
     with pytest.raises(UnknownLabelError) as err:

@@ -8,7 +8,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from conftest import clean_exit, labelled_photos, ucm_caption_folder
+from conftest import a_file, clean_exit, labelled_photos, ucm_caption_folder
 from xmodal.cli import app
 from xmodal.index import Collection
 from PIL import Image
@@ -331,12 +331,6 @@ def _coll(tmp_path, name="c.xmc"):
     return tmp_path / name
 
 
-def _afile(tmp_path):
-    f = tmp_path / "afile"
-    f.write_text("x")
-    return f
-
-
 def test_index_into_a_path_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
     import xmodal.index.build as build
 
@@ -344,7 +338,7 @@ def test_index_into_a_path_under_a_file_is_refused_before_any_work(tmp_path, mon
         raise AssertionError("scanned the source before checking the collection path")
 
     monkeypatch.setattr(build, "scan_source", scanned)
-    afile = _afile(tmp_path)
+    afile = a_file(tmp_path)
     res = run("index", tmp_path, "-c", afile / "x.xmc", "--quiet")
     clean_exit(res)
     assert f"{afile / 'x.xmc'}" in res.output and "not a folder" in res.output
@@ -364,7 +358,7 @@ def test_index_writing_error_is_a_clean_error(tmp_path, monkeypatch):
 
 def test_snapshot_under_a_file_names_the_path(tmp_path):
     coll = _coll(tmp_path)
-    afile = _afile(tmp_path)
+    afile = a_file(tmp_path)
     res = run("snapshot", afile / "sub.xmc", "-c", coll)
     clean_exit(res)
     assert str(afile / "sub.xmc") in res.output
@@ -492,7 +486,7 @@ def test_export_onto_an_existing_file_needs_force(tmp_path):
 
 def test_export_under_a_file_names_the_file(tmp_path):
     c = _coll(tmp_path)
-    afile = _afile(tmp_path)
+    afile = a_file(tmp_path)
     res = run("export", afile / "sub" / "v.npz", "-c", c)
     clean_exit(res)
     assert f"{afile} is a file" in res.output and "File exists" not in res.output

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import clean_exit
+from conftest import a_file, clean_exit
 
 from xmodal.encoders import EncoderError, Encoder, available_encoders, encode_dataset, get_encoder
 import shutil
@@ -1149,12 +1149,6 @@ def run(*args, env=None):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
-def _afile(tmp_path):
-    f = tmp_path / "afile"
-    f.write_text("x")
-    return f
-
-
 def test_encode_out_is_checked_before_encoding(tmp_path, monkeypatch):
     import xmodal.data as data
 
@@ -1162,7 +1156,7 @@ def test_encode_out_is_checked_before_encoding(tmp_path, monkeypatch):
         raise AssertionError("loaded the dataset before checking --out")
 
     monkeypatch.setattr(data, "load_dataset", loaded)
-    afile = _afile(tmp_path)
+    afile = a_file(tmp_path)
     for out, why in ((afile / "x.npz", "not a folder"), (tmp_path, "a folder"),
                      (tmp_path / "x.txt", ".npz")):
         res = run("encode", "--dataset", "wikipedia", "--text-encoder", "tfidf", "--out", out)

@@ -7,8 +7,7 @@ from xmodal.cli import app
 from xmodal.index import Collection
 import json
 
-from conftest import labelled_photos
-from pathlib import Path
+from conftest import beach_images_plain_texts, labelled_photos
 from PIL import Image
 
 
@@ -243,18 +242,8 @@ def test_stats_of_collections_in_different_spaces_exits_1(tmp_path):
     assert run("stats", "-c", tmp_path / "a.xmc").exit_code == 0
 
 
-def _beach_images_plain_texts(path: Path):
-    """Images labelled beach / forest, captions added without labels: a vectors-only collection."""
-    from xmodal.index import Collection
-
-    c = Collection.create(path, dim=4)
-    c.add_vectors("image", ["b.jpg", "f.jpg"], np.eye(2, 4, dtype=np.float32), labels=[["beach"], ["forest"]])
-    c.add_vectors("text", ["t1", "t2"], np.eye(2, 4, dtype=np.float32), texts=["sand", "trees"])
-    return c
-
-
 def test_search_cli_refuses_a_label_only_the_other_modality_has(tmp_path):
-    _beach_images_plain_texts(tmp_path / "m.xmc").close()
+    beach_images_plain_texts(tmp_path / "m.xmc").close()
     res = run("search", "-c", tmp_path / "m.xmc", "--item", 3, "--label", "beach")  # item 3: a text
     assert res.exit_code == 2, res.output
     assert "no text item has the label 'beach' (image items do)" in " ".join(res.output.split())
