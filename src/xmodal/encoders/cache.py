@@ -75,6 +75,33 @@ def file_hash(fh: BinaryIO) -> str:
     return h.hexdigest()
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def stable_file_hash(path: str | os.PathLike) -> str:
+    """:func:`file_hash` of a file, computed once per process and file version (resolved path,
+    size, modification time): model files are hashed to key the cache, not re-read per call."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        with open(p, "rb") as fh:
+            _FILE_HASHES[key] = file_hash(fh)
+    return _FILE_HASHES[key]
+
+
+def folder_hash(root: str | os.PathLike) -> str:
+    """SHA-256 over a model folder's files (relative name, size, :func:`stable_file_hash`),
+    hidden files and folders left out (``.gitattributes``, ``.cache``)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root).as_posix()
+        if f.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+            h.update(f"{rel}\0{f.stat().st_size}\0{stable_file_hash(f)}\n".encode())
+    return h.hexdigest()
+
+
 class FeatureCache:
     """Features of one encoder state, looked up by content hash."""
 

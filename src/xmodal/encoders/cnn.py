@@ -203,21 +203,11 @@ def load_weights(spec: str, model: Any, path: str | os.PathLike, package: str) -
     return model
 
 
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def weights_hash(path: str | os.PathLike) -> str:
-    """:func:`~xmodal.encoders.cache.file_hash` of a weights file, once per process and file
-    version (path, size, modification time): 15-20 MB take ~50 ms."""
-    from .cache import file_hash
+    """The weights file's content hash, once per process and file version (15-20 MB: ~50 ms)."""
+    from .cache import stable_file_hash
 
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FILE_HASHES:
-        with open(p, "rb") as fh:
-            _FILE_HASHES[key] = file_hash(fh)
-    return _FILE_HASHES[key]
+    return stable_file_hash(path)
 
 
 class _PackagedWeightsKey:

