@@ -198,13 +198,16 @@ def _kaggle_caption(rest: str) -> tuple[str, str | None]:
 
 
 def _read_split_list(path: Path, captions: dict, caption_file: Path) -> list[str]:
-    names = []
+    names, first_line = [], {}
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         name = line.strip()
         if not name:
             continue
         if name not in captions:
             raise DataError(f"{path}:{lineno}: image {name} has no caption in {caption_file.name}")
+        if name in first_line:  # kept, it would count twice in its split
+            raise DataError(f"{path}:{lineno}: image {name} listed twice (first at line {first_line[name]})")
+        first_line[name] = lineno
         names.append(name)
     return names
 
