@@ -34,3 +34,114 @@ def test_flickr8k_split_list_naming_an_image_twice_is_named(tmp_path):
     with pytest.raises(DataError, match=rf"Flickr_8k.trainImages.txt:9: image {F8K[3]} listed twice "
                                         r"\(first at line 4\)"):
         load_dataset(str(tmp_path))
+
+
+# ------------------------------------------------- index.mat / caption.mat / label.mat
+N_ITEMS = 12
+
+
+def _savemat73(path, variables: dict) -> None:
+    """MATLAB v7.3 as MATLAB writes it (HDF5 behind the 512-byte header, axes reversed); a
+    list is an N x 1 cell, its entries strings (1 x L char) or lists (1 x k cells of strings)."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        count = iter(range(10 ** 6))
+
+        def ref(value):
+            if isinstance(value, str):
+                d = f.create_dataset(f"#refs#/s{next(count)}", data=np.array([[ord(c) for c in value]], np.uint16).T)
+                d.attrs["MATLAB_class"] = np.bytes_("char")
+            else:
+                d = f.create_dataset(f"#refs#/c{next(count)}", data=np.array([[ref(v) for v in value]],
+                                                                              dtype=h5py.ref_dtype).T)
+                d.attrs["MATLAB_class"] = np.bytes_("cell")
+            return d.ref
+
+        for name, value in variables.items():
+            if isinstance(value, list):
+                d = f.create_dataset(name, data=np.array([[ref(v) for v in value]], dtype=h5py.ref_dtype))
+                d.attrs["MATLAB_class"] = np.bytes_("cell")
+            else:
+                d = f.create_dataset(name, data=np.asarray(value).T)
+                d.attrs["MATLAB_class"] = np.bytes_("double")
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64 HDF5 schema 1.00 .".ljust(116, b" ")
+                 + b"\0" * 8 + b"\x00\x02IM")
+
+
+def _index_caption_folder(root, captions, label_var="label", version="v5"):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (N_ITEMS, 5)).astype(float)
+    labels[:, 0] = 1
+    paths = [f"/home/someone/data/images/im{i}.jpg" for i in range(N_ITEMS)]
+    for i in range(N_ITEMS):
+        Image.new("RGB", (6, 4)).save(root / f"im{i}.jpg")
+    if version == "v73":
+        _savemat73(root / "index.mat", {"index": paths})
+        _savemat73(root / "caption.mat", {"caption": captions})
+        _savemat73(root / "label.mat", {label_var: labels})
+    else:
+        scipy.io.savemat(root / "index.mat", {"index": np.array(paths)})
+        scipy.io.savemat(root / "caption.mat", {"caption": captions})
+        scipy.io.savemat(root / "label.mat", {label_var: labels})
+    return labels
+
+
+def test_index_caption_mat_labels_saved_as_category(tmp_path):
+    # Some writers of this layout name the label variable "category" (their readers load
+    # label.mat["category"]): the same labels, not a missing variable.
+    caps = np.array([f"tag{i} sky" for i in range(N_ITEMS)], dtype=object)
+    labels = _index_caption_folder(tmp_path, caps, label_var="category")
+    ds = load_dataset(str(tmp_path), n_query=2, n_train=6)
+    np.testing.assert_array_equal(ds.labels, labels)
+    scipy.io.savemat(tmp_path / "label.mat", {"labels_of_something": labels})
+    with pytest.raises(DataError, match=r"label.mat: variable label \(or category\) not found; the file "
+                                        r"holds \['labels_of_something'\]"):
+        load_dataset(str(tmp_path), n_query=2, n_train=6)
+
+
+def _two_each():
+    return [[f"a photo of item {i} .", f"item {i} seen again ."] for i in range(N_ITEMS)]
+
+
+@pytest.mark.parametrize("version", ["v5", "v73"])
+def test_index_caption_mat_several_captions_per_item(tmp_path, version):
+    # A caption.mat of caption datasets holds a cell of captions per item (their readers pick
+    # one at random): each becomes a text of its image, none merged with another.
+    groups = _two_each()
+    if version == "v5":
+        caps = np.empty(N_ITEMS, dtype=object)
+        for i, g in enumerate(groups):
+            caps[i] = np.array(g, dtype=object)
+    else:
+        caps = groups
+    _index_caption_folder(tmp_path, caps, version=version)
+    ds = load_dataset(str(tmp_path), n_query=2, n_train=6)
+    assert ds.n_images == N_ITEMS and ds.texts == [c for g in groups for c in g]
+    np.testing.assert_array_equal(ds.text_to_image, np.repeat(np.arange(N_ITEMS), 2))
+
+
+def test_index_caption_mat_string_matrix_of_captions_is_not_merged(tmp_path):
+    # numpy's N x k string array saved by scipy: k captions per item, not one run-on text.
+    groups = _two_each()
+    _index_caption_folder(tmp_path, np.array(groups))
+    ds = load_dataset(str(tmp_path), n_query=2, n_train=6)
+    assert ds.texts == [c for g in groups for c in g]
+    np.testing.assert_array_equal(ds.text_to_image, np.repeat(np.arange(N_ITEMS), 2))
+
+
+def test_index_caption_mat_one_hot_rows_follow_each_caption(tmp_path):
+    groups = _two_each()
+    caps = np.empty(N_ITEMS, dtype=object)
+    for i, g in enumerate(groups):
+        caps[i] = np.array(g, dtype=object)
+    _index_caption_folder(tmp_path, caps)
+    bow = np.eye(N_ITEMS)
+    scipy.io.savemat(tmp_path / "caption_one_hot.mat", {"caption_one_hot": bow})
+    ds = load_dataset(str(tmp_path), n_query=2, n_train=6)
+    np.testing.assert_array_equal(ds.text_features, np.repeat(bow, 2, axis=0))
+    caps[3] = np.array([], dtype=object).reshape(1, 0)
+    scipy.io.savemat(tmp_path / "caption.mat", {"caption": caps})
+    with pytest.raises(DataError, match=r"caption.mat: caption item 3 \(0-based\) is empty"):
+        load_dataset(str(tmp_path), n_query=2, n_train=6)

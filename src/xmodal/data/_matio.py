@@ -139,6 +139,39 @@ class MatFile:
             return [v.decode() if isinstance(v, bytes) else str(v) for v in a.reshape(-1)]
         raise DataError(f"{self.path}: variable {name} holds {a.dtype} values, not file names")
 
+    def read_string_groups(self, name: str, n: int) -> list[list[str]]:
+        """Per item, the strings of a variable holding one or several per item (captions): a
+        cell array of strings or of cells of strings, a char matrix (one string a row), or a
+        string array ``n`` x k (k an item). ``n``, the item count, says along which axis of a
+        2-D array the items lie."""
+        if not self.hdf5:
+            a = self.read(name)
+            if a.dtype.kind in "US" and a.ndim == 2:  # n x k strings (a 3-D char array)
+                a = a if a.shape[0] == n or a.shape[1] != n else a.T
+                return [[s.strip() for s in row if s.strip()] for row in a]
+            if a.dtype != object or a.ndim != 2:
+                return [[s] if s else [] for s in self.read_strings(name)]
+            try:
+                return [[t for c in row for t in _cell_texts(c)] for row in _item_rows(a, n)]
+            except DataError as exc:
+                raise DataError(f"{self.path}: variable {name}: {exc}") from None
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r") as f:
+                ds = f[name]
+                if ds.dtype != h5py.ref_dtype:
+                    refs = None
+                else:
+                    refs = np.asarray(ds[()])
+                    refs = refs.T if self.matlab_order else refs
+                    return [[t for r in row for t in _h5_texts(f, f[r])] for row in _item_rows(refs, n)]
+        except DataError:
+            raise
+        except Exception as exc:
+            raise self._fail(name, exc) from exc
+        return [[s] if s else [] for s in self.read_strings(name)]
+
 
 def _chars(codes: np.ndarray) -> str:
     return "".join(chr(int(c)) for c in codes.reshape(-1) if int(c)).strip()
@@ -152,6 +185,32 @@ def _cell_text(cell) -> str:
         return _cell_text(a.reshape(-1)[0])
     raise DataError(f"cell holds {a.dtype} values, not a string")
 
+
+def _item_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """A 2-D cell array with one item per row (a 1 x n or n x 1 cell, or n x k)."""
+    a = np.atleast_2d(a)
+    return a if a.shape[0] == n or a.shape[1] != n else a.T
+
+
+def _cell_texts(cell) -> list[str]:
+    """The non-empty strings in a cell: a string, or a cell (nested) of strings."""
+    a = np.asarray(cell)
+    if a.dtype == object:
+        return [t for c in a.reshape(-1, order="F") for t in _cell_texts(c)]
+    text = _cell_text(a) if a.size else ""
+    return [text] if text else []
+
+
+def _h5_texts(f, obj) -> list[str]:
+    """The non-empty strings of a v7.3 cell entry: a char array, or a cell of them."""
+    import h5py
+
+    if obj.dtype == h5py.ref_dtype:
+        return [t for r in np.asarray(obj[()]).reshape(-1) for t in _h5_texts(f, f[r])]
+    if obj.attrs.get("MATLAB_empty", 0):  # MATLAB writes an empty value as its dimensions
+        return []
+    text = _chars(np.asarray(obj[()]))
+    return [text] if text else []
 
 def loadmat_any(path: str | Path) -> dict[str, np.ndarray]:
     """Every variable of a MATLAB v5 or v7.3 file (or a plain HDF5 file), whole."""

@@ -504,9 +504,11 @@ def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query:
                            image_dir: str | Path | None = None) -> PairedDataset:
     """The ``.mat`` layout of CLIP-based cross-modal hashing code (DCHMT, Tu et al. 2022, and its
     followers): ``index.mat`` (``index``: image paths, often of the machine that wrote them),
-    ``caption.mat`` (``caption``: the tag strings or captions), ``label.mat`` (``label``:
-    0/1, items x labels) and optionally ``caption_one_hot.mat`` (``caption_one_hot``: tag
-    vectors, used as text features). Image paths that do not exist are looked up under
+    ``caption.mat`` (``caption``: the tag strings or captions, one per item or a cell of
+    several per item, each then a text of its image), ``label.mat`` (``label``, or
+    ``category`` as some writers name it: 0/1, items x labels) and optionally
+    ``caption_one_hot.mat`` (``caption_one_hot``: tag vectors, one per item, used as text
+    features of each of its captions). Image paths that do not exist are looked up under
     ``image_dir`` (default the folder) by their last parts. Splits and their default sizes as
     :func:`load_dcmh_mat`."""
     folder = Path(folder)
@@ -524,26 +526,37 @@ def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query:
 
     stored = strings("index.mat", "index")
     n = len(stored)
-    texts = strings("caption.mat", "caption")
-    if len(texts) != n:
-        raise DataError(f"{folder / 'caption.mat'}: caption holds {len(texts)} items, but index.mat holds {n}")
-    for i, t in enumerate(texts):
-        if not t:
+    # one caption (or tag string) per item, or a cell of several (caption datasets)
+    m = MatFile(folder / "caption.mat")
+    if "caption" not in m:
+        raise DataError(f"{m.path}: variable caption not found; the file holds {m.names}")
+    groups = m.read_string_groups("caption", n)
+    if len(groups) != n:
+        raise DataError(f"{folder / 'caption.mat'}: caption holds {len(groups)} items, but index.mat holds {n}")
+    for i, g in enumerate(groups):
+        if not g:
             raise DataError(f"{folder / 'caption.mat'}: caption item {i} (0-based) is empty")
-    def item_rows(var: str) -> tuple[np.ndarray, Path]:
-        """``var`` of ``var``.mat as one row per item (stored either way round)."""
-        m = MatFile(folder / f"{var}.mat")
-        if var not in m:
-            raise DataError(f"{m.path}: variable {var} not found; the file holds {m.names}")
+    texts = [t for g in groups for t in g]
+    t2i = np.repeat(np.arange(n), [len(g) for g in groups])
+
+    def item_rows(fname: str, names: tuple[str, ...]) -> tuple[np.ndarray, Path, str]:
+        """The first of ``names`` in ``fname`` as one row per item (stored either way round)."""
+        m = MatFile(folder / fname)
+        var = next((v for v in names if v in m), None)
+        if var is None:
+            also = f" (or {', '.join(names[1:])})" if len(names) > 1 else ""
+            raise DataError(f"{m.path}: variable {names[0]}{also} not found; the file holds {m.names}")
         raw = np.atleast_2d(m.read(var))
         if n not in raw.shape:
             raise DataError(f"{m.path}: {var} has shape {raw.shape}, but index.mat holds {n} items")
-        return _rows(raw, n), m.path
+        return _rows(raw, n), m.path, var
 
-    L = _check_labels(*item_rows("label"), "label")
+    # "category": the name some writers of this layout give the labels
+    L = _check_labels(*item_rows("label.mat", ("label", "category")))
     T = None
     if (folder / "caption_one_hot.mat").is_file():
-        T = _check_features(*item_rows("caption_one_hot"), "caption_one_hot")
+        # one row per item: each of the item's captions gets it
+        T = _check_features(*item_rows("caption_one_hot.mat", ("caption_one_hot",)))[t2i]
     image_paths = _relocate(stored, folder, None if image_dir is None else Path(image_dir))
     known = identify([name or "", folder.resolve().name], L.shape[1], n)
     dq, dt = default_split_sizes(known, n)
@@ -552,7 +565,7 @@ def load_index_caption_mat(folder: str | Path, name: str | None = None, n_query:
     ds_name = name or folder.resolve().name  # "." has no name
     label_names = known_label_names(known, L.shape[1])
     return PairedDataset(
-        name=ds_name, text_to_image=np.arange(n), n_images=n, image_paths=image_paths,
+        name=ds_name, text_to_image=t2i, n_images=n, image_paths=image_paths,
         text_features=T, texts=texts, labels=L, label_names=label_names,
         splits=hashing_splits(n, n_query, n_train, seed, name=ds_name),
         image_ids=unique_image_ids(stored, str(folder / "index.mat")), root=str(folder),
