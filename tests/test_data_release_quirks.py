@@ -145,3 +145,21 @@ def test_index_caption_mat_one_hot_rows_follow_each_caption(tmp_path):
     scipy.io.savemat(tmp_path / "caption.mat", {"caption": caps})
     with pytest.raises(DataError, match=r"caption.mat: caption item 3 \(0-based\) is empty"):
         load_dataset(str(tmp_path), n_query=2, n_train=6)
+
+
+# ------------------------------------------------------------------------ *_cnn.mat
+def test_cnn_mat_partial_database_block_is_named_not_dropped(tmp_path):
+    # I_db and L_db without T_db: the database would silently become the training rows.
+    rng = np.random.default_rng(0)
+    blocks = {}
+    for part, n in (("tr", 20), ("te", 5), ("db", 30)):
+        blocks |= {f"I_{part}": rng.random((n, 6)), f"T_{part}": rng.random((n, 4)),
+                   f"L_{part}": rng.integers(0, 2, (n, 3)).astype(float)}
+    path = tmp_path / "mir_cnn.mat"
+    scipy.io.savemat(path, blocks)
+    ds = load_dataset(str(path))
+    assert len(ds.splits["database"]) == 30 and len(ds.splits["train"]) == 20
+    del blocks["T_db"]
+    scipy.io.savemat(path, blocks)
+    with pytest.raises(DataError, match=r"mir_cnn.mat: the database block lacks T_db \(it holds I_db, L_db\)"):
+        load_dataset(str(path))

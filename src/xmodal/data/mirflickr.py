@@ -321,6 +321,10 @@ def load_cnn_mat(path: str | Path, name: str | None = None, n_query: int | None 
     for part, split in (("tr", "train"), ("te", "query"), ("db", "database")):
         keys = [f"I_{part}", f"T_{part}", f"L_{part}"]
         if not all(k in mat for k in keys):
+            there = [k for k in keys if k in mat]
+            if part == "db" and there:  # half a database block: not the training rows instead
+                raise DataError(f"{path}: the database block lacks "
+                                f"{', '.join(k for k in keys if k not in mat)} (it holds {', '.join(there)})")
             if part == "db":
                 continue
             raise DataError(f"{path}: variables {keys} required, found {sorted(mat)}")
