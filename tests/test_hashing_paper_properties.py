@@ -1,0 +1,77 @@
+"""Closed-form and objective properties of the shallow hashing methods, taken from their
+papers, on small synthetic data: they pin what each fit computes (mutation testing found the
+retrieval-level tests in test_hashing.py blind to several of these steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import ortho_group
+
+from xmodal import methods
+from xmodal.data.dataset import PairedDataset
+from xmodal.methods.hashing._common import itq_rotation
+
+
+def _quantization_loss(V, R):
+    Z = V @ R
+    return float(((np.where(Z >= 0, 1.0, -1.0) - Z) ** 2).sum())
+
+
+def test_itq_never_raises_its_quantization_loss_and_keeps_r_orthogonal():
+    """Gong & Lazebnik 2011: ITQ alternates B = sign(VR) and the Procrustes R = argmin
+    ||B - VR|| over orthogonal R, so the loss ||sign(VR) - VR||^2 never rises from the random
+    orthogonal start, and on points near the vertices of a rotated hypercube it falls far
+    (ITQ is a local method: from this start it stops at 0.3 of the start's loss)."""
+    rng = np.random.default_rng(0)
+    n, c = 400, 8
+    B0 = rng.choice([-1.0, 1.0], (n, c))
+    V = B0 @ ortho_group.rvs(c, random_state=1).T + 0.05 * rng.standard_normal((n, c))
+    losses = [_quantization_loss(V, itq_rotation(V, k, np.random.default_rng(3))) for k in range(0, 25)]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.4 * losses[0], losses
+    for k in (0, 1, 25):
+        R = itq_rotation(V, k, np.random.default_rng(3))
+        assert np.allclose(R.T @ R, np.eye(c), atol=1e-10)
+
+
+def _planted_pairs(n=500, dx=12, dy=10, seed=0):
+    """Paired features sharing three latent factors of decreasing strength."""
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, 3)) * [3.0, 2.0, 1.0]
+    X = Z @ rng.standard_normal((3, dx)) + rng.standard_normal((n, dx)) + 5.0
+    Y = Z @ rng.standard_normal((3, dy)) + rng.standard_normal((n, dy)) - 2.0
+    return X, Y
+
+
+def _pairs(X, Y, labels=None):
+    n = len(X)
+    return PairedDataset(name="synthetic", text_to_image=np.arange(n), n_images=n,
+                         image_features=X, text_features=Y, labels=labels)
+
+
+def test_cvh_bits_are_the_canonical_pairs_with_their_correlations():
+    """Kumar & Udupa 2011 with paired views reduce to CCA: each bit's image and text
+    projections of the training pairs correlate exactly by the stored canonical correlation,
+    distinct bits are uncorrelated, and correlations come in descending order."""
+    X, Y = _planted_pairs()
+    m = methods.create("cvh", bits=8, kernel="linear", reg=0.0).fit(_pairs(X, Y))
+    px, py = (X - X.mean(0)) @ m.image_proj_, (Y - Y.mean(0)) @ m.text_proj_
+    C = np.corrcoef(px.T, py.T)
+    c = m.bits
+    assert np.allclose(np.diag(C[:c, c:]), m.correlations_, atol=1e-8)
+    assert np.allclose(C[:c, :c], np.eye(c), atol=1e-8) and np.allclose(C[c:, c:], np.eye(c), atol=1e-8)
+    assert np.all(np.diff(m.correlations_) <= 1e-12) and 0 < m.correlations_[-1] < m.correlations_[0] < 1
+    assert m.correlations_[0] > 0.9  # the planted factors
+
+
+def test_cca_itq_weights_directions_by_correlation_power_then_rotates_both_alike():
+    """Gong et al. (TPAMI 2013): CCA directions scaled by rho^p, then one ITQ rotation shared
+    by both modalities. So the image and text projections have the same covariance, R'
+    diag(rho^2p) R, whose eigenvalues are the weighted correlations."""
+    X, Y = _planted_pairs()
+    for p in (1.0, 4.0):
+        m = methods.create("cca_itq", bits=8, kernel="linear", reg=0.0, scale_power=p).fit(_pairs(X, Y))
+        Cx = m.image_proj_.T @ np.cov(X.T) @ m.image_proj_
+        Cy = m.text_proj_.T @ np.cov(Y.T) @ m.text_proj_
+        assert np.allclose(Cx, Cy, atol=1e-8 * np.abs(Cx).max())
+        assert np.allclose(np.linalg.eigvalsh(Cx)[::-1], m.correlations_ ** (2 * p), rtol=1e-6)
