@@ -163,3 +163,24 @@ def test_cnn_mat_partial_database_block_is_named_not_dropped(tmp_path):
     scipy.io.savemat(path, blocks)
     with pytest.raises(DataError, match=r"mir_cnn.mat: the database block lacks T_db \(it holds I_db, L_db\)"):
         load_dataset(str(path))
+
+
+# ------------------------------------------------------------------- the user's pairs
+def test_pairs_image_path_under_the_home_folder(tmp_path, monkeypatch):
+    # "~/photos/a.jpg" written by hand means the home folder, as in a shell; a folder
+    # named "~" beside the pairs file, where there is one, keeps precedence.
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    (home / "photos" / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    monkeypatch.setenv("HOME", str(home))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    path = lists / "pairs.jsonl"
+    path.write_text('{"image": "~/photos/a.jpg", "text": "a dog"}\n')
+    ds = load_dataset(str(path))
+    assert ds.image_paths == [str(home / "photos" / "a.jpg")]
+    (lists / "~" / "photos").mkdir(parents=True)
+    (lists / "~" / "photos" / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    assert load_dataset(str(path)).image_paths == [str(lists / "~" / "photos" / "a.jpg")]
+    path.write_text('{"image": "~nosuchuser_xm/a.jpg", "text": "a dog"}\n')
+    assert load_dataset(str(path)).image_paths == [str(lists / "~nosuchuser_xm" / "a.jpg")]

@@ -1,7 +1,8 @@
 """The user's own pairs: JSONL or CSV rows ``{image, text, label | labels, split}``, or one JSON
 array of such objects (``.json``).
 
-Image paths are relative to the file (Windows backslashes between folders are accepted). Rows
+Image paths are relative to the file (Windows backslashes between folders are accepted; ``~/``
+is the home folder when no ``~`` folder sits beside the file). Rows
 sharing an image path share one image (so one image may have several texts, and has the union
 of their labels). ``labels`` may be a list (JSONL) or
 ``;``-separated (CSV; a list written as JSON or as pandas writes one, ``['a', 'b']``, is read too); a row may give both ``label`` and ``labels`` only when the label is one
@@ -267,6 +268,12 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
         full = (path.parent / str(img).strip()).resolve()
         if "\\" in str(img) and not full.exists():  # written on Windows: backslashes between folders
             full = (path.parent / str(img).strip().replace("\\", "/")).resolve()
+        if not full.exists() and str(img).strip().startswith("~"):  # "~/photos/a.jpg": home, as in a shell
+            try:
+                home = Path(str(img).strip().replace("\\", "/")).expanduser()
+            except RuntimeError:  # "~nosuchuser/...": no home to go to, the path stays relative
+                home = full
+            full = home.resolve() if home.is_absolute() else full
         if not full.exists():  # written on a disk that ignores case: "img_1.jpg" for IMG_1.JPG
             rel = str(img).strip()
             found = _match_case(path.parent, rel.replace("\\", "/") if "\\" in rel else rel, listings)
