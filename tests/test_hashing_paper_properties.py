@@ -75,3 +75,34 @@ def test_cca_itq_weights_directions_by_correlation_power_then_rotates_both_alike
         Cy = m.text_proj_.T @ np.cov(Y.T) @ m.text_proj_
         assert np.allclose(Cx, Cy, atol=1e-8 * np.abs(Cx).max())
         assert np.allclose(np.linalg.eigvalsh(Cx)[::-1], m.correlations_ ** (2 * p), rtol=1e-6)
+
+
+def _cmfh_objective(Fx, Fy, V, U1, U2, P1, P2, lam, mu, g):
+    sq = lambda M: float((M * M).sum())  # noqa: E731
+    return (lam * sq(Fx - V @ U1) + (1 - lam) * sq(Fy - V @ U2) + mu * (sq(V - Fx @ P1) + sq(V - Fy @ P2))
+            + g * (sq(U1) + sq(U2) + sq(P1) + sq(P2) + sq(V)))
+
+
+def test_cmfh_updates_are_exact_block_minimisers_of_the_papers_objective():
+    """Ding, Guo & Zhou 2014: every CMFH update is the closed-form minimiser of the objective
+    over one block, so the objective never rises across sweeps, the final V zeroes its
+    gradient, and the U and P of sweep k+1 zero theirs at the V of sweep k."""
+    from xmodal.methods.hashing.unsupervised import cmfh_factors
+
+    X, Y = _planted_pairs(n=300)
+    Fx, Fy = X - X.mean(0), Y - Y.mean(0)
+    Fx, Fy = Fx / np.sqrt((Fx * Fx).sum(1).mean()), Fy / np.sqrt((Fy * Fy).sum(1).mean())
+    c, lam, mu, g = 4, 0.3, 2.0, 0.05
+    runs = [cmfh_factors(Fx, Fy, c, lam, mu, g, k, np.random.default_rng(0)) for k in range(1, 12)]
+    obj = [_cmfh_objective(Fx, Fy, *r, lam, mu, g) for r in runs]
+    assert all(b <= a * (1 + 1e-10) for a, b in zip(obj, obj[1:])), obj
+    assert obj[-1] < 0.9 * obj[0]
+    V, U1, U2, P1, P2 = runs[-1]
+    gV = (lam * (V @ U1 - Fx) @ U1.T + (1 - lam) * (V @ U2 - Fy) @ U2.T
+          + mu * (2 * V - Fx @ P1 - Fy @ P2) + g * V)
+    assert np.abs(gV).max() < 1e-9 * np.abs(V).max()
+    Vp = runs[-2][0]
+    grads = {"U1": lam * Vp.T @ (Vp @ U1 - Fx) + g * U1, "U2": (1 - lam) * Vp.T @ (Vp @ U2 - Fy) + g * U2,
+             "P1": mu * Fx.T @ (Fx @ P1 - Vp) + g * P1, "P2": mu * Fy.T @ (Fy @ P2 - Vp) + g * P2}
+    for name, G in grads.items():
+        assert np.abs(G).max() < 1e-9 * max(1.0, np.abs(Fx).max()), name

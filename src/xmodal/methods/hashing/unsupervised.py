@@ -248,6 +248,31 @@ class IMH(ShallowHashing):
         self.image_bias_ = self.text_bias_ = np.zeros(self.bits)
 
 
+def cmfh_factors(Fx: np.ndarray, Fy: np.ndarray, c: int, lam: float, mu: float, g: float, n_iter: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """CMFH's alternating closed-form updates (rows are samples) from a random V: returns
+    (V, U1, U2, P1, P2) after ``n_iter`` sweeps of U1, U2, P1, P2 (given V), then V."""
+    Ix, Iy, Ic = np.eye(Fx.shape[1]), np.eye(Fy.shape[1]), np.eye(c)
+    Gx, Gy = Fx.T @ Fx, Fy.T @ Fy
+    # P updates use fixed Gram matrices: factor them once
+    Px_solve = linalg.cho_factor(Gx + (g / mu) * Ix)
+    Py_solve = linalg.cho_factor(Gy + (g / mu) * Iy)
+    V = rng.standard_normal((len(Fx), c)) / np.sqrt(c)
+    for _ in range(n_iter):
+        VtV = V.T @ V
+        # X'V feeds both U1 and P1 and the V step needs X (lam U1' + mu P1): two n x d x c
+        # products per modality and sweep instead of five
+        VtFx, VtFy = V.T @ Fx, V.T @ Fy
+        U1 = linalg.solve(VtV + (g / lam) * Ic, VtFx, assume_a="pos")
+        U2 = linalg.solve(VtV + (g / (1 - lam)) * Ic, VtFy, assume_a="pos")
+        P1 = linalg.cho_solve(Px_solve, VtFx.T)
+        P2 = linalg.cho_solve(Py_solve, VtFy.T)
+        A = lam * U1 @ U1.T + (1 - lam) * U2 @ U2.T + (2 * mu + g) * Ic
+        rhs = Fx @ (lam * U1.T + mu * P1) + Fy @ ((1 - lam) * U2.T + mu * P2)
+        V = linalg.solve(A, rhs.T, assume_a="pos").T
+    return V, U1, U2, P1, P2
+
+
 @register("cmfh")
 class CMFH(ShallowHashing):
     """Collective matrix factorization hashing (Ding, Guo & Zhou, "Collective matrix
@@ -284,27 +309,9 @@ class CMFH(ShallowHashing):
         Fx, Fy = self._fit_map(X, "image", rng), self._fit_map(Y, "text", rng)
         sx, sy = _unit_scale(Fx), _unit_scale(Fy)
         Fx, Fy = Fx / sx, Fy / sy
-        c, lam, mu, g = self.bits, self.lam, self.mu, self.gamma
-        Ix, Iy, Ic = np.eye(Fx.shape[1]), np.eye(Fy.shape[1]), np.eye(c)
-        Gx, Gy = Fx.T @ Fx, Fy.T @ Fy
-        # P updates use fixed Gram matrices: factor them once
-        Px_solve = linalg.cho_factor(Gx + (g / mu) * Ix)
-        Py_solve = linalg.cho_factor(Gy + (g / mu) * Iy)
-        V = rng.standard_normal((len(Fx), c)) / np.sqrt(c)
-        for _ in range(self.n_iter):
-            VtV = V.T @ V
-            # X'V feeds both U1 and P1 and the V step needs X (lam U1' + mu P1): two n x d x c
-            # products per modality and sweep instead of five
-            VtFx, VtFy = V.T @ Fx, V.T @ Fy
-            U1 = linalg.solve(VtV + (g / lam) * Ic, VtFx, assume_a="pos")
-            U2 = linalg.solve(VtV + (g / (1 - lam)) * Ic, VtFy, assume_a="pos")
-            P1 = linalg.cho_solve(Px_solve, VtFx.T)
-            P2 = linalg.cho_solve(Py_solve, VtFy.T)
-            A = lam * U1 @ U1.T + (1 - lam) * U2 @ U2.T + (2 * mu + g) * Ic
-            rhs = Fx @ (lam * U1.T + mu * P1) + Fy @ ((1 - lam) * U2.T + mu * P2)
-            V = linalg.solve(A, rhs.T, assume_a="pos").T
+        _, _, _, P1, P2 = cmfh_factors(Fx, Fy, self.bits, self.lam, self.mu, self.gamma, self.n_iter, rng)
         self.image_proj_, self.text_proj_ = P1 / sx, P2 / sy
-        self.image_bias_ = self.text_bias_ = np.zeros(c)
+        self.image_bias_ = self.text_bias_ = np.zeros(self.bits)
 
 
 @register("lssh")
