@@ -184,3 +184,57 @@ def test_pairs_image_path_under_the_home_folder(tmp_path, monkeypatch):
     assert load_dataset(str(path)).image_paths == [str(lists / "~" / "photos" / "a.jpg")]
     path.write_text('{"image": "~nosuchuser_xm/a.jpg", "text": "a dog"}\n')
     assert load_dataset(str(path)).image_paths == [str(lists / "~nosuchuser_xm" / "a.jpg")]
+
+
+# ------------------------------------------------------------- sparse MATLAB matrices
+def _sparse_v73(path, variables: dict) -> None:
+    """v7.3 as MATLAB writes it, a sparse matrix as its group of ``data`` / ``ir`` / ``jc``
+    (compressed columns) with the row count in ``MATLAB_sparse``; dense ones as arrays."""
+    import h5py
+    import scipy.sparse as sp
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in variables.items():
+            if sp.issparse(value):
+                m = sp.csc_matrix(value)
+                g = f.create_group(name)
+                g.attrs["MATLAB_class"] = np.bytes_("double")
+                g.attrs["MATLAB_sparse"] = np.uint64(m.shape[0])
+                g.create_dataset("data", data=m.data.astype(np.float64))
+                g.create_dataset("ir", data=m.indices.astype(np.uint64))
+                g.create_dataset("jc", data=m.indptr.astype(np.uint64))
+            else:
+                d = f.create_dataset(name, data=np.asarray(value).T)
+                d.attrs["MATLAB_class"] = np.bytes_("double")
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64 HDF5 schema 1.00 .".ljust(116, b" ")
+                 + b"\0" * 8 + b"\x00\x02IM")
+
+
+@pytest.mark.parametrize("version", ["v5", "v73"])
+def test_sparse_tag_matrices_read_as_their_values(tmp_path, version):
+    # MATLAB users keep bag-of-words and tag matrices sparse: the same numbers as dense
+    # (a v5 one crashed the DCMH loader with an IndexError, a v7.3 one was "not found").
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n = 40
+    X = rng.random((n, 16))
+    Y = (rng.random((n, 30)) < 0.2).astype(float)
+    Y[:, 0] = 1
+    L = rng.integers(0, 2, (n, 24)).astype(float)
+    L[:, 0] = 1
+    path = tmp_path / "FLICKR-25K.mat"
+    if version == "v5":
+        scipy.io.savemat(path, {"XAll": X, "YAll": sp.csc_matrix(Y), "LAll": sp.csc_matrix(L)})
+    else:
+        _sparse_v73(path, {"XAll": X, "YAll": sp.csc_matrix(Y), "LAll": sp.csc_matrix(L)})
+    ds = load_dataset(str(path), n_query=5, n_train=20)
+    np.testing.assert_array_equal(ds.text_features, Y.astype(np.float32))
+    np.testing.assert_array_equal(ds.labels, L)
+    np.testing.assert_allclose(ds.image_features, X.astype(np.float32))
+    cnn = tmp_path / "wiki_cnn.mat"
+    blocks = {"I_tr": X[:30], "T_tr": sp.csc_matrix(Y[:30]), "L_tr": L[:30],
+              "I_te": X[30:], "T_te": sp.csc_matrix(Y[30:]), "L_te": L[30:]}
+    scipy.io.savemat(cnn, blocks) if version == "v5" else _sparse_v73(cnn, blocks)
+    np.testing.assert_array_equal(load_dataset(str(cnn)).text_features, Y.astype(np.float32))

@@ -5,7 +5,8 @@ MATLAB stores arrays column-major, so h5py sees a v7.3 variable with its axes re
 MATLAB wrote (they carry the ``MATLAB 7.3 MAT-file`` header) and leaves plain HDF5 files, which
 Python code writes in C order, as they are. Shapes and arrays are always given in that "as the
 writer meant" orientation; v7.3 variables can be read in slices, so a 3 GB image stack never has
-to sit in memory at once.
+to sit in memory at once. Sparse matrices (MATLAB keeps tag and bag-of-words matrices so) are
+read as dense arrays in either version.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+import scipy.sparse
 
 from .dataset import DataError
 
@@ -38,15 +40,21 @@ class MatFile:
         self.matlab_order = self.hdf5 and head.startswith(b"MATLAB")
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._v5_cache: dict[str, np.ndarray] = {}
+        self._sparse: set[str] = set()  # v7.3 sparse matrices (HDF5 groups)
         try:
             if self.hdf5:
                 import h5py
 
                 with h5py.File(self.path, "r") as f:
                     for k, v in f.items():
-                        if k.startswith("#") or not isinstance(v, h5py.Dataset):
+                        if k.startswith("#"):
                             continue
-                        self.shapes[k] = tuple(reversed(v.shape)) if self.matlab_order else tuple(v.shape)
+                        if isinstance(v, h5py.Group) and "MATLAB_sparse" in v.attrs and "jc" in v:
+                            # a sparse matrix: compressed columns, its row count an attribute
+                            self.shapes[k] = (int(v.attrs["MATLAB_sparse"]), len(v["jc"]) - 1)
+                            self._sparse.add(k)
+                        elif isinstance(v, h5py.Dataset):
+                            self.shapes[k] = tuple(reversed(v.shape)) if self.matlab_order else tuple(v.shape)
             else:
                 for name, shape, _cls in scipy.io.whosmat(self.path):
                     self.shapes[name] = tuple(shape)
@@ -70,7 +78,9 @@ class MatFile:
         if not self.hdf5:
             if name not in self._v5_cache:
                 try:
-                    self._v5_cache[name] = scipy.io.loadmat(self.path, variable_names=[name])[name]
+                    a = scipy.io.loadmat(self.path, variable_names=[name])[name]
+                    # sparse (bag-of-words, tags): np.asarray would make it a 0-d object
+                    self._v5_cache[name] = a.toarray() if scipy.sparse.issparse(a) else a
                 except Exception as exc:
                     raise self._fail(name, exc) from exc
             return self._v5_cache[name]
@@ -78,7 +88,10 @@ class MatFile:
 
         try:
             with h5py.File(self.path, "r") as f:
-                a = np.asarray(f[name][()])
+                v = f[name]
+                if name in self._sparse:  # already in MATLAB's orientation
+                    return _h5_sparse(v, self.shapes[name])
+                a = np.asarray(v[()])
         except Exception as exc:
             raise self._fail(name, exc) from exc
         return a.T if self.matlab_order else a
@@ -92,7 +105,7 @@ class MatFile:
         :attr:`shapes`); HDF5 files are read only there."""
         ndim = len(self.shapes[name])
         index = [slice(None)] * ndim
-        if not self.hdf5:
+        if not self.hdf5 or name in self._sparse:
             index[axis] = slice(start, stop)
             return self.read(name)[tuple(index)]
         import h5py
@@ -184,6 +197,16 @@ def _cell_text(cell) -> str:
     if a.dtype == object and a.size == 1:
         return _cell_text(a.reshape(-1)[0])
     raise DataError(f"cell holds {a.dtype} values, not a string")
+
+
+def _h5_sparse(group, shape: tuple[int, ...]) -> np.ndarray:
+    """A v7.3 sparse matrix (``data``, row indices ``ir``, column starts ``jc``), dense."""
+    jc = np.asarray(group["jc"][()], dtype=np.int64)
+    ir = np.asarray(group["ir"][()], dtype=np.int64) if "ir" in group else np.zeros(0, np.int64)
+    data = np.asarray(group["data"][()]) if "data" in group else np.zeros(0)
+    if data.dtype.names:  # complex values: (real, imag) pairs
+        raise DataError(f"sparse matrix {group.name} holds complex values")
+    return scipy.sparse.csc_matrix((data, ir, jc), shape=shape).toarray()
 
 
 def _item_rows(a: np.ndarray, n: int) -> np.ndarray:
