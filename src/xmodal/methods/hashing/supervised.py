@@ -191,30 +191,39 @@ def _label_affinity(L: np.ndarray) -> np.ndarray:
     return Ln @ Ln.T
 
 
+def seph_objective(H: np.ndarray, P: np.ndarray, alpha: float) -> tuple[float, np.ndarray]:
+    """SePH's code objective and its gradient at real-valued codes H (n x c): the cross-entropy
+    -sum P_ij log Q_ij (KL(P || Q) less P's constant entropy), Q_ij ∝ 1 / (1 + d_ij) over i != j,
+    d_ij = ||h_i - h_j||^2 / 4, plus alpha * mean((|H| - 1)^2). ``P`` sums to 1 with a zero
+    diagonal."""
+    n = len(H)
+    off = 1 - np.eye(n)
+    sq = (H * H).sum(axis=1)
+    D = np.maximum((sq[:, None] + sq[None, :] - 2 * H @ H.T) / 4, 0)
+    inv = off / (1 + D)
+    Z = inv.sum()
+    Q = inv / Z
+    kl = -(P[P > 0] * np.log(np.maximum(Q[P > 0], 1e-300))).sum()
+    G = (P - Q) / (1 + D) * off
+    grad = (np.diag(G.sum(axis=1)) - G) @ H
+    Aq = np.abs(H) - 1
+    kl += alpha * (Aq * Aq).mean()
+    grad += alpha * 2 * Aq * np.sign(H) / H.size
+    return kl, grad
+
+
 def kl_hamming_codes(P: np.ndarray, c: int, alpha: float, n_iter: int,
                      rng: np.random.Generator) -> np.ndarray:
-    """SePH's code learning: H in R^{n x c} minimising KL(P || Q) + alpha * mean((|H| - 1)^2),
-    Q_ij ∝ 1 / (1 + d_ij), d_ij = ||h_i - h_j||^2 / 4 (the Hamming distance for ±1 codes).
-    ``P`` is a nonnegative affinity (its diagonal is ignored); returns sign(H)."""
+    """SePH's code learning: H in R^{n x c} minimising KL(P || Q) + alpha * mean((|H| - 1)^2)
+    (:func:`seph_objective`) by L-BFGS from a small random start. ``P`` is a nonnegative
+    affinity (its diagonal is ignored); returns sign(H)."""
     n = len(P)
     P = P.copy()
     np.fill_diagonal(P, 0)
     P /= P.sum()
-    off = 1 - np.eye(n)
 
     def f(h):
-        H = h.reshape(n, c)
-        sq = (H * H).sum(axis=1)
-        D = np.maximum((sq[:, None] + sq[None, :] - 2 * H @ H.T) / 4, 0)
-        inv = off / (1 + D)
-        Z = inv.sum()
-        Q = inv / Z
-        kl = -(P[P > 0] * np.log(np.maximum(Q[P > 0], 1e-300))).sum()
-        G = (P - Q) / (1 + D) * off
-        grad = (np.diag(G.sum(axis=1)) - G) @ H
-        Aq = np.abs(H) - 1
-        kl += alpha * (Aq * Aq).mean()
-        grad += alpha * 2 * Aq * np.sign(H) / H.size
+        kl, grad = seph_objective(h.reshape(n, c), P, alpha)
         return kl, grad.ravel()
 
     H0 = rng.standard_normal((n, c)) * 0.1
