@@ -183,3 +183,43 @@ def test_seph_objective_is_the_kl_to_hamming_affinities_with_its_exact_gradient(
         num = approx_fprime(H.ravel(), f, 1e-7)
         ana = seph_objective(H, P, alpha)[1].ravel()
         assert np.abs(num - ana).max() < 1e-5 * np.abs(ana).max(), alpha
+
+
+def test_lasso_fista_reaches_the_lasso_optimum():
+    """LSSH's sparse codes: every row s minimises ||x - s D||^2 + alpha |s|_1 (Beck & Teboulle's
+    FISTA); scikit-learn's coordinate descent solves the same lasso with its loss halved and
+    divided by the number of features."""
+    from sklearn.linear_model import Lasso
+
+    from xmodal.methods.hashing.unsupervised import lasso_fista
+
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((15, 40))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    X = rng.standard_normal((6, 3)) @ D[:3] * 2 + 0.05 * rng.standard_normal((6, 40))
+    alpha = 0.3
+    S = lasso_fista(X, D, alpha, max_iter=20000, tol=1e-12)
+    ref = np.stack([Lasso(alpha=alpha / (2 * D.shape[1]), fit_intercept=False, tol=1e-12, max_iter=100000)
+                    .fit(D.T, x).coef_ for x in X])
+    assert np.abs(S - ref).max() < 1e-6
+    assert (S == 0).mean() > 0.3  # the l1 term bites
+    warm = lasso_fista(X, D, alpha, init=ref, max_iter=20000, tol=1e-12)
+    assert np.abs(warm - ref).max() < 1e-6
+
+
+def test_label_propagation_reaches_the_consistency_fixed_point():
+    """Zhou et al. 2003: F <- alpha S F + (1-alpha) Y0 converges to (1-alpha)(I - alpha S)^-1 Y0,
+    S = D^-1/2 W D^-1/2. On equidistant points with every other point a neighbour the heat
+    kernel weights are all equal, so S = (11' - I)/(n-1); unlabelled rows start at zero."""
+    from xmodal.methods.hashing.semi import label_propagation
+
+    n, alpha = 7, 0.8
+    Z = np.eye(n) * 3.0
+    L0 = np.eye(3)[[0, 1, 2, 0, 1, 2, 0]]
+    lab = np.array([True, True, False, True, False, False, False])
+    F = label_propagation(Z, L0, lab, n_neighbors=n - 1, alpha=alpha, n_iter=400)
+    S = (np.ones((n, n)) - np.eye(n)) / (n - 1)
+    Y0 = np.where(lab[:, None], L0, 0.0)
+    assert np.allclose(F, (1 - alpha) * np.linalg.solve(np.eye(n) - alpha * S, Y0), atol=1e-12)
+    F1 = label_propagation(Z, L0, lab, n_neighbors=n - 1, alpha=alpha, n_iter=1)
+    assert np.allclose(F1, alpha * S @ Y0 + (1 - alpha) * Y0, atol=1e-12)
