@@ -223,3 +223,30 @@ def test_label_propagation_reaches_the_consistency_fixed_point():
     assert np.allclose(F, (1 - alpha) * np.linalg.solve(np.eye(n) - alpha * S, Y0), atol=1e-12)
     F1 = label_propagation(Z, L0, lab, n_neighbors=n - 1, alpha=alpha, n_iter=1)
     assert np.allclose(F1, alpha * S @ Y0 + (1 - alpha) * Y0, atol=1e-12)
+
+
+def test_scm_seq_bits_follow_the_papers_residual_recursion():
+    """Zhang & Li 2014, sequential SCM: bit t is the top generalised singular pair of
+    X'(c S̃ - sum_{k<t} h_x^k h_y^k')Y, S̃ = 2 L̂L̂' - 11', formed here as a dense n x n
+    residual (the method never forms it); directions are scaled to unit spread."""
+    from xmodal.methods._solvers import inv_sqrt_psd, ridge
+
+    rng = np.random.default_rng(0)
+    n, c, reg = 80, 8, 1e-2
+    X, Y = _planted_pairs(n=n, seed=1)
+    L = np.eye(4)[rng.integers(0, 4, n)]
+    L[::5, (np.arange(0, n, 5) // 5) % 4] = 1  # some multi-label rows
+    m = methods.create("scm_seq", bits=c, kernel="linear", reg=reg).fit(_pairs(X, Y, L))
+    Fx, Fy = X - X.mean(0), Y - Y.mean(0)
+    Ln = L / np.linalg.norm(L, axis=1, keepdims=True)
+    R = c * (2 * Ln @ Ln.T - np.ones((n, n)))
+    Wx, Wy = inv_sqrt_psd(ridge(Fx.T @ Fx / n, reg)), inv_sqrt_psd(ridge(Fy.T @ Fy / n, reg))
+    for t in range(c):
+        u, _, vt = np.linalg.svd(Wx @ Fx.T @ R @ Fy @ Wy)
+        wx, wy = Wx @ u[:, 0], Wy @ vt[0]
+        wx, wy = wx / np.std(Fx @ wx), wy / np.std(Fy @ wy)
+        s = np.sign(wx @ m.image_proj_[:, t])  # a singular pair's joint sign is arbitrary
+        assert np.allclose(s * wx, m.image_proj_[:, t], rtol=1e-6, atol=1e-8), t
+        assert np.allclose(s * wy, m.text_proj_[:, t], rtol=1e-6, atol=1e-8), t
+        hx, hy = np.where(Fx @ wx >= 0, 1.0, -1.0), np.where(Fy @ wy >= 0, 1.0, -1.0)
+        R = R - np.outer(hx, hy)
