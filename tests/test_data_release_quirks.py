@@ -238,3 +238,53 @@ def test_sparse_tag_matrices_read_as_their_values(tmp_path, version):
               "I_te": X[30:], "T_te": sp.csc_matrix(Y[30:]), "L_te": L[30:]}
     scipy.io.savemat(cnn, blocks) if version == "v5" else _sparse_v73(cnn, blocks)
     np.testing.assert_array_equal(load_dataset(str(cnn)).text_features, Y.astype(np.float32))
+
+
+# --------------------------------------------------- MS-COCO's cleaned lists (all_txts.txt)
+def _coco_cleaned(root, n=30):
+    """MS-COCO as the cleaned lists of CLIP-based hashing code ship it: ``all_imgs.txt``,
+    ``all_txts.txt`` (an image's five captions on one line, ``;`` between them) and
+    ``all_labels.txt`` (80 columns; some rows all zero), images named as in COCO 2014."""
+    rng = np.random.default_rng(0)
+    names = [f"COCO_{'train' if i % 3 else 'val'}2014_{100000 + i:012d}.jpg" for i in range(n)]
+    (root / "images").mkdir()
+    for name in names:
+        Image.new("RGB", (6, 4)).save(root / "images" / name)
+    (root / "all_imgs.txt").write_text("".join(f"images/{name}\n" for name in names))
+    caps = [[f"a photo {i} number {k}." for k in range(5)] for i in range(n)]
+    (root / "all_txts.txt").write_bytes("".join(";".join(c) + "\r\n" for c in caps).encode())
+    labels = rng.integers(0, 2, (n, 80))
+    labels[4] = 0
+    (root / "all_labels.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in labels))
+    return names, caps, labels
+
+
+def test_coco_cleaned_lists_with_five_captions_a_line(tmp_path):
+    # all_txts.txt instead of all_tags.txt: was "all_tags.txt: file not found".
+    names, caps, labels = _coco_cleaned(tmp_path)
+    ds = load_dataset(str(tmp_path), n_query=5, n_train=15)
+    assert ds.n_images == 30 and ds.texts == [c for cs in caps for c in cs]
+    np.testing.assert_array_equal(ds.text_to_image, np.repeat(np.arange(30), 5))
+    np.testing.assert_array_equal(ds.labels, labels)  # no row dropped unasked
+    assert ds.text_features is None  # sentences: a text encoder reads them
+    assert ds.image_paths == [str(tmp_path / "images" / n) for n in names]
+    assert ds.meta["dataset"] == "mscoco" and ds.meta["text_file"] == "all_txts.txt"
+    assert len(ds.splits["query"]) == 5 and len(ds.splits["train"]) == 15
+    from xmodal.data import dataset_files
+
+    assert (tmp_path / "all_txts.txt") in dataset_files(tmp_path).files
+    (tmp_path / "all_txts.txt").write_text("".join(";".join(c) + "\n" for c in caps[:29]) + " ; \n")
+    with pytest.raises(DataError, match=r"all_txts.txt:30: no caption"):
+        load_dataset(str(tmp_path), n_query=5, n_train=15)
+
+
+def test_cleaned_lists_image_paths_of_another_machine_found_by_their_last_parts(tmp_path):
+    # all_imgs.txt written where the lists were made (absolute, Windows or another prefix):
+    # the images beside the lists are found by their last parts, as for index.mat.
+    names, _, _ = _coco_cleaned(tmp_path)
+    (tmp_path / "all_imgs.txt").write_text("".join(f"C:\\Users\\me\\coco\\images\\{n}\n" for n in names))
+    ds = load_dataset(str(tmp_path), n_query=5, n_train=15)
+    assert ds.image_paths == [str(tmp_path / "images" / n) for n in names]
+    (tmp_path / "all_imgs.txt").write_text("".join(f"/data/coco_all/{n}\n" for n in names))
+    ds = load_dataset(str(tmp_path), n_query=5, n_train=15)
+    assert ds.image_paths == [str(tmp_path / "images" / n) for n in names]

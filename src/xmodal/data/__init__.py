@@ -59,7 +59,7 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs: Any) -> Paire
     of DCMH per-variable ``.mat`` files, a folder
     of ``index.mat`` / ``caption.mat`` / ``label.mat``
     (:func:`~xmodal.data.dcmh_mat.load_index_caption_mat`), a folder of the cleaned lists of
-    deep hashing code (``all_imgs.txt``, ``all_tags.txt``, ``all_labels.txt``;
+    deep hashing code (``all_imgs.txt``, ``all_tags.txt`` or MS-COCO's ``all_txts.txt``, ``all_labels.txt``;
     :func:`~xmodal.data.mirflickr.load_cleaned_folder`), or a ``.npz`` of features written by
     ``xmodal encode`` (:func:`~xmodal.data.npz.load_npz`: encode once, bench many times);
     ``kwargs`` go to the loader (e.g. ``n_query``, ``n_train``, ``seed`` for

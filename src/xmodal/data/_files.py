@@ -125,7 +125,7 @@ def _legacy(folder: Path, layout: str) -> SourceFiles:
 
 
 def _cleaned(folder: Path) -> list[Path]:
-    return _existing(*(folder / n for n in ("all_imgs.txt", "all_tags.txt", "all_labels.txt")))
+    return _existing(*(folder / n for n in ("all_imgs.txt", "all_tags.txt", "all_txts.txt", "all_labels.txt")))
 
 
 def _wikipedia(path: Path) -> list[Path]:

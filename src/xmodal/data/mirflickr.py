@@ -140,7 +140,9 @@ def load_cleaned_lists(root: str | Path, name: str, n_query: int, n_train: int, 
     """The cleaned lists that deep hashing code ships for MIRFlickr-25K, NUS-WIDE and MS-COCO
     (DCHMT and its followers): ``all_imgs.txt`` (image paths relative to the folder, or to
     ``image_root``),
-    ``all_tags.txt`` (comma-separated tags), ``all_labels.txt`` (one row of 0/1 values per
+    ``all_tags.txt`` (comma-separated tags; MS-COCO's lists have ``all_txts.txt`` instead, an
+    image's captions on one line with ``;`` between them, each a text of its image, no text
+    features), ``all_labels.txt`` (one row of 0/1 values per
     image; ``len(label_names)`` columns, else as many as the first row has). Text features are
     tag vectors over ``vocabulary`` (default: every tag seen, sorted; other tags are dropped
     and counted in ``meta["tags_not_in_vocabulary"]``). Splits: :func:`hashing_splits`."""
@@ -154,13 +156,20 @@ def load_cleaned_lists(root: str | Path, name: str, n_query: int, n_train: int, 
         if not line.strip():
             raise DataError(f"{imgs_path}:{i}: empty line")
     tags_path, labels_path = root / "all_tags.txt", root / "all_labels.txt"
+    sentences = not tags_path.exists() and (root / SENTENCE_FILE).is_file()
+    if sentences:  # MS-COCO's lists: an image's captions on one line, ";" between them
+        tags_path = root / SENTENCE_FILE
     tag_rows = _lines(tags_path)
     label_rows = _lines(labels_path)
     n = len(imgs)
     for path, rows in ((tags_path, tag_rows), (labels_path, label_rows)):
         if len(rows) < n or any(r.strip() for r in rows[n:]):
             raise DataError(f"{path}: {len(rows)} rows, but all_imgs.txt lists {n} images")
-    tag_lists = [[t.strip() for t in row.split(",") if t.strip()] for row in tag_rows[:n]]
+    tag_lists = [[t.strip() for t in row.split(";" if sentences else ",") if t.strip()] for row in tag_rows[:n]]
+    if sentences:
+        empty = next((i for i, caps in enumerate(tag_lists) if not caps), None)
+        if empty is not None:
+            raise DataError(f"{tags_path}:{empty + 1}: no caption (an image's captions, ';' between them)")
     # The first non-blank row: a blank first row would make every labelled row "too long".
     first = next((r for r in label_rows[:n] if r.strip()), "")
     width = len(label_names) if label_names is not None else len(first.split())
@@ -171,18 +180,44 @@ def load_cleaned_lists(root: str | Path, name: str, n_query: int, n_train: int, 
             raise DataError(f"{labels_path}:{r + 1}: expected {width} 0/1 values, got {len(vals)} values"
                             + ("" if label_names is not None else " (the first non-blank row's count)"))
         labels[r] = np.array(vals, dtype=np.uint8)
-    T, vocab = tag_matrix(tag_lists, vocabulary)
-    known = set(vocab)
     splits = hashing_splits(n, n_query, n_train, seed, name=name)
+    meta = {"protocol": "hashing", "layout": "cleaned_lists", "seed": seed, "text_file": tags_path.name}
+    if sentences:  # every caption a text of its image; a text encoder reads them
+        t2i = np.repeat(np.arange(n), [len(caps) for caps in tag_lists])
+        texts, T = [c for caps in tag_lists for c in caps], None
+    else:
+        T, vocab = tag_matrix(tag_lists, vocabulary)
+        known = set(vocab)
+        t2i, texts = np.arange(n), [" ".join(t) for t in tag_lists]
+        meta |= {"tag_vocabulary": vocab,
+                 "tags_not_in_vocabulary": sum(t not in known for ts in tag_lists for t in ts)}
     return PairedDataset(
-        name=name, text_to_image=np.arange(n), n_images=n,
-        image_paths=[str(base / p.strip()) for p in imgs], texts=[" ".join(t) for t in tag_lists],
+        name=name, text_to_image=t2i, n_images=n,
+        image_paths=_image_paths(base, [p.strip() for p in imgs]), texts=texts,
         text_features=T, labels=labels, label_names=label_names,
-        splits=splits,
-        root=str(root), meta={"protocol": "hashing", "layout": "cleaned_lists", "tag_vocabulary": vocab,
-                              "tags_not_in_vocabulary": sum(t not in known for ts in tag_lists for t in ts),
-                              "seed": seed},
+        splits=splits, root=str(root), meta=meta,
     )
+
+
+def _image_paths(base: Path, stored: list[str]) -> list[str]:
+    """The images of ``all_imgs.txt``: ``base/<line>``; lines written where the lists were made
+    (absolute, a Windows path, another prefix) are found again under ``base`` or its image
+    folder by their last two parts or their name, the rule that finds an image of a sample
+    (:func:`~xmodal.data._probe.first_rule`) applied to all (a missing image is reported by the
+    encoder that reads it)."""
+    from ._probe import first_rule
+    from .karpathy import image_bases
+
+    parts = [s.replace("\\", "/").split("/") for s in stored]
+
+    def path_of(rule: tuple[Path | None, int], k: int) -> str:
+        folder, last = rule
+        return str(base / stored[k]) if folder is None else str(folder.joinpath(*parts[k][-last:]))
+
+    bases = image_bases(base) if base.is_dir() else []
+    rules = [(None, 0)] + [(b, last) for last in (2, 1) for b in bases]
+    rule = first_rule(rules, range(len(stored)), path_of) or (None, 0)
+    return [path_of(rule, k) for k in range(len(stored))]
 
 
 def load_cleaned_folder(path: str | Path, n_query: int | None = None, n_train: int | None = None,
@@ -206,6 +241,8 @@ def load_cleaned_folder(path: str | Path, n_query: int | None = None, n_train: i
     return ds
 
 
+#: MS-COCO's cleaned lists: the captions file that stands in for all_tags.txt.
+SENTENCE_FILE = "all_txts.txt"
 _TAGS_RE = re.compile(r"tags(\d+)\.txt")
 ANNOTATION_DIRS = ("mirflickr25k_annotations_v080", "annotations")
 
