@@ -288,3 +288,13 @@ def test_cleaned_lists_image_paths_of_another_machine_found_by_their_last_parts(
     (tmp_path / "all_imgs.txt").write_text("".join(f"/data/coco_all/{n}\n" for n in names))
     ds = load_dataset(str(tmp_path), n_query=5, n_train=15)
     assert ds.image_paths == [str(tmp_path / "images" / n) for n in names]
+
+
+def test_index_caption_mat_char_matrix_per_item_is_one_caption_a_row(tmp_path):
+    # MATLAB's char(['a dog';'a cat']) in a cell: two captions (its rows), not "a doga cat".
+    caps = np.empty(N_ITEMS, dtype=object)
+    for i in range(N_ITEMS):
+        caps[i] = np.array([f"first of {i:02d}", f"other of {i:02d}"])  # one char matrix each
+    _index_caption_folder(tmp_path, caps)
+    ds = load_dataset(str(tmp_path), n_query=2, n_train=6)
+    assert ds.texts[:4] == ["first of 00", "other of 00", "first of 01", "other of 01"]

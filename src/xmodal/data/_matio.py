@@ -220,6 +220,8 @@ def _cell_texts(cell) -> list[str]:
     a = np.asarray(cell)
     if a.dtype == object:
         return [t for c in a.reshape(-1, order="F") for t in _cell_texts(c)]
+    if a.dtype.kind in "US":  # a char matrix: one string a row
+        return [t for t in (str(s).strip() for s in a.reshape(-1)) if t]
     text = _cell_text(a) if a.size else ""
     return [text] if text else []
 
