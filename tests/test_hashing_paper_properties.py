@@ -250,3 +250,19 @@ def test_scm_seq_bits_follow_the_papers_residual_recursion():
         assert np.allclose(s * wy, m.text_proj_[:, t], rtol=1e-6, atol=1e-8), t
         hx, hy = np.where(Fx @ wx >= 0, 1.0, -1.0), np.where(Fy @ wy >= 0, 1.0, -1.0)
         R = R - np.outer(hx, hy)
+
+
+def test_cca_itq_rotation_is_itq_on_the_stacked_weighted_projections():
+    """The rotation is ITQ's (from the method's seeded start) on the image and text training
+    projections stacked, A and B the CCA directions weighted by rho^p; ITQ itself does not
+    depend on the scale of its input (sign and Procrustes are scale-free)."""
+    X, Y = _planted_pairs()
+    p, iters = 2.0, 20
+    cvh = methods.create("cvh", bits=8, kernel="linear", reg=1e-2).fit(_pairs(X, Y))
+    m = methods.create("cca_itq", bits=8, kernel="linear", reg=1e-2, scale_power=p, itq_iter=iters).fit(_pairs(X, Y))
+    w = cvh.correlations_ ** p
+    A, B = cvh.image_proj_ * w, cvh.text_proj_ * w
+    V = np.vstack([(X - X.mean(0)) @ A, (Y - Y.mean(0)) @ B])
+    R = itq_rotation(V, iters, np.random.default_rng(0))
+    assert np.allclose(m.image_proj_, A @ R, atol=1e-9) and np.allclose(m.text_proj_, B @ R, atol=1e-9)
+    assert np.allclose(itq_rotation(V * 1e-3, iters, np.random.default_rng(0)), R, atol=1e-9)
