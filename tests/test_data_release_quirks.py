@@ -298,3 +298,75 @@ def test_index_caption_mat_char_matrix_per_item_is_one_caption_a_row(tmp_path):
     _index_caption_folder(tmp_path, caps)
     ds = load_dataset(str(tmp_path), n_query=2, n_train=6)
     assert ds.texts[:4] == ["first of 00", "other of 00", "first of 01", "other of 01"]
+
+
+# ------------------------------------------------ DCMH files that carry their own split
+def _dcmh_with_param(path, fields: dict, version: str, n: int = 40):
+    rng = np.random.default_rng(1)
+    X, Y = rng.random((n, 8)), (rng.random((n, 12)) < 0.3).astype(float)
+    L = rng.integers(0, 2, (n, 10)).astype(float)
+    L[:, 0] = 1
+    if version == "v5":
+        scipy.io.savemat(path, {"XAll": X, "YAll": Y, "LAll": L,
+                                "param": {k: np.asarray(v, float).reshape(1, -1) for k, v in fields.items()}})
+        return
+    import h5py
+
+    _sparse_v73(path, {"XAll": X, "YAll": Y, "LAll": L})
+    with h5py.File(path, "r+") as f:
+        g = f.create_group("param")
+        g.attrs["MATLAB_class"] = np.bytes_("struct")
+        for k, v in fields.items():
+            g.create_dataset(k, data=np.asarray(v, float).reshape(-1, 1))  # MATLAB's 1 x k
+
+
+@pytest.mark.parametrize("version,names", [("v5", ("indexQuery", "indexRetrieval", "indexTrain")),
+                                           ("v73", ("indexTest", "indexDatabase", "indexTrain"))])
+def test_dcmh_file_split_in_param_is_followed(tmp_path, version, names):
+    # DCMH's nus-wide-tc10.mat / FLICKR-25K.mat hold their split in the struct param (MATLAB
+    # indices, from 1); the papers' numbers are on it, so it is the default over a random one.
+    perm = np.random.default_rng(5).permutation(40)
+    query, database = np.sort(perm[:6]), np.sort(perm[6:])
+    train = np.sort(database[:20])
+    path = tmp_path / "nus-wide-tc10.mat"
+    _dcmh_with_param(path, dict(zip(names, (query + 1, database + 1, train + 1))), version)
+    ds = load_dataset(str(path))
+    np.testing.assert_array_equal(ds.splits["query"], query)
+    np.testing.assert_array_equal(ds.splits["test"], query)
+    np.testing.assert_array_equal(ds.splits["database"], database)
+    np.testing.assert_array_equal(ds.splits["train"], train)
+    assert ds.meta["split"] == "param"
+    # asked for, the random split of the sizes given
+    ds = load_dataset(str(path), n_query=5, n_train=10)
+    assert len(ds.splits["query"]) == 5 and ds.meta["split"] == "random"
+
+
+def test_dcmh_file_split_errors_name_the_field(tmp_path):
+    path = tmp_path / "FLICKR-25K.mat"
+    _dcmh_with_param(path, {"indexQuery": [1, 2, 41], "indexRetrieval": np.arange(3, 41),
+                            "indexTrain": [3, 4]}, "v5")
+    with pytest.raises(DataError, match=r"FLICKR-25K.mat: param.indexQuery holds 41, outside 1..40"):
+        load_dataset(str(path))
+    _dcmh_with_param(path, {"indexQuery": [1, 2], "indexTrain": [3, 4]}, "v5")
+    with pytest.raises(DataError, match=r"FLICKR-25K.mat: param holds indexQuery, indexTrain but no "
+                                        r"indexRetrieval / indexDatabase"):
+        load_dataset(str(path))
+    _dcmh_with_param(path, {"indexQuery": [1, 2, 2], "indexRetrieval": np.arange(3, 41),
+                            "indexTrain": [3, 4]}, "v5")
+    with pytest.raises(DataError, match=r"param.indexQuery lists item 2 twice"):
+        load_dataset(str(path))
+
+
+def test_named_loaders_follow_the_split_a_dcmh_file_carries(tmp_path):
+    perm = np.random.default_rng(6).permutation(40)
+    query, database = np.sort(perm[:4]), np.sort(perm[4:])
+    fields = {"indexTest": query + 1, "indexDatabase": database + 1, "indexTrain": database[:10] + 1}
+    for name, fname in (("nus_wide", "nus-wide-tc10.mat"), ("mirflickr25k", "FLICKR-25K.mat")):
+        folder = tmp_path / name
+        folder.mkdir()
+        _dcmh_with_param(folder / fname, fields, "v5")
+        ds = load_dataset(name, data_dir=str(folder))
+        np.testing.assert_array_equal(ds.splits["query"], query)
+        np.testing.assert_array_equal(ds.splits["train"], database[:10])
+        with pytest.raises(DataError, match=r"n_query \+ n_train = .* exceeds 40 items"):
+            load_dataset(name, data_dir=str(folder), seed=1)  # the papers' random sizes, as asked

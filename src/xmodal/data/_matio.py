@@ -96,6 +96,30 @@ class MatFile:
             raise self._fail(name, exc) from exc
         return a.T if self.matlab_order else a
 
+    def struct(self, name: str) -> dict[str, np.ndarray] | None:
+        """The numeric fields of the 1 x 1 struct ``name`` (DCMH's ``param``), flattened; None
+        when the file holds no struct of that name."""
+        if not self.hdf5:
+            if name not in self.shapes:
+                return None
+            a = self.read(name)
+            if not a.dtype.names or a.size != 1:
+                return None
+            rec = a.reshape(-1)[0]
+            return {k: np.asarray(rec[k]).reshape(-1) for k in a.dtype.names
+                    if np.asarray(rec[k]).dtype.kind in "biuf"}
+        import h5py
+
+        try:
+            with h5py.File(self.path, "r") as f:
+                g = f.get(name)
+                if not isinstance(g, h5py.Group) or name in self._sparse:
+                    return None
+                return {k: np.asarray(v[()]).reshape(-1) for k, v in g.items()
+                        if isinstance(v, h5py.Dataset) and v.dtype.kind in "biuf"}
+        except Exception as exc:
+            raise self._fail(name, exc) from exc
+
     def forget(self, name: str) -> None:
         """Drop a v5 variable kept in memory by :meth:`read`."""
         self._v5_cache.pop(name, None)

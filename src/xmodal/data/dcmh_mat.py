@@ -366,9 +366,53 @@ def default_split_sizes(known: KnownDataset | None, n: int) -> tuple[int, int]:
     return n_query, max(1, (n - n_query) // 2)
 
 
+# The split a DCMH file may carry in its struct ``param`` (MATLAB indices, from 1): DCMH's own
+# names, and those of nus-wide-tc10.mat as SSAH's code reads it.
+PARAM_VAR = "param"
+PARAM_FIELDS = (("query", ("indexQuery", "indexTest")), ("database", ("indexRetrieval", "indexDatabase")),
+                ("train", ("indexTrain",)))
+
+
+def file_split(mats: list[MatFile], n: int) -> tuple[dict[str, np.ndarray], Path] | None:
+    """The split of the first of ``mats`` whose struct ``param`` holds index fields
+    (:data:`PARAM_FIELDS`), as 0-based item rows, and that file; None when none does. Indices
+    are MATLAB's (from 1) unless one of them is 0; each is checked against the ``n`` items."""
+    for m in mats:
+        fields = m.struct(PARAM_VAR)
+        if not fields or not any(f in fields for _, names in PARAM_FIELDS for f in names):
+            continue
+        where = f"{m.path}: {PARAM_VAR}"
+        found = {}
+        for split, names in PARAM_FIELDS:
+            field = next((f for f in names if f in fields), None)
+            if field is None:
+                raise DataError(f"{where} holds {', '.join(sorted(fields))} but no {' / '.join(names)} "
+                                "(the split needs query, database and training indices)")
+            found[split] = (field, fields[field])
+        values = np.concatenate([v for _, v in found.values()])
+        base = 0 if values.size and values.min() == 0 else 1
+        out = {}
+        for split, (field, v) in found.items():
+            if not np.isfinite(v).all() or (v != np.round(v)).any():
+                raise DataError(f"{where}.{field} holds a value that is not an item index")
+            idx = v.astype(np.int64) - base
+            bad = (idx < 0) | (idx >= n)
+            if bad.any():
+                raise DataError(f"{where}.{field} holds {int(v[bad][0])}, outside {base}..{n - 1 + base} "
+                                f"(the file holds {n} items)")
+            uniq, counts = np.unique(idx, return_counts=True)
+            if (counts > 1).any():
+                raise DataError(f"{where}.{field} lists item {int(uniq[counts > 1][0]) + base} twice")
+            out[split] = uniq
+        out["test"] = out["query"]
+        return out, m.path
+    return None
+
+
 def load_dcmh_mat(path: str | Path, name: str | None = None, n_query: int | None = None,
-                  n_train: int | None = None, seed: int = 0, image_var: str | None = None,
-                  images_dir: str | Path | None = None, progress: bool = True) -> PairedDataset:
+                  n_train: int | None = None, seed: int | None = None, image_var: str | None = None,
+                  images_dir: str | Path | None = None, progress: bool = True,
+                  default_sizes: tuple[int, int] | None = None) -> PairedDataset:
     """A dataset in the DCMH ``.mat`` layout: one ``.mat`` file, or a folder of per-variable files.
 
     Text features come from ``YAll``, labels from ``LAll`` (0/1), image ids from ``FAll`` when
@@ -377,11 +421,17 @@ def load_dcmh_mat(path: str | Path, name: str | None = None, n_query: int | None
     as PNG files under ``images_dir``, default a folder of the feature cache keyed by the file,
     then ``image_paths`` for an image encoder; ``progress`` shows a bar while writing).
 
-    Splits (:func:`~xmodal.data.mirflickr.hashing_splits`, DCMH's protocol): ``n_query`` random
-    queries, the rest is the database, ``n_train`` training items drawn from it. Defaults are
+    Splits: the file's own when it carries one (DCMH's struct ``param``: ``indexQuery`` or
+    ``indexTest``, ``indexRetrieval`` or ``indexDatabase``, ``indexTrain``, MATLAB indices;
+    :func:`file_split`) and none of ``n_query``, ``n_train``, ``seed`` is given
+    (``meta["split"] == "param"``); else (``"random"``,
+    :func:`~xmodal.data.mirflickr.hashing_splits`, DCMH's protocol) ``n_query`` random
+    queries, the rest is the database, ``n_train`` training items drawn from it, seeded by
+    ``seed`` (0). Defaults are
     the papers' sizes for MIRFlickr-25K (2000 / 10000), NUS-WIDE (2100 / 10500), IAPR TC-12
     (2000 / 10000) and MS-COCO (5000 / 10000), recognised by file names or label count
-    (:func:`identify`); otherwise :func:`default_split_sizes`.
+    (:func:`identify`); otherwise :func:`default_split_sizes`; ``default_sizes`` (n_query,
+    n_train), given by a named loader, overrides those.
     """
     path = Path(path)
     if path.is_dir():
@@ -438,17 +488,25 @@ def load_dcmh_mat(path: str | Path, name: str | None = None, n_query: int | None
 
     files = sorted({str(m.path) for m in src.values()})
     known = identify([name or "", path.resolve().name, *(Path(f).name for f in files)], L.shape[1], n)
-    dq, dt = default_split_sizes(known, n)
-    n_query = dq if n_query is None else n_query
-    n_train = dt if n_train is None else n_train
     ds_name = name or (path.resolve().name if path.is_dir() else path.stem)  # "." has no name
-    splits = hashing_splits(n, n_query, n_train, seed, name=ds_name)
+    given = n_query is not None or n_train is not None or seed is not None
+    own = None if given else file_split(list({id(m): m for m in src.values()}.values()), n)
+    seed = 0 if seed is None else seed
+    if own is not None:
+        splits, split_file = own
+        n_query, n_train = len(splits["query"]), len(splits["train"])
+    else:
+        dq, dt = default_sizes or default_split_sizes(known, n)
+        n_query = dq if n_query is None else n_query
+        n_train = dt if n_train is None else n_train
+        splits = hashing_splits(n, n_query, n_train, seed, name=ds_name)
     label_names = known_label_names(known, L.shape[1])
     return PairedDataset(
         name=ds_name, text_to_image=np.arange(n), n_images=n, image_features=X,
         image_paths=image_paths, text_features=T, labels=L, label_names=label_names,
         splits=splits, image_ids=image_ids, root=str(path if path.is_dir() else path.parent),
-        meta={"protocol": "hashing", "layout": "dcmh_mat", "seed": seed,
+        meta={"protocol": "hashing", "layout": "dcmh_mat", "seed": None if own else seed,
+              "split": "param" if own else "random", "split_file": str(own[1]) if own else None,
               "dataset": known.name if known else None, "n_query": n_query, "n_train": n_train,
               "sources": {k: str(m.path) for k, m in src.items()}, "image_var": img_var,
               "images_dir": None if out_dir is None else str(out_dir), "file_names": file_names},

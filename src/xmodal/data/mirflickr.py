@@ -129,7 +129,9 @@ def load_mirflickr25k(data_dir: str | None = None, n_query: int | None = None, n
         if is_index_caption_folder(root):
             return load_index_caption_mat(root, name="mirflickr25k", n_query=n_query, n_train=n_train, seed=seed)
         if find_dcmh_files(root):
-            return load_dcmh_mat(root, name="mirflickr25k", n_query=n_query, n_train=n_train, seed=seed)
+            # split options as given: none given, a split the file carries is followed
+            return load_dcmh_mat(root, name="mirflickr25k", **split_options,
+                               default_sizes=(2000, 10000))
     return load_cleaned_lists(root, "mirflickr25k", n_query=n_query, n_train=n_train, seed=seed,
                               label_names=MIRFLICKR_LABELS)
 

@@ -429,7 +429,9 @@ def load_nus_wide(data_dir: str | None = None, n_concepts: int | None = None, co
             if concepts is not None or image_features is not None or image_dir is not None:
                 raise DataError(f"{root}: the DCMH .mat layout fixes its concepts and images; "
                                 "concepts, image_features and image_dir do not apply")
-            ds = load_dcmh_mat(root, name="nus_wide", n_query=n_query, n_train=n_train, seed=seed)
+            # split options as given: none given, a split the file carries is followed
+            ds = load_dcmh_mat(root, name="nus_wide", **split_options,
+                               default_sizes=(2100, 10500))
             return _fixed_concepts(ds, n_concepts, ds.meta["sources"]["LAll"], require_tag)
     entries = _nonblank_lines(list_path)
     n = len(entries)
