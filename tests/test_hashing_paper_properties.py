@@ -266,3 +266,36 @@ def test_cca_itq_rotation_is_itq_on_the_stacked_weighted_projections():
     R = itq_rotation(V, iters, np.random.default_rng(0))
     assert np.allclose(m.image_proj_, A @ R, atol=1e-9) and np.allclose(m.text_proj_, B @ R, atol=1e-9)
     assert np.allclose(itq_rotation(V * 1e-3, iters, np.random.default_rng(0)), R, atol=1e-9)
+
+
+def test_sslpdp_affinity_mixes_true_and_confidence_weighted_predicted_labels_with_features():
+    """SS-LPDP's target affinity: (1 - w) * label cosine + w * max(feature cosine, 0), where
+    labelled rows keep their true labels (confidence 1) and the others take their propagated
+    scores, weighted by confidence max/sum, so the label part's diagonal is the confidence."""
+    from xmodal.methods.hashing.semi import SSLPDP, label_propagation
+
+    X, Y = _planted_pairs(n=60)
+    rng = np.random.default_rng(5)
+    L = np.eye(3)[rng.integers(0, 3, 60)]
+    lab = np.zeros(60, dtype=bool)
+    lab[::4] = True
+    rows = np.arange(60)
+    parts = {}
+    for w in (0.0, 1.0, 0.3):
+        m = SSLPDP(bits=8, kernel="linear", distance_weight=w)
+        m._labelled = lab
+        parts[w] = m._affinity(X, Y, L, rows)
+    Fx, Fy = X - X.mean(0), Y - Y.mean(0)
+    Z = np.hstack([Fx / np.linalg.norm(Fx, axis=1, keepdims=True),
+                   Fy / np.linalg.norm(Fy, axis=1, keepdims=True)]) / np.sqrt(2)
+    assert np.allclose(parts[1.0], np.maximum(Z @ Z.T, 0), atol=1e-12)
+    assert np.allclose(parts[0.3], 0.7 * parts[0.0] + 0.3 * parts[1.0], atol=1e-12)
+    A = parts[0.0]
+    Ln = L / np.linalg.norm(L, axis=1, keepdims=True)
+    assert np.allclose(A[np.ix_(lab, lab)], Ln[lab] @ Ln[lab].T, atol=1e-12)
+    Fs = np.maximum(label_propagation(Z, L, lab, m.n_neighbors, m.propagation_alpha), 0)
+    conf = np.where(lab, 1.0, Fs.max(1) / Fs.sum(1))
+    assert np.allclose(np.diag(A), conf, atol=1e-12)
+    assert conf[~lab].max() < 1 and conf[~lab].min() >= 1 / 3 - 1e-12
+    Pn = Fs / np.linalg.norm(Fs, axis=1, keepdims=True) * np.sqrt(conf)[:, None]
+    assert np.allclose(A[np.ix_(lab, ~lab)], Ln[lab] @ Pn[~lab].T, atol=1e-12)
