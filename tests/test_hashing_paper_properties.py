@@ -299,3 +299,18 @@ def test_sslpdp_affinity_mixes_true_and_confidence_weighted_predicted_labels_wit
     assert conf[~lab].max() < 1 and conf[~lab].min() >= 1 / 3 - 1e-12
     Pn = Fs / np.linalg.norm(Fs, axis=1, keepdims=True) * np.sqrt(conf)[:, None]
     assert np.allclose(A[np.ix_(lab, ~lab)], Ln[lab] @ Pn[~lab].T, atol=1e-12)
+
+
+def test_scm_seq_learns_more_bits_than_feature_dimensions_and_scm_orth_refuses():
+    """SCM-orth's bits are orthogonal directions, at most one per mapped dimension; SCM-seq's
+    bits come from successive residuals (Zhang & Li 2014), so it may learn more bits than
+    there are dimensions."""
+    from xmodal.methods import ParameterError
+
+    X, Y = _planted_pairs(n=200, dx=6, dy=5)
+    L = np.eye(3)[np.random.default_rng(0).integers(0, 3, 200)]
+    with pytest.raises(ParameterError, match="bits=16 exceeds the 5 dimensions"):
+        methods.create("scm_orth", bits=16, kernel="linear").fit(_pairs(X, Y, L))
+    m = methods.create("scm_seq", bits=16, kernel="linear").fit(_pairs(X, Y, L))
+    assert m.image_proj_.shape == (6, 16) and m.text_proj_.shape == (5, 16)
+    assert m.encode_images(X).shape == (200, 2) and m.encode_texts(Y).shape == (200, 2)
