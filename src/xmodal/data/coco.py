@@ -209,10 +209,11 @@ def keep_images(ds: PairedDataset, keep: np.ndarray) -> PairedDataset:
     return out
 
 
-def _read_captions(path: Path, max_captions: int | None) -> tuple[np.ndarray, list[str], list[str], np.ndarray, int]:
-    """One caption file: its image ids and file names, the kept captions (the first
-    ``max_captions`` of each image by annotation id), the image row of each, and how many
-    captions were left out."""
+def _read_captions(path: Path, max_captions: int | None) -> tuple[np.ndarray, list[str], list[str], np.ndarray, int, int]:
+    """One caption file: the ids and file names of its images that have a caption, the kept
+    captions (the first ``max_captions`` of each image by annotation id), the image row of
+    each, how many captions were left out, and how many images were left out for having no
+    caption (logged; none of them: a :class:`DataError`)."""
     doc = read_json(path)
     images = _records(doc, "images", path)
     anns = _records(doc, "annotations", path)
@@ -237,6 +238,19 @@ def _read_captions(path: Path, max_captions: int | None) -> tuple[np.ndarray, li
     if (rows < 0).any():
         i = _first(rows < 0)
         raise DataError(f"{path}: annotations[{i}]: image_id {int(img[i])} is not in its 'images' list")
+    # COCO's own files give every image five or more captions; an image with none (an edited
+    # file) is no image-text pair: Karpathy's splits never hold one and the hashing protocol
+    # drops items without text, so it is left out here, before labels are joined.
+    captioned = np.bincount(rows, minlength=len(ids)) > 0
+    n_uncaptioned = int((~captioned).sum())
+    if n_uncaptioned:
+        if n_uncaptioned == len(ids):
+            raise DataError(f"{path}: none of its {len(ids)} images has a caption")
+        i = _first(~captioned)
+        log.warning("%s: %d image(s) with no caption left out (first: images[%d], id %d); "
+                    "meta['uncaptioned_dropped'] counts them", path, n_uncaptioned, i, int(ids[i]))
+        rows = (np.cumsum(captioned) - 1)[rows]
+        ids, names = ids[captioned], [n for n, c in zip(names, captioned) if c]
     order = np.lexsort((ann_id, rows))  # by image, then by annotation id: a deterministic choice
     rows = rows[order]
     kept = order
@@ -246,7 +260,7 @@ def _read_captions(path: Path, max_captions: int | None) -> tuple[np.ndarray, li
         kept, rows = order[rank < max_captions], rows[rank < max_captions]
     # Some captions end in a newline or hold two spaces: one line of single spaces.
     texts = [" ".join(caps[i].split()) for i in kept]
-    return ids, names, texts, rows, len(anns) - len(kept)
+    return ids, names, texts, rows, len(anns) - len(kept), n_uncaptioned
 
 
 def _image_folder(root: Path, split: str, year: int, names: list[str], image_dir: Path | None) -> Path:
@@ -284,7 +298,9 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
     (10000) training images drawn from it, seeded by ``seed``; it needs the category labels.
     ``year``: 2014 or 2017 (default 2014 when its caption files are there, else 2017).
     ``max_captions``: the first that many captions of each image by annotation id (default
-    five, the papers' protocol; some images have six or seven), ``None`` keeps all.
+    five, the papers' protocol; some images have six or seven), ``None`` keeps all. An image
+    with no caption (COCO's own files have none; an edited file may) is left out with a
+    warning, counted in ``meta["uncaptioned_dropped"]``.
 
     ``labels``: ``"auto"`` reads the 80 categories from ``instances_<split><year>.json``
     when every loaded split has one (one of several missing: a :class:`DataError` naming
@@ -314,9 +330,10 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
     if not caption_files:
         raise DataError(f"{root / ANNOTATION_DIR / f'captions_train{year}.json'}: file not found, nor "
                         f"captions_val{year}.json (not a COCO download)")
-    all_ids, paths, image_ids, texts, t2i, splits, dropped = [], [], [], [], [], {}, 0
+    all_ids, paths, image_ids, texts, t2i, splits, dropped, uncaptioned = [], [], [], [], [], {}, 0, 0
     for part, cap_path in caption_files.items():
-        ids, names, caps, rows, n_dropped = _read_captions(cap_path, max_captions)
+        ids, names, caps, rows, n_dropped, n_uncaptioned = _read_captions(cap_path, max_captions)
+        uncaptioned += n_uncaptioned
         folder = _image_folder(root, part, year, names, None if image_dir is None else Path(image_dir))
         start = len(paths)
         splits[part] = np.arange(start, start + len(ids))
@@ -350,7 +367,7 @@ def load_coco(path: str | os.PathLike, year: int | None = None, labels: bool | s
         texts=texts, labels=label_matrix, label_names=names, splits=splits, image_ids=image_ids,
         root=str(root),
         meta={"protocol": "coco_official", "layout": "coco_official", "year": year,
-              "max_captions": max_captions, "captions_dropped": dropped,
+              "max_captions": max_captions, "captions_dropped": dropped, "uncaptioned_dropped": uncaptioned,
               "label_files": [str(p) for p in label_files]})
     if label_matrix is not None:
         ds = drop_unlabelled_images(ds, drop_unlabelled)
