@@ -14,6 +14,9 @@ decimal-comma locales) or tabs: the one that makes the header name an ``image`` 
 A CSV's column names and split names match in any case (``Image``, ``Train``); its empty rows
 (``;;;``) and empty unnamed columns (trailing delimiters) are passed over. An image path that
 is not found is looked up ignoring case, for a file written on a macOS or Windows disk.
+When only some images have labels, the others get an all-zero label row (unlabelled, to
+semi-supervised methods; relevant to no query in class-based MAP): a warning names the first
+such row and ``meta["unlabelled"]`` counts them.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import ast
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .dataset import DataError, PairedDataset, random_splits, read_text
+
+log = logging.getLogger("xmodal.data")
 
 KNOWN_FIELDS = {"image", "text", "label", "labels", "split", "id"}
 # The splits the evaluation reads; any other name would be silently ignored there.
@@ -251,7 +257,7 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
         raise DataError(f"{path}: no rows")
     image_index: dict[str, int] = {}
     listings: dict[Path, dict[str, list[str]]] = {}
-    image_paths, texts, t2i, img_labels, img_split = [], [], [], [], []
+    image_paths, texts, t2i, img_labels, img_split, img_where = [], [], [], [], [], []
     for lineno, row in rows:
         where = f"{path}:{lineno}"  # path:line, or path: [k] (line L) in a JSON array
         unknown = set(row) - KNOWN_FIELDS
@@ -297,6 +303,7 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
             image_paths.append(key)
             img_labels.append(set(labels))
             img_split.append(split)
+            img_where.append(where)
         else:
             i = image_index[key]
             img_labels[i].update(labels)
@@ -308,11 +315,22 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
         t2i.append(image_index[key])
     names = label_names or sorted({l for s in img_labels for l in s})
     labels = None
+    meta: dict = {"protocol": "karpathy"}
     if names and any(img_labels):
         col = {n: i for i, n in enumerate(names)}
         labels = np.zeros((len(image_paths), len(names)), dtype=np.uint8)
         for i, s in enumerate(img_labels):
             labels[i, [col[l] for l in s]] = 1
+        # Partly labelled pairs are legitimate (semi-supervised methods take the zero rows as
+        # unlabelled), but in class-based MAP a zero row is relevant to no query and a query
+        # with nothing relevant: said, with the first such row, and counted in meta.
+        unlabelled = [i for i, s in enumerate(img_labels) if not s]
+        meta["unlabelled"] = len(unlabelled)
+        if unlabelled:
+            i = unlabelled[0]
+            log.warning("%s: %d of %d images have no label (first: %s, image %s); class-based "
+                        "MAP counts them relevant to no query; meta['unlabelled'] counts them",
+                        path, len(unlabelled), len(image_paths), img_where[i], Path(image_paths[i]).name)
     n = len(image_paths)
     if any(img_split):
         splits: dict[str, list[int]] = {}
@@ -329,4 +347,4 @@ def load_pairs(path: str | Path, label_names: list[str] | None = None, seed: int
     return PairedDataset(name=path.stem, text_to_image=np.asarray(t2i), n_images=n,
                          image_paths=image_paths, texts=texts, labels=labels,
                          label_names=names if labels is not None else None, splits=splits_arr,
-                         root=str(path.parent), meta={"protocol": "karpathy"})
+                         root=str(path.parent), meta=meta)
