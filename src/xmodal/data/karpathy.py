@@ -95,7 +95,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
                   instances: str | Sequence[str | os.PathLike] | None = "auto",
                   drop_unlabelled: bool = False) -> PairedDataset:
     """Load a Karpathy file (``dataset.json``, ``dataset_coco.json``, ... or a folder holding one).
-    ``restval`` counts as train, as in the usual protocol.
+    ``restval`` counts as train, as in the usual protocol; split names match in any case.
 
     Images are looked up under ``image_dir``, else the first of the file's folder and its
     sub-folders that holds one of the first 200 records' images
@@ -165,6 +165,8 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         image_paths.append(str(image_path(rec)))
         image_ids.append(Path(rec["filename"]).stem)
         split = rec.get("split", "train")
+        if isinstance(split, str) and split.strip().lower() in (*KNOWN_SPLITS, "restval"):
+            split = split.strip().lower()  # "Test" from a hand-made file is test, as in pairs files
         split = "train" if split == "restval" else split
         if split not in KNOWN_SPLITS:  # any other name would be silently left out of evaluation
             raise DataError(f"{where} ({rec['filename']}): unknown split {split!r}; "
