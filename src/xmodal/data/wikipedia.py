@@ -2,7 +2,8 @@
 Retrieval", ACM MM 2010), in its original release layout: ``wikipedia_dataset/`` (also found
 as ``wikipedia/`` or ``wikipedia_info/``, or named by --data-dir) holding ``categories.list``,
 ``trainset_txt_img_cat.list``, ``testset_txt_img_cat.list``, ``texts/<text_id>.xml``,
-``images/<category>/<image_id>.jpg`` and ``raw_features.mat``."""
+``images/<category>/<image_id>.jpg`` and ``raw_features.mat`` (MATLAB v5 as released, or
+re-saved as v7.3)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
+from ._matio import MatFile
 from ._root import resolve_dataset_dir
 from .dataset import DataError, PairedDataset, one_hot, read_text
 
@@ -62,13 +63,12 @@ def load_wikipedia(data_dir: str | None = None, with_texts: bool = True) -> Pair
     feats_path = root / "raw_features.mat"
     features = None
     if feats_path.exists():
-        try:
-            mat = scipy.io.loadmat(feats_path)
-        except Exception as exc:  # scipy raises several types for corrupt files
-            raise DataError(f"{feats_path}: cannot read MATLAB file ({exc})") from exc
+        # MatFile: the release's v5 file or a copy re-saved as v7.3 (HDF5), which scipy cannot read
+        mat_file = MatFile(feats_path)
         for key in ("I_tr", "T_tr", "I_te", "T_te"):
-            if key not in mat:
+            if key not in mat_file:
                 raise DataError(f"{feats_path}: variable {key} missing")
+        mat = {key: np.asarray(mat_file.read(key)) for key in ("I_tr", "T_tr", "I_te", "T_te")}
         for key, rows, lst in (("I_tr", train, train_list), ("T_tr", train, train_list),
                                ("I_te", test, test_list), ("T_te", test, test_list)):
             if mat[key].ndim != 2 or mat[key].shape[0] != len(rows):
