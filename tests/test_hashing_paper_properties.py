@@ -314,3 +314,33 @@ def test_scm_seq_learns_more_bits_than_feature_dimensions_and_scm_orth_refuses()
     m = methods.create("scm_seq", bits=16, kernel="linear").fit(_pairs(X, Y, L))
     assert m.image_proj_.shape == (6, 16) and m.text_proj_.shape == (5, 16)
     assert m.encode_images(X).shape == (200, 2) and m.encode_texts(Y).shape == (200, 2)
+
+
+def test_learned_codes_protocol_gives_each_database_image_its_first_pairs_code():
+    """With several captions per image the learned codes are per pair; the protocol's database
+    image takes the code of its first pair (and an image without a text is refused)."""
+    from xmodal.data import DataError
+    from xmodal.methods.base import pack_codes
+    from xmodal.methods.hashing.protocol import evaluate_training_codes
+
+    rng = np.random.default_rng(0)
+    n_img, cls = 8, np.arange(8) % 4
+    t2i = np.repeat(np.arange(n_img), 2)
+    ds = PairedDataset(name="two-captions", text_to_image=t2i, n_images=n_img,
+                       image_features=rng.standard_normal((n_img, 6)),
+                       text_features=rng.standard_normal((16, 5)), labels=np.eye(4)[cls])
+    m = methods.create("seph", bits=8, kernel="linear", n_iter=5).fit(ds)
+    words = np.where(np.eye(4, 8, dtype=bool) | np.eye(4, 8, k=4, dtype=bool), 1.0, -1.0)
+    per_pair = words[cls[t2i]]
+    per_pair[1::2] *= -1  # the second caption's pair learned the opposite code
+    m.train_image_codes_ = pack_codes(per_pair)
+    m.train_text_codes_ = pack_codes(words[cls[t2i]])
+    m.encode_texts = lambda Y: pack_codes(words[cls[t2i]])
+    m.encode_images = lambda X: pack_codes(words[cls])
+    r = evaluate_training_codes(m, ds, ds, pk=())
+    assert r["t2i"]["map"] == pytest.approx(1.0) and r["i2t"]["map"] == pytest.approx(1.0)
+    orphan = PairedDataset(name="orphan", text_to_image=t2i, n_images=n_img + 1,
+                           image_features=rng.standard_normal((n_img + 1, 6)),
+                           text_features=ds.text_features, labels=np.eye(4)[np.append(cls, 0)])
+    with pytest.raises(DataError, match="image 8 has no text"):
+        evaluate_training_codes(m, ds, orphan, pk=())
