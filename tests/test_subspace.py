@@ -681,3 +681,49 @@ def test_semantic_posteriors_of_labels_never_or_once_seen_in_training(name):
     m = methods.create(name).fit(ml)
     assert m.multilabel_ and (m.image_coef_[3] != 0).any() and (m.image_coef_[4] == 0).all()
     assert (m.encode_images(X[:5])[:, 4] < 1e-8).all()
+
+
+def test_semantic_matching_is_standard_scaling_then_logistic_regression_per_modality():
+    # Rasiwasia et al.'s SM: each modality's standardised features -> multinomial logistic
+    # regression -> class posteriors; SCM: the same on the CCA projections
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X, Y, ds = _labelled(n=90, seed=2)
+    y = ds.labels.argmax(1)
+    Xq, Yq = X[:7] + 0.3, Y[:7] - 0.2
+    for C in (1.0, 0.05):
+        m = methods.create("sm", C=C).fit(ds)
+        for Z, Q, enc in ((X, Xq, m.encode_images), (Y, Yq, m.encode_texts)):
+            sc = StandardScaler().fit(Z)
+            ref = LogisticRegression(C=C, max_iter=2000).fit(sc.transform(Z), y)
+            np.testing.assert_allclose(enc(Q), ref.predict_proba(sc.transform(Q)), atol=1e-6)
+        s = methods.create("scm", n_components=2, C=C).fit(ds)
+        for Z, Q, enc, proj in ((X, Xq, s.encode_images, s.cca_._encode_images),
+                                (Y, Yq, s.encode_texts, s.cca_._encode_texts)):
+            ref = LogisticRegression(C=C, max_iter=2000).fit(proj(Z), y)
+            np.testing.assert_allclose(enc(Q), ref.predict_proba(proj(Q)), atol=1e-6)
+
+
+def test_semantic_matching_takes_an_all_zero_column():
+    # a bag-of-words word never used in training: its standard deviation and mean are both 0,
+    # so it is scaled by 1 (not 0/0 = NaN in training, x/0 = inf at encode time)
+    X, Y, ds = _labelled(n=90, seed=3)
+    X0 = np.c_[X, np.zeros(90)]
+    m = methods.create("sm").fit(ds.with_features(image_features=X0))
+    q = np.c_[X[:5], np.full(5, 3.0)]
+    P = m.encode_images(q)
+    assert np.isfinite(P).all()
+    np.testing.assert_allclose(P, methods.create("sm").fit(ds).encode_images(X[:5]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sm", "scm"])
+def test_multilabel_label_on_for_every_training_pair_has_posterior_one(name):
+    X, Y, ds = _labelled(n=90, seed=4)
+    L = np.c_[ds.labels, np.ones(90)]  # label 3 on everywhere: multi-label data
+    m = methods.create(name).fit(PairedDataset("s", text_to_image=np.arange(90), n_images=90, image_features=X,
+                                               text_features=Y, labels=L))
+    assert m.multilabel_ and (m.image_coef_[3] == 0).all() and (m.text_coef_[3] == 0).all()
+    P = m.encode_images(np.vstack([X[:5], 1e3 * X[:5]]))
+    assert (P[:, 3] > 1 - 1e-8).all()
+    assert (m.encode_texts(Y[:5])[:, 3] > 1 - 1e-8).all()
