@@ -118,3 +118,55 @@ def test_test_folds_refusal_agrees_in_number(wikipedia):
         run_bench("wikipedia", ["cca", "lsh"], bits=(16,), data_dir=str(DATA), test_folds=2)
     with pytest.raises(ParameterError, match=r"lsh, cvh use the hashing protocol"):
         run_bench("wikipedia", ["lsh", "cvh"], bits=(16,), data_dir=str(DATA), test_folds=2)
+
+
+def test_default_is_five_folds_and_one_fold_keeps_the_test_sets_query_order():
+    ds = shuffled_captions(n_images=60)
+    m = methods.create("cca", n_components=6).fit(ds)
+    assert evaluate_folds(m, ds)["folds"] == 5
+    # folds=1 scores the test set itself: per-query lists in its own (shuffled) caption order
+    one, plain = evaluate_folds(m, ds, 1, per_query=True), evaluate(m, ds, per_query=True)
+    assert one["t2i"]["per_query"] == plain["t2i"]["per_query"]
+    assert set(one) == set(plain) | {"folds"}  # evaluate()'s result itself: no fold_std
+    assert {k: v for k, v in one.items() if k not in ("folds", "encode_seconds")} == \
+        {k: v for k, v in plain.items() if k != "encode_seconds"}
+
+
+def test_two_images_per_fold_is_the_least_allowed():
+    ds = shuffled_captions(n_images=9)
+    m = methods.create("cca", n_components=4).fit(ds)
+    res = evaluate_folds(m, ds, 4)  # blocks of 3, 2, 2, 2 images
+    assert res["folds"] == 4 and len(res["i2t"]) > 0
+
+
+def test_view_adapts_the_method_to_each_block_and_its_result_is_scored():
+    ds = shuffled_captions()
+    m = methods.create("cca", n_components=6).fit(ds)
+    other = methods.create("cca", n_components=2).fit(ds)
+    seen = []
+
+    def view(method, block):
+        seen.append((method, block.name, block.n_images))
+        return other
+
+    res = evaluate_folds(m, ds, 3, view=view)
+    assert seen == [(m, "toy[0:20]", 20), (m, "toy[20:40]", 20), (m, "toy[40:60]", 20)]
+    assert res["i2t"]["map"] == pytest.approx(evaluate_folds(other, ds, 3)["i2t"]["map"])
+    assert res["i2t"]["map"] != pytest.approx(evaluate_folds(m, ds, 3)["i2t"]["map"])
+
+
+def test_fold_spread_of_mr_is_the_sample_std_and_encode_time_is_summed(monkeypatch):
+    from xmodal.evaluation import protocol
+
+    ds = shuffled_captions()
+    m = methods.create("cca", n_components=6).fit(ds)
+    parts = [evaluate(m, ds.subset(np.arange(i, i + 20))) for i in (0, 20, 40)]
+    real = protocol.evaluate
+
+    def timed(*args, **kwargs):
+        return {**real(*args, **kwargs), "encode_seconds": 0.25}
+
+    monkeypatch.setattr(protocol, "evaluate", timed)
+    res = evaluate_folds(m, ds, 3)
+    assert res["fold_std"]["mR"] == pytest.approx(np.std([p["mR"] for p in parts], ddof=1))
+    assert res["encode_seconds"] == pytest.approx(0.75)
