@@ -374,3 +374,24 @@ def test_scm_seq_refinement_lowers_the_papers_smoothed_objective_bit_by_bit():
         hx = np.where(Fx @ m.image_proj_[:, t] >= 0, 1.0, -1.0)
         hy = np.where(Fy @ m.text_proj_[:, t] >= 0, 1.0, -1.0)
         R = R - np.outer(hx, hy)
+
+
+def test_label_propagation_graph_is_the_symmetrised_heat_kernel_knn_graph():
+    """One neighbour each on a line at 0, 1, 3, 7: the kNN edges 0-1, 2-1, 3-2 (symmetrised by
+    the larger weight), heat kernel exp(-d^2 / t) with t the mean squared neighbour distance
+    (1, 1, 4, 16: t = 5.5), normalised S = D^-1/2 W D^-1/2."""
+    from xmodal.methods.hashing.semi import label_propagation
+
+    Z = np.array([[0.0], [1.0], [3.0], [7.0]])
+    L0 = np.eye(2)[[0, 1, 0, 1]]
+    lab = np.array([True, False, False, True])
+    W = np.zeros((4, 4))
+    for i, j, d in ((0, 1, 1.0), (1, 2, 2.0), (2, 3, 4.0)):
+        W[i, j] = W[j, i] = np.exp(-d * d / 5.5)
+    S = W / np.sqrt(np.outer(W.sum(1), W.sum(1)))
+    Y0 = np.where(lab[:, None], L0, 0.0)
+    alpha = 0.6
+    F1 = label_propagation(Z, L0, lab, n_neighbors=1, alpha=alpha, n_iter=1)
+    assert np.allclose(F1, alpha * S @ Y0 + (1 - alpha) * Y0, atol=1e-12)
+    F = label_propagation(Z, L0, lab, n_neighbors=1, alpha=alpha, n_iter=200)
+    assert np.allclose(F, (1 - alpha) * np.linalg.solve(np.eye(4) - alpha * S, Y0), atol=1e-12)
