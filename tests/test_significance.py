@@ -9,7 +9,7 @@ from xmodal import methods
 from xmodal.cli import app
 from xmodal.data import DataError
 from xmodal.evaluation import evaluate
-from xmodal.evaluation.significance import compare_records, holm, paired_permutation_test
+from xmodal.evaluation.significance import compare_all, compare_records, holm, paired_permutation_test
 
 runner = CliRunner()
 
@@ -266,3 +266,25 @@ def test_compare_takes_metric_names_in_any_case_from_python_too(asked, named):
     assert compare_all({"a": a, "b": b}, asked, n_resamples=99)[0]["metric"] == named
     with pytest.raises(ValueError, match="metric 'p@10': expected map, mR or r@K"):
         compare_records(a, b, "p@10")
+
+
+@pytest.mark.parametrize("n, n_resamples", [(10, 1024), (10, 1023), (6, 64)])
+def test_the_exact_test_starts_where_scipys_does(n, n_resamples):
+    # scipy enumerates every sign flip once n_resamples reaches 2 ** n (exactly 2 ** n included)
+    from scipy.stats import permutation_test
+
+    from xmodal.evaluation import significance
+
+    rng = np.random.default_rng(n)
+    x, y = rng.random(n), rng.random(n)
+    ref = permutation_test((x, y), lambda a, b, axis: np.sum(a - b, axis=axis), permutation_type="samples",
+                           vectorized=True, n_resamples=n_resamples, alternative="two-sided", random_state=0)
+    assert significance._sign_flip_test(x, y, n_resamples, 0, 50) == ref.pvalue
+
+
+def test_compare_all_defaults_are_compare_records_defaults():
+    a, b = _pinned_records()
+    pair = compare_all({"A": a, "B": b}, progress=False)[0]
+    one = compare_records(a, b, progress=False)
+    for d in ("i2t", "t2i"):
+        assert {k: v for k, v in pair[d].items() if k != "p_holm"} == one[d]
