@@ -727,3 +727,30 @@ def test_multilabel_label_on_for_every_training_pair_has_posterior_one(name):
     P = m.encode_images(np.vstack([X[:5], 1e3 * X[:5]]))
     assert (P[:, 3] > 1 - 1e-8).all()
     assert (m.encode_texts(Y[:5])[:, 3] > 1 - 1e-8).all()
+
+
+@pytest.mark.parametrize("name", ["sm", "scm"])
+def test_single_label_data_with_unlabelled_pairs_keeps_the_multinomial_regression(name):
+    # Rasiwasia et al.'s multinomial regression, fitted on the labelled pairs: an all-zero row
+    # is no example of class 0 (its argmax), nor a reason to switch to one-vs-rest regressions
+    from sklearn.linear_model import LogisticRegression
+
+    X, Y, ds = _labelled(n=90, seed=5)
+    L = ds.labels.copy()
+    L[::3] = 0
+    part = PairedDataset("s", text_to_image=np.arange(90), n_images=90, image_features=X,
+                         text_features=Y, labels=L)
+    m = methods.create(name).fit(part)
+    assert not m.multilabel_
+    P = m.encode_images(X[:6])
+    np.testing.assert_allclose(P.sum(axis=1), 1, atol=1e-6)  # posteriors over the classes
+    rows = L.any(axis=1)
+    Z = m._std(X, "image") if name == "sm" else m.cca_._encode_images(X)
+    ref = LogisticRegression(C=1.0, max_iter=2000).fit(Z[rows], L[rows].argmax(axis=1))
+    np.testing.assert_allclose(m.image_coef_, ref.coef_, atol=1e-6)
+    # labelled pairs of one class only (the others unlabelled) say nothing: refused, naming it
+    one = np.zeros_like(L)
+    one[::2, 1] = 1
+    with pytest.raises(DataError, match="same labels"):
+        methods.create(name).fit(PairedDataset("s", text_to_image=np.arange(90), n_images=90,
+                                               image_features=X, text_features=Y, labels=one))

@@ -351,17 +351,22 @@ def _hardoon_factors(w: np.ndarray, reg: float) -> tuple[np.ndarray, np.ndarray]
 class _SemanticSpace:
     """Class posteriors as the common space (Rasiwasia et al. 2010): one multinomial logistic
     regression per modality (one binary regression per label on multi-label data), inverse
-    L2 strength ``C``."""
+    L2 strength ``C``. Single-label data with unlabelled pairs (all-zero rows) keeps the
+    paper's multinomial regression, fitted on the labelled pairs; the unlabelled ones still
+    shape what is learnt without labels (the standardisation; SCM's CCA)."""
 
     C: float
     multilabel_: bool
 
     def _check_labels(self, L: np.ndarray) -> None:
-        _labels_that_differ(self, L, (L == L[0]).all(axis=1))
+        labelled = L[L.any(axis=1)] if L.any() else L
+        _labels_that_differ(self, L, (labelled == labelled[0]).all(axis=1))
+        self.multilabel_ = bool((L.sum(axis=1) > 1).any())
 
     def _regress(self, Z: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.multilabel_:
-            clf = LogisticRegression(C=self.C, max_iter=2000).fit(Z, L.argmax(axis=1))
+            rows = L.any(axis=1)  # an unlabelled pair is no example of class 0 (argmax of zeros)
+            clf = LogisticRegression(C=self.C, max_iter=2000).fit(Z[rows], L[rows].argmax(axis=1))
             coef, icpt = np.zeros((L.shape[1], Z.shape[1])), np.full(L.shape[1], -1e9)
             coef[clf.classes_], icpt[clf.classes_] = clf.coef_, clf.intercept_
             return coef, icpt
@@ -409,7 +414,6 @@ class SemanticMatching(_SemanticSpace, CrossModalMethod):
 
     def _fit(self, X, Y, L, *, train, val) -> None:
         self._check_labels(L)
-        self.multilabel_ = bool((L.sum(axis=1) != 1).any())
         self.image_mean_, self.image_std_ = _standardiser(X)
         self.text_mean_, self.text_std_ = _standardiser(Y)
         self.image_coef_, self.image_intercept_ = self._regress(self._std(X, "image"), L)
@@ -451,7 +455,6 @@ class SemanticCorrelationMatching(_SemanticSpace, CrossModalMethod):
             self.cca_._fit(X, Y, L, train=train, val=val)
         except DataError as exc:
             raise DataError(f"{type(self).__name__}'s {exc}") from None
-        self.multilabel_ = bool((L.sum(axis=1) != 1).any())
         self.image_coef_, self.image_intercept_ = self._regress(self.cca_._encode_images(X), L)
         self.text_coef_, self.text_intercept_ = self._regress(self.cca_._encode_texts(Y), L)
 
