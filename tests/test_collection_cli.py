@@ -512,8 +512,9 @@ def test_index_real_spec_with_a_binary_method_says_it_becomes_binary(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
 
-    Image.new("RGB", (8, 8)).save(src / "a.png")
-    (src / "a.txt").write_text("a cat")
+    for name in ("a", "b"):  # a method is fitted on at least two captioned images
+        Image.new("RGB", (8, 8)).save(src / f"{name}.png")
+        (src / f"{name}.txt").write_text(f"a cat {name}")
     res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "lsh", "--index", "Flat", "--dry-run")
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())

@@ -308,7 +308,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     elif isinstance(method, str):
         from ..methods import create, get
 
-        _check_method(method, index, source, texts)  # captions may all have gone with their images
+        _check_method(method, index, source, texts, skipped=len(unread))  # captions may have gone with their images
         row = {it.key: r for r, it in enumerate(images)}
         t2i = np.asarray([row[t.pair_key] for t in texts])
         params = _default_params(method, method_params, Fi.shape[1], Ft.shape[1], len(texts))
@@ -493,8 +493,9 @@ def _load_method_file(path: str | Path) -> Any:
 
 
 def _check_method(method: Any, index: str, source: str | Path, texts: list[TextItem],
-                  rerank: bool = False) -> None:
-    """A method name and index spec that exist, and captions to fit it on (before encoding)."""
+                  rerank: bool = False, skipped: int = 0) -> None:
+    """A method name and index spec that exist, and captions of at least two images to fit it
+    on (before encoding, and again once ``skipped`` unreadable images took their captions)."""
     if isinstance(method, str) and not _is_method_file(method):
         from ..methods import get
 
@@ -504,6 +505,13 @@ def _check_method(method: Any, index: str, source: str | Path, texts: list[TextI
         if not texts:
             raise CollectionError(f"{source}: no captions to fit method {method!r} on; add sidecar "
                                   ".txt captions or pass a fitted method file (--method FILE)")
+        captioned = len({t.pair_key for t in texts})
+        if captioned < 2:
+            # one image has no variance to fit on (CCA divided by n - 1 = 0: a NaN traceback)
+            why = f" ({skipped} unreadable image{'s' * (skipped != 1)} skipped)" if skipped else ""
+            raise CollectionError(f"{source}: only 1 captioned image to fit method {method!r} on{why}; "
+                                  f"a common space is fitted on at least 2: add images with captions "
+                                  f"or pass a fitted method file (--method FILE)")
     elif isinstance(method, (str, Path)) and not Path(method).exists():
         raise CollectionError(f"{method}: no such fitted method file")
 
@@ -791,6 +799,13 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
     if rep.relabelled and not quiet:
         print(f"{rep.relabelled} item(s) relabelled: their stored labels updated (nothing re-encoded)",
               file=sys.stderr)
+    if prune:
+        # an unreadable file is still in the source: its stored item stays
+        gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")
+        rep.removed = len(gone)  # rep is coll.last_add: the run's report
+        if gone and not quiet:
+            print(f"pruned {len(gone)} item(s) the source no longer has", file=sys.stderr)
+    # after the prune: a renamed photo's old key is gone then, not held twice
     twins = _held_twice(coll, rep.ids) if not quiet else []
     if twins:
         # the same photos given another way (a folder, then a pairs file over it) get other
@@ -798,10 +813,4 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
         print(f"note: {len(twins)} new image(s) have the same content as images already stored under "
               f"other keys (e.g. {twins[0][0]} = {twins[0][1]}): the collection holds them twice; if "
               f"this is the same source given another way, index it alone (--rebuild)", file=sys.stderr)
-    if prune:
-        # an unreadable file is still in the source: its stored item stays
-        gone = coll.prune([it.key for it in images] + [t.key for t in texts], actor="index --prune")
-        rep.removed = len(gone)  # rep is coll.last_add: the run's report
-        if gone and not quiet:
-            print(f"pruned {len(gone)} item(s) the source no longer has", file=sys.stderr)
     return coll
