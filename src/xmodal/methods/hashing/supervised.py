@@ -88,6 +88,32 @@ class SCMOrth(_SCMBase):
         self.image_bias_ = self.text_bias_ = np.zeros(self.bits)
 
 
+def scm_seq_objective(w: np.ndarray, Fxu: np.ndarray, pair_image: np.ndarray, Fy: np.ndarray,
+                      Ln: np.ndarray, c: int, Hx: np.ndarray, Hy: np.ndarray) -> tuple[float, np.ndarray]:
+    """SCM-seq's smoothed bit objective (Zhang & Li, AAAI 2014) and its gradient at
+    w = [w_x, w_y]: (||R_t - φ(X w_x) φ(Y w_y)'||^2 - ||R_t||^2) / n, φ(z) = 2/(1+e^{-z}) - 1,
+    R_t = c (2 L̂L̂' - 11') - H_x H_y' (the learned bits' columns), never forming an n x n
+    matrix. The image rows are ``Fxu[pair_image]`` (each distinct image projected once)."""
+    n, dx = len(pair_image), Fxu.shape[1]
+    ones = np.ones(n)
+
+    def R_dot(b):  # R_t @ b
+        return c * (2 * Ln @ (Ln.T @ b) - ones * b.sum()) - Hx @ (Hy.T @ b)
+
+    def Rt_dot(a):  # R_t' @ a
+        return c * (2 * Ln @ (Ln.T @ a) - ones * a.sum()) - Hy @ (Hx.T @ a)
+
+    zx, zy = (Fxu @ w[:dx])[pair_image], Fy @ w[dx:]
+    a, b = 2 * expit(zx) - 1, 2 * expit(zy) - 1
+    Rb, Ra = R_dot(b), Rt_dot(a)
+    aa, bb = a @ a, b @ b
+    val = -2 * a @ Rb + aa * bb  # ||R||^2 is constant
+    ga, gb = -2 * Rb + 2 * bb * a, -2 * Ra + 2 * aa * b
+    da, db = 0.5 * (1 - a * a), 0.5 * (1 - b * b)  # φ'(z) = (1 - φ^2)/2
+    gx = Fxu.T @ np.bincount(pair_image, weights=ga * da, minlength=len(Fxu))
+    return val / n, np.concatenate([gx, Fy.T @ (gb * db)]) / n
+
+
 @register("scm_seq")
 class SCMSeq(_SCMBase):
     """Semantic correlation maximization, sequential (Zhang & Li, AAAI 2014): bits are learned
@@ -138,15 +164,7 @@ class SCMSeq(_SCMBase):
             return Fxu.T @ np.bincount(pair_image, weights=g, minlength=n_u)
 
         Hx, Hy = np.zeros((n, 0)), np.zeros((n, 0))
-        ones = np.ones(n)
         Awx, Awy = [], []
-
-        def R_dot(b, Hx_, Hy_):  # R_t @ b
-            return c * (2 * Ln @ (Ln.T @ b) - ones * b.sum()) - Hx_ @ (Hy_.T @ b)
-
-        def Rt_dot(a, Hx_, Hy_):  # R_t' @ a
-            return c * (2 * Ln @ (Ln.T @ a) - ones * a.sum()) - Hy_ @ (Hx_.T @ a)
-
         # Wx (c Cxy - X'H_x H_y'Y / n) Wy = A B' has rank <= labels + t: keep its factors, add
         # one column per learned bit, and take the top singular pair from two thin QRs and a
         # small SVD instead of forming and decomposing the d_x x d_y matrix every bit
@@ -161,19 +179,9 @@ class SCMSeq(_SCMBase):
             wy /= np.std(Fy @ wy) + 1e-12
             if self.refine_iter:
                 dx = len(wx)
-
-                def f(w, Hx_=Hx, Hy_=Hy):
-                    zx, zy = img_dot(w[:dx]), Fy @ w[dx:]
-                    a, b = 2 * expit(zx) - 1, 2 * expit(zy) - 1
-                    Rb, Ra = R_dot(b, Hx_, Hy_), Rt_dot(a, Hx_, Hy_)
-                    aa, bb = a @ a, b @ b
-                    val = -2 * a @ Rb + aa * bb  # ||R||^2 is constant
-                    ga, gb = -2 * Rb + 2 * bb * a, -2 * Ra + 2 * aa * b
-                    da, db = 0.5 * (1 - a * a), 0.5 * (1 - b * b)  # φ'(z) = (1 - φ^2)/2
-                    return val / n, np.concatenate([img_tdot(ga * da), Fy.T @ (gb * db)]) / n
-
-                res = optimize.minimize(f, np.concatenate([wx, wy]), jac=True, method="L-BFGS-B",
-                                        options={"maxiter": self.refine_iter})
+                res = optimize.minimize(scm_seq_objective, np.concatenate([wx, wy]),
+                                        args=(Fxu, pair_image, Fy, Ln, c, Hx, Hy), jac=True,
+                                        method="L-BFGS-B", options={"maxiter": self.refine_iter})
                 wx, wy = res.x[:dx], res.x[dx:]
             Awx.append(wx)
             Awy.append(wy)
