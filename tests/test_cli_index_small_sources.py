@@ -74,3 +74,14 @@ def test_prune_of_renamed_photos_does_not_say_they_are_held_twice(tmp_path, env)
     res = run("index", src, "-c", coll)
     assert res.exit_code == 0, res.output
     assert "1 new image(s) have the same content as images already stored under other keys" in res.output
+
+
+def test_a_supervised_method_on_unlabelled_images_names_the_source_and_an_image(tmp_path, env):
+    # "method 'scm' needs a label on every image" named neither the folder nor which image
+    # had none: in a folder of sub-folders, the one photo left at the top.
+    src = labelled_photos(tmp_path, 4)
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(src / "loose.png")
+    (src / "loose.txt").write_text("a photo at the top\n")
+    res = run("index", src, "-c", tmp_path / "c.xmc", "--method", "scm", "--text-encoder", "tfidf")
+    clean_exit(res)
+    assert f"{src}: method 'scm' needs a label on every image; 1 of 5 has none (e.g. loose.png)" in res.output

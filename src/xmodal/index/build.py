@@ -315,9 +315,12 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
         names = sorted({lab for it in images for lab in it.labels})
         labels = None
         if get(method).supervised:
-            if not names or any(not it.labels for it in images):
-                raise CollectionError(f"method {method!r} needs a label on every image (sub-folders, "
-                                      f"a label column, a labelled dataset); use an unsupervised one "
+            bare = [it.key for it in images if not it.labels]
+            if not names or bare:
+                raise CollectionError(f"{source}: method {method!r} needs a label on every image; "
+                                      f"{len(bare)} of {len(images)} {'has' if len(bare) == 1 else 'have'} "
+                                      f"none (e.g. {bare[0]}): give labels (sub-folders, "
+                                      f"a label column, a labelled dataset), or use an unsupervised method "
                                       f"(default {DEFAULT_METHOD!r}) or a fitted method file")
             col = {n: j for j, n in enumerate(names)}
             labels = np.zeros((len(images), len(names)), dtype=np.uint8)
