@@ -312,7 +312,7 @@ def test_build_checks_a_spec_before_the_width_is_known(tmp_path):
     from xmodal.index.collection import TextItem
     from xmodal.index.vector import check_spec
 
-    texts = [TextItem(key="a#0", text="x", pair_key="a", labels=[])]
+    texts = [TextItem(key=f"{k}#0", text="x", pair_key=k, labels=[]) for k in ("a", "b")]
     _check_method("cca", "PQ48", tmp_path, texts)
     assert check_spec("real", "IVF16,PQ48") == "IVF16,PQ48"
     with pytest.raises(IndexSpecError, match="multiple"):  # the width, once known, is checked
@@ -584,3 +584,17 @@ def test_remove_refuses_an_id_that_is_not_whole():
     assert idx.ids().tolist() == [1, 2]
     idx.remove(np.array([1.0]))  # a whole float is the id
     assert idx.ids().tolist() == [2]
+
+
+def test_a_pca_to_more_dimensions_than_the_vectors_have_is_refused_once_the_width_is_known():
+    # `xmodal index photos/ --index PCA64,L2norm,HNSW32` (the guide's example) on a small
+    # folder, where CCA keeps 6 dimensions: the PCA could never train ("PCA matrix cannot
+    # output 64 dimensions from 6"), that failure was taken for "too few vectors to train
+    # yet", and the collection said "index PCA64,L2norm,HNSW32" while every search ran flat.
+    from xmodal.index.vector import IndexSpecError, VectorIndex, check_spec
+
+    with pytest.raises(IndexSpecError, match=r"PCA64,L2norm,HNSW32.*dim 6.*64.*from 6.*PCA6"):
+        VectorIndex("real", 6, "PCA64,L2norm,HNSW32")
+    assert check_spec("real", "PCA64,L2norm,HNSW32") == "PCA64,L2norm,HNSW32"  # width unknown yet
+    assert VectorIndex("real", 64, "PCA64,L2norm,HNSW32").spec == "PCA64,L2norm,HNSW32"
+    assert VectorIndex("real", 6, "PCA4,L2norm,HNSW32").min_train_size == 6

@@ -168,6 +168,12 @@ def _make(kind: str, dim: int, spec: str):
         # its graph is built once, on the first add: the second failed inside FAISS
         raise IndexSpecError(f"index {spec!r}: FAISS's NSG graph takes no vectors after it is built, "
                              f"and a collection adds items as they come; use HNSW (e.g. HNSW32)")
+    wide = _widening_pca(inner)
+    if wide is not None:
+        # FAISS builds it and then fails every training: the approximate index never exists
+        raise IndexSpecError(f"cannot build FAISS index {spec!r} for {kind} vectors of dim {dim}: its "
+                             f"PCA cannot output {wide[0]} dimensions from {wide[1]}; give PCA{wide[1]} or fewer "
+                             f"(or leave the PCA out)")
     if inner.metric_type != faiss.METRIC_INNER_PRODUCT:
         # FAISS builds some indexes (HNSW over PQ codes) for L2 whatever metric is asked for:
         # their distances (lower is better) would be sorted and merged as cosines
@@ -182,6 +188,18 @@ def _make(kind: str, dim: int, spec: str):
                              f"fallback, re-ranking and shard merges compare them with); add L2norm "
                              f"after it (e.g. 'PCA64,L2norm,HNSW32')")
     return faiss.IndexIDMap2(inner)
+
+
+def _widening_pca(index) -> tuple[int, int] | None:
+    """(output, input) widths of a PCA in ``index``'s chain that asks for more dimensions than it
+    is given (it can never be trained); None where there is none."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        for j in range(index.chain.size()):
+            t = faiss.downcast_VectorTransform(index.chain.at(j))
+            if isinstance(t, faiss.PCAMatrix) and int(t.d_out) > int(t.d_in):
+                return int(t.d_out), int(t.d_in)
+    return None
 
 
 def _unnormalised_transform(index) -> str | None:
