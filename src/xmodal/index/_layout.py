@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,18 +64,55 @@ def _write_lock(folder: Path, wait: bool = True) -> Iterator[bool]:
     """The collection's cross-process writer lock (``flock`` on ``write.lock``). Yields True
     when held; with ``wait=False`` (work a writer would do anyway) False if another process
     holds it now, instead of waiting."""
-    with open(folder / "write.lock", "a+") as fh:
+    said = False
+    while True:
+        fh = open(folder / "write.lock", "a+")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                yield False
-                return
-            # another `xmodal index` (or a server's write) holds it, maybe for minutes: say so
-            # rather than hang without a word
-            log.warning("%s: waiting for another process writing to this collection", folder)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    fh.close()
+                    yield False
+                    return
+                if not said:
+                    # another `xmodal index` (or a server's write) holds it, maybe for
+                    # minutes: say so rather than hang without a word
+                    log.warning("%s: waiting for another process writing to this collection", folder)
+                    said = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            if _still_there(fh, folder / "write.lock"):
+                break
+            # a refused Collection.create removed the file (and maybe its folder) while we
+            # waited: a lock on it excludes no one, so lock the file there now
+            fh.close()
+        except BaseException:
+            fh.close()
+            raise
+    try:
+        yield True
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _still_there(fh: Any, path: Path) -> bool:
+    """Whether the open lock file ``fh`` is still the file at ``path`` (not unlinked)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _drop_lock_file(folder: Path, made: bool) -> None:
+    """Called holding ``folder``'s writer lock, after a refused Collection.create: remove
+    ``write.lock`` when that call ``made`` it or it is all the folder holds. A process waiting
+    on the lock meanwhile sees its file gone once it gets it and locks the new one
+    (:func:`_write_lock`)."""
+    try:
+        if made or [p.name for p in folder.iterdir()] == ["write.lock"]:
+            (folder / "write.lock").unlink()
+    except OSError:  # a folder this process cannot list or change: left as it is
+        pass

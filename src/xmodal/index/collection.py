@@ -58,7 +58,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ._layout import DB_NAME, METHOD_FILE, MODALITIES, _give_db_id, _new_db_id, _write_lock
+from ._layout import DB_NAME, METHOD_FILE, MODALITIES, _drop_lock_file, _give_db_id, _new_db_id, _write_lock
 from .collection_add import AddItemsMixin
 from .collection_export import ExportMixin
 from .collection_indexes import IndexesMixin
@@ -243,14 +243,41 @@ class Collection(IndexesMixin, ExportMixin, SearchMixin, WritesMixin, AddItemsMi
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise CollectionError(f"{path}: exists and is not a folder; a collection is a folder")
-        path.mkdir(parents=True, exist_ok=True)
-        # Under the write lock: two processes creating the same collection at once must not
-        # delete each other's database (the loser is told it exists and can add to it).
-        with _write_lock(path):
-            cls._create(path, output=output, dim=dim, method=method, image_encoder=image_encoder,
-                        text_encoder=text_encoder, index=index, rerank=rerank,
-                        public_read=public_read, overwrite=overwrite, info=info)
-        return cls.open(path)
+        for attempt in range(100):
+            # the folders this call makes (the collection's and missing parents), deepest first
+            made = [p for p in (path, *path.parents) if not p.exists()]
+            had_lock = (path / "write.lock").exists()
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                # Under the write lock: two processes creating the same collection at once must
+                # not delete each other's database (the loser is told it exists and can add to it).
+                with _write_lock(path):
+                    try:
+                        cls._create(path, output=output, dim=dim, method=method, image_encoder=image_encoder,
+                                    text_encoder=text_encoder, index=index, rerank=rerank,
+                                    public_read=public_read, overwrite=overwrite, info=info)
+                    except BaseException:
+                        # refused (its arguments are checked before anything is written): no
+                        # lone write.lock left behind, which made the folder look like a
+                        # collection's; another creator waiting on it locks anew
+                        _drop_lock_file(path, made=not had_lock)
+                        raise
+            except FileNotFoundError:
+                # another create, refused, removed the folder it had made while this one
+                # waited for its lock: make it again (a FileNotFoundError of _create itself,
+                # a model file gone, is its own and said)
+                if path.is_dir() or attempt == 99:
+                    raise
+                continue
+            except BaseException:
+                for p in made:  # only empty ones: never what another process put there since
+                    try:
+                        p.rmdir()
+                    except OSError:
+                        break
+                raise
+            return cls.open(path)
+        raise AssertionError("unreachable")
 
     @classmethod
     def _create(cls, path: Path, *, output: str, dim: int | None, method: Any, image_encoder: Any,
