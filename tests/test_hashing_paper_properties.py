@@ -436,3 +436,213 @@ def test_scm_seq_objective_is_the_papers_smoothed_residual_with_its_exact_gradie
     ab = np.outer(phi(Fxu[pair_image] @ w[:4]), phi(Fy @ w[4:]))
     got = scm_seq_objective(w, Fxu, pair_image, Fy, Ln, c, np.zeros((n, 0)), np.zeros((n, 0)))[0]
     assert got == pytest.approx((((R0 - ab) ** 2).sum() - (R0 ** 2).sum()) / n, rel=1e-10)
+
+
+def test_learned_codes_database_check_falls_back_to_what_both_datasets_have():
+    """The database is compared with the training split by subset positions only when both
+    are subsets, by ids only when both have them, by features only when both have them; a
+    row that differs in one feature column alone is another item."""
+    from xmodal.data import DataError
+    from xmodal.methods.hashing.protocol import evaluate_training_codes
+
+    rng = np.random.default_rng(0)
+    n = 24
+    full = PairedDataset(name="full", text_to_image=np.arange(n), n_images=n,
+                         image_features=rng.standard_normal((n, 5)), text_features=rng.standard_normal((n, 4)),
+                         labels=np.eye(3)[np.arange(n) % 3], image_ids=[f"im{i}" for i in range(n)],
+                         text_ids=[f"tx{i}" for i in range(n)])
+    train = full.subset(np.arange(n), name="train")
+    m = methods.create("dlfh", bits=8, n_iter=3).fit(train)
+
+    def plain(**kw):
+        fields = dict(name="copy", text_to_image=train.text_to_image, n_images=n,
+                      image_features=train.image_features, text_features=train.text_features, labels=train.labels)
+        return PairedDataset(**{**fields, **kw})
+
+    want = evaluate_training_codes(m, train, train, pk=())["t2i"]["map"]
+    for db, tr in ((plain(), train),  # only train is a subset: compared by features
+                   (plain(image_ids=train.image_ids), plain()),  # ids on one side only: features
+                   (plain(image_ids=train.image_ids, text_ids=train.text_ids),
+                    plain(image_ids=train.image_ids)),  # text ids on one side only: image ids
+                   (plain(image_features=None, text_features=None), plain())):  # no features: pairing only
+        assert evaluate_training_codes(m, train, db, train=tr, pk=())["t2i"]["map"] == want
+    moved = train.image_features.copy()
+    moved[3, 2] += 1.0  # one column of one row
+    with pytest.raises(DataError, match="row 3 differs in image features"):
+        evaluate_training_codes(m, train, plain(image_features=moved), train=plain(), pk=())
+    with pytest.raises(DataError, match="row 5 differs in text id"):
+        ids = list(train.text_ids)
+        ids[5] = "other"
+        evaluate_training_codes(m, train, plain(image_ids=train.image_ids, text_ids=ids),
+                                train=plain(image_ids=train.image_ids, text_ids=train.text_ids), pk=())
+
+
+def test_lsh_hashes_by_gaussian_hyperplanes_through_the_training_mean():
+    """Charikar 2002's sign random projections, each modality's hyperplanes through its own
+    training mean: a code is sign((x - mean) r) with r standard normal, drawn independently
+    for images and texts."""
+    from xmodal.methods.base import pack_codes
+
+    X, Y = _planted_pairs(n=300)
+    m = methods.create("lsh", bits=64, random_state=3).fit(_pairs(X, Y))
+    for Z, P, enc in ((X, m.image_proj_, m.encode_images), (Y, m.text_proj_, m.encode_texts)):
+        assert P.shape == (Z.shape[1], 64)
+        assert abs(P.mean()) < 0.15 and abs(P.std() - 1) < 0.1
+        Q = Z[:40] * 1.5 - 0.3  # not training points: the mean is the training one
+        want = pack_codes(np.where((Q - Z.mean(0)) @ P >= 0, 1.0, -1.0))
+        assert np.array_equal(enc(Q), want)
+    assert abs(np.corrcoef(m.image_proj_[:10].ravel(), m.text_proj_[:10].ravel())[0, 1]) < 0.2
+
+
+def test_feature_map_is_the_centred_rbf_anchor_map_or_the_centred_features():
+    """``kernel="rbf"``: similarities exp(-||z - a||^2 / 2σ^2) to ``n_anchors`` distinct
+    training rows (all of them when there are fewer), σ the mean anchor distance, centred on
+    the training mean, and the same map at encoding; ``"linear"``: the centred features;
+    ``"auto"``: rbf below 256 dimensions, linear from 256 on."""
+    from sklearn.metrics.pairwise import euclidean_distances
+
+    from xmodal.methods.hashing._common import FeatureMapMixin
+
+    class M(FeatureMapMixin):
+        def __init__(self, kernel, n_anchors):
+            self.kernel, self.n_anchors = kernel, n_anchors
+
+    rng = np.random.default_rng(5)
+    Z, Q = rng.standard_normal((30, 4)), rng.standard_normal((7, 4))
+    for n_anchors in (12, 30, 50):
+        m = M("rbf", n_anchors)
+        F = m._fit_map(Z, "image", np.random.default_rng(0))
+        A = m.image_anchors_
+        idx = [int(np.flatnonzero((Z == a).all(1))[0]) for a in A]
+        assert len(A) == min(n_anchors, 30) and len(set(idx)) == len(idx) and idx == sorted(idx)
+        sigma = euclidean_distances(Z, A).mean()
+        assert m.image_sigma_ == pytest.approx(sigma, rel=1e-9)
+        K = lambda P: np.exp(-euclidean_distances(P, A) ** 2 / (2 * sigma ** 2))  # noqa: E731
+        np.testing.assert_allclose(F, K(Z) - K(Z).mean(0), atol=1e-12)
+        np.testing.assert_allclose(m._map(Z, "image"), F, atol=1e-12)
+        np.testing.assert_allclose(m._map(Q, "image"), K(Q) - K(Z).mean(0), atol=1e-12)
+    # identical training rows: every anchor distance is 0, and σ must stay positive
+    F = M("rbf", 3)._fit_map(np.ones((6, 4)), "image", np.random.default_rng(0))
+    assert np.array_equal(F, np.zeros((6, 3)))
+    m = M("linear", 5)
+    np.testing.assert_allclose(m._fit_map(Z, "text", rng), Z - Z.mean(0), atol=1e-12)
+    np.testing.assert_allclose(m._map(Q, "text"), Q - Z.mean(0), atol=1e-12)
+    for d, rbf in ((255, True), (256, False)):
+        m = M("auto", 5)
+        W = rng.standard_normal((20, d))
+        F = m._fit_map(W, "image", np.random.default_rng(0))
+        assert (len(m.image_anchors_) == 5) == rbf and F.shape == (20, 5 if rbf else d)
+
+
+def test_ridge_hash_is_the_scale_free_ridge_closed_form_and_helpers_are_exact():
+    """The hash functions' ridge W = (F'F + λ I)^-1 F'B with λ = reg tr(F'F)/d (so scaling F by
+    s scales W by 1/s); unit label rows; sign with 0 -> +1; a sample without repeats."""
+    from xmodal.methods.hashing._common import normalized_labels, ridge_hash, signs, subsample
+
+    rng = np.random.default_rng(6)
+    F, B = rng.standard_normal((50, 6)) * [1, 2, 3, 4, 5, 6], rng.choice([-1.0, 1.0], (50, 3))
+    G = F.T @ F
+    for reg in (0.0, 0.3):
+        want = np.linalg.solve(G + reg * np.trace(G) / 6 * np.eye(6), F.T @ B)
+        np.testing.assert_allclose(ridge_hash(F, B, reg), want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ridge_hash(10 * F, B, reg), want / 10, rtol=1e-9, atol=1e-12)
+    L = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 4.0]])
+    np.testing.assert_allclose(normalized_labels(L), [[2 ** -0.5, 2 ** -0.5, 0], [0, 0, 0], [0, 0.6, 0.8]])
+    assert signs(np.array([-1e-300, 0.0, 1e-300])).tolist() == [-1.0, 1.0, 1.0]
+    assert subsample(5, None, rng).tolist() == subsample(5, 5, rng).tolist() == [0, 1, 2, 3, 4]
+    rows = subsample(100, 30, rng)
+    assert len(rows) == len(set(rows.tolist())) == 30 and rows.tolist() == sorted(rows.tolist())
+    assert rows.max() < 100
+
+
+def test_knn_laplacian_is_the_symmetrised_heat_kernel_graphs_laplacian():
+    """One neighbour each on a line at 0, 1, 3, 7: edges 0-1, 2-1, 3-2, heat kernel
+    exp(-d^2 / t), t the mean squared neighbour distance (1, 1, 4, 16: t = 5.5); L = D - W."""
+    from xmodal.methods.hashing.unsupervised import knn_laplacian
+
+    W = np.zeros((4, 4))
+    for i, j, d in ((0, 1, 1.0), (1, 2, 2.0), (2, 3, 4.0)):
+        W[i, j] = W[j, i] = np.exp(-d * d / 5.5)
+    Lap = knn_laplacian(np.array([[0.0], [1.0], [3.0], [7.0]]), 1)
+    np.testing.assert_allclose(Lap, np.diag(W.sum(1)) - W, atol=1e-12)
+
+
+def test_imh_codes_are_the_bottom_eigenvectors_of_smoothness_plus_fit_error():
+    """Song et al. 2013 with every item paired: the training codes Y (Y'Y = I) minimise
+    tr Y'(L_x + L_y) Y (scaled to unit mean degree) + beta sum_g tr Y'(I - F_g (F_g'F_g +
+    lam I)^-1 F_g') Y, the bottom eigenvectors; the hash functions are the ridge fits
+    W_g = (F_g'F_g + lam I)^-1 F_g'Y (lam scaled by tr(F_g'F_g)/d), each up to its sign."""
+    from scipy import linalg
+
+    from xmodal.methods.hashing.unsupervised import knn_laplacian
+
+    X, Y = _planted_pairs(n=90, seed=2)
+    beta, lam, k, c = 0.7, 0.05, 6, 8
+    m = methods.create("imh", bits=c, kernel="linear", beta=beta, lam=lam, n_neighbors=k,
+                       max_train=None).fit(_pairs(X, Y))
+    M = knn_laplacian(X, k) + knn_laplacian(Y, k)
+    M = M / np.abs(np.diag(M)).mean()
+    Fs = (X - X.mean(0), Y - Y.mean(0))
+    ridge = [F.T @ F + lam * np.trace(F.T @ F) / F.shape[1] * np.eye(F.shape[1]) for F in Fs]
+    for F, G in zip(Fs, ridge):
+        M = M + beta * (np.eye(90) - F @ np.linalg.solve(G, F.T))
+    vals, vecs = linalg.eigh(M)
+    assert vals[c] - vals[c - 1] > 1e-6  # the subspace is well defined
+    for F, G, proj in zip(Fs, ridge, (m.image_proj_, m.text_proj_)):
+        want = np.linalg.solve(G, F.T @ vecs[:, :c])
+        sgn = np.sign((want * proj).sum(0))
+        np.testing.assert_allclose(proj, want * sgn, rtol=1e-6, atol=1e-9)
+
+
+def test_lssh_encoders_are_the_papers_latent_maps_centred_on_the_training_mean():
+    """Zhou et al. 2014: an image's latent code is s R (s its lasso code over the learned
+    dictionary at the feature scale), a text's is the A step with s R unknown, a = argmin
+    lam||y - a U||^2 + mu||a||^2, i.e. lam (a U - y) U' + mu a = 0; both are centred on the
+    training pairs' mean, so the training codes' real values average to zero."""
+    from xmodal.methods.hashing.unsupervised import lasso_fista
+
+    X, Y = _planted_pairs(n=120, seed=3)
+    lam, mu = 0.6, 1.7
+    m = methods.create("lssh", bits=8, kernel="linear", n_atoms=16, n_iter=3, lam=lam, mu=mu,
+                       max_train=None).fit(_pairs(X, Y))
+    Fx, Fy = (X - X.mean(0)) / m.image_scale_, (Y - Y.mean(0)) / m.text_scale_
+    assert m.image_scale_ == pytest.approx(np.sqrt(((X - X.mean(0)) ** 2).sum(1).mean()), rel=1e-9)
+    S = lasso_fista(Fx, m.dictionary_, m.alpha)
+    zi, zt = m._encode_images(X), m._encode_texts(Y)
+    np.testing.assert_allclose(zi, S @ m.latent_map_ - (S @ m.latent_map_).mean(0), atol=1e-10)
+    U = m.text_factor_
+    a = zt + m.text_center_
+    np.testing.assert_allclose(lam * (a @ U - Fy) @ U.T + mu * a, 0, atol=1e-9)
+    np.testing.assert_allclose(zt.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(zi.mean(0), 0, atol=1e-10)
+
+
+def test_lssh_sweeps_are_the_papers_block_updates():
+    """Two of Zhou et al. 2014's alternating sweeps, recomputed: U and R the unit-norm least
+    squares fits Y ~ A U and A ~ S R, A the exact minimiser of lam||Y - A U||^2 +
+    mu||A - S R||^2, i.e. (lam Y U' + mu S R)(lam U U' + mu I)^-1, B the unit-norm fit X ~ S B,
+    and S the lasso on [X, sqrt(mu) A] over [B, sqrt(mu) R]."""
+    from xmodal.methods.hashing.unsupervised import lasso_fista, unit_norm_lstsq
+
+    X, Y = _planted_pairs(n=100, seed=4)
+    lam, mu, alpha, k, c = 0.6, 1.7, 0.02, 12, 8
+    m = methods.create("lssh", bits=c, kernel="linear", n_atoms=k, n_iter=2, lam=lam, mu=mu, alpha=alpha,
+                       max_train=None, random_state=5).fit(_pairs(X, Y))
+    rng = np.random.default_rng(5)
+    Fx, Fy = X - X.mean(0), Y - Y.mean(0)
+    Fx, Fy = Fx / np.sqrt((Fx ** 2).sum(1).mean()), Fy / np.sqrt((Fy ** 2).sum(1).mean())
+    D = Fx[rng.choice(100, k, replace=False)]
+    D = D / np.linalg.norm(D, axis=1, keepdims=True)
+    S = lasso_fista(Fx, D, alpha)
+    A = rng.standard_normal((100, c)) * 0.1
+    for _ in range(2):
+        U = unit_norm_lstsq(Fy, A)
+        R = unit_norm_lstsq(A, S)
+        A = (lam * Fy @ U.T + mu * S @ R) @ np.linalg.inv(lam * U @ U.T + mu * np.eye(c))
+        D = unit_norm_lstsq(Fx, S)
+        assert np.linalg.norm(D, axis=1).min() > 1e-6  # no atom restarted
+        r = np.sqrt(mu)
+        S = lasso_fista(np.hstack([Fx, r * A]), np.hstack([D, r * R]), alpha, init=S)
+    np.testing.assert_allclose(m.text_factor_, U, atol=1e-6)
+    np.testing.assert_allclose(m.latent_map_, R, atol=1e-6)
+    np.testing.assert_allclose(m.dictionary_, D, atol=1e-6)
