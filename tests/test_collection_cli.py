@@ -576,3 +576,20 @@ def test_serve_on_a_port_in_use_fails_before_starting(tmp_path, monkeypatch):
         taken.close()
     clean_exit(res)
     assert f"127.0.0.1:{port}" in res.output and "in use" in res.output, res.output
+
+
+def test_the_skipped_file_line_names_the_file_alike_on_a_first_run_and_a_rerun(tmp_path):
+    """A first run said "skipping 1 unreadable image(s), e.g. beach/empty.jpg" (the key), a
+    rerun "skipped 1 unreadable image(s), e.g. /.../photos/beach/empty.jpg" (the path): the
+    same file, named two ways. Both name its path now, as the encoder's own `skipping PATH:
+    reason` warning does."""
+    src = labelled_photos(tmp_path, 4)
+    (src / "beach" / "empty.jpg").write_bytes(b"")
+    lines = []
+    for _ in range(2):
+        r = run("index", src, "-c", tmp_path / "c.xmc", "--text-encoder", "tfidf")
+        assert r.exit_code == 0, r.output
+        said = [ln for ln in r.output.splitlines() if "unreadable image(s)" in ln]
+        assert len(said) == 1, r.output
+        lines.append(said[0])
+    assert lines[0] == lines[1] == f"skipping 1 unreadable image(s), e.g. {src / 'beach' / 'empty.jpg'}"

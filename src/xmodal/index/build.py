@@ -298,7 +298,7 @@ def build_collection(source: str | Path, collection_path: str | Path, *, method:
     if not ok.all():
         bad = {images[r].key for r in np.flatnonzero(~ok)}
         if not quiet:
-            print(f"skipping {len(bad)} unreadable image(s), e.g. {sorted(bad)[0]}", file=sys.stderr)
+            _say_skipped(unread)
         images = [it for it, good in zip(images, ok) if good]
         Fi = Fi[ok]
         texts = [t for t in texts if t.pair_key not in bad]
@@ -781,6 +781,12 @@ def _held_twice(coll: Collection, new_ids: list[int]) -> list[tuple[str, str]]:
     return [(key, older[h]) for _, key, h in sorted(new) if h in older]
 
 
+def _say_skipped(paths: list[str]) -> None:
+    """The run's one line on unreadable images, a first run's and a rerun's alike: named by
+    path, as the encoder's own ``skipping PATH: reason`` warning names each of them."""
+    print(f"skipping {len(paths)} unreadable image(s), e.g. {min(paths)}", file=sys.stderr)
+
+
 def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[TextItem],
             like: str | Path | None, quiet: bool, batch_size: int, prune: bool = False,
             asked: dict[str, Any] | None = None) -> Collection:
@@ -796,7 +802,7 @@ def _add_to(collection_path: str | Path, images: list[ImageItem], texts: list[Te
             raise
     rep = coll.add_items(images, texts, progress=False if quiet else None, batch_size=batch_size)
     if rep.skipped and not quiet:
-        print(f"skipped {len(rep.skipped)} unreadable image(s), e.g. {rep.skipped[0]}", file=sys.stderr)
+        _say_skipped(rep.skipped)
     if rep.moved and not quiet:
         print(f"{rep.moved} image(s) moved: their stored path updated (nothing re-encoded)", file=sys.stderr)
     if rep.relabelled and not quiet:
