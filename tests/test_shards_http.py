@@ -742,3 +742,33 @@ def test_a_shard_url_with_credentials_or_a_query_is_refused(url, why):
         RemoteShard(url)
     assert why in str(exc.value), str(exc.value)
     assert "s3cret" not in str(exc.value)
+
+
+def test_an_unknown_shard_number_is_answered_with_the_shards_there_are(tmp_path):
+    """A routing server with one remote shard answered /api/shards/1/... with "no shard 1: this
+    server routes to 1", which reads as if shard 1 were the one there is. The 404 now lists
+    the numbers there are with their URLs, and a server routing nowhere says so."""
+    from fastapi.testclient import TestClient
+
+    from xmodal.service import create_app
+
+    made = []
+    for name in ("a", "b"):
+        c = Collection.create(tmp_path / f"{name}.xmc", dim=4)
+        c.add_vectors("image", [f"{name}.jpg"], np.eye(1, 4, dtype=np.float32))
+        made.append(c)
+    try:
+        with serving(create_app(made[1])) as url:
+            router = TestClient(create_app(made[0], shards=[url]))
+            for bad in (1, 7):
+                r = router.get(f"/api/shards/{bad}/items/1/thumbnail")
+                assert r.status_code == 404, r.text
+                assert r.json()["detail"] == (f"no shard {bad}: this server's remote shards are numbered "
+                                              f"from 0 in --shard order: 0 = {url}"), r.text
+        alone = TestClient(create_app(made[0]))
+        r = alone.get("/api/shards/0/items/1/thumbnail")
+        assert r.status_code == 404
+        assert r.json()["detail"] == "no shard 0: this server routes to no remote shards (started without --shard)"
+    finally:
+        for c in made:
+            c.close()

@@ -596,6 +596,15 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         return Response(make_thumbnail(coll, item_id, h.path, size), media_type="image/jpeg",
                         headers={"Cache-Control": thumb_cache()})
 
+    def no_shard(shard: int) -> str:
+        """The 404 of a shard number this server does not have: the numbers it does have, each
+        with its URL (what /api/info's `shards` lists, in that order), not a bare count."""
+        if not remotes:
+            return f"no shard {shard}: this server routes to no remote shards (started without --shard)"
+        have = ", ".join(f"{i} = {r.url}" for i, r in enumerate(remotes[:10]))
+        more = f", … ({len(remotes)} in all)" if len(remotes) > 10 else ""
+        return f"no shard {shard}: this server's remote shards are numbered from 0 in --shard order: {have}{more}"
+
     def thumb_cache() -> str:
         # a private collection's thumbnail was sent for a key: a shared cache (a proxy in
         # front) must not hand it to callers without one
@@ -612,7 +621,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         if size not in THUMB_SIZES:
             raise HTTPException(422, f"size must be one of {THUMB_SIZES}")
         if not 0 <= shard < len(remotes):
-            raise HTTPException(404, f"no shard {shard}: this server routes to {len(remotes)}")
+            raise HTTPException(404, no_shard(shard))
         return Response(fetch_shard_thumbnail(remotes[shard], item_id, size), media_type="image/jpeg",
                         headers={"Cache-Control": thumb_cache()})
 
