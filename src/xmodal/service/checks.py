@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from fastapi import HTTPException
 
 from ..data.dataset import DataError
-from ..index.collection import check_key
+from ..index.collection import MAX_KEY_LEN, check_key
 
 MAX_IMAGE_PIXELS = 40_000_000  # ~ a 6300x6300 image; larger is refused before decoding
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+=-]*(/[A-Za-z0-9][A-Za-z0-9._#@+=-]*)*$")
@@ -121,13 +121,17 @@ def check_labels(labels: Sequence[str], field: str, skip_blank: bool = False) ->
     return out
 
 
-def safe_key(key: str) -> str:
-    """Client-chosen item keys: relative, no '..', no odd characters."""
+def safe_key(key: str, field: str = "key") -> str:
+    """Client-chosen item keys: relative, no '..', no odd characters. A bad one is a bad field
+    (422 naming ``field``, as every other field's; it was a 400), repeated only when short."""
+    shown = repr(key) if len(key) <= 200 else f"of {len(key)} characters"
+    if len(key) > MAX_KEY_LEN:
+        raise HTTPException(422, f"{field}: item key {shown}: over {MAX_KEY_LEN} characters")
     try:
         check_key(key)
-    except DataError as exc:
-        raise HTTPException(400, str(exc)) from None
+    except DataError:  # control characters (check_key's own message would repeat it unshortened)
+        raise HTTPException(422, f"{field}: item key {shown}: control characters are not allowed") from None
     if not _SAFE_KEY.match(key) or any(part in ("..", ".") for part in key.split("/")):
-        raise HTTPException(400, f"item key {key!r}: use letters, digits, '._#@+=-' and '/'-separated "
-                                 "parts; no '..', no leading '/'")
+        raise HTTPException(422, f"{field}: item key {shown}: use letters, digits, '._#@+=-' and "
+                                 "'/'-separated parts; no '..', no leading '/'")
     return key

@@ -251,7 +251,8 @@ ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 JPEG_CONTENT = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
 ERRORS = {
-    400: "the request cannot be used: an empty or broken upload, a bad item key",
+    400: "the request cannot be used: an empty or broken upload, an image the encoder cannot read, "
+         "an add the collection refuses (a key already an item of the other kind)",
     401: "no API key where the route needs one (reading too when public_read is off), an invalid "
          "or revoked key, or a key in the URL (?api_key=)",
     403: "the key's role is too low for the route",
@@ -260,7 +261,7 @@ ERRORS = {
     413: "request body over --max-upload-mb (uploads) or 4 MiB (JSON); an image over 40 Mpx",
     415: "the upload is not an image in an accepted format",
     422: "a request that does not fit the route: FastAPI's list of issues (loc names the field), or "
-         "a message naming the field",
+         "a message naming the field (`key: item key ...` for a bad item key)",
     429: "over --rate-limit: Retry-After says when to try again",
     502: "the shard did not answer as it should",
 }
