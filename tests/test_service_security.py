@@ -222,3 +222,31 @@ def test_rate_limit_forgets_the_addresses_not_seen_for_a_minute_and_still_limits
     for who in "fgh":
         rl.take(who)
     assert list(rl.buckets) == ["f", "g", "h"]  # a and e, full since, went when g came
+
+
+def test_a_read_only_servers_writes_answer_403_without_spending_the_rate_budget(tmp_path):
+    """Under --read-only --rate-limit a write that can never succeed answered 429 once the
+    client's budget was spent, and every refused write spent it: 403 comes first now, without
+    taking a token (and without reading the body: an upload over the limit is a 403, not a 413)."""
+    import numpy as np
+
+    c = Collection.create(tmp_path / "c.xmc", dim=4)
+    c.add_vectors("image", ["a.jpg"], np.eye(1, 4, dtype=np.float32))
+    c.close()
+    ro = Collection.open(tmp_path / "c.xmc", read_only=True)
+    try:
+        clock = Clock()
+        client = TestClient(create_app(ro, rate_limit=2, clock=clock, max_upload_bytes=1000))
+        for _ in range(5):
+            for r in (client.post("/api/texts", json={"text": "a beach"}),
+                      client.delete("/api/items/1"),
+                      client.put("/api/settings", json={"public_read": True}),
+                      client.post("/api/items", files={"file": ("x.jpg", b"\xff" * 5000, "image/jpeg")})):
+                assert r.status_code == 403 and "read-only" in r.json()["detail"], r.text
+                assert str(tmp_path) not in r.text
+        # the reads' budget is whole; a POST that reads (a search) is counted as before
+        assert client.get("/api/info").status_code == 200
+        assert client.post("/api/search", json={"vector": [1, 0, 0, 0]}).status_code == 200
+        assert client.get("/api/info").status_code == 429
+    finally:
+        ro.close()

@@ -38,6 +38,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
@@ -54,6 +55,7 @@ from . import auth
 from .checks import (MAX_IMAGE_PIXELS, MAX_LABEL, _FORMAT_EXT, check_image_bytes, check_labels, safe_key,
                      search_target, split_labels)
 from .middleware import (PAGE_CSP, BodyLimit, FiniteJSONResponse, HeadAndSlash, Metrics, Observe, RateLimit,
+                         RefuseWrites,
                          SecurityHeaders, _size)
 from .schemas import (ADD_RESPONSES, ERRORS, JPEG_CONTENT, MAX_TEXT, WRITE_403, AddAnswer, AuditEntry, AuditPage,
                       BatchQueryAnswer, BatchSearchAnswer, BatchSearchRequest, DeleteAnswer, ErrorBody,
@@ -63,7 +65,7 @@ from .schemas import (ADD_RESPONSES, ERRORS, JPEG_CONTENT, MAX_TEXT, WRITE_403, 
 
 __all__ = [
     # defined here
-    "create_app", "sweep_staged_uploads", "make_thumbnail", "fetch_shard_thumbnail", "STATIC",
+    "create_app", "sweep_staged_uploads", "make_thumbnail", "fetch_shard_thumbnail", "write_routes", "STATIC",
     "MAX_UPLOAD_BYTES", "MAX_JSON_BYTES", "SHARD_KEY_HINT", "MAX_CONCURRENT_UPLOADS", "THUMB_QUERY",
     "MAX_PROXIED_THUMBNAIL", "STAGED_UPLOAD_TTL", "ECHO_LIMIT",
     # checks.py
@@ -71,7 +73,7 @@ __all__ = [
     "split_labels",
     # middleware.py
     "PAGE_CSP", "BodyLimit", "FiniteJSONResponse", "HeadAndSlash", "Metrics", "Observe", "RateLimit",
-    "SecurityHeaders",
+    "RefuseWrites", "SecurityHeaders",
     # schemas.py
     "ADD_RESPONSES", "ERRORS", "JPEG_CONTENT", "MAX_TEXT", "WRITE_403", "AddAnswer", "AuditEntry", "AuditPage",
     "BatchQueryAnswer", "BatchSearchAnswer", "BatchSearchRequest", "DeleteAnswer", "ErrorBody", "FailedShard",
@@ -175,6 +177,10 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
     app.add_middleware(BodyLimit, limit=max_upload_bytes, json_limit=max_json_bytes)
     if rate_limit is not None:  # before the body is read; its 429s still counted by Observe
         app.add_middleware(RateLimit, per_minute=rate_limit, clock=clock)
+    # outside the rate limit: a write a read-only collection can never take is a 403 that
+    # spends none of the client's budget (and is told before its body is read)
+    app.add_middleware(RefuseWrites, refusal=lambda: read_only_refusal() if coll.read_only else None,
+                       write_routes=lambda: write_routes(app))
     app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, 413s and 429s included
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -197,13 +203,17 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
         return got
 
+    def read_only_refusal() -> str:
+        # its folder scrubbed, as every client error's
+        return scrub(str(read_only_error(coll.path, coll.path / DB_NAME)))
+
     def need(role: str):
         async def dep(request: Request) -> str:  # async: SQLite lookups of microseconds, no thread hop
             if role != "read" and request.method not in ("GET", "HEAD") and coll.read_only:
                 # a write the collection cannot take is refused as such, whatever the key:
                 # checked first, a snapshot made without its keys answered a key with 401
-                # (its folder scrubbed from the detail by http_error, as every HTTPException's)
-                raise HTTPException(403, str(read_only_error(coll.path, coll.path / DB_NAME)))
+                # (RefuseWrites answers it before this, outside the rate limit)
+                raise HTTPException(403, read_only_refusal())
             key_id, have = principal(request)
             if role == "read" and have is None and coll.public_read:
                 return "anonymous"
@@ -218,6 +228,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
             if not auth.allows(have, role):
                 raise HTTPException(403, f"key {key_id} has role {have!r}; this route needs {role!r}")
             return f"key:{key_id}"
+        dep.role = role  # type: ignore[attr-defined]  (write_routes finds the writes by it)
         return dep
 
     homes = sorted({str(coll.path), str(coll.path.resolve())}, key=len, reverse=True)
@@ -847,6 +858,13 @@ def _finite_or_text(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _finite_or_text(v) for k, v in value.items()}
     return value
+
+
+def write_routes(app: FastAPI) -> list[APIRoute]:
+    """``app``'s routes that write: a method other than GET or HEAD, guarded by a role above
+    read (``need``'s dependency carries its role)."""
+    return [r for r in app.routes if isinstance(r, APIRoute) and set(r.methods) - {"GET", "HEAD"}
+            and any(getattr(d.call, "role", "read") != "read" for d in r.dependant.dependencies)]
 
 
 # ------------------------------------------------------------------------- thumbnails

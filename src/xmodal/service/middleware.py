@@ -3,6 +3,7 @@
 :func:`xmodal.service.app.create_app` wraps the app in, from innermost to outermost:
 :class:`HeadAndSlash` (HEAD as GET, a trailing slash as none), :class:`BodyLimit` (413 for a
 body over the upload or JSON limit), :class:`RateLimit` (429 past ``--rate-limit``, when set),
+:class:`RefuseWrites` (403 for a write to a read-only collection, before the rate limit),
 :class:`Observe` (counts and times each request into :class:`Metrics`, which /metrics renders
 for Prometheus) and :class:`SecurityHeaders` (nosniff, no-referrer, the page's CSP). Each is
 plain ASGI: no extra task or thread per request. :class:`FiniteJSONResponse` is the app's
@@ -223,6 +224,39 @@ class RateLimit:
                                         (b"retry-after", retry.encode())]})
                 await send({"type": "http.response.body", "body": body})
                 return
+        await self.app(scope, receive, send)
+
+
+class RefuseWrites:
+    """ASGI middleware, outside :class:`RateLimit` and :class:`BodyLimit`: while ``refusal()``
+    gives a reason (the collection is read-only), a request for one of ``write_routes()`` (the
+    app's routes that write) answers 403 with it at once. A write that can never succeed
+    takes nothing from the client's --rate-limit budget, and its body is not read (an upload
+    over the limit is told it is a 403, not a 413). Routes are matched as the router matches
+    them, a trailing slash as none (:class:`HeadAndSlash`); the route's own check of the
+    same refusal stays for anything not matched here."""
+
+    def __init__(self, app: Any, refusal: Any, write_routes: Any) -> None:
+        self.app, self.refusal, self.write_routes = app, refusal, write_routes
+        self._routes: list | None = None  # the app's routes are all there by the first request
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") not in ("GET", "HEAD"):
+            why = self.refusal()
+            if why is not None:
+                from starlette.routing import Match
+
+                if self._routes is None:
+                    self._routes = list(self.write_routes())
+                path = scope.get("path", "")
+                probe = {**scope, "path": path.rstrip("/") or "/"} if path.endswith("/") else scope
+                if any(r.matches(probe)[0] is Match.FULL for r in self._routes):
+                    body = json.dumps({"detail": why}).encode()
+                    await send({"type": "http.response.start", "status": 403,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
         await self.app(scope, receive, send)
 
 
