@@ -1,0 +1,93 @@
+"""What identifies a bench run's data (src/xmodal/evaluation/fingerprint.py): the digest of what
+a loader read (records' ``data_digest``) and the cache of file digests. Tiny hand-made data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xmodal.data import PairedDataset
+from xmodal.evaluation.fingerprint import (_FINGERPRINT_CACHE_SIZE, _read_fingerprint_cache,
+                                           _write_fingerprint_cache, content_digest)
+
+
+def _ds(**changes) -> PairedDataset:
+    fields = dict(name="t", text_to_image=np.array([0, 1, 2, 2]), n_images=3,
+                  image_features=np.arange(6, dtype=np.float64).reshape(3, 2),
+                  text_features=np.arange(8, dtype=np.float32).reshape(4, 2) / 4,
+                  texts=["a dog", "a cat", "café", "two"], labels=np.array([[1, 0], [0, 1], [1, 1]]),
+                  splits={"train": np.array([0, 1]), "test": np.array([2])},
+                  image_paths=["x/1.jpg", "x/2.jpg", "y/3.jpg"])
+    fields.update(changes)
+    return PairedDataset(**fields)
+
+
+def test_content_digest_is_stable_across_versions():
+    """Records carry this digest (data_digest): if it changed for the same data, --resume
+    would redo every record ever made. A deliberate change of what it covers updates this."""
+    assert content_digest(_ds()) == "0cac4e71c30d79528de46474de9a530488ec8c123d64675f081cd955f475a99f"
+    # the loader's dtype is no difference: features and labels are hashed as float32, indices as int64
+    same = _ds(image_features=np.arange(6, dtype=np.float32).reshape(3, 2),
+               text_to_image=np.array([0, 1, 2, 2], dtype=np.int32), labels=np.array([[1., 0], [0, 1], [1, 1]]))
+    assert content_digest(same) == content_digest(_ds())
+
+
+@pytest.mark.parametrize("change", [
+    dict(text_to_image=np.array([0, 1, 1, 2])),
+    dict(n_images=4, image_features=np.zeros((4, 2)), image_paths=["a", "b", "c", "d"], labels=None),
+    dict(splits={"train": np.array([0]), "test": np.array([1, 2])}),
+    dict(splits={"train": np.array([0, 1]), "val": np.array([2])}),
+    dict(splits={"train": np.array([0, 1])}),
+    dict(labels=np.array([[1, 0], [0, 1], [0, 1]])),
+    dict(labels=None),
+    dict(texts=["a dog", "a cat", "cafe", "two"]),
+    dict(texts=None),
+    dict(image_paths=["x/1.jpg", "x/2.jpg", "y/4.jpg"]),
+    dict(image_paths=None),
+    dict(image_ids=["1", "2", "3"]),
+    dict(image_features=np.arange(6, dtype=np.float64).reshape(3, 2)[::-1].copy()),
+    dict(image_features=None),
+    dict(text_features=np.zeros((4, 2))),
+    dict(text_features=np.zeros((4, 0))),
+    dict(text_features=None),
+], ids=lambda c: ",".join(c))
+def test_content_digest_sees_every_part_of_the_data(change):
+    assert content_digest(_ds(**change)) != content_digest(_ds())
+
+
+def test_content_digest_names_images_and_samples_features():
+    base = content_digest(_ds())
+    # image files are named, not read: the folders they sit in are no difference
+    assert content_digest(_ds(image_paths=["z/1.jpg", "z/2.jpg", "z/3.jpg"])) == base
+    # image ids, where the dataset has them, name the images instead of the paths
+    ids = _ds(image_ids=["1", "2", "3"])
+    assert content_digest(ids) == content_digest(_ds(image_ids=["1", "2", "3"], image_paths=None))
+    # of many feature rows, 1024 evenly spaced ones (the first and the last among them) are hashed
+    n = 3000
+    rng = np.random.default_rng(0)
+    F = rng.random((n, 2))
+    big = dict(n_images=n, text_to_image=np.arange(n), image_features=F, text_features=None, texts=None,
+               labels=None, splits={"test": np.arange(n)}, image_paths=None)
+    digest = content_digest(_ds(**big))
+    sampled = set(np.unique(np.linspace(0, n - 1, 1024).astype(np.int64)).tolist())
+    assert len(sampled) == 1024 and {0, n - 1} <= sampled
+    skipped = next(i for i in range(n) if i not in sampled)
+    for row, changes in ((skipped, False), (0, True), (n - 1, True), (sorted(sampled)[500], True)):
+        G = F.copy()
+        G[row] += 1.0
+        assert (content_digest(_ds(**{**big, "image_features": G})) != digest) == changes, row
+
+
+def test_fingerprint_cache_keeps_the_most_recent_entries(tmp_path):
+    path = tmp_path / "dataset-sha256.json"
+    entries = {f"k{i}": {"stat": [[i, i]], "sha256": f"{i:064x}"} for i in range(_FINGERPRINT_CACHE_SIZE + 10)}
+    _write_fingerprint_cache(path, entries)
+    kept = _read_fingerprint_cache(path)
+    assert list(kept) == [f"k{i}" for i in range(10, _FINGERPRINT_CACHE_SIZE + 10)]
+    assert _FINGERPRINT_CACHE_SIZE == 256
+    assert json.loads(path.read_text())["format"] == 1
+    for text in ('{"format": 2, "entries": {"k": {}}}', '{"format": 1, "entries": []}', "[]", "\xff"):
+        path.write_bytes(text.encode("latin-1"))
+        assert _read_fingerprint_cache(path) == {}
+    assert _read_fingerprint_cache(None) == {} and _read_fingerprint_cache(tmp_path / "absent.json") == {}
