@@ -175,3 +175,126 @@ def test_wikipedia_deep_table_matches_its_records():
         r = recs[re.match(r"[a-z_0-9]+", row[0]).group(0)]
         cells = [c.strip("*") for c in row[1:]]
         assert cells == [f"{r['i2t']['map']:.3f}", f"{r['t2i']['map']:.3f}", f"{r['fit_seconds']:.0f} s"], row[0]
+
+
+def test_method_kind_is_the_family_the_records_store():
+    """The records' ``kind`` is the family alone: a method that uses labels when present is
+    supervised, one that only stops early on validation labels is unsupervised; a label budget
+    given by --set is the one named."""
+    from xmodal.evaluation.bench import method_kind
+
+    assert method_kind("lsh") == "baseline" and method_kind("cca_itq") == "baseline"
+    assert method_kind("cca") == "unsupervised" and method_kind("sm") == "supervised"
+    assert method_kind("graph") == "supervised (deep)"
+    assert method_kind("contrastive") == "unsupervised (deep)"
+    assert method_kind("sslpdp") == "semi-supervised (10% labels)"
+    assert method_kind("sslpdp", {"labeled_fraction": 0.25}) == "semi-supervised (25% labels)"
+
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_format_table_shows_every_column_some_record_has_as_plain_text_by_default():
+    """A MAP-only record (hashing) beside a Recall@K-only one (captions): both column groups
+    are shown, "-" where a record has no score; the default is the aligned plain-text table."""
+    hashing = {**_rec("lsh", {}, 0.5), "bits": 16}
+    captions = {"dataset": "d", "method": "vsepp", "bits": None, "seed": 0, "settings": {}, "fit_seconds": 12.25,
+                "i2t": {f"r@{k}": 10.0 * k for k in (1, 5, 10)}, "t2i": {f"r@{k}": 5.0 * k for k in (1, 5, 10)},
+                "mR": 40.0}
+    text = format_table([hashing, captions])
+    lines = text.splitlines()
+    assert "|" not in text and len(lines) == 4
+    assert _cells(lines[0]) == SEED_COLS
+    assert _cells(lines[2]) == ["lsh", "16", "0.5000", "0.5000", "-", "-", "-", "-", "-", "-", "-", "-", "-", "1.0"]
+    assert _cells(lines[3]) == ["vsepp", "-", "-", "-", "-", "-", "10.0", "50.0", "100.0", "5.0", "25.0", "50.0",
+                                "40.0", "12.2"]
+    # every column as wide as its widest cell: method names left-aligned, numbers right-aligned
+    assert len({len(line) for line in lines}) == 1
+    assert lines[2].startswith("lsh  ") and lines[3].startswith("vsepp") and lines[2].endswith("  1.0")
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    # a recall-only or MAP-only table has only its own columns
+    assert _cells(format_table([captions]).splitlines()[0]) == ["method", "bits", *SEED_COLS[6:]]
+    assert _cells(format_table([hashing]).splitlines()[0]) == SEED_COLS[:6] + ["fit s"]
+
+
+def _hrec(method: str, bits: int | None, v: float, **extra) -> dict:
+    def scores(s: float) -> dict:
+        return {"map": v * s, "map@50": v / 2 * s, "p@50": v / 4 * s, "p@r2": v / 8 * s}
+    return {"dataset": "d", "method": method, "bits": bits, "seed": 0, "fit_seconds": 1.25,
+            "kind": "baseline" if method == "lsh" else "unsupervised", "i2t": scores(1), "t2i": scores(0.5), **extra}
+
+
+def test_hashing_tables_by_hand():
+    """Methods in first-seen order, bit lengths sorted, "-" for a bit length a method did not
+    run, a detail table per bit length with only the methods run at it, records without bits
+    left out; an evaluate() result's bit length read from its Hamming PR curve."""
+    text = format_hashing_tables([_hrec("lsh", 32, 0.8), _hrec("cvh", 16, 0.6), _hrec("lsh", 16, 0.4),
+                                  _hrec("cca", None, 0.1)], detail_k=50)
+    detail = ["| method | I->T MAP@50 | T->I MAP@50 | I->T P@50 | T->I P@50 | I->T P@r2 | T->I P@r2 | fit s |",
+              "|---|---|---|---|---|---|---|---|"]
+    assert text.splitlines() == [
+        "#### d: MAP (full ranking), image->text | text->image (database: codes from the hash functions)", "",
+        "| method | kind | I->T 16 | I->T 32 | T->I 16 | T->I 32 |", "|---|---|---|---|---|---|",
+        "| lsh | baseline | 0.4000 | 0.8000 | 0.2000 | 0.4000 |",
+        "| cvh | unsupervised | 0.6000 | - | 0.3000 | - |",
+        "", "#### d, 16 bits: MAP@50, P@50, precision within Hamming radius 2", "", *detail,
+        "| lsh | 0.2000 | 0.1000 | 0.1000 | 0.0500 | 0.0500 | 0.0250 | 1.2 |",
+        "| cvh | 0.3000 | 0.1500 | 0.1500 | 0.0750 | 0.0750 | 0.0375 | 1.2 |",
+        "", "#### d, 32 bits: MAP@50, P@50, precision within Hamming radius 2", "", *detail,
+        "| lsh | 0.4000 | 0.2000 | 0.2000 | 0.1000 | 0.1000 | 0.0500 | 1.2 |"]
+    assert text.endswith("|\n")  # each dataset's tables end with a blank line
+    learned = format_hashing_tables([_hrec("lsh", 16, 0.4, database_codes="learned")], detail_k=50)
+    assert learned.startswith("#### d: MAP (full ranking), image->text | text->image (database: learned training codes)")
+    mixed = format_hashing_tables([_hrec("lsh", 16, 0.4, database_codes="learned"), _hrec("cvh", 16, 0.4)])
+    assert "(database: codes from the hash functions)" in mixed
+    curve = {"radius": list(range(9)), "precision": [1.0] * 9, "recall": [0.0] * 9}
+    result = {"i2t": {"map": 0.4, "map@50": 0.2, "p@50": 0.1, "p@r2": 0.3, "hamming_pr_curve": curve},
+              "t2i": {"map": 0.2, "map@50": 0.1, "p@50": 0.05, "p@r2": 0.15}}
+    lines = format_hashing_tables({"mine": result}, detail_k=50).splitlines()
+    assert lines[0] == "#### MAP (full ranking), image->text | text->image (database: codes from the hash functions)"
+    assert lines[2] == "| method | kind | I->T 8 | T->I 8 |" and lines[4] == "| mine |  | 0.4000 | 0.2000 |"
+    assert lines[6] == "#### 8 bits: MAP@50, P@50, precision within Hamming radius 2"
+    assert lines[10] == "| mine | 0.2000 | 0.1000 | 0.1000 | 0.0500 | 0.3000 | 0.1500 | - |"
+
+
+def test_hashing_tables_refuse_one_dataset_under_two_protocols():
+    a = _hrec("lsh", 16, 0.4, protocol="hashing: d/query vs d/database")
+    b = _hrec("cvh", 32, 0.4, protocol="hashing: d/query vs d/train")
+    with pytest.raises(ValueError, match=r"records of d differ in protocol \('hashing: d/query vs d/database' vs"):
+        format_hashing_tables([a, b])
+    assert format_hashing_tables([a, {**b, "dataset": "e"}]).count("####") == 4  # two datasets: fine
+    with pytest.raises(ValueError, match="records of lsh at 16 bits on d differ in params"):
+        format_hashing_tables([{**a, "params": {"alpha": 1}}, {**a, "seed": 1, "params": {"alpha": 2}}])
+
+
+def test_format_table_markdown_by_hand():
+    recs = [_rec("cca", {}, 0.25), {**_rec("cca", {}, 0.75), "seed": 1, "params": {"random_state": 1}},
+            {**_rec("pls", {"n_components": 5}, 0.5), "bits": 64, "i2t": {"map": 0.5, "p@10": 0.125}}]
+    assert format_table(recs, markdown=True).splitlines() == [
+        "| method | bits | i2t MAP | t2i MAP | i2t P@10 | t2i P@10 | fit s |", "|---|---|---|---|---|---|---|",
+        "| cca | - | 0.5000±0.3536 | 0.5000±0.3536 | - | - | 1.0 |",  # two seeds: mean±std (ddof=1)
+        "| pls:n_components=5 | 64 | 0.5000 | 0.5000 | 0.1250 | - | 1.0 |"]
+
+
+def test_format_table_of_no_records_is_its_header():
+    assert format_table([]).splitlines() == ["method  bits  fit s", "------  ----  -----"]
+    assert format_table([], markdown=True).splitlines() == ["| method | bits | fit s |", "|---|---|---|"]
+
+
+def test_two_runs_of_one_name_or_one_dataset_under_two_protocols_are_refused_as_said():
+    """(plots.py calls these with bits None for real-valued methods and by bit length.)"""
+    from xmodal.evaluation.tables import _one_protocol_each, _one_summary_each
+
+    a, b = _rec("cca", {}, 0.5), {**_rec("cca", {}, 0.5), "params": {"random_state": 0, "reg": 1}}
+    with pytest.raises(ValueError, match=r"PR curves: records of cca on d differ in params \(reg\); pass"):
+        _one_summary_each([a, b], "PR curves")
+    with pytest.raises(ValueError, match="records of cca at 16 bits on d differ in params"):
+        _one_summary_each([{**a, "bits": 16}, {**b, "bits": 16}], "PR curves")
+    _one_summary_each([{**a, "bits": 16}, {**b, "bits": 32}], "PR curves")  # two bit lengths: two rows
+    p, q = ({**_hrec("lsh", bits, 0.4), "protocol": proto} for bits, proto in ((16, "x"), (32, "y")))
+    _one_protocol_each([p, q], "PR curves", by_bits=True)  # one panel per bit length: each names its own
+    with pytest.raises(ValueError, match=r"records of d differ in protocol \('x' vs 'y'\)"):
+        _one_protocol_each([p, q], "PR curves")
+    with pytest.raises(ValueError, match="differ in protocol"):
+        _one_protocol_each([p, {**q, "bits": 16}], "PR curves", by_bits=True)
