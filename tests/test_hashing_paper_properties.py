@@ -546,6 +546,8 @@ def test_ridge_hash_is_the_scale_free_ridge_closed_form_and_helpers_are_exact():
         want = np.linalg.solve(G + reg * np.trace(G) / 6 * np.eye(6), F.T @ B)
         np.testing.assert_allclose(ridge_hash(F, B, reg), want, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(ridge_hash(10 * F, B, reg), want / 10, rtol=1e-9, atol=1e-12)
+    # features all zero (constant training features, centred): W = 0, not a singular solve
+    assert np.array_equal(ridge_hash(np.zeros((50, 6)), B, 0.3), np.zeros((6, 3)))
     L = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 4.0]])
     np.testing.assert_allclose(normalized_labels(L), [[2 ** -0.5, 2 ** -0.5, 0], [0, 0, 0], [0, 0.6, 0.8]])
     assert signs(np.array([-1e-300, 0.0, 1e-300])).tolist() == [-1.0, 1.0, 1.0]
@@ -588,6 +590,12 @@ def test_imh_codes_are_the_bottom_eigenvectors_of_smoothness_plus_fit_error():
         M = M + beta * (np.eye(90) - F @ np.linalg.solve(G, F.T))
     vals, vecs = linalg.eigh(M)
     assert vals[c] - vals[c - 1] > 1e-6  # the subspace is well defined
+    # centred features: (I - P) 1 = 1 and L 1 = 0, so the constant vector is an eigenvector
+    # (a bit constant on the training set); n pairs give at most n - 1 others
+    from xmodal.methods import ParameterError
+
+    with pytest.raises(ParameterError, match="bits=16 needs more than 16 training pairs"):
+        methods.create("imh", bits=16, kernel="linear", max_train=None).fit(_pairs(X[:16], Y[:16]))
     for F, G, proj in zip(Fs, ridge, (m.image_proj_, m.text_proj_)):
         want = np.linalg.solve(G, F.T @ vecs[:, :c])
         sgn = np.sign((want * proj).sum(0))
@@ -615,19 +623,39 @@ def test_lssh_encoders_are_the_papers_latent_maps_centred_on_the_training_mean()
     np.testing.assert_allclose(lam * (a @ U - Fy) @ U.T + mu * a, 0, atol=1e-9)
     np.testing.assert_allclose(zt.mean(0), 0, atol=1e-10)
     np.testing.assert_allclose(zi.mean(0), 0, atol=1e-10)
+    # xmodal's optional ridge gamma||A||^2 (not in the paper) joins mu in the text A step
+    mg = methods.create("lssh", bits=8, kernel="linear", n_atoms=16, n_iter=1, lam=lam, mu=mu, gamma=0.3,
+                        max_train=None).fit(_pairs(X, Y))
+    ag = mg._encode_texts(Y) + mg.text_center_
+    Ug = mg.text_factor_
+    np.testing.assert_allclose(lam * (ag @ Ug - Fy) @ Ug.T + (mu + 0.3) * ag, 0, atol=1e-9)
+    # a training image at the training mean is a zero row once centred: as an initial atom
+    # (all rows are atoms here) it stays zero, not 0/0
+    Aint = np.random.default_rng(1).integers(-3, 4, (14, X.shape[1])).astype(float)
+    X0 = np.vstack([np.zeros((1, X.shape[1])), Aint, -Aint]) + 5.0  # integers: the mean is exactly 5
+    m0 = methods.create("lssh", bits=8, kernel="linear", n_atoms=29, n_iter=1, max_train=None).fit(_pairs(X0, Y[:29]))
+    assert not np.any(m0._map(X0[:1], "image"))
+    # a large alpha leaves atoms unused: each restarts as a unit-norm training image
+    X1 = X[:60]
+    m1 = methods.create("lssh", bits=8, kernel="linear", n_atoms=40, n_iter=1, alpha=1.0, max_train=None).fit(_pairs(X1, Y[:60]))
+    F1 = X1 - X1.mean(0)
+    cos = np.abs(m1.dictionary_ @ (F1 / np.linalg.norm(F1, axis=1, keepdims=True)).T).max(1)
+    assert (cos > 1 - 1e-12).sum() >= 2 and np.linalg.norm(m1.dictionary_, axis=1).max() <= 1 + 1e-9
+    assert np.isfinite(m0.dictionary_).all() and np.isfinite(m0._encode_images(X0)).all()
 
 
 def test_lssh_sweeps_are_the_papers_block_updates():
     """Two of Zhou et al. 2014's alternating sweeps, recomputed: U and R the unit-norm least
     squares fits Y ~ A U and A ~ S R, A the exact minimiser of lam||Y - A U||^2 +
     mu||A - S R||^2, i.e. (lam Y U' + mu S R)(lam U U' + mu I)^-1, B the unit-norm fit X ~ S B,
-    and S the lasso on [X, sqrt(mu) A] over [B, sqrt(mu) R]."""
+    and S the lasso on [X, sqrt(mu) A] over [B, sqrt(mu) R]. xmodal's optional ridge
+    gamma||A||^2 (not in the paper) adds gamma I next to mu I."""
     from xmodal.methods.hashing.unsupervised import lasso_fista, unit_norm_lstsq
 
     X, Y = _planted_pairs(n=100, seed=4)
-    lam, mu, alpha, k, c = 0.6, 1.7, 0.02, 12, 8
-    m = methods.create("lssh", bits=c, kernel="linear", n_atoms=k, n_iter=2, lam=lam, mu=mu, alpha=alpha,
-                       max_train=None, random_state=5).fit(_pairs(X, Y))
+    lam, mu, gamma, alpha, k, c = 0.6, 1.7, 0.2, 0.02, 12, 8
+    m = methods.create("lssh", bits=c, kernel="linear", n_atoms=k, n_iter=2, lam=lam, mu=mu, gamma=gamma,
+                       alpha=alpha, max_train=None, random_state=5).fit(_pairs(X, Y))
     rng = np.random.default_rng(5)
     Fx, Fy = X - X.mean(0), Y - Y.mean(0)
     Fx, Fy = Fx / np.sqrt((Fx ** 2).sum(1).mean()), Fy / np.sqrt((Fy ** 2).sum(1).mean())
@@ -638,7 +666,7 @@ def test_lssh_sweeps_are_the_papers_block_updates():
     for _ in range(2):
         U = unit_norm_lstsq(Fy, A)
         R = unit_norm_lstsq(A, S)
-        A = (lam * Fy @ U.T + mu * S @ R) @ np.linalg.inv(lam * U @ U.T + mu * np.eye(c))
+        A = (lam * Fy @ U.T + mu * S @ R) @ np.linalg.inv(lam * U @ U.T + (mu + gamma) * np.eye(c))
         D = unit_norm_lstsq(Fx, S)
         assert np.linalg.norm(D, axis=1).min() > 1e-6  # no atom restarted
         r = np.sqrt(mu)
