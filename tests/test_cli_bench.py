@@ -594,3 +594,68 @@ def test_bench_output_under_a_file_names_that_file(tmp_path):
     assert res.exit_code == 2
     out = " ".join(res.output.replace("│", " ").split())
     assert f"{tmp_path / 'runs'} is a file, not a folder" in out, out
+
+
+# ------------------------------------------------------------- session 16: a first reader's run
+@pytest.mark.parametrize("args, says", [
+    (["--set", ".n_components=5"], "expected METHOD.PARAM=VALUE"),
+    (["--set", "cca.=5"], "expected METHOD.PARAM=VALUE"),
+    (["--set", "cca.n_components=5", "--set", "cca.n_components=6"], "cca.n_components given twice"),
+    (["--data-option", "split=a", "--data-option", "split=b"], "split given twice"),
+])
+def test_bench_refuses_empty_or_repeated_set_and_data_option_keys(args, says):
+    # a repeated --set silently kept its last value; an empty method or parameter name was
+    # reported as "parameters given for ''" / "unknown parameter ;"
+    res = runner.invoke(app, ["bench", "-d", "wikipedia", "-m", "cca", "--quiet", *args])
+    clean_exit(res)
+    assert says in res.output
+
+
+@pytest.mark.parametrize("content", [b"my notes, one line\n", b"\x89PNG\r\n\x1a\n\xff\xfe\x00"])
+def test_resume_file_that_is_no_records_file_is_refused_and_left_alone(tmp_path, content):
+    # a one-line text file was taken for a torn record and emptied; a binary file raised
+    # UnicodeDecodeError (exit 1 with a traceback)
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    res = runner.invoke(app, ["bench", "-d", "wikipedia", "-m", "cca", "--quiet", "--resume", str(path)])
+    clean_exit(res)
+    assert str(path) in res.output and "not a records file" in res.output
+    assert path.read_bytes() == content
+
+
+def test_bench_interrupted_says_what_is_kept_and_exits_130(tmp_path, monkeypatch):
+    import xmodal.evaluation.bench as bench_mod
+
+    def interrupted(*args, resume=None, **kw):
+        if resume:  # the first record finished, then Ctrl-C
+            with open(resume, "a") as f:
+                f.write(json.dumps(_record("cca")) + "\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_mod, "run_bench", interrupted)
+    path = tmp_path / "r.jsonl"
+    res = runner.invoke(app, ["bench", "-d", "wikipedia", "-m", "cca", "--quiet", "--resume", str(path)])
+    clean_exit(res, 130)
+    assert "interrupted" in res.output and f"1 record(s) kept in {path}" in res.output
+    assert "the same command continues" in res.output
+    res = runner.invoke(app, ["bench", "-d", "wikipedia", "-m", "cca", "--quiet"])
+    clean_exit(res, 130)
+    assert "interrupted" in res.output and "--resume" in res.output
+
+
+def test_compare_names_what_the_file_holds_and_the_file(tmp_path):
+    path = _write(tmp_path / "r.jsonl", [_record("cca"), _record("scm")])
+    # a --dataset the file does not hold: said so, with the datasets it holds
+    res = _compare(path, "cca", "scm", "--dataset", "wiki")
+    clean_exit(res)
+    assert "no records of dataset 'wiki'" in res.output and "wikipedia" in res.output
+    # two records files: compare reads one
+    other = _write(tmp_path / "s.jsonl", [_record("scm")])
+    res = _compare(path, other, "cca", "scm")
+    clean_exit(res)
+    assert "reads one records file" in res.output
+    # a refused pair names the file it came from, as every other error does
+    path = _write(tmp_path / "m.jsonl", [_record("cca"), _record("scm", dataset="ucm_captions")])
+    res = _compare(path, "cca", "scm")
+    clean_exit(res)
+    assert f"error: {path}: records differ in dataset" in res.output

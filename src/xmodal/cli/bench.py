@@ -23,6 +23,8 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
     several --set settings, its run without --set (also ``method:``). ``recs`` are the
     summaries the --bits / --dataset filters kept, ``every`` those before --bits (to say what
     a method has when none is at ``bits``)."""
+    from pathlib import Path
+
     from ..data import DataError
     from ..evaluation.bench import RUN_FIELDS, config_label, differing_fields
 
@@ -50,7 +52,10 @@ def _pick(recs: list[dict], name: str, path, every: list[dict] | None = None,
                    f"it has {', '.join('real-valued' if b is None else str(b) for b in at_other_bits)}")
             raise DataError(f"{path}: method {method!r} has records, but none at {bits} bits ({has})")
         held = sorted({r.get("method") for r in (every or recs)})
-        raise DataError(f"{path}: no record for method {name!r}; the file holds: {', '.join(held)}")
+        # `xmodal compare a.jsonl b.jsonl A B`: the second file was read as a method name
+        two = (f" ({name} is a file: xmodal compare reads one records file; put both runs in one, "
+               f"e.g. cat {path} {name} > both.jsonl)" if Path(name).is_file() else "")
+        raise DataError(f"{path}: no record for method {name!r}; the file holds: {', '.join(held)}{two}")
     configs = sorted({config_label(r) for r in mine})
     differ = differing_fields(mine)
     if len(configs) > 1:
@@ -214,6 +219,18 @@ def register(app: typer.Typer) -> None:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C: say what a rerun starts from, as xmodal index does
+            if resume:
+                from ..evaluation.bench import read_jsonl
+
+                try:
+                    kept = f"{len(read_jsonl(resume))} record(s) kept in {resume}; the same command continues"
+                except (DataError, OSError):
+                    kept = f"the finished records are in {resume}; the same command continues"
+            else:
+                kept = "no record kept (--resume FILE.jsonl keeps each record as it finishes)"
+            typer.echo(f"interrupted: {kept}", err=True)
+            raise typer.Exit(130) from None
         finally:
             warnings.showwarning = shown
         typer.echo(f"dataset: {records[0]['dataset'] if records else dataset}")
@@ -309,7 +326,10 @@ def register(app: typer.Typer) -> None:
                 raise DataError(f"{path}: holds no records (an empty file or list)")
             recs = [check_record(r, f"{path}: record {i}") for i, r in enumerate(recs, 1)]
             if dataset is not None:
+                held = sorted({str(r["dataset"]) for r in recs})
                 recs = [r for r in recs if r["dataset"] == dataset]
+                if not recs:
+                    raise DataError(f"{path}: no records of dataset {dataset!r}; the file holds: {', '.join(held)}")
             every = summarize_seeds(recs)  # seeds of one configuration pooled, never other params or data
             recs = [r for r in every if bits is None or r.get("bits") == bits]
             picked = [_pick(recs, name, path, every, bits) for name in names]
@@ -318,8 +338,11 @@ def register(app: typer.Typer) -> None:
                       "map" if all("map" in r["i2t"] for r in picked) else "mR")
             # a bar over the resamples (minutes for tens of thousands of queries): on a terminal's
             # stderr only, never with --json
-            results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed,
-                                  progress=False if quiet or as_json else None)
+            try:
+                results = compare_all(dict(zip(names, picked)), chosen, n_resamples=resamples, seed=seed,
+                                      progress=False if quiet or as_json else None)
+            except (DataError, ValueError) as exc:  # records refused as a pair: name their file
+                raise DataError(f"{path}: {exc}") from None
         except (DataError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

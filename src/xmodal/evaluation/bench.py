@@ -248,6 +248,24 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
                           "P@k are 1 for any ranking there; read Recall@K instead", stacklevel=3)
 
 
+def _check_resume_file(path: str | Path) -> None:
+    """Refuse a ``resume`` file that is not a JSON-lines file of records: not UTF-8 text, or a
+    line that does not even begin as a record (``{``). Without this a one-line text file was
+    taken for a torn last record and cut away, and a binary file raised UnicodeDecodeError."""
+    path = Path(path)
+    if not path.is_file():
+        return  # a new file (a folder is refused by the CLI up front)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a records file: not UTF-8 text (a binary file?); --resume takes "
+                        "the JSON-lines file that --resume writes, one record per line") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith(("{", "[")):  # "[": read_jsonl's --json hint
+            raise DataError(f"{path}: not a records file: line {i} is not a JSON record; --resume takes "
+                            "the JSON-lines file that --resume writes, one record per line")
+
+
 def _device_name() -> str:
     """Where the fit ran (timings depend on it; results are matched on resume without it)."""
     from ..device import get_device
@@ -325,6 +343,8 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
         # a --per-query resume (redone every time) nor a paired test
         raise ParameterError(f"per-query scores are not kept with database codes 'learned' "
                              f"({', '.join(hashing)}); use the default database codes for paired tests")
+    if resume:
+        _check_resume_file(resume)  # before loading anything, and before a repair could cut it
     data_options = dict(data_options or {})
     if data_options and not isinstance(dataset, str):
         raise ParameterError("data_options apply to a dataset loaded by name or path, not to a PairedDataset")
