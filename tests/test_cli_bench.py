@@ -659,3 +659,10 @@ def test_compare_names_what_the_file_holds_and_the_file(tmp_path):
     res = _compare(path, "cca", "scm")
     clean_exit(res)
     assert f"error: {path}: records differ in dataset" in res.output
+
+
+def test_labeled_fraction_that_no_method_takes_is_said(wikipedia):
+    # it was ignored in silence: a reader could take the table for a 10%-label run
+    res = runner.invoke(app, ["bench", "-d", "wikipedia", "-m", "cca", "--quiet", "--labeled-fraction", "0.1"])
+    assert res.exit_code == 0, res.output
+    assert "warning: --labeled-fraction 0.1: no method here takes a label budget (cca)" in res.output

@@ -197,6 +197,16 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"error: --set {method_name}.{pname}: the {_OWNED_BY[arg][0]} is set by "
                                f"{_OWNED_BY[arg][1]}, not by --set", err=True)
                     raise typer.Exit(2)
+        if labeled_fraction is not None:  # ignored by every method here: say so, not in silence
+            from .. import methods as registry
+            from ..evaluation.bench import _accepts
+
+            known = [n for n in names if n in registry.available()]  # unknown ones: refused below
+            if known and len(known) == len(names) and \
+                    not any(_accepts(registry.get(n), "labeled_fraction") for n in known):
+                typer.echo(f"warning: --labeled-fraction {labeled_fraction}: no method here takes a label "
+                           f"budget ({', '.join(names)}); only the semi-supervised ones do (see `xmodal "
+                           "methods`), so it has no effect", err=True)
         command = _command_line(ctx)  # recorded with every new record
         import warnings
 
