@@ -91,3 +91,101 @@ def test_fingerprint_cache_keeps_the_most_recent_entries(tmp_path):
         path.write_bytes(text.encode("latin-1"))
         assert _read_fingerprint_cache(path) == {}
     assert _read_fingerprint_cache(None) == {} and _read_fingerprint_cache(tmp_path / "absent.json") == {}
+
+
+def test_a_release_folder_is_hashed_with_each_file_named_by_its_path_in_the_folder(tmp_path, monkeypatch):
+    """Wikipedia's release: the lists, then texts/<id>.xml; a file is named by its path in the
+    folder (texts/t1.xml), not its bare name, so a file moved between subfolders is other data."""
+    import hashlib
+
+    from xmodal.evaluation.fingerprint import dataset_fingerprint
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "wikipedia"
+    files = {"categories.list": "art\nbiology\n", "trainset_txt_img_cat.list": "t1\ti1\t1\nt2\ti2\t2\n",
+             "testset_txt_img_cat.list": "t3\ti3\t1\n",
+             **{f"texts/t{i}.xml": f"<text>article t{i}</text>" for i in (1, 2, 3)}}
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    want = hashlib.sha256(b"".join(n.encode() + b"\0" + t.encode() for n, t in files.items())).hexdigest()
+    assert dataset_fingerprint(str(root)) == want
+    assert dataset_fingerprint(str(root), cache_dir=False) == want
+
+
+def test_files_modified_within_two_seconds_of_the_hash_are_not_cached(tmp_path, monkeypatch):
+    """A same-size rewrite within a coarse mtime tick keeps the time: a digest is cached only
+    when every file is older than 2 s (the newest counts), with the clock fixed here."""
+    import os
+    import types
+
+    import xmodal.evaluation.fingerprint as fingerprint
+
+    folder = tmp_path / "karpathy"
+    folder.mkdir()
+    old, new = folder / "dataset_a.json", folder / "dataset_b.json"
+    old.write_text('{"images": []}')
+    new.write_text('{"images": [], "x": 1}')
+    t_old, t_new = 1_700_000_000 * 10**9, 1_700_000_100_500_000_000  # a fractional second counts
+    os.utime(old, ns=(t_old, t_old))
+    os.utime(new, ns=(t_new, t_new))
+    cache = tmp_path / "cache"
+    for now, cached in ((t_new / 1e9 + 1.9, False), (t_new / 1e9 + 2.0, False), (t_new / 1e9 + 2.1, True)):
+        if (cache / fingerprint.FINGERPRINT_CACHE).exists():
+            (cache / fingerprint.FINGERPRINT_CACHE).unlink()
+        monkeypatch.setattr(fingerprint, "time", types.SimpleNamespace(time=lambda now=now: now))
+        fingerprint.dataset_fingerprint(str(folder), cache_dir=cache)
+        entries = fingerprint._read_fingerprint_cache(cache / fingerprint.FINGERPRINT_CACHE)
+        assert bool(entries) == cached, now - t_new / 1e9
+        if cached:
+            (entry,) = entries.values()
+            assert entry["stat"] == [[old.stat().st_size, t_old], [new.stat().st_size, t_new]]
+
+
+def _aged_tree(root, seconds_ago: float = 60.0) -> None:
+    import os
+    import time
+
+    t = int((time.time() - seconds_ago) * 1e9)
+    for f in root.rglob("*"):
+        os.utime(f, ns=(t, t))
+
+
+def test_cache_entries_of_big_releases_and_of_the_older_layouts_keep_their_keys(tmp_path, monkeypatch):
+    """Two releases of many files each keep an entry of their own (a digest of their paths as
+    key), and an entry written for a Karpathy folder (its files' absolute paths as key, as
+    before the release loaders) is still found."""
+    import xmodal.evaluation.fingerprint as fingerprint
+
+    cache = tmp_path / "cache"
+    opened = []
+    monkeypatch.setattr(fingerprint, "open", lambda f, *a, **k: opened.append(f) or open(f, *a, **k), raising=False)
+    releases = []
+    for name in ("a", "b"):
+        root = tmp_path / name / "mirflickr25k"
+        from xmodal.data.mirflickr import MIRFLICKR_LABELS
+        for i in range(1, fingerprint._BIG_CACHE_ENTRY + 2):
+            (root / "mirflickr" / "meta" / "tags").mkdir(parents=True, exist_ok=True)
+            (root / "mirflickr" / "meta" / "tags" / f"tags{i}.txt").write_text(f"{name}\r\n")
+        (root / "mirflickr25k_annotations_v080").mkdir()
+        for c, label in enumerate(MIRFLICKR_LABELS):
+            (root / "mirflickr25k_annotations_v080" / f"{label}.txt").write_text(f"{c % 6 + 1}\r\n")
+        _aged_tree(root)
+        releases.append(root)
+    digests = [fingerprint.dataset_fingerprint(str(r), cache_dir=cache) for r in releases]
+    n = len(opened)
+    assert digests[0] != digests[1]
+    assert [fingerprint.dataset_fingerprint(str(r), cache_dir=cache) for r in releases] == digests
+    assert len(opened) == n  # both found in the cache
+    keys = list(fingerprint._read_fingerprint_cache(cache / fingerprint.FINGERPRINT_CACHE))
+    assert len(keys) == 2 and all(k.startswith("sha256:") and len(k) == 7 + 64 for k in keys)
+
+    karpathy = tmp_path / "flickr8k"
+    karpathy.mkdir()
+    (karpathy / "dataset_flickr8k.json").write_text('{"images": []}')
+    _aged_tree(karpathy)
+    st = (karpathy / "dataset_flickr8k.json").stat()
+    key = json.dumps([str((karpathy / "dataset_flickr8k.json").resolve())])
+    fingerprint._write_fingerprint_cache(cache / fingerprint.FINGERPRINT_CACHE, {
+        key: {"stat": [[st.st_size, st.st_mtime_ns]], "sha256": "ab" * 32}})
+    assert fingerprint.dataset_fingerprint(str(karpathy), cache_dir=cache) == "ab" * 32
