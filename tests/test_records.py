@@ -4,6 +4,8 @@ records only."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +97,7 @@ def test_written_records_are_plain_json(tmp_path):
     assert back[0]["i2t"] == {"map": None, "per_query": {"ap": [0.5, None]}} and back[0]["t2i"] == {"map": None}
     assert back[0]["shape"] == [2, 3] and back[0]["params"]["alpha"] == 1.0
     assert back[0]["where"] == str(Path("runs") / "a.jsonl") and back[0]["n"] == 7  # other objects as text
-    assert not (tmp_path / "r.json.tmp").exists()
+    assert os.listdir(tmp_path) == ["r.json"]  # no temp file left
 
 
 def test_a_write_that_fails_midway_leaves_the_earlier_records_file_whole(tmp_path, monkeypatch):
@@ -108,7 +110,38 @@ def test_a_write_that_fails_midway_leaves_the_earlier_records_file_whole(tmp_pat
             fh.write(text[: len(text) // 2])
         raise OSError(28, "No space left on device")
 
+    def full_disk_sync(fd):  # the same full disk met where the written bytes are synced
+        raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(Path, "write_text", torn_write)
+    monkeypatch.setattr(os, "fsync", full_disk_sync)
     with pytest.raises(OSError):
         write_json([_rec(0), _rec(1)], out)
     assert out.read_text() == before
+    assert os.listdir(tmp_path) == ["r.json"]  # no half-written temp file left behind
+
+
+def test_a_file_that_is_no_records_file_is_refused_not_cut(tmp_path):
+    """Only a last line that begins as a record ('{') is a torn record: a one-line text file
+    given as records is refused, naming the file and line, and kept as it is; a binary file
+    is refused as such (it raised UnicodeDecodeError)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes about the run\n")
+    for repair in (False, True):
+        with pytest.raises(DataError, match=rf"{re.escape(str(text))}: not a records file: line 1 is not valid JSON$"):
+            read_jsonl(text, repair=repair)
+    assert text.read_text() == "my notes about the run\n"
+    good = json.dumps(_rec(0)) + "\n"
+    text.write_text(good + "a last line of text")
+    with pytest.raises(DataError, match=rf"{re.escape(str(text))}: not a records file: line 2 is not valid JSON$"):
+        read_jsonl(text, repair=True)
+    assert text.read_text() == good + "a last line of text"
+    text.write_text(good + '  {"dataset": "d", "meth')  # a torn record, indented or not
+    assert len(read_jsonl(text, repair=True)) == 1 and text.read_text() == good
+    binary = tmp_path / "r.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(DataError, match=rf"{re.escape(str(binary))}: not a records file: not UTF-8 text"):
+        read_jsonl(binary, repair=True)
+    assert binary.read_bytes() == b"\x89PNG\r\n\x1a\n\x00\xff\xfe"
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path))}: not a records file: a folder"):
+        read_jsonl(tmp_path)

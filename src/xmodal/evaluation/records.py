@@ -134,23 +134,33 @@ def check_record(rec: Any, where: str) -> dict:
 
 def read_jsonl(path: str | Path, repair: bool = False) -> list[dict]:
     """Records of an earlier (possibly interrupted) run. A torn last line (a run killed
-    mid-write) is ignored, and with ``repair`` cut from the file so appends start clean; any
-    other line that is not a record is a :class:`DataError` naming the line."""
+    mid-write: it begins as a record, ``{``) is ignored, and with ``repair`` cut from the file
+    so appends start clean; any other line that is not a record, a last line of other text
+    included, and a file that is not UTF-8 text are a :class:`DataError` naming the file (and
+    the line), the file left as it is."""
     out = []
     path = Path(path)
     if not path.exists():
         return out
-    lines = path.read_text().splitlines(keepends=True)
+    if path.is_dir():
+        raise DataError(f"{path}: not a records file: a folder")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a records file: not UTF-8 text (a binary file?)") from None
+    lines = text.splitlines(keepends=True)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i < len(lines):
+            if i < len(lines) or not line.lstrip().startswith("{"):
+                # a line in the middle, or a last one that never began as a record: no torn write
                 hint = (" (a --json file, one JSON list: --resume takes the JSON-lines file that "
                         "--resume writes, one record per line)") if line.lstrip().startswith("[") else ""
-                raise DataError(f"{path}: line {i} is not valid JSON{hint}") from None
+                what = "" if line.lstrip().startswith("{") else "not a records file: "
+                raise DataError(f"{path}: {what}line {i} is not valid JSON{hint}") from None
             if repair:  # that record is simply redone
                 atomic_write_bytes(path, "".join(lines[:-1]).encode())
             continue
@@ -178,8 +188,6 @@ def _jsonable(d: Any) -> Any:
 
 
 def write_json(records: list[dict], path: str | Path) -> None:
-    """The records as one strict JSON list (NaN and inf written as null)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(records), indent=1, allow_nan=False))
-    tmp.replace(path)
+    """The records as one strict JSON list (NaN and inf written as null), written atomically:
+    a write that fails (a full disk) leaves the earlier file whole and no temp file behind."""
+    atomic_write_bytes(path, json.dumps(_jsonable(records), indent=1, allow_nan=False).encode())
