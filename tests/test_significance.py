@@ -157,6 +157,23 @@ def test_a_record_without_per_query_scores_names_the_metric_as_asked():
         _per_query({"method": "cca", "i2t": {"per_query": {"r@1": [1, 0]}}}, "i2t", "ap")
 
 
+def test_recall_asked_of_hashing_records_says_they_hold_map_only():
+    """mR and Recall@K need instance pairs (the classic protocol); hashing records hold
+    MAP-type scores: the message says so and names the metric there is, not 'no r@1 for i2t'."""
+    hashed = {"method": "lsh", "bits": 16, "protocol": "hashing: d/query vs d/database, database codes "
+              "from the hash functions", "i2t": {"map": 0.3, "per_query": {"ap": [0.2, 0.4]}},
+              "t2i": {"map": 0.3, "per_query": {"ap": [0.2, 0.4]}}}
+    other = {**hashed, "method": "cvh"}
+    for metric, named in (("mR", "mR"), ("R@5", "r@5")):
+        with pytest.raises(DataError) as err:
+            compare_records(hashed, other, metric=metric, n_resamples=9, progress=False)
+        msg = str(err.value)
+        assert f"no per-query {named!r} scores for i2t" in msg and "need instance pairs" in msg, msg
+        assert "hashing-protocol record" in msg and "MAP-type scores only (map)" in msg, msg
+        assert "'r@1'" not in msg or named != "mR", msg
+    assert compare_records(hashed, other, n_resamples=9, progress=False)["i2t"]["p_value"] == 1.0
+
+
 def _pinned_records():
     rng = np.random.default_rng(7)
     n = 400

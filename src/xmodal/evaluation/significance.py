@@ -165,14 +165,23 @@ def _who(rec: dict, label: str) -> str:
     return f"result {label}"
 
 
-def _per_query(rec: dict, direction: str, key: str, label: str = "") -> np.ndarray:
+def _per_query(rec: dict, direction: str, key: str, label: str = "", asked: str | None = None) -> np.ndarray:
+    """``rec``'s per-query ``key`` scores for ``direction``; ``asked``: the metric as the user
+    named it, when it is not ``key`` itself (mR, tested on the r@K lists)."""
     held = rec.get(direction, {}).get("per_query", {})
     values = held.get(key)
-    name = "map" if key == "ap" else key  # records keep AP per query; users ask for map
+    name = asked or ("map" if key == "ap" else key)  # records keep AP per query; users ask for map
     who = _who(rec, label)
     if values is None:
+        names = ", ".join("map" if k == "ap" else k for k in held)
+        if key.startswith("r@") and held and not any(k.startswith("r@") for k in held):
+            # no Recall@K at all: a hashing record (queries against a database, class relevance)
+            what = ("a hashing-protocol record" if str(rec.get("protocol", "")).startswith("hashing")
+                    else "it")
+            raise DataError(f"{who}: no per-query {name!r} scores for {direction}: mR and Recall@K need "
+                            "instance pairs (each query's own image or caption, the classic protocol), "
+                            f"and {what} holds MAP-type scores only ({names}); compare on metric map")
         if held:  # scored per query, but not with this metric
-            names = ", ".join("map" if k == "ap" else k for k in held)
             raise DataError(f"{who}: no per-query {name!r} "
                             f"scores for {direction}; it has {names}" + (", mR" if "r@1" in held else ""))
         how = ("re-run the benchmark with per-query scores (xmodal bench --per-query; in Python "
@@ -253,8 +262,8 @@ def _compare(rec_a: dict, rec_b: dict, metric: str, n_resamples: int, seed: int,
     if metric == "mR":
         parts = []
         for j, d in enumerate(("i2t", "t2i")):
-            ha = np.mean([_per_query(rec_a, d, f"r@{k}", la) for k in DEFAULT_RK], axis=0)
-            hb = np.mean([_per_query(rec_b, d, f"r@{k}", lb) for k in DEFAULT_RK], axis=0)
+            ha = np.mean([_per_query(rec_a, d, f"r@{k}", la, "mR") for k in DEFAULT_RK], axis=0)
+            hb = np.mean([_per_query(rec_b, d, f"r@{k}", lb, "mR") for k in DEFAULT_RK], axis=0)
             _same_queries(ha, hb, d)
             parts.append((ha, hb, np.full(len(ha), 100.0 / (2 * len(ha))), np.full(len(ha), j)))
         a, b, w, strata = (np.concatenate(x) for x in zip(*parts))
