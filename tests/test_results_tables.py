@@ -198,20 +198,21 @@ def _cells(line: str) -> list[str]:
 def test_format_table_shows_every_column_some_record_has_as_plain_text_by_default():
     """A MAP-only record (hashing) beside a Recall@K-only one (captions): both column groups
     are shown, "-" where a record has no score; the default is the aligned plain-text table."""
+    map_only = _rec("cca", {}, 0.5)
     hashing = {**_rec("lsh", {}, 0.5), "bits": 16}
     captions = {"dataset": "d", "method": "vsepp", "bits": None, "seed": 0, "settings": {}, "fit_seconds": 12.25,
                 "i2t": {f"r@{k}": 10.0 * k for k in (1, 5, 10)}, "t2i": {f"r@{k}": 5.0 * k for k in (1, 5, 10)},
                 "mR": 40.0}
-    text = format_table([hashing, captions])
+    text = format_table([map_only, captions])
     lines = text.splitlines()
     assert "|" not in text and len(lines) == 4
     assert _cells(lines[0]) == SEED_COLS
-    assert _cells(lines[2]) == ["lsh", "16", "0.5000", "0.5000", "-", "-", "-", "-", "-", "-", "-", "-", "-", "1.0"]
+    assert _cells(lines[2]) == ["cca", "-", "0.5000", "0.5000", "-", "-", "-", "-", "-", "-", "-", "-", "-", "1.0"]
     assert _cells(lines[3]) == ["vsepp", "-", "-", "-", "-", "-", "10.0", "50.0", "100.0", "5.0", "25.0", "50.0",
                                 "40.0", "12.2"]
     # every column as wide as its widest cell: method names left-aligned, numbers right-aligned
     assert len({len(line) for line in lines}) == 1
-    assert lines[2].startswith("lsh  ") and lines[3].startswith("vsepp") and lines[2].endswith("  1.0")
+    assert lines[2].startswith("cca  ") and lines[3].startswith("vsepp") and lines[2].endswith("  1.0")
     assert set(lines[1].replace(" ", "")) == {"-"}
     # a recall-only or MAP-only table has only its own columns
     assert _cells(format_table([captions]).splitlines()[0]) == ["method", "bits", *SEED_COLS[6:]]
@@ -253,9 +254,72 @@ def test_hashing_tables_by_hand():
               "t2i": {"map": 0.2, "map@50": 0.1, "p@50": 0.05, "p@r2": 0.15}}
     lines = format_hashing_tables({"mine": result}, detail_k=50).splitlines()
     assert lines[0] == "#### MAP (full ranking), image->text | text->image (database: codes from the hash functions)"
-    assert lines[2] == "| method | kind | I->T 8 | T->I 8 |" and lines[4] == "| mine |  | 0.4000 | 0.2000 |"
+    assert lines[2] == "| method | kind | I->T 8 | T->I 8 |" and lines[4] == "| mine | - | 0.4000 | 0.2000 |"
     assert lines[6] == "#### 8 bits: MAP@50, P@50, precision within Hamming radius 2"
     assert lines[10] == "| mine | 0.2000 | 0.1000 | 0.1000 | 0.0500 | 0.3000 | 0.1500 | - |"
+
+
+def test_format_table_tells_datasets_apart_and_keeps_hashing_rows_apart():
+    """Records of two datasets, or of the classic and the hashing protocol, are one table each
+    under a heading naming the dataset and the protocol (as the hashing tables head each
+    dataset's tables); records of one dataset and one protocol stay one table, no heading."""
+    wiki, ucm = {**_rec("cca", {}, 0.25), "dataset": "wikipedia"}, {**_rec("cca", {}, 0.75), "dataset": "ucm"}
+    hashed = {**_rec("lsh", {}, 0.5), "dataset": "wikipedia", "bits": 16,
+              "protocol": "hashing: wikipedia/query vs wikipedia/database, database codes from the hash functions"}
+    head = ["| method | bits | i2t MAP | t2i MAP | i2t P@10 | t2i P@10 | fit s |", "|---|---|---|---|---|---|---|"]
+    assert format_table([wiki, hashed, ucm], markdown=True).splitlines() == [
+        "#### wikipedia: classic protocol", "", *head, "| cca | - | 0.2500 | 0.2500 | - | - | 1.0 |", "",
+        "#### wikipedia: hashing protocol", "", *head, "| lsh | 16 | 0.5000 | 0.5000 | - | - | 1.0 |", "",
+        "#### ucm: classic protocol", "", *head, "| cca | - | 0.7500 | 0.7500 | - | - | 1.0 |"]
+    text = format_table([wiki, ucm]).splitlines()
+    assert text[0] == "wikipedia: classic protocol" and text[6] == "ucm: classic protocol" and text[5] == ""
+    assert _cells(text[4]) == ["cca", "-", "0.2500", "0.2500", "-", "-", "1.0"]
+    assert _cells(text[10]) == ["cca", "-", "0.7500", "0.7500", "-", "-", "1.0"] and len(text) == 11
+    # older records without a protocol: a bit length says hashing; results of evaluate(): no dataset
+    older = format_table([_rec("cca", {}, 0.5), {**_rec("lsh", {}, 0.5), "bits": 16}], markdown=True)
+    assert [line for line in older.splitlines() if line.startswith("#")] == ["#### d: classic protocol",
+                                                                             "#### d: hashing protocol"]
+    curve = {"radius": list(range(9)), "precision": [1.0] * 9, "recall": [0.0] * 9}
+    results = {"cca": {"i2t": {"map": 0.3}, "t2i": {"map": 0.3}, "protocol": "classic: test vs itself"},
+               "lsh": {"i2t": {"map": 0.2, "hamming_pr_curve": curve}, "t2i": {"map": 0.2},
+                       "protocol": "hashing: query vs database"}}
+    assert [line for line in format_table(results, markdown=True).splitlines() if line.startswith("#")] == \
+        ["#### classic protocol", "#### hashing protocol"]
+    assert not format_table([wiki, {**wiki, "method": "pls"}], markdown=True).startswith("#")
+
+
+def test_hashing_tables_name_rows_as_format_table_and_compare_do():
+    """Two --set configurations of one method are two rows named by config_label (dcmh and
+    dcmh:epochs=2), as in format_table, the PR plot and xmodal compare; they were refused as
+    one 'dcmh' whose records differ."""
+    plain, tuned = _hrec("dcmh", 16, 0.4, settings={}), _hrec("dcmh", 16, 0.6, settings={"epochs": 2})
+    lines = format_hashing_tables([plain, tuned, _hrec("dcmh", 32, 0.5, settings={"epochs": 2})],
+                                  detail_k=50).splitlines()
+    assert lines[4:6] == ["| dcmh | unsupervised | 0.4000 | - | 0.2000 | - |",
+                          "| dcmh:epochs=2 | unsupervised | 0.6000 | 0.5000 | 0.3000 | 0.2500 |"]
+    assert [line.split(" | ")[0] for line in lines if line.startswith("| dcmh")] == \
+        ["| dcmh", "| dcmh:epochs=2", "| dcmh", "| dcmh:epochs=2", "| dcmh:epochs=2"]
+    with pytest.raises(ValueError, match="records of dcmh:epochs=2 at 16 bits on d differ in params"):
+        format_hashing_tables([{**tuned, "params": {"a": 1}}, {**tuned, "seed": 1, "params": {"a": 2}}])
+
+
+def test_hashing_tables_of_python_results_say_each_methods_kind():
+    """Results of evaluate() by name get the kind a bench record stores (method_kind) when
+    the name is a method's (or its config_label); a semi-supervised method's label budget
+    is not known from a result, so only its family is said; another name gets "-"."""
+    curve = {"radius": list(range(9)), "precision": [1.0] * 9, "recall": [0.0] * 9}
+
+    def result(v):
+        return {"i2t": {"map": v, "map@100": v, "p@100": v, "p@r2": v, "hamming_pr_curve": curve},
+                "t2i": {"map": v, "map@100": v, "p@100": v, "p@r2": v}}
+
+    lines = format_hashing_tables({"lsh": result(0.2), "cvh:alpha=2": result(0.3), "sslpdp": result(0.1),
+                                   "mine": result(0.4)}).splitlines()
+    assert [line.split(" | ")[:2] for line in lines[4:8]] == [
+        ["| lsh", "baseline"], ["| cvh:alpha=2", "unsupervised"], ["| sslpdp", "semi-supervised"], ["| mine", "-"]]
+    # a bench record without a stored kind (an older one) is told its family the same way
+    older = {k: v for k, v in _hrec("cvh", 16, 0.4).items() if k != "kind"}
+    assert "| cvh | unsupervised |" in format_hashing_tables([older])
 
 
 def test_hashing_tables_refuse_one_dataset_under_two_protocols():
@@ -270,7 +334,8 @@ def test_hashing_tables_refuse_one_dataset_under_two_protocols():
 
 def test_format_table_markdown_by_hand():
     recs = [_rec("cca", {}, 0.25), {**_rec("cca", {}, 0.75), "seed": 1, "params": {"random_state": 1}},
-            {**_rec("pls", {"n_components": 5}, 0.5), "bits": 64, "i2t": {"map": 0.5, "p@10": 0.125}}]
+            {**_rec("pls", {"n_components": 5}, 0.5), "bits": 64, "i2t": {"map": 0.5, "p@10": 0.125},
+             "protocol": "classic: d/test vs itself (other modality)"}]  # a bit length, yet one table
     assert format_table(recs, markdown=True).splitlines() == [
         "| method | bits | i2t MAP | t2i MAP | i2t P@10 | t2i P@10 | fit s |", "|---|---|---|---|---|---|---|",
         "| cca | - | 0.5000±0.3536 | 0.5000±0.3536 | - | - | 1.0 |",  # two seeds: mean±std (ddof=1)

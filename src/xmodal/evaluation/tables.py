@@ -4,9 +4,11 @@
 ``mean±std`` over seeds) and :func:`format_hashing_tables` (per dataset, MAP by direction and
 bit length, then MAP@k, P@k and precision within Hamming radius 2, as Markdown) take bench
 records or a dict of :func:`~xmodal.evaluation.evaluate` results by name (:func:`as_records`).
-Rows are named by :func:`config_label` (the name ``xmodal compare`` takes) and described by
-:func:`method_kind` (the survey's family, which the runner stores in each record's ``kind``);
-records of one name or one dataset that ran differently are refused rather than shown as one.
+Rows are named by :func:`config_label` (the name ``xmodal compare`` takes; the hashing tables
+use :func:`row_label`, the same less the label budget their ``kind`` column says) and described
+by :func:`method_kind` (the survey's family, which the runner stores in each record's ``kind``);
+records of several datasets or protocols are tables apart, and records of one name or one
+dataset that ran differently are refused rather than shown as one.
 Every name stays importable from :mod:`xmodal.evaluation.bench`.
 """
 
@@ -24,13 +26,15 @@ from .records import RECORD_KEYS, check_record, differing_fields, summarize_seed
 BASELINES = ("lsh", "cca_itq")
 
 
-def method_kind(name: str, params: dict[str, Any] | None = None) -> str:
-    """The survey's family of a method: baseline, (semi-/un)supervised, shallow or deep."""
+def method_kind(name: str, params: dict[str, Any] | None = None, *, label_share: bool = True) -> str:
+    """The survey's family of a method: baseline, (semi-/un)supervised, shallow or deep.
+    ``label_share=False``: a semi-supervised method's share of labels is left unsaid (not
+    known, e.g. for a result of evaluate() named by its method)."""
     cls = registry.get(name)
     if name in BASELINES:
         return "baseline"
     kind = registry.supervision(cls, detail=False)
-    if kind == "semi-supervised":
+    if kind == "semi-supervised" and label_share:
         frac = (params or {}).get("labeled_fraction", inspect.signature(cls.__init__).parameters["labeled_fraction"].default)
         kind += f" ({100 * float(frac):g}% labels)"
     # deep: trained by the shared PyTorch trainer (a plugin subclassing DSCMR is deep too;
@@ -47,7 +51,28 @@ def config_label(rec: dict) -> str:
                             if settings else "")
 
 
+def row_label(rec: dict) -> str:
+    """A hashing table's row name and a PR plot's line: :func:`config_label` without the
+    label budget (one ``--labeled-fraction`` for a whole run, said by the ``kind`` column), so
+    two ``--set`` configurations of one method are two rows, as in :func:`format_table`."""
+    settings = {k: v for k, v in (rec.get("settings") or {}).items() if k != "labeled_fraction"}
+    return config_label({**rec, "settings": settings})
+
+
 Results = Sequence[dict] | Mapping[str, dict]  # bench records, or evaluate() results by name
+
+
+def _kind(rec: dict, known: bool = True) -> str:
+    """A record's ``kind`` as stored, else :func:`method_kind` of its method when that is a
+    registered one (an older record; with ``known=False`` a result of evaluate() named
+    ``method`` or ``method:param=value,...``, whose label share is unknown), else "-"."""
+    if rec.get("kind"):
+        return rec["kind"]
+    method = str(rec["method"]).partition(":")[0]
+    try:
+        return method_kind(method, rec.get("settings"), label_share=known)
+    except registry.UnknownMethodError:
+        return "-"  # a name of the caller's, or a plugin not loaded now
 
 
 def as_records(results: Results, what: str = "records") -> list[dict]:
@@ -66,7 +91,8 @@ def as_records(results: Results, what: str = "records") -> list[dict]:
                                 "dicts) nor a record of xmodal bench")
             curve = res["i2t"].get("hamming_pr_curve")
             bits = len(curve["radius"]) - 1 if isinstance(curve, dict) and curve.get("radius") else None
-            out.append({"dataset": "", "method": str(name), "bits": bits, **res})
+            rec = {"dataset": "", "method": str(name), "bits": bits, **res}
+            out.append({**rec, "kind": _kind(rec, known=False)})
         return out
     out = []
     for i, rec in enumerate(results):
@@ -82,13 +108,38 @@ def _heading(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _is_hashing(rec: dict) -> bool:
+    """Scored under the hashing protocol (queries against a database): the record's
+    ``protocol`` says so; an older record without one, its bit length."""
+    protocol = rec.get("protocol")
+    return protocol.startswith("hashing") if isinstance(protocol, str) else bool(rec.get("bits"))
+
+
 def format_table(records: Results, markdown: bool = False) -> str:
     """Rows = methods (x bits), named by :func:`config_label`; columns = both directions' MAP,
     P@10 (and Recall@K / mR); records summarised over seeds (:func:`summarize_seeds`) show
     ``mean±std``. ``records``: bench records (:func:`run_bench`), or a dict of
     :func:`~xmodal.evaluation.evaluate` results by name (:func:`as_records`); returns the
-    table as text (Markdown with ``markdown``)."""
+    table as text (Markdown with ``markdown``). Records of several datasets, or of the classic
+    and the hashing protocol, are one table each (its columns those its records have) under
+    a heading naming the dataset and the protocol, as :func:`format_hashing_tables` heads
+    each dataset's tables; one dataset under one protocol is one table without a heading."""
     records = summarize_seeds(as_records(records))
+    groups: dict[tuple[str, bool], list[dict]] = {}
+    for r in records:
+        groups.setdefault((str(r["dataset"]), _is_hashing(r)), []).append(r)
+    if len(groups) <= 1:
+        return _one_table(records, markdown)
+    out = []
+    for (dsname, hashing), recs in groups.items():
+        protocol = "hashing protocol" if hashing else "classic protocol"
+        heading = f"{dsname}: {protocol}" if dsname else protocol  # results of evaluate(): no dataset
+        out += [f"#### {heading}" if markdown else heading, "", _one_table(recs, markdown), ""]
+    return "\n".join(out[:-1])
+
+
+def _one_table(records: list[dict], markdown: bool) -> str:
+    """:func:`format_table` of records of one dataset and protocol (summaries already)."""
     has_recall = any("mR" in r for r in records)
     has_map = any("map" in r["i2t"] for r in records)
     cols = ["method", "bits"]
@@ -108,8 +159,7 @@ def format_table(records: Results, markdown: bool = False) -> str:
         row += [_f(r.get("fit_seconds"), 1)]
         rows.append(row)
     if markdown:
-        out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+        return "\n".join(_md(cols, rows))
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
@@ -122,10 +172,10 @@ def _md(cols: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _one_summary_each(summaries: list[dict], what: str,
-                      name: Callable[[dict], str] = lambda r: r["method"]) -> None:
-    """Refuse two summaries of one ``name`` (the method's, as the hashing tables name their
-    rows; :func:`_line_name` for the PR plot's lines, where two ``--set`` values of one method
-    are two lines) at one bit length on one dataset (seeds that ran with other parameters,
+                      name: Callable[[dict], str] = config_label) -> None:
+    """Refuse two summaries of one ``name`` (:func:`config_label`; :func:`row_label` for the
+    hashing tables' rows and the PR plot's lines: two ``--set`` values of one method are two
+    rows or lines) at one bit length on one dataset (seeds that ran with other parameters,
     data or tie order are never pooled): a table or a plot would show one of them under that
     name and hide the other."""
     seen: dict[tuple, dict] = {}
@@ -159,13 +209,15 @@ def format_hashing_tables(records: Results, detail_k: int = 100) -> str:
     the full ranking, then per bit length MAP@k, P@k and precision within Hamming radius 2
     (Markdown text). ``records``: bench records, or a dict of hashing-protocol
     :func:`~xmodal.evaluation.evaluate` results by name (``map_k`` including ``detail_k``;
-    their bit length is read from the Hamming PR curve); records without bits are left out."""
+    their bit length is read from the Hamming PR curve); records without bits are left out.
+    Rows are named by :func:`row_label` (``dcmh``, ``dcmh:epochs=2``) and described by their
+    ``kind`` (:func:`method_kind` for a result named by its method, "-" for another name)."""
     out = []
     recs = [r for r in summarize_seeds(as_records(records)) if r.get("bits")]
-    _one_summary_each(recs, "hashing tables")
+    _one_summary_each(recs, "hashing tables", row_label)
     _one_protocol_each(recs, "hashing tables")
     for dsname in dict.fromkeys(r["dataset"] for r in recs):
-        mine = {(r["method"], r["bits"]): r for r in recs if r["dataset"] == dsname}
+        mine = {(row_label(r), r["bits"]): r for r in recs if r["dataset"] == dsname}
         bits = sorted({b for _, b in mine})
         names = list(dict.fromkeys(m for m, _ in mine))
         codes = {r.get("database_codes", "hash") for r in mine.values()}
@@ -173,7 +225,7 @@ def format_hashing_tables(records: Results, detail_k: int = 100) -> str:
         out.append(f"#### {dsname + ': ' if dsname else ''}MAP (full ranking), image->text | text->image (database: {note})\n")
         rows = []
         for n in names:
-            kind = next(r.get("kind", "") for (m, _), r in mine.items() if m == n)
+            kind = next(_kind(r) for (m, _), r in mine.items() if m == n)
             rows.append([n, kind] + [_score(mine[(n, b)], d, "map") if (n, b) in mine else "-"
                                      for d in ("i2t", "t2i") for b in bits])
         out += _md(["method", "kind"] + [f"{d} {b}" for d in ("I->T", "T->I") for b in bits], rows)
