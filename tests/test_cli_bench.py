@@ -59,7 +59,7 @@ def test_bench_hashing_tables_resume_and_pr_plot(wikipedia, tmp_path):
     assert res.exit_code == 0, res.output
     # the survey's shape: one row per method, a column per direction x bit length
     assert "| method | kind | I->T 16 | I->T 32 | T->I 16 | T->I 32 |" in res.output
-    assert "| sslpdp | semi-supervised (20% labels) |" in res.output
+    assert "| sslpdp:max_train=300,n_iter=30 | semi-supervised (20% labels) |" in res.output
     assert "wikipedia, 32 bits: MAP@100, P@100, precision within Hamming radius 2" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recs = [json.loads(line) for line in log.read_text().splitlines()]
