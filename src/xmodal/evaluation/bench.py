@@ -249,21 +249,11 @@ def _preflight(ds: PairedDataset, method_names: Sequence[str], bits: Sequence[in
 
 
 def _check_resume_file(path: str | Path) -> None:
-    """Refuse a ``resume`` file that is not a JSON-lines file of records: not UTF-8 text, or a
-    line that does not even begin as a record (``{``). Without this a one-line text file was
-    taken for a torn last record and cut away, and a binary file raised UnicodeDecodeError."""
-    path = Path(path)
-    if not path.is_file():
-        return  # a new file (a folder is refused by the CLI up front)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a records file: not UTF-8 text (a binary file?); --resume takes "
-                        "the JSON-lines file that --resume writes, one record per line") from None
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip() and not line.lstrip().startswith(("{", "[")):  # "[": read_jsonl's --json hint
-            raise DataError(f"{path}: not a records file: line {i} is not a JSON record; --resume takes "
-                            "the JSON-lines file that --resume writes, one record per line")
+    """Refuse a ``resume`` file that is not a JSON-lines file of records before anything is
+    loaded or encoded (:func:`read_jsonl`'s own rules, without the repair that cuts a torn
+    last record later)."""
+    if Path(path).is_file():  # a new file is fine (a folder is refused by the CLI up front)
+        read_jsonl(path)
 
 
 def _device_name() -> str:
