@@ -334,7 +334,7 @@ def test_compare_names_the_per_query_scores_a_record_has(tmp_path):
     assert "r@3" in res.output and "r@1, r@5, r@10" in res.output
 
 
-def test_run_bench_refusals_in_python():
+def test_run_bench_refusals_in_python(wikipedia):  # the fixture skips without the data
     with pytest.raises(ParameterError, match="more than once"):
         run_bench("wikipedia", ["cca", "cca"])
     with pytest.raises(ParameterError, match="not among the methods"):
