@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 
 from test_data_official import expected_labels, write_coco
-from test_data_release_quirks import _savemat73
+from conftest import savemat73
 from xmodal.data import DataError
 from xmodal.data.coco import load_coco
 from xmodal.data.karpathy import load_karpathy
@@ -137,7 +137,7 @@ def test_wikipedia_raw_features_saved_as_v73_read_alike(tmp_path):
     for name in ("categories.list", "trainset_txt_img_cat.list", "testset_txt_img_cat.list"):
         (root / name).symlink_to(WIKIPEDIA / name)
     mat = scipy.io.loadmat(WIKIPEDIA / "raw_features.mat")
-    _savemat73(root / "raw_features.mat", {k: mat[k] for k in ("I_tr", "T_tr", "I_te", "T_te")})
+    savemat73(root / "raw_features.mat", {k: mat[k] for k in ("I_tr", "T_tr", "I_te", "T_te")})
     ref = load_wikipedia(str(WIKIPEDIA), with_texts=False)
     got = load_wikipedia(str(root), with_texts=False)
     assert got.image_features.shape == (2866, 128) and got.text_features.shape == (2866, 10)
@@ -146,6 +146,6 @@ def test_wikipedia_raw_features_saved_as_v73_read_alike(tmp_path):
         np.testing.assert_array_equal(ds.image_features, np.vstack([mat["I_tr"], mat["I_te"]]).astype(np.float32))
         np.testing.assert_array_equal(ds.text_features, np.vstack([mat["T_tr"], mat["T_te"]]).astype(np.float32))
     # a variable missing from the v7.3 copy is named as before
-    _savemat73(root / "raw_features.mat", {k: mat[k] for k in ("I_tr", "T_tr", "I_te")})
+    savemat73(root / "raw_features.mat", {k: mat[k] for k in ("I_tr", "T_tr", "I_te")})
     with pytest.raises(DataError, match=r"raw_features.mat: variable T_te missing"):
         load_wikipedia(str(root), with_texts=False)

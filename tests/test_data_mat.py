@@ -14,31 +14,7 @@ from xmodal.data import DataError, load_dataset, load_dcmh_mat, load_mirflickr25
 from xmodal.data import dcmh_mat
 from xmodal.data._matio import MatFile
 from xmodal.data.mirflickr import load_cnn_mat
-from conftest import DATA, need
-
-
-def savemat73(path, variables: dict) -> None:
-    """A MATLAB v7.3 file as MATLAB writes it: HDF5 behind a 512-byte ``MATLAB 7.3 MAT-file``
-    header, arrays column-major (so h5py sees their axes reversed) with a ``MATLAB_class``
-    attribute, a cell array of strings as object references to UTF-16 char arrays."""
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for name, value in variables.items():
-            if isinstance(value, list):  # N x 1 cell of strings
-                refs = []
-                for i, s in enumerate(value):
-                    d = f.create_dataset(f"#refs#/{name}_{i}",
-                                         data=np.array([[ord(c) for c in s]], dtype=np.uint16).T)
-                    d.attrs["MATLAB_class"] = np.bytes_("char")
-                    refs.append(d.ref)
-                d = f.create_dataset(name, data=np.array([refs], dtype=h5py.ref_dtype))
-                d.attrs["MATLAB_class"] = np.bytes_("cell")
-            else:
-                value = np.asarray(value)
-                d = f.create_dataset(name, data=value.T)
-                d.attrs["MATLAB_class"] = np.bytes_("uint8" if value.dtype == np.uint8 else "double")
-    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Fri Nov 27 12:00:00 2026 HDF5 schema 1.00 ."
-    with open(path, "r+b") as fh:
-        fh.write(text.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
+from conftest import DATA, need, savemat73
 
 
 def save(path, variables: dict, version: str) -> None:

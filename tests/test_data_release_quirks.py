@@ -10,6 +10,7 @@ import scipy.io
 from PIL import Image
 
 from xmodal.data import DataError, load_dataset
+from conftest import savemat73
 
 F8K = [f"{1000268201 + 3 * i}_693b08cb0e.jpg" for i in range(12)]
 
@@ -40,36 +41,6 @@ def test_flickr8k_split_list_naming_an_image_twice_is_named(tmp_path):
 N_ITEMS = 12
 
 
-def _savemat73(path, variables: dict) -> None:
-    """MATLAB v7.3 as MATLAB writes it (HDF5 behind the 512-byte header, axes reversed); a
-    list is an N x 1 cell, its entries strings (1 x L char) or lists (1 x k cells of strings)."""
-    import h5py
-
-    with h5py.File(path, "w", userblock_size=512) as f:
-        count = iter(range(10 ** 6))
-
-        def ref(value):
-            if isinstance(value, str):
-                d = f.create_dataset(f"#refs#/s{next(count)}", data=np.array([[ord(c) for c in value]], np.uint16).T)
-                d.attrs["MATLAB_class"] = np.bytes_("char")
-            else:
-                d = f.create_dataset(f"#refs#/c{next(count)}", data=np.array([[ref(v) for v in value]],
-                                                                              dtype=h5py.ref_dtype).T)
-                d.attrs["MATLAB_class"] = np.bytes_("cell")
-            return d.ref
-
-        for name, value in variables.items():
-            if isinstance(value, list):
-                d = f.create_dataset(name, data=np.array([[ref(v) for v in value]], dtype=h5py.ref_dtype))
-                d.attrs["MATLAB_class"] = np.bytes_("cell")
-            else:
-                d = f.create_dataset(name, data=np.asarray(value).T)
-                d.attrs["MATLAB_class"] = np.bytes_("double")
-    with open(path, "r+b") as fh:
-        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64 HDF5 schema 1.00 .".ljust(116, b" ")
-                 + b"\0" * 8 + b"\x00\x02IM")
-
-
 def _index_caption_folder(root, captions, label_var="label", version="v5"):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, (N_ITEMS, 5)).astype(float)
@@ -78,9 +49,9 @@ def _index_caption_folder(root, captions, label_var="label", version="v5"):
     for i in range(N_ITEMS):
         Image.new("RGB", (6, 4)).save(root / f"im{i}.jpg")
     if version == "v73":
-        _savemat73(root / "index.mat", {"index": paths})
-        _savemat73(root / "caption.mat", {"caption": captions})
-        _savemat73(root / "label.mat", {label_var: labels})
+        savemat73(root / "index.mat", {"index": paths})
+        savemat73(root / "caption.mat", {"caption": captions})
+        savemat73(root / "label.mat", {label_var: labels})
     else:
         scipy.io.savemat(root / "index.mat", {"index": np.array(paths)})
         scipy.io.savemat(root / "caption.mat", {"caption": captions})
@@ -187,30 +158,6 @@ def test_pairs_image_path_under_the_home_folder(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------- sparse MATLAB matrices
-def _sparse_v73(path, variables: dict) -> None:
-    """v7.3 as MATLAB writes it, a sparse matrix as its group of ``data`` / ``ir`` / ``jc``
-    (compressed columns) with the row count in ``MATLAB_sparse``; dense ones as arrays."""
-    import h5py
-    import scipy.sparse as sp
-
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for name, value in variables.items():
-            if sp.issparse(value):
-                m = sp.csc_matrix(value)
-                g = f.create_group(name)
-                g.attrs["MATLAB_class"] = np.bytes_("double")
-                g.attrs["MATLAB_sparse"] = np.uint64(m.shape[0])
-                g.create_dataset("data", data=m.data.astype(np.float64))
-                g.create_dataset("ir", data=m.indices.astype(np.uint64))
-                g.create_dataset("jc", data=m.indptr.astype(np.uint64))
-            else:
-                d = f.create_dataset(name, data=np.asarray(value).T)
-                d.attrs["MATLAB_class"] = np.bytes_("double")
-    with open(path, "r+b") as fh:
-        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64 HDF5 schema 1.00 .".ljust(116, b" ")
-                 + b"\0" * 8 + b"\x00\x02IM")
-
-
 @pytest.mark.parametrize("version", ["v5", "v73"])
 def test_sparse_tag_matrices_read_as_their_values(tmp_path, version):
     # MATLAB users keep bag-of-words and tag matrices sparse: the same numbers as dense
@@ -228,7 +175,7 @@ def test_sparse_tag_matrices_read_as_their_values(tmp_path, version):
     if version == "v5":
         scipy.io.savemat(path, {"XAll": X, "YAll": sp.csc_matrix(Y), "LAll": sp.csc_matrix(L)})
     else:
-        _sparse_v73(path, {"XAll": X, "YAll": sp.csc_matrix(Y), "LAll": sp.csc_matrix(L)})
+        savemat73(path, {"XAll": X, "YAll": sp.csc_matrix(Y), "LAll": sp.csc_matrix(L)})
     ds = load_dataset(str(path), n_query=5, n_train=20)
     np.testing.assert_array_equal(ds.text_features, Y.astype(np.float32))
     np.testing.assert_array_equal(ds.labels, L)
@@ -236,7 +183,7 @@ def test_sparse_tag_matrices_read_as_their_values(tmp_path, version):
     cnn = tmp_path / "wiki_cnn.mat"
     blocks = {"I_tr": X[:30], "T_tr": sp.csc_matrix(Y[:30]), "L_tr": L[:30],
               "I_te": X[30:], "T_te": sp.csc_matrix(Y[30:]), "L_te": L[30:]}
-    scipy.io.savemat(cnn, blocks) if version == "v5" else _sparse_v73(cnn, blocks)
+    scipy.io.savemat(cnn, blocks) if version == "v5" else savemat73(cnn, blocks)
     np.testing.assert_array_equal(load_dataset(str(cnn)).text_features, Y.astype(np.float32))
 
 
@@ -312,7 +259,7 @@ def _dcmh_with_param(path, fields: dict, version: str, n: int = 40):
         return
     import h5py
 
-    _sparse_v73(path, {"XAll": X, "YAll": Y, "LAll": L})
+    savemat73(path, {"XAll": X, "YAll": Y, "LAll": L})
     with h5py.File(path, "r+") as f:
         g = f.create_group("param")
         g.attrs["MATLAB_class"] = np.bytes_("struct")
