@@ -261,6 +261,7 @@ def _h5_texts(f, obj) -> list[str]:
     text = _chars(np.asarray(obj[()]))
     return [text] if text else []
 
+
 def loadmat_any(path: str | Path) -> dict[str, np.ndarray]:
     """Every variable of a MATLAB v5 or v7.3 file (or a plain HDF5 file), whole."""
     m = MatFile(path)

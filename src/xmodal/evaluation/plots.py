@@ -1,9 +1,9 @@
 """Precision-recall curves of bench records, drawn with matplotlib into one PNG.
 
 :func:`plot_pr_curves` draws a panel per (dataset, bit length, direction) and a line per
-method configuration (:func:`_line_name`: :func:`~xmodal.evaluation.tables.config_label`
-without the run's label budget), from the ranking's PR curve or the Hamming-radius lookup's,
-averaged over seeds; the same checks as the tables refuse records that would share a line or a
+method configuration (:func:`~xmodal.evaluation.tables.row_label`, as the hashing tables name
+their rows: :func:`~xmodal.evaluation.tables.config_label` without the run's label budget),
+from the ranking's PR curve or the Hamming-radius lookup's, averaged over seeds; the same checks as the tables refuse records that would share a line or a
 panel while having run differently. matplotlib is imported only when a plot is drawn. The name
 stays importable from :mod:`xmodal.evaluation.bench`.
 """
@@ -14,15 +14,9 @@ from pathlib import Path
 
 from ..data import DataError
 from .records import summarize_seeds
-from .tables import Results, _heading, _one_protocol_each, _one_summary_each, as_records, config_label
+from .tables import Results, _heading, _one_protocol_each, _one_summary_each, as_records, row_label
 
-
-def _line_name(rec: dict) -> str:
-    """A record's line in the PR plots: :func:`config_label` without the label budget (one
-    ``--labeled-fraction`` for the whole run), so two ``--set`` values of one method are two
-    lines, as they are two rows of :func:`format_table`."""
-    settings = {k: v for k, v in (rec.get("settings") or {}).items() if k != "labeled_fraction"}
-    return config_label({**rec, "settings": settings})
+_line_name = row_label  # a line per configuration, as a hashing table has a row per one
 
 
 def plot_pr_curves(records: Results, path: str | Path, curve: str = "pr_curve") -> Path:
