@@ -129,8 +129,8 @@ def safe_key(key: str, field: str = "key") -> str:
         raise HTTPException(422, f"{field}: item key {shown}: over {MAX_KEY_LEN} characters")
     try:
         check_key(key)
-    except DataError:  # control characters (check_key's own message would repeat it unshortened)
-        raise HTTPException(422, f"{field}: item key {shown}: control characters are not allowed") from None
+    except DataError as exc:  # its reason (control characters, empty), without its unshortened repr
+        raise HTTPException(422, f"{field}: item key {shown}: {str(exc).rpartition(': ')[2]}") from None
     if not _SAFE_KEY.match(key) or any(part in ("..", ".") for part in key.split("/")):
         raise HTTPException(422, f"{field}: item key {shown}: use letters, digits, '._#@+=-' and "
                                  "'/'-separated parts; no '..', no leading '/'")
