@@ -3,6 +3,8 @@ text encoder trained from scratch, and the TERAN-style transformer on EfficientN
 regions and MiniLM tokens (computed by xmodal.methods.deep._features, cached in tmp)."""
 
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from xmodal import methods
 from xmodal.data import DataError, load_dataset
 from xmodal.evaluation.protocol import evaluate
 from xmodal.methods.deep import raw_view
+from xmodal.methods.deep._raw import build_vocab, to_ids, tokenize
 
 from conftest import DATA  # honours $XMODAL_DATA: a path of its own skipped where the data was there
 
@@ -68,6 +71,15 @@ def test_vsepp_gru_learns_from_raw_captions(ucm, tmp_path):
     back = methods.load(str(m.save(tmp_path / "gru.zip")))
     np.testing.assert_allclose(back.encode_texts(test.texts[:3]), a, atol=1e-5)
     assert back.vocab_ == m.vocab_
+    # VSE++'s vocabulary: training words seen at least 4 times; the rarer ones are <unk> in the
+    # training captions, so the unknown-word embedding is trained before test captions need it
+    counts = Counter(w for t in train.texts for w in tokenize(t))
+    assert m.min_word_count == 4 and set(m.vocab_[2:]) == {w for w, c in counts.items() if c >= 4}
+    rare = [w for w, c in counts.items() if c < 4]
+    assert rare and (to_ids(train.texts, m.vocab_)[0] == 1).any()
+    assert build_vocab(train.texts, 1)[2:] == sorted(counts)
+    with pytest.raises(ValueError, match="min_word_count"):
+        methods.create("vsepp", text_model="gru", min_word_count=0).fit(train)
 
 
 def test_transformer_regions_and_rerank(ucm, tmp_path):

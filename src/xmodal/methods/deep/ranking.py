@@ -79,7 +79,9 @@ class VSEPP(DeepMethod):
 
     ``text_model="features"`` projects frozen sentence features (e.g. MiniLM);
     ``text_model="gru"`` trains a word-embedding + GRU encoder from scratch on the training
-    captions (vocabulary built on train), the RNN family of the survey; that variant reads raw
+    captions, the RNN family of the survey; its vocabulary holds the training words seen at least
+    ``min_word_count`` times (the authors' threshold of 4), the rarer ones becoming ``<unk>`` so
+    that the unknown-word embedding is trained for words the test captions bring; that variant reads raw
     texts: ``encode_texts`` takes a list of strings (or use ``encode_raw_texts``); its cost grows
     with ``dim`` squared, so on a CPU use e.g. ``dim=256, lr=1e-3, epochs=15``.
     ``loss="sum"`` is the sum-of-hinges VSE0 baseline, ``loss="uwml"`` the universal weighting
@@ -95,14 +97,15 @@ class VSEPP(DeepMethod):
     _parameter_rules: ClassVar[dict[str, Any]] = {
         "margin": interval(0, 2), "text_model": one_of("features", "gru"),
         "loss": one_of("hardest", "sum", "uwml"), "word_dim": POS_INT,
-        "warmup_epochs": interval(0, None, integer=True)}
+        "warmup_epochs": interval(0, None, integer=True), "min_word_count": POS_INT}
 
     def __init__(self, dim: int = 1024, hidden: Any = None, margin: float = 0.2,
                  text_model: str = "features", loss: str = "hardest", word_dim: int = 300,
                  warmup_epochs: int = 2, dropout: float = 0.0, epochs: int = 40,
                  batch_size: int = 128, lr: float = 2e-4, weight_decay: float = 0.0,
                  patience: int | None = 8, val_fraction: float = 0.1, random_state: int = 0,
-                 verbose: bool = True, lr_schedule: str = "constant", grad_clip: float | None = 2.0):
+                 verbose: bool = True, lr_schedule: str = "constant", grad_clip: float | None = 2.0,
+                 min_word_count: int = 4):
         self.dim, self.hidden, self.margin = dim, hidden, margin
         self.text_model, self.loss, self.word_dim = text_model, loss, word_dim
         self.warmup_epochs, self.dropout = warmup_epochs, dropout
@@ -110,6 +113,7 @@ class VSEPP(DeepMethod):
         self.patience, self.val_fraction, self.random_state, self.verbose = (
             patience, val_fraction, random_state, verbose)
         self.lr_schedule, self.grad_clip = lr_schedule, grad_clip
+        self.min_word_count = min_word_count
 
     @property
     def raw_inputs(self) -> tuple[str, ...]:
@@ -120,7 +124,7 @@ class VSEPP(DeepMethod):
             if train.texts is None:
                 raise DataError(f"vsepp(text_model='gru') needs raw captions: dataset {train.name!r} "
                                 "has no field texts")
-            self.vocab_ = build_vocab(train.texts)
+            self.vocab_ = build_vocab(train.texts, self.min_word_count)
         super()._fit(X, Y, L, train=train, val=val)
 
     def _build(self, image_dim: int, text_dim: int, n_labels: int) -> nn.Module:
