@@ -73,6 +73,9 @@ def _bench(*args):
     (["--methods", "scm_seq", "--bits", "16", "--database-codes", "learned", "--per-query"], "per-query"),
     (["--methods", "lsh", "--bits", ","], "no bit length"),
     (["--methods", "lsh", "--bits", "16,32,16"], "more than once"),
+    # worded for the command line too (it said test_folds, run_bench's name)
+    (["--methods", "cca,lsh", "--bits", "16", "--test-folds", "5"],
+     "scoring on 5 test folds applies to the classic protocol only; lsh uses the hashing protocol"),
 ])
 def test_bad_settings_are_refused_before_encoding(tmp_path, fake_encoders, args, message):
     pairs = _pairs(tmp_path / "p.jsonl")

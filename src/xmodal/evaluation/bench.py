@@ -325,7 +325,9 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
     params = params or {}
     hashing = [n for n in method_names if registry.get(n).output == "binary"]
     if test_folds != 1 and hashing:
-        raise ParameterError(f"test_folds applies to the classic protocol only; {', '.join(hashing)} "
+        # worded for both callers: --test-folds on the command line, test_folds in Python
+        raise ParameterError(f"scoring on {test_folds} test folds applies to the classic protocol only; "
+                             f"{', '.join(hashing)} "
                              f"use{'s' if len(hashing) == 1 else ''} the hashing protocol (query split "
                              "against the database)")
     if per_query and hashing and database_codes == "learned":
