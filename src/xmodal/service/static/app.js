@@ -57,6 +57,12 @@ function hostOf(url) {
   try { return new URL(url).host; } catch (e) { return String(url); }
 }
 
+// k as a number box reads it ("1e1" is ten; parseInt made it 1); not a whole number: 20
+function kValue(s) {
+  const n = Number((s || "").trim());
+  return (s || "").trim() !== "" && Number.isInteger(n) ? n : 20;
+}
+
 function labelList(s) { return s.split(",").map((x) => x.trim()).filter(Boolean); }
 
 // A new query (push) is a history entry of its own, so Back and Forward go through the
@@ -83,7 +89,7 @@ function readHash() {
   state.q = p.get("q") || "";
   state.item = p.has("item") && isId(p.get("item")) ? parseInt(p.get("item"), 10) : null;
   state.target = ["image", "text"].includes(p.get("target")) ? p.get("target") : "";
-  state.k = parseInt(p.get("k") || "20", 10) || 20;  // out of 1..1000: the server's 422 says so
+  state.k = kValue(p.get("k"));  // out of 1..1000: the server's 422 says so
   state.labels = labelList(p.get("labels") || "").join(", ");
   const ids = (s) => new Set((s || "").split(",").filter(isId).map(Number));
   state.rel = ids(p.get("rel"));
@@ -101,11 +107,13 @@ async function errorText(r) {
     if (typeof j.detail === "string") return j.detail;
     if (Array.isArray(j.detail)) {  // FastAPI's validation errors: "field: message" each
       return j.detail.map((e) => {
-        const field = (e.loc || []).filter((x) => x !== "body" && x !== "query").join(".");
-        return (field ? field + ": " : "") + e.msg;
+        const field = ((e && e.loc) || []).filter((x) => x !== "body" && x !== "query").join(".");
+        return (field ? field + ": " : "") + ((e && e.msg) || "invalid");
       }).join("; ");
     }
-    return JSON.stringify(j.detail);
+    // another server's JSON (a proxy's, a gateway's): shown as sent, cut short, never "undefined"
+    const shown = JSON.stringify(j.detail !== undefined ? j.detail : j);
+    return shown.length > 300 ? shown.slice(0, 300) + "…" : shown;
   } catch (e) {  // not xmodal's JSON: a proxy's page, say
     return r.statusText || "the server gave no details";
   }
@@ -118,12 +126,25 @@ function needsKey(status, detail) {
 }
 
 // fetch, with a refused or dropped connection said as such (the browser's own words are
-// "Failed to fetch")
-async function call(url, opts) {
+// "Failed to fetch"). A server that takes the connection and never answers (stopped, a hung
+// proxy) is given up on after giveUpS seconds, the answer's body included: the page says so
+// rather than "Searching…" for good.
+const SLOW_S = 10;  // "still waiting" from then on
+const GIVE_UP_S = 60;  // a search
+const GIVE_UP_UPLOAD_S = 180;  // an upload of up to --max-upload-mb, over a slow link
+async function call(url, opts, giveUpS = GIVE_UP_S) {
+  const ctrl = new AbortController();
+  const timer = setTimeout(() => ctrl.abort(), giveUpS * 1000);
   try {
-    return await fetch(url, opts);
+    const r = await fetch(url, Object.assign({}, opts, { signal: ctrl.signal }));
+    const text = await r.text();  // read under the same time limit
+    const empty = [204, 205, 304].includes(r.status);  // a Response of these may have no body
+    return new Response(empty ? null : text, { status: r.status, statusText: r.statusText, headers: r.headers });
   } catch (e) {
+    if (ctrl.signal.aborted) throw new Error("the server did not answer within " + giveUpS + " s; is it running?");
     throw new Error("the server did not answer (" + e.message + "); is it running?");
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -159,23 +180,16 @@ async function runSearch(seq) {
   const what = state.image ? "image " + state.image.name : state.item !== null ? "item " + state.item : "“" + state.q + "”";
   let r;
   setStatus("Searching…");
-  if (state.image) {
-    const fd = new FormData();
-    fd.append("file", state.image);
-    fd.append("k", state.k);
-    if (state.target) fd.append("target", state.target);
-    fd.append("labels", labels.join(","));
-    fd.append("relevant", body.relevant.join(","));
-    fd.append("nonrelevant", body.nonrelevant.join(","));
-    fd.append("distinct", "true");
-    r = await call("/api/search/image", { method: "POST", body: fd, headers: headers() });
-  } else if (state.item !== null) {
-    body.item_id = state.item;
-    r = await call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
-  } else if (state.q) {
-    body.text = state.q;
-    r = await call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
-  } else {
+  const slow = setTimeout(() => {  // a slow server said as such, not a page that looks stuck
+    if (seq === searchSeq) setStatus("Searching… the server has not answered for " + SLOW_S + " s; still waiting.");
+  }, SLOW_S * 1000);
+  try {
+    r = await send(body, labels);
+  } finally {
+    clearTimeout(slow);
+  }
+  if (seq !== searchSeq) return;
+  if (r === null) {
     clearResults();
     // an image search's entry whose file is not kept (the page reloaded since): not a blank page
     const lost = lostUpload;
@@ -183,7 +197,6 @@ async function runSearch(seq) {
     setStatus(lost ? "The image searched by here is not kept once the page reloads: choose it again, or drop it." : "");
     return;
   }
-  if (seq !== searchSeq) return;
   if (!r.ok) {
     const err = await errorText(r);
     if (seq !== searchSeq) return;
@@ -209,6 +222,28 @@ async function runSearch(seq) {
     $("status").title = "";
   }
   setStatus(text, failed.length > 0);
+}
+
+// The request for the query in state: its Response, or null when there is nothing to search by.
+function send(body, labels) {
+  if (state.image) {
+    const fd = new FormData();
+    fd.append("file", state.image);
+    fd.append("k", state.k);
+    if (state.target) fd.append("target", state.target);
+    fd.append("labels", labels.join(","));
+    fd.append("relevant", body.relevant.join(","));
+    fd.append("nonrelevant", body.nonrelevant.join(","));
+    fd.append("distinct", "true");
+    return call("/api/search/image", { method: "POST", body: fd, headers: headers() }, GIVE_UP_UPLOAD_S);
+  } else if (state.item !== null) {
+    body.item_id = state.item;
+    return call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
+  } else if (state.q) {
+    body.text = state.q;
+    return call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
+  }
+  return null;  // nothing to search by
 }
 
 // Something to click (or press Enter / Space on) for "more like this".
@@ -240,6 +275,7 @@ function render(results) {
   for (const h of results) {
     const card = document.createElement("div");
     card.className = "card";
+    card.setAttribute("role", "listitem");  // the grid is a list to a screen reader: "list, 20 items"
     card.dataset.id = h.id;
     const shown = h.caption || h.key;
     const more = "More like this: " + (shown.length > 120 ? shown.slice(0, 120) + "…" : shown);
@@ -371,7 +407,7 @@ $("search-form").addEventListener("submit", (e) => {
   const q = $("q").value.trim();
   if (q || (state.image === null && state.item === null)) { state.q = q; state.item = null; state.image = null; }
   state.target = $("target").value;
-  state.k = parseInt($("k").value, 10) || 20;
+  state.k = kValue($("k").value);
   state.labels = labelList($("labels").value).join(", ");
   clearFeedback();
   writeHash(true);
@@ -410,7 +446,7 @@ $("add-form").addEventListener("submit", async (e) => {
   fd.append("labels", $("add-labels").value);
   say("Adding " + file.name + "…");
   try {
-    const r = await call("/api/items", { method: "POST", body: fd, headers: headers() });
+    const r = await call("/api/items", { method: "POST", body: fd, headers: headers() }, GIVE_UP_UPLOAD_S);
     if (!r.ok) {
       const err = await errorText(r);
       say("Error " + r.status + ": " + err, true);

@@ -1,0 +1,83 @@
+"""The web page as a user meets it (headless chromium driven by Playwright, as in
+test_browser.py): a server that stops answering, a k typed in exponent form, an error body that
+is not xmodal's, and the result list as a screen reader sees it."""
+
+import json
+
+import pytest
+
+from conftest import need_browser, served_ucm_collection, status, wait_status
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_browser()
+    with served_ucm_collection(tmp_path_factory, "web_page") as srv:  # 14 images
+        yield srv
+
+
+def test_a_server_that_stops_answering_is_said_not_waited_on(server, page):
+    """A server that takes the connection and never answers (stopped with SIGSTOP, a hung
+    proxy) left 'Searching…' on the page for good: it now says the server is slow after a few
+    seconds and gives up with an error after a minute."""
+    page.clock.install()
+    page.goto(server["url"] + "/#q=green+trees&k=3&target=image")
+    page.wait_for_function("document.querySelectorAll('.card').length === 3")
+    held = []
+    page.route("**/api/search", lambda route: held.append(route))  # never answered
+    page.fill("#q", "a river")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Searching')")
+    page.clock.run_for(11_000)
+    wait_status(page, "not answered")
+    assert "Error" not in status(page)
+    page.clock.run_for(60_000)
+    wait_status(page, "did not answer within")
+    assert page.locator("#status.error").count() == 1
+    assert page.locator(".card").count() == 0  # the earlier query's results are not left beside it
+    for route in held:
+        route.abort()
+
+
+def test_k_in_exponent_form_is_the_number_typed(server, page):
+    """A number box takes '1e1' (ten); the page read it with parseInt as 1 and showed one result."""
+    page.goto(server["url"] + "/")
+    page.fill("#q", "green trees")
+    page.fill("#k", "1e1")
+    page.press("#q", "Enter")
+    wait_status(page, "images for")
+    assert page.locator(".card").count() == 10
+    assert "k=10" in page.url
+    page.goto(server["url"] + "/#q=green+trees&k=4e0")  # a shared link: the same reading
+    wait_status(page, "images for")
+    assert page.locator(".card").count() == 4
+
+
+def test_an_error_body_that_is_not_xmodals_is_shown_not_undefined(server, page):
+    """A proxy's JSON error without `detail` was shown as 'Error 503: undefined'."""
+    page.goto(server["url"] + "/")
+    page.route("**/api/search", lambda r: r.fulfill(status=503, content_type="application/json",
+                                                    body=json.dumps({"message": "upstream <b>down</b>"})))
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    wait_status(page, "503")
+    assert "undefined" not in status(page) and "upstream <b>down</b>" in status(page), status(page)
+    page.route("**/api/search", lambda r: r.fulfill(status=422, content_type="application/json",
+                                                    body=json.dumps({"detail": [{"loc": ["body", "k"]}]})))
+    page.press("#q", "Enter")
+    wait_status(page, "422")
+    assert "undefined" not in status(page), status(page)
+
+
+def test_results_are_a_named_list_for_screen_readers(server, page):
+    """The results were a bare grid of <div>s: a screen reader neither announced a list nor
+    how many results it held, nor could it jump to it as a landmark-like region."""
+    page.goto(server["url"] + "/#q=green+trees&k=5&target=image")
+    page.wait_for_function("document.querySelectorAll('.card').length === 5")
+    lst = page.get_by_role("list", name="Search results")
+    assert lst.count() == 1
+    assert lst.get_by_role("listitem").count() == 5
+    # every picture has a text alternative, the page's own and the results'
+    assert page.evaluate("[...document.images].every(i => i.alt && i.alt.trim())")
