@@ -171,6 +171,19 @@ def test_a_422_documents_both_of_its_shapes(api):
     assert theirs.json()["detail"][0]["loc"] == ["query", "k"]
 
 
+@pytest.mark.parametrize("route, body, field", [
+    ("/api/search", {"text": "river", "top_k": 3}, "top_k"),
+    ("/api/search/batch", {"texts": ["river"], "lables": ["art"]}, "lables"),
+])
+def test_a_misspelt_body_field_is_named_not_ignored(api, route, body, field):
+    """``top_k`` for ``k`` used to run the search with k=10 in silence."""
+    res = api["c"].post(route, json=body)
+    assert res.status_code == 422, res.text
+    (issue,) = res.json()["detail"]
+    assert issue["loc"] == ["body", field] and "not permitted" in issue["msg"]
+    assert api["c"].post(route, json={k: v for k, v in body.items() if k != field}).status_code == 200
+
+
 def test_parameter_constraints_are_in_the_schema(api):
     spec = api["spec"]
     params = {(p, m): {q["name"]: q["schema"] for q in op.get("parameters", [])}

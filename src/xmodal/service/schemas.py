@@ -32,7 +32,13 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 LabelList = Annotated[list[LabelStr], AfterValidator(_no_blanks)]
 
 
-class SearchRequest(BaseModel):
+class _Body(BaseModel):
+    # a misspelt field ("top_k", "lables") answers 422 naming it, instead of a search run
+    # with that option silently left at its default
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchRequest(_Body):
     # the length inside the Annotated, before the validator: pydantic says "at most 2000
     # characters" (a limit on the optional field counts "items")
     text: Annotated[str, Field(max_length=2000), AfterValidator(_utf8)] | None = Field(
@@ -63,7 +69,7 @@ class SearchRequest(BaseModel):
                              "shards it routes to (a routing server sends true to its shards)")
 
 
-class BatchSearchRequest(BaseModel):
+class BatchSearchRequest(_Body):
     texts: list[Utf8Str] = Field(..., min_length=1, max_length=256, description="text queries, "
                              "encoded in one batch (each 1-2000 characters)")
     target: Literal["image", "text"] | None = Field(None, description="modality of results (default image)")
@@ -76,19 +82,19 @@ class BatchSearchRequest(BaseModel):
 MAX_TEXT = 10000  # characters in a stored text (an added text, an upload's caption)
 
 
-class TextAdd(BaseModel):
+class TextAdd(_Body):
     text: Utf8Str = Field(..., min_length=1, max_length=MAX_TEXT)
     key: Utf8Str | None = None
     pair_id: int | None = None
     labels: list[Utf8Str] = Field(default_factory=list)
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(_Body):
     role: Literal["read", "write", "admin"]
     name: Utf8Str = Field("", max_length=200)
 
 
-class Settings(BaseModel):
+class Settings(_Body):
     public_read: bool
 
 
