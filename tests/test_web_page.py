@@ -81,3 +81,23 @@ def test_results_are_a_named_list_for_screen_readers(server, page):
     assert lst.get_by_role("listitem").count() == 5
     # every picture has a text alternative, the page's own and the results'
     assert page.evaluate("[...document.images].every(i => i.alt && i.alt.trim())")
+
+
+def test_an_empty_search_says_what_to_do_and_a_long_query_is_cut_in_the_status(server, page):
+    """Search with an empty box blanked the results without a word; a query of 2,000
+    characters was repeated whole in the status line, a wall of text above the results (on a
+    phone, several screens)."""
+    page.goto(server["url"] + "/#q=green+trees&k=3&target=image")
+    page.wait_for_function("document.querySelectorAll('.card').length === 3")
+    page.fill("#q", "   ")
+    page.press("#q", "Enter")
+    page.wait_for_function("document.querySelectorAll('.card').length === 0")
+    assert "Type what you are looking for" in status(page), status(page)
+    assert page.locator("#status.error").count() == 0
+    long = "green trees " + "x" * 1980
+    page.fill("#q", long)
+    page.press("#q", "Enter")
+    wait_status(page, "images for")
+    shown = status(page)
+    assert "green trees" in shown and len(shown) < 200, len(shown)
+    assert page.input_value("#q") == long  # the query itself is kept whole

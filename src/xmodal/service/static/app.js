@@ -10,6 +10,7 @@ const state = { q: "", item: null, target: "", k: 20, labels: "", rel: new Set()
 const uploads = new Map();
 let uploadCount = 0;
 let lostUpload = false;  // the entry shown is an image search whose file is gone
+let emptyAsked = false;  // Search pressed with nothing to search by: said, not a blank page
 
 function apiKey() { return localStorage.getItem("xmodal-key") || ""; }
 function headers(extra = {}) {
@@ -177,7 +178,9 @@ async function runSearch(seq) {
   if (state.target) body.target = state.target;
   const labels = labelList(state.labels);
   if (labels.length) body.labels = labels;
-  const what = state.image ? "image " + state.image.name : state.item !== null ? "item " + state.item : "“" + state.q + "”";
+  // a query of 2,000 characters (or a file's long name) is cut short in the status line
+  const cut = (t) => t.length > 80 ? t.slice(0, 80) + "…" : t;
+  const what = state.image ? "image " + cut(state.image.name) : state.item !== null ? "item " + state.item : "“" + cut(state.q) + "”";
   let r;
   setStatus("Searching…");
   const slow = setTimeout(() => {  // a slow server said as such, not a page that looks stuck
@@ -192,9 +195,10 @@ async function runSearch(seq) {
   if (r === null) {
     clearResults();
     // an image search's entry whose file is not kept (the page reloaded since): not a blank page
-    const lost = lostUpload;
-    lostUpload = false;
-    setStatus(lost ? "The image searched by here is not kept once the page reloads: choose it again, or drop it." : "");
+    const lost = lostUpload, asked = emptyAsked;
+    lostUpload = emptyAsked = false;
+    setStatus(lost ? "The image searched by here is not kept once the page reloads: choose it again, or drop it."
+      : asked ? "Type what you are looking for, or drop an image to search by it." : "");
     return;
   }
   if (!r.ok) {
@@ -409,6 +413,7 @@ $("search-form").addEventListener("submit", (e) => {
   state.target = $("target").value;
   state.k = kValue($("k").value);
   state.labels = labelList($("labels").value).join(", ");
+  emptyAsked = !state.q && state.image === null && state.item === null;
   clearFeedback();
   writeHash(true);
   search();
