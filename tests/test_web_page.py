@@ -101,3 +101,13 @@ def test_an_empty_search_says_what_to_do_and_a_long_query_is_cut_in_the_status(s
     shown = status(page)
     assert "green trees" in shown and len(shown) < 200, len(shown)
     assert page.input_value("#q") == long  # the query itself is kept whole
+
+
+def test_dropping_something_that_is_not_a_file_is_said(server, page):
+    """Text or a picture dragged from another web page (a link, no file) dropped on the drop
+    zone did nothing at all: the page now says a file is needed."""
+    page.goto(server["url"] + "/")
+    page.evaluate("""() => { const dt = new DataTransfer(); dt.setData('text/uri-list', 'https://example.org/a.jpg');
+        document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); }""")
+    wait_status(page, "image file")
+    assert page.locator("#drop.over").count() == 0

@@ -437,6 +437,8 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   if (e.dataTransfer.files.length) byImage(e.dataTransfer.files[0]);
+  // text, or a picture dragged from another page (its link, no file): said, not ignored
+  else setStatus("Drop an image file (from your computer), or choose one; a picture dragged from a web page has to be saved first.", true);
 });
 // Add an image (and its captions) to the collection: POST /api/items with a write key.
 $("add-form").addEventListener("submit", async (e) => {
