@@ -111,3 +111,21 @@ def test_dropping_something_that_is_not_a_file_is_said(server, page):
         document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); }""")
     wait_status(page, "image file")
     assert page.locator("#drop.over").count() == 0
+
+
+def test_the_number_and_target_boxes_have_visible_labels(server, browser):
+    """The k box showed a bare '20' and the target box 'auto', their labels only for screen
+    readers: a sighted user could not tell what either meant. The key box cut its own hint."""
+    for width in (1200, 360):
+        page = browser.new_page(bypass_csp=True, viewport={"width": width, "height": 800})
+        page.goto(server["url"] + "/")
+        for box, name in (("#k", "Number of results"), ("#target", "Search among")):
+            label = page.locator(f"label[for='{box[1:]}']")
+            shown = label.bounding_box()
+            assert shown and shown["width"] > 20 and shown["height"] > 8, (box, shown)
+            assert page.get_by_role("spinbutton" if box == "#k" else "combobox", name=name).count() == 1
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.evaluate("document.querySelector('#key-box').open = true")
+        key = page.locator("#api-key")
+        assert key.evaluate("k => k.scrollWidth <= k.clientWidth + 1 || k.clientWidth >= k.parentElement.clientWidth - 40")
+        page.close()
