@@ -129,3 +129,18 @@ def test_the_number_and_target_boxes_have_visible_labels(server, browser):
         key = page.locator("#api-key")
         assert key.evaluate("k => k.scrollWidth <= k.clientWidth + 1 || k.clientWidth >= k.parentElement.clientWidth - 40")
         page.close()
+
+
+def test_the_window_title_names_the_search(server, page):
+    """Every search left the title 'xmodal search': the browser's history list, its Back
+    menu and a screen reader's window list showed a row of identical entries."""
+    page.goto(server["url"] + "/#q=green+trees&k=3")
+    wait_status(page, "images for")
+    assert page.title() == "green trees – xmodal search"
+    item = page.locator(".card").nth(1).get_attribute("data-id")
+    page.locator(".card").nth(1).locator("img").click()
+    wait_status(page, f"item {item}")
+    assert page.title() == f"item {item} – xmodal search"
+    page.fill("#q", "")
+    page.evaluate("location.hash = ''")
+    page.wait_for_function("document.title === 'xmodal search'")

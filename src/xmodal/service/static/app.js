@@ -181,6 +181,9 @@ async function runSearch(seq) {
   // a query of 2,000 characters (or a file's long name) is cut short in the status line
   const cut = (t) => t.length > 80 ? t.slice(0, 80) + "…" : t;
   const what = state.image ? "image " + cut(state.image.name) : state.item !== null ? "item " + state.item : "“" + cut(state.q) + "”";
+  // the window title names the search: history's entries and the Back menu tell them apart
+  const named = state.image || state.item !== null ? what : cut(state.q);
+  document.title = named ? named + " – xmodal search" : "xmodal search";
   let r;
   setStatus("Searching…");
   const slow = setTimeout(() => {  // a slow server said as such, not a page that looks stuck
