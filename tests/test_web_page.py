@@ -53,6 +53,9 @@ def test_k_in_exponent_form_is_the_number_typed(server, page):
     page.goto(server["url"] + "/#q=green+trees&k=4e0")  # a shared link: the same reading
     wait_status(page, "images for")
     assert page.locator(".card").count() == 4
+    page.goto(server["url"] + "/#q=river&k=0x3")  # not a number a number box takes: the default 20
+    wait_status(page, "images for")
+    assert page.locator(".card").count() == 14 and "k=" not in page.url
 
 
 def test_an_error_body_that_is_not_xmodals_is_shown_not_undefined(server, page):

@@ -58,10 +58,12 @@ function hostOf(url) {
   try { return new URL(url).host; } catch (e) { return String(url); }
 }
 
-// k as a number box reads it ("1e1" is ten; parseInt made it 1); not a whole number: 20
+// k as a number box reads it ("1e1" is ten; parseInt made it 1); anything else (hex, "5abc",
+// a fraction): the default 20
 function kValue(s) {
-  const n = Number((s || "").trim());
-  return (s || "").trim() !== "" && Number.isInteger(n) ? n : 20;
+  const t = (s || "").trim();
+  const n = /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(t) ? Number(t) : NaN;
+  return Number.isInteger(n) ? n : 20;
 }
 
 function labelList(s) { return s.split(",").map((x) => x.trim()).filter(Boolean); }
