@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from ..encoders.base import checked_cache_dir
 
         try:  # a --cache-dir that is a file: refused before the dataset is read
-            checked_cache_dir(cache_dir)
+            cache_root = checked_cache_dir(cache_dir)
         except EncoderError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
@@ -88,6 +88,11 @@ def register(app: typer.Typer) -> None:
         except (DataError, EncoderError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: say what a rerun starts from, as bench and index do
+            typer.echo(f"\ninterrupted: {out} was not written; every batch encoded so far is kept "
+                       f"in the feature cache {cache_root}; run the same command again to encode "
+                       "only the rest", err=True)
+            raise typer.Exit(130) from None
         try:
             out_path = save_npz(ds, out)
         except OSError as exc:  # the disk filled, the folder was made read-only meanwhile

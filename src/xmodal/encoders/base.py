@@ -420,5 +420,8 @@ def check_batch_size(spec: str, batch_size: object) -> int | None:
 
 
 def _not_text(spec: str, what: str, x: object) -> EncoderError:
-    return EncoderError(f"{spec}: {what} is {str(x)[:40]} ({type(x).__name__}), not a string; a "
-                        "missing value? drop or fill such rows first (pandas: df[column].fillna(''))")
+    if isinstance(x, (bytes, bytearray, np.bytes_)):  # not a gap to fill: text still to decode
+        advice = "decode such texts first (x.decode('utf-8'), or the file's real encoding)"
+    else:
+        advice = "a missing value? drop or fill such rows first (pandas: df[column].fillna(''))"
+    return EncoderError(f"{spec}: {what} is {str(x)[:40]} ({type(x).__name__}), not a string; {advice}")

@@ -117,6 +117,10 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
     # before anything is fitted or loaded
     check_batch_size("encode_dataset", batch_size)
     checked_cache_dir(cache_dir)
+    if fit_split not in (None, "train"):
+        # a split named on purpose (``--fit-split``) must exist even when no encoder is fitted:
+        # a misspelt one was otherwise ignored without a word; the default may be absent
+        _fit_rows(ds, fit_split)
     progress = False if quiet else None
     img_enc = txt_enc = None
     if image_encoder is not None:

@@ -178,7 +178,13 @@ class MiniLM(TextEncoder):
         kwargs = {}
         if pipeline["max_seq_length"] is not None:
             kwargs["model_max_length"] = pipeline["max_seq_length"]
-        # A damaged file (a copy or download cut short) is named with its folder: the
+        # A damaged JSON file is named itself: transformers reads config.json while loading
+        # the tokenizer, so a cut-short one was blamed on the tokenizer files.
+        for name in ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+            if (Path(folder) / name).is_file():
+                with self._loading(folder, f"{name} (not valid JSON)"):
+                    json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+        # Other damaged files (a copy or download cut short) are named with their folder: the
         # tokenizers' and safetensors' own messages name neither.
         with self._loading(folder, "tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt)"):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)

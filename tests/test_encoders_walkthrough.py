@@ -1,0 +1,112 @@
+"""docs/encoders.md followed as a user would, with the usual mistakes: each one gets a clear
+message naming the file, split or row, never a traceback or a silently ignored value."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xmodal.cli import app
+from xmodal.encoders import EncoderError, encode_dataset, get_encoder
+
+
+@pytest.fixture
+def tiny(data_root, tmp_path) -> Path:
+    """A Karpathy-format dataset.json over 4 UCM images (2 train, 1 val, 1 test), linked."""
+    imgs = data_root / "ucm_captions" / "imgs"
+    root = tmp_path / "tiny"
+    (root / "imgs").mkdir(parents=True)
+    doc = json.loads((data_root / "ucm_captions" / "dataset.json").read_text())
+    recs = [doc["images"][i] for i in (0, 700, 1400, 2000)]
+    for rec, split in zip(recs, ("train", "train", "val", "test")):
+        rec["split"] = split
+        stem = Path(rec["filename"]).stem
+        (root / "imgs" / f"{stem}.jpg").symlink_to(imgs / f"{stem}.jpg")
+    (root / "dataset.json").write_text(json.dumps({"dataset": "tiny", "images": recs}))
+    return root
+
+
+def test_ctrl_c_in_xmodal_encode_says_what_is_kept_and_the_rerun_resumes(tiny, tmp_path, monkeypatch):
+    """Ctrl-C left `xmodal encode` silent (exit 130, not a word); `xmodal bench` and `xmodal
+    index` say what a rerun starts from. The batches finished before it are cached."""
+    from xmodal.encoders import cnn
+
+    real = cnn.MobileNetV2Encoder.forward_batch
+    calls = {"n": 0}
+
+    def dies_on_second_batch(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    cache, out = tmp_path / "cache", tmp_path / "f.npz"
+    args = ["encode", "--dataset", str(tiny / "dataset.json"), "--image-encoder", "mobilenet-v2",
+            "--cache-dir", str(cache), "--out", str(out), "--batch-size", "2", "--quiet"]
+    monkeypatch.setattr(cnn.MobileNetV2Encoder, "forward_batch", dies_on_second_batch)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130
+    assert "interrupted" in res.stderr and str(cache) in res.stderr
+    assert "same command" in res.stderr and "Traceback" not in res.output
+    assert not out.exists()
+    monkeypatch.setattr(cnn.MobileNetV2Encoder, "forward_batch", real)
+    again = CliRunner().invoke(app, args + ["--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["image_encoder"] == {**json.loads(again.stdout)["image_encoder"],
+                                                         "n_cached": 2, "n_computed": 2}
+
+
+def test_a_misspelled_fit_split_is_refused_even_when_nothing_is_fitted(tiny, tmp_path, monkeypatch):
+    """`--fit-split trian` with efficientnet-lite0 (nothing fitted) ran and wrote the file as if
+    the option were right; with sift-bovw the same typo was refused. Refused before any model
+    loads either way; the default `train` on a dataset without one is still fine."""
+    from xmodal.data import DataError, load_dataset
+    from xmodal.encoders import cnn
+
+    def no_model(self):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cnn.EfficientNetLite0, "_build", no_model)
+    ds = load_dataset(str(tiny / "dataset.json"))
+    with pytest.raises(DataError, match=r"no split 'trian'.*\['test', 'train', 'val'\]"):
+        encode_dataset(ds, "efficientnet-lite0", None, fit_split="trian", cache_dir=False)
+    out = tmp_path / "f.npz"
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(tiny), "--image-encoder", "efficientnet-lite0",
+                                   "--fit-split", "trian", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "no split 'trian'" in res.stderr and not out.exists()
+    # a dataset without a 'train' split and nothing to fit: the default fit_split is no obstacle
+    ds.splits = {"test": ds.splits["test"]}
+    fitted = get_encoder("bow:5").fit(["a plane at the airport", "green trees"])
+    got = encode_dataset(ds, None, fitted, cache_dir=False)
+    assert got.text_features.shape == (ds.n_texts, fitted.dim)
+
+
+def test_bytes_as_a_text_are_told_to_be_decoded_not_filled():
+    """b'...' in a list of texts was refused with the advice for a missing value (fillna)."""
+    with pytest.raises(EncoderError, match=r"text 1 is b'caf\\xc3\\xa9' \(bytes\).*decode") as exc:
+        get_encoder("tfidf").fit(["a plane", "caf\u00e9".encode()])
+    assert "fillna" not in str(exc.value)
+    with pytest.raises(EncoderError, match="text 0 is None .*fillna"):
+        get_encoder("bow").fit([None])
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
+def test_a_damaged_json_file_of_an_sbert_folder_is_named(tmp_path, name):
+    """A cut-short config.json was reported as 'cannot load the model's tokenizer files
+    (tokenizer.json, tokenizer_config.json, vocab.txt)': the file at fault was not among them."""
+    from xmodal.encoders.text import MiniLM
+
+    src = MiniLM("minilm")._folder()
+    folder = tmp_path / "model"
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    (folder / name).write_text('{"not json')
+    enc = get_encoder(f"sbert:{folder}")
+    with pytest.raises(EncoderError) as exc:
+        enc.encode(["a plane"], cache_dir=False)
+    msg = str(exc.value)
+    assert msg.startswith(f"{folder.resolve()}: cannot load the sbert:{folder} model's {name} "), msg
+    assert "tokenizer files" not in msg and "copy or download the model again" in msg
