@@ -147,3 +147,29 @@ def test_the_window_title_names_the_search(server, page):
     page.fill("#q", "")
     page.evaluate("location.hash = ''")
     page.wait_for_function("document.title === 'xmodal search'")
+
+
+def test_the_add_form_says_a_read_only_server_takes_nothing_before_the_form_is_filled(server, browser):
+    """On a read-only server the Add form said 'needs a write key' and took a file and its
+    captions, to answer 403 only then: opening it now says the server is read-only."""
+    from conftest import serving
+    from xmodal.index import Collection
+    from xmodal.service import create_app
+
+    ro = Collection.open(server["coll"].path, read_only=True, follow=True)
+    try:
+        with serving(create_app(ro)) as url:
+            page = browser.new_page(bypass_csp=True)
+            page.goto(url + "/")
+            page.click("#add-box summary")
+            page.wait_for_function("document.querySelector('#add-box .hint').textContent.includes('read-only')")
+            assert page.locator("#add-go").is_disabled()
+            page.close()
+    finally:
+        ro.close()
+    page = browser.new_page(bypass_csp=True)  # a writable one: the form as it was
+    page.goto(server["url"] + "/")
+    page.click("#add-box summary")
+    page.wait_for_timeout(300)
+    assert page.locator("#add-go").is_enabled() and "write key" in page.locator("#add-box .hint").inner_text()
+    page.close()

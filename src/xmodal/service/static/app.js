@@ -445,6 +445,20 @@ drop.addEventListener("drop", (e) => {
   // text, or a picture dragged from another page (its link, no file): said, not ignored
   else setStatus("Drop an image file (from your computer), or choose one; a picture dragged from a web page has to be saved first.", true);
 });
+// A read-only server takes nothing: said when the form opens, before a file and its captions
+// are chosen (a 403 after Add said it only then). /api/info needs reading: unknown, unchanged.
+$("add-box").addEventListener("toggle", async () => {
+  if (!$("add-box").open) return;
+  try {
+    const r = await call("/api/info", { headers: headers() });
+    if (!r.ok) return;
+    const ro = (await r.json()).read_only === true;
+    $("add-go").disabled = ro;
+    $("add-box").querySelector(".hint").textContent = ro ? "this server is read-only: nothing can be added here" : "needs a write key";
+  } catch (e) {
+    // the server is away: Add says so when pressed
+  }
+});
 // Add an image (and its captions) to the collection: POST /api/items with a write key.
 $("add-form").addEventListener("submit", async (e) => {
   e.preventDefault();
