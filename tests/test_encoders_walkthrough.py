@@ -110,3 +110,16 @@ def test_a_damaged_json_file_of_an_sbert_folder_is_named(tmp_path, name):
     msg = str(exc.value)
     assert msg.startswith(f"{folder.resolve()}: cannot load the sbert:{folder} model's {name} "), msg
     assert "tokenizer files" not in msg and "copy or download the model again" in msg
+
+
+@pytest.mark.parametrize("spec", ["efficientnet-lite0", "sift-bovw:4", "mobilenet-v2+efficientnet-lite0"])
+@pytest.mark.parametrize("gap", [None, float("nan"), 7])
+def test_an_image_path_that_is_not_a_path_is_refused_naming_the_row(spec, gap, data_root):
+    """A pandas column of paths with a gap gave `skipping None: cannot read file (No such
+    file or directory)` (or `skipping nan: ...`), a zero row, and a run that went on as if a
+    file named "None" were missing; texts with gaps are refused naming the row."""
+    ok = str(data_root / "ucm_captions" / "imgs" / "1.jpg")
+    enc = get_encoder(spec)
+    for call in (enc.fit,) if enc.needs_fit else (enc.encode,):
+        with pytest.raises(EncoderError, match=rf"image 1 is {gap} \({type(gap).__name__}\), not a file path"):
+            call([Path(ok), gap])

@@ -124,7 +124,7 @@ class Encoder:
         """Learn the encoder's state from ``items`` (no-op for pretrained encoders)."""
         check_items(self.spec, items, "fit")
         if self.needs_fit:
-            items = list(items)
+            items = check_paths(self.spec, items, "fit") if self.modality == "image" else list(items)
             if not items:
                 raise EncoderError(f"{self.spec}: fit needs at least one item")
             with blas_limits():
@@ -257,7 +257,7 @@ class Encoder:
         batch_size = check_batch_size(self.spec, batch_size)
         check_items(self.spec, items)
         self._check_fitted()
-        items = [str(x) for x in items]
+        items = check_paths(self.spec, items) if self.modality == "image" else [str(x) for x in items]
         n, dim = len(items), self.dim
         out = np.zeros((n, dim), dtype=np.float32)
         ok = np.zeros(n, dtype=bool)
@@ -377,6 +377,19 @@ def check_items(spec: str, items: object, call: str = "encode") -> None:
         raise EncoderError(f"{spec}: {call} takes a list of items, got a single "
                            f"{type(items).__name__} {str(items)[:60]!r}; write "
                            f"{call}([{str(items)[:60]!r}])")
+
+
+def check_paths(spec: str, items: Sequence, call: str = "encode") -> list[str]:
+    """``items`` (image files) as a list of ``str``; an item that is no path (``None`` or NaN
+    from a pandas column with gaps, a number) is an :class:`EncoderError` naming its position.
+    ``str()`` made it a file named "None" or "nan", skipped as missing with a zero row."""
+    check_items(spec, items, call)
+    items = list(items)
+    for i, x in enumerate(items):
+        if not isinstance(x, (str, os.PathLike)):
+            raise EncoderError(f"{spec}: image {i} is {str(x)[:40]} ({type(x).__name__}), not a file "
+                               "path; a missing value? drop or fill such rows first")
+    return [os.fspath(x) if isinstance(x, os.PathLike) else x for x in items]
 
 
 def check_texts(spec: str, items: Sequence, what: str = "text") -> list[str]:

@@ -43,12 +43,11 @@ class ConcatEncoder(Encoder):
         return all(p.is_fitted for p in self.parts)
 
     def _texts(self, items: Sequence[str], what: str = "text") -> list[str]:
-        from .base import check_items, check_texts
+        from .base import check_paths, check_texts
 
         if self.modality == "text":
             return check_texts(self.spec, items, what)  # a single str refused there too
-        check_items(self.spec, items, "fit" if what.startswith("fit") else "encode")
-        return [str(x) for x in items]
+        return check_paths(self.spec, items, "fit" if what.startswith("fit") else "encode")
 
     def fit(self, items: Sequence[str], progress: bool | None = None) -> "ConcatEncoder":
         return super().fit(self._texts(items, "fit text"), progress=progress)
