@@ -173,3 +173,15 @@ def test_the_add_form_says_a_read_only_server_takes_nothing_before_the_form_is_f
     page.wait_for_timeout(300)
     assert page.locator("#add-go").is_enabled() and "write key" in page.locator("#add-box .hint").inner_text()
     page.close()
+
+
+def test_an_answer_that_is_not_json_is_said_plainly(server, page):
+    """A proxy or captive portal answering 200 with its own HTML page: the status showed the
+    JSON parser's 'Unexpected token '<', "<html><h1"... is not valid JSON'."""
+    page.goto(server["url"] + "/")
+    page.route("**/api/search", lambda r: r.fulfill(status=200, content_type="text/html",
+                                                    body="<html><h1>Sign in to the Wi-Fi</h1></html>"))
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    wait_status(page, "Error")
+    assert "not valid JSON" not in status(page) and "not xmodal's answer" in status(page), status(page)

@@ -213,7 +213,14 @@ async function runSearch(seq) {
     if (needsKey(r.status, err)) $("key-box").open = true;  // where a key goes
     return;
   }
-  const data = await r.json();
+  let data;
+  try {
+    data = await r.json();
+    if (!Array.isArray(data.results)) throw new Error("no results");
+  } catch (e) {  // a proxy's or a captive portal's page answered in its place
+    if (seq === searchSeq) showError("Error: the answer (" + (r.headers.get("Content-Type") || "no type") + ") is not xmodal's answer: is a proxy in between?");
+    return;
+  }
   if (seq !== searchSeq) return;
   render(data.results);
   if (focusResults) {
