@@ -185,3 +185,10 @@ def test_an_answer_that_is_not_json_is_said_plainly(server, page):
     page.press("#q", "Enter")
     wait_status(page, "Error")
     assert "not valid JSON" not in status(page) and "not xmodal's answer" in status(page), status(page)
+    page.route("**/api/items", lambda r: r.fulfill(status=201, content_type="text/html", body="<html>portal</html>"))
+    page.click("#add-box summary")
+    page.set_input_files("#add-file", str(server["folder"] / sorted(server["captions"])[0]))
+    page.click("#add-go")
+    page.wait_for_function("document.querySelector('#add-status').textContent.includes('Error')")
+    shown = page.locator("#add-status").inner_text()
+    assert "not valid JSON" not in shown and "not xmodal's answer" in shown, shown

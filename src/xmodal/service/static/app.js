@@ -486,7 +486,13 @@ $("add-form").addEventListener("submit", async (e) => {
       if (needsKey(r.status, err)) $("key-box").open = true;  // where a key goes
       return;
     }
-    const data = await r.json();
+    let data;
+    try {
+      data = await r.json();
+    } catch (e) {  // a proxy's or a captive portal's page answered in its place
+      say("Error: the answer (" + (r.headers.get("Content-Type") || "no type") + ") is not xmodal's answer: is a proxy in between?", true);
+      return;
+    }
     const caps = data.ids ? data.ids.length - 1 : 0;
     say(r.status === 201
       ? "Added " + file.name + " as image #" + data.id + " with " + caps + " caption" + (caps === 1 ? "" : "s") + "."
