@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xmodal.cli import app
-from xmodal.encoders import EncoderError, encode_dataset, get_encoder
+from xmodal.encoders import Encoder, EncoderError, available_encoders, encode_dataset, get_encoder
 
 
 @pytest.fixture
@@ -123,3 +123,27 @@ def test_an_image_path_that_is_not_a_path_is_refused_naming_the_row(spec, gap, d
     for call in (enc.fit,) if enc.needs_fit else (enc.encode,):
         with pytest.raises(EncoderError, match=rf"image 1 is {gap} \({type(gap).__name__}\), not a file path"):
             call([Path(ok), gap])
+
+
+def test_saving_a_fitted_encoder_onto_a_folder_or_under_a_file_names_the_path(tmp_path):
+    """`tf.save("models")` with models/ a folder raised IsADirectoryError naming a temporary
+    '.models.xxxx.tmp' file; under a file, NotADirectoryError. Now an EncoderError naming it."""
+    tf = get_encoder("tfidf").fit(["a plane at the airport", "green trees by a river"])
+    (tmp_path / "models").mkdir()
+    with pytest.raises(EncoderError, match=rf"^{tmp_path / 'models'}: is a folder; give the file"):
+        tf.save(tmp_path / "models")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(EncoderError, match=rf"^{tmp_path / 'notes.txt' / 'tf.zip'}: cannot be written: "
+                                           rf"{tmp_path / 'notes.txt'} is not a folder"):
+        tf.save(tmp_path / "notes.txt" / "tf.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "notes.txt"]
+    assert not any((tmp_path / "models").iterdir())
+    assert Encoder.load(tf.save(tmp_path / "models" / "tf.zip")).encode(["a plane"], cache_dir=False).shape == (1, tf.dim)
+
+
+@pytest.mark.parametrize("modality", ["images", "Text", "txt"])
+def test_available_encoders_refuses_a_misspelt_modality(modality):
+    """available_encoders("images") returned [] as if no image encoder existed."""
+    with pytest.raises(EncoderError, match=rf"modality must be 'image' or 'text', got '{modality}'"):
+        available_encoders(modality)
+    assert {e["modality"] for e in available_encoders("image")} == {"image"}

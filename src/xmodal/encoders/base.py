@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..device import thread_budget
-from .cache import FeatureCache, content_hash, resolve_cache_dir
+from .cache import FeatureCache, content_hash, resolve_cache_dir, safe_name
 
 log = logging.getLogger("xmodal.encoders")
 
@@ -177,9 +177,19 @@ class Encoder:
                 b = io.BytesIO()
                 np.save(b, np.asarray(arr), allow_pickle=False)
                 zf.writestr(f"{name}.npy", b.getvalue())
-        from .._fs import atomic_write_bytes
+        from .._fs import atomic_write_bytes, blocking_file
 
-        atomic_write_bytes(path, buf.getvalue())
+        # said with the path given: the rename's own error named a temporary file
+        if path.is_dir():
+            raise EncoderError(f"{path}: is a folder; give the file to write (e.g. "
+                               f"{path / (safe_name(self.spec) + '.zip')})")
+        above = blocking_file(path)
+        if above is not None:
+            raise EncoderError(f"{path}: cannot be written: {above} is not a folder")
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError as exc:  # a missing or read-only folder, a full disk
+            raise EncoderError(f"{path}: cannot write it ({exc.strerror or exc})") from None
         return path
 
     @staticmethod

@@ -96,6 +96,8 @@ REGISTRY: dict[str, tuple[Callable[[str, str | None], Encoder], str, str | None,
 
 def available_encoders(modality: str | None = None) -> list[dict]:
     """One row per encoder family: name, modality, needs_fit, summary."""
+    if modality not in (None, "image", "text"):  # a typo listed nothing, as if none existed
+        raise EncoderError(f"modality must be 'image' or 'text', got {modality!r}")
     fitted = {"sift-bovw", "tfidf", "bow", "lda", "tags"}
     return [{"name": name, "modality": mod, "needs_fit": name in fitted, "argument": arg,
              "summary": summary}
