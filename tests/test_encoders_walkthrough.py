@@ -147,3 +147,19 @@ def test_available_encoders_refuses_a_misspelt_modality(modality):
     with pytest.raises(EncoderError, match=rf"modality must be 'image' or 'text', got '{modality}'"):
         available_encoders(modality)
     assert {e["modality"] for e in available_encoders("image")} == {"image"}
+
+
+def test_an_empty_cache_dir_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    """`--cache-dir ""` (an empty shell variable, quoted) wrote the feature cache's folders
+    (`tfidf-…/`, `fitted/`) into the current folder, as Path("") is "."."""
+    monkeypatch.chdir(tmp_path)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,text\na.jpg,a plane\nb.jpg,a river\nc.jpg,green trees\nd.jpg,a beach\n")
+    res = CliRunner().invoke(app, ["encode", "--dataset", str(pairs), "--text-encoder", "tfidf",
+                                   "--cache-dir", "", "--out", "p.npz"])
+    assert res.exit_code == 2 and "the feature cache folder is empty ('')" in res.stderr, res.output
+    tf = get_encoder("tfidf").fit(["a plane", "a river"])
+    for empty in ("", "  "):
+        with pytest.raises(EncoderError, match="the feature cache folder is empty"):
+            tf.encode(["a plane"], cache_dir=empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
