@@ -147,7 +147,9 @@ class TorchMethod(CrossModalMethod):
         # forward pass alone leaves a logit scale above log 100 without gradient, stuck for good
         temps = [p for name, p in self.module_.named_parameters() if name.rsplit(".", 1)[-1] == "logit_scale"]
         n = len(X)
-        steps_per_epoch = max(1, math.ceil(n / self.batch_size))
+        # optimiser steps of the default sampler: a last batch of one row is skipped below, so
+        # it is no step of the bar's total nor of the cosine schedule's length
+        steps_per_epoch = max(1, n // self.batch_size + (n % self.batch_size >= 2))
         sched = None
         if getattr(self, "lr_schedule", "constant") == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * steps_per_epoch)
