@@ -163,3 +163,22 @@ def test_an_empty_cache_dir_is_refused_not_the_current_folder(tmp_path, monkeypa
         with pytest.raises(EncoderError, match="the feature cache folder is empty"):
             tf.encode(["a plane"], cache_dir=empty)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.csv"]
+
+
+def test_the_default_output_is_named_after_the_dataset_not_dot_or_dataset_json(tiny, tmp_path, monkeypatch):
+    """`xmodal encode --dataset .` wrote a hidden `.bow.npz`; every Karpathy file is called
+    dataset.json, so `--dataset ucm/dataset.json` and `--dataset flickr8k/dataset.json` both
+    wrote `dataset.<spec>.npz`, the second over the first."""
+    from xmodal.cli.encode import _default_out
+
+    assert _default_out("ucm_captions", "efficientnet-lite0:d4+mobilenet-v2:d4", None) == \
+        Path("ucm_captions.efficientnet-lite0_d4_mobilenet-v2_d4.npz")
+    assert _default_out(str(tmp_path / "pairs.csv"), None, "tfidf") == Path("pairs.tfidf.npz")
+    assert _default_out(str(tiny / "dataset_flickr8k.json"), "a", "b") == Path("dataset_flickr8k.a.b.npz")
+    args = ["--text-encoder", "bow", "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    monkeypatch.chdir(tiny)
+    for given in (".", "./", str(tiny / "dataset.json"), "dataset.json"):
+        res = CliRunner().invoke(app, ["encode", "--dataset", given] + args)
+        assert res.exit_code == 0, res.output
+        assert "wrote tiny.bow.npz" in res.stdout, (given, res.stdout)
+    assert sorted(p.name for p in tiny.iterdir()) == ["dataset.json", "imgs", "tiny.bow.npz"]

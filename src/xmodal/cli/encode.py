@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,14 @@ from ._values import _parse_options
 
 
 def _default_out(dataset: str, image_encoder: str | None, text_encoder: str | None) -> Path:
-    parts = [Path(dataset).stem if ("/" in dataset or "." in dataset) else dataset]
+    name = dataset
+    if "/" in dataset or "." in dataset:  # a path: named after the dataset it holds
+        path = Path(dataset).absolute()
+        # `.` gave a hidden `.<spec>.npz`; every Karpathy file is a dataset.json, whose stem
+        # made two datasets' outputs one file: such a file is named by its folder
+        name = path.parent.name if path.is_file() and path.stem == "dataset" else \
+            (Path(os.path.normpath(path)).name if path.is_dir() else path.stem)
+    parts = [name or "dataset"]  # the root folder has no name
     parts += [e for e in (image_encoder, text_encoder) if e]
     return Path(re.sub(r"[^A-Za-z0-9._-]+", "_", ".".join(parts)) + ".npz")
 
