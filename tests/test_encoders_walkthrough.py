@@ -182,3 +182,28 @@ def test_the_default_output_is_named_after_the_dataset_not_dot_or_dataset_json(t
         assert res.exit_code == 0, res.output
         assert "wrote tiny.bow.npz" in res.stdout, (given, res.stdout)
     assert sorted(p.name for p in tiny.iterdir()) == ["dataset.json", "imgs", "tiny.bow.npz"]
+
+
+def _train_images_broken(tiny: Path) -> None:
+    doc = json.loads((tiny / "dataset.json").read_text())
+    for rec in doc["images"]:
+        if rec["split"] == "train":
+            f = tiny / "imgs" / f"{Path(rec['filename']).stem}.jpg"
+            f.unlink()
+            f.write_bytes(b"")  # e.g. a copy that never finished
+
+
+def test_fitting_on_a_split_none_of_whose_images_can_be_read_says_so(tiny):
+    """With every training image unreadable, `sift-bovw` said 'only 0 SIFT descriptors in 2
+    fit images' and `tfidf` 'fit needs at least one item': neither said why."""
+    from xmodal.data import DataError, load_dataset
+
+    _train_images_broken(tiny)
+    ds = load_dataset(str(tiny / "dataset.json"))
+    with pytest.raises(EncoderError, match=r"only 0 SIFT descriptors in 2 fit images \(2 could not be "
+                                           r"read; the first, .*\.jpg: empty file"):
+        encode_dataset(ds, "sift-bovw:4", None, cache_dir=False, quiet=True)
+    fitted = get_encoder("sift-bovw:4").fit([str(p) for p in ds.image_paths[2:]] * 3)
+    with pytest.raises(DataError, match=r"dataset 'tiny': no texts to fit tfidf on: none of the 2 "
+                                        r"images of split 'train' could be read"):
+        encode_dataset(ds, fitted, "tfidf", cache_dir=False, quiet=True)

@@ -149,6 +149,7 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
                   "text_encoder": prev.get("text_encoder") if keep_text else None,
                   "skipped": list(prev.get("skipped") or []) if keep_image else []}
     X = T = None
+    n_fit_images = 0  # set when images are encoded, some of them maybe unreadable
     ok = np.ones(ds.n_images, dtype=bool)
     if img_enc is not None:
         t0 = time.perf_counter()
@@ -163,10 +164,16 @@ def encode_dataset(ds: PairedDataset, image_encoder: str | Encoder | None, text_
             raise DataError(f"dataset {ds.name!r}: none of the {ds.n_images} images could be read "
                             f"by {enc.spec} (the first, {f}: {why}); are the image files there?")
         # the texts of images that are dropped below do not shape a fitted text encoder either
+        n_fit_images = int(in_fit.sum())
         in_fit &= ok
     if txt_enc is not None:
         t0 = time.perf_counter()
         fit_texts = [t for t, i in zip(ds.texts, ds.text_to_image) if in_fit[i]]
+        if not fit_texts and not txt_enc.is_fitted and n_fit_images:
+            # every image of the split was dropped above: "fit needs at least one item" said
+            # neither which split nor why
+            raise DataError(f"dataset {ds.name!r}: no texts to fit {txt_enc.spec} on: none of the "
+                            f"{n_fit_images} images of split {fit_split!r} could be read")
         enc = txt_enc if txt_enc.is_fitted else fit_cached(txt_enc, fit_texts, cache_dir, progress)
         T = enc.encode(ds.texts, batch_size=batch_size, progress=progress, cache_dir=cache_dir)
         info["text_encoder"] = _record(enc, t0)

@@ -115,7 +115,7 @@ class SiftBoVW(ImageEncoder):
 
         per_image = max(16, self.max_descriptors // len(items))
         load = functools.partial(_sample_descriptors, per_image=per_image, max_pixels=self.max_pixels)
-        parts, bar = [], progress_bar(len(items), f"fit {self.spec}: SIFT", progress)
+        parts, failed, bar = [], [], progress_bar(len(items), f"fit {self.spec}: SIFT", progress)
         try:
             for pos, arrays, fails in iterate_batches(items, load, self.default_batch_size,
                                                       self._workers(len(items), self.default_batch_size),
@@ -123,13 +123,17 @@ class SiftBoVW(ImageEncoder):
                 parts.extend(arrays)
                 for p, reason in fails:
                     self._skip(self.report_, items[p], reason)
+                    failed.append((items[p], reason))
                 bar.update(len(pos) + len(fails))
         finally:
             bar.close()
         desc = np.concatenate(parts) if parts else np.zeros((0, 128), np.float32)
         if len(desc) < self.n_words:
+            # unreadable fit images (all of them, say) are the likely reason: said here too
+            why = f" ({len(failed)} could not be read; the first, {failed[0][0]}: {failed[0][1]})" \
+                if failed else ""
             raise EncoderError(f"{self.spec}: only {len(desc)} SIFT descriptors in {len(items)} fit "
-                               f"images, fewer than the {self.n_words} words asked for")
+                               f"images{why}, fewer than the {self.n_words} words asked for")
         km = MiniBatchKMeans(n_clusters=self.n_words, random_state=0, n_init=3,
                              batch_size=4096, max_iter=100)
         from threadpoolctl import threadpool_limits
