@@ -524,9 +524,17 @@ def test_add_an_image_with_captions_from_the_page(hostile_server, page, tmp_path
     page.evaluate("location.hash = '#q=red+boat+moored&target=text&labels=boats&k=5'")
     wait_status(page, "captions for")
     assert "a red boat moored in the harbour" in page.locator(".card .caption").all_inner_texts()
-    # a file over the server's limit: the server's 413, not a dropped connection
+    # a file over the server's limit: refused by the page, from /api/info, before sending it
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8" + b"\0" * (21 * 1024 * 1024))
+    page.set_input_files("#add-file", str(big))
+    page.click("#add-go")
+    page.wait_for_function("document.querySelector('#add-status').textContent.includes('upload limit of 20.0 MiB')")
+    # a page that cannot read the limit (an older server) sends it: the server's 413, not a
+    # dropped connection
+    page.route("**/api/info", lambda r: r.fulfill(status=503, content_type="application/json", body="{}"))
+    page.reload()
+    page.click("#add-box summary")
     page.set_input_files("#add-file", str(big))
     page.click("#add-go")
     page.wait_for_function("document.querySelector('#add-status').textContent.includes('413')")

@@ -192,3 +192,37 @@ def test_an_answer_that_is_not_json_is_said_plainly(server, page):
     page.wait_for_function("document.querySelector('#add-status').textContent.includes('Error')")
     shown = page.locator("#add-status").inner_text()
     assert "not valid JSON" not in shown and "not xmodal's answer" in shown, shown
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(server, browser, tmp_path):
+    """A file over --max-upload-mb went up whole (25 MB over a slow link) before the server's
+    413: the page reads the limit from /api/info and says so without sending it."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import serving
+    from xmodal.service import create_app
+
+    big = tmp_path / "big.png"  # noise does not compress: ~190 KB
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(big)
+    small = server["folder"] / sorted(server["captions"])[0]
+    limit = 100_000
+    assert big.stat().st_size > limit > small.stat().st_size
+    with serving(create_app(server["coll"], max_upload_bytes=limit)) as url:
+        page = browser.new_page(bypass_csp=True)
+        sent = []
+        page.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
+        page.goto(url + "/")
+        page.set_input_files("#file", str(big))
+        wait_status(page, "upload limit")
+        assert "big.png is 0.2 MiB, over this server's upload limit of 0.1 MiB" in status(page)
+        assert page.locator("#status.error").count() == 1 and sent == []
+        page.click("#add-box summary")
+        page.set_input_files("#add-file", str(big))
+        page.click("#add-go")
+        page.wait_for_function("document.querySelector('#add-status').textContent.includes('upload limit')")
+        assert sent == []
+        page.set_input_files("#file", str(small))  # one that fits is sent as before
+        wait_status(page, "captions for image")
+        assert sent and sent[-1].endswith("/api/search/image")
+        page.close()

@@ -506,6 +506,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         s.pop("path", None)
         if sharded is not None:
             s["shards"] = [r.url for r in remotes]
+        s["max_upload_bytes"] = max_upload_bytes  # the page refuses a larger file before sending it
         return s
 
     @app.get("/api/search", response_model=None, summary="Search by text (query string)",

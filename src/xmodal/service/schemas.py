@@ -201,6 +201,8 @@ class InfoAnswer(BaseModel):
     public_read: bool
     read_only: bool
     db_id: str | None
+    max_upload_bytes: int = Field(..., description="the largest upload body this server takes "
+                                  "(--max-upload-mb); a larger one answers 413")
     labels: list[str]
     labels_by_target: dict[str, list[str]]
     shards: list[str] = Field(None, description="routing servers only: the shard URLs")

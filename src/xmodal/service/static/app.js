@@ -151,6 +151,28 @@ async function call(url, opts, giveUpS = GIVE_UP_S) {
   }
 }
 
+// GET /api/info, kept once read (a read-only flag and an upload limit do not change while the
+// server runs); null while it cannot be read (no key yet, the server away): nothing assumed.
+let info = null;
+async function serverInfo() {
+  if (info) return info;
+  try {
+    const r = await call("/api/info", { headers: headers() });
+    if (r.ok) info = await r.json();
+  } catch (e) {
+    // unknown: the server says what it refuses
+  }
+  return info;
+}
+// A file over the server's upload limit: said before sending it (it answered 413 only after
+// the whole file had gone up). "" when it fits or the limit is unknown.
+async function tooLarge(file) {
+  const limit = (await serverInfo() || {}).max_upload_bytes;
+  if (!limit || file.size <= limit) return "";
+  const mib = (n) => (n / 1048576).toFixed(1) + " MiB";
+  return file.name + " is " + mib(file.size) + ", over this server's upload limit of " + mib(limit) + " (xmodal serve --max-upload-mb); nothing was sent.";
+}
+
 let searchSeq = 0;  // the newest search: an older one's late answer is dropped, not shown
 
 async function search() {
@@ -186,6 +208,10 @@ async function runSearch(seq) {
   // the window title names the search: history's entries and the Back menu tell them apart
   const named = state.image || state.item !== null ? what : cut(state.q);
   document.title = named ? named + " – xmodal search" : "xmodal search";
+  if (state.image) {
+    const big = await tooLarge(state.image);
+    if (big) { if (seq === searchSeq) { clearResults(); setStatus(big, true); } return; }
+  }
   let r;
   setStatus("Searching…");
   const slow = setTimeout(() => {  // a slow server said as such, not a page that looks stuck
@@ -456,15 +482,11 @@ drop.addEventListener("drop", (e) => {
 // are chosen (a 403 after Add said it only then). /api/info needs reading: unknown, unchanged.
 $("add-box").addEventListener("toggle", async () => {
   if (!$("add-box").open) return;
-  try {
-    const r = await call("/api/info", { headers: headers() });
-    if (!r.ok) return;
-    const ro = (await r.json()).read_only === true;
-    $("add-go").disabled = ro;
-    $("add-box").querySelector(".hint").textContent = ro ? "this server is read-only: nothing can be added here" : "needs a write key";
-  } catch (e) {
-    // the server is away: Add says so when pressed
-  }
+  const got = await serverInfo();
+  if (!got) return;  // the server is away or needs a key: Add says so when pressed
+  const ro = got.read_only === true;
+  $("add-go").disabled = ro;
+  $("add-box").querySelector(".hint").textContent = ro ? "this server is read-only: nothing can be added here" : "needs a write key";
 });
 // Add an image (and its captions) to the collection: POST /api/items with a write key.
 $("add-form").addEventListener("submit", async (e) => {
@@ -473,6 +495,8 @@ $("add-form").addEventListener("submit", async (e) => {
   const out = $("add-status");
   const say = (text, error = false) => { out.textContent = text; out.className = error ? "error" : ""; };
   if (!file) { say("Choose an image to add.", true); return; }
+  const big = await tooLarge(file);
+  if (big) { say(big, true); return; }
   const fd = new FormData();
   fd.append("file", file);
   fd.append("captions", $("add-captions").value);
