@@ -226,3 +226,12 @@ def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(server, brows
         wait_status(page, "captions for image")
         assert sent and sent[-1].endswith("/api/search/image")
         page.close()
+
+
+def test_a_results_score_says_what_it_is(server, page):
+    """'0.787 · #34' said nothing of what the two numbers are: the score's tooltip does."""
+    page.goto(server["url"] + "/#q=green+trees&k=2")
+    wait_status(page, "images for")
+    score = page.locator(".card .score").first
+    title = score.get_attribute("title")
+    assert title and "similarity" in title and score.inner_text().split("#")[1] in title

@@ -368,6 +368,8 @@ function render(results) {
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = h.score.toFixed(3) + " · #" + h.id;
+    // what the bare numbers are (the answer's score: cosine, or 1 - 2*hamming/bits for codes)
+    score.title = "similarity to the query (higher is closer) · item id " + h.id;
     if (!local) {
       score.textContent += " @ " + hostOf(h.shard);
       card.classList.add("remote");
