@@ -666,3 +666,15 @@ def test_bench_refuses_a_bad_image_encoder_cleanly(tmp_path, spec, says):
     assert res.exit_code == 2, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert says in " ".join(res.output.split())
+
+
+def test_an_empty_cache_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """``--cache-dir ""`` (an unset variable) was the current folder: a dataset given by path
+    left its fingerprint cache (dataset-sha256.json) there."""
+    pairs = _pairs(tmp_path / "p.jsonl")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = _bench("--dataset", str(pairs), "--methods", "cca", "--cache-dir", "")
+    assert res.exit_code == 2, res.output
+    assert "feature cache folder is empty" in res.output and list(work.iterdir()) == []
