@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xmodal import methods
-from xmodal.data import load_dataset
+from xmodal.data import DataError, load_dataset
 from xmodal.evaluation import evaluate, select_params
 from xmodal.evaluation.select import fold_score
 from xmodal.index import build
@@ -101,3 +101,56 @@ def test_search_uses_the_train_split_of_a_benchmark_dataset_and_says_what_is_wro
         select_params("cca", {"n_component": [5]}, ds, metric="map")
     with pytest.raises(ParameterError, match=r"no combination .* could be fitted: .*reg=-1.0 must be"):
         select_params("cca", {"reg": [-1.0]}, ds, metric="map")
+
+
+def test_fold_score_is_the_plain_mean_of_the_figures_it_names():
+    # mR: the mean of the six Recall@1/5/10 figures; map: the mean of both directions' MAP
+    rec = {"i2t": {"r@1": 10.0, "r@5": 20.0, "r@10": 30.0, "map": 0.2},
+           "t2i": {"r@1": 40.0, "r@5": 50.0, "r@10": 60.0, "map": 0.4}}
+    assert fold_score(rec, "mR") == pytest.approx(35.0) and fold_score(rec, "map") == pytest.approx(0.3)
+    # one direction without the figure is as unusable as both: a clear error, not a mean over None
+    with pytest.raises(DataError, match="metric 'map' cannot be computed on these pairs .no labels"):
+        fold_score({"i2t": {"map": 0.2}, "t2i": {}}, "map")
+    with pytest.raises(DataError, match="no instance pairs"):
+        fold_score({"i2t": rec["i2t"], "t2i": {"r@1": 40.0, "r@5": 50.0}}, "mR")
+
+
+def test_each_combination_scores_the_mean_of_its_held_out_folds_and_cca_is_fitted_once_per_fold(monkeypatch):
+    """Selection.score is the mean held-out score (docstring); CCA's sizes are truncations of one
+    fit per fold and regulariser, whatever the number of sizes."""
+    from xmodal.evaluation import select
+    from xmodal.methods.checks import toy_dataset
+
+    CCA = methods.get("cca")
+    ds = toy_dataset(n_images=120).subset("train")
+    per_fold, fits = [], []
+    real_score, real_fit = select.fold_score, CCA.fit
+    monkeypatch.setattr(select, "fold_score", lambda *a: per_fold.append(real_score(*a)) or per_fold[-1])
+    monkeypatch.setattr(CCA, "fit", lambda self, *a, **kw: fits.append(self.n_components) or real_fit(self, *a, **kw))
+    grid = {"n_components": [1, 2, 4], "reg": [1e-2, 1.0]}
+    sel = select_params("cca", grid, ds, metric="map", folds=3)
+    assert fits == [4] * 6  # 2 regularisers x 3 folds, each at the largest size
+    # per fold, one score per size: folds x sizes for each regulariser, in ParameterGrid's order
+    want = {}
+    for r, reg in enumerate(grid["reg"]):
+        block = np.reshape(per_fold[9 * r:9 * (r + 1)], (3, 3))  # folds x sizes
+        for j, k in enumerate(grid["n_components"]):
+            want[(k, reg)] = float(np.mean(block[:, j]))
+    assert {(c["n_components"], c["reg"]): s for c, s in sel.table} == pytest.approx(want)
+    assert sel.score == max(want.values()) and 0 < sel.score <= 1
+
+
+def test_search_refuses_data_it_cannot_cross_validate():
+    import dataclasses
+
+    from xmodal.methods.checks import toy_dataset
+
+    ds = toy_dataset(n_images=60)
+    for lacking in ("image_features", "text_features"):
+        with pytest.raises(DataError, match="needs features of both modalities"):
+            select_params("cca", {"reg": [1.0]}, dataclasses.replace(ds, **{lacking: None}))
+    # the folds are counted against the images searched (max_images), not the whole split
+    with pytest.raises(ValueError, match=r"between 2 and the number of images searched \(4\), got 5"):
+        select_params("cca", {"reg": [1.0]}, ds, folds=5, max_images=4)
+    with pytest.raises(ValueError, match=r"folds must be between 2 .* got 1"):
+        select_params("cca", {"reg": [1.0]}, ds, folds=1)

@@ -305,3 +305,86 @@ def test_compare_all_defaults_are_compare_records_defaults():
     one = compare_records(a, b, progress=False)
     for d in ("i2t", "t2i"):
         assert {k: v for k, v in pair[d].items() if k != "p_holm"} == one[d]
+
+
+def test_the_two_sided_test_and_interval_are_symmetric_in_a_and_b():
+    # swapping A and B negates every sign-flip sum exactly: the same p-value, the interval mirrored
+    rng = np.random.default_rng(11)
+    for n in (9, 200):  # scipy's exact test, then the drawn sign flips
+        a, b = rng.random(n), rng.random(n) * 0.9
+        ab, ba = (paired_permutation_test(x, y, n_resamples=999, seed=2) for x, y in ((a, b), (b, a)))
+        assert ba["p_value"] == ab["p_value"] and ba["difference"] == -ab["difference"]
+        assert (ba["ci_low"], ba["ci_high"]) == pytest.approx((-ab["ci_high"], -ab["ci_low"]), rel=1e-9)
+    a = np.linspace(0.5, 1.0, 200)
+    assert paired_permutation_test(a - 0.4, a, n_resamples=99)["p_value"] == pytest.approx(2 / 100)
+
+
+def test_the_default_resamples_give_the_smallest_p_value_the_docs_quote():
+    # docs/results.md: "9999 sign flips; 0.0002 is the smallest value 9999 flips can give"
+    a = np.linspace(0.5, 1.0, 100)
+    assert paired_permutation_test(a, a - 0.4)["p_value"] == pytest.approx(2 / 10000)
+
+
+def test_sums_within_scipys_tolerance_of_the_observed_one_count_as_ties(monkeypatch):
+    """scipy.stats.permutation_test counts a null sum as at least as extreme when it is within
+    100 machine epsilons (relative) of the observed one; the fast null keeps that rule."""
+    from xmodal.evaluation import significance
+
+    eps = np.finfo(np.float64).eps
+    x, y = np.full(64, 1 / 16), np.zeros(64)  # observed sum 4, tolerance 400 eps
+    edge = [4 - 400 * eps, 4 + 400 * eps, -5.0, -6.0, -7.0, -8.0, -9.0, -10.0, -11.0]
+    for sign in (1, -1):  # the edge above, then below a negative observed sum
+        null = sign * np.array(edge)
+        monkeypatch.setattr(significance, "_sign_flip_null", lambda *args, **kw: null)
+        got = significance._sign_flip_test(sign * x, sign * y, len(null), 0, 50)
+        assert got == pytest.approx(2 * (2 + 1) / (9 + 1))  # both edge sums tie with 4 (or -4)
+
+
+def test_a_memory_budget_below_one_resample_still_resamples_one_at_a_time(monkeypatch):
+    from xmodal.evaluation import significance
+
+    rng = np.random.default_rng(4)
+    a, b = rng.random(100), rng.random(100)
+    whole = paired_permutation_test(a, b, n_resamples=99, seed=1)
+    monkeypatch.setattr(significance, "RESAMPLE_BYTES", 8)  # less than one resample of 100 queries
+    assert significance.resample_batch(100) == 1
+    assert paired_permutation_test(a, b, n_resamples=99, seed=1) == whole
+
+
+def test_two_queries_are_enough_and_one_is_refused():
+    # two queries, four sign flips of (0.4, 0.05): sums +-0.45 and +-0.35; half are as extreme
+    got = paired_permutation_test([0.9, 0.6], [0.1, 0.5])
+    assert got["p_value"] == 0.5 and got["difference"] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match=r"\(>= 2 queries\)"):
+        paired_permutation_test([0.9], [0.1])
+
+
+def test_records_without_recall_that_are_not_hashing_ones_are_named_plainly():
+    classic = {"method": "m", "protocol": "classic: toy/test vs itself (other modality)",
+               "i2t": {"per_query": {"ap": [0.2, 0.4]}}, "t2i": {"per_query": {"ap": [0.2, 0.4]}}}
+    with pytest.raises(DataError, match=r"and it holds MAP-type scores only \(map\)"):
+        compare_records(classic, {**classic, "method": "n"}, metric="mR", n_resamples=9)
+    # Recall@K held, only not this K: what there is, not the MAP-only message
+    recalled = {**classic, "i2t": {"per_query": {"ap": [0.2, 0.4], "r@1": [0, 1], "r@5": [1, 1], "r@10": [1, 1]}}}
+    with pytest.raises(DataError, match=r"no per-query 'r@20' scores for i2t; it has map, r@1, r@5, r@10, mR$"):
+        compare_records(recalled, {**recalled, "method": "n"}, metric="r@20", n_resamples=9)
+
+
+def test_empty_data_options_and_none_recorded_are_the_same_test_set():
+    rec = {"method": "m", "dataset": "toy", "i2t": {"per_query": {"ap": [0.2, 0.4, 0.9]}},
+           "t2i": {"per_query": {"ap": [0.2, 0.4, 0.9]}}}
+    got = compare_records({**rec, "data_options": {}}, {**rec, "method": "n"}, n_resamples=9)
+    assert got["i2t"]["p_value"] == 1.0
+    given = {**rec, "data_options": {"split": "official"}}
+    for a, b in ((given, rec), (rec, given)):  # options on either side only: another test set
+        with pytest.raises(DataError, match="records differ in data_options"):
+            compare_records(a, {**b, "method": "n"}, n_resamples=9)
+
+
+def test_recall_at_k_is_compared_in_percent_per_direction():
+    hits_a, hits_b = [1, 1, 0, 1], [0, 1, 0, 0]
+    rec = {d: {"per_query": {"r@5": hits_a}} for d in ("i2t", "t2i")}
+    other = {d: {"per_query": {"r@5": hits_b}} for d in ("i2t", "t2i")}
+    got = compare_records({"method": "a", **rec}, {"method": "b", **other}, "R@5", n_resamples=99)
+    assert got["metric"] == "r@5" and got["i2t"]["a"] == 75.0 and got["i2t"]["b"] == 25.0
+    assert got["t2i"]["difference"] == pytest.approx(50.0) and got["t2i"]["n_queries"] == 4
