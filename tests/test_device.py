@@ -5,6 +5,7 @@ machine; here the CPU paths and the errors for a missing GPU."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -110,3 +111,18 @@ def test_deep_hashing_on_the_cpu_setting():
     codes = m.encode_images(ds.image_features)
     assert codes.dtype == np.uint8 and codes.shape == (len(ds.image_features), 2)
 
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-2", "1.5"])
+def test_an_unusable_thread_budget_is_said_once_not_ignored_in_silence(monkeypatch, value):
+    from xmodal import device
+
+    monkeypatch.setattr(device, "_warned", set())
+    monkeypatch.setenv("XMODAL_THREADS", value)
+    with pytest.warns(UserWarning, match=f"XMODAL_THREADS='{value}' is not a positive integer"):
+        assert device.thread_budget() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call is quiet
+        assert device.thread_budget() is None
+    monkeypatch.setenv("XMODAL_THREADS", "3")
+    assert device.thread_budget() == 3

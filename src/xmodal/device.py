@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported lazily: `xmodal --help` must stay fast
@@ -27,7 +28,16 @@ def thread_budget() -> int | None:
     encoders' torch threads, decode workers and BLAS, the DCMH image writer); None when unset
     or not a positive integer (then each part picks its own default)."""
     env = os.environ.get(THREADS_ENV, "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else None
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if env and env not in _warned:  # set but unusable (XMODAL_THREADS=two, 0, 1.5): said once
+        _warned.add(env)
+        warnings.warn(f"{THREADS_ENV}={env!r} is not a positive integer: ignored (each part picks "
+                      "its own number of threads)", stacklevel=2)
+    return None
+
+
+_warned: set[str] = set()
 
 
 def default_threads() -> int:
