@@ -65,6 +65,10 @@ class Toy(TorchMethod):
     def _on_epoch_start(self, epoch):
         self.log_.append([])
 
+    def _refresh(self):
+        # before each validation and once after training, always in eval mode
+        self.refreshed_.append((len(self.log_), self.module_.training))
+
     def _finish(self):
         # once, after training, while the training-only state is still there
         self.finished_ = getattr(self, "finished_", 0) + 1, hasattr(self, "_X"), self.module_.training
@@ -82,6 +86,7 @@ class Toy(TorchMethod):
 
     def fit(self, train, val=None, *, script=None, loss_scale=1.0, push=0.1):
         self.log_, self.snapshots_, self.script_, self.loss_scale_, self.push_ = [], [], script, loss_scale, push
+        self.refreshed_ = []
         return super().fit(train, val)
 
     def _validation_result(self, vds):
@@ -98,6 +103,11 @@ class Toy(TorchMethod):
 def toy():
     ds = toy_dataset()
     return ds.subset("train"), ds.subset("val")
+
+
+def _unlabelled(ds):
+    return PairedDataset(f"{ds.name}-unlabelled", ds.text_to_image, ds.n_images, image_features=ds.image_features,
+                         text_features=ds.text_features)
 
 
 def _weights(m):
@@ -167,6 +177,7 @@ def test_early_stopping_restores_the_best_epoch_and_counts_patience_in_epochs(to
     assert not _same_weights(_weights(m), m.snapshots_[-1])
     assert not m.module_.training  # eval mode for encoding
     assert m.finished_ == (1, True, False)
+    assert m.refreshed_ == [(e, False) for e in range(1, 6)] + [(5, False)]
     # an improvement resets the count
     script = [0.1, 0.2, 0.15, 0.3, 0.25, 0.2, 0.1, 0.0]
     m = Toy(epochs=8, patience=2).fit(train, val, script=script)
@@ -178,6 +189,7 @@ def test_early_stopping_restores_the_best_epoch_and_counts_patience_in_epochs(to
     # no early stopping: every epoch runs, the last weights are kept, nothing is validated
     m = Toy(epochs=4, patience=None).fit(train, val, script=[0.9, 0.1, 0.1, 0.1])
     assert len(m.history_) == 4 and m.snapshots_ == [] and m.best_val_ is None
+    assert m.refreshed_ == [(4, False)]  # e.g. DCCA's closed-form last stage, on the final weights
     assert all("val" not in h for h in m.history_)
 
 
@@ -197,6 +209,11 @@ def test_the_validation_score_is_the_protocols_mean(toy):
     r = evaluate(m, unl, pk=(), rk=(1, 5, 10))
     recalls = [r[d][f"r@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
     assert m.best_val_ == pytest.approx(np.mean(recalls), abs=1e-12)
+    res = m._validation_result(unl)
+    assert sorted(k for k in res["i2t"] if k.startswith("r@")) == ["r@1", "r@10", "r@5"]
+    # and a hold-out of unlabelled training data
+    m = Toy(epochs=2, patience=1).fit(_unlabelled(train))
+    assert all("val" in h for h in m.history_) and all(b["labels"] is None for b in m.log_[0])
 
 
 def test_the_epoch_loss_is_the_mean_over_its_rows(toy, monkeypatch):
@@ -382,3 +399,24 @@ def test_a_skipped_one_row_batch_is_not_counted_as_a_step(toy, monkeypatch):
     assert [len(e) for e in m.log_] == [7, 7]
     assert [g["lr"] for g in _SpyAdam.made[-1].param_groups] == pytest.approx([0.0, 0.0], abs=1e-12)
     assert "14/14" in text and "/16" not in text, text[-300:]
+
+
+def test_each_step_uses_the_gradient_of_its_own_batch_only(toy):
+    """The gradient left by the last step is that of the last batch's loss at the weights it
+    saw: gradients do not pile up over steps."""
+    train, _ = toy
+
+    class Recording(Toy):
+        def _loss(self, batch):
+            self.pre_ = ({k: v.clone() for k, v in self.module_.state_dict().items()}, batch["x"], batch["y"])
+            return super()._loss(batch)
+
+    m = Recording(epochs=2).fit(train)
+    pre, x, y = m.pre_
+    net = _Net(x.shape[1], y.shape[1])
+    net.load_state_dict(pre)
+    loss = ((net.encode_image(x) - net.encode_text(y)) ** 2).mean() - 0.1 * net.head.logit_scale
+    loss.backward()
+    got = dict(m.module_.named_parameters())
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(got[name].grad, p.grad, rtol=1e-5, atol=1e-7)
