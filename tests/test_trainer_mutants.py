@@ -420,3 +420,13 @@ def test_each_step_uses_the_gradient_of_its_own_batch_only(toy):
     got = dict(m.module_.named_parameters())
     for name, p in net.named_parameters():
         torch.testing.assert_close(got[name].grad, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_weights_that_do_not_fit_the_module_are_refused(toy):
+    """A method without ``dropout`` has no older layout to fall back on: mismatched weights
+    are a RuntimeError, which ``load`` reports as a DataError naming the file."""
+    train, _ = toy
+    state = Toy(epochs=1).fit(train)._get_state()
+    state.pop("module__txt.bias")
+    with pytest.raises(RuntimeError, match="txt.bias"):
+        Toy()._set_state(state)
