@@ -235,3 +235,27 @@ def test_a_results_score_says_what_it_is(server, page):
     score = page.locator(".card .score").first
     title = score.get_attribute("title")
     assert title and "similarity" in title and score.inner_text().split("#")[1] in title
+
+
+def test_show_more_extends_the_same_search_and_focuses_the_first_new_result(server, page):
+    """k was the only way to more results: 'Show more' adds 20 to the same search (no new
+    history entry), keeps the results already seen first, and is hidden once all are shown."""
+    page.goto(server["url"] + "/#q=green+trees&k=5&target=image")
+    wait_status(page, "5 images for")
+    first = [c.get_attribute("data-id") for c in page.locator(".card").all()]
+    assert page.locator("#more").is_visible()
+    entries = page.evaluate("history.length")
+    page.focus("#more")
+    page.keyboard.press("Enter")
+    wait_status(page, "14 images for")  # the collection's 14 images: all of them
+    ids = [c.get_attribute("data-id") for c in page.locator(".card").all()]
+    assert ids[:5] == first and len(ids) == 14
+    assert "k=25" in page.url and page.input_value("#k") == "25"
+    assert page.evaluate("history.length") == entries
+    # keyboard users land on the first new result, not back at the top
+    assert page.evaluate("document.activeElement.closest('.card').dataset.id") == ids[5]
+    assert page.locator("#more").is_hidden()  # fewer than k came back: nothing more to show
+    page.fill("#q", "")
+    page.goto(server["url"] + "/#q=green+trees&k=14&target=image")
+    wait_status(page, "14 images for")
+    assert page.locator("#more").is_visible()  # a full page: more may exist, the server says

@@ -186,6 +186,7 @@ async function search() {
 
 function clearResults() {
   $("results").replaceChildren();
+  $("more").hidden = true;
   dropThumbs();  // their blob: pictures too, not kept until the next results
 }
 
@@ -249,7 +250,15 @@ async function runSearch(seq) {
   }
   if (seq !== searchSeq) return;
   render(data.results);
-  if (focusResults) {
+  // a full page may have more behind it (k reaches 1000 at most over HTTP)
+  $("more").hidden = !(data.results.length >= state.k && state.k < K_MAX);
+  if (focusFrom !== null) {  // "Show more": focus goes to the first result that is new
+    const cards = $("results").querySelectorAll(".card");
+    const next = cards[Math.min(focusFrom, cards.length - 1)];
+    const target = next && next.querySelector("[tabindex='0']");
+    if (target) target.focus();
+    focusFrom = null;
+  } else if (focusResults) {
     focusResults = false;
     const first = $("results").querySelector("[tabindex='0']");
     if (first) first.focus();
@@ -292,6 +301,16 @@ function send(body, labels) {
 // A keyboard user's "more like this" replaces the focused card: focus then goes to the new
 // results, not back to the top of the page.
 let focusResults = false;
+let focusFrom = null;  // after "Show more": the position of the first new result
+const K_MAX = 1000;  // the API's largest k
+const K_STEP = 20;  // what "Show more" adds
+$("more").addEventListener("click", () => {
+  focusFrom = state.k;
+  state.k = Math.min(K_MAX, state.k + K_STEP);
+  $("k").value = state.k;
+  writeHash();  // the same search, longer: no new history entry
+  search();
+});
 
 function actionable(el, label, action) {
   el.tabIndex = 0;
