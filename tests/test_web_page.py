@@ -259,3 +259,28 @@ def test_show_more_extends_the_same_search_and_focuses_the_first_new_result(serv
     page.goto(server["url"] + "/#q=green+trees&k=14&target=image")
     wait_status(page, "14 images for")
     assert page.locator("#more").is_visible()  # a full page: more may exist, the server says
+
+
+def test_a_search_replaced_by_a_newer_one_is_stopped_not_left_running(server, page):
+    """A replaced search's answer was dropped but its request went on (an image upload kept
+    sending): a newer search now aborts it."""
+    page.goto(server["url"] + "/")
+    held, failed = [], []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+
+    def hold_first(route):
+        if not held:
+            held.append(route)  # never answered: only an abort ends it
+        else:
+            route.continue_()
+
+    page.route("**/api/search", hold_first)
+    page.fill("#q", "a river")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Searching')")
+    page.fill("#q", "green trees")
+    page.press("#q", "Enter")
+    wait_status(page, "images for")
+    page.wait_for_timeout(200)
+    assert held and len(failed) == 1 and failed[0].endswith("/api/search")
+    assert "green trees" in status(page) and "Error" not in status(page)

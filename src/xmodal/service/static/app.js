@@ -138,6 +138,8 @@ const GIVE_UP_UPLOAD_S = 180;  // an upload of up to --max-upload-mb, over a slo
 async function call(url, opts, giveUpS = GIVE_UP_S) {
   const ctrl = new AbortController();
   const timer = setTimeout(() => ctrl.abort(), giveUpS * 1000);
+  // opts.signal: the caller's own abort (a search replaced by a newer one)
+  if (opts.signal) opts.signal.addEventListener("abort", () => ctrl.abort());
   try {
     const r = await fetch(url, Object.assign({}, opts, { signal: ctrl.signal }));
     const text = await r.text();  // read under the same time limit
@@ -175,8 +177,12 @@ async function tooLarge(file) {
 
 let searchSeq = 0;  // the newest search: an older one's late answer is dropped, not shown
 
+let searchAbort = null;  // the search in flight: a newer one stops it (an upload stops sending)
+
 async function search() {
   const seq = ++searchSeq;
+  if (searchAbort) searchAbort.abort();
+  searchAbort = new AbortController();
   try {
     await runSearch(seq);
   } catch (e) {  // the server is down or the connection dropped
@@ -286,13 +292,13 @@ function send(body, labels) {
     fd.append("relevant", body.relevant.join(","));
     fd.append("nonrelevant", body.nonrelevant.join(","));
     fd.append("distinct", "true");
-    return call("/api/search/image", { method: "POST", body: fd, headers: headers() }, GIVE_UP_UPLOAD_S);
+    return call("/api/search/image", { method: "POST", body: fd, headers: headers(), signal: searchAbort.signal }, GIVE_UP_UPLOAD_S);
   } else if (state.item !== null) {
     body.item_id = state.item;
-    return call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
+    return call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }), signal: searchAbort.signal });
   } else if (state.q) {
     body.text = state.q;
-    return call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) });
+    return call("/api/search", { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }), signal: searchAbort.signal });
   }
   return null;  // nothing to search by
 }
