@@ -104,7 +104,7 @@ class SearchMixin:
                 a: float = 1.0, b: float = 0.75, c: float = 0.25,
                 fq: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Rocchio query update in the common space: q' = a q + b mean(rel) - c mean(nonrel).
-        Binary codes are updated as +-1 vectors and re-binarised by sign."""
+        Binary codes are updated as +-1 vectors and re-binarised by sign (a tie keeps the query's bit)."""
         # lists: a NumPy array of ids has no truth value
         relevant = [] if relevant is None else list(relevant)
         nonrelevant = [] if nonrelevant is None else list(nonrelevant)
@@ -133,7 +133,10 @@ class SearchMixin:
         qf = as_float(q)
         new = update(qf, None if Rc is None else as_float(Rc), None if Nc is None else as_float(Nc))
         if self.kind == "binary":
-            new_q = np.packbits((new > 0).astype(np.uint8), axis=1)
+            # a bit the feedback exactly cancels keeps the query's: reading sign(0) as 0 would
+            # turn such 1s into 0s but keep such 0s, an answer that depends on the codes' polarity
+            bits = np.where(new == 0, qf > 0, new > 0)
+            new_q = np.packbits(bits.astype(np.uint8), axis=1)
         else:
             new_q = unit(new)
         new_fq = None
