@@ -305,3 +305,47 @@ def test_ssah_modality_step_is_likelihood_quantization_labels_and_adversary():
             expected += pairs / (len(idx) * n) + items / len(idx) / n
             torch.testing.assert_close((m._Hx if inp is X else m._Hy)[idx], Hm)
     assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_ssah_label_net_objective_is_likelihood_quantization_to_its_signs_and_labels():
+    """LabNet: [alpha Σ NLL(S, F^l'F^l/2) + gamma Σ NLL(S, H^l'H^l/2)] over every pair of
+    training rows / n^2 + [eta ||H^l_i - sign(H^l_i)||^2 + beta ||sigmoid(ŷ_i) - l_i||^2]
+    averaged over the rows / n (the distinct label vectors standing for their rows)."""
+    torch.manual_seed(1)
+    m = SSAH(bits=3, hidden=4, feature_dim=4, alpha=0.6, gamma=1.3, eta=0.8, beta=0.4)
+    m.module_ = m._build(3, 2, 2).double().eval()
+    mod = m.module_
+    U = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    counts = torch.tensor([2, 1, 3])
+    rows = torch.repeat_interleave(torch.arange(3), counts)
+    n = len(rows)
+    m._n_rows = float(n)
+    with torch.no_grad():
+        got = float(m._label_net_loss(U, counts))
+        Fl = mod.lab_body(U)
+        Hl = torch.tanh(mod.lab_hash(Fl))
+        logits = mod.lab_label(Fl)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    pairs = items = 0.0
+    for i in rows.tolist():
+        for j in rows.tolist():
+            s = float(float(U[i] @ U[j]) > 0)
+            for w, th in ((0.6, 0.5 * float(Fl[i] @ Fl[j])), (1.3, 0.5 * float(Hl[i] @ Hl[j]))):
+                pairs += w * (math.log(1 + math.exp(th)) - s * th)
+        items += 0.8 * sum((float(h) - math.copysign(1.0, float(h))) ** 2 for h in Hl[i])
+        items += 0.4 * sum((sig(float(logits[i, k])) - float(U[i, k])) ** 2 for k in range(2))
+    assert got == pytest.approx(pairs / n ** 2 + items / n / n, rel=1e-10)
+
+
+def test_ucch_outputs_are_unit_rows_of_tanh():
+    """UCCH's nets end in tanh and a per-item L2 normalisation (what the bank and the
+    contrast compare); the codes are their signs."""
+    m = UCCH(bits=6, hidden=5, dropout=0.0)
+    m.module_ = mod = m._build(4, 3, 0).double().eval()
+    g = _rng(8)
+    X, Y = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        for out, raw in ((mod.encode_image(X), mod.x_hash(mod.image_features(X))),
+                         (mod.encode_text(Y), mod.y_hash(mod.text_features(Y)))):
+            t = torch.tanh(raw)
+            torch.testing.assert_close(out, t / t.norm(dim=1, keepdim=True))
