@@ -139,6 +139,16 @@ def test_scikit_learn_clone_copies_every_method(name):
     assert copy.get_params() == proto.get_params()
 
 
+@pytest.mark.parametrize("name", methods.available())
+def test_every_parameter_rule_names_a_parameter_of_the_method(name):
+    """A rule inherited for a parameter the subclass's __init__ does not take (uwml lacked
+    vsepp's min_word_count) validated a value the user could not set: create(..., p=) was a
+    TypeError, and get_params/clone left the parameter out."""
+    cls = methods.get(name)
+    rules = {p for klass in cls.__mro__ for p in (getattr(klass, "_parameter_rules", {}) or {})}
+    assert rules <= set(cls._param_names()), sorted(rules - set(cls._param_names()))
+
+
 @register("_check_property_param")
 class _PropertyParam(_Base):
     """A parameter kept through a property (it checks the value where it is set)."""

@@ -272,7 +272,8 @@ class UWML(VSEPP):
                  warmup_epochs: int = 0, dropout: float = 0.0, epochs: int = 40,
                  batch_size: int = 128, lr: float = 2e-4, weight_decay: float = 0.0,
                  patience: int | None = 8, val_fraction: float = 0.1, random_state: int = 0,
-                 verbose: bool = True, lr_schedule: str = "constant", grad_clip: float | None = 2.0):
+                 verbose: bool = True, lr_schedule: str = "constant", grad_clip: float | None = 2.0,
+                 min_word_count: int = 4):
         super().__init__(dim, hidden, margin, text_model, loss, word_dim, warmup_epochs, dropout,
                          epochs, batch_size, lr, weight_decay, patience, val_fraction, random_state,
-                         verbose, lr_schedule, grad_clip)
+                         verbose, lr_schedule, grad_clip, min_word_count)
