@@ -43,6 +43,10 @@ class AddItemsMixin:
         # Small adds are encoded first and committed together: an image never stored
         # without the captions sent with it because the process died in between.
         staged: list[dict[str, Any]] | None = [] if len(images) + len(texts) <= batch_size else None
+        # In a small add the relabels, moves and file stats of unchanged items are written in
+        # that same transaction too: a caption refused there (paired with no image, keyed as
+        # a stored image) must not leave the images sent with it relabelled or moved.
+        later: list[Any] = []  # (transaction) -> files to drop once committed
         with self._writing():
             for modality, items, feats in (("image", list(images), image_features),
                                            ("text", list(texts), text_features)):
@@ -68,21 +72,20 @@ class AddItemsMixin:
                 moved = [r for r in same if modality == "image" and stored[items[r].key][1] != items[r].path]
                 relabel = self._relabelled(items, same)
                 total.unchanged += len(set(same) - set(moved) - set(relabel))
+                writes: list[Any] = []
                 if relabel:
-                    self._relabel(modality, items, relabel, actor, remote)
+                    writes.append(lambda c, m=modality, i=items, r=relabel: self._relabel(m, i, r, actor, remote, c))
                     total.relabelled += len(relabel)
                 if moved:
-                    self._move(items, moved, stats, actor, remote)
+                    writes.append(lambda c, i=items, r=moved, st=stats: self._move(i, r, st, actor, remote, c))
                     total.moved += len(moved)
                     same = [r for r in same if r not in set(moved)]
                 if stats and any(stats[r] for r in same):
-                    # unchanged content, new or missing file stats (a touched file, an older
-                    # collection): recorded, so the next run need not read the file again
-                    with self._transaction() as c:
-                        c.executemany(
-                            "INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
-                            "SELECT id, ?, ?, ? FROM items WHERE key = ?",
-                            [(items[r].path, *stats[r], items[r].key) for r in same if stats[r]])
+                    writes.append(lambda c, i=items, r=same, st=stats: self._record_stats(i, r, st, c))
+                if staged is not None:
+                    later += writes
+                elif writes:
+                    self._commit_updates(writes)
                 bar = None
                 if todo:
                     from tqdm import tqdm
@@ -127,12 +130,15 @@ class AddItemsMixin:
                         bar.close()
             if staged:
                 with self._transaction() as c:
+                    unused = [f for write in later for f in write(c)]
                     done = [self._add_vectors(**add, c=c) for add in staged]
                 # every staged add into memory first: the committed state must be searchable
                 # whatever happens to the file clean-up after it
                 for d in done:
                     total.merge(self._mirror_add(d, drop=False))
-                self._drop_unused_files([f for d in done for f in d[5]])
+                self._drop_unused_files(unused + [f for d in done for f in d[5]])
+            elif later:
+                self._commit_updates(later)
         self.last_add = total
         return total
 
@@ -257,13 +263,6 @@ class AddItemsMixin:
                 out[k] = (h, path)
         return out
 
-    def _existing(self, keys: Sequence[str]) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
-        for chunk, marks in in_chunks(keys):
-            for k, h in self.store.query(f"SELECT key, content_hash FROM items WHERE key IN ({marks})", chunk):
-                out[k] = h
-        return out
-
     def _file_stats(self, keys: Sequence[str]) -> dict[str, tuple]:
         """key -> (content hash, path, size, mtime_ns) of stored image files."""
         out: dict[str, tuple] = {}
@@ -324,43 +323,58 @@ class AddItemsMixin:
         return [r for r in rows if items[r].key in stored
                 and stored[items[r].key] != sorted({str(lab) for lab in items[r].labels})]
 
-    def _relabel(self, modality: str, items: Sequence[ImageItem] | Sequence[TextItem], rows: Sequence[int],
-                 actor: str, remote: str | None) -> None:
-        """Stored items (same key, same content) whose labels changed in the source: their
-        labels replaced in one transaction, ids kept and nothing encoded (labels live in the
-        store only, so every process's label filters see them at once)."""
+    def _commit_updates(self, writes: Sequence[Any]) -> None:
+        """Relabels, moves and file stats (each ``(transaction) -> files to drop``) committed
+        in one transaction; then the uploads a move left unused are dropped."""
         with self._transaction() as c:
-            ids = self._lookup(c, "SELECT key, id FROM items WHERE key IN ({})", [items[r].key for r in rows])
-            c.executemany("DELETE FROM item_labels WHERE item_id = ?", [(ids[items[r].key][0],) for r in rows])
-            c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
-                          [(ids[items[r].key][0], str(lab)) for r in rows
-                           for lab in sorted({str(lab) for lab in items[r].labels})])
-            Store.audit(c, actor, "relabel", {"modality": modality, "count": len(rows),
-                                              "first_key": items[rows[0]].key}, remote)
-            self._gen = Store.bump_generation(c)
-
-    def _move(self, items: Sequence[ImageItem], rows: Sequence[int], stats: Sequence[tuple[int, int] | None],
-              actor: str, remote: str | None) -> None:
-        """Stored images whose file (same key, same content) is now at another path -- a moved
-        or renamed photo folder: their path (and file stats) updated in one transaction,
-        nothing encoded; left alone, search would name and serve the old, gone files."""
-        with self._transaction() as c:
-            # an item that was an upload (files/) and is now found in a folder leaves that
-            # copy unused: dropped below, as a delete would
-            old = [tuple(row) for r in rows for row in c.execute(
-                "SELECT path, content_hash, id FROM items WHERE key = ? AND modality = 'image'",
-                (items[r].key,))]
-            c.executemany("UPDATE items SET path = ? WHERE key = ? AND modality = 'image'",
-                          [(items[r].path, items[r].key) for r in rows])
-            c.executemany("INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
-                          "SELECT id, ?, ?, ? FROM items WHERE key = ?",
-                          [(items[r].path, *stats[r], items[r].key) for r in rows if stats[r]])
-            Store.audit(c, actor, "move", {"modality": "image", "count": len(rows),
-                                           "first_key": items[rows[0]].key}, remote)
-            self._gen = Store.bump_generation(c)
+            unused = [f for write in writes for f in write(c)]
             marks = Store.marks(c)
         with self._lock:
             self._set_marks(marks)
-        uploads = [f for f in old if self._upload_name(f[0])]
-        if uploads:
-            self._drop_unused_files(uploads)
+        if unused:
+            self._drop_unused_files(unused)
+
+    def _relabel(self, modality: str, items: Sequence[ImageItem] | Sequence[TextItem], rows: Sequence[int],
+                 actor: str, remote: str | None, c: Any) -> list:
+        """Stored items (same key, same content) whose labels changed in the source: their
+        labels replaced inside transaction ``c``, ids kept and nothing encoded (labels live
+        in the store only, so every process's label filters see them at once). No files to
+        drop: returns []."""
+        ids = self._lookup(c, "SELECT key, id FROM items WHERE key IN ({})", [items[r].key for r in rows])
+        c.executemany("DELETE FROM item_labels WHERE item_id = ?", [(ids[items[r].key][0],) for r in rows])
+        c.executemany("INSERT INTO item_labels (item_id, label) VALUES (?, ?)",
+                      [(ids[items[r].key][0], str(lab)) for r in rows
+                       for lab in sorted({str(lab) for lab in items[r].labels})])
+        Store.audit(c, actor, "relabel", {"modality": modality, "count": len(rows),
+                                          "first_key": items[rows[0]].key}, remote)
+        self._gen = Store.bump_generation(c)
+        return []
+
+    def _move(self, items: Sequence[ImageItem], rows: Sequence[int], stats: Sequence[tuple[int, int] | None],
+              actor: str, remote: str | None, c: Any) -> list:
+        """Stored images whose file (same key, same content) is now at another path -- a moved
+        or renamed photo folder: their path (and file stats) updated inside transaction ``c``,
+        nothing encoded; left alone, search would name and serve the old, gone files. Returns
+        the uploads (``files/``) they were: unused now, dropped after COMMIT as a delete would."""
+        old = [tuple(row) for r in rows for row in c.execute(
+            "SELECT path, content_hash, id FROM items WHERE key = ? AND modality = 'image'",
+            (items[r].key,))]
+        c.executemany("UPDATE items SET path = ? WHERE key = ? AND modality = 'image'",
+                      [(items[r].path, items[r].key) for r in rows])
+        c.executemany("INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
+                      "SELECT id, ?, ?, ? FROM items WHERE key = ?",
+                      [(items[r].path, *stats[r], items[r].key) for r in rows if stats[r]])
+        Store.audit(c, actor, "move", {"modality": "image", "count": len(rows),
+                                       "first_key": items[rows[0]].key}, remote)
+        self._gen = Store.bump_generation(c)
+        return [f for f in old if self._upload_name(f[0])]
+
+    @staticmethod
+    def _record_stats(items: Sequence[ImageItem], rows: Sequence[int],
+                      stats: Sequence[tuple[int, int] | None], c: Any) -> list:
+        """Unchanged content, new or missing file stats (a touched file, an older collection):
+        recorded inside transaction ``c``, so the next run need not read the file again."""
+        c.executemany("INSERT OR REPLACE INTO file_stats (item_id, path, size, mtime_ns) "
+                      "SELECT id, ?, ?, ? FROM items WHERE key = ?",
+                      [(items[r].path, *stats[r], items[r].key) for r in rows if stats[r]])
+        return []
