@@ -364,3 +364,71 @@ def test_a_file_that_cannot_be_removed_after_a_delete_is_logged_not_raised(coll,
         assert coll.delete(ids=rep.ids) == rep.ids
     assert coll.get_items(rep.ids) == {} and os.path.exists(up)
     assert "could not remove an unused upload" in caplog.text
+
+
+def test_thumbnails_named_by_content_go_with_the_last_image_that_has_that_content(coll, tmp_path):
+    from xmodal.index.items import THUMB_SIZES, THUMB_SUFFIXES, thumb_file
+
+    def by_hash(h):  # one size only, as a page that showed one size leaves
+        return thumb_file(coll.path / "thumbs", h, THUMB_SIZES[-1], THUMB_SUFFIXES[0])
+
+    rep = coll.add_vectors("image", ["x1.jpg", "x2.jpg"], np.ones((2, 4)), paths=["/nowhere/x1", "/nowhere/x2"],
+                           hashes=["same", "same"])
+    f = by_hash("same")
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(b"thumb")
+    coll.delete(ids=rep.ids[:1])
+    assert f.exists()  # x2 still shows those bytes
+    coll.delete(ids=rep.ids[1:])
+    assert not f.exists()
+
+
+def test_the_audit_log_is_newest_first_with_its_row_ids_and_details(coll):
+    from xmodal.index.store import Store
+
+    b0 = coll.id_of("b0")
+    coll.delete(keys=["b0"], actor="alice", remote="10.0.0.1")
+    with coll._transaction() as c:
+        Store.audit(c, "bob", "note", "a plain-text detail")
+    log = coll.audit_log()
+    assert [e["action"] for e in log[:3]] == ["note", "delete", "add"]
+    assert [e["id"] for e in log] == sorted((e["id"] for e in log), reverse=True)
+    assert all(isinstance(e["id"], int) for e in log) and len({e["id"] for e in log}) == len(log)
+    assert log[0]["detail"] == "a plain-text detail" and log[0]["actor"] == "bob"
+    assert log[1]["detail"] == {"ids": [b0]}
+    assert (log[1]["actor"], log[1]["remote"]) == ("alice", "10.0.0.1")
+    assert len(coll.audit_log(limit=2)) == 2 and coll.audit_log(limit=2) == log[:2]
+
+
+def test_a_long_add_still_relabels_moves_and_records_touched_files(coll, tmp_path, monkeypatch):
+    """batch_size below the add's size (batch by batch): the relabel, the move and the new file
+    stats of a touched file are written all the same; the touched file is not read again."""
+    from xmodal.index import collection as cmod
+
+    a, b = coll.id_of("a.jpg"), coll.id_of("b.jpg")
+    pa, pb = coll.get_item(a).path, coll.get_item(b).path
+    os.utime(pa, ns=(1_000_000_000, 1_000_000_000))  # touched: same bytes, another mtime
+    rep = coll.add_items([ImageItem("a.jpg", pa, ["beach"]), ImageItem("b.jpg", pb, ["woods"])],
+                         image_features=np.zeros((2, 4)), batch_size=1)
+    assert (rep.unchanged, rep.relabelled, rep.added) == (1, 1, 0) and labels_of(coll, b) == ["woods"]
+    reads = []
+    real = cmod.sha256_file
+    monkeypatch.setattr(cmod, "sha256_file", lambda p: reads.append(p) or real(p))
+    rep = coll.add_items([ImageItem("a.jpg", pa, []), ImageItem("b.jpg", pb, [])], image_features=np.zeros((2, 4)))
+    assert rep.unchanged == 2 and reads == []  # the touched file's new stats were recorded
+    moved = tmp_path / "moved_b.jpg"
+    moved.write_bytes(open(pb, "rb").read())
+    rep = coll.add_items([ImageItem("a.jpg", pa, []), ImageItem("b.jpg", str(moved), [])],
+                         image_features=np.zeros((2, 4)), batch_size=1)
+    assert (rep.unchanged, rep.moved) == (1, 1) and coll.get_item(b).path == str(moved)
+    rep = coll.add_items([ImageItem("b.jpg", str(moved), [])], image_features=np.zeros((1, 4)))
+    assert rep.unchanged == 1 and reads == [str(moved)]  # read once, when found moved
+
+
+def test_up_to_256_items_commit_as_one_transaction_by_default(coll):
+    gen = coll.store.generation()
+    texts = [TextItem(f"t{j}", f"text {j}", None, []) for j in range(257)]
+    rep = coll.add_items([], texts[:256], text_features=np.ones((256, 4)))
+    assert rep.added == 256 and coll.store.generation() == gen + 1
+    rep = coll.add_items([], texts, text_features=np.ones((257, 4)))
+    assert rep.added == 1 and rep.unchanged == 256 and coll.store.generation() == gen + 2
