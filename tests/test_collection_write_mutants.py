@@ -77,6 +77,8 @@ def test_every_refused_add_leaves_store_indexes_and_files_as_they_were(coll, tmp
         lambda: coll.add_items([], [TextItem("t9", "x", None), TextItem("t9", "y", None)],
                                text_features=np.ones((2, 4))),
         lambda: coll.add_items([ImageItem("a.jpg", "", [])], image_features=np.ones((1, 4))),
+        lambda: coll.add_items([ImageItem("x.jpg", None, [])], image_features=np.ones((1, 4))),
+        lambda: coll.add_items([ImageItem("x.jpg", 7, [])], image_features=np.ones((1, 4))),
         lambda: coll.add_items([], [TextItem("t9", "x", None)], text_features=np.ones((2, 4))),
     ]
     for r, add in enumerate(refused):
@@ -432,3 +434,27 @@ def test_up_to_256_items_commit_as_one_transaction_by_default(coll):
     assert rep.added == 256 and coll.store.generation() == gen + 1
     rep = coll.add_items([], texts, text_features=np.ones((257, 4)))
     assert rep.added == 1 and rep.unchanged == 256 and coll.store.generation() == gen + 2
+
+
+def test_images_the_encoder_cannot_read_are_skipped_with_their_captions(coll, tmp_path, monkeypatch):
+    """Encoding (no features given): a file the encoder refuses is reported in ``skipped`` and
+    never stored (nor as zeros); its captions go with it; the readable ones are stored."""
+    from xmodal.index import collection as cmod
+
+    files = []
+    for name in ("ok.jpg", "bad.jpg", "ok2.jpg"):
+        (tmp_path / name).write_bytes(name.encode())
+        files.append(str(tmp_path / name))
+
+    def encode(encoder, inputs):
+        ok = np.array(["bad" not in str(x) for x in inputs])
+        return np.ones((len(inputs), 4)) + np.arange(len(inputs))[:, None], ok
+
+    coll._encoders["image"] = object()  # never called: encode_items is replaced
+    monkeypatch.setattr(cmod, "encode_items", encode)
+    rep = coll.add_items([ImageItem(os.path.basename(f), f, []) for f in files],
+                         [TextItem("bad0", "caption of bad", "bad.jpg", []), TextItem("ok0", "caption of ok", "ok.jpg", [])],
+                         text_features=np.ones((2, 4)))
+    assert rep.skipped == [files[1]] and rep.added == 3 and coll.last_add is rep
+    assert coll.id_of("bad.jpg") is None and coll.id_of("bad0") is None
+    assert coll.id_of("ok.jpg") is not None and coll.id_of("ok2.jpg") is not None and coll.id_of("ok0") is not None
