@@ -292,6 +292,9 @@ def test_a_label_on_any_shard_counts_and_one_on_none_is_refused(tmp_path):
     with pytest.raises(UnknownLabelError) as e:
         ShardedCollection.check_labels_of([moving], ["nowhere"], "x")
     assert e.value.known == ["now"]
+    with pytest.raises(UnknownLabelError) as e:  # nor on its texts any more
+        ShardedCollection.check_labels_of([moving], ["pier"], "x", target="image")
+    assert e.value.unknown == ["pier"] and e.value.elsewhere == []
     # an older server's labels count for either modality in the shards' stats too
     with ShardedCollection([a, FakeRemote(r, "http://old.test:2", info={"labels_by_target": None})]) as sc:
         by = sc.stats()["labels_by_target"]
@@ -303,6 +306,10 @@ def test_a_label_on_any_shard_counts_and_one_on_none_is_refused(tmp_path):
     # an older server without labels_by_target: its labels count for either modality
     old = FakeRemote(r, "http://old.test:1", info={"labels_by_target": None})
     ShardedCollection.check_labels_of([a, old], ["pier"], "x", target="image")
+    # a malformed labels_by_target (one modality not a list) is read as an older server's
+    odd = FakeRemote(r, "http://odd.test:1", info={"labels_by_target": {"image": [], "text": "pier"}})
+    odd.stats()
+    ShardedCollection.check_labels_of([odd], ["pier"], "x", target="image")
     with pytest.raises(UnknownLabelError, match="no image item has the label 'nowhere'"):
         ShardedCollection.check_labels_of([a, old], ["nowhere"], "x", target="image")
     for c in (a, b, r):
