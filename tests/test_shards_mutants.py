@@ -472,22 +472,25 @@ def test_the_space_is_the_local_encoders_one_and_close_does_not_wait_for_a_hung_
     assert [n for n, _ in hits.failed] == ["http://r.test:1"]
     t0, closes = time.monotonic(), remote.closed
     sc.close()
-    assert time.monotonic() - t0 < 1.5  # the hung call is left behind, not waited for
+    # the hung call (3 s) is left behind, not waited for; a wide margin for a loaded machine
+    assert time.monotonic() - t0 < 2.5
     assert remote.closed == closes + 1
     rc.close()
 
 
 def test_hung_remote_shards_cost_one_timeout_together_and_never_hold_up_local_ones(three, tmp_path):
     rc = _coll(tmp_path / "r.xmc", 3, 3, seed=70)
-    hung = [FakeRemote(rc, f"http://h{i}.test:1", timeout=0.6, delay=3.0, info={"db_id": None}) for i in range(3)]
-    sc = ShardedCollection([hung[0], three[0], hung[1], hung[2]])
+    hung = [FakeRemote(rc, f"http://h{i}.test:1", timeout=0.6, delay=3.0, info={"db_id": None}) for i in range(5)]
+    sc = ShardedCollection([hung[0], three[0], *hung[1:]])
     q = np.ones(DIM, np.float32)
     t0 = time.monotonic()
     hits = sc.search_vector(q, "image", 3, on_error="skip")
     took = time.monotonic() - t0
     assert _got(hits) == _oracle([three[0]], [sc.names[1]], q, "image", 3)
     assert [n for n, _ in hits.failed] == [h.url for h in hung]
-    assert took < 0.95, took  # waited in parallel: one timeout, not one per hung shard
+    # waited in parallel: about one timeout (0.6 s), not one per hung shard (3 s); the margin is
+    # wide so that a loaded machine does not fail it
+    assert took < 2.0, took
     sc.close()
     rc.close()
 
