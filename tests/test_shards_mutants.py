@@ -501,3 +501,7 @@ def test_labels_are_checked_once_before_a_batch_of_image_queries_is_encoded(thre
             sc.search_images([tmp_path / "x.jpg"], labels=["nowhere"])
         with pytest.raises(CollectionError, match="no image encoder"):  # a label there is: then encoded
             sc.search_images([tmp_path / "x.jpg"], labels=[])
+        # one image query too: the label was checked only after the image was encoded, so an
+        # encoder's error came first
+        with pytest.raises(UnknownLabelError, match="no text item has the label 'nowhere'"):
+            sc.search_image(tmp_path / "x.jpg", labels=["nowhere"])

@@ -694,6 +694,9 @@ class ShardedCollection:
         if self.local is None:
             raise CollectionError("an image query needs a local shard (its encoders) to encode it; "
                                   "add one collection on this machine")
+        if kw.pop("check_labels", True):  # before the image is encoded, as search_images does
+            self.check_labels(kw.get("labels"), target=target)
+        kw["check_labels"] = False
         q, fq = self.local.encode_query_image(path)
         return self.search_vector(q, target, k, fq=fq, **kw)
 
