@@ -398,6 +398,7 @@ def test_the_audit_log_is_newest_first_with_its_row_ids_and_details(coll):
     assert all(isinstance(e["id"], int) for e in log) and len({e["id"] for e in log}) == len(log)
     assert log[0]["detail"] == "a plain-text detail" and log[0]["actor"] == "bob"
     assert log[1]["detail"] == {"ids": [b0]}
+    assert log[2]["detail"] == {"modality": "text", "count": 4, "replaced": 0, "first_key": "a0"}
     assert (log[1]["actor"], log[1]["remote"]) == ("alice", "10.0.0.1")
     assert len(coll.audit_log(limit=2)) == 2 and coll.audit_log(limit=2) == log[:2]
 
@@ -458,3 +459,56 @@ def test_images_the_encoder_cannot_read_are_skipped_with_their_captions(coll, tm
     assert rep.skipped == [files[1]] and rep.added == 3 and coll.last_add is rep
     assert coll.id_of("bad.jpg") is None and coll.id_of("bad0") is None
     assert coll.id_of("ok.jpg") is not None and coll.id_of("ok2.jpg") is not None and coll.id_of("ok0") is not None
+
+
+def test_an_image_named_in_another_encoding_is_skipped_with_its_captions(coll, tmp_path):
+    odd = str(tmp_path) + "/caf\udce9.jpg"  # a Latin-1 file name as os.listdir gives it
+    good = tmp_path / "fine.jpg"
+    good.write_bytes(b"fine")
+    rep = coll.add_items([ImageItem("caf\udce9.jpg", odd, []), ImageItem("fine.jpg", str(good), [])],
+                         [TextItem("odd0", "its caption", "caf\udce9.jpg", []), TextItem("fine0", "ok", "fine.jpg", [])],
+                         image_features=np.ones((2, 4)), text_features=np.ones((2, 4)))
+    assert rep.skipped == [odd] and rep.added == 2
+    assert coll.id_of("odd0") is None and coll.id_of("fine0") is not None
+
+
+def test_a_reranking_collection_needs_float_projections_and_indexes_them(tmp_path):
+    from xmodal import methods
+    from xmodal.index.collection import _float_projection
+    from xmodal.methods.checks import toy_dataset
+
+    ds = toy_dataset(n_images=60)
+    m = methods.create("cca_itq", bits=16).fit(ds.subset("train"))
+    with Collection.create(tmp_path / "b", method=m, index="BHNSW16", rerank=True) as c:
+        X = ds.image_features[:3]
+        before = snapshot(c)
+        with pytest.raises(DataError, match="fvecs"):
+            c.add_vectors("image", ["i0", "i1", "i2"], m.encode_images(X))
+        assert snapshot(c) == before
+        F = _float_projection(m, "image", X)
+        rep = c.add_vectors("image", ["i0", "i1", "i2"], m.encode_images(X), fvecs=F)
+        got = c.indexes[("image", "rerank")].reconstruct(np.asarray(rep.ids))
+        np.testing.assert_allclose(got, F / np.linalg.norm(F, axis=1, keepdims=True), atol=1e-5)
+        assert {k[1] for k in c.indexes if k[0] == "image"} >= {"rerank"}
+
+
+def test_a_handle_following_another_writer_holds_each_live_id_once(coll):
+    """Two handles writing in turn (two processes, in effect): each catches up from where its
+    own last write left it, so no index of either holds an id twice or misses one."""
+    other = Collection.open(coll.path)
+    try:
+        for r in range(3):
+            coll.add_vectors("image", [f"mine{r}.jpg"], np.ones((1, 4)) + r)
+            other.add_vectors("image", [f"theirs{r}.jpg"], np.ones((1, 4)) - r)
+            other.delete(keys=[f"mine{r}.jpg"])
+            coll.add_vectors("image", [f"mine{r}.jpg"], np.ones((1, 4)) * 2)  # replaced in turn
+            for c in (coll, other):
+                c.refresh()
+                live = sorted(r[0] for r in c.store.query("SELECT id FROM items"))
+                for (mod, variant), idx in c.indexes.items():
+                    ids = idx.ids().tolist()
+                    assert len(ids) == len(set(ids)), (mod, variant)
+                    want = sorted(r[0] for r in c.store.query("SELECT id FROM items WHERE modality = ?", (mod,)))
+                    assert sorted(ids) == want and set(ids) <= set(live)
+    finally:
+        other.close()
