@@ -175,6 +175,11 @@ async function tooLarge(file) {
   return file.name + " is " + mib(file.size) + ", over this server's upload limit of " + mib(limit) + " (xmodal serve --max-upload-mb); nothing was sent.";
 }
 
+// A 200 whose body is not xmodal's JSON: a proxy's or a captive portal's page answered
+function notOurs(r) {
+  return "Error: the answer (" + (r.headers.get("Content-Type") || "no type") + ") is not xmodal's answer: is a proxy in between?";
+}
+
 let searchSeq = 0;  // the newest search: an older one's late answer is dropped, not shown
 
 let searchAbort = null;  // the search in flight: a newer one stops it (an upload stops sending)
@@ -251,7 +256,7 @@ async function runSearch(seq) {
     data = await r.json();
     if (!Array.isArray(data.results)) throw new Error("no results");
   } catch (e) {  // a proxy's or a captive portal's page answered in its place
-    if (seq === searchSeq) showError("Error: the answer (" + (r.headers.get("Content-Type") || "no type") + ") is not xmodal's answer: is a proxy in between?");
+    if (seq === searchSeq) showError(notOurs(r));
     return;
   }
   if (seq !== searchSeq) return;
@@ -541,7 +546,7 @@ $("add-form").addEventListener("submit", async (e) => {
     try {
       data = await r.json();
     } catch (e) {  // a proxy's or a captive portal's page answered in its place
-      say("Error: the answer (" + (r.headers.get("Content-Type") || "no type") + ") is not xmodal's answer: is a proxy in between?", true);
+      say(notOurs(r), true);
       return;
     }
     const caps = data.ids ? data.ids.length - 1 : 0;
