@@ -29,21 +29,12 @@ class EncoderError(ValueError):
     """Bad encoder spec, unfitted encoder or unusable saved state."""
 
 
-def refuse_empty_cache_dir(cache_dir: object) -> None:
-    """An empty ``cache_dir`` (``--cache-dir "$UNSET"``) is refused: as ``Path("")`` it was the
-    current folder, which filled up with the cache's folders."""
-    if isinstance(cache_dir, str) and not cache_dir.strip():
-        raise EncoderError(f"the feature cache folder is empty ({cache_dir!r}); give a folder "
-                           "(--cache-dir, $XMODAL_CACHE), or cache_dir=False to turn the cache off")
-
-
 def checked_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
     """The feature cache folder ``cache_dir`` means (:func:`resolve_cache_dir`), refused with an
     :class:`EncoderError` naming it when it is a file or sits under one (it could never be
     made; ``mkdir`` would say only "Not a directory")."""
     from .._fs import blocking_file
 
-    refuse_empty_cache_dir(cache_dir)
     root = resolve_cache_dir(cache_dir)
     if root is None:
         return None
@@ -343,7 +334,6 @@ class Encoder:
     def _open_cache(self, cache_dir) -> FeatureCache | None:
         """The cache for this encoder state; kept between calls, so repeated small encodes
         (search queries) only index shards that are new since the last call."""
-        refuse_empty_cache_dir(cache_dir)
         root = resolve_cache_dir(cache_dir)
         if root is None:
             return None

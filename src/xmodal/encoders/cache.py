@@ -33,11 +33,18 @@ def default_cache_dir() -> Path:
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | bool | None) -> Path | None:
-    """``False`` disables caching, ``None``/``True`` means the default folder."""
+    """``False`` disables caching, ``None``/``True`` means the default folder. An empty one
+    (``--cache-dir "$UNSET"``) is an :class:`~xmodal.encoders.base.EncoderError`: as
+    ``Path("")`` it was the current folder, which filled up with the cache's folders."""
     if cache_dir is False:
         return None
     if cache_dir is None or cache_dir is True:
         return default_cache_dir()
+    if isinstance(cache_dir, str) and not cache_dir.strip():
+        from .base import EncoderError  # base imports this module
+
+        raise EncoderError(f"the feature cache folder is empty ({cache_dir!r}); give a folder "
+                           "(--cache-dir, $XMODAL_CACHE), or cache_dir=False to turn the cache off")
     return Path(cache_dir).expanduser()
 
 

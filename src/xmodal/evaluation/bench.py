@@ -29,7 +29,6 @@ from ..methods import ParameterError
 from ..data import DataError, PairedDataset, load_dataset
 from ..metrics.ranking import NonFiniteScoresError
 from ..methods.base import NoTrainingCodesError, TrainingDivergedError
-from ..encoders.base import refuse_empty_cache_dir
 from .protocol import evaluate, evaluate_folds, protocol_of
 
 # Re-exported: this module stays the one to import the bench's names from (the CLI reads
@@ -338,7 +337,6 @@ def run_bench(dataset: str | PairedDataset, method_names: Sequence[str], *, bits
                              f"({', '.join(hashing)}); use the default database codes for paired tests")
     if resume:
         _check_resume_file(resume)  # before loading anything, and before a repair could cut it
-    refuse_empty_cache_dir(cache_dir)  # "" was the current folder: the fingerprint cache landed there
     data_options = dict(data_options or {})
     if data_options and not isinstance(dataset, str):
         raise ParameterError("data_options apply to a dataset loaded by name or path, not to a PairedDataset")
