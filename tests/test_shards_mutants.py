@@ -173,10 +173,12 @@ def test_a_failing_or_slow_shard_is_named_and_the_others_still_answer(three, tmp
     with ShardedCollection([three[0], bad, three[1], slow]) as sc:
         names = sc.names
         healthy = [three[0], three[1]]
-        bad.fail, slow.delay = "search", 2.0
+        bad.fail, slow.delay = "search", 4.0
         t0 = time.monotonic()
         hits = sc.search_vector(q, "image", 6, on_error="skip")
-        assert time.monotonic() - t0 < 1.8  # the slow one is cut at its timeout, not waited for
+        # the slow one (4 s) is cut at its timeout (0.5 s), not waited for; a wide margin for a
+        # loaded machine
+        assert time.monotonic() - t0 < 3.0
         assert _got(hits) == _oracle(healthy, [names[0], names[2]], q, "image", 6)
         assert [n for n, _ in hits.failed] == ["http://bad.test:1", "http://slow.test:1"]
         assert "boom" in hits.failed[0][1]
