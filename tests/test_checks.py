@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from xmodal import methods
 from xmodal.cli import app
+from xmodal.data import DataError
 from xmodal.methods import CrossModalMethod, HashingMethod, register
 from xmodal.methods.checks import MethodCheckError, check_method, toy_dataset
 
@@ -147,6 +148,19 @@ def test_every_parameter_rule_names_a_parameter_of_the_method(name):
     cls = methods.get(name)
     rules = {p for klass in cls.__mro__ for p in (getattr(klass, "_parameter_rules", {}) or {})}
     assert rules <= set(cls._param_names()), sorted(rules - set(cls._param_names()))
+
+
+@pytest.mark.parametrize("name", methods.available())
+def test_a_fit_on_the_captions_of_one_image_is_refused_naming_the_dataset(name):
+    """Most methods 'fitted' a meaningless space on one image's captions in silence (a constant
+    loss), others failed deep inside their solver; the pairs of two images are enough to try."""
+    ds = toy_dataset()
+    one = ds.subset([0], name="one-image")
+    assert one.n_texts >= 1
+    with pytest.raises(DataError, match="dataset 'one-image' pairs captions with 1 image; a common "
+                                        "space is fitted on the pairs of at least 2 images"):
+        methods.create(name).fit(one)
+    assert not getattr(methods.create(name), "fitted_", False)
 
 
 @register("_check_property_param")

@@ -182,6 +182,13 @@ class CrossModalMethod:
         X, Y, L = train.pairs()
         if self.supervised and L is None:
             raise DataError(f"{type(self).__name__} is supervised but dataset {train.name!r} has no labels")
+        paired = len(np.unique(np.asarray(train.text_to_image)))
+        if paired < 2:
+            # one image's captions hold nothing to tell images apart: most methods "fitted" a
+            # meaningless space in silence (a constant loss), some failed deep in their solver
+            raise DataError(f"{type(self).__name__}: dataset {train.name!r} pairs captions with "
+                            f"{paired} image{'s' * (paired != 1)}; a common space is fitted on the "
+                            "pairs of at least 2 images")
         before = set(vars(self))
         try:
             self._fit_checked(train, val, X, Y, L)
