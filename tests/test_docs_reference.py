@@ -1,6 +1,7 @@
-"""docs/datasets.md keeps up with the loaders: every named dataset is in its table, and every
-option of every loader that `load_dataset` reaches is in that loader's row of the options table
-(an option added to a loader and not documented fails here)."""
+"""docs/datasets.md and docs/bench.md keep up with the code: every named dataset is in the
+datasets table, every option of every loader that `load_dataset` reaches is in that loader's
+row of the options table, and every option of `xmodal bench` / `xmodal compare` is in the
+bench guide's tables (an option added and not documented fails here)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,20 @@ def test_the_readme_points_to_the_datasets_guide():
                for h in re.findall(r"^## (.+)$", DOC, flags=re.M)}
     for link in re.findall(r"\]\(#([\w\-]+)\)", DOC):
         assert link in anchors, link
+
+
+@pytest.mark.parametrize("command", ["bench", "compare"])
+def test_every_bench_and_compare_option_is_in_docs_bench(command):
+    """docs/bench.md's option tables name every option of `xmodal bench` and `xmodal compare`."""
+    import typer.main
+
+    from xmodal.cli import app
+
+    doc = (ROOT / "docs" / "bench.md").read_text(encoding="utf-8")
+    section = doc.split("## Options at a glance", 1)[1].split("\n## ", 1)[0]
+    table = section.split("\n`xmodal compare", 1)[0 if command == "bench" else 1]
+    click_cmd = typer.main.get_command(app).commands[command]
+    options = [o for p in click_cmd.params for o in p.opts if o.startswith("--") and o != "--help"]
+    assert options
+    missing = [o for o in options if f"`{o}" not in table]
+    assert not missing, f"xmodal {command}: options not in docs/bench.md: {missing}"
