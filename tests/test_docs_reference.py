@@ -77,3 +77,29 @@ def test_every_bench_and_compare_option_is_in_docs_bench(command):
     assert options
     missing = [o for o in options if f"`{o}" not in table]
     assert not missing, f"xmodal {command}: options not in docs/bench.md: {missing}"
+
+
+def _commands(group, prefix=()):
+    for name, sub in sorted(getattr(group, "commands", {}).items()):
+        yield (*prefix, name), sub
+        yield from _commands(sub, (*prefix, name))
+
+
+def test_every_cli_option_is_documented_somewhere():
+    """Every option of every `xmodal` command and sub-command is named in README.md or docs/
+    (a boolean flag by either of its spellings, `--x` or `--no-x`)."""
+    import typer.main
+
+    from xmodal.cli import app
+
+    docs = (ROOT / "README.md").read_text(encoding="utf-8") + "".join(
+        p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")))
+    root = typer.main.get_command(app)
+    missing = []
+    for path, cmd in [((), root), *_commands(root)]:
+        for param in cmd.params:
+            spellings = [o for o in (*param.opts, *param.secondary_opts) if o.startswith("--")]
+            if spellings and "--help" not in spellings and not any(
+                    re.search(re.escape(o) + r"(?![\w-])", docs) for o in spellings):
+                missing.append(f"xmodal {' '.join(path)} {spellings[0]}")
+    assert not missing, f"options named nowhere in README.md or docs/: {missing}"
