@@ -598,3 +598,75 @@ def test_a_pca_to_more_dimensions_than_the_vectors_have_is_refused_once_the_widt
     assert check_spec("real", "PCA64,L2norm,HNSW32") == "PCA64,L2norm,HNSW32"  # width unknown yet
     assert VectorIndex("real", 64, "PCA64,L2norm,HNSW32").spec == "PCA64,L2norm,HNSW32"
     assert VectorIndex("real", 6, "PCA4,L2norm,HNSW32").min_train_size == 6
+
+
+def _duplicated(n_distinct=300, copies=3, dim=16, seed=0):
+    """Unit vectors, each stored ``copies`` times under shuffled ids (a re-added image)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_distinct, dim)).astype(np.float32)
+    V = np.tile(X, (copies, 1))
+    ids = rng.permutation(len(V)).astype(np.int64) * 7 + 3
+    return X, V, ids
+
+
+@pytest.mark.parametrize("how", ["plain", "allowed", "tombstones"])
+def test_equal_scores_come_in_id_order_whatever_k(how):
+    """Duplicated vectors score exactly alike: the answer for k is the first k of the answer for
+    any larger k (a page's "Show more" keeps what it showed), equal scores in id order, and a
+    tie running past k is looked at whole (FAISS's heap picks and orders a tie by k)."""
+    X, V, ids = _duplicated()
+    spec = "HNSW16" if how == "tombstones" else "Flat"
+    vi = VectorIndex("real", 16, spec)
+    vi.add(ids, V)
+    allowed = None
+    if how == "allowed":
+        allowed = ids[::2]
+    if how == "tombstones":
+        vi.remove(ids[:30])
+        assert vi.tombstones
+    Q = X[:12]
+    _, full = vi.search(Q, 200, allowed=allowed)
+    for k in (1, 2, 3, 4, 5, 8, 13, 50):
+        S, I = vi.search(Q, k, allowed=allowed)
+        np.testing.assert_array_equal(I, full[:, :k], err_msg=f"k={k}")
+        for s_row, i_row in zip(S, I):
+            ok = i_row >= 0
+            s, i = s_row[ok], i_row[ok]
+            assert np.all(np.diff(s) <= 0)
+            same = s[1:] == s[:-1]
+            assert np.all(i[1:][same] > i[:-1][same]), (s, i)
+
+
+def test_a_tie_deeper_than_k_gives_its_smallest_ids():
+    """Fifty copies of one vector: top 3 are the three smallest ids of the fifty, and top 60
+    the fifty in id order then padding."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 8)).astype(np.float32)
+    other = rng.standard_normal((20, 8)).astype(np.float32)
+    other -= 2 * x / np.linalg.norm(x)  # far from x
+    ids = np.concatenate([np.arange(100, 50, -1), np.arange(20)])
+    vi = VectorIndex("real", 8, "Flat")
+    vi.add(ids, np.vstack([np.repeat(x, 50, 0), other]))
+    _, I = vi.search(x, 3)
+    assert I[0].tolist() == [51, 52, 53]
+    S, I = vi.search(x, 75)
+    assert I[0, :50].tolist() == list(range(51, 101))
+    assert np.all(S[0, 50:70] < S[0, 49]) and I[0, 70:].tolist() == [-1] * 5
+
+
+@pytest.mark.parametrize("how", ["plain", "allowed", "removed"])
+def test_binary_ties_are_answered_in_stored_order_whatever_k(how):
+    """16-bit codes tie by the hundred: FAISS's binary flat index answers a tie in stored order
+    for every k (what search() relies on, not re-sorting them)."""
+    rng = np.random.default_rng(2)
+    C = rng.integers(0, 256, (3000, 2), dtype=np.uint8)
+    ids = rng.permutation(3000).astype(np.int64) * 5
+    vi = VectorIndex("binary", 16, "Flat")
+    vi.add(ids, C)
+    allowed = ids[::3] if how == "allowed" else None
+    if how == "removed":
+        vi.remove(ids[:100])
+    _, full = vi.search(C[:10], 500, allowed=allowed)
+    for k in (1, 3, 10, 37, 100):
+        _, I = vi.search(C[:10], k, allowed=allowed)
+        np.testing.assert_array_equal(I, full[:, :k], err_msg=f"k={k}")

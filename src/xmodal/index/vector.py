@@ -460,36 +460,69 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                prepared: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` per query: (scores, ids), -1 ids where fewer exist. ``allowed`` restricts
-        the answer to those ids (flat indexes only: they take a FAISS id selector)."""
+        the answer to those ids (flat indexes only: they take a FAISS id selector).
+
+        Equal float scores (a duplicated image or caption) come in id order, and which of a tie
+        make the top ``k`` does not depend on ``k``: the answer for ``k`` is the first ``k`` of
+        the answer for any larger ``k`` (FAISS's heap orders such ties by ``k``). Binary
+        indexes already answer ties in stored order whatever ``k``."""
         q = queries if prepared else prepare(self.kind, queries, self.dim)
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         n = int(self.index.ntotal)
+        sel = None
         if allowed is not None:
             if not self.is_flat:
                 raise ValueError("filtered search needs the flat index")
             allowed = np.asarray(allowed, dtype=np.int64)
             if self.tombstones:
                 allowed = allowed[~np.isin(allowed, np.fromiter(self.tombstones, dtype=np.int64))]
-            if not len(allowed) or n == 0:
-                return (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
+            if not len(allowed):
+                n = 0
             sel = faiss.IDSelectorBatch(allowed)
-            D, I = self.index.search(q, min(k, n), params=faiss.SearchParameters(sel=sel))
-        elif n == 0:
+        if n == 0:
             return (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
-        elif self.tombstones:
-            D, I = self.index.search(q, min(k + len(self.tombstones), n))
-            D, I = self._drop_tombstones(D, I, k)
+        if self.kind == "real":
+            S, I = self._ordered_ties(q, k, sel, n)
         else:
-            D, I = self.index.search(q, min(k, n))
-        S = self._scores(D)
+            S, I = self._fetch(q, k, sel, n)
         if S.shape[1] < k:  # pad to k columns so callers see a fixed shape
             pad = k - S.shape[1]
             S = np.hstack([S, np.full((len(S), pad), -np.inf, np.float32)])
             I = np.hstack([I, np.full((len(I), pad), -1, np.int64)])
         S = np.where(I < 0, -np.inf, S).astype(np.float32)
         return S, I
+
+    def _fetch(self, q: np.ndarray, k: int, sel, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's top ``k`` (at most ``n`` columns) as scores and ids, deleted items left out."""
+        if sel is not None:
+            D, I = self.index.search(q, min(k, n), params=faiss.SearchParameters(sel=sel))
+        elif self.tombstones:
+            D, I = self.index.search(q, min(k + len(self.tombstones), n))
+            D, I = self._drop_tombstones(D, I, k)
+        else:
+            D, I = self.index.search(q, min(k, n))
+        return self._scores(D), I
+
+    def _ordered_ties(self, q: np.ndarray, k: int, sel, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` with equal scores in id order, the whole tie at the k-th place looked at."""
+        S, I = self._fetch(q, k + 1, sel, n)
+        if S.shape[1] > k:
+            # a row whose (k+1)-th hit ties its k-th: the tie may run deeper than fetched
+            for r in np.flatnonzero((I[:, k] >= 0) & (S[:, k] == S[:, k - 1])):
+                width = k + 1
+                while True:
+                    width = min(2 * width, n)
+                    Sr, Ir = self._fetch(q[r:r + 1], width, sel, n)
+                    last = Sr.shape[1] - 1
+                    if width >= n or Ir[0, last] < 0 or Sr[0, last] != S[r, k - 1]:
+                        break
+                order = np.lexsort((np.where(Ir[0] < 0, np.iinfo(np.int64).max, Ir[0]), -Sr[0]))[:k + 1]
+                S[r], I[r] = Sr[0, order], Ir[0, order]
+        valid = I >= 0
+        order = np.lexsort((np.where(valid, I, np.iinfo(np.int64).max), np.where(valid, -S, np.inf)), axis=1)
+        return np.take_along_axis(S, order, 1)[:, :k], np.take_along_axis(I, order, 1)[:, :k]
 
     def _drop_tombstones(self, D: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         dead = np.isin(I, np.fromiter(self.tombstones, dtype=np.int64)) | (I < 0)
