@@ -111,12 +111,17 @@ def load_npz(path: str | os.PathLike) -> PairedDataset:
             if name not in names:
                 return None
             try:
-                return z[name]
+                value = z[name]
             except ValueError as exc:  # object arrays need pickle, which is never used here
+                if "pickle" not in str(exc):  # a truncated or garbled .npy: "EOF: reading array data"
+                    raise DataError(f"{path}: array {name!r} is damaged ({exc})") from None
                 raise DataError(f"{path}: array {name!r} cannot be read without pickle ({exc}); "
                                 "xmodal feature files hold plain numeric and string arrays") from None
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(f"{path}: array {name!r} is damaged ({exc})") from None
+            if not isinstance(value, np.ndarray):  # no .npy header: np.load hands back its raw bytes
+                raise DataError(f"{path}: array {name!r} is damaged (not a .npy array)")
+            return value
 
         if "text_to_image" not in names:
             raise DataError(f"{path}: array 'text_to_image' missing: not a feature file written by "
