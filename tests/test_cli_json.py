@@ -113,3 +113,47 @@ def test_index_json_says_what_the_run_did(tmp_path):
     assert pruned["run"]["removed"] == 2 and pruned["images"] == 2
     human = run(*args[:4], "--quiet").output
     assert "this run: added 0, replaced 0, moved 0, relabelled 0, unchanged 4, skipped 0, removed 0" in human
+
+
+def test_methods_name_describes_one_method_in_full():
+    """`xmodal methods NAME`: the file it lives in, the paper, every parameter with its default
+    and what it allows; --json the same as data; an unknown name exits 2 listing the methods."""
+    import inspect
+    from pathlib import Path
+
+    from xmodal import methods
+
+    res = run("methods", "acmr", "--json")
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)
+    assert row["module"] == "xmodal/methods/deep/supervised.py"
+    assert row["class"] == "ACMR" and row["output"] == "real" and row["supervised"] is True
+    assert "ACM MM 2017" in row["doc"] and row["doc"].startswith(row["summary"][:40])
+    params = methods.create("acmr").get_params()
+    assert list(row["params"]) == list(params)
+    assert row["params"]["margin"] == {"default": params["margin"], "allows": "a number in [0, 2]"}
+    assert row["params"]["hidden"]["default"] == list(params["hidden"])
+    assert row["params"]["patience"]["allows"] == "None or an integer >= 1"
+    text = run("methods", "acmr")
+    assert text.exit_code == 0
+    for pname in params:
+        assert f"\n  {pname} " in text.output, pname
+    assert "a number in [0, 2]" in text.output and "supervised.py" in text.output
+    bad = run("methods", "acmx")
+    assert bad.exit_code == 2 and "unknown method 'acmx'" in bad.output and "acmr" in bad.output
+    # every method: its class is defined in the file named, and README's map of the package
+    # ("where each method lives") puts it in that file
+    src = Path(__file__).resolve().parents[1] / "src"
+    readme = (src.parent / "README.md").read_text(encoding="utf-8")
+    lives = {}
+    for line in readme.split("where each method lives", 1)[1].split("```", 1)[0].splitlines()[1:]:
+        parts = line.split(None, 1)
+        if len(parts) == 2:
+            for name in parts[1].split(","):
+                lives[name.strip()] = "xmodal/methods/" + parts[0]
+    for name in methods.available():
+        info = methods.describe_method(name)
+        assert f"class {info['class']}(" in (src / info["module"]).read_text(encoding="utf-8"), name
+        assert lives.get(name) == info["module"], (name, lives.get(name), info["module"])
+        assert set(info["params"]) == set(inspect.signature(methods.get(name).__init__).parameters) - {"self"}
+        json.dumps(info, allow_nan=False)

@@ -9,17 +9,40 @@ import typer
 
 def register(app: typer.Typer) -> None:
     @app.command("methods")
-    def methods_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-        """List every method: name, output (real or binary), supervision, summary.
+    def methods_cmd(name: str | None = typer.Argument(None, help="one method: its paper, file and "
+                                                                   "parameters with defaults"),
+                    as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+        """List every method: name, output (real or binary), supervision, summary; or, given a
+        NAME, that method in full: the file it lives in, its docstring (which cites its paper)
+        and every parameter with its default and the values it allows (what `--set
+        METHOD.PARAM=VALUE` changes).
 
-        The summary is the first sentence of the method's docstring (which cites its paper).
+        The summary is the first sentence of the method's docstring.
 
         Supervision: supervised, semi-supervised, "supervised (if labelled)" (trains on labels
         whenever the data has them), "unsupervised (val labels)" (no labels in training, but
         early stopping picks the epoch by class mAP on a labelled validation split) or
-        unsupervised. ``--json`` gives the same rows as JSON."""
-        from ..methods import describe
+        unsupervised. ``--json`` gives the same as JSON."""
+        from ..methods import UnknownMethodError, describe, describe_method
 
+        if name is not None:
+            try:
+                row = describe_method(name)
+            except UnknownMethodError as exc:
+                typer.echo(f"error: {exc.args[0]}", err=True)
+                raise typer.Exit(2) from None
+            if as_json:
+                typer.echo(json.dumps(row, indent=1))
+                return
+            typer.echo(f"{row['name']}: {row['class']} in {row['module']} "
+                       f"({row['output']} output, {row['supervision']})\n")
+            typer.echo(row["doc"] + "\n")
+            typer.echo("parameters (default; allowed values):")
+            width = max(map(len, row["params"]), default=0)
+            for pname, p in row["params"].items():
+                allows = f"; {p['allows']}" if p["allows"] else ""
+                typer.echo(f"  {pname:<{width}}  {json.dumps(p['default'])}{allows}")
+            return
         rows = describe()
         if as_json:
             typer.echo(json.dumps(rows, indent=1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import inspect
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -265,11 +266,43 @@ def describe() -> list[dict[str, Any]]:
             for n, cls in ((n, _REGISTRY[n]) for n in available())]
 
 
+def _json_value(value: Any) -> Any:
+    """A default as JSON can hold it (a tuple as a list; anything else JSON lacks as its repr)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def describe_method(name: str) -> dict[str, Any]:
+    """One method in full: :func:`describe`'s record plus the file it lives in (``module``:
+    its path under the ``xmodal`` package, or the plugin's file), its whole docstring
+    (``doc``) and its ``params``: each constructor parameter's ``default`` (JSON-safe) and what
+    it ``allows`` (:meth:`CrossModalMethod.parameters`). An unknown name raises
+    :class:`UnknownMethodError`."""
+    cls = get(name)
+    source = Path(inspect.getsourcefile(cls) or "")
+    package = Path(__file__).resolve().parents[1]
+    try:
+        module = str(Path("xmodal") / source.resolve().relative_to(package))
+    except ValueError:  # a plugin outside the package
+        module = str(source)
+    params = {p: {"default": _json_value(v["default"]), "allows": v["allows"]}
+              for p, v in cls.parameters().items()}
+    return {"name": name, "class": cls.__name__, "output": cls.output, "supervised": cls.supervised,
+            "supervision": supervision(cls), "summary": first_sentence(cls.__doc__), "module": module,
+            "doc": inspect.cleandoc(cls.__doc__ or ""), "params": params}
+
+
 def load(path: str) -> CrossModalMethod:
     """Load any method saved with ``method.save(path)``."""
     return CrossModalMethod.load(path)
 
 
 __all__ = ["CrossModalMethod", "HashingMethod", "NotFittedError", "ParameterError", "TrainingDivergedError",
-           "UnknownMethodError", "register", "create", "get", "available", "describe", "supervision",
+           "UnknownMethodError", "register", "create", "get", "available", "describe", "describe_method",
+           "supervision",
            "first_sentence", "load", "load_plugin"]

@@ -152,10 +152,31 @@ class CrossModalMethod:
             setattr(self, k, v)
         return self
 
-    def _validate_params(self) -> None:
+    @classmethod
+    def _rules(cls) -> dict[str, Any]:
+        """Every parameter rule of the class and its bases (a subclass's rule wins)."""
         rules: dict[str, Any] = {}
-        for klass in reversed(type(self).__mro__):
+        for klass in reversed(cls.__mro__):
             rules.update(getattr(klass, "_parameter_rules", {}) or {})
+        return rules
+
+    @staticmethod
+    def _rule_text(rule: Any) -> str:
+        allowed = rule if isinstance(rule, (list, tuple)) else [rule]
+        return " or ".join("None" if r is None else (r.__doc__ or r.__name__) for r in allowed)
+
+    @classmethod
+    def parameters(cls) -> dict[str, dict[str, Any]]:
+        """Each constructor parameter: its ``default`` and, where a rule checks it in ``fit``,
+        what it ``allows`` (the words of the error a bad value gets), else None."""
+        sig = inspect.signature(cls.__init__)
+        rules = cls._rules()
+        return {p: {"default": sig.parameters[p].default,
+                    "allows": cls._rule_text(rules[p]) if p in rules else None}
+                for p in cls._param_names()}
+
+    def _validate_params(self) -> None:
+        rules = self._rules()
         for pname, rule in rules.items():
             if not hasattr(self, pname):  # a rule inherited for a parameter __init__ lacks
                 raise ParameterError(f"{type(self).__name__}: has a rule for the parameter {pname!r}, but "
@@ -168,8 +189,8 @@ class CrossModalMethod:
             ok = any((r is None and value is None) or (r is not None and value is not None and r(value))
                      for r in allowed)
             if not ok:
-                what = " or ".join("None" if r is None else (r.__doc__ or r.__name__) for r in allowed)
-                raise ParameterError(f"{type(self).__name__}: parameter {pname}={value!r} must be {what}")
+                raise ParameterError(f"{type(self).__name__}: parameter {pname}={value!r} must be "
+                                     f"{self._rule_text(rule)}")
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

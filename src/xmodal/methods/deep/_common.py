@@ -157,7 +157,7 @@ def dims(inp: int, hidden: int | tuple | list | None, out: int) -> list[int]:
 
 
 def hidden_rule(v: Any) -> bool:
-    """None, 0, a positive integer or a list of positive integers (hidden layer widths)"""
+    """0, a positive integer or a list of positive integers (hidden layer widths)"""
     if v is None or v == 0:
         return True
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
