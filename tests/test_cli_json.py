@@ -157,3 +157,20 @@ def test_methods_name_describes_one_method_in_full():
         assert lives.get(name) == info["module"], (name, lives.get(name), info["module"])
         assert set(info["params"]) == set(inspect.signature(methods.get(name).__init__).parameters) - {"self"}
         json.dumps(info, allow_nan=False)
+
+
+def test_encoders_lists_every_encoder_family():
+    """`xmodal encoders`: a row per family of available_encoders, --modality filters, --json is
+    the same rows as data, another modality exits 2 naming the option."""
+    from xmodal.encoders import available_encoders
+
+    res = run("encoders")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert [ln.split()[0] for ln in lines] == [r["name"] for r in available_encoders()]
+    assert any(ln.split()[:3] == ["tfidf", "text", "fitted"] for ln in lines)
+    assert any(ln.split()[:3] == ["minilm", "text", "pretrained"] for ln in lines)
+    rows = json.loads(run("encoders", "--modality", "image", "--json").output)
+    assert rows == available_encoders("image") and {r["modality"] for r in rows} == {"image"}
+    bad = run("encoders", "--modality", "audio")
+    assert bad.exit_code == 2 and "--modality" in bad.output and "'audio'" in bad.output
