@@ -52,6 +52,8 @@ def test_karpathy_class_of_that_fails_names_the_record(tmp_path):
     path = _karpathy(tmp_path, [_rec("a.jpg", cls=0), _rec("b.jpg")])
     with pytest.raises(DataError, match=r"dataset\.json: images\[1\]: cannot derive class \('cls'\)"):
         load_karpathy(path, class_of=lambda r: r["cls"])
+    with pytest.raises(DataError, match=r"dataset\.json: images\[1\]: cannot derive class \(int\(\) argument"):
+        load_karpathy(path, class_of=lambda r: r.get("cls"))  # int(None): a TypeError
     ds = load_karpathy(_karpathy(tmp_path, [_rec("a.jpg", cls=1), _rec("b.jpg", cls=0)], "ok.json"),
                        class_of=lambda r: r["cls"])
     assert ds.labels.tolist() == [[0, 1], [1, 0]]
@@ -392,3 +394,37 @@ def test_mirflickr_full_release_files_are_its_tags_and_labels(tmp_path):
         (ann / f"{name}.txt").write_text("1\n")
     assert dataset_files(tmp_path).names() == tags + ["mirflickr/doc/common_tags.txt"] + [
         f"mirflickr25k_annotations_v080/{name}.txt" for name in MIRFLICKR_LABELS]
+
+
+# ------------------------------------------------------------------ survivors of the run itself (Karpathy)
+def test_karpathy_record_with_an_empty_sentences_list_is_named(tmp_path):
+    path = _karpathy(tmp_path, [_rec("a.jpg"), {"filename": "b.jpg", "split": "test", "sentences": []}])
+    with pytest.raises(DataError, match=r"dataset\.json: images\[1\] \(b\.jpg\): field 'sentences' missing or empty"):
+        load_karpathy(path)
+
+
+def test_karpathy_class_of_gives_one_column_per_label_name(tmp_path):
+    path = _karpathy(tmp_path, [_rec("a.jpg", cls=1), _rec("b.jpg", cls=0)])
+    ds = load_karpathy(path, class_of=lambda r: r["cls"], label_names=["a", "b", "c"])
+    assert ds.labels.tolist() == [[0, 1, 0], [1, 0, 0]] and ds.label_names == ["a", "b", "c"]
+
+
+def test_karpathy_class_of_wins_over_instances_files_found_beside(tmp_path):
+    path = _karpathy(tmp_path, [_rec("a.jpg", cls=1, cocoid=1), _rec("b.jpg", cls=0, cocoid=2)])
+    coco = {"images": [{"id": 1}, {"id": 2}], "annotations": [{"image_id": 1, "category_id": 5}],
+            "categories": [{"id": 5, "name": "cat"}]}
+    for split in ("train", "val"):
+        (tmp_path / f"instances_{split}2014.json").write_text(json.dumps(coco))
+    assert load_karpathy(path).label_names == ["cat"]  # found beside and joined by default
+    ds = load_karpathy(path, class_of=lambda r: r["cls"], label_names=["x", "y"])
+    assert ds.label_names == ["x", "y"] and ds.labels.tolist() == [[0, 1], [1, 0]]
+    assert "label_files" not in ds.meta
+
+
+def test_only_the_ucm_release_gets_ucm_classes(tmp_path):
+    images = [_rec(f"{i}.jpg") for i in range(1, 2101)]
+    assert load_karpathy(_karpathy(tmp_path, images, "other.json")).labels is None  # 2100 images, not UCM
+    doc = json.loads((tmp_path / "other.json").read_text())
+    (tmp_path / "ucm.json").write_text(json.dumps({**doc, "dataset": "UCM"}))
+    ds = load_karpathy(tmp_path / "ucm.json")
+    assert ds.labels.shape == (2100, 21) and ds.class_ids[[0, 99, 100, 2099]].tolist() == [0, 0, 1, 20]

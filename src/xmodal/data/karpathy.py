@@ -187,7 +187,7 @@ def load_karpathy(path: str | Path, image_dir: str | Path | None = None, name: s
         if class_of is not None:
             try:
                 c = int(class_of(rec))
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError) as exc:  # int(None), a short list
                 raise DataError(f"{where}: cannot derive class ({exc})") from exc
             # one_hot() would put -1 in the last column and fail deep in numpy past the end.
             if c < 0 or (label_names is not None and c >= len(label_names)):
