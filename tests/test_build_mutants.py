@@ -1,0 +1,371 @@
+"""Collection build and storage, pinned where mutation testing found them untested: the store's
+chunking, deletion log and transactions (store.py), item checks and reports (items.py),
+encoding helpers (encoding.py), and the build's folder scan, dataset items and the items a
+built collection holds (build.py). Small collections with a cheap stand-in image encoder."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xmodal.data import PairedDataset
+from xmodal.data.dataset import DataError
+from xmodal.index import build as build_mod
+from xmodal.index import collection as collection_mod
+from xmodal.index.build import _default_params, build_collection, items_from_dataset, scan_folder
+from xmodal.index.encoding import _class_path, _encode_query, _load_class, encode_items
+from xmodal.index.items import MAX_ID, MAX_KEY_LEN, AddReport, Hit, _checked_labels, _ids, check_key, thumb_file
+from xmodal.index.store import SQL_VARS, CollectionError, ReadOnlyError, Store, UnreadableDatabaseError, in_chunks
+
+
+# ------------------------------------------------------------------ store.py
+def test_in_chunks_binds_every_value_once_in_pieces_sqlite_takes():
+    assert list(in_chunks([])) == []
+    for n in (1, SQL_VARS, SQL_VARS + 1, 2 * SQL_VARS + 5):
+        parts = list(in_chunks(range(n)))
+        assert [v for chunk, _ in parts for v in chunk] == list(range(n))
+        assert all(len(chunk) <= SQL_VARS and marks.count("?") == len(chunk) and marks.count(",") == len(chunk) - 1
+                   for chunk, marks in parts)
+        assert len(parts) == -(-n // SQL_VARS)
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "collection.db")
+
+
+def _add(store: Store, keys, modality="image"):
+    with store.transaction() as c:
+        for k in keys:
+            c.execute("INSERT INTO items (key, modality, added_at) VALUES (?, ?, 0)", (k, modality))
+            iid = c.execute("SELECT id FROM items WHERE key = ?", (k,)).fetchone()[0]
+            c.execute("INSERT INTO vectors (item_id, code) VALUES (?, ?)", (iid, k.encode()))
+
+
+def test_the_deletion_log_is_trimmed_past_twice_keep_and_older_states_reload(tmp_path):
+    s = _store(tmp_path)
+    _add(s, [f"k{i}" for i in range(6)])
+    assert Store.marks(s.conn) == (6, 0)
+    floors = []
+    for i in range(5):
+        with s.transaction() as c:
+            c.execute("DELETE FROM items WHERE key = ?", (f"k{i}",))
+            floors.append(Store.trim_deleted(c, 2))
+    # 4 rows past the floor (= 2 * keep) are kept; the 5th trims down to the last 2
+    assert floors == [0, 0, 0, 0, 3]
+    assert [r[0] for r in s.query("SELECT seq FROM deleted ORDER BY seq")] == [4, 5]
+    assert s.deleted_floor() == 3 and Store.marks(s.conn) == (6, 5)
+    assert s.changes_since(6, 2) is None  # that state saw deletions the log no longer has
+    added, gone = s.changes_since(4, 3)
+    assert [(r[0], r[1], r[2]) for r in added] == [(6, "image", b"k5")]  # id 5 was added, then deleted
+    assert gone == [(4, "image"), (5, "image")]
+    with s.transaction() as c:  # keep 0: every row past the floor is dropped
+        assert Store.trim_deleted(c, 0) == 5
+    s.close()
+
+
+def test_a_failed_transaction_keeps_nothing_and_the_next_one_works(tmp_path):
+    s = _store(tmp_path)
+    _add(s, ["a"])
+    with pytest.raises(sqlite3.IntegrityError):
+        with s.transaction() as c:
+            Store.bump_generation(c)
+            c.execute("INSERT INTO items (key, modality, added_at) VALUES ('b', 'image', 0)")
+            c.execute("INSERT INTO items (key, modality, added_at) VALUES ('a', 'image', 0)")
+    assert [r[0] for r in s.query("SELECT key FROM items")] == ["a"] and s.generation() == 0
+    with s.transaction() as c:
+        assert Store.bump_generation(c) == 1
+        assert Store.bump_generation(c) == 2
+    assert s.generation() == 2 and s.get_meta("nothing", "dflt") == "dflt"
+    s.close()
+
+
+def test_vectors_come_in_id_order_per_modality_and_by_chunks(tmp_path):
+    s = _store(tmp_path)
+    _add(s, [f"i{j}" for j in range(SQL_VARS + 3)])
+    _add(s, ["t0", "t1"], "text")
+    ids, codes, fvecs = s.vectors("text")
+    assert ids.tolist() == [SQL_VARS + 4, SQL_VARS + 5] and codes == [b"t0", b"t1"] and fvecs == [None, None]
+    want = list(range(SQL_VARS + 5, 0, -1)) + [10 ** 9]  # every id, reversed, and one that has none
+    ids, codes, _ = s.vectors_of(np.asarray(want))
+    assert ids.tolist() == list(range(1, SQL_VARS + 6))
+    assert codes[0] == b"i0" and codes[-1] == b"t1"
+    assert sorted(s.item_ids("image").tolist()) == list(range(1, SQL_VARS + 4))
+    s.close()
+
+
+def test_damaged_meta_and_foreign_databases_are_named(tmp_path):
+    s = _store(tmp_path)
+    with s.transaction() as c:
+        c.execute("INSERT INTO meta (key, value) VALUES ('bad', 'not json')")
+    with pytest.raises(UnreadableDatabaseError, match="meta 'bad' is damaged"):
+        s.get_meta("bad")
+    with pytest.raises(UnreadableDatabaseError):
+        s.all_meta()
+    s.close()
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE photos (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(CollectionError, match="not an xmodal collection.*photos"):
+        Store(other)
+
+
+def test_a_read_only_store_refuses_writes_and_unmerged_wal(tmp_path):
+    s = _store(tmp_path)
+    _add(s, ["a"])
+    s.close()
+    wal = tmp_path / "collection.db-wal"
+    if wal.exists() and wal.stat().st_size:
+        Store(tmp_path / "collection.db").close()
+    ro = Store(tmp_path / "collection.db", read_only=True)
+    assert ro.read_only and ro.immutable
+    assert ro.query("SELECT key FROM items") == [("a",)]
+    with pytest.raises(ReadOnlyError):
+        with ro.transaction():
+            pass
+    with ro.reading() as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone() == (1,)
+    ro.close()
+    wal.write_bytes(b"x" * 10)
+    with pytest.raises(CollectionError, match="not yet merged"):
+        Store(tmp_path / "collection.db", read_only=True)
+
+
+# ------------------------------------------------------------------ items.py
+def test_ids_are_whole_numbers_within_sqlite_range():
+    assert _ids([1, 2.0, np.int64(3), np.float32(4.0), "5"]) == [1, 2, 3, 4, 5]
+    assert _ids([MAX_ID, MAX_ID + 1, -MAX_ID - 1, -MAX_ID - 2]) == [MAX_ID, -MAX_ID - 1]
+    for bad in (2.5, np.float64(0.5), "x", None):
+        with pytest.raises(DataError, match="not an integer"):
+            _ids([bad])
+
+
+def test_keys_and_labels_are_checked_naming_the_item():
+    assert check_key(" a") == " a" and check_key("k" * MAX_KEY_LEN) == "k" * MAX_KEY_LEN
+    for bad in ("", "k" * (MAX_KEY_LEN + 1), 3):
+        with pytest.raises(DataError, match="non-empty string"):
+            check_key(bad)
+    with pytest.raises(DataError, match="control characters"):
+        check_key("a\x1fb")
+    assert _checked_labels("x", None) == []
+    assert _checked_labels("x", (3, np.int64(4), "b")) == ["3", "4", "b"]
+    with pytest.raises(DataError, match="x: labels must be a list of strings, not the single string"):
+        _checked_labels("x", "beach")
+    with pytest.raises(DataError, match="got int"):
+        _checked_labels("x", 5)
+    for bad in (True, np.bool_(True), 1.5, "bad\udcff"):
+        with pytest.raises(DataError, match=r"x: labels\[1\]"):
+            _checked_labels("x", ["ok", bad])
+
+
+def test_add_reports_count_and_merge_and_hits_serialise():
+    a = AddReport(added=1, replaced=2, unchanged=3, moved=4, relabelled=5, ids=[1], skipped=["p"], removed=6)
+    assert a.counts() == {"added": 1, "replaced": 2, "moved": 4, "relabelled": 5, "unchanged": 3,
+                          "skipped": 1, "removed": 6}
+    a.merge(AddReport(added=10, replaced=20, unchanged=30, ids=[7, 8]))
+    assert (a.added, a.replaced, a.unchanged, a.ids) == (11, 22, 3, [1, 7, 8])
+    h = Hit(id=1, score=0.5, modality="image", key="k", labels=("a",))
+    assert h.to_dict() == {"id": 1, "score": 0.5, "modality": "image", "key": "k", "path": None, "text": None,
+                           "labels": ["a"], "pair_id": None}
+    assert Hit(id=1, score=0.5, modality="image", key="k", shard="s").to_dict()["shard"] == "s"
+    assert thumb_file(Path("t"), "abc", 128) == Path("t/abc_128_v2.jpg")
+    assert thumb_file(Path("t"), "abc", 256, ".jpg") == Path("t/abc_256.jpg")
+
+
+# ------------------------------------------------------------------ encoding.py
+class _Plain:
+    """An encoder without ``return_mask``: every row taken as read."""
+
+    spec = "plain"
+
+    def encode(self, items, batch_size=None, progress=None):
+        return [[float(len(x))] for x in items]
+
+
+class _Masked:
+    spec = "masked"
+
+    def encode(self, items, progress=None, cache_dir=None, return_mask=False):
+        return np.ones((len(items), 2)), np.asarray([x != "bad" for x in items])
+
+
+def test_encoding_helpers():
+    F, ok = encode_items(_Plain(), ["ab", "c"])
+    assert F.dtype == np.float32 and F.tolist() == [[2.0], [1.0]] and ok.tolist() == [True, True]
+    assert _encode_query(_Plain(), "abc").tolist() == [[3.0]]
+    assert _encode_query(_Masked(), ["a", "b"]).shape == (2, 2)
+    with pytest.raises(DataError, match="query bad: the masked encoder"):
+        _encode_query(_Masked(), ["a", "bad"])
+    assert _load_class(_class_path(AddReport())) is AddReport
+    assert _load_class("xmodal.index.items:Hit") is Hit
+
+
+# ------------------------------------------------------------------ build.py
+def _png(path: Path, colour=(10, 20, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path)
+
+
+def test_scan_folder_takes_images_in_order_with_their_sidecar_captions_and_labels(tmp_path):
+    src = tmp_path / "src"
+    _png(src / "b.png")
+    _png(src / "a.jpg")
+    (src / "a.txt").write_text("\ufefffirst\n\n  second  \n", encoding="utf-8")
+    (src / "b.png.txt").write_text("bee\n")
+    _png(src / "sub" / "c.png")
+    (src / "sub" / "c.txt").write_text("sea")
+    _png(src / ".hidden.png")
+    _png(src / ".cache" / "x.png")
+    _png(src / "old.xmc" / "thumb.png")
+    (src / "old.xmc" / "collection.db").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image")
+    images, texts = scan_folder(src)
+    assert [(i.key, i.labels) for i in images] == [("a.jpg", []), ("b.png", []), ("sub/c.png", ["sub"])]
+    assert [i.path for i in images] == [str((src / k).resolve()) for k in ("a.jpg", "b.png", "sub/c.png")]
+    assert [(t.key, t.text, t.pair_key, t.labels) for t in texts] == [
+        ("a.jpg#0", "first", "a.jpg", []), ("a.jpg#1", "second", "a.jpg", []),
+        ("b.png#0", "bee", "b.png", []), ("sub/c.png#0", "sea", "sub/c.png", ["sub"])]
+    (src / "a.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(DataError, match=r"a\.txt: captions must be UTF-8"):
+        scan_folder(src)
+    with pytest.raises(DataError, match="not a folder"):
+        scan_folder(tmp_path / "not_here")
+
+
+def test_scan_folder_refuses_an_empty_folder(tmp_path):
+    (tmp_path / "e").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        scan_folder(tmp_path / "e")
+
+
+def test_items_from_a_dataset_keep_ids_labels_and_caption_numbers(tmp_path):
+    root = tmp_path / "ds"
+    paths = [str(root / "imgs" / f"{i}.jpg") for i in range(3)]
+    ds = PairedDataset(name="d", text_to_image=np.asarray([1, 0, 1, 2]), n_images=3, image_paths=paths,
+                       texts=["b0", "a0", "b1", "c0"], labels=np.asarray([[1, 0, 0], [0, 1, 1], [0, 0, 0]]),
+                       label_names=["x", "y", "z"], root=str(root))
+    images, texts = items_from_dataset(ds)
+    assert [i.key for i in images] == ["imgs/0.jpg", "imgs/1.jpg", "imgs/2.jpg"]
+    assert [list(i.labels) for i in images] == [["x"], ["y", "z"], []]
+    assert [(t.key, t.text, t.pair_key) for t in texts] == [
+        ("imgs/1.jpg#0", "b0", "imgs/1.jpg"), ("imgs/0.jpg#0", "a0", "imgs/0.jpg"),
+        ("imgs/1.jpg#1", "b1", "imgs/1.jpg"), ("imgs/2.jpg#0", "c0", "imgs/2.jpg")]
+    assert texts[0].labels == ["y", "z"]
+    ds.label_names = None  # unnamed label columns: their numbers
+    assert [list(i.labels) for i in items_from_dataset(ds)[0]] == [["0"], ["1", "2"], []]
+    ds.image_ids = ["p", "q", "r"]
+    images, texts = items_from_dataset(ds)
+    assert [i.key for i in images] == ["p", "q", "r"] and texts[2].key == "q#1"
+    ds.image_ids, ds.root, ds.labels = None, str(tmp_path / "elsewhere"), None
+    images, _ = items_from_dataset(ds)
+    assert [i.key for i in images] == paths and all(i.labels == [] for i in images)
+    ds.image_paths = None
+    with pytest.raises(DataError, match="'d' has no image files"):
+        items_from_dataset(ds)
+
+
+def test_default_params_clamp_components_to_what_the_data_allows():
+    assert _default_params("cca", None, 100, 50, 200) == {"n_components": 50, "reg": 1e-2}
+    assert _default_params("cca", None, 100, 80, 30)["n_components"] == 29
+    assert _default_params("cca", None, 100, 80, 1)["n_components"] == 1
+    assert _default_params("cca", {"n_components": 90}, 10, 10, 5)["n_components"] == 90  # asked for: kept
+    assert _default_params("cca", {"reg": 0.5, "nonsense": 1}, 8, 9, 100) == {"n_components": 8, "reg": 0.5}
+
+
+class MeanColour:
+    """A stand-in image encoder: mean RGB of a file; unreadable files masked out."""
+
+    spec = "mean-colour-test"
+    dim = 3
+
+    def encode(self, items, batch_size=None, progress=None, cache_dir=None, return_mask=False):
+        out = np.zeros((len(items), 3), np.float32)
+        ok = np.zeros(len(items), bool)
+        for r, p in enumerate(items):
+            try:
+                with Image.open(p) as im:
+                    out[r] = np.asarray(im.convert("RGB"), np.float32).reshape(-1, 3).mean(0) / 255.0
+                ok[r] = True
+            except OSError:
+                pass
+        return (out, ok) if return_mask else out
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    enc = MeanColour()
+    real = collection_mod.get_encoder
+    monkeypatch.setattr(collection_mod, "get_encoder",
+                        lambda spec, modality=None: enc if spec == MeanColour.spec else real(spec, modality))
+    return enc
+
+
+def _photos(src: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = "even" if i % 2 == 0 else "odd"
+        _png(src / label / f"p{i}.png", tuple(int(v) for v in rng.integers(0, 255, 3)))
+        (src / label / f"p{i}.txt").write_text(f"photo {i} {label}\nanother line {i}\n")
+
+
+def _stored(coll):
+    return coll.store.query("SELECT i.key, i.modality, i.path, i.text, p.key FROM items i "
+                            "LEFT JOIN items p ON p.id = i.pair_id ORDER BY i.id")
+
+
+def test_a_built_collection_holds_exactly_the_source_items_in_order(tmp_path, fake_encoder):
+    src = tmp_path / "src"
+    _photos(src, 5)
+    (src / "odd" / "broken.png").write_bytes(b"not a png")
+    (src / "odd" / "broken.txt").write_text("lost caption\n")
+    coll = build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                            quiet=True, search=False, batch_size=2)
+    try:
+        images, texts = scan_folder(src)
+        good = [i for i in images if not i.key.endswith("broken.png")]
+        rows = _stored(coll)
+        assert [r[0] for r in rows if r[1] == "image"] == [i.key for i in good]
+        assert [r[2] for r in rows if r[1] == "image"] == [i.path for i in good]
+        assert [(r[0], r[3], r[4]) for r in rows if r[1] == "text"] == [
+            (t.key, t.text, t.pair_key) for t in texts if t.pair_key != "odd/broken.png"]
+        assert coll.last_add.skipped == [str((src / "odd" / "broken.png").resolve())]
+        labels = dict(coll.store.query("SELECT i.key, l.label FROM item_labels l JOIN items i ON i.id = l.item_id "
+                                       "WHERE i.modality = 'image'"))
+        assert labels == {i.key: i.labels[0] for i in good}
+        assert coll.count("image") == 5 and coll.count("text") == 10
+    finally:
+        coll.close()
+    # a rerun resumes: nothing re-added; a new photo is added, a deleted one pruned
+    _png(src / "even" / "p9.png", (1, 2, 3))
+    (src / "odd" / "p1.png").unlink()
+    coll = build_collection(src, tmp_path / "c.xmc", quiet=True, prune=True)
+    try:
+        rep = coll.last_add
+        assert (rep.added, rep.unchanged, rep.removed) == (1, 12, 3)
+        assert [r[0] for r in _stored(coll) if r[1] == "image"] == [
+            "even/p0.png", "even/p2.png", "even/p4.png", "odd/p3.png", "even/p9.png"]
+    finally:
+        coll.close()
+
+
+def test_held_twice_pairs_each_new_image_with_the_first_older_one(tmp_path, fake_encoder):
+    src = tmp_path / "src"
+    _photos(src, 3)
+    coll = build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                            quiet=True, search=False)
+    try:
+        import shutil
+
+        shutil.copy(src / "even" / "p0.png", tmp_path / "copy.png")
+        from xmodal.index import ImageItem
+
+        rep = coll.add_items([ImageItem("zz/copy.png", str(tmp_path / "copy.png"))], progress=False)
+        assert build_mod._held_twice(coll, rep.ids) == [("zz/copy.png", "even/p0.png")]
+        assert build_mod._held_twice(coll, [coll.id_of("odd/p1.png")]) == []
+    finally:
+        coll.close()
