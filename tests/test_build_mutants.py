@@ -369,3 +369,78 @@ def test_held_twice_pairs_each_new_image_with_the_first_older_one(tmp_path, fake
         assert build_mod._held_twice(coll, [coll.id_of("odd/p1.png")]) == []
     finally:
         coll.close()
+
+
+def test_method_files_are_told_from_registry_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert build_mod._is_method_file(Path("cca")) and not build_mod._is_method_file(object())
+    assert build_mod._is_method_file("gone.zip") and not build_mod._is_method_file("cca")
+    for name in ("cca", "mine", "m.xmodal", ".hidden"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "cca").write_bytes(b"x")
+    assert not build_mod._is_method_file("cca")  # a registry name that is also a file here
+    assert all(build_mod._is_method_file(n) for n in ("mine", "m.xmodal", ".hidden", "sub/cca"))
+    with pytest.raises(CollectionError, match="mine: not a saved xmodal method"):
+        build_mod._fitted_method("mine")
+    assert build_mod._fitted_method("cca") is None and build_mod._fitted_method(Path("nope.zip")) is None
+    with pytest.raises(CollectionError, match="gone.zip: no such fitted method file"):
+        build_mod._check_method("gone.zip", "Flat", "src", [])
+
+
+def test_encoder_specs_and_option_words():
+    assert build_mod._spec(" tfidf ") == "tfidf" and build_mod._spec(" a + b ") == "a+b"
+    assert build_mod._spec(MeanColour()) == MeanColour.spec and build_mod._spec(object()) is None
+    O = build_mod.OtherOption
+    assert build_mod._argument_words(O("method", "pca", "cca")) == "method 'pca' (it has 'cca')"
+    assert build_mod._argument_words(O("index", "HNSW32", None)) == "index HNSW32 (it has none)"
+    assert build_mod._argument_words(O("rerank", True, False, "why")) == "rerank (why)"
+    assert build_mod._argument_words(O("rerank", False, True, "why")) == "rerank=False (why)"
+    assert build_mod._argument_words(O("text_encoder", "tfidf", "tfidf", "fitted elsewhere")) == \
+        "text_encoder tfidf fitted elsewhere"
+    assert build_mod._argument_words(O("method", object(), "cca", "other")) == "method object object (other)"
+
+
+def test_too_few_captioned_images_are_refused_counting_the_skipped():
+    from xmodal.index import TextItem
+
+    one = [TextItem("a#0", "x", "a"), TextItem("a#1", "y", "a")]
+    with pytest.raises(CollectionError, match=r"only 1 captioned image to fit method 'cca' on; "):
+        build_mod._check_method("cca", "Flat", "src", one)
+    with pytest.raises(CollectionError, match=r"on \(1 unreadable image skipped\)"):
+        build_mod._check_method("cca", "Flat", "src", one, skipped=1)
+    with pytest.raises(CollectionError, match=r"on \(3 unreadable images skipped\)"):
+        build_mod._check_method("cca", "Flat", "src", one, skipped=3)
+    with pytest.raises(CollectionError, match="no captions to fit"):
+        build_mod._check_method("cca", "Flat", "src", [])
+    build_mod._check_method("cca", "Flat", "src", one + [TextItem("b#0", "z", "b")])
+
+
+def test_the_parameter_search_grid_is_capped_by_the_smallest_training_fold(monkeypatch):
+    from xmodal.evaluation import select
+
+    seen = {}
+
+    def fake_select(name, grid, ds, base, folds, max_images, split):
+        seen.update(grid=grid, n_images=ds.n_images, folds=folds, max_images=max_images, split=split)
+        return select.Selection(params={**base, "n_components": 8, "reg": 1.0}, score=50.0, metric="mR",
+                                folds=folds, n_images=ds.n_images)
+
+    monkeypatch.setattr(select, "select_params", fake_select)
+
+    def ds(n_images, captioned, dx=64, dy=32):
+        t2i = np.repeat(np.arange(captioned), 2)
+        return PairedDataset(name="d", text_to_image=t2i, n_images=n_images,
+                             image_features=np.ones((n_images, dx)), text_features=np.ones((len(t2i), dy)))
+
+    base = {"n_components": 64, "reg": 1e-2}
+    assert build_mod._searched_params("cca", None, base, ds(20, 14), True) is base  # too few images
+    assert not seen
+    out = build_mod._searched_params("cca", None, base, ds(22, 20), True)
+    # 20 captioned images (the 2 without captions left out), 3 folds: 13 train, 12 components at most
+    assert seen["grid"] == {"n_components": [8, 12], "reg": [0.1, 1.0, 10.0]} and seen["n_images"] == 20
+    assert (seen["folds"], seen["max_images"], seen["split"]) == (3, 1000, None) and out["reg"] == 1.0
+    build_mod._searched_params("cca", {"reg": 5.0}, base, ds(3000, 3000, 256, 256), True)
+    # 1000 images searched at most: 666 train; the given reg is not searched
+    assert seen["grid"] == {"n_components": [8, 16, 32, 64, 128]} and seen["n_images"] == 3000
+    assert build_mod._searched_params("pca", None, base, ds(20, 20), True) is base  # no grid
