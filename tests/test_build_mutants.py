@@ -444,3 +444,72 @@ def test_the_parameter_search_grid_is_capped_by_the_smallest_training_fold(monke
     # 1000 images searched at most: 666 train; the given reg is not searched
     assert seen["grid"] == {"n_components": [8, 16, 32, 64, 128]} and seen["n_images"] == 3000
     assert build_mod._searched_params("pca", None, base, ds(20, 20), True) is base  # no grid
+
+
+class _Recorder:
+    """Records the keyword arguments it is encoded with."""
+
+    spec = "recorder"
+
+    def __init__(self, modality=None):
+        self.modality, self.calls = modality, []
+
+    def encode(self, items, **kw):
+        self.calls.append(kw)
+        return np.zeros((len(items), 2)), np.ones(len(items), bool)
+
+
+def test_items_encode_without_bars_and_queries_past_the_cache():
+    enc = _Recorder()
+    encode_items(enc, ["a"])
+    encode_items(enc, ["a"], progress=None, batch_size=7)
+    _encode_query(enc, "q")
+    assert enc.calls == [{"batch_size": None, "progress": False, "return_mask": True},
+                         {"batch_size": 7, "progress": None, "return_mask": True},
+                         {"progress": False, "cache_dir": False, "return_mask": True}]
+
+
+def test_an_encoder_object_of_the_other_modality_is_refused():
+    from xmodal.encoders import EncoderError
+    from xmodal.index.encoding import get_encoder
+
+    img, txt = _Recorder("image"), _Recorder("text")
+    assert get_encoder(img, "image") is img and get_encoder(txt) is txt and get_encoder(_Recorder(), "text")
+    with pytest.raises(EncoderError, match="'recorder' is an image encoder, but a text encoder is needed here"):
+        get_encoder(img, "text")
+    with pytest.raises(EncoderError, match="'recorder' is a text encoder, but an image encoder is needed here"):
+        get_encoder(txt, "image")
+
+
+class _Projecting:
+    """What CrossModalMethod.encode_images / encode_texts ask of a method (before the sign)."""
+
+    image_dim_ = text_dim_ = 2
+
+    def _check_fitted(self):
+        pass
+
+    def _check_input(self, X, dim, what):
+        return X
+
+    def _encode_images(self, X):
+        return X + 1
+
+    def _encode_texts(self, Y):
+        return Y - 1
+
+
+def test_the_float_projection_takes_each_modality_through_its_own_side():
+    from xmodal.index.encoding import _float_projection
+
+    z = np.zeros((1, 2))
+    img, txt = _float_projection(_Projecting(), "image", z), _float_projection(_Projecting(), "text", z)
+    assert img.tolist() == [[1.0, 1.0]] and txt.tolist() == [[-1.0, -1.0]] and txt.dtype == np.float32
+
+
+def test_decodes_tells_an_image_from_a_damaged_file(tmp_path):
+    from xmodal.index.items import _decodes
+
+    _png(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert _decodes(str(tmp_path / "ok.png")) is True and _decodes(str(tmp_path / "bad.png")) is False
