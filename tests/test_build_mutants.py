@@ -513,3 +513,34 @@ def test_decodes_tells_an_image_from_a_damaged_file(tmp_path):
     _png(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert _decodes(str(tmp_path / "ok.png")) is True and _decodes(str(tmp_path / "bad.png")) is False
+
+
+def test_a_store_cascades_deletes_logs_them_and_follows_another_writer(tmp_path):
+    s = _store(tmp_path)
+    assert s.query("PRAGMA journal_mode") == [("wal",)] and s.query("PRAGMA foreign_keys") == [(1,)]
+    follower = Store(tmp_path / "collection.db", follow=True)
+    assert follower.read_only and not follower.immutable
+    _add(s, ["a", "b"])
+    with s.transaction() as c:
+        c.execute("DELETE FROM items WHERE key = 'a'")
+    assert s.query("SELECT item_id FROM vectors") == [(2,)]  # its vector went with it
+    assert follower.query("SELECT item_id, modality FROM deleted") == [(1, "image")]
+    assert Store.marks(follower.conn) == (2, 1)
+    follower.close()
+    s.conn.execute("DROP TABLE deleted")  # a collection of an xmodal without the log
+    assert Store.marks(s.conn) == (2, None)
+    s.close()
+
+
+def test_a_store_of_another_format_is_left_untouched(tmp_path):
+    db = tmp_path / "collection.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    con.execute("INSERT INTO meta VALUES ('format', '99')")
+    con.commit()
+    con.close()
+    s = Store(db)
+    assert s.get_meta("format") == 99
+    assert [r[0] for r in s.query("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["meta"]
+    assert s.query("PRAGMA journal_mode") == [("delete",)]
+    s.close()
