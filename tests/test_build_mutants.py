@@ -544,3 +544,62 @@ def test_a_store_of_another_format_is_left_untouched(tmp_path):
     assert [r[0] for r in s.query("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["meta"]
     assert s.query("PRAGMA journal_mode") == [("delete",)]
     s.close()
+
+
+def test_symlinked_sub_folders_are_followed_once_each(tmp_path):
+    import os
+
+    src, disk = tmp_path / "src", tmp_path / "disk"
+    _png(src / "a.png")
+    _png(disk / "lib" / "b.png")
+    os.symlink(disk / "lib", src / "linked")
+    os.symlink(disk / "lib", src / "again")  # a second link to the same folder: walked once
+    os.symlink(src, src / "loop")  # a link into the folder itself: never walked
+    _png(src / "real" / "c.png")
+    os.symlink(src / "real", src / "zz_to_real")  # its target is walked under its own name
+    images, _ = scan_folder(src)
+    assert [i.key for i in images] == ["a.png", "again/b.png", "real/c.png"]
+    assert images[1].path == str((disk / "lib" / "b.png").resolve()) and images[1].labels == ["again"]
+
+
+def test_sources_that_are_not_there_or_take_no_loader_options_are_named(tmp_path):
+    from xmodal.index.build import scan_source
+
+    with pytest.raises(DataError, match=r"nosuch: no such file or folder \(nor a dataset name: "):
+        scan_source("nosuch")
+    for given in ("no/such", "nosuch.json", "./nosuch"):
+        with pytest.raises(DataError, match="no such file or folder$"):
+            scan_source(given)
+    _png(tmp_path / "imgs" / "a.png")
+    with pytest.raises(DataError, match="loader options \\(n_val\\) apply to a dataset"):
+        scan_source(tmp_path / "imgs", {"n_val": 1})
+    assert [i.key for i in scan_source(tmp_path / "imgs")[0]] == ["a.png"]
+
+
+class _FittedStub:
+    image_dim_, text_dim_ = 5, 2
+    feature_encoders_ = None
+
+
+class _Dim:
+    def __init__(self, spec, dim):
+        self.spec, self._dim = spec, dim
+
+    @property
+    def dim(self):
+        if self._dim is None:
+            raise RuntimeError("known once encoded")
+        return self._dim
+
+
+def test_a_fitted_method_of_other_widths_is_refused_before_encoding():
+    build_mod._check_widths(_FittedStub(), "m.zip", _Dim("i", 5), _Dim("t", 2))
+    build_mod._check_widths(_FittedStub(), "m.zip", _Dim("i", None), _Dim("t", 2))
+    with pytest.raises(CollectionError, match=r"m\.zip: .* takes image features of 5 columns, but the image encoder "
+                                              r"i gives 3; it records no encoders"):
+        build_mod._check_widths(_FittedStub(), "m.zip", _Dim("i", 3), _Dim("t", 2))
+    rec = _FittedStub()
+    rec.feature_encoders_ = {"text": "tfidf"}
+    with pytest.raises(CollectionError, match=r"text features of 2 columns, but the text encoder t gives 4; "
+                                              r"pass the encoders it was fitted with"):
+        build_mod._check_widths(rec, "m.zip", _Dim("i", 5), _Dim("t", 4))
