@@ -443,7 +443,7 @@ def test_the_parameter_search_grid_is_capped_by_the_smallest_training_fold(monke
     build_mod._searched_params("cca", {"reg": 5.0}, base, ds(3000, 3000, 256, 256), True)
     # 1000 images searched at most: 666 train; the given reg is not searched
     assert seen["grid"] == {"n_components": [8, 16, 32, 64, 128]} and seen["n_images"] == 3000
-    assert build_mod._searched_params("pca", None, base, ds(20, 20), True) is base  # no grid
+    assert build_mod._searched_params("pls", None, base, ds(20, 20), True) is base  # no grid
 
 
 class _Recorder:
@@ -603,3 +603,41 @@ def test_a_fitted_method_of_other_widths_is_refused_before_encoding():
     with pytest.raises(CollectionError, match=r"text features of 2 columns, but the text encoder t gives 4; "
                                               r"pass the encoders it was fitted with"):
         build_mod._check_widths(rec, "m.zip", _Dim("i", 5), _Dim("t", 4))
+
+
+def test_an_existing_collection_names_each_option_it_was_not_made_with(tmp_path, fake_encoder):
+    src = tmp_path / "src"
+    _photos(src, 3)
+    coll = build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                            quiet=True, search=False, method_params={"n_components": 2})
+    try:
+        assert build_mod.other_options(coll, {"method": "cca", "index": "Flat", "rerank": False,
+                                              "method_params": {"n_components": 2},
+                                              "image_encoder": MeanColour.spec, "text_encoder": "tfidf:20"}) == []
+        got = build_mod.other_options(coll, {"index": "HNSW32", "rerank": True,
+                                             "method_params": {"n_components": 3, "reg": 0.01},
+                                             "image_encoder": "efficientnet-lite0", "text_encoder": " tfidf:20 "})
+        assert [(o.name, o.asked, o.has) for o in got] == [
+            ("method_params", {"n_components": 3}, coll.meta["method"]["params"]),
+            ("index", "HNSW32", "Flat"), ("rerank", True, False), ("image_encoder", "efficientnet-lite0", MeanColour.spec)]
+        with pytest.raises(build_mod.OtherOptionsError, match=r"c\.xmc: an existing collection .* asked for "
+                                                              r"method 'pls' \(it has 'cca'\); index HNSW32 \(it has Flat\)"):
+            build_mod._refuse_other_options(coll, {"method": "pls", "index": "HNSW32", "rerank": False})
+        build_mod._refuse_other_options(coll, {"rerank": False, "index": "Flat"})  # rerank False: not asked
+    finally:
+        coll.close()
+
+
+def test_encoders_come_from_the_call_else_the_method_else_the_defaults():
+    class Rec:
+        feature_encoders_ = {"image": "efficientnet-lite0"}
+
+    assert build_mod._resolve_encoders(None, "cca", None, None) == (build_mod.DEFAULT_IMAGE_ENCODER,
+                                                                     build_mod.DEFAULT_TEXT_ENCODER)
+    assert build_mod._resolve_encoders(Rec(), "m.zip", None, "bow") == ("efficientnet-lite0", "bow")
+    assert build_mod._resolve_encoders(Rec(), "m.zip", " efficientnet-lite0 ", None)[0] == " efficientnet-lite0 "
+    with pytest.raises(CollectionError, match="m.zip: .*image encoder mobilenet-v2 given, but it was fitted on "
+                                              "efficientnet-lite0 features"):
+        build_mod._resolve_encoders(Rec(), "m.zip", "mobilenet-v2", None)
+    assert build_mod._needs_fit("minilm + tfidf:9") and build_mod._needs_fit("bow")
+    assert not build_mod._needs_fit("minilm") and not build_mod._needs_fit("efficientnet-lite0+mobilenet-v2")
