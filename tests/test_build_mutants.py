@@ -5,6 +5,7 @@ built collection holds (build.py). Small collections with a cheap stand-in image
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def test_in_chunks_binds_every_value_once_in_pieces_sqlite_takes():
         assert [v for chunk, _ in parts for v in chunk] == list(range(n))
         assert all(len(chunk) <= SQL_VARS and marks.count("?") == len(chunk) and marks.count(",") == len(chunk) - 1
                    for chunk, marks in parts)
-        assert len(parts) == -(-n // SQL_VARS)
+        assert len(parts) == -(-n // SQL_VARS) and all(type(chunk) is list for chunk, _ in parts)
+    assert list(in_chunks(k for k in "ab")) == [(["a", "b"], "?,?")]  # any iterable, read once
 
 
 def _store(tmp_path: Path) -> Store:
@@ -62,8 +64,21 @@ def test_the_deletion_log_is_trimmed_past_twice_keep_and_older_states_reload(tmp
     added, gone = s.changes_since(4, 3)
     assert [(r[0], r[1], r[2]) for r in added] == [(6, "image", b"k5")]  # id 5 was added, then deleted
     assert gone == [(4, "image"), (5, "image")]
+    with s.transaction() as c:  # the log grows past the floor again until it holds 2 * keep
+        c.execute("DELETE FROM items WHERE key = 'k5'")
+        assert Store.trim_deleted(c, 2) == 3
+    assert [r[0] for r in s.query("SELECT seq FROM deleted ORDER BY seq")] == [4, 5, 6]
     with s.transaction() as c:  # keep 0: every row past the floor is dropped
-        assert Store.trim_deleted(c, 0) == 5
+        assert Store.trim_deleted(c, 0) == 6
+    assert s.query("SELECT seq FROM deleted") == [] and s.deleted_floor() == 6
+    s.close()
+
+
+def test_a_log_never_written_is_never_trimmed(tmp_path):
+    s = _store(tmp_path)
+    with s.transaction() as c:
+        assert Store.trim_deleted(c, 0) == 0
+    assert s.deleted_floor() == 0 and s.changes_since(0, 0) == ([], [])
     s.close()
 
 
@@ -90,8 +105,8 @@ def test_vectors_come_in_id_order_per_modality_and_by_chunks(tmp_path):
     ids, codes, fvecs = s.vectors("text")
     assert ids.tolist() == [SQL_VARS + 4, SQL_VARS + 5] and codes == [b"t0", b"t1"] and fvecs == [None, None]
     want = list(range(SQL_VARS + 5, 0, -1)) + [10 ** 9]  # every id, reversed, and one that has none
-    ids, codes, _ = s.vectors_of(np.asarray(want))
-    assert ids.tolist() == list(range(1, SQL_VARS + 6))
+    ids, codes, fvecs = s.vectors_of(np.asarray(want))
+    assert ids.tolist() == list(range(1, SQL_VARS + 6)) and fvecs == [None] * (SQL_VARS + 5)
     assert codes[0] == b"i0" and codes[-1] == b"t1"
     assert sorted(s.item_ids("image").tolist()) == list(range(1, SQL_VARS + 4))
     s.close()
@@ -125,7 +140,7 @@ def test_a_read_only_store_refuses_writes_and_unmerged_wal(tmp_path):
     ro = Store(tmp_path / "collection.db", read_only=True)
     assert ro.read_only and ro.immutable
     assert ro.query("SELECT key FROM items") == [("a",)]
-    with pytest.raises(ReadOnlyError):
+    with pytest.raises(ReadOnlyError, match=re.escape(f"{tmp_path}: the collection is open read-only: opened read-only (--read-only)")):
         with ro.transaction():
             pass
     with ro.reading() as c:
