@@ -94,6 +94,7 @@ def test_pretty_printed_json_object_is_no_pairs_file(tmp_path):
      r"pairs\.json:2: invalid JSON \(expected ',' or '\]'\)"),
     ('[{"image": "a.jpg", "text": "x"}]\n\n[]', r"pairs\.json:1: invalid JSON \(the array must end the file\)"),
     ('[{"image": "a.jpg", "text": "x"},\n\n 7]', r"pairs\.json: \[1\] \(line 3\): expected a JSON object"),
+    ('\n[{"image": "a.jpg", "text": "x"},\n\n 7]', r"pairs\.json: \[1\] \(line 4\): expected a JSON object"),
 ])
 def test_json_array_pairs_errors_name_the_line(tmp_path, body, message):
     path = tmp_path / "pairs.json"
@@ -321,14 +322,15 @@ def test_feature_file_member_that_is_not_an_npy_array_is_named(tmp_path):
 
 
 def test_unknown_arrays_and_unwritable_meta_are_logged(tmp_path, caplog):
-    path = _npz(tmp_path, extra=np.zeros(2))
+    path = _npz(tmp_path, extra=np.zeros(2), split_test=np.array([1]))
     with caplog.at_level("WARNING", logger="xmodal"):
-        assert load_npz(path).n_images == 2
-    assert "feats.npz: ignoring arrays xmodal does not know: extra" in caplog.text
+        assert load_npz(path).splits["test"].tolist() == [1]
+    assert "feats.npz: ignoring arrays xmodal does not know: extra\n" in caplog.text + "\n"  # not split_test
     ds = _ds(meta={"ok": [1, 2], "obj": object()})
     caplog.clear()
     with caplog.at_level("DEBUG", logger="xmodal"):
-        out = save_npz(ds, tmp_path / "saved.npz")
+        out = save_npz(ds, str(tmp_path / "saved.npz"))
+    assert isinstance(out, Path) and out == tmp_path / "saved.npz"
     assert "saved.npz: meta 'obj' not written (not JSON)" in caplog.text
     back = load_npz(out).meta
     assert back["ok"] == [1, 2] and "obj" not in back
@@ -428,3 +430,52 @@ def test_only_the_ucm_release_gets_ucm_classes(tmp_path):
     (tmp_path / "ucm.json").write_text(json.dumps({**doc, "dataset": "UCM"}))
     ds = load_karpathy(tmp_path / "ucm.json")
     assert ds.labels.shape == (2100, 21) and ds.class_ids[[0, 99, 100, 2099]].tolist() == [0, 0, 1, 20]
+
+
+def test_folder_with_several_karpathy_files_lists_them_all(tmp_path):
+    from xmodal.data._files import dataset_files
+
+    for name in ("dataset_coco.json", "dataset_flickr8k.json"):
+        _karpathy(tmp_path, [_rec("a.jpg")], name)
+    src = dataset_files(tmp_path)  # which one to load is the loader's error to name, not a crash here
+    assert src.layout == "karpathy" and src.root is None
+    assert [p.name for p in src.files] == ["dataset_coco.json", "dataset_flickr8k.json"]
+
+
+# ------------------------------------------------------------------ survivors of the run itself (pairs)
+@pytest.mark.parametrize("suffix, header, shown", [
+    (".csv", "picture,caption", "['picture', 'caption']"),
+    (".tsv", "picture\tcaption", "['picture', 'caption']"),
+])
+def test_pairs_header_without_an_image_column_is_split_by_the_file_type(tmp_path, suffix, header, shown):
+    path = tmp_path / f"pairs{suffix}"
+    path.write_text(f"{header}\na.jpg{header[7]}a cat\n")
+    with pytest.raises(DataError, match=rf"pairs\{suffix}:1: header must name an 'image' column, got "
+                                        + shown.replace("[", r"\[").replace("]", r"\]")):
+        load_pairs(path)
+
+
+def test_pascal_sentences_folder_files_are_its_sentence_files(tmp_path):
+    from xmodal.data._files import dataset_files
+
+    for c in ("cat", "dog"):
+        (tmp_path / "dataset" / c).mkdir(parents=True)
+        (tmp_path / "sentence" / c).mkdir(parents=True)
+        for i in (1, 2):
+            (tmp_path / "dataset" / c / f"{c}{i}.jpg").write_bytes(b"\xff\xd8\xff")
+            (tmp_path / "sentence" / c / f"{c}{i}.txt").write_text(f"a {c}\n")
+    (tmp_path / "sentence" / ".DS_Store").write_bytes(b"x")  # hidden files are no sentences
+    src = dataset_files(tmp_path)
+    assert src.layout == "pascal_sentences" and src.root == tmp_path
+    assert src.names() == ["sentence/cat/cat1.txt", "sentence/cat/cat2.txt", "sentence/dog/dog1.txt",
+                           "sentence/dog/dog2.txt"]
+
+
+def test_folder_whose_reader_refuses_it_falls_back_to_the_legacy_file_list(tmp_path):
+    from xmodal.data._files import dataset_files
+
+    # Flickr8k's and Flickr30k's caption files side by side: which one is the loader's error to name
+    (tmp_path / "Flickr8k.token.txt").write_text("a.jpg#0\ta dog\n")
+    (tmp_path / "results_20130124.token").write_text("b.jpg#0\ta cat\n")
+    src = dataset_files(tmp_path)
+    assert (src.layout, src.files, src.root) == ("flickr_tokens", [], None)
