@@ -572,9 +572,16 @@ def test_symlinked_sub_folders_are_followed_once_each(tmp_path):
     os.symlink(src, src / "loop")  # a link into the folder itself: never walked
     _png(src / "real" / "c.png")
     os.symlink(src / "real", src / "zz_to_real")  # its target is walked under its own name
+    _png(tmp_path / "src_more" / "d.png")
+    os.symlink(tmp_path / "src_more", src / "more")  # a sibling whose name starts like the folder's: outside it
     images, _ = scan_folder(src)
-    assert [i.key for i in images] == ["a.png", "again/b.png", "real/c.png"]
+    assert [i.key for i in images] == ["a.png", "again/b.png", "more/d.png", "real/c.png"]
     assert images[1].path == str((disk / "lib" / "b.png").resolve()) and images[1].labels == ["again"]
+    os.symlink(src / "y_loop.png", src / "x_loop.png")  # a symlink loop: kept as is (then skipped as unreadable)
+    os.symlink(src / "x_loop.png", src / "y_loop.png")
+    images, _ = scan_folder(src)
+    assert [(i.key, i.path) for i in images if "loop" in i.key] == [
+        ("x_loop.png", str(src / "x_loop.png")), ("y_loop.png", str(src / "y_loop.png"))]
 
 
 def test_sources_that_are_not_there_or_take_no_loader_options_are_named(tmp_path):
