@@ -663,3 +663,56 @@ def test_encoders_come_from_the_call_else_the_method_else_the_defaults():
         build_mod._resolve_encoders(Rec(), "m.zip", "mobilenet-v2", None)
     assert build_mod._needs_fit("minilm + tfidf:9") and build_mod._needs_fit("bow")
     assert not build_mod._needs_fit("minilm") and not build_mod._needs_fit("efficientnet-lite0+mobilenet-v2")
+
+
+def test_a_rerun_keeps_what_the_source_lost_unless_asked_to_prune(tmp_path, fake_encoder):
+    src = tmp_path / "src"
+    _photos(src, 3)
+    build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                     quiet=True, search=False).close()
+    (src / "odd" / "p1.png").unlink()
+    coll = build_collection(src, tmp_path / "c.xmc", quiet=True)
+    try:
+        assert coll.count("image") == 3 and coll.last_add.removed == 0 and coll.id_of("odd/p1.png")
+    finally:
+        coll.close()
+
+
+def test_a_supervised_method_is_fitted_on_the_folder_labels(tmp_path, fake_encoder):
+    src = tmp_path / "src"
+    _photos(src, 6)
+    coll = build_collection(src, tmp_path / "c.xmc", method="mlcca", image_encoder=fake_encoder,
+                            text_encoder="tfidf:20", quiet=True, search=False)
+    try:
+        assert coll.stats()["method"] == "mlcca" and coll.count("image") == 6
+    finally:
+        coll.close()
+
+
+class _TextOfUnknownWidth:
+    """A text encoder whose width only encoding tells (the check after encoding catches it)."""
+
+    spec, modality = "unknown-width-text", "text"
+
+    @property
+    def dim(self):
+        raise RuntimeError("known once encoded")
+
+    def encode(self, items, batch_size=None, progress=None, return_mask=False):
+        F = np.asarray([[len(t), t.count(" "), 1.0] for t in items], np.float32)
+        return (F, np.ones(len(items), bool)) if return_mask else F
+
+
+def test_a_fitted_method_refusing_the_text_features_is_named_before_the_collection_exists(tmp_path, fake_encoder):
+    from xmodal import methods
+
+    rng = np.random.default_rng(0)
+    ds = PairedDataset(name="r", text_to_image=np.arange(20), n_images=20, image_features=rng.normal(size=(20, 3)),
+                       text_features=rng.normal(size=(20, 4)))
+    fitted = methods.create("cca", n_components=2).fit(ds)
+    src = tmp_path / "src"
+    _photos(src, 3)
+    with pytest.raises(CollectionError, match="this fitted method does not take the encoders' features"):
+        build_collection(src, tmp_path / "c.xmc", method=fitted, image_encoder=fake_encoder,
+                         text_encoder=_TextOfUnknownWidth(), quiet=True)
+    assert not (tmp_path / "c.xmc").exists()
