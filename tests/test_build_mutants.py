@@ -716,3 +716,20 @@ def test_a_fitted_method_refusing_the_text_features_is_named_before_the_collecti
         build_collection(src, tmp_path / "c.xmc", method=fitted, image_encoder=fake_encoder,
                          text_encoder=_TextOfUnknownWidth(), quiet=True)
     assert not (tmp_path / "c.xmc").exists()
+
+
+def test_a_plan_says_what_a_build_would_do_and_prunes_only_when_asked(tmp_path, fake_encoder):
+    from xmodal.index.build import plan_collection
+
+    src = tmp_path / "src"
+    _photos(src, 3)
+    plan = plan_collection(src, tmp_path / "c.xmc", method_params={"n_components": 2}, text_encoder="tfidf:20")
+    assert plan == {"source": str(src), "collection": str(tmp_path / "c.xmc"), "images": 3, "texts": 6,
+                    "action": "create", "method": "cca", "params": {"n_components": 2}}
+    assert not (tmp_path / "c.xmc").exists()
+    build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                     quiet=True, search=False).close()
+    (src / "odd" / "p1.png").unlink()
+    kept, pruned = plan_collection(src, tmp_path / "c.xmc"), plan_collection(src, tmp_path / "c.xmc", prune=True)
+    assert kept["action"] == pruned["action"] == "update" and kept["images"] == 2
+    assert "removed" not in kept and [r["key"] for r in pruned["removed"]] == ["odd/p1.png", "odd/p1.png#0", "odd/p1.png#1"]
