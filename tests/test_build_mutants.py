@@ -733,3 +733,34 @@ def test_a_plan_says_what_a_build_would_do_and_prunes_only_when_asked(tmp_path, 
     kept, pruned = plan_collection(src, tmp_path / "c.xmc"), plan_collection(src, tmp_path / "c.xmc", prune=True)
     assert kept["action"] == pruned["action"] == "update" and kept["images"] == 2
     assert "removed" not in kept and [r["key"] for r in pruned["removed"]] == ["odd/p1.png", "odd/p1.png#0", "odd/p1.png#1"]
+
+
+def test_an_sbert_folder_with_a_plus_in_its_path_keeps_its_spec(tmp_path):
+    folder = tmp_path / "models" / "a + b"
+    folder.mkdir(parents=True)
+    assert build_mod._spec(f" sbert:{folder} ") == f"sbert:{folder}"  # one model, not two parts stripped
+
+
+def test_a_plan_refuses_bad_method_params_and_another_method_file_is_another_method(tmp_path, fake_encoder):
+    from xmodal import methods
+    from xmodal.index.build import plan_collection
+
+    src = tmp_path / "src"
+    _photos(src, 3)
+    from xmodal.methods.base import ParameterError
+
+    with pytest.raises(ParameterError, match="nonsense"):
+        plan_collection(src, tmp_path / "new.xmc", method_params={"nonsense": 1})
+    coll = build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                            quiet=True, search=False)
+    try:
+        own = coll.path / coll.meta["method"]["file"]
+        assert build_mod.other_options(coll, {"method": own}) == []
+        rng = np.random.default_rng(0)
+        ds = PairedDataset(name="r", text_to_image=np.arange(20), n_images=20,
+                           image_features=rng.normal(size=(20, 3)), text_features=rng.normal(size=(20, 20)))
+        other = methods.create("cca", n_components=2).fit(ds).save(tmp_path / "other.zip")
+        got = build_mod.other_options(coll, {"method": other})
+        assert [(o.name, o.reason) for o in got] == [("method", "another fitted method than its cca")]
+    finally:
+        coll.close()
