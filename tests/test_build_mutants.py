@@ -762,5 +762,10 @@ def test_a_plan_refuses_bad_method_params_and_another_method_file_is_another_met
         other = methods.create("cca", n_components=2).fit(ds).save(tmp_path / "other.zip")
         got = build_mod.other_options(coll, {"method": other})
         assert [(o.name, o.reason) for o in got] == [("method", "another fitted method than its cca")]
+        assert build_mod.other_options(coll, {"method": coll.method}) == []  # a method object, by content
+        got = build_mod.other_options(coll, {"method": methods.load(str(other))})
+        assert [(o.name, o.reason) for o in got] == [("method", "another fitted method than its cca")]
+        with pytest.raises(ParameterError, match="nonsense"):  # the collection's method's own rules
+            build_mod.other_options(coll, {"method_params": {"nonsense": 1}})
     finally:
         coll.close()
