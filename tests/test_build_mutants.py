@@ -769,3 +769,57 @@ def test_a_plan_refuses_bad_method_params_and_another_method_file_is_another_met
             build_mod.other_options(coll, {"method_params": {"nonsense": 1}})
     finally:
         coll.close()
+
+
+def test_a_model_file_digest_reads_member_names_and_contents_not_write_times(tmp_path):
+    import hashlib
+    import time
+    import zipfile
+
+    from xmodal.index.encoding import _digest_file
+
+    def digest(members, name):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            for member, data in members.items():
+                zf.writestr(zipfile.ZipInfo(member, time.localtime(time.time() + len(name))[:6]), data)
+        h = hashlib.sha256()
+        _digest_file(h, tmp_path / name)
+        return h.hexdigest()
+
+    base = digest({"meta.json": b"{}", "w.npy": b"123"}, "a.zip")
+    assert digest({"w.npy": b"123", "meta.json": b"{}"}, "later.zip") == base  # order and times aside
+    assert digest({"meta.json": b"{}", "w.npy": b"124"}, "b.zip") != base
+    assert digest({"ab": b"c"}, "c.zip") != digest({"a": b"bc"}, "d.zip")
+
+
+def test_a_method_recording_a_fitted_encoder_without_its_state_is_refused():
+    class Old:
+        feature_encoders_ = {"text": "tfidf"}
+
+        def feature_encoder(self, modality):
+            return None
+
+    with pytest.raises(CollectionError, match="m.zip: fitted on the features of a fitted text encoder tfidf, but "
+                                              "the file does not keep their fitted state"):
+        build_mod._resolve_encoders(Old(), "m.zip", None, None)
+
+
+def test_audit_details_are_stored_with_sorted_keys(tmp_path):
+    s = _store(tmp_path)
+    with s.transaction() as c:
+        Store.audit(c, "me", "add", {"b": 1, "a": 2}, remote="1.2.3.4")
+        Store.audit(c, "me", "note", "as is")
+    assert s.query("SELECT actor, action, detail, remote FROM audit ORDER BY id") == [
+        ("me", "add", '{"a": 2, "b": 1}', "1.2.3.4"), ("me", "note", "as is", None)]
+    s.close()
+
+
+def test_a_rerun_that_moves_nothing_says_nothing_of_moves(tmp_path, fake_encoder, capsys):
+    src = tmp_path / "src"
+    _photos(src, 3)
+    build_collection(src, tmp_path / "c.xmc", image_encoder=fake_encoder, text_encoder="tfidf:20",
+                     quiet=True, search=False).close()
+    capsys.readouterr()
+    build_collection(src, tmp_path / "c.xmc", quiet=False).close()
+    err = capsys.readouterr().err
+    assert "moved" not in err and "relabelled" not in err and "skipping" not in err
