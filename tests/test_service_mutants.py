@@ -344,21 +344,36 @@ def _png_claiming(w: int, h: int) -> bytes:
 
 def test_a_thumbnail_of_a_stored_bomb_is_413_and_of_a_broken_file_500(svc, tmp_path):
     c, coll = svc["c"], svc["coll"]
-    bomb, broken = tmp_path / "bomb.png", tmp_path / "broken.png"
+    from PIL import Image
+
+    bomb, broken, good = tmp_path / "bomb.png", tmp_path / "broken.png", tmp_path / "good.png"
     bomb.write_bytes(_png_claiming(20000, 20000))  # 400 Mpx: over every limit
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    vec = np.zeros((2, coll.dim), dtype=np.float32)
+    Image.new("RGB", (40, 30), (0, 128, 255)).save(good)
+    vec = np.zeros((3, coll.dim), dtype=np.float32)
     vec[:, 0] = 1
-    coll.add_vectors("image", ["thumb/bomb.png", "thumb/broken.png"], vec, paths=[str(bomb), str(broken)])
+    keys = ["thumb/bomb.png", "thumb/broken.png", "thumb/good.png"]
+    coll.add_vectors("image", keys, vec, paths=[str(bomb), str(broken), str(good)])
     try:
-        ids = [coll.id_of("thumb/bomb.png"), coll.id_of("thumb/broken.png")]
+        ids = [coll.id_of(k) for k in keys]
+        # a public collection's thumbnail may be kept by shared caches; a private one's only by the client
+        r = c.get(f"/api/items/{ids[2]}/thumbnail", params={"size": 128})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert r.headers["cache-control"] == "max-age=3600"
+        coll.set_setting("public_read", False)
+        try:
+            assert c.get(f"/api/items/{ids[2]}/thumbnail").status_code == 401
+            r = c.get(f"/api/items/{ids[2]}/thumbnail", headers=hdr(svc, "read"))
+            assert r.status_code == 200 and r.headers["cache-control"] == "private, max-age=3600"
+        finally:
+            coll.set_setting("public_read", True)
         r = c.get(f"/api/items/{ids[0]}/thumbnail")
         assert r.status_code == 413 and r.json()["detail"].startswith(f"item {ids[0]}: cannot thumbnail the image")
         assert "decompression bomb" in r.json()["detail"]
         r = c.get(f"/api/items/{ids[1]}/thumbnail")
         assert r.status_code == 500 and r.json()["detail"].startswith(f"item {ids[1]}: cannot thumbnail the image")
     finally:
-        coll.delete(keys=["thumb/bomb.png", "thumb/broken.png"])
+        coll.delete(keys=keys)
 
 
 def test_rate_limit_forgets_a_bucket_the_moment_it_is_full_again():
@@ -430,3 +445,91 @@ def test_uploads_are_checked_by_format_and_by_their_decoded_pixels():
     with pytest.raises(HTTPException) as got:
         check_image_bytes(encoded("JPEG", (800, 400), progressive=True), max_pixels=800 * 400 - 1)
     assert got.value.status_code == 413
+
+
+def test_a_binary_collection_takes_vector_queries_as_code_bytes(tmp_path):
+    codes = np.array([[0, 255], [15, 240], [255, 0]], dtype=np.uint8)
+    with Collection.create(tmp_path / "b.xmc", output="binary", dim=16) as coll:
+        coll.add_vectors("image", ["a.jpg", "b.jpg", "c.jpg"], codes)
+        c = TestClient(create_app(coll), raise_server_exceptions=False)
+        r = c.post("/api/search", json={"vector": [0, 255], "k": 3})
+        assert r.status_code == 200, r.text
+        assert [h["key"] for h in r.json()["results"]][0] == "a.jpg"
+        assert c.post("/api/search", json={"vector": [255, 0], "k": 1}).json()["results"][0]["key"] == "c.jpg"
+        for bad in ([0, 256], [-1, 0], [0.5, 0]):
+            r = c.post("/api/search", json={"vector": bad})
+            assert r.status_code == 422 and r.json()["detail"] == "binary collections take vector as code bytes 0..255"
+        r = c.post("/api/search", json={"vector": [0, 255, 0]})
+        assert r.status_code == 422 and r.json()["detail"] == "vector must have 2 values, got 3"
+        r = c.post("/api/search", json={"vector": [0, 255], "fvector": [0.5, 0.5]})
+        assert r.status_code == 422 and r.json()["detail"].startswith("fvector: this collection keeps no float")
+
+
+def test_a_bad_item_key_is_repeated_only_when_short(svc):
+    c, w = svc["c"], hdr(svc, "write")
+    for key, shown in (("k" * 199 + "!", repr("k" * 199 + "!")), ("k" * 200 + "!", "of 201 characters"),
+                       ("k" * 600, "of 600 characters")):
+        r = c.post("/api/texts", json={"text": "a caption", "key": key}, headers=w)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith(f"key: item key {shown}: "), r.json()["detail"][:80]
+        if len(key) > 200:
+            assert "k" * 201 not in r.text
+    # the longest key a collection stores is taken; one character more is not
+    r = c.post("/api/texts", json={"text": "a long-keyed caption", "key": "k" * 512}, headers=w)
+    assert r.status_code == 201, r.text[:200]
+    r = c.post("/api/texts", json={"text": "a long-keyed caption", "key": "k" * 513}, headers=w)
+    assert r.status_code == 422 and r.json()["detail"] == "key: item key of 513 characters: over 512 characters"
+    assert c.delete(f"/api/items/{svc['coll'].id_of('k' * 512)}", headers=w).status_code == 200
+
+
+def test_more_like_this_on_a_routing_server_answers_k_hits_without_the_item_itself(svc, tmp_path):
+    from conftest import serving
+    from xmodal.encoders import get_encoder
+
+    coll, texts = svc["coll"], svc["texts"]
+    enc = get_encoder("bow", "text").fit(texts, progress=False)
+    with Collection.create(tmp_path / "s.xmc", dim=coll.dim, text_encoder=enc) as other:
+        other.add_vectors("image", [f"s/{i}.jpg" for i in range(3)], enc.encode(texts[:3], progress=False))
+        with serving(create_app(other)) as url:
+            router = TestClient(create_app(coll, shards=[url]), raise_server_exceptions=False)
+            first = coll.list_items("image", 0, 1)[0].id
+            for k in (1, 4):
+                r = router.post("/api/search", json={"item_id": first, "k": k})
+                assert r.status_code == 200, r.text
+                hits = r.json()["results"]
+                assert len(hits) == k and r.json()["failed_shards"] == []
+                assert not any(h["id"] == first and not h.get("shard") for h in hits)
+            # this server alone: no shard was asked, so no failed_shards (nor on a plain server)
+            r = router.post("/api/search", json={"item_id": first, "k": 2, "local_only": True})
+            assert r.status_code == 200 and "failed_shards" not in r.json()
+            assert not any(h.get("shard") for h in r.json()["results"])
+    r = svc["c"].post("/api/search", json={"item_id": first, "k": 2})
+    assert r.status_code == 200 and "failed_shards" not in r.json()
+
+
+def test_info_names_no_server_folder(svc):
+    coll = svc["coll"]
+    r = svc["c"].get("/api/info")
+    assert r.status_code == 200 and "path" not in r.json()
+    for p in (str(coll.path), str(coll.path.resolve())):
+        assert p not in r.text
+    assert r.json()["max_upload_bytes"] == 20 * 1024 * 1024 and "shards" not in r.json()
+
+
+def test_upload_errors_name_the_file_as_sent(svc):
+    c = svc["c"]
+    for url, h in (("/api/search/image", {}), ("/api/items", hdr(svc, "write"))):
+        r = c.post(url, files={"file": ("holiday.png", b"", "image/png")}, headers=h)
+        assert r.status_code == 400 and r.json()["detail"] == "holiday.png: empty upload (0 bytes)", (url, r.text)
+        r = c.post(url, files={"file": ("notes.png", b"plain text", "image/png")}, headers=h)
+        assert r.status_code == 415 and r.json()["detail"].startswith("notes.png: not an image"), (url, r.text)
+
+
+def test_a_422_echoes_an_input_of_up_to_200_characters(svc):
+    c = svc["c"]
+    for n, echoed in ((200, True), (201, False)):
+        r = c.post("/api/search", json={"text": "a beach", "target": "x" * n})
+        assert r.status_code == 422
+        err = r.json()["detail"][0]
+        assert err["loc"] == ["body", "target"]
+        assert ("input" in err) is echoed and (err.get("input") == "x" * n) is echoed, n
