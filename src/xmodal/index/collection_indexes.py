@@ -123,8 +123,8 @@ class IndexesMixin:
                         except IndexFileError as exc:
                             # it loads but is not this index (another variant's or width's
                             # file): an 'exact' search would be answered by a graph, or fail
-                            log.warning("%s: index file %s is not a %s index of dim %d (%s); not used",
-                                        self.path, f.name, spec, dim, exc)
+                            log.warning("%s: index file %s is not used, not being a sound %s index of "
+                                        "dim %d (%s)", self.path, f.name, spec, dim, exc)
                             continue
                         except Exception:  # noqa: BLE001 (a cache: whatever fails, it is rebuilt)
                             continue  # replaced meanwhile, or unreadable: an older one, else a build

@@ -333,6 +333,25 @@ def _check_loaded(index, kind: str, dim: int, base: str) -> None:
     have_type, want_type = type(down(index.index)).__name__, type(down(want.index)).__name__
     if have_type != want_type or (kind == "real" and index.metric_type != want.metric_type):
         raise IndexFileError(f"index bytes hold a {have_type}, but index {base!r} is a {want_type}")
+    ivf = _inner_ivf(kind, index)
+    if ivf is not None and ivf.ntotal:
+        lists = ivf.invlists
+        numbers = np.concatenate([faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                                  for i in range(ivf.nlist) if lists.list_size(i)])
+        if len(numbers) != index.ntotal or not np.array_equal(np.sort(numbers), np.arange(index.ntotal)):
+            # written after a removal by an xmodal that removed from IVFs: hits would carry
+            # other items' ids (the collection rebuilds it from its stored vectors)
+            raise IndexFileError(f"index bytes hold an IVF whose lists are out of step with its id "
+                                 f"map ({len(numbers)} entries numbered up to {int(numbers.max())}, "
+                                 f"{index.ntotal} ids)")
+
+
+def _inner_ivf(kind: str, index):
+    """The IVF inside an id-mapped index (float, also behind a transform, or binary), else None."""
+    if kind == "binary":
+        inner = faiss.downcast_IndexBinary(index.index)
+        return inner if isinstance(inner, faiss.IndexBinaryIVF) else None
+    return faiss.try_extract_index_ivf(index.index)
 
 
 #: Widths :func:`check_spec` tries for a space whose width is not known yet (a method still
@@ -440,13 +459,18 @@ class VectorIndex:
         ids = raw.astype(np.int64)
         if not len(ids):
             return
-        try:
-            self.index.remove_ids(ids)
-        except RuntimeError:  # HNSW, multi-hash: no removal, keep tombstones
-            have = self.stored_ids()
-            # have against the few ids (not a set of every stored id): a delete or a catch-up
-            # costs a scan of the id array, not a Python set of a million ids
-            self.tombstones.update(have[np.isin(have, ids)].tolist())
+        if _inner_ivf(self.kind, self.index) is None:
+            try:
+                self.index.remove_ids(ids)
+                return
+            except RuntimeError:  # HNSW, multi-hash: no removal, keep tombstones
+                pass
+        # An IVF is kept whole too: the id map renumbers its entries on removal, the IVF's
+        # lists keep their numbers, and every later hit would carry another item's id.
+        have = self.stored_ids()
+        # have against the few ids (not a set of every stored id): a delete or a catch-up
+        # costs a scan of the id array, not a Python set of a million ids
+        self.tombstones.update(have[np.isin(have, ids)].tolist())
 
     def needs_compaction(self) -> bool:
         return len(self.tombstones) > max(1024, self.index.ntotal // 10)
