@@ -823,3 +823,20 @@ def test_a_rerun_that_moves_nothing_says_nothing_of_moves(tmp_path, fake_encoder
     build_collection(src, tmp_path / "c.xmc", quiet=False).close()
     err = capsys.readouterr().err
     assert "moved" not in err and "relabelled" not in err and "skipping" not in err
+
+
+def test_the_sidecar_that_names_the_whole_file_wins(tmp_path):
+    """a.jpg and a.png share a.txt, but a.jpg.txt is a.jpg's own: it wins for a.jpg."""
+    from PIL import Image
+
+    from xmodal.index.build import scan_folder
+
+    for name in ("a.jpg", "a.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "a.txt").write_text("shared caption\n")
+    (tmp_path / "a.jpg.txt").write_text("the jpg's own caption\n")
+    images, texts = scan_folder(tmp_path)
+    by_image = {}
+    for t in texts:
+        by_image.setdefault(t.pair_key, []).append(t.text)
+    assert by_image == {"a.jpg": ["the jpg's own caption"], "a.png": ["shared caption"]}

@@ -43,7 +43,8 @@ DEFAULT_TEXT_ENCODER = "minilm"
 
 
 def _sidecar_captions(image: Path) -> list[str]:
-    for cand in (image.with_suffix(".txt"), image.with_name(image.name + ".txt")):
+    # NAME.jpg.txt first: it names one image where NAME.txt would serve NAME.jpg and NAME.png
+    for cand in (image.with_name(image.name + ".txt"), image.with_suffix(".txt")):
         if cand.is_file():
             try:
                 lines = cand.read_text(encoding="utf-8-sig").splitlines()  # Notepad writes a BOM
@@ -55,7 +56,7 @@ def _sidecar_captions(image: Path) -> list[str]:
 
 def scan_folder(folder: str | Path) -> tuple[list[ImageItem], list[TextItem]]:
     """Every image under ``folder`` (sorted; key = path relative to it). Captions come from a
-    sidecar ``NAME.txt`` (one per non-empty line); an image inside a sub-folder gets the
+    sidecar ``NAME.jpg.txt``, else ``NAME.txt`` (one per non-empty line); an image inside a sub-folder gets the
     sub-folder's name as its label. Symlinked sub-folders are followed, each real folder once;
     hidden ones and collections (a collection kept inside its source) are left out."""
     root = Path(folder)
