@@ -165,13 +165,14 @@ class SearchMixin:
 
     def search_vectors(self, Q: np.ndarray, target: str = "image", k: int = 10, *,
                        labels: Sequence[str] | None = None, exact: bool = False,
-                       fq: np.ndarray | None = None, rerank: int = 0,
+                       fq: np.ndarray | None = None, rerank: int | None = None,
                        exclude: Sequence[int] = (), check_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Batch search of common-space query rows against ``target`` items: (scores, ids).
 
         The approximate index answers unless ``exact`` or a label filter is given (the flat
         index does: it filters exactly). Binary collections with stored float projections
-        re-rank a Hamming shortlist of ``rerank * k`` by cosine when ``fq`` is given.
+        re-rank a Hamming shortlist of ``rerank * k`` by cosine when ``fq`` is given (``rerank``
+        None: 4, as every other search path; 0: Hamming order, ``fq`` unused).
         A label in ``labels`` that no ``target`` item has is refused (:meth:`check_labels`)
         unless ``check_labels`` is False (the caller checked, or the label is on another shard).
         """
@@ -185,6 +186,8 @@ class SearchMixin:
         allowed = self._allowed(target, labels)
         extra = len(exclude)
         kk = k + extra
+        if rerank is None:  # an fq given without rerank re-ranks, as text and HTTP queries do
+            rerank = 4
         with self._lock:
             approx = self.indexes.get((target, "approx"))
             idx = self.indexes[(target, "flat")] if (exact or allowed is not None or approx is None) else approx
@@ -270,13 +273,14 @@ class SearchMixin:
     def search_vector(self, vector: np.ndarray, target: str = "image", k: int = 10, *,
                       labels: Sequence[str] | None = None, exact: bool = False,
                       relevant: Sequence[int] = (), nonrelevant: Sequence[int] = (),
-                      fq: np.ndarray | None = None, rerank: int = 0,
+                      fq: np.ndarray | None = None, rerank: int | None = None,
                       exclude: Sequence[int] = (), feedback: tuple[float, float, float] = (1.0, 0.75, 0.25),
                       distinct: bool = False, check_labels: bool = True) -> list[Hit]:
         """Search with one common-space vector (a float vector, or packed uint8 code).
         ``distinct`` collapses texts that are word for word the same (datasets repeat
         captions) into their best-scoring one. A label no ``target`` item has is refused
-        (:meth:`check_labels`; ``check_labels=False``: not checked)."""
+        (:meth:`check_labels`; ``check_labels=False``: not checked). ``fq``: a binary query's
+        float projection, to re-rank a shortlist of ``rerank * k`` by (:meth:`search_vectors`)."""
         self.refresh()
         if check_labels:
             self.check_labels(labels, target)
