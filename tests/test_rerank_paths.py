@@ -49,7 +49,7 @@ def built(tmp_path_factory):
     from threadpoolctl import threadpool_limits
 
     from xmodal.data import load_ucm_captions
-    from xmodal.index import build_collection
+    from xmodal.index import Collection, build_collection
 
     ds = load_ucm_captions(str(need("ucm_captions").parent))
     mp = pytest.MonkeyPatch()
@@ -64,9 +64,16 @@ def built(tmp_path_factory):
                              quiet=True)
         b = build_collection(fb, root / "b.xmc", like=root / "a.xmc", quiet=True)
         assert a.kind == "binary" and a.fdim and b.fdim and a.space == b.space
-        yield {"a": a, "b": b, "root": root, "images": sorted(fa.glob("*.jpg"))}
-    a.close()
-    b.close()
+        # a shard of the same space without float projections (b's images, their codes only)
+        plain = Collection.create(root / "plain.xmc", method=a.method, image_encoder=a.encoder("image"),
+                                  text_encoder=a.encoder("text"))
+        ids = [h.id for h in b.list_items("image", limit=1000)]
+        plain.add_vectors("image", [f"p/{h.key}" for h in b.list_items("image", limit=1000)],
+                          b.item_vectors(ids)[0])
+        assert plain.space == a.space and not plain.fdim
+        yield {"a": a, "b": b, "plain": plain, "root": root, "images": sorted(fa.glob("*.jpg"))}
+    for c in (a, b, plain):
+        c.close()
     mp.undo()
 
 
@@ -344,3 +351,49 @@ def test_routing_server_and_shards_rerank_alike(built):
             want = merged([reference(s, q2[0], fq2, "image", 4) for s in (a, b)], 4)
             body = router.post("/api/search", json={"text": QUERIES[0], "k": 4, "relevant": rel}).json()
             same_merged(body["results"], want)
+
+
+def test_more_like_this_reranks_alike(built):
+    """An item as the query (itself left out): Python, HTTP item_id and ``--item`` re-rank by
+    its stored float projection."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+    from xmodal.service import create_app
+
+    c, k = built["a"], 5
+    item = [h.id for h in c.list_items("text", limit=1000)][7]
+    q, fq = c.item_vectors([item])
+    ref = reference(c, q, fq, "text", k + 1)  # the shortlist of 4 (k + 1), the item itself out
+    keep = [n for n, i in enumerate(ref.ids) if i != item][:k]
+    ref = Ref([ref.ids[n] for n in keep], ref.scores[keep], ref.cos)
+    same(c.search_item(item, k), ref)
+    got = TestClient(create_app(c)).post("/api/search", json={"item_id": item, "k": k})
+    assert got.status_code == 200, got.text
+    same(got.json()["results"], ref)
+    res = CliRunner().invoke(app, ["search", "-c", str(c.path), "--item", str(item), "-k", str(k), "--json"])
+    assert res.exit_code == 0, res.output
+    same(json.loads(res.stdout), ref)
+
+
+@pytest.mark.xfail(strict=True, reason="shards.py: with no local shard a text query goes to every "
+                   "remote shard as text, and each re-ranks or not by itself: cosine and Hamming "
+                   "scores merged as one scale")
+def test_remote_only_shards_without_float_projections_everywhere_answer_by_hamming(built):
+    """``xmodal search --shard A --shard B`` (no local collection): when one shard keeps no
+    float projections, every shard must answer by Hamming, as with a local shard encoding the
+    query (docs/search-engine.md, "Past one machine")."""
+    from xmodal.index import open_shards
+    from xmodal.service import create_app
+
+    a, plain = built["a"], built["plain"]
+    with serving(create_app(a)) as ua, serving(create_app(plain)) as up:
+        with open_shards([a.path], [up]) as local, open_shards([], [ua, up]) as remote:
+            assert not local.rerank and not remote.rerank
+            for text in QUERIES:
+                want = local.search_text(text, 8)
+                # the local shard encodes the query and drops the float projection: Hamming
+                assert all(h.score * 16 == round(h.score * 16) for h in want)
+                got = remote.search_text(text, 8)
+                assert [(h.key, round(h.score, 5)) for h in got] == [(h.key, round(h.score, 5)) for h in want]
