@@ -397,3 +397,34 @@ def test_remote_only_shards_without_float_projections_everywhere_answer_by_hammi
                 assert all(h.score * 16 == round(h.score * 16) for h in want)
                 got = remote.search_text(text, 8)
                 assert [(h.key, round(h.score, 5)) for h in got] == [(h.key, round(h.score, 5)) for h in want]
+
+
+def test_remote_only_shards_and_router_image_queries_rerank_alike(built):
+    """Shards all behind servers (each encodes the text itself), a routing server's image
+    upload and ``xmodal search --image`` over two collections: the shards' re-ranked answers merged."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+    from xmodal.index import open_shards
+    from xmodal.service import create_app
+
+    a, b = built["a"], built["b"]
+    Q, FQ = a.encode_query_texts(QUERIES)
+    with serving(create_app(a)) as ua, serving(create_app(b)) as ub:
+        with open_shards([], [ua, ub]) as remote:
+            assert remote.rerank
+            for r, text in enumerate(QUERIES):
+                want = merged([reference(s, Q[r], FQ[r:r + 1], "image", 4) for s in (a, b)], 4)
+                same_merged(remote.search_text(text, 4), want, ua)
+        img = built["images"][3]
+        q, fq = a.encode_query_image(img)
+        want = merged([reference(s, q, fq, "text", 5) for s in (a, b)], 5)
+        got = TestClient(create_app(a, shards=[ub])).post(
+            "/api/search/image", data={"k": "5"}, files={"file": (img.name, img.read_bytes(), "image/jpeg")})
+        assert got.status_code == 200, got.text
+        same_merged(got.json()["results"], want)
+    res = CliRunner().invoke(app, ["search", "-c", str(a.path), "-c", str(b.path), "--image", str(img),
+                                   "-k", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    same_merged(json.loads(res.stdout), want, str(a.path))
