@@ -12,6 +12,8 @@ top k, so with exact (flat) indexes the merge is exactly the top k of the union.
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import socket
 import ssl
 import threading
@@ -175,6 +177,11 @@ class RemoteShard:
         if not host or not host.isprintable() or any(c.isspace() for c in host):
             raise CollectionError(f"shard {url!r}: the host name is not a valid one (spaces or "
                                   "control characters)")
+        # every network step waits at most what is left of it: nan or inf failed at the first
+        # call with a bare ValueError / OverflowError (`--shard-timeout inf` passes min=0.1)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise CollectionError(f"shard {url.rstrip('/')}: the timeout must be a number of seconds over 0 "
+                                  f"(and finite), got {timeout!r}")
         # A header carries printable ASCII only: a key with a line break or a non-ASCII
         # character failed at the first call with an error quoting it. Said here, unquoted.
         if api_key and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key):
@@ -329,7 +336,9 @@ class RemoteShard:
         data, _ = self.fetch(path, body, max_bytes=MAX_JSON_ANSWER)
         try:
             out = json.loads(data)
-        except ValueError:  # some other web server at that address
+        # some other web server at that address (RecursionError: garbage nested past the
+        # recursion limit, which json does not turn into a ValueError)
+        except (ValueError, RecursionError):
             raise CollectionError(f"shard {self.url}: {path} did not answer JSON; is it an "
                                   f"`xmodal serve`? (got {data[:80]!r})") from None
         if not isinstance(out, dict):
@@ -353,8 +362,15 @@ class RemoteShard:
 
     def stats(self) -> dict[str, Any]:
         """The server's ``/api/info``, fetched anew (its item counts change as it grows)."""
-        self._info = self._call("/api/info")
-        self._labels.update(self._info.get("labels") or ())
+        info = self._call("/api/info")
+        labels = info.get("labels") or []
+        # read by set() here and by every caller (sorted, unioned): a wrong type raised a
+        # TypeError where a router starts or checks a label filter
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise CollectionError(f"shard {self.url}: /api/info labels: not a list of strings "
+                                  f"({reprlib.repr(labels)}); is it an `xmodal serve`?")
+        self._info = info
+        self._labels.update(labels)
         by = _labels_by_target(self._info)
         if by is not None:
             seen = self._labels_by_target or {"image": set(), "text": set()}
@@ -402,8 +418,13 @@ class RemoteShard:
         def bad(field: str, why: str) -> CollectionError:
             return CollectionError(f"shard {self.url}: /api/search results[{r}].{field}: {why}; "
                                    "is it an `xmodal serve`?")
-        if isinstance(h.score, bool) or not isinstance(h.score, (int, float)) or not np.isfinite(h.score):
-            raise bad("score", f"not a finite number ({h.score!r})")
+        try:  # json reads an integer of any length: float() of one past 1e308 overflows
+            finite = (not isinstance(h.score, bool) and isinstance(h.score, (int, float))
+                      and bool(np.isfinite(float(h.score))))
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise bad("score", f"not a finite number ({reprlib.repr(h.score)})")
         if isinstance(h.id, bool) or not isinstance(h.id, int):
             raise bad("id", f"not an integer ({h.id!r})")
         if h.modality not in ("image", "text"):
@@ -764,7 +785,7 @@ def _error_words(body: str) -> str:
     server's page, HTML and all) its first 200 characters and the likely cause."""
     try:
         detail = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         detail = None
     if isinstance(detail, str):
         return detail
