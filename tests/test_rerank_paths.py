@@ -377,9 +377,6 @@ def test_more_like_this_reranks_alike(built):
     same(json.loads(res.stdout), ref)
 
 
-@pytest.mark.xfail(strict=True, reason="shards.py: with no local shard a text query goes to every "
-                   "remote shard as text, and each re-ranks or not by itself: cosine and Hamming "
-                   "scores merged as one scale")
 def test_remote_only_shards_without_float_projections_everywhere_answer_by_hamming(built):
     """``xmodal search --shard A --shard B`` (no local collection): when one shard keeps no
     float projections, every shard must answer by Hamming, as with a local shard encoding the

@@ -562,10 +562,12 @@ class ShardedCollection:
         by Hamming (1 - 2h/bits), a scale the others' cosines do not share."""
         first = self.shards[0].stats()
         self.rerank = bool(first.get("rerank"))
+        some = self.rerank  # some shard keeps float projections (told not to use them if not all do)
         seen = {_identity(first): self.names[0]}
         for name, shard in zip(self.names[1:], self.shards[1:]):
             st = shard.stats()
             self.rerank = self.rerank and bool(st.get("rerank"))
+            some = some or bool(st.get("rerank"))
             same = _identity(st)
             if same is not None and same in seen:
                 earlier = seen[same] or "this server's own collection"
@@ -582,6 +584,7 @@ class ShardedCollection:
                 f"shard {name} does not share the common space of shard {self.names[0]} "
                 f"({'; '.join(what) or 'a differently fitted method or encoder'}); make every shard "
                 f"of one space: xmodal index SOURCE -c NEW --like {self.names[0]}")
+        self._mixed_rerank = some and not self.rerank
 
     def check_labels(self, labels: Sequence[str] | None, where: str | None = None, show: int = 30,
                      target: str | None = None) -> None:
@@ -704,8 +707,11 @@ class ShardedCollection:
             self.check_labels(kw.get("labels"), target=target)
         kw["check_labels"] = False
         if self.local is None:
+            # each shard encodes the text itself: one that keeps float projections would re-rank
+            # by cosine beside another's Hamming scores (sent only then: an older server refuses it)
+            hamming = {"rerank": False} if self._mixed_rerank else {}
             body = _request(target, k, kw.get("labels"), kw.get("exact"), kw.get("distinct"), text=text,
-                            space=self.space)
+                            space=self.space, **hamming)
             return self._fan_out(lambda s: s.search(body), k, bool(kw.get("distinct")) and target == "text",
                                  kw.get("on_error", "raise"))
         q, fq = self.local.encode_query_text(text)

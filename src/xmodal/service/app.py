@@ -337,6 +337,8 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
                                          "scores would not compare; make it a shard with `xmodal index "
                                          "SOURCE -c THIS --like FIRST`")
         target = search_target(req, query_modality, same=bool(exclude))
+        if not req.rerank:  # a router whose other shards answer by Hamming
+            fq = None
         rerank = 4 if fq is not None else 0
         failed: list = []
         try:

@@ -67,6 +67,9 @@ class SearchRequest(_Body):
                                          "--rerank; a routing server sends it)", max_length=65536)
     local_only: bool = Field(False, description="search this server's own collection only, not the "
                              "shards it routes to (a routing server sends true to its shards)")
+    rerank: bool = Field(True, description="false: answer a binary collection by Hamming distance even "
+                         "where it keeps float projections (a router sends it when one of its shards "
+                         "keeps none, so that every shard's scores are on one scale)")
 
 
 class BatchSearchRequest(_Body):
