@@ -399,10 +399,15 @@ def test_garbage_search_answers_fail_their_shard_by_name_never_the_search(home, 
     ({"labels": 5}, "/api/info labels: not a list of strings"),
     ({"labels": [{"a": 1}]}, "/api/info labels: not a list of strings"),
     (DEEP, "/api/info did not answer JSON"),
+    ({"images": "many"}, "/api/info images: not a count of items"),
+    ({"texts": None}, "/api/info texts: not a count of items"),
+    ({"images": -3}, "/api/info images: not a count of items"),
 ])
 def test_a_garbage_info_answer_is_named_not_a_crash(home, info, why):
     """/api/info labels of the wrong type raised TypeError in stats(): a traceback where a
-    router starts, a 500 where it checks a label filter."""
+    router starts, a 500 where it checks a label filter; item counts that are no counts
+    raised TypeError in the router's stats (`xmodal stats --shard`, /api/info of a routing
+    server)."""
     from xmodal.index import ShardedCollection
 
     local, st = home
@@ -435,3 +440,19 @@ def test_the_command_line_names_an_infinite_shard_timeout():
     r = CliRunner().invoke(app, ["stats", "--shard", "http://127.0.0.1:8001", "--shard-timeout", "inf"])
     assert r.exit_code == 2 and "the timeout must be a number of seconds over 0 (and finite), got inf" in r.output, \
         r.output
+
+
+@pytest.mark.parametrize("by", [{"image": [{}], "text": []}, {"image": "beach"}, ["beach"]])
+def test_a_router_reads_a_malformed_labels_by_target_as_an_older_servers(home, by):
+    """A labels_by_target that is not lists of labels per modality counts the shard's labels
+    for either modality, in the router's stats too (it raised TypeError there: unhashable
+    items, or a string read as its characters)."""
+    from xmodal.index import ShardedCollection
+
+    local, st = home
+    body = json.dumps({**st, "labels": ["pier"], "labels_by_target": by}).encode()
+    with canned_server({"/api/info": (200, JSON, body)}) as url:
+        with ShardedCollection([local, RemoteShard(url, timeout=5)]) as sc:
+            got = sc.stats()["labels_by_target"]
+    assert "pier" in got["image"] and "pier" in got["text"], got
+    assert all(isinstance(x, str) and len(x) > 1 for m in got.values() for x in m), got

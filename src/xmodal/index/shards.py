@@ -369,6 +369,12 @@ class RemoteShard:
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise CollectionError(f"shard {self.url}: /api/info labels: not a list of strings "
                                   f"({reprlib.repr(labels)}); is it an `xmodal serve`?")
+        for field in ("images", "texts"):
+            n = info.get(field)
+            # summed by a router's stats: None or a string raised TypeError there
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise CollectionError(f"shard {self.url}: /api/info {field}: not a count of items "
+                                      f"({reprlib.repr(n)}); is it an `xmodal serve`?")
         self._info = info
         self._labels.update(labels)
         by = _labels_by_target(self._info)
@@ -447,9 +453,10 @@ def _labels_by_target(info: dict[str, Any]) -> dict[str, set[str]] | None:
     """A server's ``/api/info`` ``labels_by_target`` as sets per modality; None where it sends
     none or a malformed one (an older server: its ``labels`` count for either modality)."""
     by = info.get("labels_by_target")
-    if not isinstance(by, dict) or not all(isinstance(by.get(m, []), list) for m in ("image", "text")):
+    if not isinstance(by, dict) or not all(isinstance(by.get(m, []), list) and all(
+            isinstance(lab, str) for lab in by.get(m, [])) for m in ("image", "text")):
         return None
-    return {m: {str(lab) for lab in by.get(m, [])} for m in ("image", "text")}
+    return {m: set(by.get(m, [])) for m in ("image", "text")}
 
 
 class UnknownLabelError(CollectionError):
@@ -662,9 +669,11 @@ class ShardedCollection:
                            for n, p in zip(self.names, per)],
                 "images": sum(p["images"] for p in per), "texts": sum(p["texts"] for p in per),
                 "labels": sorted(set().union(*(p.get("labels") or () for p in per))),
-                # a shard without labels_by_target (an older server): its labels on either modality
-                "labels_by_target": {m: sorted(set().union(*((p.get("labels_by_target") or {}).get(
-                    m, p.get("labels") or ()) for p in per))) for m in ("image", "text")},
+                # a shard without labels_by_target (an older server) or with a malformed one: its
+                # labels on either modality
+                "labels_by_target": {m: sorted(set().union(*(
+                    by[m] if by is not None else set(p.get("labels") or ())
+                    for by, p in ((_labels_by_target(p), p) for p in per)))) for m in ("image", "text")},
                 **{k: per[0].get(k) for k in ("output", "dim", "method", "encoders", "space")}}
 
     # ------------------------------------------------------------ search
