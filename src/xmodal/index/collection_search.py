@@ -23,6 +23,10 @@ from .items import MAX_ID, Hit, _ids, _sep_files, _storable
 from .store import in_chunks
 from .vector import prepare
 
+#: A binary query given with its float projection is answered by re-scoring a Hamming
+#: shortlist of this many times k by the float cosine (collections indexed with --rerank).
+RERANK_FACTOR = 4
+
 
 class SearchMixin:
     """The reading and searching part of :class:`~xmodal.index.collection.Collection`."""
@@ -172,7 +176,7 @@ class SearchMixin:
         The approximate index answers unless ``exact`` or a label filter is given (the flat
         index does: it filters exactly). Binary collections with stored float projections
         re-rank a Hamming shortlist of ``rerank * k`` by cosine when ``fq`` is given (``rerank``
-        None: 4, as every other search path; 0: Hamming order, ``fq`` unused).
+        None: :data:`RERANK_FACTOR`, as every search path; 0: Hamming order, ``fq`` unused).
         A label in ``labels`` that no ``target`` item has is refused (:meth:`check_labels`)
         unless ``check_labels`` is False (the caller checked, or the label is on another shard).
         """
@@ -187,7 +191,7 @@ class SearchMixin:
         extra = len(exclude)
         kk = k + extra
         if rerank is None:  # an fq given without rerank re-ranks, as text and HTTP queries do
-            rerank = 4
+            rerank = RERANK_FACTOR
         with self._lock:
             approx = self.indexes.get((target, "approx"))
             idx = self.indexes[(target, "flat")] if (exact or allowed is not None or approx is None) else approx
@@ -316,13 +320,13 @@ class SearchMixin:
         """Text query; by default against images (text -> image)."""
         kw = self._labels_checked(kw, target)
         q, fq = self.encode_query_text(text)
-        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
+        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", None), **kw)
 
     def search_image(self, path: str | Path, k: int = 10, target: str = "text", **kw: Any) -> list[Hit]:
         """Image query (a file); by default against texts (image -> text)."""
         kw = self._labels_checked(kw, target)
         q, fq = self.encode_query_image(path)
-        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0), **kw)
+        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", None), **kw)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
                      **kw: Any) -> list[list[Hit]]:
@@ -349,7 +353,7 @@ class SearchMixin:
     def _search_rows(self, space: tuple[np.ndarray, np.ndarray | None], k: int, target: str,
                      kw: dict[str, Any]) -> list[list[Hit]]:
         Q, FQ = space
-        rerank = kw.pop("rerank", 4 if FQ is not None else 0)
+        rerank = kw.pop("rerank", None)
         per_query = ("relevant", "nonrelevant", "exclude", "distinct")  # options that change a query
         # id sequences by their length: a NumPy array of ids has no truth value
         unused = all(not kw[o] if o == "distinct" else kw[o] is None or len(kw[o]) == 0
@@ -374,5 +378,5 @@ class SearchMixin:
         q, fq = self.item_vectors([item.id])
         target = target or item.modality
         exclude = list(kw.pop("exclude", ())) + [item.id]
-        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", 4 if fq is not None else 0),
+        return self.search_vector(q, target, k, fq=fq, rerank=kw.pop("rerank", None),
                                   exclude=exclude, **kw)

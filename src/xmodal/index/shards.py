@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import __version__
 from .collection import Collection, CollectionError, Hit
+from .collection_search import RERANK_FACTOR
 
 if TYPE_CHECKING:  # imported when a remote shard is first asked (about 0.1 s of imports)
     import httpx
@@ -705,7 +706,7 @@ class ShardedCollection:
                                           f"not {space} (rebuilt?); left out")
                 # a label on another shard only is no error here: checked across shards above
                 return shard.search_vector(v, target, k, labels=labels, exact=exact, fq=fq,
-                                           rerank=4 if fq is not None else 0, distinct=distinct,
+                                           rerank=RERANK_FACTOR if fq is not None else 0, distinct=distinct,
                                            check_labels=False)
             return shard.search(body)
 

@@ -47,6 +47,7 @@ from ..data.dataset import DataError
 from .._fs import atomic_write_bytes
 from ..index.collection import (DB_NAME, THUMB_SIZES, Collection, Hit, ImageItem, ReadOnlyError, TextItem,
                                 THUMB_SUFFIXES, encode_items, read_only_error, thumb_file)
+from ..index.collection_search import RERANK_FACTOR
 from ..index.shards import (RemoteShard, ShardedCollection, ShardHTTPError, UnknownLabelError,
                             check_labels as check_known_labels, shard_keys)
 from ..index.store import CollectionError
@@ -339,7 +340,7 @@ def create_app(collection: str | Path | Collection, *, max_upload_bytes: int = M
         target = search_target(req, query_modality, same=bool(exclude))
         if not req.rerank:  # a router whose other shards answer by Hamming
             fq = None
-        rerank = 4 if fq is not None else 0
+        rerank = RERANK_FACTOR if fq is not None else 0
         failed: list = []
         try:
             if sharded is None or req.local_only:
