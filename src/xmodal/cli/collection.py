@@ -53,6 +53,8 @@ def _open(path: Path, read_only: bool | None = None, follow: bool = False, keep_
         coll = Collection.open(path, read_only=read_only, follow=follow)
     except CollectionError as exc:
         _fail(str(exc))
+    except OSError as exc:  # a name too long for the file system: named, not a traceback
+        _fail(_os_words(exc, path))
     if not keep_open:
         OPENED.append(coll)  # closed by the root command's call_on_close
     return coll
@@ -135,7 +137,7 @@ def _refuse_ignored_options(ctx: typer.Context, collection: Path, method_params:
         if not Collection.exists(collection):
             return
         coll = Collection.open(collection, read_only=True)
-    except CollectionError:
+    except (CollectionError, OSError):
         return  # build_collection reports it (a damaged one: with its cures, --rebuild among them)
     try:
         differ = other_options(coll, typed)
@@ -156,12 +158,17 @@ def _say_binary_spec(collection: Path, rebuild: bool, like: Optional[Path], meth
     """A binary (hashing) method given a real-valued --index spec (Flat, HNSW32) gets its binary
     counterpart (BFlat, BHNSW32: :func:`xmodal.index.vector.normalize_spec`, kept so in the
     Python API): said on stderr, as the run's summary would otherwise name an index not typed."""
-    from ..index import Collection
+    from ..index import Collection, CollectionError
     from ..index.build import _is_method_file
     from ..index.vector import normalize_spec, split_spec
 
-    if index is None or like is not None or (not rebuild and Collection.exists(collection)):
-        return  # an existing collection keeps its own index (refused above if another is typed)
+    if index is None or like is not None:
+        return
+    try:
+        if not rebuild and Collection.exists(collection):
+            return  # an existing collection keeps its own index (refused above if another is typed)
+    except (CollectionError, OSError):
+        return  # damaged, or a name too long: build_collection refuses it, with its cures
     if _is_method_file(method):
         return  # its output is known once the file is loaded; the summary names the index
     from ..methods import get
@@ -306,7 +313,10 @@ def register(app: typer.Typer) -> None:
         from ..index import Collection
 
         # what the collection held before: said beside what it holds if the run is interrupted
-        before = None if rebuild else Collection.stored_counts(collection)
+        try:
+            before = None if rebuild else Collection.stored_counts(collection)
+        except OSError as exc:  # a name too long for the file system
+            _fail(_os_words(exc, collection))
         try:
             coll = build_collection(source, collection, method=method, method_params=method_params or None,
                                     image_encoder=image_encoder,
@@ -393,9 +403,13 @@ def register(app: typer.Typer) -> None:
             if not texts:
                 _fail(f"{queries}: no queries (every line is blank)")
         for path in image:
-            if not path.is_file():
+            try:
+                is_file, is_dir = path.is_file(), path.is_dir()
+            except OSError as exc:  # a name too long for the file system
+                _fail(_os_words(exc, path))
+            if not is_file:
                 _fail(f"{path}: " + ("a folder; --image takes image files (repeat it for several)"
-                                     if path.is_dir() else "no such file"))
+                                     if is_dir else "no such file"))
         if target not in (None, "image", "text"):
             _fail(f"--target must be image or text, got {target!r}")
         if not collection and not shard:
@@ -576,14 +590,18 @@ def register(app: typer.Typer) -> None:
 
         if modality not in (None, "image", "text"):
             _fail(f"--modality must be image or text, got {modality!r}")
-        if dest.is_dir():
-            _fail(f"{dest}: is a folder; give the .npz file to write")
-        if dest.exists() and not force:
-            _fail(f"{dest}: already exists; add --force to overwrite it")
-        # a path under a file (afile/x.npz): mkdir would say only "File exists"
         from .._fs import blocking_file
 
-        above = blocking_file(dest)
+        try:
+            is_dir, exists = dest.is_dir(), dest.exists()
+            # a path under a file (afile/x.npz): mkdir would say only "File exists"
+            above = blocking_file(dest)
+        except OSError as exc:  # a name too long for the file system
+            _fail(_os_words(exc, dest))
+        if is_dir:
+            _fail(f"{dest}: is a folder; give the .npz file to write")
+        if exists and not force:
+            _fail(f"{dest}: already exists; add --force to overwrite it")
         if above is not None:
             _fail(f"{dest}: cannot be written: {above} is a file")
         coll = _open(collection)
