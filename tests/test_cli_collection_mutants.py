@@ -58,10 +58,10 @@ def test_search_item_over_several_collections_is_refused(coll, tmp_path):
 
 
 def test_search_queries_file_missing_or_a_folder_is_named(coll, tmp_path):
-    for bad in (tmp_path / "nope.txt", tmp_path):
+    for bad, why in ((tmp_path / "nope.txt", "file not found"), (tmp_path, "Is a directory")):
         r = run("search", "-c", coll, "--queries", bad)
         clean_exit(r)
-        assert str(bad) in r.output
+        assert f"{bad}: {why}" in r.output
 
 
 def test_search_api_key_naming_no_shard_is_refused_for_one_collection(coll):
@@ -384,6 +384,10 @@ def test_dry_run_summary_names_like_params_unreadable_and_pruned_items():
     lines = _plan_text({"collection": "c", "action": "update", "image": r, "text": t,
                         "removed": gone}).splitlines()
     assert "more" not in " ".join(lines) and len(lines) == 1 + 1 + 5 + 1 + 1 + 10
+    t.update(moved=["m1"], relabelled=["r1", "r2"])
+    assert _plan_text({"collection": "c", "action": "update", "image": r, "text": t}).splitlines()[-1] == (
+        "texts: 0 new, 1 changed (re-encoded), 1 moved (path updated, not re-encoded), 2 relabelled "
+        "(labels updated, not re-encoded), 0 unchanged")
 
 
 def test_a_name_too_long_for_the_file_system_is_named_with_exit_2(coll, tmp_path):
