@@ -7,6 +7,7 @@ kills mutants of src/xmodal/evaluation/bench.py and protocol.py that the other t
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -227,8 +228,6 @@ def test_a_test_split_of_two_images_is_scored_and_of_one_refused():
 
 
 def test_settings_from_numpy_are_recorded_as_plain_json_and_the_fit_is_timed(tmp_path):
-    import time
-
     ds, path = _five_splits(), tmp_path / "runs.jsonl"
     reg, n = np.linspace(0.01, 0.1, 4)[1], np.int64(4)  # a grid a user loops over
     t0 = time.perf_counter()
@@ -258,9 +257,11 @@ def test_hashing_scores_block_by_block_are_the_metrics_of_the_whole_ranking(wiki
     monkeypatch.setattr(protocol, "chunk_rows", lambda n_db: 100)  # 7 blocks of queries, the last short
     query, database = wiki.subset("query"), wiki.subset("database")
     m = methods.create("lsh", bits=16, random_state=0).fit(wiki.subset("train"))
-    res = evaluate(m, query, database, map_k=(50,), pk=(10, 5000), per_query=True)
+    t0 = time.perf_counter()
+    res = evaluate(m, query, database, map_k=(50, 5000), pk=(10, 5000), per_query=True)
+    assert 0 < res["encode_seconds"] < time.perf_counter() - t0
     assert res["protocol"] == "hashing: wikipedia/query vs wikipedia/database, database codes from the hash functions"
-    assert "mR" not in res and res["encode_seconds"] > 0
+    assert "mR" not in res
     for d, Q, D, ql, dl in (("i2t", m.encode_images(query.image_features), m.encode_texts(database.text_features),
                              query.labels, database.text_labels),
                             ("t2i", m.encode_texts(query.text_features), m.encode_images(database.image_features),
@@ -270,6 +271,7 @@ def test_hashing_scores_block_by_block_are_the_metrics_of_the_whole_ranking(wiki
         assert r["per_query"] == {"ap": ap.tolist()} and r["map"] == pytest.approx(ap.mean(), abs=1e-12)
         assert r["map@50"] == pytest.approx(average_precision(relevant=R, k=50, distances=dist).mean(), abs=1e-12)
         assert r["p@10"] == pytest.approx(precision_at_k(relevant=R, k=10, distances=dist), abs=1e-12)
+        assert r["map@5000"] == r["map"]  # k beyond the database: the whole ranking
         assert r["p@5000"] == pytest.approx(R.sum(axis=1).mean() / len(database.image_features), abs=1e-12)
         assert r["ndcg@10"] == pytest.approx(ndcg_at_k(gains=G, k=10, distances=dist), abs=1e-12)
         assert r["p@r2"] == pytest.approx(precision_within_radius(dist, R, 2), abs=1e-12)
@@ -300,3 +302,77 @@ def test_classic_scores_block_by_block_are_the_metrics_of_the_whole_ranking(wiki
             assert r[f"r@{k}"] == pytest.approx(100 * (first < k).mean(), abs=1e-12)
     assert res["mR"] == pytest.approx(np.mean([res[d][f"r@{k}"] for d in ("i2t", "t2i") for k in (1, 10)]))
     assert res["protocol"] == "classic: wikipedia/test vs itself (other modality)"
+
+
+def test_a_dataset_without_one_modalitys_features_is_refused_naming_it():
+    ds = _five_splits()
+    m = methods.create("cca").fit(ds.subset("train"))
+    for missing in ("image_features", "text_features"):
+        test = ds.subset("test")
+        setattr(test, missing, None)
+        with pytest.raises(DataError, match="dataset 'dcmh_toy/test' lacks features; encode it first"):
+            evaluate(m, test)
+        with pytest.raises(DataError, match="lacks features"):
+            evaluate(m, ds.subset("query"), test)
+
+
+def test_a_database_of_another_label_set_is_refused_before_encoding(monkeypatch):
+    ds = _five_splits()
+    m = methods.create("lsh", bits=16, random_state=0).fit(ds.subset("train"))
+    database = ds.subset("database")
+    database.labels = database.labels[:, :4]  # 4 classes against the queries' 5
+    monkeypatch.setattr(type(m), "encode_images", lambda self, X: pytest.fail("encoded before the check"))
+    with pytest.raises(DataError, match="queries 'dcmh_toy/query' have 5 classes .* database 'dcmh_toy/database' "
+                                        "has 4 classes"):
+        evaluate(m, ds.subset("query"), database)
+
+
+def test_queries_without_a_relevant_item_give_zero_hamming_curves_not_nan():
+    from xmodal.metrics import hamming_distance, hamming_pr_curve, relevance
+
+    ds = _five_splits()
+    m = methods.create("lsh", bits=16, random_state=0).fit(ds.subset("train"))
+    query, database = ds.subset("query"), ds.subset("database")
+    query.labels = np.zeros_like(query.labels)  # no query shares a label with the database
+    res = evaluate(m, query, database)
+    dist = hamming_distance(m.encode_images(query.image_features), m.encode_texts(database.text_features))
+    want = hamming_pr_curve(dist, relevance(query.labels, database.text_labels), 16)
+    assert res["i2t"]["hamming_pr_curve"] == want and want["precision"] == [0.0] * 17
+    assert res["i2t"]["map"] == 0.0 and res["i2t"]["pr_curve"]["precision"] == [0.0] * 11
+
+
+def test_learned_codes_records_keep_no_per_query_scores():
+    rec, = run_bench(dcmh_toy(300, 50, 120), ["dlfh"], bits=[16], database_codes="learned")
+    assert rec["database_codes"] == "learned" and rec["protocol"].endswith("database codes = learned training codes")
+    assert "per_query" not in rec["i2t"] and "per_query" not in rec["t2i"] and "ndcg@10" in rec["i2t"]
+    assert {"pr_curve", "hamming_pr_curve", "p@r2"} <= set(rec["i2t"]) and len(rec["t2i"]["pr_curve"]["precision"]) == 11
+
+
+def test_a_dataset_without_a_train_split_is_refused_listing_its_splits():
+    ds = _two_class(5)
+    ds.splits = {"test": ds.splits["test"]}
+    with pytest.raises(DataError, match=r"dataset 'two' has no 'train' split \(it has test \(10 images\)\)"):
+        run_bench(ds, ["cca"])
+
+
+def test_mean_scores_pool_numbers_and_curves_and_keep_what_cannot_be_averaged():
+    from xmodal.evaluation.protocol import mean_scores
+
+    one = {"map": 0.5, "pr_curve": {"recall": [0.0, 1.0], "precision": [1.0, 0.5]}, "note": "x"}
+    assert mean_scores([one]) == ({"map": 0.5, "pr_curve": one["pr_curve"], "note": "x"}, {"map": 0.0})
+    two = {"map": 0.7, "pr_curve": {"recall": [0.0, 1.0], "precision": [0.0, 0.3]}, "note": "y"}
+    mean, std = mean_scores([one, two])
+    assert mean["map"] == pytest.approx(0.6) and std == {"map": pytest.approx(np.std([0.5, 0.7], ddof=1))}
+    assert mean["pr_curve"] == {"recall": [0.0, 1.0], "precision": [0.5, 0.4]} and mean["note"] == "x"
+    # a score one run lacks is no mean (None); curves of other lengths keep the first run's
+    three = {"map": None, "pr_curve": {"recall": [0.0, 0.5, 1.0], "precision": [1.0, 1.0, 1.0]}, "note": "z"}
+    mean, std = mean_scores([one, three])
+    assert mean["map"] is None and "map" not in std and mean["pr_curve"]["precision"] == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("key, value", [("map_k", 0), ("map_k", True), ("pk", 0), ("map_k", 2.5)])
+def test_a_cut_off_that_is_no_positive_integer_is_refused_by_evaluate(key, value):
+    ds = _five_splits()
+    m = methods.create("lsh", bits=16, random_state=0).fit(ds.subset("train"))
+    with pytest.raises(ValueError, match=f"{key} must be a positive integer, got {value!r}"):
+        evaluate(m, ds.subset("query"), ds.subset("database"), **{key: (value,)})
