@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import inspect
+import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -261,9 +261,12 @@ def describe() -> list[dict[str, Any]]:
     """One record per method: name, class, output kind, ``supervised`` (whether ``fit``
     needs labels), ``supervision`` (how it uses labels: :func:`supervision`), and the first
     sentence of its docstring (which cites the paper)."""
-    return [{"name": n, "class": cls.__name__, "output": cls.output, "supervised": cls.supervised,
-             "supervision": supervision(cls), "summary": first_sentence(cls.__doc__)}
-            for n, cls in ((n, _REGISTRY[n]) for n in available())]
+    return [_summary(n, _REGISTRY[n]) for n in available()]
+
+
+def _summary(name: str, cls: type[CrossModalMethod]) -> dict[str, Any]:
+    return {"name": name, "class": cls.__name__, "output": cls.output, "supervised": cls.supervised,
+            "supervision": supervision(cls), "summary": first_sentence(cls.__doc__)}
 
 
 def _json_value(value: Any) -> Any:
@@ -292,9 +295,8 @@ def describe_method(name: str) -> dict[str, Any]:
         module = str(source)
     params = {p: {"default": _json_value(v["default"]), "allows": v["allows"]}
               for p, v in cls.parameters().items()}
-    return {"name": name, "class": cls.__name__, "output": cls.output, "supervised": cls.supervised,
-            "supervision": supervision(cls), "summary": first_sentence(cls.__doc__), "module": module,
-            "doc": inspect.cleandoc(cls.__doc__ or ""), "params": params}
+    return {**_summary(name, cls), "module": module, "doc": inspect.cleandoc(cls.__doc__ or ""),
+            "params": params}
 
 
 def load(path: str) -> CrossModalMethod:
