@@ -712,10 +712,15 @@ class ShardedCollection:
 
         return self._fan_out(one, k, distinct and target == "text", on_error)
 
-    def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
+    def _labels_checked(self, kw: dict[str, Any], target: str) -> dict[str, Any]:
+        """``kw`` with its label filter checked across the shards (unless ``check_labels`` is
+        False) and marked checked, once, before any query is encoded (as a Collection does)."""
         if kw.pop("check_labels", True):
             self.check_labels(kw.get("labels"), target=target)
-        kw["check_labels"] = False
+        return {**kw, "check_labels": False}
+
+    def search_text(self, text: str, k: int = 10, target: str = "image", **kw: Any) -> ShardHits:
+        kw = self._labels_checked(kw, target)
         if self.local is None:
             # each shard encodes the text itself: one that keeps float projections would re-rank
             # by cosine beside another's Hamming scores (sent only then: an older server refuses it)
@@ -731,24 +736,20 @@ class ShardedCollection:
         if self.local is None:
             raise CollectionError("an image query needs a local shard (its encoders) to encode it; "
                                   "add one collection on this machine")
-        if kw.pop("check_labels", True):  # before the image is encoded, as search_images does
-            self.check_labels(kw.get("labels"), target=target)
-        kw["check_labels"] = False
+        kw = self._labels_checked(kw, target)  # before the image is encoded
         q, fq = self.local.encode_query_image(path)
         return self.search_vector(q, target, k, fq=fq, **kw)
 
     def search_texts(self, texts: Sequence[str], k: int = 10, target: str = "image",
                      **kw: Any) -> list[ShardHits]:
         """Many text queries, one after the other (each fans out to every shard)."""
-        if kw.pop("check_labels", True):  # once for the batch
-            self.check_labels(kw.get("labels"), target=target)
-        return [self.search_text(t, k, target, check_labels=False, **kw) for t in texts]
+        kw = self._labels_checked(kw, target)  # once for the batch
+        return [self.search_text(t, k, target, **kw) for t in texts]
 
     def search_images(self, paths: Sequence[str | Path], k: int = 10, target: str = "text",
                       **kw: Any) -> list[ShardHits]:
-        if kw.pop("check_labels", True):
-            self.check_labels(kw.get("labels"), target=target)
-        return [self.search_image(p, k, target, check_labels=False, **kw) for p in paths]
+        kw = self._labels_checked(kw, target)  # once for the batch
+        return [self.search_image(p, k, target, **kw) for p in paths]
 
     def _fan_out(self, fn, k: int, distinct: bool, on_error: str) -> ShardHits:
         if on_error not in ("raise", "skip"):
